@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian 12 machine (root).
+set -euo pipefail
+pkgs="build-essential pkg-config libcjson-dev libpcre2-dev libturbojpeg0-dev libjpeg62-turbo-dev
+      libpng-dev libwebp-dev libmicrohttpd-dev libopenblas-openmp-dev curl ca-certificates"
+missing=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi

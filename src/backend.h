@@ -1,0 +1,69 @@
+/* backend.h: the ops contract. Model code (llm.c, vision.c, resampler.c) calls only these.
+ * backend.c checks shapes, dtypes and devices, then routes to cpu_* (backend_cpu.c) or
+ * cuda_* (cuda/*.cu) by the tensors' device tag. All tensors of one op live on one device,
+ * except op_copy.
+ *
+ * Numerics (the same on every backend):
+ *  - accumulation is fp32; softmax and norm statistics are fp32;
+ *  - outputs are rounded to the output tensor's dtype; where PyTorch's fp16 path rounds an
+ *    intermediate to fp16 (RMSNorm before the weight multiply, silu before the up multiply,
+ *    each RoPE product), the op rounds to the activation dtype at the same point, so an F16
+ *    activation run follows torch's fp16 rounding and an F32 run is plain fp32.
+ *  - activations are F32 or F16 (BF16 accepted); weights F32, F16 or BF16.
+ * Aliasing: y may alias an input only where the op says so. */
+#ifndef MINICPMV_BACKEND_H
+#define MINICPMV_BACKEND_H
+
+#include "common.h"
+#include "tensor.h"
+
+/* ---- devices and memory ---- */
+struct backend_info {
+    int n_gpus;          /* CUDA devices visible (0 when built without CUDA or without a driver) */
+    int cuda_built;      /* 1 when compiled with CUDA */
+};
+void backend_query(struct backend_info *bi);
+/* Sets the number of CPU threads the CPU backend uses (0 = all cores). */
+void backend_set_threads(int n);
+
+void *dev_alloc(struct device d, size_t bytes, struct err *e);
+void dev_free(struct device d, void *p);
+/* Free and total memory of a device (CPU: from /proc/meminfo). */
+int dev_mem_info(struct device d, size_t *free_b, size_t *total_b, struct err *e);
+void dev_sync(struct device d);
+
+/* ---- ops ---- */
+/* y[n, d] = table[ids[i], :]. ids: I32 [n] on y's device. */
+void op_embed(struct tensor *y, const struct tensor *table, const struct tensor *ids);
+/* y[n, o] = x[n, i] · w[o, i]^T (+ bias[o]). y must not alias x. */
+void op_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias);
+/* Llama RMSNorm over the last dim: y = w * round(x * rsqrt(mean(x^2) + eps)). y may alias x. */
+void op_rmsnorm(struct tensor *y, const struct tensor *x, const struct tensor *w, float eps);
+/* LayerNorm over the last dim with fp32 statistics: y = (x - mean) * rsqrt(var + eps) * w + b. y may alias x. */
+void op_layernorm(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *b, float eps);
+/* HF (half-split) RoPE in place on x[n, heads, hd] at positions pos (I32 [n]); inv_freq in fp32. */
+void op_rope(struct tensor *x, const struct tensor *pos, double theta);
+
+enum attn_flags {
+    ATTN_CAUSAL = 1,      /* query row i (absolute position q_pos0 + i) sees keys 0..q_pos0+i */
+    ATTN_EAGER_F16 = 2,   /* Idefics2 eager rounding: round(q·k) then round(·scale) in the act dtype */
+};
+/* out[n, H, hd] = softmax(q k^T * scale) v with GQA (query head h uses kv head h / (H/Hkv)).
+ * q[n, H, hd]; k, v [T, Hkv, hd]. out must not alias q, k or v. */
+void op_attention(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                  int64_t q_pos0, float scale, int flags);
+/* y = round(silu(gate)) * up, elementwise. y may alias gate or up. */
+void op_silu_mul(struct tensor *y, const struct tensor *gate, const struct tensor *up);
+/* y = gelu_tanh(x) (PyTorch gelu approximate='tanh'). y may alias x. */
+void op_gelu_tanh(struct tensor *y, const struct tensor *x);
+/* y = a + b; b has a's shape or is 1-D of a's last dim (broadcast over rows). y may alias a or b. */
+void op_add(struct tensor *y, const struct tensor *a, const struct tensor *b);
+/* y = x * s. y may alias x. */
+void op_scale(struct tensor *y, const struct tensor *x, float s);
+/* dst = src, same numel; converts dtype when both are on one device; copies across devices
+ * (host <-> GPU, GPU <-> GPU) when dtypes are equal. */
+void op_copy(struct tensor *dst, const struct tensor *src);
+/* Index of the largest value in each row of x[n, V] (F32), written to host array out[n]. */
+void op_argmax(const struct tensor *x, int32_t *out);
+
+#endif

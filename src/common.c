@@ -1,0 +1,126 @@
+/* common.c: error formatting, logging, clock, small file helpers. */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+int log_level = 1;
+
+int err_set(struct err *e, const char *fmt, ...)
+{
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int err_prefix(struct err *e, const char *fmt, ...)
+{
+    if (e) {
+        char pre[512], old[sizeof e->msg];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(pre, sizeof pre, fmt, ap);
+        va_end(ap);
+        memcpy(old, e->msg, sizeof old);
+        snprintf(e->msg, sizeof e->msg, "%s: %s", pre, old);
+    }
+    return -1;
+}
+
+double time_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void log_info(const char *fmt, ...)
+{
+    if (log_level < 1) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void log_debug(const char *fmt, ...)
+{
+    if (log_level < 2) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int read_file(const char *path, size_t max_bytes, char **out, size_t *out_len, struct err *e)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(e, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) {
+        fclose(f);
+        return err_set(e, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    if ((uint64_t)st.st_size > max_bytes) {
+        fclose(f);
+        return err_set(e, "%s: file is %lld bytes, over the limit of %zu", path, (long long)st.st_size, max_bytes);
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        fclose(f);
+        return err_set(e, "%s: out of memory reading %zu bytes", path, n);
+    }
+    if (n && fread(buf, 1, n, f) != n) {
+        free(buf);
+        fclose(f);
+        return err_set(e, "%s: short read", path);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *out = buf;
+    if (out_len) *out_len = n;
+    return 0;
+}
+
+int path_join(char *out, size_t n, const char *dir, const char *name, struct err *e)
+{
+    int k = snprintf(out, n, "%s/%s", dir, name);
+    if (k < 0 || (size_t)k >= n) return err_set(e, "path too long: %s/%s", dir, name);
+    return 0;
+}
+
+int parse_size(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0) return -1;
+    while (isspace((unsigned char)*end)) end++;
+    double mul = 1;
+    if (!*end || !strcmp(end, "B")) mul = 1;
+    else if (!strcasecmp(end, "KiB")) mul = 1024.0;
+    else if (!strcasecmp(end, "MiB")) mul = 1024.0 * 1024;
+    else if (!strcasecmp(end, "GiB")) mul = 1024.0 * 1024 * 1024;
+    else if (!strcasecmp(end, "TiB")) mul = 1024.0 * 1024 * 1024 * 1024;
+    else if (!strcasecmp(end, "KB")) mul = 1e3;
+    else if (!strcasecmp(end, "MB")) mul = 1e6;
+    else if (!strcasecmp(end, "GB")) mul = 1e9;
+    else if (!strcasecmp(end, "TB")) mul = 1e12;
+    else return -1;
+    *out = (int64_t)(v * mul);
+    return 0;
+}

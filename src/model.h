@@ -1,0 +1,84 @@
+/* model.h: the checkpoint's tensor manifest (every name and shape of spec §2, from the config
+ * alone) and the binding of checkpoint tensors to named struct fields.
+ * The manifest is the single source of truth: the generator writes it, the loader checks it,
+ * the planner sizes device units from it. */
+#ifndef MINICPMV_MODEL_H
+#define MINICPMV_MODEL_H
+
+#include "config.h"
+#include "tensor.h"
+#include <string.h>
+#include <stdlib.h>
+
+/* Units that the device map places whole (names as in the seed's accelerate device_map). */
+enum unit_kind { UNIT_EMBED = 0, UNIT_LAYER, UNIT_NORM, UNIT_LM_HEAD, UNIT_VPM, UNIT_RESAMPLER };
+
+struct manifest_entry {
+    char name[96];            /* checkpoint tensor name, e.g. "llm.model.layers.3.mlp.up_proj.weight" */
+    int ndim;
+    int64_t shape[4];
+    enum unit_kind unit;
+    int layer;                /* for UNIT_LAYER, else -1 */
+    float init_mean;          /* generator: values are init_mean + uniform noise of std init_std */
+    float init_std;
+};
+
+/* Builds the list of every tensor the checkpoint must hold, in checkpoint order.
+ * Returns the count; *out is heap-allocated (free()). */
+int model_manifest(const struct model_config *c, struct manifest_entry **out, struct err *e);
+/* "llm.model.layers.3" for a unit (layer ignored unless UNIT_LAYER). */
+const char *unit_name(enum unit_kind k, int layer, char *buf, size_t n);
+
+#endif
+
+/* ---- bound weights ---- (shapes for the full model; tiny models scale them down) */
+struct llm_layer {
+    int device;                   /* logical device index (devmap) */
+    struct tensor input_layernorm;          /* [d] */
+    struct tensor q_proj;                   /* [n_head*hd, d] */
+    struct tensor k_proj;                   /* [n_kv_head*hd, d] */
+    struct tensor v_proj;                   /* [n_kv_head*hd, d] */
+    struct tensor o_proj;                   /* [d, n_head*hd] */
+    struct tensor post_attention_layernorm; /* [d] */
+    struct tensor gate_proj;                /* [ff, d] */
+    struct tensor up_proj;                  /* [ff, d] */
+    struct tensor down_proj;                /* [d, ff] */
+};
+
+struct vpm_layer {
+    struct tensor layer_norm1_w, layer_norm1_b;       /* [vd] */
+    struct tensor q_w, q_b, k_w, k_b, v_w, v_b;       /* [vd, vd], [vd] */
+    struct tensor out_w, out_b;                       /* [vd, vd], [vd] */
+    struct tensor layer_norm2_w, layer_norm2_b;       /* [vd] */
+    struct tensor fc1_w, fc1_b;                       /* [vff, vd], [vff] */
+    struct tensor fc2_w, fc2_b;                       /* [vd, vff], [vd] */
+};
+
+struct vpm_weights {
+    int device;
+    struct tensor patch_w;        /* [vd, 3*14*14] (conv weight viewed as a matrix, (c,ky,kx) order) */
+    struct tensor patch_b;        /* [vd] */
+    struct tensor pos_embed;      /* [(image_size/patch)^2, vd] */
+    struct vpm_layer *layers;     /* [vision_layers_used] */
+    struct tensor post_ln_w, post_ln_b; /* [vd] */
+};
+
+struct resampler_weights {
+    int device;
+    struct tensor query;          /* [q, d] */
+    struct tensor kv_proj;        /* [d, vd] (no bias) */
+    struct tensor ln_q_w, ln_q_b, ln_kv_w, ln_kv_b; /* [d] */
+    struct tensor wq, wk, wv;     /* views of in_proj_weight rows: [d, d] each */
+    struct tensor bq, bk, bv;     /* views of in_proj_bias: [d] each */
+    struct tensor out_w, out_b;   /* [d, d], [d] */
+    struct tensor ln_post_w, ln_post_b; /* [d] */
+    struct tensor proj_t;         /* proj transposed at load to [out, in], so y = x · proj_t^T */
+};
+
+struct llm_weights {
+    int embed_device, norm_device, lm_head_device;
+    struct tensor embed_tokens;   /* [V, d] */
+    struct llm_layer *layers;     /* [num_hidden_layers] */
+    struct tensor norm;           /* [d] */
+    struct tensor lm_head;        /* [V, d] */
+};

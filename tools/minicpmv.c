@@ -1,0 +1,47 @@
+/* minicpmv.c: the CLI's entry point; dispatches to tools/cmd_<name>.c. The only main(). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd.h"
+
+struct subcommand {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+};
+
+static void usage(const struct subcommand *cmds, int n)
+{
+    fprintf(stderr, "usage: minicpmv <command> [options]   (minicpmv <command> --help for its options)\n\ncommands:\n");
+    for (int i = 0; i < n; i++) fprintf(stderr, "  %-9s %s\n", cmds[i].name, cmds[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    const struct subcommand cmds[] = {
+        {"chat", cmd_chat, "answer a question about images (or a text chat)"},
+        {"generate", cmd_generate, "greedy/sampled generation from token ids"},
+        {"tokenize", cmd_tokenize, "text on stdin -> token ids (or --decode)"},
+        {"plan", cmd_plan, "dry-run device map under per-device memory budgets"},
+        {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
+        {"bench", cmd_bench, "prefill/decode/vision speed and memory"},
+        {"mkmodel", cmd_mkmodel, "write a random checkpoint in the HF layout (tiny or full size)"},
+        {"demo", cmd_demo, "generate a tiny model and chat with it"},
+    };
+    int n = (int)(sizeof cmds / sizeof cmds[0]);
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(cmds, n);
+        return argc < 2 ? 2 : 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (strcmp(argv[1], cmds[i].name)) continue;
+        if (!cmds[i].fn) {
+            fprintf(stderr, "minicpmv: '%s' is not built into this binary\n", argv[1]);
+            return 2;
+        }
+        return cmds[i].fn(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "minicpmv: unknown command '%s'\n", argv[1]);
+    usage(cmds, n);
+    return 2;
+}
