@@ -1,6 +1,6 @@
 /* backend.h: the ops contract. Model code (llm.c, vision.c, resampler.c) calls only these.
  * backend.c checks shapes, dtypes and devices, then routes to cpu_* (backend_cpu.c) or
- * cuda_* (cuda/*.cu) by the tensors' device tag. All tensors of one op live on one device,
+ * cuda_* (src/cuda) by the tensors' device tag. All tensors of one op live on one device,
  * except op_copy.
  *
  * Numerics (the same on every backend):

@@ -1,0 +1,225 @@
+/* backend.c: op dispatch. Checks shapes, dtypes and devices (programmer errors: CHECK), then
+ * routes each op to its CPU or CUDA twin by the device tag of the output tensor. */
+#include "backend.h"
+
+#include <string.h>
+
+#include "backend_impl.h"
+
+static bool is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
+
+static void check_same_dev(const struct tensor *a, const struct tensor *b)
+{
+    CHECKF(device_eq(a->dev, b->dev), "tensors on different devices: %s (%d:%d) vs %s (%d:%d)",
+           a->name ? a->name : "?", a->dev.kind, a->dev.ordinal, b->name ? b->name : "?", b->dev.kind,
+           b->dev.ordinal);
+}
+
+#ifdef MINICPMV_CUDA
+#define DISPATCH(dev, op, ...)                       \
+    do {                                             \
+        if ((dev).kind == DEVICE_CUDA) cuda_##op(__VA_ARGS__); \
+        else cpu_##op(__VA_ARGS__);                  \
+    } while (0)
+#else
+#define DISPATCH(dev, op, ...)                       \
+    do {                                             \
+        CHECKF((dev).kind == DEVICE_CPU, "CUDA tensor but this binary was built without CUDA"); \
+        cpu_##op(__VA_ARGS__);                       \
+    } while (0)
+#endif
+
+void backend_query(struct backend_info *bi)
+{
+    memset(bi, 0, sizeof *bi);
+#ifdef MINICPMV_CUDA
+    bi->cuda_built = 1;
+    bi->n_gpus = cuda_device_count();
+#endif
+}
+
+void *dev_alloc(struct device d, size_t bytes, struct err *e)
+{
+    if (d.kind == DEVICE_CPU) {
+        size_t n = (bytes + 63) & ~(size_t)63;
+        void *p = aligned_alloc(64, n ? n : 64);
+        if (!p) err_set(e, "out of host memory allocating %zu bytes", bytes);
+        return p;
+    }
+#ifdef MINICPMV_CUDA
+    return cuda_alloc(d.ordinal, bytes, e);
+#else
+    err_set(e, "cannot allocate on GPU %d: built without CUDA", d.ordinal);
+    return NULL;
+#endif
+}
+
+void dev_free(struct device d, void *p)
+{
+    if (!p) return;
+    if (d.kind == DEVICE_CPU) { free(p); return; }
+#ifdef MINICPMV_CUDA
+    cuda_free(d.ordinal, p);
+#endif
+}
+
+int dev_mem_info(struct device d, size_t *free_b, size_t *total_b, struct err *e)
+{
+    if (d.kind == DEVICE_CPU) {
+        FILE *f = fopen("/proc/meminfo", "r");
+        if (!f) return err_set(e, "cannot read /proc/meminfo");
+        char line[256];
+        unsigned long long total = 0, avail = 0;
+        while (fgets(line, sizeof line, f)) {
+            sscanf(line, "MemTotal: %llu kB", &total);
+            sscanf(line, "MemAvailable: %llu kB", &avail);
+        }
+        fclose(f);
+        *free_b = (size_t)avail * 1024;
+        *total_b = (size_t)total * 1024;
+        return 0;
+    }
+#ifdef MINICPMV_CUDA
+    return cuda_mem_info(d.ordinal, free_b, total_b, e);
+#else
+    return err_set(e, "no GPU %d: built without CUDA", d.ordinal);
+#endif
+}
+
+void dev_sync(struct device d)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_sync(d.ordinal);
+#else
+    (void)d;
+#endif
+}
+
+void op_embed(struct tensor *y, const struct tensor *table, const struct tensor *ids)
+{
+    CHECK(y->ndim == 2 && table->ndim == 2 && ids->ndim == 1 && ids->dtype == DTYPE_I32);
+    CHECK(y->shape[0] == ids->shape[0] && y->shape[1] == table->shape[1]);
+    check_same_dev(y, table);
+    check_same_dev(y, ids);
+    DISPATCH(y->dev, embed, y, table, ids);
+}
+
+void op_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
+{
+    CHECK(x->ndim == 2 && w->ndim == 2 && y->ndim == 2);
+    CHECKF(x->shape[1] == w->shape[1] && y->shape[0] == x->shape[0] && y->shape[1] == w->shape[0],
+           "matmul %s: y[%lld,%lld] x[%lld,%lld] w[%lld,%lld]", w->name ? w->name : "", (long long)y->shape[0],
+           (long long)y->shape[1], (long long)x->shape[0], (long long)x->shape[1], (long long)w->shape[0],
+           (long long)w->shape[1]);
+    CHECK(is_float(x->dtype) && is_float(w->dtype) && is_float(y->dtype));
+    CHECK(y->data != x->data);
+    check_same_dev(y, x);
+    check_same_dev(y, w);
+    if (bias) {
+        CHECK(bias->ndim == 1 && bias->shape[0] == w->shape[0]);
+        check_same_dev(y, bias);
+    }
+    DISPATCH(y->dev, matmul, y, x, w, bias);
+}
+
+static void check_rowwise(const struct tensor *y, const struct tensor *x, const struct tensor *w)
+{
+    CHECK(tensor_same_shape(y, x));
+    CHECK(w->ndim == 1 && w->shape[0] == x->shape[x->ndim - 1]);
+    check_same_dev(y, x);
+    check_same_dev(y, w);
+}
+
+void op_rmsnorm(struct tensor *y, const struct tensor *x, const struct tensor *w, float eps)
+{
+    check_rowwise(y, x, w);
+    DISPATCH(y->dev, rmsnorm, y, x, w, eps);
+}
+
+void op_layernorm(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *b, float eps)
+{
+    check_rowwise(y, x, w);
+    CHECK(tensor_same_shape(w, b));
+    check_same_dev(y, b);
+    DISPATCH(y->dev, layernorm, y, x, w, b, eps);
+}
+
+void op_rope(struct tensor *x, const struct tensor *pos, double theta)
+{
+    CHECK(x->ndim == 3 && pos->ndim == 1 && pos->dtype == DTYPE_I32 && pos->shape[0] == x->shape[0]);
+    CHECK(x->shape[2] % 2 == 0);
+    check_same_dev(x, pos);
+    DISPATCH(x->dev, rope, x, pos, theta);
+}
+
+void op_attention(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                  int64_t q_pos0, float scale, int flags)
+{
+    CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && out->ndim == 3);
+    CHECK(tensor_same_shape(out, q) && tensor_same_shape(k, v));
+    CHECK(q->shape[2] == k->shape[2] && q->shape[1] % k->shape[1] == 0);
+    CHECK(out->data != q->data && out->data != k->data && out->data != v->data);
+    if (flags & ATTN_CAUSAL) CHECK(q_pos0 >= 0 && q_pos0 + q->shape[0] <= k->shape[0]);
+    check_same_dev(out, q);
+    check_same_dev(out, k);
+    check_same_dev(out, v);
+    DISPATCH(out->dev, attention, out, q, k, v, q_pos0, scale, flags);
+}
+
+void op_silu_mul(struct tensor *y, const struct tensor *gate, const struct tensor *up)
+{
+    CHECK(tensor_same_shape(y, gate) && tensor_same_shape(y, up));
+    check_same_dev(y, gate);
+    check_same_dev(y, up);
+    DISPATCH(y->dev, silu_mul, y, gate, up);
+}
+
+void op_gelu_tanh(struct tensor *y, const struct tensor *x)
+{
+    CHECK(tensor_numel(y) == tensor_numel(x));
+    check_same_dev(y, x);
+    DISPATCH(y->dev, gelu_tanh, y, x);
+}
+
+void op_add(struct tensor *y, const struct tensor *a, const struct tensor *b)
+{
+    CHECK(tensor_same_shape(y, a));
+    CHECK(tensor_same_shape(a, b) || (b->ndim == 1 && b->shape[0] == a->shape[a->ndim - 1]));
+    check_same_dev(y, a);
+    check_same_dev(y, b);
+    DISPATCH(y->dev, add, y, a, b);
+}
+
+void op_scale(struct tensor *y, const struct tensor *x, float s)
+{
+    CHECK(tensor_same_shape(y, x));
+    check_same_dev(y, x);
+    DISPATCH(y->dev, scale, y, x, s);
+}
+
+void op_copy(struct tensor *dst, const struct tensor *src)
+{
+    CHECKF(tensor_numel(dst) == tensor_numel(src), "copy of %lld elements into %lld", (long long)tensor_numel(src),
+           (long long)tensor_numel(dst));
+    if (device_eq(dst->dev, src->dev)) {
+        if (dst->data == src->data && dst->dtype == src->dtype) return;
+        DISPATCH(dst->dev, convert, dst, src);
+        return;
+    }
+    CHECKF(dst->dtype == src->dtype, "cross-device copy must keep the dtype");
+    if (dst->dev.kind == DEVICE_CPU && src->dev.kind == DEVICE_CPU) {
+        memcpy(dst->data, src->data, tensor_nbytes(src));
+        return;
+    }
+#ifdef MINICPMV_CUDA
+    cuda_memcpy(dst->dev, dst->data, src->dev, src->data, tensor_nbytes(src));
+#else
+    CHECKF(0, "cross-device copy needs CUDA");
+#endif
+}
+
+void op_argmax(const struct tensor *x, int32_t *out)
+{
+    CHECK(x->ndim == 2 && x->dtype == DTYPE_F32);
+    DISPATCH(x->dev, argmax, x, out);
+}

@@ -1,0 +1,344 @@
+/* backend_cpu.c: the CPU twins of the ops, the executable specification of backend.h.
+ * Every op computes in fp32 and rounds to the output dtype; where PyTorch's fp16 path rounds an
+ * intermediate, rnd() rounds to the activation dtype at the same point (identity for F32).
+ * Speed: matmul uses an AVX2/F16C GEMV for few tokens (decode reads each weight once for all
+ * tokens) and OpenBLAS sgemm over fp32-converted weight blocks for prefill; OpenMP over rows. */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "backend_impl.h"
+
+void backend_set_threads(int n)
+{
+    if (n > 0) omp_set_num_threads(n);
+}
+
+/* Rounds v to dtype t and back (what storing an intermediate in that dtype does). */
+static inline float rnd(float v, enum dtype t)
+{
+    if (t == DTYPE_F16) return f16_to_f32(f32_to_f16(v));
+    if (t == DTYPE_BF16) return bf16_to_f32(f32_to_bf16(v));
+    return v;
+}
+
+static inline float load1(const void *p, enum dtype t, int64_t i)
+{
+    switch (t) {
+    case DTYPE_F32: return ((const float *)p)[i];
+    case DTYPE_F16: return f16_to_f32(((const uint16_t *)p)[i]);
+    case DTYPE_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    case DTYPE_I32: return (float)((const int32_t *)p)[i];
+    }
+    return 0;
+}
+
+static inline void *row_ptr(const struct tensor *t, int64_t r)
+{
+    return (char *)t->data + (size_t)r * (size_t)tensor_row_numel(t) * dtype_size(t->dtype);
+}
+
+void cpu_convert(struct tensor *dst, const struct tensor *src)
+{
+    int64_t n = tensor_numel(src);
+    if (dst->dtype == src->dtype) {
+        memmove(dst->data, src->data, tensor_nbytes(src));
+        return;
+    }
+    const int64_t blk = 4096;
+#pragma omp parallel for if (n > 65536)
+    for (int64_t b = 0; b < n; b += blk) {
+        float tmp[4096];
+        int64_t m = n - b < blk ? n - b : blk;
+        convert_to_f32(tmp, (const char *)src->data + (size_t)b * dtype_size(src->dtype), src->dtype, m);
+        convert_from_f32((char *)dst->data + (size_t)b * dtype_size(dst->dtype), dst->dtype, tmp, m);
+    }
+}
+
+void cpu_embed(struct tensor *y, const struct tensor *table, const struct tensor *ids)
+{
+    int64_t n = y->shape[0], d = y->shape[1];
+    const int32_t *id = ids->data;
+    for (int64_t i = 0; i < n; i++) {
+        CHECKF(id[i] >= 0 && id[i] < table->shape[0], "token id %d outside the vocabulary", id[i]);
+        struct tensor src = tensor_rows_view(table, id[i], 1), dst = tensor_rows_view(y, i, 1);
+        src.ndim = dst.ndim = 2;
+        (void)d;
+        cpu_convert(&dst, &src);
+    }
+}
+
+/* ---- matmul ---- */
+
+/* dot of an f32 vector with a row of w (dtype wt), length k */
+static inline float dot_row(const float *x, const void *w, enum dtype wt, int64_t k)
+{
+    int64_t j = 0;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    if (wt == DTYPE_F16) {
+        const uint16_t *h = w;
+        for (; j + 32 <= k; j += 32) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j))), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j + 8))), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 16), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j + 16))), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 24), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j + 24))), a3);
+        }
+    } else if (wt == DTYPE_F32) {
+        const float *f = w;
+        for (; j + 32 <= k; j += 32) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(f + j), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(f + j + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 16), _mm256_loadu_ps(f + j + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 24), _mm256_loadu_ps(f + j + 24), a3);
+        }
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    s4 = _mm_hadd_ps(s4, s4);
+    s4 = _mm_hadd_ps(s4, s4);
+    float acc = _mm_cvtss_f32(s4);
+    for (; j < k; j++) acc += x[j] * load1(w, wt, j);
+    return acc;
+}
+
+#define GEMV_MAX_TOKENS 8
+#define GEMM_BLOCK 128
+
+void cpu_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
+{
+    const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
+    float *xf = malloc((size_t)n * (size_t)k * sizeof(float));
+    CHECK(xf);
+    convert_to_f32(xf, x->data, x->dtype, n * k);
+    if (n <= GEMV_MAX_TOKENS) {
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < o; r++) {
+            const void *wr = row_ptr(w, r);
+            float b = bias ? load1(bias->data, bias->dtype, r) : 0.0f;
+            for (int64_t t = 0; t < n; t++) {
+                float acc = w->dtype == DTYPE_BF16 ? 0.0f : dot_row(xf + t * k, wr, w->dtype, k);
+                if (w->dtype == DTYPE_BF16)
+                    for (int64_t j = 0; j < k; j++) acc += xf[t * k + j] * load1(wr, DTYPE_BF16, j);
+                float v = acc + b;
+                if (y->dtype == DTYPE_F32) ((float *)y->data)[t * o + r] = v;
+                else convert_from_f32((char *)y->data + (size_t)(t * o + r) * dtype_size(y->dtype), y->dtype, &v, 1);
+            }
+        }
+        free(xf);
+        return;
+    }
+    /* prefill: sgemm per block of output rows, weights converted to f32 block by block */
+    const int64_t nblk = (o + GEMM_BLOCK - 1) / GEMM_BLOCK;
+#pragma omp parallel
+    {
+        float *wb = w->dtype == DTYPE_F32 ? NULL : malloc((size_t)GEMM_BLOCK * (size_t)k * sizeof(float));
+        float *yb = malloc((size_t)n * GEMM_BLOCK * sizeof(float));
+        CHECK(yb && (w->dtype == DTYPE_F32 || wb));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t bi = 0; bi < nblk; bi++) {
+            int64_t r0 = bi * GEMM_BLOCK, m = o - r0 < GEMM_BLOCK ? o - r0 : GEMM_BLOCK;
+            const float *wf;
+            if (w->dtype == DTYPE_F32) wf = (const float *)row_ptr(w, r0);
+            else {
+                convert_to_f32(wb, row_ptr(w, r0), w->dtype, m * k);
+                wf = wb;
+            }
+            /* yb[n, m] = xf[n, k] · wf[m, k]^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)k, 1.0f, xf, (int)k, wf, (int)k,
+                        0.0f, yb, (int)m);
+            for (int64_t t = 0; t < n; t++) {
+                float *yr = yb + t * m;
+                if (bias)
+                    for (int64_t j = 0; j < m; j++) yr[j] += load1(bias->data, bias->dtype, r0 + j);
+                convert_from_f32((char *)y->data + (size_t)(t * o + r0) * dtype_size(y->dtype), y->dtype, yr, m);
+            }
+        }
+        free(wb);
+        free(yb);
+    }
+    free(xf);
+}
+
+/* ---- norms ---- */
+
+void cpu_rmsnorm(struct tensor *y, const struct tensor *x, const struct tensor *w, float eps)
+{
+    const int64_t d = x->shape[x->ndim - 1], rows = tensor_numel(x) / d;
+#pragma omp parallel for if (rows > 4)
+    for (int64_t r = 0; r < rows; r++) {
+        float *buf = malloc((size_t)d * sizeof(float));
+        CHECK(buf);
+        convert_to_f32(buf, (const char *)x->data + (size_t)(r * d) * dtype_size(x->dtype), x->dtype, d);
+        double ss = 0; /* fp32 in torch; a double sum only removes summation-order noise */
+        for (int64_t j = 0; j < d; j++) ss += (double)buf[j] * buf[j];
+        float inv = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+        for (int64_t j = 0; j < d; j++) buf[j] = rnd(load1(w->data, w->dtype, j) * rnd(buf[j] * inv, x->dtype), y->dtype);
+        convert_from_f32((char *)y->data + (size_t)(r * d) * dtype_size(y->dtype), y->dtype, buf, d);
+        free(buf);
+    }
+}
+
+void cpu_layernorm(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *b, float eps)
+{
+    const int64_t d = x->shape[x->ndim - 1], rows = tensor_numel(x) / d;
+#pragma omp parallel for if (rows > 4)
+    for (int64_t r = 0; r < rows; r++) {
+        float *buf = malloc((size_t)d * sizeof(float));
+        CHECK(buf);
+        convert_to_f32(buf, (const char *)x->data + (size_t)(r * d) * dtype_size(x->dtype), x->dtype, d);
+        double s = 0, ss = 0;
+        for (int64_t j = 0; j < d; j++) s += buf[j];
+        double mean = s / (double)d;
+        for (int64_t j = 0; j < d; j++) ss += ((double)buf[j] - mean) * ((double)buf[j] - mean);
+        float rstd = 1.0f / sqrtf((float)(ss / (double)d) + eps), m = (float)mean;
+        for (int64_t j = 0; j < d; j++)
+            buf[j] = (buf[j] - m) * rstd * load1(w->data, w->dtype, j) + load1(b->data, b->dtype, j);
+        convert_from_f32((char *)y->data + (size_t)(r * d) * dtype_size(y->dtype), y->dtype, buf, d);
+        free(buf);
+    }
+}
+
+/* ---- rope ---- */
+
+void cpu_rope(struct tensor *x, const struct tensor *pos, double theta)
+{
+    const int64_t n = x->shape[0], nh = x->shape[1], hd = x->shape[2], half = hd / 2;
+    const enum dtype t = x->dtype;
+    float inv_freq[512];
+    CHECK(half <= 512);
+    /* HF: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all fp32 */
+    for (int64_t i = 0; i < half; i++) inv_freq[i] = 1.0f / powf((float)theta, (float)(2 * i) / (float)hd);
+    const int32_t *p = pos->data;
+#pragma omp parallel for if (n > 1)
+    for (int64_t i = 0; i < n; i++) {
+        float c[512], s[512];
+        for (int64_t j = 0; j < half; j++) {
+            float a = (float)p[i] * inv_freq[j];
+            c[j] = rnd(cosf(a), t); /* cos/sin are cast to the activation dtype */
+            s[j] = rnd(sinf(a), t);
+        }
+        for (int64_t h = 0; h < nh; h++) {
+            size_t base = (size_t)((i * nh + h) * hd);
+            for (int64_t j = 0; j < half; j++) {
+                float x1 = load1(x->data, t, (int64_t)base + j), x2 = load1(x->data, t, (int64_t)base + j + half);
+                float o1 = rnd(rnd(x1 * c[j], t) + rnd(-x2 * s[j], t), t);
+                float o2 = rnd(rnd(x2 * c[j], t) + rnd(x1 * s[j], t), t);
+                convert_from_f32((char *)x->data + (base + (size_t)j) * dtype_size(t), t, &o1, 1);
+                convert_from_f32((char *)x->data + (base + (size_t)(j + half)) * dtype_size(t), t, &o2, 1);
+            }
+        }
+    }
+}
+
+/* ---- attention ---- */
+
+void cpu_attention(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                   int64_t q_pos0, float scale, int flags)
+{
+    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], T = k->shape[0], Hkv = k->shape[1];
+    const int64_t group = H / Hkv;
+    const enum dtype at = q->dtype;
+    const int eager = (flags & ATTN_EAGER_F16) != 0;
+    /* keys/values converted to f32 once: [T, Hkv, hd] */
+    float *kf = malloc((size_t)(T * Hkv * hd) * sizeof(float)), *vf = malloc((size_t)(T * Hkv * hd) * sizeof(float));
+    CHECK(kf && vf);
+    convert_to_f32(kf, k->data, k->dtype, T * Hkv * hd);
+    convert_to_f32(vf, v->data, v->dtype, T * Hkv * hd);
+#pragma omp parallel
+    {
+        float *sc = malloc((size_t)T * sizeof(float)), *qf = malloc((size_t)hd * sizeof(float));
+        float *acc = malloc((size_t)hd * sizeof(float));
+        CHECK(sc && qf && acc);
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t ih = 0; ih < n * H; ih++) {
+            int64_t i = ih / H, h = ih % H, kh = h / group;
+            int64_t limit = (flags & ATTN_CAUSAL) ? q_pos0 + i + 1 : T;
+            convert_to_f32(qf, (const char *)q->data + (size_t)(ih * hd) * dtype_size(q->dtype), q->dtype, hd);
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < limit; j++) {
+                const float *kr = kf + (j * Hkv + kh) * hd;
+                float d = 0;
+                for (int64_t c = 0; c < hd; c++) d += qf[c] * kr[c];
+                d = eager ? rnd(rnd(d, at) * scale, at) : d * scale;
+                sc[j] = d;
+                if (d > mx) mx = d;
+            }
+            double sum = 0;
+            for (int64_t j = 0; j < limit; j++) {
+                sc[j] = expf(sc[j] - mx);
+                sum += sc[j];
+            }
+            float inv = (float)(1.0 / sum);
+            memset(acc, 0, (size_t)hd * sizeof(float));
+            for (int64_t j = 0; j < limit; j++) {
+                float p = sc[j] * inv;
+                if (eager) p = rnd(p, at); /* eager softmax output is cast back to the act dtype */
+                const float *vr = vf + (j * Hkv + kh) * hd;
+                for (int64_t c = 0; c < hd; c++) acc[c] += p * vr[c];
+            }
+            convert_from_f32((char *)out->data + (size_t)(ih * hd) * dtype_size(out->dtype), out->dtype, acc, hd);
+        }
+        free(sc);
+        free(qf);
+        free(acc);
+    }
+    free(kf);
+    free(vf);
+}
+
+/* ---- elementwise ---- */
+
+#define ELEMENTWISE(y, n, expr)                                                                           \
+    do {                                                                                                  \
+        const int64_t n_ = (n);                                                                           \
+        _Pragma("omp parallel for if (n_ > 65536)") for (int64_t i = 0; i < n_; i++)                    \
+        {                                                                                                 \
+            float v_ = (expr);                                                                            \
+            if ((y)->dtype == DTYPE_F32) ((float *)(y)->data)[i] = v_;                                    \
+            else convert_from_f32((char *)(y)->data + (size_t)i * dtype_size((y)->dtype), (y)->dtype, &v_, 1); \
+        }                                                                                                 \
+    } while (0)
+
+void cpu_silu_mul(struct tensor *y, const struct tensor *gate, const struct tensor *up)
+{
+    const enum dtype t = y->dtype;
+    ELEMENTWISE(y, tensor_numel(y), ({
+                    float g = load1(gate->data, gate->dtype, i);
+                    rnd(g / (1.0f + expf(-g)), t) * load1(up->data, up->dtype, i);
+                }));
+}
+
+void cpu_gelu_tanh(struct tensor *y, const struct tensor *x)
+{
+    const float k0 = 0.7978845608028654f; /* sqrt(2/pi) */
+    ELEMENTWISE(y, tensor_numel(y), ({
+                    float a = load1(x->data, x->dtype, i);
+                    0.5f * a * (1.0f + tanhf(k0 * (a + 0.044715f * a * a * a)));
+                }));
+}
+
+void cpu_add(struct tensor *y, const struct tensor *a, const struct tensor *b)
+{
+    const int64_t nb = tensor_numel(b);
+    ELEMENTWISE(y, tensor_numel(y), load1(a->data, a->dtype, i) + load1(b->data, b->dtype, i % nb));
+}
+
+void cpu_scale(struct tensor *y, const struct tensor *x, float s)
+{
+    ELEMENTWISE(y, tensor_numel(y), load1(x->data, x->dtype, i) * s);
+}
+
+void cpu_argmax(const struct tensor *x, int32_t *out)
+{
+    const int64_t n = x->shape[0], V = x->shape[1];
+    for (int64_t i = 0; i < n; i++) {
+        const float *r = (const float *)x->data + i * V;
+        int64_t best = 0;
+        for (int64_t j = 1; j < V; j++)
+            if (r[j] > r[best]) best = j;
+        out[i] = (int32_t)best;
+    }
+}
