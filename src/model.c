@@ -122,3 +122,227 @@ const char *unit_name(enum unit_kind k, int layer, char *buf, size_t n)
     }
     return buf;
 }
+
+/* ---------------------------------------------------------------- loading */
+#include "backend.h"
+#include "safetensors.h"
+
+int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e)
+{
+    struct manifest_entry *man = NULL;
+    int n = model_manifest(cfg, &man, e);
+    if (n < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const struct safetensors_tensor *t = safetensors_find(st, man[i].name);
+        if (!t) {
+            rc = err_set(e, "checkpoint has no tensor %s (required by config.json)", man[i].name);
+            break;
+        }
+        bool ok = t->ndim == man[i].ndim;
+        for (int j = 0; ok && j < t->ndim; j++) ok = t->shape[j] == man[i].shape[j];
+        if (!ok) {
+            struct tensor a = {.ndim = t->ndim}, b = {.ndim = man[i].ndim};
+            memcpy(a.shape, t->shape, sizeof a.shape);
+            memcpy(b.shape, man[i].shape, sizeof b.shape);
+            char sa[96], sb[96];
+            rc = err_set(e, "%s: tensor %s has shape %s, config.json implies %s", safetensors_shard_path(st, t->shard),
+                         man[i].name, tensor_shape_str(&a, sa, sizeof sa), tensor_shape_str(&b, sb, sizeof sb));
+        } else if (t->dtype != DTYPE_F16 && t->dtype != DTYPE_BF16 && t->dtype != DTYPE_F32) {
+            rc = err_set(e, "%s: tensor %s has dtype %s; weights must be F16, BF16 or F32",
+                         safetensors_shard_path(st, t->shard), man[i].name, dtype_name(t->dtype));
+        }
+    }
+    free(man);
+    return rc;
+}
+
+static int track(struct model *m, struct device d, void *p, struct err *e)
+{
+    if (m->n_allocs == m->cap_allocs) {
+        int cap = m->cap_allocs ? 2 * m->cap_allocs : 256;
+        struct model_alloc *a = realloc(m->allocs, (size_t)cap * sizeof *a);
+        if (!a) return err_set(e, "out of memory");
+        m->allocs = a;
+        m->cap_allocs = cap;
+    }
+    m->allocs[m->n_allocs].dev = d;
+    m->allocs[m->n_allocs].p = p;
+    m->n_allocs++;
+    return 0;
+}
+
+/* Places checkpoint tensor `name` on logical device li in dtype m->wdtype (transpose: store [in,out] as [out,in]). */
+static int place(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
+                 struct tensor *out, int transpose, struct err *e, const char *name)
+{
+    struct tensor src;
+    if (safetensors_get(st, name, &src, e)) return -1;
+    src.name = NULL;
+    const struct device dev = pl->devs[li];
+    const enum dtype dt = m->wdtype;
+    if (!transpose && dev.kind == DEVICE_CPU && src.dtype == dt) {
+        *out = src; /* zero-copy view of the read-only map */
+        out->name = name;
+        m->bytes_per_device[li] += tensor_nbytes(&src);
+        return 0;
+    }
+    struct tensor host = src;
+    void *tmp = NULL;
+    if (src.dtype != dt || transpose) {
+        host.dtype = dt;
+        tmp = malloc(tensor_nbytes(&host));
+        if (!tmp) return err_set(e, "out of memory converting %s", name);
+        host.data = tmp;
+        if (transpose) {
+            CHECK(src.ndim == 2);
+            const int64_t r = src.shape[0], c = src.shape[1];
+            host.shape[0] = c;
+            host.shape[1] = r;
+            float *row = malloc((size_t)r * sizeof(float));
+            if (!row) { free(tmp); return err_set(e, "out of memory"); }
+            for (int64_t j = 0; j < c; j++) {
+                for (int64_t i = 0; i < r; i++) {
+                    const char *p = (const char *)src.data + (size_t)(i * c + j) * dtype_size(src.dtype);
+                    convert_to_f32(&row[i], p, src.dtype, 1);
+                }
+                convert_from_f32((char *)tmp + (size_t)(j * r) * dtype_size(dt), dt, row, r);
+            }
+            free(row);
+        } else {
+            op_copy(&host, &src);
+        }
+    }
+    if (dev.kind == DEVICE_CPU) {
+        if (track(m, dev, tmp, e)) { free(tmp); return -1; }
+        *out = host;
+    } else {
+        void *d = dev_alloc(dev, tensor_nbytes(&host), e);
+        if (!d) { free(tmp); return err_prefix(e, "loading %s", name); }
+        if (track(m, dev, d, e)) { dev_free(dev, d); free(tmp); return -1; }
+        struct tensor dt_ = host;
+        dt_.data = d;
+        dt_.dev = dev;
+        op_copy(&dt_, &host);
+        free(tmp);
+        *out = dt_;
+    }
+    out->name = name;
+    m->bytes_per_device[li] += tensor_nbytes(out);
+    return 0;
+}
+
+/* Names must outlive the tensors (they are kept for messages): the manifest's storage holds them. */
+int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
+               const struct model_placement *pl, enum dtype wdtype, struct err *e)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->wdtype = wdtype;
+    if (model_check_checkpoint(cfg, st, e)) return -1;
+    const int L = cfg->num_hidden_layers, VL = cfg->vision_layers_used;
+    m->llm.layers = calloc((size_t)L, sizeof *m->llm.layers);
+    m->vpm.layers = calloc((size_t)VL, sizeof *m->vpm.layers);
+    if (!m->llm.layers || !m->vpm.layers) return err_set(e, "out of memory");
+    /* names are looked up in the safetensors table, whose strings live as long as st */
+#define NAME(...) (snprintf(nb, sizeof nb, __VA_ARGS__), safetensors_find(st, nb)->name)
+    char nb[160];
+    int rc = 0;
+    struct llm_weights *w = &m->llm;
+    w->embed_device = pl->embed;
+    w->norm_device = pl->norm;
+    w->lm_head_device = pl->lm_head;
+    rc |= place(m, st, pl, pl->embed, &w->embed_tokens, 0, e, NAME("llm.model.embed_tokens.weight"));
+    for (int i = 0; i < L && !rc; i++) {
+        struct llm_layer *l = &w->layers[i];
+        int d = pl->layer[i];
+        l->device = d;
+        const char *p = "llm.model.layers";
+        rc |= place(m, st, pl, d, &l->input_layernorm, 0, e, NAME("%s.%d.input_layernorm.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->q_proj, 0, e, NAME("%s.%d.self_attn.q_proj.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->k_proj, 0, e, NAME("%s.%d.self_attn.k_proj.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->v_proj, 0, e, NAME("%s.%d.self_attn.v_proj.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->o_proj, 0, e, NAME("%s.%d.self_attn.o_proj.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->post_attention_layernorm, 0, e, NAME("%s.%d.post_attention_layernorm.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->gate_proj, 0, e, NAME("%s.%d.mlp.gate_proj.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->up_proj, 0, e, NAME("%s.%d.mlp.up_proj.weight", p, i));
+        rc |= rc ? -1 : place(m, st, pl, d, &l->down_proj, 0, e, NAME("%s.%d.mlp.down_proj.weight", p, i));
+    }
+    if (!rc) rc = place(m, st, pl, pl->norm, &w->norm, 0, e, NAME("llm.model.norm.weight"));
+    if (!rc) rc = place(m, st, pl, pl->lm_head, &w->lm_head, 0, e, NAME("llm.lm_head.weight"));
+
+    /* vision tower */
+    struct vpm_weights *v = &m->vpm;
+    const int vd = cfg->vision_config.hidden_size, ps = cfg->vision_config.patch_size;
+    v->device = pl->vpm;
+    const int vi = pl->vpm;
+    if (!rc) rc = place(m, st, pl, vi, &v->patch_w, 0, e, NAME("vpm.embeddings.patch_embedding.weight"));
+    if (!rc) v->patch_w = tensor_reshape(&v->patch_w, 2, (int64_t)vd, (int64_t)(3 * ps * ps));
+    if (!rc) rc = place(m, st, pl, vi, &v->patch_b, 0, e, NAME("vpm.embeddings.patch_embedding.bias"));
+    if (!rc) rc = place(m, st, pl, vi, &v->pos_embed, 0, e, NAME("vpm.embeddings.position_embedding.weight"));
+    for (int j = 0; j < VL && !rc; j++) {
+        struct vpm_layer *l = &v->layers[j];
+        const char *p = "vpm.encoder.layers";
+        struct { struct tensor *t; const char *suffix; } f[] = {
+            {&l->layer_norm1_w, "layer_norm1.weight"}, {&l->layer_norm1_b, "layer_norm1.bias"},
+            {&l->q_w, "self_attn.q_proj.weight"}, {&l->q_b, "self_attn.q_proj.bias"},
+            {&l->k_w, "self_attn.k_proj.weight"}, {&l->k_b, "self_attn.k_proj.bias"},
+            {&l->v_w, "self_attn.v_proj.weight"}, {&l->v_b, "self_attn.v_proj.bias"},
+            {&l->out_w, "self_attn.out_proj.weight"}, {&l->out_b, "self_attn.out_proj.bias"},
+            {&l->layer_norm2_w, "layer_norm2.weight"}, {&l->layer_norm2_b, "layer_norm2.bias"},
+            {&l->fc1_w, "mlp.fc1.weight"}, {&l->fc1_b, "mlp.fc1.bias"},
+            {&l->fc2_w, "mlp.fc2.weight"}, {&l->fc2_b, "mlp.fc2.bias"},
+        };
+        for (size_t k = 0; k < sizeof f / sizeof f[0] && !rc; k++)
+            rc = place(m, st, pl, vi, f[k].t, 0, e, NAME("%s.%d.%s", p, j, f[k].suffix));
+    }
+    if (!rc) rc = place(m, st, pl, vi, &v->post_ln_w, 0, e, NAME("vpm.post_layernorm.weight"));
+    if (!rc) rc = place(m, st, pl, vi, &v->post_ln_b, 0, e, NAME("vpm.post_layernorm.bias"));
+
+    /* resampler */
+    struct resampler_weights *r = &m->rs;
+    const int ri = pl->resampler;
+    const int64_t d = cfg->hidden_size;
+    r->device = ri;
+    struct tensor in_w, in_b;
+    if (!rc) rc = place(m, st, pl, ri, &r->query, 0, e, NAME("resampler.query"));
+    if (!rc) rc = place(m, st, pl, ri, &r->kv_proj, 0, e, NAME("resampler.kv_proj.weight"));
+    if (!rc) rc = place(m, st, pl, ri, &r->ln_q_w, 0, e, NAME("resampler.ln_q.weight"));
+    if (!rc) rc = place(m, st, pl, ri, &r->ln_q_b, 0, e, NAME("resampler.ln_q.bias"));
+    if (!rc) rc = place(m, st, pl, ri, &r->ln_kv_w, 0, e, NAME("resampler.ln_kv.weight"));
+    if (!rc) rc = place(m, st, pl, ri, &r->ln_kv_b, 0, e, NAME("resampler.ln_kv.bias"));
+    if (!rc) rc = place(m, st, pl, ri, &in_w, 0, e, NAME("resampler.attn.in_proj_weight"));
+    if (!rc) rc = place(m, st, pl, ri, &in_b, 0, e, NAME("resampler.attn.in_proj_bias"));
+    if (!rc) {
+        r->wq = tensor_rows_view(&in_w, 0, d);
+        r->wk = tensor_rows_view(&in_w, d, d);
+        r->wv = tensor_rows_view(&in_w, 2 * d, d);
+        r->bq = tensor_rows_view(&in_b, 0, d);
+        r->bk = tensor_rows_view(&in_b, d, d);
+        r->bv = tensor_rows_view(&in_b, 2 * d, d);
+    }
+    if (!rc) rc = place(m, st, pl, ri, &r->out_w, 0, e, NAME("resampler.attn.out_proj.weight"));
+    if (!rc) rc = place(m, st, pl, ri, &r->out_b, 0, e, NAME("resampler.attn.out_proj.bias"));
+    if (!rc) rc = place(m, st, pl, ri, &r->ln_post_w, 0, e, NAME("resampler.ln_post.weight"));
+    if (!rc) rc = place(m, st, pl, ri, &r->ln_post_b, 0, e, NAME("resampler.ln_post.bias"));
+    if (!rc) rc = place(m, st, pl, ri, &r->proj_t, 1, e, NAME("resampler.proj"));
+#undef NAME
+    if (rc) {
+        model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+void model_free(struct model *m)
+{
+    if (!m) return;
+    for (int i = 0; i < m->n_allocs; i++) dev_free(m->allocs[i].dev, m->allocs[i].p);
+    free(m->allocs);
+    free(m->llm.layers);
+    free(m->vpm.layers);
+    m->allocs = NULL;
+    m->llm.layers = NULL;
+    m->vpm.layers = NULL;
+    m->n_allocs = m->cap_allocs = 0;
+}

@@ -82,3 +82,41 @@ struct llm_weights {
     struct tensor norm;           /* [d] */
     struct tensor lm_head;        /* [V, d] */
 };
+
+/* ---- loading ---- */
+#define MODEL_MAX_DEVICES 16
+
+/* Where each unit goes: an index into devs[] (logical devices; several may share one
+ * physical device, e.g. the CPU split in two for tests). */
+struct model_placement {
+    int n_devices;
+    struct device devs[MODEL_MAX_DEVICES];
+    int embed, norm, lm_head, vpm, resampler;
+    int *layer;                  /* [num_hidden_layers] */
+};
+
+struct model_alloc {             /* an owned buffer, freed by model_free */
+    struct device dev;
+    void *p;
+};
+
+struct model {
+    struct model_config cfg;
+    struct llm_weights llm;
+    struct vpm_weights vpm;
+    struct resampler_weights rs;
+    enum dtype wdtype;           /* dtype weights are kept in */
+    struct model_alloc *allocs;
+    int n_allocs, cap_allocs;
+    size_t bytes_per_device[MODEL_MAX_DEVICES];
+};
+
+struct safetensors;
+/* Checks the checkpoint against the manifest (every tensor present, shape as expected, a float
+ * dtype) and binds each tensor to its field on its unit's device in dtype wdtype. CPU tensors whose
+ * dtype already matches stay zero-copy views of the mmap; others are converted/copied. */
+int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
+               const struct model_placement *pl, enum dtype wdtype, struct err *e);
+void model_free(struct model *m);
+/* Checks only (no binding): used by loaders and by `plan` when headers are present. */
+int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e);

@@ -1,0 +1,135 @@
+/* engine.c: opening a model folder (config, checkpoint, placement, weights, tokenizer) and the
+ * generation loop. Placement comes from the caller (devmap) or defaults to one device. */
+#include "engine.h"
+
+#include <string.h>
+
+#include "backend.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+
+void engine_options_default(struct engine_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->device = "auto";
+    o->dtype = DTYPE_F16;
+}
+
+static int pick_device(const char *name, struct device *d, struct err *e)
+{
+    struct backend_info bi;
+    backend_query(&bi);
+    if (!name || !strcmp(name, "auto")) {
+        *d = bi.n_gpus > 0 ? device_cuda(0) : device_cpu();
+        return 0;
+    }
+    if (!strcmp(name, "cpu")) { *d = device_cpu(); return 0; }
+    if (!strcmp(name, "cuda") || !strcmp(name, "gpu")) {
+        if (!bi.cuda_built) return err_set(e, "--device cuda: this binary was built without CUDA (make CUDA=1)");
+        if (bi.n_gpus < 1) return err_set(e, "--device cuda: no CUDA device is visible");
+        *d = device_cuda(0);
+        return 0;
+    }
+    return err_set(e, "--device: expected auto, cpu or cuda, got '%s'", name);
+}
+
+int engine_open(struct engine **out, const struct engine_options *o, struct err *e)
+{
+    *out = NULL;
+    double t0 = time_now();
+    struct engine *g = calloc(1, sizeof *g);
+    if (!g) return err_set(e, "out of memory");
+    if (!o->model_dir) { err_set(e, "no model folder given (--model DIR)"); goto fail; }
+    if (config_load(&g->cfg, o->model_dir, e)) goto fail;
+    if (preprocessor_config_load(&g->pp, &g->cfg, o->model_dir, e)) goto fail;
+    if (safetensors_open_dir(&g->st, o->model_dir, e)) goto fail;
+    backend_set_threads(o->threads);
+
+    const int L = g->cfg.num_hidden_layers;
+    g->layer_dev = calloc((size_t)L, sizeof *g->layer_dev);
+    if (!g->layer_dev) { err_set(e, "out of memory"); goto fail; }
+    if (o->placement) {
+        g->pl = *o->placement;
+        memcpy(g->layer_dev, o->placement->layer, (size_t)L * sizeof *g->layer_dev);
+    } else {
+        struct device d;
+        if (pick_device(o->device, &d, e)) goto fail;
+        int n = o->split > 1 ? o->split : 1;
+        if (n > MODEL_MAX_DEVICES || n > L) { err_set(e, "--split %d: must be at most %d", n, L < MODEL_MAX_DEVICES ? L : MODEL_MAX_DEVICES); goto fail; }
+        g->pl.n_devices = n;
+        for (int i = 0; i < n; i++) g->pl.devs[i] = d;
+        /* contiguous ranges; embedding, vision and resampler on the first, norm and lm_head on the last */
+        for (int l = 0; l < L; l++) g->layer_dev[l] = (int)((int64_t)l * n / L);
+        g->pl.embed = g->pl.vpm = g->pl.resampler = 0;
+        g->pl.norm = g->pl.lm_head = n - 1;
+    }
+    g->pl.layer = g->layer_dev;
+    if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, e)) goto fail;
+    int64_t ctx = o->ctx ? o->ctx : (g->cfg.max_position_embeddings < 4096 ? g->cfg.max_position_embeddings : 4096);
+    int64_t mb = o->max_batch ? o->max_batch : 512;
+    if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
+    char tp[4096];
+    if (path_join(tp, sizeof tp, o->model_dir, "tokenizer.json", NULL) == 0) {
+        FILE *f = fopen(tp, "rb");
+        if (f) {
+            fclose(f);
+            if (tokenizer_load(&g->tok, o->model_dir, e)) goto fail;
+        }
+    }
+    g->load_seconds = time_now() - t0;
+    *out = g;
+    return 0;
+fail:
+    engine_close(g);
+    return -1;
+}
+
+void engine_close(struct engine *g)
+{
+    if (!g) return;
+    llm_free(&g->llm);
+    model_free(&g->model);
+    if (g->tok) tokenizer_free(g->tok);
+    safetensors_close(g->st);
+    free(g->layer_dev);
+    free(g);
+}
+
+int engine_is_stop(const struct engine *g, int32_t tok) { return tok == g->cfg.eos_token_id || tok == 128009; }
+
+int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, int max_new,
+                    const struct sampler_params *sp, engine_token_cb cb, void *cb_ctx, int32_t *out, int *n_out,
+                    struct engine_gen_stats *stats, struct err *e)
+{
+    const int V = g->cfg.vocab_size;
+    *n_out = 0;
+    if (max_new < 0) return err_set(e, "max new tokens must be >= 0");
+    if (g->llm.n_past + n + max_new > g->llm.ctx)
+        return err_set(e, "prompt of %lld tokens + %d new tokens does not fit the context of %lld (over by %lld); "
+                          "raise --ctx or lower --max-new-tokens",
+                       (long long)(g->llm.n_past + n), max_new, (long long)g->llm.ctx,
+                       (long long)(g->llm.n_past + n + max_new - g->llm.ctx));
+    float *logits = malloc((size_t)V * sizeof *logits);
+    struct sampler s;
+    if (!logits || sampler_init(&s, sp, V)) {
+        free(logits);
+        return err_set(e, "out of memory");
+    }
+    int rc = 0;
+    double t0 = time_now();
+    if (llm_forward(&g->llm, ids, embeds, n, logits, e)) { rc = -1; goto done; }
+    double t1 = time_now();
+    if (stats) { stats->n_prompt = n; stats->t_prefill = t1 - t0; }
+    for (int i = 0; i < max_new; i++) {
+        int32_t tok = sampler_sample(&s, logits);
+        out[(*n_out)++] = tok;
+        if (cb && cb(cb_ctx, tok)) break;
+        if (engine_is_stop(g, tok) || i + 1 == max_new) break;
+        if (llm_forward(&g->llm, &tok, NULL, 1, logits, e)) { rc = -1; break; }
+    }
+    if (stats) { stats->n_gen = *n_out; stats->t_decode = time_now() - t1; }
+done:
+    sampler_free(&s);
+    free(logits);
+    return rc;
+}

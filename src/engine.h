@@ -1,0 +1,58 @@
+/* engine.h: the public boundary. An engine is a loaded model (config, weights placed on devices,
+ * tokenizer when present) plus one LLM session (KV cache). Front ends (CLI, server, bench) use
+ * only this header. */
+#ifndef MINICPMV_ENGINE_H
+#define MINICPMV_ENGINE_H
+
+#include "llm.h"
+#include "sampler.h"
+
+struct engine_options {
+    const char *model_dir;
+    const char *device;          /* "auto" (GPU when present), "cpu", "cuda" */
+    enum dtype dtype;            /* weights and activations: DTYPE_F16 (default) or DTYPE_F32 */
+    int64_t ctx;                 /* KV capacity; 0 = min(4096, max_position_embeddings) */
+    int64_t max_batch;           /* prefill chunk; 0 = 512 */
+    int threads;                 /* CPU threads; 0 = all */
+    int split;                   /* >1: spread layers over this many logical devices of the one device (tests) */
+    const struct model_placement *placement; /* explicit placement (from devmap); NULL = single device */
+};
+
+void engine_options_default(struct engine_options *o);
+
+struct safetensors;
+struct tokenizer;
+
+struct engine {
+    struct model_config cfg;
+    struct preprocessor_config pp;
+    struct safetensors *st;
+    struct model model;
+    struct model_placement pl;
+    int *layer_dev;              /* storage for pl.layer */
+    struct llm llm;
+    struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
+    double load_seconds;
+};
+
+int engine_open(struct engine **out, const struct engine_options *o, struct err *e);
+void engine_close(struct engine *g);
+
+/* Called for each generated token; return non-zero to stop. */
+typedef int (*engine_token_cb)(void *ctx, int32_t tok);
+
+struct engine_gen_stats {
+    int64_t n_prompt, n_gen;
+    double t_prefill, t_decode;  /* seconds */
+};
+
+/* Feeds ids (or embeddings when ids is NULL) after what the session already holds, then generates
+ * up to max_new tokens, stopping at 128001/128009 (config eos and <|eot_id|>). out receives the new
+ * ids (capacity max_new), the stop token included when hit. */
+int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, int max_new,
+                    const struct sampler_params *sp, engine_token_cb cb, void *cb_ctx, int32_t *out, int *n_out,
+                    struct engine_gen_stats *stats, struct err *e);
+/* Whether tok ends generation. */
+int engine_is_stop(const struct engine *g, int32_t tok);
+
+#endif

@@ -1,0 +1,253 @@
+/* llm.c: the Llama-3 decoder forward (spec §9), written against backend.h only.
+ * Order per layer: RMSNorm -> q,k,v -> RoPE(q,k) -> append k,v to the cache -> causal GQA
+ * attention over the cache -> o_proj + residual -> RMSNorm -> SwiGLU MLP + residual. */
+#include "llm.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "backend.h"
+
+static struct tensor carve(char **p, enum dtype dt, struct device dev, int64_t r, int64_t c)
+{
+    struct tensor t = tensor_make(dt, dev, *p, 2, r, c);
+    *p += (tensor_nbytes(&t) + 255) & ~(size_t)255;
+    return t;
+}
+
+static size_t devbuf_size(const struct model_config *c, enum dtype act, int64_t B, int with_logits)
+{
+    const size_t a = dtype_size(act), d = (size_t)c->hidden_size, hd = (size_t)c->head_dim;
+    const size_t qd = (size_t)c->num_attention_heads * hd, kvd = (size_t)c->num_key_value_heads * hd;
+    const size_t ff = (size_t)c->intermediate_size, b = (size_t)B;
+    size_t s = 0;
+#define ADD(n) s += ((n) + 255) & ~(size_t)255
+    ADD(b * d * a); ADD(b * d * a); ADD(b * qd * a); ADD(b * kvd * a); ADD(b * kvd * a); ADD(b * qd * a);
+    ADD(b * d * a); ADD(b * ff * a); ADD(b * ff * a); ADD(b * 4); ADD(b * 4);
+    if (with_logits) { ADD((size_t)c->vocab_size * 4); ADD((size_t)c->vocab_size * a); }
+#undef ADD
+    return s;
+}
+
+static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struct device dev, enum dtype act,
+                       int64_t B, int with_logits, struct err *e)
+{
+    b->dev = dev;
+    b->bytes = devbuf_size(c, act, B, with_logits);
+    b->mem = dev_alloc(dev, b->bytes, e);
+    if (!b->mem) return -1;
+    char *p = b->mem;
+    const int64_t d = c->hidden_size, hd = c->head_dim;
+    const int64_t qd = (int64_t)c->num_attention_heads * hd, kvd = (int64_t)c->num_key_value_heads * hd;
+    b->h = carve(&p, act, dev, B, d);
+    b->xn = carve(&p, act, dev, B, d);
+    b->q = carve(&p, act, dev, B, qd);
+    b->k = carve(&p, act, dev, B, kvd);
+    b->v = carve(&p, act, dev, B, kvd);
+    b->att = carve(&p, act, dev, B, qd);
+    b->o = carve(&p, act, dev, B, d);
+    b->gate = carve(&p, act, dev, B, c->intermediate_size);
+    b->up = carve(&p, act, dev, B, c->intermediate_size);
+    b->pos = carve(&p, DTYPE_I32, dev, B, 1);
+    b->pos.ndim = 1;
+    b->ids = carve(&p, DTYPE_I32, dev, B, 1);
+    b->ids.ndim = 1;
+    if (with_logits) {
+        b->logits = carve(&p, DTYPE_F32, dev, 1, c->vocab_size);
+        b->logits_act = carve(&p, act, dev, 1, c->vocab_size);
+    }
+    return 0;
+}
+
+int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
+             int64_t max_batch, struct err *e)
+{
+    memset(s, 0, sizeof *s);
+    const struct model_config *c = &m->cfg;
+    s->m = m;
+    s->pl = pl;
+    s->act = act;
+    s->ctx = ctx;
+    s->max_batch = max_batch;
+    if (ctx < 1 || ctx > c->max_position_embeddings)
+        return err_set(e, "context %lld outside 1..max_position_embeddings (%d)", (long long)ctx,
+                       c->max_position_embeddings);
+    /* which logical devices hold any LLM unit */
+    int used[MODEL_MAX_DEVICES] = {0};
+    used[pl->embed] = used[pl->norm] = used[pl->lm_head] = 1;
+    for (int i = 0; i < c->num_hidden_layers; i++) used[pl->layer[i]] = 1;
+    for (int i = 0; i < pl->n_devices; i++) {
+        if (!used[i]) continue;
+        if (devbuf_init(&s->dev[i], c, pl->devs[i], act, max_batch, i == pl->lm_head, e)) goto fail;
+    }
+    const int L = c->num_hidden_layers;
+    s->cache = calloc((size_t)L, sizeof *s->cache);
+    s->cache_mem = calloc((size_t)L, sizeof *s->cache_mem);
+    if (!s->cache || !s->cache_mem) { err_set(e, "out of memory"); goto fail; }
+    const int64_t kvd = (int64_t)c->num_key_value_heads * c->head_dim;
+    for (int i = 0; i < L; i++) {
+        struct device dev = pl->devs[pl->layer[i]];
+        size_t bytes = (size_t)ctx * (size_t)kvd * dtype_size(act);
+        s->cache_mem[i] = dev_alloc(dev, 2 * bytes, e);
+        if (!s->cache_mem[i]) { err_prefix(e, "KV cache of layer %d (%lld tokens)", i, (long long)ctx); goto fail; }
+        s->cache[i].k = tensor_make(act, dev, s->cache_mem[i], 3, ctx, (int64_t)c->num_key_value_heads, (int64_t)c->head_dim);
+        s->cache[i].v = tensor_make(act, dev, (char *)s->cache_mem[i] + bytes, 3, ctx,
+                                    (int64_t)c->num_key_value_heads, (int64_t)c->head_dim);
+    }
+    return 0;
+fail:
+    llm_free(s);
+    return -1;
+}
+
+void llm_free(struct llm *s)
+{
+    if (!s->m) return;
+    for (int i = 0; i < MODEL_MAX_DEVICES; i++)
+        if (s->dev[i].mem) dev_free(s->dev[i].dev, s->dev[i].mem);
+    if (s->cache_mem)
+        for (int i = 0; i < s->m->cfg.num_hidden_layers; i++)
+            if (s->cache_mem[i]) dev_free(s->pl->devs[s->pl->layer[i]], s->cache_mem[i]);
+    free(s->cache);
+    free(s->cache_mem);
+    memset(s, 0, sizeof *s);
+}
+
+size_t llm_device_bytes(const struct llm *s, int i)
+{
+    size_t b = s->dev[i].bytes;
+    const struct model_config *c = &s->m->cfg;
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (s->pl->layer[l] == i) b += 2 * tensor_nbytes(&s->cache[l].k);
+    return b;
+}
+
+void llm_truncate(struct llm *s, int64_t n)
+{
+    if (n < s->n_past) s->n_past = n < 0 ? 0 : n;
+}
+
+static struct tensor rows(const struct tensor *t, int64_t n) { return tensor_rows_view(t, 0, n); }
+
+/* Sets the position buffer of device di to pos0..pos0+n-1. */
+static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
+{
+    int32_t buf[1024];
+    struct llm_devbuf *b = &s->dev[di];
+    for (int64_t off = 0; off < n; off += 1024) {
+        int64_t m = n - off < 1024 ? n - off : 1024;
+        for (int64_t i = 0; i < m; i++) buf[i] = (int32_t)(pos0 + off + i);
+        struct tensor src = tensor_make(DTYPE_I32, device_cpu(), buf, 1, m);
+        struct tensor dst = tensor_rows_view(&b->pos, off, m);
+        op_copy(&dst, &src);
+    }
+}
+
+void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
+{
+    const struct model_config *c = &s->m->cfg;
+    const struct llm_layer *w = &s->m->llm.layers[layer];
+    struct llm_devbuf *b = &s->dev[w->device];
+    const int64_t n = h->shape[0], hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
+    CHECK(device_eq(h->dev, b->dev) && n <= s->max_batch && pos0 + n <= s->ctx);
+    struct tensor xn = rows(&b->xn, n), q = rows(&b->q, n), k = rows(&b->k, n), v = rows(&b->v, n);
+    struct tensor att = rows(&b->att, n), o = rows(&b->o, n), g = rows(&b->gate, n), u = rows(&b->up, n);
+    struct tensor pos = tensor_rows_view(&b->pos, 0, n);
+    set_positions(s, w->device, pos0, n);
+
+    op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
+    op_matmul(&q, &xn, &w->q_proj, NULL);
+    op_matmul(&k, &xn, &w->k_proj, NULL);
+    op_matmul(&v, &xn, &w->v_proj, NULL);
+    struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
+    op_rope(&q3, &pos, c->rope_theta);
+    op_rope(&k3, &pos, c->rope_theta);
+    struct tensor kc = tensor_rows_view(&s->cache[layer].k, pos0, n), vc = tensor_rows_view(&s->cache[layer].v, pos0, n);
+    struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd);
+    op_copy(&kc, &k3);
+    op_copy(&vc, &v3);
+    struct tensor kall = tensor_rows_view(&s->cache[layer].k, 0, pos0 + n);
+    struct tensor vall = tensor_rows_view(&s->cache[layer].v, 0, pos0 + n);
+    struct tensor att3 = tensor_reshape(&att, 3, n, nh, hd);
+    op_attention(&att3, &q3, &kall, &vall, pos0, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+    op_matmul(&o, &att, &w->o_proj, NULL);
+    op_add(h, h, &o);
+    op_rmsnorm(&xn, h, &w->post_attention_layernorm, c->rms_norm_eps);
+    op_matmul(&g, &xn, &w->gate_proj, NULL);
+    op_matmul(&u, &xn, &w->up_proj, NULL);
+    op_silu_mul(&g, &g, &u);
+    op_matmul(&o, &g, &w->down_proj, NULL);
+    op_add(h, h, &o);
+}
+
+struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n)
+{
+    struct llm_devbuf *b = &s->dev[s->pl->embed];
+    CHECK(n <= s->max_batch);
+    struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)ids, 1, n);
+    struct tensor idt = tensor_rows_view(&b->ids, 0, n);
+    op_copy(&idt, &src);
+    struct tensor h = rows(&b->h, n);
+    op_embed(&h, &s->m->llm.embed_tokens, &idt);
+    return h;
+}
+
+/* Moves h (n rows) into device di's h buffer unless it is already there. */
+static struct tensor hop(struct llm *s, const struct tensor *h, int di, int64_t n)
+{
+    struct tensor dst = rows(&s->dev[di].h, n);
+    if (dst.data != h->data) op_copy(&dst, h);
+    return dst;
+}
+
+static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
+                         struct err *e)
+{
+    const struct model_config *c = &s->m->cfg;
+    const struct model_placement *pl = s->pl;
+    struct tensor h;
+    if (ids) h = llm_embed(s, ids, n);
+    else h = hop(s, embeds, pl->embed, n);
+    const int64_t pos0 = s->n_past;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        h = hop(s, &h, pl->layer[l], n);
+        llm_layer_forward(s, l, &h, pos0);
+        if (s->on_layer) s->on_layer(s->on_layer_ctx, l, &h);
+    }
+    s->n_past += n;
+    if (!logits_out) return 0;
+    /* final norm and lm_head on the last row only */
+    struct tensor last = tensor_rows_view(&h, n - 1, 1);
+    struct tensor hn = hop(s, &last, pl->norm, 1);
+    struct tensor xn = rows(&s->dev[pl->norm].xn, 1);
+    op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps);
+    struct tensor xl = rows(&s->dev[pl->lm_head].xn, 1);
+    if (xl.data != xn.data) op_copy(&xl, &xn);
+    struct tensor *lg = &s->dev[pl->lm_head].logits;
+    if (s->act == DTYPE_F32) op_matmul(lg, &xl, &s->m->llm.lm_head, NULL);
+    else {
+        op_matmul(&s->dev[pl->lm_head].logits_act, &xl, &s->m->llm.lm_head, NULL);
+        op_copy(lg, &s->dev[pl->lm_head].logits_act);
+    }
+    struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, (int64_t)1, (int64_t)c->vocab_size);
+    op_copy(&host, lg);
+    (void)e;
+    return 0;
+}
+
+int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
+                struct err *e)
+{
+    if (n < 1) return err_set(e, "empty input");
+    if (s->n_past + n > s->ctx)
+        return err_set(e, "context full: %lld tokens in the cache + %lld new > --ctx %lld (over by %lld)",
+                       (long long)s->n_past, (long long)n, (long long)s->ctx, (long long)(s->n_past + n - s->ctx));
+    for (int64_t off = 0; off < n; off += s->max_batch) {
+        int64_t m = n - off < s->max_batch ? n - off : s->max_batch;
+        const int last = off + m == n;
+        struct tensor ev;
+        if (embeds) ev = tensor_rows_view(embeds, off, m);
+        if (forward_chunk(s, ids ? ids + off : NULL, embeds ? &ev : NULL, m, last ? logits_out : NULL, e)) return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,58 @@
+/* llm.h: the Llama-3 decoder (spec §9). Prefill and decode are the same call (n_tok >= 1).
+ * Owns the per-device activation buffers and the KV cache (each layer's K/V on its layer's
+ * device). The hidden state hops between devices at layer boundaries. */
+#ifndef MINICPMV_LLM_H
+#define MINICPMV_LLM_H
+
+#include "model.h"
+
+struct llm_devbuf {              /* activation views on one logical device, max_batch rows */
+    struct device dev;
+    void *mem;                   /* one allocation carved into the views below */
+    size_t bytes;
+    struct tensor h, xn, q, k, v, att, o, gate, up; /* [max_batch, ...] */
+    struct tensor pos;           /* I32 [max_batch] */
+    struct tensor ids;           /* I32 [max_batch] */
+    struct tensor logits;        /* F32 [1, V] (only on the lm_head device) */
+    struct tensor logits_act;    /* [1, V] in the act dtype: HF computes lm_head in fp16, then .float() */
+};
+
+struct llm_layer_cache {
+    struct tensor k, v;          /* [ctx, n_kv_heads, head_dim] in the act dtype */
+};
+
+struct llm {
+    const struct model *m;
+    const struct model_placement *pl;
+    enum dtype act;              /* activation and KV dtype */
+    int64_t ctx;                 /* KV capacity in tokens */
+    int64_t max_batch;           /* largest chunk of tokens per forward call */
+    int64_t n_past;              /* tokens already in the cache */
+    struct llm_devbuf dev[MODEL_MAX_DEVICES];
+    struct llm_layer_cache *cache; /* [num_hidden_layers] */
+    void **cache_mem;            /* per layer allocation */
+    /* optional hook for stage tests: called with each layer's output (n rows) */
+    void (*on_layer)(void *ctx, int layer, const struct tensor *h);
+    void *on_layer_ctx;
+};
+
+int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
+             int64_t max_batch, struct err *e);
+void llm_free(struct llm *s);
+/* Bytes of activations + KV the state allocated on logical device i. */
+size_t llm_device_bytes(const struct llm *s, int i);
+
+/* Runs n tokens at positions n_past.. through the model and appends them to the cache.
+ * Input is either token ids (host array) or embeddings (a [n, d] tensor on any device, act dtype).
+ * When logits_out is not NULL, writes the f32 logits of the LAST token to it (host, [V]).
+ * Prompts longer than max_batch are processed in chunks. Returns -1 when the cache is full. */
+int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
+                struct err *e);
+/* One decoder layer on h (rows [n], on the layer's device, positions pos0..), in place. For stage tests. */
+void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0);
+/* Embedding lookup of host ids into a [n, d] tensor on the embedding device's buffer (n <= max_batch). */
+struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n);
+/* Forgets the cache (new conversation). Truncates to n tokens when n < n_past (for re-using a prefix). */
+void llm_truncate(struct llm *s, int64_t n);
+
+#endif

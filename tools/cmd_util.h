@@ -1,0 +1,20 @@
+/* cmd_util.h: flag parsing shared by the subcommands (engine flags: --model, --device, --dtype,
+ * --ctx, --threads, --split, --max-batch, and sampling flags). */
+#ifndef MINICPMV_CMD_UTIL_H
+#define MINICPMV_CMD_UTIL_H
+
+#include "engine.h"
+
+/* Tries to consume argv[*i] (and its value) as an engine flag. Returns 1 when consumed, 0 when not
+ * an engine flag, -1 on a bad value (message in e). */
+int cmdu_engine_flag(struct engine_options *o, int argc, char **argv, int *i, struct err *e);
+/* Same for sampling flags: --greedy, --seed, --temperature, --top-k, --top-p, --repetition-penalty. */
+int cmdu_sampler_flag(struct sampler_params *p, int argc, char **argv, int *i, struct err *e);
+/* The value after argv[*i] or an error naming the flag. */
+const char *cmdu_value(int argc, char **argv, int *i, struct err *e);
+int cmdu_int(const char *flag, const char *s, long long lo, long long hi, long long *out, struct err *e);
+/* Help text for the engine and sampling flags. */
+extern const char cmdu_engine_help[];
+extern const char cmdu_sampler_help[];
+
+#endif
