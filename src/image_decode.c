@@ -1,0 +1,321 @@
+/* image_decode.c: JPEG (TurboJPEG 2.x API), PNG (libpng, low-level API) and WebP (libwebp) decoding
+ * from memory into interleaved RGB, matching Pillow's Image.open(...).convert("RGB").
+ * Owns: format detection by magic bytes, the size/pixel limits, the colour conversions Pillow applies.
+ * Does not own: resizing, slicing (image_resize.c, image_slice.c).
+ * Invariant: the header is parsed and w, h checked against the limits before pixels are allocated;
+ * every failure is one line naming the format and the value that was refused. */
+#include "image.h"
+
+#include <limits.h>
+#include <png.h>
+#include <setjmp.h>
+#include <string.h>
+#include <turbojpeg.h>
+#include <webp/decode.h>
+
+void image_opts_default(struct image_opts *o)
+{
+    o->max_file_bytes = (size_t)64 << 20;
+    o->max_pixels = 100000000;
+    o->n_threads = 0;
+}
+
+void image_free(struct image *im)
+{
+    if (!im) return;
+    free(im->rgb);
+    im->rgb = NULL;
+    im->w = im->h = 0;
+}
+
+enum image_format image_detect(const uint8_t *d, size_t n)
+{
+    if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF) return IMAGE_FORMAT_JPEG;
+    if (n >= 8 && memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) return IMAGE_FORMAT_PNG;
+    if (n >= 12 && memcmp(d, "RIFF", 4) == 0 && memcmp(d + 8, "WEBP", 4) == 0) return IMAGE_FORMAT_WEBP;
+    if (n >= 6 && (memcmp(d, "GIF87a", 6) == 0 || memcmp(d, "GIF89a", 6) == 0)) return IMAGE_FORMAT_GIF;
+    if (n >= 2 && d[0] == 'B' && d[1] == 'M') return IMAGE_FORMAT_BMP;
+    if (n >= 4 && (memcmp(d, "II*\0", 4) == 0 || memcmp(d, "MM\0*", 4) == 0)) return IMAGE_FORMAT_TIFF;
+    return IMAGE_FORMAT_UNKNOWN;
+}
+
+const char *image_format_name(enum image_format f)
+{
+    switch (f) {
+    case IMAGE_FORMAT_JPEG: return "JPEG";
+    case IMAGE_FORMAT_PNG: return "PNG";
+    case IMAGE_FORMAT_WEBP: return "WebP";
+    case IMAGE_FORMAT_GIF: return "GIF";
+    case IMAGE_FORMAT_BMP: return "BMP";
+    case IMAGE_FORMAT_TIFF: return "TIFF";
+    default: return "unknown";
+    }
+}
+
+/* The one place where header dimensions meet the limits. Runs before any pixel allocation. */
+static int check_dims(const char *fmt, int64_t w, int64_t h, const struct image_opts *o, struct err *e)
+{
+    if (w <= 0 || h <= 0) return err_set(e, "%s: invalid image size %lldx%lld", fmt, (long long)w, (long long)h);
+    if (w > (1 << 24) || h > (1 << 24) || w * h > o->max_pixels)
+        return err_set(e, "%s: image %lldx%lld has %lld pixels, over the limit of %lld", fmt, (long long)w,
+                       (long long)h, (long long)(w * h), (long long)o->max_pixels);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- JPEG */
+
+/* Pillow decodes JPEG with libjpeg(-turbo) defaults: JDCT_ISLOW, fancy upsampling, block smoothing,
+ * output RGB for 3 components, L for 1 (replicated by convert("RGB")), and CMYK for 4 components,
+ * which it always treats as Adobe-inverted ("CMYK;I", no marker test) and converts with
+ * cmyk2rgb: nk = 255 - k; out = clip(nk - muldiv255(c, nk)). TurboJPEG's defaults are the same
+ * libjpeg defaults; TJFLAG_ACCURATEDCT states islow explicitly. */
+static inline int muldiv255(int a, int b)
+{
+    int t = a * b + 128;
+    return ((t >> 8) + t) >> 8;
+}
+
+static int decode_jpeg(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
+{
+    int rc = -1, w = 0, h = 0, subsamp = 0, cs = 0;
+    uint8_t *tmp = NULL;
+    tjhandle tj = tjInitDecompress();
+    if (!tj) return err_set(e, "JPEG: cannot create a TurboJPEG decompressor");
+    if (n > ULONG_MAX) { err_set(e, "JPEG: file too large"); goto done; }
+    if (tjDecompressHeader3(tj, data, (unsigned long)n, &w, &h, &subsamp, &cs) != 0) {
+        err_set(e, "JPEG: bad header: %s", tjGetErrorStr2(tj));
+        goto done;
+    }
+    if (check_dims("JPEG", w, h, o, e)) goto done;
+    int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+    int pf = cmyk ? TJPF_CMYK : TJPF_RGB;
+    int flags = TJFLAG_ACCURATEDCT | TJFLAG_LIMITSCANS;
+    size_t npix = (size_t)w * (size_t)h;
+    out->rgb = malloc(npix * 3);
+    if (!out->rgb) { err_set(e, "JPEG: out of memory for %dx%d", w, h); goto done; }
+    uint8_t *dst = out->rgb;
+    if (cmyk) {
+        tmp = malloc(npix * 4);
+        if (!tmp) { err_set(e, "JPEG: out of memory for %dx%d CMYK", w, h); goto done; }
+        dst = tmp;
+    }
+    if (tjDecompress2(tj, data, (unsigned long)n, dst, w, 0, h, pf, flags) != 0) {
+        /* Pillow ignores libjpeg warnings (corrupt-data notes) but fails on a truncated file
+         * ("image file is truncated"); TurboJPEG reports the end-of-file case as a warning. */
+        const char *msg = tjGetErrorStr2(tj);
+        if (tjGetErrorCode(tj) == TJERR_FATAL) {
+            err_set(e, "JPEG: corrupt data: %s", msg);
+            goto done;
+        }
+        if (strstr(msg, "Premature end")) {
+            err_set(e, "JPEG: file is truncated (%s)", msg);
+            goto done;
+        }
+    }
+    if (cmyk) {
+        for (size_t i = 0; i < npix; i++) {
+            const uint8_t *s = tmp + 4 * i;
+            int nk = s[3]; /* inverted K: 255 - (255 - k) */
+            for (int c = 0; c < 3; c++) {
+                int v = nk - muldiv255(255 - s[c], nk);
+                out->rgb[3 * i + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
+        }
+    }
+    out->w = w;
+    out->h = h;
+    rc = 0;
+done:
+    free(tmp);
+    if (rc) { free(out->rgb); out->rgb = NULL; }
+    tjDestroy(tj);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- PNG */
+
+/* Pillow's PNG modes and their convert("RGB"):
+ *   grey 1/2/4/8 bit  -> "1"/"L" scaled to 0..255 (x*255/(2^d-1)), replicated;
+ *   grey 16 bit       -> "I" (0..65535); I->RGB CLIPS: min(v, 255). Not a rescale!
+ *   grey+alpha 8/16   -> LA / RGBA via "LA;16B": the high byte of L; alpha dropped;
+ *   RGB 16, RGBA 16   -> "RGB;16B"/"RGBA;16B": the high byte of each sample;
+ *   palette 1..8 bit  -> palette RGB (entries past the palette are black, like libpng's);
+ *   RGBA              -> alpha dropped, no compositing.
+ * No gamma, sBIT or colour-profile handling (Pillow applies none), so the low-level libpng API is
+ * used with only expansion transforms. tRNS is never expanded to alpha. */
+struct png_src {
+    const uint8_t *data;
+    size_t n, pos;
+};
+
+struct png_errctx {
+    jmp_buf jb;
+    char msg[200];
+};
+
+static void png_read_mem(png_structp png, png_bytep out, png_size_t len)
+{
+    struct png_src *s = png_get_io_ptr(png);
+    if (len > s->n - s->pos) png_error(png, "file is truncated");
+    memcpy(out, s->data + s->pos, len);
+    s->pos += len;
+}
+
+static void png_on_error(png_structp png, png_const_charp msg)
+{
+    struct png_errctx *ctx = png_get_error_ptr(png);
+    snprintf(ctx->msg, sizeof ctx->msg, "%s", msg);
+    longjmp(ctx->jb, 1);
+}
+
+static void png_on_warning(png_structp png, png_const_charp msg)
+{
+    (void)png;
+    (void)msg; /* Pillow does not report libpng-style warnings either */
+}
+
+static int decode_png(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
+{
+    /* IHDR must be the first chunk (signature, length 13, "IHDR", width, height): check the size
+     * from it before libpng reads on, so a huge or empty header is refused by name even when the
+     * rest of the file is missing. */
+    if (n < 24 || memcmp(data + 12, "IHDR", 4) != 0) return err_set(e, "PNG: file is truncated or has no IHDR chunk");
+    uint32_t hw = (uint32_t)data[16] << 24 | (uint32_t)data[17] << 16 | (uint32_t)data[18] << 8 | data[19];
+    uint32_t hh = (uint32_t)data[20] << 24 | (uint32_t)data[21] << 16 | (uint32_t)data[22] << 8 | data[23];
+    if (check_dims("PNG", hw, hh, o, e)) return -1;
+    struct png_src src = {data, n, 0};
+    struct png_errctx ctx;
+    ctx.msg[0] = 0;
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, png_on_error, png_on_warning);
+    if (!png) return err_set(e, "PNG: cannot create a libpng reader");
+    png_infop info = png_create_info_struct(png);
+    /* Written between setjmp and longjmp, so volatile: the buffers to free on error. */
+    uint8_t *volatile rowbuf = NULL;
+    png_bytep *volatile rows = NULL;
+    volatile int ok = 0;
+    if (!info) { err_set(e, "PNG: cannot create a libpng info struct"); goto done; }
+    if (setjmp(ctx.jb)) {
+        err_set(e, "PNG: %s", ctx.msg[0] ? ctx.msg : "decoding failed");
+        goto done;
+    }
+    png_set_read_fn(png, &src, png_read_mem);
+    /* libpng checks these in IHDR, before any row is allocated. */
+    png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+    png_set_chunk_malloc_max(png, o->max_file_bytes ? o->max_file_bytes : 1);
+    png_read_info(png, info);
+    png_uint_32 w = 0, h = 0;
+    int depth = 0, ctype = 0, interlace = 0;
+    png_get_IHDR(png, info, &w, &h, &depth, &ctype, &interlace, NULL, NULL);
+    if (check_dims("PNG", w, h, o, e)) goto done;
+
+    if (ctype == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+    if (ctype == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+    int grey16 = ctype == PNG_COLOR_TYPE_GRAY && depth == 16;
+    if (depth == 16 && !grey16) png_set_strip_16(png); /* keeps the high byte, like "RGB;16B" */
+    if (interlace != PNG_INTERLACE_NONE) png_set_interlace_handling(png);
+    png_read_update_info(png, info);
+    int ch = png_get_channels(png, info);
+    int bd = png_get_bit_depth(png, info);
+    size_t rowbytes = png_get_rowbytes(png, info);
+    if (ch < 1 || ch > 4 || (bd != 8 && bd != 16) || rowbytes != (size_t)w * ch * (bd / 8)) {
+        err_set(e, "PNG: unexpected layout after expansion (%d channels, %d bits)", ch, bd);
+        goto done;
+    }
+    size_t npix = (size_t)w * h;
+    out->rgb = malloc(npix * 3);
+    rowbuf = malloc(rowbytes * h);
+    rows = malloc(sizeof(png_bytep) * h);
+    if (!out->rgb || !rowbuf || !rows) { err_set(e, "PNG: out of memory for %ux%u", w, h); goto done; }
+    for (png_uint_32 y = 0; y < h; y++) rows[y] = rowbuf + rowbytes * y;
+    png_read_image(png, rows);
+    png_read_end(png, NULL);
+
+    for (png_uint_32 y = 0; y < h; y++) {
+        const uint8_t *s = rows[y];
+        uint8_t *d = out->rgb + (size_t)y * w * 3;
+        for (png_uint_32 x = 0; x < w; x++, d += 3) {
+            if (grey16) { /* big-endian sample; Pillow's I->RGB clips at 255 */
+                const uint8_t *p = s + (size_t)x * ch * 2;
+                unsigned v = ((unsigned)p[0] << 8) | p[1];
+                d[0] = d[1] = d[2] = (uint8_t)(v > 255 ? 255 : v);
+            } else if (ch <= 2) {
+                d[0] = d[1] = d[2] = s[(size_t)x * ch];
+            } else {
+                const uint8_t *p = s + (size_t)x * ch;
+                d[0] = p[0]; d[1] = p[1]; d[2] = p[2];
+            }
+        }
+    }
+    out->w = (int)w;
+    out->h = (int)h;
+    ok = 1;
+done:
+    png_destroy_read_struct(&png, info ? &info : NULL, NULL);
+    free(rowbuf);
+    free(rows);
+    if (!ok) { free(out->rgb); out->rgb = NULL; }
+    return ok ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- WebP */
+
+/* Pillow decodes WebP through libwebp (WebPAnimDecoder, RGBA, not premultiplied, for still
+ * images the key frame is decoded straight into the canvas) and convert("RGB") drops alpha.
+ * WebPDecodeRGBInto gives the same RGB samples. Animated files need libwebpdemux: refused. */
+static int decode_webp(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
+{
+    WebPBitstreamFeatures f;
+    VP8StatusCode st = WebPGetFeatures(data, n, &f);
+    if (st != VP8_STATUS_OK) return err_set(e, "WebP: bad header (libwebp status %d)", (int)st);
+    if (f.has_animation) return err_set(e, "WebP: animated WebP is not supported");
+    if (check_dims("WebP", f.width, f.height, o, e)) return -1;
+    size_t stride = (size_t)f.width * 3, size = stride * (size_t)f.height;
+    out->rgb = malloc(size);
+    if (!out->rgb) return err_set(e, "WebP: out of memory for %dx%d", f.width, f.height);
+    if (!WebPDecodeRGBInto(data, n, out->rgb, size, (int)stride)) {
+        free(out->rgb);
+        out->rgb = NULL;
+        return err_set(e, "WebP: corrupt or truncated data");
+    }
+    out->w = f.width;
+    out->h = f.height;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+int image_decode(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
+{
+    struct image_opts def;
+    if (!o) { image_opts_default(&def); o = &def; }
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (!data || n == 0) return err_set(e, "image: empty input");
+    if (n > o->max_file_bytes)
+        return err_set(e, "image: %zu bytes, over the limit of %zu", n, o->max_file_bytes);
+    enum image_format f = image_detect(data, n);
+    switch (f) {
+    case IMAGE_FORMAT_JPEG: return decode_jpeg(out, data, n, o, e);
+    case IMAGE_FORMAT_PNG: return decode_png(out, data, n, o, e);
+    case IMAGE_FORMAT_WEBP: return decode_webp(out, data, n, o, e);
+    case IMAGE_FORMAT_UNKNOWN:
+        return err_set(e, "image: not a JPEG, PNG or WebP file (first bytes %02x %02x %02x %02x)", data[0],
+                       n > 1 ? data[1] : 0, n > 2 ? data[2] : 0, n > 3 ? data[3] : 0);
+    default: return err_set(e, "image: %s is not supported (use JPEG, PNG or WebP)", image_format_name(f));
+    }
+}
+
+int image_load(struct image *out, const char *path, const struct image_opts *o, struct err *e)
+{
+    struct image_opts def;
+    if (!o) { image_opts_default(&def); o = &def; }
+    char *buf = NULL;
+    size_t n = 0;
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (read_file(path, o->max_file_bytes, &buf, &n, e)) return err_prefix(e, "%s", path);
+    int rc = image_decode(out, (const uint8_t *)buf, n, o, e);
+    free(buf);
+    if (rc) err_prefix(e, "%s", path);
+    return rc;
+}

@@ -1,0 +1,222 @@
+/* image_resize.c: Pillow's BICUBIC resize (src/libImaging/Resample.c) reproduced bit for bit for
+ * 8-bit RGB, plus crop and allocation.
+ * Owns: the coefficient tables and the two passes. Does not own: choosing sizes (image_slice.c).
+ * The arithmetic (spec §5.3), written from the description of Pillow's algorithm:
+ *   per axis, scale = in/out; filterscale = max(scale, 1); support = 2*filterscale;
+ *   center = (xx + 0.5)*scale; xmin = max((int)(center - support + 0.5), 0);
+ *   xmax = min((int)(center + support + 0.5), in); w[x] = cubic((x + xmin - center + 0.5)/filterscale)
+ *   normalised by their double sum (skipped when the sum is 0), then quantised to 22-bit fixed point
+ *   with round-half-away-from-zero; out = clip8((2^21 + sum k*p) >> 22) with int32 sums.
+ * The horizontal pass runs first, over only the source rows the vertical pass reads, into a uint8
+ * intermediate (the rounding to uint8 between the passes is part of the result). A pass whose size
+ * does not change is skipped; with both unchanged Pillow returns a copy. */
+#include "image.h"
+
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define PRECISION_BITS 22
+
+int image_alloc(struct image *out, int w, int h, struct err *e)
+{
+    out->w = out->h = 0;
+    out->rgb = NULL;
+    if (w < 1 || h < 1 || (int64_t)w * h > ((int64_t)1 << 31))
+        return err_set(e, "image: cannot allocate a %dx%d image", w, h);
+    out->rgb = malloc((size_t)w * h * 3);
+    if (!out->rgb) return err_set(e, "image: out of memory for %dx%d", w, h);
+    out->w = w;
+    out->h = h;
+    return 0;
+}
+
+/* Keys cubic with a = -0.5, evaluated exactly as Pillow's bicubic_filter (same operation order,
+ * so the same doubles). */
+static double cubic(double x)
+{
+    const double a = -0.5;
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+struct coeffs {
+    int ksize;
+    int *bounds; /* [out][2]: xmin, count */
+    int32_t *k;  /* [out][ksize] fixed point */
+};
+
+static void coeffs_free(struct coeffs *c)
+{
+    free(c->bounds);
+    free(c->k);
+    c->bounds = NULL;
+    c->k = NULL;
+}
+
+static int coeffs_init(struct coeffs *c, int in_size, int out_size, struct err *e)
+{
+    double scale = (double)in_size / out_size;
+    double filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = 2.0 * filterscale;
+    c->ksize = (int)ceil(support) * 2 + 1;
+    c->bounds = malloc(sizeof(int) * 2 * (size_t)out_size);
+    c->k = calloc((size_t)out_size * c->ksize, sizeof(int32_t));
+    double *w = malloc(sizeof(double) * c->ksize);
+    if (!c->bounds || !c->k || !w) {
+        free(w);
+        coeffs_free(c);
+        return err_set(e, "image resize: out of memory for %d->%d coefficients", in_size, out_size);
+    }
+    double ss = 1.0 / filterscale;
+    for (int xx = 0; xx < out_size; xx++) {
+        double center = (xx + 0.5) * scale;
+        int xmin = (int)(center - support + 0.5);
+        if (xmin < 0) xmin = 0;
+        int xmax = (int)(center + support + 0.5);
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        double sum = 0.0;
+        for (int x = 0; x < xmax; x++) {
+            w[x] = cubic((x + xmin - center + 0.5) * ss);
+            sum += w[x];
+        }
+        int32_t *k = c->k + (size_t)xx * c->ksize;
+        for (int x = 0; x < xmax; x++) {
+            double v = sum != 0.0 ? w[x] / sum : w[x];
+            k[x] = v < 0 ? (int32_t)(-0.5 + v * (1 << PRECISION_BITS)) : (int32_t)(0.5 + v * (1 << PRECISION_BITS));
+        }
+        c->bounds[2 * xx] = xmin;
+        c->bounds[2 * xx + 1] = xmax;
+    }
+    free(w);
+    return 0;
+}
+
+static inline uint8_t clip8(int32_t ss)
+{
+    int32_t v = ss >> PRECISION_BITS; /* arithmetic shift, as in Pillow */
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+/* out rows [0, nrows) = horizontal resample of in rows [row0, row0 + nrows). */
+static void pass_horizontal(uint8_t *out, int out_w, const uint8_t *in, int in_w, int row0, int nrows,
+                            const struct coeffs *c, int n_threads)
+{
+#pragma omp parallel for schedule(static) num_threads(n_threads) if (nrows * out_w > 16384)
+    for (int y = 0; y < nrows; y++) {
+        const uint8_t *src = in + (size_t)(row0 + y) * in_w * 3;
+        uint8_t *dst = out + (size_t)y * out_w * 3;
+        for (int xx = 0; xx < out_w; xx++) {
+            const int32_t *k = c->k + (size_t)xx * c->ksize;
+            int xmin = c->bounds[2 * xx], cnt = c->bounds[2 * xx + 1];
+            const uint8_t *p = src + (size_t)xmin * 3;
+            int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+            for (int x = 0; x < cnt; x++) {
+                s0 += p[3 * x + 0] * k[x];
+                s1 += p[3 * x + 1] * k[x];
+                s2 += p[3 * x + 2] * k[x];
+            }
+            dst[3 * xx + 0] = clip8(s0);
+            dst[3 * xx + 1] = clip8(s1);
+            dst[3 * xx + 2] = clip8(s2);
+        }
+    }
+}
+
+/* out row yy = sum over taps of in rows bounds[yy].xmin - row0 + y. Each row is a flat array of
+ * w*3 bytes, so the inner loop is a plain multiply-add over contiguous memory. */
+static void pass_vertical(uint8_t *out, int out_h, const uint8_t *in, int w, int row0, const struct coeffs *c,
+                          int n_threads)
+{
+    size_t rowlen = (size_t)w * 3;
+#pragma omp parallel num_threads(n_threads) if (out_h * w > 16384)
+    {
+        int32_t *acc = malloc(sizeof(int32_t) * rowlen);
+#pragma omp for schedule(static)
+        for (int yy = 0; yy < out_h; yy++) {
+            const int32_t *k = c->k + (size_t)yy * c->ksize;
+            int ymin = c->bounds[2 * yy] - row0, cnt = c->bounds[2 * yy + 1];
+            uint8_t *dst = out + (size_t)yy * rowlen;
+            if (!acc) { /* out of memory in a worker: fall back to the scalar form */
+                for (size_t i = 0; i < rowlen; i++) {
+                    int32_t s = 1 << (PRECISION_BITS - 1);
+                    for (int y = 0; y < cnt; y++) s += in[(size_t)(ymin + y) * rowlen + i] * k[y];
+                    dst[i] = clip8(s);
+                }
+                continue;
+            }
+            for (size_t i = 0; i < rowlen; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+            for (int y = 0; y < cnt; y++) {
+                const uint8_t *src = in + (size_t)(ymin + y) * rowlen;
+                int32_t ky = k[y];
+                for (size_t i = 0; i < rowlen; i++) acc[i] += src[i] * ky;
+            }
+            for (size_t i = 0; i < rowlen; i++) dst[i] = clip8(acc[i]);
+        }
+        free(acc);
+    }
+}
+
+int image_resize_bicubic(struct image *out, const struct image *in, int w, int h, int n_threads, struct err *e)
+{
+    if (!in->rgb || in->w < 1 || in->h < 1) return err_set(e, "image resize: empty input image");
+    if (w < 1 || h < 1) return err_set(e, "image resize: invalid target size %dx%d", w, h);
+    int need_h = w != in->w, need_v = h != in->h;
+    if (!need_h && !need_v) {
+        if (image_alloc(out, w, h, e)) return -1;
+        memcpy(out->rgb, in->rgb, (size_t)w * h * 3);
+        return 0;
+    }
+#ifdef _OPENMP
+    if (n_threads <= 0) n_threads = omp_get_max_threads();
+#else
+    n_threads = 1;
+#endif
+    struct coeffs cv = {0}, ch = {0};
+    struct image tmp = {0};
+    int rc = -1;
+    if (coeffs_init(&cv, in->h, h, e)) goto done;
+    int ybox_first = cv.bounds[0];
+    int ybox_last = cv.bounds[2 * (h - 1)] + cv.bounds[2 * (h - 1) + 1];
+    const struct image *src = in;
+    int row0 = 0;
+    if (need_h) {
+        if (coeffs_init(&ch, in->w, w, e)) goto done;
+        /* Only the rows the vertical pass will read; with no vertical pass that is every row. */
+        int first = need_v ? ybox_first : 0, last = need_v ? ybox_last : in->h;
+        if (image_alloc(&tmp, w, last - first, e)) goto done;
+        pass_horizontal(tmp.rgb, w, in->rgb, in->w, first, last - first, &ch, n_threads);
+        src = &tmp;
+        row0 = first;
+    }
+    if (need_v) {
+        if (image_alloc(out, w, h, e)) goto done;
+        pass_vertical(out->rgb, h, src->rgb, w, row0, &cv, n_threads);
+        image_free(&tmp);
+    } else {
+        *out = tmp; /* horizontal only: the intermediate is the result */
+        tmp.rgb = NULL;
+    }
+    rc = 0;
+done:
+    coeffs_free(&cv);
+    coeffs_free(&ch);
+    image_free(&tmp);
+    return rc;
+}
+
+int image_crop(struct image *out, const struct image *in, int x0, int y0, int x1, int y1, struct err *e)
+{
+    if (x0 < 0 || y0 < 0 || x1 > in->w || y1 > in->h || x1 <= x0 || y1 <= y0)
+        return err_set(e, "image crop: box (%d,%d,%d,%d) is not inside a %dx%d image", x0, y0, x1, y1, in->w, in->h);
+    if (image_alloc(out, x1 - x0, y1 - y0, e)) return -1;
+    size_t rowlen = (size_t)(x1 - x0) * 3;
+    for (int y = y0; y < y1; y++)
+        memcpy(out->rgb + (size_t)(y - y0) * rowlen, in->rgb + ((size_t)y * in->w + x0) * 3, rowlen);
+    return 0;
+}
