@@ -56,3 +56,48 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
 int engine_is_stop(const struct engine *g, int32_t tok);
 
 #endif
+
+/* ---- chat with images (spec §6, §8) ---- */
+struct image;
+struct chat_msg;
+
+struct engine_chat_request {
+    const char *system;              /* may be NULL/"" */
+    const struct chat_msg *msgs;     /* contents may hold "(<image>./</image>)", one per image, in order */
+    int n_msgs;
+    const struct image *images;      /* decoded RGB images, in marker order */
+    int n_images;
+    int max_new_tokens;              /* 1024 = the model's default */
+    struct sampler_params sampling;
+};
+
+struct engine_chat_result {
+    char *text;                      /* the answer after spec §8's clean-up (malloc'd) */
+    int32_t *ids;                    /* the generated ids, before clean-up (malloc'd) */
+    int n_ids;
+    int n_prompt;                    /* prompt tokens, image placeholders included */
+    int n_pieces;                    /* image pieces encoded */
+    double t_vision, t_prefill, t_decode; /* seconds */
+};
+
+/* Called with each piece of answer text as it is decoded (never half a UTF-8 character). */
+typedef int (*engine_text_cb)(void *ctx, const char *text, size_t len);
+
+/* Builds the prompt, encodes every image (all pieces in one vision batch), merges the resampler
+ * output into the <unk> placeholder rows, generates, and cleans the output as chat() does
+ * (drop id 0, a leading BOS and a trailing stop id, decode with clean-up spaces, strip). Starts a
+ * new conversation: the KV cache is reset. */
+int engine_chat(struct engine *g, const struct engine_chat_request *rq, engine_text_cb cb, void *cb_ctx,
+                struct engine_chat_result *res, struct err *e);
+void engine_chat_result_free(struct engine_chat_result *r);
+
+/* Lower-level steps, exposed for tests and tools. */
+/* Vision + resampler for all pieces of the given images: out [n_pieces*query_num, d] on the embed
+ * device (allocated, caller frees with dev_free(out->dev, out->data)); grids receives each
+ * image's (cols, rows). */
+struct chat_grid;
+int engine_encode_images(struct engine *g, const struct image *images, int n_images, struct chat_grid *grids,
+                         struct tensor *out, int *n_pieces, struct err *e);
+/* Prompt embeddings with image rows merged: out [n, d] on the embed device (allocated). */
+int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const struct tensor *img_tokens,
+                            int n_pieces, struct tensor *out, struct err *e);

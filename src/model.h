@@ -29,7 +29,6 @@ int model_manifest(const struct model_config *c, struct manifest_entry **out, st
 /* "llm.model.layers.3" for a unit (layer ignored unless UNIT_LAYER). */
 const char *unit_name(enum unit_kind k, int layer, char *buf, size_t n);
 
-#endif
 
 /* ---- bound weights ---- (shapes for the full model; tiny models scale them down) */
 struct llm_layer {
@@ -120,3 +119,5 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
 void model_free(struct model *m);
 /* Checks only (no binding): used by loaders and by `plan` when headers are present. */
 int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e);
+
+#endif

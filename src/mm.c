@@ -1,0 +1,227 @@
+/* mm.c: the multimodal part of the engine: image pieces -> vision tower -> resampler -> rows of the
+ * prompt embedding (spec §3-§6), and the chat() output clean-up of spec §8. */
+#include <ctype.h>
+#include <string.h>
+
+#include "backend.h"
+#include "chat.h"
+#include "engine.h"
+#include "image.h"
+#include "resampler.h"
+#include "tokenizer.h"
+#include "vision.h"
+
+int engine_encode_images(struct engine *g, const struct image *images, int n_images, struct chat_grid *grids,
+                         struct tensor *out, int *n_pieces, struct err *e)
+{
+    const struct model_config *c = &g->cfg;
+    const enum dtype act = g->llm.act;
+    struct image_pieces *ip = calloc((size_t)(n_images ? n_images : 1), sizeof *ip);
+    struct vision_piece *vp = NULL;
+    int32_t *tgt = NULL;
+    struct tensor feats = {0}, rs_in = {0}, rs_out = {0};
+    int rc = -1, B = 0;
+    memset(out, 0, sizeof *out);
+    if (!ip) return err_set(e, "out of memory");
+    for (int i = 0; i < n_images; i++) {
+        if (image_preprocess(&ip[i], &images[i], &g->pp, 0, e)) {
+            err_prefix(e, "image %d", i + 1);
+            goto done;
+        }
+        grids[i].cols = ip[i].cols;
+        grids[i].rows = ip[i].rows;
+        B += ip[i].n;
+    }
+    vp = calloc((size_t)B, sizeof *vp);
+    tgt = calloc((size_t)B * 2, sizeof *tgt);
+    if (!vp || !tgt) { err_set(e, "out of memory"); goto done; }
+    for (int i = 0, k = 0; i < n_images; i++)
+        for (int j = 0; j < ip[i].n; j++, k++) {
+            vp[k].patches = ip[i].p[j].patches;
+            vp[k].h = ip[i].p[j].tgt_h;
+            vp[k].w = ip[i].p[j].tgt_w;
+            tgt[2 * k] = vp[k].h;
+            tgt[2 * k + 1] = vp[k].w;
+        }
+    if (vision_check_pieces(c, vp, B, e)) goto done;
+    const int64_t n_max = vision_n_max(vp, B), vd = c->vision_config.hidden_size, d = c->hidden_size;
+    const struct device vdev = g->pl.devs[g->pl.vpm], rdev = g->pl.devs[g->pl.resampler];
+    const struct device edev = g->pl.devs[g->pl.embed];
+    feats = tensor_make(act, vdev, NULL, 3, (int64_t)B, n_max, vd);
+    if (!(feats.data = dev_alloc(vdev, tensor_nbytes(&feats), e))) goto done;
+    if (vision_forward(&feats, &g->model.vpm, c, vp, B, NULL, 0, e)) goto done;
+    rs_in = feats;
+    if (!device_eq(vdev, rdev)) {
+        rs_in.dev = rdev;
+        if (!(rs_in.data = dev_alloc(rdev, tensor_nbytes(&feats), e))) goto done;
+        op_copy(&rs_in, &feats);
+    }
+    rs_out = tensor_make(act, rdev, NULL, 3, (int64_t)B, (int64_t)c->query_num, d);
+    if (!(rs_out.data = dev_alloc(rdev, tensor_nbytes(&rs_out), e))) goto done;
+    if (resampler_forward(&rs_out, &g->model.rs, c, &rs_in, tgt, B, NULL, 0, e)) goto done;
+    *out = tensor_make(act, edev, NULL, 2, (int64_t)B * c->query_num, d);
+    if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) goto done;
+    struct tensor flat = tensor_reshape(&rs_out, 2, (int64_t)B * c->query_num, d);
+    op_copy(out, &flat);
+    *n_pieces = B;
+    rc = 0;
+done:
+    if (rc && out->data) { dev_free(out->dev, out->data); out->data = NULL; }
+    if (rs_out.data) dev_free(rs_out.dev, rs_out.data);
+    if (rs_in.data && rs_in.data != feats.data) dev_free(rs_in.dev, rs_in.data);
+    if (feats.data) dev_free(feats.dev, feats.data);
+    for (int i = 0; i < n_images; i++) image_pieces_free(&ip[i]);
+    free(ip);
+    free(vp);
+    free(tgt);
+    return rc;
+}
+
+int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const struct tensor *img_tokens,
+                            int n_pieces, struct tensor *out, struct err *e)
+{
+    const struct model_config *c = &g->cfg;
+    const struct device edev = g->pl.devs[g->pl.embed];
+    *out = tensor_make(g->llm.act, edev, NULL, 2, (int64_t)n, (int64_t)c->hidden_size);
+    if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) return -1;
+    for (int64_t off = 0; off < n; off += g->llm.max_batch) {
+        int64_t m = n - off < g->llm.max_batch ? n - off : g->llm.max_batch;
+        struct tensor h = llm_embed(&g->llm, ids + off, m);
+        struct tensor dst = tensor_rows_view(out, off, m);
+        op_copy(&dst, &h);
+    }
+    struct chat_bound *b = NULL;
+    int nb = 0;
+    if (g->tok && chat_image_bounds(g->tok, ids, n, &b, &nb, e)) goto fail;
+    if (nb != n_pieces) {
+        err_set(e, "prompt has %d image placeholders but %d image pieces were encoded", nb, n_pieces);
+        free(b);
+        goto fail;
+    }
+    for (int k = 0; k < nb; k++) {
+        if (b[k].end - b[k].start != c->query_num) {
+            err_set(e, "image placeholder %d spans %d tokens, expected query_num = %d", k, b[k].end - b[k].start,
+                    c->query_num);
+            free(b);
+            goto fail;
+        }
+        struct tensor src = tensor_rows_view(img_tokens, (int64_t)k * c->query_num, c->query_num);
+        struct tensor dst = tensor_rows_view(out, b[k].start, c->query_num);
+        op_copy(&dst, &src);
+    }
+    free(b);
+    return 0;
+fail:
+    dev_free(out->dev, out->data);
+    out->data = NULL;
+    return -1;
+}
+
+struct stream_ctx {
+    struct tokenizer_stream *ts;
+    engine_text_cb cb;
+    void *cb_ctx;
+    const struct engine *g;
+    int stop;
+};
+
+/* Streams text as chat(stream=True) does: stop-token strings are removed (they are not printed). */
+static int on_token(void *p, int32_t tok)
+{
+    struct stream_ctx *s = p;
+    if (engine_is_stop(s->g, tok)) return 0;
+    const char *chunk;
+    size_t len;
+    struct err e;
+    if (tokenizer_stream_push(s->ts, tok, &chunk, &len, &e)) return 0;
+    if (len && s->cb(s->cb_ctx, chunk, len)) s->stop = 1;
+    return s->stop;
+}
+
+int engine_chat(struct engine *g, const struct engine_chat_request *rq, engine_text_cb cb, void *cb_ctx,
+                struct engine_chat_result *res, struct err *e)
+{
+    memset(res, 0, sizeof *res);
+    if (!g->tok) return err_set(e, "the model folder has no tokenizer.json");
+    const struct model_config *c = &g->cfg;
+    struct chat_grid *grids = calloc((size_t)(rq->n_images ? rq->n_images : 1), sizeof *grids);
+    struct tensor img = {0}, emb = {0};
+    int32_t *ids = NULL;
+    int n_ids = 0, n_pieces = 0, rc = -1;
+    struct stream_ctx sc = {0};
+    if (!grids) return err_set(e, "out of memory");
+    double t0 = time_now();
+    if (rq->n_images && engine_encode_images(g, rq->images, rq->n_images, grids, &img, &n_pieces, e)) goto done;
+    double t1 = time_now();
+    const int max_new = rq->max_new_tokens > 0 ? rq->max_new_tokens : 1024;
+    if (chat_build_ids(g->tok, rq->system, rq->msgs, rq->n_msgs, grids, rq->n_images, c->query_num, 0, &ids, &n_ids,
+                       e))
+        goto done;
+    if ((int64_t)n_ids + max_new > g->llm.ctx) {
+        err_set(e, "prompt of %d tokens + %d new tokens exceeds the context of %lld by %lld tokens; raise --ctx or "
+                   "lower the answer length",
+                n_ids, max_new, (long long)g->llm.ctx, (long long)n_ids + max_new - g->llm.ctx);
+        goto done;
+    }
+    if (engine_merge_embeddings(g, ids, n_ids, rq->n_images ? &img : NULL, n_pieces, &emb, e)) goto done;
+    llm_truncate(&g->llm, 0);
+    res->ids = malloc((size_t)max_new * sizeof *res->ids);
+    if (!res->ids) { err_set(e, "out of memory"); goto done; }
+    if (cb) {
+        if (tokenizer_stream_init(&sc.ts, g->tok, TOKENIZER_CLEANUP_DEFAULT, e)) goto done;
+        sc.cb = cb;
+        sc.cb_ctx = cb_ctx;
+        sc.g = g;
+    }
+    struct engine_gen_stats st = {0};
+    if (engine_generate(g, NULL, &emb, n_ids, max_new, &rq->sampling, cb ? on_token : NULL, &sc, res->ids,
+                        &res->n_ids, &st, e))
+        goto done;
+    if (cb) {
+        const char *chunk;
+        size_t len;
+        tokenizer_stream_finish(sc.ts, &chunk, &len);
+        if (len) cb(cb_ctx, chunk, len);
+    }
+    /* spec §8 non-stream clean-up: drop every id 0, a leading BOS, one trailing stop id */
+    int32_t *keep = malloc((size_t)(res->n_ids ? res->n_ids : 1) * sizeof *keep);
+    if (!keep) { err_set(e, "out of memory"); goto done; }
+    int nk = 0;
+    for (int i = 0; i < res->n_ids; i++)
+        if (res->ids[i] != 0) keep[nk++] = res->ids[i];
+    int s0 = nk > 0 && keep[0] == c->bos_token_id ? 1 : 0;
+    if (nk > s0 && engine_is_stop(g, keep[nk - 1])) nk--;
+    char *text = NULL;
+    size_t tl = 0;
+    int drc = tokenizer_decode(g->tok, keep + s0, nk - s0, TOKENIZER_CLEANUP_DEFAULT, &text, &tl, e);
+    free(keep);
+    if (drc) goto done;
+    /* Python str.strip(): leading and trailing whitespace */
+    size_t a = 0, z = tl;
+    while (a < z && isspace((unsigned char)text[a])) a++;
+    while (z > a && isspace((unsigned char)text[z - 1])) z--;
+    memmove(text, text + a, z - a);
+    text[z - a] = 0;
+    res->text = text;
+    res->n_prompt = n_ids;
+    res->n_pieces = n_pieces;
+    res->t_vision = t1 - t0;
+    res->t_prefill = st.t_prefill;
+    res->t_decode = st.t_decode;
+    rc = 0;
+done:
+    if (rc) engine_chat_result_free(res);
+    tokenizer_stream_free(sc.ts);
+    if (img.data) dev_free(img.dev, img.data);
+    if (emb.data) dev_free(emb.dev, emb.data);
+    free(ids);
+    free(grids);
+    return rc;
+}
+
+void engine_chat_result_free(struct engine_chat_result *r)
+{
+    free(r->text);
+    free(r->ids);
+    memset(r, 0, sizeof *r);
+}

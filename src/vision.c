@@ -1,0 +1,250 @@
+/* vision.c: the SigLIP / Idefics2 vision tower (spec §3) through the ops of backend.h.
+ * The forward follows HF MiniCPM-Llama3-V 2.5 with transformers 4.40 exactly, bug included:
+ * all pieces are padded with zero pixels to N_max patches, there is NO attention mask (the
+ * upstream patch_attn_mask is all true, §3.2), and every piece takes the 1-D position ids of N_max.
+ * Rounding points follow torch's fp16 path: patch conv rounded, + conv bias rounded (cuDNN adds the
+ * bias in a separate op), + position embedding rounded; each Linear rounds once (bias in the
+ * epilogue); eager attention rounds q·k, then ·scale, then the softmax output (ATTN_EAGER_F16).
+ * With an F32 activation dtype every rounding is the identity. */
+#include "vision.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "backend.h"
+#include "model.h"
+
+/* ---- scratch carving ---- */
+
+/* A bump allocator over one device block. With base == NULL it only counts bytes, so the same code
+ * sizes the scratch (vision_scratch_bytes) and carves it (vision_forward). */
+struct carve {
+    char *base;
+    size_t off;
+    struct device dev;
+};
+
+static struct tensor carve_t(struct carve *c, enum dtype dt, int64_t d0, int64_t d1)
+{
+    size_t bytes = (size_t)d0 * (size_t)d1 * dtype_size(dt);
+    struct tensor t = tensor_make(dt, c->dev, c->base ? c->base + c->off : NULL, 2, d0, d1);
+    c->off += (bytes + 255) & ~(size_t)255;
+    return t;
+}
+
+struct vision_bufs {
+    struct tensor patches; /* [R, pdim] act: the padded patch matrix */
+    struct tensor ids;     /* [N_max, 1] I32: position ids */
+    struct tensor pos;     /* [N_max, vd]: pos_embed rows gathered */
+    struct tensor h;       /* [R, vd]: normed input / projection output */
+    struct tensor q, k, v; /* [R, vd] */
+    struct tensor a;       /* [R, vd]: attention output */
+    struct tensor mlp;     /* [R, vff] */
+};
+
+static void vision_carve(struct vision_bufs *b, struct carve *c, const struct model_config *cfg, int n_pieces,
+                         int64_t n_max, enum dtype act)
+{
+    const struct vision_config *vc = &cfg->vision_config;
+    const int64_t R = (int64_t)n_pieces * n_max, vd = vc->hidden_size;
+    const int64_t pdim = (int64_t)vc->num_channels * vc->patch_size * vc->patch_size;
+    b->patches = carve_t(c, act, R, pdim);
+    b->ids = carve_t(c, DTYPE_I32, n_max, 1);
+    b->ids = tensor_reshape(&b->ids, 1, n_max);
+    b->pos = carve_t(c, act, n_max, vd);
+    b->h = carve_t(c, act, R, vd);
+    b->q = carve_t(c, act, R, vd);
+    b->k = carve_t(c, act, R, vd);
+    b->v = carve_t(c, act, R, vd);
+    b->a = carve_t(c, act, R, vd);
+    b->mlp = carve_t(c, act, R, vc->intermediate_size);
+}
+
+size_t vision_scratch_bytes(const struct model_config *c, int n_pieces, int64_t n_max, enum dtype act)
+{
+    struct carve cv = {NULL, 0, device_cpu()};
+    struct vision_bufs b;
+    vision_carve(&b, &cv, c, n_pieces, n_max, act);
+    return cv.off;
+}
+
+/* ---- position ids (§3.2) ---- */
+
+/* Element k of torch.arange(start, end, step) as float32 on the CPU, n = its length. torch computes
+ * start + step*k in double (acc type of float) and rounds; its vectorised kernel (Loops.h
+ * vectorized_loop: blocks of 2*vec, the tail scalar) instead rounds the block base m first and then
+ * adds (k - m)*step in double (Vectorized<float>::arange). */
+static float torch_arange_f32(double start, double step, int64_t k, int64_t n, int vec)
+{
+    if (vec > 0) {
+        int64_t nv = n / (2 * (int64_t)vec) * (2 * (int64_t)vec);
+        if (k < nv) {
+            int64_t m = k / vec * vec;
+            float base = (float)(start + step * (double)m);
+            return (float)((double)base + (double)(k - m) * step);
+        }
+    }
+    return (float)(start + step * (double)k);
+}
+
+void vision_position_ids(int32_t *ids, int64_t n_max, int per_side, int arange_vec)
+{
+    CHECK(n_max >= 1 && per_side >= 1 && per_side <= 4096);
+    /* boundaries = torch.arange(1/per_side, 1.0, 1/per_side): python doubles, f32 result */
+    const double s = 1.0 / (double)per_side;
+    const int64_t nb = (int64_t)ceil((1.0 - s) / s);
+    float bnd[4097];
+    CHECK(nb >= 0 && nb <= 4096);
+    for (int64_t j = 0; j < nb; j++) bnd[j] = torch_arange_f32(s, s, j, nb, arange_vec);
+    /* step = 1 / tensor(n_max): a float32 true division; arange(0, 1 - 1e-6, step) takes it as a double */
+    const float step = 1.0f / (float)n_max;
+    const int64_t nf = (int64_t)ceil((1.0 - 1e-6) / (double)step);
+    CHECKF(nf == n_max, "arange length %lld for n_max %lld", (long long)nf, (long long)n_max);
+    for (int64_t k = 0; k < n_max; k++) {
+        float frac = torch_arange_f32(0.0, (double)step, k, nf, arange_vec);
+        int32_t id = 0; /* bucketize(right=True): boundaries[id-1] <= frac < boundaries[id] */
+        while (id < nb && bnd[id] <= frac) id++;
+        ids[k] = id;
+    }
+}
+
+/* ---- forward ---- */
+
+int64_t vision_n_max(const struct vision_piece *pieces, int n_pieces)
+{
+    int64_t m = 0;
+    for (int i = 0; i < n_pieces; i++) {
+        int64_t n = (int64_t)pieces[i].h * pieces[i].w;
+        if (n > m) m = n;
+    }
+    return m;
+}
+
+int vision_check_pieces(const struct model_config *c, const struct vision_piece *pieces, int n_pieces,
+                        struct err *e)
+{
+    const struct vision_config *vc = &c->vision_config;
+    if (n_pieces < 1 || n_pieces > VISION_MAX_PIECES)
+        return err_set(e, "vision: %d pieces (allowed 1..%d)", n_pieces, VISION_MAX_PIECES);
+    if (vc->patch_size < 1 || vc->image_size < vc->patch_size || vc->num_channels < 1)
+        return err_set(e, "vision_config: image_size %d / patch_size %d / num_channels %d unusable", vc->image_size,
+                       vc->patch_size, vc->num_channels);
+    if (vc->hidden_size % vc->num_attention_heads != 0)
+        return err_set(e, "vision_config: hidden_size %d not divisible by num_attention_heads %d", vc->hidden_size,
+                       vc->num_attention_heads);
+    if (strcmp(vc->hidden_act, "gelu_pytorch_tanh") != 0)
+        return err_set(e, "vision_config.hidden_act \"%s\" unsupported (only gelu_pytorch_tanh)", vc->hidden_act);
+    for (int i = 0; i < n_pieces; i++) {
+        const struct vision_piece *p = &pieces[i];
+        if (p->h < 1 || p->w < 1 || (int64_t)p->h * p->w > VISION_MAX_PATCHES)
+            return err_set(e, "vision: piece %d has tgt size (%d, %d) (need h, w >= 1 and h*w <= %d)", i, p->h, p->w,
+                           VISION_MAX_PATCHES);
+        if (!p->patches) return err_set(e, "vision: piece %d has no patch data", i);
+    }
+    return 0;
+}
+
+/* Row view [n, ...] of piece b in a [B*n_max, ...] matrix, reshaped to [n, heads, hd]. */
+static struct tensor piece_heads(const struct tensor *m, int64_t b, int64_t n_max, int64_t heads, int64_t hd)
+{
+    struct tensor v = tensor_rows_view(m, b * n_max, n_max);
+    return tensor_reshape(&v, 3, n_max, heads, hd);
+}
+
+int vision_forward(struct tensor *out, const struct vpm_weights *w, const struct model_config *c,
+                   const struct vision_piece *pieces, int n_pieces, void *scratch, size_t scratch_bytes,
+                   struct err *e)
+{
+    const struct vision_config *vc = &c->vision_config;
+    if (vision_check_pieces(c, pieces, n_pieces, e)) return -1;
+    const int64_t n_max = vision_n_max(pieces, n_pieces), B = n_pieces, R = B * n_max;
+    const int64_t vd = vc->hidden_size, H = vc->num_attention_heads, hd = vd / H;
+    const int64_t pdim = (int64_t)vc->num_channels * vc->patch_size * vc->patch_size;
+    const int per_side = vc->image_size / vc->patch_size;
+    const enum dtype act = out->dtype;
+    const struct device dev = w->patch_w.dev;
+    CHECKF(out->ndim == 3 && out->shape[0] == B && out->shape[1] == n_max && out->shape[2] == vd,
+           "vision out must be [%lld, %lld, %lld]", (long long)B, (long long)n_max, (long long)vd);
+    CHECK(device_eq(out->dev, dev));
+    CHECK(act == DTYPE_F32 || act == DTYPE_F16 || act == DTYPE_BF16);
+    CHECKF(w->patch_w.ndim == 2 && w->patch_w.shape[1] == pdim, "patch_w must be [vd, %lld]", (long long)pdim);
+    CHECKF(w->pos_embed.shape[0] >= (int64_t)per_side * per_side, "pos_embed needs %d rows", per_side * per_side);
+
+    int ret = -1;
+    void *owned = NULL, *host_patches = NULL;
+    int32_t *host_ids = NULL;
+    const size_t need = vision_scratch_bytes(c, n_pieces, n_max, act);
+    if (scratch) {
+        if (scratch_bytes < need) {
+            err_set(e, "vision: scratch of %zu bytes, need %zu", scratch_bytes, need);
+            goto done;
+        }
+    } else {
+        /* TODO(lead): one allocation per call; move to the per-device arena sized at load. */
+        owned = scratch = dev_alloc(dev, need, e);
+        if (!owned) goto done;
+    }
+    struct carve cv = {scratch, 0, dev};
+    struct vision_bufs b;
+    vision_carve(&b, &cv, c, n_pieces, n_max, act);
+
+    /* Host side: the zero-padded patch matrix in the activation dtype (torch casts pixel_values to
+     * the model dtype before the conv) and the position ids, then one copy each to the device. */
+    const size_t es = dtype_size(act);
+    host_patches = calloc((size_t)R * (size_t)pdim, es);
+    host_ids = malloc((size_t)n_max * sizeof *host_ids);
+    if (!host_patches || !host_ids) {
+        err_set(e, "vision: out of host memory for %lld x %lld patches", (long long)R, (long long)pdim);
+        goto done;
+    }
+    for (int64_t i = 0; i < B; i++) {
+        int64_t n = (int64_t)pieces[i].h * pieces[i].w;
+        convert_from_f32((char *)host_patches + (size_t)(i * n_max * pdim) * es, act, pieces[i].patches, n * pdim);
+    }
+    vision_position_ids(host_ids, n_max, per_side, VISION_ARANGE_VEC);
+    struct tensor hp = tensor_make(act, device_cpu(), host_patches, 2, R, pdim);
+    struct tensor hi = tensor_make(DTYPE_I32, device_cpu(), host_ids, 1, n_max);
+    op_copy(&b.patches, &hp);
+    op_copy(&b.ids, &hi);
+
+    /* Embeddings (§3.3): x = round(round(patches · W^T) + b) + pos_embed[pos_id] */
+    struct tensor x = tensor_reshape(out, 2, R, vd);
+    op_matmul(&x, &b.patches, &w->patch_w, NULL);
+    op_add(&x, &x, &w->patch_b);
+    op_embed(&b.pos, &w->pos_embed, &b.ids);
+    for (int64_t i = 0; i < B; i++) {
+        struct tensor xi = tensor_rows_view(&x, i * n_max, n_max);
+        op_add(&xi, &xi, &b.pos); /* the same ids for every piece */
+    }
+
+    /* Encoder layers (§3.4), pre-norm, no mask across all n_max rows of each piece */
+    const float eps = vc->layer_norm_eps;
+    const float scale = (float)pow((double)hd, -0.5); /* python: head_dim**-0.5 */
+    for (int l = 0; l < c->vision_layers_used; l++) {
+        const struct vpm_layer *L = &w->layers[l];
+        op_layernorm(&b.h, &x, &L->layer_norm1_w, &L->layer_norm1_b, eps);
+        op_matmul(&b.q, &b.h, &L->q_w, &L->q_b);
+        op_matmul(&b.k, &b.h, &L->k_w, &L->k_b);
+        op_matmul(&b.v, &b.h, &L->v_w, &L->v_b);
+        for (int64_t i = 0; i < B; i++) {
+            struct tensor qi = piece_heads(&b.q, i, n_max, H, hd), ki = piece_heads(&b.k, i, n_max, H, hd);
+            struct tensor vi = piece_heads(&b.v, i, n_max, H, hd), ai = piece_heads(&b.a, i, n_max, H, hd);
+            op_attention(&ai, &qi, &ki, &vi, 0, scale, ATTN_EAGER_F16);
+        }
+        op_matmul(&b.h, &b.a, &L->out_w, &L->out_b);
+        op_add(&x, &x, &b.h);
+        op_layernorm(&b.h, &x, &L->layer_norm2_w, &L->layer_norm2_b, eps);
+        op_matmul(&b.mlp, &b.h, &L->fc1_w, &L->fc1_b);
+        op_gelu_tanh(&b.mlp, &b.mlp);
+        op_matmul(&b.h, &b.mlp, &L->fc2_w, &L->fc2_b);
+        op_add(&x, &x, &b.h);
+    }
+    op_layernorm(&x, &x, &w->post_ln_w, &w->post_ln_b, eps); /* §3.5 */
+    dev_sync(dev); /* the host buffers above must outlive any asynchronous copy */
+    ret = 0;
+done:
+    free(host_patches);
+    free(host_ids);
+    dev_free(dev, owned);
+    return ret;
+}
