@@ -9,11 +9,6 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp -mavx2 -mfma -mf16c \
            -Isrc $(shell pkg-config --cflags $(PKGS)) $(if $(OPENBLAS_INC),-I$(OPENBLAS_INC))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lopenblas -lm -lpthread -fopenmp
-ifeq ($(PORTABLE),1)
-# For the GPU machine, whose image lacks Debian's OpenBLAS: link it statically
-# (tools/devpack.sh carries the remaining shared libraries next to the binary).
-LDLIBS  := $(subst -lopenblas,-Wl,-Bstatic -l:libopenblas.a -Wl,-Bdynamic -lgfortran,$(LDLIBS))
-endif
 ifeq ($(WERROR),1)
 CFLAGS  += -Werror
 endif
