@@ -1,0 +1,972 @@
+/* devmap.c: device flags, logical devices, the cost model and the planner (see devmap.h).
+ *
+ * Balancing rule (auto placement). Embedding, layer 0, lm_head, vpm and resampler are pinned to
+ * the first device (as the seed pins them) and counted there. Decoder layers are then cut into
+ * contiguous ranges over the GPUs in --gpus order so that the largest fill fraction
+ * need/budget over the GPUs is as small as possible: bisection on a fill level u, and for each u a
+ * greedy pass giving every device, in order, as many layers as fit under u*budget (for contiguous
+ * ranges with monotone costs the greedy pass is feasible whenever any split is). The final norm
+ * goes to the device of the last layer. When the GPUs cannot hold every layer and a CPU budget
+ * was given, the fewest trailing layers move to the CPU (balanced the same way over CPU parts).
+ * Without GPUs the CPU devices take everything under the same rule. */
+#include "devmap.h"
+
+#include <cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "model.h"
+
+_Static_assert(DEVMAP_MAX_DEVICES == MODEL_MAX_DEVICES, "devmap and model device limits differ");
+
+#define MIB ((int64_t)1 << 20)
+#define GIB ((int64_t)1 << 30)
+
+/* ---------------------------------------------------------------- parameters and flags */
+
+void devmap_params_default(struct devmap_params *p)
+{
+    p->ctx = 0; /* min(4096, max_position_embeddings), as the engine defaults */
+    p->kv_seqs = 1;
+    p->max_batch_tokens = 512;
+    p->max_pieces = 10;
+    p->max_patches = 1100;
+    p->weight_bytes = 2;
+    p->act_bytes = 2;
+    p->gpu_lib_margin = 64 * MIB;
+}
+
+void devmap_params_resolve(struct devmap_params *p, const struct model_config *c)
+{
+    if (p->ctx <= 0) p->ctx = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096;
+}
+
+void devmap_opts_init(struct devmap_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->n_gpus = -1;
+    devmap_params_default(&o->params);
+}
+
+const char *devmap_opts_help(void)
+{
+    return "  --gpus 0,1,...          CUDA devices to use, first = the one holding embed/lm_head/vision\n"
+           "                          (default: all visible; 'none' = CPU only)\n"
+           "  --max-memory 0=10GiB,1=10GiB,cpu=48GiB\n"
+           "                          budget per device (GiB/GB/MiB/MB; default: free memory minus\n"
+           "                          free/16 + 256 MiB); a cpu budget allows offloading layers to the CPU\n"
+           "  --logical-devices 0:2,cpu:2\n"
+           "                          run a device as several logical devices \"0.0\", \"0.1\", ... each with\n"
+           "                          its own budget (0.1=4GiB) and arena (for tests and CI)\n"
+           "  --ctx N                 longest context to reserve KV cache for\n"
+           "                          (default min(4096, max_position_embeddings))\n"
+           "  --kv-seqs N             sequences with their own KV cache, e.g. beams (default 1)\n"
+           "  --max-batch N           prefill chunk: prompt tokens per forward step (default 512)\n"
+           "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices)\n"
+           "  --max-patches N         patches per piece (default 1100)\n"
+           "  --device-map FILE.json  explicit map {\"llm.model.layers.0\": 0, ..., \"vpm\": \"cpu\"}\n";
+}
+
+static int parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* "cpu", "N", "cpu.P", "N.P" -> ordinal (-1 for cpu) and part (-1 when absent). */
+static int parse_dev_key(const char *s, int *ordinal, int *part)
+{
+    char head[16];
+    const char *dot = strchr(s, '.');
+    size_t n = dot ? (size_t)(dot - s) : strlen(s);
+    if (n == 0 || n >= sizeof head) return -1;
+    memcpy(head, s, n);
+    head[n] = 0;
+    long v;
+    if (!strcmp(head, "cpu")) *ordinal = -1;
+    else if (!strncmp(head, "cuda:", 5) && !dot && !parse_int(head + 5, 0, 1023, &v)) *ordinal = (int)v;
+    else if (!parse_int(head, 0, 1023, &v)) *ordinal = (int)v;
+    else return -1;
+    *part = -1;
+    if (dot) {
+        if (parse_int(dot + 1, 0, DEVMAP_MAX_DEVICES - 1, &v)) return -1;
+        *part = (int)v;
+    }
+    return 0;
+}
+
+int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e)
+{
+    static const char *flags[] = {"--gpus", "--max-memory", "--logical-devices", "--ctx", "--kv-seqs",
+                                  "--max-batch", "--max-pieces", "--max-patches", "--device-map"};
+    const char *arg = argv[*i], *val = NULL;
+    int k, nf = (int)(sizeof flags / sizeof flags[0]);
+    for (k = 0; k < nf; k++) {
+        size_t n = strlen(flags[k]);
+        if (!strncmp(arg, flags[k], n) && (arg[n] == 0 || arg[n] == '=')) {
+            val = arg[n] == '=' ? arg + n + 1 : NULL;
+            break;
+        }
+    }
+    if (k == nf) return 0;
+    if (!val) {
+        if (*i + 1 >= argc) return err_set(e, "%s needs a value", flags[k]);
+        val = argv[++*i];
+    }
+    const char *f = flags[k];
+    long v;
+    char buf[1024];
+    if (!strcmp(f, "--device-map")) {
+        if (strlen(val) >= sizeof o->device_map) return err_set(e, "--device-map: path too long");
+        snprintf(o->device_map, sizeof o->device_map, "%s", val);
+        return 1;
+    }
+    if (!strcmp(f, "--ctx") || !strcmp(f, "--kv-seqs") || !strcmp(f, "--max-batch") ||
+        !strcmp(f, "--max-pieces") || !strcmp(f, "--max-patches")) {
+        long hi = !strcmp(f, "--ctx") ? 1L << 22 : !strcmp(f, "--kv-seqs") ? 256 : !strcmp(f, "--max-pieces") ? 1024 : 65536;
+        if (parse_int(val, 1, hi, &v)) return err_set(e, "%s: '%s' is not an integer in 1..%ld", f, val, hi);
+        if (!strcmp(f, "--ctx")) o->params.ctx = v;
+        else if (!strcmp(f, "--kv-seqs")) o->params.kv_seqs = (int)v;
+        else if (!strcmp(f, "--max-batch")) o->params.max_batch_tokens = (int)v;
+        else if (!strcmp(f, "--max-pieces")) o->params.max_pieces = (int)v;
+        else o->params.max_patches = (int)v;
+        return 1;
+    }
+    if (strlen(val) >= sizeof buf) return err_set(e, "%s: value too long", f);
+    snprintf(buf, sizeof buf, "%s", val);
+    if (!strcmp(f, "--gpus")) {
+        o->n_gpus = 0;
+        if (!strcmp(buf, "none") || !buf[0]) return 1;
+        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            if (parse_int(t, 0, 1023, &v)) return err_set(e, "--gpus: '%s' is not a GPU index", t);
+            for (int j = 0; j < o->n_gpus; j++)
+                if (o->gpus[j] == v) return err_set(e, "--gpus: GPU %ld is listed twice", v);
+            if (o->n_gpus == DEVMAP_MAX_DEVICES) return err_set(e, "--gpus: more than %d GPUs", DEVMAP_MAX_DEVICES);
+            o->gpus[o->n_gpus++] = (int)v;
+        }
+        return 1;
+    }
+    int is_mem = !strcmp(f, "--max-memory");
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *sep = strchr(t, is_mem ? '=' : ':');
+        int ord, part;
+        if (!sep)
+            return err_set(e, "%s: '%s' is not %s", f, t, is_mem ? "DEVICE=SIZE (0=10GiB, cpu=48GiB)" : "DEVICE:PARTS (0:2, cpu:2)");
+        *sep = 0;
+        if (strlen(t) >= (is_mem ? sizeof o->mem_key[0] : sizeof o->split_key[0]) || parse_dev_key(t, &ord, &part) ||
+            (!is_mem && part >= 0))
+            return err_set(e, "%s: '%s' is not a device (0, 1, ..., cpu%s)", f, t, is_mem ? ", 0.1, cpu.0" : "");
+        int *n = is_mem ? &o->n_mem : &o->n_split;
+        for (int j = 0; j < *n; j++)
+            if (!strcmp(is_mem ? o->mem_key[j] : o->split_key[j], t)) return err_set(e, "%s: '%s' is given twice", f, t);
+        if (*n == DEVMAP_MAX_DEVICES) return err_set(e, "%s: more than %d entries", f, DEVMAP_MAX_DEVICES);
+        if (is_mem) {
+            int64_t b;
+            if (parse_size(sep + 1, &b)) return err_set(e, "--max-memory: '%s' is not a size (10GiB, 512MiB, 16GB)", sep + 1);
+            snprintf(o->mem_key[*n], sizeof o->mem_key[0], "%s", t);
+            o->mem_bytes[*n] = b;
+        } else {
+            if (parse_int(sep + 1, 1, 8, &v)) return err_set(e, "--logical-devices: '%s' parts: not in 1..8", sep + 1);
+            snprintf(o->split_key[*n], sizeof o->split_key[0], "%s", t);
+            o->split_parts[*n] = (int)v;
+        }
+        (*n)++;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- logical devices */
+
+int64_t devmap_default_budget(int64_t free_bytes)
+{
+    int64_t b = free_bytes - free_bytes / 16 - 256 * MIB;
+    return b > 0 ? b : 0;
+}
+
+int devmap_devices(const struct devmap_opts *o, int n_visible, devmap_mem_fn mem, void *ctx,
+                   struct devmap_device *dev, int *n_dev, struct err *e)
+{
+    int phys[DEVMAP_MAX_DEVICES + 1], np = 0, want_cpu = 0; /* physical devices, GPUs then cpu (-1) */
+    *n_dev = 0;
+    if (o->n_gpus >= 0) {
+        for (int i = 0; i < o->n_gpus; i++) phys[np++] = o->gpus[i];
+    } else {
+        for (int pass = 0; pass < 2; pass++) { /* GPUs named by --max-memory, then --logical-devices */
+            int n = pass ? o->n_split : o->n_mem;
+            for (int i = 0; i < n; i++) {
+                int ord, part, dup = 0;
+                parse_dev_key(pass ? o->split_key[i] : o->mem_key[i], &ord, &part);
+                for (int j = 0; j < np; j++) dup |= phys[j] == ord;
+                if (ord >= 0 && !dup && np < DEVMAP_MAX_DEVICES) phys[np++] = ord;
+            }
+        }
+        if (np == 0)
+            for (int i = 0; i < n_visible && np < DEVMAP_MAX_DEVICES; i++) phys[np++] = i;
+    }
+    for (int i = 0; i < np; i++)
+        if (n_visible >= 0 && phys[i] >= n_visible)
+            return err_set(e, "GPU %d is not visible (this machine has %d GPU%s)", phys[i], n_visible, n_visible == 1 ? "" : "s");
+    /* every key must name a device in the list */
+    for (int pass = 0; pass < 2; pass++) {
+        int n = pass ? o->n_split : o->n_mem;
+        for (int i = 0; i < n; i++) {
+            const char *key = pass ? o->split_key[i] : o->mem_key[i];
+            int ord, part, found = ord = 0;
+            parse_dev_key(key, &ord, &part);
+            if (ord < 0) { want_cpu = 1; continue; }
+            for (int j = 0; j < np; j++) found |= phys[j] == ord;
+            if (!found) return err_set(e, "%s names GPU %d, which is not in --gpus", pass ? "--logical-devices" : "--max-memory", ord);
+        }
+    }
+    if (np == 0) want_cpu = 1;
+    if (want_cpu) phys[np++] = -1;
+
+    for (int i = 0; i < np; i++) {
+        int ord = phys[i], nparts = 1;
+        for (int j = 0; j < o->n_split; j++) {
+            int so, sp;
+            parse_dev_key(o->split_key[j], &so, &sp);
+            if (so == ord) nparts = o->split_parts[j];
+        }
+        int64_t whole = -1, part_b[DEVMAP_MAX_DEVICES];
+        for (int p = 0; p < nparts; p++) part_b[p] = -1;
+        for (int j = 0; j < o->n_mem; j++) {
+            int mo, mp;
+            parse_dev_key(o->mem_key[j], &mo, &mp);
+            if (mo != ord) continue;
+            if (mp < 0) whole = o->mem_bytes[j];
+            else if (mp >= nparts) {
+                if (nparts == 1) return err_set(e, "--max-memory names %s, but that device is not split (--logical-devices)", o->mem_key[j]);
+                return err_set(e, "--max-memory names %s, but that device is split into %d parts", o->mem_key[j], nparts);
+            }
+            else part_b[mp] = o->mem_bytes[j];
+        }
+        int need_whole = 0;
+        for (int p = 0; p < nparts; p++) need_whole |= part_b[p] < 0;
+        if (need_whole && whole < 0) {
+            int64_t fr = 0;
+            struct err me = {{0}};
+            if (!mem || mem(ord < 0 ? DEVICE_CPU : DEVICE_CUDA, ord < 0 ? 0 : ord, &fr, ctx, &me)) {
+                char key[16];
+                snprintf(key, sizeof key, ord < 0 ? "cpu" : "%d", ord);
+                return err_set(e, "no memory budget for %s%s: pass --max-memory %s=SIZE%s%s%s", ord < 0 ? "" : "gpu ", key, key,
+                               mem ? " (" : "", mem ? me.msg : "", mem ? ")" : "");
+            }
+            whole = devmap_default_budget(fr);
+        }
+        for (int p = 0; p < nparts; p++) {
+            if (*n_dev == DEVMAP_MAX_DEVICES) return err_set(e, "more than %d logical devices", DEVMAP_MAX_DEVICES);
+            struct devmap_device *d = &dev[(*n_dev)++];
+            d->kind = ord < 0 ? DEVICE_CPU : DEVICE_CUDA;
+            d->ordinal = ord < 0 ? 0 : ord;
+            d->part = p;
+            d->nparts = nparts;
+            d->budget = part_b[p] >= 0 ? part_b[p] : whole / nparts;
+            if (ord < 0) snprintf(d->label, sizeof d->label, nparts > 1 ? "cpu.%d" : "cpu", p);
+            else if (nparts > 1) snprintf(d->label, sizeof d->label, "%d.%d", ord, p);
+            else snprintf(d->label, sizeof d->label, "%d", ord);
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- costs */
+
+int64_t devmap_llm_workspace(const struct model_config *c, int64_t n, int ab)
+{
+    int64_t d = c->hidden_size, hd = c->head_dim, H = c->num_attention_heads, Hkv = c->num_key_value_heads;
+    int64_t ff = c->intermediate_size;
+    return n * ab * (3 * d + 2 * H * hd + 2 * Hkv * hd + 2 * ff) + 2 * n * 4 + DEVMAP_ALIGN_SLACK;
+}
+
+int64_t devmap_vision_workspace(const struct model_config *c, int64_t B, int64_t N, int ab)
+{
+    const struct vision_config *v = &c->vision_config;
+    int64_t vd = v->hidden_size, vff = v->intermediate_size, P = v->patch_size;
+    return B * N * ab * (6 * vd + vff + 3 * P * P) + B * N * 4 + DEVMAP_ALIGN_SLACK;
+}
+
+int64_t devmap_resampler_workspace(const struct model_config *c, int64_t B, int64_t N, int ab)
+{
+    int64_t d = c->hidden_size, vd = c->vision_config.hidden_size, Q = c->query_num;
+    return B * N * ab * vd + 5 * N * d * ab + 2 * N * d * ab + B * N * 2 * 4 + B * Q * ab * 3 * d + 2 * Q * d * ab +
+           DEVMAP_ALIGN_SLACK;
+}
+
+int64_t devmap_kv_layer_bytes(const struct model_config *c, const struct devmap_params *p)
+{
+    return 2 * p->ctx * (int64_t)p->kv_seqs * c->num_key_value_heads * (int64_t)c->head_dim * p->act_bytes;
+}
+
+struct costs {
+    int n_layers;
+    int64_t embed, norm, lm_head, vpm, resampler, layer[DEVMAP_MAX_LAYERS];
+    int64_t kv_layer, ws_llm, ws_logits, ws_vision, ws_resampler, ws_lib;
+};
+
+/* The ctx-dependent parts (recomputed when the advice searches a smaller --ctx). */
+static void costs_set_params(struct costs *k, const struct model_config *c, const struct devmap_params *p)
+{
+    int64_t n = p->max_batch_tokens < p->ctx ? p->max_batch_tokens : p->ctx;
+    k->kv_layer = devmap_kv_layer_bytes(c, p);
+    k->ws_llm = devmap_llm_workspace(c, n, p->act_bytes);
+    k->ws_logits = (int64_t)p->kv_seqs * c->vocab_size * (4 + p->act_bytes);
+    k->ws_vision = devmap_vision_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
+    k->ws_resampler = devmap_resampler_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
+    k->ws_lib = p->gpu_lib_margin;
+}
+
+static int costs_build(struct costs *k, const struct model_config *c, const struct devmap_params *p, struct err *e)
+{
+    memset(k, 0, sizeof *k);
+    if (c->num_hidden_layers < 1 || c->num_hidden_layers > DEVMAP_MAX_LAYERS)
+        return err_set(e, "num_hidden_layers %d: the planner handles 1..%d", c->num_hidden_layers, DEVMAP_MAX_LAYERS);
+    if (p->weight_bytes < 1 || p->act_bytes < 1 || p->ctx < 1 || p->kv_seqs < 1 || p->max_batch_tokens < 1 ||
+        p->max_pieces < 1 || p->max_patches < 1)
+        return err_set(e, "device plan: every size parameter must be >= 1");
+    k->n_layers = c->num_hidden_layers;
+    struct manifest_entry *m = NULL;
+    int n = model_manifest(c, &m, e);
+    if (n < 0) return -1;
+    for (int i = 0; i < n; i++) {
+        int64_t b = p->weight_bytes;
+        for (int j = 0; j < m[i].ndim; j++) b *= m[i].shape[j];
+        switch (m[i].unit) {
+        case UNIT_EMBED: k->embed += b; break;
+        case UNIT_LAYER: if (m[i].layer >= 0 && m[i].layer < k->n_layers) k->layer[m[i].layer] += b; break;
+        case UNIT_NORM: k->norm += b; break;
+        case UNIT_LM_HEAD: k->lm_head += b; break;
+        case UNIT_VPM: k->vpm += b; break;
+        case UNIT_RESAMPLER: k->resampler += b; break;
+        }
+    }
+    free(m);
+    costs_set_params(k, c, p);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- usage */
+
+enum { PIN_EMBED = 1, PIN_NORM = 2, PIN_LM_HEAD = 4, PIN_VPM = 8, PIN_RESAMPLER = 16 };
+
+/* The one formula for what a device needs, from what it holds. */
+static void need_of(const struct costs *k, int is_gpu, unsigned pins, int n_layers, int64_t layer_w,
+                    struct devmap_usage *u)
+{
+    memset(u, 0, sizeof *u);
+    u->n_layers = n_layers;
+    u->weights = layer_w + (pins & PIN_EMBED ? k->embed : 0) + (pins & PIN_NORM ? k->norm : 0) +
+                 (pins & PIN_LM_HEAD ? k->lm_head : 0) + (pins & PIN_VPM ? k->vpm : 0) +
+                 (pins & PIN_RESAMPLER ? k->resampler : 0);
+    u->kv = n_layers * k->kv_layer;
+    int llm = n_layers > 0 || (pins & (PIN_EMBED | PIN_NORM | PIN_LM_HEAD));
+    u->ws_llm = llm ? k->ws_llm : 0;
+    u->ws_logits = pins & PIN_LM_HEAD ? k->ws_logits : 0;
+    u->ws_vision = pins & PIN_VPM ? k->ws_vision : 0;
+    u->ws_resampler = pins & PIN_RESAMPLER ? k->ws_resampler : 0;
+    u->ws_lib = is_gpu && (llm || pins) ? k->ws_lib : 0;
+    u->workspace = u->ws_llm + u->ws_logits + u->ws_vision + u->ws_resampler + u->ws_lib;
+    u->total = u->weights + u->kv + u->workspace;
+}
+
+static void usage_compute(const struct costs *k, const struct devmap_assign *m, const struct devmap_device *dev,
+                          int n_dev, struct devmap_usage *use)
+{
+    for (int i = 0; i < n_dev; i++) {
+        unsigned pins = (m->embed == i ? PIN_EMBED : 0) | (m->norm == i ? PIN_NORM : 0) |
+                        (m->lm_head == i ? PIN_LM_HEAD : 0) | (m->vpm == i ? PIN_VPM : 0) |
+                        (m->resampler == i ? PIN_RESAMPLER : 0);
+        int nl = 0;
+        int64_t lw = 0;
+        for (int l = 0; l < m->n_layers; l++)
+            if (m->layer[l] == i) nl++, lw += k->layer[l];
+        need_of(k, dev[i].kind == DEVICE_CUDA, pins, nl, lw, &use[i]);
+    }
+}
+
+/* ---------------------------------------------------------------- auto placement */
+
+/* Greedy pass at fill level u over devices idx[0..nd) for layers [a0, a1): each device takes as
+ * many layers as fit under u*budget. pins0 go to idx[0], which must then take >= 1 layer when
+ * first_layer is set (layer 0 is pinned with the embedding); the device of layer a1-1 takes the
+ * norm when norm_last is set. Writes m->layer[] and returns 1 when every layer found a place. */
+static int greedy(const struct costs *k, const struct devmap_device *dev, const int *idx, int nd, int a0, int a1,
+                  unsigned pins0, int first_layer, int norm_last, double u, struct devmap_assign *m)
+{
+    int a = a0;
+    struct devmap_usage use;
+    for (int j = 0; j < nd; j++) {
+        int i = idx[j], gpu = dev[i].kind == DEVICE_CUDA;
+        double cap = u * (double)dev[i].budget;
+        unsigned pins = j == 0 ? pins0 : 0;
+        need_of(k, gpu, pins, 0, 0, &use);
+        if ((double)use.total > cap) {
+            if (j == 0 && (pins0 || first_layer)) return 0;
+            continue;
+        }
+        int b = a;
+        int64_t lw = 0;
+        while (b < a1) {
+            unsigned p = pins | (norm_last && b + 1 == a1 ? PIN_NORM : 0);
+            need_of(k, gpu, p, b + 1 - a, lw + k->layer[b], &use);
+            if ((double)use.total > cap) break;
+            lw += k->layer[b++];
+        }
+        if (j == 0 && first_layer && b == a && a < a1) return 0;
+        for (int l = a; l < b; l++) m->layer[l] = i;
+        if (b == a1 && b > a && norm_last) m->norm = i;
+        a = b;
+    }
+    return a == a1;
+}
+
+/* Smallest fill level (to ~1e-9) at which the greedy pass succeeds, searching up to umax; leaves
+ * the assignment of that level in m. Returns 0 when none up to umax. */
+static int balance(const struct costs *k, const struct devmap_device *dev, const int *idx, int nd, int a0, int a1,
+                   unsigned pins0, int first_layer, int norm_last, double umax, struct devmap_assign *m)
+{
+    if (nd == 0 || !greedy(k, dev, idx, nd, a0, a1, pins0, first_layer, norm_last, umax, m)) return 0;
+    double lo = 0, hi = umax;
+    for (int it = 0; it < 64 && hi - lo > 1e-9 * hi; it++) {
+        double mid = 0.5 * (lo + hi);
+        if (greedy(k, dev, idx, nd, a0, a1, pins0, first_layer, norm_last, mid, m)) hi = mid;
+        else lo = mid;
+    }
+    return greedy(k, dev, idx, nd, a0, a1, pins0, first_layer, norm_last, hi, m);
+}
+
+/* Places everything within budgets (balance = 1 also balances; 0 only checks feasibility). */
+static int place(const struct costs *k, const struct devmap_device *dev, int n_dev, int do_balance,
+                 struct devmap_assign *m)
+{
+    int gpu[DEVMAP_MAX_DEVICES], cpu[DEVMAP_MAX_DEVICES], ng = 0, nc = 0, L = k->n_layers;
+    for (int i = 0; i < n_dev; i++) {
+        if (dev[i].kind == DEVICE_CUDA) gpu[ng++] = i;
+        else cpu[nc++] = i;
+    }
+    const int *prim = ng ? gpu : cpu, *sec = ng ? cpu : NULL;
+    int np = ng ? ng : nc, ns = ng ? nc : 0;
+    if (np == 0) return 0;
+    unsigned pins = PIN_EMBED | PIN_LM_HEAD | PIN_VPM | PIN_RESAMPLER;
+    m->n_layers = L;
+    m->embed = m->lm_head = m->vpm = m->resampler = prim[0];
+    for (int t = 0; t < L; t++) { /* t trailing layers go to the secondary (CPU) group */
+        if (t > 0 && ns == 0) break;
+        if (!greedy(k, dev, prim, np, 0, L - t, pins, 1, t == 0, 1.0, m)) continue;
+        if (t > 0 && !greedy(k, dev, sec, ns, L - t, L, 0, 0, 1, 1.0, m)) continue;
+        if (do_balance) {
+            balance(k, dev, prim, np, 0, L - t, pins, 1, t == 0, 1.0, m);
+            if (t > 0) balance(k, dev, sec, ns, L - t, L, 0, 0, 1, 1.0, m);
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the planner */
+
+const char *devmap_fmt_bytes(int64_t b, char *buf, size_t n)
+{
+    if (b >= GIB || b <= -GIB) snprintf(buf, n, "%.2f GiB", (double)b / (double)GIB);
+    else snprintf(buf, n, "%.0f MiB", (double)b / (double)MIB);
+    return buf;
+}
+
+static int fits_all(const struct devmap_usage *use, const struct devmap_device *dev, int n_dev)
+{
+    for (int i = 0; i < n_dev; i++)
+        if (use[i].total > dev[i].budget) return 0;
+    return 1;
+}
+
+/* Does it fit with these costs and devices (auto placement, or the fixed map m)? */
+static int fits_with(const struct costs *k, const struct devmap_device *dev, int n_dev, const struct devmap_assign *m)
+{
+    struct devmap_usage use[DEVMAP_MAX_DEVICES];
+    if (m) {
+        usage_compute(k, m, dev, n_dev, use);
+        return fits_all(use, dev, n_dev);
+    }
+    struct devmap_assign a;
+    return place(k, dev, n_dev, 0, &a);
+}
+
+/* Advice sizes are rounded UP (to 0.01 GiB, or 1 MiB below 1 GiB), so the number printed is itself enough. */
+static const char *fmt_up(int64_t b, char *buf, size_t n)
+{
+    if (b < GIB) {
+        snprintf(buf, n, "%lld MiB", (long long)((b + MIB - 1) / MIB));
+        return buf;
+    }
+    int64_t cents = (b + GIB / 100 - 1) / (GIB / 100);
+    snprintf(buf, n, "%lld.%02lld GiB", (long long)(cents / 100), (long long)(cents % 100));
+    return buf;
+}
+
+/* Appends one alternative to the advice: the first one after `lead`, the others after "; ". */
+static void advice_add(struct devmap_plan *plan, const char *lead, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void advice_add(struct devmap_plan *plan, const char *lead, const char *fmt, ...)
+{
+    char *s = plan->advice;
+    size_t n = sizeof plan->advice, len = strlen(s);
+    snprintf(s + len, n - len, "%s", len ? "; " : lead);
+    len = strlen(s);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s + len, n - len, fmt, ap);
+    va_end(ap);
+}
+
+static const char *dev_name(const struct devmap_device *d, char *buf, size_t n)
+{
+    snprintf(buf, n, d->kind == DEVICE_CPU ? "%s" : "gpu %s", d->label);
+    return buf;
+}
+
+/* Smallest x in [0, hi] (to 1 MiB) with ok(x), given ok(hi); ok is monotone. */
+#define BISECT_BYTES(hi, x, ok_expr)                                                     \
+    do {                                                                                 \
+        int64_t lo_ = 0, hi_ = (hi);                                                     \
+        while (hi_ - lo_ > MIB) {                                                        \
+            int64_t x = lo_ + (hi_ - lo_) / 2;                                           \
+            if (ok_expr) hi_ = x;                                                        \
+            else lo_ = x;                                                                \
+        }                                                                                \
+        (hi) = hi_;                                                                      \
+    } while (0)
+
+/* Fills plan->advice with the smallest single changes that would make the plan fit. */
+static void advise(const struct model_config *c, const struct devmap_params *p, struct costs *k,
+                   struct devmap_plan *plan, const struct devmap_assign *fixed)
+{
+    struct devmap_device dev[DEVMAP_MAX_DEVICES + 1];
+    int n_dev = plan->n_dev;
+    char a[32], b[32], nm[32];
+    memcpy(dev, plan->dev, sizeof plan->dev);
+    int64_t all = GIB; /* an upper bound for any one raise: everything plus room */
+    for (int i = 0; i < n_dev; i++) all += plan->use[i].total + k->ws_llm + k->ws_lib;
+    all += k->embed + k->lm_head + k->vpm + k->resampler + k->ws_vision + k->ws_resampler + k->ws_logits;
+
+    if (fixed) { /* a fixed map: every device over budget needs its own raise */
+        int first = 1;
+        for (int i = 0; i < n_dev; i++) {
+            int64_t over = plan->use[i].total - plan->dev[i].budget;
+            if (over <= 0) continue;
+            size_t len = strlen(plan->advice);
+            snprintf(plan->advice + len, sizeof plan->advice - len, "%sraise the budget of %s by %s (to %s)",
+                     first ? "to fit: " : " and ", dev_name(&dev[i], nm, sizeof nm),
+                     fmt_up(over, a, sizeof a), fmt_up(plan->use[i].total, b, sizeof b));
+            first = 0;
+        }
+    } else { /* the one device whose raise is smallest */
+        int best = -1;
+        int64_t best_d = 0;
+        for (int i = 0; i < n_dev; i++) {
+            int64_t save = dev[i].budget, d = all;
+            dev[i].budget = save + d;
+            if (fits_with(k, dev, n_dev, NULL)) {
+                BISECT_BYTES(d, x, (dev[i].budget = save + x, fits_with(k, dev, n_dev, NULL)));
+                if (best < 0 || d < best_d) best = i, best_d = d;
+            }
+            dev[i].budget = save;
+        }
+        if (best >= 0)
+            advice_add(plan, "to fit, any one of: ", "raise the budget of %s by %s (to %s)",
+                       dev_name(&dev[best], nm, sizeof nm), fmt_up(best_d, a, sizeof a),
+                       fmt_up(dev[best].budget + best_d, b, sizeof b));
+        int has_cpu = 0;
+        for (int i = 0; i < n_dev; i++) has_cpu |= dev[i].kind == DEVICE_CPU;
+        struct devmap_device *cd = &dev[n_dev];
+        memset(cd, 0, sizeof *cd);
+        cd->kind = DEVICE_CPU;
+        cd->nparts = 1;
+        snprintf(cd->label, sizeof cd->label, "cpu");
+        cd->budget = all;
+        if (!has_cpu && n_dev < DEVMAP_MAX_DEVICES && fits_with(k, dev, n_dev + 1, NULL)) {
+            int64_t d = all;
+            BISECT_BYTES(d, x, (cd->budget = x, fits_with(k, dev, n_dev + 1, NULL)));
+            fmt_up(d, a, sizeof a);
+            char *sp = strchr(a, ' ');
+            memmove(sp, sp + 1, strlen(sp)); /* "3.12GiB": the --max-memory spelling */
+            advice_add(plan, "to fit, any one of: ", "add cpu=%s to --max-memory (trailing layers run on the CPU)", a);
+        }
+    }
+    /* the largest --ctx that fits (ctx changes only the KV cache and the prefill chunk) */
+    struct devmap_params q = *p;
+    int64_t lo = 0, hi = p->ctx;
+    while (hi - lo > 1) {
+        q.ctx = lo + (hi - lo) / 2;
+        costs_set_params(k, c, &q);
+        if (fits_with(k, plan->dev, n_dev, fixed)) lo = q.ctx;
+        else hi = q.ctx;
+    }
+    costs_set_params(k, c, p);
+    if (lo >= 1) {
+        if (lo >= 256) lo -= lo % 256;
+        if (fixed && plan->advice[0]) {
+            size_t len = strlen(plan->advice);
+            snprintf(plan->advice + len, sizeof plan->advice - len, "; or lower --ctx to %lld", (long long)lo);
+        } else {
+            advice_add(plan, "to fit, any one of: ", "lower --ctx to %lld", (long long)lo);
+        }
+    }
+    if (!plan->advice[0]) snprintf(plan->advice, sizeof plan->advice, "no single change fits it: add devices or budget");
+}
+
+int devmap_plan(const struct model_config *c, const struct devmap_params *p, const struct devmap_device *dev,
+                int n_dev, const struct devmap_assign *m, struct devmap_plan *plan, struct err *e)
+{
+    memset(plan, 0, sizeof *plan);
+    plan->params = *p;
+    devmap_params_resolve(&plan->params, c);
+    p = &plan->params;
+    if (n_dev < 1 || n_dev > DEVMAP_MAX_DEVICES) return err_set(e, "device plan: %d devices (need 1..%d)", n_dev, DEVMAP_MAX_DEVICES);
+    struct costs *k = malloc(sizeof *k);
+    if (!k) return err_set(e, "out of memory");
+    if (costs_build(k, c, p, e)) { /* plan->n_dev stays 0: nothing was planned */
+        free(k);
+        return -1;
+    }
+    plan->n_dev = n_dev;
+    memcpy(plan->dev, dev, (size_t)n_dev * sizeof *dev);
+    if (m) {
+        if (m->n_layers != k->n_layers) {
+            int L = k->n_layers;
+            free(k);
+            return err_set(e, "device map has %d layers, the model %d", m->n_layers, L);
+        }
+        plan->map = *m;
+        plan->explicit_map = 1;
+        int changes = 0, distinct = 0, seen[DEVMAP_MAX_DEVICES] = {0};
+        for (int l = 0; l < m->n_layers; l++) {
+            if (l > 0 && m->layer[l] != m->layer[l - 1]) changes++;
+            if (!seen[m->layer[l]]++) distinct++;
+        }
+        if (changes > distinct - 1)
+            snprintf(plan->notes, sizeof plan->notes,
+                     "decoder layers are not in contiguous ranges: activations cross devices %d times per forward "
+                     "(allowed, but slower than %d)", changes, distinct - 1);
+        plan->fits = 1;
+    } else {
+        plan->fits = place(k, dev, n_dev, 1, &plan->map);
+        if (!plan->fits) { /* a display assignment: the same balance with budgets scaled up */
+            struct devmap_device big[DEVMAP_MAX_DEVICES];
+            int idx[DEVMAP_MAX_DEVICES];
+            for (int i = 0; i < n_dev; i++) {
+                big[i] = dev[i];
+                if (big[i].budget < MIB) big[i].budget = MIB;
+                idx[i] = i;
+            }
+            struct devmap_assign *a = &plan->map;
+            a->n_layers = k->n_layers;
+            a->embed = a->lm_head = a->vpm = a->resampler = 0;
+            unsigned pins = PIN_EMBED | PIN_LM_HEAD | PIN_VPM | PIN_RESAMPLER;
+            if (!balance(k, big, idx, n_dev, 0, k->n_layers, pins, 1, 1, 1e9, a)) {
+                for (int l = 0; l < k->n_layers; l++) a->layer[l] = 0;
+                a->norm = 0;
+            }
+        }
+    }
+    if (p->ctx > c->max_position_embeddings) {
+        size_t len = strlen(plan->notes);
+        snprintf(plan->notes + len, sizeof plan->notes - len, "%sctx %lld is beyond max_position_embeddings %d",
+                 len ? "; " : "", (long long)p->ctx, c->max_position_embeddings);
+    }
+    usage_compute(k, &plan->map, plan->dev, n_dev, plan->use);
+    if (plan->fits) plan->fits = fits_all(plan->use, plan->dev, n_dev);
+    if (plan->fits) {
+        free(k);
+        return 0;
+    }
+    advise(c, p, k, plan, m ? &plan->map : NULL);
+    free(k);
+    if (e) {
+        char a[32], b[32], nm[32];
+        size_t len = (size_t)snprintf(e->msg, sizeof e->msg, "the model does not fit the device budgets:");
+        for (int i = 0; i < n_dev && len < sizeof e->msg; i++)
+            if (plan->use[i].total > plan->dev[i].budget)
+                len += (size_t)snprintf(e->msg + len, sizeof e->msg - len, " %s needs %s of %s;",
+                                        dev_name(&dev[i], nm, sizeof nm),
+                                        devmap_fmt_bytes(plan->use[i].total, a, sizeof a),
+                                        devmap_fmt_bytes(dev[i].budget, b, sizeof b));
+        if (len < sizeof e->msg) snprintf(e->msg + len, sizeof e->msg - len, " %s", plan->advice);
+    }
+    return -1;
+}
+
+/* ---------------------------------------------------------------- explicit maps */
+
+/* Resolves a device value of a map to a logical index; -1 with why filled when there is none. */
+static int dev_lookup(const cJSON *v, const struct devmap_device *dev, int n_dev, char *why, size_t nwhy)
+{
+    char s[32];
+    if (cJSON_IsNumber(v)) {
+        double x = v->valuedouble;
+        if (x != (double)(int)x || x < 0 || x > 1023) {
+            snprintf(why, nwhy, "%g is not a GPU index", x);
+            return -1;
+        }
+        snprintf(s, sizeof s, "%d", (int)x);
+    } else if (cJSON_IsString(v) && strlen(v->valuestring) < sizeof s) {
+        snprintf(s, sizeof s, "%s", v->valuestring);
+    } else {
+        snprintf(why, nwhy, "the value is not a GPU index or \"cpu\"");
+        return -1;
+    }
+    int ord, part;
+    if (parse_dev_key(s, &ord, &part)) {
+        snprintf(why, nwhy, "'%s' is not a device (0, 1, ..., \"cpu\", \"0.1\")", s);
+        return -1;
+    }
+    enum device_kind kind = ord < 0 ? DEVICE_CPU : DEVICE_CUDA;
+    int n_match = 0;
+    for (int i = 0; i < n_dev; i++) {
+        if (dev[i].kind != kind || (kind == DEVICE_CUDA && dev[i].ordinal != ord)) continue;
+        n_match++;
+        if (part < 0 && dev[i].nparts == 1) return i;
+        if (part >= 0 && dev[i].part == part && dev[i].nparts > 1) return i;
+    }
+    size_t len = (size_t)snprintf(why, nwhy, "device %s is out of range", s);
+    if (n_match > 1 && part < 0)
+        len = (size_t)snprintf(why, nwhy, "device %s is split into %d logical devices; name one of them", s, n_match);
+    for (int i = 0; i < n_dev && len < nwhy; i++)
+        len += (size_t)snprintf(why + len, nwhy - len, "%s%s", i ? ", " : " (devices: ", dev[i].label);
+    if (len < nwhy) snprintf(why + len, nwhy - len, ")");
+    return -1;
+}
+
+/* Module name -> unit; -1 when unknown. */
+static int unit_of(const char *name, int n_layers, enum unit_kind *kind, int *layer)
+{
+    static const char *fixed[] = {"llm.model.embed_tokens", "llm.model.norm", "llm.lm_head", "vpm", "resampler"};
+    static const enum unit_kind kinds[] = {UNIT_EMBED, UNIT_NORM, UNIT_LM_HEAD, UNIT_VPM, UNIT_RESAMPLER};
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(name, fixed[i])) {
+            *kind = kinds[i];
+            *layer = -1;
+            return 0;
+        }
+    const char *pre = "llm.model.layers.";
+    size_t n = strlen(pre);
+    if (strncmp(name, pre, n) || !isdigit((unsigned char)name[n]) || (name[n] == '0' && name[n + 1])) return -1;
+    long v;
+    if (parse_int(name + n, 0, n_layers - 1, &v)) return -1;
+    *kind = UNIT_LAYER;
+    *layer = (int)v;
+    return 0;
+}
+
+int devmap_map_parse(struct devmap_assign *m, const char *json, const char *path, const struct model_config *c,
+                     const struct devmap_device *dev, int n_dev, struct err *e)
+{
+    int L = c->num_hidden_layers, rc = -1;
+    if (L < 1 || L > DEVMAP_MAX_LAYERS) return err_set(e, "%s: the model has %d layers (planner limit %d)", path, L, DEVMAP_MAX_LAYERS);
+    memset(m, 0, sizeof *m);
+    m->n_layers = L;
+    m->embed = m->norm = m->lm_head = m->vpm = m->resampler = -1;
+    for (int l = 0; l < L; l++) m->layer[l] = -1;
+    cJSON *root = cJSON_Parse(json);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        return err_set(e, "%s: not valid JSON (near byte %ld)", path, at && at >= json ? (long)(at - json) : 0L);
+    }
+    const cJSON *obj = root, *inner = cJSON_GetObjectItemCaseSensitive(root, "device_map");
+    if (cJSON_IsObject(inner)) obj = inner;
+    if (!cJSON_IsObject(obj)) {
+        err_set(e, "%s: expected a JSON object {\"module\": device, ...}", path);
+        goto done;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, obj) {
+        enum unit_kind kind;
+        int layer;
+        char why[256];
+        if (unit_of(it->string, L, &kind, &layer)) {
+            if (!strncmp(it->string, "llm.model.layers.", 17))
+                err_set(e, "%s: unknown module '%s' (the model has llm.model.layers.0 to llm.model.layers.%d)", path, it->string, L - 1);
+            else
+                err_set(e, "%s: unknown module '%s' (modules: llm.model.embed_tokens, llm.model.layers.N, "
+                           "llm.model.norm, llm.lm_head, vpm, resampler)", path, it->string);
+            goto done;
+        }
+        int *slot = kind == UNIT_EMBED ? &m->embed : kind == UNIT_NORM ? &m->norm : kind == UNIT_LM_HEAD ? &m->lm_head :
+                    kind == UNIT_VPM ? &m->vpm : kind == UNIT_RESAMPLER ? &m->resampler : &m->layer[layer];
+        if (*slot >= 0) {
+            err_set(e, "%s: module '%s' appears twice", path, it->string);
+            goto done;
+        }
+        int d = dev_lookup(it, dev, n_dev, why, sizeof why);
+        if (d < 0) {
+            err_set(e, "%s: %s: %s", path, it->string, why);
+            goto done;
+        }
+        *slot = d;
+    }
+    char name[64];
+    if (m->embed < 0) { err_set(e, "%s: no device for %s (every module must be mapped)", path, "llm.model.embed_tokens"); goto done; }
+    for (int l = 0; l < L; l++)
+        if (m->layer[l] < 0) {
+            err_set(e, "%s: no device for %s (every module must be mapped)", path, unit_name(UNIT_LAYER, l, name, sizeof name));
+            goto done;
+        }
+    static const char *rest[] = {"llm.model.norm", "llm.lm_head", "vpm", "resampler"};
+    int vals[] = {m->norm, m->lm_head, m->vpm, m->resampler};
+    for (int i = 0; i < 4; i++)
+        if (vals[i] < 0) { err_set(e, "%s: no device for %s (every module must be mapped)", path, rest[i]); goto done; }
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+int devmap_map_load(struct devmap_assign *m, const char *path, const struct model_config *c,
+                    const struct devmap_device *dev, int n_dev, struct err *e)
+{
+    char *json = NULL;
+    if (read_file(path, 1 << 20, &json, NULL, e)) return -1;
+    int rc = devmap_map_parse(m, json, path, c, dev, n_dev, e);
+    free(json);
+    return rc;
+}
+
+void devmap_placement(const struct devmap_plan *plan, struct model_placement *pl, int *layer)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->n_devices = plan->n_dev;
+    for (int i = 0; i < plan->n_dev && i < MODEL_MAX_DEVICES; i++)
+        pl->devs[i] = plan->dev[i].kind == DEVICE_CPU ? device_cpu() : device_cuda(plan->dev[i].ordinal);
+    pl->embed = plan->map.embed;
+    pl->norm = plan->map.norm;
+    pl->lm_head = plan->map.lm_head;
+    pl->vpm = plan->map.vpm;
+    pl->resampler = plan->map.resampler;
+    memcpy(layer, plan->map.layer, (size_t)plan->map.n_layers * sizeof *layer);
+    pl->layer = layer;
+}
+
+/* ---------------------------------------------------------------- output */
+
+/* The u-th module in the seed's order (embed, layers, norm, lm_head, vpm, resampler): its name and device. */
+static int unit_at(const struct devmap_assign *m, int u, char *name, size_t n)
+{
+    int L = m->n_layers;
+    if (u == 0) return unit_name(UNIT_EMBED, 0, name, n), m->embed;
+    if (u <= L) return unit_name(UNIT_LAYER, u - 1, name, n), m->layer[u - 1];
+    if (u == L + 1) return unit_name(UNIT_NORM, 0, name, n), m->norm;
+    if (u == L + 2) return unit_name(UNIT_LM_HEAD, 0, name, n), m->lm_head;
+    if (u == L + 3) return unit_name(UNIT_VPM, 0, name, n), m->vpm;
+    return unit_name(UNIT_RESAMPLER, 0, name, n), m->resampler;
+}
+
+/* "3-17 (15)", "-" or "9 (non-contiguous)". */
+static const char *layer_range(const struct devmap_plan *p, int dev, char *buf, size_t n)
+{
+    int first = -1, last = -1, count = 0;
+    for (int l = 0; l < p->map.n_layers; l++)
+        if (p->map.layer[l] == dev) {
+            if (first < 0) first = l;
+            last = l;
+            count++;
+        }
+    if (!count) snprintf(buf, n, "-");
+    else if (count == 1) snprintf(buf, n, "%d (1)", first);
+    else if (last - first + 1 == count) snprintf(buf, n, "%d-%d (%d)", first, last, count);
+    else snprintf(buf, n, "%d (non-contiguous)", count);
+    return buf;
+}
+
+void devmap_print(FILE *f, const struct devmap_plan *p)
+{
+    char name[64], a[32], b[32], c2[32], d[32], g[32], h[32], r[32];
+    fprintf(f, "device map (module -> device)%s:\n", p->fits ? "" : ", NOT within the budgets");
+    for (int u = 0; u < p->map.n_layers + 5; u++) {
+        int dv = unit_at(&p->map, u, name, sizeof name);
+        fprintf(f, "  %-26s -> %s\n", name, dv >= 0 && dv < p->n_dev ? p->dev[dv].label : "?");
+    }
+    const struct devmap_params *q = &p->params;
+    fprintf(f, "\nper device (ctx %lld x %d sequence%s, prefill chunk %d tokens, vision %d pieces x %d patches, "
+               "%d-byte weights, %d-byte activations):\n",
+            (long long)q->ctx, q->kv_seqs, q->kv_seqs == 1 ? "" : "s", q->max_batch_tokens, q->max_pieces,
+            q->max_patches, q->weight_bytes, q->act_bytes);
+    fprintf(f, "  %-9s %-18s %11s %11s %11s %11s %11s %11s\n", "device", "layers", "weights", "kv cache", "workspace",
+            "total", "budget", "headroom");
+    for (int i = 0; i < p->n_dev; i++) {
+        const struct devmap_usage *u = &p->use[i];
+        fprintf(f, "  %-9s %-18s %11s %11s %11s %11s %11s %11s%s\n", dev_name(&p->dev[i], name, sizeof name),
+                layer_range(p, i, r, sizeof r), devmap_fmt_bytes(u->weights, a, sizeof a),
+                devmap_fmt_bytes(u->kv, b, sizeof b), devmap_fmt_bytes(u->workspace, c2, sizeof c2),
+                devmap_fmt_bytes(u->total, d, sizeof d), devmap_fmt_bytes(p->dev[i].budget, g, sizeof g),
+                devmap_fmt_bytes(p->dev[i].budget - u->total, h, sizeof h),
+                u->total > p->dev[i].budget ? "  OVER" : "");
+    }
+    if (p->notes[0]) fprintf(f, "note: %s\n", p->notes);
+    if (!p->fits) fprintf(f, "does not fit: %s\n", p->advice);
+}
+
+static cJSON *dev_value(const struct devmap_device *d)
+{
+    if (d->kind == DEVICE_CUDA && d->nparts == 1) return cJSON_CreateNumber(d->ordinal);
+    return cJSON_CreateString(d->label);
+}
+
+char *devmap_to_json(const struct devmap_plan *p, const char *error)
+{
+    cJSON *root = cJSON_CreateObject(), *map = cJSON_CreateObject(), *devs = cJSON_CreateArray();
+    cJSON *params = cJSON_CreateObject();
+    char name[64];
+    cJSON_AddBoolToObject(root, "fits", p->fits);
+    if (error) cJSON_AddStringToObject(root, "error", error);
+    cJSON_AddItemToObject(root, "device_map", map);
+    for (int u = 0; u < p->map.n_layers + 5; u++) {
+        int dv = unit_at(&p->map, u, name, sizeof name);
+        if (dv >= 0 && dv < p->n_dev) cJSON_AddItemToObject(map, name, dev_value(&p->dev[dv]));
+    }
+    cJSON_AddItemToObject(root, "devices", devs);
+    for (int i = 0; i < p->n_dev; i++) {
+        const struct devmap_usage *u = &p->use[i];
+        cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray(), *ws = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "device", dev_value(&p->dev[i]));
+        cJSON_AddStringToObject(o, "kind", p->dev[i].kind == DEVICE_CPU ? "cpu" : "cuda");
+        cJSON_AddNumberToObject(o, "ordinal", p->dev[i].ordinal);
+        cJSON_AddNumberToObject(o, "part", p->dev[i].part);
+        cJSON_AddNumberToObject(o, "parts", p->dev[i].nparts);
+        cJSON_AddNumberToObject(o, "budget", (double)p->dev[i].budget);
+        cJSON_AddNumberToObject(o, "weights", (double)u->weights);
+        cJSON_AddNumberToObject(o, "kv_cache", (double)u->kv);
+        cJSON_AddNumberToObject(o, "workspace", (double)u->workspace);
+        cJSON_AddNumberToObject(o, "total", (double)u->total);
+        cJSON_AddBoolToObject(o, "within_budget", u->total <= p->dev[i].budget);
+        for (int l = 0; l < p->map.n_layers; l++)
+            if (p->map.layer[l] == i) cJSON_AddItemToArray(layers, cJSON_CreateNumber(l));
+        cJSON_AddItemToObject(o, "layers", layers);
+        cJSON_AddNumberToObject(ws, "llm", (double)u->ws_llm);
+        cJSON_AddNumberToObject(ws, "logits", (double)u->ws_logits);
+        cJSON_AddNumberToObject(ws, "vision", (double)u->ws_vision);
+        cJSON_AddNumberToObject(ws, "resampler", (double)u->ws_resampler);
+        cJSON_AddNumberToObject(ws, "library", (double)u->ws_lib);
+        cJSON_AddItemToObject(o, "workspace_parts", ws);
+        cJSON_AddItemToArray(devs, o);
+    }
+    const struct devmap_params *q = &p->params;
+    cJSON_AddNumberToObject(params, "ctx", (double)q->ctx);
+    cJSON_AddNumberToObject(params, "kv_seqs", q->kv_seqs);
+    cJSON_AddNumberToObject(params, "prefill_chunk", q->max_batch_tokens);
+    cJSON_AddNumberToObject(params, "max_pieces", q->max_pieces);
+    cJSON_AddNumberToObject(params, "max_patches", q->max_patches);
+    cJSON_AddNumberToObject(params, "weight_bytes", q->weight_bytes);
+    cJSON_AddNumberToObject(params, "act_bytes", q->act_bytes);
+    cJSON_AddItemToObject(root, "params", params);
+    cJSON_AddBoolToObject(root, "explicit_map", p->explicit_map);
+    if (p->notes[0]) cJSON_AddStringToObject(root, "notes", p->notes);
+    if (!p->fits) cJSON_AddStringToObject(root, "advice", p->advice);
+    char *s = cJSON_Print(root);
+    cJSON_Delete(root);
+    return s;
+}
