@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "devmap.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 
@@ -33,6 +34,49 @@ static int pick_device(const char *name, struct device *d, struct err *e)
     return err_set(e, "--device: expected auto, cpu or cuda, got '%s'", name);
 }
 
+static int mem_free(enum device_kind kind, int ordinal, int64_t *free_bytes, void *ctx, struct err *e)
+{
+    (void)ctx;
+    size_t fr = 0, tot = 0;
+    if (dev_mem_info(kind == DEVICE_CPU ? device_cpu() : device_cuda(ordinal), &fr, &tot, e)) return -1;
+    *free_bytes = (int64_t)fr;
+    return 0;
+}
+
+/* Plans the placement from the device flags, prints it (before anything is loaded), and fails
+ * with the per-device table when the model does not fit. */
+static int plan_devices(struct engine *g, const struct engine_options *o, struct err *e)
+{
+    struct backend_info bi;
+    backend_query(&bi);
+    struct devmap_opts dm = *o->devmap;
+    if (o->device && !strcmp(o->device, "cpu")) dm.n_gpus = 0;
+    else if (o->device && (!strcmp(o->device, "cuda") || !strcmp(o->device, "gpu")) && bi.n_gpus < 1)
+        return err_set(e, "--device cuda: no CUDA device is visible%s", bi.cuda_built ? "" : " (built without CUDA)");
+    struct devmap_device dev[DEVMAP_MAX_DEVICES];
+    int n_dev = 0;
+    if (devmap_devices(&dm, bi.n_gpus, mem_free, NULL, dev, &n_dev, e)) return -1;
+    for (int i = 0; i < n_dev; i++)
+        if (dev[i].kind == DEVICE_CUDA && dev[i].ordinal >= bi.n_gpus)
+            return err_set(e, "GPU %d is not visible (%d CUDA device%s)", dev[i].ordinal, bi.n_gpus,
+                           bi.n_gpus == 1 ? "" : "s");
+    struct devmap_assign map, *mp = NULL;
+    if (dm.device_map[0]) {
+        if (devmap_map_load(&map, dm.device_map, &g->cfg, dev, n_dev, e)) return -1;
+        mp = &map;
+    }
+    dm.params.act_bytes = dm.params.weight_bytes = (int)dtype_size(o->dtype);
+    g->plan = calloc(1, sizeof *g->plan);
+    if (!g->plan) return err_set(e, "out of memory");
+    if (devmap_plan(&g->cfg, &dm.params, dev, n_dev, mp, g->plan, e)) {
+        devmap_print(stderr, g->plan);
+        return err_prefix(e, "the model does not fit (nothing was loaded)");
+    }
+    if (!o->quiet) devmap_print(stderr, g->plan);
+    devmap_placement(g->plan, &g->pl, g->layer_dev);
+    return 0;
+}
+
 int engine_open(struct engine **out, const struct engine_options *o, struct err *e)
 {
     *out = NULL;
@@ -48,7 +92,9 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     const int L = g->cfg.num_hidden_layers;
     g->layer_dev = calloc((size_t)L, sizeof *g->layer_dev);
     if (!g->layer_dev) { err_set(e, "out of memory"); goto fail; }
-    if (o->placement) {
+    if (o->devmap && !o->placement) {
+        if (plan_devices(g, o, e)) goto fail;
+    } else if (o->placement) {
         g->pl = *o->placement;
         memcpy(g->layer_dev, o->placement->layer, (size_t)L * sizeof *g->layer_dev);
     } else {
@@ -67,6 +113,10 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, e)) goto fail;
     int64_t ctx = o->ctx ? o->ctx : (g->cfg.max_position_embeddings < 4096 ? g->cfg.max_position_embeddings : 4096);
     int64_t mb = o->max_batch ? o->max_batch : 512;
+    if (g->plan) {
+        ctx = g->plan->params.ctx;
+        mb = g->plan->params.max_batch_tokens;
+    }
     if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
     char tp[4096];
     if (path_join(tp, sizeof tp, o->model_dir, "tokenizer.json", NULL) == 0) {
@@ -92,6 +142,7 @@ void engine_close(struct engine *g)
     if (g->tok) tokenizer_free(g->tok);
     safetensors_close(g->st);
     free(g->layer_dev);
+    free(g->plan);
     free(g);
 }
 

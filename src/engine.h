@@ -15,8 +15,13 @@ struct engine_options {
     int64_t max_batch;           /* prefill chunk; 0 = 512 */
     int threads;                 /* CPU threads; 0 = all */
     int split;                   /* >1: spread layers over this many logical devices of the one device (tests) */
-    const struct model_placement *placement; /* explicit placement (from devmap); NULL = single device */
+    const struct model_placement *placement; /* explicit placement; NULL = plan it */
+    const struct devmap_opts *devmap; /* device flags (--gpus, --max-memory, --ctx, --device-map, ...);
+                                         when set, the planner places the model and ctx/max_batch come
+                                         from its params */
+    int quiet;                   /* do not print the plan */
 };
+struct devmap_opts;
 
 void engine_options_default(struct engine_options *o);
 
@@ -33,6 +38,7 @@ struct engine {
     struct llm llm;
     struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     double load_seconds;
+    struct devmap_plan *plan;    /* the plan the model was loaded with (NULL when placed by hand) */
 };
 
 int engine_open(struct engine **out, const struct engine_options *o, struct err *e);

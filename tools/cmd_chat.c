@@ -6,6 +6,7 @@
 
 #include "chat.h"
 #include "cmd_util.h"
+#include "devmap.h"
 #include "image.h"
 
 #define MAX_IMAGES 16
@@ -23,6 +24,8 @@ int cmd_chat(int argc, char **argv)
     struct err e = {{0}};
     struct engine_options o;
     engine_options_default(&o);
+    struct devmap_opts dmo;
+    devmap_opts_init(&dmo);
     struct sampler_params sp;
     sampler_defaults(&sp);
     const char *paths[MAX_IMAGES], *prompt = NULL, *system = NULL;
@@ -34,7 +37,7 @@ int cmd_chat(int argc, char **argv)
     char *content = NULL;
     int rc = 1;
     for (int i = 1; i < argc; i++) {
-        int r = cmdu_engine_flag(&o, argc, argv, &i, &e);
+        int r = cmdu_engine_flag(&o, &dmo, argc, argv, &i, &e);
         if (r == 0) r = cmdu_sampler_flag(&sp, argc, argv, &i, &e);
         if (r < 0) goto out;
         if (r > 0) continue;
@@ -59,6 +62,7 @@ int cmd_chat(int argc, char **argv)
                    "  --stream             print the answer as it is generated\n"
                    "  --timings            print vision/prefill/decode times on stderr\n",
                    cmdu_engine_help, cmdu_sampler_help);
+            printf("%s", devmap_opts_help());
             return 0;
         } else {
             err_set(&e, "unknown flag '%s' (see minicpmv chat --help)", f);

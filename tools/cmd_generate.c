@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cmd_util.h"
+#include "devmap.h"
 
 static int parse_ids(const char *s, int32_t **out, int *n, struct err *e)
 {
@@ -41,13 +42,15 @@ int cmd_generate(int argc, char **argv)
     struct err e = {{0}};
     struct engine_options o;
     engine_options_default(&o);
+    struct devmap_opts dmo;
+    devmap_opts_init(&dmo);
     struct sampler_params sp;
     sampler_defaults(&sp);
     const char *ids_s = NULL;
     long long max_new = 16;
     int stats = 0;
     for (int i = 1; i < argc; i++) {
-        int r = cmdu_engine_flag(&o, argc, argv, &i, &e);
+        int r = cmdu_engine_flag(&o, &dmo, argc, argv, &i, &e);
         if (r == 0) r = cmdu_sampler_flag(&sp, argc, argv, &i, &e);
         if (r < 0) goto fail;
         if (r > 0) continue;
@@ -62,6 +65,7 @@ int cmd_generate(int argc, char **argv)
             printf("usage: minicpmv generate --model DIR --ids 128000,791,4062 [--max-new-tokens N] [flags]\n%s%s"
                    "  --stats              print prefill/decode speed on stderr\n",
                    cmdu_engine_help, cmdu_sampler_help);
+            printf("%s", devmap_opts_help());
             return 0;
         } else {
             err_set(&e, "unknown flag '%s' (see minicpmv generate --help)", argv[i]);

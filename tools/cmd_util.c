@@ -1,6 +1,8 @@
 /* cmd_util.c: see cmd_util.h. */
 #include "cmd_util.h"
 
+#include "devmap.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,10 +11,9 @@ const char cmdu_engine_help[] =
     "  --model DIR          the model folder (config.json, *.safetensors, tokenizer.json)\n"
     "  --device auto|cpu|cuda  where to run (auto: the GPU when one is present)\n"
     "  --dtype f16|f32      weights and activations (f16 = the reference dtype)\n"
-    "  --ctx N              tokens of KV cache to reserve (default 4096)\n"
-    "  --max-batch N        prefill chunk in tokens (default 512)\n"
     "  --threads N          CPU threads (default: all cores)\n"
-    "  --split N            spread layers over N logical devices of one device (testing the split path)\n";
+    "  --split N            spread layers evenly over N logical parts of one device (testing)\n"
+    "  --quiet              do not print the device plan\n";
 
 const char cmdu_sampler_help[] =
     "  --greedy             argmax decoding (default: the model's sampling defaults)\n"
@@ -50,8 +51,9 @@ static int cmdu_float(const char *flag, const char *s, double lo, double hi, dou
     return 0;
 }
 
-int cmdu_engine_flag(struct engine_options *o, int argc, char **argv, int *i, struct err *e)
+int cmdu_engine_flag(struct engine_options *o, struct devmap_opts *dm, int argc, char **argv, int *i, struct err *e)
 {
+    o->devmap = dm;
     const char *f = argv[*i], *v;
     long long n;
     if (!strcmp(f, "--model")) {
@@ -65,20 +67,16 @@ int cmdu_engine_flag(struct engine_options *o, int argc, char **argv, int *i, st
         if (!strcmp(v, "f16") || !strcmp(v, "float16")) o->dtype = DTYPE_F16;
         else if (!strcmp(v, "f32") || !strcmp(v, "float32")) o->dtype = DTYPE_F32;
         else return err_set(e, "--dtype: expected f16 or f32, got '%s'", v);
-    } else if (!strcmp(f, "--ctx")) {
-        if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_int(f, v, 1, 1 << 20, &n, e)) return -1;
-        o->ctx = n;
-    } else if (!strcmp(f, "--max-batch")) {
-        if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_int(f, v, 1, 1 << 16, &n, e)) return -1;
-        o->max_batch = n;
     } else if (!strcmp(f, "--threads")) {
         if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_int(f, v, 0, 4096, &n, e)) return -1;
         o->threads = (int)n;
     } else if (!strcmp(f, "--split")) {
         if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_int(f, v, 1, MODEL_MAX_DEVICES, &n, e)) return -1;
         o->split = (int)n;
+    } else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) {
+        o->quiet = 1;
     } else {
-        return 0;
+        return devmap_opts_parse(dm, argc, argv, i, e);
     }
     return 1;
 }

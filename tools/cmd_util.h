@@ -5,9 +5,11 @@
 
 #include "engine.h"
 
-/* Tries to consume argv[*i] (and its value) as an engine flag. Returns 1 when consumed, 0 when not
+/* Tries to consume argv[*i] (and its value) as an engine flag or a device flag (devmap.h);
+ * sets o->devmap = dm. Returns 1 when consumed, 0 when not
  * an engine flag, -1 on a bad value (message in e). */
-int cmdu_engine_flag(struct engine_options *o, int argc, char **argv, int *i, struct err *e);
+struct devmap_opts;
+int cmdu_engine_flag(struct engine_options *o, struct devmap_opts *dm, int argc, char **argv, int *i, struct err *e);
 /* Same for sampling flags: --greedy, --seed, --temperature, --top-k, --top-p, --repetition-penalty. */
 int cmdu_sampler_flag(struct sampler_params *p, int argc, char **argv, int *i, struct err *e);
 /* The value after argv[*i] or an error naming the flag. */
