@@ -42,7 +42,7 @@ $(BUILD)/%.o: %.c $(wildcard src/*.h tools/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu $(wildcard src/*.h src/cuda/*.h)
+$(BUILD)/%.o: %.cu $(wildcard src/*.h src/cuda/*.h src/cuda/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 

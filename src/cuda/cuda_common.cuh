@@ -1,0 +1,201 @@
+/* cuda_common.cuh: what every CUDA file of the backend shares: the error-check macros, the
+ * per-device context (one non-default stream, the cuBLAS handle and workspace, grow-only scratch
+ * buffers), and the device-side dtype load/store/round helpers.
+ * Owns no kernels. Invariants:
+ *  - every op first calls cuda_ctx_get(ordinal), which makes that ordinal the current device;
+ *  - every kernel, copy and cuBLAS call of an op goes to ctx->stream, so a whole decode step can be
+ *    captured into a CUDA graph later (after one warm-up step has sized the scratch buffers);
+ *  - CUDA/cuBLAS failures other than allocation are programmer errors: print file:line, abort.
+ * Glossary for kernels: n = tokens (rows), k = input width, o = output width, H/Hkv = query/kv
+ * heads, hd = head dim, T = keys, G = H/Hkv (GQA group), dt = a runtime enum dtype. */
+#ifndef MINICPMV_CUDA_COMMON_CUH
+#define MINICPMV_CUDA_COMMON_CUH
+
+/* system headers first, outside the extern "C" block below (C++ overloads inside them) */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "common.h"
+#include "tensor.h"
+#include "backend.h"
+#include "backend_impl.h"
+}
+
+#define CUDA_MAX_DEVICES 16
+
+#define CUDA_CHECK(call)                                                                                   \
+    do {                                                                                                   \
+        cudaError_t e_ = (call);                                                                           \
+        if (e_ != cudaSuccess) {                                                                           \
+            fprintf(stderr, "%s:%d: CUDA error %s (%s) in %s\n", __FILE__, __LINE__, cudaGetErrorName(e_), \
+                    cudaGetErrorString(e_), #call);                                                        \
+            abort();                                                                                       \
+        }                                                                                                  \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                                 \
+    do {                                                                                                   \
+        cublasStatus_t s_ = (call);                                                                        \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                                 \
+            fprintf(stderr, "%s:%d: cuBLAS error %d (%s) in %s\n", __FILE__, __LINE__, (int)s_,            \
+                    cublasGetStatusString(s_), #call);                                                     \
+            abort();                                                                                       \
+        }                                                                                                  \
+    } while (0)
+
+/* after every kernel launch: catches bad launch configurations at once (not asynchronous faults) */
+#define KERNEL_CHECK() CUDA_CHECK(cudaGetLastError())
+
+/* scratch slots: an op may hold several at once, so each use has its own slot */
+enum cuda_scratch_slot {
+    SCRATCH_MM_X = 0,  /* matmul: x converted to the weight dtype */
+    SCRATCH_MM_Y,      /* matmul: fp32 GEMM output before bias + rounding */
+    SCRATCH_ATTN,      /* attention: split-K partials */
+    SCRATCH_ATTN_KV,   /* attention: k/v converted to f32 when their dtypes differ */
+    SCRATCH_ARGMAX,    /* argmax: device-side int32 results */
+    SCRATCH_N
+};
+
+struct cuda_ctx {
+    int ordinal;
+    int n_sm;                   /* multiprocessors: grids are sized from this */
+    cudaStream_t stream;        /* the one stream every op of this device runs on */
+    cudaEvent_t ev;             /* cross-device ordering in cuda_memcpy */
+    cublasHandle_t blas;        /* created on first GEMM */
+    void *blas_ws;              /* cuBLAS workspace (fixed, so graph capture never allocates) */
+    void *scratch[SCRATCH_N];
+    size_t scratch_bytes[SCRATCH_N];
+    void *pinned;               /* staging buffer for copies between GPUs without peer access */
+    size_t pinned_bytes;
+    signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
+};
+
+/* Returns the context of a device (created on first use) and makes it the current device. */
+struct cuda_ctx *cuda_ctx_get(int ordinal);
+/* The cuBLAS handle of a context, bound to its stream and workspace. */
+cublasHandle_t cuda_ctx_blas(struct cuda_ctx *c);
+/* A device buffer of at least `bytes` for one slot. Grows (after a stream sync) when too small:
+ * not inside a graph capture, so run one warm-up step at the largest shapes first. */
+void *cuda_scratch(struct cuda_ctx *c, int slot, size_t bytes);
+
+/* A grid of 256-thread blocks for n elements, grid-stride beyond 32 blocks per SM. */
+static inline unsigned cuda_grid_1d(const struct cuda_ctx *c, int64_t n)
+{
+    int64_t b = (n + 255) / 256, cap = (int64_t)c->n_sm * 32;
+    if (b < 1) b = 1;
+    return (unsigned)(b < cap ? b : cap);
+}
+
+/* ---- device-side dtype helpers (dt is an enum dtype value) ---- */
+
+__device__ __forceinline__ float ldf(const void *p, int dt, int64_t i)
+{
+    if (dt == DTYPE_F16) return __half2float(((const __half *)p)[i]);
+    if (dt == DTYPE_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    if (dt == DTYPE_I32) return (float)((const int32_t *)p)[i];
+    return ((const float *)p)[i];
+}
+
+/* stores with round-to-nearest-even, the same rounding as f32_to_f16 / f32_to_bf16 on the host */
+__device__ __forceinline__ void stf(void *p, int dt, int64_t i, float v)
+{
+    if (dt == DTYPE_F16) ((__half *)p)[i] = __float2half_rn(v);
+    else if (dt == DTYPE_BF16) ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+    else if (dt == DTYPE_I32) ((int32_t *)p)[i] = (int32_t)v;
+    else ((float *)p)[i] = v;
+}
+
+/* rnd() of backend_cpu.c: what storing an intermediate in dtype dt does */
+__device__ __forceinline__ float rndf(float v, int dt)
+{
+    if (dt == DTYPE_F16) return __half2float(__float2half_rn(v));
+    if (dt == DTYPE_BF16) return __bfloat162float(__float2bfloat16_rn(v));
+    return v;
+}
+
+/* the enum dtype of a storage type */
+template <typename T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr int value = DTYPE_F32; };
+template <> struct dtype_of<__half> { static constexpr int value = DTYPE_F16; };
+template <> struct dtype_of<__nv_bfloat16> { static constexpr int value = DTYPE_BF16; };
+
+/* 32-bit words holding packed elements of T -> floats (used after 16/8-byte vector loads) */
+template <typename T> struct words;
+template <> struct words<float> {
+    static constexpr int per_word = 1;
+    __device__ __forceinline__ static void to_f(uint32_t w, float *o) { o[0] = __uint_as_float(w); }
+};
+template <> struct words<__half> {
+    static constexpr int per_word = 2;
+    __device__ __forceinline__ static void to_f(uint32_t w, float *o)
+    {
+        __half2 h = *reinterpret_cast<__half2 *>(&w);
+        float2 f = __half22float2(h);
+        o[0] = f.x;
+        o[1] = f.y;
+    }
+};
+template <> struct words<__nv_bfloat16> {
+    static constexpr int per_word = 2;
+    __device__ __forceinline__ static void to_f(uint32_t w, float *o)
+    {
+        /* bf16 -> f32 is a shift: exact */
+        o[0] = __uint_as_float(w << 16);
+        o[1] = __uint_as_float(w & 0xffff0000u);
+    }
+};
+
+/* Loads N elements of T starting at p (aligned to min(16, N*sizeof(T)) bytes) as floats, with
+ * 16-byte (or 8-byte) loads through the read-only path. */
+template <typename T, int N> __device__ __forceinline__ void load_vec(const T *p, float *o)
+{
+    constexpr int B = N * (int)sizeof(T);
+    static_assert(B % 8 == 0, "vector loads are 8 or 16 bytes");
+    constexpr int PW = words<T>::per_word;
+    if constexpr (B % 16 == 0) {
+#pragma unroll
+        for (int q = 0; q < B / 16; q++) {
+            uint4 u = __ldg(reinterpret_cast<const uint4 *>(p) + q);
+            words<T>::to_f(u.x, o + (4 * q + 0) * PW);
+            words<T>::to_f(u.y, o + (4 * q + 1) * PW);
+            words<T>::to_f(u.z, o + (4 * q + 2) * PW);
+            words<T>::to_f(u.w, o + (4 * q + 3) * PW);
+        }
+    } else {
+        uint2 u = __ldg(reinterpret_cast<const uint2 *>(p));
+        words<T>::to_f(u.x, o);
+        words<T>::to_f(u.y, o + PW);
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+#endif

@@ -1,0 +1,253 @@
+/* cuda_gemv.cu: cuda_matmul, y[n, o] = x[n, k] · w[o, k]^T (+ bias[o]).
+ * n <= 8 (decode): a bandwidth-bound GEMV. Each weight row is streamed once with 16-byte loads and
+ * used for all n tokens (x is small and stays in L1/L2); fp32 accumulation; warp-shuffle reduction;
+ * bias added in fp32 before the single rounding to y's dtype (as the CPU does). A block of 8 warps
+ * owns 8, 4, 2 or 1 rows (1, 2, 4 or 8 warps per row, splitting k) so that even o = 1024 gives
+ * enough blocks for every SM. Rows whose width or pointers do not allow 16-byte loads take a scalar
+ * kernel with the same structure.
+ * n > 8 (prefill): cublasGemmEx with fp32 compute (CUBLAS_COMPUTE_32F, default math: no TF32).
+ * Both operands must have one dtype: x is converted to w's dtype first when they differ (exact when
+ * w is f32; rounds x to fp16/bf16 otherwise: documented in docs/CUDA.md). With a bias, or an output
+ * dtype cuBLAS cannot write for that input, the GEMM writes fp32 and a small kernel adds the bias and
+ * rounds once, keeping the CPU's rounding point. */
+#include "cuda/cuda_common.cuh"
+
+#define GEMV_MAX_TOKENS 8
+#define GEMV_WARPS 8
+#define GEMV_UNROLL 4 /* 16-byte weight loads in flight per lane */
+
+/* lane 0 of a row's first warp writes round(acc + bias) for every token */
+template <int NT>
+__device__ __forceinline__ void gemv_store(void *y, int ydt, const void *bias, int bdt, const float *acc, int n,
+                                           int64_t row, int64_t o)
+{
+    const float b = bias ? ldf(bias, bdt, row) : 0.0f;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        if (t < n) stf(y, ydt, (int64_t)t * o + row, acc[t] + b);
+}
+
+/* sums acc over the warp, then over the wpr warps of the row through shared memory */
+template <int NT>
+__device__ __forceinline__ void gemv_reduce(float *acc, float (*red)[NT], int warp, int lane, int wpr, int wr)
+{
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
+    if (wpr > 1) { /* wpr is the same for the whole block: the barrier is uniform */
+        if (lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) red[warp][t] = acc[t];
+        __syncthreads();
+        if (wr == 0 && lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float s = 0;
+                for (int q = 0; q < wpr; q++) s += red[warp + q][t];
+                acc[t] = s;
+            }
+    }
+}
+
+/* W, X: storage types of the weight and of x; NT: tokens the registers are sized for (n <= NT).
+ * Requires k % VEC == 0 and 16-byte aligned w and x. */
+template <typename W, typename X, int NT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int bdt, int n, int64_t k, int64_t o,
+                int rpb)
+{
+    constexpr int VEC = 16 / (int)sizeof(W);
+    __shared__ float red[GEMV_WARPS][NT];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wpr = GEMV_WARPS / rpb, rloc = warp / wpr, wr = warp % wpr;
+    const int64_t row = (int64_t)blockIdx.x * rpb + rloc;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    if (row < o) {
+        const uint4 *wrow = reinterpret_cast<const uint4 *>(w + row * k);
+        const int64_t nv = k / VEC, stride = 32 * (int64_t)wpr;
+        int64_t v = (int64_t)wr * 32 + lane;
+        for (; v + (GEMV_UNROLL - 1) * stride < nv; v += GEMV_UNROLL * stride) {
+            uint4 wv[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) wv[u] = __ldcs(wrow + v + u * stride); /* streamed, not kept */
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                float wf[VEC];
+                words<W>::to_f(wv[u].x, wf);
+                words<W>::to_f(wv[u].y, wf + words<W>::per_word);
+                words<W>::to_f(wv[u].z, wf + 2 * words<W>::per_word);
+                words<W>::to_f(wv[u].w, wf + 3 * words<W>::per_word);
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    if (t < n) {
+                        float xf[VEC];
+                        load_vec<X, VEC>(x + t * k + (v + u * stride) * VEC, xf);
+#pragma unroll
+                        for (int e = 0; e < VEC; e++) acc[t] = fmaf(wf[e], xf[e], acc[t]);
+                    }
+                }
+            }
+        }
+        for (; v < nv; v += stride) {
+            uint4 wv = __ldcs(wrow + v);
+            float wf[VEC];
+            words<W>::to_f(wv.x, wf);
+            words<W>::to_f(wv.y, wf + words<W>::per_word);
+            words<W>::to_f(wv.z, wf + 2 * words<W>::per_word);
+            words<W>::to_f(wv.w, wf + 3 * words<W>::per_word);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t < n) {
+                    float xf[VEC];
+                    load_vec<X, VEC>(x + t * k + v * VEC, xf);
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) acc[t] = fmaf(wf[e], xf[e], acc[t]);
+                }
+            }
+        }
+    }
+    gemv_reduce<NT>(acc, red, warp, lane, wpr, wr);
+    if (row < o && wr == 0 && lane == 0) gemv_store<NT>(y, ydt, bias, bdt, acc, n, row, o);
+}
+
+/* any widths, any alignment, any dtypes: scalar loads, same block layout */
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_scalar_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wdt, const void *bias, int bdt, int n,
+                   int64_t k, int64_t o, int rpb)
+{
+    __shared__ float red[GEMV_WARPS][GEMV_MAX_TOKENS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wpr = GEMV_WARPS / rpb, rloc = warp / wpr, wr = warp % wpr;
+    const int64_t row = (int64_t)blockIdx.x * rpb + rloc;
+    float acc[GEMV_MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_TOKENS; t++) acc[t] = 0.0f;
+    if (row < o) {
+        for (int64_t j = (int64_t)wr * 32 + lane; j < k; j += 32 * (int64_t)wpr) {
+            const float wv = ldf(w, wdt, row * k + j);
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_TOKENS; t++)
+                if (t < n) acc[t] = fmaf(wv, ldf(x, xdt, (int64_t)t * k + j), acc[t]);
+        }
+    }
+    gemv_reduce<GEMV_MAX_TOKENS>(acc, red, warp, lane, wpr, wr);
+    if (row < o && wr == 0 && lane == 0) gemv_store<GEMV_MAX_TOKENS>(y, ydt, bias, bdt, acc, n, row, o);
+}
+
+/* rows per block: as many as keep >= 4 blocks per SM in flight, so all SMs stream weights */
+static int gemv_rows_per_block(const struct cuda_ctx *c, int64_t o)
+{
+    int rpb = GEMV_WARPS;
+    while (rpb > 1 && (o + rpb - 1) / rpb < 4 * (int64_t)c->n_sm) rpb /= 2;
+    return rpb;
+}
+
+template <typename W, typename X>
+static void gemv_vec_launch(struct cuda_ctx *c, unsigned grid, int rpb, struct tensor *y, const struct tensor *x,
+                            const struct tensor *w, const struct tensor *bias, int n, int64_t k, int64_t o)
+{
+    const void *bp = bias ? bias->data : NULL;
+    const int bdt = bias ? (int)bias->dtype : 0;
+    const X *xp = (const X *)x->data;
+    const W *wp = (const W *)w->data;
+    if (n == 1)
+        gemv_vec_kernel<W, X, 1><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
+    else if (n == 2)
+        gemv_vec_kernel<W, X, 2><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
+    else if (n <= 4)
+        gemv_vec_kernel<W, X, 4><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
+    else
+        gemv_vec_kernel<W, X, 8><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
+    KERNEL_CHECK();
+}
+
+template <typename W>
+static void gemv_vec_dispatch_x(struct cuda_ctx *c, unsigned grid, int rpb, struct tensor *y, const struct tensor *x,
+                                const struct tensor *w, const struct tensor *bias, int n, int64_t k, int64_t o)
+{
+    switch (x->dtype) {
+    case DTYPE_F16: gemv_vec_launch<W, __half>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+    case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+    default: gemv_vec_launch<W, float>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+    }
+}
+
+static void cuda_gemv(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                      const struct tensor *bias)
+{
+    const int n = (int)x->shape[0];
+    const int64_t k = x->shape[1], o = w->shape[0];
+    const int rpb = gemv_rows_per_block(c, o);
+    const unsigned grid = (unsigned)((o + rpb - 1) / rpb);
+    const int64_t vec = 16 / (int64_t)dtype_size(w->dtype);
+    const bool vec_ok = k % vec == 0 && ((uintptr_t)w->data & 15) == 0 && ((uintptr_t)x->data & 15) == 0;
+    if (vec_ok) {
+        switch (w->dtype) {
+        case DTYPE_F16: gemv_vec_dispatch_x<__half>(c, grid, rpb, y, x, w, bias, n, k, o); return;
+        case DTYPE_BF16: gemv_vec_dispatch_x<__nv_bfloat16>(c, grid, rpb, y, x, w, bias, n, k, o); return;
+        case DTYPE_F32: gemv_vec_dispatch_x<float>(c, grid, rpb, y, x, w, bias, n, k, o); return;
+        default: break;
+        }
+    }
+    gemv_scalar_kernel<<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, w->data,
+                                                                 w->dtype, bias ? bias->data : NULL,
+                                                                 bias ? (int)bias->dtype : 0, n, k, o, rpb);
+    KERNEL_CHECK();
+}
+
+/* ---- prefill: cuBLAS ---- */
+
+__global__ void bias_round_kernel(void *y, int ydt, const float *yf, const void *bias, int bdt, int64_t n, int64_t o)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n * o; i += (int64_t)gridDim.x * blockDim.x)
+        stf(y, ydt, i, bias ? yf[i] + ldf(bias, bdt, i % o) : yf[i]);
+}
+
+static cudaDataType_t cuda_dtype(enum dtype t)
+{
+    switch (t) {
+    case DTYPE_F16: return CUDA_R_16F;
+    case DTYPE_BF16: return CUDA_R_16BF;
+    case DTYPE_F32: return CUDA_R_32F;
+    default: CHECKF(0, "matmul: dtype %s has no GEMM", dtype_name(t));
+    }
+    return CUDA_R_32F;
+}
+
+extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
+    if (n == 0 || o == 0) return;
+    if (n <= GEMV_MAX_TOKENS) {
+        cuda_gemv(c, y, x, w, bias);
+        return;
+    }
+    CHECKF(n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX, "matmul too large for cuBLAS: %lld x %lld x %lld",
+           (long long)n, (long long)k, (long long)o);
+    const enum dtype gt = w->dtype; /* the GEMM's input dtype */
+    const void *xp = x->data;
+    if (x->dtype != gt) {
+        void *xc = cuda_scratch(c, SCRATCH_MM_X, (size_t)(n * k) * dtype_size(gt));
+        struct tensor xt = *x;
+        xt.dtype = gt;
+        xt.data = xc;
+        cuda_convert(&xt, x);
+        xp = xc;
+    }
+    /* cuBLAS writes 16F/16BF inputs to the same 16-bit type or to 32F; 32F inputs to 32F */
+    const bool direct = !bias && (y->dtype == DTYPE_F32 || (y->dtype == gt && gt != DTYPE_F32));
+    void *yp = direct ? y->data : cuda_scratch(c, SCRATCH_MM_Y, (size_t)(n * o) * sizeof(float));
+    const enum dtype yt = direct ? y->dtype : DTYPE_F32;
+    const float alpha = 1.0f, beta = 0.0f;
+    /* row-major y[n,o] = x[n,k] w[o,k]^T is column-major y^T[o,n] = (w^T)^T[o,k] x^T[k,n] */
+    CUBLAS_CHECK(cublasGemmEx(cuda_ctx_blas(c), CUBLAS_OP_T, CUBLAS_OP_N, (int)o, (int)n, (int)k, &alpha, w->data,
+                              cuda_dtype(gt), (int)k, xp, cuda_dtype(gt), (int)k, &beta, yp, cuda_dtype(yt), (int)o,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (!direct) {
+        bias_round_kernel<<<cuda_grid_1d(c, n * o), 256, 0, c->stream>>>(
+            y->data, y->dtype, (const float *)yp, bias ? bias->data : NULL, bias ? (int)bias->dtype : 0, n, o);
+        KERNEL_CHECK();
+    }
+}

@@ -1,0 +1,206 @@
+/* cuda_mem.cu: device management for the CUDA backend: device count, allocation, memory info,
+ * synchronisation, host<->device and device<->device copies, and the per-device contexts.
+ * Owns the context registry (one struct cuda_ctx per ordinal, created lazily under a mutex and
+ * kept for the life of the process: the API has no context argument, so this registry is the one
+ * piece of process-wide state of the backend). Does not own any op.
+ * Copies to or from the host synchronise (the caller reads or reuses the host buffer next);
+ * device<->device copies are ordered with events and do not block the host when peer access works. */
+#include <atomic>
+#include <mutex>
+
+#include "cuda/cuda_common.cuh"
+
+static std::atomic<struct cuda_ctx *> g_ctx[CUDA_MAX_DEVICES];
+static std::mutex g_ctx_mu;
+
+#define CUDA_BLAS_WS_BYTES ((size_t)32 << 20) /* cuBLAS's advice for Hopper */
+#define CUDA_PINNED_BYTES ((size_t)64 << 20)
+
+extern "C" int cuda_device_count(void)
+{
+    int n = 0; /* stays 0 when there is no driver (cudaErrorInsufficientDriver, 35) or no device */
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear the sticky-free error so later calls start clean */
+        return 0;
+    }
+    return n;
+}
+
+struct cuda_ctx *cuda_ctx_get(int ordinal)
+{
+    CHECKF(ordinal >= 0 && ordinal < CUDA_MAX_DEVICES, "CUDA ordinal %d out of range", ordinal);
+    CUDA_CHECK(cudaSetDevice(ordinal));
+    struct cuda_ctx *c = g_ctx[ordinal].load(std::memory_order_acquire);
+    if (c) return c;
+    std::lock_guard<std::mutex> lock(g_ctx_mu);
+    c = g_ctx[ordinal].load(std::memory_order_relaxed);
+    if (c) return c;
+    c = (struct cuda_ctx *)calloc(1, sizeof *c);
+    CHECK(c);
+    c->ordinal = ordinal;
+    CUDA_CHECK(cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, ordinal));
+    /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
+    CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
+    g_ctx[ordinal].store(c, std::memory_order_release);
+    return c;
+}
+
+cublasHandle_t cuda_ctx_blas(struct cuda_ctx *c)
+{
+    if (c->blas) return c->blas;
+    CUBLAS_CHECK(cublasCreate(&c->blas));
+    CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+    /* fp32 GEMMs stay IEEE fp32: no TF32 (the parity tests compare against the CPU's fp32) */
+    CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+    CUDA_CHECK(cudaMalloc(&c->blas_ws, CUDA_BLAS_WS_BYTES));
+    CUBLAS_CHECK(cublasSetWorkspace(c->blas, c->blas_ws, CUDA_BLAS_WS_BYTES));
+    return c->blas;
+}
+
+void *cuda_scratch(struct cuda_ctx *c, int slot, size_t bytes)
+{
+    CHECK(slot >= 0 && slot < SCRATCH_N);
+    if (bytes <= c->scratch_bytes[slot]) return c->scratch[slot];
+    size_t grow = c->scratch_bytes[slot] + c->scratch_bytes[slot] / 2;
+    size_t want = bytes > grow ? bytes : grow;
+    want = (want + 4095) & ~(size_t)4095;
+    /* queued kernels may still use the old buffer */
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (c->scratch[slot]) CUDA_CHECK(cudaFree(c->scratch[slot]));
+    c->scratch[slot] = NULL;
+    c->scratch_bytes[slot] = 0;
+    cudaError_t r = cudaMalloc(&c->scratch[slot], want);
+    if (r != cudaSuccess) {
+        fprintf(stderr, "%s:%d: GPU %d: cannot allocate %zu bytes of scratch: %s\n", __FILE__, __LINE__,
+                c->ordinal, want, cudaGetErrorString(r));
+        abort();
+    }
+    c->scratch_bytes[slot] = want;
+    return c->scratch[slot];
+}
+
+extern "C" void *cuda_alloc(int ordinal, size_t bytes, struct err *e)
+{
+    int n = cuda_device_count();
+    if (ordinal < 0 || ordinal >= n || ordinal >= CUDA_MAX_DEVICES) {
+        err_set(e, "cannot allocate %zu bytes on GPU %d: %d CUDA device(s) visible", bytes, ordinal, n);
+        return NULL;
+    }
+    cuda_ctx_get(ordinal);
+    void *p = NULL;
+    cudaError_t r = cudaMalloc(&p, bytes ? bytes : 256);
+    if (r != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) (void)cudaGetLastError();
+        err_set(e, "GPU %d: cannot allocate %zu bytes (%.1f MiB; %.1f of %.1f MiB free): %s", ordinal, bytes,
+                (double)bytes / 1048576.0, (double)fr / 1048576.0, (double)tot / 1048576.0, cudaGetErrorString(r));
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void cuda_free(int ordinal, void *p)
+{
+    if (!p) return;
+    cuda_ctx_get(ordinal);
+    CUDA_CHECK(cudaFree(p)); /* implicitly waits for the device: no queued op still uses p */
+}
+
+extern "C" int cuda_mem_info(int ordinal, size_t *free_b, size_t *total_b, struct err *e)
+{
+    int n = cuda_device_count();
+    if (ordinal < 0 || ordinal >= n || ordinal >= CUDA_MAX_DEVICES)
+        return err_set(e, "no GPU %d: %d CUDA device(s) visible", ordinal, n);
+    cuda_ctx_get(ordinal);
+    cudaError_t r = cudaMemGetInfo(free_b, total_b);
+    if (r != cudaSuccess) {
+        (void)cudaGetLastError();
+        return err_set(e, "GPU %d: cudaMemGetInfo: %s", ordinal, cudaGetErrorString(r));
+    }
+    return 0;
+}
+
+extern "C" void cuda_sync(int ordinal)
+{
+    cuda_ctx_get(ordinal);
+    CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+/* The stream of a device as an opaque pointer, for timing with events (tests/test_cuda_ops.c bench). */
+extern "C" void *cuda_stream_handle(int ordinal) { return (void *)cuda_ctx_get(ordinal)->stream; }
+
+/* Turns on peer access from device a to device b once; returns 1 when a can read/write b's memory. */
+static int peer_enable(struct cuda_ctx *ca, int b)
+{
+    if (ca->peer[b]) return ca->peer[b] > 0;
+    int can = 0;
+    CUDA_CHECK(cudaDeviceCanAccessPeer(&can, ca->ordinal, b));
+    if (can) {
+        CUDA_CHECK(cudaSetDevice(ca->ordinal));
+        cudaError_t r = cudaDeviceEnablePeerAccess(b, 0);
+        if (r == cudaErrorPeerAccessAlreadyEnabled) (void)cudaGetLastError();
+        else CUDA_CHECK(r);
+    }
+    ca->peer[b] = can ? 1 : -1;
+    return can;
+}
+
+static void *pinned_get(struct cuda_ctx *c)
+{
+    if (!c->pinned) {
+        CUDA_CHECK(cudaMallocHost(&c->pinned, CUDA_PINNED_BYTES));
+        c->pinned_bytes = CUDA_PINNED_BYTES;
+    }
+    return c->pinned;
+}
+
+extern "C" void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes)
+{
+    if (bytes == 0) return;
+    if (dst_dev.kind == DEVICE_CUDA && src_dev.kind == DEVICE_CPU) {
+        struct cuda_ctx *c = cuda_ctx_get(dst_dev.ordinal);
+        /* stream order: earlier ops reading dst finish before it is overwritten */
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+        CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* the caller may reuse src at once */
+        return;
+    }
+    if (dst_dev.kind == DEVICE_CPU && src_dev.kind == DEVICE_CUDA) {
+        struct cuda_ctx *c = cuda_ctx_get(src_dev.ordinal);
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        return;
+    }
+    CHECKF(dst_dev.kind == DEVICE_CUDA && src_dev.kind == DEVICE_CUDA, "cuda_memcpy between two host buffers");
+    if (dst_dev.ordinal == src_dev.ordinal) {
+        struct cuda_ctx *c = cuda_ctx_get(dst_dev.ordinal);
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+        return;
+    }
+    struct cuda_ctx *cs = cuda_ctx_get(src_dev.ordinal), *cd = cuda_ctx_get(dst_dev.ordinal);
+    if (peer_enable(cs, dst_dev.ordinal)) {
+        peer_enable(cd, src_dev.ordinal); /* symmetric where possible; the copy runs on the source */
+        /* dst's queued readers finish before the copy; dst's later ops wait for the copy */
+        CUDA_CHECK(cudaSetDevice(dst_dev.ordinal));
+        CUDA_CHECK(cudaEventRecord(cd->ev, cd->stream));
+        CUDA_CHECK(cudaSetDevice(src_dev.ordinal));
+        CUDA_CHECK(cudaStreamWaitEvent(cs->stream, cd->ev, 0));
+        CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_dev.ordinal, src, src_dev.ordinal, bytes, cs->stream));
+        CUDA_CHECK(cudaEventRecord(cs->ev, cs->stream));
+        CUDA_CHECK(cudaSetDevice(dst_dev.ordinal));
+        CUDA_CHECK(cudaStreamWaitEvent(cd->stream, cs->ev, 0));
+        return;
+    }
+    /* no peer access: staged through the source context's pinned buffer, chunk by chunk */
+    char *stage = (char *)pinned_get(cs);
+    for (size_t off = 0; off < bytes; off += cs->pinned_bytes) {
+        size_t m = bytes - off < cs->pinned_bytes ? bytes - off : cs->pinned_bytes;
+        CUDA_CHECK(cudaSetDevice(src_dev.ordinal));
+        CUDA_CHECK(cudaMemcpyAsync(stage, (const char *)src + off, m, cudaMemcpyDeviceToHost, cs->stream));
+        CUDA_CHECK(cudaStreamSynchronize(cs->stream));
+        CUDA_CHECK(cudaSetDevice(dst_dev.ordinal));
+        CUDA_CHECK(cudaMemcpyAsync((char *)dst + off, stage, m, cudaMemcpyHostToDevice, cd->stream));
+        CUDA_CHECK(cudaStreamSynchronize(cd->stream)); /* the stage buffer is reused next round */
+    }
+}

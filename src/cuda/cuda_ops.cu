@@ -1,0 +1,304 @@
+/* cuda_ops.cu: the CUDA twins of the row-wise and elementwise ops: embed, rmsnorm, layernorm,
+ * rope, silu_mul, gelu_tanh, add, scale, convert, argmax. matmul is in cuda_gemv.cu, attention in
+ * cuda_attention.cu.
+ * Numerics follow backend_cpu.c operation by operation: products and sums that the CPU rounds to
+ * fp32 one at a time are written with __fmul_rn/__fadd_rn so nvcc cannot contract them into an FMA
+ * (the CPU is built with -std=c11, where gcc does not contract either), and rndf() rounds to the
+ * activation dtype exactly where cpu's rnd() does. Norm statistics are summed in double, as on
+ * the CPU, so the fp32 statistics agree to the last bit in practice.
+ * No op here synchronises except cuda_argmax, which returns host ints. */
+#include "cuda/cuda_common.cuh"
+
+/* ---- convert, embed ---- */
+
+__global__ void convert_kernel(void *dst, int ddt, const void *src, int sdt, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        stf(dst, ddt, i, ldf(src, sdt, i));
+}
+
+extern "C" void cuda_convert(struct tensor *dst, const struct tensor *src)
+{
+    struct cuda_ctx *c = cuda_ctx_get(dst->dev.ordinal);
+    int64_t n = tensor_numel(src);
+    if (n == 0) return;
+    if (dst->dtype == src->dtype) {
+        CUDA_CHECK(cudaMemcpyAsync(dst->data, src->data, tensor_nbytes(src), cudaMemcpyDeviceToDevice, c->stream));
+        return;
+    }
+    convert_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>(dst->data, dst->dtype, src->data, src->dtype, n);
+    KERNEL_CHECK();
+}
+
+/* one block per token; an id outside the table is a programmer error (the CPU CHECKs it): trap */
+__global__ void embed_kernel(void *y, int ydt, const void *table, int tdt, const int32_t *ids, int64_t vocab,
+                             int64_t d)
+{
+    const int64_t i = blockIdx.x;
+    const int32_t id = ids[i];
+    if (id < 0 || id >= vocab) {
+        if (threadIdx.x == 0) printf("cuda_embed: token id %d outside the vocabulary of %lld\n", id, (long long)vocab);
+        __trap();
+    }
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) stf(y, ydt, i * d + c, ldf(table, tdt, (int64_t)id * d + c));
+}
+
+extern "C" void cuda_embed(struct tensor *y, const struct tensor *table, const struct tensor *ids)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t n = y->shape[0], d = y->shape[1];
+    if (n == 0) return;
+    embed_kernel<<<(unsigned)n, 256, 0, c->stream>>>(y->data, y->dtype, table->data, table->dtype,
+                                                     (const int32_t *)ids->data, table->shape[0], d);
+    KERNEL_CHECK();
+}
+
+/* ---- norms: one block per row ---- */
+
+#define NORM_THREADS 256
+
+/* block-wide double sum; every thread gets the result. red must hold NORM_THREADS/32 doubles. */
+__device__ double block_sum_d(double v, double *red)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    double s = 0;
+    for (int w = 0; w < nw; w++) s += red[w];
+    return s;
+}
+
+__global__ void __launch_bounds__(NORM_THREADS)
+rmsnorm_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wdt, int64_t d, float eps)
+{
+    __shared__ double red[NORM_THREADS / 32];
+    const int64_t base = blockIdx.x * d;
+    double ss = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        double v = ldf(x, xdt, base + j);
+        ss += v * v;
+    }
+    ss = block_sum_d(ss, red);
+    const float inv = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+    /* y may alias x: each element is read and written by the same thread */
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        float xn = rndf(__fmul_rn(ldf(x, xdt, base + j), inv), xdt); /* torch rounds before the weight */
+        stf(y, ydt, base + j, __fmul_rn(ldf(w, wdt, j), xn));
+    }
+}
+
+extern "C" void cuda_rmsnorm(struct tensor *y, const struct tensor *x, const struct tensor *w, float eps)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t d = x->shape[x->ndim - 1], rows = tensor_numel(x) / d;
+    if (rows == 0) return;
+    rmsnorm_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, w->data,
+                                                                    w->dtype, d, eps);
+    KERNEL_CHECK();
+}
+
+__global__ void __launch_bounds__(NORM_THREADS)
+layernorm_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wdt, const void *b, int bdt, int64_t d,
+                 float eps)
+{
+    __shared__ double red[NORM_THREADS / 32];
+    const int64_t base = blockIdx.x * d;
+    double s = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += (double)ldf(x, xdt, base + j);
+    const double mean = block_sum_d(s, red) / (double)d;
+    double ss = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        double t = (double)ldf(x, xdt, base + j) - mean;
+        ss += t * t;
+    }
+    ss = block_sum_d(ss, red);
+    const float rstd = 1.0f / sqrtf((float)(ss / (double)d) + eps), m = (float)mean;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        /* (x - m) * rstd * w + b, each step rounded to fp32 like the CPU */
+        float v = __fmul_rn(__fmul_rn(__fsub_rn(ldf(x, xdt, base + j), m), rstd), ldf(w, wdt, j));
+        stf(y, ydt, base + j, __fadd_rn(v, ldf(b, bdt, j)));
+    }
+}
+
+extern "C" void cuda_layernorm(struct tensor *y, const struct tensor *x, const struct tensor *w,
+                               const struct tensor *b, float eps)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t d = x->shape[x->ndim - 1], rows = tensor_numel(x) / d;
+    if (rows == 0) return;
+    layernorm_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, w->data,
+                                                                      w->dtype, b->data, b->dtype, d, eps);
+    KERNEL_CHECK();
+}
+
+/* ---- rope ---- */
+
+#define ROPE_MAX_HALF 512
+/* inv_freq travels by value as a kernel parameter (2 KiB < the 4 KiB limit): computed on the host
+ * with the same powf as cpu_rope (a device powf may differ by an ulp, and at position 8000 one ulp
+ * of inv_freq moves the angle by ~1e-3 rad), and nothing to upload, so it is graph-capturable. */
+struct rope_freqs {
+    float f[ROPE_MAX_HALF];
+};
+
+__global__ void rope_kernel(void *x, int dt, const int32_t *pos, int64_t n, int64_t nh, int64_t hd,
+                            const __grid_constant__ rope_freqs inv)
+{
+    const int64_t half = hd / 2, total = n * nh * half;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t j = e % half, ih = e / half, i = ih / nh;
+        const float a = __fmul_rn((float)pos[i], inv.f[j]);
+        /* cosf/sinf (not __cosf): accurate for the large angles of late positions */
+        const float c = rndf(cosf(a), dt), s = rndf(sinf(a), dt);
+        const int64_t base = ih * hd;
+        const float x1 = ldf(x, dt, base + j), x2 = ldf(x, dt, base + j + half);
+        const float o1 = rndf(__fadd_rn(rndf(__fmul_rn(x1, c), dt), rndf(__fmul_rn(-x2, s), dt)), dt);
+        const float o2 = rndf(__fadd_rn(rndf(__fmul_rn(x2, c), dt), rndf(__fmul_rn(x1, s), dt)), dt);
+        stf(x, dt, base + j, o1); /* in place: this thread owns the pair (j, j + half) */
+        stf(x, dt, base + j + half, o2);
+    }
+}
+
+extern "C" void cuda_rope(struct tensor *x, const struct tensor *pos, double theta)
+{
+    struct cuda_ctx *c = cuda_ctx_get(x->dev.ordinal);
+    const int64_t n = x->shape[0], nh = x->shape[1], hd = x->shape[2], half = hd / 2;
+    CHECKF(half <= ROPE_MAX_HALF, "rope head dim %lld too large", (long long)hd);
+    if (n == 0 || nh == 0 || half == 0) return;
+    rope_freqs inv;
+    memset(&inv, 0, sizeof inv);
+    /* HF: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all fp32 -- the cpu_rope expression */
+    for (int64_t i = 0; i < half; i++) inv.f[i] = 1.0f / powf((float)theta, (float)(2 * i) / (float)hd);
+    rope_kernel<<<cuda_grid_1d(c, n * nh * half), 256, 0, c->stream>>>(x->data, x->dtype, (const int32_t *)pos->data,
+                                                                       n, nh, hd, inv);
+    KERNEL_CHECK();
+}
+
+/* ---- elementwise ---- */
+
+#define GRID_STRIDE(i, n) \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+__global__ void silu_mul_kernel(void *y, int ydt, const void *g, int gdt, const void *u, int udt, int64_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        const float gv = ldf(g, gdt, i), uv = ldf(u, udt, i);
+        const float s = rndf(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), ydt); /* torch rounds silu first */
+        stf(y, ydt, i, __fmul_rn(s, uv));
+    }
+}
+
+extern "C" void cuda_silu_mul(struct tensor *y, const struct tensor *gate, const struct tensor *up)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t n = tensor_numel(y);
+    if (n == 0) return;
+    silu_mul_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>(y->data, y->dtype, gate->data, gate->dtype, up->data,
+                                                               up->dtype, n);
+    KERNEL_CHECK();
+}
+
+__global__ void gelu_tanh_kernel(void *y, int ydt, const void *x, int xdt, int64_t n)
+{
+    const float k0 = 0.7978845608028654f; /* sqrt(2/pi) */
+    GRID_STRIDE(i, n)
+    {
+        const float a = ldf(x, xdt, i);
+        /* 0.5f * a * (1.0f + tanhf(k0 * (a + 0.044715f * a * a * a))) in the CPU's evaluation order */
+        const float cube = __fmul_rn(__fmul_rn(__fmul_rn(0.044715f, a), a), a);
+        const float t = tanhf(__fmul_rn(k0, __fadd_rn(a, cube)));
+        stf(y, ydt, i, __fmul_rn(__fmul_rn(0.5f, a), __fadd_rn(1.0f, t)));
+    }
+}
+
+extern "C" void cuda_gelu_tanh(struct tensor *y, const struct tensor *x)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t n = tensor_numel(y);
+    if (n == 0) return;
+    gelu_tanh_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, n);
+    KERNEL_CHECK();
+}
+
+__global__ void add_kernel(void *y, int ydt, const void *a, int adt, const void *b, int bdt, int64_t n, int64_t nb)
+{
+    GRID_STRIDE(i, n) stf(y, ydt, i, __fadd_rn(ldf(a, adt, i), ldf(b, bdt, nb == n ? i : i % nb)));
+}
+
+extern "C" void cuda_add(struct tensor *y, const struct tensor *a, const struct tensor *b)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t n = tensor_numel(y), nb = tensor_numel(b);
+    if (n == 0) return;
+    add_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>(y->data, y->dtype, a->data, a->dtype, b->data, b->dtype, n,
+                                                          nb);
+    KERNEL_CHECK();
+}
+
+__global__ void scale_kernel(void *y, int ydt, const void *x, int xdt, float s, int64_t n)
+{
+    GRID_STRIDE(i, n) stf(y, ydt, i, __fmul_rn(ldf(x, xdt, i), s));
+}
+
+extern "C" void cuda_scale(struct tensor *y, const struct tensor *x, float s)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t n = tensor_numel(y);
+    if (n == 0) return;
+    scale_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, s, n);
+    KERNEL_CHECK();
+}
+
+/* ---- argmax: one block per row, first index of the maximum (NaNs are skipped) ---- */
+
+#define ARGMAX_THREADS 1024
+
+__device__ __forceinline__ void argmax_merge(float &bv, int64_t &bi, float v, int64_t i)
+{
+    if (v > bv || (v == bv && i < bi)) {
+        bv = v;
+        bi = i;
+    }
+}
+
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float *x, int64_t V, int32_t *out)
+{
+    __shared__ float sv[ARGMAX_THREADS / 32];
+    __shared__ int64_t si[ARGMAX_THREADS / 32];
+    const float *r = x + blockIdx.x * V;
+    float bv = -INFINITY;
+    int64_t bi = INT64_MAX;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) argmax_merge(bv, bi, r[j], j);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+        int64_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
+        argmax_merge(bv, bi, ov, oi);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        sv[warp] = bv;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++) argmax_merge(bv, bi, sv[w], si[w]);
+        out[blockIdx.x] = bi < V ? (int32_t)bi : 0; /* all NaN: index 0, like the CPU */
+    }
+}
+
+extern "C" void cuda_argmax(const struct tensor *x, int32_t *out)
+{
+    struct cuda_ctx *c = cuda_ctx_get(x->dev.ordinal);
+    const int64_t n = x->shape[0], V = x->shape[1];
+    if (n == 0) return;
+    CHECK(V > 0);
+    int32_t *d = (int32_t *)cuda_scratch(c, SCRATCH_ARGMAX, (size_t)n * sizeof(int32_t));
+    argmax_kernel<<<(unsigned)n, ARGMAX_THREADS, 0, c->stream>>>((const float *)x->data, V, d);
+    KERNEL_CHECK();
+    CUDA_CHECK(cudaMemcpyAsync(out, d, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
