@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# tools/gpu_run.sh STAGE...: what the lead runs on the GPU machine through the device tool
+# (carry .devpack .devdata .cache/tokenizer-llama3). Logs and fixtures go to $OUT.
+#   env       machine, GPU and library versions
+#   fixtures  tiny checkpoint by our mkmodel + the PyTorch reference scripts -> $OUT/fixtures.tar
+#   cudatest  CUDA op parity test and microbenchmarks
+#   cudae2e   the CLI on the tiny model: GPU vs CPU
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+tar xJf .devpack/dev.tar.xz
+export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+B=build-dev/minicpmv
+TINY=build/test-models/tiny-s1
+mk_tiny() { [ -f $TINY/config.json ] || $B mkmodel --out $TINY --size tiny --seed 1; }
+for stage in "$@"; do
+  echo "=== $stage"
+  case $stage in
+  env)
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    nproc; free -g | head -2
+    python3 -c "import torch,transformers,tokenizers,PIL,numpy; print('torch',torch.__version__,'transformers',transformers.__version__,'tokenizers',tokenizers.__version__,'PIL',PIL.__version__,'numpy',numpy.__version__,'cpu',torch.backends.cpu.get_cpu_capability())"
+    ;;
+  fixtures)
+    mk_tiny
+    mkdir -p "$OUT/fx"
+    python3 tools/ref_llm.py --model $TINY --out "$OUT/fx/llm_tiny.safetensors" 2>&1 | tee "$OUT/fx/ref_llm.log" | tail -25
+    mkdir -p /tmp/tok && $B tokenize --help >/dev/null 2>&1
+    python3 tools/ref_tokenizer.py --model-dir $TINY --corpus .devdata/corpus.json --out "$OUT/fx/tokenizer_hf.json" 2>&1 | tail -12
+    xz -dc .devdata/big.txt.xz > /tmp/big.txt && python3 tools/ref_tokenizer.py --model-dir $TINY --bench /tmp/big.txt 2>&1 | tail -3
+    python3 tools/ref_image.py "$OUT/fx/image" 2>&1 | tee "$OUT/fx/ref_image.log" | tail -12
+    python3 tools/ref_vision.py --model $TINY --out "$OUT/fx/vision" 2>&1 | tee "$OUT/fx/ref_vision.log" | tail -40
+    python3 tools/ref_vision.py --model $TINY --out "$OUT/fx/vision_off" --case 640x480,multi --official --official-dir .devdata/official 2>&1 | tee "$OUT/fx/ref_official.log" | tail -25
+    (cd "$OUT" && tar cf fixtures.tar fx && rm -rf fx && ls -la fixtures.tar)
+    ;;
+  cudatest)
+    build-dev/tests/test_cuda_ops 2>&1 | tee "$OUT/cuda_ops.log" | grep -E "FAIL|passed" | head -40
+    build-dev/tests/test_cuda_ops bench 2>&1 | tail -20
+    ;;
+  cudae2e)
+    mk_tiny
+    for dev in cpu cuda; do
+      $B generate --model $TINY --device $dev --quiet --ids 128000,791,4062,374,1234,555 --max-new-tokens 24 --greedy --stats
+      $B generate --model $TINY --device $dev --quiet --dtype f32 --ids 128000,791,4062,374,1234,555 --max-new-tokens 24 --greedy
+    done
+    ;;
+  esac
+done
