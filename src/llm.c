@@ -143,22 +143,33 @@ static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
     }
 }
 
-void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
+/* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. */
+static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
 {
     const struct model_config *c = &s->m->cfg;
     const struct llm_layer *w = &s->m->llm.layers[layer];
     struct llm_devbuf *b = &s->dev[w->device];
     const int64_t n = h->shape[0], hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
+    const int64_t ff = c->intermediate_size;
     CHECK(device_eq(h->dev, b->dev) && n <= s->max_batch && pos0 + n <= s->ctx);
     struct tensor xn = rows(&b->xn, n), q = rows(&b->q, n), k = rows(&b->k, n), v = rows(&b->v, n);
     struct tensor att = rows(&b->att, n), o = rows(&b->o, n), g = rows(&b->gate, n), u = rows(&b->up, n);
     struct tensor pos = tensor_rows_view(&b->pos, 0, n);
-    set_positions(s, w->device, pos0, n);
+    /* One token with fused weights (GPU decode): one GEMV for q|k|v and one for gate|up, whose
+     * outputs are then the contiguous q, k, v (and gate, up) vectors of that token. */
+    const int fused = n == 1 && w->qkv.data != NULL;
 
     op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
-    op_matmul(&q, &xn, &w->q_proj, NULL);
-    op_matmul(&k, &xn, &w->k_proj, NULL);
-    op_matmul(&v, &xn, &w->v_proj, NULL);
+    if (fused) {
+        struct tensor qkv = tensor_make(s->act, b->dev, q.data, 2, (int64_t)1, (nh + 2 * nkv) * hd);
+        op_matmul(&qkv, &xn, &w->qkv, NULL);
+        k.data = (char *)q.data + (size_t)(nh * hd) * dtype_size(s->act);
+        v.data = (char *)k.data + (size_t)(nkv * hd) * dtype_size(s->act);
+    } else {
+        op_matmul(&q, &xn, &w->q_proj, NULL);
+        op_matmul(&k, &xn, &w->k_proj, NULL);
+        op_matmul(&v, &xn, &w->v_proj, NULL);
+    }
     struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
     op_rope(&q3, &pos, c->rope_theta);
     op_rope(&k3, &pos, c->rope_theta);
@@ -173,11 +184,23 @@ void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
     op_matmul(&o, &att, &w->o_proj, NULL);
     op_add(h, h, &o);
     op_rmsnorm(&xn, h, &w->post_attention_layernorm, c->rms_norm_eps);
-    op_matmul(&g, &xn, &w->gate_proj, NULL);
-    op_matmul(&u, &xn, &w->up_proj, NULL);
+    if (fused) {
+        struct tensor gu = tensor_make(s->act, b->dev, g.data, 2, (int64_t)1, 2 * ff);
+        op_matmul(&gu, &xn, &w->gate_up, NULL);
+        u.data = (char *)g.data + (size_t)ff * dtype_size(s->act);
+    } else {
+        op_matmul(&g, &xn, &w->gate_proj, NULL);
+        op_matmul(&u, &xn, &w->up_proj, NULL);
+    }
     op_silu_mul(&g, &g, &u);
     op_matmul(&o, &g, &w->down_proj, NULL);
     op_add(h, h, &o);
+}
+
+void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
+{
+    set_positions(s, s->m->llm.layers[layer].device, pos0, h->shape[0]);
+    layer_forward(s, layer, h, pos0);
 }
 
 struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n)
@@ -209,9 +232,13 @@ static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor 
     if (ids) h = llm_embed(s, ids, n);
     else h = hop(s, embeds, pl->embed, n);
     const int64_t pos0 = s->n_past;
+    /* positions once per device and chunk (a host->device copy each) */
+    int done[MODEL_MAX_DEVICES] = {0};
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (!done[pl->layer[l]]++) set_positions(s, pl->layer[l], pos0, n);
     for (int l = 0; l < c->num_hidden_layers; l++) {
         h = hop(s, &h, pl->layer[l], n);
-        llm_layer_forward(s, l, &h, pos0);
+        layer_forward(s, l, &h, pos0);
         if (s->on_layer) s->on_layer(s->on_layer_ctx, l, &h);
     }
     s->n_past += n;

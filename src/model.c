@@ -232,6 +232,42 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
     return 0;
 }
 
+/* Places n checkpoint matrices with equal columns as one [sum rows, cols] tensor on a GPU, and
+ * sets parts[i] to row views of it. */
+static int place_fused(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
+                       struct tensor *fused, struct tensor **parts, const char **names, int n, struct err *e)
+{
+    struct tensor src[4];
+    int64_t rows = 0;
+    for (int i = 0; i < n; i++) {
+        if (safetensors_get(st, names[i], &src[i], e)) return -1;
+        CHECK(src[i].ndim == 2 && src[i].shape[1] == src[0].shape[1]);
+        rows += src[i].shape[0];
+    }
+    const struct device dev = pl->devs[li];
+    *fused = tensor_make(m->wdtype, dev, NULL, 2, rows, src[0].shape[1]);
+    if (!(fused->data = dev_alloc(dev, tensor_nbytes(fused), e))) return err_prefix(e, "loading %s", names[0]);
+    if (track(m, dev, fused->data, e)) { dev_free(dev, fused->data); return -1; }
+    m->bytes_per_device[li] += tensor_nbytes(fused);
+    void *tmp = NULL;
+    for (int i = 0, r0 = 0; i < n; r0 += (int)src[i].shape[0], i++) {
+        struct tensor host = src[i];
+        if (host.dtype != m->wdtype) {
+            host.dtype = m->wdtype;
+            free(tmp);
+            if (!(tmp = malloc(tensor_nbytes(&host)))) return err_set(e, "out of memory converting %s", names[i]);
+            host.data = tmp;
+            op_copy(&host, &src[i]);
+        }
+        *parts[i] = tensor_rows_view(fused, r0, src[i].shape[0]);
+        parts[i]->name = names[i];
+        op_copy(parts[i], &host);
+    }
+    free(tmp);
+    fused->name = names[0];
+    return 0;
+}
+
 /* Names must outlive the tensors (they are kept for messages): the manifest's storage holds them. */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
                const struct model_placement *pl, enum dtype wdtype, struct err *e)
@@ -259,13 +295,26 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
         l->device = d;
         const char *p = "llm.model.layers";
         rc |= place(m, st, pl, d, &l->input_layernorm, 0, e, NAME("%s.%d.input_layernorm.weight", p, i));
-        rc |= rc ? -1 : place(m, st, pl, d, &l->q_proj, 0, e, NAME("%s.%d.self_attn.q_proj.weight", p, i));
-        rc |= rc ? -1 : place(m, st, pl, d, &l->k_proj, 0, e, NAME("%s.%d.self_attn.k_proj.weight", p, i));
-        rc |= rc ? -1 : place(m, st, pl, d, &l->v_proj, 0, e, NAME("%s.%d.self_attn.v_proj.weight", p, i));
+        if (!rc && pl->devs[d].kind != DEVICE_CPU) {
+            const char *qkv[3] = {NAME("%s.%d.self_attn.q_proj.weight", p, i), NAME("%s.%d.self_attn.k_proj.weight", p, i),
+                                  NAME("%s.%d.self_attn.v_proj.weight", p, i)};
+            struct tensor *parts[3] = {&l->q_proj, &l->k_proj, &l->v_proj};
+            rc = place_fused(m, st, pl, d, &l->qkv, parts, qkv, 3, e);
+        } else {
+            rc |= rc ? -1 : place(m, st, pl, d, &l->q_proj, 0, e, NAME("%s.%d.self_attn.q_proj.weight", p, i));
+            rc |= rc ? -1 : place(m, st, pl, d, &l->k_proj, 0, e, NAME("%s.%d.self_attn.k_proj.weight", p, i));
+            rc |= rc ? -1 : place(m, st, pl, d, &l->v_proj, 0, e, NAME("%s.%d.self_attn.v_proj.weight", p, i));
+        }
         rc |= rc ? -1 : place(m, st, pl, d, &l->o_proj, 0, e, NAME("%s.%d.self_attn.o_proj.weight", p, i));
         rc |= rc ? -1 : place(m, st, pl, d, &l->post_attention_layernorm, 0, e, NAME("%s.%d.post_attention_layernorm.weight", p, i));
-        rc |= rc ? -1 : place(m, st, pl, d, &l->gate_proj, 0, e, NAME("%s.%d.mlp.gate_proj.weight", p, i));
-        rc |= rc ? -1 : place(m, st, pl, d, &l->up_proj, 0, e, NAME("%s.%d.mlp.up_proj.weight", p, i));
+        if (!rc && pl->devs[d].kind != DEVICE_CPU) {
+            const char *gu[2] = {NAME("%s.%d.mlp.gate_proj.weight", p, i), NAME("%s.%d.mlp.up_proj.weight", p, i)};
+            struct tensor *parts[2] = {&l->gate_proj, &l->up_proj};
+            rc = place_fused(m, st, pl, d, &l->gate_up, parts, gu, 2, e);
+        } else {
+            rc |= rc ? -1 : place(m, st, pl, d, &l->gate_proj, 0, e, NAME("%s.%d.mlp.gate_proj.weight", p, i));
+            rc |= rc ? -1 : place(m, st, pl, d, &l->up_proj, 0, e, NAME("%s.%d.mlp.up_proj.weight", p, i));
+        }
         rc |= rc ? -1 : place(m, st, pl, d, &l->down_proj, 0, e, NAME("%s.%d.mlp.down_proj.weight", p, i));
     }
     if (!rc) rc = place(m, st, pl, pl->norm, &w->norm, 0, e, NAME("llm.model.norm.weight"));

@@ -42,6 +42,10 @@ struct llm_layer {
     struct tensor gate_proj;                /* [ff, d] */
     struct tensor up_proj;                  /* [ff, d] */
     struct tensor down_proj;                /* [d, ff] */
+    /* GPU only: q|k|v and gate|up stored contiguously so a decode step reads each with one GEMV;
+     * q_proj..v_proj and gate_proj, up_proj are then row views of these. NULL data on the CPU. */
+    struct tensor qkv;                      /* [(n_head + 2*n_kv_head)*hd, d] */
+    struct tensor gate_up;                  /* [2*ff, d] */
 };
 
 struct vpm_layer {
