@@ -76,7 +76,7 @@ static void check_precision(const struct safetensors *fx, const char *p, enum dt
 
     /* embedding */
     struct tensor h = llm_embed(&g->llm, ids, n);
-    float *hf = t_to_f32(&h);
+    float *hf = t_fetch_f32(&h);
     snprintf(name, sizeof name, "%s.embed", p);
     if (!fget(fx, name, &t)) {
         struct t_cmp m = t_compare(hf, t.data, n * d);
@@ -92,11 +92,11 @@ static void check_precision(const struct safetensors *fx, const char *p, enum dt
         struct tensor in;
         if (fget(fx, name, &in)) { T_ASSERT(0); break; }
         struct tensor hb = tensor_rows_view(&g->llm.dev[g->pl.layer[l]].h, 0, n);
-        op_copy(&hb, &in);
+        t_upload(&hb, &in);
         llm_layer_forward(&g->llm, l, &hb, 0);
         snprintf(name, sizeof name, "%s.layer_out.%d", p, l);
         if (fget(fx, name, &t)) { T_ASSERT(0); break; }
-        float *o = t_to_f32(&hb);
+        float *o = t_fetch_f32(&hb);
         struct t_cmp m = t_compare(o, t.data, n * d);
         fprintf(stderr, "  %s layer %d: max_abs %.3g rel %.3g cos %.9f\n", p, l, m.max_abs, m.rel, m.cos);
         T_ASSERTF(m.rel <= tol.stage_rel, "layer %d rel %.3g > %.3g", l, m.rel, tol.stage_rel);

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "cmd.h"
+#include "backend.h"
 #include "tensor.h"
 
 /* Returns the folder of the tiny model with the given seed, generating it when absent. */
@@ -56,6 +57,30 @@ static inline float *t_to_f32(const struct tensor *t)
     float *f = malloc((size_t)tensor_numel(t) * sizeof(float));
     convert_to_f32(f, t->data, t->dtype, tensor_numel(t));
     return f;
+}
+
+/* Copies any tensor (host or device) to a host float array (malloc'd). */
+static inline float *t_fetch_f32(const struct tensor *t)
+{
+    if (tensor_on_host(t)) return t_to_f32(t);
+    struct tensor h = *t;
+    h.dev = device_cpu();
+    h.data = malloc(tensor_nbytes(t));
+    op_copy(&h, t);
+    float *f = t_to_f32(&h);
+    free(h.data);
+    return f;
+}
+
+/* dst (any device, any float dtype) = src (host tensor, any float dtype). */
+static inline void t_upload(struct tensor *dst, const struct tensor *src)
+{
+    struct tensor h = *dst;
+    h.dev = device_cpu();
+    h.data = malloc(tensor_nbytes(dst));
+    op_copy(&h, src);
+    op_copy(dst, &h);
+    free(h.data);
 }
 
 #endif

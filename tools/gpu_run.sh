@@ -55,11 +55,11 @@ for stage in "$@"; do
     ids3000=$(python3 -c "import random; r=random.Random(2); print(','.join(['128000']+[str(r.randrange(200,127000)) for _ in range(2999)]))")
     for extra in "" "--logical-devices 0:2"; do
       echo "--- cuda $extra"
-      $B generate --model $FULL --device cuda $extra --quiet --ids $ids512 --max-new-tokens 128 --greedy --stats 2>&1 | tail -1
-      $B generate --model $FULL --device cuda $extra --quiet --ids $ids3000 --max-new-tokens 64 --max-batch 3000 --greedy --stats 2>&1 | tail -1
+      $B generate --model $FULL --device cuda $extra --quiet --ids $ids512 --max-new-tokens 128 --greedy --stats 2>&1 >/dev/null | tail -1
+      $B generate --model $FULL --device cuda $extra --quiet --ids $ids3000 --max-new-tokens 64 --max-batch 3000 --greedy --stats 2>&1 >/dev/null | tail -1
     done
     echo "--- cpu (16 cores)"
-    $B generate --model $FULL --device cpu --quiet --ids $ids512 --max-new-tokens 4 --greedy --stats 2>&1 | tail -1
+    $B generate --model $FULL --device cpu --quiet --ids $ids512 --max-new-tokens 4 --greedy --stats 2>&1 >/dev/null | tail -1
     ;;
   tests)
     for t in build-dev/tests/test_*; do case $t in *.log) continue;; esac; $t > /tmp/t.out 2>&1; tail -1 /tmp/t.out; grep -aE "FAIL|assert|CHECK" /tmp/t.out | head -5; done
