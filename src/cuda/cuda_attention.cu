@@ -257,6 +257,9 @@ attn_combine_kernel(void *out, int odt, const float *part_acc, const float *part
     }
 }
 
+extern "C" int cuda_flash_attention(struct tensor *out, const struct tensor *q, const struct tensor *k,
+                                    const struct tensor *v, int64_t q_pos0, float scale, int flags);
+
 extern "C" void cuda_attention(struct tensor *out, const struct tensor *q, const struct tensor *k,
                                const struct tensor *v, int64_t q_pos0, float scale, int flags)
 {
@@ -267,6 +270,8 @@ extern "C" void cuda_attention(struct tensor *out, const struct tensor *q, const
     CHECKF(T <= INT32_MAX && n <= INT32_MAX && H <= 65535, "cuda_attention: n %lld, H %lld, T %lld too large",
            (long long)n, (long long)H, (long long)T);
     const int causal = (flags & ATTN_CAUSAL) != 0, eager = (flags & ATTN_EAGER_F16) != 0;
+    /* tensor-core flash attention for many query rows (prefill, vision, resampler); see cuda_flash.cu */
+    if (cuda_flash_attention(out, q, k, v, q_pos0, scale, flags)) return;
 
     /* k and v with different dtypes (never in the model): both to f32, exactly */
     const void *kd = k->data, *vd = v->data;
