@@ -61,6 +61,17 @@ for stage in "$@"; do
     echo "--- cpu (16 cores)"
     $B generate --model $FULL --device cpu --quiet --ids $ids512 --max-new-tokens 4 --greedy --stats 2>&1 >/dev/null | tail -1
     ;;
+  cmpbench)
+    # same inputs, same run: our tokenizer vs HF tokenizers; our preprocessing vs Pillow
+    mk_tiny
+    xz -dc .devdata/big.txt.xz > /tmp/big.txt
+    $B tokenize --model $TINY --bench /tmp/big.txt
+    python3 tools/ref_tokenizer.py --model-dir $TINY --bench /tmp/big.txt 2>&1 | tail -1
+    python3 -c "import sys; sys.path.insert(0,'tools'); from ref_image import gen_image; from PIL import Image; Image.fromarray(gen_image(1344,1344,7)).save('/tmp/b1344.jpg', quality=90)"
+    build-dev/tests/test_image --bench /tmp/b1344.jpg 2>&1 | tail -1
+    OMP_NUM_THREADS=1 build-dev/tests/test_image --bench /tmp/b1344.jpg 2>&1 | tail -1
+    python3 tools/ref_image.py /tmp/imgfx 2>&1 | grep Pillow
+    ;;
   tests)
     for t in build-dev/tests/test_*; do case $t in *.log) continue;; esac; $t > /tmp/t.out 2>&1; tail -1 /tmp/t.out; grep -aE "FAIL|assert|CHECK" /tmp/t.out | head -5; done
     ;;
