@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "devmap.h"
 #include "chat.h"
 #include "engine.h"
 #include "image.h"
@@ -45,6 +46,13 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
         }
     if (vision_check_pieces(c, vp, B, e)) goto done;
     const int64_t n_max = vision_n_max(vp, B), vd = c->vision_config.hidden_size, d = c->hidden_size;
+    /* the device plan reserved workspace for at most max_pieces x max_patches: refuse more */
+    if (g->plan && (B > g->plan->params.max_pieces || n_max > g->plan->params.max_patches)) {
+        err_set(e, "the images make %d pieces of up to %lld patches, more than the %d x %d the device plan reserved "
+                   "(--max-pieces / --max-patches)",
+                B, (long long)n_max, g->plan->params.max_pieces, g->plan->params.max_patches);
+        goto done;
+    }
     const struct device vdev = g->pl.devs[g->pl.vpm], rdev = g->pl.devs[g->pl.resampler];
     const struct device edev = g->pl.devs[g->pl.embed];
     feats = tensor_make(act, vdev, NULL, 3, (int64_t)B, n_max, vd);

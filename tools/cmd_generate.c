@@ -93,8 +93,8 @@ int cmd_generate(int argc, char **argv)
         for (int i = 0; i < n_out; i++) printf(i ? ",%d" : "%d", out[i]);
         printf("\n");
         if (stats)
-            fprintf(stderr, "prefill %lld tok in %.3f s (%.1f tok/s); decode %lld tok in %.3f s (%.2f tok/s)\n",
-                    (long long)st.n_prompt, st.t_prefill, st.n_prompt / (st.t_prefill > 0 ? st.t_prefill : 1e-9),
+            fprintf(stderr, "load %.2f s; prefill %lld tok in %.3f s (%.1f tok/s); decode %lld tok in %.3f s (%.2f tok/s)\n",
+                    g->load_seconds, (long long)st.n_prompt, st.t_prefill, st.n_prompt / (st.t_prefill > 0 ? st.t_prefill : 1e-9),
                     (long long)(st.n_gen > 0 ? st.n_gen - 1 : 0), st.t_decode,
                     (st.n_gen > 1 ? st.n_gen - 1 : 0) / (st.t_decode > 0 ? st.t_decode : 1e-9));
     }

@@ -1,0 +1,925 @@
+/* cmd_bench.c: `minicpmv bench --model DIR [--only LIST] [--reps N] [--json FILE] [engine/device flags]`
+ * measures the engine on synthetic inputs and prints one table (docs/BENCH.md says what each number means):
+ *   prefillN   prefill of N random token ids (one llm_forward call, chunked by --max-batch), tok/s
+ *   decodeC    greedy decode steps (llm_forward with one token) at context C, tok/s and effective GB/s
+ *   vision1    engine_encode_images on a 448x448 image (1 piece), ms; vision10: 1344x1344 (10 pieces)
+ *   ttft       JPEG bytes in memory -> decode -> engine_chat(max_new_tokens 1): time to first token, ms
+ *   seedcase   1344x1344 JPEG + text, ~3000 prompt tokens, 1000 generated (stop ids ignored), end to end, s
+ * plus the memory per device (model accounting and the peak seen) and, with --json, the same numbers for
+ * tools/bench_compare.py. Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
+ * Inputs are deterministic: ids from splitmix64(--seed), images from the gen_px formula of
+ * tests/test_image.c (tools/ref_vision.py gen_image computes the same pixels), the seed-case text from the
+ * word list below (tools/bench_hf.py builds the same one). Timing: warm-up first, dev_sync on every device
+ * around each timed region, median of --reps. */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <cJSON.h>
+#include <turbojpeg.h>
+
+#include "backend.h"
+#include "chat.h"
+#include "cmd_util.h"
+#include "devmap.h"
+#include "image.h"
+#include "tokenizer.h"
+
+#define BENCH_MAX_REPS 100
+#define BENCH_MAX_PHASES 16
+#define BENCH_MAX_X 16
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+/* 20 tokens with the Llama-3 tokenizer. Shared with tools/bench_hf.py. */
+static const char BENCH_QUESTION[] =
+    "Describe this image in detail: which objects and shapes do you see, and where are they placed?";
+/* Seed-case filler words (shared with tools/bench_hf.py; keep both lists identical). */
+static const char *const BENCH_WORDS[32] = {
+    "the", "image", "shows", "a", "large", "red", "square", "next", "to", "small", "blue", "circle",
+    "with", "green", "lines", "across", "bright", "background", "and", "dark", "corner", "pattern", "of",
+    "stripes", "near", "top", "left", "edge", "while", "text", "appears", "below"};
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* ------------------------------------------------------------------ options and results */
+
+enum phase_kind { PK_PREFILL, PK_DECODE, PK_VISION, PK_TTFT, PK_SEED };
+
+struct phase {
+    char name[24];
+    enum phase_kind kind;
+    int64_t n;                  /* prefill tokens, decode context, vision pieces */
+    /* results */
+    int ran;
+    char err[300];
+    int reps;
+    double t[BENCH_MAX_REPS];   /* seconds per rep (the primary time) */
+    double med;                 /* median of t */
+    double value;               /* primary metric */
+    const char *unit;
+    int higher_better;
+    int n_x;
+    const char *xk[BENCH_MAX_X];
+    double xv[BENCH_MAX_X];
+    int64_t peak_used[MODEL_MAX_DEVICES]; /* per tracked GPU: bytes in use at this phase's peak */
+};
+
+struct bench {
+    struct engine *g;
+    int reps, decode_steps, seed_prompt, seed_new, seed_reps;
+    uint64_t seed;
+    double peak_gbs;
+    int64_t decode_weight_bytes;  /* LLM weights one decode step streams (embedding table excluded) */
+    float *logits;
+    /* memory: GPUs tracked by free memory, the CPU by peak RSS */
+    int n_gpu, gpu[MODEL_MAX_DEVICES];
+    size_t free0[MODEL_MAX_DEVICES], total[MODEL_MAX_DEVICES], min_free[MODEL_MAX_DEVICES],
+        phase_min[MODEL_MAX_DEVICES];
+    pthread_mutex_t mu;
+    pthread_t th;
+    int poll_ms, th_running;
+    atomic_int stop;
+};
+
+static void x_add(struct phase *p, const char *k, double v)
+{
+    if (p->n_x < BENCH_MAX_X) {
+        p->xk[p->n_x] = k;
+        p->xv[p->n_x++] = v;
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n)
+{
+    double s[BENCH_MAX_REPS];
+    if (n <= 0) return NAN;
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+}
+
+static void sync_all(const struct engine *g)
+{
+    for (int i = 0; i < g->pl.n_devices; i++) dev_sync(g->pl.devs[i]);
+}
+
+/* ------------------------------------------------------------------ memory tracking */
+
+static void mem_sample(struct bench *b)
+{
+    for (int i = 0; i < b->n_gpu; i++) {
+        size_t fr = 0, tot = 0;
+        struct err e;
+        if (dev_mem_info(device_cuda(b->gpu[i]), &fr, &tot, &e)) continue;
+        pthread_mutex_lock(&b->mu);
+        if (fr < b->min_free[i]) b->min_free[i] = fr;
+        if (fr < b->phase_min[i]) b->phase_min[i] = fr;
+        pthread_mutex_unlock(&b->mu);
+    }
+}
+
+static void *mem_poller(void *p)
+{
+    struct bench *b = p;
+    struct timespec ts = {b->poll_ms / 1000, (long)(b->poll_ms % 1000) * 1000000L};
+    while (!atomic_load(&b->stop)) {
+        mem_sample(b);
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static void phase_mem_begin(struct bench *b)
+{
+    pthread_mutex_lock(&b->mu);
+    for (int i = 0; i < b->n_gpu; i++) b->phase_min[i] = (size_t)-1;
+    pthread_mutex_unlock(&b->mu);
+    mem_sample(b);
+}
+
+static void phase_mem_end(struct bench *b, struct phase *p)
+{
+    mem_sample(b);
+    pthread_mutex_lock(&b->mu);
+    for (int i = 0; i < b->n_gpu; i++)
+        p->peak_used[i] = b->phase_min[i] == (size_t)-1 ? 0 : (int64_t)b->free0[i] - (int64_t)b->phase_min[i];
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* ------------------------------------------------------------------ inputs */
+
+static int32_t *rand_ids(struct bench *b, int64_t n)
+{
+    int32_t *ids = malloc((size_t)(n > 0 ? n : 1) * sizeof *ids);
+    if (!ids) return NULL;
+    uint64_t s = b->seed;
+    const int V = b->g->cfg.vocab_size, hi = V < 128000 ? V : 128000; /* ids >= 128000 are special */
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(256 + splitmix64(&s) % (uint64_t)(hi - 256));
+    return ids;
+}
+
+/* The pattern of tests/test_image.c gen_px (gradients, hashed noise, inverted rectangle, checkerboard,
+ * diagonal line), so resizes see smooth areas and edges; tools/ref_vision.py gen_image is the same. */
+static uint8_t gen_px(int64_t x, int64_t y, int c, int64_t W, int64_t H, uint32_t seed)
+{
+    uint32_t h = ((uint32_t)x * 73856093u) ^ ((uint32_t)y * 19349663u) ^ ((uint32_t)c * 83492791u) ^ (seed * 2654435761u);
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    h ^= h >> 15;
+    int64_t base;
+    if (c == 0) base = W > 1 ? x * 255 / (W - 1) : 128;
+    else if (c == 1) base = H > 1 ? y * 255 / (H - 1) : 128;
+    else base = W + H > 2 ? (x + y) * 255 / (W + H - 2) : 128;
+    int64_t v = base + (int64_t)(h >> 24) % 25 - 12;
+    if (4 * x >= W && 2 * x < W && 4 * y >= H && 2 * y < H) v = 255 - v;
+    if (4 * x >= 3 * W && 4 * y >= 3 * H) v = (((x >> 3) + (y >> 3)) & 1) ? 235 : 20;
+    int64_t d = x * H - y * W;
+    if (d < 0) d = -d;
+    if (d < (W > H ? W : H)) v = c == 1 ? 255 : 0;
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+static int gen_image(struct image *im, int W, int H, uint32_t seed, struct err *e)
+{
+    if (image_alloc(im, W, H, e)) return -1;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            for (int c = 0; c < 3; c++) im->rgb[((size_t)y * W + x) * 3 + c] = gen_px(x, y, c, W, H, seed);
+    return 0;
+}
+
+/* JPEG (quality 90, 4:2:0, as Pillow's default subsampling) of the synthetic image; *out from tjAlloc. */
+static int gen_jpeg(int W, int H, uint32_t seed, unsigned char **out, unsigned long *n, struct err *e)
+{
+    struct image im = {0};
+    if (gen_image(&im, W, H, seed, e)) return -1;
+    tjhandle tj = tjInitCompress();
+    int rc = -1;
+    *out = NULL;
+    *n = 0;
+    if (!tj) err_set(e, "tjInitCompress: %s", tjGetErrorStr());
+    else if (tjCompress2(tj, im.rgb, W, 0, H, TJPF_RGB, out, n, TJSAMP_420, 90, 0))
+        err_set(e, "tjCompress2 %dx%d: %s", W, H, tjGetErrorStr2(tj));
+    else rc = 0;
+    if (tj) tjDestroy(tj);
+    image_free(&im);
+    return rc;
+}
+
+/* "(<image>./</image>)\n" + n_words filler words (a '.' after every 12th). Heap string. */
+static char *seed_content(int n_words)
+{
+    size_t cap = strlen(CHAT_IMAGE_MARKER) + 2 + (size_t)n_words * 16, len = 0;
+    char *s = malloc(cap);
+    if (!s) return NULL;
+    len = (size_t)sprintf(s, "%s\n", CHAT_IMAGE_MARKER);
+    uint64_t st = 1234;
+    for (int k = 0; k < n_words; k++) {
+        const char *w = BENCH_WORDS[splitmix64(&st) % 32];
+        len += (size_t)sprintf(s + len, "%s%s%s", k ? " " : "", w, k % 12 == 11 ? "." : "");
+    }
+    return s;
+}
+
+static int prompt_len(struct bench *b, const char *content, const struct chat_grid *grid, int *n, struct err *e)
+{
+    struct chat_msg m = {"user", content};
+    int32_t *ids = NULL;
+    if (chat_build_ids(b->g->tok, NULL, &m, 1, grid, 1, b->g->cfg.query_num, 0, &ids, n, e)) return -1;
+    free(ids);
+    return 0;
+}
+
+/* The most filler words whose prompt (with the 1344x1344 image) stays within target tokens. */
+static int seed_words(struct bench *b, const struct chat_grid *grid, int target, int *words, int *n_prompt,
+                      struct err *e)
+{
+    int lo = 0, hi = target, n = 0;
+    char *s = seed_content(0);
+    if (!s) return err_set(e, "out of memory");
+    int rc = prompt_len(b, s, grid, &n, e);
+    free(s);
+    if (rc) return -1;
+    if (n > target) return err_set(e, "--seed-prompt %d: the image alone takes %d prompt tokens", target, n);
+    *n_prompt = n;
+    while (lo < hi) { /* invariant: lo words fit */
+        int mid = lo + (hi - lo + 1) / 2;
+        if (!(s = seed_content(mid))) return err_set(e, "out of memory");
+        rc = prompt_len(b, s, grid, &n, e);
+        free(s);
+        if (rc) return -1;
+        if (n <= target) { lo = mid; *n_prompt = n; }
+        else hi = mid - 1;
+    }
+    *words = lo;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ phases */
+
+static int run_prefill(struct bench *b, struct phase *p, struct err *e)
+{
+    struct engine *g = b->g;
+    int32_t *ids = rand_ids(b, p->n);
+    if (!ids) return err_set(e, "out of memory");
+    int rc = -1;
+    for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
+        llm_truncate(&g->llm, 0);
+        sync_all(g);
+        double t0 = time_now();
+        if (llm_forward(&g->llm, ids, NULL, p->n, b->logits, e)) goto out;
+        sync_all(g);
+        if (r >= 0) p->t[p->reps++] = time_now() - t0;
+    }
+    p->med = median(p->t, p->reps);
+    p->value = (double)p->n / p->med;
+    p->unit = "tok/s";
+    p->higher_better = 1;
+    x_add(p, "tokens", (double)p->n);
+    x_add(p, "ms", 1e3 * p->med);
+    x_add(p, "chunk", (double)g->llm.max_batch);
+    rc = 0;
+out:
+    free(ids);
+    return rc;
+}
+
+/* KV bytes a decode step reads at context T (attends over T keys): all layers, K and V. */
+static double kv_read_bytes(const struct engine *g, double T)
+{
+    const struct model_config *c = &g->cfg;
+    return T * c->num_hidden_layers * 2.0 * c->num_key_value_heads * c->head_dim * (double)dtype_size(g->llm.act);
+}
+
+static int run_decode(struct bench *b, struct phase *p, struct err *e)
+{
+    struct engine *g = b->g;
+    const int steps = b->decode_steps;
+    int32_t *ids = rand_ids(b, p->n);
+    struct sampler s;
+    struct sampler_params sp;
+    sampler_defaults(&sp);
+    sp.greedy = true;
+    sp.repetition_penalty = 1.0f; /* plain argmax, as HF generate(do_sample=False) */
+    if (!ids || sampler_init(&s, &sp, g->cfg.vocab_size)) { free(ids); return err_set(e, "out of memory"); }
+    int rc = -1;
+    llm_truncate(&g->llm, 0);
+    if (llm_forward(&g->llm, ids, NULL, p->n, b->logits, e)) goto out; /* the context, untimed */
+    const int32_t first = sampler_sample(&s, b->logits);
+    for (int r = -1; r < b->reps; r++) {
+        const int n_steps = r < 0 ? (steps < 16 ? steps : 16) : steps;
+        llm_truncate(&g->llm, p->n); /* back to context C: the next steps overwrite the same cache rows */
+        int32_t tok = first;
+        sync_all(g);
+        double t0 = time_now();
+        for (int i = 0; i < n_steps; i++) {
+            if (llm_forward(&g->llm, &tok, NULL, 1, b->logits, e)) goto out;
+            tok = sampler_sample(&s, b->logits);
+        }
+        sync_all(g);
+        if (r >= 0) p->t[p->reps++] = time_now() - t0;
+    }
+    p->med = median(p->t, p->reps);
+    const double per_tok = p->med / steps;
+    /* step i attends over C + i + 1 keys; the mean over the timed steps */
+    const double kv = kv_read_bytes(g, (double)p->n + (steps + 1) / 2.0);
+    const double bytes = (double)b->decode_weight_bytes + kv;
+    p->value = 1.0 / per_tok;
+    p->unit = "tok/s";
+    p->higher_better = 1;
+    x_add(p, "context", (double)p->n);
+    x_add(p, "steps", steps);
+    x_add(p, "ms_per_tok", 1e3 * per_tok);
+    x_add(p, "bytes_per_tok", bytes);
+    x_add(p, "weight_bytes_per_tok", (double)b->decode_weight_bytes);
+    x_add(p, "kv_bytes_per_tok", kv);
+    x_add(p, "gb_s", bytes / per_tok / 1e9);
+    if (b->peak_gbs > 0) x_add(p, "pct_of_peak_bw", 100.0 * bytes / per_tok / 1e9 / b->peak_gbs);
+    rc = 0;
+out:
+    sampler_free(&s);
+    free(ids);
+    return rc;
+}
+
+static int run_vision(struct bench *b, struct phase *p, struct err *e)
+{
+    struct engine *g = b->g;
+    const int side = p->n == 1 ? 448 : 1344;
+    struct image im = {0};
+    if (gen_image(&im, side, side, 7, e)) return -1;
+    double tpre[BENCH_MAX_REPS];
+    int rc = -1, n_pre = 0, pieces = 0;
+    for (int r = -1; r < b->reps; r++) {
+        struct image_pieces ip = {0};
+        double t0 = time_now();
+        int prc = image_preprocess(&ip, &im, &g->pp, 0, e);
+        double t1 = time_now();
+        image_pieces_free(&ip);
+        if (prc) goto out;
+        if (r >= 0) tpre[n_pre++] = t1 - t0;
+    }
+    for (int r = -1; r < b->reps; r++) {
+        struct chat_grid grid;
+        struct tensor out = {0};
+        sync_all(g);
+        double t0 = time_now();
+        if (engine_encode_images(g, &im, 1, &grid, &out, &pieces, e)) goto out;
+        sync_all(g);
+        double t1 = time_now();
+        dev_free(out.dev, out.data);
+        if (r >= 0) p->t[p->reps++] = t1 - t0;
+    }
+    if (pieces != p->n) { err_set(e, "%dx%d gave %d pieces, expected %lld", side, side, pieces, (long long)p->n); goto out; }
+    p->med = median(p->t, p->reps);
+    const double pre = median(tpre, n_pre);
+    p->value = 1e3 * p->med;
+    p->unit = "ms";
+    x_add(p, "pieces", pieces);
+    x_add(p, "image_side", side);
+    x_add(p, "preprocess_ms", 1e3 * pre);
+    x_add(p, "device_ms", 1e3 * (p->med - pre > 0 ? p->med - pre : 0));
+    rc = 0;
+out:
+    image_free(&im);
+    return rc;
+}
+
+static int run_ttft(struct bench *b, struct phase *p, struct err *e)
+{
+    struct engine *g = b->g;
+    if (!g->tok) return err_set(e, "needs tokenizer.json in the model folder");
+    unsigned char *jpg = NULL;
+    unsigned long n_jpg = 0;
+    if (gen_jpeg(1344, 1344, 7, &jpg, &n_jpg, e)) return -1;
+    char content[sizeof BENCH_QUESTION + 64];
+    snprintf(content, sizeof content, "%s\n%s", CHAT_IMAGE_MARKER, BENCH_QUESTION);
+    struct chat_msg m = {"user", content};
+    double tdec[BENCH_MAX_REPS], tvis[BENCH_MAX_REPS], tpre[BENCH_MAX_REPS];
+    int rc = -1, n_prompt = 0, pieces = 0, first = -1;
+    for (int r = -1; r < b->reps; r++) {
+        struct image im = {0};
+        struct engine_chat_result res;
+        struct engine_chat_request rq = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = 1, .max_new_tokens = 1};
+        sampler_defaults(&rq.sampling);
+        rq.sampling.greedy = true;
+        rq.sampling.repetition_penalty = 1.0f;
+        sync_all(g);
+        double t0 = time_now();
+        if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
+        double t1 = time_now();
+        int crc = engine_chat(g, &rq, NULL, NULL, &res, e);
+        sync_all(g);
+        double t2 = time_now();
+        image_free(&im);
+        if (crc) goto out;
+        if (r >= 0) {
+            tdec[p->reps] = t1 - t0;
+            tvis[p->reps] = res.t_vision;
+            tpre[p->reps] = res.t_prefill;
+            p->t[p->reps++] = t2 - t0;
+        }
+        n_prompt = res.n_prompt;
+        pieces = res.n_pieces;
+        first = res.n_ids > 0 ? res.ids[0] : -1;
+        engine_chat_result_free(&res);
+    }
+    p->med = median(p->t, p->reps);
+    p->value = 1e3 * p->med;
+    p->unit = "ms";
+    int32_t *qids = NULL;
+    int n_q = -1;
+    if (!tokenizer_encode(g->tok, BENCH_QUESTION, strlen(BENCH_QUESTION), 0, &qids, &n_q, e)) free(qids);
+    x_add(p, "n_prompt", n_prompt);
+    x_add(p, "question_tokens", n_q);
+    x_add(p, "pieces", pieces);
+    x_add(p, "jpeg_kib", n_jpg / 1024.0);
+    x_add(p, "jpeg_decode_ms", 1e3 * median(tdec, p->reps));
+    x_add(p, "vision_ms", 1e3 * median(tvis, p->reps));
+    x_add(p, "prefill_ms", 1e3 * median(tpre, p->reps));
+    x_add(p, "first_token", first);
+    rc = 0;
+out:
+    tjFree(jpg);
+    return rc;
+}
+
+/* One end-to-end run: JPEG decode -> vision -> prompt -> merge -> prefill -> n_new greedy tokens, stop ids
+ * ignored (random weights may emit one early; the seed's measurement generated all 1000). */
+static int seed_once(struct bench *b, const unsigned char *jpg, unsigned long n_jpg, const char *content, int n_new,
+                     double tm[5], int *n_prompt, int *first_stop, struct err *e)
+{
+    struct engine *g = b->g;
+    struct image im = {0};
+    struct chat_grid grid;
+    struct tensor img = {0}, emb = {0};
+    int32_t *ids = NULL;
+    int n_ids = 0, pieces = 0, rc = -1;
+    struct chat_msg m = {"user", content};
+    struct sampler s;
+    struct sampler_params sp;
+    sampler_defaults(&sp);
+    sp.greedy = true;
+    sp.repetition_penalty = 1.0f;
+    if (sampler_init(&s, &sp, g->cfg.vocab_size)) return err_set(e, "out of memory");
+    sync_all(g);
+    double t0 = time_now();
+    if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
+    if (engine_encode_images(g, &im, 1, &grid, &img, &pieces, e)) goto out;
+    double t1 = time_now();
+    if (chat_build_ids(g->tok, NULL, &m, 1, &grid, 1, g->cfg.query_num, 0, &ids, &n_ids, e)) goto out;
+    if ((int64_t)n_ids + n_new > g->llm.ctx) {
+        err_set(e, "%d prompt + %d new tokens exceed --ctx %lld", n_ids, n_new, (long long)g->llm.ctx);
+        goto out;
+    }
+    if (engine_merge_embeddings(g, ids, n_ids, &img, pieces, &emb, e)) goto out;
+    llm_truncate(&g->llm, 0);
+    if (llm_forward(&g->llm, NULL, &emb, n_ids, b->logits, e)) goto out;
+    int32_t tok = sampler_sample(&s, b->logits);
+    double t2 = time_now();
+    *first_stop = engine_is_stop(g, tok) ? 0 : -1;
+    for (int i = 1; i < n_new; i++) {
+        if (llm_forward(&g->llm, &tok, NULL, 1, b->logits, e)) goto out;
+        tok = sampler_sample(&s, b->logits);
+        if (*first_stop < 0 && engine_is_stop(g, tok)) *first_stop = i;
+    }
+    sync_all(g);
+    double t3 = time_now();
+    tm[0] = t3 - t0; /* end to end */
+    tm[1] = t1 - t0; /* jpeg decode + vision */
+    tm[2] = t2 - t1; /* prompt, merge, prefill, first token */
+    tm[3] = t3 - t2; /* the other n_new - 1 tokens */
+    tm[4] = t2 - t0; /* time to first token */
+    *n_prompt = n_ids;
+    rc = 0;
+out:
+    sampler_free(&s);
+    image_free(&im);
+    if (img.data) dev_free(img.dev, img.data);
+    if (emb.data) dev_free(emb.dev, emb.data);
+    free(ids);
+    return rc;
+}
+
+static int run_seed(struct bench *b, struct phase *p, struct err *e)
+{
+    struct engine *g = b->g;
+    if (!g->tok) return err_set(e, "needs tokenizer.json in the model folder");
+    struct image_slice_plan plan;
+    if (image_slice_plan(&plan, 1344, 1344, g->pp.scale_resolution, g->pp.patch_size, g->pp.max_slice_nums, e))
+        return -1;
+    struct chat_grid grid = {plan.cols, plan.rows};
+    int words = 0, n_target = 0, n_prompt = 0, first_stop = -1;
+    if (seed_words(b, &grid, b->seed_prompt, &words, &n_target, e)) return -1;
+    char *content = seed_content(words);
+    unsigned char *jpg = NULL;
+    unsigned long n_jpg = 0;
+    if (!content) return err_set(e, "out of memory");
+    if (gen_jpeg(1344, 1344, 7, &jpg, &n_jpg, e)) { free(content); return -1; }
+    double tm[5], acc[5][BENCH_MAX_REPS];
+    int rc = -1, reps = b->seed_reps;
+    /* warm-up: the same shapes with 8 new tokens */
+    if (seed_once(b, jpg, n_jpg, content, 8, tm, &n_prompt, &first_stop, e)) goto out;
+    for (int r = 0; r < reps; r++) {
+        if (seed_once(b, jpg, n_jpg, content, b->seed_new, tm, &n_prompt, &first_stop, e)) goto out;
+        for (int k = 0; k < 5; k++) acc[k][r] = tm[k];
+        p->t[p->reps++] = tm[0];
+    }
+    if (n_prompt != n_target) { err_set(e, "prompt has %d tokens, planned %d", n_prompt, n_target); goto out; }
+    p->med = median(p->t, p->reps);
+    p->value = p->med;
+    p->unit = "s";
+    x_add(p, "n_prompt", n_prompt);
+    x_add(p, "n_new", b->seed_new);
+    x_add(p, "filler_words", words);
+    x_add(p, "vision_ms", 1e3 * median(acc[1], reps));
+    x_add(p, "prefill_ms", 1e3 * median(acc[2], reps));
+    x_add(p, "ttft_ms", 1e3 * median(acc[4], reps));
+    x_add(p, "decode_s", median(acc[3], reps));
+    x_add(p, "decode_tok_s", (b->seed_new - 1) / median(acc[3], reps));
+    x_add(p, "first_stop_at", first_stop); /* -1: no stop id among the generated tokens */
+    rc = 0;
+out:
+    free(content);
+    tjFree(jpg);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ setup, report */
+
+static const char *const DEFAULT_PHASES = "prefill512,prefill3000,decode512,decode4096,vision1,vision10,ttft,seedcase";
+
+static int parse_phases(const char *list, struct phase *ph, int *n, struct err *e)
+{
+    char buf[512];
+    if (!strcmp(list, "all")) list = DEFAULT_PHASES;
+    if (strlen(list) >= sizeof buf) return err_set(e, "--only: list too long");
+    strcpy(buf, list);
+    *n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (*n == BENCH_MAX_PHASES) return err_set(e, "--only: at most %d phases", BENCH_MAX_PHASES);
+        struct phase *p = &ph[*n];
+        memset(p, 0, sizeof *p);
+        long long v = 0;
+        struct err ie;
+        if (!strncmp(t, "prefill", 7) && !cmdu_int("--only prefillN", t + 7, 1, 1 << 20, &v, &ie)) p->kind = PK_PREFILL;
+        else if (!strncmp(t, "decode", 6) && !cmdu_int("--only decodeN", t + 6, 1, 1 << 20, &v, &ie)) p->kind = PK_DECODE;
+        else if (!strcmp(t, "vision1") || !strcmp(t, "vision10")) { p->kind = PK_VISION; v = atoi(t + 6); }
+        else if (!strcmp(t, "ttft")) p->kind = PK_TTFT;
+        else if (!strcmp(t, "seedcase")) p->kind = PK_SEED;
+        else
+            return err_set(e, "--only: unknown phase '%s' (prefillN, decodeN, vision1, vision10, ttft, seedcase, all)", t);
+        p->n = v;
+        snprintf(p->name, sizeof p->name, "%s", t);
+        (*n)++;
+    }
+    if (!*n) return err_set(e, "--only: empty list");
+    return 0;
+}
+
+/* Weight bytes one decode step streams: every manifest tensor of the decoder layers, the final norm and
+ * lm_head (the embedding table is gathered one row per token, not streamed). From the manifest, so it
+ * does not depend on how the loader lays the weights out (fused or not). */
+static int decode_weight_bytes(const struct engine *g, int64_t *out, struct err *e)
+{
+    struct manifest_entry *m = NULL;
+    int n = model_manifest(&g->cfg, &m, e);
+    if (n < 0) return -1;
+    int64_t s = 0;
+    for (int i = 0; i < n; i++) {
+        if (m[i].unit != UNIT_LAYER && m[i].unit != UNIT_NORM && m[i].unit != UNIT_LM_HEAD) continue;
+        int64_t k = 1;
+        for (int d = 0; d < m[i].ndim; d++) k *= m[i].shape[d];
+        s += k * (int64_t)dtype_size(g->model.wdtype);
+    }
+    free(m);
+    *out = s;
+    return 0;
+}
+
+struct memrow {
+    struct device dev;
+    int64_t weights, kv, buffers, peak, total;
+};
+
+static int mem_rows(const struct bench *b, struct memrow *rows)
+{
+    const struct engine *g = b->g;
+    int n = 0;
+    for (int i = 0; i < g->pl.n_devices; i++) {
+        struct device d = g->pl.devs[i];
+        int k = 0;
+        while (k < n && !device_eq(rows[k].dev, d)) k++;
+        if (k == n) {
+            memset(&rows[n], 0, sizeof rows[n]);
+            rows[n++].dev = d;
+        }
+        int64_t kv = 0;
+        for (int l = 0; l < g->cfg.num_hidden_layers; l++)
+            if (g->pl.layer[l] == i) kv += 2 * (int64_t)tensor_nbytes(&g->llm.cache[l].k);
+        rows[k].weights += (int64_t)g->model.bytes_per_device[i];
+        rows[k].kv += kv;
+        rows[k].buffers += (int64_t)llm_device_bytes(&g->llm, i) - kv;
+    }
+    for (int k = 0; k < n; k++) {
+        if (rows[k].dev.kind == DEVICE_CPU) {
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            rows[k].peak = (int64_t)ru.ru_maxrss * 1024; /* peak RSS, mapped weight pages included */
+            continue;
+        }
+        for (int j = 0; j < b->n_gpu; j++)
+            if (b->gpu[j] == rows[k].dev.ordinal) {
+                rows[k].peak = (int64_t)b->free0[j] - (int64_t)b->min_free[j];
+                rows[k].total = (int64_t)b->total[j];
+            }
+    }
+    return n;
+}
+
+static void dev_label(struct device d, char *buf, size_t n)
+{
+    if (d.kind == DEVICE_CPU) snprintf(buf, n, "cpu");
+    else snprintf(buf, n, "cuda:%d", d.ordinal);
+}
+
+static void print_report(const struct bench *b, const struct phase *ph, int n_ph)
+{
+    const struct engine *g = b->g;
+    printf("\nminicpmv bench: %d layers, d=%d, %s, ctx %lld, prefill chunk %lld, reps %d (median)\n",
+           g->cfg.num_hidden_layers, g->cfg.hidden_size, dtype_name(g->llm.act), (long long)g->llm.ctx,
+           (long long)g->llm.max_batch, b->reps);
+    printf("%-12s %14s  %s\n", "phase", "result", "details");
+    for (int i = 0; i < n_ph; i++) {
+        const struct phase *p = &ph[i];
+        if (!p->ran) {
+            printf("%-12s %14s  %s\n", p->name, "-", p->err);
+            continue;
+        }
+        char v[32];
+        snprintf(v, sizeof v, "%.*f %s", p->value >= 100 ? 0 : 2, p->value, p->unit);
+        printf("%-12s %14s ", p->name, v);
+        for (int k = 0; k < p->n_x; k++) {
+            const double x = p->xv[k];
+            if (strstr(p->xk[k], "bytes")) printf(" %s=%.3gGB", p->xk[k], x / 1e9);
+            else if (x == floor(x) && fabs(x) < 1e9) printf(" %s=%.0f", p->xk[k], x);
+            else printf(" %s=%.4g", p->xk[k], x);
+        }
+        printf("\n");
+    }
+    struct memrow rows[MODEL_MAX_DEVICES];
+    int n = mem_rows(b, rows);
+    printf("\nmemory      %10s %10s %10s %12s %14s\n", "weights", "KV", "buffers", "peak used",
+           "beyond W+KV");
+    for (int k = 0; k < n; k++) {
+        char lab[16];
+        dev_label(rows[k].dev, lab, sizeof lab);
+        printf("%-11s %7.2f GiB %6.2f GiB %6.2f GiB %8.2f GiB %10.2f GiB%s\n", lab, rows[k].weights / GIB,
+               rows[k].kv / GIB, rows[k].buffers / GIB, rows[k].peak / GIB,
+               (rows[k].peak - rows[k].weights - rows[k].kv) / GIB,
+               rows[k].dev.kind == DEVICE_CPU ? "  (peak RSS of the process)" : "");
+    }
+    if (b->n_gpu)
+        printf("(GPU peak = free memory before loading - the least free memory seen%s)\n",
+               b->poll_ms ? "; polled by a thread" : " after each phase; --mem-poll 1 also sees transient peaks");
+}
+
+static int write_json(const struct bench *b, const struct phase *ph, int n_ph, const char *model, const char *path,
+                      struct err *e)
+{
+    const struct engine *g = b->g;
+    cJSON *root = cJSON_CreateObject(), *phs = cJSON_CreateObject(), *mem = cJSON_CreateObject(),
+          *devs = cJSON_CreateArray();
+    if (!root || !phs || !mem || !devs) {
+        cJSON_Delete(root); cJSON_Delete(phs); cJSON_Delete(mem); cJSON_Delete(devs);
+        return err_set(e, "out of memory");
+    }
+    cJSON_AddStringToObject(root, "tool", "minicpmv bench");
+    cJSON_AddStringToObject(root, "model", model);
+    cJSON_AddStringToObject(root, "dtype", dtype_name(g->llm.act));
+    cJSON_AddNumberToObject(root, "ctx", (double)g->llm.ctx);
+    cJSON_AddNumberToObject(root, "max_batch", (double)g->llm.max_batch);
+    cJSON_AddNumberToObject(root, "reps", b->reps);
+    cJSON_AddNumberToObject(root, "load_s", g->load_seconds);
+    cJSON_AddNumberToObject(root, "decode_weight_bytes", (double)b->decode_weight_bytes);
+    char lab[16];
+    dev_label(g->pl.devs[g->pl.embed], lab, sizeof lab);
+    cJSON_AddStringToObject(root, "device", lab);
+    for (int i = 0; i < n_ph; i++) {
+        const struct phase *p = &ph[i];
+        cJSON *o = cJSON_AddObjectToObject(phs, p->name);
+        if (!o) continue;
+        if (!p->ran) {
+            cJSON_AddStringToObject(o, "error", p->err);
+            continue;
+        }
+        cJSON_AddNumberToObject(o, "value", p->value);
+        cJSON_AddStringToObject(o, "unit", p->unit);
+        cJSON_AddBoolToObject(o, "higher_better", p->higher_better);
+        cJSON_AddNumberToObject(o, "median_s", p->med);
+        cJSON *ts = cJSON_AddArrayToObject(o, "times_s");
+        for (int r = 0; ts && r < p->reps; r++) cJSON_AddItemToArray(ts, cJSON_CreateNumber(p->t[r]));
+        for (int k = 0; k < p->n_x; k++) cJSON_AddNumberToObject(o, p->xk[k], p->xv[k]);
+        if (b->n_gpu) {
+            cJSON *pk = cJSON_AddArrayToObject(o, "peak_used_bytes");
+            for (int j = 0; pk && j < b->n_gpu; j++) cJSON_AddItemToArray(pk, cJSON_CreateNumber((double)p->peak_used[j]));
+        }
+    }
+    cJSON_AddItemToObject(root, "phases", phs);
+    struct memrow rows[MODEL_MAX_DEVICES];
+    int n = mem_rows(b, rows);
+    for (int k = 0; k < n; k++) {
+        cJSON *d = cJSON_CreateObject();
+        if (!d) continue;
+        dev_label(rows[k].dev, lab, sizeof lab);
+        cJSON_AddStringToObject(d, "device", lab);
+        cJSON_AddNumberToObject(d, "weights_bytes", (double)rows[k].weights);
+        cJSON_AddNumberToObject(d, "kv_bytes", (double)rows[k].kv);
+        cJSON_AddNumberToObject(d, "buffers_bytes", (double)rows[k].buffers);
+        cJSON_AddNumberToObject(d, "peak_used_bytes", (double)rows[k].peak);
+        cJSON_AddNumberToObject(d, "beyond_weights_kv_bytes", (double)(rows[k].peak - rows[k].weights - rows[k].kv));
+        cJSON_AddNumberToObject(d, "total_bytes", (double)rows[k].total);
+        cJSON_AddStringToObject(d, "method", rows[k].dev.kind == DEVICE_CPU ? "peak RSS" :
+                                b->poll_ms ? "free memory before load - min free (polled)" :
+                                "free memory before load - min free (after each phase)");
+        cJSON_AddItemToArray(devs, d);
+    }
+    cJSON_AddItemToObject(mem, "devices", devs);
+    cJSON_AddNumberToObject(mem, "poll_ms", b->poll_ms);
+    cJSON_AddItemToObject(root, "memory", mem);
+    char *s = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!s) return err_set(e, "out of memory");
+    FILE *f = fopen(path, "w");
+    int rc = 0;
+    if (!f || fputs(s, f) < 0 || fputc('\n', f) < 0) rc = err_set(e, "--json %s: cannot write", path);
+    if (f && fclose(f)) rc = err_set(e, "--json %s: cannot write", path);
+    free(s);
+    return rc;
+}
+
+static const char BENCH_HELP[] =
+    "usage: minicpmv bench --model DIR [--only LIST] [--reps N] [--json FILE] [flags]\n"
+    "  --only LIST          comma list of prefillN, decodeN (N = tokens / context), vision1, vision10, ttft,\n"
+    "                       seedcase, or all (default: %s)\n"
+    "  --reps N             timed repetitions per phase after one warm-up; the median is reported (default 5)\n"
+    "  --decode-steps N     decode steps timed per repetition (default 128)\n"
+    "  --seed-prompt N      seed case: prompt tokens, image included (default 3000)\n"
+    "  --seed-new N         seed case: generated tokens, stop ids ignored (default 1000)\n"
+    "  --seed-reps N        seed case repetitions (default 1)\n"
+    "  --rng-seed N         seed of the random token ids (default 1)\n"
+    "  --mem-poll MS        also sample GPU free memory every MS ms from a thread (default 0: only after\n"
+    "                       each phase, which misses allocations freed inside a phase)\n"
+    "  --peak-gbs X         the card's measured bandwidth: decode also prints %% of it\n"
+    "  --json FILE          write the results for tools/bench_compare.py\n"
+    "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
+
+int cmd_bench(int argc, char **argv)
+{
+    struct err e = {{0}};
+    struct engine_options o;
+    engine_options_default(&o);
+    struct devmap_opts dmo;
+    devmap_opts_init(&dmo);
+    o.devmap = &dmo;
+    struct bench b;
+    memset(&b, 0, sizeof b);
+    b.reps = 5;
+    b.decode_steps = 128;
+    b.seed_prompt = 3000;
+    b.seed_new = 1000;
+    b.seed_reps = 1;
+    b.seed = 1;
+    pthread_mutex_init(&b.mu, NULL);
+    struct phase ph[BENCH_MAX_PHASES];
+    int n_ph = 0, rc = 1;
+    const char *only = DEFAULT_PHASES, *json = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r = cmdu_engine_flag(&o, &dmo, argc, argv, &i, &e);
+        if (r < 0) goto out;
+        if (r > 0) continue;
+        const char *f = argv[i], *v;
+        long long n;
+        if (!strcmp(f, "--only")) {
+            if (!(only = cmdu_value(argc, argv, &i, &e))) goto out;
+        } else if (!strcmp(f, "--json")) {
+            if (!(json = cmdu_value(argc, argv, &i, &e))) goto out;
+        } else if (!strcmp(f, "--reps") || !strcmp(f, "--decode-steps") || !strcmp(f, "--seed-prompt") ||
+                   !strcmp(f, "--seed-new") || !strcmp(f, "--seed-reps") || !strcmp(f, "--rng-seed") ||
+                   !strcmp(f, "--mem-poll")) {
+            const long long hi = !strcmp(f, "--reps") || !strcmp(f, "--seed-reps") ? BENCH_MAX_REPS : 1 << 20;
+            const long long lo = !strcmp(f, "--rng-seed") || !strcmp(f, "--mem-poll") ? 0 : 1;
+            if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, lo, hi, &n, &e)) goto out;
+            if (!strcmp(f, "--reps")) b.reps = (int)n;
+            else if (!strcmp(f, "--decode-steps")) b.decode_steps = (int)n;
+            else if (!strcmp(f, "--seed-prompt")) b.seed_prompt = (int)n;
+            else if (!strcmp(f, "--seed-new")) b.seed_new = (int)n;
+            else if (!strcmp(f, "--seed-reps")) b.seed_reps = (int)n;
+            else if (!strcmp(f, "--rng-seed")) b.seed = (uint64_t)n;
+            else b.poll_ms = (int)n;
+        } else if (!strcmp(f, "--peak-gbs")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
+            char *end;
+            b.peak_gbs = strtod(v, &end);
+            if (*end || !(b.peak_gbs > 0)) { err_set(&e, "--peak-gbs: '%s' is not a positive number", v); goto out; }
+        } else if (!strcmp(f, "--help")) {
+            printf(BENCH_HELP, DEFAULT_PHASES);
+            printf("%s%s", cmdu_engine_help, devmap_opts_help());
+            rc = 0;
+            goto out;
+        } else {
+            err_set(&e, "unknown flag '%s' (see minicpmv bench --help)", f);
+            goto out;
+        }
+    }
+    if (parse_phases(only, ph, &n_ph, &e)) goto out;
+
+    /* KV capacity: the longest phase, unless --ctx says otherwise */
+    int64_t need = 0;
+    const char *need_by = "";
+    for (int i = 0; i < n_ph; i++) {
+        int64_t k = ph[i].kind == PK_PREFILL ? ph[i].n : ph[i].kind == PK_DECODE ? ph[i].n + b.decode_steps
+                    : ph[i].kind == PK_SEED ? (int64_t)b.seed_prompt + b.seed_new : 0;
+        if (k > need) { need = k; need_by = ph[i].name; }
+    }
+    if (dmo.params.ctx > 0 && dmo.params.ctx < need) {
+        err_set(&e, "--ctx %lld is too small for %s (needs %lld tokens)", (long long)dmo.params.ctx, need_by,
+                (long long)need);
+        goto out;
+    }
+    if (dmo.params.ctx <= 0 && need > 4096) dmo.params.ctx = (need + 255) / 256 * 256;
+
+    /* GPU memory baseline before anything is loaded (after the CUDA context exists) */
+    struct backend_info bi;
+    backend_query(&bi);
+    if (!(o.device && !strcmp(o.device, "cpu")) && dmo.n_gpus != 0) {
+        int n = dmo.n_gpus > 0 ? dmo.n_gpus : bi.n_gpus;
+        for (int i = 0; i < n && b.n_gpu < MODEL_MAX_DEVICES; i++) {
+            int ord = dmo.n_gpus > 0 ? dmo.gpus[i] : i;
+            size_t fr, tot;
+            struct err me;
+            if (ord >= bi.n_gpus || dev_mem_info(device_cuda(ord), &fr, &tot, &me)) continue;
+            b.gpu[b.n_gpu] = ord;
+            b.free0[b.n_gpu] = b.min_free[b.n_gpu] = fr;
+            b.total[b.n_gpu++] = tot;
+        }
+    }
+    if (b.poll_ms > 0 && b.n_gpu > 0) {
+        if (pthread_create(&b.th, NULL, mem_poller, &b)) { err_set(&e, "--mem-poll: cannot start a thread"); goto out; }
+        b.th_running = 1;
+    }
+    if (engine_open(&b.g, &o, &e)) goto out;
+    fprintf(stderr, "bench: model loaded in %.1f s\n", b.g->load_seconds);
+    if (decode_weight_bytes(b.g, &b.decode_weight_bytes, &e)) goto out;
+    if (!(b.logits = malloc((size_t)b.g->cfg.vocab_size * sizeof *b.logits))) { err_set(&e, "out of memory"); goto out; }
+    mem_sample(&b);
+
+    for (int i = 0; i < n_ph; i++) {
+        struct phase *p = &ph[i];
+        struct err pe = {{0}};
+        phase_mem_begin(&b);
+        double t0 = time_now();
+        int prc = p->kind == PK_PREFILL ? run_prefill(&b, p, &pe) : p->kind == PK_DECODE ? run_decode(&b, p, &pe)
+                  : p->kind == PK_VISION ? run_vision(&b, p, &pe) : p->kind == PK_TTFT ? run_ttft(&b, p, &pe)
+                  : run_seed(&b, p, &pe);
+        phase_mem_end(&b, p);
+        llm_truncate(&b.g->llm, 0);
+        if (prc) snprintf(p->err, sizeof p->err, "failed: %s", pe.msg);
+        else if (!(p->value > 0) || !isfinite(p->value)) snprintf(p->err, sizeof p->err, "failed: no valid timing");
+        else p->ran = 1;
+        fprintf(stderr, "bench: %-12s %s (%.1f s)\n", p->name, p->ran ? "done" : p->err, time_now() - t0);
+    }
+    print_report(&b, ph, n_ph);
+    if (json && write_json(&b, ph, n_ph, o.model_dir, json, &e)) goto out;
+    rc = 0;
+    for (int i = 0; i < n_ph; i++)
+        if (!ph[i].ran) rc = 1;
+    if (rc) err_set(&e, "some phases failed (see the table)");
+out:
+    if (b.th_running) {
+        atomic_store(&b.stop, 1);
+        pthread_join(b.th, NULL);
+    }
+    if (rc && e.msg[0]) fprintf(stderr, "minicpmv bench: %s\n", e.msg);
+    free(b.logits);
+    engine_close(b.g);
+    pthread_mutex_destroy(&b.mu);
+    return rc;
+}
