@@ -72,6 +72,15 @@ for stage in "$@"; do
     OMP_NUM_THREADS=1 build-dev/tests/test_image --bench /tmp/b1344.jpg 2>&1 | tail -1
     python3 tools/ref_image.py /tmp/imgfx 2>&1 | grep Pillow
     ;;
+  bench)
+    # minicpmv bench and the HF transformers equivalent, same card, same run (docs/BENCH.md)
+    FULL=/tmp/full
+    [ -f $FULL/config.json ] || $B mkmodel --out $FULL --size full --seed 1 | tail -1
+    $B bench --model $FULL --device cuda --quiet --mem-poll 1 --json "$OUT/bench_ours.json" 2>&1 | tee "$OUT/bench_ours.txt" | tail -30
+    python3 tools/bench_hf.py --model $FULL --json "$OUT/bench_hf.json" ${HF_ONLY:+--only $HF_ONLY} 2>&1 | tee "$OUT/bench_hf.txt" | tail -25
+    python3 tools/bench_compare.py "$OUT/bench_ours.json" "$OUT/bench_hf.json" --out "$OUT/bench_compare.md"
+    cat "$OUT/bench_compare.md"
+    ;;
   tests)
     for t in build-dev/tests/test_*; do case $t in *.log) continue;; esac; $t > /tmp/t.out 2>&1; tail -1 /tmp/t.out; grep -aE "FAIL|assert|CHECK" /tmp/t.out | head -5; done
     ;;
