@@ -61,7 +61,6 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
 /* Whether tok ends generation. */
 int engine_is_stop(const struct engine *g, int32_t tok);
 
-#endif
 
 /* ---- chat with images (spec §6, §8) ---- */
 struct image;
@@ -107,3 +106,5 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
 /* Prompt embeddings with image rows merged: out [n, d] on the embed device (allocated). */
 int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const struct tensor *img_tokens,
                             int n_pieces, struct tensor *out, struct err *e);
+
+#endif

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "devmap.h"
 #include "engine.h"
 #include "safetensors.h"
 #include "t.h"
@@ -209,6 +210,45 @@ static void test_split_equals_single(void)
     }
 }
 
+/* The planner's split: the CPU as three logical devices with their own budgets (the path a
+ * multi-GPU split takes: own buffers and KV per device, hops between them). */
+static void test_devmap_split(void)
+{
+    const int32_t ids[] = {128000, 128006, 882, 128007, 271, 9906, 1917, 0, 358, 2846, 220, 4513, 128009};
+    const int n = (int)(sizeof ids / sizeof ids[0]);
+    struct devmap_opts dm;
+    devmap_opts_init(&dm);
+    char *argv[] = {"x", "--logical-devices", "cpu:3", "--max-memory", "cpu.0=400MiB,cpu.1=40MiB,cpu.2=40MiB",
+                    "--ctx", "128"};
+    struct err e = {{0}};
+    for (int i = 1; i < 7; i++) T_ASSERTF(devmap_opts_parse(&dm, 7, argv, &i, &e) == 1, "%s", e.msg);
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_dir = t_tiny_model(1);
+    o.device = "cpu";
+    o.dtype = DTYPE_F32;
+    o.devmap = &dm;
+    o.quiet = 1;
+    struct engine *b = NULL, *a = open_tiny(DTYPE_F32, 1, 0);
+    T_ASSERTF(engine_open(&b, &o, &e) == 0, "%s", e.msg);
+    if (!a || !b) { engine_close(a); engine_close(b); return; }
+    T_EQ_INT(b->pl.n_devices, 3);
+    int used[3] = {0};
+    for (int l = 0; l < b->cfg.num_hidden_layers; l++) used[b->pl.layer[l]] = 1;
+    T_ASSERTF(used[0] + used[1] + used[2] >= 2, "the plan put every layer on one logical device");
+    const int V = a->cfg.vocab_size;
+    float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4);
+    int32_t ta[12], tb[12];
+    run_greedy(a, ids, n, la, ta);
+    run_greedy(b, ids, n, lb, tb);
+    T_ASSERT(memcmp(la, lb, (size_t)V * 4) == 0);
+    T_ASSERT(memcmp(ta, tb, sizeof ta) == 0);
+    free(la);
+    free(lb);
+    engine_close(a);
+    engine_close(b);
+}
+
 static void test_chunked_prefill(void)
 {
     int32_t ids[40];
@@ -254,6 +294,7 @@ int main(void)
     if (bi.n_gpus > 0) T_RUN(test_fixture_cuda);
     else T_SKIP(test_fixture_cuda, "no CUDA device");
     T_RUN(test_split_equals_single);
+    T_RUN(test_devmap_split);
     T_RUN(test_chunked_prefill);
     return t_main_end("test_llm");
 }

@@ -19,8 +19,13 @@ static int print_chunk(void *ctx, const char *text, size_t len)
     return 0;
 }
 
+int cmd_repl_wants(int argc, char **argv); /* tools/cmd_repl.c */
+int cmd_repl(int argc, char **argv);
+
 int cmd_chat(int argc, char **argv)
 {
+    /* no -p: the interactive REPL; --beams: beam search (both in tools/cmd_repl.c) */
+    if (cmd_repl_wants(argc, argv)) return cmd_repl(argc, argv);
     struct err e = {{0}};
     struct engine_options o;
     engine_options_default(&o);
@@ -60,7 +65,9 @@ int cmd_chat(int argc, char **argv)
             printf("usage: minicpmv chat --model DIR [--image FILE]... -p \"question\" [--system S] [flags]\n%s%s"
                    "  --max-new-tokens N   answer length limit (default 1024)\n"
                    "  --stream             print the answer as it is generated\n"
-                   "  --timings            print vision/prefill/decode times on stderr\n",
+                   "  --timings            print vision/prefill/decode times on stderr\n"
+                   "  --beams N            beam search with N beams (chat(sampling=False) is 3, penalty 1.2)\n"
+                   "  (without -p: an interactive chat; /image PATH, /reset, /exit)\n",
                    cmdu_engine_help, cmdu_sampler_help);
             printf("%s", devmap_opts_help());
             return 0;

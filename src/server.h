@@ -1,0 +1,132 @@
+/* server.h: the OpenAI-compatible HTTP server (docs/SERVER.md) and the one-turn chat runner it shares
+ * with the interactive REPL.
+ *
+ * Owns: (server_chat.c) a chat turn on top of engine.h with an image-encoding cache, beam search,
+ * stop strings, cancellation and a text pipeline whose streamed deltas concatenate to exactly the
+ * non-streamed answer (spec §8 clean-up: ids 0, a leading BOS and the stop id dropped, clean-up spaces,
+ * strip; then cut before the first stop string); (server_json.c) parsing and validating
+ * /v1/chat/completions bodies into a turn, the response/chunk/error JSON; (server_http.c) libmicrohttpd,
+ * the bounded queue, the single worker that owns the engine, streaming, disconnects, shutdown.
+ * Does not own: the model, the prompt template (chat.h), sampling (sampler.h), beam search (beam.h).
+ * Invariants: one engine serves one request at a time (the worker thread); HTTP threads only read the
+ * tokenizer and configs; every buffer grown from a request is bounded (body size, images, stop strings,
+ * messages). */
+#ifndef MINICPMV_SERVER_H
+#define MINICPMV_SERVER_H
+
+#include <stdatomic.h>
+
+#include "chat.h"
+/* engine.h's chat part sits after its include guard (the lead knows); include it once only */
+#ifndef MINICPMV_ENGINE_H
+#include "engine.h"
+#endif
+#include "image.h"
+
+/* ---- one chat turn (server_chat.c) ---- */
+#define SERVER_MAX_STOP 4
+#define SERVER_MAX_STOP_LEN 256
+
+/* Image encodings kept by content (the ordered list of a request's images, compared byte for byte):
+ * the images of one prompt are encoded in one vision batch (padding takes part in attention, spec
+ * §3.2), so the cache key is the whole list; a multi-turn chat about the same images hits it. */
+struct server_cache;
+int server_cache_init(struct server_cache **out, int capacity, struct err *e);
+void server_cache_free(struct server_cache *c); /* accepts NULL */
+int server_cache_hits(const struct server_cache *c);
+
+struct server_turn {
+    const char *system;             /* may be NULL */
+    const struct chat_msg *msgs;    /* contents hold CHAT_IMAGE_MARKER per image, in order */
+    int n_msgs;
+    const struct image *images;
+    int n_images;
+    int max_new;                    /* > 0 */
+    struct sampler_params sp;
+    int num_beams;                  /* > 1: beam search (sp.repetition_penalty applies per beam) */
+    float length_penalty;
+    const char *stop[SERVER_MAX_STOP];
+    int n_stop;
+    const atomic_int *cancel;       /* may be NULL; non-zero stops generation */
+    engine_text_cb cb;              /* may be NULL: answer text as it becomes final */
+    void *cb_ctx;
+};
+
+struct server_turn_result {
+    char *text;                     /* the answer (malloc'd) */
+    int n_prompt, n_gen;            /* tokens; n_gen counts every generated id, the stop id included */
+    const char *finish;             /* "stop" or "length" */
+    int cancelled;
+    int image_cached;               /* 1: the images came from the cache */
+    double t_vision, t_prefill, t_decode;
+};
+
+/* Counts the prompt tokens of a turn without touching the engine's session (thread-safe: tokenizer
+ * and configs only). Fails when an image cannot be planned or markers and images disagree. */
+int server_prompt_tokens(const struct engine *g, const struct server_turn *t, int *n, struct err *e);
+/* Runs the turn on g (resets the KV cache). e is set and -1 returned on failure; *stage says where:
+ * 0 = input (images, prompt length: the caller's fault), 1 = engine. */
+int server_turn_run(struct engine *g, struct server_cache *c, const struct server_turn *t,
+                    struct server_turn_result *r, int *stage, struct err *e);
+void server_turn_result_free(struct server_turn_result *r);
+
+/* ---- requests (server_json.c) ---- */
+struct server_limits {
+    size_t max_body;                /* request body bytes (413 above) */
+    int max_images;                 /* per request */
+    int max_messages;
+    int64_t max_pixels;             /* per image (decoded w*h) */
+    const char *allow_dir;          /* local image files allowed under this directory; NULL = none */
+    int default_beams;              /* --beams: 0/1 = the sampling defaults */
+};
+
+/* A parsed /v1/chat/completions request. */
+struct server_request {
+    struct server_turn turn;
+    struct chat_msg *msgs;
+    char **texts;                   /* owned message contents */
+    char *system;
+    struct image *images;
+    char *stop_buf[SERVER_MAX_STOP];
+    int stream, include_usage;
+    int max_tokens;                 /* -1 = not given */
+};
+
+/* Parses and validates body. On failure returns the HTTP status (400/413) with an OpenAI error JSON in
+ * *err_json (malloc'd); on success 0. */
+int server_request_parse(struct server_request *rq, const char *body, size_t len, const struct engine *g,
+                         const struct server_limits *lim, char **err_json);
+void server_request_free(struct server_request *rq);
+/* {"error":{"message":...,"type":...,"param":...,"code":...}} (malloc'd); param/code may be NULL. */
+char *server_error_json(const char *message, const char *type, const char *param, const char *code);
+/* The chat.completion object, one chunk (delta text, or the closing chunk when text is NULL), usage chunk. */
+char *server_completion_json(const char *id, long created, const char *model, const struct server_turn_result *r);
+char *server_chunk_json(const char *id, long created, const char *model, const char *text, size_t len,
+                        int first, const char *finish);
+char *server_usage_chunk_json(const char *id, long created, const char *model, int n_prompt, int n_gen);
+
+/* ---- the HTTP server (server_http.c) ---- */
+struct server_options {
+    const char *host;               /* "127.0.0.1" */
+    int port;                       /* 0 = pick a free one (server_port tells which) */
+    const char *model_name;         /* what /v1/models lists */
+    int queue;                      /* waiting requests beyond the one running (503 above) */
+    int image_cache;                /* cached image sets */
+    int max_connections;
+    int log_requests;               /* one line per request on stderr */
+    struct server_limits lim;
+};
+void server_options_default(struct server_options *o);
+
+struct server;
+int server_start(struct server **out, struct engine *g, const struct server_options *o, struct err *e);
+int server_port(const struct server *s);
+/* Stops accepting, lets queued and running requests finish, joins the worker, frees. */
+void server_stop(struct server *s);
+
+struct server_stats {
+    long requests, ok, client_errors, busy, cancelled, failed, cache_hits;
+};
+void server_get_stats(struct server *s, struct server_stats *st);
+
+#endif

@@ -1,0 +1,472 @@
+/* server_http.c: the HTTP side of the server (see server.h). libmicrohttpd runs one thread per
+ * connection (so handlers may block); they parse and validate, then hand a job to a bounded queue.
+ * One worker thread owns the engine and runs the jobs in order. A non-streamed request waits for its
+ * job; a streamed one returns a callback response that blocks on the job's buffer of SSE events.
+ * Both watch the client's socket (POLLRDHUP) while they wait, so a client that goes away cancels its
+ * generation; the request-completed callback cancels too. server_stop drains the queue first. */
+#include "server.h"
+
+#include <microhttpd.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct job {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    struct server *srv;
+    struct server_request rq;
+    atomic_int cancel;
+    int done;
+    int fd;                      /* the client's socket, for hang-up checks */
+    char id[64];
+    long created;
+    /* non-streamed result */
+    int status;
+    char *body;
+    /* streamed events */
+    char *buf;
+    size_t len, cap, off;
+    int sent_first;
+};
+
+struct conn {
+    char *body;
+    size_t len, cap;
+    int too_big;
+    struct job *job;
+};
+
+struct server {
+    struct engine *g;
+    struct server_options o;
+    char model_name[256];
+    struct MHD_Daemon *d;
+    int port;
+    pthread_t worker;
+    int worker_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct job **q;
+    int qhead, qn;
+    int stopping;
+    long next_id;
+    struct server_cache *cache;
+    struct server_stats st;
+};
+
+void server_options_default(struct server_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->host = "127.0.0.1";
+    o->port = 8080;
+    o->queue = 16;
+    o->image_cache = 8;
+    o->max_connections = 64;
+    o->lim.max_body = 32u << 20;
+    o->lim.max_images = 8;
+    o->lim.max_messages = 256;
+    o->lim.max_pixels = 40000000;
+}
+
+static void job_release(struct job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->mu);
+    if (left) return;
+    server_request_free(&j->rq);
+    free(j->body);
+    free(j->buf);
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+static int fd_gone(int fd)
+{
+    if (fd < 0) return 0;
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+static void stat_add(struct server *s, long *field)
+{
+    pthread_mutex_lock(&s->mu);
+    (*field)++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Appends one SSE event "data: <json>\n\n" (json freed); caller holds j->mu. */
+static void job_event(struct job *j, char *json)
+{
+    if (!json) return;
+    size_t n = strlen(json), need = j->len + n + 8;
+    if (need > j->cap) {
+        size_t nc = need * 2;
+        char *x = realloc(j->buf, nc);
+        if (!x) { free(json); return; }
+        j->buf = x;
+        j->cap = nc;
+    }
+    j->len += (size_t)sprintf(j->buf + j->len, "data: %s\n\n", json);
+    free(json);
+}
+
+static int on_text(void *ctx, const char *text, size_t len)
+{
+    struct job *j = ctx;
+    if (!j->rq.stream) return 0;
+    const char *model = j->srv->model_name;
+    pthread_mutex_lock(&j->mu);
+    job_event(j, server_chunk_json(j->id, j->created, model, text, len, !j->sent_first, NULL));
+    j->sent_first = 1;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    return 0;
+}
+
+static void run_job(struct server *s, struct job *j)
+{
+    struct server_turn_result r;
+    struct err e = {{0}};
+    int stage = 0, rc = -1;
+    double t0 = time_now();
+    j->rq.turn.cancel = &j->cancel;
+    j->rq.turn.cb = on_text;
+    j->rq.turn.cb_ctx = j;
+    if (!atomic_load(&j->cancel)) rc = server_turn_run(s->g, s->cache, &j->rq.turn, &r, &stage, &e);
+    else { e.msg[0] = 0; memset(&r, 0, sizeof r); }
+    /* counted before the answer is released, so a client sees its own request in the stats */
+    int cancelled = atomic_load(&j->cancel);
+    pthread_mutex_lock(&s->mu);
+    if (cancelled) s->st.cancelled++;
+    else if (rc == 0) s->st.ok++;
+    else if (stage == 0) s->st.client_errors++;
+    else s->st.failed++;
+    s->st.cache_hits = server_cache_hits(s->cache);
+    pthread_mutex_unlock(&s->mu);
+    const char *model = s->model_name;
+    pthread_mutex_lock(&j->mu);
+    if (rc == 0) {
+        if (j->rq.stream) {
+            job_event(j, server_chunk_json(j->id, j->created, model, NULL, 0, !j->sent_first, r.finish));
+            if (j->rq.include_usage) job_event(j, server_usage_chunk_json(j->id, j->created, model, r.n_prompt, r.n_gen));
+        } else {
+            j->status = 200;
+            j->body = server_completion_json(j->id, j->created, model, &r);
+        }
+    } else {
+        int client = stage == 0 && e.msg[0];
+        j->status = atomic_load(&j->cancel) && !e.msg[0] ? 499 : client ? 400 : 500;
+        char *ej = server_error_json(e.msg[0] ? e.msg : "request cancelled", client ? "invalid_request_error" : "server_error",
+                                     NULL, NULL);
+        if (j->rq.stream) job_event(j, ej);
+        else j->body = ej;
+    }
+    if (j->rq.stream) {
+        size_t need = j->len + 16;
+        if (need > j->cap) {
+            char *x = realloc(j->buf, need);
+            if (x) { j->buf = x; j->cap = need; }
+        }
+        if (need <= j->cap) j->len += (size_t)sprintf(j->buf + j->len, "data: [DONE]\n\n");
+    }
+    j->done = 1;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    if (s->o.log_requests)
+        fprintf(stderr, "%s: %s %s, %d prompt + %d generated tokens, %.1f ms (vision %.1f, prefill %.1f, decode %.1f)%s\n",
+                j->id, rc ? "error" : "ok", j->rq.stream ? "stream" : "json", r.n_prompt, r.n_gen,
+                1e3 * (time_now() - t0), 1e3 * r.t_vision, 1e3 * r.t_prefill, 1e3 * r.t_decode,
+                cancelled ? " (client gone)" : r.image_cached ? " (images cached)" : "");
+    if (rc == 0) server_turn_result_free(&r);
+}
+
+static void *worker_main(void *p)
+{
+    struct server *s = p;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->qn && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
+        if (!s->qn) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        struct job *j = s->q[s->qhead];
+        s->qhead = (s->qhead + 1) % s->o.queue;
+        s->qn--;
+        pthread_mutex_unlock(&s->mu);
+        run_job(s, j);
+        job_release(j);
+    }
+    return NULL;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, int status, char *json, int retry_after)
+{
+    if (!json) json = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
+    struct MHD_Response *r = MHD_create_response_from_buffer(json ? strlen(json) : 0, json, MHD_RESPMEM_MUST_FREE);
+    if (!r) { free(json); return MHD_NO; }
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    if (retry_after) MHD_add_response_header(r, "Retry-After", "1");
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, int status, const char *type, const char *code, const char *msg)
+{
+    return send_json(c, status, server_error_json(msg, type, NULL, code), status == 503);
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    struct job *j = cls;
+    pthread_mutex_lock(&j->mu);
+    while (j->off == j->len && !j->done) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        if (j->off == j->len && !j->done && fd_gone(j->fd)) {
+            atomic_store(&j->cancel, 1);
+            pthread_mutex_unlock(&j->mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+    }
+    ssize_t n;
+    if (j->off == j->len) {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        size_t k = j->len - j->off < max ? j->len - j->off : max;
+        memcpy(buf, j->buf + j->off, k);
+        j->off += k;
+        n = (ssize_t)k;
+    }
+    pthread_mutex_unlock(&j->mu);
+    return n;
+}
+
+static void stream_free(void *cls) { job_release(cls); }
+
+static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection *c, struct conn *cs)
+{
+    stat_add(s, &s->st.requests);
+    if (cs->too_big) {
+        stat_add(s, &s->st.client_errors);
+        char msg[128];
+        snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", s->o.lim.max_body);
+        return send_error(c, 413, "invalid_request_error", "request_too_large", msg);
+    }
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) return send_error(c, 500, "server_error", NULL, "out of memory");
+    char *ej = NULL;
+    int st = server_request_parse(&j->rq, cs->body ? cs->body : "", cs->len, s->g, &s->o.lim, &ej);
+    if (st) {
+        free(j);
+        stat_add(s, &s->st.client_errors);
+        return send_json(c, st, ej, 0);
+    }
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    j->srv = s;
+    j->refs = 2; /* the connection and the worker */
+    j->created = (long)time(NULL);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    j->fd = ci ? ci->connect_fd : -1;
+    pthread_mutex_lock(&s->mu);
+    int full = s->qn >= s->o.queue, stopping = s->stopping;
+    if (!full && !stopping) {
+        snprintf(j->id, sizeof j->id, "chatcmpl-%ld-%lx", ++s->next_id, (unsigned long)(time_now() * 1e6));
+        s->q[(s->qhead + s->qn) % s->o.queue] = j;
+        s->qn++;
+        pthread_cond_signal(&s->cv);
+    } else {
+        s->st.busy++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (full || stopping) {
+        j->refs = 1;
+        job_release(j);
+        return send_error(c, 503, "server_error", stopping ? "shutting_down" : "queue_full",
+                          stopping ? "the server is shutting down" : "the server is busy (request queue full); retry later");
+    }
+    cs->job = j;
+    if (j->rq.stream) {
+        pthread_mutex_lock(&j->mu);
+        j->refs++; /* the response's */
+        pthread_mutex_unlock(&j->mu);
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, j, stream_free);
+        if (!r) {
+            job_release(j);
+            atomic_store(&j->cancel, 1);
+            return MHD_NO;
+        }
+        MHD_add_response_header(r, "Content-Type", "text/event-stream");
+        MHD_add_response_header(r, "Cache-Control", "no-cache");
+        enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return ok;
+    }
+    pthread_mutex_lock(&j->mu);
+    while (!j->done) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        if (!j->done && fd_gone(j->fd)) atomic_store(&j->cancel, 1);
+    }
+    char *body = j->body;
+    j->body = NULL;
+    int status = j->status;
+    pthread_mutex_unlock(&j->mu);
+    return send_json(c, status, body, 0);
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                               const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    struct server *s = cls;
+    struct conn *cs = *con_cls;
+    if (!cs) {
+        if (!(cs = calloc(1, sizeof *cs))) return MHD_NO;
+        *con_cls = cs;
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > s->o.lim.max_body) cs->too_big = 1;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (cs->too_big || cs->len + n > s->o.lim.max_body) {
+            cs->too_big = 1;
+            return MHD_YES; /* keep reading, then answer 413 */
+        }
+        if (cs->len + n + 1 > cs->cap) {
+            size_t nc = (cs->len + n + 1) * 2;
+            if (nc > s->o.lim.max_body + 1) nc = s->o.lim.max_body + 1;
+            char *x = realloc(cs->body, nc);
+            if (!x) return MHD_NO;
+            cs->body = x;
+            cs->cap = nc;
+        }
+        memcpy(cs->body + cs->len, upload_data, n);
+        cs->len += n;
+        cs->body[cs->len] = 0;
+        return MHD_YES;
+    }
+    const int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    if (!strcmp(url, "/health")) {
+        if (!get) return send_error(c, 405, "invalid_request_error", NULL, "use GET /health");
+        pthread_mutex_lock(&s->mu);
+        char *b = malloc(128);
+        if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d}", s->stopping ? "stopping" : "ok", s->qn);
+        pthread_mutex_unlock(&s->mu);
+        return send_json(c, 200, b, 0);
+    }
+    if (!strcmp(url, "/v1/models")) {
+        if (!get) return send_error(c, 405, "invalid_request_error", NULL, "use GET /v1/models");
+        size_t n = strlen(s->model_name) + 160;
+        char *b = malloc(n);
+        if (b)
+            snprintf(b, n, "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"model\",\"created\":0,\"owned_by\":\"minicpmv\"}]}",
+                     s->model_name);
+        return send_json(c, 200, b, 0);
+    }
+    if (!strcmp(url, "/v1/chat/completions")) {
+        if (!post) return send_error(c, 405, "invalid_request_error", NULL, "use POST /v1/chat/completions");
+        return chat_completions(s, c, cs);
+    }
+    char msg[300];
+    snprintf(msg, sizeof msg, "unknown path '%.200s' (try POST /v1/chat/completions, GET /v1/models, GET /health)", url);
+    return send_error(c, 404, "invalid_request_error", "not_found", msg);
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    struct conn *cs = *con_cls;
+    if (!cs) return;
+    if (cs->job) {
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) atomic_store(&cs->job->cancel, 1);
+        job_release(cs->job);
+    }
+    free(cs->body);
+    free(cs);
+    *con_cls = NULL;
+}
+
+int server_start(struct server **out, struct engine *g, const struct server_options *o, struct err *e)
+{
+    *out = NULL;
+    if (o->queue < 1) return err_set(e, "--queue %d: must be at least 1", o->queue);
+    struct server *s = calloc(1, sizeof *s);
+    if (!s) return err_set(e, "out of memory");
+    s->g = g;
+    s->o = *o;
+    snprintf(s->model_name, sizeof s->model_name, "%s", o->model_name ? o->model_name : "minicpm-llama3-v-2_5");
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    if (!(s->q = calloc((size_t)o->queue, sizeof *s->q))) { err_set(e, "out of memory"); goto fail; }
+    if (server_cache_init(&s->cache, o->image_cache, e)) goto fail;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
+    if (inet_pton(AF_INET, o->host ? o->host : "127.0.0.1", &addr.sin_addr) != 1) {
+        err_set(e, "--host '%s': expected an IPv4 address such as 127.0.0.1", o->host);
+        goto fail;
+    }
+    if (pthread_create(&s->worker, NULL, worker_main, s)) { err_set(e, "cannot start the worker thread"); goto fail; }
+    s->worker_started = 1;
+    s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC,
+                            (uint16_t)o->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)(o->max_connections > 0 ? o->max_connections : 64), MHD_OPTION_CONNECTION_TIMEOUT,
+                            (unsigned)120, MHD_OPTION_END);
+    if (!s->d) {
+        err_set(e, "cannot listen on %s:%d (port in use?)", o->host ? o->host : "127.0.0.1", o->port);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : o->port;
+    *out = s;
+    return 0;
+fail:
+    server_stop(s);
+    return -1;
+}
+
+int server_port(const struct server *s) { return s->port; }
+
+void server_get_stats(struct server *s, struct server_stats *st)
+{
+    pthread_mutex_lock(&s->mu);
+    *st = s->st;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void server_stop(struct server *s)
+{
+    if (!s) return;
+    MHD_socket ls = s->d ? MHD_quiesce_daemon(s->d) : MHD_INVALID_SOCKET; /* no new connections */
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->worker_started) pthread_join(s->worker, NULL); /* drains the queue */
+    if (s->d) MHD_stop_daemon(s->d);                        /* waits for the connection threads */
+    if (ls != MHD_INVALID_SOCKET) close(ls);
+    server_cache_free(s->cache);
+    free(s->q);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}

@@ -1,0 +1,436 @@
+/* server_json.c: /v1/chat/completions bodies -> a validated server_request, and the response JSON.
+ * Every rejection is an OpenAI error object with a 4xx status; nothing here touches the engine's
+ * session (the tokenizer and configs are read-only). */
+#include "server.h"
+
+#include "beam.h"
+
+#include <cJSON.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MAX_TEXT_BYTES (8u << 20) /* one message's text */
+
+char *server_error_json(const char *message, const char *type, const char *param, const char *code)
+{
+    cJSON *o = cJSON_CreateObject(), *er = cJSON_AddObjectToObject(o, "error");
+    cJSON_AddStringToObject(er, "message", message);
+    cJSON_AddStringToObject(er, "type", type);
+    if (param) cJSON_AddStringToObject(er, "param", param);
+    else cJSON_AddNullToObject(er, "param");
+    if (code) cJSON_AddStringToObject(er, "code", code);
+    else cJSON_AddNullToObject(er, "code");
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* Sets *err_json and returns status. */
+static int reject(char **err_json, int status, const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int reject(char **err_json, int status, const char *param, const char *code, const char *fmt, ...)
+{
+    char msg[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    *err_json = server_error_json(msg, "invalid_request_error", param, code);
+    return status;
+}
+
+/* Strict RFC 4648 base64 (padding optional, no whitespace inside); -1 on a bad character. */
+static int b64_decode(const char *s, size_t n, uint8_t **out, size_t *out_n)
+{
+    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    int8_t m[256];
+    memset(m, -1, sizeof m);
+    for (int i = 0; i < 64; i++) m[(unsigned char)al[i]] = (int8_t)i;
+    while (n && s[n - 1] == '=') n--;
+    if (n % 4 == 1) return -1;
+    uint8_t *o = malloc(n / 4 * 3 + 3);
+    if (!o) return -2;
+    size_t k = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = m[(unsigned char)s[i]];
+        if (v < 0) { free(o); return -1; }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            o[k++] = (uint8_t)(acc >> bits);
+        }
+    }
+    *out = o;
+    *out_n = k;
+    return 0;
+}
+
+/* Loads the image of one image_url part. Returns 0 or a 4xx status with *err_json. */
+static int load_image(struct image *im, const char *url, const struct server_limits *lim, int idx, char **err_json)
+{
+    struct image_opts io;
+    image_opts_default(&io);
+    if (lim->max_pixels > 0) io.max_pixels = lim->max_pixels;
+    io.max_file_bytes = lim->max_body;
+    struct err e = {{0}};
+    if (!strncmp(url, "data:", 5)) {
+        const char *comma = strchr(url, ',');
+        if (!comma || !strstr(url, ";base64") || strstr(url, ";base64") > comma)
+            return reject(err_json, 400, "messages", "invalid_image_url",
+                          "image %d: a data: URL must be base64 (data:image/png;base64,...)", idx);
+        uint8_t *bytes;
+        size_t nb;
+        int r = b64_decode(comma + 1, strlen(comma + 1), &bytes, &nb);
+        if (r == -2) return reject(err_json, 500, NULL, NULL, "out of memory");
+        if (r) return reject(err_json, 400, "messages", "invalid_base64", "image %d: the data: URL is not valid base64", idx);
+        r = image_decode(im, bytes, nb, &io, &e);
+        free(bytes);
+        if (r) return reject(err_json, 400, "messages", "invalid_image", "image %d: %s", idx, e.msg);
+        return 0;
+    }
+    if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8))
+        return reject(err_json, 400, "messages", "invalid_image_url",
+                      "image %d: remote image URLs are not fetched; send the image as a base64 data: URL", idx);
+    const char *path = !strncmp(url, "file://", 7) ? url + 7 : url;
+    if (!lim->allow_dir)
+        return reject(err_json, 400, "messages", "invalid_image_url",
+                      "image %d: local files are not allowed (the server was started without --allow-files); send "
+                      "a base64 data: URL",
+                      idx);
+    char root[PATH_MAX], real[PATH_MAX];
+    if (!realpath(lim->allow_dir, root) || !realpath(path, real))
+        return reject(err_json, 400, "messages", "invalid_image_url", "image %d: no such file under the allowed folder", idx);
+    size_t rl = strlen(root);
+    if (strncmp(real, root, rl) || (real[rl] != '/' && strcmp(root, "/")))
+        return reject(err_json, 400, "messages", "invalid_image_url", "image %d: the file is outside the allowed folder", idx);
+    if (image_load(im, real, &io, &e))
+        return reject(err_json, 400, "messages", "invalid_image", "image %d: %s", idx, e.msg);
+    return 0;
+}
+
+void server_request_free(struct server_request *rq)
+{
+    for (int i = 0; i < rq->turn.n_msgs; i++) free(rq->texts[i]);
+    free(rq->texts);
+    free(rq->msgs);
+    free(rq->system);
+    for (int i = 0; i < rq->turn.n_images; i++) image_free(&rq->images[i]);
+    free(rq->images);
+    for (int i = 0; i < SERVER_MAX_STOP; i++) free(rq->stop_buf[i]);
+    memset(rq, 0, sizeof *rq);
+}
+
+/* Appends s to a growing string (bounded by MAX_TEXT_BYTES). */
+static int cat(char **buf, size_t *len, const char *s, size_t n)
+{
+    if (*len + n + 1 > MAX_TEXT_BYTES) return -1;
+    char *x = realloc(*buf, *len + n + 1);
+    if (!x) return -1;
+    memcpy(x + *len, s, n);
+    *len += n;
+    x[*len] = 0;
+    *buf = x;
+    return 0;
+}
+
+/* One message's content (a string or a list of text / image_url parts) -> text with image markers. */
+static int parse_content(struct server_request *rq, const cJSON *content, int mi, char **text,
+                         const struct server_limits *lim, char **err_json)
+{
+    size_t len = 0;
+    *text = NULL;
+    if (cJSON_IsString(content)) {
+        if (cat(text, &len, content->valuestring, strlen(content->valuestring)))
+            return reject(err_json, 400, "messages", NULL, "messages[%d].content is too long", mi);
+        return 0;
+    }
+    if (!cJSON_IsArray(content))
+        return reject(err_json, 400, "messages", NULL, "messages[%d].content must be a string or an array of parts", mi);
+    int pi = 0;
+    for (const cJSON *part = content->child; part; part = part->next, pi++) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type))
+            return reject(err_json, 400, "messages", NULL, "messages[%d].content[%d] must be an object with a string \"type\"", mi, pi);
+        const char *piece;
+        if (!strcmp(type->valuestring, "text")) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
+            if (!cJSON_IsString(t))
+                return reject(err_json, 400, "messages", NULL, "messages[%d].content[%d].text must be a string", mi, pi);
+            piece = t->valuestring;
+        } else if (!strcmp(type->valuestring, "image_url")) {
+            const cJSON *u = cJSON_GetObjectItemCaseSensitive(part, "image_url");
+            if (cJSON_IsObject(u)) u = cJSON_GetObjectItemCaseSensitive(u, "url");
+            if (!cJSON_IsString(u))
+                return reject(err_json, 400, "messages", NULL, "messages[%d].content[%d].image_url.url must be a string", mi, pi);
+            if (rq->turn.n_images >= lim->max_images)
+                return reject(err_json, 400, "messages", NULL, "at most %d images per request", lim->max_images);
+            int st = load_image(&rq->images[rq->turn.n_images], u->valuestring, lim, rq->turn.n_images + 1, err_json);
+            if (st) return st;
+            rq->turn.n_images++;
+            piece = CHAT_IMAGE_MARKER;
+        } else {
+            return reject(err_json, 400, "messages", NULL,
+                          "messages[%d].content[%d].type '%.40s' is not supported (text, image_url)", mi, pi, type->valuestring);
+        }
+        if ((pi && cat(text, &len, "\n", 1)) || cat(text, &len, piece, strlen(piece)))
+            return reject(err_json, 400, "messages", NULL, "messages[%d].content is too long", mi);
+    }
+    if (!*text && cat(text, &len, "", 0)) return reject(err_json, 500, NULL, NULL, "out of memory");
+    return 0;
+}
+
+/* A number field in [lo, hi]; absent leaves *v. */
+static int num_field(const cJSON *root, const char *name, double lo, double hi, int integer, double *v, char **err_json)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!x || cJSON_IsNull(x)) return 0;
+    if (!cJSON_IsNumber(x)) return reject(err_json, 400, name, NULL, "'%s' must be a number", name);
+    double d = x->valuedouble;
+    if (integer && d != (double)(long long)d) return reject(err_json, 400, name, NULL, "'%s' must be an integer", name);
+    if (!(d >= lo && d <= hi)) return reject(err_json, 400, name, NULL, "'%s' = %g is outside %g..%g", name, d, lo, hi);
+    *v = d;
+    return 1;
+}
+
+int server_request_parse(struct server_request *rq, const char *body, size_t len, const struct engine *g,
+                         const struct server_limits *lim, char **err_json)
+{
+    memset(rq, 0, sizeof *rq);
+    *err_json = NULL;
+    rq->max_tokens = -1;
+    struct server_turn *t = &rq->turn;
+    sampler_defaults(&t->sp);
+    t->length_penalty = 1.0f;
+    if (lim->default_beams > 1) {
+        t->num_beams = lim->default_beams;
+        t->sp.greedy = true;
+        t->sp.repetition_penalty = 1.2f;
+    }
+    int st = 0;
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) return reject(err_json, 400, NULL, "invalid_json", "the body is not valid JSON");
+    if (!cJSON_IsObject(root)) { st = reject(err_json, 400, NULL, "invalid_json", "the body must be a JSON object"); goto out; }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsString(model)) { st = reject(err_json, 400, "model", NULL, "'model' must be a string"); goto out; }
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!cJSON_IsArray(msgs)) { st = reject(err_json, 400, "messages", NULL, "'messages' must be an array"); goto out; }
+    int n = cJSON_GetArraySize(msgs);
+    if (n < 1 || n > lim->max_messages) {
+        st = reject(err_json, 400, "messages", NULL, "'messages' must hold 1..%d messages, got %d", lim->max_messages, n);
+        goto out;
+    }
+    rq->msgs = calloc((size_t)n, sizeof *rq->msgs);
+    rq->texts = calloc((size_t)n, sizeof *rq->texts);
+    rq->images = calloc((size_t)lim->max_images + 1, sizeof *rq->images);
+    if (!rq->msgs || !rq->texts || !rq->images) { st = reject(err_json, 500, NULL, NULL, "out of memory"); goto out; }
+    size_t sys_len = 0;
+    int mi = 0;
+    for (const cJSON *m = msgs->child; m; m = m->next, mi++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
+            st = reject(err_json, 400, "messages", NULL, "messages[%d] must be an object with a string \"role\"", mi);
+            goto out;
+        }
+        const char *r = role->valuestring;
+        int is_sys = !strcmp(r, "system") || !strcmp(r, "developer");
+        if (!is_sys && strcmp(r, "user") && strcmp(r, "assistant")) {
+            st = reject(err_json, 400, "messages", NULL,
+                        "messages[%d].role '%.40s' is not supported (system, developer, user, assistant)", mi, r);
+            goto out;
+        }
+        char *text = NULL;
+        if ((st = parse_content(rq, content, mi, &text, lim, err_json))) {
+            free(text);
+            goto out;
+        }
+        if (is_sys) {
+            /* chat() takes one system prompt and puts it first; several are joined */
+            int bad = (sys_len && cat(&rq->system, &sys_len, "\n\n", 2)) || cat(&rq->system, &sys_len, text, strlen(text));
+            free(text);
+            if (bad) { st = reject(err_json, 400, "messages", NULL, "the system prompt is too long"); goto out; }
+            continue;
+        }
+        if (t->n_msgs == 0 && strcmp(r, "user")) {
+            free(text);
+            st = reject(err_json, 400, "messages", NULL, "the first non-system message must be from the user");
+            goto out;
+        }
+        rq->texts[t->n_msgs] = text;
+        rq->msgs[t->n_msgs].role = !strcmp(r, "user") ? "user" : "assistant";
+        rq->msgs[t->n_msgs].content = text;
+        t->n_msgs++;
+    }
+    if (!t->n_msgs) { st = reject(err_json, 400, "messages", NULL, "no user message"); goto out; }
+    t->msgs = rq->msgs;
+    t->system = rq->system;
+    t->images = rq->images;
+
+    double v;
+    int r;
+    if ((r = num_field(root, "temperature", 0, 2, 0, &v, err_json)) < 0 || r > 1) { st = 400; goto out; }
+    if (r == 1) {
+        if (v == 0) t->sp.greedy = true;
+        else { t->sp.temperature = (float)v; t->sp.greedy = false; t->num_beams = 0; }
+    }
+    if ((r = num_field(root, "top_p", 1e-6, 1, 0, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) t->sp.top_p = (float)v;
+    if ((r = num_field(root, "top_k", 0, 1 << 30, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) t->sp.top_k = (int)v;
+    if ((r = num_field(root, "repetition_penalty", 1e-3, 100, 0, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) t->sp.repetition_penalty = (float)v;
+    if ((r = num_field(root, "frequency_penalty", -2, 2, 0, &v, err_json)) > 1) { st = 400; goto out; }
+    if ((r = num_field(root, "presence_penalty", -2, 2, 0, &v, err_json)) > 1) { st = 400; goto out; }
+    if ((r = num_field(root, "seed", -9.2e18, 9.2e18, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) t->sp.seed = (uint64_t)(int64_t)v;
+    else t->sp.seed = (uint64_t)(time_now() * 1e9);
+    if ((r = num_field(root, "n", 1, 1, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if ((r = num_field(root, "num_beams", 1, BEAM_MAX, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) {
+        t->num_beams = (int)v;
+        if (t->num_beams > 1) t->sp.greedy = true;
+    }
+    if ((r = num_field(root, "length_penalty", -10, 10, 0, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) t->length_penalty = (float)v;
+    if ((r = num_field(root, "max_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) rq->max_tokens = (int)v;
+    if ((r = num_field(root, "max_completion_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1) rq->max_tokens = (int)v;
+
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
+    if (stream && !cJSON_IsNull(stream)) {
+        if (!cJSON_IsBool(stream)) { st = reject(err_json, 400, "stream", NULL, "'stream' must be a boolean"); goto out; }
+        rq->stream = cJSON_IsTrue(stream);
+    }
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
+        if (!cJSON_IsObject(so) || (iu && !cJSON_IsBool(iu))) {
+            st = reject(err_json, 400, "stream_options", NULL, "'stream_options' must be {\"include_usage\": bool}");
+            goto out;
+        }
+        rq->include_usage = cJSON_IsTrue(iu);
+    }
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (stop && !cJSON_IsNull(stop)) {
+        const cJSON *one = cJSON_IsString(stop) ? stop : NULL;
+        int ns = one ? 1 : cJSON_IsArray(stop) ? cJSON_GetArraySize(stop) : -1;
+        if (ns < 0 || ns > SERVER_MAX_STOP) {
+            st = reject(err_json, 400, "stop", NULL, "'stop' must be a string or an array of up to %d strings", SERVER_MAX_STOP);
+            goto out;
+        }
+        const cJSON *s = one ? one : stop->child;
+        for (int i = 0; i < ns; i++, s = s->next) {
+            if (!cJSON_IsString(s) || !s->valuestring[0] || strlen(s->valuestring) > SERVER_MAX_STOP_LEN) {
+                st = reject(err_json, 400, "stop", NULL, "each stop sequence must be a non-empty string of at most %d bytes",
+                            SERVER_MAX_STOP_LEN);
+                goto out;
+            }
+            if (!(rq->stop_buf[i] = strdup(s->valuestring))) { st = reject(err_json, 500, NULL, NULL, "out of memory"); goto out; }
+            t->stop[t->n_stop++] = rq->stop_buf[i];
+        }
+    }
+
+    /* the prompt must fit with room for the answer (checked here so a too-long prompt never queues) */
+    int n_prompt = 0;
+    struct err e = {{0}};
+    if (server_prompt_tokens(g, t, &n_prompt, &e)) { st = reject(err_json, 400, "messages", NULL, "%s", e.msg); goto out; }
+    const int64_t ctx = g->llm.ctx, room = ctx - n_prompt;
+    if (rq->max_tokens > 0 ? (int64_t)n_prompt + rq->max_tokens > ctx : room < 1) {
+        if (rq->max_tokens > 0)
+            st = reject(err_json, 400, "messages", "context_length_exceeded",
+                        "this model's maximum context length is %lld tokens; the messages have %d tokens and "
+                        "max_tokens is %d (%lld too many)",
+                        (long long)ctx, n_prompt, rq->max_tokens, (long long)n_prompt + rq->max_tokens - ctx);
+        else
+            st = reject(err_json, 400, "messages", "context_length_exceeded",
+                        "this model's maximum context length is %lld tokens; the messages have %d tokens, which "
+                        "leaves no room for an answer",
+                        (long long)ctx, n_prompt);
+        goto out;
+    }
+    /* default answer length: the model's 1024, or what is left of the context */
+    t->max_new = rq->max_tokens > 0 ? rq->max_tokens : (room < 1024 ? (int)room : 1024);
+out:
+    cJSON_Delete(root);
+    if (st) server_request_free(rq);
+    return st;
+}
+
+/* ---- responses ---- */
+char *server_completion_json(const char *id, long created, const char *model, const struct server_turn_result *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", "chat.completion");
+    cJSON_AddNumberToObject(o, "created", (double)created);
+    cJSON_AddStringToObject(o, "model", model);
+    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(ch, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON *m = cJSON_AddObjectToObject(c, "message");
+    cJSON_AddStringToObject(m, "role", "assistant");
+    cJSON_AddStringToObject(m, "content", r->text ? r->text : "");
+    cJSON_AddNullToObject(c, "logprobs");
+    cJSON_AddStringToObject(c, "finish_reason", r->finish ? r->finish : "stop");
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", r->n_gen);
+    cJSON_AddNumberToObject(u, "total_tokens", r->n_prompt + r->n_gen);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static cJSON *chunk_base(const char *id, long created, const char *model)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", "chat.completion.chunk");
+    cJSON_AddNumberToObject(o, "created", (double)created);
+    cJSON_AddStringToObject(o, "model", model);
+    return o;
+}
+
+char *server_chunk_json(const char *id, long created, const char *model, const char *text, size_t len, int first,
+                        const char *finish)
+{
+    cJSON *o = chunk_base(id, created, model);
+    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(ch, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON *d = cJSON_AddObjectToObject(c, "delta");
+    if (first) cJSON_AddStringToObject(d, "role", "assistant");
+    char *tmp = NULL;
+    if (text) {
+        if (!(tmp = malloc(len + 1))) { cJSON_Delete(o); return NULL; }
+        memcpy(tmp, text, len);
+        tmp[len] = 0;
+        cJSON_AddStringToObject(d, "content", tmp);
+    }
+    cJSON_AddNullToObject(c, "logprobs");
+    if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
+    else cJSON_AddNullToObject(c, "finish_reason");
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    free(tmp);
+    return s;
+}
+
+char *server_usage_chunk_json(const char *id, long created, const char *model, int n_prompt, int n_gen)
+{
+    cJSON *o = chunk_base(id, created, model);
+    cJSON_AddArrayToObject(o, "choices");
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", n_gen);
+    cJSON_AddNumberToObject(u, "total_tokens", n_prompt + n_gen);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# run.sh: starts `minicpmv serve` on the tiny model (a free loopback port) and drives it with curl and the
+# official `openai` npm client (tests/server/setup.sh installs it; skipped with a note when absent).
+# Then checks that SIGTERM lets an in-flight request finish and the server exits 0.
+# Usage: tests/server/run.sh [BIN] [MODEL_DIR]. Prints "server-clients: N passed, M failed".
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${1:-build/minicpmv}; MODEL=${2:-build/test-models/tiny-s1}
+IMG=tests/fixtures/image/gen200x150_q90_444.jpg
+pass=0; fail=0
+ok() { pass=$((pass+1)); }
+bad() { fail=$((fail+1)); echo "FAIL $*" >&2; }
+tmp=$(mktemp -d); trap 'kill $SPID 2>/dev/null; rm -rf "$tmp"' EXIT
+"$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 1024 >"$tmp/out" 2>"$tmp/err" & SPID=$!
+for i in $(seq 100); do grep -q listening "$tmp/out" 2>/dev/null && break; sleep 0.1; done
+PORT=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/out")
+[ -n "$PORT" ] || { echo "server did not start:"; cat "$tmp/err"; echo "server-clients: 0 passed, 1 failed"; exit 1; }
+U=http://127.0.0.1:$PORT
+exp=$("$BIN" chat --model "$MODEL" --ctx 1024 -p "Hello there" --greedy --max-new-tokens 16 --quiet)
+expimg=$("$BIN" chat --model "$MODEL" --ctx 1024 --image $IMG -p "What" --greedy --max-new-tokens 8 --quiet)
+jq_content() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).choices[0].message.content))'; }
+sse_concat() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let t="";for(const l of s.split("\n")){if(!l.startsWith("data: ")||l==="data: [DONE]")continue;const c=JSON.parse(l.slice(6)).choices[0];if(c&&c.delta&&c.delta.content)t+=c.delta.content}process.stdout.write(t+(s.trimEnd().endsWith("data: [DONE]")?"":"<no DONE>"))})'; }
+
+# curl: plain, streamed, image, errors
+got=$(curl -s $U/v1/chat/completions -H 'Content-Type: application/json' \
+  -d '{"model":"m","messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":16}' | jq_content)
+[ "$got" = "$exp" ] && ok || bad "curl plain: '$got' != '$exp'"
+got=$(curl -sN $U/v1/chat/completions -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":16,"stream":true}' | sse_concat)
+[ "$got" = "$exp" ] && ok || bad "curl stream: '$got'"
+printf '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/jpeg;base64,%s"}},{"type":"text","text":"What"}]}],"temperature":0,"max_tokens":8}' \
+  "$(base64 -w0 $IMG)" >"$tmp/img.json"
+got=$(curl -s $U/v1/chat/completions -d @"$tmp/img.json" | jq_content)
+[ "$got" = "$expimg" ] && ok || bad "curl image: '$got' != '$expimg'"
+code() { curl -s -o "$tmp/body" -w '%{http_code}' "$@"; }
+[ "$(code $U/v1/chat/completions -d '{"messages":')" = 400 ] && grep -q '"error"' "$tmp/body" && ok || bad "curl malformed"
+[ "$(code $U/v1/chat/completions -d '{"messages":[{"role":"x","content":"a"}]}')" = 400 ] && ok || bad "curl role"
+head -c 40000000 /dev/zero | tr '\0' a >"$tmp/big"
+[ "$(code $U/v1/chat/completions --data-binary @"$tmp/big")" = 413 ] && ok || bad "curl too large"
+[ "$(code $U/health)" = 200 ] && ok || bad "curl health"
+
+# the official openai npm client
+if [ -f .cache/server-js/node_modules/openai/package.json ]; then
+  out=$(OPENAI_MODULE=$PWD/.cache/server-js/node_modules/openai node tests/server/client.mjs "$U" $IMG "$exp" "$expimg" 2>&1)
+  echo "$out" | grep -v '^client.mjs:' >&2
+  line=$(echo "$out" | grep '^client.mjs:')
+  p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/'); f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
+  [ -n "$line" ] || { f=1; p=0; echo "client.mjs crashed: $out" >&2; }
+  pass=$((pass+p)); fail=$((fail+f))
+else
+  echo "skip: the openai npm package is not installed (bash tests/server/setup.sh)" >&2
+fi
+
+# SIGTERM while a request is in flight: it is answered, then the server exits 0
+curl -s -o "$tmp/last" -w '%{http_code}' $U/v1/chat/completions \
+  -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":200}' >"$tmp/last_code" & CP=$!
+sleep 0.3; kill -TERM $SPID; wait $SPID; src=$?; wait $CP
+[ "$src" = 0 ] && [ "$(cat "$tmp/last_code")" = 200 ] && grep -q '"completion_tokens":' "$tmp/last" && ok \
+  || bad "SIGTERM: server exit $src, in-flight request $(cat "$tmp/last_code")"
+echo "server-clients: $pass passed, $fail failed"
+[ "$fail" = 0 ]
