@@ -12,3 +12,5 @@ if [ -n "$missing" ]; then
 fi
 # Meta's Llama-3 tokenizer.json (sha256-checked) and the JS tokenizer used as an oracle in tests.
 bash "$(dirname "$0")/../tools/fetch_tokenizer.sh"
+# The official openai npm client, used by tests/server/run.sh.
+bash "$(dirname "$0")/../tests/server/setup.sh"
