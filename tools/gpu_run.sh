@@ -81,6 +81,21 @@ for stage in "$@"; do
     python3 tools/bench_compare.py "$OUT/bench_ours.json" "$OUT/bench_hf.json" --out "$OUT/bench_compare.md"
     cat "$OUT/bench_compare.md"
     ;;
+  split)
+    # issue 7 on one GPU: the seed's budgets over two logical devices of GPU 0, and CPU offload
+    FULL=/tmp/full
+    [ -f $FULL/config.json ] || $B mkmodel --out $FULL --size full --seed 1 | tail -1
+    ids512=$(python3 -c "import random; r=random.Random(1); print(','.join(['128000']+[str(r.randrange(200,127000)) for _ in range(511)]))")
+    echo "--- seed case, one device"
+    $B bench --model $FULL --device cuda --quiet --only seedcase --mem-poll 1 2>&1 | tail -6
+    echo "--- seed case, --logical-devices 0:2 --max-memory 0.0=10GiB,0.1=10GiB"
+    $B bench --model $FULL --device cuda --logical-devices 0:2 --max-memory 0.0=10GiB,0.1=10GiB --only seedcase,decode512 --mem-poll 1 2>&1 | tail -22
+    echo "--- CPU offload: --max-memory 0=12GiB,cpu=40GiB"
+    $B generate --model $FULL --device cuda --max-memory 0=12GiB,cpu=40GiB --ids $ids512 --max-new-tokens 16 --greedy --stats 2>&1 | tail -16
+    $B generate --model $FULL --device cuda --quiet --ids $ids512 --max-new-tokens 16 --greedy
+    echo "--- prefill chunk sweep"
+    for mb in 512 1024 3000; do $B bench --model $FULL --device cuda --quiet --max-batch $mb --only prefill3000 2>&1 | grep prefill3000; done
+    ;;
   tests)
     for t in build-dev/tests/test_*; do case $t in *.log) continue;; esac; $t > /tmp/t.out 2>&1; tail -1 /tmp/t.out; grep -aE "FAIL|assert|CHECK" /tmp/t.out | head -5; done
     ;;
