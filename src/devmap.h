@@ -43,7 +43,7 @@
  *   SLACK = DEVMAP_ALIGN_SLACK (4 KiB): up to 16 views each aligned to 256 bytes in one arena.
  *   library workspace: gpu_lib_margin (64 MiB) on every GPU logical device holding anything.
  *   A device's workspace is the sum of the parts it holds (disjoint views of one arena).
- * Defaults (the engine's): ctx min(4096, max_position_embeddings), kv_seqs 1, max_batch_tokens 512,
+ * Defaults (the engine's): ctx min(4096, max_position_embeddings), kv_seqs 1, max_batch_tokens 2048,
  * max_pieces 10 (overview + 9 slices of one
  * image), max_patches 1100 (the largest piece the slicer makes for aspect ratios up to 16:1 is
  * 1080 patches; the engine must refuse requests beyond the planned B*N). */

@@ -117,6 +117,7 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
         ctx = g->plan->params.ctx;
         mb = g->plan->params.max_batch_tokens;
     }
+    if (mb > ctx) mb = ctx; /* as the planner counts it */
     if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
     char tp[4096];
     if (path_join(tp, sizeof tp, o->model_dir, "tokenizer.json", NULL) == 0) {

@@ -31,9 +31,14 @@ struct vision_piece {
 #define VISION_MAX_PATCHES 65536
 
 /* Which torch CPU arange to emulate for the position ids (see vision_position_ids and
- * docs/VISION.md): 0 = the scalar rule written in spec §3.2 (the default until the PyTorch
- * fixture settles it); 8 or 16 = torch's AVX2 / AVX-512 vectorised arange kernel. */
-#define VISION_ARANGE_VEC 0
+ * docs/VISION.md): 0 = the scalar rule written in spec §3.2; 8 or 16 = torch's 8-lane (AVX2,
+ * and the generic DEFAULT build) / 16-lane (AVX-512) vectorised arange kernel.
+ * 8, settled by tests/fixtures/vision/vision_posids.safetensors (torch 2.11 on an AVX-512 host,
+ * N = 1..4900, checked by tests/test_vision_ref.c): 8 matches torch for every N, 0 differs for
+ * 964 N values, 16 for 845. torch registers arange_stub with REGISTER_DISPATCH, which leaves the
+ * AVX-512 slot empty (DispatchStub.h), so an AVX-512 CPU runs the AVX2 kernel. 4.40 computes
+ * these ids on the CPU even when the model is on a GPU (arange without a device). */
+#define VISION_ARANGE_VEC 8
 
 /* Position ids of §3.2 for a batch padded to n_max patches: ids[k] for k < n_max, all in
  * [0, per_side). per_side = image_size / patch_size (70 for the real model).

@@ -35,16 +35,16 @@ static int64_t IND_rs(int64_t B, int64_t N)
 }
 static const int64_t LOGITS = 128256LL * (4 + 2); /* f32 logits + the fp16 lm_head output */
 
-/* What the first GPU (pins + n layers) and any other GPU (n layers) need at ctx 4096, chunk 512,
+/* What the first GPU (pins + n layers) and any other GPU (n layers) need at ctx 4096, chunk 2048 (the default),
  * 10 pieces x 1100 patches. */
 static int64_t IND_first(int n, int norm)
 {
-    return 2 * EMBED_W + VPM_W + RS_W + n * (LAYER_W + IND_kv(4096)) + IND_llm(512) + LOGITS + IND_vision(10, 1100) +
+    return 2 * EMBED_W + VPM_W + RS_W + n * (LAYER_W + IND_kv(4096)) + IND_llm(2048) + LOGITS + IND_vision(10, 1100) +
            IND_rs(10, 1100) + LIB + (norm ? NORM_W : 0);
 }
 static int64_t IND_other(int n, int norm, int gpu)
 {
-    return n ? n * (LAYER_W + IND_kv(4096)) + IND_llm(512) + (gpu ? LIB : 0) + (norm ? NORM_W : 0) : 0;
+    return n ? n * (LAYER_W + IND_kv(4096)) + IND_llm(2048) + (gpu ? LIB : 0) + (norm ? NORM_W : 0) : 0;
 }
 
 static void full_config(struct model_config *c)
@@ -175,7 +175,7 @@ static void test_single_device_totals(void)
     T_EQ_INT(plan_.use[0].weights, 17074184672LL);
     T_EQ_INT(plan_.use[0].weights, 2 * EMBED_W + 32 * LAYER_W + NORM_W + VPM_W + RS_W);
     T_EQ_INT(plan_.use[0].kv, 32 * IND_kv(4096));
-    T_EQ_INT(plan_.use[0].workspace, IND_llm(512) + LOGITS + IND_vision(10, 1100) + IND_rs(10, 1100)); /* no LIB on CPU */
+    T_EQ_INT(plan_.use[0].workspace, IND_llm(2048) + LOGITS + IND_vision(10, 1100) + IND_rs(10, 1100)); /* no LIB on CPU */
     T_EQ_INT(plan_.use[0].total, plan_.use[0].weights + plan_.use[0].kv + plan_.use[0].workspace);
     T_EQ_INT(plan_.params.ctx, 4096);
     /* the default ctx is min(4096, max_position_embeddings) */

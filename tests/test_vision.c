@@ -7,7 +7,7 @@
  *   plain loops, for two pieces of different sizes (padding exercised), F32 and F16;
  * - the masking contract: the resampler ignores padding (alone == batched, order does not matter,
  *   junk in padded rows changes nothing), the ViT does not (alone != batched, as §3.2 says).
- * Hook for later: stage parity against PyTorch (tools/ref_vision.py) in test_torch_fixture. */
+ * Stage parity against PyTorch (tools/ref_vision.py fixtures) is tests/test_vision_ref.c. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -628,7 +628,6 @@ static void test_errors(void)
  * last_hidden_state and the resampler output into a .safetensors fixture. The test will then feed
  * each stage the reference input (teacher forcing) and compare: position_ids exactly (this also
  * decides VISION_ARANGE_VEC), vpm and resampler outputs within fp16 tolerances. */
-static void test_torch_fixture(void) { T_SKIP(test_torch_fixture, "no PyTorch fixture yet (tools/ref_vision.py)"); }
 
 int main(void)
 {
@@ -640,6 +639,5 @@ int main(void)
     T_RUN(test_resampler_masking);
     T_RUN(test_vit_padding_matters);
     T_RUN(test_errors);
-    test_torch_fixture();
     return t_main_end("test_vision");
 }
