@@ -278,14 +278,14 @@ static const struct vcase CASES[] = {
       {"user", "(<image>./</image>)\nAnd this one? Compare them!"}}, 1},
 };
 
-static struct engine *g16, *g32;
+static struct engine *g16, *g32, *gcu; /* gcu: fp16 on the GPU when one is present */
 
-static struct engine *open_engine(enum dtype dt)
+static struct engine *open_engine_on(enum dtype dt, const char *device)
 {
     struct engine_options o;
     engine_options_default(&o);
     o.model_dir = t_tiny_model(1);
-    o.device = "cpu";
+    o.device = device;
     o.dtype = dt;
     o.ctx = 1100; /* the longest prompt (1001) + 32 greedy steps */
     o.quiet = 1;
@@ -297,6 +297,8 @@ static struct engine *open_engine(enum dtype dt)
     }
     return g;
 }
+
+static struct engine *open_engine(enum dtype dt) { return open_engine_on(dt, "cpu"); }
 
 /* The fixture was made from the same generated checkpoint: Σ|w| of three tensors (float64 over the
  * stored fp16 values) must agree. */
@@ -686,6 +688,25 @@ static struct tol f16_tol(const struct safetensors *fx)
     return t;
 }
 
+/* The whole chain on the GPU (vision with the flash kernel, resampler, merge, LLM): logits and
+ * greedy tokens against the f16 reference, with the same tolerances as the CPU fp16 path. */
+static void gpu_chain(struct casedata *cd, const struct tol *t16)
+{
+    struct chat_grid grids[2];
+    struct tensor img = {0}, merged = {0};
+    int B = 0;
+    struct err e = {{0}};
+    if (engine_encode_images(gcu, cd->img, cd->vc->n_images, grids, &img, &B, &e) ||
+        engine_merge_embeddings(gcu, cd->ids, cd->T, &img, B, &merged, &e)) {
+        T_ASSERTF(0, "%s", e.msg);
+    } else {
+        T_EQ_INT(B, cd->B);
+        llm_stage(gcu, cd, "f16", &merged, t16, "cuda chained", 1);
+    }
+    if (img.data) dev_free(img.dev, img.data);
+    if (merged.data) dev_free(merged.dev, merged.data);
+}
+
 static void run_case(const struct vcase *vc)
 {
     T_ASSERT(g16 && g32);
@@ -703,6 +724,7 @@ static void run_case(const struct vcase *vc)
         struct tol t16 = f16_tol(cd.fx);
         precision_stages(g16, &cd, "f16", &t16);
         precision_stages(g32, &cd, "f32", &TOL32);
+        if (gcu) gpu_chain(&cd, &t16);
     }
     casedata_free(&cd);
     fprintf(stderr, "  %s: %.1f s\n", vc->name, time_now() - t0);
@@ -720,6 +742,10 @@ int main(void)
     T_RUN(test_position_id_sweep);
     g16 = open_engine(DTYPE_F16);
     g32 = open_engine(DTYPE_F32);
+    struct backend_info bi;
+    backend_query(&bi);
+    if (bi.n_gpus > 0) gcu = open_engine_on(DTYPE_F16, "cuda");
+    else fprintf(stderr, "skip the GPU chain: no CUDA device\n");
     T_RUN(test_same_checkpoint);
     T_RUN(test_448x448);
     T_RUN(test_640x480);
@@ -729,5 +755,6 @@ int main(void)
     T_RUN(test_multi);
     engine_close(g16);
     engine_close(g32);
+    engine_close(gcu);
     return t_main_end("test_vision_ref");
 }
