@@ -223,3 +223,141 @@ void op_argmax(const struct tensor *x, int32_t *out)
     CHECK(x->ndim == 2 && x->dtype == DTYPE_F32);
     DISPATCH(x->dev, argmax, x, out);
 }
+
+/* ---- decode-step ops ---- */
+
+void op_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w, float eps)
+{
+    check_rowwise(xn, h, w);
+    CHECK(tensor_same_shape(h, o));
+    CHECK(xn->data != h->data && xn->data != o->data);
+    check_same_dev(h, o);
+    DISPATCH(h->dev, add_rmsnorm, h, xn, o, w, eps);
+}
+
+void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
+                struct tensor *kc, struct tensor *vc)
+{
+    CHECK(q->ndim == 3 && k->ndim == 3 && pos->ndim == 1 && pos->dtype == DTYPE_I32);
+    CHECK(pos->shape[0] == q->shape[0] && k->shape[0] == q->shape[0] && q->shape[2] == k->shape[2]);
+    CHECK(q->shape[2] % 2 == 0);
+    check_same_dev(q, k);
+    check_same_dev(q, pos);
+    if (kc) {
+        CHECK(v && vc && kc->ndim == 3 && tensor_same_shape(kc, vc) && tensor_same_shape(k, v));
+        CHECK(kc->shape[1] == k->shape[1] && kc->shape[2] == k->shape[2]);
+        CHECK(kc->dtype == k->dtype && vc->dtype == k->dtype && v->dtype == k->dtype);
+        check_same_dev(q, v);
+        check_same_dev(q, kc);
+        check_same_dev(q, vc);
+    }
+    DISPATCH(q->dev, rope_qk, q, k, pos, theta, v, kc, vc);
+}
+
+void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
+{
+    CHECK(cache->ndim == x->ndim && cache->dtype == x->dtype && rows->dtype == DTYPE_I32 && rows->ndim == 1);
+    CHECK(rows->shape[0] == x->shape[0] && tensor_row_numel(cache) == tensor_row_numel(x));
+    check_same_dev(cache, x);
+    check_same_dev(cache, rows);
+    DISPATCH(cache->dev, kv_store, cache, x, rows);
+}
+
+void op_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                      const struct tensor *pos, float scale, int flags)
+{
+    CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && out->ndim == 3);
+    CHECK(tensor_same_shape(out, q) && tensor_same_shape(k, v));
+    CHECK(q->shape[2] == k->shape[2] && q->shape[1] % k->shape[1] == 0);
+    CHECK(out->data != q->data && out->data != k->data && out->data != v->data);
+    CHECK(pos->ndim == 1 && pos->dtype == DTYPE_I32 && pos->shape[0] == q->shape[0]);
+    CHECKF(!(flags & ATTN_EAGER_F16), "op_attention_pos: eager rounding is for the vision tower only");
+    check_same_dev(out, q);
+    check_same_dev(out, k);
+    check_same_dev(out, v);
+    check_same_dev(out, pos);
+    DISPATCH(out->dev, attention_pos, out, q, k, v, pos, scale, flags);
+}
+
+void op_argmax_dev(const struct tensor *x, struct tensor *ids)
+{
+    CHECK(x->ndim == 2 && x->dtype == DTYPE_F32);
+    CHECK(ids->dtype == DTYPE_I32 && tensor_numel(ids) == x->shape[0]);
+    check_same_dev(ids, x);
+    DISPATCH(x->dev, argmax_dev, x, ids);
+}
+
+void op_add_i32(struct tensor *x, int32_t d)
+{
+    CHECK(x->dtype == DTYPE_I32);
+    DISPATCH(x->dev, add_i32, x, d);
+}
+
+void dev_set_overlap(struct device d, int on)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_set_pdl(d.ordinal, on);
+#else
+    (void)d, (void)on;
+#endif
+}
+
+/* ---- graphs ---- */
+
+struct dev_graph {
+    struct device dev;
+    void *impl;
+};
+
+int dev_graph_begin(struct device d, struct err *e)
+{
+    if (d.kind != DEVICE_CUDA) return err_set(e, "graph capture needs a CUDA device");
+#ifdef MINICPMV_CUDA
+    return cuda_graph_begin(d.ordinal, e);
+#else
+    return err_set(e, "graph capture on GPU %d: built without CUDA", d.ordinal);
+#endif
+}
+
+struct dev_graph *dev_graph_end(struct device d, struct err *e)
+{
+    if (d.kind != DEVICE_CUDA) {
+        err_set(e, "graph capture needs a CUDA device");
+        return NULL;
+    }
+#ifdef MINICPMV_CUDA
+    struct dev_graph *g = calloc(1, sizeof *g);
+    void *impl = cuda_graph_end(d.ordinal, e); /* ends the capture even when g could not be allocated */
+    if (!impl || !g) {
+        if (impl) cuda_graph_free(impl);
+        if (!g) err_set(e, "out of memory");
+        free(g);
+        return NULL;
+    }
+    g->dev = d;
+    g->impl = impl;
+    return g;
+#else
+    err_set(e, "graph capture on GPU %d: built without CUDA", d.ordinal);
+    return NULL;
+#endif
+}
+
+int dev_graph_launch(struct dev_graph *g, struct err *e)
+{
+#ifdef MINICPMV_CUDA
+    return cuda_graph_launch(g->impl, e);
+#else
+    (void)g;
+    return err_set(e, "graph launch: built without CUDA");
+#endif
+}
+
+void dev_graph_free(struct dev_graph *g)
+{
+    if (!g) return;
+#ifdef MINICPMV_CUDA
+    cuda_graph_free(g->impl);
+#endif
+    free(g);
+}

@@ -66,4 +66,49 @@ void op_copy(struct tensor *dst, const struct tensor *src);
 /* Index of the largest value in each row of x[n, V] (F32), written to host array out[n]. */
 void op_argmax(const struct tensor *x, int32_t *out);
 
+/* ---- decode-step ops (fused, and device-side positions so a step can be a replayed graph) ---- */
+/* h = h + o (rounded to h's dtype), then xn = rmsnorm(h) * w: op_add(h, h, o) followed by
+ * op_rmsnorm(xn, h, w, eps), bit for bit, in one launch. h [rows, d], o like h, xn like h,
+ * w [d]. xn must not alias h or o. */
+void op_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w, float eps);
+/* op_rope on q [n, H, hd] and k [n, Hkv, hd] at positions pos (I32 [n]) in one launch; when kc is
+ * not NULL also stores the rotated k and v [n, Hkv, hd] into the caches kc, vc [T, Hkv, hd] at rows
+ * pos[i] (the KV append of a decode step, its row read on the device). Same dtypes for k, v, kc, vc. */
+void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
+                struct tensor *kc, struct tensor *vc);
+/* cache[rows[i]] = x[i] for x [n, ...], cache [T, ...] (same inner shape and dtype), rows I32 [n]
+ * on the device; every rows[i] must be in [0, T). */
+void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);
+/* op_attention with ATTN_CAUSAL-style positions read on the device: query row i is at absolute
+ * position pos[i] (I32 [n], consecutive), keys 0..pos[n-1] of k, v [T, Hkv, hd] are used (T is the
+ * cache capacity; pos[n-1] < T). With ATTN_CAUSAL, row i sees keys 0..pos[i]; without it, all of
+ * 0..pos[n-1]. The same launch serves every position, so it can sit in a replayed graph. */
+void op_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                      const struct tensor *pos, float scale, int flags);
+/* ids[i] = argmax of row i of x[n, V] (F32); ids I32 [n] on x's device (no host copy, no sync:
+ * the next step's op_embed reads it). Same tie and NaN rules as op_argmax. */
+void op_argmax_dev(const struct tensor *x, struct tensor *ids);
+/* x[i] += d for an I32 tensor (advances positions inside a replayed decode step). */
+void op_add_i32(struct tensor *x, int32_t d);
+
+/* Lets decode GEMVs (n <= 8) on GPU d start while the previous kernel finishes (Hopper programmatic
+ * dependent launch: they load their first weights early, then wait for their input). Off by
+ * default; results are bit-identical either way. No effect on CPU devices or before sm_90. */
+void dev_set_overlap(struct device d, int on);
+
+/* ---- graphs: record the ops issued on one device, replay them ---- */
+/* Between dev_graph_begin and dev_graph_end the ops issued on GPU d are recorded, not run. The
+ * captured ops must not copy to or from the host, sync, or grow scratch buffers (run the same step
+ * once eagerly first): each of those aborts. Kernel arguments are frozen at capture, so anything
+ * that changes per step (positions, token ids, key counts) must be read from device tensors
+ * (op_attention_pos, op_rope_qk, op_embed on device ids). CPU devices have no graphs: begin fails. */
+struct dev_graph;
+int dev_graph_begin(struct device d, struct err *e);
+struct dev_graph *dev_graph_end(struct device d, struct err *e);
+/* Enqueues one replay on the device's stream; returns without waiting. Fails (-1, nothing run)
+ * when a scratch buffer the graph uses was reallocated since the capture (an eager op at larger
+ * shapes ran in between): free it and capture again (no warm-up needed then). */
+int dev_graph_launch(struct dev_graph *g, struct err *e);
+void dev_graph_free(struct dev_graph *g);
+
 #endif

@@ -342,3 +342,60 @@ void cpu_argmax(const struct tensor *x, int32_t *out)
         out[i] = (int32_t)best;
     }
 }
+
+/* ---- decode-step ops: each is defined as the sequence of plain ops it fuses ---- */
+
+void cpu_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w, float eps)
+{
+    cpu_add(h, h, o);
+    cpu_rmsnorm(xn, h, w, eps);
+}
+
+/* rows of a [T, ...] cache at the positions in rows (host I32) */
+static void store_rows(struct tensor *cache, const struct tensor *x, const int32_t *rows)
+{
+    const size_t rb = (size_t)tensor_row_numel(x) * dtype_size(x->dtype);
+    for (int64_t i = 0; i < x->shape[0]; i++) {
+        CHECKF(rows[i] >= 0 && rows[i] < cache->shape[0], "kv store: row %d outside the cache of %lld", rows[i],
+               (long long)cache->shape[0]);
+        memcpy((char *)cache->data + (size_t)rows[i] * rb, (const char *)x->data + (size_t)i * rb, rb);
+    }
+}
+
+void cpu_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
+                 struct tensor *kc, struct tensor *vc)
+{
+    cpu_rope(q, pos, theta);
+    cpu_rope(k, pos, theta);
+    if (kc) {
+        store_rows(kc, k, pos->data);
+        store_rows(vc, v, pos->data);
+    }
+}
+
+void cpu_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
+{
+    store_rows(cache, x, rows->data);
+}
+
+void cpu_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                       const struct tensor *pos, float scale, int flags)
+{
+    const int32_t *p = pos->data;
+    const int64_t n = q->shape[0], nk = (int64_t)p[n - 1] + 1;
+    CHECKF(p[0] >= 0 && nk <= k->shape[0], "attention: positions %d..%d outside the cache of %lld", p[0], p[n - 1],
+           (long long)k->shape[0]);
+    struct tensor kv = tensor_rows_view(k, 0, nk), vv = tensor_rows_view(v, 0, nk);
+    cpu_attention(out, q, &kv, &vv, p[0], scale, flags);
+}
+
+void cpu_argmax_dev(const struct tensor *x, struct tensor *ids)
+{
+    cpu_argmax(x, ids->data);
+}
+
+void cpu_add_i32(struct tensor *x, int32_t d)
+{
+    int32_t *p = x->data;
+    for (int64_t i = 0; i < tensor_numel(x); i++) p[i] += d;
+}

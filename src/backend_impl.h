@@ -20,7 +20,16 @@
     void P##_add(struct tensor *y, const struct tensor *a, const struct tensor *b);                        \
     void P##_scale(struct tensor *y, const struct tensor *x, float s);                                     \
     void P##_convert(struct tensor *dst, const struct tensor *src); /* same device, any dtypes */          \
-    void P##_argmax(const struct tensor *x, int32_t *out);
+    void P##_argmax(const struct tensor *x, int32_t *out);                                                 \
+    void P##_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w,  \
+                         float eps);                                                                       \
+    void P##_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta,            \
+                     const struct tensor *v, struct tensor *kc, struct tensor *vc);                        \
+    void P##_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);             \
+    void P##_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k,             \
+                           const struct tensor *v, const struct tensor *pos, float scale, int flags);      \
+    void P##_argmax_dev(const struct tensor *x, struct tensor *ids);                                       \
+    void P##_add_i32(struct tensor *x, int32_t d);
 
 BACKEND_TWINS(cpu)
 
@@ -37,6 +46,13 @@ int cuda_mem_info(int ordinal, size_t *free_b, size_t *total_b, struct err *e);
 void cuda_sync(int ordinal);
 /* copies between host and device or device and device (peer, or staged through the host) */
 void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes);
+/* programmatic dependent launch of decode GEMVs on/off (cuda/cuda_mem.cu; default off) */
+void cuda_set_pdl(int ordinal, int on);
+/* graphs (cuda/cuda_mem.cu): capture the ops issued on one device's stream, replay them */
+int cuda_graph_begin(int ordinal, struct err *e);
+void *cuda_graph_end(int ordinal, struct err *e); /* NULL with e set on failure */
+int cuda_graph_launch(void *graph, struct err *e);
+void cuda_graph_free(void *graph);
 #ifdef __cplusplus
 }
 #endif

@@ -172,12 +172,22 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     if (llm_forward(&g->llm, ids, embeds, n, logits, e)) { rc = -1; goto done; }
     double t1 = time_now();
     if (stats) { stats->n_prompt = n; stats->t_prefill = t1 - t0; }
+    /* Pure greedy (no repetition penalty) keeps the argmax on the device: a CUDA-graph step per
+     * token when the LLM is on one GPU (llm_decode_greedy); otherwise logits come to the host. */
+    const int device_greedy = sp->greedy && sp->repetition_penalty == 1.0f;
+    int32_t tok = sampler_sample(&s, logits);
     for (int i = 0; i < max_new; i++) {
-        int32_t tok = sampler_sample(&s, logits);
         out[(*n_out)++] = tok;
         if (cb && cb(cb_ctx, tok)) break;
         if (engine_is_stop(g, tok) || i + 1 == max_new) break;
-        if (llm_forward(&g->llm, &tok, NULL, 1, logits, e)) { rc = -1; break; }
+        if (device_greedy) {
+            int32_t next;
+            if (llm_decode_greedy(&g->llm, tok, &next, e)) { rc = -1; break; }
+            tok = next;
+        } else {
+            if (llm_forward(&g->llm, &tok, NULL, 1, logits, e)) { rc = -1; break; }
+            tok = sampler_sample(&s, logits);
+        }
     }
     if (stats) { stats->n_gen = *n_out; stats->t_decode = time_now() - t1; }
 done:

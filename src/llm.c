@@ -1,6 +1,10 @@
 /* llm.c: the Llama-3 decoder forward (spec §9), written against backend.h only.
  * Order per layer: RMSNorm -> q,k,v -> RoPE(q,k) -> append k,v to the cache -> causal GQA
- * attention over the cache -> o_proj + residual -> RMSNorm -> SwiGLU MLP + residual. */
+ * attention over the cache -> o_proj + residual -> RMSNorm -> SwiGLU MLP + residual.
+ * A residual add and the RMSNorm after it run as one op (op_add_rmsnorm), also across a layer
+ * boundary when the next layer is on the same device. One-token steps on a GPU read their position
+ * and key count from the device (op_rope_qk, op_attention_pos), so llm_decode_greedy can capture
+ * the whole step (embedding .. argmax) into a CUDA graph once and replay it for every token. */
 #include "llm.h"
 
 #include <math.h>
@@ -69,6 +73,8 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
     s->act = act;
     s->ctx = ctx;
     s->max_batch = max_batch;
+    for (int i = 0; i < MODEL_MAX_DEVICES; i++) s->dev_pos[i] = -1;
+    s->dev_tok = -1;
     if (ctx < 1 || ctx > c->max_position_embeddings)
         return err_set(e, "context %lld outside 1..max_position_embeddings (%d)", (long long)ctx,
                        c->max_position_embeddings);
@@ -103,6 +109,7 @@ fail:
 void llm_free(struct llm *s)
 {
     if (!s->m) return;
+    dev_graph_free(s->graph);
     for (int i = 0; i < MODEL_MAX_DEVICES; i++)
         if (s->dev[i].mem) dev_free(s->dev[i].dev, s->dev[i].mem);
     if (s->cache_mem)
@@ -143,8 +150,11 @@ static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
     }
 }
 
-/* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. */
-static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
+/* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. When xn_ready, the
+ * device's xn already holds this layer's input RMSNorm of h (fused into the previous layer's last
+ * add). When next_norm is not NULL the layer ends with xn = next_norm(h) fused into the residual add. */
+static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0, int xn_ready,
+                          const struct tensor *next_norm)
 {
     const struct model_config *c = &s->m->cfg;
     const struct llm_layer *w = &s->m->llm.layers[layer];
@@ -159,7 +169,7 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
      * outputs are then the contiguous q, k, v (and gate, up) vectors of that token. */
     const int fused = n == 1 && w->qkv.data != NULL;
 
-    op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
+    if (!xn_ready) op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
     if (fused) {
         struct tensor qkv = tensor_make(s->act, b->dev, q.data, 2, (int64_t)1, (nh + 2 * nkv) * hd);
         op_matmul(&qkv, &xn, &w->qkv, NULL);
@@ -171,19 +181,18 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
         op_matmul(&v, &xn, &w->v_proj, NULL);
     }
     struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
-    op_rope(&q3, &pos, c->rope_theta);
-    op_rope(&k3, &pos, c->rope_theta);
-    struct tensor kc = tensor_rows_view(&s->cache[layer].k, pos0, n), vc = tensor_rows_view(&s->cache[layer].v, pos0, n);
-    struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd);
-    op_copy(&kc, &k3);
-    op_copy(&vc, &v3);
-    struct tensor kall = tensor_rows_view(&s->cache[layer].k, 0, pos0 + n);
-    struct tensor vall = tensor_rows_view(&s->cache[layer].v, 0, pos0 + n);
-    struct tensor att3 = tensor_reshape(&att, 3, n, nh, hd);
-    op_attention(&att3, &q3, &kall, &vall, pos0, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+    struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd), att3 = tensor_reshape(&att, 3, n, nh, hd);
+    struct llm_layer_cache *lc = &s->cache[layer];
+    /* RoPE of q and k and the KV append (rows pos[i]) in one launch */
+    op_rope_qk(&q3, &k3, &pos, c->rope_theta, &v3, &lc->k, &lc->v);
+    if (n <= 8) { /* decode: positions and key count read on the device (no host value: graph-safe) */
+        op_attention_pos(&att3, &q3, &lc->k, &lc->v, &pos, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+    } else { /* prefill: the host q_pos0 (the tensor-core flash kernel's path) */
+        struct tensor kall = tensor_rows_view(&lc->k, 0, pos0 + n), vall = tensor_rows_view(&lc->v, 0, pos0 + n);
+        op_attention(&att3, &q3, &kall, &vall, pos0, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+    }
     op_matmul(&o, &att, &w->o_proj, NULL);
-    op_add(h, h, &o);
-    op_rmsnorm(&xn, h, &w->post_attention_layernorm, c->rms_norm_eps);
+    op_add_rmsnorm(h, &xn, &o, &w->post_attention_layernorm, c->rms_norm_eps);
     if (fused) {
         struct tensor gu = tensor_make(s->act, b->dev, g.data, 2, (int64_t)1, 2 * ff);
         op_matmul(&gu, &xn, &w->gate_up, NULL);
@@ -194,13 +203,25 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     }
     op_silu_mul(&g, &g, &u);
     op_matmul(&o, &g, &w->down_proj, NULL);
-    op_add(h, h, &o);
+    if (next_norm) op_add_rmsnorm(h, &xn, &o, next_norm, c->rms_norm_eps);
+    else op_add(h, h, &o);
 }
 
 void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
 {
     set_positions(s, s->m->llm.layers[layer].device, pos0, h->shape[0]);
-    layer_forward(s, layer, h, pos0);
+    s->dev_pos[s->m->llm.layers[layer].device] = -1; /* positions of a stage test, not of n_past */
+    layer_forward(s, layer, h, pos0, 0, NULL);
+}
+
+/* The norm that layer l's last add can produce for the next consumer of h on the same device: the
+ * next layer's input norm, or (one token, last layer) the final norm. NULL when h hops devices. */
+static const struct tensor *next_norm_of(const struct llm *s, int l, int64_t n)
+{
+    const struct model_placement *pl = s->pl;
+    const int L = s->m->cfg.num_hidden_layers;
+    if (l + 1 < L) return pl->layer[l + 1] == pl->layer[l] ? &s->m->llm.layers[l + 1].input_layernorm : NULL;
+    return n == 1 && pl->norm == pl->layer[l] ? &s->m->llm.norm : NULL;
 }
 
 struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n)
@@ -210,6 +231,7 @@ struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n)
     struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)ids, 1, n);
     struct tensor idt = tensor_rows_view(&b->ids, 0, n);
     op_copy(&idt, &src);
+    s->dev_tok = -1; /* ids[0] is now the chunk's first id, not a decode token */
     struct tensor h = rows(&b->h, n);
     op_embed(&h, &s->m->llm.embed_tokens, &idt);
     return h;
@@ -235,10 +257,18 @@ static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor 
     /* positions once per device and chunk (a host->device copy each) */
     int done[MODEL_MAX_DEVICES] = {0};
     for (int l = 0; l < c->num_hidden_layers; l++)
-        if (!done[pl->layer[l]]++) set_positions(s, pl->layer[l], pos0, n);
+        if (!done[pl->layer[l]]++) {
+            set_positions(s, pl->layer[l], pos0, n);
+            s->dev_pos[pl->layer[l]] = n == 1 ? pos0 : -1;
+        }
+    int xn_ready = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
+        const int moved = s->dev[pl->layer[l]].h.data != h.data;
         h = hop(s, &h, pl->layer[l], n);
-        layer_forward(s, l, &h, pos0);
+        /* the hook may look at (or change) h, so no norm is fused across a layer it watches */
+        const struct tensor *nn = s->on_layer ? NULL : next_norm_of(s, l, n);
+        layer_forward(s, l, &h, pos0, xn_ready && !moved, nn);
+        xn_ready = nn != NULL;
         if (s->on_layer) s->on_layer(s->on_layer_ctx, l, &h);
     }
     s->n_past += n;
@@ -247,7 +277,7 @@ static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor 
     struct tensor last = tensor_rows_view(&h, n - 1, 1);
     struct tensor hn = hop(s, &last, pl->norm, 1);
     struct tensor xn = rows(&s->dev[pl->norm].xn, 1);
-    op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps);
+    if (!xn_ready) op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps); /* else fused into the last add */
     struct tensor xl = rows(&s->dev[pl->lm_head].xn, 1);
     if (xl.data != xn.data) op_copy(&xl, &xn);
     struct tensor *lg = &s->dev[pl->lm_head].logits;
@@ -276,5 +306,102 @@ int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, 
         if (embeds) ev = tensor_rows_view(embeds, off, m);
         if (forward_chunk(s, ids ? ids + off : NULL, embeds ? &ev : NULL, m, last ? logits_out : NULL, e)) return -1;
     }
+    return 0;
+}
+
+/* ---- greedy decode on the device, replayed as a CUDA graph ---- */
+
+/* The whole LLM on one CUDA device with fused weights: the step can be one graph. */
+static int graph_able(const struct llm *s)
+{
+    const struct model_placement *pl = s->pl;
+    const int d = pl->embed;
+    if (pl->devs[d].kind != DEVICE_CUDA || pl->norm != d || pl->lm_head != d || s->on_layer) return 0;
+    for (int l = 0; l < s->m->cfg.num_hidden_layers; l++)
+        if (pl->layer[l] != d || !s->m->llm.layers[l].qkv.data) return 0;
+    return 1;
+}
+
+/* One token, all on device d: embedding of the id in b->ids[0], the layers, final norm, lm_head,
+ * argmax back into b->ids[0], position + 1. No host copy and no host-dependent argument. */
+static void decode_step_dev(struct llm *s)
+{
+    const struct model_config *c = &s->m->cfg;
+    struct llm_devbuf *b = &s->dev[s->pl->embed];
+    struct tensor idt = tensor_rows_view(&b->ids, 0, 1), pos = tensor_rows_view(&b->pos, 0, 1);
+    struct tensor h = rows(&b->h, 1), xn = rows(&b->xn, 1);
+    op_embed(&h, &s->m->llm.embed_tokens, &idt);
+    op_rmsnorm(&xn, &h, &s->m->llm.layers[0].input_layernorm, c->rms_norm_eps);
+    for (int l = 0; l < c->num_hidden_layers; l++) layer_forward(s, l, &h, s->n_past, 1, next_norm_of(s, l, 1));
+    if (s->act == DTYPE_F32) op_matmul(&b->logits, &xn, &s->m->llm.lm_head, NULL);
+    else {
+        op_matmul(&b->logits_act, &xn, &s->m->llm.lm_head, NULL);
+        op_copy(&b->logits, &b->logits_act);
+    }
+    op_argmax_dev(&b->logits, &idt);
+    op_add_i32(&pos, 1);
+}
+
+int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
+{
+    if (s->n_past + 1 > s->ctx)
+        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
+                       (long long)s->ctx);
+    if (!graph_able(s)) { /* eager, logits through the host */
+        const int V = s->m->cfg.vocab_size;
+        float *lg = malloc((size_t)V * sizeof *lg);
+        if (!lg) return err_set(e, "out of memory");
+        int rc = llm_forward(s, &tok, NULL, 1, lg, e);
+        if (!rc) {
+            int best = 0;
+            for (int j = 1; j < V; j++)
+                if (lg[j] > lg[best]) best = j;
+            *next = best;
+        }
+        free(lg);
+        return rc;
+    }
+    const int d = s->pl->embed;
+    struct llm_devbuf *b = &s->dev[d];
+    struct tensor idt = tensor_rows_view(&b->ids, 0, 1);
+    /* the device's position and token buffers carry over from the previous step; upload (outside
+     * any graph) only what the host changed: a prefill, a truncation, a token picked on the host */
+    if (s->dev_pos[d] != s->n_past) {
+        set_positions(s, d, s->n_past, 1);
+        s->dev_pos[d] = s->n_past;
+    }
+    if (s->dev_tok != tok) {
+        struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
+        op_copy(&idt, &src);
+    }
+    for (int attempt = 0; s->graph_warm && !s->graph && attempt < 1; attempt++) {
+        /* capture once, after one eager step has sized every scratch buffer */
+        if (dev_graph_begin(b->dev, e)) return -1;
+        decode_step_dev(s);
+        s->graph = dev_graph_end(b->dev, e);
+        if (!s->graph) return -1;
+    }
+    if (s->graph) {
+        if (dev_graph_launch(s->graph, e)) {
+            /* stale: an eager op moved a scratch buffer since the capture. Capture again (the
+             * scratch is already large enough) and replay once. */
+            dev_graph_free(s->graph);
+            s->graph = NULL;
+            if (dev_graph_begin(b->dev, e)) return -1;
+            decode_step_dev(s);
+            s->graph = dev_graph_end(b->dev, e);
+            if (!s->graph || dev_graph_launch(s->graph, e)) return -1;
+        }
+    } else {
+        decode_step_dev(s);
+        s->graph_warm = 1;
+    }
+    int32_t t = -1;
+    struct tensor dst = tensor_make(DTYPE_I32, device_cpu(), &t, 1, (int64_t)1);
+    op_copy(&dst, &idt); /* 4 bytes, and the one sync of the step */
+    s->n_past += 1;
+    s->dev_pos[d] = s->n_past;
+    s->dev_tok = t;
+    *next = t;
     return 0;
 }

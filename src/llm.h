@@ -34,6 +34,11 @@ struct llm {
     /* optional hook for stage tests: called with each layer's output (n rows) */
     void (*on_layer)(void *ctx, int layer, const struct tensor *h);
     void *on_layer_ctx;
+    /* llm_decode_greedy's graph: captured after one eager step, replayed per token */
+    struct dev_graph *graph;
+    int graph_warm;
+    int64_t dev_pos[MODEL_MAX_DEVICES]; /* the position in each device's pos[0] (n == 1), -1 unknown */
+    int32_t dev_tok;             /* the token id in the embedding device's ids[0], -1 unknown */
 };
 
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
@@ -48,6 +53,11 @@ size_t llm_device_bytes(const struct llm *s, int i);
  * Prompts longer than max_batch are processed in chunks. Returns -1 when the cache is full. */
 int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
                 struct err *e);
+/* One greedy decode step: feeds tok at position n_past and returns the argmax of the next logits in
+ * *next. With the whole LLM on one GPU the step is a CUDA graph (after one eager step) whose argmax
+ * stays on the device, so only 4 bytes come back per token; otherwise llm_forward + host argmax.
+ * Same tokens as llm_forward + argmax of its logits (first index of the maximum). */
+int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e);
 /* One decoder layer on h (rows [n], on the layer's device, positions pos0..), in place. For stage tests. */
 void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0);
 /* Embedding lookup of host ids into a [n, d] tensor on the embedding device's buffer (n <= max_batch). */

@@ -16,6 +16,7 @@ void sampler_defaults(struct sampler_params *p)
     p->top_p = 0.8f;
     p->repetition_penalty = 1.05f;
     p->seed = 0;
+    p->penalty_explicit = false;
 }
 
 static uint64_t splitmix64(uint64_t *x)

@@ -15,6 +15,7 @@ struct sampler_params {
     float top_p;               /* 0.8; 1 = off */
     float repetition_penalty;  /* 1.05; 1 = off */
     uint64_t seed;
+    bool penalty_explicit;     /* front ends: the user set repetition_penalty (--greedy then keeps it) */
 };
 
 /* The model's chat() defaults with sampling=True. */

@@ -274,6 +274,12 @@ static void test_attention(void)
         {96, 1000, 32, 32, 128, DTYPE_F16, 0, 0, "resampler 96 queries"},
         {3, 50, 12, 2, 128, DTYPE_F16, ATTN_CAUSAL, 47, "GQA 6"},
         {3, 70, 16, 1, 64, DTYPE_BF16, ATTN_CAUSAL, 67, "GQA 16 (two blocks of 8)"},
+        {1, 1, 32, 8, 128, DTYPE_F16, ATTN_CAUSAL, 0, "decode kernel, one key"},
+        {1, 8192, 32, 8, 128, DTYPE_BF16, ATTN_CAUSAL, 8191, "decode kernel bf16 T=8192"},
+        {2, 4097, 32, 8, 128, DTYPE_F16, 0, 0, "decode kernel n=2 non-causal (8 slots)"},
+        {5, 777, 32, 8, 128, DTYPE_F16, ATTN_CAUSAL, 772, "decode kernel 3 row blocks"},
+        {8, 300, 8, 8, 64, DTYPE_BF16, ATTN_CAUSAL, 292, "decode kernel no GQA hd 64"},
+        {1, 37, 4, 4, 64, DTYPE_F16, ATTN_CAUSAL, 20, "decode kernel keys past q_pos0 ignored"},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         const int64_t n = cs[c].n, T = cs[c].T, H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd;
@@ -354,6 +360,227 @@ static void test_argmax(void)
     }
 }
 
+
+/* ---- decode-step ops ---- */
+
+static void test_add_rmsnorm(void)
+{
+    static const struct { int64_t rows, d; enum dtype ht, wt; } cs[] = {
+        {1, 4096, DTYPE_F16, DTYPE_F16}, {3, 1001, DTYPE_F32, DTYPE_F32}, {2, 33, DTYPE_BF16, DTYPE_BF16},
+        {5, 4096, DTYPE_F16, DTYPE_F32},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        struct tensor h = h_rand(cs[c].ht, 2, cs[c].rows, cs[c].d, 0, 3.0f), o = h_rand(cs[c].ht, 2, cs[c].rows, cs[c].d, 0, 3.0f);
+        struct tensor w = h_new(cs[c].wt, 1, cs[c].d, 0, 0), xn = h_new(cs[c].ht, 2, cs[c].rows, cs[c].d, 0);
+        h_fill(&w, 0.5f, 1.0f);
+        struct tensor dh = d_from(&h), dox = d_from(&o), dw = d_from(&w), dxn = d_new(cs[c].ht, 2, cs[c].rows, cs[c].d, 0);
+        op_add_rmsnorm(&h, &xn, &o, &w, 1e-5f);
+        op_add_rmsnorm(&dh, &dxn, &dox, &dw, 1e-5f);
+        char cas[96];
+        snprintf(cas, sizeof cas, "[%lld,%lld] %s w %s: h", (long long)cs[c].rows, (long long)cs[c].d,
+                 dtype_name(cs[c].ht), dtype_name(cs[c].wt));
+        check_close("add_rmsnorm", cas, &dh, &h, TOL_EXACT);
+        snprintf(cas, sizeof cas, "[%lld,%lld] %s w %s: xn", (long long)cs[c].rows, (long long)cs[c].d,
+                 dtype_name(cs[c].ht), dtype_name(cs[c].wt));
+        check_close("add_rmsnorm", cas, &dxn, &xn, tol_for(cs[c].ht));
+        t_free(&h), t_free(&o), t_free(&w), t_free(&xn), t_free(&dh), t_free(&dox), t_free(&dw), t_free(&dxn);
+    }
+}
+
+static void test_rope_qk(void)
+{
+    static const struct { int64_t n, H, Hkv, hd, T; int32_t p0; enum dtype dt; int store; } cs[] = {
+        {1, 32, 8, 128, 8192, 8000, DTYPE_F16, 1}, {3, 12, 2, 72, 50, 47, DTYPE_F32, 1},
+        {4, 8, 2, 16, 300, 7, DTYPE_BF16, 1},      {2, 4, 4, 64, 0, 1234, DTYPE_F16, 0},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, T = cs[c].T ? cs[c].T : 1;
+        struct tensor q = h_rand(cs[c].dt, 3, n, cs[c].H, cs[c].hd, 2.0f), k = h_rand(cs[c].dt, 3, n, cs[c].Hkv, cs[c].hd, 2.0f);
+        struct tensor v = h_rand(cs[c].dt, 3, n, cs[c].Hkv, cs[c].hd, 2.0f), pos = h_new(DTYPE_I32, 1, n, 0, 0);
+        struct tensor kc = h_rand(cs[c].dt, 3, T, cs[c].Hkv, cs[c].hd, 1.0f), vc = h_rand(cs[c].dt, 3, T, cs[c].Hkv, cs[c].hd, 1.0f);
+        for (int64_t i = 0; i < n; i++) ((int32_t *)pos.data)[i] = cs[c].p0 + (int32_t)i;
+        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dkc = d_from(&kc), dvc = d_from(&vc);
+        const int st = cs[c].store;
+        op_rope_qk(&q, &k, &pos, 500000.0, st ? &v : NULL, st ? &kc : NULL, st ? &vc : NULL);
+        op_rope_qk(&dq, &dk, &dp, 500000.0, st ? &dv : NULL, st ? &dkc : NULL, st ? &dvc : NULL);
+        char cas[96];
+        snprintf(cas, sizeof cas, "q[%lld,%lld,%lld] k %lld heads %s pos %d%s", (long long)n, (long long)cs[c].H,
+                 (long long)cs[c].hd, (long long)cs[c].Hkv, dtype_name(cs[c].dt), cs[c].p0, st ? " + store" : "");
+        check_close("rope_qk q", cas, &dq, &q, tol_for(cs[c].dt));
+        check_close("rope_qk k", cas, &dk, &k, tol_for(cs[c].dt));
+        check_close("rope_qk kc", cas, &dkc, &kc, tol_for(cs[c].dt));
+        check_close("rope_qk vc", cas, &dvc, &vc, TOL_EXACT);
+        t_free(&q), t_free(&k), t_free(&v), t_free(&pos), t_free(&kc), t_free(&vc);
+        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dkc), t_free(&dvc);
+    }
+}
+
+static void test_kv_store(void)
+{
+    struct tensor cache = h_rand(DTYPE_F16, 3, 100, 3, 10, 1.0f), x = h_rand(DTYPE_F16, 3, 4, 3, 10, 2.0f);
+    struct tensor rows = h_new(DTYPE_I32, 1, 4, 0, 0);
+    const int32_t r[4] = {99, 0, 57, 58};
+    memcpy(rows.data, r, sizeof r);
+    struct tensor dc = d_from(&cache), dx = d_from(&x), dr = d_from(&rows);
+    op_kv_store(&cache, &x, &rows);
+    op_kv_store(&dc, &dx, &dr);
+    check_close("kv_store", "[100,3,10] f16 rows 99,0,57,58", &dc, &cache, TOL_EXACT);
+    t_free(&cache), t_free(&x), t_free(&rows), t_free(&dc), t_free(&dx), t_free(&dr);
+}
+
+/* op_attention_pos on a cache of capacity T whose first p0 + n rows are valid */
+static void test_attention_pos(void)
+{
+    static const struct { int64_t n, T, H, Hkv, hd; int32_t p0; enum dtype dt; int flags; const char *what; } cs[] = {
+        {1, 8192, 32, 8, 128, 511, DTYPE_F16, ATTN_CAUSAL, "decode kernel, cache 8192, 512 keys"},
+        {1, 4096, 32, 8, 128, 0, DTYPE_F16, ATTN_CAUSAL, "decode kernel, first token"},
+        {4, 1000, 32, 8, 128, 900, DTYPE_BF16, ATTN_CAUSAL, "decode kernel, 4 rows"},
+        {3, 300, 8, 2, 16, 100, DTYPE_F32, ATTN_CAUSAL, "general kernel hd 16"},
+        {2, 500, 8, 2, 128, 250, DTYPE_F16, 0, "decode kernel non-causal"},
+        {20, 600, 8, 2, 64, 300, DTYPE_F16, ATTN_CAUSAL, "general kernel, 20 rows"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, T = cs[c].T, H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd;
+        struct tensor q = h_rand(cs[c].dt, 3, n, H, hd, 2.0f), k = h_rand(cs[c].dt, 3, T, Hkv, hd, 2.0f);
+        struct tensor v = h_rand(cs[c].dt, 3, T, Hkv, hd, 1.0f), ref = h_new(cs[c].dt, 3, n, H, hd);
+        struct tensor pos = h_new(DTYPE_I32, 1, n, 0, 0);
+        for (int64_t i = 0; i < n; i++) ((int32_t *)pos.data)[i] = cs[c].p0 + (int32_t)i;
+        const float scale = 1.0f / sqrtf((float)hd);
+        op_attention_pos(&ref, &q, &k, &v, &pos, scale, cs[c].flags);
+        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dout = d_new(cs[c].dt, 3, n, H, hd);
+        op_attention_pos(&dout, &dq, &dk, &dv, &dp, scale, cs[c].flags);
+        char cas[96];
+        snprintf(cas, sizeof cas, "n%lld cap%lld pos %d.. H%lld/%lld hd%lld %s (%s)", (long long)n, (long long)T,
+                 cs[c].p0, (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt), cs[c].what);
+        check_close("attn_pos", cas, &dout, &ref, tol_for(cs[c].dt));
+        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&pos);
+        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dout);
+    }
+}
+
+static void test_argmax_dev(void)
+{
+    const int64_t n = 3, V = 128256;
+    struct tensor x = h_rand(DTYPE_F32, 2, n, V, 0, 5.0f), ids = h_new(DTYPE_I32, 1, n, 0, 0);
+    float *f = x.data;
+    f[V + 7] = 20.0f, f[V + 70000] = 20.0f; /* a tie in row 1: the first index wins */
+    f[2 * V + V - 1] = 30.0f;
+    op_argmax_dev(&x, &ids);
+    struct tensor dx = d_from(&x), di = d_new(DTYPE_I32, 1, n, 0, 0);
+    op_argmax_dev(&dx, &di);
+    check_close("argmax_dev", "[3,128256] f32 -> device ids", &di, &ids, TOL_EXACT);
+    T_EQ_INT(((int32_t *)ids.data)[1], 7);
+    T_EQ_INT(((int32_t *)ids.data)[2], V - 1);
+    t_free(&x), t_free(&ids), t_free(&dx), t_free(&di);
+}
+
+/* A captured decode-like step (RoPE + KV append at a device position, attention over the cache,
+ * argmax into device ids, position advance) replayed at successive positions against the CPU. */
+static void test_graph(void)
+{
+    const int64_t H = 32, Hkv = 8, hd = 128, T = 2048;
+    const int steps = 4;
+    const int32_t p0 = 1500;
+    struct tensor kc = h_rand(DTYPE_F16, 3, T, Hkv, hd, 2.0f), vc = h_rand(DTYPE_F16, 3, T, Hkv, hd, 1.0f);
+    struct tensor pos = h_new(DTYPE_I32, 1, 1, 0, 0), out = h_new(DTYPE_F16, 3, 1, H, hd);
+    struct tensor q = h_new(DTYPE_F16, 3, 1, H, hd), k = h_new(DTYPE_F16, 3, 1, Hkv, hd), v = h_new(DTYPE_F16, 3, 1, Hkv, hd);
+    struct tensor lg = h_new(DTYPE_F32, 2, 1, H * hd, 0), ids = h_new(DTYPE_I32, 1, 1, 0, 0);
+    *(int32_t *)pos.data = p0;
+    struct tensor dkc = d_from(&kc), dvc = d_from(&vc), dp = d_from(&pos), dout = d_new(DTYPE_F16, 3, 1, H, hd);
+    struct tensor dq = d_new(DTYPE_F16, 3, 1, H, hd), dk = d_new(DTYPE_F16, 3, 1, Hkv, hd), dv = d_new(DTYPE_F16, 3, 1, Hkv, hd);
+    struct tensor dlg = d_new(DTYPE_F32, 2, 1, H * hd, 0), dids = d_new(DTYPE_I32, 1, 1, 0, 0);
+    const float scale = 1.0f / sqrtf((float)hd);
+    struct dev_graph *g = NULL;
+    struct err e;
+    for (int st = 0; st < steps; st++) {
+        h_fill(&q, 2.0f, 0.0f), h_fill(&k, 2.0f, 0.0f), h_fill(&v, 1.0f, 0.0f);
+        op_copy(&dq, &q), op_copy(&dk, &k), op_copy(&dv, &v); /* outside the graph */
+        /* CPU: the step */
+        op_rope_qk(&q, &k, &pos, 500000.0, &v, &kc, &vc);
+        op_attention_pos(&out, &q, &kc, &vc, &pos, scale, ATTN_CAUSAL);
+        op_copy(&lg, &out);
+        op_argmax_dev(&lg, &ids);
+        op_add_i32(&pos, 1);
+        /* GPU: eager at step 0 (sizes the scratch), captured once, replayed after */
+        if (st <= 1) {
+            if (st == 1) T_ASSERTF(dev_graph_begin(dq.dev, &e) == 0, "%s", e.msg);
+            op_rope_qk(&dq, &dk, &dp, 500000.0, &dv, &dkc, &dvc);
+            op_attention_pos(&dout, &dq, &dkc, &dvc, &dp, scale, ATTN_CAUSAL);
+            op_copy(&dlg, &dout);
+            op_argmax_dev(&dlg, &dids);
+            op_add_i32(&dp, 1);
+            if (st == 1) {
+                g = dev_graph_end(dq.dev, &e);
+                T_ASSERTF(g != NULL, "%s", e.msg);
+                if (!g) break;
+            }
+        }
+        if (st >= 1) T_ASSERTF(dev_graph_launch(g, &e) == 0, "%s", e.msg);
+        char cas[96];
+        snprintf(cas, sizeof cas, "step %d at position %d (%s)", st, p0 + st, st ? "graph replay" : "eager");
+        check_close("graph", cas, &dout, &out, TOL_F16);
+        int32_t got = -1;
+        struct tensor hg = tensor_make(DTYPE_I32, device_cpu(), &got, 1, (int64_t)1);
+        op_copy(&hg, &dids); /* the 4-byte token copy */
+        T_EQ_INT(got, *(int32_t *)ids.data);
+    }
+    check_close("graph", "K cache after the steps", &dkc, &kc, TOL_F16);
+    check_close("graph", "V cache after the steps", &dvc, &vc, TOL_EXACT);
+    check_close("graph", "position after the steps", &dp, &pos, TOL_EXACT);
+    T_ASSERT(dev_graph_begin(device_cpu(), &e) == -1);
+    /* an eager op that grows a scratch buffer (argmax over 65536 rows) makes the graph stale */
+    struct tensor big = h_rand(DTYPE_F32, 2, 65536, 3, 0, 1.0f), dbig = d_from(&big);
+    int32_t *am = malloc(65536 * sizeof(int32_t));
+    CHECK(am);
+    op_argmax(&dbig, am);
+    T_ASSERT(!g || dev_graph_launch(g, &e) == -1);
+    free(am), t_free(&big), t_free(&dbig);
+    dev_graph_free(g);
+    t_free(&kc), t_free(&vc), t_free(&pos), t_free(&out), t_free(&q), t_free(&k), t_free(&v), t_free(&lg), t_free(&ids);
+    t_free(&dkc), t_free(&dvc), t_free(&dp), t_free(&dout), t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dlg);
+    t_free(&dids);
+}
+
+/* Decode GEMVs under programmatic dependent launch, each fed by the kernel just before it with no
+ * sync in between (where a missing wait would read a stale input), eager and captured. */
+static void test_overlap(void)
+{
+    const int64_t d = 4096, o1 = 6144, o2 = 1000;
+    struct tensor x = h_rand(DTYPE_F16, 2, 1, d, 0, 2.0f), lw = h_new(DTYPE_F16, 1, d, 0, 0);
+    h_fill(&lw, 0.5f, 1.0f);
+    struct tensor w1 = h_rand(DTYPE_F16, 2, o1, d, 0, 0.05f), w2 = h_rand(DTYPE_F16, 2, o2, o1, 0, 0.05f);
+    struct tensor xn = h_new(DTYPE_F16, 2, 1, d, 0), y1 = h_new(DTYPE_F16, 2, 1, o1, 0), y2 = h_new(DTYPE_F16, 2, 1, o2, 0);
+    op_rmsnorm(&xn, &x, &lw, 1e-5f);
+    op_matmul(&y1, &xn, &w1, NULL);
+    op_matmul(&y2, &y1, &w2, NULL);
+    struct tensor dx = d_from(&x), dlw = d_from(&lw), dw1 = d_from(&w1), dw2 = d_from(&w2);
+    struct tensor dxn = d_new(DTYPE_F16, 2, 1, d, 0), dy1 = d_new(DTYPE_F16, 2, 1, o1, 0), dy2 = d_new(DTYPE_F16, 2, 1, o2, 0);
+    dev_set_overlap(dx.dev, 1);
+    for (int graph = 0; graph < 2; graph++) {
+        struct err e;
+        struct dev_graph *g = NULL;
+        struct tensor poison = h_rand(DTYPE_F16, 2, 1, o2, 0, 1.0f);
+        op_copy(&dy2, &poison); /* an output nothing wrote fails */
+        t_free(&poison);
+        if (graph) T_ASSERTF(dev_graph_begin(dx.dev, &e) == 0, "%s", e.msg);
+        for (int rep = 0; rep < 3; rep++) { /* repeated so a race has several chances to show */
+            op_rmsnorm(&dxn, &dx, &dlw, 1e-5f);
+            op_matmul(&dy1, &dxn, &dw1, NULL);
+            op_matmul(&dy2, &dy1, &dw2, NULL);
+        }
+        if (graph) {
+            g = dev_graph_end(dx.dev, &e);
+            T_ASSERTF(g && dev_graph_launch(g, &e) == 0, "%s", e.msg);
+        }
+        check_close("overlap", graph ? "rmsnorm -> gemv 6144x4096 -> gemv 1000x6144, graph" :
+                                       "rmsnorm -> gemv 6144x4096 -> gemv 1000x6144, eager", &dy2, &y2, 2 * TOL_F16);
+        dev_graph_free(g);
+    }
+    dev_set_overlap(dx.dev, 0);
+    t_free(&x), t_free(&lw), t_free(&w1), t_free(&w2), t_free(&xn), t_free(&y1), t_free(&y2);
+    t_free(&dx), t_free(&dlw), t_free(&dw1), t_free(&dw2), t_free(&dxn), t_free(&dy1), t_free(&dy2);
+}
+
 /* ---- microbenchmarks ---- */
 
 static double bench_ms(int reps, void (*fn)(int rep, void *ctx), void *ctx)
@@ -373,27 +600,65 @@ static double bench_ms(int reps, void (*fn)(int rep, void *ctx), void *ctx)
     return (double)ms / reps;
 }
 
+/* hooks into the CUDA files for before/after timings */
+void cuda_gemv_config(struct tensor *y, const struct tensor *x, const struct tensor *w, int rpb, int unroll);
+void cuda_attention_general(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                            int64_t q_pos0, float scale, int flags);
+
+static struct tensor d_alloc(enum dtype dt, int ndim, int64_t d0, int64_t d1, int64_t d2)
+{
+    struct tensor t = ndim == 1 ? tensor_make(dt, device_cuda(0), NULL, 1, d0)
+                      : ndim == 2 ? tensor_make(dt, device_cuda(0), NULL, 2, d0, d1)
+                                  : tensor_make(dt, device_cuda(0), NULL, 3, d0, d1, d2);
+    struct err e;
+    t.data = dev_alloc(t.dev, tensor_nbytes(&t), &e);
+    CHECKF(t.data, "%s", e.msg);
+    return t;
+}
+
+/* fills a device tensor with copies of one random 16 MiB block (uniform +-amp): random data at copy speed */
+static void d_fill_rand(struct tensor *t, float amp)
+{
+    static struct tensor src;
+    static float src_amp;
+    const int64_t blk = 8 << 20; /* elements of a 16-bit dtype */
+    if (!src.data || src_amp != amp || src.dtype != t->dtype) {
+        if (src.data) t_free(&src);
+        struct tensor h = h_rand(t->dtype, 1, blk, 0, 0, amp);
+        src = d_from(&h);
+        src_amp = amp;
+        t_free(&h);
+    }
+    const size_t es = dtype_size(t->dtype), total = tensor_nbytes(t), bb = (size_t)blk * es;
+    for (size_t off = 0; off < total; off += bb)
+        CHECK(cudaMemcpy((char *)t->data + off, src.data, total - off < bb ? total - off : bb, cudaMemcpyDeviceToDevice) ==
+              cudaSuccess);
+}
+
 struct gemv_bench {
     struct tensor *w, x, y;
-    int nbuf;
+    int nbuf, rpb, unroll;
 };
 
 static void gemv_step(int rep, void *p)
 {
     struct gemv_bench *b = p;
-    op_matmul(&b->y, &b->x, &b->w[rep % b->nbuf], NULL);
+    cuda_gemv_config(&b->y, &b->x, &b->w[rep % b->nbuf], b->rpb, b->unroll);
 }
 
 struct attn_bench {
-    struct tensor q, out, *k, *v;
-    int nbuf;
+    struct tensor q, out, *k, *v, pos;
+    int nbuf, which; /* 0 general kernel (before), 1 op_attention (after), 2 op_attention_pos */
 };
 
 static void attn_step(int rep, void *p)
 {
     struct attn_bench *b = p;
     int i = rep % b->nbuf;
-    op_attention(&b->out, &b->q, &b->k[i], &b->v[i], b->k[i].shape[0] - 1, 0.08838834764831845f, ATTN_CAUSAL);
+    const float sc = 0.08838834764831845f;
+    if (b->which == 0) cuda_attention_general(&b->out, &b->q, &b->k[i], &b->v[i], b->k[i].shape[0] - 1, sc, ATTN_CAUSAL);
+    else if (b->which == 1) op_attention(&b->out, &b->q, &b->k[i], &b->v[i], b->k[i].shape[0] - 1, sc, ATTN_CAUSAL);
+    else op_attention_pos(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, sc, ATTN_CAUSAL);
 }
 
 /* buffers are rotated so the working set is >= 256 MB, beyond the H200's 60 MB L2 */
@@ -404,11 +669,14 @@ static int rotation(size_t bytes)
     return n < 2 ? 2 : n > 64 ? 64 : n;
 }
 
-static void bench(void)
+static void bench_gemv(void)
 {
-    static const int64_t shapes[][3] = {{4096, 4096, 1}, {1024, 4096, 1},  {14336, 4096, 1},
-                                        {4096, 14336, 1}, {128256, 4096, 1}, {14336, 4096, 8}};
-    printf("GEMV fp16 (y[n,o] = x[n,k] w[o,k]^T), weights rotated beyond L2:\n");
+    static const int64_t shapes[][3] = {{4096, 4096, 1},  {1024, 4096, 1},  {6144, 4096, 1},   {14336, 4096, 1},
+                                        {28672, 4096, 1}, {4096, 14336, 1}, {128256, 4096, 1}, {14336, 4096, 8}};
+    static const int cfg[][2] = {{1, 4}, {2, 4}, {4, 4}, {8, 4}, {1, 8}, {2, 8}, {4, 8}, {8, 8}};
+    printf("GEMV fp16 (y[n,o] = x[n,k] w[o,k]^T), weights rotated beyond L2, us and GB/s of weights:\n");
+    printf("  %-22s %-18s %-18s %-18s %s\n", "shape", "before (auto,u4)", "after (auto)", "after + overlap",
+           "best forced (rows/block,unroll)");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t o = shapes[s][0], k = shapes[s][1], n = shapes[s][2];
         struct gemv_bench b;
@@ -417,24 +685,43 @@ static void bench(void)
         b.w = calloc((size_t)b.nbuf, sizeof *b.w);
         CHECK(b.w);
         for (int i = 0; i < b.nbuf; i++) {
-            struct err e;
-            b.w[i] = tensor_make(DTYPE_F16, device_cuda(0), NULL, 2, o, k);
-            b.w[i].data = dev_alloc(b.w[i].dev, wbytes, &e);
-            CHECKF(b.w[i].data, "%s", e.msg);
-            CHECK(cudaMemset(b.w[i].data, 0x2a, wbytes) == cudaSuccess); /* 0x2a2a = 0.048 in fp16 */
+            b.w[i] = d_alloc(DTYPE_F16, 2, o, k, 0);
+            d_fill_rand(&b.w[i], 0.02f);
         }
         struct tensor hx = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f);
         b.x = d_from(&hx);
         b.y = d_new(DTYPE_F16, 2, n, o, 0);
-        double ms = bench_ms(200, gemv_step, &b);
-        printf("  n=%lld o=%-6lld k=%-6lld %8.1f us  %7.1f GB/s  (%d buffers)\n", (long long)n, (long long)o,
-               (long long)k, ms * 1e3, (double)wbytes / (ms * 1e-3) / 1e9, b.nbuf);
+        b.rpb = 0, b.unroll = 4;
+        double before = bench_ms(200, gemv_step, &b);
+        b.rpb = 0, b.unroll = 0;
+        double after = bench_ms(200, gemv_step, &b);
+        dev_set_overlap(device_cuda(0), 1);
+        double pdl = bench_ms(200, gemv_step, &b);
+        dev_set_overlap(device_cuda(0), 0);
+        double best = 1e30;
+        int bi = 0;
+        for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+            b.rpb = cfg[c][0], b.unroll = cfg[c][1];
+            double ms = bench_ms(200, gemv_step, &b);
+            if (ms < best) best = ms, bi = (int)c;
+        }
+        char shp[32];
+        snprintf(shp, sizeof shp, "n=%lld %lldx%lld", (long long)n, (long long)o, (long long)k);
+        printf("  %-22s %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s (%d,%d)\n", shp,
+               before * 1e3, (double)wbytes / (before * 1e-3) / 1e9, after * 1e3, (double)wbytes / (after * 1e-3) / 1e9,
+               pdl * 1e3, (double)wbytes / (pdl * 1e-3) / 1e9, best * 1e3, (double)wbytes / (best * 1e-3) / 1e9,
+               cfg[bi][0], cfg[bi][1]);
         for (int i = 0; i < b.nbuf; i++) t_free(&b.w[i]);
         free(b.w);
         t_free(&hx), t_free(&b.x), t_free(&b.y);
     }
+}
+
+static void bench_attention(void)
+{
     printf("attention decode fp16 (n=1, H=32, Hkv=8, hd=128, causal), KV rotated beyond L2:\n");
-    static const int64_t Ts[] = {512, 4096, 8192};
+    printf("  %-8s %-22s %-22s %s\n", "T", "before (general)", "after (op_attention)", "op_attention_pos (cache 2T)");
+    static const int64_t Ts[] = {512, 1024, 4096, 8192, 32768};
     for (size_t s = 0; s < sizeof Ts / sizeof Ts[0]; s++) {
         const int64_t T = Ts[s];
         struct attn_bench b;
@@ -443,21 +730,248 @@ static void bench(void)
         b.k = calloc((size_t)b.nbuf, sizeof *b.k);
         b.v = calloc((size_t)b.nbuf, sizeof *b.v);
         CHECK(b.k && b.v);
-        struct tensor hk = h_rand(DTYPE_F16, 3, T, 8, 128, 2.0f), hq = h_rand(DTYPE_F16, 3, 1, 32, 128, 2.0f);
         for (int i = 0; i < b.nbuf; i++) {
-            b.k[i] = d_from(&hk);
-            b.v[i] = d_from(&hk);
+            b.k[i] = d_alloc(DTYPE_F16, 3, 2 * T, 8, 128); /* capacity 2T: the pos variant sizes its grid by it */
+            b.v[i] = d_alloc(DTYPE_F16, 3, 2 * T, 8, 128);
+            d_fill_rand(&b.k[i], 2.0f);
+            d_fill_rand(&b.v[i], 1.0f);
         }
+        struct tensor hq = h_rand(DTYPE_F16, 3, 1, 32, 128, 2.0f), hp = h_new(DTYPE_I32, 1, 1, 0, 0);
+        *(int32_t *)hp.data = (int32_t)(T - 1);
         b.q = d_from(&hq);
+        b.pos = d_from(&hp);
         b.out = d_new(DTYPE_F16, 3, 1, 32, 128);
-        double ms = bench_ms(200, attn_step, &b);
-        printf("  T=%-5lld %8.1f us  %7.1f GB/s of K+V  (%d buffers)\n", (long long)T, ms * 1e3,
-               (double)(2 * kvbytes) / (ms * 1e-3) / 1e9, b.nbuf);
-        for (int i = 0; i < b.nbuf; i++) t_free(&b.k[i]), t_free(&b.v[i]);
+        double ms[3];
+        for (int w = 0; w < 3; w++) {
+            b.which = w;
+            for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = w == 2 ? 2 * T : T;
+            ms[w] = bench_ms(200, attn_step, &b);
+        }
+        printf("  T=%-6lld", (long long)T);
+        for (int w = 0; w < 3; w++) printf(" %7.1f us %6.0f GB/s", ms[w] * 1e3, (double)(2 * kvbytes) / (ms[w] * 1e-3) / 1e9);
+        printf("\n");
+        for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = 2 * T, t_free(&b.k[i]), t_free(&b.v[i]);
         free(b.k);
         free(b.v);
-        t_free(&hk), t_free(&hq), t_free(&b.q), t_free(&b.out);
+        t_free(&hq), t_free(&hp), t_free(&b.q), t_free(&b.pos), t_free(&b.out);
     }
+}
+
+/* ---- a whole decode step: 32 Llama-3-8B layers + lm_head, fp16, n = 1 ---- */
+
+#define STEP_L 32
+struct step_bench {
+    struct tensor qkv[STEP_L], wo[STEP_L], gu[STEP_L], down[STEP_L], ln1[STEP_L], ln2[STEP_L], kc[STEP_L], vc[STEP_L];
+    struct tensor head, fnorm, h, xn, q, att, o, g, logits_act, logits, ids, pos;
+    int64_t pos0;
+    int variant; /* 0 before: old kernels and op sequence; 1 after: fused ops, device positions */
+    struct dev_graph *graph;
+};
+
+static void step_before(struct step_bench *b)
+{
+    const int64_t p = b->pos0;
+    struct tensor pos = tensor_rows_view(&b->pos, 0, 1);
+    for (int l = 0; l < STEP_L; l++) {
+        op_rmsnorm(&b->xn, &b->h, &b->ln1[l], 1e-5f);
+        cuda_gemv_config(&b->q, &b->xn, &b->qkv[l], 0, 4);
+        struct tensor q3 = tensor_make(DTYPE_F16, b->q.dev, b->q.data, 3, (int64_t)1, (int64_t)32, (int64_t)128);
+        struct tensor k3 = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 4096 * 2, 3, (int64_t)1, (int64_t)8, (int64_t)128);
+        struct tensor v3 = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 5120 * 2, 3, (int64_t)1, (int64_t)8, (int64_t)128);
+        op_rope(&q3, &pos, 500000.0);
+        op_rope(&k3, &pos, 500000.0);
+        struct tensor kr = tensor_rows_view(&b->kc[l], p, 1), vr = tensor_rows_view(&b->vc[l], p, 1);
+        op_copy(&kr, &k3);
+        op_copy(&vr, &v3);
+        struct tensor ka = tensor_rows_view(&b->kc[l], 0, p + 1), va = tensor_rows_view(&b->vc[l], 0, p + 1);
+        struct tensor a3 = tensor_reshape(&b->att, 3, (int64_t)1, (int64_t)32, (int64_t)128);
+        cuda_attention_general(&a3, &q3, &ka, &va, p, 0.08838834764831845f, ATTN_CAUSAL);
+        cuda_gemv_config(&b->o, &b->att, &b->wo[l], 0, 4);
+        op_add(&b->h, &b->h, &b->o);
+        op_rmsnorm(&b->xn, &b->h, &b->ln2[l], 1e-5f);
+        cuda_gemv_config(&b->g, &b->xn, &b->gu[l], 0, 4);
+        struct tensor gg = tensor_make(DTYPE_F16, b->g.dev, b->g.data, 2, (int64_t)1, (int64_t)14336);
+        struct tensor uu = tensor_make(DTYPE_F16, b->g.dev, (char *)b->g.data + 14336 * 2, 2, (int64_t)1, (int64_t)14336);
+        op_silu_mul(&gg, &gg, &uu);
+        cuda_gemv_config(&b->o, &gg, &b->down[l], 0, 4);
+        op_add(&b->h, &b->h, &b->o);
+    }
+    op_rmsnorm(&b->xn, &b->h, &b->fnorm, 1e-5f);
+    cuda_gemv_config(&b->logits_act, &b->xn, &b->head, 0, 4);
+    op_copy(&b->logits, &b->logits_act);
+    op_argmax_dev(&b->logits, &b->ids); /* the old path copied to the host here: not timed */
+}
+
+/* what llm.c's decode step becomes (docs/llm_decode.patch): 9 launches per layer instead of 14 */
+static void step_after(struct step_bench *b)
+{
+    op_embed(&b->h, &b->head, &b->ids); /* the token chosen by the previous step, read on the device */
+    op_rmsnorm(&b->xn, &b->h, &b->ln1[0], 1e-5f);
+    for (int l = 0; l < STEP_L; l++) {
+        op_matmul(&b->q, &b->xn, &b->qkv[l], NULL);
+        struct tensor q3 = tensor_make(DTYPE_F16, b->q.dev, b->q.data, 3, (int64_t)1, (int64_t)32, (int64_t)128);
+        struct tensor k3 = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 4096 * 2, 3, (int64_t)1, (int64_t)8, (int64_t)128);
+        struct tensor v3 = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 5120 * 2, 3, (int64_t)1, (int64_t)8, (int64_t)128);
+        op_rope_qk(&q3, &k3, &b->pos, 500000.0, &v3, &b->kc[l], &b->vc[l]);
+        struct tensor a3 = tensor_reshape(&b->att, 3, (int64_t)1, (int64_t)32, (int64_t)128);
+        op_attention_pos(&a3, &q3, &b->kc[l], &b->vc[l], &b->pos, 0.08838834764831845f, ATTN_CAUSAL);
+        op_matmul(&b->o, &b->att, &b->wo[l], NULL);
+        op_add_rmsnorm(&b->h, &b->xn, &b->o, &b->ln2[l], 1e-5f);
+        op_matmul(&b->g, &b->xn, &b->gu[l], NULL);
+        struct tensor gg = tensor_make(DTYPE_F16, b->g.dev, b->g.data, 2, (int64_t)1, (int64_t)14336);
+        struct tensor uu = tensor_make(DTYPE_F16, b->g.dev, (char *)b->g.data + 14336 * 2, 2, (int64_t)1, (int64_t)14336);
+        op_silu_mul(&gg, &gg, &uu);
+        op_matmul(&b->o, &gg, &b->down[l], NULL);
+        op_add_rmsnorm(&b->h, &b->xn, &b->o, l + 1 < STEP_L ? &b->ln1[l + 1] : &b->fnorm, 1e-5f);
+    }
+    op_matmul(&b->logits_act, &b->xn, &b->head, NULL);
+    op_copy(&b->logits, &b->logits_act);
+    op_argmax_dev(&b->logits, &b->ids);
+}
+
+static void step_run(int rep, void *p)
+{
+    struct step_bench *b = p;
+    struct err e;
+    (void)rep;
+    if (b->variant == 0) step_before(b);
+    else if (!b->graph) step_after(b);
+    else CHECKF(dev_graph_launch(b->graph, &e) == 0, "%s", e.msg);
+}
+
+static void bench_step(void)
+{
+    struct step_bench *b = calloc(1, sizeof *b);
+    CHECK(b);
+    const int64_t ctx = 4096;
+    for (int l = 0; l < STEP_L; l++) {
+        b->qkv[l] = d_alloc(DTYPE_F16, 2, 6144, 4096, 0), d_fill_rand(&b->qkv[l], 0.02f);
+        b->wo[l] = d_alloc(DTYPE_F16, 2, 4096, 4096, 0), d_fill_rand(&b->wo[l], 0.02f);
+        b->gu[l] = d_alloc(DTYPE_F16, 2, 28672, 4096, 0), d_fill_rand(&b->gu[l], 0.02f);
+        b->down[l] = d_alloc(DTYPE_F16, 2, 4096, 14336, 0), d_fill_rand(&b->down[l], 0.01f);
+        struct tensor hw = h_new(DTYPE_F16, 1, 4096, 0, 0);
+        h_fill(&hw, 0.2f, 1.0f);
+        b->ln1[l] = d_from(&hw), b->ln2[l] = d_from(&hw);
+        t_free(&hw);
+        b->kc[l] = d_alloc(DTYPE_F16, 3, ctx, 8, 128), d_fill_rand(&b->kc[l], 2.0f);
+        b->vc[l] = d_alloc(DTYPE_F16, 3, ctx, 8, 128), d_fill_rand(&b->vc[l], 1.0f);
+    }
+    b->head = d_alloc(DTYPE_F16, 2, 128256, 4096, 0), d_fill_rand(&b->head, 0.02f);
+    b->fnorm = d_new(DTYPE_F16, 1, 4096, 0, 0);
+    b->h = d_new(DTYPE_F16, 2, 1, 4096, 0), b->xn = d_new(DTYPE_F16, 2, 1, 4096, 0);
+    b->q = d_new(DTYPE_F16, 2, 1, 6144, 0), b->att = d_new(DTYPE_F16, 2, 1, 4096, 0), b->o = d_new(DTYPE_F16, 2, 1, 4096, 0);
+    b->g = d_new(DTYPE_F16, 2, 1, 28672, 0);
+    b->logits_act = d_new(DTYPE_F16, 2, 1, 128256, 0), b->logits = d_new(DTYPE_F32, 2, 1, 128256, 0);
+    struct tensor hi = h_new(DTYPE_I32, 1, 1, 0, 0);
+    *(int32_t *)hi.data = 791;
+    b->ids = d_from(&hi);
+    b->pos = d_from(&hi); /* overwritten below */
+    printf("decode step, 32 layers 4096/14336 + lm_head 128256, fp16, n=1 (weights 15.0 GB), ms per token:\n");
+    static const int64_t P[] = {512, 3000};
+    for (size_t s = 0; s < sizeof P / sizeof P[0]; s++) {
+        b->pos0 = P[s];
+        *(int32_t *)hi.data = (int32_t)P[s];
+        op_copy(&b->pos, &hi);
+        *(int32_t *)hi.data = 791;
+        op_copy(&b->ids, &hi);
+        double ms[4];
+        float *ref = NULL;
+        int same[4] = {1, 1, 1, 1};
+        for (int v = 0; v < 4; v++) {
+            b->variant = v > 0;
+            dev_set_overlap(b->h.dev, v == 3);
+            if (v >= 2) { /* capture the 'after' step (after the eager run sized every scratch buffer) */
+                struct err e;
+                CHECKF(dev_graph_begin(b->h.dev, &e) == 0, "%s", e.msg);
+                step_after(b);
+                b->graph = dev_graph_end(b->h.dev, &e);
+                CHECKF(b->graph, "%s", e.msg);
+            }
+            ms[v] = bench_ms(30, step_run, b);
+            if (v >= 1) { /* one step from a fixed token: the 'after' variants must agree bit for bit */
+                *(int32_t *)hi.data = 791;
+                op_copy(&b->ids, &hi);
+                step_run(0, b);
+                float *lg = malloc(128256 * sizeof(float));
+                CHECK(lg);
+                struct tensor hl = tensor_make(DTYPE_F32, device_cpu(), lg, 2, (int64_t)1, (int64_t)128256);
+                op_copy(&hl, &b->logits);
+                if (!ref) ref = lg;
+                else {
+                    same[v] = memcmp(ref, lg, 128256 * sizeof(float)) == 0;
+                    T_ASSERTF(same[v], "decode step variant %d differs from the eager run", v);
+                    free(lg);
+                }
+            }
+            if (b->graph) dev_graph_free(b->graph), b->graph = NULL;
+        }
+        dev_set_overlap(b->h.dev, 0);
+        free(ref);
+        printf("  context %-5lld before %6.2f ms (%5.1f tok/s) | after: eager %6.2f ms (%5.1f tok/s), graph %6.2f ms "
+               "(%5.1f tok/s)%s, graph + overlap %6.2f ms (%5.1f tok/s, %4.0f GB/s of weights)%s\n",
+               (long long)P[s], ms[0], 1e3 / ms[0], ms[1], 1e3 / ms[1], ms[2], 1e3 / ms[2], same[2] ? "" : " DIFFERS",
+               ms[3], 1e3 / ms[3], 15.0e9 / (ms[3] * 1e-3) / 1e9, same[3] ? "" : " DIFFERS");
+    }
+    for (int l = 0; l < STEP_L; l++) {
+        t_free(&b->qkv[l]), t_free(&b->wo[l]), t_free(&b->gu[l]), t_free(&b->down[l]);
+        t_free(&b->ln1[l]), t_free(&b->ln2[l]), t_free(&b->kc[l]), t_free(&b->vc[l]);
+    }
+    t_free(&b->head), t_free(&b->fnorm), t_free(&b->h), t_free(&b->xn), t_free(&b->q), t_free(&b->att), t_free(&b->o);
+    t_free(&b->g), t_free(&b->logits_act), t_free(&b->logits), t_free(&b->ids), t_free(&b->pos), t_free(&hi);
+    free(b);
+}
+
+struct small_bench {
+    struct tensor h, o, xn, w, q, k, v, kc, vc, pos, logits, ids;
+    int which;
+};
+
+static void small_step(int rep, void *p)
+{
+    struct small_bench *b = p;
+    int32_t id;
+    (void)rep;
+    switch (b->which) {
+    case 0: op_add(&b->h, &b->h, &b->o); op_rmsnorm(&b->xn, &b->h, &b->w, 1e-5f); break;
+    case 1: op_add_rmsnorm(&b->h, &b->xn, &b->o, &b->w, 1e-5f); break;
+    case 2: {
+        struct tensor kr = tensor_rows_view(&b->kc, 700, 1), vr = tensor_rows_view(&b->vc, 700, 1);
+        op_rope(&b->q, &b->pos, 500000.0), op_rope(&b->k, &b->pos, 500000.0), op_copy(&kr, &b->k), op_copy(&vr, &b->v);
+        break;
+    }
+    case 3: op_rope_qk(&b->q, &b->k, &b->pos, 500000.0, &b->v, &b->kc, &b->vc); break;
+    case 4: op_argmax(&b->logits, &id); break;
+    default: op_argmax_dev(&b->logits, &b->ids); break;
+    }
+}
+
+static void bench_small(void)
+{
+    struct small_bench b;
+    b.h = d_new(DTYPE_F16, 2, 1, 4096, 0), b.o = d_new(DTYPE_F16, 2, 1, 4096, 0), b.xn = d_new(DTYPE_F16, 2, 1, 4096, 0);
+    b.w = d_new(DTYPE_F16, 1, 4096, 0, 0);
+    b.q = d_new(DTYPE_F16, 3, 1, 32, 128), b.k = d_new(DTYPE_F16, 3, 1, 8, 128), b.v = d_new(DTYPE_F16, 3, 1, 8, 128);
+    b.kc = d_new(DTYPE_F16, 3, 1024, 8, 128), b.vc = d_new(DTYPE_F16, 3, 1024, 8, 128);
+    struct tensor hp = h_new(DTYPE_I32, 1, 1, 0, 0);
+    *(int32_t *)hp.data = 700;
+    b.pos = d_from(&hp);
+    b.logits = d_new(DTYPE_F32, 2, 1, 128256, 0), b.ids = d_new(DTYPE_I32, 1, 1, 0, 0);
+    static const char *names[] = {"add + rmsnorm (before)",  "add_rmsnorm (after)",  "rope q + rope k + 2 KV copies (before)",
+                                  "rope_qk + KV store (after)", "argmax + host copy (before)", "argmax_dev (after)"};
+    printf("small decode ops, us per call (eager launches):\n");
+    for (b.which = 0; b.which < 6; b.which++)
+        printf("  %-40s %7.2f us\n", names[b.which], bench_ms(b.which == 4 ? 50 : 500, small_step, &b) * 1e3);
+    t_free(&b.h), t_free(&b.o), t_free(&b.xn), t_free(&b.w), t_free(&b.q), t_free(&b.k), t_free(&b.v);
+    t_free(&b.kc), t_free(&b.vc), t_free(&b.pos), t_free(&hp), t_free(&b.logits), t_free(&b.ids);
+}
+
+static void bench(int argc, char **argv)
+{
+    const char *only = argc > 2 ? argv[2] : "";
+    if (!*only || !strcmp(only, "gemv")) bench_gemv();
+    if (!*only || !strcmp(only, "attention")) bench_attention();
+    if (!*only || !strcmp(only, "small")) bench_small();
+    if (!*only || !strcmp(only, "step")) bench_step();
 }
 
 int main(int argc, char **argv)
@@ -476,11 +990,19 @@ int main(int argc, char **argv)
         T_SKIP(test_attention, why);
         T_SKIP(test_elementwise, why);
         T_SKIP(test_argmax, why);
+        T_SKIP(test_add_rmsnorm, why);
+        T_SKIP(test_rope_qk, why);
+        T_SKIP(test_kv_store, why);
+        T_SKIP(test_attention_pos, why);
+        T_SKIP(test_argmax_dev, why);
+        T_SKIP(test_graph, why);
+        T_SKIP(test_overlap, why);
         return t_main_end("test_cuda_ops");
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0) {
-        bench();
-        return 0;
+        t_cur_fail = 0;
+        bench(argc, argv);
+        return t_cur_fail ? 1 : 0; /* the decode-step variants must agree bit for bit */
     }
     T_RUN(test_convert);
     T_RUN(test_embed);
@@ -490,6 +1012,13 @@ int main(int argc, char **argv)
     T_RUN(test_attention);
     T_RUN(test_elementwise);
     T_RUN(test_argmax);
+    T_RUN(test_add_rmsnorm);
+    T_RUN(test_rope_qk);
+    T_RUN(test_kv_store);
+    T_RUN(test_attention_pos);
+    T_RUN(test_argmax_dev);
+    T_RUN(test_graph);
+    T_RUN(test_overlap);
     return t_main_end("test_cuda_ops");
 }
 

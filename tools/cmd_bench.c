@@ -329,10 +329,8 @@ static int run_decode(struct bench *b, struct phase *p, struct err *e)
         int32_t tok = first;
         sync_all(g);
         double t0 = time_now();
-        for (int i = 0; i < n_steps; i++) {
-            if (llm_forward(&g->llm, &tok, NULL, 1, b->logits, e)) goto out;
-            tok = sampler_sample(&s, b->logits);
-        }
+        for (int i = 0; i < n_steps; i++) /* the engine's greedy step: a CUDA graph on one GPU */
+            if (llm_decode_greedy(&g->llm, tok, &tok, e)) goto out;
         sync_all(g);
         if (r >= 0) p->t[p->reps++] = time_now() - t0;
     }
@@ -496,8 +494,7 @@ static int seed_once(struct bench *b, const unsigned char *jpg, unsigned long n_
     double t2 = time_now();
     *first_stop = engine_is_stop(g, tok) ? 0 : -1;
     for (int i = 1; i < n_new; i++) {
-        if (llm_forward(&g->llm, &tok, NULL, 1, b->logits, e)) goto out;
-        tok = sampler_sample(&s, b->logits);
+        if (llm_decode_greedy(&g->llm, tok, &tok, e)) goto out;
         if (*first_stop < 0 && engine_is_stop(g, tok)) *first_stop = i;
     }
     sync_all(g);

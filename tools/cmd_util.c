@@ -16,7 +16,8 @@ const char cmdu_engine_help[] =
     "  --quiet              do not print the device plan\n";
 
 const char cmdu_sampler_help[] =
-    "  --greedy             argmax decoding (default: the model's sampling defaults)\n"
+    "  --greedy             argmax decoding, no repetition penalty unless given (default: the model's\n"
+    "                       sampling defaults: temperature 0.7, top-k 100, top-p 0.8, penalty 1.05)\n"
     "  --seed N             sampling seed (default 0)\n"
     "  --temperature T      (0.7)   --top-k K (100)   --top-p P (0.8)   --repetition-penalty R (1.05)\n";
 
@@ -87,7 +88,10 @@ int cmdu_sampler_flag(struct sampler_params *p, int argc, char **argv, int *i, s
     long long n;
     double x;
     if (!strcmp(f, "--greedy")) {
+        /* pure argmax, as chat(sampling=True, do_sample=False, repetition_penalty=1.0); an explicit
+         * --repetition-penalty (before or after) still applies */
         p->greedy = true;
+        if (!p->penalty_explicit) p->repetition_penalty = 1.0f;
     } else if (!strcmp(f, "--seed")) {
         if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_int(f, v, 0, (long long)9e18, &n, e)) return -1;
         p->seed = (uint64_t)n;
@@ -103,6 +107,7 @@ int cmdu_sampler_flag(struct sampler_params *p, int argc, char **argv, int *i, s
     } else if (!strcmp(f, "--repetition-penalty")) {
         if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_float(f, v, 1e-3, 100, &x, e)) return -1;
         p->repetition_penalty = (float)x;
+        p->penalty_explicit = true;
     } else {
         return 0;
     }

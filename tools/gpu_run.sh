@@ -35,7 +35,7 @@ for stage in "$@"; do
     ;;
   cudatest)
     build-dev/tests/test_cuda_ops 2>&1 | tee "$OUT/cuda_ops.log" | grep -E "FAIL|passed" | head -40
-    build-dev/tests/test_cuda_ops bench 2>&1 | tail -20
+    build-dev/tests/test_cuda_ops bench 2>&1 | tail -45
     ;;
   cudae2e)
     mk_tiny

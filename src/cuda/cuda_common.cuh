@@ -62,6 +62,7 @@ enum cuda_scratch_slot {
     SCRATCH_ATTN,      /* attention: split-K partials */
     SCRATCH_ATTN_KV,   /* attention: k/v converted to f32 when their dtypes differ */
     SCRATCH_ARGMAX,    /* argmax: device-side int32 results */
+    SCRATCH_ATTN_CNT,  /* decode attention: per-block-group arrival counters (zeroed, self-resetting) */
     SCRATCH_N
 };
 
@@ -74,9 +75,11 @@ struct cuda_ctx {
     void *blas_ws;              /* cuBLAS workspace (fixed, so graph capture never allocates) */
     void *scratch[SCRATCH_N];
     size_t scratch_bytes[SCRATCH_N];
+    unsigned scratch_gen;       /* bumped whenever a scratch buffer moves: graphs captured before are stale */
     void *pinned;               /* staging buffer for copies between GPUs without peer access */
     size_t pinned_bytes;
     signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
+    int pdl;                    /* launch decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
 };
 
 /* Returns the context of a device (created on first use) and makes it the current device. */
@@ -86,6 +89,11 @@ cublasHandle_t cuda_ctx_blas(struct cuda_ctx *c);
 /* A device buffer of at least `bytes` for one slot. Grows (after a stream sync) when too small:
  * not inside a graph capture, so run one warm-up step at the largest shapes first. */
 void *cuda_scratch(struct cuda_ctx *c, int slot, size_t bytes);
+/* cuda_scratch whose new memory is zeroed (on the stream) whenever it grows: for counters that the
+ * kernels using them return to zero before they exit. */
+void *cuda_scratch_zeroed(struct cuda_ctx *c, int slot, size_t bytes);
+/* Aborts with a message naming `what` when the device's stream is being captured into a graph. */
+void cuda_check_not_capturing(struct cuda_ctx *c, const char *what);
 
 /* A grid of 256-thread blocks for n elements, grid-stride beyond 32 blocks per SM. */
 static inline unsigned cuda_grid_1d(const struct cuda_ctx *c, int64_t n)
@@ -93,6 +101,48 @@ static inline unsigned cuda_grid_1d(const struct cuda_ctx *c, int64_t n)
     int64_t b = (n + 255) / 256, cap = (int64_t)c->n_sm * 32;
     if (b < 1) b = 1;
     return (unsigned)(b < cap ? b : cap);
+}
+
+/* ---- programmatic dependent launch (Hopper) ----
+ * A kernel launched with cuda_launch_pdl may start while the previous kernel of the stream is still
+ * running; it must call pdl_wait() before it reads anything an earlier kernel wrote or writes
+ * anything an earlier kernel reads (only constant data, the weights, may be touched before). Every
+ * kernel calls pdl_trigger() early so that such a successor can be scheduled as soon as all of its
+ * own blocks have started. Both are no-ops without a PDL launch and before sm_90. */
+__device__ __forceinline__ void pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Launches kern on the context's stream, with programmatic stream serialisation when c->pdl. */
+template <typename... KArgs, typename... Args>
+static inline void cuda_launch_pdl(const struct cuda_ctx *c, void (*kern)(KArgs...), dim3 grid, dim3 block,
+                                   Args... args)
+{
+    if (!c->pdl) {
+        kern<<<grid, block, 0, c->stream>>>(args...);
+        CUDA_CHECK(cudaGetLastError());
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1] = {};
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, args...));
 }
 
 /* ---- device-side dtype helpers (dt is an enum dtype value) ---- */
@@ -155,8 +205,9 @@ template <> struct words<__nv_bfloat16> {
 };
 
 /* Loads N elements of T starting at p (aligned to min(16, N*sizeof(T)) bytes) as floats, with
- * 16-byte (or 8-byte) loads through the read-only path. */
-template <typename T, int N> __device__ __forceinline__ void load_vec(const T *p, float *o)
+ * 16-byte (or 8-byte) loads through the read-only path, or with CG through L2 only (ld.global.cg:
+ * for data a still-running predecessor kernel wrote, under programmatic dependent launch). */
+template <typename T, int N, bool CG = false> __device__ __forceinline__ void load_vec(const T *p, float *o)
 {
     constexpr int B = N * (int)sizeof(T);
     static_assert(B % 8 == 0, "vector loads are 8 or 16 bytes");
@@ -164,14 +215,14 @@ template <typename T, int N> __device__ __forceinline__ void load_vec(const T *p
     if constexpr (B % 16 == 0) {
 #pragma unroll
         for (int q = 0; q < B / 16; q++) {
-            uint4 u = __ldg(reinterpret_cast<const uint4 *>(p) + q);
+            uint4 u = CG ? __ldcg(reinterpret_cast<const uint4 *>(p) + q) : __ldg(reinterpret_cast<const uint4 *>(p) + q);
             words<T>::to_f(u.x, o + (4 * q + 0) * PW);
             words<T>::to_f(u.y, o + (4 * q + 1) * PW);
             words<T>::to_f(u.z, o + (4 * q + 2) * PW);
             words<T>::to_f(u.w, o + (4 * q + 3) * PW);
         }
     } else {
-        uint2 u = __ldg(reinterpret_cast<const uint2 *>(p));
+        uint2 u = CG ? __ldcg(reinterpret_cast<const uint2 *>(p)) : __ldg(reinterpret_cast<const uint2 *>(p));
         words<T>::to_f(u.x, o);
         words<T>::to_f(u.y, o + PW);
     }

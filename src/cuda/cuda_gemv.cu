@@ -3,18 +3,25 @@
  * used for all n tokens (x is small and stays in L1/L2); fp32 accumulation; warp-shuffle reduction;
  * bias added in fp32 before the single rounding to y's dtype (as the CPU does). A block of 8 warps
  * owns 8, 4, 2 or 1 rows (1, 2, 4 or 8 warps per row, splitting k) so that even o = 1024 gives
- * enough blocks for every SM. Rows whose width or pointers do not allow 16-byte loads take a scalar
- * kernel with the same structure.
+ * enough blocks for every SM; each lane keeps 8 (or 4, for short rows) 16-byte loads in flight.
+ * With cuda_set_pdl on, the GEMV is launched with programmatic dependent launch: its first batch of
+ * weights is loaded before griddepcontrol.wait, overlapping the previous kernel's tail, and x is
+ * read through L2 (ld.global.cg) after the wait. Rows whose width or pointers do not allow 16-byte
+ * loads take a scalar kernel with the same structure.
  * n > 8 (prefill): cublasGemmEx with fp32 compute (CUBLAS_COMPUTE_32F, default math: no TF32).
  * Both operands must have one dtype: x is converted to w's dtype first when they differ (exact when
  * w is f32; rounds x to fp16/bf16 otherwise: documented in docs/CUDA.md). With a bias, or an output
  * dtype cuBLAS cannot write for that input, the GEMM writes fp32 and a small kernel adds the bias and
  * rounds once, keeping the CPU's rounding point. */
+#include <type_traits>
+
 #include "cuda/cuda_common.cuh"
 
 #define GEMV_MAX_TOKENS 8
 #define GEMV_WARPS 8
-#define GEMV_UNROLL 4 /* 16-byte weight loads in flight per lane */
+/* 16-byte weight loads in flight per lane: 8 when a lane has at least 8 to do (rows of 4096 fp16
+ * split over 2 warps: all of a lane's loads in one batch, one memory latency instead of two), else 4 */
+#define GEMV_UNROLL_MAX 8
 
 /* lane 0 of a row's first warp writes round(acc + bias) for every token */
 template <int NT>
@@ -50,7 +57,7 @@ __device__ __forceinline__ void gemv_reduce(float *acc, float (*red)[NT], int wa
 
 /* W, X: storage types of the weight and of x; NT: tokens the registers are sized for (n <= NT).
  * Requires k % VEC == 0 and 16-byte aligned w and x. */
-template <typename W, typename X, int NT>
+template <typename W, typename X, int NT, int GEMV_UNROLL, bool PDL>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int bdt, int n, int64_t k, int64_t o,
                 int rpb)
@@ -63,14 +70,24 @@ gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int 
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    if (row < o) {
-        const uint4 *wrow = reinterpret_cast<const uint4 *>(w + row * k);
-        const int64_t nv = k / VEC, stride = 32 * (int64_t)wpr;
-        int64_t v = (int64_t)wr * 32 + lane;
-        for (; v + (GEMV_UNROLL - 1) * stride < nv; v += GEMV_UNROLL * stride) {
-            uint4 wv[GEMV_UNROLL];
+    pdl_trigger();
+    /* the first batch of weights is loaded before waiting for the previous kernel (PDL launch): the
+     * weights are constant, and their memory latency overlaps that kernel's tail */
+    const uint4 *wrow = reinterpret_cast<const uint4 *>(w + (row < o ? row : 0) * k);
+    const int64_t nv = k / VEC, stride = 32 * (int64_t)wpr;
+    int64_t v = (int64_t)wr * 32 + lane;
+    uint4 wv[GEMV_UNROLL];
+    bool have = row < o && v + (GEMV_UNROLL - 1) * stride < nv;
+    if (have)
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) wv[u] = __ldcs(wrow + v + u * stride); /* streamed, not kept */
+        for (int u = 0; u < GEMV_UNROLL; u++) wv[u] = __ldcs(wrow + v + u * stride); /* streamed, not kept */
+    pdl_wait();
+    if (row < o) {
+        for (; v + (GEMV_UNROLL - 1) * stride < nv; v += GEMV_UNROLL * stride) {
+            if (!have)
+#pragma unroll
+                for (int u = 0; u < GEMV_UNROLL; u++) wv[u] = __ldcs(wrow + v + u * stride);
+            have = false;
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++) {
                 float wf[VEC];
@@ -82,7 +99,7 @@ gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int 
                 for (int t = 0; t < NT; t++) {
                     if (t < n) {
                         float xf[VEC];
-                        load_vec<X, VEC>(x + t * k + (v + u * stride) * VEC, xf);
+                        load_vec<X, VEC, PDL>(x + t * k + (v + u * stride) * VEC, xf);
 #pragma unroll
                         for (int e = 0; e < VEC; e++) acc[t] = fmaf(wf[e], xf[e], acc[t]);
                     }
@@ -100,7 +117,7 @@ gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int 
             for (int t = 0; t < NT; t++) {
                 if (t < n) {
                     float xf[VEC];
-                    load_vec<X, VEC>(x + t * k + v * VEC, xf);
+                    load_vec<X, VEC, PDL>(x + t * k + v * VEC, xf);
 #pragma unroll
                     for (int e = 0; e < VEC; e++) acc[t] = fmaf(wf[e], xf[e], acc[t]);
                 }
@@ -143,7 +160,7 @@ static int gemv_rows_per_block(const struct cuda_ctx *c, int64_t o)
     return rpb;
 }
 
-template <typename W, typename X>
+template <typename W, typename X, int U>
 static void gemv_vec_launch(struct cuda_ctx *c, unsigned grid, int rpb, struct tensor *y, const struct tensor *x,
                             const struct tensor *w, const struct tensor *bias, int n, int64_t k, int64_t o)
 {
@@ -151,42 +168,62 @@ static void gemv_vec_launch(struct cuda_ctx *c, unsigned grid, int rpb, struct t
     const int bdt = bias ? (int)bias->dtype : 0;
     const X *xp = (const X *)x->data;
     const W *wp = (const W *)w->data;
-    if (n == 1)
-        gemv_vec_kernel<W, X, 1><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
-    else if (n == 2)
-        gemv_vec_kernel<W, X, 2><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
-    else if (n <= 4)
-        gemv_vec_kernel<W, X, 4><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
-    else
-        gemv_vec_kernel<W, X, 8><<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, xp, wp, bp, bdt, n, k, o, rpb);
+    void *yp = y->data;
+    const int ydt = y->dtype;
+    const dim3 blk(GEMV_WARPS * 32);
+    /* PDL only where x and w share a dtype (the model's case): fewer kernel instances to build */
+    if constexpr (std::is_same<W, X>::value) {
+        if (c->pdl) {
+            if (n == 1) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 1, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+            else if (n == 2) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 2, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+            else if (n <= 4) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 4, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+            else cuda_launch_pdl(c, gemv_vec_kernel<W, X, 8, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+            return;
+        }
+    }
+    if (n == 1) gemv_vec_kernel<W, X, 1, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+    else if (n == 2) gemv_vec_kernel<W, X, 2, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+    else if (n <= 4) gemv_vec_kernel<W, X, 4, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+    else gemv_vec_kernel<W, X, 8, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
     KERNEL_CHECK();
 }
 
 template <typename W>
-static void gemv_vec_dispatch_x(struct cuda_ctx *c, unsigned grid, int rpb, struct tensor *y, const struct tensor *x,
-                                const struct tensor *w, const struct tensor *bias, int n, int64_t k, int64_t o)
+static void gemv_vec_dispatch_x(struct cuda_ctx *c, unsigned grid, int rpb, int unroll, struct tensor *y,
+                                const struct tensor *x, const struct tensor *w, const struct tensor *bias, int n,
+                                int64_t k, int64_t o)
 {
+    if (unroll >= 8) {
+        switch (x->dtype) {
+        case DTYPE_F16: gemv_vec_launch<W, __half, 8>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+        case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16, 8>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+        default: gemv_vec_launch<W, float, 8>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+        }
+        return;
+    }
     switch (x->dtype) {
-    case DTYPE_F16: gemv_vec_launch<W, __half>(c, grid, rpb, y, x, w, bias, n, k, o); break;
-    case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16>(c, grid, rpb, y, x, w, bias, n, k, o); break;
-    default: gemv_vec_launch<W, float>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+    case DTYPE_F16: gemv_vec_launch<W, __half, 4>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+    case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16, 4>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+    default: gemv_vec_launch<W, float, 4>(c, grid, rpb, y, x, w, bias, n, k, o); break;
     }
 }
 
+/* rpb (rows per block: 1, 2, 4, 8) and unroll (4 or 8) of 0 are chosen from the shape */
 static void cuda_gemv(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
-                      const struct tensor *bias)
+                      const struct tensor *bias, int rpb, int unroll)
 {
     const int n = (int)x->shape[0];
     const int64_t k = x->shape[1], o = w->shape[0];
-    const int rpb = gemv_rows_per_block(c, o);
+    if (rpb <= 0) rpb = gemv_rows_per_block(c, o);
     const unsigned grid = (unsigned)((o + rpb - 1) / rpb);
     const int64_t vec = 16 / (int64_t)dtype_size(w->dtype);
+    if (unroll <= 0) unroll = k / vec / (32 * (GEMV_WARPS / rpb)) >= GEMV_UNROLL_MAX ? 8 : 4;
     const bool vec_ok = k % vec == 0 && ((uintptr_t)w->data & 15) == 0 && ((uintptr_t)x->data & 15) == 0;
     if (vec_ok) {
         switch (w->dtype) {
-        case DTYPE_F16: gemv_vec_dispatch_x<__half>(c, grid, rpb, y, x, w, bias, n, k, o); return;
-        case DTYPE_BF16: gemv_vec_dispatch_x<__nv_bfloat16>(c, grid, rpb, y, x, w, bias, n, k, o); return;
-        case DTYPE_F32: gemv_vec_dispatch_x<float>(c, grid, rpb, y, x, w, bias, n, k, o); return;
+        case DTYPE_F16: gemv_vec_dispatch_x<__half>(c, grid, rpb, unroll, y, x, w, bias, n, k, o); return;
+        case DTYPE_BF16: gemv_vec_dispatch_x<__nv_bfloat16>(c, grid, rpb, unroll, y, x, w, bias, n, k, o); return;
+        case DTYPE_F32: gemv_vec_dispatch_x<float>(c, grid, rpb, unroll, y, x, w, bias, n, k, o); return;
         default: break;
         }
     }
@@ -221,7 +258,7 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
     const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
     if (n == 0 || o == 0) return;
     if (n <= GEMV_MAX_TOKENS) {
-        cuda_gemv(c, y, x, w, bias);
+        cuda_gemv(c, y, x, w, bias, 0, 0);
         return;
     }
     CHECKF(n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX, "matmul too large for cuBLAS: %lld x %lld x %lld",
@@ -250,4 +287,13 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
             y->data, y->dtype, (const float *)yp, bias ? bias->data : NULL, bias ? (int)bias->dtype : 0, n, o);
         KERNEL_CHECK();
     }
+}
+
+/* The decode GEMV with a forced launch shape (rpb rows per block, unroll loads in flight per lane;
+ * 0 = automatic), n <= 8. For `test_cuda_ops bench`, which times the shapes side by side. */
+extern "C" void cuda_gemv_config(struct tensor *y, const struct tensor *x, const struct tensor *w, int rpb, int unroll)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    CHECK(x->shape[0] <= GEMV_MAX_TOKENS && (rpb == 0 || rpb == 1 || rpb == 2 || rpb == 4 || rpb == 8));
+    cuda_gemv(c, y, x, w, NULL, rpb, unroll);
 }

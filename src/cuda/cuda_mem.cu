@@ -4,7 +4,10 @@
  * kept for the life of the process: the API has no context argument, so this registry is the one
  * piece of process-wide state of the backend). Does not own any op.
  * Copies to or from the host synchronise (the caller reads or reuses the host buffer next);
- * device<->device copies are ordered with events and do not block the host when peer access works. */
+ * device<->device copies are ordered with events and do not block the host when peer access works.
+ * Also owns CUDA graphs: cuda_graph_begin/end capture the ops issued on one device's stream, and
+ * cuda_graph_launch replays them on that stream. A capture must not contain host<->device copies,
+ * syncs or scratch growth: each of those aborts with a message saying so (programmer error). */
 #include <atomic>
 #include <mutex>
 
@@ -62,6 +65,7 @@ void *cuda_scratch(struct cuda_ctx *c, int slot, size_t bytes)
 {
     CHECK(slot >= 0 && slot < SCRATCH_N);
     if (bytes <= c->scratch_bytes[slot]) return c->scratch[slot];
+    cuda_check_not_capturing(c, "scratch growth (run one eager step at the same shapes before capturing)");
     size_t grow = c->scratch_bytes[slot] + c->scratch_bytes[slot] / 2;
     size_t want = bytes > grow ? bytes : grow;
     want = (want + 4095) & ~(size_t)4095;
@@ -77,7 +81,106 @@ void *cuda_scratch(struct cuda_ctx *c, int slot, size_t bytes)
         abort();
     }
     c->scratch_bytes[slot] = want;
+    c->scratch_gen++;
     return c->scratch[slot];
+}
+
+void *cuda_scratch_zeroed(struct cuda_ctx *c, int slot, size_t bytes)
+{
+    const size_t before = c->scratch_bytes[slot];
+    void *p = cuda_scratch(c, slot, bytes);
+    if (c->scratch_bytes[slot] != before) CUDA_CHECK(cudaMemsetAsync(p, 0, c->scratch_bytes[slot], c->stream));
+    return p;
+}
+
+void cuda_check_not_capturing(struct cuda_ctx *c, const char *what)
+{
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(c->stream, &st));
+    CHECKF(st == cudaStreamCaptureStatusNone, "GPU %d: %s inside a CUDA graph capture", c->ordinal, what);
+}
+
+extern "C" void cuda_set_pdl(int ordinal, int on) { cuda_ctx_get(ordinal)->pdl = on != 0; }
+
+/* ---- CUDA graphs ---- */
+
+struct cuda_graph {
+    int ordinal;
+    unsigned scratch_gen; /* the context's scratch generation at capture: the kernels hold those pointers */
+    cudaGraphExec_t exec;
+};
+
+extern "C" int cuda_graph_begin(int ordinal, struct err *e)
+{
+    if (ordinal < 0 || ordinal >= cuda_device_count())
+        return err_set(e, "graph capture on GPU %d: no such device", ordinal);
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(c->stream, &st));
+    if (st != cudaStreamCaptureStatusNone) return err_set(e, "GPU %d: a graph capture is already open", ordinal);
+    /* thread-local: an unsafe call (cudaMalloc, a sync) from this thread fails instead of racing */
+    cudaError_t r = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    if (r != cudaSuccess) {
+        (void)cudaGetLastError();
+        return err_set(e, "GPU %d: cudaStreamBeginCapture: %s", ordinal, cudaGetErrorString(r));
+    }
+    return 0;
+}
+
+extern "C" void *cuda_graph_end(int ordinal, struct err *e)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    cudaGraph_t g = NULL;
+    cudaError_t r = cudaStreamEndCapture(c->stream, &g);
+    if (r != cudaSuccess || !g) {
+        (void)cudaGetLastError();
+        if (g) cudaGraphDestroy(g);
+        err_set(e, "GPU %d: cudaStreamEndCapture: %s", ordinal, cudaGetErrorString(r));
+        return NULL;
+    }
+    struct cuda_graph *cg = (struct cuda_graph *)calloc(1, sizeof *cg);
+    if (!cg) {
+        cudaGraphDestroy(g);
+        err_set(e, "out of memory");
+        return NULL;
+    }
+    cg->ordinal = ordinal;
+    cg->scratch_gen = c->scratch_gen;
+    r = cudaGraphInstantiate(&cg->exec, g, 0);
+    cudaGraphDestroy(g); /* the executable graph keeps what it needs */
+    if (r != cudaSuccess) {
+        (void)cudaGetLastError();
+        free(cg);
+        err_set(e, "GPU %d: cudaGraphInstantiate: %s", ordinal, cudaGetErrorString(r));
+        return NULL;
+    }
+    return cg;
+}
+
+extern "C" int cuda_graph_launch(void *graph, struct err *e)
+{
+    struct cuda_graph *cg = (struct cuda_graph *)graph;
+    struct cuda_ctx *c = cuda_ctx_get(cg->ordinal);
+    /* an eager op grew a scratch buffer after the capture (a longer prefill, the vision tower): the
+     * captured kernels would use freed memory */
+    if (c->scratch_gen != cg->scratch_gen)
+        return err_set(e, "GPU %d: graph is stale (scratch buffers were reallocated since its capture): capture it again",
+                       cg->ordinal);
+    cudaError_t r = cudaGraphLaunch(cg->exec, c->stream);
+    if (r != cudaSuccess) {
+        (void)cudaGetLastError();
+        return err_set(e, "GPU %d: cudaGraphLaunch: %s", cg->ordinal, cudaGetErrorString(r));
+    }
+    return 0;
+}
+
+extern "C" void cuda_graph_free(void *graph)
+{
+    struct cuda_graph *cg = (struct cuda_graph *)graph;
+    if (!cg) return;
+    cuda_ctx_get(cg->ordinal);
+    if (cg->exec) CUDA_CHECK(cudaGraphExecDestroy(cg->exec));
+    free(cg);
 }
 
 extern "C" void *cuda_alloc(int ordinal, size_t bytes, struct err *e)
@@ -124,7 +227,7 @@ extern "C" int cuda_mem_info(int ordinal, size_t *free_b, size_t *total_b, struc
 
 extern "C" void cuda_sync(int ordinal)
 {
-    cuda_ctx_get(ordinal);
+    cuda_check_not_capturing(cuda_ctx_get(ordinal), "a device sync");
     CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -161,6 +264,7 @@ extern "C" void cuda_memcpy(struct device dst_dev, void *dst, struct device src_
     if (bytes == 0) return;
     if (dst_dev.kind == DEVICE_CUDA && src_dev.kind == DEVICE_CPU) {
         struct cuda_ctx *c = cuda_ctx_get(dst_dev.ordinal);
+        cuda_check_not_capturing(c, "a host-to-device copy");
         /* stream order: earlier ops reading dst finish before it is overwritten */
         CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
         CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* the caller may reuse src at once */
@@ -168,6 +272,7 @@ extern "C" void cuda_memcpy(struct device dst_dev, void *dst, struct device src_
     }
     if (dst_dev.kind == DEVICE_CPU && src_dev.kind == DEVICE_CUDA) {
         struct cuda_ctx *c = cuda_ctx_get(src_dev.ordinal);
+        cuda_check_not_capturing(c, "a device-to-host copy");
         CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
         CUDA_CHECK(cudaStreamSynchronize(c->stream));
         return;

@@ -1,18 +1,21 @@
 /* cuda_ops.cu: the CUDA twins of the row-wise and elementwise ops: embed, rmsnorm, layernorm,
- * rope, silu_mul, gelu_tanh, add, scale, convert, argmax. matmul is in cuda_gemv.cu, attention in
+ * rope, silu_mul, gelu_tanh, add, scale, convert, argmax, and the fused decode-step ops
+ * add_rmsnorm, rope_qk (RoPE of q and k + KV append), kv_store, argmax_dev, add_i32. matmul is in cuda_gemv.cu, attention in
  * cuda_attention.cu.
  * Numerics follow backend_cpu.c operation by operation: products and sums that the CPU rounds to
  * fp32 one at a time are written with __fmul_rn/__fadd_rn so nvcc cannot contract them into an FMA
  * (the CPU is built with -std=c11, where gcc does not contract either), and rndf() rounds to the
  * activation dtype exactly where cpu's rnd() does. Norm statistics are summed in double, as on
  * the CPU, so the fp32 statistics agree to the last bit in practice.
- * No op here synchronises except cuda_argmax, which returns host ints. */
+ * No op here synchronises except cuda_argmax, which returns host ints. Every op of a decode step
+ * reads positions and token ids from device tensors, so the step can be captured into a graph. */
 #include "cuda/cuda_common.cuh"
 
 /* ---- convert, embed ---- */
 
 __global__ void convert_kernel(void *dst, int ddt, const void *src, int sdt, int64_t n)
 {
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         stf(dst, ddt, i, ldf(src, sdt, i));
 }
@@ -34,6 +37,7 @@ extern "C" void cuda_convert(struct tensor *dst, const struct tensor *src)
 __global__ void embed_kernel(void *y, int ydt, const void *table, int tdt, const int32_t *ids, int64_t vocab,
                              int64_t d)
 {
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     const int64_t i = blockIdx.x;
     const int32_t id = ids[i];
     if (id < 0 || id >= vocab) {
@@ -73,6 +77,7 @@ __device__ double block_sum_d(double v, double *red)
 __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wdt, int64_t d, float eps)
 {
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     __shared__ double red[NORM_THREADS / 32];
     const int64_t base = blockIdx.x * d;
     double ss = 0;
@@ -96,6 +101,40 @@ extern "C" void cuda_rmsnorm(struct tensor *y, const struct tensor *x, const str
     if (rows == 0) return;
     rmsnorm_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, w->data,
                                                                     w->dtype, d, eps);
+    KERNEL_CHECK();
+}
+
+/* h = round(h + o); xn = rmsnorm(h) * w. One block per row; each thread re-reads only the h
+ * elements it wrote itself, so no barrier is needed between the add and the statistics. */
+__global__ void __launch_bounds__(NORM_THREADS)
+add_rmsnorm_kernel(void *h, int hdt, const void *o, int odt, void *xn, int xdt, const void *w, int wdt, int64_t d,
+                   float eps)
+{
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    __shared__ double red[NORM_THREADS / 32];
+    const int64_t base = blockIdx.x * d;
+    double ss = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        const float v = rndf(__fadd_rn(ldf(h, hdt, base + j), ldf(o, odt, base + j)), hdt); /* cpu_add */
+        stf(h, hdt, base + j, v);
+        ss += (double)v * v;
+    }
+    ss = block_sum_d(ss, red);
+    const float inv = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+        const float xr = rndf(__fmul_rn(ldf(h, hdt, base + j), inv), hdt);
+        stf(xn, xdt, base + j, __fmul_rn(ldf(w, wdt, j), xr));
+    }
+}
+
+extern "C" void cuda_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w,
+                                 float eps)
+{
+    struct cuda_ctx *c = cuda_ctx_get(h->dev.ordinal);
+    const int64_t d = h->shape[h->ndim - 1], rows = tensor_numel(h) / d;
+    if (rows == 0) return;
+    add_rmsnorm_kernel<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(h->data, h->dtype, o->data, o->dtype, xn->data,
+                                                                        xn->dtype, w->data, w->dtype, d, eps);
     KERNEL_CHECK();
 }
 
@@ -143,22 +182,110 @@ struct rope_freqs {
     float f[ROPE_MAX_HALF];
 };
 
+/* rotates the pair (j, j + half) of row base (in place) and returns the results in o1, o2 */
+__device__ __forceinline__ void rope_pair(void *x, int dt, int64_t base, int64_t j, int64_t half, float a, float &o1,
+                                          float &o2)
+{
+    /* cosf/sinf (not __cosf): accurate for the large angles of late positions */
+    const float c = rndf(cosf(a), dt), s = rndf(sinf(a), dt);
+    const float x1 = ldf(x, dt, base + j), x2 = ldf(x, dt, base + j + half);
+    o1 = rndf(__fadd_rn(rndf(__fmul_rn(x1, c), dt), rndf(__fmul_rn(-x2, s), dt)), dt);
+    o2 = rndf(__fadd_rn(rndf(__fmul_rn(x2, c), dt), rndf(__fmul_rn(x1, s), dt)), dt);
+    stf(x, dt, base + j, o1); /* in place: this thread owns the pair (j, j + half) */
+    stf(x, dt, base + j + half, o2);
+}
+
 __global__ void rope_kernel(void *x, int dt, const int32_t *pos, int64_t n, int64_t nh, int64_t hd,
                             const __grid_constant__ rope_freqs inv)
 {
     const int64_t half = hd / 2, total = n * nh * half;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
         const int64_t j = e % half, ih = e / half, i = ih / nh;
-        const float a = __fmul_rn((float)pos[i], inv.f[j]);
-        /* cosf/sinf (not __cosf): accurate for the large angles of late positions */
-        const float c = rndf(cosf(a), dt), s = rndf(sinf(a), dt);
-        const int64_t base = ih * hd;
-        const float x1 = ldf(x, dt, base + j), x2 = ldf(x, dt, base + j + half);
-        const float o1 = rndf(__fadd_rn(rndf(__fmul_rn(x1, c), dt), rndf(__fmul_rn(-x2, s), dt)), dt);
-        const float o2 = rndf(__fadd_rn(rndf(__fmul_rn(x2, c), dt), rndf(__fmul_rn(x1, s), dt)), dt);
-        stf(x, dt, base + j, o1); /* in place: this thread owns the pair (j, j + half) */
-        stf(x, dt, base + j + half, o2);
+        float o1, o2;
+        rope_pair(x, dt, ih * hd, j, half, __fmul_rn((float)pos[i], inv.f[j]), o1, o2);
     }
+}
+
+/* q heads and k heads of every row in one grid; a k pair is also written to the cache row pos[i],
+ * and the thread of k pair (j, j + half) copies the v pair at the same offsets */
+__global__ void rope_qk_kernel(void *q, void *k, int dt, const int32_t *pos, int64_t n, int64_t H, int64_t Hkv,
+                               int64_t hd, const __grid_constant__ rope_freqs inv, const void *v, void *kc, void *vc,
+                               int64_t T)
+{
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    const int64_t half = hd / 2, nh = H + Hkv, total = n * nh * half;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t j = e % half, ih = e / half, i = ih / nh, h = ih - i * nh;
+        const int32_t p = pos[i];
+        const float a = __fmul_rn((float)p, inv.f[j]);
+        float o1, o2;
+        if (h < H) {
+            rope_pair(q, dt, (i * H + h) * hd, j, half, a, o1, o2);
+        } else {
+            const int64_t base = (i * Hkv + (h - H)) * hd;
+            rope_pair(k, dt, base, j, half, a, o1, o2);
+            if (kc) {
+                if (p < 0 || p >= T) {
+                    printf("rope_qk: position %d outside the cache of %lld\n", p, (long long)T);
+                    __trap();
+                }
+                const int64_t cb = ((int64_t)p * Hkv + (h - H)) * hd;
+                stf(kc, dt, cb + j, o1);
+                stf(kc, dt, cb + j + half, o2);
+                stf(vc, dt, cb + j, ldf(v, dt, base + j)); /* a copy: exact in any dtype */
+                stf(vc, dt, cb + j + half, ldf(v, dt, base + j + half));
+            }
+        }
+    }
+}
+
+static void rope_freqs_init(rope_freqs *inv, double theta, int64_t hd)
+{
+    memset(inv, 0, sizeof *inv);
+    /* HF: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all fp32 -- the cpu_rope expression */
+    for (int64_t i = 0; i < hd / 2; i++) inv->f[i] = 1.0f / powf((float)theta, (float)(2 * i) / (float)hd);
+}
+
+extern "C" void cuda_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta,
+                             const struct tensor *v, struct tensor *kc, struct tensor *vc)
+{
+    struct cuda_ctx *c = cuda_ctx_get(q->dev.ordinal);
+    const int64_t n = q->shape[0], H = q->shape[1], Hkv = k->shape[1], hd = q->shape[2], half = hd / 2;
+    CHECKF(half <= ROPE_MAX_HALF, "rope head dim %lld too large", (long long)hd);
+    CHECK(q->dtype == k->dtype);
+    if (n == 0 || half == 0 || H + Hkv == 0) return;
+    rope_freqs inv;
+    rope_freqs_init(&inv, theta, hd);
+    rope_qk_kernel<<<cuda_grid_1d(c, n * (H + Hkv) * half), 256, 0, c->stream>>>(
+        q->data, k->data, q->dtype, (const int32_t *)pos->data, n, H, Hkv, hd, inv, v ? v->data : NULL,
+        kc ? kc->data : NULL, vc ? vc->data : NULL, kc ? kc->shape[0] : 0);
+    KERNEL_CHECK();
+}
+
+/* cache[rows[i]] = x[i], 16-bit words or bytes as the row size allows */
+__global__ void kv_store_kernel(char *cache, const char *x, const int32_t *rows, int64_t n, int64_t rb, int64_t T)
+{
+    const int64_t total = n * rb;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t i = e / rb, b = e - i * rb;
+        const int32_t r = rows[i];
+        if (r < 0 || r >= T) {
+            printf("kv_store: row %d outside the cache of %lld\n", r, (long long)T);
+            __trap();
+        }
+        cache[(int64_t)r * rb + b] = x[e];
+    }
+}
+
+extern "C" void cuda_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
+{
+    struct cuda_ctx *c = cuda_ctx_get(cache->dev.ordinal);
+    const int64_t n = x->shape[0], rb = tensor_row_numel(x) * (int64_t)dtype_size(x->dtype);
+    if (n == 0 || rb == 0) return;
+    kv_store_kernel<<<cuda_grid_1d(c, n * rb), 256, 0, c->stream>>>((char *)cache->data, (const char *)x->data,
+                                                                     (const int32_t *)rows->data, n, rb,
+                                                                     cache->shape[0]);
+    KERNEL_CHECK();
 }
 
 extern "C" void cuda_rope(struct tensor *x, const struct tensor *pos, double theta)
@@ -168,9 +295,7 @@ extern "C" void cuda_rope(struct tensor *x, const struct tensor *pos, double the
     CHECKF(half <= ROPE_MAX_HALF, "rope head dim %lld too large", (long long)hd);
     if (n == 0 || nh == 0 || half == 0) return;
     rope_freqs inv;
-    memset(&inv, 0, sizeof inv);
-    /* HF: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all fp32 -- the cpu_rope expression */
-    for (int64_t i = 0; i < half; i++) inv.f[i] = 1.0f / powf((float)theta, (float)(2 * i) / (float)hd);
+    rope_freqs_init(&inv, theta, hd);
     rope_kernel<<<cuda_grid_1d(c, n * nh * half), 256, 0, c->stream>>>(x->data, x->dtype, (const int32_t *)pos->data,
                                                                        n, nh, hd, inv);
     KERNEL_CHECK();
@@ -183,6 +308,7 @@ extern "C" void cuda_rope(struct tensor *x, const struct tensor *pos, double the
 
 __global__ void silu_mul_kernel(void *y, int ydt, const void *g, int gdt, const void *u, int udt, int64_t n)
 {
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     GRID_STRIDE(i, n)
     {
         const float gv = ldf(g, gdt, i), uv = ldf(u, udt, i);
@@ -225,6 +351,7 @@ extern "C" void cuda_gelu_tanh(struct tensor *y, const struct tensor *x)
 
 __global__ void add_kernel(void *y, int ydt, const void *a, int adt, const void *b, int bdt, int64_t n, int64_t nb)
 {
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     GRID_STRIDE(i, n) stf(y, ydt, i, __fadd_rn(ldf(a, adt, i), ldf(b, bdt, nb == n ? i : i % nb)));
 }
 
@@ -301,4 +428,28 @@ extern "C" void cuda_argmax(const struct tensor *x, int32_t *out)
     KERNEL_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(out, d, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+extern "C" void cuda_argmax_dev(const struct tensor *x, struct tensor *ids)
+{
+    struct cuda_ctx *c = cuda_ctx_get(x->dev.ordinal);
+    const int64_t n = x->shape[0], V = x->shape[1];
+    if (n == 0) return;
+    CHECK(V > 0);
+    argmax_kernel<<<(unsigned)n, ARGMAX_THREADS, 0, c->stream>>>((const float *)x->data, V, (int32_t *)ids->data);
+    KERNEL_CHECK();
+}
+
+__global__ void add_i32_kernel(int32_t *x, int32_t d, int64_t n)
+{
+    GRID_STRIDE(i, n) x[i] += d;
+}
+
+extern "C" void cuda_add_i32(struct tensor *x, int32_t d)
+{
+    struct cuda_ctx *c = cuda_ctx_get(x->dev.ordinal);
+    const int64_t n = tensor_numel(x);
+    if (n == 0) return;
+    add_i32_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>((int32_t *)x->data, d, n);
+    KERNEL_CHECK();
 }
