@@ -76,7 +76,8 @@ struct cuda_ctx {
     void *scratch[SCRATCH_N];
     size_t scratch_bytes[SCRATCH_N];
     unsigned scratch_gen;       /* bumped whenever a scratch buffer moves: graphs captured before are stale */
-    void *pinned;               /* staging buffer for copies between GPUs without peer access */
+    void *pinned;               /* staging buffer: copies between GPUs without peer access, large uploads */
+    cudaEvent_t stage_ev[2];    /* the two halves of `pinned` in a double-buffered upload */
     size_t pinned_bytes;
     signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
     int pdl;                    /* launch decode GEMVs with programmatic dependent launch (cuda_set_pdl) */

@@ -152,12 +152,16 @@ gemv_scalar_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int 
     if (row < o && wr == 0 && lane == 0) gemv_store<GEMV_MAX_TOKENS>(y, ydt, bias, bdt, acc, n, row, o);
 }
 
-/* rows per block: as many as keep >= 4 blocks per SM in flight, so all SMs stream weights */
-static int gemv_rows_per_block(const struct cuda_ctx *c, int64_t o)
+/* Rows per block, from the launch-shape sweep of `test_cuda_ops bench` on the H200 (docs/PERF.md):
+ * the best (rows/block, unroll) was (8,4) for 4096x4096 and 6144x4096, (2,4) for 1024x4096,
+ * 14336x4096, 28672x4096 and 128256x4096, (1,4) for 4096x14336; unroll 8 never won. */
+static int gemv_rows_per_block(const struct cuda_ctx *c, int64_t o, int64_t k)
 {
-    int rpb = GEMV_WARPS;
-    while (rpb > 1 && (o + rpb - 1) / rpb < 4 * (int64_t)c->n_sm) rpb /= 2;
-    return rpb;
+    (void)c;
+    if (k > 8192) return 1;
+    if (o <= 1024) return 2;
+    if (o <= 8192) return 8;
+    return 2;
 }
 
 template <typename W, typename X, int U>
@@ -214,10 +218,10 @@ static void cuda_gemv(struct cuda_ctx *c, struct tensor *y, const struct tensor 
 {
     const int n = (int)x->shape[0];
     const int64_t k = x->shape[1], o = w->shape[0];
-    if (rpb <= 0) rpb = gemv_rows_per_block(c, o);
+    if (rpb <= 0) rpb = gemv_rows_per_block(c, o, k);
     const unsigned grid = (unsigned)((o + rpb - 1) / rpb);
     const int64_t vec = 16 / (int64_t)dtype_size(w->dtype);
-    if (unroll <= 0) unroll = k / vec / (32 * (GEMV_WARPS / rpb)) >= GEMV_UNROLL_MAX ? 8 : 4;
+    if (unroll <= 0) unroll = 4;
     const bool vec_ok = k % vec == 0 && ((uintptr_t)w->data & 15) == 0 && ((uintptr_t)x->data & 15) == 0;
     if (vec_ok) {
         switch (w->dtype) {

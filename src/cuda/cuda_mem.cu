@@ -45,6 +45,7 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
+    for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming));
     g_ctx[ordinal].store(c, std::memory_order_release);
     return c;
 }
@@ -265,6 +266,24 @@ extern "C" void cuda_memcpy(struct device dst_dev, void *dst, struct device src_
     if (dst_dev.kind == DEVICE_CUDA && src_dev.kind == DEVICE_CPU) {
         struct cuda_ctx *c = cuda_ctx_get(dst_dev.ordinal);
         cuda_check_not_capturing(c, "a host-to-device copy");
+        if (bytes >= ((size_t)8 << 20)) {
+            /* Large uploads (weights at load time, straight from the mmap'd shard): double-buffered
+             * through pinned memory, so the host's read of the next chunk (page faults on the map
+             * included) overlaps the DMA of the previous one. */
+            char *stage = (char *)pinned_get(c);
+            const size_t half = c->pinned_bytes / 2;
+            int used[2] = {0, 0};
+            for (size_t off = 0, i = 0; off < bytes; off += half, i ^= 1) {
+                size_t m = bytes - off < half ? bytes - off : half;
+                if (used[i]) CUDA_CHECK(cudaEventSynchronize(c->stage_ev[i]));
+                memcpy(stage + i * half, (const char *)src + off, m);
+                CUDA_CHECK(cudaMemcpyAsync((char *)dst + off, stage + i * half, m, cudaMemcpyHostToDevice, c->stream));
+                CUDA_CHECK(cudaEventRecord(c->stage_ev[i], c->stream));
+                used[i] = 1;
+            }
+            CUDA_CHECK(cudaStreamSynchronize(c->stream));
+            return;
+        }
         /* stream order: earlier ops reading dst finish before it is overwritten */
         CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
         CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* the caller may reuse src at once */
