@@ -312,34 +312,64 @@ int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, 
 /* ---- greedy decode on the device, replayed as a CUDA graph ---- */
 
 /* The whole LLM on one CUDA device with fused weights: the step can be one graph. */
+/* A decode step can be one CUDA graph when every LLM unit sits on logical devices of one and the
+ * same GPU: the hops between its parts are device-to-device copies on that GPU's one stream. */
 static int graph_able(const struct llm *s)
 {
     const struct model_placement *pl = s->pl;
-    const int d = pl->embed;
-    if (pl->devs[d].kind != DEVICE_CUDA || pl->norm != d || pl->lm_head != d || s->on_layer) return 0;
+    const struct device d = pl->devs[pl->embed];
+    if (d.kind != DEVICE_CUDA || s->on_layer) return 0;
+    if (!device_eq(pl->devs[pl->norm], d) || !device_eq(pl->devs[pl->lm_head], d)) return 0;
     for (int l = 0; l < s->m->cfg.num_hidden_layers; l++)
-        if (pl->layer[l] != d || !s->m->llm.layers[l].qkv.data) return 0;
+        if (!device_eq(pl->devs[pl->layer[l]], d) || !s->m->llm.layers[l].qkv.data) return 0;
     return 1;
 }
 
-/* One token, all on device d: embedding of the id in b->ids[0], the layers, final norm, lm_head,
- * argmax back into b->ids[0], position + 1. No host copy and no host-dependent argument. */
+/* Logical devices holding layers, as a bit set. */
+static unsigned layer_devices(const struct llm *s)
+{
+    unsigned m = 0;
+    for (int l = 0; l < s->m->cfg.num_hidden_layers; l++) m |= 1u << s->pl->layer[l];
+    return m;
+}
+
+/* One token: embedding of the id in the embed device's ids[0], the layers (hopping between logical
+ * devices of the one GPU), final norm, lm_head, argmax back into ids[0], and every layer device's
+ * position + 1. No host copy and no host-dependent argument, so it can be captured as a graph. */
 static void decode_step_dev(struct llm *s)
 {
     const struct model_config *c = &s->m->cfg;
-    struct llm_devbuf *b = &s->dev[s->pl->embed];
-    struct tensor idt = tensor_rows_view(&b->ids, 0, 1), pos = tensor_rows_view(&b->pos, 0, 1);
-    struct tensor h = rows(&b->h, 1), xn = rows(&b->xn, 1);
+    const struct model_placement *pl = s->pl;
+    struct llm_devbuf *be = &s->dev[pl->embed];
+    struct tensor idt = tensor_rows_view(&be->ids, 0, 1);
+    struct tensor h = rows(&be->h, 1);
     op_embed(&h, &s->m->llm.embed_tokens, &idt);
-    op_rmsnorm(&xn, &h, &s->m->llm.layers[0].input_layernorm, c->rms_norm_eps);
-    for (int l = 0; l < c->num_hidden_layers; l++) layer_forward(s, l, &h, s->n_past, 1, next_norm_of(s, l, 1));
-    if (s->act == DTYPE_F32) op_matmul(&b->logits, &xn, &s->m->llm.lm_head, NULL);
-    else {
-        op_matmul(&b->logits_act, &xn, &s->m->llm.lm_head, NULL);
-        op_copy(&b->logits, &b->logits_act);
+    int xn_ready = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const int moved = s->dev[pl->layer[l]].h.data != h.data;
+        h = hop(s, &h, pl->layer[l], 1);
+        const struct tensor *nn = next_norm_of(s, l, 1);
+        layer_forward(s, l, &h, s->n_past, xn_ready && !moved, nn);
+        xn_ready = nn != NULL;
     }
-    op_argmax_dev(&b->logits, &idt);
-    op_add_i32(&pos, 1);
+    struct tensor hn = hop(s, &h, pl->norm, 1);
+    struct tensor xn = rows(&s->dev[pl->norm].xn, 1);
+    if (!xn_ready) op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps);
+    struct llm_devbuf *bl = &s->dev[pl->lm_head];
+    struct tensor xl = rows(&bl->xn, 1);
+    if (xl.data != xn.data) op_copy(&xl, &xn);
+    if (s->act == DTYPE_F32) op_matmul(&bl->logits, &xl, &s->m->llm.lm_head, NULL);
+    else {
+        op_matmul(&bl->logits_act, &xl, &s->m->llm.lm_head, NULL);
+        op_copy(&bl->logits, &bl->logits_act);
+    }
+    op_argmax_dev(&bl->logits, &idt); /* same GPU: the lm_head part writes the embed part's ids */
+    const unsigned devs = layer_devices(s);
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if (devs >> i & 1) {
+            struct tensor pos = tensor_rows_view(&s->dev[i].pos, 0, 1);
+            op_add_i32(&pos, 1);
+        }
 }
 
 int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
@@ -366,10 +396,12 @@ int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
     struct tensor idt = tensor_rows_view(&b->ids, 0, 1);
     /* the device's position and token buffers carry over from the previous step; upload (outside
      * any graph) only what the host changed: a prefill, a truncation, a token picked on the host */
-    if (s->dev_pos[d] != s->n_past) {
-        set_positions(s, d, s->n_past, 1);
-        s->dev_pos[d] = s->n_past;
-    }
+    const unsigned devs = layer_devices(s);
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if ((devs >> i & 1) && s->dev_pos[i] != s->n_past) {
+            set_positions(s, i, s->n_past, 1);
+            s->dev_pos[i] = s->n_past;
+        }
     if (s->dev_tok != tok) {
         struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
         op_copy(&idt, &src);
@@ -400,7 +432,8 @@ int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
     struct tensor dst = tensor_make(DTYPE_I32, device_cpu(), &t, 1, (int64_t)1);
     op_copy(&dst, &idt); /* 4 bytes, and the one sync of the step */
     s->n_past += 1;
-    s->dev_pos[d] = s->n_past;
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if (devs >> i & 1) s->dev_pos[i] = s->n_past;
     s->dev_tok = t;
     *next = t;
     return 0;
