@@ -54,7 +54,7 @@ $(BUILD)/tests/%: tests/%.c tests/t.h $(OBJ) $(filter-out $(BUILD)/tools/minicpm
 	$(CC) $(CFLAGS) -Itools $< $(OBJ) $(filter-out $(BUILD)/tools/minicpmv.o,$(CMDOBJ)) -o $@ $(LDLIBS)
 
 test: $(BUILD)/minicpmv $(TESTBIN)
-	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh
+	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/repl.sh
 
 demo: $(BUILD)/minicpmv
 	@bash tools/demo.sh $(BUILD)/minicpmv $(MODEL)

@@ -98,6 +98,7 @@ static int repl_turn(struct engine *g, struct server_cache *cache, struct repl *
     int stage;
     if (server_turn_run(g, cache, &t, &res, &stage, e)) goto fail;
     printf("\n");
+    fflush(stdout); /* the timings line (stderr) comes after the answer */
     r->n_pending = 0;
     if (repl_add(r, "assistant", res.text, strlen(res.text))) {
         server_turn_result_free(&res);
