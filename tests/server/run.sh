@@ -15,9 +15,11 @@ tmp=$(mktemp -d); trap 'kill $SPID 2>/dev/null; rm -rf "$tmp"' EXIT
 for i in $(seq 100); do grep -q listening "$tmp/out" 2>/dev/null && break; sleep 0.1; done
 PORT=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/out")
 [ -n "$PORT" ] || { echo "server did not start:"; cat "$tmp/err"; echo "server-clients: 0 passed, 1 failed"; exit 1; }
+# temperature 0 in the API is argmax with the model's other defaults (repetition penalty 1.05); the CLI's
+# --greedy drops the penalty unless given, so the expectations name it.
 U=http://127.0.0.1:$PORT
-exp=$("$BIN" chat --model "$MODEL" --ctx 1024 -p "Hello there" --greedy --max-new-tokens 16 --quiet)
-expimg=$("$BIN" chat --model "$MODEL" --ctx 1024 --image $IMG -p "What" --greedy --max-new-tokens 8 --quiet)
+exp=$("$BIN" chat --model "$MODEL" --ctx 1024 -p "Hello there" --greedy --repetition-penalty 1.05 --max-new-tokens 16 --quiet)
+expimg=$("$BIN" chat --model "$MODEL" --ctx 1024 --image $IMG -p "What" --greedy --repetition-penalty 1.05 --max-new-tokens 8 --quiet)
 jq_content() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).choices[0].message.content))'; }
 sse_concat() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let t="";for(const l of s.split("\n")){if(!l.startsWith("data: ")||l==="data: [DONE]")continue;const c=JSON.parse(l.slice(6)).choices[0];if(c&&c.delta&&c.delta.content)t+=c.delta.content}process.stdout.write(t+(s.trimEnd().endsWith("data: [DONE]")?"":"<no DONE>"))})'; }
 
