@@ -119,6 +119,8 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     }
     if (mb > ctx) mb = ctx; /* as the planner counts it */
     if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
+    /* the image path's scratch, as the plan reserved it (without a plan: on the first image) */
+    if (g->plan && engine_mm_reserve(g, g->plan->params.max_pieces, g->plan->params.max_patches, e)) goto fail;
     char tp[4096];
     if (path_join(tp, sizeof tp, o->model_dir, "tokenizer.json", NULL) == 0) {
         FILE *f = fopen(tp, "rb");
@@ -138,6 +140,7 @@ fail:
 void engine_close(struct engine *g)
 {
     if (!g) return;
+    for (int i = 0; i < 2; i++) dev_free(g->mm_ws[i].dev, g->mm_ws[i].p);
     llm_free(&g->llm);
     model_free(&g->model);
     if (g->tok) tokenizer_free(g->tok);
@@ -185,7 +188,7 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
             if (llm_decode_greedy(&g->llm, tok, &next, e)) { rc = -1; break; }
             tok = next;
         } else {
-            if (llm_forward(&g->llm, &tok, NULL, 1, logits, e)) { rc = -1; break; }
+            if (llm_decode_logits(&g->llm, tok, logits, e)) { rc = -1; break; }
             tok = sampler_sample(&s, logits);
         }
     }

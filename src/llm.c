@@ -109,7 +109,7 @@ fail:
 void llm_free(struct llm *s)
 {
     if (!s->m) return;
-    dev_graph_free(s->graph);
+    for (int i = 0; i < 2; i++) dev_graph_free(s->graph[i]);
     for (int i = 0; i < MODEL_MAX_DEVICES; i++)
         if (s->dev[i].mem) dev_free(s->dev[i].dev, s->dev[i].mem);
     if (s->cache_mem)
@@ -336,7 +336,7 @@ static unsigned layer_devices(const struct llm *s)
 /* One token: embedding of the id in the embed device's ids[0], the layers (hopping between logical
  * devices of the one GPU), final norm, lm_head, argmax back into ids[0], and every layer device's
  * position + 1. No host copy and no host-dependent argument, so it can be captured as a graph. */
-static void decode_step_dev(struct llm *s)
+static void decode_step_dev(struct llm *s, int with_argmax)
 {
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
@@ -363,13 +363,71 @@ static void decode_step_dev(struct llm *s)
         op_matmul(&bl->logits_act, &xl, &s->m->llm.lm_head, NULL);
         op_copy(&bl->logits, &bl->logits_act);
     }
-    op_argmax_dev(&bl->logits, &idt); /* same GPU: the lm_head part writes the embed part's ids */
+    if (with_argmax) op_argmax_dev(&bl->logits, &idt); /* same GPU: the lm_head part writes the embed part's ids */
     const unsigned devs = layer_devices(s);
     for (int i = 0; i < s->pl->n_devices; i++)
         if (devs >> i & 1) {
             struct tensor pos = tensor_rows_view(&s->dev[i].pos, 0, 1);
             op_add_i32(&pos, 1);
         }
+}
+
+/* The graph-replayed decode step; mode 0 leaves the argmax in the embed device's ids[0] (and *next),
+ * mode 1 leaves the logits on the lm_head device (copied to logits_out). */
+static int decode_graph_step(struct llm *s, int32_t tok, int mode, int32_t *next, float *logits_out, struct err *e)
+{
+    const int d = s->pl->embed;
+    struct llm_devbuf *b = &s->dev[d];
+    struct tensor idt = tensor_rows_view(&b->ids, 0, 1);
+    /* the device's position and token buffers carry over from the previous step; upload (outside
+     * any graph) only what the host changed: a prefill, a truncation, a token picked on the host */
+    const unsigned devs = layer_devices(s);
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if ((devs >> i & 1) && s->dev_pos[i] != s->n_past) {
+            set_positions(s, i, s->n_past, 1);
+            s->dev_pos[i] = s->n_past;
+        }
+    if (s->dev_tok != tok) {
+        struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
+        op_copy(&idt, &src);
+    }
+    struct dev_graph **gr = &s->graph[mode];
+    if (s->graph_warm[mode] && !*gr) { /* capture once, after one eager step has sized every scratch buffer */
+        if (dev_graph_begin(b->dev, e)) return -1;
+        decode_step_dev(s, mode == 0);
+        if (!(*gr = dev_graph_end(b->dev, e))) return -1;
+    }
+    if (*gr) {
+        if (dev_graph_launch(*gr, e)) {
+            /* stale: an eager op moved a scratch buffer since the capture. Capture again (the
+             * scratch is already large enough) and replay once. */
+            dev_graph_free(*gr);
+            *gr = NULL;
+            if (dev_graph_begin(b->dev, e)) return -1;
+            decode_step_dev(s, mode == 0);
+            *gr = dev_graph_end(b->dev, e);
+            if (!*gr || dev_graph_launch(*gr, e)) return -1;
+        }
+    } else {
+        decode_step_dev(s, mode == 0);
+        s->graph_warm[mode] = 1;
+    }
+    s->n_past += 1;
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if (devs >> i & 1) s->dev_pos[i] = s->n_past;
+    if (mode == 0) {
+        int32_t t = -1;
+        struct tensor dst = tensor_make(DTYPE_I32, device_cpu(), &t, 1, (int64_t)1);
+        op_copy(&dst, &idt); /* 4 bytes, and the one sync of the step */
+        s->dev_tok = t;
+        *next = t;
+    } else {
+        struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, (int64_t)1,
+                                         (int64_t)s->m->cfg.vocab_size);
+        op_copy(&host, &s->dev[s->pl->lm_head].logits);
+        s->dev_tok = tok; /* ids[0] still holds the token fed in */
+    }
+    return 0;
 }
 
 int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
@@ -391,50 +449,14 @@ int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
         free(lg);
         return rc;
     }
-    const int d = s->pl->embed;
-    struct llm_devbuf *b = &s->dev[d];
-    struct tensor idt = tensor_rows_view(&b->ids, 0, 1);
-    /* the device's position and token buffers carry over from the previous step; upload (outside
-     * any graph) only what the host changed: a prefill, a truncation, a token picked on the host */
-    const unsigned devs = layer_devices(s);
-    for (int i = 0; i < s->pl->n_devices; i++)
-        if ((devs >> i & 1) && s->dev_pos[i] != s->n_past) {
-            set_positions(s, i, s->n_past, 1);
-            s->dev_pos[i] = s->n_past;
-        }
-    if (s->dev_tok != tok) {
-        struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
-        op_copy(&idt, &src);
-    }
-    for (int attempt = 0; s->graph_warm && !s->graph && attempt < 1; attempt++) {
-        /* capture once, after one eager step has sized every scratch buffer */
-        if (dev_graph_begin(b->dev, e)) return -1;
-        decode_step_dev(s);
-        s->graph = dev_graph_end(b->dev, e);
-        if (!s->graph) return -1;
-    }
-    if (s->graph) {
-        if (dev_graph_launch(s->graph, e)) {
-            /* stale: an eager op moved a scratch buffer since the capture. Capture again (the
-             * scratch is already large enough) and replay once. */
-            dev_graph_free(s->graph);
-            s->graph = NULL;
-            if (dev_graph_begin(b->dev, e)) return -1;
-            decode_step_dev(s);
-            s->graph = dev_graph_end(b->dev, e);
-            if (!s->graph || dev_graph_launch(s->graph, e)) return -1;
-        }
-    } else {
-        decode_step_dev(s);
-        s->graph_warm = 1;
-    }
-    int32_t t = -1;
-    struct tensor dst = tensor_make(DTYPE_I32, device_cpu(), &t, 1, (int64_t)1);
-    op_copy(&dst, &idt); /* 4 bytes, and the one sync of the step */
-    s->n_past += 1;
-    for (int i = 0; i < s->pl->n_devices; i++)
-        if (devs >> i & 1) s->dev_pos[i] = s->n_past;
-    s->dev_tok = t;
-    *next = t;
-    return 0;
+    return decode_graph_step(s, tok, 0, next, NULL, e);
+}
+
+int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e)
+{
+    if (s->n_past + 1 > s->ctx)
+        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
+                       (long long)s->ctx);
+    if (!graph_able(s)) return llm_forward(s, &tok, NULL, 1, logits_out, e);
+    return decode_graph_step(s, tok, 1, NULL, logits_out, e);
 }

@@ -34,9 +34,10 @@ struct llm {
     /* optional hook for stage tests: called with each layer's output (n rows) */
     void (*on_layer)(void *ctx, int layer, const struct tensor *h);
     void *on_layer_ctx;
-    /* llm_decode_greedy's graph: captured after one eager step, replayed per token */
-    struct dev_graph *graph;
-    int graph_warm;
+    /* decode-step graphs, captured after one eager step and replayed per token: [0] ends with the
+     * argmax on the device (llm_decode_greedy), [1] with the logits (llm_decode_logits) */
+    struct dev_graph *graph[2];
+    int graph_warm[2];
     int64_t dev_pos[MODEL_MAX_DEVICES]; /* the position in each device's pos[0] (n == 1), -1 unknown */
     int32_t dev_tok;             /* the token id in the embedding device's ids[0], -1 unknown */
 };
@@ -58,6 +59,10 @@ int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, 
  * stays on the device, so only 4 bytes come back per token; otherwise llm_forward + host argmax.
  * Same tokens as llm_forward + argmax of its logits (first index of the maximum). */
 int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e);
+/* One decode step for sampling: feeds tok and writes the f32 logits of the next token to logits_out
+ * (host, [V]). Same values as llm_forward(s, &tok, NULL, 1, logits_out); on one GPU the step is a
+ * CUDA graph and only the logits come back. */
+int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e);
 /* One decoder layer on h (rows [n], on the layer's device, positions pos0..), in place. For stage tests. */
 void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0);
 /* Embedding lookup of host ids into a [n, d] tensor on the embedding device's buffer (n <= max_batch). */

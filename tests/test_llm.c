@@ -221,6 +221,17 @@ static void test_split_equals_single(void)
         run_greedy_dev(b, ids, n, db);
         T_ASSERTF(memcmp(ta, da, sizeof ta) == 0, "%s: llm_decode_greedy differs from forward+argmax", dtype_name(dt));
         T_ASSERTF(memcmp(tb, db, sizeof tb) == 0, "%s: split llm_decode_greedy differs", dtype_name(dt));
+        /* llm_decode_logits (the sampling path; a graph on one GPU) == llm_forward's logits, bit for bit */
+        struct err e = {{0}};
+        llm_truncate(&a->llm, 0);
+        llm_truncate(&b->llm, 0);
+        T_ASSERT(llm_forward(&a->llm, ids, NULL, n, la, &e) == 0);
+        T_ASSERT(llm_forward(&b->llm, ids, NULL, n, lb, &e) == 0);
+        for (int i = 0; i < 6; i++) {
+            T_ASSERT(llm_forward(&a->llm, &ta[i], NULL, 1, la, &e) == 0);
+            T_ASSERTF(llm_decode_logits(&b->llm, ta[i], lb, &e) == 0, "%s", e.msg);
+            T_ASSERTF(memcmp(la, lb, (size_t)V * 4) == 0, "%s step %d: llm_decode_logits differs", dtype_name(dt), i);
+        }
         free(la);
         free(lb);
         engine_close(a);
