@@ -6,7 +6,7 @@ BUILD   ?= build
 PKGS    := libcjson libpcre2-8 libturbojpeg libpng libwebp libmicrohttpd
 OPENBLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-openmp /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas))
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp -mavx2 -mfma -mf16c \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp -mavx2 -mfma -mf16c -Wa,-mbranches-within-32B-boundaries \
            -Isrc $(shell pkg-config --cflags $(PKGS)) $(if $(OPENBLAS_INC),-I$(OPENBLAS_INC))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lopenblas -lm -lpthread -fopenmp
 ifeq ($(WERROR),1)

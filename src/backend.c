@@ -166,6 +166,23 @@ void op_attention(struct tensor *out, const struct tensor *q, const struct tenso
     DISPATCH(out->dev, attention, out, q, k, v, q_pos0, scale, flags);
 }
 
+void op_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                        int64_t n_seq, float scale, int flags)
+{
+    CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && out->ndim == 3);
+    CHECK(tensor_same_shape(out, q) && tensor_same_shape(k, v));
+    CHECK(q->shape[2] == k->shape[2] && q->shape[1] % k->shape[1] == 0);
+    CHECKF(n_seq >= 1 && q->shape[0] % n_seq == 0 && k->shape[0] % n_seq == 0,
+           "attention batch: %lld query rows and %lld keys are not %lld sequences", (long long)q->shape[0],
+           (long long)k->shape[0], (long long)n_seq);
+    CHECKF(!(flags & ATTN_CAUSAL), "op_attention_batch: no causal mask");
+    CHECK(out->data != q->data && out->data != k->data && out->data != v->data);
+    check_same_dev(out, q);
+    check_same_dev(out, k);
+    check_same_dev(out, v);
+    DISPATCH(out->dev, attention_batch, out, q, k, v, n_seq, scale, flags);
+}
+
 void op_silu_mul(struct tensor *y, const struct tensor *gate, const struct tensor *up)
 {
     CHECK(tensor_same_shape(y, gate) && tensor_same_shape(y, up));

@@ -52,6 +52,13 @@ enum attn_flags {
  * q[n, H, hd]; k, v [T, Hkv, hd]. out must not alias q, k or v. */
 void op_attention(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
                   int64_t q_pos0, float scale, int flags);
+/* n_seq independent attentions in one call (the vision tower's pieces): q, out [n_seq*N, H, hd],
+ * k, v [n_seq*T, Hkv, hd]; sequence s uses q/out rows s*N .. s*N+N-1 and k/v rows s*T .. s*T+T-1
+ * (block-diagonal, no causal mask). Equal to n_seq op_attention calls on those row views with
+ * q_pos0 0 (the CPU twin is exactly that loop). flags: ATTN_EAGER_F16 or 0. out must not alias q, k
+ * or v. */
+void op_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                        int64_t n_seq, float scale, int flags);
 /* y = round(silu(gate)) * up, elementwise. y may alias gate or up. */
 void op_silu_mul(struct tensor *y, const struct tensor *gate, const struct tensor *up);
 /* y = gelu_tanh(x) (PyTorch gelu approximate='tanh'). y may alias x. */

@@ -399,3 +399,15 @@ void cpu_add_i32(struct tensor *x, int32_t d)
     int32_t *p = x->data;
     for (int64_t i = 0; i < tensor_numel(x); i++) p[i] += d;
 }
+
+/* A loop over the sequences: each is exactly one cpu_attention call (parallel inside). */
+void cpu_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                         int64_t n_seq, float scale, int flags)
+{
+    const int64_t N = q->shape[0] / n_seq, T = k->shape[0] / n_seq;
+    for (int64_t s = 0; s < n_seq; s++) {
+        struct tensor os = tensor_rows_view(out, s * N, N), qs = tensor_rows_view(q, s * N, N);
+        struct tensor ks = tensor_rows_view(k, s * T, T), vs = tensor_rows_view(v, s * T, T);
+        cpu_attention(&os, &qs, &ks, &vs, 0, scale, flags);
+    }
+}

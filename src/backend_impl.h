@@ -32,12 +32,19 @@
     void P##_add_i32(struct tensor *x, int32_t d);
 
 BACKEND_TWINS(cpu)
+/* op_attention_batch (declared outside BACKEND_TWINS, same signature on both backends) */
+void cpu_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                         int64_t n_seq, float scale, int flags);
 
 #ifdef MINICPMV_CUDA
 #ifdef __cplusplus
 extern "C" {
 #endif
 BACKEND_TWINS(cuda)
+/* op_attention_batch (cuda/cuda_flash.cu: the flash kernel with the sequence in the grid, else a
+ * loop of cuda_attention) */
+void cuda_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                          int64_t n_seq, float scale, int flags);
 /* device management (cuda/cuda_mem.cu) */
 int cuda_device_count(void);
 void *cuda_alloc(int ordinal, size_t bytes, struct err *e);

@@ -28,6 +28,13 @@ void engine_options_default(struct engine_options *o);
 struct safetensors;
 struct tokenizer;
 
+/* One device block kept across requests (the image path's scratch, mm.c). */
+struct engine_arena {
+    struct device dev;
+    void *p;                     /* NULL until first needed */
+    size_t bytes;
+};
+
 struct engine {
     struct model_config cfg;
     struct preprocessor_config pp;
@@ -39,6 +46,10 @@ struct engine {
     struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     double load_seconds;
     struct devmap_plan *plan;    /* the plan the model was loaded with (NULL when placed by hand) */
+    struct engine_arena mm_ws[2]; /* image path: [0] on the vpm device (vision features + scratch, and the
+                                     resampler's when it shares that device), [1] on the resampler's
+                                     device otherwise; sized at load from the plan's max_pieces x
+                                     max_patches, else grown on demand and kept (engine_mm_reserve) */
 };
 
 int engine_open(struct engine **out, const struct engine_options *o, struct err *e);
@@ -103,6 +114,10 @@ void engine_chat_result_free(struct engine_chat_result *r);
 struct chat_grid;
 int engine_encode_images(struct engine *g, const struct image *images, int n_images, struct chat_grid *grids,
                          struct tensor *out, int *n_pieces, struct err *e);
+/* Sizes the image path's kept device scratch (g->mm_ws) for n_pieces pieces of up to max_patches
+ * patches each (engine_open calls it with the plan's bounds); engine_encode_images grows it when a
+ * request needs more. */
+int engine_mm_reserve(struct engine *g, int n_pieces, int64_t max_patches, struct err *e);
 /* Prompt embeddings with image rows merged: out [n, d] on the embed device (allocated). */
 int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const struct tensor *img_tokens,
                             int n_pieces, struct tensor *out, struct err *e);

@@ -12,6 +12,88 @@
 #include "tokenizer.h"
 #include "vision.h"
 
+/* ---- the image path's kept device memory ----
+ * Vision scratch for 10 pieces of the full model is ~230 MB: allocating and freeing it per request
+ * (cudaFree waits for the device) cost milliseconds, so it lives in g->mm_ws across requests.
+ * Layout (each part 256-byte aligned):
+ *   mm_ws[0], vpm device:  [feats B*N_max*vd][vision scratch]
+ *                          when the resampler shares the device, the vision scratch region is
+ *                          reused for [resampler scratch][resampler output]: its ops come after
+ *                          the tower's on the device's one stream (or run synchronously on the CPU)
+ *   mm_ws[1], resampler device otherwise: [copy of feats][resampler scratch][resampler output]
+ * The resampler output part is only there when the embed device differs; otherwise the resampler
+ * writes straight into the caller's `out`. */
+
+static size_t al256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+struct mm_layout {
+    size_t feats, vis, rs, rs_out; /* bytes of each part, aligned */
+    int shared;                    /* resampler on the vpm device */
+    size_t need[2];                /* bytes of mm_ws[0], mm_ws[1] */
+};
+
+static void mm_layout(struct mm_layout *L, const struct engine *g, int B, int64_t n_max, const int32_t *tgt)
+{
+    const struct model_config *c = &g->cfg;
+    const enum dtype act = g->llm.act;
+    const struct device vdev = g->pl.devs[g->pl.vpm], rdev = g->pl.devs[g->pl.resampler];
+    const struct device edev = g->pl.devs[g->pl.embed];
+    memset(L, 0, sizeof *L);
+    L->feats = al256((size_t)B * (size_t)n_max * (size_t)c->vision_config.hidden_size * dtype_size(act));
+    L->vis = al256(vision_scratch_bytes(c, B, n_max, act));
+    L->rs = al256(resampler_scratch_bytes(c, tgt, B, act));
+    if (!device_eq(rdev, edev))
+        L->rs_out = al256((size_t)B * (size_t)c->query_num * (size_t)c->hidden_size * dtype_size(act));
+    L->shared = device_eq(vdev, rdev);
+    if (L->shared) {
+        const size_t r = L->rs + L->rs_out;
+        L->need[0] = L->feats + (L->vis > r ? L->vis : r);
+    } else {
+        L->need[0] = L->feats + L->vis;
+        L->need[1] = L->feats + L->rs + L->rs_out;
+    }
+}
+
+/* Makes a hold at least `bytes` on d (replacing a smaller block; the old one is freed first). */
+static int arena_get(struct engine_arena *a, struct device d, size_t bytes, struct err *e)
+{
+    if (a->p && a->bytes >= bytes && device_eq(a->dev, d)) return 0;
+    dev_free(a->dev, a->p);
+    a->p = NULL;
+    a->bytes = 0;
+    a->dev = d;
+    if (!(a->p = dev_alloc(d, bytes, e))) return err_prefix(e, "image path scratch");
+    a->bytes = bytes;
+    return 0;
+}
+
+static int mm_arenas(struct engine *g, const struct mm_layout *L, struct err *e)
+{
+    if (arena_get(&g->mm_ws[0], g->pl.devs[g->pl.vpm], L->need[0], e)) return -1;
+    if (!L->shared && arena_get(&g->mm_ws[1], g->pl.devs[g->pl.resampler], L->need[1], e)) return -1;
+    return 0;
+}
+
+int engine_mm_reserve(struct engine *g, int n_pieces, int64_t max_patches, struct err *e)
+{
+    if (n_pieces < 1 || max_patches < 1) return 0;
+    if (n_pieces > VISION_MAX_PIECES || max_patches > VISION_MAX_PATCHES)
+        return err_set(e, "image path: %d pieces of %lld patches exceed the limits %d x %d", n_pieces,
+                       (long long)max_patches, VISION_MAX_PIECES, VISION_MAX_PATCHES);
+    /* the largest resampler scratch: N keys in a piece, and max_w + max_h = 2N (pieces 1 x N and
+     * N x 1; one piece: N + 1) */
+    int32_t *tgt = malloc((size_t)n_pieces * 2 * sizeof *tgt);
+    if (!tgt) return err_set(e, "out of memory");
+    for (int i = 0; i < n_pieces; i++) {
+        tgt[2 * i] = i % 2 ? (int32_t)max_patches : 1;
+        tgt[2 * i + 1] = i % 2 ? 1 : (int32_t)max_patches;
+    }
+    struct mm_layout L;
+    mm_layout(&L, g, n_pieces, max_patches, tgt);
+    free(tgt);
+    return mm_arenas(g, &L, e);
+}
+
 int engine_encode_images(struct engine *g, const struct image *images, int n_images, struct chat_grid *grids,
                          struct tensor *out, int *n_pieces, struct err *e)
 {
@@ -20,7 +102,6 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
     struct image_pieces *ip = calloc((size_t)(n_images ? n_images : 1), sizeof *ip);
     struct vision_piece *vp = NULL;
     int32_t *tgt = NULL;
-    struct tensor feats = {0}, rs_in = {0}, rs_out = {0};
     int rc = -1, B = 0;
     memset(out, 0, sizeof *out);
     if (!ip) return err_set(e, "out of memory");
@@ -55,29 +136,37 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
     }
     const struct device vdev = g->pl.devs[g->pl.vpm], rdev = g->pl.devs[g->pl.resampler];
     const struct device edev = g->pl.devs[g->pl.embed];
-    feats = tensor_make(act, vdev, NULL, 3, (int64_t)B, n_max, vd);
-    if (!(feats.data = dev_alloc(vdev, tensor_nbytes(&feats), e))) goto done;
-    if (vision_forward(&feats, &g->model.vpm, c, vp, B, NULL, 0, e)) goto done;
-    rs_in = feats;
-    if (!device_eq(vdev, rdev)) {
+    struct mm_layout L;
+    mm_layout(&L, g, B, n_max, tgt);
+    if (mm_arenas(g, &L, e)) goto done;
+    *out = tensor_make(act, edev, NULL, 2, (int64_t)B * c->query_num, d); /* the caller's */
+    if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) goto done;
+
+    char *w0 = g->mm_ws[0].p;
+    struct tensor feats = tensor_make(act, vdev, w0, 3, (int64_t)B, n_max, vd);
+    if (vision_forward(&feats, &g->model.vpm, c, vp, B, w0 + L.feats, L.vis, e)) goto done;
+    char *rbase = L.shared ? w0 + L.feats : (char *)g->mm_ws[1].p + L.feats; /* resampler scratch, output */
+    struct tensor rs_in = feats;
+    if (!L.shared) {
         rs_in.dev = rdev;
-        if (!(rs_in.data = dev_alloc(rdev, tensor_nbytes(&feats), e))) goto done;
+        rs_in.data = g->mm_ws[1].p;
         op_copy(&rs_in, &feats);
     }
-    rs_out = tensor_make(act, rdev, NULL, 3, (int64_t)B, (int64_t)c->query_num, d);
-    if (!(rs_out.data = dev_alloc(rdev, tensor_nbytes(&rs_out), e))) goto done;
-    if (resampler_forward(&rs_out, &g->model.rs, c, &rs_in, tgt, B, NULL, 0, e)) goto done;
-    *out = tensor_make(act, edev, NULL, 2, (int64_t)B * c->query_num, d);
-    if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) goto done;
-    struct tensor flat = tensor_reshape(&rs_out, 2, (int64_t)B * c->query_num, d);
-    op_copy(out, &flat);
+    struct tensor rs_out = tensor_make(act, rdev, rbase + L.rs, 3, (int64_t)B, (int64_t)c->query_num, d);
+    if (!L.rs_out) rs_out = tensor_reshape(out, 3, (int64_t)B, (int64_t)c->query_num, d); /* rdev == edev */
+    if (resampler_forward(&rs_out, &g->model.rs, c, &rs_in, tgt, B, rbase, L.rs, e)) goto done;
+    if (L.rs_out) {
+        struct tensor flat = tensor_reshape(&rs_out, 2, (int64_t)B * c->query_num, d);
+        op_copy(out, &flat);
+    }
+    dev_sync(edev); /* the tokens are complete when this returns (callers time it) */
     *n_pieces = B;
     rc = 0;
 done:
-    if (rc && out->data) { dev_free(out->dev, out->data); out->data = NULL; }
-    if (rs_out.data) dev_free(rs_out.dev, rs_out.data);
-    if (rs_in.data && rs_in.data != feats.data) dev_free(rs_in.dev, rs_in.data);
-    if (feats.data) dev_free(feats.dev, feats.data);
+    if (rc && out->data) {
+        dev_free(out->dev, out->data); /* waits for the device: no queued op still writes it */
+        out->data = NULL;
+    }
     for (int i = 0; i < n_images; i++) image_pieces_free(&ip[i]);
     free(ip);
     free(vp);

@@ -33,6 +33,8 @@ int cuda_flash_attention(struct tensor *out, const struct tensor *q, const struc
 int cuda_flash_attention_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
                             const struct tensor *v, int64_t q_pos0, float scale, int flags, int bm);
 int cuda_flash_occupancy(int ordinal, int hd, int bm);
+int cuda_flash_attention_batch_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
+                                  const struct tensor *v, int64_t n_seq, float scale, int flags, int bm);
 void *cuda_stream_handle(int ordinal);
 
 #define TOL_REL 2e-3
@@ -258,6 +260,105 @@ static void test_declines_dtypes(void)
     }
 }
 
+/* ---- op_attention_batch: n_seq sequences in one launch (the vision tower's pieces) ---- */
+
+struct bcase {
+    int64_t S, N, T, H, Hkv, hd;
+    int flags;
+    enum dtype dt;
+    int flash; /* 1: the batched flash path must take it; 0: it must decline (loop of cuda_attention) */
+    int ref;   /* also check against cpu_attention (off for the large shapes: slow on the CPU) */
+    const char *what;
+};
+
+static int d_equal(const struct tensor *a, const struct tensor *b, size_t bytes)
+{
+    unsigned char *x = malloc(bytes), *y = malloc(bytes);
+    CHECK(x && y);
+    dev_sync(device_cuda(0));
+    CHECK(cudaMemcpy(x, a->data, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(cudaMemcpy(y, b->data, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    int eq = memcmp(x, y, bytes) == 0;
+    free(x);
+    free(y);
+    return eq;
+}
+
+/* The batch (each flash tile size, and op_attention_batch) against the loop of per-sequence calls
+ * of the same path: bit-identical, guard row untouched; against cpu_attention within the flash
+ * tolerances when c->ref. */
+static void run_batch_case(const struct bcase *c)
+{
+    const int64_t R = c->S * c->N, RK = c->S * c->T, guard = c->H * c->hd;
+    struct tensor q = h_rand(c->dt, R, c->H, c->hd, 2.0f), k = h_rand(c->dt, RK, c->Hkv, c->hd, 1.5f);
+    struct tensor v = h_rand(c->dt, RK, c->Hkv, c->hd, 1.0f);
+    const float scale = 1.0f / sqrtf((float)c->hd);
+    struct tensor ref = {0};
+    if (c->ref) {
+        ref = tensor_make(DTYPE_F32, device_cpu(), NULL, 3, R, c->H, c->hd);
+        ref.data = malloc(tensor_nbytes(&ref));
+        CHECK(ref.data);
+        for (int64_t s = 0; s < c->S; s++) {
+            struct tensor os = tensor_rows_view(&ref, s * c->N, c->N), qs = tensor_rows_view(&q, s * c->N, c->N);
+            struct tensor ks = tensor_rows_view(&k, s * c->T, c->T), vs = tensor_rows_view(&v, s * c->T, c->T);
+            cpu_attention(&os, &qs, &ks, &vs, 0, scale, c->flags);
+        }
+    }
+    struct tensor dq = d_copy(&q, 0), dk = d_copy(&k, 0), dv = d_copy(&v, 0);
+    const int eager = (c->flags & ATTN_EAGER_F16) != 0;
+    const double tr = c->dt == DTYPE_F32 ? 1e-5 : eager ? TOL_REL_EAGER : TOL_REL;
+    const double tn = c->dt == DTYPE_F32 ? 1e-9 : eager ? TOL_NMSE_EAGER : TOL_NMSE;
+    const int bms[] = {64, 128, 0};
+    for (int b = 0; b < 3; b++) {
+        if (!c->flash && bms[b]) continue;
+        struct tensor dl = d_empty(c->dt, R, c->H, c->hd, guard), db = d_empty(c->dt, R, c->H, c->hd, guard);
+        for (int64_t s = 0; s < c->S; s++) { /* the per-sequence loop */
+            struct tensor os = tensor_rows_view(&dl, s * c->N, c->N), qs = tensor_rows_view(&dq, s * c->N, c->N);
+            struct tensor ks = tensor_rows_view(&dk, s * c->T, c->T), vs = tensor_rows_view(&dv, s * c->T, c->T);
+            if (bms[b]) CHECK(cuda_flash_attention_bm(&os, &qs, &ks, &vs, 0, scale, c->flags, bms[b]) == 1);
+            else op_attention(&os, &qs, &ks, &vs, 0, scale, c->flags);
+        }
+        const char *path;
+        if (bms[b]) {
+            int took = cuda_flash_attention_batch_bm(&db, &dq, &dk, &dv, c->S, scale, c->flags, bms[b]);
+            T_ASSERTF(took == 1, "%s: the batched flash path declined (bm %d)", c->what, bms[b]);
+            path = bms[b] == 64 ? "batch64" : "batch128";
+        } else {
+            T_EQ_INT(cuda_flash_attention_batch_bm(&db, &dq, &dk, &dv, c->S, scale, c->flags, 0), c->flash);
+            fill_nan(db.data, tensor_nbytes(&db) + (size_t)guard * dtype_size(c->dt));
+            op_attention_batch(&db, &dq, &dk, &dv, c->S, scale, c->flags);
+            path = c->flash ? "op_batch/flash" : "op_batch/loop";
+        }
+        char cas[128];
+        snprintf(cas, sizeof cas, "%-14s %lldx n%lld T%lld H%lld/%lld hd%lld %s %s", path, (long long)c->S,
+                 (long long)c->N, (long long)c->T, (long long)c->H, (long long)c->Hkv, (long long)c->hd,
+                 dtype_name(c->dt), c->what);
+        /* the guard row too: fill_nan'd on both sides, neither may write it */
+        const int same = d_equal(&db, &dl, tensor_nbytes(&db) + (size_t)guard * dtype_size(c->dt));
+        printf("  %-58s %s\n", cas, same ? "bit-identical to the per-sequence loop" : "DIFFERS from the loop");
+        T_ASSERTF(same, "%s: batch differs from the per-sequence calls", cas);
+        if (c->ref) check_out(cas, &db, guard, &ref, tr, tn);
+        t_free(&dl), t_free(&db);
+    }
+    t_free(&q), t_free(&k), t_free(&v), t_free(&dq), t_free(&dk), t_free(&dv);
+    if (c->ref) t_free(&ref);
+}
+
+static void test_attention_batch(void)
+{
+    static const struct bcase cs[] = {
+        {10, 1036, 1036, 16, 16, 72, ATTN_EAGER_F16, DTYPE_F16, 1, 0, "vision 1344x1344 (10 pieces)"},
+        {3, 1001, 1001, 16, 16, 72, ATTN_EAGER_F16, DTYPE_F16, 1, 1, "vision, odd n"},
+        {4, 100, 100, 16, 16, 72, 0, DTYPE_F16, 1, 1, "vision, small pieces"},
+        {3, 37, 37, 4, 4, 16, ATTN_EAGER_F16, DTYPE_F16, 1, 1, "tiny vision hd 16"},
+        {2, 40, 70, 8, 2, 32, 0, DTYPE_F16, 1, 1, "GQA 4, T != N"},
+        {3, 50, 50, 4, 4, 40, 0, DTYPE_F16, 0, 1, "hd 40: per-sequence general kernel"},
+        {3, 9, 9, 4, 4, 72, ATTN_EAGER_F16, DTYPE_F16, 0, 1, "n < 16: per-sequence general kernel"},
+        {2, 64, 64, 4, 4, 72, ATTN_EAGER_F16, DTYPE_F32, 0, 1, "f32: per-sequence general kernel"},
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) run_batch_case(&cs[i]);
+}
+
 /* ---- benchmark ---- */
 
 struct bench_set {
@@ -266,10 +367,17 @@ struct bench_set {
     int64_t q_pos0;
     float scale;
     int flags, bm; /* bm -1: op_attention (general kernel when the tensors are bf16) */
+    int batch;     /* 1: q[0], k[0], v[0], out[0] hold all npieces sequences: one batched launch */
 };
 
 static void bench_call(const struct bench_set *b)
 {
+    if (b->batch) {
+        if (b->bm < 0) op_attention_batch(&b->out[0], &b->q[0], &b->k[0], &b->v[0], b->npieces, b->scale, b->flags);
+        else CHECK(cuda_flash_attention_batch_bm(&b->out[0], &b->q[0], &b->k[0], &b->v[0], b->npieces, b->scale,
+                                                 b->flags, b->bm) == 1);
+        return;
+    }
     for (int i = 0; i < b->npieces; i++) {
         if (b->bm < 0) op_attention(&b->out[i], &b->q[i], &b->k[i], &b->v[i], b->q_pos0, b->scale, b->flags);
         else CHECK(cuda_flash_attention_bm(&b->out[i], &b->q[i], &b->k[i], &b->v[i], b->q_pos0, b->scale, b->flags,
@@ -314,17 +422,35 @@ static void bench_shape(const char *name, int npieces, int64_t n, int64_t T, int
     static const int bms[] = {0, 64, 128};
     static const char *bmn[] = {"flash auto", "flash bm=64", "flash bm=128"};
     for (int b = 0; b < 3; b++) {
-        struct bench_set s = {npieces, q, k, v, out, q_pos0, scale, flags, bms[b]};
+        struct bench_set s = {npieces, q, k, v, out, q_pos0, scale, flags, bms[b], 0};
         double ms = bench_ms(&s, 20);
         printf("  %-34s %-13s %9.3f ms  %7.1f TFLOP/s\n", name, bmn[b], ms, flops / (ms * 1e-3) / 1e12);
     }
-    struct bench_set s = {npieces, qb, kb, vb, outb, q_pos0, scale, flags, -1};
+    struct bench_set s = {npieces, qb, kb, vb, outb, q_pos0, scale, flags, -1, 0};
     double ms = bench_ms(&s, n * T > 1000000 ? 2 : 10);
     printf("  %-34s %-13s %9.3f ms  %7.1f TFLOP/s  (bf16 inputs)\n", name, "general", ms, flops / (ms * 1e-3) / 1e12);
     for (int i = 0; i < npieces; i++) {
         t_free(&q[i]), t_free(&k[i]), t_free(&v[i]), t_free(&out[i]);
         t_free(&qb[i]), t_free(&kb[i]), t_free(&vb[i]), t_free(&outb[i]);
     }
+}
+
+/* all npieces sequences stacked in one tensor, one op_attention_batch launch (flash auto / 64 / 128) */
+static void bench_batch(const char *name, int npieces, int64_t n, int64_t H, int64_t hd, int flags, float scale,
+                        double flops)
+{
+    struct tensor hq = h_rand(DTYPE_F16, npieces * n, H, hd, 1.5f), hk = h_rand(DTYPE_F16, npieces * n, H, hd, 1.5f);
+    struct tensor hv = h_rand(DTYPE_F16, npieces * n, H, hd, 1.0f);
+    struct tensor q = d_copy(&hq, 0), k = d_copy(&hk, 0), v = d_copy(&hv, 0);
+    struct tensor out = d_empty(DTYPE_F16, npieces * n, H, hd, 0);
+    static const int bms[] = {0, 64, 128};
+    static const char *bmn[] = {"batch auto", "batch bm=64", "batch bm=128"};
+    for (int b = 0; b < 3; b++) {
+        struct bench_set s = {npieces, &q, &k, &v, &out, 0, scale, flags, bms[b], 1};
+        double ms = bench_ms(&s, 20);
+        printf("  %-34s %-13s %9.3f ms  %7.1f TFLOP/s\n", name, bmn[b], ms, flops / (ms * 1e-3) / 1e12);
+    }
+    t_free(&hq), t_free(&hk), t_free(&hv), t_free(&q), t_free(&k), t_free(&v), t_free(&out);
 }
 
 static void bench(void)
@@ -344,6 +470,10 @@ static void bench(void)
                 4.0 * 512 * (2488 + 256) * 128 * 32);
     bench_shape("vision 10 x n=T=1036 H16 hd72", 10, 1036, 1036, 16, 16, 72, ATTN_EAGER_F16, 0.11785113019775792f,
                 10 * 4.0 * 1036 * 1036 * 72 * 16);
+    bench_batch("vision 10 x n=T=1036 H16 hd72", 10, 1036, 16, 72, ATTN_EAGER_F16, 0.11785113019775792f,
+                10 * 4.0 * 1036 * 1036 * 72 * 16);
+    bench_batch("vision 1 x n=T=1036 H16 hd72", 1, 1036, 16, 72, ATTN_EAGER_F16, 0.11785113019775792f,
+                4.0 * 1036 * 1036 * 72 * 16);
     bench_shape("resampler 10 x n96 T1036 H32 hd128", 10, 96, 1036, 32, 32, 128, ATTN_EAGER_F16, 1.0f,
                 10 * 4.0 * 96 * 1036 * 128 * 32);
 }
@@ -359,6 +489,7 @@ int main(int argc, char **argv)
         T_SKIP(test_llm_prefill, why);
         T_SKIP(test_vision_resampler, why);
         T_SKIP(test_declines_dtypes, why);
+        T_SKIP(test_attention_batch, why);
         return t_main_end("test_cuda_flash");
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0) {
@@ -368,6 +499,7 @@ int main(int argc, char **argv)
     T_RUN(test_llm_prefill);
     T_RUN(test_vision_resampler);
     T_RUN(test_declines_dtypes);
+    T_RUN(test_attention_batch);
     return t_main_end("test_cuda_flash");
 }
 

@@ -623,6 +623,59 @@ static void test_errors(void)
     T_CONTAINS(e.msg, "hidden_act");
 }
 
+/* op_attention_batch on the CPU: bit-identical to one op_attention per sequence on row views (its
+ * contract), for F32 and F16, eager rounding on and off, GQA, T != N; and the sequences really are
+ * independent: changing the keys of sequence 1 leaves sequence 0's output unchanged and changes
+ * sequence 1's. */
+static void test_attention_batch(void)
+{
+    static const struct { int64_t S, N, T, H, Hkv, hd; int flags; enum dtype dt; } cs[] = {
+        {3, 7, 7, 4, 4, 8, ATTN_EAGER_F16, DTYPE_F16}, {3, 7, 7, 4, 4, 8, 0, DTYPE_F32},
+        {2, 5, 9, 4, 2, 16, 0, DTYPE_F16},             {4, 1, 3, 2, 1, 8, ATTN_EAGER_F16, DTYPE_F32},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t S = cs[c].S, N = cs[c].N, T = cs[c].T, H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd;
+        const enum dtype dt = cs[c].dt;
+        const size_t es = dtype_size(dt);
+        struct tensor q = tensor_make(dt, device_cpu(), NULL, 3, S * N, H, hd);
+        struct tensor k = tensor_make(dt, device_cpu(), NULL, 3, S * T, Hkv, hd), v = k;
+        struct tensor ob = q, ol = q;
+        q.data = malloc(tensor_nbytes(&q)), k.data = malloc(tensor_nbytes(&k)), v.data = malloc(tensor_nbytes(&v));
+        ob.data = malloc(tensor_nbytes(&q)), ol.data = malloc(tensor_nbytes(&q));
+        float *tmp = malloc((size_t)(S * (N > T ? N : T) * H * hd) * sizeof(float));
+        T_ASSERT(q.data && k.data && v.data && ob.data && ol.data && tmp);
+        struct tensor *in[3] = {&q, &k, &v};
+        for (int t = 0; t < 3; t++) {
+            const int64_t n = tensor_numel(in[t]);
+            for (int64_t i = 0; i < n; i++) tmp[i] = uni(t == 0 ? 2.0f : 1.0f);
+            convert_from_f32(in[t]->data, dt, tmp, n);
+        }
+        const float scale = 1.0f / sqrtf((float)hd);
+        op_attention_batch(&ob, &q, &k, &v, S, scale, cs[c].flags);
+        for (int64_t s = 0; s < S; s++) {
+            struct tensor os = tensor_rows_view(&ol, s * N, N), qs = tensor_rows_view(&q, s * N, N);
+            struct tensor ks = tensor_rows_view(&k, s * T, T), vs = tensor_rows_view(&v, s * T, T);
+            op_attention(&os, &qs, &ks, &vs, 0, scale, cs[c].flags);
+        }
+        T_ASSERTF(memcmp(ob.data, ol.data, tensor_nbytes(&q)) == 0, "case %zu: batch != loop", c);
+        convert_to_f32(tmp, ob.data, dt, tensor_numel(&q));
+        double mx = 0;
+        for (int64_t i = 0; i < tensor_numel(&q); i++) mx = fmax(mx, fabs(tmp[i]));
+        T_ASSERTF(mx > 0.05, "case %zu: output ~0 (max %g)", c, mx);
+        /* perturb the keys of sequence 1: only its rows change */
+        const size_t row = (size_t)(N * H * hd) * es, krow = (size_t)(T * Hkv * hd) * es;
+        memset((char *)k.data + krow, 0, krow);
+        op_attention_batch(&ob, &q, &k, &v, S, scale, cs[c].flags);
+        T_ASSERTF(memcmp(ob.data, ol.data, row) == 0, "case %zu: sequence 0 depends on sequence 1's keys", c);
+        T_ASSERTF(memcmp((char *)ob.data + row, (char *)ol.data + row, row) != 0 || T == 1,
+                  "case %zu: sequence 1 ignores its keys", c);
+        if (S > 2)
+            T_ASSERTF(memcmp((char *)ob.data + 2 * row, (char *)ol.data + 2 * row, (size_t)(S - 2) * row) == 0,
+                      "case %zu: later sequences depend on sequence 1's keys", c);
+        free(q.data), free(k.data), free(v.data), free(ob.data), free(ol.data), free(tmp);
+    }
+}
+
 /* Hook for stage parity against PyTorch: tools/ref_vision.py (another engineer's) will dump, for a
  * request with pieces of different N, pixel patches, tgt_sizes, position_ids, the vpm
  * last_hidden_state and the resampler output into a .safetensors fixture. The test will then feed
@@ -639,5 +692,6 @@ int main(void)
     T_RUN(test_resampler_masking);
     T_RUN(test_vit_padding_matters);
     T_RUN(test_errors);
+    T_RUN(test_attention_batch);
     return t_main_end("test_vision");
 }

@@ -1,5 +1,6 @@
 /* cuda_flash.cu: tensor-core flash attention (FlashAttention-2 style) for many query rows: LLM
- * prefill (causal, GQA), the vision tower (bidirectional, hd 72) and the resampler (96 queries).
+ * prefill (causal, GQA), the vision tower (bidirectional, hd 72; all pieces in one launch through
+ * op_attention_batch: the piece is blockIdx.z) and the resampler (96 queries).
  * cuda_flash_attention returns 1 when it handled the call and 0 to let the general CUDA-core
  * kernel of cuda_attention.cu run: q, k, v, out not all F16, n < 16 (decode), hd not a multiple of
  * 8 or its padded size not one of 16, 32, 64, 80, 128, T < 1, or a pointer not 16-byte aligned.
@@ -38,6 +39,7 @@ struct fa_args {
     int q_pos0;      /* causal only: absolute position of query row 0 */
     int causal;
     float scale_log2; /* scale * log2(e) */
+    int64_t q_ss, kv_ss; /* batch: elements between sequences (blockIdx.z) in q/out and in k/v */
 };
 
 /* ---- PTX wrappers (sm_80+) ---- */
@@ -123,6 +125,10 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
     const int qt = gridDim.y - 1 - blockIdx.y; /* the longest causal tiles are dispatched first */
     const int i0 = qt * QR, h0 = blockIdx.x * GP, kh = h0 / a.G;
     const int hd = a.hd, n = a.n, T = a.T, H = a.H;
+    /* op_attention_batch: sequence blockIdx.z (0 for a single one) */
+    const __half *gq = a.q + (int64_t)blockIdx.z * a.q_ss, *gk = a.k + (int64_t)blockIdx.z * a.kv_ss,
+                 *gv = a.v + (int64_t)blockIdx.z * a.kv_ss;
+    __half *go = a.out + (int64_t)blockIdx.z * a.q_ss;
 
     /* keys this CTA needs: [0, kend) */
     const int i_last = min(i0 + QR, n) - 1;
@@ -135,7 +141,7 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
         const int idx = tid + it * NT, r = idx / CH, c = idx % CH;
         const int qi = i0 + (r >> gpl), h = h0 + (r & (GP - 1));
         const bool ok = qi < n && c * 8 < hd;
-        const __half *src = ok ? a.q + ((int64_t)qi * H + h) * hd + c * 8 : a.q;
+        const __half *src = ok ? gq + ((int64_t)qi * H + h) * hd + c * 8 : gq;
         fa_cp16(sq + r * LD + c * 8, src, ok);
     }
     auto load_kv = [&](int tile, int st) {
@@ -148,8 +154,8 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
                 const int r = idx / CH, c = idx % CH, j = j0 + r;
                 const bool ok = j < T && c * 8 < hd;
                 const int64_t off = ok ? ((int64_t)j * a.Hkv + kh) * hd + c * 8 : 0;
-                fa_cp16(dk + r * LD + c * 8, a.k + off, ok);
-                fa_cp16(dv + r * LD + c * 8, a.v + off, ok);
+                fa_cp16(dk + r * LD + c * 8, gk + off, ok);
+                fa_cp16(dv + r * LD + c * 8, gv + off, ok);
             }
         }
     };
@@ -299,7 +305,7 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
         const int idx = lane + it * 32, r = warp * 16 + idx / CH, c = idx % CH;
         const int qi = i0 + (r >> gpl), h = h0 + (r & (GP - 1));
         if (qi < n && c * 8 < hd)
-            *reinterpret_cast<uint4 *>(a.out + ((int64_t)qi * H + h) * hd + c * 8) =
+            *reinterpret_cast<uint4 *>(go + ((int64_t)qi * H + h) * hd + c * 8) =
                 *reinterpret_cast<const uint4 *>(sq + r * LD + c * 8);
     }
 }
@@ -335,17 +341,24 @@ static int fa_hdp(int64_t hd)
     return fa_pick(hdp, 4) ? hdp : 0;
 }
 
-/* bm: query-tile rows per CTA, 64 (4 warps) or 128 (8 warps); 0 picks: 128 when that still gives
- * two CTAs per SM to balance (long prefill), else 64 (short prefill, one vision piece, resampler). */
-extern "C" int cuda_flash_attention_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
-                                       const struct tensor *v, int64_t q_pos0, float scale, int flags, int bm)
+/* The launch behind every entry point: n_seq sequences stacked along dim 0 of q/out (N rows each)
+ * and of k/v (T rows each), one grid slice (blockIdx.z) per sequence; n_seq 1 is a plain call.
+ * bm: query-tile rows per CTA, 64 (4 warps) or 128 (8 warps); 0 picks: 128 when that still gives
+ * two CTAs per SM to balance (long prefill, a batch of vision pieces), else 64 (short prefill, one
+ * vision piece, resampler). Returns 0 (nothing launched) when the flash path does not serve it. */
+static int fa_run(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                  int64_t n_seq, int64_t q_pos0, float scale, int flags, int bm)
 {
     if (q->dtype != DTYPE_F16 || k->dtype != DTYPE_F16 || v->dtype != DTYPE_F16 || out->dtype != DTYPE_F16) return 0;
-    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], T = k->shape[0], Hkv = k->shape[1];
+    if (n_seq < 1 || n_seq > 65535 || q->shape[0] % n_seq != 0 || k->shape[0] % n_seq != 0) return 0;
+    const int64_t n = q->shape[0] / n_seq, H = q->shape[1], hd = q->shape[2], T = k->shape[0] / n_seq;
+    const int64_t Hkv = k->shape[1];
     const int causal = (flags & ATTN_CAUSAL) != 0;
     if (n < 16 || T < 1 || H < 1 || Hkv < 1 || H % Hkv != 0) return 0;
+    if (causal && n_seq != 1) return 0;
     const int hdp = fa_hdp(hd);
     if (!hdp) return 0;
+    /* hd % 8 == 0 (fa_hdp), so every row, and every sequence, starts 16-byte aligned as well */
     if (!fa_aligned(q->data) || !fa_aligned(k->data) || !fa_aligned(v->data) || !fa_aligned(out->data)) return 0;
     if (T > INT32_MAX / 2 || n > INT32_MAX / 2 || (causal && (q_pos0 < 0 || q_pos0 + n > T))) return 0;
 
@@ -359,7 +372,7 @@ extern "C" int cuda_flash_attention_bm(struct tensor *out, const struct tensor *
     if (bm == 64) nw = 4;
     else if (bm == 128) nw = 8;
     else {
-        const int64_t ctas128 = (n + (128 >> gpl) - 1) / (128 >> gpl) * hblocks;
+        const int64_t ctas128 = (n + (128 >> gpl) - 1) / (128 >> gpl) * hblocks * n_seq;
         nw = ctas128 >= 2 * (int64_t)c->n_sm ? 8 : 4;
     }
     const int64_t qr = (16 * nw) >> gpl, qtiles = (n + qr - 1) / qr;
@@ -380,19 +393,49 @@ extern "C" int cuda_flash_attention_bm(struct tensor *out, const struct tensor *
     a.q_pos0 = causal ? (int)q_pos0 : 0;
     a.causal = causal;
     a.scale_log2 = scale * 1.4426950408889634f;
+    a.q_ss = n * H * hd;
+    a.kv_ss = T * Hkv * hd;
 
     fa_kernel_fn fn = fa_pick(hdp, nw);
     const size_t smem = fa_smem_bytes(hdp, nw); /* 32-102 KiB: above the default 48 KiB needs opting in */
     CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    fn<<<dim3((unsigned)hblocks, (unsigned)qtiles), 32 * nw, smem, c->stream>>>(a);
+    fn<<<dim3((unsigned)hblocks, (unsigned)qtiles, (unsigned)n_seq), 32 * nw, smem, c->stream>>>(a);
     KERNEL_CHECK();
     return 1;
+}
+
+extern "C" int cuda_flash_attention_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
+                                       const struct tensor *v, int64_t q_pos0, float scale, int flags, int bm)
+{
+    return fa_run(out, q, k, v, 1, q_pos0, scale, flags, bm);
 }
 
 extern "C" int cuda_flash_attention(struct tensor *out, const struct tensor *q, const struct tensor *k,
                                     const struct tensor *v, int64_t q_pos0, float scale, int flags)
 {
-    return cuda_flash_attention_bm(out, q, k, v, q_pos0, scale, flags, 0);
+    return fa_run(out, q, k, v, 1, q_pos0, scale, flags, 0);
+}
+
+/* The batched flash path alone (tests, bench): 1 when it ran, 0 when it declined. */
+extern "C" int cuda_flash_attention_batch_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
+                                             const struct tensor *v, int64_t n_seq, float scale, int flags, int bm)
+{
+    return fa_run(out, q, k, v, n_seq, 0, scale, flags, bm);
+}
+
+/* op_attention_batch: one flash launch for all sequences, or (f32/bf16, n < 16, an hd the flash
+ * kernel does not serve) one cuda_attention per sequence. */
+extern "C" void cuda_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k,
+                                     const struct tensor *v, int64_t n_seq, float scale, int flags)
+{
+    if (q->shape[0] == 0 || q->shape[1] == 0 || q->shape[2] == 0) return;
+    if (fa_run(out, q, k, v, n_seq, 0, scale, flags, 0)) return;
+    const int64_t N = q->shape[0] / n_seq, T = k->shape[0] / n_seq;
+    for (int64_t s = 0; s < n_seq; s++) {
+        struct tensor os = tensor_rows_view(out, s * N, N), qs = tensor_rows_view(q, s * N, N);
+        struct tensor ks = tensor_rows_view(k, s * T, T), vs = tensor_rows_view(v, s * T, T);
+        cuda_attention(&os, &qs, &ks, &vs, 0, scale, flags);
+    }
 }
 
 /* CTAs of the (hd, bm) kernel that fit on one SM of device `ordinal` (0 when not served): for the
