@@ -343,9 +343,9 @@ static int fa_hdp(int64_t hd)
 
 /* The launch behind every entry point: n_seq sequences stacked along dim 0 of q/out (N rows each)
  * and of k/v (T rows each), one grid slice (blockIdx.z) per sequence; n_seq 1 is a plain call.
- * bm: query-tile rows per CTA, 64 (4 warps) or 128 (8 warps); 0 picks: 128 when that still gives
- * two CTAs per SM to balance (long prefill, a batch of vision pieces), else 64 (short prefill, one
- * vision piece, resampler). Returns 0 (nothing launched) when the flash path does not serve it. */
+ * bm: query-tile rows per CTA, 64 (4 warps) or 128 (8 warps); 0 picks 64: on the H200, 64 was as fast
+ * or faster in every benchmarked shape (causal 3000: 0.284 vs 0.285 ms; 10 vision pieces batched:
+ * 0.275 vs 0.318 ms; resampler 10 x 96 x 1036: 0.258 vs 0.355 ms; docs/PERF.md). Returns 0 (nothing launched) when the flash path does not serve it. */
 static int fa_run(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
                   int64_t n_seq, int64_t q_pos0, float scale, int flags, int bm)
 {
@@ -371,10 +371,7 @@ static int fa_run(struct tensor *out, const struct tensor *q, const struct tenso
     int nw;
     if (bm == 64) nw = 4;
     else if (bm == 128) nw = 8;
-    else {
-        const int64_t ctas128 = (n + (128 >> gpl) - 1) / (128 >> gpl) * hblocks * n_seq;
-        nw = ctas128 >= 2 * (int64_t)c->n_sm ? 8 : 4;
-    }
+    else nw = 4;
     const int64_t qr = (16 * nw) >> gpl, qtiles = (n + qr - 1) / qr;
     if (qtiles > 65535 || hblocks > INT32_MAX) return 0;
 
