@@ -184,6 +184,8 @@ static void test_matmul(void)
         {1, 33, 7, DTYPE_F32, DTYPE_F32, DTYPE_F32, 1, TOL_F32, "gemv scalar, odd widths"},
         {7, 37, 65, DTYPE_F16, DTYPE_F16, DTYPE_F16, 0, TOL_F16, "gemv scalar, k % 8 != 0"},
         {33, 4096, 1024, DTYPE_F16, DTYPE_F16, DTYPE_F16, 1, TOL_F16, "gemm f16, bias"},
+        {1036, 1152, 4304, DTYPE_F16, DTYPE_F16, DTYPE_F16, 1, TOL_F16, "gemm f16, bias (cuBLASLt epilogue), vision fc1"},
+        {77, 72, 1001, DTYPE_F16, DTYPE_F16, DTYPE_F16, 1, TOL_F16, "gemm f16, bias, odd o (alignment)"},
         {64, 1152, 4304, DTYPE_F16, DTYPE_F16, DTYPE_F32, 0, TOL_TC, "gemm f16 -> f32 direct"},
         {17, 33, 7, DTYPE_F32, DTYPE_F32, DTYPE_F32, 1, TOL_F32, "sgemm odd, no TF32"},
         {100, 512, 513, DTYPE_F32, DTYPE_F32, DTYPE_F32, 0, TOL_F32, "sgemm, no TF32"},

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -73,6 +74,7 @@ struct cuda_ctx {
     cudaEvent_t ev;             /* cross-device ordering in cuda_memcpy */
     cublasHandle_t blas;        /* created on first GEMM */
     void *blas_ws;              /* cuBLAS workspace (fixed, so graph capture never allocates) */
+    cublasLtHandle_t lt;        /* cuBLASLt, for GEMMs with a bias epilogue (created on first use) */
     void *scratch[SCRATCH_N];
     size_t scratch_bytes[SCRATCH_N];
     unsigned scratch_gen;       /* bumped whenever a scratch buffer moves: graphs captured before are stale */

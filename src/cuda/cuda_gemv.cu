@@ -256,6 +256,59 @@ static cudaDataType_t cuda_dtype(enum dtype t)
     return CUDA_R_32F;
 }
 
+/* y[n,o] = x[n,k] w[o,k]^T + bias in one cuBLASLt call whose epilogue adds the bias to the fp32
+ * accumulator before the single rounding to y's 16-bit type: the same arithmetic as GEMM to fp32 +
+ * bias_round_kernel, without the fp32 round trip through memory. Returns false (nothing done) when
+ * cuBLASLt offers no algorithm, so the caller falls back. */
+#define LT_WS_BYTES ((size_t)32 << 20) /* the context's cuBLAS workspace (cuda_mem.cu) */
+static bool lt_gemm_bias(struct cuda_ctx *c, void *yp, cudaDataType_t t, const void *wp, const void *xp,
+                         const void *bp, int64_t n, int64_t k, int64_t o)
+{
+    if (!c->lt) CUBLAS_CHECK(cublasLtCreate(&c->lt));
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &t, sizeof t));
+    /* column-major: A = w as k x o (op T -> o x k), B = x as k x n, C = D = y^T as o x n */
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, t, (uint64_t)k, (uint64_t)o, k));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)k, (uint64_t)n, k));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, t, (uint64_t)o, (uint64_t)n, o));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = LT_WS_BYTES;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    /* the heuristic assumes 256-byte aligned pointers unless told: our row views may be less aligned */
+    const struct { cublasLtMatmulPreferenceAttributes_t attr; const void *p; } al[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, wp}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, xp},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, yp}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, yp}};
+    for (int i = 0; i < 4; i++) {
+        uint32_t a = 256;
+        while (a > 1 && ((uintptr_t)al[i].p & (a - 1))) a >>= 1;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al[i].attr, &a, sizeof a));
+    }
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    bool ok = cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, lc, lc, pref, 1, &res, &nres) == CUBLAS_STATUS_SUCCESS &&
+              nres > 0;
+    if (ok) {
+        const float alpha = 1.0f, beta = 0.0f;
+        CUBLAS_CHECK(cublasLtMatmul(c->lt, op, &alpha, wp, la, xp, lb, &beta, yp, lc, yp, lc, &res.algo, c->blas_ws, ws,
+                                    c->stream));
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(op);
+    return ok;
+}
+
 extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
 {
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
@@ -277,6 +330,10 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
         cuda_convert(&xt, x);
         xp = xc;
     }
+    /* 16-bit output with a bias of the same type: one cuBLASLt call with the bias epilogue */
+    if (bias && gt != DTYPE_F32 && y->dtype == gt && bias->dtype == gt && ((uintptr_t)bias->data & 15) == 0 &&
+        lt_gemm_bias(c, y->data, cuda_dtype(gt), w->data, xp, bias->data, n, k, o))
+        return;
     /* cuBLAS writes 16F/16BF inputs to the same 16-bit type or to 32F; 32F inputs to 32F */
     const bool direct = !bias && (y->dtype == DTYPE_F32 || (y->dtype == gt && gt != DTYPE_F32));
     void *yp = direct ? y->data : cuda_scratch(c, SCRATCH_MM_Y, (size_t)(n * o) * sizeof(float));
