@@ -12,54 +12,42 @@
 
 #include "backend.h"
 
-static struct tensor carve(char **p, enum dtype dt, struct device dev, int64_t r, int64_t c)
+/* Lays out the activation views of one device in cv (a counting carver only sizes them). */
+static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const struct model_config *c, enum dtype act,
+                         int64_t B, int with_logits)
 {
-    struct tensor t = tensor_make(dt, dev, *p, 2, r, c);
-    *p += (tensor_nbytes(&t) + 255) & ~(size_t)255;
-    return t;
-}
-
-static size_t devbuf_size(const struct model_config *c, enum dtype act, int64_t B, int with_logits)
-{
-    const size_t a = dtype_size(act), d = (size_t)c->hidden_size, hd = (size_t)c->head_dim;
-    const size_t qd = (size_t)c->num_attention_heads * hd, kvd = (size_t)c->num_key_value_heads * hd;
-    const size_t ff = (size_t)c->intermediate_size, b = (size_t)B;
-    size_t s = 0;
-#define ADD(n) s += ((n) + 255) & ~(size_t)255
-    ADD(b * d * a); ADD(b * d * a); ADD(b * qd * a); ADD(b * kvd * a); ADD(b * kvd * a); ADD(b * qd * a);
-    ADD(b * d * a); ADD(b * ff * a); ADD(b * ff * a); ADD(b * 4); ADD(b * 4);
-    if (with_logits) { ADD((size_t)c->vocab_size * 4); ADD((size_t)c->vocab_size * a); }
-#undef ADD
-    return s;
+    const int64_t d = c->hidden_size, hd = c->head_dim;
+    const int64_t qd = (int64_t)c->num_attention_heads * hd, kvd = (int64_t)c->num_key_value_heads * hd;
+    b->h = tensor_carve(cv, act, B, d);
+    b->xn = tensor_carve(cv, act, B, d);
+    b->q = tensor_carve(cv, act, B, qd);
+    b->k = tensor_carve(cv, act, B, kvd);
+    b->v = tensor_carve(cv, act, B, kvd);
+    b->att = tensor_carve(cv, act, B, qd);
+    b->o = tensor_carve(cv, act, B, d);
+    b->gate = tensor_carve(cv, act, B, c->intermediate_size);
+    b->up = tensor_carve(cv, act, B, c->intermediate_size);
+    b->pos = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->pos.ndim = 1;
+    b->ids = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->ids.ndim = 1;
+    if (with_logits) {
+        b->logits = tensor_carve(cv, DTYPE_F32, 1, c->vocab_size);
+        b->logits_act = tensor_carve(cv, act, 1, c->vocab_size);
+    }
 }
 
 static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struct device dev, enum dtype act,
                        int64_t B, int with_logits, struct err *e)
 {
+    struct tensor_carver count = {NULL, 0, dev};
+    devbuf_carve(b, &count, c, act, B, with_logits);
     b->dev = dev;
-    b->bytes = devbuf_size(c, act, B, with_logits);
+    b->bytes = count.off;
     b->mem = dev_alloc(dev, b->bytes, e);
     if (!b->mem) return -1;
-    char *p = b->mem;
-    const int64_t d = c->hidden_size, hd = c->head_dim;
-    const int64_t qd = (int64_t)c->num_attention_heads * hd, kvd = (int64_t)c->num_key_value_heads * hd;
-    b->h = carve(&p, act, dev, B, d);
-    b->xn = carve(&p, act, dev, B, d);
-    b->q = carve(&p, act, dev, B, qd);
-    b->k = carve(&p, act, dev, B, kvd);
-    b->v = carve(&p, act, dev, B, kvd);
-    b->att = carve(&p, act, dev, B, qd);
-    b->o = carve(&p, act, dev, B, d);
-    b->gate = carve(&p, act, dev, B, c->intermediate_size);
-    b->up = carve(&p, act, dev, B, c->intermediate_size);
-    b->pos = carve(&p, DTYPE_I32, dev, B, 1);
-    b->pos.ndim = 1;
-    b->ids = carve(&p, DTYPE_I32, dev, B, 1);
-    b->ids.ndim = 1;
-    if (with_logits) {
-        b->logits = carve(&p, DTYPE_F32, dev, 1, c->vocab_size);
-        b->logits_act = carve(&p, act, dev, 1, c->vocab_size);
-    }
+    struct tensor_carver cv = {b->mem, 0, dev};
+    devbuf_carve(b, &cv, c, act, B, with_logits);
     return 0;
 }
 

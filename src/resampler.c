@@ -18,20 +18,7 @@
 #include "backend.h"
 #include "model.h"
 
-/* Bump allocator over one device block; with base == NULL it only counts (see vision.c). */
-struct carve {
-    char *base;
-    size_t off;
-    struct device dev;
-};
-
-static struct tensor carve_t(struct carve *c, enum dtype dt, int64_t d0, int64_t d1)
-{
-    size_t bytes = (size_t)d0 * (size_t)d1 * dtype_size(dt);
-    struct tensor t = tensor_make(dt, c->dev, c->base ? c->base + c->off : NULL, 2, d0, d1);
-    c->off += (bytes + 255) & ~(size_t)255;
-    return t;
-}
+/* Scratch is carved with tensor_carve (tensor.h): a counting pass sizes it, the same code lays it out. */
 
 /* ---- 2-D sin-cos position code (§4.2) ---- */
 
@@ -105,20 +92,20 @@ struct resampler_bufs {
     struct tensor ids;                /* [B*2*n_keys] I32: column ids then row ids per piece */
 };
 
-static void resampler_carve(struct resampler_bufs *b, struct carve *cv, const struct resampler_dims *m,
+static void resampler_carve(struct resampler_bufs *b, struct tensor_carver *cv, const struct resampler_dims *m,
                             enum dtype act)
 {
-    b->q0 = carve_t(cv, act, m->q, m->d);
-    b->qm = carve_t(cv, act, m->q, m->d);
-    b->kv = carve_t(cv, act, m->n_keys, m->d);
-    b->pa = carve_t(cv, act, m->n_keys, m->d);
-    b->pb = carve_t(cv, act, m->n_keys, m->d);
-    b->k = carve_t(cv, act, m->n_keys, m->d);
-    b->v = carve_t(cv, act, m->n_keys, m->d);
-    b->att = carve_t(cv, act, m->B * m->q, m->d);
-    b->o = carve_t(cv, act, m->B * m->q, m->d);
-    b->tab = carve_t(cv, act, m->max_w + m->max_h, m->d);
-    b->ids = carve_t(cv, DTYPE_I32, m->B * 2 * m->n_keys, 1);
+    b->q0 = tensor_carve(cv, act, m->q, m->d);
+    b->qm = tensor_carve(cv, act, m->q, m->d);
+    b->kv = tensor_carve(cv, act, m->n_keys, m->d);
+    b->pa = tensor_carve(cv, act, m->n_keys, m->d);
+    b->pb = tensor_carve(cv, act, m->n_keys, m->d);
+    b->k = tensor_carve(cv, act, m->n_keys, m->d);
+    b->v = tensor_carve(cv, act, m->n_keys, m->d);
+    b->att = tensor_carve(cv, act, m->B * m->q, m->d);
+    b->o = tensor_carve(cv, act, m->B * m->q, m->d);
+    b->tab = tensor_carve(cv, act, m->max_w + m->max_h, m->d);
+    b->ids = tensor_carve(cv, DTYPE_I32, m->B * 2 * m->n_keys, 1);
     b->ids = tensor_reshape(&b->ids, 1, m->B * 2 * m->n_keys);
 }
 
@@ -126,7 +113,7 @@ size_t resampler_scratch_bytes(const struct model_config *c, const int32_t *tgt_
 {
     struct resampler_dims m;
     resampler_dims(&m, c, tgt_hw, n_pieces);
-    struct carve cv = {NULL, 0, device_cpu()};
+    struct tensor_carver cv = {NULL, 0, device_cpu()};
     struct resampler_bufs b;
     resampler_carve(&b, &cv, &m, act);
     return cv.off;
@@ -169,7 +156,7 @@ int resampler_forward(struct tensor *out, const struct resampler_weights *w, con
         owned = scratch = dev_alloc(dev, need, e);
         if (!owned) goto done;
     }
-    struct carve cv = {scratch, 0, dev};
+    struct tensor_carver cv = {scratch, 0, dev};
     struct resampler_bufs b;
     resampler_carve(&b, &cv, &m, act);
 

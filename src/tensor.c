@@ -84,6 +84,13 @@ struct tensor tensor_reshape(const struct tensor *t, int ndim, ...)
     return v;
 }
 
+struct tensor tensor_carve(struct tensor_carver *c, enum dtype dt, int64_t d0, int64_t d1)
+{
+    struct tensor t = tensor_make(dt, c->dev, c->base ? c->base + c->off : NULL, 2, d0, d1);
+    c->off += (tensor_nbytes(&t) + 255) & ~(size_t)255;
+    return t;
+}
+
 bool tensor_same_shape(const struct tensor *a, const struct tensor *b)
 {
     if (a->ndim != b->ndim) return false;

@@ -52,6 +52,15 @@ bool tensor_same_shape(const struct tensor *a, const struct tensor *b);
 /* "[2, 3, 4]" into buf. */
 const char *tensor_shape_str(const struct tensor *t, char *buf, size_t n);
 
+/* A bump allocator carving 2-D tensors out of one block, each start 256-byte aligned. With
+ * base == NULL it only counts, so one carving function both sizes a block and lays it out. */
+struct tensor_carver {
+    char *base;
+    size_t off;          /* bytes used so far */
+    struct device dev;
+};
+struct tensor tensor_carve(struct tensor_carver *c, enum dtype dt, int64_t d0, int64_t d1);
+
 /* Exact IEEE conversions (round to nearest even), same results as torch's .half()/.float(). */
 static inline float f16_to_f32(uint16_t h)
 {

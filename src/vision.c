@@ -16,21 +16,7 @@
 
 /* ---- scratch carving ---- */
 
-/* A bump allocator over one device block. With base == NULL it only counts bytes, so the same code
- * sizes the scratch (vision_scratch_bytes) and carves it (vision_forward). */
-struct carve {
-    char *base;
-    size_t off;
-    struct device dev;
-};
-
-static struct tensor carve_t(struct carve *c, enum dtype dt, int64_t d0, int64_t d1)
-{
-    size_t bytes = (size_t)d0 * (size_t)d1 * dtype_size(dt);
-    struct tensor t = tensor_make(dt, c->dev, c->base ? c->base + c->off : NULL, 2, d0, d1);
-    c->off += (bytes + 255) & ~(size_t)255;
-    return t;
-}
+/* Scratch is carved with tensor_carve (tensor.h): a counting pass sizes it, the same code lays it out. */
 
 struct vision_bufs {
     struct tensor patches; /* [R, pdim] act: the padded patch matrix */
@@ -42,27 +28,27 @@ struct vision_bufs {
     struct tensor mlp;     /* [R, vff] */
 };
 
-static void vision_carve(struct vision_bufs *b, struct carve *c, const struct model_config *cfg, int n_pieces,
+static void vision_carve(struct vision_bufs *b, struct tensor_carver *c, const struct model_config *cfg, int n_pieces,
                          int64_t n_max, enum dtype act)
 {
     const struct vision_config *vc = &cfg->vision_config;
     const int64_t R = (int64_t)n_pieces * n_max, vd = vc->hidden_size;
     const int64_t pdim = (int64_t)vc->num_channels * vc->patch_size * vc->patch_size;
-    b->patches = carve_t(c, act, R, pdim);
-    b->ids = carve_t(c, DTYPE_I32, n_max, 1);
+    b->patches = tensor_carve(c, act, R, pdim);
+    b->ids = tensor_carve(c, DTYPE_I32, n_max, 1);
     b->ids = tensor_reshape(&b->ids, 1, n_max);
-    b->pos = carve_t(c, act, n_max, vd);
-    b->h = carve_t(c, act, R, vd);
-    b->q = carve_t(c, act, R, vd);
-    b->k = carve_t(c, act, R, vd);
-    b->v = carve_t(c, act, R, vd);
-    b->a = carve_t(c, act, R, vd);
-    b->mlp = carve_t(c, act, R, vc->intermediate_size);
+    b->pos = tensor_carve(c, act, n_max, vd);
+    b->h = tensor_carve(c, act, R, vd);
+    b->q = tensor_carve(c, act, R, vd);
+    b->k = tensor_carve(c, act, R, vd);
+    b->v = tensor_carve(c, act, R, vd);
+    b->a = tensor_carve(c, act, R, vd);
+    b->mlp = tensor_carve(c, act, R, vc->intermediate_size);
 }
 
 size_t vision_scratch_bytes(const struct model_config *c, int n_pieces, int64_t n_max, enum dtype act)
 {
-    struct carve cv = {NULL, 0, device_cpu()};
+    struct tensor_carver cv = {NULL, 0, device_cpu()};
     struct vision_bufs b;
     vision_carve(&b, &cv, c, n_pieces, n_max, act);
     return cv.off;
@@ -178,7 +164,7 @@ int vision_forward(struct tensor *out, const struct vpm_weights *w, const struct
         owned = scratch = dev_alloc(dev, need, e);
         if (!owned) goto done;
     }
-    struct carve cv = {scratch, 0, dev};
+    struct tensor_carver cv = {scratch, 0, dev};
     struct vision_bufs b;
     vision_carve(&b, &cv, c, n_pieces, n_max, act);
 
