@@ -50,6 +50,12 @@ void image_free(struct image *im); /* accepts a zeroed or half-built image */
 /* ---- geometry (image_resize.c) ---- */
 /* Allocates a w x h image (w, h >= 1; w*h bounded by INT32 pixel counts). */
 int image_alloc(struct image *out, int w, int h, struct err *e);
+/* The synthetic test pattern (gradients, hashed noise, an inverted rectangle, a checkerboard and a
+ * diagonal line: smooth areas, noise and hard edges) that tests and `minicpmv bench` use; the same
+ * integer formula is gen_image in tools/ref_image.py and tools/ref_vision.py, so both sides see
+ * identical pixels. image_pattern_px is one channel value of pixel (x, y) of a w x h image. */
+uint8_t image_pattern_px(int64_t x, int64_t y, int c, int64_t w, int64_t h, uint32_t seed);
+int image_pattern(struct image *out, int w, int h, uint32_t seed, struct err *e);
 /* Pillow Image.resize((w, h), Image.Resampling.BICUBIC) on an RGB image, bit for bit. When the size
  * is unchanged it returns a copy, as Pillow does. */
 int image_resize_bicubic(struct image *out, const struct image *in, int w, int h, int n_threads, struct err *e);

@@ -220,3 +220,33 @@ int image_crop(struct image *out, const struct image *in, int x0, int y0, int x1
         memcpy(out->rgb + (size_t)(y - y0) * rowlen, in->rgb + ((size_t)y * in->w + x0) * 3, rowlen);
     return 0;
 }
+
+/* ---- the synthetic test pattern (image.h) ---- */
+
+uint8_t image_pattern_px(int64_t x, int64_t y, int c, int64_t W, int64_t H, uint32_t seed)
+{
+    uint32_t h = ((uint32_t)x * 73856093u) ^ ((uint32_t)y * 19349663u) ^ ((uint32_t)c * 83492791u) ^ (seed * 2654435761u);
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    h ^= h >> 15;
+    int64_t base;
+    if (c == 0) base = W > 1 ? x * 255 / (W - 1) : 128;
+    else if (c == 1) base = H > 1 ? y * 255 / (H - 1) : 128;
+    else base = W + H > 2 ? (x + y) * 255 / (W + H - 2) : 128;
+    int64_t v = base + (int64_t)(h >> 24) % 25 - 12;
+    if (4 * x >= W && 2 * x < W && 4 * y >= H && 2 * y < H) v = 255 - v;
+    if (4 * x >= 3 * W && 4 * y >= 3 * H) v = (((x >> 3) + (y >> 3)) & 1) ? 235 : 20;
+    int64_t d = x * H - y * W;
+    if (d < 0) d = -d;
+    if (d < (W > H ? W : H)) v = c == 1 ? 255 : 0;
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+int image_pattern(struct image *out, int w, int h, uint32_t seed, struct err *e)
+{
+    if (image_alloc(out, w, h, e)) return -1;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            for (int c = 0; c < 3; c++) out->rgb[((size_t)y * w + x) * 3 + c] = image_pattern_px(x, y, c, w, h, seed);
+    return 0;
+}

@@ -110,36 +110,12 @@ static void test_sha256(void)
 }
 
 /* ------------------------------------------------------------------ synthetic images
- * The same integer formula is in tools/ref_image.py (gen_image): gradients, hashed noise, an
- * inverted rectangle, a checkerboard and a diagonal line, so resizes see smooth areas, noise and
- * hard edges (bicubic overshoot and clipping). */
-static uint8_t gen_px(int64_t x, int64_t y, int c, int64_t W, int64_t H, uint32_t seed)
-{
-    uint32_t h = ((uint32_t)x * 73856093u) ^ ((uint32_t)y * 19349663u) ^ ((uint32_t)c * 83492791u) ^ (seed * 2654435761u);
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    int64_t base;
-    if (c == 0) base = W > 1 ? x * 255 / (W - 1) : 128;
-    else if (c == 1) base = H > 1 ? y * 255 / (H - 1) : 128;
-    else base = W + H > 2 ? (x + y) * 255 / (W + H - 2) : 128;
-    int64_t v = base + (int64_t)(h >> 24) % 25 - 12;
-    if (4 * x >= W && 2 * x < W && 4 * y >= H && 2 * y < H) v = 255 - v;
-    if (4 * x >= 3 * W && 4 * y >= 3 * H) v = (((x >> 3) + (y >> 3)) & 1) ? 235 : 20;
-    int64_t d = x * H - y * W;
-    if (d < 0) d = -d;
-    if (d < (W > H ? W : H)) v = c == 1 ? 255 : 0;
-    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-}
-
+ * image_pattern (image.h): the formula of tools/ref_image.py's gen_image, so resizes see smooth
+ * areas, noise and hard edges (bicubic overshoot and clipping). */
 static int gen_image(struct image *im, int W, int H, uint32_t seed)
 {
     struct err e;
-    if (image_alloc(im, W, H, &e)) return -1;
-    for (int y = 0; y < H; y++)
-        for (int x = 0; x < W; x++)
-            for (int c = 0; c < 3; c++) im->rgb[((size_t)y * W + x) * 3 + c] = gen_px(x, y, c, W, H, seed);
-    return 0;
+    return image_pattern(im, W, H, seed, &e);
 }
 
 /* ------------------------------------------------------------------ slicing */
@@ -376,8 +352,8 @@ static void test_crop(void)
     T_EQ_INT(image_crop(&c, &a, 5, 2, 12, 9, &e), 0);
     T_EQ_INT(c.w, 7);
     T_EQ_INT(c.h, 7);
-    T_EQ_INT(c.rgb[0], gen_px(5, 2, 0, 20, 10, 1));
-    T_EQ_INT(c.rgb[(6 * 7 + 6) * 3 + 2], gen_px(11, 8, 2, 20, 10, 1));
+    T_EQ_INT(c.rgb[0], image_pattern_px(5, 2, 0, 20, 10, 1));
+    T_EQ_INT(c.rgb[(6 * 7 + 6) * 3 + 2], image_pattern_px(11, 8, 2, 20, 10, 1));
     image_free(&c);
     T_EQ_INT(image_crop(&c, &a, 5, 2, 21, 9, &e), -1);
     T_CONTAINS(e.msg, "not inside");
@@ -411,7 +387,7 @@ static void test_pack(void)
             for (int c = 0; c < 3; c++)
                 for (int ky = 0; ky < 14; ky++)
                     for (int kx = 0; kx < 14; kx++) {
-                        float want = ref_norm(gen_px(14 * j + kx, 14 * i + ky, c, 42, 28, 9));
+                        float want = ref_norm(image_pattern_px(14 * j + kx, 14 * i + ky, c, 42, 28, 9));
                         float got = pc.patches[(size_t)(i * 3 + j) * 588 + c * 196 + ky * 14 + kx];
                         bad += memcmp(&want, &got, 4) != 0;
                     }

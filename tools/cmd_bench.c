@@ -7,8 +7,8 @@
  *   seedcase   1344x1344 JPEG + text, ~3000 prompt tokens, 1000 generated (stop ids ignored), end to end, s
  * plus the memory per device (model accounting and the peak seen) and, with --json, the same numbers for
  * tools/bench_compare.py. Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
- * Inputs are deterministic: ids from splitmix64(--seed), images from the gen_px formula of
- * tests/test_image.c (tools/ref_vision.py gen_image computes the same pixels), the seed-case text from the
+ * Inputs are deterministic: ids from splitmix64(--seed), images from image_pattern (image.h;
+ * tools/ref_vision.py gen_image computes the same pixels), the seed-case text from the
  * word list below (tools/bench_hf.py builds the same one). Timing: warm-up first, dev_sync on every device
  * around each timed region, median of --reps. */
 #include <math.h>
@@ -175,41 +175,11 @@ static int32_t *rand_ids(struct bench *b, int64_t n)
     return ids;
 }
 
-/* The pattern of tests/test_image.c gen_px (gradients, hashed noise, inverted rectangle, checkerboard,
- * diagonal line), so resizes see smooth areas and edges; tools/ref_vision.py gen_image is the same. */
-static uint8_t gen_px(int64_t x, int64_t y, int c, int64_t W, int64_t H, uint32_t seed)
-{
-    uint32_t h = ((uint32_t)x * 73856093u) ^ ((uint32_t)y * 19349663u) ^ ((uint32_t)c * 83492791u) ^ (seed * 2654435761u);
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    int64_t base;
-    if (c == 0) base = W > 1 ? x * 255 / (W - 1) : 128;
-    else if (c == 1) base = H > 1 ? y * 255 / (H - 1) : 128;
-    else base = W + H > 2 ? (x + y) * 255 / (W + H - 2) : 128;
-    int64_t v = base + (int64_t)(h >> 24) % 25 - 12;
-    if (4 * x >= W && 2 * x < W && 4 * y >= H && 2 * y < H) v = 255 - v;
-    if (4 * x >= 3 * W && 4 * y >= 3 * H) v = (((x >> 3) + (y >> 3)) & 1) ? 235 : 20;
-    int64_t d = x * H - y * W;
-    if (d < 0) d = -d;
-    if (d < (W > H ? W : H)) v = c == 1 ? 255 : 0;
-    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-}
-
-static int gen_image(struct image *im, int W, int H, uint32_t seed, struct err *e)
-{
-    if (image_alloc(im, W, H, e)) return -1;
-    for (int y = 0; y < H; y++)
-        for (int x = 0; x < W; x++)
-            for (int c = 0; c < 3; c++) im->rgb[((size_t)y * W + x) * 3 + c] = gen_px(x, y, c, W, H, seed);
-    return 0;
-}
-
 /* JPEG (quality 90, 4:2:0, as Pillow's default subsampling) of the synthetic image; *out from tjAlloc. */
 static int gen_jpeg(int W, int H, uint32_t seed, unsigned char **out, unsigned long *n, struct err *e)
 {
     struct image im = {0};
-    if (gen_image(&im, W, H, seed, e)) return -1;
+    if (image_pattern(&im, W, H, seed, e)) return -1;
     tjhandle tj = tjInitCompress();
     int rc = -1;
     *out = NULL;
@@ -362,7 +332,7 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
     struct engine *g = b->g;
     const int side = p->n == 1 ? 448 : 1344;
     struct image im = {0};
-    if (gen_image(&im, side, side, 7, e)) return -1;
+    if (image_pattern(&im, side, side, 7, e)) return -1;
     double tpre[BENCH_MAX_REPS];
     int rc = -1, n_pre = 0, pieces = 0;
     for (int r = -1; r < b->reps; r++) {
