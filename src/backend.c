@@ -122,6 +122,50 @@ void op_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w,
     DISPATCH(y->dev, matmul, y, x, w, bias);
 }
 
+void op_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
+               const struct tensor *res)
+{
+    CHECK(x->ndim == 2 && w->ndim == 2 && y->ndim == 2);
+    CHECKF(x->shape[1] == w->shape[1] && y->shape[0] == x->shape[0] && y->shape[1] == w->shape[0],
+           "linear %s: y[%lld,%lld] x[%lld,%lld] w[%lld,%lld]", w->name ? w->name : "", (long long)y->shape[0],
+           (long long)y->shape[1], (long long)x->shape[0], (long long)x->shape[1], (long long)w->shape[0],
+           (long long)w->shape[1]);
+    CHECK(is_float(x->dtype) && is_float(w->dtype) && is_float(y->dtype));
+    CHECK(act == LINEAR_NONE || act == LINEAR_GELU_TANH);
+    CHECK(y->data != x->data);
+    check_same_dev(y, x);
+    check_same_dev(y, w);
+    if (bias) {
+        CHECK(bias->ndim == 1 && bias->shape[0] == w->shape[0]);
+        check_same_dev(y, bias);
+    }
+    if (res) {
+        CHECK(tensor_same_shape(res, y) && is_float(res->dtype) && res->data != x->data);
+        CHECK(res->data != y->data || res->dtype == y->dtype);
+        check_same_dev(y, res);
+    }
+    DISPATCH(y->dev, linear, y, x, w, bias, act, res);
+}
+
+void op_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
+{
+    CHECK(x->ndim == 2 && w->ndim == 2 && y->ndim == 3);
+    const int64_t S = y->shape[0], n = y->shape[1], o = y->shape[2];
+    CHECKF(x->shape[0] == n && x->shape[1] == w->shape[1] && w->shape[0] == S * o,
+           "matmul_stacked %s: y[%lld,%lld,%lld] x[%lld,%lld] w[%lld,%lld]", w->name ? w->name : "", (long long)S,
+           (long long)n, (long long)o, (long long)x->shape[0], (long long)x->shape[1], (long long)w->shape[0],
+           (long long)w->shape[1]);
+    CHECK(is_float(x->dtype) && is_float(w->dtype) && is_float(y->dtype));
+    CHECK(y->data != x->data);
+    check_same_dev(y, x);
+    check_same_dev(y, w);
+    if (bias) {
+        CHECK(bias->ndim == 1 && bias->shape[0] == S * o);
+        check_same_dev(y, bias);
+    }
+    DISPATCH(y->dev, matmul_stacked, y, x, w, bias);
+}
+
 static void check_rowwise(const struct tensor *y, const struct tensor *x, const struct tensor *w)
 {
     CHECK(tensor_same_shape(y, x));

@@ -37,6 +37,22 @@ void dev_sync(struct device d);
 void op_embed(struct tensor *y, const struct tensor *table, const struct tensor *ids);
 /* y[n, o] = x[n, i] · w[o, i]^T (+ bias[o]). y must not alias x. */
 void op_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias);
+/* Activations fused into op_linear. */
+enum linear_act { LINEAR_NONE = 0, LINEAR_GELU_TANH = 1 };
+/* y[n, o] = act(x · w^T + bias) (+ res[n, o]): a Linear with its activation, or a Linear whose output
+ * is added to the residual stream. y must not alias x; y may alias res (in place: y += ...).
+ * Numerics: the CPU rounds the Linear's output to y's dtype and then applies act / the add, each
+ * rounded (torch's op-by-op points, bit for bit op_matmul followed by op_gelu_tanh / op_add). The
+ * CUDA prefill path (16-bit, with a bias) does it in one cuBLASLt call whose epilogue works on the
+ * fp32 accumulator and rounds once: one rounding fewer, so results may differ from the CPU by one
+ * unit in the last place of the intermediate (docs/CUDA.md). */
+void op_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
+               const struct tensor *res);
+/* y[s] = x · w[s*o .. s*o+o-1]^T + bias[s*o .. s*o+o-1] for s < S: S Linears sharing their input,
+ * whose weights (and biases) are stacked row blocks of w (bias), written as the S blocks of y[S, n, o]
+ * (the vision tower's q, k, v from one [3*vd, vd] matrix). Equal, bit for bit, to S op_matmul calls on
+ * those views; CUDA runs them as one strided-batched GEMM. bias may be NULL. y must not alias x. */
+void op_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias);
 /* Llama RMSNorm over the last dim: y = w * round(x * rsqrt(mean(x^2) + eps)). y may alias x. */
 void op_rmsnorm(struct tensor *y, const struct tensor *x, const struct tensor *w, float eps);
 /* LayerNorm over the last dim with fp32 statistics: y = (x - mean) * rsqrt(var + eps) * w + b. y may alias x. */

@@ -333,6 +333,35 @@ void cpu_silu_mul(struct tensor *y, const struct tensor *gate, const struct tens
                 }));
 }
 
+void cpu_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
+                const struct tensor *res)
+{
+    /* the Linear's output rounded to y's dtype first (torch's rounding point); a temporary when it
+     * cannot go to y yet because y is the residual being added to */
+    struct tensor t = *y;
+    void *tmp = NULL;
+    if (res && res->data == y->data) {
+        tmp = malloc(tensor_nbytes(y));
+        CHECK(tmp);
+        t.data = tmp;
+    }
+    cpu_matmul(&t, x, w, bias);
+    if (act == LINEAR_GELU_TANH) cpu_gelu_tanh(&t, &t);
+    if (res) cpu_add(y, res, &t);
+    free(tmp);
+}
+
+void cpu_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
+{
+    const int64_t S = y->shape[0], n = y->shape[1], o = y->shape[2];
+    struct tensor y2 = tensor_reshape(y, 2, S * n, o);
+    for (int64_t s = 0; s < S; s++) {
+        struct tensor ys = tensor_rows_view(&y2, s * n, n), ws = tensor_rows_view(w, s * o, o);
+        struct tensor bs = bias ? tensor_rows_view(bias, s * o, o) : (struct tensor){0};
+        cpu_matmul(&ys, x, &ws, bias ? &bs : NULL);
+    }
+}
+
 void cpu_gelu_tanh(struct tensor *y, const struct tensor *x)
 {
     const float k0 = 0.7978845608028654f; /* sqrt(2/pi) */

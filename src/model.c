@@ -232,8 +232,8 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
     return 0;
 }
 
-/* Places n checkpoint matrices with equal columns as one [sum rows, cols] tensor on a GPU, and
- * sets parts[i] to row views of it. */
+/* Places n checkpoint matrices with equal columns (or n vectors) as one [sum rows, cols] (or
+ * [sum rows]) tensor on a GPU, and sets parts[i] to row views of it. */
 static int place_fused(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
                        struct tensor *fused, struct tensor **parts, const char **names, int n, struct err *e)
 {
@@ -241,11 +241,13 @@ static int place_fused(struct model *m, const struct safetensors *st, const stru
     int64_t rows = 0;
     for (int i = 0; i < n; i++) {
         if (safetensors_get(st, names[i], &src[i], e)) return -1;
-        CHECK(src[i].ndim == 2 && src[i].shape[1] == src[0].shape[1]);
+        CHECK((src[i].ndim == 2 && src[0].ndim == 2 && src[i].shape[1] == src[0].shape[1]) ||
+              (src[i].ndim == 1 && src[0].ndim == 1));
         rows += src[i].shape[0];
     }
     const struct device dev = pl->devs[li];
-    *fused = tensor_make(m->wdtype, dev, NULL, 2, rows, src[0].shape[1]);
+    *fused = src[0].ndim == 2 ? tensor_make(m->wdtype, dev, NULL, 2, rows, src[0].shape[1])
+                              : tensor_make(m->wdtype, dev, NULL, 1, rows);
     if (!(fused->data = dev_alloc(dev, tensor_nbytes(fused), e))) return err_prefix(e, "loading %s", names[0]);
     if (track(m, dev, fused->data, e)) { dev_free(dev, fused->data); return -1; }
     m->bytes_per_device[li] += tensor_nbytes(fused);
@@ -334,9 +336,6 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
         const char *p = "vpm.encoder.layers";
         struct { struct tensor *t; const char *suffix; } f[] = {
             {&l->layer_norm1_w, "layer_norm1.weight"}, {&l->layer_norm1_b, "layer_norm1.bias"},
-            {&l->q_w, "self_attn.q_proj.weight"}, {&l->q_b, "self_attn.q_proj.bias"},
-            {&l->k_w, "self_attn.k_proj.weight"}, {&l->k_b, "self_attn.k_proj.bias"},
-            {&l->v_w, "self_attn.v_proj.weight"}, {&l->v_b, "self_attn.v_proj.bias"},
             {&l->out_w, "self_attn.out_proj.weight"}, {&l->out_b, "self_attn.out_proj.bias"},
             {&l->layer_norm2_w, "layer_norm2.weight"}, {&l->layer_norm2_b, "layer_norm2.bias"},
             {&l->fc1_w, "mlp.fc1.weight"}, {&l->fc1_b, "mlp.fc1.bias"},
@@ -344,6 +343,21 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
         };
         for (size_t k = 0; k < sizeof f / sizeof f[0] && !rc; k++)
             rc = place(m, st, pl, vi, f[k].t, 0, e, NAME("%s.%d.%s", p, j, f[k].suffix));
+        /* q|k|v (weights and biases) stacked on a GPU: one batched GEMM per layer (vision.c) */
+        static const char *const qkv[2][3] = {
+            {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"},
+            {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}};
+        struct tensor *parts[2][3] = {{&l->q_w, &l->k_w, &l->v_w}, {&l->q_b, &l->k_b, &l->v_b}};
+        struct tensor *fused[2] = {&l->qkv_w, &l->qkv_b};
+        for (int wb = 0; wb < 2 && !rc; wb++) {
+            if (pl->devs[vi].kind != DEVICE_CPU) {
+                const char *names[3];
+                for (int k = 0; k < 3; k++) names[k] = NAME("%s.%d.%s", p, j, qkv[wb][k]);
+                rc = place_fused(m, st, pl, vi, fused[wb], parts[wb], names, 3, e);
+            } else {
+                for (int k = 0; k < 3 && !rc; k++) rc = place(m, st, pl, vi, parts[wb][k], 0, e, NAME("%s.%d.%s", p, j, qkv[wb][k]));
+            }
+        }
     }
     if (!rc) rc = place(m, st, pl, vi, &v->post_ln_w, 0, e, NAME("vpm.post_layernorm.weight"));
     if (!rc) rc = place(m, st, pl, vi, &v->post_ln_b, 0, e, NAME("vpm.post_layernorm.bias"));

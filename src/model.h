@@ -55,6 +55,9 @@ struct vpm_layer {
     struct tensor layer_norm2_w, layer_norm2_b;       /* [vd] */
     struct tensor fc1_w, fc1_b;                       /* [vff, vd], [vff] */
     struct tensor fc2_w, fc2_b;                       /* [vd, vff], [vd] */
+    /* GPU only: q|k|v weights and biases stacked ([3*vd, vd], [3*vd]) so the three projections are one
+     * batched GEMM; q_w..v_b are then row views of these. NULL data on the CPU. */
+    struct tensor qkv_w, qkv_b;
 };
 
 struct vpm_weights {

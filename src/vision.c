@@ -4,7 +4,9 @@
  * upstream patch_attn_mask is all true, §3.2), and every piece takes the 1-D position ids of N_max.
  * Rounding points follow torch's fp16 path: patch conv rounded, + conv bias rounded (cuDNN adds the
  * bias in a separate op), + position embedding rounded; each Linear rounds once (bias in the
- * epilogue); eager attention rounds q·k, then ·scale, then the softmax output (ATTN_EAGER_F16).
+ * epilogue), then its GELU / residual add round again on the CPU, while the GPU fuses them into the
+ * GEMM's epilogue with one rounding (op_linear); eager attention rounds q·k, then ·scale, then the
+ * softmax output (ATTN_EAGER_F16).
  * With an F32 activation dtype every rounding is the identity. */
 #include "vision.h"
 
@@ -23,7 +25,8 @@ struct vision_bufs {
     struct tensor ids;     /* [N_max, 1] I32: position ids */
     struct tensor pos;     /* [N_max, vd]: pos_embed rows gathered */
     struct tensor h;       /* [R, vd]: normed input / projection output */
-    struct tensor q, k, v; /* [R, vd] */
+    struct tensor qkv;     /* [3R, vd]: q, k, v as three consecutive [R, vd] blocks */
+    struct tensor q, k, v; /* [R, vd] row views of qkv */
     struct tensor a;       /* [R, vd]: attention output */
     struct tensor mlp;     /* [R, vff] */
 };
@@ -39,9 +42,10 @@ static void vision_carve(struct vision_bufs *b, struct tensor_carver *c, const s
     b->ids = tensor_reshape(&b->ids, 1, n_max);
     b->pos = tensor_carve(c, act, n_max, vd);
     b->h = tensor_carve(c, act, R, vd);
-    b->q = tensor_carve(c, act, R, vd);
-    b->k = tensor_carve(c, act, R, vd);
-    b->v = tensor_carve(c, act, R, vd);
+    b->qkv = tensor_carve(c, act, 3 * R, vd);
+    b->q = tensor_rows_view(&b->qkv, 0, R);
+    b->k = tensor_rows_view(&b->qkv, R, R);
+    b->v = tensor_rows_view(&b->qkv, 2 * R, R);
     b->a = tensor_carve(c, act, R, vd);
     b->mlp = tensor_carve(c, act, R, vc->intermediate_size);
 }
@@ -208,20 +212,24 @@ int vision_forward(struct tensor *out, const struct vpm_weights *w, const struct
     for (int l = 0; l < c->vision_layers_used; l++) {
         const struct vpm_layer *L = &w->layers[l];
         op_layernorm(&b.h, &x, &L->layer_norm1_w, &L->layer_norm1_b, eps);
-        op_matmul(&b.q, &b.h, &L->q_w, &L->q_b);
-        op_matmul(&b.k, &b.h, &L->k_w, &L->k_b);
-        op_matmul(&b.v, &b.h, &L->v_w, &L->v_b);
+        if (L->qkv_w.data) { /* GPU: q|k|v stacked at load, one batched GEMM */
+            struct tensor qkv3 = tensor_reshape(&b.qkv, 3, (int64_t)3, R, vd);
+            op_matmul_stacked(&qkv3, &b.h, &L->qkv_w, &L->qkv_b);
+        } else {
+            op_matmul(&b.q, &b.h, &L->q_w, &L->q_b);
+            op_matmul(&b.k, &b.h, &L->k_w, &L->k_b);
+            op_matmul(&b.v, &b.h, &L->v_w, &L->v_b);
+        }
         /* every piece attends only to its own n_max rows: one batched call for all B pieces */
         struct tensor q3 = tensor_reshape(&b.q, 3, R, H, hd), k3 = tensor_reshape(&b.k, 3, R, H, hd);
         struct tensor v3 = tensor_reshape(&b.v, 3, R, H, hd), a3 = tensor_reshape(&b.a, 3, R, H, hd);
         op_attention_batch(&a3, &q3, &k3, &v3, B, scale, ATTN_EAGER_F16);
-        op_matmul(&b.h, &b.a, &L->out_w, &L->out_b);
-        op_add(&x, &x, &b.h);
+        /* x += out_proj(a); mlp = gelu(fc1(ln2(x))); x += fc2(mlp): the activation and the residual
+         * adds ride in the GEMM epilogues on the GPU (op_linear) */
+        op_linear(&x, &b.a, &L->out_w, &L->out_b, LINEAR_NONE, &x);
         op_layernorm(&b.h, &x, &L->layer_norm2_w, &L->layer_norm2_b, eps);
-        op_matmul(&b.mlp, &b.h, &L->fc1_w, &L->fc1_b);
-        op_gelu_tanh(&b.mlp, &b.mlp);
-        op_matmul(&b.h, &b.mlp, &L->fc2_w, &L->fc2_b);
-        op_add(&x, &x, &b.h);
+        op_linear(&b.mlp, &b.h, &L->fc1_w, &L->fc1_b, LINEAR_GELU_TANH, NULL);
+        op_linear(&x, &b.mlp, &L->fc2_w, &L->fc2_b, LINEAR_NONE, &x);
     }
     op_layernorm(&x, &x, &w->post_ln_w, &w->post_ln_b, eps); /* §3.5 */
     /* No dev_sync: op_copy from the host returns only once the host buffers may be reused, so they

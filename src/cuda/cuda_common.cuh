@@ -64,8 +64,11 @@ enum cuda_scratch_slot {
     SCRATCH_ATTN_KV,   /* attention: k/v converted to f32 when their dtypes differ */
     SCRATCH_ARGMAX,    /* argmax: device-side int32 results */
     SCRATCH_ATTN_CNT,  /* decode attention: per-block-group arrival counters (zeroed, self-resetting) */
+    SCRATCH_MM_T,      /* linear without a fused epilogue: the product before the activation / residual */
     SCRATCH_N
 };
+
+struct lt_plan; /* cuda_gemv.cu */
 
 struct cuda_ctx {
     int ordinal;
@@ -75,6 +78,8 @@ struct cuda_ctx {
     cublasHandle_t blas;        /* created on first GEMM */
     void *blas_ws;              /* cuBLAS workspace (fixed, so graph capture never allocates) */
     cublasLtHandle_t lt;        /* cuBLASLt, for GEMMs with a bias epilogue (created on first use) */
+    struct lt_plan *lt_plans;   /* cuBLASLt descriptors + algorithm per GEMM shape (cuda_gemv.cu) */
+    int n_lt_plans, cap_lt_plans;
     void *scratch[SCRATCH_N];
     size_t scratch_bytes[SCRATCH_N];
     unsigned scratch_gen;       /* bumped whenever a scratch buffer moves: graphs captured before are stale */

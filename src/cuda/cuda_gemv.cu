@@ -256,58 +256,157 @@ static cudaDataType_t cuda_dtype(enum dtype t)
     return CUDA_R_32F;
 }
 
-/* y[n,o] = x[n,k] w[o,k]^T + bias in one cuBLASLt call whose epilogue adds the bias to the fp32
- * accumulator before the single rounding to y's 16-bit type: the same arithmetic as GEMM to fp32 +
- * bias_round_kernel, without the fp32 round trip through memory. Returns false (nothing done) when
- * cuBLASLt offers no algorithm, so the caller falls back. */
+/* ---- cuBLASLt GEMMs with fused epilogues ----
+ * y[n,o] = act(x[n,k] w[o,k]^T + bias) (+ res) in one cuBLASLt call: the epilogue adds the bias (and
+ * the residual, as C with beta = 1) to the fp32 accumulator and applies GELU before the single
+ * rounding to y's type. `batch` > 1 runs stacked products in the same call: w, bias and y advance by
+ * one [o, k], [o], [n, o] block per product and x is shared (the vision tower's q|k|v). Descriptors
+ * and the heuristic's algorithm are kept per shape (lt_plan), so a repeated GEMM costs one
+ * attribute update and the launch. Returns false (nothing done) when cuBLASLt offers no algorithm or
+ * rejects the launch, so the caller falls back. */
 #define LT_WS_BYTES ((size_t)32 << 20) /* the context's cuBLAS workspace (cuda_mem.cu) */
-static bool lt_gemm_bias(struct cuda_ctx *c, void *yp, cudaDataType_t t, const void *wp, const void *xp,
-                         const void *bp, int64_t n, int64_t k, int64_t o)
-{
-    if (!c->lt) CUBLAS_CHECK(cublasLtCreate(&c->lt));
+
+struct lt_key {
+    int t, gelu, res, batch;
+    int64_t n, k, o;
+    uint32_t align[4]; /* largest power of two (<= 256) dividing w, x, y, res */
+};
+
+struct lt_plan {
+    struct lt_key key;
+    bool ok; /* false: cuBLASLt has no algorithm for this key (cached too, so the fallback is cheap) */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
-    cublasLtMatmulPreference_t pref;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasLtMatmulAlgo_t algo;
+};
+
+struct lt_args {
+    cudaDataType_t t;
+    const void *w, *x, *bias, *res; /* res: NULL or the C matrix (may equal y: in place) */
+    void *y;
+    int64_t n, k, o;
+    int batch, gelu;
+};
+
+static uint32_t lt_align(const void *p)
+{
+    uint32_t a = 256;
+    while (a > 1 && ((uintptr_t)p & (a - 1))) a >>= 1;
+    return a;
+}
+
+static void lt_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows, int64_t cols, int batch,
+                      int64_t stride)
+{
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(l, t, (uint64_t)rows, (uint64_t)cols, rows));
+    if (batch > 1) {
+        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+        CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                      sizeof stride));
+    }
+}
+
+static void lt_plan_make(struct cuda_ctx *c, struct lt_plan *p, const struct lt_args *g)
+{
+    p->ok = false;
+    cudaDataType_t t = g->t;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &t, sizeof t));
-    /* column-major: A = w as k x o (op T -> o x k), B = x as k x n, C = D = y^T as o x n */
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, t, (uint64_t)k, (uint64_t)o, k));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)k, (uint64_t)n, k));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, t, (uint64_t)o, (uint64_t)n, o));
+    const cublasLtEpilogue_t epi = g->gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &t, sizeof t));
+    if (g->batch > 1) {
+        const int64_t bs = g->o;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &bs, sizeof bs));
+    }
+    /* column-major: A = w as k x o (op T -> o x k), B = x as k x n (shared: stride 0), C = D = y^T as o x n */
+    lt_layout(&p->la, t, g->k, g->o, g->batch, g->o * g->k);
+    lt_layout(&p->lb, t, g->k, g->n, g->batch, 0);
+    lt_layout(&p->lc, t, g->o, g->n, g->batch, g->n * g->o);
+    cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = LT_WS_BYTES;
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     /* the heuristic assumes 256-byte aligned pointers unless told: our row views may be less aligned */
-    const struct { cublasLtMatmulPreferenceAttributes_t attr; const void *p; } al[] = {
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, wp}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, xp},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, yp}, {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, yp}};
-    for (int i = 0; i < 4; i++) {
-        uint32_t a = 256;
-        while (a > 1 && ((uintptr_t)al[i].p & (a - 1))) a >>= 1;
-        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al[i].attr, &a, sizeof a));
-    }
+    const cublasLtMatmulPreferenceAttributes_t attr[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    const uint32_t al[4] = {p->key.align[0], p->key.align[1], p->key.res ? p->key.align[3] : p->key.align[2],
+                            p->key.align[2]};
+    for (int i = 0; i < 4; i++) CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr[i], &al[i], sizeof al[i]));
     cublasLtMatmulHeuristicResult_t res;
     int nres = 0;
-    bool ok = cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, lc, lc, pref, 1, &res, &nres) == CUBLAS_STATUS_SUCCESS &&
-              nres > 0;
-    if (ok) {
-        /* a rejected launch (seen on the H200 for o = 1001 with 2-byte-aligned rows) falls back */
-        const float alpha = 1.0f, beta = 0.0f;
-        ok = cublasLtMatmul(c->lt, op, &alpha, wp, la, xp, lb, &beta, yp, lc, yp, lc, &res.algo, c->blas_ws, ws,
-                            c->stream) == CUBLAS_STATUS_SUCCESS;
-    }
+    p->ok = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres) ==
+                CUBLAS_STATUS_SUCCESS &&
+            nres > 0;
+    if (p->ok) p->algo = res.algo;
     cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(lc);
-    cublasLtMatmulDescDestroy(op);
-    return ok;
+}
+
+static bool lt_gemm(struct cuda_ctx *c, const struct lt_args *g)
+{
+    if (!c->lt) CUBLAS_CHECK(cublasLtCreate(&c->lt));
+    struct lt_key key;
+    memset(&key, 0, sizeof key); /* compared with memcmp: no stray padding bytes */
+    key.t = (int)g->t;
+    key.gelu = g->gelu;
+    key.res = g->res != NULL;
+    key.batch = g->batch;
+    key.n = g->n;
+    key.k = g->k;
+    key.o = g->o;
+    key.align[0] = lt_align(g->w);
+    key.align[1] = lt_align(g->x);
+    key.align[2] = lt_align(g->y);
+    key.align[3] = g->res ? lt_align(g->res) : 0;
+    struct lt_plan *p = NULL;
+    for (int i = 0; i < c->n_lt_plans && !p; i++)
+        if (!memcmp(&c->lt_plans[i].key, &key, sizeof key)) p = &c->lt_plans[i];
+    if (!p) {
+        if (c->n_lt_plans == c->cap_lt_plans) {
+            const int cap = c->cap_lt_plans ? 2 * c->cap_lt_plans : 64;
+            struct lt_plan *np = (struct lt_plan *)realloc(c->lt_plans, (size_t)cap * sizeof *np);
+            CHECK(np);
+            c->lt_plans = np;
+            c->cap_lt_plans = cap;
+        }
+        p = &c->lt_plans[c->n_lt_plans++];
+        p->key = key;
+        lt_plan_make(c, p, g);
+    }
+    if (!p->ok) return false;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias));
+    /* a rejected launch (seen on the H200 for o = 1001 with 2-byte-aligned rows) falls back */
+    const float alpha = 1.0f, beta = g->res ? 1.0f : 0.0f;
+    return cublasLtMatmul(c->lt, p->op, &alpha, g->w, p->la, g->x, p->lb, &beta, g->res ? g->res : g->y, p->lc, g->y,
+                          p->lc, &p->algo, c->blas_ws, LT_WS_BYTES, c->stream) == CUBLAS_STATUS_SUCCESS;
+}
+
+/* x in the GEMM's input dtype gt (converted into scratch when it differs) */
+static const void *gemm_input(struct cuda_ctx *c, const struct tensor *x, enum dtype gt)
+{
+    if (x->dtype == gt) return x->data;
+    const int64_t n = x->shape[0], k = x->shape[1];
+    void *xc = cuda_scratch(c, SCRATCH_MM_X, (size_t)(n * k) * dtype_size(gt));
+    struct tensor xt = *x;
+    xt.dtype = gt;
+    xt.data = xc;
+    cuda_convert(&xt, x);
+    return xc;
+}
+
+/* The fused cuBLASLt path applies: 16-bit GEMM with y, bias (and res) of the weight's type, 16-byte
+ * rows (the layouts every cuBLASLt kernel takes) and a 16-byte aligned bias. */
+static bool lt_eligible(const struct tensor *y, const struct tensor *w, const struct tensor *bias,
+                        const struct tensor *res)
+{
+    const enum dtype gt = w->dtype;
+    const int64_t k = w->shape[1], o = w->shape[0];
+    return bias && gt != DTYPE_F32 && y->dtype == gt && bias->dtype == gt && (!res || res->dtype == gt) &&
+           ((uintptr_t)bias->data & 15) == 0 && k % 8 == 0 && o % 8 == 0;
 }
 
 extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
@@ -322,20 +421,11 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
     CHECKF(n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX, "matmul too large for cuBLAS: %lld x %lld x %lld",
            (long long)n, (long long)k, (long long)o);
     const enum dtype gt = w->dtype; /* the GEMM's input dtype */
-    const void *xp = x->data;
-    if (x->dtype != gt) {
-        void *xc = cuda_scratch(c, SCRATCH_MM_X, (size_t)(n * k) * dtype_size(gt));
-        struct tensor xt = *x;
-        xt.dtype = gt;
-        xt.data = xc;
-        cuda_convert(&xt, x);
-        xp = xc;
+    const void *xp = gemm_input(c, x, gt);
+    if (lt_eligible(y, w, bias, NULL)) {
+        const struct lt_args g = {cuda_dtype(gt), w->data, xp, bias->data, NULL, y->data, n, k, o, 1, 0};
+        if (lt_gemm(c, &g)) return;
     }
-    /* 16-bit output with a bias of the same type: one cuBLASLt call with the bias epilogue */
-    if (bias && gt != DTYPE_F32 && y->dtype == gt && bias->dtype == gt && ((uintptr_t)bias->data & 15) == 0 &&
-        k % 8 == 0 && o % 8 == 0 && /* 16-byte rows: the layouts every cuBLASLt kernel takes */
-        lt_gemm_bias(c, y->data, cuda_dtype(gt), w->data, xp, bias->data, n, k, o))
-        return;
     /* cuBLAS writes 16F/16BF inputs to the same 16-bit type or to 32F; 32F inputs to 32F */
     const bool direct = !bias && (y->dtype == DTYPE_F32 || (y->dtype == gt && gt != DTYPE_F32));
     void *yp = direct ? y->data : cuda_scratch(c, SCRATCH_MM_Y, (size_t)(n * o) * sizeof(float));
@@ -349,6 +439,54 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
         bias_round_kernel<<<cuda_grid_1d(c, n * o), 256, 0, c->stream>>>(
             y->data, y->dtype, (const float *)yp, bias ? bias->data : NULL, bias ? (int)bias->dtype : 0, n, o);
         KERNEL_CHECK();
+    }
+}
+
+/* op_linear: y = act(x w^T + bias) (+ res). Prefill shapes with a bias take one fused cuBLASLt call;
+ * otherwise (decode GEMV, f32, odd widths, no algorithm) the product goes to y (or, when res aliases
+ * y, to scratch) and the activation / residual follow as separate kernels, rounding where the CPU
+ * twin does. */
+extern "C" void cuda_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
+                            int act, const struct tensor *res)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
+    if (n == 0 || o == 0) return;
+    if (n > GEMV_MAX_TOKENS && n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX && lt_eligible(y, w, bias, res)) {
+        const void *xp = gemm_input(c, x, w->dtype);
+        const struct lt_args g = {cuda_dtype(w->dtype), w->data, xp, bias->data, res ? res->data : NULL, y->data,
+                                  n, k, o, 1, act == LINEAR_GELU_TANH};
+        if (lt_gemm(c, &g)) return;
+    }
+    struct tensor t = *y;
+    if (res && res->data == y->data) t.data = cuda_scratch(c, SCRATCH_MM_T, tensor_nbytes(y));
+    cuda_matmul(&t, x, w, bias);
+    if (act == LINEAR_GELU_TANH) cuda_gelu_tanh(&t, &t);
+    if (res) cuda_add(y, res, &t);
+}
+
+/* op_matmul_stacked: y[s] = x w[s]^T + bias[s] for the S row blocks of w; one strided-batched
+ * cuBLASLt call when it applies, else S cuda_matmul calls on views. */
+extern "C" void cuda_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w,
+                                    const struct tensor *bias)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    const int64_t S = y->shape[0], n = y->shape[1], o = y->shape[2], k = x->shape[1];
+    if (S == 0 || n == 0 || o == 0) return;
+    struct tensor y0 = tensor_reshape(y, 2, S * n, o);
+    y0 = tensor_rows_view(&y0, 0, n);
+    struct tensor w0 = tensor_rows_view(w, 0, o);
+    if (n > GEMV_MAX_TOKENS && S <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX &&
+        lt_eligible(&y0, &w0, bias, NULL) && (o * dtype_size(w->dtype)) % 16 == 0) {
+        const void *xp = gemm_input(c, x, w->dtype);
+        const struct lt_args g = {cuda_dtype(w->dtype), w->data, xp, bias->data, NULL, y->data, n, k, o, (int)S, 0};
+        if (lt_gemm(c, &g)) return;
+    }
+    struct tensor y2 = tensor_reshape(y, 2, S * n, o);
+    for (int64_t s = 0; s < S; s++) {
+        struct tensor ys = tensor_rows_view(&y2, s * n, n), ws = tensor_rows_view(w, s * o, o);
+        struct tensor bs = bias ? tensor_rows_view(bias, s * o, o) : (struct tensor){};
+        cuda_matmul(&ys, x, &ws, bias ? &bs : NULL);
     }
 }
 

@@ -1,0 +1,156 @@
+/* test_cuda_linear.c: op_linear (a Linear with its GELU or residual add in the GEMM epilogue) and
+ * op_matmul_stacked (q|k|v as one batched GEMM) on the GPU against their CPU twins, at the vision
+ * tower's shapes and at shapes that take the unfused fallbacks (decode GEMV, f32, odd widths, no
+ * bias). The fused path rounds once where the CPU rounds twice, so fp16 results are held to the
+ * usual 4-ulp relative tolerance; the GELU case is also checked element by element against the tanh
+ * formula with a bound tight enough that the erf GELU would fail it (the test counts how many
+ * elements would tell them apart, so it cannot pass vacuously).
+ * Without a GPU every case is reported as skipped and the test passes. */
+#include "backend.h"
+#include "backend_impl.h"
+#include "t.h"
+#include "tensor.h"
+
+#ifdef MINICPMV_CUDA
+
+#include "tcuda.h"
+
+/* one fp16 unit in the last place at |v| */
+static double ulp16(double v)
+{
+    v = fabs(v);
+    if (v < 6.103515625e-05) return 5.960464477539063e-08; /* subnormal spacing 2^-24 */
+    return ldexp(1.0, (int)floor(log2(v)) - 10);
+}
+
+static double gelu_tanh_d(double x) { return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+static double gelu_erf_d(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
+static double gelu_tanh_grad(double x)
+{
+    const double k = 0.7978845608028654, u = k * (x + 0.044715 * x * x * x), t = tanh(u);
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
+static void test_linear(void)
+{
+    static const struct { int64_t n, k, o; enum dtype dt; int act, res, bias; double tol; const char *what; } cs[] = {
+        {1036, 1152, 1152, DTYPE_F16, LINEAR_NONE, 2, 1, TOL_F16, "vision out_proj, += in place (fused)"},
+        {1036, 1152, 4304, DTYPE_F16, LINEAR_GELU_TANH, 0, 1, TOL_F16, "vision fc1 + gelu (fused)"},
+        {1036, 4304, 1152, DTYPE_F16, LINEAR_NONE, 1, 1, TOL_F16, "vision fc2 + separate residual (fused)"},
+        {5, 64, 32, DTYPE_F16, LINEAR_GELU_TANH, 0, 1, TOL_F16, "decode GEMV + gelu kernel"},
+        {3, 64, 40, DTYPE_F16, LINEAR_NONE, 2, 1, TOL_F16, "decode GEMV, += in place via scratch"},
+        {40, 72, 1001, DTYPE_F16, LINEAR_NONE, 2, 1, TOL_F16, "odd o: unfused, += in place"},
+        {33, 256, 128, DTYPE_F32, LINEAR_GELU_TANH, 1, 1, TOL_F32, "f32: unfused"},
+        {64, 128, 96, DTYPE_F16, LINEAR_GELU_TANH, 0, 0, TOL_F16, "no bias: unfused"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const enum dtype dt = cs[c].dt;
+        const int64_t n = cs[c].n, k = cs[c].k, o = cs[c].o;
+        /* |pre-activation| of a few units: the GELU's curved part and its tails both occur */
+        struct tensor x = h_rand(dt, 2, n, k, 0, 1.0f), w = h_rand(dt, 2, o, k, 0, 0.15f * sqrtf(1152.0f / (float)k));
+        struct tensor b = h_rand(dt, 1, o, 0, 0, 1.0f), r = h_rand(dt, 2, n, o, 0, 2.0f);
+        struct tensor ref = h_new(dt, 2, n, o, 0);
+        const struct tensor *hb = cs[c].bias ? &b : NULL;
+        if (cs[c].res == 2) { /* in place: ref starts as the residual */
+            op_copy(&ref, &r);
+            op_linear(&ref, &x, &w, hb, cs[c].act, &ref);
+        } else {
+            op_linear(&ref, &x, &w, hb, cs[c].act, cs[c].res ? &r : NULL);
+        }
+        struct tensor dx = d_from(&x), dw = d_from(&w), db = d_from(&b), dr = d_from(&r);
+        struct tensor dy = cs[c].res == 2 ? dr : d_new(dt, 2, n, o, 0);
+        op_linear(&dy, &dx, &dw, cs[c].bias ? &db : NULL, cs[c].act, cs[c].res == 1 ? &dr : cs[c].res == 2 ? &dy : NULL);
+        char cas[120];
+        snprintf(cas, sizeof cas, "n%lld k%lld o%lld %s%s%s (%s)", (long long)n, (long long)k, (long long)o,
+                 dtype_name(dt), cs[c].act ? " gelu" : "", cs[c].res ? " +res" : "", cs[c].what);
+        check_close("linear", cas, &dy, &ref, cs[c].tol);
+
+        if (cs[c].act == LINEAR_GELU_TANH && dt == DTYPE_F16) {
+            /* element by element against gelu_tanh of the exact pre-activation (fp32 GEMM on the CPU) */
+            struct tensor pre = h_new(DTYPE_F32, 2, n, o, 0), got = h_new(DTYPE_F32, 2, n, o, 0);
+            op_matmul(&pre, &x, &w, hb);
+            struct tensor gh = h_new(dt, 2, n, o, 0);
+            op_copy(&gh, &dy);
+            op_copy(&got, &gh);
+            const float *pp = pre.data, *gp = got.data;
+            int64_t bad = 0, telling = 0;
+            for (int64_t i = 0; i < n * o; i++) {
+                const double p = pp[i], want = gelu_tanh_d(p);
+                /* the pre-activation may be off by an fp16 rounding (CPU path) or by summation order
+                 * (GPU); the output by its own rounding */
+                const double tol = fabs(gelu_tanh_grad(p)) * 1.5 * ulp16(p) + 1.5 * ulp16(want) + 1e-6 * fabs(p);
+                if (fabs((double)gp[i] - want) > tol) bad++;
+                if (fabs(gelu_erf_d(p) - want) > 3 * tol) telling++;
+            }
+            printf("  %-10s %-52s %lld of %lld beyond the tanh bound; %lld would expose an erf GELU\n", "gelu",
+                   cas, (long long)bad, (long long)(n * o), (long long)telling);
+            T_ASSERTF(bad == 0, "%s: %lld elements off the tanh GELU", cas, (long long)bad);
+            T_ASSERTF(telling > 100, "%s: only %lld elements tell tanh from erf: the check has no power", cas,
+                      (long long)telling);
+            t_free(&pre), t_free(&got), t_free(&gh);
+        }
+        if (cs[c].res != 2) t_free(&dy);
+        t_free(&x), t_free(&w), t_free(&b), t_free(&r), t_free(&ref), t_free(&dx), t_free(&dw), t_free(&db), t_free(&dr);
+    }
+}
+
+static void test_stacked(void)
+{
+    static const struct { int64_t S, n, k, o; enum dtype dt; int bias; double tol; const char *what; } cs[] = {
+        {3, 1036, 1152, 1152, DTYPE_F16, 1, TOL_F16, "vision q|k|v (strided batch)"},
+        {3, 20, 72, 40, DTYPE_F16, 1, TOL_F16, "small, strided batch"},
+        {2, 12, 64, 36, DTYPE_F16, 1, TOL_F16, "o*2 bytes not 16-aligned: loop"},
+        {3, 4, 64, 32, DTYPE_F16, 1, TOL_F16, "decode: GEMV loop"},
+        {2, 30, 48, 24, DTYPE_F32, 0, TOL_F32, "f32, no bias: loop"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t S = cs[c].S, n = cs[c].n, k = cs[c].k, o = cs[c].o;
+        const enum dtype dt = cs[c].dt;
+        struct tensor x = h_rand(dt, 2, n, k, 0, 1.0f), w = h_rand(dt, 2, S * o, k, 0, 1.0f);
+        struct tensor b = h_rand(dt, 1, S * o, 0, 0, 4.0f), ref = h_new(dt, 3, S, n, o);
+        op_matmul_stacked(&ref, &x, &w, cs[c].bias ? &b : NULL);
+        /* the CPU twin is S op_matmul calls on the row blocks: check that first, bit for bit */
+        struct tensor one = h_new(dt, 2, n, o, 0);
+        struct tensor ref2 = tensor_reshape(&ref, 2, S * n, o);
+        for (int64_t s = 0; s < S; s++) {
+            struct tensor ws = tensor_rows_view(&w, s * o, o), bs = tensor_rows_view(&b, s * o, o);
+            op_matmul(&one, &x, &ws, cs[c].bias ? &bs : NULL);
+            struct tensor rs = tensor_rows_view(&ref2, s * n, n);
+            T_ASSERT(memcmp(one.data, rs.data, tensor_nbytes(&one)) == 0);
+        }
+        struct tensor dx = d_from(&x), dw = d_from(&w), db = d_from(&b), dy = d_new(dt, 3, S, n, o);
+        op_matmul_stacked(&dy, &dx, &dw, cs[c].bias ? &db : NULL);
+        char cas[120];
+        snprintf(cas, sizeof cas, "S%lld n%lld k%lld o%lld %s%s (%s)", (long long)S, (long long)n, (long long)k,
+                 (long long)o, dtype_name(dt), cs[c].bias ? "+b" : "", cs[c].what);
+        check_close("stacked", cas, &dy, &ref, cs[c].tol);
+        t_free(&x), t_free(&w), t_free(&b), t_free(&ref), t_free(&one), t_free(&dx), t_free(&dw), t_free(&db),
+            t_free(&dy);
+    }
+}
+
+int main(void)
+{
+    struct backend_info bi;
+    backend_query(&bi);
+    if (bi.n_gpus == 0) {
+        (void)t_cur_fail;
+        T_SKIP(test_linear, "no CUDA device");
+        T_SKIP(test_stacked, "no CUDA device");
+        return t_main_end("test_cuda_linear");
+    }
+    T_RUN(test_linear);
+    T_RUN(test_stacked);
+    return t_main_end("test_cuda_linear");
+}
+
+#else /* built without CUDA */
+
+int main(void)
+{
+    (void)t_cur_fail;
+    T_SKIP(test_cuda_linear, "built without CUDA (make CUDA=1)");
+    return t_main_end("test_cuda_linear");
+}
+
+#endif
