@@ -385,6 +385,82 @@ static bool lt_gemm(struct cuda_ctx *c, const struct lt_args *g)
                           p->lc, &p->algo, c->blas_ws, LT_WS_BYTES, c->stream) == CUBLAS_STATUS_SUCCESS;
 }
 
+/* For `test_cuda_linear bench`: times every algorithm cuBLASLt's heuristic offers (up to 16) for
+ * y = act(x w^T + b) (+ res) at n x k x o (batch stacked products), fp16, on scratch data, and prints
+ * the heuristic's first choice against the fastest. Returns the number of algorithms timed. */
+extern "C" int cuda_lt_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int batch, int gelu, int res)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    if (!c->lt) CUBLAS_CHECK(cublasLtCreate(&c->lt));
+    void *w, *x, *y, *b, *r;
+    CUDA_CHECK(cudaMalloc(&w, (size_t)(batch * o * k) * 2));
+    CUDA_CHECK(cudaMalloc(&x, (size_t)(n * k) * 2));
+    CUDA_CHECK(cudaMalloc(&y, (size_t)(batch * n * o) * 2));
+    CUDA_CHECK(cudaMalloc(&r, (size_t)(batch * n * o) * 2));
+    CUDA_CHECK(cudaMalloc(&b, (size_t)(batch * o) * 2));
+    CUDA_CHECK(cudaMemsetAsync(w, 0, (size_t)(batch * o * k) * 2, c->stream));
+    CUDA_CHECK(cudaMemsetAsync(x, 0, (size_t)(n * k) * 2, c->stream));
+    CUDA_CHECK(cudaMemsetAsync(b, 0, (size_t)(batch * o) * 2, c->stream));
+    CUDA_CHECK(cudaMemsetAsync(r, 0, (size_t)(batch * n * o) * 2, c->stream));
+    struct lt_args g = {CUDA_R_16F, w, x, b, res ? r : NULL, y, n, k, o, batch, gelu};
+    struct lt_plan p;
+    memset(&p, 0, sizeof p);
+    p.key.align[0] = p.key.align[1] = p.key.align[2] = p.key.align[3] = 256;
+    p.key.res = res;
+    lt_plan_make(c, &p, &g); /* the descriptors; the algorithms are asked for again below */
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = LT_WS_BYTES;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    cublasLtMatmulHeuristicResult_t hr[16];
+    int nres = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(c->lt, p.op, p.la, p.lb, p.lc, p.lc, pref, 16, hr, &nres) != CUBLAS_STATUS_SUCCESS)
+        nres = 0;
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    const double flop = 2.0 * (double)n * (double)k * (double)o * batch;
+    float first = 0, best = 1e30f;
+    int ibest = -1;
+    for (int i = 0; i < nres; i++) {
+        const float alpha = 1.0f, beta = res ? 1.0f : 0.0f;
+        bool ok = true;
+        for (int it = 0; it < 3 && ok; it++) /* warm-up */
+            ok = cublasLtMatmul(c->lt, p.op, &alpha, w, p.la, x, p.lb, &beta, res ? r : y, p.lc, y, p.lc, &hr[i].algo,
+                                c->blas_ws, ws, c->stream) == CUBLAS_STATUS_SUCCESS;
+        if (!ok) continue;
+        const int reps = 20;
+        CUDA_CHECK(cudaEventRecord(e0, c->stream));
+        for (int it = 0; it < reps; it++)
+            cublasLtMatmul(c->lt, p.op, &alpha, w, p.la, x, p.lb, &beta, res ? r : y, p.lc, y, p.lc, &hr[i].algo,
+                           c->blas_ws, ws, c->stream);
+        CUDA_CHECK(cudaEventRecord(e1, c->stream));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        ms /= reps;
+        if (i == 0) first = ms;
+        if (ms < best) { best = ms; ibest = i; }
+    }
+    printf("  lt n%-6lld k%-5lld o%-5lld batch %d%s%s: %2d algos, heuristic #0 %.4f ms (%.0f TFLOP/s), best #%d %.4f ms "
+           "(%.0f TFLOP/s)\n",
+           (long long)n, (long long)k, (long long)o, batch, gelu ? " gelu" : "", res ? " +res" : "", nres, first,
+           first > 0 ? flop / first * 1e-9 : 0.0, ibest, best, best < 1e29f ? flop / best * 1e-9 : 0.0);
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatmulDescDestroy(p.op);
+    cublasLtMatrixLayoutDestroy(p.la);
+    cublasLtMatrixLayoutDestroy(p.lb);
+    cublasLtMatrixLayoutDestroy(p.lc);
+    CUDA_CHECK(cudaFree(w));
+    CUDA_CHECK(cudaFree(x));
+    CUDA_CHECK(cudaFree(y));
+    CUDA_CHECK(cudaFree(r));
+    CUDA_CHECK(cudaFree(b));
+    return nres;
+}
+
 /* x in the GEMM's input dtype gt (converted into scratch when it differs) */
 static const void *gemm_input(struct cuda_ctx *c, const struct tensor *x, enum dtype gt)
 {
