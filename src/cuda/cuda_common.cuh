@@ -32,6 +32,7 @@ extern "C" {
 }
 
 #define CUDA_MAX_DEVICES 16
+#define CUDA_BLAS_WS_BYTES ((size_t)32 << 20) /* cuBLAS / cuBLASLt workspace per device: cuBLAS's advice for Hopper */
 
 #define CUDA_CHECK(call)                                                                                   \
     do {                                                                                                   \

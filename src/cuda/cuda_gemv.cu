@@ -264,7 +264,7 @@ static cudaDataType_t cuda_dtype(enum dtype t)
  * and the heuristic's algorithm are kept per shape (lt_plan), so a repeated GEMM costs one
  * attribute update and the launch. Returns false (nothing done) when cuBLASLt offers no algorithm or
  * rejects the launch, so the caller falls back. */
-#define LT_WS_BYTES ((size_t)32 << 20) /* the context's cuBLAS workspace (cuda_mem.cu) */
+#define LT_WS_BYTES CUDA_BLAS_WS_BYTES /* the context's cuBLAS workspace (cuda_mem.cu) */
 
 struct lt_key {
     int t, gelu, res, batch;
@@ -348,6 +348,7 @@ static void lt_plan_make(struct cuda_ctx *c, struct lt_plan *p, const struct lt_
 
 static bool lt_gemm(struct cuda_ctx *c, const struct lt_args *g)
 {
+    cuda_ctx_blas(c); /* allocates the workspace the cuBLASLt call is given */
     if (!c->lt) CUBLAS_CHECK(cublasLtCreate(&c->lt));
     struct lt_key key;
     memset(&key, 0, sizeof key); /* compared with memcmp: no stray padding bytes */
@@ -391,6 +392,7 @@ static bool lt_gemm(struct cuda_ctx *c, const struct lt_args *g)
 extern "C" int cuda_lt_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int batch, int gelu, int res)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    cuda_ctx_blas(c); /* the workspace */
     if (!c->lt) CUBLAS_CHECK(cublasLtCreate(&c->lt));
     void *w, *x, *y, *b, *r;
     CUDA_CHECK(cudaMalloc(&w, (size_t)(batch * o * k) * 2));

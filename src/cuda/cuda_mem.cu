@@ -16,7 +16,6 @@
 static std::atomic<struct cuda_ctx *> g_ctx[CUDA_MAX_DEVICES];
 static std::mutex g_ctx_mu;
 
-#define CUDA_BLAS_WS_BYTES ((size_t)32 << 20) /* cuBLAS's advice for Hopper */
 #define CUDA_PINNED_BYTES ((size_t)64 << 20)
 
 extern "C" int cuda_device_count(void)
