@@ -422,3 +422,34 @@ void dev_graph_free(struct dev_graph *g)
 #endif
     free(g);
 }
+
+/* ---- sampling on the device ---- */
+
+#include "sampler.h" /* the state layout (SAMPLE_ST_*) and sampler_state_header */
+
+int64_t sample_state_words(int64_t vocab) { return SAMPLE_ST_HEADER + (vocab + 31) / 32; }
+
+void op_sample_begin(struct tensor *state, const struct sampler_params *p, uint64_t draws)
+{
+    CHECK(state->dtype == DTYPE_I32 && tensor_numel(state) > SAMPLE_ST_HEADER);
+    int32_t *h = calloc((size_t)tensor_numel(state), sizeof *h); /* header, then cleared flags */
+    CHECKF(h, "op_sample_begin: out of memory");
+    sampler_state_header(h, p, draws);
+    struct tensor src = *state;
+    src.dev = device_cpu();
+    src.data = h;
+    op_copy(state, &src);
+    free(h);
+}
+
+void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state)
+{
+    CHECK(x->ndim == 2 && x->shape[0] == 1 && x->dtype == DTYPE_F32);
+    CHECK(ids->dtype == DTYPE_I32 && tensor_numel(ids) == 1);
+    CHECKF(state->dtype == DTYPE_I32 && tensor_numel(state) == sample_state_words(x->shape[1]),
+           "sample state of %lld words for a vocabulary of %lld (needs %lld)", (long long)tensor_numel(state),
+           (long long)x->shape[1], (long long)sample_state_words(x->shape[1]));
+    check_same_dev(ids, x);
+    check_same_dev(state, x);
+    DISPATCH(x->dev, sample_dev, x, ids, state);
+}

@@ -134,4 +134,25 @@ struct dev_graph *dev_graph_end(struct device d, struct err *e);
 int dev_graph_launch(struct dev_graph *g, struct err *e);
 void dev_graph_free(struct dev_graph *g);
 
+/* ---- sampling on the device (sampler.h's selection inside the decode graph) ----
+ * The state is an I32 tensor of sample_state_words(V) words (layout: sampler.h, SAMPLE_ST_*): the
+ * parameters, the draw counter and the generated-token flags of one request live in device memory,
+ * so the op's kernel arguments never change and one captured graph serves every request. */
+struct sampler_params;
+int64_t sample_state_words(int64_t vocab);
+/* Starts a request: writes the state header (p, next draw index `draws`) and clears the flags.
+ * A host -> device copy: outside graphs. */
+void op_sample_begin(struct tensor *state, const struct sampler_params *p, uint64_t draws);
+/* ids[0] = the next token from logits x[1, V] (F32, not modified), graph-capturable (no host copy):
+ * marks the token in ids[0] (the one fed into this step) as generated, then picks exactly as
+ * sampler_pick does on penalised logits (penalty only on flagged ids, float ops as
+ * sampler_apply_penalty): greedy argmax (first index), or temperature, top-k (ties at the k-th
+ * value kept), top-p and the multinomial draw sampler_uniform_at(seed, draw counter), with the
+ * softmax sums in double in the host's order. More than SAMPLE_DEV_MAX_CAND top-k candidates:
+ * ids[0] = -1 and status 1 (declined; the host picks from the same logits with the same draw).
+ * Non-greedy calls advance the draw counter by one, declined or not. ids I32 [1] and state on x's
+ * device. Bit-for-bit the CPU twin's token, except where CUDA's and glibc's double exp differ by an
+ * ulp right at a draw boundary. */
+void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state);
+
 #endif

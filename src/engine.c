@@ -176,9 +176,15 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     double t1 = time_now();
     if (stats) { stats->n_prompt = n; stats->t_prefill = t1 - t0; }
     /* Pure greedy (no repetition penalty) keeps the argmax on the device: a CUDA-graph step per
-     * token when the LLM is on one GPU (llm_decode_greedy); otherwise logits come to the host. */
+     * token when the LLM is on one GPU (llm_decode_greedy). Greedy with a penalty and top-k
+     * sampling (top_k <= SAMPLE_DEV_MAX_CAND) run the sampler on the device (llm_decode_sample):
+     * the same tokens as the host sampler, whose state follows along (sampler_record, one draw per
+     * sampled token) so that a token the device declines is picked on the host with the same draw.
+     * Otherwise logits come to the host. */
     const int device_greedy = sp->greedy && sp->repetition_penalty == 1.0f;
+    const int device_sample = !device_greedy && !g->llm.host_sampling && sampler_device_ok(sp);
     int32_t tok = sampler_sample(&s, logits);
+    if (device_sample && max_new > 1) llm_sample_begin(&g->llm, sp, s.draws);
     for (int i = 0; i < max_new; i++) {
         out[(*n_out)++] = tok;
         if (cb && cb(cb_ctx, tok)) break;
@@ -187,6 +193,16 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
             int32_t next;
             if (llm_decode_greedy(&g->llm, tok, &next, e)) { rc = -1; break; }
             tok = next;
+        } else if (device_sample) {
+            int32_t next;
+            if (llm_decode_sample(&g->llm, tok, &next, logits, e)) { rc = -1; break; }
+            if (next >= 0) {
+                sampler_record(&s, next);
+                if (!sp->greedy) s.draws++;
+                tok = next;
+            } else {
+                tok = sampler_sample(&s, logits); /* declined (or no graph): the host, same draw */
+            }
         } else {
             if (llm_decode_logits(&g->llm, tok, logits, e)) { rc = -1; break; }
             tok = sampler_sample(&s, logits);

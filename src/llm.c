@@ -4,7 +4,8 @@
  * A residual add and the RMSNorm after it run as one op (op_add_rmsnorm), also across a layer
  * boundary when the next layer is on the same device. One-token steps on a GPU read their position
  * and key count from the device (op_rope_qk, op_attention_pos), so llm_decode_greedy can capture
- * the whole step (embedding .. argmax) into a CUDA graph once and replay it for every token. */
+ * the whole step (embedding .. argmax) into a CUDA graph once and replay it for every token;
+ * llm_decode_sample does the same with the sampler (op_sample_dev) in place of the argmax. */
 #include "llm.h"
 
 #include <math.h>
@@ -74,6 +75,16 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
         if (!used[i]) continue;
         if (devbuf_init(&s->dev[i], c, pl->devs[i], act, max_batch, i == pl->lm_head, e)) goto fail;
     }
+    {
+        const struct device dl = pl->devs[pl->lm_head];
+        const int64_t words = sample_state_words(c->vocab_size);
+        s->sample_mem = dev_alloc(dl, (size_t)words * sizeof(int32_t), e);
+        if (!s->sample_mem) { err_prefix(e, "sampler state"); goto fail; }
+        s->sample_state = tensor_make(DTYPE_I32, dl, s->sample_mem, 1, words);
+        struct sampler_params dp; /* defined contents until the first llm_sample_begin */
+        sampler_defaults(&dp);
+        op_sample_begin(&s->sample_state, &dp, 0);
+    }
     const int L = c->num_hidden_layers;
     s->cache = calloc((size_t)L, sizeof *s->cache);
     s->cache_mem = calloc((size_t)L, sizeof *s->cache_mem);
@@ -97,7 +108,8 @@ fail:
 void llm_free(struct llm *s)
 {
     if (!s->m) return;
-    for (int i = 0; i < 2; i++) dev_graph_free(s->graph[i]);
+    for (int i = 0; i < 3; i++) dev_graph_free(s->graph[i]);
+    if (s->sample_mem) dev_free(s->pl->devs[s->pl->lm_head], s->sample_mem);
     for (int i = 0; i < MODEL_MAX_DEVICES; i++)
         if (s->dev[i].mem) dev_free(s->dev[i].dev, s->dev[i].mem);
     if (s->cache_mem)
@@ -321,10 +333,18 @@ static unsigned layer_devices(const struct llm *s)
     return m;
 }
 
+/* What a graph-replayed decode step ends with (the index of its graph). */
+enum decode_mode {
+    DECODE_ARGMAX = 0,   /* the argmax into ids[0] */
+    DECODE_LOGITS = 1,   /* nothing: the logits stay on the lm_head device */
+    DECODE_SAMPLE = 2,   /* op_sample_dev into ids[0] */
+};
+
 /* One token: embedding of the id in the embed device's ids[0], the layers (hopping between logical
- * devices of the one GPU), final norm, lm_head, argmax back into ids[0], and every layer device's
- * position + 1. No host copy and no host-dependent argument, so it can be captured as a graph. */
-static void decode_step_dev(struct llm *s, int with_argmax)
+ * devices of the one GPU), final norm, lm_head, the argmax or the sampler back into ids[0], and
+ * every layer device's position + 1. No host copy and no host-dependent argument, so it can be
+ * captured as a graph. */
+static void decode_step_dev(struct llm *s, enum decode_mode mode)
 {
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
@@ -351,7 +371,9 @@ static void decode_step_dev(struct llm *s, int with_argmax)
         op_matmul(&bl->logits_act, &xl, &s->m->llm.lm_head, NULL);
         op_copy(&bl->logits, &bl->logits_act);
     }
-    if (with_argmax) op_argmax_dev(&bl->logits, &idt); /* same GPU: the lm_head part writes the embed part's ids */
+    /* same GPU: the lm_head part writes the embed part's ids */
+    if (mode == DECODE_ARGMAX) op_argmax_dev(&bl->logits, &idt);
+    else if (mode == DECODE_SAMPLE) op_sample_dev(&bl->logits, &idt, &s->sample_state);
     const unsigned devs = layer_devices(s);
     for (int i = 0; i < s->pl->n_devices; i++)
         if (devs >> i & 1) {
@@ -360,9 +382,11 @@ static void decode_step_dev(struct llm *s, int with_argmax)
         }
 }
 
-/* The graph-replayed decode step; mode 0 leaves the argmax in the embed device's ids[0] (and *next),
- * mode 1 leaves the logits on the lm_head device (copied to logits_out). */
-static int decode_graph_step(struct llm *s, int32_t tok, int mode, int32_t *next, float *logits_out, struct err *e)
+/* The graph-replayed decode step; DECODE_ARGMAX leaves the argmax in the embed device's ids[0] (and
+ * *next), DECODE_LOGITS leaves the logits on the lm_head device (copied to logits_out),
+ * DECODE_SAMPLE the sampled token (*next; when it is -1, declined, the logits go to logits_out). */
+static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, int32_t *next, float *logits_out,
+                             struct err *e)
 {
     const int d = s->pl->embed;
     struct llm_devbuf *b = &s->dev[d];
@@ -382,7 +406,7 @@ static int decode_graph_step(struct llm *s, int32_t tok, int mode, int32_t *next
     struct dev_graph **gr = &s->graph[mode];
     if (s->graph_warm[mode] && !*gr) { /* capture once, after one eager step has sized every scratch buffer */
         if (dev_graph_begin(b->dev, e)) return -1;
-        decode_step_dev(s, mode == 0);
+        decode_step_dev(s, mode);
         if (!(*gr = dev_graph_end(b->dev, e))) return -1;
     }
     if (*gr) {
@@ -392,23 +416,28 @@ static int decode_graph_step(struct llm *s, int32_t tok, int mode, int32_t *next
             dev_graph_free(*gr);
             *gr = NULL;
             if (dev_graph_begin(b->dev, e)) return -1;
-            decode_step_dev(s, mode == 0);
+            decode_step_dev(s, mode);
             *gr = dev_graph_end(b->dev, e);
             if (!*gr || dev_graph_launch(*gr, e)) return -1;
         }
     } else {
-        decode_step_dev(s, mode == 0);
+        decode_step_dev(s, mode);
         s->graph_warm[mode] = 1;
     }
     s->n_past += 1;
     for (int i = 0; i < s->pl->n_devices; i++)
         if (devs >> i & 1) s->dev_pos[i] = s->n_past;
-    if (mode == 0) {
+    if (mode != DECODE_LOGITS) {
         int32_t t = -1;
         struct tensor dst = tensor_make(DTYPE_I32, device_cpu(), &t, 1, (int64_t)1);
         op_copy(&dst, &idt); /* 4 bytes, and the one sync of the step */
-        s->dev_tok = t;
+        s->dev_tok = t;      /* -1 (declined): the host's pick is uploaded at the next step */
         *next = t;
+        if (t < 0) { /* the sampler declined; it left the logits untouched */
+            struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, (int64_t)1,
+                                             (int64_t)s->m->cfg.vocab_size);
+            op_copy(&host, &s->dev[s->pl->lm_head].logits);
+        }
     } else {
         struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, (int64_t)1,
                                          (int64_t)s->m->cfg.vocab_size);
@@ -437,7 +466,7 @@ int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
         free(lg);
         return rc;
     }
-    return decode_graph_step(s, tok, 0, next, NULL, e);
+    return decode_graph_step(s, tok, DECODE_ARGMAX, next, NULL, e);
 }
 
 int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e)
@@ -446,5 +475,22 @@ int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err 
         return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
                        (long long)s->ctx);
     if (!graph_able(s)) return llm_forward(s, &tok, NULL, 1, logits_out, e);
-    return decode_graph_step(s, tok, 1, NULL, logits_out, e);
+    return decode_graph_step(s, tok, DECODE_LOGITS, NULL, logits_out, e);
+}
+
+void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t draws)
+{
+    op_sample_begin(&s->sample_state, p, draws);
+}
+
+int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, float *logits_out, struct err *e)
+{
+    if (s->n_past + 1 > s->ctx)
+        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
+                       (long long)s->ctx);
+    if (!graph_able(s)) { /* eager: the logits through the host, the caller samples there */
+        *next = -1;
+        return llm_forward(s, &tok, NULL, 1, logits_out, e);
+    }
+    return decode_graph_step(s, tok, DECODE_SAMPLE, next, logits_out, e);
 }

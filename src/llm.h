@@ -5,6 +5,7 @@
 #define MINICPMV_LLM_H
 
 #include "model.h"
+#include "sampler.h"
 
 struct llm_devbuf {              /* activation views on one logical device, max_batch rows */
     struct device dev;
@@ -35,9 +36,16 @@ struct llm {
     void (*on_layer)(void *ctx, int layer, const struct tensor *h);
     void *on_layer_ctx;
     /* decode-step graphs, captured after one eager step and replayed per token: [0] ends with the
-     * argmax on the device (llm_decode_greedy), [1] with the logits (llm_decode_logits) */
-    struct dev_graph *graph[2];
-    int graph_warm[2];
+     * argmax on the device (llm_decode_greedy), [1] with the logits (llm_decode_logits), [2] with
+     * the sampler on the device (llm_decode_sample) */
+    struct dev_graph *graph[3];
+    int graph_warm[3];
+    /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device:
+     * I32 [sample_state_words(V)] */
+    struct tensor sample_state;
+    void *sample_mem;
+    int host_sampling;           /* 1: engine_generate samples on the host even where the device could
+                                    (tests compare the two paths; the tokens must be the same) */
     int64_t dev_pos[MODEL_MAX_DEVICES]; /* the position in each device's pos[0] (n == 1), -1 unknown */
     int32_t dev_tok;             /* the token id in the embedding device's ids[0], -1 unknown */
 };
@@ -63,6 +71,16 @@ int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e);
  * (host, [V]). Same values as llm_forward(s, &tok, NULL, 1, logits_out); on one GPU the step is a
  * CUDA graph and only the logits come back. */
 int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e);
+/* Starts a request on the device sampler: parameters p, next draw index `draws` (the host
+ * sampler's s->draws), no token generated yet. Outside graphs (a host -> device copy). */
+void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t draws);
+/* One decode step that samples on the device: feeds tok and writes the token picked by
+ * op_sample_dev (the parameters of llm_sample_begin) to *next; on one GPU the step is a CUDA graph
+ * and 4 bytes come back. *next = -1 means the host must pick: logits_out (host, [V]) then holds
+ * the step's logits, and the device has consumed one draw (non-greedy) exactly as the host's
+ * sampler_sample will. That happens when the device declines (more than SAMPLE_DEV_MAX_CAND
+ * candidates) and always when the LLM cannot run as one graph (eager, logits via the host). */
+int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, float *logits_out, struct err *e);
 /* One decoder layer on h (rows [n], on the layer's device, positions pos0..), in place. For stage tests. */
 void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0);
 /* Embedding lookup of host ids into a [n, d] tensor on the embedding device's buffer (n <= max_batch). */

@@ -1,12 +1,17 @@
 /* sampler.c: see sampler.h. top-k/top-p follow transformers 4.40's TopKLogitsWarper and
  * TopPLogitsWarper: top-k keeps scores >= the k-th largest (ties at the boundary survive);
  * top-p sorts ascending, removes tokens whose cumulative probability is <= 1 - top_p, and
- * always keeps the most likely one. */
+ * always keeps the most likely one.
+ * Also the CPU twin of op_sample_dev (cpu_sample_dev): the device sampler's state handling around
+ * sampler_pick, which is the specification the CUDA kernel (cuda/cuda_sample.cu) must match token
+ * for token. */
 #include "sampler.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "backend_impl.h"
 
 void sampler_defaults(struct sampler_params *p)
 {
@@ -17,14 +22,6 @@ void sampler_defaults(struct sampler_params *p)
     p->repetition_penalty = 1.05f;
     p->seed = 0;
     p->penalty_explicit = false;
-}
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
 }
 
 int sampler_init(struct sampler *s, const struct sampler_params *p, int vocab)
@@ -39,9 +36,6 @@ int sampler_init(struct sampler *s, const struct sampler_params *p, int vocab)
         sampler_free(s);
         return -1;
     }
-    uint64_t x = p->seed;
-    s->rng[0] = splitmix64(&x);
-    s->rng[1] = splitmix64(&x);
     return 0;
 }
 
@@ -57,22 +51,22 @@ void sampler_free(struct sampler *s)
 
 void sampler_reset(struct sampler *s) { memset(s->seen, 0, (size_t)s->vocab); }
 
-double sampler_uniform(struct sampler *s)
+double sampler_uniform(struct sampler *s) { return sampler_uniform_at(s->p.seed, s->draws++); }
+
+void sampler_record(struct sampler *s, int32_t tok)
 {
-    /* xorshift128+ */
-    uint64_t a = s->rng[0], b = s->rng[1];
-    s->rng[0] = b;
-    a ^= a << 23;
-    s->rng[1] = a ^ b ^ (a >> 17) ^ (b >> 26);
-    return (double)((s->rng[1] + b) >> 11) * (1.0 / 9007199254740992.0);
+    if (tok >= 0 && tok < s->vocab) s->seen[tok] = 1;
 }
+
+/* x < 0 ? x * p : x / p, one float operation (the device writes __fmul_rn / __fdiv_rn) */
+static float penalise(float x, float p) { return x < 0 ? x * p : x / p; }
 
 void sampler_apply_penalty(const struct sampler *s, float *logits)
 {
     const float p = s->p.repetition_penalty;
     if (p == 1.0f) return;
     for (int i = 0; i < s->vocab; i++)
-        if (s->seen[i]) logits[i] = logits[i] < 0 ? logits[i] * p : logits[i] / p;
+        if (s->seen[i]) logits[i] = penalise(logits[i], p);
 }
 
 static int32_t argmax(const float *x, int n)
@@ -92,68 +86,150 @@ static int cmp_desc(const void *a, const void *b, void *keys)
     return *(const int32_t *)a - *(const int32_t *)b;
 }
 
-int32_t sampler_sample(struct sampler *s, float *logits)
+/* The k-th largest of a[0..n-1] (k >= 1), by quickselect; permutes a. */
+static float kth_largest(float *a, int n, int k1)
 {
-    const int V = s->vocab;
-    sampler_apply_penalty(s, logits);
-    int32_t tok;
-    if (s->p.greedy) {
-        tok = argmax(logits, V);
-    } else {
-        float *w = s->work;
-        const float t = s->p.temperature > 0 ? s->p.temperature : 1.0f;
-        for (int i = 0; i < V; i++) w[i] = logits[i] / t;
-        /* candidates sorted descending; only the top k matter for top-k, but top-p needs an order */
-        int n = V;
-        for (int i = 0; i < V; i++) s->idx[i] = i;
-        if (s->p.top_k > 0 && s->p.top_k < V) {
-            /* partial selection: keep every score >= the k-th largest */
-            float *tmp = malloc((size_t)V * sizeof *tmp);
-            memcpy(tmp, w, (size_t)V * sizeof *tmp);
-            /* nth_element by quickselect */
-            int lo = 0, hi = V - 1, k = s->p.top_k - 1;
-            while (lo < hi) {
-                float piv = tmp[(lo + hi) / 2];
-                int i = lo, j = hi;
-                while (i <= j) {
-                    while (tmp[i] > piv) i++;
-                    while (tmp[j] < piv) j--;
-                    if (i <= j) { float x = tmp[i]; tmp[i] = tmp[j]; tmp[j] = x; i++; j--; }
-                }
-                if (k <= j) hi = j;
-                else if (k >= i) lo = i;
-                else break;
-            }
-            float kth = tmp[k];
-            free(tmp);
-            n = 0;
-            for (int i = 0; i < V; i++)
-                if (w[i] >= kth) s->idx[n++] = i;
+    int lo = 0, hi = n - 1, k = k1 - 1;
+    while (lo < hi) {
+        float piv = a[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > piv) i++;
+            while (a[j] < piv) j--;
+            if (i <= j) { float x = a[i]; a[i] = a[j]; a[j] = x; i++; j--; }
         }
-        qsort_r(s->idx, (size_t)n, sizeof *s->idx, cmp_desc, w);
-        /* softmax over the candidates (all others are -inf) */
-        double mx = w[s->idx[0]], sum = 0;
-        for (int i = 0; i < n; i++) sum += exp((double)w[s->idx[i]] - mx);
-        if (s->p.top_p < 1.0f) {
-            /* ascending cumulative: drop tokens with cumsum <= 1 - top_p; the top token always stays */
-            double cum = 0;
-            int keep_from = n - 1; /* in descending order, index of the last kept */
-            for (int i = n - 1; i >= 1; i--) {
-                cum += exp((double)w[s->idx[i]] - mx) / sum;
-                if (cum <= 1.0 - (double)s->p.top_p) keep_from = i - 1;
-                else break;
-            }
-            n = keep_from + 1;
-            sum = 0;
-            for (int i = 0; i < n; i++) sum += exp((double)w[s->idx[i]] - mx);
-        }
-        double u = sampler_uniform(s) * sum, acc = 0;
-        tok = s->idx[n - 1];
-        for (int i = 0; i < n; i++) {
-            acc += exp((double)w[s->idx[i]] - mx);
-            if (u < acc) { tok = s->idx[i]; break; }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else break;
+    }
+    return a[k];
+}
+
+int32_t sampler_pick(const struct sampler_params *p, const float *x, int V, float *work, int32_t *idx,
+                     uint64_t draw, int max_cand)
+{
+    if (p->greedy) return argmax(x, V);
+    float *w = work;
+    const float t = p->temperature > 0 ? p->temperature : 1.0f;
+    for (int i = 0; i < V; i++) w[i] = x[i] / t;
+    /* candidates sorted descending; only the top k matter for top-k, but top-p needs an order */
+    int n = V;
+    for (int i = 0; i < V; i++) idx[i] = i;
+    if (p->top_k > 0 && p->top_k < V) {
+        /* keep every score >= the k-th largest; the selection permutes w, so w is computed again
+         * (the same divisions, the same values) */
+        const float kth = kth_largest(w, V, p->top_k);
+        n = 0;
+        for (int i = 0; i < V; i++) {
+            w[i] = x[i] / t;
+            if (w[i] >= kth) idx[n++] = i;
         }
     }
-    if (tok >= 0 && tok < V) s->seen[tok] = 1;
+    if (max_cand > 0 && n > max_cand) return -1;
+    qsort_r(idx, (size_t)n, sizeof *idx, cmp_desc, w);
+    /* softmax over the candidates (all others are -inf) */
+    double mx = w[idx[0]], sum = 0;
+    for (int i = 0; i < n; i++) sum += exp((double)w[idx[i]] - mx);
+    if (p->top_p < 1.0f) {
+        /* ascending cumulative: drop tokens with cumsum <= 1 - top_p; the top token always stays */
+        double cum = 0;
+        int keep_from = n - 1; /* in descending order, index of the last kept */
+        for (int i = n - 1; i >= 1; i--) {
+            cum += exp((double)w[idx[i]] - mx) / sum;
+            if (cum <= 1.0 - (double)p->top_p) keep_from = i - 1;
+            else break;
+        }
+        n = keep_from + 1;
+        sum = 0;
+        for (int i = 0; i < n; i++) sum += exp((double)w[idx[i]] - mx);
+    }
+    double u = sampler_uniform_at(p->seed, draw) * sum, acc = 0;
+    int32_t tok = idx[n - 1];
+    for (int i = 0; i < n; i++) {
+        acc += exp((double)w[idx[i]] - mx);
+        if (u < acc) { tok = idx[i]; break; }
+    }
     return tok;
+}
+
+int32_t sampler_sample(struct sampler *s, float *logits)
+{
+    sampler_apply_penalty(s, logits);
+    int32_t tok = sampler_pick(&s->p, logits, s->vocab, s->work, s->idx, s->draws, 0);
+    if (!s->p.greedy) s->draws++;
+    sampler_record(s, tok);
+    return tok;
+}
+
+/* ---- the device sampler's state, and the CPU twin of op_sample_dev ---- */
+
+static int32_t f32_bits(float f)
+{
+    int32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+}
+
+static float bits_f32(int32_t b)
+{
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+void sampler_state_header(int32_t *h, const struct sampler_params *p, uint64_t draws)
+{
+    memset(h, 0, SAMPLE_ST_HEADER * sizeof *h);
+    h[SAMPLE_ST_DRAWS_LO] = (int32_t)(uint32_t)draws;
+    h[SAMPLE_ST_DRAWS_HI] = (int32_t)(uint32_t)(draws >> 32);
+    h[SAMPLE_ST_GREEDY] = p->greedy ? 1 : 0;
+    h[SAMPLE_ST_TEMPERATURE] = f32_bits(p->temperature);
+    h[SAMPLE_ST_TOP_K] = p->top_k;
+    h[SAMPLE_ST_TOP_P] = f32_bits(p->top_p);
+    h[SAMPLE_ST_PENALTY] = f32_bits(p->repetition_penalty);
+    h[SAMPLE_ST_SEED_LO] = (int32_t)(uint32_t)p->seed;
+    h[SAMPLE_ST_SEED_HI] = (int32_t)(uint32_t)(p->seed >> 32);
+}
+
+bool sampler_device_ok(const struct sampler_params *p)
+{
+    return p->greedy || (p->top_k > 0 && p->top_k <= SAMPLE_DEV_MAX_CAND);
+}
+
+/* op_sample_dev on host tensors: mark ids[0] generated, penalise a copy of the logits with the
+ * flags, sampler_pick with the state's draw index and the device's candidate limit. */
+void cpu_sample_dev(const struct tensor *logits, struct tensor *ids, struct tensor *state)
+{
+    const int V = (int)logits->shape[1];
+    int32_t *st = state->data;
+    uint32_t *flags = (uint32_t *)(st + SAMPLE_ST_HEADER);
+    int32_t *id = ids->data;
+    struct sampler_params p;
+    memset(&p, 0, sizeof p);
+    p.greedy = st[SAMPLE_ST_GREEDY] != 0;
+    p.temperature = bits_f32(st[SAMPLE_ST_TEMPERATURE]);
+    p.top_k = st[SAMPLE_ST_TOP_K];
+    p.top_p = bits_f32(st[SAMPLE_ST_TOP_P]);
+    p.repetition_penalty = bits_f32(st[SAMPLE_ST_PENALTY]);
+    p.seed = (uint64_t)(uint32_t)st[SAMPLE_ST_SEED_LO] | (uint64_t)(uint32_t)st[SAMPLE_ST_SEED_HI] << 32;
+    uint64_t draw = (uint64_t)(uint32_t)st[SAMPLE_ST_DRAWS_LO] | (uint64_t)(uint32_t)st[SAMPLE_ST_DRAWS_HI] << 32;
+    if (id[0] >= 0 && id[0] < V) flags[id[0] >> 5] |= 1u << (id[0] & 31);
+    float *x = malloc((size_t)V * sizeof *x), *work = malloc((size_t)V * sizeof *work);
+    int32_t *idx = malloc((size_t)V * sizeof *idx);
+    CHECKF(x && work && idx, "cpu_sample_dev: out of memory for a vocabulary of %d", V);
+    memcpy(x, logits->data, (size_t)V * sizeof *x);
+    if (p.repetition_penalty != 1.0f)
+        for (int i = 0; i < V; i++)
+            if (flags[i >> 5] >> (i & 31) & 1) x[i] = penalise(x[i], p.repetition_penalty);
+    int32_t tok = sampler_pick(&p, x, V, work, idx, draw, SAMPLE_DEV_MAX_CAND);
+    free(x);
+    free(work);
+    free(idx);
+    id[0] = tok;
+    st[SAMPLE_ST_STATUS] = tok < 0;
+    if (!p.greedy) {
+        draw++;
+        st[SAMPLE_ST_DRAWS_LO] = (int32_t)(uint32_t)draw;
+        st[SAMPLE_ST_DRAWS_HI] = (int32_t)(uint32_t)(draw >> 32);
+    }
 }

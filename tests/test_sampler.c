@@ -1,9 +1,14 @@
 /* test_sampler.c: the sampling order of spec §8 against an independent brute-force model of
- * transformers' processors (penalty -> temperature -> top-k -> top-p -> softmax). */
+ * transformers' processors (penalty -> temperature -> top-k -> top-p -> softmax); the counter RNG
+ * against splitmix64's published outputs; and the CPU twin of op_sample_dev (the device sampler's
+ * specification) against the host sampler, token for token, over random logits, parameters and
+ * seeds, with ties at the k-th value, penalties on negative logits, greedy + penalty and the
+ * decline path (more than SAMPLE_DEV_MAX_CAND candidates). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "sampler.h"
 #include "t.h"
 
@@ -148,10 +153,204 @@ static void test_seed_reproducible(void)
     sampler_free(&b);
 }
 
+/* splitmix64 of state 0 (and 1234567) gives, as its first outputs, the published test vector
+ * e220a8397b1dcdaf 6e789e6aa1b965f4 06c45d188009454f; draw i is output i+1 of state seed. */
+static void test_uniform_at(void)
+{
+    const uint64_t s0[3] = {0xe220a8397b1dcdafULL, 0x6e789e6aa1b965f4ULL, 0x06c45d188009454fULL};
+    const uint64_t s1[3] = {0x599ed017fb08fc85ULL, 0x2c73f08458540fa5ULL, 0x883ebce5a3f27c77ULL};
+    for (int i = 0; i < 3; i++) {
+        T_ASSERT(sampler_uniform_at(0, (uint64_t)i) == (double)(s0[i] >> 11) / 9007199254740992.0);
+        T_ASSERT(sampler_uniform_at(1234567, (uint64_t)i) == (double)(s1[i] >> 11) / 9007199254740992.0);
+    }
+    /* sampler_uniform walks the counter */
+    struct sampler_params p;
+    sampler_defaults(&p);
+    p.seed = 1234567;
+    struct sampler s;
+    T_EQ_INT(sampler_init(&s, &p, 8), 0);
+    for (int i = 0; i < 3; i++) T_ASSERT(sampler_uniform(&s) == sampler_uniform_at(1234567, (uint64_t)i));
+    T_EQ_INT(s.draws, 3);
+    sampler_free(&s);
+    /* range and a coarse uniformity check (16 bins, 64k draws: each within 5 sigma) */
+    int bins[16] = {0};
+    for (uint64_t i = 0; i < 65536; i++) {
+        double u = sampler_uniform_at(42, i);
+        T_ASSERT(u >= 0 && u < 1);
+        bins[(int)(u * 16)]++;
+    }
+    for (int b = 0; b < 16; b++) T_ASSERTF(abs(bins[b] - 4096) < 5 * 64, "bin %d: %d", b, bins[b]);
+}
+
+/* ---- the CPU twin of op_sample_dev vs the host sampler ---- */
+#undef V /* the brute-force tests' vocabulary; these tests take theirs as a value */
+
+static uint64_t g_state = 88172645463325252ULL;
+static uint32_t rnd(void)
+{
+    g_state ^= g_state << 13, g_state ^= g_state >> 7, g_state ^= g_state << 17;
+    return (uint32_t)(g_state >> 16);
+}
+static float frnd(void) { return (float)(rnd() % 1000000) / 1000000.0f; } /* [0, 1) */
+
+enum logit_kind { LK_SPREAD, LK_TIES, LK_NEGATIVE, LK_PEAKED, LK_N };
+
+/* One step's logits: kind LK_TIES quantises to 24 levels (ties at the k-th value), LK_NEGATIVE is
+ * all below zero (the penalty multiplies), LK_PEAKED a few large values over noise, with -0.0 and
+ * +0.0 both present. */
+static void make_logits(float *l, int V, int kind)
+{
+    for (int i = 0; i < V; i++) {
+        float u = frnd();
+        switch (kind) {
+        case LK_TIES: l[i] = (float)(rnd() % 24) * 0.5f - 6.0f; break;
+        case LK_NEGATIVE: l[i] = -0.05f - 12.0f * u; break;
+        case LK_PEAKED: l[i] = 4.0f * u - 2.0f + (rnd() % 50 == 0 ? 9.0f + 4.0f * frnd() : 0.0f); break;
+        default: l[i] = 16.0f * u - 8.0f; break;
+        }
+    }
+    if (V > 10) l[3] = -0.0f, l[5] = 0.0f;
+}
+
+/* Runs n steps of one request through the twin (engine-style: the fed token is the previous
+ * pick; a declined pick is made by a host sampler that follows the twin) and through a reference
+ * host sampler; returns the number of steps that differ and counts the twin's declines. */
+static int run_request(int V, const struct sampler_params *p, int kind, int steps, int *declines)
+{
+    struct sampler ref, fol;
+    CHECK(sampler_init(&ref, p, V) == 0 && sampler_init(&fol, p, V) == 0);
+    float *base = malloc((size_t)V * sizeof *base), *l = malloc((size_t)V * sizeof *l);
+    float *lt = malloc((size_t)V * sizeof *lt), *keep = malloc((size_t)V * sizeof *keep);
+    const int64_t words = sample_state_words(V);
+    int32_t *st = malloc((size_t)words * sizeof *st), id = 0;
+    CHECK(base && l && lt && keep && st);
+    struct tensor state = tensor_make(DTYPE_I32, device_cpu(), st, 1, words);
+    struct tensor ids = tensor_make(DTYPE_I32, device_cpu(), &id, 1, (int64_t)1);
+    struct tensor lg = tensor_make(DTYPE_F32, device_cpu(), lt, 2, (int64_t)1, (int64_t)V);
+    make_logits(base, V, kind);
+    int bad = 0;
+    /* the first token: prefill logits on the host (both samplers) */
+    memcpy(l, base, (size_t)V * sizeof *l);
+    int32_t tok = sampler_sample(&ref, l);
+    memcpy(l, base, (size_t)V * sizeof *l);
+    int32_t ftok = sampler_sample(&fol, l);
+    bad += tok != ftok;
+    op_sample_begin(&state, p, fol.draws);
+    for (int s = 1; s < steps; s++) {
+        /* the next logits: the base plus noise, so repeated tokens meet their penalty */
+        for (int i = 0; i < V; i++) lt[i] = base[i] + (kind == LK_TIES ? 0.0f : 0.25f * frnd());
+        memcpy(l, lt, (size_t)V * sizeof *l);
+        memcpy(keep, lt, (size_t)V * sizeof *keep);
+        tok = sampler_sample(&ref, l);
+        id = ftok;
+        op_sample_dev(&lg, &ids, &state);
+        T_ASSERT(memcmp(keep, lt, (size_t)V * sizeof *lt) == 0); /* the logits are not modified */
+        T_EQ_INT(st[SAMPLE_ST_STATUS], id < 0);
+        if (id >= 0) {
+            sampler_record(&fol, id);
+            if (!p->greedy) fol.draws++;
+            ftok = id;
+        } else {
+            (*declines)++;
+            memcpy(l, lt, (size_t)V * sizeof *l);
+            ftok = sampler_sample(&fol, l);
+        }
+        uint64_t d = (uint64_t)(uint32_t)st[SAMPLE_ST_DRAWS_LO] | (uint64_t)(uint32_t)st[SAMPLE_ST_DRAWS_HI] << 32;
+        T_ASSERTF(d == ref.draws, "draw counter %llu, host %llu", (unsigned long long)d, (unsigned long long)ref.draws);
+        bad += tok != ftok;
+    }
+    /* the twin's flags are the host's generated set (the last pick is marked when it is fed) */
+    int flags_ok = 1;
+    for (int i = 0; i < V; i++) {
+        int f = (st[SAMPLE_ST_HEADER + i / 32] >> (i % 32) & 1) || i == ftok;
+        flags_ok &= f == ref.seen[i];
+    }
+    T_ASSERT(flags_ok);
+    free(base), free(l), free(lt), free(keep), free(st);
+    sampler_free(&ref);
+    sampler_free(&fol);
+    return bad;
+}
+
+static void test_twin_matches_host(void)
+{
+    static const int vocab[] = {50, 1000, 5003, 40000};
+    static const int topk[] = {1, 2, 7, 40, 100, 2048};
+    static const float temp[] = {0.7f, 1.0f, 0.3f, 1.7f, 0.0f};
+    static const float topp[] = {0.8f, 1.0f, 0.5f, 0.95f};
+    static const float pen[] = {1.05f, 1.0f, 1.3f, 0.9f};
+    int cases = 0, bad_cases = 0, declines = 0, greedy_cases = 0;
+    for (int c = 0; c < 48; c++) {
+        struct sampler_params p;
+        sampler_defaults(&p);
+        const int V = vocab[c % 4];
+        p.greedy = c % 8 == 7;
+        p.top_k = topk[rnd() % 6];
+        p.temperature = temp[rnd() % 5];
+        p.top_p = topp[rnd() % 4];
+        p.repetition_penalty = pen[p.greedy ? 2 : rnd() % 4];
+        p.seed = ((uint64_t)rnd() << 32) | rnd();
+        const int kind = (int)(rnd() % LK_N);
+        int dec = 0;
+        int bad = run_request(V, &p, kind, V > 10000 ? 6 : 24, &dec);
+        T_ASSERTF(bad == 0, "case %d (V %d, kind %d, greedy %d, k %d, t %g, p %g, pen %g): %d steps differ", c, V, kind,
+                  p.greedy, p.top_k, p.temperature, p.top_p, p.repetition_penalty, bad);
+        cases++, bad_cases += bad != 0, declines += dec, greedy_cases += p.greedy;
+    }
+    printf("  twin vs host: %d requests (%d greedy + penalty), %d differ, %d declined steps\n", cases, greedy_cases,
+           bad_cases, declines);
+}
+
+/* More than SAMPLE_DEV_MAX_CAND tokens tie at the top: the twin declines (-1, status 1) and still
+ * consumes the draw; the host picks with that draw (checked in run_request). */
+static void test_twin_declines(void)
+{
+    const int V = 5000;
+    struct sampler_params p;
+    sampler_defaults(&p);
+    p.top_k = 100;
+    p.seed = 5;
+    float *l = malloc((size_t)V * sizeof *l);
+    const int64_t words = sample_state_words(V);
+    int32_t *st = malloc((size_t)words * sizeof *st), id = 17;
+    for (int i = 0; i < V; i++) l[i] = i % 5 == 0 ? -3.0f : 2.5f; /* 4000 equal top values */
+    struct tensor state = tensor_make(DTYPE_I32, device_cpu(), st, 1, words);
+    struct tensor ids = tensor_make(DTYPE_I32, device_cpu(), &id, 1, (int64_t)1);
+    struct tensor lg = tensor_make(DTYPE_F32, device_cpu(), l, 2, (int64_t)1, (int64_t)V);
+    op_sample_begin(&state, &p, 9);
+    op_sample_dev(&lg, &ids, &state);
+    T_EQ_INT(id, -1);
+    T_EQ_INT(st[SAMPLE_ST_STATUS], 1);
+    T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 10);
+    T_EQ_INT(st[SAMPLE_ST_HEADER] >> 17 & 1, 1); /* the fed token was marked */
+    /* top-k off: every token is a candidate */
+    p.top_k = 0;
+    l[0] = 10.0f;
+    op_sample_begin(&state, &p, 0);
+    id = 3;
+    op_sample_dev(&lg, &ids, &state);
+    T_EQ_INT(id, -1);
+    T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 1);
+    /* with the ties gone below the k-th value, the same state picks normally */
+    p.top_k = 100;
+    for (int i = 0; i < V; i++) l[i] = (float)(i % 977) * 0.01f;
+    op_sample_begin(&state, &p, 1);
+    id = 3;
+    op_sample_dev(&lg, &ids, &state);
+    T_ASSERT(id >= 0 && id < V && l[id] >= 9.0f); /* among the top values 9.00 .. 9.76 */
+    T_EQ_INT(st[SAMPLE_ST_STATUS], 0);
+    T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 2);
+    free(l);
+    free(st);
+}
+
 int main(void)
 {
     T_RUN(test_greedy_and_penalty);
     T_RUN(test_distribution);
     T_RUN(test_seed_reproducible);
+    T_RUN(test_uniform_at);
+    T_RUN(test_twin_matches_host);
+    T_RUN(test_twin_declines);
     return t_main_end("test_sampler");
 }
