@@ -84,7 +84,9 @@ void op_add(struct tensor *y, const struct tensor *a, const struct tensor *b);
 /* y = x * s. y may alias x. */
 void op_scale(struct tensor *y, const struct tensor *x, float s);
 /* dst = src, same numel; converts dtype when both are on one device; copies across devices
- * (host <-> GPU, GPU <-> GPU) when dtypes are equal. */
+ * (host <-> GPU, GPU <-> GPU) when dtypes are equal. Host -> GPU returns without waiting for the
+ * device (the bytes are staged in pinned memory first, so src may be reused at once; the copy runs
+ * in stream order, after the ops queued before it); GPU -> host returns when dst holds the data. */
 void op_copy(struct tensor *dst, const struct tensor *src);
 /* Index of the largest value in each row of x[n, V] (F32), written to host array out[n]. */
 void op_argmax(const struct tensor *x, int32_t *out);

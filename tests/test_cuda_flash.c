@@ -33,6 +33,7 @@ int cuda_flash_attention(struct tensor *out, const struct tensor *q, const struc
 int cuda_flash_attention_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
                             const struct tensor *v, int64_t q_pos0, float scale, int flags, int bm);
 int cuda_flash_occupancy(int ordinal, int hd, int bm);
+void cuda_flash_set_variant(int v); /* cuda_flash.cu: kernel variants for A/B runs */
 int cuda_flash_attention_batch_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
                                   const struct tensor *v, int64_t n_seq, float scale, int flags, int bm);
 void *cuda_stream_handle(int ordinal);
@@ -472,6 +473,13 @@ static void bench(void)
                 10 * 4.0 * 1036 * 1036 * 72 * 16);
     bench_batch("vision 10 x n=T=1036 H16 hd72", 10, 1036, 16, 72, ATTN_EAGER_F16, 0.11785113019775792f,
                 10 * 4.0 * 1036 * 1036 * 72 * 16);
+    static const char *vn[] = {"", "vision 10x1024 hd72, variant 1 (padded hd)", "vision 10x1024 hd72, variant 2 (4 CTAs/SM)"};
+    for (int v = 0; v < 3; v++) {
+        cuda_flash_set_variant(v);
+        bench_batch(v ? vn[v] : "vision 10x1024 hd72, variant 0 (default)", 10, 1024, 16, 72, ATTN_EAGER_F16,
+                    0.11785113019775792f, 10 * 4.0 * 1024 * 1024 * 72 * 16);
+    }
+    cuda_flash_set_variant(0);
     bench_batch("vision 1 x n=T=1036 H16 hd72", 1, 1036, 16, 72, ATTN_EAGER_F16, 0.11785113019775792f,
                 4.0 * 1036 * 1036 * 72 * 16);
     bench_shape("resampler 10 x n96 T1036 H32 hd128", 10, 96, 1036, 32, 32, 128, ATTN_EAGER_F16, 1.0f,
@@ -496,6 +504,7 @@ int main(int argc, char **argv)
         bench();
         return 0;
     }
+    if (argc > 2 && strcmp(argv[1], "variant") == 0) cuda_flash_set_variant(atoi(argv[2])); /* A/B runs */
     T_RUN(test_llm_prefill);
     T_RUN(test_vision_resampler);
     T_RUN(test_declines_dtypes);

@@ -84,9 +84,13 @@ struct cuda_ctx {
     void *scratch[SCRATCH_N];
     size_t scratch_bytes[SCRATCH_N];
     unsigned scratch_gen;       /* bumped whenever a scratch buffer moves: graphs captured before are stale */
-    void *pinned;               /* staging buffer: copies between GPUs without peer access, large uploads */
-    cudaEvent_t stage_ev[2];    /* the two halves of `pinned` in a double-buffered upload */
+    void *pinned;               /* staging buffer: the upload ring, and copies between GPUs without peer access */
     size_t pinned_bytes;
+    /* uploads in flight through `pinned`, oldest first (cuda_mem.cu): each a region of the ring and
+     * the event recorded after its copy, so the region is reused only once the copy has read it */
+    struct { size_t off, len; cudaEvent_t ev; } up[32];
+    int up_first, up_n;
+    size_t up_head;
     signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
     int pdl;                    /* launch decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
 };

@@ -88,6 +88,14 @@ __device__ __forceinline__ void fa_mma(float c[4], const uint32_t a[4], uint32_t
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* c[16x8] += a[16x8] b[8x8]: the half-width k step for a head dim that ends mid k16 chunk (hd 72) */
+__device__ __forceinline__ void fa_mma_k8(float c[4], uint32_t a0, uint32_t a1, uint32_t b0)
+{
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+}
+
 __device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
 {
     __half2 h = __floats2half2_rn(lo, hi); /* .x (low 16 bits) = lo: the smaller column index */
@@ -106,14 +114,21 @@ __device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
  * one wave on 132 SMs); hd 128 needs ~230 registers (two 4-warp CTAs); 8-warp CTAs: one. */
 #define FA_MINB(HDP, NW) ((NW) == 4 ? ((HDP) <= 80 ? 3 : 2) : 1)
 
-template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HDP, NW)) fa_kernel(const fa_args a)
+/* HDT: the head dim rounded up to 8 only (72 for the vision tower; = HDP otherwise). Q K^T then runs
+ * HDT/16 k16 steps plus one k8 step when HDT % 16 == 8, and P V only HDT/8 output n-tiles: no mma
+ * work on the zero padding columns HDT..HDP-1 (10 % of the vision tower's attention). MINB: CTAs per
+ * SM the register cap aims at. */
+template <int HDP, int NW, int HDT, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB) fa_kernel(const fa_args a)
 {
     constexpr int BM = 16 * NW, BN = FA_BN, NT = NW * 32;
     constexpr int LD = HDP + 8;  /* shared row stride in halves: HDP/8 + 1 (odd) 16-byte chunks */
     constexpr int CH = HDP / 8;  /* 16-byte chunks per row */
-    constexpr int KC = HDP / 16; /* k-chunks of Q K^T */
-    constexpr int ON = HDP / 8;  /* n-tiles of O */
-    static_assert(HDP % 16 == 0 && HDP <= 128, "padded head dim");
+    constexpr int KC = HDP / 16; /* k16 chunks of Q held in registers */
+    constexpr int KF = HDT / 16; /* full k16 steps of Q K^T */
+    constexpr bool KT = HDT % 16 != 0; /* plus a k8 step */
+    constexpr int ON = HDT / 8;  /* n-tiles of O */
+    static_assert(HDP % 16 == 0 && HDP <= 128 && HDT % 8 == 0 && HDT <= HDP && HDT > HDP - 16, "padded head dim");
 
     extern __shared__ __align__(16) unsigned char fa_smem[];
     __half *sq = reinterpret_cast<__half *>(fa_smem); /* [BM][LD]: Q, then the output staging */
@@ -197,7 +212,7 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
 #pragma unroll
             for (int nt = 0; nt < BN / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int kc = 0; kc < KC; kc++) {
+            for (int kc = 0; kc < KF; kc++) {
 #pragma unroll
                 for (int np = 0; np < BN / 16; np++) {
                     /* matrices: keys 16np + 0..7 / 8..15 (lane bit 4) x columns 16kc + 0..7 / 8..15 (bit 3) */
@@ -205,6 +220,17 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
                     fa_ldsm_x4(b, kt + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kc * 16 + ((lane >> 3) & 1) * 8);
                     fa_mma(s[2 * np], qf[kc], b[0], b[1]);
                     fa_mma(s[2 * np + 1], qf[kc], b[2], b[3]);
+                }
+            }
+            if (KT) {
+                /* columns 16KF .. 16KF + 7: a0, a1 of Q's chunk are its k 0..7; b[0] / b[2] are those
+                 * columns of keys 0..7 / 8..15 */
+#pragma unroll
+                for (int np = 0; np < BN / 16; np++) {
+                    uint32_t b[4];
+                    fa_ldsm_x4(b, kt + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + KF * 16 + ((lane >> 3) & 1) * 8);
+                    fa_mma_k8(s[2 * np], qf[KF < KC ? KF : 0][0], qf[KF < KC ? KF : 0][1], b[0]);
+                    fa_mma_k8(s[2 * np + 1], qf[KF < KC ? KF : 0][0], qf[KF < KC ? KF : 0][1], b[2]);
                 }
             }
             /* ---- scale (fp32, log2 domain) and mask ---- */
@@ -271,12 +297,12 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
                 pa[2] = fa_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
                 pa[3] = fa_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-                for (int dp = 0; dp < HDP / 16; dp++) {
+                for (int dp = 0; dp < (ON + 1) / 2; dp++) {
                     /* matrices: keys 16kk + 0..7 / 8..15 (lane bit 3) x columns 16dp + 0..7 / 8..15 (bit 4) */
                     uint32_t b[4];
                     fa_ldsm_x4_t(b, vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8);
                     fa_mma(o[2 * dp], pa, b[0], b[1]);
-                    fa_mma(o[2 * dp + 1], pa, b[2], b[3]);
+                    if (2 * dp + 1 < ON) fa_mma(o[(2 * dp + 1) % ON], pa, b[2], b[3]);
                 }
             }
         }
@@ -314,10 +340,20 @@ template <int HDP, int NW> __global__ void __launch_bounds__(NW * 32, FA_MINB(HD
 
 typedef void (*fa_kernel_fn)(const fa_args);
 
-static fa_kernel_fn fa_pick(int hdp, int nw)
+/* Kernel variants for A/B runs on the card (test_cuda_flash bench): 0 = the default, 1 = the padded
+ * head dim everywhere (no k8 step, all HDP/8 output tiles), 2 = the default with a register cap for
+ * four 4-warp CTAs per SM at hd <= 80. */
+static int g_fa_variant = 0;
+extern "C" void cuda_flash_set_variant(int v) { g_fa_variant = v; }
+
+static fa_kernel_fn fa_pick(int hdp, int nw, int hd)
 {
+    const bool exact72 = hdp == 80 && hd == 72 && g_fa_variant != 1;
+    if (hdp == 80 && nw == 4 && g_fa_variant == 2)
+        return exact72 ? fa_kernel<80, 4, 72, 4> : fa_kernel<80, 4, 80, 4>;
+    if (exact72) return nw == 8 ? fa_kernel<80, 8, 72, FA_MINB(80, 8)> : fa_kernel<80, 4, 72, FA_MINB(80, 4)>;
 #define FA_CASE(D)                                                                                         \
-    case D: return nw == 8 ? fa_kernel<D, 8> : fa_kernel<D, 4>;
+    case D: return nw == 8 ? fa_kernel<D, 8, D, FA_MINB(D, 8)> : fa_kernel<D, 4, D, FA_MINB(D, 4)>;
     switch (hdp) {
         FA_CASE(16)
         FA_CASE(32)
@@ -338,7 +374,7 @@ static int fa_hdp(int64_t hd)
 {
     if (hd < 8 || hd > 128 || hd % 8 != 0) return 0;
     const int hdp = (int)((hd + 15) / 16 * 16);
-    return fa_pick(hdp, 4) ? hdp : 0;
+    return fa_pick(hdp, 4, (int)hd) ? hdp : 0;
 }
 
 /* The launch behind every entry point: n_seq sequences stacked along dim 0 of q/out (N rows each)
@@ -393,7 +429,7 @@ static int fa_run(struct tensor *out, const struct tensor *q, const struct tenso
     a.q_ss = n * H * hd;
     a.kv_ss = T * Hkv * hd;
 
-    fa_kernel_fn fn = fa_pick(hdp, nw);
+    fa_kernel_fn fn = fa_pick(hdp, nw, (int)hd);
     const size_t smem = fa_smem_bytes(hdp, nw); /* 32-102 KiB: above the default 48 KiB needs opting in */
     CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     fn<<<dim3((unsigned)hblocks, (unsigned)qtiles, (unsigned)n_seq), 32 * nw, smem, c->stream>>>(a);
@@ -442,7 +478,7 @@ extern "C" int cuda_flash_occupancy(int ordinal, int hd, int bm)
     const int hdp = fa_hdp(hd), nw = bm == 128 ? 8 : 4;
     if (!hdp) return 0;
     cuda_ctx_get(ordinal);
-    fa_kernel_fn fn = fa_pick(hdp, nw);
+    fa_kernel_fn fn = fa_pick(hdp, nw, hd);
     const size_t smem = fa_smem_bytes(hdp, nw);
     CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int nb = 0;

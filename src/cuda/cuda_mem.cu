@@ -44,7 +44,7 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
-    for (int i = 0; i < 2; i++) CUDA_CHECK(cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming));
+    for (int i = 0; i < 32; i++) CUDA_CHECK(cudaEventCreateWithFlags(&c->up[i].ev, cudaEventDisableTiming));
     g_ctx[ordinal].store(c, std::memory_order_release);
     return c;
 }
@@ -259,33 +259,67 @@ static void *pinned_get(struct cuda_ctx *c)
     return c->pinned;
 }
 
+#define UP_SLOTS 32
+#define UP_CHUNK ((size_t)16 << 20) /* one upload takes at most a quarter of the ring */
+
+/* Waits for the uploads in flight up to and including ring slot q (stream order: older ones are done
+ * when a younger one is) and drops them from the queue. */
+static void up_retire(struct cuda_ctx *c, int q)
+{
+    int n = (q - c->up_first + UP_SLOTS) % UP_SLOTS + 1;
+    CUDA_CHECK(cudaEventSynchronize(c->up[q].ev));
+    c->up_first = (c->up_first + n) % UP_SLOTS;
+    c->up_n -= n;
+}
+
+/* Every upload through the ring has been read: the pinned buffer may be used otherwise. */
+static void up_drain(struct cuda_ctx *c)
+{
+    if (c->up_n) up_retire(c, (c->up_first + c->up_n - 1) % UP_SLOTS);
+    c->up_head = 0;
+}
+
+/* Host-to-device copy that does not wait for the device: src is copied into a free region of the
+ * pinned ring and a DMA from there is queued on the stream (after the ops already queued, before
+ * the ones queued later). The caller may reuse src at once. A region is written again only after
+ * the event recorded behind its DMA has passed, so nothing in flight is overwritten. */
+static void upload(struct cuda_ctx *c, void *dst, const void *src, size_t bytes)
+{
+    char *ring = (char *)pinned_get(c);
+    const size_t cap = c->pinned_bytes;
+    for (size_t off = 0; off < bytes; off += UP_CHUNK) {
+        const size_t len = bytes - off < UP_CHUNK ? bytes - off : UP_CHUNK;
+        size_t start = c->up_head;
+        if (start + len > cap) start = 0;
+        /* the youngest in-flight region that overlaps [start, start + len), if any */
+        int hit = -1;
+        for (int i = 0; i < c->up_n; i++) {
+            const int q = (c->up_first + i) % UP_SLOTS;
+            if (c->up[q].off < start + len && start < c->up[q].off + c->up[q].len) hit = q;
+        }
+        if (hit >= 0) up_retire(c, hit);
+        if (c->up_n == UP_SLOTS) up_retire(c, c->up_first);
+        memcpy(ring + start, (const char *)src + off, len);
+        CUDA_CHECK(cudaMemcpyAsync((char *)dst + off, ring + start, len, cudaMemcpyHostToDevice, c->stream));
+        const int q = (c->up_first + c->up_n) % UP_SLOTS;
+        c->up[q].off = start;
+        c->up[q].len = len;
+        CUDA_CHECK(cudaEventRecord(c->up[q].ev, c->stream));
+        c->up_n++;
+        c->up_head = start + len;
+    }
+}
+
 extern "C" void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes)
 {
     if (bytes == 0) return;
     if (dst_dev.kind == DEVICE_CUDA && src_dev.kind == DEVICE_CPU) {
         struct cuda_ctx *c = cuda_ctx_get(dst_dev.ordinal);
         cuda_check_not_capturing(c, "a host-to-device copy");
-        if (bytes >= ((size_t)8 << 20)) {
-            /* Large uploads (weights at load time, straight from the mmap'd shard): double-buffered
-             * through pinned memory, so the host's read of the next chunk (page faults on the map
-             * included) overlaps the DMA of the previous one. */
-            char *stage = (char *)pinned_get(c);
-            const size_t half = c->pinned_bytes / 2;
-            int used[2] = {0, 0};
-            for (size_t off = 0, i = 0; off < bytes; off += half, i ^= 1) {
-                size_t m = bytes - off < half ? bytes - off : half;
-                if (used[i]) CUDA_CHECK(cudaEventSynchronize(c->stage_ev[i]));
-                memcpy(stage + i * half, (const char *)src + off, m);
-                CUDA_CHECK(cudaMemcpyAsync((char *)dst + off, stage + i * half, m, cudaMemcpyHostToDevice, c->stream));
-                CUDA_CHECK(cudaEventRecord(c->stage_ev[i], c->stream));
-                used[i] = 1;
-            }
-            CUDA_CHECK(cudaStreamSynchronize(c->stream));
-            return;
-        }
-        /* stream order: earlier ops reading dst finish before it is overwritten */
-        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
-        CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* the caller may reuse src at once */
+        /* through the pinned ring, without waiting for the device: weights at load time (the host's
+         * read of the next chunk, page faults of the mmap included, overlaps the DMA of the previous
+         * ones), image patches, token ids and positions (the host goes on queueing work) */
+        upload(c, dst, src, bytes);
         return;
     }
     if (dst_dev.kind == DEVICE_CPU && src_dev.kind == DEVICE_CUDA) {
@@ -317,6 +351,7 @@ extern "C" void cuda_memcpy(struct device dst_dev, void *dst, struct device src_
     }
     /* no peer access: staged through the source context's pinned buffer, chunk by chunk */
     char *stage = (char *)pinned_get(cs);
+    up_drain(cs); /* no upload of the ring still reads it */
     for (size_t off = 0; off < bytes; off += cs->pinned_bytes) {
         size_t m = bytes - off < cs->pinned_bytes ? bytes - off : cs->pinned_bytes;
         CUDA_CHECK(cudaSetDevice(src_dev.ordinal));
