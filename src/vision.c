@@ -173,7 +173,7 @@ int vision_forward(struct tensor *out, const struct vpm_weights *w, const struct
     vision_carve(&b, &cv, c, n_pieces, n_max, act);
 
     /* Host side: the zero-padded patch matrix in the activation dtype (torch casts pixel_values to
-     * the model dtype before the conv) and the position ids, then one copy each to the device. */
+     * the model dtype before the conv) and the position ids. */
     const size_t es = dtype_size(act);
     host_patches = malloc((size_t)R * (size_t)pdim * es);
     host_ids = malloc((size_t)n_max * sizeof *host_ids);
@@ -181,28 +181,29 @@ int vision_forward(struct tensor *out, const struct vpm_weights *w, const struct
         err_set(e, "vision: out of host memory for %lld x %lld patches", (long long)R, (long long)pdim);
         goto done;
     }
-    /* converted on the host, so the upload moves act-dtype bytes (half of f32 for f16); pieces in
-     * parallel: ~6M values for a 10-piece image */
-#pragma omp parallel for schedule(static, 1) if (B > 1)
+    /* Piece by piece: convert to the act dtype on the host (so the upload moves half the bytes of
+     * f32 for f16), queue the upload (it returns at once, op_copy) and the patch projection of that
+     * piece, so the device works on piece i while the host converts piece i + 1. */
+    vision_position_ids(host_ids, n_max, per_side, VISION_ARANGE_VEC);
+    struct tensor hi = tensor_make(DTYPE_I32, device_cpu(), host_ids, 1, n_max);
+    op_copy(&b.ids, &hi);
+    op_embed(&b.pos, &w->pos_embed, &b.ids);
+    struct tensor x = tensor_reshape(out, 2, R, vd);
     for (int64_t i = 0; i < B; i++) {
         const int64_t n = (int64_t)pieces[i].h * pieces[i].w;
         char *dst = (char *)host_patches + (size_t)(i * n_max * pdim) * es;
-        convert_from_f32(dst, act, pieces[i].patches, n * pdim);
+        const int64_t chunk = 4096;
+#pragma omp parallel for schedule(static) if (n * pdim > 2 * chunk)
+        for (int64_t c0 = 0; c0 < n * pdim; c0 += chunk)
+            convert_from_f32(dst + (size_t)c0 * es, act, pieces[i].patches + c0, n * pdim - c0 < chunk ? n * pdim - c0 : chunk);
         memset(dst + (size_t)(n * pdim) * es, 0, (size_t)((n_max - n) * pdim) * es); /* zero pixels */
-    }
-    vision_position_ids(host_ids, n_max, per_side, VISION_ARANGE_VEC);
-    struct tensor hp = tensor_make(act, device_cpu(), host_patches, 2, R, pdim);
-    struct tensor hi = tensor_make(DTYPE_I32, device_cpu(), host_ids, 1, n_max);
-    op_copy(&b.patches, &hp);
-    op_copy(&b.ids, &hi);
-
-    /* Embeddings (§3.3): x = round(round(patches · W^T) + b) + pos_embed[pos_id] */
-    struct tensor x = tensor_reshape(out, 2, R, vd);
-    op_matmul(&x, &b.patches, &w->patch_w, NULL);
-    op_add(&x, &x, &w->patch_b);
-    op_embed(&b.pos, &w->pos_embed, &b.ids);
-    for (int64_t i = 0; i < B; i++) {
+        struct tensor hp = tensor_make(act, device_cpu(), dst, 2, n_max, pdim);
+        struct tensor dp = tensor_rows_view(&b.patches, i * n_max, n_max);
+        op_copy(&dp, &hp);
+        /* Embeddings (§3.3): x = round(round(patches · W^T) + b) + pos_embed[pos_id] */
         struct tensor xi = tensor_rows_view(&x, i * n_max, n_max);
+        op_matmul(&xi, &dp, &w->patch_w, NULL);
+        op_add(&xi, &xi, &w->patch_b);
         op_add(&xi, &xi, &b.pos); /* the same ids for every piece */
     }
 

@@ -113,6 +113,7 @@ static void test_norms(void)
         {4, 4096, DTYPE_F16, DTYPE_F16, DTYPE_F16, 1, 1, 1e-6f}, {2, 1001, DTYPE_BF16, DTYPE_BF16, DTYPE_BF16, 0, 1, 1e-5f},
         /* the fp16 register-row LayerNorm (d % 8 == 0): vision rows, a width that is not a warp multiple */
         {1036, 1152, DTYPE_F16, DTYPE_F16, DTYPE_F16, 0, 1, 1e-6f}, {3, 8, DTYPE_F16, DTYPE_F16, DTYPE_F16, 1, 1, 1e-6f},
+        {9, 2048, DTYPE_F16, DTYPE_F16, DTYPE_F16, 1, 1, 1e-6f},    {17, 264, DTYPE_F16, DTYPE_F16, DTYPE_F16, 0, 1, 1e-5f},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         struct tensor x = h_new(cs[c].xt, 2, cs[c].rows, cs[c].d, 0);

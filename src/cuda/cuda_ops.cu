@@ -161,51 +161,67 @@ layernorm_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wd
     }
 }
 
-/* LayerNorm of fp16 rows (fp16 weight and bias) whose width is a multiple of 8, at most 8192: one
- * block per row, each thread holding 8 consecutive values in registers (one 16-byte load, one
- * 16-byte store), so x is read from memory once instead of three times. The arithmetic is
- * layernorm_kernel's: double sums (the sum of fp16 values is exact in double in any order, so the
- * mean is the same bits) and the same fp32 steps per element. */
-#define LN8_MAX_D 8192
-__global__ void __launch_bounds__(1024)
-layernorm_h8_kernel(__half *y, const __half *x, const __half *w, const __half *b, int d, float eps)
+/* LayerNorm of fp16 rows (fp16 weight and bias) whose width is a multiple of 8, at most 2048: one
+ * warp per row, 8 rows per block, each lane holding up to VPL 16-byte vectors of its row in
+ * registers (vector j of the row goes to lane j % 32), so x is read from memory once and the two
+ * reductions are warp shuffles with no block barrier. The arithmetic is layernorm_kernel's: double
+ * sums (the sum of fp16 values is exact in double in any order, so the mean is the same bits) and
+ * the same fp32 steps per element. */
+#define LN_ROWS_PER_BLOCK 8
+template <int VPL>
+__global__ void __launch_bounds__(32 * LN_ROWS_PER_BLOCK)
+layernorm_h8_kernel(__half *y, const __half *x, const __half *w, const __half *b, int64_t rows, int d, float eps)
 {
-    __shared__ double red[32];
-    const int nv = d / 8, tid = threadIdx.x;
-    const bool on = tid < nv;
-    const int64_t off = (int64_t)blockIdx.x * d + (int64_t)tid * 8;
-    uint4 raw = make_uint4(0, 0, 0, 0);
-    if (on) raw = *reinterpret_cast<const uint4 *>(x + off);
-    const __half *hx = reinterpret_cast<const __half *>(&raw);
-    float v[8];
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * LN_ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= rows) return; /* a whole warp: no shuffle partner is missing */
+    const int nv = d / 8;
+    const __half *xr = x + row * d;
+    float v[VPL][8];
     double s = 0;
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        v[i] = __half2float(hx[i]);
-        s += (double)v[i];
-    }
-    const double mean = block_sum_d(s, red) / (double)d;
-    double ss = 0;
-    if (on)
+    for (int j = 0; j < VPL; j++) {
+        const int c = lane + 32 * j;
+        uint4 raw = make_uint4(0, 0, 0, 0);
+        if (c < nv) raw = *reinterpret_cast<const uint4 *>(xr + (int64_t)c * 8);
+        const __half *h = reinterpret_cast<const __half *>(&raw);
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const double t = (double)v[i] - mean;
-            ss += t * t;
+            v[j][i] = __half2float(h[i]);
+            s += (double)v[j][i];
         }
-    ss = block_sum_d(ss, red);
-    const float rstd = 1.0f / sqrtf((float)(ss / (double)d) + eps), m = (float)mean;
-    if (!on) return;
-    const uint4 rw = *reinterpret_cast<const uint4 *>(w + tid * 8), rb = *reinterpret_cast<const uint4 *>(b + tid * 8);
-    const __half *hw = reinterpret_cast<const __half *>(&rw), *hb = reinterpret_cast<const __half *>(&rb);
-    uint4 out;
-    __half *ho = reinterpret_cast<__half *>(&out);
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const float t = __fmul_rn(__fmul_rn(__fsub_rn(v[i], m), rstd), __half2float(hw[i]));
-        ho[i] = __float2half_rn(__fadd_rn(t, __half2float(hb[i])));
     }
-    *reinterpret_cast<uint4 *>(y + off) = out;
+    const double mean = warp_sum_d(s) / (double)d;
+    double ss = 0;
+#pragma unroll
+    for (int j = 0; j < VPL; j++)
+        if (lane + 32 * j < nv)
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const double t = (double)v[j][i] - mean;
+                ss += t * t;
+            }
+    ss = warp_sum_d(ss);
+    const float rstd = 1.0f / sqrtf((float)(ss / (double)d) + eps), m = (float)mean;
+    __half *yr = y + row * d;
+#pragma unroll
+    for (int j = 0; j < VPL; j++) {
+        const int c = lane + 32 * j;
+        if (c >= nv) continue;
+        const uint4 rw = *reinterpret_cast<const uint4 *>(w + c * 8), rb = *reinterpret_cast<const uint4 *>(b + c * 8);
+        const __half *hw = reinterpret_cast<const __half *>(&rw), *hb = reinterpret_cast<const __half *>(&rb);
+        uint4 out;
+        __half *ho = reinterpret_cast<__half *>(&out);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float t = __fmul_rn(__fmul_rn(__fsub_rn(v[j][i], m), rstd), __half2float(hw[i]));
+            ho[i] = __float2half_rn(__fadd_rn(t, __half2float(hb[i])));
+        }
+        *reinterpret_cast<uint4 *>(yr + (int64_t)c * 8) = out; /* y may alias x: this lane read it already */
+    }
 }
+
+#define LN8_MAX_D 2048 /* VPL <= 8 */
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
@@ -216,11 +232,18 @@ extern "C" void cuda_layernorm(struct tensor *y, const struct tensor *x, const s
     const int64_t d = x->shape[x->ndim - 1], rows = tensor_numel(x) / d;
     if (rows == 0) return;
     if (x->dtype == DTYPE_F16 && y->dtype == DTYPE_F16 && w->dtype == DTYPE_F16 && b->dtype == DTYPE_F16 &&
-        d % 8 == 0 && d <= LN8_MAX_D && rows <= INT32_MAX && aligned16(x->data) && aligned16(y->data) &&
-        aligned16(w->data) && aligned16(b->data)) {
-        const unsigned threads = (unsigned)((d / 8 + 31) / 32 * 32);
-        layernorm_h8_kernel<<<(unsigned)rows, threads, 0, c->stream>>>(
-            (__half *)y->data, (const __half *)x->data, (const __half *)w->data, (const __half *)b->data, (int)d, eps);
+        d % 8 == 0 && d <= LN8_MAX_D && rows <= (int64_t)INT32_MAX * LN_ROWS_PER_BLOCK && aligned16(x->data) &&
+        aligned16(y->data) && aligned16(w->data) && aligned16(b->data)) {
+        const unsigned grid = (unsigned)((rows + LN_ROWS_PER_BLOCK - 1) / LN_ROWS_PER_BLOCK);
+        const int vpl = (int)((d / 8 + 31) / 32);
+        __half *yp = (__half *)y->data;
+        const __half *xp = (const __half *)x->data, *wp = (const __half *)w->data, *bp = (const __half *)b->data;
+#define LN8_CASE(V)                                                                                        \
+    case V: layernorm_h8_kernel<V><<<grid, 32 * LN_ROWS_PER_BLOCK, 0, c->stream>>>(yp, xp, wp, bp, rows, (int)d, eps); break;
+        switch (vpl) {
+            LN8_CASE(1) LN8_CASE(2) LN8_CASE(3) LN8_CASE(4) LN8_CASE(5) LN8_CASE(6) LN8_CASE(7) LN8_CASE(8)
+        }
+#undef LN8_CASE
         KERNEL_CHECK();
         return;
     }
