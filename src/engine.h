@@ -46,6 +46,12 @@ struct engine {
     struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     double load_seconds;
     struct devmap_plan *plan;    /* the plan the model was loaded with (NULL when placed by hand) */
+    struct engine_encode_times { /* host clock of the last engine_encode_images, seconds (bench) */
+        double pre;              /* image preprocessing */
+        double vision_queued;    /* vision_forward: host conversion, uploads, queueing */
+        double rs_queued;        /* resampler_forward: its host tables, queueing */
+        double wait;             /* the final sync: device work still running after the host is done */
+    } enc_times;
     struct engine_arena mm_ws[2]; /* image path: [0] on the vpm device (vision features + scratch, and the
                                      resampler's when it shares that device), [1] on the resampler's
                                      device otherwise; sized at load from the plan's max_pieces x

@@ -105,6 +105,8 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
     int rc = -1, B = 0;
     memset(out, 0, sizeof *out);
     if (!ip) return err_set(e, "out of memory");
+    double tc[5];
+    tc[0] = time_now();
     for (int i = 0; i < n_images; i++) {
         if (image_preprocess(&ip[i], &images[i], &g->pp, 0, e)) {
             err_prefix(e, "image %d", i + 1);
@@ -144,7 +146,9 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
 
     char *w0 = g->mm_ws[0].p;
     struct tensor feats = tensor_make(act, vdev, w0, 3, (int64_t)B, n_max, vd);
+    tc[1] = time_now();
     if (vision_forward(&feats, &g->model.vpm, c, vp, B, w0 + L.feats, L.vis, e)) goto done;
+    tc[2] = time_now();
     char *rbase = L.shared ? w0 + L.feats : (char *)g->mm_ws[1].p + L.feats; /* resampler scratch, output */
     struct tensor rs_in = feats;
     if (!L.shared) {
@@ -159,7 +163,13 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
         struct tensor flat = tensor_reshape(&rs_out, 2, (int64_t)B * c->query_num, d);
         op_copy(out, &flat);
     }
+    tc[3] = time_now();
     dev_sync(edev); /* the tokens are complete when this returns (callers time it) */
+    tc[4] = time_now();
+    g->enc_times.pre = tc[1] - tc[0];
+    g->enc_times.vision_queued = tc[2] - tc[1];
+    g->enc_times.rs_queued = tc[3] - tc[2];
+    g->enc_times.wait = tc[4] - tc[3];
     *n_pieces = B;
     rc = 0;
 done:

@@ -333,7 +333,7 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
     const int side = p->n == 1 ? 448 : 1344;
     struct image im = {0};
     if (image_pattern(&im, side, side, 7, e)) return -1;
-    double tpre[BENCH_MAX_REPS];
+    double tpre[BENCH_MAX_REPS], tq[4][BENCH_MAX_REPS];
     int rc = -1, n_pre = 0, pieces = 0;
     for (int r = -1; r < b->reps; r++) {
         struct image_pieces ip = {0};
@@ -353,7 +353,12 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
         sync_all(g);
         double t1 = time_now();
         dev_free(out.dev, out.data);
-        if (r >= 0) p->t[p->reps++] = t1 - t0;
+        if (r >= 0) {
+            const struct engine_encode_times *et = &g->enc_times;
+            tq[0][p->reps] = et->pre, tq[1][p->reps] = et->vision_queued, tq[2][p->reps] = et->rs_queued;
+            tq[3][p->reps] = et->wait;
+            p->t[p->reps++] = t1 - t0;
+        }
     }
     if (pieces != p->n) { err_set(e, "%dx%d gave %d pieces, expected %lld", side, side, pieces, (long long)p->n); goto out; }
     p->med = median(p->t, p->reps);
@@ -364,6 +369,12 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
     x_add(p, "image_side", side);
     x_add(p, "preprocess_ms", 1e3 * pre);
     x_add(p, "device_ms", 1e3 * (p->med - pre > 0 ? p->med - pre : 0));
+    /* where the host spent the encode: preprocessing inside it, queueing the vision tower (host
+     * conversion + uploads + launches), queueing the resampler, then waiting for the device */
+    x_add(p, "in_pre_ms", 1e3 * median(tq[0], p->reps));
+    x_add(p, "queue_vision_ms", 1e3 * median(tq[1], p->reps));
+    x_add(p, "queue_resampler_ms", 1e3 * median(tq[2], p->reps));
+    x_add(p, "wait_ms", 1e3 * median(tq[3], p->reps));
     rc = 0;
 out:
     image_free(&im);
