@@ -32,6 +32,9 @@ extern "C" {
 }
 
 #define CUDA_MAX_DEVICES 16
+#define CUDA_RC_SLOTS 8                          /* request-sized buffers kept per device */
+#define CUDA_RC_MAX_BLOCK ((size_t)64 << 20)     /* ... each at most */
+#define CUDA_RC_MAX_KEPT ((size_t)128 << 20)     /* ... all together at most */
 #define CUDA_BLAS_WS_BYTES ((size_t)32 << 20) /* cuBLAS / cuBLASLt workspace per device: cuBLAS's advice for Hopper */
 
 #define CUDA_CHECK(call)                                                                                   \
@@ -91,6 +94,9 @@ struct cuda_ctx {
     struct { size_t off, len; cudaEvent_t ev; } up[32];
     int up_first, up_n;
     size_t up_head;
+    /* request-sized device buffers kept for reuse (cuda_mem.cu: cuda_alloc / cuda_free) */
+    struct { void *p; size_t bytes; int live; } rc[CUDA_RC_SLOTS];
+    int rc_n;
     signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
     int pdl;                    /* launch decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
 };

@@ -27,6 +27,8 @@
  * ~1e-4 relative. ATTN_EAGER_F16 (Idefics2 eager rounding of scores and probabilities) cannot be
  * reproduced by a streaming softmax; here it runs in fp32 like the other calls, a rounding-level
  * departure from cpu_attention (docs/CUDA_FLASH.md). */
+#include <mutex>
+
 #include "cuda/cuda_common.cuh"
 
 #define FA_BN 64 /* keys per tile */
@@ -369,6 +371,20 @@ static size_t fa_smem_bytes(int hdp, int nw) { return (size_t)(16 * nw + 4 * FA_
 
 static int fa_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+/* The dynamic shared memory opt-in, once per kernel and device (a driver call per launch costs
+ * microseconds of host time, hundreds of launches per image) */
+static void fa_opt_in(struct cuda_ctx *c, fa_kernel_fn fn, size_t smem)
+{
+    static std::mutex mu;
+    static struct { fa_kernel_fn fn; int ordinal; } done[64];
+    static int n_done;
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i = 0; i < n_done; i++)
+        if (done[i].fn == fn && done[i].ordinal == c->ordinal) return;
+    CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (n_done < 64) done[n_done++] = {fn, c->ordinal};
+}
+
 /* Padded head dim the kernel runs with for hd, or 0 when the flash path does not serve hd. */
 static int fa_hdp(int64_t hd)
 {
@@ -431,7 +447,7 @@ static int fa_run(struct tensor *out, const struct tensor *q, const struct tenso
 
     fa_kernel_fn fn = fa_pick(hdp, nw, (int)hd);
     const size_t smem = fa_smem_bytes(hdp, nw); /* 32-102 KiB: above the default 48 KiB needs opting in */
-    CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    fa_opt_in(c, fn, smem);
     fn<<<dim3((unsigned)hblocks, (unsigned)qtiles, (unsigned)n_seq), 32 * nw, smem, c->stream>>>(a);
     KERNEL_CHECK();
     return 1;
