@@ -163,7 +163,16 @@ void op_matmul_stacked(struct tensor *y, const struct tensor *x, const struct te
         CHECK(bias->ndim == 1 && bias->shape[0] == S * o);
         check_same_dev(y, bias);
     }
-    DISPATCH(y->dev, matmul_stacked, y, x, w, bias);
+#ifdef MINICPMV_CUDA
+    if (y->dev.kind == DEVICE_CUDA && cuda_matmul_stacked(y, x, w, bias)) return; /* one strided-batched GEMM */
+#endif
+    /* S op_matmul calls on the row blocks (the CPU, and shapes the batched GEMM does not take) */
+    struct tensor y2 = tensor_reshape(y, 2, S * n, o);
+    for (int64_t s = 0; s < S; s++) {
+        struct tensor ys = tensor_rows_view(&y2, s * n, n), ws = tensor_rows_view(w, s * o, o);
+        struct tensor bs = bias ? tensor_rows_view(bias, s * o, o) : (struct tensor){0};
+        op_matmul(&ys, x, &ws, bias ? &bs : NULL);
+    }
 }
 
 static void check_rowwise(const struct tensor *y, const struct tensor *x, const struct tensor *w)

@@ -351,17 +351,6 @@ void cpu_linear(struct tensor *y, const struct tensor *x, const struct tensor *w
     free(tmp);
 }
 
-void cpu_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
-{
-    const int64_t S = y->shape[0], n = y->shape[1], o = y->shape[2];
-    struct tensor y2 = tensor_reshape(y, 2, S * n, o);
-    for (int64_t s = 0; s < S; s++) {
-        struct tensor ys = tensor_rows_view(&y2, s * n, n), ws = tensor_rows_view(w, s * o, o);
-        struct tensor bs = bias ? tensor_rows_view(bias, s * o, o) : (struct tensor){0};
-        cpu_matmul(&ys, x, &ws, bias ? &bs : NULL);
-    }
-}
-
 void cpu_gelu_tanh(struct tensor *y, const struct tensor *x)
 {
     const float k0 = 0.7978845608028654f; /* sqrt(2/pi) */

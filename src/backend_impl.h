@@ -32,10 +32,9 @@
     void P##_add_i32(struct tensor *x, int32_t d);
 
 BACKEND_TWINS(cpu)
-/* op_linear, op_matmul_stacked (outside BACKEND_TWINS, same signatures on both backends) */
+/* op_linear (outside BACKEND_TWINS, same signature on both backends) */
 void cpu_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
                 const struct tensor *res);
-void cpu_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias);
 /* op_attention_batch (declared outside BACKEND_TWINS, same signature on both backends) */
 void cpu_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
                          int64_t n_seq, float scale, int flags);
@@ -45,10 +44,12 @@ void cpu_attention_batch(struct tensor *out, const struct tensor *q, const struc
 extern "C" {
 #endif
 BACKEND_TWINS(cuda)
-/* op_linear, op_matmul_stacked (cuda/cuda_gemv.cu: fused cuBLASLt epilogues, strided batch) */
+/* op_linear (cuda/cuda_gemv.cu: fused cuBLASLt epilogues) */
 void cuda_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
                  const struct tensor *res);
-void cuda_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias);
+/* op_matmul_stacked as one strided-batched cuBLASLt GEMM: 1 when it ran, 0 (nothing done) when the
+ * shapes or dtypes do not allow it; op_matmul_stacked then loops op_matmul over the blocks */
+int cuda_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias);
 /* op_attention_batch (cuda/cuda_flash.cu: the flash kernel with the sequence in the grid, else a
  * loop of cuda_attention) */
 void cuda_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,

@@ -10,9 +10,11 @@
  * loads take a scalar kernel with the same structure.
  * n > 8 (prefill): cublasGemmEx with fp32 compute (CUBLAS_COMPUTE_32F, default math: no TF32).
  * Both operands must have one dtype: x is converted to w's dtype first when they differ (exact when
- * w is f32; rounds x to fp16/bf16 otherwise: documented in docs/CUDA.md). With a bias, or an output
- * dtype cuBLAS cannot write for that input, the GEMM writes fp32 and a small kernel adds the bias and
- * rounds once, keeping the CPU's rounding point. */
+ * w is f32; rounds x to fp16/bf16 otherwise: documented in docs/CUDA.md). With a bias, a 16-bit
+ * GEMM with 16-byte rows is one cuBLASLt call whose epilogue adds it before the single rounding
+ * (op_linear also fuses GELU or the residual add there; op_matmul_stacked batches stacked weights);
+ * otherwise (or an output dtype cuBLAS cannot write for that input) the GEMM writes fp32 and a small
+ * kernel adds the bias and rounds once, keeping the CPU's rounding point. */
 #include <type_traits>
 
 #include "cuda/cuda_common.cuh"
@@ -306,6 +308,29 @@ static void lt_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows,
     }
 }
 
+/* Up to max algorithms for the plan's descriptors, best first by cuBLASLt's heuristic, told the
+ * workspace and the pointers' alignments (it assumes 256-byte aligned pointers unless told: our row
+ * views may be less aligned). Returns how many it offers. */
+static int lt_heuristics(struct cuda_ctx *c, const struct lt_plan *p, cublasLtMatmulHeuristicResult_t *hr, int max)
+{
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = LT_WS_BYTES;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    const cublasLtMatmulPreferenceAttributes_t attr[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    const uint32_t al[4] = {p->key.align[0], p->key.align[1], p->key.res ? p->key.align[3] : p->key.align[2],
+                            p->key.align[2]};
+    for (int i = 0; i < 4; i++) CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr[i], &al[i], sizeof al[i]));
+    int nres = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, max, hr, &nres) !=
+        CUBLAS_STATUS_SUCCESS)
+        nres = 0;
+    cublasLtMatmulPreferenceDestroy(pref);
+    return nres;
+}
+
 static void lt_plan_make(struct cuda_ctx *c, struct lt_plan *p, const struct lt_args *g)
 {
     p->ok = false;
@@ -326,24 +351,9 @@ static void lt_plan_make(struct cuda_ctx *c, struct lt_plan *p, const struct lt_
     lt_layout(&p->la, t, g->k, g->o, g->batch, g->o * g->k);
     lt_layout(&p->lb, t, g->k, g->n, g->batch, 0);
     lt_layout(&p->lc, t, g->o, g->n, g->batch, g->n * g->o);
-    cublasLtMatmulPreference_t pref;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t ws = LT_WS_BYTES;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    /* the heuristic assumes 256-byte aligned pointers unless told: our row views may be less aligned */
-    const cublasLtMatmulPreferenceAttributes_t attr[4] = {
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-    const uint32_t al[4] = {p->key.align[0], p->key.align[1], p->key.res ? p->key.align[3] : p->key.align[2],
-                            p->key.align[2]};
-    for (int i = 0; i < 4; i++) CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr[i], &al[i], sizeof al[i]));
     cublasLtMatmulHeuristicResult_t res;
-    int nres = 0;
-    p->ok = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres) ==
-                CUBLAS_STATUS_SUCCESS &&
-            nres > 0;
+    p->ok = lt_heuristics(c, p, &res, 1) > 0;
     if (p->ok) p->algo = res.algo;
-    cublasLtMatmulPreferenceDestroy(pref);
 }
 
 static bool lt_gemm(struct cuda_ctx *c, const struct lt_args *g)
@@ -410,14 +420,9 @@ extern "C" int cuda_lt_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int b
     p.key.align[0] = p.key.align[1] = p.key.align[2] = p.key.align[3] = 256;
     p.key.res = res;
     lt_plan_make(c, &p, &g); /* the descriptors; the algorithms are asked for again below */
-    cublasLtMatmulPreference_t pref;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t ws = LT_WS_BYTES;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     cublasLtMatmulHeuristicResult_t hr[16];
-    int nres = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(c->lt, p.op, p.la, p.lb, p.lc, p.lc, pref, 16, hr, &nres) != CUBLAS_STATUS_SUCCESS)
-        nres = 0;
+    const int nres = lt_heuristics(c, &p, hr, 16);
+    const size_t ws = LT_WS_BYTES;
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
@@ -450,7 +455,6 @@ extern "C" int cuda_lt_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int b
            first > 0 ? flop / first * 1e-9 : 0.0, ibest, best, best < 1e29f ? flop / best * 1e-9 : 0.0);
     CUDA_CHECK(cudaEventDestroy(e0));
     CUDA_CHECK(cudaEventDestroy(e1));
-    cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatmulDescDestroy(p.op);
     cublasLtMatrixLayoutDestroy(p.la);
     cublasLtMatrixLayoutDestroy(p.lb);
@@ -543,29 +547,24 @@ extern "C" void cuda_linear(struct tensor *y, const struct tensor *x, const stru
     if (res) cuda_add(y, res, &t);
 }
 
-/* op_matmul_stacked: y[s] = x w[s]^T + bias[s] for the S row blocks of w; one strided-batched
- * cuBLASLt call when it applies, else S cuda_matmul calls on views. */
-extern "C" void cuda_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w,
-                                    const struct tensor *bias)
+/* op_matmul_stacked's fast path: y[s] = x w[s]^T + bias[s] for the S row blocks of w as one
+ * strided-batched cuBLASLt call. Returns 0 (nothing done) when it does not apply; backend.c then
+ * loops op_matmul over the blocks. */
+extern "C" int cuda_matmul_stacked(struct tensor *y, const struct tensor *x, const struct tensor *w,
+                                   const struct tensor *bias)
 {
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t S = y->shape[0], n = y->shape[1], o = y->shape[2], k = x->shape[1];
-    if (S == 0 || n == 0 || o == 0) return;
+    if (S == 0 || n == 0 || o == 0) return 1;
     struct tensor y0 = tensor_reshape(y, 2, S * n, o);
     y0 = tensor_rows_view(&y0, 0, n);
     struct tensor w0 = tensor_rows_view(w, 0, o);
-    if (n > GEMV_MAX_TOKENS && S <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX &&
-        lt_eligible(&y0, &w0, bias, NULL) && (o * dtype_size(w->dtype)) % 16 == 0) {
-        const void *xp = gemm_input(c, x, w->dtype);
-        const struct lt_args g = {cuda_dtype(w->dtype), w->data, xp, bias->data, NULL, y->data, n, k, o, (int)S, 0};
-        if (lt_gemm(c, &g)) return;
-    }
-    struct tensor y2 = tensor_reshape(y, 2, S * n, o);
-    for (int64_t s = 0; s < S; s++) {
-        struct tensor ys = tensor_rows_view(&y2, s * n, n), ws = tensor_rows_view(w, s * o, o);
-        struct tensor bs = bias ? tensor_rows_view(bias, s * o, o) : (struct tensor){};
-        cuda_matmul(&ys, x, &ws, bias ? &bs : NULL);
-    }
+    if (n <= GEMV_MAX_TOKENS || S > INT32_MAX || n > INT32_MAX || k > INT32_MAX || o > INT32_MAX ||
+        !lt_eligible(&y0, &w0, bias, NULL) || (o * dtype_size(w->dtype)) % 16 != 0)
+        return 0;
+    const void *xp = gemm_input(c, x, w->dtype);
+    const struct lt_args g = {cuda_dtype(w->dtype), w->data, xp, bias->data, NULL, y->data, n, k, o, (int)S, 0};
+    return lt_gemm(c, &g) ? 1 : 0;
 }
 
 /* The decode GEMV with a forced launch shape (rpb rows per block, unroll loads in flight per lane;
