@@ -124,3 +124,48 @@ int parse_size(const char *s, int64_t *out)
     *out = (int64_t)(v * mul);
     return 0;
 }
+
+/* Makes room for extra bytes plus the NUL, growing geometrically. */
+static int strbuf_reserve(struct strbuf *b, size_t extra)
+{
+    if (extra > SIZE_MAX / 2 - b->len - 1) return -1;
+    size_t need = b->len + extra + 1;
+    if (need <= b->cap) return 0;
+    size_t nc = b->cap ? b->cap : 64;
+    while (nc < need) nc *= 2;
+    char *x = realloc(b->p, nc);
+    if (!x) return -1;
+    b->p = x;
+    b->cap = nc;
+    return 0;
+}
+
+int strbuf_printf(struct strbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || strbuf_reserve(b, (size_t)n)) return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int strbuf_append(struct strbuf *b, const void *data, size_t n)
+{
+    if (strbuf_reserve(b, n)) return -1;
+    if (n) memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return 0;
+}
+
+void strbuf_free(struct strbuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}

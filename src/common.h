@@ -51,6 +51,20 @@ int read_file(const char *path, size_t max_bytes, char **out, size_t *out_len, s
 /* Joins dir and name into out (size n); returns -1 with an error when it does not fit. */
 int path_join(char *out, size_t n, const char *dir, const char *name, struct err *e);
 
+/* A growable NUL-terminated byte buffer: the one way src/ appends formatted text to a heap string.
+ * The size reserved always counts the terminating NUL (vsnprintf writes it), so no caller does
+ * that arithmetic again. */
+struct strbuf {
+    char *p;       /* NUL-terminated once anything was appended; NULL before */
+    size_t len;    /* bytes before the NUL */
+    size_t cap;    /* bytes allocated */
+};
+/* Appends formatted text; returns -1 (buffer unchanged) when memory runs out. */
+int strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends n raw bytes (which may hold NULs); the buffer stays NUL-terminated. */
+int strbuf_append(struct strbuf *b, const void *data, size_t n);
+void strbuf_free(struct strbuf *b);
+
 /* Parses sizes like "10GiB", "512MiB", "16GB", "1024" (bytes); returns -1 on malformed input. */
 int parse_size(const char *s, int64_t *out);
 

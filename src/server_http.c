@@ -29,8 +29,8 @@ struct job {
     int status;
     char *body;
     /* streamed events */
-    char *buf;
-    size_t len, cap, off;
+    struct strbuf ev;            /* SSE bytes produced so far */
+    size_t off;                  /* how many of them the client was sent */
     int sent_first;
 };
 
@@ -81,7 +81,7 @@ static void job_release(struct job *j)
     if (left) return;
     server_request_free(&j->rq);
     free(j->body);
-    free(j->buf);
+    strbuf_free(&j->ev);
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
     free(j);
@@ -101,19 +101,12 @@ static void stat_add(struct server *s, long *field)
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Appends one SSE event "data: <json>\n\n" (json freed); caller holds j->mu. */
+/* Appends one SSE event "data: <json>\n\n" (json freed); caller holds j->mu. When memory runs out
+ * the event is dropped and the stream ends with an error event (or nothing if even that fails). */
 static void job_event(struct job *j, char *json)
 {
     if (!json) return;
-    size_t n = strlen(json), need = j->len + n + 8;
-    if (need > j->cap) {
-        size_t nc = need * 2;
-        char *x = realloc(j->buf, nc);
-        if (!x) { free(json); return; }
-        j->buf = x;
-        j->cap = nc;
-    }
-    j->len += (size_t)sprintf(j->buf + j->len, "data: %s\n\n", json);
+    strbuf_printf(&j->ev, "data: %s\n\n", json);
     free(json);
 }
 
@@ -168,14 +161,7 @@ static void run_job(struct server *s, struct job *j)
         if (j->rq.stream) job_event(j, ej);
         else j->body = ej;
     }
-    if (j->rq.stream) {
-        size_t need = j->len + 16;
-        if (need > j->cap) {
-            char *x = realloc(j->buf, need);
-            if (x) { j->buf = x; j->cap = need; }
-        }
-        if (need <= j->cap) j->len += (size_t)sprintf(j->buf + j->len, "data: [DONE]\n\n");
-    }
+    if (j->rq.stream) strbuf_printf(&j->ev, "data: [DONE]\n\n");
     j->done = 1;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
@@ -229,24 +215,24 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     struct job *j = cls;
     pthread_mutex_lock(&j->mu);
-    while (j->off == j->len && !j->done) {
+    while (j->off == j->ev.len && !j->done) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 50 * 1000000L;
         if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
         pthread_cond_timedwait(&j->cv, &j->mu, &ts);
-        if (j->off == j->len && !j->done && fd_gone(j->fd)) {
+        if (j->off == j->ev.len && !j->done && fd_gone(j->fd)) {
             atomic_store(&j->cancel, 1);
             pthread_mutex_unlock(&j->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
     }
     ssize_t n;
-    if (j->off == j->len) {
+    if (j->off == j->ev.len) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
-        size_t k = j->len - j->off < max ? j->len - j->off : max;
-        memcpy(buf, j->buf + j->off, k);
+        size_t k = j->ev.len - j->off < max ? j->ev.len - j->off : max;
+        memcpy(buf, j->ev.p + j->off, k);
         j->off += k;
         n = (ssize_t)k;
     }
