@@ -174,15 +174,38 @@ static void png_on_warning(png_structp png, png_const_charp msg)
     (void)msg; /* Pillow does not report libpng-style warnings either */
 }
 
+static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+/* Walks the chunk list before libpng sees it: every chunk must fit in what is left of the file.
+ * libpng allocates a chunk's declared length before reading it (tEXt/zTXt/iTXt), so a 44-byte file
+ * declaring a 2 GB chunk cost 2 GB of zeroed memory before "file is truncated"; the whole file is in
+ * memory here, so a length beyond its end is refused by name instead. */
+static int png_check_chunks(const uint8_t *data, size_t n, struct err *e)
+{
+    size_t pos = 8;
+    while (n - pos >= 8) {
+        uint32_t len = be32(data + pos);
+        char type[5];
+        for (int i = 0; i < 4; i++) type[i] = (data[pos + 4 + i] >= 0x21 && data[pos + 4 + i] < 0x7f) ? (char)data[pos + 4 + i] : '?';
+        type[4] = 0;
+        if (len > 0x7fffffffu || (size_t)len + 12 > n - pos)
+            return err_set(e, "PNG: chunk '%s' declares %u bytes, but only %zu follow its header (truncated or corrupt file)",
+                           type, len, n - pos - 8);
+        pos += (size_t)len + 12;
+        if (!memcmp(type, "IEND", 4)) break;
+    }
+    return 0;
+}
+
 static int decode_png(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
 {
     /* IHDR must be the first chunk (signature, length 13, "IHDR", width, height): check the size
      * from it before libpng reads on, so a huge or empty header is refused by name even when the
      * rest of the file is missing. */
     if (n < 24 || memcmp(data + 12, "IHDR", 4) != 0) return err_set(e, "PNG: file is truncated or has no IHDR chunk");
-    uint32_t hw = (uint32_t)data[16] << 24 | (uint32_t)data[17] << 16 | (uint32_t)data[18] << 8 | data[19];
-    uint32_t hh = (uint32_t)data[20] << 24 | (uint32_t)data[21] << 16 | (uint32_t)data[22] << 8 | data[23];
+    uint32_t hw = be32(data + 16), hh = be32(data + 20);
     if (check_dims("PNG", hw, hh, o, e)) return -1;
+    if (png_check_chunks(data, n, e)) return -1;
     struct png_src src = {data, n, 0};
     struct png_errctx ctx;
     ctx.msg[0] = 0;
@@ -202,6 +225,11 @@ static int decode_png(struct image *out, const uint8_t *data, size_t n, const st
     /* libpng checks these in IHDR, before any row is allocated. */
     png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
     png_set_chunk_malloc_max(png, o->max_file_bytes ? o->max_file_bytes : 1);
+    /* Text, profile and metadata chunks do not change the pixels (Pillow applies none of them):
+     * skip them unread instead of buffering and inflating them; unknown chunks likewise. */
+    static const png_byte skip[] = "tEXt\0zTXt\0iTXt\0iCCP\0eXIf\0sPLT\0";
+    png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, NULL, 0);
+    png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, skip, (int)(sizeof skip / 5));
     png_read_info(png, info);
     png_uint_32 w = 0, h = 0;
     int depth = 0, ctype = 0, interlace = 0;

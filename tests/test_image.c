@@ -8,6 +8,9 @@
 #include <png.h>
 #include <turbojpeg.h>
 #include <webp/encode.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "image.h"
 #include "t.h"
@@ -707,6 +710,94 @@ static void test_bad_inputs(void)
     image_free(&im);
 }
 
+/* Peak resident memory of a child that decodes `png` (KiB), or -1; the child exits 0 when the decode
+ * failed with a message naming `needle`. */
+static long decode_in_child(const uint8_t *png, size_t n, const char *needle, int *named)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct image im = {0};
+        struct err e = {{0}};
+        int rc = image_decode(&im, png, n, NULL, &e);
+        image_free(&im);
+        _exit(rc == -1 && strstr(e.msg, needle) ? 0 : 1);
+    }
+    int st = 0;
+    struct rusage ru;
+    if (pid < 0 || wait4(pid, &st, 0, &ru) != pid) return -1;
+    *named = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    return ru.ru_maxrss;
+}
+
+static long self_rss_kib(void)
+{
+    long kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
+    if (f) fclose(f);
+    return kb;
+}
+
+/* A 44-byte PNG whose chunk declares 0x7ffffff0 bytes once made libpng allocate and zero 2 GB (text
+ * chunks) before the decode failed. Now each is refused by name, in bounded memory. Also a real zTXt
+ * chunk that inflates to 32 MB rides along a valid image: the pixels decode, the text is skipped. */
+static void test_png_chunk_bombs(void)
+{
+    static const char *types[] = {"tEXt", "zTXt", "iTXt", "iCCP", "eXIf", "IDAT", "abCd"};
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        uint8_t b[64];
+        size_t n = png_header_only(b, 16, 16);
+        b[n] = 0x7f; b[n + 1] = 0xff; b[n + 2] = 0xff; b[n + 3] = 0xf0;
+        memcpy(b + n + 4, types[t], 4);
+        memcpy(b + n + 8, "abc", 3);
+        n += 11;
+        T_EQ_INT(n, 44);
+        int named = 0;
+        long base = self_rss_kib(), peak = decode_in_child(b, n, types[t], &named);
+        T_ASSERTF(named, "chunk %s: not refused by name", types[t]);
+        T_ASSERTF(peak >= 0 && peak - base < 200 * 1024, "chunk %s: child peak %ld KiB, parent %ld KiB", types[t], peak, base);
+    }
+    /* a zTXt bomb inside an otherwise valid file */
+    enum { W = 16, H = 16 };
+    uint8_t rows[W * H * 3];
+    for (int i = 0; i < W * H * 3; i++) rows[i] = (uint8_t)(i * 29 + 3);
+    struct membuf m = {0};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    size_t tn = (size_t)32 << 20;
+    char *text = malloc(tn + 1);
+    T_ASSERT(png && info && text);
+    if (!png || !info || !text || setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(&png, &info);
+        free(text);
+        free(m.p);
+        return;
+    }
+    memset(text, 'a', tn);
+    text[tn] = 0;
+    png_set_write_fn(png, &m, mb_write, mb_flush);
+    png_set_IHDR(png, info, W, H, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_text tx = {.compression = PNG_TEXT_COMPRESSION_zTXt, .key = "Comment", .text = text, .text_length = tn};
+    png_set_text(png, info, &tx, 1);
+    png_write_info(png, info);
+    for (int y = 0; y < H; y++) png_write_row(png, rows + y * W * 3);
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    free(text);
+    T_ASSERTF(m.n < 200000, "zTXt PNG of %zu bytes", m.n);
+    struct image im = {0};
+    struct err e = {{0}};
+    double t0 = time_now();
+    T_EQ_INT(image_decode(&im, m.p, m.n, NULL, &e), 0);
+    T_ASSERTF(time_now() - t0 < 0.5, "%.2f s for a 16x16 PNG with a zTXt bomb", time_now() - t0);
+    T_ASSERT(im.rgb && im.w == W && im.h == H && !memcmp(im.rgb, rows, sizeof rows));
+    image_free(&im);
+    free(m.p);
+}
+
 /* ------------------------------------------------------------------ Pillow fixture */
 
 static int load_source(struct image *im, const char *src, struct err *e)
@@ -912,6 +1003,7 @@ int main(int argc, char **argv)
     T_RUN(test_png_modes);
     T_RUN(test_jpeg_webp_roundtrip);
     T_RUN(test_bad_inputs);
+    T_RUN(test_png_chunk_bombs);
     FILE *fx = fopen(FIXDIR "/manifest.txt", "r");
     if (fx) { fclose(fx); T_RUN(test_pillow_fixture); }
     else T_SKIP(test_pillow_fixture, "no " FIXDIR "/manifest.txt yet (tools/ref_image.py writes it where Pillow is)");
