@@ -34,6 +34,8 @@ int cuda_flash_attention_bm(struct tensor *out, const struct tensor *q, const st
                             const struct tensor *v, int64_t q_pos0, float scale, int flags, int bm);
 int cuda_flash_occupancy(int ordinal, int hd, int bm);
 void cuda_flash_set_variant(int v); /* cuda_flash.cu: kernel variants for A/B runs */
+void cuda_flash_set_smem_cap(size_t bytes);
+size_t cuda_flash_config(int ordinal, int hd, int bm, int *nw, int *st);
 int cuda_flash_attention_batch_bm(struct tensor *out, const struct tensor *q, const struct tensor *k,
                                   const struct tensor *v, int64_t n_seq, float scale, int flags, int bm);
 void *cuda_stream_handle(int ordinal);
@@ -238,6 +240,49 @@ static void test_vision_resampler(void)
         {33, 33, 4, 4, 40, 0, 0, 2.0f, 0, 0, "hd 40: not served, general kernel"},
     };
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) run_case(&cs[i]);
+}
+
+/* The configurations of cards with less shared memory per block than this one, run here under a cap:
+ * sm_75 (T4, RTX 20xx: 64 KiB opt-in) runs hd 128 with one K/V stage, sm_86 / sm_89 (99 KiB) run
+ * bm 128 at hd 128 with 4 warps; below every configuration the general kernel answers. Expected
+ * bytes: (16 * warps + 2 * stages * 64 keys) rows of (hd padded to 16, + 8) halves. */
+static void test_smem_caps(void)
+{
+    struct { size_t cap; int hd, bm, nw, st; size_t bytes; } cfg[] = {
+        {64 << 10, 128, 64, 4, 1, (64 + 128) * 136 * 2},  /* sm_75 LLM prefill / resampler */
+        {64 << 10, 128, 128, 4, 1, (64 + 128) * 136 * 2},
+        {64 << 10, 72, 64, 4, 2, (64 + 256) * 88 * 2},    /* sm_75 vision tower: 55 KiB, two stages */
+        {64 << 10, 64, 128, 8, 2, (128 + 256) * 72 * 2},  /* 54 KiB: 8 warps fit */
+        {99 << 10, 128, 128, 4, 2, (64 + 256) * 136 * 2}, /* sm_86 / sm_89 */
+        {99 << 10, 72, 128, 8, 2, (128 + 256) * 88 * 2},
+        {40 << 10, 128, 64, 4, 0, 0},                      /* nothing fits: general kernel */
+    };
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        int nw = -1, st = -1;
+        cuda_flash_set_smem_cap(cfg[i].cap);
+        size_t b = cuda_flash_config(0, cfg[i].hd, cfg[i].bm, &nw, &st);
+        T_ASSERTF(b == cfg[i].bytes && (!b || (nw == cfg[i].nw && st == cfg[i].st)),
+                  "cap %zu hd %d bm %d: got %zu bytes, %d warps, %d stages; want %zu, %d, %d", cfg[i].cap, cfg[i].hd,
+                  cfg[i].bm, b, nw, st, cfg[i].bytes, cfg[i].nw, cfg[i].st);
+    }
+    static const struct acase cs[] = {
+        {16, 16, 32, 8, 128, ATTN_CAUSAL, 0, 2.0f, 0, 1, "cap: causal n=16"},
+        {100, 100, 32, 8, 128, ATTN_CAUSAL, 0, 2.0f, 0, 1, "cap: causal partial tile"},
+        {513, 513, 32, 8, 128, ATTN_CAUSAL, 0, 2.0f, 0, 1, "cap: causal 513"},
+        {17, 1040, 32, 8, 128, ATTN_CAUSAL, 1023, 2.0f, 0, 1, "cap: chunked 17 after 1023"},
+        {96, 1036, 32, 32, 128, 0, 0, 1.5f, 1.0f, 1, "cap: resampler, scale 1"},
+        {1001, 1001, 16, 16, 72, 0, 0, 3.0f, 0, 1, "cap: vision piece, odd n"},
+    };
+    const size_t caps[] = {64 << 10, 99 << 10};
+    for (int c = 0; c < 2; c++) {
+        cuda_flash_set_smem_cap(caps[c]);
+        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) run_case(&cs[i]);
+    }
+    /* under 40 KiB no hd 128 configuration fits: the flash path declines and op_attention still answers */
+    cuda_flash_set_smem_cap(40 << 10);
+    static const struct acase none = {100, 100, 32, 8, 128, ATTN_CAUSAL, 0, 2.0f, 0, 0, "cap 40 KiB: general kernel"};
+    run_case(&none);
+    cuda_flash_set_smem_cap(0);
 }
 
 /* f32 and bf16 must go to the general kernel (the fp32 parity tests rely on it) */
@@ -498,6 +543,7 @@ int main(int argc, char **argv)
         T_SKIP(test_vision_resampler, why);
         T_SKIP(test_declines_dtypes, why);
         T_SKIP(test_attention_batch, why);
+        T_SKIP(test_smem_caps, why);
         return t_main_end("test_cuda_flash");
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0) {
@@ -509,6 +555,7 @@ int main(int argc, char **argv)
     T_RUN(test_vision_resampler);
     T_RUN(test_declines_dtypes);
     T_RUN(test_attention_batch);
+    T_RUN(test_smem_caps);
     return t_main_end("test_cuda_flash");
 }
 

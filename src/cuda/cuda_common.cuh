@@ -77,6 +77,9 @@ struct lt_plan; /* cuda_gemv.cu */
 struct cuda_ctx {
     int ordinal;
     int n_sm;                   /* multiprocessors: grids are sized from this */
+    int cc;                     /* compute capability, major * 10 + minor (75, 80, 86, 89, 90) */
+    int smem_optin;             /* cudaDevAttrMaxSharedMemoryPerBlockOptin: the dynamic shared memory
+                                 * a kernel may opt in to (sm_75 64 KiB, sm_86/89 99, sm_80 163, sm_90 227) */
     cudaStream_t stream;        /* the one stream every op of this device runs on */
     cudaEvent_t ev;             /* cross-device ordering in cuda_memcpy */
     cublasHandle_t blas;        /* created on first GEMM */

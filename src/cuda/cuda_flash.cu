@@ -13,7 +13,9 @@
  *    whole kernel; S = Q K^T (16 x 64, fp32) and O (16 x hd, fp32) are register accumulators;
  *  - mma.sync m16n8k16 (fp16 in, fp32 accumulate); fragments with ldmatrix (.trans for V);
  *  - K/V tiles: cp.async (16-byte, zero-filling rows >= T and the padding columns hd..HDP-1),
- *    two stages: the load of tile t+1 is in flight while tile t is computed;
+ *    two stages (ST = 2): the load of tile t+1 is in flight while tile t is computed; one stage
+ *    (ST = 1, hd 128 only) where the device's shared memory opt-in limit is too small for two
+ *    (sm_75: 64 KiB per block), chosen at run time from cudaDevAttrMaxSharedMemoryPerBlockOptin;
  *  - online softmax in fp32 in the log2 domain: x = s * scale * log2(e), m = running max,
  *    p = 2^(x - m), alpha = 2^(m_old - m_new); P is rounded to fp16 for the P V mma; the row sums
  *    l stay per-thread partials (all rescaled by the same alpha) and are reduced once at the end;
@@ -44,7 +46,12 @@ struct fa_args {
     int64_t q_ss, kv_ss; /* batch: elements between sequences (blockIdx.z) in q/out and in k/v */
 };
 
-/* ---- PTX wrappers (sm_80+) ---- */
+/* ---- PTX wrappers ----
+ * Every instruction here exists on sm_80 and newer; sm_75 (Turing: T4, RTX 20xx) has ldmatrix and
+ * mma.sync m16n8k8 but neither cp.async nor m16n8k16, so for it (and for the compute_75 PTX that the
+ * driver JIT-compiles) the copies are plain 16-byte loads and stores that complete at once (the two
+ * stages then simply do not overlap; the __syncthreads of the pipeline still order them) and a k16
+ * step is two k8 steps. Same result up to the fp32 accumulation order of the two halves. */
 
 __device__ __forceinline__ uint32_t fa_smem_addr(const void *p)
 {
@@ -54,17 +61,28 @@ __device__ __forceinline__ uint32_t fa_smem_addr(const void *p)
 /* 16 bytes global -> shared, asynchronous; ok == false writes 16 zero bytes and reads nothing */
 __device__ __forceinline__ void fa_cp16(void *dst, const void *src, bool ok)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(fa_smem_addr(dst)), "l"(src),
                  "r"(ok ? 16 : 0)
                  : "memory");
+#else
+    *reinterpret_cast<uint4 *>(dst) = ok ? *reinterpret_cast<const uint4 *>(src) : make_uint4(0, 0, 0, 0);
+#endif
 }
 
-__device__ __forceinline__ void fa_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void fa_cp_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
 
-/* waits until at most N of this thread's committed groups are still in flight */
+/* waits until at most N of this thread's committed groups are still in flight (sm_75: nothing is) */
 template <int N> __device__ __forceinline__ void fa_cp_wait()
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void fa_ldsm_x4(uint32_t r[4], const __half *p)
@@ -81,21 +99,29 @@ __device__ __forceinline__ void fa_ldsm_x4_t(uint32_t r[4], const __half *p)
                  : "r"(fa_smem_addr(p)));
 }
 
-/* c[16x8] += a[16x16] b[16x8], fp16 inputs, fp32 accumulators */
-__device__ __forceinline__ void fa_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* c[16x8] += a[16x8] b[8x8]: the half-width k step for a head dim that ends mid k16 chunk (hd 72) */
+/* c[16x8] += a[16x8] b[8x8] (sm_75+): the half-width k step for a head dim that ends mid k16 chunk
+ * (hd 72), and the sm_75 form of fa_mma */
 __device__ __forceinline__ void fa_mma_k8(float c[4], uint32_t a0, uint32_t a1, uint32_t b0)
 {
     asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(b0));
+}
+
+/* c[16x8] += a[16x16] b[16x8], fp16 inputs, fp32 accumulators. On sm_75: k 0..7 then k 8..15, since
+ * the k16 A fragment is (a0, a1) = rows g, g+8 at k 2t.. and (a2, a3) the same rows at k 2t+8.., and
+ * b0 / b1 are k 2t.. / 2t+8..: exactly two k8 fragments each. */
+__device__ __forceinline__ void fa_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    fa_mma_k8(c, a[0], a[1], b0);
+    fa_mma_k8(c, a[2], a[3], b1);
+#endif
 }
 
 __device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
@@ -120,7 +146,7 @@ __device__ __forceinline__ uint32_t fa_pack(float lo, float hi)
  * HDT/16 k16 steps plus one k8 step when HDT % 16 == 8, and P V only HDT/8 output n-tiles: no mma
  * work on the zero padding columns HDT..HDP-1 (10 % of the vision tower's attention). MINB: CTAs per
  * SM the register cap aims at. */
-template <int HDP, int NW, int HDT, int MINB>
+template <int HDP, int NW, int HDT, int MINB, int ST>
 __global__ void __launch_bounds__(NW * 32, MINB) fa_kernel(const fa_args a)
 {
     constexpr int BM = 16 * NW, BN = FA_BN, NT = NW * 32;
@@ -134,8 +160,8 @@ __global__ void __launch_bounds__(NW * 32, MINB) fa_kernel(const fa_args a)
 
     extern __shared__ __align__(16) unsigned char fa_smem[];
     __half *sq = reinterpret_cast<__half *>(fa_smem); /* [BM][LD]: Q, then the output staging */
-    __half *sk = sq + BM * LD;                        /* [2][BN][LD] */
-    __half *sv = sk + 2 * BN * LD;                    /* [2][BN][LD] */
+    __half *sk = sq + BM * LD;                        /* [ST][BN][LD] */
+    __half *sv = sk + ST * BN * LD;                   /* [ST][BN][LD] */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const int gpl = a.gp_log2, GP = 1 << gpl, QR = BM >> gpl;
@@ -178,9 +204,9 @@ __global__ void __launch_bounds__(NW * 32, MINB) fa_kernel(const fa_args a)
     };
     load_kv(0, 0);
     fa_cp_commit();
-    if (ntiles > 1) load_kv(1, 1);
+    if (ST == 2 && ntiles > 1) load_kv(1, 1);
     fa_cp_commit(); /* always commit, so the group count is the same in every thread and iteration */
-    fa_cp_wait<1>(); /* group 0 (Q, tile 0) has landed for this thread */
+    fa_cp_wait<ST - 1>(); /* group 0 (Q, tile 0) has landed for this thread */
     __syncthreads(); /* ... and for every thread */
 
     /* Q fragments of this warp's 16 rows: lane l addresses row l % 16, column half l / 16 */
@@ -206,7 +232,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) fa_kernel(const fa_args a)
     const float sl2 = a.scale_log2;
 
     for (int tile = 0; tile < ntiles; tile++) {
-        const int st = tile & 1, j0 = tile * BN;
+        const int st = ST == 2 ? tile & 1 : 0, j0 = tile * BN;
         const __half *kt = sk + st * BN * LD, *vt = sv + st * BN * LD;
         if (j0 < w_end) {
             /* ---- S = Q K^T (16 x 64) ---- */
@@ -309,9 +335,9 @@ __global__ void __launch_bounds__(NW * 32, MINB) fa_kernel(const fa_args a)
             }
         }
         __syncthreads(); /* every warp is done with stage st ... */
-        if (tile + 2 < ntiles) load_kv(tile + 2, st); /* ... so tile + 2 may overwrite it */
+        if (tile + ST < ntiles) load_kv(tile + ST, st); /* ... so tile + ST may overwrite it */
         fa_cp_commit();
-        fa_cp_wait<1>(); /* tile + 1 has landed (only tile + 2 may still be in flight) */
+        fa_cp_wait<ST - 1>(); /* tile + 1 has landed (only tile + 2 may still be in flight) */
         __syncthreads();
     }
 
@@ -348,14 +374,22 @@ typedef void (*fa_kernel_fn)(const fa_args);
 static int g_fa_variant = 0;
 extern "C" void cuda_flash_set_variant(int v) { g_fa_variant = v; }
 
-static fa_kernel_fn fa_pick(int hdp, int nw, int hd)
+/* Tests: a shared memory limit below the device's (0 = the device's own), so the configurations of
+ * smaller cards (sm_75: 64 KiB, sm_86 / sm_89: 99 KiB) run and are checked on a large one. */
+static size_t g_fa_smem_cap = 0;
+extern "C" void cuda_flash_set_smem_cap(size_t bytes) { g_fa_smem_cap = bytes; }
+
+static fa_kernel_fn fa_pick(int hdp, int nw, int hd, int st)
 {
+    if (st == 1) /* the single-stage kernel, for hd 128 on cards with 64 KiB of shared memory per block */
+        return hdp == 128 && nw == 4 ? fa_kernel<128, 4, 128, FA_MINB(128, 4), 1> : NULL;
     const bool exact72 = hdp == 80 && hd == 72 && g_fa_variant != 1;
     if (hdp == 80 && nw == 4 && g_fa_variant == 2)
-        return exact72 ? fa_kernel<80, 4, 72, 4> : fa_kernel<80, 4, 80, 4>;
-    if (exact72) return nw == 8 ? fa_kernel<80, 8, 72, FA_MINB(80, 8)> : fa_kernel<80, 4, 72, FA_MINB(80, 4)>;
+        return exact72 ? fa_kernel<80, 4, 72, 4, 2> : fa_kernel<80, 4, 80, 4, 2>;
+    if (exact72)
+        return nw == 8 ? fa_kernel<80, 8, 72, FA_MINB(80, 8), 2> : fa_kernel<80, 4, 72, FA_MINB(80, 4), 2>;
 #define FA_CASE(D)                                                                                         \
-    case D: return nw == 8 ? fa_kernel<D, 8, D, FA_MINB(D, 8)> : fa_kernel<D, 4, D, FA_MINB(D, 4)>;
+    case D: return nw == 8 ? fa_kernel<D, 8, D, FA_MINB(D, 8), 2> : fa_kernel<D, 4, D, FA_MINB(D, 4), 2>;
     switch (hdp) {
         FA_CASE(16)
         FA_CASE(32)
@@ -367,7 +401,28 @@ static fa_kernel_fn fa_pick(int hdp, int nw, int hd)
 #undef FA_CASE
 }
 
-static size_t fa_smem_bytes(int hdp, int nw) { return (size_t)(16 * nw + 4 * FA_BN) * (size_t)(hdp + 8) * sizeof(__half); }
+static size_t fa_smem_bytes(int hdp, int nw, int st)
+{
+    return (size_t)(16 * nw + 2 * st * FA_BN) * (size_t)(hdp + 8) * sizeof(__half);
+}
+
+/* The largest configuration that fits the device's per-block shared memory opt-in limit, starting
+ * from nw warps and two stages: 8 warps -> 4 warps -> one stage (hd 128). sm_75 (64 KiB) runs hd 128
+ * with one stage; sm_86 / sm_89 (99 KiB) run bm 128 at hd 128 with 4 warps; sm_80 / sm_90 run all.
+ * Returns the kernel (and sets *nw, *st) or NULL when none fits: the caller falls back. */
+static fa_kernel_fn fa_config(const struct cuda_ctx *c, int hdp, int hd, int *nw, int *st)
+{
+    *st = 2;
+    for (;;) {
+        fa_kernel_fn fn = fa_pick(hdp, *nw, hd, *st);
+        if (!fn) return NULL;
+        const size_t lim = g_fa_smem_cap && g_fa_smem_cap < (size_t)c->smem_optin ? g_fa_smem_cap : (size_t)c->smem_optin;
+        if (fa_smem_bytes(hdp, *nw, *st) <= lim) return fn;
+        if (*nw == 8) *nw = 4;
+        else if (*st == 2) *st = 1;
+        else return NULL;
+    }
+}
 
 static int fa_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
@@ -390,7 +445,7 @@ static int fa_hdp(int64_t hd)
 {
     if (hd < 8 || hd > 128 || hd % 8 != 0) return 0;
     const int hdp = (int)((hd + 15) / 16 * 16);
-    return fa_pick(hdp, 4, (int)hd) ? hdp : 0;
+    return fa_pick(hdp, 4, (int)hd, 2) ? hdp : 0;
 }
 
 /* The launch behind every entry point: n_seq sequences stacked along dim 0 of q/out (N rows each)
@@ -420,10 +475,9 @@ static int fa_run(struct tensor *out, const struct tensor *q, const struct tenso
     const int64_t hblocks = H >> gpl;
 
     struct cuda_ctx *c = cuda_ctx_get(out->dev.ordinal);
-    int nw;
-    if (bm == 64) nw = 4;
-    else if (bm == 128) nw = 8;
-    else nw = 4;
+    int nw = bm == 128 ? 8 : 4, st;
+    fa_kernel_fn fn = fa_config(c, hdp, (int)hd, &nw, &st);
+    if (!fn) return 0;
     const int64_t qr = (16 * nw) >> gpl, qtiles = (n + qr - 1) / qr;
     if (qtiles > 65535 || hblocks > INT32_MAX) return 0;
 
@@ -445,8 +499,7 @@ static int fa_run(struct tensor *out, const struct tensor *q, const struct tenso
     a.q_ss = n * H * hd;
     a.kv_ss = T * Hkv * hd;
 
-    fa_kernel_fn fn = fa_pick(hdp, nw, (int)hd);
-    const size_t smem = fa_smem_bytes(hdp, nw); /* 32-102 KiB: above the default 48 KiB needs opting in */
+    const size_t smem = fa_smem_bytes(hdp, nw, st); /* 32-102 KiB: above the default 48 KiB needs opting in */
     fa_opt_in(c, fn, smem);
     fn<<<dim3((unsigned)hblocks, (unsigned)qtiles, (unsigned)n_seq), 32 * nw, smem, c->stream>>>(a);
     KERNEL_CHECK();
@@ -491,13 +544,25 @@ extern "C" void cuda_attention_batch(struct tensor *out, const struct tensor *q,
  * benchmark's report. */
 extern "C" int cuda_flash_occupancy(int ordinal, int hd, int bm)
 {
-    const int hdp = fa_hdp(hd), nw = bm == 128 ? 8 : 4;
+    const int hdp = fa_hdp(hd);
+    int nw = bm == 128 ? 8 : 4, st;
     if (!hdp) return 0;
-    cuda_ctx_get(ordinal);
-    fa_kernel_fn fn = fa_pick(hdp, nw, hd);
-    const size_t smem = fa_smem_bytes(hdp, nw);
+    fa_kernel_fn fn = fa_config(cuda_ctx_get(ordinal), hdp, hd, &nw, &st);
+    if (!fn) return 0;
+    const size_t smem = fa_smem_bytes(hdp, nw, st);
     CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int nb = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, fn, 32 * nw, smem));
     return nb;
+}
+
+/* The configuration fa_run would use on device `ordinal` for head dim hd and bm (64 or 128): warps
+ * and stages, and the shared memory bytes as the return value (0: the flash path does not serve it). */
+extern "C" size_t cuda_flash_config(int ordinal, int hd, int bm, int *nw, int *st)
+{
+    const int hdp = fa_hdp(hd);
+    *nw = bm == 128 ? 8 : 4;
+    *st = 0;
+    if (!hdp || !fa_config(cuda_ctx_get(ordinal), hdp, hd, nw, st)) return 0;
+    return fa_smem_bytes(hdp, *nw, *st);
 }

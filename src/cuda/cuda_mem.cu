@@ -41,6 +41,11 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     CHECK(c);
     c->ordinal = ordinal;
     CUDA_CHECK(cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, ordinal));
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal));
+    c->cc = major * 10 + minor;
+    CUDA_CHECK(cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ordinal));
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
