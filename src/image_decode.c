@@ -341,7 +341,7 @@ int image_load(struct image *out, const char *path, const struct image_opts *o, 
     size_t n = 0;
     out->w = out->h = 0;
     out->rgb = NULL;
-    if (read_file(path, o->max_file_bytes, &buf, &n, e)) return err_prefix(e, "%s", path);
+    if (read_file(path, o->max_file_bytes, &buf, &n, e)) return -1; /* its message names the path */
     int rc = image_decode(out, (const uint8_t *)buf, n, o, e);
     free(buf);
     if (rc) err_prefix(e, "%s", path);

@@ -707,6 +707,9 @@ static void test_bad_inputs(void)
     /* missing file */
     T_EQ_INT(image_load(&im, "/nonexistent/x.png", NULL, &e), -1);
     T_CONTAINS(e.msg, "/nonexistent/x.png");
+    /* the path once ("/x.png: /x.png: cannot open" was the old message) */
+    const char *first = strstr(e.msg, "/nonexistent/x.png");
+    T_ASSERTF(first && !strstr(first + 1, "/nonexistent/x.png"), "path named twice: %s", e.msg);
     image_free(&im);
 }
 
