@@ -11,6 +11,5 @@ CMD_DECL(chat);
 CMD_DECL(plan);
 CMD_DECL(serve);
 CMD_DECL(bench);
-CMD_DECL(demo);
 
 #endif

@@ -1,8 +1,21 @@
-/* minicpmv.c: the CLI's entry point; dispatches to tools/cmd_<name>.c. The only main(). */
+/* minicpmv.c: the CLI's entry point; dispatches to tools/cmd_<name>.c. The only main().
+ * `--version` prints what the Makefile baked into version.h (in the build folder): version, git
+ * commit, backends and the CUDA targets compiled in. */
 #include <stdio.h>
 #include <string.h>
 
 #include "cmd.h"
+#include "version.h"
+
+static void version(void)
+{
+    printf("minicpmv %s (commit %s)\n", MINICPMV_VERSION, MINICPMV_COMMIT);
+#ifdef MINICPMV_CUDA
+    printf("backends: cpu cuda\ncuda targets: %s\n", MINICPMV_CUDA_TARGETS);
+#else
+    printf("backends: cpu (built without CUDA: make CUDA=1)\n");
+#endif
+}
 
 struct subcommand {
     const char *name;
@@ -12,7 +25,8 @@ struct subcommand {
 
 static void usage(const struct subcommand *cmds, int n)
 {
-    fprintf(stderr, "usage: minicpmv <command> [options]   (minicpmv <command> --help for its options)\n\ncommands:\n");
+    fprintf(stderr, "usage: minicpmv <command> [options]   (minicpmv <command> --help for its options)\n"
+                    "       minicpmv --version\n\ncommands:\n");
     for (int i = 0; i < n; i++) fprintf(stderr, "  %-9s %s\n", cmds[i].name, cmds[i].help);
 }
 
@@ -26,12 +40,15 @@ int main(int argc, char **argv)
         {"serve", cmd_serve, "OpenAI-compatible HTTP server"},
         {"bench", cmd_bench, "prefill/decode/vision speed and memory"},
         {"mkmodel", cmd_mkmodel, "write a random checkpoint in the HF layout (tiny or full size)"},
-        {"demo", cmd_demo, "generate a tiny model and chat with it"},
     };
     int n = (int)(sizeof cmds / sizeof cmds[0]);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(cmds, n);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+        version();
+        return 0;
     }
     for (int i = 0; i < n; i++) {
         if (strcmp(argv[1], cmds[i].name)) continue;
