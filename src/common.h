@@ -65,6 +65,14 @@ int strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(
 int strbuf_append(struct strbuf *b, const void *data, size_t n);
 void strbuf_free(struct strbuf *b);
 
+/* Progress of a long step (placing weights on devices, writing a checkpoint): the library calls
+ * fn(ctx, what, done, total) as bytes are done, the front end decides what to show (tools/progress.h).
+ * A zeroed struct reports nothing. */
+struct progress {
+    void (*fn)(void *ctx, const char *what, uint64_t done, uint64_t total);
+    void *ctx;
+};
+
 /* Parses sizes like "10GiB", "512MiB", "16GB", "1024" (bytes); returns -1 on malformed input. */
 int parse_size(const char *s, int64_t *out);
 

@@ -122,7 +122,7 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
         g->pl.norm = g->pl.lm_head = n - 1;
     }
     g->pl.layer = g->layer_dev;
-    if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, e)) goto fail;
+    if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, &o->progress, e)) goto fail;
     int64_t ctx = o->ctx ? o->ctx : (g->cfg.max_position_embeddings < 4096 ? g->cfg.max_position_embeddings : 4096);
     int64_t mb = o->max_batch ? o->max_batch : 512;
     if (g->plan) {

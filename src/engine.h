@@ -20,6 +20,7 @@ struct engine_options {
                                          when set, the planner places the model and ctx/max_batch come
                                          from its params */
     int quiet;                   /* do not print the plan */
+    struct progress progress;    /* weights placed so far (zeroed: no reports) */
 };
 struct devmap_opts;
 

@@ -172,6 +172,12 @@ static int track(struct model *m, struct device d, void *p, struct err *e)
     return 0;
 }
 
+static void progress_add(struct model *m, const struct tensor *src)
+{
+    m->progress_done += tensor_nbytes(src);
+    if (m->progress.fn) m->progress.fn(m->progress.ctx, "loading weights", m->progress_done, m->progress_total);
+}
+
 /* Places checkpoint tensor `name` on logical device li in dtype m->wdtype (transpose: store [in,out] as [out,in]). */
 static int place(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
                  struct tensor *out, int transpose, struct err *e, const char *name)
@@ -185,6 +191,7 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
         *out = src; /* zero-copy view of the read-only map */
         out->name = name;
         m->bytes_per_device[li] += tensor_nbytes(&src);
+        progress_add(m, &src);
         return 0;
     }
     struct tensor host = src;
@@ -229,6 +236,7 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
     }
     out->name = name;
     m->bytes_per_device[li] += tensor_nbytes(out);
+    progress_add(m, &src);
     return 0;
 }
 
@@ -264,6 +272,7 @@ static int place_fused(struct model *m, const struct safetensors *st, const stru
         *parts[i] = tensor_rows_view(fused, r0, src[i].shape[0]);
         parts[i]->name = names[i];
         op_copy(parts[i], &host);
+        progress_add(m, &src[i]);
     }
     free(tmp);
     fused->name = names[0];
@@ -272,11 +281,16 @@ static int place_fused(struct model *m, const struct safetensors *st, const stru
 
 /* Names must outlive the tensors (they are kept for messages): the manifest's storage holds them. */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
-               const struct model_placement *pl, enum dtype wdtype, struct err *e)
+               const struct model_placement *pl, enum dtype wdtype, const struct progress *progress, struct err *e)
 {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->wdtype = wdtype;
+    if (progress) m->progress = *progress;
+    for (int i = 0; i < safetensors_count(st); i++) {
+        struct tensor t = safetensors_tensor_view(safetensors_at(st, i));
+        m->progress_total += tensor_nbytes(&t);
+    }
     if (model_check_checkpoint(cfg, st, e)) return -1;
     const int L = cfg->num_hidden_layers, VL = cfg->vision_layers_used;
     m->llm.layers = calloc((size_t)L, sizeof *m->llm.layers);

@@ -115,6 +115,8 @@ struct model {
     struct model_alloc *allocs;
     int n_allocs, cap_allocs;
     size_t bytes_per_device[MODEL_MAX_DEVICES];
+    struct progress progress;    /* model_load: checkpoint bytes placed so far, of the checkpoint's total */
+    uint64_t progress_done, progress_total;
 };
 
 struct safetensors;
@@ -122,7 +124,7 @@ struct safetensors;
  * dtype) and binds each tensor to its field on its unit's device in dtype wdtype. CPU tensors whose
  * dtype already matches stay zero-copy views of the mmap; others are converted/copied. */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
-               const struct model_placement *pl, enum dtype wdtype, struct err *e);
+               const struct model_placement *pl, enum dtype wdtype, const struct progress *progress, struct err *e);
 void model_free(struct model *m);
 /* Checks only (no binding): used by loaders and by `plan` when headers are present. */
 int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e);

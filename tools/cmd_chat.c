@@ -8,6 +8,7 @@
 #include "cmd_util.h"
 #include "devmap.h"
 #include "image.h"
+#include "progress.h"
 
 #define MAX_IMAGES 16
 
@@ -59,15 +60,18 @@ int cmd_chat(int argc, char **argv)
             if (!v || cmdu_int(f, v, 1, 1 << 20, &max_new, &e)) goto out;
         } else if (!strcmp(f, "--stream")) {
             stream = 1;
-        } else if (!strcmp(f, "--timings")) {
+        } else if (!strcmp(f, "--timings") || !strcmp(f, "--stats")) {
             timings = 1;
         } else if (!strcmp(f, "--help")) {
             printf("usage: minicpmv chat --model DIR [--image FILE]... -p \"question\" [--system S] [flags]\n%s%s"
+                   "  -p, --prompt TEXT    the question (without it: an interactive chat)\n"
+                   "  --image FILE         an image (JPEG, PNG, WebP, ...) before the question; repeatable\n"
+                   "  --system TEXT        a system message\n"
                    "  --max-new-tokens N   answer length limit (default 1024)\n"
                    "  --stream             print the answer as it is generated\n"
-                   "  --timings            print vision/prefill/decode times on stderr\n"
+                   "  --timings            print vision/prefill/decode times on stderr (--stats: the same)\n"
                    "  --beams N            beam search with N beams (chat(sampling=False) is 3, penalty 1.2)\n"
-                   "  (without -p: an interactive chat; /image PATH, /reset, /exit)\n",
+                   "  (without -p: an interactive chat; /help lists its commands)\n",
                    cmdu_engine_help, cmdu_sampler_help);
             printf("%s", devmap_opts_help());
             return 0;
@@ -91,7 +95,11 @@ int cmd_chat(int argc, char **argv)
         strcat(content, "\n");
     }
     strcat(content, prompt);
-    if (engine_open(&g, &o, &e)) goto out;
+    struct progress_term pt;
+    o.progress = progress_term_init(&pt, o.quiet);
+    int orc = engine_open(&g, &o, &e);
+    progress_term_end(&pt);
+    if (orc) goto out;
     struct chat_msg msg = {"user", content};
     struct engine_chat_request rq = {.system = system, .msgs = &msg, .n_msgs = 1, .images = imgs,
                                      .n_images = n_img, .max_new_tokens = (int)max_new, .sampling = sp};

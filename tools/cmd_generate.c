@@ -6,6 +6,7 @@
 
 #include "cmd_util.h"
 #include "devmap.h"
+#include "progress.h"
 
 static int parse_ids(const char *s, int32_t **out, int *n, struct err *e)
 {
@@ -59,11 +60,15 @@ int cmd_generate(int argc, char **argv)
         } else if (!strcmp(argv[i], "--max-new-tokens")) {
             const char *v = cmdu_value(argc, argv, &i, &e);
             if (!v || cmdu_int("--max-new-tokens", v, 0, 1 << 20, &max_new, &e)) goto fail;
-        } else if (!strcmp(argv[i], "--stats")) {
+        } else if (!strcmp(argv[i], "--timings") || !strcmp(argv[i], "--stats")) {
             stats = 1;
         } else if (!strcmp(argv[i], "--help")) {
-            printf("usage: minicpmv generate --model DIR --ids 128000,791,4062 [--max-new-tokens N] [flags]\n%s%s"
-                   "  --stats              print prefill/decode speed on stderr\n",
+            printf("usage: minicpmv generate --model DIR --ids 128000,791,4062 [--max-new-tokens N] [flags]\n"
+                   "Prints the generated token ids, comma-separated.\n%s%s"
+                   "  --ids A,B,C          prompt token ids (required)\n"
+                   "  --max-new-tokens N   tokens to generate (default 16; 0 = prefill only)\n"
+                   "  --timings            print load/prefill/decode times and speed on stderr\n"
+                   "                       (--stats: the same, an older name)\n",
                    cmdu_engine_help, cmdu_sampler_help);
             printf("%s", devmap_opts_help());
             return 0;
@@ -77,7 +82,11 @@ int cmd_generate(int argc, char **argv)
     int n = 0;
     if (parse_ids(ids_s, &ids, &n, &e)) goto fail;
     struct engine *g = NULL;
-    if (engine_open(&g, &o, &e)) { free(ids); goto fail; }
+    struct progress_term pt;
+    o.progress = progress_term_init(&pt, o.quiet);
+    int orc = engine_open(&g, &o, &e);
+    progress_term_end(&pt);
+    if (orc) { free(ids); goto fail; }
     for (int i = 0; i < n; i++)
         if (ids[i] >= g->cfg.vocab_size) {
             err_set(&e, "--ids: id %d is outside the vocabulary (0..%d)", ids[i], g->cfg.vocab_size - 1);

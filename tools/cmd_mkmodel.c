@@ -14,9 +14,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dirent.h>
+#include <limits.h>
+
 #include <cJSON.h>
 
 #include "cmd.h"
+#include "progress.h"
 #include "common.h"
 #include "config.h"
 #include "model.h"
@@ -29,7 +33,8 @@
 
 #define MK_CHUNK ((int64_t)1 << 22) /* elements generated per parallel step (8 MiB of fp16) */
 #define MK_BLOCK 4096               /* elements per OpenMP work item */
-#define MK_DEFAULT_TOKENIZER ".cache/tokenizer-llama3/tokenizer.json"
+#define MK_DEFAULT_TOKENIZER ".cache/tokenizer-llama3/tokenizer.json" /* where tools/fetch_tokenizer.sh puts it */
+#define MK_TOKENIZER_ENV "MINICPMV_TOKENIZER"
 
 struct mk_opts {
     const char *out;
@@ -39,7 +44,67 @@ struct mk_opts {
     bool no_tokenizer;  /* configs + weights only */
     bool plan_only;     /* configs + index only: no shards, no tokenizer (for checking the plan cheaply) */
     int shards;         /* 0 = the size's default (tiny 2, full 7 as published) */
+    bool force;         /* write into a folder that already has files */
+    bool quiet;         /* no progress line */
+    char tok_buf[PATH_MAX];
 };
+
+/* ---------------------------------------------------------------- finding the tokenizer */
+
+/* Without --tokenizer: $MINICPMV_TOKENIZER, then .cache/tokenizer-llama3/tokenizer.json under the
+ * current folder, then under the folders above the binary (build/minicpmv and build/tests/test_x
+ * both find the repository's .cache), so mkmodel works from any folder. */
+static int find_tokenizer(struct mk_opts *o, struct err *e)
+{
+    if (o->tokenizer) return 0;
+    const char *env = getenv(MK_TOKENIZER_ENV);
+    if (env && *env) {
+        if (access(env, R_OK) != 0)
+            return err_set(e, "%s=%s: %s", MK_TOKENIZER_ENV, env, strerror(errno));
+        o->tokenizer = env;
+        return 0;
+    }
+    if (access(MK_DEFAULT_TOKENIZER, R_OK) == 0) {
+        o->tokenizer = MK_DEFAULT_TOKENIZER;
+        return 0;
+    }
+    char exe[PATH_MAX], tried[3 * PATH_MAX];
+    int k = snprintf(tried, sizeof tried, "./%s", MK_DEFAULT_TOKENIZER);
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        for (int up = 0; up < 3; up++) {
+            char *slash = strrchr(exe, '/');
+            if (!slash) break;
+            *slash = 0; /* exe is now the folder (the binary's, then its parents) */
+            snprintf(o->tok_buf, sizeof o->tok_buf, "%s/%s", exe, MK_DEFAULT_TOKENIZER);
+            if (access(o->tok_buf, R_OK) == 0) {
+                o->tokenizer = o->tok_buf;
+                return 0;
+            }
+            if (k > 0 && (size_t)k < sizeof tried) k += snprintf(tried + k, sizeof tried - (size_t)k, ", %s", o->tok_buf);
+        }
+    }
+    return err_set(e, "Meta's Llama-3 tokenizer.json not found (%s unset; looked for %s). Fix: run "
+                   "tools/fetch_tokenizer.sh in the minicpmv repository, then pass --tokenizer "
+                   "REPO/%s or set %s to it (or --no-tokenizer for weights only)",
+                   MK_TOKENIZER_ENV, tried, MK_DEFAULT_TOKENIZER, MK_TOKENIZER_ENV);
+}
+
+/* 1 when dir exists and holds anything, 0 when it is missing or empty; -1 (message in e) when it
+ * is not a folder or cannot be read */
+static int dir_has_files(const char *dir, struct err *e)
+{
+    struct stat sb;
+    if (stat(dir, &sb) != 0) return errno == ENOENT ? 0 : err_set(e, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) return err_set(e, "%s exists and is not a folder", dir);
+    DIR *d = opendir(dir);
+    if (!d) return err_set(e, "%s: %s", dir, strerror(errno));
+    int any = 0;
+    for (struct dirent *de; !any && (de = readdir(d));) any = strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+    closedir(d);
+    return any;
+}
 
 /* ---------------------------------------------------------------- values */
 
@@ -186,7 +251,8 @@ static int plan_shards(const struct manifest_entry *man, int n, int ns, int *sha
 }
 
 static int write_shard(const struct mk_opts *o, const struct manifest_entry *man, int n, const int *shard_of,
-                       int k, int ns, uint16_t *buf, uint64_t *done, uint64_t total, double t0, struct err *e)
+                       int k, int ns, uint16_t *buf, uint64_t *done, uint64_t total, const struct progress *pr,
+                       struct err *e)
 {
     char name[64], path[4096];
     shard_name(name, sizeof name, k, ns);
@@ -204,7 +270,6 @@ static int write_shard(const struct mk_opts *o, const struct manifest_entry *man
     int rc = safetensors_writer_begin(&w, path, specs, cnt, NULL, e);
     free(specs);
     if (rc) return -1;
-    uint64_t next_report = (*done / 1000000000 + 1) * 1000000000;
     for (int i = 0; i < n; i++) {
         if (shard_of[i] != k) continue;
         int64_t numel = 1;
@@ -219,11 +284,7 @@ static int write_shard(const struct mk_opts *o, const struct manifest_entry *man
                 return -1;
             }
             *done += (uint64_t)m * 2;
-            if (o->full && *done >= next_report) {
-                fprintf(stderr, "mkmodel: %s  %.1f / %.1f GB  %.0f s\n", name, *done / 1e9, total / 1e9,
-                        time_now() - t0);
-                next_report += 1000000000;
-            }
+            if (pr->fn) pr->fn(pr->ctx, "mkmodel: writing", *done, total);
         }
     }
     return safetensors_writer_close(w, e);
@@ -243,6 +304,12 @@ static int mk_run(const struct mk_opts *o, struct err *e)
     int rc = -1;
     int n = model_manifest(&c, &man, e);
     if (n < 0) return -1;
+    int has = dir_has_files(o->out, e);
+    if (has < 0) goto out;
+    if (has && !o->force) {
+        err_set(e, "%s already has files; pass --force to write over them, or choose another --out", o->out);
+        goto out;
+    }
     if (!o->no_tokenizer && !o->plan_only && access(o->tokenizer, R_OK) != 0) {
         err_set(e, "%s: Meta's Llama-3 tokenizer.json is missing (%s); run tools/fetch_tokenizer.sh or pass "
                 "--tokenizer PATH", o->tokenizer, strerror(errno));
@@ -279,14 +346,21 @@ static int mk_run(const struct mk_opts *o, struct err *e)
         names[i] = man[i].name;
         files[i] = fnames[shard_of[i]];
     }
-    if (!o->plan_only)
+    if (!o->plan_only) {
+        struct progress_term pt;
+        struct progress pr = progress_term_init(&pt, o->quiet || log_level < 1);
         for (int k = 0; k < ns; k++)
-            if (write_shard(o, man, n, shard_of, k, ns, buf, &done, total, t0, e)) goto out;
+            if (write_shard(o, man, n, shard_of, k, ns, buf, &done, total, &pr, e)) {
+                progress_term_end(&pt);
+                goto out;
+            }
+        progress_term_end(&pt);
+    }
     /* The published index claims 4 bytes per parameter although the shards are fp16 (spec §2): the
      * generated index reproduces that trap so the loader is tested against it. */
     if (safetensors_write_index(o->out, names, files, n, (int64_t)(total / 2 * 4), e)) goto out;
     if (log_level >= 1)
-        fprintf(stderr, "mkmodel: %s: %d tensors, %llu parameters, %d shard%s%s, %.2f s\n", o->out, n,
+        fprintf(stderr, "minicpmv mkmodel: %s: %d tensors, %llu parameters, %d shard%s%s, %.2f s\n", o->out, n,
                 (unsigned long long)(total / 2), ns, ns == 1 ? "" : "s", o->plan_only ? " (plan only)" : "",
                 time_now() - t0);
     rc = 0;
@@ -307,22 +381,25 @@ static void mk_usage(void)
             "  --out DIR          folder to write (created if missing)\n"
             "  --size tiny|full   tiny: CI-sized (~130 MB, 2 shards); full: the published shapes (17 GB, 7 shards)\n"
             "  --seed N           weight seed (default 0); same seed, same bytes on any machine\n"
-            "  --tokenizer PATH   Meta's Llama-3 tokenizer.json (default " MK_DEFAULT_TOKENIZER
-            ";\n                     tools/fetch_tokenizer.sh puts it there)\n"
+            "  --tokenizer PATH   Meta's Llama-3 tokenizer.json; default: $" MK_TOKENIZER_ENV ", else\n"
+            "                     " MK_DEFAULT_TOKENIZER " under the current folder or above\n"
+            "                     the binary (tools/fetch_tokenizer.sh puts it there)\n"
             "  --no-tokenizer     skip the tokenizer files\n"
+            "  --force            write into a folder that already has files (overwrites them)\n"
+            "  --quiet            no progress line (it shows only on a terminal)\n"
             "  --shards N         override the shard count\n"
             "  --plan-only        write the configs and the index only (no weights)\n");
 }
 
 int cmd_mkmodel(int argc, char **argv)
 {
-    struct mk_opts o = {.tokenizer = MK_DEFAULT_TOKENIZER};
+    struct mk_opts o = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = !strcmp(a, "--out") || !strcmp(a, "--size") || !strcmp(a, "--seed") ||
                      !strcmp(a, "--tokenizer") || !strcmp(a, "--shards");
         if (takes && !v) {
-            fprintf(stderr, "mkmodel: %s needs a value\n", a);
+            fprintf(stderr, "minicpmv mkmodel: %s needs a value\n", a);
             return 2;
         }
         char *end = NULL;
@@ -333,7 +410,7 @@ int cmd_mkmodel(int argc, char **argv)
             o.out = v;
         } else if (!strcmp(a, "--size")) {
             if (strcmp(v, "tiny") && strcmp(v, "full")) {
-                fprintf(stderr, "mkmodel: --size must be tiny or full, not '%s'\n", v);
+                fprintf(stderr, "minicpmv mkmodel: --size must be tiny or full, not '%s'\n", v);
                 return 2;
             }
             o.full = !strcmp(v, "full");
@@ -341,7 +418,7 @@ int cmd_mkmodel(int argc, char **argv)
             errno = 0;
             o.seed = strtoull(v, &end, 0);
             if (!*v || *end || errno || *v == '-') {
-                fprintf(stderr, "mkmodel: --seed '%s' is not a non-negative integer\n", v);
+                fprintf(stderr, "minicpmv mkmodel: --seed '%s' is not a non-negative integer\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--tokenizer")) {
@@ -349,7 +426,7 @@ int cmd_mkmodel(int argc, char **argv)
         } else if (!strcmp(a, "--shards")) {
             long s = strtol(v, &end, 10);
             if (!*v || *end || s < 1 || s > 999) {
-                fprintf(stderr, "mkmodel: --shards '%s' must be 1..999\n", v);
+                fprintf(stderr, "minicpmv mkmodel: --shards '%s' must be 1..999\n", v);
                 return 2;
             }
             o.shards = (int)s;
@@ -359,21 +436,27 @@ int cmd_mkmodel(int argc, char **argv)
         } else if (!strcmp(a, "--plan-only")) {
             o.plan_only = true;
             continue;
+        } else if (!strcmp(a, "--force")) {
+            o.force = true;
+            continue;
+        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            o.quiet = true;
+            continue;
         } else {
-            fprintf(stderr, "mkmodel: unknown option '%s'\n", a);
+            fprintf(stderr, "minicpmv mkmodel: unknown flag '%s' (see minicpmv mkmodel --help)\n", a);
             mk_usage();
             return 2;
         }
         i++;
     }
     if (!o.out) {
-        fprintf(stderr, "mkmodel: --out DIR is required\n");
+        fprintf(stderr, "minicpmv mkmodel: --out DIR is required\n");
         mk_usage();
         return 2;
     }
     struct err e = {{0}};
-    if (mk_run(&o, &e)) {
-        fprintf(stderr, "mkmodel: %s\n", e.msg);
+    if ((!o.no_tokenizer && !o.plan_only && find_tokenizer(&o, &e)) || mk_run(&o, &e)) {
+        fprintf(stderr, "minicpmv mkmodel: %s\n", e.msg);
         return 1;
     }
     return 0;

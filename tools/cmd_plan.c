@@ -29,7 +29,7 @@ static void usage(FILE *f)
                "Prints which device each module would go to and what each device would need (weights, KV\n"
                "cache, workspace) against its budget, without loading anything. config.json is enough.\n\n"
                "  --model DIR             folder with config.json (safetensors headers are checked if present)\n"
-               "  --dtype f16|bf16|f32    weight and activation dtype the engine will use (default f16)\n"
+               "  --dtype f16|f32         weight and activation dtype the engine will use (default f16), as in chat\n"
                "  --json                  one JSON object: {\"fits\", \"device_map\", \"devices\", ...}\n"
                "%s\n"
                "example: minicpmv plan --model DIR --gpus 0,1 --max-memory 0=10GiB,1=10GiB --ctx 4096\n",
@@ -85,12 +85,12 @@ int cmd_plan(int argc, char **argv)
             const char *v = argv[++i];
             if (a[2] == 'm') {
                 dir = v;
-            } else if (!strcmp(v, "f16") || !strcmp(v, "float16") || !strcmp(v, "bf16") || !strcmp(v, "bfloat16")) {
+            } else if (!strcmp(v, "f16") || !strcmp(v, "float16")) {
                 o.params.weight_bytes = o.params.act_bytes = 2;
             } else if (!strcmp(v, "f32") || !strcmp(v, "float32")) {
                 o.params.weight_bytes = o.params.act_bytes = 4;
             } else {
-                fprintf(stderr, "minicpmv plan: --dtype: expected f16, bf16 or f32, got '%s'\n", v);
+                fprintf(stderr, "minicpmv plan: --dtype: expected f16 or f32, got '%s'\n", v);
                 return 2;
             }
         } else {
@@ -100,7 +100,7 @@ int cmd_plan(int argc, char **argv)
                 return 2;
             }
             if (r == 0) {
-                fprintf(stderr, "minicpmv plan: unknown option '%s'\n", a);
+                fprintf(stderr, "minicpmv plan: unknown flag '%s' (see minicpmv plan --help)\n", a);
                 usage(stderr);
                 return 2;
             }
@@ -119,6 +119,12 @@ int cmd_plan(int argc, char **argv)
         return 1;
     }
     if (checked) log_info("plan: %d checkpoint tensors match config.json", checked);
+    /* the engine refuses a context beyond the model's positions (llm.c): so does its dry run */
+    if (o.params.ctx > cfg.max_position_embeddings) {
+        fprintf(stderr, "minicpmv plan: --ctx %lld is beyond the model's max_position_embeddings (%d): use --ctx %d or less\n",
+                (long long)o.params.ctx, cfg.max_position_embeddings, cfg.max_position_embeddings);
+        return 2;
+    }
 
     struct backend_info bi;
     backend_query(&bi);

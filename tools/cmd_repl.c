@@ -10,6 +10,7 @@
 #include "beam.h"
 #include "cmd_util.h"
 #include "devmap.h"
+#include "progress.h"
 #include "server.h"
 
 #define REPL_MAX_IMAGES 16
@@ -174,15 +175,18 @@ int cmd_repl(int argc, char **argv)
         r.n_imgs++;
         r.n_pending++;
     }
-    if (engine_open(&g, &o, &e)) goto out;
+    struct progress_term pt;
+    o.progress = progress_term_init(&pt, o.quiet);
+    int orc = engine_open(&g, &o, &e);
+    progress_term_end(&pt);
+    if (orc) goto out;
     if (server_cache_init(&cache, 4, &e)) goto out;
     if (prompt) {
         if (repl_turn(g, cache, &r, system, prompt, (int)max_new, &sp, beams, 1, &e)) goto out;
         rc = 0;
         goto out;
     }
-    fprintf(stderr, "minicpmv chat: type a message; /image PATH attaches an image to the next one, /reset starts over, "
-                    "/exit quits\n");
+    fprintf(stderr, "minicpmv chat: type a message; /help lists the commands\n");
     size_t cap = 0;
     for (;;) {
         fprintf(stderr, "> ");
@@ -193,6 +197,14 @@ int cmd_repl(int argc, char **argv)
         while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
         if (!n) continue;
         if (!strcmp(line, "/exit") || !strcmp(line, "/quit")) break;
+        if (!strcmp(line, "/help") || !strcmp(line, "/?")) {
+            fprintf(stderr, "/image PATH   attach an image (JPEG, PNG, WebP, ...) to your next message\n"
+                            "/reset        start a new conversation (forgets messages and images)\n"
+                            "/exit, /quit  leave (so does end of input, Ctrl-D)\n"
+                            "/help, /?     this list\n"
+                            "//text        send a message that starts with '/' (as \"/text\")\n");
+            continue;
+        }
         if (!strcmp(line, "/reset")) {
             repl_reset(&r);
             fprintf(stderr, "(new conversation)\n");
@@ -211,7 +223,7 @@ int cmd_repl(int argc, char **argv)
             r.n_pending++;
             continue;
         }
-        if (line[0] == '/' && line[1] != '/') { fprintf(stderr, "unknown command %s (/image PATH, /reset, /exit)\n", line); continue; }
+        if (line[0] == '/' && line[1] != '/') { fprintf(stderr, "unknown command %s (/help lists them)\n", line); continue; }
         struct err te = {{0}};
         if (repl_turn(g, cache, &r, system, line[0] == '/' ? line + 1 : line, (int)max_new, &sp, beams, 1, &te))
             fprintf(stderr, "\nerror: %s\n", te.msg);

@@ -107,9 +107,12 @@ int cmd_tokenize(int argc, char **argv)
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage();
             return 0;
+        } else if (!strcmp(a, "--model") || !strcmp(a, "--tokenizer-json") || !strcmp(a, "--bench") ||
+                   !strcmp(a, "--write-minicpmv")) {
+            fprintf(stderr, "minicpmv tokenize: %s needs a value\n", a);
+            return 2;
         } else {
-            fprintf(stderr, "minicpmv tokenize: unknown or incomplete option '%s'\n", a);
-            usage();
+            fprintf(stderr, "minicpmv tokenize: unknown flag '%s' (see minicpmv tokenize --help)\n", a);
             return 2;
         }
     }
