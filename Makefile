@@ -94,7 +94,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/flags.stamp $(OBJ) $(filter-out $(BUILD)/to
 	$(CC) $(CFLAGS) -MMD -MP -Itools $< $(OBJ) $(filter-out $(BUILD)/tools/minicpmv.o,$(CMDOBJ)) -o $@ $(LDLIBS)
 
 test: $(BUILD)/minicpmv $(TESTBIN)
-	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/repl.sh tests/build.sh tests/cli.sh
+	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/repl.sh tests/build.sh tests/cli.sh tests/docs.sh
 
 demo: $(BUILD)/minicpmv
 	@bash tools/demo.sh $(BUILD)/minicpmv $(MODEL)

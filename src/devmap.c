@@ -53,7 +53,8 @@ void devmap_opts_init(struct devmap_opts *o)
 const char *devmap_opts_help(void)
 {
     return "  --gpus 0,1,...          CUDA devices to use, first = the one holding embed/lm_head/vision\n"
-           "                          (default: all visible; 'none' = CPU only)\n"
+           "                          (default: the GPUs named in --max-memory or --logical-devices,\n"
+           "                          else all visible; 'none' = CPU only)\n"
            "  --max-memory 0=10GiB,1=10GiB,cpu=48GiB\n"
            "                          budget per device (GiB/GB/MiB/MB; default: free memory minus\n"
            "                          free/16 + 256 MiB); a cpu budget allows offloading layers to the CPU\n"

@@ -78,6 +78,9 @@ struct cuda_ctx {
     int ordinal;
     int n_sm;                   /* multiprocessors: grids are sized from this */
     int cc;                     /* compute capability, major * 10 + minor (75, 80, 86, 89, 90) */
+    int code_arch;              /* the virtual architecture the running code was compiled for (the
+                                 * __CUDA_ARCH__ / 10 of its kernels: 75 for a compute_75 PTX build
+                                 * JIT-compiled on an H200, 90 for the fat build there) */
     int smem_optin;             /* cudaDevAttrMaxSharedMemoryPerBlockOptin: the dynamic shared memory
                                  * a kernel may opt in to (sm_75 64 KiB, sm_86/89 99, sm_80 163, sm_90 227) */
     cudaStream_t stream;        /* the one stream every op of this device runs on */

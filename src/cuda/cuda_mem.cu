@@ -28,6 +28,9 @@ extern "C" int cuda_device_count(void)
     return n;
 }
 
+/* An empty kernel: its attributes say which target of this build the device runs (cuda_ctx.code_arch). */
+__global__ void cuda_arch_probe_kernel() {}
+
 struct cuda_ctx *cuda_ctx_get(int ordinal)
 {
     CHECKF(ordinal >= 0 && ordinal < CUDA_MAX_DEVICES, "CUDA ordinal %d out of range", ordinal);
@@ -46,6 +49,9 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal));
     c->cc = major * 10 + minor;
     CUDA_CHECK(cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ordinal));
+    cudaFuncAttributes fa;
+    CUDA_CHECK(cudaFuncGetAttributes(&fa, cuda_arch_probe_kernel));
+    c->code_arch = fa.ptxVersion;
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
@@ -105,7 +111,15 @@ void cuda_check_not_capturing(struct cuda_ctx *c, const char *what)
     CHECKF(st == cudaStreamCaptureStatusNone, "GPU %d: %s inside a CUDA graph capture", c->ordinal, what);
 }
 
-extern "C" void cuda_set_pdl(int ordinal, int on) { cuda_ctx_get(ordinal)->pdl = on != 0; }
+/* Programmatic dependent launch is a Hopper feature, and the kernels' griddepcontrol waits are compiled
+ * for sm_90 only (cuda_common.cuh): on older cards, and for code built for an older target (a
+ * compute_75 / compute_80 PTX build JIT-compiled on an H200 has no waits), the request is ignored and
+ * launches stay in stream order. */
+extern "C" void cuda_set_pdl(int ordinal, int on)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->pdl = on != 0 && c->cc >= 90 && c->code_arch >= 90;
+}
 
 /* ---- CUDA graphs ---- */
 
