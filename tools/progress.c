@@ -7,7 +7,8 @@
 void progress_format(char *buf, size_t n, unsigned long long done, unsigned long long total, double secs)
 {
     const double gb = 1e9, rate = secs > 0 ? (double)done / secs : 0;
-    int k = snprintf(buf, n, "%.1f / %.1f GB", done / gb, total / gb);
+    const int prec = total < 10 * gb ? 2 : 1;
+    int k = snprintf(buf, n, "%.*f / %.*f GB", prec, done / gb, prec, total / gb);
     if (k < 0 || (size_t)k >= n) return;
     if (secs >= 0.5 && done > 0) {
         int k2 = snprintf(buf + k, n - (size_t)k, "  %.2f GB/s", rate / gb);

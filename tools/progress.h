@@ -21,7 +21,7 @@ struct progress progress_term_init(struct progress_term *p, int quiet);
 struct progress progress_term_init_file(struct progress_term *p, FILE *f);
 /* Ends the line (with the total time) if one was drawn. */
 void progress_term_end(struct progress_term *p);
-/* "3.2 / 17.0 GB  1.5 GB/s  ETA 9 s" for done of total bytes after secs seconds (no ETA before the
+/* "3.2 / 17.0 GB  1.5 GB/s  ETA 9 s" (two decimals below 10 GB) for done of total bytes after secs seconds (no ETA before the
  * first 1% or 0.5 s). */
 void progress_format(char *buf, size_t n, unsigned long long done, unsigned long long total, double secs);
 
