@@ -64,7 +64,8 @@ const char *devmap_opts_help(void)
            "                          (default min(4096, max_position_embeddings))\n"
            "  --kv-seqs N             sequences with their own KV cache, e.g. beams (default 1)\n"
            "  --max-batch N           prefill chunk: prompt tokens per forward step (default 2048)\n"
-           "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices)\n"
+           "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices);\n"
+           "                          a request with more pieces runs in several batches\n"
            "  --max-patches N         patches per piece (default 1100)\n"
            "  --device-map FILE.json  explicit map {\"llm.model.layers.0\": 0, ..., \"vpm\": \"cpu\"}\n";
 }
