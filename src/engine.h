@@ -77,6 +77,9 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
                     struct engine_gen_stats *stats, struct err *e);
 /* Whether tok ends generation. */
 int engine_is_stop(const struct engine *g, int32_t tok);
+/* Refuses (error naming the id and its position) an id outside 0..vocab_size-1: engine_generate
+ * and engine_merge_embeddings check their ids with it before the embedding lookup. */
+int engine_check_ids(const struct engine *g, const int32_t *ids, int64_t n, struct err *e);
 
 
 /* ---- chat with images (spec §6, §8) ---- */

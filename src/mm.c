@@ -222,6 +222,7 @@ int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const s
 {
     const struct model_config *c = &g->cfg;
     const struct device edev = g->pl.devs[g->pl.embed];
+    if (engine_check_ids(g, ids, n, e)) return -1;
     *out = tensor_make(g->llm.act, edev, NULL, 2, (int64_t)n, (int64_t)c->hidden_size);
     if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) return -1;
     for (int64_t off = 0; off < n; off += g->llm.max_batch) {
