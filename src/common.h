@@ -65,7 +65,8 @@ int strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(
 int strbuf_append(struct strbuf *b, const void *data, size_t n);
 void strbuf_free(struct strbuf *b);
 
-/* Parses sizes like "10GiB", "512MiB", "16GB", "1024" (bytes); returns -1 on malformed input. */
+/* Parses sizes like "10GiB", "512MiB", "16GB", "1024" (bytes); returns -1 on malformed input, NaN,
+ * a negative size or one of 2^63 bytes (8 EiB) or more (inf, 1e30GiB). */
 int parse_size(const char *s, int64_t *out);
 
 #endif
