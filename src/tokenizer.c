@@ -360,8 +360,9 @@ static int load_model(struct tokenizer *t, const cJSON *root, struct err *e)
     }
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= TOK_MAX_IDS)
-            return err_set(e, "added_tokens: entry with a missing or bad id");
+        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= TOK_MAX_IDS ||
+            id->valuedouble != (int)id->valuedouble)
+            return err_set(e, "added_tokens: entry with a missing or bad id (an integer in 0..%d)", TOK_MAX_IDS - 1);
         if ((int)id->valuedouble > max_id) max_id = (int)id->valuedouble;
     }
     if (max_id < 255) return err_set(e, "model.vocab: too small (%d ids)", max_id + 1);
