@@ -108,7 +108,8 @@ int parse_size(const char *s, int64_t *out)
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || errno || v < 0) return -1;
+    /* !(v >= 0) also refuses NaN ("nan" parses); inf and huge values are refused below */
+    if (end == s || errno || !(v >= 0)) return -1;
     while (isspace((unsigned char)*end)) end++;
     double mul = 1;
     if (!*end || !strcmp(end, "B")) mul = 1;
@@ -121,7 +122,11 @@ int parse_size(const char *s, int64_t *out)
     else if (!strcasecmp(end, "GB")) mul = 1e9;
     else if (!strcasecmp(end, "TB")) mul = 1e12;
     else return -1;
-    *out = (int64_t)(v * mul);
+    /* the product must fit int64_t before the cast (a cast of an out-of-range double is undefined):
+     * 2^63 bytes (8 EiB) and above, inf included, are refused */
+    const double b = v * mul;
+    if (!(b < 9223372036854775808.0)) return -1;
+    *out = (int64_t)b;
     return 0;
 }
 

@@ -73,7 +73,8 @@ struct progress {
     void *ctx;
 };
 
-/* Parses sizes like "10GiB", "512MiB", "16GB", "1024" (bytes); returns -1 on malformed input. */
+/* Parses sizes like "10GiB", "512MiB", "16GB", "1024" (bytes); returns -1 on malformed input, NaN,
+ * a negative size or one of 2^63 bytes (8 EiB) or more (inf, 1e30GiB). */
 int parse_size(const char *s, int64_t *out);
 
 #endif

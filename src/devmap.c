@@ -65,7 +65,8 @@ const char *devmap_opts_help(void)
            "                          (default min(4096, max_position_embeddings))\n"
            "  --kv-seqs N             sequences with their own KV cache, e.g. beams (default 1)\n"
            "  --max-batch N           prefill chunk: prompt tokens per forward step (default 2048)\n"
-           "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices)\n"
+           "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices);\n"
+           "                          a request with more pieces runs in several batches\n"
            "  --max-patches N         patches per piece (default 1100)\n"
            "  --device-map FILE.json  explicit map {\"llm.model.layers.0\": 0, ..., \"vpm\": \"cpu\"}\n";
 }
@@ -169,7 +170,9 @@ int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, stru
         if (*n == DEVMAP_MAX_DEVICES) return err_set(e, "%s: more than %d entries", f, DEVMAP_MAX_DEVICES);
         if (is_mem) {
             int64_t b;
-            if (parse_size(sep + 1, &b)) return err_set(e, "--max-memory: '%s' is not a size (10GiB, 512MiB, 16GB)", sep + 1);
+            if (parse_size(sep + 1, &b))
+                return err_set(e, "--max-memory: '%s' is not a size (a finite number below 8 EiB with a unit: 10GiB, 512MiB, "
+                                  "16GB)", sep + 1);
             snprintf(o->mem_key[*n], sizeof o->mem_key[0], "%s", t);
             o->mem_bytes[*n] = b;
         } else {
@@ -710,7 +713,7 @@ static int dev_lookup(const cJSON *v, const struct devmap_device *dev, int n_dev
     char s[32];
     if (cJSON_IsNumber(v)) {
         double x = v->valuedouble;
-        if (x != (double)(int)x || x < 0 || x > 1023) {
+        if (!(x >= 0 && x <= 1023) || x != (double)(int)x) { /* range first: (int) of 1e30 is undefined */
             snprintf(why, nwhy, "%g is not a GPU index", x);
             return -1;
         }

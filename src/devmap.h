@@ -46,7 +46,9 @@
  * Defaults (the engine's): ctx min(4096, max_position_embeddings), kv_seqs 1, max_batch_tokens 2048,
  * max_pieces 10 (overview + 9 slices of one
  * image), max_patches 1100 (the largest piece the slicer makes for aspect ratios up to 16:1 is
- * 1080 patches; the engine must refuse requests beyond the planned B*N). */
+ * 1080 patches; the engine refuses a longer piece). B bounds one vision batch, not a request: a
+ * request with more pieces (the server takes 8 images, up to 80 pieces) runs in batches of at most
+ * max_pieces, each padded to the request's longest piece, with the numbers of one batch (mm.c). */
 #ifndef MINICPMV_DEVMAP_H
 #define MINICPMV_DEVMAP_H
 

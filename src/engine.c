@@ -2,6 +2,7 @@
  * generation loop. Placement comes from the caller (devmap) or defaults to one device. */
 #include "engine.h"
 
+#include <math.h>
 #include <string.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -98,6 +99,19 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     if (!o->model_dir) { err_set(e, "no model folder given (--model DIR)"); goto fail; }
     if (config_load(&g->cfg, o->model_dir, e)) goto fail;
     if (preprocessor_config_load(&g->pp, &g->cfg, o->model_dir, e)) goto fail;
+    /* the tokenizer first (seconds before the weights): its ids must all have an embedding row */
+    char tp[4096];
+    if (path_join(tp, sizeof tp, o->model_dir, "tokenizer.json", NULL) == 0) {
+        FILE *f = fopen(tp, "rb");
+        if (f) {
+            fclose(f);
+            if (tokenizer_load(&g->tok, o->model_dir, e)) goto fail;
+            if (tokenizer_check_ids(g->tok, g->cfg.vocab_size, e)) {
+                err_prefix(e, "%s", tp);
+                goto fail;
+            }
+        }
+    }
     if (safetensors_open_dir(&g->st, o->model_dir, e)) goto fail;
     backend_set_threads(o->threads);
 
@@ -133,14 +147,6 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
     /* the image path's scratch, as the plan reserved it (without a plan: on the first image) */
     if (g->plan && engine_mm_reserve(g, g->plan->params.max_pieces, g->plan->params.max_patches, e)) goto fail;
-    char tp[4096];
-    if (path_join(tp, sizeof tp, o->model_dir, "tokenizer.json", NULL) == 0) {
-        FILE *f = fopen(tp, "rb");
-        if (f) {
-            fclose(f);
-            if (tokenizer_load(&g->tok, o->model_dir, e)) goto fail;
-        }
-    }
     g->load_seconds = time_now() - t0;
     *out = g;
     return 0;
@@ -164,6 +170,27 @@ void engine_close(struct engine *g)
 
 int engine_is_stop(const struct engine *g, int32_t tok) { return tok == g->cfg.eos_token_id || tok == 128009; }
 
+/* The logits of a step must be finite: NaN or inf means broken weights (or an overflow), and the
+ * sampler would pick garbage from them silently. One pass over V floats, next to the sampler's. */
+static int check_logits(const float *x, int V, const char *where, struct err *e)
+{
+    for (int i = 0; i < V; i++)
+        if (!isfinite(x[i]))
+            return err_set(e, "the model computed a non-finite logit (%g for token %d) %s: the weights are broken "
+                              "(NaN or inf) or the activations overflowed; nothing was generated from it",
+                           (double)x[i], i, where);
+    return 0;
+}
+
+int engine_check_ids(const struct engine *g, const int32_t *ids, int64_t n, struct err *e)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= g->cfg.vocab_size)
+            return err_set(e, "token id %d at position %lld is outside the vocabulary (0..%d)", ids[i], (long long)i,
+                           g->cfg.vocab_size - 1);
+    return 0;
+}
+
 int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, int max_new,
                     const struct sampler_params *sp, engine_token_cb cb, void *cb_ctx, int32_t *out, int *n_out,
                     struct engine_gen_stats *stats, struct err *e)
@@ -171,6 +198,7 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     const int V = g->cfg.vocab_size;
     *n_out = 0;
     if (max_new < 0) return err_set(e, "max new tokens must be >= 0");
+    if (ids && engine_check_ids(g, ids, n, e)) return -1; /* the embedding lookup must never see them */
     if (g->llm.n_past + n + max_new > g->llm.ctx)
         return err_set(e, "prompt of %lld tokens + %d new tokens does not fit the context of %lld (over by %lld); "
                           "raise --ctx or lower --max-new-tokens",
@@ -185,6 +213,7 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     int rc = 0;
     double t0 = time_now();
     if (llm_forward(&g->llm, ids, embeds, n, logits, e)) { rc = -1; goto done; }
+    if (check_logits(logits, V, "for the prompt", e)) { rc = -1; goto done; }
     double t1 = time_now();
     if (stats) { stats->n_prompt = n; stats->t_prefill = t1 - t0; }
     /* Pure greedy (no repetition penalty) keeps the argmax on the device: a CUDA-graph step per
@@ -213,10 +242,13 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
                 if (!sp->greedy) s.draws++;
                 tok = next;
             } else {
-                tok = sampler_sample(&s, logits); /* declined (or no graph): the host, same draw */
+                /* declined (or no graph): the host, same draw */
+                if (check_logits(logits, V, "at a decode step", e)) { rc = -1; break; }
+                tok = sampler_sample(&s, logits);
             }
         } else {
             if (llm_decode_logits(&g->llm, tok, logits, e)) { rc = -1; break; }
+            if (check_logits(logits, V, "at a decode step", e)) { rc = -1; break; }
             tok = sampler_sample(&s, logits);
         }
     }

@@ -78,6 +78,9 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
                     struct engine_gen_stats *stats, struct err *e);
 /* Whether tok ends generation. */
 int engine_is_stop(const struct engine *g, int32_t tok);
+/* Refuses (error naming the id and its position) an id outside 0..vocab_size-1: engine_generate
+ * and engine_merge_embeddings check their ids with it before the embedding lookup. */
+int engine_check_ids(const struct engine *g, const int32_t *ids, int64_t n, struct err *e);
 
 
 /* ---- chat with images (spec §6, §8) ---- */
@@ -106,7 +109,8 @@ struct engine_chat_result {
 /* Called with each piece of answer text as it is decoded (never half a UTF-8 character). */
 typedef int (*engine_text_cb)(void *ctx, const char *text, size_t len);
 
-/* Builds the prompt, encodes every image (all pieces in one vision batch), merges the resampler
+/* Builds the prompt, encodes every image (vision batches of at most the plan's max_pieces, all
+ * padded to the request's longest piece: the numbers of one batch), merges the resampler
  * output into the <unk> placeholder rows, generates, and cleans the output as chat() does
  * (drop id 0, a leading BOS and a trailing stop id, decode with clean-up spaces, strip). Starts a
  * new conversation: the KV cache is reset. */
@@ -115,7 +119,8 @@ int engine_chat(struct engine *g, const struct engine_chat_request *rq, engine_t
 void engine_chat_result_free(struct engine_chat_result *r);
 
 /* Lower-level steps, exposed for tests and tools. */
-/* Vision + resampler for all pieces of the given images: out [n_pieces*query_num, d] on the embed
+/* Vision + resampler for all pieces of the given images, in batches of at most the plan's max_pieces
+ * (no plan: one batch), each padded to the longest piece: out [n_pieces*query_num, d] on the embed
  * device (allocated, caller frees with dev_free(out->dev, out->data)); grids receives each
  * image's (cols, rows). */
 struct chat_grid;

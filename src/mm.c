@@ -22,7 +22,9 @@
  *                          the tower's on the device's one stream (or run synchronously on the CPU)
  *   mm_ws[1], resampler device otherwise: [copy of feats][resampler scratch][resampler output]
  * The resampler output part is only there when the embed device differs; otherwise the resampler
- * writes straight into the caller's `out`. */
+ * writes straight into the caller's `out`.
+ * The blocks are sized for one vision batch of at most the plan's max_pieces; a request with more
+ * pieces runs batch after batch through the same blocks (ordered on the devices' streams). */
 
 static size_t al256(size_t b) { return (b + 255) & ~(size_t)255; }
 
@@ -32,6 +34,9 @@ struct mm_layout {
     size_t need[2];                /* bytes of mm_ws[0], mm_ws[1] */
 };
 
+static void mm_layout_need(struct mm_layout *L);
+
+/* The parts for one vision batch of B pieces padded to n_max (tgt: their sizes). */
 static void mm_layout(struct mm_layout *L, const struct engine *g, int B, int64_t n_max, const int32_t *tgt)
 {
     const struct model_config *c = &g->cfg;
@@ -45,6 +50,12 @@ static void mm_layout(struct mm_layout *L, const struct engine *g, int B, int64_
     if (!device_eq(rdev, edev))
         L->rs_out = al256((size_t)B * (size_t)c->query_num * (size_t)c->hidden_size * dtype_size(act));
     L->shared = device_eq(vdev, rdev);
+    mm_layout_need(L);
+}
+
+/* The bytes of each kept block from the parts' sizes. */
+static void mm_layout_need(struct mm_layout *L)
+{
     if (L->shared) {
         const size_t r = L->rs + L->rs_out;
         L->need[0] = L->feats + (L->vis > r ? L->vis : r);
@@ -105,7 +116,7 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
     int rc = -1, B = 0;
     memset(out, 0, sizeof *out);
     if (!ip) return err_set(e, "out of memory");
-    double tc[5];
+    double tc[5] = {0};
     tc[0] = time_now();
     for (int i = 0; i < n_images; i++) {
         if (image_preprocess(&ip[i], &images[i], &g->pp, 0, e)) {
@@ -129,46 +140,68 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
         }
     if (vision_check_pieces(c, vp, B, e)) goto done;
     const int64_t n_max = vision_n_max(vp, B), vd = c->vision_config.hidden_size, d = c->hidden_size;
-    /* the device plan reserved workspace for at most max_pieces x max_patches: refuse more */
-    if (g->plan && (B > g->plan->params.max_pieces || n_max > g->plan->params.max_patches)) {
-        err_set(e, "the images make %d pieces of up to %lld patches, more than the %d x %d the device plan reserved "
-                   "(--max-pieces / --max-patches)",
-                B, (long long)n_max, g->plan->params.max_pieces, g->plan->params.max_patches);
+    /* The device plan reserved workspace for one batch of max_pieces x max_patches. A piece longer
+     * than max_patches is refused; more pieces run in batches of at most max_pieces, each padded to
+     * the request's longest piece: a piece's result depends only on its own patches and on that
+     * padded length (vision.h), so this gives the numbers of one batch of all B pieces. */
+    if (g->plan && n_max > g->plan->params.max_patches) {
+        err_set(e, "the images make a piece of %lld patches, more than the %lld the device plan reserved (--max-patches)",
+                (long long)n_max, (long long)g->plan->params.max_patches);
         goto done;
     }
+    const int per = g->plan && g->plan->params.max_pieces < B ? g->plan->params.max_pieces : B;
     const struct device vdev = g->pl.devs[g->pl.vpm], rdev = g->pl.devs[g->pl.resampler];
     const struct device edev = g->pl.devs[g->pl.embed];
+    /* one layout for every batch: the largest parts any batch needs */
     struct mm_layout L;
-    mm_layout(&L, g, B, n_max, tgt);
+    memset(&L, 0, sizeof L);
+    for (int b0 = 0; b0 < B; b0 += per) {
+        struct mm_layout Lb;
+        mm_layout(&Lb, g, B - b0 < per ? B - b0 : per, n_max, tgt + 2 * b0);
+        if (Lb.feats > L.feats) L.feats = Lb.feats;
+        if (Lb.vis > L.vis) L.vis = Lb.vis;
+        if (Lb.rs > L.rs) L.rs = Lb.rs;
+        if (Lb.rs_out > L.rs_out) L.rs_out = Lb.rs_out;
+        L.shared = Lb.shared;
+    }
+    mm_layout_need(&L);
     if (mm_arenas(g, &L, e)) goto done;
     *out = tensor_make(act, edev, NULL, 2, (int64_t)B * c->query_num, d); /* the caller's */
     if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) goto done;
 
     char *w0 = g->mm_ws[0].p;
-    struct tensor feats = tensor_make(act, vdev, w0, 3, (int64_t)B, n_max, vd);
-    tc[1] = time_now();
-    if (vision_forward(&feats, &g->model.vpm, c, vp, B, w0 + L.feats, L.vis, e)) goto done;
-    tc[2] = time_now();
     char *rbase = L.shared ? w0 + L.feats : (char *)g->mm_ws[1].p + L.feats; /* resampler scratch, output */
-    struct tensor rs_in = feats;
-    if (!L.shared) {
-        rs_in.dev = rdev;
-        rs_in.data = g->mm_ws[1].p;
-        op_copy(&rs_in, &feats);
-    }
-    struct tensor rs_out = tensor_make(act, rdev, rbase + L.rs, 3, (int64_t)B, (int64_t)c->query_num, d);
-    if (!L.rs_out) rs_out = tensor_reshape(out, 3, (int64_t)B, (int64_t)c->query_num, d); /* rdev == edev */
-    if (resampler_forward(&rs_out, &g->model.rs, c, &rs_in, tgt, B, rbase, L.rs, e)) goto done;
-    if (L.rs_out) {
-        struct tensor flat = tensor_reshape(&rs_out, 2, (int64_t)B * c->query_num, d);
-        op_copy(out, &flat);
+    double t_vis = 0, t_rs = 0;
+    tc[1] = time_now();
+    for (int b0 = 0; b0 < B; b0 += per) {
+        const int nb = B - b0 < per ? B - b0 : per;
+        double ta = time_now();
+        struct tensor feats = tensor_make(act, vdev, w0, 3, (int64_t)nb, n_max, vd);
+        if (vision_forward_padded(&feats, &g->model.vpm, c, vp + b0, nb, n_max, w0 + L.feats, L.vis, e)) goto done;
+        double tb = time_now();
+        struct tensor rs_in = feats;
+        if (!L.shared) {
+            rs_in.dev = rdev;
+            rs_in.data = g->mm_ws[1].p;
+            op_copy(&rs_in, &feats);
+        }
+        struct tensor mine = tensor_rows_view(out, (int64_t)b0 * c->query_num, (int64_t)nb * c->query_num);
+        struct tensor rs_out = tensor_make(act, rdev, rbase + L.rs, 3, (int64_t)nb, (int64_t)c->query_num, d);
+        if (!L.rs_out) rs_out = tensor_reshape(&mine, 3, (int64_t)nb, (int64_t)c->query_num, d); /* rdev == edev */
+        if (resampler_forward(&rs_out, &g->model.rs, c, &rs_in, tgt + 2 * b0, nb, rbase, L.rs, e)) goto done;
+        if (L.rs_out) {
+            struct tensor flat = tensor_reshape(&rs_out, 2, (int64_t)nb * c->query_num, d);
+            op_copy(&mine, &flat);
+        }
+        t_vis += tb - ta;
+        t_rs += time_now() - tb;
     }
     tc[3] = time_now();
     dev_sync(edev); /* the tokens are complete when this returns (callers time it) */
     tc[4] = time_now();
     g->enc_times.pre = tc[1] - tc[0];
-    g->enc_times.vision_queued = tc[2] - tc[1];
-    g->enc_times.rs_queued = tc[3] - tc[2];
+    g->enc_times.vision_queued = t_vis;
+    g->enc_times.rs_queued = t_rs;
     g->enc_times.wait = tc[4] - tc[3];
     *n_pieces = B;
     rc = 0;
@@ -189,6 +222,7 @@ int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const s
 {
     const struct model_config *c = &g->cfg;
     const struct device edev = g->pl.devs[g->pl.embed];
+    if (engine_check_ids(g, ids, n, e)) return -1;
     *out = tensor_make(g->llm.act, edev, NULL, 2, (int64_t)n, (int64_t)c->hidden_size);
     if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) return -1;
     for (int64_t off = 0; off < n; off += g->llm.max_batch) {

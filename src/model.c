@@ -2,9 +2,12 @@
  * published checkpoint: llm.*, then vpm.*, then resampler.*. */
 #include "model.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 struct mbuild {
     struct manifest_entry *v;
@@ -127,6 +130,30 @@ const char *unit_name(enum unit_kind k, int layer, char *buf, size_t n)
 #include "backend.h"
 #include "safetensors.h"
 
+static int cmp_name(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* A tensor of the checkpoint that the manifest does not list: named, and when it is a layer past
+ * config.json's count, said so (a checkpoint with more layers than its config, whose extra layers
+ * would be silently dropped). */
+static int unexpected_tensor(const struct model_config *cfg, const struct safetensors *st,
+                             const struct safetensors_tensor *t, struct err *e)
+{
+    static const struct {
+        const char *prefix, *field;
+    } stacks[] = {{"llm.model.layers.", "num_hidden_layers"}, {"vpm.encoder.layers.", "vision_config.num_hidden_layers"}};
+    for (int k = 0; k < 2; k++) {
+        const size_t n = strlen(stacks[k].prefix);
+        if (strncmp(t->name, stacks[k].prefix, n) || !isdigit((unsigned char)t->name[n])) continue;
+        const long layer = strtol(t->name + n, NULL, 10);
+        const int have = k == 0 ? cfg->num_hidden_layers : cfg->vision_config.num_hidden_layers;
+        if (layer >= have)
+            return err_set(e, "%s: tensor %s belongs to layer %ld, but config.json has %s = %d: the checkpoint does not "
+                              "match its config", safetensors_shard_path(st, t->shard), t->name, layer, stacks[k].field, have);
+    }
+    return err_set(e, "%s: tensor %s is not part of the model config.json describes (spec §2 lists every tensor)",
+                   safetensors_shard_path(st, t->shard), t->name);
+}
+
 int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e)
 {
     struct manifest_entry *man = NULL;
@@ -153,6 +180,19 @@ int model_check_checkpoint(const struct model_config *cfg, const struct safetens
                          safetensors_shard_path(st, t->shard), man[i].name, dtype_name(t->dtype));
         }
     }
+    /* and nothing else: every tensor of the checkpoint is one the manifest lists */
+    const char **names = rc ? NULL : malloc((size_t)n * sizeof *names);
+    if (!rc && !names) rc = err_set(e, "out of memory");
+    if (!rc) {
+        for (int i = 0; i < n; i++) names[i] = man[i].name;
+        qsort(names, (size_t)n, sizeof *names, cmp_name);
+        const int nt = safetensors_count(st);
+        for (int i = 0; i < nt && !rc; i++) {
+            const struct safetensors_tensor *t = safetensors_at(st, i);
+            if (!bsearch(&t->name, names, (size_t)n, sizeof *names, cmp_name)) rc = unexpected_tensor(cfg, st, t, e);
+        }
+    }
+    free(names);
     free(man);
     return rc;
 }

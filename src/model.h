@@ -126,7 +126,9 @@ struct safetensors;
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
                const struct model_placement *pl, enum dtype wdtype, const struct progress *progress, struct err *e);
 void model_free(struct model *m);
-/* Checks only (no binding): used by loaders and by `plan` when headers are present. */
+/* Checks only (no binding): used by loaders and by `plan` when headers are present. Every manifest
+ * tensor must be present with its shape and a float dtype, and the checkpoint must hold nothing
+ * else: the first other tensor is named (a layer index at or past config.json's count says so). */
 int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e);
 
 #endif

@@ -360,8 +360,9 @@ static int load_model(struct tokenizer *t, const cJSON *root, struct err *e)
     }
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")) {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= TOK_MAX_IDS)
-            return err_set(e, "added_tokens: entry with a missing or bad id");
+        if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= TOK_MAX_IDS ||
+            id->valuedouble != (int)id->valuedouble)
+            return err_set(e, "added_tokens: entry with a missing or bad id (an integer in 0..%d)", TOK_MAX_IDS - 1);
         if ((int)id->valuedouble > max_id) max_id = (int)id->valuedouble;
     }
     if (max_id < 255) return err_set(e, "model.vocab: too small (%d ids)", max_id + 1);
@@ -610,5 +611,28 @@ int32_t tokenizer_token_id(const struct tokenizer *t, const char *s)
 }
 
 int tokenizer_vocab_size(const struct tokenizer *t) { return t->n_ids; }
+
+int tokenizer_check_ids(const struct tokenizer *t, int vocab_size, struct err *e)
+{
+    /* the lowest id in use at or above vocab_size is the one reported */
+    for (int id = vocab_size > 0 ? vocab_size : 0; id < t->n_ids; id++) {
+        if (t->tok_kind[id] == TOK_KIND_NONE) continue;
+        char shown[4 * 40 + 1];
+        size_t k = 0;
+        const char *src = t->added_content[id] ? t->added_content[id] : t->arena + t->tok_off[id];
+        const size_t n = t->added_content[id] ? strlen(src) : t->tok_len[id];
+        for (size_t i = 0; i < n && i < 40; i++) {
+            const unsigned char ch = (unsigned char)src[i];
+            if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') shown[k++] = (char)ch;
+            else k += (size_t)snprintf(shown + k, sizeof shown - k, "\\x%02x", ch);
+        }
+        shown[k] = 0;
+        const char *what = t->tok_kind[id] == TOK_KIND_ADDED ? "added token" : "token";
+        return err_set(e, "tokenizer: %s \"%s%s\" has id %d, outside the model's vocabulary of %d rows "
+                          "(config.json vocab_size): the embedding has no row for it", what, shown,
+                       n > 40 ? "..." : "", id, vocab_size);
+    }
+    return 0;
+}
 
 struct tokenizer_specials tokenizer_specials(const struct tokenizer *t) { return t->sp; }

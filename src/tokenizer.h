@@ -54,6 +54,11 @@ void tokenizer_stream_free(struct tokenizer_stream *st); /* accepts NULL */
 int32_t tokenizer_token_id(const struct tokenizer *tok, const char *token);
 /* Number of ids (max id + 1): 128256 for Llama-3. */
 int tokenizer_vocab_size(const struct tokenizer *tok);
+/* Checks that every id the tokenizer can produce (vocabulary, added and special tokens, those of
+ * the post-processor included) is below vocab_size, the model's embedding rows; the error names the
+ * first token outside with its id. engine_open calls it, so a tokenizer.json that does not fit the
+ * checkpoint is refused at load instead of reaching the embedding lookup with a bad id. */
+int tokenizer_check_ids(const struct tokenizer *tok, int vocab_size, struct err *e);
 /* The special tokens named by special_tokens_map.json / tokenizer_config.json; -1 when unset. */
 struct tokenizer_specials {
     int32_t bos, eos, unk, pad;

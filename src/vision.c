@@ -138,9 +138,22 @@ int vision_forward(struct tensor *out, const struct vpm_weights *w, const struct
                    const struct vision_piece *pieces, int n_pieces, void *scratch, size_t scratch_bytes,
                    struct err *e)
 {
+    return vision_forward_padded(out, w, c, pieces, n_pieces, 0, scratch, scratch_bytes, e);
+}
+
+int vision_forward_padded(struct tensor *out, const struct vpm_weights *w, const struct model_config *c,
+                          const struct vision_piece *pieces, int n_pieces, int64_t n_pad, void *scratch,
+                          size_t scratch_bytes, struct err *e)
+{
     const struct vision_config *vc = &c->vision_config;
     if (vision_check_pieces(c, pieces, n_pieces, e)) return -1;
-    const int64_t n_max = vision_n_max(pieces, n_pieces), B = n_pieces, R = B * n_max;
+    const int64_t longest = vision_n_max(pieces, n_pieces);
+    if (n_pad != 0 && (n_pad < longest || n_pad > VISION_MAX_PATCHES))
+        return err_set(e, "vision: padded length %lld, but the longest piece has %lld patches (limit %d)",
+                       (long long)n_pad, (long long)longest, VISION_MAX_PATCHES);
+    /* a piece's rows depend on its own patches and on n_max (the padding it attends to, its
+     * position ids), never on the other pieces: a request may run in several batches padded alike */
+    const int64_t n_max = n_pad ? n_pad : longest, B = n_pieces, R = B * n_max;
     const int64_t vd = vc->hidden_size, H = vc->num_attention_heads, hd = vd / H;
     const int64_t pdim = (int64_t)vc->num_channels * vc->patch_size * vc->patch_size;
     const int per_side = vc->image_size / vc->patch_size;

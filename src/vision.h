@@ -1,4 +1,4 @@
-/* vision.h: the SigLIP / Idefics2 vision tower ("vpm", spec §3) over all pieces of a request.
+/* vision.h: the SigLIP / Idefics2 vision tower ("vpm", spec §3) over a batch of pieces.
  * Owns: the batching rule (every piece zero-padded to N_max patches, NO attention mask), the
  * 1-D position-id rule of §3.2, the encoder layers and the post-LayerNorm.
  * Does not own: pixels and patch packing (image.h), the weights (model.h binds them), the
@@ -68,5 +68,12 @@ size_t vision_scratch_bytes(const struct model_config *c, int n_pieces, int64_t 
 int vision_forward(struct tensor *out, const struct vpm_weights *w, const struct model_config *c,
                    const struct vision_piece *pieces, int n_pieces, void *scratch, size_t scratch_bytes,
                    struct err *e);
+/* The same with every piece padded to n_pad patches (0 = the longest piece's h*w; else at least
+ * that): out is [B, n_pad, vd]. Piece i's rows depend only on its patches and on n_pad, so the
+ * pieces of one request may be encoded in several batches padded to the request's longest piece
+ * with the same result as one batch (the engine does this to bound its workspace, mm.c). */
+int vision_forward_padded(struct tensor *out, const struct vpm_weights *w, const struct model_config *c,
+                          const struct vision_piece *pieces, int n_pieces, int64_t n_pad, void *scratch,
+                          size_t scratch_bytes, struct err *e);
 
 #endif

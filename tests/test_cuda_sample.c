@@ -113,7 +113,7 @@ static void test_matches_twin(void)
 {
     static const int vocab[] = {128256, 1000, 4999, 40000, 128256, 32000};
     static const int topk[] = {100, 1, 5, 40, 100, 500, 2000, 2048, 0, 128256};
-    static const float temp[] = {0.7f, 1.0f, 0.3f, 1.7f, 0.0f, 50.0f};
+    static const float temp[] = {0.7f, 1.0f, 0.3f, 1.7f, 0.0f, 50.0f, 1e-38f, 1e-45f}; /* the last two: the t -> 0 limit */
     static const float topp[] = {0.8f, 1.0f, 0.5f, 0.95f, 0.99f};
     static const float pen[] = {1.05f, 1.0f, 1.3f, 0.9f};
     struct case_stats cs = {0};
@@ -127,7 +127,7 @@ static void test_matches_twin(void)
         int kind = (int)(x % LK_N);
         p.greedy = c % 10 == 9;
         p.top_k = topk[(x >> 3) % 10];
-        p.temperature = temp[(x >> 7) % 6];
+        p.temperature = temp[(x >> 7) % 8];
         p.top_p = topp[(x >> 11) % 5];
         p.repetition_penalty = pen[(x >> 14) % 4];
         p.seed = r ^ 0xabcdef;

@@ -453,6 +453,44 @@ static void map_text(char *buf, size_t n, int split, const char *a, const char *
     snprintf(buf + len, n - len, "}");
 }
 
+/* Issue 16, finding 8: budgets that are not finite sizes (nan, inf, 1e30GiB) were cast to int64_t
+ * (undefined; INT64_MIN on x86, i.e. "no budget") and the default budget was used silently. Each
+ * is refused with the value named; the largest size below 2^63 bytes is still accepted. */
+static void test_budget_values(void)
+{
+    static const char *bad[] = {"nan", "NaN", "inf", "-inf", "infinity", "1e30GiB", "1e400", "8EiB", "8388608TiB",
+                                "9223372036854775808", "-1GiB", "-0.5"};
+    struct err e = {{0}};
+    struct devmap_opts o;
+    struct devmap_device dev[DEVMAP_MAX_DEVICES];
+    int n;
+    char line[128];
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        memset(&e, 0, sizeof e);
+        snprintf(line, sizeof line, "--max-memory cpu=%s", bad[k]);
+        T_ASSERTF(devices_from(line, &o, dev, &n, &e) == -1, "%s was accepted (budget %lld)", line,
+                  n > 0 ? (long long)dev[0].budget : -1LL);
+        char want[64];
+        snprintf(want, sizeof want, "'%s'", bad[k]);
+        T_CONTAINS(e.msg, want);
+        int64_t v = 12345;
+        T_ASSERTF(parse_size(bad[k], &v) == -1 && v == 12345, "parse_size(%s)", bad[k]);
+    }
+    /* 2^63 - 2^40 (8 EiB less one TiB), and 0 */
+    T_EQ_INT(devices_from("--max-memory cpu=8388607TiB", &o, dev, &n, &e), 0);
+    T_EQ_INT(dev[0].budget, 8388607LL << 40);
+    int64_t v = -1;
+    T_EQ_INT(parse_size("0", &v), 0);
+    T_EQ_INT(v, 0);
+    /* a device-map value that no int holds: refused by range before any cast (UBSan was the only
+     * witness of the old order) */
+    struct devmap_assign m;
+    char buf[4096];
+    map_text(buf, sizeof buf, 16, "0", "1", "1e30", "", -1);
+    T_EQ_INT(map_with(buf, &m, &e), -1);
+    T_CONTAINS(e.msg, "1e+30 is not a GPU index");
+}
+
 static void test_explicit_maps(void)
 {
     struct err e = {{0}};
@@ -686,6 +724,7 @@ int main(void)
     T_RUN(test_cpu_offload);
     T_RUN(test_logical_devices);
     T_RUN(test_flags);
+    T_RUN(test_budget_values);
     T_RUN(test_explicit_maps);
     T_RUN(test_json_round_trip);
     T_RUN(test_cmd_plan);

@@ -3,8 +3,16 @@
  *    generated tiny checkpoint, seed 1): embedding, every layer teacher-forced from the reference
  *    input of that layer, final logits, and 32 greedy tokens, in fp32 and fp16;
  *  - a split run (layers over 3 logical CPU devices) gives exactly the single-device logits and tokens;
- *  - chunked prefill equals one-shot prefill within fp32 rounding. */
+ *  - chunked prefill equals one-shot prefill within fp32 rounding;
+ *  - broken checkpoint folders (issue 16): a tokenizer.json with an id past the embedding, a
+ *    checkpoint with more layers than config.json, NaN weights, an out-of-range id: each refused
+ *    with a message that names the problem, never an abort or silent output. */
+#include <cJSON.h>
+#include <dirent.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "devmap.h"
@@ -314,6 +322,229 @@ static void test_fixture_cuda(void)
     g_device = "cpu";
 }
 
+/* ---- broken checkpoint folders ---- */
+
+/* build/test-models/tiny-s1-<suffix>: the tiny checkpoint's files as symbolic links, except `own`
+ * (NULL: none), which the caller writes; returns the folder, or NULL. */
+static const char *tiny_variant(const char *suffix, const char *own)
+{
+    static char dir[300];
+    const char *src = t_tiny_model(1);
+    if (!src) return NULL;
+    snprintf(dir, sizeof dir, "%s-%s", src, suffix);
+    mkdir(dir, 0755);
+    DIR *d = opendir(src);
+    if (!d) return NULL;
+    struct dirent *de;
+    char a[700], b[700];
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        snprintf(b, sizeof b, "%s/%s", dir, de->d_name);
+        unlink(b);
+        if (own && !strcmp(de->d_name, own)) continue;
+        snprintf(a, sizeof a, "../%s/%s", strrchr(src, '/') + 1, de->d_name);
+        if (symlink(a, b)) { closedir(d); return NULL; }
+    }
+    closedir(d);
+    return dir;
+}
+
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *p = malloc((size_t)len + 1);
+    if (p && fread(p, 1, (size_t)len, f) != (size_t)len) { free(p); p = NULL; }
+    fclose(f);
+    if (p) p[len] = 0;
+    if (n) *n = (size_t)len;
+    return p;
+}
+
+static int spill(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int rc = fwrite(p, 1, n, f) == n ? 0 : -1;
+    return fclose(f) || rc ? -1 : 0;
+}
+
+static struct engine *open_dir(const char *dir, struct err *e)
+{
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_dir = dir;
+    o.device = "cpu";
+    o.dtype = DTYPE_F32;
+    o.ctx = 64;
+    o.quiet = 1;
+    struct engine *g = NULL;
+    return engine_open(&g, &o, e) ? NULL : g;
+}
+
+/* Finding 3: an added token moved past the embedding (vocab_size 128256) loaded, and the first
+ * chat aborted in the CPU embedding lookup. Now the folder is refused at open, token named. */
+static void test_tokenizer_outside_vocab(void)
+{
+    const char *dir = tiny_variant("badtok", "tokenizer.json");
+    T_ASSERT(dir != NULL);
+    if (!dir) return;
+    char src[400], dst[400];
+    snprintf(src, sizeof src, "%s/tokenizer.json", t_tiny_model(1));
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
+    char *text = slurp(src, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    T_ASSERT(root != NULL);
+    if (!root) return;
+    int moved = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")) {
+        cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
+        if (cJSON_IsString(content) && !strcmp(content->valuestring, "<image>")) {
+            cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "id"), 130000);
+            moved++;
+        }
+    }
+    T_EQ_INT(moved, 1);
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    T_ASSERT(out && spill(dst, out, strlen(out)) == 0);
+    free(out);
+    struct err e = {{0}};
+    struct engine *g = open_dir(dir, &e);
+    T_ASSERT(g == NULL);
+    T_CONTAINS(e.msg, "<image>");
+    T_CONTAINS(e.msg, "130000");
+    T_CONTAINS(e.msg, "vocab_size");
+    fprintf(stderr, "  refused: %s\n", e.msg);
+    engine_close(g);
+}
+
+/* The embedding lookup is never reached with an id from outside 0..V-1 (the library refuses). */
+static void test_ids_outside_vocab(void)
+{
+    struct err e = {{0}};
+    struct engine *g = open_dir(t_tiny_model(1), &e);
+    T_ASSERTF(g != NULL, "%s", e.msg);
+    if (!g) return;
+    struct sampler_params sp;
+    sampler_defaults(&sp);
+    sp.greedy = true;
+    int32_t out[4];
+    int n_out = 0;
+    const int32_t bad[][3] = {{128000, 128256, 13}, {128000, -1, 13}, {128000, 2000000000, 13}};
+    for (int k = 0; k < 3; k++) {
+        memset(&e, 0, sizeof e);
+        T_EQ_INT(engine_generate(g, bad[k], NULL, 3, 2, &sp, NULL, NULL, out, &n_out, NULL, &e), -1);
+        char want[64];
+        snprintf(want, sizeof want, "token id %d at position 1", bad[k][1]);
+        T_CONTAINS(e.msg, want);
+    }
+    struct tensor emb = {0};
+    T_EQ_INT(engine_merge_embeddings(g, bad[0], 3, NULL, 0, &emb, &e), -1);
+    T_CONTAINS(e.msg, "128256");
+    /* the engine still works */
+    const int32_t good[] = {128000, 791, 4062};
+    T_ASSERTF(engine_generate(g, good, NULL, 3, 2, &sp, NULL, NULL, out, &n_out, NULL, &e) == 0, "%s", e.msg);
+    T_EQ_INT(n_out, 2);
+    engine_close(g);
+}
+
+/* Finding 8: a checkpoint with more layers than config.json loaded silently (the extra layer was
+ * just not used). Here config.json says 2 of the 3 stored layers. */
+static void test_extra_layer_refused(void)
+{
+    const char *dir = tiny_variant("extralayer", "config.json");
+    T_ASSERT(dir != NULL);
+    if (!dir) return;
+    char src[400], dst[400];
+    snprintf(src, sizeof src, "%s/config.json", t_tiny_model(1));
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    char *text = slurp(src, NULL);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    T_ASSERT(root != NULL);
+    if (!root) return;
+    cJSON *nl = cJSON_GetObjectItemCaseSensitive(root, "num_hidden_layers");
+    T_EQ_INT(nl ? nl->valueint : -1, 3);
+    cJSON_SetNumberValue(nl, 2);
+    char *out = cJSON_Print(root);
+    cJSON_Delete(root);
+    T_ASSERT(out && spill(dst, out, strlen(out)) == 0);
+    free(out);
+    struct err e = {{0}};
+    struct engine *g = open_dir(dir, &e);
+    T_ASSERT(g == NULL);
+    T_CONTAINS(e.msg, "llm.model.layers.2.");
+    T_CONTAINS(e.msg, "num_hidden_layers = 2");
+    fprintf(stderr, "  refused: %s\n", e.msg);
+    engine_close(g);
+}
+
+/* Finding 8: NaN weights gave silent output. The final norm's weights set to NaN: every logit is
+ * NaN, and the request fails naming it. */
+static void test_nan_weights_fail(void)
+{
+    struct err e = {{0}};
+    struct safetensors *st = NULL;
+    T_ASSERTF(safetensors_open_dir(&st, t_tiny_model(1), &e) == 0, "%s", e.msg);
+    if (!st) return;
+    const struct safetensors_tensor *t = safetensors_find(st, "llm.model.norm.weight");
+    T_ASSERT(t && t->dtype == DTYPE_F16);
+    char shard[400];
+    snprintf(shard, sizeof shard, "%s", t ? safetensors_shard_path(st, t->shard) : "");
+    safetensors_close(st);
+    const char *base = strrchr(shard, '/') ? strrchr(shard, '/') + 1 : shard;
+    const char *dir = tiny_variant("nan", base);
+    T_ASSERT(dir != NULL);
+    if (!dir || !t) return;
+    size_t n = 0;
+    char *bytes = slurp(shard, &n);
+    T_ASSERT(bytes && n > 8);
+    if (!bytes) return;
+    /* the header (little-endian u64 length, JSON) gives the tensor's byte range */
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | (uint8_t)bytes[i];
+    char save = bytes[8 + hl];
+    bytes[8 + hl] = 0;
+    cJSON *h = cJSON_Parse(bytes + 8);
+    bytes[8 + hl] = save;
+    const cJSON *offs = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(h, "llm.model.norm.weight"), "data_offsets");
+    T_EQ_INT(cJSON_GetArraySize(offs), 2);
+    const size_t a = 8 + (size_t)hl + (size_t)cJSON_GetArrayItem(offs, 0)->valuedouble;
+    const size_t b = 8 + (size_t)hl + (size_t)cJSON_GetArrayItem(offs, 1)->valuedouble;
+    cJSON_Delete(h);
+    T_ASSERT(b > a && b <= n);
+    for (size_t i = a; i + 1 < b; i += 2) bytes[i] = 0x00, bytes[i + 1] = 0x7e; /* f16 NaN 0x7e00 */
+    char dst[700];
+    snprintf(dst, sizeof dst, "%s/%s", dir, base);
+    T_ASSERT(spill(dst, bytes, n) == 0);
+    free(bytes);
+    struct engine *g = open_dir(dir, &e);
+    T_ASSERTF(g != NULL, "%s", e.msg); /* loading does not read every weight */
+    if (!g) return;
+    struct sampler_params sp;
+    sampler_defaults(&sp);
+    const int32_t ids[] = {128000, 791, 4062};
+    int32_t out[4];
+    int n_out = 0;
+    for (int greedy = 0; greedy < 2; greedy++) {
+        sp.greedy = greedy;
+        memset(&e, 0, sizeof e);
+        T_EQ_INT(engine_generate(g, ids, NULL, 3, 3, &sp, NULL, NULL, out, &n_out, NULL, &e), -1);
+        T_CONTAINS(e.msg, "non-finite logit");
+        T_EQ_INT(n_out, 0);
+        llm_truncate(&g->llm, 0);
+    }
+    fprintf(stderr, "  refused: %s\n", e.msg);
+    engine_close(g);
+    unlink(dst); /* 68 MB */
+}
+
 int main(void)
 {
     T_RUN(test_fixture_f32);
@@ -325,5 +556,9 @@ int main(void)
     T_RUN(test_split_equals_single);
     T_RUN(test_devmap_split);
     T_RUN(test_chunked_prefill);
+    T_RUN(test_tokenizer_outside_vocab);
+    T_RUN(test_ids_outside_vocab);
+    T_RUN(test_extra_layer_refused);
+    T_RUN(test_nan_weights_fail);
     return t_main_end("test_llm");
 }

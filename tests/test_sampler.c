@@ -303,6 +303,85 @@ static void test_twin_matches_host(void)
 
 /* More than SAMPLE_DEV_MAX_CAND tokens tie at the top: the twin declines (-1, status 1) and still
  * consumes the draw; the host picks with that draw (checked in run_request). */
+/* Finding 7 of issue 16: a temperature so small that logits / t overflows (1e-38 with logits ~10)
+ * made inf - inf = NaN probabilities and picked the last candidate; a temperature that is 0 as a
+ * float (1e-300 from JSON) was treated as 1.0. Both are the t -> 0 limit: the argmax of the
+ * penalised logits. The expectation is computed here in double: the limit applies when the largest
+ * penalised logit over t exceeds FLT_MAX, or t is 0; the argmax is found by a separate scan. */
+static void test_tiny_temperature(void)
+{
+    enum { NV = 50 };
+    static const double temps[] = {1e-38, 1e-300, 0.0, 1e-45, 3e-39};
+    int checked = 0;
+    for (int ti = 0; ti < 5; ti++)
+        for (int trial = 0; trial < 40; trial++) {
+            struct sampler_params p;
+            sampler_defaults(&p);
+            p.temperature = (float)temps[ti];
+            p.top_k = trial % 3 == 0 ? 0 : 100;
+            p.top_p = trial % 2 ? 0.8f : 1.0f;
+            p.seed = (uint64_t)trial * 7919u + (uint64_t)ti;
+            struct sampler s;
+            T_EQ_INT(sampler_init(&s, &p, NV), 0);
+            float l[NV];
+            fill_logits(l, 1000u + (unsigned)trial);
+            for (int i = 0; i < NV; i++) l[i] *= 2.5f;            /* |logit| up to 10 */
+            l[trial % NV] = 10.0f, l[(trial + 17) % NV] = 9.75f;   /* a clear top two */
+            /* the first token generated, then penalised (1.05): the top moves when it is penalised */
+            s.seen[trial % NV] = (uint8_t)(trial % 4 == 1);
+            double best = -INFINITY;
+            int want = -1;
+            for (int i = 0; i < NV; i++) {
+                double x = l[i];
+                if (s.seen[i]) x = x < 0 ? x * (double)p.repetition_penalty : x / (double)p.repetition_penalty;
+                if (x > best) best = x, want = i;
+            }
+            const double t = (double)p.temperature;
+            T_ASSERTF(t == 0 || best / t > 3.4028234663852886e38, "case is not in the overflow regime (t %g)", t);
+            const int32_t got = sampler_sample(&s, l);
+            T_ASSERTF(got == want, "t %g trial %d: got %d, the argmax is %d", temps[ti], trial, got, want);
+            T_EQ_INT(s.draws, 1); /* a sampled request still counts its draw */
+            /* the device sampler's CPU twin agrees, state included */
+            const int64_t words = sample_state_words(NV);
+            int32_t st[64], id = -1;
+            CHECK(words <= 64);
+            float lt[NV];
+            fill_logits(lt, 1000u + (unsigned)trial);
+            for (int i = 0; i < NV; i++) lt[i] *= 2.5f;
+            lt[trial % NV] = 10.0f, lt[(trial + 17) % NV] = 9.75f;
+            struct tensor state = tensor_make(DTYPE_I32, device_cpu(), st, 1, words);
+            struct tensor ids = tensor_make(DTYPE_I32, device_cpu(), &id, 1, (int64_t)1);
+            struct tensor lg = tensor_make(DTYPE_F32, device_cpu(), lt, 2, (int64_t)1, (int64_t)NV);
+            op_sample_begin(&state, &p, 4);
+            if (trial % 4 == 1) id = trial % NV; /* fed: marks it generated */
+            op_sample_dev(&lg, &ids, &state);
+            T_ASSERTF(id == want, "twin: t %g trial %d: got %d, the argmax is %d", temps[ti], trial, id, want);
+            T_EQ_INT(st[SAMPLE_ST_STATUS], 0);
+            T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 5);
+            sampler_free(&s);
+            checked++;
+        }
+    T_EQ_INT(checked, 200);
+    /* the limit is only the limit: at t = 1 other tokens are drawn */
+    struct sampler_params p;
+    sampler_defaults(&p);
+    p.temperature = 1.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    int other = 0;
+    for (int trial = 0; trial < 64; trial++) {
+        struct sampler s;
+        p.seed = (uint64_t)trial;
+        T_EQ_INT(sampler_init(&s, &p, NV), 0);
+        float l[NV];
+        for (int i = 0; i < NV; i++) l[i] = 0.0f;
+        l[0] = 0.5f;
+        other += sampler_sample(&s, l) != 0;
+        sampler_free(&s);
+    }
+    T_ASSERT(other > 32); /* P(token 0) = e^0.5 / (e^0.5 + 49) = 3.3% at t = 1 */
+}
+
 static void test_twin_declines(void)
 {
     const int V = 5000;
@@ -352,5 +431,6 @@ int main(void)
     T_RUN(test_uniform_at);
     T_RUN(test_twin_matches_host);
     T_RUN(test_twin_declines);
+    T_RUN(test_tiny_temperature);
     return t_main_end("test_sampler");
 }

@@ -458,6 +458,36 @@ static void test_errors(void)
     free(buf);
 }
 
+/* Issue 16, finding 3: every id the tokenizer can produce must have an embedding row. The ids and
+ * texts expected here are Llama-3's published ones (spec §7), not read back from the loader. */
+static void test_check_ids(void)
+{
+    struct err e = {{0}};
+    T_EQ_INT(tokenizer_check_ids(mcv, 128256, &e), 0);
+    T_EQ_INT(tokenizer_check_ids(meta, 128256, &e), 0);
+    T_EQ_INT(tokenizer_check_ids(mcv, 128000, &e), -1); /* the specials start at 128000 */
+    T_CONTAINS(e.msg, "added token \"<|begin_of_text|>\" has id 128000");
+    T_CONTAINS(e.msg, "vocabulary of 128000 rows");
+    T_EQ_INT(tokenizer_check_ids(mcv, 128255, &e), -1);
+    T_CONTAINS(e.msg, "\"<|reserved_special_token_250|>\" has id 128255");
+    T_EQ_INT(tokenizer_check_ids(meta, 300, &e), -1); /* a vocabulary token, shown with escapes */
+    T_CONTAINS(e.msg, "token \"");
+    T_CONTAINS(e.msg, "has id 300");
+    /* a fractional added-token id was truncated to an int */
+    char *buf;
+    size_t n;
+    T_ASSERT(read_file(META_JSON, (size_t)64 << 20, &buf, &n, &e) == 0);
+    if (!buf) return;
+    cJSON *j = cJSON_ParseWithLength(buf, n);
+    free(buf);
+    cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "added_tokens"), 0);
+    cJSON_SetNumberValue(cJSON_GetObjectItem(first, "id"), 128000.5);
+    char *bad = cJSON_PrintUnformatted(j);
+    expect_load_error(bad, "added_tokens: entry with a missing or bad id");
+    free(bad);
+    cJSON_Delete(j);
+}
+
 /* A Llama-3.1-style post-processor (Sequence[ByteLevel, TemplateProcessing with BOS]): TOKENIZER_ADD_SPECIAL
  * prepends BOS as HF's add_special_tokens=True does; plain encode does not. */
 static void test_template_post_processor(void)
@@ -652,6 +682,7 @@ int main(void)
     T_RUN(test_decode_bytes);
     T_RUN(test_roundtrip_and_stream);
     T_RUN(test_errors);
+    T_RUN(test_check_ids);
     T_RUN(test_template_post_processor);
     T_RUN(test_ascii_fast_path);
     if (file_exists(HF_FIXTURE)) T_RUN(test_hf_fixture);

@@ -7,16 +7,27 @@
  *   plain loops, for two pieces of different sizes (padding exercised), F32 and F16;
  * - the masking contract: the resampler ignores padding (alone == batched, order does not matter,
  *   junk in padded rows changes nothing), the ViT does not (alone != batched, as §3.2 says).
+ * - batching (issue 16, finding 6): the tiny checkpoint, fp32 on the CPU: a request's pieces run
+ *   in batches of --max-pieces, each padded to the request's longest piece, give exactly (bit for
+ *   bit) the tokens of one batch of all pieces; two ordinary photos (17 pieces) pass the default
+ *   limits, chat included.
  * Stage parity against PyTorch (tools/ref_vision.py fixtures) is tests/test_vision_ref.c. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "backend.h"
+#include "chat.h"
+#include "devmap.h"
+#include "engine.h"
+#include "image.h"
 #include "model.h"
 #include "resampler.h"
 #include "t.h"
+#include "tutil.h"
 #include "vision.h"
 
 /* ---- seeded PRNG ---- */
@@ -682,6 +693,136 @@ static void test_attention_batch(void)
  * each stage the reference input (teacher forcing) and compare: position_ids exactly (this also
  * decides VISION_ARANGE_VEC), vpm and resampler outputs within fp16 tolerances. */
 
+/* ---- batches of pieces (engine level, the tiny checkpoint) ---- */
+
+/* A photo-like test image: smooth gradients plus hashed noise (slicing depends only on the size). */
+static struct image photo(int w, int h, uint32_t seed)
+{
+    struct image im = {w, h, malloc((size_t)w * h * 3)};
+    CHECK(im.rgb != NULL);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            for (int ch = 0; ch < 3; ch++) {
+                uint32_t z = (uint32_t)(x * 73856093u) ^ (uint32_t)(y * 19349663u) ^ (uint32_t)(ch * 83492791u) ^ seed;
+                z = (z ^ (z >> 13)) * 0x5bd1e995u;
+                im.rgb[((size_t)y * w + x) * 3 + ch] = (uint8_t)((x * 255 / w + y * 128 / h + ch * 40 + (int)(z >> 28)) & 255);
+            }
+    return im;
+}
+
+/* A copy of the tiny checkpoint folder (symbolic links) whose preprocessor_config.json slices at
+ * scale_resolution 112: pieces of at most ~80 patches instead of ~1000, so a 17-piece request is
+ * cheap enough to encode several times. */
+static const char *tiny_small_scale(void)
+{
+    static char dir[300];
+    const char *src = t_tiny_model(1);
+    if (!src) return NULL;
+    snprintf(dir, sizeof dir, "%s-scale112", src);
+    static const char *files[] = {"config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+                                  "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+                                  "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"};
+    mkdir(dir, 0755);
+    char a[700], b[700];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(a, sizeof a, "../%s/%s", strrchr(src, '/') + 1, files[i]);
+        snprintf(b, sizeof b, "%s/%s", dir, files[i]);
+        unlink(b);
+        if (symlink(a, b)) return NULL;
+    }
+    snprintf(b, sizeof b, "%s/preprocessor_config.json", dir);
+    FILE *f = fopen(b, "w");
+    if (!f) return NULL;
+    fputs("{\"image_processor_type\": \"MiniCPMVImageProcessor\", \"max_slice_nums\": 9, \"scale_resolution\": 112,\n"
+          " \"patch_size\": 14, \"image_feature_size\": 96, \"norm_mean\": [0.5, 0.5, 0.5], \"norm_std\": [0.5, 0.5, 0.5]}\n", f);
+    fclose(f);
+    return dir;
+}
+
+/* A checkpoint folder in fp32 on the CPU; max_pieces > 0: planned with --max-pieces; < 0: planned
+ * with the default limits; 0: no plan (one batch of every piece, the arena grown to fit). */
+static struct engine *open_tiny_cpu(const char *dir, int max_pieces)
+{
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_dir = dir;
+    o.device = "cpu";
+    o.dtype = DTYPE_F32;
+    o.quiet = 1;
+    struct devmap_opts dm;
+    devmap_opts_init(&dm);
+    dm.n_gpus = 0;
+    if (max_pieces != 0) {
+        if (max_pieces > 0) dm.params.max_pieces = max_pieces;
+        o.devmap = &dm;
+    } else {
+        o.ctx = 2048;
+    }
+    struct err e = {{0}};
+    struct engine *g = NULL;
+    if (!o.model_dir || engine_open(&g, &o, &e)) {
+        fprintf(stderr, "engine_open: %s\n", e.msg);
+        return NULL;
+    }
+    return g;
+}
+
+static void test_batched_pieces(void)
+{
+    struct image im[2] = {photo(1344, 1008, 1), photo(1200, 1200, 2)};
+    const char *small = tiny_small_scale();
+    T_ASSERT(small != NULL);
+    struct engine *one = open_tiny_cpu(small, 0), *three = open_tiny_cpu(small, 3);
+    struct engine *dflt = open_tiny_cpu(t_tiny_model(1), -1);
+    T_ASSERT(one && three && dflt);
+    if (!one || !three || !dflt) goto out;
+    T_EQ_INT(three->plan->params.max_pieces, 3);
+    struct chat_grid grids[2];
+    struct tensor a = {0}, b = {0};
+    int na = 0, nb = 0;
+    struct err e = {{0}};
+    T_ASSERTF(engine_encode_images(one, im, 2, grids, &a, &na, &e) == 0, "%s", e.msg);
+    T_ASSERTF(engine_encode_images(three, im, 2, grids, &b, &nb, &e) == 0, "%s", e.msg);
+    T_ASSERT(na > 7 && na % 3 != 0); /* several batches, the last one short */
+    printf("  %d pieces (scale 112) in batches of 3 == one batch: %s\n", na, a.data && b.data && na == nb && !memcmp(a.data, b.data, tensor_nbytes(&a)) ? "bit-identical" : "DIFFERENT");
+    T_EQ_INT(nb, na);
+    if (a.data && b.data && na == nb) {
+        T_EQ_INT(tensor_nbytes(&a), tensor_nbytes(&b));
+        T_ASSERTF(memcmp(a.data, b.data, tensor_nbytes(&a)) == 0, "batches of 3 differ from one batch of %d", na);
+        /* the tokens are not trivially equal: pieces differ from each other */
+        const int64_t row = (int64_t)one->cfg.query_num * one->cfg.hidden_size;
+        T_ASSERT(memcmp(a.data, (float *)a.data + row, (size_t)row * sizeof(float)) != 0);
+    }
+    dev_free(a.dev, a.data);
+    dev_free(b.dev, b.data);
+
+    /* the default limits and the model's own slicing: the two photos make 17 pieces of ~1000
+     * patches, one chat request (was: "17 pieces ... more than the 10 x 1100 the device plan
+     * reserved") */
+    struct devmap_params dp;
+    devmap_params_default(&dp);
+    T_EQ_INT(dflt->plan->params.max_pieces, dp.max_pieces);
+    struct chat_msg msg = {"user", "(<image>./</image>)\n(<image>./</image>)\nCompare them."};
+    struct engine_chat_request rq = {0};
+    rq.msgs = &msg;
+    rq.n_msgs = 1;
+    rq.images = im;
+    rq.n_images = 2;
+    rq.max_new_tokens = 2;
+    sampler_defaults(&rq.sampling);
+    rq.sampling.greedy = true;
+    struct engine_chat_result res;
+    T_ASSERTF(engine_chat(dflt, &rq, NULL, NULL, &res, &e) == 0, "chat: %s", e.msg);
+    T_EQ_INT(res.n_pieces, 17); /* 1 + 3x3 and 1 + 2x3 */
+    engine_chat_result_free(&res);
+out:
+    engine_close(one);
+    engine_close(three);
+    engine_close(dflt);
+    free(im[0].rgb);
+    free(im[1].rgb);
+}
+
 int main(void)
 {
     backend_set_threads(2);
@@ -693,5 +834,6 @@ int main(void)
     T_RUN(test_vit_padding_matters);
     T_RUN(test_errors);
     T_RUN(test_attention_batch);
+    T_RUN(test_batched_pieces);
     return t_main_end("test_vision");
 }

@@ -5,7 +5,8 @@
  * The specification is sampler_pick (sampler.c) through cpu_sample_dev; the result is the same
  * token (docs/CUDA.md, "Sampling on the device"):
  *  - x_j = logit_j, penalised for flagged ids with the same single float op (__fmul_rn/__fdiv_rn);
- *    w_j = x_j / t with __fdiv_rn (t = temperature > 0 ? temperature : 1);
+ *    w_j = x_j / t with __fdiv_rn; a temperature that is not > 0, or so small that max_j x_j / t
+ *    overflows to +inf, is the t -> 0 limit: the argmax, one draw consumed (as sampler_pick);
  *  - order-preserving uint32 keys (-0.0 mapped to +0.0 first, so key order == float order);
  *  - the exact k-th largest w, every w >= it kept, sorted by (w desc, index asc): the host's set and
  *    order, whatever way the k-th value is found;
@@ -84,6 +85,47 @@ static __device__ __forceinline__ int next_pow2(int n)
     return p;
 }
 
+/* Whether the largest penalised logit (key mk) over t overflows to +inf: the t -> 0 limit, where
+ * sampling is the argmax (sampler_pick's test, the same division). */
+__device__ __forceinline__ bool overflows(uint32_t mk, float t)
+{
+    const float m = key_float(mk);
+    return m > 0.0f && isinf(__fdiv_rn(m, t));
+}
+
+/* ids[0] = argmax of the penalised logits, first index of the maximum (sampler.c argmax); every
+ * thread of the block calls it. draw: also advance the draw counter (a sampled request at the
+ * t -> 0 limit consumes its draw, as the host does). */
+__device__ void pick_argmax(const float *__restrict__ x, const uint32_t *flags, int V, float rp, bool pen, int32_t *ids,
+                            int32_t *st, bool draw, float *red_v, int *red_i)
+{
+    const int tid = threadIdx.x, lane = tid & 31;
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for (int j = tid; j < V; j += SAMPLE_THREADS) {
+        const float v = pen_x(x[j], flags, j, rp, pen);
+        if (v > bv || (v == bv && j < bi)) bv = v, bi = j;
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, bv, off);
+        const int oi = __shfl_xor_sync(FULL_MASK, bi, off);
+        if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+    }
+    if (lane == 0) red_v[tid >> 5] = bv, red_i[tid >> 5] = bi;
+    __syncthreads();
+    if (tid == 0) {
+        for (int w = 1; w < SAMPLE_THREADS / 32; w++)
+            if (red_v[w] > bv || (red_v[w] == bv && red_i[w] < bi)) bv = red_v[w], bi = red_i[w];
+        ids[0] = bi < V ? bi : 0; /* all NaN: 0, like the host */
+        st[SAMPLE_ST_STATUS] = 0;
+        if (draw) {
+            const uint64_t d = ((uint64_t)(uint32_t)st[SAMPLE_ST_DRAWS_HI] << 32 | (uint32_t)st[SAMPLE_ST_DRAWS_LO]) + 1;
+            st[SAMPLE_ST_DRAWS_LO] = (int32_t)(uint32_t)d;
+            st[SAMPLE_ST_DRAWS_HI] = (int32_t)(uint32_t)(d >> 32);
+        }
+    }
+}
+
 __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__restrict__ x, int32_t *ids, int32_t *st,
                                                                int V)
 {
@@ -94,7 +136,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__r
     __shared__ float red_v[SAMPLE_THREADS / 32];
     __shared__ int red_i[SAMPLE_THREADS / 32];
     __shared__ int s_cnt, s_n;
-    __shared__ uint32_t s_key;
+    __shared__ uint32_t s_key, s_max;
     __shared__ double s_sum;
 
     pdl_trigger();
@@ -102,7 +144,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__r
     uint32_t *flags = (uint32_t *)(st + SAMPLE_ST_HEADER);
     const bool greedy = st[SAMPLE_ST_GREEDY] != 0;
     const float temp = __int_as_float(st[SAMPLE_ST_TEMPERATURE]);
-    const float t = temp > 0.0f ? temp : 1.0f;
+    const float t = temp;
     const int top_k = st[SAMPLE_ST_TOP_K];
     const float top_p = __int_as_float(st[SAMPLE_ST_TOP_P]);
     const float rp = __int_as_float(st[SAMPLE_ST_PENALTY]);
@@ -111,29 +153,13 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__r
         const int32_t fed = ids[0];
         if (fed >= 0 && fed < V) flags[fed >> 5] |= 1u << (fed & 31);
         s_cnt = 0;
+        s_max = 0;
     }
     __syncthreads();
 
-    if (greedy) { /* argmax of the penalised logits, first index of the maximum (sampler.c argmax) */
-        float bv = -INFINITY;
-        int bi = INT_MAX;
-        for (int j = tid; j < V; j += SAMPLE_THREADS) {
-            const float v = pen_x(x[j], flags, j, rp, pen);
-            if (v > bv || (v == bv && j < bi)) bv = v, bi = j;
-        }
-        for (int off = 16; off > 0; off >>= 1) {
-            const float ov = __shfl_xor_sync(FULL_MASK, bv, off);
-            const int oi = __shfl_xor_sync(FULL_MASK, bi, off);
-            if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
-        }
-        if (lane == 0) red_v[tid >> 5] = bv, red_i[tid >> 5] = bi;
-        __syncthreads();
-        if (tid == 0) {
-            for (int w = 1; w < SAMPLE_THREADS / 32; w++)
-                if (red_v[w] > bv || (red_v[w] == bv && red_i[w] < bi)) bv = red_v[w], bi = red_i[w];
-            ids[0] = bi < V ? bi : 0; /* all NaN: 0, like the host */
-            st[SAMPLE_ST_STATUS] = 0;
-        }
+    /* greedy; or the t -> 0 limit of sampling (sampler_pick): a temperature that is not > 0 */
+    if (greedy || !(temp > 0.0f)) {
+        pick_argmax(x, flags, V, rp, pen, ids, st, !greedy, red_v, red_i);
         return;
     }
 
@@ -159,12 +185,21 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__r
                 }
             }
         }
+        /* the largest penalised x (its key), for the overflow test below */
+        uint32_t m = t1;
+        for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(FULL_MASK, m, off));
+        if (lane == 0) atomicMax(&s_max, m);
         /* L = the k-th largest of the 2048 slot keys, bit by bit from the top: the largest L with
          * k slots >= L (block-wide counts, no shared memory; every thread gets the same L) */
         uint32_t L = 0;
         for (int bit = 31; bit >= 0; bit--) {
             const uint32_t c = L | 1u << bit;
             if (__syncthreads_count(t1 >= c) + __syncthreads_count(t2 >= c) >= k_eff) L = c;
+        }
+        /* (the __syncthreads_count above ordered the atomicMax before this read) */
+        if (overflows(s_max, t)) {
+            pick_argmax(x, flags, V, rp, pen, ids, st, true, red_v, red_i);
+            return;
         }
         if (tid == 0) {
             /* L <= the k-th largest x; survivors: x >= x* (smallest x with x/t >= L/t) */
@@ -227,6 +262,17 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__r
         bitonic_sort(sk, si, np);
         kth = sk[k_eff - 1];
     } else {
+        if (k_eff > NCAND) { /* no pass 1 ran: the largest penalised x for the overflow test */
+            uint32_t m = 0;
+            for (int j = tid; j < V; j += SAMPLE_THREADS) m = max(m, fkey(pen_x(x[j], flags, j, rp, pen)));
+            for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(FULL_MASK, m, off));
+            if (lane == 0) atomicMax(&s_max, m);
+            __syncthreads();
+            if (overflows(s_max, t)) {
+                pick_argmax(x, flags, V, rp, pen, ids, st, true, red_v, red_i);
+                return;
+            }
+        }
         /* radix select of the k-th largest w key over the whole vocabulary, 8 bits per pass */
         uint32_t prefix = 0, pmask = 0;
         int krem = k_eff;
