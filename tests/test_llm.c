@@ -79,7 +79,8 @@ static void check_precision(const struct safetensors *fx, const char *p, enum dt
     struct tensor h = llm_embed(&g->llm, ids, n);
     float *hf = t_fetch_f32(&h);
     snprintf(name, sizeof name, "%s.embed", p);
-    if (!fget(fx, name, &t)) {
+    if (fget(fx, name, &t)) T_ASSERTF(0, "fixture tensor %s missing", name); /* a missing tensor fails */
+    else {
         struct t_cmp m = t_compare(hf, t.data, n * d);
         fprintf(stderr, "  %s embed: max_abs %.3g rel %.3g\n", p, m.max_abs, m.rel);
         T_ASSERT(m.rel <= tol.stage_rel);
@@ -111,7 +112,8 @@ static void check_precision(const struct safetensors *fx, const char *p, enum dt
     struct err e = {{0}};
     T_ASSERT(llm_forward(&g->llm, ids, NULL, n, logits, &e) == 0);
     snprintf(name, sizeof name, "%s.logits_last", p);
-    if (!fget(fx, name, &t)) {
+    if (fget(fx, name, &t)) T_ASSERTF(0, "fixture tensor %s missing", name);
+    else {
         struct t_cmp m = t_compare(logits, t.data, V);
         fprintf(stderr, "  %s logits: max_abs %.3g rel %.3g cos %.9f\n", p, m.max_abs, m.rel, m.cos);
         T_ASSERTF(m.rel <= tol.logits_rel, "logits rel %.3g > %.3g", m.rel, tol.logits_rel);
