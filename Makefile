@@ -61,3 +61,10 @@ demo: $(BUILD)/minicpmv
 
 clean:
 	rm -rf build build-asan build-cuda
+
+# `make mutate`: the mutation campaign of tests/mutants/ (slow, not in CI): each mutant applied to a
+# scratch copy of the tree under /tmp, its tests run, the kill rate and the survivors printed.
+# MUTANTS=name,name runs a subset; `python3 tests/mutants/run.py --list` lists them.
+.PHONY: mutate
+mutate:
+	python3 tests/mutants/run.py $(if $(MUTANTS),--only $(MUTANTS))
