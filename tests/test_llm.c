@@ -175,7 +175,9 @@ static void test_fixture_f32(void)
     struct err e = {{0}};
     T_ASSERTF(safetensors_open_file(&fx, FIXTURE, &e) == 0, "%s", e.msg);
     if (!fx) return;
-    struct tol tol = {1e-5, 1e-4, 0};
+    /* measured (2026-12-02, CPU): layers rel <= 3.9e-7, logits rel 6.9e-7 (H200: logits 4.2e-7);
+     * limits about 5x and 4.4x that (docs/TESTING.md §13) */
+    struct tol tol = {2e-6, 3e-6, 0};
     check_precision(fx, "f32", DTYPE_F32, tol);
     safetensors_close(fx);
 }
@@ -186,7 +188,9 @@ static void test_fixture_f16(void)
     struct err e = {{0}};
     T_ASSERTF(safetensors_open_file(&fx, FIXTURE, &e) == 0, "%s", e.msg);
     if (!fx) return;
-    struct tol tol = {2e-3, 5e-3, 0};
+    /* measured: layers rel <= 4.3e-4 (about one fp16 rounding, 4.9e-4), logits rel 1.2e-3 (H200: 9.9e-4;
+     * the fp16 reference itself is 1.0e-3 from the fp32 one); limits 2.8x and 2.5x */
+    struct tol tol = {1.2e-3, 3e-3, 0};
     check_precision(fx, "f16", DTYPE_F16, tol);
     safetensors_close(fx);
 }
@@ -208,7 +212,7 @@ static void test_fixture_realistic(void)
     g_model = tiny_realistic();
     T_ASSERTF(g_model != NULL, "cannot generate the realistic tiny model");
     if (fx && g_model) {
-        struct tol t32 = {1e-5, 1e-4, 1e-4}, t16 = {2e-3, 5e-3, 2e-3};
+        struct tol t32 = {2e-6, 3e-6, 1e-4}, t16 = {1.2e-3, 3e-3, 2e-3};
         check_precision(fx, "f32", DTYPE_F32, t32);
         check_precision(fx, "f16", DTYPE_F16, t16);
     }
@@ -324,6 +328,8 @@ static void test_devmap_split(void)
     engine_close(b);
 }
 
+/* chunked prefill sums the attention over other key blocks: fp32 reordering only */
+#define CHUNKED_REL 1e-5
 static void test_chunked_prefill(void)
 {
     int32_t ids[40];
@@ -337,7 +343,8 @@ static void test_chunked_prefill(void)
     T_ASSERT(llm_forward(&a->llm, ids, NULL, 40, la, &e) == 0);
     T_ASSERT(llm_forward(&b->llm, ids, NULL, 40, lb, &e) == 0);
     struct t_cmp m = t_compare(lb, la, V);
-    T_ASSERTF(m.rel < 1e-5, "chunked prefill rel %.3g", m.rel);
+    fprintf(stderr, "  chunked vs one-shot prefill: logits rel %.3g max_abs %.3g\n", m.rel, m.max_abs);
+    T_ASSERTF(m.rel < CHUNKED_REL, "chunked prefill rel %.3g", m.rel);
     /* the cache is full after ctx tokens: a clear error, not a crash */
     int32_t more[100] = {0};
     T_ASSERT(llm_forward(&a->llm, more, NULL, 100, la, &e) == -1);

@@ -90,6 +90,10 @@ def copy_tree(dst):
         if not os.path.isfile(src): continue
         os.makedirs(os.path.dirname(os.path.join(dst, f)) or dst, exist_ok=True)
         shutil.copy2(src, os.path.join(dst, f))
+    # the existing build (objects keep their times, as do the copied sources): only what differs is rebuilt
+    if os.path.isdir(os.path.join(ROOT, "build")):
+        shutil.copytree(os.path.join(ROOT, "build"), os.path.join(dst, "build"), symlinks=True,
+                        ignore=shutil.ignore_patterns("*.log"))
     if os.path.isdir(os.path.join(ROOT, ".cache")):  # tokenizer and npm caches (ignored, read-only use)
         os.symlink(os.path.join(ROOT, ".cache"), os.path.join(dst, ".cache"))
 
