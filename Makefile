@@ -103,3 +103,10 @@ clean:
 	rm -rf build build-asan build-cuda build-asan-cuda build-cuda-* build-asan-cuda-*
 
 -include $(OBJ:.o=.d) $(CMDOBJ:.o=.d) $(TESTBIN:=.d)
+
+# `make mutate`: the mutation campaign of tests/mutants/ (slow, not in CI): each mutant applied to a
+# scratch copy of the tree under /tmp, its tests run, the kill rate and the survivors printed.
+# MUTANTS=name,name runs a subset; `python3 tests/mutants/run.py --list` lists them.
+.PHONY: mutate
+mutate:
+	python3 tests/mutants/run.py $(if $(MUTANTS),--only $(MUTANTS))

@@ -1,6 +1,9 @@
 /* t.h: a tiny test harness. Each tests/test_*.c is one binary; TEST functions are run by
- * T_RUN, failures are counted per check, and t_main prints "<file>: N passed, N failed".
- * tests/run.sh adds the per-binary counts into the closing "N passed, N failed" line. */
+ * T_RUN, failures are counted per check, and t_main_end prints
+ * "<file>: N passed, N failed, N skipped". A test that cannot run calls T_SKIP with the reason
+ * (in main instead of T_RUN, or inside the test function, which then counts as skipped, not
+ * passed, unless a check failed). tests/run.sh adds the per-binary counts into the closing
+ * "N passed, N failed, N skipped" line and fails a binary that ran nothing and skipped nothing. */
 #ifndef MINICPMV_T_H
 #define MINICPMV_T_H
 
@@ -8,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static int t_pass, t_fail, t_cur_fail;
+static int t_pass, t_fail, t_skip, t_cur_fail, t_cur_skip;
 
 #define T_ASSERT(cond)                                                                  \
     do {                                                                                \
@@ -35,16 +38,23 @@ static int t_pass, t_fail, t_cur_fail;
 #define T_RUN(fn)                                                                       \
     do {                                                                                \
         t_cur_fail = 0;                                                                 \
+        t_cur_skip = 0;                                                                 \
         fn();                                                                           \
         if (t_cur_fail) { t_fail++; fprintf(stderr, "FAIL %s\n", #fn); }               \
-        else { t_pass++; fprintf(stderr, "ok   %s\n", #fn); }                            \
+        else if (!t_cur_skip) { t_pass++; fprintf(stderr, "ok   %s\n", #fn); }          \
     } while (0)
 
-#define T_SKIP(fn, why) fprintf(stderr, "skip %s: %s\n", #fn, why)
+/* Counts a skip and says why (stderr and the summary line); never a silent return. */
+#define T_SKIP(fn, why)                                                                 \
+    do {                                                                                \
+        fprintf(stderr, "SKIP %s: %s\n", #fn, why);                                     \
+        t_skip++;                                                                       \
+        t_cur_skip++;                                                                   \
+    } while (0)
 
 static inline int t_main_end(const char *name)
 {
-    printf("%s: %d passed, %d failed\n", name, t_pass, t_fail);
+    printf("%s: %d passed, %d failed, %d skipped\n", name, t_pass, t_fail, t_skip);
     return t_fail ? 1 : 0;
 }
 

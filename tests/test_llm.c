@@ -22,14 +22,32 @@
 #include "tutil.h"
 
 #define FIXTURE "tests/fixtures/llm_tiny.safetensors"
+/* The same reference on the realistic-statistics checkpoint (`mkmodel --size tiny --seed 1 --stats
+ * realistic --massive 4`, tools/gpu_fixtures.sh writes it on the GPU machine). Until it is committed
+ * the test says SKIP with the reason; the commit that adds the file sets REALISTIC_COMMITTED to 1,
+ * from then on a missing file is a failure. */
+#define FIXTURE_REAL "tests/fixtures/llm_tiny_realistic.safetensors"
+#define REALISTIC_COMMITTED 0
 
 static const char *g_device = "cpu"; /* the device the fixture tests run on */
+static const char *g_model;          /* NULL: t_tiny_model(1) */
+
+/* The realistic-statistics tiny checkpoint (generated once per build tree, like t_tiny_model). */
+static const char *tiny_realistic(void)
+{
+    static const char *dir = "build/test-models/tiny-s1-realistic-m4";
+    struct stat sb;
+    if (stat("build/test-models/tiny-s1-realistic-m4/config.json", &sb) == 0) return dir;
+    char *argv[] = {"mkmodel", "--out", (char *)dir, "--size", "tiny", "--seed", "1", "--stats", "realistic",
+                    "--massive", "4", NULL};
+    return cmd_mkmodel && cmd_mkmodel(11, argv) == 0 ? dir : NULL;
+}
 
 static struct engine *open_tiny(enum dtype dt, int split, int64_t max_batch)
 {
     struct engine_options o;
     engine_options_default(&o);
-    o.model_dir = t_tiny_model(1);
+    o.model_dir = g_model ? g_model : t_tiny_model(1);
     o.device = g_device;
     o.dtype = dt;
     o.ctx = 128;
@@ -87,7 +105,8 @@ static void check_precision(const struct safetensors *fx, const char *p, enum dt
     struct tensor h = llm_embed(&g->llm, ids, n);
     float *hf = t_fetch_f32(&h);
     snprintf(name, sizeof name, "%s.embed", p);
-    if (!fget(fx, name, &t)) {
+    if (fget(fx, name, &t)) T_ASSERTF(0, "fixture tensor %s missing", name); /* a missing tensor fails */
+    else {
         struct t_cmp m = t_compare(hf, t.data, n * d);
         fprintf(stderr, "  %s embed: max_abs %.3g rel %.3g\n", p, m.max_abs, m.rel);
         T_ASSERT(m.rel <= tol.stage_rel);
@@ -119,7 +138,8 @@ static void check_precision(const struct safetensors *fx, const char *p, enum dt
     struct err e = {{0}};
     T_ASSERT(llm_forward(&g->llm, ids, NULL, n, logits, &e) == 0);
     snprintf(name, sizeof name, "%s.logits_last", p);
-    if (!fget(fx, name, &t)) {
+    if (fget(fx, name, &t)) T_ASSERTF(0, "fixture tensor %s missing", name);
+    else {
         struct t_cmp m = t_compare(logits, t.data, V);
         fprintf(stderr, "  %s logits: max_abs %.3g rel %.3g cos %.9f\n", p, m.max_abs, m.rel, m.cos);
         T_ASSERTF(m.rel <= tol.logits_rel, "logits rel %.3g > %.3g", m.rel, tol.logits_rel);
@@ -162,7 +182,9 @@ static void test_fixture_f32(void)
     struct err e = {{0}};
     T_ASSERTF(safetensors_open_file(&fx, FIXTURE, &e) == 0, "%s", e.msg);
     if (!fx) return;
-    struct tol tol = {1e-5, 1e-4, 0};
+    /* measured (2026-12-02, CPU): layers rel <= 3.9e-7, logits rel 6.9e-7 (H200: logits 4.2e-7);
+     * limits about 5x and 4.4x that (docs/TESTING.md §13) */
+    struct tol tol = {2e-6, 3e-6, 0};
     check_precision(fx, "f32", DTYPE_F32, tol);
     safetensors_close(fx);
 }
@@ -173,8 +195,35 @@ static void test_fixture_f16(void)
     struct err e = {{0}};
     T_ASSERTF(safetensors_open_file(&fx, FIXTURE, &e) == 0, "%s", e.msg);
     if (!fx) return;
-    struct tol tol = {2e-3, 5e-3, 0};
+    /* measured: layers rel <= 4.3e-4 (about one fp16 rounding, 4.9e-4), logits rel 1.2e-3 (H200: 9.9e-4;
+     * the fp16 reference itself is 1.0e-3 from the fp32 one); limits 2.8x and 2.5x */
+    struct tol tol = {1.2e-3, 3e-3, 0};
     check_precision(fx, "f16", DTYPE_F16, tol);
+    safetensors_close(fx);
+}
+
+/* The realistic-statistics fixture: the same stages; tolerances as for the default checkpoint (to be
+ * set from the measured errors once the fixture exists, docs/TESTING.md) and a flip accepted only at a
+ * reference near tie (margin below 1e-4 f32, 2e-3 f16: the logits of this checkpoint are small). */
+static void test_fixture_realistic(void)
+{
+    struct stat sb;
+    if (stat(FIXTURE_REAL, &sb) != 0) {
+        if (REALISTIC_COMMITTED) T_ASSERTF(0, "%s is missing", FIXTURE_REAL);
+        else T_SKIP(test_fixture_realistic, FIXTURE_REAL " not generated yet (tools/gpu_fixtures.sh on the GPU machine)");
+        return;
+    }
+    struct safetensors *fx = NULL;
+    struct err e = {{0}};
+    T_ASSERTF(safetensors_open_file(&fx, FIXTURE_REAL, &e) == 0, "%s", e.msg);
+    g_model = tiny_realistic();
+    T_ASSERTF(g_model != NULL, "cannot generate the realistic tiny model");
+    if (fx && g_model) {
+        struct tol t32 = {2e-6, 3e-6, 1e-4}, t16 = {1.2e-3, 3e-3, 2e-3};
+        check_precision(fx, "f32", DTYPE_F32, t32);
+        check_precision(fx, "f16", DTYPE_F16, t16);
+    }
+    g_model = NULL;
     safetensors_close(fx);
 }
 
@@ -286,6 +335,8 @@ static void test_devmap_split(void)
     engine_close(b);
 }
 
+/* chunked prefill sums the attention over other key blocks: fp32 reordering only */
+#define CHUNKED_REL 1e-5
 static void test_chunked_prefill(void)
 {
     int32_t ids[40];
@@ -299,7 +350,8 @@ static void test_chunked_prefill(void)
     T_ASSERT(llm_forward(&a->llm, ids, NULL, 40, la, &e) == 0);
     T_ASSERT(llm_forward(&b->llm, ids, NULL, 40, lb, &e) == 0);
     struct t_cmp m = t_compare(lb, la, V);
-    T_ASSERTF(m.rel < 1e-5, "chunked prefill rel %.3g", m.rel);
+    fprintf(stderr, "  chunked vs one-shot prefill: logits rel %.3g max_abs %.3g\n", m.rel, m.max_abs);
+    T_ASSERTF(m.rel < CHUNKED_REL, "chunked prefill rel %.3g", m.rel);
     /* the cache is full after ctx tokens: a clear error, not a crash */
     int32_t more[100] = {0};
     T_ASSERT(llm_forward(&a->llm, more, NULL, 100, la, &e) == -1);
@@ -549,6 +601,7 @@ int main(void)
 {
     T_RUN(test_fixture_f32);
     T_RUN(test_fixture_f16);
+    T_RUN(test_fixture_realistic);
     struct backend_info bi;
     backend_query(&bi);
     if (bi.n_gpus > 0) T_RUN(test_fixture_cuda);

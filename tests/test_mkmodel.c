@@ -288,6 +288,96 @@ static void test_bad_args(void)
     T_ASSERT(access(sub("x"), F_OK) != 0);
 }
 
+/* --stats realistic --massive 4: the per-tensor scales of docs/TESTING.md "Realistic statistics"
+ * (written here from that table, not read from the generator), measured over whole tensors. */
+static int64_t moments_n; /* element count of the last tensor_moments (sampling error: 1/sqrt(n)) */
+static void tensor_moments(const struct safetensors *st, const char *name, double *mean, double *std)
+{
+    struct tensor t;
+    struct err e = {{0}};
+    *mean = *std = NAN;
+    T_ASSERTF(safetensors_get(st, name, &t, &e) == 0, "%s", e.msg);
+    if (!t.data) return;
+    double s = 0, ss = 0;
+    const int64_t n = tensor_numel(&t);
+    for (int64_t i = 0; i < n; i++) {
+        double x = f16_to_f32(((const uint16_t *)t.data)[i]);
+        s += x, ss += x * x;
+    }
+    *mean = s / n;
+    *std = sqrt(fmax(ss / n - *mean * *mean, 0));
+    moments_n = n;
+}
+
+static void test_realistic_stats(void)
+{
+    char dir[] = "/tmp/test_mkmodel_real_XXXXXX";
+    T_ASSERT(mkdtemp(dir) != NULL);
+    char *argv[] = {"mkmodel", "--out", dir, "--size", "tiny", "--seed", "3", "--stats", "realistic", "--massive",
+                    "4", "--no-tokenizer", NULL};
+    T_EQ_INT(cmd_mkmodel(12, argv), 0);
+    struct safetensors *st = NULL;
+    struct err e = {{0}};
+    T_ASSERTF(safetensors_open_dir(&st, dir, &e) == 0, "%s", e.msg);
+    if (!st) return;
+    struct model_config c;
+    config_default_tiny(&c);
+    const double L = c.num_hidden_layers, Lv = c.vision_config.num_hidden_layers;
+    static const struct { const char *name; double mean, std; } want[] = {
+        {"llm.model.layers.0.self_attn.q_proj.weight", 0, 0.02},
+        {"llm.model.layers.1.mlp.up_proj.weight", 0, 0.02},
+        {"llm.model.layers.0.input_layernorm.weight", 1, 0.02},
+        {"llm.model.norm.weight", 1, 0.02},
+        {"llm.lm_head.weight", 0, 0.02},
+        {"vpm.encoder.layers.0.self_attn.q_proj.bias", 0, 0.002},
+        {"vpm.post_layernorm.weight", 1, 0.02},
+        {"resampler.query", 0, 0.02},
+    };
+    double m, sd;
+    for (int i = 0; i < (int)(sizeof want / sizeof want[0]); i++) {
+        tensor_moments(st, want[i].name, &m, &sd);
+        /* 4 standard errors of the sample mean and std of n uniform values, at least 3 % */
+        const double n = (double)moments_n;
+        T_ASSERTF(fabs(m - want[i].mean) <= fmax(4 / sqrt(n), 0.03) * want[i].std &&
+                      fabs(sd / want[i].std - 1) <= fmax(4 / sqrt(2 * n), 0.03),
+                  "%s: mean %.4g std %.4g, want %.4g, %.4g", want[i].name, m, sd, want[i].mean, want[i].std);
+    }
+    /* residual-stream projections: 0.02 / sqrt(2 L) (GPT-2's scaled init) */
+    tensor_moments(st, "llm.model.layers.0.self_attn.o_proj.weight", &m, &sd);
+    T_ASSERTF(fabs(sd / (0.02 / sqrt(2 * L)) - 1) <= 0.03, "o_proj std %.4g", sd);
+    tensor_moments(st, "vpm.encoder.layers.0.mlp.fc2.weight", &m, &sd);
+    T_ASSERTF(fabs(sd / (0.02 / sqrt(2 * Lv)) - 1) <= 0.03, "fc2 std %.4g", sd);
+    /* the embedding: std 0.01 apart from exactly 4 columns equal to 1.0 in every row */
+    struct tensor emb;
+    T_ASSERT(safetensors_get(st, "llm.model.embed_tokens.weight", &emb, &e) == 0);
+    if (emb.data) {
+        const int64_t V = emb.shape[0], d = emb.shape[1];
+        int massive = 0;
+        double ss = 0;
+        int64_t nn = 0;
+        for (int64_t j = 0; j < d; j++) {
+            int all = 1;
+            for (int64_t r = 0; r < V && all; r += 997) all = f16_to_f32(((const uint16_t *)emb.data)[r * d + j]) == 1.0f;
+            all = all && f16_to_f32(((const uint16_t *)emb.data)[(V - 1) * d + j]) == 1.0f;
+            massive += all;
+            if (!all)
+                for (int64_t r = 0; r < V; r += 101, nn++) {
+                    double x = f16_to_f32(((const uint16_t *)emb.data)[r * d + j]);
+                    ss += x * x;
+                }
+        }
+        T_EQ_INT(massive, 4);
+        T_ASSERTF(fabs(sqrt(ss / nn) / 0.01 - 1) <= 0.03, "embedding std %.4g, want 0.01", sqrt(ss / nn));
+    }
+    safetensors_close(st);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    T_EQ_INT(system(cmd), 0);
+    /* bad values are refused by name */
+    char *bad[] = {"mkmodel", "--out", dir, "--stats", "trained", NULL};
+    T_EQ_INT(cmd_mkmodel(5, bad), 2);
+}
+
 int main(void)
 {
     log_level = 0;
@@ -301,6 +391,7 @@ int main(void)
     T_RUN(test_full_plan);
     T_RUN(test_tokenizer_files);
     T_RUN(test_bad_args);
+    T_RUN(test_realistic_stats);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);

@@ -423,6 +423,46 @@ static void test_twin_declines(void)
     free(st);
 }
 
+/* top-p on exact ties, by hand (transformers' TopPLogitsWarper: sort ascending, remove the tokens
+ * whose cumulative probability is <= 1 - top_p, never the most likely one). Equal logits give
+ * probabilities that are exact binary fractions, so the cumulative sums hit 1 - top_p exactly:
+ *  - 4 equal tokens, top_p 0.5: cum = 0.25, 0.5 (<= 0.5: both removed), 0.75 -> 2 tokens stay;
+ *  - 4 equal tokens, top_p 0.75: cum = 0.25 (<= 0.25, removed), 0.5 -> 3 stay;
+ *  - 8 equal tokens, top_p 0.25: cum = 0.125 .. 0.75 removed, 0.875 -> 2 stay;
+ *  - 2 equal tokens, top_p 0.5: cum 0.5 <= 0.5 removes one -> 1 stays (the lower id: ties keep the
+ *    lower id first, as the descending order used everywhere here does).
+ * A `<` instead of `<=` keeps one token more in every case. Which tokens stay: the lowest ids (the
+ * candidates are ordered by descending score, then ascending id). Sampled 400 times each, every kept
+ * token must appear and no other. */
+#define TV 16
+static void test_top_p_exact_ties(void)
+{
+    static const struct { int n; float top_p; int keep; } cs[] = {{4, 0.5f, 2}, {4, 0.75f, 3}, {8, 0.25f, 2}, {2, 0.5f, 1}};
+    float x[TV], work[TV];
+    int32_t idx[TV];
+    for (int c = 0; c < 4; c++) {
+        for (int i = 0; i < TV; i++) x[i] = i < cs[c].n ? 0.0f : -INFINITY; /* others: probability 0 exactly */
+        struct sampler_params p;
+        sampler_defaults(&p);
+        p.temperature = 1.0f;
+        p.top_k = 0;
+        p.top_p = cs[c].top_p;
+        p.repetition_penalty = 1.0f;
+        int count[TV] = {0};
+        for (uint64_t d = 0; d < 400; d++) {
+            int32_t t = sampler_pick(&p, x, TV, work, idx, d, 0);
+            if (t >= 0 && t < TV) count[t]++;
+        }
+        int kept = 0;
+        for (int i = 0; i < TV; i++) kept += count[i] > 0;
+        T_ASSERTF(kept == cs[c].keep, "%d equal tokens, top_p %.2f: %d tokens sampled, expected %d", cs[c].n,
+                  (double)cs[c].top_p, kept, cs[c].keep);
+        for (int i = 0; i < cs[c].keep; i++) T_ASSERTF(count[i] > 0, "token %d never sampled", i);
+        /* and no token beyond the kept ones */
+        for (int i = 0; i < TV; i++) T_ASSERT(i < cs[c].keep || count[i] == 0);
+    }
+}
+
 int main(void)
 {
     T_RUN(test_greedy_and_penalty);
@@ -432,5 +472,6 @@ int main(void)
     T_RUN(test_twin_matches_host);
     T_RUN(test_twin_declines);
     T_RUN(test_tiny_temperature);
+    T_RUN(test_top_p_exact_ties);
     return t_main_end("test_sampler");
 }

@@ -745,7 +745,7 @@ int main(void)
     struct backend_info bi;
     backend_query(&bi);
     if (bi.n_gpus > 0) gcu = open_engine_on(DTYPE_F16, "cuda");
-    else fprintf(stderr, "skip the GPU chain: no CUDA device\n");
+    else T_SKIP(gpu_chain, "no CUDA device");
     T_RUN(test_same_checkpoint);
     T_RUN(test_448x448);
     T_RUN(test_640x480);

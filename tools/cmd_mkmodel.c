@@ -1,4 +1,5 @@
-/* cmd_mkmodel.c: `minicpmv mkmodel --out DIR --size tiny|full [--seed N] [--tokenizer PATH]` writes a complete
+/* cmd_mkmodel.c: `minicpmv mkmodel --out DIR --size tiny|full [--seed N] [--tokenizer PATH] [--stats realistic]
+ * [--massive K]` writes a complete
  * HF-layout model folder with random weights: config.json, generation_config.json, preprocessor_config.json,
  * the tokenizer files, fp16 shards model-0000K-of-0000N.safetensors and model.safetensors.index.json.
  * Owns: the shard plan and the value generator. Does not own: tensor names/shapes (model_manifest), file
@@ -7,6 +8,7 @@
  * then integer and exactly-rounded float/double arithmetic, no libm), so the bytes are the same on any
  * machine and with any thread count. Memory: one chunk buffer; the 17 GB full model is streamed. */
 #include <errno.h>
+#include <math.h> /* sqrt only: correctly rounded, so still the same bits everywhere */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,8 @@ struct mk_opts {
     bool force;         /* write into a folder that already has files */
     bool quiet;         /* no progress line */
     char tok_buf[PATH_MAX];
+    bool realistic;     /* --stats realistic: per-tensor scales of a trained Llama-3 / SigLIP (docs/TESTING.md) */
+    int massive;        /* --massive K: K hidden channels of the embedding set to MK_MASSIVE_VALUE */
 };
 
 /* ---------------------------------------------------------------- finding the tokenizer */
@@ -105,6 +109,46 @@ static int dir_has_files(const char *dir, struct err *e)
     closedir(d);
     return any;
 }
+
+
+/* ---------------------------------------------------------------- realistic statistics
+ * The default generator (model_manifest's init_mean/init_std) keeps activations near 1, which is what
+ * the committed fixtures were made with. --stats realistic rescales every tensor like the published
+ * model family (figures and sources in docs/TESTING.md, "Realistic statistics"):
+ *   linear weights std 0.02 (Llama-3 and SigLIP configs: initializer_range 0.02), the projections into
+ *   the residual stream (o_proj, down_proj, out_proj, fc2) 0.02/sqrt(2 L) (GPT-2's scaled residual init);
+ *   norm weights 1 + noise of std 0.02; biases std 0.002; the LLM embedding std 0.01 per element (hidden
+ *   states of RMS ~1e-2 after the lookup: mean(x^2) = 1e-4, ten times rms_norm_eps, and fp16 values in
+ *   the range where their spacing is 2^-17..2^-14); the resampler query std 0.02 (resampler.py:
+ *   trunc_normal_(std=.02)). --massive K adds K "massive activation" channels (Sun et al. 2024): those
+ *   embedding columns are MK_MASSIVE_VALUE, ~100x the element std and ~1000x the median |x|. */
+#define MK_MASSIVE_VALUE 1.0f
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+static void realistic_stats(struct manifest_entry *man, int n, const struct model_config *c)
+{
+    const float resid = (float)(0.02 / sqrt(2.0 * c->num_hidden_layers));
+    const float vresid = (float)(0.02 / sqrt(2.0 * c->vision_config.num_hidden_layers));
+    for (int i = 0; i < n; i++) {
+        const char *nm = man[i].name;
+        float mean = 0, std = 0.02f;
+        if (strstr(nm, "norm") && ends_with(nm, ".weight")) mean = 1, std = 0.02f; /* RMSNorm / LayerNorm gains */
+        else if (ends_with(nm, "bias")) std = 0.002f;
+        else if (!strcmp(nm, "llm.model.embed_tokens.weight")) std = 0.01f;
+        else if (strstr(nm, "o_proj") || strstr(nm, "down_proj")) std = resid;
+        else if (strstr(nm, "vpm.") && (strstr(nm, "out_proj") || strstr(nm, "fc2"))) std = vresid;
+        man[i].init_mean = mean;
+        man[i].init_std = std;
+    }
+}
+
+/* The K massive channels: spread over the hidden size, a pure function of (K, d). */
+static int massive_channel(int k, int d) { return (int)(((int64_t)k * 2654435761u + 17) % (uint64_t)d); }
 
 /* ---------------------------------------------------------------- values */
 
@@ -279,6 +323,15 @@ static int write_shard(const struct mk_opts *o, const struct manifest_entry *man
         for (int64_t off = 0; off < numel; off += MK_CHUNK) {
             const int64_t m = numel - off < MK_CHUNK ? numel - off : MK_CHUNK;
             gen_block(buf, key, off, m, mean, a);
+            if (o->massive && !strcmp(man[i].name, "llm.model.embed_tokens.weight")) {
+                const int64_t d = man[i].shape[1];
+                const uint16_t big = f32_to_f16(MK_MASSIVE_VALUE);
+                for (int q = 0; q < o->massive; q++) {
+                    const int64_t ch = massive_channel(q, (int)d);
+                    for (int64_t r = (off + d - 1 - ch) / d; r * d + ch < off + m; r++)
+                        if (r * d + ch >= off) buf[r * d + ch - off] = big;
+                }
+            }
             if (safetensors_writer_write(w, buf, (size_t)m * 2, e)) {
                 safetensors_writer_abort(w);
                 return -1;
@@ -308,6 +361,11 @@ static int mk_run(const struct mk_opts *o, struct err *e)
     if (has < 0) goto out;
     if (has && !o->force) {
         err_set(e, "%s already has files; pass --force to write over them, or choose another --out", o->out);
+        goto out;
+    }
+    if (o->realistic) realistic_stats(man, n, &c);
+    if (o->massive > c.hidden_size) {
+        err_set(e, "--massive %d: more channels than hidden_size %d", o->massive, c.hidden_size);
         goto out;
     }
     if (!o->no_tokenizer && !o->plan_only && access(o->tokenizer, R_OK) != 0) {
@@ -388,7 +446,10 @@ static void mk_usage(void)
             "  --force            write into a folder that already has files (overwrites them)\n"
             "  --quiet            no progress line (it shows only on a terminal)\n"
             "  --shards N         override the shard count\n"
-            "  --plan-only        write the configs and the index only (no weights)\n");
+            "  --plan-only        write the configs and the index only (no weights)\n"
+            "  --stats default|realistic  weight statistics: default (activations near 1; the committed fixtures)\n"
+            "                     or realistic (trained Llama-3 / SigLIP scales, docs/TESTING.md)\n"
+            "  --massive K        K embedding channels set to 1.0 (massive activations; 0..hidden_size)\n");
 }
 
 int cmd_mkmodel(int argc, char **argv)
@@ -397,7 +458,8 @@ int cmd_mkmodel(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = !strcmp(a, "--out") || !strcmp(a, "--size") || !strcmp(a, "--seed") ||
-                     !strcmp(a, "--tokenizer") || !strcmp(a, "--shards");
+                     !strcmp(a, "--tokenizer") || !strcmp(a, "--shards") || !strcmp(a, "--stats") ||
+                     !strcmp(a, "--massive");
         if (takes && !v) {
             fprintf(stderr, "minicpmv mkmodel: %s needs a value\n", a);
             return 2;
@@ -430,6 +492,19 @@ int cmd_mkmodel(int argc, char **argv)
                 return 2;
             }
             o.shards = (int)s;
+        } else if (!strcmp(a, "--stats")) {
+            if (strcmp(v, "default") && strcmp(v, "realistic")) {
+                fprintf(stderr, "mkmodel: --stats must be default or realistic, not '%s'\n", v);
+                return 2;
+            }
+            o.realistic = !strcmp(v, "realistic");
+        } else if (!strcmp(a, "--massive")) {
+            long k = strtol(v, &end, 10);
+            if (!*v || *end || k < 0 || k > 65536) {
+                fprintf(stderr, "mkmodel: --massive '%s' must be a channel count 0..65536\n", v);
+                return 2;
+            }
+            o.massive = (int)k;
         } else if (!strcmp(a, "--no-tokenizer")) {
             o.no_tokenizer = true;
             continue;

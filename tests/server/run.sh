@@ -2,12 +2,12 @@
 # run.sh: starts `minicpmv serve` on the tiny model (a free loopback port) and drives it with curl and the
 # official `openai` npm client (tests/server/setup.sh installs it; skipped with a note when absent).
 # Then checks that SIGTERM lets an in-flight request finish and the server exits 0.
-# Usage: tests/server/run.sh [BIN] [MODEL_DIR]. Prints "server-clients: N passed, M failed".
+# Usage: tests/server/run.sh [BIN] [MODEL_DIR]. Prints "server-clients: N passed, M failed, K skipped".
 set -u
 cd "$(dirname "$0")/../.."
 BIN=${1:-build/minicpmv}; MODEL=${2:-build/test-models/tiny-s1}
 IMG=tests/fixtures/image/gen200x150_q90_444.jpg
-pass=0; fail=0
+pass=0; fail=0; skip=0
 ok() { pass=$((pass+1)); }
 bad() { fail=$((fail+1)); echo "FAIL $*" >&2; }
 tmp=$(mktemp -d); trap 'kill $SPID 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -49,7 +49,7 @@ if [ -f .cache/server-js/node_modules/openai/package.json ]; then
   [ -n "$line" ] || { f=1; p=0; echo "client.mjs crashed: $out" >&2; }
   pass=$((pass+p)); fail=$((fail+f))
 else
-  echo "skip: the openai npm package is not installed (bash tests/server/setup.sh)" >&2
+  echo "SKIP client.mjs: the openai npm package is not installed (bash tests/server/setup.sh)" >&2; skip=$((skip+1))
 fi
 
 # SIGTERM while a request is in flight: it is answered, then the server exits 0
@@ -58,5 +58,5 @@ curl -s -o "$tmp/last" -w '%{http_code}' $U/v1/chat/completions \
 sleep 0.3; kill -TERM $SPID; wait $SPID; src=$?; wait $CP
 [ "$src" = 0 ] && [ "$(cat "$tmp/last_code")" = 200 ] && grep -q '"completion_tokens":' "$tmp/last" && ok \
   || bad "SIGTERM: server exit $src, in-flight request $(cat "$tmp/last_code")"
-echo "server-clients: $pass passed, $fail failed"
+echo "server-clients: $pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]
