@@ -111,13 +111,14 @@ int32_t sampler_pick(const struct sampler_params *p, const float *x, int V, floa
     if (p->greedy) return argmax(x, V);
     /* The limit t -> 0+ of softmax(x / t) puts all mass on the largest x: a temperature that is 0
      * (1e-300 from a JSON double becomes 0 as a float) or so small that the largest x / t
-     * overflows to +inf (1e-38: inf - inf would make every probability NaN) picks the argmax, as
-     * greedy does (after the penalty, which the caller applied). One draw is still consumed (the
-     * caller counts draws by p->greedy), so the device sampler stays in step. */
+     * overflows (1e-38 with logits ~10: +inf - +inf; with every logit negative, all w = -inf) picks
+     * the argmax, as greedy does (after the penalty, which the caller applied); otherwise the
+     * largest w is finite and the softmax below is well defined (w = -inf elsewhere gives 0). One
+     * draw is still consumed (the caller counts draws by p->greedy): the device sampler keeps step. */
     const float t = p->temperature;
     if (!(t > 0)) return argmax(x, V);
     const int32_t top = argmax(x, V);
-    if (isinf(x[top] / t) && x[top] > 0) return top;
+    if (isinf(x[top] / t)) return top;
     float *w = work;
     for (int i = 0; i < V; i++) w[i] = x[i] / t;
     /* candidates sorted descending; only the top k matter for top-k, but top-p needs an order */

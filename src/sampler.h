@@ -50,7 +50,7 @@ double sampler_uniform(struct sampler *s);
 
 /* The selection after the penalty: from penalised logits x[V] (not modified), greedy argmax
  * (first index of the maximum), also when temperature is not > 0 (0, or NaN) or so small that
- * max(x) / t overflows to +inf (the t -> 0 limit), else w = x / t, keep
+ * max(x) / t overflows to +-inf (the t -> 0 limit), else w = x / t, keep
  * w >= the k-th largest w (ties at the boundary kept; all V when top_k <= 0 or >= V), sort by
  * (w desc, index asc), softmax in double from the largest, top-p cut from the tail, then the
  * multinomial scan with u = sampler_uniform_at(p->seed, draw) * sum. work and idx hold V entries.

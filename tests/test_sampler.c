@@ -306,8 +306,9 @@ static void test_twin_matches_host(void)
 /* Finding 7 of issue 16: a temperature so small that logits / t overflows (1e-38 with logits ~10)
  * made inf - inf = NaN probabilities and picked the last candidate; a temperature that is 0 as a
  * float (1e-300 from JSON) was treated as 1.0. Both are the t -> 0 limit: the argmax of the
- * penalised logits. The expectation is computed here in double: the limit applies when the largest
- * penalised logit over t exceeds FLT_MAX, or t is 0; the argmax is found by a separate scan. */
+ * penalised logits (also when every logit is negative and every x / t is -inf). The expectation is
+ * computed here in double: the limit applies when |largest penalised logit / t| exceeds FLT_MAX,
+ * or t is 0; the argmax is found by a separate scan. */
 static void test_tiny_temperature(void)
 {
     enum { NV = 50 };
@@ -327,6 +328,8 @@ static void test_tiny_temperature(void)
             fill_logits(l, 1000u + (unsigned)trial);
             for (int i = 0; i < NV; i++) l[i] *= 2.5f;            /* |logit| up to 10 */
             l[trial % NV] = 10.0f, l[(trial + 17) % NV] = 9.75f;   /* a clear top two */
+            if (trial % 5 == 4)
+                for (int i = 0; i < NV; i++) l[i] -= 30.0f; /* all negative: every x / t is -inf */
             /* the first token generated, then penalised (1.05): the top moves when it is penalised */
             s.seen[trial % NV] = (uint8_t)(trial % 4 == 1);
             double best = -INFINITY;
@@ -337,7 +340,7 @@ static void test_tiny_temperature(void)
                 if (x > best) best = x, want = i;
             }
             const double t = (double)p.temperature;
-            T_ASSERTF(t == 0 || best / t > 3.4028234663852886e38, "case is not in the overflow regime (t %g)", t);
+            T_ASSERTF(t == 0 || fabs(best / t) > 3.4028234663852886e38, "case is not in the overflow regime (t %g)", t);
             const int32_t got = sampler_sample(&s, l);
             T_ASSERTF(got == want, "t %g trial %d: got %d, the argmax is %d", temps[ti], trial, got, want);
             T_EQ_INT(s.draws, 1); /* a sampled request still counts its draw */
@@ -349,6 +352,8 @@ static void test_tiny_temperature(void)
             fill_logits(lt, 1000u + (unsigned)trial);
             for (int i = 0; i < NV; i++) lt[i] *= 2.5f;
             lt[trial % NV] = 10.0f, lt[(trial + 17) % NV] = 9.75f;
+            if (trial % 5 == 4)
+                for (int i = 0; i < NV; i++) lt[i] -= 30.0f;
             struct tensor state = tensor_make(DTYPE_I32, device_cpu(), st, 1, words);
             struct tensor ids = tensor_make(DTYPE_I32, device_cpu(), &id, 1, (int64_t)1);
             struct tensor lg = tensor_make(DTYPE_F32, device_cpu(), lt, 2, (int64_t)1, (int64_t)NV);

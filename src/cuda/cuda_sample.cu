@@ -6,7 +6,7 @@
  * token (docs/CUDA.md, "Sampling on the device"):
  *  - x_j = logit_j, penalised for flagged ids with the same single float op (__fmul_rn/__fdiv_rn);
  *    w_j = x_j / t with __fdiv_rn; a temperature that is not > 0, or so small that max_j x_j / t
- *    overflows to +inf, is the t -> 0 limit: the argmax, one draw consumed (as sampler_pick);
+ *    overflows (to +-inf), is the t -> 0 limit: the argmax, one draw consumed (as sampler_pick);
  *  - order-preserving uint32 keys (-0.0 mapped to +0.0 first, so key order == float order);
  *  - the exact k-th largest w, every w >= it kept, sorted by (w desc, index asc): the host's set and
  *    order, whatever way the k-th value is found;
@@ -85,13 +85,9 @@ static __device__ __forceinline__ int next_pow2(int n)
     return p;
 }
 
-/* Whether the largest penalised logit (key mk) over t overflows to +inf: the t -> 0 limit, where
+/* Whether the largest penalised logit (key mk) over t overflows to +-inf: the t -> 0 limit, where
  * sampling is the argmax (sampler_pick's test, the same division). */
-__device__ __forceinline__ bool overflows(uint32_t mk, float t)
-{
-    const float m = key_float(mk);
-    return m > 0.0f && isinf(__fdiv_rn(m, t));
-}
+__device__ __forceinline__ bool overflows(uint32_t mk, float t) { return isinf(__fdiv_rn(key_float(mk), t)); }
 
 /* ids[0] = argmax of the penalised logits, first index of the maximum (sampler.c argmax); every
  * thread of the block calls it. draw: also advance the draw counter (a sampled request at the
