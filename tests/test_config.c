@@ -204,6 +204,10 @@ static void test_invalid_values(void)
     expect_error("model_type", "\"llama\"", "\"model_type\"", "minicpmv");
     expect_error("rope_scaling", "{\"type\":\"linear\",\"factor\":2}", "\"rope_scaling\"", "not supported");
     expect_error("bos_token_id", "200000", "\"bos_token_id\"", "vocabulary");
+    /* the first id past the table (vocab_size 128256): the boundary itself */
+    expect_error("bos_token_id", "128256", "\"bos_token_id\"", "vocabulary");
+    expect_error("eos_token_id", "128256", "\"eos_token_id\"", "vocabulary");
+    expect_error("eos_token_id", "-1", "\"eos_token_id\"", NULL);
     expect_error("torch_dtype", "\"int8\"", "\"torch_dtype\"", NULL);
     expect_error("query_num", "0", "\"query_num\"", "positive");
     expect_error("vision_config.hidden_act", "\"gelu\"", "\"vision_config.hidden_act\"", "gelu_pytorch_tanh");

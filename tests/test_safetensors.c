@@ -192,6 +192,10 @@ static void test_corrupt_files(void)
     put_file(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                 "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", data64, 12, -1, 1);
     expect_file_error(p, "overlap");
+    /* the smallest overlap: one byte (b starts on a's last byte) */
+    put_file(p, "{\"a\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]},"
+                "\"b\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[7,15]}}", data64, 15, -1, 1);
+    expect_file_error(p, "overlap");
     put_file(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                 "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[12,20]}}", data64, 20, -1, 1);
     expect_file_error(p, "gap");

@@ -468,6 +468,23 @@ static void test_top_p_exact_ties(void)
     }
 }
 
+/* greedy on a tie picks the lowest id (torch.argmax's first maximum, spec §8; the reference fixtures'
+ * rule), also after the penalty made two scores equal */
+static void test_greedy_tie_lowest_id(void)
+{
+    float x[TV], work[TV];
+    int32_t idx[TV];
+    struct sampler_params p;
+    sampler_defaults(&p);
+    p.greedy = true;
+    for (int i = 0; i < TV; i++) x[i] = -1.0f;
+    T_EQ_INT(sampler_pick(&p, x, TV, work, idx, 0, 0), 0); /* all equal */
+    x[3] = x[7] = x[12] = 2.5f;
+    T_EQ_INT(sampler_pick(&p, x, TV, work, idx, 0, 0), 3);
+    x[3] = -2.5f; /* 7 and 12 tie now */
+    T_EQ_INT(sampler_pick(&p, x, TV, work, idx, 0, 0), 7);
+}
+
 int main(void)
 {
     T_RUN(test_greedy_and_penalty);
@@ -478,5 +495,6 @@ int main(void)
     T_RUN(test_twin_declines);
     T_RUN(test_tiny_temperature);
     T_RUN(test_top_p_exact_ties);
+    T_RUN(test_greedy_tie_lowest_id);
     return t_main_end("test_sampler");
 }

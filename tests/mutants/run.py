@@ -16,10 +16,11 @@ Mutant format (one block per mutant, blank line between blocks, '#' comments):
     tests  test_llm test_vision_ref
     why    one line: the bug class
 `find` must occur exactly once in `file` (anchor on a unique line, not a line number, so rules survive
-refactors). `find`/`repl` values may use \\n, \\t and \\\\ (a backslash) escapes. `tests` names build/tests/ binaries;
+refactors). `sanitize 1` builds and runs that mutant's tests with SANITIZE=1 (build-asan/: for memory
+bugs only ASan sees). `find`/`repl` values may use \\n, \\t and \\\\ (a backslash) escapes. `tests` names build/tests/ binaries;
 the special name `server_clients` runs tests/server_clients.sh.
 
-Usage: tests/mutants/run.py [--only NAME,...] [--list] [--check] [--jobs N] [--keep]
+Usage: tests/mutants/run.py [--only NAME,...] [--max-cost N] [--list] [--check] [--jobs N] [--keep]
   --check  only verify every anchor is unique in the current tree (fast)."""
 import argparse, glob, os, re, shutil, subprocess, sys, tempfile, time
 
@@ -50,6 +51,7 @@ def load():
             elif cur is None: sys.exit(f"{path}:{ln}: '{k}' before 'name'")
             elif k in ("find", "repl"): cur[k] = unescape(v)
             elif k in ("file", "why"): cur[k] = v.strip()
+            elif k == "sanitize": cur[k] = v.strip() == "1"
             elif k == "tests": cur[k] = v.split()
             else: sys.exit(f"{path}:{ln}: unknown key '{k}'")
         if cur: muts.append(cur)
@@ -98,9 +100,9 @@ def copy_tree(dst):
         os.symlink(os.path.join(ROOT, ".cache"), os.path.join(dst, ".cache"))
 
 
-def test_cmd(t):
-    if t == "server_clients": return "BUILD=build bash tests/server_clients.sh"
-    return f"bash tests/run.sh build/tests/{t}"
+def test_cmd(t, b="build"):
+    if t == "server_clients": return f"BUILD={b} bash tests/server_clients.sh"
+    return f"bash tests/run.sh {b}/tests/{t}"
 
 
 def main():
@@ -110,9 +112,22 @@ def main():
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the scratch tree")
-    ap.add_argument("--timeout", type=int, default=600, help="seconds per test binary run")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip running the unmutated tests first (only right after they passed in the working tree)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per test binary run")
+    ap.add_argument("--max-cost", type=int, default=0,
+                    help="only mutants whose first test is this cheap (1 unit tests, 2 penalty/image, 3 server, "
+                         "4 llm, 10 vision_ref); 0 = all")
     a = ap.parse_args()
     muts = load()
+    # cheapest first (a partial run then covers the most mutants): rough cost of each test binary
+    cost = {"test_vision_ref": 10, "test_llm": 4, "test_server": 3, "server_clients": 3, "test_penalty": 2,
+            "test_image": 2, "test_mkmodel": 2}
+    est = lambda m: cost.get(m["tests"][0], 1)  # a kill usually comes from the first test
+    muts.sort(key=est)
+    if a.max_cost:
+        muts = [m for m in muts if est(m) <= a.max_cost]
+        for m in muts: m["tests"] = [t for t in m["tests"] if cost.get(t, 1) <= a.max_cost]
     if a.only: muts = [m for m in muts if m["name"] in a.only.split(",")]
     if a.list:
         for m in muts: print(f"{m['name']:28s} {m['file']:22s} {' '.join(m['tests'])}")
@@ -135,9 +150,9 @@ def main():
     if rc: print(out[-3000:]); sys.exit("the unmutated tree does not build")
     # the unmutated suite must pass, or kills mean nothing
     base_fail = []
-    for t in sorted({t for m in muts for t in m["tests"]}):
+    for t in [] if a.no_baseline else sorted({t for m in muts for t in m["tests"]}):
         rc, out = sh(test_cmd(t), tree, timeout=a.timeout, log=log)
-        if rc: base_fail.append(t)
+        if rc: base_fail.append(t + (" (timeout)" if rc == 124 else ""))
     if base_fail: sys.exit(f"tests fail on the unmutated tree: {base_fail}")
     print(f"baseline built and green in {time.time() - t0:.0f} s", flush=True)
     killed, survived, stillborn, stale = [], [], [], [n for n, _ in bad]
@@ -149,13 +164,14 @@ def main():
         t1 = time.time()
         log.write(f"\n==== {m['name']}\n")
         tt = [t for t in m["tests"] if t != "server_clients"]
-        rc, out = sh(f"make -j{a.jobs} build/minicpmv " + " ".join(f"build/tests/{t}" for t in tt), tree, log=log)
+        b, san = ("build-asan", "SANITIZE=1 ") if m.get("sanitize") else ("build", "")
+        rc, out = sh(f"make -j{a.jobs} {san}{b}/minicpmv " + " ".join(f"{b}/tests/{t}" for t in tt), tree, log=log)
         verdict, by = None, ""
         if rc:
             verdict = "stillborn"
         else:
             for t in m["tests"]:
-                rc, out = sh(test_cmd(t), tree, timeout=a.timeout, log=log)
+                rc, out = sh(test_cmd(t, b), tree, timeout=a.timeout, log=log)
                 if rc:
                     verdict, by = "killed", t + (" (timeout)" if rc == 124 else "")
                     break
