@@ -478,7 +478,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /health");
         pthread_mutex_lock(&s->mu);
         char *b = malloc(128);
-        if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d}", s->stopping ? "stopping" : "ok", s->qn);
+        if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d,\"running\":%d}", s->stopping ? "stopping" : "ok", s->qn,
+                        s->running != NULL);
         pthread_mutex_unlock(&s->mu);
         return send_json(s, c, 200, b, 0);
     }

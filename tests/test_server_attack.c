@@ -189,6 +189,7 @@ static char *b64(const unsigned char *d, size_t n)
 {
     static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     char *s = malloc(n * 4 / 3 + 8), *o = s;
+    if (!s) return NULL;
     for (size_t i = 0; i < n; i += 3) {
         uint32_t v = (uint32_t)d[i] << 16 | (i + 1 < n ? (uint32_t)d[i + 1] << 8 : 0) | (i + 2 < n ? d[i + 2] : 0);
         *o++ = al[v >> 18 & 63];
@@ -218,6 +219,7 @@ static char *image_body(const char *url, int n_img, int max_tokens)
 {
     size_t n = (strlen(url) + 80) * (size_t)(n_img + 1) + 256;
     char *b = malloc(n), *p = b;
+    if (!b) return NULL;
     p += sprintf(p, "{\"messages\":[{\"role\":\"user\",\"content\":[");
     for (int i = 0; i < n_img; i++) p += sprintf(p, "{\"type\":\"image_url\",\"image_url\":{\"url\":\"%s\"}},", url);
     sprintf(p, "{\"type\":\"text\",\"text\":\"What\"}]}],\"temperature\":0,\"max_tokens\":%d}", max_tokens);
@@ -452,6 +454,55 @@ static void test_allow_files(void)
     T_EQ_INT(system(cmd), 0);
 }
 
+/* A PNG header (signature, IHDR with its CRC) declaring w x h; nothing else. */
+static uint32_t crc32_png(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    }
+    return c ^ 0xffffffffu;
+}
+
+static void png_header(unsigned char out[33], uint32_t w, uint32_t h)
+{
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    memcpy(out, sig, 8);
+    unsigned char *c = out + 8;
+    const unsigned char body[21] = {0, 0, 0, 13, 'I', 'H', 'D', 'R', w >> 24, w >> 16 & 255, w >> 8 & 255, w & 255,
+                                    h >> 24, h >> 16 & 255, h >> 8 & 255, h & 255, 8, 2, 0, 0, 0};
+    memcpy(c, body, 21);
+    uint32_t crc = crc32_png(c + 4, 17);
+    c[21] = crc >> 24, c[22] = crc >> 16 & 255, c[23] = crc >> 8 & 255, c[24] = crc & 255;
+}
+
+/* Found by fuzz_request: a PNG header of 4226793211 x 4022270959 overflowed int64 while its message was
+ * formatted (UBSan). Refused by its sides, with the true sides in the message. */
+static void test_huge_dims(void)
+{
+    struct server_options o;
+    server_options_default(&o);
+    struct server *s = start(&o);
+    if (!s) { T_ASSERT(s); return; }
+    unsigned char png[33];
+    png_header(png, 4226793211u, 4022270959u);
+    char *enc = b64(png, sizeof png), *url = enc ? malloc(strlen(enc) + 64) : NULL;
+    if (!url) { T_ASSERT(url); free(enc); server_stop(s); return; }
+    sprintf(url, "data:image/png;base64,%s", enc);
+    char *b = image_body(url, 1, 2);
+    struct resp r = post(server_port(s), b);
+    T_EQ_INT(r.status, 400);
+    char *m = err_field(r.body, "message");
+    T_ASSERTF(m && strstr(m, "4226793211x4022270959") && strstr(m, "a side"), "%s", m ? m : "");
+    free(m);
+    resp_free(&r);
+    free(b);
+    free(url);
+    free(enc);
+    server_stop(s);
+}
+
 /* ---- survivor 7: max_images ---- */
 static void test_max_images(void)
 {
@@ -461,6 +512,7 @@ static void test_max_images(void)
     free(img);
     if (!enc) { T_ASSERT(enc); return; }
     char *url = malloc(strlen(enc) + 64);
+    if (!url) { free(enc); T_ASSERT(url); return; }
     sprintf(url, "data:image/jpeg;base64,%s", enc);
     free(enc);
     struct server_options o;
@@ -922,7 +974,8 @@ static void *mix_main(void *p)
     }
     case 2: { /* bombs: a PNG chunk bomb and a 2 MB chunked body */
         char *enc = b64(png_bomb, sizeof png_bomb);
-        char *url = malloc(strlen(enc) + 64);
+        char *url = enc ? malloc(strlen(enc) + 64) : NULL;
+        if (!url) { free(enc); break; }
         sprintf(url, "data:image/png;base64,%s", enc);
         char *b = image_body(url, 1, 2);
         struct resp r = post(m->port, b);
@@ -1026,6 +1079,14 @@ static void test_attack_mix(void)
     server_stop(s);
 }
 
+/* T_ONLY=name,name runs only those tests (for planting a bug and watching its test fail) */
+#define RUN(fn)                                                                                  \
+    do {                                                                                         \
+        const char *only = getenv("T_ONLY");                                                     \
+        if (!only || strstr(only, #fn)) T_RUN(fn);                                               \
+        else fprintf(stderr, "skip %s: not in T_ONLY\n", #fn);                                   \
+    } while (0)
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1054,16 +1115,17 @@ int main(void)
         EXP_TEXT = strdup(res.text);
         engine_chat_result_free(&res);
     }
-    T_RUN(test_body_limits);
-    T_RUN(test_http_framing);
-    T_RUN(test_allow_files);
-    T_RUN(test_max_images);
-    T_RUN(test_slowloris);
-    T_RUN(test_fields);
-    T_RUN(test_auth_cors);
-    T_RUN(test_deadline_drain);
-    T_RUN(test_image_memory);
-    T_RUN(test_attack_mix);
+    RUN(test_body_limits);
+    RUN(test_http_framing);
+    RUN(test_allow_files);
+    RUN(test_max_images);
+    RUN(test_huge_dims);
+    RUN(test_slowloris);
+    RUN(test_fields);
+    RUN(test_auth_cors);
+    RUN(test_deadline_drain);
+    RUN(test_image_memory);
+    RUN(test_attack_mix);
     free(EXP_TEXT);
     engine_close(G);
     return t_main_end("test_server_attack");
