@@ -35,7 +35,7 @@ LDLIBS  += -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++
 OBJ     += $(CUOBJ)
 endif
 
-.PHONY: all test demo clean cuda
+.PHONY: all test demo clean cuda fuzz
 all: $(BUILD)/minicpmv
 
 $(BUILD)/%.o: %.c $(wildcard src/*.h tools/*.h)
@@ -55,6 +55,11 @@ $(BUILD)/tests/%: tests/%.c tests/t.h $(OBJ) $(filter-out $(BUILD)/tools/minicpm
 
 test: $(BUILD)/minicpmv $(TESTBIN)
 	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/repl.sh
+
+# libFuzzer targets (clang), each run FUZZ_SECONDS (tools/fuzz.sh; FUZZ_TARGETS picks some)
+FUZZ_SECONDS ?= 30
+fuzz:
+	@bash tools/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 demo: $(BUILD)/minicpmv
 	@bash tools/demo.sh $(BUILD)/minicpmv $(MODEL)

@@ -2,7 +2,7 @@
 # Installs everything the project needs on a fresh Debian 12 machine (root).
 set -euo pipefail
 pkgs="build-essential pkg-config libcjson-dev libpcre2-dev libturbojpeg0-dev libjpeg62-turbo-dev
-      libpng-dev libwebp-dev libmicrohttpd-dev libopenblas-openmp-dev curl ca-certificates"
+      libpng-dev libwebp-dev libmicrohttpd-dev libopenblas-openmp-dev curl ca-certificates clang"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -58,12 +58,12 @@ rc=0
 for t in $targets; do
   build "$t"
   seed "$t"
+  touch "$out/$t/.start"
   echo "fuzz $t: ${secs} s"
   ( cd "$out/$t" && "../fuzz_$t" -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=20 \
         -print_final_stats=1 corpus 2>&1 | grep -E 'Done|stat::number_of_executed_units|ERROR|SUMMARY|CRASH|==[0-9]+==' | head -40 ) \
     || true
-  if ls "$out/$t"/crash-* "$out/$t"/leak-* "$out/$t"/timeout-* >/dev/null 2>&1; then
-    echo "fuzz $t: FOUND something: $(ls "$out/$t"/crash-* "$out/$t"/leak-* "$out/$t"/timeout-* 2>/dev/null | head -3)"; rc=1
-  fi
+  found=$(find "$out/$t" -maxdepth 1 -newer "$out/$t/.start" \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \) | head -3)
+  if [ -n "$found" ]; then echo "fuzz $t: FOUND: $found (reproduce: $out/fuzz_$t FILE)"; rc=1; fi
 done
 exit $rc
