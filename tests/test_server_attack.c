@@ -619,6 +619,26 @@ static void test_slowloris(void)
     server_stop(s);
 }
 
+/* --max-connections-per-ip: the third open connection from one address is closed unanswered */
+static void test_per_ip(void)
+{
+    struct server_options o;
+    server_options_default(&o);
+    o.max_per_ip = 2;
+    struct server *s = start(&o);
+    if (!s) { T_ASSERT(s); return; }
+    int a = connect_port(server_port(s)), b = connect_port(server_port(s));
+    usleep(200 * 1000);
+    struct resp r = req(server_port(s), "GET", "/health", NULL, NULL);
+    T_EQ_INT(r.status, 0); /* closed without an answer */
+    resp_free(&r);
+    close(a);
+    close(b);
+    usleep(300 * 1000);
+    T_ASSERT(health_ok(server_port(s)));
+    server_stop(s);
+}
+
 /* ---- request fields ---- */
 static void expect_field(int port, const char *extra, int status, const char *param)
 {
@@ -1127,6 +1147,7 @@ int main(void)
     RUN(test_max_images);
     RUN(test_huge_dims);
     RUN(test_slowloris);
+    RUN(test_per_ip);
     RUN(test_fields);
     RUN(test_auth_cors);
     RUN(test_deadline_drain);
