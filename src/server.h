@@ -5,8 +5,10 @@
  * stop strings, cancellation and a text pipeline whose streamed deltas concatenate to exactly the
  * non-streamed answer (spec §8 clean-up: ids 0, a leading BOS and the stop id dropped, clean-up spaces,
  * strip; then cut before the first stop string); (server_json.c) parsing and validating
- * /v1/chat/completions bodies into a turn, the response/chunk/error JSON; (server_http.c) libmicrohttpd,
- * the bounded queue, the single worker that owns the engine, streaming, disconnects, shutdown.
+ * /v1/chat/completions bodies into a turn (unimplemented fields refused, images counted against a
+ * decoded-bytes budget), the response/chunk/error JSON; (server_http.c) libmicrohttpd, the bounded queue,
+ * the single worker that owns the engine, streaming, disconnects, the drain; (server_guard.c) the API
+ * key, content types, and the read deadline that closes connections too slow to deliver a request.
  * Does not own: the model, the prompt template (chat.h), sampling (sampler.h), beam search (beam.h).
  * Invariants: one engine serves one request at a time (the worker thread); HTTP threads only read the
  * tokenizer and configs; every buffer grown from a request is bounded (body size, images, stop strings,
