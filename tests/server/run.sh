@@ -77,9 +77,9 @@ curl -s -o /dev/null -H 'Content-Type: application/json' -H 'Authorization: Bear
   -d '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":900}' & CP=$!
 for i in $(seq 600); do curl -s $U/health | grep -q '"running":1' && break; sleep 0.05; done
 # the second signal once the first was taken (two signals pending at once are one signal)
-t0=$(date +%s.%N); kill -TERM $SPID
+kill -TERM $SPID
 for i in $(seq 600); do grep -q 'finishing queued' "$tmp/err2" && break; sleep 0.05; done
-kill -TERM $SPID; wait $SPID; src=$?; wait $CP
+t0=$(date +%s.%N); kill -TERM $SPID; wait $SPID; src=$?; wait $CP
 t1=$(date +%s.%N)
 [ "$src" = 130 ] && grep -q 'second SIGTERM' "$tmp/err2" && awk "BEGIN{exit !($t1 - $t0 < 5)}" && ok \
   || bad "second SIGTERM: exit $src after $(awk "BEGIN{print $t1 - $t0}") s"
