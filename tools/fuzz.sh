@@ -61,9 +61,12 @@ for t in $targets; do
   touch "$out/$t/.start"
   echo "fuzz $t: ${secs} s"
   ( cd "$out/$t" && "../fuzz_$t" -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=20 \
-        -print_final_stats=1 corpus 2>&1 | grep -E 'Done|stat::number_of_executed_units|ERROR|SUMMARY|CRASH|==[0-9]+==' | head -40 ) \
-    || true
+        -print_final_stats=1 corpus > fuzz.log 2>&1 ) || true
+  grep -E 'Done|stat::number_of_executed_units' "$out/$t/fuzz.log" || true
   found=$(find "$out/$t" -maxdepth 1 -newer "$out/$t/.start" \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \) | head -3)
-  if [ -n "$found" ]; then echo "fuzz $t: FOUND: $found (reproduce: $out/fuzz_$t FILE)"; rc=1; fi
+  if [ -n "$found" ]; then
+    grep -v '^INFO\|^#' "$out/$t/fuzz.log" | tail -40
+    echo "fuzz $t: FOUND: $found (reproduce: $out/fuzz_$t FILE; log: $out/$t/fuzz.log)"; rc=1
+  fi
 done
 exit $rc
