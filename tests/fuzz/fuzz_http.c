@@ -6,6 +6,7 @@
  * well-formed status line or close, and must stay alive (checked with /health every 256 inputs).
  * Built and run by tools/fuzz.sh (make fuzz). */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -69,13 +70,23 @@ static int PORT;
 
 static int exchange(const uint8_t *data, size_t size, char *out, size_t cap, size_t *got)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)PORT)};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        if (fd >= 0) close(fd);
-        return -1;
+    int fd = -1;
+    for (int attempt = 0; attempt < 50 && fd < 0; attempt++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        /* closed with a reset, so the client side leaves no TIME_WAIT behind: tens of thousands of
+         * inputs would otherwise use up the ephemeral ports (connect: EADDRNOTAVAIL) */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a)) {
+            fprintf(stderr, "fuzz_http: connect: %s (attempt %d)\n", strerror(errno), attempt + 1);
+            close(fd);
+            fd = -1;
+            usleep(100 * 1000);
+        }
     }
+    if (fd < 0) return -1;
     size_t off = 0;
     while (off < size) {
         ssize_t k = send(fd, data + off, size - off, MSG_NOSIGNAL);
