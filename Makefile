@@ -73,7 +73,7 @@ endif
 .DEFAULT_GOAL := all
 $(BUILD)/flags.stamp $(BUILD)/nvflags.stamp $(BUILD)/version.h: ;
 
-.PHONY: all test demo clean cuda
+.PHONY: all test demo clean cuda fuzz
 all: $(BUILD)/minicpmv
 
 $(BUILD)/%.o: %.c $(BUILD)/flags.stamp
@@ -95,6 +95,11 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/flags.stamp $(OBJ) $(filter-out $(BUILD)/to
 
 test: $(BUILD)/minicpmv $(TESTBIN)
 	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/repl.sh tests/build.sh tests/cli.sh tests/docs.sh
+
+# libFuzzer targets (clang), each run FUZZ_SECONDS (tools/fuzz.sh; FUZZ_TARGETS picks some)
+FUZZ_SECONDS ?= 30
+fuzz:
+	@bash tools/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 demo: $(BUILD)/minicpmv
 	@bash tools/demo.sh $(BUILD)/minicpmv $(MODEL)

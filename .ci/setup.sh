@@ -13,7 +13,7 @@ demo|test) ;;
 esac
 pkgs="build-essential pkg-config libcjson-dev libpcre2-dev libturbojpeg0-dev libjpeg62-turbo-dev
       libpng-dev libwebp-dev libmicrohttpd-dev libopenblas-openmp-dev ca-certificates"
-[ "$job" = test ] && pkgs="$pkgs curl"
+[ "$job" = test ] && pkgs="$pkgs curl clang"  # clang: make fuzz (libFuzzer)
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # node and npm by command: a node from elsewhere (NodeSource's nodejs bundles npm and conflicts with

@@ -5,8 +5,10 @@
  * stop strings, cancellation and a text pipeline whose streamed deltas concatenate to exactly the
  * non-streamed answer (spec §8 clean-up: ids 0, a leading BOS and the stop id dropped, clean-up spaces,
  * strip; then cut before the first stop string); (server_json.c) parsing and validating
- * /v1/chat/completions bodies into a turn, the response/chunk/error JSON; (server_http.c) libmicrohttpd,
- * the bounded queue, the single worker that owns the engine, streaming, disconnects, shutdown.
+ * /v1/chat/completions bodies into a turn (unimplemented fields refused, images counted against a
+ * decoded-bytes budget), the response/chunk/error JSON; (server_http.c) libmicrohttpd, the bounded queue,
+ * the single worker that owns the engine, streaming, disconnects, the drain; (server_guard.c) the API
+ * key, content types, and the read deadline that closes connections too slow to deliver a request.
  * Does not own: the model, the prompt template (chat.h), sampling (sampler.h), beam search (beam.h).
  * Invariants: one engine serves one request at a time (the worker thread); HTTP threads only read the
  * tokenizer and configs; every buffer grown from a request is bounded (body size, images, stop strings,
@@ -20,6 +22,24 @@
 /* engine.h's chat part sits after its include guard (the lead knows); include it once only */
 #ifndef MINICPMV_ENGINE_H
 #include "engine.h"
+/* ---- the guard in front of the handlers (server_guard.c; used by server_http.c) ---- */
+/* 1 when key is NULL or authorization is "Bearer <key>" (compared in time independent of the content). */
+int guard_bearer_ok(const char *key, const char *authorization);
+/* 1 for a JSON content type (application/json, parameters allowed) or none at all. */
+int guard_json_content_type(const char *ct);
+/* Copies at most max_chars of s into out (size n) with every byte outside printable ASCII as '?'. */
+void guard_printable(char *out, size_t n, const char *s, size_t max_chars);
+/* The read deadline: connections that have not delivered a whole request read_timeout seconds after
+ * it began (or after the previous request ended) are shut down. read_timeout <= 0: none. */
+struct guard;
+struct guard_conn;
+int guard_start(struct guard **out, double read_timeout, struct err *e);
+void guard_stop(struct guard *g); /* accepts NULL */
+struct guard_conn *guard_conn_open(struct guard *g, int fd); /* NULL when out of memory (not tracked) */
+void guard_conn_received(struct guard *g, struct guard_conn *c, int received); /* 0: a new request begins */
+void guard_conn_close(struct guard *g, struct guard_conn *c);
+long guard_reaped(struct guard *g);
+
 #endif
 #include "image.h"
 
@@ -31,7 +51,12 @@
  * the images of one prompt are encoded in one vision batch (padding takes part in attention, spec
  * §3.2), so the cache key is the whole list; a multi-turn chat about the same images hits it. */
 struct server_cache;
+/* capacity sets of images; the entries' bytes (keys + encodings) stay within SERVER_CACHE_BYTES unless
+ * server_cache_set_max_bytes says otherwise (least recently used evicted first). */
+#define SERVER_CACHE_BYTES ((size_t)256 << 20)
 int server_cache_init(struct server_cache **out, int capacity, struct err *e);
+void server_cache_set_max_bytes(struct server_cache *c, size_t max_bytes);
+size_t server_cache_bytes(const struct server_cache *c); /* bytes held now */
 void server_cache_free(struct server_cache *c); /* accepts NULL */
 int server_cache_hits(const struct server_cache *c);
 
@@ -41,6 +66,10 @@ struct server_turn {
     int n_msgs;
     const struct image *images;
     int n_images;
+    /* optional, per image: the encoded bytes the image was decoded from; when given they are the cache
+     * key (stored instead of a copy of the decoded pixels) */
+    const uint8_t *const *img_keys;
+    const size_t *img_key_len;
     int max_new;                    /* > 0 */
     struct sampler_params sp;
     int num_beams;                  /* > 1: beam search (sp.repetition_penalty applies per beam) */
@@ -48,6 +77,7 @@ struct server_turn {
     const char *stop[SERVER_MAX_STOP];
     int n_stop;
     const atomic_int *cancel;       /* may be NULL; non-zero stops generation */
+    double deadline;                /* time_now() past which generation stops (finish "length"); 0 = none */
     engine_text_cb cb;              /* may be NULL: answer text as it becomes final */
     void *cb_ctx;
 };
@@ -57,6 +87,7 @@ struct server_turn_result {
     int n_prompt, n_gen;            /* tokens; n_gen counts every generated id, the stop id included */
     const char *finish;             /* "stop" or "length" */
     int cancelled;
+    int timed_out;                  /* the deadline stopped generation */
     int image_cached;               /* 1: the images came from the cache */
     double t_vision, t_prefill, t_decode;
 };
@@ -78,6 +109,10 @@ struct server_limits {
     int64_t max_pixels;             /* per image (decoded w*h) */
     const char *allow_dir;          /* local image files allowed under this directory; NULL = none */
     int default_beams;              /* --beams: 0/1 = the sampling defaults */
+    int64_t max_beam_tokens;        /* num_beams x max_new tokens per request (400 above); 0 = no cap */
+    double max_time;                /* generation seconds per request (finish "length" after); 0 = none */
+    int64_t max_image_bytes;        /* decoded image bytes held by all requests in flight; 0 = no cap */
+    atomic_llong *image_bytes;      /* the server's running count for max_image_bytes (NULL = none) */
 };
 
 /* A parsed /v1/chat/completions request. */
@@ -87,16 +122,24 @@ struct server_request {
     char **texts;                   /* owned message contents */
     char *system;
     struct image *images;
+    uint8_t **enc;                  /* per image: its encoded bytes (the cache key) */
+    size_t *enc_len;
+    atomic_llong *image_acct;       /* where image_reserved is counted (server_request_free returns it) */
+    int64_t image_reserved;
     char *stop_buf[SERVER_MAX_STOP];
     int stream, include_usage;
     int max_tokens;                 /* -1 = not given */
 };
 
-/* Parses and validates body. On failure returns the HTTP status (400/413) with an OpenAI error JSON in
- * *err_json (malloc'd); on success 0. */
+/* Parses and validates body. On failure returns the HTTP status (400/413, 503 when the decoded-image
+ * budget is spent) with an OpenAI error JSON in *err_json (malloc'd); on success 0. Fields the server
+ * does not implement are refused by name (400, param = the field). */
 int server_request_parse(struct server_request *rq, const char *body, size_t len, const struct engine *g,
                          const struct server_limits *lim, char **err_json);
 void server_request_free(struct server_request *rq);
+/* Frees the decoded images and their encoded bytes and returns their share of the image budget (the
+ * worker calls it once the turn ran: the encodings are in the cache or gone). */
+void server_request_drop_images(struct server_request *rq);
 /* {"error":{"message":...,"type":...,"param":...,"code":...}} (malloc'd); param/code may be NULL. */
 char *server_error_json(const char *message, const char *type, const char *param, const char *code);
 /* The chat.completion object, one chunk (delta text, or the closing chunk when text is NULL), usage chunk. */
@@ -114,6 +157,11 @@ struct server_options {
     int image_cache;                /* cached image sets */
     int max_connections;
     int log_requests;               /* one line per request on stderr */
+    int max_per_ip;                 /* connections per client address; 0 = no limit */
+    double read_timeout;            /* seconds to receive a whole request (headers and body); 408 after */
+    size_t image_cache_bytes;       /* byte budget of the image cache (0 = SERVER_CACHE_BYTES) */
+    const char *api_key;            /* NULL = open; else "Authorization: Bearer KEY" on /v1/... */
+    const char *cors_origin;        /* NULL = no CORS headers; "*" or one origin */
     struct server_limits lim;
 };
 void server_options_default(struct server_options *o);
@@ -121,12 +169,36 @@ void server_options_default(struct server_options *o);
 struct server;
 int server_start(struct server **out, struct engine *g, const struct server_options *o, struct err *e);
 int server_port(const struct server *s);
-/* Stops accepting, lets queued and running requests finish, joins the worker, frees. */
+/* Stops accepting and lets queued and running requests finish; after timeout seconds (<= 0: none) the
+ * rest is cancelled. Returns the number of requests cancelled that way. Stats read after it are final. */
+int server_drain(struct server *s, double timeout);
+/* server_drain without a timeout (if not drained yet), then joins the connections and frees. */
 void server_stop(struct server *s);
 
 struct server_stats {
     long requests, ok, client_errors, busy, cancelled, failed, cache_hits;
+    long timed_out;                 /* answers cut by --max-time */
+    long reaped;                    /* connections closed for not sending their request in time */
+    long unauthorized;              /* 401s */
 };
 void server_get_stats(struct server *s, struct server_stats *st);
+
+/* ---- the guard in front of the handlers (server_guard.c; used by server_http.c) ---- */
+/* 1 when key is NULL or authorization is "Bearer <key>" (compared in time independent of the content). */
+int guard_bearer_ok(const char *key, const char *authorization);
+/* 1 for a JSON content type (application/json, parameters allowed) or none at all. */
+int guard_json_content_type(const char *ct);
+/* Copies at most max_chars of s into out (size n) with every byte outside printable ASCII as '?'. */
+void guard_printable(char *out, size_t n, const char *s, size_t max_chars);
+/* The read deadline: connections that have not delivered a whole request read_timeout seconds after
+ * it began (or after the previous request ended) are shut down. read_timeout <= 0: none. */
+struct guard;
+struct guard_conn;
+int guard_start(struct guard **out, double read_timeout, struct err *e);
+void guard_stop(struct guard *g); /* accepts NULL */
+struct guard_conn *guard_conn_open(struct guard *g, int fd); /* NULL when out of memory (not tracked) */
+void guard_conn_received(struct guard *g, struct guard_conn *c, int received); /* 0: a new request begins */
+void guard_conn_close(struct guard *g, struct guard_conn *c);
+long guard_reaped(struct guard *g);
 
 #endif

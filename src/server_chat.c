@@ -11,12 +11,18 @@
 #include "tokenizer.h"
 
 /* ---- the image-set cache ---- */
+/* An entry's key is the concatenation of its images' keys: the encoded bytes when the turn gives them
+ * (the server: a few KB where the decoded pixels may be 100 MB), else the decoded pixels (the REPL),
+ * each preceded by its length (and the pixel size) so that no two lists share a key. The entry holds
+ * the key, the grids and the encoding; key + encoding bytes count against the byte budget. */
 struct cache_entry {
     int n_images;
-    struct image *imgs;          /* copies (the key, compared byte for byte) */
+    uint8_t *key;
+    size_t key_len;
     uint64_t hash;
     struct chat_grid *grids;
     struct tensor tokens;        /* [n_pieces*query_num, d] on the embed device */
+    size_t bytes;                /* key + tokens */
     int n_pieces;
     uint64_t used;               /* LRU tick */
 };
@@ -24,6 +30,7 @@ struct cache_entry {
 struct server_cache {
     int cap, n, hits;
     uint64_t tick;
+    size_t bytes, max_bytes;
     struct cache_entry *e;
 };
 
@@ -33,6 +40,7 @@ int server_cache_init(struct server_cache **out, int capacity, struct err *e)
     struct server_cache *c = calloc(1, sizeof *c);
     if (!c) return err_set(e, "out of memory");
     c->cap = capacity < 0 ? 0 : capacity;
+    c->max_bytes = SERVER_CACHE_BYTES;
     if (c->cap && !(c->e = calloc((size_t)c->cap, sizeof *c->e))) {
         free(c);
         return err_set(e, "out of memory");
@@ -41,10 +49,13 @@ int server_cache_init(struct server_cache **out, int capacity, struct err *e)
     return 0;
 }
 
-static void entry_free(struct cache_entry *x)
+void server_cache_set_max_bytes(struct server_cache *c, size_t max_bytes) { c->max_bytes = max_bytes; }
+size_t server_cache_bytes(const struct server_cache *c) { return c ? c->bytes : 0; }
+
+static void entry_free(struct server_cache *c, struct cache_entry *x)
 {
-    for (int i = 0; i < x->n_images; i++) image_free(&x->imgs[i]);
-    free(x->imgs);
+    c->bytes -= x->bytes;
+    free(x->key);
     free(x->grids);
     if (x->tokens.data) dev_free(x->tokens.dev, x->tokens.data);
     memset(x, 0, sizeof *x);
@@ -53,71 +64,77 @@ static void entry_free(struct cache_entry *x)
 void server_cache_free(struct server_cache *c)
 {
     if (!c) return;
-    for (int i = 0; i < c->n; i++) entry_free(&c->e[i]);
+    for (int i = 0; i < c->n; i++) entry_free(c, &c->e[i]);
     free(c->e);
     free(c);
 }
 
 int server_cache_hits(const struct server_cache *c) { return c ? c->hits : 0; }
 
-static uint64_t images_hash(const struct image *im, int n)
+/* The key of a turn's image list (malloc'd); NULL when memory runs out. */
+static uint8_t *images_key(const struct server_turn *t, size_t *len)
+{
+    size_t n = 0;
+    for (int i = 0; i < t->n_images; i++)
+        n += 3 * sizeof(uint64_t) + (t->img_keys ? t->img_key_len[i] : (size_t)t->images[i].w * t->images[i].h * 3);
+    uint8_t *k = malloc(n ? n : 1), *p = k;
+    if (!k) return NULL;
+    for (int i = 0; i < t->n_images; i++) {
+        const uint8_t *src = t->img_keys ? t->img_keys[i] : t->images[i].rgb;
+        uint64_t hdr[3] = {t->img_keys ? t->img_key_len[i] : (size_t)t->images[i].w * t->images[i].h * 3,
+                           (uint64_t)t->images[i].w, (uint64_t)t->images[i].h};
+        memcpy(p, hdr, sizeof hdr);
+        p += sizeof hdr;
+        memcpy(p, src, (size_t)hdr[0]);
+        p += hdr[0];
+    }
+    *len = n;
+    return k;
+}
+
+static uint64_t key_hash(const uint8_t *k, size_t n)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (int i = 0; i < n; i++) {
-        const uint64_t wh = ((uint64_t)im[i].w << 32) | (uint32_t)im[i].h;
-        h = (h ^ wh) * 1099511628211ULL;
-        const size_t nb = (size_t)im[i].w * im[i].h * 3;
-        for (size_t k = 0; k < nb; k++) h = (h ^ im[i].rgb[k]) * 1099511628211ULL;
-    }
+    for (size_t i = 0; i < n; i++) h = (h ^ k[i]) * 1099511628211ULL;
     return h;
 }
 
-static struct cache_entry *cache_find(struct server_cache *c, const struct image *im, int n, uint64_t h)
+static struct cache_entry *cache_find(struct server_cache *c, const uint8_t *key, size_t len, uint64_t h)
 {
     for (int i = 0; i < c->n; i++) {
         struct cache_entry *x = &c->e[i];
-        if (x->hash != h || x->n_images != n) continue;
-        int same = 1;
-        for (int k = 0; k < n && same; k++)
-            same = x->imgs[k].w == im[k].w && x->imgs[k].h == im[k].h &&
-                   !memcmp(x->imgs[k].rgb, im[k].rgb, (size_t)im[k].w * im[k].h * 3);
-        if (same) return x;
+        if (x->hash == h && x->key_len == len && !memcmp(x->key, key, len)) return x;
     }
     return NULL;
 }
 
-/* Stores an encoding in the least recently used slot, taking ownership of tokens and grids on success
- * (returns 0); on failure (out of memory) the caller keeps them. */
-static int cache_put(struct server_cache *c, const struct image *im, int n, uint64_t h, struct chat_grid *grids,
-                     struct tensor tokens, int n_pieces)
+/* Stores an encoding, taking ownership of key, grids and tokens on success (returns 0); entries are
+ * evicted least recently used first until it fits the count and the byte budget. An entry larger than
+ * the whole budget is not stored (-1, the caller keeps what it passed). */
+static int cache_put(struct server_cache *c, int n_images, uint8_t *key, size_t key_len, uint64_t h,
+                     struct chat_grid *grids, struct tensor tokens, int n_pieces)
 {
-    struct image *copy = calloc((size_t)n, sizeof *copy);
-    int ok = copy != NULL;
-    for (int k = 0; ok && k < n; k++) {
-        size_t nb = (size_t)im[k].w * im[k].h * 3;
-        if (!(copy[k].rgb = malloc(nb))) { ok = 0; break; }
-        memcpy(copy[k].rgb, im[k].rgb, nb);
-        copy[k].w = im[k].w;
-        copy[k].h = im[k].h;
+    const size_t bytes = key_len + (size_t)tensor_nbytes(&tokens);
+    if (!c->cap || bytes > c->max_bytes) return -1;
+    while (c->n && (c->n == c->cap || c->bytes + bytes > c->max_bytes)) {
+        int lru = 0;
+        for (int i = 1; i < c->n; i++)
+            if (c->e[i].used < c->e[lru].used) lru = i;
+        entry_free(c, &c->e[lru]);
+        c->e[lru] = c->e[--c->n];
+        memset(&c->e[c->n], 0, sizeof c->e[c->n]);
     }
-    if (!ok) {
-        for (int k = 0; copy && k < n; k++) image_free(&copy[k]);
-        free(copy);
-        return -1;
-    }
-    int slot = c->n < c->cap ? c->n++ : 0;
-    if (slot == 0 && c->n == c->cap)
-        for (int i = 0; i < c->n; i++)
-            if (c->e[i].used < c->e[slot].used) slot = i;
-    struct cache_entry *x = &c->e[slot];
-    entry_free(x);
-    x->imgs = copy;
-    x->n_images = n;
+    struct cache_entry *x = &c->e[c->n++];
+    x->key = key;
+    x->key_len = key_len;
+    x->n_images = n_images;
     x->grids = grids;
     x->tokens = tokens;
     x->n_pieces = n_pieces;
     x->hash = h;
+    x->bytes = bytes;
     x->used = ++c->tick;
+    c->bytes += bytes;
     return 0;
 }
 
@@ -132,6 +149,7 @@ struct pipe {
     int seen_tok;                /* a non-zero id came already (a leading BOS is dropped only first) */
     int n_gen;
     int replay;                  /* beam search: ids replayed after the search, no cancel checks */
+    int timed_out;               /* the turn's deadline passed */
     int oom;
 };
 
@@ -199,6 +217,10 @@ static int pipe_token(void *ctx, int32_t tok)
     struct pipe *p = ctx;
     p->n_gen++;
     if (!p->replay && p->t->cancel && atomic_load(p->t->cancel)) return 1;
+    if (!p->replay && p->t->deadline > 0 && time_now() > p->t->deadline) {
+        p->timed_out = 1;
+        return 1;
+    }
     if (engine_is_stop(p->g, tok) || tok == 0) return 0;
     if (!p->seen_tok++ && tok == p->g->cfg.bos_token_id) return 0;
     const char *chunk;
@@ -212,7 +234,7 @@ static int pipe_token(void *ctx, int32_t tok)
 static int beam_cancel(void *ctx)
 {
     const struct server_turn *t = ctx;
-    return t->cancel && atomic_load(t->cancel);
+    return (t->cancel && atomic_load(t->cancel)) || (t->deadline > 0 && time_now() > t->deadline);
 }
 
 /* ---- the turn ---- */
@@ -257,9 +279,12 @@ int server_turn_run(struct engine *g, struct server_cache *c, const struct serve
     struct pipe p = {.t = t, .g = g};
     double t0 = time_now();
     if (t->n_images) {
-        uint64_t h = images_hash(t->images, t->n_images);
-        struct cache_entry *x = c ? cache_find(c, t->images, t->n_images, h) : NULL;
+        size_t klen = 0;
+        uint8_t *key = c && c->cap ? images_key(t, &klen) : NULL;
+        uint64_t h = key ? key_hash(key, klen) : 0;
+        struct cache_entry *x = key ? cache_find(c, key, klen, h) : NULL;
         if (x) {
+            free(key);
             x->used = ++c->tick;
             c->hits++;
             r->image_cached = 1;
@@ -268,14 +293,16 @@ int server_turn_run(struct engine *g, struct server_cache *c, const struct serve
             if (!(grids = malloc((size_t)t->n_images * sizeof *grids))) { err_set(e, "out of memory"); goto out; }
             memcpy(grids, x->grids, (size_t)t->n_images * sizeof *grids);
         } else {
-            if (!(grids = calloc((size_t)t->n_images, sizeof *grids))) { err_set(e, "out of memory"); goto out; }
-            if (engine_encode_images(g, t->images, t->n_images, grids, &img, &n_pieces, e)) goto out;
+            if (!(grids = calloc((size_t)t->n_images, sizeof *grids))) { free(key); err_set(e, "out of memory"); goto out; }
+            if (engine_encode_images(g, t->images, t->n_images, grids, &img, &n_pieces, e)) { free(key); goto out; }
             own_img = 1;
-            if (c && c->cap) {
-                struct chat_grid *gc = malloc((size_t)t->n_images * sizeof *gc);
-                if (gc) memcpy(gc, grids, (size_t)t->n_images * sizeof *gc);
-                if (gc && cache_put(c, t->images, t->n_images, h, gc, img, n_pieces) == 0) own_img = 0;
-                else free(gc);
+            struct chat_grid *gc = key ? malloc((size_t)t->n_images * sizeof *gc) : NULL;
+            if (gc) memcpy(gc, grids, (size_t)t->n_images * sizeof *gc);
+            if (gc && cache_put(c, t->n_images, key, klen, h, gc, img, n_pieces) == 0) {
+                own_img = 0;
+            } else {
+                free(gc);
+                free(key);
             }
         }
     }
@@ -321,7 +348,8 @@ int server_turn_run(struct engine *g, struct server_cache *c, const struct serve
     r->n_prompt = n_ids;
     r->n_gen = n_out;
     r->cancelled = t->cancel && atomic_load(t->cancel);
-    r->finish = p.stopped || (n_out > 0 && engine_is_stop(g, out[n_out - 1])) || n_out < t->max_new ? "stop" : "length";
+    r->timed_out = p.timed_out || (t->num_beams > 1 && t->deadline > 0 && time_now() > t->deadline && !r->cancelled);
+    r->finish = r->timed_out ? "length" : p.stopped || (n_out > 0 && engine_is_stop(g, out[n_out - 1])) || n_out < t->max_new ? "stop" : "length";
     r->t_prefill = st.t_prefill;
     r->t_decode = st.t_decode;
     rc = 0;

@@ -8,6 +8,9 @@
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
+#include <cJSON.h>
+#include <errno.h>
+#include <strings.h>
 #include <poll.h>
 #include <pthread.h>
 #include <string.h>
@@ -38,6 +41,7 @@ struct conn {
     char *body;
     size_t len, cap;
     int too_big;
+    int refused;                 /* a response was queued on the first call (401/413/415/...) */
     struct job *job;
 };
 
@@ -57,6 +61,11 @@ struct server {
     long next_id;
     struct server_cache *cache;
     struct server_stats st;
+    struct guard *guard;
+    struct job *running;         /* the job the worker runs now (s->mu) */
+    int drained, quiesced;
+    MHD_socket listen_fd;
+    atomic_llong image_bytes;    /* decoded image bytes held by requests (lim.max_image_bytes) */
 };
 
 void server_options_default(struct server_options *o)
@@ -66,8 +75,11 @@ void server_options_default(struct server_options *o)
     o->port = 8080;
     o->queue = 16;
     o->image_cache = 8;
-    o->max_connections = 64;
+    o->max_connections = 256;
+    o->read_timeout = 30;
     o->lim.max_body = 32u << 20;
+    o->lim.max_beam_tokens = 8192;
+    o->lim.max_image_bytes = (int64_t)1 << 30;
     o->lim.max_images = 8;
     o->lim.max_messages = 256;
     o->lim.max_pixels = 40000000;
@@ -132,8 +144,10 @@ static void run_job(struct server *s, struct job *j)
     j->rq.turn.cancel = &j->cancel;
     j->rq.turn.cb = on_text;
     j->rq.turn.cb_ctx = j;
+    j->rq.turn.deadline = s->o.lim.max_time > 0 ? t0 + s->o.lim.max_time : 0;
     if (!atomic_load(&j->cancel)) rc = server_turn_run(s->g, s->cache, &j->rq.turn, &r, &stage, &e);
     else { e.msg[0] = 0; memset(&r, 0, sizeof r); }
+    server_request_drop_images(&j->rq); /* what a queued request holds is bounded by the image budget */
     /* counted before the answer is released, so a client sees its own request in the stats */
     int cancelled = atomic_load(&j->cancel);
     pthread_mutex_lock(&s->mu);
@@ -141,11 +155,20 @@ static void run_job(struct server *s, struct job *j)
     else if (rc == 0) s->st.ok++;
     else if (stage == 0) s->st.client_errors++;
     else s->st.failed++;
+    if (rc == 0 && r.timed_out) s->st.timed_out++;
     s->st.cache_hits = server_cache_hits(s->cache);
+    const int cut = cancelled && s->stopping; /* cancelled by the drain timeout, not by its client */
     pthread_mutex_unlock(&s->mu);
     const char *model = s->model_name;
     pthread_mutex_lock(&j->mu);
-    if (rc == 0) {
+    if (cut) {
+        /* a cut answer is not passed off as a whole one */
+        j->status = 503;
+        char *ej = server_error_json("the server is shutting down; the request was cancelled", "server_error", NULL,
+                                     "shutting_down");
+        if (j->rq.stream) job_event(j, ej);
+        else j->body = ej;
+    } else if (rc == 0) {
         if (j->rq.stream) {
             job_event(j, server_chunk_json(j->id, j->created, model, NULL, 0, !j->sent_first, r.finish));
             if (j->rq.include_usage) job_event(j, server_usage_chunk_json(j->id, j->created, model, r.n_prompt, r.n_gen));
@@ -186,28 +209,43 @@ static void *worker_main(void *p)
         struct job *j = s->q[s->qhead];
         s->qhead = (s->qhead + 1) % s->o.queue;
         s->qn--;
+        s->running = j;
         pthread_mutex_unlock(&s->mu);
         run_job(s, j);
+        pthread_mutex_lock(&s->mu);
+        s->running = NULL;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
         job_release(j);
     }
     return NULL;
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *c, int status, char *json, int retry_after)
+static void add_cors(struct server *s, struct MHD_Response *r)
+{
+    if (!s->o.cors_origin) return;
+    MHD_add_response_header(r, "Access-Control-Allow-Origin", s->o.cors_origin);
+    if (strcmp(s->o.cors_origin, "*")) MHD_add_response_header(r, "Vary", "Origin");
+}
+
+static enum MHD_Result send_json(struct server *s, struct MHD_Connection *c, int status, char *json, int retry_after)
 {
     if (!json) json = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
     struct MHD_Response *r = MHD_create_response_from_buffer(json ? strlen(json) : 0, json, MHD_RESPMEM_MUST_FREE);
     if (!r) { free(json); return MHD_NO; }
     MHD_add_response_header(r, "Content-Type", "application/json");
+    add_cors(s, r);
+    if (status == 401) MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
     if (retry_after) MHD_add_response_header(r, "Retry-After", "1");
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     return ok;
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *c, int status, const char *type, const char *code, const char *msg)
+static enum MHD_Result send_error(struct server *s, struct MHD_Connection *c, int status, const char *type, const char *code,
+                                  const char *msg)
 {
-    return send_json(c, status, server_error_json(msg, type, NULL, code), status == 503);
+    return send_json(s, c, status, server_error_json(msg, type, NULL, code), status == 503);
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
@@ -249,16 +287,16 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
         stat_add(s, &s->st.client_errors);
         char msg[128];
         snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", s->o.lim.max_body);
-        return send_error(c, 413, "invalid_request_error", "request_too_large", msg);
+        return send_error(s, c, 413, "invalid_request_error", "request_too_large", msg);
     }
     struct job *j = calloc(1, sizeof *j);
-    if (!j) return send_error(c, 500, "server_error", NULL, "out of memory");
+    if (!j) return send_error(s, c, 500, "server_error", NULL, "out of memory");
     char *ej = NULL;
     int st = server_request_parse(&j->rq, cs->body ? cs->body : "", cs->len, s->g, &s->o.lim, &ej);
     if (st) {
         free(j);
         stat_add(s, &s->st.client_errors);
-        return send_json(c, st, ej, 0);
+        return send_json(s, c, st, ej, st == 503);
     }
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
@@ -281,7 +319,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     if (full || stopping) {
         j->refs = 1;
         job_release(j);
-        return send_error(c, 503, "server_error", stopping ? "shutting_down" : "queue_full",
+        return send_error(s, c, 503, "server_error", stopping ? "shutting_down" : "queue_full",
                           stopping ? "the server is shutting down" : "the server is busy (request queue full); retry later");
     }
     cs->job = j;
@@ -296,6 +334,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
             return MHD_NO;
         }
         MHD_add_response_header(r, "Content-Type", "text/event-stream");
+        add_cors(s, r);
         MHD_add_response_header(r, "Cache-Control", "no-cache");
         enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
         MHD_destroy_response(r);
@@ -314,7 +353,82 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     j->body = NULL;
     int status = j->status;
     pthread_mutex_unlock(&j->mu);
-    return send_json(c, status, body, 0);
+    return send_json(s, c, status, body, 0);
+}
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    (void)value;
+    int *n = cls;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) n[0]++;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) n[1]++;
+    return MHD_YES;
+}
+
+/* The checks that need only the headers, made on the first call so that a refused request is answered
+ * before its body is read (no "100 Continue" for a body that is refused anyway). Returns 0 to go on, or
+ * queues the refusal and returns 1 (*ok = what MHD_queue_response said). */
+static int first_call_refusal(struct server *s, struct MHD_Connection *c, const char *url, const char *method,
+                              enum MHD_Result *ok)
+{
+    int n[2] = {0, 0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_header, n);
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (n[0] > 1 || (n[0] && n[1])) {
+        *ok = send_error(s, c, 400, "invalid_request_error", "bad_request",
+                         n[0] > 1 ? "more than one Content-Length header" : "both Content-Length and Transfer-Encoding");
+        return 1;
+    }
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (end == cl || *end || errno || cl[0] == '-') {
+            *ok = send_error(s, c, 400, "invalid_request_error", "bad_request", "the Content-Length header is not a number");
+            return 1;
+        }
+        if (v > s->o.lim.max_body) {
+            stat_add(s, &s->st.requests);
+            stat_add(s, &s->st.client_errors);
+            char msg[128];
+            snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", s->o.lim.max_body);
+            *ok = send_error(s, c, 413, "invalid_request_error", "request_too_large", msg);
+            return 1;
+        }
+    }
+    if (!strcmp(method, "OPTIONS")) {
+        /* a CORS preflight: answered only when --cors-origin allows it */
+        struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        if (!r) { *ok = MHD_NO; return 1; }
+        if (s->o.cors_origin) {
+            add_cors(s, r);
+            MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+            MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+            MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+        }
+        *ok = MHD_queue_response(c, s->o.cors_origin ? MHD_HTTP_NO_CONTENT : MHD_HTTP_FORBIDDEN, r);
+        MHD_destroy_response(r);
+        return 1;
+    }
+    if (s->o.api_key && strcmp(url, "/health")) {
+        const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (!guard_bearer_ok(s->o.api_key, auth)) {
+            stat_add(s, &s->st.unauthorized);
+            *ok = send_error(s, c, 401, "invalid_request_error", "invalid_api_key",
+                             auth ? "incorrect API key provided" : "an API key is required (Authorization: Bearer KEY)");
+            return 1;
+        }
+    }
+    if (!strcmp(url, "/v1/chat/completions") && !strcmp(method, "POST") &&
+        !guard_json_content_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE))) {
+        stat_add(s, &s->st.requests);
+        stat_add(s, &s->st.client_errors);
+        *ok = send_error(s, c, 415, "invalid_request_error", "unsupported_media_type",
+                         "the body must be sent as Content-Type: application/json");
+        return 1;
+    }
+    return 0;
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -326,16 +440,23 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!cs) {
         if (!(cs = calloc(1, sizeof *cs))) return MHD_NO;
         *con_cls = cs;
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > s->o.lim.max_body) cs->too_big = 1;
+        enum MHD_Result ok;
+        if (first_call_refusal(s, c, url, method, &ok)) {
+            cs->refused = 1;
+            return ok;
+        }
+        return MHD_YES;
+    }
+    if (cs->refused) {
+        *upload_data_size = 0; /* the answer is queued; what else comes is dropped */
         return MHD_YES;
     }
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (cs->too_big || cs->len + n > s->o.lim.max_body) {
+        if (cs->too_big || n > s->o.lim.max_body - cs->len) {
             cs->too_big = 1;
-            return MHD_YES; /* keep reading, then answer 413 */
+            return MHD_YES; /* keep reading (the read deadline bounds it), then answer 413 */
         }
         if (cs->len + n + 1 > cs->cap) {
             size_t nc = (cs->len + n + 1) * 2;
@@ -350,38 +471,58 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         cs->body[cs->len] = 0;
         return MHD_YES;
     }
+    const union MHD_ConnectionInfo *sci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (sci && sci->socket_context) guard_conn_received(s->guard, sci->socket_context, 1);
     const int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
     if (!strcmp(url, "/health")) {
-        if (!get) return send_error(c, 405, "invalid_request_error", NULL, "use GET /health");
+        if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /health");
         pthread_mutex_lock(&s->mu);
         char *b = malloc(128);
-        if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d}", s->stopping ? "stopping" : "ok", s->qn);
+        if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d,\"running\":%d}", s->stopping ? "stopping" : "ok", s->qn,
+                        s->running != NULL);
         pthread_mutex_unlock(&s->mu);
-        return send_json(c, 200, b, 0);
+        return send_json(s, c, 200, b, 0);
     }
     if (!strcmp(url, "/v1/models")) {
-        if (!get) return send_error(c, 405, "invalid_request_error", NULL, "use GET /v1/models");
-        size_t n = strlen(s->model_name) + 160;
-        char *b = malloc(n);
-        if (b)
-            snprintf(b, n, "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"model\",\"created\":0,\"owned_by\":\"minicpmv\"}]}",
-                     s->model_name);
-        return send_json(c, 200, b, 0);
+        if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /v1/models");
+        cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "object", "list");
+        cJSON_AddItemToArray(d, m);
+        cJSON_AddStringToObject(m, "id", s->model_name);
+        cJSON_AddStringToObject(m, "object", "model");
+        cJSON_AddNumberToObject(m, "created", 0);
+        cJSON_AddStringToObject(m, "owned_by", "minicpmv");
+        char *b = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        return send_json(s, c, 200, b, 0);
     }
     if (!strcmp(url, "/v1/chat/completions")) {
-        if (!post) return send_error(c, 405, "invalid_request_error", NULL, "use POST /v1/chat/completions");
+        if (!post) return send_error(s, c, 405, "invalid_request_error", NULL, "use POST /v1/chat/completions");
         return chat_completions(s, c, cs);
     }
-    char msg[300];
-    snprintf(msg, sizeof msg, "unknown path '%.200s' (try POST /v1/chat/completions, GET /v1/models, GET /health)", url);
-    return send_error(c, 404, "invalid_request_error", "not_found", msg);
+    char msg[300], shown[128];
+    guard_printable(shown, sizeof shown, url, 100);
+    snprintf(msg, sizeof msg, "unknown path '%s' (try POST /v1/chat/completions, GET /v1/models, GET /health)", shown);
+    return send_error(s, c, 404, "invalid_request_error", "not_found", msg);
+}
+
+static void notify_conn(void *cls, struct MHD_Connection *c, void **socket_context, enum MHD_ConnectionNotificationCode code)
+{
+    struct server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = guard_conn_open(s->guard, ci ? ci->connect_fd : -1);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        guard_conn_close(s->guard, *socket_context);
+        *socket_context = NULL;
+    }
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)c;
     struct conn *cs = *con_cls;
+    const union MHD_ConnectionInfo *sci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (sci && sci->socket_context) guard_conn_received(((struct server *)cls)->guard, sci->socket_context, 0);
     if (!cs) return;
     if (cs->job) {
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) atomic_store(&cs->job->cancel, 1);
@@ -405,6 +546,10 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
     pthread_cond_init(&s->cv, NULL);
     if (!(s->q = calloc((size_t)o->queue, sizeof *s->q))) { err_set(e, "out of memory"); goto fail; }
     if (server_cache_init(&s->cache, o->image_cache, e)) goto fail;
+    if (o->image_cache_bytes) server_cache_set_max_bytes(s->cache, o->image_cache_bytes);
+    atomic_init(&s->image_bytes, 0);
+    s->o.lim.image_bytes = &s->image_bytes;
+    if (guard_start(&s->guard, o->read_timeout, e)) goto fail;
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
     if (inet_pton(AF_INET, o->host ? o->host : "127.0.0.1", &addr.sin_addr) != 1) {
         err_set(e, "--host '%s': expected an IPv4 address such as 127.0.0.1", o->host);
@@ -414,9 +559,10 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
     s->worker_started = 1;
     s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC,
                             (uint16_t)o->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                            MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)(o->max_connections > 0 ? o->max_connections : 64), MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)120, MHD_OPTION_END);
+                            MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION, notify_conn, s,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)(o->max_connections > 0 ? o->max_connections : 256),
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)(o->max_per_ip > 0 ? o->max_per_ip : 0),
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
     if (!s->d) {
         err_set(e, "cannot listen on %s:%d (port in use?)", o->host ? o->host : "127.0.0.1", o->port);
         goto fail;
@@ -437,19 +583,48 @@ void server_get_stats(struct server *s, struct server_stats *st)
     pthread_mutex_lock(&s->mu);
     *st = s->st;
     pthread_mutex_unlock(&s->mu);
+    st->reaped = s->guard ? guard_reaped(s->guard) : 0;
+}
+
+int server_drain(struct server *s, double timeout)
+{
+    if (!s || s->drained) return 0;
+    if (s->d && !s->quiesced) {
+        s->listen_fd = MHD_quiesce_daemon(s->d); /* no new connections */
+        s->quiesced = 1;
+    }
+    int cancelled = 0;
+    const double t_end = time_now() + timeout;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->cv);
+    while (s->worker_started && (s->qn || s->running)) {
+        if (timeout > 0 && time_now() >= t_end) {
+            /* out of time: what is left is cancelled (answered 499 / an error event) */
+            for (int i = 0; i < s->qn; i++, cancelled++) atomic_store(&s->q[(s->qhead + i) % s->o.queue]->cancel, 1);
+            if (s->running) { atomic_store(&s->running->cancel, 1); cancelled++; }
+            timeout = 0;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (s->worker_started) pthread_join(s->worker, NULL);
+    s->worker_started = 0;
+    s->drained = 1;
+    return cancelled;
 }
 
 void server_stop(struct server *s)
 {
     if (!s) return;
-    MHD_socket ls = s->d ? MHD_quiesce_daemon(s->d) : MHD_INVALID_SOCKET; /* no new connections */
-    pthread_mutex_lock(&s->mu);
-    s->stopping = 1;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    if (s->worker_started) pthread_join(s->worker, NULL); /* drains the queue */
-    if (s->d) MHD_stop_daemon(s->d);                        /* waits for the connection threads */
-    if (ls != MHD_INVALID_SOCKET) close(ls);
+    server_drain(s, 0);
+    if (s->d) MHD_stop_daemon(s->d); /* waits for the connection threads */
+    if (s->quiesced && s->listen_fd != MHD_INVALID_SOCKET) close(s->listen_fd);
+    guard_stop(s->guard);
     server_cache_free(s->cache);
     free(s->q);
     pthread_mutex_destroy(&s->mu);

@@ -6,7 +6,11 @@
 #include "beam.h"
 
 #include <cJSON.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -70,57 +74,143 @@ static int b64_decode(const char *s, size_t n, uint8_t **out, size_t *out_n)
     return 0;
 }
 
-/* Loads the image of one image_url part. Returns 0 or a 4xx status with *err_json. */
-static int load_image(struct image *im, const char *url, const struct server_limits *lim, int idx, char **err_json)
+/* Reads a local image file for load_image: path is resolved (symlinks too) and must lie inside the
+ * allowed folder; a relative path is taken relative to that folder, never to the working directory.
+ * Every refusal that concerns a path outside the folder reads the same, so a client cannot probe which
+ * files exist elsewhere. Only regular files are opened (O_NONBLOCK: a FIFO cannot block the thread). */
+static int read_allowed_file(const char *url, const struct server_limits *lim, int idx, uint8_t **out, size_t *out_n,
+                             char **err_json)
 {
-    struct image_opts io;
-    image_opts_default(&io);
-    if (lim->max_pixels > 0) io.max_pixels = lim->max_pixels;
-    io.max_file_bytes = lim->max_body;
-    struct err e = {{0}};
-    if (!strncmp(url, "data:", 5)) {
-        const char *comma = strchr(url, ',');
-        if (!comma || !strstr(url, ";base64") || strstr(url, ";base64") > comma)
-            return reject(err_json, 400, "messages", "invalid_image_url",
-                          "image %d: a data: URL must be base64 (data:image/png;base64,...)", idx);
-        uint8_t *bytes;
-        size_t nb;
-        int r = b64_decode(comma + 1, strlen(comma + 1), &bytes, &nb);
-        if (r == -2) return reject(err_json, 500, NULL, NULL, "out of memory");
-        if (r) return reject(err_json, 400, "messages", "invalid_base64", "image %d: the data: URL is not valid base64", idx);
-        r = image_decode(im, bytes, nb, &io, &e);
-        free(bytes);
-        if (r) return reject(err_json, 400, "messages", "invalid_image", "image %d: %s", idx, e.msg);
-        return 0;
-    }
-    if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8))
-        return reject(err_json, 400, "messages", "invalid_image_url",
-                      "image %d: remote image URLs are not fetched; send the image as a base64 data: URL", idx);
     const char *path = !strncmp(url, "file://", 7) ? url + 7 : url;
     if (!lim->allow_dir)
         return reject(err_json, 400, "messages", "invalid_image_url",
                       "image %d: local files are not allowed (the server was started without --allow-files); send "
                       "a base64 data: URL",
                       idx);
-    char root[PATH_MAX], real[PATH_MAX];
-    if (!realpath(lim->allow_dir, root) || !realpath(path, real))
-        return reject(err_json, 400, "messages", "invalid_image_url", "image %d: no such file under the allowed folder", idx);
+    char root[PATH_MAX], joined[PATH_MAX], real[PATH_MAX];
+    struct err e = {{0}};
+    const char *nope = "image %d: not a readable file inside the allowed folder";
+    if (!realpath(lim->allow_dir, root)) return reject(err_json, 400, "messages", "invalid_image_url", nope, idx);
+    if (path[0] != '/') {
+        if (path_join(joined, sizeof joined, root, path, &e))
+            return reject(err_json, 400, "messages", "invalid_image_url", nope, idx);
+        path = joined;
+    }
+    if (!realpath(path, real)) return reject(err_json, 400, "messages", "invalid_image_url", nope, idx);
     size_t rl = strlen(root);
-    if (strncmp(real, root, rl) || (real[rl] != '/' && strcmp(root, "/")))
-        return reject(err_json, 400, "messages", "invalid_image_url", "image %d: the file is outside the allowed folder", idx);
-    if (image_load(im, real, &io, &e))
-        return reject(err_json, 400, "messages", "invalid_image", "image %d: %s", idx, e.msg);
+    int inside = !strcmp(root, "/") || (!strncmp(real, root, rl) && real[rl] == '/');
+    if (!inside) return reject(err_json, 400, "messages", "invalid_image_url", nope, idx);
+    int fd = open(real, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    struct stat stt;
+    if (fd < 0 || fstat(fd, &stt) || !S_ISREG(stt.st_mode)) {
+        if (fd >= 0) close(fd);
+        return reject(err_json, 400, "messages", "invalid_image_url", "image %d: not a regular file inside the allowed folder",
+                      idx);
+    }
+    if ((uint64_t)stt.st_size > lim->max_body) {
+        close(fd);
+        return reject(err_json, 400, "messages", "invalid_image", "image %d: %lld bytes, over the limit of %zu", idx,
+                      (long long)stt.st_size, lim->max_body);
+    }
+    size_t n = (size_t)stt.st_size, got = 0;
+    uint8_t *b = malloc(n ? n : 1);
+    if (!b) { close(fd); return reject(err_json, 500, NULL, NULL, "out of memory"); }
+    while (got < n) {
+        ssize_t k = read(fd, b + got, n - got);
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    close(fd);
+    if (got != n) {
+        free(b);
+        return reject(err_json, 400, "messages", "invalid_image", "image %d: the file changed while it was read", idx);
+    }
+    *out = b;
+    *out_n = n;
     return 0;
+}
+
+/* Takes bytes of the decoded-image budget (lim->max_image_bytes over every request in flight); 0 or 503. */
+static int image_reserve(struct server_request *rq, const struct server_limits *lim, int64_t bytes, char **err_json)
+{
+    if (!lim->image_bytes) return 0;
+    rq->image_acct = lim->image_bytes;
+    int64_t now = atomic_fetch_add(lim->image_bytes, bytes) + bytes;
+    if (lim->max_image_bytes > 0 && bytes > 0 && now > lim->max_image_bytes) {
+        atomic_fetch_sub(lim->image_bytes, bytes);
+        *err_json = server_error_json("the server is busy decoding images for other requests; retry later", "server_error",
+                                      NULL, "image_memory_full");
+        return 503;
+    }
+    rq->image_reserved += bytes;
+    return 0;
+}
+
+/* Loads the image of one image_url part into rq's slot idx-1 (keeping its encoded bytes, the cache key).
+ * The worst case (max_pixels x 3 bytes) is reserved from the decoded-image budget before decoding and
+ * trimmed to the real size after, so concurrent decodes cannot exceed the budget. Returns 0 or a status. */
+static int load_image(struct server_request *rq, const char *url, const struct server_limits *lim, int idx, char **err_json)
+{
+    struct image *im = &rq->images[idx - 1];
+    struct image_opts io;
+    image_opts_default(&io);
+    if (lim->max_pixels > 0) io.max_pixels = lim->max_pixels;
+    io.max_file_bytes = lim->max_body;
+    struct err e = {{0}};
+    uint8_t *bytes = NULL;
+    size_t nb = 0;
+    if (!strncmp(url, "data:", 5)) {
+        const char *comma = strchr(url, ',');
+        if (!comma || !strstr(url, ";base64") || strstr(url, ";base64") > comma)
+            return reject(err_json, 400, "messages", "invalid_image_url",
+                          "image %d: a data: URL must be base64 (data:image/png;base64,...)", idx);
+        int r = b64_decode(comma + 1, strlen(comma + 1), &bytes, &nb);
+        if (r == -2) return reject(err_json, 500, NULL, NULL, "out of memory");
+        if (r) return reject(err_json, 400, "messages", "invalid_base64", "image %d: the data: URL is not valid base64", idx);
+    } else if (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8)) {
+        return reject(err_json, 400, "messages", "invalid_image_url",
+                      "image %d: remote image URLs are not fetched; send the image as a base64 data: URL", idx);
+    } else {
+        int st = read_allowed_file(url, lim, idx, &bytes, &nb, err_json);
+        if (st) return st;
+    }
+    rq->enc[idx - 1] = bytes;
+    rq->enc_len[idx - 1] = nb;
+    const int64_t worst = io.max_pixels * 3;
+    int st = image_reserve(rq, lim, worst, err_json);
+    if (st) return st;
+    int r = image_decode(im, bytes, nb, &io, &e);
+    const int64_t used = r ? 0 : (int64_t)im->w * im->h * 3;
+    if (rq->image_acct) {
+        atomic_fetch_sub(rq->image_acct, worst - used);
+        rq->image_reserved -= worst - used;
+    }
+    if (r) return reject(err_json, 400, "messages", "invalid_image", "image %d: %s", idx, e.msg);
+    return 0;
+}
+
+void server_request_drop_images(struct server_request *rq)
+{
+    for (int i = 0; rq->images && rq->enc && i <= rq->turn.n_images; i++) {
+        image_free(&rq->images[i]);
+        free(rq->enc[i]);
+        rq->enc[i] = NULL;
+    }
+    rq->turn.n_images = 0;
+    if (rq->image_acct) atomic_fetch_sub(rq->image_acct, rq->image_reserved);
+    rq->image_reserved = 0;
 }
 
 void server_request_free(struct server_request *rq)
 {
+    server_request_drop_images(rq);
     for (int i = 0; i < rq->turn.n_msgs; i++) free(rq->texts[i]);
     free(rq->texts);
     free(rq->msgs);
     free(rq->system);
-    for (int i = 0; i < rq->turn.n_images; i++) image_free(&rq->images[i]);
     free(rq->images);
+    free(rq->enc);
+    free(rq->enc_len);
     for (int i = 0; i < SERVER_MAX_STOP; i++) free(rq->stop_buf[i]);
     memset(rq, 0, sizeof *rq);
 }
@@ -169,7 +259,7 @@ static int parse_content(struct server_request *rq, const cJSON *content, int mi
                 return reject(err_json, 400, "messages", NULL, "messages[%d].content[%d].image_url.url must be a string", mi, pi);
             if (rq->turn.n_images >= lim->max_images)
                 return reject(err_json, 400, "messages", NULL, "at most %d images per request", lim->max_images);
-            int st = load_image(&rq->images[rq->turn.n_images], u->valuestring, lim, rq->turn.n_images + 1, err_json);
+            int st = load_image(rq, u->valuestring, lim, rq->turn.n_images + 1, err_json);
             if (st) return st;
             rq->turn.n_images++;
             piece = CHAT_IMAGE_MARKER;
@@ -191,10 +281,51 @@ static int num_field(const cJSON *root, const char *name, double lo, double hi, 
     if (!x || cJSON_IsNull(x)) return 0;
     if (!cJSON_IsNumber(x)) return reject(err_json, 400, name, NULL, "'%s' must be a number", name);
     double d = x->valuedouble;
-    if (integer && d != (double)(long long)d) return reject(err_json, 400, name, NULL, "'%s' must be an integer", name);
+    /* the range first: casting 1e30 to an integer type is undefined behaviour */
     if (!(d >= lo && d <= hi)) return reject(err_json, 400, name, NULL, "'%s' = %g is outside %g..%g", name, d, lo, hi);
+    if (integer && d != floor(d)) return reject(err_json, 400, name, NULL, "'%s' must be an integer", name);
     *v = d;
     return 1;
+}
+
+/* Every top-level field must be one the server implements. Fields of the OpenAI API that it does not
+ * implement are accepted only with the value that means "off" (what clients send by default); anything
+ * else is refused by name rather than silently ignored. */
+static int check_fields(const cJSON *root, char **err_json)
+{
+    static const char *const known[] = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
+                                        "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream",
+                                        "stream_options", "n", "num_beams", "length_penalty", "user",
+                                        "frequency_penalty", "presence_penalty"};
+    int n = 0;
+    for (const cJSON *f = root->child; f; f = f->next) {
+        const char *k = f->string;
+        if (++n > 64) return reject(err_json, 400, NULL, "invalid_json", "more than 64 fields in the request");
+        for (const cJSON *g = root->child; g != f; g = g->next)
+            if (!strcmp(g->string, k))
+                return reject(err_json, 400, k, "invalid_json", "'%.60s' is given twice", k);
+        int ok = 0;
+        for (size_t i = 0; i < sizeof known / sizeof *known && !ok; i++) ok = !strcmp(k, known[i]);
+        if (ok) continue;
+        /* the "off" values of unimplemented fields */
+        int off = cJSON_IsNull(f);
+        if (!strcmp(k, "logprobs")) off |= cJSON_IsFalse(f);
+        else if (!strcmp(k, "top_logprobs") || !strcmp(k, "logit_bias")) off |= (cJSON_IsNumber(f) && f->valuedouble == 0) ||
+                                                                               (cJSON_IsObject(f) && !f->child);
+        else if (!strcmp(k, "tools") || !strcmp(k, "functions")) off |= cJSON_IsArray(f) && !f->child;
+        else if (!strcmp(k, "tool_choice") || !strcmp(k, "function_call"))
+            off |= cJSON_IsString(f) && !strcmp(f->valuestring, "none");
+        else if (!strcmp(k, "response_format")) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(f, "type");
+            off |= cJSON_IsObject(f) && cJSON_IsString(t) && !strcmp(t->valuestring, "text") && !t->next && f->child == t;
+        } else if (!strcmp(k, "parallel_tool_calls") || !strcmp(k, "store")) off |= cJSON_IsBool(f);
+        else
+            return reject(err_json, 400, k, "unsupported_field", "'%.60s' is not a field this server knows", k);
+        if (!off)
+            return reject(err_json, 400, k, "unsupported_field", "'%.60s' is not implemented by this server; leave it out",
+                          k);
+    }
+    return 0;
 }
 
 int server_request_parse(struct server_request *rq, const char *body, size_t len, const struct engine *g,
@@ -215,6 +346,7 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) return reject(err_json, 400, NULL, "invalid_json", "the body is not valid JSON");
     if (!cJSON_IsObject(root)) { st = reject(err_json, 400, NULL, "invalid_json", "the body must be a JSON object"); goto out; }
+    if ((st = check_fields(root, err_json))) goto out;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (model && !cJSON_IsString(model)) { st = reject(err_json, 400, "model", NULL, "'model' must be a string"); goto out; }
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
@@ -227,7 +359,9 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     rq->msgs = calloc((size_t)n, sizeof *rq->msgs);
     rq->texts = calloc((size_t)n, sizeof *rq->texts);
     rq->images = calloc((size_t)lim->max_images + 1, sizeof *rq->images);
-    if (!rq->msgs || !rq->texts || !rq->images) { st = reject(err_json, 500, NULL, NULL, "out of memory"); goto out; }
+    rq->enc = calloc((size_t)lim->max_images + 1, sizeof *rq->enc);
+    rq->enc_len = calloc((size_t)lim->max_images + 1, sizeof *rq->enc_len);
+    if (!rq->msgs || !rq->texts || !rq->images || !rq->enc || !rq->enc_len) { st = reject(err_json, 500, NULL, NULL, "out of memory"); goto out; }
     size_t sys_len = 0;
     int mi = 0;
     for (const cJSON *m = msgs->child; m; m = m->next, mi++) {
@@ -270,6 +404,8 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     t->msgs = rq->msgs;
     t->system = rq->system;
     t->images = rq->images;
+    t->img_keys = (const uint8_t *const *)rq->enc;
+    t->img_key_len = rq->enc_len;
 
     double v;
     int r;
@@ -284,8 +420,9 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     if (r == 1) t->sp.top_k = (int)v;
     if ((r = num_field(root, "repetition_penalty", 1e-3, 100, 0, &v, err_json)) > 1) { st = 400; goto out; }
     if (r == 1) t->sp.repetition_penalty = (float)v;
-    if ((r = num_field(root, "frequency_penalty", -2, 2, 0, &v, err_json)) > 1) { st = 400; goto out; }
-    if ((r = num_field(root, "presence_penalty", -2, 2, 0, &v, err_json)) > 1) { st = 400; goto out; }
+    /* not implemented: 0 (the API default, which some clients send) only */
+    if ((r = num_field(root, "frequency_penalty", 0, 0, 0, &v, err_json)) > 1) { st = 400; goto out; }
+    if ((r = num_field(root, "presence_penalty", 0, 0, 0, &v, err_json)) > 1) { st = 400; goto out; }
     if ((r = num_field(root, "seed", -9.2e18, 9.2e18, 1, &v, err_json)) > 1) { st = 400; goto out; }
     if (r == 1) t->sp.seed = (uint64_t)(int64_t)v;
     else t->sp.seed = (uint64_t)(time_now() * 1e9);
@@ -356,6 +493,13 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     }
     /* default answer length: the model's 1024, or what is left of the context */
     t->max_new = rq->max_tokens > 0 ? rq->max_tokens : (room < 1024 ? (int)room : 1024);
+    if (t->num_beams > 1 && lim->max_beam_tokens > 0 && (int64_t)t->num_beams * t->max_new > lim->max_beam_tokens) {
+        st = reject(err_json, 400, "num_beams", "beam_limit",
+                    "num_beams x max_tokens = %d x %d is over the server's limit of %lld (--max-beam-tokens); "
+                    "ask for fewer beams or tokens",
+                    t->num_beams, t->max_new, (long long)lim->max_beam_tokens);
+        goto out;
+    }
 out:
     cJSON_Delete(root);
     if (st) server_request_free(rq);

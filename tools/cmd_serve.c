@@ -1,17 +1,34 @@
 /* cmd_serve.c: `minicpmv serve --model DIR [--host 127.0.0.1] [--port 8080] [flags]` runs the
  * OpenAI-compatible server (src/server.h, docs/SERVER.md) until SIGTERM or SIGINT, then lets queued and
  * running requests finish and exits 0. --port 0 picks a free port; the chosen one is printed on stdout
- * as "listening on http://HOST:PORT" (tests read it). */
+ * as "listening on http://HOST:PORT" (tests read it). A second signal during the drain exits at once;
+ * --drain-timeout bounds the drain. The API key is read here (flag, file or MINICPMV_API_KEY), not in
+ * the library. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "beam.h"
 #include "cmd_util.h"
 #include "devmap.h"
 #include "server.h"
+
+/* During the drain: a second SIGTERM/SIGINT exits at once (queued and running requests are dropped). */
+static void *second_signal(void *p)
+{
+    (void)p;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "minicpmv serve: second %s: exiting now\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    _exit(130);
+}
 
 int cmd_serve(int argc, char **argv)
 {
@@ -26,6 +43,9 @@ int cmd_serve(int argc, char **argv)
     struct server *srv = NULL;
     int rc = 1;
     long long v;
+    double drain_timeout = 60;
+    const char *api_key_arg = NULL, *api_key_file = NULL;
+    char *api_key_buf = NULL;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&o, &dmo, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -63,6 +83,39 @@ int cmd_serve(int argc, char **argv)
         } else if (!strcmp(f, "--beams")) {
             if (!(x = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, x, 1, BEAM_MAX, &v, &e)) goto out;
             so.lim.default_beams = (int)v;
+        } else if (!strcmp(f, "--max-beam-tokens")) {
+            if (!(x = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, x, 0, 1LL << 40, &v, &e)) goto out;
+            so.lim.max_beam_tokens = v;
+        } else if (!strcmp(f, "--max-time") || !strcmp(f, "--read-timeout") || !strcmp(f, "--drain-timeout")) {
+            if (!(x = cmdu_value(argc, argv, &i, &e))) goto out;
+            char *end;
+            double d = strtod(x, &end);
+            if (end == x || *end || !(d >= 0 && d <= 86400)) {
+                err_set(&e, "%s: '%s' is not a number of seconds in 0..86400", f, x);
+                goto out;
+            }
+            if (!strcmp(f, "--max-time")) so.lim.max_time = d;
+            else if (!strcmp(f, "--read-timeout")) so.read_timeout = d;
+            else drain_timeout = d;
+        } else if (!strcmp(f, "--max-image-memory") || !strcmp(f, "--image-cache-bytes")) {
+            int64_t b;
+            if (!(x = cmdu_value(argc, argv, &i, &e))) goto out;
+            if (parse_size(x, &b) || b < 0) { err_set(&e, "%s: '%s' is not a size", f, x); goto out; }
+            if (!strcmp(f, "--max-image-memory")) so.lim.max_image_bytes = b;
+            else so.image_cache_bytes = (size_t)b;
+        } else if (!strcmp(f, "--max-connections-per-ip")) {
+            if (!(x = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, x, 0, 4096, &v, &e)) goto out;
+            so.max_per_ip = (int)v;
+        } else if (!strcmp(f, "--api-key")) {
+            if (!(api_key_arg = cmdu_value(argc, argv, &i, &e))) goto out;
+        } else if (!strcmp(f, "--api-key-file")) {
+            if (!(api_key_file = cmdu_value(argc, argv, &i, &e))) goto out;
+        } else if (!strcmp(f, "--cors-origin")) {
+            if (!(so.cors_origin = cmdu_value(argc, argv, &i, &e))) goto out;
+            if (!so.cors_origin[0] || strpbrk(so.cors_origin, "\r\n ,")) {
+                err_set(&e, "--cors-origin '%s': expected one origin such as https://app.example.com, or *", so.cors_origin);
+                goto out;
+            }
         } else if (!strcmp(f, "--log-requests")) {
             so.log_requests = 1;
         } else if (!strcmp(f, "--help")) {
@@ -78,6 +131,16 @@ int cmd_serve(int argc, char **argv)
                    "  --max-image-pixels N decoded pixels per image (default 40000000)\n"
                    "  --allow-files DIR    allow image_url file paths under DIR (default: none)\n"
                    "  --beams N            default to beam search with N beams (chat(sampling=False) is 3)\n"
+                   "  --max-beam-tokens N  num_beams x max_tokens per request (default 8192; 0 = no cap)\n"
+                   "  --max-time SECONDS   generation time per request; then finish_reason \"length\" (default 0 = none)\n"
+                   "  --read-timeout SECONDS  time to send a whole request, headers and body (default 30; 0 = none)\n"
+                   "  --drain-timeout SECONDS on SIGTERM, cancel what still runs after this (default 60; 0 = wait)\n"
+                   "  --max-image-memory SIZE decoded image bytes held by all requests (default 1GiB; 503 above)\n"
+                   "  --image-cache-bytes SIZE  byte budget of the image cache (default 256MiB)\n"
+                   "  --max-connections-per-ip N  open connections per client address (default 0 = no limit)\n"
+                   "  --api-key KEY        require Authorization: Bearer KEY on /v1/* (/health stays open)\n"
+                   "  --api-key-file FILE  the same, the key read from FILE (first line); or env MINICPMV_API_KEY\n"
+                   "  --cors-origin ORIGIN allow browser requests from ORIGIN (or *); default: no CORS\n"
                    "  --log-requests       one line per request on stderr\n",
                    cmdu_engine_help);
             printf("%s", devmap_opts_help());
@@ -86,6 +149,22 @@ int cmd_serve(int argc, char **argv)
             err_set(&e, "unknown flag '%s' (see minicpmv serve --help)", f);
             goto out;
         }
+    }
+    /* the API key: the flag, a file, or the environment (the last two keep it out of `ps`) */
+    if (api_key_arg && api_key_file) { err_set(&e, "--api-key and --api-key-file: give one"); goto out; }
+    if (api_key_file) {
+        size_t n;
+        if (read_file(api_key_file, 4096, &api_key_buf, &n, &e)) { err_prefix(&e, "--api-key-file"); goto out; }
+        api_key_buf[strcspn(api_key_buf, "\r\n")] = 0;
+        so.api_key = api_key_buf;
+    } else if (api_key_arg) {
+        so.api_key = api_key_arg;
+    } else if (getenv("MINICPMV_API_KEY") && getenv("MINICPMV_API_KEY")[0]) {
+        so.api_key = getenv("MINICPMV_API_KEY");
+    }
+    if (so.api_key && (strlen(so.api_key) < 8 || strpbrk(so.api_key, " \t"))) {
+        err_set(&e, "the API key must be at least 8 characters without spaces");
+        goto out;
     }
     /* SIGTERM/SIGINT are taken synchronously by this thread; every thread started later inherits the mask */
     sigset_t set;
@@ -101,17 +180,25 @@ int cmd_serve(int argc, char **argv)
     fflush(stdout);
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stderr, "minicpmv serve: %s: finishing queued requests\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    fprintf(stderr, "minicpmv serve: %s: finishing queued requests (at most %g s; a second signal exits at once)\n",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT", drain_timeout);
+    pthread_t second;
+    if (!pthread_create(&second, NULL, second_signal, NULL)) pthread_detach(second);
+    int n_cut = server_drain(srv, drain_timeout);
+    if (n_cut) fprintf(stderr, "minicpmv serve: drain timeout: %d requests cancelled\n", n_cut);
     struct server_stats st;
-    server_get_stats(srv, &st);
+    server_get_stats(srv, &st); /* after the drain: every request is counted */
     server_stop(srv);
     srv = NULL;
-    fprintf(stderr, "minicpmv serve: %ld requests: %ld ok, %ld refused, %ld busy, %ld cancelled, %ld failed; %ld image cache hits\n",
-            st.requests, st.ok, st.client_errors, st.busy, st.cancelled, st.failed, st.cache_hits);
+    fprintf(stderr, "minicpmv serve: %ld requests: %ld ok, %ld refused, %ld busy, %ld cancelled, %ld failed; %ld image cache hits; "
+                    "%ld cut by --max-time, %ld connections closed by the read timeout, %ld unauthorized\n",
+            st.requests, st.ok, st.client_errors, st.busy, st.cancelled, st.failed, st.cache_hits, st.timed_out, st.reaped,
+            st.unauthorized);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "minicpmv serve: %s\n", e.msg);
     server_stop(srv);
     engine_close(g);
+    free(api_key_buf);
     return rc;
 }

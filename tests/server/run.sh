@@ -11,7 +11,7 @@ pass=0; fail=0; skip=0
 ok() { pass=$((pass+1)); }
 bad() { fail=$((fail+1)); echo "FAIL $*" >&2; }
 tmp=$(mktemp -d); trap 'kill $SPID 2>/dev/null; rm -rf "$tmp"' EXIT
-"$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 1024 >"$tmp/out" 2>"$tmp/err" & SPID=$!
+"$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 1024 --drain-timeout 0 >"$tmp/out" 2>"$tmp/err" & SPID=$!
 for i in $(seq 100); do grep -q listening "$tmp/out" 2>/dev/null && break; sleep 0.1; done
 PORT=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/out")
 [ -n "$PORT" ] || { echo "server did not start:"; cat "$tmp/err"; echo "server-clients: 0 passed, 1 failed"; exit 1; }
@@ -27,18 +27,21 @@ sse_concat() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{
 got=$(curl -s $U/v1/chat/completions -H 'Content-Type: application/json' \
   -d '{"model":"m","messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":16}' | jq_content)
 [ "$got" = "$exp" ] && ok || bad "curl plain: '$got' != '$exp'"
-got=$(curl -sN $U/v1/chat/completions -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":16,"stream":true}' | sse_concat)
+got=$(curl -sN $U/v1/chat/completions -H 'Content-Type: application/json' -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":16,"stream":true}' | sse_concat)
 [ "$got" = "$exp" ] && ok || bad "curl stream: '$got'"
 printf '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/jpeg;base64,%s"}},{"type":"text","text":"What"}]}],"temperature":0,"max_tokens":8}' \
   "$(base64 -w0 $IMG)" >"$tmp/img.json"
-got=$(curl -s $U/v1/chat/completions -d @"$tmp/img.json" | jq_content)
+got=$(curl -s $U/v1/chat/completions -H 'Content-Type: application/json' -d @"$tmp/img.json" | jq_content)
 [ "$got" = "$expimg" ] && ok || bad "curl image: '$got' != '$expimg'"
-code() { curl -s -o "$tmp/body" -w '%{http_code}' "$@"; }
+code() { curl -s -o "$tmp/body" -w '%{http_code}' -H 'Content-Type: application/json' "$@"; }
 [ "$(code $U/v1/chat/completions -d '{"messages":')" = 400 ] && grep -q '"error"' "$tmp/body" && ok || bad "curl malformed"
 [ "$(code $U/v1/chat/completions -d '{"messages":[{"role":"x","content":"a"}]}')" = 400 ] && ok || bad "curl role"
 head -c 40000000 /dev/zero | tr '\0' a >"$tmp/big"
 [ "$(code $U/v1/chat/completions --data-binary @"$tmp/big")" = 413 ] && ok || bad "curl too large"
 [ "$(code $U/health)" = 200 ] && ok || bad "curl health"
+# curl -d without -H sends a form content type, as a web page's cross-origin POST would: refused
+[ "$(curl -s -o /dev/null -w '%{http_code}' $U/v1/chat/completions -d '{"messages":[{"role":"user","content":"a"}]}')" = 415 ] \
+  && ok || bad "curl form content type not refused"
 
 # the official openai npm client
 if [ -f .cache/server-js/node_modules/openai/package.json ]; then
@@ -53,10 +56,32 @@ else
 fi
 
 # SIGTERM while a request is in flight: it is answered, then the server exits 0
-curl -s -o "$tmp/last" -w '%{http_code}' $U/v1/chat/completions \
+curl -s -o "$tmp/last" -w '%{http_code}' $U/v1/chat/completions -H 'Content-Type: application/json' \
   -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":200}' >"$tmp/last_code" & CP=$!
-sleep 0.3; kill -TERM $SPID; wait $SPID; src=$?; wait $CP
+for i in $(seq 600); do curl -s $U/health | grep -q '"running":1' && break; sleep 0.05; done
+kill -TERM $SPID; wait $SPID; src=$?; wait $CP
 [ "$src" = 0 ] && [ "$(cat "$tmp/last_code")" = 200 ] && grep -q '"completion_tokens":' "$tmp/last" && ok \
   || bad "SIGTERM: server exit $src, in-flight request $(cat "$tmp/last_code")"
+# the closing summary is read after the drain: the in-flight request counts as ok
+grep -q 'requests: [0-9]* ok' "$tmp/err" && [ "$(sed -n 's/.*requests: \([0-9]*\) ok.*/\1/p' "$tmp/err")" -ge 1 ] \
+  && grep -q ' 0 failed' "$tmp/err" && ok || bad "SIGTERM summary: $(grep 'requests:' "$tmp/err")"
+
+# the API key from the environment (kept off the command line); a second SIGTERM exits at once
+MINICPMV_API_KEY=test-key-123 "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 1024 --drain-timeout 600 >"$tmp/out2" 2>"$tmp/err2" & SPID=$!
+for i in $(seq 600); do grep -q listening "$tmp/out2" 2>/dev/null && break; sleep 0.1; done
+U=http://127.0.0.1:$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/out2")
+[ "$(code $U/v1/models)" = 401 ] && grep -q invalid_api_key "$tmp/body" && ok || bad "api key: no 401"
+[ "$(code -H 'Authorization: Bearer test-key-123' $U/v1/models)" = 200 ] && ok || bad "api key: right key refused"
+[ "$(code $U/health)" = 200 ] && ok || bad "api key: /health not open"
+curl -s -o /dev/null -H 'Content-Type: application/json' -H 'Authorization: Bearer test-key-123' $U/v1/chat/completions \
+  -d '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":900}' & CP=$!
+for i in $(seq 600); do curl -s $U/health | grep -q '"running":1' && break; sleep 0.05; done
+# the second signal once the first was taken (two signals pending at once are one signal)
+kill -TERM $SPID
+for i in $(seq 600); do grep -q 'finishing queued' "$tmp/err2" && break; sleep 0.05; done
+t0=$(date +%s.%N); kill -TERM $SPID; wait $SPID; src=$?; wait $CP
+t1=$(date +%s.%N)
+[ "$src" = 130 ] && grep -q 'second SIGTERM' "$tmp/err2" && awk "BEGIN{exit !($t1 - $t0 < 5)}" && ok \
+  || bad "second SIGTERM: exit $src after $(awk "BEGIN{print $t1 - $t0}") s"
 echo "server-clients: $pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]

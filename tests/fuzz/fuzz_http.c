@@ -1,0 +1,143 @@
+/* fuzz_http.c: libFuzzer target for the HTTP layer: each input is sent as raw bytes to a live server on
+ * loopback (src/server_http.c with libmicrohttpd, the guard, the request parser), then the write side is
+ * closed and the answer read. The engine is replaced by stubs (a fixed three-word answer, streamed or
+ * not; the prompt counted as 5 tokens per message), so what is fuzzed is framing, routing, limits,
+ * auth, parsing, the queue and the streaming path. The server must answer every input with a
+ * well-formed status line or close, and must stay alive (checked with /health every 256 inputs).
+ * Built and run by tools/fuzz.sh (make fuzz). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "server.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* ---- stubs for the engine side (server_chat.c) ---- */
+struct server_cache {
+    int hits;
+};
+int server_cache_init(struct server_cache **out, int capacity, struct err *e)
+{
+    (void)capacity;
+    (void)e;
+    *out = calloc(1, sizeof **out);
+    return *out ? 0 : -1;
+}
+void server_cache_free(struct server_cache *c) { free(c); }
+void server_cache_set_max_bytes(struct server_cache *c, size_t max_bytes) { (void)c, (void)max_bytes; }
+size_t server_cache_bytes(const struct server_cache *c) { (void)c; return 0; }
+int server_cache_hits(const struct server_cache *c) { return c ? c->hits : 0; }
+int server_prompt_tokens(const struct engine *g, const struct server_turn *t, int *n, struct err *e)
+{
+    (void)g;
+    (void)e;
+    *n = 5 * t->n_msgs;
+    return 0;
+}
+int server_turn_run(struct engine *g, struct server_cache *c, const struct server_turn *t, struct server_turn_result *r,
+                    int *stage, struct err *e)
+{
+    (void)g;
+    (void)c;
+    (void)e;
+    memset(r, 0, sizeof *r);
+    *stage = 1;
+    static const char *words[] = {"fuzzy", " answer", " here"};
+    int n = t->max_new < 3 ? t->max_new : 3;
+    for (int i = 0; i < n; i++)
+        if (t->cb) t->cb(t->cb_ctx, words[i], strlen(words[i]));
+    r->text = strdup(n >= 3 ? "fuzzy answer here" : n == 2 ? "fuzzy answer" : "fuzzy");
+    r->n_prompt = 5;
+    r->n_gen = n;
+    r->finish = n < t->max_new ? "stop" : "length";
+    return r->text ? 0 : -1;
+}
+void server_turn_result_free(struct server_turn_result *r)
+{
+    free(r->text);
+    memset(r, 0, sizeof *r);
+}
+
+static struct engine G;
+static struct server *S;
+static int PORT;
+
+static int exchange(const uint8_t *data, size_t size, char *out, size_t cap, size_t *got)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)PORT)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    int fd = -1;
+    for (int attempt = 0; attempt < 50 && fd < 0; attempt++) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        /* closed with a reset, so the client side leaves no TIME_WAIT behind: tens of thousands of
+         * inputs would otherwise use up the ephemeral ports (connect: EADDRNOTAVAIL) */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a)) {
+            fprintf(stderr, "fuzz_http: connect: %s (attempt %d)\n", strerror(errno), attempt + 1);
+            close(fd);
+            fd = -1;
+            usleep(100 * 1000);
+        }
+    }
+    if (fd < 0) return -1;
+    size_t off = 0;
+    while (off < size) {
+        ssize_t k = send(fd, data + off, size - off, MSG_NOSIGNAL);
+        if (k <= 0) break;
+        off += (size_t)k;
+    }
+    shutdown(fd, SHUT_WR);
+    *got = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 3000) <= 0) break;
+        ssize_t k = recv(fd, out + *got, cap - 1 - *got, 0);
+        if (k <= 0) break;
+        *got += (size_t)k;
+        if (*got + 1 >= cap) *got = 0; /* keep reading (a long stream), keep the tail */
+    }
+    out[*got] = 0;
+    close(fd);
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static long n_inputs;
+    if (!S) {
+        signal(SIGPIPE, SIG_IGN);
+        G.llm.ctx = 2048;
+        struct server_options o;
+        server_options_default(&o);
+        o.port = 0;
+        o.read_timeout = 2;
+        o.lim.max_body = 64 * 1024;
+        o.lim.max_pixels = 1 << 16;
+        o.lim.max_images = 2;
+        o.api_key = getenv("FUZZ_API_KEY"); /* run once with it set to cover the 401 path */
+        struct err e;
+        CHECKF(server_start(&S, &G, &o, &e) == 0, "%s", e.msg);
+        PORT = server_port(S);
+    }
+    static char buf[1 << 16];
+    size_t got = 0;
+    CHECK(exchange(data, size, buf, sizeof buf, &got) == 0); /* the server still accepts connections */
+    if (got >= 12 && !strncmp(buf, "HTTP/1.", 7)) {
+        int status = atoi(buf + 9);
+        CHECKF(status >= 100 && status < 600, "status line: %.40s", buf);
+        CHECKF(status != 500, "a 500 for input of %zu bytes: %.300s", size, buf);
+    }
+    if (++n_inputs % 256 == 0) {
+        static const char h[] = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        CHECK(exchange((const uint8_t *)h, sizeof h - 1, buf, sizeof buf, &got) == 0);
+        CHECKF(strstr(buf, "200 OK") && strstr(buf, "\"ok\""), "/health: %.200s", buf);
+    }
+    return 0;
+}
