@@ -47,7 +47,7 @@ CUDA_PTX  := $(patsubst compute_%,%,$(filter compute_%,$(CUDA_ARCH)))
 ifeq ($(strip $(CUDA_PTX)),)
 CUDA_PTX  := $(lastword $(CUDA_SASS))
 endif
-CUDA_TARGETS := $(foreach a,$(CUDA_SASS),sm_$(a)) $(foreach a,$(CUDA_PTX),compute_$(a))
+CUDA_TARGETS := $(strip $(foreach a,$(CUDA_SASS),sm_$(a)) $(foreach a,$(CUDA_PTX),compute_$(a)))
 CUDA_GENCODE := $(foreach a,$(CUDA_SASS),-gencode arch=compute_$(a),code=sm_$(a)) \
                 $(foreach a,$(CUDA_PTX),-gencode arch=compute_$(a),code=compute_$(a))
 CUSRC   := $(wildcard src/cuda/*.cu)
