@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.." || exit 2
 BUILD=${BUILD:-build}
 pass=0; fail=0
 # a plain make's view, whatever make (and its flags: SANITIZE=1, -j) runs this script
-mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD make "$@"; }
+mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u SANITIZE -u CUDA -u CUDA_ARCH -u CFLAGS make "$@"; }
 check() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL $1" >&2; fi; }
 cpu=$(mk -n -B build/minicpmv 2>&1)
 cuda=$(mk -n -B CUDA=1 2>&1)
