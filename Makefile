@@ -29,7 +29,9 @@ empty   :=
 space   := $(empty) $(empty)
 CUDA_ARCH_TAG := $(subst $(space),-,$(strip $(CUDA_ARCH)))
 BUILD_DEF := build$(if $(filter 1,$(SANITIZE)),-asan)$(if $(filter 1,$(CUDA)),-cuda$(if $(filter-out 75-80-86-89-90,$(CUDA_ARCH_TAG)),-$(CUDA_ARCH_TAG)))
-BUILD   ?= $(BUILD_DEF)
+ifneq ($(origin BUILD),command line) # not from the environment: tests/run.sh exports BUILD
+BUILD   := $(BUILD_DEF)
+endif
 
 SRC     := $(wildcard src/*.c)
 CMDS    := $(wildcard tools/cmd_*.c) tools/progress.c tools/minicpmv.c
@@ -45,7 +47,7 @@ CUDA_PTX  := $(patsubst compute_%,%,$(filter compute_%,$(CUDA_ARCH)))
 ifeq ($(strip $(CUDA_PTX)),)
 CUDA_PTX  := $(lastword $(CUDA_SASS))
 endif
-CUDA_TARGETS := $(foreach a,$(CUDA_SASS),sm_$(a)) $(foreach a,$(CUDA_PTX),compute_$(a))
+CUDA_TARGETS := $(strip $(foreach a,$(CUDA_SASS),sm_$(a)) $(foreach a,$(CUDA_PTX),compute_$(a)))
 CUDA_GENCODE := $(foreach a,$(CUDA_SASS),-gencode arch=compute_$(a),code=sm_$(a)) \
                 $(foreach a,$(CUDA_PTX),-gencode arch=compute_$(a),code=compute_$(a))
 CUSRC   := $(wildcard src/cuda/*.cu)
@@ -56,7 +58,8 @@ LDLIBS  += -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++
 OBJ     += $(CUOBJ)
 endif
 
-# Rewritten only when their content changes: the flags of the C objects in $(BUILD) (flags.stamp),
+# Rewritten only when their content changes: the flags of the C objects in $(BUILD) (flags.stamp;
+# -Werror changes no object, so WERROR=1 and a plain make share them),
 # of the CUDA objects (nvflags.stamp; a new CUDA_ARCH recompiles only src/cuda), and what
 # `minicpmv --version` reports (version.h: version, commit, CUDA targets). Not during make -n.
 VERSION := 0.3.0
@@ -65,7 +68,7 @@ define stamp # file, content lines
 printf '%s\n' $(2) > $(1).new && (cmp -s $(1).new $(1) || mv $(1).new $(1)); rm -f $(1).new
 endef
 ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
-$(shell mkdir -p $(BUILD) && $(call stamp,$(BUILD)/flags.stamp,'$(CC) $(CFLAGS)') && \
+$(shell mkdir -p $(BUILD) && $(call stamp,$(BUILD)/flags.stamp,'$(CC) $(filter-out -Werror,$(CFLAGS))') && \
         $(call stamp,$(BUILD)/nvflags.stamp,'$(NVCC) $(NVFLAGS)') && \
         $(call stamp,$(BUILD)/version.h,'#define MINICPMV_VERSION "$(VERSION)"' '#define MINICPMV_COMMIT "$(COMMIT)"' \
         '#define MINICPMV_CUDA_TARGETS "$(CUDA_TARGETS)"'))

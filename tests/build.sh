@@ -6,10 +6,12 @@
 cd "$(dirname "$0")/.." || exit 2
 BUILD=${BUILD:-build}
 pass=0; fail=0
+# a plain make's view, whatever make (and its flags: SANITIZE=1, -j) runs this script
+mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u SANITIZE -u CUDA -u CUDA_ARCH -u CFLAGS make "$@"; }
 check() { if eval "$2"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL $1" >&2; fi; }
-cpu=$(make -n -B build/minicpmv 2>&1)
-cuda=$(make -n -B CUDA=1 2>&1)
-ptx=$(make -n -B CUDA=1 CUDA_ARCH=compute_75 2>&1)
+cpu=$(mk -n -B build/minicpmv 2>&1)
+cuda=$(mk -n -B CUDA=1 2>&1)
+ptx=$(mk -n -B CUDA=1 CUDA_ARCH=compute_75 2>&1)
 check "make builds into build/" 'echo "$cpu" | grep -q -- "-o build/src/backend.o" && echo "$cpu" | grep -q -- "-o build/minicpmv"'
 check "make CUDA=1 builds every object into build-cuda/" 'echo "$cuda" | grep -q -- "-DMINICPMV_CUDA.* -c src/backend.c -o build-cuda/src/backend.o" && echo "$cuda" | grep -q -- "-o build-cuda/minicpmv"'
 check "make CUDA=1 uses no object of build/" '! echo "$cuda" | grep -qE "(^| )build/(src|tools)/"'

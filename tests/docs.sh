@@ -54,7 +54,7 @@ check "README chat with an image" '[ $rc = 0 ]'
 check "README plan fits" '[ $rc = 0 ]'
 
 # the CUDA targets docs/CUDA.md promises are the Makefile's
-nv=$(make -n -B CUDA=1 build-cuda/src/cuda/cuda_ops.o 2>/dev/null | grep -o 'code=[a-z_0-9]*' | sed 's/code=//' | sort | tr '\n' ' ')
+nv=$(env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u BUILD -u SANITIZE -u CUDA -u CUDA_ARCH make -n -B CUDA=1 build-cuda/src/cuda/cuda_ops.o 2>/dev/null | grep -o 'code=[a-z_0-9]*' | sed 's/code=//' | sort | tr '\n' ' ')
 doc=$(grep -oE '^Targets: .*' docs/CUDA.md | grep -oE '(sm|compute)_[0-9]+' | sort | tr '\n' ' ')
 check "docs/CUDA.md's targets ($doc) are the build's ($nv)" '[ -n "$doc" ] && [ "$doc" = "$nv" ]'
 check "docs/CUDA.md and README say Volta is not built" 'grep -q "Volta" docs/CUDA.md && grep -q "Volta" README.md'

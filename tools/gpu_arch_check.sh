@@ -35,7 +35,9 @@ pack)
   for b in $builds; do ldd "$b/minicpmv"; done | awk '/=> \//{print $3}' | sort -u |
     grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libcuda|libcudart|libcublas|libcublasLt|libnccl|libstdc\+\+|libgcc_s)\.so' |
     while read -r lib; do cp -L "$lib" build-arch-lib/; done
-  tar cJf .devpack/arch.tar.xz build-arch-lib $(for b in $builds; do echo $b/minicpmv $b/tests/test_cuda_*; done | tr ' ' '\n' | grep -v '\.log$')
+  # xz -9: its 64 MiB window spans consecutive binaries of one build, whose device code is the same
+  tar -cf - build-arch-lib $(for b in $builds; do echo $b/minicpmv $b/tests/test_cuda_*; done | tr ' ' '\n' |
+    grep -vE '\.(log|d)$') | xz -9 -T2 > .devpack/arch.tar.xz
   ls -la .devpack/arch.tar.xz
   ;;
 run)
