@@ -150,7 +150,7 @@ char *server_usage_chunk_json(const char *id, long created, const char *model, i
 
 /* ---- the HTTP server (server_http.c) ---- */
 struct server_options {
-    const char *host;               /* "127.0.0.1" */
+    const char *host;               /* "127.0.0.1"; a name, IPv4 or IPv6 ("::" = every address, IPv4 too) */
     int port;                       /* 0 = pick a free one (server_port tells which) */
     const char *model_name;         /* what /v1/models lists */
     int queue;                      /* waiting requests beyond the one running (503 above) */
@@ -167,8 +167,14 @@ struct server_options {
 void server_options_default(struct server_options *o);
 
 struct server;
+/* Binds o->host:o->port and starts serving. g may be NULL: the port is bound while the model loads
+ * (/health answers 503 {"status":"loading"}, /v1/... 503 with Retry-After) until server_set_engine. */
 int server_start(struct server **out, struct engine *g, const struct server_options *o, struct err *e);
+/* Hands the loaded engine to a server started without one (thread-safe; a second call is ignored). */
+void server_set_engine(struct server *s, struct engine *g);
 int server_port(const struct server *s);
+/* The bound address, "127.0.0.1:8080" or "[::1]:8080" (the real port when o->port was 0). */
+const char *server_address(const struct server *s);
 /* Stops accepting and lets queued and running requests finish; after timeout seconds (<= 0: none) the
  * rest is cancelled. Returns the number of requests cancelled that way. Stats read after it are final. */
 int server_drain(struct server *s, double timeout);

@@ -3,12 +3,19 @@
  * One worker thread owns the engine and runs the jobs in order. A non-streamed request waits for its
  * job; a streamed one returns a callback response that blocks on the job's buffer of SSE events.
  * Both watch the client's socket (POLLRDHUP) while they wait, so a client that goes away cancels its
- * generation; the request-completed callback cancels too. server_stop drains the queue first. */
+ * generation; the request-completed callback cancels too. server_stop drains the queue first.
+ * The server may start without an engine (the port is bound while the model loads): until
+ * server_set_engine hands it one, /health answers 503 {"status":"loading"} and /v1/... 503 with
+ * Retry-After. --host is resolved with getaddrinfo (names, IPv4, IPv6). */
 #include "server.h"
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
 #include <cJSON.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <strings.h>
 #include <poll.h>
@@ -46,7 +53,7 @@ struct conn {
 };
 
 struct server {
-    struct engine *g;
+    struct engine *g;            /* NULL while the model loads (s->mu; fixed once set) */
     struct server_options o;
     char model_name[256];
     struct MHD_Daemon *d;
@@ -65,6 +72,7 @@ struct server {
     struct job *running;         /* the job the worker runs now (s->mu) */
     int drained, quiesced;
     MHD_socket listen_fd;
+    char addr[INET6_ADDRSTRLEN + 16]; /* "127.0.0.1:8080" or "[::1]:8080", the bound address */
     atomic_llong image_bytes;    /* decoded image bytes held by requests (lim.max_image_bytes) */
 };
 
@@ -106,6 +114,15 @@ static int fd_gone(int fd)
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
+/* The engine, or NULL while the model loads. */
+static struct engine *server_engine(struct server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct engine *g = s->g;
+    pthread_mutex_unlock(&s->mu);
+    return g;
+}
+
 static void stat_add(struct server *s, long *field)
 {
     pthread_mutex_lock(&s->mu);
@@ -145,7 +162,7 @@ static void run_job(struct server *s, struct job *j)
     j->rq.turn.cb = on_text;
     j->rq.turn.cb_ctx = j;
     j->rq.turn.deadline = s->o.lim.max_time > 0 ? t0 + s->o.lim.max_time : 0;
-    if (!atomic_load(&j->cancel)) rc = server_turn_run(s->g, s->cache, &j->rq.turn, &r, &stage, &e);
+    if (!atomic_load(&j->cancel)) rc = server_turn_run(server_engine(s), s->cache, &j->rq.turn, &r, &stage, &e);
     else { e.msg[0] = 0; memset(&r, 0, sizeof r); }
     server_request_drop_images(&j->rq); /* what a queued request holds is bounded by the image budget */
     /* counted before the answer is released, so a client sees its own request in the stats */
@@ -289,10 +306,15 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
         snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", s->o.lim.max_body);
         return send_error(s, c, 413, "invalid_request_error", "request_too_large", msg);
     }
+    struct engine *g = server_engine(s);
+    if (!g) {
+        stat_add(s, &s->st.busy);
+        return send_error(s, c, 503, "server_error", "model_loading", "the model is still loading; retry later");
+    }
     struct job *j = calloc(1, sizeof *j);
     if (!j) return send_error(s, c, 500, "server_error", NULL, "out of memory");
     char *ej = NULL;
-    int st = server_request_parse(&j->rq, cs->body ? cs->body : "", cs->len, s->g, &s->o.lim, &ej);
+    int st = server_request_parse(&j->rq, cs->body ? cs->body : "", cs->len, g, &s->o.lim, &ej);
     if (st) {
         free(j);
         stat_add(s, &s->st.client_errors);
@@ -477,14 +499,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!strcmp(url, "/health")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /health");
         pthread_mutex_lock(&s->mu);
+        const int loading = !s->g;
         char *b = malloc(128);
-        if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d,\"running\":%d}", s->stopping ? "stopping" : "ok", s->qn,
-                        s->running != NULL);
+        if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d,\"running\":%d}",
+                        s->stopping ? "stopping" : loading ? "loading" : "ok", s->qn, s->running != NULL);
         pthread_mutex_unlock(&s->mu);
-        return send_json(s, c, 200, b, 0);
+        return send_json(s, c, loading ? 503 : 200, b, loading);
     }
     if (!strcmp(url, "/v1/models")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /v1/models");
+        if (!server_engine(s))
+            return send_error(s, c, 503, "server_error", "model_loading", "the model is still loading; retry later");
         cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "object", "list");
         cJSON_AddItemToArray(d, m);
@@ -533,6 +558,43 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
     *con_cls = NULL;
 }
 
+/* --host: a name, an IPv4 or an IPv6 address (the first address getaddrinfo gives). */
+static int resolve_host(const char *host, int port, struct sockaddr_storage *out, socklen_t *len, struct err *e)
+{
+    char shown[128];
+    guard_printable(shown, sizeof shown, host, 100);
+    char svc[16];
+    snprintf(svc, sizeof svc, "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, svc, &hints, &res);
+    if (rc) return err_set(e, "--host '%s': cannot resolve it (%s)", shown, gai_strerror(rc));
+    const struct addrinfo *a = res;
+    while (a && a->ai_family != AF_INET && a->ai_family != AF_INET6) a = a->ai_next;
+    if (!a || a->ai_addrlen > sizeof *out) {
+        freeaddrinfo(res);
+        return err_set(e, "--host '%s': no IPv4 or IPv6 address", shown);
+    }
+    memset(out, 0, sizeof *out);
+    memcpy(out, a->ai_addr, a->ai_addrlen);
+    *len = a->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* "127.0.0.1:8080" or "[::1]:8080". */
+static void format_addr(const struct sockaddr_storage *a, int port, char *out, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (a->ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, ip, sizeof ip);
+        snprintf(out, n, "[%s]:%d", ip, port);
+    } else {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, ip, sizeof ip);
+        snprintf(out, n, "%s:%d", ip, port);
+    }
+}
+
 int server_start(struct server **out, struct engine *g, const struct server_options *o, struct err *e)
 {
     *out = NULL;
@@ -550,25 +612,32 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
     atomic_init(&s->image_bytes, 0);
     s->o.lim.image_bytes = &s->image_bytes;
     if (guard_start(&s->guard, o->read_timeout, e)) goto fail;
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o->port)};
-    if (inet_pton(AF_INET, o->host ? o->host : "127.0.0.1", &addr.sin_addr) != 1) {
-        err_set(e, "--host '%s': expected an IPv4 address such as 127.0.0.1", o->host);
-        goto fail;
+    const char *host = o->host && o->host[0] ? o->host : "127.0.0.1";
+    struct sockaddr_storage addr;
+    socklen_t addr_len = 0;
+    if (resolve_host(host, o->port, &addr, &addr_len, e)) goto fail;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC;
+    if (addr.ss_family == AF_INET6) {
+        /* "::" listens on IPv4 too (dual stack); any other IPv6 address on itself only */
+        const struct in6_addr *a6 = &((struct sockaddr_in6 *)&addr)->sin6_addr;
+        flags |= IN6_IS_ADDR_UNSPECIFIED(a6) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
     }
+    format_addr(&addr, o->port, s->addr, sizeof s->addr);
     if (pthread_create(&s->worker, NULL, worker_main, s)) { err_set(e, "cannot start the worker thread"); goto fail; }
     s->worker_started = 1;
-    s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC,
-                            (uint16_t)o->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+    s->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                             MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION, notify_conn, s,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)(o->max_connections > 0 ? o->max_connections : 256),
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)(o->max_per_ip > 0 ? o->max_per_ip : 0),
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
     if (!s->d) {
-        err_set(e, "cannot listen on %s:%d (port in use?)", o->host ? o->host : "127.0.0.1", o->port);
+        err_set(e, "cannot listen on %s (--host '%s'): the port is in use or the address is not this machine's", s->addr,
+                host);
         goto fail;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : o->port;
+    format_addr(&addr, s->port, s->addr, sizeof s->addr);
     *out = s;
     return 0;
 fail:
@@ -577,6 +646,15 @@ fail:
 }
 
 int server_port(const struct server *s) { return s->port; }
+
+const char *server_address(const struct server *s) { return s->addr; }
+
+void server_set_engine(struct server *s, struct engine *g)
+{
+    pthread_mutex_lock(&s->mu);
+    if (!s->g) s->g = g;
+    pthread_mutex_unlock(&s->mu);
+}
 
 void server_get_stats(struct server *s, struct server_stats *st)
 {

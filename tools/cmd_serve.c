@@ -1,7 +1,10 @@
 /* cmd_serve.c: `minicpmv serve --model DIR [--host 127.0.0.1] [--port 8080] [flags]` runs the
  * OpenAI-compatible server (src/server.h, docs/SERVER.md) until SIGTERM or SIGINT, then lets queued and
- * running requests finish and exits 0. --port 0 picks a free port; the chosen one is printed on stdout
- * as "listening on http://HOST:PORT" (tests read it). A second signal during the drain exits at once;
+ * running requests finish and exits 0. The port is bound before the model loads (a clash is reported at
+ * once; meanwhile /health answers 503 "loading"): stderr says "bound to http://ADDR; loading the model",
+ * and once the model is loaded stdout says "listening on http://ADDR" (tests read it; --port 0 picks a
+ * free port, named there; IPv6 in brackets). MINICPMV_TEST_LOAD_DELAY=SECONDS (tests only) waits that
+ * long before loading, so that the loading state can be observed with the tiny model. A second signal during the drain exits at once;
  * --drain-timeout bounds the drain. The API key is read here (flag, file or MINICPMV_API_KEY), not in
  * the library. */
 #include <pthread.h>
@@ -120,7 +123,8 @@ int cmd_serve(int argc, char **argv)
             so.log_requests = 1;
         } else if (!strcmp(f, "--help")) {
             printf("usage: minicpmv serve --model DIR [--host 127.0.0.1] [--port 8080] [flags]\n%s"
-                   "  --host ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
+                   "  --host ADDR          address or name to listen on: 127.0.0.1 (default), ::1, localhost,\n"
+                   "                       0.0.0.0 (every IPv4 address), :: (every address, IPv4 too), a hostname\n"
                    "  --port N             TCP port (default 8080; 0 = any free port, printed on stdout)\n"
                    "  --model-name NAME    the id /v1/models lists (default minicpm-llama3-v-2_5)\n"
                    "  --queue N            requests that may wait while one runs (default 16; 503 above)\n"
@@ -173,10 +177,15 @@ int cmd_serve(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    if (engine_open(&g, &o, &e)) goto out;
     if (!so.model_name) so.model_name = "minicpm-llama3-v-2_5";
-    if (server_start(&srv, g, &so, &e)) goto out;
-    printf("listening on http://%s:%d\n", so.host, server_port(srv));
+    /* bind first: a port clash shows at once, and /health tells "loading" from "down" while the model loads */
+    if (server_start(&srv, NULL, &so, &e)) goto out;
+    fprintf(stderr, "minicpmv serve: bound to http://%s; loading the model\n", server_address(srv));
+    const char *delay = getenv("MINICPMV_TEST_LOAD_DELAY");
+    if (delay && atof(delay) > 0) usleep((useconds_t)(atof(delay) * 1e6));
+    if (engine_open(&g, &o, &e)) goto out;
+    server_set_engine(srv, g);
+    printf("listening on http://%s\n", server_address(srv));
     fflush(stdout);
     int sig = 0;
     sigwait(&set, &sig);

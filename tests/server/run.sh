@@ -83,5 +83,48 @@ t0=$(date +%s.%N); kill -TERM $SPID; wait $SPID; src=$?; wait $CP
 t1=$(date +%s.%N)
 [ "$src" = 130 ] && grep -q 'second SIGTERM' "$tmp/err2" && awk "BEGIN{exit !($t1 - $t0 < 5)}" && ok \
   || bad "second SIGTERM: exit $src after $(awk "BEGIN{print $t1 - $t0}") s"
+
+# the port is bound before the model loads: /health answers 503 "loading" (the test-only delay makes the
+# load long enough to see), /v1/... 503 with Retry-After, and a second server on the same port fails at
+# once, naming the address, without loading (its own 30 s delay would show if it loaded first)
+MINICPMV_TEST_LOAD_DELAY=4 "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 1024 >"$tmp/out3" 2>"$tmp/err3" & SPID=$!
+for i in $(seq 100); do grep -q 'bound to' "$tmp/err3" && break; sleep 0.1; done
+P3=$(sed -n 's/.*bound to http:\/\/127\.0\.0\.1:\([0-9]*\);.*/\1/p' "$tmp/err3")
+U=http://127.0.0.1:$P3
+if [ -z "$P3" ]; then bad "bind first: no 'bound to' line on stderr: $(cat "$tmp/err3")"; else
+  [ "$(code $U/health)" = 503 ] && grep -q '"status":"loading"' "$tmp/body" && ! grep -q listening "$tmp/out3" && ok \
+    || bad "loading: /health did not say loading before the model was loaded: $(cat "$tmp/body")"
+  st=$(code -D "$tmp/hdr" $U/v1/chat/completions -d '{"messages":[{"role":"user","content":"a"}]}')
+  [ "$st" = 503 ] && grep -qi '^retry-after: ' "$tmp/hdr" && grep -q '"message":"the model is still loading' "$tmp/body" \
+    && grep -q '"type":"server_error"' "$tmp/body" && ok || bad "loading: chat answered $st $(cat "$tmp/body")"
+  [ "$(code $U/v1/models)" = 503 ] && grep -q '"code":"model_loading"' "$tmp/body" && ok || bad "loading: /v1/models $(cat "$tmp/body")"
+  t0=$(date +%s.%N)
+  MINICPMV_TEST_LOAD_DELAY=30 timeout 25 "$BIN" serve --model "$MODEL" --port "$P3" --quiet >"$tmp/out4" 2>"$tmp/err4"; src=$?
+  t1=$(date +%s.%N)
+  [ "$src" = 1 ] && grep -q "cannot listen on 127\.0\.0\.1:$P3" "$tmp/err4" && ! grep -q 'bound to' "$tmp/err4" \
+    && awk "BEGIN{exit !($t1 - $t0 < 10)}" && ok \
+    || bad "port clash: exit $src after $(awk "BEGIN{print $t1 - $t0}") s: $(cat "$tmp/err4")"
+  for i in $(seq 600); do grep -q listening "$tmp/out3" && break; sleep 0.1; done
+  [ "$(code $U/health)" = 200 ] && grep -q '"status":"ok"' "$tmp/body" && grep -q "listening on $U\$" "$tmp/out3" && ok \
+    || bad "after loading: /health $(cat "$tmp/body"), stdout $(cat "$tmp/out3")"
+fi
+kill -TERM $SPID; wait $SPID
+
+# --host takes names and IPv6; the "listening on" line names the bound address (IPv6 in brackets)
+host_health() { # HOST URL-HOST: starts serve on HOST, checks the listening line and /health over curl
+  "$BIN" serve --model "$MODEL" --host "$1" --port 0 --quiet --ctx 1024 >"$tmp/out5" 2>"$tmp/err5" & SPID=$!
+  for i in $(seq 600); do grep -q listening "$tmp/out5" && break; sleep 0.1; done
+  local url; url=$(sed -n 's/^listening on \(http:\/\/.*:[0-9]*\)$/\1/p' "$tmp/out5")
+  if echo "$url" | grep -q "^http://$2:[0-9][0-9]*\$"; then
+    [ "$(code -g "$url/health")" = 200 ] && ok || bad "--host $1: /health at $url: $(cat "$tmp/body")"
+  else bad "--host $1: listening line '$(cat "$tmp/out5")', expected http://$2:PORT; $(cat "$tmp/err5")"; fi
+  kill -TERM $SPID; wait $SPID
+}
+if grep -q '^00000000000000000000000000000001 .* lo$' /proc/net/if_inet6 2>/dev/null; then host_health ::1 '\[::1\]'
+else echo "SKIP --host ::1: this machine has no IPv6 loopback (/proc/net/if_inet6)" >&2; skip=$((skip+1)); fi
+host_health localhost '\(127\.0\.0\.1\|\[::1\]\)'
+"$BIN" serve --model "$MODEL" --host no.such.host.invalid --port 0 --quiet >"$tmp/out6" 2>"$tmp/err6"; src=$?
+[ "$src" = 1 ] && grep -q "'no\.such\.host\.invalid': cannot resolve" "$tmp/err6" && ! grep -q 'bound to' "$tmp/err6" && ok \
+  || bad "--host no.such.host.invalid: exit $src: $(cat "$tmp/err6")"
 echo "server-clients: $pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]
