@@ -560,6 +560,77 @@ static void test_http_pixel_limit(void)
     server_stop(s2);
 }
 
+/* Started without an engine (the model still loading): /health 503 "loading", /v1/... 503 model_loading
+ * with Retry-After; after server_set_engine, 200. server_address names the bound port. */
+static void test_http_loading(void)
+{
+    struct server *s2 = NULL;
+    struct server_options o;
+    server_options_default(&o);
+    o.port = 0;
+    struct err e = {{0}};
+    T_EQ_INT(server_start(&s2, NULL, &o, &e), 0);
+    if (!s2) return;
+    const int port = server_port(s2);
+    char want[64];
+    snprintf(want, sizeof want, "127.0.0.1:%d", port);
+    T_EQ_STR(server_address(s2), want);
+    struct resp r = http(port, "GET", "/health", NULL);
+    T_EQ_INT(r.status, 503);
+    T_ASSERT(r.retry_after && r.body && strstr(r.body, "\"status\":\"loading\""));
+    free(r.body);
+    char *b = chat_body("Hello there", NULL, 4, 0, NULL);
+    r = http(port, "POST", "/v1/chat/completions", b);
+    T_EQ_INT(r.status, 503);
+    T_ASSERT(r.retry_after && r.body && strstr(r.body, "the model is still loading") && strstr(r.body, "\"code\":\"model_loading\""));
+    free(r.body);
+    r = http(port, "GET", "/v1/models", NULL);
+    T_EQ_INT(r.status, 503);
+    free(r.body);
+    server_set_engine(s2, G);
+    r = http(port, "GET", "/health", NULL);
+    T_EQ_INT(r.status, 200);
+    T_ASSERT(r.body && strstr(r.body, "\"status\":\"ok\""));
+    free(r.body);
+    r = http(port, "POST", "/v1/chat/completions", b);
+    T_EQ_INT(r.status, 200);
+    free(r.body);
+    free(b);
+    server_stop(s2);
+}
+
+/* --host: an unresolvable name is refused, naming it; "::1" (where the machine has it) binds in brackets. */
+static void test_http_host(void)
+{
+    struct server *s2 = NULL;
+    struct server_options o;
+    server_options_default(&o);
+    o.port = 0;
+    o.host = "no.such.host.invalid";
+    struct err e = {{0}};
+    T_EQ_INT(server_start(&s2, G, &o, &e), -1);
+    T_ASSERT(strstr(e.msg, "'no.such.host.invalid'") && strstr(e.msg, "cannot resolve"));
+    o.host = "localhost";
+    T_EQ_INT(server_start(&s2, G, &o, &e), 0);
+    if (s2) {
+        T_ASSERT(!strncmp(server_address(s2), "127.0.0.1:", 10) || !strncmp(server_address(s2), "[::1]:", 6));
+        server_stop(s2);
+        s2 = NULL;
+    }
+    /* ::1 where the machine has an IPv6 loopback (its first line in /proc/net/if_inet6 is all zeros and a 1) */
+    char line[256] = "";
+    FILE *f = fopen("/proc/net/if_inet6", "r");
+    int have6 = 0;
+    while (f && fgets(line, sizeof line, f)) have6 |= !strncmp(line, "00000000000000000000000000000001 ", 33);
+    if (f) fclose(f);
+    if (!have6) { T_SKIP(test_http_host, "no IPv6 loopback (/proc/net/if_inet6): --host ::1 not tried"); return; }
+    o.host = "::1";
+    T_EQ_INT(server_start(&s2, G, &o, &e), 0);
+    if (!s2) return;
+    T_ASSERT(!strncmp(server_address(s2), "[::1]:", 6));
+    server_stop(s2);
+}
+
 /* A client that goes away mid-stream cancels its generation; the server carries on. */
 static void test_http_disconnect(void)
 {
@@ -758,6 +829,8 @@ int main(void)
         T_RUN(test_http_stream_sampled);
         T_RUN(test_http_errors);
         T_RUN(test_http_pixel_limit);
+        T_RUN(test_http_loading);
+        T_RUN(test_http_host);
         T_RUN(test_http_disconnect);
         T_RUN(test_http_load);
         T_RUN(test_http_queue_full);
