@@ -1,5 +1,5 @@
 /* engine.c: opening a model folder (config, checkpoint, placement, weights, tokenizer) and the
- * generation loop. Placement comes from the caller (devmap) or defaults to one device. */
+ * generation loop. Placement always comes from the planner (devmap.h). */
 #include "engine.h"
 
 #include <math.h>
@@ -20,24 +20,6 @@ void engine_options_default(struct engine_options *o)
     o->dtype = DTYPE_F16;
 }
 
-static int pick_device(const char *name, struct device *d, struct err *e)
-{
-    struct backend_info bi;
-    backend_query(&bi);
-    if (!name || !strcmp(name, "auto")) {
-        *d = bi.n_gpus > 0 ? device_cuda(0) : device_cpu();
-        return 0;
-    }
-    if (!strcmp(name, "cpu")) { *d = device_cpu(); return 0; }
-    if (!strcmp(name, "cuda") || !strcmp(name, "gpu")) {
-        if (!bi.cuda_built) return err_set(e, "--device cuda: this binary was built without CUDA (make CUDA=1)");
-        if (bi.n_gpus < 1) return err_set(e, "--device cuda: no CUDA device is visible");
-        *d = device_cuda(0);
-        return 0;
-    }
-    return err_set(e, "--device: expected auto, cpu or cuda, got '%s'", name);
-}
-
 static int mem_free(enum device_kind kind, int ordinal, int64_t *free_bytes, void *ctx, struct err *e)
 {
     (void)ctx;
@@ -47,16 +29,32 @@ static int mem_free(enum device_kind kind, int ordinal, int64_t *free_bytes, voi
     return 0;
 }
 
-/* Plans the placement from the device flags, prints it (before anything is loaded), and fails
- * with the per-device table when the model does not fit. */
+/* The one placement path: plans the placement from the device flags (o->devmap; none given: the
+ * planner's defaults on the one device --device picks), prints it (before anything is loaded), and
+ * fails with the per-device table when the model does not fit. o->ctx and o->max_batch, when set,
+ * override the planner's --ctx and --max-batch; their defaults live in devmap_params_default. */
 static int plan_devices(struct engine *g, const struct engine_options *o, struct err *e)
 {
     struct backend_info bi;
     backend_query(&bi);
-    struct devmap_opts dm = *o->devmap;
-    if (o->device && !strcmp(o->device, "cpu")) dm.n_gpus = 0;
-    else if (o->device && (!strcmp(o->device, "cuda") || !strcmp(o->device, "gpu")) && bi.n_gpus < 1)
-        return err_set(e, "--device cuda: no CUDA device is visible%s", bi.cuda_built ? "" : " (built without CUDA)");
+    struct devmap_opts dm;
+    if (o->devmap) dm = *o->devmap;
+    else devmap_opts_init(&dm);
+    const char *dn = o->device ? o->device : "auto";
+    if (!strcmp(dn, "cpu")) {
+        dm.n_gpus = 0;
+    } else if (!strcmp(dn, "cuda") || !strcmp(dn, "gpu")) {
+        if (!bi.cuda_built) return err_set(e, "--device cuda: this binary was built without CUDA (make CUDA=1)");
+        if (bi.n_gpus < 1) return err_set(e, "--device cuda: no CUDA device is visible");
+    } else if (strcmp(dn, "auto")) {
+        return err_set(e, "--device: expected auto, cpu or cuda, got '%s'", dn);
+    }
+    if (!o->devmap && dm.n_gpus < 0) { /* no device flags: the first GPU when there is one, else the CPU */
+        dm.n_gpus = bi.n_gpus > 0;
+        dm.gpus[0] = 0;
+    }
+    if (o->ctx > 0) dm.params.ctx = o->ctx;
+    if (o->max_batch > 0) dm.params.max_batch_tokens = (int)(o->max_batch < INT32_MAX ? o->max_batch : INT32_MAX);
     struct devmap_device dev[DEVMAP_MAX_DEVICES];
     int n_dev = 0;
     if (devmap_devices(&dm, bi.n_gpus, mem_free, NULL, dev, &n_dev, e)) return -1;
@@ -118,35 +116,14 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     const int L = g->cfg.num_hidden_layers;
     g->layer_dev = calloc((size_t)L, sizeof *g->layer_dev);
     if (!g->layer_dev) { err_set(e, "out of memory"); goto fail; }
-    if (o->devmap && !o->placement) {
-        if (plan_devices(g, o, e)) goto fail;
-    } else if (o->placement) {
-        g->pl = *o->placement;
-        memcpy(g->layer_dev, o->placement->layer, (size_t)L * sizeof *g->layer_dev);
-    } else {
-        struct device d;
-        if (pick_device(o->device, &d, e)) goto fail;
-        int n = o->split > 1 ? o->split : 1;
-        if (n > MODEL_MAX_DEVICES || n > L) { err_set(e, "--split %d: must be at most %d", n, L < MODEL_MAX_DEVICES ? L : MODEL_MAX_DEVICES); goto fail; }
-        g->pl.n_devices = n;
-        for (int i = 0; i < n; i++) g->pl.devs[i] = d;
-        /* contiguous ranges; embedding, vision and resampler on the first, norm and lm_head on the last */
-        for (int l = 0; l < L; l++) g->layer_dev[l] = (int)((int64_t)l * n / L);
-        g->pl.embed = g->pl.vpm = g->pl.resampler = 0;
-        g->pl.norm = g->pl.lm_head = n - 1;
-    }
+    if (plan_devices(g, o, e)) goto fail;
     g->pl.layer = g->layer_dev;
     if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, &o->progress, e)) goto fail;
-    int64_t ctx = o->ctx ? o->ctx : (g->cfg.max_position_embeddings < 4096 ? g->cfg.max_position_embeddings : 4096);
-    int64_t mb = o->max_batch ? o->max_batch : 512;
-    if (g->plan) {
-        ctx = g->plan->params.ctx;
-        mb = g->plan->params.max_batch_tokens;
-    }
+    int64_t ctx = g->plan->params.ctx, mb = g->plan->params.max_batch_tokens;
     if (mb > ctx) mb = ctx; /* as the planner counts it */
     if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
-    /* the image path's scratch, as the plan reserved it (without a plan: on the first image) */
-    if (g->plan && engine_mm_reserve(g, g->plan->params.max_pieces, g->plan->params.max_patches, e)) goto fail;
+    /* the image path's scratch, as the plan reserved it */
+    if (engine_mm_reserve(g, g->plan->params.max_pieces, g->plan->params.max_patches, e)) goto fail;
     g->load_seconds = time_now() - t0;
     *out = g;
     return 0;

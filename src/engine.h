@@ -11,14 +11,12 @@ struct engine_options {
     const char *model_dir;
     const char *device;          /* "auto" (GPU when present), "cpu", "cuda" */
     enum dtype dtype;            /* weights and activations: DTYPE_F16 (default) or DTYPE_F32 */
-    int64_t ctx;                 /* KV capacity; 0 = min(4096, max_position_embeddings) */
-    int64_t max_batch;           /* prefill chunk; 0 = 512 */
+    int64_t ctx;                 /* KV capacity; 0 = the planner's (--ctx, else devmap_params_default) */
+    int64_t max_batch;           /* prefill chunk; 0 = the planner's (--max-batch, else devmap_params_default) */
     int threads;                 /* CPU threads; 0 = all */
-    int split;                   /* >1: spread layers over this many logical devices of the one device (tests) */
-    const struct model_placement *placement; /* explicit placement; NULL = plan it */
-    const struct devmap_opts *devmap; /* device flags (--gpus, --max-memory, --ctx, --device-map, ...);
-                                         when set, the planner places the model and ctx/max_batch come
-                                         from its params */
+    const struct devmap_opts *devmap; /* device flags (--gpus, --max-memory, --logical-devices, --ctx,
+                                         --device-map, ...); NULL = the planner's defaults on the one
+                                         device `device` picks. engine_open always plans the placement. */
     int quiet;                   /* do not print the plan */
     struct progress progress;    /* weights placed so far (zeroed: no reports) */
 };
@@ -46,7 +44,7 @@ struct engine {
     struct llm llm;
     struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     double load_seconds;
-    struct devmap_plan *plan;    /* the plan the model was loaded with (NULL when placed by hand) */
+    struct devmap_plan *plan;    /* the plan the model was loaded with */
     struct engine_encode_times { /* host clock of the last engine_encode_images, seconds (bench) */
         double pre;              /* image preprocessing */
         double vision_queued;    /* vision_forward: host conversion, uploads, queueing */
@@ -120,7 +118,7 @@ void engine_chat_result_free(struct engine_chat_result *r);
 
 /* Lower-level steps, exposed for tests and tools. */
 /* Vision + resampler for all pieces of the given images, in batches of at most the plan's max_pieces
- * (no plan: one batch), each padded to the longest piece: out [n_pieces*query_num, d] on the embed
+ * each padded to the longest piece: out [n_pieces*query_num, d] on the embed
  * device (allocated, caller frees with dev_free(out->dev, out->data)); grids receives each
  * image's (cols, rows). */
 struct chat_grid;

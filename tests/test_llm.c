@@ -51,8 +51,16 @@ static struct engine *open_tiny(enum dtype dt, int split, int64_t max_batch)
     o.device = g_device;
     o.dtype = dt;
     o.ctx = 128;
-    o.split = split;
     o.max_batch = max_batch;
+    o.quiet = 1;
+    struct devmap_opts dm; /* split > 1: the planner spreads the layers over `split` logical parts of the device */
+    devmap_opts_init(&dm);
+    if (split > 1) {
+        dm.n_split = 1;
+        snprintf(dm.split_key[0], sizeof dm.split_key[0], "%s", strcmp(g_device, "cpu") ? "0" : "cpu");
+        dm.split_parts[0] = split;
+        o.devmap = &dm;
+    }
     struct err e = {{0}};
     struct engine *g = NULL;
     if (!o.model_dir || engine_open(&g, &o, &e)) {

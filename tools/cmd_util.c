@@ -12,7 +12,6 @@ const char cmdu_engine_help[] =
     "  --device auto|cpu|cuda  where to run (auto: the GPU when one is present)\n"
     "  --dtype f16|f32      weights and activations (f16 = the reference dtype)\n"
     "  --threads N          CPU threads (default: all cores)\n"
-    "  --split N            spread layers evenly over N logical parts of one device (testing)\n"
     "  --quiet              do not print the device plan\n";
 
 const char cmdu_sampler_help[] =
@@ -71,9 +70,6 @@ int cmdu_engine_flag(struct engine_options *o, struct devmap_opts *dm, int argc,
     } else if (!strcmp(f, "--threads")) {
         if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_int(f, v, 0, 4096, &n, e)) return -1;
         o->threads = (int)n;
-    } else if (!strcmp(f, "--split")) {
-        if (!(v = cmdu_value(argc, argv, i, e)) || cmdu_int(f, v, 1, MODEL_MAX_DEVICES, &n, e)) return -1;
-        o->split = (int)n;
     } else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) {
         o->quiet = 1;
     } else {

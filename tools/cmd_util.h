@@ -1,5 +1,5 @@
 /* cmd_util.h: flag parsing shared by the subcommands (engine flags: --model, --device, --dtype,
- * --ctx, --threads, --split, --max-batch, and sampling flags). */
+ * --ctx, --threads, --max-batch, and sampling flags). */
 #ifndef MINICPMV_CMD_UTIL_H
 #define MINICPMV_CMD_UTIL_H
 
