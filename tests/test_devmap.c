@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "cmd_util.h"
 #include "devmap.h"
 #include "resampler.h"
 #include "t.h"

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "cmd_util.h"
 #include "devmap.h"
 #include "engine.h"
 #include "safetensors.h"
