@@ -16,7 +16,10 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "llm.h"
 #include "model.h"
+#include "resampler.h"
+#include "vision.h"
 
 _Static_assert(DEVMAP_MAX_DEVICES == MODEL_MAX_DEVICES, "devmap and model device limits differ");
 
@@ -179,25 +182,33 @@ int devmap_devices(const struct devmap_opts *o, int n_visible, devmap_mem_fn mem
 
 /* ---------------------------------------------------------------- costs */
 
+/* The workspace parts are the modules' own layouts, sized by the counting pass of the code that
+ * carves them (llm.c, vision.c, resampler.c), plus the image path's blocks mm.c keeps around them;
+ * DEVMAP_ALIGN_SLACK covers the 256-byte alignment of the views of one part. */
+static enum dtype act_dtype(int ab) { return ab >= 4 ? DTYPE_F32 : DTYPE_F16; }
+
 int64_t devmap_llm_workspace(const struct model_config *c, int64_t n, int ab)
 {
-    int64_t d = c->hidden_size, hd = c->head_dim, H = c->num_attention_heads, Hkv = c->num_key_value_heads;
-    int64_t ff = c->intermediate_size;
-    return n * ab * (3 * d + 2 * H * hd + 2 * Hkv * hd + 2 * ff) + 2 * n * 4 + DEVMAP_ALIGN_SLACK;
+    return (int64_t)llm_views_bytes(c, act_dtype(ab), n, 0) + DEVMAP_ALIGN_SLACK;
+}
+
+/* The lm_head device's logits rows of one sequence. */
+static int64_t logits_bytes(const struct model_config *c, int ab)
+{
+    return (int64_t)(llm_views_bytes(c, act_dtype(ab), 1, 1) - llm_views_bytes(c, act_dtype(ab), 1, 0));
 }
 
 int64_t devmap_vision_workspace(const struct model_config *c, int64_t B, int64_t N, int ab)
 {
-    const struct vision_config *v = &c->vision_config;
-    int64_t vd = v->hidden_size, vff = v->intermediate_size, P = v->patch_size;
-    return B * N * ab * (6 * vd + vff + 3 * P * P) + B * N * 4 + DEVMAP_ALIGN_SLACK;
+    const int64_t feats = B * N * c->vision_config.hidden_size * ab; /* the tower's output (mm.c) */
+    return feats + (int64_t)vision_views_bytes(c, (int)B, N, act_dtype(ab)) + DEVMAP_ALIGN_SLACK;
 }
 
 int64_t devmap_resampler_workspace(const struct model_config *c, int64_t B, int64_t N, int ab)
 {
-    int64_t d = c->hidden_size, vd = c->vision_config.hidden_size, Q = c->query_num;
-    return B * N * ab * vd + 5 * N * d * ab + 2 * N * d * ab + B * N * 2 * 4 + B * Q * ab * 3 * d + 2 * Q * d * ab +
-           DEVMAP_ALIGN_SLACK;
+    const int64_t in = B * N * c->vision_config.hidden_size * ab;   /* its input, copied to its device (mm.c) */
+    const int64_t out = B * c->query_num * (int64_t)c->hidden_size * ab; /* its output */
+    return in + (int64_t)resampler_views_bound(c, (int)B, N, act_dtype(ab)) + out + DEVMAP_ALIGN_SLACK;
 }
 
 int64_t devmap_kv_layer_bytes(const struct model_config *c, const struct devmap_params *p)
@@ -217,7 +228,7 @@ static void costs_set_params(struct costs *k, const struct model_config *c, cons
     int64_t n = p->max_batch_tokens < p->ctx ? p->max_batch_tokens : p->ctx;
     k->kv_layer = devmap_kv_layer_bytes(c, p);
     k->ws_llm = devmap_llm_workspace(c, n, p->act_bytes);
-    k->ws_logits = (int64_t)p->kv_seqs * c->vocab_size * (4 + p->act_bytes);
+    k->ws_logits = (int64_t)p->kv_seqs * logits_bytes(c, p->act_bytes);
     k->ws_vision = devmap_vision_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
     k->ws_resampler = devmap_resampler_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
     k->ws_lib = p->gpu_lib_margin;

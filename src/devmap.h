@@ -26,6 +26,10 @@
  *   weights(unit)  = sum over model_manifest() tensors of the unit of numel * wb. The vision
  *                    tower counts every stored layer (27), used or not.
  *   kv(layer)      = 2 * ctx * kv_seqs * Hkv * hd * ab                (K and V of one layer)
+ * The workspace parts are not written here twice: each module sizes its own views with the
+ * counting pass of the code that carves them (llm_views_bytes, vision_views_bytes,
+ * resampler_views_bound; tensor_carve), and the planner adds mm.c's blocks around them and SLACK
+ * for their alignment. What those passes come to:
  *   LLM workspace, on every device holding embed, a layer, norm or lm_head, for a prefill chunk of
  *   n = min(max_batch_tokens, ctx) tokens (prompts longer than the chunk are prefilled in chunks;
  *   attention is flash-style over the cache, so no [n, ctx] score matrix is reserved):
@@ -35,7 +39,8 @@
  *   vision tower, on the vpm device, for B = max_pieces pieces of N = max_patches patches each
  *   (flash-style attention, no [N, N] scores):
  *     devmap_vision_workspace = B*N*ab*(6*vd [x, normed, q, k, v, attn out] + vff [fc1]
- *                                       + 3*P*P [patch pixels]) + B*N*4 [position ids] + SLACK
+ *                                       + 3*P*P [patch pixels]) + N*(ab*vd + 4) [position-embedding
+ *                                       rows and ids, one piece's, shared by the batch] + SLACK
  *   resampler, on the resampler device (its input is copied there, so it is counted here):
  *     devmap_resampler_workspace = B*N*ab*vd [input] + 5*N*d*ab [kv, two key-side temporaries, K, V
  *                                  of one piece, reused per piece] + 2*N*d*ab [sin-cos table rows:

@@ -38,16 +38,24 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
     }
 }
 
+size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max_batch, int with_logits)
+{
+    struct tensor_carver count = {.base = NULL, .dev = device_cpu()};
+    struct llm_devbuf b;
+    devbuf_carve(&b, &count, c, act, max_batch, with_logits);
+    return count.raw;
+}
+
 static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struct device dev, enum dtype act,
                        int64_t B, int with_logits, struct err *e)
 {
-    struct tensor_carver count = {NULL, 0, dev};
+    struct tensor_carver count = {.base = NULL, .dev = dev};
     devbuf_carve(b, &count, c, act, B, with_logits);
     b->dev = dev;
     b->bytes = count.off;
     b->mem = dev_alloc(dev, b->bytes, e);
     if (!b->mem) return -1;
-    struct tensor_carver cv = {b->mem, 0, dev};
+    struct tensor_carver cv = {.base = b->mem, .dev = dev};
     devbuf_carve(b, &cv, c, act, B, with_logits);
     return 0;
 }

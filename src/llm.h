@@ -55,6 +55,10 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
 void llm_free(struct llm *s);
 /* Bytes of activations + KV the state allocated on logical device i. */
 size_t llm_device_bytes(const struct llm *s, int i);
+/* The bytes of one device's activation views for a prefill chunk of max_batch tokens (with_logits:
+ * the lm_head device's logits rows too), from the same counting pass that lays them out, without
+ * the 256-byte alignment padding (the device planner's cost model, devmap.c). */
+size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max_batch, int with_logits);
 
 /* Runs n tokens at positions n_past.. through the model and appends them to the cache.
  * Input is either token ids (host array) or embeddings (a [n, d] tensor on any device, act dtype).
