@@ -4,9 +4,8 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
+
+#include <cJSON.h>
 
 #include "backend.h"
 #include "devmap.h"
@@ -79,17 +78,64 @@ static int plan_devices(struct engine *g, const struct engine_options *o, struct
     return 0;
 }
 
+int engine_is_stop(const struct engine *g, int32_t tok)
+{
+    for (int i = 0; i < g->n_stop; i++)
+        if (g->stop[i] == tok) return 1;
+    return 0;
+}
+
+static int stop_add(struct engine *g, int32_t id, const char *from, struct err *e)
+{
+    if (id < 0 || id >= g->cfg.vocab_size)
+        return err_set(e, "%s: stop id %d is outside the vocabulary (0..%d)", from, id, g->cfg.vocab_size - 1);
+    for (int i = 0; i < g->n_stop; i++)
+        if (g->stop[i] == id) return 0;
+    if (g->n_stop == ENGINE_MAX_STOP) return err_set(e, "%s: more than %d stop ids", from, ENGINE_MAX_STOP);
+    g->stop[g->n_stop++] = id;
+    return 0;
+}
+
+/* The stop ids, as the seed's chat() gathers them (spec §8): config.json's eos_token_id,
+ * generation_config.json's eos_token_id (a number or a list; the file is optional), and the
+ * tokenizer's <|eot_id|> when the folder has a tokenizer that knows it. */
+static int stop_ids_load(struct engine *g, const char *dir, struct err *e)
+{
+    if (stop_add(g, g->cfg.eos_token_id, "config.json eos_token_id", e)) return -1;
+    char path[4096];
+    if (path_join(path, sizeof path, dir, "generation_config.json", e)) return -1;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        char *text = NULL;
+        if (read_file(path, 1 << 20, &text, NULL, e)) return -1;
+        cJSON *r = cJSON_Parse(text);
+        free(text);
+        if (!r || !cJSON_IsObject(r)) {
+            cJSON_Delete(r);
+            return err_set(e, "%s: not a JSON object", path);
+        }
+        const cJSON *eos = cJSON_GetObjectItemCaseSensitive(r, "eos_token_id");
+        int rc = 0;
+        if (cJSON_IsNumber(eos)) {
+            rc = stop_add(g, (int32_t)eos->valuedouble, path, e);
+        } else if (cJSON_IsArray(eos)) {
+            for (const cJSON *x = eos->child; x && !rc; x = x->next)
+                rc = cJSON_IsNumber(x) ? stop_add(g, (int32_t)x->valuedouble, path, e)
+                                       : err_set(e, "%s: eos_token_id holds a non-number", path);
+        } else if (eos && !cJSON_IsNull(eos)) {
+            rc = err_set(e, "%s: eos_token_id is neither a number nor a list", path);
+        }
+        cJSON_Delete(r);
+        if (rc) return -1;
+    }
+    int32_t eot = g->tok ? tokenizer_token_id(g->tok, "<|eot_id|>") : -1;
+    if (eot >= 0 && stop_add(g, eot, "tokenizer.json <|eot_id|>", e)) return -1;
+    return 0;
+}
+
 int engine_open(struct engine **out, const struct engine_options *o, struct err *e)
 {
-#ifdef __GLIBC__
-    /* Every image request allocates and frees ~40 MB of host buffers (decoded pixels, f32 patches,
-     * fp16 patches). glibc serves blocks above 128 KiB with fresh mmaps by default, so each request
-     * page-faults all of it in again (~3.5 ms of a 1344x1344 JPEG's decode + preprocessing on the
-     * 2-core dev machine). Blocks up to 32 MiB (glibc's maximum) now come from the heap, which keeps
-     * up to 512 MiB of freed memory for the next request. */
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
-#endif
     *out = NULL;
     double t0 = time_now();
     struct engine *g = calloc(1, sizeof *g);
@@ -110,6 +156,7 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
             }
         }
     }
+    if (stop_ids_load(g, o->model_dir, e)) goto fail;
     if (safetensors_open_dir(&g->st, o->model_dir, e)) goto fail;
     backend_set_threads(o->threads);
 
@@ -145,8 +192,6 @@ void engine_close(struct engine *g)
     free(g);
 }
 
-int engine_is_stop(const struct engine *g, int32_t tok) { return tok == g->cfg.eos_token_id || tok == 128009; }
-
 /* The logits of a step must be finite: NaN or inf means broken weights (or an overflow), and the
  * sampler would pick garbage from them silently. One pass over V floats, next to the sampler's. */
 static int check_logits(const float *x, int V, const char *where, struct err *e)
@@ -176,11 +221,7 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     *n_out = 0;
     if (max_new < 0) return err_set(e, "max new tokens must be >= 0");
     if (ids && engine_check_ids(g, ids, n, e)) return -1; /* the embedding lookup must never see them */
-    if (g->llm.n_past + n + max_new > g->llm.ctx)
-        return err_set(e, "prompt of %lld tokens + %d new tokens does not fit the context of %lld (over by %lld); "
-                          "raise --ctx or lower --max-new-tokens",
-                       (long long)(g->llm.n_past + n), max_new, (long long)g->llm.ctx,
-                       (long long)(g->llm.n_past + n + max_new - g->llm.ctx));
+    if (llm_check_fit(g->llm.ctx, g->llm.n_past + n, max_new, e)) return -1;
     float *logits = malloc((size_t)V * sizeof *logits);
     struct sampler s;
     if (!logits || sampler_init(&s, sp, V)) {

@@ -300,13 +300,19 @@ static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor 
     return 0;
 }
 
+int llm_check_fit(int64_t ctx, int64_t n_held, int64_t n_new, struct err *e)
+{
+    if (n_held + n_new <= ctx) return 0;
+    return err_set(e, "%lld tokens + %lld new do not fit the context of %lld tokens (over by %lld); raise --ctx or "
+                      "ask for fewer new tokens",
+                   (long long)n_held, (long long)n_new, (long long)ctx, (long long)(n_held + n_new - ctx));
+}
+
 int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
                 struct err *e)
 {
     if (n < 1) return err_set(e, "empty input");
-    if (s->n_past + n > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + %lld new > --ctx %lld (over by %lld)",
-                       (long long)s->n_past, (long long)n, (long long)s->ctx, (long long)(s->n_past + n - s->ctx));
+    if (llm_check_fit(s->ctx, s->n_past, n, e)) return -1;
     for (int64_t off = 0; off < n; off += s->max_batch) {
         int64_t m = n - off < s->max_batch ? n - off : s->max_batch;
         const int last = off + m == n;
@@ -457,9 +463,7 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
 
 int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
 {
-    if (s->n_past + 1 > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
-                       (long long)s->ctx);
+    if (llm_check_fit(s->ctx, s->n_past, 1, e)) return -1;
     if (!graph_able(s)) { /* eager, logits through the host */
         const int V = s->m->cfg.vocab_size;
         float *lg = malloc((size_t)V * sizeof *lg);
@@ -479,9 +483,7 @@ int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
 
 int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e)
 {
-    if (s->n_past + 1 > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
-                       (long long)s->ctx);
+    if (llm_check_fit(s->ctx, s->n_past, 1, e)) return -1;
     if (!graph_able(s)) return llm_forward(s, &tok, NULL, 1, logits_out, e);
     return decode_graph_step(s, tok, DECODE_LOGITS, NULL, logits_out, e);
 }
@@ -493,9 +495,7 @@ void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t dr
 
 int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, float *logits_out, struct err *e)
 {
-    if (s->n_past + 1 > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
-                       (long long)s->ctx);
+    if (llm_check_fit(s->ctx, s->n_past, 1, e)) return -1;
     if (!graph_able(s)) { /* eager: the logits through the host, the caller samples there */
         *next = -1;
         return llm_forward(s, &tok, NULL, 1, logits_out, e);

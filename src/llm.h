@@ -60,6 +60,12 @@ size_t llm_device_bytes(const struct llm *s, int i);
  * the 256-byte alignment padding (the device planner's cost model, devmap.c). */
 size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max_batch, int with_logits);
 
+/* The one context-fit check (every place that asks calls it, one wording): n_held tokens (in the
+ * cache, or a prompt about to be) plus n_new more must fit a context of ctx tokens. 0, or -1 with
+ * "H tokens + N new do not fit the context of C tokens (over by K); raise --ctx or ask for fewer new
+ * tokens". */
+int llm_check_fit(int64_t ctx, int64_t n_held, int64_t n_new, struct err *e);
+
 /* Runs n tokens at positions n_past.. through the model and appends them to the cache.
  * Input is either token ids (host array) or embeddings (a [n, d] tensor on any device, act dtype).
  * When logits_out is not NULL, writes the f32 logits of the LAST token to it (host, [V]).

@@ -298,12 +298,7 @@ int engine_chat(struct engine *g, const struct engine_chat_request *rq, engine_t
     if (chat_build_ids(g->tok, rq->system, rq->msgs, rq->n_msgs, grids, rq->n_images, c->query_num, 0, &ids, &n_ids,
                        e))
         goto done;
-    if ((int64_t)n_ids + max_new > g->llm.ctx) {
-        err_set(e, "prompt of %d tokens + %d new tokens exceeds the context of %lld by %lld tokens; raise --ctx or "
-                   "lower the answer length",
-                n_ids, max_new, (long long)g->llm.ctx, (long long)n_ids + max_new - g->llm.ctx);
-        goto done;
-    }
+    if (llm_check_fit(g->llm.ctx, n_ids, max_new, e)) goto done;
     if (engine_merge_embeddings(g, ids, n_ids, rq->n_images ? &img : NULL, n_pieces, &emb, e)) goto done;
     llm_truncate(&g->llm, 0);
     res->ids = malloc((size_t)max_new * sizeof *res->ids);
