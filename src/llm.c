@@ -347,11 +347,11 @@ static unsigned layer_devices(const struct llm *s)
     return m;
 }
 
-/* What a graph-replayed decode step ends with (the index of its graph). */
+/* What a graph-replayed decode step ends with (the index of its graph; llm_decode's modes). */
 enum decode_mode {
-    DECODE_ARGMAX = 0,   /* the argmax into ids[0] */
-    DECODE_LOGITS = 1,   /* nothing: the logits stay on the lm_head device */
-    DECODE_SAMPLE = 2,   /* op_sample_dev into ids[0] */
+    DECODE_ARGMAX = LLM_DECODE_ARGMAX, /* the argmax into ids[0] */
+    DECODE_LOGITS = LLM_DECODE_LOGITS, /* nothing: the logits stay on the lm_head device */
+    DECODE_SAMPLE = LLM_DECODE_SAMPLE, /* op_sample_dev into ids[0] */
 };
 
 /* One token: embedding of the id in the embed device's ids[0], the layers (hopping between logical
@@ -461,31 +461,25 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
     return 0;
 }
 
-int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
+int llm_decode(struct llm *s, int32_t tok, enum llm_decode_mode mode, int32_t *next, float *logits_out, struct err *e)
 {
     if (llm_check_fit(s->ctx, s->n_past, 1, e)) return -1;
-    if (!graph_able(s)) { /* eager, logits through the host */
-        const int V = s->m->cfg.vocab_size;
-        float *lg = malloc((size_t)V * sizeof *lg);
-        if (!lg) return err_set(e, "out of memory");
-        int rc = llm_forward(s, &tok, NULL, 1, lg, e);
-        if (!rc) {
-            int best = 0;
-            for (int j = 1; j < V; j++)
-                if (lg[j] > lg[best]) best = j;
-            *next = best;
-        }
-        free(lg);
-        return rc;
+    if (graph_able(s)) return decode_graph_step(s, tok, (enum decode_mode)mode, next, logits_out, e);
+    /* eager: the logits through the host */
+    if (mode == LLM_DECODE_SAMPLE) *next = -1; /* the caller samples on the host */
+    if (mode != LLM_DECODE_ARGMAX) return llm_forward(s, &tok, NULL, 1, logits_out, e);
+    const int V = s->m->cfg.vocab_size;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    if (!lg) return err_set(e, "out of memory");
+    int rc = llm_forward(s, &tok, NULL, 1, lg, e);
+    if (!rc) {
+        int best = 0;
+        for (int j = 1; j < V; j++)
+            if (lg[j] > lg[best]) best = j;
+        *next = best;
     }
-    return decode_graph_step(s, tok, DECODE_ARGMAX, next, NULL, e);
-}
-
-int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e)
-{
-    if (llm_check_fit(s->ctx, s->n_past, 1, e)) return -1;
-    if (!graph_able(s)) return llm_forward(s, &tok, NULL, 1, logits_out, e);
-    return decode_graph_step(s, tok, DECODE_LOGITS, NULL, logits_out, e);
+    free(lg);
+    return rc;
 }
 
 void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t draws)
@@ -493,12 +487,3 @@ void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t dr
     op_sample_begin(&s->sample_state, p, draws);
 }
 
-int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, float *logits_out, struct err *e)
-{
-    if (llm_check_fit(s->ctx, s->n_past, 1, e)) return -1;
-    if (!graph_able(s)) { /* eager: the logits through the host, the caller samples there */
-        *next = -1;
-        return llm_forward(s, &tok, NULL, 1, logits_out, e);
-    }
-    return decode_graph_step(s, tok, DECODE_SAMPLE, next, logits_out, e);
-}
