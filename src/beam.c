@@ -250,10 +250,7 @@ int beam_generate(struct engine *g, const int32_t *ids, const struct tensor *emb
     *n_out = 0;
     if (B < 1 || B > BEAM_MAX) return err_set(e, "num_beams %d: must be 1..%d", B, BEAM_MAX);
     if (p->max_new < 0) return err_set(e, "max new tokens must be >= 0");
-    if (s->n_past + n + p->max_new > s->ctx)
-        return err_set(e, "prompt of %lld tokens + %d new tokens does not fit the context of %lld (over by %lld)",
-                       (long long)(s->n_past + n), p->max_new, (long long)s->ctx,
-                       (long long)(s->n_past + n + p->max_new - s->ctx));
+    if (llm_check_fit(s->ctx, s->n_past + n, p->max_new, e)) return -1;
     struct beam_kv kv = {.g = g, .B = B, .L = L, .rows = p->max_new > 0 ? p->max_new : 1, .last_side = -1,
                          .last_slot = -1, .last_t = -1, .cancel = cancel, .cancel_ctx = cancel_ctx};
     const size_t nkv = (size_t)2 * B * L;

@@ -1,4 +1,5 @@
-/* devmap.c: device flags, logical devices, the cost model and the planner (see devmap.h).
+/* devmap.c: logical devices, the cost model and the planner (see devmap.h; the map JSON and the
+ * printouts are in devmap_io.c, the device flags in tools/cmd_util.c).
  *
  * Balancing rule (auto placement). Embedding, layer 0, lm_head, vpm and resampler are pinned to
  * the first device (as the seed pins them) and counted there. Decoder layers are then cut into
@@ -11,20 +12,21 @@
  * Without GPUs the CPU devices take everything under the same rule. */
 #include "devmap.h"
 
-#include <cJSON.h>
-#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
 
+#include "llm.h"
 #include "model.h"
+#include "resampler.h"
+#include "vision.h"
 
 _Static_assert(DEVMAP_MAX_DEVICES == MODEL_MAX_DEVICES, "devmap and model device limits differ");
 
 #define MIB ((int64_t)1 << 20)
 #define GIB ((int64_t)1 << 30)
 
-/* ---------------------------------------------------------------- parameters and flags */
+/* ---------------------------------------------------------------- parameters */
 
 void devmap_params_default(struct devmap_params *p)
 {
@@ -50,28 +52,8 @@ void devmap_opts_init(struct devmap_opts *o)
     devmap_params_default(&o->params);
 }
 
-const char *devmap_opts_help(void)
-{
-    return "  --gpus 0,1,...          CUDA devices to use, first = the one holding embed/lm_head/vision\n"
-           "                          (default: the GPUs named in --max-memory or --logical-devices,\n"
-           "                          else all visible; 'none' = CPU only)\n"
-           "  --max-memory 0=10GiB,1=10GiB,cpu=48GiB\n"
-           "                          budget per device (GiB/GB/MiB/MB; default: free memory minus\n"
-           "                          free/16 + 256 MiB); a cpu budget allows offloading layers to the CPU\n"
-           "  --logical-devices 0:2,cpu:2\n"
-           "                          run a device as several logical devices \"0.0\", \"0.1\", ... each with\n"
-           "                          its own budget (0.1=4GiB) and arena (for tests and CI)\n"
-           "  --ctx N                 longest context to reserve KV cache for\n"
-           "                          (default min(4096, max_position_embeddings))\n"
-           "  --kv-seqs N             sequences with their own KV cache, e.g. beams (default 1)\n"
-           "  --max-batch N           prefill chunk: prompt tokens per forward step (default 2048)\n"
-           "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices);\n"
-           "                          a request with more pieces runs in several batches\n"
-           "  --max-patches N         patches per piece (default 1100)\n"
-           "  --device-map FILE.json  explicit map {\"llm.model.layers.0\": 0, ..., \"vpm\": \"cpu\"}\n";
-}
 
-static int parse_int(const char *s, long lo, long hi, long *out)
+int devmap_parse_long(const char *s, long lo, long hi, long *out)
 {
     char *end;
     errno = 0;
@@ -81,8 +63,7 @@ static int parse_int(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
-/* "cpu", "N", "cpu.P", "N.P" -> ordinal (-1 for cpu) and part (-1 when absent). */
-static int parse_dev_key(const char *s, int *ordinal, int *part)
+int devmap_parse_dev_key(const char *s, int *ordinal, int *part)
 {
     char head[16];
     const char *dot = strchr(s, '.');
@@ -92,98 +73,17 @@ static int parse_dev_key(const char *s, int *ordinal, int *part)
     head[n] = 0;
     long v;
     if (!strcmp(head, "cpu")) *ordinal = -1;
-    else if (!strncmp(head, "cuda:", 5) && !dot && !parse_int(head + 5, 0, 1023, &v)) *ordinal = (int)v;
-    else if (!parse_int(head, 0, 1023, &v)) *ordinal = (int)v;
+    else if (!strncmp(head, "cuda:", 5) && !dot && !devmap_parse_long(head + 5, 0, 1023, &v)) *ordinal = (int)v;
+    else if (!devmap_parse_long(head, 0, 1023, &v)) *ordinal = (int)v;
     else return -1;
     *part = -1;
     if (dot) {
-        if (parse_int(dot + 1, 0, DEVMAP_MAX_DEVICES - 1, &v)) return -1;
+        if (devmap_parse_long(dot + 1, 0, DEVMAP_MAX_DEVICES - 1, &v)) return -1;
         *part = (int)v;
     }
     return 0;
 }
 
-int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e)
-{
-    static const char *flags[] = {"--gpus", "--max-memory", "--logical-devices", "--ctx", "--kv-seqs",
-                                  "--max-batch", "--max-pieces", "--max-patches", "--device-map"};
-    const char *arg = argv[*i], *val = NULL;
-    int k, nf = (int)(sizeof flags / sizeof flags[0]);
-    for (k = 0; k < nf; k++) {
-        size_t n = strlen(flags[k]);
-        if (!strncmp(arg, flags[k], n) && (arg[n] == 0 || arg[n] == '=')) {
-            val = arg[n] == '=' ? arg + n + 1 : NULL;
-            break;
-        }
-    }
-    if (k == nf) return 0;
-    if (!val) {
-        if (*i + 1 >= argc) return err_set(e, "%s needs a value", flags[k]);
-        val = argv[++*i];
-    }
-    const char *f = flags[k];
-    long v;
-    char buf[1024];
-    if (!strcmp(f, "--device-map")) {
-        if (strlen(val) >= sizeof o->device_map) return err_set(e, "--device-map: path too long");
-        snprintf(o->device_map, sizeof o->device_map, "%s", val);
-        return 1;
-    }
-    if (!strcmp(f, "--ctx") || !strcmp(f, "--kv-seqs") || !strcmp(f, "--max-batch") ||
-        !strcmp(f, "--max-pieces") || !strcmp(f, "--max-patches")) {
-        long hi = !strcmp(f, "--ctx") ? 1L << 22 : !strcmp(f, "--kv-seqs") ? 256 : !strcmp(f, "--max-pieces") ? 1024 : 65536;
-        if (parse_int(val, 1, hi, &v)) return err_set(e, "%s: '%s' is not an integer in 1..%ld", f, val, hi);
-        if (!strcmp(f, "--ctx")) o->params.ctx = v;
-        else if (!strcmp(f, "--kv-seqs")) o->params.kv_seqs = (int)v;
-        else if (!strcmp(f, "--max-batch")) o->params.max_batch_tokens = (int)v;
-        else if (!strcmp(f, "--max-pieces")) o->params.max_pieces = (int)v;
-        else o->params.max_patches = (int)v;
-        return 1;
-    }
-    if (strlen(val) >= sizeof buf) return err_set(e, "%s: value too long", f);
-    snprintf(buf, sizeof buf, "%s", val);
-    if (!strcmp(f, "--gpus")) {
-        o->n_gpus = 0;
-        if (!strcmp(buf, "none") || !buf[0]) return 1;
-        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-            if (parse_int(t, 0, 1023, &v)) return err_set(e, "--gpus: '%s' is not a GPU index", t);
-            for (int j = 0; j < o->n_gpus; j++)
-                if (o->gpus[j] == v) return err_set(e, "--gpus: GPU %ld is listed twice", v);
-            if (o->n_gpus == DEVMAP_MAX_DEVICES) return err_set(e, "--gpus: more than %d GPUs", DEVMAP_MAX_DEVICES);
-            o->gpus[o->n_gpus++] = (int)v;
-        }
-        return 1;
-    }
-    int is_mem = !strcmp(f, "--max-memory");
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        char *sep = strchr(t, is_mem ? '=' : ':');
-        int ord, part;
-        if (!sep)
-            return err_set(e, "%s: '%s' is not %s", f, t, is_mem ? "DEVICE=SIZE (0=10GiB, cpu=48GiB)" : "DEVICE:PARTS (0:2, cpu:2)");
-        *sep = 0;
-        if (strlen(t) >= (is_mem ? sizeof o->mem_key[0] : sizeof o->split_key[0]) || parse_dev_key(t, &ord, &part) ||
-            (!is_mem && part >= 0))
-            return err_set(e, "%s: '%s' is not a device (0, 1, ..., cpu%s)", f, t, is_mem ? ", 0.1, cpu.0" : "");
-        int *n = is_mem ? &o->n_mem : &o->n_split;
-        for (int j = 0; j < *n; j++)
-            if (!strcmp(is_mem ? o->mem_key[j] : o->split_key[j], t)) return err_set(e, "%s: '%s' is given twice", f, t);
-        if (*n == DEVMAP_MAX_DEVICES) return err_set(e, "%s: more than %d entries", f, DEVMAP_MAX_DEVICES);
-        if (is_mem) {
-            int64_t b;
-            if (parse_size(sep + 1, &b))
-                return err_set(e, "--max-memory: '%s' is not a size (a finite number below 8 EiB with a unit: 10GiB, 512MiB, "
-                                  "16GB)", sep + 1);
-            snprintf(o->mem_key[*n], sizeof o->mem_key[0], "%s", t);
-            o->mem_bytes[*n] = b;
-        } else {
-            if (parse_int(sep + 1, 1, 8, &v)) return err_set(e, "--logical-devices: '%s' parts: not in 1..8", sep + 1);
-            snprintf(o->split_key[*n], sizeof o->split_key[0], "%s", t);
-            o->split_parts[*n] = (int)v;
-        }
-        (*n)++;
-    }
-    return 1;
-}
 
 /* ---------------------------------------------------------------- logical devices */
 
@@ -205,7 +105,7 @@ int devmap_devices(const struct devmap_opts *o, int n_visible, devmap_mem_fn mem
             int n = pass ? o->n_split : o->n_mem;
             for (int i = 0; i < n; i++) {
                 int ord, part, dup = 0;
-                parse_dev_key(pass ? o->split_key[i] : o->mem_key[i], &ord, &part);
+                devmap_parse_dev_key(pass ? o->split_key[i] : o->mem_key[i], &ord, &part);
                 for (int j = 0; j < np; j++) dup |= phys[j] == ord;
                 if (ord >= 0 && !dup && np < DEVMAP_MAX_DEVICES) phys[np++] = ord;
             }
@@ -222,7 +122,7 @@ int devmap_devices(const struct devmap_opts *o, int n_visible, devmap_mem_fn mem
         for (int i = 0; i < n; i++) {
             const char *key = pass ? o->split_key[i] : o->mem_key[i];
             int ord, part, found = ord = 0;
-            parse_dev_key(key, &ord, &part);
+            devmap_parse_dev_key(key, &ord, &part);
             if (ord < 0) { want_cpu = 1; continue; }
             for (int j = 0; j < np; j++) found |= phys[j] == ord;
             if (!found) return err_set(e, "%s names GPU %d, which is not in --gpus", pass ? "--logical-devices" : "--max-memory", ord);
@@ -235,14 +135,14 @@ int devmap_devices(const struct devmap_opts *o, int n_visible, devmap_mem_fn mem
         int ord = phys[i], nparts = 1;
         for (int j = 0; j < o->n_split; j++) {
             int so, sp;
-            parse_dev_key(o->split_key[j], &so, &sp);
+            devmap_parse_dev_key(o->split_key[j], &so, &sp);
             if (so == ord) nparts = o->split_parts[j];
         }
         int64_t whole = -1, part_b[DEVMAP_MAX_DEVICES];
         for (int p = 0; p < nparts; p++) part_b[p] = -1;
         for (int j = 0; j < o->n_mem; j++) {
             int mo, mp;
-            parse_dev_key(o->mem_key[j], &mo, &mp);
+            devmap_parse_dev_key(o->mem_key[j], &mo, &mp);
             if (mo != ord) continue;
             if (mp < 0) whole = o->mem_bytes[j];
             else if (mp >= nparts) {
@@ -282,25 +182,33 @@ int devmap_devices(const struct devmap_opts *o, int n_visible, devmap_mem_fn mem
 
 /* ---------------------------------------------------------------- costs */
 
+/* The workspace parts are the modules' own layouts, sized by the counting pass of the code that
+ * carves them (llm.c, vision.c, resampler.c), plus the image path's blocks mm.c keeps around them;
+ * DEVMAP_ALIGN_SLACK covers the 256-byte alignment of the views of one part. */
+static enum dtype act_dtype(int ab) { return ab >= 4 ? DTYPE_F32 : DTYPE_F16; }
+
 int64_t devmap_llm_workspace(const struct model_config *c, int64_t n, int ab)
 {
-    int64_t d = c->hidden_size, hd = c->head_dim, H = c->num_attention_heads, Hkv = c->num_key_value_heads;
-    int64_t ff = c->intermediate_size;
-    return n * ab * (3 * d + 2 * H * hd + 2 * Hkv * hd + 2 * ff) + 2 * n * 4 + DEVMAP_ALIGN_SLACK;
+    return (int64_t)llm_views_bytes(c, act_dtype(ab), n, 0) + DEVMAP_ALIGN_SLACK;
+}
+
+/* The lm_head device's logits rows of one sequence. */
+static int64_t logits_bytes(const struct model_config *c, int ab)
+{
+    return (int64_t)(llm_views_bytes(c, act_dtype(ab), 1, 1) - llm_views_bytes(c, act_dtype(ab), 1, 0));
 }
 
 int64_t devmap_vision_workspace(const struct model_config *c, int64_t B, int64_t N, int ab)
 {
-    const struct vision_config *v = &c->vision_config;
-    int64_t vd = v->hidden_size, vff = v->intermediate_size, P = v->patch_size;
-    return B * N * ab * (6 * vd + vff + 3 * P * P) + B * N * 4 + DEVMAP_ALIGN_SLACK;
+    const int64_t feats = B * N * c->vision_config.hidden_size * ab; /* the tower's output (mm.c) */
+    return feats + (int64_t)vision_views_bytes(c, (int)B, N, act_dtype(ab)) + DEVMAP_ALIGN_SLACK;
 }
 
 int64_t devmap_resampler_workspace(const struct model_config *c, int64_t B, int64_t N, int ab)
 {
-    int64_t d = c->hidden_size, vd = c->vision_config.hidden_size, Q = c->query_num;
-    return B * N * ab * vd + 5 * N * d * ab + 2 * N * d * ab + B * N * 2 * 4 + B * Q * ab * 3 * d + 2 * Q * d * ab +
-           DEVMAP_ALIGN_SLACK;
+    const int64_t in = B * N * c->vision_config.hidden_size * ab;   /* its input, copied to its device (mm.c) */
+    const int64_t out = B * c->query_num * (int64_t)c->hidden_size * ab; /* its output */
+    return in + (int64_t)resampler_views_bound(c, (int)B, N, act_dtype(ab)) + out + DEVMAP_ALIGN_SLACK;
 }
 
 int64_t devmap_kv_layer_bytes(const struct model_config *c, const struct devmap_params *p)
@@ -320,7 +228,7 @@ static void costs_set_params(struct costs *k, const struct model_config *c, cons
     int64_t n = p->max_batch_tokens < p->ctx ? p->max_batch_tokens : p->ctx;
     k->kv_layer = devmap_kv_layer_bytes(c, p);
     k->ws_llm = devmap_llm_workspace(c, n, p->act_bytes);
-    k->ws_logits = (int64_t)p->kv_seqs * c->vocab_size * (4 + p->act_bytes);
+    k->ws_logits = (int64_t)p->kv_seqs * logits_bytes(c, p->act_bytes);
     k->ws_vision = devmap_vision_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
     k->ws_resampler = devmap_resampler_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
     k->ws_lib = p->gpu_lib_margin;
@@ -475,13 +383,6 @@ static int place(const struct costs *k, const struct devmap_device *dev, int n_d
 
 /* ---------------------------------------------------------------- the planner */
 
-const char *devmap_fmt_bytes(int64_t b, char *buf, size_t n)
-{
-    if (b >= GIB || b <= -GIB) snprintf(buf, n, "%.2f GiB", (double)b / (double)GIB);
-    else snprintf(buf, n, "%.0f MiB", (double)b / (double)MIB);
-    return buf;
-}
-
 static int fits_all(const struct devmap_usage *use, const struct devmap_device *dev, int n_dev)
 {
     for (int i = 0; i < n_dev; i++)
@@ -528,7 +429,7 @@ static void advice_add(struct devmap_plan *plan, const char *lead, const char *f
     va_end(ap);
 }
 
-static const char *dev_name(const struct devmap_device *d, char *buf, size_t n)
+const char *devmap_dev_name(const struct devmap_device *d, char *buf, size_t n)
 {
     snprintf(buf, n, d->kind == DEVICE_CPU ? "%s" : "gpu %s", d->label);
     return buf;
@@ -565,7 +466,7 @@ static void advise(const struct model_config *c, const struct devmap_params *p, 
             if (over <= 0) continue;
             size_t len = strlen(plan->advice);
             snprintf(plan->advice + len, sizeof plan->advice - len, "%sraise the budget of %s by %s (to %s)",
-                     first ? "to fit: " : " and ", dev_name(&dev[i], nm, sizeof nm),
+                     first ? "to fit: " : " and ", devmap_dev_name(&dev[i], nm, sizeof nm),
                      fmt_up(over, a, sizeof a), fmt_up(plan->use[i].total, b, sizeof b));
             first = 0;
         }
@@ -583,7 +484,7 @@ static void advise(const struct model_config *c, const struct devmap_params *p, 
         }
         if (best >= 0)
             advice_add(plan, "to fit, any one of: ", "raise the budget of %s by %s (to %s)",
-                       dev_name(&dev[best], nm, sizeof nm), fmt_up(best_d, a, sizeof a),
+                       devmap_dev_name(&dev[best], nm, sizeof nm), fmt_up(best_d, a, sizeof a),
                        fmt_up(dev[best].budget + best_d, b, sizeof b));
         int has_cpu = 0;
         for (int i = 0; i < n_dev; i++) has_cpu |= dev[i].kind == DEVICE_CPU;
@@ -697,147 +598,12 @@ int devmap_plan(const struct model_config *c, const struct devmap_params *p, con
         for (int i = 0; i < n_dev && len < sizeof e->msg; i++)
             if (plan->use[i].total > plan->dev[i].budget)
                 len += (size_t)snprintf(e->msg + len, sizeof e->msg - len, " %s needs %s of %s;",
-                                        dev_name(&dev[i], nm, sizeof nm),
+                                        devmap_dev_name(&dev[i], nm, sizeof nm),
                                         devmap_fmt_bytes(plan->use[i].total, a, sizeof a),
                                         devmap_fmt_bytes(dev[i].budget, b, sizeof b));
         if (len < sizeof e->msg) snprintf(e->msg + len, sizeof e->msg - len, " %s", plan->advice);
     }
     return -1;
-}
-
-/* ---------------------------------------------------------------- explicit maps */
-
-/* Resolves a device value of a map to a logical index; -1 with why filled when there is none. */
-static int dev_lookup(const cJSON *v, const struct devmap_device *dev, int n_dev, char *why, size_t nwhy)
-{
-    char s[32];
-    if (cJSON_IsNumber(v)) {
-        double x = v->valuedouble;
-        if (!(x >= 0 && x <= 1023) || x != (double)(int)x) { /* range first: (int) of 1e30 is undefined */
-            snprintf(why, nwhy, "%g is not a GPU index", x);
-            return -1;
-        }
-        snprintf(s, sizeof s, "%d", (int)x);
-    } else if (cJSON_IsString(v) && strlen(v->valuestring) < sizeof s) {
-        snprintf(s, sizeof s, "%s", v->valuestring);
-    } else {
-        snprintf(why, nwhy, "the value is not a GPU index or \"cpu\"");
-        return -1;
-    }
-    int ord, part;
-    if (parse_dev_key(s, &ord, &part)) {
-        snprintf(why, nwhy, "'%s' is not a device (0, 1, ..., \"cpu\", \"0.1\")", s);
-        return -1;
-    }
-    enum device_kind kind = ord < 0 ? DEVICE_CPU : DEVICE_CUDA;
-    int n_match = 0;
-    for (int i = 0; i < n_dev; i++) {
-        if (dev[i].kind != kind || (kind == DEVICE_CUDA && dev[i].ordinal != ord)) continue;
-        n_match++;
-        if (part < 0 && dev[i].nparts == 1) return i;
-        if (part >= 0 && dev[i].part == part && dev[i].nparts > 1) return i;
-    }
-    size_t len = (size_t)snprintf(why, nwhy, "device %s is out of range", s);
-    if (n_match > 1 && part < 0)
-        len = (size_t)snprintf(why, nwhy, "device %s is split into %d logical devices; name one of them", s, n_match);
-    for (int i = 0; i < n_dev && len < nwhy; i++)
-        len += (size_t)snprintf(why + len, nwhy - len, "%s%s", i ? ", " : " (devices: ", dev[i].label);
-    if (len < nwhy) snprintf(why + len, nwhy - len, ")");
-    return -1;
-}
-
-/* Module name -> unit; -1 when unknown. */
-static int unit_of(const char *name, int n_layers, enum unit_kind *kind, int *layer)
-{
-    static const char *fixed[] = {"llm.model.embed_tokens", "llm.model.norm", "llm.lm_head", "vpm", "resampler"};
-    static const enum unit_kind kinds[] = {UNIT_EMBED, UNIT_NORM, UNIT_LM_HEAD, UNIT_VPM, UNIT_RESAMPLER};
-    for (int i = 0; i < 5; i++)
-        if (!strcmp(name, fixed[i])) {
-            *kind = kinds[i];
-            *layer = -1;
-            return 0;
-        }
-    const char *pre = "llm.model.layers.";
-    size_t n = strlen(pre);
-    if (strncmp(name, pre, n) || !isdigit((unsigned char)name[n]) || (name[n] == '0' && name[n + 1])) return -1;
-    long v;
-    if (parse_int(name + n, 0, n_layers - 1, &v)) return -1;
-    *kind = UNIT_LAYER;
-    *layer = (int)v;
-    return 0;
-}
-
-int devmap_map_parse(struct devmap_assign *m, const char *json, const char *path, const struct model_config *c,
-                     const struct devmap_device *dev, int n_dev, struct err *e)
-{
-    int L = c->num_hidden_layers, rc = -1;
-    if (L < 1 || L > DEVMAP_MAX_LAYERS) return err_set(e, "%s: the model has %d layers (planner limit %d)", path, L, DEVMAP_MAX_LAYERS);
-    memset(m, 0, sizeof *m);
-    m->n_layers = L;
-    m->embed = m->norm = m->lm_head = m->vpm = m->resampler = -1;
-    for (int l = 0; l < L; l++) m->layer[l] = -1;
-    cJSON *root = cJSON_Parse(json);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        return err_set(e, "%s: not valid JSON (near byte %ld)", path, at && at >= json ? (long)(at - json) : 0L);
-    }
-    const cJSON *obj = root, *inner = cJSON_GetObjectItemCaseSensitive(root, "device_map");
-    if (cJSON_IsObject(inner)) obj = inner;
-    if (!cJSON_IsObject(obj)) {
-        err_set(e, "%s: expected a JSON object {\"module\": device, ...}", path);
-        goto done;
-    }
-    const cJSON *it;
-    cJSON_ArrayForEach(it, obj) {
-        enum unit_kind kind;
-        int layer;
-        char why[256];
-        if (unit_of(it->string, L, &kind, &layer)) {
-            if (!strncmp(it->string, "llm.model.layers.", 17))
-                err_set(e, "%s: unknown module '%s' (the model has llm.model.layers.0 to llm.model.layers.%d)", path, it->string, L - 1);
-            else
-                err_set(e, "%s: unknown module '%s' (modules: llm.model.embed_tokens, llm.model.layers.N, "
-                           "llm.model.norm, llm.lm_head, vpm, resampler)", path, it->string);
-            goto done;
-        }
-        int *slot = kind == UNIT_EMBED ? &m->embed : kind == UNIT_NORM ? &m->norm : kind == UNIT_LM_HEAD ? &m->lm_head :
-                    kind == UNIT_VPM ? &m->vpm : kind == UNIT_RESAMPLER ? &m->resampler : &m->layer[layer];
-        if (*slot >= 0) {
-            err_set(e, "%s: module '%s' appears twice", path, it->string);
-            goto done;
-        }
-        int d = dev_lookup(it, dev, n_dev, why, sizeof why);
-        if (d < 0) {
-            err_set(e, "%s: %s: %s", path, it->string, why);
-            goto done;
-        }
-        *slot = d;
-    }
-    char name[64];
-    if (m->embed < 0) { err_set(e, "%s: no device for %s (every module must be mapped)", path, "llm.model.embed_tokens"); goto done; }
-    for (int l = 0; l < L; l++)
-        if (m->layer[l] < 0) {
-            err_set(e, "%s: no device for %s (every module must be mapped)", path, unit_name(UNIT_LAYER, l, name, sizeof name));
-            goto done;
-        }
-    static const char *rest[] = {"llm.model.norm", "llm.lm_head", "vpm", "resampler"};
-    int vals[] = {m->norm, m->lm_head, m->vpm, m->resampler};
-    for (int i = 0; i < 4; i++)
-        if (vals[i] < 0) { err_set(e, "%s: no device for %s (every module must be mapped)", path, rest[i]); goto done; }
-    rc = 0;
-done:
-    cJSON_Delete(root);
-    return rc;
-}
-
-int devmap_map_load(struct devmap_assign *m, const char *path, const struct model_config *c,
-                    const struct devmap_device *dev, int n_dev, struct err *e)
-{
-    char *json = NULL;
-    if (read_file(path, 1 << 20, &json, NULL, e)) return -1;
-    int rc = devmap_map_parse(m, json, path, c, dev, n_dev, e);
-    free(json);
-    return rc;
 }
 
 void devmap_placement(const struct devmap_plan *plan, struct model_placement *pl, int *layer)
@@ -853,124 +619,4 @@ void devmap_placement(const struct devmap_plan *plan, struct model_placement *pl
     pl->resampler = plan->map.resampler;
     memcpy(layer, plan->map.layer, (size_t)plan->map.n_layers * sizeof *layer);
     pl->layer = layer;
-}
-
-/* ---------------------------------------------------------------- output */
-
-/* The u-th module in the seed's order (embed, layers, norm, lm_head, vpm, resampler): its name and device. */
-static int unit_at(const struct devmap_assign *m, int u, char *name, size_t n)
-{
-    int L = m->n_layers;
-    if (u == 0) return unit_name(UNIT_EMBED, 0, name, n), m->embed;
-    if (u <= L) return unit_name(UNIT_LAYER, u - 1, name, n), m->layer[u - 1];
-    if (u == L + 1) return unit_name(UNIT_NORM, 0, name, n), m->norm;
-    if (u == L + 2) return unit_name(UNIT_LM_HEAD, 0, name, n), m->lm_head;
-    if (u == L + 3) return unit_name(UNIT_VPM, 0, name, n), m->vpm;
-    return unit_name(UNIT_RESAMPLER, 0, name, n), m->resampler;
-}
-
-/* "3-17 (15)", "-" or "9 (non-contiguous)". */
-static const char *layer_range(const struct devmap_plan *p, int dev, char *buf, size_t n)
-{
-    int first = -1, last = -1, count = 0;
-    for (int l = 0; l < p->map.n_layers; l++)
-        if (p->map.layer[l] == dev) {
-            if (first < 0) first = l;
-            last = l;
-            count++;
-        }
-    if (!count) snprintf(buf, n, "-");
-    else if (count == 1) snprintf(buf, n, "%d (1)", first);
-    else if (last - first + 1 == count) snprintf(buf, n, "%d-%d (%d)", first, last, count);
-    else snprintf(buf, n, "%d (non-contiguous)", count);
-    return buf;
-}
-
-void devmap_print(FILE *f, const struct devmap_plan *p)
-{
-    char name[64], a[32], b[32], c2[32], d[32], g[32], h[32], r[32];
-    fprintf(f, "device map (module -> device)%s:\n", p->fits ? "" : ", NOT within the budgets");
-    for (int u = 0; u < p->map.n_layers + 5; u++) {
-        int dv = unit_at(&p->map, u, name, sizeof name);
-        fprintf(f, "  %-26s -> %s\n", name, dv >= 0 && dv < p->n_dev ? p->dev[dv].label : "?");
-    }
-    const struct devmap_params *q = &p->params;
-    fprintf(f, "\nper device (ctx %lld x %d sequence%s, prefill chunk %d tokens, vision %d pieces x %d patches, "
-               "%d-byte weights, %d-byte activations):\n",
-            (long long)q->ctx, q->kv_seqs, q->kv_seqs == 1 ? "" : "s", q->max_batch_tokens, q->max_pieces,
-            q->max_patches, q->weight_bytes, q->act_bytes);
-    fprintf(f, "  %-9s %-18s %11s %11s %11s %11s %11s %11s\n", "device", "layers", "weights", "kv cache", "workspace",
-            "total", "budget", "headroom");
-    for (int i = 0; i < p->n_dev; i++) {
-        const struct devmap_usage *u = &p->use[i];
-        fprintf(f, "  %-9s %-18s %11s %11s %11s %11s %11s %11s%s\n", dev_name(&p->dev[i], name, sizeof name),
-                layer_range(p, i, r, sizeof r), devmap_fmt_bytes(u->weights, a, sizeof a),
-                devmap_fmt_bytes(u->kv, b, sizeof b), devmap_fmt_bytes(u->workspace, c2, sizeof c2),
-                devmap_fmt_bytes(u->total, d, sizeof d), devmap_fmt_bytes(p->dev[i].budget, g, sizeof g),
-                devmap_fmt_bytes(p->dev[i].budget - u->total, h, sizeof h),
-                u->total > p->dev[i].budget ? "  OVER" : "");
-    }
-    if (p->notes[0]) fprintf(f, "note: %s\n", p->notes);
-    if (!p->fits) fprintf(f, "does not fit: %s\n", p->advice);
-}
-
-static cJSON *dev_value(const struct devmap_device *d)
-{
-    if (d->kind == DEVICE_CUDA && d->nparts == 1) return cJSON_CreateNumber(d->ordinal);
-    return cJSON_CreateString(d->label);
-}
-
-char *devmap_to_json(const struct devmap_plan *p, const char *error)
-{
-    cJSON *root = cJSON_CreateObject(), *map = cJSON_CreateObject(), *devs = cJSON_CreateArray();
-    cJSON *params = cJSON_CreateObject();
-    char name[64];
-    cJSON_AddBoolToObject(root, "fits", p->fits);
-    if (error) cJSON_AddStringToObject(root, "error", error);
-    cJSON_AddItemToObject(root, "device_map", map);
-    for (int u = 0; u < p->map.n_layers + 5; u++) {
-        int dv = unit_at(&p->map, u, name, sizeof name);
-        if (dv >= 0 && dv < p->n_dev) cJSON_AddItemToObject(map, name, dev_value(&p->dev[dv]));
-    }
-    cJSON_AddItemToObject(root, "devices", devs);
-    for (int i = 0; i < p->n_dev; i++) {
-        const struct devmap_usage *u = &p->use[i];
-        cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray(), *ws = cJSON_CreateObject();
-        cJSON_AddItemToObject(o, "device", dev_value(&p->dev[i]));
-        cJSON_AddStringToObject(o, "kind", p->dev[i].kind == DEVICE_CPU ? "cpu" : "cuda");
-        cJSON_AddNumberToObject(o, "ordinal", p->dev[i].ordinal);
-        cJSON_AddNumberToObject(o, "part", p->dev[i].part);
-        cJSON_AddNumberToObject(o, "parts", p->dev[i].nparts);
-        cJSON_AddNumberToObject(o, "budget", (double)p->dev[i].budget);
-        cJSON_AddNumberToObject(o, "weights", (double)u->weights);
-        cJSON_AddNumberToObject(o, "kv_cache", (double)u->kv);
-        cJSON_AddNumberToObject(o, "workspace", (double)u->workspace);
-        cJSON_AddNumberToObject(o, "total", (double)u->total);
-        cJSON_AddBoolToObject(o, "within_budget", u->total <= p->dev[i].budget);
-        for (int l = 0; l < p->map.n_layers; l++)
-            if (p->map.layer[l] == i) cJSON_AddItemToArray(layers, cJSON_CreateNumber(l));
-        cJSON_AddItemToObject(o, "layers", layers);
-        cJSON_AddNumberToObject(ws, "llm", (double)u->ws_llm);
-        cJSON_AddNumberToObject(ws, "logits", (double)u->ws_logits);
-        cJSON_AddNumberToObject(ws, "vision", (double)u->ws_vision);
-        cJSON_AddNumberToObject(ws, "resampler", (double)u->ws_resampler);
-        cJSON_AddNumberToObject(ws, "library", (double)u->ws_lib);
-        cJSON_AddItemToObject(o, "workspace_parts", ws);
-        cJSON_AddItemToArray(devs, o);
-    }
-    const struct devmap_params *q = &p->params;
-    cJSON_AddNumberToObject(params, "ctx", (double)q->ctx);
-    cJSON_AddNumberToObject(params, "kv_seqs", q->kv_seqs);
-    cJSON_AddNumberToObject(params, "prefill_chunk", q->max_batch_tokens);
-    cJSON_AddNumberToObject(params, "max_pieces", q->max_pieces);
-    cJSON_AddNumberToObject(params, "max_patches", q->max_patches);
-    cJSON_AddNumberToObject(params, "weight_bytes", q->weight_bytes);
-    cJSON_AddNumberToObject(params, "act_bytes", q->act_bytes);
-    cJSON_AddItemToObject(root, "params", params);
-    cJSON_AddBoolToObject(root, "explicit_map", p->explicit_map);
-    if (p->notes[0]) cJSON_AddStringToObject(root, "notes", p->notes);
-    if (!p->fits) cJSON_AddStringToObject(root, "advice", p->advice);
-    char *s = cJSON_Print(root);
-    cJSON_Delete(root);
-    return s;
 }

@@ -2,11 +2,12 @@
  * split (embedding, one decoder layer, final norm, lm_head, vision tower, resampler), and how
  * many bytes each device needs for it: weights, KV cache at --ctx, and the activation arena.
  *
- * Owns: the shared device flags (--gpus, --max-memory, --ctx, --device-map, --logical-devices, ...), the
- * list of logical devices with their budgets, the cost model, the planner (a pure function of
- * config + parameters + devices + optional explicit map), explicit-map JSON parsing, and the
- * printouts (human table and JSON). Does not own: allocation (the engine allocates exactly
- * what a plan says), querying devices (the caller passes a callback), reading weights.
+ * Owns: the options of the shared device flags (struct devmap_opts: --gpus, --max-memory, --ctx,
+ * --device-map, --logical-devices, ...; parsed from argv by tools/cmd_util.c), the list of logical
+ * devices with their budgets, the cost model and the planner (a pure function of config + parameters
+ * + devices + optional explicit map): devmap.c; explicit-map JSON parsing and the printouts (human
+ * table and JSON): devmap_io.c. Does not own: allocation (the engine allocates exactly what a plan
+ * says), querying devices (the caller passes a callback), reading weights.
  *
  * Invariants of a plan that fits: every unit has a device in [0, n_dev); for every device
  * use[i].total <= dev[i].budget; the engine allocating use[i].ws_* per device never exceeds it.
@@ -25,6 +26,10 @@
  *   weights(unit)  = sum over model_manifest() tensors of the unit of numel * wb. The vision
  *                    tower counts every stored layer (27), used or not.
  *   kv(layer)      = 2 * ctx * kv_seqs * Hkv * hd * ab                (K and V of one layer)
+ * The workspace parts are not written here twice: each module sizes its own views with the
+ * counting pass of the code that carves them (llm_views_bytes, vision_views_bytes,
+ * resampler_views_bound; tensor_carve), and the planner adds mm.c's blocks around them and SLACK
+ * for their alignment. What those passes come to:
  *   LLM workspace, on every device holding embed, a layer, norm or lm_head, for a prefill chunk of
  *   n = min(max_batch_tokens, ctx) tokens (prompts longer than the chunk are prefilled in chunks;
  *   attention is flash-style over the cache, so no [n, ctx] score matrix is reserved):
@@ -34,7 +39,8 @@
  *   vision tower, on the vpm device, for B = max_pieces pieces of N = max_patches patches each
  *   (flash-style attention, no [N, N] scores):
  *     devmap_vision_workspace = B*N*ab*(6*vd [x, normed, q, k, v, attn out] + vff [fc1]
- *                                       + 3*P*P [patch pixels]) + B*N*4 [position ids] + SLACK
+ *                                       + 3*P*P [patch pixels]) + N*(ab*vd + 4) [position-embedding
+ *                                       rows and ids, one piece's, shared by the batch] + SLACK
  *   resampler, on the resampler device (its input is copied there, so it is counted here):
  *     devmap_resampler_workspace = B*N*ab*vd [input] + 5*N*d*ab [kv, two key-side temporaries, K, V
  *                                  of one piece, reused per piece] + 2*N*d*ab [sin-cos table rows:
@@ -127,12 +133,14 @@ void devmap_params_default(struct devmap_params *p);
 /* Fills what depends on the model (ctx 0 -> min(4096, max_position_embeddings)). */
 void devmap_params_resolve(struct devmap_params *p, const struct model_config *c);
 void devmap_opts_init(struct devmap_opts *o);
-/* Looks at argv[*i]. Returns 1 when it was a device flag (consumed, with its value; *i is left
- * on the last consumed word), 0 when it is not one of ours, -1 on a bad value. Accepts
- * "--flag value" and "--flag=value". */
-int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e);
-/* Help lines for the flags above (static text). */
-const char *devmap_opts_help(void);
+/* The device flags are parsed by the CLI flag code (tools/cmd_util.h: devmap_opts_parse). These
+ * read the device spellings for it and for the map parser: */
+/* A decimal integer in [lo, hi]; 0, or -1 when s is not one. */
+int devmap_parse_long(const char *s, long lo, long hi, long *out);
+/* "cpu", "N", "cuda:N", "cpu.P", "N.P" -> ordinal (-1 for cpu) and part (-1 when absent); 0 or -1. */
+int devmap_parse_dev_key(const char *s, int *ordinal, int *part);
+/* "cpu.1" / "gpu 0.1" into buf (messages and the table). */
+const char *devmap_dev_name(const struct devmap_device *d, char *buf, size_t n);
 
 /* Free memory of a physical device, for budgets not given by --max-memory. Returns 0 or -1. */
 typedef int (*devmap_mem_fn)(enum device_kind kind, int ordinal, int64_t *free_bytes, void *ctx, struct err *e);

@@ -1,12 +1,11 @@
 /* engine.c: opening a model folder (config, checkpoint, placement, weights, tokenizer) and the
- * generation loop. Placement comes from the caller (devmap) or defaults to one device. */
+ * generation loop. Placement always comes from the planner (devmap.h). */
 #include "engine.h"
 
 #include <math.h>
 #include <string.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
+
+#include <cJSON.h>
 
 #include "backend.h"
 #include "devmap.h"
@@ -20,24 +19,6 @@ void engine_options_default(struct engine_options *o)
     o->dtype = DTYPE_F16;
 }
 
-static int pick_device(const char *name, struct device *d, struct err *e)
-{
-    struct backend_info bi;
-    backend_query(&bi);
-    if (!name || !strcmp(name, "auto")) {
-        *d = bi.n_gpus > 0 ? device_cuda(0) : device_cpu();
-        return 0;
-    }
-    if (!strcmp(name, "cpu")) { *d = device_cpu(); return 0; }
-    if (!strcmp(name, "cuda") || !strcmp(name, "gpu")) {
-        if (!bi.cuda_built) return err_set(e, "--device cuda: this binary was built without CUDA (make CUDA=1)");
-        if (bi.n_gpus < 1) return err_set(e, "--device cuda: no CUDA device is visible");
-        *d = device_cuda(0);
-        return 0;
-    }
-    return err_set(e, "--device: expected auto, cpu or cuda, got '%s'", name);
-}
-
 static int mem_free(enum device_kind kind, int ordinal, int64_t *free_bytes, void *ctx, struct err *e)
 {
     (void)ctx;
@@ -47,16 +28,32 @@ static int mem_free(enum device_kind kind, int ordinal, int64_t *free_bytes, voi
     return 0;
 }
 
-/* Plans the placement from the device flags, prints it (before anything is loaded), and fails
- * with the per-device table when the model does not fit. */
+/* The one placement path: plans the placement from the device flags (o->devmap; none given: the
+ * planner's defaults on the one device --device picks), prints it (before anything is loaded), and
+ * fails with the per-device table when the model does not fit. o->ctx and o->max_batch, when set,
+ * override the planner's --ctx and --max-batch; their defaults live in devmap_params_default. */
 static int plan_devices(struct engine *g, const struct engine_options *o, struct err *e)
 {
     struct backend_info bi;
     backend_query(&bi);
-    struct devmap_opts dm = *o->devmap;
-    if (o->device && !strcmp(o->device, "cpu")) dm.n_gpus = 0;
-    else if (o->device && (!strcmp(o->device, "cuda") || !strcmp(o->device, "gpu")) && bi.n_gpus < 1)
-        return err_set(e, "--device cuda: no CUDA device is visible%s", bi.cuda_built ? "" : " (built without CUDA)");
+    struct devmap_opts dm;
+    if (o->devmap) dm = *o->devmap;
+    else devmap_opts_init(&dm);
+    const char *dn = o->device ? o->device : "auto";
+    if (!strcmp(dn, "cpu")) {
+        dm.n_gpus = 0;
+    } else if (!strcmp(dn, "cuda") || !strcmp(dn, "gpu")) {
+        if (!bi.cuda_built) return err_set(e, "--device cuda: this binary was built without CUDA (make CUDA=1)");
+        if (bi.n_gpus < 1) return err_set(e, "--device cuda: no CUDA device is visible");
+    } else if (strcmp(dn, "auto")) {
+        return err_set(e, "--device: expected auto, cpu or cuda, got '%s'", dn);
+    }
+    if (!o->devmap && dm.n_gpus < 0) { /* no device flags: the first GPU when there is one, else the CPU */
+        dm.n_gpus = bi.n_gpus > 0;
+        dm.gpus[0] = 0;
+    }
+    if (o->ctx > 0) dm.params.ctx = o->ctx;
+    if (o->max_batch > 0) dm.params.max_batch_tokens = (int)(o->max_batch < INT32_MAX ? o->max_batch : INT32_MAX);
     struct devmap_device dev[DEVMAP_MAX_DEVICES];
     int n_dev = 0;
     if (devmap_devices(&dm, bi.n_gpus, mem_free, NULL, dev, &n_dev, e)) return -1;
@@ -81,17 +78,64 @@ static int plan_devices(struct engine *g, const struct engine_options *o, struct
     return 0;
 }
 
+int engine_is_stop(const struct engine *g, int32_t tok)
+{
+    for (int i = 0; i < g->n_stop; i++)
+        if (g->stop[i] == tok) return 1;
+    return 0;
+}
+
+static int stop_add(struct engine *g, int32_t id, const char *from, struct err *e)
+{
+    if (id < 0 || id >= g->cfg.vocab_size)
+        return err_set(e, "%s: stop id %d is outside the vocabulary (0..%d)", from, id, g->cfg.vocab_size - 1);
+    for (int i = 0; i < g->n_stop; i++)
+        if (g->stop[i] == id) return 0;
+    if (g->n_stop == ENGINE_MAX_STOP) return err_set(e, "%s: more than %d stop ids", from, ENGINE_MAX_STOP);
+    g->stop[g->n_stop++] = id;
+    return 0;
+}
+
+/* The stop ids, as the seed's chat() gathers them (spec §8): config.json's eos_token_id,
+ * generation_config.json's eos_token_id (a number or a list; the file is optional), and the
+ * tokenizer's <|eot_id|> when the folder has a tokenizer that knows it. */
+static int stop_ids_load(struct engine *g, const char *dir, struct err *e)
+{
+    if (stop_add(g, g->cfg.eos_token_id, "config.json eos_token_id", e)) return -1;
+    char path[4096];
+    if (path_join(path, sizeof path, dir, "generation_config.json", e)) return -1;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        char *text = NULL;
+        if (read_file(path, 1 << 20, &text, NULL, e)) return -1;
+        cJSON *r = cJSON_Parse(text);
+        free(text);
+        if (!r || !cJSON_IsObject(r)) {
+            cJSON_Delete(r);
+            return err_set(e, "%s: not a JSON object", path);
+        }
+        const cJSON *eos = cJSON_GetObjectItemCaseSensitive(r, "eos_token_id");
+        int rc = 0;
+        if (cJSON_IsNumber(eos)) {
+            rc = stop_add(g, (int32_t)eos->valuedouble, path, e);
+        } else if (cJSON_IsArray(eos)) {
+            for (const cJSON *x = eos->child; x && !rc; x = x->next)
+                rc = cJSON_IsNumber(x) ? stop_add(g, (int32_t)x->valuedouble, path, e)
+                                       : err_set(e, "%s: eos_token_id holds a non-number", path);
+        } else if (eos && !cJSON_IsNull(eos)) {
+            rc = err_set(e, "%s: eos_token_id is neither a number nor a list", path);
+        }
+        cJSON_Delete(r);
+        if (rc) return -1;
+    }
+    int32_t eot = g->tok ? tokenizer_token_id(g->tok, "<|eot_id|>") : -1;
+    if (eot >= 0 && stop_add(g, eot, "tokenizer.json <|eot_id|>", e)) return -1;
+    return 0;
+}
+
 int engine_open(struct engine **out, const struct engine_options *o, struct err *e)
 {
-#ifdef __GLIBC__
-    /* Every image request allocates and frees ~40 MB of host buffers (decoded pixels, f32 patches,
-     * fp16 patches). glibc serves blocks above 128 KiB with fresh mmaps by default, so each request
-     * page-faults all of it in again (~3.5 ms of a 1344x1344 JPEG's decode + preprocessing on the
-     * 2-core dev machine). Blocks up to 32 MiB (glibc's maximum) now come from the heap, which keeps
-     * up to 512 MiB of freed memory for the next request. */
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
-#endif
     *out = NULL;
     double t0 = time_now();
     struct engine *g = calloc(1, sizeof *g);
@@ -112,41 +156,21 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
             }
         }
     }
+    if (stop_ids_load(g, o->model_dir, e)) goto fail;
     if (safetensors_open_dir(&g->st, o->model_dir, e)) goto fail;
     backend_set_threads(o->threads);
 
     const int L = g->cfg.num_hidden_layers;
     g->layer_dev = calloc((size_t)L, sizeof *g->layer_dev);
     if (!g->layer_dev) { err_set(e, "out of memory"); goto fail; }
-    if (o->devmap && !o->placement) {
-        if (plan_devices(g, o, e)) goto fail;
-    } else if (o->placement) {
-        g->pl = *o->placement;
-        memcpy(g->layer_dev, o->placement->layer, (size_t)L * sizeof *g->layer_dev);
-    } else {
-        struct device d;
-        if (pick_device(o->device, &d, e)) goto fail;
-        int n = o->split > 1 ? o->split : 1;
-        if (n > MODEL_MAX_DEVICES || n > L) { err_set(e, "--split %d: must be at most %d", n, L < MODEL_MAX_DEVICES ? L : MODEL_MAX_DEVICES); goto fail; }
-        g->pl.n_devices = n;
-        for (int i = 0; i < n; i++) g->pl.devs[i] = d;
-        /* contiguous ranges; embedding, vision and resampler on the first, norm and lm_head on the last */
-        for (int l = 0; l < L; l++) g->layer_dev[l] = (int)((int64_t)l * n / L);
-        g->pl.embed = g->pl.vpm = g->pl.resampler = 0;
-        g->pl.norm = g->pl.lm_head = n - 1;
-    }
+    if (plan_devices(g, o, e)) goto fail;
     g->pl.layer = g->layer_dev;
     if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, &o->progress, e)) goto fail;
-    int64_t ctx = o->ctx ? o->ctx : (g->cfg.max_position_embeddings < 4096 ? g->cfg.max_position_embeddings : 4096);
-    int64_t mb = o->max_batch ? o->max_batch : 512;
-    if (g->plan) {
-        ctx = g->plan->params.ctx;
-        mb = g->plan->params.max_batch_tokens;
-    }
+    int64_t ctx = g->plan->params.ctx, mb = g->plan->params.max_batch_tokens;
     if (mb > ctx) mb = ctx; /* as the planner counts it */
     if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
-    /* the image path's scratch, as the plan reserved it (without a plan: on the first image) */
-    if (g->plan && engine_mm_reserve(g, g->plan->params.max_pieces, g->plan->params.max_patches, e)) goto fail;
+    /* the image path's scratch, as the plan reserved it */
+    if (engine_mm_reserve(g, g->plan->params.max_pieces, g->plan->params.max_patches, e)) goto fail;
     g->load_seconds = time_now() - t0;
     *out = g;
     return 0;
@@ -167,8 +191,6 @@ void engine_close(struct engine *g)
     free(g->plan);
     free(g);
 }
-
-int engine_is_stop(const struct engine *g, int32_t tok) { return tok == g->cfg.eos_token_id || tok == 128009; }
 
 /* The logits of a step must be finite: NaN or inf means broken weights (or an overflow), and the
  * sampler would pick garbage from them silently. One pass over V floats, next to the sampler's. */
@@ -199,11 +221,7 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     *n_out = 0;
     if (max_new < 0) return err_set(e, "max new tokens must be >= 0");
     if (ids && engine_check_ids(g, ids, n, e)) return -1; /* the embedding lookup must never see them */
-    if (g->llm.n_past + n + max_new > g->llm.ctx)
-        return err_set(e, "prompt of %lld tokens + %d new tokens does not fit the context of %lld (over by %lld); "
-                          "raise --ctx or lower --max-new-tokens",
-                       (long long)(g->llm.n_past + n), max_new, (long long)g->llm.ctx,
-                       (long long)(g->llm.n_past + n + max_new - g->llm.ctx));
+    if (llm_check_fit(g->llm.ctx, g->llm.n_past + n, max_new, e)) return -1;
     float *logits = malloc((size_t)V * sizeof *logits);
     struct sampler s;
     if (!logits || sampler_init(&s, sp, V)) {

@@ -11,14 +11,12 @@ struct engine_options {
     const char *model_dir;
     const char *device;          /* "auto" (GPU when present), "cpu", "cuda" */
     enum dtype dtype;            /* weights and activations: DTYPE_F16 (default) or DTYPE_F32 */
-    int64_t ctx;                 /* KV capacity; 0 = min(4096, max_position_embeddings) */
-    int64_t max_batch;           /* prefill chunk; 0 = 512 */
+    int64_t ctx;                 /* KV capacity; 0 = the planner's (--ctx, else devmap_params_default) */
+    int64_t max_batch;           /* prefill chunk; 0 = the planner's (--max-batch, else devmap_params_default) */
     int threads;                 /* CPU threads; 0 = all */
-    int split;                   /* >1: spread layers over this many logical devices of the one device (tests) */
-    const struct model_placement *placement; /* explicit placement; NULL = plan it */
-    const struct devmap_opts *devmap; /* device flags (--gpus, --max-memory, --ctx, --device-map, ...);
-                                         when set, the planner places the model and ctx/max_batch come
-                                         from its params */
+    const struct devmap_opts *devmap; /* device flags (--gpus, --max-memory, --logical-devices, --ctx,
+                                         --device-map, ...); NULL = the planner's defaults on the one
+                                         device `device` picks. engine_open always plans the placement. */
     int quiet;                   /* do not print the plan */
     struct progress progress;    /* weights placed so far (zeroed: no reports) */
 };
@@ -28,6 +26,8 @@ void engine_options_default(struct engine_options *o);
 
 struct safetensors;
 struct tokenizer;
+
+#define ENGINE_MAX_STOP 8
 
 /* One device block kept across requests (the image path's scratch, mm.c). */
 struct engine_arena {
@@ -46,7 +46,10 @@ struct engine {
     struct llm llm;
     struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     double load_seconds;
-    struct devmap_plan *plan;    /* the plan the model was loaded with (NULL when placed by hand) */
+    struct devmap_plan *plan;    /* the plan the model was loaded with */
+    int32_t stop[ENGINE_MAX_STOP]; /* ids that end generation (engine_is_stop): config.json's eos_token_id,
+                                      generation_config.json's, and the tokenizer's <|eot_id|> */
+    int n_stop;
     struct engine_encode_times { /* host clock of the last engine_encode_images, seconds (bench) */
         double pre;              /* image preprocessing */
         double vision_queued;    /* vision_forward: host conversion, uploads, queueing */
@@ -71,12 +74,13 @@ struct engine_gen_stats {
 };
 
 /* Feeds ids (or embeddings when ids is NULL) after what the session already holds, then generates
- * up to max_new tokens, stopping at 128001/128009 (config eos and <|eot_id|>). out receives the new
+ * up to max_new tokens, stopping at a stop id (engine_is_stop). out receives the new
  * ids (capacity max_new), the stop token included when hit. */
 int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, int max_new,
                     const struct sampler_params *sp, engine_token_cb cb, void *cb_ctx, int32_t *out, int *n_out,
                     struct engine_gen_stats *stats, struct err *e);
-/* Whether tok ends generation. */
+/* Whether tok ends generation (spec §8: eos_token_id = [tokenizer.eos_token_id, <|eot_id|>], i.e.
+ * 128001 and 128009 for MiniCPM-Llama3-V 2.5; read from the folder, g->stop). */
 int engine_is_stop(const struct engine *g, int32_t tok);
 /* Refuses (error naming the id and its position) an id outside 0..vocab_size-1: engine_generate
  * and engine_merge_embeddings check their ids with it before the embedding lookup. */
@@ -120,7 +124,7 @@ void engine_chat_result_free(struct engine_chat_result *r);
 
 /* Lower-level steps, exposed for tests and tools. */
 /* Vision + resampler for all pieces of the given images, in batches of at most the plan's max_pieces
- * (no plan: one batch), each padded to the longest piece: out [n_pieces*query_num, d] on the embed
+ * each padded to the longest piece: out [n_pieces*query_num, d] on the embed
  * device (allocated, caller frees with dev_free(out->dev, out->data)); grids receives each
  * image's (cols, rows). */
 struct chat_grid;

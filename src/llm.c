@@ -38,16 +38,24 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
     }
 }
 
+size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max_batch, int with_logits)
+{
+    struct tensor_carver count = {.base = NULL, .dev = device_cpu()};
+    struct llm_devbuf b;
+    devbuf_carve(&b, &count, c, act, max_batch, with_logits);
+    return count.raw;
+}
+
 static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struct device dev, enum dtype act,
                        int64_t B, int with_logits, struct err *e)
 {
-    struct tensor_carver count = {NULL, 0, dev};
+    struct tensor_carver count = {.base = NULL, .dev = dev};
     devbuf_carve(b, &count, c, act, B, with_logits);
     b->dev = dev;
     b->bytes = count.off;
     b->mem = dev_alloc(dev, b->bytes, e);
     if (!b->mem) return -1;
-    struct tensor_carver cv = {b->mem, 0, dev};
+    struct tensor_carver cv = {.base = b->mem, .dev = dev};
     devbuf_carve(b, &cv, c, act, B, with_logits);
     return 0;
 }
@@ -292,13 +300,19 @@ static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor 
     return 0;
 }
 
+int llm_check_fit(int64_t ctx, int64_t n_held, int64_t n_new, struct err *e)
+{
+    if (n_held + n_new <= ctx) return 0;
+    return err_set(e, "%lld tokens + %lld new do not fit the context of %lld tokens (over by %lld); raise --ctx or "
+                      "ask for fewer new tokens",
+                   (long long)n_held, (long long)n_new, (long long)ctx, (long long)(n_held + n_new - ctx));
+}
+
 int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
                 struct err *e)
 {
     if (n < 1) return err_set(e, "empty input");
-    if (s->n_past + n > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + %lld new > --ctx %lld (over by %lld)",
-                       (long long)s->n_past, (long long)n, (long long)s->ctx, (long long)(s->n_past + n - s->ctx));
+    if (llm_check_fit(s->ctx, s->n_past, n, e)) return -1;
     for (int64_t off = 0; off < n; off += s->max_batch) {
         int64_t m = n - off < s->max_batch ? n - off : s->max_batch;
         const int last = off + m == n;
@@ -333,11 +347,11 @@ static unsigned layer_devices(const struct llm *s)
     return m;
 }
 
-/* What a graph-replayed decode step ends with (the index of its graph). */
+/* What a graph-replayed decode step ends with (the index of its graph; llm_decode's modes). */
 enum decode_mode {
-    DECODE_ARGMAX = 0,   /* the argmax into ids[0] */
-    DECODE_LOGITS = 1,   /* nothing: the logits stay on the lm_head device */
-    DECODE_SAMPLE = 2,   /* op_sample_dev into ids[0] */
+    DECODE_ARGMAX = LLM_DECODE_ARGMAX, /* the argmax into ids[0] */
+    DECODE_LOGITS = LLM_DECODE_LOGITS, /* nothing: the logits stay on the lm_head device */
+    DECODE_SAMPLE = LLM_DECODE_SAMPLE, /* op_sample_dev into ids[0] */
 };
 
 /* One token: embedding of the id in the embed device's ids[0], the layers (hopping between logical
@@ -447,35 +461,25 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
     return 0;
 }
 
-int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
+int llm_decode(struct llm *s, int32_t tok, enum llm_decode_mode mode, int32_t *next, float *logits_out, struct err *e)
 {
-    if (s->n_past + 1 > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
-                       (long long)s->ctx);
-    if (!graph_able(s)) { /* eager, logits through the host */
-        const int V = s->m->cfg.vocab_size;
-        float *lg = malloc((size_t)V * sizeof *lg);
-        if (!lg) return err_set(e, "out of memory");
-        int rc = llm_forward(s, &tok, NULL, 1, lg, e);
-        if (!rc) {
-            int best = 0;
-            for (int j = 1; j < V; j++)
-                if (lg[j] > lg[best]) best = j;
-            *next = best;
-        }
-        free(lg);
-        return rc;
+    if (llm_check_fit(s->ctx, s->n_past, 1, e)) return -1;
+    if (graph_able(s)) return decode_graph_step(s, tok, (enum decode_mode)mode, next, logits_out, e);
+    /* eager: the logits through the host */
+    if (mode == LLM_DECODE_SAMPLE) *next = -1; /* the caller samples on the host */
+    if (mode != LLM_DECODE_ARGMAX) return llm_forward(s, &tok, NULL, 1, logits_out, e);
+    const int V = s->m->cfg.vocab_size;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    if (!lg) return err_set(e, "out of memory");
+    int rc = llm_forward(s, &tok, NULL, 1, lg, e);
+    if (!rc) {
+        int best = 0;
+        for (int j = 1; j < V; j++)
+            if (lg[j] > lg[best]) best = j;
+        *next = best;
     }
-    return decode_graph_step(s, tok, DECODE_ARGMAX, next, NULL, e);
-}
-
-int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e)
-{
-    if (s->n_past + 1 > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
-                       (long long)s->ctx);
-    if (!graph_able(s)) return llm_forward(s, &tok, NULL, 1, logits_out, e);
-    return decode_graph_step(s, tok, DECODE_LOGITS, NULL, logits_out, e);
+    free(lg);
+    return rc;
 }
 
 void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t draws)
@@ -483,14 +487,3 @@ void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t dr
     op_sample_begin(&s->sample_state, p, draws);
 }
 
-int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, float *logits_out, struct err *e)
-{
-    if (s->n_past + 1 > s->ctx)
-        return err_set(e, "context full: %lld tokens in the cache + 1 new > --ctx %lld", (long long)s->n_past,
-                       (long long)s->ctx);
-    if (!graph_able(s)) { /* eager: the logits through the host, the caller samples there */
-        *next = -1;
-        return llm_forward(s, &tok, NULL, 1, logits_out, e);
-    }
-    return decode_graph_step(s, tok, DECODE_SAMPLE, next, logits_out, e);
-}

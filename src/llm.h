@@ -36,8 +36,8 @@ struct llm {
     void (*on_layer)(void *ctx, int layer, const struct tensor *h);
     void *on_layer_ctx;
     /* decode-step graphs, captured after one eager step and replayed per token: [0] ends with the
-     * argmax on the device (llm_decode_greedy), [1] with the logits (llm_decode_logits), [2] with
-     * the sampler on the device (llm_decode_sample) */
+     * argmax on the device, [1] with the logits, [2] with the sampler on the device (llm_decode's
+     * modes) */
     struct dev_graph *graph[3];
     int graph_warm[3];
     /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device:
@@ -55,6 +55,16 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
 void llm_free(struct llm *s);
 /* Bytes of activations + KV the state allocated on logical device i. */
 size_t llm_device_bytes(const struct llm *s, int i);
+/* The bytes of one device's activation views for a prefill chunk of max_batch tokens (with_logits:
+ * the lm_head device's logits rows too), from the same counting pass that lays them out, without
+ * the 256-byte alignment padding (the device planner's cost model, devmap.c). */
+size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max_batch, int with_logits);
+
+/* The one context-fit check (every place that asks calls it, one wording): n_held tokens (in the
+ * cache, or a prompt about to be) plus n_new more must fit a context of ctx tokens. 0, or -1 with
+ * "H tokens + N new do not fit the context of C tokens (over by K); raise --ctx or ask for fewer new
+ * tokens". */
+int llm_check_fit(int64_t ctx, int64_t n_held, int64_t n_new, struct err *e);
 
 /* Runs n tokens at positions n_past.. through the model and appends them to the cache.
  * Input is either token ids (host array) or embeddings (a [n, d] tensor on any device, act dtype).
@@ -62,25 +72,35 @@ size_t llm_device_bytes(const struct llm *s, int i);
  * Prompts longer than max_batch are processed in chunks. Returns -1 when the cache is full. */
 int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
                 struct err *e);
-/* One greedy decode step: feeds tok at position n_past and returns the argmax of the next logits in
- * *next. With the whole LLM on one GPU the step is a CUDA graph (after one eager step) whose argmax
- * stays on the device, so only 4 bytes come back per token; otherwise llm_forward + host argmax.
- * Same tokens as llm_forward + argmax of its logits (first index of the maximum). */
-int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e);
-/* One decode step for sampling: feeds tok and writes the f32 logits of the next token to logits_out
- * (host, [V]). Same values as llm_forward(s, &tok, NULL, 1, logits_out); on one GPU the step is a
- * CUDA graph and only the logits come back. */
-int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e);
+/* The one decode step (the context check and the eager fallback live here once): feeds tok at
+ * position n_past and ends as mode says. With the whole LLM on one GPU the step is a CUDA graph
+ * (after one eager step, one graph per mode); otherwise llm_forward through the host.
+ *   LLM_DECODE_ARGMAX: *next = the argmax of the next logits; on the graph only 4 bytes come back.
+ *     Same tokens as llm_forward + argmax of its logits (first index of the maximum).
+ *   LLM_DECODE_LOGITS: the f32 logits of the next token into logits_out (host, [V]); same values as
+ *     llm_forward(s, &tok, NULL, 1, logits_out).
+ *   LLM_DECODE_SAMPLE: *next = the token op_sample_dev picks (the parameters of llm_sample_begin);
+ *     on the graph 4 bytes come back. *next = -1 means the host must pick: logits_out (host, [V])
+ *     then holds the step's logits, and the device has consumed one draw (non-greedy) exactly as
+ *     the host's sampler_sample will. That happens when the device declines (more than
+ *     SAMPLE_DEV_MAX_CAND candidates) and always when the LLM cannot run as one graph. */
+enum llm_decode_mode { LLM_DECODE_ARGMAX = 0, LLM_DECODE_LOGITS = 1, LLM_DECODE_SAMPLE = 2 };
+int llm_decode(struct llm *s, int32_t tok, enum llm_decode_mode mode, int32_t *next, float *logits_out, struct err *e);
+static inline int llm_decode_greedy(struct llm *s, int32_t tok, int32_t *next, struct err *e)
+{
+    return llm_decode(s, tok, LLM_DECODE_ARGMAX, next, NULL, e);
+}
+static inline int llm_decode_logits(struct llm *s, int32_t tok, float *logits_out, struct err *e)
+{
+    return llm_decode(s, tok, LLM_DECODE_LOGITS, NULL, logits_out, e);
+}
+static inline int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, float *logits_out, struct err *e)
+{
+    return llm_decode(s, tok, LLM_DECODE_SAMPLE, next, logits_out, e);
+}
 /* Starts a request on the device sampler: parameters p, next draw index `draws` (the host
  * sampler's s->draws), no token generated yet. Outside graphs (a host -> device copy). */
 void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t draws);
-/* One decode step that samples on the device: feeds tok and writes the token picked by
- * op_sample_dev (the parameters of llm_sample_begin) to *next; on one GPU the step is a CUDA graph
- * and 4 bytes come back. *next = -1 means the host must pick: logits_out (host, [V]) then holds
- * the step's logits, and the device has consumed one draw (non-greedy) exactly as the host's
- * sampler_sample will. That happens when the device declines (more than SAMPLE_DEV_MAX_CAND
- * candidates) and always when the LLM cannot run as one graph (eager, logits via the host). */
-int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, float *logits_out, struct err *e);
 /* One decoder layer on h (rows [n], on the layer's device, positions pos0..), in place. For stage tests. */
 void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0);
 /* Embedding lookup of host ids into a [n, d] tensor on the embedding device's buffer (n <= max_batch). */

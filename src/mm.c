@@ -144,12 +144,12 @@ int engine_encode_images(struct engine *g, const struct image *images, int n_ima
      * than max_patches is refused; more pieces run in batches of at most max_pieces, each padded to
      * the request's longest piece: a piece's result depends only on its own patches and on that
      * padded length (vision.h), so this gives the numbers of one batch of all B pieces. */
-    if (g->plan && n_max > g->plan->params.max_patches) {
+    if (n_max > g->plan->params.max_patches) {
         err_set(e, "the images make a piece of %lld patches, more than the %lld the device plan reserved (--max-patches)",
                 (long long)n_max, (long long)g->plan->params.max_patches);
         goto done;
     }
-    const int per = g->plan && g->plan->params.max_pieces < B ? g->plan->params.max_pieces : B;
+    const int per = g->plan->params.max_pieces < B ? g->plan->params.max_pieces : B;
     const struct device vdev = g->pl.devs[g->pl.vpm], rdev = g->pl.devs[g->pl.resampler];
     const struct device edev = g->pl.devs[g->pl.embed];
     /* one layout for every batch: the largest parts any batch needs */
@@ -298,12 +298,7 @@ int engine_chat(struct engine *g, const struct engine_chat_request *rq, engine_t
     if (chat_build_ids(g->tok, rq->system, rq->msgs, rq->n_msgs, grids, rq->n_images, c->query_num, 0, &ids, &n_ids,
                        e))
         goto done;
-    if ((int64_t)n_ids + max_new > g->llm.ctx) {
-        err_set(e, "prompt of %d tokens + %d new tokens exceeds the context of %lld by %lld tokens; raise --ctx or "
-                   "lower the answer length",
-                n_ids, max_new, (long long)g->llm.ctx, (long long)n_ids + max_new - g->llm.ctx);
-        goto done;
-    }
+    if (llm_check_fit(g->llm.ctx, n_ids, max_new, e)) goto done;
     if (engine_merge_embeddings(g, ids, n_ids, rq->n_images ? &img : NULL, n_pieces, &emb, e)) goto done;
     llm_truncate(&g->llm, 0);
     res->ids = malloc((size_t)max_new * sizeof *res->ids);

@@ -113,10 +113,22 @@ size_t resampler_scratch_bytes(const struct model_config *c, const int32_t *tgt_
 {
     struct resampler_dims m;
     resampler_dims(&m, c, tgt_hw, n_pieces);
-    struct tensor_carver cv = {NULL, 0, device_cpu()};
+    struct tensor_carver cv = {.base = NULL, .dev = device_cpu()};
     struct resampler_bufs b;
     resampler_carve(&b, &cv, &m, act);
     return cv.off;
+}
+
+size_t resampler_views_bound(const struct model_config *c, int n_pieces, int64_t max_patches, enum dtype act)
+{
+    /* the largest piece shapes of max_patches patches: every piece max_patches keys, and the
+     * sin-cos table's max_w + max_h rows at most 2 * max_patches */
+    struct resampler_dims m = {.B = n_pieces, .d = c->hidden_size, .q = c->query_num, .n_keys = max_patches,
+                               .max_h = max_patches, .max_w = max_patches};
+    struct tensor_carver cv = {.base = NULL, .dev = device_cpu()};
+    struct resampler_bufs b;
+    resampler_carve(&b, &cv, &m, act);
+    return cv.raw;
 }
 
 int resampler_forward(struct tensor *out, const struct resampler_weights *w, const struct model_config *c,
@@ -156,7 +168,7 @@ int resampler_forward(struct tensor *out, const struct resampler_weights *w, con
         owned = scratch = dev_alloc(dev, need, e);
         if (!owned) goto done;
     }
-    struct tensor_carver cv = {scratch, 0, dev};
+    struct tensor_carver cv = {.base = scratch, .dev = dev};
     struct resampler_bufs b;
     resampler_carve(&b, &cv, &m, act);
 

@@ -31,6 +31,9 @@ int resampler_check_tgt(const int32_t *tgt_hw, int n_pieces, int64_t n_max, stru
 
 /* Bytes of device scratch resampler_forward needs. */
 size_t resampler_scratch_bytes(const struct model_config *c, const int32_t *tgt_hw, int n_pieces, enum dtype act);
+/* An upper bound of those views (without the alignment padding) for any n_pieces pieces of at most
+ * max_patches patches each (the device planner's cost model, devmap.c). */
+size_t resampler_views_bound(const struct model_config *c, int n_pieces, int64_t max_patches, enum dtype act);
 
 /* out[B, query_num, d] = resampler(x[B, N_max, vd], tgt_hw). x, out on the resampler's device
  * (w->query.dev), both in the activation dtype. Keys n >= h_i*w_i of piece i are ignored (the

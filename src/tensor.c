@@ -88,6 +88,7 @@ struct tensor tensor_carve(struct tensor_carver *c, enum dtype dt, int64_t d0, i
 {
     struct tensor t = tensor_make(dt, c->dev, c->base ? c->base + c->off : NULL, 2, d0, d1);
     c->off += (tensor_nbytes(&t) + 255) & ~(size_t)255;
+    c->raw += tensor_nbytes(&t);
     return t;
 }
 

@@ -58,6 +58,7 @@ struct tensor_carver {
     char *base;
     size_t off;          /* bytes used so far */
     struct device dev;
+    size_t raw;          /* bytes of the views themselves, without the alignment padding */
 };
 struct tensor tensor_carve(struct tensor_carver *c, enum dtype dt, int64_t d0, int64_t d1);
 

@@ -225,7 +225,7 @@ static int rewrite_regex(const char *in, char **out, struct err *e)
                     free(o);
                     return err_set(e, "pre_tokenizer regex: \\S inside a character class is not supported");
                 }
-                k += (size_t)sprintf(o + k, "%s%s%s", in_class ? "" : (d == 'S' ? "[^" : "["), ws, in_class ? "" : "]");
+                k += (size_t)snprintf(o + k, cap - k, "%s%s%s", in_class ? "" : (d == 'S' ? "[^" : "["), ws, in_class ? "" : "]");
             } else {
                 o[k++] = c;
                 o[k++] = d;

@@ -50,9 +50,17 @@ static void vision_carve(struct vision_bufs *b, struct tensor_carver *c, const s
     b->mlp = tensor_carve(c, act, R, vc->intermediate_size);
 }
 
+size_t vision_views_bytes(const struct model_config *c, int n_pieces, int64_t n_max, enum dtype act)
+{
+    struct tensor_carver cv = {.base = NULL, .dev = device_cpu()};
+    struct vision_bufs b;
+    vision_carve(&b, &cv, c, n_pieces, n_max, act);
+    return cv.raw;
+}
+
 size_t vision_scratch_bytes(const struct model_config *c, int n_pieces, int64_t n_max, enum dtype act)
 {
-    struct tensor_carver cv = {NULL, 0, device_cpu()};
+    struct tensor_carver cv = {.base = NULL, .dev = device_cpu()};
     struct vision_bufs b;
     vision_carve(&b, &cv, c, n_pieces, n_max, act);
     return cv.off;
@@ -181,7 +189,7 @@ int vision_forward_padded(struct tensor *out, const struct vpm_weights *w, const
         owned = scratch = dev_alloc(dev, need, e);
         if (!owned) goto done;
     }
-    struct tensor_carver cv = {scratch, 0, dev};
+    struct tensor_carver cv = {.base = scratch, .dev = dev};
     struct vision_bufs b;
     vision_carve(&b, &cv, c, n_pieces, n_max, act);
 

@@ -59,6 +59,8 @@ int vision_check_pieces(const struct model_config *c, const struct vision_piece 
 
 /* Bytes of device scratch vision_forward needs for n_pieces padded to n_max, in dtype act. */
 size_t vision_scratch_bytes(const struct model_config *c, int n_pieces, int64_t n_max, enum dtype act);
+/* The same views without the alignment padding (the device planner's cost model, devmap.c). */
+size_t vision_views_bytes(const struct model_config *c, int n_pieces, int64_t n_max, enum dtype act);
 
 /* The vision tower: out[B, N_max, vd] = post_layernorm(layers(patch_embed + pos_embed)), B = n_pieces.
  * out lives on the weights' device (w->patch_w.dev) and its dtype is the activation dtype (F32 or

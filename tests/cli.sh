@@ -3,7 +3,7 @@
 # the --dtype values of plan and chat, --timings (and its alias --stats), generate's documented
 # default, plan --ctx beyond the model's positions, an error naming a path once, the REPL's /help,
 # the progress line (only on a terminal, never with --quiet or into a file), and mkmodel's tokenizer
-# search and refusal to write over a folder. Expected values come from config.json and the issue's
+# search and refusal to write over a folder, --split gone and a bad --device refused. Expected values come from config.json and the issue's
 # wording, not from the code. Run by `make test` after the C tests (which generate the tiny model).
 cd "$(dirname "$0")/.." || exit 2
 BIN=${BUILD:-build}/minicpmv; MODEL=build/test-models/tiny-s1
@@ -63,6 +63,13 @@ check "a missing image fails" '[ $rc = 1 ]'
 check "a missing image is named once" '[ "$(grep -o /nonexistent-x.jpg $tmp/e | wc -l)" = 1 ]'
 
 # the REPL's /help
+# one placement path: --split is gone (--logical-devices is the planner's way to split a device), and
+# a --device that is neither auto, cpu nor cuda is refused by name (it used to run on the default device)
+"$BIN" generate --model $MODEL --device cpu --quiet --ids 128000 --max-new-tokens 1 --split 2 >/dev/null 2>$tmp/s; rc=$?
+check "generate --split is an unknown flag" '[ $rc != 0 ] && grep -q "unknown flag '"'"'--split'"'"'" $tmp/s'
+check "--help does not offer --split" '! "$BIN" generate --help | grep -q -- "--split"'
+"$BIN" generate --model $MODEL --device tpu --quiet --ids 128000 --max-new-tokens 1 >/dev/null 2>$tmp/d; rc=$?
+check "--device tpu is refused by name" '[ $rc != 0 ] && grep -q "expected auto, cpu or cuda, got '"'"'tpu'"'"'" $tmp/d'
 printf '/help\n/exit\n' | timeout 60 "$BIN" chat --model $MODEL --device cpu --quiet >/dev/null 2>$tmp/r
 check "REPL /help lists /image, /reset, /exit" 'grep -q "/image PATH  " $tmp/r && grep -q "^/reset  " $tmp/r && grep -q "^/exit, /quit  " $tmp/r'
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "cmd_util.h"
 #include "devmap.h"
 #include "engine.h"
 #include "safetensors.h"
@@ -51,8 +52,16 @@ static struct engine *open_tiny(enum dtype dt, int split, int64_t max_batch)
     o.device = g_device;
     o.dtype = dt;
     o.ctx = 128;
-    o.split = split;
     o.max_batch = max_batch;
+    o.quiet = 1;
+    struct devmap_opts dm; /* split > 1: the planner spreads the layers over `split` logical parts of the device */
+    devmap_opts_init(&dm);
+    if (split > 1) {
+        dm.n_split = 1;
+        snprintf(dm.split_key[0], sizeof dm.split_key[0], "%s", strcmp(g_device, "cpu") ? "0" : "cpu");
+        dm.split_parts[0] = split;
+        o.devmap = &dm;
+    }
     struct err e = {{0}};
     struct engine *g = NULL;
     if (!o.model_dir || engine_open(&g, &o, &e)) {
@@ -598,6 +607,39 @@ static void test_nan_weights_fail(void)
     unlink(dst); /* 68 MB */
 }
 
+/* The stop ids come from the folder (spec §8: config eos + the tokenizer's <|eot_id|>, and
+ * generation_config.json's eos_token_id), no longer a hard-coded 128009: an id listed only in
+ * generation_config.json stops generation, and one outside the vocabulary is refused by file. */
+static void test_stop_ids(void)
+{
+    struct err e = {{0}};
+    struct engine *g = open_dir(t_tiny_model(1), &e);
+    T_ASSERTF(g != NULL, "%s", e.msg);
+    if (!g) return;
+    T_ASSERT(engine_is_stop(g, 128001)); /* config.json eos_token_id (spec §1.1) */
+    T_ASSERT(engine_is_stop(g, 128009)); /* <|eot_id|> (spec §8) */
+    T_ASSERT(!engine_is_stop(g, 1234) && !engine_is_stop(g, 0) && !engine_is_stop(g, 128000));
+    engine_close(g);
+    const char *dir = tiny_variant("stopids", "generation_config.json");
+    T_ASSERT(dir != NULL);
+    if (!dir) return;
+    char path[400];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    const char *gc = "{\"bos_token_id\": 128000, \"eos_token_id\": [128001, 1234]}";
+    T_ASSERT(spill(path, gc, strlen(gc)) == 0);
+    g = open_dir(dir, &e);
+    T_ASSERTF(g != NULL, "%s", e.msg);
+    if (g) {
+        T_ASSERT(engine_is_stop(g, 1234) && engine_is_stop(g, 128001) && engine_is_stop(g, 128009));
+        engine_close(g);
+    }
+    gc = "{\"eos_token_id\": 999999}";
+    T_ASSERT(spill(path, gc, strlen(gc)) == 0);
+    T_ASSERT(open_dir(dir, &e) == NULL);
+    T_CONTAINS(e.msg, "generation_config.json");
+    T_CONTAINS(e.msg, "999999");
+}
+
 int main(void)
 {
     T_RUN(test_fixture_f32);
@@ -614,5 +656,6 @@ int main(void)
     T_RUN(test_ids_outside_vocab);
     T_RUN(test_extra_layer_refused);
     T_RUN(test_nan_weights_fail);
+    T_RUN(test_stop_ids);
     return t_main_end("test_llm");
 }

@@ -740,7 +740,7 @@ static const char *tiny_small_scale(void)
 }
 
 /* A checkpoint folder in fp32 on the CPU; max_pieces > 0: planned with --max-pieces; < 0: planned
- * with the default limits; 0: no plan (one batch of every piece, the arena grown to fit). */
+ * with the default limits; 0: --max-pieces 64 (one batch of every piece of the tests' requests). */
 static struct engine *open_tiny_cpu(const char *dir, int max_pieces)
 {
     struct engine_options o;
@@ -752,12 +752,12 @@ static struct engine *open_tiny_cpu(const char *dir, int max_pieces)
     struct devmap_opts dm;
     devmap_opts_init(&dm);
     dm.n_gpus = 0;
-    if (max_pieces != 0) {
-        if (max_pieces > 0) dm.params.max_pieces = max_pieces;
-        o.devmap = &dm;
-    } else {
-        o.ctx = 2048;
+    if (max_pieces > 0) dm.params.max_pieces = max_pieces;
+    else if (max_pieces == 0) {
+        dm.params.max_pieces = 64;
+        dm.params.ctx = 2048;
     }
+    o.devmap = &dm;
     struct err e = {{0}};
     struct engine *g = NULL;
     if (!o.model_dir || engine_open(&g, &o, &e)) {

@@ -464,10 +464,7 @@ static int seed_once(struct bench *b, const unsigned char *jpg, unsigned long n_
     if (engine_encode_images(g, &im, 1, &grid, &img, &pieces, e)) goto out;
     double t1 = time_now();
     if (chat_build_ids(g->tok, NULL, &m, 1, &grid, 1, g->cfg.query_num, 0, &ids, &n_ids, e)) goto out;
-    if ((int64_t)n_ids + n_new > g->llm.ctx) {
-        err_set(e, "%d prompt + %d new tokens exceed --ctx %lld", n_ids, n_new, (long long)g->llm.ctx);
-        goto out;
-    }
+    if (llm_check_fit(g->llm.ctx, n_ids, n_new, e)) goto out;
     if (engine_merge_embeddings(g, ids, n_ids, &img, pieces, &emb, e)) goto out;
     llm_truncate(&g->llm, 0);
     if (llm_forward(&g->llm, NULL, &emb, n_ids, b->logits, e)) goto out;

@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "cmd.h"
+#include "cmd_util.h"
 #include "devmap.h"
 #include "model.h"
 #include "safetensors.h"

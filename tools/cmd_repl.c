@@ -90,8 +90,8 @@ static int repl_turn(struct engine *g, struct server_cache *cache, struct repl *
     int n_prompt = 0;
     if (server_prompt_tokens(g, &t, &n_prompt, e)) goto fail;
     int64_t room = g->llm.ctx - n_prompt;
-    if (room < 1) {
-        err_set(e, "the conversation (%d tokens) fills the context of %lld; /reset", n_prompt, (long long)g->llm.ctx);
+    if (llm_check_fit(g->llm.ctx, n_prompt, 1, e)) {
+        err_prefix(e, "the conversation is full (/reset starts over)");
         goto fail;
     }
     t.max_new = room < max_new ? (int)room : max_new;

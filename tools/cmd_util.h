@@ -1,5 +1,5 @@
 /* cmd_util.h: flag parsing shared by the subcommands (engine flags: --model, --device, --dtype,
- * --ctx, --threads, --split, --max-batch, and sampling flags). */
+ * --ctx, --threads, --max-batch, the device flags of the planner, and sampling flags). */
 #ifndef MINICPMV_CMD_UTIL_H
 #define MINICPMV_CMD_UTIL_H
 
@@ -15,6 +15,14 @@ int cmdu_sampler_flag(struct sampler_params *p, int argc, char **argv, int *i, s
 /* The value after argv[*i] or an error naming the flag. */
 const char *cmdu_value(int argc, char **argv, int *i, struct err *e);
 int cmdu_int(const char *flag, const char *s, long long lo, long long hi, long long *out, struct err *e);
+/* The device flags (--gpus, --max-memory, --logical-devices, --ctx, --kv-seqs, --max-batch,
+ * --max-pieces, --max-patches, --device-map) into the planner's options (devmap.h). Looks at
+ * argv[*i]. Returns 1 when it was a device flag (consumed, with its value; *i is left on the last
+ * consumed word), 0 when it is not one of ours, -1 on a bad value. Accepts "--flag value" and
+ * "--flag=value". */
+int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e);
+/* Help lines for the device flags (static text). */
+const char *devmap_opts_help(void);
 /* Help text for the engine and sampling flags. */
 extern const char cmdu_engine_help[];
 extern const char cmdu_sampler_help[];
