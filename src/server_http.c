@@ -70,6 +70,8 @@ struct server {
     struct server_stats st;
     struct guard *guard;
     struct job *running;         /* the job the worker runs now (s->mu) */
+    int live_jobs;               /* jobs not yet released by every holder (s->mu): server_stop waits for
+                                    their connections to send the answers before stopping the daemon */
     int drained, quiesced;
     MHD_socket listen_fd;
     char addr[INET6_ADDRSTRLEN + 16]; /* "127.0.0.1:8080" or "[::1]:8080", the bound address */
@@ -99,12 +101,17 @@ static void job_release(struct job *j)
     int left = --j->refs;
     pthread_mutex_unlock(&j->mu);
     if (left) return;
+    struct server *s = j->srv;
     server_request_free(&j->rq);
     free(j->body);
     strbuf_free(&j->ev);
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
     free(j);
+    pthread_mutex_lock(&s->mu);
+    s->live_jobs--;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static int fd_gone(int fd)
@@ -324,6 +331,9 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     pthread_cond_init(&j->cv, NULL);
     j->srv = s;
     j->refs = 2; /* the connection and the worker */
+    pthread_mutex_lock(&s->mu);
+    s->live_jobs++;
+    pthread_mutex_unlock(&s->mu);
     j->created = (long)time(NULL);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     j->fd = ci ? ci->connect_fd : -1;
@@ -700,6 +710,20 @@ void server_stop(struct server *s)
 {
     if (!s) return;
     server_drain(s, 0);
+    /* The worker is done, but a connection thread may not have sent its job's answer yet (it notices
+     * j->done within 50 ms): stopping the daemon now would cut that answer off (seen under ASan as an
+     * in-flight request answered with nothing). Wait for every job's last holder, at most 10 s (a
+     * stream whose client stopped reading must not hold the exit forever). */
+    pthread_mutex_lock(&s->mu);
+    const double t_end = time_now() + 10;
+    while (s->live_jobs > 0 && time_now() < t_end) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
     if (s->d) MHD_stop_daemon(s->d); /* waits for the connection threads */
     if (s->quiesced && s->listen_fd != MHD_INVALID_SOCKET) close(s->listen_fd);
     guard_stop(s->guard);
