@@ -22,24 +22,6 @@
 /* engine.h's chat part sits after its include guard (the lead knows); include it once only */
 #ifndef MINICPMV_ENGINE_H
 #include "engine.h"
-/* ---- the guard in front of the handlers (server_guard.c; used by server_http.c) ---- */
-/* 1 when key is NULL or authorization is "Bearer <key>" (compared in time independent of the content). */
-int guard_bearer_ok(const char *key, const char *authorization);
-/* 1 for a JSON content type (application/json, parameters allowed) or none at all. */
-int guard_json_content_type(const char *ct);
-/* Copies at most max_chars of s into out (size n) with every byte outside printable ASCII as '?'. */
-void guard_printable(char *out, size_t n, const char *s, size_t max_chars);
-/* The read deadline: connections that have not delivered a whole request read_timeout seconds after
- * it began (or after the previous request ended) are shut down. read_timeout <= 0: none. */
-struct guard;
-struct guard_conn;
-int guard_start(struct guard **out, double read_timeout, struct err *e);
-void guard_stop(struct guard *g); /* accepts NULL */
-struct guard_conn *guard_conn_open(struct guard *g, int fd); /* NULL when out of memory (not tracked) */
-void guard_conn_received(struct guard *g, struct guard_conn *c, int received); /* 0: a new request begins */
-void guard_conn_close(struct guard *g, struct guard_conn *c);
-long guard_reaped(struct guard *g);
-
 #endif
 #include "image.h"
 

@@ -95,6 +95,17 @@ void server_options_default(struct server_options *o)
     o->lim.max_pixels = 40000000;
 }
 
+/* Waits on cv for at most 50 ms (the poll interval of every wait here: the waiter rechecks its
+ * condition and the client's socket). */
+static void wait_50ms(pthread_cond_t *cv, pthread_mutex_t *mu)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 50 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 static void job_release(struct job *j)
 {
     pthread_mutex_lock(&j->mu);
@@ -278,11 +289,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     struct job *j = cls;
     pthread_mutex_lock(&j->mu);
     while (j->off == j->ev.len && !j->done) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        wait_50ms(&j->cv, &j->mu);
         if (j->off == j->ev.len && !j->done && fd_gone(j->fd)) {
             atomic_store(&j->cancel, 1);
             pthread_mutex_unlock(&j->mu);
@@ -374,11 +381,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     }
     pthread_mutex_lock(&j->mu);
     while (!j->done) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        wait_50ms(&j->cv, &j->mu);
         if (!j->done && fd_gone(j->fd)) atomic_store(&j->cancel, 1);
     }
     char *body = j->body;
@@ -693,11 +696,7 @@ int server_drain(struct server *s, double timeout)
             if (s->running) { atomic_store(&s->running->cancel, 1); cancelled++; }
             timeout = 0;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        wait_50ms(&s->cv, &s->mu);
     }
     pthread_mutex_unlock(&s->mu);
     if (s->worker_started) pthread_join(s->worker, NULL);
@@ -717,11 +716,7 @@ void server_stop(struct server *s)
     pthread_mutex_lock(&s->mu);
     const double t_end = time_now() + 10;
     while (s->live_jobs > 0 && time_now() < t_end) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        wait_50ms(&s->cv, &s->mu);
     }
     pthread_mutex_unlock(&s->mu);
     if (s->d) MHD_stop_daemon(s->d); /* waits for the connection threads */
