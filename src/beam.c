@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "backend.h"
-#include "engine.h"
+#include "engine_impl.h"
 
 void beam_params_default(struct beam_params *p)
 {

@@ -5,7 +5,7 @@
  * Owns: the search itself (beam_search, pure over a callback "model"), and the engine driver
  * (beam_generate), which gives every beam its own KV rows by saving and restoring the cache rows of
  * the generated tokens around each single-token forward (the prompt rows are shared and never copied).
- * Does not own: the prompt, the chat clean-up (server.c / mm.c), sampling (sampler.c).
+ * Does not own: the prompt, the chat clean-up (turn.c), sampling (sampler.c).
  *
  * Semantics (our reading of 4.40 `_beam_search` + `BeamSearchScorer.process/finalize` + `BeamHypotheses`):
  *  - step scores = log_softmax(logits) in fp32, THEN the repetition penalty (s<0 ? s*p : s/p for every

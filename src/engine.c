@@ -1,6 +1,6 @@
 /* engine.c: opening a model folder (config, checkpoint, placement, weights, tokenizer) and the
  * generation loop. Placement always comes from the planner (devmap.h). */
-#include "engine.h"
+#include "engine_impl.h"
 
 #include <math.h>
 #include <string.h>
@@ -169,8 +169,10 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     int64_t ctx = g->plan->params.ctx, mb = g->plan->params.max_batch_tokens;
     if (mb > ctx) mb = ctx; /* as the planner counts it */
     if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
-    /* the image path's scratch, as the plan reserved it */
-    if (engine_mm_reserve(g, g->plan->params.max_pieces, g->plan->params.max_patches, e)) goto fail;
+    /* the image path and its scratch, as the plan reserved it */
+    if (mm_init(&g->mm, &g->cfg, &g->pp, &g->model, &g->pl, o->dtype, g->plan->params.max_pieces,
+                g->plan->params.max_patches, e))
+        goto fail;
     g->load_seconds = time_now() - t0;
     *out = g;
     return 0;
@@ -182,7 +184,7 @@ fail:
 void engine_close(struct engine *g)
 {
     if (!g) return;
-    for (int i = 0; i < 2; i++) dev_free(g->mm_ws[i].dev, g->mm_ws[i].p);
+    mm_free(&g->mm);
     llm_free(&g->llm);
     model_free(&g->model);
     if (g->tok) tokenizer_free(g->tok);
@@ -213,11 +215,14 @@ int engine_check_ids(const struct engine *g, const int32_t *ids, int64_t n, stru
     return 0;
 }
 
-int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, int max_new,
-                    const struct sampler_params *sp, engine_token_cb cb, void *cb_ctx, int32_t *out, int *n_out,
+int engine_generate(struct engine *g, const struct engine_gen *q, int32_t *out, int *n_out,
                     struct engine_gen_stats *stats, struct err *e)
 {
     const int V = g->cfg.vocab_size;
+    const int32_t *ids = q->ids;
+    const int64_t n = q->n;
+    const int max_new = q->max_new;
+    const struct sampler_params *sp = q->sp;
     *n_out = 0;
     if (max_new < 0) return err_set(e, "max new tokens must be >= 0");
     if (ids && engine_check_ids(g, ids, n, e)) return -1; /* the embedding lookup must never see them */
@@ -230,7 +235,7 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     }
     int rc = 0;
     double t0 = time_now();
-    if (llm_forward(&g->llm, ids, embeds, n, logits, e)) { rc = -1; goto done; }
+    if (llm_forward(&g->llm, ids, q->embeds, n, logits, e)) { rc = -1; goto done; }
     if (check_logits(logits, V, "for the prompt", e)) { rc = -1; goto done; }
     double t1 = time_now();
     if (stats) { stats->n_prompt = n; stats->t_prefill = t1 - t0; }
@@ -246,8 +251,8 @@ int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *e
     if (device_sample && max_new > 1) llm_sample_begin(&g->llm, sp, s.draws);
     for (int i = 0; i < max_new; i++) {
         out[(*n_out)++] = tok;
-        if (cb && cb(cb_ctx, tok)) break;
-        if (engine_is_stop(g, tok) || i + 1 == max_new) break;
+        if (q->cb && q->cb(q->cb_ctx, tok)) break;
+        if ((!q->ignore_eos && engine_is_stop(g, tok)) || i + 1 == max_new) break;
         if (device_greedy) {
             int32_t next;
             if (llm_decode_greedy(&g->llm, tok, &next, e)) { rc = -1; break; }
@@ -275,4 +280,123 @@ done:
     sampler_free(&s);
     free(logits);
     return rc;
+}
+
+int engine_encode_images(struct engine *g, const struct image *images, int n_images, struct chat_grid *grids,
+                         struct tensor *out, int *n_pieces, struct err *e)
+{
+    return mm_encode(&g->mm, images, n_images, grids, out, n_pieces, e);
+}
+
+int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const struct tensor *img_tokens,
+                            int n_pieces, struct tensor *out, struct err *e)
+{
+    const struct model_config *c = &g->cfg;
+    const struct device edev = g->pl.devs[g->pl.embed];
+    if (engine_check_ids(g, ids, n, e)) return -1;
+    *out = tensor_make(g->llm.act, edev, NULL, 2, (int64_t)n, (int64_t)c->hidden_size);
+    if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) return -1;
+    for (int64_t off = 0; off < n; off += g->llm.max_batch) {
+        int64_t m = n - off < g->llm.max_batch ? n - off : g->llm.max_batch;
+        struct tensor h = llm_embed(&g->llm, ids + off, m);
+        struct tensor dst = tensor_rows_view(out, off, m);
+        op_copy(&dst, &h);
+    }
+    struct chat_bound *b = NULL;
+    int nb = 0;
+    if (g->tok && chat_image_bounds(g->tok, ids, n, &b, &nb, e)) goto fail;
+    if (nb != n_pieces) {
+        err_set(e, "prompt has %d image placeholders but %d image pieces were encoded", nb, n_pieces);
+        free(b);
+        goto fail;
+    }
+    for (int k = 0; k < nb; k++) {
+        if (b[k].end - b[k].start != c->query_num) {
+            err_set(e, "image placeholder %d spans %d tokens, expected query_num = %d", k, b[k].end - b[k].start,
+                    c->query_num);
+            free(b);
+            goto fail;
+        }
+        struct tensor src = tensor_rows_view(img_tokens, (int64_t)k * c->query_num, c->query_num);
+        struct tensor dst = tensor_rows_view(out, b[k].start, c->query_num);
+        op_copy(&dst, &src);
+    }
+    free(b);
+    return 0;
+fail:
+    dev_free(out->dev, out->data);
+    out->data = NULL;
+    return -1;
+}
+
+/* ---- accessors ---- */
+const struct model_config *engine_config(const struct engine *g) { return &g->cfg; }
+const struct preprocessor_config *engine_preprocessor(const struct engine *g) { return &g->pp; }
+const struct tokenizer *engine_tokenizer(const struct engine *g) { return g->tok; }
+int64_t engine_ctx(const struct engine *g) { return g->llm.ctx; }
+int64_t engine_max_batch(const struct engine *g) { return g->llm.max_batch; }
+enum dtype engine_dtype(const struct engine *g) { return g->llm.act; }
+double engine_load_seconds(const struct engine *g) { return g->load_seconds; }
+struct device engine_embed_device(const struct engine *g) { return g->pl.devs[g->pl.embed]; }
+const struct devmap_plan *engine_plan(const struct engine *g) { return g->plan; }
+const struct mm_times *engine_encode_times(const struct engine *g) { return &g->mm.times; }
+
+void engine_sync(struct engine *g)
+{
+    for (int i = 0; i < g->pl.n_devices; i++) dev_sync(g->pl.devs[i]);
+}
+
+int engine_device_memory(const struct engine *g, struct engine_device_mem *rows, int max_rows)
+{
+    int n = 0;
+    for (int i = 0; i < g->pl.n_devices; i++) {
+        struct device d = g->pl.devs[i];
+        int k = 0;
+        while (k < n && !device_eq(rows[k].dev, d)) k++;
+        if (k == n) {
+            if (n == max_rows) continue;
+            memset(&rows[n], 0, sizeof rows[n]);
+            rows[n++].dev = d;
+        }
+        int64_t kv = 0;
+        for (int l = 0; l < g->cfg.num_hidden_layers; l++)
+            if (g->pl.layer[l] == i) kv += 2 * (int64_t)tensor_nbytes(&g->llm.cache[l].k);
+        rows[k].weights += (int64_t)g->model.bytes_per_device[i];
+        rows[k].kv += kv;
+        rows[k].buffers += (int64_t)llm_device_bytes(&g->llm, i) - kv;
+    }
+    return n;
+}
+
+/* From the manifest, so it does not depend on how the loader lays the weights out. */
+int engine_decode_weight_bytes(const struct engine *g, int64_t *out, struct err *e)
+{
+    struct manifest_entry *m = NULL;
+    int n = model_manifest(&g->cfg, &m, e);
+    if (n < 0) return -1;
+    int64_t s = 0;
+    for (int i = 0; i < n; i++) {
+        if (m[i].unit != UNIT_LAYER && m[i].unit != UNIT_NORM && m[i].unit != UNIT_LM_HEAD) continue;
+        int64_t k = 1;
+        for (int d = 0; d < m[i].ndim; d++) k *= m[i].shape[d];
+        s += k * (int64_t)dtype_size(g->model.wdtype);
+    }
+    free(m);
+    *out = s;
+    return 0;
+}
+
+void engine_truncate(struct engine *g, int64_t n) { llm_truncate(&g->llm, n); }
+
+int engine_prefill(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits,
+                   struct err *e)
+{
+    if (ids && engine_check_ids(g, ids, n, e)) return -1;
+    return llm_forward(&g->llm, ids, embeds, n, logits, e);
+}
+
+int engine_decode_greedy(struct engine *g, int32_t tok, int32_t *next, struct err *e)
+{
+    if (engine_check_ids(g, &tok, 1, e)) return -1;
+    return llm_decode_greedy(&g->llm, tok, next, e);
 }

@@ -1,11 +1,16 @@
 /* engine.h: the public boundary. An engine is a loaded model (config, weights placed on devices,
- * tokenizer when present) plus one LLM session (KV cache). Front ends (CLI, server, bench) use
- * only this header. */
+ * tokenizer when present), its image path, and one LLM session (KV cache). Front ends (CLI, REPL,
+ * server, bench) use this header and turn.h (a chat turn on top of it); the struct is opaque to them.
+ * Below it: llm.h (the decoder and its session), mm.h (the image path), model.h (weights),
+ * devmap.h (placement). */
 #ifndef MINICPMV_ENGINE_H
 #define MINICPMV_ENGINE_H
 
-#include "llm.h"
+#include "chat.h"
+#include "common.h"
+#include "config.h"
 #include "sampler.h"
+#include "tensor.h"
 
 struct engine_options {
     const char *model_dir;
@@ -27,40 +32,9 @@ void engine_options_default(struct engine_options *o);
 struct safetensors;
 struct tokenizer;
 
-#define ENGINE_MAX_STOP 8
-
-/* One device block kept across requests (the image path's scratch, mm.c). */
-struct engine_arena {
-    struct device dev;
-    void *p;                     /* NULL until first needed */
-    size_t bytes;
-};
-
-struct engine {
-    struct model_config cfg;
-    struct preprocessor_config pp;
-    struct safetensors *st;
-    struct model model;
-    struct model_placement pl;
-    int *layer_dev;              /* storage for pl.layer */
-    struct llm llm;
-    struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
-    double load_seconds;
-    struct devmap_plan *plan;    /* the plan the model was loaded with */
-    int32_t stop[ENGINE_MAX_STOP]; /* ids that end generation (engine_is_stop): config.json's eos_token_id,
-                                      generation_config.json's, and the tokenizer's <|eot_id|> */
-    int n_stop;
-    struct engine_encode_times { /* host clock of the last engine_encode_images, seconds (bench) */
-        double pre;              /* image preprocessing */
-        double vision_queued;    /* vision_forward: host conversion, uploads, queueing */
-        double rs_queued;        /* resampler_forward: its host tables, queueing */
-        double wait;             /* the final sync: device work still running after the host is done */
-    } enc_times;
-    struct engine_arena mm_ws[2]; /* image path: [0] on the vpm device (vision features + scratch, and the
-                                     resampler's when it shares that device), [1] on the resampler's
-                                     device otherwise; sized at load from the plan's max_pieces x
-                                     max_patches, else grown on demand and kept (engine_mm_reserve) */
-};
+/* Opaque: front ends see the accessors below (engine_impl.h is the engine's own). */
+struct engine;
+struct devmap_plan;
 
 int engine_open(struct engine **out, const struct engine_options *o, struct err *e);
 void engine_close(struct engine *g);
@@ -73,11 +47,22 @@ struct engine_gen_stats {
     double t_prefill, t_decode;  /* seconds */
 };
 
-/* Feeds ids (or embeddings when ids is NULL) after what the session already holds, then generates
- * up to max_new tokens, stopping at a stop id (engine_is_stop). out receives the new
- * ids (capacity max_new), the stop token included when hit. */
-int engine_generate(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, int max_new,
-                    const struct sampler_params *sp, engine_token_cb cb, void *cb_ctx, int32_t *out, int *n_out,
+/* One generation on the session: feed the input after what the session already holds, then
+ * generate. */
+struct engine_gen {
+    const int32_t *ids;          /* the input ids, or NULL with embeds */
+    const struct tensor *embeds; /* [n, d] on the embedding device, when ids is NULL */
+    int64_t n;
+    int max_new;                 /* tokens to generate at most (>= 0) */
+    const struct sampler_params *sp;
+    int ignore_eos;              /* 1: generate max_new tokens through stop ids (benchmarks) */
+    engine_token_cb cb;          /* may be NULL; called with each generated token */
+    void *cb_ctx;
+};
+
+/* Generates up to q->max_new tokens, stopping at a stop id (engine_is_stop) unless q->ignore_eos.
+ * out receives the new ids (capacity max_new), the stop token included when hit. */
+int engine_generate(struct engine *g, const struct engine_gen *q, int32_t *out, int *n_out,
                     struct engine_gen_stats *stats, struct err *e);
 /* Whether tok ends generation (spec §8: eos_token_id = [tokenizer.eos_token_id, <|eot_id|>], i.e.
  * 128001 and 128009 for MiniCPM-Llama3-V 2.5; read from the folder, g->stop). */
@@ -87,55 +72,52 @@ int engine_is_stop(const struct engine *g, int32_t tok);
 int engine_check_ids(const struct engine *g, const int32_t *ids, int64_t n, struct err *e);
 
 
-/* ---- chat with images (spec §6, §8) ---- */
+/* ---- the image path and the prompt embedding (turn.h runs them for a chat turn) ---- */
 struct image;
-struct chat_msg;
-
-struct engine_chat_request {
-    const char *system;              /* may be NULL/"" */
-    const struct chat_msg *msgs;     /* contents may hold "(<image>./</image>)", one per image, in order */
-    int n_msgs;
-    const struct image *images;      /* decoded RGB images, in marker order */
-    int n_images;
-    int max_new_tokens;              /* 1024 = the model's default */
-    struct sampler_params sampling;
-};
-
-struct engine_chat_result {
-    char *text;                      /* the answer after spec §8's clean-up (malloc'd) */
-    int32_t *ids;                    /* the generated ids, before clean-up (malloc'd) */
-    int n_ids;
-    int n_prompt;                    /* prompt tokens, image placeholders included */
-    int n_pieces;                    /* image pieces encoded */
-    double t_vision, t_prefill, t_decode; /* seconds */
-};
-
-/* Called with each piece of answer text as it is decoded (never half a UTF-8 character). */
-typedef int (*engine_text_cb)(void *ctx, const char *text, size_t len);
-
-/* Builds the prompt, encodes every image (vision batches of at most the plan's max_pieces, all
- * padded to the request's longest piece: the numbers of one batch), merges the resampler
- * output into the <unk> placeholder rows, generates, and cleans the output as chat() does
- * (drop id 0, a leading BOS and a trailing stop id, decode with clean-up spaces, strip). Starts a
- * new conversation: the KV cache is reset. */
-int engine_chat(struct engine *g, const struct engine_chat_request *rq, engine_text_cb cb, void *cb_ctx,
-                struct engine_chat_result *res, struct err *e);
-void engine_chat_result_free(struct engine_chat_result *r);
-
 /* Lower-level steps, exposed for tests and tools. */
-/* Vision + resampler for all pieces of the given images, in batches of at most the plan's max_pieces
+/* Vision + resampler (mm.h) for all pieces of the given images, in batches of at most the plan's max_pieces
  * each padded to the longest piece: out [n_pieces*query_num, d] on the embed
  * device (allocated, caller frees with dev_free(out->dev, out->data)); grids receives each
  * image's (cols, rows). */
-struct chat_grid;
 int engine_encode_images(struct engine *g, const struct image *images, int n_images, struct chat_grid *grids,
                          struct tensor *out, int *n_pieces, struct err *e);
-/* Sizes the image path's kept device scratch (g->mm_ws) for n_pieces pieces of up to max_patches
- * patches each (engine_open calls it with the plan's bounds); engine_encode_images grows it when a
- * request needs more. */
-int engine_mm_reserve(struct engine *g, int n_pieces, int64_t max_patches, struct err *e);
 /* Prompt embeddings with image rows merged: out [n, d] on the embed device (allocated). */
 int engine_merge_embeddings(struct engine *g, const int32_t *ids, int n, const struct tensor *img_tokens,
                             int n_pieces, struct tensor *out, struct err *e);
+
+/* ---- what front ends read ---- */
+const struct model_config *engine_config(const struct engine *g);
+const struct preprocessor_config *engine_preprocessor(const struct engine *g);
+const struct tokenizer *engine_tokenizer(const struct engine *g); /* NULL: the folder has no tokenizer.json */
+int64_t engine_ctx(const struct engine *g);       /* KV capacity in tokens (--ctx, the plan's) */
+int64_t engine_max_batch(const struct engine *g); /* prefill chunk in tokens */
+enum dtype engine_dtype(const struct engine *g);  /* activations (and weights) */
+double engine_load_seconds(const struct engine *g);
+struct device engine_embed_device(const struct engine *g); /* where prompt embeddings live */
+const struct devmap_plan *engine_plan(const struct engine *g); /* the placement it was loaded with */
+/* Host timings of the last engine_encode_images (bench; mm.h). */
+struct mm_times;
+const struct mm_times *engine_encode_times(const struct engine *g);
+/* Waits until every device of the engine is idle. */
+void engine_sync(struct engine *g);
+
+/* Bytes held on each physical device (its logical devices added up). */
+struct engine_device_mem {
+    struct device dev;
+    int64_t weights, kv, buffers;  /* buffers: activations, logits, graphs' scratch (KV excluded) */
+};
+int engine_device_memory(const struct engine *g, struct engine_device_mem *rows, int max_rows);
+/* Weight bytes one decode step streams: the decoder layers, the final norm and lm_head (the embedding
+ * table is read one row per token). */
+int engine_decode_weight_bytes(const struct engine *g, int64_t *out, struct err *e);
+
+/* ---- the session step by step (bench) ---- */
+/* Keeps the first n positions of the KV cache (0: a new conversation). */
+void engine_truncate(struct engine *g, int64_t n);
+/* Feeds n ids (or embeddings) after the session; logits of the last position into logits [V]. */
+int engine_prefill(struct engine *g, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits,
+                   struct err *e);
+/* One greedy decode step: feeds tok, returns the argmax token (a replayed CUDA graph on one GPU). */
+int engine_decode_greedy(struct engine *g, int32_t tok, int32_t *next, struct err *e);
 
 #endif

@@ -303,9 +303,9 @@ static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor 
 int llm_check_fit(int64_t ctx, int64_t n_held, int64_t n_new, struct err *e)
 {
     if (n_held + n_new <= ctx) return 0;
-    return err_set(e, "%lld tokens + %lld new do not fit the context of %lld tokens (over by %lld); raise --ctx or "
-                      "ask for fewer new tokens",
-                   (long long)n_held, (long long)n_new, (long long)ctx, (long long)(n_held + n_new - ctx));
+    return err_set(e, "this model's maximum context length is %lld tokens (--ctx): %lld tokens + %lld new do not fit "
+                      "(over by %lld); raise --ctx or ask for fewer new tokens",
+                   (long long)ctx, (long long)n_held, (long long)n_new, (long long)(n_held + n_new - ctx));
 }
 
 int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,

@@ -62,8 +62,9 @@ size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max
 
 /* The one context-fit check (every place that asks calls it, one wording): n_held tokens (in the
  * cache, or a prompt about to be) plus n_new more must fit a context of ctx tokens. 0, or -1 with
- * "H tokens + N new do not fit the context of C tokens (over by K); raise --ctx or ask for fewer new
- * tokens". */
+ * "this model's maximum context length is C tokens (--ctx): H tokens + N new do not fit (over by K);
+ * raise --ctx or ask for fewer new tokens" (OpenAI's opening words, which clients look for; the server
+ * answers it as context_length_exceeded). */
 int llm_check_fit(int64_t ctx, int64_t n_held, int64_t n_new, struct err *e);
 
 /* Runs n tokens at positions n_past.. through the model and appends them to the cache.

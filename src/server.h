@@ -1,15 +1,10 @@
-/* server.h: the OpenAI-compatible HTTP server (docs/SERVER.md) and the one-turn chat runner it shares
- * with the interactive REPL.
+/* server.h: the OpenAI-compatible HTTP server (docs/SERVER.md) on top of the chat turn (turn.h).
  *
- * Owns: (server_chat.c) a chat turn on top of engine.h with an image-encoding cache, beam search,
- * stop strings, cancellation and a text pipeline whose streamed deltas concatenate to exactly the
- * non-streamed answer (spec §8 clean-up: ids 0, a leading BOS and the stop id dropped, clean-up spaces,
- * strip; then cut before the first stop string); (server_json.c) parsing and validating
- * /v1/chat/completions bodies into a turn (unimplemented fields refused, images counted against a
+ * Owns: (server_json.c) parsing and validating /v1/chat/completions bodies into a prepared turn (unimplemented fields refused, images counted against a
  * decoded-bytes budget), the response/chunk/error JSON; (server_http.c) libmicrohttpd, the bounded queue,
  * the single worker that owns the engine, streaming, disconnects, the drain; (server_guard.c) the API
  * key, content types, and the read deadline that closes connections too slow to deliver a request.
- * Does not own: the model, the prompt template (chat.h), sampling (sampler.h), beam search (beam.h).
+ * Does not own: the model, the turn (turn.h: prompt, images, generation, answer clean-up), sampling.
  * Invariants: one engine serves one request at a time (the worker thread); HTTP threads only read the
  * tokenizer and configs; every buffer grown from a request is bounded (body size, images, stop strings,
  * messages). */
@@ -19,69 +14,10 @@
 #include <stdatomic.h>
 
 #include "chat.h"
-/* engine.h's chat part sits after its include guard (the lead knows); include it once only */
-#ifndef MINICPMV_ENGINE_H
 #include "engine.h"
-#endif
 #include "image.h"
-
-/* ---- one chat turn (server_chat.c) ---- */
-#define SERVER_MAX_STOP 4
-#define SERVER_MAX_STOP_LEN 256
-
-/* Image encodings kept by content (the ordered list of a request's images, compared byte for byte):
- * the images of one prompt are encoded in one vision batch (padding takes part in attention, spec
- * §3.2), so the cache key is the whole list; a multi-turn chat about the same images hits it. */
-struct server_cache;
-/* capacity sets of images; the entries' bytes (keys + encodings) stay within SERVER_CACHE_BYTES unless
- * server_cache_set_max_bytes says otherwise (least recently used evicted first). */
-#define SERVER_CACHE_BYTES ((size_t)256 << 20)
-int server_cache_init(struct server_cache **out, int capacity, struct err *e);
-void server_cache_set_max_bytes(struct server_cache *c, size_t max_bytes);
-size_t server_cache_bytes(const struct server_cache *c); /* bytes held now */
-void server_cache_free(struct server_cache *c); /* accepts NULL */
-int server_cache_hits(const struct server_cache *c);
-
-struct server_turn {
-    const char *system;             /* may be NULL */
-    const struct chat_msg *msgs;    /* contents hold CHAT_IMAGE_MARKER per image, in order */
-    int n_msgs;
-    const struct image *images;
-    int n_images;
-    /* optional, per image: the encoded bytes the image was decoded from; when given they are the cache
-     * key (stored instead of a copy of the decoded pixels) */
-    const uint8_t *const *img_keys;
-    const size_t *img_key_len;
-    int max_new;                    /* > 0 */
-    struct sampler_params sp;
-    int num_beams;                  /* > 1: beam search (sp.repetition_penalty applies per beam) */
-    float length_penalty;
-    const char *stop[SERVER_MAX_STOP];
-    int n_stop;
-    const atomic_int *cancel;       /* may be NULL; non-zero stops generation */
-    double deadline;                /* time_now() past which generation stops (finish "length"); 0 = none */
-    engine_text_cb cb;              /* may be NULL: answer text as it becomes final */
-    void *cb_ctx;
-};
-
-struct server_turn_result {
-    char *text;                     /* the answer (malloc'd) */
-    int n_prompt, n_gen;            /* tokens; n_gen counts every generated id, the stop id included */
-    const char *finish;             /* "stop" or "length" */
-    int cancelled;
-    int timed_out;                  /* the deadline stopped generation */
-    int image_cached;               /* 1: the images came from the cache */
-    double t_vision, t_prefill, t_decode;
-};
-
-/* Counts the prompt tokens of a turn without touching the engine's session (thread-safe: tokenizer
- * and configs only). Fails when an image cannot be planned or markers and images disagree. */
-int server_prompt_tokens(const struct engine *g, const struct server_turn *t, int *n, struct err *e);
-/* Runs the turn on g (resets the KV cache). e is set and -1 returned on failure; *stage says where:
- * 0 = input (images, prompt length: the caller's fault), 1 = engine. */
-int server_turn_run(struct engine *g, struct server_cache *c, const struct server_turn *t,
-                    struct server_turn_result *r, int *stage, struct err *e);
-void server_turn_result_free(struct server_turn_result *r);
+#include "imgcache.h"
+#include "turn.h"
 
 /* ---- requests (server_json.c) ---- */
 struct server_limits {
@@ -97,9 +33,14 @@ struct server_limits {
     atomic_llong *image_bytes;      /* the server's running count for max_image_bytes (NULL = none) */
 };
 
-/* A parsed /v1/chat/completions request. */
+#define SERVER_MAX_STOP TURN_MAX_STOP
+#define SERVER_MAX_STOP_LEN TURN_MAX_STOP_LEN
+
+/* A parsed /v1/chat/completions request: the turn's request, and the turn prepared from it (prompt ids
+ * built, context checked) before it queues. */
 struct server_request {
-    struct server_turn turn;
+    struct turn_request req;
+    struct turn *turn;
     struct chat_msg *msgs;
     char **texts;                   /* owned message contents */
     char *system;
@@ -125,7 +66,7 @@ void server_request_drop_images(struct server_request *rq);
 /* {"error":{"message":...,"type":...,"param":...,"code":...}} (malloc'd); param/code may be NULL. */
 char *server_error_json(const char *message, const char *type, const char *param, const char *code);
 /* The chat.completion object, one chunk (delta text, or the closing chunk when text is NULL), usage chunk. */
-char *server_completion_json(const char *id, long created, const char *model, const struct server_turn_result *r);
+char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r);
 char *server_chunk_json(const char *id, long created, const char *model, const char *text, size_t len,
                         int first, const char *finish);
 char *server_usage_chunk_json(const char *id, long created, const char *model, int n_prompt, int n_gen);
@@ -141,7 +82,7 @@ struct server_options {
     int log_requests;               /* one line per request on stderr */
     int max_per_ip;                 /* connections per client address; 0 = no limit */
     double read_timeout;            /* seconds to receive a whole request (headers and body); 408 after */
-    size_t image_cache_bytes;       /* byte budget of the image cache (0 = SERVER_CACHE_BYTES) */
+    size_t image_cache_bytes;       /* byte budget of the image cache (0 = IMGCACHE_BYTES) */
     const char *api_key;            /* NULL = open; else "Authorization: Bearer KEY" on /v1/... */
     const char *cors_origin;        /* NULL = no CORS headers; "*" or one origin */
     struct server_limits lim;

@@ -66,7 +66,7 @@ struct server {
     int qhead, qn;
     int stopping;
     long next_id;
-    struct server_cache *cache;
+    struct imgcache *cache;
     struct server_stats st;
     struct guard *guard;
     struct job *running;         /* the job the worker runs now (s->mu) */
@@ -172,26 +172,24 @@ static int on_text(void *ctx, const char *text, size_t len)
 
 static void run_job(struct server *s, struct job *j)
 {
-    struct server_turn_result r;
+    struct turn_result r;
     struct err e = {{0}};
-    int stage = 0, rc = -1;
+    int rc = -1;
     double t0 = time_now();
-    j->rq.turn.cancel = &j->cancel;
-    j->rq.turn.cb = on_text;
-    j->rq.turn.cb_ctx = j;
-    j->rq.turn.deadline = s->o.lim.max_time > 0 ? t0 + s->o.lim.max_time : 0;
-    if (!atomic_load(&j->cancel)) rc = server_turn_run(server_engine(s), s->cache, &j->rq.turn, &r, &stage, &e);
-    else { e.msg[0] = 0; memset(&r, 0, sizeof r); }
+    const struct turn_io io = {.cache = s->cache, .cb = on_text, .cb_ctx = j, .cancel = &j->cancel,
+                               .deadline = s->o.lim.max_time > 0 ? t0 + s->o.lim.max_time : 0};
+    memset(&r, 0, sizeof r);
+    if (!atomic_load(&j->cancel)) rc = turn_run(j->rq.turn, server_engine(s), &io, &r, &e);
     server_request_drop_images(&j->rq); /* what a queued request holds is bounded by the image budget */
     /* counted before the answer is released, so a client sees its own request in the stats */
     int cancelled = atomic_load(&j->cancel);
     pthread_mutex_lock(&s->mu);
     if (cancelled) s->st.cancelled++;
     else if (rc == 0) s->st.ok++;
-    else if (stage == 0) s->st.client_errors++;
+    else if (r.input_error) s->st.client_errors++;
     else s->st.failed++;
     if (rc == 0 && r.timed_out) s->st.timed_out++;
-    s->st.cache_hits = server_cache_hits(s->cache);
+    s->st.cache_hits = imgcache_hits(s->cache);
     const int cut = cancelled && s->stopping; /* cancelled by the drain timeout, not by its client */
     pthread_mutex_unlock(&s->mu);
     const char *model = s->model_name;
@@ -212,7 +210,7 @@ static void run_job(struct server *s, struct job *j)
             j->body = server_completion_json(j->id, j->created, model, &r);
         }
     } else {
-        int client = stage == 0 && e.msg[0];
+        int client = r.input_error && e.msg[0];
         j->status = atomic_load(&j->cancel) && !e.msg[0] ? 499 : client ? 400 : 500;
         char *ej = server_error_json(e.msg[0] ? e.msg : "request cancelled", client ? "invalid_request_error" : "server_error",
                                      NULL, NULL);
@@ -228,7 +226,7 @@ static void run_job(struct server *s, struct job *j)
                 j->id, rc ? "error" : "ok", j->rq.stream ? "stream" : "json", r.n_prompt, r.n_gen,
                 1e3 * (time_now() - t0), 1e3 * r.t_vision, 1e3 * r.t_prefill, 1e3 * r.t_decode,
                 cancelled ? " (client gone)" : r.image_cached ? " (images cached)" : "");
-    if (rc == 0) server_turn_result_free(&r);
+    turn_result_free(&r);
 }
 
 static void *worker_main(void *p)
@@ -620,8 +618,8 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     if (!(s->q = calloc((size_t)o->queue, sizeof *s->q))) { err_set(e, "out of memory"); goto fail; }
-    if (server_cache_init(&s->cache, o->image_cache, e)) goto fail;
-    if (o->image_cache_bytes) server_cache_set_max_bytes(s->cache, o->image_cache_bytes);
+    if (imgcache_init(&s->cache, o->image_cache, e)) goto fail;
+    if (o->image_cache_bytes) imgcache_set_max_bytes(s->cache, o->image_cache_bytes);
     atomic_init(&s->image_bytes, 0);
     s->o.lim.image_bytes = &s->image_bytes;
     if (guard_start(&s->guard, o->read_timeout, e)) goto fail;
@@ -722,7 +720,7 @@ void server_stop(struct server *s)
     if (s->d) MHD_stop_daemon(s->d); /* waits for the connection threads */
     if (s->quiesced && s->listen_fd != MHD_INVALID_SOCKET) close(s->listen_fd);
     guard_stop(s->guard);
-    server_cache_free(s->cache);
+    imgcache_free(s->cache);
     free(s->q);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);

@@ -191,12 +191,12 @@ static int load_image(struct server_request *rq, const char *url, const struct s
 
 void server_request_drop_images(struct server_request *rq)
 {
-    for (int i = 0; rq->images && rq->enc && i <= rq->turn.n_images; i++) {
+    for (int i = 0; rq->images && rq->enc && i <= rq->req.n_images; i++) {
         image_free(&rq->images[i]);
         free(rq->enc[i]);
         rq->enc[i] = NULL;
     }
-    rq->turn.n_images = 0;
+    rq->req.n_images = 0;
     if (rq->image_acct) atomic_fetch_sub(rq->image_acct, rq->image_reserved);
     rq->image_reserved = 0;
 }
@@ -204,7 +204,7 @@ void server_request_drop_images(struct server_request *rq)
 void server_request_free(struct server_request *rq)
 {
     server_request_drop_images(rq);
-    for (int i = 0; i < rq->turn.n_msgs; i++) free(rq->texts[i]);
+    for (int i = 0; i < rq->req.n_msgs; i++) free(rq->texts[i]);
     free(rq->texts);
     free(rq->msgs);
     free(rq->system);
@@ -212,6 +212,7 @@ void server_request_free(struct server_request *rq)
     free(rq->enc);
     free(rq->enc_len);
     for (int i = 0; i < SERVER_MAX_STOP; i++) free(rq->stop_buf[i]);
+    turn_free(rq->turn);
     memset(rq, 0, sizeof *rq);
 }
 
@@ -257,11 +258,11 @@ static int parse_content(struct server_request *rq, const cJSON *content, int mi
             if (cJSON_IsObject(u)) u = cJSON_GetObjectItemCaseSensitive(u, "url");
             if (!cJSON_IsString(u))
                 return reject(err_json, 400, "messages", NULL, "messages[%d].content[%d].image_url.url must be a string", mi, pi);
-            if (rq->turn.n_images >= lim->max_images)
+            if (rq->req.n_images >= lim->max_images)
                 return reject(err_json, 400, "messages", NULL, "at most %d images per request", lim->max_images);
-            int st = load_image(rq, u->valuestring, lim, rq->turn.n_images + 1, err_json);
+            int st = load_image(rq, u->valuestring, lim, rq->req.n_images + 1, err_json);
             if (st) return st;
-            rq->turn.n_images++;
+            rq->req.n_images++;
             piece = CHAT_IMAGE_MARKER;
         } else {
             return reject(err_json, 400, "messages", NULL,
@@ -334,7 +335,7 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     memset(rq, 0, sizeof *rq);
     *err_json = NULL;
     rq->max_tokens = -1;
-    struct server_turn *t = &rq->turn;
+    struct turn_request *t = &rq->req;
     sampler_defaults(&t->sp);
     t->length_penalty = 1.0f;
     if (lim->default_beams > 1) {
@@ -473,31 +474,21 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
         }
     }
 
-    /* the prompt must fit with room for the answer (checked here so a too-long prompt never queues) */
-    int n_prompt = 0;
+    /* the prompt ids, and the context check with room for the answer (so a too-long prompt never queues);
+     * without max_tokens the answer may take the model's 1024 tokens or what is left of the context */
+    t->max_new = rq->max_tokens > 0 ? rq->max_tokens : 0;
     struct err e = {{0}};
-    if (server_prompt_tokens(g, t, &n_prompt, &e)) { st = reject(err_json, 400, "messages", NULL, "%s", e.msg); goto out; }
-    const int64_t ctx = g->llm.ctx, room = ctx - n_prompt;
-    if (rq->max_tokens > 0 ? (int64_t)n_prompt + rq->max_tokens > ctx : room < 1) {
-        if (rq->max_tokens > 0)
-            st = reject(err_json, 400, "messages", "context_length_exceeded",
-                        "this model's maximum context length is %lld tokens; the messages have %d tokens and "
-                        "max_tokens is %d (%lld too many)",
-                        (long long)ctx, n_prompt, rq->max_tokens, (long long)n_prompt + rq->max_tokens - ctx);
-        else
-            st = reject(err_json, 400, "messages", "context_length_exceeded",
-                        "this model's maximum context length is %lld tokens; the messages have %d tokens, which "
-                        "leaves no room for an answer",
-                        (long long)ctx, n_prompt);
+    if (turn_prepare(&rq->turn, g, t, &e)) {
+        st = reject(err_json, 400, "messages", strstr(e.msg, "maximum context length") ? "context_length_exceeded" : NULL,
+                    "%s", e.msg);
         goto out;
     }
-    /* default answer length: the model's 1024, or what is left of the context */
-    t->max_new = rq->max_tokens > 0 ? rq->max_tokens : (room < 1024 ? (int)room : 1024);
-    if (t->num_beams > 1 && lim->max_beam_tokens > 0 && (int64_t)t->num_beams * t->max_new > lim->max_beam_tokens) {
+    const int max_new = turn_max_new(rq->turn);
+    if (t->num_beams > 1 && lim->max_beam_tokens > 0 && (int64_t)t->num_beams * max_new > lim->max_beam_tokens) {
         st = reject(err_json, 400, "num_beams", "beam_limit",
                     "num_beams x max_tokens = %d x %d is over the server's limit of %lld (--max-beam-tokens); "
                     "ask for fewer beams or tokens",
-                    t->num_beams, t->max_new, (long long)lim->max_beam_tokens);
+                    t->num_beams, max_new, (long long)lim->max_beam_tokens);
         goto out;
     }
 out:
@@ -507,7 +498,7 @@ out:
 }
 
 /* ---- responses ---- */
-char *server_completion_json(const char *id, long created, const char *model, const struct server_turn_result *r)
+char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", id);

@@ -14,9 +14,10 @@
 #include <string.h>
 
 #include "backend.h"
-#include "engine.h"
+#include "engine_impl.h"
 #include "sampler.h"
 #include "t.h"
+#include "tengine.h"
 #include "tutil.h"
 
 #ifdef MINICPMV_CUDA
@@ -222,7 +223,7 @@ static void test_engine(void)
         for (int host = 0; host < 2; host++) {
             llm_truncate(&g->llm, 0);
             g->llm.host_sampling = host;
-            T_ASSERTF(engine_generate(g, prompt, NULL, n, 64, &ps[k], NULL, NULL, out[host], &n_out[host], NULL, &e) == 0,
+            T_ASSERTF(t_generate(g, prompt, NULL, n, 64, &ps[k], NULL, NULL, out[host], &n_out[host], NULL, &e) == 0,
                       "%s", e.msg);
             if (!host && sampler_device_ok(&ps[k]) && !ps[k].greedy) {
                 /* the device sampler ran: its counter is the host's (one draw per token) */

@@ -17,9 +17,10 @@
 #include "backend.h"
 #include "cmd_util.h"
 #include "devmap.h"
-#include "engine.h"
+#include "engine_impl.h"
 #include "safetensors.h"
 #include "t.h"
+#include "tengine.h"
 #include "tutil.h"
 
 #define FIXTURE "tests/fixtures/llm_tiny.safetensors"
@@ -501,7 +502,7 @@ static void test_ids_outside_vocab(void)
     const int32_t bad[][3] = {{128000, 128256, 13}, {128000, -1, 13}, {128000, 2000000000, 13}};
     for (int k = 0; k < 3; k++) {
         memset(&e, 0, sizeof e);
-        T_EQ_INT(engine_generate(g, bad[k], NULL, 3, 2, &sp, NULL, NULL, out, &n_out, NULL, &e), -1);
+        T_EQ_INT(t_generate(g, bad[k], NULL, 3, 2, &sp, NULL, NULL, out, &n_out, NULL, &e), -1);
         char want[64];
         snprintf(want, sizeof want, "token id %d at position 1", bad[k][1]);
         T_CONTAINS(e.msg, want);
@@ -511,7 +512,7 @@ static void test_ids_outside_vocab(void)
     T_CONTAINS(e.msg, "128256");
     /* the engine still works */
     const int32_t good[] = {128000, 791, 4062};
-    T_ASSERTF(engine_generate(g, good, NULL, 3, 2, &sp, NULL, NULL, out, &n_out, NULL, &e) == 0, "%s", e.msg);
+    T_ASSERTF(t_generate(g, good, NULL, 3, 2, &sp, NULL, NULL, out, &n_out, NULL, &e) == 0, "%s", e.msg);
     T_EQ_INT(n_out, 2);
     engine_close(g);
 }
@@ -597,7 +598,7 @@ static void test_nan_weights_fail(void)
     for (int greedy = 0; greedy < 2; greedy++) {
         sp.greedy = greedy;
         memset(&e, 0, sizeof e);
-        T_EQ_INT(engine_generate(g, ids, NULL, 3, 3, &sp, NULL, NULL, out, &n_out, NULL, &e), -1);
+        T_EQ_INT(t_generate(g, ids, NULL, 3, 3, &sp, NULL, NULL, out, &n_out, NULL, &e), -1);
         T_CONTAINS(e.msg, "non-finite logit");
         T_EQ_INT(n_out, 0);
         llm_truncate(&g->llm, 0);

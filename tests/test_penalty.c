@@ -2,7 +2,7 @@
  * far; prompt ids never count) checked against an independent loop written here: forward logits from
  * llm_forward, the penalty over the generated ids only, argmax (lowest id on a tie). Every path that
  * decodes greedily is compared with it: engine_generate (the `generate --ids` path), `minicpmv
- * generate --greedy --repetition-penalty` itself, engine_chat (the CLI chat), the server's turn
+ * generate --greedy --repetition-penalty` itself, the chat turn (turn.h: the CLI chat), the server's turn
  * (temperature 0 = argmax that KEEPS the penalty), and beam search with one beam (its penalty acts
  * on log-probabilities, as transformers' beam search does). Each test also proves it has power: the
  * penalised reference differs from plain greedy and from a loop that counts the prompt ids. */
@@ -12,11 +12,12 @@
 
 #include "beam.h"
 #include "chat.h"
-#include "engine.h"
+#include "engine_impl.h"
 #include "sampler.h"
 #include "server.h"
 #include "t.h"
 #include "tokenizer.h"
+#include "tengine.h"
 #include "tutil.h"
 
 #define MAXN 64  /* array capacity */
@@ -128,7 +129,7 @@ static void test_generate_ids(void)
         struct err e = {{0}};
         int ng = 0;
         llm_truncate(&g->llm, 0);
-        T_ASSERTF(engine_generate(g, p, NULL, n, ID_N, &sp, NULL, NULL, got, &ng, NULL, &e) == 0, "%s", e.msg);
+        T_ASSERTF(t_generate(g, p, NULL, n, ID_N, &sp, NULL, NULL, got, &ng, NULL, &e) == 0, "%s", e.msg);
         print_ids("engine_generate", got, ng);
         T_ASSERTF(same(got, ng, ref, nr), "greedy with penalty %.2f differs from the reference loop", pen);
     }
@@ -201,7 +202,7 @@ static const char *chat_text(void)
     return "Hello there";
 }
 
-/* the chat path (engine_chat, used by `minicpmv chat`): prompt from the template, penalty on generated ids */
+/* the chat path (the turn as `minicpmv chat -p` runs it): prompt from the template, penalty on generated ids */
 static void test_chat(void)
 {
     struct chat_msg m = {"user", chat_text()};
@@ -211,16 +212,16 @@ static void test_chat(void)
     T_ASSERTF(chat_build_ids(g->tok, NULL, &m, 1, NULL, 0, g->cfg.query_num, 0, &ids, &n, &e) == 0, "%s", e.msg);
     if (!ids) return;
     const int nr = ref_loop(ids, n, 1.5f, chat_n, 0, 0, ref);
-    struct engine_chat_request rq = {.msgs = &m, .n_msgs = 1, .max_new_tokens = chat_n};
-    sampler_defaults(&rq.sampling);
-    rq.sampling.greedy = true;
-    rq.sampling.repetition_penalty = 1.5f;
-    struct engine_chat_result res;
-    T_ASSERTF(engine_chat(g, &rq, NULL, NULL, &res, &e) == 0, "%s", e.msg);
+    struct turn_request rq = {.msgs = &m, .n_msgs = 1, .max_new = chat_n};
+    sampler_defaults(&rq.sp);
+    rq.sp.greedy = true;
+    rq.sp.repetition_penalty = 1.5f;
+    struct turn_result res;
+    T_ASSERTF(t_chat(g, &rq, NULL, NULL, &res, &e) == 0, "%s", e.msg);
     print_ids("reference", ref, nr);
-    print_ids("engine_chat", res.ids, res.n_ids);
-    T_ASSERTF(same(res.ids, res.n_ids, ref, nr), "engine_chat greedy + penalty differs from the reference");
-    engine_chat_result_free(&res);
+    print_ids("turn (chat -p)", res.ids, res.n_gen);
+    T_ASSERTF(same(res.ids, res.n_gen, ref, nr), "the chat turn greedy + penalty differs from the reference");
+    turn_result_free(&res);
     free(ids);
 }
 
@@ -238,15 +239,15 @@ static void test_server_turn(void)
     char *ej = NULL;
     /* the API default penalty (1.05) survives temperature 0 */
     T_EQ_INT(server_request_parse(&rq, bodies[1], strlen(bodies[1]), g, &lim, &ej), 0);
-    T_ASSERT(rq.turn.sp.greedy);
-    T_ASSERTF(rq.turn.sp.repetition_penalty == 1.05f, "temperature 0 gives penalty %g, want the default 1.05",
-              rq.turn.sp.repetition_penalty);
+    T_ASSERT(rq.req.sp.greedy);
+    T_ASSERTF(rq.req.sp.repetition_penalty == 1.05f, "temperature 0 gives penalty %g, want the default 1.05",
+              rq.req.sp.repetition_penalty);
     server_request_free(&rq);
     free(ej);
     ej = NULL;
     T_EQ_INT(server_request_parse(&rq, bodies[0], strlen(bodies[0]), g, &lim, &ej), 0);
     free(ej);
-    T_ASSERT(rq.turn.sp.greedy && rq.turn.sp.repetition_penalty == 1.5f);
+    T_ASSERT(rq.req.sp.greedy && rq.req.sp.repetition_penalty == 1.5f);
     struct chat_msg m = {"user", text};
     int32_t *ids = NULL, ref[MAXN];
     int n = 0;
@@ -263,9 +264,8 @@ static void test_server_turn(void)
     char *want = NULL;
     size_t wl = 0;
     T_ASSERT(tokenizer_decode(g->tok, keep + s0, nk - s0, TOKENIZER_CLEANUP_DEFAULT, &want, &wl, &e) == 0);
-    struct server_turn_result r;
-    int stage = 0;
-    T_ASSERTF(server_turn_run(g, NULL, &rq.turn, &r, &stage, &e) == 0, "%s", e.msg);
+    struct turn_result r;
+    T_ASSERTF(turn_run(rq.turn, g, NULL, &r, &e) == 0, "%s", e.msg);
     if (want && r.text) {
         /* str.strip() of the expected text */
         char *a = want, *z = want + strlen(want);
@@ -275,7 +275,7 @@ static void test_server_turn(void)
         fprintf(stderr, "  server text \"%s\"\n  reference   \"%s\"\n", r.text, a);
         T_EQ_STR(r.text, a);
     }
-    server_turn_result_free(&r);
+    turn_result_free(&r);
     server_request_free(&rq);
     free(want);
     free(ids);

@@ -1,6 +1,6 @@
 /* test_server.c: beam search (brute force on a synthetic model, beams=1 == greedy, KV save/restore ==
  * recompute on the tiny model) and the HTTP server in-process on the tiny model, driven over loopback
- * by a small raw-socket client: answers equal engine_chat's, streamed deltas concatenate to the JSON
+ * by a small raw-socket client: answers equal the chat turn's (turn.h, as `chat -p` runs it), streamed deltas concatenate to the JSON
  * answer, stop strings, every error status, queue-full 503, disconnects, and a bounded load test
  * (MINICPMV_LOAD_N requests, default 60; 16 concurrent). tests/server/run.sh drives the same server
  * binary with curl and the official `openai` npm client. */
@@ -14,8 +14,10 @@
 
 #include "backend.h"
 #include "beam.h"
+#include "engine_impl.h"
 #include "server.h"
 #include "t.h"
+#include "tengine.h"
 #include "tutil.h"
 
 /* ---- beam search on a synthetic model ---- */
@@ -151,7 +153,7 @@ static void test_beam_engine(void)
     sp.greedy = true;
     sp.repetition_penalty = 1.0f;
     llm_truncate(&G->llm, 0);
-    T_EQ_INT(engine_generate(G, prompt, NULL, np, T, &sp, NULL, NULL, a, &na, NULL, &e), 0);
+    T_EQ_INT(t_generate(G, prompt, NULL, np, T, &sp, NULL, NULL, a, &na, NULL, &e), 0);
     struct beam_params p = {.num_beams = 1, .length_penalty = 1.0f, .repetition_penalty = 1.0f, .max_new = T};
     llm_truncate(&G->llm, 0);
     T_EQ_INT(beam_generate(G, prompt, NULL, np, &p, NULL, NULL, b, &nb, NULL, &e), 0);
@@ -179,7 +181,7 @@ static void test_beam_engine(void)
     int32_t gr[64];
     int ng = 0;
     sp.repetition_penalty = 1.2f;
-    T_EQ_INT(engine_generate(G, prompt, NULL, np, T, &sp, NULL, NULL, gr, &ng, NULL, &e), 0);
+    T_EQ_INT(t_generate(G, prompt, NULL, np, T, &sp, NULL, NULL, gr, &ng, NULL, &e), 0);
     int same = ng == na;
     for (int i = 0; same && i < ng; i++) same = gr[i] == a[i];
     if (same) fprintf(stderr, "  note: 3-beam search equals greedy on this prompt\n");
@@ -346,7 +348,7 @@ static struct server *S;
 static int PORT;
 static char *EXP_TEXT, *EXP_IMG, *IMG_URL;
 
-/* The answers engine_chat gives (its own clean-up), to compare the server with. */
+/* The answers the chat turn gives without the server (t_chat: no HTTP, no cache), to compare the server with. */
 static char *engine_answer(const char *q, int with_image, int max_new)
 {
     struct image im = {0};
@@ -355,17 +357,17 @@ static char *engine_answer(const char *q, int with_image, int max_new)
     char content[256];
     snprintf(content, sizeof content, "%s%s", with_image ? CHAT_IMAGE_MARKER "\n" : "", q);
     struct chat_msg m = {"user", content};
-    struct engine_chat_request rq = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = with_image,
-                                     .max_new_tokens = max_new};
-    sampler_defaults(&rq.sampling);
-    rq.sampling.greedy = true;
-    struct engine_chat_result res;
+    struct turn_request rq = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = with_image,
+                                     .max_new = max_new};
+    sampler_defaults(&rq.sp);
+    rq.sp.greedy = true;
+    struct turn_result res;
     char *out = NULL;
-    if (!engine_chat(G, &rq, NULL, NULL, &res, &e)) {
+    if (!t_chat(G, &rq, NULL, NULL, &res, &e)) {
         out = strdup(res.text);
-        engine_chat_result_free(&res);
+        turn_result_free(&res);
     } else {
-        fprintf(stderr, "engine_chat: %s\n", e.msg);
+        fprintf(stderr, "t_chat: %s\n", e.msg);
     }
     image_free(&im);
     return out;
@@ -381,7 +383,7 @@ static void test_http_basic(void)
     T_EQ_INT(r.status, 200);
     T_ASSERT(r.body && strstr(r.body, "\"object\":\"list\""));
     free(r.body);
-    /* plain chat = engine_chat greedy; usage counts */
+    /* plain chat = the turn, greedy; usage counts */
     char *b = chat_body("Hello there", NULL, 16, 0, NULL);
     r = http(PORT, "POST", "/v1/chat/completions", b);
     T_EQ_INT(r.status, 200);
@@ -429,7 +431,7 @@ static void test_http_basic(void)
         free(b);
     }
     free(c);
-    /* image chat = engine_chat with the image; the second time comes from the cache */
+    /* image chat = the turn with the image; the second time comes from the cache */
     for (int rep = 0; rep < 2; rep++) {
         b = chat_body("What", IMG_URL, 8, 0, NULL);
         r = http(PORT, "POST", "/v1/chat/completions", b);

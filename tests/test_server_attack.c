@@ -6,7 +6,7 @@
  * an int, unsupported fields, the API key, CORS, content types, the generation deadline, beams x
  * tokens, the decoded-image budget, the image cache's byte budget, the drain, and a bounded load test
  * with the attack mix beside ordinary clients (latency p50/p99). Expected answers come from
- * engine_chat, never from the server itself. */
+ * the chat turn run directly (t_chat), never from the server itself. */
 #include <arpa/inet.h>
 #include <cJSON.h>
 #include <errno.h>
@@ -19,14 +19,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine_impl.h"
 #include "server.h"
 #include "t.h"
+#include "tengine.h"
 #include "tutil.h"
 
 #define IMG_PATH "tests/fixtures/image/gen200x150_q90_444.jpg"
 
 static struct engine *G;
-static char *EXP_TEXT; /* engine_chat's greedy answer to "Hello there", 8 tokens */
+static char *EXP_TEXT; /* the turn's greedy answer (t_chat) to "Hello there", 8 tokens */
 
 /* ---- a raw client ---- */
 struct resp {
@@ -924,9 +926,9 @@ static void test_image_memory(void)
     server_stop(s);
     free(b);
     /* the cache's bytes: the key is the encoded file plus 24 bytes of lengths, not the decoded pixels */
-    struct server_cache *c = NULL;
+    struct imgcache *c = NULL;
     struct err e = {{0}};
-    T_EQ_INT(server_cache_init(&c, 4, &e), 0);
+    T_EQ_INT(imgcache_init(&c, 4, &e), 0);
     struct image im = {0};
     T_EQ_INT(image_load(&im, IMG_PATH, NULL, &e), 0);
     size_t n;
@@ -935,27 +937,30 @@ static void test_image_memory(void)
     char content[64];
     snprintf(content, sizeof content, "%s\nWhat", CHAT_IMAGE_MARKER);
     struct chat_msg m = {"user", content};
-    struct server_turn t = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = 1, .img_keys = keys,
-                            .img_key_len = &n, .max_new = 2, .length_penalty = 1.0f};
-    sampler_defaults(&t.sp);
-    t.sp.greedy = true;
-    struct server_turn_result res;
-    int stage;
-    T_EQ_INT(server_turn_run(G, c, &t, &res, &stage, &e), 0);
-    server_turn_result_free(&res);
-    size_t held = server_cache_bytes(c);
+    struct turn_request rq = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = 1, .img_keys = keys,
+                              .img_key_len = &n, .max_new = 2, .length_penalty = 1.0f};
+    sampler_defaults(&rq.sp);
+    rq.sp.greedy = true;
+    struct turn *t = NULL;
+    T_EQ_INT(turn_prepare(&t, G, &rq, &e), 0);
+    const struct turn_io io = {.cache = c};
+    struct turn_result res;
+    T_EQ_INT(turn_run(t, G, &io, &res, &e), 0);
+    turn_result_free(&res);
+    size_t held = imgcache_bytes(c);
     /* the encodings: n_pieces x query_num x hidden floats at most (4 bytes each); pieces <= 10 */
     const size_t tok_max = (size_t)10 * G->cfg.query_num * G->cfg.hidden_size * 4;
     T_ASSERTF(held >= n + 24 && held <= n + 24 + tok_max, "cache holds %zu bytes; key %zu", held, n + 24);
     T_ASSERTF(held < n + 24 + (size_t)im.w * im.h * 3 || tok_max >= (size_t)im.w * im.h * 3, "%zu", held);
-    T_EQ_INT(server_turn_run(G, c, &t, &res, &stage, &e), 0);
+    T_EQ_INT(turn_run(t, G, &io, &res, &e), 0);
     T_EQ_INT(res.image_cached, 1);
-    server_turn_result_free(&res);
+    turn_result_free(&res);
     enc[n / 2] ^= 1; /* one byte of the file differs: a different key */
-    T_EQ_INT(server_turn_run(G, c, &t, &res, &stage, &e), 0);
+    T_EQ_INT(turn_run(t, G, &io, &res, &e), 0);
     T_EQ_INT(res.image_cached, 0);
-    server_turn_result_free(&res);
-    server_cache_free(c);
+    turn_result_free(&res);
+    turn_free(t);
+    imgcache_free(c);
     image_free(&im);
     free(enc);
     free(url);
@@ -1130,16 +1135,16 @@ int main(void)
         t_fail++;
         return t_main_end("test_server_attack");
     }
-    /* the expected answer, from engine_chat (not from the server) */
+    /* the expected answer, from the turn run directly (not from the server) */
     char content[] = "Hello there";
     struct chat_msg msg = {"user", content};
-    struct engine_chat_request rq = {.msgs = &msg, .n_msgs = 1, .max_new_tokens = 8};
-    sampler_defaults(&rq.sampling);
-    rq.sampling.greedy = true;
-    struct engine_chat_result res;
-    if (!engine_chat(G, &rq, NULL, NULL, &res, &e)) {
+    struct turn_request rq = {.msgs = &msg, .n_msgs = 1, .max_new = 8};
+    sampler_defaults(&rq.sp);
+    rq.sp.greedy = true;
+    struct turn_result res;
+    if (!t_chat(G, &rq, NULL, NULL, &res, &e)) {
         EXP_TEXT = strdup(res.text);
-        engine_chat_result_free(&res);
+        turn_result_free(&res);
     }
     RUN(test_body_limits);
     RUN(test_http_framing);

@@ -22,11 +22,12 @@
 #include "backend.h"
 #include "chat.h"
 #include "devmap.h"
-#include "engine.h"
+#include "engine_impl.h"
 #include "image.h"
 #include "model.h"
 #include "resampler.h"
 #include "t.h"
+#include "tengine.h"
 #include "tutil.h"
 #include "vision.h"
 
@@ -803,18 +804,18 @@ static void test_batched_pieces(void)
     devmap_params_default(&dp);
     T_EQ_INT(dflt->plan->params.max_pieces, dp.max_pieces);
     struct chat_msg msg = {"user", "(<image>./</image>)\n(<image>./</image>)\nCompare them."};
-    struct engine_chat_request rq = {0};
+    struct turn_request rq = {0};
     rq.msgs = &msg;
     rq.n_msgs = 1;
     rq.images = im;
     rq.n_images = 2;
-    rq.max_new_tokens = 2;
-    sampler_defaults(&rq.sampling);
-    rq.sampling.greedy = true;
-    struct engine_chat_result res;
-    T_ASSERTF(engine_chat(dflt, &rq, NULL, NULL, &res, &e) == 0, "chat: %s", e.msg);
+    rq.max_new = 2;
+    sampler_defaults(&rq.sp);
+    rq.sp.greedy = true;
+    struct turn_result res;
+    T_ASSERTF(t_chat(dflt, &rq, NULL, NULL, &res, &e) == 0, "chat: %s", e.msg);
     T_EQ_INT(res.n_pieces, 17); /* 1 + 3x3 and 1 + 2x3 */
-    engine_chat_result_free(&res);
+    turn_result_free(&res);
 out:
     engine_close(one);
     engine_close(three);

@@ -16,7 +16,7 @@
 
 #include "backend.h"
 #include "chat.h"
-#include "engine.h"
+#include "engine_impl.h"
 #include "image.h"
 #include "model.h"
 #include "resampler.h"

@@ -3,7 +3,7 @@
  *   prefillN   prefill of N random token ids (one llm_forward call, chunked by --max-batch), tok/s
  *   decodeC    greedy decode steps (llm_forward with one token) at context C, tok/s and effective GB/s
  *   vision1    engine_encode_images on a 448x448 image (1 piece), ms; vision10: 1344x1344 (10 pieces)
- *   ttft       JPEG bytes in memory -> decode -> engine_chat(max_new_tokens 1): time to first token, ms
+ *   ttft       JPEG bytes in memory -> decode -> a chat turn (max_new 1): time to first token, ms
  *   seedcase   1344x1344 JPEG + text, ~3000 prompt tokens, 1000 generated (stop ids ignored), end to end, s
  * plus the memory per device (model accounting and the peak seen) and, with --json, the same numbers for
  * tools/bench_compare.py. Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
@@ -28,7 +28,9 @@
 #include "cmd_util.h"
 #include "devmap.h"
 #include "image.h"
+#include "mm.h"
 #include "tokenizer.h"
+#include "turn.h"
 
 #define BENCH_MAX_REPS 100
 #define BENCH_MAX_PHASES 16
@@ -72,7 +74,7 @@ struct phase {
     int n_x;
     const char *xk[BENCH_MAX_X];
     double xv[BENCH_MAX_X];
-    int64_t peak_used[MODEL_MAX_DEVICES]; /* per tracked GPU: bytes in use at this phase's peak */
+    int64_t peak_used[DEVMAP_MAX_DEVICES]; /* per tracked GPU: bytes in use at this phase's peak */
 };
 
 struct bench {
@@ -83,9 +85,9 @@ struct bench {
     int64_t decode_weight_bytes;  /* LLM weights one decode step streams (embedding table excluded) */
     float *logits;
     /* memory: GPUs tracked by free memory, the CPU by peak RSS */
-    int n_gpu, gpu[MODEL_MAX_DEVICES];
-    size_t free0[MODEL_MAX_DEVICES], total[MODEL_MAX_DEVICES], min_free[MODEL_MAX_DEVICES],
-        phase_min[MODEL_MAX_DEVICES];
+    int n_gpu, gpu[DEVMAP_MAX_DEVICES];
+    size_t free0[DEVMAP_MAX_DEVICES], total[DEVMAP_MAX_DEVICES], min_free[DEVMAP_MAX_DEVICES],
+        phase_min[DEVMAP_MAX_DEVICES];
     pthread_mutex_t mu;
     pthread_t th;
     int poll_ms, th_running;
@@ -115,10 +117,7 @@ static double median(const double *v, int n)
     return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 
-static void sync_all(const struct engine *g)
-{
-    for (int i = 0; i < g->pl.n_devices; i++) dev_sync(g->pl.devs[i]);
-}
+static void sync_all(struct engine *g) { engine_sync(g); }
 
 /* ------------------------------------------------------------------ memory tracking */
 
@@ -170,7 +169,7 @@ static int32_t *rand_ids(struct bench *b, int64_t n)
     int32_t *ids = malloc((size_t)(n > 0 ? n : 1) * sizeof *ids);
     if (!ids) return NULL;
     uint64_t s = b->seed;
-    const int V = b->g->cfg.vocab_size, hi = V < 128000 ? V : 128000; /* ids >= 128000 are special */
+    const int V = engine_config(b->g)->vocab_size, hi = V < 128000 ? V : 128000; /* ids >= 128000 are special */
     for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(256 + splitmix64(&s) % (uint64_t)(hi - 256));
     return ids;
 }
@@ -212,7 +211,7 @@ static int prompt_len(struct bench *b, const char *content, const struct chat_gr
 {
     struct chat_msg m = {"user", content};
     int32_t *ids = NULL;
-    if (chat_build_ids(b->g->tok, NULL, &m, 1, grid, 1, b->g->cfg.query_num, 0, &ids, n, e)) return -1;
+    if (chat_build_ids(engine_tokenizer(b->g), NULL, &m, 1, grid, 1, engine_config(b->g)->query_num, 0, &ids, n, e)) return -1;
     free(ids);
     return 0;
 }
@@ -251,10 +250,10 @@ static int run_prefill(struct bench *b, struct phase *p, struct err *e)
     if (!ids) return err_set(e, "out of memory");
     int rc = -1;
     for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
-        llm_truncate(&g->llm, 0);
+        engine_truncate(g, 0);
         sync_all(g);
         double t0 = time_now();
-        if (llm_forward(&g->llm, ids, NULL, p->n, b->logits, e)) goto out;
+        if (engine_prefill(g, ids, NULL, p->n, b->logits, e)) goto out;
         sync_all(g);
         if (r >= 0) p->t[p->reps++] = time_now() - t0;
     }
@@ -264,7 +263,7 @@ static int run_prefill(struct bench *b, struct phase *p, struct err *e)
     p->higher_better = 1;
     x_add(p, "tokens", (double)p->n);
     x_add(p, "ms", 1e3 * p->med);
-    x_add(p, "chunk", (double)g->llm.max_batch);
+    x_add(p, "chunk", (double)engine_max_batch(g));
     rc = 0;
 out:
     free(ids);
@@ -274,8 +273,8 @@ out:
 /* KV bytes a decode step reads at context T (attends over T keys): all layers, K and V. */
 static double kv_read_bytes(const struct engine *g, double T)
 {
-    const struct model_config *c = &g->cfg;
-    return T * c->num_hidden_layers * 2.0 * c->num_key_value_heads * c->head_dim * (double)dtype_size(g->llm.act);
+    const struct model_config *c = engine_config(g);
+    return T * c->num_hidden_layers * 2.0 * c->num_key_value_heads * c->head_dim * (double)dtype_size(engine_dtype(g));
 }
 
 static int run_decode(struct bench *b, struct phase *p, struct err *e)
@@ -288,19 +287,19 @@ static int run_decode(struct bench *b, struct phase *p, struct err *e)
     sampler_defaults(&sp);
     sp.greedy = true;
     sp.repetition_penalty = 1.0f; /* plain argmax, as HF generate(do_sample=False) */
-    if (!ids || sampler_init(&s, &sp, g->cfg.vocab_size)) { free(ids); return err_set(e, "out of memory"); }
+    if (!ids || sampler_init(&s, &sp, engine_config(g)->vocab_size)) { free(ids); return err_set(e, "out of memory"); }
     int rc = -1;
-    llm_truncate(&g->llm, 0);
-    if (llm_forward(&g->llm, ids, NULL, p->n, b->logits, e)) goto out; /* the context, untimed */
+    engine_truncate(g, 0);
+    if (engine_prefill(g, ids, NULL, p->n, b->logits, e)) goto out; /* the context, untimed */
     const int32_t first = sampler_sample(&s, b->logits);
     for (int r = -1; r < b->reps; r++) {
         const int n_steps = r < 0 ? (steps < 16 ? steps : 16) : steps;
-        llm_truncate(&g->llm, p->n); /* back to context C: the next steps overwrite the same cache rows */
+        engine_truncate(g, p->n); /* back to context C: the next steps overwrite the same cache rows */
         int32_t tok = first;
         sync_all(g);
         double t0 = time_now();
         for (int i = 0; i < n_steps; i++) /* the engine's greedy step: a CUDA graph on one GPU */
-            if (llm_decode_greedy(&g->llm, tok, &tok, e)) goto out;
+            if (engine_decode_greedy(g, tok, &tok, e)) goto out;
         sync_all(g);
         if (r >= 0) p->t[p->reps++] = time_now() - t0;
     }
@@ -338,7 +337,7 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
     for (int r = -1; r < b->reps; r++) {
         struct image_pieces ip = {0};
         double t0 = time_now();
-        int prc = image_preprocess(&ip, &im, &g->pp, 0, e);
+        int prc = image_preprocess(&ip, &im, engine_preprocessor(g), 0, e);
         double t1 = time_now();
         image_pieces_free(&ip);
         if (prc) goto out;
@@ -354,7 +353,7 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
         double t1 = time_now();
         dev_free(out.dev, out.data);
         if (r >= 0) {
-            const struct engine_encode_times *et = &g->enc_times;
+            const struct mm_times *et = engine_encode_times(g);
             tq[0][p->reps] = et->pre, tq[1][p->reps] = et->vision_queued, tq[2][p->reps] = et->rs_queued;
             tq[3][p->reps] = et->wait;
             p->t[p->reps++] = t1 - t0;
@@ -384,7 +383,7 @@ out:
 static int run_ttft(struct bench *b, struct phase *p, struct err *e)
 {
     struct engine *g = b->g;
-    if (!g->tok) return err_set(e, "needs tokenizer.json in the model folder");
+    if (!engine_tokenizer(g)) return err_set(e, "needs tokenizer.json in the model folder");
     unsigned char *jpg = NULL;
     unsigned long n_jpg = 0;
     if (gen_jpeg(1344, 1344, 7, &jpg, &n_jpg, e)) return -1;
@@ -395,20 +394,22 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
     int rc = -1, n_prompt = 0, pieces = 0, first = -1;
     for (int r = -1; r < b->reps; r++) {
         struct image im = {0};
-        struct engine_chat_result res;
-        struct engine_chat_request rq = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = 1, .max_new_tokens = 1};
-        sampler_defaults(&rq.sampling);
-        rq.sampling.greedy = true;
-        rq.sampling.repetition_penalty = 1.0f;
+        struct turn *t = NULL;
+        struct turn_result res = {0};
+        struct turn_request rq = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = 1, .max_new = 1};
+        sampler_defaults(&rq.sp);
+        rq.sp.greedy = true;
+        rq.sp.repetition_penalty = 1.0f;
         sync_all(g);
         double t0 = time_now();
         if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
         double t1 = time_now();
-        int crc = engine_chat(g, &rq, NULL, NULL, &res, e);
+        int crc = turn_prepare(&t, g, &rq, e) || turn_run(t, g, NULL, &res, e);
         sync_all(g);
         double t2 = time_now();
+        turn_free(t);
         image_free(&im);
-        if (crc) goto out;
+        if (crc) { turn_result_free(&res); goto out; }
         if (r >= 0) {
             tdec[p->reps] = t1 - t0;
             tvis[p->reps] = res.t_vision;
@@ -417,15 +418,15 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
         }
         n_prompt = res.n_prompt;
         pieces = res.n_pieces;
-        first = res.n_ids > 0 ? res.ids[0] : -1;
-        engine_chat_result_free(&res);
+        first = res.n_gen > 0 ? res.ids[0] : -1;
+        turn_result_free(&res);
     }
     p->med = median(p->t, p->reps);
     p->value = 1e3 * p->med;
     p->unit = "ms";
     int32_t *qids = NULL;
     int n_q = -1;
-    if (!tokenizer_encode(g->tok, BENCH_QUESTION, strlen(BENCH_QUESTION), 0, &qids, &n_q, e)) free(qids);
+    if (!tokenizer_encode(engine_tokenizer(g), BENCH_QUESTION, strlen(BENCH_QUESTION), 0, &qids, &n_q, e)) free(qids);
     x_add(p, "n_prompt", n_prompt);
     x_add(p, "question_tokens", n_q);
     x_add(p, "pieces", pieces);
@@ -440,65 +441,54 @@ out:
     return rc;
 }
 
-/* One end-to-end run: JPEG decode -> vision -> prompt -> merge -> prefill -> n_new greedy tokens, stop ids
- * ignored (random weights may emit one early; the seed's measurement generated all 1000). */
+/* One end-to-end run through the chat turn: JPEG decode -> vision -> prompt -> merge -> prefill -> n_new
+ * greedy tokens, stop ids ignored (random weights may emit one early; the seed's measurement generated all
+ * 1000). */
 static int seed_once(struct bench *b, const unsigned char *jpg, unsigned long n_jpg, const char *content, int n_new,
                      double tm[5], int *n_prompt, int *first_stop, struct err *e)
 {
     struct engine *g = b->g;
     struct image im = {0};
-    struct chat_grid grid;
-    struct tensor img = {0}, emb = {0};
-    int32_t *ids = NULL;
-    int n_ids = 0, pieces = 0, rc = -1;
+    struct turn *t = NULL;
+    struct turn_result res = {0};
     struct chat_msg m = {"user", content};
-    struct sampler s;
-    struct sampler_params sp;
-    sampler_defaults(&sp);
-    sp.greedy = true;
-    sp.repetition_penalty = 1.0f;
-    if (sampler_init(&s, &sp, g->cfg.vocab_size)) return err_set(e, "out of memory");
+    struct turn_request rq = {.msgs = &m, .n_msgs = 1, .images = &im, .n_images = 1, .max_new = n_new,
+                              .ignore_eos = 1};
+    sampler_defaults(&rq.sp);
+    rq.sp.greedy = true;
+    rq.sp.repetition_penalty = 1.0f;
+    int rc = -1;
     sync_all(g);
     double t0 = time_now();
     if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
-    if (engine_encode_images(g, &im, 1, &grid, &img, &pieces, e)) goto out;
     double t1 = time_now();
-    if (chat_build_ids(g->tok, NULL, &m, 1, &grid, 1, g->cfg.query_num, 0, &ids, &n_ids, e)) goto out;
-    if (llm_check_fit(g->llm.ctx, n_ids, n_new, e)) goto out;
-    if (engine_merge_embeddings(g, ids, n_ids, &img, pieces, &emb, e)) goto out;
-    llm_truncate(&g->llm, 0);
-    if (llm_forward(&g->llm, NULL, &emb, n_ids, b->logits, e)) goto out;
-    int32_t tok = sampler_sample(&s, b->logits);
-    double t2 = time_now();
-    *first_stop = engine_is_stop(g, tok) ? 0 : -1;
-    for (int i = 1; i < n_new; i++) {
-        if (llm_decode_greedy(&g->llm, tok, &tok, e)) goto out;
-        if (*first_stop < 0 && engine_is_stop(g, tok)) *first_stop = i;
-    }
+    if (turn_prepare(&t, g, &rq, e) || turn_run(t, g, NULL, &res, e)) goto out;
     sync_all(g);
     double t3 = time_now();
-    tm[0] = t3 - t0; /* end to end */
-    tm[1] = t1 - t0; /* jpeg decode + vision */
-    tm[2] = t2 - t1; /* prompt, merge, prefill, first token */
-    tm[3] = t3 - t2; /* the other n_new - 1 tokens */
-    tm[4] = t2 - t0; /* time to first token */
-    *n_prompt = n_ids;
+    tm[0] = t3 - t0;                     /* end to end */
+    tm[1] = t1 - t0 + res.t_vision;      /* jpeg decode + vision */
+    tm[3] = res.t_decode;                /* the other n_new - 1 tokens */
+    tm[2] = tm[0] - tm[1] - tm[3];       /* prompt, merge, prefill, first token */
+    tm[4] = tm[1] + tm[2];               /* time to first token */
+    *n_prompt = res.n_prompt;
+    *first_stop = -1;
+    for (int i = 0; i < res.n_gen && *first_stop < 0; i++)
+        if (engine_is_stop(g, res.ids[i])) *first_stop = i;
     rc = 0;
 out:
-    sampler_free(&s);
+    turn_free(t);
+    turn_result_free(&res);
     image_free(&im);
-    if (img.data) dev_free(img.dev, img.data);
-    if (emb.data) dev_free(emb.dev, emb.data);
-    free(ids);
     return rc;
 }
 
 static int run_seed(struct bench *b, struct phase *p, struct err *e)
 {
     struct engine *g = b->g;
-    if (!g->tok) return err_set(e, "needs tokenizer.json in the model folder");
+    if (!engine_tokenizer(g)) return err_set(e, "needs tokenizer.json in the model folder");
     struct image_slice_plan plan;
-    if (image_slice_plan(&plan, 1344, 1344, g->pp.scale_resolution, g->pp.patch_size, g->pp.max_slice_nums, e))
+    if (image_slice_plan(&plan, 1344, 1344, engine_preprocessor(g)->scale_resolution, engine_preprocessor(g)->patch_size,
+                         engine_preprocessor(g)->max_slice_nums, e))
         return -1;
     struct chat_grid grid = {plan.cols, plan.rows};
     int words = 0, n_target = 0, n_prompt = 0, first_stop = -1;
@@ -569,26 +559,6 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
     return 0;
 }
 
-/* Weight bytes one decode step streams: every manifest tensor of the decoder layers, the final norm and
- * lm_head (the embedding table is gathered one row per token, not streamed). From the manifest, so it
- * does not depend on how the loader lays the weights out (fused or not). */
-static int decode_weight_bytes(const struct engine *g, int64_t *out, struct err *e)
-{
-    struct manifest_entry *m = NULL;
-    int n = model_manifest(&g->cfg, &m, e);
-    if (n < 0) return -1;
-    int64_t s = 0;
-    for (int i = 0; i < n; i++) {
-        if (m[i].unit != UNIT_LAYER && m[i].unit != UNIT_NORM && m[i].unit != UNIT_LM_HEAD) continue;
-        int64_t k = 1;
-        for (int d = 0; d < m[i].ndim; d++) k *= m[i].shape[d];
-        s += k * (int64_t)dtype_size(g->model.wdtype);
-    }
-    free(m);
-    *out = s;
-    return 0;
-}
-
 struct memrow {
     struct device dev;
     int64_t weights, kv, buffers, peak, total;
@@ -597,21 +567,14 @@ struct memrow {
 static int mem_rows(const struct bench *b, struct memrow *rows)
 {
     const struct engine *g = b->g;
-    int n = 0;
-    for (int i = 0; i < g->pl.n_devices; i++) {
-        struct device d = g->pl.devs[i];
-        int k = 0;
-        while (k < n && !device_eq(rows[k].dev, d)) k++;
-        if (k == n) {
-            memset(&rows[n], 0, sizeof rows[n]);
-            rows[n++].dev = d;
-        }
-        int64_t kv = 0;
-        for (int l = 0; l < g->cfg.num_hidden_layers; l++)
-            if (g->pl.layer[l] == i) kv += 2 * (int64_t)tensor_nbytes(&g->llm.cache[l].k);
-        rows[k].weights += (int64_t)g->model.bytes_per_device[i];
-        rows[k].kv += kv;
-        rows[k].buffers += (int64_t)llm_device_bytes(&g->llm, i) - kv;
+    struct engine_device_mem dm[DEVMAP_MAX_DEVICES];
+    const int n = engine_device_memory(g, dm, DEVMAP_MAX_DEVICES);
+    for (int k = 0; k < n; k++) {
+        memset(&rows[k], 0, sizeof rows[k]);
+        rows[k].dev = dm[k].dev;
+        rows[k].weights = dm[k].weights;
+        rows[k].kv = dm[k].kv;
+        rows[k].buffers = dm[k].buffers;
     }
     for (int k = 0; k < n; k++) {
         if (rows[k].dev.kind == DEVICE_CPU) {
@@ -639,8 +602,8 @@ static void print_report(const struct bench *b, const struct phase *ph, int n_ph
 {
     const struct engine *g = b->g;
     printf("\nminicpmv bench: %d layers, d=%d, %s, ctx %lld, prefill chunk %lld, reps %d (median)\n",
-           g->cfg.num_hidden_layers, g->cfg.hidden_size, dtype_name(g->llm.act), (long long)g->llm.ctx,
-           (long long)g->llm.max_batch, b->reps);
+           engine_config(g)->num_hidden_layers, engine_config(g)->hidden_size, dtype_name(engine_dtype(g)),
+           (long long)engine_ctx(g), (long long)engine_max_batch(g), b->reps);
     printf("%-12s %14s  %s\n", "phase", "result", "details");
     for (int i = 0; i < n_ph; i++) {
         const struct phase *p = &ph[i];
@@ -659,7 +622,7 @@ static void print_report(const struct bench *b, const struct phase *ph, int n_ph
         }
         printf("\n");
     }
-    struct memrow rows[MODEL_MAX_DEVICES];
+    struct memrow rows[DEVMAP_MAX_DEVICES];
     int n = mem_rows(b, rows);
     printf("\nmemory      %10s %10s %10s %12s %14s\n", "weights", "KV", "buffers", "peak used",
            "beyond W+KV");
@@ -688,14 +651,14 @@ static int write_json(const struct bench *b, const struct phase *ph, int n_ph, c
     }
     cJSON_AddStringToObject(root, "tool", "minicpmv bench");
     cJSON_AddStringToObject(root, "model", model);
-    cJSON_AddStringToObject(root, "dtype", dtype_name(g->llm.act));
-    cJSON_AddNumberToObject(root, "ctx", (double)g->llm.ctx);
-    cJSON_AddNumberToObject(root, "max_batch", (double)g->llm.max_batch);
+    cJSON_AddStringToObject(root, "dtype", dtype_name(engine_dtype(g)));
+    cJSON_AddNumberToObject(root, "ctx", (double)engine_ctx(g));
+    cJSON_AddNumberToObject(root, "max_batch", (double)engine_max_batch(g));
     cJSON_AddNumberToObject(root, "reps", b->reps);
-    cJSON_AddNumberToObject(root, "load_s", g->load_seconds);
+    cJSON_AddNumberToObject(root, "load_s", engine_load_seconds(g));
     cJSON_AddNumberToObject(root, "decode_weight_bytes", (double)b->decode_weight_bytes);
     char lab[16];
-    dev_label(g->pl.devs[g->pl.embed], lab, sizeof lab);
+    dev_label(engine_embed_device(g), lab, sizeof lab);
     cJSON_AddStringToObject(root, "device", lab);
     for (int i = 0; i < n_ph; i++) {
         const struct phase *p = &ph[i];
@@ -718,7 +681,7 @@ static int write_json(const struct bench *b, const struct phase *ph, int n_ph, c
         }
     }
     cJSON_AddItemToObject(root, "phases", phs);
-    struct memrow rows[MODEL_MAX_DEVICES];
+    struct memrow rows[DEVMAP_MAX_DEVICES];
     int n = mem_rows(b, rows);
     for (int k = 0; k < n; k++) {
         cJSON *d = cJSON_CreateObject();
@@ -769,11 +732,8 @@ static const char BENCH_HELP[] =
 int cmd_bench(int argc, char **argv)
 {
     struct err e = {{0}};
-    struct engine_options o;
-    engine_options_default(&o);
-    struct devmap_opts dmo;
-    devmap_opts_init(&dmo);
-    o.devmap = &dmo;
+    struct cmdu_engine_opts eo;
+    cmdu_engine_opts_init(&eo);
     struct bench b;
     memset(&b, 0, sizeof b);
     b.reps = 5;
@@ -787,7 +747,7 @@ int cmd_bench(int argc, char **argv)
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL;
     for (int i = 1; i < argc; i++) {
-        int r = cmdu_engine_flag(&o, &dmo, argc, argv, &i, &e);
+        int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
         if (r > 0) continue;
         const char *f = argv[i], *v;
@@ -834,20 +794,20 @@ int cmd_bench(int argc, char **argv)
                     : ph[i].kind == PK_SEED ? (int64_t)b.seed_prompt + b.seed_new : 0;
         if (k > need) { need = k; need_by = ph[i].name; }
     }
-    if (dmo.params.ctx > 0 && dmo.params.ctx < need) {
-        err_set(&e, "--ctx %lld is too small for %s (needs %lld tokens)", (long long)dmo.params.ctx, need_by,
+    if (eo.dm.params.ctx > 0 && eo.dm.params.ctx < need) {
+        err_set(&e, "--ctx %lld is too small for %s (needs %lld tokens)", (long long)eo.dm.params.ctx, need_by,
                 (long long)need);
         goto out;
     }
-    if (dmo.params.ctx <= 0 && need > 4096) dmo.params.ctx = (need + 255) / 256 * 256;
+    if (eo.dm.params.ctx <= 0 && need > 4096) eo.dm.params.ctx = (need + 255) / 256 * 256;
 
     /* GPU memory baseline before anything is loaded (after the CUDA context exists) */
     struct backend_info bi;
     backend_query(&bi);
-    if (!(o.device && !strcmp(o.device, "cpu")) && dmo.n_gpus != 0) {
-        int n = dmo.n_gpus > 0 ? dmo.n_gpus : bi.n_gpus;
-        for (int i = 0; i < n && b.n_gpu < MODEL_MAX_DEVICES; i++) {
-            int ord = dmo.n_gpus > 0 ? dmo.gpus[i] : i;
+    if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
+        int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
+        for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {
+            int ord = eo.dm.n_gpus > 0 ? eo.dm.gpus[i] : i;
             size_t fr, tot;
             struct err me;
             if (ord >= bi.n_gpus || dev_mem_info(device_cuda(ord), &fr, &tot, &me)) continue;
@@ -860,10 +820,10 @@ int cmd_bench(int argc, char **argv)
         if (pthread_create(&b.th, NULL, mem_poller, &b)) { err_set(&e, "--mem-poll: cannot start a thread"); goto out; }
         b.th_running = 1;
     }
-    if (engine_open(&b.g, &o, &e)) goto out;
-    fprintf(stderr, "bench: model loaded in %.1f s\n", b.g->load_seconds);
-    if (decode_weight_bytes(b.g, &b.decode_weight_bytes, &e)) goto out;
-    if (!(b.logits = malloc((size_t)b.g->cfg.vocab_size * sizeof *b.logits))) { err_set(&e, "out of memory"); goto out; }
+    if (engine_open(&b.g, &eo.o, &e)) goto out;
+    fprintf(stderr, "bench: model loaded in %.1f s\n", engine_load_seconds(b.g));
+    if (engine_decode_weight_bytes(b.g, &b.decode_weight_bytes, &e)) goto out;
+    if (!(b.logits = malloc((size_t)engine_config(b.g)->vocab_size * sizeof *b.logits))) { err_set(&e, "out of memory"); goto out; }
     mem_sample(&b);
 
     for (int i = 0; i < n_ph; i++) {
@@ -875,14 +835,14 @@ int cmd_bench(int argc, char **argv)
                   : p->kind == PK_VISION ? run_vision(&b, p, &pe) : p->kind == PK_TTFT ? run_ttft(&b, p, &pe)
                   : run_seed(&b, p, &pe);
         phase_mem_end(&b, p);
-        llm_truncate(&b.g->llm, 0);
+        engine_truncate(b.g, 0);
         if (prc) snprintf(p->err, sizeof p->err, "failed: %s", pe.msg);
         else if (!(p->value > 0) || !isfinite(p->value)) snprintf(p->err, sizeof p->err, "failed: no valid timing");
         else p->ran = 1;
         fprintf(stderr, "bench: %-12s %s (%.1f s)\n", p->name, p->ran ? "done" : p->err, time_now() - t0);
     }
     print_report(&b, ph, n_ph);
-    if (json && write_json(&b, ph, n_ph, o.model_dir, json, &e)) goto out;
+    if (json && write_json(&b, ph, n_ph, eo.o.model_dir, json, &e)) goto out;
     rc = 0;
     for (int i = 0; i < n_ph; i++)
         if (!ph[i].ran) rc = 1;

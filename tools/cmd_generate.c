@@ -41,17 +41,15 @@ static int parse_ids(const char *s, int32_t **out, int *n, struct err *e)
 int cmd_generate(int argc, char **argv)
 {
     struct err e = {{0}};
-    struct engine_options o;
-    engine_options_default(&o);
-    struct devmap_opts dmo;
-    devmap_opts_init(&dmo);
+    struct cmdu_engine_opts eo;
+    cmdu_engine_opts_init(&eo);
     struct sampler_params sp;
     sampler_defaults(&sp);
     const char *ids_s = NULL;
     long long max_new = 16;
     int stats = 0;
     for (int i = 1; i < argc; i++) {
-        int r = cmdu_engine_flag(&o, &dmo, argc, argv, &i, &e);
+        int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r == 0) r = cmdu_sampler_flag(&sp, argc, argv, &i, &e);
         if (r < 0) goto fail;
         if (r > 0) continue;
@@ -83,27 +81,27 @@ int cmd_generate(int argc, char **argv)
     if (parse_ids(ids_s, &ids, &n, &e)) goto fail;
     struct engine *g = NULL;
     struct progress_term pt;
-    o.progress = progress_term_init(&pt, o.quiet);
-    int orc = engine_open(&g, &o, &e);
+    eo.o.progress = progress_term_init(&pt, eo.o.quiet);
+    int orc = engine_open(&g, &eo.o, &e);
     progress_term_end(&pt);
     if (orc) { free(ids); goto fail; }
-    for (int i = 0; i < n; i++)
-        if (ids[i] >= g->cfg.vocab_size) {
-            err_set(&e, "--ids: id %d is outside the vocabulary (0..%d)", ids[i], g->cfg.vocab_size - 1);
-            free(ids);
-            engine_close(g);
-            goto fail;
-        }
+    if (engine_check_ids(g, ids, n, &e)) {
+        err_prefix(&e, "--ids");
+        free(ids);
+        engine_close(g);
+        goto fail;
+    }
     int32_t *out = malloc((size_t)(max_new ? max_new : 1) * sizeof *out);
     int n_out = 0;
     struct engine_gen_stats st = {0};
-    int rc = engine_generate(g, ids, NULL, n, (int)max_new, &sp, NULL, NULL, out, &n_out, &st, &e);
+    const struct engine_gen q = {.ids = ids, .n = n, .max_new = (int)max_new, .sp = &sp};
+    int rc = engine_generate(g, &q, out, &n_out, &st, &e);
     if (rc == 0) {
         for (int i = 0; i < n_out; i++) printf(i ? ",%d" : "%d", out[i]);
         printf("\n");
         if (stats)
             fprintf(stderr, "load %.2f s; prefill %lld tok in %.3f s (%.1f tok/s); decode %lld tok in %.3f s (%.2f tok/s)\n",
-                    g->load_seconds, (long long)st.n_prompt, st.t_prefill, st.n_prompt / (st.t_prefill > 0 ? st.t_prefill : 1e-9),
+                    engine_load_seconds(g), (long long)st.n_prompt, st.t_prefill, st.n_prompt / (st.t_prefill > 0 ? st.t_prefill : 1e-9),
                     (long long)(st.n_gen > 0 ? st.n_gen - 1 : 0), st.t_decode,
                     (st.n_gen > 1 ? st.n_gen - 1 : 0) / (st.t_decode > 0 ? st.t_decode : 1e-9));
     }

@@ -36,10 +36,8 @@ static void *second_signal(void *p)
 int cmd_serve(int argc, char **argv)
 {
     struct err e = {{0}};
-    struct engine_options o;
-    engine_options_default(&o);
-    struct devmap_opts dmo;
-    devmap_opts_init(&dmo);
+    struct cmdu_engine_opts eo;
+    cmdu_engine_opts_init(&eo);
     struct server_options so;
     server_options_default(&so);
     struct engine *g = NULL;
@@ -50,7 +48,7 @@ int cmd_serve(int argc, char **argv)
     const char *api_key_arg = NULL, *api_key_file = NULL;
     char *api_key_buf = NULL;
     for (int i = 1; i < argc; i++) {
-        int r = cmdu_engine_flag(&o, &dmo, argc, argv, &i, &e);
+        int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
         if (r > 0) continue;
         const char *f = argv[i], *x;
@@ -183,7 +181,7 @@ int cmd_serve(int argc, char **argv)
     fprintf(stderr, "minicpmv serve: bound to http://%s; loading the model\n", server_address(srv));
     const char *delay = getenv("MINICPMV_TEST_LOAD_DELAY");
     if (delay && atof(delay) > 0) usleep((useconds_t)(atof(delay) * 1e6));
-    if (engine_open(&g, &o, &e)) goto out;
+    if (engine_open(&g, &eo.o, &e)) goto out;
     server_set_engine(srv, g);
     printf("listening on http://%s\n", server_address(srv));
     fflush(stdout);

@@ -214,3 +214,10 @@ int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, stru
     }
     return 1;
 }
+
+void cmdu_engine_opts_init(struct cmdu_engine_opts *x)
+{
+    engine_options_default(&x->o);
+    devmap_opts_init(&x->dm);
+    x->o.devmap = &x->dm;
+}

@@ -3,12 +3,19 @@
 #ifndef MINICPMV_CMD_UTIL_H
 #define MINICPMV_CMD_UTIL_H
 
+#include "devmap.h"
 #include "engine.h"
 
+/* The engine's options and the planner's device flags, as the subcommands parse them. */
+struct cmdu_engine_opts {
+    struct engine_options o;     /* o.devmap points at dm */
+    struct devmap_opts dm;
+};
+/* Defaults for both (engine_options_default, devmap_opts_init). Not to be copied (o.devmap). */
+void cmdu_engine_opts_init(struct cmdu_engine_opts *x);
 /* Tries to consume argv[*i] (and its value) as an engine flag or a device flag (devmap.h);
  * sets o->devmap = dm. Returns 1 when consumed, 0 when not
  * an engine flag, -1 on a bad value (message in e). */
-struct devmap_opts;
 int cmdu_engine_flag(struct engine_options *o, struct devmap_opts *dm, int argc, char **argv, int *i, struct err *e);
 /* Same for sampling flags: --greedy, --seed, --temperature, --top-k, --top-p, --repetition-penalty. */
 int cmdu_sampler_flag(struct sampler_params *p, int argc, char **argv, int *i, struct err *e);

@@ -1,0 +1,289 @@
+/* turn.c: one chat turn (turn.h): prepare (grids, prompt ids, context check) and run (images ->
+ * cache or vision -> merge -> generation -> the answer text pipeline). */
+#include "turn.h"
+
+#include <ctype.h>
+#include <string.h>
+
+#include "backend.h"
+#include "beam.h"
+#include "llm.h"
+#include "tokenizer.h"
+
+struct turn {
+    struct turn_request rq;         /* the caller's request (its pointers stay the caller's) */
+    struct chat_grid *grids;        /* [n_images]: planned from the image sizes */
+    int32_t *ids;                   /* the prompt */
+    int n_ids;
+    int max_new;
+};
+
+/* ---- the answer text pipeline ---- */
+struct pipe {
+    const struct turn_request *t;
+    const struct turn_io *io;
+    const struct engine *g;
+    struct tokenizer_stream *ts;
+    char *acc;                   /* the decoded answer so far (before strip) */
+    size_t len, cap, emitted;
+    int stopped;                 /* a stop string matched: acc ends right before it */
+    int seen_tok;                /* a non-zero id came already (a leading BOS is dropped only first) */
+    int n_gen;
+    int replay;                  /* beam search: ids replayed after the search, no cancel checks */
+    int timed_out;               /* the turn's deadline passed */
+    int oom;
+};
+
+/* Longest suffix of acc that is a proper prefix of a stop string (it may still become one). */
+static size_t holdback(const struct pipe *p)
+{
+    size_t hb = 0;
+    for (int i = 0; i < p->t->n_stop; i++) {
+        size_t sl = strlen(p->t->stop[i]);
+        for (size_t k = sl - 1 < p->len ? sl - 1 : p->len; k > hb; k--)
+            if (!memcmp(p->acc + p->len - k, p->t->stop[i], k)) {
+                hb = k;
+                break;
+            }
+    }
+    return hb;
+}
+
+/* Emits what is final: from the first non-space byte, up to the held-back tail, without trailing
+ * spaces (they are emitted when something follows them). Python's strip() is ASCII here (spec §8). */
+static void pipe_emit(struct pipe *p, int final)
+{
+    size_t a = 0;
+    while (a < p->len && isspace((unsigned char)p->acc[a])) a++;
+    if (a == p->len) return;
+    size_t z = final ? p->len : p->len - holdback(p);
+    while (z > a && isspace((unsigned char)p->acc[z - 1])) z--;
+    size_t from = p->emitted > a ? p->emitted : a;
+    if (z > from && p->io->cb) p->io->cb(p->io->cb_ctx, p->acc + from, z - from);
+    if (z > from) p->emitted = z;
+}
+
+static void pipe_add(struct pipe *p, const char *s, size_t n)
+{
+    if (p->stopped || !n) return;
+    if (p->len + n + 1 > p->cap) {
+        size_t nc = (p->len + n + 1) * 2;
+        char *x = realloc(p->acc, nc);
+        if (!x) { p->oom = 1; return; }
+        p->acc = x;
+        p->cap = nc;
+    }
+    const size_t old = p->len;
+    memcpy(p->acc + p->len, s, n);
+    p->len += n;
+    p->acc[p->len] = 0;
+    /* a new match must end in the new bytes */
+    size_t cut = p->len + 1;
+    for (int i = 0; i < p->t->n_stop; i++) {
+        size_t sl = strlen(p->t->stop[i]);
+        size_t from = old >= sl ? old - sl + 1 : 0;
+        char *m = strstr(p->acc + from, p->t->stop[i]);
+        if (m && (size_t)(m - p->acc) < cut) cut = (size_t)(m - p->acc);
+    }
+    if (cut <= p->len) {
+        p->len = cut;
+        p->acc[cut] = 0;
+        p->stopped = 1;
+    }
+    pipe_emit(p, p->stopped);
+}
+
+static int pipe_token(void *ctx, int32_t tok)
+{
+    struct pipe *p = ctx;
+    p->n_gen++;
+    if (!p->replay && p->io->cancel && atomic_load(p->io->cancel)) return 1;
+    if (!p->replay && p->io->deadline > 0 && time_now() > p->io->deadline) {
+        p->timed_out = 1;
+        return 1;
+    }
+    if (engine_is_stop(p->g, tok) || tok == 0) return 0;
+    if (!p->seen_tok++ && tok == engine_config(p->g)->bos_token_id) return 0;
+    const char *chunk;
+    size_t len;
+    struct err e;
+    if (tokenizer_stream_push(p->ts, tok, &chunk, &len, &e)) return 0;
+    pipe_add(p, chunk, len);
+    return p->stopped || p->oom;
+}
+
+static int beam_cancel(void *ctx)
+{
+    const struct turn_io *io = ctx;
+    return (io->cancel && atomic_load(io->cancel)) || (io->deadline > 0 && time_now() > io->deadline);
+}
+
+/* ---- the turn ---- */
+int turn_prepare(struct turn **out, const struct engine *g, const struct turn_request *rq, struct err *e)
+{
+    *out = NULL;
+    const struct tokenizer *tok = engine_tokenizer(g);
+    const struct preprocessor_config *pp = engine_preprocessor(g);
+    if (!tok) return err_set(e, "the model folder has no tokenizer.json");
+    if (rq->max_new < 0) return err_set(e, "the answer length must be at least 1 token");
+    if (rq->n_stop < 0 || rq->n_stop > TURN_MAX_STOP) return err_set(e, "at most %d stop strings", TURN_MAX_STOP);
+    for (int i = 0; i < rq->n_stop; i++)
+        if (!rq->stop[i] || !rq->stop[i][0] || strlen(rq->stop[i]) > TURN_MAX_STOP_LEN)
+            return err_set(e, "each stop string must be non-empty and at most %d bytes", TURN_MAX_STOP_LEN);
+    if (rq->num_beams > 1 && rq->ignore_eos) return err_set(e, "beam search cannot ignore the stop ids");
+    struct turn *t = calloc(1, sizeof *t);
+    if (!t || !(t->grids = calloc((size_t)rq->n_images + 1, sizeof *t->grids))) {
+        free(t);
+        return err_set(e, "out of memory");
+    }
+    t->rq = *rq;
+    for (int i = 0; i < rq->n_images; i++) {
+        struct image_slice_plan pl;
+        if (image_slice_plan(&pl, rq->images[i].w, rq->images[i].h, pp->scale_resolution, pp->patch_size,
+                             pp->max_slice_nums, e)) {
+            err_prefix(e, "image %d", i + 1);
+            goto fail;
+        }
+        t->grids[i].cols = pl.cols;
+        t->grids[i].rows = pl.rows;
+    }
+    if (chat_build_ids(tok, rq->system, rq->msgs, rq->n_msgs, t->grids, rq->n_images, engine_config(g)->query_num, 0,
+                       &t->ids, &t->n_ids, e))
+        goto fail;
+    const int64_t ctx = engine_ctx(g), room = ctx - t->n_ids;
+    if (rq->max_new > 0) {
+        if (llm_check_fit(ctx, t->n_ids, rq->max_new, e)) goto fail;
+        t->max_new = rq->max_new;
+    } else {
+        if (llm_check_fit(ctx, t->n_ids, 1, e)) goto fail; /* no room for one token */
+        const int want = rq->max_new_default > 0 ? rq->max_new_default : TURN_DEFAULT_MAX_NEW;
+        t->max_new = room < want ? (int)room : want;
+    }
+    *out = t;
+    return 0;
+fail:
+    turn_free(t);
+    return -1;
+}
+
+int turn_prompt_tokens(const struct turn *t) { return t->n_ids; }
+int turn_max_new(const struct turn *t) { return t->max_new; }
+
+void turn_free(struct turn *t)
+{
+    if (!t) return;
+    free(t->grids);
+    free(t->ids);
+    free(t);
+}
+
+/* The turn's image rows: from the cache, or encoded (and offered to the cache). *own: the caller frees
+ * img. The grids the encoder computed must be the ones the prompt was built with. */
+static int turn_images(struct turn *t, struct engine *g, struct imgcache *cache, struct tensor *img, int *own,
+                       int *n_pieces, int *cached, struct err *e)
+{
+    const struct turn_request *rq = &t->rq;
+    struct chat_grid *grids = calloc((size_t)rq->n_images, sizeof *grids);
+    struct imgcache_key key = {0};
+    int rc = -1;
+    if (!grids) return err_set(e, "out of memory");
+    if (cache && imgcache_key_init(&key, rq->images, rq->n_images, rq->img_keys, rq->img_key_len)) {
+        err_set(e, "out of memory");
+        goto out;
+    }
+    if (imgcache_get(cache, &key, rq->n_images, grids, img, n_pieces)) {
+        *cached = 1;
+    } else {
+        if (engine_encode_images(g, rq->images, rq->n_images, grids, img, n_pieces, e)) goto out;
+        *own = imgcache_put(cache, &key, rq->n_images, grids, *img, *n_pieces) != 0;
+    }
+    for (int i = 0; i < rq->n_images; i++)
+        if (grids[i].cols != t->grids[i].cols || grids[i].rows != t->grids[i].rows) {
+            err_set(e, "image %d: encoded as a %dx%d grid, but the prompt was built for %dx%d", i + 1, grids[i].cols,
+                    grids[i].rows, t->grids[i].cols, t->grids[i].rows);
+            goto out;
+        }
+    rc = 0;
+out:
+    imgcache_key_free(&key);
+    free(grids);
+    return rc;
+}
+
+int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e)
+{
+    static const struct turn_io no_io;
+    if (!io) io = &no_io;
+    const struct turn_request *rq = &t->rq;
+    memset(r, 0, sizeof *r);
+    struct tensor img = {0}, emb = {0};
+    int n_pieces = 0, rc = -1, own_img = 0, n_out = 0;
+    int32_t *out = NULL;
+    struct pipe p = {.t = rq, .io = io, .g = g};
+    double t0 = time_now();
+    r->input_error = 1;
+    if (rq->n_images && turn_images(t, g, io->cache, &img, &own_img, &n_pieces, &r->image_cached, e)) goto out;
+    r->t_vision = time_now() - t0;
+    r->input_error = 0;
+    if (engine_merge_embeddings(g, t->ids, t->n_ids, rq->n_images ? &img : NULL, n_pieces, &emb, e)) goto out;
+    engine_truncate(g, 0);
+    if (!(out = malloc((size_t)t->max_new * sizeof *out))) { err_set(e, "out of memory"); goto out; }
+    if (tokenizer_stream_init(&p.ts, engine_tokenizer(g), TOKENIZER_CLEANUP_DEFAULT, e)) goto out;
+    struct engine_gen_stats st = {0};
+    if (rq->num_beams > 1) {
+        struct beam_params bp = {.num_beams = rq->num_beams, .length_penalty = rq->length_penalty,
+                                 .repetition_penalty = rq->sp.repetition_penalty, .max_new = t->max_new};
+        if (beam_generate(g, NULL, &emb, t->n_ids, &bp, beam_cancel, (void *)io, out, &n_out, &st, e)) goto out;
+        p.replay = 1;
+        for (int i = 0; i < n_out && !pipe_token(&p, out[i]); i++) {}
+        p.n_gen = n_out;
+    } else {
+        struct engine_gen q = {.embeds = &emb, .n = t->n_ids, .max_new = t->max_new, .sp = &rq->sp,
+                               .ignore_eos = rq->ignore_eos, .cb = pipe_token, .cb_ctx = &p};
+        if (engine_generate(g, &q, out, &n_out, &st, e)) goto out;
+    }
+    const char *chunk;
+    size_t len;
+    tokenizer_stream_finish(p.ts, &chunk, &len);
+    pipe_add(&p, chunk, len);
+    if (p.oom) { err_set(e, "out of memory"); goto out; }
+    pipe_emit(&p, 1);
+    /* the answer: strip(cut(decoded)) */
+    size_t a = 0, z = p.len;
+    while (a < z && isspace((unsigned char)p.acc[a])) a++;
+    while (z > a && isspace((unsigned char)p.acc[z - 1])) z--;
+    if (!(r->text = malloc(z - a + 1))) { err_set(e, "out of memory"); goto out; }
+    memcpy(r->text, p.acc ? p.acc + a : "", z - a);
+    r->text[z - a] = 0;
+    r->ids = out;
+    out = NULL;
+    r->n_prompt = t->n_ids;
+    r->n_gen = n_out;
+    r->n_pieces = n_pieces;
+    r->cancelled = io->cancel && atomic_load(io->cancel);
+    r->timed_out = p.timed_out || (rq->num_beams > 1 && io->deadline > 0 && time_now() > io->deadline && !r->cancelled);
+    r->finish = r->timed_out ? "length"
+                : p.stopped || (n_out > 0 && engine_is_stop(g, r->ids[n_out - 1])) || n_out < t->max_new ? "stop"
+                                                                                                         : "length";
+    r->t_prefill = st.t_prefill;
+    r->t_decode = st.t_decode;
+    rc = 0;
+out:
+    if (rc) {
+        free(r->text);
+        r->text = NULL;
+    }
+    tokenizer_stream_free(p.ts);
+    free(p.acc);
+    if (own_img && img.data) dev_free(img.dev, img.data);
+    if (emb.data) dev_free(emb.dev, emb.data);
+    free(out);
+    return rc;
+}
+
+void turn_result_free(struct turn_result *r)
+{
+    free(r->text);
+    free(r->ids);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,87 @@
+/* turn.h: one chat turn, the one path every front end takes (chat -p, the REPL, the server, bench).
+ *
+ *   turn_prepare  (thread-safe: tokenizer and configs only)
+ *       each image's slice grid -> the prompt ids (chat.h) -> the context check -> the answer length
+ *   turn_run      (the thread that owns the engine)
+ *       images -> image cache or vision (engine_encode_images) -> merge into the prompt embedding
+ *       -> greedy / sampled (engine_generate) or beam (beam.h) generation -> the answer text pipeline
+ *
+ * The prompt ids and grids are built once, at prepare, and carried to the run (the server prepares
+ * while parsing a request, so a prompt that does not fit never queues). The answer text pipeline is
+ * spec §8's chat() clean-up (ids 0, a leading BOS and the stop id dropped, clean-up spaces, strip),
+ * then a cut before the first stop string; streamed text (io->cb) concatenates to exactly the answer.
+ * Owns: per-turn state (struct turn: nothing engine-global, so several turns can be prepared at once).
+ * Does not own: the prompt template (chat.h), sampling (sampler.h), beam search (beam.h), the image
+ * cache's policy (imgcache.h). */
+#ifndef MINICPMV_TURN_H
+#define MINICPMV_TURN_H
+
+#include <stdatomic.h>
+
+#include "chat.h"
+#include "engine.h"
+#include "image.h"
+#include "imgcache.h"
+
+#define TURN_MAX_STOP 4
+#define TURN_MAX_STOP_LEN 256
+#define TURN_DEFAULT_MAX_NEW 1024 /* the model's chat() default */
+
+/* What the turn computes. The pointers must stay valid until turn_free. */
+struct turn_request {
+    const char *system;             /* may be NULL */
+    const struct chat_msg *msgs;    /* contents hold CHAT_IMAGE_MARKER per image, in order */
+    int n_msgs;
+    const struct image *images;
+    int n_images;
+    /* optional, per image: the encoded bytes it was decoded from (the image cache's key) */
+    const uint8_t *const *img_keys;
+    const size_t *img_key_len;
+    int max_new;                    /* > 0: at most this many tokens, and prompt + max_new must fit the
+                                       context; 0: max_new_default, cut to what the context leaves */
+    int max_new_default;            /* with max_new 0; 0 = TURN_DEFAULT_MAX_NEW */
+    struct sampler_params sp;
+    int num_beams;                  /* > 1: beam search (sp.repetition_penalty applies per beam) */
+    float length_penalty;
+    int ignore_eos;                 /* generate through stop ids (benchmarks); not with beams */
+    const char *stop[TURN_MAX_STOP];
+    int n_stop;
+};
+
+/* Called with each piece of answer text as it becomes final (never half a UTF-8 character). */
+typedef int (*turn_text_cb)(void *ctx, const char *text, size_t len);
+
+/* How it runs. */
+struct turn_io {
+    struct imgcache *cache;         /* may be NULL */
+    turn_text_cb cb;                /* may be NULL */
+    void *cb_ctx;
+    const atomic_int *cancel;       /* may be NULL; non-zero stops generation */
+    double deadline;                /* time_now() past which generation stops (finish "length"); 0 = none */
+};
+
+struct turn_result {
+    char *text;                     /* the answer (malloc'd) */
+    int32_t *ids;                   /* the generated ids, before clean-up (malloc'd) */
+    int n_prompt, n_gen;            /* tokens; n_gen counts every generated id, the stop id included */
+    int n_pieces;                   /* image pieces encoded (or cached) */
+    const char *finish;             /* "stop" or "length" */
+    int cancelled;
+    int timed_out;                  /* the deadline stopped generation */
+    int image_cached;               /* 1: the images came from the cache */
+    int input_error;                /* on failure: the input's fault (an image, the prompt), not the engine's */
+    double t_vision, t_prefill, t_decode; /* seconds: encode (or cache), merge + prefill + first token, the rest */
+};
+
+struct turn;
+/* Checks the request (stop strings, beams), plans each image's grid, builds the prompt ids and checks
+ * that they fit the context with room for the answer (llm_check_fit's wording). */
+int turn_prepare(struct turn **out, const struct engine *g, const struct turn_request *rq, struct err *e);
+int turn_prompt_tokens(const struct turn *t);
+int turn_max_new(const struct turn *t); /* the answer length it will allow */
+/* Runs the turn on g (a new conversation: the KV cache is reset). On failure r->input_error says whose. */
+int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e);
+void turn_free(struct turn *t); /* accepts NULL */
+void turn_result_free(struct turn_result *r);
+
+#endif
