@@ -400,3 +400,29 @@ int engine_decode_greedy(struct engine *g, int32_t tok, int32_t *next, struct er
     if (engine_check_ids(g, &tok, 1, e)) return -1;
     return llm_decode_greedy(&g->llm, tok, next, e);
 }
+
+int engine_check_logits(const struct engine *g, const float *logits, const char *where, struct err *e)
+{
+    return check_logits(logits, g->cfg.vocab_size, where, e);
+}
+
+/* ---- slots: one slot, the session (the batched engine replaces this) ---- */
+int engine_slots(const struct engine *g) { (void)g; return 1; }
+int64_t engine_slot_ctx(const struct engine *g) { return g->llm.ctx; }
+int64_t engine_slot_len(const struct engine *g, int slot) { (void)slot; return g->llm.n_past; }
+void engine_slot_truncate(struct engine *g, int slot, int64_t n) { (void)slot; llm_truncate(&g->llm, n); }
+
+int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
+                        float *logits, struct err *e)
+{
+    if (slot != 0) return err_set(e, "slot %d: this engine has 1 slot", slot);
+    if (ids && engine_check_ids(g, ids, n, e)) return -1;
+    return llm_forward(&g->llm, ids, embeds, n, logits, e);
+}
+
+int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits, struct err *e)
+{
+    if (B != 1 || slots[0] != 0) return err_set(e, "this engine has 1 slot");
+    if (engine_check_ids(g, toks, 1, e)) return -1;
+    return llm_decode_logits(&g->llm, toks[0], logits, e);
+}

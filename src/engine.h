@@ -111,6 +111,24 @@ int engine_device_memory(const struct engine *g, struct engine_device_mem *rows,
  * table is read one row per token). */
 int engine_decode_weight_bytes(const struct engine *g, int64_t *out, struct err *e);
 
+/* The logits of a step must be finite: NaN or inf is an error naming the token and `where`. */
+int engine_check_logits(const struct engine *g, const float *logits, const char *where, struct err *e);
+
+/* ---- several sequences (slots) in one engine. Slot 0 is the session engine_generate and the turn
+ * use (its CUDA-graph decode path). ---- */
+int engine_slots(const struct engine *g);                  /* --parallel N (default 1) */
+int64_t engine_slot_ctx(const struct engine *g);           /* KV capacity of each slot, tokens */
+int64_t engine_slot_len(const struct engine *g, int slot); /* tokens the slot holds */
+void engine_slot_truncate(struct engine *g, int slot, int64_t n); /* keep the first n (0: empty) */
+/* Feeds n ids (or [n,d] embeddings on the embed device) after what the slot holds, in chunks of
+ * max_batch; logits of the last position into logits [V] (host, f32) when not NULL. */
+int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
+                        float *logits, struct err *e);
+/* One decode step for B distinct slots together: toks[i] goes into slots[i] at its next position;
+ * logits [B, V] (host, f32). Every row equals what that slot alone would compute. */
+int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits,
+                        struct err *e);
+
 /* ---- the session step by step (bench) ---- */
 /* Keeps the first n positions of the KV cache (0: a new conversation). */
 void engine_truncate(struct engine *g, int64_t n);

@@ -5,7 +5,9 @@
  * the single worker that owns the engine, streaming, disconnects, the drain; (server_guard.c) the API
  * key, content types, and the read deadline that closes connections too slow to deliver a request.
  * Does not own: the model, the turn (turn.h: prompt, images, generation, answer clean-up), sampling.
- * Invariants: one engine serves one request at a time (the worker thread); HTTP threads only read the
+ * Invariants: one worker thread owns the engine: with one slot it runs one request at a time, with
+ * --parallel N it runs up to N turns through the scheduler (scheduler.h), batching their decode steps;
+ * beam-search requests run alone. HTTP threads only read the
  * tokenizer and configs; every buffer grown from a request is bounded (body size, images, stop strings,
  * messages). */
 #ifndef MINICPMV_SERVER_H
@@ -88,6 +90,8 @@ struct server_options {
     struct server_limits lim;
 };
 void server_options_default(struct server_options *o);
+/* Turns in flight at once: the engine's slots (--parallel), at most this many. */
+#define SERVER_MAX_SLOTS 256
 
 struct server;
 /* Binds o->host:o->port and starts serving. g may be NULL: the port is bound while the model loads

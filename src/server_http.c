@@ -9,6 +9,8 @@
  * Retry-After. --host is resolved with getaddrinfo (names, IPv4, IPv6). */
 #include "server.h"
 
+#include "scheduler.h"
+
 #include <microhttpd.h>
 #include <arpa/inet.h>
 #include <cJSON.h>
@@ -35,6 +37,7 @@ struct job {
     int fd;                      /* the client's socket, for hang-up checks */
     char id[64];
     long created;
+    double t0;                   /* when the worker took it */
     /* non-streamed result */
     int status;
     char *body;
@@ -69,7 +72,10 @@ struct server {
     struct imgcache *cache;
     struct server_stats st;
     struct guard *guard;
-    struct job *running;         /* the job the worker runs now (s->mu) */
+    struct job **running;        /* the jobs the worker runs now ([slots], s->mu) */
+    int n_running;
+    int n_slots;                 /* engine_slots: turns in flight at once */
+    struct scheduler *sched;         /* n_slots > 1: continuous batching (the worker's) */
     int live_jobs;               /* jobs not yet released by every holder (s->mu): server_stop waits for
                                     their connections to send the answers before stopping the daemon */
     int drained, quiesced;
@@ -170,25 +176,26 @@ static int on_text(void *ctx, const char *text, size_t len)
     return 0;
 }
 
-static void run_job(struct server *s, struct job *j)
+static struct turn_io job_io(struct server *s, struct job *j)
 {
-    struct turn_result r;
-    struct err e = {{0}};
-    int rc = -1;
-    double t0 = time_now();
     const struct turn_io io = {.cache = s->cache, .cb = on_text, .cb_ctx = j, .cancel = &j->cancel,
-                               .deadline = s->o.lim.max_time > 0 ? t0 + s->o.lim.max_time : 0};
-    memset(&r, 0, sizeof r);
-    if (!atomic_load(&j->cancel)) rc = turn_run(j->rq.turn, server_engine(s), &io, &r, &e);
+                               .deadline = s->o.lim.max_time > 0 ? j->t0 + s->o.lim.max_time : 0};
+    return io;
+}
+
+/* The answer of a job whose turn ended (rc 0 with r, or rc -1 with e), the stats, the log line. */
+static void job_complete(struct server *s, struct job *j, int rc, struct turn_result *r, int input_error,
+                         const struct err *e)
+{
     server_request_drop_images(&j->rq); /* what a queued request holds is bounded by the image budget */
     /* counted before the answer is released, so a client sees its own request in the stats */
     int cancelled = atomic_load(&j->cancel);
     pthread_mutex_lock(&s->mu);
     if (cancelled) s->st.cancelled++;
     else if (rc == 0) s->st.ok++;
-    else if (r.input_error) s->st.client_errors++;
+    else if (input_error) s->st.client_errors++;
     else s->st.failed++;
-    if (rc == 0 && r.timed_out) s->st.timed_out++;
+    if (rc == 0 && r->timed_out) s->st.timed_out++;
     s->st.cache_hits = imgcache_hits(s->cache);
     const int cut = cancelled && s->stopping; /* cancelled by the drain timeout, not by its client */
     pthread_mutex_unlock(&s->mu);
@@ -203,16 +210,16 @@ static void run_job(struct server *s, struct job *j)
         else j->body = ej;
     } else if (rc == 0) {
         if (j->rq.stream) {
-            job_event(j, server_chunk_json(j->id, j->created, model, NULL, 0, !j->sent_first, r.finish));
-            if (j->rq.include_usage) job_event(j, server_usage_chunk_json(j->id, j->created, model, r.n_prompt, r.n_gen));
+            job_event(j, server_chunk_json(j->id, j->created, model, NULL, 0, !j->sent_first, r->finish));
+            if (j->rq.include_usage) job_event(j, server_usage_chunk_json(j->id, j->created, model, r->n_prompt, r->n_gen));
         } else {
             j->status = 200;
-            j->body = server_completion_json(j->id, j->created, model, &r);
+            j->body = server_completion_json(j->id, j->created, model, r);
         }
     } else {
-        int client = r.input_error && e.msg[0];
-        j->status = atomic_load(&j->cancel) && !e.msg[0] ? 499 : client ? 400 : 500;
-        char *ej = server_error_json(e.msg[0] ? e.msg : "request cancelled", client ? "invalid_request_error" : "server_error",
+        int client = input_error && e->msg[0];
+        j->status = atomic_load(&j->cancel) && !e->msg[0] ? 499 : client ? 400 : 500;
+        char *ej = server_error_json(e->msg[0] ? e->msg : "request cancelled", client ? "invalid_request_error" : "server_error",
                                      NULL, NULL);
         if (j->rq.stream) job_event(j, ej);
         else j->body = ej;
@@ -223,10 +230,73 @@ static void run_job(struct server *s, struct job *j)
     pthread_mutex_unlock(&j->mu);
     if (s->o.log_requests)
         fprintf(stderr, "%s: %s %s, %d prompt + %d generated tokens, %.1f ms (vision %.1f, prefill %.1f, decode %.1f)%s\n",
-                j->id, rc ? "error" : "ok", j->rq.stream ? "stream" : "json", r.n_prompt, r.n_gen,
-                1e3 * (time_now() - t0), 1e3 * r.t_vision, 1e3 * r.t_prefill, 1e3 * r.t_decode,
-                cancelled ? " (client gone)" : r.image_cached ? " (images cached)" : "");
-    turn_result_free(&r);
+                j->id, rc ? "error" : "ok", j->rq.stream ? "stream" : "json", r->n_prompt, r->n_gen,
+                1e3 * (time_now() - j->t0), 1e3 * r->t_vision, 1e3 * r->t_prefill, 1e3 * r->t_decode,
+                cancelled ? " (client gone)" : r->image_cached ? " (images cached)" : "");
+    turn_result_free(r);
+}
+
+/* One job alone on the engine (one slot, or beam search). */
+static void run_job(struct server *s, struct job *j)
+{
+    struct turn_result r;
+    struct err e = {{0}};
+    int rc = -1;
+    const struct turn_io io = job_io(s, j);
+    memset(&r, 0, sizeof r);
+    if (!atomic_load(&j->cancel)) rc = turn_run(j->rq.turn, server_engine(s), &io, &r, &e);
+    job_complete(s, j, rc, &r, r.input_error, &e);
+}
+
+/* The worker takes j: j joins the running set (s->mu held). */
+static void running_add(struct server *s, struct job *j)
+{
+    s->running[s->n_running++] = j;
+}
+
+static void running_del(struct server *s, struct job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i] == j) {
+            s->running[i] = s->running[--s->n_running];
+            break;
+        }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    job_release(j);
+}
+
+static void sched_done(void *ctx, int rc, struct turn_result *r, int input_error, const struct err *e)
+{
+    struct job *j = ctx;
+    job_complete(j->srv, j, rc, r, input_error, e);
+    running_del(j->srv, j);
+}
+
+/* The next job when it may start now: FIFO; a beam-search job runs alone, so it waits (and the jobs
+ * behind it wait) until nothing runs. s->mu held. */
+static struct job *queue_take(struct server *s)
+{
+    if (!s->qn || s->n_running >= s->n_slots) return NULL;
+    struct job *j = s->q[s->qhead];
+    if (j->rq.req.num_beams > 1 && s->n_running) return NULL;
+    s->qhead = (s->qhead + 1) % s->o.queue;
+    s->qn--;
+    j->t0 = time_now();
+    running_add(s, j);
+    return j;
+}
+
+/* With the engine's first job: its slots decide one-at-a-time or the scheduler. s->mu held. */
+static void worker_setup(struct server *s)
+{
+    if (s->sched || !s->g || s->n_slots > 1) return;
+    int n = engine_slots(s->g);
+    if (n > SERVER_MAX_SLOTS) n = SERVER_MAX_SLOTS;
+    struct err e = {{0}};
+    if (n > 1 && sched_init(&s->sched, s->g, &e) == 0) s->n_slots = n;
+    else if (n > 1) fprintf(stderr, "minicpmv serve: %s; serving one request at a time\n", e.msg);
 }
 
 static void *worker_main(void *p)
@@ -234,22 +304,31 @@ static void *worker_main(void *p)
     struct server *s = p;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->qn && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
-        if (!s->qn) {
+        while (!s->qn && !s->n_running && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
+        if (!s->qn && !s->n_running) {
             pthread_mutex_unlock(&s->mu);
             break;
         }
-        struct job *j = s->q[s->qhead];
-        s->qhead = (s->qhead + 1) % s->o.queue;
-        s->qn--;
-        s->running = j;
+        worker_setup(s);
+        struct job *j;
+        while ((j = queue_take(s))) {
+            pthread_mutex_unlock(&s->mu);
+            if (j->rq.req.num_beams > 1 || !s->sched) {
+                run_job(s, j); /* alone */
+                running_del(s, j);
+            } else if (atomic_load(&j->cancel)) {
+                struct turn_result r = {0};
+                struct err e = {{0}};
+                job_complete(s, j, -1, &r, 0, &e);
+                running_del(s, j);
+            } else {
+                const struct turn_io io = job_io(s, j);
+                sched_add(s->sched, j->rq.turn, &io, sched_done, j); /* a failure is answered through sched_done */
+            }
+            pthread_mutex_lock(&s->mu);
+        }
         pthread_mutex_unlock(&s->mu);
-        run_job(s, j);
-        pthread_mutex_lock(&s->mu);
-        s->running = NULL;
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
-        job_release(j);
+        if (s->sched && sched_active(s->sched)) sched_step(s->sched);
     }
     return NULL;
 }
@@ -513,7 +592,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         const int loading = !s->g;
         char *b = malloc(128);
         if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d,\"running\":%d}",
-                        s->stopping ? "stopping" : loading ? "loading" : "ok", s->qn, s->running != NULL);
+                        s->stopping ? "stopping" : loading ? "loading" : "ok", s->qn, s->n_running);
         pthread_mutex_unlock(&s->mu);
         return send_json(s, c, loading ? 503 : 200, b, loading);
     }
@@ -618,6 +697,8 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     if (!(s->q = calloc((size_t)o->queue, sizeof *s->q))) { err_set(e, "out of memory"); goto fail; }
+    if (!(s->running = calloc(SERVER_MAX_SLOTS, sizeof *s->running))) { err_set(e, "out of memory"); goto fail; }
+    s->n_slots = 1; /* until the worker sees the engine (engine_slots) */
     if (imgcache_init(&s->cache, o->image_cache, e)) goto fail;
     if (o->image_cache_bytes) imgcache_set_max_bytes(s->cache, o->image_cache_bytes);
     atomic_init(&s->image_bytes, 0);
@@ -687,11 +768,11 @@ int server_drain(struct server *s, double timeout)
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_cond_broadcast(&s->cv);
-    while (s->worker_started && (s->qn || s->running)) {
+    while (s->worker_started && (s->qn || s->n_running)) {
         if (timeout > 0 && time_now() >= t_end) {
             /* out of time: what is left is cancelled (answered 499 / an error event) */
             for (int i = 0; i < s->qn; i++, cancelled++) atomic_store(&s->q[(s->qhead + i) % s->o.queue]->cancel, 1);
-            if (s->running) { atomic_store(&s->running->cancel, 1); cancelled++; }
+            for (int i = 0; i < s->n_running; i++, cancelled++) atomic_store(&s->running[i]->cancel, 1);
             timeout = 0;
         }
         wait_50ms(&s->cv, &s->mu);
@@ -720,8 +801,10 @@ void server_stop(struct server *s)
     if (s->d) MHD_stop_daemon(s->d); /* waits for the connection threads */
     if (s->quiesced && s->listen_fd != MHD_INVALID_SOCKET) close(s->listen_fd);
     guard_stop(s->guard);
+    sched_free(s->sched);
     imgcache_free(s->cache);
     free(s->q);
+    free(s->running);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

@@ -16,6 +16,7 @@ struct turn {
     int32_t *ids;                   /* the prompt */
     int n_ids;
     int max_new;
+    struct turn_run *run;           /* while it runs (turn_run, or turn_start .. turn_finish) */
 };
 
 /* ---- the answer text pipeline ---- */
@@ -119,6 +120,8 @@ static int beam_cancel(void *ctx)
 }
 
 /* ---- the turn ---- */
+static void run_free(struct turn *t);
+
 int turn_prepare(struct turn **out, const struct engine *g, const struct turn_request *rq, struct err *e)
 {
     *out = NULL;
@@ -172,6 +175,7 @@ int turn_max_new(const struct turn *t) { return t->max_new; }
 void turn_free(struct turn *t)
 {
     if (!t) return;
+    run_free(t);
     free(t->grids);
     free(t->ids);
     free(t);
@@ -210,76 +214,225 @@ out:
     return rc;
 }
 
-int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e)
+/* What a running turn holds. */
+struct turn_run {
+    struct engine *g;
+    struct turn_io io;
+    int slot;
+    struct tensor img, emb;         /* the image rows, the prompt embedding */
+    int own_img, n_pieces, image_cached;
+    struct pipe p;
+    int32_t *out;                   /* [max_new] generated ids */
+    int n_out;
+    struct sampler smp;             /* staged runs: the host sampler */
+    int smp_ready;
+    float *logits;                  /* staged runs: [V] for the prefill's last row */
+    int64_t fed;                    /* staged runs: prompt rows in the slot */
+    int finished;
+    double t0, t_vision, t_prefill0, t_decode0, t_prefill, t_decode;
+};
+
+static void run_free(struct turn *t)
+{
+    struct turn_run *u = t->run;
+    if (!u) return;
+    tokenizer_stream_free(u->p.ts);
+    free(u->p.acc);
+    if (u->own_img && u->img.data) dev_free(u->img.dev, u->img.data);
+    if (u->emb.data) dev_free(u->emb.dev, u->emb.data);
+    if (u->smp_ready) sampler_free(&u->smp);
+    free(u->logits);
+    free(u->out);
+    free(u);
+    t->run = NULL;
+}
+
+/* Images (cache or vision), the prompt embedding, the text pipe. *input_error: whose fault a failure is. */
+static int run_begin(struct turn *t, struct engine *g, const struct turn_io *io, int slot, int *input_error,
+                     struct err *e)
 {
     static const struct turn_io no_io;
-    if (!io) io = &no_io;
+    const struct turn_request *rq = &t->rq;
+    run_free(t);
+    struct turn_run *u = calloc(1, sizeof *u);
+    if (!u) return err_set(e, "out of memory");
+    t->run = u;
+    u->g = g;
+    u->io = io ? *io : no_io;
+    u->slot = slot;
+    u->p = (struct pipe){.t = rq, .io = &u->io, .g = g};
+    u->t0 = time_now();
+    *input_error = 1;
+    if (rq->n_images &&
+        turn_images(t, g, u->io.cache, &u->img, &u->own_img, &u->n_pieces, &u->image_cached, e))
+        return -1;
+    u->t_vision = time_now() - u->t0;
+    *input_error = 0;
+    if (engine_merge_embeddings(g, t->ids, t->n_ids, rq->n_images ? &u->img : NULL, u->n_pieces, &u->emb, e)) return -1;
+    if (!(u->out = malloc((size_t)t->max_new * sizeof *u->out))) return err_set(e, "out of memory");
+    if (tokenizer_stream_init(&u->p.ts, engine_tokenizer(g), TOKENIZER_CLEANUP_DEFAULT, e)) return -1;
+    return 0;
+}
+
+/* The text pipe's end and the result. */
+static int run_end(struct turn *t, struct turn_result *r, struct err *e)
+{
+    struct turn_run *u = t->run;
+    const struct turn_request *rq = &t->rq;
+    struct pipe *p = &u->p;
+    const char *chunk;
+    size_t len;
+    tokenizer_stream_finish(p->ts, &chunk, &len);
+    pipe_add(p, chunk, len);
+    if (p->oom) return err_set(e, "out of memory");
+    pipe_emit(p, 1);
+    /* the answer: strip(cut(decoded)) */
+    size_t a = 0, z = p->len;
+    while (a < z && isspace((unsigned char)p->acc[a])) a++;
+    while (z > a && isspace((unsigned char)p->acc[z - 1])) z--;
+    if (!(r->text = malloc(z - a + 1))) return err_set(e, "out of memory");
+    memcpy(r->text, p->acc ? p->acc + a : "", z - a);
+    r->text[z - a] = 0;
+    const int n_out = u->n_out;
+    r->ids = u->out;
+    u->out = NULL;
+    r->n_prompt = t->n_ids;
+    r->n_gen = n_out;
+    r->n_pieces = u->n_pieces;
+    r->image_cached = u->image_cached;
+    r->cancelled = u->io.cancel && atomic_load(u->io.cancel);
+    r->timed_out = p->timed_out ||
+                   (rq->num_beams > 1 && u->io.deadline > 0 && time_now() > u->io.deadline && !r->cancelled);
+    r->finish = r->timed_out ? "length"
+                : p->stopped || (n_out > 0 && engine_is_stop(u->g, r->ids[n_out - 1])) || n_out < t->max_new ? "stop"
+                                                                                                           : "length";
+    r->t_vision = u->t_vision;
+    r->t_prefill = u->t_prefill;
+    r->t_decode = u->t_decode;
+    return 0;
+}
+
+int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e)
+{
     const struct turn_request *rq = &t->rq;
     memset(r, 0, sizeof *r);
-    struct tensor img = {0}, emb = {0};
-    int n_pieces = 0, rc = -1, own_img = 0, n_out = 0;
-    int32_t *out = NULL;
-    struct pipe p = {.t = rq, .io = io, .g = g};
-    double t0 = time_now();
-    r->input_error = 1;
-    if (rq->n_images && turn_images(t, g, io->cache, &img, &own_img, &n_pieces, &r->image_cached, e)) goto out;
-    r->t_vision = time_now() - t0;
-    r->input_error = 0;
-    if (engine_merge_embeddings(g, t->ids, t->n_ids, rq->n_images ? &img : NULL, n_pieces, &emb, e)) goto out;
+    int rc = -1;
+    if (run_begin(t, g, io, 0, &r->input_error, e)) goto out;
+    struct turn_run *u = t->run;
     engine_truncate(g, 0);
-    if (!(out = malloc((size_t)t->max_new * sizeof *out))) { err_set(e, "out of memory"); goto out; }
-    if (tokenizer_stream_init(&p.ts, engine_tokenizer(g), TOKENIZER_CLEANUP_DEFAULT, e)) goto out;
     struct engine_gen_stats st = {0};
     if (rq->num_beams > 1) {
         struct beam_params bp = {.num_beams = rq->num_beams, .length_penalty = rq->length_penalty,
                                  .repetition_penalty = rq->sp.repetition_penalty, .max_new = t->max_new};
-        if (beam_generate(g, NULL, &emb, t->n_ids, &bp, beam_cancel, (void *)io, out, &n_out, &st, e)) goto out;
-        p.replay = 1;
-        for (int i = 0; i < n_out && !pipe_token(&p, out[i]); i++) {}
-        p.n_gen = n_out;
+        if (beam_generate(g, NULL, &u->emb, t->n_ids, &bp, beam_cancel, &u->io, u->out, &u->n_out, &st, e)) goto out;
+        u->p.replay = 1;
+        for (int i = 0; i < u->n_out && !pipe_token(&u->p, u->out[i]); i++) {}
+        u->p.n_gen = u->n_out;
     } else {
-        struct engine_gen q = {.embeds = &emb, .n = t->n_ids, .max_new = t->max_new, .sp = &rq->sp,
-                               .ignore_eos = rq->ignore_eos, .cb = pipe_token, .cb_ctx = &p};
-        if (engine_generate(g, &q, out, &n_out, &st, e)) goto out;
+        struct engine_gen q = {.embeds = &u->emb, .n = t->n_ids, .max_new = t->max_new, .sp = &rq->sp,
+                               .ignore_eos = rq->ignore_eos, .cb = pipe_token, .cb_ctx = &u->p};
+        if (engine_generate(g, &q, u->out, &u->n_out, &st, e)) goto out;
     }
-    const char *chunk;
-    size_t len;
-    tokenizer_stream_finish(p.ts, &chunk, &len);
-    pipe_add(&p, chunk, len);
-    if (p.oom) { err_set(e, "out of memory"); goto out; }
-    pipe_emit(&p, 1);
-    /* the answer: strip(cut(decoded)) */
-    size_t a = 0, z = p.len;
-    while (a < z && isspace((unsigned char)p.acc[a])) a++;
-    while (z > a && isspace((unsigned char)p.acc[z - 1])) z--;
-    if (!(r->text = malloc(z - a + 1))) { err_set(e, "out of memory"); goto out; }
-    memcpy(r->text, p.acc ? p.acc + a : "", z - a);
-    r->text[z - a] = 0;
-    r->ids = out;
-    out = NULL;
-    r->n_prompt = t->n_ids;
-    r->n_gen = n_out;
-    r->n_pieces = n_pieces;
-    r->cancelled = io->cancel && atomic_load(io->cancel);
-    r->timed_out = p.timed_out || (rq->num_beams > 1 && io->deadline > 0 && time_now() > io->deadline && !r->cancelled);
-    r->finish = r->timed_out ? "length"
-                : p.stopped || (n_out > 0 && engine_is_stop(g, r->ids[n_out - 1])) || n_out < t->max_new ? "stop"
-                                                                                                         : "length";
-    r->t_prefill = st.t_prefill;
-    r->t_decode = st.t_decode;
-    rc = 0;
+    u->t_prefill = st.t_prefill;
+    u->t_decode = st.t_decode;
+    rc = run_end(t, r, e);
 out:
     if (rc) {
         free(r->text);
         r->text = NULL;
     }
-    tokenizer_stream_free(p.ts);
-    free(p.acc);
-    if (own_img && img.data) dev_free(img.dev, img.data);
-    if (emb.data) dev_free(emb.dev, emb.data);
-    free(out);
+    run_free(t);
     return rc;
 }
+
+/* ---- staged running (the scheduler) ---- */
+int turn_start(struct turn *t, struct engine *g, const struct turn_io *io, int slot, int *input_error, struct err *e)
+{
+    *input_error = 0;
+    if (t->rq.num_beams > 1) return err_set(e, "beam search runs alone (turn_run), not staged");
+    if (run_begin(t, g, io, slot, input_error, e)) goto fail;
+    struct turn_run *u = t->run;
+    const int V = engine_config(g)->vocab_size;
+    if (sampler_init(&u->smp, &t->rq.sp, V) || !(u->logits = malloc((size_t)V * sizeof *u->logits))) {
+        err_set(e, "out of memory");
+        goto fail;
+    }
+    u->smp_ready = 1;
+    engine_slot_truncate(g, slot, 0);
+    return 0;
+fail:
+    run_free(t);
+    return -1;
+}
+
+int turn_slot(const struct turn *t) { return t->run ? t->run->slot : -1; }
+
+int32_t turn_pending(const struct turn *t)
+{
+    const struct turn_run *u = t->run;
+    return u && !u->finished && u->fed == t->n_ids && u->n_out > 0 ? u->out[u->n_out - 1] : -1;
+}
+
+/* Takes a picked token: the pipe, then whether the turn ends here. */
+static int run_take(struct turn *t, int32_t tok)
+{
+    struct turn_run *u = t->run;
+    u->out[u->n_out++] = tok;
+    if (pipe_token(&u->p, tok) || (!t->rq.ignore_eos && engine_is_stop(u->g, tok)) || u->n_out == t->max_new)
+        u->finished = 1;
+    return u->finished;
+}
+
+int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
+{
+    struct turn_run *u = t->run;
+    if (!u || u->fed >= t->n_ids) return err_set(e, "turn_prefill: the prompt is already in");
+    if (!u->fed) u->t_prefill0 = time_now();
+    if (u->io.cancel && atomic_load(u->io.cancel)) { /* cancelled while it waited: nothing generated */
+        u->fed = t->n_ids;
+        u->finished = 1;
+        u->t_decode0 = time_now();
+        return 1;
+    }
+    int64_t n = t->n_ids - u->fed;
+    if (max_tokens > 0 && n > max_tokens) n = max_tokens;
+    struct tensor rows = tensor_rows_view(&u->emb, u->fed, n);
+    const int last = u->fed + n == t->n_ids;
+    if (engine_slot_prefill(u->g, u->slot, NULL, &rows, n, last ? u->logits : NULL, e)) return -1;
+    u->fed += n;
+    if (!last) return 0;
+    if (engine_check_logits(u->g, u->logits, "for the prompt", e)) return -1;
+    run_take(t, sampler_sample(&u->smp, u->logits));
+    u->t_decode0 = time_now();
+    u->t_prefill = u->t_decode0 - u->t_prefill0;
+    return 1;
+}
+
+int turn_step(struct turn *t, float *logits, struct err *e)
+{
+    struct turn_run *u = t->run;
+    if (turn_pending(t) < 0) return err_set(e, "turn_step: the turn has no token to feed");
+    if (engine_check_logits(u->g, logits, "at a decode step", e)) return -1;
+    return run_take(t, sampler_sample(&u->smp, logits));
+}
+
+int turn_done(const struct turn *t) { return t->run && t->run->finished; }
+
+int turn_finish(struct turn *t, struct turn_result *r, struct err *e)
+{
+    memset(r, 0, sizeof *r);
+    if (!t->run || !t->run->finished) return err_set(e, "turn_finish: the turn has not finished");
+    t->run->t_decode = time_now() - t->run->t_decode0;
+    int rc = run_end(t, r, e);
+    if (rc) {
+        free(r->text);
+        r->text = NULL;
+    }
+    run_free(t);
+    return rc;
+}
+
+void turn_abort(struct turn *t) { run_free(t); }
 
 void turn_result_free(struct turn_result *r)
 {

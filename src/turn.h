@@ -82,6 +82,21 @@ int turn_max_new(const struct turn *t); /* the answer length it will allow */
 /* Runs the turn on g (a new conversation: the KV cache is reset). On failure r->input_error says whose. */
 int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e);
 void turn_free(struct turn *t); /* accepts NULL */
+
+/* ---- staged running: several turns in flight, one engine slot each (the scheduler, scheduler.h) ----
+ * turn_start (images, merge; the slot emptied) -> turn_prefill (chunks; the last one picks the first
+ * token on the host sampler) -> while !turn_done: one batched decode step feeds turn_pending() into
+ * turn_slot() and hands that row's logits to turn_step -> turn_finish (the result; the run's memory
+ * freed). The tokens are those turn_run gives with host sampling. Beam search is not staged. Any
+ * failure: turn_abort. */
+int turn_start(struct turn *t, struct engine *g, const struct turn_io *io, int slot, int *input_error, struct err *e);
+int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e); /* 1: the prompt is in, 0: more to feed */
+int32_t turn_pending(const struct turn *t); /* the token the next decode step feeds; -1: none (not prefilled, or done) */
+int turn_slot(const struct turn *t);
+int turn_step(struct turn *t, float *logits, struct err *e); /* logits [V] (modified); 1: finished */
+int turn_done(const struct turn *t);
+int turn_finish(struct turn *t, struct turn_result *r, struct err *e);
+void turn_abort(struct turn *t);
 void turn_result_free(struct turn_result *r);
 
 #endif

@@ -1,0 +1,149 @@
+/* scheduler.c: continuous batching of chat turns over the engine's slots (scheduler.h). */
+#include "scheduler.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { SLOT_FREE = 0, SLOT_PREFILL, SLOT_DECODE };
+
+struct entry {
+    int state;
+    struct turn *t;
+    struct turn_io io;
+    sched_done_cb done;
+    void *ctx;
+    uint64_t order;              /* admission order: the oldest prefill goes first */
+};
+
+struct scheduler {
+    struct engine *g;
+    int n;                       /* slots */
+    struct entry *e;             /* [n]: entry i runs on slot i */
+    uint64_t tick;
+    int *slots;                  /* [n] the decode batch */
+    int32_t *toks;               /* [n] */
+    int *who;                    /* [n] entry of each batch row */
+    float *logits;               /* [n, V] */
+};
+
+int sched_init(struct scheduler **out, struct engine *g, struct err *e)
+{
+    *out = NULL;
+    struct scheduler *s = calloc(1, sizeof *s);
+    if (!s) return err_set(e, "out of memory");
+    s->g = g;
+    s->n = engine_slots(g);
+    const size_t V = (size_t)engine_config(g)->vocab_size;
+    s->e = calloc((size_t)s->n, sizeof *s->e);
+    s->slots = calloc((size_t)s->n, sizeof *s->slots);
+    s->toks = calloc((size_t)s->n, sizeof *s->toks);
+    s->who = calloc((size_t)s->n, sizeof *s->who);
+    s->logits = malloc((size_t)s->n * V * sizeof *s->logits);
+    if (!s->e || !s->slots || !s->toks || !s->who || !s->logits) {
+        sched_free(s);
+        return err_set(e, "out of memory (a scheduler for %d slots)", s->n);
+    }
+    *out = s;
+    return 0;
+}
+
+void sched_free(struct scheduler *s)
+{
+    if (!s) return;
+    for (int i = 0; s->e && i < s->n; i++)
+        if (s->e[i].state != SLOT_FREE) turn_abort(s->e[i].t);
+    free(s->e);
+    free(s->slots);
+    free(s->toks);
+    free(s->who);
+    free(s->logits);
+    free(s);
+}
+
+int sched_slots_free(const struct scheduler *s)
+{
+    int k = 0;
+    for (int i = 0; i < s->n; i++) k += s->e[i].state == SLOT_FREE;
+    return k;
+}
+
+int sched_active(const struct scheduler *s) { return s->n - sched_slots_free(s); }
+
+/* Reports a turn's end and frees its slot. */
+static void finish(struct scheduler *s, int i, int failed, int input_error, const struct err *why)
+{
+    struct entry *x = &s->e[i];
+    struct turn_result r;
+    struct err e = {{0}};
+    int rc = -1;
+    if (failed) {
+        turn_abort(x->t);
+        e = *why;
+        memset(&r, 0, sizeof r);
+    } else {
+        rc = turn_finish(x->t, &r, &e);
+    }
+    const sched_done_cb done = x->done;
+    void *ctx = x->ctx;
+    memset(x, 0, sizeof *x);
+    done(ctx, rc, &r, input_error, &e);
+}
+
+int sched_add(struct scheduler *s, struct turn *t, const struct turn_io *io, sched_done_cb done, void *ctx)
+{
+    int i = 0;
+    while (i < s->n && s->e[i].state != SLOT_FREE) i++;
+    struct err e = {{0}};
+    if (i == s->n) {
+        struct turn_result r = {0};
+        err_set(&e, "no free slot (%d in use)", s->n);
+        done(ctx, -1, &r, 0, &e);
+        return -1;
+    }
+    struct entry *x = &s->e[i];
+    *x = (struct entry){.state = SLOT_PREFILL, .t = t, .done = done, .ctx = ctx, .order = ++s->tick};
+    if (io) x->io = *io;
+    int input_error = 0;
+    if (turn_start(t, s->g, &x->io, i, &input_error, &e)) {
+        finish(s, i, 1, input_error, &e);
+        return -1;
+    }
+    return 0;
+}
+
+int sched_step(struct scheduler *s)
+{
+    struct err e = {{0}};
+    /* one prefill chunk: the oldest turn still reading its prompt */
+    int p = -1;
+    for (int i = 0; i < s->n; i++)
+        if (s->e[i].state == SLOT_PREFILL && (p < 0 || s->e[i].order < s->e[p].order)) p = i;
+    if (p >= 0) {
+        int r = turn_prefill(s->e[p].t, engine_max_batch(s->g), &e);
+        if (r < 0) finish(s, p, 1, 0, &e);
+        else if (r == 1 && turn_done(s->e[p].t)) finish(s, p, 0, 0, NULL);
+        else if (r == 1) s->e[p].state = SLOT_DECODE;
+    }
+    /* one batched decode step over every generating turn */
+    int B = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (s->e[i].state != SLOT_DECODE) continue;
+        s->slots[B] = i;
+        s->toks[B] = turn_pending(s->e[i].t);
+        s->who[B++] = i;
+    }
+    if (B) {
+        const size_t V = (size_t)engine_config(s->g)->vocab_size;
+        if (engine_decode_batch(s->g, s->slots, s->toks, B, s->logits, &e)) {
+            for (int b = 0; b < B; b++) finish(s, s->who[b], 1, 0, &e);
+        } else {
+            for (int b = 0; b < B; b++) {
+                struct err te = {{0}};
+                int r = turn_step(s->e[s->who[b]].t, s->logits + (size_t)b * V, &te);
+                if (r < 0) finish(s, s->who[b], 1, 0, &te);
+                else if (r == 1) finish(s, s->who[b], 0, 0, NULL);
+            }
+        }
+    }
+    return sched_active(s);
+}

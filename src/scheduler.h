@@ -1,0 +1,33 @@
+/* scheduler.h: several chat turns in flight on one engine (continuous batching).
+ *
+ * Each turn holds one engine slot (its own KV rows). A step runs one prefill chunk (at most the
+ * engine's max_batch tokens) of the oldest turn still reading its prompt, then ONE batched decode
+ * step over every turn that is generating (engine_decode_batch: the GEMMs take M = active turns,
+ * attention reads each turn's own rows). A long prompt therefore delays the others by one chunk per
+ * step, never by its whole prefill. Turns join and leave between steps; each keeps its own sampling
+ * parameters, stop strings, max_new, streaming and cancellation (turn.h's staged calls). Beam search
+ * is not batched (the caller runs it alone with turn_run).
+ * Owns: the slot table and the order of work. Does not own: the turns (their owner frees them), the
+ * queue in front of it (the server's), the engine.
+ * Not thread-safe: one thread (the server's worker) calls everything. */
+#ifndef MINICPMV_SCHEDULER_H
+#define MINICPMV_SCHEDULER_H
+
+#include "turn.h"
+
+struct scheduler;
+/* A finished turn: rc 0 and r filled (r is the callee's to free with turn_result_free), or rc -1 with
+ * e set (input_error: the request's fault). Called from sched_step or sched_add. */
+typedef void (*sched_done_cb)(void *ctx, int rc, struct turn_result *r, int input_error, const struct err *e);
+
+int sched_init(struct scheduler **out, struct engine *g, struct err *e); /* engine_slots(g) slots */
+void sched_free(struct scheduler *s);                                    /* accepts NULL; aborts what runs */
+int sched_slots_free(const struct scheduler *s);
+int sched_active(const struct scheduler *s);
+/* Starts a prepared turn (images, prompt embedding) on a free slot; done is called once, when it
+ * finishes or fails (a failure to start is reported through done too, and sched_add returns -1). */
+int sched_add(struct scheduler *s, struct turn *t, const struct turn_io *io, sched_done_cb done, void *ctx);
+/* One step (above). Returns the number of turns still active. */
+int sched_step(struct scheduler *s);
+
+#endif
