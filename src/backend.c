@@ -349,6 +349,23 @@ void op_attention_pos(struct tensor *out, const struct tensor *q, const struct t
     DISPATCH(out->dev, attention_pos, out, q, k, v, pos, scale, flags);
 }
 
+void op_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                       const struct tensor *base, const struct tensor *n_keys, float scale)
+{
+    CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && out->ndim == 3);
+    CHECK(tensor_same_shape(out, q) && tensor_same_shape(k, v));
+    CHECK(q->shape[2] == k->shape[2] && q->shape[1] % k->shape[1] == 0);
+    CHECK(out->data != q->data && out->data != k->data && out->data != v->data);
+    CHECK(base->ndim == 1 && base->dtype == DTYPE_I32 && base->shape[0] == q->shape[0]);
+    CHECK(n_keys->ndim == 1 && n_keys->dtype == DTYPE_I32 && n_keys->shape[0] == q->shape[0]);
+    check_same_dev(out, q);
+    check_same_dev(out, k);
+    check_same_dev(out, v);
+    check_same_dev(out, base);
+    check_same_dev(out, n_keys);
+    DISPATCH(out->dev, attention_rows, out, q, k, v, base, n_keys, scale);
+}
+
 void op_argmax_dev(const struct tensor *x, struct tensor *ids)
 {
     CHECK(x->ndim == 2 && x->dtype == DTYPE_F32);

@@ -110,6 +110,16 @@ void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tens
  * 0..pos[n-1]. The same launch serves every position, so it can sit in a replayed graph. */
 void op_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
                       const struct tensor *pos, float scale, int flags);
+/* One query row per sequence (the batched decode step of several slots): row i of q [B, H, hd] attends
+ * causally to its own sequence only, the cache rows base[i] .. base[i] + n_keys[i] - 1 of k, v
+ * [T, Hkv, hd] (its last key is the row's own position). base, n_keys: I32 [B] on the device (read
+ * there, so the launch does not depend on them). Equal to op_attention(out[i], q[i], k[base[i] ..],
+ * v[base[i] ..], n_keys[i] - 1, scale, ATTN_CAUSAL) for each row (the CPU twin is exactly that
+ * loop, so a row equals a one-token step of its sequence alone bit for bit); CUDA: one launch, within
+ * the attention tolerances. Every row needs n_keys[i] >= 1 and base[i] + n_keys[i] <= T. out must
+ * not alias q, k or v. */
+void op_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                       const struct tensor *base, const struct tensor *n_keys, float scale);
 /* ids[i] = argmax of row i of x[n, V] (F32); ids I32 [n] on x's device (no host copy, no sync:
  * the next step's op_embed reads it). Same tie and NaN rules as op_argmax. */
 void op_argmax_dev(const struct tensor *x, struct tensor *ids);

@@ -429,6 +429,21 @@ void cpu_attention_pos(struct tensor *out, const struct tensor *q, const struct 
     cpu_attention(out, q, &kv, &vv, p[0], scale, flags);
 }
 
+/* A loop over the rows: each is exactly the one-token cpu_attention of its sequence alone. */
+void cpu_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                        const struct tensor *base, const struct tensor *n_keys, float scale)
+{
+    const int32_t *b = base->data, *nk = n_keys->data;
+    for (int64_t i = 0; i < q->shape[0]; i++) {
+        CHECKF(b[i] >= 0 && nk[i] >= 1 && (int64_t)b[i] + nk[i] <= k->shape[0],
+               "attention: row %lld reads cache rows %d..%lld outside the cache of %lld", (long long)i, b[i],
+               (long long)b[i] + nk[i] - 1, (long long)k->shape[0]);
+        struct tensor oi = tensor_rows_view(out, i, 1), qi = tensor_rows_view(q, i, 1);
+        struct tensor ki = tensor_rows_view(k, b[i], nk[i]), vi = tensor_rows_view(v, b[i], nk[i]);
+        cpu_attention(&oi, &qi, &ki, &vi, nk[i] - 1, scale, ATTN_CAUSAL);
+    }
+}
+
 void cpu_argmax_dev(const struct tensor *x, struct tensor *ids)
 {
     cpu_argmax(x, ids->data);

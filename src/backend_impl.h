@@ -28,6 +28,9 @@
     void P##_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);             \
     void P##_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k,             \
                            const struct tensor *v, const struct tensor *pos, float scale, int flags);      \
+    void P##_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k,            \
+                            const struct tensor *v, const struct tensor *base, const struct tensor *n_keys,  \
+                            float scale);                                                                  \
     void P##_argmax_dev(const struct tensor *x, struct tensor *ids);                                       \
     void P##_add_i32(struct tensor *x, int32_t d);
 

@@ -53,6 +53,7 @@ static int plan_devices(struct engine *g, const struct engine_options *o, struct
         dm.gpus[0] = 0;
     }
     if (o->ctx > 0) dm.params.ctx = o->ctx;
+    if (o->parallel > 0) dm.params.kv_seqs = o->parallel;
     if (o->max_batch > 0) dm.params.max_batch_tokens = (int)(o->max_batch < INT32_MAX ? o->max_batch : INT32_MAX);
     struct devmap_device dev[DEVMAP_MAX_DEVICES];
     int n_dev = 0;
@@ -168,7 +169,7 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, &o->progress, e)) goto fail;
     int64_t ctx = g->plan->params.ctx, mb = g->plan->params.max_batch_tokens;
     if (mb > ctx) mb = ctx; /* as the planner counts it */
-    if (llm_init(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, e)) goto fail;
+    if (llm_init_slots(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, g->plan->params.kv_seqs, e)) goto fail;
     /* the image path and its scratch, as the plan reserved it */
     if (mm_init(&g->mm, &g->cfg, &g->pp, &g->model, &g->pl, o->dtype, g->plan->params.max_pieces,
                 g->plan->params.max_patches, e))
@@ -406,23 +407,31 @@ int engine_check_logits(const struct engine *g, const float *logits, const char 
     return check_logits(logits, g->cfg.vocab_size, where, e);
 }
 
-/* ---- slots: one slot, the session (the batched engine replaces this) ---- */
-int engine_slots(const struct engine *g) { (void)g; return 1; }
+/* ---- slots ---- */
+int engine_slots(const struct engine *g) { return g->llm.n_slots; }
 int64_t engine_slot_ctx(const struct engine *g) { return g->llm.ctx; }
-int64_t engine_slot_len(const struct engine *g, int slot) { (void)slot; return g->llm.n_past; }
-void engine_slot_truncate(struct engine *g, int slot, int64_t n) { (void)slot; llm_truncate(&g->llm, n); }
+
+int64_t engine_slot_len(const struct engine *g, int slot)
+{
+    return slot >= 0 && slot < g->llm.n_slots ? llm_slot_len(&g->llm, slot) : -1;
+}
+
+void engine_slot_truncate(struct engine *g, int slot, int64_t n)
+{
+    if (slot >= 0 && slot < g->llm.n_slots) llm_slot_truncate(&g->llm, slot, n);
+}
 
 int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
                         float *logits, struct err *e)
 {
-    if (slot != 0) return err_set(e, "slot %d: this engine has 1 slot", slot);
     if (ids && engine_check_ids(g, ids, n, e)) return -1;
-    return llm_forward(&g->llm, ids, embeds, n, logits, e);
+    return llm_slot_forward(&g->llm, slot, ids, embeds, n, logits, e);
 }
 
-int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits, struct err *e)
+int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits,
+                        struct err *e)
 {
-    if (B != 1 || slots[0] != 0) return err_set(e, "this engine has 1 slot");
-    if (engine_check_ids(g, toks, 1, e)) return -1;
-    return llm_decode_logits(&g->llm, toks[0], logits, e);
+    /* the ids once B is known to be sane (llm_decode_batch words the error about B) */
+    if (B >= 1 && B <= g->llm.n_slots && engine_check_ids(g, toks, B, e)) return -1;
+    return llm_decode_batch(&g->llm, slots, toks, B, logits, e);
 }

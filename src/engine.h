@@ -18,6 +18,8 @@ struct engine_options {
     enum dtype dtype;            /* weights and activations: DTYPE_F16 (default) or DTYPE_F32 */
     int64_t ctx;                 /* KV capacity; 0 = the planner's (--ctx, else devmap_params_default) */
     int64_t max_batch;           /* prefill chunk; 0 = the planner's (--max-batch, else devmap_params_default) */
+    int parallel;                /* sequences (slots) with their own KV cache of ctx tokens each; 0 = the
+                                    planner's (--parallel, else 1) */
     int threads;                 /* CPU threads; 0 = all */
     const struct devmap_opts *devmap; /* device flags (--gpus, --max-memory, --logical-devices, --ctx,
                                          --device-map, ...); NULL = the planner's defaults on the one
@@ -114,21 +116,6 @@ int engine_decode_weight_bytes(const struct engine *g, int64_t *out, struct err 
 /* The logits of a step must be finite: NaN or inf is an error naming the token and `where`. */
 int engine_check_logits(const struct engine *g, const float *logits, const char *where, struct err *e);
 
-/* ---- several sequences (slots) in one engine. Slot 0 is the session engine_generate and the turn
- * use (its CUDA-graph decode path). ---- */
-int engine_slots(const struct engine *g);                  /* --parallel N (default 1) */
-int64_t engine_slot_ctx(const struct engine *g);           /* KV capacity of each slot, tokens */
-int64_t engine_slot_len(const struct engine *g, int slot); /* tokens the slot holds */
-void engine_slot_truncate(struct engine *g, int slot, int64_t n); /* keep the first n (0: empty) */
-/* Feeds n ids (or [n,d] embeddings on the embed device) after what the slot holds, in chunks of
- * max_batch; logits of the last position into logits [V] (host, f32) when not NULL. */
-int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
-                        float *logits, struct err *e);
-/* One decode step for B distinct slots together: toks[i] goes into slots[i] at its next position;
- * logits [B, V] (host, f32). Every row equals what that slot alone would compute. */
-int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits,
-                        struct err *e);
-
 /* ---- the session step by step (bench) ---- */
 /* Keeps the first n positions of the KV cache (0: a new conversation). */
 void engine_truncate(struct engine *g, int64_t n);
@@ -137,5 +124,27 @@ int engine_prefill(struct engine *g, const int32_t *ids, const struct tensor *em
                    struct err *e);
 /* One greedy decode step: feeds tok, returns the argmax token (a replayed CUDA graph on one GPU). */
 int engine_decode_greedy(struct engine *g, int32_t tok, int32_t *next, struct err *e);
+
+/* ---- several sequences (slots) in one engine ----
+ * Slot 0 is the session engine_generate, turn.h and the calls above use (its CUDA-graph decode path
+ * is unchanged). Each slot has its own KV rows of engine_slot_ctx tokens (a layer's cache holds
+ * slots x ctx rows; the planner counts them: --parallel). Not thread-safe: one caller drives the
+ * engine (the scheduler). */
+int engine_slots(const struct engine *g);                  /* --parallel N (default 1) */
+int64_t engine_slot_ctx(const struct engine *g);           /* KV capacity of each slot, tokens */
+int64_t engine_slot_len(const struct engine *g, int slot); /* tokens the slot holds; -1: no such slot */
+void engine_slot_truncate(struct engine *g, int slot, int64_t n); /* keep the first n (0: empty) */
+/* Feeds n ids (or [n, d] embeddings on the embed device) after what the slot holds, in chunks of
+ * max_batch; logits of the last position into logits [V] (host, f32) when not NULL. */
+int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
+                        float *logits, struct err *e);
+/* One decode step for B distinct slots together: toks[i] goes into slots[i] at its next position;
+ * logits [B, V] (host, f32). Every row equals what that slot alone would compute
+ * (engine_slot_prefill with n = 1): bit for bit on the CPU for B <= 8 (larger B: the CPU's sgemm
+ * path, fp32 rounding apart), within the op tolerances on CUDA. Errors (nothing run, no slot
+ * changed): B outside 1..min(slots, max_batch), a slot out of range or twice, an id outside the
+ * vocabulary, a full slot (llm_check_fit's wording). */
+int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits,
+                        struct err *e);
 
 #endif

@@ -15,7 +15,7 @@
 
 /* Lays out the activation views of one device in cv (a counting carver only sizes them). */
 static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const struct model_config *c, enum dtype act,
-                         int64_t B, int with_logits)
+                         int64_t B, int64_t logit_rows)
 {
     const int64_t d = c->hidden_size, hd = c->head_dim;
     const int64_t qd = (int64_t)c->num_attention_heads * hd, kvd = (int64_t)c->num_key_value_heads * hd;
@@ -32,9 +32,15 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
     b->pos.ndim = 1;
     b->ids = tensor_carve(cv, DTYPE_I32, B, 1);
     b->ids.ndim = 1;
-    if (with_logits) {
-        b->logits = tensor_carve(cv, DTYPE_F32, 1, c->vocab_size);
-        b->logits_act = tensor_carve(cv, act, 1, c->vocab_size);
+    b->kv_rows = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->kv_base = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->kv_len = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->kv_rows.ndim = b->kv_base.ndim = b->kv_len.ndim = 1;
+    if (logit_rows > 0) {
+        b->logits_all = tensor_carve(cv, DTYPE_F32, logit_rows, c->vocab_size);
+        b->logits_act_all = tensor_carve(cv, act, logit_rows, c->vocab_size);
+        b->logits = tensor_rows_view(&b->logits_all, 0, 1);
+        b->logits_act = tensor_rows_view(&b->logits_act_all, 0, 1);
     }
 }
 
@@ -47,21 +53,27 @@ size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max
 }
 
 static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struct device dev, enum dtype act,
-                       int64_t B, int with_logits, struct err *e)
+                       int64_t B, int64_t logit_rows, struct err *e)
 {
     struct tensor_carver count = {.base = NULL, .dev = dev};
-    devbuf_carve(b, &count, c, act, B, with_logits);
+    devbuf_carve(b, &count, c, act, B, logit_rows);
     b->dev = dev;
     b->bytes = count.off;
     b->mem = dev_alloc(dev, b->bytes, e);
     if (!b->mem) return -1;
     struct tensor_carver cv = {.base = b->mem, .dev = dev};
-    devbuf_carve(b, &cv, c, act, B, with_logits);
+    devbuf_carve(b, &cv, c, act, B, logit_rows);
     return 0;
 }
 
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
              int64_t max_batch, struct err *e)
+{
+    return llm_init_slots(s, m, pl, act, ctx, max_batch, 1, e);
+}
+
+int llm_init_slots(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act,
+                   int64_t ctx, int64_t max_batch, int n_slots, struct err *e)
 {
     memset(s, 0, sizeof *s);
     const struct model_config *c = &m->cfg;
@@ -75,13 +87,19 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
     if (ctx < 1 || ctx > c->max_position_embeddings)
         return err_set(e, "context %lld outside 1..max_position_embeddings (%d)", (long long)ctx,
                        c->max_position_embeddings);
+    if (n_slots < 1 || (int64_t)n_slots * ctx > INT32_MAX)
+        return err_set(e, "%d sequences of %lld tokens: need 1.. and at most 2^31-1 cache rows in all", n_slots,
+                       (long long)ctx);
+    s->n_slots = n_slots;
+    s->slot_past = calloc((size_t)n_slots, sizeof *s->slot_past);
+    if (!s->slot_past) return err_set(e, "out of memory");
     /* which logical devices hold any LLM unit */
     int used[MODEL_MAX_DEVICES] = {0};
     used[pl->embed] = used[pl->norm] = used[pl->lm_head] = 1;
     for (int i = 0; i < c->num_hidden_layers; i++) used[pl->layer[i]] = 1;
     for (int i = 0; i < pl->n_devices; i++) {
         if (!used[i]) continue;
-        if (devbuf_init(&s->dev[i], c, pl->devs[i], act, max_batch, i == pl->lm_head, e)) goto fail;
+        if (devbuf_init(&s->dev[i], c, pl->devs[i], act, max_batch, i == pl->lm_head ? n_slots : 0, e)) goto fail;
     }
     {
         const struct device dl = pl->devs[pl->lm_head];
@@ -100,11 +118,15 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
     const int64_t kvd = (int64_t)c->num_key_value_heads * c->head_dim;
     for (int i = 0; i < L; i++) {
         struct device dev = pl->devs[pl->layer[i]];
-        size_t bytes = (size_t)ctx * (size_t)kvd * dtype_size(act);
+        const int64_t T = (int64_t)n_slots * ctx; /* every slot's rows (llm_slot_rows) */
+        size_t bytes = (size_t)T * (size_t)kvd * dtype_size(act);
         s->cache_mem[i] = dev_alloc(dev, 2 * bytes, e);
-        if (!s->cache_mem[i]) { err_prefix(e, "KV cache of layer %d (%lld tokens)", i, (long long)ctx); goto fail; }
-        s->cache[i].k = tensor_make(act, dev, s->cache_mem[i], 3, ctx, (int64_t)c->num_key_value_heads, (int64_t)c->head_dim);
-        s->cache[i].v = tensor_make(act, dev, (char *)s->cache_mem[i] + bytes, 3, ctx,
+        if (!s->cache_mem[i]) {
+            err_prefix(e, "KV cache of layer %d (%d x %lld tokens)", i, n_slots, (long long)ctx);
+            goto fail;
+        }
+        s->cache[i].k = tensor_make(act, dev, s->cache_mem[i], 3, T, (int64_t)c->num_key_value_heads, (int64_t)c->head_dim);
+        s->cache[i].v = tensor_make(act, dev, (char *)s->cache_mem[i] + bytes, 3, T,
                                     (int64_t)c->num_key_value_heads, (int64_t)c->head_dim);
     }
     return 0;
@@ -125,6 +147,7 @@ void llm_free(struct llm *s)
             if (s->cache_mem[i]) dev_free(s->pl->devs[s->pl->layer[i]], s->cache_mem[i]);
     free(s->cache);
     free(s->cache_mem);
+    free(s->slot_past);
     memset(s, 0, sizeof *s);
 }
 
@@ -140,6 +163,32 @@ size_t llm_device_bytes(const struct llm *s, int i)
 void llm_truncate(struct llm *s, int64_t n)
 {
     if (n < s->n_past) s->n_past = n < 0 ? 0 : n;
+}
+
+/* ---- slots: the one slot -> cache rows mapping ---- */
+
+int64_t llm_slot_rows(const struct llm *s, int slot) { return (int64_t)slot * s->ctx; }
+
+/* The count of tokens slot `slot` holds (slot 0: the session's n_past). */
+static int64_t *slot_past(struct llm *s, int slot) { return slot == 0 ? &s->n_past : &s->slot_past[slot]; }
+
+int64_t llm_slot_len(const struct llm *s, int slot)
+{
+    CHECK(slot >= 0 && slot < s->n_slots);
+    return slot == 0 ? s->n_past : s->slot_past[slot];
+}
+
+void llm_slot_truncate(struct llm *s, int slot, int64_t n)
+{
+    CHECK(slot >= 0 && slot < s->n_slots);
+    int64_t *p = slot_past(s, slot);
+    if (n < *p) *p = n < 0 ? 0 : n;
+}
+
+/* The cache rows of one slot, [ctx, Hkv, hd] (slot 0 of one slot: the whole cache). */
+static struct tensor slot_view(const struct llm *s, const struct tensor *cache, int slot)
+{
+    return tensor_rows_view(cache, llm_slot_rows(s, slot), s->ctx);
 }
 
 static struct tensor rows(const struct tensor *t, int64_t n) { return tensor_rows_view(t, 0, n); }
@@ -162,14 +211,14 @@ static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
  * device's xn already holds this layer's input RMSNorm of h (fused into the previous layer's last
  * add). When next_norm is not NULL the layer ends with xn = next_norm(h) fused into the residual add. */
 static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0, int xn_ready,
-                          const struct tensor *next_norm)
+                          const struct tensor *next_norm, int slot)
 {
     const struct model_config *c = &s->m->cfg;
     const struct llm_layer *w = &s->m->llm.layers[layer];
     struct llm_devbuf *b = &s->dev[w->device];
     const int64_t n = h->shape[0], hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
     const int64_t ff = c->intermediate_size;
-    CHECK(device_eq(h->dev, b->dev) && n <= s->max_batch && pos0 + n <= s->ctx);
+    CHECK(device_eq(h->dev, b->dev) && n <= s->max_batch && (slot < 0 || pos0 + n <= s->ctx));
     struct tensor xn = rows(&b->xn, n), q = rows(&b->q, n), k = rows(&b->k, n), v = rows(&b->v, n);
     struct tensor att = rows(&b->att, n), o = rows(&b->o, n), g = rows(&b->gate, n), u = rows(&b->up, n);
     struct tensor pos = tensor_rows_view(&b->pos, 0, n);
@@ -191,13 +240,25 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
     struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd), att3 = tensor_reshape(&att, 3, n, nh, hd);
     struct llm_layer_cache *lc = &s->cache[layer];
-    /* RoPE of q and k and the KV append (rows pos[i]) in one launch */
-    op_rope_qk(&q3, &k3, &pos, c->rope_theta, &v3, &lc->k, &lc->v);
-    if (n <= 8) { /* decode: positions and key count read on the device (no host value: graph-safe) */
-        op_attention_pos(&att3, &q3, &lc->k, &lc->v, &pos, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
-    } else { /* prefill: the host q_pos0 (the tensor-core flash kernel's path) */
-        struct tensor kall = tensor_rows_view(&lc->k, 0, pos0 + n), vall = tensor_rows_view(&lc->v, 0, pos0 + n);
-        op_attention(&att3, &q3, &kall, &vall, pos0, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+    if (slot < 0) {
+        /* the batched step (llm_decode_batch): row i is a token of its own slot, at position pos[i]; its
+         * k, v go to cache row kv_rows[i], its attention reads the kv_len[i] rows from kv_base[i] */
+        op_rope_qk(&q3, &k3, &pos, c->rope_theta, NULL, NULL, NULL);
+        struct tensor kr = rows(&b->kv_rows, n), kb = rows(&b->kv_base, n), kl = rows(&b->kv_len, n);
+        op_kv_store(&lc->k, &k3, &kr);
+        op_kv_store(&lc->v, &v3, &kr);
+        op_attention_rows(&att3, &q3, &lc->k, &lc->v, &kb, &kl, 1.0f / sqrtf((float)hd));
+    } else {
+        /* one slot's tokens at positions pos0..: its rows of the cache */
+        struct tensor kc = slot_view(s, &lc->k, slot), vc = slot_view(s, &lc->v, slot);
+        /* RoPE of q and k and the KV append (rows pos[i]) in one launch */
+        op_rope_qk(&q3, &k3, &pos, c->rope_theta, &v3, &kc, &vc);
+        if (n <= 8) { /* decode: positions and key count read on the device (no host value: graph-safe) */
+            op_attention_pos(&att3, &q3, &kc, &vc, &pos, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+        } else { /* prefill: the host q_pos0 (the tensor-core flash kernel's path) */
+            struct tensor kall = tensor_rows_view(&kc, 0, pos0 + n), vall = tensor_rows_view(&vc, 0, pos0 + n);
+            op_attention(&att3, &q3, &kall, &vall, pos0, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+        }
     }
     op_matmul(&o, &att, &w->o_proj, NULL);
     op_add_rmsnorm(h, &xn, &o, &w->post_attention_layernorm, c->rms_norm_eps);
@@ -219,7 +280,7 @@ void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
 {
     set_positions(s, s->m->llm.layers[layer].device, pos0, h->shape[0]);
     s->dev_pos[s->m->llm.layers[layer].device] = -1; /* positions of a stage test, not of n_past */
-    layer_forward(s, layer, h, pos0, 0, NULL);
+    layer_forward(s, layer, h, pos0, 0, NULL, 0);
 }
 
 /* The norm that layer l's last add can produce for the next consumer of h on the same device: the
@@ -253,15 +314,40 @@ static struct tensor hop(struct llm *s, const struct tensor *h, int di, int64_t 
     return dst;
 }
 
-static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
-                         struct err *e)
+/* The final norm and lm_head of the r rows h (the last layer's output), their f32 logits into
+ * logits_out [r, V] (host). When xn_ready the norm device's xn already holds norm(h) (fused into the
+ * last add). */
+static void head_logits(struct llm *s, const struct tensor *h, int xn_ready, float *logits_out)
+{
+    const struct model_config *c = &s->m->cfg;
+    const struct model_placement *pl = s->pl;
+    const int64_t r = h->shape[0];
+    struct tensor hn = hop(s, h, pl->norm, r);
+    struct tensor xn = rows(&s->dev[pl->norm].xn, r);
+    if (!xn_ready) op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps); /* else fused into the last add */
+    struct tensor xl = rows(&s->dev[pl->lm_head].xn, r);
+    if (xl.data != xn.data) op_copy(&xl, &xn);
+    struct tensor lg = rows(&s->dev[pl->lm_head].logits_all, r);
+    if (s->act == DTYPE_F32) op_matmul(&lg, &xl, &s->m->llm.lm_head, NULL);
+    else {
+        struct tensor la = rows(&s->dev[pl->lm_head].logits_act_all, r);
+        op_matmul(&la, &xl, &s->m->llm.lm_head, NULL);
+        op_copy(&lg, &la);
+    }
+    struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, r, (int64_t)c->vocab_size);
+    op_copy(&host, &lg);
+}
+
+static int forward_chunk(struct llm *s, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
+                         float *logits_out, struct err *e)
 {
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
     struct tensor h;
     if (ids) h = llm_embed(s, ids, n);
     else h = hop(s, embeds, pl->embed, n);
-    const int64_t pos0 = s->n_past;
+    int64_t *past = slot_past(s, slot);
+    const int64_t pos0 = *past;
     /* positions once per device and chunk (a host->device copy each) */
     int done[MODEL_MAX_DEVICES] = {0};
     for (int l = 0; l < c->num_hidden_layers; l++)
@@ -275,27 +361,15 @@ static int forward_chunk(struct llm *s, const int32_t *ids, const struct tensor 
         h = hop(s, &h, pl->layer[l], n);
         /* the hook may look at (or change) h, so no norm is fused across a layer it watches */
         const struct tensor *nn = s->on_layer ? NULL : next_norm_of(s, l, n);
-        layer_forward(s, l, &h, pos0, xn_ready && !moved, nn);
+        layer_forward(s, l, &h, pos0, xn_ready && !moved, nn, slot);
         xn_ready = nn != NULL;
         if (s->on_layer) s->on_layer(s->on_layer_ctx, l, &h);
     }
-    s->n_past += n;
+    *past += n;
     if (!logits_out) return 0;
     /* final norm and lm_head on the last row only */
     struct tensor last = tensor_rows_view(&h, n - 1, 1);
-    struct tensor hn = hop(s, &last, pl->norm, 1);
-    struct tensor xn = rows(&s->dev[pl->norm].xn, 1);
-    if (!xn_ready) op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps); /* else fused into the last add */
-    struct tensor xl = rows(&s->dev[pl->lm_head].xn, 1);
-    if (xl.data != xn.data) op_copy(&xl, &xn);
-    struct tensor *lg = &s->dev[pl->lm_head].logits;
-    if (s->act == DTYPE_F32) op_matmul(lg, &xl, &s->m->llm.lm_head, NULL);
-    else {
-        op_matmul(&s->dev[pl->lm_head].logits_act, &xl, &s->m->llm.lm_head, NULL);
-        op_copy(lg, &s->dev[pl->lm_head].logits_act);
-    }
-    struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, (int64_t)1, (int64_t)c->vocab_size);
-    op_copy(&host, lg);
+    head_logits(s, &last, xn_ready, logits_out);
     (void)e;
     return 0;
 }
@@ -311,14 +385,23 @@ int llm_check_fit(int64_t ctx, int64_t n_held, int64_t n_new, struct err *e)
 int llm_forward(struct llm *s, const int32_t *ids, const struct tensor *embeds, int64_t n, float *logits_out,
                 struct err *e)
 {
+    return llm_slot_forward(s, 0, ids, embeds, n, logits_out, e);
+}
+
+int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
+                     float *logits_out, struct err *e)
+{
+    if (slot < 0 || slot >= s->n_slots)
+        return err_set(e, "sequence %d outside 0..%d (--parallel %d)", slot, s->n_slots - 1, s->n_slots);
     if (n < 1) return err_set(e, "empty input");
-    if (llm_check_fit(s->ctx, s->n_past, n, e)) return -1;
+    if (llm_check_fit(s->ctx, *slot_past(s, slot), n, e)) return -1;
     for (int64_t off = 0; off < n; off += s->max_batch) {
         int64_t m = n - off < s->max_batch ? n - off : s->max_batch;
         const int last = off + m == n;
         struct tensor ev;
         if (embeds) ev = tensor_rows_view(embeds, off, m);
-        if (forward_chunk(s, ids ? ids + off : NULL, embeds ? &ev : NULL, m, last ? logits_out : NULL, e)) return -1;
+        if (forward_chunk(s, slot, ids ? ids + off : NULL, embeds ? &ev : NULL, m, last ? logits_out : NULL, e))
+            return -1;
     }
     return 0;
 }
@@ -371,7 +454,7 @@ static void decode_step_dev(struct llm *s, enum decode_mode mode)
         const int moved = s->dev[pl->layer[l]].h.data != h.data;
         h = hop(s, &h, pl->layer[l], 1);
         const struct tensor *nn = next_norm_of(s, l, 1);
-        layer_forward(s, l, &h, s->n_past, xn_ready && !moved, nn);
+        layer_forward(s, l, &h, s->n_past, xn_ready && !moved, nn, 0);
         xn_ready = nn != NULL;
     }
     struct tensor hn = hop(s, &h, pl->norm, 1);
@@ -487,3 +570,75 @@ void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t dr
     op_sample_begin(&s->sample_state, p, draws);
 }
 
+
+/* ---- several slots in one decode step ---- */
+
+/* Uploads the batched step's row tables to logical device di: tab holds B positions, then B cache
+ * rows (where each row's k, v go), B first rows of the rows' slots and B key counts. */
+static void set_batch_rows(struct llm *s, int di, const int32_t *tab, int B)
+{
+    struct llm_devbuf *b = &s->dev[di];
+    struct tensor *dst[4] = {&b->pos, &b->kv_rows, &b->kv_base, &b->kv_len};
+    for (int k = 0; k < 4; k++) {
+        struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)(tab + (size_t)k * B), 1, (int64_t)B);
+        struct tensor d = rows(dst[k], B);
+        op_copy(&d, &src);
+    }
+    s->dev_pos[di] = -1; /* pos[0] is no longer the session's position */
+}
+
+/* The batch's row tables (set_batch_rows' layout), after checking every row: 0 or -1 with e set. */
+static int batch_rows(struct llm *s, const int *slots, int B, int32_t *tab, struct err *e)
+{
+    const int64_t bmax = s->n_slots < s->max_batch ? s->n_slots : s->max_batch;
+    if (B < 1 || B > bmax)
+        return err_set(e, "a decode step of %d sequences: expected 1..%lld (--parallel %d, --max-batch %lld)", B,
+                       (long long)bmax, s->n_slots, (long long)s->max_batch);
+    for (int i = 0; i < B; i++) {
+        const int sl = slots[i];
+        if (sl < 0 || sl >= s->n_slots)
+            return err_set(e, "sequence %d (row %d of the step) outside 0..%d (--parallel %d)", sl, i, s->n_slots - 1,
+                           s->n_slots);
+        for (int j = 0; j < i; j++)
+            if (slots[j] == sl) return err_set(e, "sequence %d is twice in one decode step (rows %d and %d)", sl, j, i);
+        const int64_t past = *slot_past(s, sl);
+        if (llm_check_fit(s->ctx, past, 1, e)) return err_prefix(e, "sequence %d", sl);
+        const int64_t base = llm_slot_rows(s, sl);
+        tab[i] = (int32_t)past;
+        tab[B + i] = (int32_t)(base + past);
+        tab[2 * B + i] = (int32_t)base;
+        tab[3 * B + i] = (int32_t)(past + 1);
+    }
+    return 0;
+}
+
+int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
+                     struct err *e)
+{
+    const struct model_config *c = &s->m->cfg;
+    const struct model_placement *pl = s->pl;
+    int32_t *tab = malloc((size_t)(B > 0 ? B : 1) * 4 * sizeof *tab);
+    if (!tab) return err_set(e, "out of memory");
+    if (batch_rows(s, slots, B, tab, e)) {
+        free(tab);
+        return -1;
+    }
+    /* embed the B ids; each layer device gets the row tables once */
+    struct tensor h = llm_embed(s, toks, B);
+    int done[MODEL_MAX_DEVICES] = {0};
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (!done[pl->layer[l]]++) set_batch_rows(s, pl->layer[l], tab, B);
+    free(tab);
+    int xn_ready = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const int moved = s->dev[pl->layer[l]].h.data != h.data;
+        h = hop(s, &h, pl->layer[l], B);
+        const struct tensor *nn = s->on_layer ? NULL : next_norm_of(s, l, B);
+        layer_forward(s, l, &h, 0, xn_ready && !moved, nn, -1);
+        xn_ready = nn != NULL;
+        if (s->on_layer) s->on_layer(s->on_layer_ctx, l, &h);
+    }
+    for (int i = 0; i < B; i++) *slot_past(s, slots[i]) += 1;
+    if (logits_out) head_logits(s, &h, xn_ready, logits_out);
+    return 0;
+}

@@ -14,21 +14,28 @@ struct llm_devbuf {              /* activation views on one logical device, max_
     struct tensor h, xn, q, k, v, att, o, gate, up; /* [max_batch, ...] */
     struct tensor pos;           /* I32 [max_batch] */
     struct tensor ids;           /* I32 [max_batch] */
-    struct tensor logits;        /* F32 [1, V] (only on the lm_head device) */
+    /* the batched step of several slots (llm_decode_batch): per row the cache row its k, v go to, the
+     * first cache row of its slot and its key count; I32 [max_batch] */
+    struct tensor kv_rows, kv_base, kv_len;
+    struct tensor logits;        /* F32 [1, V] (only on the lm_head device): the first row of logits_all */
     struct tensor logits_act;    /* [1, V] in the act dtype: HF computes lm_head in fp16, then .float() */
+    struct tensor logits_all, logits_act_all; /* [n_slots, V]: the batched step's rows */
 };
 
 struct llm_layer_cache {
-    struct tensor k, v;          /* [ctx, n_kv_heads, head_dim] in the act dtype */
+    struct tensor k, v;          /* [n_slots * ctx, n_kv_heads, head_dim] in the act dtype; slot s owns the
+                                    rows llm_slot_rows(s) (one slot: today's [ctx, ...]) */
 };
 
 struct llm {
     const struct model *m;
     const struct model_placement *pl;
     enum dtype act;              /* activation and KV dtype */
-    int64_t ctx;                 /* KV capacity in tokens */
+    int64_t ctx;                 /* KV capacity of each slot in tokens */
     int64_t max_batch;           /* largest chunk of tokens per forward call */
-    int64_t n_past;              /* tokens already in the cache */
+    int64_t n_past;              /* tokens already in slot 0's cache (the session of llm_forward / llm_decode) */
+    int n_slots;                 /* sequences with their own KV rows (--parallel); slot 0 is the session */
+    int64_t *slot_past;          /* [n_slots]: tokens in slot s's cache for s >= 1 (slot 0: n_past) */
     struct llm_devbuf dev[MODEL_MAX_DEVICES];
     struct llm_layer_cache *cache; /* [num_hidden_layers] */
     void **cache_mem;            /* per layer allocation */
@@ -52,6 +59,10 @@ struct llm {
 
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
              int64_t max_batch, struct err *e);
+/* llm_init with n_slots sequences (slots), each with its own KV rows of ctx tokens: the caches hold
+ * n_slots * ctx rows per layer, the lm_head device n_slots logits rows. llm_init is n_slots = 1. */
+int llm_init_slots(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act,
+                   int64_t ctx, int64_t max_batch, int n_slots, struct err *e);
 void llm_free(struct llm *s);
 /* Bytes of activations + KV the state allocated on logical device i. */
 size_t llm_device_bytes(const struct llm *s, int i);
@@ -108,5 +119,26 @@ void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
 struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n);
 /* Forgets the cache (new conversation). Truncates to n tokens when n < n_past (for re-using a prefix). */
 void llm_truncate(struct llm *s, int64_t n);
+
+/* ---- several sequences (slots) ----
+ * Slot s owns the cache rows llm_slot_rows(s) .. + ctx - 1 of every layer (the one place that maps a
+ * slot to rows: a block table of a paged cache replaces it). Slot 0 is the session above (n_past,
+ * llm_forward, llm_decode and its CUDA graph). */
+int64_t llm_slot_rows(const struct llm *s, int slot);
+/* Tokens slot s holds (slot 0: n_past). */
+int64_t llm_slot_len(const struct llm *s, int slot);
+/* Keeps the first n tokens of slot s (0: empty); n >= what it holds changes nothing. */
+void llm_slot_truncate(struct llm *s, int slot, int64_t n);
+/* llm_forward on slot s: n tokens after what the slot holds, in chunks of max_batch. */
+int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
+                     float *logits_out, struct err *e);
+/* One decode step of B distinct slots together: toks[i] goes into slots[i] at its next position;
+ * logits_out [B, V] (host, f32). The GEMMs take M = B rows, each row's attention reads only its slot
+ * (op_attention_rows). Each row equals llm_slot_forward(slots[i], &toks[i], 1): bit for bit on the
+ * CPU while B <= 8 (the CPU's GEMV path; larger B runs the CPU's sgemm, whose rounding differs from
+ * the one-row GEMV's), within the op tolerances on CUDA. Errors (nothing run): B outside
+ * 1..min(n_slots, max_batch), a slot outside 0..n_slots-1, a slot twice, a full slot (llm_check_fit). */
+int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
+                     struct err *e);
 
 #endif

@@ -229,7 +229,7 @@ struct turn_run {
     float *logits;                  /* staged runs: [V] for the prefill's last row */
     int64_t fed;                    /* staged runs: prompt rows in the slot */
     int finished;
-    double t0, t_vision, t_prefill0, t_decode0, t_prefill, t_decode;
+    double t0, t_vision, t_prefill0, t_decode0, t_prefill, t_decode, t_first;
 };
 
 static void run_free(struct turn *t)
@@ -309,6 +309,7 @@ static int run_end(struct turn *t, struct turn_result *r, struct err *e)
     r->t_vision = u->t_vision;
     r->t_prefill = u->t_prefill;
     r->t_decode = u->t_decode;
+    r->t_first = u->t_first;
     return 0;
 }
 
@@ -320,6 +321,7 @@ int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct 
     if (run_begin(t, g, io, 0, &r->input_error, e)) goto out;
     struct turn_run *u = t->run;
     engine_truncate(g, 0);
+    const double t_gen = time_now();
     struct engine_gen_stats st = {0};
     if (rq->num_beams > 1) {
         struct beam_params bp = {.num_beams = rq->num_beams, .length_penalty = rq->length_penalty,
@@ -335,6 +337,7 @@ int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct 
     }
     u->t_prefill = st.t_prefill;
     u->t_decode = st.t_decode;
+    u->t_first = t_gen - u->t0 + st.t_prefill;
     rc = run_end(t, r, e);
 out:
     if (rc) {
@@ -405,6 +408,7 @@ int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
     run_take(t, sampler_sample(&u->smp, u->logits));
     u->t_decode0 = time_now();
     u->t_prefill = u->t_decode0 - u->t_prefill0;
+    u->t_first = u->t_decode0 - u->t0;
     return 1;
 }
 

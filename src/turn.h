@@ -70,7 +70,8 @@ struct turn_result {
     int timed_out;                  /* the deadline stopped generation */
     int image_cached;               /* 1: the images came from the cache */
     int input_error;                /* on failure: the input's fault (an image, the prompt), not the engine's */
-    double t_vision, t_prefill, t_decode; /* seconds: encode (or cache), merge + prefill + first token, the rest */
+    double t_vision, t_prefill, t_decode; /* seconds: encode (or cache), prefill + first token, the rest */
+    double t_first;                 /* seconds from the run's start (turn_run / turn_start) to the first token */
 };
 
 struct turn;

@@ -5,6 +5,8 @@
  *   vision1    engine_encode_images on a 448x448 image (1 piece), ms; vision10: 1344x1344 (10 pieces)
  *   ttft       JPEG bytes in memory -> decode -> a chat turn (max_new 1): time to first token, ms
  *   seedcase   1344x1344 JPEG + text, ~3000 prompt tokens, 1000 generated (stop ids ignored), end to end, s
+ *   concN      N streams at once through the scheduler (~512-token prompts, 256 greedy tokens each):
+ *              aggregate tok/s, per-stream tok/s, TTFT p50/p99 (--concurrency 1,4,16 = conc1,conc4,conc16)
  * plus the memory per device (model accounting and the peak seen) and, with --json, the same numbers for
  * tools/bench_compare.py. Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
  * Inputs are deterministic: ids from splitmix64(--seed), images from image_pattern (image.h;
@@ -30,11 +32,15 @@
 #include "image.h"
 #include "mm.h"
 #include "tokenizer.h"
+#include "scheduler.h"
 #include "turn.h"
 
 #define BENCH_MAX_REPS 100
 #define BENCH_MAX_PHASES 16
 #define BENCH_MAX_X 16
+#define BENCH_CONC_WORDS 440 /* filler words of a concN prompt: ~512 tokens with the template */
+#define BENCH_CONC_PROMPT 600
+#define BENCH_CONC_NEW 256
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 /* 20 tokens with the Llama-3 tokenizer. Shared with tools/bench_hf.py. */
@@ -56,7 +62,7 @@ static uint64_t splitmix64(uint64_t *x)
 
 /* ------------------------------------------------------------------ options and results */
 
-enum phase_kind { PK_PREFILL, PK_DECODE, PK_VISION, PK_TTFT, PK_SEED };
+enum phase_kind { PK_PREFILL, PK_DECODE, PK_VISION, PK_TTFT, PK_SEED, PK_CONC };
 
 struct phase {
     char name[24];
@@ -192,20 +198,24 @@ static int gen_jpeg(int W, int H, uint32_t seed, unsigned char **out, unsigned l
     return rc;
 }
 
-/* "(<image>./</image>)\n" + n_words filler words (a '.' after every 12th). Heap string. */
-static char *seed_content(int n_words)
+/* n_words filler words (a '.' after every 12th) from word stream `seed`, after "(<image>./</image>)\n"
+ * when image. Heap string. */
+static char *filler_content(int n_words, uint64_t seed, int image)
 {
     size_t cap = strlen(CHAT_IMAGE_MARKER) + 2 + (size_t)n_words * 16, len = 0;
     char *s = malloc(cap);
     if (!s) return NULL;
-    len = (size_t)sprintf(s, "%s\n", CHAT_IMAGE_MARKER);
-    uint64_t st = 1234;
+    s[0] = 0;
+    if (image) len = (size_t)sprintf(s, "%s\n", CHAT_IMAGE_MARKER);
+    uint64_t st = seed;
     for (int k = 0; k < n_words; k++) {
         const char *w = BENCH_WORDS[splitmix64(&st) % 32];
         len += (size_t)sprintf(s + len, "%s%s%s", k ? " " : "", w, k % 12 == 11 ? "." : "");
     }
     return s;
 }
+
+static char *seed_content(int n_words) { return filler_content(n_words, 1234, 1); }
 
 static int prompt_len(struct bench *b, const char *content, const struct chat_grid *grid, int *n, struct err *e)
 {
@@ -527,6 +537,112 @@ out:
     return rc;
 }
 
+/* concN: N streams at once through the scheduler (continuous batching), each a ~512-token text prompt
+ * (its own filler words) and 256 greedy tokens, stop ids ignored. Aggregate tok/s = all generated tokens
+ * over the wall time from the first admission to the last answer; per stream: decode tok/s and the time
+ * to its first token from its admission (queueing behind the others' prefill chunks included). */
+struct conc_out {
+    int done, rc;
+    struct turn_result r;
+};
+
+static void conc_done(void *ctx, int rc, struct turn_result *r, int input_error, const struct err *e)
+{
+    (void)input_error;
+    struct conc_out *o = ctx;
+    o->done = 1;
+    o->rc = rc;
+    o->r = *r;
+    memset(r, 0, sizeof *r);
+    if (rc) fprintf(stderr, "bench: conc stream failed: %s\n", e->msg);
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int run_conc(struct bench *b, struct phase *p, struct err *e)
+{
+    struct engine *g = b->g;
+    const int N = (int)p->n;
+    if (!engine_tokenizer(g)) return err_set(e, "needs tokenizer.json in the model folder");
+    if (engine_slots(g) < N)
+        return err_set(e, "%s needs %d slots; the engine has %d (--parallel %d)", p->name, N, engine_slots(g), N);
+    struct turn **t = calloc((size_t)N, sizeof *t);
+    struct conc_out *o = calloc((size_t)N, sizeof *o);
+    char **content = calloc((size_t)N, sizeof *content);
+    struct chat_msg *m = calloc((size_t)N, sizeof *m);
+    double *ttft = calloc((size_t)N, sizeof *ttft), *per = calloc((size_t)N, sizeof *per);
+    struct scheduler *s = NULL;
+    int rc = -1, n_prompt = 0;
+    if (!t || !o || !content || !m || !ttft || !per) { err_set(e, "out of memory"); goto out; }
+    if (sched_init(&s, g, e)) goto out;
+    for (int i = 0; i < N; i++) {
+        if (!(content[i] = filler_content(BENCH_CONC_WORDS, 1000 + (uint64_t)i, 0))) { err_set(e, "out of memory"); goto out; }
+        m[i] = (struct chat_msg){"user", content[i]};
+        struct turn_request rq = {.msgs = &m[i], .n_msgs = 1, .max_new = BENCH_CONC_NEW, .ignore_eos = 1};
+        sampler_defaults(&rq.sp);
+        rq.sp.greedy = true;
+        rq.sp.repetition_penalty = 1.0f;
+        if (turn_prepare(&t[i], g, &rq, e)) goto out;
+        n_prompt += turn_prompt_tokens(t[i]);
+    }
+    for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
+        sync_all(g);
+        double t0 = time_now();
+        for (int i = 0; i < N; i++) {
+            memset(&o[i], 0, sizeof o[i]);
+            sched_add(s, t[i], NULL, conc_done, &o[i]);
+        }
+        while (sched_step(s)) {}
+        sync_all(g);
+        double wall = time_now() - t0;
+        int64_t gen = 0;
+        for (int i = 0; i < N; i++) {
+            if (!o[i].done || o[i].rc) { err_set(e, "stream %d failed", i); goto out; }
+            gen += o[i].r.n_gen;
+            ttft[i] = o[i].r.t_first;
+            per[i] = o[i].r.n_gen > 1 && o[i].r.t_decode > 0 ? (o[i].r.n_gen - 1) / o[i].r.t_decode : 0;
+            turn_result_free(&o[i].r);
+        }
+        if (r >= 0) {
+            p->t[p->reps++] = wall;
+            if (r == b->reps - 1) { /* the last repetition's per-stream figures */
+                qsort(ttft, (size_t)N, sizeof *ttft, cmp_dbl);
+                qsort(per, (size_t)N, sizeof *per, cmp_dbl);
+                x_add(p, "streams", N);
+                x_add(p, "prompt_tokens_mean", (double)n_prompt / N);
+                x_add(p, "new_tokens", BENCH_CONC_NEW);
+                x_add(p, "tokens", (double)gen);
+                x_add(p, "stream_tok_s_p50", per[N / 2]);
+                x_add(p, "stream_tok_s_min", per[0]);
+                x_add(p, "ttft_ms_p50", 1e3 * ttft[N / 2]);
+                x_add(p, "ttft_ms_p99", 1e3 * ttft[(N * 99) / 100 < N ? (N * 99) / 100 : N - 1]);
+            }
+        }
+        p->value = (double)gen; /* tokens per repetition, divided below */
+    }
+    p->med = median(p->t, p->reps);
+    p->value = p->value / p->med;
+    p->unit = "tok/s";
+    p->higher_better = 1;
+    rc = 0;
+out:
+    sched_free(s);
+    for (int i = 0; t && i < N; i++) turn_free(t[i]);
+    for (int i = 0; content && i < N; i++) free(content[i]);
+    for (int i = 0; o && i < N; i++) turn_result_free(&o[i].r);
+    free(t);
+    free(o);
+    free(content);
+    free(m);
+    free(ttft);
+    free(per);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ setup, report */
 
 static const char *const DEFAULT_PHASES = "prefill512,prefill3000,decode512,decode4096,vision1,vision10,ttft,seedcase";
@@ -549,8 +665,10 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
         else if (!strcmp(t, "vision1") || !strcmp(t, "vision10")) { p->kind = PK_VISION; v = atoi(t + 6); }
         else if (!strcmp(t, "ttft")) p->kind = PK_TTFT;
         else if (!strcmp(t, "seedcase")) p->kind = PK_SEED;
+        else if (!strncmp(t, "conc", 4) && !cmdu_int("--only concN", t + 4, 1, 4096, &v, &ie)) p->kind = PK_CONC;
         else
-            return err_set(e, "--only: unknown phase '%s' (prefillN, decodeN, vision1, vision10, ttft, seedcase, all)", t);
+            return err_set(e, "--only: unknown phase '%s' (prefillN, decodeN, vision1, vision10, ttft, seedcase, concN, all)",
+                           t);
         p->n = v;
         snprintf(p->name, sizeof p->name, "%s", t);
         (*n)++;
@@ -716,7 +834,9 @@ static int write_json(const struct bench *b, const struct phase *ph, int n_ph, c
 static const char BENCH_HELP[] =
     "usage: minicpmv bench --model DIR [--only LIST] [--reps N] [--json FILE] [flags]\n"
     "  --only LIST          comma list of prefillN, decodeN (N = tokens / context), vision1, vision10, ttft,\n"
-    "                       seedcase, or all (default: %s)\n"
+    "                       seedcase, concN (N streams through the scheduler; needs --parallel N), or all\n"
+    "                       (default: %s)\n"
+    "  --concurrency LIST   e.g. 1,4,16,64: the phases conc1,conc4,... (after --only's, if given)\n"
     "  --reps N             timed repetitions per phase after one warm-up; the median is reported (default 5)\n"
     "  --decode-steps N     decode steps timed per repetition (default 128)\n"
     "  --seed-prompt N      seed case: prompt tokens, image included (default 3000)\n"
@@ -745,7 +865,8 @@ int cmd_bench(int argc, char **argv)
     pthread_mutex_init(&b.mu, NULL);
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
-    const char *only = DEFAULT_PHASES, *json = NULL;
+    const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
+    int only_given = 0;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -754,6 +875,11 @@ int cmd_bench(int argc, char **argv)
         long long n;
         if (!strcmp(f, "--only")) {
             if (!(only = cmdu_value(argc, argv, &i, &e))) goto out;
+            only_given = 1;
+        } else if (!strcmp(f, "--concurrency")) {
+            const char *v = cmdu_value(argc, argv, &i, &e);
+            if (!v) goto out;
+            conc_list = v;
         } else if (!strcmp(f, "--json")) {
             if (!(json = cmdu_value(argc, argv, &i, &e))) goto out;
         } else if (!strcmp(f, "--reps") || !strcmp(f, "--decode-steps") || !strcmp(f, "--seed-prompt") ||
@@ -784,6 +910,16 @@ int cmd_bench(int argc, char **argv)
             goto out;
         }
     }
+    char only_buf[512];
+    if (conc_list) { /* conc1,conc4,... after --only's phases */
+        size_t k = (size_t)snprintf(only_buf, sizeof only_buf, "%s", only_given ? only : "");
+        char tmp[256];
+        snprintf(tmp, sizeof tmp, "%s", conc_list);
+        for (char *save = NULL, *t = strtok_r(tmp, ",", &save); t && k < sizeof only_buf; t = strtok_r(NULL, ",", &save))
+            k += (size_t)snprintf(only_buf + k, sizeof only_buf - k, "%sconc%s", k ? "," : "", t);
+        if (k >= sizeof only_buf) { err_set(&e, "--concurrency: list too long"); goto out; }
+        only = only_buf;
+    }
     if (parse_phases(only, ph, &n_ph, &e)) goto out;
 
     /* KV capacity: the longest phase, unless --ctx says otherwise */
@@ -791,7 +927,8 @@ int cmd_bench(int argc, char **argv)
     const char *need_by = "";
     for (int i = 0; i < n_ph; i++) {
         int64_t k = ph[i].kind == PK_PREFILL ? ph[i].n : ph[i].kind == PK_DECODE ? ph[i].n + b.decode_steps
-                    : ph[i].kind == PK_SEED ? (int64_t)b.seed_prompt + b.seed_new : 0;
+                    : ph[i].kind == PK_SEED ? (int64_t)b.seed_prompt + b.seed_new
+                    : ph[i].kind == PK_CONC ? BENCH_CONC_PROMPT + BENCH_CONC_NEW + 64 : 0;
         if (k > need) { need = k; need_by = ph[i].name; }
     }
     if (eo.dm.params.ctx > 0 && eo.dm.params.ctx < need) {
@@ -833,7 +970,7 @@ int cmd_bench(int argc, char **argv)
         double t0 = time_now();
         int prc = p->kind == PK_PREFILL ? run_prefill(&b, p, &pe) : p->kind == PK_DECODE ? run_decode(&b, p, &pe)
                   : p->kind == PK_VISION ? run_vision(&b, p, &pe) : p->kind == PK_TTFT ? run_ttft(&b, p, &pe)
-                  : run_seed(&b, p, &pe);
+                  : p->kind == PK_SEED ? run_seed(&b, p, &pe) : run_conc(&b, p, &pe);
         phase_mem_end(&b, p);
         engine_truncate(b.g, 0);
         if (prc) snprintf(p->err, sizeof p->err, "failed: %s", pe.msg);

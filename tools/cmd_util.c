@@ -125,7 +125,8 @@ const char *devmap_opts_help(void)
            "                          its own budget (0.1=4GiB) and arena (for tests and CI)\n"
            "  --ctx N                 longest context to reserve KV cache for\n"
            "                          (default min(4096, max_position_embeddings))\n"
-           "  --kv-seqs N             sequences with their own KV cache, e.g. beams (default 1)\n"
+           "  --parallel N            sequences served together, each with its own KV cache of --ctx\n"
+           "                          tokens (default 1); --kv-seqs N is the same flag\n"
            "  --max-batch N           prefill chunk: prompt tokens per forward step (default 2048)\n"
            "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices);\n"
            "                          a request with more pieces runs in several batches\n"
@@ -135,7 +136,7 @@ const char *devmap_opts_help(void)
 
 int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e)
 {
-    static const char *flags[] = {"--gpus", "--max-memory", "--logical-devices", "--ctx", "--kv-seqs",
+    static const char *flags[] = {"--gpus", "--max-memory", "--logical-devices", "--ctx", "--kv-seqs", "--parallel",
                                   "--max-batch", "--max-pieces", "--max-patches", "--device-map"};
     const char *arg = argv[*i], *val = NULL;
     int k, nf = (int)(sizeof flags / sizeof flags[0]);
@@ -159,10 +160,11 @@ int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, stru
         snprintf(o->device_map, sizeof o->device_map, "%s", val);
         return 1;
     }
+    if (!strcmp(f, "--parallel")) f = "--kv-seqs"; /* one setting, two spellings */
     if (!strcmp(f, "--ctx") || !strcmp(f, "--kv-seqs") || !strcmp(f, "--max-batch") ||
         !strcmp(f, "--max-pieces") || !strcmp(f, "--max-patches")) {
         long hi = !strcmp(f, "--ctx") ? 1L << 22 : !strcmp(f, "--kv-seqs") ? 256 : !strcmp(f, "--max-pieces") ? 1024 : 65536;
-        if (devmap_parse_long(val, 1, hi, &v)) return err_set(e, "%s: '%s' is not an integer in 1..%ld", f, val, hi);
+        if (devmap_parse_long(val, 1, hi, &v)) return err_set(e, "%s: '%s' is not an integer in 1..%ld", flags[k], val, hi);
         if (!strcmp(f, "--ctx")) o->params.ctx = v;
         else if (!strcmp(f, "--kv-seqs")) o->params.kv_seqs = (int)v;
         else if (!strcmp(f, "--max-batch")) o->params.max_batch_tokens = (int)v;

@@ -761,3 +761,105 @@ extern "C" void cuda_attention_general(struct tensor *out, const struct tensor *
     attn_check(q, k);
     attn_general(c, out, q, k, v, NULL, q_pos0, scale, flags);
 }
+
+/* ---- op_attention_rows: one query row per sequence, each over its own cache rows ----
+ * Block (h, i) = query head h of row i; 128 threads. Keys in tiles of 128 (one key per thread: its
+ * q·k in fp32), an online softmax over the tiles (running max m and sum l, fp32, the block's
+ * reductions through warp shuffles), and thread t < hd owns output column t (acc += p_j * v[j][t]).
+ * Row i reads cache rows base[i] .. base[i] + n_keys[i] - 1, read on the device, so one launch
+ * serves any mix of positions (a graph per batch size can hold it). Straightforward first version:
+ * K/V are read once per query head (no GQA sharing, no split-K); a split-K decode kernel with
+ * per-row ranges is the next step (docs/CUDA.md). */
+#define ROWS_THREADS 128
+
+__device__ __forceinline__ float rows_block_max(float v, float *red)
+{
+    v = warp_max(v);
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads();
+    if (l == 0) red[w] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int j = 1; j < ROWS_THREADS / 32; j++) r = fmaxf(r, red[j]);
+    return r;
+}
+
+__device__ __forceinline__ float rows_block_sum(float v, float *red)
+{
+    v = warp_sum(v);
+    const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads();
+    if (l == 0) red[w] = v;
+    __syncthreads();
+    float r = 0;
+    for (int j = 0; j < ROWS_THREADS / 32; j++) r += red[j];
+    return r;
+}
+
+template <typename KV>
+__global__ void __launch_bounds__(ROWS_THREADS)
+attn_rows_kernel(void *out, int odt, const void *q, int qdt, const KV *k, const KV *v, const int32_t *base,
+                 const int32_t *n_keys, int H, int Hkv, int hd, int T, float scale)
+{
+    __shared__ float qs[ATT_MAX_HD], ps[ROWS_THREADS], red[ROWS_THREADS / 32];
+    const int h = blockIdx.x, i = blockIdx.y, t = threadIdx.x, kh = h / (H / Hkv);
+    const int b0 = base[i], nk = n_keys[i];
+    if (b0 < 0 || nk < 1 || (int64_t)b0 + nk > T) {
+        if (t == 0 && h == 0) printf("attention: row %d reads cache rows %d..%d outside the cache of %d\n", i, b0,
+                                     b0 + nk - 1, T);
+        __trap();
+    }
+    const int64_t qo = ((int64_t)i * H + h) * hd;
+    for (int d = t; d < hd; d += ROWS_THREADS) qs[d] = ldf(q, qdt, qo + d);
+    float m = -INFINITY, l = 0.0f, acc = 0.0f;
+    for (int j0 = 0; j0 < nk; j0 += ROWS_THREADS) {
+        const int j = j0 + t;
+        float sc = -INFINITY;
+        __syncthreads(); /* qs written; ps of the previous tile consumed */
+        if (j < nk) {
+            const KV *kr = k + ((int64_t)(b0 + j) * Hkv + kh) * hd;
+            float dot = 0.0f;
+            for (int d = 0; d < hd; d++) dot = fmaf(qs[d], (float)kr[d], dot);
+            sc = dot * scale;
+        }
+        const float mn = fmaxf(m, rows_block_max(sc, red));
+        const float p = j < nk ? expf(sc - mn) : 0.0f;
+        const float alpha = m == -INFINITY ? 0.0f : expf(m - mn);
+        ps[t] = p;
+        const float ls = rows_block_sum(p, red); /* its __syncthreads also publishes ps */
+        l = l * alpha + ls;
+        m = mn;
+        if (t < hd) {
+            acc *= alpha;
+            const int cnt = nk - j0 < ROWS_THREADS ? nk - j0 : ROWS_THREADS;
+            const KV *vr = v + ((int64_t)(b0 + j0) * Hkv + kh) * hd + t;
+            for (int jj = 0; jj < cnt; jj++) acc = fmaf(ps[jj], (float)vr[(int64_t)jj * Hkv * hd], acc);
+        }
+    }
+    if (t < hd) stf(out, odt, qo + t, acc / l);
+}
+
+extern "C" void cuda_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k,
+                                    const struct tensor *v, const struct tensor *base, const struct tensor *n_keys,
+                                    float scale)
+{
+    struct cuda_ctx *c = cuda_ctx_get(out->dev.ordinal);
+    const int64_t B = q->shape[0], H = q->shape[1], hd = q->shape[2], T = k->shape[0], Hkv = k->shape[1];
+    if (B == 0 || H == 0 || hd == 0) return;
+    attn_check(q, k);
+    CHECKF(k->dtype == v->dtype, "cuda_attention_rows: k %s, v %s", dtype_name(k->dtype), dtype_name(v->dtype));
+    CHECKF(B <= 65535, "cuda_attention_rows: %lld rows", (long long)B);
+    const dim3 grid((unsigned)H, (unsigned)B);
+#define ROWS_LAUNCH(KV)                                                                                       \
+    attn_rows_kernel<KV><<<grid, ROWS_THREADS, 0, c->stream>>>(                                                \
+        out->data, out->dtype, q->data, q->dtype, (const KV *)k->data, (const KV *)v->data,                    \
+        (const int32_t *)base->data, (const int32_t *)n_keys->data, (int)H, (int)Hkv, (int)hd, (int)T, scale)
+    switch (k->dtype) {
+    case DTYPE_F16: ROWS_LAUNCH(__half); break;
+    case DTYPE_BF16: ROWS_LAUNCH(__nv_bfloat16); break;
+    case DTYPE_F32: ROWS_LAUNCH(float); break;
+    default: CHECKF(0, "cuda_attention_rows: k/v dtype %s", dtype_name(k->dtype));
+    }
+#undef ROWS_LAUNCH
+    KERNEL_CHECK();
+}
