@@ -126,5 +126,35 @@ host_health localhost '\(127\.0\.0\.1\|\[::1\]\)'
 "$BIN" serve --model "$MODEL" --host no.such.host.invalid --port 0 --quiet >"$tmp/out6" 2>"$tmp/err6"; src=$?
 [ "$src" = 1 ] && grep -q "'no\.such\.host\.invalid': cannot resolve" "$tmp/err6" && ! grep -q 'bound to' "$tmp/err6" && ok \
   || bad "--host no.such.host.invalid: exit $src: $(cat "$tmp/err6")"
+
+# --parallel: many requests in flight, their decode steps batched; each answer equals the same request's
+# answer from a server that runs one request at a time. Then SIGTERM with requests in flight drains them.
+if [ -f .cache/server-js/node_modules/openai/package.json ]; then
+  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 512 >"$tmp/outA" 2>"$tmp/errA" & APID=$!
+  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 512 --parallel 8 --queue 64 >"$tmp/outB" 2>"$tmp/errB" & BPID=$!
+  for i in $(seq 600); do grep -q listening "$tmp/outA" && grep -q listening "$tmp/outB" && break; sleep 0.1; done
+  UA=http://127.0.0.1:$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/outA")
+  UB=http://127.0.0.1:$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/outB")
+  out=$(OPENAI_MODULE=$PWD/.cache/server-js/node_modules/openai node tests/server/concurrent.mjs "$UA" "$UB" \
+        "${MINICPMV_CONC_N:-32}" "${MINICPMV_CONC_C:-16}" 2>&1)
+  echo "$out" | grep -v '^concurrent.mjs: [0-9]* passed' >&2
+  line=$(echo "$out" | grep '^concurrent.mjs: [0-9]* passed')
+  p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/'); f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
+  [ -n "$line" ] || { f=1; p=0; echo "concurrent.mjs crashed: $out" >&2; }
+  pass=$((pass+p)); fail=$((fail+f))
+  grep -q '"running":0' <(curl -s $UB/health) && ok || bad "--parallel: /health after the load: $(curl -s $UB/health)"
+  # SIGTERM with 8 requests in flight: all answered 200, exit 0
+  for k in 1 2 3 4 5 6 7 8; do
+    curl -s -o "$tmp/d$k" -w '%{http_code}' $UB/v1/chat/completions -H 'Content-Type: application/json' \
+      -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":120}' >"$tmp/dc$k" &
+  done
+  for i in $(seq 600); do curl -s $UB/health | grep -q '"running":[2-9]' && break; sleep 0.05; done
+  kill -TERM $BPID; wait $BPID; src=$?; wait
+  n200=$(cat "$tmp"/dc? | grep -o 200 | wc -l)
+  [ "$src" = 0 ] && [ "$n200" = 8 ] && ok || bad "--parallel SIGTERM: exit $src, $n200 of 8 answered 200"
+  kill -TERM $APID; wait $APID
+else
+  echo "SKIP --parallel: the openai npm package is not installed (bash tests/server/setup.sh)" >&2; skip=$((skip+1))
+fi
 echo "server-clients: $pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]
