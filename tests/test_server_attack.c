@@ -671,6 +671,10 @@ static void test_fields(void)
     expect_field(port, ",\"seed\":1e300", 400, "seed");
     expect_field(port, ",\"num_beams\":1e30", 400, "num_beams");
     expect_field(port, ",\"n\":1e30", 400, "n");
+    /* fractional values of integer fields: refused, not truncated (mutant json-integer-check) */
+    expect_field(port, ",\"top_k\":2.5", 400, "top_k");
+    expect_field(port, ",\"num_beams\":1.5", 400, "num_beams");
+    expect_field(port, ",\"seed\":0.5", 400, "seed");
     char b[256];
     snprintf(b, sizeof b, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":1e30}");
     struct resp r = post(port, b);
