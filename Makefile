@@ -114,7 +114,8 @@ clean:
 
 # `make mutate`: the mutation campaign of tests/mutants/ (slow, not in CI): each mutant applied to a
 # scratch copy of the tree under /tmp, its tests run, the kill rate and the survivors printed.
-# MUTANTS=name,name runs a subset; `python3 tests/mutants/run.py --list` lists them.
+# MUTANTS=name,name runs a subset; MUTATE_ARGS="--jobs 2 --report F" passes options; `python3
+# tests/mutants/run.py --list` lists them.
 .PHONY: mutate
 mutate:
-	python3 tests/mutants/run.py $(if $(MUTANTS),--only $(MUTANTS))
+	python3 tests/mutants/run.py $(if $(MUTANTS),--only $(MUTANTS)) $(MUTATE_ARGS)

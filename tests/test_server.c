@@ -518,6 +518,9 @@ static void test_http_errors(void)
     b = chat_body("x", "https://example.com/cat.png", 4, 0, NULL);
     expect_error(b, 400, "remote");
     free(b);
+    b = chat_body("x", "http://example.com/cat.png", 4, 0, NULL); /* plain http too (mutant json-remote-url) */
+    expect_error(b, 400, "remote");
+    free(b);
     b = chat_body("x", "/etc/passwd", 4, 0, NULL);
     expect_error(b, 400, "local files");
     free(b);
