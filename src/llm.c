@@ -207,6 +207,31 @@ static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
     }
 }
 
+/* ys[i] = x · parts[i]^T for the row blocks parts[0..np) of the joined weight w (q|k|v, gate|up).
+ * One token: one GEMV over w, whose output row is the parts' outputs side by side; ys[i] are then
+ * re-pointed to consecutive slices starting at ys[0] (the device's q, k, v and gate, up buffers are
+ * carved back to back, so they hold that row whatever max_batch is). More tokens: one matmul per part,
+ * so each output stays its own [n, rows_i] matrix. The CPU's GEMV computes each output element on its
+ * own, so one token gets the bits of the per-part calls (test_llm test_joined_weights). */
+static void matmul_joined(struct tensor *const *ys, const struct tensor *x, const struct tensor *w,
+                          const struct tensor *const *parts, int np)
+{
+    if (x->shape[0] > 1) {
+        for (int i = 0; i < np; i++) op_matmul(ys[i], x, parts[i], NULL);
+        return;
+    }
+    const struct tensor *last = ys[np - 1];
+    const char *end = (const char *)last->data + tensor_nbytes(last);
+    struct tensor y = tensor_make(ys[0]->dtype, ys[0]->dev, ys[0]->data, 2, (int64_t)1, w->shape[0]);
+    CHECK((const char *)y.data + tensor_nbytes(&y) <= end);
+    op_matmul(&y, x, w, NULL);
+    char *p = ys[0]->data;
+    for (int i = 0; i < np; i++) {
+        ys[i]->data = p;
+        p += tensor_nbytes(ys[i]);
+    }
+}
+
 /* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. When xn_ready, the
  * device's xn already holds this layer's input RMSNorm of h (fused into the previous layer's last
  * add). When next_norm is not NULL the layer ends with xn = next_norm(h) fused into the residual add. */
@@ -217,26 +242,15 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     const struct llm_layer *w = &s->m->llm.layers[layer];
     struct llm_devbuf *b = &s->dev[w->device];
     const int64_t n = h->shape[0], hd = c->head_dim, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
-    const int64_t ff = c->intermediate_size;
     CHECK(device_eq(h->dev, b->dev) && n <= s->max_batch && (slot < 0 || pos0 + n <= s->ctx));
     struct tensor xn = rows(&b->xn, n), q = rows(&b->q, n), k = rows(&b->k, n), v = rows(&b->v, n);
     struct tensor att = rows(&b->att, n), o = rows(&b->o, n), g = rows(&b->gate, n), u = rows(&b->up, n);
     struct tensor pos = tensor_rows_view(&b->pos, 0, n);
-    /* One token with fused weights (GPU decode): one GEMV for q|k|v and one for gate|up, whose
-     * outputs are then the contiguous q, k, v (and gate, up) vectors of that token. */
-    const int fused = n == 1 && w->qkv.data != NULL;
 
     if (!xn_ready) op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
-    if (fused) {
-        struct tensor qkv = tensor_make(s->act, b->dev, q.data, 2, (int64_t)1, (nh + 2 * nkv) * hd);
-        op_matmul(&qkv, &xn, &w->qkv, NULL);
-        k.data = (char *)q.data + (size_t)(nh * hd) * dtype_size(s->act);
-        v.data = (char *)k.data + (size_t)(nkv * hd) * dtype_size(s->act);
-    } else {
-        op_matmul(&q, &xn, &w->q_proj, NULL);
-        op_matmul(&k, &xn, &w->k_proj, NULL);
-        op_matmul(&v, &xn, &w->v_proj, NULL);
-    }
+    struct tensor *qkv_out[3] = {&q, &k, &v};
+    const struct tensor *qkv_w[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
+    matmul_joined(qkv_out, &xn, &w->qkv, qkv_w, 3);
     struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
     struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd), att3 = tensor_reshape(&att, 3, n, nh, hd);
     struct llm_layer_cache *lc = &s->cache[layer];
@@ -262,14 +276,9 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     }
     op_matmul(&o, &att, &w->o_proj, NULL);
     op_add_rmsnorm(h, &xn, &o, &w->post_attention_layernorm, c->rms_norm_eps);
-    if (fused) {
-        struct tensor gu = tensor_make(s->act, b->dev, g.data, 2, (int64_t)1, 2 * ff);
-        op_matmul(&gu, &xn, &w->gate_up, NULL);
-        u.data = (char *)g.data + (size_t)ff * dtype_size(s->act);
-    } else {
-        op_matmul(&g, &xn, &w->gate_proj, NULL);
-        op_matmul(&u, &xn, &w->up_proj, NULL);
-    }
+    struct tensor *gu_out[2] = {&g, &u};
+    const struct tensor *gu_w[2] = {&w->gate_proj, &w->up_proj};
+    matmul_joined(gu_out, &xn, &w->gate_up, gu_w, 2);
     op_silu_mul(&g, &g, &u);
     op_matmul(&o, &g, &w->down_proj, NULL);
     if (next_norm) op_add_rmsnorm(h, &xn, &o, next_norm, c->rms_norm_eps);
@@ -408,7 +417,6 @@ int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct t
 
 /* ---- greedy decode on the device, replayed as a CUDA graph ---- */
 
-/* The whole LLM on one CUDA device with fused weights: the step can be one graph. */
 /* A decode step can be one CUDA graph when every LLM unit sits on logical devices of one and the
  * same GPU: the hops between its parts are device-to-device copies on that GPU's one stream. */
 static int graph_able(const struct llm *s)
@@ -418,7 +426,7 @@ static int graph_able(const struct llm *s)
     if (d.kind != DEVICE_CUDA || s->on_layer) return 0;
     if (!device_eq(pl->devs[pl->norm], d) || !device_eq(pl->devs[pl->lm_head], d)) return 0;
     for (int l = 0; l < s->m->cfg.num_hidden_layers; l++)
-        if (!device_eq(pl->devs[pl->layer[l]], d) || !s->m->llm.layers[l].qkv.data) return 0;
+        if (!device_eq(pl->devs[pl->layer[l]], d)) return 0;
     return 1;
 }
 

@@ -280,42 +280,69 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
     return 0;
 }
 
-/* Places n checkpoint matrices with equal columns (or n vectors) as one [sum rows, cols] (or
- * [sum rows]) tensor on a GPU, and sets parts[i] to row views of it. */
-static int place_fused(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
-                       struct tensor *fused, struct tensor **parts, const char **names, int n, struct err *e)
+/* Places the checkpoint tensors names[0..n) (matrices with equal columns, or vectors) on logical
+ * device li as ONE tensor joined along rows, [sum of rows, cols] (or [sum of rows]), and sets
+ * *parts[i] (when parts is not NULL) to its row views: q|k|v and gate|up on every device, so a token
+ * reads each with one GEMV and the model code has one layout. Nothing is stored twice: on the CPU,
+ * parts that already lie back to back in one shard in the weight dtype are viewed in place (gate|up of
+ * a checkpoint written in name order); otherwise the joined tensor is a new buffer and each part's
+ * pages of the map are handed back once copied (safetensors_release), so the process does not hold
+ * both. The join works from the per-part tensors alone, row block after row block, so weights
+ * quantized per row (issue 13: codes and scales of each part) join the same way. */
+static int place_joined(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
+                        struct tensor *joined, struct tensor *const *parts, const char *const *names, int n,
+                        struct err *e)
 {
-    struct tensor src[4];
+    enum { MAX_PARTS = 4 };
+    CHECK(n >= 1 && n <= MAX_PARTS);
+    const struct safetensors_tensor *ts[MAX_PARTS];
+    struct tensor src[MAX_PARTS];
     int64_t rows = 0;
+    int adjacent = 1;
     for (int i = 0; i < n; i++) {
         if (safetensors_get(st, names[i], &src[i], e)) return -1;
+        ts[i] = safetensors_find(st, names[i]);
+        /* model_check_checkpoint checked every shape against the config, which makes them joinable */
         CHECK((src[i].ndim == 2 && src[0].ndim == 2 && src[i].shape[1] == src[0].shape[1]) ||
               (src[i].ndim == 1 && src[0].ndim == 1));
+        adjacent &= src[i].dtype == m->wdtype &&
+                    (i == 0 || (ts[i]->shard == ts[i - 1]->shard &&
+                                (const char *)ts[i]->data == (const char *)ts[i - 1]->data + ts[i - 1]->nbytes));
         rows += src[i].shape[0];
     }
     const struct device dev = pl->devs[li];
-    *fused = src[0].ndim == 2 ? tensor_make(m->wdtype, dev, NULL, 2, rows, src[0].shape[1])
-                              : tensor_make(m->wdtype, dev, NULL, 1, rows);
-    if (!(fused->data = dev_alloc(dev, tensor_nbytes(fused), e))) return err_prefix(e, "loading %s", names[0]);
-    if (track(m, dev, fused->data, e)) { dev_free(dev, fused->data); return -1; }
-    m->bytes_per_device[li] += tensor_nbytes(fused);
+    *joined = src[0].ndim == 2 ? tensor_make(m->wdtype, dev, NULL, 2, rows, src[0].shape[1])
+                               : tensor_make(m->wdtype, dev, NULL, 1, rows);
+    const int in_place = adjacent && dev.kind == DEVICE_CPU;
+    if (in_place) {
+        joined->data = src[0].data; /* a zero-copy view of the read-only map, like place() */
+    } else {
+        if (!(joined->data = dev_alloc(dev, tensor_nbytes(joined), e))) return err_prefix(e, "loading %s", names[0]);
+        if (track(m, dev, joined->data, e)) { dev_free(dev, joined->data); return -1; }
+    }
+    joined->name = names[0];
+    m->bytes_per_device[li] += tensor_nbytes(joined);
     void *tmp = NULL;
-    for (int i = 0, r0 = 0; i < n; r0 += (int)src[i].shape[0], i++) {
-        struct tensor host = src[i];
-        if (host.dtype != m->wdtype) {
-            host.dtype = m->wdtype;
-            free(tmp);
-            if (!(tmp = malloc(tensor_nbytes(&host)))) return err_set(e, "out of memory converting %s", names[i]);
-            host.data = tmp;
-            op_copy(&host, &src[i]);
+    int64_t r0 = 0;
+    for (int i = 0; i < n; r0 += src[i].shape[0], i++) {
+        struct tensor part = tensor_rows_view(joined, r0, src[i].shape[0]);
+        part.name = names[i];
+        if (!in_place) {
+            struct tensor host = src[i];
+            if (host.dtype != m->wdtype && dev.kind != DEVICE_CPU) { /* a copy to a GPU keeps the dtype */
+                host.dtype = m->wdtype;
+                free(tmp);
+                if (!(tmp = malloc(tensor_nbytes(&host)))) return err_set(e, "out of memory converting %s", names[i]);
+                host.data = tmp;
+                op_copy(&host, &src[i]);
+            }
+            op_copy(&part, &host); /* on the CPU: a copy, converting the dtype when it differs */
+            safetensors_release(st, ts[i]);
         }
-        *parts[i] = tensor_rows_view(fused, r0, src[i].shape[0]);
-        parts[i]->name = names[i];
-        op_copy(parts[i], &host);
+        if (parts) *parts[i] = part;
         progress_add(m, &src[i]);
     }
     free(tmp);
-    fused->name = names[0];
     return 0;
 }
 
@@ -351,25 +378,18 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
         l->device = d;
         const char *p = "llm.model.layers";
         rc |= place(m, st, pl, d, &l->input_layernorm, 0, e, NAME("%s.%d.input_layernorm.weight", p, i));
-        if (!rc && pl->devs[d].kind != DEVICE_CPU) {
+        if (!rc) {
             const char *qkv[3] = {NAME("%s.%d.self_attn.q_proj.weight", p, i), NAME("%s.%d.self_attn.k_proj.weight", p, i),
                                   NAME("%s.%d.self_attn.v_proj.weight", p, i)};
             struct tensor *parts[3] = {&l->q_proj, &l->k_proj, &l->v_proj};
-            rc = place_fused(m, st, pl, d, &l->qkv, parts, qkv, 3, e);
-        } else {
-            rc |= rc ? -1 : place(m, st, pl, d, &l->q_proj, 0, e, NAME("%s.%d.self_attn.q_proj.weight", p, i));
-            rc |= rc ? -1 : place(m, st, pl, d, &l->k_proj, 0, e, NAME("%s.%d.self_attn.k_proj.weight", p, i));
-            rc |= rc ? -1 : place(m, st, pl, d, &l->v_proj, 0, e, NAME("%s.%d.self_attn.v_proj.weight", p, i));
+            rc = place_joined(m, st, pl, d, &l->qkv, parts, qkv, 3, e);
         }
         rc |= rc ? -1 : place(m, st, pl, d, &l->o_proj, 0, e, NAME("%s.%d.self_attn.o_proj.weight", p, i));
         rc |= rc ? -1 : place(m, st, pl, d, &l->post_attention_layernorm, 0, e, NAME("%s.%d.post_attention_layernorm.weight", p, i));
-        if (!rc && pl->devs[d].kind != DEVICE_CPU) {
+        if (!rc) {
             const char *gu[2] = {NAME("%s.%d.mlp.gate_proj.weight", p, i), NAME("%s.%d.mlp.up_proj.weight", p, i)};
             struct tensor *parts[2] = {&l->gate_proj, &l->up_proj};
-            rc = place_fused(m, st, pl, d, &l->gate_up, parts, gu, 2, e);
-        } else {
-            rc |= rc ? -1 : place(m, st, pl, d, &l->gate_proj, 0, e, NAME("%s.%d.mlp.gate_proj.weight", p, i));
-            rc |= rc ? -1 : place(m, st, pl, d, &l->up_proj, 0, e, NAME("%s.%d.mlp.up_proj.weight", p, i));
+            rc = place_joined(m, st, pl, d, &l->gate_up, parts, gu, 2, e);
         }
         rc |= rc ? -1 : place(m, st, pl, d, &l->down_proj, 0, e, NAME("%s.%d.mlp.down_proj.weight", p, i));
     }
@@ -397,20 +417,15 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
         };
         for (size_t k = 0; k < sizeof f / sizeof f[0] && !rc; k++)
             rc = place(m, st, pl, vi, f[k].t, 0, e, NAME("%s.%d.%s", p, j, f[k].suffix));
-        /* q|k|v (weights and biases) stacked on a GPU: one batched GEMM per layer (vision.c) */
+        /* q|k|v weights and biases joined: the three Linears in one batched GEMM (vision.c) */
         static const char *const qkv[2][3] = {
             {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"},
             {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}};
-        struct tensor *parts[2][3] = {{&l->q_w, &l->k_w, &l->v_w}, {&l->q_b, &l->k_b, &l->v_b}};
-        struct tensor *fused[2] = {&l->qkv_w, &l->qkv_b};
+        struct tensor *joined[2] = {&l->qkv_w, &l->qkv_b};
         for (int wb = 0; wb < 2 && !rc; wb++) {
-            if (pl->devs[vi].kind != DEVICE_CPU) {
-                const char *names[3];
-                for (int k = 0; k < 3; k++) names[k] = NAME("%s.%d.%s", p, j, qkv[wb][k]);
-                rc = place_fused(m, st, pl, vi, fused[wb], parts[wb], names, 3, e);
-            } else {
-                for (int k = 0; k < 3 && !rc; k++) rc = place(m, st, pl, vi, parts[wb][k], 0, e, NAME("%s.%d.%s", p, j, qkv[wb][k]));
-            }
+            const char *names[3];
+            for (int k = 0; k < 3; k++) names[k] = NAME("%s.%d.%s", p, j, qkv[wb][k]);
+            rc = place_joined(m, st, pl, vi, joined[wb], NULL, names, 3, e);
         }
     }
     if (!rc) rc = place(m, st, pl, vi, &v->post_ln_w, 0, e, NAME("vpm.post_layernorm.weight"));

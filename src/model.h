@@ -34,30 +34,27 @@ const char *unit_name(enum unit_kind k, int layer, char *buf, size_t n);
 struct llm_layer {
     int device;                   /* logical device index (devmap) */
     struct tensor input_layernorm;          /* [d] */
+    /* q|k|v and gate|up are each stored as one matrix joined along rows (on every device), so a token
+     * reads each with one GEMV; q_proj..v_proj and gate_proj, up_proj are row views of them. */
+    struct tensor qkv;                      /* [(n_head + 2*n_kv_head)*hd, d]: q_proj | k_proj | v_proj */
     struct tensor q_proj;                   /* [n_head*hd, d] */
     struct tensor k_proj;                   /* [n_kv_head*hd, d] */
     struct tensor v_proj;                   /* [n_kv_head*hd, d] */
     struct tensor o_proj;                   /* [d, n_head*hd] */
     struct tensor post_attention_layernorm; /* [d] */
+    struct tensor gate_up;                  /* [2*ff, d]: gate_proj | up_proj */
     struct tensor gate_proj;                /* [ff, d] */
     struct tensor up_proj;                  /* [ff, d] */
     struct tensor down_proj;                /* [d, ff] */
-    /* GPU only: q|k|v and gate|up stored contiguously so a decode step reads each with one GEMV;
-     * q_proj..v_proj and gate_proj, up_proj are then row views of these. NULL data on the CPU. */
-    struct tensor qkv;                      /* [(n_head + 2*n_kv_head)*hd, d] */
-    struct tensor gate_up;                  /* [2*ff, d] */
 };
 
 struct vpm_layer {
     struct tensor layer_norm1_w, layer_norm1_b;       /* [vd] */
-    struct tensor q_w, q_b, k_w, k_b, v_w, v_b;       /* [vd, vd], [vd] */
+    struct tensor qkv_w, qkv_b;                       /* [3*vd, vd], [3*vd]: q_proj | k_proj | v_proj, joined */
     struct tensor out_w, out_b;                       /* [vd, vd], [vd] */
     struct tensor layer_norm2_w, layer_norm2_b;       /* [vd] */
     struct tensor fc1_w, fc1_b;                       /* [vff, vd], [vff] */
     struct tensor fc2_w, fc2_b;                       /* [vd, vff], [vd] */
-    /* GPU only: q|k|v weights and biases stacked ([3*vd, vd], [3*vd]) so the three projections are one
-     * batched GEMM; q_w..v_b are then row views of these. NULL data on the CPU. */
-    struct tensor qkv_w, qkv_b;
 };
 
 struct vpm_weights {
@@ -122,7 +119,9 @@ struct model {
 struct safetensors;
 /* Checks the checkpoint against the manifest (every tensor present, shape as expected, a float
  * dtype) and binds each tensor to its field on its unit's device in dtype wdtype. CPU tensors whose
- * dtype already matches stay zero-copy views of the mmap; others are converted/copied. */
+ * dtype already matches stay zero-copy views of the mmap; others are converted/copied. q|k|v and
+ * gate|up (LLM) and q|k|v weights and biases (vision) are joined along rows on every device (a copy,
+ * whose source pages of the map are then released, unless the parts already lie back to back). */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
                const struct model_placement *pl, enum dtype wdtype, const struct progress *progress, struct err *e);
 void model_free(struct model *m);

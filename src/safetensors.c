@@ -484,6 +484,15 @@ struct tensor safetensors_tensor_view(const struct safetensors_tensor *t)
     return v;
 }
 
+void safetensors_release(const struct safetensors *st, const struct safetensors_tensor *t)
+{
+    const struct st_file *f = &st->files[t->shard];
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = (uintptr_t)t->data, hi = lo + t->nbytes;
+    CHECK(lo >= (uintptr_t)f->map && hi <= (uintptr_t)f->map + f->size);
+    const uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page; /* the pages t alone uses */
+    if (a < b) madvise((void *)a, b - a, MADV_DONTNEED); /* advice: nothing to do when it fails */
+}
+
 int safetensors_get(const struct safetensors *st, const char *name, struct tensor *out, struct err *e)
 {
     const struct safetensors_tensor *t = safetensors_find(st, name);

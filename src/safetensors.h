@@ -51,6 +51,10 @@ const struct safetensors_tensor *safetensors_find(const struct safetensors *st, 
 int safetensors_get(const struct safetensors *st, const char *name, struct tensor *out, struct err *e);
 /* A CPU struct tensor over the mapped bytes. Do not write through data: the map is read-only. */
 struct tensor safetensors_tensor_view(const struct safetensors_tensor *t);
+/* Hands the map's pages that lie wholly inside tensor t back to the kernel (madvise DONTNEED), for a
+ * tensor that was copied elsewhere and is not read from the map again: they leave this process's
+ * memory. Reading t later still works (the pages come back from the file). */
+void safetensors_release(const struct safetensors *st, const struct safetensors_tensor *t);
 
 int safetensors_shard_count(const struct safetensors *st);
 const char *safetensors_shard_path(const struct safetensors *st, int shard);

@@ -234,14 +234,8 @@ int vision_forward_padded(struct tensor *out, const struct vpm_weights *w, const
     for (int l = 0; l < c->vision_layers_used; l++) {
         const struct vpm_layer *L = &w->layers[l];
         op_layernorm(&b.h, &x, &L->layer_norm1_w, &L->layer_norm1_b, eps);
-        if (L->qkv_w.data) { /* GPU: q|k|v stacked at load, one batched GEMM */
-            struct tensor qkv3 = tensor_reshape(&b.qkv, 3, (int64_t)3, R, vd);
-            op_matmul_stacked(&qkv3, &b.h, &L->qkv_w, &L->qkv_b);
-        } else {
-            op_matmul(&b.q, &b.h, &L->q_w, &L->q_b);
-            op_matmul(&b.k, &b.h, &L->k_w, &L->k_b);
-            op_matmul(&b.v, &b.h, &L->v_w, &L->v_b);
-        }
+        struct tensor qkv3 = tensor_reshape(&b.qkv, 3, (int64_t)3, R, vd); /* q, k, v: three Linears, one call */
+        op_matmul_stacked(&qkv3, &b.h, &L->qkv_w, &L->qkv_b);
         /* every piece attends only to its own n_max rows: one batched call for all B pieces */
         struct tensor q3 = tensor_reshape(&b.q, 3, R, H, hd), k3 = tensor_reshape(&b.k, 3, R, H, hd);
         struct tensor v3 = tensor_reshape(&b.v, 3, R, H, hd), a3 = tensor_reshape(&b.a, 3, R, H, hd);

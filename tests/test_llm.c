@@ -4,6 +4,7 @@
  *    input of that layer, final logits, and 32 greedy tokens, in fp32 and fp16;
  *  - a split run (layers over 3 logical CPU devices) gives exactly the single-device logits and tokens;
  *  - chunked prefill equals one-shot prefill within fp32 rounding;
+ *  - q|k|v and gate|up are joined at load on the CPU too: row views, the checkpoint's bytes, one GEMV;
  *  - broken checkpoint folders (issue 16): a tokenizer.json with an id past the embedding, a
  *    checkpoint with more layers than config.json, NaN weights, an out-of-range id: each refused
  *    with a message that names the problem, never an abort or silent output. */
@@ -346,6 +347,103 @@ static void test_devmap_split(void)
     engine_close(b);
 }
 
+/* The loader joins q|k|v and gate|up (and the vision tower's q|k|v weights and biases) along rows on
+ * the CPU too (model.c place_joined): q_proj..up_proj are row views of the joined tensor holding the
+ * checkpoint's bytes (read back from the map after the loader released its pages), weights are counted
+ * once, and one token's GEMV over the joined matrix gives the bits of the per-part calls (llm.c
+ * matmul_joined relies on it). mkmodel writes the manifest's order, so in f16 the LLM's q|k|v and gate|up
+ * lie back to back and are viewed in place, while the vision tower's (weight and bias interleaved) are
+ * copied; in f32 every join is a converted copy. */
+static void check_joined(const struct engine *g, const struct tensor *joined, const struct tensor *const *parts,
+                         const char *const *names, int n, int in_place)
+{
+    struct err e = {{0}};
+    T_ASSERTF(joined->data && joined->ndim >= 1, "%s: not joined at load", names[0]);
+    if (!joined->data || joined->ndim < 1) return;
+    int64_t r0 = 0;
+    for (int i = 0; i < n; i++) {
+        struct tensor src;
+        T_ASSERTF(safetensors_get(g->st, names[i], &src, &e) == 0, "%s", e.msg);
+        const struct tensor want = tensor_rows_view(joined, r0, src.shape[0]);
+        if (parts) T_ASSERTF(parts[i]->data == want.data && tensor_same_shape(parts[i], &want), "%s is not its row view", names[i]);
+        T_ASSERTF((joined->data == src.data) == (in_place && i == 0), "%s: in place %d", names[i], in_place);
+        float *a = t_to_f32(&want), *b = t_to_f32(&src);
+        struct tensor bw = src; /* the checkpoint part rounded to the weight dtype, as the loader stores it */
+        bw.dtype = joined->dtype;
+        bw.data = malloc(tensor_nbytes(&bw));
+        op_copy(&bw, &src);
+        free(b);
+        b = t_to_f32(&bw);
+        T_ASSERTF(!memcmp(a, b, (size_t)tensor_numel(&src) * sizeof(float)), "%s: joined rows differ from the checkpoint", names[i]);
+        free(a), free(b), free(bw.data);
+        r0 += src.shape[0];
+    }
+    T_EQ_INT(r0, joined->shape[0]);
+}
+
+static void test_joined_weights(void)
+{
+    for (int dti = 0; dti < 2; dti++) {
+        const enum dtype dt = dti ? DTYPE_F32 : DTYPE_F16;
+        struct engine *g = open_tiny(dt, 1, 0);
+        T_ASSERT(g != NULL);
+        if (!g) return;
+        const struct model_config *c = &g->cfg;
+        int64_t ckpt = 0; /* the checkpoint's weight bytes in dtype dt (the vision tower's unused layers aside) */
+        for (int i = 0; i < safetensors_count(g->st); i++) {
+            struct tensor t = safetensors_tensor_view(safetensors_at(g->st, i));
+            char pre[64];
+            snprintf(pre, sizeof pre, "vpm.encoder.layers.%d.", c->vision_layers_used);
+            if (!strncmp(t.name, pre, strlen(pre))) continue;
+            ckpt += tensor_numel(&t) * (int64_t)dtype_size(dt);
+        }
+        T_EQ_INT(g->model.bytes_per_device[0], ckpt);
+        char nm[5][96];
+        for (int l = 0; l < c->num_hidden_layers; l++) {
+            const struct llm_layer *L = &g->model.llm.layers[l];
+            static const char *const qkv_s[3] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+            static const char *const gu_s[2] = {"mlp.gate_proj", "mlp.up_proj"};
+            const char *names[3];
+            for (int k = 0; k < 3; k++) snprintf(nm[k], sizeof nm[k], "llm.model.layers.%d.%s.weight", l, qkv_s[k]), names[k] = nm[k];
+            const struct tensor *qkv_p[3] = {&L->q_proj, &L->k_proj, &L->v_proj};
+            check_joined(g, &L->qkv, qkv_p, names, 3, dt == DTYPE_F16);
+            for (int k = 0; k < 2; k++) snprintf(nm[k], sizeof nm[k], "llm.model.layers.%d.%s.weight", l, gu_s[k]), names[k] = nm[k];
+            const struct tensor *gu_p[2] = {&L->gate_proj, &L->up_proj};
+            check_joined(g, &L->gate_up, gu_p, names, 2, dt == DTYPE_F16);
+            if (!L->qkv.data) continue;
+            /* one token: the joined GEMV equals the per-part calls bit for bit */
+            const int64_t d = c->hidden_size, rows = L->qkv.shape[0];
+            float xs[4096];
+            T_ASSERT(d <= 4096);
+            for (int64_t j = 0; j < d; j++) xs[j] = sinf(0.37f * (float)j + (float)l);
+            struct tensor xf = tensor_make(DTYPE_F32, device_cpu(), xs, 2, (int64_t)1, d), x = xf;
+            x.dtype = dt;
+            x.data = malloc(tensor_nbytes(&x));
+            op_copy(&x, &xf);
+            void *yj = calloc((size_t)rows, 4), *yp = calloc((size_t)rows, 4);
+            struct tensor tj = tensor_make(dt, device_cpu(), yj, 2, (int64_t)1, rows);
+            op_matmul(&tj, &x, &L->qkv, NULL);
+            for (int k = 0, o = 0; k < 3; o += (int)qkv_p[k]->shape[0], k++) {
+                struct tensor tp = tensor_make(dt, device_cpu(), (char *)yp + (size_t)o * dtype_size(dt), 2, (int64_t)1,
+                                               qkv_p[k]->shape[0]);
+                op_matmul(&tp, &x, qkv_p[k], NULL);
+            }
+            T_ASSERTF(!memcmp(yj, yp, (size_t)rows * dtype_size(dt)), "layer %d: joined q|k|v GEMV differs from q, k, v", l);
+            free(yj), free(yp), free(x.data);
+        }
+        for (int l = 0; l < c->vision_layers_used; l++) {
+            const struct vpm_layer *L = &g->model.vpm.layers[l];
+            static const char *const p[3] = {"q_proj", "k_proj", "v_proj"};
+            const char *names[3];
+            for (int k = 0; k < 3; k++) snprintf(nm[k], sizeof nm[k], "vpm.encoder.layers.%d.self_attn.%s.weight", l, p[k]), names[k] = nm[k];
+            check_joined(g, &L->qkv_w, NULL, names, 3, 0);
+            for (int k = 0; k < 3; k++) snprintf(nm[k], sizeof nm[k], "vpm.encoder.layers.%d.self_attn.%s.bias", l, p[k]), names[k] = nm[k];
+            check_joined(g, &L->qkv_b, NULL, names, 3, 0);
+        }
+        engine_close(g);
+    }
+}
+
 /* chunked prefill sums the attention over other key blocks: fp32 reordering only */
 #define CHUNKED_REL 1e-5
 static void test_chunked_prefill(void)
@@ -652,6 +750,7 @@ int main(void)
     else T_SKIP(test_fixture_cuda, "no CUDA device");
     T_RUN(test_split_equals_single);
     T_RUN(test_devmap_split);
+    T_RUN(test_joined_weights);
     T_RUN(test_chunked_prefill);
     T_RUN(test_tokenizer_outside_vocab);
     T_RUN(test_ids_outside_vocab);

@@ -131,9 +131,15 @@ static void tiny_build(struct tiny *m, enum dtype wdt, uint64_t seed)
         m->L[l].f1w = gen(m, ff * vd, 0, sv), m->L[l].f1b = gen(m, ff, 0, 0.1f);
         m->L[l].f2w = gen(m, vd * ff, 0, 1.0f / sqrtf((float)ff)), m->L[l].f2b = gen(m, vd, 0, 0.1f);
         L->layer_norm1_w = mk(m, m->L[l].ln1w, 1, vd, 0), L->layer_norm1_b = mk(m, m->L[l].ln1b, 1, vd, 0);
-        L->q_w = mk(m, m->L[l].qw, 2, vd, vd), L->q_b = mk(m, m->L[l].qb, 1, vd, 0);
-        L->k_w = mk(m, m->L[l].kw, 2, vd, vd), L->k_b = mk(m, m->L[l].kb, 1, vd, 0);
-        L->v_w = mk(m, m->L[l].vw, 2, vd, vd), L->v_b = mk(m, m->L[l].vb, 1, vd, 0);
+        /* q|k|v joined along rows, as the loader stores them (model.c place_joined) */
+        float *qkvw = keep(m, malloc((size_t)(3 * vd * vd) * sizeof(float)));
+        float *qkvb = keep(m, malloc((size_t)(3 * vd) * sizeof(float)));
+        const float *pw[3] = {m->L[l].qw, m->L[l].kw, m->L[l].vw}, *pb[3] = {m->L[l].qb, m->L[l].kb, m->L[l].vb};
+        for (int k = 0; k < 3; k++) {
+            memcpy(qkvw + k * vd * vd, pw[k], (size_t)(vd * vd) * sizeof(float));
+            memcpy(qkvb + k * vd, pb[k], (size_t)vd * sizeof(float));
+        }
+        L->qkv_w = mk(m, qkvw, 2, 3 * vd, vd), L->qkv_b = mk(m, qkvb, 1, 3 * vd, 0);
         L->out_w = mk(m, m->L[l].ow, 2, vd, vd), L->out_b = mk(m, m->L[l].ob, 1, vd, 0);
         L->layer_norm2_w = mk(m, m->L[l].ln2w, 1, vd, 0), L->layer_norm2_b = mk(m, m->L[l].ln2b, 1, vd, 0);
         L->fc1_w = mk(m, m->L[l].f1w, 2, ff, vd), L->fc1_b = mk(m, m->L[l].f1b, 1, ff, 0);
