@@ -235,6 +235,7 @@ void quant_bnb_dynamic_map(float map[256])
 
 float quant_bnb_absmax(const struct quant_bnb_nf4 *q, int64_t b)
 {
+    if (!q->absmax) return q->nested_absmax[b]; /* no double quantization: the f32 absmax itself */
     float a = q->nested_map[q->absmax[b]] * q->nested_absmax[b / QUANT_BNB_NESTED_BLOCK]; /* f32 product */
     a = a + q->offset;                                                                      /* f32 add */
     return a;

@@ -53,8 +53,8 @@ void quant_bnb_dynamic_map(float map[256]);
 struct quant_bnb_nf4 {
     int64_t o, k;
     const uint8_t *codes;        /* o*k/2 bytes, flat order */
-    const uint8_t *absmax;       /* nblocks = ceil(o*k / 64) */
-    const float *nested_absmax;  /* ceil(nblocks / 256) */
+    const uint8_t *absmax;       /* nblocks = ceil(o*k / 64); NULL without double quantization: */
+    const float *nested_absmax;  /* ceil(nblocks / 256); or, when absmax is NULL, the f32 absmax [nblocks] */
     const float *nested_map;     /* 256 */
     float offset;                /* nested_offset */
 };
