@@ -628,6 +628,8 @@ int devmap_plan(const struct model_config *c, const struct devmap_params *p, con
     if (qdev >= 0) {
         free(k);
         plan->fits = 0;
+        snprintf(plan->advice, sizeof plan->advice, "%s holds quantized weights, which run on the CPU only until the "
+                 "CUDA kernels exist: --device cpu, or --max-memory cpu=SIZE with a device map", qunit);
         char nm[32];
         return err_set(e, "%s holds quantized weights and is planned on %s: quantized weights run on the CPU only "
                           "until the CUDA kernels exist (use --device cpu, or --max-memory cpu=... with a device map "

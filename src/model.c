@@ -459,6 +459,12 @@ static int host_tensor(struct model *m, const struct safetensors *st, const char
             if (bnb_read(st, name, o, k, &q, &owned, e)) { free(owned); return -1; }
             quant_bnb_to_rows(*tmp, &q);
             free(owned);
+            for (size_t i = 0; i < sizeof bnb_suffix / sizeof bnb_suffix[0]; i++) { /* the parts, for the progress */
+                char pn[192];
+                snprintf(pn, sizeof pn, "%s%s", name, bnb_suffix[i]);
+                const struct safetensors_tensor *pt = safetensors_find(st, pn);
+                if (pt) m->progress_done += pt->nbytes;
+            }
             return 0;
         }
         /* --quant: the float weight quantized row block by row block */
