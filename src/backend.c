@@ -8,6 +8,17 @@
 
 static bool is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
 
+/* The weight of a matmul: a float dtype, or a quantized one (backend.h), which has no CUDA twin yet. */
+static void check_weight(const struct tensor *w)
+{
+    CHECKF(is_float(w->dtype) || dtype_is_quant(w->dtype), "weight %s: dtype %s", w->name ? w->name : "?",
+           dtype_name(w->dtype));
+    if (dtype_is_quant(w->dtype))
+        CHECKF(w->dev.kind == DEVICE_CPU && w->ndim == 2 && dtype_row_bytes(w->dtype, w->shape[1]) > 0,
+               "weight %s: %s weights run on the CPU only (no CUDA kernels yet; the loader refuses them on a GPU)",
+               w->name ? w->name : "?", dtype_name(w->dtype));
+}
+
 static void check_same_dev(const struct tensor *a, const struct tensor *b)
 {
     CHECKF(device_eq(a->dev, b->dev), "tensors on different devices: %s (%d:%d) vs %s (%d:%d)",
@@ -111,7 +122,8 @@ void op_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w,
            "matmul %s: y[%lld,%lld] x[%lld,%lld] w[%lld,%lld]", w->name ? w->name : "", (long long)y->shape[0],
            (long long)y->shape[1], (long long)x->shape[0], (long long)x->shape[1], (long long)w->shape[0],
            (long long)w->shape[1]);
-    CHECK(is_float(x->dtype) && is_float(w->dtype) && is_float(y->dtype));
+    CHECK(is_float(x->dtype) && is_float(y->dtype));
+    check_weight(w);
     CHECK(y->data != x->data);
     check_same_dev(y, x);
     check_same_dev(y, w);
@@ -130,7 +142,8 @@ void op_linear(struct tensor *y, const struct tensor *x, const struct tensor *w,
            "linear %s: y[%lld,%lld] x[%lld,%lld] w[%lld,%lld]", w->name ? w->name : "", (long long)y->shape[0],
            (long long)y->shape[1], (long long)x->shape[0], (long long)x->shape[1], (long long)w->shape[0],
            (long long)w->shape[1]);
-    CHECK(is_float(x->dtype) && is_float(w->dtype) && is_float(y->dtype));
+    CHECK(is_float(x->dtype) && is_float(y->dtype));
+    check_weight(w);
     CHECK(act == LINEAR_NONE || act == LINEAR_GELU_TANH);
     CHECK(y->data != x->data);
     check_same_dev(y, x);
@@ -155,7 +168,8 @@ void op_matmul_stacked(struct tensor *y, const struct tensor *x, const struct te
            "matmul_stacked %s: y[%lld,%lld,%lld] x[%lld,%lld] w[%lld,%lld]", w->name ? w->name : "", (long long)S,
            (long long)n, (long long)o, (long long)x->shape[0], (long long)x->shape[1], (long long)w->shape[0],
            (long long)w->shape[1]);
-    CHECK(is_float(x->dtype) && is_float(w->dtype) && is_float(y->dtype));
+    CHECK(is_float(x->dtype) && is_float(y->dtype));
+    check_weight(w);
     CHECK(y->data != x->data);
     check_same_dev(y, x);
     check_same_dev(y, w);

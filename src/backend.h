@@ -9,8 +9,23 @@
  *    intermediate to fp16 (RMSNorm before the weight multiply, silu before the up multiply,
  *    each RoPE product), the op rounds to the activation dtype at the same point, so an F16
  *    activation run follows torch's fp16 rounding and an F32 run is plain fp32.
- *  - activations are F32 or F16 (BF16 accepted); weights F32, F16 or BF16.
- * Aliasing: y may alias an input only where the op says so. */
+ *  - activations are F32 or F16 (BF16 accepted); weights F32, F16 or BF16, and for the weight w of
+ *    op_matmul, op_linear and op_matmul_stacked also a quantized dtype (Q8, Q4, NF4; quant.h,
+ *    docs/QUANT.md). Quantized weights: see below.
+ * Aliasing: y may alias an input only where the op says so.
+ *
+ * Quantized weights (the contract the CPU and CUDA twins implement):
+ *  - w is [o, k] of DTYPE_Q8, DTYPE_Q4 or DTYPE_NF4 (k % 16 == 0; a row view of a joined matrix is a
+ *    valid w: records are self-contained); bias, x, y and res keep their float dtypes.
+ *  - Semantics: the op is exactly the same op with w replaced by its F16 dequantization
+ *    W16 = quant_dequant_rows_f16(w) (every format defines each weight as one F16 value). The CPU
+ *    computes it bit for bit like that (the same fp32 dot/sgemm code as an F16 weight, on the
+ *    dequantized row); a CUDA kernel must produce the F16 values W16 (Q8/Q4: code times scale as a half
+ *    multiply is exact to that; NF4: the f32 product QUANT_NF4[c] * absmax, then rounded to half) and
+ *    accumulate in fp32: its results then match the CPU's within the tolerance of an F16 weight.
+ *  - op_matmul_stacked with a quantized w splits w into S row views, as for F16.
+ *  - The CUDA twins do not exist yet: the loader refuses a quantized weight on a GPU (model_load,
+ *    devmap), and the dispatch CHECK-fails if one reaches a CUDA op. */
 #ifndef MINICPMV_BACKEND_H
 #define MINICPMV_BACKEND_H
 

@@ -11,6 +11,7 @@
 #include <cblas.h>
 
 #include "backend_impl.h"
+#include "quant.h"
 
 void backend_set_threads(int n)
 {
@@ -32,13 +33,16 @@ static inline float load1(const void *p, enum dtype t, int64_t i)
     case DTYPE_F16: return f16_to_f32(((const uint16_t *)p)[i]);
     case DTYPE_BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
     case DTYPE_I32: return (float)((const int32_t *)p)[i];
+    case DTYPE_U8: return (float)((const uint8_t *)p)[i];
+    case DTYPE_Q8: case DTYPE_Q4: case DTYPE_NF4: break; /* whole rows only: quant_dequant_rows */
     }
+    CHECKF(0, "element load from a %s tensor", dtype_name(t));
     return 0;
 }
 
 static inline void *row_ptr(const struct tensor *t, int64_t r)
 {
-    return (char *)t->data + (size_t)r * (size_t)tensor_row_numel(t) * dtype_size(t->dtype);
+    return (char *)t->data + (size_t)r * dtype_row_bytes(t->dtype, tensor_row_numel(t)); /* records for quantized t */
 }
 
 void cpu_convert(struct tensor *dst, const struct tensor *src)
@@ -113,19 +117,33 @@ void cpu_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w
     float *xf = malloc((size_t)n * (size_t)k * sizeof(float));
     CHECK(xf);
     convert_to_f32(xf, x->data, x->dtype, n * k);
+    const bool quant = dtype_is_quant(w->dtype);
     if (n <= GEMV_MAX_TOKENS) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
+        {
+        /* a quantized row is dequantized to the F16 values it stands for (as f32), then dotted like an
+         * F16 row (the same fmadd sequence as dot_row's F16 branch): bit for bit the F16 weight's result */
+        float *wq = quant ? malloc((size_t)k * sizeof(float)) : NULL;
+        CHECK(!quant || wq);
+#pragma omp for schedule(static)
         for (int64_t r = 0; r < o; r++) {
             const void *wr = row_ptr(w, r);
+            if (quant) {
+                quant_dequant_rows(wq, wr, w->dtype, 1, k);
+                wr = wq;
+            }
+            const enum dtype wt = quant ? DTYPE_F32 : w->dtype;
             float b = bias ? load1(bias->data, bias->dtype, r) : 0.0f;
             for (int64_t t = 0; t < n; t++) {
-                float acc = w->dtype == DTYPE_BF16 ? 0.0f : dot_row(xf + t * k, wr, w->dtype, k);
+                float acc = wt == DTYPE_BF16 ? 0.0f : dot_row(xf + t * k, wr, wt, k);
                 if (w->dtype == DTYPE_BF16)
                     for (int64_t j = 0; j < k; j++) acc += xf[t * k + j] * load1(wr, DTYPE_BF16, j);
                 float v = acc + b;
                 if (y->dtype == DTYPE_F32) ((float *)y->data)[t * o + r] = v;
                 else convert_from_f32((char *)y->data + (size_t)(t * o + r) * dtype_size(y->dtype), y->dtype, &v, 1);
             }
+        }
+        free(wq);
         }
         free(xf);
         return;
@@ -142,7 +160,10 @@ void cpu_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w
             int64_t r0 = bi * GEMM_BLOCK, m = o - r0 < GEMM_BLOCK ? o - r0 : GEMM_BLOCK;
             const float *wf;
             if (w->dtype == DTYPE_F32) wf = (const float *)row_ptr(w, r0);
-            else {
+            else if (quant) {
+                quant_dequant_rows(wb, row_ptr(w, r0), w->dtype, m, k);
+                wf = wb;
+            } else {
                 convert_to_f32(wb, row_ptr(w, r0), w->dtype, m * k);
                 wf = wb;
             }

@@ -237,6 +237,74 @@ static int parse_vision(struct vision_config *v, const cJSON *vo, const char *pa
     return 0;
 }
 
+/* quantization_config: transformers' BitsAndBytesConfig fields for the official int4 folder, or ours */
+static int parse_quant(struct quant_config *q, const cJSON *o, const char *path, struct err *e)
+{
+    struct jctx x = {path, "quantization_config.", e};
+    memset(q, 0, sizeof *q);
+    if (!o) return 0;
+    if (!cJSON_IsObject(o))
+        return err_set(e, "%s: field \"quantization_config\" must be an object, not %s", path, jtype(o));
+    char method[32];
+    if (jstr(&x, o, "quant_method", true, "", method, sizeof method)) return -1;
+    if (!strcmp(method, "bitsandbytes")) {
+        bool in4 = false, in8 = false;
+        char qt[16];
+        if (jbool(&x, o, "load_in_4bit", false, &in4) || jbool(&x, o, "load_in_8bit", false, &in8) ||
+            jstr(&x, o, "bnb_4bit_quant_type", false, "fp4", qt, sizeof qt) ||
+            jbool(&x, o, "bnb_4bit_use_double_quant", false, &q->bnb_4bit_use_double_quant) ||
+            jstr(&x, o, "bnb_4bit_compute_dtype", false, "float32", q->bnb_4bit_compute_dtype,
+                 sizeof q->bnb_4bit_compute_dtype))
+            return -1;
+        if (in8 || !in4)
+            return err_set(e, "%s: quantization_config: only bitsandbytes 4-bit (load_in_4bit) is supported%s", path,
+                           in8 ? ", not 8-bit (load_in_8bit)" : "");
+        if (strcmp(qt, "nf4"))
+            return err_set(e, "%s: field \"quantization_config.bnb_4bit_quant_type\" = \"%s\" is not supported (only "
+                              "\"nf4\")", path, qt);
+        const cJSON *sk = jget(o, "llm_int8_skip_modules");
+        if (!sk) {
+            q->n_skip = 1; /* transformers' default keeps the output head */
+            snprintf(q->llm_int8_skip_modules[0], sizeof q->llm_int8_skip_modules[0], "lm_head");
+        } else {
+            if (!cJSON_IsArray(sk))
+                return err_set(e, "%s: field \"quantization_config.llm_int8_skip_modules\" must be a list of names", path);
+            for (const cJSON *it = sk->child; it; it = it->next) {
+                if (!cJSON_IsString(it) || !it->valuestring[0] ||
+                    strlen(it->valuestring) >= sizeof q->llm_int8_skip_modules[0])
+                    return err_set(e, "%s: field \"quantization_config.llm_int8_skip_modules\" holds a non-string, empty "
+                                      "or over-long entry", path);
+                if (q->n_skip == QUANT_MAX_SKIP)
+                    return err_set(e, "%s: field \"quantization_config.llm_int8_skip_modules\" has more than %d entries",
+                                   path, QUANT_MAX_SKIP);
+                snprintf(q->llm_int8_skip_modules[q->n_skip++], sizeof q->llm_int8_skip_modules[0], "%s",
+                         it->valuestring);
+            }
+        }
+        q->quant_method = QUANT_METHOD_BNB;
+        return 0;
+    }
+    if (!strcmp(method, "minicpmv")) {
+        int gs = 0;
+        if (jstr(&x, o, "format", true, "", q->format, sizeof q->format) ||
+            jstr(&x, o, "lm_head", false, "f16", q->lm_head, sizeof q->lm_head) ||
+            jint(&x, o, "group_size", false, 64, &gs))
+            return -1;
+        if (strcmp(q->format, "q8") && strcmp(q->format, "q4"))
+            return err_set(e, "%s: field \"quantization_config.format\" = \"%s\" is not q8 or q4", path, q->format);
+        if (strcmp(q->lm_head, "q8") && strcmp(q->lm_head, "q4") && strcmp(q->lm_head, "f16"))
+            return err_set(e, "%s: field \"quantization_config.lm_head\" = \"%s\" is not q8, q4 or f16", path,
+                           q->lm_head);
+        if (gs != 64)
+            return err_set(e, "%s: field \"quantization_config.group_size\" = %d is not supported (q4 groups are 64 "
+                              "values, 16 or 32 where a row is not a multiple of 64)", path, gs);
+        q->quant_method = QUANT_METHOD_MINICPMV;
+        return 0;
+    }
+    return err_set(e, "%s: field \"quantization_config.quant_method\" = \"%s\" is not supported (bitsandbytes nf4, "
+                      "or minicpmv q8/q4)", path, method);
+}
+
 static int parse_root(struct model_config *c, const cJSON *r, const char *path, struct err *e)
 {
     struct jctx x = {path, "", e};
@@ -287,7 +355,8 @@ static int parse_root(struct model_config *c, const cJSON *r, const char *path, 
         jint(&xs, so, "patch_size", false, 14, &c->slice_config.patch_size) ||
         jint(&xs, so, "scale_resolution", false, 448, &c->slice_config.scale_resolution))
         return -1;
-    return parse_vision(&c->vision_config, jget(r, "vision_config"), path, e);
+    if (parse_vision(&c->vision_config, jget(r, "vision_config"), path, e)) return -1;
+    return parse_quant(&c->quantization_config, jget(r, "quantization_config"), path, e);
 }
 
 int config_parse(struct model_config *c, const char *json, const char *path, struct err *e)
@@ -538,6 +607,29 @@ char *config_to_json(const struct model_config *c)
         cJSON_AddNumberToObject(vc, "patch_size", v->patch_size);
     }
     cJSON_AddNumberToObject(r, "vocab_size", c->vocab_size);
+    const struct quant_config *q = &c->quantization_config;
+    if (q->quant_method != QUANT_METHOD_NONE) {
+        cJSON *qc = cJSON_AddObjectToObject(r, "quantization_config");
+        if (qc && q->quant_method == QUANT_METHOD_BNB) { /* as transformers' BitsAndBytesConfig.to_dict writes it */
+            cJSON_AddStringToObject(qc, "bnb_4bit_compute_dtype", q->bnb_4bit_compute_dtype);
+            cJSON_AddStringToObject(qc, "bnb_4bit_quant_type", "nf4");
+            cJSON_AddBoolToObject(qc, "bnb_4bit_use_double_quant", q->bnb_4bit_use_double_quant);
+            cJSON_AddBoolToObject(qc, "llm_int8_enable_fp32_cpu_offload", 0);
+            cJSON_AddBoolToObject(qc, "llm_int8_has_fp16_weight", 0);
+            cJSON *sk = cJSON_AddArrayToObject(qc, "llm_int8_skip_modules");
+            for (int i = 0; sk && i < q->n_skip; i++)
+                cJSON_AddItemToArray(sk, cJSON_CreateString(q->llm_int8_skip_modules[i]));
+            add_float(qc, "llm_int8_threshold", 6.0f);
+            cJSON_AddBoolToObject(qc, "load_in_4bit", 1);
+            cJSON_AddBoolToObject(qc, "load_in_8bit", 0);
+            cJSON_AddStringToObject(qc, "quant_method", "bitsandbytes");
+        } else if (qc) {
+            cJSON_AddStringToObject(qc, "quant_method", "minicpmv");
+            cJSON_AddStringToObject(qc, "format", q->format);
+            cJSON_AddNumberToObject(qc, "group_size", 64);
+            cJSON_AddStringToObject(qc, "lm_head", q->lm_head);
+        }
+    }
     char *s = cJSON_Print(r);
     cJSON_Delete(r);
     return s;

@@ -27,6 +27,25 @@ struct slice_config {         /* config.json "slice_config" */
     int scale_resolution;     /* 448 (class default; absent from the published JSON) */
 };
 
+/* config.json "quantization_config": what quantized weights the folder holds (docs/QUANT.md). */
+enum quant_method {
+    QUANT_METHOD_NONE = 0,   /* absent: every weight is F16/BF16/F32 */
+    QUANT_METHOD_BNB,        /* "bitsandbytes" 4-bit NF4 (the official int4 folder, mkmodel --quant nf4) */
+    QUANT_METHOD_MINICPMV,   /* "minicpmv": our Q8/Q4 row records (minicpmv quantize) */
+};
+#define QUANT_MAX_SKIP 16
+struct quant_config {
+    enum quant_method quant_method;
+    /* bitsandbytes: bnb_4bit_quant_type must be "nf4"; load_in_4bit true */
+    bool bnb_4bit_use_double_quant;
+    char bnb_4bit_compute_dtype[16];
+    int n_skip;                              /* llm_int8_skip_modules (default ["lm_head"]) */
+    char llm_int8_skip_modules[QUANT_MAX_SKIP][32];
+    /* minicpmv: "format" of the decoder Linears and of "lm_head" ("q8", "q4"; lm_head also "f16") */
+    char format[8];
+    char lm_head[8];
+};
+
 struct model_config {
     char model_type[32];          /* "minicpmv" */
     char version[16];             /* "2.5" (optional) */
@@ -52,6 +71,7 @@ struct model_config {
     bool batch_vision_input;      /* true */
     struct slice_config slice_config;
     struct vision_config vision_config;
+    struct quant_config quantization_config;
     /* derived */
     int head_dim;                 /* hidden_size / num_attention_heads */
     int vision_layers_used;       /* num_hidden_layers - drop_vision_last_layer */

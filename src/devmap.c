@@ -216,9 +216,13 @@ int64_t devmap_kv_layer_bytes(const struct model_config *c, const struct devmap_
     return 2 * p->ctx * (int64_t)p->kv_seqs * c->num_key_value_heads * (int64_t)c->head_dim * p->act_bytes;
 }
 
+enum { PIN_EMBED = 1, PIN_NORM = 2, PIN_LM_HEAD = 4, PIN_VPM = 8, PIN_RESAMPLER = 16 };
+
 struct costs {
     int n_layers;
     int64_t embed, norm, lm_head, vpm, resampler, layer[DEVMAP_MAX_LAYERS];
+    unsigned qpins;                      /* PIN_* of units holding a quantized tensor */
+    unsigned char qlayer[DEVMAP_MAX_LAYERS];
     int64_t kv_layer, ws_llm, ws_logits, ws_vision, ws_resampler, ws_lib;
 };
 
@@ -243,12 +247,31 @@ static int costs_build(struct costs *k, const struct model_config *c, const stru
         p->max_pieces < 1 || p->max_patches < 1)
         return err_set(e, "device plan: every size parameter must be >= 1");
     k->n_layers = c->num_hidden_layers;
+    if (model_quant_check(c, p->quant, e)) return -1;
     struct manifest_entry *m = NULL;
     int n = model_manifest(c, &m, e);
     if (n < 0) return -1;
     for (int i = 0; i < n; i++) {
         int64_t b = p->weight_bytes;
         for (int j = 0; j < m[i].ndim; j++) b *= m[i].shape[j];
+        const int qd = model_quant_dtype(c, p->quant, m[i].name, m[i].ndim);
+        if (qd >= 0) { /* the loader's records, byte for byte */
+            struct tensor t = tensor_make((enum dtype)qd, device_cpu(), NULL, 2, m[i].shape[0], m[i].shape[1]);
+            if (!dtype_row_bytes(t.dtype, m[i].shape[1])) {
+                free(m);
+                return err_set(e, "%s: rows of %lld values cannot be %s (need a multiple of 16)", m[i].name,
+                               (long long)m[i].shape[1], dtype_name(t.dtype));
+            }
+            b = (int64_t)tensor_nbytes(&t);
+            switch (m[i].unit) {
+            case UNIT_EMBED: k->qpins |= PIN_EMBED; break;
+            case UNIT_LAYER: if (m[i].layer >= 0 && m[i].layer < k->n_layers) k->qlayer[m[i].layer] = 1; break;
+            case UNIT_NORM: k->qpins |= PIN_NORM; break;
+            case UNIT_LM_HEAD: k->qpins |= PIN_LM_HEAD; break;
+            case UNIT_VPM: k->qpins |= PIN_VPM; break;
+            case UNIT_RESAMPLER: k->qpins |= PIN_RESAMPLER; break;
+            }
+        }
         switch (m[i].unit) {
         case UNIT_EMBED: k->embed += b; break;
         case UNIT_LAYER: if (m[i].layer >= 0 && m[i].layer < k->n_layers) k->layer[m[i].layer] += b; break;
@@ -265,7 +288,6 @@ static int costs_build(struct costs *k, const struct model_config *c, const stru
 
 /* ---------------------------------------------------------------- usage */
 
-enum { PIN_EMBED = 1, PIN_NORM = 2, PIN_LM_HEAD = 4, PIN_VPM = 8, PIN_RESAMPLER = 16 };
 
 /* The one formula for what a device needs, from what it holds. */
 static void need_of(const struct costs *k, int is_gpu, unsigned pins, int n_layers, int64_t layer_w,
@@ -586,6 +608,33 @@ int devmap_plan(const struct model_config *c, const struct devmap_params *p, con
     }
     usage_compute(k, &plan->map, plan->dev, n_dev, plan->use);
     if (plan->fits) plan->fits = fits_all(plan->use, plan->dev, n_dev);
+    /* quantized weights have no CUDA kernels yet (backend.h): a unit holding one must be on the CPU */
+    char qunit[48] = "";
+    int qdev = -1;
+    const struct devmap_assign *a = &plan->map;
+    const struct { unsigned pin; int d; const char *name; } units[] = {
+        {PIN_EMBED, a->embed, "llm.model.embed_tokens"}, {PIN_NORM, a->norm, "llm.model.norm"},
+        {PIN_LM_HEAD, a->lm_head, "llm.lm_head"}, {PIN_VPM, a->vpm, "vpm"}, {PIN_RESAMPLER, a->resampler, "resampler"}};
+    for (size_t u = 0; u < sizeof units / sizeof units[0] && qdev < 0; u++)
+        if ((k->qpins & units[u].pin) && dev[units[u].d].kind == DEVICE_CUDA) {
+            qdev = units[u].d;
+            snprintf(qunit, sizeof qunit, "%s", units[u].name);
+        }
+    for (int l = 0; l < k->n_layers && qdev < 0; l++)
+        if (k->qlayer[l] && dev[a->layer[l]].kind == DEVICE_CUDA) {
+            qdev = a->layer[l];
+            snprintf(qunit, sizeof qunit, "llm.model.layers.%d", l);
+        }
+    if (qdev >= 0) {
+        free(k);
+        plan->fits = 0;
+        snprintf(plan->advice, sizeof plan->advice, "%s holds quantized weights, which run on the CPU only until the "
+                 "CUDA kernels exist: --device cpu, or --max-memory cpu=SIZE with a device map", qunit);
+        char nm[32];
+        return err_set(e, "%s holds quantized weights and is planned on %s: quantized weights run on the CPU only "
+                          "until the CUDA kernels exist (use --device cpu, or --max-memory cpu=... with a device map "
+                          "that keeps quantized units on the CPU)", qunit, devmap_dev_name(&dev[qdev], nm, sizeof nm));
+    }
     if (plan->fits) {
         free(k);
         return 0;
@@ -617,6 +666,7 @@ void devmap_placement(const struct devmap_plan *plan, struct model_placement *pl
     pl->lm_head = plan->map.lm_head;
     pl->vpm = plan->map.vpm;
     pl->resampler = plan->map.resampler;
+    pl->quant = plan->params.quant;
     memcpy(layer, plan->map.layer, (size_t)plan->map.n_layers * sizeof *layer);
     pl->layer = layer;
 }

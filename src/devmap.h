@@ -23,8 +23,12 @@
  * Cost model (all sizes in bytes; wb = weight dtype size, ab = activation dtype size, both 2 for
  * fp16; d hidden, H heads, Hkv kv heads, hd head dim, ff intermediate, V vocab, vd/vff vision
  * widths, P patch size, Q query_num):
- *   weights(unit)  = sum over model_manifest() tensors of the unit of numel * wb. The vision
- *                    tower counts every stored layer (27), used or not.
+ *   weights(unit)  = sum over model_manifest() tensors of the unit of numel * wb, or, for a tensor
+ *                    kept quantized (model_quant_dtype: config.json's quantization_config or --quant),
+ *                    its tensor_nbytes (rows * dtype_row_bytes: codes, scales, absmax, padding; what
+ *                    the loader allocates). The vision tower counts every stored layer (27), used or not.
+ *                    A unit with a quantized tensor must be on the CPU (no CUDA kernels yet): a plan
+ *                    that puts one on a GPU fails, naming the unit.
  *   kv(layer)      = 2 * ctx * kv_seqs * Hkv * hd * ab                (K and V of one layer)
  * The workspace parts are not written here twice: each module sizes its own views with the
  * counting pass of the code that carves them (llm_views_bytes, vision_views_bytes,
@@ -84,6 +88,7 @@ struct devmap_params {
     int max_pieces;           /* image pieces in one vision batch (--max-pieces) */
     int max_patches;          /* patches per piece (--max-patches) */
     int weight_bytes;         /* stored weight dtype size (2: f16/bf16) */
+    int quant;                /* --quant: 0, DTYPE_Q8 or DTYPE_Q4 (quantize an fp16 folder at load) */
     int act_bytes;            /* activation / KV dtype size (2: f16) */
     int64_t gpu_lib_margin;   /* cuBLAS etc. per GPU logical device */
 };

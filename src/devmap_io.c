@@ -197,9 +197,10 @@ void devmap_print(FILE *f, const struct devmap_plan *p)
     }
     const struct devmap_params *q = &p->params;
     fprintf(f, "\nper device (ctx %lld x %d sequence%s, prefill chunk %d tokens, vision %d pieces x %d patches, "
-               "%d-byte weights, %d-byte activations):\n",
+               "%d-byte weights%s%s, %d-byte activations):\n",
             (long long)q->ctx, q->kv_seqs, q->kv_seqs == 1 ? "" : "s", q->max_batch_tokens, q->max_pieces,
-            q->max_patches, q->weight_bytes, q->act_bytes);
+            q->max_patches, q->weight_bytes, q->quant ? " with --quant " : "", q->quant == DTYPE_Q8 ? "q8" : q->quant ? "q4" : "",
+            q->act_bytes);
     fprintf(f, "  %-9s %-18s %11s %11s %11s %11s %11s %11s\n", "device", "layers", "weights", "kv cache", "workspace",
             "total", "budget", "headroom");
     for (int i = 0; i < p->n_dev; i++) {
@@ -267,6 +268,7 @@ char *devmap_to_json(const struct devmap_plan *p, const char *error)
     cJSON_AddNumberToObject(params, "max_patches", q->max_patches);
     cJSON_AddNumberToObject(params, "weight_bytes", q->weight_bytes);
     cJSON_AddNumberToObject(params, "act_bytes", q->act_bytes);
+    cJSON_AddStringToObject(params, "quant", q->quant == DTYPE_Q8 ? "q8" : q->quant == DTYPE_Q4 ? "q4" : "none");
     cJSON_AddItemToObject(root, "params", params);
     cJSON_AddBoolToObject(root, "explicit_map", p->explicit_map);
     if (p->notes[0]) cJSON_AddStringToObject(root, "notes", p->notes);

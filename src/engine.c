@@ -380,7 +380,10 @@ int engine_decode_weight_bytes(const struct engine *g, int64_t *out, struct err 
         if (m[i].unit != UNIT_LAYER && m[i].unit != UNIT_NORM && m[i].unit != UNIT_LM_HEAD) continue;
         int64_t k = 1;
         for (int d = 0; d < m[i].ndim; d++) k *= m[i].shape[d];
-        s += k * (int64_t)dtype_size(g->model.wdtype);
+        const int qd = model_quant_dtype(&g->cfg, g->model.quant, m[i].name, m[i].ndim); /* docs/QUANT.md */
+        struct tensor qt = tensor_make(qd < 0 ? DTYPE_F16 : (enum dtype)qd, device_cpu(), NULL, 2, m[i].shape[0],
+                                       m[i].ndim > 1 ? m[i].shape[1] : 1);
+        s += qd >= 0 ? (int64_t)tensor_nbytes(&qt) : k * (int64_t)dtype_size(g->model.wdtype);
     }
     free(m);
     *out = s;

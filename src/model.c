@@ -126,9 +126,170 @@ const char *unit_name(enum unit_kind k, int layer, char *buf, size_t n)
     return buf;
 }
 
-/* ---------------------------------------------------------------- loading */
+/* ---------------------------------------------------------------- quantized weights */
+#include <cJSON.h>
+
 #include "backend.h"
+#include "quant.h"
 #include "safetensors.h"
+
+static bool ends_with(const char *s, const char *t)
+{
+    size_t a = strlen(s), b = strlen(t);
+    return a >= b && !strcmp(s + a - b, t);
+}
+
+int model_quant_dtype(const struct model_config *cfg, int quant, const char *name, int ndim)
+{
+    /* Linear weights: "<module>.weight" matrices, but not the embedding tables */
+    if (ndim != 2 || !ends_with(name, ".weight") || strstr(name, "embed_tokens") || strstr(name, "position_embedding"))
+        return -1;
+    const struct quant_config *q = &cfg->quantization_config;
+    if (q->quant_method == QUANT_METHOD_BNB) {
+        /* transformers keeps a Linear whose own name is in llm_int8_skip_modules */
+        char mod[96];
+        snprintf(mod, sizeof mod, "%.*s", (int)(strlen(name) - strlen(".weight")), name);
+        const char *dot = strrchr(mod, '.'), *own = dot ? dot + 1 : mod;
+        for (int i = 0; i < q->n_skip; i++)
+            if (!strcmp(own, q->llm_int8_skip_modules[i])) return -1;
+        return DTYPE_NF4;
+    }
+    int fmt, head;
+    if (q->quant_method == QUANT_METHOD_MINICPMV) {
+        fmt = !strcmp(q->format, "q8") ? DTYPE_Q8 : DTYPE_Q4;
+        head = !strcmp(q->lm_head, "q8") ? DTYPE_Q8 : !strcmp(q->lm_head, "q4") ? DTYPE_Q4 : -1;
+    } else if (quant == DTYPE_Q8 || quant == DTYPE_Q4) {
+        fmt = quant;
+        head = DTYPE_Q8; /* docs/QUANT.md: the output head at 8 bits in both formats */
+    } else {
+        return -1;
+    }
+    if (!strcmp(name, "llm.lm_head.weight")) return head;
+    if (!strncmp(name, "llm.model.layers.", 17)) return fmt;
+    return -1; /* vision tower, resampler: F16 (docs/QUANT.md) */
+}
+
+int model_quant_check(const struct model_config *cfg, int quant, struct err *e)
+{
+    if (quant != 0 && quant != DTYPE_Q8 && quant != DTYPE_Q4) return err_set(e, "--quant: expected q8 or q4");
+    if (quant && cfg->quantization_config.quant_method != QUANT_METHOD_NONE)
+        return err_set(e, "--quant %s: the folder already holds quantized weights (config.json quantization_config: %s); "
+                          "--quant quantizes an fp16 folder", quant == DTYPE_Q8 ? "q8" : "q4",
+                       cfg->quantization_config.quant_method == QUANT_METHOD_BNB ? "bitsandbytes nf4"
+                                                                                : cfg->quantization_config.format);
+    return 0;
+}
+
+/* The parts of a bitsandbytes NF4 weight `name` ([o, k]), checked; the f32 arrays are copied to aligned
+ * memory (safetensors data after a U8 tensor of odd length is not 4-byte aligned): free *owned. */
+#define BNB_JSON_MAX 4096
+static int bnb_read(const struct safetensors *st, const char *name, int64_t o, int64_t k, struct quant_bnb_nf4 *q,
+                    float **owned, struct err *e)
+{
+    *owned = NULL;
+    memset(q, 0, sizeof *q);
+    q->o = o;
+    q->k = k;
+    const char *path = safetensors_shard_path(st, 0);
+    char nb[192];
+    const int64_t numel = o * k, nblocks = (numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
+    if (k % 16) return err_set(e, "%s: NF4 rows of %lld values are not supported (need a multiple of 16)", name, (long long)k);
+    /* the quant state (JSON) first: it says what the other parts must be */
+    snprintf(nb, sizeof nb, "%s.quant_state.bitsandbytes__nf4", name);
+    const struct safetensors_tensor *js = safetensors_find(st, nb);
+    if (!js) {
+        snprintf(nb, sizeof nb, "%s.quant_state.bitsandbytes__fp4", name);
+        if (safetensors_find(st, nb)) return err_set(e, "%s: quant_type fp4 is not supported (only nf4)", name);
+        return err_set(e, "%s: the bitsandbytes quant state %s.quant_state.bitsandbytes__nf4 is missing", name, name);
+    }
+    if (js->dtype != DTYPE_U8 || js->ndim != 1 || js->nbytes == 0 || js->nbytes > BNB_JSON_MAX)
+        return err_set(e, "%s.quant_state.bitsandbytes__nf4: expected U8 [1..%d] JSON bytes, got %s with %zu bytes", name,
+                       BNB_JSON_MAX, dtype_name(js->dtype), js->nbytes);
+    char text[BNB_JSON_MAX + 1];
+    memcpy(text, js->data, js->nbytes);
+    text[js->nbytes] = 0;
+    cJSON *j = cJSON_Parse(text);
+    int rc = 0;
+    bool nested = false;
+    if (!cJSON_IsObject(j)) {
+        rc = err_set(e, "%s.quant_state.bitsandbytes__nf4: corrupt quant state (not a JSON object)", name);
+    } else {
+        const cJSON *qt = cJSON_GetObjectItemCaseSensitive(j, "quant_type"), *bs = cJSON_GetObjectItemCaseSensitive(j, "blocksize"),
+                    *dt = cJSON_GetObjectItemCaseSensitive(j, "dtype"), *sh = cJSON_GetObjectItemCaseSensitive(j, "shape"),
+                    *nbs = cJSON_GetObjectItemCaseSensitive(j, "nested_blocksize"),
+                    *ndt = cJSON_GetObjectItemCaseSensitive(j, "nested_dtype"),
+                    *off = cJSON_GetObjectItemCaseSensitive(j, "nested_offset");
+        nested = nbs || ndt || off;
+        if (!cJSON_IsString(qt) || strcmp(qt->valuestring, "nf4"))
+            rc = err_set(e, "%s: quant state: quant_type %s%s%s is not supported (only \"nf4\")", name,
+                         cJSON_IsString(qt) ? "\"" : "", cJSON_IsString(qt) ? qt->valuestring : "missing",
+                         cJSON_IsString(qt) ? "\"" : "");
+        else if (!cJSON_IsNumber(bs) || bs->valuedouble != QUANT_BNB_BLOCK)
+            rc = err_set(e, "%s: quant state: blocksize must be %d", name, QUANT_BNB_BLOCK);
+        else if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "float16"))
+            rc = err_set(e, "%s: quant state: dtype must be \"float16\" (the weights' fp16 values)", name);
+        else if (!cJSON_IsArray(sh) || cJSON_GetArraySize(sh) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(sh, 0)) ||
+                 !cJSON_IsNumber(cJSON_GetArrayItem(sh, 1)) || cJSON_GetArrayItem(sh, 0)->valuedouble != (double)o ||
+                 cJSON_GetArrayItem(sh, 1)->valuedouble != (double)k)
+            rc = err_set(e, "%s: quant state: shape is not [%lld, %lld] (config.json's)", name, (long long)o, (long long)k);
+        else if (nested && (!cJSON_IsNumber(nbs) || nbs->valuedouble != QUANT_BNB_NESTED_BLOCK || !cJSON_IsString(ndt) ||
+                            strcmp(ndt->valuestring, "float32") || !cJSON_IsNumber(off) || !isfinite(off->valuedouble)))
+            rc = err_set(e, "%s: quant state: nested_blocksize must be %d, nested_dtype \"float32\" and nested_offset a "
+                            "finite number", name, QUANT_BNB_NESTED_BLOCK);
+        else if (nested)
+            q->offset = (float)off->valuedouble;
+    }
+    cJSON_Delete(j);
+    if (rc) return -1;
+    /* the parts, by name, dtype and size */
+    const int64_t nnested = (nblocks + QUANT_BNB_NESTED_BLOCK - 1) / QUANT_BNB_NESTED_BLOCK;
+    struct { const char *suffix; enum dtype dt; int64_t n; const struct safetensors_tensor *t; } part[5] = {
+        {"", DTYPE_U8, numel / 2, NULL},
+        {".absmax", nested ? DTYPE_U8 : DTYPE_F32, nblocks, NULL},
+        {".quant_map", DTYPE_F32, 16, NULL},
+        {".nested_absmax", DTYPE_F32, nnested, NULL},
+        {".nested_quant_map", DTYPE_F32, 256, NULL},
+    };
+    const int nparts = nested ? 5 : 3;
+    for (int i = 0; i < nparts; i++) {
+        snprintf(nb, sizeof nb, "%s%s", name, part[i].suffix);
+        const struct safetensors_tensor *t = safetensors_find(st, nb);
+        if (!t) return err_set(e, "%s: bitsandbytes part %s is missing", name, nb);
+        int64_t n = 1;
+        for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+        /* the packed codes are [numel/2, 1] (Params4bit's storage shape); the others 1-D */
+        bool shape_ok = i == 0 ? t->ndim == 2 && t->shape[1] == 1 : t->ndim == 1;
+        if (t->dtype != part[i].dt || n != part[i].n || !shape_ok)
+            return err_set(e, "%s: %s has dtype %s and %lld values; a bitsandbytes NF4 [%lld, %lld] needs %s %s of %lld",
+                           name, nb, dtype_name(t->dtype), (long long)n, (long long)o, (long long)k, dtype_name(part[i].dt),
+                           i == 0 ? "[n/2, 1]" : "[n]", (long long)part[i].n);
+        part[i].t = t;
+    }
+    (void)path;
+    float *buf = malloc((size_t)(16 + 256 + nnested + (nested ? 0 : nblocks)) * sizeof(float));
+    if (!buf) return err_set(e, "out of memory reading %s", name);
+    *owned = buf;
+    memcpy(buf, part[2].t->data, 16 * sizeof(float));
+    for (int i = 0; i < 16; i++)
+        if (memcmp(&buf[i], &QUANT_NF4[i], sizeof(float)))
+            return err_set(e, "%s.quant_map: entry %d is %.9g, not bitsandbytes' NF4 code %.9g", name, i, (double)buf[i],
+                           (double)QUANT_NF4[i]);
+    q->codes = part[0].t->data;
+    if (nested) {
+        memcpy(buf + 16, part[4].t->data, 256 * sizeof(float));
+        memcpy(buf + 272, part[3].t->data, (size_t)nnested * sizeof(float));
+        q->absmax = part[1].t->data;
+        q->nested_map = buf + 16;
+        q->nested_absmax = buf + 272;
+    } else { /* plain f32 absmax: the identity "nested" form (map[i] = i would need 256 blocks); expand here */
+        memcpy(buf + 272, part[1].t->data, (size_t)nblocks * sizeof(float));
+        q->absmax = NULL;
+        q->nested_absmax = buf + 272;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- loading */
 
 static int cmp_name(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
@@ -154,33 +315,73 @@ static int unexpected_tensor(const struct model_config *cfg, const struct safete
                    safetensors_shard_path(st, t->shard), t->name);
 }
 
+/* bitsandbytes' companions of a quantized "<name>" (after the packed codes under the name itself) */
+static const char *const bnb_suffix[] = {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+                                         ".quant_state.bitsandbytes__nf4"};
+
+/* A checkpoint tensor that is a bitsandbytes companion of a manifest tensor the folder holds as NF4. */
+static bool is_bnb_part(const struct model_config *cfg, const char *name, const char **names, int n)
+{
+    if (cfg->quantization_config.quant_method != QUANT_METHOD_BNB) return false;
+    for (size_t k = 0; k < sizeof bnb_suffix / sizeof bnb_suffix[0]; k++) {
+        if (!ends_with(name, bnb_suffix[k])) continue;
+        char base[160];
+        snprintf(base, sizeof base, "%.*s", (int)(strlen(name) - strlen(bnb_suffix[k])), name);
+        const char *b = base;
+        if (bsearch(&b, names, (size_t)n, sizeof *names, cmp_name) && model_quant_dtype(cfg, 0, base, 2) == DTYPE_NF4)
+            return true;
+    }
+    return false;
+}
+
+static int check_entry(const struct model_config *cfg, const struct safetensors *st, const struct manifest_entry *me,
+                       struct err *e)
+{
+    const struct safetensors_tensor *t = safetensors_find(st, me->name);
+    if (!t) return err_set(e, "checkpoint has no tensor %s (required by config.json)", me->name);
+    const int qd = model_quant_dtype(cfg, 0, me->name, me->ndim);
+    if (qd == DTYPE_NF4) {
+        struct quant_bnb_nf4 q;
+        float *owned = NULL;
+        int rc = bnb_read(st, me->name, me->shape[0], me->shape[1], &q, &owned, e);
+        free(owned);
+        return rc ? err_prefix(e, "%s", safetensors_shard_path(st, t->shard)) : 0;
+    }
+    if (qd == DTYPE_Q8 || qd == DTYPE_Q4) {
+        const size_t rb = dtype_row_bytes((enum dtype)qd, me->shape[1]);
+        if (t->dtype != DTYPE_U8 || t->ndim != 2 || t->shape[0] != me->shape[0] || (size_t)t->shape[1] != rb)
+            return err_set(e, "%s: tensor %s: config.json's quantization_config makes it %s [%lld, %lld], stored as U8 "
+                              "[%lld, %zu]; the checkpoint has %s of another shape", safetensors_shard_path(st, t->shard),
+                           me->name, dtype_name((enum dtype)qd), (long long)me->shape[0], (long long)me->shape[1],
+                           (long long)me->shape[0], rb, dtype_name(t->dtype));
+        return 0;
+    }
+    bool ok = t->ndim == me->ndim;
+    for (int j = 0; ok && j < t->ndim; j++) ok = t->shape[j] == me->shape[j];
+    if (!ok) {
+        struct tensor a = {.ndim = t->ndim}, b = {.ndim = me->ndim};
+        memcpy(a.shape, t->shape, sizeof a.shape);
+        memcpy(b.shape, me->shape, sizeof b.shape);
+        char sa[96], sb[96];
+        return err_set(e, "%s: tensor %s has shape %s, config.json implies %s", safetensors_shard_path(st, t->shard),
+                       me->name, tensor_shape_str(&a, sa, sizeof sa), tensor_shape_str(&b, sb, sizeof sb));
+    }
+    if (t->dtype != DTYPE_F16 && t->dtype != DTYPE_BF16 && t->dtype != DTYPE_F32)
+        return err_set(e, "%s: tensor %s has dtype %s; weights must be F16, BF16 or F32%s",
+                       safetensors_shard_path(st, t->shard), me->name, dtype_name(t->dtype),
+                       t->dtype == DTYPE_U8 ? " (U8: a quantized weight, but config.json's quantization_config does not "
+                                              "make this one quantized)" : "");
+    return 0;
+}
+
 int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e)
 {
     struct manifest_entry *man = NULL;
     int n = model_manifest(cfg, &man, e);
     if (n < 0) return -1;
     int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
-        const struct safetensors_tensor *t = safetensors_find(st, man[i].name);
-        if (!t) {
-            rc = err_set(e, "checkpoint has no tensor %s (required by config.json)", man[i].name);
-            break;
-        }
-        bool ok = t->ndim == man[i].ndim;
-        for (int j = 0; ok && j < t->ndim; j++) ok = t->shape[j] == man[i].shape[j];
-        if (!ok) {
-            struct tensor a = {.ndim = t->ndim}, b = {.ndim = man[i].ndim};
-            memcpy(a.shape, t->shape, sizeof a.shape);
-            memcpy(b.shape, man[i].shape, sizeof b.shape);
-            char sa[96], sb[96];
-            rc = err_set(e, "%s: tensor %s has shape %s, config.json implies %s", safetensors_shard_path(st, t->shard),
-                         man[i].name, tensor_shape_str(&a, sa, sizeof sa), tensor_shape_str(&b, sb, sizeof sb));
-        } else if (t->dtype != DTYPE_F16 && t->dtype != DTYPE_BF16 && t->dtype != DTYPE_F32) {
-            rc = err_set(e, "%s: tensor %s has dtype %s; weights must be F16, BF16 or F32",
-                         safetensors_shard_path(st, t->shard), man[i].name, dtype_name(t->dtype));
-        }
-    }
-    /* and nothing else: every tensor of the checkpoint is one the manifest lists */
+    for (int i = 0; i < n && rc == 0; i++) rc = check_entry(cfg, st, &man[i], e);
+    /* and nothing else: every tensor of the checkpoint is one the manifest lists (or a bitsandbytes part) */
     const char **names = rc ? NULL : malloc((size_t)n * sizeof *names);
     if (!rc && !names) rc = err_set(e, "out of memory");
     if (!rc) {
@@ -189,7 +390,8 @@ int model_check_checkpoint(const struct model_config *cfg, const struct safetens
         const int nt = safetensors_count(st);
         for (int i = 0; i < nt && !rc; i++) {
             const struct safetensors_tensor *t = safetensors_at(st, i);
-            if (!bsearch(&t->name, names, (size_t)n, sizeof *names, cmp_name)) rc = unexpected_tensor(cfg, st, t, e);
+            if (!bsearch(&t->name, names, (size_t)n, sizeof *names, cmp_name) && !is_bnb_part(cfg, t->name, names, n))
+                rc = unexpected_tensor(cfg, st, t, e);
         }
     }
     free(names);
@@ -218,51 +420,117 @@ static void progress_add(struct model *m, const struct tensor *src)
     if (m->progress.fn) m->progress.fn(m->progress.ctx, "loading weights", m->progress_done, m->progress_total);
 }
 
-/* Places checkpoint tensor `name` on logical device li in dtype m->wdtype (transpose: store [in,out] as [out,in]). */
-static int place(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
-                 struct tensor *out, int transpose, struct err *e, const char *name)
+static int cmp_entry(const void *a, const void *b)
 {
+    return strcmp(((const struct manifest_entry *)a)->name, ((const struct manifest_entry *)b)->name);
+}
+
+/* Checkpoint tensor `name` as a host tensor in the dtype it is kept in: quantized records (read, resolved
+ * or quantized here) or m->wdtype (transpose: store [in,out] as [out,in]). *tmp is the buffer to own (NULL:
+ * a view of the read-only map); *src is the stored tensor (for progress). */
+static int host_tensor(struct model *m, const struct safetensors *st, const char *name, int transpose,
+                       struct tensor *host, void **tmp, struct tensor *srcv, struct err *e)
+{
+    *tmp = NULL;
     struct tensor src;
     if (safetensors_get(st, name, &src, e)) return -1;
     src.name = NULL;
-    const struct device dev = pl->devs[li];
-    const enum dtype dt = m->wdtype;
-    if (!transpose && dev.kind == DEVICE_CPU && src.dtype == dt) {
-        *out = src; /* zero-copy view of the read-only map */
-        out->name = name;
-        m->bytes_per_device[li] += tensor_nbytes(&src);
-        progress_add(m, &src);
-        return 0;
-    }
-    struct tensor host = src;
-    void *tmp = NULL;
-    if (src.dtype != dt || transpose) {
-        host.dtype = dt;
-        tmp = malloc(tensor_nbytes(&host));
-        if (!tmp) return err_set(e, "out of memory converting %s", name);
-        host.data = tmp;
-        if (transpose) {
-            CHECK(src.ndim == 2);
-            const int64_t r = src.shape[0], c = src.shape[1];
-            host.shape[0] = c;
-            host.shape[1] = r;
-            float *row = malloc((size_t)r * sizeof(float));
-            if (!row) { free(tmp); return err_set(e, "out of memory"); }
-            for (int64_t j = 0; j < c; j++) {
-                for (int64_t i = 0; i < r; i++) {
-                    const char *p = (const char *)src.data + (size_t)(i * c + j) * dtype_size(src.dtype);
-                    convert_to_f32(&row[i], p, src.dtype, 1);
-                }
-                convert_from_f32((char *)tmp + (size_t)(j * r) * dtype_size(dt), dt, row, r);
-            }
-            free(row);
-        } else {
-            op_copy(&host, &src);
+    *srcv = src;
+    struct manifest_entry key, *me;
+    snprintf(key.name, sizeof key.name, "%s", name);
+    me = bsearch(&key, m->man, (size_t)m->n_man, sizeof key, cmp_entry);
+    const int qd = me ? model_quant_dtype(&m->cfg, m->quant, name, me->ndim) : -1;
+    if (qd >= 0) {
+        CHECK(!transpose);
+        const int64_t o = me->shape[0], k = me->shape[1];
+        *host = tensor_make((enum dtype)qd, device_cpu(), NULL, 2, o, k);
+        if (!dtype_row_bytes((enum dtype)qd, k))
+            return err_set(e, "%s: rows of %lld values cannot be %s (need a multiple of 16)", name, (long long)k,
+                           dtype_name((enum dtype)qd));
+        if (m->cfg.quantization_config.quant_method == QUANT_METHOD_MINICPMV) { /* our records, as stored */
+            host->data = src.data;
+            return 0;
         }
+        if (!(*tmp = malloc(tensor_nbytes(host)))) return err_set(e, "out of memory quantizing %s", name);
+        host->data = *tmp;
+        if (qd == DTYPE_NF4) {
+            struct quant_bnb_nf4 q;
+            float *owned = NULL;
+            if (bnb_read(st, name, o, k, &q, &owned, e)) { free(owned); return -1; }
+            quant_bnb_to_rows(*tmp, &q);
+            free(owned);
+            for (size_t i = 0; i < sizeof bnb_suffix / sizeof bnb_suffix[0]; i++) { /* the parts, for the progress */
+                char pn[192];
+                snprintf(pn, sizeof pn, "%s%s", name, bnb_suffix[i]);
+                const struct safetensors_tensor *pt = safetensors_find(st, pn);
+                if (pt) m->progress_done += pt->nbytes;
+            }
+            return 0;
+        }
+        /* --quant: the float weight quantized row block by row block */
+        const int64_t blk = 64;
+        float *f = malloc((size_t)(blk * k) * sizeof *f);
+        if (!f) return err_set(e, "out of memory quantizing %s", name);
+        int rc = 0;
+        for (int64_t r0 = 0; r0 < o && !rc; r0 += blk) {
+            const int64_t nr = o - r0 < blk ? o - r0 : blk;
+            struct tensor rows = tensor_rows_view(&src, r0, nr);
+            convert_to_f32(f, rows.data, src.dtype, nr * k);
+            rc = quant_quantize_rows((char *)*tmp + (size_t)r0 * dtype_row_bytes((enum dtype)qd, k), (enum dtype)qd, f,
+                                     nr, k, name, e);
+        }
+        free(f);
+        return rc;
     }
+    const enum dtype dt = m->wdtype;
+    *host = src;
+    if (src.dtype == dt && !transpose) return 0;
+    host->dtype = dt;
+    if (!(*tmp = malloc(tensor_nbytes(host)))) return err_set(e, "out of memory converting %s", name);
+    host->data = *tmp;
+    if (transpose) {
+        CHECK(src.ndim == 2);
+        const int64_t r = src.shape[0], c = src.shape[1];
+        host->shape[0] = c;
+        host->shape[1] = r;
+        float *row = malloc((size_t)r * sizeof(float));
+        if (!row) return err_set(e, "out of memory");
+        for (int64_t j = 0; j < c; j++) {
+            for (int64_t i = 0; i < r; i++) {
+                const char *p = (const char *)src.data + (size_t)(i * c + j) * dtype_size(src.dtype);
+                convert_to_f32(&row[i], p, src.dtype, 1);
+            }
+            convert_from_f32((char *)*tmp + (size_t)(j * r) * dtype_size(dt), dt, row, r);
+        }
+        free(row);
+    } else {
+        op_copy(host, &src);
+    }
+    return 0;
+}
+
+/* Quantized weights have no CUDA kernels yet (backend.h): refused on a GPU before anything is copied. */
+static int refuse_quant_gpu(const struct tensor *host, struct device dev, const char *name, struct err *e)
+{
+    if (dtype_is_quant(host->dtype) && dev.kind != DEVICE_CPU)
+        return err_set(e, "%s: %s weights run on the CPU only until the CUDA kernels exist; place this unit on the CPU "
+                          "(--device cpu, or --max-memory cpu=... with a device map)", name, dtype_name(host->dtype));
+    return 0;
+}
+
+/* Places checkpoint tensor `name` on logical device li (quantized, or in m->wdtype; transpose: store
+ * [in,out] as [out,in]). */
+static int place(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
+                 struct tensor *out, int transpose, struct err *e, const char *name)
+{
+    struct tensor host, src;
+    void *tmp = NULL;
+    if (host_tensor(m, st, name, transpose, &host, &tmp, &src, e)) { free(tmp); return -1; }
+    const struct device dev = pl->devs[li];
+    if (refuse_quant_gpu(&host, dev, name, e)) { free(tmp); return -1; }
     if (dev.kind == DEVICE_CPU) {
-        if (track(m, dev, tmp, e)) { free(tmp); return -1; }
-        *out = host;
+        if (tmp && track(m, dev, tmp, e)) { free(tmp); return -1; }
+        *out = host; /* tmp, or a zero-copy view of the read-only map */
     } else {
         void *d = dev_alloc(dev, tensor_nbytes(&host), e);
         if (!d) { free(tmp); return err_prefix(e, "loading %s", name); }
@@ -283,12 +551,12 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
 /* Places the checkpoint tensors names[0..n) (matrices with equal columns, or vectors) on logical
  * device li as ONE tensor joined along rows, [sum of rows, cols] (or [sum of rows]), and sets
  * *parts[i] (when parts is not NULL) to its row views: q|k|v and gate|up on every device, so a token
- * reads each with one GEMV and the model code has one layout. Nothing is stored twice: on the CPU,
- * parts that already lie back to back in one shard in the weight dtype are viewed in place (gate|up of
- * a checkpoint written in name order); otherwise the joined tensor is a new buffer and each part's
- * pages of the map are handed back once copied (safetensors_release), so the process does not hold
- * both. The join works from the per-part tensors alone, row block after row block, so weights
- * quantized per row (issue 13: codes and scales of each part) join the same way. */
+ * reads each with one GEMV and the model code has one layout. Each part comes as host_tensor gives it
+ * (in the weight dtype, or quantized as row records: self-contained rows join as row blocks, so all
+ * parts must share one dtype). Nothing is stored twice: on the CPU, parts that already lie back to back
+ * in one shard in that dtype are viewed in place (gate|up of a checkpoint written in name order);
+ * otherwise the joined tensor is a new buffer and each part's pages of the map are handed back once
+ * copied (safetensors_release), so the process does not hold both. */
 static int place_joined(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
                         struct tensor *joined, struct tensor *const *parts, const char *const *names, int n,
                         struct err *e)
@@ -296,54 +564,57 @@ static int place_joined(struct model *m, const struct safetensors *st, const str
     enum { MAX_PARTS = 4 };
     CHECK(n >= 1 && n <= MAX_PARTS);
     const struct safetensors_tensor *ts[MAX_PARTS];
-    struct tensor src[MAX_PARTS];
+    struct tensor host[MAX_PARTS], src[MAX_PARTS];
+    void *tmp[MAX_PARTS] = {0};
     int64_t rows = 0;
-    int adjacent = 1;
-    for (int i = 0; i < n; i++) {
-        if (safetensors_get(st, names[i], &src[i], e)) return -1;
+    int adjacent = 1, rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        rc = host_tensor(m, st, names[i], 0, &host[i], &tmp[i], &src[i], e);
+        if (rc) break;
         ts[i] = safetensors_find(st, names[i]);
-        /* model_check_checkpoint checked every shape against the config, which makes them joinable */
-        CHECK((src[i].ndim == 2 && src[0].ndim == 2 && src[i].shape[1] == src[0].shape[1]) ||
-              (src[i].ndim == 1 && src[0].ndim == 1));
-        adjacent &= src[i].dtype == m->wdtype &&
-                    (i == 0 || (ts[i]->shard == ts[i - 1]->shard &&
-                                (const char *)ts[i]->data == (const char *)ts[i - 1]->data + ts[i - 1]->nbytes));
-        rows += src[i].shape[0];
+        if (host[i].ndim != host[0].ndim || host[i].dtype != host[0].dtype ||
+            (host[i].ndim == 2 && host[i].shape[1] != host[0].shape[1]))
+            rc = err_set(e, "%s and %s cannot be joined: %s vs %s, or different widths", names[0], names[i],
+                         dtype_name(host[0].dtype), dtype_name(host[i].dtype));
+        adjacent &= !tmp[i] && (i == 0 || (ts[i]->shard == ts[i - 1]->shard &&
+                                           (const char *)ts[i]->data == (const char *)ts[i - 1]->data + ts[i - 1]->nbytes));
+        rows += host[i].shape[0];
     }
     const struct device dev = pl->devs[li];
-    *joined = src[0].ndim == 2 ? tensor_make(m->wdtype, dev, NULL, 2, rows, src[0].shape[1])
-                               : tensor_make(m->wdtype, dev, NULL, 1, rows);
-    const int in_place = adjacent && dev.kind == DEVICE_CPU;
-    if (in_place) {
-        joined->data = src[0].data; /* a zero-copy view of the read-only map, like place() */
-    } else {
-        if (!(joined->data = dev_alloc(dev, tensor_nbytes(joined), e))) return err_prefix(e, "loading %s", names[0]);
-        if (track(m, dev, joined->data, e)) { dev_free(dev, joined->data); return -1; }
-    }
-    joined->name = names[0];
-    m->bytes_per_device[li] += tensor_nbytes(joined);
-    void *tmp = NULL;
-    int64_t r0 = 0;
-    for (int i = 0; i < n; r0 += src[i].shape[0], i++) {
-        struct tensor part = tensor_rows_view(joined, r0, src[i].shape[0]);
-        part.name = names[i];
-        if (!in_place) {
-            struct tensor host = src[i];
-            if (host.dtype != m->wdtype && dev.kind != DEVICE_CPU) { /* a copy to a GPU keeps the dtype */
-                host.dtype = m->wdtype;
-                free(tmp);
-                if (!(tmp = malloc(tensor_nbytes(&host)))) return err_set(e, "out of memory converting %s", names[i]);
-                host.data = tmp;
-                op_copy(&host, &src[i]);
-            }
-            op_copy(&part, &host); /* on the CPU: a copy, converting the dtype when it differs */
-            safetensors_release(st, ts[i]);
+    if (!rc) rc = refuse_quant_gpu(&host[0], dev, names[0], e);
+    const int in_place = !rc && adjacent && dev.kind == DEVICE_CPU;
+    if (!rc) {
+        *joined = host[0].ndim == 2 ? tensor_make(host[0].dtype, dev, NULL, 2, rows, host[0].shape[1])
+                                    : tensor_make(host[0].dtype, dev, NULL, 1, rows);
+        if (in_place) {
+            joined->data = host[0].data; /* a zero-copy view of the read-only map, like place() */
+        } else if (!(joined->data = dev_alloc(dev, tensor_nbytes(joined), e))) {
+            rc = err_prefix(e, "loading %s", names[0]);
+        } else if (track(m, dev, joined->data, e)) {
+            dev_free(dev, joined->data);
+            rc = -1;
         }
-        if (parts) *parts[i] = part;
-        progress_add(m, &src[i]);
     }
-    free(tmp);
-    return 0;
+    if (!rc) {
+        joined->name = names[0];
+        m->bytes_per_device[li] += tensor_nbytes(joined);
+        int64_t r0 = 0;
+        for (int i = 0; i < n; r0 += host[i].shape[0], i++) {
+            struct tensor part = tensor_rows_view(joined, r0, host[i].shape[0]);
+            part.name = names[i];
+            if (!in_place) {
+                op_copy(&part, &host[i]); /* host -> the device, a byte copy */
+                free(tmp[i]);
+                tmp[i] = NULL;
+                safetensors_release(st, ts[i]);
+            }
+            if (parts) *parts[i] = part;
+            progress_add(m, &src[i]);
+        }
+    }
+    for (int i = 0; i < n; i++) free(tmp[i]);
+    return rc;
+}
 }
 
 /* Names must outlive the tensors (they are kept for messages): the manifest's storage holds them. */
@@ -353,12 +624,16 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->wdtype = wdtype;
+    m->quant = pl->quant;
     if (progress) m->progress = *progress;
+    if (model_quant_check(cfg, pl->quant, e)) return -1;
     for (int i = 0; i < safetensors_count(st); i++) {
         struct tensor t = safetensors_tensor_view(safetensors_at(st, i));
         m->progress_total += tensor_nbytes(&t);
     }
     if (model_check_checkpoint(cfg, st, e)) return -1;
+    if ((m->n_man = model_manifest(cfg, &m->man, e)) < 0) return -1;
+    qsort(m->man, (size_t)m->n_man, sizeof *m->man, cmp_entry);
     const int L = cfg->num_hidden_layers, VL = cfg->vision_layers_used;
     m->llm.layers = calloc((size_t)L, sizeof *m->llm.layers);
     m->vpm.layers = calloc((size_t)VL, sizeof *m->vpm.layers);
@@ -459,6 +734,9 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
     if (!rc) rc = place(m, st, pl, ri, &r->ln_post_b, 0, e, NAME("resampler.ln_post.bias"));
     if (!rc) rc = place(m, st, pl, ri, &r->proj_t, 1, e, NAME("resampler.proj"));
 #undef NAME
+    free(m->man);
+    m->man = NULL;
+    m->n_man = 0;
     if (rc) {
         model_free(m);
         return -1;
@@ -471,6 +749,8 @@ void model_free(struct model *m)
     if (!m) return;
     for (int i = 0; i < m->n_allocs; i++) dev_free(m->allocs[i].dev, m->allocs[i].p);
     free(m->allocs);
+    free(m->man);
+    m->man = NULL;
     free(m->llm.layers);
     free(m->vpm.layers);
     m->allocs = NULL;

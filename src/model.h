@@ -23,6 +23,16 @@ struct manifest_entry {
     float init_std;
 };
 
+/* ---- quantized weights (docs/QUANT.md) ----
+ * The one rule for which tensors are quantized, used by the loader, the checkpoint check, the planner,
+ * `quantize` and `mkmodel --quant nf4`. quant is what --quant asks for: 0 (nothing), DTYPE_Q8 or
+ * DTYPE_Q4 (an fp16 folder quantized at load: decoder Linears in that format, lm_head Q8). */
+/* The quantized dtype checkpoint tensor `name` (of rank ndim) is kept in, or -1 when it stays a float
+ * tensor: only Linear weights (op_matmul's w) are ever quantized. */
+int model_quant_dtype(const struct model_config *cfg, int quant, const char *name, int ndim);
+/* Checks quant (0, DTYPE_Q8, DTYPE_Q4) against what the folder holds: --quant needs a float folder. */
+int model_quant_check(const struct model_config *cfg, int quant, struct err *e);
+
 /* Builds the list of every tensor the checkpoint must hold, in checkpoint order.
  * Returns the count; *out is heap-allocated (free()). */
 int model_manifest(const struct model_config *c, struct manifest_entry **out, struct err *e);
@@ -96,6 +106,7 @@ struct model_placement {
     struct device devs[MODEL_MAX_DEVICES];
     int embed, norm, lm_head, vpm, resampler;
     int *layer;                  /* [num_hidden_layers] */
+    int quant;                   /* --quant: 0, DTYPE_Q8 or DTYPE_Q4 (model_quant_dtype) */
 };
 
 struct model_alloc {             /* an owned buffer, freed by model_free */
@@ -108,7 +119,10 @@ struct model {
     struct llm_weights llm;
     struct vpm_weights vpm;
     struct resampler_weights rs;
-    enum dtype wdtype;           /* dtype weights are kept in */
+    enum dtype wdtype;           /* dtype float weights are kept in (quantized ones: model_quant_dtype) */
+    int quant;                   /* the placement's --quant */
+    struct manifest_entry *man;  /* during model_load: the manifest sorted by name (shapes of quantized tensors) */
+    int n_man;
     struct model_alloc *allocs;
     int n_allocs, cap_allocs;
     size_t bytes_per_device[MODEL_MAX_DEVICES];
@@ -121,13 +135,18 @@ struct safetensors;
  * dtype) and binds each tensor to its field on its unit's device in dtype wdtype. CPU tensors whose
  * dtype already matches stay zero-copy views of the mmap; others are converted/copied. q|k|v and
  * gate|up (LLM) and q|k|v weights and biases (vision) are joined along rows on every device (a copy,
- * whose source pages of the map are then released, unless the parts already lie back to back). */
+ * whose source pages of the map are then released, unless the parts already lie back to back).
+ * Quantized tensors (model_quant_dtype with pl->quant) are bound as Q8/Q4/NF4 row records: read from
+ * the folder's bitsandbytes parts or our U8 records, or quantized here from the float weight. */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
                const struct model_placement *pl, enum dtype wdtype, const struct progress *progress, struct err *e);
 void model_free(struct model *m);
 /* Checks only (no binding): used by loaders and by `plan` when headers are present. Every manifest
  * tensor must be present with its shape and a float dtype, and the checkpoint must hold nothing
- * else: the first other tensor is named (a layer index at or past config.json's count says so). */
+ * else: the first other tensor is named (a layer index at or past config.json's count says so).
+ * Tensors the folder holds quantized (config.json quantization_config) are checked in their stored
+ * form: bitsandbytes' six parts (packed codes, absmax, nested absmax and map, quant_map, the JSON quant
+ * state) or our U8 records [O, dtype_row_bytes]. */
 int model_check_checkpoint(const struct model_config *cfg, const struct safetensors *st, struct err *e);
 
 #endif

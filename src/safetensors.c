@@ -46,7 +46,7 @@ static uint64_t hash_str(const char *s)
 static bool dtype_parse(const char *s, enum dtype *out)
 {
     static const struct { const char *name; enum dtype dt; } tab[] = {
-        {"F16", DTYPE_F16}, {"BF16", DTYPE_BF16}, {"F32", DTYPE_F32}, {"I32", DTYPE_I32}};
+        {"F16", DTYPE_F16}, {"BF16", DTYPE_BF16}, {"F32", DTYPE_F32}, {"I32", DTYPE_I32}, {"U8", DTYPE_U8}};
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
         if (!strcmp(s, tab[i].name)) { *out = tab[i].dt; return true; }
     return false;
@@ -103,7 +103,7 @@ static int parse_entry(struct safetensors *st, struct st_file *f, int shard, con
         return err_set(e, "%s: tensor \"%s\": \"data_offsets\" is not an array of 2 numbers", path, name);
     enum dtype dt;
     if (!dtype_parse(jd->valuestring, &dt))
-        return err_set(e, "%s: tensor \"%s\": dtype \"%.32s\" is not supported (want F16, BF16, F32 or I32)", path,
+        return err_set(e, "%s: tensor \"%s\": dtype \"%.32s\" is not supported (want F16, BF16, F32, I32 or U8)", path,
                        name, jd->valuestring);
     int ndim = cJSON_GetArraySize(js);
     if (ndim > TENSOR_MAX_DIM)

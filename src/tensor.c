@@ -18,8 +18,34 @@ size_t dtype_size(enum dtype t)
     case DTYPE_F16: return 2;
     case DTYPE_BF16: return 2;
     case DTYPE_I32: return 4;
+    case DTYPE_U8: return 1;
+    case DTYPE_Q8: case DTYPE_Q4: case DTYPE_NF4: break;
     }
+    CHECKF(0, "dtype_size of %s: quantized dtypes have no element size (use tensor_nbytes)", dtype_name(t));
     return 0;
+}
+
+int64_t quant_group(enum dtype t, int64_t k)
+{
+    if (t == DTYPE_Q8) return k;
+    int64_t g = 64;
+    while (g > 1 && k % g) g /= 2;
+    return g;
+}
+
+/* The record layouts of docs/QUANT.md: codes, then scales, padded to 16 bytes. */
+size_t dtype_row_bytes(enum dtype t, int64_t k)
+{
+    if (!dtype_is_quant(t)) return (size_t)k * dtype_size(t);
+    if (k <= 0 || k % 16) return 0;
+    size_t b = 0;
+    switch (t) {
+    case DTYPE_Q8: b = (size_t)k + 2; break;                                     /* int8 codes, f16 scale */
+    case DTYPE_Q4: b = (size_t)k / 2 + 2 * (size_t)(k / quant_group(t, k)); break; /* nibbles, f16 scales */
+    case DTYPE_NF4: b = (size_t)k / 2 + 4 * (size_t)(k / quant_group(t, k)); break; /* nibbles, f32 absmax */
+    default: break;
+    }
+    return (b + 15) & ~(size_t)15;
 }
 
 const char *dtype_name(enum dtype t)
@@ -29,6 +55,10 @@ const char *dtype_name(enum dtype t)
     case DTYPE_F16: return "F16";
     case DTYPE_BF16: return "BF16";
     case DTYPE_I32: return "I32";
+    case DTYPE_U8: return "U8";
+    case DTYPE_Q8: return "Q8";
+    case DTYPE_Q4: return "Q4";
+    case DTYPE_NF4: return "NF4";
     }
     return "?";
 }
@@ -40,7 +70,16 @@ int64_t tensor_numel(const struct tensor *t)
     return n;
 }
 
-size_t tensor_nbytes(const struct tensor *t) { return (size_t)tensor_numel(t) * dtype_size(t->dtype); }
+size_t tensor_nbytes(const struct tensor *t)
+{
+    if (!dtype_is_quant(t->dtype)) return (size_t)tensor_numel(t) * dtype_size(t->dtype);
+    CHECK(t->ndim >= 1);
+    const int64_t k = t->shape[t->ndim - 1];
+    const size_t rb = dtype_row_bytes(t->dtype, k);
+    CHECKF(rb > 0, "%s tensor %s: row length %lld is not a multiple of 16", dtype_name(t->dtype), t->name ? t->name : "",
+           (long long)k);
+    return (size_t)(tensor_numel(t) / k) * rb;
+}
 
 int64_t tensor_row_numel(const struct tensor *t)
 {
@@ -67,7 +106,9 @@ struct tensor tensor_rows_view(const struct tensor *t, int64_t start, int64_t co
            (long long)start, (long long)count, (long long)t->shape[0]);
     struct tensor v = *t;
     v.shape[0] = count;
-    v.data = (char *)t->data + (size_t)start * (size_t)tensor_row_numel(t) * dtype_size(t->dtype);
+    struct tensor row = *t;
+    row.shape[0] = 1;
+    v.data = (char *)t->data + (size_t)start * tensor_nbytes(&row);
     return v;
 }
 
@@ -81,6 +122,8 @@ struct tensor tensor_reshape(const struct tensor *t, int ndim, ...)
     for (int i = 0; i < ndim; i++) v.shape[i] = va_arg(ap, int64_t);
     va_end(ap);
     CHECK(tensor_numel(&v) == tensor_numel(t));
+    CHECKF(!dtype_is_quant(t->dtype) || v.shape[ndim - 1] == t->shape[t->ndim - 1],
+           "reshape of a %s tensor must keep its row length", dtype_name(t->dtype));
     return v;
 }
 
@@ -134,7 +177,14 @@ void convert_to_f32(float *dst, const void *src, enum dtype st, int64_t n)
         for (; i < n; i++) dst[i] = (float)s[i];
         return;
     }
+    case DTYPE_U8: {
+        const uint8_t *s = src;
+        for (; i < n; i++) dst[i] = (float)s[i];
+        return;
     }
+    case DTYPE_Q8: case DTYPE_Q4: case DTYPE_NF4: break;
+    }
+    CHECKF(0, "convert_to_f32 from %s: dequantize whole rows (quant.h)", dtype_name(st));
 }
 
 void convert_from_f32(void *dst, enum dtype dt, const float *src, int64_t n)
@@ -161,5 +211,12 @@ void convert_from_f32(void *dst, enum dtype dt, const float *src, int64_t n)
         for (; i < n; i++) d[i] = (int32_t)src[i];
         return;
     }
+    case DTYPE_U8: {
+        uint8_t *d = dst;
+        for (; i < n; i++) d[i] = (uint8_t)src[i];
+        return;
     }
+    case DTYPE_Q8: case DTYPE_Q4: case DTYPE_NF4: break;
+    }
+    CHECKF(0, "convert_from_f32 to %s: quantize whole rows (quant.h)", dtype_name(dt));
 }

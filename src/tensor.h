@@ -9,7 +9,14 @@
 #include <stdint.h>
 #include <string.h>
 
-enum dtype { DTYPE_F32 = 0, DTYPE_F16, DTYPE_BF16, DTYPE_I32 };
+/* Plain dtypes have a fixed size per element. DTYPE_U8 is raw bytes (bitsandbytes' packed codes and
+ * absmax, its JSON quant state, our quantized rows as stored in a file).
+ * Quantized dtypes (DTYPE_Q8, DTYPE_Q4, DTYPE_NF4; layouts: docs/QUANT.md and quant.h) describe a
+ * weight matrix [rows..., K] whose logical shape is the fp16 one; each row of K values is stored as one
+ * self-contained record of dtype_row_bytes(dt, K) bytes (codes, then its scales, zero-padded to a
+ * multiple of 16 bytes), so row views, joins of several matrices with equal K (q|k|v, gate|up) and byte
+ * counts work from the shape alone. dtype_size() is undefined for them (CHECK); use tensor_nbytes. */
+enum dtype { DTYPE_F32 = 0, DTYPE_F16, DTYPE_BF16, DTYPE_I32, DTYPE_U8, DTYPE_Q8, DTYPE_Q4, DTYPE_NF4 };
 
 enum device_kind { DEVICE_CPU = 0, DEVICE_CUDA };
 
@@ -34,8 +41,16 @@ static inline struct device device_cuda(int i) { struct device d = {DEVICE_CUDA,
 static inline bool device_eq(struct device a, struct device b) { return a.kind == b.kind && a.ordinal == b.ordinal; }
 static inline bool tensor_on_host(const struct tensor *t) { return t->dev.kind == DEVICE_CPU; }
 
+/* Bytes per element of a plain dtype; aborts (CHECK) for a quantized one. */
 size_t dtype_size(enum dtype t);
 const char *dtype_name(enum dtype t);
+static inline bool dtype_is_quant(enum dtype t) { return t == DTYPE_Q8 || t == DTYPE_Q4 || t == DTYPE_NF4; }
+/* Bytes of one row of k values: k * dtype_size for plain dtypes; the record size for quantized ones
+ * (0 when k is not a valid row length for the format: k must be a positive multiple of 16). */
+size_t dtype_row_bytes(enum dtype t, int64_t k);
+/* Values per scale of a quantized row of k values: Q8 k (one scale per row); Q4 and NF4 gcd(k, 64),
+ * i.e. 64 when k % 64 == 0, else 32 or 16. */
+int64_t quant_group(enum dtype t, int64_t k);
 int64_t tensor_numel(const struct tensor *t);
 size_t tensor_nbytes(const struct tensor *t);
 /* Number of rows along dim 0, and the element count of one such row. */
@@ -44,9 +59,10 @@ int64_t tensor_row_numel(const struct tensor *t);
 
 /* A tensor over existing memory. ndim values follow. */
 struct tensor tensor_make(enum dtype dt, struct device dev, void *data, int ndim, ...);
-/* Rows [start, start+count) along dim 0; same dtype, device, inner shape. */
+/* Rows [start, start+count) along dim 0; same dtype, device, inner shape (for a quantized tensor the
+ * view starts at a record boundary: row records are self-contained). */
 struct tensor tensor_rows_view(const struct tensor *t, int64_t start, int64_t count);
-/* Same memory viewed with another shape of equal numel. */
+/* Same memory viewed with another shape of equal numel (a quantized tensor keeps its last dim). */
 struct tensor tensor_reshape(const struct tensor *t, int ndim, ...);
 bool tensor_same_shape(const struct tensor *a, const struct tensor *b);
 /* "[2, 3, 4]" into buf. */

@@ -11,5 +11,9 @@ CMD_DECL(chat);
 CMD_DECL(plan);
 CMD_DECL(serve);
 CMD_DECL(bench);
+CMD_DECL(quantize);
+/* tools/cmd_quantize.c: writes a quantized copy (DTYPE_Q8, DTYPE_Q4 or DTYPE_NF4) of the float folder in. */
+struct err;
+int quantize_folder(const char *in, const char *out, int format, struct err *e) __attribute__((weak));
 
 #endif

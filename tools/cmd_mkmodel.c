@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c: `minicpmv mkmodel --out DIR --size tiny|full [--seed N] [--tokenizer PATH] [--stats realistic]
- * [--massive K]` writes a complete
+ * [--massive K] [--quant nf4]` writes a complete
  * HF-layout model folder with random weights: config.json, generation_config.json, preprocessor_config.json,
  * the tokenizer files, fp16 shards model-0000K-of-0000N.safetensors and model.safetensors.index.json.
  * Owns: the shard plan and the value generator. Does not own: tensor names/shapes (model_manifest), file
@@ -51,6 +51,7 @@ struct mk_opts {
     char tok_buf[PATH_MAX];
     bool realistic;     /* --stats realistic: per-tensor scales of a trained Llama-3 / SigLIP (docs/TESTING.md) */
     int massive;        /* --massive K: K hidden channels of the embedding set to MK_MASSIVE_VALUE */
+    bool nf4;           /* --quant nf4: the fp16 folder, then quantize_folder() into the official int4 layout */
 };
 
 /* ---------------------------------------------------------------- finding the tokenizer */
@@ -449,7 +450,9 @@ static void mk_usage(void)
             "  --plan-only        write the configs and the index only (no weights)\n"
             "  --stats default|realistic  weight statistics: default (activations near 1; the committed fixtures)\n"
             "                     or realistic (trained Llama-3 / SigLIP scales, docs/TESTING.md)\n"
-            "  --massive K        K embedding channels set to 1.0 (massive activations; 0..hidden_size)\n");
+            "  --massive K        K embedding channels set to 1.0 (massive activations; 0..hidden_size)\n"
+            "  --quant nf4        write the official int4 folder's layout (bitsandbytes NF4, double quant;\n"
+            "                     docs/QUANT.md): the same weights, quantized\n");
 }
 
 int cmd_mkmodel(int argc, char **argv)
@@ -459,7 +462,7 @@ int cmd_mkmodel(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = !strcmp(a, "--out") || !strcmp(a, "--size") || !strcmp(a, "--seed") ||
                      !strcmp(a, "--tokenizer") || !strcmp(a, "--shards") || !strcmp(a, "--stats") ||
-                     !strcmp(a, "--massive");
+                     !strcmp(a, "--massive") || !strcmp(a, "--quant");
         if (takes && !v) {
             fprintf(stderr, "minicpmv mkmodel: %s needs a value\n", a);
             return 2;
@@ -505,6 +508,13 @@ int cmd_mkmodel(int argc, char **argv)
                 return 2;
             }
             o.massive = (int)k;
+        } else if (!strcmp(a, "--quant")) {
+            if (strcmp(v, "nf4")) {
+                fprintf(stderr, "minicpmv mkmodel: --quant must be nf4, not '%s' (q8/q4: minicpmv quantize or --quant "
+                                "at load)\n", v);
+                return 2;
+            }
+            o.nf4 = true;
         } else if (!strcmp(a, "--no-tokenizer")) {
             o.no_tokenizer = true;
             continue;
@@ -530,7 +540,47 @@ int cmd_mkmodel(int argc, char **argv)
         return 2;
     }
     struct err e = {{0}};
-    if ((!o.no_tokenizer && !o.plan_only && find_tokenizer(&o, &e)) || mk_run(&o, &e)) {
+    if (!o.no_tokenizer && !o.plan_only && find_tokenizer(&o, &e)) {
+        fprintf(stderr, "minicpmv mkmodel: %s\n", e.msg);
+        return 1;
+    }
+    if (!o.nf4) {
+        if (mk_run(&o, &e)) {
+            fprintf(stderr, "minicpmv mkmodel: %s\n", e.msg);
+            return 1;
+        }
+        return 0;
+    }
+    /* --quant nf4: the fp16 folder in OUT/.fp16, quantized into OUT, then removed */
+    if (o.plan_only || !quantize_folder) {
+        fprintf(stderr, "minicpmv mkmodel: --quant nf4 %s\n", o.plan_only ? "writes weights (not with --plan-only)"
+                                                                        : "needs tools/cmd_quantize.c in this build");
+        return 2;
+    }
+    int has = dir_has_files(o.out, &e);
+    if (has < 0 || (has && !o.force)) {
+        fprintf(stderr, "minicpmv mkmodel: %s\n", has < 0 ? e.msg : "--out already has files; pass --force");
+        return 1;
+    }
+    char tmp[PATH_MAX];
+    if (path_join(tmp, sizeof tmp, o.out, ".fp16", &e) || mkdir_p(o.out, &e)) {
+        fprintf(stderr, "minicpmv mkmodel: %s\n", e.msg);
+        return 1;
+    }
+    struct mk_opts of = o;
+    of.out = tmp;
+    of.force = true;
+    int rc = mk_run(&of, &e) || quantize_folder(tmp, o.out, DTYPE_NF4, &e);
+    DIR *d = opendir(tmp); /* the temporary fp16 folder holds only files mk_run wrote */
+    for (struct dirent *de; d && (de = readdir(d));) {
+        char p[PATH_MAX + 256];
+        if (de->d_name[0] == '.') continue;
+        snprintf(p, sizeof p, "%s/%s", tmp, de->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+    rmdir(tmp);
+    if (rc) {
         fprintf(stderr, "minicpmv mkmodel: %s\n", e.msg);
         return 1;
     }

@@ -131,13 +131,15 @@ const char *devmap_opts_help(void)
            "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices);\n"
            "                          a request with more pieces runs in several batches\n"
            "  --max-patches N         patches per piece (default 1100)\n"
-           "  --device-map FILE.json  explicit map {\"llm.model.layers.0\": 0, ..., \"vpm\": \"cpu\"}\n";
+           "  --device-map FILE.json  explicit map {\"llm.model.layers.0\": 0, ..., \"vpm\": \"cpu\"}\n"
+           "  --quant q8|q4           quantize an fp16 folder's decoder Linears at load (lm_head q8;\n"
+           "                          docs/QUANT.md); CPU only until the CUDA kernels exist\n";
 }
 
 int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e)
 {
     static const char *flags[] = {"--gpus", "--max-memory", "--logical-devices", "--ctx", "--kv-seqs", "--parallel",
-                                  "--max-batch", "--max-pieces", "--max-patches", "--device-map"};
+                                  "--max-batch", "--max-pieces", "--max-patches", "--device-map", "--quant"};
     const char *arg = argv[*i], *val = NULL;
     int k, nf = (int)(sizeof flags / sizeof flags[0]);
     for (k = 0; k < nf; k++) {
@@ -155,6 +157,12 @@ int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, stru
     const char *f = flags[k];
     long v;
     char buf[1024];
+    if (!strcmp(f, "--quant")) {
+        if (!strcmp(val, "q8")) o->params.quant = DTYPE_Q8;
+        else if (!strcmp(val, "q4")) o->params.quant = DTYPE_Q4;
+        else return err_set(e, "--quant: '%s' is not q8 or q4 (an nf4 folder is read as it is, without --quant)", val);
+        return 1;
+    }
     if (!strcmp(f, "--device-map")) {
         if (strlen(val) >= sizeof o->device_map) return err_set(e, "--device-map: path too long");
         snprintf(o->device_map, sizeof o->device_map, "%s", val);

@@ -1,0 +1,309 @@
+/* quant.c: the numerics of the quantized formats (layouts: quant.h, docs/QUANT.md). Dequantization
+ * has an AVX2/F16C path and a scalar twin (quant_dequant_rows_scalar, compared in test_quant); both give
+ * the same F16 values. Quantization follows bitsandbytes' pure-PyTorch path (backends/default/ops.py)
+ * operation by operation in f32 for NF4, and llama.cpp's Q4_0 rule for Q4. */
+#include "quant.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define QUANT_AVX2 1
+#endif
+
+/* bitsandbytes' NF4 table: functional.py get_4bit_type("nf4") (create_normal_map(offset=0.9677083)). */
+const float QUANT_NF4[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+
+static inline float to_f16_value(float v) { return f16_to_f32(f32_to_f16(v)); }
+
+/* byte and nibble of element j (0..K-1) of a Q4 record: see quant.h */
+static inline void q4_pos(int64_t j, int64_t *byte, int *shift)
+{
+    const int64_t i = j >> 3;
+    const int t = (int)((j & 7) >> 1), h = (int)(j & 1);
+    *byte = 4 * i + 2 * h + (t >> 1);
+    *shift = 4 * (t & 1);
+}
+
+/* ---------------------------------------------------------------- dequantization */
+
+static void dequant_row_scalar(float *d, const uint8_t *r, enum dtype dt, int64_t k)
+{
+    const int64_t g = quant_group(dt, k);
+    switch (dt) {
+    case DTYPE_Q8: {
+        uint16_t sh;
+        memcpy(&sh, r + k, 2);
+        const float s = f16_to_f32(sh);
+        for (int64_t j = 0; j < k; j++) d[j] = to_f16_value((float)(int8_t)r[j] * s);
+        return;
+    }
+    case DTYPE_Q4: {
+        const uint8_t *sc = r + k / 2;
+        for (int64_t j = 0; j < k; j++) {
+            int64_t b;
+            int sh;
+            q4_pos(j, &b, &sh);
+            uint16_t s16;
+            memcpy(&s16, sc + 2 * (j / g), 2);
+            d[j] = to_f16_value((float)(((r[b] >> sh) & 15) - 8) * f16_to_f32(s16));
+        }
+        return;
+    }
+    case DTYPE_NF4: {
+        const uint8_t *am = r + k / 2;
+        for (int64_t j = 0; j < k; j++) {
+            const int c = j & 1 ? r[j / 2] & 15 : r[j / 2] >> 4;
+            float a;
+            memcpy(&a, am + 4 * (j / g), 4);
+            d[j] = to_f16_value(QUANT_NF4[c] * a);
+        }
+        return;
+    }
+    default: CHECKF(0, "dequantize: %s is not a quantized dtype", dtype_name(dt));
+    }
+}
+
+#ifdef QUANT_AVX2
+static inline __m256 round_f16(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
+
+/* 16 elements 16m..16m+15 of a Q4 record from its 8 code bytes: two interleaved words */
+static void dequant_row_avx2(float *d, const uint8_t *r, enum dtype dt, int64_t k)
+{
+    const int64_t g = quant_group(dt, k);
+    if (dt == DTYPE_Q8) {
+        uint16_t sh;
+        memcpy(&sh, r + k, 2);
+        const __m256 s = _mm256_set1_ps(f16_to_f32(sh));
+        for (int64_t j = 0; j < k; j += 8) {
+            __m128i b8 = _mm_loadl_epi64((const __m128i *)(r + j));
+            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b8));
+            _mm256_storeu_ps(d + j, round_f16(_mm256_mul_ps(v, s)));
+        }
+        return;
+    }
+    if (dt == DTYPE_Q4) {
+        /* word u holds elements 8i..8i+7: element 8i+2t+h at bit 16h+4t; shifting u right by
+         * 0,16,4,20,8,24,12,28 lists them in order */
+        const __m256i shifts = _mm256_setr_epi32(0, 16, 4, 20, 8, 24, 12, 28);
+        const __m256i m4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+        const uint8_t *sc = r + k / 2;
+        for (int64_t j = 0; j < k; j += 8) {
+            uint32_t u;
+            memcpy(&u, r + j / 2, 4);
+            uint16_t s16;
+            memcpy(&s16, sc + 2 * (j / g), 2);
+            __m256i c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), shifts), m4);
+            __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(c, eight));
+            _mm256_storeu_ps(d + j, round_f16(_mm256_mul_ps(v, _mm256_set1_ps(f16_to_f32(s16)))));
+        }
+        return;
+    }
+    if (dt == DTYPE_NF4) {
+        /* elements 2b (high nibble) and 2b+1 (low) of bytes b..b+3: a table lookup in two halves */
+        const __m256 lo = _mm256_loadu_ps(QUANT_NF4), hi = _mm256_loadu_ps(QUANT_NF4 + 8);
+        const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+        const __m256i m4 = _mm256_set1_epi32(15), seven = _mm256_set1_epi32(7);
+        const uint8_t *am = r + k / 2;
+        for (int64_t j = 0; j < k; j += 8) {
+            uint32_t u;
+            memcpy(&u, r + j / 2, 4);
+            float a;
+            memcpy(&a, am + 4 * (j / g), 4);
+            __m256i c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), shifts), m4);
+            __m256 vlo = _mm256_permutevar8x32_ps(lo, c), vhi = _mm256_permutevar8x32_ps(hi, c);
+            __m256 v = _mm256_blendv_ps(vlo, vhi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven)));
+            _mm256_storeu_ps(d + j, round_f16(_mm256_mul_ps(v, _mm256_set1_ps(a))));
+        }
+        return;
+    }
+    dequant_row_scalar(d, r, dt, k);
+}
+#endif
+
+/* exported for test_quant: the scalar twin of the AVX2 path */
+void quant_dequant_rows_scalar(float *dst, const void *src, enum dtype dt, int64_t n, int64_t k);
+void quant_dequant_rows_scalar(float *dst, const void *src, enum dtype dt, int64_t n, int64_t k)
+{
+    const size_t rb = dtype_row_bytes(dt, k);
+    CHECKF(rb > 0 && dtype_is_quant(dt), "dequantize %s rows of %lld values", dtype_name(dt), (long long)k);
+    for (int64_t i = 0; i < n; i++) dequant_row_scalar(dst + i * k, (const uint8_t *)src + (size_t)i * rb, dt, k);
+}
+
+void quant_dequant_rows(float *dst, const void *src, enum dtype dt, int64_t n, int64_t k)
+{
+#ifdef QUANT_AVX2
+    const size_t rb = dtype_row_bytes(dt, k);
+    CHECKF(rb > 0 && dtype_is_quant(dt), "dequantize %s rows of %lld values", dtype_name(dt), (long long)k);
+    /* k % 16 == 0, and every group (16, 32 or 64 values, or the row) is a whole number of 8-value steps */
+    for (int64_t i = 0; i < n; i++) dequant_row_avx2(dst + i * k, (const uint8_t *)src + (size_t)i * rb, dt, k);
+#else
+    quant_dequant_rows_scalar(dst, src, dt, n, k);
+#endif
+}
+
+void quant_dequant_rows_f16(uint16_t *dst, const void *src, enum dtype dt, int64_t n, int64_t k)
+{
+    float *row = malloc((size_t)k * sizeof *row);
+    CHECK(row);
+    const size_t rb = dtype_row_bytes(dt, k);
+    for (int64_t i = 0; i < n; i++) {
+        quant_dequant_rows(row, (const uint8_t *)src + (size_t)i * rb, dt, 1, k);
+        for (int64_t j = 0; j < k; j++) dst[i * k + j] = f32_to_f16(row[j]);
+    }
+    free(row);
+}
+
+/* ---------------------------------------------------------------- quantization (q8, q4) */
+
+int quant_quantize_rows(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k, const char *what,
+                        struct err *e)
+{
+    const size_t rb = dtype_row_bytes(dt, k);
+    if (dt != DTYPE_Q8 && dt != DTYPE_Q4) return err_set(e, "%s: cannot quantize to %s", what, dtype_name(dt));
+    if (!rb) return err_set(e, "%s: rows of %lld values cannot be %s (the row length must be a multiple of 16)", what,
+                            (long long)k, dtype_name(dt));
+    const int64_t g = quant_group(dt, k);
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = src + i * k;
+        uint8_t *r = (uint8_t *)dst + (size_t)i * rb;
+        memset(r, 0, rb);
+        for (int64_t j = 0; j < k; j++)
+            if (!isfinite(x[j])) return err_set(e, "%s: row %lld holds a non-finite value", what, (long long)i);
+        for (int64_t j0 = 0; j0 < k; j0 += g) {
+            float m = 0, am = 0; /* the value of largest magnitude (first one) */
+            for (int64_t j = j0; j < j0 + g; j++)
+                if (fabsf(x[j]) > am) { am = fabsf(x[j]); m = x[j]; }
+            const uint16_t s16 = f32_to_f16(dt == DTYPE_Q8 ? am / 127.0f : m / -8.0f);
+            const float s = f16_to_f32(s16);
+            for (int64_t j = j0; j < j0 + g; j++) {
+                float q = s != 0 ? nearbyintf(x[j] / s) : 0;
+                if (dt == DTYPE_Q8) {
+                    q = q > 127 ? 127 : q < -127 ? -127 : q;
+                    r[j] = (uint8_t)(int8_t)q;
+                } else {
+                    q = q > 7 ? 7 : q < -8 ? -8 : q;
+                    int64_t b;
+                    int sh;
+                    q4_pos(j, &b, &sh);
+                    r[b] |= (uint8_t)(((int)q + 8) << sh);
+                }
+            }
+            memcpy(r + (dt == DTYPE_Q8 ? k : k / 2 + 2 * (j0 / g)), &s16, 2);
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- bitsandbytes NF4 */
+
+/* functional.py create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for i = 0..6,
+ * the means of neighbouring points of torch.linspace(0.1, 1, 2^i + 1) (f32) scaled by 10^(i-6), both
+ * signs, then 0 and 1, sorted. linspace as torch's CPU kernel computes it (start + step*idx below the
+ * halfway point, end - step*(steps-1-idx) from it, in f32). */
+void quant_bnb_dynamic_map(float map[256])
+{
+    int n = 0;
+    for (int i = 0; i < 7; i++) {
+        const int steps = (1 << i) + 1;
+        float b[65];
+        const float start = 0.1f, end = 1.0f, step = (end - start) / (float)(steps - 1);
+        for (int idx = 0; idx < steps; idx++)
+            b[idx] = idx < steps / 2 ? start + step * (float)idx : end - step * (float)(steps - idx - 1);
+        const float scale = (float)pow(10.0, (double)(i - 6));
+        for (int idx = 0; idx + 1 < steps; idx++) {
+            const float mean = (b[idx] + b[idx + 1]) / 2.0f;
+            map[n++] = scale * mean;
+            map[n++] = -scale * mean;
+        }
+    }
+    map[n++] = 0.0f;
+    map[n++] = 1.0f;
+    CHECK(n == 256);
+    for (int i = 1; i < 256; i++) /* insertion sort */
+        for (int j = i; j > 0 && map[j - 1] > map[j]; j--) {
+            float t = map[j];
+            map[j] = map[j - 1];
+            map[j - 1] = t;
+        }
+}
+
+float quant_bnb_absmax(const struct quant_bnb_nf4 *q, int64_t b)
+{
+    if (!q->absmax) return q->nested_absmax[b]; /* no double quantization: the f32 absmax itself */
+    float a = q->nested_map[q->absmax[b]] * q->nested_absmax[b / QUANT_BNB_NESTED_BLOCK]; /* f32 product */
+    a = a + q->offset;                                                                      /* f32 add */
+    return a;
+}
+
+void quant_bnb_to_rows(void *dst, const struct quant_bnb_nf4 *q)
+{
+    const int64_t k = q->k, g = quant_group(DTYPE_NF4, k);
+    const size_t rb = dtype_row_bytes(DTYPE_NF4, k);
+    CHECK(rb > 0);
+    for (int64_t r = 0; r < q->o; r++) {
+        uint8_t *rec = (uint8_t *)dst + (size_t)r * rb;
+        memset(rec, 0, rb);
+        memcpy(rec, q->codes + r * (k / 2), (size_t)(k / 2));
+        for (int64_t j = 0; j < k; j += g) {
+            const float a = quant_bnb_absmax(q, (r * k + j) / QUANT_BNB_BLOCK);
+            memcpy(rec + k / 2 + 4 * (j / g), &a, 4);
+        }
+    }
+}
+
+/* torch.bucketize(v, bounds) (right=False): the number of bounds strictly below v */
+static int bucketize(float v, const float *bounds, int nb)
+{
+    int lo = 0, hi = nb;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (bounds[mid] < v) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* backends/default/ops.py quantize_blockwise / quantize_4bit: per block of `bs` values, absmax in
+ * f32; full blocks are scaled by the f32 reciprocal of max(absmax, 1e-38), the last partial block is
+ * divided by it; clamp to [-1, 1]; bucketize against the f32 midpoints of the sorted code. */
+static void blockwise(const float *x, int64_t n, int64_t bs, const float *code, int ncode, uint8_t *q, float *absmax)
+{
+    float bounds[255];
+    for (int i = 0; i + 1 < ncode; i++) bounds[i] = (code[i] + code[i + 1]) / 2.0f;
+    for (int64_t b0 = 0, blk = 0; b0 < n; b0 += bs, blk++) {
+        const int64_t m = n - b0 < bs ? n - b0 : bs;
+        float am = 0;
+        for (int64_t j = 0; j < m; j++) am = fabsf(x[b0 + j]) > am ? fabsf(x[b0 + j]) : am;
+        absmax[blk] = am;
+        const float cl = am < 1e-38f ? 1e-38f : am, inv = 1.0f / cl;
+        for (int64_t j = 0; j < m; j++) {
+            float s = m == bs ? x[b0 + j] * inv : x[b0 + j] / cl;
+            s = s > 1 ? 1 : s < -1 ? -1 : s;
+            q[b0 + j] = (uint8_t)bucketize(s, bounds, ncode - 1);
+        }
+    }
+}
+
+void quant_bnb_quantize(const float *w, int64_t numel, const float nested_map[256], uint8_t *codes, uint8_t *absmax_u8,
+                        float *nested_absmax, float *offset, float *absmax_f32)
+{
+    const int64_t nblocks = (numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
+    CHECK(numel % 2 == 0); /* callers quantize matrices with K % 16 == 0 */
+    uint8_t *q = malloc((size_t)numel);
+    CHECK(q);
+    blockwise(w, numel, QUANT_BNB_BLOCK, QUANT_NF4, 16, q, absmax_f32);
+    for (int64_t i = 0; i < numel / 2; i++) codes[i] = (uint8_t)(q[2 * i] << 4 | q[2 * i + 1]); /* even: high */
+    free(q);
+    /* compress_statistics: offset = absmax.mean(); quantize_blockwise(absmax - offset, blocksize 256) */
+    double sum = 0;
+    for (int64_t b = 0; b < nblocks; b++) sum += absmax_f32[b];
+    *offset = (float)(sum / (double)nblocks);
+    for (int64_t b = 0; b < nblocks; b++) absmax_f32[b] = absmax_f32[b] - *offset;
+    blockwise(absmax_f32, nblocks, QUANT_BNB_NESTED_BLOCK, nested_map, 256, absmax_u8, nested_absmax);
+}
