@@ -615,7 +615,6 @@ static int place_joined(struct model *m, const struct safetensors *st, const str
     for (int i = 0; i < n; i++) free(tmp[i]);
     return rc;
 }
-}
 
 /* Names must outlive the tensors (they are kept for messages): the manifest's storage holds them. */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
