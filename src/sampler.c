@@ -122,17 +122,21 @@ int32_t sampler_pick(const struct sampler_params *p, const float *x, int V, floa
     float *w = work;
     for (int i = 0; i < V; i++) w[i] = x[i] / t;
     /* candidates sorted descending; only the top k matter for top-k, but top-p needs an order */
-    int n = V;
-    for (int i = 0; i < V; i++) idx[i] = i;
+    /* ids with w = -inf (masked by sampler_sample_masked) are never candidates: they have no
+     * weight, and sorting a vocabulary of them would cost more than the rest of the step. Finite
+     * rows (every unconstrained one) keep exactly the candidates of the plain rule. */
+    int n = 0;
     if (p->top_k > 0 && p->top_k < V) {
         /* keep every score >= the k-th largest; the selection permutes w, so w is computed again
          * (the same divisions, the same values) */
         const float kth = kth_largest(w, V, p->top_k);
-        n = 0;
         for (int i = 0; i < V; i++) {
             w[i] = x[i] / t;
-            if (w[i] >= kth) idx[n++] = i;
+            if (w[i] >= kth && w[i] > -INFINITY) idx[n++] = i;
         }
+    } else {
+        for (int i = 0; i < V; i++)
+            if (w[i] > -INFINITY) idx[n++] = i;
     }
     if (max_cand > 0 && n > max_cand) return -1;
     qsort_r(idx, (size_t)n, sizeof *idx, cmp_desc, w);
@@ -168,6 +172,54 @@ int32_t sampler_sample(struct sampler *s, float *logits)
     if (!s->p.greedy) s->draws++;
     sampler_record(s, tok);
     return tok;
+}
+
+int32_t sampler_sample_masked(struct sampler *s, float *logits, const uint32_t *allow)
+{
+    if (!allow) return sampler_sample(s, logits);
+    sampler_apply_penalty(s, logits);
+    int any = 0;
+    for (int i = 0; i < s->vocab; i++) {
+        if (allow[i >> 5] >> (i & 31) & 1) any = 1;
+        else logits[i] = -INFINITY;
+    }
+    if (!any) {
+        if (!s->p.greedy) s->draws++;
+        return -1;
+    }
+    int32_t tok = sampler_pick(&s->p, logits, s->vocab, s->work, s->idx, s->draws, 0);
+    if (!s->p.greedy) s->draws++;
+    if (!(allow[tok >> 5] >> (tok & 31) & 1)) tok = argmax(logits, s->vocab); /* the rounding fallback */
+    sampler_record(s, tok);
+    return tok;
+}
+
+int sampler_logprobs(const float *x, int V, int32_t chosen, int k, double *chosen_lp, int32_t *top, double *top_lp)
+{
+    if (k < 0 || k > SAMPLER_MAX_TOP_LOGPROBS || V < 1) return -1;
+    double mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (x[i] > mx) mx = x[i]; /* NaN never compares greater */
+    if (mx == -INFINITY) return -1;
+    double sum = 0;
+    for (int i = 0; i < V; i++)
+        if (x[i] > -INFINITY) sum += exp((double)x[i] - mx);
+    const double lse = mx + log(sum);
+    *chosen_lp = chosen >= 0 && chosen < V && x[chosen] > -INFINITY ? (double)x[chosen] - lse : -INFINITY;
+    /* top k by insertion into a sorted list of at most k: (x desc, id asc) */
+    int n = 0;
+    for (int i = 0; i < V && k > 0; i++) {
+        if (!(x[i] > -INFINITY)) continue;
+        if (n == k && !(x[i] > x[top[n - 1]])) continue; /* equal x: the earlier id stays */
+        int j = n < k ? n++ : k - 1;
+        while (j > 0 && x[i] > x[top[j - 1]]) {
+            top[j] = top[j - 1];
+            j--;
+        }
+        top[j] = i;
+    }
+    for (int j = 0; j < n; j++) top_lp[j] = (double)x[top[j]] - lse;
+    return n;
 }
 
 /* ---- the device sampler's state, and the CPU twin of op_sample_dev ---- */

@@ -41,6 +41,14 @@ void sampler_reset(struct sampler *s);
 /* Picks the next token from logits[vocab] (modified in place by the penalty) and records it.
  * Draws one uniform (draw index s->draws, then s->draws + 1) unless greedy. */
 int32_t sampler_sample(struct sampler *s, float *logits);
+/* sampler_sample with a token mask (constrained decoding, grammar.h): after the penalty, every id
+ * whose bit is clear in allow[(vocab + 31) / 32] (bit id % 32 of word id / 32) gets -inf in logits,
+ * then the same pick. allow NULL: exactly sampler_sample (same bits, same draws). The pick is an
+ * allowed id whenever any is: where the multinomial scan's rounding fallback lands on a masked id
+ * (u * sum rounded up to sum), the largest allowed logit is taken instead. With no id allowed the
+ * result is -1 and nothing is recorded (one draw is still consumed when not greedy). On return,
+ * logits holds the row the pick was made from (penalised and masked): sampler_logprobs' input. */
+int32_t sampler_sample_masked(struct sampler *s, float *logits, const uint32_t *allow);
 /* Marks tok as generated (a token picked elsewhere, e.g. on the device), for the penalty. */
 void sampler_record(struct sampler *s, int32_t tok);
 /* Applies the repetition penalty in place (s = s<0 ? s*p : s/p for every generated id). */
@@ -58,6 +66,17 @@ double sampler_uniform(struct sampler *s);
  * (the device sampler's limit); the caller decides what a declined draw means. */
 int32_t sampler_pick(const struct sampler_params *p, const float *x, int V, float *work, int32_t *idx,
                      uint64_t draw, int max_cand);
+
+/* Log-probabilities for OpenAI's logprobs / top_logprobs (issue 17): log_softmax of the row x[V]
+ * the sampler picked from (after the repetition penalty and any mask, before temperature, top-k
+ * and top-p), computed in double: lse = max + log(sum exp(x_i - max)), logprob_i = x_i - lse.
+ * *chosen_lp receives the logprob of id chosen (-inf for a masked id). top[0..k) / top_lp[0..k)
+ * receive the k largest (logprob descending, id ascending on ties; ids with x = -inf never listed,
+ * so fewer may come back); returns how many were written, or -1 when k is outside 0..20 or V < 1
+ * or every x is -inf. NaN logits count as -inf. */
+#define SAMPLER_MAX_TOP_LOGPROBS 20
+int sampler_logprobs(const float *x, int V, int32_t chosen, int k, double *chosen_lp, int32_t *top,
+                     double *top_lp);
 
 /* Host and device share this function: integer ops only, so nvcc and gcc give the same bits.
  * splitmix64's finaliser of seed + (draw + 1) * golden-ratio; the top 53 bits scaled by 2^-53. */

@@ -612,6 +612,17 @@ int32_t tokenizer_token_id(const struct tokenizer *t, const char *s)
 
 int tokenizer_vocab_size(const struct tokenizer *t) { return t->n_ids; }
 
+int tokenizer_token_bytes(const struct tokenizer *t, int32_t id, const char **bytes, size_t *len)
+{
+    _Static_assert((int)TOKENIZER_KIND_VOCAB == (int)TOK_KIND_VOCAB && (int)TOKENIZER_KIND_ADDED == (int)TOK_KIND_ADDED, "kinds");
+    *bytes = NULL;
+    *len = 0;
+    if (id < 0 || id >= t->n_ids || t->tok_kind[id] == TOK_KIND_NONE) return TOKENIZER_KIND_NONE;
+    *bytes = t->arena + t->tok_off[id];
+    *len = t->tok_len[id];
+    return t->tok_kind[id];
+}
+
 int tokenizer_check_ids(const struct tokenizer *t, int vocab_size, struct err *e)
 {
     /* the lowest id in use at or above vocab_size is the one reported */

@@ -52,6 +52,12 @@ void tokenizer_stream_free(struct tokenizer_stream *st); /* accepts NULL */
 /* The id of an added token ("<image>", "<|eot_id|>") or of a vocabulary token given as raw bytes;
  * -1 when there is none. */
 int32_t tokenizer_token_id(const struct tokenizer *tok, const char *token);
+/* The raw bytes decode emits for one id (no clean-up, no U+FFFD replacement: a token may hold part
+ * of a UTF-8 character); *bytes points into the tokenizer (valid while it lives). Returns
+ * TOKENIZER_KIND_VOCAB for a vocabulary token, TOKENIZER_KIND_ADDED for an added/special token, or
+ * TOKENIZER_KIND_NONE (*bytes = NULL, *len = 0) for an unused or out-of-range id. */
+enum { TOKENIZER_KIND_NONE = 0, TOKENIZER_KIND_VOCAB = 1, TOKENIZER_KIND_ADDED = 2 };
+int tokenizer_token_bytes(const struct tokenizer *tok, int32_t id, const char **bytes, size_t *len);
 /* Number of ids (max id + 1): 128256 for Llama-3. */
 int tokenizer_vocab_size(const struct tokenizer *tok);
 /* Checks that every id the tokenizer can produce (vocabulary, added and special tokens, those of

@@ -485,6 +485,181 @@ static void test_greedy_tie_lowest_id(void)
     T_EQ_INT(sampler_pick(&p, x, TV, work, idx, 0, 0), 7);
 }
 
+
+#define V 50 /* reference_probs' and fill_logits' vocabulary again */
+
+/* sampler_sample_masked: NULL and an all-ones mask give sampler_sample's tokens and draws exactly */
+static void test_masked_unconstrained_identical(void)
+{
+    uint32_t ones[(V + 31) / 32];
+    memset(ones, 0xff, sizeof ones);
+    for (unsigned trial = 0; trial < 40; trial++) {
+        struct sampler_params p;
+        sampler_defaults(&p);
+        p.seed = 99 + trial;
+        p.greedy = trial % 5 == 0;
+        p.top_k = trial % 3 == 0 ? 0 : 10;
+        p.top_p = trial % 4 == 0 ? 1.0f : 0.8f;
+        struct sampler a, b, c;
+        T_EQ_INT(sampler_init(&a, &p, V), 0);
+        T_EQ_INT(sampler_init(&b, &p, V), 0);
+        T_EQ_INT(sampler_init(&c, &p, V), 0);
+        for (int step = 0; step < 30; step++) {
+            float la[V], lb[V], lc[V];
+            fill_logits(la, 1000 * trial + (unsigned)step);
+            memcpy(lb, la, sizeof la);
+            memcpy(lc, la, sizeof la);
+            int32_t ta = sampler_sample(&a, la), tb = sampler_sample_masked(&b, lb, NULL),
+                    tc = sampler_sample_masked(&c, lc, ones);
+            T_EQ_INT(ta, tb);
+            T_EQ_INT(ta, tc);
+            T_ASSERT(memcmp(la, lb, sizeof la) == 0 && memcmp(la, lc, sizeof la) == 0);
+        }
+        T_EQ_INT(a.draws, b.draws);
+        T_EQ_INT(a.draws, c.draws);
+        sampler_free(&a);
+        sampler_free(&b);
+        sampler_free(&c);
+    }
+}
+
+/* Under a mask: greedy takes the largest allowed logit; sampling follows the distribution of the
+ * allowed ids alone (reference_probs on the row with -inf where masked), top-k counting only them;
+ * no masked id is ever drawn; an empty mask gives -1 and consumes the draw. */
+static void test_masked_distribution(void)
+{
+    float base[V];
+    fill_logits(base, 4242);
+    uint32_t allow[(V + 31) / 32] = {0};
+    const int allowed[] = {2, 5, 17, 33, 40, 49};
+    for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++) allow[allowed[i] >> 5] |= 1u << (allowed[i] & 31);
+    /* greedy: the argmax over the six, found here by hand */
+    int best = allowed[0];
+    for (size_t i = 1; i < sizeof allowed / sizeof *allowed; i++)
+        if (base[allowed[i]] > base[best]) best = allowed[i];
+    struct sampler_params p;
+    sampler_defaults(&p);
+    p.greedy = true;
+    p.repetition_penalty = 1.0f;
+    struct sampler s;
+    T_EQ_INT(sampler_init(&s, &p, V), 0);
+    float l[V];
+    memcpy(l, base, sizeof l);
+    T_EQ_INT(sampler_sample_masked(&s, l, allow), best);
+    T_ASSERT(isinf(l[0]) && l[0] < 0 && l[2] == base[2]); /* the row the pick was made from */
+    sampler_free(&s);
+    for (int trial = 0; trial < 2; trial++) {
+        sampler_defaults(&p);
+        p.top_k = trial == 0 ? 4 : 100; /* 4 of the 6 allowed; then more than there are */
+        p.top_p = trial == 0 ? 1.0f : 0.9f;
+        p.repetition_penalty = 1.0f;
+        p.temperature = 1.3f;
+        p.seed = 555 + (uint64_t)trial;
+        T_EQ_INT(sampler_init(&s, &p, V), 0);
+        float masked[V];
+        for (int i = 0; i < V; i++) masked[i] = allow[i >> 5] >> (i & 31) & 1 ? base[i] : -INFINITY;
+        uint8_t seen[V] = {0};
+        double prob[V];
+        struct sampler_params pr = p;
+        if (pr.top_k > V) pr.top_k = V;
+        reference_probs(masked, seen, pr, prob);
+        int counts[V] = {0};
+        const int N = 20000;
+        for (int k = 0; k < N; k++) {
+            memcpy(l, base, sizeof l);
+            int t = sampler_sample_masked(&s, l, allow);
+            T_ASSERT(t >= 0 && t < V && (allow[t >> 5] >> (t & 31) & 1));
+            if (t >= 0 && t < V) counts[t]++;
+        }
+        for (int i = 0; i < V; i++) {
+            double f = (double)counts[i] / N, sd = sqrt(prob[i] * (1 - prob[i]) / N);
+            T_ASSERTF(fabs(f - prob[i]) <= 5 * sd + 1e-9, "trial %d id %d: freq %g vs %g", trial, i, f, prob[i]);
+        }
+        T_EQ_INT(s.draws, N);
+        uint32_t none[(V + 31) / 32] = {0};
+        memcpy(l, base, sizeof l);
+        T_EQ_INT(sampler_sample_masked(&s, l, none), -1);
+        T_EQ_INT(s.draws, N + 1);
+        sampler_free(&s);
+    }
+}
+
+/* sampler_logprobs against an independent computation: long double, the sum taken in ascending
+ * order, the top list from a full sort; and two values worked out by hand. */
+static int cmp_top(const void *a, const void *b, void *xv)
+{
+    const float *x = xv;
+    int i = *(const int *)a, j = *(const int *)b;
+    if (x[i] != x[j]) return x[i] > x[j] ? -1 : 1;
+    return i - j;
+}
+static int cmp_ld(const void *a, const void *b)
+{
+    long double x = *(const long double *)a, y = *(const long double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_logprobs(void)
+{
+    /* by hand: x = {0, ln 3}: p = 1/4, 3/4 */
+    float two[2] = {0.0f, (float)log(3.0)};
+    double lp, tl[2];
+    int32_t ti[2];
+    T_EQ_INT(sampler_logprobs(two, 2, 0, 2, &lp, ti, tl), 2);
+    T_NEAR(lp, log(0.25) + (log(3.0) - (double)two[1]) * 0.75, 1e-7); /* ln 3 rounded to a float */
+    T_EQ_INT(ti[0], 1);
+    T_EQ_INT(ti[1], 0);
+    T_NEAR(tl[0], -0.2876820724517809, 1e-7);
+    T_NEAR(tl[1], -1.3862943611198906, 1e-7);
+    /* a uniform row: every logprob is -log(V), ties listed by id */
+    float flat[V];
+    for (int i = 0; i < V; i++) flat[i] = 123.25f;
+    double tlv[20];
+    int32_t tiv[20];
+    T_EQ_INT(sampler_logprobs(flat, V, 7, 20, &lp, tiv, tlv), 20);
+    T_NEAR(lp, -log((double)V), 1e-12);
+    for (int j = 0; j < 20; j++) T_EQ_INT(tiv[j], j);
+    /* bad arguments */
+    T_EQ_INT(sampler_logprobs(flat, V, 0, 21, &lp, tiv, tlv), -1);
+    T_EQ_INT(sampler_logprobs(flat, V, 0, -1, &lp, tiv, tlv), -1);
+    float inf[3] = {-INFINITY, -INFINITY, -INFINITY};
+    T_EQ_INT(sampler_logprobs(inf, 3, 0, 1, &lp, tiv, tlv), -1);
+    /* random rows, large offsets, ties, masked entries, k from 0 to 20 */
+    for (unsigned trial = 0; trial < 200; trial++) {
+        float x[V];
+        fill_logits(x, 9000 + trial);
+        if (trial % 3 == 0)
+            for (int i = 0; i < V; i++) x[i] += 3000.0f;
+        if (trial % 4 == 1)
+            for (int i = 0; i < V; i += 3) x[i] = -INFINITY;
+        if (trial % 5 == 2) x[11] = x[4]; /* a tie */
+        const int k = (int)(trial % 21);
+        const int32_t chosen = (int32_t)(trial * 7 % V);
+        long double mx = -INFINITY, e[V];
+        int ne = 0;
+        for (int i = 0; i < V; i++) if (x[i] > mx) mx = x[i];
+        for (int i = 0; i < V; i++) if (!isinf(x[i])) e[ne++] = expl((long double)x[i] - mx);
+        qsort(e, (size_t)ne, sizeof *e, cmp_ld);
+        long double z = 0;
+        for (int i = 0; i < ne; i++) z += e[i];
+        const long double lse = mx + logl(z);
+        int order[V], nf = 0;
+        for (int i = 0; i < V; i++) if (!isinf(x[i])) order[nf++] = i;
+        qsort_r(order, (size_t)nf, sizeof *order, cmp_top, x);
+        double got_lp, got_tl[20];
+        int32_t got_ti[20];
+        int n = sampler_logprobs(x, V, chosen, k, &got_lp, got_ti, got_tl);
+        T_EQ_INT(n, k < nf ? k : nf);
+        if (isinf(x[chosen])) T_ASSERT(isinf(got_lp) && got_lp < 0);
+        else T_NEAR(got_lp, (double)((long double)x[chosen] - lse), 1e-9);
+        for (int j = 0; j < n && j < 20; j++) {
+            T_EQ_INT(got_ti[j], order[j]);
+            T_NEAR(got_tl[j], (double)((long double)x[order[j]] - lse), 1e-9);
+        }
+    }
+}
+#undef V
+
 int main(void)
 {
     T_RUN(test_greedy_and_penalty);
@@ -496,5 +671,8 @@ int main(void)
     T_RUN(test_tiny_temperature);
     T_RUN(test_top_p_exact_ties);
     T_RUN(test_greedy_tie_lowest_id);
+    T_RUN(test_masked_unconstrained_identical);
+    T_RUN(test_masked_distribution);
+    T_RUN(test_logprobs);
     return t_main_end("test_sampler");
 }
