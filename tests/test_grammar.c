@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "engine.h"
+#include "engine_impl.h"
 #include "grammar.h"
 #include "sampler.h"
 #include "tokenizer.h"
