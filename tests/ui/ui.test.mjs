@@ -41,7 +41,6 @@ const finish = async (code) => {
   console.log(`ui.test.mjs: ${pass} passed, ${fail} failed`);
   process.exit(code ?? (fail ? 1 : 0));
 };
-process.on("unhandledRejection", async (e) => { fail++; console.error("FAIL unexpected: " + (e && e.stack || e)); await finish(1); });
 
 server = spawn(BIN, ["serve", "--model", MODEL, "--port", "0", "--quiet", "--ctx", "1024", "--drain-timeout", "0",
   "--max-body", "1MiB", "--max-image-pixels", "100000"],
@@ -57,9 +56,11 @@ const U = await new Promise((resolve) => {
   server.on("exit", () => resolve(null));
   setTimeout(() => resolve(null), 30000);
 });
+process.on("SIGTERM", () => { server.kill("SIGKILL"); process.exit(1); }); // run.sh's timeout: leave no server behind
 if (!U) { fail++; console.error("FAIL the server did not start: " + serr); await finish(1); }
 log(`server bound at ${U}`);
 
+try { // every way out goes through finish(): the browser and the server are stopped
 // ---- the page over plain HTTP: headers, bytes, CSP hashes computed here from the source file ----
 const src = readFileSync("src/ui/index.html");
 const srcText = src.toString("utf8");
@@ -145,11 +146,11 @@ log("503 seen; waiting for the model");
 check(await wait(() => document.getElementById("status").textContent === "ready", "ready"), "the page sees the model loaded");
 check(await text("#model") === "minicpm-llama3-v-2_5", `the model's name: ${await text("#model")}`);
 log("model loaded");
-// settings: greedy, 16 tokens
+// settings: greedy, 8 tokens
 await page.click("#toggle-settings");
 check(await visible("#settings"), "Settings opens the settings");
 await page.click("#temperature", { clickCount: 3 }); await page.type("#temperature", "0");
-await page.click("#max_tokens", { clickCount: 3 }); await page.type("#max_tokens", "16");
+await page.click("#max_tokens", { clickCount: 3 }); await page.type("#max_tokens", "8");
 await page.click("#toggle-settings");
 
 // the first question, streamed: every update of the answer is recorded
@@ -169,7 +170,7 @@ check(await answered(1), "the first answer completes");
 log("first answer in the page");
 const imgUrl = "data:image/jpeg;base64," + readFileSync(IMG).toString("base64");
 const q1 = { role: "user", content: [{ type: "image_url", image_url: { url: imgUrl } }, { type: "text", text: "What" }] };
-const e1 = await api({ messages: [q1], temperature: 0, top_p: 0.8, max_tokens: 16 });
+const e1 = await api({ messages: [q1], temperature: 0, top_p: 0.8, max_tokens: 8 });
 const a1 = await text("#log .msg.assistant .text");
 const upd = await page.evaluate(() => window.__updates);
 check(a1.length > 0 && a1 === e1.choices[0].message.content,
@@ -178,7 +179,7 @@ check(upd.filter((u) => u.length).length > 1 && upd.every((u) => a1.startsWith(u
   `the answer arrived in several growing updates (${upd.length}): ${JSON.stringify(upd)}`);
 check(chats.length === nChats + 1, "one request for the first question");
 const b1 = await body(chats[chats.length - 1]);
-check(b1.stream === true && b1.stream_options && b1.stream_options.include_usage === true && b1.temperature === 0 && b1.max_tokens === 16,
+check(b1.stream === true && b1.stream_options && b1.stream_options.include_usage === true && b1.temperature === 0 && b1.max_tokens === 8,
   `the page streams with usage and sends its settings: ${JSON.stringify({ ...b1, messages: undefined })}`);
 const meta1 = await text("#log .msg.assistant .meta");
 check(meta1.includes(`${e1.usage.prompt_tokens} prompt + ${e1.usage.completion_tokens} generated tokens`)
@@ -194,7 +195,7 @@ check(await page.$eval("#question", (el) => el.value) === "Tell me more\nplease"
 await page.keyboard.press("Enter");
 check(await answered(2), "the follow-up answer completes");
 const q2 = [q1, { role: "assistant", content: e1.choices[0].message.content }, { role: "user", content: [{ type: "text", text: "Tell me more\nplease" }] }];
-const e2 = await api({ messages: q2, temperature: 0, top_p: 0.8, max_tokens: 16 });
+const e2 = await api({ messages: q2, temperature: 0, top_p: 0.8, max_tokens: 8 });
 const a2 = (await page.$$eval("#log .msg.assistant .text", (els) => els.map((e) => e.textContent)))[1];
 check(a2 === e2.choices[0].message.content, `the follow-up equals the API's answer to the whole conversation: ${JSON.stringify(a2)} vs ${JSON.stringify(e2.choices[0].message.content)}`);
 const b2 = await body(chats[chats.length - 1]);
@@ -257,4 +258,8 @@ check(problems.length === 0, `no page errors: ${JSON.stringify(problems)}`);
 check((await page.evaluate(() => window.__csp)).length === 0, `no CSP violations: ${JSON.stringify(await page.evaluate(() => window.__csp))}`);
 check(foreign.length === 0, `the page fetched nothing from elsewhere: ${JSON.stringify(foreign)}`);
 log("done");
+} catch (e) {
+  fail++;
+  console.error("FAIL the test stopped: " + (e && e.stack || e));
+}
 await finish();
