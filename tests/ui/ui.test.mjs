@@ -250,6 +250,18 @@ check(await wait(() => /^400/.test(document.getElementById("error").textContent)
   `an image over --max-image-pixels: 400 with the server's message: ${await text("#error")}`);
 const b4 = await body(chats[chats.length - 1]);
 check(b4.messages.length === 1, `after New chat the request holds the new question only (${b4.messages.length} messages)`);
+// drop and paste (synthetic events carrying a real PNG made in the page)
+await page.click("#pending .thumb button");
+const dropped = await page.evaluate(async () => {
+  const c = document.createElement("canvas"); c.width = 8; c.height = 8;
+  const blob = await new Promise((r) => c.toBlob(r, "image/png"));
+  const dt = () => { const d = new DataTransfer(); d.items.add(new File([blob], "x.png", { type: "image/png" })); return d; };
+  document.getElementById("log").dispatchEvent(new DragEvent("drop", { dataTransfer: dt(), bubbles: true, cancelable: true }));
+  document.getElementById("question").dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt(), bubbles: true, cancelable: true }));
+  for (let i = 0; i < 100 && document.querySelectorAll("#pending img").length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+  return [...document.querySelectorAll("#pending img")].map((i) => i.src.slice(0, 22));
+});
+check(dropped.length === 2 && dropped.every((u) => u === "data:image/png;base64,"), `a dropped and a pasted image wait in the composer: ${JSON.stringify(dropped)}`);
 await page.evaluate(() => { const dt = new DataTransfer(); dt.items.add(new File(["hello"], "notes.txt", { type: "text/plain" }));
   const i = document.getElementById("file"); i.files = dt.files; i.dispatchEvent(new Event("change")); });
 check(/notes\.txt is not an image/.test(await text("#error")), `a file that is not an image is refused by name: ${await text("#error")}`);
