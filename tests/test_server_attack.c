@@ -793,6 +793,53 @@ static void test_auth_cors(void)
     server_stop(s);
 }
 
+/* ---- the chat page (issue 18): open without the key, only at / and /index.html; none when NULL ---- */
+static void test_page(void)
+{
+    static const char page[] = "<!doctype html><p>page</p>";
+    struct server_options o;
+    server_options_default(&o);
+    o.api_key = "secret-key-1";
+    o.ui_page = page;
+    o.ui_page_len = sizeof page - 1;
+    o.ui_csp = "default-src 'none'";
+    struct server *s = start(&o);
+    if (!s) { T_ASSERT(s); return; }
+    int port = server_port(s);
+    const char *paths[] = {"/", "/index.html", "/?x=1"};
+    for (size_t i = 0; i < 3; i++) {
+        struct resp r = req(port, "GET", paths[i], NULL, NULL);
+        T_ASSERTF(r.status == 200, "GET %s without the key: %d", paths[i], r.status);
+        T_ASSERT(r.body && r.len == sizeof page - 1 && !memcmp(r.body, page, r.len));
+        T_ASSERT(r.head && strcasestr(r.head, "Content-Type: text/html; charset=utf-8") &&
+                 strcasestr(r.head, "Content-Security-Policy: default-src 'none'") &&
+                 strcasestr(r.head, "X-Content-Type-Options: nosniff"));
+        resp_free(&r);
+    }
+    /* the key is still needed everywhere else, near-misses of the page's paths included */
+    const char *closed[] = {"/index.htm", "/index.html/", "//", "/v1/models", "/ui"};
+    for (size_t i = 0; i < 5; i++) {
+        struct resp r = req(port, "GET", closed[i], NULL, NULL);
+        T_ASSERTF(r.status == 401, "GET %s without the key: %d", closed[i], r.status);
+        resp_free(&r);
+    }
+    struct resp r = req(port, "POST", "/", JSON_CT, HELLO "}");
+    T_EQ_INT(r.status, 405);
+    resp_free(&r);
+    server_stop(s);
+    /* no page (serve --no-ui): 404 like any unknown path */
+    server_options_default(&o);
+    s = start(&o);
+    if (!s) { T_ASSERT(s); return; }
+    port = server_port(s);
+    for (size_t i = 0; i < 2; i++) {
+        r = req(port, "GET", paths[i], NULL, NULL);
+        T_ASSERTF(r.status == 404, "GET %s without a page: %d", paths[i], r.status);
+        resp_free(&r);
+    }
+    server_stop(s);
+}
+
 /* ---- generation deadline, drain ---- */
 struct bg {
     int port;
@@ -1154,6 +1201,7 @@ int main(void)
     RUN(test_per_ip);
     RUN(test_fields);
     RUN(test_auth_cors);
+    RUN(test_page);
     RUN(test_deadline_drain);
     RUN(test_image_memory);
     RUN(test_attack_mix);

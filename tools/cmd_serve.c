@@ -6,7 +6,8 @@
  * free port, named there; IPv6 in brackets). MINICPMV_TEST_LOAD_DELAY=SECONDS (tests only) waits that
  * long before loading, so that the loading state can be observed with the tiny model. A second signal during the drain exits at once;
  * --drain-timeout bounds the drain. The API key is read here (flag, file or MINICPMV_API_KEY), not in
- * the library. */
+ * the library. The chat page at / (src/ui/index.html, built into gen/ui_page.c by tools/embed_ui.sh) is on
+ * unless --no-ui. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,6 +19,11 @@
 #include "cmd_util.h"
 #include "devmap.h"
 #include "server.h"
+
+/* gen/ui_page.c (tools/embed_ui.sh): the page and its Content-Security-Policy */
+extern const unsigned char minicpmv_ui_page[];
+extern const size_t minicpmv_ui_page_len;
+extern const char minicpmv_ui_csp[];
 
 /* During the drain: a second SIGTERM/SIGINT exits at once (queued and running requests are dropped). */
 static void *second_signal(void *p)
@@ -47,6 +53,9 @@ int cmd_serve(int argc, char **argv)
     double drain_timeout = 60;
     const char *api_key_arg = NULL, *api_key_file = NULL;
     char *api_key_buf = NULL;
+    so.ui_page = (const char *)minicpmv_ui_page;
+    so.ui_page_len = minicpmv_ui_page_len;
+    so.ui_csp = minicpmv_ui_csp;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -117,6 +126,8 @@ int cmd_serve(int argc, char **argv)
                 err_set(&e, "--cors-origin '%s': expected one origin such as https://app.example.com, or *", so.cors_origin);
                 goto out;
             }
+        } else if (!strcmp(f, "--no-ui")) {
+            so.ui_page = NULL;
         } else if (!strcmp(f, "--log-requests")) {
             so.log_requests = 1;
         } else if (!strcmp(f, "--help")) {
@@ -140,9 +151,10 @@ int cmd_serve(int argc, char **argv)
                    "  --max-image-memory SIZE decoded image bytes held by all requests (default 1GiB; 503 above)\n"
                    "  --image-cache-bytes SIZE  byte budget of the image cache (default 256MiB)\n"
                    "  --max-connections-per-ip N  open connections per client address (default 0 = no limit)\n"
-                   "  --api-key KEY        require Authorization: Bearer KEY on /v1/* (/health stays open)\n"
+                   "  --api-key KEY        require Authorization: Bearer KEY on /v1/* (/health, the page stay open)\n"
                    "  --api-key-file FILE  the same, the key read from FILE (first line); or env MINICPMV_API_KEY\n"
                    "  --cors-origin ORIGIN allow browser requests from ORIGIN (or *); default: no CORS\n"
+                   "  --no-ui              no chat page at / (404 there; the API only)\n"
                    "  --log-requests       one line per request on stderr\n",
                    cmdu_engine_help);
             printf("%s", devmap_opts_help());
