@@ -52,6 +52,10 @@
  *                                  + B*Q*ab*3*d [attn, out_proj, output] + 2*Q*d*ab [ln_q(query), Q] + SLACK
  *   SLACK = DEVMAP_ALIGN_SLACK (4 KiB): up to 16 views each aligned to 256 bytes in one arena.
  *   library workspace: gpu_lib_margin (64 MiB) on every GPU logical device holding anything.
+ *   quantized weights: on every GPU logical device holding anything, the prefill dequantization
+ *   buffers, with B = the most F16 bytes one GEMM dequantizes (a layer's matrices of one width
+ *   together, any other matrix x3) and T = QUANT_DEQ_TILE_BYTES (64 MiB):
+ *     ws_quant = 1.5*min(B, T) + 4 KiB [weight tile] + (B > T ? 1.5*T + 4 KiB [output tile] : 0)
  *   A device's workspace is the sum of the parts it holds (disjoint views of one arena).
  * Defaults (the engine's): ctx min(4096, max_position_embeddings), kv_seqs 1, max_batch_tokens 2048,
  * max_pieces 10 (overview + 9 slices of one
@@ -116,6 +120,7 @@ struct devmap_assign {
 struct devmap_usage {
     int64_t weights, kv;
     int64_t ws_llm, ws_logits, ws_vision, ws_resampler, ws_lib;
+    int64_t ws_quant;         /* quantized weights: the CUDA dequantization buffers (devmap.c quant_workspace) */
     int64_t workspace;        /* sum of the ws_* parts */
     int64_t total;            /* weights + kv + workspace */
     int n_layers;             /* decoder layers held */
