@@ -245,7 +245,7 @@ static void costs_set_params(struct costs *k, const struct model_config *c, cons
  * larger than one tile, a tile's output columns (SCRATCH_QY, also at most the tile). B, the most one
  * GEMM dequantizes, is bounded from the manifest: a decoder layer's quantized matrices of one input
  * width together (q|k|v and gate|up are joined by the loader; o_proj is counted in too, an upper
- * bound), any other matrix three times (the vision tower's stacked q|k|v). cuda_scratch grows a buffer
+ * bound), a vision matrix three times (the tower's stacked q|k|v), any other one once. cuda_scratch grows a buffer
  * to max(request, 1.5 x its old size) rounded up to 4 KiB, so each buffer stays below 1.5 x its
  * largest request + 4 KiB. */
 static int64_t quant_workspace(const struct model_config *c, const struct devmap_params *p,
@@ -261,8 +261,9 @@ static int64_t quant_workspace(const struct model_config *c, const struct devmap
             int64_t *t = &lay[m[i].layer][m[i].shape[1] == c->hidden_size ? 0 : 1];
             *t += b;
             if (*t > big) big = *t;
-        } else if (3 * b > big) {
-            big = 3 * b;
+        } else {
+            const int64_t bb = m[i].unit == UNIT_VPM ? 3 * b : b;
+            if (bb > big) big = bb;
         }
     }
     if (!big) return 0;

@@ -54,7 +54,7 @@
  *   library workspace: gpu_lib_margin (64 MiB) on every GPU logical device holding anything.
  *   quantized weights: on every GPU logical device holding anything, the prefill dequantization
  *   buffers, with B = the most F16 bytes one GEMM dequantizes (a layer's matrices of one width
- *   together, any other matrix x3) and T = QUANT_DEQ_TILE_BYTES (64 MiB):
+ *   together, a vision matrix x3, any other x1) and T = QUANT_DEQ_TILE_BYTES (64 MiB):
  *     ws_quant = 1.5*min(B, T) + 4 KiB [weight tile] + (B > T ? 1.5*T + 4 KiB [output tile] : 0)
  *   A device's workspace is the sum of the parts it holds (disjoint views of one arena).
  * Defaults (the engine's): ctx min(4096, max_position_embeddings), kv_seqs 1, max_batch_tokens 2048,
