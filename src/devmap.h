@@ -27,8 +27,7 @@
  *                    kept quantized (model_quant_dtype: config.json's quantization_config or --quant),
  *                    its tensor_nbytes (rows * dtype_row_bytes: codes, scales, absmax, padding; what
  *                    the loader allocates). The vision tower counts every stored layer (27), used or not.
- *                    A unit with a quantized tensor must be on the CPU (no CUDA kernels yet): a plan
- *                    that puts one on a GPU fails, naming the unit.
+ *                    Quantized units may be on a GPU (their dequantization buffers: ws_quant below).
  *   kv(layer)      = 2 * ctx * kv_seqs * Hkv * hd * ab                (K and V of one layer)
  * The workspace parts are not written here twice: each module sizes its own views with the
  * counting pass of the code that carves them (llm_views_bytes, vision_views_bytes,

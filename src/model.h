@@ -138,8 +138,8 @@ struct safetensors;
  * dtype) and binds each tensor to its field on its unit's device in dtype wdtype. CPU tensors whose
  * dtype already matches stay zero-copy views of the mmap; others are converted/copied.
  * Quantized tensors (model_quant_dtype with pl->quant) are bound as Q8/Q4/NF4 row records: read from
- * the folder's bitsandbytes parts or our U8 records, or quantized here from the float weight. They
- * must be on the CPU (no CUDA kernels yet): a quantized tensor placed on a GPU is refused. */
+ * the folder's bitsandbytes parts or our U8 records, or quantized here from the float weight, on the
+ * CPU or copied byte for byte to a GPU (src/cuda/cuda_quant.cu runs them there). */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
                const struct model_placement *pl, enum dtype wdtype, const struct progress *progress, struct err *e);
 void model_free(struct model *m);

@@ -328,6 +328,30 @@ static void test_refusals(void)
     expect_refused(nf4, DTYPE_Q4, "already holds quantized weights", NULL);
 }
 
+/* The written folders keep every F32/F16 tensor aligned in the map (4-byte, then 2-byte, then byte dtypes,
+ * as the reference library orders them): NF4 parts have odd byte counts, and a zero-copy F16 view at an odd
+ * address is a misaligned load (UBSan flagged it before the order was fixed). */
+static void test_alignment(void)
+{
+    const char *dirs[] = {nf4_dir(), q_dir("q4")};
+    for (int d = 0; d < 2; d++) {
+        struct safetensors *st = NULL;
+        struct err e = {{0}};
+        T_ASSERT(dirs[d] != NULL);
+        if (!dirs[d] || safetensors_open_dir(&st, dirs[d], &e)) { T_ASSERT(0); continue; }
+        int bad = 0, n16 = 0;
+        for (int i = 0; i < safetensors_count(st); i++) {
+            const struct safetensors_tensor *t = safetensors_at(st, i);
+            const size_t a = t->dtype == DTYPE_U8 ? 1 : dtype_size(t->dtype);
+            bad += (uintptr_t)t->data % a != 0;
+            n16 += t->dtype == DTYPE_F16;
+        }
+        T_ASSERTF(bad == 0, "%s: %d tensors misaligned", dirs[d], bad);
+        T_ASSERT(n16 > 10);
+        safetensors_close(st);
+    }
+}
+
 /* quantized units planned on a GPU (the CUDA kernels exist): the plan fits and the GPU counts the
  * dequantization buffers of the prefill GEMMs, computed here by hand from docs/DEVMAP.md's rule:
  * B = the most F16 bytes one GEMM dequantizes = max(a layer's quantized matrices of width hidden
@@ -378,5 +402,6 @@ int main(void)
     T_RUN(test_plan_bytes);
     T_RUN(test_refusals);
     T_RUN(test_gpu_planned);
+    T_RUN(test_alignment);
     return t_main_end("test_quant_model");
 }

@@ -137,41 +137,49 @@ int quantize_folder(const char *in, const char *out, int format, struct err *e)
         if (model_check_checkpoint(&plain, st, e)) goto out;
     }
     for (int s = 0; s < ns; s++) {
+        /* The outputs go in three sweeps, 4-byte dtypes, then 2-byte, then bytes, as the reference
+         * safetensors library orders them: every F32/F16 tensor then starts 8-byte aligned (the header is
+         * padded), so zero-copy views of the map are aligned although NF4 parts have odd byte counts. */
+        static const char *suf[] = {"", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+                                    ".quant_state.bitsandbytes__nf4"};
+        static const enum dtype nf4_dt[] = {DTYPE_U8, DTYPE_U8, DTYPE_F32, DTYPE_F32, DTYPE_F32, DTYPE_U8};
         /* pass 1: the output specs of this shard (an NF4 quant state's length depends on its offset) */
         int first = nout, cnt = 0;
-        for (int i = 0; i < n; i++) {
-            const struct safetensors_tensor *t = safetensors_at(st, i);
-            if (t->shard != s) continue;
-            const int qd = model_quant_dtype(&cfg, 0, t->name, t->ndim);
-            struct safetensors_spec *sp = &specs[nout];
-            if (qd == DTYPE_Q8 || qd == DTYPE_Q4) {
-                const size_t rb = dtype_row_bytes((enum dtype)qd, t->shape[1]);
-                if (!rb) { err_set(e, "%s: rows of %lld values cannot be quantized", t->name, (long long)t->shape[1]); goto out; }
-                *sp = (struct safetensors_spec){.name = t->name, .dtype = DTYPE_U8, .ndim = 2, .shape = {t->shape[0], (int64_t)rb}};
-                nout++;
-            } else if (qd == DTYPE_NF4) {
-                struct nf4_parts p;
-                struct tensor v = safetensors_tensor_view(t);
-                v.name = t->name;
-                if (nf4_make(&p, &v, map, e)) goto out;
-                const int64_t jl = (int64_t)strlen(p.json);
-                static const char *suf[] = {"", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
-                                            ".quant_state.bitsandbytes__nf4"};
-                const enum dtype dts[] = {DTYPE_U8, DTYPE_U8, DTYPE_F32, DTYPE_F32, DTYPE_F32, DTYPE_U8};
-                const int64_t len[] = {p.numel / 2, p.nblocks, 16, p.nnested, 256, jl};
-                for (int k = 0; k < 6; k++) {
-                    snprintf(onames[nout], sizeof onames[nout], "%s%s", t->name, suf[k]);
-                    specs[nout] = (struct safetensors_spec){.name = onames[nout], .dtype = dts[k], .ndim = k ? 1 : 2,
-                                                            .shape = {len[k], 1}};
+        for (int cls = 4; cls >= 1; cls /= 2)
+            for (int i = 0; i < n; i++) {
+                const struct safetensors_tensor *t = safetensors_at(st, i);
+                if (t->shard != s) continue;
+                const int qd = model_quant_dtype(&cfg, 0, t->name, t->ndim);
+                struct safetensors_spec *sp = &specs[nout];
+                if (qd == DTYPE_Q8 || qd == DTYPE_Q4) {
+                    const size_t rb = dtype_row_bytes((enum dtype)qd, t->shape[1]);
+                    if (!rb) { err_set(e, "%s: rows of %lld values cannot be quantized", t->name, (long long)t->shape[1]); goto out; }
+                    if (cls != 1) continue;
+                    *sp = (struct safetensors_spec){.name = t->name, .dtype = DTYPE_U8, .ndim = 2, .shape = {t->shape[0], (int64_t)rb}};
+                    nout++;
+                } else if (qd == DTYPE_NF4) {
+                    struct nf4_parts p = {0};
+                    struct tensor v = safetensors_tensor_view(t);
+                    v.name = t->name;
+                    if (cls == 2) continue;
+                    if (cls == 1 && nf4_make(&p, &v, map, e)) goto out;
+                    const int64_t numel = tensor_numel(&v), nb = (numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
+                    const int64_t len[] = {numel / 2, nb, 16, (nb + QUANT_BNB_NESTED_BLOCK - 1) / QUANT_BNB_NESTED_BLOCK, 256,
+                                           (int64_t)strlen(p.json)};
+                    for (int k = 0; k < 6; k++) {
+                        if ((int)dtype_size(nf4_dt[k]) != cls) continue;
+                        snprintf(onames[nout], sizeof onames[nout], "%s%s", t->name, suf[k]);
+                        specs[nout] = (struct safetensors_spec){.name = onames[nout], .dtype = nf4_dt[k], .ndim = k ? 1 : 2,
+                                                                .shape = {len[k], 1}};
+                        nout++;
+                    }
+                    nf4_free(&p);
+                } else if ((int)dtype_size(t->dtype) == cls) {
+                    *sp = (struct safetensors_spec){.name = t->name, .dtype = t->dtype, .ndim = t->ndim};
+                    memcpy(sp->shape, t->shape, sizeof sp->shape);
                     nout++;
                 }
-                nf4_free(&p);
-            } else {
-                *sp = (struct safetensors_spec){.name = t->name, .dtype = t->dtype, .ndim = t->ndim};
-                memcpy(sp->shape, t->shape, sizeof sp->shape);
-                nout++;
             }
-        }
         cnt = nout - first;
         for (int i = first; i < nout; i++) { /* the index's total_size: the bytes written */
             int64_t b = (int64_t)dtype_size(specs[i].dtype);
@@ -188,48 +196,48 @@ int quantize_folder(const char *in, const char *out, int format, struct err *e)
         struct safetensors_writer *w = NULL;
         if (safetensors_writer_begin(&w, path, &specs[first], cnt, NULL, e)) goto out;
         /* pass 2: the bytes, in the same order */
-        for (int i = 0; i < n; i++) {
-            const struct safetensors_tensor *t = safetensors_at(st, i);
-            if (t->shard != s) continue;
-            const int qd = model_quant_dtype(&cfg, 0, t->name, t->ndim);
-            struct tensor v = safetensors_tensor_view(t);
-            v.name = t->name;
-            int wr = 0;
-            if (qd == DTYPE_Q8 || qd == DTYPE_Q4) {
-                const int64_t o = t->shape[0], k = t->shape[1], blk = 256;
-                const size_t rb = dtype_row_bytes((enum dtype)qd, k);
-                float *f = malloc((size_t)(blk * k) * sizeof *f);
-                uint8_t *q = malloc((size_t)blk * rb);
-                if (!f || !q) wr = err_set(e, "out of memory quantizing %s", t->name);
-                for (int64_t r0 = 0; r0 < o && !wr; r0 += blk) {
-                    const int64_t nr = o - r0 < blk ? o - r0 : blk;
-                    struct tensor rows = tensor_rows_view(&v, r0, nr);
-                    convert_to_f32(f, rows.data, v.dtype, nr * k);
-                    wr = quant_quantize_rows(q, (enum dtype)qd, f, nr, k, t->name, e) ||
-                         safetensors_writer_write(w, q, (size_t)nr * rb, e);
+        for (int cls = 4; cls >= 1; cls /= 2)
+            for (int i = 0; i < n; i++) {
+                const struct safetensors_tensor *t = safetensors_at(st, i);
+                if (t->shard != s) continue;
+                const int qd = model_quant_dtype(&cfg, 0, t->name, t->ndim);
+                struct tensor v = safetensors_tensor_view(t);
+                v.name = t->name;
+                int wr = 0;
+                if ((qd == DTYPE_Q8 || qd == DTYPE_Q4) && cls == 1) {
+                    const int64_t o = t->shape[0], k = t->shape[1], blk = 256;
+                    const size_t rb = dtype_row_bytes((enum dtype)qd, k);
+                    float *f = malloc((size_t)(blk * k) * sizeof *f);
+                    uint8_t *q = malloc((size_t)blk * rb);
+                    if (!f || !q) wr = err_set(e, "out of memory quantizing %s", t->name);
+                    for (int64_t r0 = 0; r0 < o && !wr; r0 += blk) {
+                        const int64_t nr = o - r0 < blk ? o - r0 : blk;
+                        struct tensor rows = tensor_rows_view(&v, r0, nr);
+                        convert_to_f32(f, rows.data, v.dtype, nr * k);
+                        wr = quant_quantize_rows(q, (enum dtype)qd, f, nr, k, t->name, e) ||
+                             safetensors_writer_write(w, q, (size_t)nr * rb, e);
+                    }
+                    free(f);
+                    free(q);
+                } else if (qd == DTYPE_NF4 && cls != 2) {
+                    struct nf4_parts p;
+                    if (nf4_make(&p, &v, map, e)) { wr = -1; }
+                    else {
+                        const void *data[] = {p.codes, p.absmax, QUANT_NF4, p.nested_absmax, map, p.json};
+                        const size_t nbytes[] = {(size_t)p.numel / 2, (size_t)p.nblocks, 16 * sizeof(float),
+                                                 (size_t)p.nnested * sizeof(float), 256 * sizeof(float), strlen(p.json)};
+                        for (int k = 0; k < 6 && !wr; k++)
+                            if ((int)dtype_size(nf4_dt[k]) == cls) wr = safetensors_writer_write(w, data[k], nbytes[k], e);
+                        nf4_free(&p);
+                    }
+                } else if (qd < 0 && (int)dtype_size(t->dtype) == cls) {
+                    wr = safetensors_writer_write(w, t->data, t->nbytes, e);
                 }
-                free(f);
-                free(q);
-            } else if (qd == DTYPE_NF4) {
-                struct nf4_parts p;
-                if (nf4_make(&p, &v, map, e)) { wr = -1; }
-                else {
-                    wr = safetensors_writer_write(w, p.codes, (size_t)p.numel / 2, e) ||
-                         safetensors_writer_write(w, p.absmax, (size_t)p.nblocks, e) ||
-                         safetensors_writer_write(w, QUANT_NF4, 16 * sizeof(float), e) ||
-                         safetensors_writer_write(w, p.nested_absmax, (size_t)p.nnested * sizeof(float), e) ||
-                         safetensors_writer_write(w, map, 256 * sizeof(float), e) ||
-                         safetensors_writer_write(w, p.json, strlen(p.json), e);
-                    nf4_free(&p);
+                if (wr) {
+                    safetensors_writer_abort(w);
+                    goto out;
                 }
-            } else {
-                wr = safetensors_writer_write(w, t->data, t->nbytes, e);
             }
-            if (wr) {
-                safetensors_writer_abort(w);
-                goto out;
-            }
-        }
         if (safetensors_writer_close(w, e)) goto out;
     }
     if (ns > 1 && safetensors_write_index(out, names, files, nout, total, e)) goto out;
