@@ -1,6 +1,6 @@
 /* cuda_quant.cu: matmuls whose weight is quantized (DTYPE_Q8, DTYPE_Q4, DTYPE_NF4 row records;
  * layouts in docs/QUANT.md and quant.h, semantics in backend.h: the op on the F16 dequantization).
- * n <= 8 (decode): a GEMV that reads each record once with 16-byte streaming loads, dequantizes
+ * n <= 8 (decode, x in F16 or F32): a GEMV that reads each record once with 16-byte streaming loads, dequantizes
  * 8 weights at a time in registers to the exact F16 values the CPU twin uses (Q8 and Q4 as half2
  * multiplies of code and scale, exact to f16(code * scale); NF4 as the f32 product table * absmax
  * rounded to half), and accumulates x * w in fp32 for every token; warp-shuffle reduction, the bias
@@ -319,7 +319,6 @@ static void qgemv_launch(struct cuda_ctx *c, struct tensor *y, const struct tens
         if (c->pdl) qgemv_launch_x<F, __half, true>(c, y, x, w, bias, rpb);
         else qgemv_launch_x<F, __half, false>(c, y, x, w, bias, rpb);
         break;
-    case DTYPE_BF16: qgemv_launch_x<F, __nv_bfloat16, false>(c, y, x, w, bias, rpb); break;
     default: qgemv_launch_x<F, float, false>(c, y, x, w, bias, rpb); break;
     }
 }
@@ -369,7 +368,9 @@ extern "C" void cuda_quant_matmul(struct tensor *y, const struct tensor *x, cons
     q_check(w);
     const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
     if (n == 0 || o == 0) return;
-    if (n <= QGEMV_MAX_TOKENS && ((uintptr_t)x->data & 15) == 0) {
+    /* the GEMV takes F16 (the model's activations) or F32 x; BF16 x (no model path) and unaligned x
+     * take the dequantize-then-F16 path below, whose scratch keeps them out of captured graphs */
+    if (n <= QGEMV_MAX_TOKENS && (x->dtype == DTYPE_F16 || x->dtype == DTYPE_F32) && ((uintptr_t)x->data & 15) == 0) {
         const int rpb = qgemv_rows_per_block(q_code_bytes(qfmt_of(w->dtype), k) / 16);
         switch (qfmt_of(w->dtype)) {
         case QF_Q8: qgemv_launch<QF_Q8>(c, y, x, w, bias, rpb); break;
