@@ -8,15 +8,15 @@
 
 static bool is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
 
-/* The weight of a matmul: a float dtype, or a quantized one (backend.h), which has no CUDA twin yet. */
+/* The weight of a matmul: a float dtype, or a quantized one (backend.h; both backends have it). */
 static void check_weight(const struct tensor *w)
 {
     CHECKF(is_float(w->dtype) || dtype_is_quant(w->dtype), "weight %s: dtype %s", w->name ? w->name : "?",
            dtype_name(w->dtype));
     if (dtype_is_quant(w->dtype))
-        CHECKF(w->dev.kind == DEVICE_CPU && w->ndim == 2 && dtype_row_bytes(w->dtype, w->shape[1]) > 0,
-               "weight %s: %s weights run on the CPU only (no CUDA kernels yet; the loader refuses them on a GPU)",
-               w->name ? w->name : "?", dtype_name(w->dtype));
+        CHECKF(w->ndim == 2 && dtype_row_bytes(w->dtype, w->shape[1]) > 0, "weight %s: %s [%lld, %lld]: not row records",
+               w->name ? w->name : "?", dtype_name(w->dtype), (long long)w->shape[0],
+               (long long)(w->ndim > 1 ? w->shape[1] : 0));
 }
 
 static void check_same_dev(const struct tensor *a, const struct tensor *b)
@@ -285,6 +285,9 @@ void op_copy(struct tensor *dst, const struct tensor *src)
 {
     CHECKF(tensor_numel(dst) == tensor_numel(src), "copy of %lld elements into %lld", (long long)tensor_numel(src),
            (long long)tensor_numel(dst));
+    CHECKF(dst->dtype == src->dtype || (!dtype_is_quant(dst->dtype) && !dtype_is_quant(src->dtype)),
+           "copy %s -> %s: quantized tensors are copied as bytes, never converted", dtype_name(src->dtype),
+           dtype_name(dst->dtype));
     if (device_eq(dst->dev, src->dev)) {
         if (dst->data == src->data && dst->dtype == src->dtype) return;
         DISPATCH(dst->dev, convert, dst, src);

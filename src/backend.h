@@ -24,8 +24,11 @@
  *    multiply is exact to that; NF4: the f32 product QUANT_NF4[c] * absmax, then rounded to half) and
  *    accumulate in fp32: its results then match the CPU's within the tolerance of an F16 weight.
  *  - op_matmul_stacked with a quantized w splits w into S row views, as for F16.
- *  - The CUDA twins do not exist yet: the loader refuses a quantized weight on a GPU (model_load,
- *    devmap), and the dispatch CHECK-fails if one reaches a CUDA op. */
+ *  - CUDA (src/cuda/cuda_quant.cu): n <= 8 runs a GEMV that dequantizes in registers; n > 8
+ *    dequantizes w to F16 into a device workspace, in row tiles of at most QUANT_DEQ_TILE_BYTES, and
+ *    runs the fp16 GEMM (a tile's output columns also pass through a buffer of at most that size).
+ *    The planner counts these buffers (devmap.c, docs/DEVMAP.md). */
+#define QUANT_DEQ_TILE_BYTES ((size_t)64 << 20)
 #ifndef MINICPMV_BACKEND_H
 #define MINICPMV_BACKEND_H
 

@@ -47,6 +47,12 @@ void cpu_attention_batch(struct tensor *out, const struct tensor *q, const struc
 extern "C" {
 #endif
 BACKEND_TWINS(cuda)
+/* quantized weights (cuda/cuda_quant.cu): cuda_matmul's path for a Q8/Q4/NF4 w (the decode GEMV,
+ * or a dequantization to F16 then the fp16 path); the whole of w as an F16 tensor in the workspace
+ * (false, nothing done, when it exceeds QUANT_DEQ_TILE_BYTES); w dequantized into dst (tests). */
+void cuda_quant_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias);
+bool cuda_quant_as_f16(struct tensor *w16, const struct tensor *w);
+void cuda_quant_dequant(struct tensor *dst, const struct tensor *w);
 /* op_linear (cuda/cuda_gemv.cu: fused cuBLASLt epilogues) */
 void cuda_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
                  const struct tensor *res);

@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "backend.h"
 #include "llm.h"
 #include "model.h"
 #include "resampler.h"
@@ -224,6 +225,7 @@ struct costs {
     unsigned qpins;                      /* PIN_* of units holding a quantized tensor */
     unsigned char qlayer[DEVMAP_MAX_LAYERS];
     int64_t kv_layer, ws_llm, ws_logits, ws_vision, ws_resampler, ws_lib;
+    int64_t ws_quant; /* the CUDA dequantization buffers (devmap_quant_workspace), 0 without quantized weights */
 };
 
 /* The ctx-dependent parts (recomputed when the advice searches a smaller --ctx). */
@@ -236,6 +238,37 @@ static void costs_set_params(struct costs *k, const struct model_config *c, cons
     k->ws_vision = devmap_vision_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
     k->ws_resampler = devmap_resampler_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
     k->ws_lib = p->gpu_lib_margin;
+}
+
+/* The buffers a GPU holding quantized weights keeps for prefill GEMMs (src/cuda/cuda_quant.cu): the
+ * weight dequantized to F16, at most QUANT_DEQ_TILE_BYTES per tile (SCRATCH_QW), and, when a matrix is
+ * larger than one tile, a tile's output columns (SCRATCH_QY, also at most the tile). B, the most one
+ * GEMM dequantizes, is bounded from the manifest: a decoder layer's quantized matrices of one input
+ * width together (q|k|v and gate|up are joined by the loader; o_proj is counted in too, an upper
+ * bound), a vision matrix three times (the tower's stacked q|k|v), any other one once. cuda_scratch grows a buffer
+ * to max(request, 1.5 x its old size) rounded up to 4 KiB, so each buffer stays below 1.5 x its
+ * largest request + 4 KiB. */
+static int64_t quant_workspace(const struct model_config *c, const struct devmap_params *p,
+                               const struct manifest_entry *m, int n)
+{
+    const int64_t tile = (int64_t)QUANT_DEQ_TILE_BYTES;
+    int64_t big = 0, lay[DEVMAP_MAX_LAYERS][2];
+    memset(lay, 0, sizeof lay);
+    for (int i = 0; i < n; i++) {
+        if (model_quant_dtype(c, p->quant, m[i].name, m[i].ndim) < 0) continue;
+        const int64_t b = m[i].shape[0] * m[i].shape[1] * 2;
+        if (m[i].unit == UNIT_LAYER && m[i].layer >= 0 && m[i].layer < DEVMAP_MAX_LAYERS) {
+            int64_t *t = &lay[m[i].layer][m[i].shape[1] == c->hidden_size ? 0 : 1];
+            *t += b;
+            if (*t > big) big = *t;
+        } else {
+            const int64_t bb = m[i].unit == UNIT_VPM ? 3 * b : b;
+            if (bb > big) big = bb;
+        }
+    }
+    if (!big) return 0;
+    const int64_t qw = big < tile ? big : tile;
+    return qw + qw / 2 + 4096 + (big > tile ? tile + tile / 2 + 4096 : 0);
 }
 
 static int costs_build(struct costs *k, const struct model_config *c, const struct devmap_params *p, struct err *e)
@@ -281,6 +314,7 @@ static int costs_build(struct costs *k, const struct model_config *c, const stru
         case UNIT_RESAMPLER: k->resampler += b; break;
         }
     }
+    k->ws_quant = quant_workspace(c, p, m, n);
     free(m);
     costs_set_params(k, c, p);
     return 0;
@@ -305,7 +339,8 @@ static void need_of(const struct costs *k, int is_gpu, unsigned pins, int n_laye
     u->ws_vision = pins & PIN_VPM ? k->ws_vision : 0;
     u->ws_resampler = pins & PIN_RESAMPLER ? k->ws_resampler : 0;
     u->ws_lib = is_gpu && (llm || pins) ? k->ws_lib : 0;
-    u->workspace = u->ws_llm + u->ws_logits + u->ws_vision + u->ws_resampler + u->ws_lib;
+    u->ws_quant = is_gpu && (llm || pins) ? k->ws_quant : 0;
+    u->workspace = u->ws_llm + u->ws_logits + u->ws_vision + u->ws_resampler + u->ws_lib + u->ws_quant;
     u->total = u->weights + u->kv + u->workspace;
 }
 
@@ -608,33 +643,6 @@ int devmap_plan(const struct model_config *c, const struct devmap_params *p, con
     }
     usage_compute(k, &plan->map, plan->dev, n_dev, plan->use);
     if (plan->fits) plan->fits = fits_all(plan->use, plan->dev, n_dev);
-    /* quantized weights have no CUDA kernels yet (backend.h): a unit holding one must be on the CPU */
-    char qunit[48] = "";
-    int qdev = -1;
-    const struct devmap_assign *a = &plan->map;
-    const struct { unsigned pin; int d; const char *name; } units[] = {
-        {PIN_EMBED, a->embed, "llm.model.embed_tokens"}, {PIN_NORM, a->norm, "llm.model.norm"},
-        {PIN_LM_HEAD, a->lm_head, "llm.lm_head"}, {PIN_VPM, a->vpm, "vpm"}, {PIN_RESAMPLER, a->resampler, "resampler"}};
-    for (size_t u = 0; u < sizeof units / sizeof units[0] && qdev < 0; u++)
-        if ((k->qpins & units[u].pin) && dev[units[u].d].kind == DEVICE_CUDA) {
-            qdev = units[u].d;
-            snprintf(qunit, sizeof qunit, "%s", units[u].name);
-        }
-    for (int l = 0; l < k->n_layers && qdev < 0; l++)
-        if (k->qlayer[l] && dev[a->layer[l]].kind == DEVICE_CUDA) {
-            qdev = a->layer[l];
-            snprintf(qunit, sizeof qunit, "llm.model.layers.%d", l);
-        }
-    if (qdev >= 0) {
-        free(k);
-        plan->fits = 0;
-        snprintf(plan->advice, sizeof plan->advice, "%s holds quantized weights, which run on the CPU only until the "
-                 "CUDA kernels exist: --device cpu, or --max-memory cpu=SIZE with a device map", qunit);
-        char nm[32];
-        return err_set(e, "%s holds quantized weights and is planned on %s: quantized weights run on the CPU only "
-                          "until the CUDA kernels exist (use --device cpu, or --max-memory cpu=... with a device map "
-                          "that keeps quantized units on the CPU)", qunit, devmap_dev_name(&dev[qdev], nm, sizeof nm));
-    }
     if (plan->fits) {
         free(k);
         return 0;

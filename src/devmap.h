@@ -27,8 +27,7 @@
  *                    kept quantized (model_quant_dtype: config.json's quantization_config or --quant),
  *                    its tensor_nbytes (rows * dtype_row_bytes: codes, scales, absmax, padding; what
  *                    the loader allocates). The vision tower counts every stored layer (27), used or not.
- *                    A unit with a quantized tensor must be on the CPU (no CUDA kernels yet): a plan
- *                    that puts one on a GPU fails, naming the unit.
+ *                    Quantized units may be on a GPU (their dequantization buffers: ws_quant below).
  *   kv(layer)      = 2 * ctx * kv_seqs * Hkv * hd * ab                (K and V of one layer)
  * The workspace parts are not written here twice: each module sizes its own views with the
  * counting pass of the code that carves them (llm_views_bytes, vision_views_bytes,
@@ -53,6 +52,10 @@
  *                                  + B*Q*ab*3*d [attn, out_proj, output] + 2*Q*d*ab [ln_q(query), Q] + SLACK
  *   SLACK = DEVMAP_ALIGN_SLACK (4 KiB): up to 16 views each aligned to 256 bytes in one arena.
  *   library workspace: gpu_lib_margin (64 MiB) on every GPU logical device holding anything.
+ *   quantized weights: on every GPU logical device holding anything, the prefill dequantization
+ *   buffers, with B = the most F16 bytes one GEMM dequantizes (a layer's matrices of one width
+ *   together, a vision matrix x3, any other x1) and T = QUANT_DEQ_TILE_BYTES (64 MiB):
+ *     ws_quant = 1.5*min(B, T) + 4 KiB [weight tile] + (B > T ? 1.5*T + 4 KiB [output tile] : 0)
  *   A device's workspace is the sum of the parts it holds (disjoint views of one arena).
  * Defaults (the engine's): ctx min(4096, max_position_embeddings), kv_seqs 1, max_batch_tokens 2048,
  * max_pieces 10 (overview + 9 slices of one
@@ -117,6 +120,7 @@ struct devmap_assign {
 struct devmap_usage {
     int64_t weights, kv;
     int64_t ws_llm, ws_logits, ws_vision, ws_resampler, ws_lib;
+    int64_t ws_quant;         /* quantized weights: the CUDA dequantization buffers (devmap.c quant_workspace) */
     int64_t workspace;        /* sum of the ws_* parts */
     int64_t total;            /* weights + kv + workspace */
     int n_layers;             /* decoder layers held */

@@ -257,6 +257,7 @@ char *devmap_to_json(const struct devmap_plan *p, const char *error)
         cJSON_AddNumberToObject(ws, "vision", (double)u->ws_vision);
         cJSON_AddNumberToObject(ws, "resampler", (double)u->ws_resampler);
         cJSON_AddNumberToObject(ws, "library", (double)u->ws_lib);
+        cJSON_AddNumberToObject(ws, "quant_dequant", (double)u->ws_quant);
         cJSON_AddItemToObject(o, "workspace_parts", ws);
         cJSON_AddItemToArray(devs, o);
     }

@@ -509,15 +509,6 @@ static int host_tensor(struct model *m, const struct safetensors *st, const char
     return 0;
 }
 
-/* Quantized weights have no CUDA kernels yet (backend.h): refused on a GPU before anything is copied. */
-static int refuse_quant_gpu(const struct tensor *host, struct device dev, const char *name, struct err *e)
-{
-    if (dtype_is_quant(host->dtype) && dev.kind != DEVICE_CPU)
-        return err_set(e, "%s: %s weights run on the CPU only until the CUDA kernels exist; place this unit on the CPU "
-                          "(--device cpu, or --max-memory cpu=... with a device map)", name, dtype_name(host->dtype));
-    return 0;
-}
-
 /* Places checkpoint tensor `name` on logical device li (quantized, or in m->wdtype; transpose: store
  * [in,out] as [out,in]). */
 static int place(struct model *m, const struct safetensors *st, const struct model_placement *pl, int li,
@@ -527,7 +518,6 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
     void *tmp = NULL;
     if (host_tensor(m, st, name, transpose, &host, &tmp, &src, e)) { free(tmp); return -1; }
     const struct device dev = pl->devs[li];
-    if (refuse_quant_gpu(&host, dev, name, e)) { free(tmp); return -1; }
     if (dev.kind == DEVICE_CPU) {
         if (tmp && track(m, dev, tmp, e)) { free(tmp); return -1; }
         *out = host; /* tmp, or a zero-copy view of the read-only map */
@@ -581,7 +571,6 @@ static int place_joined(struct model *m, const struct safetensors *st, const str
         rows += host[i].shape[0];
     }
     const struct device dev = pl->devs[li];
-    if (!rc) rc = refuse_quant_gpu(&host[0], dev, names[0], e);
     const int in_place = !rc && adjacent && dev.kind == DEVICE_CPU;
     if (!rc) {
         *joined = host[0].ndim == 2 ? tensor_make(host[0].dtype, dev, NULL, 2, rows, host[0].shape[1])

@@ -137,7 +137,8 @@ struct safetensors;
  * gate|up (LLM) and q|k|v weights and biases (vision) are joined along rows on every device (a copy,
  * whose source pages of the map are then released, unless the parts already lie back to back).
  * Quantized tensors (model_quant_dtype with pl->quant) are bound as Q8/Q4/NF4 row records: read from
- * the folder's bitsandbytes parts or our U8 records, or quantized here from the float weight. */
+ * the folder's bitsandbytes parts or our U8 records, or quantized here from the float weight, on the
+ * CPU or copied byte for byte to a GPU (src/cuda/cuda_quant.cu runs them there). */
 int model_load(struct model *m, const struct model_config *cfg, const struct safetensors *st,
                const struct model_placement *pl, enum dtype wdtype, const struct progress *progress, struct err *e);
 void model_free(struct model *m);

@@ -133,7 +133,7 @@ const char *devmap_opts_help(void)
            "  --max-patches N         patches per piece (default 1100)\n"
            "  --device-map FILE.json  explicit map {\"llm.model.layers.0\": 0, ..., \"vpm\": \"cpu\"}\n"
            "  --quant q8|q4           quantize an fp16 folder's decoder Linears at load (lm_head q8;\n"
-           "                          docs/QUANT.md); CPU only until the CUDA kernels exist\n";
+           "                          docs/QUANT.md)\n";
 }
 
 int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e)

@@ -69,6 +69,8 @@ enum cuda_scratch_slot {
     SCRATCH_ARGMAX,    /* argmax: device-side int32 results */
     SCRATCH_ATTN_CNT,  /* decode attention: per-block-group arrival counters (zeroed, self-resetting) */
     SCRATCH_MM_T,      /* linear without a fused epilogue: the product before the activation / residual */
+    SCRATCH_QW,        /* a quantized weight (or a row tile of it) dequantized to F16 for the GEMM (cuda_quant.cu) */
+    SCRATCH_QY,        /* the output columns of one such tile, before they go into y */
     SCRATCH_N
 };
 

@@ -493,6 +493,10 @@ static bool lt_eligible(const struct tensor *y, const struct tensor *w, const st
 
 extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
 {
+    if (dtype_is_quant(w->dtype)) { /* cuda_quant.cu: its GEMV, or dequantize + this function */
+        cuda_quant_matmul(y, x, w, bias);
+        return;
+    }
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
     if (n == 0 || o == 0) return;
@@ -534,7 +538,15 @@ extern "C" void cuda_linear(struct tensor *y, const struct tensor *x, const stru
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
     if (n == 0 || o == 0) return;
-    if (n > GEMV_MAX_TOKENS && n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX && lt_eligible(y, w, bias, res)) {
+    if (dtype_is_quant(w->dtype)) {
+        /* prefill: the F16 dequantization in the workspace, then this function's fused path; a matrix
+         * larger than one tile (or a decode GEMV) goes through cuda_matmul below, act/res after it */
+        struct tensor w16;
+        if (n > GEMV_MAX_TOKENS && cuda_quant_as_f16(&w16, w)) {
+            cuda_linear(y, x, &w16, bias, act, res);
+            return;
+        }
+    } else if (n > GEMV_MAX_TOKENS && n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX && lt_eligible(y, w, bias, res)) {
         const void *xp = gemm_input(c, x, w->dtype);
         const struct lt_args g = {cuda_dtype(w->dtype), w->data, xp, bias->data, res ? res->data : NULL, y->data,
                                   n, k, o, 1, act == LINEAR_GELU_TANH};
@@ -556,6 +568,13 @@ extern "C" int cuda_matmul_stacked(struct tensor *y, const struct tensor *x, con
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t S = y->shape[0], n = y->shape[1], o = y->shape[2], k = x->shape[1];
     if (S == 0 || n == 0 || o == 0) return 1;
+    if (dtype_is_quant(w->dtype)) {
+        /* prefill: all S blocks dequantized at once, then the batched GEMM; otherwise (decode, or
+         * larger than a tile) backend.c's loop of op_matmul on the quantized row views */
+        struct tensor w16;
+        if (n <= GEMV_MAX_TOKENS || !cuda_quant_as_f16(&w16, w)) return 0;
+        return cuda_matmul_stacked(y, x, &w16, bias);
+    }
     struct tensor y0 = tensor_reshape(y, 2, S * n, o);
     y0 = tensor_rows_view(&y0, 0, n);
     struct tensor w0 = tensor_rows_view(w, 0, o);

@@ -1,0 +1,418 @@
+/* cuda_quant.cu: matmuls whose weight is quantized (DTYPE_Q8, DTYPE_Q4, DTYPE_NF4 row records;
+ * layouts in docs/QUANT.md and quant.h, semantics in backend.h: the op on the F16 dequantization).
+ * n <= 8 (decode, x in F16 or F32): a GEMV that reads each record once with 16-byte streaming loads, dequantizes
+ * 8 weights at a time in registers to the exact F16 values the CPU twin uses (Q8 and Q4 as half2
+ * multiplies of code and scale, exact to f16(code * scale); NF4 as the f32 product table * absmax
+ * rounded to half), and accumulates x * w in fp32 for every token; warp-shuffle reduction, the bias
+ * added in fp32 before the one rounding to y's dtype. Launched with PDL when the context asks for it
+ * (weights are loaded before griddepcontrol.wait). No scratch, no host sync: graph-capturable.
+ * n > 8 (prefill, vision): the weight is dequantized to F16 into a workspace (SCRATCH_QW) in row
+ * tiles of at most QUANT_DEQ_TILE_BYTES (backend.h) and the fp16 GEMM path of cuda_gemv.cu runs on it
+ * (fused cuBLASLt epilogues included when the whole matrix fits one tile); a matrix larger than a
+ * tile (only the q8 lm_head at n > 8) is done tile by tile, each tile's output columns going through
+ * SCRATCH_QY (also bounded by the tile size) into y. */
+#include "cuda/cuda_common.cuh"
+
+#include "quant.h"
+
+#define QGEMV_MAX_TOKENS 8
+#define QGEMV_WARPS 8
+#define QGEMV_UNROLL 4 /* 16-byte weight loads in flight per lane */
+
+enum { QF_Q8 = 0, QF_Q4 = 1, QF_NF4 = 2 };
+
+static int qfmt_of(enum dtype t)
+{
+    switch (t) {
+    case DTYPE_Q8: return QF_Q8;
+    case DTYPE_Q4: return QF_Q4;
+    case DTYPE_NF4: return QF_NF4;
+    default: CHECKF(0, "cuda quant: dtype %s is not quantized", dtype_name(t));
+    }
+    return 0;
+}
+
+/* bytes of codes at the start of a record of k values */
+__host__ __device__ __forceinline__ int64_t q_code_bytes(int f, int64_t k) { return f == QF_Q8 ? k : k / 2; }
+
+/* the NF4 table, passed by value to the kernels (copied into shared memory there) */
+struct nf4_tab {
+    float v[16];
+};
+
+__device__ __forceinline__ __half2 u2h2(uint32_t u)
+{
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return h;
+}
+
+/* ---- 8 weights from their codes: out[p] = the half2 pair (2p, 2p+1) of the octet ---- */
+
+/* Q8: 8 int8 codes (lo: elements 0..3, hi: 4..7). Byte b (q + 128 after the xor) becomes the half
+ * 1024 + b by placing 0x64 above it; minus 1152 gives q exactly; one half multiply by s. */
+__device__ __forceinline__ void dq_q8(uint32_t lo, uint32_t hi, __half2 s2, __half2 out[4])
+{
+    const __half2 k1152 = u2h2(0x64806480u);
+    lo ^= 0x80808080u;
+    hi ^= 0x80808080u;
+    out[0] = __hmul2(__hsub2(u2h2(__byte_perm(lo, 0x64646464u, 0x4140)), k1152), s2);
+    out[1] = __hmul2(__hsub2(u2h2(__byte_perm(lo, 0x64646464u, 0x4342)), k1152), s2);
+    out[2] = __hmul2(__hsub2(u2h2(__byte_perm(hi, 0x64646464u, 0x4140)), k1152), s2);
+    out[3] = __hmul2(__hsub2(u2h2(__byte_perm(hi, 0x64646464u, 0x4342)), k1152), s2);
+}
+
+/* Q4: one word of the interleaved nibble order (QUANT.md): (u >> 4p) & 0x000f000f holds the pair
+ * (2p, 2p+1); | 0x6400 makes each half 1024 + c, minus 1032 gives c - 8, times s. */
+__device__ __forceinline__ void dq_q4(uint32_t u, __half2 s2, __half2 out[4])
+{
+    const __half2 k1032 = u2h2(0x64086408u);
+#pragma unroll
+    for (int p = 0; p < 4; p++) out[p] = __hmul2(__hsub2(u2h2(((u >> (4 * p)) & 0x000f000fu) | 0x64006400u), k1032), s2);
+}
+
+/* NF4: bitsandbytes' order (byte b: element 2b in the high nibble, 2b+1 in the low one);
+ * w = half(f32(NF4[c] * absmax)). tab: the table in shared memory. */
+__device__ __forceinline__ void dq_nf4(uint32_t u, float a, const float *tab, __half2 out[4])
+{
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        const uint32_t b = (u >> (8 * p)) & 0xffu;
+        out[p] = __halves2half2(__float2half_rn(__fmul_rn(tab[b >> 4], a)), __float2half_rn(__fmul_rn(tab[b & 15], a)));
+    }
+}
+
+/* The scale of group gi of a record as a half2 (Q8 / Q4), or the f32 absmax (NF4). */
+__device__ __forceinline__ __half2 q_scale_h2(const uint8_t *scales, int64_t gi)
+{
+    const __half s = __ldg(reinterpret_cast<const __half *>(scales) + gi);
+    return __halves2half2(s, s);
+}
+__device__ __forceinline__ float q_absmax(const uint8_t *scales, int64_t gi)
+{
+    return __ldg(reinterpret_cast<const float *>(scales) + gi);
+}
+
+/* Dequantizes the octet (8 weights starting at element j, j % 8 == 0) whose code bytes are words
+ * w0 (and w1 for Q8) into wf[8] floats. g: the record's scale group. */
+template <int F>
+__device__ __forceinline__ void dq_octet(uint32_t w0, uint32_t w1, const uint8_t *scales, int64_t j, int64_t g,
+                                         const float *tab, float wf[8])
+{
+    __half2 h[4];
+    if constexpr (F == QF_Q8) dq_q8(w0, w1, q_scale_h2(scales, 0), h);
+    else if constexpr (F == QF_Q4) dq_q4(w0, q_scale_h2(scales, j / g), h);
+    else dq_nf4(w0, q_absmax(scales, j / g), tab, h);
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        const float2 f = __half22float2(h[p]);
+        wf[2 * p] = f.x;
+        wf[2 * p + 1] = f.y;
+    }
+}
+
+/* acc[t] += w · x[t, j .. j+7] */
+template <typename X, int NT, bool PDL>
+__device__ __forceinline__ void q_fma8(float *acc, const float wf[8], const X *x, int n, int64_t k, int64_t j)
+{
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t < n) {
+            float xf[8];
+            load_vec<X, 8, PDL>(x + t * k + j, xf);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[t] = fmaf(wf[e], xf[e], acc[t]);
+        }
+    }
+}
+
+/* one 16-byte vector of codes (index v of the record): 2 octets of Q8, 4 of Q4 / NF4 */
+template <int F, typename X, int NT, bool PDL>
+__device__ __forceinline__ void q_vec(float *acc, uint4 c, int64_t v, const uint8_t *scales, int64_t g,
+                                      const float *tab, const X *x, int n, int64_t k)
+{
+    float wf[8];
+    if constexpr (F == QF_Q8) {
+        const int64_t j = v * 16;
+        dq_octet<F>(c.x, c.y, scales, j, g, tab, wf);
+        q_fma8<X, NT, PDL>(acc, wf, x, n, k, j);
+        dq_octet<F>(c.z, c.w, scales, j + 8, g, tab, wf);
+        q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 8);
+    } else {
+        const int64_t j = v * 32;
+        dq_octet<F>(c.x, 0, scales, j, g, tab, wf);
+        q_fma8<X, NT, PDL>(acc, wf, x, n, k, j);
+        dq_octet<F>(c.y, 0, scales, j + 8, g, tab, wf);
+        q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 8);
+        dq_octet<F>(c.z, 0, scales, j + 16, g, tab, wf);
+        q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 16);
+        dq_octet<F>(c.w, 0, scales, j + 24, g, tab, wf);
+        q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 24);
+    }
+}
+
+/* y[n, o] = x[n, k] · W16^T (+ bias). A block of 8 warps owns rpb rows (wpr = 8 / rpb warps per row,
+ * splitting the row's 16-byte code vectors); rb: record bytes, g: scale group. Requires x 16-byte
+ * aligned (k % 16 == 0 always holds for quantized rows). */
+template <int F, typename X, int NT, bool PDL>
+__global__ void __launch_bounds__(QGEMV_WARPS * 32)
+qgemv_kernel(void *y, int ydt, const X *x, const uint8_t *w, int64_t rb, int64_t g, const void *bias, int bdt, int n,
+             int64_t k, int64_t o, int rpb, struct nf4_tab nt)
+{
+    __shared__ float red[QGEMV_WARPS][NT];
+    __shared__ float tab[16];
+    if (F == QF_NF4 && threadIdx.x < 16) tab[threadIdx.x] = nt.v[threadIdx.x];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wpr = QGEMV_WARPS / rpb, rloc = warp / wpr, wr = warp % wpr;
+    const int64_t row = (int64_t)blockIdx.x * rpb + rloc;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    pdl_trigger();
+    const int64_t cb = q_code_bytes(F, k);
+    const uint8_t *rec = w + (row < o ? row : 0) * rb;
+    const uint8_t *scales = rec + cb;
+    const uint4 *codes = reinterpret_cast<const uint4 *>(rec);
+    const int64_t nv = cb / 16, stride = 32 * (int64_t)wpr;
+    int64_t v = (int64_t)wr * 32 + lane;
+    uint4 wv[QGEMV_UNROLL];
+    /* the first batch of codes is loaded before waiting for the previous kernel (PDL): weights are
+     * constant */
+    if (row < o)
+#pragma unroll
+        for (int u = 0; u < QGEMV_UNROLL; u++)
+            if (v + u * stride < nv) wv[u] = __ldcs(codes + v + u * stride);
+    if (F == QF_NF4) __syncthreads(); /* tab */
+    pdl_wait();
+    if (row < o) {
+        while (v < nv) {
+#pragma unroll
+            for (int u = 0; u < QGEMV_UNROLL; u++)
+                if (v + u * stride < nv) q_vec<F, X, NT, PDL>(acc, wv[u], v + u * stride, scales, g, tab, x, n, k);
+            v += QGEMV_UNROLL * stride;
+#pragma unroll
+            for (int u = 0; u < QGEMV_UNROLL; u++)
+                if (v + u * stride < nv) wv[u] = __ldcs(codes + v + u * stride);
+        }
+        /* Q4 / NF4 rows whose code bytes are not a multiple of 16 (k % 32 == 16): the last 8 bytes */
+        if (F != QF_Q8 && (cb & 15) && wr == 0 && lane == 0) {
+            const uint2 tl = __ldcs(reinterpret_cast<const uint2 *>(rec + nv * 16));
+            float wf[8];
+            const int64_t j = nv * 32;
+            dq_octet<F>(tl.x, 0, scales, j, g, tab, wf);
+            q_fma8<X, NT, PDL>(acc, wf, x, n, k, j);
+            dq_octet<F>(tl.y, 0, scales, j + 8, g, tab, wf);
+            q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 8);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = warp_sum(acc[t]);
+    if (wpr > 1) { /* uniform over the block */
+        if (lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) red[warp][t] = acc[t];
+        __syncthreads();
+        if (wr == 0 && lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                float s = 0;
+                for (int q = 0; q < wpr; q++) s += red[warp + q][t];
+                acc[t] = s;
+            }
+    }
+    if (row < o && wr == 0 && lane == 0) {
+        const float b = bias ? ldf(bias, bdt, row) : 0.0f;
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            if (t < n) stf(y, ydt, (int64_t)t * o + row, acc[t] + b);
+    }
+}
+
+/* dst[r, :] = W16 of rows r of w (F16 bits), one thread per octet */
+template <int F>
+__global__ void qdequant_kernel(__half *dst, const uint8_t *w, int64_t rb, int64_t g, int64_t k, int64_t rows, struct nf4_tab nt)
+{
+    __shared__ float tab[16];
+    if (F == QF_NF4) {
+        if (threadIdx.x < 16) tab[threadIdx.x] = nt.v[threadIdx.x];
+        __syncthreads();
+    }
+    const int64_t per_row = k / 8, total = rows * per_row, cb = q_code_bytes(F, k);
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / per_row, q = i % per_row, j = q * 8;
+        const uint8_t *rec = w + r * rb;
+        uint32_t w0, w1 = 0;
+        if constexpr (F == QF_Q8) {
+            const uint2 c = __ldg(reinterpret_cast<const uint2 *>(rec + j));
+            w0 = c.x;
+            w1 = c.y;
+        } else {
+            w0 = __ldg(reinterpret_cast<const uint32_t *>(rec + j / 2));
+        }
+        __half2 h[4];
+        if constexpr (F == QF_Q8) dq_q8(w0, w1, q_scale_h2(rec + cb, 0), h);
+        else if constexpr (F == QF_Q4) dq_q4(w0, q_scale_h2(rec + cb, j / g), h);
+        else dq_nf4(w0, q_absmax(rec + cb, j / g), tab, h);
+        uint4 out;
+        memcpy(&out.x, &h[0], 4);
+        memcpy(&out.y, &h[1], 4);
+        memcpy(&out.z, &h[2], 4);
+        memcpy(&out.w, &h[3], 4);
+        reinterpret_cast<uint4 *>(dst + r * k)[q] = out;
+    }
+}
+
+/* ---- host side ---- */
+
+static struct nf4_tab q_tab(void)
+{
+    struct nf4_tab t;
+    memcpy(t.v, QUANT_NF4, sizeof t.v);
+    return t;
+}
+
+/* Rows per block: wpr warps per row so that a lane has about QGEMV_UNROLL vectors to load. */
+static int qgemv_rows_per_block(int64_t nv)
+{
+    int wpr = 1;
+    while (wpr < QGEMV_WARPS && nv > (int64_t)wpr * 32 * QGEMV_UNROLL) wpr *= 2;
+    return QGEMV_WARPS / wpr;
+}
+
+template <int F, typename X, bool PDL>
+static void qgemv_launch_x(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                           const struct tensor *bias, int rpb)
+{
+    const int n = (int)x->shape[0];
+    const int64_t k = x->shape[1], o = w->shape[0];
+    const int64_t rb = (int64_t)dtype_row_bytes(w->dtype, k), g = quant_group(w->dtype, k);
+    const unsigned grid = (unsigned)((o + rpb - 1) / rpb);
+    const dim3 blk(QGEMV_WARPS * 32);
+    void *yp = y->data;
+    const int ydt = y->dtype;
+    const X *xp = (const X *)x->data;
+    const uint8_t *wp = (const uint8_t *)w->data;
+    const void *bp = bias ? bias->data : NULL;
+    const int bdt = bias ? (int)bias->dtype : 0;
+    const struct nf4_tab nt = q_tab();
+    if (PDL) {
+        if (n == 1) cuda_launch_pdl(c, qgemv_kernel<F, X, 1, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+        else if (n == 2) cuda_launch_pdl(c, qgemv_kernel<F, X, 2, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+        else if (n <= 4) cuda_launch_pdl(c, qgemv_kernel<F, X, 4, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+        else cuda_launch_pdl(c, qgemv_kernel<F, X, 8, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+        return;
+    }
+    if (n == 1) qgemv_kernel<F, X, 1, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+    else if (n == 2) qgemv_kernel<F, X, 2, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+    else if (n <= 4) qgemv_kernel<F, X, 4, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+    else qgemv_kernel<F, X, 8, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+    KERNEL_CHECK();
+}
+
+template <int F>
+static void qgemv_launch(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                         const struct tensor *bias, int rpb)
+{
+    switch (x->dtype) {
+    case DTYPE_F16:
+        /* PDL only for F16 activations (the model's case): fewer kernel instances */
+        if (c->pdl) qgemv_launch_x<F, __half, true>(c, y, x, w, bias, rpb);
+        else qgemv_launch_x<F, __half, false>(c, y, x, w, bias, rpb);
+        break;
+    default: qgemv_launch_x<F, float, false>(c, y, x, w, bias, rpb); break;
+    }
+}
+
+/* Dequantizes rows [r0, r0 + rows) of w into dst (F16 [rows, k]). */
+static void qdequant(struct cuda_ctx *c, void *dst, const struct tensor *w, int64_t r0, int64_t rows)
+{
+    const int64_t k = w->shape[1];
+    const int64_t rb = (int64_t)dtype_row_bytes(w->dtype, k), g = quant_group(w->dtype, k);
+    const uint8_t *src = (const uint8_t *)w->data + r0 * rb;
+    const unsigned grid = cuda_grid_1d(c, rows * (k / 8));
+    switch (qfmt_of(w->dtype)) {
+    case QF_Q8: qdequant_kernel<QF_Q8><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, k, rows, q_tab()); break;
+    case QF_Q4: qdequant_kernel<QF_Q4><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, k, rows, q_tab()); break;
+    default: qdequant_kernel<QF_NF4><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, k, rows, q_tab()); break;
+    }
+    KERNEL_CHECK();
+}
+
+static void q_check(const struct tensor *w)
+{
+    const int64_t k = w->shape[1];
+    CHECKF(w->ndim == 2 && k % 16 == 0 && dtype_row_bytes(w->dtype, k) % 16 == 0 && ((uintptr_t)w->data & 15) == 0,
+           "weight %s: %s [%lld, %lld] records must be 16-byte aligned with k %% 16 == 0", w->name ? w->name : "?",
+           dtype_name(w->dtype), (long long)w->shape[0], (long long)k);
+}
+
+/* The whole of w as an F16 tensor in the workspace, or false when it is larger than one tile. */
+extern "C" bool cuda_quant_as_f16(struct tensor *w16, const struct tensor *w)
+{
+    struct cuda_ctx *c = cuda_ctx_get(w->dev.ordinal);
+    q_check(w);
+    const int64_t o = w->shape[0], k = w->shape[1];
+    const size_t bytes = (size_t)(o * k) * 2;
+    if (bytes > QUANT_DEQ_TILE_BYTES) return false;
+    *w16 = tensor_make(DTYPE_F16, w->dev, cuda_scratch(c, SCRATCH_QW, bytes), 2, o, k);
+    w16->name = w->name;
+    qdequant(c, w16->data, w, 0, o);
+    return true;
+}
+
+/* cuda_matmul for a quantized w (called from cuda_gemv.cu). */
+extern "C" void cuda_quant_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w,
+                                  const struct tensor *bias)
+{
+    struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
+    q_check(w);
+    const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
+    if (n == 0 || o == 0) return;
+    /* the GEMV takes F16 (the model's activations) or F32 x; BF16 x (no model path) and unaligned x
+     * take the dequantize-then-F16 path below, whose scratch keeps them out of captured graphs */
+    if (n <= QGEMV_MAX_TOKENS && (x->dtype == DTYPE_F16 || x->dtype == DTYPE_F32) && ((uintptr_t)x->data & 15) == 0) {
+        const int rpb = qgemv_rows_per_block(q_code_bytes(qfmt_of(w->dtype), k) / 16);
+        switch (qfmt_of(w->dtype)) {
+        case QF_Q8: qgemv_launch<QF_Q8>(c, y, x, w, bias, rpb); break;
+        case QF_Q4: qgemv_launch<QF_Q4>(c, y, x, w, bias, rpb); break;
+        default: qgemv_launch<QF_NF4>(c, y, x, w, bias, rpb); break;
+        }
+        return;
+    }
+    /* prefill (or an unaligned x): dequantize, then the fp16 path */
+    struct tensor w16;
+    if (cuda_quant_as_f16(&w16, w)) {
+        cuda_matmul(y, x, &w16, bias);
+        return;
+    }
+    /* tiles of oc rows: the weight tile and the tile's output columns each within the bound */
+    const size_t ys = dtype_size(y->dtype);
+    int64_t oc = (int64_t)(QUANT_DEQ_TILE_BYTES / ((size_t)k * 2));
+    const int64_t oc_y = (int64_t)(QUANT_DEQ_TILE_BYTES / ((size_t)n * ys));
+    if (oc_y < oc) oc = oc_y;
+    oc &= ~(int64_t)7;
+    CHECKF(oc >= 8, "matmul %s: %lld tokens x %lld columns exceed the dequantization tile", w->name ? w->name : "?",
+           (long long)n, (long long)o);
+    void *wt = cuda_scratch(c, SCRATCH_QW, (size_t)(oc * k) * 2);
+    void *yt = cuda_scratch(c, SCRATCH_QY, (size_t)(n * oc) * ys);
+    for (int64_t o0 = 0; o0 < o; o0 += oc) {
+        const int64_t m = o - o0 < oc ? o - o0 : oc;
+        qdequant(c, wt, w, o0, m);
+        struct tensor w16t = tensor_make(DTYPE_F16, w->dev, wt, 2, m, k);
+        struct tensor yc = tensor_make(y->dtype, y->dev, yt, 2, n, m);
+        struct tensor bc;
+        if (bias) bc = tensor_rows_view(bias, o0, m);
+        cuda_matmul(&yc, x, &w16t, bias ? &bc : NULL);
+        CUDA_CHECK(cudaMemcpy2DAsync((char *)y->data + (size_t)o0 * ys, (size_t)o * ys, yt, (size_t)m * ys,
+                                     (size_t)m * ys, (size_t)n, cudaMemcpyDeviceToDevice, c->stream));
+    }
+}
+
+/* For tests/test_cuda_quant.c: dequantizes all of w (on a GPU) to F16 dst (on the same GPU, [o, k]). */
+extern "C" void cuda_quant_dequant(struct tensor *dst, const struct tensor *w)
+{
+    struct cuda_ctx *c = cuda_ctx_get(w->dev.ordinal);
+    q_check(w);
+    CHECK(dst->dtype == DTYPE_F16 && dst->shape[0] == w->shape[0] && dst->shape[1] == w->shape[1]);
+    qdequant(c, dst->data, w, 0, w->shape[0]);
+}

@@ -1,0 +1,405 @@
+/* test_cuda_quant.c: matmuls with quantized weights (Q8, Q4, NF4 row records; docs/QUANT.md) on the
+ * GPU against their CPU twins, which compute the op on the F16 dequantization bit for bit (backend.h):
+ *  - the GPU dequantization (the prefill path's kernel, whose per-weight code the GEMV shares) equals
+ *    quant_dequant_rows_f16 bit for bit; the first mismatches are printed with their codes;
+ *  - the decode GEMV for n = 1..8 and the prefill GEMM for n = 17 and 300 at the model's shapes
+ *    (4096x4096, 14336x4096, 4096x14336, the 128256x4096 lm_head, whose prefill GEMM goes tile by tile,
+ *    and the vision fc2 with K = 4304, scale groups of 16, code rows not a multiple of 16 bytes),
+ *    within the fp32-accumulation tolerance (y in f32) and the fp16 one (y in f16, with a bias);
+ *  - op_linear (bias + GELU, residual in place) and op_matmul_stacked (vision q|k|v) with NF4;
+ *  - the tiny model loaded on the GPU in q8, q4 (at load) and nf4 (mkmodel --quant nf4) gives the
+ *    CPU's greedy tokens, with a prompt long enough (20 tokens) to take the GEMM path at prefill.
+ * `test_cuda_quant bench` prints the decode GEMV's bandwidth per format (and fp16's) at 4096x14336 and
+ * 14336x4096. Without a GPU every case is reported as skipped. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "backend.h"
+#include "backend_impl.h"
+#include "t.h"
+#include "tensor.h"
+
+#ifdef MINICPMV_CUDA
+
+#include "cmd.h"
+#include "config.h"
+#include "llm.h"
+#include "model.h"
+#include "quant.h"
+#include "safetensors.h"
+#include "tcuda.h"
+#include "tutil.h"
+
+static const enum dtype FMTS[3] = {DTYPE_Q8, DTYPE_Q4, DTYPE_NF4};
+
+/* Host records of a random [o, k] weight of dtype dt: Q8 / Q4 quantized from values of the
+ * model's scale (std ~ 1/sqrt(k)), NF4 random codes with absmax in [0.02, 0.1). */
+static struct tensor q_rand(enum dtype dt, int64_t o, int64_t k)
+{
+    struct tensor w = tensor_make(dt, device_cpu(), NULL, 2, o, k);
+    const size_t rb = dtype_row_bytes(dt, k);
+    CHECKF(rb > 0, "k %lld", (long long)k);
+    w.data = calloc(1, tensor_nbytes(&w));
+    CHECK(w.data);
+    if (dt == DTYPE_NF4) {
+        const int64_t g = quant_group(dt, k);
+        for (int64_t r = 0; r < o; r++) {
+            uint8_t *rec = (uint8_t *)w.data + (size_t)r * rb;
+            for (int64_t b = 0; b < k / 2; b++) rec[b] = (uint8_t)(frand() * 128.0f + 128.0f);
+            float *am = (float *)(rec + k / 2);
+            for (int64_t j = 0; j < k / g; j++) am[j] = 0.06f + 0.04f * frand();
+        }
+        return w;
+    }
+    const float amp = 1.7f / sqrtf((float)k);
+    float *f = malloc((size_t)k * 64 * sizeof *f);
+    CHECK(f);
+    struct err e = {{0}};
+    for (int64_t r0 = 0; r0 < o; r0 += 64) {
+        const int64_t m = o - r0 < 64 ? o - r0 : 64;
+        for (int64_t i = 0; i < m * k; i++) f[i] = amp * frand();
+        CHECKF(!quant_quantize_rows((uint8_t *)w.data + (size_t)r0 * rb, dt, f, m, k, "test", &e), "%s", e.msg);
+    }
+    free(f);
+    return w;
+}
+
+static struct tensor d_of(const struct tensor *h) /* device copy of a host tensor of any dtype */
+{
+    return d_from(h);
+}
+
+/* GPU dequantization == quant_dequant_rows_f16, bit for bit */
+static void test_dequant(void)
+{
+    static const struct { int64_t o, k; } sh[] = {{64, 4096}, {48, 4304}, {40, 14336}, {8, 16}, {8, 48}};
+    for (int f = 0; f < 3; f++)
+        for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
+            const int64_t o = sh[s].o, k = sh[s].k;
+            struct tensor w = q_rand(FMTS[f], o, k), dw = d_of(&w);
+            struct tensor d16 = d_new(DTYPE_F16, 2, o, k, 0);
+            cuda_quant_dequant(&d16, &dw);
+            uint16_t *ref = malloc((size_t)(o * k) * 2), *got = malloc((size_t)(o * k) * 2);
+            CHECK(ref && got);
+            quant_dequant_rows_f16(ref, w.data, w.dtype, o, k);
+            struct tensor hg = tensor_make(DTYPE_F16, device_cpu(), got, 2, o, k);
+            op_copy(&hg, &d16);
+            int64_t bad = 0;
+            for (int64_t i = 0; i < o * k; i++)
+                if (ref[i] != got[i]) {
+                    if (bad < 5) {
+                        const int64_t r = i / k, j = i % k;
+                        const uint8_t *rec = (const uint8_t *)w.data + (size_t)r * dtype_row_bytes(w.dtype, k);
+                        printf("    %s [%lld,%lld] row %lld col %lld: gpu 0x%04x cpu 0x%04x (code byte 0x%02x)\n",
+                               dtype_name(w.dtype), (long long)o, (long long)k, (long long)r, (long long)j, got[i],
+                               ref[i], w.dtype == DTYPE_Q8 ? rec[j] : rec[j / 2]);
+                    }
+                    bad++;
+                }
+            printf("  dequant %-4s [%6lld, %5lld]: %lld of %lld differ %s\n", dtype_name(w.dtype), (long long)o,
+                   (long long)k, (long long)bad, (long long)(o * k), bad ? "FAIL" : "ok");
+            T_ASSERTF(bad == 0, "dequant %s [%lld, %lld]: %lld values differ", dtype_name(w.dtype), (long long)o,
+                      (long long)k, (long long)bad);
+            free(ref);
+            free(got);
+            free(w.data);
+            t_free(&dw);
+            t_free(&d16);
+        }
+}
+
+/* op_matmul with a quantized weight, GPU vs CPU, for the token counts ns */
+static void matmul_case(enum dtype dt, int64_t o, int64_t k, const int *ns, int nn, const char *what)
+{
+    struct tensor w = q_rand(dt, o, k), dw = d_of(&w);
+    struct tensor b = h_rand(DTYPE_F16, 1, o, 0, 0, 0.5f), db = d_of(&b);
+    for (int i = 0; i < nn; i++) {
+        const int64_t n = ns[i];
+        struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), dx = d_of(&x);
+        /* y in f32, no bias: only the accumulation order differs */
+        struct tensor ref = h_new(DTYPE_F32, 2, n, o, 0), dy = d_new(DTYPE_F32, 2, n, o, 0);
+        op_matmul(&ref, &x, &w, NULL);
+        op_matmul(&dy, &dx, &dw, NULL);
+        char cas[96];
+        snprintf(cas, sizeof cas, "%s %s n%lld [%lld,%lld] f32", dtype_name(dt), what, (long long)n, (long long)o,
+                 (long long)k);
+        /* the GEMM path rounds x to fp16 (it is fp16 already) and runs on tensor cores: TOL_TC */
+        check_close("matmul", cas, &dy, &ref, TOL_TC);
+        t_free(&dy);
+        free(ref.data);
+        /* y in f16 with a bias: the model's case */
+        struct tensor ref16 = h_new(DTYPE_F16, 2, n, o, 0), dy16 = d_new(DTYPE_F16, 2, n, o, 0);
+        op_matmul(&ref16, &x, &w, &b);
+        op_matmul(&dy16, &dx, &dw, &db);
+        snprintf(cas, sizeof cas, "%s %s n%lld [%lld,%lld] f16+bias", dtype_name(dt), what, (long long)n, (long long)o,
+                 (long long)k);
+        check_close("matmul", cas, &dy16, &ref16, TOL_F16);
+        t_free(&dy16);
+        free(ref16.data);
+        free(x.data);
+        t_free(&dx);
+    }
+    free(w.data);
+    t_free(&dw);
+    free(b.data);
+    t_free(&db);
+}
+
+static const int NS_GEMV[] = {1, 2, 3, 4, 5, 6, 7, 8};
+
+static void test_gemv(void)
+{
+    for (int f = 0; f < 3; f++) {
+        matmul_case(FMTS[f], 4096, 4096, NS_GEMV, 8, "o_proj");
+        matmul_case(FMTS[f], 14336, 4096, NS_GEMV, 8, "gate");
+        matmul_case(FMTS[f], 4096, 14336, NS_GEMV, 8, "down");
+        matmul_case(FMTS[f], 1152, 4304, NS_GEMV, 8, "fc2 (g16)");
+        matmul_case(FMTS[f], 200, 48, NS_GEMV, 8, "small");
+    }
+    static const int ns[] = {1, 8};
+    for (int f = 0; f < 3; f++) matmul_case(FMTS[f], 128256, 4096, ns, 2, "lm_head");
+}
+
+static void test_gemm(void)
+{
+    static const int ns[] = {17, 300};
+    for (int f = 0; f < 3; f++) {
+        matmul_case(FMTS[f], 4096, 4096, ns, 2, "o_proj");
+        matmul_case(FMTS[f], 14336, 4096, ns, 2, "gate");
+        matmul_case(FMTS[f], 4096, 14336, ns, 2, "down");
+        matmul_case(FMTS[f], 1152, 4304, ns, 2, "fc2 (g16)");
+    }
+    static const int n17[] = {17};
+    for (int f = 0; f < 3; f++) matmul_case(FMTS[f], 128256, 4096, n17, 1, "lm_head (tiles)");
+}
+
+/* op_linear with bias + GELU (fused path), and residual in place; op_matmul_stacked (q|k|v) */
+static void test_linear_stacked(void)
+{
+    static const int64_t ns[] = {300, 4};
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < 2; i++) {
+            const enum dtype dt = FMTS[f];
+            const int64_t n = ns[i], k = 1152, o = 4304;
+            struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), dx = d_of(&x);
+            struct tensor w = q_rand(dt, o, k), dw = d_of(&w);
+            struct tensor b = h_rand(DTYPE_F16, 1, o, 0, 0, 0.5f), db = d_of(&b);
+            struct tensor ref = h_new(DTYPE_F16, 2, n, o, 0), dy = d_new(DTYPE_F16, 2, n, o, 0);
+            op_linear(&ref, &x, &w, &b, LINEAR_GELU_TANH, NULL);
+            op_linear(&dy, &dx, &dw, &db, LINEAR_GELU_TANH, NULL);
+            char cas[96];
+            snprintf(cas, sizeof cas, "%s fc1+gelu n%lld", dtype_name(dt), (long long)n);
+            check_close("linear", cas, &dy, &ref, TOL_F16);
+            /* residual in place: y = y + x w^T + b */
+            struct tensor r = h_rand(DTYPE_F16, 2, n, o, 0, 2.0f), dr = d_of(&r);
+            op_linear(&r, &x, &w, &b, LINEAR_NONE, &r);
+            op_linear(&dr, &dx, &dw, &db, LINEAR_NONE, &dr);
+            snprintf(cas, sizeof cas, "%s fc1 += in place n%lld", dtype_name(dt), (long long)n);
+            check_close("linear", cas, &dr, &r, TOL_F16);
+            /* stacked q|k|v [3*1152, 1152] */
+            struct tensor w3 = q_rand(dt, 3 * k, k), dw3 = d_of(&w3);
+            struct tensor b3 = h_rand(DTYPE_F16, 1, 3 * k, 0, 0, 0.5f), db3 = d_of(&b3);
+            struct tensor ref3 = h_new(DTYPE_F16, 3, 3, n, k), dy3 = d_new(DTYPE_F16, 3, 3, n, k);
+            op_matmul_stacked(&ref3, &x, &w3, &b3);
+            op_matmul_stacked(&dy3, &dx, &dw3, &db3);
+            snprintf(cas, sizeof cas, "%s q|k|v stacked n%lld", dtype_name(dt), (long long)n);
+            check_close("stacked", cas, &dy3, &ref3, TOL_F16);
+            free(x.data), t_free(&dx), free(w.data), t_free(&dw), free(b.data), t_free(&db);
+            free(ref.data), t_free(&dy), free(r.data), t_free(&dr);
+            free(w3.data), t_free(&dw3), free(b3.data), t_free(&db3), free(ref3.data), t_free(&dy3);
+        }
+}
+
+/* ---- the tiny model end to end ---- */
+
+#define ROOT "build/test-models/cuda-quant"
+static const int32_t prompt[] = {128000, 791, 4062, 374, 220, 17, 13, 578, 1202, 3, 88, 1500,
+                                 42,     9906, 11, 1148, 374, 701, 836, 30};
+#define NP ((int64_t)(sizeof prompt / sizeof prompt[0]))
+#define NGEN 16
+
+/* step-0 logits and NGEN greedy tokens of the tiny model at dir, on dev */
+static int tiny_run(const char *dir, int quant, struct device dev, float *logits0, int32_t *toks, struct err *e)
+{
+    struct model_config cfg;
+    struct safetensors *st = NULL;
+    struct model m;
+    struct llm s;
+    int layer[64] = {0};
+    struct model_placement pl;
+    memset(&pl, 0, sizeof pl);
+    memset(&m, 0, sizeof m);
+    if (config_load(&cfg, dir, e) || safetensors_open_dir(&st, dir, e)) return -1;
+    pl.n_devices = 1;
+    pl.devs[0] = dev;
+    pl.layer = layer;
+    pl.quant = quant;
+    if (model_load(&m, &cfg, st, &pl, DTYPE_F16, NULL, e)) { safetensors_close(st); return -1; }
+    if (llm_init(&s, &m, &pl, DTYPE_F16, 64, 32, e)) { model_free(&m); safetensors_close(st); return -1; }
+    const int V = cfg.vocab_size;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    CHECK(lg);
+    int rc = llm_forward(&s, prompt, NULL, NP, logits0, e);
+    if (!rc) memcpy(lg, logits0, (size_t)V * sizeof *lg);
+    for (int i = 0; i < NGEN && !rc; i++) {
+        int32_t best = 0;
+        for (int j = 1; j < V; j++) best = lg[j] > lg[best] ? j : best;
+        toks[i] = best;
+        rc = llm_forward(&s, &best, NULL, 1, lg, e);
+    }
+    free(lg);
+    llm_free(&s);
+    model_free(&m);
+    safetensors_close(st);
+    return rc;
+}
+
+static void test_tiny_model(void)
+{
+    mkdir("build", 0755); /* the folders may not exist yet on a GPU machine */
+    mkdir("build/test-models", 0755);
+    mkdir(ROOT, 0755);
+    const char *fp16 = t_tiny_model(7);
+    T_ASSERTF(fp16 != NULL, "the tiny model could not be generated");
+    if (!fp16) return;
+    char nf4[256];
+    snprintf(nf4, sizeof nf4, ROOT "/nf4");
+    struct stat sb;
+    char cfgp[300];
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", nf4);
+    if (stat(cfgp, &sb) != 0) {
+        char *a[] = {"mkmodel", "--out", nf4, "--size", "tiny", "--seed", "7", "--no-tokenizer", "--quiet", "--quant", "nf4", NULL};
+        T_ASSERTF(cmd_mkmodel(11, a) == 0, "mkmodel --quant nf4 failed");
+    }
+    static const struct { int quant; int nf4; const char *name; } cs[] = {
+        {DTYPE_Q8, 0, "q8 (at load)"}, {DTYPE_Q4, 0, "q4 (at load)"}, {0, 1, "nf4 (mkmodel --quant nf4)"}};
+    struct model_config c;
+    config_default_tiny(&c);
+    const int V = c.vocab_size;
+    float *lc = malloc((size_t)V * sizeof *lc), *lg = malloc((size_t)V * sizeof *lg);
+    CHECK(lc && lg);
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+        const char *dir = cs[i].nf4 ? nf4 : fp16;
+        int32_t tc[NGEN] = {0}, tg[NGEN] = {0};
+        struct err e = {{0}};
+        int rc = tiny_run(dir, cs[i].quant, device_cpu(), lc, tc, &e);
+        T_ASSERTF(rc == 0, "%s on the CPU: %s", cs[i].name, e.msg);
+        rc = tiny_run(dir, cs[i].quant, device_cuda(0), lg, tg, &e);
+        T_ASSERTF(rc == 0, "%s on the GPU: %s", cs[i].name, e.msg);
+        if (rc) continue;
+        double mx = 0, mref = 0;
+        for (int j = 0; j < V; j++) {
+            const double d = fabs((double)lg[j] - (double)lc[j]);
+            if (d > mx) mx = d;
+            if (fabs((double)lc[j]) > mref) mref = fabs((double)lc[j]);
+        }
+        int same = 0;
+        while (same < NGEN && tc[same] == tg[same]) same++;
+        printf("  tiny %-26s step-0 logits max_abs %.3g (max |logit| %.3g); greedy tokens equal: %d/%d\n", cs[i].name,
+               mx, mref, same, NGEN);
+        printf("    cpu:");
+        for (int j = 0; j < NGEN; j++) printf(" %d", tc[j]);
+        printf("\n    gpu:");
+        for (int j = 0; j < NGEN; j++) printf(" %d", tg[j]);
+        printf("\n");
+        T_ASSERTF(same == NGEN, "%s: GPU greedy tokens differ from the CPU's at step %d", cs[i].name, same);
+        T_ASSERTF(mx <= 0.02 * (mref > 1 ? mref : 1), "%s: step-0 logits differ by %g", cs[i].name, mx);
+    }
+    free(lc);
+    free(lg);
+}
+
+/* ---- bench: GB/s of the decode GEMV ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void bench_one(enum dtype dt, int64_t o, int64_t k)
+{
+    struct tensor dw;
+    size_t wbytes;
+    if (dt == DTYPE_F16) {
+        struct tensor w = h_rand(DTYPE_F16, 2, o, k, 0, 0.02f);
+        dw = d_of(&w);
+        free(w.data);
+    } else {
+        struct tensor w = q_rand(dt, o, k);
+        dw = d_of(&w);
+        free(w.data);
+    }
+    wbytes = tensor_nbytes(&dw);
+    struct tensor x = h_rand(DTYPE_F16, 2, 1, k, 0, 1.0f), dx = d_of(&x);
+    struct tensor dy = d_new(DTYPE_F16, 2, 1, o, 0);
+    for (int overlap = 0; overlap < 2; overlap++) {
+        dev_set_overlap(device_cuda(0), overlap);
+        for (int i = 0; i < 20; i++) op_matmul(&dy, &dx, &dw, NULL);
+        dev_sync(device_cuda(0));
+        const int reps = 500;
+        const double t0 = now_s();
+        for (int i = 0; i < reps; i++) op_matmul(&dy, &dx, &dw, NULL);
+        dev_sync(device_cuda(0));
+        const double dt_s = (now_s() - t0) / reps;
+        printf("  gemv %-4s [%6lld, %5lld] n1 pdl %d: %8.2f us, %7.1f GB/s (weight bytes %.1f MB)\n", dtype_name(dt),
+               (long long)o, (long long)k, overlap, dt_s * 1e6, (double)wbytes / dt_s * 1e-9, (double)wbytes * 1e-6);
+    }
+    dev_set_overlap(device_cuda(0), 0);
+    t_free(&dw);
+    free(x.data);
+    t_free(&dx);
+    t_free(&dy);
+}
+
+static void bench(void)
+{
+    static const enum dtype all[4] = {DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_NF4};
+    for (int f = 0; f < 4; f++) {
+        bench_one(all[f], 4096, 14336);
+        bench_one(all[f], 14336, 4096);
+        bench_one(all[f], 28672, 4096);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct backend_info bi;
+    backend_query(&bi);
+    if (argc > 1 && !strcmp(argv[1], "bench")) {
+        if (bi.n_gpus) bench();
+        else fprintf(stderr, "test_cuda_quant bench: no CUDA device\n");
+        return bi.n_gpus ? 0 : 1;
+    }
+    if (bi.n_gpus == 0) {
+        (void)t_cur_fail;
+        T_SKIP(test_dequant, "no CUDA device");
+        T_SKIP(test_gemv, "no CUDA device");
+        T_SKIP(test_gemm, "no CUDA device");
+        T_SKIP(test_linear_stacked, "no CUDA device");
+        T_SKIP(test_tiny_model, "no CUDA device");
+        return t_main_end("test_cuda_quant");
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    T_RUN(test_dequant);
+    T_RUN(test_gemv);
+    T_RUN(test_gemm);
+    T_RUN(test_linear_stacked);
+    T_RUN(test_tiny_model);
+    return t_main_end("test_cuda_quant");
+}
+
+#else /* built without CUDA */
+
+int main(void)
+{
+    (void)t_cur_fail;
+    T_SKIP(test_cuda_quant, "built without CUDA (make CUDA=1)");
+    return t_main_end("test_cuda_quant");
+}
+
+#endif
