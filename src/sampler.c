@@ -122,9 +122,10 @@ int32_t sampler_pick(const struct sampler_params *p, const float *x, int V, floa
     float *w = work;
     for (int i = 0; i < V; i++) w[i] = x[i] / t;
     /* candidates sorted descending; only the top k matter for top-k, but top-p needs an order */
-    /* ids with w = -inf (masked by sampler_sample_masked) are never candidates: they have no
-     * weight, and sorting a vocabulary of them would cost more than the rest of the step. Finite
-     * rows (every unconstrained one) keep exactly the candidates of the plain rule. */
+    /* ids whose logit is -inf (masked by sampler_sample_masked) are never candidates: they have no
+     * weight, and sorting a vocabulary of them would cost more than the rest of the step. The test is
+     * on x, not on w: a finite logit whose x / t overflows to -inf (t -> 0) stays a candidate, as in
+     * the plain rule and the device sampler (their candidate counts must agree, SAMPLE_DEV_MAX_CAND). */
     int n = 0;
     if (p->top_k > 0 && p->top_k < V) {
         /* keep every score >= the k-th largest; the selection permutes w, so w is computed again
@@ -132,11 +133,11 @@ int32_t sampler_pick(const struct sampler_params *p, const float *x, int V, floa
         const float kth = kth_largest(w, V, p->top_k);
         for (int i = 0; i < V; i++) {
             w[i] = x[i] / t;
-            if (w[i] >= kth && w[i] > -INFINITY) idx[n++] = i;
+            if (w[i] >= kth && x[i] > -INFINITY) idx[n++] = i;
         }
     } else {
         for (int i = 0; i < V; i++)
-            if (w[i] > -INFINITY) idx[n++] = i;
+            if (x[i] > -INFINITY) idx[n++] = i;
     }
     if (max_cand > 0 && n > max_cand) return -1;
     qsort_r(idx, (size_t)n, sizeof *idx, cmp_desc, w);
