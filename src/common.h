@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct err {
     char msg[1024];
@@ -76,5 +77,12 @@ struct progress {
 /* Parses sizes like "10GiB", "512MiB", "16GB", "1024" (bytes); returns -1 on malformed input, NaN,
  * a negative size or one of 2^63 bytes (8 EiB) or more (inf, 1e30GiB). */
 int parse_size(const char *s, int64_t *out);
+
+/* Byte strings in lexicographic order (a proper prefix first): <0, 0, >0. */
+static inline int bytes_cmp(const void *a, size_t an, const void *b, size_t bn)
+{
+    int c = memcmp(a, b, an < bn ? an : bn);
+    return c ? c : an < bn ? -1 : an > bn;
+}
 
 #endif

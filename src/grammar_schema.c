@@ -50,10 +50,7 @@ static int node_new(struct grammar *g, enum node_kind k, struct err *e)
 static int cmp_lit(const void *a, const void *b)
 {
     const struct glit *x = a, *y = b;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->s, y->s, n);
-    if (c) return c;
-    return x->len < y->len ? -1 : x->len > y->len;
+    return bytes_cmp(x->s, x->len, y->s, y->len);
 }
 
 /* A literal node from JSON texts (taken over: freed with the grammar); sorted, duplicates dropped. */

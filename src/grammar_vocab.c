@@ -53,10 +53,7 @@ struct tok_ref {
 static int cmp_ref(const void *a, const void *b)
 {
     const struct tok_ref *x = a, *y = b;
-    uint32_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->s, y->s, n);
-    if (c) return c;
-    return x->len < y->len ? -1 : x->len > y->len;
+    return bytes_cmp(x->s, x->len, y->s, y->len);
 }
 
 /* Lays out the children of node nd for the sorted refs [lo, hi), which share a prefix of d bytes. */
