@@ -231,8 +231,9 @@ static int entries(const char *body, int stream, struct lpe *out, int max)
 }
 
 /* The reference: greedy on the prompt, step by step through engine_prefill, with the repetition penalty
- * (1.05) applied here; log_softmax here, in double. Fills lp[0..n) (chosen) and top[i][0..k). */
-static int reference(struct engine *g, const char *q, int n, double *lp, double top[][5])
+ * applied here (in float, as spec §8: s < 0 ? s * p : s / p); log_softmax here, in double. Fills lp[0..n)
+ * (chosen) and top[i][0..5). */
+static int reference(struct engine *g, const char *q, int n, float pen, double *lp, double top[][5])
 {
     struct err e = {{0}};
     struct chat_msg m = {"user", q};
@@ -248,7 +249,7 @@ static int reference(struct engine *g, const char *q, int n, double *lp, double 
     int k = 0;
     for (; !rc && k < n; k++) {
         for (int i = 0; i < V; i++)
-            if (seen[i]) x[i] = x[i] < 0 ? x[i] * 1.05f : x[i] / 1.05f;
+            if (seen[i]) x[i] = x[i] < 0 ? x[i] * pen : x[i] / pen;
         int best = 0;
         double mx = x[0];
         for (int i = 1; i < V; i++)
@@ -281,7 +282,8 @@ static int reference(struct engine *g, const char *q, int n, double *lp, double 
 static void logprobs(struct srv *v, struct engine *ref)
 {
     struct lpe a[64], b[64];
-    char *body = req(",\"logprobs\":true,\"top_logprobs\":5", 0, 7, 12, 0);
+    /* a strong penalty (3) makes "after the penalty" visible: the tiny model's logits are small */
+    char *body = req(",\"logprobs\":true,\"top_logprobs\":5,\"repetition_penalty\":3", 0, 7, 12, 0);
     struct resp r = chat(v, body);
     T_EQ_INT(r.status, 200);
     int na = r.body ? entries(r.body, 0, a, 64) : 0;
@@ -290,7 +292,7 @@ static void logprobs(struct srv *v, struct engine *ref)
     if (u) sscanf(u, "\"completion_tokens\":%d", &ct);
     T_EQ_INT(na, ct); /* one entry per generated token */
     free(body), free(r.body);
-    body = req(",\"logprobs\":true,\"top_logprobs\":5", 1, 7, 12, 0);
+    body = req(",\"logprobs\":true,\"top_logprobs\":5,\"repetition_penalty\":3", 1, 7, 12, 0);
     r = chat(v, body);
     T_EQ_INT(r.status, 200);
     int nb = r.body ? entries(r.body, 1, b, 64) : 0;
@@ -309,12 +311,21 @@ static void logprobs(struct srv *v, struct engine *ref)
         T_ASSERT(sum <= 1 + 1e-9);
     }
     double lp[64], top[64][5];
-    int nr = reference(ref, "Answer in JSON: who are you?", na, lp, top);
+    int nr = reference(ref, "Answer in JSON: who are you?", na, 3.0f, lp, top);
     T_EQ_INT(nr, na);
+    double dmax = 0;
     for (int i = 0; i < na && i < nr; i++) {
-        T_NEAR(a[i].lp, lp[i], 1e-4);
-        for (int k = 0; k < 5; k++) T_NEAR(a[i].top[k], top[i][k], 1e-4);
+        T_NEAR(a[i].lp, lp[i], 1e-6);
+        for (int k = 0; k < 5; k++) T_NEAR(a[i].top[k], top[i][k], 1e-6);
+        if (fabs(a[i].lp - lp[i]) > dmax) dmax = fabs(a[i].lp - lp[i]);
     }
+    /* the same reference without the penalty must differ (else the test could not see where it is applied) */
+    double lp0[64], top0[64][5], dpen = 0;
+    int n0 = reference(ref, "Answer in JSON: who are you?", na, 1.0f, lp0, top0);
+    for (int i = 0; i < na && i < n0; i++)
+        for (int k = 0; k < 5; k++) dpen = fmax(dpen, fabs(top0[i][k] - top[i][k]));
+    T_ASSERTF(dpen > 1e-5, "the penalty changes the reference by only %g", dpen);
+    fprintf(stderr, "  max |server - reference| %.2g; the penalty moves the reference by %.3g\n", dmax, dpen);
     fprintf(stderr, "  %d tokens: logprobs equal the reference (first %.5f)\n", na, na ? a[0].lp : 0.0);
     /* logprobs under a schema: the masked distribution, never -inf, sums <= 1 */
     body = req(",\"logprobs\":true,\"top_logprobs\":3,\"response_format\":{\"type\":\"json_object\"}", 0, 3, 16, 1.0);

@@ -154,12 +154,15 @@ if [ -f .cache/server-js/node_modules/openai/package.json ]; then
     pass=$((pass+p)); fail=$((fail+f))
   done
   # SIGTERM with 8 requests in flight: all answered 200, exit 0
+  CPIDS=""
   for k in 1 2 3 4 5 6 7 8; do
     curl -s -o "$tmp/d$k" -w '%{http_code}' $UB/v1/chat/completions -H 'Content-Type: application/json' \
       -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":120}' >"$tmp/dc$k" &
+    CPIDS="$CPIDS $!"
   done
   for i in $(seq 600); do curl -s $UB/health | grep -q '"running":[2-9]' && break; sleep 0.05; done
-  kill -TERM $BPID; wait $BPID; src=$?; wait
+  # wait for the curls only: a bare `wait` would also wait for server A, which is still running (a hang)
+  kill -TERM $BPID; wait $BPID; src=$?; wait $CPIDS
   n200=$(cat "$tmp"/dc? | grep -o 200 | wc -l)
   [ "$src" = 0 ] && [ "$n200" = 8 ] && ok || bad "--parallel SIGTERM: exit $src, $n200 of 8 answered 200"
   kill -TERM $APID; wait $APID
