@@ -33,6 +33,9 @@ struct server_limits {
     double max_time;                /* generation seconds per request (finish "length" after); 0 = none */
     int64_t max_image_bytes;        /* decoded image bytes held by all requests in flight; 0 = no cap */
     atomic_llong *image_bytes;      /* the server's running count for max_image_bytes (NULL = none) */
+    /* response_format: the vocabulary tries (built once, shared read-only); NULL = response_format refused */
+    const struct grammar_vocab *(*vocab)(void *ctx, struct err *e);
+    void *vocab_ctx;
 };
 
 #define SERVER_MAX_STOP TURN_MAX_STOP
@@ -54,6 +57,7 @@ struct server_request {
     char *stop_buf[SERVER_MAX_STOP];
     int stream, include_usage;
     int max_tokens;                 /* -1 = not given */
+    struct grammar *grammar;        /* response_format json_object / json_schema (req.grammar); NULL = text */
 };
 
 /* Parses and validates body. On failure returns the HTTP status (400/413, 503 when the decoded-image
@@ -68,9 +72,13 @@ void server_request_drop_images(struct server_request *rq);
 /* {"error":{"message":...,"type":...,"param":...,"code":...}} (malloc'd); param/code may be NULL. */
 char *server_error_json(const char *message, const char *type, const char *param, const char *code);
 /* The chat.completion object, one chunk (delta text, or the closing chunk when text is NULL), usage chunk. */
-char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r);
+/* tok renders the logprob entries (r->lp; "logprobs": null without them). */
+char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r,
+                             const struct tokenizer *tok);
+/* lp[0..n_lp): the logprob entries of the tokens this chunk carries (lp NULL: "logprobs": null). */
 char *server_chunk_json(const char *id, long created, const char *model, const char *text, size_t len,
-                        int first, const char *finish);
+                        int first, const char *finish, const struct turn_logprob *lp, int n_lp,
+                        const struct tokenizer *tok);
 char *server_usage_chunk_json(const char *id, long created, const char *model, int n_prompt, int n_gen);
 
 /* ---- the HTTP server (server_http.c) ---- */

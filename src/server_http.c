@@ -11,6 +11,7 @@
 #include "server.h"
 
 #include "scheduler.h"
+#include "grammar.h"
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
@@ -39,6 +40,8 @@ struct job {
     char id[64];
     long created;
     double t0;                   /* when the worker took it */
+    double t_arrive;             /* when it was queued */
+    int lp_sent;                 /* logprob entries streamed so far */
     /* non-streamed result */
     int status;
     char *body;
@@ -55,6 +58,12 @@ struct conn {
     int refused;                 /* a response was queued on the first call (401/413/415/...) */
     struct job *job;
 };
+
+#define METRIC_BUCKETS 12
+#define METRIC_DEVICES 16
+static const double ttft_le[METRIC_BUCKETS] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+static const double tpot_le[METRIC_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1};
+static const double dur_le[METRIC_BUCKETS] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
 
 struct server {
     struct engine *g;            /* NULL while the model loads (s->mu; fixed once set) */
@@ -83,6 +92,15 @@ struct server {
     MHD_socket listen_fd;
     char addr[INET6_ADDRSTRLEN + 16]; /* "127.0.0.1:8080" or "[::1]:8080", the bound address */
     atomic_llong image_bytes;    /* decoded image bytes held by requests (lim.max_image_bytes) */
+    /* response_format's vocabulary tries: built at the first constrained request, shared read-only */
+    pthread_mutex_t vocab_mu;
+    struct grammar_vocab *vocab;
+    /* /metrics (s->mu) */
+    long prompt_tokens, gen_tokens;
+    struct hist { double sum; long count; long b[METRIC_BUCKETS]; } ttft, tpot, dur;
+    long long cache_bytes;
+    struct engine_device_mem mem[METRIC_DEVICES];
+    int n_mem;
 };
 
 void server_options_default(struct server_options *o)
@@ -169,8 +187,12 @@ static int on_text(void *ctx, const char *text, size_t len)
     struct job *j = ctx;
     if (!j->rq.stream) return 0;
     const char *model = j->srv->model_name;
+    int n_lp = 0;
+    const struct turn_logprob *lp = j->rq.req.logprobs ? turn_logprobs_so_far(j->rq.turn, &n_lp) : NULL;
     pthread_mutex_lock(&j->mu);
-    job_event(j, server_chunk_json(j->id, j->created, model, text, len, !j->sent_first, NULL));
+    job_event(j, server_chunk_json(j->id, j->created, model, text, len, !j->sent_first, NULL, lp ? lp + j->lp_sent : NULL,
+                                   n_lp - j->lp_sent, engine_tokenizer(j->srv->g)));
+    j->lp_sent = n_lp;
     j->sent_first = 1;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
@@ -182,6 +204,13 @@ static struct turn_io job_io(struct server *s, struct job *j)
     const struct turn_io io = {.cache = s->cache, .cb = on_text, .cb_ctx = j, .cancel = &j->cancel,
                                .deadline = s->o.lim.max_time > 0 ? j->t0 + s->o.lim.max_time : 0};
     return io;
+}
+
+static void hist_add(struct hist *h, const double *le, double v)
+{
+    h->sum += v;
+    h->count++;
+    for (int i = 0; i < METRIC_BUCKETS; i++) h->b[i] += v <= le[i];
 }
 
 /* The answer of a job whose turn ended (rc 0 with r, or rc -1 with e), the stats, the log line. */
@@ -198,6 +227,16 @@ static void job_complete(struct server *s, struct job *j, int rc, struct turn_re
     else s->st.failed++;
     if (rc == 0 && r->timed_out) s->st.timed_out++;
     s->st.cache_hits = imgcache_hits(s->cache);
+    s->cache_bytes = (long long)imgcache_bytes(s->cache);
+    s->prompt_tokens += r->n_prompt;
+    s->gen_tokens += r->n_gen;
+    if (rc == 0 && !cancelled) {
+        const double now = time_now();
+        hist_add(&s->ttft, ttft_le, j->t0 - j->t_arrive + r->t_first);
+        if (r->n_gen > 1) hist_add(&s->tpot, tpot_le, r->t_decode / (r->n_gen - 1));
+        hist_add(&s->dur, dur_le, now - j->t_arrive);
+    }
+    if (s->g) s->n_mem = engine_device_memory(s->g, s->mem, METRIC_DEVICES);
     const int cut = cancelled && s->stopping; /* cancelled by the drain timeout, not by its client */
     pthread_mutex_unlock(&s->mu);
     const char *model = s->model_name;
@@ -211,11 +250,13 @@ static void job_complete(struct server *s, struct job *j, int rc, struct turn_re
         else j->body = ej;
     } else if (rc == 0) {
         if (j->rq.stream) {
-            job_event(j, server_chunk_json(j->id, j->created, model, NULL, 0, !j->sent_first, r->finish));
+            const int left = r->n_lp - j->lp_sent;
+            job_event(j, server_chunk_json(j->id, j->created, model, NULL, 0, !j->sent_first, r->finish,
+                                           r->lp ? r->lp + j->lp_sent : NULL, left > 0 ? left : 0, engine_tokenizer(s->g)));
             if (j->rq.include_usage) job_event(j, server_usage_chunk_json(j->id, j->created, model, r->n_prompt, r->n_gen));
         } else {
             j->status = 200;
-            j->body = server_completion_json(j->id, j->created, model, r);
+            j->body = server_completion_json(j->id, j->created, model, r, engine_tokenizer(s->g));
         }
     } else {
         int client = input_error && e->msg[0];
@@ -334,6 +375,78 @@ static void *worker_main(void *p)
     return NULL;
 }
 
+/* lim.vocab: the vocabulary tries, built at the first call (any HTTP thread; vocab_mu), then shared. */
+static const struct grammar_vocab *server_vocab(void *ctx, struct err *e)
+{
+    struct server *s = ctx;
+    struct engine *g = server_engine(s);
+    pthread_mutex_lock(&s->vocab_mu);
+    if (!s->vocab && g && turn_vocab_init(&s->vocab, g, e)) s->vocab = NULL;
+    else if (!g) err_set(e, "the model is still loading");
+    const struct grammar_vocab *v = s->vocab;
+    pthread_mutex_unlock(&s->vocab_mu);
+    return v;
+}
+
+static void metric_head(struct strbuf *b, const char *name, const char *type, const char *help)
+{
+    strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_hist(struct strbuf *b, const char *name, const char *help, const struct hist *h, const double *le)
+{
+    metric_head(b, name, "histogram", help);
+    for (int i = 0; i < METRIC_BUCKETS; i++) strbuf_printf(b, "%s_bucket{le=\"%g\"} %ld\n", name, le[i], h->b[i]);
+    strbuf_printf(b, "%s_bucket{le=\"+Inf\"} %ld\n%s_sum %.9g\n%s_count %ld\n", name, h->count, name, h->sum, name,
+                  h->count);
+}
+
+/* GET /metrics: Prometheus' text exposition format 0.0.4 (docs/SERVER.md lists the series). */
+static char *metrics_text(struct server *s)
+{
+    struct strbuf b = {0};
+    pthread_mutex_lock(&s->mu);
+    const struct server_stats st = s->st;
+    metric_head(&b, "minicpmv_requests_total", "counter",
+                "Chat completion requests by outcome (ok, client_error: 4xx, busy: 503 queue full / loading / "
+                "shutting down, cancelled: client gone or drain timeout, failed: 5xx).");
+    const struct { const char *k; long v; } by[] = {{"ok", st.ok}, {"client_error", st.client_errors}, {"busy", st.busy},
+                                                    {"cancelled", st.cancelled}, {"failed", st.failed}};
+    for (size_t i = 0; i < sizeof by / sizeof *by; i++)
+        strbuf_printf(&b, "minicpmv_requests_total{status=\"%s\"} %ld\n", by[i].k, by[i].v);
+    metric_head(&b, "minicpmv_prompt_tokens_total", "counter", "Prompt tokens of the requests the worker ran.");
+    strbuf_printf(&b, "minicpmv_prompt_tokens_total %ld\n", s->prompt_tokens);
+    metric_head(&b, "minicpmv_generation_tokens_total", "counter", "Generated tokens (stop tokens included).");
+    strbuf_printf(&b, "minicpmv_generation_tokens_total %ld\n", s->gen_tokens);
+    metric_hist(&b, "minicpmv_time_to_first_token_seconds", "Seconds from queueing to the first generated token (ok requests).",
+                &s->ttft, ttft_le);
+    metric_hist(&b, "minicpmv_time_per_output_token_seconds",
+                "Mean seconds per generated token after the first, one observation per ok request.", &s->tpot, tpot_le);
+    metric_hist(&b, "minicpmv_request_duration_seconds", "Seconds from queueing to the last token (ok requests).", &s->dur,
+                dur_le);
+    metric_head(&b, "minicpmv_queue_depth", "gauge", "Requests waiting for a slot.");
+    strbuf_printf(&b, "minicpmv_queue_depth %d\n", s->qn);
+    metric_head(&b, "minicpmv_requests_running", "gauge", "Requests the worker is running now.");
+    strbuf_printf(&b, "minicpmv_requests_running %d\n", s->n_running);
+    metric_head(&b, "minicpmv_slots", "gauge", "Turns the engine runs at once (--parallel; 0 while the model loads).");
+    strbuf_printf(&b, "minicpmv_slots %d\n", s->g ? engine_slots(s->g) : 0);
+    metric_head(&b, "minicpmv_image_cache_bytes", "gauge", "Bytes the image cache holds (as of the last finished request).");
+    strbuf_printf(&b, "minicpmv_image_cache_bytes %lld\n", s->cache_bytes);
+    metric_head(&b, "minicpmv_device_memory_bytes", "gauge",
+                "Bytes held per device by kind (weights, kv, buffers), as of the last finished request.");
+    for (int i = 0; i < s->n_mem; i++) {
+        char dev[32];
+        snprintf(dev, sizeof dev, "%s:%d", s->mem[i].dev.kind == DEVICE_CUDA ? "cuda" : "cpu", s->mem[i].dev.ordinal);
+        strbuf_printf(&b, "minicpmv_device_memory_bytes{device=\"%s\",kind=\"weights\"} %lld\n", dev,
+                      (long long)s->mem[i].weights);
+        strbuf_printf(&b, "minicpmv_device_memory_bytes{device=\"%s\",kind=\"kv\"} %lld\n", dev, (long long)s->mem[i].kv);
+        strbuf_printf(&b, "minicpmv_device_memory_bytes{device=\"%s\",kind=\"buffers\"} %lld\n", dev,
+                      (long long)s->mem[i].buffers);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return b.p;
+}
+
 static void add_cors(struct server *s, struct MHD_Response *r)
 {
     if (!s->o.cors_origin) return;
@@ -441,6 +554,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     s->live_jobs++;
     pthread_mutex_unlock(&s->mu);
     j->created = (long)time(NULL);
+    j->t_arrive = time_now();
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     j->fd = ci ? ci->connect_fd : -1;
     pthread_mutex_lock(&s->mu);
@@ -545,7 +659,7 @@ static int first_call_refusal(struct server *s, struct MHD_Connection *c, const 
         MHD_destroy_response(r);
         return 1;
     }
-    if (s->o.api_key && strcmp(url, "/health") && !is_page(s, url)) {
+    if (s->o.api_key && strcmp(url, "/health") && strcmp(url, "/metrics") && !is_page(s, url)) {
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         if (!guard_bearer_ok(s->o.api_key, auth)) {
             stat_add(s, &s->st.unauthorized);
@@ -622,6 +736,21 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         pthread_mutex_unlock(&s->mu);
         return send_json(s, c, loading ? 503 : 200, b, loading);
     }
+    if (!strcmp(url, "/metrics")) {
+        if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /metrics");
+        char *b = metrics_text(s);
+        if (!b) return send_error(s, c, 500, "server_error", NULL, "out of memory");
+        struct MHD_Response *r = MHD_create_response_from_buffer(strlen(b), b, MHD_RESPMEM_MUST_FREE);
+        if (!r) { free(b); return MHD_NO; }
+        MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+        enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
+        MHD_destroy_response(r);
+        return ok;
+    }
+    if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/embeddings"))
+        return send_error(s, c, 404, "invalid_request_error", "not_found",
+                          "this server implements the chat API only (POST /v1/chat/completions); /v1/completions and "
+                          "/v1/embeddings are not implemented");
     if (!strcmp(url, "/v1/models")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /v1/models");
         if (!server_engine(s))
@@ -643,7 +772,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     }
     char msg[300], shown[128];
     guard_printable(shown, sizeof shown, url, 100);
-    snprintf(msg, sizeof msg, "unknown path '%s' (try POST /v1/chat/completions, GET /v1/models, GET /health)", shown);
+    snprintf(msg, sizeof msg, "unknown path '%s' (try POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics)",
+             shown);
     return send_error(s, c, 404, "invalid_request_error", "not_found", msg);
 }
 
@@ -721,7 +851,10 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
     s->o = *o;
     snprintf(s->model_name, sizeof s->model_name, "%s", o->model_name ? o->model_name : "minicpm-llama3-v-2_5");
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->vocab_mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    s->o.lim.vocab = server_vocab;
+    s->o.lim.vocab_ctx = s;
     if (!(s->q = calloc((size_t)o->queue, sizeof *s->q))) { err_set(e, "out of memory"); goto fail; }
     if (!(s->running = calloc(SERVER_MAX_SLOTS, sizeof *s->running))) { err_set(e, "out of memory"); goto fail; }
     s->n_slots = 1; /* until the worker sees the engine (engine_slots) */
@@ -831,6 +964,8 @@ void server_stop(struct server *s)
     imgcache_free(s->cache);
     free(s->q);
     free(s->running);
+    grammar_vocab_free(s->vocab);
+    pthread_mutex_destroy(&s->vocab_mu);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

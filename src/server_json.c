@@ -4,6 +4,8 @@
 #include "server.h"
 
 #include "beam.h"
+#include "grammar.h"
+#include "tokenizer.h"
 
 #include <cJSON.h>
 #include <fcntl.h>
@@ -213,6 +215,7 @@ void server_request_free(struct server_request *rq)
     free(rq->enc_len);
     for (int i = 0; i < SERVER_MAX_STOP; i++) free(rq->stop_buf[i]);
     turn_free(rq->turn);
+    grammar_free(rq->grammar);
     memset(rq, 0, sizeof *rq);
 }
 
@@ -297,7 +300,8 @@ static int check_fields(const cJSON *root, char **err_json)
     static const char *const known[] = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
                                         "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream",
                                         "stream_options", "n", "num_beams", "length_penalty", "user",
-                                        "frequency_penalty", "presence_penalty"};
+                                        "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
+                                        "response_format"};
     int n = 0;
     for (const cJSON *f = root->child; f; f = f->next) {
         const char *k = f->string;
@@ -309,23 +313,84 @@ static int check_fields(const cJSON *root, char **err_json)
         for (size_t i = 0; i < sizeof known / sizeof *known && !ok; i++) ok = !strcmp(k, known[i]);
         if (ok) continue;
         /* the "off" values of unimplemented fields */
-        int off = cJSON_IsNull(f);
-        if (!strcmp(k, "logprobs")) off |= cJSON_IsFalse(f);
-        else if (!strcmp(k, "top_logprobs") || !strcmp(k, "logit_bias")) off |= (cJSON_IsNumber(f) && f->valuedouble == 0) ||
-                                                                               (cJSON_IsObject(f) && !f->child);
-        else if (!strcmp(k, "tools") || !strcmp(k, "functions")) off |= cJSON_IsArray(f) && !f->child;
+        int off = cJSON_IsNull(f), tools = 0;
+        if (!strcmp(k, "logit_bias")) off |= (cJSON_IsNumber(f) && f->valuedouble == 0) || (cJSON_IsObject(f) && !f->child);
+        else if (!strcmp(k, "tools") || !strcmp(k, "functions")) off |= cJSON_IsArray(f) && !f->child, tools = 1;
         else if (!strcmp(k, "tool_choice") || !strcmp(k, "function_call"))
-            off |= cJSON_IsString(f) && !strcmp(f->valuestring, "none");
-        else if (!strcmp(k, "response_format")) {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(f, "type");
-            off |= cJSON_IsObject(f) && cJSON_IsString(t) && !strcmp(t->valuestring, "text") && !t->next && f->child == t;
-        } else if (!strcmp(k, "parallel_tool_calls") || !strcmp(k, "store")) off |= cJSON_IsBool(f);
+            off |= cJSON_IsString(f) && !strcmp(f->valuestring, "none"), tools = 1;
+        else if (!strcmp(k, "parallel_tool_calls") || !strcmp(k, "store")) off |= cJSON_IsBool(f);
         else
             return reject(err_json, 400, k, "unsupported_field", "'%.60s' is not a field this server knows", k);
+        if (!off && tools)
+            return reject(err_json, 400, k, "unsupported_field",
+                          "'%.60s': function calling is not supported: MiniCPM-Llama3-V 2.5 was not trained for tool or "
+                          "function calls, so its answers could not be trusted to follow them; leave '%.60s' out (for "
+                          "structured answers use response_format json_schema)",
+                          k, k);
         if (!off)
             return reject(err_json, 400, k, "unsupported_field", "'%.60s' is not implemented by this server; leave it out",
                           k);
     }
+    return 0;
+}
+
+/* response_format: text (nothing), json_object, json_schema (compiled here: a refused keyword is a 400). */
+static int parse_response_format(struct server_request *rq, const cJSON *f, const struct server_limits *lim,
+                                 char **err_json)
+{
+    struct turn_request *t = &rq->req;
+    if (!f || cJSON_IsNull(f)) return 0;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(f, "type");
+    if (!cJSON_IsObject(f) || !cJSON_IsString(type))
+        return reject(err_json, 400, "response_format", NULL,
+                      "'response_format' must be an object with a string \"type\" (text, json_object, json_schema)");
+    const char *ty = type->valuestring;
+    const cJSON *js = NULL;
+    for (const cJSON *x = f->child; x; x = x->next) {
+        if (!strcmp(x->string, "type")) continue;
+        if (!strcmp(ty, "json_schema") && !strcmp(x->string, "json_schema")) { js = x; continue; }
+        return reject(err_json, 400, "response_format", NULL, "response_format: unknown field '%.60s' for type '%.40s'",
+                      x->string, ty);
+    }
+    if (!strcmp(ty, "text")) return 0;
+    if (strcmp(ty, "json_object") && strcmp(ty, "json_schema"))
+        return reject(err_json, 400, "response_format", NULL,
+                      "response_format.type '%.40s' is not supported (text, json_object, json_schema)", ty);
+    char *schema = NULL;
+    if (!strcmp(ty, "json_schema")) {
+        const cJSON *sc = js ? cJSON_GetObjectItemCaseSensitive(js, "schema") : NULL;
+        const cJSON *name = js ? cJSON_GetObjectItemCaseSensitive(js, "name") : NULL;
+        const cJSON *strict = js ? cJSON_GetObjectItemCaseSensitive(js, "strict") : NULL;
+        if (!cJSON_IsObject(js) || !cJSON_IsObject(sc))
+            return reject(err_json, 400, "response_format", NULL,
+                          "response_format json_schema needs \"json_schema\": {\"name\": ..., \"schema\": {...}}");
+        if ((name && !cJSON_IsString(name)) || (strict && !cJSON_IsBool(strict) && !cJSON_IsNull(strict)))
+            return reject(err_json, 400, "response_format", NULL,
+                          "response_format.json_schema: 'name' must be a string and 'strict' a boolean");
+        for (const cJSON *x = js->child; x; x = x->next)
+            if (strcmp(x->string, "name") && strcmp(x->string, "schema") && strcmp(x->string, "strict") &&
+                strcmp(x->string, "description"))
+                return reject(err_json, 400, "response_format", NULL,
+                              "response_format.json_schema: unknown field '%.60s'", x->string);
+        if (!(schema = cJSON_PrintUnformatted(sc))) return reject(err_json, 500, NULL, NULL, "out of memory");
+    }
+    struct err e = {{0}};
+    if (!lim->vocab) {
+        free(schema);
+        return reject(err_json, 400, "response_format", NULL, "response_format is not available on this server");
+    }
+    if (grammar_compile(&rq->grammar, schema, &e)) {
+        free(schema);
+        return reject(err_json, 400, "response_format", "unsupported_schema", "response_format.json_schema.%s", e.msg);
+    }
+    free(schema);
+    if (t->num_beams > 1) {
+        return reject(err_json, 400, "response_format", NULL,
+                      "response_format works with sampling or greedy decoding, not with beam search (num_beams > 1)");
+    }
+    if (!(t->vocab = lim->vocab(lim->vocab_ctx, &e)))
+        return reject(err_json, 500, NULL, NULL, "response_format: %s", e.msg);
+    t->grammar = rq->grammar;
     return 0;
 }
 
@@ -427,7 +492,15 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     if ((r = num_field(root, "seed", -9.2e18, 9.2e18, 1, &v, err_json)) > 1) { st = 400; goto out; }
     if (r == 1) t->sp.seed = (uint64_t)(int64_t)v;
     else t->sp.seed = (uint64_t)(time_now() * 1e9);
-    if ((r = num_field(root, "n", 1, 1, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    {
+        const cJSON *nf = cJSON_GetObjectItemCaseSensitive(root, "n");
+        if (nf && !cJSON_IsNull(nf) && !(cJSON_IsNumber(nf) && nf->valuedouble == 1)) {
+            st = reject(err_json, 400, "n", "unsupported_value",
+                        "'n' must be 1: several choices per request are not implemented; send n separate requests "
+                        "(with seeds seed, seed+1, ...) instead");
+            goto out;
+        }
+    }
     if ((r = num_field(root, "num_beams", 1, BEAM_MAX, 1, &v, err_json)) > 1) { st = 400; goto out; }
     if (r == 1) {
         t->num_beams = (int)v;
@@ -438,7 +511,30 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     if ((r = num_field(root, "max_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) { st = 400; goto out; }
     if (r == 1) rq->max_tokens = (int)v;
     if ((r = num_field(root, "max_completion_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1 && rq->max_tokens > 0 && rq->max_tokens != (int)v) {
+        st = reject(err_json, 400, "max_completion_tokens", NULL,
+                    "'max_tokens' (%d) and 'max_completion_tokens' (%d) differ; they are the same setting, give one",
+                    rq->max_tokens, (int)v);
+        goto out;
+    }
     if (r == 1) rq->max_tokens = (int)v;
+    const cJSON *lpf = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+    if (lpf && !cJSON_IsNull(lpf)) {
+        if (!cJSON_IsBool(lpf)) { st = reject(err_json, 400, "logprobs", NULL, "'logprobs' must be a boolean"); goto out; }
+        t->logprobs = cJSON_IsTrue(lpf);
+    }
+    if ((r = num_field(root, "top_logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, 1, &v, err_json)) > 1) { st = 400; goto out; }
+    if (r == 1 && v > 0 && !t->logprobs) {
+        st = reject(err_json, 400, "top_logprobs", NULL, "'top_logprobs' needs \"logprobs\": true");
+        goto out;
+    }
+    if (r == 1) t->top_logprobs = (int)v;
+    if (t->logprobs && t->num_beams > 1) {
+        st = reject(err_json, 400, "logprobs", NULL, "'logprobs' is not available with beam search (num_beams > 1)");
+        goto out;
+    }
+    if ((st = parse_response_format(rq, cJSON_GetObjectItemCaseSensitive(root, "response_format"), lim, err_json)))
+        goto out;
 
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
     if (stream && !cJSON_IsNull(stream)) {
@@ -484,6 +580,18 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
         goto out;
     }
     const int max_new = turn_max_new(rq->turn);
+    if (rq->grammar) {
+        struct grammar_state gs;
+        grammar_state_init(&gs, rq->grammar);
+        const uint32_t need = grammar_min_bytes(&gs);
+        if (need > (uint32_t)max_new) {
+            st = reject(err_json, 400, "max_tokens", NULL,
+                        "the response_format's shortest answer takes %u tokens, but the answer may have at most %d "
+                        "(max_tokens, or what the context leaves); raise max_tokens",
+                        need, max_new);
+            goto out;
+        }
+    }
     if (t->num_beams > 1 && lim->max_beam_tokens > 0 && (int64_t)t->num_beams * max_new > lim->max_beam_tokens) {
         st = reject(err_json, 400, "num_beams", "beam_limit",
                     "num_beams x max_tokens = %d x %d is over the server's limit of %lld (--max-beam-tokens); "
@@ -498,7 +606,69 @@ out:
 }
 
 /* ---- responses ---- */
-char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r)
+/* The length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes there are not one. */
+static size_t utf8_char(const unsigned char *p, size_t n)
+{
+    size_t k = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 && p[0] >= 0xc2 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3
+                                                                   : (p[0] & 0xf8) == 0xf0 && p[0] <= 0xf4 ? 4 : 0;
+    if (!k || k > n) return 0;
+    for (size_t i = 1; i < k; i++)
+        if ((p[i] & 0xc0) != 0x80) return 0;
+    if (k == 3 && ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] >= 0xa0))) return 0;
+    if (k == 4 && ((p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] >= 0x90))) return 0;
+    return k;
+}
+
+/* One token's entry fields: "token" (its text; a byte that is not part of a whole UTF-8 character is
+ * written as the 4 characters \xNN) and "bytes" (its raw bytes). */
+static void add_token(cJSON *o, const struct tokenizer *tok, int32_t id)
+{
+    const char *b = NULL;
+    size_t n = 0;
+    if (tok) tokenizer_token_bytes(tok, id, &b, &n);
+    char *txt = malloc(4 * n + 1);
+    cJSON *arr = cJSON_CreateArray();
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        size_t c = utf8_char((const unsigned char *)b + i, n - i);
+        if (c && txt) {
+            memcpy(txt + k, b + i, c);
+            k += c;
+        } else if (txt) {
+            k += (size_t)snprintf(txt + k, 5, "\\x%02x", (unsigned char)b[i]);
+        }
+        for (size_t j = 0; j < (c ? c : 1); j++) cJSON_AddItemToArray(arr, cJSON_CreateNumber((unsigned char)b[i + j]));
+        i += c ? c : 1;
+    }
+    if (txt) txt[k] = 0;
+    cJSON_AddStringToObject(o, "token", txt ? txt : "");
+    cJSON_AddItemToObject(o, "bytes", arr);
+    free(txt);
+}
+
+/* {"content":[{token, logprob, bytes, top_logprobs:[{token, logprob, bytes}]}], "refusal": null} */
+static cJSON *logprobs_json(const struct turn_logprob *lp, int n, const struct tokenizer *tok)
+{
+    cJSON *o = cJSON_CreateObject(), *content = cJSON_AddArrayToObject(o, "content");
+    for (int i = 0; i < n; i++) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddItemToArray(content, x);
+        add_token(x, tok, lp[i].id);
+        cJSON_AddNumberToObject(x, "logprob", lp[i].lp);
+        cJSON *top = cJSON_AddArrayToObject(x, "top_logprobs");
+        for (int k = 0; k < lp[i].n_top; k++) {
+            cJSON *y = cJSON_CreateObject();
+            cJSON_AddItemToArray(top, y);
+            add_token(y, tok, lp[i].top[k]);
+            cJSON_AddNumberToObject(y, "logprob", lp[i].top_lp[k]);
+        }
+    }
+    cJSON_AddNullToObject(o, "refusal");
+    return o;
+}
+
+char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r,
+                             const struct tokenizer *tok)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", id);
@@ -511,7 +681,8 @@ char *server_completion_json(const char *id, long created, const char *model, co
     cJSON *m = cJSON_AddObjectToObject(c, "message");
     cJSON_AddStringToObject(m, "role", "assistant");
     cJSON_AddStringToObject(m, "content", r->text ? r->text : "");
-    cJSON_AddNullToObject(c, "logprobs");
+    if (r->lp) cJSON_AddItemToObject(c, "logprobs", logprobs_json(r->lp, r->n_lp, tok));
+    else cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", r->finish ? r->finish : "stop");
     cJSON *u = cJSON_AddObjectToObject(o, "usage");
     cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
@@ -533,7 +704,7 @@ static cJSON *chunk_base(const char *id, long created, const char *model)
 }
 
 char *server_chunk_json(const char *id, long created, const char *model, const char *text, size_t len, int first,
-                        const char *finish)
+                        const char *finish, const struct turn_logprob *lp, int n_lp, const struct tokenizer *tok)
 {
     cJSON *o = chunk_base(id, created, model);
     cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
@@ -548,7 +719,8 @@ char *server_chunk_json(const char *id, long created, const char *model, const c
         tmp[len] = 0;
         cJSON_AddStringToObject(d, "content", tmp);
     }
-    cJSON_AddNullToObject(c, "logprobs");
+    if (lp) cJSON_AddItemToObject(c, "logprobs", logprobs_json(lp, n_lp, tok));
+    else cJSON_AddNullToObject(c, "logprobs");
     if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
     else cJSON_AddNullToObject(c, "finish_reason");
     char *s = cJSON_PrintUnformatted(o);

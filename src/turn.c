@@ -33,6 +33,7 @@ struct pipe {
     int replay;                  /* beam search: ids replayed after the search, no cancel checks */
     int timed_out;               /* the turn's deadline passed */
     int oom;
+    int raw;                     /* constrained: every id's bytes as decoded (no id-0 / BOS drop, no clean-up) */
 };
 
 /* Longest suffix of acc that is a proper prefix of a stop string (it may still become one). */
@@ -103,8 +104,8 @@ static int pipe_token(void *ctx, int32_t tok)
         p->timed_out = 1;
         return 1;
     }
-    if (engine_is_stop(p->g, tok) || tok == 0) return 0;
-    if (!p->seen_tok++ && tok == engine_config(p->g)->bos_token_id) return 0;
+    if (engine_is_stop(p->g, tok) || (tok == 0 && !p->raw)) return 0;
+    if (!p->seen_tok++ && tok == engine_config(p->g)->bos_token_id && !p->raw) return 0;
     const char *chunk;
     size_t len;
     struct err e;
@@ -134,6 +135,13 @@ int turn_prepare(struct turn **out, const struct engine *g, const struct turn_re
         if (!rq->stop[i] || !rq->stop[i][0] || strlen(rq->stop[i]) > TURN_MAX_STOP_LEN)
             return err_set(e, "each stop string must be non-empty and at most %d bytes", TURN_MAX_STOP_LEN);
     if (rq->num_beams > 1 && rq->ignore_eos) return err_set(e, "beam search cannot ignore the stop ids");
+    if (rq->grammar && !rq->vocab) return err_set(e, "a grammar needs the vocabulary tries (turn_vocab_init)");
+    if (rq->grammar && (rq->num_beams > 1 || rq->ignore_eos))
+        return err_set(e, "constrained decoding (response_format) works with sampling or greedy, not with %s",
+                       rq->num_beams > 1 ? "beam search" : "ignore_eos");
+    if (rq->logprobs && rq->num_beams > 1) return err_set(e, "logprobs are not available with beam search");
+    if (rq->top_logprobs < 0 || rq->top_logprobs > SAMPLER_MAX_TOP_LOGPROBS || (rq->top_logprobs && !rq->logprobs))
+        return err_set(e, "top_logprobs must be 0..%d, and needs logprobs", SAMPLER_MAX_TOP_LOGPROBS);
     struct turn *t = calloc(1, sizeof *t);
     if (!t || !(t->grids = calloc((size_t)rq->n_images + 1, sizeof *t->grids))) {
         free(t);
@@ -170,6 +178,20 @@ fail:
 }
 
 int turn_prompt_tokens(const struct turn *t) { return t->n_ids; }
+int turn_host_sampled(const struct turn *t) { return t->rq.grammar || t->rq.logprobs; }
+
+int turn_vocab_init(struct grammar_vocab **out, const struct engine *g, struct err *e)
+{
+    *out = NULL;
+    const struct tokenizer *tok = engine_tokenizer(g);
+    if (!tok) return err_set(e, "the model folder has no tokenizer.json");
+    const int V = engine_config(g)->vocab_size;
+    int32_t stop[16];
+    int n = 0;
+    for (int32_t i = 0; i < V && n < 16; i++)
+        if (engine_is_stop(g, i)) stop[n++] = i;
+    return grammar_vocab_init(out, tok, stop, n, NULL, 0, e);
+}
 int turn_max_new(const struct turn *t) { return t->max_new; }
 
 void turn_free(struct turn *t)
@@ -227,6 +249,11 @@ struct turn_run {
     struct sampler smp;             /* staged runs: the host sampler */
     int smp_ready;
     float *logits;                  /* staged runs: [V] for the prefill's last row */
+    struct grammar_state gs;        /* constrained: the automaton after the ids so far */
+    struct grammar_scratch *gsc;
+    uint32_t *allow;                /* constrained: the step's mask */
+    struct turn_logprob *lp;        /* with logprobs: [max_new] */
+    int n_lp;
     int64_t fed;                    /* staged runs: prompt rows in the slot */
     int finished;
     double t0, t_vision, t_prefill0, t_decode0, t_prefill, t_decode, t_first;
@@ -242,6 +269,9 @@ static void run_free(struct turn *t)
     if (u->emb.data) dev_free(u->emb.dev, u->emb.data);
     if (u->smp_ready) sampler_free(&u->smp);
     free(u->logits);
+    grammar_scratch_free(u->gsc);
+    free(u->allow);
+    free(u->lp);
     free(u->out);
     free(u);
     t->run = NULL;
@@ -260,7 +290,7 @@ static int run_begin(struct turn *t, struct engine *g, const struct turn_io *io,
     u->g = g;
     u->io = io ? *io : no_io;
     u->slot = slot;
-    u->p = (struct pipe){.t = rq, .io = &u->io, .g = g};
+    u->p = (struct pipe){.t = rq, .io = &u->io, .g = g, .raw = rq->grammar != NULL};
     u->t0 = time_now();
     *input_error = 1;
     if (rq->n_images &&
@@ -270,7 +300,14 @@ static int run_begin(struct turn *t, struct engine *g, const struct turn_io *io,
     *input_error = 0;
     if (engine_merge_embeddings(g, t->ids, t->n_ids, rq->n_images ? &u->img : NULL, u->n_pieces, &u->emb, e)) return -1;
     if (!(u->out = malloc((size_t)t->max_new * sizeof *u->out))) return err_set(e, "out of memory");
-    if (tokenizer_stream_init(&u->p.ts, engine_tokenizer(g), TOKENIZER_CLEANUP_DEFAULT, e)) return -1;
+    if (tokenizer_stream_init(&u->p.ts, engine_tokenizer(g), rq->grammar ? 0 : TOKENIZER_CLEANUP_DEFAULT, e)) return -1;
+    if (rq->logprobs && !(u->lp = calloc((size_t)t->max_new, sizeof *u->lp))) return err_set(e, "out of memory");
+    if (rq->grammar) {
+        grammar_state_init(&u->gs, rq->grammar);
+        if (grammar_scratch_init(&u->gsc, rq->vocab, e)) return -1;
+        if (!(u->allow = malloc(grammar_mask_words(grammar_vocab_size(rq->vocab)) * sizeof *u->allow)))
+            return err_set(e, "out of memory");
+    }
     return 0;
 }
 
@@ -310,13 +347,40 @@ static int run_end(struct turn *t, struct turn_result *r, struct err *e)
     r->t_prefill = u->t_prefill;
     r->t_decode = u->t_decode;
     r->t_first = u->t_first;
+    r->lp = u->lp;
+    r->n_lp = u->n_lp;
+    u->lp = NULL;
     return 0;
+}
+
+/* turn_run for a host-sampled turn: the staged calls on slot 0, one decode step at a time. */
+static int run_staged_alone(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r,
+                            struct err *e)
+{
+    int input_error = 0, rc;
+    if (turn_start(t, g, io, 0, &input_error, e)) {
+        r->input_error = input_error;
+        return -1;
+    }
+    while ((rc = turn_prefill(t, engine_max_batch(g), e)) == 0) {}
+    if (rc < 0) goto fail;
+    while (!turn_done(t)) {
+        const int slot = 0;
+        const int32_t tok = turn_pending(t);
+        if (engine_decode_batch(g, &slot, &tok, 1, t->run->logits, e) || turn_step(t, t->run->logits, e) < 0) goto fail;
+    }
+    if (turn_finish(t, r, e)) goto fail;
+    return 0;
+fail:
+    turn_abort(t);
+    return -1;
 }
 
 int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e)
 {
     const struct turn_request *rq = &t->rq;
     memset(r, 0, sizeof *r);
+    if (turn_host_sampled(t) && rq->num_beams <= 1) return run_staged_alone(t, g, io, r, e);
     int rc = -1;
     if (run_begin(t, g, io, 0, &r->input_error, e)) goto out;
     struct turn_run *u = t->run;
@@ -386,6 +450,43 @@ static int run_take(struct turn *t, int32_t tok)
     return u->finished;
 }
 
+/* The one sampling step of the host path (staged turns, and turn_run's host-sampled turns): the grammar's
+ * mask with the remaining budget, the sampler (penalty, mask, pick), the automaton, the logprobs of the
+ * row picked from. Returns 1 when the turn ends here, 0 to go on, -1 on an error. An empty mask (nothing
+ * can continue the value within the budget) ends the turn without a token. */
+static int run_pick(struct turn *t, float *logits, struct err *e)
+{
+    struct turn_run *u = t->run;
+    const struct turn_request *rq = &t->rq;
+    int32_t tok;
+    if (rq->grammar) {
+        const int n = grammar_mask(&u->gs, rq->vocab, u->gsc, t->max_new - u->n_out, u->allow);
+        tok = n > 0 ? sampler_sample_masked(&u->smp, logits, u->allow) : -1;
+        if (tok < 0) {
+            u->finished = 1;
+            return 1;
+        }
+        if (grammar_advance(&u->gs, rq->vocab, tok, e)) return -1;
+    } else {
+        tok = sampler_sample(&u->smp, logits);
+    }
+    if (rq->logprobs) {
+        struct turn_logprob *l = &u->lp[u->n_out];
+        l->id = tok;
+        const int k = sampler_logprobs(logits, u->smp.vocab, tok, rq->top_logprobs, &l->lp, l->top, l->top_lp);
+        if (k < 0) return err_set(e, "logprobs: the step's logits are all -inf");
+        l->n_top = k;
+        u->n_lp = u->n_out + 1;
+    }
+    return run_take(t, tok);
+}
+
+const struct turn_logprob *turn_logprobs_so_far(const struct turn *t, int *n)
+{
+    *n = t->run ? t->run->n_lp : 0;
+    return t->run ? t->run->lp : NULL;
+}
+
 int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
 {
     struct turn_run *u = t->run;
@@ -405,7 +506,7 @@ int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
     u->fed += n;
     if (!last) return 0;
     if (engine_check_logits(u->g, u->logits, "for the prompt", e)) return -1;
-    run_take(t, sampler_sample(&u->smp, u->logits));
+    if (run_pick(t, u->logits, e) < 0) return -1;
     u->t_decode0 = time_now();
     u->t_prefill = u->t_decode0 - u->t_prefill0;
     u->t_first = u->t_decode0 - u->t0;
@@ -417,7 +518,7 @@ int turn_step(struct turn *t, float *logits, struct err *e)
     struct turn_run *u = t->run;
     if (turn_pending(t) < 0) return err_set(e, "turn_step: the turn has no token to feed");
     if (engine_check_logits(u->g, logits, "at a decode step", e)) return -1;
-    return run_take(t, sampler_sample(&u->smp, logits));
+    return run_pick(t, logits, e);
 }
 
 int turn_done(const struct turn *t) { return t->run && t->run->finished; }
@@ -440,6 +541,7 @@ void turn_abort(struct turn *t) { run_free(t); }
 
 void turn_result_free(struct turn_result *r)
 {
+    free(r->lp);
     free(r->text);
     free(r->ids);
     memset(r, 0, sizeof *r);

@@ -21,7 +21,9 @@
 #include "chat.h"
 #include "engine.h"
 #include "image.h"
+#include "grammar.h"
 #include "imgcache.h"
+#include "sampler.h"
 
 #define TURN_MAX_STOP 4
 #define TURN_MAX_STOP_LEN 256
@@ -46,6 +48,22 @@ struct turn_request {
     int ignore_eos;                 /* generate through stop ids (benchmarks); not with beams */
     const char *stop[TURN_MAX_STOP];
     int n_stop;
+    /* constrained decoding (grammar.h, docs/GRAMMAR.md): NULL = none. Both stay the caller's and are
+     * shared read-only; vocab from turn_vocab_init. Not with beams. */
+    const struct grammar *grammar;
+    const struct grammar_vocab *vocab;
+    int logprobs;                   /* 1: record each generated token's logprob (turn_result.lp) */
+    int top_logprobs;               /* 0..SAMPLER_MAX_TOP_LOGPROBS alternatives per token (with logprobs) */
+};
+
+/* One generated token's log-probabilities (sampler_logprobs: the row the sampler picked from, after
+ * the repetition penalty and the grammar mask, before temperature / top-k / top-p). */
+struct turn_logprob {
+    int32_t id;
+    double lp;
+    int n_top;
+    int32_t top[SAMPLER_MAX_TOP_LOGPROBS];
+    double top_lp[SAMPLER_MAX_TOP_LOGPROBS];
 };
 
 /* Called with each piece of answer text as it becomes final (never half a UTF-8 character). */
@@ -72,6 +90,8 @@ struct turn_result {
     int input_error;                /* on failure: the input's fault (an image, the prompt), not the engine's */
     double t_vision, t_prefill, t_decode; /* seconds: encode (or cache), prefill + first token, the rest */
     double t_first;                 /* seconds from the run's start (turn_run / turn_start) to the first token */
+    struct turn_logprob *lp;        /* with rq.logprobs: [n_lp] (malloc'd), one per generated id (ids[i]) */
+    int n_lp;
 };
 
 struct turn;
@@ -80,6 +100,13 @@ struct turn;
 int turn_prepare(struct turn **out, const struct engine *g, const struct turn_request *rq, struct err *e);
 int turn_prompt_tokens(const struct turn *t);
 int turn_max_new(const struct turn *t); /* the answer length it will allow */
+/* Whether the turn needs the host sampler every step (a grammar, or logprobs): turn_run then runs the
+ * staged loop on slot 0 (engine_decode_batch, B = 1) instead of engine_generate's device sampling. */
+int turn_host_sampled(const struct turn *t);
+/* The vocabulary tries for g's tokenizer (stop ids: engine_is_stop), for turn_request.vocab. */
+int turn_vocab_init(struct grammar_vocab **out, const struct engine *g, struct err *e);
+/* While a turn runs: the logprob entries of the ids generated so far (valid until the next step). */
+const struct turn_logprob *turn_logprobs_so_far(const struct turn *t, int *n);
 /* Runs the turn on g (a new conversation: the KV cache is reset). On failure r->input_error says whose. */
 int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e);
 void turn_free(struct turn *t); /* accepts NULL */

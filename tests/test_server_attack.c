@@ -687,9 +687,11 @@ static void test_fields(void)
     free(msg);
     resp_free(&r);
     /* fields the server does not implement: refused by name */
-    const char *refused[][2] = {{",\"logprobs\":true", "logprobs"},
-                                {",\"top_logprobs\":5", "top_logprobs"},
-                                {",\"response_format\":{\"type\":\"json_object\"}", "response_format"},
+    /* (logprobs, top_logprobs and response_format are implemented since issue 17: their bad values here) */
+    const char *refused[][2] = {{",\"logprobs\":\"yes\"", "logprobs"},
+                                {",\"top_logprobs\":5", "top_logprobs"}, /* without logprobs */
+                                {",\"logprobs\":true,\"top_logprobs\":21", "top_logprobs"},
+                                {",\"response_format\":{\"type\":\"yaml\"}", "response_format"},
                                 {",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", "tools"},
                                 {",\"tool_choice\":\"auto\"", "tool_choice"},
                                 {",\"functions\":[{\"name\":\"f\"}]", "functions"},

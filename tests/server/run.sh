@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run.sh: starts `minicpmv serve` on the tiny model (a free loopback port) and drives it with curl and the
 # official `openai` npm client (tests/server/setup.sh installs it; skipped with a note when absent).
-# Then checks that SIGTERM lets an in-flight request finish and the server exits 0.
+# Then checks that SIGTERM lets an in-flight request finish and the server exits 0; api.mjs (issue 17's
+# API shapes) runs against a one-at-a-time server and a --parallel 8 one.
 # Usage: tests/server/run.sh [BIN] [MODEL_DIR]. Prints "server-clients: N passed, M failed, K skipped".
 set -u
 cd "$(dirname "$0")/../.."
@@ -143,13 +144,25 @@ if [ -f .cache/server-js/node_modules/openai/package.json ]; then
   [ -n "$line" ] || { f=1; p=0; echo "concurrent.mjs crashed: $out" >&2; }
   pass=$((pass+p)); fail=$((fail+f))
   grep -q '"running":0' <(curl -s $UB/health) && ok || bad "--parallel: /health after the load: $(curl -s $UB/health)"
+  # issue 17's API shapes (response_format, logprobs, refusals, /metrics) on both: one at a time and --parallel 8
+  for UX in "$UA" "$UB"; do
+    out=$(OPENAI_MODULE=$PWD/.cache/server-js/node_modules/openai node tests/server/api.mjs "$UX" 2>&1)
+    echo "$out" | grep -v '^api.mjs: [0-9]* passed' >&2
+    line=$(echo "$out" | grep '^api.mjs: [0-9]* passed')
+    p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/'); f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
+    [ -n "$line" ] || { f=1; p=0; echo "api.mjs crashed: $out" >&2; }
+    pass=$((pass+p)); fail=$((fail+f))
+  done
   # SIGTERM with 8 requests in flight: all answered 200, exit 0
+  CPIDS=""
   for k in 1 2 3 4 5 6 7 8; do
     curl -s -o "$tmp/d$k" -w '%{http_code}' $UB/v1/chat/completions -H 'Content-Type: application/json' \
       -d '{"messages":[{"role":"user","content":"Hello there"}],"temperature":0,"max_tokens":120}' >"$tmp/dc$k" &
+    CPIDS="$CPIDS $!"
   done
   for i in $(seq 600); do curl -s $UB/health | grep -q '"running":[2-9]' && break; sleep 0.05; done
-  kill -TERM $BPID; wait $BPID; src=$?; wait
+  # wait for the curls only: a bare `wait` would also wait for server A, which is still running (a hang)
+  kill -TERM $BPID; wait $BPID; src=$?; wait $CPIDS
   n200=$(cat "$tmp"/dc? | grep -o 200 | wc -l)
   [ "$src" = 0 ] && [ "$n200" = 8 ] && ok || bad "--parallel SIGTERM: exit $src, $n200 of 8 answered 200"
   kill -TERM $APID; wait $APID
