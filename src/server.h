@@ -2,7 +2,8 @@
  *
  * Owns: (server_json.c) parsing and validating /v1/chat/completions bodies into a prepared turn (unimplemented fields refused, images counted against a
  * decoded-bytes budget), the response/chunk/error JSON; (server_http.c) libmicrohttpd, the bounded queue,
- * the single worker that owns the engine, streaming, disconnects, the drain; (server_guard.c) the API
+ * streaming, disconnects, the drain; (server_worker.c) the worker thread that owns the engine, the
+ * answers, /metrics (server_impl.h: the structs both share); (server_guard.c) the API
  * key, content types, and the read deadline that closes connections too slow to deliver a request.
  * Does not own: the model, the turn (turn.h: prompt, images, generation, answer clean-up), sampling.
  * Invariants: one worker thread owns the engine: with one slot it runs one request at a time, with

@@ -9,9 +9,7 @@
  * Retry-After. --host is resolved with getaddrinfo (names, IPv4, IPv6). The chat page (o.ui_page) is
  * answered at / and /index.html, without the API key (the page asks for it), loaded or not. */
 #include "server.h"
-
-#include "scheduler.h"
-#include "grammar.h"
+#include "server_impl.h"
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
@@ -28,79 +26,12 @@
 #include <time.h>
 #include <unistd.h>
 
-struct job {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int refs;
-    struct server *srv;
-    struct server_request rq;
-    atomic_int cancel;
-    int done;
-    int fd;                      /* the client's socket, for hang-up checks */
-    char id[64];
-    long created;
-    double t0;                   /* when the worker took it */
-    double t_arrive;             /* when it was queued */
-    int lp_sent;                 /* logprob entries streamed so far */
-    /* non-streamed result */
-    int status;
-    char *body;
-    /* streamed events */
-    struct strbuf ev;            /* SSE bytes produced so far */
-    size_t off;                  /* how many of them the client was sent */
-    int sent_first;
-};
-
 struct conn {
     char *body;
     size_t len, cap;
     int too_big;
     int refused;                 /* a response was queued on the first call (401/413/415/...) */
     struct job *job;
-};
-
-#define METRIC_BUCKETS 12
-#define METRIC_DEVICES 16
-static const double ttft_le[METRIC_BUCKETS] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
-static const double tpot_le[METRIC_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1};
-static const double dur_le[METRIC_BUCKETS] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
-
-struct server {
-    struct engine *g;            /* NULL while the model loads (s->mu; fixed once set) */
-    struct server_options o;
-    char model_name[256];
-    struct MHD_Daemon *d;
-    int port;
-    pthread_t worker;
-    int worker_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct job **q;
-    int qhead, qn;
-    int stopping;
-    long next_id;
-    struct imgcache *cache;
-    struct server_stats st;
-    struct guard *guard;
-    struct job **running;        /* the jobs the worker runs now ([slots], s->mu) */
-    int n_running;
-    int n_slots;                 /* engine_slots: turns in flight at once */
-    struct scheduler *sched;         /* n_slots > 1: continuous batching (the worker's) */
-    int live_jobs;               /* jobs not yet released by every holder (s->mu): server_stop waits for
-                                    their connections to send the answers before stopping the daemon */
-    int drained, quiesced;
-    MHD_socket listen_fd;
-    char addr[INET6_ADDRSTRLEN + 16]; /* "127.0.0.1:8080" or "[::1]:8080", the bound address */
-    atomic_llong image_bytes;    /* decoded image bytes held by requests (lim.max_image_bytes) */
-    /* response_format's vocabulary tries: built at the first constrained request, shared read-only */
-    pthread_mutex_t vocab_mu;
-    struct grammar_vocab *vocab;
-    /* /metrics (s->mu) */
-    long prompt_tokens, gen_tokens;
-    struct hist { double sum; long count; long b[METRIC_BUCKETS]; } ttft, tpot, dur;
-    long long cache_bytes;
-    struct engine_device_mem mem[METRIC_DEVICES];
-    int n_mem;
 };
 
 void server_options_default(struct server_options *o)
@@ -122,7 +53,7 @@ void server_options_default(struct server_options *o)
 
 /* Waits on cv for at most 50 ms (the poll interval of every wait here: the waiter rechecks its
  * condition and the client's socket). */
-static void wait_50ms(pthread_cond_t *cv, pthread_mutex_t *mu)
+void srv_wait_50ms(pthread_cond_t *cv, pthread_mutex_t *mu)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -131,7 +62,7 @@ static void wait_50ms(pthread_cond_t *cv, pthread_mutex_t *mu)
     pthread_cond_timedwait(cv, mu, &ts);
 }
 
-static void job_release(struct job *j)
+void srv_job_release(struct job *j)
 {
     pthread_mutex_lock(&j->mu);
     int left = --j->refs;
@@ -158,7 +89,7 @@ static int fd_gone(int fd)
 }
 
 /* The engine, or NULL while the model loads. */
-static struct engine *server_engine(struct server *s)
+struct engine *srv_engine(struct server *s)
 {
     pthread_mutex_lock(&s->mu);
     struct engine *g = s->g;
@@ -166,7 +97,7 @@ static struct engine *server_engine(struct server *s)
     return g;
 }
 
-static void stat_add(struct server *s, long *field)
+void srv_stat_add(struct server *s, long *field)
 {
     pthread_mutex_lock(&s->mu);
     (*field)++;
@@ -175,276 +106,11 @@ static void stat_add(struct server *s, long *field)
 
 /* Appends one SSE event "data: <json>\n\n" (json freed); caller holds j->mu. When memory runs out
  * the event is dropped and the stream ends with an error event (or nothing if even that fails). */
-static void job_event(struct job *j, char *json)
+void srv_job_event(struct job *j, char *json)
 {
     if (!json) return;
     strbuf_printf(&j->ev, "data: %s\n\n", json);
     free(json);
-}
-
-static int on_text(void *ctx, const char *text, size_t len)
-{
-    struct job *j = ctx;
-    if (!j->rq.stream) return 0;
-    const char *model = j->srv->model_name;
-    int n_lp = 0;
-    const struct turn_logprob *lp = j->rq.req.logprobs ? turn_logprobs_so_far(j->rq.turn, &n_lp) : NULL;
-    pthread_mutex_lock(&j->mu);
-    job_event(j, server_chunk_json(j->id, j->created, model, text, len, !j->sent_first, NULL, lp ? lp + j->lp_sent : NULL,
-                                   n_lp - j->lp_sent, engine_tokenizer(j->srv->g)));
-    j->lp_sent = n_lp;
-    j->sent_first = 1;
-    pthread_cond_broadcast(&j->cv);
-    pthread_mutex_unlock(&j->mu);
-    return 0;
-}
-
-static struct turn_io job_io(struct server *s, struct job *j)
-{
-    const struct turn_io io = {.cache = s->cache, .cb = on_text, .cb_ctx = j, .cancel = &j->cancel,
-                               .deadline = s->o.lim.max_time > 0 ? j->t0 + s->o.lim.max_time : 0};
-    return io;
-}
-
-static void hist_add(struct hist *h, const double *le, double v)
-{
-    h->sum += v;
-    h->count++;
-    for (int i = 0; i < METRIC_BUCKETS; i++) h->b[i] += v <= le[i];
-}
-
-/* The answer of a job whose turn ended (rc 0 with r, or rc -1 with e), the stats, the log line. */
-static void job_complete(struct server *s, struct job *j, int rc, struct turn_result *r, int input_error,
-                         const struct err *e)
-{
-    server_request_drop_images(&j->rq); /* what a queued request holds is bounded by the image budget */
-    /* counted before the answer is released, so a client sees its own request in the stats */
-    int cancelled = atomic_load(&j->cancel);
-    pthread_mutex_lock(&s->mu);
-    if (cancelled) s->st.cancelled++;
-    else if (rc == 0) s->st.ok++;
-    else if (input_error) s->st.client_errors++;
-    else s->st.failed++;
-    if (rc == 0 && r->timed_out) s->st.timed_out++;
-    s->st.cache_hits = imgcache_hits(s->cache);
-    s->cache_bytes = (long long)imgcache_bytes(s->cache);
-    s->prompt_tokens += r->n_prompt;
-    s->gen_tokens += r->n_gen;
-    if (rc == 0 && !cancelled) {
-        const double now = time_now();
-        hist_add(&s->ttft, ttft_le, j->t0 - j->t_arrive + r->t_first);
-        if (r->n_gen > 1) hist_add(&s->tpot, tpot_le, r->t_decode / (r->n_gen - 1));
-        hist_add(&s->dur, dur_le, now - j->t_arrive);
-    }
-    if (s->g) s->n_mem = engine_device_memory(s->g, s->mem, METRIC_DEVICES);
-    const int cut = cancelled && s->stopping; /* cancelled by the drain timeout, not by its client */
-    pthread_mutex_unlock(&s->mu);
-    const char *model = s->model_name;
-    pthread_mutex_lock(&j->mu);
-    if (cut) {
-        /* a cut answer is not passed off as a whole one */
-        j->status = 503;
-        char *ej = server_error_json("the server is shutting down; the request was cancelled", "server_error", NULL,
-                                     "shutting_down");
-        if (j->rq.stream) job_event(j, ej);
-        else j->body = ej;
-    } else if (rc == 0) {
-        if (j->rq.stream) {
-            const int left = r->n_lp - j->lp_sent;
-            job_event(j, server_chunk_json(j->id, j->created, model, NULL, 0, !j->sent_first, r->finish,
-                                           r->lp ? r->lp + j->lp_sent : NULL, left > 0 ? left : 0, engine_tokenizer(s->g)));
-            if (j->rq.include_usage) job_event(j, server_usage_chunk_json(j->id, j->created, model, r->n_prompt, r->n_gen));
-        } else {
-            j->status = 200;
-            j->body = server_completion_json(j->id, j->created, model, r, engine_tokenizer(s->g));
-        }
-    } else {
-        int client = input_error && e->msg[0];
-        j->status = atomic_load(&j->cancel) && !e->msg[0] ? 499 : client ? 400 : 500;
-        char *ej = server_error_json(e->msg[0] ? e->msg : "request cancelled", client ? "invalid_request_error" : "server_error",
-                                     NULL, NULL);
-        if (j->rq.stream) job_event(j, ej);
-        else j->body = ej;
-    }
-    if (j->rq.stream) strbuf_printf(&j->ev, "data: [DONE]\n\n");
-    j->done = 1;
-    pthread_cond_broadcast(&j->cv);
-    pthread_mutex_unlock(&j->mu);
-    if (s->o.log_requests)
-        fprintf(stderr, "%s: %s %s, %d prompt + %d generated tokens, %.1f ms (vision %.1f, prefill %.1f, decode %.1f)%s\n",
-                j->id, rc ? "error" : "ok", j->rq.stream ? "stream" : "json", r->n_prompt, r->n_gen,
-                1e3 * (time_now() - j->t0), 1e3 * r->t_vision, 1e3 * r->t_prefill, 1e3 * r->t_decode,
-                cancelled ? " (client gone)" : r->image_cached ? " (images cached)" : "");
-    turn_result_free(r);
-}
-
-/* One job alone on the engine (one slot, or beam search). */
-static void run_job(struct server *s, struct job *j)
-{
-    struct turn_result r;
-    struct err e = {{0}};
-    int rc = -1;
-    const struct turn_io io = job_io(s, j);
-    memset(&r, 0, sizeof r);
-    if (!atomic_load(&j->cancel)) rc = turn_run(j->rq.turn, server_engine(s), &io, &r, &e);
-    job_complete(s, j, rc, &r, r.input_error, &e);
-}
-
-/* The worker takes j: j joins the running set (s->mu held). */
-static void running_add(struct server *s, struct job *j)
-{
-    s->running[s->n_running++] = j;
-}
-
-static void running_del(struct server *s, struct job *j)
-{
-    pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < s->n_running; i++)
-        if (s->running[i] == j) {
-            s->running[i] = s->running[--s->n_running];
-            break;
-        }
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    job_release(j);
-}
-
-static void sched_done(void *ctx, int rc, struct turn_result *r, int input_error, const struct err *e)
-{
-    struct job *j = ctx;
-    job_complete(j->srv, j, rc, r, input_error, e);
-    running_del(j->srv, j);
-}
-
-/* The next job when it may start now: FIFO; a beam-search job runs alone, so it waits (and the jobs
- * behind it wait) until nothing runs. s->mu held. */
-static struct job *queue_take(struct server *s)
-{
-    if (!s->qn || s->n_running >= s->n_slots) return NULL;
-    struct job *j = s->q[s->qhead];
-    if (j->rq.req.num_beams > 1 && s->n_running) return NULL;
-    s->qhead = (s->qhead + 1) % s->o.queue;
-    s->qn--;
-    j->t0 = time_now();
-    running_add(s, j);
-    return j;
-}
-
-/* With the engine's first job: its slots decide one-at-a-time or the scheduler. s->mu held. */
-static void worker_setup(struct server *s)
-{
-    if (s->sched || !s->g || s->n_slots > 1) return;
-    int n = engine_slots(s->g);
-    if (n > SERVER_MAX_SLOTS) n = SERVER_MAX_SLOTS;
-    struct err e = {{0}};
-    if (n > 1 && sched_init(&s->sched, s->g, &e) == 0) s->n_slots = n;
-    else if (n > 1) fprintf(stderr, "minicpmv serve: %s; serving one request at a time\n", e.msg);
-}
-
-static void *worker_main(void *p)
-{
-    struct server *s = p;
-    for (;;) {
-        pthread_mutex_lock(&s->mu);
-        while (!s->qn && !s->n_running && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
-        if (!s->qn && !s->n_running) {
-            pthread_mutex_unlock(&s->mu);
-            break;
-        }
-        worker_setup(s);
-        struct job *j;
-        while ((j = queue_take(s))) {
-            pthread_mutex_unlock(&s->mu);
-            if (j->rq.req.num_beams > 1 || !s->sched) {
-                run_job(s, j); /* alone */
-                running_del(s, j);
-            } else if (atomic_load(&j->cancel)) {
-                struct turn_result r = {0};
-                struct err e = {{0}};
-                job_complete(s, j, -1, &r, 0, &e);
-                running_del(s, j);
-            } else {
-                const struct turn_io io = job_io(s, j);
-                sched_add(s->sched, j->rq.turn, &io, sched_done, j); /* a failure is answered through sched_done */
-            }
-            pthread_mutex_lock(&s->mu);
-        }
-        pthread_mutex_unlock(&s->mu);
-        if (s->sched && sched_active(s->sched)) sched_step(s->sched);
-    }
-    return NULL;
-}
-
-/* lim.vocab: the vocabulary tries, built at the first call (any HTTP thread; vocab_mu), then shared. */
-static const struct grammar_vocab *server_vocab(void *ctx, struct err *e)
-{
-    struct server *s = ctx;
-    struct engine *g = server_engine(s);
-    pthread_mutex_lock(&s->vocab_mu);
-    if (!s->vocab && g && turn_vocab_init(&s->vocab, g, e)) s->vocab = NULL;
-    else if (!g) err_set(e, "the model is still loading");
-    const struct grammar_vocab *v = s->vocab;
-    pthread_mutex_unlock(&s->vocab_mu);
-    return v;
-}
-
-static void metric_head(struct strbuf *b, const char *name, const char *type, const char *help)
-{
-    strbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static void metric_hist(struct strbuf *b, const char *name, const char *help, const struct hist *h, const double *le)
-{
-    metric_head(b, name, "histogram", help);
-    for (int i = 0; i < METRIC_BUCKETS; i++) strbuf_printf(b, "%s_bucket{le=\"%g\"} %ld\n", name, le[i], h->b[i]);
-    strbuf_printf(b, "%s_bucket{le=\"+Inf\"} %ld\n%s_sum %.9g\n%s_count %ld\n", name, h->count, name, h->sum, name,
-                  h->count);
-}
-
-/* GET /metrics: Prometheus' text exposition format 0.0.4 (docs/SERVER.md lists the series). */
-static char *metrics_text(struct server *s)
-{
-    struct strbuf b = {0};
-    pthread_mutex_lock(&s->mu);
-    const struct server_stats st = s->st;
-    metric_head(&b, "minicpmv_requests_total", "counter",
-                "Chat completion requests by outcome (ok, client_error: 4xx, busy: 503 queue full / loading / "
-                "shutting down, cancelled: client gone or drain timeout, failed: 5xx).");
-    const struct { const char *k; long v; } by[] = {{"ok", st.ok}, {"client_error", st.client_errors}, {"busy", st.busy},
-                                                    {"cancelled", st.cancelled}, {"failed", st.failed}};
-    for (size_t i = 0; i < sizeof by / sizeof *by; i++)
-        strbuf_printf(&b, "minicpmv_requests_total{status=\"%s\"} %ld\n", by[i].k, by[i].v);
-    metric_head(&b, "minicpmv_prompt_tokens_total", "counter", "Prompt tokens of the requests the worker ran.");
-    strbuf_printf(&b, "minicpmv_prompt_tokens_total %ld\n", s->prompt_tokens);
-    metric_head(&b, "minicpmv_generation_tokens_total", "counter", "Generated tokens (stop tokens included).");
-    strbuf_printf(&b, "minicpmv_generation_tokens_total %ld\n", s->gen_tokens);
-    metric_hist(&b, "minicpmv_time_to_first_token_seconds", "Seconds from queueing to the first generated token (ok requests).",
-                &s->ttft, ttft_le);
-    metric_hist(&b, "minicpmv_time_per_output_token_seconds",
-                "Mean seconds per generated token after the first, one observation per ok request.", &s->tpot, tpot_le);
-    metric_hist(&b, "minicpmv_request_duration_seconds", "Seconds from queueing to the last token (ok requests).", &s->dur,
-                dur_le);
-    metric_head(&b, "minicpmv_queue_depth", "gauge", "Requests waiting for a slot.");
-    strbuf_printf(&b, "minicpmv_queue_depth %d\n", s->qn);
-    metric_head(&b, "minicpmv_requests_running", "gauge", "Requests the worker is running now.");
-    strbuf_printf(&b, "minicpmv_requests_running %d\n", s->n_running);
-    metric_head(&b, "minicpmv_slots", "gauge", "Turns the engine runs at once (--parallel; 0 while the model loads).");
-    strbuf_printf(&b, "minicpmv_slots %d\n", s->g ? engine_slots(s->g) : 0);
-    metric_head(&b, "minicpmv_image_cache_bytes", "gauge", "Bytes the image cache holds (as of the last finished request).");
-    strbuf_printf(&b, "minicpmv_image_cache_bytes %lld\n", s->cache_bytes);
-    metric_head(&b, "minicpmv_device_memory_bytes", "gauge",
-                "Bytes held per device by kind (weights, kv, buffers), as of the last finished request.");
-    for (int i = 0; i < s->n_mem; i++) {
-        char dev[32];
-        snprintf(dev, sizeof dev, "%s:%d", s->mem[i].dev.kind == DEVICE_CUDA ? "cuda" : "cpu", s->mem[i].dev.ordinal);
-        strbuf_printf(&b, "minicpmv_device_memory_bytes{device=\"%s\",kind=\"weights\"} %lld\n", dev,
-                      (long long)s->mem[i].weights);
-        strbuf_printf(&b, "minicpmv_device_memory_bytes{device=\"%s\",kind=\"kv\"} %lld\n", dev, (long long)s->mem[i].kv);
-        strbuf_printf(&b, "minicpmv_device_memory_bytes{device=\"%s\",kind=\"buffers\"} %lld\n", dev,
-                      (long long)s->mem[i].buffers);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return b.p;
 }
 
 static void add_cors(struct server *s, struct MHD_Response *r)
@@ -501,7 +167,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     struct job *j = cls;
     pthread_mutex_lock(&j->mu);
     while (j->off == j->ev.len && !j->done) {
-        wait_50ms(&j->cv, &j->mu);
+        srv_wait_50ms(&j->cv, &j->mu);
         if (j->off == j->ev.len && !j->done && fd_gone(j->fd)) {
             atomic_store(&j->cancel, 1);
             pthread_mutex_unlock(&j->mu);
@@ -521,20 +187,20 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     return n;
 }
 
-static void stream_free(void *cls) { job_release(cls); }
+static void stream_free(void *cls) { srv_job_release(cls); }
 
 static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection *c, struct conn *cs)
 {
-    stat_add(s, &s->st.requests);
+    srv_stat_add(s, &s->st.requests);
     if (cs->too_big) {
-        stat_add(s, &s->st.client_errors);
+        srv_stat_add(s, &s->st.client_errors);
         char msg[128];
         snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", s->o.lim.max_body);
         return send_error(s, c, 413, "invalid_request_error", "request_too_large", msg);
     }
-    struct engine *g = server_engine(s);
+    struct engine *g = srv_engine(s);
     if (!g) {
-        stat_add(s, &s->st.busy);
+        srv_stat_add(s, &s->st.busy);
         return send_error(s, c, 503, "server_error", "model_loading", "the model is still loading; retry later");
     }
     struct job *j = calloc(1, sizeof *j);
@@ -543,7 +209,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     int st = server_request_parse(&j->rq, cs->body ? cs->body : "", cs->len, g, &s->o.lim, &ej);
     if (st) {
         free(j);
-        stat_add(s, &s->st.client_errors);
+        srv_stat_add(s, &s->st.client_errors);
         return send_json(s, c, st, ej, st == 503);
     }
     pthread_mutex_init(&j->mu, NULL);
@@ -570,7 +236,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     pthread_mutex_unlock(&s->mu);
     if (full || stopping) {
         j->refs = 1;
-        job_release(j);
+        srv_job_release(j);
         return send_error(s, c, 503, "server_error", stopping ? "shutting_down" : "queue_full",
                           stopping ? "the server is shutting down" : "the server is busy (request queue full); retry later");
     }
@@ -581,7 +247,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
         pthread_mutex_unlock(&j->mu);
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, j, stream_free);
         if (!r) {
-            job_release(j);
+            srv_job_release(j);
             atomic_store(&j->cancel, 1);
             return MHD_NO;
         }
@@ -594,7 +260,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     }
     pthread_mutex_lock(&j->mu);
     while (!j->done) {
-        wait_50ms(&j->cv, &j->mu);
+        srv_wait_50ms(&j->cv, &j->mu);
         if (!j->done && fd_gone(j->fd)) atomic_store(&j->cancel, 1);
     }
     char *body = j->body;
@@ -637,8 +303,8 @@ static int first_call_refusal(struct server *s, struct MHD_Connection *c, const 
             return 1;
         }
         if (v > s->o.lim.max_body) {
-            stat_add(s, &s->st.requests);
-            stat_add(s, &s->st.client_errors);
+            srv_stat_add(s, &s->st.requests);
+            srv_stat_add(s, &s->st.client_errors);
             char msg[128];
             snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", s->o.lim.max_body);
             *ok = send_error(s, c, 413, "invalid_request_error", "request_too_large", msg);
@@ -662,7 +328,7 @@ static int first_call_refusal(struct server *s, struct MHD_Connection *c, const 
     if (s->o.api_key && strcmp(url, "/health") && strcmp(url, "/metrics") && !is_page(s, url)) {
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         if (!guard_bearer_ok(s->o.api_key, auth)) {
-            stat_add(s, &s->st.unauthorized);
+            srv_stat_add(s, &s->st.unauthorized);
             *ok = send_error(s, c, 401, "invalid_request_error", "invalid_api_key",
                              auth ? "incorrect API key provided" : "an API key is required (Authorization: Bearer KEY)");
             return 1;
@@ -670,8 +336,8 @@ static int first_call_refusal(struct server *s, struct MHD_Connection *c, const 
     }
     if (!strcmp(url, "/v1/chat/completions") && !strcmp(method, "POST") &&
         !guard_json_content_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE))) {
-        stat_add(s, &s->st.requests);
-        stat_add(s, &s->st.client_errors);
+        srv_stat_add(s, &s->st.requests);
+        srv_stat_add(s, &s->st.client_errors);
         *ok = send_error(s, c, 415, "invalid_request_error", "unsupported_media_type",
                          "the body must be sent as Content-Type: application/json");
         return 1;
@@ -738,7 +404,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     }
     if (!strcmp(url, "/metrics")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /metrics");
-        char *b = metrics_text(s);
+        char *b = srv_metrics_text(s);
         if (!b) return send_error(s, c, 500, "server_error", NULL, "out of memory");
         struct MHD_Response *r = MHD_create_response_from_buffer(strlen(b), b, MHD_RESPMEM_MUST_FREE);
         if (!r) { free(b); return MHD_NO; }
@@ -753,7 +419,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                           "/v1/embeddings are not implemented");
     if (!strcmp(url, "/v1/models")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /v1/models");
-        if (!server_engine(s))
+        if (!srv_engine(s))
             return send_error(s, c, 503, "server_error", "model_loading", "the model is still loading; retry later");
         cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "object", "list");
@@ -797,7 +463,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
     if (!cs) return;
     if (cs->job) {
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) atomic_store(&cs->job->cancel, 1);
-        job_release(cs->job);
+        srv_job_release(cs->job);
     }
     free(cs->body);
     free(cs);
@@ -853,7 +519,7 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->vocab_mu, NULL);
     pthread_cond_init(&s->cv, NULL);
-    s->o.lim.vocab = server_vocab;
+    s->o.lim.vocab = srv_vocab;
     s->o.lim.vocab_ctx = s;
     if (!(s->q = calloc((size_t)o->queue, sizeof *s->q))) { err_set(e, "out of memory"); goto fail; }
     if (!(s->running = calloc(SERVER_MAX_SLOTS, sizeof *s->running))) { err_set(e, "out of memory"); goto fail; }
@@ -874,7 +540,7 @@ int server_start(struct server **out, struct engine *g, const struct server_opti
         flags |= IN6_IS_ADDR_UNSPECIFIED(a6) ? MHD_USE_DUAL_STACK : MHD_USE_IPv6;
     }
     format_addr(&addr, o->port, s->addr, sizeof s->addr);
-    if (pthread_create(&s->worker, NULL, worker_main, s)) { err_set(e, "cannot start the worker thread"); goto fail; }
+    if (pthread_create(&s->worker, NULL, srv_worker_main, s)) { err_set(e, "cannot start the worker thread"); goto fail; }
     s->worker_started = 1;
     s->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                             MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION, notify_conn, s,
@@ -934,7 +600,7 @@ int server_drain(struct server *s, double timeout)
             for (int i = 0; i < s->n_running; i++, cancelled++) atomic_store(&s->running[i]->cancel, 1);
             timeout = 0;
         }
-        wait_50ms(&s->cv, &s->mu);
+        srv_wait_50ms(&s->cv, &s->mu);
     }
     pthread_mutex_unlock(&s->mu);
     if (s->worker_started) pthread_join(s->worker, NULL);
@@ -954,7 +620,7 @@ void server_stop(struct server *s)
     pthread_mutex_lock(&s->mu);
     const double t_end = time_now() + 10;
     while (s->live_jobs > 0 && time_now() < t_end) {
-        wait_50ms(&s->cv, &s->mu);
+        srv_wait_50ms(&s->cv, &s->mu);
     }
     pthread_mutex_unlock(&s->mu);
     if (s->d) MHD_stop_daemon(s->d); /* waits for the connection threads */
