@@ -14,57 +14,117 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "scheduler.h"
 #include "server.h"
+#include "tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* ---- stubs for the engine side (server_chat.c) ---- */
-struct server_cache {
+/* ---- stubs for the engine side (imgcache.h, turn.h, engine.h): 5 tokens per message, a fixed answer ---- */
+struct imgcache {
     int hits;
 };
-int server_cache_init(struct server_cache **out, int capacity, struct err *e)
+int imgcache_init(struct imgcache **out, int capacity, struct err *e)
 {
     (void)capacity;
     (void)e;
     *out = calloc(1, sizeof **out);
     return *out ? 0 : -1;
 }
-void server_cache_free(struct server_cache *c) { free(c); }
-void server_cache_set_max_bytes(struct server_cache *c, size_t max_bytes) { (void)c, (void)max_bytes; }
-size_t server_cache_bytes(const struct server_cache *c) { (void)c; return 0; }
-int server_cache_hits(const struct server_cache *c) { return c ? c->hits : 0; }
-int server_prompt_tokens(const struct engine *g, const struct server_turn *t, int *n, struct err *e)
+void imgcache_free(struct imgcache *c) { free(c); }
+void imgcache_set_max_bytes(struct imgcache *c, size_t max_bytes) { (void)c, (void)max_bytes; }
+size_t imgcache_bytes(const struct imgcache *c) { (void)c; return 0; }
+int imgcache_hits(const struct imgcache *c) { return c ? c->hits : 0; }
+
+struct turn {
+    int n_prompt, max_new;
+};
+int turn_prepare(struct turn **out, const struct engine *g, const struct turn_request *rq, struct err *e)
 {
     (void)g;
-    (void)e;
-    *n = 5 * t->n_msgs;
+    *out = NULL;
+    const int n = 5 * rq->n_msgs + 64 * rq->n_images;
+    if (rq->max_new < 0) return err_set(e, "the answer length must be at least 1 token");
+    if (rq->max_new > 0 ? n + rq->max_new > 2048 : n + 1 > 2048)
+        return err_set(e, "this model's maximum context length is 2048 tokens (--ctx): %d tokens do not fit", n);
+    struct turn *t = calloc(1, sizeof *t);
+    if (!t) return err_set(e, "out of memory");
+    t->n_prompt = n;
+    t->max_new = rq->max_new > 0 ? rq->max_new : 1024;
+    *out = t;
     return 0;
 }
-int server_turn_run(struct engine *g, struct server_cache *c, const struct server_turn *t, struct server_turn_result *r,
-                    int *stage, struct err *e)
+int turn_prompt_tokens(const struct turn *t) { return t->n_prompt; }
+int turn_max_new(const struct turn *t) { return t->max_new; }
+void turn_free(struct turn *t) { free(t); }
+const struct turn_logprob *turn_logprobs_so_far(const struct turn *t, int *n)
+{
+    (void)t;
+    *n = 0;
+    return NULL;
+}
+int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct turn_result *r, struct err *e)
 {
     (void)g;
-    (void)c;
     (void)e;
     memset(r, 0, sizeof *r);
-    *stage = 1;
     static const char *words[] = {"fuzzy", " answer", " here"};
     int n = t->max_new < 3 ? t->max_new : 3;
     for (int i = 0; i < n; i++)
-        if (t->cb) t->cb(t->cb_ctx, words[i], strlen(words[i]));
+        if (io && io->cb) io->cb(io->cb_ctx, words[i], strlen(words[i]));
     r->text = strdup(n >= 3 ? "fuzzy answer here" : n == 2 ? "fuzzy answer" : "fuzzy");
-    r->n_prompt = 5;
+    r->n_prompt = t->n_prompt;
     r->n_gen = n;
     r->finish = n < t->max_new ? "stop" : "length";
     return r->text ? 0 : -1;
 }
-void server_turn_result_free(struct server_turn_result *r)
+void turn_result_free(struct turn_result *r)
 {
     free(r->text);
+    free(r->ids);
+    free(r->lp);
     memset(r, 0, sizeof *r);
 }
+/* response_format's vocabulary: not in this target (a constrained request is answered with the refusal
+ * the server gives when the tries cannot be built) */
+int turn_vocab_init(struct grammar_vocab **out, const struct engine *g, struct err *e)
+{
+    (void)g;
+    *out = NULL;
+    return err_set(e, "no vocabulary in this fuzz target");
+}
+void grammar_vocab_free(struct grammar_vocab *v) { (void)v; }
+/* one slot: the worker never starts the scheduler */
+int engine_slots(const struct engine *g) { (void)g; return 1; }
+const struct tokenizer *engine_tokenizer(const struct engine *g) { (void)g; return NULL; }
+int engine_device_memory(const struct engine *g, struct engine_device_mem *rows, int max_rows)
+{
+    (void)g, (void)rows, (void)max_rows;
+    return 0;
+}
+int sched_init(struct scheduler **out, struct engine *g, struct err *e)
+{
+    (void)g;
+    *out = NULL;
+    return err_set(e, "no scheduler in this target");
+}
+void sched_free(struct scheduler *s) { (void)s; }
+int sched_active(const struct scheduler *s) { (void)s; return 0; }
+int sched_add(struct scheduler *s, struct turn *t, const struct turn_io *io, sched_done_cb done, void *ctx)
+{
+    (void)s, (void)t, (void)io, (void)done, (void)ctx;
+    return -1;
+}
+int sched_step(struct scheduler *s) { (void)s; return 0; }
+int tokenizer_token_bytes(const struct tokenizer *tok, int32_t id, const char **bytes, size_t *len)
+{
+    (void)tok, (void)id;
+    *bytes = "";
+    *len = 0;
+    return 0;
+}
 
-static struct engine G;
+static struct engine *G = (struct engine *)&G; /* opaque: only the stubs above see it */
 static struct server *S;
 static int PORT;
 
@@ -113,7 +173,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static long n_inputs;
     if (!S) {
         signal(SIGPIPE, SIG_IGN);
-        G.llm.ctx = 2048;
         struct server_options o;
         server_options_default(&o);
         o.port = 0;
@@ -123,7 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         o.lim.max_images = 2;
         o.api_key = getenv("FUZZ_API_KEY"); /* run once with it set to cover the 401 path */
         struct err e;
-        CHECKF(server_start(&S, &G, &o, &e) == 0, "%s", e.msg);
+        CHECKF(server_start(&S, G, &o, &e) == 0, "%s", e.msg);
         PORT = server_port(S);
     }
     static char buf[1 << 16];

@@ -1,35 +1,63 @@
 /* fuzz_request.c: libFuzzer target for server_request_parse (src/server_json.c): arbitrary bytes as a
- * /v1/chat/completions body. The prompt-length check needs the tokenizer, which this target replaces
- * with a stub counting 5 tokens per message (the parser, the field checks, base64 and the image
+ * /v1/chat/completions body. The turn (turn_prepare: prompt ids and the context check) needs the
+ * tokenizer, which this target replaces with a stub counting 5 tokens per message (the parser, the field checks, base64 and the image
  * decoders behind data: URLs are the real ones). Every accepted request must satisfy the invariants the
  * worker relies on; every refusal must be a JSON error object with a 4xx/5xx status.
  * Built and run by tools/fuzz.sh (make fuzz). */
 #include <cJSON.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "server.h"
+#include "tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int server_prompt_tokens(const struct engine *g, const struct server_turn *t, int *n, struct err *e)
+/* ---- stubs for the turn (turn.h): 5 tokens per message and 64 per image, a context of CTX ---- */
+#define CTX 2048
+struct turn {
+    int n_prompt, max_new;
+};
+
+int turn_prepare(struct turn **out, const struct engine *g, const struct turn_request *rq, struct err *e)
 {
     (void)g;
-    (void)e;
-    *n = 5 * t->n_msgs + 64 * t->n_images;
+    *out = NULL;
+    const int n = 5 * rq->n_msgs + 64 * rq->n_images;
+    if (rq->max_new < 0) return err_set(e, "the answer length must be at least 1 token");
+    if (rq->max_new > 0 ? n + rq->max_new > CTX : n + 1 > CTX)
+        return err_set(e, "this model's maximum context length is %d tokens (--ctx): %d tokens do not fit", CTX, n);
+    struct turn *t = calloc(1, sizeof *t);
+    if (!t) return err_set(e, "out of memory");
+    t->n_prompt = n;
+    const int want = rq->max_new_default > 0 ? rq->max_new_default : TURN_DEFAULT_MAX_NEW;
+    t->max_new = rq->max_new > 0 ? rq->max_new : CTX - n < want ? CTX - n : want;
+    *out = t;
+    return 0;
+}
+int turn_prompt_tokens(const struct turn *t) { return t->n_prompt; }
+int turn_max_new(const struct turn *t) { return t->max_new; }
+void turn_free(struct turn *t) { free(t); }
+
+/* the logprobs JSON of an answer (never built here: no turn runs) */
+int tokenizer_token_bytes(const struct tokenizer *tok, int32_t id, const char **bytes, size_t *len)
+{
+    (void)tok, (void)id;
+    *bytes = "";
+    *len = 0;
     return 0;
 }
 
-static struct engine G; /* only llm.ctx is read */
+static struct engine *G = (struct engine *)&G; /* opaque; only the stubs above see it */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    G.llm.ctx = 2048;
     static atomic_llong image_bytes;
     struct server_limits lim = {.max_body = 1 << 20, .max_images = 3, .max_messages = 16, .max_pixels = 1 << 16,
                                 .max_beam_tokens = 4096, .max_image_bytes = 1 << 22, .image_bytes = &image_bytes};
     struct server_request rq;
     char *ej = NULL;
-    int st = server_request_parse(&rq, (const char *)data, size, &G, &lim, &ej);
+    int st = server_request_parse(&rq, (const char *)data, size, G, &lim, &ej);
     if (st) {
         CHECK(st >= 400 && st < 600 && ej);
         cJSON *o = cJSON_Parse(ej);
@@ -38,12 +66,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(ej);
     } else {
         CHECK(!ej);
-        const struct server_turn *t = &rq.turn;
+        const struct turn_request *t = &rq.req;
+        CHECK(rq.turn != NULL);
+        const int max_new = turn_max_new(rq.turn);
         CHECK(t->n_msgs >= 1 && t->n_msgs <= lim.max_messages && t->msgs && !strcmp(t->msgs[0].role, "user"));
         CHECK(t->n_images >= 0 && t->n_images <= lim.max_images);
-        CHECK(t->max_new >= 1 && t->max_new <= G.llm.ctx);
+        CHECK(max_new >= 1 && max_new <= CTX);
         CHECK(t->n_stop >= 0 && t->n_stop <= SERVER_MAX_STOP);
-        CHECK(t->num_beams <= 1 || (int64_t)t->num_beams * t->max_new <= lim.max_beam_tokens);
+        CHECK(t->num_beams <= 1 || (int64_t)t->num_beams * max_new <= lim.max_beam_tokens);
         for (int i = 0; i < t->n_images; i++)
             CHECK(t->images[i].w >= 1 && t->images[i].h >= 1 && (int64_t)t->images[i].w * t->images[i].h <= lim.max_pixels);
         for (int i = 0; i < t->n_msgs; i++) CHECK(t->msgs[i].content != NULL);
