@@ -557,12 +557,6 @@ static void conc_done(void *ctx, int rc, struct turn_result *r, int input_error,
     if (rc) fprintf(stderr, "bench: conc stream failed: %s\n", e->msg);
 }
 
-static int cmp_dbl(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static int run_conc(struct bench *b, struct phase *p, struct err *e)
 {
     struct engine *g = b->g;
@@ -610,8 +604,8 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
         if (r >= 0) {
             p->t[p->reps++] = wall;
             if (r == b->reps - 1) { /* the last repetition's per-stream figures */
-                qsort(ttft, (size_t)N, sizeof *ttft, cmp_dbl);
-                qsort(per, (size_t)N, sizeof *per, cmp_dbl);
+                qsort(ttft, (size_t)N, sizeof *ttft, cmp_double);
+                qsort(per, (size_t)N, sizeof *per, cmp_double);
                 x_add(p, "streams", N);
                 x_add(p, "prompt_tokens_mean", (double)n_prompt / N);
                 x_add(p, "new_tokens", BENCH_CONC_NEW);
