@@ -23,6 +23,7 @@
 #include "server.h"
 #include "t.h"
 #include "tengine.h"
+#include "thttp.h"
 #include "tutil.h"
 
 #define IMG_PATH "tests/fixtures/image/gen200x150_q90_444.jpg"
@@ -30,113 +31,11 @@
 static struct engine *G;
 static char *EXP_TEXT; /* the turn's greedy answer (t_chat) to "Hello there", 8 tokens */
 
-/* ---- a raw client ---- */
-struct resp {
-    int status;
-    char *head;      /* the status line and headers */
-    char *body;      /* de-chunked */
-    size_t len;
-};
-
-static void resp_free(struct resp *r)
-{
-    free(r->head);
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int send_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
-        if (k <= 0) return -1;
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* Reads until the peer closes (or timeout seconds pass) and parses the first response. */
-static struct resp read_resp(int fd, double timeout)
-{
-    struct resp r = {0};
-    size_t cap = 1 << 16, len = 0;
-    char *raw = malloc(cap);
-    double t_end = time_now() + timeout;
-    for (;;) {
-        if (len + 4096 > cap) raw = realloc(raw, cap *= 2);
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int ms = (int)((t_end - time_now()) * 1e3);
-        if (ms <= 0 || poll(&p, 1, ms) <= 0) break;
-        ssize_t k = recv(fd, raw + len, cap - len - 1, 0);
-        if (k <= 0) break;
-        len += (size_t)k;
-    }
-    raw[len] = 0;
-    char *hdr_end = strstr(raw, "\r\n\r\n");
-    if (!hdr_end || sscanf(raw, "HTTP/1.%*d %d", &r.status) != 1) {
-        free(raw);
-        r.status = 0;
-        return r;
-    }
-    r.head = strndup(raw, (size_t)(hdr_end - raw));
-    int chunked = strcasestr(r.head, "Transfer-Encoding: chunked") != NULL;
-    char *p = hdr_end + 4, *end = raw + len;
-    r.body = malloc((size_t)(end - p) + 1);
-    if (chunked) {
-        while (p < end) {
-            unsigned long n = strtoul(p, &p, 16);
-            p = strstr(p, "\r\n");
-            if (!p || !n) break;
-            p += 2;
-            if (p + n > end) n = (unsigned long)(end - p);
-            memcpy(r.body + r.len, p, n);
-            r.len += n;
-            p += n + 2;
-        }
-    } else {
-        r.len = (size_t)(end - p);
-        memcpy(r.body, p, r.len);
-    }
-    r.body[r.len] = 0;
-    free(raw);
-    return r;
-}
-
-/* One request: method, path, extra header lines (each ending in \r\n, may be NULL), a body sent with
- * Content-Length (NULL = none). */
-static struct resp req(int port, const char *method, const char *path, const char *headers, const char *body)
-{
-    struct resp r = {0};
-    int fd = connect_port(port);
-    if (fd < 0) return r;
-    size_t bl = body ? strlen(body) : 0;
-    char h[2048];
-    int n = snprintf(h, sizeof h, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method, path,
-                     headers ? headers : "");
-    if (body) n += snprintf(h + n, sizeof h - (size_t)n, "Content-Length: %zu\r\n", bl);
-    n += snprintf(h + n, sizeof h - (size_t)n, "\r\n");
-    if (!send_all(fd, h, (size_t)n) && (!bl || !send_all(fd, body, bl))) r = read_resp(fd, 60);
-    close(fd);
-    return r;
-}
+/* ---- the raw client is thttp.h; what only these tests send ---- */
 
 #define JSON_CT "Content-Type: application/json\r\n"
 
-static struct resp post(int port, const char *body) { return req(port, "POST", "/v1/chat/completions", JSON_CT, body); }
+static struct resp post(int port, const char *body) { return http_req(port, "POST", "/v1/chat/completions", JSON_CT, body); }
 
 /* body (which must be valid JSON) sent chunked in pieces of `piece` bytes */
 static struct resp post_chunked(int port, const char *body, size_t len, size_t piece)
@@ -159,16 +58,6 @@ static struct resp post_chunked(int port, const char *body, size_t len, size_t p
     return r;
 }
 
-static char *json_content(const char *body)
-{
-    cJSON *o = cJSON_Parse(body);
-    cJSON *m = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "message");
-    cJSON *c = cJSON_GetObjectItem(m, "content");
-    char *s = cJSON_IsString(c) ? strdup(c->valuestring) : NULL;
-    cJSON_Delete(o);
-    return s;
-}
-
 /* The error object's field (message, param, code) or NULL. */
 static char *err_field(const char *body, const char *field)
 {
@@ -181,7 +70,7 @@ static char *err_field(const char *body, const char *field)
 
 static int health_ok(int port)
 {
-    struct resp r = req(port, "GET", "/health", NULL, NULL);
+    struct resp r = http_req(port, "GET", "/health", NULL, NULL);
     int ok = r.status == 200 && r.body && strstr(r.body, "\"status\":\"ok\"");
     resp_free(&r);
     return ok;
@@ -336,7 +225,7 @@ static void test_http_framing(void)
     T_ASSERT(time_now() - t0 < 5);
     resp_free(&r);
     /* the 404 text: the path's bytes outside printable ASCII do not reach the JSON */
-    r = req(port, "GET", "/caf\xc3\xa9\xff\xfe\x01x", NULL, NULL);
+    r = http_req(port, "GET", "/caf\xc3\xa9\xff\xfe\x01x", NULL, NULL);
     T_EQ_INT(r.status, 404);
     int ascii = r.body != NULL;
     for (size_t i = 0; r.body && i < r.len; i++) ascii &= (unsigned char)r.body[i] < 0x80;
@@ -351,7 +240,7 @@ static void test_http_framing(void)
     o.model_name = "a\"b\\c</script>\n";
     s = start(&o);
     if (!s) { T_ASSERT(s); return; }
-    r = req(server_port(s), "GET", "/v1/models", NULL, NULL);
+    r = http_req(server_port(s), "GET", "/v1/models", NULL, NULL);
     cJSON *j = cJSON_Parse(r.body ? r.body : "");
     cJSON *id = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0), "id");
     T_ASSERTF(cJSON_IsString(id) && !strcmp(id->valuestring, "a\"b\\c</script>\n"), "%s", r.body ? r.body : "");
@@ -631,7 +520,7 @@ static void test_per_ip(void)
     if (!s) { T_ASSERT(s); return; }
     int a = connect_port(server_port(s)), b = connect_port(server_port(s));
     usleep(200 * 1000);
-    struct resp r = req(server_port(s), "GET", "/health", NULL, NULL);
+    struct resp r = http_req(server_port(s), "GET", "/health", NULL, NULL);
     T_EQ_INT(r.status, 0); /* closed without an answer */
     resp_free(&r);
     close(a);
@@ -741,13 +630,13 @@ static void test_auth_cors(void)
     free(code);
     free(type);
     resp_free(&r);
-    r = req(port, "POST", "/v1/chat/completions", JSON_CT "Authorization: Bearer wrong-key-11\r\n", HELLO "}");
+    r = http_req(port, "POST", "/v1/chat/completions", JSON_CT "Authorization: Bearer wrong-key-11\r\n", HELLO "}");
     T_EQ_INT(r.status, 401);
     resp_free(&r);
-    r = req(port, "GET", "/v1/models", NULL, NULL);
+    r = http_req(port, "GET", "/v1/models", NULL, NULL);
     T_EQ_INT(r.status, 401);
     resp_free(&r);
-    r = req(port, "POST", "/v1/chat/completions", JSON_CT "Authorization: Bearer secret-key-1\r\n", HELLO "}");
+    r = http_req(port, "POST", "/v1/chat/completions", JSON_CT "Authorization: Bearer secret-key-1\r\n", HELLO "}");
     T_EQ_INT(r.status, 200);
     char *c = r.body ? json_content(r.body) : NULL;
     T_ASSERT(c && EXP_TEXT && !strcmp(c, EXP_TEXT));
@@ -758,7 +647,7 @@ static void test_auth_cors(void)
     server_get_stats(s, &st);
     T_EQ_INT(st.unauthorized, 3);
     /* CORS off: no Access-Control headers, preflight refused */
-    r = req(port, "OPTIONS", "/v1/chat/completions", "Origin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\n", NULL);
+    r = http_req(port, "OPTIONS", "/v1/chat/completions", "Origin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\n", NULL);
     T_EQ_INT(r.status, 403);
     T_ASSERT(r.head && !strcasestr(r.head, "Access-Control-Allow-Origin"));
     resp_free(&r);
@@ -768,11 +657,11 @@ static void test_auth_cors(void)
     for (size_t i = 0; i < 4; i++) {
         char h[256];
         snprintf(h, sizeof h, "%sAuthorization: Bearer secret-key-1\r\n", bad_ct[i]);
-        r = req(port, "POST", "/v1/chat/completions", h, HELLO "}");
+        r = http_req(port, "POST", "/v1/chat/completions", h, HELLO "}");
         T_ASSERTF(r.status == 415, "%s: %d", bad_ct[i], r.status);
         resp_free(&r);
     }
-    r = req(port, "POST", "/v1/chat/completions",
+    r = http_req(port, "POST", "/v1/chat/completions",
             "Content-Type: Application/JSON; charset=utf-8\r\nAuthorization: Bearer secret-key-1\r\n", HELLO "}");
     T_EQ_INT(r.status, 200);
     resp_free(&r);
@@ -783,7 +672,7 @@ static void test_auth_cors(void)
     s = start(&o);
     if (!s) { T_ASSERT(s); return; }
     port = server_port(s);
-    r = req(port, "OPTIONS", "/v1/chat/completions", "Origin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n", NULL);
+    r = http_req(port, "OPTIONS", "/v1/chat/completions", "Origin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n", NULL);
     T_EQ_INT(r.status, 204);
     T_ASSERT(r.head && strcasestr(r.head, "Access-Control-Allow-Origin: https://app.example") &&
              strcasestr(r.head, "Access-Control-Allow-Headers: Authorization, Content-Type"));
@@ -810,7 +699,7 @@ static void test_page(void)
     int port = server_port(s);
     const char *paths[] = {"/", "/index.html", "/?x=1"};
     for (size_t i = 0; i < 3; i++) {
-        struct resp r = req(port, "GET", paths[i], NULL, NULL);
+        struct resp r = http_req(port, "GET", paths[i], NULL, NULL);
         T_ASSERTF(r.status == 200, "GET %s without the key: %d", paths[i], r.status);
         T_ASSERT(r.body && r.len == sizeof page - 1 && !memcmp(r.body, page, r.len));
         T_ASSERT(r.head && strcasestr(r.head, "Content-Type: text/html; charset=utf-8") &&
@@ -821,11 +710,11 @@ static void test_page(void)
     /* the key is still needed everywhere else, near-misses of the page's paths included */
     const char *closed[] = {"/index.htm", "/index.html/", "//", "/v1/models", "/ui"};
     for (size_t i = 0; i < 5; i++) {
-        struct resp r = req(port, "GET", closed[i], NULL, NULL);
+        struct resp r = http_req(port, "GET", closed[i], NULL, NULL);
         T_ASSERTF(r.status == 401, "GET %s without the key: %d", closed[i], r.status);
         resp_free(&r);
     }
-    struct resp r = req(port, "POST", "/", JSON_CT, HELLO "}");
+    struct resp r = http_req(port, "POST", "/", JSON_CT, HELLO "}");
     T_EQ_INT(r.status, 405);
     resp_free(&r);
     server_stop(s);
@@ -835,7 +724,7 @@ static void test_page(void)
     if (!s) { T_ASSERT(s); return; }
     port = server_port(s);
     for (size_t i = 0; i < 2; i++) {
-        r = req(port, "GET", paths[i], NULL, NULL);
+        r = http_req(port, "GET", paths[i], NULL, NULL);
         T_ASSERTF(r.status == 404, "GET %s without a page: %d", paths[i], r.status);
         resp_free(&r);
     }
