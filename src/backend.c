@@ -496,3 +496,18 @@ void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *st
     check_same_dev(state, x);
     DISPATCH(x->dev, sample_dev, x, ids, state);
 }
+
+/* ---- measurement ---- */
+
+uint64_t op_read_sum(const struct tensor *x)
+{
+    CHECKF(!dtype_is_quant(x->dtype), "op_read_sum: %s tensor (plain dtypes only)", dtype_name(x->dtype));
+    CHECKF(tensor_nbytes(x) % 8 == 0 && (uintptr_t)x->data % 16 == 0,
+           "op_read_sum: %zu bytes at %p (needs a multiple of 8 bytes, 16-byte aligned)", tensor_nbytes(x), x->data);
+#ifdef MINICPMV_CUDA
+    if (x->dev.kind == DEVICE_CUDA) return cuda_read_sum(x);
+#else
+    CHECKF(x->dev.kind == DEVICE_CPU, "CUDA tensor but this binary was built without CUDA");
+#endif
+    return cpu_read_sum(x);
+}

@@ -185,4 +185,14 @@ void op_sample_begin(struct tensor *state, const struct sampler_params *p, uint6
  * ulp right at a draw boundary. */
 void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state);
 
+/* ---- measurement ---- */
+/* The sum, modulo 2^64, of x's bytes read as little-endian unsigned 64-bit words, returned to the
+ * host (so it waits for the device). x: any plain dtype, contiguous, data 16-byte aligned (dev_alloc
+ * gives that), tensor_nbytes(x) % 8 == 0. Every byte is read exactly once in one pass (CUDA: one
+ * kernel of 16-byte loads over the whole tensor, a block reduction, one atomic add per block; CPU:
+ * OpenMP threads over contiguous ranges). Integer addition is associative, so the twins agree
+ * exactly whatever their order; membw.h times it to measure a device's read bandwidth and checks
+ * the sum against a closed form, so a pass that read too little cannot pass for a fast one. */
+uint64_t op_read_sum(const struct tensor *x);
+
 #endif

@@ -83,6 +83,18 @@ void cuda_graph_free(void *graph);
 #endif
 #endif
 
+/* op_read_sum (outside BACKEND_TWINS: it returns a value; cuda/cuda_readsum.cu) */
+uint64_t cpu_read_sum(const struct tensor *x);
+#ifdef MINICPMV_CUDA
+#ifdef __cplusplus
+extern "C" {
+#endif
+uint64_t cuda_read_sum(const struct tensor *x);
+#ifdef __cplusplus
+}
+#endif
+#endif
+
 /* op_sample_dev (outside BACKEND_TWINS: the CPU twin is in sampler.c, on top of sampler_pick;
  * the CUDA one in cuda/cuda_sample.cu) */
 void cpu_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state);

@@ -3,7 +3,8 @@
 # the --dtype values of plan and chat, --timings (and its alias --stats), generate's documented
 # default, plan --ctx beyond the model's positions, an error naming a path once, the REPL's /help,
 # the progress line (only on a terminal, never with --quiet or into a file), and mkmodel's tokenizer
-# search and refusal to write over a folder, --split gone and a bad --device refused. Expected values come from config.json and the issue's
+# search and refusal to write over a folder, --split gone, a bad --device refused, and bench --peak-gbs (a number,
+# auto on the CPU, junk). Expected values come from config.json and the issue's
 # wording, not from the code. Run by `make test` after the C tests (which generate the tiny model).
 cd "$(dirname "$0")/.." || exit 2
 BIN=${BUILD:-build}/minicpmv; MODEL=build/test-models/tiny-s1
@@ -96,6 +97,16 @@ check "mkmodel without a tokenizer says the fix" '[ $rc = 1 ] && grep -q "fetch_
 tok=$PWD/.cache/tokenizer-llama3/tokenizer.json
 (cd $tmp && MINICPMV_TOKENIZER=$tok bin/minicpmv mkmodel --out $tmp/env --size tiny --quiet >/dev/null 2>&1); rc=$?
 check "mkmodel takes MINICPMV_TOKENIZER" '[ $rc = 0 ] && cmp -s $tmp/env/tokenizer.json $tmp/full/tokenizer.json'
+
+# bench --peak-gbs: a number prints every decode phase as a fraction of it (10 GB/s: the tiny model's 0.0691 GB
+# per token at the tok/s printed); auto measures the CPU before the model loads and prints the figure; junk is refused
+"$BIN" bench --model $MODEL --device cpu --only decode16 --reps 1 --decode-steps 2 --peak-gbs 10 >$tmp/b 2>&1; rc=$?
+check "bench --peak-gbs 10: the fraction line" '[ $rc = 0 ] && grep -q "^decode as a fraction of 10 GB/s:" $tmp/b && grep -qE "^  decode16 .* GB/s effective .* %$" $tmp/b'
+check "bench --peak-gbs 10: the fraction is effective GB/s / 10" 'awk "/^decode16 /{for(i=1;i<=NF;i++){if(\$i~/^gb_s=/){split(\$i,a,\"=\");g=a[2]} if(\$i~/^pct_of_peak_bw=/){split(\$i,b,\"=\");p=b[2]}}} END{exit !(g>0 && (p-g*10)^2<1e-6)}" $tmp/b'
+"$BIN" bench --model $MODEL --device cpu --only decode16 --reps 1 --decode-steps 2 --peak-gbs auto --json $tmp/b.json >$tmp/ba 2>&1; rc=$?
+check "bench --peak-gbs auto: measured on the CPU" '[ $rc = 0 ] && grep -qE "^  cpu +[0-9.]+ GB/s +\(1\.00 GiB per pass, 3 passes" $tmp/ba && grep -q "\"peak_gbs_source\":.*\"measured\"" $tmp/b.json'
+"$BIN" bench --model $MODEL --device cpu --only decode16 --peak-gbs fast >$tmp/bx 2>&1; rc=$?
+check "bench --peak-gbs fast is refused" '[ $rc = 1 ] && grep -q "neither auto nor a positive number" $tmp/bx'
 
 echo "cli: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -7,26 +7,29 @@
  *   seedcase   1344x1344 JPEG + text, ~3000 prompt tokens, 1000 generated (stop ids ignored), end to end, s
  *   concN      N streams at once through the scheduler (~512-token prompts, 256 greedy tokens each):
  *              aggregate tok/s, per-stream tok/s, TTFT p50/p99 (--concurrency 1,4,16 = conc1,conc4,conc16)
- * plus the memory per device (model accounting and the peak seen) and, with --json, the same numbers for
- * tools/bench_compare.py. Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
+ * plus the memory per device (model accounting and the peak seen), with --peak-gbs auto the device's read
+ * bandwidth measured before the model loads (membw.h) and every decode figure as a fraction of it, and, with
+ * --json, the same numbers for tools/bench_compare.py (the output: tools/cmd_bench_report.c). Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
  * Inputs are deterministic: ids from splitmix64(--seed), images from image_pattern (image.h;
  * tools/ref_vision.py gen_image computes the same pixels), the seed-case text from the
  * word list below (tools/bench_hf.py builds the same one). Timing: warm-up first, dev_sync on every device
  * around each timed region, median of --reps. */
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
-#include <cJSON.h>
 #include <turbojpeg.h>
 
 #include "backend.h"
 #include "chat.h"
+#include "cmd_bench.h"
 #include "cmd_util.h"
 #include "devmap.h"
 #include "image.h"
@@ -34,14 +37,6 @@
 #include "tokenizer.h"
 #include "scheduler.h"
 #include "turn.h"
-
-#define BENCH_MAX_REPS 100
-#define BENCH_MAX_PHASES 16
-#define BENCH_MAX_X 16
-#define BENCH_CONC_WORDS 440 /* filler words of a concN prompt: ~512 tokens with the template */
-#define BENCH_CONC_PROMPT 600
-#define BENCH_CONC_NEW 256
-#define GIB (1024.0 * 1024.0 * 1024.0)
 
 /* 20 tokens with the Llama-3 tokenizer. Shared with tools/bench_hf.py. */
 static const char BENCH_QUESTION[] =
@@ -60,45 +55,6 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-/* ------------------------------------------------------------------ options and results */
-
-enum phase_kind { PK_PREFILL, PK_DECODE, PK_VISION, PK_TTFT, PK_SEED, PK_CONC };
-
-struct phase {
-    char name[24];
-    enum phase_kind kind;
-    int64_t n;                  /* prefill tokens, decode context, vision pieces */
-    /* results */
-    int ran;
-    char err[300];
-    int reps;
-    double t[BENCH_MAX_REPS];   /* seconds per rep (the primary time) */
-    double med;                 /* median of t */
-    double value;               /* primary metric */
-    const char *unit;
-    int higher_better;
-    int n_x;
-    const char *xk[BENCH_MAX_X];
-    double xv[BENCH_MAX_X];
-    int64_t peak_used[DEVMAP_MAX_DEVICES]; /* per tracked GPU: bytes in use at this phase's peak */
-};
-
-struct bench {
-    struct engine *g;
-    int reps, decode_steps, seed_prompt, seed_new, seed_reps;
-    uint64_t seed;
-    double peak_gbs;
-    int64_t decode_weight_bytes;  /* LLM weights one decode step streams (embedding table excluded) */
-    float *logits;
-    /* memory: GPUs tracked by free memory, the CPU by peak RSS */
-    int n_gpu, gpu[DEVMAP_MAX_DEVICES];
-    size_t free0[DEVMAP_MAX_DEVICES], total[DEVMAP_MAX_DEVICES], min_free[DEVMAP_MAX_DEVICES],
-        phase_min[DEVMAP_MAX_DEVICES];
-    pthread_mutex_t mu;
-    pthread_t th;
-    int poll_ms, th_running;
-    atomic_int stop;
-};
 
 static void x_add(struct phase *p, const char *k, double v)
 {
@@ -122,8 +78,6 @@ static double median(const double *v, int n)
     qsort(s, (size_t)n, sizeof *s, cmp_double);
     return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
-
-static void sync_all(struct engine *g) { engine_sync(g); }
 
 /* ------------------------------------------------------------------ memory tracking */
 
@@ -261,10 +215,10 @@ static int run_prefill(struct bench *b, struct phase *p, struct err *e)
     int rc = -1;
     for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
         engine_truncate(g, 0);
-        sync_all(g);
+        engine_sync(g);
         double t0 = time_now();
         if (engine_prefill(g, ids, NULL, p->n, b->logits, e)) goto out;
-        sync_all(g);
+        engine_sync(g);
         if (r >= 0) p->t[p->reps++] = time_now() - t0;
     }
     p->med = median(p->t, p->reps);
@@ -306,11 +260,11 @@ static int run_decode(struct bench *b, struct phase *p, struct err *e)
         const int n_steps = r < 0 ? (steps < 16 ? steps : 16) : steps;
         engine_truncate(g, p->n); /* back to context C: the next steps overwrite the same cache rows */
         int32_t tok = first;
-        sync_all(g);
+        engine_sync(g);
         double t0 = time_now();
         for (int i = 0; i < n_steps; i++) /* the engine's greedy step: a CUDA graph on one GPU */
             if (engine_decode_greedy(g, tok, &tok, e)) goto out;
-        sync_all(g);
+        engine_sync(g);
         if (r >= 0) p->t[p->reps++] = time_now() - t0;
     }
     p->med = median(p->t, p->reps);
@@ -356,10 +310,10 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
     for (int r = -1; r < b->reps; r++) {
         struct chat_grid grid;
         struct tensor out = {0};
-        sync_all(g);
+        engine_sync(g);
         double t0 = time_now();
         if (engine_encode_images(g, &im, 1, &grid, &out, &pieces, e)) goto out;
-        sync_all(g);
+        engine_sync(g);
         double t1 = time_now();
         dev_free(out.dev, out.data);
         if (r >= 0) {
@@ -410,12 +364,12 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
         sampler_defaults(&rq.sp);
         rq.sp.greedy = true;
         rq.sp.repetition_penalty = 1.0f;
-        sync_all(g);
+        engine_sync(g);
         double t0 = time_now();
         if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
         double t1 = time_now();
         int crc = turn_prepare(&t, g, &rq, e) || turn_run(t, g, NULL, &res, e);
-        sync_all(g);
+        engine_sync(g);
         double t2 = time_now();
         turn_free(t);
         image_free(&im);
@@ -468,12 +422,12 @@ static int seed_once(struct bench *b, const unsigned char *jpg, unsigned long n_
     rq.sp.greedy = true;
     rq.sp.repetition_penalty = 1.0f;
     int rc = -1;
-    sync_all(g);
+    engine_sync(g);
     double t0 = time_now();
     if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
     double t1 = time_now();
     if (turn_prepare(&t, g, &rq, e) || turn_run(t, g, NULL, &res, e)) goto out;
-    sync_all(g);
+    engine_sync(g);
     double t3 = time_now();
     tm[0] = t3 - t0;                     /* end to end */
     tm[1] = t1 - t0 + res.t_vision;      /* jpeg decode + vision */
@@ -529,6 +483,11 @@ static int run_seed(struct bench *b, struct phase *p, struct err *e)
     x_add(p, "ttft_ms", 1e3 * median(acc[4], reps));
     x_add(p, "decode_s", median(acc[3], reps));
     x_add(p, "decode_tok_s", (b->seed_new - 1) / median(acc[3], reps));
+    /* the decode part's effective bandwidth: token i of n_new attends over n_prompt + i keys */
+    const double seed_bytes = (double)b->decode_weight_bytes + kv_read_bytes(g, n_prompt + b->seed_new / 2.0);
+    x_add(p, "decode_gb_s", seed_bytes * (b->seed_new - 1) / median(acc[3], reps) / 1e9);
+    if (b->peak_gbs > 0)
+        x_add(p, "decode_pct_of_peak_bw", 100.0 * seed_bytes * (b->seed_new - 1) / median(acc[3], reps) / 1e9 / b->peak_gbs);
     x_add(p, "first_stop_at", first_stop); /* -1: no stop id among the generated tokens */
     rc = 0;
 out:
@@ -584,14 +543,14 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
         n_prompt += turn_prompt_tokens(t[i]);
     }
     for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
-        sync_all(g);
+        engine_sync(g);
         double t0 = time_now();
         for (int i = 0; i < N; i++) {
             memset(&o[i], 0, sizeof o[i]);
             sched_add(s, t[i], NULL, conc_done, &o[i]);
         }
         while (sched_step(s)) {}
-        sync_all(g);
+        engine_sync(g);
         double wall = time_now() - t0;
         int64_t gen = 0;
         for (int i = 0; i < N; i++) {
@@ -671,158 +630,64 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
     return 0;
 }
 
-struct memrow {
-    struct device dev;
-    int64_t weights, kv, buffers, peak, total;
-};
 
-static int mem_rows(const struct bench *b, struct memrow *rows)
+/* The CPU's read bandwidth, measured in a child process: its buffer then never counts in this process's
+ * peak RSS (the CPU memory figure). Runs before this process has started any OpenMP or CUDA work. */
+static int measure_cpu_apart(struct membw *m, size_t bytes, int passes, struct err *e)
 {
-    const struct engine *g = b->g;
-    struct engine_device_mem dm[DEVMAP_MAX_DEVICES];
-    const int n = engine_device_memory(g, dm, DEVMAP_MAX_DEVICES);
-    for (int k = 0; k < n; k++) {
-        memset(&rows[k], 0, sizeof rows[k]);
-        rows[k].dev = dm[k].dev;
-        rows[k].weights = dm[k].weights;
-        rows[k].kv = dm[k].kv;
-        rows[k].buffers = dm[k].buffers;
+    struct { int rc; struct membw m; char msg[sizeof e->msg]; } r;
+    int fd[2];
+    if (pipe(fd)) return err_set(e, "read bandwidth: pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]), close(fd[1]);
+        return err_set(e, "read bandwidth: fork: %s", strerror(errno));
     }
-    for (int k = 0; k < n; k++) {
-        if (rows[k].dev.kind == DEVICE_CPU) {
-            struct rusage ru;
-            getrusage(RUSAGE_SELF, &ru);
-            rows[k].peak = (int64_t)ru.ru_maxrss * 1024; /* peak RSS, mapped weight pages included */
-            continue;
-        }
-        for (int j = 0; j < b->n_gpu; j++)
-            if (b->gpu[j] == rows[k].dev.ordinal) {
-                rows[k].peak = (int64_t)b->free0[j] - (int64_t)b->min_free[j];
-                rows[k].total = (int64_t)b->total[j];
-            }
+    if (pid == 0) {
+        struct err ce = {{0}};
+        memset(&r, 0, sizeof r);
+        r.rc = membw_measure(&r.m, device_cpu(), bytes, passes, &ce);
+        memcpy(r.msg, ce.msg, sizeof r.msg);
+        ssize_t k = write(fd[1], &r, sizeof r);
+        _exit(k == (ssize_t)sizeof r ? 0 : 1);
     }
-    return n;
+    close(fd[1]);
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = read(fd[0], (char *)&r + got, sizeof r - got);
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    close(fd[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (got != sizeof r || !WIFEXITED(st) || WEXITSTATUS(st)) return err_set(e, "read bandwidth: the measuring process failed");
+    if (r.rc) return err_set(e, "%s", r.msg);
+    *m = r.m;
+    return 0;
 }
 
-static void dev_label(struct device d, char *buf, size_t n)
+/* --peak-gbs auto: d's read bandwidth (membw.h), once per device; the run compares decode with the least
+ * of the devices measured (one card: its own figure). */
+static int measure_peak(struct bench *b, struct device d, struct err *e)
 {
-    if (d.kind == DEVICE_CPU) snprintf(buf, n, "cpu");
-    else snprintf(buf, n, "cuda:%d", d.ordinal);
-}
-
-static void print_report(const struct bench *b, const struct phase *ph, int n_ph)
-{
-    const struct engine *g = b->g;
-    printf("\nminicpmv bench: %d layers, d=%d, %s, ctx %lld, prefill chunk %lld, reps %d (median)\n",
-           engine_config(g)->num_hidden_layers, engine_config(g)->hidden_size, dtype_name(engine_dtype(g)),
-           (long long)engine_ctx(g), (long long)engine_max_batch(g), b->reps);
-    printf("%-12s %14s  %s\n", "phase", "result", "details");
-    for (int i = 0; i < n_ph; i++) {
-        const struct phase *p = &ph[i];
-        if (!p->ran) {
-            printf("%-12s %14s  %s\n", p->name, "-", p->err);
-            continue;
-        }
-        char v[32];
-        snprintf(v, sizeof v, "%.*f %s", p->value >= 100 ? 0 : 2, p->value, p->unit);
-        printf("%-12s %14s ", p->name, v);
-        for (int k = 0; k < p->n_x; k++) {
-            const double x = p->xv[k];
-            if (strstr(p->xk[k], "bytes")) printf(" %s=%.3gGB", p->xk[k], x / 1e9);
-            else if (x == floor(x) && fabs(x) < 1e9) printf(" %s=%.0f", p->xk[k], x);
-            else printf(" %s=%.4g", p->xk[k], x);
-        }
-        printf("\n");
-    }
-    struct memrow rows[DEVMAP_MAX_DEVICES];
-    int n = mem_rows(b, rows);
-    printf("\nmemory      %10s %10s %10s %12s %14s\n", "weights", "KV", "buffers", "peak used",
-           "beyond W+KV");
-    for (int k = 0; k < n; k++) {
-        char lab[16];
-        dev_label(rows[k].dev, lab, sizeof lab);
-        printf("%-11s %7.2f GiB %6.2f GiB %6.2f GiB %8.2f GiB %10.2f GiB%s\n", lab, rows[k].weights / GIB,
-               rows[k].kv / GIB, rows[k].buffers / GIB, rows[k].peak / GIB,
-               (rows[k].peak - rows[k].weights - rows[k].kv) / GIB,
-               rows[k].dev.kind == DEVICE_CPU ? "  (peak RSS of the process)" : "");
-    }
-    if (b->n_gpu)
-        printf("(GPU peak = free memory before loading - the least free memory seen%s)\n",
-               b->poll_ms ? "; polled by a thread" : " after each phase; --mem-poll 1 also sees transient peaks");
-}
-
-static int write_json(const struct bench *b, const struct phase *ph, int n_ph, const char *model, const char *path,
-                      struct err *e)
-{
-    const struct engine *g = b->g;
-    cJSON *root = cJSON_CreateObject(), *phs = cJSON_CreateObject(), *mem = cJSON_CreateObject(),
-          *devs = cJSON_CreateArray();
-    if (!root || !phs || !mem || !devs) {
-        cJSON_Delete(root); cJSON_Delete(phs); cJSON_Delete(mem); cJSON_Delete(devs);
-        return err_set(e, "out of memory");
-    }
-    cJSON_AddStringToObject(root, "tool", "minicpmv bench");
-    cJSON_AddStringToObject(root, "model", model);
-    cJSON_AddStringToObject(root, "dtype", dtype_name(engine_dtype(g)));
-    cJSON_AddNumberToObject(root, "ctx", (double)engine_ctx(g));
-    cJSON_AddNumberToObject(root, "max_batch", (double)engine_max_batch(g));
-    cJSON_AddNumberToObject(root, "reps", b->reps);
-    cJSON_AddNumberToObject(root, "load_s", engine_load_seconds(g));
-    cJSON_AddNumberToObject(root, "decode_weight_bytes", (double)b->decode_weight_bytes);
-    char lab[16];
-    dev_label(engine_embed_device(g), lab, sizeof lab);
-    cJSON_AddStringToObject(root, "device", lab);
-    for (int i = 0; i < n_ph; i++) {
-        const struct phase *p = &ph[i];
-        cJSON *o = cJSON_AddObjectToObject(phs, p->name);
-        if (!o) continue;
-        if (!p->ran) {
-            cJSON_AddStringToObject(o, "error", p->err);
-            continue;
-        }
-        cJSON_AddNumberToObject(o, "value", p->value);
-        cJSON_AddStringToObject(o, "unit", p->unit);
-        cJSON_AddBoolToObject(o, "higher_better", p->higher_better);
-        cJSON_AddNumberToObject(o, "median_s", p->med);
-        cJSON *ts = cJSON_AddArrayToObject(o, "times_s");
-        for (int r = 0; ts && r < p->reps; r++) cJSON_AddItemToArray(ts, cJSON_CreateNumber(p->t[r]));
-        for (int k = 0; k < p->n_x; k++) cJSON_AddNumberToObject(o, p->xk[k], p->xv[k]);
-        if (b->n_gpu) {
-            cJSON *pk = cJSON_AddArrayToObject(o, "peak_used_bytes");
-            for (int j = 0; pk && j < b->n_gpu; j++) cJSON_AddItemToArray(pk, cJSON_CreateNumber((double)p->peak_used[j]));
-        }
-    }
-    cJSON_AddItemToObject(root, "phases", phs);
-    struct memrow rows[DEVMAP_MAX_DEVICES];
-    int n = mem_rows(b, rows);
-    for (int k = 0; k < n; k++) {
-        cJSON *d = cJSON_CreateObject();
-        if (!d) continue;
-        dev_label(rows[k].dev, lab, sizeof lab);
-        cJSON_AddStringToObject(d, "device", lab);
-        cJSON_AddNumberToObject(d, "weights_bytes", (double)rows[k].weights);
-        cJSON_AddNumberToObject(d, "kv_bytes", (double)rows[k].kv);
-        cJSON_AddNumberToObject(d, "buffers_bytes", (double)rows[k].buffers);
-        cJSON_AddNumberToObject(d, "peak_used_bytes", (double)rows[k].peak);
-        cJSON_AddNumberToObject(d, "beyond_weights_kv_bytes", (double)(rows[k].peak - rows[k].weights - rows[k].kv));
-        cJSON_AddNumberToObject(d, "total_bytes", (double)rows[k].total);
-        cJSON_AddStringToObject(d, "method", rows[k].dev.kind == DEVICE_CPU ? "peak RSS" :
-                                b->poll_ms ? "free memory before load - min free (polled)" :
-                                "free memory before load - min free (after each phase)");
-        cJSON_AddItemToArray(devs, d);
-    }
-    cJSON_AddItemToObject(mem, "devices", devs);
-    cJSON_AddNumberToObject(mem, "poll_ms", b->poll_ms);
-    cJSON_AddItemToObject(root, "memory", mem);
-    char *s = cJSON_Print(root);
-    cJSON_Delete(root);
-    if (!s) return err_set(e, "out of memory");
-    FILE *f = fopen(path, "w");
-    int rc = 0;
-    if (!f || fputs(s, f) < 0 || fputc('\n', f) < 0) rc = err_set(e, "--json %s: cannot write", path);
-    if (f && fclose(f)) rc = err_set(e, "--json %s: cannot write", path);
-    free(s);
-    return rc;
+    for (int i = 0; i < b->n_bw; i++)
+        if (device_eq(b->bw[i].dev, d)) return 0;
+    if (b->n_bw == (int)(sizeof b->bw / sizeof b->bw[0])) return 0;
+    size_t bytes = 0;
+    const int passes = d.kind == DEVICE_CPU ? 3 : 5;
+    if (membw_default_bytes(d, &bytes, e)) return -1;
+    char lab[24];
+    if (d.kind == DEVICE_CPU) snprintf(lab, sizeof lab, "the CPU");
+    else snprintf(lab, sizeof lab, "GPU %d", d.ordinal);
+    fprintf(stderr, "bench: measuring the read bandwidth of %s: %.2f GiB, best of %d passes\n", lab, (double)bytes / GIB,
+            passes);
+    struct membw *m = &b->bw[b->n_bw];
+    if (d.kind == DEVICE_CPU ? measure_cpu_apart(m, bytes, passes, e) : membw_measure(m, d, bytes, passes, e)) return -1;
+    b->n_bw++;
+    if (!(b->peak_gbs > 0) || m->gbs < b->peak_gbs) b->peak_gbs = m->gbs;
+    return 0;
 }
 
 static const char BENCH_HELP[] =
@@ -839,7 +704,9 @@ static const char BENCH_HELP[] =
     "  --rng-seed N         seed of the random token ids (default 1)\n"
     "  --mem-poll MS        also sample GPU free memory every MS ms from a thread (default 0: only after\n"
     "                       each phase, which misses allocations freed inside a phase)\n"
-    "  --peak-gbs X         the card's measured bandwidth: decode also prints %% of it\n"
+    "  --peak-gbs X|auto    the device's read bandwidth in GB/s, or auto: measured in this run before the\n"
+    "                       model loads (read-and-reduce of 8 GiB on a GPU, 1 GiB on the CPU, best of a few\n"
+    "                       passes); every decode figure is also printed as a fraction of it\n"
     "  --json FILE          write the results for tools/bench_compare.py\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
 
@@ -892,8 +759,12 @@ int cmd_bench(int argc, char **argv)
         } else if (!strcmp(f, "--peak-gbs")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             char *end;
-            b.peak_gbs = strtod(v, &end);
-            if (*end || !(b.peak_gbs > 0)) { err_set(&e, "--peak-gbs: '%s' is not a positive number", v); goto out; }
+            b.peak_auto = !strcmp(v, "auto");
+            b.peak_gbs = b.peak_auto ? 0 : strtod(v, &end);
+            if (!b.peak_auto && (*end || !(b.peak_gbs > 0))) {
+                err_set(&e, "--peak-gbs: '%s' is neither auto nor a positive number", v);
+                goto out;
+            }
         } else if (!strcmp(f, "--help")) {
             printf(BENCH_HELP, DEFAULT_PHASES);
             printf("%s%s", cmdu_engine_help, devmap_opts_help());
@@ -941,12 +812,15 @@ int cmd_bench(int argc, char **argv)
             int ord = eo.dm.n_gpus > 0 ? eo.dm.gpus[i] : i;
             size_t fr, tot;
             struct err me;
-            if (ord >= bi.n_gpus || dev_mem_info(device_cuda(ord), &fr, &tot, &me)) continue;
+            if (ord >= bi.n_gpus) continue;
+            if (b.peak_auto && measure_peak(&b, device_cuda(ord), &e)) goto out; /* before the baseline: freed */
+            if (dev_mem_info(device_cuda(ord), &fr, &tot, &me)) continue;
             b.gpu[b.n_gpu] = ord;
             b.free0[b.n_gpu] = b.min_free[b.n_gpu] = fr;
             b.total[b.n_gpu++] = tot;
         }
     }
+    if (b.peak_auto && b.n_bw == 0 && measure_peak(&b, device_cpu(), &e)) goto out; /* no GPU in the run */
     if (b.poll_ms > 0 && b.n_gpu > 0) {
         if (pthread_create(&b.th, NULL, mem_poller, &b)) { err_set(&e, "--mem-poll: cannot start a thread"); goto out; }
         b.th_running = 1;
@@ -972,8 +846,8 @@ int cmd_bench(int argc, char **argv)
         else p->ran = 1;
         fprintf(stderr, "bench: %-12s %s (%.1f s)\n", p->name, p->ran ? "done" : p->err, time_now() - t0);
     }
-    print_report(&b, ph, n_ph);
-    if (json && write_json(&b, ph, n_ph, eo.o.model_dir, json, &e)) goto out;
+    bench_report_print(&b, ph, n_ph);
+    if (json && bench_report_json(&b, ph, n_ph, eo.o.model_dir, json, &e)) goto out;
     rc = 0;
     for (int i = 0; i < n_ph; i++)
         if (!ph[i].ran) rc = 1;

@@ -71,6 +71,7 @@ enum cuda_scratch_slot {
     SCRATCH_MM_T,      /* linear without a fused epilogue: the product before the activation / residual */
     SCRATCH_QW,        /* a quantized weight (or a row tile of it) dequantized to F16 for the GEMM (cuda_quant.cu) */
     SCRATCH_QY,        /* the output columns of one such tile, before they go into y */
+    SCRATCH_SUM,       /* op_read_sum: the 64-bit total (cuda_readsum.cu) */
     SCRATCH_N
 };
 
