@@ -20,8 +20,10 @@ ROWS = [
     ("prefill3000", "value", "prefill 3000 tokens", "tok/s", True, 35000),
     ("decode512", "value", "decode at context 512", "tok/s", True, 175),
     ("decode512", "gb_s", "  effective bandwidth", "GB/s", True, None),
+    ("decode512", "pct_of_peak_bw", "  % of the read bandwidth measured in the run", "%", True, None),
     ("decode4096", "value", "decode at context 4096", "tok/s", True, 165),
     ("decode4096", "gb_s", "  effective bandwidth", "GB/s", True, None),
+    ("decode4096", "pct_of_peak_bw", "  % of the read bandwidth measured in the run", "%", True, None),
     ("vision1", "value", "vision+resampler, 1 piece (448^2)", "ms", False, None),
     ("vision1", "device_ms", "  without CPU preprocessing", "ms", False, None),
     ("vision10", "value", "vision+resampler, 10 pieces (1344^2)", "ms", False, 20),
@@ -32,7 +34,7 @@ ROWS = [
     ("seedcase", "value", "seed case: 1344^2 + 3000 in, 1000 out", "s", False, 8),
 ]
 CHECKS = [("ttft", "n_prompt"), ("seedcase", "n_prompt"), ("seedcase", "n_new"), ("vision10", "pieces"),
-          ("ttft", "question_tokens")]
+          ("ttft", "question_tokens"), ("conc16", "prompt_tokens_mean"), ("conc64", "prompt_tokens_mean")]
 
 
 def load(path):
@@ -105,6 +107,10 @@ def main():
                  % (o.get("model"), o.get("dtype"), o.get("ctx"), o.get("max_batch"), o.get("reps"),
                     (h.get("env") or {}).get("transformers", "?"), (h.get("env") or {}).get("torch", "?"),
                     h.get("llm_attn", "?"), h.get("vision_attn", "?")))
+    for name, j, how in (("ours", o, "op_read_sum"), ("HF", h, "torch sum")):
+        if num(j.get("peak_gbs")) is not None:
+            lines.append("%s read bandwidth: %.0f GB/s (%s)" % (
+                name, j["peak_gbs"], how + ", measured in the run" if j.get("peak_gbs_source") == "measured" else "given"))
     lines.append("")
     lines.append("| measurement | unit | ours | HF | speed-up | goal (H100) | ours meets |")
     lines.append("|---|---|---:|---:|---:|---:|:---:|")

@@ -2,8 +2,12 @@
 """bench_hf.py: the measurements of `minicpmv bench` made with HF transformers on the same checkpoint folder, for a
 side-by-side table (tools/bench_compare.py). docs/BENCH.md says what each number means.
 
-    python3 tools/bench_hf.py --model DIR [--only LIST] [--reps 5] [--decode-steps 128] [--json FILE]
+    python3 tools/bench_hf.py --model DIR [--only LIST|none] [--reps 5] [--decode-steps 128] [--json FILE]
                               [--vision-attn eager|sdpa] [--seed-mode generate|loop] [--strict-numerics]
+                              [--peak-gbs auto|X] [--batch 16,64] [--int8] [--nf4 [--bnb DIR]]
+
+The baseline modes (--peak-gbs auto, --batch, --int8, --nf4) are in tools/bench_hf_modes.py; each runs on its own
+(a failure or a skip is reported on its own line) and ends with one "RESULT <mode>: ..." line.
 
 The stack (fp16, one GPU): transformers' LlamaForCausalLM with sdpa attention and the llm.* weights
 (ref_common.build_llama), Idefics2VisionTransformer with eager attention and the transformers 4.40 position ids
@@ -39,6 +43,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_common as rc  # noqa: E402
+import bench_hf_modes as modes  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -505,16 +510,28 @@ def main():
                     help="Idefics2 attention (eager: the README path)")
     ap.add_argument("--strict-numerics", action="store_true",
                     help="TF32 and fp16 reduced-precision reductions off (ref_common.setup_numerics); default: torch's")
-    ap.add_argument("--peak-gbs", type=float, default=0.0, help="the card's measured bandwidth, for %% of peak")
+    ap.add_argument("--peak-gbs", default="", help="the card's read bandwidth in GB/s for %% of peak, or auto: "
+                    "measured first (torch sum of 8 GiB fp16, best of 5)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json", default=None, help="write the results for tools/bench_compare.py")
+    modes.add_args(ap)
     a = ap.parse_args()
+    a.peak_auto = a.peak_gbs == "auto"
+    try:
+        a.peak_gbs = 0.0 if a.peak_auto or not a.peak_gbs else float(a.peak_gbs)
+    except ValueError:
+        rc.die("--peak-gbs: %r is neither auto nor a number" % a.peak_gbs)
+    counts = modes.batch_counts(a.batch)
+    for k in ("batch_new", "batch_reps", "quant_context", "quant_steps", "quant_reps", "quant_budget"):
+        if getattr(a, k) < 1:
+            rc.die("--%s must be >= 1" % k.replace("_", "-"))
     for k in ("reps", "decode_steps", "seed_prompt", "seed_new", "seed_reps"):
         if getattr(a, k) < 1:
             rc.die("--%s must be >= 1" % k.replace("_", "-"))
-    phases = [Phase(n.strip()) for n in (DEFAULT_PHASES if a.only == "all" else a.only).split(",") if n.strip()]
-    if not phases:
-        rc.die("--only: empty list")
+    phases = [] if a.only == "none" else \
+        [Phase(n.strip()) for n in (DEFAULT_PHASES if a.only == "all" else a.only).split(",") if n.strip()]
+    if not phases and a.only != "none":
+        rc.die("--only: empty list (none: only the baseline modes)")
 
     if a.strict_numerics:
         rc.setup_numerics()
@@ -528,9 +545,17 @@ def main():
         if k not in cfg:
             rc.die("config.json has no %s" % k)
     free0 = total = None
+    peak = None
     if cuda:
         torch.zeros(1, device=device)  # the context exists before the baseline, as in cmd_bench.c
+        if a.peak_auto:  # before the model and the baseline, as `minicpmv bench --peak-gbs auto`
+            peak = modes.run_mode(modes.Mode("peak"), modes.mode_peak, device)
+            if peak.value and not peak.error:
+                a.peak_gbs = peak.value
         free0, total = torch.cuda.mem_get_info(device)
+    elif a.peak_auto:
+        peak = modes.Mode("peak")
+        peak.skipped = "%s is not a GPU" % device
     st = Stack(a, cfg, device)
     log("loaded in %.1f s: llm sdpa fp16, vpm %s (%s), resampler (PyTorch, spec §4)" % (st.load_s, st.vision_attn, st.vpm_info))
     min_free = free0
@@ -560,6 +585,24 @@ def main():
                      "peak_reserved_bytes": torch.cuda.max_memory_reserved(device), "used_after_bytes": free0 - fr}
         log("%-12s %s (%.1f s)" % (p.name, "done" if p.error is None else p.error, time.perf_counter() - t0))
 
+    # ---- the baseline modes (flags), each on its own
+    extra = []
+    for n in counts:
+        extra.append(modes.run_mode(modes.Mode("conc%d" % n), modes.mode_batch, st, n, a, rand_ids, splitmix64, WORDS))
+    if a.int8:
+        q8 = {"pack": modes.Mode("int8_decode%d" % a.quant_context),
+              "dequant": modes.Mode("int8dq_decode%d" % a.quant_context)}
+        try:
+            modes.mode_int8(q8, st, a, rand_ids)
+        except (Exception, SystemExit) as ex:  # noqa: BLE001 (the fp16 reference before either path)
+            for m in q8.values():
+                if not (m.error or m.skipped or m.value):
+                    m.error = "%s: %s" % (type(ex).__name__, str(ex)[:300])
+            log(traceback.format_exc()[-2000:])
+        extra += [q8["pack"], q8["dequant"]]
+    if a.nf4:
+        extra.append(modes.run_mode(modes.Mode("nf4_decode%d" % a.quant_context), modes.mode_nf4, st, a, rand_ids))
+
     # ---- report
     print("\nbench_hf.py: %s, %d layers, d=%d, fp16, llm sdpa, vision %s, reps %d (median)" % (
         torch.cuda.get_device_name(device) if cuda else device, cfg["num_hidden_layers"], cfg["hidden_size"],
@@ -583,7 +626,7 @@ def main():
                 det.append("%s=%.4g" % (k, v))
         print("%-12s %14s  %s" % (p.name, "%.*f %s" % (0 if p.value >= 100 else 2, p.value, p.unit), " ".join(det)))
     mem = {"devices": []}
-    if cuda:
+    if cuda and phases:
         kv = st.kv_per_token * max_ctx
         peak_alloc = max([p.mem.get("peak_allocated_bytes", 0) for p in phases] + [0])
         peak_res = max([p.mem.get("peak_reserved_bytes", 0) for p in phases] + [0])
@@ -599,6 +642,10 @@ def main():
         print("\nmemory      %10s %10s %12s %14s %14s" % ("weights", "KV", "peak used", "peak alloc", "beyond W+KV"))
         print("%-11s %7.2f GiB %6.2f GiB %8.2f GiB %10.2f GiB %10.2f GiB" % (
             d["device"], d["weights_bytes"] / G, kv / G, used / G, peak_alloc / G, d["beyond_weights_kv_bytes"] / G))
+    if peak is not None or extra:
+        print("")
+        for m in ([peak] if peak is not None else []) + extra:
+            print(m.result_line())
     if a.json:
         out = {"tool": "bench_hf.py", "model": a.model, "dtype": "F16", "reps": a.reps, "load_s": st.load_s,
                "decode_weight_bytes": st.decode_weight_bytes, "device": device,
@@ -614,10 +661,17 @@ def main():
             o.update(p.x)
             o.update(p.mem)
             out["phases"][p.name] = o
+        for m in extra:
+            out["phases"][m.name] = m.phase()
+        if peak is not None:
+            out["read_bandwidth"] = [dict(peak.phase(), device=device, name="torch sum")]
+        if a.peak_gbs:
+            out["peak_gbs"] = a.peak_gbs
+            out["peak_gbs_source"] = "measured" if a.peak_auto else "given"
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1, default=str)
         log("wrote %s" % a.json)
-    sys.exit(1 if any(p.error for p in phases) else 0)
+    sys.exit(1 if any(p.error for p in phases) or any(m.error for m in extra + ([peak] if peak else [])) else 0)
 
 
 if __name__ == "__main__":
