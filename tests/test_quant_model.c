@@ -234,7 +234,7 @@ static void test_plan_bytes(void)
 
 /* ---- bad folders: a copy of the nf4 folder as one model.safetensors with one change ---- */
 
-enum change { DROP, HALVE, SET_JSON, TAMPER_MAP, DROP_STATE };
+enum change { DROP, HALVE, SET_JSON, TAMPER_MAP, DROP_STATE, AS_U8, RENAME };
 
 static int bad_folder(const char *src, const char *dst, const char *target, enum change ch, const char *json)
 {
@@ -252,6 +252,11 @@ static int bad_folder(const char *src, const char *dst, const char *target, enum
         if (!strcmp(t->name, target)) {
             if (ch == DROP || ch == DROP_STATE) continue;
             if (ch == HALVE) v.shape[0] /= 2;
+            if (ch == AS_U8) { /* the same bytes under another dtype */
+                v.shape[0] *= (int64_t)dtype_size(v.dtype);
+                v.dtype = DTYPE_U8;
+            }
+            if (ch == RENAME) v.name = json; /* the new name */
             if (ch == SET_JSON) {
                 v.data = (void *)json;
                 v.shape[0] = (int64_t)strlen(json);
@@ -293,6 +298,33 @@ static void expect_refused(const char *dir, int quant, const char *what, const c
     unload(&L);
 }
 
+/* A copy of src's config.json with `from` replaced by `to` (nothing else: the config is read first) must be
+ * refused naming `field`. */
+static void expect_bad_config(const char *src, const char *dst, const char *from, const char *to, const char *field)
+{
+    struct err e = {{0}};
+    char p[512], *text = NULL;
+    size_t len = 0;
+    snprintf(p, sizeof p, "%s/config.json", src);
+    T_ASSERTF(read_file(p, 1 << 20, &text, &len, &e) == 0, "%s", e.msg);
+    if (!text) return;
+    char *at = strstr(text, from);
+    T_ASSERTF(at != NULL, "%s does not hold %s", p, from);
+    if (at) {
+        mkdir(dst, 0755);
+        snprintf(p, sizeof p, "%s/config.json", dst);
+        FILE *f = fopen(p, "wb");
+        if (f) {
+            fwrite(text, 1, (size_t)(at - text), f);
+            fputs(to, f);
+            fputs(at + strlen(from), f);
+            fclose(f);
+        }
+        expect_refused(dst, 0, field, NULL);
+    }
+    free(text);
+}
+
 static void test_refusals(void)
 {
     const char *nf4 = nf4_dir();
@@ -318,6 +350,30 @@ static void test_refusals(void)
     expect_refused(ROOT "/bad-map", 0, q, "NF4 code");
     T_EQ_INT(bad_folder(nf4, ROOT "/bad-nostate", js, DROP_STATE, NULL), 0);
     expect_refused(ROOT "/bad-nostate", 0, q, "quant state");
+    /* parts of the wrong size or dtype, a missing nested part, a quant state that is JSON but not an object,
+     * or lacks a field, or is stored as another dtype, or is named for fp4 */
+    const char *am = "llm.model.layers.1.mlp.up_proj.weight.absmax";
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-absmax-size", am, HALVE, NULL), 0);
+    expect_refused(ROOT "/bad-absmax-size", 0, q, "absmax has dtype U8 and");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-nested", "llm.model.layers.1.mlp.up_proj.weight.nested_absmax", DROP, NULL), 0);
+    expect_refused(ROOT "/bad-nested", 0, q, "nested_absmax is missing");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-nmap-dtype", "llm.model.layers.1.mlp.up_proj.weight.nested_quant_map", AS_U8, NULL), 0);
+    expect_refused(ROOT "/bad-nmap-dtype", 0, q, "nested_quant_map has dtype U8 and 1024 values");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-json-array", js, SET_JSON, "[\"nf4\", 64]"), 0);
+    expect_refused(ROOT "/bad-json-array", 0, q, "corrupt quant state");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-no-blocksize", js, SET_JSON,
+                        "{\"quant_type\": \"nf4\", \"dtype\": \"float16\", \"shape\": [512, 256], "
+                        "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.01}"), 0);
+    expect_refused(ROOT "/bad-no-blocksize", 0, q, "blocksize must be 64");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-no-type", js, SET_JSON, "{\"blocksize\": 64}"), 0);
+    expect_refused(ROOT "/bad-no-type", 0, q, "quant_type missing is not supported");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-fp4", js, RENAME, "llm.model.layers.1.mlp.up_proj.weight.quant_state.bitsandbytes__fp4"), 0);
+    expect_refused(ROOT "/bad-fp4", 0, q, "quant_type fp4 is not supported");
+    /* config.json's quantization_config naming an unknown type or format */
+    expect_bad_config(nf4, ROOT "/bad-cfg-fp4", "\"bnb_4bit_quant_type\":\t\"nf4\"", "\"bnb_4bit_quant_type\": \"fp4\"",
+                      "quantization_config.bnb_4bit_quant_type");
+    expect_bad_config(nf4, ROOT "/bad-cfg-method", "\"quant_method\":\t\"bitsandbytes\"", "\"quant_method\": \"gptq\"",
+                      "quantization_config.quant_method");
     /* our records of the wrong width */
     const char *q4 = q_dir("q4");
     if (q4) {
