@@ -13,7 +13,9 @@
 #include "backend.h"
 #include "cmd.h"
 #include "config.h"
+#include "cmd_util.h"
 #include "devmap.h"
+#include "engine.h"
 #include "llm.h"
 #include "model.h"
 #include "quant.h"
@@ -444,6 +446,63 @@ static void test_gpu_planned(void)
     free(plan);
 }
 
+/* Issue 13 item 4: the embedding table on its own (host) device while the layers are elsewhere. The planner
+ * puts it there only when a GPU budget asks (test_devmap test_embed_host); here the engine runs such a
+ * placement (the CPU as two logical devices: the table on cpu.0, everything else on cpu.1; q4 at load) and
+ * gives the single-device logits and greedy tokens bit for bit: the ids are gathered on the table's device
+ * and the rows hop to the layers' device, as they would to a GPU. (On a GPU that placement decodes eagerly:
+ * llm.c graph_able wants the embedding on the graph's GPU.) */
+static void test_embed_own_device(void)
+{
+    const char *map = ROOT "/embed-map.json";
+    FILE *f = fopen(map, "w");
+    T_ASSERT(f != NULL);
+    if (!f) return;
+    struct model_config c;
+    struct err e = {{0}};
+    T_ASSERTF(config_load(&c, fp16_dir, &e) == 0, "%s", e.msg);
+    fprintf(f, "{\"llm.model.embed_tokens\": \"cpu.0\", \"llm.model.norm\": \"cpu.1\", \"llm.lm_head\": \"cpu.1\", "
+               "\"vpm\": \"cpu.1\", \"resampler\": \"cpu.1\"");
+    for (int l = 0; l < c.num_hidden_layers; l++) fprintf(f, ", \"llm.model.layers.%d\": \"cpu.1\"", l);
+    fprintf(f, "}\n");
+    fclose(f);
+    struct engine *g[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        struct cmdu_engine_opts eo;
+        cmdu_engine_opts_init(&eo);
+        char *one[] = {"x", "--quant", "q4", "--ctx", "64"};
+        char *two[] = {"x", "--quant", "q4", "--ctx", "64", "--logical-devices", "cpu:2", "--max-memory",
+                       "cpu.0=1GiB,cpu.1=1GiB", "--device-map", (char *)map};
+        char **av = k ? two : one;
+        const int ac = k ? 11 : 5;
+        for (int i = 1; i < ac; i++) T_ASSERTF(devmap_opts_parse(&eo.dm, ac, av, &i, &e) == 1, "%s", e.msg);
+        eo.o.model_dir = fp16_dir;
+        eo.o.device = "cpu";
+        eo.o.quiet = 1;
+        T_ASSERTF(engine_open(&g[k], &eo.o, &e) == 0, "%s", e.msg);
+    }
+    if (g[0] && g[1]) {
+        const struct devmap_plan *p = engine_plan(g[1]);
+        T_ASSERT(p->map.embed != p->map.layer[0] && p->map.layer[0] == p->map.lm_head);
+        const int64_t V = c.vocab_size;
+        float *l0 = malloc((size_t)V * 4), *l1 = malloc((size_t)V * 4);
+        T_ASSERT(engine_prefill(g[0], prompt, NULL, NP, l0, &e) == 0 && engine_prefill(g[1], prompt, NULL, NP, l1, &e) == 0);
+        T_ASSERT(!memcmp(l0, l1, (size_t)V * 4));
+        int32_t t0 = 0, t1 = 0, same = 0;
+        for (int j = 1; j < V; j++) t0 = l0[j] > l0[t0] ? j : t0;
+        t1 = t0;
+        for (int i = 0; i < NGEN; i++) {
+            T_ASSERT(engine_decode_greedy(g[0], t0, &t0, &e) == 0 && engine_decode_greedy(g[1], t1, &t1, &e) == 0);
+            same += t0 == t1;
+        }
+        T_EQ_INT(same, NGEN);
+        free(l0);
+        free(l1);
+    }
+    engine_close(g[0]);
+    engine_close(g[1]);
+}
+
 int main(void)
 {
     const char *d = t_tiny_model(7);
@@ -459,5 +518,6 @@ int main(void)
     T_RUN(test_refusals);
     T_RUN(test_gpu_planned);
     T_RUN(test_alignment);
+    T_RUN(test_embed_own_device);
     return t_main_end("test_quant_model");
 }
