@@ -4,6 +4,7 @@
  * the same quantization at load give the same logits bit for bit; the planner's weight bytes equal what
  * the loader allocates; bad folders are refused with the tensor named; a quantized unit planned on a GPU
  * fits and counts the CUDA dequantization buffers. Uses model.h/llm.h directly (CPU, one device). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -446,61 +447,80 @@ static void test_gpu_planned(void)
     free(plan);
 }
 
+/* Writes a device map: the embedding table on `emb`, every other module on `rest`. */
+static int write_embed_map(const char *path, int n_layers, const char *emb, const char *rest)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"llm.model.embed_tokens\": \"%s\", \"llm.model.norm\": \"%s\", \"llm.lm_head\": \"%s\", \"vpm\": \"%s\", "
+               "\"resampler\": \"%s\"", emb, rest, rest, rest, rest);
+    for (int l = 0; l < n_layers; l++) fprintf(f, ", \"llm.model.layers.%d\": \"%s\"", l, rest);
+    fprintf(f, "}\n");
+    return fclose(f) ? -1 : 0;
+}
+
+/* The tiny model, q4 at load, on `device` with the device flags argv[1..argc) */
+static struct engine *open_q4(const char *device, char **argv, int argc)
+{
+    struct cmdu_engine_opts eo;
+    cmdu_engine_opts_init(&eo);
+    struct err e = {{0}};
+    for (int i = 1; i < argc; i++) T_ASSERTF(devmap_opts_parse(&eo.dm, argc, argv, &i, &e) == 1, "%s", e.msg);
+    eo.o.model_dir = fp16_dir;
+    eo.o.device = device;
+    eo.o.quiet = 1;
+    struct engine *g = NULL;
+    T_ASSERTF(engine_open(&g, &eo.o, &e) == 0, "%s", e.msg);
+    return g;
+}
+
 /* Issue 13 item 4: the embedding table on its own (host) device while the layers are elsewhere. The planner
  * puts it there only when a GPU budget asks (test_devmap test_embed_host); here the engine runs such a
- * placement (the CPU as two logical devices: the table on cpu.0, everything else on cpu.1; q4 at load) and
- * gives the single-device logits and greedy tokens bit for bit: the ids are gathered on the table's device
- * and the rows hop to the layers' device, as they would to a GPU. (On a GPU that placement decodes eagerly:
- * llm.c graph_able wants the embedding on the graph's GPU.) */
+ * placement, q4 at load: on the CPU as two logical devices (the table on cpu.0, everything else on cpu.1),
+ * which gives the single-device logits and greedy tokens bit for bit (the ids are gathered on the table's
+ * device and the rows hop to the layers' device, as they would to a GPU); and, when a GPU is present, the
+ * table on the CPU and the rest on GPU 0 against everything on GPU 0 (that placement decodes eagerly:
+ * llm.c graph_able wants the embedding on the graph's GPU; the same kernels, so the same tokens). */
 static void test_embed_own_device(void)
 {
     const char *map = ROOT "/embed-map.json";
-    FILE *f = fopen(map, "w");
-    T_ASSERT(f != NULL);
-    if (!f) return;
     struct model_config c;
     struct err e = {{0}};
     T_ASSERTF(config_load(&c, fp16_dir, &e) == 0, "%s", e.msg);
-    fprintf(f, "{\"llm.model.embed_tokens\": \"cpu.0\", \"llm.model.norm\": \"cpu.1\", \"llm.lm_head\": \"cpu.1\", "
-               "\"vpm\": \"cpu.1\", \"resampler\": \"cpu.1\"");
-    for (int l = 0; l < c.num_hidden_layers; l++) fprintf(f, ", \"llm.model.layers.%d\": \"cpu.1\"", l);
-    fprintf(f, "}\n");
-    fclose(f);
-    struct engine *g[2] = {NULL, NULL};
-    for (int k = 0; k < 2; k++) {
-        struct cmdu_engine_opts eo;
-        cmdu_engine_opts_init(&eo);
+    struct backend_info bi;
+    backend_query(&bi);
+    for (int gpu = 0; gpu < 1 + (bi.n_gpus > 0); gpu++) {
+        T_EQ_INT(write_embed_map(map, c.num_hidden_layers, gpu ? "cpu" : "cpu.0", gpu ? "0" : "cpu.1"), 0);
         char *one[] = {"x", "--quant", "q4", "--ctx", "64"};
-        char *two[] = {"x", "--quant", "q4", "--ctx", "64", "--logical-devices", "cpu:2", "--max-memory",
-                       "cpu.0=1GiB,cpu.1=1GiB", "--device-map", (char *)map};
-        char **av = k ? two : one;
-        const int ac = k ? 11 : 5;
-        for (int i = 1; i < ac; i++) T_ASSERTF(devmap_opts_parse(&eo.dm, ac, av, &i, &e) == 1, "%s", e.msg);
-        eo.o.model_dir = fp16_dir;
-        eo.o.device = "cpu";
-        eo.o.quiet = 1;
-        T_ASSERTF(engine_open(&g[k], &eo.o, &e) == 0, "%s", e.msg);
-    }
-    if (g[0] && g[1]) {
-        const struct devmap_plan *p = engine_plan(g[1]);
-        T_ASSERT(p->map.embed != p->map.layer[0] && p->map.layer[0] == p->map.lm_head);
-        const int64_t V = c.vocab_size;
-        float *l0 = malloc((size_t)V * 4), *l1 = malloc((size_t)V * 4);
-        T_ASSERT(engine_prefill(g[0], prompt, NULL, NP, l0, &e) == 0 && engine_prefill(g[1], prompt, NULL, NP, l1, &e) == 0);
-        T_ASSERT(!memcmp(l0, l1, (size_t)V * 4));
-        int32_t t0 = 0, t1 = 0, same = 0;
-        for (int j = 1; j < V; j++) t0 = l0[j] > l0[t0] ? j : t0;
-        t1 = t0;
-        for (int i = 0; i < NGEN; i++) {
-            T_ASSERT(engine_decode_greedy(g[0], t0, &t0, &e) == 0 && engine_decode_greedy(g[1], t1, &t1, &e) == 0);
-            same += t0 == t1;
+        char *cpu2[] = {"x", "--quant", "q4", "--ctx", "64", "--logical-devices", "cpu:2", "--max-memory",
+                        "cpu.0=1GiB,cpu.1=1GiB", "--device-map", (char *)map};
+        char *gpu1[] = {"x", "--quant", "q4", "--ctx", "64", "--max-memory", "0=4GiB,cpu=1GiB", "--device-map", (char *)map};
+        const char *dev = gpu ? "cuda" : "cpu";
+        struct engine *g[2] = {open_q4(dev, one, 5), gpu ? open_q4(dev, gpu1, 9) : open_q4(dev, cpu2, 11)};
+        if (g[0] && g[1]) {
+            const struct devmap_plan *p = engine_plan(g[1]);
+            T_ASSERT(p->map.embed != p->map.layer[0] && p->map.layer[0] == p->map.lm_head);
+            T_ASSERT(p->dev[p->map.embed].kind == DEVICE_CPU && p->dev[p->map.layer[0]].kind == (gpu ? DEVICE_CUDA : DEVICE_CPU));
+            const int64_t V = c.vocab_size;
+            float *l0 = malloc((size_t)V * 4), *l1 = malloc((size_t)V * 4);
+            T_ASSERT(engine_prefill(g[0], prompt, NULL, NP, l0, &e) == 0 && engine_prefill(g[1], prompt, NULL, NP, l1, &e) == 0);
+            double worst = 0;
+            for (int64_t j = 0; j < V; j++) worst = fmax(worst, fabs((double)l0[j] - l1[j]));
+            T_ASSERTF(gpu ? worst <= 1e-3 : worst == 0, "%s: prefill logits differ by %g", dev, worst);
+            int32_t t0 = 0, t1 = 0, same = 0;
+            for (int j = 1; j < V; j++) t0 = l0[j] > l0[t0] ? j : t0;
+            t1 = t0;
+            for (int i = 0; i < NGEN; i++) {
+                T_ASSERT(engine_decode_greedy(g[0], t0, &t0, &e) == 0 && engine_decode_greedy(g[1], t1, &t1, &e) == 0);
+                same += t0 == t1;
+            }
+            T_ASSERTF(same == NGEN, "%s: %d of %d greedy tokens equal", dev, same, NGEN);
+            free(l0);
+            free(l1);
         }
-        T_EQ_INT(same, NGEN);
-        free(l0);
-        free(l1);
+        engine_close(g[0]);
+        engine_close(g[1]);
     }
-    engine_close(g[0]);
-    engine_close(g[1]);
 }
 
 int main(void)
