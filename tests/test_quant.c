@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -569,13 +570,17 @@ static void bench(void)
     memset(dst, 0, (size_t)o * dtype_row_bytes(DTYPE_Q8, k));
     memset(a8, 0, (size_t)nb);
     const int nt = quant_threads();
-    printf("quantize %lld x %lld from F16, ns/value: scalar definition (1 thread) | AVX2 1 thread | AVX2 %d threads\n",
-           (long long)o, (long long)k, nt);
+    printf("quantize %lld x %lld from F16, ns/value, wall (CPU time of all threads): scalar definition (1 thread) | "
+           "AVX2 1 thread | AVX2 %d threads\n", (long long)o, (long long)k, nt);
     for (int f = 0; f < 3; f++) {
         const enum dtype dt = f == 0 ? DTYPE_Q8 : f == 1 ? DTYPE_Q4 : DTYPE_NF4;
-        double t[3];
+        double t[3], c[3];
         for (int m = 0; m < 3; m++) {
-            const double t0 = time_now(); /* (one run each: enough to show the factor; noisy on a shared host) */
+            /* one run each: enough to show the factor. The CPU time (all threads) is what a loaded host
+             * distorts least: the wall time on an idle N-core host is about it / N. */
+            struct timespec c0, c1;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+            const double t0 = time_now();
             if (m == 0) { /* the definition takes f32: the conversion is part of what it cost */
                 convert_to_f32(xf, x16, DTYPE_F16, n);
                 if (dt == DTYPE_NF4) quant_bnb_quantize_scalar(xf, n, map, dst, a8, na, &off, sc);
@@ -586,8 +591,10 @@ static void bench(void)
                 CHECK(!quant_quantize_tensor(dst, dt, x16, DTYPE_F16, o, k, m == 1 ? 1 : nt, "bench", &e));
             }
             t[m] = (time_now() - t0) / (double)n * 1e9;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+            c[m] = ((double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec)) / (double)n * 1e9;
         }
-        printf("  %-4s %6.2f | %6.2f | %6.2f\n", dtype_name(dt), t[0], t[1], t[2]);
+        printf("  %-4s %6.2f (%6.2f) | %6.2f (%6.2f) | %6.2f (%6.2f)\n", dtype_name(dt), t[0], c[0], t[1], c[1], t[2], c[2]);
     }
     free(x16);
     free(xf);
