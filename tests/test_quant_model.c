@@ -479,8 +479,9 @@ static struct engine *open_q4(const char *device, char **argv, int argc)
  * placement, q4 at load: on the CPU as two logical devices (the table on cpu.0, everything else on cpu.1),
  * which gives the single-device logits and greedy tokens bit for bit (the ids are gathered on the table's
  * device and the rows hop to the layers' device, as they would to a GPU); and, when a GPU is present, the
- * table on the CPU and the rest on GPU 0 against everything on GPU 0 (that placement decodes eagerly:
- * llm.c graph_able wants the embedding on the graph's GPU; the same kernels, so the same tokens). */
+ * table on the CPU and the rest on GPU 0 against everything on GPU 0 (the decode step stays one CUDA graph:
+ * the row is gathered on the host and uploaded before the launch, llm.c decode_graph_step; the same
+ * kernels, so the same tokens). */
 static void test_embed_own_device(void)
 {
     const char *map = ROOT "/embed-map.json";
