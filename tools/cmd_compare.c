@@ -63,7 +63,7 @@ static int open_engine(struct cmdu_engine_opts *eo, const char *dir, int q, int6
 {
     eo->o.model_dir = dir;
     eo->dm.params.quant = q;
-    if (engine_open(g, &eo->o, e)) return err_prefix(e, "%s", dir);
+    if (engine_open(g, &eo->o, e)) return -1; /* its errors name the folder's files */
     if (engine_ctx(*g) < positions) {
         err_set(e, "%s: --positions %lld exceeds the context of %lld tokens (--ctx)", dir, (long long)positions,
                 (long long)engine_ctx(*g));
