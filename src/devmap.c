@@ -422,18 +422,27 @@ static int place(const struct costs *k, const struct devmap_device *dev, int n_d
     const int *prim = ng ? gpu : cpu, *sec = ng ? cpu : NULL;
     int np = ng ? ng : nc, ns = ng ? nc : 0;
     if (np == 0) return 0;
-    unsigned pins = PIN_EMBED | PIN_LM_HEAD | PIN_VPM | PIN_RESAMPLER;
     m->n_layers = L;
-    m->embed = m->lm_head = m->vpm = m->resampler = prim[0];
-    for (int t = 0; t < L; t++) { /* t trailing layers go to the secondary (CPU) group */
-        if (t > 0 && ns == 0) break;
-        if (!greedy(k, dev, prim, np, 0, L - t, pins, 1, t == 0, 1.0, m)) continue;
-        if (t > 0 && !greedy(k, dev, sec, ns, L - t, L, 0, 0, 1, 1.0, m)) continue;
-        if (do_balance) {
-            balance(k, dev, prim, np, 0, L - t, pins, 1, t == 0, 1.0, m);
-            if (t > 0) balance(k, dev, sec, ns, L - t, L, 0, 0, 1, 1.0, m);
+    m->lm_head = m->vpm = m->resampler = prim[0];
+    /* In order, the first that fits: everything on the GPUs; then, with a CPU in the list, the embedding
+     * table on the CPU (one row per token is gathered on the host and uploaded: it frees its 1 GiB of GPU
+     * memory at no cost a decode step notices) with t = 0, 1, ... trailing layers after it; then the
+     * embedding on the first GPU with t >= 1 trailing layers on the CPU (a CPU budget too small for the
+     * table but large enough for layers). */
+    for (int stage = 0; stage < 3; stage++) {
+        const int host = stage == 1;
+        if (stage > 0 && ns == 0) break;
+        const unsigned pins = PIN_LM_HEAD | PIN_VPM | PIN_RESAMPLER | (host ? 0 : PIN_EMBED), spins = host ? PIN_EMBED : 0;
+        m->embed = host ? sec[0] : prim[0];
+        for (int t = stage == 2; t < (stage == 0 ? 1 : L); t++) { /* t trailing layers go to the CPU group */
+            if (!greedy(k, dev, prim, np, 0, L - t, pins, !host, t == 0, 1.0, m)) continue;
+            if ((t > 0 || host) && !greedy(k, dev, sec, ns, L - t, L, spins, 0, t > 0, 1.0, m)) continue;
+            if (do_balance) {
+                balance(k, dev, prim, np, 0, L - t, pins, !host, t == 0, 1.0, m);
+                if (t > 0 || host) balance(k, dev, sec, ns, L - t, L, spins, 0, t > 0, 1.0, m);
+            }
+            return 1;
         }
-        return 1;
     }
     return 0;
 }
@@ -504,6 +513,24 @@ const char *devmap_dev_name(const struct devmap_device *d, char *buf, size_t n)
         (hi) = hi_;                                                                      \
     } while (0)
 
+/* Adds "add cpu=SIZE to --max-memory (what the CPU would take)": dev[n_dev] is the CPU to add. */
+static void advise_cpu(struct devmap_plan *plan, const struct costs *k, struct devmap_device *dev, int n_dev, int64_t b)
+{
+    struct devmap_assign at;
+    char a[32];
+    dev[n_dev].budget = b;
+    place(k, dev, n_dev + 1, 0, &at);
+    int nl = 0;
+    for (int l = 0; l < at.n_layers; l++) nl += at.layer[l] == n_dev;
+    fmt_up(b, a, sizeof a);
+    char *sp = strchr(a, ' ');
+    memmove(sp, sp + 1, strlen(sp)); /* "3.12GiB": the --max-memory spelling */
+    advice_add(plan, "to fit, any one of: ", "add cpu=%s to --max-memory (%s)", a,
+               at.embed != n_dev ? "trailing layers run on the CPU"
+               : nl ? "the embedding table and trailing layers go to the CPU"
+                    : "the embedding table goes to the host: one row per token is uploaded");
+}
+
 /* Fills plan->advice with the smallest single changes that would make the plan fit. */
 static void advise(const struct model_config *c, const struct devmap_params *p, struct costs *k,
                    struct devmap_plan *plan, const struct devmap_assign *fixed)
@@ -554,10 +581,14 @@ static void advise(const struct model_config *c, const struct devmap_params *p, 
         if (!has_cpu && n_dev < DEVMAP_MAX_DEVICES && fits_with(k, dev, n_dev + 1, NULL)) {
             int64_t d = all;
             BISECT_BYTES(d, x, (cd->budget = x, fits_with(k, dev, n_dev + 1, NULL)));
-            fmt_up(d, a, sizeof a);
-            char *sp = strchr(a, ' ');
-            memmove(sp, sp + 1, strlen(sp)); /* "3.12GiB": the --max-memory spelling */
-            advice_add(plan, "to fit, any one of: ", "add cpu=%s to --max-memory (trailing layers run on the CPU)", a);
+            advise_cpu(plan, k, dev, n_dev, d);
+            /* the smallest budget may buy trailing layers on the CPU where the embedding table alone (its
+             * bytes and the LLM views, exactly) would do: offer that too */
+            struct devmap_usage u;
+            need_of(k, 0, PIN_EMBED, 0, 0, &u);
+            struct devmap_assign at;
+            cd->budget = u.total;
+            if (u.total > d && place(k, dev, n_dev + 1, 0, &at) && at.embed == n_dev) advise_cpu(plan, k, dev, n_dev, u.total);
         }
     }
     /* the largest --ctx that fits (ctx changes only the KV cache and the prefill chunk) */

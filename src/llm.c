@@ -417,14 +417,24 @@ int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct t
 
 /* ---- greedy decode on the device, replayed as a CUDA graph ---- */
 
+/* The embedding table is in host memory (devmap: when the GPU budget asks for it): a decode step's row
+ * is gathered on the host and uploaded before the graph runs. */
+static int host_embed(const struct llm *s) { return s->pl->devs[s->pl->embed].kind == DEVICE_CPU; }
+
+/* The logical device whose ids[0] holds a graph step's token: the embedding's, or with the table on
+ * the host the lm_head's (the argmax or the sampler writes it there). */
+static int token_dev(const struct llm *s) { return host_embed(s) ? s->pl->lm_head : s->pl->embed; }
+
 /* A decode step can be one CUDA graph when every LLM unit sits on logical devices of one and the
- * same GPU: the hops between its parts are device-to-device copies on that GPU's one stream. */
+ * same GPU: the hops between its parts are device-to-device copies on that GPU's one stream. The
+ * embedding table may be in host memory instead (its row is uploaded before the launch). */
 static int graph_able(const struct llm *s)
 {
     const struct model_placement *pl = s->pl;
-    const struct device d = pl->devs[pl->embed];
+    const struct device d = pl->devs[pl->lm_head];
     if (d.kind != DEVICE_CUDA || s->on_layer) return 0;
-    if (!device_eq(pl->devs[pl->norm], d) || !device_eq(pl->devs[pl->lm_head], d)) return 0;
+    if (!host_embed(s) && !device_eq(pl->devs[pl->embed], d)) return 0;
+    if (!device_eq(pl->devs[pl->norm], d)) return 0;
     for (int l = 0; l < s->m->cfg.num_hidden_layers; l++)
         if (!device_eq(pl->devs[pl->layer[l]], d)) return 0;
     return 1;
@@ -445,18 +455,17 @@ enum decode_mode {
     DECODE_SAMPLE = LLM_DECODE_SAMPLE, /* op_sample_dev into ids[0] */
 };
 
-/* One token: embedding of the id in the embed device's ids[0], the layers (hopping between logical
- * devices of the one GPU), final norm, lm_head, the argmax or the sampler back into ids[0], and
- * every layer device's position + 1. No host copy and no host-dependent argument, so it can be
- * captured as a graph. */
+/* One token: embedding of the id in token_dev's ids[0] (with the table on the host: layer 0's h, uploaded
+ * before), the layers (hopping between logical devices of the one GPU), final norm, lm_head, the argmax
+ * or the sampler back into ids[0], and every layer device's position + 1. No host copy and no
+ * host-dependent argument, so it can be captured as a graph. */
 static void decode_step_dev(struct llm *s, enum decode_mode mode)
 {
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
-    struct llm_devbuf *be = &s->dev[pl->embed];
-    struct tensor idt = tensor_rows_view(&be->ids, 0, 1);
-    struct tensor h = rows(&be->h, 1);
-    op_embed(&h, &s->m->llm.embed_tokens, &idt);
+    struct tensor idt = tensor_rows_view(&s->dev[token_dev(s)].ids, 0, 1);
+    struct tensor h = rows(&s->dev[host_embed(s) ? pl->layer[0] : pl->embed].h, 1);
+    if (!host_embed(s)) op_embed(&h, &s->m->llm.embed_tokens, &idt);
     int xn_ready = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const int moved = s->dev[pl->layer[l]].h.data != h.data;
@@ -476,7 +485,7 @@ static void decode_step_dev(struct llm *s, enum decode_mode mode)
         op_matmul(&bl->logits_act, &xl, &s->m->llm.lm_head, NULL);
         op_copy(&bl->logits, &bl->logits_act);
     }
-    /* same GPU: the lm_head part writes the embed part's ids */
+    /* same GPU: the lm_head part writes the token device's ids */
     if (mode == DECODE_ARGMAX) op_argmax_dev(&bl->logits, &idt);
     else if (mode == DECODE_SAMPLE) op_sample_dev(&bl->logits, &idt, &s->sample_state);
     const unsigned devs = layer_devices(s);
@@ -487,15 +496,18 @@ static void decode_step_dev(struct llm *s, enum decode_mode mode)
         }
 }
 
-/* The graph-replayed decode step; DECODE_ARGMAX leaves the argmax in the embed device's ids[0] (and
+/* The graph-replayed decode step; DECODE_ARGMAX leaves the argmax in token_dev's ids[0] (and
  * *next), DECODE_LOGITS leaves the logits on the lm_head device (copied to logits_out),
  * DECODE_SAMPLE the sampled token (*next; when it is -1, declined, the logits go to logits_out). */
 static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, int32_t *next, float *logits_out,
                              struct err *e)
 {
-    const int d = s->pl->embed;
-    struct llm_devbuf *b = &s->dev[d];
+    struct llm_devbuf *b = &s->dev[token_dev(s)];
     struct tensor idt = tensor_rows_view(&b->ids, 0, 1);
+    if (host_embed(s)) { /* the row of tok, gathered on the host, into layer 0's h (before the launch) */
+        struct tensor hh = llm_embed(s, &tok, 1), hl = rows(&s->dev[s->pl->layer[0]].h, 1);
+        op_copy(&hl, &hh);
+    }
     /* the device's position and token buffers carry over from the previous step; upload (outside
      * any graph) only what the host changed: a prefill, a truncation, a token picked on the host */
     const unsigned devs = layer_devices(s);
@@ -504,7 +516,7 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
             set_positions(s, i, s->n_past, 1);
             s->dev_pos[i] = s->n_past;
         }
-    if (s->dev_tok != tok) {
+    if (!host_embed(s) && s->dev_tok != tok) { /* (with the table on the host the graph does not read it) */
         struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
         op_copy(&idt, &src);
     }

@@ -54,7 +54,7 @@ struct llm {
     int host_sampling;           /* 1: engine_generate samples on the host even where the device could
                                     (tests compare the two paths; the tokens must be the same) */
     int64_t dev_pos[MODEL_MAX_DEVICES]; /* the position in each device's pos[0] (n == 1), -1 unknown */
-    int32_t dev_tok;             /* the token id in the embedding device's ids[0], -1 unknown */
+    int32_t dev_tok;             /* the token id in the graph step token device's ids[0] (llm.c token_dev), -1 unknown */
 };
 
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,

@@ -442,6 +442,7 @@ static int host_tensor(struct model *m, const struct safetensors *st, const char
     const int qd = me ? model_quant_dtype(&m->cfg, m->quant, name, me->ndim) : -1;
     if (qd >= 0) {
         CHECK(!transpose);
+        m->n_quantized++;
         const int64_t o = me->shape[0], k = me->shape[1];
         *host = tensor_make((enum dtype)qd, device_cpu(), NULL, 2, o, k);
         if (!dtype_row_bytes((enum dtype)qd, k))
@@ -453,11 +454,13 @@ static int host_tensor(struct model *m, const struct safetensors *st, const char
         }
         if (!(*tmp = malloc(tensor_nbytes(host)))) return err_set(e, "out of memory quantizing %s", name);
         host->data = *tmp;
+        const double t0 = time_now();
         if (qd == DTYPE_NF4) {
             struct quant_bnb_nf4 q;
             float *owned = NULL;
             if (bnb_read(st, name, o, k, &q, &owned, e)) { free(owned); return -1; }
             quant_bnb_to_rows(*tmp, &q);
+            m->quant_seconds += time_now() - t0;
             free(owned);
             for (size_t i = 0; i < sizeof bnb_suffix / sizeof bnb_suffix[0]; i++) { /* the parts, for the progress */
                 char pn[192];
@@ -467,19 +470,9 @@ static int host_tensor(struct model *m, const struct safetensors *st, const char
             }
             return 0;
         }
-        /* --quant: the float weight quantized row block by row block */
-        const int64_t blk = 64;
-        float *f = malloc((size_t)(blk * k) * sizeof *f);
-        if (!f) return err_set(e, "out of memory quantizing %s", name);
-        int rc = 0;
-        for (int64_t r0 = 0; r0 < o && !rc; r0 += blk) {
-            const int64_t nr = o - r0 < blk ? o - r0 : blk;
-            struct tensor rows = tensor_rows_view(&src, r0, nr);
-            convert_to_f32(f, rows.data, src.dtype, nr * k);
-            rc = quant_quantize_rows((char *)*tmp + (size_t)r0 * dtype_row_bytes((enum dtype)qd, k), (enum dtype)qd, f,
-                                     nr, k, name, e);
-        }
-        free(f);
+        /* --quant: the float weight quantized on every online CPU (quant.h) */
+        const int rc = quant_quantize_tensor(*tmp, (enum dtype)qd, src.data, src.dtype, o, k, 0, name, e);
+        m->quant_seconds += time_now() - t0;
         return rc;
     }
     const enum dtype dt = m->wdtype;
@@ -722,6 +715,10 @@ int model_load(struct model *m, const struct model_config *cfg, const struct saf
     if (!rc) rc = place(m, st, pl, ri, &r->ln_post_b, 0, e, NAME("resampler.ln_post.bias"));
     if (!rc) rc = place(m, st, pl, ri, &r->proj_t, 1, e, NAME("resampler.proj"));
 #undef NAME
+    if (!rc && m->n_quantized && m->cfg.quantization_config.quant_method != QUANT_METHOD_MINICPMV)
+        log_info("model: %d weights %s in %.2f s on %d threads", m->n_quantized,
+                 m->quant ? (m->quant == DTYPE_Q8 ? "quantized to q8 (lm_head q8)" : "quantized to q4 (lm_head q8)")
+                          : "resolved from bitsandbytes nf4", m->quant_seconds, quant_threads());
     free(m->man);
     m->man = NULL;
     m->n_man = 0;

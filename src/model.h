@@ -128,6 +128,8 @@ struct model {
     size_t bytes_per_device[MODEL_MAX_DEVICES];
     struct progress progress;    /* model_load: checkpoint bytes placed so far, of the checkpoint's total */
     uint64_t progress_done, progress_total;
+    double quant_seconds;        /* model_load: time spent quantizing (--quant) or resolving NF4 records */
+    int n_quantized;             /* model_load: weights bound quantized */
 };
 
 struct safetensors;

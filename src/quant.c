@@ -5,8 +5,11 @@
 #include "quant.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
@@ -159,44 +162,207 @@ void quant_dequant_rows_f16(uint16_t *dst, const void *src, enum dtype dt, int64
     free(row);
 }
 
+/* ---------------------------------------------------------------- threads */
+
+int quant_threads(void)
+{
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > QUANT_MAX_THREADS ? QUANT_MAX_THREADS : (int)n;
+}
+
+/* Items [0, n) cut into n_threads contiguous ranges, one thread each (the caller runs the first). Every
+ * item's bytes depend on that item alone, so the output does not depend on the cut. */
+struct par_range {
+    void (*fn)(void *ctx, int64_t i0, int64_t i1);
+    void *ctx;
+    int64_t i0, i1;
+};
+
+static void *par_main(void *p)
+{
+    struct par_range *r = p;
+    r->fn(r->ctx, r->i0, r->i1);
+    return NULL;
+}
+
+static void par_for(int64_t n, int n_threads, void (*fn)(void *ctx, int64_t i0, int64_t i1), void *ctx)
+{
+    int nt = n_threads > 0 ? n_threads : quant_threads();
+    if (nt > QUANT_MAX_THREADS) nt = QUANT_MAX_THREADS;
+    if (nt > n) nt = n > 0 ? (int)n : 1;
+    struct par_range r[QUANT_MAX_THREADS];
+    pthread_t th[QUANT_MAX_THREADS];
+    int started[QUANT_MAX_THREADS] = {0};
+    for (int t = 0; t < nt; t++) r[t] = (struct par_range){fn, ctx, n * t / nt, n * (t + 1) / nt};
+    for (int t = 1; t < nt; t++) started[t] = pthread_create(&th[t], NULL, par_main, &r[t]) == 0;
+    par_main(&r[0]);
+    for (int t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else par_main(&r[t]); /* no thread: the caller does that range too */
+    }
+}
+
+/* Values [i0, i0+m) of src (dtype sdt) as f32: a view of F32 data, else converted into buf. */
+static const float *as_f32(float *buf, const void *src, enum dtype sdt, int64_t i0, int64_t m)
+{
+    if (sdt == DTYPE_F32) return (const float *)src + i0;
+    convert_to_f32(buf, (const char *)src + (size_t)i0 * dtype_size(sdt), sdt, m);
+    return buf;
+}
+
 /* ---------------------------------------------------------------- quantization (q8, q4) */
 
-int quant_quantize_rows(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k, const char *what,
-                        struct err *e)
+/* One row of k f32 values into its record (rb bytes): -1 on a non-finite value. The scalar twin is the
+ * definition; the AVX2 row gives the same bytes (test_quant compares them). */
+static int quantize_row_scalar(uint8_t *r, enum dtype dt, const float *x, int64_t k, size_t rb)
+{
+    const int64_t g = quant_group(dt, k);
+    memset(r, 0, rb);
+    for (int64_t j = 0; j < k; j++)
+        if (!isfinite(x[j])) return -1;
+    for (int64_t j0 = 0; j0 < k; j0 += g) {
+        float m = 0, am = 0; /* the value of largest magnitude (first one) */
+        for (int64_t j = j0; j < j0 + g; j++)
+            if (fabsf(x[j]) > am) { am = fabsf(x[j]); m = x[j]; }
+        const uint16_t s16 = f32_to_f16(dt == DTYPE_Q8 ? am / 127.0f : m / -8.0f);
+        const float s = f16_to_f32(s16);
+        for (int64_t j = j0; j < j0 + g; j++) {
+            float q = s != 0 ? nearbyintf(x[j] / s) : 0;
+            if (dt == DTYPE_Q8) {
+                q = q > 127 ? 127 : q < -127 ? -127 : q;
+                r[j] = (uint8_t)(int8_t)q;
+            } else {
+                q = q > 7 ? 7 : q < -8 ? -8 : q;
+                int64_t b;
+                int sh;
+                q4_pos(j, &b, &sh);
+                r[b] |= (uint8_t)(((int)q + 8) << sh);
+            }
+        }
+        memcpy(r + (dt == DTYPE_Q8 ? k : k / 2 + 2 * (j0 / g)), &s16, 2);
+    }
+    return 0;
+}
+
+#ifdef QUANT_AVX2
+static inline float hmax8(__m256 v) /* no NaN in v */
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+static inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+/* The scalar row, 8 values a step: the same divisions (x / s, correctly rounded), the same round to
+ * nearest even, the same clamps; the group's extreme found by a max (order does not matter for a max of
+ * finite values) and then the first value of that magnitude (the scalar loop keeps the first). */
+static int quantize_row_avx2(uint8_t *r, enum dtype dt, const float *x, int64_t k, size_t rb)
+{
+    const int64_t g = quant_group(dt, k);
+    memset(r, 0, rb);
+    __m256i bad = _mm256_setzero_si256();
+    const __m256i finite_max = _mm256_set1_epi32(0x7f7fffff), nosign = _mm256_set1_epi32(0x7fffffff);
+    for (int64_t j = 0; j < k; j += 8)
+        bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + j)), nosign),
+                                                      finite_max));
+    if (!_mm256_testz_si256(bad, bad)) return -1;
+    const bool q8 = dt == DTYPE_Q8;
+    const __m256 hi = _mm256_set1_ps(q8 ? 127.0f : 7.0f), lo = _mm256_set1_ps(q8 ? -127.0f : -8.0f);
+    const __m256i shifts = _mm256_setr_epi32(0, 16, 4, 20, 8, 24, 12, 28), eight = _mm256_set1_epi32(8);
+    for (int64_t j0 = 0; j0 < k; j0 += g) {
+        __m256 am8 = _mm256_setzero_ps();
+        for (int64_t j = j0; j < j0 + g; j += 8) am8 = _mm256_max_ps(abs8(_mm256_loadu_ps(x + j)), am8);
+        const float am = hmax8(am8);
+        float m = 0;
+        if (!q8 && am > 0)
+            for (int64_t j = j0; j < j0 + g; j++)
+                if (fabsf(x[j]) == am) { m = x[j]; break; }
+        const uint16_t s16 = f32_to_f16(q8 ? am / 127.0f : m / -8.0f);
+        const float s = f16_to_f32(s16);
+        const __m256 sv = _mm256_set1_ps(s);
+        for (int64_t j = j0; j < j0 + g; j += 8) {
+            __m256 q = _mm256_setzero_ps();
+            if (s != 0) q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + j), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m256i c = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(q, hi), lo));
+            if (q8) {
+                __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+                _mm_storel_epi64((__m128i *)(r + j), _mm_packs_epi16(p, p));
+            } else { /* element 8i+l at bit shifts[l] of word i: OR the 8 shifted codes together */
+                const __m256i w = _mm256_sllv_epi32(_mm256_add_epi32(c, eight), shifts);
+                __m128i o = _mm_or_si128(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+                o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0x4e));
+                o = _mm_or_si128(o, _mm_shuffle_epi32(o, 0xb1));
+                const uint32_t u = (uint32_t)_mm_cvtsi128_si32(o);
+                memcpy(r + j / 2, &u, 4);
+            }
+        }
+        memcpy(r + (q8 ? k : k / 2 + 2 * (j0 / g)), &s16, 2);
+    }
+    return 0;
+}
+#define quantize_row quantize_row_avx2
+#else
+#define quantize_row quantize_row_scalar
+#endif
+
+struct quantize_job {
+    void *dst;
+    enum dtype dt, sdt;
+    const void *src;
+    int64_t k;
+    size_t rb;
+    int64_t bad_row; /* the first row holding a non-finite value, or -1 */
+};
+
+static void quantize_range(void *ctx, int64_t i0, int64_t i1)
+{
+    struct quantize_job *j = ctx;
+    float *buf = j->sdt == DTYPE_F32 ? NULL : malloc((size_t)j->k * sizeof *buf);
+    CHECK(j->sdt == DTYPE_F32 || buf);
+    int64_t bad = -1;
+    for (int64_t i = i0; i < i1 && bad < 0; i++)
+        if (quantize_row((uint8_t *)j->dst + (size_t)i * j->rb, j->dt, as_f32(buf, j->src, j->sdt, i * j->k, j->k), j->k, j->rb))
+            bad = i;
+    free(buf);
+    if (bad >= 0) {
+        /* ranges are disjoint, so the smallest bad row over all ranges is the first one */
+        for (int64_t prev = __atomic_load_n(&j->bad_row, __ATOMIC_RELAXED);
+             (prev < 0 || bad < prev) &&
+             !__atomic_compare_exchange_n(&j->bad_row, &prev, bad, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);)
+            ;
+    }
+}
+
+int quant_quantize_tensor(void *dst, enum dtype dt, const void *src, enum dtype sdt, int64_t n, int64_t k, int n_threads,
+                          const char *what, struct err *e)
 {
     const size_t rb = dtype_row_bytes(dt, k);
     if (dt != DTYPE_Q8 && dt != DTYPE_Q4) return err_set(e, "%s: cannot quantize to %s", what, dtype_name(dt));
+    if (sdt != DTYPE_F32 && sdt != DTYPE_F16 && sdt != DTYPE_BF16)
+        return err_set(e, "%s: cannot quantize %s values", what, dtype_name(sdt));
     if (!rb) return err_set(e, "%s: rows of %lld values cannot be %s (the row length must be a multiple of 16)", what,
                             (long long)k, dtype_name(dt));
-    const int64_t g = quant_group(dt, k);
-    for (int64_t i = 0; i < n; i++) {
-        const float *x = src + i * k;
-        uint8_t *r = (uint8_t *)dst + (size_t)i * rb;
-        memset(r, 0, rb);
-        for (int64_t j = 0; j < k; j++)
-            if (!isfinite(x[j])) return err_set(e, "%s: row %lld holds a non-finite value", what, (long long)i);
-        for (int64_t j0 = 0; j0 < k; j0 += g) {
-            float m = 0, am = 0; /* the value of largest magnitude (first one) */
-            for (int64_t j = j0; j < j0 + g; j++)
-                if (fabsf(x[j]) > am) { am = fabsf(x[j]); m = x[j]; }
-            const uint16_t s16 = f32_to_f16(dt == DTYPE_Q8 ? am / 127.0f : m / -8.0f);
-            const float s = f16_to_f32(s16);
-            for (int64_t j = j0; j < j0 + g; j++) {
-                float q = s != 0 ? nearbyintf(x[j] / s) : 0;
-                if (dt == DTYPE_Q8) {
-                    q = q > 127 ? 127 : q < -127 ? -127 : q;
-                    r[j] = (uint8_t)(int8_t)q;
-                } else {
-                    q = q > 7 ? 7 : q < -8 ? -8 : q;
-                    int64_t b;
-                    int sh;
-                    q4_pos(j, &b, &sh);
-                    r[b] |= (uint8_t)(((int)q + 8) << sh);
-                }
-            }
-            memcpy(r + (dt == DTYPE_Q8 ? k : k / 2 + 2 * (j0 / g)), &s16, 2);
-        }
-    }
+    struct quantize_job j = {.dst = dst, .dt = dt, .sdt = sdt, .src = src, .k = k, .rb = rb, .bad_row = -1};
+    par_for(n, n_threads, quantize_range, &j);
+    if (j.bad_row >= 0) return err_set(e, "%s: row %lld holds a non-finite value", what, (long long)j.bad_row);
+    return 0;
+}
+
+int quant_quantize_rows(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k, const char *what, struct err *e)
+{
+    return quant_quantize_tensor(dst, dt, src, DTYPE_F32, n, k, 0, what, e);
+}
+
+/* exported for test_quant: the scalar twin, one thread */
+int quant_quantize_rows_scalar(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k);
+int quant_quantize_rows_scalar(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k)
+{
+    const size_t rb = dtype_row_bytes(dt, k);
+    CHECK(rb > 0 && (dt == DTYPE_Q8 || dt == DTYPE_Q4));
+    for (int64_t i = 0; i < n; i++)
+        if (quantize_row_scalar((uint8_t *)dst + (size_t)i * rb, dt, src + i * k, k, rb)) return -1;
     return 0;
 }
 
@@ -270,20 +436,33 @@ float quant_bnb_absmax(const struct quant_bnb_nf4 *q, int64_t b)
     return a;
 }
 
-void quant_bnb_to_rows(void *dst, const struct quant_bnb_nf4 *q)
+struct to_rows_job {
+    void *dst;
+    const struct quant_bnb_nf4 *q;
+};
+
+static void to_rows_range(void *ctx, int64_t r0, int64_t r1)
 {
+    const struct to_rows_job *j = ctx;
+    const struct quant_bnb_nf4 *q = j->q;
     const int64_t k = q->k, g = quant_group(DTYPE_NF4, k);
     const size_t rb = dtype_row_bytes(DTYPE_NF4, k);
-    CHECK(rb > 0);
-    for (int64_t r = 0; r < q->o; r++) {
-        uint8_t *rec = (uint8_t *)dst + (size_t)r * rb;
+    for (int64_t r = r0; r < r1; r++) {
+        uint8_t *rec = (uint8_t *)j->dst + (size_t)r * rb;
         memset(rec, 0, rb);
         memcpy(rec, q->codes + r * (k / 2), (size_t)(k / 2));
-        for (int64_t j = 0; j < k; j += g) {
-            const float a = quant_bnb_absmax(q, (r * k + j) / QUANT_BNB_BLOCK);
-            memcpy(rec + k / 2 + 4 * (j / g), &a, 4);
+        for (int64_t c = 0; c < k; c += g) {
+            const float a = quant_bnb_absmax(q, (r * k + c) / QUANT_BNB_BLOCK);
+            memcpy(rec + k / 2 + 4 * (c / g), &a, 4);
         }
     }
+}
+
+void quant_bnb_to_rows(void *dst, const struct quant_bnb_nf4 *q)
+{
+    CHECK(dtype_row_bytes(DTYPE_NF4, q->k) > 0);
+    struct to_rows_job j = {dst, q};
+    par_for(q->o, 0, to_rows_range, &j);
 }
 
 /* torch.bucketize(v, bounds) (right=False): the number of bounds strictly below v */
@@ -300,39 +479,161 @@ static int bucketize(float v, const float *bounds, int nb)
 
 /* backends/default/ops.py quantize_blockwise / quantize_4bit: per block of `bs` values, absmax in
  * f32; full blocks are scaled by the f32 reciprocal of max(absmax, 1e-38), the last partial block is
- * divided by it; clamp to [-1, 1]; bucketize against the f32 midpoints of the sorted code. */
-static void blockwise(const float *x, int64_t n, int64_t bs, const float *code, int ncode, uint8_t *q, float *absmax)
+ * divided by it; clamp to [-1, 1]; bucketize against the f32 midpoints of the sorted code. Blocks
+ * [b0, b1) of x (n values in all); q gets one code per value (x's indexing). The scalar definition. */
+static void blockwise(const float *x, int64_t n, int64_t bs, const float *code, int ncode, uint8_t *q, float *absmax,
+                      int64_t b0, int64_t b1)
 {
     float bounds[255];
     for (int i = 0; i + 1 < ncode; i++) bounds[i] = (code[i] + code[i + 1]) / 2.0f;
-    for (int64_t b0 = 0, blk = 0; b0 < n; b0 += bs, blk++) {
-        const int64_t m = n - b0 < bs ? n - b0 : bs;
+    for (int64_t blk = b0; blk < b1; blk++) {
+        const int64_t o = blk * bs, m = n - o < bs ? n - o : bs;
         float am = 0;
-        for (int64_t j = 0; j < m; j++) am = fabsf(x[b0 + j]) > am ? fabsf(x[b0 + j]) : am;
+        for (int64_t j = 0; j < m; j++) am = fabsf(x[o + j]) > am ? fabsf(x[o + j]) : am;
         absmax[blk] = am;
         const float cl = am < 1e-38f ? 1e-38f : am, inv = 1.0f / cl;
         for (int64_t j = 0; j < m; j++) {
-            float s = m == bs ? x[b0 + j] * inv : x[b0 + j] / cl;
+            float s = m == bs ? x[o + j] * inv : x[o + j] / cl;
             s = s > 1 ? 1 : s < -1 ? -1 : s;
-            q[b0 + j] = (uint8_t)bucketize(s, bounds, ncode - 1);
+            q[o + j] = (uint8_t)bucketize(s, bounds, ncode - 1);
         }
     }
 }
 
-void quant_bnb_quantize(const float *w, int64_t numel, const float nested_map[256], uint8_t *codes, uint8_t *absmax_u8,
-                        float *nested_absmax, float *offset, float *absmax_f32)
+/* exported for test_quant: bitsandbytes' NF4 quantization as the scalar definition, one thread */
+void quant_bnb_quantize_scalar(const float *w, int64_t numel, const float nested_map[256], uint8_t *codes,
+                               uint8_t *absmax_u8, float *nested_absmax, float *offset, float *absmax_f32);
+void quant_bnb_quantize_scalar(const float *w, int64_t numel, const float nested_map[256], uint8_t *codes,
+                               uint8_t *absmax_u8, float *nested_absmax, float *offset, float *absmax_f32)
 {
     const int64_t nblocks = (numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
-    CHECK(numel % 2 == 0); /* callers quantize matrices with K % 16 == 0 */
+    CHECK(numel % 2 == 0);
     uint8_t *q = malloc((size_t)numel);
     CHECK(q);
-    blockwise(w, numel, QUANT_BNB_BLOCK, QUANT_NF4, 16, q, absmax_f32);
+    blockwise(w, numel, QUANT_BNB_BLOCK, QUANT_NF4, 16, q, absmax_f32, 0, nblocks);
     for (int64_t i = 0; i < numel / 2; i++) codes[i] = (uint8_t)(q[2 * i] << 4 | q[2 * i + 1]); /* even: high */
     free(q);
-    /* compress_statistics: offset = absmax.mean(); quantize_blockwise(absmax - offset, blocksize 256) */
     double sum = 0;
     for (int64_t b = 0; b < nblocks; b++) sum += absmax_f32[b];
     *offset = (float)(sum / (double)nblocks);
     for (int64_t b = 0; b < nblocks; b++) absmax_f32[b] = absmax_f32[b] - *offset;
-    blockwise(absmax_f32, nblocks, QUANT_BNB_NESTED_BLOCK, nested_map, 256, absmax_u8, nested_absmax);
+    blockwise(absmax_f32, nblocks, QUANT_BNB_NESTED_BLOCK, nested_map, 256, absmax_u8, nested_absmax, 0,
+              (nblocks + QUANT_BNB_NESTED_BLOCK - 1) / QUANT_BNB_NESTED_BLOCK);
+}
+
+#ifdef QUANT_AVX2
+/* One full NF4 block of 64 values: blockwise's arithmetic 8 values a step (the max is order-free; x * inv,
+ * the clamp with blockwise's NaN behaviour, and the code = the number of midpoints strictly below s,
+ * which is what the bucketize binary search returns), packed two codes a byte. */
+static float absmax_avx2(const float *x) /* blockwise's absmax of one full block */
+{
+    __m256 am8 = _mm256_setzero_ps(); /* max(a, b) = a > b ? a : b: a NaN |x| is skipped, as in blockwise */
+    for (int j = 0; j < QUANT_BNB_BLOCK; j += 8) am8 = _mm256_max_ps(abs8(_mm256_loadu_ps(x + j)), am8);
+    return hmax8(am8);
+}
+
+static void nf4_block_avx2(const float *x, uint8_t *codes, float *absmax, const float bounds[15])
+{
+    const float am = absmax_avx2(x), cl = am < 1e-38f ? 1e-38f : am, inv = 1.0f / cl;
+    *absmax = am;
+    const __m256 iv = _mm256_set1_ps(inv), one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f);
+    for (int j = 0; j < QUANT_BNB_BLOCK; j += 8) {
+        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(x + j), iv);
+        s = _mm256_max_ps(mone, _mm256_min_ps(one, s)); /* min(a,b) = a < b ? a : b: a NaN s passes through */
+        __m256i c = _mm256_setzero_si256();
+        for (int i = 0; i < 15; i++) c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(_mm256_set1_ps(bounds[i]), s, _CMP_LT_OQ)));
+        /* lanes (c0..c7) -> bytes c0<<4|c1, c2<<4|c3, ... */
+        const __m256i pr = _mm256_or_si256(_mm256_slli_epi32(c, 4), _mm256_srli_epi64(c, 32));
+        const __m256i b = _mm256_shuffle_epi8(pr, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                   0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+        const uint16_t b0 = (uint16_t)_mm_extract_epi16(_mm256_castsi256_si128(b), 0),
+                       b1 = (uint16_t)_mm_extract_epi16(_mm256_extracti128_si256(b, 1), 0);
+        const uint32_t u = (uint32_t)b0 | (uint32_t)b1 << 16;
+        memcpy(codes + j / 2, &u, 4);
+    }
+}
+#endif
+
+struct nf4_job {
+    const void *w;
+    enum dtype sdt;
+    int64_t numel;
+    uint8_t *codes; /* NULL: absmax only */
+    float *absmax;
+    float bounds[15];
+};
+
+/* NF4 blocks [b0, b1): absmax (and codes), QUANT_BNB_BLOCK values each, converted a chunk at a time */
+static void nf4_range(void *ctx, int64_t b0, int64_t b1)
+{
+    const struct nf4_job *j = ctx;
+    enum { CHUNK = 256 }; /* blocks */
+    float *buf = j->sdt == DTYPE_F32 ? NULL : malloc(CHUNK * QUANT_BNB_BLOCK * sizeof *buf);
+    CHECK(j->sdt == DTYPE_F32 || buf);
+    for (int64_t c0 = b0; c0 < b1; c0 += CHUNK) {
+        const int64_t c1 = b1 - c0 < CHUNK ? b1 : c0 + CHUNK, v0 = c0 * QUANT_BNB_BLOCK;
+        const int64_t v1 = c1 * QUANT_BNB_BLOCK < j->numel ? c1 * QUANT_BNB_BLOCK : j->numel;
+        const float *x = as_f32(buf, j->w, j->sdt, v0, v1 - v0) - v0; /* indexed by the flat position */
+        for (int64_t b = c0; b < c1; b++) {
+            const int64_t o = b * QUANT_BNB_BLOCK;
+            const int64_t m = j->numel - o < QUANT_BNB_BLOCK ? j->numel - o : QUANT_BNB_BLOCK;
+#ifdef QUANT_AVX2
+            if (m == QUANT_BNB_BLOCK) {
+                if (j->codes) nf4_block_avx2(x + o, j->codes + o / 2, j->absmax + b, j->bounds);
+                else j->absmax[b] = absmax_avx2(x + o);
+                continue;
+            }
+#endif
+            uint8_t q[QUANT_BNB_BLOCK]; /* blockwise() itself: the last partial block, or no AVX2 */
+            blockwise(x + o, m, QUANT_BNB_BLOCK, QUANT_NF4, 16, q, j->absmax + b, 0, 1);
+            if (j->codes)
+                for (int64_t i = 0; i < m / 2; i++) j->codes[o / 2 + i] = (uint8_t)(q[2 * i] << 4 | q[2 * i + 1]);
+        }
+    }
+    free(buf);
+}
+
+struct nested_job {
+    const float *x;
+    int64_t n;
+    const float *map;
+    uint8_t *q;
+    float *absmax;
+};
+
+static void nested_range(void *ctx, int64_t b0, int64_t b1)
+{
+    const struct nested_job *j = ctx;
+    blockwise(j->x, j->n, QUANT_BNB_NESTED_BLOCK, j->map, 256, j->q, j->absmax, b0, b1);
+}
+
+/* The f32 absmax of every block (and the codes when codes is not NULL); returns the offset, the mean of
+ * the absmax summed in order in double (as before; not torch's f32 mean: test_bnb_fixture) */
+static float nf4_blocks(const void *w, enum dtype sdt, int64_t numel, uint8_t *codes, float *absmax_f32, int n_threads)
+{
+    const int64_t nblocks = (numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
+    CHECK(numel % 2 == 0); /* callers quantize matrices with K % 16 == 0 */
+    CHECK(sdt == DTYPE_F32 || sdt == DTYPE_F16 || sdt == DTYPE_BF16);
+    struct nf4_job j = {.w = w, .sdt = sdt, .numel = numel, .codes = codes, .absmax = absmax_f32};
+    for (int i = 0; i < 15; i++) j.bounds[i] = (QUANT_NF4[i] + QUANT_NF4[i + 1]) / 2.0f;
+    par_for(nblocks, n_threads, nf4_range, &j);
+    double sum = 0;
+    for (int64_t b = 0; b < nblocks; b++) sum += absmax_f32[b];
+    return (float)(sum / (double)nblocks);
+}
+
+float quant_bnb_offset(const void *w, enum dtype sdt, int64_t numel, float *absmax_f32, int n_threads)
+{
+    return nf4_blocks(w, sdt, numel, NULL, absmax_f32, n_threads);
+}
+
+void quant_bnb_quantize(const void *w, enum dtype sdt, int64_t numel, const float nested_map[256], uint8_t *codes,
+                        uint8_t *absmax_u8, float *nested_absmax, float *offset, float *absmax_f32, int n_threads)
+{
+    const int64_t nblocks = (numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
+    *offset = nf4_blocks(w, sdt, numel, codes, absmax_f32, n_threads);
+    /* compress_statistics: quantize_blockwise(absmax - offset, blocksize 256) */
+    for (int64_t b = 0; b < nblocks; b++) absmax_f32[b] = absmax_f32[b] - *offset;
+    struct nested_job nj = {absmax_f32, nblocks, nested_map, absmax_u8, nested_absmax};
+    par_for((nblocks + QUANT_BNB_NESTED_BLOCK - 1) / QUANT_BNB_NESTED_BLOCK, n_threads, nested_range, &nj);
 }

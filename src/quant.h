@@ -37,8 +37,16 @@ void quant_dequant_rows(float *dst, const void *src, enum dtype dt, int64_t n, i
 /* The same values as F16 bits. */
 void quant_dequant_rows_f16(uint16_t *dst, const void *src, enum dtype dt, int64_t n, int64_t k);
 
-/* Quantizes n rows of k f32 values into records of dtype dt (Q8 or Q4). Fails (naming `what`) on a
- * non-finite value or k not a multiple of 16. */
+/* Quantization runs on n_threads threads (0: quant_threads(), the online CPUs); the bytes it writes do
+ * not depend on the thread count (each row, or each 64-value block, is a pure function of its values). */
+#define QUANT_MAX_THREADS 256
+int quant_threads(void);
+
+/* Quantizes n rows of k values (src of dtype sdt: F32, F16 or BF16) into records of dtype dt (Q8 or Q4).
+ * Fails (naming `what` and the first bad row) on a non-finite value or k not a multiple of 16. */
+int quant_quantize_tensor(void *dst, enum dtype dt, const void *src, enum dtype sdt, int64_t n, int64_t k, int n_threads,
+                          const char *what, struct err *e);
+/* The same for f32 rows, on quant_threads() threads. */
 int quant_quantize_rows(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k, const char *what,
                         struct err *e);
 
@@ -63,11 +71,14 @@ float quant_bnb_absmax(const struct quant_bnb_nf4 *q, int64_t b);
 /* Writes the o NF4 row records of q into dst (tensor_nbytes of an NF4 [o, k] tensor). */
 void quant_bnb_to_rows(void *dst, const struct quant_bnb_nf4 *q);
 
-/* Quantizes w[o*k] (flat, f32 values of an fp16 tensor) the way bitsandbytes' quantize_4bit(nf4,
- * blocksize 64, compress_statistics) does on its pure-PyTorch path: codes[o*k/2], absmax_u8[nblocks],
+/* Quantizes w[numel] (flat; dtype sdt: F32, F16 or BF16) the way bitsandbytes' quantize_4bit(nf4,
+ * blocksize 64, compress_statistics) does on its pure-PyTorch path: codes[numel/2], absmax_u8[nblocks],
  * nested_absmax[ceil(nblocks/256)], *offset (mean of the f32 absmax), using nested_map (from
  * quant_bnb_dynamic_map). absmax_f32 is caller scratch of nblocks floats. */
-void quant_bnb_quantize(const float *w, int64_t numel, const float nested_map[256], uint8_t *codes, uint8_t *absmax_u8,
-                        float *nested_absmax, float *offset, float *absmax_f32);
+void quant_bnb_quantize(const void *w, enum dtype sdt, int64_t numel, const float nested_map[256], uint8_t *codes,
+                        uint8_t *absmax_u8, float *nested_absmax, float *offset, float *absmax_f32, int n_threads);
+/* quant_bnb_quantize's *offset alone (one read of w; absmax_f32: scratch of nblocks floats): what the JSON
+ * quant state needs before the bytes are written. */
+float quant_bnb_offset(const void *w, enum dtype sdt, int64_t numel, float *absmax_f32, int n_threads);
 
 #endif

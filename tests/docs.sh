@@ -46,6 +46,8 @@ done
 # the README's commands, on the tiny model (and plan on the full configuration)
 "$BIN" generate --model $TINY --ids 128000,791,4062 --max-new-tokens 16 --greedy --quiet > $tmp/g 2>/dev/null; rc=$?
 check "README generate: 16 ids" '[ $rc = 0 ] && [ "$(tr , "\n" < $tmp/g | grep -c "^[0-9][0-9]*$")" = 16 ]'
+"$BIN" compare --model $TINY --quant q8 --positions 4 --device cpu --quiet > $tmp/cmp 2>/dev/null; rc=$?
+check "README compare: q8 against fp16, top-1 and KL" '[ $rc = 0 ] && grep -qE "^compare: q8 vs fp16 .* 4 positions, top-1 agreement [0-4]/4 .*KL\(ref\|\|q\) mean [0-9.e-]+ max" $tmp/cmp'
 echo "The quick brown fox" | "$BIN" tokenize --model $TINY > $tmp/t 2>/dev/null; rc=$?
 check "README tokenize" '[ $rc = 0 ] && grep -qE "^[0-9]+(,[0-9]+)*$|^[0-9]+( [0-9]+)*$" $tmp/t'
 "$BIN" chat --model $TINY --image tests/fixtures/image/gen200x150_q90_444.jpg -p "What is in the image?" --max-new-tokens 4 --quiet > $tmp/c 2>&1; rc=$?

@@ -322,7 +322,8 @@ static void test_does_not_fit(void)
     T_CONTAINS(plan_.advice, "raise the budget of gpu 0");
 }
 
-/* CPU offload: a cpu budget takes the fewest trailing layers the GPUs cannot hold. */
+/* CPU offload: a cpu budget takes the embedding table (one row per token; 1 GiB of GPU memory freed) and
+ * then the fewest trailing layers the GPUs cannot hold. */
 static void test_cpu_offload(void)
 {
     struct err e = {{0}};
@@ -336,12 +337,51 @@ static void test_cpu_offload(void)
     T_EQ_INT(plan_.map.vpm, 0);
     int m = count_on(&plan_, 2);
     T_ASSERT(m > 0);
-    T_EQ_INT(plan_.use[2].total, IND_other(m, 1, 0) + 0);
-    /* minimal: the GPUs cannot hold 32-m+1 layers in any split */
+    T_EQ_INT(plan_.map.embed, 2);
+    T_EQ_INT(plan_.use[2].total, EMBED_W + IND_other(m, 1, 0));
+    /* minimal: the GPUs without the embedding cannot hold 32-m+1 layers in any split */
     int ok = 0;
-    for (int k = 1; k <= 32 - m + 1; k++)
-        if (IND_first(k, 0) <= 7 * GiB && IND_other(32 - m + 1 - k, 0, 1) <= 7 * GiB) ok = 1;
+    for (int k = 0; k <= 32 - m + 1; k++)
+        if (IND_first(k, 0) - EMBED_W <= 7 * GiB && IND_other(32 - m + 1 - k, 0, 1) <= 7 * GiB) ok = 1;
     T_EQ_INT(ok, 0);
+}
+
+/* Issue 13: the embedding table in host memory only when the GPU budget asks for it. q4 on one GPU at ctx
+ * 4096 needs 7.16 GiB with the table: 8 GiB keeps it on the GPU; 6.5 GiB with a cpu budget moves only the
+ * table (all 32 layers stay on the GPU, which then needs exactly EMBED_W less; the CPU holds the table
+ * and the LLM views of a prefill chunk); 6.5 GiB without one advises the cpu budget that does that. */
+static void test_embed_host(void)
+{
+    struct err e = {{0}};
+    T_ASSERTF(plan_from("--quant q4 --max-memory 0=8GiB --ctx 4096", &e) == 0, "%s", e.msg);
+    T_EQ_INT(plan_.n_dev, 1);
+    T_EQ_INT(plan_.map.embed, 0);
+    const int64_t gpu_all = plan_.use[0].total;
+    T_ASSERT(gpu_all > (int64_t)(6.5 * GiB) && gpu_all <= 8 * GiB);
+    T_ASSERTF(plan_from("--quant q4 --max-memory 0=6.5GiB,cpu=4GiB --ctx 4096", &e) == 0, "%s", e.msg);
+    T_EQ_INT(plan_.n_dev, 2);
+    T_EQ_INT(plan_.map.embed, 1);
+    T_EQ_INT(count_on(&plan_, 0), 32);
+    T_EQ_INT(plan_.map.norm, 0);
+    T_EQ_INT(plan_.map.lm_head, 0);
+    T_EQ_INT(plan_.use[0].total, gpu_all - EMBED_W);
+    T_EQ_INT(plan_.use[1].total, EMBED_W + IND_llm(2048));
+    T_EQ_INT(plan_.use[1].kv, 0);
+    /* with room on the GPU the table stays there even when a CPU is listed */
+    T_ASSERTF(plan_from("--quant q4 --max-memory 0=8GiB,cpu=4GiB --ctx 4096", &e) == 0, "%s", e.msg);
+    T_EQ_INT(plan_.map.embed, 0);
+    T_EQ_INT(plan_.use[1].total, 0);
+    /* no cpu budget: the advice names the one that moves the table */
+    T_EQ_INT(plan_from("--quant q4 --max-memory 0=6.5GiB --ctx 4096", &e), -1);
+    const char *s = strstr(plan_.advice, "the embedding table goes to the host");
+    while (s && s > plan_.advice && strncmp(s, "add cpu=", 8)) s--;
+    char tok[32] = "", line[160];
+    if (s) sscanf(s + 8, "%31s", tok);
+    T_ASSERTF(s && tok[0], "advice: %s", plan_.advice);
+    snprintf(line, sizeof line, "--quant q4 --max-memory 0=6.5GiB,cpu=%s --ctx 4096", tok);
+    T_ASSERTF(plan_from(line, &e) == 0, "%s: %s", line, e.msg);
+    T_EQ_INT(plan_.map.embed, 1);
+    T_EQ_INT(count_on(&plan_, 1), 0);
 }
 
 /* Logical devices: the CPU split in three, and one GPU split in two plus the CPU. */
@@ -731,6 +771,7 @@ int main(void)
     T_RUN(test_unequal_gpus);
     T_RUN(test_does_not_fit);
     T_RUN(test_cpu_offload);
+    T_RUN(test_embed_host);
     T_RUN(test_logical_devices);
     T_RUN(test_flags);
     T_RUN(test_budget_values);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -16,7 +17,11 @@
 #include "t.h"
 #include "tensor.h"
 
-void quant_dequant_rows_scalar(float *dst, const void *src, enum dtype dt, int64_t n, int64_t k); /* quant.c */
+/* quant.c's scalar twins (the definitions the AVX2 and threaded paths must equal, byte for byte) */
+void quant_dequant_rows_scalar(float *dst, const void *src, enum dtype dt, int64_t n, int64_t k);
+int quant_quantize_rows_scalar(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k);
+void quant_bnb_quantize_scalar(const float *w, int64_t numel, const float nested_map[256], uint8_t *codes,
+                               uint8_t *absmax_u8, float *nested_absmax, float *offset, float *absmax_f32);
 
 /* bitsandbytes/functional.py get_4bit_type("nf4") (also backends/utils.py _NF4_QUANT_TABLE), typed from
  * the source at commit 95f9af309d4d */
@@ -185,6 +190,132 @@ static void test_quantize_bounds(void)
     free(w);
 }
 
+/* Values that exercise every branch of the q8/q4 rule: fp16 values of mixed scale, an all-zero group, a
+ * group whose extreme appears with both signs (the first one decides q4's sign), signed zeros, values at
+ * exact half steps (ties to even), groups so small the f16 scale is subnormal or zero, and fp16's largest */
+static void fill_adversarial(float *x, int64_t n, int64_t g)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = h(rndf() * (i % 97 == 0 ? 4.0f : 0.5f));
+    for (int64_t i = 0; i + g <= n; i += g)
+        switch ((i / g) % 8) {
+        case 0: for (int64_t j = 0; j < g; j++) x[i + j] = 0; x[i + 1] = -0.0f; break;
+        case 1: x[i] = -3.0f; x[i + 5] = 3.0f; break;                              /* -extreme first */
+        case 2: x[i + 2] = 3.0f; x[i + 5] = -3.0f; break;                          /* +extreme first */
+        case 3: for (int64_t j = 0; j < g; j++) x[i + j] = (float)((int)(j % 17) - 8) * 0.5f; break; /* ties */
+        case 4: for (int64_t j = 0; j < g; j++) x[i + j] = h(rndf() * 6e-8f); break; /* scale underflows */
+        case 5: for (int64_t j = 0; j < g; j++) x[i + j] = h(rndf() * 3e-5f); break; /* subnormal scale */
+        case 6: x[i + 3] = 65504.0f; x[i + 4] = -0.0f; break;
+        default: break;
+        }
+}
+
+/* The threaded AVX2 quantizers write the scalar definitions' bytes (the code before they existed, moved
+ * unchanged into the scalar twins), from F32, F16 and BF16 sources, whatever the thread count. */
+static void test_quantize_threads(void)
+{
+    struct err e = {{0}};
+    const int64_t n = 37, ks[] = {320, 208, 4304 / 4 + 12}; /* q4 groups of 64, 16 (208), 16 (1088) */
+    const int threads[] = {1, 3, 8, 0};
+    for (int ki = 0; ki < 3; ki++) {
+        const int64_t k = ks[ki];
+        float *x = malloc((size_t)(n * k) * 4), *xr = malloc((size_t)(n * k) * 4);
+        uint16_t *x16 = malloc((size_t)(n * k) * 2), *xb = malloc((size_t)(n * k) * 2);
+        for (int f = 0; f < 2; f++) {
+            const enum dtype dt = f ? DTYPE_Q4 : DTYPE_Q8;
+            const size_t rb = dtype_row_bytes(dt, k), nb = (size_t)n * rb;
+            fill_adversarial(x, n * k, f ? quant_group(dt, k) : 16);
+            uint8_t *ref = malloc(nb), *got = malloc(nb);
+            for (int src = 0; src < 3; src++) { /* F32, F16, BF16 */
+                const void *sp = x;
+                enum dtype sdt = DTYPE_F32;
+                if (src == 1) { convert_from_f32(x16, DTYPE_F16, x, n * k); sp = x16; sdt = DTYPE_F16; }
+                if (src == 2) { convert_from_f32(xb, DTYPE_BF16, x, n * k); sp = xb; sdt = DTYPE_BF16; }
+                convert_to_f32(xr, sp, sdt, n * k);
+                T_EQ_INT(quant_quantize_rows_scalar(ref, dt, xr, n, k), 0);
+                for (int t = 0; t < 4; t++) {
+                    memset(got, 0xa5, nb);
+                    T_EQ_INT(quant_quantize_tensor(got, dt, sp, sdt, n, k, threads[t], "w", &e), 0);
+                    T_ASSERTF(!memcmp(got, ref, nb), "%s k=%lld from %s, %d threads: bytes differ from the scalar rule",
+                              dtype_name(dt), (long long)k, dtype_name(sdt), threads[t]);
+                }
+            }
+            /* a non-finite value: the first bad row is named, whichever thread meets it */
+            x[9 * k + 3] = INFINITY;
+            x[23 * k + 1] = NAN;
+            for (int t = 0; t < 4; t++) {
+                T_EQ_INT(quant_quantize_tensor(got, dt, x, DTYPE_F32, n, k, threads[t], "blk.w", &e), -1);
+                T_CONTAINS(e.msg, "blk.w: row 9 holds a non-finite value");
+            }
+            free(ref);
+            free(got);
+        }
+        free(x);
+        free(xr);
+        free(x16);
+        free(xb);
+    }
+    uint8_t q[64];
+    T_EQ_INT(quant_quantize_tensor(q, DTYPE_NF4, q, DTYPE_F32, 1, 16, 1, "w", &e), -1);
+    T_CONTAINS(e.msg, "cannot quantize to");
+    T_EQ_INT(quant_quantize_tensor(q, DTYPE_Q8, q, DTYPE_U8, 1, 16, 1, "w", &e), -1);
+    T_CONTAINS(e.msg, "cannot quantize U8");
+}
+
+/* NF4: the threaded AVX2 blocks give bitsandbytes' rule as the scalar definition computes it, byte for
+ * byte (codes, absmax codes, nested absmax, offset), from F32 and F16, for any thread count; also with a
+ * last partial block and with inf/NaN in the input (garbage in, the same garbage out) */
+static void test_bnb_threads(void)
+{
+    float map[256];
+    quant_bnb_dynamic_map(map);
+    const int64_t sizes[] = {64 * 256 * 3 + 64 * 5, 6 * 48, 64 * 512};
+    const int threads[] = {1, 3, 8, 0};
+    for (int c = 0; c < 4; c++) {
+        const int64_t n = sizes[c % 3], nb = (n + 63) / 64, nn = (nb + 255) / 256;
+        float *x = malloc((size_t)n * 4), *xr = malloc((size_t)n * 4), *sc = malloc((size_t)nb * 4);
+        uint16_t *x16 = malloc((size_t)n * 2);
+        fill_adversarial(x, n, 64);
+        for (int64_t i = 0; i < n; i += 64 * 7) x[i] = h(x[i] * 0.5f + 0.01f);
+        if (c == 3) { x[70] = INFINITY; x[200] = NAN; }
+        for (int i = 0; i < 15; i++) { /* block 1: absmax 1, values on the code's midpoints (f32 source: exact) */
+            x[64 + 2 * i] = (QUANT_NF4[i] + QUANT_NF4[i + 1]) / 2.0f;
+            x[64 + 2 * i + 1] = -x[64 + 2 * i];
+        }
+        x[64 + 31] = 1.0f;
+        uint8_t *rc = malloc((size_t)n / 2), *ra = malloc((size_t)nb), *gc = malloc((size_t)n / 2), *ga = malloc((size_t)nb);
+        float *rn = malloc((size_t)nn * 4), *gn = malloc((size_t)nn * 4), roff, goff;
+        for (int src = 0; src < 2; src++) {
+            const void *sp = x;
+            enum dtype sdt = DTYPE_F32;
+            if (src) { convert_from_f32(x16, DTYPE_F16, x, n); sp = x16; sdt = DTYPE_F16; }
+            convert_to_f32(xr, sp, sdt, n);
+            quant_bnb_quantize_scalar(xr, n, map, rc, ra, rn, &roff, sc);
+            for (int t = 0; t < 4; t++) {
+                memset(gc, 0xa5, (size_t)n / 2);
+                memset(ga, 0xa5, (size_t)nb);
+                memset(gn, 0xa5, (size_t)nn * 4);
+                quant_bnb_quantize(sp, sdt, n, map, gc, ga, gn, &goff, sc, threads[t]);
+                const int same = !memcmp(gc, rc, (size_t)n / 2) && !memcmp(ga, ra, (size_t)nb) &&
+                                 !memcmp(gn, rn, (size_t)nn * 4) && !memcmp(&goff, &roff, 4);
+                T_ASSERTF(same, "case %d from %s, %d threads: NF4 parts differ from the scalar rule", c, dtype_name(sdt),
+                          threads[t]);
+                const float o2 = quant_bnb_offset(sp, sdt, n, sc, threads[t]);
+                T_ASSERTF(!memcmp(&o2, &roff, 4), "case %d: quant_bnb_offset %.9g vs %.9g", c, (double)o2, (double)roff);
+            }
+        }
+        free(x);
+        free(xr);
+        free(sc);
+        free(x16);
+        free(rc);
+        free(ra);
+        free(gc);
+        free(ga);
+        free(rn);
+        free(gn);
+    }
+}
+
 /* bitsandbytes' dynamic map, computed in double: the f32 table must be within one f32 rounding */
 static void test_dynamic_map(void)
 {
@@ -218,7 +349,7 @@ static void test_bnb_nf4(void)
         uint8_t *codes = malloc((size_t)n / 2), *a8 = malloc((size_t)nb);
         for (int64_t i = 0; i < n; i++) x[i] = h(rndf() * (float)(1 + i / 640));
         float off = 0;
-        quant_bnb_quantize(x, n, map, codes, a8, na, &off, am);
+        quant_bnb_quantize(x, DTYPE_F32, n, map, codes, a8, na, &off, am, 0);
         /* the true absmax of each flat block, and the error of the double-quantized one */
         int bad_code = 0, bad_rec = 0;
         double worst_am = 0;
@@ -281,7 +412,7 @@ static void test_ops_equal_f16(void)
             const int64_t nb = (o * k + 63) / 64;
             uint8_t *codes = malloc((size_t)(o * k / 2)), *a8 = malloc((size_t)nb);
             float *na = malloc((size_t)((nb + 255) / 256) * 4), *sc = malloc((size_t)nb * 4), off;
-            quant_bnb_quantize(wf, o * k, map, codes, a8, na, &off, sc);
+            quant_bnb_quantize(wf, DTYPE_F32, o * k, map, codes, a8, na, &off, sc, 0);
             struct quant_bnb_nf4 q = {o, k, codes, a8, na, map, off};
             quant_bnb_to_rows(wq.data, &q);
             free(codes);
@@ -401,7 +532,7 @@ static void test_bnb_fixture(void)
         float *xf = malloc((size_t)n * 4), *sc = malloc((size_t)nb * 4), *na2 = malloc((size_t)nn * 4), off2;
         uint8_t *c2 = malloc((size_t)n / 2), *a82 = malloc((size_t)nb);
         convert_to_f32(xf, x.data, x.dtype, n);
-        quant_bnb_quantize(xf, n, nmb, c2, a82, na2, &off2, sc);
+        quant_bnb_quantize(xf, DTYPE_F32, n, nmb, c2, a82, na2, &off2, sc, 0);
         T_ASSERTF(!memcmp(c2, codes.data, (size_t)n / 2), "case %s: NF4 codes differ from bitsandbytes'", cases[c]);
         T_ASSERTF(fabsf(off2 - offv) <= 2e-7f * fabsf(offv), "case %s: offset %.9g vs %.9g", cases[c], (double)off2, (double)offv);
         if (off2 == offv) {
@@ -423,11 +554,67 @@ static void test_bnb_fixture(void)
     safetensors_close(st);
 }
 
-int main(void)
+/* ---- `test_quant bench`: quantization speed (ns per value) at 14336 x 4096 from F16, the scalar
+ * definition (what quantization cost before) against the AVX2 path on 1 and on quant_threads() threads */
+static void bench(void)
 {
+    const int64_t o = 14336, k = 4096, n = o * k, nb = n / 64;
+    uint16_t *x16 = malloc((size_t)n * 2);
+    float *xf = malloc((size_t)n * 4), *sc = malloc((size_t)nb * 4), *na = malloc((size_t)(nb / 256 + 1) * 4), off, map[256];
+    uint8_t *dst = malloc((size_t)o * dtype_row_bytes(DTYPE_Q8, k)), *a8 = malloc((size_t)nb);
+    struct err e = {{0}};
+    quant_bnb_dynamic_map(map);
+    for (int64_t i = 0; i < n; i++) x16[i] = f32_to_f16(rndf() * 0.05f);
+    memset(xf, 0, (size_t)n * 4); /* touch every page first: page faults are not quantization */
+    memset(sc, 0, (size_t)nb * 4);
+    memset(dst, 0, (size_t)o * dtype_row_bytes(DTYPE_Q8, k));
+    memset(a8, 0, (size_t)nb);
+    const int nt = quant_threads();
+    printf("quantize %lld x %lld from F16, ns/value, wall (CPU time of all threads): scalar definition (1 thread) | "
+           "AVX2 1 thread | AVX2 %d threads\n", (long long)o, (long long)k, nt);
+    for (int f = 0; f < 3; f++) {
+        const enum dtype dt = f == 0 ? DTYPE_Q8 : f == 1 ? DTYPE_Q4 : DTYPE_NF4;
+        double t[3], c[3];
+        for (int m = 0; m < 3; m++) {
+            /* one run each: enough to show the factor. The CPU time (all threads) is what a loaded host
+             * distorts least: the wall time on an idle N-core host is about it / N. */
+            struct timespec c0, c1;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+            const double t0 = time_now();
+            if (m == 0) { /* the definition takes f32: the conversion is part of what it cost */
+                convert_to_f32(xf, x16, DTYPE_F16, n);
+                if (dt == DTYPE_NF4) quant_bnb_quantize_scalar(xf, n, map, dst, a8, na, &off, sc);
+                else quant_quantize_rows_scalar(dst, dt, xf, o, k);
+            } else if (dt == DTYPE_NF4) {
+                quant_bnb_quantize(x16, DTYPE_F16, n, map, dst, a8, na, &off, sc, m == 1 ? 1 : nt);
+            } else {
+                CHECK(!quant_quantize_tensor(dst, dt, x16, DTYPE_F16, o, k, m == 1 ? 1 : nt, "bench", &e));
+            }
+            t[m] = (time_now() - t0) / (double)n * 1e9;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+            c[m] = ((double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec)) / (double)n * 1e9;
+        }
+        printf("  %-4s %6.2f (%6.2f) | %6.2f (%6.2f) | %6.2f (%6.2f)\n", dtype_name(dt), t[0], c[0], t[1], c[1], t[2], c[2]);
+    }
+    free(x16);
+    free(xf);
+    free(sc);
+    free(na);
+    free(dst);
+    free(a8);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "bench")) {
+        bench();
+        return 0;
+    }
     T_RUN(test_row_bytes);
     T_RUN(test_dequant_reference);
     T_RUN(test_quantize_bounds);
+    T_RUN(test_quantize_threads);
+    T_RUN(test_bnb_threads);
     T_RUN(test_dynamic_map);
     T_RUN(test_bnb_nf4);
     T_RUN(test_ops_equal_f16);

@@ -4,6 +4,7 @@
  * the same quantization at load give the same logits bit for bit; the planner's weight bytes equal what
  * the loader allocates; bad folders are refused with the tensor named; a quantized unit planned on a GPU
  * fits and counts the CUDA dequantization buffers. Uses model.h/llm.h directly (CPU, one device). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,9 @@
 #include "backend.h"
 #include "cmd.h"
 #include "config.h"
+#include "cmd_util.h"
 #include "devmap.h"
+#include "engine.h"
 #include "llm.h"
 #include "model.h"
 #include "quant.h"
@@ -234,7 +237,7 @@ static void test_plan_bytes(void)
 
 /* ---- bad folders: a copy of the nf4 folder as one model.safetensors with one change ---- */
 
-enum change { DROP, HALVE, SET_JSON, TAMPER_MAP, DROP_STATE };
+enum change { DROP, HALVE, SET_JSON, TAMPER_MAP, DROP_STATE, AS_U8, RENAME };
 
 static int bad_folder(const char *src, const char *dst, const char *target, enum change ch, const char *json)
 {
@@ -252,6 +255,11 @@ static int bad_folder(const char *src, const char *dst, const char *target, enum
         if (!strcmp(t->name, target)) {
             if (ch == DROP || ch == DROP_STATE) continue;
             if (ch == HALVE) v.shape[0] /= 2;
+            if (ch == AS_U8) { /* the same bytes under another dtype */
+                v.shape[0] *= (int64_t)dtype_size(v.dtype);
+                v.dtype = DTYPE_U8;
+            }
+            if (ch == RENAME) v.name = json; /* the new name */
             if (ch == SET_JSON) {
                 v.data = (void *)json;
                 v.shape[0] = (int64_t)strlen(json);
@@ -293,6 +301,33 @@ static void expect_refused(const char *dir, int quant, const char *what, const c
     unload(&L);
 }
 
+/* A copy of src's config.json with `from` replaced by `to` (nothing else: the config is read first) must be
+ * refused naming `field`. */
+static void expect_bad_config(const char *src, const char *dst, const char *from, const char *to, const char *field)
+{
+    struct err e = {{0}};
+    char p[512], *text = NULL;
+    size_t len = 0;
+    snprintf(p, sizeof p, "%s/config.json", src);
+    T_ASSERTF(read_file(p, 1 << 20, &text, &len, &e) == 0, "%s", e.msg);
+    if (!text) return;
+    char *at = strstr(text, from);
+    T_ASSERTF(at != NULL, "%s does not hold %s", p, from);
+    if (at) {
+        mkdir(dst, 0755);
+        snprintf(p, sizeof p, "%s/config.json", dst);
+        FILE *f = fopen(p, "wb");
+        if (f) {
+            fwrite(text, 1, (size_t)(at - text), f);
+            fputs(to, f);
+            fputs(at + strlen(from), f);
+            fclose(f);
+        }
+        expect_refused(dst, 0, field, NULL);
+    }
+    free(text);
+}
+
 static void test_refusals(void)
 {
     const char *nf4 = nf4_dir();
@@ -318,6 +353,30 @@ static void test_refusals(void)
     expect_refused(ROOT "/bad-map", 0, q, "NF4 code");
     T_EQ_INT(bad_folder(nf4, ROOT "/bad-nostate", js, DROP_STATE, NULL), 0);
     expect_refused(ROOT "/bad-nostate", 0, q, "quant state");
+    /* parts of the wrong size or dtype, a missing nested part, a quant state that is JSON but not an object,
+     * or lacks a field, or is stored as another dtype, or is named for fp4 */
+    const char *am = "llm.model.layers.1.mlp.up_proj.weight.absmax";
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-absmax-size", am, HALVE, NULL), 0);
+    expect_refused(ROOT "/bad-absmax-size", 0, q, "absmax has dtype U8 and");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-nested", "llm.model.layers.1.mlp.up_proj.weight.nested_absmax", DROP, NULL), 0);
+    expect_refused(ROOT "/bad-nested", 0, q, "nested_absmax is missing");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-nmap-dtype", "llm.model.layers.1.mlp.up_proj.weight.nested_quant_map", AS_U8, NULL), 0);
+    expect_refused(ROOT "/bad-nmap-dtype", 0, q, "nested_quant_map has dtype U8 and 1024 values");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-json-array", js, SET_JSON, "[\"nf4\", 64]"), 0);
+    expect_refused(ROOT "/bad-json-array", 0, q, "corrupt quant state");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-no-blocksize", js, SET_JSON,
+                        "{\"quant_type\": \"nf4\", \"dtype\": \"float16\", \"shape\": [512, 256], "
+                        "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.01}"), 0);
+    expect_refused(ROOT "/bad-no-blocksize", 0, q, "blocksize must be 64");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-no-type", js, SET_JSON, "{\"blocksize\": 64}"), 0);
+    expect_refused(ROOT "/bad-no-type", 0, q, "quant_type missing is not supported");
+    T_EQ_INT(bad_folder(nf4, ROOT "/bad-fp4", js, RENAME, "llm.model.layers.1.mlp.up_proj.weight.quant_state.bitsandbytes__fp4"), 0);
+    expect_refused(ROOT "/bad-fp4", 0, q, "quant_type fp4 is not supported");
+    /* config.json's quantization_config naming an unknown type or format */
+    expect_bad_config(nf4, ROOT "/bad-cfg-fp4", "\"bnb_4bit_quant_type\":\t\"nf4\"", "\"bnb_4bit_quant_type\": \"fp4\"",
+                      "quantization_config.bnb_4bit_quant_type");
+    expect_bad_config(nf4, ROOT "/bad-cfg-method", "\"quant_method\":\t\"bitsandbytes\"", "\"quant_method\": \"gptq\"",
+                      "quantization_config.quant_method");
     /* our records of the wrong width */
     const char *q4 = q_dir("q4");
     if (q4) {
@@ -388,6 +447,83 @@ static void test_gpu_planned(void)
     free(plan);
 }
 
+/* Writes a device map: the embedding table on `emb`, every other module on `rest`. */
+static int write_embed_map(const char *path, int n_layers, const char *emb, const char *rest)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"llm.model.embed_tokens\": \"%s\", \"llm.model.norm\": \"%s\", \"llm.lm_head\": \"%s\", \"vpm\": \"%s\", "
+               "\"resampler\": \"%s\"", emb, rest, rest, rest, rest);
+    for (int l = 0; l < n_layers; l++) fprintf(f, ", \"llm.model.layers.%d\": \"%s\"", l, rest);
+    fprintf(f, "}\n");
+    return fclose(f) ? -1 : 0;
+}
+
+/* The tiny model, q4 at load, on `device` with the device flags argv[1..argc) */
+static struct engine *open_q4(const char *device, char **argv, int argc)
+{
+    struct cmdu_engine_opts eo;
+    cmdu_engine_opts_init(&eo);
+    struct err e = {{0}};
+    for (int i = 1; i < argc; i++) T_ASSERTF(devmap_opts_parse(&eo.dm, argc, argv, &i, &e) == 1, "%s", e.msg);
+    eo.o.model_dir = fp16_dir;
+    eo.o.device = device;
+    eo.o.quiet = 1;
+    struct engine *g = NULL;
+    T_ASSERTF(engine_open(&g, &eo.o, &e) == 0, "%s", e.msg);
+    return g;
+}
+
+/* Issue 13 item 4: the embedding table on its own (host) device while the layers are elsewhere. The planner
+ * puts it there only when a GPU budget asks (test_devmap test_embed_host); here the engine runs such a
+ * placement, q4 at load: on the CPU as two logical devices (the table on cpu.0, everything else on cpu.1),
+ * which gives the single-device logits and greedy tokens bit for bit (the ids are gathered on the table's
+ * device and the rows hop to the layers' device, as they would to a GPU); and, when a GPU is present, the
+ * table on the CPU and the rest on GPU 0 against everything on GPU 0 (the decode step stays one CUDA graph:
+ * the row is gathered on the host and uploaded before the launch, llm.c decode_graph_step; the same
+ * kernels, so the same tokens). */
+static void test_embed_own_device(void)
+{
+    const char *map = ROOT "/embed-map.json";
+    struct model_config c;
+    struct err e = {{0}};
+    T_ASSERTF(config_load(&c, fp16_dir, &e) == 0, "%s", e.msg);
+    struct backend_info bi;
+    backend_query(&bi);
+    for (int gpu = 0; gpu < 1 + (bi.n_gpus > 0); gpu++) {
+        T_EQ_INT(write_embed_map(map, c.num_hidden_layers, gpu ? "cpu" : "cpu.0", gpu ? "0" : "cpu.1"), 0);
+        char *one[] = {"x", "--quant", "q4", "--ctx", "64"};
+        char *cpu2[] = {"x", "--quant", "q4", "--ctx", "64", "--logical-devices", "cpu:2", "--max-memory",
+                        "cpu.0=1GiB,cpu.1=1GiB", "--device-map", (char *)map};
+        char *gpu1[] = {"x", "--quant", "q4", "--ctx", "64", "--max-memory", "0=4GiB,cpu=1GiB", "--device-map", (char *)map};
+        const char *dev = gpu ? "cuda" : "cpu";
+        struct engine *g[2] = {open_q4(dev, one, 5), gpu ? open_q4(dev, gpu1, 9) : open_q4(dev, cpu2, 11)};
+        if (g[0] && g[1]) {
+            const struct devmap_plan *p = engine_plan(g[1]);
+            T_ASSERT(p->map.embed != p->map.layer[0] && p->map.layer[0] == p->map.lm_head);
+            T_ASSERT(p->dev[p->map.embed].kind == DEVICE_CPU && p->dev[p->map.layer[0]].kind == (gpu ? DEVICE_CUDA : DEVICE_CPU));
+            const int64_t V = c.vocab_size;
+            float *l0 = malloc((size_t)V * 4), *l1 = malloc((size_t)V * 4);
+            T_ASSERT(engine_prefill(g[0], prompt, NULL, NP, l0, &e) == 0 && engine_prefill(g[1], prompt, NULL, NP, l1, &e) == 0);
+            double worst = 0;
+            for (int64_t j = 0; j < V; j++) worst = fmax(worst, fabs((double)l0[j] - l1[j]));
+            T_ASSERTF(gpu ? worst <= 1e-3 : worst == 0, "%s: prefill logits differ by %g", dev, worst);
+            int32_t t0 = 0, t1 = 0, same = 0;
+            for (int j = 1; j < V; j++) t0 = l0[j] > l0[t0] ? j : t0;
+            t1 = t0;
+            for (int i = 0; i < NGEN; i++) {
+                T_ASSERT(engine_decode_greedy(g[0], t0, &t0, &e) == 0 && engine_decode_greedy(g[1], t1, &t1, &e) == 0);
+                same += t0 == t1;
+            }
+            T_ASSERTF(same == NGEN, "%s: %d of %d greedy tokens equal", dev, same, NGEN);
+            free(l0);
+            free(l1);
+        }
+        engine_close(g[0]);
+        engine_close(g[1]);
+    }
+}
+
 int main(void)
 {
     const char *d = t_tiny_model(7);
@@ -403,5 +539,6 @@ int main(void)
     T_RUN(test_refusals);
     T_RUN(test_gpu_planned);
     T_RUN(test_alignment);
+    T_RUN(test_embed_own_device);
     return t_main_end("test_quant_model");
 }

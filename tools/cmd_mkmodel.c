@@ -26,6 +26,7 @@
 #include "common.h"
 #include "config.h"
 #include "model.h"
+#include "quant.h"
 #include "safetensors.h"
 #include "tensor.h"
 #include "tokenizer.h"
@@ -570,7 +571,13 @@ int cmd_mkmodel(int argc, char **argv)
     struct mk_opts of = o;
     of.out = tmp;
     of.force = true;
-    int rc = mk_run(&of, &e) || quantize_folder(tmp, o.out, DTYPE_NF4, &e);
+    int rc = mk_run(&of, &e);
+    if (!rc) {
+        const double t0 = time_now();
+        rc = quantize_folder(tmp, o.out, DTYPE_NF4, &e);
+        if (!rc && log_level >= 1)
+            fprintf(stderr, "minicpmv mkmodel: quantized to nf4 in %.2f s (%d threads)\n", time_now() - t0, quant_threads());
+    }
     DIR *d = opendir(tmp); /* the temporary fp16 folder holds only files mk_run wrote */
     for (struct dirent *de; d && (de = readdir(d));) {
         char p[PATH_MAX + 256];

@@ -6,9 +6,11 @@
  * MiniCPM-Llama3-V-2_5-int4 folder holds it (packed codes [n/2, 1], absmax, nested_absmax,
  * nested_quant_map, quant_map, the JSON quant state), with transformers' quantization_config.
  * Which tensors: model_quant_dtype (model.c), the loader's rule. Other tensors and files are copied.
- * Shards keep their names and order; memory: one tensor (as f32) at a time. */
+ * Shards keep their names and order; memory: one tensor's quantized bytes at a time. Quantization runs on
+ * every online CPU (quant.h; the bytes do not depend on the thread count). */
 #include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,25 +57,27 @@ static void nf4_free(struct nf4_parts *p)
     memset(p, 0, sizeof *p);
 }
 
-static int nf4_make(struct nf4_parts *p, const struct tensor *src, const float map[256], struct err *e)
+/* The parts of NF4 weight src; with offset_only, only what the spec needs (the offset fixes the JSON's
+ * length): codes and absmax codes are left NULL. */
+static int nf4_make(struct nf4_parts *p, const struct tensor *src, const float map[256], bool offset_only, struct err *e)
 {
     memset(p, 0, sizeof *p);
     p->numel = tensor_numel(src);
     p->nblocks = (p->numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
     p->nnested = (p->nblocks + QUANT_BNB_NESTED_BLOCK - 1) / QUANT_BNB_NESTED_BLOCK;
-    float *f = malloc((size_t)p->numel * sizeof *f);
-    p->codes = malloc((size_t)p->numel / 2);
-    p->absmax = malloc((size_t)p->nblocks);
-    p->nested_absmax = malloc((size_t)p->nnested * sizeof(float));
     p->scratch = malloc((size_t)p->nblocks * sizeof(float));
-    if (!f || !p->codes || !p->absmax || !p->nested_absmax || !p->scratch) {
-        free(f);
+    if (!offset_only) {
+        p->codes = malloc((size_t)p->numel / 2);
+        p->absmax = malloc((size_t)p->nblocks);
+        p->nested_absmax = malloc((size_t)p->nnested * sizeof(float));
+    }
+    if (!p->scratch || (!offset_only && (!p->codes || !p->absmax || !p->nested_absmax))) {
         nf4_free(p);
         return err_set(e, "out of memory quantizing %s", src->name);
     }
-    convert_to_f32(f, src->data, src->dtype, p->numel);
-    quant_bnb_quantize(f, p->numel, map, p->codes, p->absmax, p->nested_absmax, &p->offset, p->scratch);
-    free(f);
+    if (offset_only) p->offset = quant_bnb_offset(src->data, src->dtype, p->numel, p->scratch, 0);
+    else quant_bnb_quantize(src->data, src->dtype, p->numel, map, p->codes, p->absmax, p->nested_absmax, &p->offset,
+                            p->scratch, 0);
     char off[40];
     py_repr(off, sizeof off, (double)p->offset);
     /* bitsandbytes' QuantState.as_dict(packed=True) non-tensor items, json.dumps'd */
@@ -162,7 +166,7 @@ int quantize_folder(const char *in, const char *out, int format, struct err *e)
                     struct tensor v = safetensors_tensor_view(t);
                     v.name = t->name;
                     if (cls == 2) continue;
-                    if (cls == 1 && nf4_make(&p, &v, map, e)) goto out;
+                    if (cls == 1 && nf4_make(&p, &v, map, true, e)) goto out;
                     const int64_t numel = tensor_numel(&v), nb = (numel + QUANT_BNB_BLOCK - 1) / QUANT_BNB_BLOCK;
                     const int64_t len[] = {numel / 2, nb, 16, (nb + QUANT_BNB_NESTED_BLOCK - 1) / QUANT_BNB_NESTED_BLOCK, 256,
                                            (int64_t)strlen(p.json)};
@@ -205,23 +209,16 @@ int quantize_folder(const char *in, const char *out, int format, struct err *e)
                 v.name = t->name;
                 int wr = 0;
                 if ((qd == DTYPE_Q8 || qd == DTYPE_Q4) && cls == 1) {
-                    const int64_t o = t->shape[0], k = t->shape[1], blk = 256;
+                    const int64_t o = t->shape[0], k = t->shape[1];
                     const size_t rb = dtype_row_bytes((enum dtype)qd, k);
-                    float *f = malloc((size_t)(blk * k) * sizeof *f);
-                    uint8_t *q = malloc((size_t)blk * rb);
-                    if (!f || !q) wr = err_set(e, "out of memory quantizing %s", t->name);
-                    for (int64_t r0 = 0; r0 < o && !wr; r0 += blk) {
-                        const int64_t nr = o - r0 < blk ? o - r0 : blk;
-                        struct tensor rows = tensor_rows_view(&v, r0, nr);
-                        convert_to_f32(f, rows.data, v.dtype, nr * k);
-                        wr = quant_quantize_rows(q, (enum dtype)qd, f, nr, k, t->name, e) ||
-                             safetensors_writer_write(w, q, (size_t)nr * rb, e);
-                    }
-                    free(f);
+                    uint8_t *q = malloc((size_t)o * rb);
+                    if (!q) wr = err_set(e, "out of memory quantizing %s", t->name);
+                    else wr = quant_quantize_tensor(q, (enum dtype)qd, v.data, v.dtype, o, k, 0, t->name, e) ||
+                              safetensors_writer_write(w, q, (size_t)o * rb, e);
                     free(q);
                 } else if (qd == DTYPE_NF4 && cls != 2) {
                     struct nf4_parts p;
-                    if (nf4_make(&p, &v, map, e)) { wr = -1; }
+                    if (nf4_make(&p, &v, map, false, e)) { wr = -1; }
                     else {
                         const void *data[] = {p.codes, p.absmax, QUANT_NF4, p.nested_absmax, map, p.json};
                         const size_t nbytes[] = {(size_t)p.numel / 2, (size_t)p.nblocks, 16 * sizeof(float),
@@ -324,6 +321,6 @@ int cmd_quantize(int argc, char **argv)
         fprintf(stderr, "minicpmv quantize: %s\n", e.msg);
         return 1;
     }
-    log_info("quantize: %s -> %s (%s) in %.2f s", in, out, q, time_now() - t0);
+    log_info("quantize: %s -> %s (%s) in %.2f s (%d threads)", in, out, q, time_now() - t0, quant_threads());
     return 0;
 }

@@ -55,6 +55,7 @@ int main(int argc, char **argv)
         {"bench", cmd_bench, "prefill/decode/vision speed and memory"},
         {"mkmodel", cmd_mkmodel, "write a random checkpoint in the HF layout (tiny or full size)"},
         {"quantize", cmd_quantize, "write a q8/q4 (or bitsandbytes nf4) copy of a float model folder"},
+        {"compare", cmd_compare, "a quantized model's logits against a reference (top-1 agreement, KL)"},
     };
     int n = (int)(sizeof cmds / sizeof cmds[0]);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
