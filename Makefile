@@ -106,7 +106,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/flags.stamp $(OBJ) $(filter-out $(BUILD)/to
 	$(CC) $(CFLAGS) -MMD -MP -Itools $< $(OBJ) $(filter-out $(BUILD)/tools/minicpmv.o,$(CMDOBJ)) $(UIOBJ) -o $@ $(LDLIBS)
 
 test: $(BUILD)/minicpmv $(TESTBIN)
-	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/ui.sh tests/repl.sh tests/build.sh tests/cli.sh tests/docs.sh
+	@BUILD=$(BUILD) bash tests/run.sh $(TESTBIN) tests/server_clients.sh tests/deploy.sh tests/ui.sh tests/repl.sh tests/build.sh tests/cli.sh tests/docs.sh
 
 # libFuzzer targets (clang), each run FUZZ_SECONDS (tools/fuzz.sh; FUZZ_TARGETS picks some)
 FUZZ_SECONDS ?= 30

@@ -395,12 +395,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!strcmp(url, "/health")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /health");
         pthread_mutex_lock(&s->mu);
-        const int loading = !s->g;
+        /* readiness for a load balancer: 200 only when a request sent now would be run */
+        const int loading = !s->g, ready = !loading && !s->stopping;
         char *b = malloc(128);
         if (b) snprintf(b, 128, "{\"status\":\"%s\",\"queued\":%d,\"running\":%d}",
                         s->stopping ? "stopping" : loading ? "loading" : "ok", s->qn, s->n_running);
         pthread_mutex_unlock(&s->mu);
-        return send_json(s, c, loading ? 503 : 200, b, loading);
+        return send_json(s, c, ready ? 200 : 503, b, !ready);
     }
     if (!strcmp(url, "/metrics")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /metrics");
@@ -585,7 +586,11 @@ int server_drain(struct server *s, double timeout)
 {
     if (!s || s->drained) return 0;
     if (s->d && !s->quiesced) {
-        s->listen_fd = MHD_quiesce_daemon(s->d); /* no new connections */
+        s->listen_fd = MHD_quiesce_daemon(s->d); /* MHD accepts no new connections */
+        /* nor does the kernel: a listening socket shut down refuses new connections and resets those
+         * queued but not accepted, so a load balancer retries them on another replica at once instead
+         * of waiting in the backlog until the drain ends. The fd stays open until server_stop. */
+        if (s->listen_fd != MHD_INVALID_SOCKET) shutdown(s->listen_fd, SHUT_RDWR);
         s->quiesced = 1;
     }
     int cancelled = 0;
