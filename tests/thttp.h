@@ -95,7 +95,7 @@ static struct resp http(int port, const char *method, const char *path, const ch
 }
 
 /* Concatenated delta contents of an SSE body; 1 when it ended with [DONE]. */
-static char *sse_text(const char *body, int *done)
+static inline char *sse_text(const char *body, int *done)
 {
     size_t cap = strlen(body) + 1, len = 0;
     char *out = calloc(cap, 1);
@@ -119,7 +119,7 @@ static char *sse_text(const char *body, int *done)
     return out;
 }
 
-static char *json_content(const char *body)
+static inline char *json_content(const char *body)
 {
     cJSON *o = cJSON_Parse(body);
     cJSON *m = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "message");
