@@ -75,6 +75,7 @@ struct server {
     int n_running;
     int n_slots;                 /* engine_slots: turns in flight at once */
     int slots_used;              /* the scheduler's slots held by running choices (s->mu) */
+    long jobs_finished;          /* (s->mu) */
     struct scheduler *sched;         /* n_slots > 1: continuous batching (the worker's) */
     int live_jobs;               /* jobs not yet released by every holder (s->mu): server_stop waits for
                                     their connections to send the answers before stopping the daemon */

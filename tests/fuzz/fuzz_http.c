@@ -99,6 +99,7 @@ int turn_vocab_init(struct grammar_vocab **out, const struct engine *g, struct e
 void grammar_vocab_free(struct grammar_vocab *v) { (void)v; }
 /* one slot: the worker never starts the scheduler */
 int engine_slots(const struct engine *g) { (void)g; return 1; }
+void engine_thread_init(const struct engine *g) { (void)g; }
 const struct tokenizer *engine_tokenizer(const struct engine *g) { (void)g; return NULL; }
 int engine_device_memory(const struct engine *g, struct engine_device_mem *rows, int max_rows)
 {
