@@ -159,6 +159,7 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     }
     if (stop_ids_load(g, o->model_dir, e)) goto fail;
     if (safetensors_open_dir(&g->st, o->model_dir, e)) goto fail;
+    g->threads = o->threads;
     backend_set_threads(o->threads);
 
     const int L = g->cfg.num_hidden_layers;
@@ -206,6 +207,8 @@ static int check_logits(const float *x, int V, const char *where, struct err *e)
                            (double)x[i], i, where);
     return 0;
 }
+
+void engine_thread_init(const struct engine *g) { backend_set_threads(g->threads); }
 
 int engine_check_ids(const struct engine *g, const int32_t *ids, int64_t n, struct err *e)
 {

@@ -72,6 +72,10 @@ int engine_is_stop(const struct engine *g, int32_t tok);
 /* Refuses (error naming the id and its position) an id outside 0..vocab_size-1: engine_generate
  * and engine_merge_embeddings check their ids with it before the embedding lookup. */
 int engine_check_ids(const struct engine *g, const int32_t *ids, int64_t n, struct err *e);
+/* Applies the engine's CPU thread count (engine_options.threads) to the calling thread. OpenMP keeps the
+ * count per thread: engine_open sets it for the thread that opens the engine, and a thread that runs
+ * the engine afterwards (the server's worker) calls this first, or it would use every core. */
+void engine_thread_init(const struct engine *g);
 
 
 /* ---- the image path and the prompt embedding (turn.h runs them for a chat turn) ---- */

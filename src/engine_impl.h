@@ -25,6 +25,7 @@ struct engine {
     int32_t stop[ENGINE_MAX_STOP]; /* ids that end generation (engine_is_stop): config.json's eos_token_id,
                                       generation_config.json's, and the tokenizer's <|eot_id|> */
     int n_stop;
+    int threads;                 /* --threads (0 = all cores): engine_thread_init applies it to a thread */
 };
 
 #endif

@@ -1,7 +1,8 @@
 /* server.h: the OpenAI-compatible HTTP server (docs/SERVER.md) on top of the chat turn (turn.h).
  *
- * Owns: (server_json.c) parsing and validating /v1/chat/completions bodies into a prepared turn (unimplemented fields refused, images counted against a
- * decoded-bytes budget), the response/chunk/error JSON; (server_http.c) libmicrohttpd, the bounded queue,
+ * Owns: (server_json.c) parsing and validating /v1/chat/completions and /v1/completions bodies into
+ * n prepared turns (unimplemented fields refused, images counted against a decoded-bytes budget);
+ * (server_answer.c) the response, chunk and usage JSON of both APIs; (server_http.c) libmicrohttpd, the bounded queue,
  * streaming, disconnects, the drain; (server_worker.c) the worker thread that owns the engine, the
  * answers, /metrics (server_impl.h: the structs both share); (server_guard.c) the API
  * key, content types, and the read deadline that closes connections too slow to deliver a request.
@@ -41,12 +42,24 @@ struct server_limits {
 
 #define SERVER_MAX_STOP TURN_MAX_STOP
 #define SERVER_MAX_STOP_LEN TURN_MAX_STOP_LEN
+#define SERVER_MAX_N 16                 /* choices per request ('n'); above: 400 naming n */
+#define SERVER_MAX_PROMPT_IDS (1 << 20) /* /v1/completions: token ids in a prompt given as ids */
 
-/* A parsed /v1/chat/completions request: the turn's request, and the turn prepared from it (prompt ids
- * built, context checked) before it queues. */
+enum server_api {
+    SERVER_API_CHAT = 0,            /* POST /v1/chat/completions: messages through the chat template */
+    SERVER_API_COMPLETIONS,         /* POST /v1/completions: a raw prompt (turn_request.raw_text / raw_ids) */
+};
+
+/* A parsed request: the turn's request, and the n turns prepared from it (prompt ids built, context
+ * checked) before it queues. The n turns are the same request (identical prompt ids, so a prefix cache
+ * keyed by content shares their KV) but for the seed: choice i samples with seed + i. */
 struct server_request {
+    enum server_api api;
     struct turn_request req;
-    struct turn *turn;
+    struct turn *turns[SERVER_MAX_N];
+    int n;                          /* choices: 1..SERVER_MAX_N */
+    char *prompt;                   /* completions: the prompt text (req.raw_text) */
+    int32_t *prompt_ids;            /* completions: the prompt as token ids (req.raw_ids) */
     struct chat_msg *msgs;
     char **texts;                   /* owned message contents */
     char *system;
@@ -61,26 +74,34 @@ struct server_request {
     struct grammar *grammar;        /* response_format json_object / json_schema (req.grammar); NULL = text */
 };
 
-/* Parses and validates body. On failure returns the HTTP status (400/413, 503 when the decoded-image
- * budget is spent) with an OpenAI error JSON in *err_json (malloc'd); on success 0. Fields the server
- * does not implement are refused by name (400, param = the field). */
-int server_request_parse(struct server_request *rq, const char *body, size_t len, const struct engine *g,
-                         const struct server_limits *lim, char **err_json);
+/* Parses and validates body as api's request. On failure returns the HTTP status (400/413, 503 when the
+ * decoded-image budget is spent) with an OpenAI error JSON in *err_json (malloc'd); on success 0. Fields
+ * the server does not implement are refused by name (400, param = the field). */
+int server_request_parse(struct server_request *rq, enum server_api api, const char *body, size_t len,
+                         const struct engine *g, const struct server_limits *lim, char **err_json);
 void server_request_free(struct server_request *rq);
 /* Frees the decoded images and their encoded bytes and returns their share of the image budget (the
  * worker calls it once the turn ran: the encodings are in the cache or gone). */
 void server_request_drop_images(struct server_request *rq);
 /* {"error":{"message":...,"type":...,"param":...,"code":...}} (malloc'd); param/code may be NULL. */
 char *server_error_json(const char *message, const char *type, const char *param, const char *code);
-/* The chat.completion object, one chunk (delta text, or the closing chunk when text is NULL), usage chunk. */
-/* tok renders the logprob entries (r->lp; "logprobs": null without them). */
-char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r,
-                             const struct tokenizer *tok);
-/* lp[0..n_lp): the logprob entries of the tokens this chunk carries (lp NULL: "logprobs": null). */
-char *server_chunk_json(const char *id, long created, const char *model, const char *text, size_t len,
-                        int first, const char *finish, const struct turn_logprob *lp, int n_lp,
-                        const struct tokenizer *tok);
-char *server_usage_chunk_json(const char *id, long created, const char *model, int n_prompt, int n_gen);
+
+/* ---- answers (server_answer.c) ---- */
+/* The whole answer: chat.completion or text_completion with one choice per result r[0..n) (index i),
+ * usage = the prompt once + every choice's tokens. tok renders the logprob entries (r[i].lp; "logprobs":
+ * null without them): chat's content[] shape, or the legacy tokens / token_logprobs / top_logprobs /
+ * text_offset shape. */
+char *server_answer_json(enum server_api api, const char *id, long created, const char *model,
+                         const struct turn_result *r, int n, const struct tokenizer *tok);
+/* One streamed chunk of choice index: text[0..len) (NULL: none; chat's first chunk carries the role) and
+ * finish (NULL: not the last). lp[0..n_lp): the logprob entries of the tokens it carries (lp NULL:
+ * "logprobs": null); *text_off: the legacy text_offset of the first of them (code points), advanced. */
+char *server_chunk_json(enum server_api api, const char *id, long created, const char *model, int index,
+                        const char *text, size_t len, int first, const char *finish, const struct turn_logprob *lp,
+                        int n_lp, long *text_off, const struct tokenizer *tok);
+/* The last chunk of stream_options.include_usage: no choices, the usage. */
+char *server_usage_chunk_json(enum server_api api, const char *id, long created, const char *model, int n_prompt,
+                              int n_gen);
 
 /* ---- the HTTP server (server_http.c) ---- */
 struct server_options {
@@ -115,7 +136,8 @@ void server_set_engine(struct server *s, struct engine *g);
 int server_port(const struct server *s);
 /* The bound address, "127.0.0.1:8080" or "[::1]:8080" (the real port when o->port was 0). */
 const char *server_address(const struct server *s);
-/* Stops accepting and lets queued and running requests finish; after timeout seconds (<= 0: none) the
+/* Stops accepting (the listening socket is closed: new connections are refused) and lets queued and
+ * running requests finish; after timeout seconds (<= 0: none) the
  * rest is cancelled. Returns the number of requests cancelled that way. Stats read after it are final. */
 int server_drain(struct server *s, double timeout);
 /* server_drain without a timeout (if not drained yet), then joins the connections and frees. */

@@ -189,7 +189,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 
 static void stream_free(void *cls) { srv_job_release(cls); }
 
-static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection *c, struct conn *cs)
+/* POST /v1/chat/completions and /v1/completions: parse, queue, then wait for the answer or stream it. */
+static enum MHD_Result completions(struct server *s, struct MHD_Connection *c, struct conn *cs, enum server_api api)
 {
     srv_stat_add(s, &s->st.requests);
     if (cs->too_big) {
@@ -206,7 +207,7 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     struct job *j = calloc(1, sizeof *j);
     if (!j) return send_error(s, c, 500, "server_error", NULL, "out of memory");
     char *ej = NULL;
-    int st = server_request_parse(&j->rq, cs->body ? cs->body : "", cs->len, g, &s->o.lim, &ej);
+    int st = server_request_parse(&j->rq, api, cs->body ? cs->body : "", cs->len, g, &s->o.lim, &ej);
     if (st) {
         free(j);
         srv_stat_add(s, &s->st.client_errors);
@@ -226,7 +227,8 @@ static enum MHD_Result chat_completions(struct server *s, struct MHD_Connection 
     pthread_mutex_lock(&s->mu);
     int full = s->qn >= s->o.queue, stopping = s->stopping;
     if (!full && !stopping) {
-        snprintf(j->id, sizeof j->id, "chatcmpl-%ld-%lx", ++s->next_id, (unsigned long)(time_now() * 1e6));
+        snprintf(j->id, sizeof j->id, "%s-%ld-%lx", api == SERVER_API_CHAT ? "chatcmpl" : "cmpl", ++s->next_id,
+                 (unsigned long)(time_now() * 1e6));
         s->q[(s->qhead + s->qn) % s->o.queue] = j;
         s->qn++;
         pthread_cond_signal(&s->cv);
@@ -334,7 +336,7 @@ static int first_call_refusal(struct server *s, struct MHD_Connection *c, const 
             return 1;
         }
     }
-    if (!strcmp(url, "/v1/chat/completions") && !strcmp(method, "POST") &&
+    if ((!strcmp(url, "/v1/chat/completions") || !strcmp(url, "/v1/completions")) && !strcmp(method, "POST") &&
         !guard_json_content_type(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE))) {
         srv_stat_add(s, &s->st.requests);
         srv_stat_add(s, &s->st.client_errors);
@@ -414,10 +416,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         MHD_destroy_response(r);
         return ok;
     }
-    if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/embeddings"))
+    if (!strcmp(url, "/v1/embeddings"))
         return send_error(s, c, 404, "invalid_request_error", "not_found",
-                          "this server implements the chat API only (POST /v1/chat/completions); /v1/completions and "
-                          "/v1/embeddings are not implemented");
+                          "/v1/embeddings is not implemented (this server generates text: POST /v1/chat/completions, "
+                          "POST /v1/completions)");
     if (!strcmp(url, "/v1/models")) {
         if (!get) return send_error(s, c, 405, "invalid_request_error", NULL, "use GET /v1/models");
         if (!srv_engine(s))
@@ -435,11 +437,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     }
     if (!strcmp(url, "/v1/chat/completions")) {
         if (!post) return send_error(s, c, 405, "invalid_request_error", NULL, "use POST /v1/chat/completions");
-        return chat_completions(s, c, cs);
+        return completions(s, c, cs, SERVER_API_CHAT);
+    }
+    if (!strcmp(url, "/v1/completions")) {
+        if (!post) return send_error(s, c, 405, "invalid_request_error", NULL, "use POST /v1/completions");
+        return completions(s, c, cs, SERVER_API_COMPLETIONS);
     }
     char msg[300], shown[128];
     guard_printable(shown, sizeof shown, url, 100);
-    snprintf(msg, sizeof msg, "unknown path '%s' (try POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics)",
+    snprintf(msg, sizeof msg,
+             "unknown path '%s' (try POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics)",
              shown);
     return send_error(s, c, 404, "invalid_request_error", "not_found", msg);
 }

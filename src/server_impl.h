@@ -13,6 +13,20 @@
 #include "scheduler.h"
 #include "server.h"
 
+/* One choice of a job: its own turn (rq.turns[index]), run and answered on its own; the worker's. */
+struct choice {
+    struct job *j;
+    int index;
+    int slot_held;               /* it holds a scheduler slot (s->slots_used) until it finishes */
+    double t_start;              /* when its turn started */
+    int lp_sent;                 /* logprob entries streamed so far */
+    long text_off;               /* completions' logprobs: text_offset of the next entry */
+    int sent_first;
+    int rc, input_error;         /* how it ended */
+    struct err e;
+    struct turn_result r;
+};
+
 struct job {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -26,14 +40,14 @@ struct job {
     long created;
     double t0;                   /* when the worker took it */
     double t_arrive;             /* when it was queued */
-    int lp_sent;                 /* logprob entries streamed so far */
+    struct choice ch[SERVER_MAX_N]; /* rq.n of them (the worker's) */
+    int n_started, n_done;       /* choices started, finished (the worker's) */
     /* non-streamed result */
     int status;
     char *body;
     /* streamed events */
     struct strbuf ev;            /* SSE bytes produced so far */
     size_t off;                  /* how many of them the client was sent */
-    int sent_first;
 };
 
 
@@ -60,6 +74,8 @@ struct server {
     struct job **running;        /* the jobs the worker runs now ([slots], s->mu) */
     int n_running;
     int n_slots;                 /* engine_slots: turns in flight at once */
+    int slots_used;              /* the scheduler's slots held by running choices (s->mu) */
+    long jobs_finished;          /* (s->mu) */
     struct scheduler *sched;         /* n_slots > 1: continuous batching (the worker's) */
     int live_jobs;               /* jobs not yet released by every holder (s->mu): server_stop waits for
                                     their connections to send the answers before stopping the daemon */

@@ -214,7 +214,9 @@ void server_request_free(struct server_request *rq)
     free(rq->enc);
     free(rq->enc_len);
     for (int i = 0; i < SERVER_MAX_STOP; i++) free(rq->stop_buf[i]);
-    turn_free(rq->turn);
+    for (int i = 0; i < SERVER_MAX_N; i++) turn_free(rq->turns[i]);
+    free(rq->prompt);
+    free(rq->prompt_ids);
     grammar_free(rq->grammar);
     memset(rq, 0, sizeof *rq);
 }
@@ -295,13 +297,19 @@ static int num_field(const cJSON *root, const char *name, double lo, double hi, 
 /* Every top-level field must be one the server implements. Fields of the OpenAI API that it does not
  * implement are accepted only with the value that means "off" (what clients send by default); anything
  * else is refused by name rather than silently ignored. */
-static int check_fields(const cJSON *root, char **err_json)
+static int check_fields(const cJSON *root, enum server_api api, char **err_json)
 {
-    static const char *const known[] = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
-                                        "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream",
-                                        "stream_options", "n", "num_beams", "length_penalty", "user",
-                                        "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
-                                        "response_format"};
+    static const char *const chat[] = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
+                                       "top_p", "top_k", "repetition_penalty", "seed", "stop", "stream",
+                                       "stream_options", "n", "num_beams", "length_penalty", "user",
+                                       "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
+                                       "response_format", NULL};
+    /* the legacy API: echo, suffix and best_of are checked (and refused but for their "off" values) below */
+    static const char *const legacy[] = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k",
+                                         "repetition_penalty", "seed", "stop", "stream", "stream_options", "n",
+                                         "user", "frequency_penalty", "presence_penalty", "logprobs", "echo",
+                                         "suffix", "best_of", NULL};
+    const char *const *known = api == SERVER_API_CHAT ? chat : legacy;
     int n = 0;
     for (const cJSON *f = root->child; f; f = f->next) {
         const char *k = f->string;
@@ -310,7 +318,7 @@ static int check_fields(const cJSON *root, char **err_json)
             if (!strcmp(g->string, k))
                 return reject(err_json, 400, k, "invalid_json", "'%.60s' is given twice", k);
         int ok = 0;
-        for (size_t i = 0; i < sizeof known / sizeof *known && !ok; i++) ok = !strcmp(k, known[i]);
+        for (size_t i = 0; known[i] && !ok; i++) ok = !strcmp(k, known[i]);
         if (ok) continue;
         /* the "off" values of unimplemented fields */
         int off = cJSON_IsNull(f), tools = 0;
@@ -394,16 +402,278 @@ static int parse_response_format(struct server_request *rq, const cJSON *f, cons
     return 0;
 }
 
-int server_request_parse(struct server_request *rq, const char *body, size_t len, const struct engine *g,
-                         const struct server_limits *lim, char **err_json)
+/* chat: the messages -> system prompt, messages with image markers, images (decoded, budgeted). */
+static int parse_messages(struct server_request *rq, const cJSON *root, const struct server_limits *lim, char **err_json)
+{
+    struct turn_request *t = &rq->req;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!cJSON_IsArray(msgs)) return reject(err_json, 400, "messages", NULL, "'messages' must be an array");
+    int n = cJSON_GetArraySize(msgs);
+    if (n < 1 || n > lim->max_messages)
+        return reject(err_json, 400, "messages", NULL, "'messages' must hold 1..%d messages, got %d", lim->max_messages, n);
+    rq->msgs = calloc((size_t)n, sizeof *rq->msgs);
+    rq->texts = calloc((size_t)n, sizeof *rq->texts);
+    rq->images = calloc((size_t)lim->max_images + 1, sizeof *rq->images);
+    rq->enc = calloc((size_t)lim->max_images + 1, sizeof *rq->enc);
+    rq->enc_len = calloc((size_t)lim->max_images + 1, sizeof *rq->enc_len);
+    if (!rq->msgs || !rq->texts || !rq->images || !rq->enc || !rq->enc_len) return reject(err_json, 500, NULL, NULL, "out of memory");
+    size_t sys_len = 0;
+    int mi = 0, st;
+    for (const cJSON *m = msgs->child; m; m = m->next, mi++) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role))
+            return reject(err_json, 400, "messages", NULL, "messages[%d] must be an object with a string \"role\"", mi);
+        const char *r = role->valuestring;
+        int is_sys = !strcmp(r, "system") || !strcmp(r, "developer");
+        if (!is_sys && strcmp(r, "user") && strcmp(r, "assistant"))
+            return reject(err_json, 400, "messages", NULL,
+                          "messages[%d].role '%.40s' is not supported (system, developer, user, assistant)", mi, r);
+        char *text = NULL;
+        if ((st = parse_content(rq, content, mi, &text, lim, err_json))) {
+            free(text);
+            return st;
+        }
+        if (is_sys) {
+            /* chat() takes one system prompt and puts it first; several are joined */
+            int bad = (sys_len && cat(&rq->system, &sys_len, "\n\n", 2)) || cat(&rq->system, &sys_len, text, strlen(text));
+            free(text);
+            if (bad) return reject(err_json, 400, "messages", NULL, "the system prompt is too long");
+            continue;
+        }
+        if (t->n_msgs == 0 && strcmp(r, "user")) {
+            free(text);
+            return reject(err_json, 400, "messages", NULL, "the first non-system message must be from the user");
+        }
+        rq->texts[t->n_msgs] = text;
+        rq->msgs[t->n_msgs].role = !strcmp(r, "user") ? "user" : "assistant";
+        rq->msgs[t->n_msgs].content = text;
+        t->n_msgs++;
+    }
+    if (!t->n_msgs) return reject(err_json, 400, "messages", NULL, "no user message");
+    t->msgs = rq->msgs;
+    t->system = rq->system;
+    t->images = rq->images;
+    t->img_keys = (const uint8_t *const *)rq->enc;
+    t->img_key_len = rq->enc_len;
+    return 0;
+}
+
+/* A JSON array of token ids -> rq->prompt_ids (the vocabulary check is turn_prepare's). */
+static int prompt_ids(struct server_request *rq, const cJSON *arr, char **err_json)
+{
+    const int n = cJSON_GetArraySize(arr);
+    if (n < 1 || n > SERVER_MAX_PROMPT_IDS)
+        return reject(err_json, 400, "prompt", NULL, "a prompt of token ids must hold 1..%d ids, got %d", SERVER_MAX_PROMPT_IDS, n);
+    if (!(rq->prompt_ids = malloc((size_t)n * sizeof *rq->prompt_ids))) return reject(err_json, 500, NULL, NULL, "out of memory");
+    int i = 0;
+    for (const cJSON *x = arr->child; x; x = x->next, i++) {
+        const double d = cJSON_IsNumber(x) ? x->valuedouble : -1;
+        if (!(d >= 0 && d <= INT32_MAX && d == floor(d)))
+            return reject(err_json, 400, "prompt", NULL, "prompt[%d] must be a token id (an integer >= 0)", i);
+        rq->prompt_ids[i] = (int32_t)d;
+    }
+    rq->req.raw_ids = rq->prompt_ids;
+    rq->req.n_raw_ids = n;
+    return 0;
+}
+
+/* completions: 'prompt' is a string, an array of one string, token ids, or an array of one array of ids.
+ * Several prompts in one request are refused (one prompt per request). */
+static int parse_prompt(struct server_request *rq, const cJSON *root, char **err_json)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (!p || cJSON_IsNull(p)) return reject(err_json, 400, "prompt", NULL, "'prompt' is required");
+    if (cJSON_IsArray(p) && cJSON_IsNumber(p->child)) return prompt_ids(rq, p, err_json);
+    if (cJSON_IsArray(p)) {
+        const int n = cJSON_GetArraySize(p);
+        if (n != 1)
+            return reject(err_json, 400, "prompt", NULL,
+                          "'prompt' holds %d prompts; this server takes one prompt per request (send one request per "
+                          "prompt; 'n' gives several samples of one prompt)",
+                          n);
+        if (cJSON_IsArray(p->child)) return prompt_ids(rq, p->child, err_json);
+        p = p->child;
+    }
+    if (!cJSON_IsString(p))
+        return reject(err_json, 400, "prompt", NULL, "'prompt' must be a string, an array of one string, or token ids");
+    size_t len = 0;
+    if (cat(&rq->prompt, &len, p->valuestring, strlen(p->valuestring)))
+        return reject(err_json, 400, "prompt", NULL, "'prompt' is too long");
+    rq->req.raw_text = rq->prompt;
+    return 0;
+}
+
+/* completions: echo, suffix and best_of are accepted only with the value that means "off". */
+static int legacy_off_fields(const cJSON *root, char **err_json)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "echo");
+    if (f && !cJSON_IsNull(f) && !cJSON_IsFalse(f))
+        return reject(err_json, 400, "echo", "unsupported_field",
+                      "'echo' is not implemented (the answer does not repeat the prompt); leave it out or false");
+    f = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    if (f && !cJSON_IsNull(f) && !(cJSON_IsString(f) && !f->valuestring[0]))
+        return reject(err_json, 400, "suffix", "unsupported_field",
+                      "'suffix' is not implemented (no fill-in-the-middle); leave it out");
+    f = cJSON_GetObjectItemCaseSensitive(root, "best_of");
+    if (f && !cJSON_IsNull(f) && !(cJSON_IsNumber(f) && f->valuedouble == 1))
+        return reject(err_json, 400, "best_of", "unsupported_field",
+                      "'best_of' is not implemented (use 'n' for several samples and rank them yourself); leave it out or 1");
+    return 0;
+}
+
+/* logprobs: chat's boolean + top_logprobs, or the legacy integer (the alternatives per token). */
+static int parse_logprobs(struct server_request *rq, const cJSON *root, char **err_json)
+{
+    struct turn_request *t = &rq->req;
+    const cJSON *lpf = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+    double v;
+    int r;
+    if (rq->api == SERVER_API_COMPLETIONS) {
+        if ((r = num_field(root, "logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, 1, &v, err_json)) > 1) return 400;
+        if (r == 1) t->logprobs = 1, t->top_logprobs = (int)v;
+    } else {
+        if (lpf && !cJSON_IsNull(lpf)) {
+            if (!cJSON_IsBool(lpf)) return reject(err_json, 400, "logprobs", NULL, "'logprobs' must be a boolean");
+            t->logprobs = cJSON_IsTrue(lpf);
+        }
+        if ((r = num_field(root, "top_logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, 1, &v, err_json)) > 1) return 400;
+        if (r == 1 && v > 0 && !t->logprobs)
+            return reject(err_json, 400, "top_logprobs", NULL, "'top_logprobs' needs \"logprobs\": true");
+        if (r == 1) t->top_logprobs = (int)v;
+    }
+    if (t->logprobs && t->num_beams > 1)
+        return reject(err_json, 400, "logprobs", NULL, "'logprobs' is not available with beam search (num_beams > 1)");
+    return 0;
+}
+
+/* The fields both APIs share: sampling, n, beams, the answer length, logprobs, streaming, stop. */
+static int parse_options(struct server_request *rq, const cJSON *root, const struct server_limits *lim, char **err_json)
+{
+    struct turn_request *t = &rq->req;
+    double v;
+    int r, st;
+    if ((r = num_field(root, "temperature", 0, 2, 0, &v, err_json)) < 0 || r > 1) return 400;
+    if (r == 1) {
+        if (v == 0) t->sp.greedy = true;
+        else { t->sp.temperature = (float)v; t->sp.greedy = false; t->num_beams = 0; }
+    }
+    if ((r = num_field(root, "top_p", 1e-6, 1, 0, &v, err_json)) > 1) return 400;
+    if (r == 1) t->sp.top_p = (float)v;
+    if ((r = num_field(root, "top_k", 0, 1 << 30, 1, &v, err_json)) > 1) return 400;
+    if (r == 1) t->sp.top_k = (int)v;
+    if ((r = num_field(root, "repetition_penalty", 1e-3, 100, 0, &v, err_json)) > 1) return 400;
+    if (r == 1) t->sp.repetition_penalty = (float)v;
+    /* not implemented: 0 (the API default, which some clients send) only */
+    if ((r = num_field(root, "frequency_penalty", 0, 0, 0, &v, err_json)) > 1) return 400;
+    if ((r = num_field(root, "presence_penalty", 0, 0, 0, &v, err_json)) > 1) return 400;
+    if ((r = num_field(root, "seed", -9.2e18, 9.2e18, 1, &v, err_json)) > 1) return 400;
+    if (r == 1) t->sp.seed = (uint64_t)(int64_t)v;
+    else t->sp.seed = (uint64_t)(time_now() * 1e9);
+    if ((r = num_field(root, "num_beams", 1, BEAM_MAX, 1, &v, err_json)) > 1) return 400;
+    if (r == 1) {
+        t->num_beams = (int)v;
+        if (t->num_beams > 1) t->sp.greedy = true;
+    }
+    if ((r = num_field(root, "length_penalty", -10, 10, 0, &v, err_json)) > 1) return 400;
+    if (r == 1) t->length_penalty = (float)v;
+    rq->n = 1;
+    if ((r = num_field(root, "n", 1, SERVER_MAX_N, 1, &v, err_json)) > 1) return 400;
+    if (r == 1) rq->n = (int)v;
+    if (rq->n > 1 && t->num_beams > 1)
+        return reject(err_json, 400, "n", NULL,
+                      "'n' > 1 needs sampling or greedy decoding, not beam search (num_beams > 1%s)",
+                      lim->default_beams > 1 ? ", the server's --beams default: set temperature" : "");
+    if ((r = num_field(root, "max_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) return 400;
+    if (r == 1) rq->max_tokens = (int)v;
+    if ((r = num_field(root, "max_completion_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) return 400;
+    if (r == 1 && rq->max_tokens > 0 && rq->max_tokens != (int)v)
+        return reject(err_json, 400, "max_completion_tokens", NULL,
+                      "'max_tokens' (%d) and 'max_completion_tokens' (%d) differ; they are the same setting, give one",
+                      rq->max_tokens, (int)v);
+    if (r == 1) rq->max_tokens = (int)v;
+    if ((st = parse_logprobs(rq, root, err_json))) return st;
+    if ((st = parse_response_format(rq, cJSON_GetObjectItemCaseSensitive(root, "response_format"), lim, err_json)))
+        return st;
+
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
+    if (stream && !cJSON_IsNull(stream)) {
+        if (!cJSON_IsBool(stream)) return reject(err_json, 400, "stream", NULL, "'stream' must be a boolean");
+        rq->stream = cJSON_IsTrue(stream);
+    }
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
+        if (!cJSON_IsObject(so) || (iu && !cJSON_IsBool(iu)))
+            return reject(err_json, 400, "stream_options", NULL, "'stream_options' must be {\"include_usage\": bool}");
+        rq->include_usage = cJSON_IsTrue(iu);
+    }
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (stop && !cJSON_IsNull(stop)) {
+        const cJSON *one = cJSON_IsString(stop) ? stop : NULL;
+        int ns = one ? 1 : cJSON_IsArray(stop) ? cJSON_GetArraySize(stop) : -1;
+        if (ns < 0 || ns > SERVER_MAX_STOP)
+            return reject(err_json, 400, "stop", NULL, "'stop' must be a string or an array of up to %d strings", SERVER_MAX_STOP);
+        const cJSON *s = one ? one : stop->child;
+        for (int i = 0; i < ns; i++, s = s->next) {
+            if (!cJSON_IsString(s) || !s->valuestring[0] || strlen(s->valuestring) > SERVER_MAX_STOP_LEN)
+                return reject(err_json, 400, "stop", NULL, "each stop sequence must be a non-empty string of at most %d bytes",
+                              SERVER_MAX_STOP_LEN);
+            if (!(rq->stop_buf[i] = strdup(s->valuestring))) return reject(err_json, 500, NULL, NULL, "out of memory");
+            t->stop[t->n_stop++] = rq->stop_buf[i];
+        }
+    }
+    return 0;
+}
+
+/* The n turns (prompt ids, the context check with room for the answer, so a too-long prompt never
+ * queues; without max_tokens the answer may take the model's 1024 tokens or what is left of the
+ * context), then the checks that need the answer length. Choice i samples with seed + i. */
+static int prepare_turns(struct server_request *rq, const struct engine *g, const struct server_limits *lim,
+                         char **err_json)
+{
+    struct turn_request *t = &rq->req;
+    t->max_new = rq->max_tokens > 0 ? rq->max_tokens : 0;
+    const char *what = rq->api == SERVER_API_CHAT ? "messages" : "prompt";
+    for (int i = 0; i < rq->n; i++) {
+        struct turn_request ti = *t;
+        ti.sp.seed = t->sp.seed + (uint64_t)i;
+        struct err e = {{0}};
+        if (turn_prepare(&rq->turns[i], g, &ti, &e))
+            return reject(err_json, 400, what, strstr(e.msg, "maximum context length") ? "context_length_exceeded" : NULL,
+                          "%s", e.msg);
+    }
+    const int max_new = turn_max_new(rq->turns[0]);
+    if (rq->grammar) {
+        struct grammar_state gs;
+        grammar_state_init(&gs, rq->grammar);
+        const uint32_t need = grammar_min_bytes(&gs);
+        if (need > (uint32_t)max_new)
+            return reject(err_json, 400, "max_tokens", NULL,
+                          "the response_format's shortest answer takes %u tokens, but the answer may have at most %d "
+                          "(max_tokens, or what the context leaves); raise max_tokens",
+                          need, max_new);
+    }
+    if (t->num_beams > 1 && lim->max_beam_tokens > 0 && (int64_t)t->num_beams * max_new > lim->max_beam_tokens)
+        return reject(err_json, 400, "num_beams", "beam_limit",
+                      "num_beams x max_tokens = %d x %d is over the server's limit of %lld (--max-beam-tokens); "
+                      "ask for fewer beams or tokens",
+                      t->num_beams, max_new, (long long)lim->max_beam_tokens);
+    return 0;
+}
+
+int server_request_parse(struct server_request *rq, enum server_api api, const char *body, size_t len,
+                         const struct engine *g, const struct server_limits *lim, char **err_json)
 {
     memset(rq, 0, sizeof *rq);
     *err_json = NULL;
+    rq->api = api;
     rq->max_tokens = -1;
+    rq->n = 1;
     struct turn_request *t = &rq->req;
     sampler_defaults(&t->sp);
     t->length_penalty = 1.0f;
-    if (lim->default_beams > 1) {
+    if (lim->default_beams > 1 && api == SERVER_API_CHAT) {
         t->num_beams = lim->default_beams;
         t->sp.greedy = true;
         t->sp.repetition_penalty = 1.2f;
@@ -412,332 +682,14 @@ int server_request_parse(struct server_request *rq, const char *body, size_t len
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) return reject(err_json, 400, NULL, "invalid_json", "the body is not valid JSON");
     if (!cJSON_IsObject(root)) { st = reject(err_json, 400, NULL, "invalid_json", "the body must be a JSON object"); goto out; }
-    if ((st = check_fields(root, err_json))) goto out;
+    if ((st = check_fields(root, api, err_json))) goto out;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (model && !cJSON_IsString(model)) { st = reject(err_json, 400, "model", NULL, "'model' must be a string"); goto out; }
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    if (!cJSON_IsArray(msgs)) { st = reject(err_json, 400, "messages", NULL, "'messages' must be an array"); goto out; }
-    int n = cJSON_GetArraySize(msgs);
-    if (n < 1 || n > lim->max_messages) {
-        st = reject(err_json, 400, "messages", NULL, "'messages' must hold 1..%d messages, got %d", lim->max_messages, n);
-        goto out;
-    }
-    rq->msgs = calloc((size_t)n, sizeof *rq->msgs);
-    rq->texts = calloc((size_t)n, sizeof *rq->texts);
-    rq->images = calloc((size_t)lim->max_images + 1, sizeof *rq->images);
-    rq->enc = calloc((size_t)lim->max_images + 1, sizeof *rq->enc);
-    rq->enc_len = calloc((size_t)lim->max_images + 1, sizeof *rq->enc_len);
-    if (!rq->msgs || !rq->texts || !rq->images || !rq->enc || !rq->enc_len) { st = reject(err_json, 500, NULL, NULL, "out of memory"); goto out; }
-    size_t sys_len = 0;
-    int mi = 0;
-    for (const cJSON *m = msgs->child; m; m = m->next, mi++) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
-            st = reject(err_json, 400, "messages", NULL, "messages[%d] must be an object with a string \"role\"", mi);
-            goto out;
-        }
-        const char *r = role->valuestring;
-        int is_sys = !strcmp(r, "system") || !strcmp(r, "developer");
-        if (!is_sys && strcmp(r, "user") && strcmp(r, "assistant")) {
-            st = reject(err_json, 400, "messages", NULL,
-                        "messages[%d].role '%.40s' is not supported (system, developer, user, assistant)", mi, r);
-            goto out;
-        }
-        char *text = NULL;
-        if ((st = parse_content(rq, content, mi, &text, lim, err_json))) {
-            free(text);
-            goto out;
-        }
-        if (is_sys) {
-            /* chat() takes one system prompt and puts it first; several are joined */
-            int bad = (sys_len && cat(&rq->system, &sys_len, "\n\n", 2)) || cat(&rq->system, &sys_len, text, strlen(text));
-            free(text);
-            if (bad) { st = reject(err_json, 400, "messages", NULL, "the system prompt is too long"); goto out; }
-            continue;
-        }
-        if (t->n_msgs == 0 && strcmp(r, "user")) {
-            free(text);
-            st = reject(err_json, 400, "messages", NULL, "the first non-system message must be from the user");
-            goto out;
-        }
-        rq->texts[t->n_msgs] = text;
-        rq->msgs[t->n_msgs].role = !strcmp(r, "user") ? "user" : "assistant";
-        rq->msgs[t->n_msgs].content = text;
-        t->n_msgs++;
-    }
-    if (!t->n_msgs) { st = reject(err_json, 400, "messages", NULL, "no user message"); goto out; }
-    t->msgs = rq->msgs;
-    t->system = rq->system;
-    t->images = rq->images;
-    t->img_keys = (const uint8_t *const *)rq->enc;
-    t->img_key_len = rq->enc_len;
-
-    double v;
-    int r;
-    if ((r = num_field(root, "temperature", 0, 2, 0, &v, err_json)) < 0 || r > 1) { st = 400; goto out; }
-    if (r == 1) {
-        if (v == 0) t->sp.greedy = true;
-        else { t->sp.temperature = (float)v; t->sp.greedy = false; t->num_beams = 0; }
-    }
-    if ((r = num_field(root, "top_p", 1e-6, 1, 0, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1) t->sp.top_p = (float)v;
-    if ((r = num_field(root, "top_k", 0, 1 << 30, 1, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1) t->sp.top_k = (int)v;
-    if ((r = num_field(root, "repetition_penalty", 1e-3, 100, 0, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1) t->sp.repetition_penalty = (float)v;
-    /* not implemented: 0 (the API default, which some clients send) only */
-    if ((r = num_field(root, "frequency_penalty", 0, 0, 0, &v, err_json)) > 1) { st = 400; goto out; }
-    if ((r = num_field(root, "presence_penalty", 0, 0, 0, &v, err_json)) > 1) { st = 400; goto out; }
-    if ((r = num_field(root, "seed", -9.2e18, 9.2e18, 1, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1) t->sp.seed = (uint64_t)(int64_t)v;
-    else t->sp.seed = (uint64_t)(time_now() * 1e9);
-    {
-        const cJSON *nf = cJSON_GetObjectItemCaseSensitive(root, "n");
-        if (nf && !cJSON_IsNull(nf) && !(cJSON_IsNumber(nf) && nf->valuedouble == 1)) {
-            st = reject(err_json, 400, "n", "unsupported_value",
-                        "'n' must be 1: several choices per request are not implemented; send n separate requests "
-                        "(with seeds seed, seed+1, ...) instead");
-            goto out;
-        }
-    }
-    if ((r = num_field(root, "num_beams", 1, BEAM_MAX, 1, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1) {
-        t->num_beams = (int)v;
-        if (t->num_beams > 1) t->sp.greedy = true;
-    }
-    if ((r = num_field(root, "length_penalty", -10, 10, 0, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1) t->length_penalty = (float)v;
-    if ((r = num_field(root, "max_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1) rq->max_tokens = (int)v;
-    if ((r = num_field(root, "max_completion_tokens", 1, INT_MAX / 4, 1, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1 && rq->max_tokens > 0 && rq->max_tokens != (int)v) {
-        st = reject(err_json, 400, "max_completion_tokens", NULL,
-                    "'max_tokens' (%d) and 'max_completion_tokens' (%d) differ; they are the same setting, give one",
-                    rq->max_tokens, (int)v);
-        goto out;
-    }
-    if (r == 1) rq->max_tokens = (int)v;
-    const cJSON *lpf = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
-    if (lpf && !cJSON_IsNull(lpf)) {
-        if (!cJSON_IsBool(lpf)) { st = reject(err_json, 400, "logprobs", NULL, "'logprobs' must be a boolean"); goto out; }
-        t->logprobs = cJSON_IsTrue(lpf);
-    }
-    if ((r = num_field(root, "top_logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, 1, &v, err_json)) > 1) { st = 400; goto out; }
-    if (r == 1 && v > 0 && !t->logprobs) {
-        st = reject(err_json, 400, "top_logprobs", NULL, "'top_logprobs' needs \"logprobs\": true");
-        goto out;
-    }
-    if (r == 1) t->top_logprobs = (int)v;
-    if (t->logprobs && t->num_beams > 1) {
-        st = reject(err_json, 400, "logprobs", NULL, "'logprobs' is not available with beam search (num_beams > 1)");
-        goto out;
-    }
-    if ((st = parse_response_format(rq, cJSON_GetObjectItemCaseSensitive(root, "response_format"), lim, err_json)))
-        goto out;
-
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
-    if (stream && !cJSON_IsNull(stream)) {
-        if (!cJSON_IsBool(stream)) { st = reject(err_json, 400, "stream", NULL, "'stream' must be a boolean"); goto out; }
-        rq->stream = cJSON_IsTrue(stream);
-    }
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
-    if (so && !cJSON_IsNull(so)) {
-        const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
-        if (!cJSON_IsObject(so) || (iu && !cJSON_IsBool(iu))) {
-            st = reject(err_json, 400, "stream_options", NULL, "'stream_options' must be {\"include_usage\": bool}");
-            goto out;
-        }
-        rq->include_usage = cJSON_IsTrue(iu);
-    }
-    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
-    if (stop && !cJSON_IsNull(stop)) {
-        const cJSON *one = cJSON_IsString(stop) ? stop : NULL;
-        int ns = one ? 1 : cJSON_IsArray(stop) ? cJSON_GetArraySize(stop) : -1;
-        if (ns < 0 || ns > SERVER_MAX_STOP) {
-            st = reject(err_json, 400, "stop", NULL, "'stop' must be a string or an array of up to %d strings", SERVER_MAX_STOP);
-            goto out;
-        }
-        const cJSON *s = one ? one : stop->child;
-        for (int i = 0; i < ns; i++, s = s->next) {
-            if (!cJSON_IsString(s) || !s->valuestring[0] || strlen(s->valuestring) > SERVER_MAX_STOP_LEN) {
-                st = reject(err_json, 400, "stop", NULL, "each stop sequence must be a non-empty string of at most %d bytes",
-                            SERVER_MAX_STOP_LEN);
-                goto out;
-            }
-            if (!(rq->stop_buf[i] = strdup(s->valuestring))) { st = reject(err_json, 500, NULL, NULL, "out of memory"); goto out; }
-            t->stop[t->n_stop++] = rq->stop_buf[i];
-        }
-    }
-
-    /* the prompt ids, and the context check with room for the answer (so a too-long prompt never queues);
-     * without max_tokens the answer may take the model's 1024 tokens or what is left of the context */
-    t->max_new = rq->max_tokens > 0 ? rq->max_tokens : 0;
-    struct err e = {{0}};
-    if (turn_prepare(&rq->turn, g, t, &e)) {
-        st = reject(err_json, 400, "messages", strstr(e.msg, "maximum context length") ? "context_length_exceeded" : NULL,
-                    "%s", e.msg);
-        goto out;
-    }
-    const int max_new = turn_max_new(rq->turn);
-    if (rq->grammar) {
-        struct grammar_state gs;
-        grammar_state_init(&gs, rq->grammar);
-        const uint32_t need = grammar_min_bytes(&gs);
-        if (need > (uint32_t)max_new) {
-            st = reject(err_json, 400, "max_tokens", NULL,
-                        "the response_format's shortest answer takes %u tokens, but the answer may have at most %d "
-                        "(max_tokens, or what the context leaves); raise max_tokens",
-                        need, max_new);
-            goto out;
-        }
-    }
-    if (t->num_beams > 1 && lim->max_beam_tokens > 0 && (int64_t)t->num_beams * max_new > lim->max_beam_tokens) {
-        st = reject(err_json, 400, "num_beams", "beam_limit",
-                    "num_beams x max_tokens = %d x %d is over the server's limit of %lld (--max-beam-tokens); "
-                    "ask for fewer beams or tokens",
-                    t->num_beams, max_new, (long long)lim->max_beam_tokens);
-        goto out;
-    }
+    if (api == SERVER_API_CHAT) st = parse_messages(rq, root, lim, err_json);
+    else if (!(st = legacy_off_fields(root, err_json))) st = parse_prompt(rq, root, err_json);
+    if (st || (st = parse_options(rq, root, lim, err_json)) || (st = prepare_turns(rq, g, lim, err_json))) goto out;
 out:
     cJSON_Delete(root);
     if (st) server_request_free(rq);
     return st;
-}
-
-/* ---- responses ---- */
-/* The length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes there are not one. */
-static size_t utf8_char(const unsigned char *p, size_t n)
-{
-    size_t k = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 && p[0] >= 0xc2 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3
-                                                                   : (p[0] & 0xf8) == 0xf0 && p[0] <= 0xf4 ? 4 : 0;
-    if (!k || k > n) return 0;
-    for (size_t i = 1; i < k; i++)
-        if ((p[i] & 0xc0) != 0x80) return 0;
-    if (k == 3 && ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] >= 0xa0))) return 0;
-    if (k == 4 && ((p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] >= 0x90))) return 0;
-    return k;
-}
-
-/* One token's entry fields: "token" (its text; a byte that is not part of a whole UTF-8 character is
- * written as the 4 characters \xNN) and "bytes" (its raw bytes). */
-static void add_token(cJSON *o, const struct tokenizer *tok, int32_t id)
-{
-    const char *b = NULL;
-    size_t n = 0;
-    if (tok) tokenizer_token_bytes(tok, id, &b, &n);
-    char *txt = malloc(4 * n + 1);
-    cJSON *arr = cJSON_CreateArray();
-    size_t k = 0;
-    for (size_t i = 0; i < n;) {
-        size_t c = utf8_char((const unsigned char *)b + i, n - i);
-        if (c && txt) {
-            memcpy(txt + k, b + i, c);
-            k += c;
-        } else if (txt) {
-            k += (size_t)snprintf(txt + k, 5, "\\x%02x", (unsigned char)b[i]);
-        }
-        for (size_t j = 0; j < (c ? c : 1); j++) cJSON_AddItemToArray(arr, cJSON_CreateNumber((unsigned char)b[i + j]));
-        i += c ? c : 1;
-    }
-    if (txt) txt[k] = 0;
-    cJSON_AddStringToObject(o, "token", txt ? txt : "");
-    cJSON_AddItemToObject(o, "bytes", arr);
-    free(txt);
-}
-
-/* {"content":[{token, logprob, bytes, top_logprobs:[{token, logprob, bytes}]}], "refusal": null} */
-static cJSON *logprobs_json(const struct turn_logprob *lp, int n, const struct tokenizer *tok)
-{
-    cJSON *o = cJSON_CreateObject(), *content = cJSON_AddArrayToObject(o, "content");
-    for (int i = 0; i < n; i++) {
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddItemToArray(content, x);
-        add_token(x, tok, lp[i].id);
-        cJSON_AddNumberToObject(x, "logprob", lp[i].lp);
-        cJSON *top = cJSON_AddArrayToObject(x, "top_logprobs");
-        for (int k = 0; k < lp[i].n_top; k++) {
-            cJSON *y = cJSON_CreateObject();
-            cJSON_AddItemToArray(top, y);
-            add_token(y, tok, lp[i].top[k]);
-            cJSON_AddNumberToObject(y, "logprob", lp[i].top_lp[k]);
-        }
-    }
-    cJSON_AddNullToObject(o, "refusal");
-    return o;
-}
-
-char *server_completion_json(const char *id, long created, const char *model, const struct turn_result *r,
-                             const struct tokenizer *tok)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", id);
-    cJSON_AddStringToObject(o, "object", "chat.completion");
-    cJSON_AddNumberToObject(o, "created", (double)created);
-    cJSON_AddStringToObject(o, "model", model);
-    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
-    cJSON_AddItemToArray(ch, c);
-    cJSON_AddNumberToObject(c, "index", 0);
-    cJSON *m = cJSON_AddObjectToObject(c, "message");
-    cJSON_AddStringToObject(m, "role", "assistant");
-    cJSON_AddStringToObject(m, "content", r->text ? r->text : "");
-    if (r->lp) cJSON_AddItemToObject(c, "logprobs", logprobs_json(r->lp, r->n_lp, tok));
-    else cJSON_AddNullToObject(c, "logprobs");
-    cJSON_AddStringToObject(c, "finish_reason", r->finish ? r->finish : "stop");
-    cJSON *u = cJSON_AddObjectToObject(o, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", r->n_gen);
-    cJSON_AddNumberToObject(u, "total_tokens", r->n_prompt + r->n_gen);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return s;
-}
-
-static cJSON *chunk_base(const char *id, long created, const char *model)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", id);
-    cJSON_AddStringToObject(o, "object", "chat.completion.chunk");
-    cJSON_AddNumberToObject(o, "created", (double)created);
-    cJSON_AddStringToObject(o, "model", model);
-    return o;
-}
-
-char *server_chunk_json(const char *id, long created, const char *model, const char *text, size_t len, int first,
-                        const char *finish, const struct turn_logprob *lp, int n_lp, const struct tokenizer *tok)
-{
-    cJSON *o = chunk_base(id, created, model);
-    cJSON *ch = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
-    cJSON_AddItemToArray(ch, c);
-    cJSON_AddNumberToObject(c, "index", 0);
-    cJSON *d = cJSON_AddObjectToObject(c, "delta");
-    if (first) cJSON_AddStringToObject(d, "role", "assistant");
-    char *tmp = NULL;
-    if (text) {
-        if (!(tmp = malloc(len + 1))) { cJSON_Delete(o); return NULL; }
-        memcpy(tmp, text, len);
-        tmp[len] = 0;
-        cJSON_AddStringToObject(d, "content", tmp);
-    }
-    if (lp) cJSON_AddItemToObject(c, "logprobs", logprobs_json(lp, n_lp, tok));
-    else cJSON_AddNullToObject(c, "logprobs");
-    if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
-    else cJSON_AddNullToObject(c, "finish_reason");
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    free(tmp);
-    return s;
-}
-
-char *server_usage_chunk_json(const char *id, long created, const char *model, int n_prompt, int n_gen)
-{
-    cJSON *o = chunk_base(id, created, model);
-    cJSON_AddArrayToObject(o, "choices");
-    cJSON *u = cJSON_AddObjectToObject(o, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", n_gen);
-    cJSON_AddNumberToObject(u, "total_tokens", n_prompt + n_gen);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return s;
 }

@@ -33,7 +33,9 @@ struct pipe {
     int replay;                  /* beam search: ids replayed after the search, no cancel checks */
     int timed_out;               /* the turn's deadline passed */
     int oom;
-    int raw;                     /* constrained: every id's bytes as decoded (no id-0 / BOS drop, no clean-up) */
+    int raw;                     /* constrained or a raw prompt: every id's bytes as decoded (no id-0 / BOS drop,
+                                    no clean-up) */
+    int verbatim;                /* a raw prompt: no strip either (leading and trailing spaces are the answer's) */
 };
 
 /* Longest suffix of acc that is a proper prefix of a stop string (it may still become one). */
@@ -56,10 +58,10 @@ static size_t holdback(const struct pipe *p)
 static void pipe_emit(struct pipe *p, int final)
 {
     size_t a = 0;
-    while (a < p->len && isspace((unsigned char)p->acc[a])) a++;
+    while (!p->verbatim && a < p->len && isspace((unsigned char)p->acc[a])) a++;
     if (a == p->len) return;
     size_t z = final ? p->len : p->len - holdback(p);
-    while (z > a && isspace((unsigned char)p->acc[z - 1])) z--;
+    while (!p->verbatim && z > a && isspace((unsigned char)p->acc[z - 1])) z--;
     size_t from = p->emitted > a ? p->emitted : a;
     if (z > from && p->io->cb) p->io->cb(p->io->cb_ctx, p->acc + from, z - from);
     if (z > from) p->emitted = z;
@@ -123,6 +125,34 @@ static int beam_cancel(void *ctx)
 /* ---- the turn ---- */
 static void run_free(struct turn *t);
 
+static int turn_is_raw(const struct turn_request *rq) { return rq->raw_text || rq->raw_ids; }
+
+/* A raw prompt's ids: the text tokenized (with the post-processor, as HF's tokenizer(text)) or the ids as given. */
+static int raw_ids(struct turn *t, const struct engine *g, struct err *e)
+{
+    const struct turn_request *rq = &t->rq;
+    if (rq->n_msgs || rq->n_images) return err_set(e, "a raw prompt takes no messages or images");
+    const struct tokenizer *tok = engine_tokenizer(g);
+    if (rq->raw_text) {
+        if (tokenizer_encode(tok, rq->raw_text, strlen(rq->raw_text), TOKENIZER_ADD_SPECIAL, &t->ids, &t->n_ids, e))
+            return -1;
+    } else {
+        if (rq->n_raw_ids < 1) return err_set(e, "the prompt holds no tokens");
+        if (engine_check_ids(g, rq->raw_ids, rq->n_raw_ids, e)) return -1;
+        if (!(t->ids = malloc((size_t)rq->n_raw_ids * sizeof *t->ids))) return err_set(e, "out of memory");
+        memcpy(t->ids, rq->raw_ids, (size_t)rq->n_raw_ids * sizeof *t->ids);
+        t->n_ids = rq->n_raw_ids;
+    }
+    if (t->n_ids < 1) return err_set(e, "the prompt holds no tokens");
+    /* image placeholders would wait for image rows that a raw prompt never has */
+    struct chat_bound *b = NULL;
+    int nb = 0;
+    if (chat_image_bounds(tok, t->ids, t->n_ids, &b, &nb, e)) return -1;
+    free(b);
+    if (nb) return err_set(e, "the prompt holds %d image placeholder(s) (<image>...</image>), but a raw prompt takes no images", nb);
+    return 0;
+}
+
 int turn_prepare(struct turn **out, const struct engine *g, const struct turn_request *rq, struct err *e)
 {
     *out = NULL;
@@ -158,9 +188,12 @@ int turn_prepare(struct turn **out, const struct engine *g, const struct turn_re
         t->grids[i].cols = pl.cols;
         t->grids[i].rows = pl.rows;
     }
-    if (chat_build_ids(tok, rq->system, rq->msgs, rq->n_msgs, t->grids, rq->n_images, engine_config(g)->query_num, 0,
-                       &t->ids, &t->n_ids, e))
+    if (turn_is_raw(rq)) {
+        if (raw_ids(t, g, e)) goto fail;
+    } else if (chat_build_ids(tok, rq->system, rq->msgs, rq->n_msgs, t->grids, rq->n_images,
+                              engine_config(g)->query_num, 0, &t->ids, &t->n_ids, e)) {
         goto fail;
+    }
     const int64_t ctx = engine_ctx(g), room = ctx - t->n_ids;
     if (rq->max_new > 0) {
         if (llm_check_fit(ctx, t->n_ids, rq->max_new, e)) goto fail;
@@ -290,7 +323,7 @@ static int run_begin(struct turn *t, struct engine *g, const struct turn_io *io,
     u->g = g;
     u->io = io ? *io : no_io;
     u->slot = slot;
-    u->p = (struct pipe){.t = rq, .io = &u->io, .g = g, .raw = rq->grammar != NULL};
+    u->p = (struct pipe){.t = rq, .io = &u->io, .g = g, .raw = rq->grammar || turn_is_raw(rq), .verbatim = turn_is_raw(rq)};
     u->t0 = time_now();
     *input_error = 1;
     if (rq->n_images &&
@@ -300,7 +333,7 @@ static int run_begin(struct turn *t, struct engine *g, const struct turn_io *io,
     *input_error = 0;
     if (engine_merge_embeddings(g, t->ids, t->n_ids, rq->n_images ? &u->img : NULL, u->n_pieces, &u->emb, e)) return -1;
     if (!(u->out = malloc((size_t)t->max_new * sizeof *u->out))) return err_set(e, "out of memory");
-    if (tokenizer_stream_init(&u->p.ts, engine_tokenizer(g), rq->grammar ? 0 : TOKENIZER_CLEANUP_DEFAULT, e)) return -1;
+    if (tokenizer_stream_init(&u->p.ts, engine_tokenizer(g), u->p.raw ? 0 : TOKENIZER_CLEANUP_DEFAULT, e)) return -1;
     if (rq->logprobs && !(u->lp = calloc((size_t)t->max_new, sizeof *u->lp))) return err_set(e, "out of memory");
     if (rq->grammar) {
         grammar_state_init(&u->gs, rq->grammar);
@@ -325,8 +358,8 @@ static int run_end(struct turn *t, struct turn_result *r, struct err *e)
     pipe_emit(p, 1);
     /* the answer: strip(cut(decoded)) */
     size_t a = 0, z = p->len;
-    while (a < z && isspace((unsigned char)p->acc[a])) a++;
-    while (z > a && isspace((unsigned char)p->acc[z - 1])) z--;
+    while (!p->verbatim && a < z && isspace((unsigned char)p->acc[a])) a++;
+    while (!p->verbatim && z > a && isspace((unsigned char)p->acc[z - 1])) z--;
     if (!(r->text = malloc(z - a + 1))) return err_set(e, "out of memory");
     memcpy(r->text, p->acc ? p->acc + a : "", z - a);
     r->text[z - a] = 0;

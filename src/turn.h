@@ -6,6 +6,8 @@
  *       images -> image cache or vision (engine_encode_images) -> merge into the prompt embedding
  *       -> greedy / sampled (engine_generate) or beam (beam.h) generation -> the answer text pipeline
  *
+ * A raw-prompt turn (turn_request.raw_text / raw_ids: the completions API) skips the template and the
+ * images and keeps the answer verbatim.
  * The prompt ids and grids are built once, at prepare, and carried to the run (the server prepares
  * while parsing a request, so a prompt that does not fit never queues). The answer text pipeline is
  * spec §8's chat() clean-up (ids 0, a leading BOS and the stop id dropped, clean-up spaces, strip),
@@ -52,6 +54,15 @@ struct turn_request {
      * shared read-only; vocab from turn_vocab_init. Not with beams. */
     const struct grammar *grammar;
     const struct grammar_vocab *vocab;
+    /* a raw prompt (the completions API) instead of the chat template: set raw_text (tokenized as HF's
+     * tokenizer(text) does, with tokenizer.json's post-processor: MiniCPM-Llama3-V 2.5's adds no BOS, so
+     * a prompt that wants one writes <|begin_of_text|>) or raw_ids[n_raw_ids] (the
+     * prompt as given, each id checked against the vocabulary); system, msgs and images are unused then
+     * (n_msgs and n_images must be 0). The answer is verbatim: every generated id's bytes but the stop
+     * ids (id 0 and a BOS kept), no clean-up of spaces, no strip; still cut before a stop string. */
+    const char *raw_text;
+    const int32_t *raw_ids;
+    int n_raw_ids;
     int logprobs;                   /* 1: record each generated token's logprob (turn_result.lp) */
     int top_logprobs;               /* 0..SAMPLER_MAX_TOP_LOGPROBS alternatives per token (with logprobs) */
 };

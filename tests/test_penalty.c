@@ -238,14 +238,14 @@ static void test_server_turn(void)
     struct server_request rq;
     char *ej = NULL;
     /* the API default penalty (1.05) survives temperature 0 */
-    T_EQ_INT(server_request_parse(&rq, bodies[1], strlen(bodies[1]), g, &lim, &ej), 0);
+    T_EQ_INT(server_request_parse(&rq, SERVER_API_CHAT, bodies[1], strlen(bodies[1]), g, &lim, &ej), 0);
     T_ASSERT(rq.req.sp.greedy);
     T_ASSERTF(rq.req.sp.repetition_penalty == 1.05f, "temperature 0 gives penalty %g, want the default 1.05",
               rq.req.sp.repetition_penalty);
     server_request_free(&rq);
     free(ej);
     ej = NULL;
-    T_EQ_INT(server_request_parse(&rq, bodies[0], strlen(bodies[0]), g, &lim, &ej), 0);
+    T_EQ_INT(server_request_parse(&rq, SERVER_API_CHAT, bodies[0], strlen(bodies[0]), g, &lim, &ej), 0);
     free(ej);
     T_ASSERT(rq.req.sp.greedy && rq.req.sp.repetition_penalty == 1.5f);
     struct chat_msg m = {"user", text};
@@ -265,7 +265,7 @@ static void test_server_turn(void)
     size_t wl = 0;
     T_ASSERT(tokenizer_decode(g->tok, keep + s0, nk - s0, TOKENIZER_CLEANUP_DEFAULT, &want, &wl, &e) == 0);
     struct turn_result r;
-    T_ASSERTF(turn_run(rq.turn, g, NULL, &r, &e) == 0, "%s", e.msg);
+    T_ASSERTF(turn_run(rq.turns[0], g, NULL, &r, &e) == 0, "%s", e.msg);
     if (want && r.text) {
         /* str.strip() of the expected text */
         char *a = want, *z = want + strlen(want);

@@ -3,8 +3,8 @@
  * (the scheduler): response_format json_object / json_schema answers parse and validate for several
  * seeds, streamed and not (the random weights' unconstrained output is noise); logprobs equal an
  * independent computation (the engine's prompt logits, the penalty applied here, log_softmax here);
- * the refusals (tools, n, max_tokens conflicts, unsupported schema keywords, a budget below the
- * schema's shortest answer, /v1/completions); /metrics parses line by line and its counters add up to
+ * the refusals (tools, n over 16, max_tokens conflicts, unsupported schema keywords, a budget below the
+ * schema's shortest answer, /v1/embeddings); /metrics parses line by line and its counters add up to
  * the requests sent. Prints tokens/s with and without a schema (docs/PERF.md's CPU figure). */
 #include <math.h>
 #include <pthread.h>
@@ -14,6 +14,7 @@
 #include "server.h"
 #include "t.h"
 #include "thttp.h"
+#include "tref.h"
 #include "tokenizer.h"
 #include "tutil.h"
 
@@ -230,9 +231,7 @@ static int entries(const char *body, int stream, struct lpe *out, int max)
     return n;
 }
 
-/* The reference: greedy on the prompt, step by step through engine_prefill, with the repetition penalty
- * applied here (in float, as spec §8: s < 0 ? s * p : s / p); log_softmax here, in double. Fills lp[0..n)
- * (chosen) and top[i][0..5). */
+/* The reference: greedy on the chat prompt (tref.h), the penalty pen. */
 static int reference(struct engine *g, const char *q, int n, float pen, double *lp, double top[][5])
 {
     struct err e = {{0}};
@@ -241,42 +240,9 @@ static int reference(struct engine *g, const char *q, int n, float pen, double *
     int n_ids = 0;
     if (chat_build_ids(engine_tokenizer(g), NULL, &m, 1, NULL, 0, engine_config(g)->query_num, 0, &ids, &n_ids, &e))
         return -1;
-    const int V = engine_config(g)->vocab_size;
-    float *x = malloc((size_t)V * sizeof *x);
-    uint8_t *seen = calloc((size_t)V, 1);
-    engine_truncate(g, 0);
-    int rc = engine_prefill(g, ids, NULL, n_ids, x, &e);
-    int k = 0;
-    for (; !rc && k < n; k++) {
-        for (int i = 0; i < V; i++)
-            if (seen[i]) x[i] = x[i] < 0 ? x[i] * pen : x[i] / pen;
-        int best = 0;
-        double mx = x[0];
-        for (int i = 1; i < V; i++)
-            if (x[i] > mx) mx = x[i], best = i;
-        double sum = 0;
-        for (int i = 0; i < V; i++) sum += exp((double)x[i] - mx);
-        const double lse = mx + log(sum);
-        lp[k] = x[best] - lse;
-        /* the 5 largest (lower id first on ties) */
-        int picked[5];
-        for (int j = 0; j < 5; j++) {
-            int bi = -1;
-            for (int i = 0; i < V; i++) {
-                int taken = 0;
-                for (int u = 0; u < j; u++) taken |= picked[u] == i;
-                if (!taken && (bi < 0 || x[i] > x[bi])) bi = i;
-            }
-            picked[j] = bi;
-            top[k][j] = x[bi] - lse;
-        }
-        seen[best] = 1;
-        if (engine_is_stop(g, best)) { k++; break; }
-        int32_t t1 = best;
-        rc = engine_prefill(g, &t1, NULL, 1, x, &e);
-    }
-    free(x), free(seen), free(ids);
-    return rc ? -1 : k;
+    int k = ref_greedy(g, ids, n_ids, n, pen, NULL, lp, top);
+    free(ids);
+    return k;
 }
 
 static void logprobs(struct srv *v, struct engine *ref)
@@ -358,7 +324,7 @@ static void test_refusals(void)
     refused(v, ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", 400, "not trained for tool");
     refused(v, ",\"tool_choice\":\"auto\"", 400, "function calling is not supported");
     refused(v, ",\"functions\":[{\"name\":\"f\"}]", 400, "function calling is not supported");
-    refused(v, ",\"n\":2", 400, "'n' must be 1");
+    refused(v, ",\"n\":17", 400, "'n' = 17 is outside 1..16");
     refused(v, ",\"max_completion_tokens\":17", 400, "differ");
     refused(v, ",\"logprobs\":true,\"top_logprobs\":21", 400, "top_logprobs");
     refused(v, ",\"top_logprobs\":2", 400, "needs");
@@ -381,7 +347,7 @@ static void test_refusals(void)
     struct resp r = chat(v, b);
     T_EQ_INT(r.status, 200);
     free(b), free(r.body);
-    r = http(v->port, "POST", "/v1/completions", "{\"prompt\":\"x\"}");
+    r = http(v->port, "POST", "/v1/embeddings", "{\"input\":\"x\"}");
     T_EQ_INT(r.status, 404);
     T_ASSERT(r.body && strstr(r.body, "not implemented"));
     free(r.body);

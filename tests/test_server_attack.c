@@ -586,7 +586,8 @@ static void test_fields(void)
                                 {",\"functions\":[{\"name\":\"f\"}]", "functions"},
                                 {",\"function_call\":\"auto\"", "function_call"},
                                 {",\"logit_bias\":{\"15\":5}", "logit_bias"},
-                                {",\"n\":2", "n"},
+                                {",\"n\":17", "n"},                   /* n is implemented (issue 17): 1..16 */
+                                {",\"n\":2,\"num_beams\":2", "n"},     /* not with beam search */
                                 {",\"frequency_penalty\":0.5", "frequency_penalty"},
                                 {",\"presence_penalty\":-1", "presence_penalty"},
                                 {",\"modalities\":[\"audio\"]", "modalities"},

@@ -23,7 +23,7 @@ build() {
   case $t in
     request) $CC $flags tests/fuzz/fuzz_request.c src/server_json.c src/common.c src/sampler.c src/grammar.c src/grammar_schema.c $img_src \
                -o "$out/fuzz_request" $(pkg-config --libs libcjson) $img_libs -lm ;;
-    http) $CC $flags tests/fuzz/fuzz_http.c src/server_http.c src/server_worker.c src/server_guard.c src/server_json.c src/common.c src/grammar.c src/grammar_schema.c \
+    http) $CC $flags tests/fuzz/fuzz_http.c src/server_http.c src/server_worker.c src/server_guard.c src/server_json.c src/server_answer.c src/common.c src/grammar.c src/grammar_schema.c \
                src/sampler.c $img_src -o "$out/fuzz_http" $(pkg-config --libs libcjson libmicrohttpd) $img_libs -lm -lpthread ;;
     safetensors) $CC $flags tests/fuzz/fuzz_safetensors.c src/safetensors.c src/tensor.c src/common.c \
                -o "$out/fuzz_safetensors" $(pkg-config --libs libcjson) -lm ;;
@@ -39,7 +39,11 @@ seed() {
       local body='{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"}}]}],"max_tokens":4,"temperature":0.5,"top_p":0.9,"stop":["x"],"stream":true,"stream_options":{"include_usage":true},"num_beams":2}'
       if [ "$t" = request ]; then printf '%s' "$body" > "$d/full.json"
         printf '{"messages":[{"role":"user","content":"hi"}],"logprobs":false,"tools":[],"n":1}' > "$d/off.json"
+        printf '{"prompt":"Once upon","max_tokens":4,"n":3,"logprobs":2,"echo":false,"best_of":1,"stop":["."],"seed":7}' > "$d/completion.json"
+        printf '{"prompt":[[1,2,3]],"stream":true,"suffix":null}' > "$d/completion_ids.json"
       else
+        cbody='{"prompt":"Once upon","max_tokens":4,"n":3,"logprobs":2,"stream":true,"stream_options":{"include_usage":true}}'
+        printf 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' "${#cbody}" "$cbody" > "$d/completion.http"
         printf 'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' "${#body}" "$body" > "$d/post.http"
         printf 'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n0\r\n\r\n' > "$d/chunked.http"
         printf 'GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\nOPTIONS / HTTP/1.1\r\nOrigin: o\r\n\r\n' > "$d/models.http"

@@ -1,7 +1,8 @@
 /* fuzz_http.c: libFuzzer target for the HTTP layer: each input is sent as raw bytes to a live server on
- * loopback (src/server_http.c with libmicrohttpd, the guard, the request parser), then the write side is
- * closed and the answer read. The engine is replaced by stubs (a fixed three-word answer, streamed or
- * not; the prompt counted as 5 tokens per message), so what is fuzzed is framing, routing, limits,
+ * loopback (src/server_http.c with libmicrohttpd, the guard, the request parser, the answers' JSON), then
+ * the write side is closed and the answer read. The engine is replaced by stubs (a fixed three-word
+ * answer per choice, streamed or not, one choice after another; the prompt counted as 5 tokens per
+ * message, a raw prompt as 1 token per 4 bytes or its ids), so what is fuzzed is framing, routing, limits,
  * auth, parsing, the queue and the streaming path. The server must answer every input with a
  * well-formed status line or close, and must stay alive (checked with /health every 256 inputs).
  * Built and run by tools/fuzz.sh (make fuzz). */
@@ -43,7 +44,9 @@ int turn_prepare(struct turn **out, const struct engine *g, const struct turn_re
 {
     (void)g;
     *out = NULL;
-    const int n = 5 * rq->n_msgs + 64 * rq->n_images;
+    const int n = rq->raw_text ? 1 + (int)(strlen(rq->raw_text) / 4) : rq->raw_ids ? rq->n_raw_ids : 5 * rq->n_msgs + 64 * rq->n_images;
+    for (int i = 0; rq->raw_ids && i < rq->n_raw_ids; i++)
+        if (rq->raw_ids[i] < 0 || rq->raw_ids[i] >= 128256) return err_set(e, "token id %d is outside the vocabulary", rq->raw_ids[i]);
     if (rq->max_new < 0) return err_set(e, "the answer length must be at least 1 token");
     if (rq->max_new > 0 ? n + rq->max_new > 2048 : n + 1 > 2048)
         return err_set(e, "this model's maximum context length is 2048 tokens (--ctx): %d tokens do not fit", n);
@@ -96,6 +99,7 @@ int turn_vocab_init(struct grammar_vocab **out, const struct engine *g, struct e
 void grammar_vocab_free(struct grammar_vocab *v) { (void)v; }
 /* one slot: the worker never starts the scheduler */
 int engine_slots(const struct engine *g) { (void)g; return 1; }
+void engine_thread_init(const struct engine *g) { (void)g; }
 const struct tokenizer *engine_tokenizer(const struct engine *g) { (void)g; return NULL; }
 int engine_device_memory(const struct engine *g, struct engine_device_mem *rows, int max_rows)
 {

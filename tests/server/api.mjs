@@ -1,7 +1,9 @@
 // api.mjs: issue 17's API shapes through the official OpenAI JS client (installed by setup.sh):
 // response_format json_object / json_schema (answers parse and validate, streamed and not, several
 // seeds: the tiny model's unconstrained output is noise), logprobs / top_logprobs (shape and
-// consistency), the refusals (tools, n, max_tokens vs max_completion_tokens), and GET /metrics (every
+// consistency), n > 1 (choice i == the n = 1 request with seed + i, streamed and not), /v1/completions
+// through client.completions (streamed == not streamed, the legacy logprobs shape against the text),
+// the refusals (tools, n over 16, max_tokens vs max_completion_tokens, echo), and GET /metrics (every
 // line HELP / TYPE / sample; requests_total grows by exactly the requests sent here).
 // Usage: node api.mjs BASE_URL. Prints "api.mjs: N passed, M failed" and exits non-zero on any failure.
 import { createRequire } from "node:module";
@@ -94,17 +96,70 @@ async function expectError(params, status, needle, what) {
 }
 await expectError({ model: "m", messages: msgs, tools: [{ type: "function", function: { name: "f", parameters: {} } }] },
                   400, "not trained", "tools refused");
-await expectError({ model: "m", messages: msgs, n: 2 }, 400, "'n' must be 1", "n > 1 refused");
+await expectError({ model: "m", messages: msgs, n: 17 }, 400, "'n' = 17 is outside 1..16", "n > 16 refused");
 await expectError({ model: "m", messages: msgs, max_tokens: 5, max_completion_tokens: 6 }, 400, "differ", "max tokens conflict");
 await expectError({ model: "m", messages: msgs, response_format: { type: "json_schema", json_schema: { name: "x",
                     schema: { type: "string", format: "email" } } } }, 400, "'format'", "schema keyword refused");
+sent++;
+try { await client.completions.create({ model: "m", prompt: "x", echo: true }); check(false, "echo: no error"); }
+catch (e) { check(e.status === 400 && e.error?.param === "echo", `echo refused: ${e.status} ${e.message}`); }
+
+// n > 1: choice i is the n = 1 request with seed + i (chat, streamed and not)
+const solo = [];
+for (let i = 0; i < 3; i++)
+  solo.push(await answer({ model: "m", messages: msgs, temperature: 1, seed: 70 + i, max_tokens: 6 }, false));
+check(new Set(solo.map((x) => x.text)).size > 1, "n: the seeds give different answers (else the check below sees nothing)");
+sent++;
+const many = await client.chat.completions.create({ model: "m", messages: msgs, temperature: 1, seed: 70, max_tokens: 6, n: 3 });
+check(many.choices.length === 3 && many.choices.every((c, i) => c.index === i && c.message.content === solo[i].text),
+      `n=3: ${JSON.stringify(many.choices.map((c) => c.message.content))} != ${JSON.stringify(solo.map((x) => x.text))}`);
+sent++;
+const ms = await client.chat.completions.create({ model: "m", messages: msgs, temperature: 1, seed: 70, max_tokens: 6, n: 3,
+                                                  stream: true });
+const texts = ["", "", ""], fins = [null, null, null];
+for await (const chunk of ms) for (const c of chunk.choices) {
+  texts[c.index] += c.delta?.content ?? "";
+  if (c.finish_reason) fins[c.index] = c.finish_reason;
+}
+check(texts.every((t, i) => t === solo[i].text) && fins.every((f, i) => f === solo[i].finish), `n=3 streamed: ${JSON.stringify(texts)}`);
+
+// /v1/completions through client.completions: greedy, the legacy logprobs, streamed == not streamed
+sent++;
+const cp = await client.completions.create({ model: "m", prompt: "Once upon a time", temperature: 0, max_tokens: 8, logprobs: 2 });
+const c0 = cp.choices[0];
+check(cp.object === "text_completion" && typeof c0.text === "string" && c0.index === 0, "completions shape");
+const L = c0.logprobs;
+check(L && L.tokens.length === cp.usage.completion_tokens && L.token_logprobs.length === L.tokens.length &&
+      L.top_logprobs.length === L.tokens.length && L.text_offset.length === L.tokens.length, "completions logprobs lengths");
+let off = 0, offOk = true;
+for (let i = 0; L && i < L.tokens.length; i++) {
+  offOk &&= L.text_offset[i] === off && L.top_logprobs[i][L.tokens[i]] === L.token_logprobs[i] &&
+            Object.keys(L.top_logprobs[i]).length <= 3 && L.token_logprobs[i] <= 0;
+  off += [...L.tokens[i]].length;
+}
+check(offOk, `completions text_offset / top_logprobs: ${JSON.stringify(L)}`);
+if (c0.finish_reason === "length" && !L.tokens.some((t) => t.includes("\\x"))) check(L.tokens.join("") === c0.text, `completions tokens join to the text: ${JSON.stringify(L.tokens)}`);
+sent++;
+const cs = await client.completions.create({ model: "m", prompt: "Once upon a time", temperature: 0, max_tokens: 8, logprobs: 2,
+                                             stream: true });
+let ctext = "", cfin = null, ctoks = [];
+for await (const chunk of cs) {
+  const c = chunk.choices[0];
+  if (!c) continue;
+  ctext += c.text;
+  if (c.finish_reason) cfin = c.finish_reason;
+  if (c.logprobs) ctoks.push(...c.logprobs.tokens);
+}
+check(ctext === c0.text && cfin === c0.finish_reason && JSON.stringify(ctoks) === JSON.stringify(L.tokens),
+      `completions streamed ${JSON.stringify(ctext)} != ${JSON.stringify(c0.text)}`);
+
 sent++;
 const alias = await client.chat.completions.create({ model: "m", messages: msgs, temperature: 0, max_completion_tokens: 3 });
 check(alias.usage.completion_tokens <= 3, "max_completion_tokens");
 
 const after = await metrics();
 check(total(after) - total(before) === sent, `metrics: requests_total grew by ${total(after) - total(before)}, sent ${sent}`);
-check(after['minicpmv_requests_total{status="client_error"}'] - before['minicpmv_requests_total{status="client_error"}'] === 4,
+check(after['minicpmv_requests_total{status="client_error"}'] - before['minicpmv_requests_total{status="client_error"}'] === 5,
       "metrics: client errors");
 check(after["minicpmv_request_duration_seconds_count"] === after['minicpmv_requests_total{status="ok"}'], "metrics: histogram count");
 

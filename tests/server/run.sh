@@ -2,7 +2,8 @@
 # run.sh: starts `minicpmv serve` on the tiny model (a free loopback port) and drives it with curl and the
 # official `openai` npm client (tests/server/setup.sh installs it; skipped with a note when absent).
 # Then checks that SIGTERM lets an in-flight request finish and the server exits 0; api.mjs (issue 17's
-# API shapes) runs against a one-at-a-time server and a --parallel 8 one.
+# API shapes) runs against a one-at-a-time server and a --parallel 8 one; load.mjs (issue 14's load test)
+# against a --parallel 64 one.
 # Usage: tests/server/run.sh [BIN] [MODEL_DIR]. Prints "server-clients: N passed, M failed, K skipped".
 set -u
 cd "$(dirname "$0")/../.."
@@ -166,6 +167,24 @@ if [ -f .cache/server-js/node_modules/openai/package.json ]; then
   n200=$(cat "$tmp"/dc? | grep -o 200 | wc -l)
   [ "$src" = 0 ] && [ "$n200" = 8 ] && ok || bad "--parallel SIGTERM: exit $src, $n200 of 8 answered 200"
   kill -TERM $APID; wait $APID
+
+  # issue 14's load test (load.mjs): 512 requests at concurrency 64 against --parallel 64, each equal to
+  # its solo answer, RSS flat over the last 400, then SIGTERM with requests in flight: they complete, new
+  # connections are refused, and the server exits 0. One CPU thread: the tiny model's steps are small,
+  # and OpenMP threads spinning at barriers cost more than they compute on a shared machine.
+  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 256 --threads 1 --parallel 64 --queue 64 --drain-timeout 60 \
+    >"$tmp/outL" 2>"$tmp/errL" & LPID=$!
+  for i in $(seq 600); do grep -q listening "$tmp/outL" && break; sleep 0.1; done
+  UL=http://127.0.0.1:$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/outL")
+  out=$(OPENAI_MODULE=$PWD/.cache/server-js/node_modules/openai node tests/server/load.mjs "$UL" $LPID \
+        "${MINICPMV_JSLOAD_N:-512}" "${MINICPMV_JSLOAD_C:-64}" "${MINICPMV_JSLOAD_P:-32}" 2>&1)
+  echo "$out" | grep -v '^load.mjs: [0-9]* passed' >&2
+  line=$(echo "$out" | grep '^load.mjs: [0-9]* passed')
+  p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/'); f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
+  [ -n "$line" ] || { f=1; p=0; echo "load.mjs crashed: $out" >&2; kill -TERM $LPID 2>/dev/null; }
+  pass=$((pass+p)); fail=$((fail+f))
+  wait $LPID; src=$?
+  [ "$src" = 0 ] && grep -q ' 0 failed' "$tmp/errL" && ok || bad "load: server exit $src after SIGTERM: $(tail -2 "$tmp/errL")"
 else
   echo "SKIP --parallel: the openai npm package is not installed (bash tests/server/setup.sh)" >&2; skip=$((skip+1))
 fi
