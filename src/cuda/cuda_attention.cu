@@ -40,6 +40,7 @@ struct attn_args {
     float *part_acc; /* [n, H, nsplit, hd] when nsplit > 1 */
     float *part_ml;  /* [n, H, nsplit, 2]: running max, running sum */
     const int32_t *pos; /* device positions [n] (then q_pos0, T and chunk are derived on the device) or NULL */
+    const int32_t *tab; /* a paged cache's block table [T / KV_BLOCK] (key j in row attn_row(tab, j)) or NULL */
     int64_t q_pos0;
     int odt, qdt, at;  /* dtypes: out, q, and the activation dtype eager rounds to */
     int n, H, Hkv, hd, T;
@@ -47,6 +48,21 @@ struct attn_args {
     int nsplit, chunk;
     int causal, eager, vec;
     float scale;
+};
+
+/* The cache row of key j: j itself, or through a paged sequence's block table (backend.h). */
+__device__ __forceinline__ int64_t attn_row(const int32_t *tab, int64_t j)
+{
+    return tab ? (int64_t)tab[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK : j;
+}
+
+/* A paged cache as the host passes it: one block table (tab, mb entries), or, for op_attention_rows,
+ * the tables of several sequences ([S, mb]) with each query row's sequence and key count. */
+struct attn_pages {
+    const int32_t *tab;
+    int64_t mb;
+    const int32_t *seq, *nkeys; /* [n] (rows mode) or NULL */
+    int64_t S;                  /* rows mode: tables in tab */
 };
 
 /* dynamic shared memory layout, in floats */
@@ -85,14 +101,13 @@ __device__ __forceinline__ void attn_load_tile(float *dst, const KV *src, const 
         const int nv = hd / VN;
         for (int idx = threadIdx.x; idx < kt * nv; idx += ATT_THREADS) {
             const int jj = idx / nv, cv = idx - jj * nv;
-            const int64_t off = ((int64_t)(j0 + jj) * a.Hkv + kh) * hd + cv * VN;
+            const int64_t off = (attn_row(a.tab, j0 + jj) * a.Hkv + kh) * hd + cv * VN;
             load_vec<KV, VN>(src + off, dst + jj * hd + cv * VN);
         }
     } else {
         for (int idx = threadIdx.x; idx < kt * hd; idx += ATT_THREADS) {
             const int jj = idx / hd, c = idx - jj * hd;
-            dst[idx] = ldf(src, dtype_of<KV>::value,
-                           ((int64_t)(j0 + jj) * a.Hkv + kh) * hd + c);
+            dst[idx] = ldf(src, dtype_of<KV>::value, (attn_row(a.tab, j0 + jj) * a.Hkv + kh) * hd + c);
         }
     }
 }
@@ -298,8 +313,12 @@ struct attn_dec_args {
     float *part_ml;    /* [n, H, nsplit, 2] */
     int *cnt;          /* [hblocks * rblocks] arrival counters, zero between launches */
     const int32_t *pos; /* device positions [n] or NULL */
+    const int32_t *tab; /* block table(s) of a paged cache, or NULL (attn_pages) */
+    int64_t mb, S;
+    const int32_t *seq, *nkeys; /* rows mode (op_attention_rows): row i = block row i (QB 1) reads the
+                                   nkeys[i] first keys of sequence seq[i], causally, or NULL */
     int64_t q_pos0;    /* when pos == NULL */
-    int T;             /* keys available (pos == NULL) or cache capacity (pos != NULL) */
+    int T;             /* keys available (pos == NULL) or cache capacity (pos != NULL; paged: mb * KV_BLOCK) */
     int odt, qdt;
     int n, H, Hkv, G, GB, QB, nsplit, causal;
     float scale;
@@ -318,7 +337,18 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
 
     /* key count and query positions */
     int64_t qp0 = a.q_pos0, nk;
-    if (a.pos) {
+    const int32_t *tab = a.tab;
+    if (a.nkeys) { /* rows mode: this block's one query row is the last token of its own sequence */
+        nk = a.nkeys[i0];
+        if (a.seq[i0] < 0 || a.seq[i0] >= a.S || nk < 1 || nk > a.T) {
+            if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0)
+                printf("attention: row %d reads %lld keys of sequence %d (%lld tables of %lld blocks)\n", i0,
+                       (long long)nk, a.seq[i0], (long long)a.S, (long long)a.mb);
+            __trap();
+        }
+        qp0 = nk - 1 - i0; /* query row i0 + qi sits at qp0 + i0 + qi below */
+        tab = a.tab + (int64_t)a.seq[i0] * a.mb;
+    } else if (a.pos) {
         qp0 = a.pos[0];
         nk = (int64_t)a.pos[a.n - 1] + 1;
     } else {
@@ -354,8 +384,9 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
         for (int kk = 0; kk < DEC_KPT; kk++) {
             const int64_t j = j0 + kk * SEGS + seg;
             if (j < k1) {
-                kd[kk] = __ldg(kp + j * rstride + hoff);
-                vd[kk] = __ldg(vp + j * rstride + hoff);
+                const int64_t r = attn_row(tab, j);
+                kd[kk] = __ldg(kp + r * rstride + hoff);
+                vd[kk] = __ldg(vp + r * rstride + hoff);
             } else {
                 kd[kk] = make_uint4(0, 0, 0, 0);
                 vd[kk] = make_uint4(0, 0, 0, 0);
@@ -549,10 +580,13 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
 /* Runs the decode kernel when the call fits it (f16/bf16 K and V of one dtype, hd 64 or 128, 16-byte
  * aligned, at most 8 query rows, not eager); returns 0 otherwise. pos: device positions or NULL. */
 static int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
-                       const struct tensor *v, const int32_t *pos, int64_t q_pos0, float scale, int flags)
+                       const struct tensor *v, const int32_t *pos, const attn_pages *pg, int64_t q_pos0, float scale,
+                       int flags)
 {
-    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], T = k->shape[0], Hkv = k->shape[1];
-    if (n > 8 || (flags & ATTN_EAGER_F16) || k->dtype != v->dtype || (hd != 64 && hd != 128)) return 0;
+    const int rows = pg && pg->nkeys;
+    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], Hkv = k->shape[1];
+    const int64_t T = pg ? pg->mb * KV_BLOCK : k->shape[0];
+    if ((n > 8 && !rows) || (flags & ATTN_EAGER_F16) || k->dtype != v->dtype || (hd != 64 && hd != 128)) return 0;
     if (k->dtype != DTYPE_F16 && k->dtype != DTYPE_BF16) return 0;
     if (((uintptr_t)k->data & 15) || ((uintptr_t)v->data & 15) || T > INT32_MAX || H > 65535) return 0;
     attn_dec_args a;
@@ -562,6 +596,13 @@ static int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tens
     a.k = k->data;
     a.v = v->data;
     a.pos = pos;
+    if (pg) {
+        a.tab = pg->tab;
+        a.mb = pg->mb;
+        a.seq = pg->seq;
+        a.nkeys = pg->nkeys;
+        a.S = pg->S;
+    }
     a.q_pos0 = q_pos0;
     a.T = (int)T;
     a.odt = out->dtype;
@@ -570,16 +611,17 @@ static int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tens
     a.H = (int)H;
     a.Hkv = (int)Hkv;
     a.G = (int)(H / Hkv);
-    a.causal = (flags & ATTN_CAUSAL) != 0;
+    a.causal = (flags & ATTN_CAUSAL) != 0 || rows;
     a.scale = scale;
-    /* slots: heads of the group first (each K/V row serves them all), then query rows */
+    /* slots: heads of the group first (each K/V row serves them all), then query rows (rows mode: one,
+     * each row has its own sequence) */
     a.GB = 1;
     for (int d = 8; d >= 1; d--)
         if (a.G % d == 0) {
             a.GB = d;
             break;
         }
-    a.QB = 8 / a.GB;
+    a.QB = rows ? 1 : 8 / a.GB;
     if (a.QB > n) a.QB = (int)n;
     const int ns = a.GB * a.QB;
     const int NS = ns <= 1 ? 1 : ns <= 2 ? 2 : ns <= 4 ? 4 : 8;
@@ -588,7 +630,7 @@ static int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tens
      * with device positions the key count is unknown here, so the capacity T sizes the grid and
      * splits beyond the actual keys exit at once */
     const int64_t tk = (int64_t)(DEC_THREADS / (hd / 8)) * DEC_KPT;
-    const int64_t keys = pos ? T : ((flags & ATTN_CAUSAL) ? (q_pos0 + n < T ? q_pos0 + n : T) : T);
+    const int64_t keys = pos || rows ? T : ((flags & ATTN_CAUSAL) ? (q_pos0 + n < T ? q_pos0 + n : T) : T);
     int64_t nsplit = (3 * (int64_t)c->n_sm + hblocks * rblocks - 1) / (hblocks * rblocks);
     const int64_t cap = (keys + tk - 1) / tk;
     if (nsplit > cap) nsplit = cap;
@@ -624,11 +666,14 @@ static int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tens
 extern "C" int cuda_flash_attention(struct tensor *out, const struct tensor *q, const struct tensor *k,
                                     const struct tensor *v, int64_t q_pos0, float scale, int flags);
 
-/* the general kernel (any n, hd <= 128, eager, mixed K/V dtypes); pos: device positions or NULL */
+/* the general kernel (any n, hd <= 128, eager, mixed K/V dtypes); pos: device positions or NULL;
+ * tab: a paged sequence's block table of mb entries or NULL */
 static void attn_general(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
-                         const struct tensor *v, const int32_t *pos, int64_t q_pos0, float scale, int flags)
+                         const struct tensor *v, const int32_t *pos, const int32_t *tab, int64_t mb, int64_t q_pos0,
+                         float scale, int flags)
 {
-    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], T = k->shape[0], Hkv = k->shape[1];
+    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], Hkv = k->shape[1];
+    const int64_t T = tab ? mb * KV_BLOCK : k->shape[0];
     const int causal = (flags & ATTN_CAUSAL) != 0, eager = (flags & ATTN_EAGER_F16) != 0;
     /* k and v with different dtypes (never in the model): both to f32, exactly */
     const void *kd = k->data, *vd = v->data;
@@ -655,6 +700,7 @@ static void attn_general(struct cuda_ctx *c, struct tensor *out, const struct te
     a.v = vd;
     a.q_pos0 = q_pos0;
     a.pos = pos;
+    a.tab = tab;
     a.odt = out->dtype;
     a.qdt = q->dtype;
     a.at = q->dtype;
@@ -736,20 +782,23 @@ extern "C" void cuda_attention(struct tensor *out, const struct tensor *q, const
     attn_check(q, k);
     /* tensor-core flash attention for many query rows (prefill, vision, resampler); see cuda_flash.cu */
     if (cuda_flash_attention(out, q, k, v, q_pos0, scale, flags)) return;
-    if (attn_decode(c, out, q, k, v, NULL, q_pos0, scale, flags)) return;
-    attn_general(c, out, q, k, v, NULL, q_pos0, scale, flags);
+    if (attn_decode(c, out, q, k, v, NULL, NULL, q_pos0, scale, flags)) return;
+    attn_general(c, out, q, k, v, NULL, NULL, 0, q_pos0, scale, flags);
 }
 
 extern "C" void cuda_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k,
-                                   const struct tensor *v, const struct tensor *pos, float scale, int flags)
+                                   const struct tensor *v, const struct tensor *pos, const struct tensor *tab,
+                                   float scale, int flags)
 {
     struct cuda_ctx *c = cuda_ctx_get(out->dev.ordinal);
     const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2];
     if (n == 0 || H == 0 || hd == 0) return;
     attn_check(q, k);
     const int32_t *p = (const int32_t *)pos->data;
-    if (attn_decode(c, out, q, k, v, p, 0, scale, flags)) return;
-    attn_general(c, out, q, k, v, p, 0, scale, flags);
+    attn_pages pg = {tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0, NULL, NULL, 0};
+    CHECKF(!tab || pg.mb * KV_BLOCK <= INT32_MAX, "cuda_attention_pos: a table of %lld blocks", (long long)pg.mb);
+    if (attn_decode(c, out, q, k, v, p, tab ? &pg : NULL, 0, scale, flags)) return;
+    attn_general(c, out, q, k, v, p, pg.tab, pg.mb, 0, scale, flags);
 }
 
 /* The general kernel alone (the pre-decode-kernel path), for `test_cuda_ops bench` before/after. */
@@ -759,17 +808,20 @@ extern "C" void cuda_attention_general(struct tensor *out, const struct tensor *
     struct cuda_ctx *c = cuda_ctx_get(out->dev.ordinal);
     if (q->shape[0] == 0 || q->shape[1] == 0 || q->shape[2] == 0) return;
     attn_check(q, k);
-    attn_general(c, out, q, k, v, NULL, q_pos0, scale, flags);
+    attn_general(c, out, q, k, v, NULL, NULL, 0, q_pos0, scale, flags);
 }
 
-/* ---- op_attention_rows: one query row per sequence, each over its own cache rows ----
- * Block (h, i) = query head h of row i; 128 threads. Keys in tiles of 128 (one key per thread: its
- * q·k in fp32), an online softmax over the tiles (running max m and sum l, fp32, the block's
- * reductions through warp shuffles), and thread t < hd owns output column t (acc += p_j * v[j][t]).
- * Row i reads cache rows base[i] .. base[i] + n_keys[i] - 1, read on the device, so one launch
- * serves any mix of positions (a graph per batch size can hold it). Straightforward first version:
- * K/V are read once per query head (no GQA sharing, no split-K); a split-K decode kernel with
- * per-row ranges is the next step (docs/CUDA.md). */
+/* ---- op_attention_rows: one query row per sequence, each over its own paged sequence ----
+ * The decode kernel above in rows mode does the work (f16/bf16, hd 64 or 128): block (split, head
+ * group, row) reads its row's key count and block table on the device, the GB query heads of a GQA
+ * group share every K/V load, and the keys are cut into splits (flash-decoding) when B rows x head
+ * groups leave SMs idle (B = 1: ~50 splits on an H200, B = 64: 1), the splits merged by the last
+ * block to arrive; fp32 accumulation throughout. The grid is sized from the table capacity (the key
+ * counts are device values), splits past a row's keys exit at once, so one launch serves any mix of
+ * lengths and a graph of the step can hold it.
+ * Other dtypes and head dims (f32 caches in tests) take the simple kernel below: block (h, i) = query
+ * head h of row i, keys in tiles of 128 (one per thread), an online softmax, thread t < hd owning
+ * output column t; K/V read once per query head, no split. */
 #define ROWS_THREADS 128
 
 __device__ __forceinline__ float rows_block_max(float v, float *red)
@@ -798,17 +850,18 @@ __device__ __forceinline__ float rows_block_sum(float v, float *red)
 
 template <typename KV>
 __global__ void __launch_bounds__(ROWS_THREADS)
-attn_rows_kernel(void *out, int odt, const void *q, int qdt, const KV *k, const KV *v, const int32_t *base,
-                 const int32_t *n_keys, int H, int Hkv, int hd, int T, float scale)
+attn_rows_kernel(void *out, int odt, const void *q, int qdt, const KV *k, const KV *v, const int32_t *tabs,
+                 const int32_t *seq, const int32_t *n_keys, int64_t S, int64_t mb, int H, int Hkv, int hd, float scale)
 {
     __shared__ float qs[ATT_MAX_HD], ps[ROWS_THREADS], red[ROWS_THREADS / 32];
     const int h = blockIdx.x, i = blockIdx.y, t = threadIdx.x, kh = h / (H / Hkv);
-    const int b0 = base[i], nk = n_keys[i];
-    if (b0 < 0 || nk < 1 || (int64_t)b0 + nk > T) {
-        if (t == 0 && h == 0) printf("attention: row %d reads cache rows %d..%d outside the cache of %d\n", i, b0,
-                                     b0 + nk - 1, T);
+    const int sq = seq[i], nk = n_keys[i];
+    if (sq < 0 || sq >= S || nk < 1 || nk > mb * KV_BLOCK) {
+        if (t == 0 && h == 0) printf("attention: row %d reads %d keys of sequence %d (%lld tables of %lld blocks)\n", i,
+                                     nk, sq, (long long)S, (long long)mb);
         __trap();
     }
+    const int32_t *tab = tabs + (int64_t)sq * mb;
     const int64_t qo = ((int64_t)i * H + h) * hd;
     for (int d = t; d < hd; d += ROWS_THREADS) qs[d] = ldf(q, qdt, qo + d);
     float m = -INFINITY, l = 0.0f, acc = 0.0f;
@@ -817,7 +870,7 @@ attn_rows_kernel(void *out, int odt, const void *q, int qdt, const KV *k, const 
         float sc = -INFINITY;
         __syncthreads(); /* qs written; ps of the previous tile consumed */
         if (j < nk) {
-            const KV *kr = k + ((int64_t)(b0 + j) * Hkv + kh) * hd;
+            const KV *kr = k + (attn_row(tab, j) * Hkv + kh) * hd;
             float dot = 0.0f;
             for (int d = 0; d < hd; d++) dot = fmaf(qs[d], (float)kr[d], dot);
             sc = dot * scale;
@@ -832,28 +885,32 @@ attn_rows_kernel(void *out, int odt, const void *q, int qdt, const KV *k, const 
         if (t < hd) {
             acc *= alpha;
             const int cnt = nk - j0 < ROWS_THREADS ? nk - j0 : ROWS_THREADS;
-            const KV *vr = v + ((int64_t)(b0 + j0) * Hkv + kh) * hd + t;
-            for (int jj = 0; jj < cnt; jj++) acc = fmaf(ps[jj], (float)vr[(int64_t)jj * Hkv * hd], acc);
+            for (int jj = 0; jj < cnt; jj++)
+                acc = fmaf(ps[jj], (float)v[(attn_row(tab, j0 + jj) * Hkv + kh) * hd + t], acc);
         }
     }
     if (t < hd) stf(out, odt, qo + t, acc / l);
 }
 
 extern "C" void cuda_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k,
-                                    const struct tensor *v, const struct tensor *base, const struct tensor *n_keys,
-                                    float scale)
+                                    const struct tensor *v, const struct tensor *tab, const struct tensor *seq,
+                                    const struct tensor *n_keys, float scale)
 {
     struct cuda_ctx *c = cuda_ctx_get(out->dev.ordinal);
-    const int64_t B = q->shape[0], H = q->shape[1], hd = q->shape[2], T = k->shape[0], Hkv = k->shape[1];
+    const int64_t B = q->shape[0], H = q->shape[1], hd = q->shape[2], Hkv = k->shape[1];
+    const int64_t S = tab->shape[0], mb = tab->shape[1];
     if (B == 0 || H == 0 || hd == 0) return;
     attn_check(q, k);
     CHECKF(k->dtype == v->dtype, "cuda_attention_rows: k %s, v %s", dtype_name(k->dtype), dtype_name(v->dtype));
-    CHECKF(B <= 65535, "cuda_attention_rows: %lld rows", (long long)B);
+    CHECKF(B <= 65535 && mb * KV_BLOCK <= INT32_MAX, "cuda_attention_rows: %lld rows, tables of %lld blocks",
+           (long long)B, (long long)mb);
+    const attn_pages pg = {(const int32_t *)tab->data, mb, (const int32_t *)seq->data, (const int32_t *)n_keys->data, S};
+    if (attn_decode(c, out, q, k, v, NULL, &pg, 0, scale, ATTN_CAUSAL)) return;
     const dim3 grid((unsigned)H, (unsigned)B);
 #define ROWS_LAUNCH(KV)                                                                                       \
     attn_rows_kernel<KV><<<grid, ROWS_THREADS, 0, c->stream>>>(                                                \
-        out->data, out->dtype, q->data, q->dtype, (const KV *)k->data, (const KV *)v->data,                    \
-        (const int32_t *)base->data, (const int32_t *)n_keys->data, (int)H, (int)Hkv, (int)hd, (int)T, scale)
+        out->data, out->dtype, q->data, q->dtype, (const KV *)k->data, (const KV *)v->data, pg.tab, pg.seq,     \
+        pg.nkeys, S, mb, (int)H, (int)Hkv, (int)hd, scale)
     switch (k->dtype) {
     case DTYPE_F16: ROWS_LAUNCH(__half); break;
     case DTYPE_BF16: ROWS_LAUNCH(__nv_bfloat16); break;
