@@ -424,6 +424,25 @@ void engine_slot_truncate(struct engine *g, int slot, int64_t n)
     if (slot >= 0 && slot < g->llm.n_slots) llm_slot_truncate(&g->llm, slot, n);
 }
 
+int64_t engine_slot_match(struct engine *g, int slot, const uint64_t *keys, int n)
+{
+    if (slot < 0 || slot >= g->llm.n_slots || n < 0) return 0;
+    return llm_slot_match(&g->llm, slot, keys, n);
+}
+
+void engine_slot_publish(struct engine *g, int slot, const uint64_t *keys, int n)
+{
+    if (slot >= 0 && slot < g->llm.n_slots && n > 0) llm_slot_publish(&g->llm, slot, keys, n);
+}
+
+void engine_kv_use(const struct engine *g, struct engine_kv_use *u)
+{
+    struct kvpool_stats st;
+    kvpool_get_stats(g->llm.pool, &st);
+    *u = (struct engine_kv_use){.blocks = st.total, .used = st.used, .cached = st.cached, .block_tokens = st.bs,
+                                .hit_blocks = st.hit_blocks, .evicted = st.evicted};
+}
+
 int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
                         float *logits, struct err *e)
 {

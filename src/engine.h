@@ -127,9 +127,9 @@ int engine_decode_greedy(struct engine *g, int32_t tok, int32_t *next, struct er
 
 /* ---- several sequences (slots) in one engine ----
  * Slot 0 is the session engine_generate, turn.h and the calls above use (its CUDA-graph decode path
- * is unchanged). Each slot has its own KV rows of engine_slot_ctx tokens (a layer's cache holds
- * slots x ctx rows; the planner counts them: --parallel). Not thread-safe: one caller drives the
- * engine (the scheduler). */
+ * is unchanged). Each slot holds up to engine_slot_ctx tokens in blocks of a paged pool taken as it
+ * grows (the pool holds slots x ctx tokens, so none ever waits; the planner counts it: --parallel).
+ * Not thread-safe: one caller drives the engine (the scheduler). */
 int engine_slots(const struct engine *g);                  /* --parallel N (default 1) */
 int64_t engine_slot_ctx(const struct engine *g);           /* KV capacity of each slot, tokens */
 int64_t engine_slot_len(const struct engine *g, int slot); /* tokens the slot holds; -1: no such slot */
@@ -138,6 +138,21 @@ void engine_slot_truncate(struct engine *g, int slot, int64_t n); /* keep the fi
  * max_batch; logits of the last position into logits [V] (host, f32) when not NULL. */
 int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
                         float *logits, struct err *e);
+/* Prefix reuse (the paged KV cache keeps full blocks of KV_BLOCK tokens by a chained content key,
+ * kvpool.h; turn.c computes the keys: token ids, image rows by their image list's content). Match:
+ * slot emptied, then the longest run of cached blocks keys[0..n) mapped into it; returns the tokens it
+ * then holds (a multiple of the block size; 0 when nothing matched). Publish: offers the slot's first n
+ * full blocks under keys[0..n) (kept, reference-counted, after the slot lets them go, until the pool
+ * needs them: least recently released first). */
+int64_t engine_slot_match(struct engine *g, int slot, const uint64_t *keys, int n);
+void engine_slot_publish(struct engine *g, int slot, const uint64_t *keys, int n);
+/* The KV block pool's use (/health, /metrics). */
+struct engine_kv_use {
+    int blocks, used, cached;    /* blocks per layer: all, held by slots, kept for reuse (the rest free) */
+    int block_tokens;
+    int64_t hit_blocks, evicted; /* blocks reused by a match, cached blocks taken back, since load */
+};
+void engine_kv_use(const struct engine *g, struct engine_kv_use *u);
 /* One decode step for B distinct slots together: toks[i] goes into slots[i] at its next position;
  * logits [B, V] (host, f32). Every row equals what that slot alone would compute
  * (engine_slot_prefill with n = 1): bit for bit on the CPU for B <= 8 (larger B: the CPU's sgemm
