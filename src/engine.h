@@ -25,6 +25,10 @@ struct engine_options {
                                          --device-map, ...); NULL = the planner's defaults on the one
                                          device `device` picks. engine_open always plans the placement. */
     int quiet;                   /* do not print the plan */
+    int no_prefix_reuse;         /* 1: every prompt is prefilled whole (engine_slot_match maps nothing, publish
+                                    keeps nothing): for a caller that compares logits with a cold run bit for
+                                    bit (reuse changes which GEMM computes a prompt's last rows: the same tokens,
+                                    logits equal to rounding) */
     struct progress progress;    /* weights placed so far (zeroed: no reports) */
 };
 struct devmap_opts;
@@ -145,6 +149,7 @@ int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const st
  * full blocks under keys[0..n) (kept, reference-counted, after the slot lets them go, until the pool
  * needs them: least recently released first). */
 int64_t engine_slot_match(struct engine *g, int slot, const uint64_t *keys, int n);
+/* (with engine_options.no_prefix_reuse: match only empties the slot, publish does nothing) */
 void engine_slot_publish(struct engine *g, int slot, const uint64_t *keys, int n);
 /* The KV block pool's use (/health, /metrics). */
 struct engine_kv_use {
@@ -153,6 +158,8 @@ struct engine_kv_use {
     int64_t hit_blocks, evicted; /* blocks reused by a match, cached blocks taken back, since load */
 };
 void engine_kv_use(const struct engine *g, struct engine_kv_use *u);
+/* Forgets every cached prefix (bench: each timed turn prefills cold). */
+void engine_kv_forget(struct engine *g);
 /* One decode step for B distinct slots together: toks[i] goes into slots[i] at its next position;
  * logits [B, V] (host, f32). Every row equals what that slot alone would compute
  * (engine_slot_prefill with n = 1): bit for bit on the CPU for B <= 8 (larger B: the CPU's sgemm

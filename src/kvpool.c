@@ -302,6 +302,16 @@ void kvpool_publish(struct kvpool *p, int seq, const uint64_t *keys, int n)
     }
 }
 
+void kvpool_forget(struct kvpool *p)
+{
+    while (p->lru_head >= 0) {
+        const int32_t b = p->lru_head;
+        lru_remove(p, b);
+        p->free_stack[p->n_free++] = b;
+    }
+    for (int32_t b = 0; b < p->n_blocks; b++) unpublish(p, b);
+}
+
 void kvpool_get_stats(const struct kvpool *p, struct kvpool_stats *st)
 {
     memset(st, 0, sizeof *st);

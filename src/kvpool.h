@@ -71,5 +71,8 @@ int kvpool_match(struct kvpool *p, int seq, const uint64_t *keys, int n);
  * (the first copy stays the one found). */
 void kvpool_publish(struct kvpool *p, int seq, const uint64_t *keys, int n);
 void kvpool_get_stats(const struct kvpool *p, struct kvpool_stats *st);
+/* Unpublishes every block: nothing is found by kvpool_match until published again; cached blocks
+ * become free (benchmarks that time a cold prefill of a repeated prompt). */
+void kvpool_forget(struct kvpool *p);
 
 #endif

@@ -159,6 +159,15 @@ static void test_prefix(void)
     t1b = kvpool_table(p, 1, &n);
     T_EQ_INT(t1b[1], blk[2]);
     T_EQ_INT(kvpool_match(p, 0, ka, 4), 2);
+    /* forget: nothing is found any more, the cached block becomes free */
+    T_EQ_INT(kvpool_truncate(p, 0, 0, &f, &to, &e), 0);
+    kvpool_get_stats(p, &st);
+    T_EQ_INT(st.cached, 2);
+    kvpool_forget(p);
+    kvpool_get_stats(p, &st);
+    T_EQ_INT(st.cached, 0);
+    T_EQ_INT(st.free, 2);
+    T_EQ_INT(kvpool_match(p, 0, ka, 4), 0);
     kvpool_free(p);
 }
 
