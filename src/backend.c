@@ -322,14 +322,22 @@ void op_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o,
     DISPATCH(h->dev, add_rmsnorm, h, xn, o, w, eps);
 }
 
+/* A block table: I32, 1-D (one sequence) or 2-D (one per sequence), on dev. */
+static void check_tab(const struct tensor *tab, int ndim, const struct tensor *on)
+{
+    CHECK(tab->dtype == DTYPE_I32 && tab->ndim == ndim && tab->shape[ndim - 1] >= 1);
+    check_same_dev(on, tab);
+}
+
 void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
-                struct tensor *kc, struct tensor *vc)
+                struct tensor *kc, struct tensor *vc, const struct tensor *tab)
 {
     CHECK(q->ndim == 3 && k->ndim == 3 && pos->ndim == 1 && pos->dtype == DTYPE_I32);
     CHECK(pos->shape[0] == q->shape[0] && k->shape[0] == q->shape[0] && q->shape[2] == k->shape[2]);
     CHECK(q->shape[2] % 2 == 0);
     check_same_dev(q, k);
     check_same_dev(q, pos);
+    CHECK(!tab || kc);
     if (kc) {
         CHECK(v && vc && kc->ndim == 3 && tensor_same_shape(kc, vc) && tensor_same_shape(k, v));
         CHECK(kc->shape[1] == k->shape[1] && kc->shape[2] == k->shape[2]);
@@ -337,8 +345,9 @@ void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, do
         check_same_dev(q, v);
         check_same_dev(q, kc);
         check_same_dev(q, vc);
+        if (tab) check_tab(tab, 1, q);
     }
-    DISPATCH(q->dev, rope_qk, q, k, pos, theta, v, kc, vc);
+    DISPATCH(q->dev, rope_qk, q, k, pos, theta, v, kc, vc, tab);
 }
 
 void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
@@ -350,37 +359,56 @@ void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tens
     DISPATCH(cache->dev, kv_store, cache, x, rows);
 }
 
-void op_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
-                      const struct tensor *pos, float scale, int flags)
+void op_kv_pages(struct tensor *cache, struct tensor *x, const struct tensor *tab, int64_t p0, int to_cache)
+{
+    CHECK(cache->ndim == 3 && x->ndim == 3 && cache->dtype == x->dtype);
+    CHECK(cache->shape[1] == x->shape[1] && cache->shape[2] == x->shape[2] && cache->shape[0] % KV_BLOCK == 0);
+    check_same_dev(cache, x);
+    check_tab(tab, 1, cache);
+    CHECKF(p0 >= 0 && p0 + x->shape[0] <= tab->shape[0] * KV_BLOCK,
+           "op_kv_pages: tokens %lld..%lld outside a table of %lld blocks", (long long)p0,
+           (long long)(p0 + x->shape[0] - 1), (long long)tab->shape[0]);
+    if (x->shape[0] == 0) return;
+    DISPATCH(cache->dev, kv_pages, cache, x, tab, p0, to_cache);
+}
+
+static void check_attn_cache(const struct tensor *out, const struct tensor *q, const struct tensor *k,
+                             const struct tensor *v)
 {
     CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && out->ndim == 3);
     CHECK(tensor_same_shape(out, q) && tensor_same_shape(k, v));
     CHECK(q->shape[2] == k->shape[2] && q->shape[1] % k->shape[1] == 0);
     CHECK(out->data != q->data && out->data != k->data && out->data != v->data);
-    CHECK(pos->ndim == 1 && pos->dtype == DTYPE_I32 && pos->shape[0] == q->shape[0]);
-    CHECKF(!(flags & ATTN_EAGER_F16), "op_attention_pos: eager rounding is for the vision tower only");
     check_same_dev(out, q);
     check_same_dev(out, k);
     check_same_dev(out, v);
+}
+
+void op_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                      const struct tensor *pos, const struct tensor *tab, float scale, int flags)
+{
+    check_attn_cache(out, q, k, v);
+    CHECK(pos->ndim == 1 && pos->dtype == DTYPE_I32 && pos->shape[0] == q->shape[0]);
+    CHECKF(!(flags & ATTN_EAGER_F16), "op_attention_pos: eager rounding is for the vision tower only");
     check_same_dev(out, pos);
-    DISPATCH(out->dev, attention_pos, out, q, k, v, pos, scale, flags);
+    if (tab) {
+        check_tab(tab, 1, out);
+        CHECK(k->shape[0] % KV_BLOCK == 0);
+    }
+    DISPATCH(out->dev, attention_pos, out, q, k, v, pos, tab, scale, flags);
 }
 
 void op_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
-                       const struct tensor *base, const struct tensor *n_keys, float scale)
+                       const struct tensor *tab, const struct tensor *seq, const struct tensor *n_keys, float scale)
 {
-    CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 && out->ndim == 3);
-    CHECK(tensor_same_shape(out, q) && tensor_same_shape(k, v));
-    CHECK(q->shape[2] == k->shape[2] && q->shape[1] % k->shape[1] == 0);
-    CHECK(out->data != q->data && out->data != k->data && out->data != v->data);
-    CHECK(base->ndim == 1 && base->dtype == DTYPE_I32 && base->shape[0] == q->shape[0]);
+    check_attn_cache(out, q, k, v);
+    CHECK(k->shape[0] % KV_BLOCK == 0);
+    check_tab(tab, 2, out);
+    CHECK(seq->ndim == 1 && seq->dtype == DTYPE_I32 && seq->shape[0] == q->shape[0]);
     CHECK(n_keys->ndim == 1 && n_keys->dtype == DTYPE_I32 && n_keys->shape[0] == q->shape[0]);
-    check_same_dev(out, q);
-    check_same_dev(out, k);
-    check_same_dev(out, v);
-    check_same_dev(out, base);
+    check_same_dev(out, seq);
     check_same_dev(out, n_keys);
-    DISPATCH(out->dev, attention_rows, out, q, k, v, base, n_keys, scale);
+    DISPATCH(out->dev, attention_rows, out, q, k, v, tab, seq, n_keys, scale);
 }
 
 void op_argmax_dev(const struct tensor *x, struct tensor *ids)

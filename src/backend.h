@@ -114,30 +114,49 @@ void op_argmax(const struct tensor *x, int32_t *out);
  * op_rmsnorm(xn, h, w, eps), bit for bit, in one launch. h [rows, d], o like h, xn like h,
  * w [d]. xn must not alias h or o. */
 void op_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w, float eps);
+/* ---- the paged KV cache (kvpool.h) ----
+ * A paged cache is [n_blocks * KV_BLOCK, Hkv, hd]: block b holds the rows b*KV_BLOCK .. +KV_BLOCK-1. A
+ * sequence's block table tab (I32 on the cache's device) lists its blocks in order: its token p is in
+ * row tab[p / KV_BLOCK] * KV_BLOCK + p % KV_BLOCK. Every table entry an op reads must name a block of
+ * the cache (the CPU twins check it; the CUDA kernels trust it: the host allocator wrote it).
+ * KV_BLOCK: 16 tokens. Smaller blocks waste less of a sequence's last block (at most 15 rows) and
+ * let prefix reuse match at a finer grain; 16 rows of one kv head are 4 KiB of f16 K, enough for the
+ * kernels' 16-byte loads to stay whole, and a 4096-token table is 256 entries (1 KiB). */
+#define KV_BLOCK 16
+
 /* op_rope on q [n, H, hd] and k [n, Hkv, hd] at positions pos (I32 [n]) in one launch; when kc is
- * not NULL also stores the rotated k and v [n, Hkv, hd] into the caches kc, vc [T, Hkv, hd] at rows
- * pos[i] (the KV append of a decode step, its row read on the device). Same dtypes for k, v, kc, vc. */
+ * not NULL also stores the rotated k and v [n, Hkv, hd] into the caches kc, vc [T, Hkv, hd]: at rows
+ * pos[i] when tab is NULL, else at the rows of positions pos[i] through the block table tab (I32 [MB],
+ * MB * KV_BLOCK > pos[i]) (the KV append of a decode step, its row read on the device). Same dtypes
+ * for k, v, kc, vc. */
 void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
-                struct tensor *kc, struct tensor *vc);
+                struct tensor *kc, struct tensor *vc, const struct tensor *tab);
 /* cache[rows[i]] = x[i] for x [n, ...], cache [T, ...] (same inner shape and dtype), rows I32 [n]
  * on the device; every rows[i] must be in [0, T). */
 void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);
+/* Moves the tokens p0 .. p0 + n - 1 of one paged sequence (block table tab, I32 [MB] on the device,
+ * MB * KV_BLOCK >= p0 + n) between the cache [T, Hkv, hd] and the contiguous x [n, Hkv, hd] (same
+ * dtype): to_cache 0 gathers (x = the sequence's rows), 1 scatters (the rows = x). p0 is a host value
+ * (prefill and beam search, outside graphs). Exact copies. */
+void op_kv_pages(struct tensor *cache, struct tensor *x, const struct tensor *tab, int64_t p0, int to_cache);
 /* op_attention with ATTN_CAUSAL-style positions read on the device: query row i is at absolute
- * position pos[i] (I32 [n], consecutive), keys 0..pos[n-1] of k, v [T, Hkv, hd] are used (T is the
- * cache capacity; pos[n-1] < T). With ATTN_CAUSAL, row i sees keys 0..pos[i]; without it, all of
+ * position pos[i] (I32 [n], consecutive), keys 0..pos[n-1] of k, v [T, Hkv, hd] are used: rows
+ * 0..pos[n-1] (tab NULL; pos[n-1] < T) or those positions through the block table tab (I32 [MB],
+ * pos[n-1] < MB * KV_BLOCK). With ATTN_CAUSAL, row i sees keys 0..pos[i]; without it, all of
  * 0..pos[n-1]. The same launch serves every position, so it can sit in a replayed graph. */
 void op_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
-                      const struct tensor *pos, float scale, int flags);
+                      const struct tensor *pos, const struct tensor *tab, float scale, int flags);
 /* One query row per sequence (the batched decode step of several slots): row i of q [B, H, hd] attends
- * causally to its own sequence only, the cache rows base[i] .. base[i] + n_keys[i] - 1 of k, v
- * [T, Hkv, hd] (its last key is the row's own position). base, n_keys: I32 [B] on the device (read
- * there, so the launch does not depend on them). Equal to op_attention(out[i], q[i], k[base[i] ..],
- * v[base[i] ..], n_keys[i] - 1, scale, ATTN_CAUSAL) for each row (the CPU twin is exactly that
- * loop, so a row equals a one-token step of its sequence alone bit for bit); CUDA: one launch, within
- * the attention tolerances. Every row needs n_keys[i] >= 1 and base[i] + n_keys[i] <= T. out must
- * not alias q, k or v. */
+ * causally to its own sequence only, the n_keys[i] first tokens of the paged sequence whose block table
+ * is row seq[i] of tab (I32 [S, MB]; its last key is the row's own position) in k, v [T, Hkv, hd].
+ * seq, n_keys: I32 [B] on the device (read there, so the launch does not depend on them). Equal to
+ * op_attention(out[i], q[i], K_i, V_i, n_keys[i] - 1, scale, ATTN_CAUSAL) for each row, K_i and V_i
+ * the sequence's rows gathered in order (the CPU twin is exactly that loop, so a row equals a one-token
+ * step of its sequence alone bit for bit); CUDA: one launch (split-K over the keys, the heads of a
+ * GQA group sharing each K/V load), within the attention tolerances. Every row needs
+ * 1 <= n_keys[i] <= MB * KV_BLOCK and 0 <= seq[i] < S. out must not alias q, k or v. */
 void op_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
-                       const struct tensor *base, const struct tensor *n_keys, float scale);
+                       const struct tensor *tab, const struct tensor *seq, const struct tensor *n_keys, float scale);
 /* ids[i] = argmax of row i of x[n, V] (F32); ids I32 [n] on x's device (no host copy, no sync:
  * the next step's op_embed reads it). Same tie and NaN rules as op_argmax. */
 void op_argmax_dev(const struct tensor *x, struct tensor *ids);

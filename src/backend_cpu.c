@@ -280,18 +280,15 @@ static inline float dot_f32(const float *a, const float *b, int64_t n)
     return r;
 }
 
-void cpu_attention(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
-                   int64_t q_pos0, float scale, int flags)
+/* The attention itself over keys and values already in f32: kf, vf [T, Hkv, hd] (T, Hkv: k's rows
+ * and heads as the callers gathered them). */
+static void attention_f32(struct tensor *out, const struct tensor *q, const float *kf, const float *vf, int64_t T,
+                          int64_t Hkv, int64_t q_pos0, float scale, int flags)
 {
-    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], T = k->shape[0], Hkv = k->shape[1];
+    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2];
     const int64_t group = H / Hkv;
     const enum dtype at = q->dtype;
     const int eager = (flags & ATTN_EAGER_F16) != 0;
-    /* keys/values converted to f32 once: [T, Hkv, hd] */
-    float *kf = malloc((size_t)(T * Hkv * hd) * sizeof(float)), *vf = malloc((size_t)(T * Hkv * hd) * sizeof(float));
-    CHECK(kf && vf);
-    convert_to_f32(kf, k->data, k->dtype, T * Hkv * hd);
-    convert_to_f32(vf, v->data, v->dtype, T * Hkv * hd);
 #pragma omp parallel
     {
         float *sc = malloc((size_t)T * sizeof(float)), *qf = malloc((size_t)hd * sizeof(float));
@@ -328,6 +325,51 @@ void cpu_attention(struct tensor *out, const struct tensor *q, const struct tens
         free(qf);
         free(acc);
     }
+}
+
+void cpu_attention(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                   int64_t q_pos0, float scale, int flags)
+{
+    const int64_t T = k->shape[0], Hkv = k->shape[1], hd = k->shape[2];
+    /* keys/values converted to f32 once: [T, Hkv, hd] */
+    float *kf = malloc((size_t)(T * Hkv * hd) * sizeof(float)), *vf = malloc((size_t)(T * Hkv * hd) * sizeof(float));
+    CHECK(kf && vf);
+    convert_to_f32(kf, k->data, k->dtype, T * Hkv * hd);
+    convert_to_f32(vf, v->data, v->dtype, T * Hkv * hd);
+    attention_f32(out, q, kf, vf, T, Hkv, q_pos0, scale, flags);
+    free(kf);
+    free(vf);
+}
+
+/* The cache row of token p of a paged sequence (block table tab, I32 [MB]); checks the entry. */
+static int64_t page_row(const struct tensor *cache, const struct tensor *tab, int64_t p)
+{
+    const int32_t *t = tab->data;
+    const int64_t nb = cache->shape[0] / KV_BLOCK;
+    CHECKF(p >= 0 && p / KV_BLOCK < tab->shape[tab->ndim - 1], "paged KV: token %lld beyond a table of %lld blocks",
+           (long long)p, (long long)tab->shape[tab->ndim - 1]);
+    const int32_t b = t[p / KV_BLOCK];
+    CHECKF(b >= 0 && b < nb, "paged KV: block %d of token %lld outside the pool of %lld blocks", b, (long long)p,
+           (long long)nb);
+    return (int64_t)b * KV_BLOCK + p % KV_BLOCK;
+}
+
+/* cpu_attention over the first nk tokens of a paged sequence: its rows gathered (converted to f32) in
+ * order, then the same attention as on a contiguous cache, so the numbers are those of cpu_attention
+ * on the gathered rows bit for bit. */
+static void attention_paged(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                            const struct tensor *tab, int64_t nk, int64_t q_pos0, float scale, int flags)
+{
+    const int64_t Hkv = k->shape[1], rn = Hkv * k->shape[2];
+    const size_t rb = (size_t)rn * dtype_size(k->dtype);
+    float *kf = malloc((size_t)(nk * rn) * sizeof(float)), *vf = malloc((size_t)(nk * rn) * sizeof(float));
+    CHECK(kf && vf);
+    for (int64_t j = 0; j < nk; j++) {
+        const int64_t r = page_row(k, tab, j);
+        convert_to_f32(kf + j * rn, (const char *)k->data + (size_t)r * rb, k->dtype, rn);
+        convert_to_f32(vf + j * rn, (const char *)v->data + (size_t)r * rb, v->dtype, rn);
+    }
+    attention_f32(out, q, kf, vf, nk, Hkv, q_pos0, scale, flags);
     free(kf);
     free(vf);
 }
@@ -412,56 +454,75 @@ void cpu_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o
     cpu_rmsnorm(xn, h, w, eps);
 }
 
-/* rows of a [T, ...] cache at the positions in rows (host I32) */
-static void store_rows(struct tensor *cache, const struct tensor *x, const int32_t *rows)
+/* rows of a [T, ...] cache at the positions in rows (host I32), or, with tab, at the rows of those
+ * positions through the block table */
+static void store_rows(struct tensor *cache, const struct tensor *x, const int32_t *rows, const struct tensor *tab)
 {
     const size_t rb = (size_t)tensor_row_numel(x) * dtype_size(x->dtype);
     for (int64_t i = 0; i < x->shape[0]; i++) {
-        CHECKF(rows[i] >= 0 && rows[i] < cache->shape[0], "kv store: row %d outside the cache of %lld", rows[i],
+        const int64_t r = tab ? page_row(cache, tab, rows[i]) : rows[i];
+        CHECKF(r >= 0 && r < cache->shape[0], "kv store: row %lld outside the cache of %lld", (long long)r,
                (long long)cache->shape[0]);
-        memcpy((char *)cache->data + (size_t)rows[i] * rb, (const char *)x->data + (size_t)i * rb, rb);
+        memcpy((char *)cache->data + (size_t)r * rb, (const char *)x->data + (size_t)i * rb, rb);
     }
 }
 
 void cpu_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
-                 struct tensor *kc, struct tensor *vc)
+                 struct tensor *kc, struct tensor *vc, const struct tensor *tab)
 {
     cpu_rope(q, pos, theta);
     cpu_rope(k, pos, theta);
     if (kc) {
-        store_rows(kc, k, pos->data);
-        store_rows(vc, v, pos->data);
+        store_rows(kc, k, pos->data, tab);
+        store_rows(vc, v, pos->data, tab);
     }
 }
 
 void cpu_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
 {
-    store_rows(cache, x, rows->data);
+    store_rows(cache, x, rows->data, NULL);
+}
+
+void cpu_kv_pages(struct tensor *cache, struct tensor *x, const struct tensor *tab, int64_t p0, int to_cache)
+{
+    const size_t rb = (size_t)tensor_row_numel(x) * dtype_size(x->dtype);
+    for (int64_t i = 0; i < x->shape[0]; i++) {
+        char *c = (char *)cache->data + (size_t)page_row(cache, tab, p0 + i) * rb, *r = (char *)x->data + (size_t)i * rb;
+        if (to_cache) memcpy(c, r, rb);
+        else memcpy(r, c, rb);
+    }
 }
 
 void cpu_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
-                       const struct tensor *pos, float scale, int flags)
+                       const struct tensor *pos, const struct tensor *tab, float scale, int flags)
 {
     const int32_t *p = pos->data;
     const int64_t n = q->shape[0], nk = (int64_t)p[n - 1] + 1;
+    if (tab) {
+        CHECKF(p[0] >= 0, "attention: position %d", p[0]);
+        attention_paged(out, q, k, v, tab, nk, p[0], scale, flags);
+        return;
+    }
     CHECKF(p[0] >= 0 && nk <= k->shape[0], "attention: positions %d..%d outside the cache of %lld", p[0], p[n - 1],
            (long long)k->shape[0]);
     struct tensor kv = tensor_rows_view(k, 0, nk), vv = tensor_rows_view(v, 0, nk);
     cpu_attention(out, q, &kv, &vv, p[0], scale, flags);
 }
 
-/* A loop over the rows: each is exactly the one-token cpu_attention of its sequence alone. */
+/* A loop over the rows: each is exactly the one-token attention of its sequence alone. */
 void cpu_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
-                        const struct tensor *base, const struct tensor *n_keys, float scale)
+                        const struct tensor *tab, const struct tensor *seq, const struct tensor *n_keys, float scale)
 {
-    const int32_t *b = base->data, *nk = n_keys->data;
+    const int32_t *sq = seq->data, *nk = n_keys->data;
+    const int64_t S = tab->shape[0], MB = tab->shape[1];
     for (int64_t i = 0; i < q->shape[0]; i++) {
-        CHECKF(b[i] >= 0 && nk[i] >= 1 && (int64_t)b[i] + nk[i] <= k->shape[0],
-               "attention: row %lld reads cache rows %d..%lld outside the cache of %lld", (long long)i, b[i],
-               (long long)b[i] + nk[i] - 1, (long long)k->shape[0]);
+        CHECKF(sq[i] >= 0 && sq[i] < S && nk[i] >= 1 && nk[i] <= MB * KV_BLOCK,
+               "attention: row %lld reads %d keys of sequence %d (tables: %lld of %lld blocks)", (long long)i, nk[i],
+               sq[i], (long long)S, (long long)MB);
         struct tensor oi = tensor_rows_view(out, i, 1), qi = tensor_rows_view(q, i, 1);
-        struct tensor ki = tensor_rows_view(k, b[i], nk[i]), vi = tensor_rows_view(v, b[i], nk[i]);
-        cpu_attention(&oi, &qi, &ki, &vi, nk[i] - 1, scale, ATTN_CAUSAL);
+        struct tensor ti = tensor_rows_view(tab, sq[i], 1);
+        ti = tensor_reshape(&ti, 1, MB);
+        attention_paged(&oi, &qi, k, v, &ti, nk[i], nk[i] - 1, scale, ATTN_CAUSAL);
     }
 }
 

@@ -24,13 +24,15 @@
     void P##_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w,  \
                          float eps);                                                                       \
     void P##_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta,            \
-                     const struct tensor *v, struct tensor *kc, struct tensor *vc);                        \
+                     const struct tensor *v, struct tensor *kc, struct tensor *vc, const struct tensor *tab); \
     void P##_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);             \
+    void P##_kv_pages(struct tensor *cache, struct tensor *x, const struct tensor *tab, int64_t p0, int to_cache); \
     void P##_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k,             \
-                           const struct tensor *v, const struct tensor *pos, float scale, int flags);      \
+                           const struct tensor *v, const struct tensor *pos, const struct tensor *tab,     \
+                           float scale, int flags);                                                        \
     void P##_attention_rows(struct tensor *out, const struct tensor *q, const struct tensor *k,            \
-                            const struct tensor *v, const struct tensor *base, const struct tensor *n_keys,  \
-                            float scale);                                                                  \
+                            const struct tensor *v, const struct tensor *tab, const struct tensor *seq,     \
+                            const struct tensor *n_keys, float scale);                                     \
     void P##_argmax_dev(const struct tensor *x, struct tensor *ids);                                       \
     void P##_add_i32(struct tensor *x, int32_t d);
 

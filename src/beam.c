@@ -204,22 +204,16 @@ static int kv_cancel(void *ctx)
     return kv->cancel ? kv->cancel(kv->cancel_ctx) : 0;
 }
 
-/* Copies rows [0, n) between a beam copy and the cache rows [P, P+n) of every layer. */
-static void kv_move(struct beam_kv *kv, int sd, int b, int64_t n, int to_cache)
+/* Copies rows [0, n) between a beam copy and the session's tokens [P, P+n) of every layer. */
+static int kv_move(struct beam_kv *kv, int sd, int b, int64_t n, int to_cache, struct err *e)
 {
     struct llm *s = &kv->g->llm;
     for (int l = 0; l < kv->L; l++) {
         size_t i = KV_AT(kv, sd, b, l);
-        struct tensor ck = tensor_rows_view(&s->cache[l].k, kv->P, n), cv = tensor_rows_view(&s->cache[l].v, kv->P, n);
         struct tensor bk = tensor_rows_view(&kv->k[i], 0, n), bv = tensor_rows_view(&kv->v[i], 0, n);
-        if (to_cache) {
-            op_copy(&ck, &bk);
-            op_copy(&cv, &bv);
-        } else {
-            op_copy(&bk, &ck);
-            op_copy(&bv, &cv);
-        }
+        if (llm_slot_kv_copy(s, 0, l, kv->P, &bk, &bv, to_cache, e)) return -1;
     }
+    return 0;
 }
 
 static int kv_step(void *ctx, int side, int slot, int parent, int t, int32_t tok, float *logits, struct err *e)
@@ -228,13 +222,13 @@ static int kv_step(void *ctx, int side, int slot, int parent, int t, int32_t tok
     struct llm *s = &kv->g->llm;
     if (t + 1 > kv->rows) return err_set(e, "beam search: %d tokens exceed the %lld reserved rows", t + 1, (long long)kv->rows);
     /* the parent's rows [0, t) into the cache, unless the previous forward left exactly them there */
-    if (t > 0 && !(kv->last_side == (side ^ 1) && kv->last_slot == parent && kv->last_t == t - 1))
-        kv_move(kv, side ^ 1, parent, t, 1);
+    if (t > 0 && !(kv->last_side == (side ^ 1) && kv->last_slot == parent && kv->last_t == t - 1) &&
+        kv_move(kv, side ^ 1, parent, t, 1, e))
+        return -1;
     llm_truncate(s, kv->P + t);
     if (s->n_past != kv->P + t) return err_set(e, "beam search: cache holds %lld rows, expected %lld",
                                                (long long)s->n_past, (long long)(kv->P + t));
-    if (llm_forward(s, &tok, NULL, 1, logits, e)) return -1;
-    kv_move(kv, side, slot, t + 1, 0);
+    if (llm_forward(s, &tok, NULL, 1, logits, e) || kv_move(kv, side, slot, t + 1, 0, e)) return -1;
     kv->last_side = side;
     kv->last_slot = slot;
     kv->last_t = t;

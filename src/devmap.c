@@ -214,7 +214,12 @@ int64_t devmap_resampler_workspace(const struct model_config *c, int64_t B, int6
 
 int64_t devmap_kv_layer_bytes(const struct model_config *c, const struct devmap_params *p)
 {
-    return 2 * p->ctx * (int64_t)p->kv_seqs * c->num_key_value_heads * (int64_t)c->head_dim * p->act_bytes;
+    return llm_kv_layer_bytes(c, act_dtype(p->act_bytes), p->ctx, p->kv_seqs);
+}
+
+int64_t devmap_kv_device_bytes(const struct model_config *c, const struct devmap_params *p)
+{
+    return (int64_t)llm_kv_views_bytes(c, act_dtype(p->act_bytes), p->ctx, p->kv_seqs) + DEVMAP_ALIGN_SLACK;
 }
 
 enum { PIN_EMBED = 1, PIN_NORM = 2, PIN_LM_HEAD = 4, PIN_VPM = 8, PIN_RESAMPLER = 16 };
@@ -224,7 +229,7 @@ struct costs {
     int64_t embed, norm, lm_head, vpm, resampler, layer[DEVMAP_MAX_LAYERS];
     unsigned qpins;                      /* PIN_* of units holding a quantized tensor */
     unsigned char qlayer[DEVMAP_MAX_LAYERS];
-    int64_t kv_layer, ws_llm, ws_logits, ws_vision, ws_resampler, ws_lib;
+    int64_t kv_layer, kv_dev, ws_llm, ws_logits, ws_vision, ws_resampler, ws_lib;
     int64_t ws_quant; /* the CUDA dequantization buffers (devmap_quant_workspace), 0 without quantized weights */
 };
 
@@ -233,6 +238,7 @@ static void costs_set_params(struct costs *k, const struct model_config *c, cons
 {
     int64_t n = p->max_batch_tokens < p->ctx ? p->max_batch_tokens : p->ctx;
     k->kv_layer = devmap_kv_layer_bytes(c, p);
+    k->kv_dev = devmap_kv_device_bytes(c, p);
     k->ws_llm = devmap_llm_workspace(c, n, p->act_bytes);
     k->ws_logits = (int64_t)p->kv_seqs * logits_bytes(c, p->act_bytes);
     k->ws_vision = devmap_vision_workspace(c, p->max_pieces, p->max_patches, p->act_bytes);
@@ -332,7 +338,7 @@ static void need_of(const struct costs *k, int is_gpu, unsigned pins, int n_laye
     u->weights = layer_w + (pins & PIN_EMBED ? k->embed : 0) + (pins & PIN_NORM ? k->norm : 0) +
                  (pins & PIN_LM_HEAD ? k->lm_head : 0) + (pins & PIN_VPM ? k->vpm : 0) +
                  (pins & PIN_RESAMPLER ? k->resampler : 0);
-    u->kv = n_layers * k->kv_layer;
+    u->kv = n_layers * k->kv_layer + (n_layers > 0 ? k->kv_dev : 0);
     int llm = n_layers > 0 || (pins & (PIN_EMBED | PIN_NORM | PIN_LM_HEAD));
     u->ws_llm = llm ? k->ws_llm : 0;
     u->ws_logits = pins & PIN_LM_HEAD ? k->ws_logits : 0;
@@ -629,6 +635,8 @@ int devmap_plan(const struct model_config *c, const struct devmap_params *p, con
     }
     plan->n_dev = n_dev;
     memcpy(plan->dev, dev, (size_t)n_dev * sizeof *dev);
+    plan->kv_blocks = llm_kv_blocks(p->ctx, p->kv_seqs);
+    plan->kv_layer = k->kv_layer;
     if (m) {
         if (m->n_layers != k->n_layers) {
             int L = k->n_layers;

@@ -28,7 +28,12 @@
  *                    its tensor_nbytes (rows * dtype_row_bytes: codes, scales, absmax, padding; what
  *                    the loader allocates). The vision tower counts every stored layer (27), used or not.
  *                    Quantized units may be on a GPU (their dequantization buffers: ws_quant below).
- *   kv(layer)      = 2 * ctx * kv_seqs * Hkv * hd * ab                (K and V of one layer)
+ *   kv(layer)      = 2 * blocks * KV_BLOCK * Hkv * hd * ab             (K and V of one layer's block pool)
+ *                    blocks = kv_seqs * ceil(ctx / KV_BLOCK) (KV_BLOCK 16 tokens, backend.h: every
+ *                    sequence can hold ctx tokens at once; llm_kv_blocks)
+ *   kv(device)     = kv_seqs * ceil(ctx / KV_BLOCK) * 4 [block tables] + 2 * ctx * Hkv * hd * ab [a
+ *                    slot's K and V gathered for the prefill's attention] + SLACK, on every device
+ *                    holding layers (llm_kv_views_bytes); a device's kv = its layers' kv(layer) + kv(device)
  * The workspace parts are not written here twice: each module sizes its own views with the
  * counting pass of the code that carves them (llm_views_bytes, vision_views_bytes,
  * resampler_views_bound; tensor_carve), and the planner adds mm.c's blocks around them and SLACK
@@ -134,6 +139,8 @@ struct devmap_plan {
     struct devmap_device dev[DEVMAP_MAX_DEVICES];
     struct devmap_assign map;
     struct devmap_usage use[DEVMAP_MAX_DEVICES];
+    int64_t kv_blocks;        /* the KV block pool of each layer: blocks of KV_BLOCK tokens */
+    int64_t kv_layer;         /* one layer's pool in bytes (K and V) */
     char advice[768];         /* when it does not fit: changes that would each make it fit */
     char notes[512];          /* warnings that do not stop the plan (e.g. non-contiguous layers) */
 };
@@ -170,6 +177,7 @@ int64_t devmap_vision_workspace(const struct model_config *c, int64_t max_pieces
 int64_t devmap_resampler_workspace(const struct model_config *c, int64_t max_pieces, int64_t max_patches,
                                    int act_bytes);
 int64_t devmap_kv_layer_bytes(const struct model_config *c, const struct devmap_params *p);
+int64_t devmap_kv_device_bytes(const struct model_config *c, const struct devmap_params *p);
 
 /* ---- explicit maps ---- */
 /* Parses a JSON device map: either {"module": device, ...} or an object with a "device_map" member

@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <string.h>
 
+#include "backend.h"
 #include "model.h"
 
 #define MIB ((int64_t)1 << 20)
@@ -212,6 +213,9 @@ void devmap_print(FILE *f, const struct devmap_plan *p)
                 devmap_fmt_bytes(p->dev[i].budget - u->total, h, sizeof h),
                 u->total > p->dev[i].budget ? "  OVER" : "");
     }
+    fprintf(f, "kv pool: %lld blocks of %d tokens per layer (%d sequence%s x %lld tokens), %s per layer (K and V)\n",
+            (long long)p->kv_blocks, KV_BLOCK, q->kv_seqs, q->kv_seqs == 1 ? "" : "s", (long long)q->ctx,
+            devmap_fmt_bytes(p->kv_layer, a, sizeof a));
     if (p->notes[0]) fprintf(f, "note: %s\n", p->notes);
     if (!p->fits) fprintf(f, "does not fit: %s\n", p->advice);
 }
@@ -271,6 +275,11 @@ char *devmap_to_json(const struct devmap_plan *p, const char *error)
     cJSON_AddNumberToObject(params, "act_bytes", q->act_bytes);
     cJSON_AddStringToObject(params, "quant", q->quant == DTYPE_Q8 ? "q8" : q->quant == DTYPE_Q4 ? "q4" : "none");
     cJSON_AddItemToObject(root, "params", params);
+    cJSON *pool = cJSON_CreateObject();
+    cJSON_AddNumberToObject(pool, "blocks", (double)p->kv_blocks);
+    cJSON_AddNumberToObject(pool, "block_tokens", KV_BLOCK);
+    cJSON_AddNumberToObject(pool, "layer_bytes", (double)p->kv_layer);
+    cJSON_AddItemToObject(root, "kv_pool", pool);
     cJSON_AddBoolToObject(root, "explicit_map", p->explicit_map);
     if (p->notes[0]) cJSON_AddStringToObject(root, "notes", p->notes);
     if (!p->fits) cJSON_AddStringToObject(root, "advice", p->advice);

@@ -171,6 +171,7 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     int64_t ctx = g->plan->params.ctx, mb = g->plan->params.max_batch_tokens;
     if (mb > ctx) mb = ctx; /* as the planner counts it */
     if (llm_init_slots(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, g->plan->params.kv_seqs, e)) goto fail;
+    g->no_prefix_reuse = o->no_prefix_reuse;
     /* the image path and its scratch, as the plan reserved it */
     if (mm_init(&g->mm, &g->cfg, &g->pp, &g->model, &g->pl, o->dtype, g->plan->params.max_pieces,
                 g->plan->params.max_patches, e))
@@ -426,6 +427,27 @@ void engine_slot_truncate(struct engine *g, int slot, int64_t n)
 {
     if (slot >= 0 && slot < g->llm.n_slots) llm_slot_truncate(&g->llm, slot, n);
 }
+
+int64_t engine_slot_match(struct engine *g, int slot, const uint64_t *keys, int n)
+{
+    if (slot < 0 || slot >= g->llm.n_slots || n < 0) return 0;
+    return llm_slot_match(&g->llm, slot, keys, g->no_prefix_reuse ? 0 : n);
+}
+
+void engine_slot_publish(struct engine *g, int slot, const uint64_t *keys, int n)
+{
+    if (slot >= 0 && slot < g->llm.n_slots && n > 0 && !g->no_prefix_reuse) llm_slot_publish(&g->llm, slot, keys, n);
+}
+
+void engine_kv_use(const struct engine *g, struct engine_kv_use *u)
+{
+    struct kvpool_stats st;
+    kvpool_get_stats(g->llm.pool, &st);
+    *u = (struct engine_kv_use){.blocks = st.total, .used = st.used, .cached = st.cached, .block_tokens = st.bs,
+                                .hit_blocks = st.hit_blocks, .evicted = st.evicted};
+}
+
+void engine_kv_forget(struct engine *g) { kvpool_forget(g->llm.pool); }
 
 int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
                         float *logits, struct err *e)

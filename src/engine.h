@@ -25,6 +25,10 @@ struct engine_options {
                                          --device-map, ...); NULL = the planner's defaults on the one
                                          device `device` picks. engine_open always plans the placement. */
     int quiet;                   /* do not print the plan */
+    int no_prefix_reuse;         /* 1: every prompt is prefilled whole (engine_slot_match maps nothing, publish
+                                    keeps nothing): for a caller that compares logits with a cold run bit for
+                                    bit (reuse changes which GEMM computes a prompt's last rows: the same tokens,
+                                    logits equal to rounding) */
     struct progress progress;    /* weights placed so far (zeroed: no reports) */
 };
 struct devmap_opts;
@@ -131,9 +135,9 @@ int engine_decode_greedy(struct engine *g, int32_t tok, int32_t *next, struct er
 
 /* ---- several sequences (slots) in one engine ----
  * Slot 0 is the session engine_generate, turn.h and the calls above use (its CUDA-graph decode path
- * is unchanged). Each slot has its own KV rows of engine_slot_ctx tokens (a layer's cache holds
- * slots x ctx rows; the planner counts them: --parallel). Not thread-safe: one caller drives the
- * engine (the scheduler). */
+ * is unchanged). Each slot holds up to engine_slot_ctx tokens in blocks of a paged pool taken as it
+ * grows (the pool holds slots x ctx tokens, so none ever waits; the planner counts it: --parallel).
+ * Not thread-safe: one caller drives the engine (the scheduler). */
 int engine_slots(const struct engine *g);                  /* --parallel N (default 1) */
 int64_t engine_slot_ctx(const struct engine *g);           /* KV capacity of each slot, tokens */
 int64_t engine_slot_len(const struct engine *g, int slot); /* tokens the slot holds; -1: no such slot */
@@ -142,6 +146,24 @@ void engine_slot_truncate(struct engine *g, int slot, int64_t n); /* keep the fi
  * max_batch; logits of the last position into logits [V] (host, f32) when not NULL. */
 int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
                         float *logits, struct err *e);
+/* Prefix reuse (the paged KV cache keeps full blocks of KV_BLOCK tokens by a chained content key,
+ * kvpool.h; turn.c computes the keys: token ids, image rows by their image list's content). Match:
+ * slot emptied, then the longest run of cached blocks keys[0..n) mapped into it; returns the tokens it
+ * then holds (a multiple of the block size; 0 when nothing matched). Publish: offers the slot's first n
+ * full blocks under keys[0..n) (kept, reference-counted, after the slot lets them go, until the pool
+ * needs them: least recently released first). */
+int64_t engine_slot_match(struct engine *g, int slot, const uint64_t *keys, int n);
+/* (with engine_options.no_prefix_reuse: match only empties the slot, publish does nothing) */
+void engine_slot_publish(struct engine *g, int slot, const uint64_t *keys, int n);
+/* The KV block pool's use (/health, /metrics). */
+struct engine_kv_use {
+    int blocks, used, cached;    /* blocks per layer: all, held by slots, kept for reuse (the rest free) */
+    int block_tokens;
+    int64_t hit_blocks, evicted; /* blocks reused by a match, cached blocks taken back, since load */
+};
+void engine_kv_use(const struct engine *g, struct engine_kv_use *u);
+/* Forgets every cached prefix (bench: each timed turn prefills cold). */
+void engine_kv_forget(struct engine *g);
 /* One decode step for B distinct slots together: toks[i] goes into slots[i] at its next position;
  * logits [B, V] (host, f32). Every row equals what that slot alone would compute
  * (engine_slot_prefill with n = 1): bit for bit on the CPU for B <= 8 (larger B: the CPU's sgemm

@@ -18,6 +18,7 @@ struct engine {
     struct model_placement pl;
     int *layer_dev;              /* storage for pl.layer */
     struct llm llm;
+    int no_prefix_reuse;         /* engine_options.no_prefix_reuse */
     struct mm mm;                /* the image path and its kept scratch */
     struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     double load_seconds;

@@ -15,7 +15,7 @@
 
 /* Lays out the activation views of one device in cv (a counting carver only sizes them). */
 static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const struct model_config *c, enum dtype act,
-                         int64_t B, int64_t logit_rows)
+                         int64_t B, int64_t logit_rows, int kv_slots, int64_t ctx)
 {
     const int64_t d = c->hidden_size, hd = c->head_dim;
     const int64_t qd = (int64_t)c->num_attention_heads * hd, kvd = (int64_t)c->num_key_value_heads * hd;
@@ -33,9 +33,17 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
     b->ids = tensor_carve(cv, DTYPE_I32, B, 1);
     b->ids.ndim = 1;
     b->kv_rows = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->kv_base = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->kv_seq = tensor_carve(cv, DTYPE_I32, B, 1);
     b->kv_len = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->kv_rows.ndim = b->kv_base.ndim = b->kv_len.ndim = 1;
+    b->kv_rows.ndim = b->kv_seq.ndim = b->kv_len.ndim = 1;
+    if (kv_slots > 0) { /* a device holding layers */
+        const int64_t hkv = c->num_key_value_heads;
+        b->kv_tab = tensor_carve(cv, DTYPE_I32, kv_slots, llm_kv_blocks(ctx, 1));
+        b->kg = tensor_carve(cv, act, ctx, hkv * c->head_dim);
+        b->vg = tensor_carve(cv, act, ctx, hkv * c->head_dim);
+        b->kg = tensor_reshape(&b->kg, 3, ctx, hkv, (int64_t)c->head_dim);
+        b->vg = tensor_reshape(&b->vg, 3, ctx, hkv, (int64_t)c->head_dim);
+    }
     if (logit_rows > 0) {
         b->logits_all = tensor_carve(cv, DTYPE_F32, logit_rows, c->vocab_size);
         b->logits_act_all = tensor_carve(cv, act, logit_rows, c->vocab_size);
@@ -48,21 +56,38 @@ size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max
 {
     struct tensor_carver count = {.base = NULL, .dev = device_cpu()};
     struct llm_devbuf b;
-    devbuf_carve(&b, &count, c, act, max_batch, with_logits);
+    devbuf_carve(&b, &count, c, act, max_batch, with_logits, 0, 0);
     return count.raw;
 }
 
+int64_t llm_kv_blocks(int64_t ctx, int n_slots) { return (int64_t)n_slots * ((ctx + KV_BLOCK - 1) / KV_BLOCK); }
+
+int64_t llm_kv_layer_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots)
+{
+    return 2 * llm_kv_blocks(ctx, n_slots) * KV_BLOCK * c->num_key_value_heads * (int64_t)c->head_dim *
+           (int64_t)dtype_size(act);
+}
+
+size_t llm_kv_views_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots)
+{
+    struct tensor_carver with = {.base = NULL, .dev = device_cpu()}, without = with;
+    struct llm_devbuf b;
+    devbuf_carve(&b, &with, c, act, 1, 0, n_slots, ctx);
+    devbuf_carve(&b, &without, c, act, 1, 0, 0, 0);
+    return with.raw - without.raw;
+}
+
 static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struct device dev, enum dtype act,
-                       int64_t B, int64_t logit_rows, struct err *e)
+                       int64_t B, int64_t logit_rows, int kv_slots, int64_t ctx, struct err *e)
 {
     struct tensor_carver count = {.base = NULL, .dev = dev};
-    devbuf_carve(b, &count, c, act, B, logit_rows);
+    devbuf_carve(b, &count, c, act, B, logit_rows, kv_slots, ctx);
     b->dev = dev;
     b->bytes = count.off;
     b->mem = dev_alloc(dev, b->bytes, e);
     if (!b->mem) return -1;
     struct tensor_carver cv = {.base = b->mem, .dev = dev};
-    devbuf_carve(b, &cv, c, act, B, logit_rows);
+    devbuf_carve(b, &cv, c, act, B, logit_rows, kv_slots, ctx);
     return 0;
 }
 
@@ -93,13 +118,17 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
     s->n_slots = n_slots;
     s->slot_past = calloc((size_t)n_slots, sizeof *s->slot_past);
     if (!s->slot_past) return err_set(e, "out of memory");
-    /* which logical devices hold any LLM unit */
+    s->max_blocks = llm_kv_blocks(ctx, 1);
+    if (kvpool_init(&s->pool, (int)llm_kv_blocks(ctx, n_slots), KV_BLOCK, n_slots, (int)s->max_blocks, e)) goto fail;
+    /* which logical devices hold any LLM unit (2: layers, with the block tables) */
     int used[MODEL_MAX_DEVICES] = {0};
     used[pl->embed] = used[pl->norm] = used[pl->lm_head] = 1;
-    for (int i = 0; i < c->num_hidden_layers; i++) used[pl->layer[i]] = 1;
+    for (int i = 0; i < c->num_hidden_layers; i++) used[pl->layer[i]] = 2;
     for (int i = 0; i < pl->n_devices; i++) {
         if (!used[i]) continue;
-        if (devbuf_init(&s->dev[i], c, pl->devs[i], act, max_batch, i == pl->lm_head ? n_slots : 0, e)) goto fail;
+        if (devbuf_init(&s->dev[i], c, pl->devs[i], act, max_batch, i == pl->lm_head ? n_slots : 0,
+                        used[i] == 2 ? n_slots : 0, ctx, e))
+            goto fail;
     }
     {
         const struct device dl = pl->devs[pl->lm_head];
@@ -118,11 +147,12 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
     const int64_t kvd = (int64_t)c->num_key_value_heads * c->head_dim;
     for (int i = 0; i < L; i++) {
         struct device dev = pl->devs[pl->layer[i]];
-        const int64_t T = (int64_t)n_slots * ctx; /* every slot's rows (llm_slot_rows) */
+        const int64_t T = llm_kv_blocks(ctx, n_slots) * KV_BLOCK; /* the block pool's rows */
         size_t bytes = (size_t)T * (size_t)kvd * dtype_size(act);
         s->cache_mem[i] = dev_alloc(dev, 2 * bytes, e);
         if (!s->cache_mem[i]) {
-            err_prefix(e, "KV cache of layer %d (%d x %lld tokens)", i, n_slots, (long long)ctx);
+            err_prefix(e, "KV cache of layer %d (%lld blocks of %d tokens: %d x %lld tokens)", i,
+                       (long long)llm_kv_blocks(ctx, n_slots), KV_BLOCK, n_slots, (long long)ctx);
             goto fail;
         }
         s->cache[i].k = tensor_make(act, dev, s->cache_mem[i], 3, T, (int64_t)c->num_key_value_heads, (int64_t)c->head_dim);
@@ -148,6 +178,7 @@ void llm_free(struct llm *s)
     free(s->cache);
     free(s->cache_mem);
     free(s->slot_past);
+    kvpool_free(s->pool);
     memset(s, 0, sizeof *s);
 }
 
@@ -160,17 +191,72 @@ size_t llm_device_bytes(const struct llm *s, int i)
     return b;
 }
 
-void llm_truncate(struct llm *s, int64_t n)
-{
-    if (n < s->n_past) s->n_past = n < 0 ? 0 : n;
-}
-
-/* ---- slots: the one slot -> cache rows mapping ---- */
-
-int64_t llm_slot_rows(const struct llm *s, int slot) { return (int64_t)slot * s->ctx; }
+/* ---- slots and their blocks ---- */
 
 /* The count of tokens slot `slot` holds (slot 0: the session's n_past). */
 static int64_t *slot_past(struct llm *s, int slot) { return slot == 0 ? &s->n_past : &s->slot_past[slot]; }
+
+/* Logical devices holding layers, as a bit set. */
+static unsigned layer_devices(const struct llm *s)
+{
+    unsigned m = 0;
+    for (int l = 0; l < s->m->cfg.num_hidden_layers; l++) m |= 1u << s->pl->layer[l];
+    return m;
+}
+
+/* Slot `slot`'s block table on device di, I32 [max_blocks] (a row of kv_tab). */
+static struct tensor slot_tab(const struct llm *s, int di, int slot)
+{
+    struct tensor t = tensor_rows_view(&s->dev[di].kv_tab, slot, 1);
+    return tensor_reshape(&t, 1, s->max_blocks);
+}
+
+/* Mirrors slot's host table on every device holding layers when it changed (outside any graph). */
+static void kv_sync(struct llm *s, int slot)
+{
+    if (!kvpool_dirty(s->pool, slot)) return;
+    int nb;
+    const int32_t *t = kvpool_table(s->pool, slot, &nb);
+    const unsigned devs = layer_devices(s);
+    for (int i = 0; i < s->pl->n_devices && nb > 0; i++)
+        if (devs >> i & 1) {
+            struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)t, 1, (int64_t)nb);
+            struct tensor dst = slot_tab(s, i, slot);
+            dst.shape[0] = nb;
+            op_copy(&dst, &src);
+        }
+    kvpool_clean(s->pool, slot);
+}
+
+/* Blocks for slot's first n tokens, and its table on the devices. */
+static int kv_reserve(struct llm *s, int slot, int64_t n, struct err *e)
+{
+    if (kvpool_reserve(s->pool, slot, n, e)) return err_prefix(e, "sequence %d", slot);
+    kv_sync(s, slot);
+    return 0;
+}
+
+/* Keeps slot's first n tokens (and their blocks); a shared block it will write again is copied first. */
+static void kv_truncate(struct llm *s, int slot, int64_t n)
+{
+    int32_t from, to;
+    struct err e = {{0}};
+    const int rc = kvpool_truncate(s->pool, slot, n, &from, &to, &e);
+    CHECKF(rc >= 0, "%s", e.msg); /* cannot happen: a pool of n_slots * max_blocks always has the block */
+    if (rc == 1)
+        for (int l = 0; l < s->m->cfg.num_hidden_layers; l++) {
+            struct llm_layer_cache *lc = &s->cache[l];
+            struct tensor dk = tensor_rows_view(&lc->k, (int64_t)to * KV_BLOCK, KV_BLOCK);
+            struct tensor sk = tensor_rows_view(&lc->k, (int64_t)from * KV_BLOCK, KV_BLOCK);
+            struct tensor dv = tensor_rows_view(&lc->v, (int64_t)to * KV_BLOCK, KV_BLOCK);
+            struct tensor sv = tensor_rows_view(&lc->v, (int64_t)from * KV_BLOCK, KV_BLOCK);
+            op_copy(&dk, &sk);
+            op_copy(&dv, &sv);
+        }
+    kv_sync(s, slot);
+}
+
+void llm_truncate(struct llm *s, int64_t n) { llm_slot_truncate(s, 0, n); }
 
 int64_t llm_slot_len(const struct llm *s, int slot)
 {
@@ -182,13 +268,39 @@ void llm_slot_truncate(struct llm *s, int slot, int64_t n)
 {
     CHECK(slot >= 0 && slot < s->n_slots);
     int64_t *p = slot_past(s, slot);
-    if (n < *p) *p = n < 0 ? 0 : n;
+    if (n >= *p) return;
+    *p = n < 0 ? 0 : n;
+    kv_truncate(s, slot, *p);
 }
 
-/* The cache rows of one slot, [ctx, Hkv, hd] (slot 0 of one slot: the whole cache). */
-static struct tensor slot_view(const struct llm *s, const struct tensor *cache, int slot)
+int llm_slot_kv_copy(struct llm *s, int slot, int layer, int64_t p0, struct tensor *k, struct tensor *v, int to_cache,
+                     struct err *e)
 {
-    return tensor_rows_view(cache, llm_slot_rows(s, slot), s->ctx);
+    CHECK(slot >= 0 && slot < s->n_slots && layer >= 0 && layer < s->m->cfg.num_hidden_layers);
+    if (llm_check_fit(s->ctx, p0, k->shape[0], e)) return -1;
+    if (to_cache && kv_reserve(s, slot, p0 + k->shape[0], e)) return -1;
+    struct tensor tab = slot_tab(s, s->pl->layer[layer], slot);
+    op_kv_pages(&s->cache[layer].k, k, &tab, p0, to_cache);
+    op_kv_pages(&s->cache[layer].v, v, &tab, p0, to_cache);
+    return 0;
+}
+
+int64_t llm_slot_match(struct llm *s, int slot, const uint64_t *keys, int n)
+{
+    CHECK(slot >= 0 && slot < s->n_slots);
+    llm_slot_truncate(s, slot, 0);
+    /* a request's own tokens beyond ctx cannot be in a table: at most max_blocks */
+    const int k = kvpool_match(s->pool, slot, keys, n < s->max_blocks ? n : (int)s->max_blocks);
+    kv_sync(s, slot);
+    *slot_past(s, slot) = (int64_t)k * KV_BLOCK;
+    return (int64_t)k * KV_BLOCK;
+}
+
+void llm_slot_publish(struct llm *s, int slot, const uint64_t *keys, int n)
+{
+    CHECK(slot >= 0 && slot < s->n_slots);
+    const int64_t full = *slot_past(s, slot) / KV_BLOCK;
+    kvpool_publish(s->pool, slot, keys, n < full ? n : (int)full);
 }
 
 static struct tensor rows(const struct tensor *t, int64_t n) { return tensor_rows_view(t, 0, n); }
@@ -254,24 +366,33 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
     struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd), att3 = tensor_reshape(&att, 3, n, nh, hd);
     struct llm_layer_cache *lc = &s->cache[layer];
+    const float scale = 1.0f / sqrtf((float)hd);
     if (slot < 0) {
-        /* the batched step (llm_decode_batch): row i is a token of its own slot, at position pos[i]; its
-         * k, v go to cache row kv_rows[i], its attention reads the kv_len[i] rows from kv_base[i] */
-        op_rope_qk(&q3, &k3, &pos, c->rope_theta, NULL, NULL, NULL);
-        struct tensor kr = rows(&b->kv_rows, n), kb = rows(&b->kv_base, n), kl = rows(&b->kv_len, n);
+        /* the batched step (llm_decode_batch): row i is a token of slot kv_seq[i], at position pos[i]; its
+         * k, v go to cache row kv_rows[i], its attention reads the kv_len[i] first tokens of its slot */
+        op_rope_qk(&q3, &k3, &pos, c->rope_theta, NULL, NULL, NULL, NULL);
+        struct tensor kr = rows(&b->kv_rows, n), ks = rows(&b->kv_seq, n), kl = rows(&b->kv_len, n);
         op_kv_store(&lc->k, &k3, &kr);
         op_kv_store(&lc->v, &v3, &kr);
-        op_attention_rows(&att3, &q3, &lc->k, &lc->v, &kb, &kl, 1.0f / sqrtf((float)hd));
+        op_attention_rows(&att3, &q3, &lc->k, &lc->v, &b->kv_tab, &ks, &kl, scale);
     } else {
-        /* one slot's tokens at positions pos0..: its rows of the cache */
-        struct tensor kc = slot_view(s, &lc->k, slot), vc = slot_view(s, &lc->v, slot);
-        /* RoPE of q and k and the KV append (rows pos[i]) in one launch */
-        op_rope_qk(&q3, &k3, &pos, c->rope_theta, &v3, &kc, &vc);
+        /* one slot's tokens at positions pos0..: RoPE of q and k and the KV append (through the slot's
+         * block table) in one launch */
+        struct tensor tab = slot_tab(s, w->device, slot);
+        op_rope_qk(&q3, &k3, &pos, c->rope_theta, &v3, &lc->k, &lc->v, &tab);
         if (n <= 8) { /* decode: positions and key count read on the device (no host value: graph-safe) */
-            op_attention_pos(&att3, &q3, &kc, &vc, &pos, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
-        } else { /* prefill: the host q_pos0 (the tensor-core flash kernel's path) */
-            struct tensor kall = tensor_rows_view(&kc, 0, pos0 + n), vall = tensor_rows_view(&vc, 0, pos0 + n);
-            op_attention(&att3, &q3, &kall, &vall, pos0, 1.0f / sqrtf((float)hd), ATTN_CAUSAL);
+            op_attention_pos(&att3, &q3, &lc->k, &lc->v, &pos, &tab, scale, ATTN_CAUSAL);
+        } else {
+            /* prefill: the slot's pos0 + n rows gathered in order into kg, vg, then the tensor-core
+             * flash kernel over them, unchanged (host q_pos0). The gather reads and writes
+             * 2 * (pos0 + n) * Hkv * hd values per layer: at 4096 tokens of the 8B model 32 MiB of
+             * traffic, against the 436 MB of f16 weights every chunk's GEMMs read per layer (< 7 %
+             * of a small chunk's memory traffic, far less of a large compute-bound one). Estimated,
+             * not measured: the flash kernel reading the table itself is the alternative if it shows. */
+            struct tensor kall = rows(&b->kg, pos0 + n), vall = rows(&b->vg, pos0 + n);
+            op_kv_pages(&lc->k, &kall, &tab, 0, 0);
+            op_kv_pages(&lc->v, &vall, &tab, 0, 0);
+            op_attention(&att3, &q3, &kall, &vall, pos0, scale, ATTN_CAUSAL);
         }
     }
     op_matmul(&o, &att, &w->o_proj, NULL);
@@ -289,6 +410,8 @@ void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
 {
     set_positions(s, s->m->llm.layers[layer].device, pos0, h->shape[0]);
     s->dev_pos[s->m->llm.layers[layer].device] = -1; /* positions of a stage test, not of n_past */
+    struct err e = {{0}};
+    CHECKF(!kv_reserve(s, 0, pos0 + h->shape[0], &e), "%s", e.msg);
     layer_forward(s, layer, h, pos0, 0, NULL, 0);
 }
 
@@ -357,6 +480,7 @@ static int forward_chunk(struct llm *s, int slot, const int32_t *ids, const stru
     else h = hop(s, embeds, pl->embed, n);
     int64_t *past = slot_past(s, slot);
     const int64_t pos0 = *past;
+    if (kv_reserve(s, slot, pos0 + n, e)) return -1;
     /* positions once per device and chunk (a host->device copy each) */
     int done[MODEL_MAX_DEVICES] = {0};
     for (int l = 0; l < c->num_hidden_layers; l++)
@@ -379,7 +503,6 @@ static int forward_chunk(struct llm *s, int slot, const int32_t *ids, const stru
     /* final norm and lm_head on the last row only */
     struct tensor last = tensor_rows_view(&h, n - 1, 1);
     head_logits(s, &last, xn_ready, logits_out);
-    (void)e;
     return 0;
 }
 
@@ -440,14 +563,6 @@ static int graph_able(const struct llm *s)
     return 1;
 }
 
-/* Logical devices holding layers, as a bit set. */
-static unsigned layer_devices(const struct llm *s)
-{
-    unsigned m = 0;
-    for (int l = 0; l < s->m->cfg.num_hidden_layers; l++) m |= 1u << s->pl->layer[l];
-    return m;
-}
-
 /* What a graph-replayed decode step ends with (the index of its graph; llm_decode's modes). */
 enum decode_mode {
     DECODE_ARGMAX = LLM_DECODE_ARGMAX, /* the argmax into ids[0] */
@@ -504,6 +619,8 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
 {
     struct llm_devbuf *b = &s->dev[token_dev(s)];
     struct tensor idt = tensor_rows_view(&b->ids, 0, 1);
+    /* the block of the new token (its table row rewritten, outside the graph, only when a block is added) */
+    if (kv_reserve(s, 0, s->n_past + 1, e)) return -1;
     if (host_embed(s)) { /* the row of tok, gathered on the host, into layer 0's h (before the launch) */
         struct tensor hh = llm_embed(s, &tok, 1), hl = rows(&s->dev[s->pl->layer[0]].h, 1);
         op_copy(&hl, &hh);
@@ -594,11 +711,11 @@ void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t dr
 /* ---- several slots in one decode step ---- */
 
 /* Uploads the batched step's row tables to logical device di: tab holds B positions, then B cache
- * rows (where each row's k, v go), B first rows of the rows' slots and B key counts. */
+ * rows (where each row's k, v go), B slots (their block tables' rows) and B key counts. */
 static void set_batch_rows(struct llm *s, int di, const int32_t *tab, int B)
 {
     struct llm_devbuf *b = &s->dev[di];
-    struct tensor *dst[4] = {&b->pos, &b->kv_rows, &b->kv_base, &b->kv_len};
+    struct tensor *dst[4] = {&b->pos, &b->kv_rows, &b->kv_seq, &b->kv_len};
     for (int k = 0; k < 4; k++) {
         struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)(tab + (size_t)k * B), 1, (int64_t)B);
         struct tensor d = rows(dst[k], B);
@@ -621,12 +738,15 @@ static int batch_rows(struct llm *s, const int *slots, int B, int32_t *tab, stru
                            s->n_slots);
         for (int j = 0; j < i; j++)
             if (slots[j] == sl) return err_set(e, "sequence %d is twice in one decode step (rows %d and %d)", sl, j, i);
+        if (llm_check_fit(s->ctx, *slot_past(s, sl), 1, e)) return err_prefix(e, "sequence %d", sl);
+    }
+    for (int i = 0; i < B; i++) { /* checked: now the blocks of the new tokens */
+        const int sl = slots[i];
         const int64_t past = *slot_past(s, sl);
-        if (llm_check_fit(s->ctx, past, 1, e)) return err_prefix(e, "sequence %d", sl);
-        const int64_t base = llm_slot_rows(s, sl);
+        if (kv_reserve(s, sl, past + 1, e)) return -1;
         tab[i] = (int32_t)past;
-        tab[B + i] = (int32_t)(base + past);
-        tab[2 * B + i] = (int32_t)base;
+        tab[B + i] = (int32_t)kvpool_row(s->pool, sl, past);
+        tab[2 * B + i] = sl;
         tab[3 * B + i] = (int32_t)(past + 1);
     }
     return 0;

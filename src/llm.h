@@ -1,9 +1,11 @@
 /* llm.h: the Llama-3 decoder (spec §9). Prefill and decode are the same call (n_tok >= 1).
- * Owns the per-device activation buffers and the KV cache (each layer's K/V on its layer's
- * device). The hidden state hops between devices at layer boundaries. */
+ * Owns the per-device activation buffers and the paged KV cache (each layer's K/V block pool on its
+ * layer's device, the block tables mirrored there; kvpool.h keeps the host side). The hidden state
+ * hops between devices at layer boundaries. */
 #ifndef MINICPMV_LLM_H
 #define MINICPMV_LLM_H
 
+#include "kvpool.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -14,17 +16,21 @@ struct llm_devbuf {              /* activation views on one logical device, max_
     struct tensor h, xn, q, k, v, att, o, gate, up; /* [max_batch, ...] */
     struct tensor pos;           /* I32 [max_batch] */
     struct tensor ids;           /* I32 [max_batch] */
-    /* the batched step of several slots (llm_decode_batch): per row the cache row its k, v go to, the
-     * first cache row of its slot and its key count; I32 [max_batch] */
-    struct tensor kv_rows, kv_base, kv_len;
+    /* the batched step of several slots (llm_decode_batch): per row the cache row its k, v go to, its
+     * slot (the row of kv_tab its attention reads) and its key count; I32 [max_batch] */
+    struct tensor kv_rows, kv_seq, kv_len;
+    /* devices holding layers: every slot's block table, I32 [n_slots, max_blocks] (at a stable address:
+     * the decode graphs read it; rewritten outside graphs when the host's table changes), and the
+     * prefill's contiguous copy of a slot's K and V, [ctx, Hkv, hd] each (the flash kernel reads it) */
+    struct tensor kv_tab, kg, vg;
     struct tensor logits;        /* F32 [1, V] (only on the lm_head device): the first row of logits_all */
     struct tensor logits_act;    /* [1, V] in the act dtype: HF computes lm_head in fp16, then .float() */
     struct tensor logits_all, logits_act_all; /* [n_slots, V]: the batched step's rows */
 };
 
 struct llm_layer_cache {
-    struct tensor k, v;          /* [n_slots * ctx, n_kv_heads, head_dim] in the act dtype; slot s owns the
-                                    rows llm_slot_rows(s) (one slot: today's [ctx, ...]) */
+    struct tensor k, v;          /* the block pool, [n_blocks * KV_BLOCK, n_kv_heads, head_dim] in the act
+                                    dtype; block b is rows b * KV_BLOCK .. (backend.h, kvpool.h) */
 };
 
 struct llm {
@@ -36,6 +42,8 @@ struct llm {
     int64_t n_past;              /* tokens already in slot 0's cache (the session of llm_forward / llm_decode) */
     int n_slots;                 /* sequences with their own KV rows (--parallel); slot 0 is the session */
     int64_t *slot_past;          /* [n_slots]: tokens in slot s's cache for s >= 1 (slot 0: n_past) */
+    int64_t max_blocks;          /* a slot's table: ceil(ctx / KV_BLOCK) blocks */
+    struct kvpool *pool;         /* the blocks of every slot (n_slots * max_blocks: each slot can fill ctx) */
     struct llm_devbuf dev[MODEL_MAX_DEVICES];
     struct llm_layer_cache *cache; /* [num_hidden_layers] */
     void **cache_mem;            /* per layer allocation */
@@ -59,8 +67,9 @@ struct llm {
 
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
              int64_t max_batch, struct err *e);
-/* llm_init with n_slots sequences (slots), each with its own KV rows of ctx tokens: the caches hold
- * n_slots * ctx rows per layer, the lm_head device n_slots logits rows. llm_init is n_slots = 1. */
+/* llm_init with n_slots sequences (slots), each with up to ctx tokens of KV: the block pool holds
+ * llm_kv_blocks(ctx, n_slots) blocks per layer, the lm_head device n_slots logits rows. llm_init is
+ * n_slots = 1. */
 int llm_init_slots(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act,
                    int64_t ctx, int64_t max_batch, int n_slots, struct err *e);
 void llm_free(struct llm *s);
@@ -70,6 +79,13 @@ size_t llm_device_bytes(const struct llm *s, int i);
  * the lm_head device's logits rows too), from the same counting pass that lays them out, without
  * the 256-byte alignment padding (the device planner's cost model, devmap.c). */
 size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max_batch, int with_logits);
+/* The paged KV cache's sizes (the planner's cost model): blocks of the pool (n_slots * ceil(ctx /
+ * KV_BLOCK): every slot can hold ctx tokens at once, so a sequence never waits for a block); bytes of one
+ * layer's pool (K and V); bytes a device holding layers adds for the block tables and the prefill's
+ * gathered K and V (the counting pass that lays them out, without alignment padding). */
+int64_t llm_kv_blocks(int64_t ctx, int n_slots);
+int64_t llm_kv_layer_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots);
+size_t llm_kv_views_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots);
 
 /* The one context-fit check (every place that asks calls it, one wording): n_held tokens (in the
  * cache, or a prompt about to be) plus n_new more must fit a context of ctx tokens. 0, or -1 with
@@ -121,14 +137,23 @@ struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n);
 void llm_truncate(struct llm *s, int64_t n);
 
 /* ---- several sequences (slots) ----
- * Slot s owns the cache rows llm_slot_rows(s) .. + ctx - 1 of every layer (the one place that maps a
- * slot to rows: a block table of a paged cache replaces it). Slot 0 is the session above (n_past,
- * llm_forward, llm_decode and its CUDA graph). */
-int64_t llm_slot_rows(const struct llm *s, int slot);
+ * Slot s's tokens live in the blocks of its table (kvpool.h; blocks are taken as it grows and given back
+ * when it is truncated). Slot 0 is the session above (n_past, llm_forward, llm_decode and its CUDA
+ * graph). */
 /* Tokens slot s holds (slot 0: n_past). */
 int64_t llm_slot_len(const struct llm *s, int slot);
 /* Keeps the first n tokens of slot s (0: empty); n >= what it holds changes nothing. */
 void llm_slot_truncate(struct llm *s, int slot, int64_t n);
+/* Copies the tokens p0 .. p0 + n - 1 of slot s in layer l between the cache and k, v [n, Hkv, hd] on
+ * the layer's device (to_cache 1: into the cache, taking blocks as needed; 0: out of it). Beam search
+ * keeps each beam's rows this way. */
+int llm_slot_kv_copy(struct llm *s, int slot, int layer, int64_t p0, struct tensor *k, struct tensor *v, int to_cache,
+                     struct err *e);
+/* Prefix reuse (kvpool.h): slot s, emptied, maps the longest run of published blocks keys[0..n) and
+ * then holds their tokens (returned: n_blocks_mapped * KV_BLOCK); llm_slot_publish offers slot s's
+ * first n full blocks under keys[0..n). */
+int64_t llm_slot_match(struct llm *s, int slot, const uint64_t *keys, int n);
+void llm_slot_publish(struct llm *s, int slot, const uint64_t *keys, int n);
 /* llm_forward on slot s: n tokens after what the slot holds, in chunks of max_batch. */
 int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
                      float *logits_out, struct err *e);

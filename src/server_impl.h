@@ -92,6 +92,7 @@ struct server {
     long long cache_bytes;
     struct engine_device_mem mem[METRIC_DEVICES];
     int n_mem;
+    struct engine_kv_use kv;    /* the KV block pool, as of the last finished request */
 };
 
 /* server_http.c */

@@ -86,6 +86,7 @@ static void job_finish(struct server *s, struct job *j)
         hist_add(&s->dur, dur_le, time_now() - j->t_arrive);
     }
     if (s->g) s->n_mem = engine_device_memory(s->g, s->mem, METRIC_DEVICES);
+    if (s->g) engine_kv_use(s->g, &s->kv);
     const int cut = cancelled && s->stopping; /* cancelled by the drain timeout, not by its client */
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_lock(&j->mu);
@@ -371,6 +372,18 @@ char *srv_metrics_text(struct server *s)
     strbuf_printf(&b, "minicpmv_image_cache_capacity_bytes %zu\n", s->o.image_cache_bytes ? s->o.image_cache_bytes : (size_t)IMGCACHE_BYTES);
     metric_head(&b, "minicpmv_image_cache_hits_total", "counter", "Image sets found in the image cache (not encoded again).");
     strbuf_printf(&b, "minicpmv_image_cache_hits_total %ld\n", st.cache_hits);
+    metric_head(&b, "minicpmv_kv_blocks", "gauge",
+                "KV pool blocks per layer by state: held by running turns, cached for prefix reuse, free (as of the "
+                "last finished request).");
+    const struct engine_kv_use *kv = &s->kv;
+    strbuf_printf(&b, "minicpmv_kv_blocks{state=\"used\"} %d\nminicpmv_kv_blocks{state=\"cached\"} %d\n"
+                      "minicpmv_kv_blocks{state=\"free\"} %d\n", kv->used, kv->cached, kv->blocks - kv->used - kv->cached);
+    metric_head(&b, "minicpmv_kv_block_tokens", "gauge", "Tokens per KV block.");
+    strbuf_printf(&b, "minicpmv_kv_block_tokens %d\n", kv->block_tokens);
+    metric_head(&b, "minicpmv_kv_prefix_hit_blocks_total", "counter", "KV blocks a prompt reused instead of computing.");
+    strbuf_printf(&b, "minicpmv_kv_prefix_hit_blocks_total %lld\n", (long long)kv->hit_blocks);
+    metric_head(&b, "minicpmv_kv_evicted_blocks_total", "counter", "Cached KV blocks taken back for new tokens.");
+    strbuf_printf(&b, "minicpmv_kv_evicted_blocks_total %lld\n", (long long)kv->evicted);
     metric_head(&b, "minicpmv_device_memory_bytes", "gauge",
                 "Bytes held per device by kind (weights, kv, buffers), as of the last finished request.");
     for (int i = 0; i < s->n_mem; i++) {

@@ -239,17 +239,19 @@ void turn_free(struct turn *t)
 /* The turn's image rows: from the cache, or encoded (and offered to the cache). *own: the caller frees
  * img. The grids the encoder computed must be the ones the prompt was built with. */
 static int turn_images(struct turn *t, struct engine *g, struct imgcache *cache, struct tensor *img, int *own,
-                       int *n_pieces, int *cached, struct err *e)
+                       int *n_pieces, int *cached, uint64_t *hash, struct err *e)
 {
     const struct turn_request *rq = &t->rq;
     struct chat_grid *grids = calloc((size_t)rq->n_images, sizeof *grids);
     struct imgcache_key key = {0};
     int rc = -1;
     if (!grids) return err_set(e, "out of memory");
-    if (cache && imgcache_key_init(&key, rq->images, rq->n_images, rq->img_keys, rq->img_key_len)) {
+    /* the key also names the images' rows in the KV blocks' keys (run_keys), so it is made with or without a cache */
+    if (imgcache_key_init(&key, rq->images, rq->n_images, rq->img_keys, rq->img_key_len)) {
         err_set(e, "out of memory");
         goto out;
     }
+    *hash = key.hash;
     if (imgcache_get(cache, &key, rq->n_images, grids, img, n_pieces)) {
         *cached = 1;
     } else {
@@ -288,6 +290,9 @@ struct turn_run {
     struct turn_logprob *lp;        /* with logprobs: [max_new] */
     int n_lp;
     int64_t fed;                    /* staged runs: prompt rows in the slot */
+    uint64_t img_hash;              /* the image list's content key (imgcache.h), for the KV blocks' keys */
+    int matched, staged;            /* the prefix lookup is done; turn_start ran (the slot is let go at the end) */
+    int64_t reused;                 /* prompt tokens whose KV came from cached blocks (engine_slot_match) */
     int finished;
     double t0, t_vision, t_prefill0, t_decode0, t_prefill, t_decode, t_first;
 };
@@ -327,7 +332,7 @@ static int run_begin(struct turn *t, struct engine *g, const struct turn_io *io,
     u->t0 = time_now();
     *input_error = 1;
     if (rq->n_images &&
-        turn_images(t, g, u->io.cache, &u->img, &u->own_img, &u->n_pieces, &u->image_cached, e))
+        turn_images(t, g, u->io.cache, &u->img, &u->own_img, &u->n_pieces, &u->image_cached, &u->img_hash, e))
         return -1;
     u->t_vision = time_now() - u->t0;
     *input_error = 0;
@@ -342,6 +347,77 @@ static int run_begin(struct turn *t, struct engine *g, const struct turn_io *io,
             return err_set(e, "out of memory");
     }
     return 0;
+}
+
+/* ---- prefix reuse: the keys of the KV blocks ----
+ * Token i of the slot holds the prompt's id i, then the generated ids fed back. Its content for the key
+ * is the id, or, for an image row (a placeholder position: chat_image_bounds), the image list's key and
+ * the row's index, tagged by the top bit: placeholders are the same ids for any image, so two images
+ * never share a block, and the same images (the same list: a piece's rows depend on its batch) do. */
+static int run_keys(const struct turn *t, int64_t n, uint64_t **keys, int *n_keys, struct err *e)
+{
+    const struct turn_run *u = t->run;
+    const int nb = (int)(n / KV_BLOCK);
+    *keys = NULL;
+    *n_keys = 0;
+    if (nb < 1) return 0;
+    uint64_t *c = malloc((size_t)n * sizeof *c), *k = malloc((size_t)nb * sizeof *k);
+    struct chat_bound *b = NULL;
+    int n_b = 0, rc = -1;
+    if (!c || !k) {
+        err_set(e, "out of memory");
+        goto out;
+    }
+    for (int64_t i = 0; i < n; i++) c[i] = (uint64_t)(uint32_t)(i < t->n_ids ? t->ids[i] : u->out[i - t->n_ids]);
+    if (t->rq.n_images) {
+        if (chat_image_bounds(engine_tokenizer(u->g), t->ids, t->n_ids, &b, &n_b, e)) goto out;
+        int64_t row = 0;
+        for (int j = 0; j < n_b; j++)
+            for (int p = b[j].start; p < b[j].end; p++, row++) {
+                const uint64_t r = (uint64_t)row;
+                c[p] = 1ull << 63 | kvpool_hash(u->img_hash, &r, 1) >> 1;
+            }
+    }
+    uint64_t prev = 0;
+    for (int j = 0; j < nb; j++) k[j] = prev = kvpool_hash(prev, c + (size_t)j * KV_BLOCK, KV_BLOCK);
+    *keys = k;
+    *n_keys = nb;
+    k = NULL;
+    rc = 0;
+out:
+    free(b);
+    free(c);
+    free(k);
+    return rc;
+}
+
+/* Maps the cached blocks the prompt starts with into the turn's slot (emptied first); at least the
+ * prompt's last token is left to feed (its logits pick the first token). *reused: tokens mapped. */
+static int run_match(struct turn *t, int64_t *reused, struct err *e)
+{
+    struct turn_run *u = t->run;
+    uint64_t *keys;
+    int nk;
+    *reused = 0;
+    u->matched = 1;
+    if (run_keys(t, (int64_t)(t->n_ids - 1) / KV_BLOCK * KV_BLOCK, &keys, &nk, e)) return -1;
+    *reused = engine_slot_match(u->g, u->slot, keys, nk); /* also empties the slot when nk is 0 */
+    free(keys);
+    return 0;
+}
+
+/* Offers the full blocks of what the slot holds (the prompt, then the generated ids fed back) for
+ * reuse. Best effort: without memory for the keys nothing is offered. */
+static void run_publish(struct turn *t)
+{
+    struct turn_run *u = t->run;
+    const int64_t n = engine_slot_len(u->g, u->slot);
+    uint64_t *keys;
+    int nk;
+    struct err e = {{0}};
+    if (n < t->n_ids || n > t->n_ids + u->n_out || run_keys(t, n, &keys, &nk, &e)) return;
+    engine_slot_publish(u->g, u->slot, keys, nk);
+    free(keys);
 }
 
 /* The text pipe's end and the result. */
@@ -369,6 +445,7 @@ static int run_end(struct turn *t, struct turn_result *r, struct err *e)
     r->n_prompt = t->n_ids;
     r->n_gen = n_out;
     r->n_pieces = u->n_pieces;
+    r->n_prompt_cached = (int)u->reused;
     r->image_cached = u->image_cached;
     r->cancelled = u->io.cancel && atomic_load(u->io.cancel);
     r->timed_out = p->timed_out ||
@@ -417,7 +494,8 @@ int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct 
     int rc = -1;
     if (run_begin(t, g, io, 0, &r->input_error, e)) goto out;
     struct turn_run *u = t->run;
-    engine_truncate(g, 0);
+    if (rq->num_beams > 1) engine_truncate(g, 0);
+    else if (run_match(t, &u->reused, e)) goto out; /* slot 0: the prompt's cached blocks, the rest fed below */
     const double t_gen = time_now();
     struct engine_gen_stats st = {0};
     if (rq->num_beams > 1) {
@@ -428,9 +506,11 @@ int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct 
         for (int i = 0; i < u->n_out && !pipe_token(&u->p, u->out[i]); i++) {}
         u->p.n_gen = u->n_out;
     } else {
-        struct engine_gen q = {.embeds = &u->emb, .n = t->n_ids, .max_new = t->max_new, .sp = &rq->sp,
+        struct tensor rest = tensor_rows_view(&u->emb, u->reused, t->n_ids - u->reused);
+        struct engine_gen q = {.embeds = &rest, .n = t->n_ids - u->reused, .max_new = t->max_new, .sp = &rq->sp,
                                .ignore_eos = rq->ignore_eos, .cb = pipe_token, .cb_ctx = &u->p};
         if (engine_generate(g, &q, u->out, &u->n_out, &st, e)) goto out;
+        run_publish(t);
     }
     u->t_prefill = st.t_prefill;
     u->t_decode = st.t_decode;
@@ -458,7 +538,8 @@ int turn_start(struct turn *t, struct engine *g, const struct turn_io *io, int s
         goto fail;
     }
     u->smp_ready = 1;
-    engine_slot_truncate(g, slot, 0);
+    u->staged = 1;
+    engine_slot_truncate(g, slot, 0); /* the prefix lookup waits for the first prefill chunk (turn_prefill) */
     return 0;
 fail:
     run_free(t);
@@ -531,6 +612,12 @@ int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
         u->t_decode0 = time_now();
         return 1;
     }
+    /* the prompt's cached blocks, looked up now rather than at turn_start: a request admitted while
+     * another with the same start is still reading its prompt finds that prompt's blocks */
+    if (!u->matched) {
+        if (run_match(t, &u->reused, e)) return -1;
+        u->fed = u->reused;
+    }
     int64_t n = t->n_ids - u->fed;
     if (max_tokens > 0 && n > max_tokens) n = max_tokens;
     struct tensor rows = tensor_rows_view(&u->emb, u->fed, n);
@@ -538,6 +625,7 @@ int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
     if (engine_slot_prefill(u->g, u->slot, NULL, &rows, n, last ? u->logits : NULL, e)) return -1;
     u->fed += n;
     if (!last) return 0;
+    run_publish(t); /* the prompt's blocks, for requests that start the same way */
     if (engine_check_logits(u->g, u->logits, "for the prompt", e)) return -1;
     if (run_pick(t, u->logits, e) < 0) return -1;
     u->t_decode0 = time_now();
@@ -561,6 +649,8 @@ int turn_finish(struct turn *t, struct turn_result *r, struct err *e)
     memset(r, 0, sizeof *r);
     if (!t->run || !t->run->finished) return err_set(e, "turn_finish: the turn has not finished");
     t->run->t_decode = time_now() - t->run->t_decode0;
+    run_publish(t); /* with the generated tokens: a follow-up turn's prompt repeats them */
+    engine_slot_truncate(t->run->g, t->run->slot, 0); /* the blocks go back (published ones stay cached) */
     int rc = run_end(t, r, e);
     if (rc) {
         free(r->text);
@@ -570,7 +660,11 @@ int turn_finish(struct turn *t, struct turn_result *r, struct err *e)
     return rc;
 }
 
-void turn_abort(struct turn *t) { run_free(t); }
+void turn_abort(struct turn *t)
+{
+    if (t->run && t->run->staged) engine_slot_truncate(t->run->g, t->run->slot, 0);
+    run_free(t);
+}
 
 void turn_result_free(struct turn_result *r)
 {

@@ -94,6 +94,8 @@ struct turn_result {
     int32_t *ids;                   /* the generated ids, before clean-up (malloc'd) */
     int n_prompt, n_gen;            /* tokens; n_gen counts every generated id, the stop id included */
     int n_pieces;                   /* image pieces encoded (or cached) */
+    int n_prompt_cached;            /* prompt tokens whose KV came from cached blocks (prefix reuse): only
+                                       n_prompt - n_prompt_cached were prefilled */
     const char *finish;             /* "stop" or "length" */
     int cancelled;
     int timed_out;                  /* the deadline stopped generation */

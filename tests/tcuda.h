@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 #include "tensor.h"
@@ -81,6 +82,29 @@ static inline void t_free(struct tensor *t)
 {
     dev_free(t->dev, t->data);
     t->data = NULL;
+}
+
+/* Block tables of a paged cache (backend.h): I32 [n_tabs, mb] (1-D [mb] when n_tabs is 0) holding
+ * distinct blocks of a pool of n_blocks >= n_tabs * mb, in a shuffled order (a kernel that reads the
+ * rows in place of the table, or indexes it wrongly, reads other rows and fails the comparison). */
+static inline struct tensor h_table(int64_t n_tabs, int64_t mb, int64_t n_blocks)
+{
+    const int64_t n = (n_tabs ? n_tabs : 1) * mb;
+    CHECK(n <= n_blocks);
+    int32_t *perm = malloc((size_t)n_blocks * sizeof *perm);
+    CHECK(perm);
+    for (int64_t i = 0; i < n_blocks; i++) perm[i] = (int32_t)i;
+    for (int64_t i = n_blocks - 1; i > 0; i--) { /* Fisher-Yates on the seeded generator */
+        g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        const int64_t j = (int64_t)((g_rng >> 33) % (uint64_t)(i + 1));
+        const int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    struct tensor t = n_tabs ? h_new(DTYPE_I32, 2, n_tabs, mb, 0) : h_new(DTYPE_I32, 1, mb, 0, 0);
+    memcpy(t.data, perm, (size_t)n * sizeof *perm);
+    free(perm);
+    return t;
 }
 
 /* Compares a device result with a host reference; prints the metrics; fails above tol. */

@@ -1,7 +1,7 @@
 /* test_cuda_batch.c: the batched decode step of several slots on the GPU (issue 14).
- *  - op_attention_rows (cuda_attention.cu attn_rows_kernel) against its CPU twin (one one-row
- *    cpu_attention per row over that row's cache rows): f16, bf16 and f32 caches, GQA 4:1 and 1:1,
- *    hd 128 and 64, rows of 1, 127, 128, 129 and 700 keys (tile edges), slots in any order;
+ *  - op_attention_rows (cuda_attention.cu: the split-K decode kernel in rows mode, or the simple
+ *    kernel) against its CPU twin on a paged pool with shuffled block tables: B = 1, 16, 64 (and 5, 7),
+ *    rows of 1 .. 4096 keys mixed, f16, bf16 and f32, GQA 4:1 and 1:1, hd 128 and 64;
  *  - engine_decode_batch on the tiny model on the GPU (fp16 and fp32): 6 slots with different
  *    prompts, 12 steps, every row against the same slot stepped alone (engine_slot_prefill with one
  *    token) in a one-slot engine, within the logits tolerance, and the greedy tokens equal wherever
@@ -22,43 +22,72 @@
 
 #include "tcuda.h"
 
+/* op_attention_rows on a paged pool: B rows of mixed lengths (1 .. 4096), each row's sequence a table
+ * row (rows and table rows in different orders, S > B tables), the blocks of all tables one shuffled
+ * permutation of the pool plus unused blocks, so a kernel that ignores or misreads the table reads
+ * the wrong keys. The CPU twin is first checked against its definition (the row's keys gathered in
+ * order, then the one-row attention), bit for bit. B = 1 (~50 splits), 16 and 64 (few or no splits),
+ * f16 and bf16 through the split-K decode kernel; f32 and hd 64 GQA 1:1 through the simple kernel. */
 static void test_attention_rows(void)
 {
-    static const struct { int64_t H, Hkv, hd; enum dtype dt; } cs[] = {
-        {32, 8, 128, DTYPE_F16}, {32, 8, 128, DTYPE_BF16}, {8, 8, 64, DTYPE_F32}, {8, 2, 128, DTYPE_F16},
+    static const struct { int64_t H, Hkv, hd; enum dtype dt; int B, maxlen, off; } cs[] = {
+        {32, 8, 128, DTYPE_F16, 1, 4096, 1},  {32, 8, 128, DTYPE_F16, 1, 4096, 0},
+        {32, 8, 128, DTYPE_F16, 16, 4096, 0}, {32, 8, 128, DTYPE_F16, 64, 4096, 3},
+        {32, 8, 128, DTYPE_BF16, 16, 1000, 5}, {8, 2, 128, DTYPE_F16, 5, 700, 0},
+        {8, 8, 64, DTYPE_F32, 5, 700, 2},     {32, 8, 64, DTYPE_F16, 7, 300, 4},
     };
-    const int64_t SC = 800, NS = 5, B = 5;          /* 5 slots of 800 rows */
-    const int32_t slot[5] = {3, 0, 4, 1, 2};        /* rows in no slot order */
-    const int32_t nk[5] = {1, 129, 700, 128, 127};  /* key counts around the 128-key tile */
+    static const int lens[12] = {1, 4096, 17, 129, 700, 16, 2049, 4095, 33, 128, 1000, 3000};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
-        const int64_t H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd, T = SC * NS;
+        const int64_t H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd, B = cs[c].B, S = B + 3;
+        const int64_t mb = (cs[c].maxlen + KV_BLOCK - 1) / KV_BLOCK;
+        int32_t *nk = malloc((size_t)B * sizeof *nk);
+        int64_t used = 0;
+        CHECK(nk);
+        for (int64_t i = 0; i < B; i++) {
+            nk[i] = lens[(i + cs[c].off) % 12] < cs[c].maxlen ? lens[(i + cs[c].off) % 12] : cs[c].maxlen;
+            used += (nk[i] + KV_BLOCK - 1) / KV_BLOCK;
+        }
+        const int64_t nblocks = used + used / 8 + 2, T = nblocks * KV_BLOCK; /* some blocks nobody holds */
+        struct tensor perm = h_table(0, nblocks, nblocks), tab = h_new(DTYPE_I32, 2, S, mb, 0);
+        struct tensor seq = h_new(DTYPE_I32, 1, B, 0, 0), cnt = h_new(DTYPE_I32, 1, B, 0, 0);
+        int32_t *tb = tab.data, *sq = seq.data;
+        for (int64_t i = 0; i < S * mb; i++) tb[i] = -1; /* entries past a row's keys are never read */
+        for (int64_t i = 0, next = 0; i < B; i++) {
+            sq[i] = (int32_t)((i * 7 + 3) % S);
+            ((int32_t *)cnt.data)[i] = nk[i];
+            for (int64_t j = 0; j < (nk[i] + KV_BLOCK - 1) / KV_BLOCK; j++) tb[sq[i] * mb + j] = ((int32_t *)perm.data)[next++];
+        }
         struct tensor q = h_rand(cs[c].dt, 3, B, H, hd, 2.0f), k = h_rand(cs[c].dt, 3, T, Hkv, hd, 2.0f);
         struct tensor v = h_rand(cs[c].dt, 3, T, Hkv, hd, 1.0f), ref = h_new(cs[c].dt, 3, B, H, hd);
-        struct tensor base = h_new(DTYPE_I32, 1, B, 0, 0), cnt = h_new(DTYPE_I32, 1, B, 0, 0);
-        for (int64_t i = 0; i < B; i++) {
-            ((int32_t *)base.data)[i] = slot[i] * (int32_t)SC;
-            ((int32_t *)cnt.data)[i] = nk[i];
-        }
         const float scale = 1.0f / sqrtf((float)hd);
-        op_attention_rows(&ref, &q, &k, &v, &base, &cnt, scale);
-        /* the twin is the one-row attention of each row alone (the definition, checked here too) */
+        op_attention_rows(&ref, &q, &k, &v, &tab, &seq, &cnt, scale);
+        /* the twin is the one-row attention of each row over its gathered keys (the definition) */
         for (int64_t i = 0; i < B; i++) {
             struct tensor oi = h_new(cs[c].dt, 3, 1, H, hd), qi = tensor_rows_view(&q, i, 1);
-            struct tensor ki = tensor_rows_view(&k, slot[i] * SC, nk[i]), vi = tensor_rows_view(&v, slot[i] * SC, nk[i]);
+            struct tensor ki = h_new(cs[c].dt, 3, nk[i], Hkv, hd), vi = h_new(cs[c].dt, 3, nk[i], Hkv, hd);
+            struct tensor ti = tensor_rows_view(&tab, sq[i], 1);
+            ti = tensor_reshape(&ti, 1, mb);
+            op_kv_pages(&k, &ki, &ti, 0, 0);
+            op_kv_pages(&v, &vi, &ti, 0, 0);
             op_attention(&oi, &qi, &ki, &vi, nk[i] - 1, scale, ATTN_CAUSAL);
             struct tensor ri = tensor_rows_view(&ref, i, 1);
             T_ASSERT(memcmp(oi.data, ri.data, tensor_nbytes(&oi)) == 0);
-            t_free(&oi);
+            t_free(&oi), t_free(&ki), t_free(&vi);
         }
-        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), db = d_from(&base), dc = d_from(&cnt);
-        struct tensor dout = d_new(cs[c].dt, 3, B, H, hd);
-        op_attention_rows(&dout, &dq, &dk, &dv, &db, &dc, scale);
+        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dt = d_from(&tab), ds = d_from(&seq);
+        struct tensor dc = d_from(&cnt), dout = d_new(cs[c].dt, 3, B, H, hd);
+        op_attention_rows(&dout, &dq, &dk, &dv, &dt, &ds, &dc, scale);
         char cas[96];
-        snprintf(cas, sizeof cas, "B%lld slots of %lld H%lld/%lld hd%lld %s", (long long)B, (long long)SC,
-                 (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt));
+        snprintf(cas, sizeof cas, "B%lld keys %d..%d of %lld blocks H%lld/%lld hd%lld %s", (long long)B, nk[0],
+                 nk[B - 1], (long long)nblocks, (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt));
         check_close("attn_rows", cas, &dout, &ref, tol_for(cs[c].dt));
-        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&base), t_free(&cnt);
-        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&db), t_free(&dc), t_free(&dout);
+        /* again: the split-K partial counters must be ready for the next launch */
+        struct tensor dout2 = d_new(cs[c].dt, 3, B, H, hd);
+        op_attention_rows(&dout2, &dq, &dk, &dv, &dt, &ds, &dc, scale);
+        check_close("attn_rows", "the same launch again", &dout2, &ref, tol_for(cs[c].dt));
+        free(nk);
+        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&tab), t_free(&seq), t_free(&cnt), t_free(&perm);
+        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dt), t_free(&ds), t_free(&dc), t_free(&dout), t_free(&dout2);
     }
 }
 

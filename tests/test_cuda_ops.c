@@ -288,11 +288,14 @@ static void test_add_rmsnorm(void)
     }
 }
 
+/* paged: the store goes through a shuffled block table over a pool of T rows (T a multiple of KV_BLOCK) */
 static void test_rope_qk(void)
 {
-    static const struct { int64_t n, H, Hkv, hd, T; int32_t p0; enum dtype dt; int store; } cs[] = {
-        {1, 32, 8, 128, 8192, 8000, DTYPE_F16, 1}, {3, 12, 2, 72, 50, 47, DTYPE_F32, 1},
-        {4, 8, 2, 16, 300, 7, DTYPE_BF16, 1},      {2, 4, 4, 64, 0, 1234, DTYPE_F16, 0},
+    static const struct { int64_t n, H, Hkv, hd, T; int32_t p0; enum dtype dt; int store, paged; } cs[] = {
+        {1, 32, 8, 128, 8192, 8000, DTYPE_F16, 1, 0}, {3, 12, 2, 72, 50, 47, DTYPE_F32, 1, 0},
+        {4, 8, 2, 16, 300, 7, DTYPE_BF16, 1, 0},      {2, 4, 4, 64, 0, 1234, DTYPE_F16, 0, 0},
+        {1, 32, 8, 128, 8192, 8000, DTYPE_F16, 1, 1}, {5, 12, 2, 72, 128, 45, DTYPE_F32, 1, 1},
+        {8, 32, 8, 128, 1024, 500, DTYPE_BF16, 1, 1},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         const int64_t n = cs[c].n, T = cs[c].T ? cs[c].T : 1;
@@ -302,17 +305,44 @@ static void test_rope_qk(void)
         for (int64_t i = 0; i < n; i++) ((int32_t *)pos.data)[i] = cs[c].p0 + (int32_t)i;
         struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dkc = d_from(&kc), dvc = d_from(&vc);
         const int st = cs[c].store;
-        op_rope_qk(&q, &k, &pos, 500000.0, st ? &v : NULL, st ? &kc : NULL, st ? &vc : NULL);
-        op_rope_qk(&dq, &dk, &dp, 500000.0, st ? &dv : NULL, st ? &dkc : NULL, st ? &dvc : NULL);
+        const int64_t mb = (cs[c].p0 + n + KV_BLOCK - 1) / KV_BLOCK;
+        struct tensor tab = h_table(0, cs[c].paged ? mb : 1, cs[c].paged ? T / KV_BLOCK : 1), dt = d_from(&tab);
+        op_rope_qk(&q, &k, &pos, 500000.0, st ? &v : NULL, st ? &kc : NULL, st ? &vc : NULL, cs[c].paged ? &tab : NULL);
+        op_rope_qk(&dq, &dk, &dp, 500000.0, st ? &dv : NULL, st ? &dkc : NULL, st ? &dvc : NULL, cs[c].paged ? &dt : NULL);
         char cas[96];
         snprintf(cas, sizeof cas, "q[%lld,%lld,%lld] k %lld heads %s pos %d%s", (long long)n, (long long)cs[c].H,
-                 (long long)cs[c].hd, (long long)cs[c].Hkv, dtype_name(cs[c].dt), cs[c].p0, st ? " + store" : "");
+                 (long long)cs[c].hd, (long long)cs[c].Hkv, dtype_name(cs[c].dt), cs[c].p0,
+                 cs[c].paged ? " + paged store" : st ? " + store" : "");
         check_close("rope_qk q", cas, &dq, &q, tol_for(cs[c].dt));
         check_close("rope_qk k", cas, &dk, &k, tol_for(cs[c].dt));
         check_close("rope_qk kc", cas, &dkc, &kc, tol_for(cs[c].dt));
         check_close("rope_qk vc", cas, &dvc, &vc, TOL_EXACT);
-        t_free(&q), t_free(&k), t_free(&v), t_free(&pos), t_free(&kc), t_free(&vc);
+        t_free(&q), t_free(&k), t_free(&v), t_free(&pos), t_free(&kc), t_free(&vc), t_free(&tab), t_free(&dt);
         t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dkc), t_free(&dvc);
+    }
+}
+
+/* op_kv_pages both ways: tokens p0.. of a shuffled table, gathered out and scattered back in */
+static void test_kv_pages(void)
+{
+    static const struct { int64_t n, p0, blocks; enum dtype dt; } cs[] = {
+        {1000, 0, 80, DTYPE_F16}, {37, 21, 10, DTYPE_F32}, {1, 4095, 300, DTYPE_BF16},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, T = cs[c].blocks * KV_BLOCK, mb = (cs[c].p0 + n + KV_BLOCK - 1) / KV_BLOCK;
+        struct tensor cache = h_rand(cs[c].dt, 3, T, 8, 128, 1.0f), x = h_new(cs[c].dt, 3, n, 8, 128);
+        struct tensor y = h_rand(cs[c].dt, 3, n, 8, 128, 2.0f), tab = h_table(0, mb, cs[c].blocks);
+        struct tensor dc = d_from(&cache), dx = d_new(cs[c].dt, 3, n, 8, 128), dy = d_from(&y), dt = d_from(&tab);
+        char cas[96];
+        snprintf(cas, sizeof cas, "tokens %lld..%lld of %lld blocks %s", (long long)cs[c].p0,
+                 (long long)(cs[c].p0 + n - 1), (long long)cs[c].blocks, dtype_name(cs[c].dt));
+        op_kv_pages(&cache, &x, &tab, cs[c].p0, 0);
+        op_kv_pages(&dc, &dx, &dt, cs[c].p0, 0);
+        check_close("kv gather", cas, &dx, &x, TOL_EXACT);
+        op_kv_pages(&cache, &y, &tab, cs[c].p0, 1);
+        op_kv_pages(&dc, &dy, &dt, cs[c].p0, 1);
+        check_close("kv scatter", cas, &dc, &cache, TOL_EXACT);
+        t_free(&cache), t_free(&x), t_free(&y), t_free(&tab), t_free(&dc), t_free(&dx), t_free(&dy), t_free(&dt);
     }
 }
 
@@ -329,16 +359,22 @@ static void test_kv_store(void)
     t_free(&cache), t_free(&x), t_free(&rows), t_free(&dc), t_free(&dx), t_free(&dr);
 }
 
-/* op_attention_pos on a cache of capacity T whose first p0 + n rows are valid */
+/* op_attention_pos on a cache of capacity T whose first p0 + n rows are valid; paged: a pool of T rows
+ * (2x the table's blocks) read through a shuffled table of (p0 + n) / KV_BLOCK blocks, rounded up */
 static void test_attention_pos(void)
 {
-    static const struct { int64_t n, T, H, Hkv, hd; int32_t p0; enum dtype dt; int flags; const char *what; } cs[] = {
-        {1, 8192, 32, 8, 128, 511, DTYPE_F16, ATTN_CAUSAL, "decode kernel, cache 8192, 512 keys"},
-        {1, 4096, 32, 8, 128, 0, DTYPE_F16, ATTN_CAUSAL, "decode kernel, first token"},
-        {4, 1000, 32, 8, 128, 900, DTYPE_BF16, ATTN_CAUSAL, "decode kernel, 4 rows"},
-        {3, 300, 8, 2, 16, 100, DTYPE_F32, ATTN_CAUSAL, "general kernel hd 16"},
-        {2, 500, 8, 2, 128, 250, DTYPE_F16, 0, "decode kernel non-causal"},
-        {20, 600, 8, 2, 64, 300, DTYPE_F16, ATTN_CAUSAL, "general kernel, 20 rows"},
+    static const struct { int64_t n, T, H, Hkv, hd; int32_t p0; enum dtype dt; int flags, paged; const char *what; } cs[] = {
+        {1, 8192, 32, 8, 128, 511, DTYPE_F16, ATTN_CAUSAL, 0, "decode kernel, cache 8192, 512 keys"},
+        {1, 4096, 32, 8, 128, 0, DTYPE_F16, ATTN_CAUSAL, 0, "decode kernel, first token"},
+        {4, 1000, 32, 8, 128, 900, DTYPE_BF16, ATTN_CAUSAL, 0, "decode kernel, 4 rows"},
+        {3, 300, 8, 2, 16, 100, DTYPE_F32, ATTN_CAUSAL, 0, "general kernel hd 16"},
+        {2, 500, 8, 2, 128, 250, DTYPE_F16, 0, 0, "decode kernel non-causal"},
+        {20, 600, 8, 2, 64, 300, DTYPE_F16, ATTN_CAUSAL, 0, "general kernel, 20 rows"},
+        {1, 8192, 32, 8, 128, 4000, DTYPE_F16, ATTN_CAUSAL, 1, "paged decode kernel, 4001 keys"},
+        {1, 256, 32, 8, 128, 0, DTYPE_F16, ATTN_CAUSAL, 1, "paged decode kernel, first token"},
+        {4, 2048, 32, 8, 128, 900, DTYPE_BF16, ATTN_CAUSAL, 1, "paged decode kernel, 4 rows"},
+        {3, 256, 8, 2, 16, 100, DTYPE_F32, ATTN_CAUSAL, 1, "paged general kernel hd 16"},
+        {20, 1280, 8, 2, 64, 300, DTYPE_F16, ATTN_CAUSAL, 1, "paged general kernel, 20 rows"},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         const int64_t n = cs[c].n, T = cs[c].T, H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd;
@@ -346,15 +382,26 @@ static void test_attention_pos(void)
         struct tensor v = h_rand(cs[c].dt, 3, T, Hkv, hd, 1.0f), ref = h_new(cs[c].dt, 3, n, H, hd);
         struct tensor pos = h_new(DTYPE_I32, 1, n, 0, 0);
         for (int64_t i = 0; i < n; i++) ((int32_t *)pos.data)[i] = cs[c].p0 + (int32_t)i;
+        const int64_t mb = (cs[c].p0 + n + KV_BLOCK - 1) / KV_BLOCK;
+        struct tensor tab = h_table(0, cs[c].paged ? mb : 1, cs[c].paged ? T / KV_BLOCK : 1), dt = d_from(&tab);
         const float scale = 1.0f / sqrtf((float)hd);
-        op_attention_pos(&ref, &q, &k, &v, &pos, scale, cs[c].flags);
+        op_attention_pos(&ref, &q, &k, &v, &pos, cs[c].paged ? &tab : NULL, scale, cs[c].flags);
+        if (cs[c].paged) { /* the twin equals the attention over the gathered rows, bit for bit */
+            struct tensor kg = h_new(cs[c].dt, 3, cs[c].p0 + n, Hkv, hd), vg = h_new(cs[c].dt, 3, cs[c].p0 + n, Hkv, hd);
+            struct tensor o2 = h_new(cs[c].dt, 3, n, H, hd);
+            op_kv_pages(&k, &kg, &tab, 0, 0);
+            op_kv_pages(&v, &vg, &tab, 0, 0);
+            op_attention(&o2, &q, &kg, &vg, cs[c].p0, scale, cs[c].flags);
+            T_ASSERT(memcmp(o2.data, ref.data, tensor_nbytes(&o2)) == 0);
+            t_free(&kg), t_free(&vg), t_free(&o2);
+        }
         struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dout = d_new(cs[c].dt, 3, n, H, hd);
-        op_attention_pos(&dout, &dq, &dk, &dv, &dp, scale, cs[c].flags);
+        op_attention_pos(&dout, &dq, &dk, &dv, &dp, cs[c].paged ? &dt : NULL, scale, cs[c].flags);
         char cas[96];
         snprintf(cas, sizeof cas, "n%lld cap%lld pos %d.. H%lld/%lld hd%lld %s (%s)", (long long)n, (long long)T,
                  cs[c].p0, (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt), cs[c].what);
         check_close("attn_pos", cas, &dout, &ref, tol_for(cs[c].dt));
-        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&pos);
+        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&pos), t_free(&tab), t_free(&dt);
         t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dout);
     }
 }
@@ -376,12 +423,16 @@ static void test_argmax_dev(void)
 }
 
 /* A captured decode-like step (RoPE + KV append at a device position, attention over the cache,
- * argmax into device ids, position advance) replayed at successive positions against the CPU. */
+ * argmax into device ids, position advance) replayed at successive positions against the CPU. The
+ * cache is paged as the engine's (a shuffled table of 64 blocks over a pool of 128); when the steps
+ * reach a new block (position 1008) the host points that table entry at a block the table did not
+ * hold, outside the graph, as llm.c does: the replay must read the table from device memory. */
 static void test_graph(void)
 {
-    const int64_t H = 32, Hkv = 8, hd = 128, T = 2048;
+    const int64_t H = 32, Hkv = 8, hd = 128, T = 2048, mb = 64;
     const int steps = 4;
-    const int32_t p0 = 1500;
+    const int32_t p0 = 1006;
+    struct tensor tab = h_table(0, mb, T / KV_BLOCK), dtab = d_from(&tab);
     struct tensor kc = h_rand(DTYPE_F16, 3, T, Hkv, hd, 2.0f), vc = h_rand(DTYPE_F16, 3, T, Hkv, hd, 1.0f);
     struct tensor pos = h_new(DTYPE_I32, 1, 1, 0, 0), out = h_new(DTYPE_F16, 3, 1, H, hd);
     struct tensor q = h_new(DTYPE_F16, 3, 1, H, hd), k = h_new(DTYPE_F16, 3, 1, Hkv, hd), v = h_new(DTYPE_F16, 3, 1, Hkv, hd);
@@ -396,17 +447,28 @@ static void test_graph(void)
     for (int st = 0; st < steps; st++) {
         h_fill(&q, 2.0f, 0.0f), h_fill(&k, 2.0f, 0.0f), h_fill(&v, 1.0f, 0.0f);
         op_copy(&dq, &q), op_copy(&dk, &k), op_copy(&dv, &v); /* outside the graph */
+        if (p0 + st == 1008) { /* a new block for positions 1008..: one the table does not hold */
+            int32_t *t = tab.data, fresh = 0;
+            for (int again = 1; again;) {
+                again = 0;
+                for (int64_t i = 0; i < mb; i++)
+                    if (t[i] == fresh) again = 1;
+                fresh += again;
+            }
+            t[1008 / KV_BLOCK] = fresh;
+            op_copy(&dtab, &tab);
+        }
         /* CPU: the step */
-        op_rope_qk(&q, &k, &pos, 500000.0, &v, &kc, &vc);
-        op_attention_pos(&out, &q, &kc, &vc, &pos, scale, ATTN_CAUSAL);
+        op_rope_qk(&q, &k, &pos, 500000.0, &v, &kc, &vc, &tab);
+        op_attention_pos(&out, &q, &kc, &vc, &pos, &tab, scale, ATTN_CAUSAL);
         op_copy(&lg, &out);
         op_argmax_dev(&lg, &ids);
         op_add_i32(&pos, 1);
         /* GPU: eager at step 0 (sizes the scratch), captured once, replayed after */
         if (st <= 1) {
             if (st == 1) T_ASSERTF(dev_graph_begin(dq.dev, &e) == 0, "%s", e.msg);
-            op_rope_qk(&dq, &dk, &dp, 500000.0, &dv, &dkc, &dvc);
-            op_attention_pos(&dout, &dq, &dkc, &dvc, &dp, scale, ATTN_CAUSAL);
+            op_rope_qk(&dq, &dk, &dp, 500000.0, &dv, &dkc, &dvc, &dtab);
+            op_attention_pos(&dout, &dq, &dkc, &dvc, &dp, &dtab, scale, ATTN_CAUSAL);
             op_copy(&dlg, &dout);
             op_argmax_dev(&dlg, &dids);
             op_add_i32(&dp, 1);
@@ -439,7 +501,7 @@ static void test_graph(void)
     dev_graph_free(g);
     t_free(&kc), t_free(&vc), t_free(&pos), t_free(&out), t_free(&q), t_free(&k), t_free(&v), t_free(&lg), t_free(&ids);
     t_free(&dkc), t_free(&dvc), t_free(&dp), t_free(&dout), t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dlg);
-    t_free(&dids);
+    t_free(&dids), t_free(&tab), t_free(&dtab);
 }
 
 /* Decode GEMVs under programmatic dependent launch, each fed by the kernel just before it with no
@@ -559,7 +621,7 @@ static void attn_step(int rep, void *p)
     const float sc = 0.08838834764831845f;
     if (b->which == 0) cuda_attention_general(&b->out, &b->q, &b->k[i], &b->v[i], b->k[i].shape[0] - 1, sc, ATTN_CAUSAL);
     else if (b->which == 1) op_attention(&b->out, &b->q, &b->k[i], &b->v[i], b->k[i].shape[0] - 1, sc, ATTN_CAUSAL);
-    else op_attention_pos(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, sc, ATTN_CAUSAL);
+    else op_attention_pos(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, NULL, sc, ATTN_CAUSAL);
 }
 
 /* buffers are rotated so the working set is >= 256 MB, beyond the H200's 60 MB L2 */
@@ -713,9 +775,9 @@ static void step_after(struct step_bench *b)
         struct tensor q3 = tensor_make(DTYPE_F16, b->q.dev, b->q.data, 3, (int64_t)1, (int64_t)32, (int64_t)128);
         struct tensor k3 = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 4096 * 2, 3, (int64_t)1, (int64_t)8, (int64_t)128);
         struct tensor v3 = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 5120 * 2, 3, (int64_t)1, (int64_t)8, (int64_t)128);
-        op_rope_qk(&q3, &k3, &b->pos, 500000.0, &v3, &b->kc[l], &b->vc[l]);
+        op_rope_qk(&q3, &k3, &b->pos, 500000.0, &v3, &b->kc[l], &b->vc[l], NULL);
         struct tensor a3 = tensor_reshape(&b->att, 3, (int64_t)1, (int64_t)32, (int64_t)128);
-        op_attention_pos(&a3, &q3, &b->kc[l], &b->vc[l], &b->pos, 0.08838834764831845f, ATTN_CAUSAL);
+        op_attention_pos(&a3, &q3, &b->kc[l], &b->vc[l], &b->pos, NULL, 0.08838834764831845f, ATTN_CAUSAL);
         op_matmul(&b->o, &b->att, &b->wo[l], NULL);
         op_add_rmsnorm(&b->h, &b->xn, &b->o, &b->ln2[l], 1e-5f);
         op_matmul(&b->g, &b->xn, &b->gu[l], NULL);
@@ -840,7 +902,7 @@ static void small_step(int rep, void *p)
         op_rope(&b->q, &b->pos, 500000.0), op_rope(&b->k, &b->pos, 500000.0), op_copy(&kr, &b->k), op_copy(&vr, &b->v);
         break;
     }
-    case 3: op_rope_qk(&b->q, &b->k, &b->pos, 500000.0, &b->v, &b->kc, &b->vc); break;
+    case 3: op_rope_qk(&b->q, &b->k, &b->pos, 500000.0, &b->v, &b->kc, &b->vc, NULL); break;
     case 4: op_argmax(&b->logits, &id); break;
     default: op_argmax_dev(&b->logits, &b->ids); break;
     }
@@ -894,6 +956,7 @@ int main(int argc, char **argv)
         T_SKIP(test_add_rmsnorm, why);
         T_SKIP(test_rope_qk, why);
         T_SKIP(test_kv_store, why);
+        T_SKIP(test_kv_pages, why);
         T_SKIP(test_attention_pos, why);
         T_SKIP(test_argmax_dev, why);
         T_SKIP(test_graph, why);
@@ -916,6 +979,7 @@ int main(int argc, char **argv)
     T_RUN(test_add_rmsnorm);
     T_RUN(test_rope_qk);
     T_RUN(test_kv_store);
+    T_RUN(test_kv_pages);
     T_RUN(test_attention_pos);
     T_RUN(test_argmax_dev);
     T_RUN(test_graph);

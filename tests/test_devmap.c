@@ -26,10 +26,13 @@ static const int64_t VPM_W = 417792240LL * 2;         /* spec: vision 417,792,24
 static const int64_t RS_W = 89038848LL * 2;           /* spec: resampler 89,038,848 parameters */
 static const int64_t NORM_W = 4096 * 2;
 static const int64_t LIB = 64 * MiB;
-static int64_t IND_kv(int64_t ctx) { return 2 * ctx * 8 * 128 * 2; }
+static int64_t IND_kv(int64_t ctx) { return 2 * ctx * 8 * 128 * 2; } /* ctx a multiple of the 16-token block */
 static const int64_t SLACK = 4096; /* 16 views x 256-byte alignment, per workspace part */
+/* a device holding layers: the block tables (ctx / 16 entries per sequence, I32) and one sequence's K and V
+ * gathered for the prefill's attention */
+static int64_t IND_kvdev(int64_t ctx, int seqs) { return seqs * ((ctx + 15) / 16) * 4 + IND_kv(ctx) + SLACK; }
 /* the LLM views: h, xn, o; q, att; k, v; gate, up; and five I32 rows (ids, positions, the batched step's
- * cache rows, slot bases, key counts) */
+ * cache rows, slots, key counts) */
 static int64_t IND_llm(int64_t n) { return n * 2 * (3 * 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) + 20 * n + SLACK; }
 /* per patch of the batch: the tower's output, normed input, q, k, v, attention output (6 x 1152), fc1 (4304) and
  * the patch pixels (3 x 14 x 14); per patch of one piece: the gathered position-embedding row (1152) and its id
@@ -45,12 +48,13 @@ static const int64_t LOGITS = 128256LL * (4 + 2); /* f32 logits + the fp16 lm_he
  * 10 pieces x 1100 patches. */
 static int64_t IND_first(int n, int norm)
 {
-    return 2 * EMBED_W + VPM_W + RS_W + n * (LAYER_W + IND_kv(4096)) + IND_llm(2048) + LOGITS + IND_vision(10, 1100) +
-           IND_rs(10, 1100) + LIB + (norm ? NORM_W : 0);
+    return 2 * EMBED_W + VPM_W + RS_W + n * (LAYER_W + IND_kv(4096)) + (n ? IND_kvdev(4096, 1) : 0) + IND_llm(2048) +
+           LOGITS + IND_vision(10, 1100) + IND_rs(10, 1100) + LIB + (norm ? NORM_W : 0);
 }
 static int64_t IND_other(int n, int norm, int gpu)
 {
-    return n ? n * (LAYER_W + IND_kv(4096)) + IND_llm(2048) + (gpu ? LIB : 0) + (norm ? NORM_W : 0) : 0;
+    return n ? n * (LAYER_W + IND_kv(4096)) + IND_kvdev(4096, 1) + IND_llm(2048) + (gpu ? LIB : 0) + (norm ? NORM_W : 0)
+             : 0;
 }
 
 static void full_config(struct model_config *c)
@@ -183,7 +187,7 @@ static void test_single_device_totals(void)
     T_EQ_STR(plan_.dev[0].label, "cpu");
     T_EQ_INT(plan_.use[0].weights, 17074184672LL);
     T_EQ_INT(plan_.use[0].weights, 2 * EMBED_W + 32 * LAYER_W + NORM_W + VPM_W + RS_W);
-    T_EQ_INT(plan_.use[0].kv, 32 * IND_kv(4096));
+    T_EQ_INT(plan_.use[0].kv, 32 * IND_kv(4096) + IND_kvdev(4096, 1));
     T_EQ_INT(plan_.use[0].workspace, IND_llm(2048) + LOGITS + IND_vision(10, 1100) + IND_rs(10, 1100)); /* no LIB on CPU */
     T_EQ_INT(plan_.use[0].total, plan_.use[0].weights + plan_.use[0].kv + plan_.use[0].workspace);
     T_EQ_INT(plan_.params.ctx, 4096);

@@ -418,6 +418,12 @@ static void metrics(struct srv *v)
     T_NEAR(metric(r.body, "minicpmv_slots"), engine_slots(v->g), 0);
     T_NEAR(metric(r.body, "minicpmv_queue_depth"), 0, 0);
     T_ASSERT(metric(r.body, "minicpmv_device_memory_bytes{device=\"cpu:0\",kind=\"weights\"}") > 0);
+    /* the KV pool: every block in one state */
+    T_NEAR(metric(r.body, "minicpmv_kv_blocks{state=\"used\"}") + metric(r.body, "minicpmv_kv_blocks{state=\"cached\"}") +
+               metric(r.body, "minicpmv_kv_blocks{state=\"free\"}"),
+           (double)engine_slots(v->g) * ((double)engine_slot_ctx(v->g) / 16), 0);
+    T_NEAR(metric(r.body, "minicpmv_kv_block_tokens"), 16, 0);
+    T_NEAR(metric(r.body, "minicpmv_kv_prefix_hit_blocks_total"), 0, 0); /* no_prefix_reuse (open_tiny) */
     fprintf(stderr, "  %d lines; %ld requests sent, %ld ok; tokens %g / %g\n", lines, v->sent, v->ok,
             metric(r.body, "minicpmv_prompt_tokens_total"), metric(r.body, "minicpmv_generation_tokens_total"));
     free(r.body);
@@ -463,6 +469,11 @@ static struct engine *open_tiny(int parallel)
     o.quiet = 1;
     o.ctx = 512;
     o.parallel = parallel;
+    /* test_logprobs compares the server's logprobs with a cold reference to 1e-6 (the repetition penalty's
+     * effect it must see is ~2e-4): prefix reuse would compute the repeated prompt's last rows in a smaller
+     * GEMM (the same tokens, logprobs within ~1.6e-4), so these servers prefill every prompt whole
+     * (test_prefix covers reuse) */
+    o.no_prefix_reuse = 1;
     struct engine *g = NULL;
     struct err e = {{0}};
     if (!o.model_dir || engine_open(&g, &o, &e)) fprintf(stderr, "cannot open the tiny model: %s\n", e.msg);

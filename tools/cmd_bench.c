@@ -367,6 +367,7 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
         engine_sync(g);
         double t0 = time_now();
         if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
+        engine_kv_forget(g); /* a cold prefill every time (no prefix reuse of the previous rep's prompt) */
         double t1 = time_now();
         int crc = turn_prepare(&t, g, &rq, e) || turn_run(t, g, NULL, &res, e);
         engine_sync(g);
@@ -543,6 +544,7 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
         n_prompt += turn_prompt_tokens(t[i]);
     }
     for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
+        engine_kv_forget(g); /* each rep prefills its prompts cold (no prefix reuse of the previous rep's) */
         engine_sync(g);
         double t0 = time_now();
         for (int i = 0; i < N; i++) {

@@ -57,6 +57,16 @@ extern "C" {
         }                                                                                                  \
     } while (0)
 
+/* The cache row of token p of a paged sequence (block table tab of mb entries, backend.h) in a pool of
+ * T rows, or p itself without a table; -1 when it falls outside. */
+__device__ __forceinline__ int64_t kv_page_row(const int32_t *tab, int64_t mb, int64_t p, int64_t T)
+{
+    if (!tab) return p >= 0 && p < T ? p : -1;
+    if (p < 0 || p / KV_BLOCK >= mb) return -1;
+    const int64_t r = (int64_t)tab[p / KV_BLOCK] * KV_BLOCK + p % KV_BLOCK;
+    return r >= 0 && r < T ? r : -1;
+}
+
 /* after every kernel launch: catches bad launch configurations at once (not asynchronous faults) */
 #define KERNEL_CHECK() CUDA_CHECK(cudaGetLastError())
 

@@ -286,11 +286,12 @@ __global__ void rope_kernel(void *x, int dt, const int32_t *pos, int64_t n, int6
     }
 }
 
-/* q heads and k heads of every row in one grid; a k pair is also written to the cache row pos[i],
- * and the thread of k pair (j, j + half) copies the v pair at the same offsets */
+/* q heads and k heads of every row in one grid; a k pair is also written to the cache row of
+ * position pos[i] (through the block table tab when not NULL), and the thread of k pair (j, j + half)
+ * copies the v pair at the same offsets */
 __global__ void rope_qk_kernel(void *q, void *k, int dt, const int32_t *pos, int64_t n, int64_t H, int64_t Hkv,
                                int64_t hd, const __grid_constant__ rope_freqs inv, const void *v, void *kc, void *vc,
-                               int64_t T)
+                               int64_t T, const int32_t *tab, int64_t mb)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     const int64_t half = hd / 2, nh = H + Hkv, total = n * nh * half;
@@ -305,11 +306,13 @@ __global__ void rope_qk_kernel(void *q, void *k, int dt, const int32_t *pos, int
             const int64_t base = (i * Hkv + (h - H)) * hd;
             rope_pair(k, dt, base, j, half, a, o1, o2);
             if (kc) {
-                if (p < 0 || p >= T) {
-                    printf("rope_qk: position %d outside the cache of %lld\n", p, (long long)T);
+                const int64_t r = kv_page_row(tab, mb, p, T);
+                if (r < 0) {
+                    printf("rope_qk: position %d outside the cache of %lld rows (table of %lld blocks)\n", p,
+                           (long long)T, (long long)mb);
                     __trap();
                 }
-                const int64_t cb = ((int64_t)p * Hkv + (h - H)) * hd;
+                const int64_t cb = (r * Hkv + (h - H)) * hd;
                 stf(kc, dt, cb + j, o1);
                 stf(kc, dt, cb + j + half, o2);
                 stf(vc, dt, cb + j, ldf(v, dt, base + j)); /* a copy: exact in any dtype */
@@ -327,7 +330,7 @@ static void rope_freqs_init(rope_freqs *inv, double theta, int64_t hd)
 }
 
 extern "C" void cuda_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta,
-                             const struct tensor *v, struct tensor *kc, struct tensor *vc)
+                             const struct tensor *v, struct tensor *kc, struct tensor *vc, const struct tensor *tab)
 {
     struct cuda_ctx *c = cuda_ctx_get(q->dev.ordinal);
     const int64_t n = q->shape[0], H = q->shape[1], Hkv = k->shape[1], hd = q->shape[2], half = hd / 2;
@@ -338,7 +341,8 @@ extern "C" void cuda_rope_qk(struct tensor *q, struct tensor *k, const struct te
     rope_freqs_init(&inv, theta, hd);
     rope_qk_kernel<<<cuda_grid_1d(c, n * (H + Hkv) * half), 256, 0, c->stream>>>(
         q->data, k->data, q->dtype, (const int32_t *)pos->data, n, H, Hkv, hd, inv, v ? v->data : NULL,
-        kc ? kc->data : NULL, vc ? vc->data : NULL, kc ? kc->shape[0] : 0);
+        kc ? kc->data : NULL, vc ? vc->data : NULL, kc ? kc->shape[0] : 0,
+        tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0);
     KERNEL_CHECK();
 }
 
@@ -365,6 +369,33 @@ extern "C" void cuda_kv_store(struct tensor *cache, const struct tensor *x, cons
     kv_store_kernel<<<cuda_grid_1d(c, n * rb), 256, 0, c->stream>>>((char *)cache->data, (const char *)x->data,
                                                                      (const int32_t *)rows->data, n, rb,
                                                                      cache->shape[0]);
+    KERNEL_CHECK();
+}
+
+/* x[i] <-> the cache row of token p0 + i through tab, byte by byte (rows of rb bytes) */
+__global__ void kv_pages_kernel(char *cache, char *x, const int32_t *tab, int64_t mb, int64_t p0, int64_t n,
+                                int64_t rb, int64_t T, int to_cache)
+{
+    const int64_t total = n * rb;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t i = e / rb, b = e - i * rb, r = kv_page_row(tab, mb, p0 + i, T);
+        if (r < 0) {
+            printf("kv_pages: token %lld outside the cache of %lld rows\n", (long long)(p0 + i), (long long)T);
+            __trap();
+        }
+        if (to_cache) cache[r * rb + b] = x[e];
+        else x[e] = cache[r * rb + b];
+    }
+}
+
+extern "C" void cuda_kv_pages(struct tensor *cache, struct tensor *x, const struct tensor *tab, int64_t p0, int to_cache)
+{
+    struct cuda_ctx *c = cuda_ctx_get(cache->dev.ordinal);
+    const int64_t n = x->shape[0], rb = tensor_row_numel(x) * (int64_t)dtype_size(x->dtype);
+    if (n == 0 || rb == 0) return;
+    kv_pages_kernel<<<cuda_grid_1d(c, n * rb), 256, 0, c->stream>>>((char *)cache->data, (char *)x->data,
+                                                                     (const int32_t *)tab->data, tab->shape[0], p0, n,
+                                                                     rb, cache->shape[0], to_cache);
     KERNEL_CHECK();
 }
 

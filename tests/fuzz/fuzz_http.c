@@ -106,6 +106,11 @@ int engine_device_memory(const struct engine *g, struct engine_device_mem *rows,
     (void)g, (void)rows, (void)max_rows;
     return 0;
 }
+void engine_kv_use(const struct engine *g, struct engine_kv_use *u)
+{
+    (void)g;
+    memset(u, 0, sizeof *u);
+}
 int sched_init(struct scheduler **out, struct engine *g, struct err *e)
 {
     (void)g;
