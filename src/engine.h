@@ -146,5 +146,17 @@ int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const st
  * vocabulary, a full slot (llm_check_fit's wording). */
 int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits,
                         struct err *e);
+/* engine_decode_batch with the next tokens picked on the device, each row by its slot's sampler
+ * (engine_slot_sample_begin): picks[i] = row i's token, or -1 where the device declined (more than
+ * SAMPLE_DEV_MAX_CAND candidates; the draw is consumed as the host's sampler_sample consumes it).
+ * Only 4 bytes a row come back, plus row i's logits into logits + i * V where need[i] (a grammar
+ * mask, logprobs: the host picks; need may be NULL) or picks[i] < 0; other rows are not written.
+ * Same tokens as the host sampler on the rows' logits (the CPU twin: exactly; CUDA: sampler.h).
+ * A CUDA graph per B when the LLM is on one GPU. Errors as engine_decode_batch. */
+int engine_decode_batch_pick(struct engine *g, const int *slots, const int32_t *toks, int B, const uint8_t *need,
+                             int32_t *picks, float *logits, struct err *e);
+/* Starts slot's device sampler for a request: parameters p, next draw index `draws` (the host
+ * sampler's draws after the tokens it picked itself), no token generated yet. */
+void engine_slot_sample_begin(struct engine *g, int slot, const struct sampler_params *p, uint64_t draws);
 
 #endif

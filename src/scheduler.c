@@ -23,7 +23,11 @@ struct scheduler {
     int *slots;                  /* [n] the decode batch */
     int32_t *toks;               /* [n] */
     int *who;                    /* [n] entry of each batch row */
+    uint8_t *need;               /* [n] rows whose logits the host needs (their turn picks on the host) */
+    int32_t *picks;              /* [n] the device's picks */
     float *logits;               /* [n, V] */
+    int host_picks;              /* sched_set_host_picks */
+    int64_t n_dev, n_host;       /* decode-step tokens picked on the device, on the host */
 };
 
 int sched_init(struct scheduler **out, struct engine *g, struct err *e)
@@ -38,8 +42,10 @@ int sched_init(struct scheduler **out, struct engine *g, struct err *e)
     s->slots = calloc((size_t)s->n, sizeof *s->slots);
     s->toks = calloc((size_t)s->n, sizeof *s->toks);
     s->who = calloc((size_t)s->n, sizeof *s->who);
+    s->need = calloc((size_t)s->n, sizeof *s->need);
+    s->picks = calloc((size_t)s->n, sizeof *s->picks);
     s->logits = malloc((size_t)s->n * V * sizeof *s->logits);
-    if (!s->e || !s->slots || !s->toks || !s->who || !s->logits) {
+    if (!s->e || !s->slots || !s->toks || !s->who || !s->need || !s->picks || !s->logits) {
         sched_free(s);
         return err_set(e, "out of memory (a scheduler for %d slots)", s->n);
     }
@@ -56,6 +62,8 @@ void sched_free(struct scheduler *s)
     free(s->slots);
     free(s->toks);
     free(s->who);
+    free(s->need);
+    free(s->picks);
     free(s->logits);
     free(s);
 }
@@ -68,6 +76,14 @@ int sched_slots_free(const struct scheduler *s)
 }
 
 int sched_active(const struct scheduler *s) { return s->n - sched_slots_free(s); }
+
+void sched_set_host_picks(struct scheduler *s, int on) { s->host_picks = on != 0; }
+
+void sched_pick_counts(const struct scheduler *s, int64_t *dev, int64_t *host)
+{
+    *dev = s->n_dev;
+    *host = s->n_host;
+}
 
 /* Reports a turn's end and frees its slot. */
 static void finish(struct scheduler *s, int i, int failed, int input_error, const struct err *why)
@@ -130,16 +146,23 @@ int sched_step(struct scheduler *s)
         if (s->e[i].state != SLOT_DECODE) continue;
         s->slots[B] = i;
         s->toks[B] = turn_pending(s->e[i].t);
+        s->need[B] = s->host_picks || !turn_dev_pick(s->e[i].t);
         s->who[B++] = i;
     }
     if (B) {
+        /* the device picks every row; only the rows whose turns pick on the host (a grammar,
+         * logprobs, parameters the device declines) or where the device declined bring their logits */
         const size_t V = (size_t)engine_config(s->g)->vocab_size;
-        if (engine_decode_batch(s->g, s->slots, s->toks, B, s->logits, &e)) {
+        if (engine_decode_batch_pick(s->g, s->slots, s->toks, B, s->need, s->picks, s->logits, &e)) {
             for (int b = 0; b < B; b++) finish(s, s->who[b], 1, 0, &e);
         } else {
             for (int b = 0; b < B; b++) {
                 struct err te = {{0}};
-                int r = turn_step(s->e[s->who[b]].t, s->logits + (size_t)b * V, &te);
+                struct turn *t = s->e[s->who[b]].t;
+                const int dev = !s->need[b] && s->picks[b] >= 0;
+                int r = dev ? turn_take(t, s->picks[b], &te) : turn_step(t, s->logits + (size_t)b * V, &te);
+                s->n_dev += dev;
+                s->n_host += !dev;
                 if (r < 0) finish(s, s->who[b], 1, 0, &te);
                 else if (r == 1) finish(s, s->who[b], 0, 0, NULL);
             }

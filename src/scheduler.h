@@ -2,8 +2,9 @@
  *
  * Each turn holds one engine slot (its own KV rows). A step runs one prefill chunk (at most the
  * engine's max_batch tokens) of the oldest turn still reading its prompt, then ONE batched decode
- * step over every turn that is generating (engine_decode_batch: the GEMMs take M = active turns,
- * attention reads each turn's own rows). A long prompt therefore delays the others by one chunk per
+ * step over every turn that is generating (engine_decode_batch_pick: the GEMMs take M = active
+ * turns, attention reads each turn's own rows, and the next tokens are picked on the device, each
+ * with its turn's sampler; only rows that need the host sampler bring their logits back). A long prompt therefore delays the others by one chunk per
  * step, never by its whole prefill. Turns join and leave between steps; each keeps its own sampling
  * parameters, stop strings, max_new, streaming and cancellation (turn.h's staged calls). Beam search
  * is not batched (the caller runs it alone with turn_run).
@@ -27,6 +28,13 @@ int sched_active(const struct scheduler *s);
 /* Starts a prepared turn (images, prompt embedding) on a free slot; done is called once, when it
  * finishes or fails (a failure to start is reported through done too, and sched_add returns -1). */
 int sched_add(struct scheduler *s, struct turn *t, const struct turn_io *io, sched_done_cb done, void *ctx);
+/* 1: every row's logits come to the host and its turn picks there (turn_step), as before device
+ * picks; 0 (the default): rows of turns that allow it (turn_dev_pick) take the device's pick. The
+ * tokens are the same either way (tests compare the two). */
+void sched_set_host_picks(struct scheduler *s, int on);
+/* Decode-step tokens picked so far on the device and on the host (the first token of each turn,
+ * picked after its prefill, is not counted). */
+void sched_pick_counts(const struct scheduler *s, int64_t *dev, int64_t *host);
 /* One step (above). Returns the number of turns still active. */
 int sched_step(struct scheduler *s);
 

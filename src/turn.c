@@ -507,6 +507,13 @@ int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
     if (!last) return 0;
     if (engine_check_logits(u->g, u->logits, "for the prompt", e)) return -1;
     if (run_pick(t, u->logits, e) < 0) return -1;
+    /* the slot's device sampler continues from here (turn_take): the request's parameters and the
+     * host sampler's draw counter after the first token; a host-sampled turn gets the cheapest
+     * (greedy) state, whose picks it never takes */
+    struct sampler_params greedy;
+    sampler_defaults(&greedy);
+    greedy.greedy = true;
+    engine_slot_sample_begin(u->g, u->slot, turn_dev_pick(t) ? &t->rq.sp : &greedy, u->smp.draws);
     u->t_decode0 = time_now();
     u->t_prefill = u->t_decode0 - u->t_prefill0;
     u->t_first = u->t_decode0 - u->t0;
@@ -519,6 +526,20 @@ int turn_step(struct turn *t, float *logits, struct err *e)
     if (turn_pending(t) < 0) return err_set(e, "turn_step: the turn has no token to feed");
     if (engine_check_logits(u->g, logits, "at a decode step", e)) return -1;
     return run_pick(t, logits, e);
+}
+
+int turn_dev_pick(const struct turn *t) { return !turn_host_sampled(t) && sampler_device_ok(&t->rq.sp); }
+
+int turn_take(struct turn *t, int32_t tok, struct err *e)
+{
+    struct turn_run *u = t->run;
+    if (turn_pending(t) < 0) return err_set(e, "turn_take: the turn has no token to feed");
+    if (!turn_dev_pick(t)) return err_set(e, "turn_take: this turn picks its tokens on the host");
+    if (tok < 0 || tok >= u->smp.vocab) return err_set(e, "turn_take: token %d outside the vocabulary", tok);
+    /* the host sampler follows the device's: the token generated, its draw consumed */
+    sampler_record(&u->smp, tok);
+    if (!t->rq.sp.greedy) u->smp.draws++;
+    return run_take(t, tok);
 }
 
 int turn_done(const struct turn *t) { return t->run && t->run->finished; }

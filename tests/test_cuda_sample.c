@@ -89,8 +89,8 @@ static void run_case(int V, int kind, const struct sampler_params *p, uint64_t d
     }
     *(int32_t *)hi.data = fed;
     struct tensor dl = d_from(&hl), ds = d_from(&hs), di = d_from(&hi);
-    op_sample_dev(&hl, &hi, &hs);
-    op_sample_dev(&dl, &di, &ds);
+    op_sample_dev(&hl, &hi, &hs, NULL);
+    op_sample_dev(&dl, &di, &ds, NULL);
     struct tensor gl = h_new(DTYPE_F32, 2, 1, V, 0), gs = h_new(DTYPE_I32, 1, words, 0, 0);
     int32_t gid = -2;
     struct tensor gi = tensor_make(DTYPE_I32, device_cpu(), &gid, 1, (int64_t)1);
@@ -160,7 +160,7 @@ static void test_graph(void)
     sampler_defaults(&p0);
     op_sample_begin(&ds, &p0, 0);
     T_ASSERTF(dev_graph_begin(device_cuda(0), &e) == 0, "%s", e.msg);
-    op_sample_dev(&dl, &di, &ds);
+    op_sample_dev(&dl, &di, &ds, NULL);
     struct dev_graph *g = dev_graph_end(device_cuda(0), &e);
     T_ASSERTF(g != NULL, "%s", e.msg);
     if (!g) goto out;
@@ -181,7 +181,7 @@ static void test_graph(void)
         op_copy(&dl, &hl);
         op_copy(&di, &hi);
         T_ASSERTF(dev_graph_launch(g, &e) == 0, "%s", e.msg);
-        op_sample_dev(&hl, &hi, &hs);
+        op_sample_dev(&hl, &hi, &hs, NULL);
         int32_t gid = -2;
         struct tensor gi = tensor_make(DTYPE_I32, device_cpu(), &gid, 1, (int64_t)1);
         op_copy(&gi, &di);
@@ -257,7 +257,7 @@ static double time_graph(struct bench_ctx *b, const struct sampler_params *p, in
     struct err e = {{0}};
     op_sample_begin(&b->ds, p, 0);
     CHECKF(dev_graph_begin(device_cuda(0), &e) == 0, "%s", e.msg);
-    for (int i = 0; i < 100; i++) op_sample_dev(&b->dl, &b->di, &b->ds);
+    for (int i = 0; i < 100; i++) op_sample_dev(&b->dl, &b->di, &b->ds, NULL);
     struct dev_graph *g = dev_graph_end(device_cuda(0), &e);
     CHECKF(g, "%s", e.msg);
     cudaStream_t s = (cudaStream_t)cuda_stream_handle(0);
