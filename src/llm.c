@@ -37,7 +37,8 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
     b->kv_len = tensor_carve(cv, DTYPE_I32, B, 1);
     b->kv_rows.ndim = b->kv_base.ndim = b->kv_len.ndim = 1;
     b->slot = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->slot.ndim = 1;
+    b->picks = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->slot.ndim = b->picks.ndim = 1;
     if (logit_rows > 0) {
         b->logits_all = tensor_carve(cv, DTYPE_F32, logit_rows, c->vocab_size);
         b->logits_act_all = tensor_carve(cv, act, logit_rows, c->vocab_size);
@@ -656,7 +657,7 @@ static int batch_rows(struct llm *s, const int *slots, int B, int32_t *tab, stru
  * B holds it): the embedding of the embed device's ids[0..B), the layers with the row tables
  * set_batch_rows put on each device, the final norm and lm_head into the lm_head device's logits
  * rows; with pick, the sampler over those rows (row i with the state row slot[i] of the lm_head
- * device) into the lm_head device's ids. */
+ * device) into the lm_head device's picks (which held the fed ids). */
 static void batch_step_dev(struct llm *s, int B, int pick)
 {
     const struct model_config *c = &s->m->cfg;
@@ -675,7 +676,7 @@ static void batch_step_dev(struct llm *s, int B, int pick)
     }
     struct tensor lg = head_dev(s, &h, xn_ready);
     if (pick) {
-        struct tensor ids = rows(&bl->ids, B), sel = rows(&bl->slot, B);
+        struct tensor ids = rows(&bl->picks, B), sel = rows(&bl->slot, B);
         op_sample_dev(&lg, &ids, &s->sample_rows, &sel);
     }
 }
@@ -691,15 +692,22 @@ static void upload_i32(struct tensor *dst, const int32_t *v, int n)
 int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
                      struct err *e)
 {
-    return llm_decode_batch_pick(s, slots, toks, B, NULL, NULL, logits_out, e);
+    if (llm_decode_batch_launch(s, slots, toks, B, 0, e)) return -1;
+    return llm_decode_batch_collect(s, NULL, NULL, logits_out, e);
 }
 
 int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, int B, const uint8_t *need,
                           int32_t *picks, float *logits_out, struct err *e)
 {
+    if (llm_decode_batch_launch(s, slots, toks, B, 1, e)) return -1;
+    return llm_decode_batch_collect(s, need, picks, logits_out, e);
+}
+
+int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks, int B, int pick, struct err *e)
+{
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
-    const int64_t V = c->vocab_size;
+    s->inflight_B = 0;
     int32_t *tab = malloc((size_t)(B > 0 ? B : 1) * 5 * sizeof *tab);
     if (!tab) return err_set(e, "out of memory");
     if (batch_rows(s, slots, B, tab, e)) {
@@ -707,20 +715,20 @@ int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, 
         return -1;
     }
     /* every per-step value into its device buffer (stable addresses: the graph reads them there):
-     * the ids, each layer device's row tables, and for the sampler the fed ids and the slots on the
-     * lm_head device */
+     * the ids, each layer device's row tables, and for the sampler the fed ids (into picks, which
+     * the sampler overwrites in place) and the slots on the lm_head device */
     struct llm_devbuf *be = &s->dev[pl->embed], *bl = &s->dev[pl->lm_head];
     upload_i32(&be->ids, toks, B);
     s->dev_tok = -1; /* ids[0] is no longer slot 0's decode token */
     int done[MODEL_MAX_DEVICES] = {0};
     for (int l = 0; l < c->num_hidden_layers; l++)
         if (!done[pl->layer[l]]++) set_batch_rows(s, pl->layer[l], tab, B);
-    const int pick = picks != NULL;
+    pick = pick != 0;
     if (pick) {
         int32_t *sl = tab + 4 * B;
         for (int i = 0; i < B; i++) sl[i] = slots[i];
         upload_i32(&bl->slot, sl, B);
-        if (bl->ids.data != be->ids.data) upload_i32(&bl->ids, toks, B);
+        upload_i32(&bl->picks, toks, B);
     }
     free(tab);
     if (graph_able(s) && !s->batch_eager) {
@@ -729,16 +737,29 @@ int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, 
         batch_step_dev(s, B, pick);
     }
     for (int i = 0; i < B; i++) *slot_past(s, slots[i]) += 1;
+    s->inflight_B = B;
+    s->inflight_pick = pick;
+    return 0;
+}
+
+int llm_decode_batch_collect(struct llm *s, const uint8_t *need, int32_t *picks, float *logits_out, struct err *e)
+{
+    const int B = s->inflight_B;
+    const int64_t V = s->m->cfg.vocab_size;
+    if (B < 1) return err_set(e, "no batched decode step to collect");
+    if (!s->inflight_pick != !picks) return err_set(e, "the batched step was launched %s picks", picks ? "without" : "with");
+    s->inflight_B = 0;
+    struct llm_devbuf *bl = &s->dev[s->pl->lm_head];
     struct tensor lg = rows(&bl->logits_all, B);
-    if (!pick) {
+    if (!picks) {
         if (logits_out) {
             struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, (int64_t)B, V);
             op_copy(&host, &lg);
         }
         return 0;
     }
-    struct tensor pk = tensor_make(DTYPE_I32, device_cpu(), picks, 1, (int64_t)B), ids = rows(&bl->ids, B);
-    op_copy(&pk, &ids); /* 4 bytes a row, and the step's one wait */
+    struct tensor pk = tensor_make(DTYPE_I32, device_cpu(), picks, 1, (int64_t)B), dp = rows(&bl->picks, B);
+    op_copy(&pk, &dp); /* 4 bytes a row, and the step's one wait */
     /* the rows the host picks: runs of consecutive rows in one copy each */
     for (int i = 0; i < B;) {
         if (!(need && need[i]) && picks[i] >= 0) {

@@ -18,6 +18,9 @@ struct llm_devbuf {              /* activation views on one logical device, max_
      * first cache row of its slot and its key count; I32 [max_batch] */
     struct tensor kv_rows, kv_base, kv_len;
     struct tensor slot;          /* I32 [max_batch]: the batched step's slot of each row (its sampler state row) */
+    struct tensor picks;         /* I32 [max_batch]: the batched step's fed ids, then its picks (only that step
+                                    writes them, so a prefill or an image merge queued behind the step
+                                    cannot overwrite the picks before they are collected) */
     struct tensor logits;        /* F32 [1, V] (only on the lm_head device): the first row of logits_all */
     struct tensor logits_act;    /* [1, V] in the act dtype: HF computes lm_head in fp16, then .float() */
     struct tensor logits_all, logits_act_all; /* [n_slots, V]: the batched step's rows */
@@ -60,6 +63,7 @@ struct llm {
     struct llm_graph *bgraph;
     int bgraph_max;
     int batch_eager;             /* 1: the batched step runs eagerly, never as a graph (tests compare) */
+    int inflight_B, inflight_pick; /* the batched step launched and not yet collected (0: none) */
     /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device, one row
      * per slot: I32 [n_slots, sample_state_words(V)]; sample_state is slot 0's row (1-D) */
     struct tensor sample_rows, sample_state;
@@ -166,5 +170,15 @@ int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B
  * before the launch (ids, positions, cache rows, slots). Same errors as llm_decode_batch. */
 int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, int B, const uint8_t *need,
                           int32_t *picks, float *logits_out, struct err *e);
+/* The two halves of the batched step, so the host can work while the device runs it:
+ * llm_decode_batch_launch checks the rows (its errors: nothing run), uploads the per-step values,
+ * enqueues the step (with pick: ending with the sampler) and advances the slots; it does not wait
+ * (on a GPU). llm_decode_batch_collect then waits and copies what llm_decode_batch_pick (picks not
+ * NULL; the launch with pick) or llm_decode_batch (picks NULL) would. Between the two, other calls
+ * may be queued on the device (they run after the step); only another batched launch, or a call
+ * that writes the logits rows (a prefill's last chunk, llm_decode, engine_generate), must wait for
+ * the collect. */
+int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks, int B, int pick, struct err *e);
+int llm_decode_batch_collect(struct llm *s, const uint8_t *need, int32_t *picks, float *logits_out, struct err *e);
 
 #endif
