@@ -28,9 +28,9 @@ static const int64_t NORM_W = 4096 * 2;
 static const int64_t LIB = 64 * MiB;
 static int64_t IND_kv(int64_t ctx) { return 2 * ctx * 8 * 128 * 2; }
 static const int64_t SLACK = 4096; /* 16 views x 256-byte alignment, per workspace part */
-/* the LLM views: h, xn, o; q, att; k, v; gate, up; and five I32 rows (ids, positions, the batched step's
- * cache rows, slot bases, key counts) */
-static int64_t IND_llm(int64_t n) { return n * 2 * (3 * 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) + 20 * n + SLACK; }
+/* the LLM views: h, xn, o; q, att; k, v; gate, up; and seven I32 rows (ids, positions, the batched step's
+ * cache rows, slot bases, key counts, slots and picks) */
+static int64_t IND_llm(int64_t n) { return n * 2 * (3 * 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) + 28 * n + SLACK; }
 /* per patch of the batch: the tower's output, normed input, q, k, v, attention output (6 x 1152), fc1 (4304) and
  * the patch pixels (3 x 14 x 14); per patch of one piece: the gathered position-embedding row (1152) and its id
  * (4 bytes), shared by the batch's pieces */
