@@ -513,16 +513,22 @@ void op_sample_begin(struct tensor *state, const struct sampler_params *p, uint6
     free(h);
 }
 
-void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state)
+void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state, const struct tensor *sel)
 {
-    CHECK(x->ndim == 2 && x->shape[0] == 1 && x->dtype == DTYPE_F32);
-    CHECK(ids->dtype == DTYPE_I32 && tensor_numel(ids) == 1);
-    CHECKF(state->dtype == DTYPE_I32 && tensor_numel(state) == sample_state_words(x->shape[1]),
-           "sample state of %lld words for a vocabulary of %lld (needs %lld)", (long long)tensor_numel(state),
-           (long long)x->shape[1], (long long)sample_state_words(x->shape[1]));
+    CHECK(x->ndim == 2 && x->shape[0] >= 1 && x->dtype == DTYPE_F32);
+    const int64_t n = x->shape[0], words = sample_state_words(x->shape[1]);
+    CHECK(ids->dtype == DTYPE_I32 && tensor_numel(ids) == n);
+    CHECKF(state->dtype == DTYPE_I32 && tensor_numel(state) % words == 0 &&
+               (sel ? tensor_numel(state) >= words : tensor_numel(state) == n * words),
+           "sample state of %lld words for %lld rows of a vocabulary of %lld (%lld words a row)",
+           (long long)tensor_numel(state), (long long)n, (long long)x->shape[1], (long long)words);
     check_same_dev(ids, x);
     check_same_dev(state, x);
-    DISPATCH(x->dev, sample_dev, x, ids, state);
+    if (sel) {
+        CHECK(sel->dtype == DTYPE_I32 && tensor_numel(sel) == n);
+        check_same_dev(sel, x);
+    }
+    DISPATCH(x->dev, sample_dev, x, ids, state, sel);
 }
 
 /* ---- measurement ---- */

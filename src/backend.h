@@ -192,17 +192,19 @@ int64_t sample_state_words(int64_t vocab);
 /* Starts a request: writes the state header (p, next draw index `draws`) and clears the flags.
  * A host -> device copy: outside graphs. */
 void op_sample_begin(struct tensor *state, const struct sampler_params *p, uint64_t draws);
-/* ids[0] = the next token from logits x[1, V] (F32, not modified), graph-capturable (no host copy):
- * marks the token in ids[0] (the one fed into this step) as generated, then picks exactly as
- * sampler_pick does on penalised logits (penalty only on flagged ids, float ops as
- * sampler_apply_penalty): greedy argmax (first index), or temperature, top-k (ties at the k-th
- * value kept), top-p and the multinomial draw sampler_uniform_at(seed, draw counter), with the
- * softmax sums in double in the host's order. More than SAMPLE_DEV_MAX_CAND top-k candidates:
- * ids[0] = -1 and status 1 (declined; the host picks from the same logits with the same draw).
- * Non-greedy calls advance the draw counter by one, declined or not. ids I32 [1] and state on x's
+/* ids[i] = the next token of row i of logits x[n, V] (F32, not modified), graph-capturable (no host
+ * copy). Row i uses the state row r = sel[i] (sel: I32 [n] on x's device, read there, distinct rows
+ * in 0..S-1) of state [S, sample_state_words(V)]; sel NULL: r = i (then S == n). Per row, exactly
+ * as one request alone: marks the token in ids[i] (the one fed into this step) as generated in
+ * state r, then picks exactly as sampler_pick does on penalised logits (penalty only on flagged ids,
+ * float ops as sampler_apply_penalty): greedy argmax (first index), or temperature, top-k (ties at
+ * the k-th value kept), top-p and the multinomial draw sampler_uniform_at(seed, draw counter), with
+ * the softmax sums in double in the host's order. More than SAMPLE_DEV_MAX_CAND top-k candidates:
+ * ids[i] = -1 and status 1 (declined; the host picks from the same logits with the same draw).
+ * Non-greedy rows advance their draw counter by one, declined or not. ids I32 [n] and state on x's
  * device. Bit-for-bit the CPU twin's token, except where CUDA's and glibc's double exp differ by an
  * ulp right at a draw boundary. */
-void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state);
+void op_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state, const struct tensor *sel);
 
 /* ---- measurement ---- */
 /* The sum, modulo 2^64, of x's bytes read as little-endian unsigned 64-bit words, returned to the

@@ -99,12 +99,12 @@ uint64_t cuda_read_sum(const struct tensor *x);
 
 /* op_sample_dev (outside BACKEND_TWINS: the CPU twin is in sampler.c, on top of sampler_pick;
  * the CUDA one in cuda/cuda_sample.cu) */
-void cpu_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state);
+void cpu_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state, const struct tensor *sel);
 #ifdef MINICPMV_CUDA
 #ifdef __cplusplus
 extern "C" {
 #endif
-void cuda_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state);
+void cuda_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state, const struct tensor *sel);
 #ifdef __cplusplus
 }
 #endif

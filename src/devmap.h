@@ -42,8 +42,8 @@
  *   n = min(max_batch_tokens, ctx) tokens (prompts longer than the chunk are prefilled in chunks;
  *   attention is flash-style over the cache, so no [n, ctx] score matrix is reserved):
  *     devmap_llm_workspace = n*ab*(3d [h, xn, o] + 2*H*hd [q, att] + 2*Hkv*hd [k, v]
- *                                  + 2*ff [gate, up]) + 5*n*4 [ids, positions, the batched
- *                                  step's cache rows, slot bases, key counts] + SLACK
+ *                                  + 2*ff [gate, up]) + 7*n*4 [ids, positions, the batched
+ *                                  step's cache rows, slot bases, key counts, slots, picks] + SLACK
  *   logits, on the lm_head device: kv_seqs * V * (4 [f32 logits] + ab [lm_head output])
  *   vision tower, on the vpm device, for B = max_pieces pieces of N = max_patches patches each
  *   (flash-style attention, no [N, N] scores):

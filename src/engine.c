@@ -463,3 +463,26 @@ int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks,
     if (B >= 1 && B <= g->llm.n_slots && engine_check_ids(g, toks, B, e)) return -1;
     return llm_decode_batch(&g->llm, slots, toks, B, logits, e);
 }
+
+int engine_decode_batch_pick(struct engine *g, const int *slots, const int32_t *toks, int B, const uint8_t *need,
+                             int32_t *picks, float *logits, struct err *e)
+{
+    if (B >= 1 && B <= g->llm.n_slots && engine_check_ids(g, toks, B, e)) return -1;
+    return llm_decode_batch_pick(&g->llm, slots, toks, B, need, picks, logits, e);
+}
+
+int engine_decode_batch_launch(struct engine *g, const int *slots, const int32_t *toks, int B, struct err *e)
+{
+    if (B >= 1 && B <= g->llm.n_slots && engine_check_ids(g, toks, B, e)) return -1;
+    return llm_decode_batch_launch(&g->llm, slots, toks, B, 1, e);
+}
+
+int engine_decode_batch_collect(struct engine *g, const uint8_t *need, int32_t *picks, float *logits, struct err *e)
+{
+    return llm_decode_batch_collect(&g->llm, need, picks, logits, e);
+}
+
+void engine_slot_sample_begin(struct engine *g, int slot, const struct sampler_params *p, uint64_t draws)
+{
+    if (slot >= 0 && slot < g->llm.n_slots) llm_slot_sample_begin(&g->llm, slot, p, draws);
+}

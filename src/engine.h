@@ -172,5 +172,24 @@ void engine_kv_forget(struct engine *g);
  * vocabulary, a full slot (llm_check_fit's wording). */
 int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits,
                         struct err *e);
+/* engine_decode_batch with the next tokens picked on the device, each row by its slot's sampler
+ * (engine_slot_sample_begin): picks[i] = row i's token, or -1 where the device declined (more than
+ * SAMPLE_DEV_MAX_CAND candidates; the draw is consumed as the host's sampler_sample consumes it).
+ * Only 4 bytes a row come back, plus row i's logits into logits + i * V where need[i] (a grammar
+ * mask, logprobs: the host picks; need may be NULL) or picks[i] < 0; other rows are not written.
+ * Same tokens as the host sampler on the rows' logits (the CPU twin: exactly; CUDA: sampler.h).
+ * A CUDA graph per B when the LLM is on one GPU. Errors as engine_decode_batch. */
+int engine_decode_batch_pick(struct engine *g, const int *slots, const int32_t *toks, int B, const uint8_t *need,
+                             int32_t *picks, float *logits, struct err *e);
+/* engine_decode_batch_pick in two halves (llm_decode_batch_launch / _collect), so the host can work
+ * while the device runs the step: the launch checks (errors: nothing run, no slot changed), enqueues
+ * the step and advances the slots without waiting for the device; the collect waits and copies the
+ * picks and the needed logits rows. Between the two, work that runs after the step on the device may
+ * be queued (an image encode, a merge); a prefill or another decode must wait for the collect. */
+int engine_decode_batch_launch(struct engine *g, const int *slots, const int32_t *toks, int B, struct err *e);
+int engine_decode_batch_collect(struct engine *g, const uint8_t *need, int32_t *picks, float *logits, struct err *e);
+/* Starts slot's device sampler for a request: parameters p, next draw index `draws` (the host
+ * sampler's draws after the tokens it picked itself), no token generated yet. */
+void engine_slot_sample_begin(struct engine *g, int slot, const struct sampler_params *p, uint64_t draws);
 
 #endif

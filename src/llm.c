@@ -44,6 +44,9 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
         b->kg = tensor_reshape(&b->kg, 3, ctx, hkv, (int64_t)c->head_dim);
         b->vg = tensor_reshape(&b->vg, 3, ctx, hkv, (int64_t)c->head_dim);
     }
+    b->slot = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->picks = tensor_carve(cv, DTYPE_I32, B, 1);
+    b->slot.ndim = b->picks.ndim = 1;
     if (logit_rows > 0) {
         b->logits_all = tensor_carve(cv, DTYPE_F32, logit_rows, c->vocab_size);
         b->logits_act_all = tensor_carve(cv, act, logit_rows, c->vocab_size);
@@ -133,12 +136,17 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
     {
         const struct device dl = pl->devs[pl->lm_head];
         const int64_t words = sample_state_words(c->vocab_size);
-        s->sample_mem = dev_alloc(dl, (size_t)words * sizeof(int32_t), e);
+        s->sample_mem = dev_alloc(dl, (size_t)n_slots * words * sizeof(int32_t), e);
         if (!s->sample_mem) { err_prefix(e, "sampler state"); goto fail; }
+        s->sample_rows = tensor_make(DTYPE_I32, dl, s->sample_mem, 2, (int64_t)n_slots, words);
         s->sample_state = tensor_make(DTYPE_I32, dl, s->sample_mem, 1, words);
         struct sampler_params dp; /* defined contents until the first llm_sample_begin */
         sampler_defaults(&dp);
-        op_sample_begin(&s->sample_state, &dp, 0);
+        dp.greedy = true; /* the cheapest pick for a row nobody started */
+        for (int i = 0; i < n_slots; i++) llm_slot_sample_begin(s, i, &dp, 0);
+        s->bgraph_max = (int)(n_slots < max_batch ? n_slots : max_batch);
+        s->bgraph = calloc((size_t)(2 * (s->bgraph_max + 1)), sizeof *s->bgraph);
+        if (!s->bgraph) { err_set(e, "out of memory"); goto fail; }
     }
     const int L = c->num_hidden_layers;
     s->cache = calloc((size_t)L, sizeof *s->cache);
@@ -168,7 +176,9 @@ fail:
 void llm_free(struct llm *s)
 {
     if (!s->m) return;
-    for (int i = 0; i < 3; i++) dev_graph_free(s->graph[i]);
+    for (int i = 0; i < 3; i++) dev_graph_free(s->graph[i].g);
+    for (int i = 0; s->bgraph && i < 2 * (s->bgraph_max + 1); i++) dev_graph_free(s->bgraph[i].g);
+    free(s->bgraph);
     if (s->sample_mem) dev_free(s->pl->devs[s->pl->lm_head], s->sample_mem);
     for (int i = 0; i < MODEL_MAX_DEVICES; i++)
         if (s->dev[i].mem) dev_free(s->dev[i].dev, s->dev[i].mem);
@@ -446,10 +456,10 @@ static struct tensor hop(struct llm *s, const struct tensor *h, int di, int64_t 
     return dst;
 }
 
-/* The final norm and lm_head of the r rows h (the last layer's output), their f32 logits into
- * logits_out [r, V] (host). When xn_ready the norm device's xn already holds norm(h) (fused into the
- * last add). */
-static void head_logits(struct llm *s, const struct tensor *h, int xn_ready, float *logits_out)
+/* The final norm and lm_head of the r rows h (the last layer's output): their f32 logits, the lm_head
+ * device's logits_all rows [r, V]. When xn_ready the norm device's xn already holds norm(h) (fused
+ * into the last add). Device ops only. */
+static struct tensor head_dev(struct llm *s, const struct tensor *h, int xn_ready)
 {
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
@@ -466,7 +476,14 @@ static void head_logits(struct llm *s, const struct tensor *h, int xn_ready, flo
         op_matmul(&la, &xl, &s->m->llm.lm_head, NULL);
         op_copy(&lg, &la);
     }
-    struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, r, (int64_t)c->vocab_size);
+    return lg;
+}
+
+/* head_dev, then the logits to the host: logits_out [r, V]. */
+static void head_logits(struct llm *s, const struct tensor *h, int xn_ready, float *logits_out)
+{
+    struct tensor lg = head_dev(s, h, xn_ready);
+    struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, h->shape[0], lg.shape[1]);
     op_copy(&host, &lg);
 }
 
@@ -574,8 +591,10 @@ enum decode_mode {
  * before), the layers (hopping between logical devices of the one GPU), final norm, lm_head, the argmax
  * or the sampler back into ids[0], and every layer device's position + 1. No host copy and no
  * host-dependent argument, so it can be captured as a graph. */
-static void decode_step_dev(struct llm *s, enum decode_mode mode)
+static void decode_step_dev(struct llm *s, int n, int mode_)
 {
+    const enum decode_mode mode = (enum decode_mode)mode_;
+    (void)n; /* one token */
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
     struct tensor idt = tensor_rows_view(&s->dev[token_dev(s)].ids, 0, 1);
@@ -602,13 +621,40 @@ static void decode_step_dev(struct llm *s, enum decode_mode mode)
     }
     /* same GPU: the lm_head part writes the token device's ids */
     if (mode == DECODE_ARGMAX) op_argmax_dev(&bl->logits, &idt);
-    else if (mode == DECODE_SAMPLE) op_sample_dev(&bl->logits, &idt, &s->sample_state);
+    else if (mode == DECODE_SAMPLE) op_sample_dev(&bl->logits, &idt, &s->sample_state, NULL);
     const unsigned devs = layer_devices(s);
     for (int i = 0; i < s->pl->n_devices; i++)
         if (devs >> i & 1) {
             struct tensor pos = tensor_rows_view(&s->dev[i].pos, 0, 1);
             op_add_i32(&pos, 1);
         }
+}
+
+/* Runs step(s, n, mode) (device ops only, nothing host-dependent) through the graph gr: eagerly the
+ * first time (so every scratch buffer it needs is sized), captured the second time, replayed after.
+ * A graph whose scratch moved since its capture (an eager op at larger shapes ran in between) is
+ * captured again (the scratch is already large enough) and replayed. Enqueues; does not wait. */
+static int graph_run(struct llm *s, struct llm_graph *gr, void (*step)(struct llm *, int, int), int n, int mode,
+                     struct err *e)
+{
+    const struct device d = s->pl->devs[s->pl->embed];
+    if (gr->warm && !gr->g) { /* capture once, after one eager step */
+        if (dev_graph_begin(d, e)) return -1;
+        step(s, n, mode);
+        if (!(gr->g = dev_graph_end(d, e))) return -1;
+    }
+    if (!gr->g) {
+        step(s, n, mode);
+        gr->warm = 1;
+        return 0;
+    }
+    if (!dev_graph_launch(gr->g, e)) return 0;
+    dev_graph_free(gr->g); /* stale */
+    gr->g = NULL;
+    if (dev_graph_begin(d, e)) return -1;
+    step(s, n, mode);
+    if (!(gr->g = dev_graph_end(d, e))) return -1;
+    return dev_graph_launch(gr->g, e);
 }
 
 /* The graph-replayed decode step; DECODE_ARGMAX leaves the argmax in token_dev's ids[0] (and
@@ -637,27 +683,7 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
         struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
         op_copy(&idt, &src);
     }
-    struct dev_graph **gr = &s->graph[mode];
-    if (s->graph_warm[mode] && !*gr) { /* capture once, after one eager step has sized every scratch buffer */
-        if (dev_graph_begin(b->dev, e)) return -1;
-        decode_step_dev(s, mode);
-        if (!(*gr = dev_graph_end(b->dev, e))) return -1;
-    }
-    if (*gr) {
-        if (dev_graph_launch(*gr, e)) {
-            /* stale: an eager op moved a scratch buffer since the capture. Capture again (the
-             * scratch is already large enough) and replay once. */
-            dev_graph_free(*gr);
-            *gr = NULL;
-            if (dev_graph_begin(b->dev, e)) return -1;
-            decode_step_dev(s, mode);
-            *gr = dev_graph_end(b->dev, e);
-            if (!*gr || dev_graph_launch(*gr, e)) return -1;
-        }
-    } else {
-        decode_step_dev(s, mode);
-        s->graph_warm[mode] = 1;
-    }
+    if (graph_run(s, &s->graph[mode], decode_step_dev, 1, mode, e)) return -1;
     s->n_past += 1;
     for (int i = 0; i < s->pl->n_devices; i++)
         if (devs >> i & 1) s->dev_pos[i] = s->n_past;
@@ -704,7 +730,14 @@ int llm_decode(struct llm *s, int32_t tok, enum llm_decode_mode mode, int32_t *n
 
 void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t draws)
 {
-    op_sample_begin(&s->sample_state, p, draws);
+    llm_slot_sample_begin(s, 0, p, draws);
+}
+
+void llm_slot_sample_begin(struct llm *s, int slot, const struct sampler_params *p, uint64_t draws)
+{
+    CHECK(slot >= 0 && slot < s->n_slots);
+    struct tensor row = tensor_rows_view(&s->sample_rows, slot, 1);
+    op_sample_begin(&row, p, draws);
 }
 
 
@@ -752,23 +785,18 @@ static int batch_rows(struct llm *s, const int *slots, int B, int32_t *tab, stru
     return 0;
 }
 
-int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
-                     struct err *e)
+/* The batched step of B rows on the device (no host copy, no host-dependent argument: one graph per
+ * B holds it): the embedding of the embed device's ids[0..B), the layers with the row tables
+ * set_batch_rows put on each device, the final norm and lm_head into the lm_head device's logits
+ * rows; with pick, the sampler over those rows (row i with the state row slot[i] of the lm_head
+ * device) into the lm_head device's picks (which held the fed ids). */
+static void batch_step_dev(struct llm *s, int B, int pick)
 {
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
-    int32_t *tab = malloc((size_t)(B > 0 ? B : 1) * 4 * sizeof *tab);
-    if (!tab) return err_set(e, "out of memory");
-    if (batch_rows(s, slots, B, tab, e)) {
-        free(tab);
-        return -1;
-    }
-    /* embed the B ids; each layer device gets the row tables once */
-    struct tensor h = llm_embed(s, toks, B);
-    int done[MODEL_MAX_DEVICES] = {0};
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        if (!done[pl->layer[l]]++) set_batch_rows(s, pl->layer[l], tab, B);
-    free(tab);
+    struct llm_devbuf *be = &s->dev[pl->embed], *bl = &s->dev[pl->lm_head];
+    struct tensor idt = rows(&be->ids, B), h = rows(&be->h, B);
+    op_embed(&h, &s->m->llm.embed_tokens, &idt);
     int xn_ready = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const int moved = s->dev[pl->layer[l]].h.data != h.data;
@@ -778,7 +806,104 @@ int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B
         xn_ready = nn != NULL;
         if (s->on_layer) s->on_layer(s->on_layer_ctx, l, &h);
     }
+    struct tensor lg = head_dev(s, &h, xn_ready);
+    if (pick) {
+        struct tensor ids = rows(&bl->picks, B), sel = rows(&bl->slot, B);
+        op_sample_dev(&lg, &ids, &s->sample_rows, &sel);
+    }
+}
+
+/* Host -> device copy of n I32 values into the first n of dst. */
+static void upload_i32(struct tensor *dst, const int32_t *v, int n)
+{
+    struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)v, 1, (int64_t)n);
+    struct tensor d = rows(dst, n);
+    op_copy(&d, &src);
+}
+
+int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
+                     struct err *e)
+{
+    if (llm_decode_batch_launch(s, slots, toks, B, 0, e)) return -1;
+    return llm_decode_batch_collect(s, NULL, NULL, logits_out, e);
+}
+
+int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, int B, const uint8_t *need,
+                          int32_t *picks, float *logits_out, struct err *e)
+{
+    if (llm_decode_batch_launch(s, slots, toks, B, 1, e)) return -1;
+    return llm_decode_batch_collect(s, need, picks, logits_out, e);
+}
+
+int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks, int B, int pick, struct err *e)
+{
+    const struct model_config *c = &s->m->cfg;
+    const struct model_placement *pl = s->pl;
+    s->inflight_B = 0;
+    int32_t *tab = malloc((size_t)(B > 0 ? B : 1) * 5 * sizeof *tab);
+    if (!tab) return err_set(e, "out of memory");
+    if (batch_rows(s, slots, B, tab, e)) {
+        free(tab);
+        return -1;
+    }
+    /* every per-step value into its device buffer (stable addresses: the graph reads them there):
+     * the ids, each layer device's row tables, and for the sampler the fed ids (into picks, which
+     * the sampler overwrites in place) and the slots on the lm_head device */
+    struct llm_devbuf *be = &s->dev[pl->embed], *bl = &s->dev[pl->lm_head];
+    upload_i32(&be->ids, toks, B);
+    s->dev_tok = -1; /* ids[0] is no longer slot 0's decode token */
+    int done[MODEL_MAX_DEVICES] = {0};
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        if (!done[pl->layer[l]]++) set_batch_rows(s, pl->layer[l], tab, B);
+    pick = pick != 0;
+    if (pick) {
+        int32_t *sl = tab + 4 * B;
+        for (int i = 0; i < B; i++) sl[i] = slots[i];
+        upload_i32(&bl->slot, sl, B);
+        upload_i32(&bl->picks, toks, B);
+    }
+    free(tab);
+    if (graph_able(s) && !s->batch_eager) {
+        if (graph_run(s, &s->bgraph[pick * (s->bgraph_max + 1) + B], batch_step_dev, B, pick, e)) return -1;
+    } else {
+        batch_step_dev(s, B, pick);
+    }
     for (int i = 0; i < B; i++) *slot_past(s, slots[i]) += 1;
-    if (logits_out) head_logits(s, &h, xn_ready, logits_out);
+    s->inflight_B = B;
+    s->inflight_pick = pick;
+    return 0;
+}
+
+int llm_decode_batch_collect(struct llm *s, const uint8_t *need, int32_t *picks, float *logits_out, struct err *e)
+{
+    const int B = s->inflight_B;
+    const int64_t V = s->m->cfg.vocab_size;
+    if (B < 1) return err_set(e, "no batched decode step to collect");
+    if (!s->inflight_pick != !picks) return err_set(e, "the batched step was launched %s picks", picks ? "without" : "with");
+    s->inflight_B = 0;
+    struct llm_devbuf *bl = &s->dev[s->pl->lm_head];
+    struct tensor lg = rows(&bl->logits_all, B);
+    if (!picks) {
+        if (logits_out) {
+            struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out, 2, (int64_t)B, V);
+            op_copy(&host, &lg);
+        }
+        return 0;
+    }
+    struct tensor pk = tensor_make(DTYPE_I32, device_cpu(), picks, 1, (int64_t)B), dp = rows(&bl->picks, B);
+    op_copy(&pk, &dp); /* 4 bytes a row, and the step's one wait */
+    /* the rows the host picks: runs of consecutive rows in one copy each */
+    for (int i = 0; i < B;) {
+        if (!(need && need[i]) && picks[i] >= 0) {
+            i++;
+            continue;
+        }
+        int j = i + 1;
+        while (j < B && ((need && need[j]) || picks[j] < 0)) j++;
+        struct tensor src = tensor_rows_view(&lg, i, j - i);
+        struct tensor host = tensor_make(DTYPE_F32, device_cpu(), logits_out + (size_t)i * V, 2, (int64_t)(j - i), V);
+        op_copy(&host, &src);
+        i = j;
+    }
     return 0;
 }

@@ -23,6 +23,10 @@ struct llm_devbuf {              /* activation views on one logical device, max_
      * the decode graphs read it; rewritten outside graphs when the host's table changes), and the
      * prefill's contiguous copy of a slot's K and V, [ctx, Hkv, hd] each (the flash kernel reads it) */
     struct tensor kv_tab, kg, vg;
+    struct tensor slot;          /* I32 [max_batch]: the batched step's slot of each row (its sampler state row) */
+    struct tensor picks;         /* I32 [max_batch]: the batched step's fed ids, then its picks (only that step
+                                    writes them, so a prefill or an image merge queued behind the step
+                                    cannot overwrite the picks before they are collected) */
     struct tensor logits;        /* F32 [1, V] (only on the lm_head device): the first row of logits_all */
     struct tensor logits_act;    /* [1, V] in the act dtype: HF computes lm_head in fp16, then .float() */
     struct tensor logits_all, logits_act_all; /* [n_slots, V]: the batched step's rows */
@@ -31,6 +35,13 @@ struct llm_devbuf {              /* activation views on one logical device, max_
 struct llm_layer_cache {
     struct tensor k, v;          /* the block pool, [n_blocks * KV_BLOCK, n_kv_heads, head_dim] in the act
                                     dtype; block b is rows b * KV_BLOCK .. (backend.h, kvpool.h) */
+};
+
+/* A decode step replayed as a CUDA graph: run eagerly once (warm: every scratch buffer sized), then
+ * captured and replayed (llm.c graph_run). */
+struct llm_graph {
+    struct dev_graph *g;
+    int warm;
 };
 
 struct llm {
@@ -53,11 +64,17 @@ struct llm {
     /* decode-step graphs, captured after one eager step and replayed per token: [0] ends with the
      * argmax on the device, [1] with the logits, [2] with the sampler on the device (llm_decode's
      * modes) */
-    struct dev_graph *graph[3];
-    int graph_warm[3];
-    /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device:
-     * I32 [sample_state_words(V)] */
-    struct tensor sample_state;
+    struct llm_graph graph[3];
+    /* the batched step of B slots (llm_decode_batch_pick), one graph per B and ending:
+     * bgraph[B] with the logits, bgraph[bmax + 1 + B] with the sampler; [2 * (bmax + 1)],
+     * bmax = min(n_slots, max_batch) */
+    struct llm_graph *bgraph;
+    int bgraph_max;
+    int batch_eager;             /* 1: the batched step runs eagerly, never as a graph (tests compare) */
+    int inflight_B, inflight_pick; /* the batched step launched and not yet collected (0: none) */
+    /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device, one row
+     * per slot: I32 [n_slots, sample_state_words(V)]; sample_state is slot 0's row (1-D) */
+    struct tensor sample_rows, sample_state;
     void *sample_mem;
     int host_sampling;           /* 1: engine_generate samples on the host even where the device could
                                     (tests compare the two paths; the tokens must be the same) */
@@ -127,8 +144,11 @@ static inline int llm_decode_sample(struct llm *s, int32_t tok, int32_t *next, f
     return llm_decode(s, tok, LLM_DECODE_SAMPLE, next, logits_out, e);
 }
 /* Starts a request on the device sampler: parameters p, next draw index `draws` (the host
- * sampler's s->draws), no token generated yet. Outside graphs (a host -> device copy). */
+ * sampler's s->draws), no token generated yet. Outside graphs (a host -> device copy).
+ * llm_sample_begin is slot 0's (llm_decode_sample); llm_slot_sample_begin slot s's row of the
+ * batched step's sampler (llm_decode_batch_pick). Slot 0 shares one row between the two. */
 void llm_sample_begin(struct llm *s, const struct sampler_params *p, uint64_t draws);
+void llm_slot_sample_begin(struct llm *s, int slot, const struct sampler_params *p, uint64_t draws);
 /* One decoder layer on h (rows [n], on the layer's device, positions pos0..), in place. For stage tests. */
 void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0);
 /* Embedding lookup of host ids into a [n, d] tensor on the embedding device's buffer (n <= max_batch). */
@@ -165,5 +185,25 @@ int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct t
  * 1..min(n_slots, max_batch), a slot outside 0..n_slots-1, a slot twice, a full slot (llm_check_fit). */
 int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
                      struct err *e);
+/* llm_decode_batch with the next token of every row picked on the device (op_sample_dev, each row
+ * with its slot's state: llm_slot_sample_begin): picks[i] = row i's pick, or -1 where the device
+ * declined (its draw consumed, as the host's sampler_sample will). Only picks (4 bytes a row) come
+ * to the host, and the logits of the rows that need them: row i's [V] f32 into logits_out + i * V
+ * when need[i] (need may be NULL: none) or picks[i] < 0; other rows of logits_out are not written.
+ * With the whole LLM on one GPU the step is a CUDA graph per B (captured after one eager step of
+ * that B, captured again when stale), its per-step values read from device buffers the host fills
+ * before the launch (ids, positions, cache rows, slots). Same errors as llm_decode_batch. */
+int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, int B, const uint8_t *need,
+                          int32_t *picks, float *logits_out, struct err *e);
+/* The two halves of the batched step, so the host can work while the device runs it:
+ * llm_decode_batch_launch checks the rows (its errors: nothing run), uploads the per-step values,
+ * enqueues the step (with pick: ending with the sampler) and advances the slots; it does not wait
+ * (on a GPU). llm_decode_batch_collect then waits and copies what llm_decode_batch_pick (picks not
+ * NULL; the launch with pick) or llm_decode_batch (picks NULL) would. Between the two, other calls
+ * may be queued on the device (they run after the step); only another batched launch, or a call
+ * that writes the logits rows (a prefill's last chunk, llm_decode, engine_generate), must wait for
+ * the collect. */
+int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks, int B, int pick, struct err *e);
+int llm_decode_batch_collect(struct llm *s, const uint8_t *need, int32_t *picks, float *logits_out, struct err *e);
 
 #endif

@@ -258,14 +258,12 @@ bool sampler_device_ok(const struct sampler_params *p)
     return p->greedy || (p->top_k > 0 && p->top_k <= SAMPLE_DEV_MAX_CAND);
 }
 
-/* op_sample_dev on host tensors: mark ids[0] generated, penalise a copy of the logits with the
- * flags, sampler_pick with the state's draw index and the device's candidate limit. */
-void cpu_sample_dev(const struct tensor *logits, struct tensor *ids, struct tensor *state)
+/* One row of op_sample_dev on the host: mark *id generated in st's flags, penalise a copy of the
+ * logits x[V] with the flags, sampler_pick with the state's draw index and the device's candidate
+ * limit; the pick into *id. x, work and idx hold V entries each (scratch). */
+static void sample_row(const float *logits, int V, int32_t *id, int32_t *st, float *x, float *work, int32_t *idx)
 {
-    const int V = (int)logits->shape[1];
-    int32_t *st = state->data;
     uint32_t *flags = (uint32_t *)(st + SAMPLE_ST_HEADER);
-    int32_t *id = ids->data;
     struct sampler_params p;
     memset(&p, 0, sizeof p);
     p.greedy = st[SAMPLE_ST_GREEDY] != 0;
@@ -275,23 +273,38 @@ void cpu_sample_dev(const struct tensor *logits, struct tensor *ids, struct tens
     p.repetition_penalty = bits_f32(st[SAMPLE_ST_PENALTY]);
     p.seed = (uint64_t)(uint32_t)st[SAMPLE_ST_SEED_LO] | (uint64_t)(uint32_t)st[SAMPLE_ST_SEED_HI] << 32;
     uint64_t draw = (uint64_t)(uint32_t)st[SAMPLE_ST_DRAWS_LO] | (uint64_t)(uint32_t)st[SAMPLE_ST_DRAWS_HI] << 32;
-    if (id[0] >= 0 && id[0] < V) flags[id[0] >> 5] |= 1u << (id[0] & 31);
-    float *x = malloc((size_t)V * sizeof *x), *work = malloc((size_t)V * sizeof *work);
-    int32_t *idx = malloc((size_t)V * sizeof *idx);
-    CHECKF(x && work && idx, "cpu_sample_dev: out of memory for a vocabulary of %d", V);
-    memcpy(x, logits->data, (size_t)V * sizeof *x);
+    if (*id >= 0 && *id < V) flags[*id >> 5] |= 1u << (*id & 31);
+    memcpy(x, logits, (size_t)V * sizeof *x);
     if (p.repetition_penalty != 1.0f)
         for (int i = 0; i < V; i++)
             if (flags[i >> 5] >> (i & 31) & 1) x[i] = penalise(x[i], p.repetition_penalty);
-    int32_t tok = sampler_pick(&p, x, V, work, idx, draw, SAMPLE_DEV_MAX_CAND);
-    free(x);
-    free(work);
-    free(idx);
-    id[0] = tok;
+    const int32_t tok = sampler_pick(&p, x, V, work, idx, draw, SAMPLE_DEV_MAX_CAND);
+    *id = tok;
     st[SAMPLE_ST_STATUS] = tok < 0;
     if (!p.greedy) {
         draw++;
         st[SAMPLE_ST_DRAWS_LO] = (int32_t)(uint32_t)draw;
         st[SAMPLE_ST_DRAWS_HI] = (int32_t)(uint32_t)(draw >> 32);
     }
+}
+
+/* op_sample_dev on host tensors: each row alone (sample_row) with its state row. */
+void cpu_sample_dev(const struct tensor *logits, struct tensor *ids, struct tensor *state, const struct tensor *sel)
+{
+    const int64_t n = logits->shape[0];
+    const int V = (int)logits->shape[1];
+    const int64_t words = sample_state_words(V), S = tensor_numel(state) / words;
+    float *x = malloc((size_t)V * sizeof *x), *work = malloc((size_t)V * sizeof *work);
+    int32_t *idx = malloc((size_t)V * sizeof *idx);
+    CHECKF(x && work && idx, "cpu_sample_dev: out of memory for a vocabulary of %d", V);
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = sel ? ((const int32_t *)sel->data)[i] : i;
+        CHECKF(r >= 0 && r < S, "op_sample_dev: row %lld selects state row %lld of %lld", (long long)i, (long long)r,
+               (long long)S);
+        sample_row((const float *)logits->data + i * V, V, (int32_t *)ids->data + i, (int32_t *)state->data + r * words,
+                   x, work, idx);
+    }
+    free(x);
+    free(work);
+    free(idx);
 }

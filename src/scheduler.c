@@ -23,7 +23,14 @@ struct scheduler {
     int *slots;                  /* [n] the decode batch */
     int32_t *toks;               /* [n] */
     int *who;                    /* [n] entry of each batch row */
+    uint64_t *gen;               /* [n] the order of the turn each row was launched for */
+    uint8_t *need;               /* [n] rows whose logits the host needs (their turn picks on the host) */
+    int32_t *picks;              /* [n] the device's picks */
     float *logits;               /* [n, V] */
+    int inflight;                /* rows of the step launched and not yet collected (0: none) */
+    int host_picks;              /* sched_set_host_picks */
+    int64_t n_dev, n_host;       /* decode-step tokens picked on the device, on the host */
+    struct sched_times tm;
 };
 
 int sched_init(struct scheduler **out, struct engine *g, struct err *e)
@@ -38,8 +45,11 @@ int sched_init(struct scheduler **out, struct engine *g, struct err *e)
     s->slots = calloc((size_t)s->n, sizeof *s->slots);
     s->toks = calloc((size_t)s->n, sizeof *s->toks);
     s->who = calloc((size_t)s->n, sizeof *s->who);
+    s->gen = calloc((size_t)s->n, sizeof *s->gen);
+    s->need = calloc((size_t)s->n, sizeof *s->need);
+    s->picks = calloc((size_t)s->n, sizeof *s->picks);
     s->logits = malloc((size_t)s->n * V * sizeof *s->logits);
-    if (!s->e || !s->slots || !s->toks || !s->who || !s->logits) {
+    if (!s->e || !s->slots || !s->toks || !s->who || !s->gen || !s->need || !s->picks || !s->logits) {
         sched_free(s);
         return err_set(e, "out of memory (a scheduler for %d slots)", s->n);
     }
@@ -56,6 +66,9 @@ void sched_free(struct scheduler *s)
     free(s->slots);
     free(s->toks);
     free(s->who);
+    free(s->gen);
+    free(s->need);
+    free(s->picks);
     free(s->logits);
     free(s);
 }
@@ -68,6 +81,16 @@ int sched_slots_free(const struct scheduler *s)
 }
 
 int sched_active(const struct scheduler *s) { return s->n - sched_slots_free(s); }
+
+void sched_set_host_picks(struct scheduler *s, int on) { s->host_picks = on != 0; }
+
+void sched_get_times(const struct scheduler *s, struct sched_times *t) { *t = s->tm; }
+
+void sched_pick_counts(const struct scheduler *s, int64_t *dev, int64_t *host)
+{
+    *dev = s->n_dev;
+    *host = s->n_host;
+}
 
 /* Reports a turn's end and frees its slot. */
 static void finish(struct scheduler *s, int i, int failed, int input_error, const struct err *why)
@@ -111,10 +134,54 @@ int sched_add(struct scheduler *s, struct turn *t, const struct turn_io *io, sch
     return 0;
 }
 
+/* The step in flight: wait for it and hand each row's token to its turn (taken, not streamed yet:
+ * turn_emit), when that turn still runs; rows of turns that finished since the launch (a stop string
+ * or a cancel seen by turn_emit, a slot reused) are dropped. */
+static void collect(struct scheduler *s)
+{
+    const int B = s->inflight;
+    s->inflight = 0;
+    int alive = 0;
+    for (int b = 0; b < B; b++) {
+        const struct entry *x = &s->e[s->who[b]];
+        const int live = x->state == SLOT_DECODE && x->order == s->gen[b];
+        if (!live) s->gen[b] = 0, s->need[b] = 0;
+        alive += live;
+    }
+    if (!alive) return; /* nothing to read back: the device finishes the step on its own */
+    struct err e = {{0}};
+    const double t0 = time_now();
+    const int rc = engine_decode_batch_collect(s->g, s->need, s->picks, s->logits, &e);
+    const double t1 = time_now();
+    s->tm.collect += t1 - t0;
+    if (rc) {
+        for (int b = 0; b < B; b++)
+            if (s->gen[b]) finish(s, s->who[b], 1, 0, &e);
+        return;
+    }
+    const size_t V = (size_t)engine_config(s->g)->vocab_size;
+    for (int b = 0; b < B; b++) {
+        if (!s->gen[b]) continue;
+        struct err te = {{0}};
+        struct turn *t = s->e[s->who[b]].t;
+        const int dev = !s->need[b] && s->picks[b] >= 0;
+        const int r = dev ? turn_take(t, s->picks[b], &te) : turn_step(t, s->logits + (size_t)b * V, &te);
+        s->n_dev += dev;
+        s->n_host += !dev;
+        if (r < 0) finish(s, s->who[b], 1, 0, &te);
+    }
+    s->tm.take += time_now() - t1;
+}
+
 int sched_step(struct scheduler *s)
 {
     struct err e = {{0}};
-    /* one prefill chunk: the oldest turn still reading its prompt */
+    /* 1. the step in flight: its tokens to their turns */
+    s->tm.steps++;
+    if (s->inflight) collect(s);
+    double t0 = time_now();
+    /* 2. one prefill chunk: the oldest turn still reading its prompt (before the launch: a prompt's
+     * last chunk writes the logits rows the batched step uses) */
     int p = -1;
     for (int i = 0; i < s->n; i++)
         if (s->e[i].state == SLOT_PREFILL && (p < 0 || s->e[i].order < s->e[p].order)) p = i;
@@ -124,26 +191,35 @@ int sched_step(struct scheduler *s)
         else if (r == 1 && turn_done(s->e[p].t)) finish(s, p, 0, 0, NULL);
         else if (r == 1) s->e[p].state = SLOT_DECODE;
     }
-    /* one batched decode step over every generating turn */
+    double t1 = time_now();
+    s->tm.prefill += t1 - t0;
+    /* 3. launch one batched decode step over every turn with a token to feed. The device picks
+     * every row; at the collect only the rows whose turns pick on the host (a grammar, logprobs,
+     * parameters the device declines) or where the device declined bring their logits. */
     int B = 0;
     for (int i = 0; i < s->n; i++) {
-        if (s->e[i].state != SLOT_DECODE) continue;
+        if (s->e[i].state != SLOT_DECODE || turn_pending(s->e[i].t) < 0) continue;
         s->slots[B] = i;
         s->toks[B] = turn_pending(s->e[i].t);
+        s->need[B] = s->host_picks || !turn_dev_pick(s->e[i].t);
+        s->gen[B] = s->e[i].order;
         s->who[B++] = i;
     }
     if (B) {
-        const size_t V = (size_t)engine_config(s->g)->vocab_size;
-        if (engine_decode_batch(s->g, s->slots, s->toks, B, s->logits, &e)) {
+        if (engine_decode_batch_launch(s->g, s->slots, s->toks, B, &e)) {
             for (int b = 0; b < B; b++) finish(s, s->who[b], 1, 0, &e);
         } else {
-            for (int b = 0; b < B; b++) {
-                struct err te = {{0}};
-                int r = turn_step(s->e[s->who[b]].t, s->logits + (size_t)b * V, &te);
-                if (r < 0) finish(s, s->who[b], 1, 0, &te);
-                else if (r == 1) finish(s, s->who[b], 0, 0, NULL);
-            }
+            s->inflight = B;
+            s->tm.launches++;
         }
     }
+    t0 = time_now();
+    s->tm.launch += t0 - t1;
+    /* 4. while the device runs it: stream the tokens step 1 took (detokenizing, stop strings, the
+     * callbacks) and end the turns that finished. A turn that a stop string or a cancel ends here
+     * had its next token launched already: its row is dropped at the collect. */
+    for (int i = 0; i < s->n; i++)
+        if (s->e[i].state == SLOT_DECODE && turn_emit(s->e[i].t)) finish(s, i, 0, 0, NULL);
+    s->tm.emit += time_now() - t0;
     return sched_active(s);
 }

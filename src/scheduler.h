@@ -2,11 +2,17 @@
  *
  * Each turn holds one engine slot (its own KV rows). A step runs one prefill chunk (at most the
  * engine's max_batch tokens) of the oldest turn still reading its prompt, then ONE batched decode
- * step over every turn that is generating (engine_decode_batch: the GEMMs take M = active turns,
- * attention reads each turn's own rows). A long prompt therefore delays the others by one chunk per
+ * step over every turn that is generating (engine_decode_batch_pick: the GEMMs take M = active
+ * turns, attention reads each turn's own rows, and the next tokens are picked on the device, each
+ * with its turn's sampler; only rows that need the host sampler bring their logits back). A long prompt therefore delays the others by one chunk per
  * step, never by its whole prefill. Turns join and leave between steps; each keeps its own sampling
  * parameters, stop strings, max_new, streaming and cancellation (turn.h's staged calls). Beam search
  * is not batched (the caller runs it alone with turn_run).
+ * A step: collect the batched decode step launched by the previous one (its picks become the turns'
+ * next tokens), one prefill chunk, launch the next batched step, then, while the device runs it,
+ * the host work of the tokens just taken (streaming, stop strings, callbacks, finished turns; and
+ * whatever the caller does between steps, such as admitting requests). A turn that a stop string
+ * or a cancel ends had one more token computed, which is dropped.
  * Owns: the slot table and the order of work. Does not own: the turns (their owner frees them), the
  * queue in front of it (the server's), the engine.
  * Not thread-safe: one thread (the server's worker) calls everything. */
@@ -27,6 +33,22 @@ int sched_active(const struct scheduler *s);
 /* Starts a prepared turn (images, prompt embedding) on a free slot; done is called once, when it
  * finishes or fails (a failure to start is reported through done too, and sched_add returns -1). */
 int sched_add(struct scheduler *s, struct turn *t, const struct turn_io *io, sched_done_cb done, void *ctx);
+/* 1: every row's logits come to the host and its turn picks there (turn_step), as before device
+ * picks; 0 (the default): rows of turns that allow it (turn_dev_pick) take the device's pick. The
+ * tokens are the same either way (tests compare the two). */
+void sched_set_host_picks(struct scheduler *s, int on);
+/* Decode-step tokens picked so far on the device and on the host (the first token of each turn,
+ * picked after its prefill, is not counted). */
+void sched_pick_counts(const struct scheduler *s, int64_t *dev, int64_t *host);
+/* Where the steps' host time went so far (seconds; time_now around each part): waiting for the
+ * step in flight and reading its picks back (collect), handing the tokens to their turns (take: host
+ * picks included), prefill chunks, uploading and launching the next step (launch), and streaming
+ * the taken tokens while the device runs it (emit: the overlapped part). */
+struct sched_times {
+    int64_t steps, launches;
+    double collect, take, prefill, launch, emit;
+};
+void sched_get_times(const struct scheduler *s, struct sched_times *t);
 /* One step (above). Returns the number of turns still active. */
 int sched_step(struct scheduler *s);
 

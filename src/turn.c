@@ -293,6 +293,8 @@ struct turn_run {
     uint64_t img_hash;              /* the image list's content key (imgcache.h), for the KV blocks' keys */
     int matched, staged;            /* the prefix lookup is done; turn_start ran (the slot is let go at the end) */
     int64_t reused;                 /* prompt tokens whose KV came from cached blocks (engine_slot_match) */
+    int n_emit;                     /* staged runs: ids of out[] the text pipe has seen */
+    int ended;                      /* staged runs: no token follows (a stop id, max_new, an empty mask) */
     int finished;
     double t0, t_vision, t_prefill0, t_decode0, t_prefill, t_decode, t_first;
 };
@@ -478,6 +480,7 @@ static int run_staged_alone(struct turn *t, struct engine *g, const struct turn_
         const int slot = 0;
         const int32_t tok = turn_pending(t);
         if (engine_decode_batch(g, &slot, &tok, 1, t->run->logits, e) || turn_step(t, t->run->logits, e) < 0) goto fail;
+        turn_emit(t);
     }
     if (turn_finish(t, r, e)) goto fail;
     return 0;
@@ -551,16 +554,32 @@ int turn_slot(const struct turn *t) { return t->run ? t->run->slot : -1; }
 int32_t turn_pending(const struct turn *t)
 {
     const struct turn_run *u = t->run;
-    return u && !u->finished && u->fed == t->n_ids && u->n_out > 0 ? u->out[u->n_out - 1] : -1;
+    return u && !u->finished && !u->ended && u->fed == t->n_ids && u->n_out > 0 ? u->out[u->n_out - 1] : -1;
 }
 
-/* Takes a picked token: the pipe, then whether the turn ends here. */
+/* Takes a picked token; returns whether generation ends with it (a stop id, max_new). The text
+ * pipe sees it at the next run_emit. */
 static int run_take(struct turn *t, int32_t tok)
 {
     struct turn_run *u = t->run;
     u->out[u->n_out++] = tok;
-    if (pipe_token(&u->p, tok) || (!t->rq.ignore_eos && engine_is_stop(u->g, tok)) || u->n_out == t->max_new)
-        u->finished = 1;
+    if ((!t->rq.ignore_eos && engine_is_stop(u->g, tok)) || u->n_out == t->max_new) u->ended = 1;
+    return u->ended;
+}
+
+/* The text pipe over the ids taken since the last call (streaming, stop strings, cancel, the
+ * deadline). The turn finishes when the pipe stops it (ids taken after the one that stopped it are
+ * dropped) or when generation ended. Returns finished. */
+static int run_emit(struct turn *t)
+{
+    struct turn_run *u = t->run;
+    while (!u->finished && u->n_emit < u->n_out)
+        if (pipe_token(&u->p, u->out[u->n_emit++])) {
+            u->finished = 1;
+            u->n_out = u->n_emit;
+            if (u->n_lp > u->n_out) u->n_lp = u->n_out;
+        }
+    if (u->ended) u->finished = 1;
     return u->finished;
 }
 
@@ -577,7 +596,7 @@ static int run_pick(struct turn *t, float *logits, struct err *e)
         const int n = grammar_mask(&u->gs, rq->vocab, u->gsc, t->max_new - u->n_out, u->allow);
         tok = n > 0 ? sampler_sample_masked(&u->smp, logits, u->allow) : -1;
         if (tok < 0) {
-            u->finished = 1;
+            u->ended = 1;
             return 1;
         }
         if (grammar_advance(&u->gs, rq->vocab, tok, e)) return -1;
@@ -628,6 +647,14 @@ int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
     run_publish(t); /* the prompt's blocks, for requests that start the same way */
     if (engine_check_logits(u->g, u->logits, "for the prompt", e)) return -1;
     if (run_pick(t, u->logits, e) < 0) return -1;
+    run_emit(t);
+    /* the slot's device sampler continues from here (turn_take): the request's parameters and the
+     * host sampler's draw counter after the first token; a host-sampled turn gets the cheapest
+     * (greedy) state, whose picks it never takes */
+    struct sampler_params greedy;
+    sampler_defaults(&greedy);
+    greedy.greedy = true;
+    engine_slot_sample_begin(u->g, u->slot, turn_dev_pick(t) ? &t->rq.sp : &greedy, u->smp.draws);
     u->t_decode0 = time_now();
     u->t_prefill = u->t_decode0 - u->t_prefill0;
     u->t_first = u->t_decode0 - u->t0;
@@ -641,6 +668,22 @@ int turn_step(struct turn *t, float *logits, struct err *e)
     if (engine_check_logits(u->g, logits, "at a decode step", e)) return -1;
     return run_pick(t, logits, e);
 }
+
+int turn_dev_pick(const struct turn *t) { return !turn_host_sampled(t) && sampler_device_ok(&t->rq.sp); }
+
+int turn_take(struct turn *t, int32_t tok, struct err *e)
+{
+    struct turn_run *u = t->run;
+    if (turn_pending(t) < 0) return err_set(e, "turn_take: the turn has no token to feed");
+    if (!turn_dev_pick(t)) return err_set(e, "turn_take: this turn picks its tokens on the host");
+    if (tok < 0 || tok >= u->smp.vocab) return err_set(e, "turn_take: token %d outside the vocabulary", tok);
+    /* the host sampler follows the device's: the token generated, its draw consumed */
+    sampler_record(&u->smp, tok);
+    if (!t->rq.sp.greedy) u->smp.draws++;
+    return run_take(t, tok);
+}
+
+int turn_emit(struct turn *t) { return t->run ? run_emit(t) : 1; }
 
 int turn_done(const struct turn *t) { return t->run && t->run->finished; }
 

@@ -126,15 +126,33 @@ void turn_free(struct turn *t); /* accepts NULL */
 
 /* ---- staged running: several turns in flight, one engine slot each (the scheduler, scheduler.h) ----
  * turn_start (images, merge; the slot emptied) -> turn_prefill (chunks; the last one picks the first
- * token on the host sampler) -> while !turn_done: one batched decode step feeds turn_pending() into
- * turn_slot() and hands that row's logits to turn_step -> turn_finish (the result; the run's memory
+ * token on the host sampler, streams it and starts the slot's device sampler) -> while !turn_done:
+ * one batched decode step feeds turn_pending() into turn_slot() and hands that row's logits to
+ * turn_step, or its device-picked token to turn_take (turn_dev_pick); turn_emit then streams it
+ * (the scheduler launches the next step first, so the text work overlaps the device's) -> turn_finish (the result; the run's memory
  * freed). The tokens are those turn_run gives with host sampling. Beam search is not staged. Any
  * failure: turn_abort. */
 int turn_start(struct turn *t, struct engine *g, const struct turn_io *io, int slot, int *input_error, struct err *e);
 int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e); /* 1: the prompt is in, 0: more to feed */
 int32_t turn_pending(const struct turn *t); /* the token the next decode step feeds; -1: none (not prefilled, or done) */
 int turn_slot(const struct turn *t);
-int turn_step(struct turn *t, float *logits, struct err *e); /* logits [V] (modified); 1: finished */
+/* Picks the next token on the host from logits [V] (modified): grammar mask, sampler, logprobs. The
+ * token is taken (turn_pending returns it) but not yet streamed (turn_emit). Returns 1 when
+ * generation ends with it (a stop id, max_new, nothing the grammar allows), 0 to go on, -1 on error. */
+int turn_step(struct turn *t, float *logits, struct err *e);
+/* Whether the turn's next tokens may be picked on the device (engine_decode_batch_pick with the slot's
+ * sampler, which turn_prefill starts with the request's parameters): no grammar, no logprobs, and
+ * parameters the device sampler serves (sampler_device_ok). */
+int turn_dev_pick(const struct turn *t);
+/* Takes the token the device picked for this turn's row (instead of turn_step): the host sampler
+ * advances exactly as if it had sampled it (the token recorded for the penalty, one draw unless
+ * greedy), so a later step the device declines is picked on the host with the right draw. Same
+ * return as turn_step. */
+int turn_take(struct turn *t, int32_t tok, struct err *e);
+/* Streams the tokens taken since the last call (the text callback, stop strings, cancel, the
+ * deadline). Returns 1 when the turn has finished (turn_done): generation ended, or the pipe stopped
+ * it (then no token taken after the one that stopped it counts). */
+int turn_emit(struct turn *t);
 int turn_done(const struct turn *t);
 int turn_finish(struct turn *t, struct turn_result *r, struct err *e);
 void turn_abort(struct turn *t);

@@ -12,6 +12,9 @@
  *  - errors (nothing run, no slot changed): a slot out of range, the same slot twice in one step, a
  *    full slot (llm_check_fit's wording), a bad batch size, an id outside the vocabulary;
  *  - --parallel: the planner counts the KV of N slots and says so when it does not fit.
+ *  - device picks (engine_decode_batch_pick, the CPU twin of the device sampler): slots with their
+ *    own sampler parameters joining and leaving, every pick equal to a host sampler's on the same
+ *    logits, declined rows picked on the host with the same draw (tpick.h);
  * `test_batch bench` prints tok/s of batched steps of B = 1, 4, 8 on the tiny model. */
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,7 @@
 #include "devmap.h"
 #include "engine.h"
 #include "t.h"
+#include "tpick.h"
 #include "tutil.h"
 
 #define NSEQ 8
@@ -292,6 +296,27 @@ static void test_truncate_refeed(void)
     engine_close(g);
 }
 
+/* The batched step with the next tokens picked on the device (tpick.h): 5 slots, batch sizes changing
+ * every step (slots join and leave), greedy, penalised, sampled and declined rows; on one device and
+ * split over two logical ones (the sampler on the lm_head part, the ids fed on the embedding part). */
+static void test_pick_rows(void)
+{
+    for (int split = 1; split <= 2; split++) {
+        struct err e = {{0}};
+        struct engine *g = open_eng(DTYPE_F32, 5, split, CTX, &e);
+        T_ASSERTF(g != NULL, "%s", e.msg);
+        if (!g) return;
+        static const int sizes[] = {1, 3, 5, 2, 5, 4, 1, 3, 5, 5, 2, 4};
+        struct tpick_res r;
+        T_ASSERTF(tpick_run(g, NULL, sizes, (int)(sizeof sizes / sizeof sizes[0]), &r, &e) == 0, "%s", e.msg);
+        printf("  split %d: %d steps, %d rows: %d device picks (%d checked against the host sampler, %d differ), "
+               "%d declined\n", split, r.steps, r.rows, r.dev_picks, r.checked, r.pick_diff, r.declined);
+        T_EQ_INT(r.pick_diff, 0);
+        T_ASSERT(r.checked > 10 && r.declined > 0 && r.dev_picks > r.checked);
+        engine_close(g);
+    }
+}
+
 static void test_errors(void)
 {
     struct err e = {{0}};
@@ -448,6 +473,7 @@ int main(int argc, char **argv)
     T_RUN(test_batch_f16);
     T_RUN(test_batch_split);
     T_RUN(test_truncate_refeed);
+    T_RUN(test_pick_rows);
     T_RUN(test_errors);
     T_RUN(test_parallel_plan);
     for (int k = 0; k < 2; k++)

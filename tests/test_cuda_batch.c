@@ -6,7 +6,13 @@
  *    prompts, 12 steps, every row against the same slot stepped alone (engine_slot_prefill with one
  *    token) in a one-slot engine, within the logits tolerance, and the greedy tokens equal wherever
  *    the solo run's top-2 margin is clear of that tolerance; then slot 0's graph path
- *    (engine_generate, greedy) still gives the tokens it gives in a one-slot engine.
+ *    (engine_generate, greedy) still gives the tokens it gives in a one-slot engine;
+ *  - the batched step as CUDA graphs (one per B) with the next tokens picked on the device
+ *    (engine_decode_batch_pick, tpick.h): 64 slots, B = 1, 3, 16, 64 and others, slots joining and
+ *    leaving between steps; every step against an engine that runs the same steps eagerly
+ *    (llm.batch_eager): the same logits (bit for bit: the same kernels) and picks; every pick
+ *    against the host sampler (the CPU twin's selection) on the step's logits; the graphs of those
+ *    B were captured and replayed.
  * Without a GPU every case is reported as skipped. */
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +20,10 @@
 #include "backend.h"
 #include "devmap.h"
 #include "engine.h"
+#include "engine_impl.h"
 #include "t.h"
 #include "tengine.h"
+#include "tpick.h"
 #include "tutil.h"
 
 #ifdef MINICPMV_CUDA
@@ -203,6 +211,45 @@ static void check_engine(enum dtype dt)
     engine_close(g);
 }
 
+/* The graph-replayed batched step with device picks against the eager one and the host sampler. */
+static void check_graph_steps(enum dtype dt)
+{
+    struct err e = {{0}};
+    struct engine *g = open_gpu(dt, 64, &e), *r = open_gpu(dt, 64, &e);
+    T_ASSERTF(g && r, "%s", e.msg);
+    if (!g || !r) {
+        engine_close(g);
+        engine_close(r);
+        return;
+    }
+    r->llm.batch_eager = 1;
+    /* each B three times at least (eager, capture, replay), then slots join and leave at sizes seen */
+    static const int sizes[] = {1, 1, 1, 3, 3, 3, 16, 16, 16, 64, 64, 64, 3, 16, 3, 16, 1, 64, 5, 5, 5, 64, 1, 3};
+    const int n = (int)(sizeof sizes / sizeof sizes[0]);
+    struct tpick_res res;
+    T_ASSERTF(tpick_run(g, r, sizes, n, &res, &e) == 0, "%s", e.msg);
+    printf("  %s: %d steps, %d rows: graph vs eager %d rows, %d picks differ, worst |logit diff| %g; %d device picks "
+           "(%d checked against the host sampler, %d differ), %d declined\n",
+           dtype_name(dt), res.steps, res.rows, res.ref_rows, res.ref_pick_diff, res.ref_worst, res.dev_picks,
+           res.checked, res.pick_diff, res.declined);
+    T_EQ_INT(res.ref_pick_diff, 0);
+    T_ASSERTF(res.ref_worst == 0, "graph vs eager logits differ by %g", res.ref_worst);
+    T_EQ_INT(res.pick_diff, 0);
+    T_ASSERT(res.checked > 100 && res.declined > 0);
+    const int bm = g->llm.bgraph_max;
+    T_EQ_INT(bm, 64);
+    static const int want[] = {1, 3, 16, 64};
+    for (int k = 0; k < 4; k++) {
+        T_ASSERTF(g->llm.bgraph[bm + 1 + want[k]].g != NULL, "no graph captured for B = %d", want[k]);
+        T_ASSERTF(r->llm.bgraph[bm + 1 + want[k]].g == NULL, "the eager engine captured B = %d", want[k]);
+    }
+    engine_close(g);
+    engine_close(r);
+}
+
+static void test_graph_steps_f16(void) { check_graph_steps(DTYPE_F16); }
+static void test_graph_steps_f32(void) { check_graph_steps(DTYPE_F32); }
+
 static void test_engine_f16(void) { check_engine(DTYPE_F16); }
 static void test_engine_f32(void) { check_engine(DTYPE_F32); }
 
@@ -215,11 +262,15 @@ int main(void)
         T_SKIP(test_attention_rows, "no CUDA device");
         T_SKIP(test_engine_f16, "no CUDA device");
         T_SKIP(test_engine_f32, "no CUDA device");
+        T_SKIP(test_graph_steps_f16, "no CUDA device");
+        T_SKIP(test_graph_steps_f32, "no CUDA device");
         return t_main_end("test_cuda_batch");
     }
     T_RUN(test_attention_rows);
     T_RUN(test_engine_f16);
     T_RUN(test_engine_f32);
+    T_RUN(test_graph_steps_f16);
+    T_RUN(test_graph_steps_f32);
     return t_main_end("test_cuda_batch");
 }
 

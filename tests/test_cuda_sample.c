@@ -3,7 +3,8 @@
  * (draw counter, status, flags) and untouched logits, over ~200 random cases: vocabularies up to
  * 128256, realistic, tied, all-negative and peaked logits, penalties above and below 1, greedy +
  * penalty, top-k from 1 to 2048 (the kernel's fast path and its radix-select path) and off, top-p
- * on and off, and the decline path (more than 2048 tied candidates). Then the op captured once in
+ * on and off, and the decline path (more than 2048 tied candidates); several rows in one call, each
+ * with its own state row (the batched step's form). Then the op captured once in
  * a graph and replayed with other parameters (they live in device memory), and an end-to-end run:
  * the engine on the tiny model generates the same 64 tokens with the sampler on the device as with
  * the host sampler (llm.host_sampling), for several parameter sets.
@@ -89,8 +90,8 @@ static void run_case(int V, int kind, const struct sampler_params *p, uint64_t d
     }
     *(int32_t *)hi.data = fed;
     struct tensor dl = d_from(&hl), ds = d_from(&hs), di = d_from(&hi);
-    op_sample_dev(&hl, &hi, &hs);
-    op_sample_dev(&dl, &di, &ds);
+    op_sample_dev(&hl, &hi, &hs, NULL);
+    op_sample_dev(&dl, &di, &ds, NULL);
     struct tensor gl = h_new(DTYPE_F32, 2, 1, V, 0), gs = h_new(DTYPE_I32, 1, words, 0, 0);
     int32_t gid = -2;
     struct tensor gi = tensor_make(DTYPE_I32, device_cpu(), &gid, 1, (int64_t)1);
@@ -143,6 +144,58 @@ static void test_matches_twin(void)
     T_ASSERT(cs.declined >= 8);
 }
 
+/* Rows: one op_sample_dev over R rows, row i with the state row sel[i] of S (the batched decode step),
+ * on the GPU and on the CPU twin: the same tokens, the same state table (unselected rows untouched),
+ * the logits intact; rows of different parameters, kinds and fed tokens, declines among them. */
+static void test_rows(void)
+{
+    enum { R = 9, S = 12 };
+    static const int32_t selv[R] = {11, 0, 6, 3, 7, 1, 10, 4, 8}; /* row 2 (ties): a sampled state */
+    const int V = 128256;
+    const int64_t words = sample_state_words(V);
+    struct tensor hl = h_new(DTYPE_F32, 2, R, V, 0), hs = h_new(DTYPE_I32, 2, S, words, 0);
+    struct tensor hi = h_new(DTYPE_I32, 1, R, 0, 0), hsel = h_new(DTYPE_I32, 1, R, 0, 0);
+    for (int r = 0; r < S; r++) { /* every state row started: the selected ones with their parameters */
+        struct sampler_params p;
+        sampler_defaults(&p);
+        p.seed = 77u + (unsigned)r;
+        p.greedy = r % 4 == 1;
+        p.repetition_penalty = r % 3 == 0 ? 1.3f : 1.05f;
+        p.top_k = r == 3 ? 2048 : r == 7 ? 5 : 100;
+        p.top_p = r == 3 ? 1.0f : 0.8f;
+        struct tensor row = tensor_rows_view(&hs, r, 1);
+        op_sample_begin(&row, &p, (uint64_t)(r * 13));
+        int32_t *st = row.data;
+        for (int f = 0; f < 40; f++) st[SAMPLE_ST_HEADER + (r * 97 + f * 1231) % (V / 32)] |= 1 << (f % 32);
+    }
+    for (int i = 0; i < R; i++) {
+        make_logits((float *)hl.data + (size_t)i * V, V, i == 2 ? LK_DECLINE : i % LK_N == LK_DECLINE ? LK_LLM : i % LK_N);
+        ((int32_t *)hi.data)[i] = i == 6 ? -1 : (int32_t)((i * 40009) % V);
+        ((int32_t *)hsel.data)[i] = selv[i];
+    }
+    struct tensor dl = d_from(&hl), ds = d_from(&hs), di = d_from(&hi), dsel = d_from(&hsel);
+    op_sample_dev(&hl, &hi, &hs, &hsel);
+    op_sample_dev(&dl, &di, &ds, &dsel);
+    struct tensor gl = h_new(DTYPE_F32, 2, R, V, 0), gs = h_new(DTYPE_I32, 2, S, words, 0), gi = h_new(DTYPE_I32, 1, R, 0, 0);
+    op_copy(&gl, &dl);
+    op_copy(&gs, &ds);
+    op_copy(&gi, &di);
+    int same = 0, declined = 0;
+    for (int i = 0; i < R; i++) {
+        const int32_t want = ((int32_t *)hi.data)[i], got = ((int32_t *)gi.data)[i];
+        same += want == got;
+        declined += want < 0;
+        T_ASSERTF(want == got, "row %d (state row %d): gpu %d, cpu %d", i, selv[i], got, want);
+    }
+    T_ASSERT(memcmp(gs.data, hs.data, (size_t)(S * words) * 4) == 0);
+    T_ASSERT(memcmp(gl.data, hl.data, (size_t)R * V * 4) == 0);
+    printf("  %d rows over %d state rows: %d tokens equal the CPU twin's (%d declined), state table %s\n", R, S, same,
+           declined, memcmp(gs.data, hs.data, (size_t)(S * words) * 4) ? "DIFFERS" : "equal");
+    T_ASSERT(declined >= 1 && declined < R);
+    t_free(&hl), t_free(&hs), t_free(&hi), t_free(&hsel), t_free(&dl), t_free(&ds), t_free(&di), t_free(&dsel);
+    t_free(&gl), t_free(&gs), t_free(&gi);
+}
+
 /* op_sample_dev captured once; each replay reads new parameters, logits and counter from memory. */
 static void test_graph(void)
 {
@@ -160,7 +213,7 @@ static void test_graph(void)
     sampler_defaults(&p0);
     op_sample_begin(&ds, &p0, 0);
     T_ASSERTF(dev_graph_begin(device_cuda(0), &e) == 0, "%s", e.msg);
-    op_sample_dev(&dl, &di, &ds);
+    op_sample_dev(&dl, &di, &ds, NULL);
     struct dev_graph *g = dev_graph_end(device_cuda(0), &e);
     T_ASSERTF(g != NULL, "%s", e.msg);
     if (!g) goto out;
@@ -181,7 +234,7 @@ static void test_graph(void)
         op_copy(&dl, &hl);
         op_copy(&di, &hi);
         T_ASSERTF(dev_graph_launch(g, &e) == 0, "%s", e.msg);
-        op_sample_dev(&hl, &hi, &hs);
+        op_sample_dev(&hl, &hi, &hs, NULL);
         int32_t gid = -2;
         struct tensor gi = tensor_make(DTYPE_I32, device_cpu(), &gid, 1, (int64_t)1);
         op_copy(&gi, &di);
@@ -257,7 +310,7 @@ static double time_graph(struct bench_ctx *b, const struct sampler_params *p, in
     struct err e = {{0}};
     op_sample_begin(&b->ds, p, 0);
     CHECKF(dev_graph_begin(device_cuda(0), &e) == 0, "%s", e.msg);
-    for (int i = 0; i < 100; i++) op_sample_dev(&b->dl, &b->di, &b->ds);
+    for (int i = 0; i < 100; i++) op_sample_dev(&b->dl, &b->di, &b->ds, NULL);
     struct dev_graph *g = dev_graph_end(device_cuda(0), &e);
     CHECKF(g, "%s", e.msg);
     cudaStream_t s = (cudaStream_t)cuda_stream_handle(0);
@@ -312,6 +365,7 @@ int main(int argc, char **argv)
         const char *why = "no CUDA device";
         (void)t_cur_fail;
         T_SKIP(test_matches_twin, why);
+        T_SKIP(test_rows, why);
         T_SKIP(test_graph, why);
         T_SKIP(test_engine, why);
         return t_main_end("test_cuda_sample");
@@ -321,6 +375,7 @@ int main(int argc, char **argv)
         return 0;
     }
     T_RUN(test_matches_twin);
+    T_RUN(test_rows);
     T_RUN(test_graph);
     T_RUN(test_engine);
     return t_main_end("test_cuda_sample");

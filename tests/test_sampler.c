@@ -243,7 +243,7 @@ static int run_request(int V, const struct sampler_params *p, int kind, int step
         memcpy(keep, lt, (size_t)V * sizeof *keep);
         tok = sampler_sample(&ref, l);
         id = ftok;
-        op_sample_dev(&lg, &ids, &state);
+        op_sample_dev(&lg, &ids, &state, NULL);
         T_ASSERT(memcmp(keep, lt, (size_t)V * sizeof *lt) == 0); /* the logits are not modified */
         T_EQ_INT(st[SAMPLE_ST_STATUS], id < 0);
         if (id >= 0) {
@@ -359,7 +359,7 @@ static void test_tiny_temperature(void)
             struct tensor lg = tensor_make(DTYPE_F32, device_cpu(), lt, 2, (int64_t)1, (int64_t)NV);
             op_sample_begin(&state, &p, 4);
             if (trial % 4 == 1) id = trial % NV; /* fed: marks it generated */
-            op_sample_dev(&lg, &ids, &state);
+            op_sample_dev(&lg, &ids, &state, NULL);
             T_ASSERTF(id == want, "twin: t %g trial %d: got %d, the argmax is %d", temps[ti], trial, id, want);
             T_EQ_INT(st[SAMPLE_ST_STATUS], 0);
             T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 5);
@@ -387,6 +387,81 @@ static void test_tiny_temperature(void)
     T_ASSERT(other > 32); /* P(token 0) = e^0.5 / (e^0.5 + 49) = 3.3% at t = 1 */
 }
 
+/* Several requests as the rows of one op_sample_dev call (the batched decode step): row i uses the
+ * state row sel[i] of a table with rows no request uses; each row's picks, draws and declines equal a
+ * host sampler running that request alone, and the unused state rows stay untouched. */
+static void test_twin_rows(void)
+{
+    enum { R = 5, S = 7, STEPS = 24 };
+    const int V = 3000;
+    const int32_t selv[R] = {6, 2, 0, 4, 5};
+    struct sampler_params p[R];
+    for (int r = 0; r < R; r++) {
+        sampler_defaults(&p[r]);
+        p[r].seed = 1000u + (unsigned)r;
+    }
+    p[0].greedy = true;                       /* greedy with the penalty */
+    p[1].top_k = 5, p[1].temperature = 1.3f;  /* few candidates */
+    p[2].top_p = 1.0f;                        /* top-k only */
+    p[3].top_k = 2048, p[3].top_p = 0.95f;    /* the candidate limit */
+    p[4].repetition_penalty = 1.0f, p[4].top_k = 0; /* no penalty, top-k off: every pick declines */
+    const int64_t words = sample_state_words(V);
+    int32_t *st = malloc((size_t)(S * words) * sizeof *st), *st0 = malloc((size_t)(S * words) * sizeof *st0);
+    float *base = malloc((size_t)R * V * sizeof *base), *lt = malloc((size_t)R * V * sizeof *lt);
+    float *l = malloc((size_t)V * sizeof *l);
+    CHECK(st && st0 && base && lt && l);
+    for (int64_t i = 0; i < S * words; i++) st[i] = (int32_t)(0x5a5a0000u + (uint32_t)i); /* not zero */
+    struct tensor state = tensor_make(DTYPE_I32, device_cpu(), st, 2, (int64_t)S, words);
+    int32_t id[R], sel[R], want[R];
+    struct sampler ref[R];
+    for (int r = 0; r < R; r++) {
+        sel[r] = selv[r];
+        CHECK(sampler_init(&ref[r], &p[r], V) == 0);
+        make_logits(base + (size_t)r * V, V, r == 2 ? LK_TIES : r == 3 ? LK_PEAKED : LK_SPREAD);
+        memcpy(l, base + (size_t)r * V, (size_t)V * sizeof *l);
+        id[r] = sampler_sample(&ref[r], l); /* the first token, on the host */
+        struct tensor row = tensor_rows_view(&state, sel[r], 1);
+        op_sample_begin(&row, &p[r], ref[r].draws);
+    }
+    memcpy(st0, st, (size_t)(S * words) * sizeof *st);
+    struct tensor ids = tensor_make(DTYPE_I32, device_cpu(), id, 1, (int64_t)R);
+    struct tensor selt = tensor_make(DTYPE_I32, device_cpu(), sel, 1, (int64_t)R);
+    struct tensor lg = tensor_make(DTYPE_F32, device_cpu(), lt, 2, (int64_t)R, (int64_t)V);
+    int bad = 0, declines = 0, picked = 0;
+    for (int step = 1; step < STEPS; step++) {
+        for (int r = 0; r < R; r++) {
+            float *x = lt + (size_t)r * V;
+            for (int i = 0; i < V; i++) x[i] = base[(size_t)r * V + i] + (r == 2 ? 0.0f : 0.25f * frnd());
+            memcpy(l, x, (size_t)V * sizeof *l);
+            want[r] = sampler_sample(&ref[r], l);
+        }
+        op_sample_dev(&lg, &ids, &state, &selt);
+        for (int r = 0; r < R; r++) {
+            const int32_t *sr = st + (size_t)sel[r] * words;
+            T_EQ_INT(sr[SAMPLE_ST_STATUS], id[r] < 0);
+            uint64_t d = (uint64_t)(uint32_t)sr[SAMPLE_ST_DRAWS_LO] | (uint64_t)(uint32_t)sr[SAMPLE_ST_DRAWS_HI] << 32;
+            T_ASSERTF(d == ref[r].draws, "row %d step %d: draw counter %llu, host %llu", r, step,
+                      (unsigned long long)d, (unsigned long long)ref[r].draws);
+            if (id[r] < 0) { /* declined: the host's pick (same draw) is the next fed token */
+                declines++;
+                id[r] = want[r];
+            } else {
+                picked++;
+                bad += id[r] != want[r];
+            }
+        }
+    }
+    T_EQ_INT(bad, 0);
+    T_ASSERTF(picked > 0 && declines > 0, "picked %d, declined %d: both paths should run", picked, declines);
+    /* the rows no request selected: untouched */
+    for (int r = 1; r <= 3; r += 2)
+        T_ASSERT(memcmp(st + (size_t)r * words, st0 + (size_t)r * words, (size_t)words * sizeof *st) == 0);
+    printf("  %d requests as rows of one op_sample_dev, %d steps: %d device picks equal the host's, %d declined\n", R,
+           STEPS - 1, picked, declines);
+    for (int r = 0; r < R; r++) sampler_free(&ref[r]);
+    free(st), free(st0), free(base), free(lt), free(l);
+}
+
 static void test_twin_declines(void)
 {
     const int V = 5000;
@@ -402,7 +477,7 @@ static void test_twin_declines(void)
     struct tensor ids = tensor_make(DTYPE_I32, device_cpu(), &id, 1, (int64_t)1);
     struct tensor lg = tensor_make(DTYPE_F32, device_cpu(), l, 2, (int64_t)1, (int64_t)V);
     op_sample_begin(&state, &p, 9);
-    op_sample_dev(&lg, &ids, &state);
+    op_sample_dev(&lg, &ids, &state, NULL);
     T_EQ_INT(id, -1);
     T_EQ_INT(st[SAMPLE_ST_STATUS], 1);
     T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 10);
@@ -412,7 +487,7 @@ static void test_twin_declines(void)
     l[0] = 10.0f;
     op_sample_begin(&state, &p, 0);
     id = 3;
-    op_sample_dev(&lg, &ids, &state);
+    op_sample_dev(&lg, &ids, &state, NULL);
     T_EQ_INT(id, -1);
     T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 1);
     /* with the ties gone below the k-th value, the same state picks normally */
@@ -420,7 +495,7 @@ static void test_twin_declines(void)
     for (int i = 0; i < V; i++) l[i] = (float)(i % 977) * 0.01f;
     op_sample_begin(&state, &p, 1);
     id = 3;
-    op_sample_dev(&lg, &ids, &state);
+    op_sample_dev(&lg, &ids, &state, NULL);
     T_ASSERT(id >= 0 && id < V && l[id] >= 9.0f); /* among the top values 9.00 .. 9.76 */
     T_EQ_INT(st[SAMPLE_ST_STATUS], 0);
     T_EQ_INT(st[SAMPLE_ST_DRAWS_LO], 2);
@@ -667,6 +742,7 @@ int main(void)
     T_RUN(test_seed_reproducible);
     T_RUN(test_uniform_at);
     T_RUN(test_twin_matches_host);
+    T_RUN(test_twin_rows);
     T_RUN(test_twin_declines);
     T_RUN(test_tiny_temperature);
     T_RUN(test_top_p_exact_ties);

@@ -84,33 +84,14 @@ static void request(int k, struct chat_msg *m, char *text, size_t tn, struct tur
         rq->sp.temperature = 0.9f;
     }
     if (k == 3) { rq->stop[0] = "e"; rq->n_stop = 1; }
+    if (k == 4) rq->sp.top_k = 0; /* every token a candidate: the device sampler cannot serve it, the host picks */
 }
 
-static void check_engine(enum dtype dt)
+/* Runs the turns through s (more turns than slots, so some wait for a free one; turn 7 cancelled after
+ * three steps) and checks each against its solo answer. picks: 0 device, 1 host, 2 alternating
+ * step by step (the host sampler must follow the device's draws and penalty flags, and back). */
+static void run_all(struct scheduler *s, struct turn **t, struct out *conc, const struct out *solo, int picks)
 {
-    struct engine *g = open_tiny(dt, SLOTS);
-    T_ASSERTF(g != NULL, "cannot open the tiny model with --parallel %s", SLOTS);
-    if (!g) return;
-    T_EQ_INT(engine_slots(g), atoi(SLOTS));
-    char texts[N_TURNS][160];
-    struct chat_msg msgs[N_TURNS];
-    struct turn_request rq[N_TURNS];
-    struct turn *t[N_TURNS] = {0};
-    struct out solo[N_TURNS], conc[N_TURNS];
-    memset(solo, 0, sizeof solo);
-    memset(conc, 0, sizeof conc);
-    struct err e = {{0}};
-    for (int k = 0; k < N_TURNS; k++) {
-        request(k, &msgs[k], texts[k], sizeof texts[k], &rq[k]);
-        T_ASSERTF(turn_prepare(&t[k], g, &rq[k], &e) == 0, "turn %d: %s", k, e.msg);
-        if (!t[k]) goto out;
-        const struct turn_io io = {.cb = on_text, .cb_ctx = &solo[k]};
-        T_ASSERTF(turn_run(t[k], g, &io, &solo[k].r, &e) == 0, "solo %d: %s", k, e.msg);
-    }
-    /* all of them through the scheduler: more turns than slots, so some wait for a free one */
-    struct scheduler *s = NULL;
-    T_EQ_INT(sched_init(&s, g, &e), 0);
-    if (!s) goto out;
     int next = 0, steps = 0;
     atomic_int cancel_7;
     atomic_init(&cancel_7, 0);
@@ -121,6 +102,7 @@ static void check_engine(enum dtype dt)
             sched_add(s, t[next], &io, on_done, &conc[next]);
             next++;
         }
+        sched_set_host_picks(s, picks == 2 ? steps % 2 : picks);
         sched_step(s);
         if (++steps == 3) atomic_store(&cancel_7, 1); /* turn 7 was admitted in the first round */
         if (steps > 10000) break;
@@ -144,6 +126,56 @@ static void check_engine(enum dtype dt)
         T_EQ_STR(conc[k].r.finish, solo[k].r.finish);
         T_EQ_STR(conc[k].streamed.p ? conc[k].streamed.p : "", conc[k].r.text);
         T_EQ_STR(solo[k].streamed.p ? solo[k].streamed.p : "", solo[k].r.text);
+    }
+}
+
+static void check_engine(enum dtype dt)
+{
+    struct engine *g = open_tiny(dt, SLOTS);
+    T_ASSERTF(g != NULL, "cannot open the tiny model with --parallel %s", SLOTS);
+    if (!g) return;
+    T_EQ_INT(engine_slots(g), atoi(SLOTS));
+    char texts[N_TURNS][160];
+    struct chat_msg msgs[N_TURNS];
+    struct turn_request rq[N_TURNS];
+    struct turn *t[N_TURNS] = {0};
+    struct out solo[N_TURNS], conc[N_TURNS];
+    memset(solo, 0, sizeof solo);
+    memset(conc, 0, sizeof conc);
+    struct err e = {{0}};
+    for (int k = 0; k < N_TURNS; k++) {
+        request(k, &msgs[k], texts[k], sizeof texts[k], &rq[k]);
+        T_ASSERTF(turn_prepare(&t[k], g, &rq[k], &e) == 0, "turn %d: %s", k, e.msg);
+        if (!t[k]) goto out;
+        const struct turn_io io = {.cb = on_text, .cb_ctx = &solo[k]};
+        T_ASSERTF(turn_run(t[k], g, &io, &solo[k].r, &e) == 0, "solo %d: %s", k, e.msg);
+    }
+    /* all of them through the scheduler, the next tokens picked on the device (the CPU twin of the
+     * device sampler) where a turn allows it, then with every row picked on the host, then the two
+     * alternating step by step */
+    static const char *mode[] = {"device", "host", "alternating"};
+    struct scheduler *s = NULL;
+    for (int host = 0; host <= 2; host++) {
+        sched_free(s);
+        s = NULL;
+        memset(conc, 0, sizeof conc);
+        T_EQ_INT(sched_init(&s, g, &e), 0);
+        if (!s) goto out;
+        run_all(s, t, conc, solo, host);
+        int64_t nd, nh;
+        sched_pick_counts(s, &nd, &nh);
+        printf("  %s, %s picks: %lld tokens picked on the device, %lld on the host\n", dtype_name(dt), mode[host],
+               (long long)nd, (long long)nh);
+        if (host == 1) T_ASSERT(nd == 0 && nh > 0);
+        else if (host == 0)
+            T_ASSERTF(nd > 5 * nh && nh > 0, "device %lld, host %lld: turn 4 alone picks on the host", (long long)nd,
+                      (long long)nh);
+        else T_ASSERTF(nd > 10 && nh > nd, "device %lld, host %lld: both, alternating", (long long)nd, (long long)nh);
+        if (host < 2)
+            for (int k = 0; k < N_TURNS; k++) {
+                turn_result_free(&conc[k].r);
+                strbuf_free(&conc[k].streamed);
+            }
     }
     T_EQ_INT(sched_active(s), 0);
     /* a slot that finished is reused: one more turn after all of them gives its solo answer again */

@@ -575,6 +575,15 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
                 x_add(p, "stream_tok_s_min", per[0]);
                 x_add(p, "ttft_ms_p50", 1e3 * ttft[N / 2]);
                 x_add(p, "ttft_ms_p99", 1e3 * ttft[(N * 99) / 100 < N ? (N * 99) / 100 : N - 1]);
+                /* the scheduler's host time per decode step (all repetitions): the emit part runs
+                 * while the device computes the next step */
+                struct sched_times st;
+                sched_get_times(s, &st);
+                const double per_step = st.launches > 0 ? 1e6 / (double)st.launches : 0;
+                x_add(p, "step_us_collect", st.collect * per_step);
+                x_add(p, "step_us_take", st.take * per_step);
+                x_add(p, "step_us_launch", st.launch * per_step);
+                x_add(p, "step_us_emit", st.emit * per_step);
             }
         }
         p->value = (double)gen; /* tokens per repetition, divided below */

@@ -1,7 +1,8 @@
-/* cuda_sample.cu: op_sample_dev, the sampler inside the replayed decode graph. One block of 1024
- * threads reads the logits of the step (in L2: the lm_head wrote them just before) and writes the
- * picked token into ids[0]; parameters, draw counter and generated-token flags come from the
- * state tensor (layout: sampler.h), so the launch has no per-request argument.
+/* cuda_sample.cu: op_sample_dev, the sampler inside the replayed decode graphs. One block of 1024
+ * threads per row reads the row's logits (in L2: the lm_head wrote them just before) and writes the
+ * picked token into ids[row]; parameters, draw counter and generated-token flags come from the
+ * row's state (layout: sampler.h; the state row from sel[row], read on the device), so the launch
+ * has no per-request argument. Rows are independent (one block each, distinct state rows).
  * The specification is sampler_pick (sampler.c) through cpu_sample_dev; the result is the same
  * token (docs/CUDA.md, "Sampling on the device"):
  *  - x_j = logit_j, penalised for flagged ids with the same single float op (__fmul_rn/__fdiv_rn);
@@ -123,7 +124,7 @@ __device__ void pick_argmax(const float *__restrict__ x, const uint32_t *flags, 
 }
 
 __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__restrict__ x, int32_t *ids, int32_t *st,
-                                                               int V)
+                                                               const int32_t *sel, int V, int S, int words)
 {
     __shared__ uint32_t sk[NCAND];  /* keys: top-2 slots, then survivors / candidates */
     __shared__ int32_t si[NCAND];   /* their token ids */
@@ -136,6 +137,15 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__r
     __shared__ double s_sum;
 
     pdl_trigger();
+    /* this block's row: its logits, its id, its state row */
+    const int row = blockIdx.x, srow = sel ? sel[row] : row;
+    if (srow < 0 || srow >= S) { /* a bad selection (the host checks it on the CPU twin): no pick */
+        if (threadIdx.x == 0) ids[row] = -1;
+        return;
+    }
+    x += (size_t)row * V;
+    ids += row;
+    st += (size_t)srow * words;
     const int tid = threadIdx.x, lane = tid & 31;
     uint32_t *flags = (uint32_t *)(st + SAMPLE_ST_HEADER);
     const bool greedy = st[SAMPLE_ST_GREEDY] != 0;
@@ -399,12 +409,17 @@ __global__ void __launch_bounds__(SAMPLE_THREADS) sample_kernel(const float *__r
     }
 }
 
-extern "C" void cuda_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state)
+extern "C" void cuda_sample_dev(const struct tensor *x, struct tensor *ids, struct tensor *state, const struct tensor *sel)
 {
     struct cuda_ctx *c = cuda_ctx_get(x->dev.ordinal);
-    const int64_t V = x->shape[1];
+    const int64_t n = x->shape[0], V = x->shape[1], words = sample_state_words(V);
+    const int64_t S = tensor_numel(state) / words;
     CHECKF(V > 0 && V <= INT32_MAX - 4 * SAMPLE_THREADS, "op_sample_dev: vocabulary of %lld", (long long)V);
-    sample_kernel<<<1, SAMPLE_THREADS, 0, c->stream>>>((const float *)x->data, (int32_t *)ids->data,
-                                                      (int32_t *)state->data, (int)V);
+    CHECKF(n >= 1 && n <= INT32_MAX && S <= INT32_MAX && (int64_t)S * words <= INT32_MAX,
+           "op_sample_dev: %lld rows, %lld state rows", (long long)n, (long long)S);
+    sample_kernel<<<(unsigned)n, SAMPLE_THREADS, 0, c->stream>>>((const float *)x->data, (int32_t *)ids->data,
+                                                                (int32_t *)state->data,
+                                                                sel ? (const int32_t *)sel->data : NULL, (int)V,
+                                                                (int)S, (int)words);
     KERNEL_CHECK();
 }
