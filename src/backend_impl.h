@@ -75,6 +75,10 @@ void cuda_sync(int ordinal);
 void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes);
 /* programmatic dependent launch of decode GEMVs on/off (cuda/cuda_mem.cu; default off) */
 void cuda_set_pdl(int ordinal, int on);
+/* the quantized GEMVs' tensor-core kernel on/off (cuda/cuda_mem.cu; default on where the code is sm_80+) */
+void cuda_set_qmma(int ordinal, int on);
+/* 16-bit weights: the GEMV kernel for n <= max tokens (1..8), cuBLAS above (cuda/cuda_mem.cu; default 1) */
+void cuda_set_gemv16_max(int ordinal, int max);
 /* graphs (cuda/cuda_mem.cu): capture the ops issued on one device's stream, replay them */
 int cuda_graph_begin(int ordinal, struct err *e);
 void *cuda_graph_end(int ordinal, struct err *e); /* NULL with e set on failure */

@@ -2,7 +2,7 @@
  * GPU against their CPU twins, which compute the op on the F16 dequantization bit for bit (backend.h):
  *  - the GPU dequantization (the prefill path's kernel, whose per-weight code the GEMV shares) equals
  *    quant_dequant_rows_f16 bit for bit; the first mismatches are printed with their codes;
- *  - the decode GEMV for n = 1..8 and the prefill GEMM for n = 17 and 300 at the model's shapes
+ *  - the decode GEMVs (tensor-core n = 1..16, CUDA-core n = 1..8) and the prefill GEMM for n = 17 and 300 at the model's shapes
  *    (4096x4096, 14336x4096, 4096x14336, the 128256x4096 lm_head, whose prefill GEMM goes tile by tile,
  *    and the vision fc2 with K = 4304, scale groups of 16, code rows not a multiple of 16 bytes),
  *    within the fp32-accumulation tolerance (y in f32) and the fp16 one (y in f16, with a bias);
@@ -148,19 +148,33 @@ static void matmul_case(enum dtype dt, int64_t o, int64_t k, const int *ns, int 
     t_free(&db);
 }
 
-static const int NS_GEMV[] = {1, 2, 3, 4, 5, 6, 7, 8};
+static const int NS_GEMV[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16};
+#define N_NS_GEMV ((int)(sizeof NS_GEMV / sizeof NS_GEMV[0]))
 
+/* Every decode shape through both GEMVs: the tensor-core kernel (n <= 16, where it applies: sm_80+ code,
+ * k a multiple of 64 (Q8) or 128, scale groups of 32+) and the CUDA-core one it falls back to (n <= 8;
+ * n 9..16 then take the dequantize + GEMM path). */
 static void test_gemv(void)
 {
-    for (int f = 0; f < 3; f++) {
-        matmul_case(FMTS[f], 4096, 4096, NS_GEMV, 8, "o_proj");
-        matmul_case(FMTS[f], 14336, 4096, NS_GEMV, 8, "gate");
-        matmul_case(FMTS[f], 4096, 14336, NS_GEMV, 8, "down");
-        matmul_case(FMTS[f], 1152, 4304, NS_GEMV, 8, "fc2 (g16)");
-        matmul_case(FMTS[f], 200, 48, NS_GEMV, 8, "small");
+    for (int mma = 1; mma >= 0; mma--) {
+        cuda_set_qmma(0, mma);
+        char what[64];
+        for (int f = 0; f < 3; f++) {
+            static const struct { int64_t o, k; const char *name; } sh[] = {
+                {4096, 4096, "o_proj"}, {14336, 4096, "gate"},       {4096, 14336, "down"},
+                {1152, 4304, "fc2 (g16)"}, {1003, 4096, "odd rows"}, {200, 48, "small"}};
+            for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
+                snprintf(what, sizeof what, "%s %s", sh[i].name, mma ? "mma" : "simt");
+                matmul_case(FMTS[f], sh[i].o, sh[i].k, NS_GEMV, N_NS_GEMV, what);
+            }
+        }
+        static const int ns[] = {1, 8, 16};
+        for (int f = 0; f < 3; f++) {
+            snprintf(what, sizeof what, "lm_head %s", mma ? "mma" : "simt");
+            matmul_case(FMTS[f], 128256, 4096, ns, 3, what);
+        }
     }
-    static const int ns[] = {1, 8};
-    for (int f = 0; f < 3; f++) matmul_case(FMTS[f], 128256, 4096, ns, 2, "lm_head");
+    cuda_set_qmma(0, 1);
 }
 
 static void test_gemm(void)
@@ -321,39 +335,51 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The weight is replicated until the copies exceed 512 MB and the GEMVs cycle through them, so that
+ * no copy is still in the L2 (50 MB on an H200) when it is read again: the figure is DRAM bandwidth. */
 static void bench_one(enum dtype dt, int64_t o, int64_t k)
 {
-    struct tensor dw;
-    size_t wbytes;
-    if (dt == DTYPE_F16) {
-        struct tensor w = h_rand(DTYPE_F16, 2, o, k, 0, 0.02f);
-        dw = d_of(&w);
-        free(w.data);
-    } else {
-        struct tensor w = q_rand(dt, o, k);
-        dw = d_of(&w);
-        free(w.data);
-    }
-    wbytes = tensor_nbytes(&dw);
-    struct tensor x = h_rand(DTYPE_F16, 2, 1, k, 0, 1.0f), dx = d_of(&x);
-    struct tensor dy = d_new(DTYPE_F16, 2, 1, o, 0);
-    for (int overlap = 0; overlap < 2; overlap++) {
-        dev_set_overlap(device_cuda(0), overlap);
-        for (int i = 0; i < 20; i++) op_matmul(&dy, &dx, &dw, NULL);
-        dev_sync(device_cuda(0));
-        const int reps = 500;
-        const double t0 = now_s();
-        for (int i = 0; i < reps; i++) op_matmul(&dy, &dx, &dw, NULL);
-        dev_sync(device_cuda(0));
-        const double dt_s = (now_s() - t0) / reps;
-        printf("  gemv %-4s [%6lld, %5lld] n1 pdl %d: %8.2f us, %7.1f GB/s (weight bytes %.1f MB)\n", dtype_name(dt),
-               (long long)o, (long long)k, overlap, dt_s * 1e6, (double)wbytes / dt_s * 1e-9, (double)wbytes * 1e-6);
+    struct tensor hw = dt == DTYPE_F16 ? h_rand(DTYPE_F16, 2, o, k, 0, 0.02f) : q_rand(dt, o, k);
+    const size_t wbytes = tensor_nbytes(&hw);
+    int nc = (int)((512u << 20) / wbytes) + 1;
+    if (nc > 64) nc = 64;
+    struct tensor dw[64];
+    for (int i = 0; i < nc; i++) dw[i] = d_of(&hw);
+    free(hw.data);
+    static const int ns[] = {1, 4, 8, 16};
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        const int64_t n = ns[ni];
+        struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), dx = d_of(&x);
+        struct tensor dy = d_new(DTYPE_F16, 2, n, o, 0);
+        /* variant 0: the CUDA-core GEMV (quantized: n <= 8 only); 1: the tensor-core one (quantized) or
+         * cuBLAS from n = 2 (fp16, the default) */
+        for (int mma = 0; mma < (dt == DTYPE_F16 ? 2 : 5); mma++)
+            for (int overlap = 0; overlap < 2; overlap++) {
+                if ((n > 1 && (overlap || mma > 1)) || (dt == DTYPE_F16 && n == 1 && mma)) continue;
+                cuda_set_qmma(0, mma);
+                cuda_set_gemv16_max(0, mma ? 1 : 8);
+                dev_set_overlap(device_cuda(0), overlap);
+                for (int i = 0; i < 2 * nc; i++) op_matmul(&dy, &dx, &dw[i % nc], NULL);
+                dev_sync(device_cuda(0));
+                const int reps = 50 * nc > 400 ? 50 * nc : 400;
+                const double t0 = now_s();
+                for (int i = 0; i < reps; i++) op_matmul(&dy, &dx, &dw[i % nc], NULL);
+                dev_sync(device_cuda(0));
+                const double dt_s = (now_s() - t0) / reps;
+                static const char *const vq[5] = {"simt", "mma ", "mma2", "mma3", "mma4"};
+                printf("  gemv %-4s [%6lld, %5lld] n%-2lld %s pdl %d: %8.2f us, %7.1f GB/s (weight %.1f MB x %d copies)\n",
+                       dtype_name(dt), (long long)o, (long long)k, (long long)n,
+                       dt == DTYPE_F16 ? (mma ? "blas" : "gemv") : vq[mma], overlap, dt_s * 1e6,
+                       (double)wbytes / dt_s * 1e-9, (double)wbytes * 1e-6, nc);
+            }
+        free(x.data);
+        t_free(&dx);
+        t_free(&dy);
     }
     dev_set_overlap(device_cuda(0), 0);
-    t_free(&dw);
-    free(x.data);
-    t_free(&dx);
-    t_free(&dy);
+    cuda_set_qmma(0, 1);
+    cuda_set_gemv16_max(0, 1);
+    for (int i = 0; i < nc; i++) t_free(&dw[i]);
 }
 
 static void bench(void)
@@ -362,7 +388,7 @@ static void bench(void)
     for (int f = 0; f < 4; f++) {
         bench_one(all[f], 4096, 14336);
         bench_one(all[f], 14336, 4096);
-        bench_one(all[f], 28672, 4096);
+        bench_one(all[f], 6144, 4096);
     }
 }
 

@@ -118,6 +118,9 @@ struct cuda_ctx {
     int rc_n;
     signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
     int pdl;                    /* launch decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
+    int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */
+    int gemv16_max;             /* 16-bit weights: the GEMV kernel takes n <= this many tokens, cuBLAS the rest
+                                   (cuda_set_gemv16_max; default 1) */
 };
 
 /* Returns the context of a device (created on first use) and makes it the current device. */

@@ -500,7 +500,12 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
     if (n == 0 || o == 0) return;
-    if (n <= GEMV_MAX_TOKENS) {
+    /* the GEMV streams each weight row once for all n tokens, but its fp32 FMAs per weight grow with n:
+     * for 16-bit weights and x of the same type cuBLAS is faster from 2 tokens on (test_cuda_quant bench:
+     * 4096 x 14336 fp16 at n = 4 / 8, the GEMV 2.3 / 1.1 TB/s on an H200, cuBLAS 3.6 TB/s at n = 16); an
+     * f32 x stays on the GEMV, which does not round it to the weight's type */
+    const int gmax = w->dtype == DTYPE_F32 || x->dtype != w->dtype ? GEMV_MAX_TOKENS : c->gemv16_max;
+    if (n <= gmax) {
         cuda_gemv(c, y, x, w, bias, 0, 0);
         return;
     }

@@ -52,6 +52,8 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     cudaFuncAttributes fa;
     CUDA_CHECK(cudaFuncGetAttributes(&fa, cuda_arch_probe_kernel));
     c->code_arch = fa.ptxVersion;
+    c->qmma = 1;
+    c->gemv16_max = 1;
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
@@ -119,6 +121,22 @@ extern "C" void cuda_set_pdl(int ordinal, int on)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     c->pdl = on != 0 && c->cc >= 90 && c->code_arch >= 90;
+}
+
+/* The quantized GEMVs' tensor-core kernel (cuda_quant.cu): 0 off, 1 on (the default), 2.. the bench's
+ * alternative shapes of it; the tests and the bench compare it with the CUDA-core kernel it replaces.
+ * It needs code built for sm_80 or newer (mma.sync m16n8k16). */
+extern "C" void cuda_set_qmma(int ordinal, int on)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->qmma = on < 0 ? 0 : on;
+}
+
+/* The largest token count the GEMV kernel takes for 16-bit weights (cuda_gemv.cu): 1..8. */
+extern "C" void cuda_set_gemv16_max(int ordinal, int n)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->gemv16_max = n < 1 ? 1 : n > 8 ? 8 : n;
 }
 
 /* ---- CUDA graphs ---- */

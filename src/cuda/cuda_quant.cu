@@ -228,6 +228,177 @@ qgemv_kernel(void *y, int ydt, const X *x, const uint8_t *w, int64_t rb, int64_t
     }
 }
 
+/* ---- the tensor-core GEMV: n <= 16 tokens, F16 x ----
+ * One mma.sync m16n8k16 (f16 in, f32 accumulate) takes A = x [16 tokens (zero-padded), 16 k] and
+ * B = W16^T [16 k, 8 weight rows]. A block of W warps owns R tiles of 8 rows; warp wi takes the K steps
+ * wi, wi + W, ... Lane (g = lane / 4, tig = lane % 4) loads 16 bytes of codes of row g of each tile per
+ * step: QMMA_KC(F) consecutive k of the row, the step's tig-th chunk. A dot product does not care in
+ * which order k is summed, so the mma's logical k is mapped onto the lane's own chunk: mma m of the
+ * step takes, for B, the pairs 2m and 2m + 1 of its dequantized chunk (chunk k 4m .. 4m + 3, the pair
+ * order dq_q8 / dq_q4 / dq_nf4 produce) and, for A, x[token][chunk k 4m .. 4m + 3] of tokens g and
+ * g + 8: one 8-byte load of consecutive halves per token. Every weight is dequantized exactly once, to
+ * the F16 value of the CPU twin, and never converted to f32; x is read straight from global memory (L1),
+ * once per 8 weight rows instead of once per row. The warps' partial sums meet in shared memory. */
+#define QMMA_MAX_TOKENS 16
+
+__host__ __device__ constexpr int qmma_kc(int f) { return f == QF_Q8 ? 16 : 32; } /* k per 16-byte chunk */
+
+__device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap(); /* the host never picks this kernel below sm_80 (qmma_ok) */
+#endif
+}
+
+__device__ __forceinline__ uint32_t h2u(__half2 h)
+{
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+template <int F, bool HI, bool PDL, int W, int U, int R>
+__global__ void __launch_bounds__(W * 32)
+qmma_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, int64_t g, const void *bias, int bdt,
+            int n, int64_t k, int64_t o, struct nf4_tab nt)
+{
+    constexpr int KC = qmma_kc(F);             /* k per lane chunk */
+    constexpr int NCU = R >= 4 ? 1 : 4 / R;    /* accumulator chains per tile: NCU * R independent mma chains */
+    constexpr int SW = U * W;                  /* steps per round of the block */
+    __shared__ float red[W > 1 ? W - 1 : 1][R][32][4];
+    __shared__ float tab[16];
+    if (F == QF_NF4 && threadIdx.x < 16) tab[threadIdx.x] = nt.v[threadIdx.x];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, tig = lane & 3;
+    const int64_t row0 = (int64_t)blockIdx.x * 8 * R, cb = q_code_bytes(F, k), steps = k / (4 * KC);
+    const uint4 *codes[R];
+    const uint8_t *scales[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) { /* tile r: rows row0 + 8r + gi (the last row stands in past o) */
+        const int64_t row = row0 + 8 * r + gi < o ? row0 + 8 * r + gi : o - 1;
+        const uint8_t *rec = w + row * rb;
+        codes[r] = reinterpret_cast<const uint4 *>(rec) + tig;
+        scales[r] = rec + cb;
+    }
+    if (F == QF_NF4) __syncthreads(); /* tab */
+    const __half *__restrict__ x0 = x + (int64_t)gi * k + tig * KC;
+    const __half *__restrict__ x1 = x0 + 8 * k;
+    const bool has0 = gi < n, has1 = HI && gi + 8 < n;
+    __half2 s8[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) s8[r] = F == QF_Q8 ? q_scale_h2(scales[r], 0) : __half2();
+    /* U steps x R tiles of codes (and their scales) in flight per lane, the next round loaded while this
+     * one is used; x is loaded once per step for all R tiles */
+    float acc[NCU * R][4];
+    uint4 cv[U][R];
+    uint32_t sv[U][R]; /* the lane's scale: F16 bits (Q4) or F32 bits (NF4) */
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            cv[u][r] = make_uint4(0, 0, 0, 0);
+            sv[u][r] = 0;
+        }
+#pragma unroll
+    for (int c = 0; c < NCU * R; c++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[c][i] = 0.0f;
+    auto load = [&](int64_t s0, uint4 (*c)[R], uint32_t (*sc)[R]) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t s = s0 + (int64_t)u * W;
+            if (s < steps) {
+                const int64_t gidx = (s * 4 * KC + tig * KC) / g;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    c[u][r] = __ldcs(codes[r] + s * 4);
+                    if (F == QF_Q4) sc[u][r] = __ldg(reinterpret_cast<const unsigned short *>(scales[r]) + gidx);
+                    else if (F == QF_NF4) sc[u][r] = __float_as_uint(q_absmax(scales[r], gidx));
+                }
+            }
+        }
+    };
+    load(warp, cv, sv);
+    if (PDL) pdl_wait(); /* x is the previous kernel's output; the weights are not */
+    for (int64_t s0 = warp; s0 < steps; s0 += SW) {
+        uint4 nc[U][R];
+        uint32_t ns[U][R];
+        load(s0 + SW, nc, ns);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t s = s0 + (int64_t)u * W;
+            if (s >= steps) break;
+            const int64_t kl = s * 4 * KC; /* x offset of the lane's chunk (x0, x1 include tig * KC) */
+            uint4 xa[KC / 8], xb[KC / 8];
+#pragma unroll
+            for (int oc = 0; oc < KC / 8; oc++) {
+                xa[oc] = has0 ? __ldg(reinterpret_cast<const uint4 *>(x0 + kl + 8 * oc)) : make_uint4(0, 0, 0, 0);
+                xb[oc] = has1 ? __ldg(reinterpret_cast<const uint4 *>(x1 + kl + 8 * oc)) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const uint32_t wd[4] = {cv[u][r].x, cv[u][r].y, cv[u][r].z, cv[u][r].w};
+                __half2 sc = s8[r];
+                if (F == QF_Q4) {
+                    const __half hs = __ushort_as_half((unsigned short)sv[u][r]);
+                    sc = __halves2half2(hs, hs);
+                }
+                float *ac = acc[(u % NCU) * R + r];
+#pragma unroll
+                for (int oc = 0; oc < KC / 8; oc++) { /* octets of the chunk */
+                    __half2 h[4];
+                    if constexpr (F == QF_Q8) dq_q8(wd[2 * oc], wd[2 * oc + 1], sc, h);
+                    else if constexpr (F == QF_Q4) dq_q4(wd[oc], sc, h);
+                    else dq_nf4(wd[oc], __uint_as_float(sv[u][r]), tab, h);
+                    mma16816(ac, xa[oc].x, xb[oc].x, xa[oc].y, xb[oc].y, h2u(h[0]), h2u(h[1]));
+                    mma16816(ac, xa[oc].z, xb[oc].z, xa[oc].w, xb[oc].w, h2u(h[2]), h2u(h[3]));
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                cv[u][r] = nc[u][r];
+                sv[u][r] = ns[u][r];
+            }
+    }
+    pdl_trigger(); /* the next kernel may start its weight loads during this one's reduction */
+#pragma unroll
+    for (int c = R; c < NCU * R; c++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[c % R][i] += acc[c][i];
+    /* acc[r]: tile r's [token gi][rows 2 tig, 2 tig + 1] and [token gi + 8][the same rows] */
+    if (W > 1) {
+        if (warp > 0)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) red[warp - 1][r][lane][i] = acc[r][i];
+        __syncthreads();
+        if (warp != 0) return;
+#pragma unroll
+        for (int q = 0; q < W - 1; q++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[r][i] += red[q][r][lane][i];
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int t = gi + (i >= 2 ? 8 : 0);
+            const int64_t row = row0 + 8 * r + 2 * tig + (i & 1);
+            if (t < n && row < o) stf(y, ydt, (int64_t)t * o + row, acc[r][i] + (bias ? ldf(bias, bdt, row) : 0.0f));
+        }
+}
+
 /* dst[r, :] = W16 of rows r of w (F16 bits), one thread per octet */
 template <int F>
 __global__ void qdequant_kernel(__half *dst, const uint8_t *w, int64_t rb, int64_t g, int64_t k, int64_t rows, struct nf4_tab nt)
@@ -323,6 +494,61 @@ static void qgemv_launch(struct cuda_ctx *c, struct tensor *y, const struct tens
     }
 }
 
+/* The tensor-core GEMV applies: sm_80+ (mma.sync m16n8k16), F16 x 16-byte aligned, n <= 16, whole
+ * 4-lane steps of k and one scale group per lane chunk. */
+static bool qmma_ok(const struct cuda_ctx *c, const struct tensor *x, const struct tensor *w)
+{
+    const int f = qfmt_of(w->dtype);
+    const int64_t n = x->shape[0], k = x->shape[1], kc = qmma_kc(f);
+    return c->qmma && c->code_arch >= 80 && x->dtype == DTYPE_F16 && ((uintptr_t)x->data & 15) == 0 && n >= 1 &&
+           n <= QMMA_MAX_TOKENS && k % (4 * kc) == 0 && (f == QF_Q8 || quant_group(w->dtype, k) % kc == 0);
+}
+
+template <int F, bool HI, bool PDL, int W, int U, int R>
+static void qmma_launch_t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                          const struct tensor *bias)
+{
+    const int n = (int)x->shape[0];
+    const int64_t k = x->shape[1], o = w->shape[0];
+    const int64_t rb = (int64_t)dtype_row_bytes(w->dtype, k), g = quant_group(w->dtype, k);
+    const dim3 grid((unsigned)((o + 8 * R - 1) / (8 * R))), blk(W * 32);
+    const void *bp = bias ? bias->data : NULL;
+    const int bdt = bias ? (int)bias->dtype : 0;
+    const __half *xp = (const __half *)x->data;
+    const uint8_t *wp = (const uint8_t *)w->data;
+    if (PDL) cuda_launch_pdl(c, qmma_kernel<F, HI, PDL, W, U, R>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, g, bp, bdt, n, k, o, q_tab());
+    else qmma_kernel<F, HI, PDL, W, U, R><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, g, bp, bdt, n, k, o, q_tab());
+    KERNEL_CHECK();
+}
+
+template <int F, bool HI, bool PDL>
+static void qmma_launch_v(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                          const struct tensor *bias)
+{
+    /* warps per block x steps in flight per warp x 8-row tiles per block; 1 is the default, 2.. the
+     * bench's alternatives (cuda_set_qmma) */
+    switch (c->qmma) {
+    case 2: qmma_launch_t<F, HI, PDL, 8, 2, 2>(c, y, x, w, bias); break;
+    case 3: qmma_launch_t<F, HI, PDL, 8, 1, 4>(c, y, x, w, bias); break;
+    case 4: qmma_launch_t<F, HI, PDL, 4, 2, 2>(c, y, x, w, bias); break;
+    default: qmma_launch_t<F, HI, PDL, 8, 2, 1>(c, y, x, w, bias); break;
+    }
+}
+
+template <int F>
+static void qmma_launch(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                        const struct tensor *bias)
+{
+    const bool hi = x->shape[0] > 8;
+    if (c->pdl) {
+        if (hi) qmma_launch_v<F, true, true>(c, y, x, w, bias);
+        else qmma_launch_v<F, false, true>(c, y, x, w, bias);
+    } else {
+        if (hi) qmma_launch_v<F, true, false>(c, y, x, w, bias);
+        else qmma_launch_v<F, false, false>(c, y, x, w, bias);
+    }
+}
+
 /* Dequantizes rows [r0, r0 + rows) of w into dst (F16 [rows, k]). */
 static void qdequant(struct cuda_ctx *c, void *dst, const struct tensor *w, int64_t r0, int64_t rows)
 {
@@ -370,6 +596,14 @@ extern "C" void cuda_quant_matmul(struct tensor *y, const struct tensor *x, cons
     if (n == 0 || o == 0) return;
     /* the GEMV takes F16 (the model's activations) or F32 x; BF16 x (no model path) and unaligned x
      * take the dequantize-then-F16 path below, whose scratch keeps them out of captured graphs */
+    if (qmma_ok(c, x, w)) {
+        switch (qfmt_of(w->dtype)) {
+        case QF_Q8: qmma_launch<QF_Q8>(c, y, x, w, bias); break;
+        case QF_Q4: qmma_launch<QF_Q4>(c, y, x, w, bias); break;
+        default: qmma_launch<QF_NF4>(c, y, x, w, bias); break;
+        }
+        return;
+    }
     if (n <= QGEMV_MAX_TOKENS && (x->dtype == DTYPE_F16 || x->dtype == DTYPE_F32) && ((uintptr_t)x->data & 15) == 0) {
         const int rpb = qgemv_rows_per_block(q_code_bytes(qfmt_of(w->dtype), k) / 16);
         switch (qfmt_of(w->dtype)) {
