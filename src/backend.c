@@ -498,8 +498,6 @@ void dev_graph_free(struct dev_graph *g)
 
 #include "sampler.h" /* the state layout (SAMPLE_ST_*) and sampler_state_header */
 
-int64_t sample_state_words(int64_t vocab) { return SAMPLE_ST_HEADER + (vocab + 31) / 32; }
-
 void op_sample_begin(struct tensor *state, const struct sampler_params *p, uint64_t draws)
 {
     CHECK(state->dtype == DTYPE_I32 && tensor_numel(state) > SAMPLE_ST_HEADER);

@@ -239,6 +239,9 @@ static float bits_f32(int32_t b)
     return f;
 }
 
+/* backend.h's count of the state's words: the header, then one flag bit per token (the layout above) */
+int64_t sample_state_words(int64_t vocab) { return SAMPLE_ST_HEADER + (vocab + 31) / 32; }
+
 void sampler_state_header(int32_t *h, const struct sampler_params *p, uint64_t draws)
 {
     memset(h, 0, SAMPLE_ST_HEADER * sizeof *h);

@@ -21,10 +21,10 @@ mkdir -p "$out"
 build() {
   local t=$1
   case $t in
-    request) $CC $flags tests/fuzz/fuzz_request.c src/server_json.c src/common.c src/sampler.c src/grammar.c src/grammar_schema.c $img_src \
+    request) $CC $flags tests/fuzz/fuzz_request.c src/server_json.c src/common.c src/sampler.c src/tensor.c src/grammar.c src/grammar_schema.c $img_src \
                -o "$out/fuzz_request" $(pkg-config --libs libcjson) $img_libs -lm ;;
     http) $CC $flags tests/fuzz/fuzz_http.c src/server_http.c src/server_worker.c src/server_guard.c src/server_json.c src/server_answer.c src/common.c src/grammar.c src/grammar_schema.c \
-               src/sampler.c $img_src -o "$out/fuzz_http" $(pkg-config --libs libcjson libmicrohttpd) $img_libs -lm -lpthread ;;
+               src/sampler.c src/tensor.c $img_src -o "$out/fuzz_http" $(pkg-config --libs libcjson libmicrohttpd) $img_libs -lm -lpthread ;;
     safetensors) $CC $flags tests/fuzz/fuzz_safetensors.c src/safetensors.c src/tensor.c src/common.c \
                -o "$out/fuzz_safetensors" $(pkg-config --libs libcjson) -lm ;;
     image) $CC $flags tests/fuzz_image.c src/common.c $img_src -o "$out/fuzz_image" $img_libs -lm ;;
