@@ -375,7 +375,7 @@ static int run_keys(const struct turn *t, int64_t n, uint64_t **keys, int *n_key
         if (chat_image_bounds(engine_tokenizer(u->g), t->ids, t->n_ids, &b, &n_b, e)) goto out;
         int64_t row = 0;
         for (int j = 0; j < n_b; j++)
-            for (int p = b[j].start; p < b[j].end; p++, row++) {
+            for (int p = b[j].start; p < b[j].end && p < n; p++, row++) { /* only the n tokens keyed */
                 const uint64_t r = (uint64_t)row;
                 c[p] = 1ull << 63 | kvpool_hash(u->img_hash, &r, 1) >> 1;
             }

@@ -1,5 +1,6 @@
 /* test_prefix.c: prefix reuse of the paged KV cache (issue 14 item 3) on the tiny model, on the CPU.
  * The reference of every check is a cold run: the same turn on a freshly opened engine (nothing cached).
+ *  - a short question about an image, twice (its image rows reach past the blocks the lookup keys);
  *  - a follow-up turn about the same image (turn_run, slot 0): the second prompt's first blocks come
  *    from the cache (n_prompt_cached counts them: at least the first turn's whole prompt in full
  *    blocks), and its greedy tokens equal the cold run's;
@@ -103,6 +104,18 @@ static void test_follow_up_and_images(void)
     greedy_request(&rq, NULL, m1, 1, &im, 1, 12);
     if (run(g, &rq, &r1)) goto out;
     T_EQ_INT(r1.n_prompt_cached, 0); /* a fresh engine */
+    /* a short question: the image rows run past the last full block the lookup keys (ASan: keyed rows
+     * stay inside the keyed span); asked twice, the second reuses all but the last partial block */
+    {
+        struct chat_msg ms[] = {{"user", CHAT_IMAGE_MARKER "\nHi"}};
+        struct turn_result s1, s2;
+        greedy_request(&rq, NULL, ms, 1, &im, 1, 4);
+        if (run(g, &rq, &s1) || run(g, &rq, &s2)) goto out;
+        T_ASSERT(s1.n_prompt > 96 && s1.n_prompt < 128); /* 96 image rows end in the last, partial block */
+        T_EQ_INT(s2.n_prompt_cached, (s2.n_prompt - 1) / KV_BLOCK * KV_BLOCK);
+        T_ASSERT(same_tokens(&s1, &s2));
+        turn_result_free(&s1), turn_result_free(&s2);
+    }
     /* the follow-up repeats the first turn and its answer */
     struct chat_msg m2[] = {m1[0], {"assistant", r1.text}, {"user", "And what colour is it?"}};
     greedy_request(&rq, NULL, m2, 3, &im, 1, 12);
