@@ -132,8 +132,10 @@ host_health localhost '\(127\.0\.0\.1\|\[::1\]\)'
 # --parallel: many requests in flight, their decode steps batched; each answer equals the same request's
 # answer from a server that runs one request at a time. Then SIGTERM with requests in flight drains them.
 if [ -f .cache/server-js/node_modules/openai/package.json ]; then
-  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 512 >"$tmp/outA" 2>"$tmp/errA" & APID=$!
-  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 512 --parallel 8 --queue 64 >"$tmp/outB" 2>"$tmp/errB" & BPID=$!
+  # --threads 1: on a shared machine OpenMP threads spinning at barriers made 8 x 120 tokens take over the
+  # 60 s drain (seen at a load average of 15-19: 0 of 8 answered before the drain timeout; 18 s with it)
+  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 512 --threads 1 >"$tmp/outA" 2>"$tmp/errA" & APID=$!
+  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 512 --threads 1 --parallel 8 --queue 64 >"$tmp/outB" 2>"$tmp/errB" & BPID=$!
   for i in $(seq 600); do grep -q listening "$tmp/outA" && grep -q listening "$tmp/outB" && break; sleep 0.1; done
   UA=http://127.0.0.1:$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/outA")
   UB=http://127.0.0.1:$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/outB")
