@@ -8,11 +8,11 @@
 //   P2  A restarted on its port, loading (503, nginx moves the request to B) until it serves again.
 //   P3  B gets SIGTERM while it runs requests: it finishes them, new ones go to A, B exits 0.
 // Zero failed non-streamed requests; every answer (streamed ones that completed too) equals its solo
-// answer (greedy, asked of a replica directly, one at a time, before the load). Exact accounting: nginx's access log names every
-// replica a request was sent to and what each answered; each live replica's counters (/metrics after P2
-// and P3; B's closing summary after its drain) must equal what the log and the client say it served,
-// and the served answers add up to what the client sent (A's counters before its SIGKILL are lost:
-// its share is taken from the log).
+// answer (greedy, asked of a replica directly, one at a time, before the load). Exact accounting:
+// nginx's access log names every replica a request was sent to and what each answered; each live
+// replica's counters (/metrics after P2 and P3; B's closing summary after its drain) must equal what
+// the log and the client say it served, and the served answers add up to what the client got (A's
+// counters before its SIGKILL are lost: its share is taken from the log).
 // Usage: node lb.mjs BIN MODEL TMPDIR NGINX. Prints "lb.mjs: N passed, M failed".
 import { createRequire } from "node:module";
 import { spawn } from "node:child_process";
