@@ -9,21 +9,19 @@
  *              aggregate tok/s, per-stream tok/s, TTFT p50/p99 (--concurrency 1,4,16 = conc1,conc4,conc16)
  * plus the memory per device (model accounting and the peak seen), with --peak-gbs auto the device's read
  * bandwidth measured before the model loads (membw.h) and every decode figure as a fraction of it, and, with
- * --json, the same numbers for tools/bench_compare.py (the output: tools/cmd_bench_report.c). Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
+ * --json, the same numbers for tools/bench_compare.py (the output: tools/cmd_bench_report.c; memory and bandwidth:
+ * tools/cmd_bench_dev.c). Owns no model code: only engine.h, llm.h, chat.h, image.h and backend.h calls.
  * Inputs are deterministic: ids from splitmix64(--seed), images from image_pattern (image.h;
  * tools/ref_vision.py gen_image computes the same pixels), the seed-case text from the
  * word list below (tools/bench_hf.py builds the same one). Timing: warm-up first, dev_sync on every device
  * around each timed region, median of --reps. */
-#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <turbojpeg.h>
 
@@ -77,49 +75,6 @@ static double median(const double *v, int n)
     memcpy(s, v, (size_t)n * sizeof *s);
     qsort(s, (size_t)n, sizeof *s, cmp_double);
     return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
-
-/* ------------------------------------------------------------------ memory tracking */
-
-static void mem_sample(struct bench *b)
-{
-    for (int i = 0; i < b->n_gpu; i++) {
-        size_t fr = 0, tot = 0;
-        struct err e;
-        if (dev_mem_info(device_cuda(b->gpu[i]), &fr, &tot, &e)) continue;
-        pthread_mutex_lock(&b->mu);
-        if (fr < b->min_free[i]) b->min_free[i] = fr;
-        if (fr < b->phase_min[i]) b->phase_min[i] = fr;
-        pthread_mutex_unlock(&b->mu);
-    }
-}
-
-static void *mem_poller(void *p)
-{
-    struct bench *b = p;
-    struct timespec ts = {b->poll_ms / 1000, (long)(b->poll_ms % 1000) * 1000000L};
-    while (!atomic_load(&b->stop)) {
-        mem_sample(b);
-        nanosleep(&ts, NULL);
-    }
-    return NULL;
-}
-
-static void phase_mem_begin(struct bench *b)
-{
-    pthread_mutex_lock(&b->mu);
-    for (int i = 0; i < b->n_gpu; i++) b->phase_min[i] = (size_t)-1;
-    pthread_mutex_unlock(&b->mu);
-    mem_sample(b);
-}
-
-static void phase_mem_end(struct bench *b, struct phase *p)
-{
-    mem_sample(b);
-    pthread_mutex_lock(&b->mu);
-    for (int i = 0; i < b->n_gpu; i++)
-        p->peak_used[i] = b->phase_min[i] == (size_t)-1 ? 0 : (int64_t)b->free0[i] - (int64_t)b->phase_min[i];
-    pthread_mutex_unlock(&b->mu);
 }
 
 /* ------------------------------------------------------------------ inputs */
@@ -642,65 +597,6 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
 }
 
 
-/* The CPU's read bandwidth, measured in a child process: its buffer then never counts in this process's
- * peak RSS (the CPU memory figure). Runs before this process has started any OpenMP or CUDA work. */
-static int measure_cpu_apart(struct membw *m, size_t bytes, int passes, struct err *e)
-{
-    struct { int rc; struct membw m; char msg[sizeof e->msg]; } r;
-    int fd[2];
-    if (pipe(fd)) return err_set(e, "read bandwidth: pipe: %s", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fd[0]), close(fd[1]);
-        return err_set(e, "read bandwidth: fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        struct err ce = {{0}};
-        memset(&r, 0, sizeof r);
-        r.rc = membw_measure(&r.m, device_cpu(), bytes, passes, &ce);
-        memcpy(r.msg, ce.msg, sizeof r.msg);
-        ssize_t k = write(fd[1], &r, sizeof r);
-        _exit(k == (ssize_t)sizeof r ? 0 : 1);
-    }
-    close(fd[1]);
-    size_t got = 0;
-    while (got < sizeof r) {
-        ssize_t k = read(fd[0], (char *)&r + got, sizeof r - got);
-        if (k <= 0) break;
-        got += (size_t)k;
-    }
-    close(fd[0]);
-    int st = 0;
-    waitpid(pid, &st, 0);
-    if (got != sizeof r || !WIFEXITED(st) || WEXITSTATUS(st)) return err_set(e, "read bandwidth: the measuring process failed");
-    if (r.rc) return err_set(e, "%s", r.msg);
-    *m = r.m;
-    return 0;
-}
-
-/* --peak-gbs auto: d's read bandwidth (membw.h), once per device; the run compares decode with the least
- * of the devices measured (one card: its own figure). */
-static int measure_peak(struct bench *b, struct device d, struct err *e)
-{
-    for (int i = 0; i < b->n_bw; i++)
-        if (device_eq(b->bw[i].dev, d)) return 0;
-    if (b->n_bw == (int)(sizeof b->bw / sizeof b->bw[0])) return 0;
-    size_t bytes = 0;
-    const int passes = d.kind == DEVICE_CPU ? 3 : 5;
-    if (membw_default_bytes(d, &bytes, e)) return -1;
-    char lab[24];
-    if (d.kind == DEVICE_CPU) snprintf(lab, sizeof lab, "the CPU");
-    else snprintf(lab, sizeof lab, "GPU %d", d.ordinal);
-    fprintf(stderr, "bench: measuring the read bandwidth of %s: %.2f GiB, best of %d passes\n", lab, (double)bytes / GIB,
-            passes);
-    struct membw *m = &b->bw[b->n_bw];
-    if (d.kind == DEVICE_CPU ? measure_cpu_apart(m, bytes, passes, e) : membw_measure(m, d, bytes, passes, e)) return -1;
-    b->n_bw++;
-    if (!(b->peak_gbs > 0) || m->gbs < b->peak_gbs) b->peak_gbs = m->gbs;
-    return 0;
-}
-
 static const char BENCH_HELP[] =
     "usage: minicpmv bench --model DIR [--only LIST] [--reps N] [--json FILE] [flags]\n"
     "  --only LIST          comma list of prefillN, decodeN (N = tokens / context), vision1, vision10, ttft,\n"
@@ -824,33 +720,33 @@ int cmd_bench(int argc, char **argv)
             size_t fr, tot;
             struct err me;
             if (ord >= bi.n_gpus) continue;
-            if (b.peak_auto && measure_peak(&b, device_cuda(ord), &e)) goto out; /* before the baseline: freed */
+            if (b.peak_auto && bench_measure_peak(&b, device_cuda(ord), &e)) goto out; /* before the baseline: freed */
             if (dev_mem_info(device_cuda(ord), &fr, &tot, &me)) continue;
             b.gpu[b.n_gpu] = ord;
             b.free0[b.n_gpu] = b.min_free[b.n_gpu] = fr;
             b.total[b.n_gpu++] = tot;
         }
     }
-    if (b.peak_auto && b.n_bw == 0 && measure_peak(&b, device_cpu(), &e)) goto out; /* no GPU in the run */
+    if (b.peak_auto && b.n_bw == 0 && bench_measure_peak(&b, device_cpu(), &e)) goto out; /* no GPU in the run */
     if (b.poll_ms > 0 && b.n_gpu > 0) {
-        if (pthread_create(&b.th, NULL, mem_poller, &b)) { err_set(&e, "--mem-poll: cannot start a thread"); goto out; }
+        if (pthread_create(&b.th, NULL, bench_mem_poller, &b)) { err_set(&e, "--mem-poll: cannot start a thread"); goto out; }
         b.th_running = 1;
     }
     if (engine_open(&b.g, &eo.o, &e)) goto out;
     fprintf(stderr, "bench: model loaded in %.1f s\n", engine_load_seconds(b.g));
     if (engine_decode_weight_bytes(b.g, &b.decode_weight_bytes, &e)) goto out;
     if (!(b.logits = malloc((size_t)engine_config(b.g)->vocab_size * sizeof *b.logits))) { err_set(&e, "out of memory"); goto out; }
-    mem_sample(&b);
+    bench_mem_sample(&b);
 
     for (int i = 0; i < n_ph; i++) {
         struct phase *p = &ph[i];
         struct err pe = {{0}};
-        phase_mem_begin(&b);
+        bench_phase_mem_begin(&b);
         double t0 = time_now();
         int prc = p->kind == PK_PREFILL ? run_prefill(&b, p, &pe) : p->kind == PK_DECODE ? run_decode(&b, p, &pe)
                   : p->kind == PK_VISION ? run_vision(&b, p, &pe) : p->kind == PK_TTFT ? run_ttft(&b, p, &pe)
                   : p->kind == PK_SEED ? run_seed(&b, p, &pe) : run_conc(&b, p, &pe);
-        phase_mem_end(&b, p);
+        bench_phase_mem_end(&b, p);
         engine_truncate(b.g, 0);
         if (prc) snprintf(p->err, sizeof p->err, "failed: %s", pe.msg);
         else if (!(p->value > 0) || !isfinite(p->value)) snprintf(p->err, sizeof p->err, "failed: no valid timing");

@@ -60,6 +60,14 @@ struct bench {
     atomic_int stop;
 };
 
+/* tools/cmd_bench_dev.c: GPU free memory sampled into b (min_free, phase_min), the --mem-poll thread's body,
+ * a phase's peak; --peak-gbs auto: d's read bandwidth, once per device (b->bw, b->peak_gbs = the least). */
+void bench_mem_sample(struct bench *b);
+void *bench_mem_poller(void *p);
+void bench_phase_mem_begin(struct bench *b);
+void bench_phase_mem_end(struct bench *b, struct phase *p);
+int bench_measure_peak(struct bench *b, struct device d, struct err *e);
+
 /* The table, the read-bandwidth section and the memory rows, on stdout. */
 void bench_report_print(const struct bench *b, const struct phase *ph, int n_ph);
 /* The same numbers as JSON for tools/bench_compare.py. */
