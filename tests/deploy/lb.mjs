@@ -292,17 +292,28 @@ let p2n = 0, a2ok = 0;
 {
   const list = rest.slice(0, 120);
   // P2 runs until A served again (or 120 requests): the rest of the list is P3's
-  let stop = false;
+  let stop = false, aReady = false;
   const tasks = [];
   let next = 0;
   async function worker() {
     while (!stop && next < list.length) {
+      // while A still loads, pace the requests (each worker ~3 a second) so that the list outlasts the
+      // load delay however fast the replicas answer: on an idle machine 120 requests took < 2 s and the
+      // restarted A never got one
+      if (!aReady) await sleep(300);
       const q = list[next++];
       q.phase = "P2"; p2n++;
       await ask(q);
     }
   }
-  tasks.push((async () => { while (!stop && p2n < list.length) { a2ok = (await metrics(PA).catch(() => ({}))).ok ?? 0; if (a2ok >= 3 && p2n >= 40) stop = true; await sleep(50); } })());
+  tasks.push((async () => {
+    while (!stop && p2n < list.length) {
+      aReady = aReady || (await health(PA).catch(() => ({}))).code === 200;
+      a2ok = (await metrics(PA).catch(() => ({}))).ok ?? 0;
+      if (a2ok >= 3 && p2n >= 40) stop = true;
+      await sleep(50);
+    }
+  })());
   await Promise.all(Array.from({ length: C }, worker));
   stop = true;
   await Promise.all(tasks);
