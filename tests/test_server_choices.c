@@ -126,6 +126,7 @@ static const char *path_of(int chat) { return chat ? "/v1/chat/completions" : "/
 static char *body_of(int chat, const char *extra)
 {
     char *b = malloc(1024 + strlen(extra));
+    CHECK(b);
     sprintf(b, chat ? "{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}]%s}" : "{\"prompt\":\"Once upon a time\"%s}",
             extra);
     return b;
