@@ -12,7 +12,8 @@ const char cmdu_engine_help[] =
     "  --device auto|cpu|cuda  where to run (auto: the GPU when one is present)\n"
     "  --dtype f16|f32      weights and activations (f16 = the reference dtype)\n"
     "  --threads N          CPU threads (default: all cores)\n"
-    "  --quiet              do not print the device plan\n";
+    "  --quiet              do not print the device plan\n"
+    "  --no-prefix-reuse    prefill every prompt whole (no KV blocks shared between requests)\n";
 
 const char cmdu_sampler_help[] =
     "  --greedy             argmax decoding, no repetition penalty unless given (default: the model's\n"
@@ -72,6 +73,8 @@ int cmdu_engine_flag(struct engine_options *o, struct devmap_opts *dm, int argc,
         o->threads = (int)n;
     } else if (!strcmp(f, "--quiet") || !strcmp(f, "-q")) {
         o->quiet = 1;
+    } else if (!strcmp(f, "--no-prefix-reuse")) {
+        o->no_prefix_reuse = 1;
     } else {
         return devmap_opts_parse(dm, argc, argv, i, e);
     }
