@@ -377,27 +377,12 @@ static void test_completions_refusals(void)
 }
 
 /* ---- /metrics: the new series, and the counters over both endpoints ---- */
-static double metric(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; (p = strstr(p, series)); p += n)
-        if ((p == text || p[-1] == '\n') && p[n] == ' ') return strtod(p + n + 1, NULL);
-    return NAN;
-}
-
 static void metrics(struct srv *v)
 {
     struct resp r = http(v->port, "GET", "/metrics", NULL);
     T_EQ_INT(r.status, 200);
     if (!r.body) return;
-    double total = 0;
-    static const char *const st[] = {"ok", "client_error", "busy", "cancelled", "failed"};
-    for (int i = 0; i < 5; i++) {
-        char s[96];
-        snprintf(s, sizeof s, "minicpmv_requests_total{status=\"%s\"}", st[i]);
-        total += metric(r.body, s);
-    }
-    T_NEAR(total, v->sent, 0);
+    T_NEAR(metric_requests_total(r.body), v->sent, 0);
     T_NEAR(metric(r.body, "minicpmv_requests_total{status=\"ok\"}"), v->ok, 0);
     T_NEAR(metric(r.body, "minicpmv_requests_total{status=\"client_error\"}"), v->client_err, 0);
     T_NEAR(metric(r.body, "minicpmv_sequences_active"), 0, 0);

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <cJSON.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
@@ -187,6 +188,29 @@ static inline char *json_content(const char *body)
     char *s = cJSON_IsString(c) ? strdup(c->valuestring) : NULL;
     cJSON_Delete(o);
     return s;
+}
+
+/* The value of one sample of a Prometheus text exposition (`series` is the name with its labels, as
+ * printed), or NAN when the text has no such line. */
+static inline double metric(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = text; (p = strstr(p, series)); p += n)
+        if ((p == text || p[-1] == '\n') && p[n] == ' ') return strtod(p + n + 1, NULL);
+    return NAN;
+}
+
+/* minicpmv_requests_total summed over every status the server counts. */
+static inline double metric_requests_total(const char *text)
+{
+    static const char *const st[] = {"ok", "client_error", "busy", "cancelled", "failed"};
+    double total = 0;
+    for (int i = 0; i < 5; i++) {
+        char s[96];
+        snprintf(s, sizeof s, "minicpmv_requests_total{status=\"%s\"}", st[i]);
+        total += metric(text, s);
+    }
+    return total;
 }
 
 #endif
