@@ -5,7 +5,9 @@
  *  - engine_decode_batch on the tiny model on the GPU (fp16 and fp32): 6 slots with different
  *    prompts, 12 steps, every row against the same slot stepped alone (engine_slot_prefill with one
  *    token) in a one-slot engine, within the logits tolerance, and the greedy tokens equal wherever
- *    the solo run's top-2 margin is clear of that tolerance; then slot 0's graph path
+ *    the solo run's top-2 margin is clear of that tolerance; the same with 64 slots (fp16), which
+ *    also runs every slot free (its own batched picks) and counts the streams whose greedy tokens equal
+ *    their solo answer (issue 14's GPU check); then slot 0's graph path
  *    (engine_generate, greedy) still gives the tokens it gives in a one-slot engine;
  *  - the batched step as CUDA graphs (one per B) with the next tokens picked on the device
  *    (engine_decode_batch_pick, tpick.h): 64 slots, B = 1, 3, 16, 64 and others, slots joining and
@@ -124,10 +126,10 @@ static int argmax2(const float *x, int V, float *margin)
     return b;
 }
 
-#define NSL 6
-#define NST 12
-
-static void check_engine(enum dtype dt)
+/* NSL slots stepped together for NST steps (teacher-forced with the solo tokens: the logits of every
+ * row against the solo step's), then the same prompts again free-running (each slot's batched greedy
+ * tokens against its solo greedy tokens: how many of the NSL streams give their solo answer). */
+static void check_engine(enum dtype dt, const int NSL, const int NST)
 {
     struct err e = {{0}};
     struct engine *r = open_gpu(dt, 1, &e), *g = open_gpu(dt, NSL, &e);
@@ -140,11 +142,13 @@ static void check_engine(enum dtype dt)
     const int V = engine_config(g)->vocab_size;
     const double tol = dt == DTYPE_F32 ? 1e-4 : 2e-2; /* of max |logit|: the LLM logits tolerances */
     float *ref = malloc((size_t)NSL * (NST + 1) * V * sizeof *ref), *lg = malloc((size_t)NSL * V * sizeof *lg);
-    int32_t ids[64], next[NSL];
-    CHECK(ref && lg);
+    int32_t ids[64], *next = malloc((size_t)NSL * sizeof *next), *slots = malloc((size_t)NSL * sizeof *slots);
+    int32_t *toks = malloc((size_t)NSL * sizeof *toks);
+    int *same = malloc((size_t)NSL * sizeof *same);
+    CHECK(ref && lg && next && slots && toks && same);
     /* the solo runs, and the prompts into the slots of g */
     for (int s = 0; s < NSL; s++) {
-        const int n = 2 + 9 * s;
+        const int n = 2 + (9 * s) % 61;
         for (int i = 0; i < n; i++) ids[i] = (int32_t)((1 + 31 * i + 977 * s) % V);
         float *rs = ref + (size_t)s * (NST + 1) * V;
         engine_slot_truncate(r, 0, 0);
@@ -161,9 +165,8 @@ static void check_engine(enum dtype dt)
     double worst = 0;
     int tok_checked = 0, tok_same = 0;
     for (int t = 0; t < NST; t++) {
-        int slots[NSL], B = 0;
+        int B = 0;
         for (int s = NSL - 1; s >= 0; s--) slots[B++] = s; /* reversed: rows are not slots */
-        int32_t toks[NSL];
         for (int i = 0; i < B; i++) {
             float m;
             toks[i] = argmax2(ref + ((size_t)slots[i] * (NST + 1) + t) * V, V, &m); /* teacher-forced: solo's token */
@@ -189,9 +192,30 @@ static void check_engine(enum dtype dt)
             }
         }
     }
-    (void)next;
-    printf("  engine_decode_batch %s, %d slots x %d steps: worst logits rel %.3g (tol %.0e); %d/%d clear tokens equal\n",
-           dtype_name(dt), NSL, NST, worst, tol, tok_same, tok_checked);
+    /* free-running: the prompts again, every slot stepping on its own batched picks */
+    int n_same = 0;
+    for (int s = 0; s < NSL; s++) {
+        const int n = 2 + (9 * s) % 61;
+        for (int i = 0; i < n; i++) ids[i] = (int32_t)((1 + 31 * i + 977 * s) % V);
+        engine_slot_truncate(g, s, 0);
+        T_EQ_INT(engine_slot_prefill(g, s, ids, NULL, n, lg, &e), 0);
+        float m;
+        next[s] = argmax2(lg, V, &m);
+        same[s] = next[s] == argmax2(ref + (size_t)s * (NST + 1) * V, V, &m);
+    }
+    for (int t = 0; t < NST; t++) {
+        for (int s = 0; s < NSL; s++) slots[s] = s, toks[s] = next[s];
+        T_EQ_INT(engine_decode_batch(g, slots, toks, NSL, lg, &e), 0);
+        for (int s = 0; s < NSL; s++) {
+            float m;
+            next[s] = argmax2(lg + (size_t)s * V, V, &m);
+            same[s] &= next[s] == argmax2(ref + ((size_t)s * (NST + 1) + t + 1) * V, V, &m);
+        }
+    }
+    for (int s = 0; s < NSL; s++) n_same += same[s];
+    printf("  engine_decode_batch %s, %d slots x %d steps: worst logits rel %.3g (tol %.0e); %d/%d clear tokens equal; "
+           "free-running: %d/%d streams give their solo greedy answer\n",
+           dtype_name(dt), NSL, NST, worst, tol, tok_same, tok_checked, n_same, NSL);
     T_ASSERT(tok_checked > 0);
     /* slot 0's session path (the graph) is unchanged by the other slots */
     struct sampler_params sp;
@@ -207,6 +231,10 @@ static void check_engine(enum dtype dt)
     T_ASSERT(na == nb && memcmp(oa, ob, (size_t)na * sizeof *oa) == 0);
     free(ref);
     free(lg);
+    free(next);
+    free(slots);
+    free(toks);
+    free(same);
     engine_close(r);
     engine_close(g);
 }
@@ -250,8 +278,10 @@ static void check_graph_steps(enum dtype dt)
 static void test_graph_steps_f16(void) { check_graph_steps(DTYPE_F16); }
 static void test_graph_steps_f32(void) { check_graph_steps(DTYPE_F32); }
 
-static void test_engine_f16(void) { check_engine(DTYPE_F16); }
-static void test_engine_f32(void) { check_engine(DTYPE_F32); }
+static void test_engine_f16(void) { check_engine(DTYPE_F16, 6, 12); }
+static void test_engine_f32(void) { check_engine(DTYPE_F32, 6, 12); }
+/* issue 14's GPU check: 64 streams in one batched step, against their solo runs */
+static void test_engine64_f16(void) { check_engine(DTYPE_F16, 64, 8); }
 
 int main(void)
 {
@@ -262,6 +292,7 @@ int main(void)
         T_SKIP(test_attention_rows, "no CUDA device");
         T_SKIP(test_engine_f16, "no CUDA device");
         T_SKIP(test_engine_f32, "no CUDA device");
+        T_SKIP(test_engine64_f16, "no CUDA device");
         T_SKIP(test_graph_steps_f16, "no CUDA device");
         T_SKIP(test_graph_steps_f32, "no CUDA device");
         return t_main_end("test_cuda_batch");
@@ -269,6 +300,7 @@ int main(void)
     T_RUN(test_attention_rows);
     T_RUN(test_engine_f16);
     T_RUN(test_engine_f32);
+    T_RUN(test_engine64_f16);
     T_RUN(test_graph_steps_f16);
     T_RUN(test_graph_steps_f32);
     return t_main_end("test_cuda_batch");
