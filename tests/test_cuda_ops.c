@@ -236,7 +236,7 @@ static void test_elementwise(void)
 
 static void test_argmax(void)
 {
-    static const int64_t shapes[][2] = {{3, 128256}, {1, 33}, {5, 1000}};
+    static const int64_t shapes[][2] = {{3, 128256}, {1, 33}, {5, 1000}, {3, 1001}}; /* 1001: rows not 16-byte aligned */
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
         const int64_t n = shapes[c][0], V = shapes[c][1];
         struct tensor x = h_rand(DTYPE_F32, 2, n, V, 0, 5.0f);

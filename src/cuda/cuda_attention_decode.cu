@@ -20,6 +20,9 @@
 #define DEC_THREADS 128
 #define DEC_KPT 4
 #define DEC_MAX_SPLIT 256
+/* a split holds at least this many tiles of keys: at context 512 (hd 128, 32-key tiles) 8 splits of
+ * 64 keys per kv head, not ~16 splits of one tile whose partials the last block then had to merge */
+#define DEC_MIN_TILES 2
 
 struct attn_dec_args {
     void *out;
@@ -81,6 +84,11 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
     }
     int64_t chunk = (nk + a.nsplit - 1) / a.nsplit;
     chunk = (chunk + TK - 1) / TK * TK;
+    if (chunk < DEC_MIN_TILES * TK) chunk = DEC_MIN_TILES * TK;
+    /* splits that hold keys of this block row: the others leave at once and are not waited for, and
+     * the merge reads only these (the grid is sized for the capacity, the keys may be far fewer) */
+    const int used = blim > chunk ? (int)((blim + chunk - 1) / chunk) : 1;
+    if (split >= used) return;
     const int64_t k0 = (int64_t)split * chunk;
     const int64_t k1 = k0 + chunk < blim ? k0 + chunk : blim;
 
@@ -228,7 +236,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
         resl[r] = L;
         resm[r] = M;
     }
-    if (a.nsplit == 1) {
+    if (used == 1) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
             const int pi = tid + r * DEC_THREADS, sl = pi / HD, c = pi - sl * HD, qi = sl / a.GB, g = sl - qi * a.GB;
@@ -255,7 +263,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
     int *cnt = a.cnt + blockIdx.z * gridDim.y + blockIdx.y;
     if (tid == 0) {
         const int prev = atomicAdd(cnt, 1);
-        s_last = prev == a.nsplit - 1;
+        s_last = prev == used - 1;
         if (s_last) *cnt = 0; /* every block of this launch has arrived: ready for the next launch */
     }
     __syncthreads();
@@ -269,10 +277,10 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
         const int64_t ih = (int64_t)(i0 + qi) * a.H + h0 + g;
         const float *ml = a.part_ml + ih * a.nsplit * 2;
         float M = -INFINITY;
-        for (int sp = lane; sp < a.nsplit; sp += 32) M = fmaxf(M, __ldcg(ml + 2 * sp));
+        for (int sp = lane; sp < used; sp += 32) M = fmaxf(M, __ldcg(ml + 2 * sp));
         M = warp_max(M);
         float L = 0.0f;
-        for (int sp = lane; sp < a.nsplit; sp += 32) {
+        for (int sp = lane; sp < used; sp += 32) {
             const float ms = __ldcg(ml + 2 * sp);
             const float w = ms == -INFINITY ? 0.0f : expf(ms - M);
             wsp[sl * a.nsplit + sp] = w;
@@ -288,7 +296,8 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
         const int64_t ih = (int64_t)(i0 + qi) * a.H + h0 + g;
         const float *pa = a.part_acc + ih * a.nsplit * HD + c;
         float x = 0.0f;
-        for (int sp = 0; sp < a.nsplit; sp++) x = fmaf(__ldcg(pa + (int64_t)sp * HD), wsp[sl * a.nsplit + sp], x);
+#pragma unroll 8
+        for (int sp = 0; sp < used; sp++) x = fmaf(__ldcg(pa + (int64_t)sp * HD), wsp[sl * a.nsplit + sp], x);
         const float L = red_l[sl];
         stf(a.out, a.odt, ih * HD + c, L > 0.0f ? x / L : 0.0f);
     }
@@ -348,7 +357,7 @@ int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, 
     const int64_t tk = (int64_t)(DEC_THREADS / (hd / 8)) * DEC_KPT;
     const int64_t keys = pos || rows ? T : ((flags & ATTN_CAUSAL) ? (q_pos0 + n < T ? q_pos0 + n : T) : T);
     int64_t nsplit = (3 * (int64_t)c->n_sm + hblocks * rblocks - 1) / (hblocks * rblocks);
-    const int64_t cap = (keys + tk - 1) / tk;
+    const int64_t cap = (keys + DEC_MIN_TILES * tk - 1) / (DEC_MIN_TILES * tk);
     if (nsplit > cap) nsplit = cap;
     if (nsplit > DEC_MAX_SPLIT) nsplit = DEC_MAX_SPLIT;
     if (nsplit < 1) nsplit = 1;
