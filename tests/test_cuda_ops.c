@@ -680,6 +680,50 @@ static void bench_gemv(void)
     }
 }
 
+struct mm_bench {
+    struct tensor *w, x, y;
+    int nbuf;
+};
+
+static void mm_step(int rep, void *p)
+{
+    struct mm_bench *b = p;
+    op_matmul(&b->y, &b->x, &b->w[rep % b->nbuf], NULL);
+}
+
+/* the batched decode step's matmuls (op_matmul as llm.c calls it: B rows, fp16) at the layer shapes,
+ * weights rotated beyond L2: how close M = B rows get to the read rate */
+static void bench_rows(void)
+{
+    static const int64_t shapes[][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+    static const int64_t ns[] = {1, 2, 8, 16, 32, 64};
+    printf("op_matmul fp16 with B rows (the batched step), weights rotated beyond L2, us and GB/s of weights:\n");
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t o = shapes[s][0], k = shapes[s][1];
+        struct mm_bench b;
+        const size_t wbytes = (size_t)(o * k) * 2;
+        b.nbuf = rotation(wbytes);
+        b.w = calloc((size_t)b.nbuf, sizeof *b.w);
+        CHECK(b.w);
+        for (int i = 0; i < b.nbuf; i++) {
+            b.w[i] = d_alloc(DTYPE_F16, 2, o, k, 0);
+            d_fill_rand(&b.w[i], 0.02f);
+        }
+        printf("  %6lldx%-6lld", (long long)o, (long long)k);
+        for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++) {
+            struct tensor hx = h_rand(DTYPE_F16, 2, ns[j], k, 0, 1.0f);
+            b.x = d_from(&hx);
+            b.y = d_new(DTYPE_F16, 2, ns[j], o, 0);
+            const double ms = bench_ms(100, mm_step, &b);
+            printf("  B=%-2lld %6.1f us %5.0f GB/s", (long long)ns[j], ms * 1e3, (double)wbytes / (ms * 1e-3) / 1e9);
+            t_free(&hx), t_free(&b.x), t_free(&b.y);
+        }
+        printf("\n");
+        for (int i = 0; i < b.nbuf; i++) t_free(&b.w[i]);
+        free(b.w);
+    }
+}
+
 static void bench_attention(void)
 {
     printf("attention decode fp16 (n=1, H=32, Hkv=8, hd=128, causal), KV rotated beyond L2:\n");
@@ -932,6 +976,7 @@ static void bench(int argc, char **argv)
 {
     const char *only = argc > 2 ? argv[2] : "";
     if (!*only || !strcmp(only, "gemv")) bench_gemv();
+    if (!*only || !strcmp(only, "rows")) bench_rows();
     if (!*only || !strcmp(only, "attention")) bench_attention();
     if (!*only || !strcmp(only, "small")) bench_small();
     if (!*only || !strcmp(only, "step")) bench_step();
