@@ -7,7 +7,9 @@
  *    that changes every step, all slots or B = 1, 2, .., N of them per step, 16 greedy steps:
  *    logits and tokens equal the solo runs;
  *  - isolation: emptying one slot and refilling it with another prompt mid-run changes no other
- *    slot's numbers; a partial truncate then re-feeding the same tokens gives the same logits;
+ *    slot's numbers; a partial truncate then re-feeding the same tokens gives the same logits; a short
+ *    sequence beside a longer slot 0 reads and writes its own blocks (a mix-up gives other numbers
+ *    there, not an out-of-table read);
  *  - a split over --logical-devices cpu:2 gives the same numbers;
  *  - errors (nothing run, no slot changed): a slot out of range, the same slot twice in one step, a
  *    full slot (llm_check_fit's wording), a bad batch size, an id outside the vocabulary;
@@ -249,6 +251,53 @@ static void test_refs_distinct(void)
     free_refs(&rf);
 }
 
+/* Each row reads and writes through its own slot's block table: slot 0 holds the longest prompt
+ * (prompt 5, 38 ids), slot 1 a short one (prompt 1, 10 ids), so a row of slot 1 sent to slot 0's
+ * table or rows would still find blocks there and give other numbers (not an out-of-table read that
+ * the CPU twin's bounds check refuses). Rows in the order slot 1, slot 0; both equal their solo runs. */
+static void test_rows_own_tables(void)
+{
+    struct err e = {{0}};
+    struct refs rf;
+    T_ASSERTF(make_refs(DTYPE_F32, &rf, &e) == 0, "%s", e.msg);
+    struct engine *g = open_eng(DTYPE_F32, 2, 1, CTX, &e);
+    T_ASSERTF(g != NULL, "%s", e.msg);
+    if (!g) return;
+    const int V = engine_config(g)->vocab_size, which[2] = {5, 1}; /* slot i holds prompt which[i] */
+    int32_t ids[3 + 7 * NSEQ], next[2];
+    float *lg = malloc((size_t)2 * V * sizeof *lg);
+    CHECK(lg);
+    int bad = 0;
+    for (int sl = 0; sl < 2; sl++) {
+        const int n = prompt(which[sl], 0, V, ids);
+        T_EQ_INT(engine_slot_prefill(g, sl, ids, NULL, n, lg, &e), 0);
+        bad += !same_floats(lg, rf.r[which[sl]], V);
+        next[sl] = argmax(lg, V);
+    }
+    T_ASSERT(engine_slot_len(g, 0) > engine_slot_len(g, 1) + STEPS);
+    for (int t = 0; t < STEPS && bad >= 0; t++) {
+        const int slots[2] = {1, 0};
+        const int32_t toks[2] = {next[1], next[0]};
+        if (engine_decode_batch(g, slots, toks, 2, lg, &e)) {
+            T_ASSERTF(0, "step %d: %s", t, e.msg);
+            break;
+        }
+        for (int i = 0; i < 2; i++) {
+            const int sl = slots[i];
+            const float *row = lg + (size_t)i * V;
+            if (!same_floats(row, rf.r[which[sl]] + (size_t)(t + 1) * V, V)) {
+                fprintf(stderr, "  slot %d step %d: logits differ from the solo run\n", sl, t + 1);
+                bad++;
+            }
+            next[sl] = argmax(row, V);
+        }
+    }
+    T_EQ_INT(bad, 0);
+    free(lg);
+    engine_close(g);
+    free_refs(&rf);
+}
+
 /* Layers over two logical CPU devices: the same numbers. */
 static void test_batch_split(void)
 {
@@ -471,6 +520,7 @@ int main(int argc, char **argv)
     T_RUN(test_refs_distinct);
     T_RUN(test_batch_f32);
     T_RUN(test_batch_f16);
+    T_RUN(test_rows_own_tables);
     T_RUN(test_batch_split);
     T_RUN(test_truncate_refeed);
     T_RUN(test_pick_rows);

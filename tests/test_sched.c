@@ -2,8 +2,10 @@
  * tokens, text and streamed text under the scheduler must equal the same turn run alone (turn_run): the
  * batched decode step and the staged turn must change nothing a turn sees. Also: a turn cancelled
  * mid-way, a stop string, a turn whose prompt does not fit, more turns than slots (they queue), and
- * fp16. The solo answers come from turn_run, an independent path (engine_generate on slot 0), and
- * test_penalty checks turn_run itself against a reference loop written in that test. */
+ * fp16; a stop string that ends a turn while its next row is in flight, its slot taken at once by a
+ * waiting turn (the stale row dropped at the collect). The solo answers come from turn_run, an
+ * independent path (engine_generate on slot 0), and test_penalty checks turn_run itself against a
+ * reference loop written in that test. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +203,126 @@ out:
 static void test_concurrent_equals_solo_f32(void) { check_engine(DTYPE_F32); }
 static void test_concurrent_equals_solo_f16(void) { check_engine(DTYPE_F16); }
 
+/* A stop string that ends a turn in the middle of its decode: the scheduler launched the turn's next
+ * row before its text showed the stop, so that row is still in flight when the turn finishes. A turn
+ * waiting for a slot takes the freed slot before that row is collected, and another turn keeps the step
+ * alive. The stopped row must be dropped: the waiting turn, the other turn and the stopped one all
+ * answer as they do alone. The stop is chosen from turn A's own solo answer: the first ASCII pair that
+ * starts past the bytes of A's first two tokens (the first comes from the prefill, the second from the
+ * first decode step), so it completes at a decode step; A's answer is then its solo text cut before
+ * that pair (and stripped). */
+static void test_stop_in_flight(void)
+{
+    struct engine *g = open_tiny(DTYPE_F32, "2");
+    T_ASSERT(g != NULL);
+    if (!g) return;
+    struct err e = {{0}};
+    struct chat_msg ma = {"user", "Tell me a story about a cat"}, mb = {"user", "One two three four five"},
+                    mc = {"user", "Why?"};
+    struct turn_request ra, rb, rc;
+    memset(&ra, 0, sizeof ra);
+    ra.msgs = &ma;
+    ra.n_msgs = 1;
+    ra.max_new = 16;
+    ra.ignore_eos = 1;
+    sampler_defaults(&ra.sp);
+    ra.sp.greedy = true;
+    rb = ra;
+    rb.msgs = &mb;
+    rb.max_new = 40; /* still decoding when A stops: the collect that meets A's row has a live row */
+    rc = ra;
+    rc.msgs = &mc;
+    rc.max_new = 8;
+    rc.ignore_eos = 0;
+    rc.sp.greedy = false;
+    rc.sp.temperature = 0.9f;
+    rc.sp.seed = 7;
+    struct turn *t[4] = {0};
+    struct out solo[4], conc[3];
+    memset(solo, 0, sizeof solo);
+    memset(conc, 0, sizeof conc);
+    /* A without a stop: its text, to choose the stop from */
+    T_ASSERT(turn_prepare(&t[3], g, &ra, &e) == 0 && turn_run(t[3], g, NULL, &solo[3].r, &e) == 0);
+    const char *full = solo[3].r.text ? solo[3].r.text : "";
+    size_t lim = 0;
+    for (int i = 0; i < 2 && i < solo[3].r.n_gen; i++) {
+        const char *b;
+        size_t n = 0;
+        tokenizer_token_bytes(engine_tokenizer(g), solo[3].r.ids[i], &b, &n);
+        lim += n;
+    }
+    char stop[3] = {0};
+    size_t at = 0;
+    for (size_t p = lim; p + 2 <= strlen(full) && !stop[0]; p++) {
+        const unsigned char c0 = (unsigned char)full[p], c1 = (unsigned char)full[p + 1];
+        if (c0 <= ' ' || c0 >= 127 || c1 <= ' ' || c1 >= 127) continue;
+        char pair[3] = {full[p], full[p + 1], 0};
+        if (strstr(full, pair) != full + p) continue; /* its first occurrence */
+        memcpy(stop, pair, 3);
+        at = p;
+    }
+    T_ASSERTF(stop[0], "no ASCII pair past byte %zu of A's answer \"%s\": the test cannot place its stop", lim, full);
+    if (!stop[0]) goto out;
+    ra.stop[0] = stop;
+    ra.n_stop = 1;
+    /* the expected answer: A's text before the stop, stripped */
+    char want[256];
+    size_t wl = at < sizeof want - 1 ? at : sizeof want - 1;
+    memcpy(want, full, wl);
+    while (wl && (want[wl - 1] == ' ' || want[wl - 1] == '\n' || want[wl - 1] == '\t')) wl--;
+    want[wl] = 0;
+    struct turn_request *rqs[3] = {&ra, &rb, &rc};
+    for (int k = 0; k < 3; k++) {
+        T_ASSERTF(turn_prepare(&t[k], g, rqs[k], &e) == 0, "turn %d: %s", k, e.msg);
+        if (!t[k]) goto out;
+        T_ASSERTF(turn_run(t[k], g, NULL, &solo[k].r, &e) == 0, "solo %d: %s", k, e.msg);
+    }
+    T_EQ_STR(solo[0].r.text ? solo[0].r.text : "", want);
+    printf("  stop \"%s\" at byte %zu of \"%s\": A stops after %d of %d tokens\n", stop, at, full, solo[0].r.n_gen,
+           solo[3].r.n_gen);
+    T_ASSERTF(solo[0].r.n_gen >= 3 && solo[0].r.n_gen < solo[3].r.n_gen, "A: %d tokens", solo[0].r.n_gen);
+    struct scheduler *s = NULL;
+    T_EQ_INT(sched_init(&s, g, &e), 0);
+    if (!s) goto out;
+    T_EQ_INT(sched_add(s, t[0], NULL, on_done, &conc[0]), 0);
+    T_EQ_INT(sched_add(s, t[1], NULL, on_done, &conc[1]), 0);
+    int added = 0, steps = 0, c_at = -1;
+    while (sched_active(s) || !added) {
+        if (!added && sched_slots_free(s) > 0) { /* A's slot, right after A finished */
+            T_EQ_INT(conc[0].done, 1);
+            T_EQ_INT(sched_add(s, t[2], NULL, on_done, &conc[2]), 0);
+            added = 1;
+            c_at = steps;
+        }
+        sched_step(s);
+        if (++steps > 1000) break;
+    }
+    T_ASSERTF(c_at > 0 && conc[1].done == 1 && !conc[1].rc, "C admitted at step %d", c_at);
+    for (int k = 0; k < 3; k++) {
+        T_EQ_INT(conc[k].done, 1);
+        T_ASSERTF(conc[k].rc == 0, "turn %c: %s", 'A' + k, conc[k].err);
+        if (conc[k].rc || !solo[k].r.text || !conc[k].r.text) continue;
+        T_ASSERTF(conc[k].r.n_gen == solo[k].r.n_gen, "turn %c: %d tokens, solo %d", 'A' + k, conc[k].r.n_gen,
+                  solo[k].r.n_gen);
+        for (int i = 0; i < conc[k].r.n_gen && i < solo[k].r.n_gen; i++) T_EQ_INT(conc[k].r.ids[i], solo[k].r.ids[i]);
+        T_EQ_STR(conc[k].r.text, solo[k].r.text);
+        T_EQ_STR(conc[k].r.finish, solo[k].r.finish);
+    }
+    T_EQ_STR(conc[0].r.finish, "stop");
+    sched_free(s);
+out:
+    for (int k = 0; k < 4; k++) {
+        turn_result_free(&solo[k].r);
+        strbuf_free(&solo[k].streamed);
+        turn_free(t[k]);
+    }
+    for (int k = 0; k < 3; k++) {
+        turn_result_free(&conc[k].r);
+        strbuf_free(&conc[k].streamed);
+    }
+    engine_close(g);
+}
+
 /* A turn that fails to start (its image cannot be encoded) is answered through its callback as the
  * request's fault; the others are not disturbed. */
 static void test_failures(void)
@@ -244,6 +366,7 @@ int main(void)
 {
     T_RUN(test_concurrent_equals_solo_f32);
     T_RUN(test_concurrent_equals_solo_f16);
+    T_RUN(test_stop_in_flight);
     T_RUN(test_failures);
     return t_main_end("test_sched");
 }

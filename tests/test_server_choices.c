@@ -3,7 +3,8 @@
  * than slots, so some wait for a slot):
  *   n > 1: choice i of a request equals the n = 1 request with seed + i (the documented derivation),
  *     streamed and not, chat and completions; greedy choices are all equal; usage adds the choices up;
- *     the bounds (n 0, 17, 1.5, with beams);
+ *     the bounds (n 0, 17, 1.5, with beams); the request's seed is the sampler's (a sampled completion
+ *     equals turn_run on the reference engine with that seed);
  *   /v1/completions: the greedy answer of a raw prompt equals an independent reference (tref.h: the
  *     engine's logits step by step, no template), byte for byte with no strip; the legacy logprobs
  *     (tokens, token_logprobs, top_logprobs maps, text_offset) equal the reference's, streamed and not; a
@@ -174,6 +175,49 @@ static void test_n_chat_p1(void) { n_seeds(&S1, 1, 3); }
 static void test_n_chat_p4(void) { n_seeds(&S4, 1, 5); }
 static void test_n_completions_p1(void) { n_seeds(&S1, 0, 3); }
 static void test_n_completions_p4(void) { n_seeds(&S4, 0, 5); }
+
+/* The request's seed is the sampler's seed: a sampled n = 1 completion with seed s equals the same raw
+ * prompt run on the reference engine directly (turn_run, no server) with sampler seed s and the
+ * server's sampling defaults (sampler_defaults, temperature as sent). n_seeds compares choices with
+ * n = 1 requests, which share a seed mix-up of the parser; this pins the seed itself. */
+static void test_seed_is_sampler_seed(void)
+{
+    char *want[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        const int seed = 40 + k;
+        struct turn_request rq;
+        memset(&rq, 0, sizeof rq);
+        rq.raw_text = "Once upon a time";
+        rq.max_new = 8;
+        sampler_defaults(&rq.sp);
+        rq.sp.temperature = 0.9f;
+        rq.sp.seed = (uint64_t)seed;
+        struct turn *t = NULL;
+        struct turn_result res;
+        memset(&res, 0, sizeof res);
+        struct err e = {{0}};
+        T_ASSERTF(turn_prepare(&t, REF, &rq, &e) == 0 && turn_run(t, REF, NULL, &res, &e) == 0, "%s", e.msg);
+        want[k] = res.text ? strdup(res.text) : NULL;
+        turn_result_free(&res);
+        turn_free(t);
+        char extra[128];
+        snprintf(extra, sizeof extra, ",\"temperature\":0.9,\"seed\":%d,\"max_tokens\":8", seed);
+        char *b = body_of(0, extra);
+        struct srv *vs[2] = {&S1, &S4};
+        for (int j = 0; j < 2; j++) {
+            struct resp r = post(vs[j], "/v1/completions", b);
+            struct choices c;
+            T_ASSERTF(parse_answer(&r, 0, 0, &c) == 0 && c.n == 1, "seed %d: %d %s", seed, r.status, r.body ? r.body : "");
+            T_ASSERTF(c.text[0] && want[k] && !strcmp(c.text[0], want[k]), "seed %d (--parallel %d): '%s' != engine '%s'", seed,
+                      j ? 4 : 1, c.text[0] ? c.text[0] : "(none)", want[k] ? want[k] : "(none)");
+            choices_free(&c);
+            free(r.body);
+        }
+        free(b);
+    }
+    T_ASSERTF(want[0] && want[1] && strcmp(want[0], want[1]), "seeds 40 and 41 gave one answer: the test cannot see a shift");
+    free(want[0]), free(want[1]);
+}
 
 static void test_n_greedy(void)
 {
@@ -435,6 +479,7 @@ int main(void)
     T_RUN(test_n_chat_p4);
     T_RUN(test_n_completions_p1);
     T_RUN(test_n_completions_p4);
+    T_RUN(test_seed_is_sampler_seed);
     T_RUN(test_n_greedy);
     T_RUN(test_n_refusals);
     T_RUN(test_completions_p1);
