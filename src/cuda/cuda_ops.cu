@@ -61,19 +61,6 @@ extern "C" void cuda_embed(struct tensor *y, const struct tensor *table, const s
 
 #define NORM_THREADS 256
 
-/* block-wide double sum; every thread gets the result. red must hold NORM_THREADS/32 doubles. */
-__device__ double block_sum_d(double v, double *red)
-{
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum_d(v);
-    __syncthreads(); /* red may still be read by a previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    double s = 0;
-    for (int w = 0; w < nw; w++) s += red[w];
-    return s;
-}
-
 __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wdt, int64_t d, float eps)
 {
