@@ -173,8 +173,7 @@ fail:
     return -1;
 }
 
-/* Frees every captured decode graph; the next step of each kind runs eagerly, then is captured again. */
-static void drop_graphs(struct llm *s)
+void llm_drop_graphs(struct llm *s)
 {
     for (int i = 0; i < 3; i++) {
         dev_graph_free(s->graph[i].g);
@@ -189,7 +188,7 @@ static void drop_graphs(struct llm *s)
 void llm_free(struct llm *s)
 {
     if (!s->m) return;
-    drop_graphs(s);
+    llm_drop_graphs(s);
     free(s->bgraph);
     if (s->sample_mem) dev_free(s->pl->devs[s->pl->lm_head], s->sample_mem);
     for (int i = 0; i < MODEL_MAX_DEVICES; i++)
@@ -208,7 +207,7 @@ void llm_set_unfused(struct llm *s, int on)
 {
     if (s->unfused == (on != 0)) return;
     s->unfused = on != 0;
-    drop_graphs(s);
+    llm_drop_graphs(s);
 }
 
 size_t llm_device_bytes(const struct llm *s, int i)

@@ -95,6 +95,9 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
 void llm_free(struct llm *s);
 /* Sets llm.unfused and drops the captured decode graphs (they hold the other op sequence). */
 void llm_set_unfused(struct llm *s, int on);
+/* Frees the captured decode graphs; the next step of each kind runs eagerly and captures again (after a
+ * device setting that changes the kernels a step launches: benches and tests switch those). */
+void llm_drop_graphs(struct llm *s);
 /* Bytes of activations + KV the state allocated on logical device i. */
 size_t llm_device_bytes(const struct llm *s, int i);
 /* The bytes of one device's activation views for a prefill chunk of max_batch tokens (with_logits:

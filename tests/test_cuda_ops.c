@@ -13,9 +13,13 @@
  *  - 1e-4 for an fp16 GEMM written in fp32: cuBLAS runs it on tensor cores, whose fp32
  *    accumulation is not IEEE round-to-nearest at every addition.
  * Without a GPU (CI, the build machine) every case is reported as skipped and the test passes.
- * `test_cuda_ops bench` times the decode GEMV at the real shapes and decode attention instead. */
+ * `test_cuda_ops bench [gemv|attention|small|step]` times the decode GEMVs at the real shapes, decode
+ * attention, the small ops and a synthetic decode step instead; `test_cuda_ops bench engine DIR` times
+ * the engine's decode step on a checkpoint with the plain and the fused ops. */
 #include "backend.h"
 #include "backend_impl.h"
+#include "engine.h"
+#include "engine_impl.h"
 #include "t.h"
 #include "tensor.h"
 
@@ -1258,9 +1262,100 @@ static void bench_small(void)
     t_free(&b.kc), t_free(&b.vc), t_free(&b.pos), t_free(&hp), t_free(&b.logits), t_free(&b.ids);
 }
 
+/* ---- the engine's decode step on a real checkpoint: plain ops vs fused, one GEMV vs the other ---- */
+
+/* The configurations of `bench engine`: the session-5 step (plain ops, one-pass GEMV: main), the plain
+ * ops on the persistent GEMV, the fused ops (the default), and the fused ops under PDL. */
+static const struct {
+    const char *name;
+    int unfused, pgemv, pdl, early;
+} engine_variants[] = {
+    {"plain ops, one-pass GEMV (session 5)", 1, 0, 0, 0}, {"plain ops, persistent GEMV", 1, 1, 0, 0},
+    {"fused (the default)", 0, 1, 0, 0},                  {"fused + PDL (trigger after the loads)", 0, 1, 1, 0},
+    {"fused + PDL (trigger at once)", 0, 1, 1, 1},
+};
+
+/* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
+ * (then 3500) random ids, 8 warm-up greedy steps (the graph captured) and 128 timed ones, per variant;
+ * the greedy tokens of every persistent-GEMV variant must be the same (fused == plain bit for bit). */
+static void bench_engine(const char *model)
+{
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_dir = model;
+    o.device = "cuda";
+    o.dtype = DTYPE_F16;
+    o.ctx = 4096;
+    o.quiet = 1;
+    struct err e = {{0}};
+    struct engine *g = NULL;
+    if (engine_open(&g, &o, &e)) {
+        printf("bench engine: %s\n", e.msg);
+        T_ASSERT(0);
+        return;
+    }
+    struct llm *s = &g->llm;
+    const int V = g->cfg.vocab_size, N = 128, W = 8;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    int32_t *prompt = malloc(3500 * sizeof *prompt), *toks = malloc((size_t)N * sizeof *toks), *ref = NULL;
+    CHECK(lg && prompt && toks);
+    for (int i = 0; i < 3500; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % 128000u);
+    printf("engine decode on %s (fp16, greedy, %d timed steps after %d warm-up, one graph per step):\n", model, N, W);
+    static const int P[] = {512, 3500};
+    for (size_t pi = 0; pi < sizeof P / sizeof P[0]; pi++) {
+        free(ref);
+        ref = NULL;
+        for (size_t v = 0; v < sizeof engine_variants / sizeof engine_variants[0]; v++) {
+            cuda_set_pgemv(0, engine_variants[v].pgemv);
+            dev_set_overlap(device_cuda(0), engine_variants[v].pdl);
+            cuda_pgemv_set_trigger(0, engine_variants[v].early);
+            llm_set_unfused(s, engine_variants[v].unfused);
+            llm_drop_graphs(s);
+            llm_truncate(s, 0);
+            T_ASSERTF(llm_forward(s, prompt, NULL, P[pi], lg, &e) == 0, "%s", e.msg);
+            struct tensor lt = tensor_make(DTYPE_F32, device_cpu(), lg, 2, (int64_t)1, (int64_t)V);
+            int32_t tok = 0;
+            op_argmax(&lt, &tok);
+            for (int i = 0; i < W; i++) T_ASSERTF(llm_decode_greedy(s, tok, &tok, &e) == 0, "%s", e.msg);
+            const double t0 = time_now();
+            for (int i = 0; i < N; i++) {
+                T_ASSERTF(llm_decode_greedy(s, tok, &tok, &e) == 0, "%s", e.msg);
+                toks[i] = tok;
+            }
+            const double dt = time_now() - t0;
+            const char *agree = "";
+            if (engine_variants[v].pgemv) {
+                if (!ref) {
+                    ref = malloc((size_t)N * sizeof *ref);
+                    CHECK(ref);
+                    memcpy(ref, toks, (size_t)N * sizeof *ref);
+                    agree = " (reference tokens)";
+                } else {
+                    const int same = !memcmp(ref, toks, (size_t)N * sizeof *ref);
+                    T_ASSERTF(same, "context %d, %s: greedy tokens differ from the plain ops'", P[pi],
+                              engine_variants[v].name);
+                    agree = same ? " (same tokens)" : " (TOKENS DIFFER)";
+                }
+            }
+            printf("  context %4d  %-40s %7.1f tok/s  %6.3f ms/token%s\n", P[pi], engine_variants[v].name, N / dt,
+                   dt / N * 1e3, agree);
+        }
+    }
+    cuda_set_pgemv(0, 1);
+    dev_set_overlap(device_cuda(0), 0);
+    cuda_pgemv_set_trigger(0, 0);
+    free(lg), free(prompt), free(toks), free(ref);
+    engine_close(g);
+}
+
 static void bench(int argc, char **argv)
 {
     const char *only = argc > 2 ? argv[2] : "";
+    if (!strcmp(only, "engine")) {
+        if (argc > 3) bench_engine(argv[3]);
+        else fprintf(stderr, "usage: test_cuda_ops bench engine MODEL_DIR\n"), t_cur_fail = 1;
+        return;
+    }
     if (!*only || !strcmp(only, "gemv")) bench_gemv();
     if (!*only || !strcmp(only, "attention")) bench_attention();
     if (!*only || !strcmp(only, "small")) bench_small();
