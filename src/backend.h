@@ -115,7 +115,8 @@ void op_argmax(const struct tensor *x, int32_t *out);
  * w [d]. xn must not alias h or o. */
 void op_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w, float eps);
 
-/* The decode GEMVs with the work around them folded in (docs/CUDA.md "Fused decode GEMVs"). Each is
+/* The decode GEMVs with the work around them folded in (docs/CUDA.md "Fused decode GEMVs"; llm.c uses
+ * them for one-token steps, the batched step's rows and the quantized formats can later). Each is
  * defined by the plain ops it replaces, which its CPU twin runs literally (so the CPU results are those
  * ops' bits); the residual add after o_proj and down_proj is op_linear with res = y (above).
  * RMSNORM_MATMUL_MAX_PARTS outputs at most. */

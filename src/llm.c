@@ -372,14 +372,15 @@ static void matmul_joined(struct tensor *const *ys, const struct tensor *x, cons
     }
 }
 
-/* Steps of at most LLM_FUSE_ROWS tokens (decode, the batched step of up to 8 slots, short chunks) use
- * the fused decode ops: each RMSNorm inside the GEMV that reads it (op_rmsnorm_matmul), each residual
- * add inside the GEMV that produces it (op_linear with res = h), SwiGLU inside gate|up
- * (op_rmsnorm_swiglu): per layer q|k|v, RoPE + KV append, attention, o, gate|up, down. Their
- * definitions are the plain ops, so the results are those of the plain sequence (bit for bit on the
- * CPU and on the GPU: docs/CUDA.md); longer chunks keep the plain ops (cuBLAS GEMMs), and
- * llm.unfused forces them everywhere. */
-#define LLM_FUSE_ROWS 8
+/* Steps of at most LLM_FUSE_ROWS tokens (one-token decode, and the batched step of one slot) use the
+ * fused decode ops: each RMSNorm inside the GEMV that reads it (op_rmsnorm_matmul), each residual add
+ * inside the GEMV that produces it (op_linear with res = h), SwiGLU inside gate|up (op_rmsnorm_swiglu):
+ * per layer q|k|v, RoPE + KV append, attention, o, gate|up, down. Their definitions are the plain ops,
+ * so the results are those of the plain sequence (bit for bit on the CPU and on the GPU: docs/CUDA.md).
+ * The ops take up to 8 rows, but on a GPU 2..8 rows run cuBLAS and then the ops' plain-op path, where
+ * the plain sequence is one launch shorter per norm (op_add_rmsnorm): steps of more tokens keep it
+ * until a fused kernel beats cuBLAS there. llm.unfused forces the plain sequence everywhere. */
+#define LLM_FUSE_ROWS 1
 static int fused(const struct llm *s, int64_t n) { return n <= LLM_FUSE_ROWS && !s->unfused; }
 
 /* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. Unfused steps: when

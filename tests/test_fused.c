@@ -1,5 +1,5 @@
 /* test_fused.c: the fused decode ops on the CPU (backend.h: op_rmsnorm_matmul, op_rmsnorm_swiglu, and
- * op_linear with a residual, which llm.c uses for steps of <= 8 tokens).
+ * op_linear with a residual, which llm.c uses for one-token steps; they take up to 8 rows).
  *  - each equals, bit for bit, the plain ops it is defined by, called here one by one (op_rmsnorm
  *    into a tensor of x's dtype, op_matmul on row views of the joined weight, op_silu_mul, op_add):
  *    F16 and F32, 1..8 rows, 1..4 parts, no norm, a Q8 weight (its row views are valid weights);

@@ -5,7 +5,7 @@
  *  - a split run (layers over 3 logical CPU devices) gives exactly the single-device logits and tokens;
  *  - chunked prefill equals one-shot prefill within fp32 rounding;
  *  - q|k|v and gate|up are joined at load on the CPU too: row views, the checkpoint's bytes, one GEMV;
- *  - the fused decode ops (steps of <= 8 tokens) give the plain ops' logits bit for bit (also on the GPU);
+ *  - the fused decode ops (one-token steps) give the plain ops' logits bit for bit (also on the GPU);
  *  - broken checkpoint folders (issue 16): a tokenizer.json with an id past the embedding, a
  *    checkpoint with more layers than config.json, NaN weights, an out-of-range id: each refused
  *    with a message that names the problem, never an abort or silent output. */
@@ -445,10 +445,10 @@ static void test_joined_weights(void)
     }
 }
 
-/* The fused decode ops (llm.c: steps of <= 8 tokens) give the plain ops' logits bit for bit: a 5-token
- * prompt (one chunk), 8 one-token steps through llm_forward and 4 through llm_decode_logits (on one GPU a
- * replayed graph), with llm.unfused 0 and 1, in fp32 and fp16. On the CPU the twins run the plain ops;
- * on the GPU the fused kernels must reproduce the plain kernels' sums (docs/CUDA.md). */
+/* The fused decode ops (llm.c: one-token steps) give the plain ops' logits bit for bit: a 5-token
+ * prompt, 8 one-token steps through llm_forward and 4 through llm_decode_logits (on one GPU a replayed
+ * graph), with llm.unfused 0 and 1, in fp32 and fp16. On the CPU the twins run the plain ops; on the
+ * GPU the fused kernels must reproduce the plain kernels' sums (docs/CUDA.md). */
 static void test_fused_equals_plain(void)
 {
     const int32_t ids[] = {128000, 128006, 882, 128007, 271};

@@ -7,7 +7,7 @@
 #      op_linear's residual epilogue against the CPU twins and bit for bit against the plain ops on the
 #      GPU, a fused layer chain under PDL (eager, graph, both trigger points) bit for bit;
 #   2. test_llm (the GPU fixtures, and fused == plain logits bit for bit on the tiny model) and
-#      test_cuda_batch (the batched step, whose rows of <= 8 now go through the fused ops);
+#      test_cuda_batch (the batched step; its one-row steps and the solo steps it is compared with are fused);
 #   3. test_cuda_ops bench gemv / small / step: the GEMVs at the decode shapes (one-pass vs persistent,
 #      launch-shape sweeps, PDL), the synthetic 32-layer step (plain vs fused, graph, PDL);
 #   4. test_cuda_ops bench engine /tmp/full: the engine's decode at contexts 512 and 3500 with the plain
