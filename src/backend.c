@@ -322,6 +322,46 @@ void op_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o,
     DISPATCH(h->dev, add_rmsnorm, h, xn, o, w, eps);
 }
 
+/* the Linear of w on x's n rows whose outputs are the 2-D float tensors ys (each [n, o_i], o = sum o_i) */
+static void check_fused_linear(struct tensor *const *ys, int np, const struct tensor *x, const struct tensor *nw,
+                               const struct tensor *w, int64_t o)
+{
+    CHECK(x->ndim == 2 && w->ndim == 2 && is_float(x->dtype));
+    check_weight(w);
+    CHECKF(x->shape[1] == w->shape[1] && o == w->shape[0], "%s: x[%lld,%lld] w[%lld,%lld], %lld outputs",
+           w->name ? w->name : "fused linear", (long long)x->shape[0], (long long)x->shape[1],
+           (long long)w->shape[0], (long long)w->shape[1], (long long)o);
+    check_same_dev(x, w);
+    if (nw) {
+        CHECK(nw->ndim == 1 && nw->shape[0] == x->shape[1] && is_float(nw->dtype));
+        check_same_dev(x, nw);
+    }
+    for (int i = 0; i < np; i++) {
+        const struct tensor *y = ys[i];
+        CHECK(y->ndim == 2 && y->shape[0] == x->shape[0] && is_float(y->dtype) && y->data != x->data);
+        check_same_dev(x, y);
+        for (int j = 0; j < i; j++) CHECK(ys[j]->data != y->data);
+    }
+}
+
+void op_rmsnorm_matmul(struct tensor *const *ys, int np, const struct tensor *x, const struct tensor *nw, float eps,
+                       const struct tensor *w)
+{
+    CHECKF(np >= 1 && np <= RMSNORM_MATMUL_MAX_PARTS, "op_rmsnorm_matmul: %d parts", np);
+    int64_t o = 0;
+    for (int i = 0; i < np; i++) o += ys[i]->ndim == 2 ? ys[i]->shape[1] : -1;
+    check_fused_linear(ys, np, x, nw, w, o);
+    DISPATCH(x->dev, rmsnorm_matmul, ys, np, x, nw, eps, w);
+}
+
+void op_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct tensor *nw, float eps,
+                       const struct tensor *w)
+{
+    CHECK(y->ndim == 2);
+    check_fused_linear(&y, 1, x, nw, w, 2 * y->shape[1]);
+    DISPATCH(x->dev, rmsnorm_swiglu, y, x, nw, eps, w);
+}
+
 /* A block table: I32, 1-D (one sequence) or 2-D (one per sequence), on dev. */
 static void check_tab(const struct tensor *tab, int ndim, const struct tensor *on)
 {

@@ -114,6 +114,29 @@ void op_argmax(const struct tensor *x, int32_t *out);
  * op_rmsnorm(xn, h, w, eps), bit for bit, in one launch. h [rows, d], o like h, xn like h,
  * w [d]. xn must not alias h or o. */
 void op_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o, const struct tensor *w, float eps);
+
+/* The decode GEMVs with the work around them folded in (docs/CUDA.md "Fused decode GEMVs"; llm.c uses
+ * them for one-token steps, the batched step's rows and the quantized formats can later). Each is
+ * defined by the plain ops it replaces, which its CPU twin runs literally (so the CPU results are those
+ * ops' bits); the residual add after o_proj and down_proj is op_linear with res = y (above).
+ * RMSNORM_MATMUL_MAX_PARTS outputs at most. */
+#define RMSNORM_MATMUL_MAX_PARTS 4
+/* xn = op_rmsnorm(x; nw, eps) into a tensor of x's dtype and shape (nw NULL: xn = x), then the Linear
+ * of w [o, k] (no bias) on xn, its o output columns split into np consecutive parts: ys[i] [n, o_i]
+ * = xn · w[off_i .. off_i + o_i - 1]^T, off_0 = 0, off_{i+1} = off_i + o_i, sum of o_i = o (one
+ * op_matmul per part on the row views of w). The input norm and q|k|v of a layer from the joined
+ * weight, the final norm and lm_head. x [n, k]; ys must not alias x or each other. CUDA: a one-token
+ * step of 16-bit rows runs one kernel that computes the norm per block and streams w once (x's dtype
+ * F16, every tensor F16, k % 8 == 0); other shapes run the plain ops. */
+void op_rmsnorm_matmul(struct tensor *const *ys, int np, const struct tensor *x, const struct tensor *nw, float eps,
+                       const struct tensor *w);
+/* y [n, f] = op_silu_mul(g, u) where g = xn · w[0 .. f-1]^T and u = xn · w[f .. 2f-1]^T are op_matmul
+ * outputs in y's dtype and xn = op_rmsnorm(x; nw, eps) in x's dtype (nw NULL: xn = x): the
+ * post-attention norm, gate|up from the joined weight w [2f, k] and SwiGLU in one op. y must not
+ * alias x. CUDA: one kernel as for op_rmsnorm_matmul, each warp computing row i of the gate and
+ * row i of the up projection and writing their product; other shapes run the plain ops. */
+void op_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct tensor *nw, float eps,
+                       const struct tensor *w);
 /* ---- the paged KV cache (kvpool.h) ----
  * A paged cache is [n_blocks * KV_BLOCK, Hkv, hd]: block b holds the rows b*KV_BLOCK .. +KV_BLOCK-1. A
  * sequence's block table tab (I32 on the cache's device) lists its blocks in order: its token p is in

@@ -454,6 +454,48 @@ void cpu_add_rmsnorm(struct tensor *h, struct tensor *xn, const struct tensor *o
     cpu_rmsnorm(xn, h, w, eps);
 }
 
+/* xn = rmsnorm(x) * nw in x's dtype (a new buffer, freed by the caller), or x itself when nw is NULL */
+static struct tensor norm_input(const struct tensor *x, const struct tensor *nw, float eps)
+{
+    if (!nw) return *x;
+    struct tensor xn = *x;
+    xn.data = malloc(tensor_nbytes(x));
+    CHECK(xn.data);
+    cpu_rmsnorm(&xn, x, nw, eps);
+    return xn;
+}
+
+void cpu_rmsnorm_matmul(struct tensor *const *ys, int np, const struct tensor *x, const struct tensor *nw, float eps,
+                        const struct tensor *w)
+{
+    struct tensor xn = norm_input(x, nw, eps);
+    int64_t off = 0;
+    for (int i = 0; i < np; i++) {
+        struct tensor wi = tensor_rows_view(w, off, ys[i]->shape[1]);
+        cpu_matmul(ys[i], &xn, &wi, NULL);
+        off += ys[i]->shape[1];
+    }
+    if (nw) free(xn.data);
+}
+
+void cpu_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct tensor *nw, float eps,
+                        const struct tensor *w)
+{
+    struct tensor xn = norm_input(x, nw, eps);
+    const int64_t f = y->shape[1];
+    struct tensor g = *y, u = *y;
+    g.data = malloc(tensor_nbytes(y));
+    u.data = malloc(tensor_nbytes(y));
+    CHECK(g.data && u.data);
+    struct tensor wg = tensor_rows_view(w, 0, f), wu = tensor_rows_view(w, f, f);
+    cpu_matmul(&g, &xn, &wg, NULL);
+    cpu_matmul(&u, &xn, &wu, NULL);
+    cpu_silu_mul(y, &g, &u);
+    free(g.data);
+    free(u.data);
+    if (nw) free(xn.data);
+}
+
 /* rows of a [T, ...] cache at the positions in rows (host I32), or, with tab, at the rows of those
  * positions through the block table */
 static void store_rows(struct tensor *cache, const struct tensor *x, const int32_t *rows, const struct tensor *tab)

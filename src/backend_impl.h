@@ -34,7 +34,11 @@
                             const struct tensor *v, const struct tensor *tab, const struct tensor *seq,     \
                             const struct tensor *n_keys, float scale);                                     \
     void P##_argmax_dev(const struct tensor *x, struct tensor *ids);                                       \
-    void P##_add_i32(struct tensor *x, int32_t d);
+    void P##_add_i32(struct tensor *x, int32_t d);                                                          \
+    void P##_rmsnorm_matmul(struct tensor *const *ys, int np, const struct tensor *x, const struct tensor *nw, \
+                            float eps, const struct tensor *w);                                            \
+    void P##_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct tensor *nw, float eps,   \
+                            const struct tensor *w);
 
 BACKEND_TWINS(cpu)
 /* op_linear (outside BACKEND_TWINS, same signature on both backends) */
@@ -79,6 +83,10 @@ void cuda_set_pdl(int ordinal, int on);
 void cuda_set_qmma(int ordinal, int on);
 /* 16-bit weights: the GEMV kernel for n <= max tokens (1..8), cuBLAS above (cuda/cuda_mem.cu; default 1) */
 void cuda_set_gemv16_max(int ordinal, int max);
+/* 16-bit decode GEMVs on the persistent kernel (cuda/cuda_pgemv.cu: plain, and the fused ops' one-kernel
+ * path) or on the older one-pass kernel with the fused ops run as their plain ops (cuda/cuda_mem.cu;
+ * default on; tests and the bench compare the two) */
+void cuda_set_pgemv(int ordinal, int on);
 /* graphs (cuda/cuda_mem.cu): capture the ops issued on one device's stream, replay them */
 int cuda_graph_begin(int ordinal, struct err *e);
 void *cuda_graph_end(int ordinal, struct err *e); /* NULL with e set on failure */

@@ -173,11 +173,22 @@ fail:
     return -1;
 }
 
+void llm_drop_graphs(struct llm *s)
+{
+    for (int i = 0; i < 3; i++) {
+        dev_graph_free(s->graph[i].g);
+        s->graph[i] = (struct llm_graph){0};
+    }
+    for (int i = 0; s->bgraph && i < 2 * (s->bgraph_max + 1); i++) {
+        dev_graph_free(s->bgraph[i].g);
+        s->bgraph[i] = (struct llm_graph){0};
+    }
+}
+
 void llm_free(struct llm *s)
 {
     if (!s->m) return;
-    for (int i = 0; i < 3; i++) dev_graph_free(s->graph[i].g);
-    for (int i = 0; s->bgraph && i < 2 * (s->bgraph_max + 1); i++) dev_graph_free(s->bgraph[i].g);
+    llm_drop_graphs(s);
     free(s->bgraph);
     if (s->sample_mem) dev_free(s->pl->devs[s->pl->lm_head], s->sample_mem);
     for (int i = 0; i < MODEL_MAX_DEVICES; i++)
@@ -190,6 +201,13 @@ void llm_free(struct llm *s)
     free(s->slot_past);
     kvpool_free(s->pool);
     memset(s, 0, sizeof *s);
+}
+
+void llm_set_unfused(struct llm *s, int on)
+{
+    if (s->unfused == (on != 0)) return;
+    s->unfused = on != 0;
+    llm_drop_graphs(s);
 }
 
 size_t llm_device_bytes(const struct llm *s, int i)
@@ -354,9 +372,21 @@ static void matmul_joined(struct tensor *const *ys, const struct tensor *x, cons
     }
 }
 
-/* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. When xn_ready, the
- * device's xn already holds this layer's input RMSNorm of h (fused into the previous layer's last
- * add). When next_norm is not NULL the layer ends with xn = next_norm(h) fused into the residual add. */
+/* Steps of at most LLM_FUSE_ROWS tokens (one-token decode, and the batched step of one slot) use the
+ * fused decode ops: each RMSNorm inside the GEMV that reads it (op_rmsnorm_matmul), each residual add
+ * inside the GEMV that produces it (op_linear with res = h), SwiGLU inside gate|up (op_rmsnorm_swiglu):
+ * per layer q|k|v, RoPE + KV append, attention, o, gate|up, down. Their definitions are the plain ops,
+ * so the results are those of the plain sequence (bit for bit on the CPU and on the GPU: docs/CUDA.md).
+ * The ops take up to 8 rows, but on a GPU 2..8 rows run cuBLAS and then the ops' plain-op path, where
+ * the plain sequence is one launch shorter per norm (op_add_rmsnorm): steps of more tokens keep it
+ * until a fused kernel beats cuBLAS there. llm.unfused forces the plain sequence everywhere. */
+#define LLM_FUSE_ROWS 1
+static int fused(const struct llm *s, int64_t n) { return n <= LLM_FUSE_ROWS && !s->unfused; }
+
+/* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. Unfused steps: when
+ * xn_ready, the device's xn already holds this layer's input RMSNorm of h (fused into the previous
+ * layer's last add), and when next_norm is not NULL the layer ends with xn = next_norm(h) fused into
+ * the residual add. Fused steps (fused(s, n)) compute each norm where it is read: neither applies. */
 static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0, int xn_ready,
                           const struct tensor *next_norm, int slot)
 {
@@ -369,10 +399,16 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     struct tensor att = rows(&b->att, n), o = rows(&b->o, n), g = rows(&b->gate, n), u = rows(&b->up, n);
     struct tensor pos = tensor_rows_view(&b->pos, 0, n);
 
-    if (!xn_ready) op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
+    const int fuse = fused(s, n);
+    CHECK(!fuse || (!xn_ready && !next_norm));
     struct tensor *qkv_out[3] = {&q, &k, &v};
-    const struct tensor *qkv_w[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
-    matmul_joined(qkv_out, &xn, &w->qkv, qkv_w, 3);
+    if (fuse) {
+        op_rmsnorm_matmul(qkv_out, 3, h, &w->input_layernorm, c->rms_norm_eps, &w->qkv);
+    } else {
+        if (!xn_ready) op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
+        const struct tensor *qkv_w[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
+        matmul_joined(qkv_out, &xn, &w->qkv, qkv_w, 3);
+    }
     struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
     struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd), att3 = tensor_reshape(&att, 3, n, nh, hd);
     struct llm_layer_cache *lc = &s->cache[layer];
@@ -405,6 +441,12 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
             op_attention(&att3, &q3, &kall, &vall, pos0, scale, ATTN_CAUSAL);
         }
     }
+    if (fuse) { /* h += o_proj(att); h += down(swiglu(norm(h))) */
+        op_linear(h, &att, &w->o_proj, NULL, LINEAR_NONE, h);
+        op_rmsnorm_swiglu(&g, h, &w->post_attention_layernorm, c->rms_norm_eps, &w->gate_up);
+        op_linear(h, &g, &w->down_proj, NULL, LINEAR_NONE, h);
+        return;
+    }
     op_matmul(&o, &att, &w->o_proj, NULL);
     op_add_rmsnorm(h, &xn, &o, &w->post_attention_layernorm, c->rms_norm_eps);
     struct tensor *gu_out[2] = {&g, &u};
@@ -426,11 +468,13 @@ void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
 }
 
 /* The norm that layer l's last add can produce for the next consumer of h on the same device: the
- * next layer's input norm, or (one token, last layer) the final norm. NULL when h hops devices. */
+ * next layer's input norm, or (one token, last layer) the final norm. NULL when h hops devices, and
+ * for fused steps (each norm is computed by the GEMV that reads it). */
 static const struct tensor *next_norm_of(const struct llm *s, int l, int64_t n)
 {
     const struct model_placement *pl = s->pl;
     const int L = s->m->cfg.num_hidden_layers;
+    if (fused(s, n)) return NULL;
     if (l + 1 < L) return pl->layer[l + 1] == pl->layer[l] ? &s->m->llm.layers[l + 1].input_layernorm : NULL;
     return n == 1 && pl->norm == pl->layer[l] ? &s->m->llm.norm : NULL;
 }
@@ -465,17 +509,19 @@ static struct tensor head_dev(struct llm *s, const struct tensor *h, int xn_read
     const struct model_placement *pl = s->pl;
     const int64_t r = h->shape[0];
     struct tensor hn = hop(s, h, pl->norm, r);
-    struct tensor xn = rows(&s->dev[pl->norm].xn, r);
-    if (!xn_ready) op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps); /* else fused into the last add */
-    struct tensor xl = rows(&s->dev[pl->lm_head].xn, r);
-    if (xl.data != xn.data) op_copy(&xl, &xn);
     struct tensor lg = rows(&s->dev[pl->lm_head].logits_all, r);
-    if (s->act == DTYPE_F32) op_matmul(&lg, &xl, &s->m->llm.lm_head, NULL);
-    else {
-        struct tensor la = rows(&s->dev[pl->lm_head].logits_act_all, r);
+    struct tensor la = s->act == DTYPE_F32 ? lg : rows(&s->dev[pl->lm_head].logits_act_all, r);
+    if (fused(s, r) && pl->norm == pl->lm_head) { /* the final norm inside the lm_head GEMV */
+        struct tensor *out[1] = {&la};
+        op_rmsnorm_matmul(out, 1, &hn, &s->m->llm.norm, c->rms_norm_eps, &s->m->llm.lm_head);
+    } else {
+        struct tensor xn = rows(&s->dev[pl->norm].xn, r);
+        if (!xn_ready) op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps); /* else fused into the last add */
+        struct tensor xl = rows(&s->dev[pl->lm_head].xn, r);
+        if (xl.data != xn.data) op_copy(&xl, &xn);
         op_matmul(&la, &xl, &s->m->llm.lm_head, NULL);
-        op_copy(&lg, &la);
     }
+    if (la.data != lg.data) op_copy(&lg, &la);
     return lg;
 }
 
@@ -608,20 +654,10 @@ static void decode_step_dev(struct llm *s, int n, int mode_)
         layer_forward(s, l, &h, s->n_past, xn_ready && !moved, nn, 0);
         xn_ready = nn != NULL;
     }
-    struct tensor hn = hop(s, &h, pl->norm, 1);
-    struct tensor xn = rows(&s->dev[pl->norm].xn, 1);
-    if (!xn_ready) op_rmsnorm(&xn, &hn, &s->m->llm.norm, c->rms_norm_eps);
-    struct llm_devbuf *bl = &s->dev[pl->lm_head];
-    struct tensor xl = rows(&bl->xn, 1);
-    if (xl.data != xn.data) op_copy(&xl, &xn);
-    if (s->act == DTYPE_F32) op_matmul(&bl->logits, &xl, &s->m->llm.lm_head, NULL);
-    else {
-        op_matmul(&bl->logits_act, &xl, &s->m->llm.lm_head, NULL);
-        op_copy(&bl->logits, &bl->logits_act);
-    }
+    struct tensor lg = head_dev(s, &h, xn_ready); /* the lm_head device's logits (row 0 of logits_all) */
     /* same GPU: the lm_head part writes the token device's ids */
-    if (mode == DECODE_ARGMAX) op_argmax_dev(&bl->logits, &idt);
-    else if (mode == DECODE_SAMPLE) op_sample_dev(&bl->logits, &idt, &s->sample_state, NULL);
+    if (mode == DECODE_ARGMAX) op_argmax_dev(&lg, &idt);
+    else if (mode == DECODE_SAMPLE) op_sample_dev(&lg, &idt, &s->sample_state, NULL);
     const unsigned devs = layer_devices(s);
     for (int i = 0; i < s->pl->n_devices; i++)
         if (devs >> i & 1) {

@@ -71,6 +71,9 @@ struct llm {
     struct llm_graph *bgraph;
     int bgraph_max;
     int batch_eager;             /* 1: the batched step runs eagerly, never as a graph (tests compare) */
+    int unfused;                 /* 1: one-token steps use the plain ops (op_rmsnorm, op_matmul,
+                                    op_add_rmsnorm, op_silu_mul) instead of the fused decode ops, as
+                                    longer steps do (llm_set_unfused; tests and benches compare) */
     int inflight_B, inflight_pick; /* the batched step launched and not yet collected (0: none) */
     /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device, one row
      * per slot: I32 [n_slots, sample_state_words(V)]; sample_state is slot 0's row (1-D) */
@@ -90,6 +93,11 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
 int llm_init_slots(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act,
                    int64_t ctx, int64_t max_batch, int n_slots, struct err *e);
 void llm_free(struct llm *s);
+/* Sets llm.unfused and drops the captured decode graphs (they hold the other op sequence). */
+void llm_set_unfused(struct llm *s, int on);
+/* Frees the captured decode graphs; the next step of each kind runs eagerly and captures again (after a
+ * device setting that changes the kernels a step launches: benches and tests switch those). */
+void llm_drop_graphs(struct llm *s);
 /* Bytes of activations + KV the state allocated on logical device i. */
 size_t llm_device_bytes(const struct llm *s, int i);
 /* The bytes of one device's activation views for a prefill chunk of max_batch tokens (with_logits:

@@ -13,9 +13,13 @@
  *  - 1e-4 for an fp16 GEMM written in fp32: cuBLAS runs it on tensor cores, whose fp32
  *    accumulation is not IEEE round-to-nearest at every addition.
  * Without a GPU (CI, the build machine) every case is reported as skipped and the test passes.
- * `test_cuda_ops bench` times the decode GEMV at the real shapes and decode attention instead. */
+ * `test_cuda_ops bench [gemv|attention|small|step]` times the decode GEMVs at the real shapes, decode
+ * attention, the small ops and a synthetic decode step instead; `test_cuda_ops bench engine DIR` times
+ * the engine's decode step on a checkpoint with the plain and the fused ops. */
 #include "backend.h"
 #include "backend_impl.h"
+#include "engine.h"
+#include "engine_impl.h"
 #include "t.h"
 #include "tensor.h"
 
@@ -544,6 +548,262 @@ static void test_overlap(void)
     t_free(&dx), t_free(&dlw), t_free(&dw1), t_free(&dw2), t_free(&dxn), t_free(&dy1), t_free(&dy2);
 }
 
+/* ---- the persistent GEMV and the fused decode ops (cuda_pgemv.cu) ---- */
+
+int cuda_pgemv_config(struct tensor *y, const struct tensor *x, const struct tensor *w, int bps, int u);
+void cuda_pgemv_set_trigger(int ordinal, int early);
+void cuda_gemv_config(struct tensor *y, const struct tensor *x, const struct tensor *w, int rpb, int unroll);
+
+/* a host copy of a device tensor (the reference of a GPU-vs-GPU comparison) */
+static struct tensor h_copy(const struct tensor *d)
+{
+    struct tensor h = h_new(d->dtype, d->ndim, d->shape[0], d->ndim > 1 ? d->shape[1] : 0, d->ndim > 2 ? d->shape[2] : 0);
+    op_copy(&h, d);
+    return h;
+}
+
+/* op_matmul on the persistent GEMV: against the CPU twin, and bit for bit against the one-pass GEMV
+ * with one warp per row (rows per block 8: the same per-row summation order) and across launch shapes
+ * (1..4 blocks per SM, 4 or 8 loads per lane): partial chunks (k = 1000, 64, 8), n = 1..8, a bias. */
+static void test_pgemv(void)
+{
+    static const struct { int64_t n, k, o; int bias; } cs[] = {
+        {1, 4096, 1000, 0}, {3, 1000, 777, 1}, {8, 64, 3000, 0}, {2, 14336, 300, 0}, {5, 8, 50, 1}, {1, 4096, 6144, 0},
+    };
+    cuda_set_gemv16_max(0, 8);
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, k = cs[c].k, o = cs[c].o;
+        struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), w = h_rand(DTYPE_F16, 2, o, k, 0, 1.0f);
+        struct tensor b = h_rand(DTYPE_F16, 1, o, 0, 0, 4.0f), ref = h_new(DTYPE_F16, 2, n, o, 0);
+        op_matmul(&ref, &x, &w, cs[c].bias ? &b : NULL);
+        struct tensor dx = d_from(&x), dw = d_from(&w), db = d_from(&b), dy = d_new(DTYPE_F16, 2, n, o, 0);
+        op_matmul(&dy, &dx, &dw, cs[c].bias ? &db : NULL);
+        char cas[96];
+        snprintf(cas, sizeof cas, "n%lld k%lld o%lld f16%s vs cpu", (long long)n, (long long)k, (long long)o,
+                 cs[c].bias ? " +b" : "");
+        check_close("pgemv", cas, &dy, &ref, TOL_F16);
+        struct tensor got = h_copy(&dy);
+        if (!cs[c].bias) { /* the one-pass kernel, one warp per row */
+            struct tensor d1 = d_new(DTYPE_F16, 2, n, o, 0);
+            cuda_gemv_config(&d1, &dx, &dw, 8, 4);
+            snprintf(cas, sizeof cas, "n%lld k%lld o%lld = one-pass GEMV (8 rows/block)", (long long)n, (long long)k,
+                     (long long)o);
+            check_close("pgemv", cas, &d1, &got, TOL_EXACT);
+            t_free(&d1);
+        }
+        for (int bps = 1; bps <= 4; bps++)
+            for (int u = 4; u <= 8; u += 4) {
+                struct tensor d2 = d_new(DTYPE_F16, 2, n, o, 0);
+                T_ASSERT(cuda_pgemv_config(&d2, &dx, &dw, bps, u) == 1);
+                snprintf(cas, sizeof cas, "n%lld k%lld o%lld, %d blocks/SM, %d loads: same bits", (long long)n,
+                         (long long)k, (long long)o, bps, u);
+                if (!cs[c].bias) check_close("pgemv", cas, &d2, &got, TOL_EXACT);
+                t_free(&d2);
+            }
+        t_free(&got);
+        t_free(&x), t_free(&w), t_free(&b), t_free(&ref), t_free(&dx), t_free(&dw), t_free(&db), t_free(&dy);
+    }
+    cuda_set_gemv16_max(0, 1);
+}
+
+/* op_rmsnorm_matmul: against the CPU twin (the plain ops), and bit for bit against the plain ops on the
+ * GPU (op_rmsnorm, then op_matmul per part). The one-kernel path: F16, n <= 8 (gemv16_max raised),
+ * norm rows in registers (k <= 4096) and looped (k = 5000), 1..4 parts, no norm; the plain-op path:
+ * k % 8 != 0, an F32 x, n above gemv16_max. */
+static void test_rmsnorm_matmul(void)
+{
+    static const struct { int64_t n, k; int np; int64_t parts[4]; enum dtype xt, nt; int norm, gmax; const char *what; } cs[] = {
+        {1, 4096, 3, {4096, 1024, 1024}, DTYPE_F16, DTYPE_F16, 1, 1, "q|k|v of the 8B, one kernel"},
+        {1, 4096, 1, {1000}, DTYPE_F16, DTYPE_F32, 1, 1, "f32 norm weight"},
+        {3, 1000, 4, {300, 7, 500, 1}, DTYPE_F16, DTYPE_F16, 1, 8, "4 parts, partial chunks"},
+        {8, 4096, 2, {1024, 2048}, DTYPE_F16, DTYPE_F16, 1, 8, "8 rows"},
+        {1, 5000, 1, {200}, DTYPE_F16, DTYPE_F16, 1, 1, "norm row > 4096 (looped)"},
+        {2, 512, 2, {33, 64}, DTYPE_F16, DTYPE_F16, 0, 8, "no norm"},
+        {2, 36, 2, {10, 20}, DTYPE_F16, DTYPE_F16, 1, 8, "k % 8 != 0: plain ops"},
+        {1, 256, 1, {100}, DTYPE_F32, DTYPE_F32, 1, 8, "f32: plain ops"},
+        {4, 4096, 3, {4096, 1024, 1024}, DTYPE_F16, DTYPE_F16, 1, 1, "4 rows, gemv16_max 1: plain ops (cuBLAS)"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, k = cs[c].k;
+        const int np = cs[c].np;
+        int64_t o = 0;
+        for (int i = 0; i < np; i++) o += cs[c].parts[i];
+        cuda_set_gemv16_max(0, cs[c].gmax);
+        struct tensor x = h_rand(cs[c].xt, 2, n, k, 0, 3.0f), w = h_rand(cs[c].xt, 2, o, k, 0, 1.0f);
+        struct tensor nw = h_new(cs[c].nt, 1, k, 0, 0);
+        h_fill(&nw, 0.5f, 1.0f);
+        struct tensor ref[4], dys[4], pys[4], *rp[4], *dp[4];
+        for (int i = 0; i < np; i++) {
+            ref[i] = h_new(cs[c].xt, 2, n, cs[c].parts[i], 0), rp[i] = &ref[i];
+            dys[i] = d_new(cs[c].xt, 2, n, cs[c].parts[i], 0), dp[i] = &dys[i];
+            pys[i] = d_new(cs[c].xt, 2, n, cs[c].parts[i], 0);
+        }
+        const struct tensor *nwp = cs[c].norm ? &nw : NULL;
+        op_rmsnorm_matmul(rp, np, &x, nwp, 1e-5f, &w);
+        struct tensor dx = d_from(&x), dw = d_from(&w), dnw = d_from(&nw);
+        op_rmsnorm_matmul(dp, np, &dx, cs[c].norm ? &dnw : NULL, 1e-5f, &dw);
+        /* the plain ops on the GPU */
+        struct tensor dxn = d_new(cs[c].xt, 2, n, k, 0);
+        if (cs[c].norm) op_rmsnorm(&dxn, &dx, &dnw, 1e-5f);
+        else op_copy(&dxn, &dx);
+        for (int i = 0, off = 0; i < np; off += (int)cs[c].parts[i], i++) {
+            struct tensor wi = tensor_rows_view(&dw, off, cs[c].parts[i]);
+            op_matmul(&pys[i], &dxn, &wi, NULL);
+        }
+        for (int i = 0; i < np; i++) {
+            char cas[112];
+            snprintf(cas, sizeof cas, "n%lld k%lld part %d/%d [%lld] %s (%s)", (long long)n, (long long)k, i, np,
+                     (long long)cs[c].parts[i], dtype_name(cs[c].xt), cs[c].what);
+            check_close("norm_mm", cas, &dys[i], &ref[i], tol_for(cs[c].xt));
+            struct tensor plain = h_copy(&pys[i]);
+            snprintf(cas, sizeof cas, "n%lld k%lld part %d = the plain ops on the GPU", (long long)n, (long long)k, i);
+            check_close("norm_mm", cas, &dys[i], &plain, TOL_EXACT);
+            t_free(&plain), t_free(&ref[i]), t_free(&dys[i]), t_free(&pys[i]);
+        }
+        t_free(&x), t_free(&w), t_free(&nw), t_free(&dx), t_free(&dw), t_free(&dnw), t_free(&dxn);
+    }
+    cuda_set_gemv16_max(0, 1);
+}
+
+/* op_rmsnorm_swiglu: against the CPU twin and bit for bit against the plain ops on the GPU (op_rmsnorm,
+ * op_matmul of the gate and up halves, op_silu_mul), on the one-kernel path and the plain-op path */
+static void test_rmsnorm_swiglu(void)
+{
+    static const struct { int64_t n, k, f; enum dtype dt; int norm, gmax; const char *what; } cs[] = {
+        {1, 4096, 2048, DTYPE_F16, 1, 1, "one kernel"},  {4, 1000, 333, DTYPE_F16, 1, 8, "4 rows, partial chunks"},
+        {1, 4096, 700, DTYPE_F16, 0, 1, "no norm"},      {2, 256, 100, DTYPE_F32, 1, 8, "f32: plain ops"},
+        {3, 4096, 512, DTYPE_F16, 1, 1, "3 rows, gemv16_max 1: plain ops (cuBLAS)"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, k = cs[c].k, f = cs[c].f;
+        cuda_set_gemv16_max(0, cs[c].gmax);
+        struct tensor x = h_rand(cs[c].dt, 2, n, k, 0, 3.0f), w = h_rand(cs[c].dt, 2, 2 * f, k, 0, 0.5f);
+        struct tensor nw = h_new(cs[c].dt, 1, k, 0, 0), ref = h_new(cs[c].dt, 2, n, f, 0);
+        h_fill(&nw, 0.5f, 1.0f);
+        op_rmsnorm_swiglu(&ref, &x, cs[c].norm ? &nw : NULL, 1e-5f, &w);
+        struct tensor dx = d_from(&x), dw = d_from(&w), dnw = d_from(&nw), dy = d_new(cs[c].dt, 2, n, f, 0);
+        op_rmsnorm_swiglu(&dy, &dx, cs[c].norm ? &dnw : NULL, 1e-5f, &dw);
+        struct tensor dxn = d_new(cs[c].dt, 2, n, k, 0), dg = d_new(cs[c].dt, 2, n, f, 0), du = d_new(cs[c].dt, 2, n, f, 0);
+        if (cs[c].norm) op_rmsnorm(&dxn, &dx, &dnw, 1e-5f);
+        else op_copy(&dxn, &dx);
+        struct tensor wg = tensor_rows_view(&dw, 0, f), wu = tensor_rows_view(&dw, f, f);
+        op_matmul(&dg, &dxn, &wg, NULL);
+        op_matmul(&du, &dxn, &wu, NULL);
+        op_silu_mul(&dg, &dg, &du);
+        char cas[112];
+        snprintf(cas, sizeof cas, "n%lld k%lld f%lld %s (%s)", (long long)n, (long long)k, (long long)f,
+                 dtype_name(cs[c].dt), cs[c].what);
+        check_close("norm_swiglu", cas, &dy, &ref, tol_for(cs[c].dt));
+        struct tensor plain = h_copy(&dg);
+        snprintf(cas, sizeof cas, "n%lld k%lld f%lld = the plain ops on the GPU", (long long)n, (long long)k, (long long)f);
+        check_close("norm_swiglu", cas, &dy, &plain, TOL_EXACT);
+        t_free(&plain);
+        t_free(&x), t_free(&w), t_free(&nw), t_free(&ref), t_free(&dx), t_free(&dw), t_free(&dnw), t_free(&dy);
+        t_free(&dxn), t_free(&dg), t_free(&du);
+    }
+    cuda_set_gemv16_max(0, 1);
+}
+
+/* op_linear with a residual (the decode GEMV's epilogue): in place (y = res, o_proj / down_proj into h)
+ * and into another tensor, with and without a bias; against the CPU twin and bit for bit against
+ * op_matmul + op_add on the GPU */
+static void test_linear_residual(void)
+{
+    static const struct { int64_t n, k, o; int bias, inplace, gmax; } cs[] = {
+        {1, 14336, 1024, 0, 1, 1}, {1, 4096, 4096, 0, 1, 1}, {3, 1000, 500, 1, 0, 8}, {2, 264, 77, 1, 1, 8},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, k = cs[c].k, o = cs[c].o;
+        cuda_set_gemv16_max(0, cs[c].gmax);
+        struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), w = h_rand(DTYPE_F16, 2, o, k, 0, 0.05f);
+        struct tensor b = h_rand(DTYPE_F16, 1, o, 0, 0, 1.0f), h = h_rand(DTYPE_F16, 2, n, o, 0, 3.0f);
+        struct tensor ref = h_new(DTYPE_F16, 2, n, o, 0);
+        struct tensor *yr = cs[c].inplace ? &h : &ref;
+        struct tensor hin = h_copy(&h); /* h before the op (a host copy of a host tensor) */
+        op_linear(yr, &x, &w, cs[c].bias ? &b : NULL, LINEAR_NONE, &h);
+        struct tensor dx = d_from(&x), dw = d_from(&w), db = d_from(&b), dh = d_from(&hin);
+        struct tensor dout = d_new(DTYPE_F16, 2, n, o, 0), *dy = cs[c].inplace ? &dh : &dout;
+        op_linear(dy, &dx, &dw, cs[c].bias ? &db : NULL, LINEAR_NONE, &dh);
+        /* the plain ops on the GPU */
+        struct tensor dh2 = d_from(&hin), dt = d_new(DTYPE_F16, 2, n, o, 0);
+        op_matmul(&dt, &dx, &dw, cs[c].bias ? &db : NULL);
+        op_add(&dh2, &dh2, &dt);
+        char cas[112];
+        snprintf(cas, sizeof cas, "n%lld k%lld o%lld f16%s%s", (long long)n, (long long)k, (long long)o,
+                 cs[c].bias ? " +b" : "", cs[c].inplace ? " in place" : "");
+        check_close("linear_res", cas, dy, yr, TOL_F16);
+        struct tensor plain = h_copy(&dh2);
+        snprintf(cas, sizeof cas, "n%lld k%lld o%lld = matmul + add on the GPU", (long long)n, (long long)k, (long long)o);
+        check_close("linear_res", cas, dy, &plain, TOL_EXACT);
+        t_free(&plain), t_free(&hin);
+        t_free(&x), t_free(&w), t_free(&b), t_free(&h), t_free(&ref), t_free(&dx), t_free(&dw), t_free(&db), t_free(&dh);
+        t_free(&dout), t_free(&dh2), t_free(&dt);
+    }
+    cuda_set_gemv16_max(0, 1);
+}
+
+/* One fused layer's GEMV chain (norm + q|k|v, o + residual, norm + gate|up + SwiGLU, down + residual,
+ * final norm + head), each GEMV fed by the one before with no sync, under programmatic dependent launch
+ * (the successor triggered after the last loads, and at once), eager and captured: the same bits as
+ * without PDL (a missing wait would read a stale input). */
+static void test_fused_chain_pdl(void)
+{
+    const int64_t d = 4096, f = 1536, qd = 2048, V = 3000;
+    struct tensor h0 = h_rand(DTYPE_F16, 2, 1, d, 0, 2.0f), nw = h_new(DTYPE_F16, 1, d, 0, 0);
+    h_fill(&nw, 0.5f, 1.0f);
+    struct tensor wqkv = h_rand(DTYPE_F16, 2, qd + 1024, d, 0, 0.05f), wo = h_rand(DTYPE_F16, 2, d, qd, 0, 0.05f);
+    struct tensor wgu = h_rand(DTYPE_F16, 2, 2 * f, d, 0, 0.05f), wd = h_rand(DTYPE_F16, 2, d, f, 0, 0.05f);
+    struct tensor wh = h_rand(DTYPE_F16, 2, V, d, 0, 0.05f);
+    struct tensor dh = d_from(&h0), dnw = d_from(&nw), dwqkv = d_from(&wqkv), dwo = d_from(&wo), dwgu = d_from(&wgu);
+    struct tensor dwd = d_from(&wd), dwh = d_from(&wh);
+    struct tensor dq = d_new(DTYPE_F16, 2, 1, qd, 0), dk = d_new(DTYPE_F16, 2, 1, 1024, 0), dg = d_new(DTYPE_F16, 2, 1, f, 0);
+    struct tensor dl = d_new(DTYPE_F16, 2, 1, V, 0);
+    struct tensor ref = {0}, href = {0};
+    for (int v = 0; v < 5; v++) { /* 0: no PDL (the reference), 1-2: PDL eager, 3-4: PDL captured; odd: early trigger */
+        const int pdl = v > 0, graph = v >= 3;
+        dev_set_overlap(dh.dev, pdl);
+        cuda_pgemv_set_trigger(0, v == 1 || v == 3);
+        op_copy(&dh, &h0);
+        struct tensor poison = h_rand(DTYPE_F16, 2, 1, V, 0, 1.0f);
+        op_copy(&dl, &poison); /* an output nothing wrote fails */
+        t_free(&poison);
+        struct err e;
+        struct dev_graph *g = NULL;
+        if (graph) T_ASSERTF(dev_graph_begin(dh.dev, &e) == 0, "%s", e.msg);
+        for (int rep = 0; rep < 3; rep++) { /* three layers, so a race has several chances to show */
+            struct tensor *qk[2] = {&dq, &dk};
+            op_rmsnorm_matmul(qk, 2, &dh, &dnw, 1e-5f, &dwqkv);
+            op_linear(&dh, &dq, &dwo, NULL, LINEAR_NONE, &dh);
+            op_rmsnorm_swiglu(&dg, &dh, &dnw, 1e-5f, &dwgu);
+            op_linear(&dh, &dg, &dwd, NULL, LINEAR_NONE, &dh);
+        }
+        struct tensor *lo[1] = {&dl};
+        op_rmsnorm_matmul(lo, 1, &dh, &dnw, 1e-5f, &dwh);
+        if (graph) {
+            g = dev_graph_end(dh.dev, &e);
+            T_ASSERTF(g && dev_graph_launch(g, &e) == 0, "%s", e.msg);
+        }
+        if (v == 0) {
+            ref = h_copy(&dl), href = h_copy(&dh);
+        } else {
+            char cas[96];
+            snprintf(cas, sizeof cas, "3 fused layers + head, PDL %s, trigger %s: logits", graph ? "graph" : "eager",
+                     v == 1 || v == 3 ? "at once" : "after the loads");
+            check_close("fused_pdl", cas, &dl, &ref, TOL_EXACT);
+            snprintf(cas, sizeof cas, "3 fused layers + head, PDL %s, trigger %s: h", graph ? "graph" : "eager",
+                     v == 1 || v == 3 ? "at once" : "after the loads");
+            check_close("fused_pdl", cas, &dh, &href, TOL_EXACT);
+        }
+        dev_graph_free(g);
+    }
+    dev_set_overlap(dh.dev, 0);
+    cuda_pgemv_set_trigger(0, 0);
+    t_free(&ref), t_free(&href);
+    t_free(&h0), t_free(&nw), t_free(&wqkv), t_free(&wo), t_free(&wgu), t_free(&wd), t_free(&wh);
+    t_free(&dh), t_free(&dnw), t_free(&dwqkv), t_free(&dwo), t_free(&dwgu), t_free(&dwd), t_free(&dwh);
+    t_free(&dq), t_free(&dk), t_free(&dg), t_free(&dl);
+}
+
 /* ---- microbenchmarks ---- */
 
 static double bench_ms(int reps, void (*fn)(int rep, void *ctx), void *ctx)
@@ -563,8 +823,7 @@ static double bench_ms(int reps, void (*fn)(int rep, void *ctx), void *ctx)
     return (double)ms / reps;
 }
 
-/* hooks into the CUDA files for before/after timings */
-void cuda_gemv_config(struct tensor *y, const struct tensor *x, const struct tensor *w, int rpb, int unroll);
+/* hooks into the CUDA files for before/after timings (cuda_gemv_config: above) */
 void cuda_attention_general(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
                             int64_t q_pos0, float scale, int flags);
 
@@ -600,13 +859,15 @@ static void d_fill_rand(struct tensor *t, float amp)
 
 struct gemv_bench {
     struct tensor *w, x, y;
-    int nbuf, rpb, unroll;
+    int nbuf, rpb, unroll, persistent; /* persistent: the pgemv kernel with rpb blocks/SM, unroll loads (0: op_matmul) */
 };
 
 static void gemv_step(int rep, void *p)
 {
     struct gemv_bench *b = p;
-    cuda_gemv_config(&b->y, &b->x, &b->w[rep % b->nbuf], b->rpb, b->unroll);
+    if (!b->persistent) cuda_gemv_config(&b->y, &b->x, &b->w[rep % b->nbuf], b->rpb, b->unroll);
+    else if (b->rpb > 0) cuda_pgemv_config(&b->y, &b->x, &b->w[rep % b->nbuf], b->rpb, b->unroll);
+    else op_matmul(&b->y, &b->x, &b->w[rep % b->nbuf], NULL);
 }
 
 struct attn_bench {
@@ -638,11 +899,14 @@ static void bench_gemv(void)
                                         {28672, 4096, 1}, {4096, 14336, 1}, {128256, 4096, 1}, {14336, 4096, 8}};
     static const int cfg[][2] = {{1, 4}, {2, 4}, {4, 4}, {8, 4}, {1, 8}, {2, 8}, {4, 8}, {8, 8}};
     printf("GEMV fp16 (y[n,o] = x[n,k] w[o,k]^T), weights rotated beyond L2, us and GB/s of weights:\n");
-    printf("  %-22s %-18s %-18s %-18s %s\n", "shape", "before (auto,u4)", "after (auto)", "after + overlap",
-           "best forced (rows/block,unroll)");
+    printf("  one-pass kernel (cuda_gemv.cu): auto shape, and the best of a sweep (rows/block, unroll);\n");
+    printf("  persistent kernel (cuda_pgemv.cu): op_matmul's default launch shape (PGEMV_DEFAULT_*), with PDL, and the\n"
+           "  best of a sweep (blocks/SM, loads per lane)\n");
+    printf("  %-20s %-18s %-24s %-18s %-18s %s\n", "shape", "one-pass auto", "one-pass best", "persistent",
+           "persistent + PDL", "persistent best");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t o = shapes[s][0], k = shapes[s][1], n = shapes[s][2];
-        struct gemv_bench b;
+        struct gemv_bench b = {0};
         size_t wbytes = (size_t)(o * k) * 2;
         b.nbuf = rotation(wbytes);
         b.w = calloc((size_t)b.nbuf, sizeof *b.w);
@@ -654,26 +918,38 @@ static void bench_gemv(void)
         struct tensor hx = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f);
         b.x = d_from(&hx);
         b.y = d_new(DTYPE_F16, 2, n, o, 0);
-        b.rpb = 0, b.unroll = 4;
-        double before = bench_ms(200, gemv_step, &b);
         b.rpb = 0, b.unroll = 0;
-        double after = bench_ms(200, gemv_step, &b);
-        dev_set_overlap(device_cuda(0), 1);
-        double pdl = bench_ms(200, gemv_step, &b);
-        dev_set_overlap(device_cuda(0), 0);
-        double best = 1e30;
-        int bi = 0;
+        const double old_auto = bench_ms(200, gemv_step, &b);
+        double old_best = 1e30;
+        int obi = 0;
         for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
             b.rpb = cfg[c][0], b.unroll = cfg[c][1];
             double ms = bench_ms(200, gemv_step, &b);
-            if (ms < best) best = ms, bi = (int)c;
+            if (ms < old_best) old_best = ms, obi = (int)c;
         }
+        b.persistent = 1;
+        b.rpb = 0, b.unroll = 0; /* op_matmul: the context's launch shape */
+        cuda_set_gemv16_max(0, 8);
+        const double pers = bench_ms(200, gemv_step, &b);
+        dev_set_overlap(device_cuda(0), 1);
+        const double pdl = bench_ms(200, gemv_step, &b);
+        dev_set_overlap(device_cuda(0), 0);
+        cuda_set_gemv16_max(0, 1);
+        double best = 1e30;
+        int bb = 0, bu = 0;
+        for (int bps = 1; bps <= 4; bps++)
+            for (int u = 4; u <= 8; u += 4) {
+                b.rpb = bps, b.unroll = u;
+                double ms = bench_ms(200, gemv_step, &b);
+                if (ms < best) best = ms, bb = bps, bu = u;
+            }
         char shp[32];
         snprintf(shp, sizeof shp, "n=%lld %lldx%lld", (long long)n, (long long)o, (long long)k);
-        printf("  %-22s %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s (%d,%d)\n", shp,
-               before * 1e3, (double)wbytes / (before * 1e-3) / 1e9, after * 1e3, (double)wbytes / (after * 1e-3) / 1e9,
-               pdl * 1e3, (double)wbytes / (pdl * 1e-3) / 1e9, best * 1e3, (double)wbytes / (best * 1e-3) / 1e9,
-               cfg[bi][0], cfg[bi][1]);
+#define GB(ms) ((double)wbytes / ((ms) * 1e-3) / 1e9)
+        printf("  %-20s %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s (%d,%d) %6.1f us %5.0f GB/s %6.1f us %5.0f GB/s %6.1f us "
+               "%5.0f GB/s (%d,%d)\n", shp, old_auto * 1e3, GB(old_auto), old_best * 1e3, GB(old_best), cfg[obi][0],
+               cfg[obi][1], pers * 1e3, GB(pers), pdl * 1e3, GB(pdl), best * 1e3, GB(best), bb, bu);
+#undef GB
         for (int i = 0; i < b.nbuf; i++) t_free(&b.w[i]);
         free(b.w);
         t_free(&hx), t_free(&b.x), t_free(&b.y);
@@ -771,7 +1047,7 @@ struct step_bench {
     struct tensor qkv[STEP_L], wo[STEP_L], gu[STEP_L], down[STEP_L], ln1[STEP_L], ln2[STEP_L], kc[STEP_L], vc[STEP_L];
     struct tensor head, fnorm, h, xn, q, att, o, g, logits_act, logits, ids, pos;
     int64_t pos0;
-    int variant; /* 0 before: old kernels and op sequence; 1 after: fused ops, device positions */
+    int variant; /* 0 before: old kernels and op sequence; 1 plain ops (step_after); 2 fused ops (step_fused) */
     struct dev_graph *graph;
 };
 
@@ -809,7 +1085,8 @@ static void step_before(struct step_bench *b)
     op_argmax_dev(&b->logits, &b->ids); /* the old path copied to the host here: not timed */
 }
 
-/* what llm.c's decode step becomes (docs/llm_decode.patch): 9 launches per layer instead of 14 */
+/* llm.c's decode step with the plain ops (op_matmul on whichever GEMV cuda_set_pgemv selects):
+ * 9 launches per layer */
 static void step_after(struct step_bench *b)
 {
     op_embed(&b->h, &b->head, &b->ids); /* the token chosen by the previous step, read on the device */
@@ -836,15 +1113,62 @@ static void step_after(struct step_bench *b)
     op_argmax_dev(&b->logits, &b->ids);
 }
 
+/* llm.c's decode step with the fused ops: q|k|v with the input norm, RoPE + KV, attention, o adding into
+ * h, gate|up with the norm and SwiGLU, down adding into h; the head with the final norm: 6 launches per
+ * layer (attention's own count aside) */
+static void step_fused(struct step_bench *b)
+{
+    op_embed(&b->h, &b->head, &b->ids);
+    for (int l = 0; l < STEP_L; l++) {
+        struct tensor q = tensor_make(DTYPE_F16, b->q.dev, b->q.data, 2, (int64_t)1, (int64_t)4096);
+        struct tensor k = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 4096 * 2, 2, (int64_t)1, (int64_t)1024);
+        struct tensor v = tensor_make(DTYPE_F16, b->q.dev, (char *)b->q.data + 5120 * 2, 2, (int64_t)1, (int64_t)1024);
+        struct tensor *qkv[3] = {&q, &k, &v};
+        op_rmsnorm_matmul(qkv, 3, &b->h, &b->ln1[l], 1e-5f, &b->qkv[l]);
+        struct tensor q3 = tensor_reshape(&q, 3, (int64_t)1, (int64_t)32, (int64_t)128);
+        struct tensor k3 = tensor_reshape(&k, 3, (int64_t)1, (int64_t)8, (int64_t)128);
+        struct tensor v3 = tensor_reshape(&v, 3, (int64_t)1, (int64_t)8, (int64_t)128);
+        op_rope_qk(&q3, &k3, &b->pos, 500000.0, &v3, &b->kc[l], &b->vc[l], NULL);
+        struct tensor a3 = tensor_reshape(&b->att, 3, (int64_t)1, (int64_t)32, (int64_t)128);
+        op_attention_pos(&a3, &q3, &b->kc[l], &b->vc[l], &b->pos, NULL, 0.08838834764831845f, ATTN_CAUSAL);
+        op_linear(&b->h, &b->att, &b->wo[l], NULL, LINEAR_NONE, &b->h);
+        struct tensor gg = tensor_make(DTYPE_F16, b->g.dev, b->g.data, 2, (int64_t)1, (int64_t)14336);
+        op_rmsnorm_swiglu(&gg, &b->h, &b->ln2[l], 1e-5f, &b->gu[l]);
+        op_linear(&b->h, &gg, &b->down[l], NULL, LINEAR_NONE, &b->h);
+    }
+    struct tensor *lo[1] = {&b->logits_act};
+    op_rmsnorm_matmul(lo, 1, &b->h, &b->fnorm, 1e-5f, &b->head);
+    op_copy(&b->logits, &b->logits_act);
+    op_argmax_dev(&b->logits, &b->ids);
+}
+
 static void step_run(int rep, void *p)
 {
     struct step_bench *b = p;
     struct err e;
     (void)rep;
-    if (b->variant == 0) step_before(b);
-    else if (!b->graph) step_after(b);
-    else CHECKF(dev_graph_launch(b->graph, &e) == 0, "%s", e.msg);
+    if (b->graph) CHECKF(dev_graph_launch(b->graph, &e) == 0, "%s", e.msg);
+    else if (b->variant == 0) step_before(b);
+    else if (b->variant == 1) step_after(b);
+    else step_fused(b);
 }
+
+/* the variants of the step bench, in the order printed */
+static const struct {
+    const char *name;
+    int ops;                      /* step_bench.variant */
+    int graph, pgemv, pdl, early; /* early: the persistent GEMV triggers its PDL successor at once */
+} step_variants[] = {
+    {"before: old ops, eager", 0, 0, 0, 0, 0},
+    {"plain ops, one-pass GEMV, graph (main)", 1, 1, 0, 0, 0},
+    {"plain ops, persistent GEMV, graph", 1, 1, 1, 0, 0},
+    {"fused, eager", 2, 0, 1, 0, 0},
+    {"fused, graph", 2, 1, 1, 0, 0},
+    {"fused, graph + PDL (trigger after the loads)", 2, 1, 1, 1, 0},
+    {"fused, graph + PDL (trigger at once)", 2, 1, 1, 1, 1},
+    {"plain ops, one-pass GEMV, graph + PDL", 1, 1, 0, 1, 0},
+};
+#define STEP_NV ((int)(sizeof step_variants / sizeof step_variants[0]))
 
 static void bench_step(void)
 {
@@ -869,62 +1193,72 @@ static void bench_step(void)
     b->q = d_new(DTYPE_F16, 2, 1, 6144, 0), b->att = d_new(DTYPE_F16, 2, 1, 4096, 0), b->o = d_new(DTYPE_F16, 2, 1, 4096, 0);
     b->g = d_new(DTYPE_F16, 2, 1, 28672, 0);
     b->logits_act = d_new(DTYPE_F16, 2, 1, 128256, 0), b->logits = d_new(DTYPE_F32, 2, 1, 128256, 0);
-    struct tensor hi = h_new(DTYPE_I32, 1, 1, 0, 0);
+    struct tensor hi = h_new(DTYPE_I32, 1, 1, 0, 0), hh = h_new(DTYPE_F16, 2, 1, 4096, 0);
+    h_fill(&hh, 1.0f, 0.0f);
     *(int32_t *)hi.data = 791;
     b->ids = d_from(&hi);
     b->pos = d_from(&hi); /* overwritten below */
-    printf("decode step, 32 layers 4096/14336 + lm_head 128256, fp16, n=1 (weights 15.0 GB), ms per token:\n");
+    printf("decode step, 32 layers 4096/14336 + lm_head 128256, fp16, n=1 (weights 15.0 GB), ms per token; the\n"
+           "plain-op variants on the persistent GEMV and the fused ones must give the same logits bit for bit:\n");
     static const int64_t P[] = {512, 3000};
     for (size_t s = 0; s < sizeof P / sizeof P[0]; s++) {
         b->pos0 = P[s];
         *(int32_t *)hi.data = (int32_t)P[s];
         op_copy(&b->pos, &hi);
-        *(int32_t *)hi.data = 791;
-        op_copy(&b->ids, &hi);
-        double ms[4];
+        printf("  context %lld:\n", (long long)P[s]);
         float *ref = NULL;
-        int same[4] = {1, 1, 1, 1};
-        for (int v = 0; v < 4; v++) {
-            b->variant = v > 0;
-            dev_set_overlap(b->h.dev, v == 3);
-            if (v >= 2) { /* capture the 'after' step (after the eager run sized every scratch buffer) */
+        for (int v = 0; v < STEP_NV; v++) {
+            b->variant = step_variants[v].ops;
+            cuda_set_pgemv(0, step_variants[v].pgemv);
+            dev_set_overlap(b->h.dev, step_variants[v].pdl);
+            cuda_pgemv_set_trigger(0, step_variants[v].early);
+            if (step_variants[v].graph) { /* capture after one eager run sized every scratch buffer */
                 struct err e;
+                step_run(0, b);
                 CHECKF(dev_graph_begin(b->h.dev, &e) == 0, "%s", e.msg);
-                step_after(b);
+                step_run(0, b);
                 b->graph = dev_graph_end(b->h.dev, &e);
                 CHECKF(b->graph, "%s", e.msg);
             }
-            ms[v] = bench_ms(30, step_run, b);
-            if (v >= 1) { /* one step from a fixed token: the 'after' variants must agree bit for bit */
+            const double ms = bench_ms(30, step_run, b);
+            const char *agree = "";
+            if (v > 0) { /* one step from a fixed token and hidden state */
                 *(int32_t *)hi.data = 791;
                 op_copy(&b->ids, &hi);
+                op_copy(&b->h, &hh);
                 step_run(0, b);
                 float *lg = malloc(128256 * sizeof(float));
                 CHECK(lg);
                 struct tensor hl = tensor_make(DTYPE_F32, device_cpu(), lg, 2, (int64_t)1, (int64_t)128256);
                 op_copy(&hl, &b->logits);
-                if (!ref) ref = lg;
-                else {
-                    same[v] = memcmp(ref, lg, 128256 * sizeof(float)) == 0;
-                    T_ASSERTF(same[v], "decode step variant %d differs from the eager run", v);
+                if (step_variants[v].pgemv) {
+                    if (!ref) ref = lg, agree = " (the reference logits)";
+                    else {
+                        const int same = memcmp(ref, lg, 128256 * sizeof(float)) == 0;
+                        T_ASSERTF(same, "decode step variant '%s' differs from the first persistent-GEMV variant",
+                                  step_variants[v].name);
+                        agree = same ? " (same logits)" : " (LOGITS DIFFER)";
+                        free(lg);
+                    }
+                } else {
                     free(lg);
                 }
             }
+            printf("    %-46s %6.3f ms %6.1f tok/s %5.0f GB/s of weights%s\n", step_variants[v].name, ms, 1e3 / ms,
+                   15.0e9 / (ms * 1e-3) / 1e9, agree);
             if (b->graph) dev_graph_free(b->graph), b->graph = NULL;
         }
-        dev_set_overlap(b->h.dev, 0);
         free(ref);
-        printf("  context %-5lld before %6.2f ms (%5.1f tok/s) | after: eager %6.2f ms (%5.1f tok/s), graph %6.2f ms "
-               "(%5.1f tok/s)%s, graph + overlap %6.2f ms (%5.1f tok/s, %4.0f GB/s of weights)%s\n",
-               (long long)P[s], ms[0], 1e3 / ms[0], ms[1], 1e3 / ms[1], ms[2], 1e3 / ms[2], same[2] ? "" : " DIFFERS",
-               ms[3], 1e3 / ms[3], 15.0e9 / (ms[3] * 1e-3) / 1e9, same[3] ? "" : " DIFFERS");
     }
+    cuda_set_pgemv(0, 1);
+    dev_set_overlap(b->h.dev, 0);
+    cuda_pgemv_set_trigger(0, 0);
     for (int l = 0; l < STEP_L; l++) {
         t_free(&b->qkv[l]), t_free(&b->wo[l]), t_free(&b->gu[l]), t_free(&b->down[l]);
         t_free(&b->ln1[l]), t_free(&b->ln2[l]), t_free(&b->kc[l]), t_free(&b->vc[l]);
     }
     t_free(&b->head), t_free(&b->fnorm), t_free(&b->h), t_free(&b->xn), t_free(&b->q), t_free(&b->att), t_free(&b->o);
-    t_free(&b->g), t_free(&b->logits_act), t_free(&b->logits), t_free(&b->ids), t_free(&b->pos), t_free(&hi);
+    t_free(&b->g), t_free(&b->logits_act), t_free(&b->logits), t_free(&b->ids), t_free(&b->pos), t_free(&hi), t_free(&hh);
     free(b);
 }
 
@@ -972,9 +1306,100 @@ static void bench_small(void)
     t_free(&b.kc), t_free(&b.vc), t_free(&b.pos), t_free(&hp), t_free(&b.logits), t_free(&b.ids);
 }
 
+/* ---- the engine's decode step on a real checkpoint: plain ops vs fused, one GEMV vs the other ---- */
+
+/* The configurations of `bench engine`: the session-5 step (plain ops, one-pass GEMV: main), the plain
+ * ops on the persistent GEMV, the fused ops (the default), and the fused ops under PDL. */
+static const struct {
+    const char *name;
+    int unfused, pgemv, pdl, early;
+} engine_variants[] = {
+    {"plain ops, one-pass GEMV (session 5)", 1, 0, 0, 0}, {"plain ops, persistent GEMV", 1, 1, 0, 0},
+    {"fused (the default)", 0, 1, 0, 0},                  {"fused + PDL (trigger after the loads)", 0, 1, 1, 0},
+    {"fused + PDL (trigger at once)", 0, 1, 1, 1},
+};
+
+/* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
+ * (then 3500) random ids, 8 warm-up greedy steps (the graph captured) and 128 timed ones, per variant;
+ * the greedy tokens of every persistent-GEMV variant must be the same (fused == plain bit for bit). */
+static void bench_engine(const char *model)
+{
+    struct engine_options o;
+    engine_options_default(&o);
+    o.model_dir = model;
+    o.device = "cuda";
+    o.dtype = DTYPE_F16;
+    o.ctx = 4096;
+    o.quiet = 1;
+    struct err e = {{0}};
+    struct engine *g = NULL;
+    if (engine_open(&g, &o, &e)) {
+        printf("bench engine: %s\n", e.msg);
+        T_ASSERT(0);
+        return;
+    }
+    struct llm *s = &g->llm;
+    const int V = g->cfg.vocab_size, N = 128, W = 8;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    int32_t *prompt = malloc(3500 * sizeof *prompt), *toks = malloc((size_t)N * sizeof *toks), *ref = NULL;
+    CHECK(lg && prompt && toks);
+    for (int i = 0; i < 3500; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % 128000u);
+    printf("engine decode on %s (fp16, greedy, %d timed steps after %d warm-up, one graph per step):\n", model, N, W);
+    static const int P[] = {512, 3500};
+    for (size_t pi = 0; pi < sizeof P / sizeof P[0]; pi++) {
+        free(ref);
+        ref = NULL;
+        for (size_t v = 0; v < sizeof engine_variants / sizeof engine_variants[0]; v++) {
+            cuda_set_pgemv(0, engine_variants[v].pgemv);
+            dev_set_overlap(device_cuda(0), engine_variants[v].pdl);
+            cuda_pgemv_set_trigger(0, engine_variants[v].early);
+            llm_set_unfused(s, engine_variants[v].unfused);
+            llm_drop_graphs(s);
+            llm_truncate(s, 0);
+            T_ASSERTF(llm_forward(s, prompt, NULL, P[pi], lg, &e) == 0, "%s", e.msg);
+            struct tensor lt = tensor_make(DTYPE_F32, device_cpu(), lg, 2, (int64_t)1, (int64_t)V);
+            int32_t tok = 0;
+            op_argmax(&lt, &tok);
+            for (int i = 0; i < W; i++) T_ASSERTF(llm_decode_greedy(s, tok, &tok, &e) == 0, "%s", e.msg);
+            const double t0 = time_now();
+            for (int i = 0; i < N; i++) {
+                T_ASSERTF(llm_decode_greedy(s, tok, &tok, &e) == 0, "%s", e.msg);
+                toks[i] = tok;
+            }
+            const double dt = time_now() - t0;
+            const char *agree = "";
+            if (engine_variants[v].pgemv) {
+                if (!ref) {
+                    ref = malloc((size_t)N * sizeof *ref);
+                    CHECK(ref);
+                    memcpy(ref, toks, (size_t)N * sizeof *ref);
+                    agree = " (reference tokens)";
+                } else {
+                    const int same = !memcmp(ref, toks, (size_t)N * sizeof *ref);
+                    T_ASSERTF(same, "context %d, %s: greedy tokens differ from the plain ops'", P[pi],
+                              engine_variants[v].name);
+                    agree = same ? " (same tokens)" : " (TOKENS DIFFER)";
+                }
+            }
+            printf("  context %4d  %-40s %7.1f tok/s  %6.3f ms/token%s\n", P[pi], engine_variants[v].name, N / dt,
+                   dt / N * 1e3, agree);
+        }
+    }
+    cuda_set_pgemv(0, 1);
+    dev_set_overlap(device_cuda(0), 0);
+    cuda_pgemv_set_trigger(0, 0);
+    free(lg), free(prompt), free(toks), free(ref);
+    engine_close(g);
+}
+
 static void bench(int argc, char **argv)
 {
     const char *only = argc > 2 ? argv[2] : "";
+    if (!strcmp(only, "engine")) {
+        if (argc > 3) bench_engine(argv[3]);
+        else fprintf(stderr, "usage: test_cuda_ops bench engine MODEL_DIR\n"), t_cur_fail = 1;
+        return;
+    }
     if (!*only || !strcmp(only, "gemv")) bench_gemv();
     if (!*only || !strcmp(only, "rows")) bench_rows();
     if (!*only || !strcmp(only, "attention")) bench_attention();
@@ -1006,6 +1431,11 @@ int main(int argc, char **argv)
         T_SKIP(test_argmax_dev, why);
         T_SKIP(test_graph, why);
         T_SKIP(test_overlap, why);
+        T_SKIP(test_pgemv, why);
+        T_SKIP(test_rmsnorm_matmul, why);
+        T_SKIP(test_rmsnorm_swiglu, why);
+        T_SKIP(test_linear_residual, why);
+        T_SKIP(test_fused_chain_pdl, why);
         return t_main_end("test_cuda_ops");
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0) {
@@ -1029,6 +1459,11 @@ int main(int argc, char **argv)
     T_RUN(test_argmax_dev);
     T_RUN(test_graph);
     T_RUN(test_overlap);
+    T_RUN(test_pgemv);
+    T_RUN(test_rmsnorm_matmul);
+    T_RUN(test_rmsnorm_swiglu);
+    T_RUN(test_linear_residual);
+    T_RUN(test_fused_chain_pdl);
     return t_main_end("test_cuda_ops");
 }
 

@@ -5,6 +5,7 @@
  *  - a split run (layers over 3 logical CPU devices) gives exactly the single-device logits and tokens;
  *  - chunked prefill equals one-shot prefill within fp32 rounding;
  *  - q|k|v and gate|up are joined at load on the CPU too: row views, the checkpoint's bytes, one GEMV;
+ *  - the fused decode ops (one-token steps) give the plain ops' logits bit for bit (also on the GPU);
  *  - broken checkpoint folders (issue 16): a tokenizer.json with an id past the embedding, a
  *    checkpoint with more layers than config.json, NaN weights, an out-of-range id: each refused
  *    with a message that names the problem, never an abort or silent output. */
@@ -444,6 +445,52 @@ static void test_joined_weights(void)
     }
 }
 
+/* The fused decode ops (llm.c: one-token steps) give the plain ops' logits bit for bit: a 5-token
+ * prompt, 8 one-token steps through llm_forward and 4 through llm_decode_logits (on one GPU a replayed
+ * graph), with llm.unfused 0 and 1, in fp32 and fp16. On the CPU the twins run the plain ops; on the
+ * GPU the fused kernels must reproduce the plain kernels' sums (docs/CUDA.md). */
+static void test_fused_equals_plain(void)
+{
+    const int32_t ids[] = {128000, 128006, 882, 128007, 271};
+    enum { STEPS = 13 };
+    for (int k = 0; k < 2; k++) {
+        const enum dtype dt = k ? DTYPE_F16 : DTYPE_F32;
+        struct engine *g = open_tiny(dt, 1, 0);
+        T_ASSERT(g != NULL);
+        if (!g) return;
+        const int64_t V = g->cfg.vocab_size;
+        float *lg[2];
+        lg[0] = malloc((size_t)(STEPS * V) * sizeof(float));
+        lg[1] = malloc((size_t)(STEPS * V) * sizeof(float));
+        T_ASSERT(lg[0] && lg[1]);
+        for (int unf = 0; unf < 2; unf++) {
+            struct err e = {{0}};
+            llm_set_unfused(&g->llm, unf);
+            T_EQ_INT(g->llm.unfused, unf);
+            llm_truncate(&g->llm, 0);
+            float *row = lg[unf];
+            T_ASSERTF(llm_forward(&g->llm, ids, NULL, 5, row, &e) == 0, "%s", e.msg);
+            for (int i = 1; i < STEPS; i++) {
+                struct tensor lt = tensor_make(DTYPE_F32, device_cpu(), row, 2, (int64_t)1, V);
+                int32_t tok = 0;
+                op_argmax(&lt, &tok);
+                row += V;
+                if (i <= 8) T_ASSERTF(llm_forward(&g->llm, &tok, NULL, 1, row, &e) == 0, "%s", e.msg);
+                else T_ASSERTF(llm_decode_logits(&g->llm, tok, row, &e) == 0, "%s", e.msg);
+            }
+        }
+        for (int i = 0; i < STEPS; i++) {
+            struct t_cmp m = t_compare(lg[0] + i * V, lg[1] + i * V, V);
+            T_ASSERTF(!memcmp(lg[0] + i * V, lg[1] + i * V, (size_t)V * sizeof(float)),
+                      "%s on %s, step %d: fused logits differ from the plain ops' (max_abs %.3g, rel %.3g)",
+                      dtype_name(dt), g_device, i, m.max_abs, m.rel);
+        }
+        free(lg[0]);
+        free(lg[1]);
+        engine_close(g);
+    }
+}
+
 /* chunked prefill sums the attention over other key blocks: fp32 reordering only */
 #define CHUNKED_REL 1e-5
 static void test_chunked_prefill(void)
@@ -480,6 +527,7 @@ static void test_fixture_cuda(void)
     test_fixture_f16();
     /* the split path on one GPU: three logical devices, identical results */
     test_split_equals_single();
+    test_fused_equals_plain();
     g_device = "cpu";
 }
 
@@ -752,6 +800,7 @@ int main(void)
     T_RUN(test_devmap_split);
     T_RUN(test_joined_weights);
     T_RUN(test_chunked_prefill);
+    T_RUN(test_fused_equals_plain);
     T_RUN(test_tokenizer_outside_vocab);
     T_RUN(test_ids_outside_vocab);
     T_RUN(test_extra_layer_refused);

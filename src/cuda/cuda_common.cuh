@@ -82,10 +82,17 @@ enum cuda_scratch_slot {
     SCRATCH_QW,        /* a quantized weight (or a row tile of it) dequantized to F16 for the GEMM (cuda_quant.cu) */
     SCRATCH_QY,        /* the output columns of one such tile, before they go into y */
     SCRATCH_SUM,       /* op_read_sum: the 64-bit total (cuda_readsum.cu) */
+    SCRATCH_FUSE_XN,   /* op_rmsnorm_matmul / _swiglu run as plain ops: the normalized input (cuda_pgemv.cu) */
+    SCRATCH_FUSE_GU,   /* op_rmsnorm_swiglu run as plain ops: the gate and up outputs */
     SCRATCH_N
 };
 
 struct lt_plan; /* cuda_gemv.cu */
+
+/* The persistent GEMV's default launch shape (cuda_pgemv.cu; `test_cuda_ops bench gemv` sweeps it):
+ * blocks per SM, and 16-byte weight loads per lane in each of its two in-flight chunks */
+#define PGEMV_DEFAULT_BPS 4
+#define PGEMV_DEFAULT_U 4
 
 struct cuda_ctx {
     int ordinal;
@@ -121,6 +128,10 @@ struct cuda_ctx {
     int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */
     int gemv16_max;             /* 16-bit weights: the GEMV kernel takes n <= this many tokens, cuBLAS the rest
                                    (cuda_set_gemv16_max; default 1) */
+    int pgemv;                  /* F16 decode GEMVs on the persistent kernel, fused ops in one kernel
+                                   (cuda_pgemv.cu, cuda_set_pgemv; default 1) */
+    int pgemv_bps, pgemv_u;     /* its grid (blocks per SM) and 16-byte loads per lane per chunk (4 or 8) */
+    int pgemv_trig_early;       /* 1: it lets a PDL-launched successor start at once, 0: after its last loads */
 };
 
 /* Returns the context of a device (created on first use) and makes it the current device. */
@@ -288,6 +299,21 @@ __device__ __forceinline__ double warp_sum_d(double v)
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     return v;
+}
+
+/* Block-wide double sum; every thread gets the result. red must hold blockDim.x / 32 doubles. The
+ * norms (cuda_ops.cu) and the fused GEMV's norm prologue (cuda_pgemv.cu) share it, so with the same
+ * block size and element-to-thread mapping their sums have the same bits. */
+__device__ __forceinline__ double block_sum_d(double v, double *red)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    double s = 0;
+    for (int w = 0; w < nw; w++) s += red[w];
+    return s;
 }
 
 #endif

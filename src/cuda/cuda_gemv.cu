@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_pgemv.cuh"
 
 #define GEMV_MAX_TOKENS 8
 #define GEMV_WARPS 8
@@ -506,7 +507,7 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
      * f32 x stays on the GEMV, which does not round it to the weight's type */
     const int gmax = w->dtype == DTYPE_F32 || x->dtype != w->dtype ? GEMV_MAX_TOKENS : c->gemv16_max;
     if (n <= gmax) {
-        cuda_gemv(c, y, x, w, bias, 0, 0);
+        if (!cuda_pgemv_matmul(c, y, x, w, bias)) cuda_gemv(c, y, x, w, bias, 0, 0); /* F16: cuda_pgemv.cu */
         return;
     }
     CHECKF(n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX, "matmul too large for cuBLAS: %lld x %lld x %lld",
@@ -557,6 +558,8 @@ extern "C" void cuda_linear(struct tensor *y, const struct tensor *x, const stru
                                   n, k, o, 1, act == LINEAR_GELU_TANH};
         if (lt_gemm(c, &g)) return;
     }
+    /* a decode GEMV adding into the residual: the add in the persistent GEMV's epilogue (cuda_pgemv.cu) */
+    if (res && act == LINEAR_NONE && cuda_pgemv_linear_res(c, y, x, w, bias, res)) return;
     struct tensor t = *y;
     if (res && res->data == y->data) t.data = cuda_scratch(c, SCRATCH_MM_T, tensor_nbytes(y));
     cuda_matmul(&t, x, w, bias);

@@ -54,6 +54,9 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     c->code_arch = fa.ptxVersion;
     c->qmma = 1;
     c->gemv16_max = 1;
+    c->pgemv = 1;
+    c->pgemv_bps = PGEMV_DEFAULT_BPS;
+    c->pgemv_u = PGEMV_DEFAULT_U;
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
@@ -130,6 +133,14 @@ extern "C" void cuda_set_qmma(int ordinal, int on)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     c->qmma = on < 0 ? 0 : on;
+}
+
+/* The persistent GEMV for F16 decode matmuls and the fused ops' one-kernel path (cuda_pgemv.cu): 1 on
+ * (the default), 0 the one-pass GEMV of cuda_gemv.cu with the fused ops run as their plain ops. */
+extern "C" void cuda_set_pgemv(int ordinal, int on)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->pgemv = on != 0;
 }
 
 /* The largest token count the GEMV kernel takes for 16-bit weights (cuda_gemv.cu): 1..8. */

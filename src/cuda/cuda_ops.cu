@@ -61,19 +61,6 @@ extern "C" void cuda_embed(struct tensor *y, const struct tensor *table, const s
 
 #define NORM_THREADS 256
 
-/* block-wide double sum; every thread gets the result. red must hold NORM_THREADS/32 doubles. */
-__device__ double block_sum_d(double v, double *red)
-{
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum_d(v);
-    __syncthreads(); /* red may still be read by a previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    double s = 0;
-    for (int w = 0; w < nw; w++) s += red[w];
-    return s;
-}
-
 /* The LLM's rows (d <= NORM_PT_MAX * NORM_THREADS, 4096 for Llama-3-8B) keep their values in
  * registers: every load of a row is issued before the first store, so a row costs two or three
  * memory latencies. Looping over global memory instead (the generic PT = 0 form, for wider rows)
