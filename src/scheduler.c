@@ -82,6 +82,13 @@ int sched_slots_free(const struct scheduler *s)
 
 int sched_active(const struct scheduler *s) { return s->n - sched_slots_free(s); }
 
+int sched_prefilling(const struct scheduler *s)
+{
+    int k = 0;
+    for (int i = 0; i < s->n; i++) k += s->e[i].state == SLOT_PREFILL;
+    return k;
+}
+
 void sched_set_host_picks(struct scheduler *s, int on) { s->host_picks = on != 0; }
 
 void sched_get_times(const struct scheduler *s, struct sched_times *t) { *t = s->tm; }

@@ -30,6 +30,8 @@ int sched_init(struct scheduler **out, struct engine *g, struct err *e); /* engi
 void sched_free(struct scheduler *s);                                    /* accepts NULL; aborts what runs */
 int sched_slots_free(const struct scheduler *s);
 int sched_active(const struct scheduler *s);
+/* Turns still reading their prompt (admitted, no first token yet). */
+int sched_prefilling(const struct scheduler *s);
 /* Starts a prepared turn (images, prompt embedding) on a free slot; done is called once, when it
  * finishes or fails (a failure to start is reported through done too, and sched_add returns -1). */
 int sched_add(struct scheduler *s, struct turn *t, const struct turn_io *io, sched_done_cb done, void *ctx);
