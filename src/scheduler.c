@@ -29,6 +29,7 @@ struct scheduler {
     float *logits;               /* [n, V] */
     int inflight;                /* rows of the step launched and not yet collected (0: none) */
     int host_picks;              /* sched_set_host_picks */
+    int64_t budget;              /* prefill tokens per step (sched_set_prefill_budget; 0: engine_max_batch) */
     int64_t n_dev, n_host;       /* decode-step tokens picked on the device, on the host */
     struct sched_times tm;
 };
@@ -90,6 +91,8 @@ int sched_prefilling(const struct scheduler *s)
 }
 
 void sched_set_host_picks(struct scheduler *s, int on) { s->host_picks = on != 0; }
+
+void sched_set_prefill_budget(struct scheduler *s, int64_t tokens) { s->budget = tokens > 0 ? tokens : 0; }
 
 void sched_get_times(const struct scheduler *s, struct sched_times *t) { *t = s->tm; }
 
@@ -180,6 +183,45 @@ static void collect(struct scheduler *s)
     s->tm.take += time_now() - t1;
 }
 
+/* The step's prefill: turns still reading their prompt, oldest first, each fed in chunks of at most
+ * max_batch tokens (the chunks it has alone: turn_prefill cuts them from where its cached prefix ends, so
+ * its rows are computed as they are alone), as many chunks as the step's budget holds: several turns'
+ * prompts in one step, or several chunks of one. A chunk larger than what is left waits for the next
+ * step (a younger turn's smaller chunk may still fit), except the step's first chunk, which always runs:
+ * with the default budget of one chunk a long prompt delays the decode rows by one chunk per step. */
+static void prefill(struct scheduler *s)
+{
+    const int64_t mb = engine_max_batch(s->g);
+    int64_t left = s->budget > 0 ? s->budget : mb;
+    int ran = 0;
+    uint64_t after = 0; /* the turns are visited in admission order */
+    while (left > 0) {
+        int p = -1;
+        for (int i = 0; i < s->n; i++)
+            if (s->e[i].state == SLOT_PREFILL && s->e[i].order > after && (p < 0 || s->e[i].order < s->e[p].order))
+                p = i;
+        if (p < 0) break;
+        after = s->e[p].order;
+        struct turn *t = s->e[p].t;
+        while (left > 0) {
+            struct err e = {{0}};
+            const int64_t n = turn_prefill_next(t, mb, &e);
+            if (n < 0) {
+                finish(s, p, 1, 0, &e);
+                break;
+            }
+            if (ran && n > left) break;
+            const int r = turn_prefill(t, mb, &e);
+            ran = 1;
+            left -= n;
+            if (r < 0) finish(s, p, 1, 0, &e);
+            else if (r == 1 && turn_done(t)) finish(s, p, 0, 0, NULL);
+            else if (r == 1) s->e[p].state = SLOT_DECODE;
+            if (r != 0) break;
+        }
+    }
+}
+
 int sched_step(struct scheduler *s)
 {
     struct err e = {{0}};
@@ -187,17 +229,9 @@ int sched_step(struct scheduler *s)
     s->tm.steps++;
     if (s->inflight) collect(s);
     double t0 = time_now();
-    /* 2. one prefill chunk: the oldest turn still reading its prompt (before the launch: a prompt's
-     * last chunk writes the logits rows the batched step uses) */
-    int p = -1;
-    for (int i = 0; i < s->n; i++)
-        if (s->e[i].state == SLOT_PREFILL && (p < 0 || s->e[i].order < s->e[p].order)) p = i;
-    if (p >= 0) {
-        int r = turn_prefill(s->e[p].t, engine_max_batch(s->g), &e);
-        if (r < 0) finish(s, p, 1, 0, &e);
-        else if (r == 1 && turn_done(s->e[p].t)) finish(s, p, 0, 0, NULL);
-        else if (r == 1) s->e[p].state = SLOT_DECODE;
-    }
+    /* 2. prefill chunks within the step's budget (before the launch: a prompt's last chunk picks the
+     * turn's first token, which the launch feeds) */
+    prefill(s);
     double t1 = time_now();
     s->tm.prefill += t1 - t0;
     /* 3. launch one batched decode step over every turn with a token to feed. The device picks

@@ -620,25 +620,33 @@ const struct turn_logprob *turn_logprobs_so_far(const struct turn *t, int *n)
     return t->run ? t->run->lp : NULL;
 }
 
+int64_t turn_prefill_next(struct turn *t, int64_t max_tokens, struct err *e)
+{
+    struct turn_run *u = t->run;
+    if (!u || u->fed >= t->n_ids) return err_set(e, "turn_prefill: the prompt is already in");
+    /* the prompt's cached blocks, looked up at the first chunk rather than at turn_start: a request
+     * admitted while another with the same start is still reading its prompt finds that prompt's blocks */
+    if (!u->matched) {
+        if (run_match(t, &u->reused, e)) return -1;
+        u->fed = u->reused;
+    }
+    const int64_t n = t->n_ids - u->fed;
+    return max_tokens > 0 && n > max_tokens ? max_tokens : n;
+}
+
 int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
 {
     struct turn_run *u = t->run;
     if (!u || u->fed >= t->n_ids) return err_set(e, "turn_prefill: the prompt is already in");
-    if (!u->fed) u->t_prefill0 = time_now();
+    if (u->t_prefill0 == 0) u->t_prefill0 = time_now(); /* the first chunk (turn_prefill_next may have matched a prefix) */
     if (u->io.cancel && atomic_load(u->io.cancel)) { /* cancelled while it waited: nothing generated */
         u->fed = t->n_ids;
         u->finished = 1;
         u->t_decode0 = time_now();
         return 1;
     }
-    /* the prompt's cached blocks, looked up now rather than at turn_start: a request admitted while
-     * another with the same start is still reading its prompt finds that prompt's blocks */
-    if (!u->matched) {
-        if (run_match(t, &u->reused, e)) return -1;
-        u->fed = u->reused;
-    }
-    int64_t n = t->n_ids - u->fed;
-    if (max_tokens > 0 && n > max_tokens) n = max_tokens;
+    const int64_t n = turn_prefill_next(t, max_tokens, e);
+    if (n < 0) return -1;
     struct tensor rows = tensor_rows_view(&u->emb, u->fed, n);
     const int last = u->fed + n == t->n_ids;
     if (engine_slot_prefill(u->g, u->slot, NULL, &rows, n, last ? u->logits : NULL, e)) return -1;

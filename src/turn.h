@@ -134,6 +134,9 @@ void turn_free(struct turn *t); /* accepts NULL */
  * failure: turn_abort. */
 int turn_start(struct turn *t, struct engine *g, const struct turn_io *io, int slot, int *input_error, struct err *e);
 int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e); /* 1: the prompt is in, 0: more to feed */
+/* The tokens the next turn_prefill(t, max_tokens) feeds (at most max_tokens when > 0); the first call looks
+ * the prompt's cached blocks up (prefix reuse), so what they hold is not counted. -1 (e set): the prompt is in. */
+int64_t turn_prefill_next(struct turn *t, int64_t max_tokens, struct err *e);
 int32_t turn_pending(const struct turn *t); /* the token the next decode step feeds; -1: none (not prefilled, or done) */
 int turn_slot(const struct turn *t);
 /* Picks the next token on the host from logits [V] (modified): grammar mask, sampler, logprobs. The
