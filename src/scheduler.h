@@ -48,6 +48,10 @@ void sched_set_host_picks(struct scheduler *s, int on);
  * except a step's first chunk. A larger budget admits a burst of requests in fewer steps; every chunk
  * delays that step's decode rows. */
 void sched_set_prefill_budget(struct scheduler *s, int64_t tokens);
+/* Turns preempted so far (a KV pool smaller than slots x ctx, --kv-tokens, ran out, and the most recently
+ * admitted turns gave their blocks to older ones, to be resumed later), and the tokens the resumed turns
+ * prefilled again (those whose blocks were not found in the prefix cache any more). */
+void sched_preempt_counts(const struct scheduler *s, int64_t *preempted, int64_t *recomputed);
 /* Decode-step tokens picked so far on the device and on the host (the first token of each turn,
  * picked after its prefill, is not counted). */
 void sched_pick_counts(const struct scheduler *s, int64_t *dev, int64_t *host);

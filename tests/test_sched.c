@@ -3,7 +3,10 @@
  * batched decode step and the staged turn must change nothing a turn sees. Also: a turn cancelled
  * mid-way, a stop string, a turn whose prompt does not fit, more turns than slots (they queue), and
  * fp16. The solo answers come from turn_run, an independent path (engine_generate on slot 0), and
- * test_penalty checks turn_run itself against a reference loop written in that test. */
+ * test_penalty checks turn_run itself against a reference loop written in that test. Then admission
+ * (the per-step prefill budget: a request arriving under load gets its first token in the next step, a
+ * long prompt is fed one chunk per step while the others decode) and preemption (16 turns on a KV pool
+ * of one ctx: turns preempted and resumed, every answer its solo one; pools and requests refused). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +37,7 @@ static struct engine *open_tiny_flags(enum dtype dt, const char *parallel, char 
     eo.o.model_dir = t_tiny_model(1);
     eo.o.device = "cpu";
     eo.o.dtype = dt;
-    eo.o.ctx = 256;
+    if (eo.dm.params.ctx <= 0) eo.o.ctx = 256;
     eo.o.quiet = 1;
     struct engine *x = NULL;
     if (!eo.o.model_dir || engine_open(&x, &eo.o, &e)) fprintf(stderr, "engine_open: %s\n", e.msg);
@@ -351,11 +354,143 @@ out:
     engine_close(alone);
 }
 
+/* Preemption (a KV pool far smaller than slots x ctx: --kv-tokens 256 = one --ctx 256 sequence, 16 blocks,
+ * for 16 slots): 16 turns at once, prompts of 2 blocks (17..32 tokens) and 14..20 new tokens through the
+ * stop ids, greedy and seeded sampling (penalty 1.05) alternating. The pool holds 8 such prompts: the first
+ * turns' growth takes the younger turns' blocks (preempted: published, emptied, resumed later by prefilling
+ * their tokens again), so preemptions happen, the scheduler and the engine count the same number, every
+ * turn finishes, and each answer equals the same request alone on an engine with the default pool. At most
+ * 8 turns hold blocks at once, so a batched step has at most 8 rows (the CPU's rows equal a one-row step
+ * there); a resumed turn's tokens are fed again in a prefill chunk, whose rows on the CPU round as a chunk of
+ * that many rows (sgemm above 8 rows) rather than as the one-row steps that first computed them: fp32, where
+ * that is 1e-7 relative, keeps the greedy and sampled picks (the `exact` branch makes every row of any
+ * batch equal on the CPU; this test does not depend on it in fp32). */
+static void check_preemption(enum dtype dt)
+{
+    char *small[] = {"--ctx", "256", "--kv-tokens", "256", NULL};
+    struct engine *g = open_tiny_flags(dt, "16", small), *alone = open_tiny_flags(dt, "1", NULL);
+    T_ASSERT(g && alone);
+    enum { NT = 16 };
+    char text[NT][256];
+    struct chat_msg m[NT];
+    struct turn_request rq[NT];
+    struct turn *t[NT] = {0};
+    struct out solo[NT], conc[NT];
+    memset(solo, 0, sizeof solo);
+    memset(conc, 0, sizeof conc);
+    struct scheduler *s = NULL;
+    struct err e = {{0}};
+    if (!g || !alone) goto out;
+    struct engine_kv_use kv;
+    engine_kv_use(g, &kv);
+    T_EQ_INT(kv.blocks, 16);
+    T_EQ_INT(kv.slot_blocks, 16);
+    for (int k = 0; k < NT; k++) {
+        filler_request(&rq[k], &m[k], text[k], sizeof text[k], 100 + k, 2 + k % 3, 14 + k % 7, k % 2);
+        T_ASSERTF(turn_prepare(&t[k], g, &rq[k], &e) == 0, "turn %d: %s", k, e.msg);
+        if (!t[k]) goto out;
+        const int np = turn_prompt_tokens(t[k]);
+        T_ASSERTF(np > 16 && np <= 32, "turn %d: %d prompt tokens (2 blocks wanted)", k, np);
+        const struct turn_io io = {.cb = on_text, .cb_ctx = &solo[k]};
+        T_ASSERTF(turn_run(t[k], alone, &io, &solo[k].r, &e) == 0, "solo %d: %s", k, e.msg);
+    }
+    T_EQ_INT(sched_init(&s, g, &e), 0);
+    if (!s) goto out;
+    for (int k = 0; k < NT; k++) {
+        const struct turn_io io = {.cb = on_text, .cb_ctx = &conc[k]};
+        T_EQ_INT(sched_add(s, t[k], &io, on_done, &conc[k]), 0);
+    }
+    int steps = 0, most = 0;
+    while (sched_step(s) && ++steps < 5000) {
+        engine_kv_use(g, &kv);
+        T_ASSERT(kv.used <= kv.blocks);
+        int holding = 0;
+        for (int k = 0; k < NT; k++) holding += engine_slot_len(g, k) > 0;
+        if (holding > most) most = holding;
+    }
+    T_ASSERTF(steps < 5000, "%d steps", steps);
+    engine_kv_use(g, &kv);
+    int resumed = 0;
+    for (int k = 0; k < NT; k++) {
+        T_ASSERTF(conc[k].done == 1 && conc[k].rc == 0, "turn %d: %s", k, conc[k].err);
+        resumed += conc[k].r.n_preempted;
+        T_ASSERTF(conc[k].r.n_gen == solo[k].r.n_gen, "turn %d: %d tokens, alone %d", k, conc[k].r.n_gen, solo[k].r.n_gen);
+        for (int i = 0; i < conc[k].r.n_gen && i < solo[k].r.n_gen; i++)
+            T_ASSERTF(conc[k].r.ids[i] == solo[k].r.ids[i], "turn %d (preempted %d times) token %d: %d, alone %d", k,
+                      conc[k].r.n_preempted, i, conc[k].r.ids[i], solo[k].r.ids[i]);
+        if (conc[k].r.text && solo[k].r.text) T_EQ_STR(conc[k].r.text, solo[k].r.text);
+        T_EQ_STR(conc[k].streamed.p ? conc[k].streamed.p : "", conc[k].r.text ? conc[k].r.text : "");
+    }
+    int64_t pre, rec;
+    sched_preempt_counts(s, &pre, &rec);
+    printf("  %s: %d steps, %lld preemptions (%lld tokens prefilled again), at most %d turns holding blocks, %lld "
+           "blocks evicted\n", dtype_name(dt), steps, (long long)pre, (long long)rec, most, (long long)kv.evicted);
+    T_ASSERT(pre > 0 && rec > 0);
+    T_EQ_INT(kv.preempted, pre);
+    T_EQ_INT(resumed, pre);
+    T_ASSERTF(most <= 8, "%d turns held blocks at once", most);
+    T_EQ_INT(kv.used, 0);
+out:
+    sched_free(s);
+    for (int k = 0; k < NT; k++) {
+        turn_result_free(&solo[k].r);
+        turn_result_free(&conc[k].r);
+        strbuf_free(&solo[k].streamed);
+        strbuf_free(&conc[k].streamed);
+        turn_free(t[k]);
+    }
+    engine_close(g);
+    engine_close(alone);
+}
+
+static void test_preemption_f32(void) { check_preemption(DTYPE_F32); }
+static void test_preemption_f16(void) { check_preemption(DTYPE_F16); }
+
+/* A pool that cannot hold one --ctx sequence is refused when the engine opens (so every request the
+ * context check admits fits the pool alone), and a request over the context is refused at admission
+ * (turn_prepare: the server's parse step) with the context wording, also with a small pool. */
+static void test_pool_refusals(void)
+{
+    char *tiny_pool[] = {"--ctx", "256", "--kv-tokens", "100", NULL};
+    struct cmdu_engine_opts eo;
+    cmdu_engine_opts_init(&eo);
+    struct err e = {{0}};
+    for (int i = 0; tiny_pool[i]; i++) T_EQ_INT(cmdu_engine_flag(&eo.o, &eo.dm, 4, tiny_pool, &i, &e), 1);
+    eo.o.model_dir = t_tiny_model(1);
+    eo.o.device = "cpu";
+    eo.o.quiet = 1;
+    struct engine *x = NULL;
+    T_EQ_INT(engine_open(&x, &eo.o, &e), -1);
+    T_ASSERT(x == NULL);
+    T_CONTAINS(e.msg, "--kv-tokens 100: the KV pool must hold at least one --ctx 256 sequence");
+    char *bad[] = {"--kv-tokens", "lots", NULL};
+    int i = 0;
+    T_EQ_INT(cmdu_engine_flag(&eo.o, &eo.dm, 2, bad, &i, &e), -1);
+    T_CONTAINS(e.msg, "--kv-tokens: 'lots' is neither auto nor an integer");
+
+    char *small[] = {"--ctx", "64", "--kv-tokens", "64", NULL};
+    struct engine *g = open_tiny_flags(DTYPE_F32, "4", small);
+    T_ASSERT(g != NULL);
+    if (!g) return;
+    char text[512];
+    struct chat_msg m;
+    struct turn_request rq;
+    filler_request(&rq, &m, text, sizeof text, 1, 14, 8, 0); /* ~60 prompt tokens + 8 > 64 */
+    struct turn *t = NULL;
+    T_EQ_INT(turn_prepare(&t, g, &rq, &e), -1);
+    T_CONTAINS(e.msg, "maximum context length is 64 tokens");
+    T_ASSERT(t == NULL);
+    engine_close(g);
+}
+
 int main(void)
 {
     T_RUN(test_concurrent_equals_solo_f32);
     T_RUN(test_concurrent_equals_solo_f16);
     T_RUN(test_failures);
     T_RUN(test_admission);
+    T_RUN(test_preemption_f32);
+    T_RUN(test_preemption_f16);
+    T_RUN(test_pool_refusals);
     return t_main_end("test_sched");
 }

@@ -606,14 +606,18 @@ static void conc_done(void *ctx, int rc, struct turn_result *r, int input_error,
  * run. A probe is a prompt of the streams' length (its own filler words: no prefix in common) and one new
  * token; its TTFT is from its admission (sched_add between two steps, the previous step still on the device)
  * to its first token (turn_result.t_first). Adds probe_load (L), probes (how many ran under the load),
- * probe_idle_ms, probe_ms_p50, probe_ms_p99 and probe_x_idle (p50 / idle). */
+ * probe_idle_ms, probe_ms_p50, probe_ms_p99 and probe_x_idle (p50 / idle). Not with a KV pool smaller than
+ * slots x ctx (--kv-tokens), where streams wait for blocks rather than decode. */
 static int conc_probe(struct bench *b, struct phase *p, struct scheduler *s, struct turn **streams, int N,
                       struct err *e)
 {
     enum { NP = BENCH_PROBES_IDLE + BENCH_PROBES };
     struct engine *g = b->g;
     const int L = N < engine_slots(g) ? N : engine_slots(g) - 1;
+    struct engine_kv_use kv;
+    engine_kv_use(g, &kv);
     if (L < 1) return 0; /* no slot beside the streams */
+    if (kv.blocks < engine_slots(g) * kv.slot_blocks) return 0; /* a shared pool (--kv-tokens): streams wait for KV */
     char *content[NP] = {0};
     struct chat_msg m[NP];
     struct turn *pt[NP] = {0};
@@ -710,6 +714,8 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
     }
     for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
         engine_kv_forget(g); /* each rep prefills its prompts cold (no prefix reuse of the previous rep's) */
+        int64_t pre0, rec0;
+        sched_preempt_counts(s, &pre0, &rec0);
         engine_sync(g);
         double t0 = time_now();
         for (int i = 0; i < N; i++) {
@@ -749,6 +755,15 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
                 x_add(p, "step_us_take", st.take * per_step);
                 x_add(p, "step_us_launch", st.launch * per_step);
                 x_add(p, "step_us_emit", st.emit * per_step);
+                /* a KV pool smaller than the streams' tokens (--kv-tokens): the turns preempted in this
+                 * repetition and the tokens they prefilled again */
+                int64_t pre1, rec1;
+                sched_preempt_counts(s, &pre1, &rec1);
+                struct engine_kv_use kv;
+                engine_kv_use(g, &kv);
+                x_add(p, "kv_pool_tokens", (double)kv.blocks * kv.block_tokens);
+                x_add(p, "preempted", (double)(pre1 - pre0));
+                x_add(p, "recomputed", (double)(rec1 - rec0));
             }
         }
         p->value = (double)gen; /* tokens per repetition, divided below */
