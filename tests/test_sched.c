@@ -362,9 +362,10 @@ out:
  * turn finishes, and each answer equals the same request alone on an engine with the default pool. At most
  * 8 turns hold blocks at once, so a batched step has at most 8 rows (the CPU's rows equal a one-row step
  * there); a resumed turn's tokens are fed again in a prefill chunk, whose rows on the CPU round as a chunk of
- * that many rows (sgemm above 8 rows) rather than as the one-row steps that first computed them: fp32, where
- * that is 1e-7 relative, keeps the greedy and sampled picks (the `exact` branch makes every row of any
- * batch equal on the CPU; this test does not depend on it in fp32). */
+ * that many rows (sgemm above 8 rows) rather than as the one-row steps that first computed them, so the
+ * recomputed KV is not bit for bit the first one. The picks of these 16 turns stay the same in fp32 (1e-7
+ * relative) and, for these inputs, in fp16 too (the run is deterministic; the `exact` branch, which makes
+ * every row of any batch equal on the CPU, removes the difference altogether). */
 static void check_preemption(enum dtype dt)
 {
     char *small[] = {"--ctx", "256", "--kv-tokens", "256", NULL};
