@@ -214,7 +214,7 @@ int64_t devmap_resampler_workspace(const struct model_config *c, int64_t B, int6
 
 int64_t devmap_kv_layer_bytes(const struct model_config *c, const struct devmap_params *p)
 {
-    return llm_kv_layer_bytes(c, act_dtype(p->act_bytes), p->ctx, p->kv_seqs);
+    return llm_kv_layer_bytes(c, act_dtype(p->act_bytes), llm_kv_pool_blocks(p->ctx, p->kv_seqs, p->kv_tokens));
 }
 
 int64_t devmap_kv_device_bytes(const struct model_config *c, const struct devmap_params *p)
@@ -282,6 +282,10 @@ static int costs_build(struct costs *k, const struct model_config *c, const stru
     memset(k, 0, sizeof *k);
     if (c->num_hidden_layers < 1 || c->num_hidden_layers > DEVMAP_MAX_LAYERS)
         return err_set(e, "num_hidden_layers %d: the planner handles 1..%d", c->num_hidden_layers, DEVMAP_MAX_LAYERS);
+    if (p->kv_tokens > 0 && p->kv_tokens < p->ctx)
+        return err_set(e, "--kv-tokens %lld: the KV pool must hold at least one --ctx %lld sequence", (long long)p->kv_tokens,
+                       (long long)p->ctx);
+    if (p->kv_tokens < 0 && p->kv_tokens != DEVMAP_KV_AUTO) return err_set(e, "device plan: kv_tokens %lld", (long long)p->kv_tokens);
     if (p->weight_bytes < 1 || p->act_bytes < 1 || p->ctx < 1 || p->kv_seqs < 1 || p->max_batch_tokens < 1 ||
         p->max_pieces < 1 || p->max_patches < 1)
         return err_set(e, "device plan: every size parameter must be >= 1");
@@ -537,6 +541,48 @@ static void advise_cpu(struct devmap_plan *plan, const struct costs *k, struct d
                     : "the embedding table goes to the host: one row per token is uploaded");
 }
 
+/* Units (the embedding table, decoder layers) an assignment puts on CPU devices. */
+static int cpu_units(const struct devmap_assign *a, const struct devmap_device *dev)
+{
+    int n = dev[a->embed].kind == DEVICE_CPU;
+    for (int l = 0; l < a->n_layers; l++) n += dev[a->layer[l]].kind == DEVICE_CPU;
+    return n;
+}
+
+/* Whether a pool of `blocks` fits (the map m, or the automatic placement with at most max_cpu units on the
+ * CPU: a larger pool never buys a layer moved off the GPUs). Leaves the costs at that pool. */
+static int kv_fits(const struct model_config *c, struct devmap_params *q, struct costs *k, int64_t blocks,
+                   const struct devmap_device *dev, int n_dev, const struct devmap_assign *m, int max_cpu)
+{
+    q->kv_tokens = blocks * KV_BLOCK;
+    costs_set_params(k, c, q);
+    if (m) return fits_with(k, dev, n_dev, m);
+    struct devmap_assign a;
+    return place(k, dev, n_dev, 0, &a) && cpu_units(&a, dev) <= max_cpu;
+}
+
+/* --kv-tokens auto: the largest pool, in whole blocks, between one ctx sequence and kv_seqs of them that fits
+ * the budgets with the placement the smallest pool gets (the map m, or the automatic placement with no more
+ * on the CPU); the smallest when none fits (the plan then says it does not fit). Sets q->kv_tokens and the
+ * costs. */
+static void kv_auto(const struct model_config *c, struct devmap_params *q, struct costs *k,
+                    const struct devmap_device *dev, int n_dev, const struct devmap_assign *m)
+{
+    int64_t lo = llm_kv_blocks(q->ctx, 1), hi = llm_kv_blocks(q->ctx, q->kv_seqs);
+    q->kv_tokens = lo * KV_BLOCK;
+    costs_set_params(k, c, q);
+    struct devmap_assign a;
+    const int max_cpu = place(k, dev, n_dev, 0, &a) ? cpu_units(&a, dev) : 0;
+    if (kv_fits(c, q, k, hi, dev, n_dev, m, max_cpu)) return;
+    if (kv_fits(c, q, k, lo, dev, n_dev, m, max_cpu))
+        while (hi - lo > 1) { /* lo fits, hi does not */
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (kv_fits(c, q, k, mid, dev, n_dev, m, max_cpu)) lo = mid;
+            else hi = mid;
+        }
+    kv_fits(c, q, k, lo, dev, n_dev, m, max_cpu);
+}
+
 /* Fills plan->advice with the smallest single changes that would make the plan fit. */
 static void advise(const struct model_config *c, const struct devmap_params *p, struct costs *k,
                    struct devmap_plan *plan, const struct devmap_assign *fixed)
@@ -597,11 +643,21 @@ static void advise(const struct model_config *c, const struct devmap_params *p, 
             if (u.total > d && place(k, dev, n_dev + 1, 0, &at) && at.embed == n_dev) advise_cpu(plan, k, dev, n_dev, u.total);
         }
     }
+    /* several sequences: a smaller pool they share (the most that fits; preemption when it runs out) */
+    if (p->kv_seqs > 1 && p->kv_tokens == 0) {
+        struct devmap_params q = *p;
+        kv_auto(c, &q, k, plan->dev, n_dev, fixed);
+        if (q.kv_tokens < llm_kv_blocks(p->ctx, p->kv_seqs) * KV_BLOCK && fits_with(k, plan->dev, n_dev, fixed))
+            advice_add(plan, "to fit, any one of: ", "--kv-tokens %lld (or auto: the %d sequences share a smaller KV pool; "
+                       "a turn that finds no free block is preempted)", (long long)q.kv_tokens, p->kv_seqs);
+        costs_set_params(k, c, p);
+    }
     /* the largest --ctx that fits (ctx changes only the KV cache and the prefill chunk) */
     struct devmap_params q = *p;
     int64_t lo = 0, hi = p->ctx;
     while (hi - lo > 1) {
         q.ctx = lo + (hi - lo) / 2;
+        if (plan->kv_auto) q.kv_tokens = q.ctx; /* the least pool auto may choose at that ctx */
         costs_set_params(k, c, &q);
         if (fits_with(k, plan->dev, n_dev, fixed)) lo = q.ctx;
         else hi = q.ctx;
@@ -635,7 +691,12 @@ int devmap_plan(const struct model_config *c, const struct devmap_params *p, con
     }
     plan->n_dev = n_dev;
     memcpy(plan->dev, dev, (size_t)n_dev * sizeof *dev);
-    plan->kv_blocks = llm_kv_blocks(p->ctx, p->kv_seqs);
+    if (p->kv_tokens == DEVMAP_KV_AUTO) {
+        if (m && m->n_layers != k->n_layers) plan->params.kv_tokens = llm_kv_blocks(p->ctx, 1) * KV_BLOCK; /* refused below */
+        else kv_auto(c, &plan->params, k, dev, n_dev, m);
+        plan->kv_auto = 1;
+    }
+    plan->kv_blocks = llm_kv_pool_blocks(p->ctx, p->kv_seqs, p->kv_tokens);
     plan->kv_layer = k->kv_layer;
     if (m) {
         if (m->n_layers != k->n_layers) {

@@ -30,7 +30,8 @@
  *                    Quantized units may be on a GPU (their dequantization buffers: ws_quant below).
  *   kv(layer)      = 2 * blocks * KV_BLOCK * Hkv * hd * ab             (K and V of one layer's block pool)
  *                    blocks = kv_seqs * ceil(ctx / KV_BLOCK) (KV_BLOCK 16 tokens, backend.h: every
- *                    sequence can hold ctx tokens at once; llm_kv_blocks)
+ *                    sequence can hold ctx tokens at once; llm_kv_blocks), or ceil(kv_tokens / KV_BLOCK)
+ *                    with --kv-tokens (llm_kv_pool_blocks; auto: the largest that fits, bisected)
  *   kv(device)     = kv_seqs * ceil(ctx / KV_BLOCK) * 4 [block tables] + 2 * ctx * Hkv * hd * ab [a
  *                    slot's K and V gathered for the prefill's attention] + SLACK, on every device
  *                    holding layers (llm_kv_views_bytes); a device's kv = its layers' kv(layer) + kv(device)
@@ -80,6 +81,7 @@
 #define DEVMAP_MAX_DEVICES 16
 #define DEVMAP_MAX_LAYERS 256
 #define DEVMAP_ALIGN_SLACK 4096
+#define DEVMAP_KV_AUTO (-1)
 
 struct devmap_device {
     enum device_kind kind;    /* DEVICE_CPU or DEVICE_CUDA */
@@ -92,6 +94,11 @@ struct devmap_device {
 struct devmap_params {
     int64_t ctx;              /* tokens of KV cache reserved per sequence (--ctx); 0 = default */
     int kv_seqs;              /* sequences with their own KV cache: beams, server slots (--kv-seqs) */
+    int64_t kv_tokens;        /* tokens of the KV block pool (--kv-tokens): 0 = kv_seqs x ctx (no sequence
+                                 ever waits for a block); > 0 that many, at least ctx (the sequences share
+                                 it: the scheduler preempts turns when it runs out); DEVMAP_KV_AUTO = the
+                                 most the budgets hold, between ctx and kv_seqs x ctx (the plan then holds
+                                 the size chosen) */
     int max_batch_tokens;     /* prefill chunk (--max-batch) */
     int max_pieces;           /* image pieces in one vision batch (--max-pieces) */
     int max_patches;          /* patches per piece (--max-patches) */
@@ -140,6 +147,7 @@ struct devmap_plan {
     struct devmap_assign map;
     struct devmap_usage use[DEVMAP_MAX_DEVICES];
     int64_t kv_blocks;        /* the KV block pool of each layer: blocks of KV_BLOCK tokens */
+    int kv_auto;              /* --kv-tokens auto: params.kv_tokens is the size the planner chose */
     int64_t kv_layer;         /* one layer's pool in bytes (K and V) */
     char advice[768];         /* when it does not fit: changes that would each make it fit */
     char notes[512];          /* warnings that do not stop the plan (e.g. non-contiguous layers) */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "llm.h"
 #include "model.h"
 
 #define MIB ((int64_t)1 << 20)
@@ -213,9 +214,17 @@ void devmap_print(FILE *f, const struct devmap_plan *p)
                 devmap_fmt_bytes(p->dev[i].budget - u->total, h, sizeof h),
                 u->total > p->dev[i].budget ? "  OVER" : "");
     }
-    fprintf(f, "kv pool: %lld blocks of %d tokens per layer (%d sequence%s x %lld tokens), %s per layer (K and V)\n",
-            (long long)p->kv_blocks, KV_BLOCK, q->kv_seqs, q->kv_seqs == 1 ? "" : "s", (long long)q->ctx,
-            devmap_fmt_bytes(p->kv_layer, a, sizeof a));
+    if (q->kv_tokens <= 0)
+        fprintf(f, "kv pool: %lld blocks of %d tokens per layer (%d sequence%s x %lld tokens), %s per layer (K and V)\n",
+                (long long)p->kv_blocks, KV_BLOCK, q->kv_seqs, q->kv_seqs == 1 ? "" : "s", (long long)q->ctx,
+                devmap_fmt_bytes(p->kv_layer, a, sizeof a));
+    else
+        fprintf(f, "kv pool: %lld blocks of %d tokens per layer (%lld tokens for %d sequence%s of up to %lld%s%s), "
+                   "%s per layer (K and V)\n",
+                (long long)p->kv_blocks, KV_BLOCK, (long long)p->kv_blocks * KV_BLOCK, q->kv_seqs,
+                q->kv_seqs == 1 ? "" : "s", (long long)q->ctx, p->kv_auto ? "; --kv-tokens auto: the most the budget holds" : "",
+                p->kv_blocks < llm_kv_blocks(q->ctx, q->kv_seqs) ? "; a turn that finds no free block is preempted" : "",
+                devmap_fmt_bytes(p->kv_layer, a, sizeof a));
     if (p->notes[0]) fprintf(f, "note: %s\n", p->notes);
     if (!p->fits) fprintf(f, "does not fit: %s\n", p->advice);
 }
@@ -268,6 +277,7 @@ char *devmap_to_json(const struct devmap_plan *p, const char *error)
     const struct devmap_params *q = &p->params;
     cJSON_AddNumberToObject(params, "ctx", (double)q->ctx);
     cJSON_AddNumberToObject(params, "kv_seqs", q->kv_seqs);
+    cJSON_AddNumberToObject(params, "kv_tokens", (double)q->kv_tokens);
     cJSON_AddNumberToObject(params, "prefill_chunk", q->max_batch_tokens);
     cJSON_AddNumberToObject(params, "max_pieces", q->max_pieces);
     cJSON_AddNumberToObject(params, "max_patches", q->max_patches);
@@ -278,6 +288,9 @@ char *devmap_to_json(const struct devmap_plan *p, const char *error)
     cJSON *pool = cJSON_CreateObject();
     cJSON_AddNumberToObject(pool, "blocks", (double)p->kv_blocks);
     cJSON_AddNumberToObject(pool, "block_tokens", KV_BLOCK);
+    cJSON_AddNumberToObject(pool, "tokens", (double)(p->kv_blocks * KV_BLOCK));
+    cJSON_AddBoolToObject(pool, "auto", p->kv_auto);
+    cJSON_AddBoolToObject(pool, "preemption", p->kv_blocks < llm_kv_blocks(q->ctx, q->kv_seqs));
     cJSON_AddNumberToObject(pool, "layer_bytes", (double)p->kv_layer);
     cJSON_AddItemToObject(root, "kv_pool", pool);
     cJSON_AddBoolToObject(root, "explicit_map", p->explicit_map);

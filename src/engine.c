@@ -71,6 +71,7 @@ static int plan_devices(struct engine *g, const struct engine_options *o, struct
     g->plan = calloc(1, sizeof *g->plan);
     if (!g->plan) return err_set(e, "out of memory");
     if (devmap_plan(&g->cfg, &dm.params, dev, n_dev, mp, g->plan, e)) {
+        if (!g->plan->n_dev) return -1; /* a parameter the planner refused: nothing was planned */
         devmap_print(stderr, g->plan);
         return err_prefix(e, "the model does not fit (nothing was loaded)");
     }
@@ -170,7 +171,9 @@ int engine_open(struct engine **out, const struct engine_options *o, struct err 
     if (model_load(&g->model, &g->cfg, g->st, &g->pl, o->dtype, &o->progress, e)) goto fail;
     int64_t ctx = g->plan->params.ctx, mb = g->plan->params.max_batch_tokens;
     if (mb > ctx) mb = ctx; /* as the planner counts it */
-    if (llm_init_slots(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, g->plan->params.kv_seqs, e)) goto fail;
+    if (llm_init_slots(&g->llm, &g->model, &g->pl, o->dtype, ctx, mb, g->plan->params.kv_seqs,
+                       g->plan->params.kv_tokens, e))
+        goto fail;
     g->no_prefix_reuse = o->no_prefix_reuse;
     /* the image path and its scratch, as the plan reserved it */
     if (mm_init(&g->mm, &g->cfg, &g->pp, &g->model, &g->pl, o->dtype, g->plan->params.max_pieces,
@@ -428,6 +431,20 @@ void engine_slot_truncate(struct engine *g, int slot, int64_t n)
     if (slot >= 0 && slot < g->llm.n_slots) llm_slot_truncate(&g->llm, slot, n);
 }
 
+int engine_slot_reserve(struct engine *g, int slot, int64_t n, struct err *e)
+{
+    if (slot < 0 || slot >= g->llm.n_slots)
+        return err_set(e, "sequence %d outside 0..%d (--parallel %d)", slot, g->llm.n_slots - 1, g->llm.n_slots);
+    return llm_slot_reserve(&g->llm, slot, n, e);
+}
+
+void engine_slot_preempt(struct engine *g, int slot)
+{
+    if (slot < 0 || slot >= g->llm.n_slots) return;
+    llm_slot_truncate(&g->llm, slot, 0);
+    g->preempted++;
+}
+
 int64_t engine_slot_match(struct engine *g, int slot, const uint64_t *keys, int n)
 {
     if (slot < 0 || slot >= g->llm.n_slots || n < 0) return 0;
@@ -444,7 +461,8 @@ void engine_kv_use(const struct engine *g, struct engine_kv_use *u)
     struct kvpool_stats st;
     kvpool_get_stats(g->llm.pool, &st);
     *u = (struct engine_kv_use){.blocks = st.total, .used = st.used, .cached = st.cached, .block_tokens = st.bs,
-                                .hit_blocks = st.hit_blocks, .evicted = st.evicted};
+                                .hit_blocks = st.hit_blocks, .evicted = st.evicted, .preempted = g->preempted,
+                                .slot_blocks = (int)g->llm.max_blocks};
 }
 
 void engine_kv_forget(struct engine *g) { kvpool_forget(g->llm.pool); }

@@ -136,12 +136,23 @@ int engine_decode_greedy(struct engine *g, int32_t tok, int32_t *next, struct er
 /* ---- several sequences (slots) in one engine ----
  * Slot 0 is the session engine_generate, turn.h and the calls above use (its CUDA-graph decode path
  * is unchanged). Each slot holds up to engine_slot_ctx tokens in blocks of a paged pool taken as it
- * grows (the pool holds slots x ctx tokens, so none ever waits; the planner counts it: --parallel).
- * Not thread-safe: one caller drives the engine (the scheduler). */
+ * grows. By default the pool holds slots x ctx tokens, so none ever waits; with --kv-tokens it is
+ * smaller (at least one slot's ctx) and the slots share it: a prefill or decode step of a slot whose
+ * blocks the pool cannot give fails ("KV pool exhausted"), so the scheduler reserves them first
+ * (engine_slot_reserve) and empties other slots to free some (engine_slot_preempt). The planner counts
+ * the pool (--parallel, --ctx, --kv-tokens). Not thread-safe: one caller drives the engine (the
+ * scheduler). */
 int engine_slots(const struct engine *g);                  /* --parallel N (default 1) */
 int64_t engine_slot_ctx(const struct engine *g);           /* KV capacity of each slot, tokens */
 int64_t engine_slot_len(const struct engine *g, int slot); /* tokens the slot holds; -1: no such slot */
 void engine_slot_truncate(struct engine *g, int slot, int64_t n); /* keep the first n (0: empty) */
+/* Takes now the blocks for the slot's first n tokens (its next prefill or decode step then takes none):
+ * 0; 1 when the pool has too few free or cached blocks (nothing taken); -1 with e set when n exceeds the
+ * slot's context or the slot does not exist. */
+int engine_slot_reserve(struct engine *g, int slot, int64_t n, struct err *e);
+/* Empties the slot to give its blocks to others (engine_slot_truncate(slot, 0)), counted in
+ * engine_kv_use.preempted; the caller publishes what it wants found again first (engine_slot_publish). */
+void engine_slot_preempt(struct engine *g, int slot);
 /* Feeds n ids (or [n, d] embeddings on the embed device) after what the slot holds, in chunks of
  * max_batch; logits of the last position into logits [V] (host, f32) when not NULL. */
 int engine_slot_prefill(struct engine *g, int slot, const int32_t *ids, const struct tensor *embeds, int64_t n,
@@ -159,7 +170,10 @@ void engine_slot_publish(struct engine *g, int slot, const uint64_t *keys, int n
 struct engine_kv_use {
     int blocks, used, cached;    /* blocks per layer: all, held by slots, kept for reuse (the rest free) */
     int block_tokens;
+    int slot_blocks;             /* blocks one slot holds at most (ctx); blocks < slots x slot_blocks: a
+                                    shared pool (--kv-tokens), whose turns may be preempted */
     int64_t hit_blocks, evicted; /* blocks reused by a match, cached blocks taken back, since load */
+    int64_t preempted;           /* slots emptied to free blocks (engine_slot_preempt), since load */
 };
 void engine_kv_use(const struct engine *g, struct engine_kv_use *u);
 /* Forgets every cached prefix (bench: each timed turn prefills cold). */

@@ -19,6 +19,7 @@ struct engine {
     int *layer_dev;              /* storage for pl.layer */
     struct llm llm;
     int no_prefix_reuse;         /* engine_options.no_prefix_reuse */
+    int64_t preempted;           /* engine_slot_preempt calls since load (engine_kv_use) */
     struct mm mm;                /* the image path and its kept scratch */
     struct tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     double load_seconds;

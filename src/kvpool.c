@@ -212,6 +212,15 @@ int kvpool_reserve(struct kvpool *p, int seq, int64_t n_tokens, struct err *e)
     return 0;
 }
 
+int kvpool_missing(const struct kvpool *p, int seq, int64_t n_tokens)
+{
+    check_seq(p, seq);
+    const int64_t need = (n_tokens + p->bs - 1) / p->bs - p->len[seq];
+    return need > 0 ? (int)(need < INT32_MAX ? need : INT32_MAX) : 0;
+}
+
+int kvpool_available(const struct kvpool *p) { return p->n_free + p->n_cached; }
+
 int kvpool_truncate(struct kvpool *p, int seq, int64_t n, int32_t *cow_from, int32_t *cow_to, struct err *e)
 {
     check_seq(p, seq);

@@ -20,7 +20,9 @@
  * Owns: the tables (host copies), reference counts, the hash index, the LRU. Does not own: the
  * device memory (llm.c), the device mirrors of the tables (llm.c uploads a table marked dirty).
  * Invariant: sum over sequences of their table lengths <= n_blocks implies kvpool_reserve never fails
- * (the engine sizes the pool so: n_seqs * max_blocks blocks). Not thread-safe. */
+ * (the engine's default pool: n_seqs * max_blocks blocks). A smaller pool (--kv-tokens) can run out: the
+ * caller asks first (kvpool_missing <= kvpool_available) and frees blocks (the scheduler preempts a
+ * turn). Not thread-safe. */
 #ifndef MINICPMV_KVPOOL_H
 #define MINICPMV_KVPOOL_H
 
@@ -45,6 +47,10 @@ void kvpool_free(struct kvpool *p); /* accepts NULL */
  * table (max_blocks * bs) or no block is free or cached ("KV pool exhausted"); the table is then
  * unchanged. */
 int kvpool_reserve(struct kvpool *p, int seq, int64_t n_tokens, struct err *e);
+/* Blocks kvpool_reserve(p, seq, n_tokens) would take (0 when seq's table covers them), and blocks it may
+ * take: free + cached. */
+int kvpool_missing(const struct kvpool *p, int seq, int64_t n_tokens);
+int kvpool_available(const struct kvpool *p);
 /* Keeps the blocks holding the first n tokens of seq, releases the rest. When the kept last block is
  * partial and published: unpublished if seq alone holds it; if it is shared, seq gets a fresh block in
  * its place and the call returns 1 with *cow_from (the shared block) and *cow_to (the new one): the

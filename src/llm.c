@@ -65,10 +65,14 @@ size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max
 
 int64_t llm_kv_blocks(int64_t ctx, int n_slots) { return (int64_t)n_slots * ((ctx + KV_BLOCK - 1) / KV_BLOCK); }
 
-int64_t llm_kv_layer_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots)
+int64_t llm_kv_pool_blocks(int64_t ctx, int n_slots, int64_t kv_tokens)
 {
-    return 2 * llm_kv_blocks(ctx, n_slots) * KV_BLOCK * c->num_key_value_heads * (int64_t)c->head_dim *
-           (int64_t)dtype_size(act);
+    return kv_tokens > 0 ? (kv_tokens + KV_BLOCK - 1) / KV_BLOCK : llm_kv_blocks(ctx, n_slots);
+}
+
+int64_t llm_kv_layer_bytes(const struct model_config *c, enum dtype act, int64_t blocks)
+{
+    return 2 * blocks * KV_BLOCK * c->num_key_value_heads * (int64_t)c->head_dim * (int64_t)dtype_size(act);
 }
 
 size_t llm_kv_views_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots)
@@ -97,11 +101,11 @@ static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struc
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
              int64_t max_batch, struct err *e)
 {
-    return llm_init_slots(s, m, pl, act, ctx, max_batch, 1, e);
+    return llm_init_slots(s, m, pl, act, ctx, max_batch, 1, 0, e);
 }
 
 int llm_init_slots(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act,
-                   int64_t ctx, int64_t max_batch, int n_slots, struct err *e)
+                   int64_t ctx, int64_t max_batch, int n_slots, int64_t kv_tokens, struct err *e)
 {
     memset(s, 0, sizeof *s);
     const struct model_config *c = &m->cfg;
@@ -118,11 +122,15 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
     if (n_slots < 1 || (int64_t)n_slots * ctx > INT32_MAX)
         return err_set(e, "%d sequences of %lld tokens: need 1.. and at most 2^31-1 cache rows in all", n_slots,
                        (long long)ctx);
+    const int64_t pool_blocks = llm_kv_pool_blocks(ctx, n_slots, kv_tokens);
+    if (pool_blocks < llm_kv_blocks(ctx, 1) || pool_blocks * KV_BLOCK > INT32_MAX)
+        return err_set(e, "--kv-tokens %lld: the KV pool must hold one --ctx %lld sequence and at most 2^31-1 rows",
+                       (long long)kv_tokens, (long long)ctx);
     s->n_slots = n_slots;
     s->slot_past = calloc((size_t)n_slots, sizeof *s->slot_past);
     if (!s->slot_past) return err_set(e, "out of memory");
     s->max_blocks = llm_kv_blocks(ctx, 1);
-    if (kvpool_init(&s->pool, (int)llm_kv_blocks(ctx, n_slots), KV_BLOCK, n_slots, (int)s->max_blocks, e)) goto fail;
+    if (kvpool_init(&s->pool, (int)pool_blocks, KV_BLOCK, n_slots, (int)s->max_blocks, e)) goto fail;
     /* which logical devices hold any LLM unit (2: layers, with the block tables) */
     int used[MODEL_MAX_DEVICES] = {0};
     used[pl->embed] = used[pl->norm] = used[pl->lm_head] = 1;
@@ -155,12 +163,12 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
     const int64_t kvd = (int64_t)c->num_key_value_heads * c->head_dim;
     for (int i = 0; i < L; i++) {
         struct device dev = pl->devs[pl->layer[i]];
-        const int64_t T = llm_kv_blocks(ctx, n_slots) * KV_BLOCK; /* the block pool's rows */
+        const int64_t T = pool_blocks * KV_BLOCK; /* the block pool's rows */
         size_t bytes = (size_t)T * (size_t)kvd * dtype_size(act);
         s->cache_mem[i] = dev_alloc(dev, 2 * bytes, e);
         if (!s->cache_mem[i]) {
-            err_prefix(e, "KV cache of layer %d (%lld blocks of %d tokens: %d x %lld tokens)", i,
-                       (long long)llm_kv_blocks(ctx, n_slots), KV_BLOCK, n_slots, (long long)ctx);
+            err_prefix(e, "KV cache of layer %d (%lld blocks of %d tokens for %d sequences of %lld tokens)", i,
+                       (long long)pool_blocks, KV_BLOCK, n_slots, (long long)ctx);
             goto fail;
         }
         s->cache[i].k = tensor_make(act, dev, s->cache_mem[i], 3, T, (int64_t)c->num_key_value_heads, (int64_t)c->head_dim);
@@ -270,7 +278,10 @@ static void kv_truncate(struct llm *s, int slot, int64_t n)
     int32_t from, to;
     struct err e = {{0}};
     const int rc = kvpool_truncate(s->pool, slot, n, &from, &to, &e);
-    CHECKF(rc >= 0, "%s", e.msg); /* cannot happen: a pool of n_slots * max_blocks always has the block */
+    /* a copy is needed only when a slot keeps part of a block another slot holds too: beam search and
+     * bench truncate slot 0 alone (nothing else holds blocks, and the pool holds at least one slot's
+     * max_blocks + its cached blocks); the scheduler's turns truncate to 0 */
+    CHECKF(rc >= 0, "%s", e.msg);
     if (rc == 1)
         for (int l = 0; l < s->m->cfg.num_hidden_layers; l++) {
             struct llm_layer_cache *lc = &s->cache[l];
@@ -296,9 +307,18 @@ void llm_slot_truncate(struct llm *s, int slot, int64_t n)
 {
     CHECK(slot >= 0 && slot < s->n_slots);
     int64_t *p = slot_past(s, slot);
-    if (n >= *p) return;
+    if (n > *p) return;
     *p = n < 0 ? 0 : n;
-    kv_truncate(s, slot, *p);
+    kv_truncate(s, slot, *p); /* also the blocks reserved ahead (llm_slot_reserve) */
+}
+
+int llm_slot_reserve(struct llm *s, int slot, int64_t n, struct err *e)
+{
+    CHECK(slot >= 0 && slot < s->n_slots);
+    const int64_t past = *slot_past(s, slot);
+    if (n > past && llm_check_fit(s->ctx, past, n - past, e)) return err_prefix(e, "sequence %d", slot);
+    if (kvpool_missing(s->pool, slot, n) > kvpool_available(s->pool)) return 1;
+    return kv_reserve(s, slot, n, e);
 }
 
 int llm_slot_kv_copy(struct llm *s, int slot, int layer, int64_t p0, struct tensor *k, struct tensor *v, int to_cache,

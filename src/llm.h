@@ -54,7 +54,8 @@ struct llm {
     int n_slots;                 /* sequences with their own KV rows (--parallel); slot 0 is the session */
     int64_t *slot_past;          /* [n_slots]: tokens in slot s's cache for s >= 1 (slot 0: n_past) */
     int64_t max_blocks;          /* a slot's table: ceil(ctx / KV_BLOCK) blocks */
-    struct kvpool *pool;         /* the blocks of every slot (n_slots * max_blocks: each slot can fill ctx) */
+    struct kvpool *pool;         /* the blocks of every slot (n_slots * max_blocks by default: each slot can fill
+                                    ctx; fewer with --kv-tokens, at least max_blocks) */
     struct llm_devbuf dev[MODEL_MAX_DEVICES];
     struct llm_layer_cache *cache; /* [num_hidden_layers] */
     void **cache_mem;            /* per layer allocation */
@@ -88,10 +89,11 @@ struct llm {
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
              int64_t max_batch, struct err *e);
 /* llm_init with n_slots sequences (slots), each with up to ctx tokens of KV: the block pool holds
- * llm_kv_blocks(ctx, n_slots) blocks per layer, the lm_head device n_slots logits rows. llm_init is
- * n_slots = 1. */
+ * llm_kv_pool_blocks(ctx, n_slots, kv_tokens) blocks per layer (kv_tokens 0: n_slots x ctx, so no slot
+ * ever waits for a block; else kv_tokens, at least one ctx sequence), the lm_head device n_slots logits
+ * rows. llm_init is n_slots = 1, kv_tokens 0. */
 int llm_init_slots(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act,
-                   int64_t ctx, int64_t max_batch, int n_slots, struct err *e);
+                   int64_t ctx, int64_t max_batch, int n_slots, int64_t kv_tokens, struct err *e);
 void llm_free(struct llm *s);
 /* Sets llm.unfused and drops the captured decode graphs (they hold the other op sequence). */
 void llm_set_unfused(struct llm *s, int on);
@@ -104,12 +106,15 @@ size_t llm_device_bytes(const struct llm *s, int i);
  * the lm_head device's logits rows too), from the same counting pass that lays them out, without
  * the 256-byte alignment padding (the device planner's cost model, devmap.c). */
 size_t llm_views_bytes(const struct model_config *c, enum dtype act, int64_t max_batch, int with_logits);
-/* The paged KV cache's sizes (the planner's cost model): blocks of the pool (n_slots * ceil(ctx /
- * KV_BLOCK): every slot can hold ctx tokens at once, so a sequence never waits for a block); bytes of one
- * layer's pool (K and V); bytes a device holding layers adds for the block tables and the prefill's
- * gathered K and V (the counting pass that lays them out, without alignment padding). */
+/* The paged KV cache's sizes (the planner's cost model): blocks for n_slots sequences of ctx tokens
+ * (n_slots * ceil(ctx / KV_BLOCK): every slot can hold ctx tokens at once, so a sequence never waits for a
+ * block); blocks of the pool (kv_tokens > 0: ceil(kv_tokens / KV_BLOCK), a pool the slots share, whose
+ * turns are preempted when it runs out (scheduler.h); 0: llm_kv_blocks(ctx, n_slots)); bytes of one layer's
+ * pool of `blocks` blocks (K and V); bytes a device holding layers adds for the block tables and the
+ * prefill's gathered K and V (the counting pass that lays them out, without alignment padding). */
 int64_t llm_kv_blocks(int64_t ctx, int n_slots);
-int64_t llm_kv_layer_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots);
+int64_t llm_kv_pool_blocks(int64_t ctx, int n_slots, int64_t kv_tokens);
+int64_t llm_kv_layer_bytes(const struct model_config *c, enum dtype act, int64_t blocks);
 size_t llm_kv_views_bytes(const struct model_config *c, enum dtype act, int64_t ctx, int n_slots);
 
 /* The one context-fit check (every place that asks calls it, one wording): n_held tokens (in the
@@ -170,8 +175,13 @@ void llm_truncate(struct llm *s, int64_t n);
  * graph). */
 /* Tokens slot s holds (slot 0: n_past). */
 int64_t llm_slot_len(const struct llm *s, int slot);
-/* Keeps the first n tokens of slot s (0: empty); n >= what it holds changes nothing. */
+/* Keeps the first n tokens of slot s (0: empty) and gives back every other block (blocks reserved
+ * ahead of n too); n > what it holds changes nothing. */
 void llm_slot_truncate(struct llm *s, int slot, int64_t n);
+/* Blocks for the first n tokens of slot s, taken now (the next prefill or decode step of the slot then
+ * takes none): 0; 1 when the pool has too few free or cached blocks (nothing taken: the scheduler frees
+ * some by preempting a turn); -1 with e set when n exceeds the slot's context (llm_check_fit's wording). */
+int llm_slot_reserve(struct llm *s, int slot, int64_t n, struct err *e);
 /* Copies the tokens p0 .. p0 + n - 1 of slot s in layer l between the cache and k, v [n, Hkv, hd] on
  * the layer's device (to_cache 1: into the cache, taking blocks as needed; 0: out of it). Beam search
  * keeps each beam's rows this way. */

@@ -384,6 +384,10 @@ char *srv_metrics_text(struct server *s)
     strbuf_printf(&b, "minicpmv_kv_prefix_hit_blocks_total %lld\n", (long long)kv->hit_blocks);
     metric_head(&b, "minicpmv_kv_evicted_blocks_total", "counter", "Cached KV blocks taken back for new tokens.");
     strbuf_printf(&b, "minicpmv_kv_evicted_blocks_total %lld\n", (long long)kv->evicted);
+    metric_head(&b, "minicpmv_kv_preemptions_total", "counter",
+                "Running turns whose KV blocks went to older turns (a pool smaller than --parallel x --ctx, "
+                "--kv-tokens, ran out); each was resumed by prefilling its tokens again.");
+    strbuf_printf(&b, "minicpmv_kv_preemptions_total %lld\n", (long long)kv->preempted);
     metric_head(&b, "minicpmv_device_memory_bytes", "gauge",
                 "Bytes held per device by kind (weights, kv, buffers), as of the last finished request.");
     for (int i = 0; i < s->n_mem; i++) {

@@ -289,7 +289,11 @@ struct turn_run {
     uint32_t *allow;                /* constrained: the step's mask */
     struct turn_logprob *lp;        /* with logprobs: [max_new] */
     int n_lp;
-    int64_t fed;                    /* staged runs: prompt rows in the slot */
+    int64_t fed;                    /* staged runs: tokens in the slot (the prompt's rows, then generated ids fed
+                                       again after a preemption) */
+    int64_t need;                   /* staged runs: tokens the slot must hold before the next decode step: the
+                                       prompt, or after a preemption the prompt and out[0..n_out-1) */
+    int n_preempted;                /* times turn_preempt emptied the slot of a turn still generating */
     uint64_t img_hash;              /* the image list's content key (imgcache.h), for the KV blocks' keys */
     int matched, staged;            /* the prefix lookup is done; turn_start ran (the slot is let go at the end) */
     int64_t reused;                 /* prompt tokens whose KV came from cached blocks (engine_slot_match) */
@@ -393,23 +397,24 @@ out:
     return rc;
 }
 
-/* Maps the cached blocks the prompt starts with into the turn's slot (emptied first); at least the
- * prompt's last token is left to feed (its logits pick the first token). *reused: tokens mapped. */
-static int run_match(struct turn *t, int64_t *reused, struct err *e)
+/* Maps the cached blocks the slot's first `limit` tokens start with into the turn's slot (emptied first):
+ * for a new turn limit is the prompt less its last token (whose logits pick the first token), for one
+ * resumed after a preemption every token it held. *reused: tokens mapped. */
+static int run_match(struct turn *t, int64_t limit, int64_t *reused, struct err *e)
 {
     struct turn_run *u = t->run;
     uint64_t *keys;
     int nk;
     *reused = 0;
     u->matched = 1;
-    if (run_keys(t, (int64_t)(t->n_ids - 1) / KV_BLOCK * KV_BLOCK, &keys, &nk, e)) return -1;
+    if (run_keys(t, limit / KV_BLOCK * KV_BLOCK, &keys, &nk, e)) return -1;
     *reused = engine_slot_match(u->g, u->slot, keys, nk); /* also empties the slot when nk is 0 */
     free(keys);
     return 0;
 }
 
-/* Offers the full blocks of what the slot holds (the prompt, then the generated ids fed back) for
- * reuse. Best effort: without memory for the keys nothing is offered. */
+/* Offers the full blocks of what the slot holds (the prompt or its first part, then the generated ids fed
+ * back) for reuse. Best effort: without memory for the keys nothing is offered. */
 static void run_publish(struct turn *t)
 {
     struct turn_run *u = t->run;
@@ -417,7 +422,7 @@ static void run_publish(struct turn *t)
     uint64_t *keys;
     int nk;
     struct err e = {{0}};
-    if (n < t->n_ids || n > t->n_ids + u->n_out || run_keys(t, n, &keys, &nk, &e)) return;
+    if (n < KV_BLOCK || n > t->n_ids + u->n_out || run_keys(t, n, &keys, &nk, &e)) return;
     engine_slot_publish(u->g, u->slot, keys, nk);
     free(keys);
 }
@@ -448,6 +453,7 @@ static int run_end(struct turn *t, struct turn_result *r, struct err *e)
     r->n_gen = n_out;
     r->n_pieces = u->n_pieces;
     r->n_prompt_cached = (int)u->reused;
+    r->n_preempted = u->n_preempted;
     r->image_cached = u->image_cached;
     r->cancelled = u->io.cancel && atomic_load(u->io.cancel);
     r->timed_out = p->timed_out ||
@@ -498,7 +504,7 @@ int turn_run(struct turn *t, struct engine *g, const struct turn_io *io, struct 
     if (run_begin(t, g, io, 0, &r->input_error, e)) goto out;
     struct turn_run *u = t->run;
     if (rq->num_beams > 1) engine_truncate(g, 0);
-    else if (run_match(t, &u->reused, e)) goto out; /* slot 0: the prompt's cached blocks, the rest fed below */
+    else if (run_match(t, t->n_ids - 1, &u->reused, e)) goto out; /* slot 0: the prompt's cached blocks, the rest fed below */
     const double t_gen = time_now();
     struct engine_gen_stats st = {0};
     if (rq->num_beams > 1) {
@@ -542,6 +548,7 @@ int turn_start(struct turn *t, struct engine *g, const struct turn_io *io, int s
     }
     u->smp_ready = 1;
     u->staged = 1;
+    u->need = t->n_ids;
     engine_slot_truncate(g, slot, 0); /* the prefix lookup waits for the first prefill chunk (turn_prefill) */
     return 0;
 fail:
@@ -554,7 +561,7 @@ int turn_slot(const struct turn *t) { return t->run ? t->run->slot : -1; }
 int32_t turn_pending(const struct turn *t)
 {
     const struct turn_run *u = t->run;
-    return u && !u->finished && !u->ended && u->fed == t->n_ids && u->n_out > 0 ? u->out[u->n_out - 1] : -1;
+    return u && !u->finished && !u->ended && u->fed == u->need && u->n_out > 0 ? u->out[u->n_out - 1] : -1;
 }
 
 /* Takes a picked token; returns whether generation ends with it (a stop id, max_new). The text
@@ -620,30 +627,50 @@ const struct turn_logprob *turn_logprobs_so_far(const struct turn *t, int *n)
     return t->run ? t->run->lp : NULL;
 }
 
+int64_t turn_prefill_next(struct turn *t, int64_t max_tokens, struct err *e)
+{
+    struct turn_run *u = t->run;
+    if (!u || !u->staged || (u->matched && u->fed >= u->need)) return err_set(e, "turn_prefill: the prompt is already in");
+    /* the cached blocks, looked up at the first chunk rather than at turn_start: a request admitted while
+     * another with the same start is still reading its prompt finds that prompt's blocks. A turn resumed
+     * after its first token looks up everything it held (turn_preempt published it) and needs no logits
+     * at its end; one preempted before it is fed as a new one. */
+    if (!u->matched) {
+        int64_t got;
+        if (run_match(t, u->n_out > 0 ? u->need : t->n_ids - 1, &got, e)) return -1;
+        if (!u->n_preempted) u->reused = got; /* the result's n_prompt_cached: the first lookup's */
+        u->fed = got;
+    }
+    /* a chunk ends at the prompt's end: its rows are embeddings, the generated ids' are ids */
+    const int64_t end = u->fed < t->n_ids ? t->n_ids : u->need, n = end - u->fed;
+    return max_tokens > 0 && n > max_tokens ? max_tokens : n;
+}
+
 int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e)
 {
     struct turn_run *u = t->run;
-    if (!u || u->fed >= t->n_ids) return err_set(e, "turn_prefill: the prompt is already in");
-    if (!u->fed) u->t_prefill0 = time_now();
-    if (u->io.cancel && atomic_load(u->io.cancel)) { /* cancelled while it waited: nothing generated */
-        u->fed = t->n_ids;
+    if (!u || !u->staged || (u->matched && u->fed >= u->need)) return err_set(e, "turn_prefill: the prompt is already in");
+    if (u->t_prefill0 == 0) u->t_prefill0 = time_now(); /* the first chunk (turn_prefill_next may have matched a prefix) */
+    if (u->io.cancel && atomic_load(u->io.cancel)) { /* cancelled while it waited: nothing more generated */
+        run_emit(t); /* what a preempted turn had taken (the cancel ends the text there) */
+        u->fed = u->need;
         u->finished = 1;
-        u->t_decode0 = time_now();
+        if (!u->n_out) u->t_decode0 = time_now();
         return 1;
     }
-    /* the prompt's cached blocks, looked up now rather than at turn_start: a request admitted while
-     * another with the same start is still reading its prompt finds that prompt's blocks */
-    if (!u->matched) {
-        if (run_match(t, &u->reused, e)) return -1;
-        u->fed = u->reused;
+    const int64_t n = turn_prefill_next(t, max_tokens, e);
+    if (n < 0) return -1;
+    const int resumed = u->n_out > 0; /* preempted after its first token */
+    const int last = u->fed + n == u->need;
+    if (n > 0 && u->fed < t->n_ids) {
+        struct tensor rows = tensor_rows_view(&u->emb, u->fed, n);
+        if (engine_slot_prefill(u->g, u->slot, NULL, &rows, n, last && !resumed ? u->logits : NULL, e)) return -1;
+    } else if (n > 0) { /* a resumed turn's generated ids, fed again */
+        if (engine_slot_prefill(u->g, u->slot, u->out + (u->fed - t->n_ids), NULL, n, NULL, e)) return -1;
     }
-    int64_t n = t->n_ids - u->fed;
-    if (max_tokens > 0 && n > max_tokens) n = max_tokens;
-    struct tensor rows = tensor_rows_view(&u->emb, u->fed, n);
-    const int last = u->fed + n == t->n_ids;
-    if (engine_slot_prefill(u->g, u->slot, NULL, &rows, n, last ? u->logits : NULL, e)) return -1;
     u->fed += n;
     if (!last) return 0;
+    if (resumed) return 1; /* its next token is taken already: the next decode step feeds it */
     run_publish(t); /* the prompt's blocks, for requests that start the same way */
     if (engine_check_logits(u->g, u->logits, "for the prompt", e)) return -1;
     if (run_pick(t, u->logits, e) < 0) return -1;
@@ -686,6 +713,24 @@ int turn_take(struct turn *t, int32_t tok, struct err *e)
 int turn_emit(struct turn *t) { return t->run ? run_emit(t) : 1; }
 
 int turn_done(const struct turn *t) { return t->run && t->run->finished; }
+
+int turn_preempt(struct turn *t)
+{
+    struct turn_run *u = t->run;
+    if (!u || !u->staged) return 0;
+    run_publish(t); /* its full blocks stay cached: found again at the resume unless evicted meanwhile */
+    const int again = !u->finished && !u->ended;
+    if (!again) {
+        engine_slot_truncate(u->g, u->slot, 0);
+        return 0;
+    }
+    engine_slot_preempt(u->g, u->slot);
+    u->need = u->n_out > 0 ? t->n_ids + u->n_out - 1 : t->n_ids; /* the pending token is fed by a decode step */
+    u->fed = 0;
+    u->matched = 0;
+    u->n_preempted++;
+    return 1;
+}
 
 int turn_finish(struct turn *t, struct turn_result *r, struct err *e)
 {

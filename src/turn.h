@@ -96,6 +96,8 @@ struct turn_result {
     int n_pieces;                   /* image pieces encoded (or cached) */
     int n_prompt_cached;            /* prompt tokens whose KV came from cached blocks (prefix reuse): only
                                        n_prompt - n_prompt_cached were prefilled */
+    int n_preempted;                /* times the scheduler preempted the turn (its KV given to older turns)
+                                       and resumed it by prefilling its tokens again */
     const char *finish;             /* "stop" or "length" */
     int cancelled;
     int timed_out;                  /* the deadline stopped generation */
@@ -134,6 +136,9 @@ void turn_free(struct turn *t); /* accepts NULL */
  * failure: turn_abort. */
 int turn_start(struct turn *t, struct engine *g, const struct turn_io *io, int slot, int *input_error, struct err *e);
 int turn_prefill(struct turn *t, int64_t max_tokens, struct err *e); /* 1: the prompt is in, 0: more to feed */
+/* The tokens the next turn_prefill(t, max_tokens) feeds (at most max_tokens when > 0); the first call looks
+ * the prompt's cached blocks up (prefix reuse), so what they hold is not counted. -1 (e set): the prompt is in. */
+int64_t turn_prefill_next(struct turn *t, int64_t max_tokens, struct err *e);
 int32_t turn_pending(const struct turn *t); /* the token the next decode step feeds; -1: none (not prefilled, or done) */
 int turn_slot(const struct turn *t);
 /* Picks the next token on the host from logits [V] (modified): grammar mask, sampler, logprobs. The
@@ -154,6 +159,17 @@ int turn_take(struct turn *t, int32_t tok, struct err *e);
  * it (then no token taken after the one that stopped it counts). */
 int turn_emit(struct turn *t);
 int turn_done(const struct turn *t);
+/* Gives the turn's KV blocks back (a KV pool shared by the slots ran out: the scheduler's preemption). Its
+ * full blocks are published first (prefix reuse: the resume finds those not evicted meanwhile), the slot
+ * is emptied; everything else is kept (the prompt embedding, the tokens generated so far, the sampler's
+ * draws and penalty, the grammar, the text pipe and its stop strings; the slot's device sampler, which
+ * only this turn's steps touch). Returns 1 when the turn still generates: it must then be prefilled again
+ * (turn_prefill: the prompt and the generated ids but the pending one, no token picked at the end; the
+ * next decode step feeds the pending token) before its next step; 0 when it had ended (nothing to
+ * resume: it finishes as it would have). The tokens are those it gets without the preemption, to the
+ * rounding of a prefill chunk against the one-row steps that first computed those rows (bit for bit on
+ * the CPU where a chunk's rows equal one-row steps). */
+int turn_preempt(struct turn *t);
 int turn_finish(struct turn *t, struct turn_result *r, struct err *e);
 void turn_abort(struct turn *t);
 void turn_result_free(struct turn_result *r);

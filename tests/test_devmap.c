@@ -153,6 +153,42 @@ static void test_workspace_formulas(void)
     T_EQ_INT(devmap_kv_layer_bytes(&c, &p), 48 * MiB);
 }
 
+/* --kv-tokens: a pool the sequences share, in 16-token blocks (IND_kv of its tokens per layer), at least one
+ * --ctx sequence; auto: the most the budget holds, between one ctx and --parallel of them (one block more would
+ * not fit), the full pool when it fits; the advice offers it when --parallel full sequences do not fit. */
+static void test_kv_pool(void)
+{
+    struct err e = {{0}};
+    T_EQ_INT(plan_from("--max-memory cpu=64GiB --ctx 4096 --parallel 8 --kv-tokens 10000", &e), 0);
+    T_EQ_INT(plan_.kv_blocks, 625);
+    T_EQ_INT(plan_.kv_layer, IND_kv(10000));
+    T_EQ_INT(plan_.use[0].kv, 32 * IND_kv(10000) + IND_kvdev(4096, 8)); /* the tables: 8 sequences of 4096 */
+    T_EQ_INT(plan_.params.kv_tokens, 10000);
+    T_EQ_INT(plan_from("--max-memory cpu=64GiB --ctx 4096 --parallel 8 --kv-tokens 4000", &e), -1);
+    T_CONTAINS(e.msg, "--kv-tokens 4000: the KV pool must hold at least one --ctx 4096 sequence");
+
+    /* 64 sequences of 4096 (32 GiB of KV) on a 40 GiB GPU */
+    T_EQ_INT(plan_from("--gpus 0 --max-memory 0=40GiB --ctx 4096 --parallel 64", &e), -1);
+    T_CONTAINS(plan_.advice, "--kv-tokens ");
+    int rc = plan_from("--gpus 0 --max-memory 0=40GiB --ctx 4096 --parallel 64 --kv-tokens auto", &e);
+    T_ASSERTF(rc == 0, "%s", e.msg);
+    T_EQ_INT(plan_.kv_auto, 1);
+    const int64_t blocks = plan_.kv_blocks, one_block = 32 * IND_kv(16);
+    T_ASSERT(blocks > 256 && blocks < 64 * 256);
+    T_EQ_INT(plan_.params.kv_tokens, blocks * 16);
+    T_EQ_INT(plan_.use[0].kv, 32 * IND_kv(blocks * 16) + IND_kvdev(4096, 64));
+    T_ASSERT(plan_.use[0].total <= 40 * GiB && plan_.use[0].total + one_block > 40 * GiB);
+    T_EQ_INT(count_on(&plan_, 0), 32);
+    /* everything fits: auto is the full pool */
+    T_EQ_INT(plan_from("--max-memory cpu=64GiB --ctx 4096 --parallel 2 --kv-tokens auto", &e), 0);
+    T_EQ_INT(plan_.kv_blocks, 512);
+    /* a CPU budget does not make auto move layers off the GPU for a larger pool */
+    T_EQ_INT(plan_from("--gpus 0 --max-memory 0=40GiB,cpu=64GiB --ctx 4096 --parallel 64 --kv-tokens auto", &e), 0);
+    T_EQ_INT(count_on(&plan_, 0), 32);
+    T_EQ_INT(plan_.map.embed, 0);
+    T_EQ_INT(plan_.kv_blocks, blocks);
+}
+
 /* The plan's vision and resampler parts cover the blocks the engine allocates for them (mm.c: the
  * tower's output + vision.c's scratch; the resampler's input copy + resampler.c's scratch + its
  * output), every view 256-byte aligned, for the default batch and for odd piece shapes. (The
@@ -770,6 +806,7 @@ int main(void)
 {
     T_RUN(test_workspace_formulas);
     T_RUN(test_covers_engine_scratch);
+    T_RUN(test_kv_pool);
     T_RUN(test_single_device_totals);
     T_RUN(test_seed_two_gpus);
     T_RUN(test_unequal_gpus);

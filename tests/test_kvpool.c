@@ -44,6 +44,11 @@ static void test_alloc(void)
     kvpool_get_stats(p, &st);
     T_EQ_INT(st.used, 6);
     T_EQ_INT(st.free, 2);
+    /* what a reserve would take, and what there is: seq 2 needs 3 blocks for 12 tokens, 2 are free */
+    T_EQ_INT(kvpool_missing(p, 2, 12), 3);
+    T_EQ_INT(kvpool_missing(p, 0, 8), 0);
+    T_EQ_INT(kvpool_missing(p, 0, 9), 1);
+    T_EQ_INT(kvpool_available(p), 2);
     /* over a sequence's table, and an exhausted pool: refused, nothing taken */
     T_ASSERT(kvpool_reserve(p, 2, 17, &e) == -1 && strstr(e.msg, "exceed"));
     T_ASSERT(kvpool_reserve(p, 2, 12, &e) == -1 && strstr(e.msg, "KV pool exhausted"));
@@ -111,6 +116,7 @@ static void test_prefix(void)
     kvpool_get_stats(p, &st);
     T_EQ_INT(st.used, 2);   /* a0, a1 through sequence 1 */
     T_EQ_INT(st.cached, 1); /* a2 */
+    T_EQ_INT(kvpool_available(p), 8); /* 7 free + a2, which a reserve may evict */
     /* sequence 2 with a again: all 3 published blocks come back */
     T_EQ_INT(kvpool_match(p, 2, ka, 6), 3);
     const int32_t *t2 = kvpool_table(p, 2, &n);

@@ -5,7 +5,10 @@
  * fp16; a stop string that ends a turn while its next row is in flight, its slot taken at once by a
  * waiting turn (the stale row dropped at the collect). The solo answers come from turn_run, an
  * independent path (engine_generate on slot 0), and test_penalty checks turn_run itself against a
- * reference loop written in that test. */
+ * reference loop written in that test. Then admission (the per-step prefill budget: a request arriving
+ * under load gets its first token in the next step, a long prompt is fed one chunk per step while the
+ * others decode) and preemption (16 turns on a KV pool of one ctx: turns preempted and resumed, every
+ * answer its solo one; pools and requests refused). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,26 +22,31 @@
 #define N_TURNS 10
 #define SLOTS "4"
 
-static struct engine *open_tiny(enum dtype dt, const char *parallel)
+/* The tiny model on the CPU with --parallel `parallel` and the engine flags in `more` (NULL-terminated). */
+static struct engine *open_tiny_flags(enum dtype dt, const char *parallel, char **more)
 {
     struct cmdu_engine_opts eo;
     cmdu_engine_opts_init(&eo);
-    char *argv[] = {"x", "--parallel", (char *)parallel, NULL};
+    char *argv[16] = {"x", "--parallel", (char *)parallel};
+    int argc = 3;
+    for (int k = 0; more && more[k] && argc < 15; k++) argv[argc++] = more[k];
     struct err e = {{0}};
-    int i = 1;
-    if (cmdu_engine_flag(&eo.o, &eo.dm, 3, argv, &i, &e) != 1) {
-        fprintf(stderr, "--parallel %s: %s\n", parallel, e.msg[0] ? e.msg : "not an engine flag");
-        return NULL;
-    }
+    for (int i = 1; i < argc; i++)
+        if (cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e) != 1) {
+            fprintf(stderr, "%s: %s\n", argv[i], e.msg[0] ? e.msg : "not an engine flag");
+            return NULL;
+        }
     eo.o.model_dir = t_tiny_model(1);
     eo.o.device = "cpu";
     eo.o.dtype = dt;
-    eo.o.ctx = 256;
+    if (eo.dm.params.ctx <= 0) eo.o.ctx = 256;
     eo.o.quiet = 1;
     struct engine *x = NULL;
     if (!eo.o.model_dir || engine_open(&x, &eo.o, &e)) fprintf(stderr, "engine_open: %s\n", e.msg);
     return x;
 }
+
+static struct engine *open_tiny(enum dtype dt, const char *parallel) { return open_tiny_flags(dt, parallel, NULL); }
 
 struct out {
     struct strbuf streamed;
@@ -362,11 +370,251 @@ static void test_failures(void)
     engine_close(g);
 }
 
+/* A request of `words` filler words (word k of turn `tag`), greedy or sampled, max_new tokens through the stop ids. */
+static void filler_request(struct turn_request *rq, struct chat_msg *m, char *text, size_t tn, int tag, int words,
+                           int max_new, int sampled)
+{
+    size_t n = 0;
+    text[0] = 0;
+    for (int k = 0; k < words && n + 16 < tn; k++) n += (size_t)snprintf(text + n, tn - n, "%sw%dx%d", k ? " " : "", tag, k);
+    *m = (struct chat_msg){"user", text};
+    memset(rq, 0, sizeof *rq);
+    rq->msgs = m;
+    rq->n_msgs = 1;
+    rq->max_new = max_new;
+    rq->ignore_eos = 1;
+    sampler_defaults(&rq->sp);
+    rq->sp.seed = (uint64_t)(7 + tag);
+    if (sampled) rq->sp.temperature = 0.8f;
+    else rq->sp.greedy = true;
+}
+
+/* Admission under load (sched_set_prefill_budget), with 16-token chunks (--max-batch 16) and 5 slots:
+ *  - two short prompts admitted together take two steps with the default budget (one chunk: the second
+ *    prompt's chunk does not fit what the first left);
+ *  - a prompt of 5 chunks admitted while those two decode is fed one chunk per step (its slot grows by 16)
+ *    while each decoding turn gains exactly one token every step: decode never waits for the whole prompt;
+ *  - with a budget of 32, two short prompts admitted together while three turns decode both have their first
+ *    token after one step;
+ *  - every answer equals the same request alone on a second engine (the chunks a turn gets are those it
+ *    has alone, and a decode row of the batched step is its solo step, bit for bit on the CPU). */
+static void test_admission(void)
+{
+    char *more[] = {"--max-batch", "16", NULL};
+    struct engine *g = open_tiny_flags(DTYPE_F32, "5", more), *alone = open_tiny_flags(DTYPE_F32, "1", more);
+    T_ASSERT(g && alone);
+    enum { A, B, C, D, E, NT };
+    static const int words[NT] = {1, 1, 15, 1, 1}, max_new[NT] = {20, 20, 3, 3, 3}, sampled[NT] = {0, 1, 0, 1, 0};
+    char text[NT][512];
+    struct chat_msg m[NT];
+    struct turn_request rq[NT];
+    struct turn *t[NT] = {0};
+    struct out solo[NT], conc[NT];
+    memset(solo, 0, sizeof solo);
+    memset(conc, 0, sizeof conc);
+    struct scheduler *s = NULL;
+    struct err e = {{0}};
+    if (!g || !alone) goto out;
+    for (int k = 0; k < NT; k++) {
+        filler_request(&rq[k], &m[k], text[k], sizeof text[k], k, words[k], max_new[k], sampled[k]);
+        T_ASSERTF(turn_prepare(&t[k], g, &rq[k], &e) == 0, "turn %d: %s", k, e.msg);
+        if (!t[k]) goto out;
+        T_ASSERTF(turn_run(t[k], alone, NULL, &solo[k].r, &e) == 0, "solo %d: %s", k, e.msg);
+    }
+    const int nc = turn_prompt_tokens(t[C]);
+    T_ASSERTF(nc > 64 && nc <= 80, "turn C: %d prompt tokens (5 chunks wanted)", nc);
+    for (int k = 0; k < NT; k++)
+        if (k != C) T_ASSERTF(turn_prompt_tokens(t[k]) <= 16, "turn %d: %d prompt tokens", k, turn_prompt_tokens(t[k]));
+    T_EQ_INT(sched_init(&s, g, &e), 0);
+    if (!s) goto out;
+    /* A and B at once: the default budget (one chunk) feeds A's prompt, then B's in the next step */
+    sched_add(s, t[A], NULL, on_done, &conc[A]);
+    sched_add(s, t[B], NULL, on_done, &conc[B]);
+    sched_step(s);
+    T_EQ_INT(sched_prefilling(s), 1);
+    sched_step(s);
+    T_EQ_INT(sched_prefilling(s), 0);
+    /* C's 5 chunks, one per step; A and B decode on */
+    sched_add(s, t[C], NULL, on_done, &conc[C]);
+    int steps = 0;
+    while (sched_prefilling(s) > 0 && steps < 20) {
+        const int64_t a0 = engine_slot_len(g, turn_slot(t[A])), b0 = engine_slot_len(g, turn_slot(t[B]));
+        const int64_t c0 = engine_slot_len(g, turn_slot(t[C]));
+        sched_step(s);
+        steps++;
+        const int64_t c1 = engine_slot_len(g, turn_slot(t[C]));
+        T_EQ_INT(engine_slot_len(g, turn_slot(t[A])), a0 + 1);
+        T_EQ_INT(engine_slot_len(g, turn_slot(t[B])), b0 + 1);
+        if (sched_prefilling(s)) T_EQ_INT(c1 - c0, 16); /* the last chunk is the rest; C then decodes too */
+    }
+    T_EQ_INT(steps, (nc + 15) / 16);
+    /* D and E at once, budget 32: both first tokens in the next step */
+    sched_set_prefill_budget(s, 32);
+    sched_add(s, t[D], NULL, on_done, &conc[D]);
+    sched_add(s, t[E], NULL, on_done, &conc[E]);
+    T_EQ_INT(sched_prefilling(s), 2);
+    T_EQ_INT(sched_active(s), 5);
+    sched_step(s);
+    T_EQ_INT(sched_prefilling(s), 0);
+    while (sched_step(s)) {}
+    for (int k = 0; k < NT; k++) {
+        T_ASSERTF(conc[k].done == 1 && conc[k].rc == 0, "turn %d: %s", k, conc[k].err);
+        T_ASSERTF(conc[k].r.n_gen == max_new[k] && solo[k].r.n_gen == max_new[k], "turn %d: %d and %d tokens", k,
+                  conc[k].r.n_gen, solo[k].r.n_gen);
+        for (int i = 0; i < conc[k].r.n_gen && i < solo[k].r.n_gen; i++)
+            T_ASSERTF(conc[k].r.ids[i] == solo[k].r.ids[i], "turn %d token %d: %d, alone %d", k, i, conc[k].r.ids[i],
+                      solo[k].r.ids[i]);
+    }
+out:
+    sched_free(s);
+    for (int k = 0; k < NT; k++) {
+        turn_result_free(&solo[k].r);
+        turn_result_free(&conc[k].r);
+        turn_free(t[k]);
+    }
+    engine_close(g);
+    engine_close(alone);
+}
+
+/* Preemption (a KV pool far smaller than slots x ctx: --kv-tokens 256 = one --ctx 256 sequence, 16 blocks,
+ * for 16 slots): 16 turns at once, prompts of 2 blocks (17..32 tokens) and 14..20 new tokens through the
+ * stop ids, greedy and seeded sampling (penalty 1.05) alternating. The pool holds 8 such prompts: the first
+ * turns' growth takes the younger turns' blocks (preempted: published, emptied, resumed later by prefilling
+ * their tokens again), so preemptions happen, the scheduler and the engine count the same number, every
+ * turn finishes, and each answer equals the same request alone on an engine with the default pool. At most
+ * 8 turns hold blocks at once, so a batched step has at most 8 rows (the CPU's rows equal a one-row step
+ * there); a resumed turn's tokens are fed again in a prefill chunk, whose rows on the CPU round as a chunk of
+ * that many rows (sgemm above 8 rows) rather than as the one-row steps that first computed them, so the
+ * recomputed KV is not bit for bit the first one. The picks of these 16 turns stay the same in fp32 (1e-7
+ * relative) and, for these inputs, in fp16 too (the run is deterministic; the `exact` branch, which makes
+ * every row of any batch equal on the CPU, removes the difference altogether). */
+static void check_preemption(enum dtype dt)
+{
+    char *small[] = {"--ctx", "256", "--kv-tokens", "256", NULL};
+    struct engine *g = open_tiny_flags(dt, "16", small), *alone = open_tiny_flags(dt, "1", NULL);
+    T_ASSERT(g && alone);
+    enum { NT = 16 };
+    char text[NT][256];
+    struct chat_msg m[NT];
+    struct turn_request rq[NT];
+    struct turn *t[NT] = {0};
+    struct out solo[NT], conc[NT];
+    memset(solo, 0, sizeof solo);
+    memset(conc, 0, sizeof conc);
+    struct scheduler *s = NULL;
+    struct err e = {{0}};
+    if (!g || !alone) goto out;
+    struct engine_kv_use kv;
+    engine_kv_use(g, &kv);
+    T_EQ_INT(kv.blocks, 16);
+    T_EQ_INT(kv.slot_blocks, 16);
+    for (int k = 0; k < NT; k++) {
+        filler_request(&rq[k], &m[k], text[k], sizeof text[k], 100 + k, 2 + k % 3, 14 + k % 7, k % 2);
+        T_ASSERTF(turn_prepare(&t[k], g, &rq[k], &e) == 0, "turn %d: %s", k, e.msg);
+        if (!t[k]) goto out;
+        const int np = turn_prompt_tokens(t[k]);
+        T_ASSERTF(np > 16 && np <= 32, "turn %d: %d prompt tokens (2 blocks wanted)", k, np);
+        const struct turn_io io = {.cb = on_text, .cb_ctx = &solo[k]};
+        T_ASSERTF(turn_run(t[k], alone, &io, &solo[k].r, &e) == 0, "solo %d: %s", k, e.msg);
+    }
+    T_EQ_INT(sched_init(&s, g, &e), 0);
+    if (!s) goto out;
+    for (int k = 0; k < NT; k++) {
+        const struct turn_io io = {.cb = on_text, .cb_ctx = &conc[k]};
+        T_EQ_INT(sched_add(s, t[k], &io, on_done, &conc[k]), 0);
+    }
+    int steps = 0, most = 0;
+    while (sched_step(s) && ++steps < 5000) {
+        engine_kv_use(g, &kv);
+        T_ASSERT(kv.used <= kv.blocks);
+        int holding = 0;
+        for (int k = 0; k < NT; k++) holding += engine_slot_len(g, k) > 0;
+        if (holding > most) most = holding;
+    }
+    T_ASSERTF(steps < 5000, "%d steps", steps);
+    engine_kv_use(g, &kv);
+    int resumed = 0;
+    for (int k = 0; k < NT; k++) {
+        T_ASSERTF(conc[k].done == 1 && conc[k].rc == 0, "turn %d: %s", k, conc[k].err);
+        resumed += conc[k].r.n_preempted;
+        T_ASSERTF(conc[k].r.n_gen == solo[k].r.n_gen, "turn %d: %d tokens, alone %d", k, conc[k].r.n_gen, solo[k].r.n_gen);
+        for (int i = 0; i < conc[k].r.n_gen && i < solo[k].r.n_gen; i++)
+            T_ASSERTF(conc[k].r.ids[i] == solo[k].r.ids[i], "turn %d (preempted %d times) token %d: %d, alone %d", k,
+                      conc[k].r.n_preempted, i, conc[k].r.ids[i], solo[k].r.ids[i]);
+        if (conc[k].r.text && solo[k].r.text) T_EQ_STR(conc[k].r.text, solo[k].r.text);
+        T_EQ_STR(conc[k].streamed.p ? conc[k].streamed.p : "", conc[k].r.text ? conc[k].r.text : "");
+    }
+    int64_t pre, rec;
+    sched_preempt_counts(s, &pre, &rec);
+    printf("  %s: %d steps, %lld preemptions (%lld tokens prefilled again), at most %d turns holding blocks, %lld "
+           "blocks evicted\n", dtype_name(dt), steps, (long long)pre, (long long)rec, most, (long long)kv.evicted);
+    T_ASSERT(pre > 0 && rec > 0);
+    T_EQ_INT(kv.preempted, pre);
+    T_EQ_INT(resumed, pre);
+    T_ASSERTF(most <= 8, "%d turns held blocks at once", most);
+    T_EQ_INT(kv.used, 0);
+out:
+    sched_free(s);
+    for (int k = 0; k < NT; k++) {
+        turn_result_free(&solo[k].r);
+        turn_result_free(&conc[k].r);
+        strbuf_free(&solo[k].streamed);
+        strbuf_free(&conc[k].streamed);
+        turn_free(t[k]);
+    }
+    engine_close(g);
+    engine_close(alone);
+}
+
+static void test_preemption_f32(void) { check_preemption(DTYPE_F32); }
+static void test_preemption_f16(void) { check_preemption(DTYPE_F16); }
+
+/* A pool that cannot hold one --ctx sequence is refused when the engine opens (so every request the
+ * context check admits fits the pool alone), and a request over the context is refused at admission
+ * (turn_prepare: the server's parse step) with the context wording, also with a small pool. */
+static void test_pool_refusals(void)
+{
+    char *tiny_pool[] = {"--ctx", "256", "--kv-tokens", "100", NULL};
+    struct cmdu_engine_opts eo;
+    cmdu_engine_opts_init(&eo);
+    struct err e = {{0}};
+    for (int i = 0; tiny_pool[i]; i++) T_EQ_INT(cmdu_engine_flag(&eo.o, &eo.dm, 4, tiny_pool, &i, &e), 1);
+    eo.o.model_dir = t_tiny_model(1);
+    eo.o.device = "cpu";
+    eo.o.quiet = 1;
+    struct engine *x = NULL;
+    T_EQ_INT(engine_open(&x, &eo.o, &e), -1);
+    T_ASSERT(x == NULL);
+    T_CONTAINS(e.msg, "--kv-tokens 100: the KV pool must hold at least one --ctx 256 sequence");
+    char *bad[] = {"--kv-tokens", "lots", NULL};
+    int i = 0;
+    T_EQ_INT(cmdu_engine_flag(&eo.o, &eo.dm, 2, bad, &i, &e), -1);
+    T_CONTAINS(e.msg, "--kv-tokens: 'lots' is neither auto nor an integer");
+
+    char *small[] = {"--ctx", "64", "--kv-tokens", "64", NULL};
+    struct engine *g = open_tiny_flags(DTYPE_F32, "4", small);
+    T_ASSERT(g != NULL);
+    if (!g) return;
+    char text[512];
+    struct chat_msg m;
+    struct turn_request rq;
+    filler_request(&rq, &m, text, sizeof text, 1, 14, 8, 0); /* ~60 prompt tokens + 8 > 64 */
+    struct turn *t = NULL;
+    T_EQ_INT(turn_prepare(&t, g, &rq, &e), -1);
+    T_CONTAINS(e.msg, "maximum context length is 64 tokens");
+    T_ASSERT(t == NULL);
+    engine_close(g);
+}
+
 int main(void)
 {
     T_RUN(test_concurrent_equals_solo_f32);
     T_RUN(test_concurrent_equals_solo_f16);
     T_RUN(test_stop_in_flight);
     T_RUN(test_failures);
+    T_RUN(test_admission);
+    T_RUN(test_preemption_f32);
+    T_RUN(test_preemption_f16);
+    T_RUN(test_pool_refusals);
     return t_main_end("test_sched");
 }

@@ -406,6 +406,7 @@ static void metrics(struct srv *v)
            (double)engine_slots(v->g) * ((double)engine_slot_ctx(v->g) / 16), 0);
     T_NEAR(metric(r.body, "minicpmv_kv_block_tokens"), 16, 0);
     T_NEAR(metric(r.body, "minicpmv_kv_prefix_hit_blocks_total"), 0, 0); /* no_prefix_reuse (open_tiny) */
+    T_NEAR(metric(r.body, "minicpmv_kv_preemptions_total"), 0, 0);       /* the default pool: slots x ctx */
     fprintf(stderr, "  %d lines; %ld requests sent, %ld ok; tokens %g / %g\n", lines, v->sent, v->ok,
             metric(r.body, "minicpmv_prompt_tokens_total"), metric(r.body, "minicpmv_generation_tokens_total"));
     free(r.body);

@@ -6,7 +6,10 @@
  *   ttft       JPEG bytes in memory -> decode -> a chat turn (max_new 1): time to first token, ms
  *   seedcase   1344x1344 JPEG + text, ~3000 prompt tokens, 1000 generated (stop ids ignored), end to end, s
  *   concN      N streams at once through the scheduler (~512-token prompts, 256 greedy tokens each):
- *              aggregate tok/s, per-stream tok/s, TTFT p50/p99 (--concurrency 1,4,16 = conc1,conc4,conc16)
+ *              aggregate tok/s, per-stream tok/s, TTFT p50/p99 (--concurrency 1,4,16 = conc1,conc4,conc16),
+ *              and a probe: the TTFT of a request arriving under that load next to its idle TTFT
+ *   turn2      a follow-up turn about the same 1344x1344 image: its TTFT, prompt tokens reused vs prefilled,
+ *              and the prefill of its new tokens alone
  * plus the memory per device (model accounting and the peak seen), with --peak-gbs auto the device's read
  * bandwidth measured before the model loads (membw.h) and every decode figure as a fraction of it, and, with
  * --json, the same numbers for tools/bench_compare.py (the output: tools/cmd_bench_report.c; memory and bandwidth:
@@ -361,6 +364,129 @@ out:
     return rc;
 }
 
+/* One turn of run_turn2 on slot 0 through the image cache: the JPEG decoded (timed apart), the turn prepared
+ * and run. *ms_total: from the JPEG bytes to the turn's end (its first token when max_new is 1). */
+static int turn2_once(struct bench *b, struct imgcache *cache, const unsigned char *jpg, unsigned long n_jpg,
+                      const struct chat_msg *m, int n_msgs, int max_new, struct turn_result *res, double *ms_decode,
+                      double *ms_total, struct err *e)
+{
+    struct engine *g = b->g;
+    struct image im = {0};
+    struct turn *t = NULL;
+    const uint8_t *key = jpg;
+    const size_t key_len = n_jpg;
+    struct turn_request rq = {.msgs = m, .n_msgs = n_msgs, .images = &im, .n_images = 1, .img_keys = &key,
+                              .img_key_len = &key_len, .max_new = max_new};
+    sampler_defaults(&rq.sp);
+    rq.sp.greedy = true;
+    rq.sp.repetition_penalty = 1.0f;
+    const struct turn_io io = {.cache = cache};
+    memset(res, 0, sizeof *res);
+    engine_sync(g);
+    const double t0 = time_now();
+    int rc = image_decode(&im, jpg, n_jpg, NULL, e);
+    const double t1 = time_now();
+    if (!rc) rc = turn_prepare(&t, g, &rq, e) || turn_run(t, g, &io, res, e);
+    engine_sync(g);
+    *ms_decode = 1e3 * (t1 - t0);
+    *ms_total = 1e3 * (time_now() - t0);
+    turn_free(t);
+    image_free(&im);
+    return rc ? -1 : 0;
+}
+
+/* turn2: a follow-up turn about the same image (issue 14: "a second turn about the same 1344² image reaches
+ * its first token in <= 20 ms + its new tokens"). Each repetition starts cold (no cached KV block, an empty
+ * image cache): turn 1 is the 1344x1344 JPEG + BENCH_QUESTION with BENCH_TURN2_FIRST_NEW greedy tokens; turn 2
+ * sends the same JPEG bytes again with the history as a client sends it back (turn 1's question, its answer's
+ * text) and a short new question, one token. The value is turn 2's time from its JPEG bytes to its first token
+ * (the JPEG decode, the image cache's hit, the prompt, the merge, the prefix lookup, the prefill of what is not
+ * cached, the first token). For comparison, the prefill of as many new tokens alone: random ids after an
+ * untimed context of the reused length (engine_prefill on slot 0, no lookup). */
+static int run_turn2(struct bench *b, struct phase *p, struct err *e)
+{
+    static const char Q2[] = "And which colour covers the largest part of it?";
+    struct engine *g = b->g;
+    if (!engine_tokenizer(g)) return err_set(e, "needs tokenizer.json in the model folder");
+    unsigned char *jpg = NULL;
+    unsigned long n_jpg = 0;
+    if (gen_jpeg(1344, 1344, 7, &jpg, &n_jpg, e)) return -1;
+    char q1[sizeof BENCH_QUESTION + 64];
+    snprintf(q1, sizeof q1, "%s\n%s", CHAT_IMAGE_MARKER, BENCH_QUESTION);
+    double tdec[BENCH_MAX_REPS], tturn[BENCH_MAX_REPS], tpre[BENCH_MAX_REPS], tnew[BENCH_MAX_REPS],
+        t1st[BENCH_MAX_REPS];
+    int rc = -1, n1 = 0, n2 = 0, reused = 0, cached_img = 0;
+    int32_t *ids = NULL;
+    struct imgcache *cache = NULL;
+    for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
+        struct turn_result r1 = {0}, r2 = {0};
+        double dec1, all1, dec2, all2;
+        imgcache_free(cache);
+        cache = NULL;
+        if (imgcache_init(&cache, 4, e)) goto out;
+        engine_kv_forget(g);
+        const struct chat_msg m1[] = {{"user", q1}};
+        if (turn2_once(b, cache, jpg, n_jpg, m1, 1, BENCH_TURN2_FIRST_NEW, &r1, &dec1, &all1, e)) {
+            turn_result_free(&r1);
+            goto out;
+        }
+        const struct chat_msg m2[] = {{"user", q1}, {"assistant", r1.text}, {"user", Q2}};
+        const int trc = turn2_once(b, cache, jpg, n_jpg, m2, 3, 1, &r2, &dec2, &all2, e);
+        n1 = r1.n_prompt;
+        turn_result_free(&r1);
+        if (trc) {
+            turn_result_free(&r2);
+            goto out;
+        }
+        n2 = r2.n_prompt;
+        reused = r2.n_prompt_cached;
+        cached_img = r2.image_cached;
+        const double turn_ms = 1e3 * r2.t_first, pre_ms = 1e3 * r2.t_prefill;
+        turn_result_free(&r2);
+        /* the new tokens alone: reused random ids untimed, then n2 - reused timed */
+        free(ids);
+        if (!(ids = rand_ids(b, n2))) { err_set(e, "out of memory"); goto out; }
+        engine_kv_forget(g);
+        engine_truncate(g, 0);
+        if (reused > 0 && engine_prefill(g, ids, NULL, reused, b->logits, e)) goto out;
+        engine_sync(g);
+        const double t0 = time_now();
+        if (engine_prefill(g, ids + reused, NULL, n2 - reused, b->logits, e)) goto out;
+        engine_sync(g);
+        const double new_ms = 1e3 * (time_now() - t0);
+        engine_truncate(g, 0);
+        if (r >= 0) {
+            p->t[p->reps] = all2 / 1e3;
+            tdec[p->reps] = dec2;
+            tturn[p->reps] = turn_ms;
+            tpre[p->reps] = pre_ms;
+            tnew[p->reps] = new_ms;
+            t1st[p->reps++] = all1;
+        }
+    }
+    p->med = median(p->t, p->reps);
+    p->value = 1e3 * p->med;
+    p->unit = "ms";
+    const double new_ms = median(tnew, p->reps);
+    x_add(p, "turn1_prompt", n1);
+    x_add(p, "n_prompt", n2);
+    x_add(p, "reused", reused);
+    x_add(p, "prefilled", n2 - reused);
+    x_add(p, "image_cached", cached_img);
+    x_add(p, "jpeg_decode_ms", median(tdec, p->reps));
+    x_add(p, "turn_ttft_ms", median(tturn, p->reps));
+    x_add(p, "prefill_ms", median(tpre, p->reps));
+    x_add(p, "new_alone_ms", new_ms);
+    x_add(p, "goal_ms", 20 + new_ms);
+    x_add(p, "turn1_ms", median(t1st, p->reps));
+    rc = 0;
+out:
+    imgcache_free(cache);
+    free(ids);
+    tjFree(jpg);
+    return rc;
+}
+
 /* One end-to-end run through the chat turn: JPEG decode -> vision -> prompt -> merge -> prefill -> n_new
  * greedy tokens, stop ids ignored (random weights may emit one early; the seed's measurement generated all
  * 1000). */
@@ -472,6 +598,94 @@ static void conc_done(void *ctx, int rc, struct turn_result *r, int input_error,
     if (rc) fprintf(stderr, "bench: conc stream failed: %s\n", e->msg);
 }
 
+/* The probe of a concN phase, in one more repetition after the timed ones (so the aggregate figures do not
+ * carry its prefills): the time to first token of a request that arrives while L = min(N, slots - 1) streams
+ * decode, next to the same kind of request's with the engine idle. First BENCH_PROBES_IDLE probes alone (the
+ * idle TTFT: their median), then the L streams; once every stream has its first token, BENCH_PROBES probes
+ * one at a time, each admitted when the previous one has its first token and only while all L streams still
+ * run. A probe is a prompt of the streams' length (its own filler words: no prefix in common) and one new
+ * token; its TTFT is from its admission (sched_add between two steps, the previous step still on the device)
+ * to its first token (turn_result.t_first). Adds probe_load (L), probes (how many ran under the load),
+ * probe_idle_ms, probe_ms_p50, probe_ms_p99 and probe_x_idle (p50 / idle). Not with a KV pool smaller than
+ * slots x ctx (--kv-tokens), where streams wait for blocks rather than decode. */
+static int conc_probe(struct bench *b, struct phase *p, struct scheduler *s, struct turn **streams, int N,
+                      struct err *e)
+{
+    enum { NP = BENCH_PROBES_IDLE + BENCH_PROBES };
+    struct engine *g = b->g;
+    const int L = N < engine_slots(g) ? N : engine_slots(g) - 1;
+    struct engine_kv_use kv;
+    engine_kv_use(g, &kv);
+    if (L < 1) return 0; /* no slot beside the streams */
+    if (kv.blocks < engine_slots(g) * kv.slot_blocks) return 0; /* a shared pool (--kv-tokens): streams wait for KV */
+    char *content[NP] = {0};
+    struct chat_msg m[NP];
+    struct turn *pt[NP] = {0};
+    struct conc_out po[NP];
+    struct conc_out *so = calloc((size_t)L, sizeof *so);
+    double idle[BENCH_PROBES_IDLE], load[BENCH_PROBES];
+    int rc = -1, k = 0, cur = -1;
+    memset(po, 0, sizeof po);
+    if (!so) return err_set(e, "out of memory");
+    for (int j = 0; j < NP; j++) {
+        if (!(content[j] = filler_content(BENCH_CONC_WORDS, 5000 + (uint64_t)j, 0))) { err_set(e, "out of memory"); goto out; }
+        m[j] = (struct chat_msg){"user", content[j]};
+        struct turn_request rq = {.msgs = &m[j], .n_msgs = 1, .max_new = 1, .ignore_eos = 1};
+        sampler_defaults(&rq.sp);
+        rq.sp.greedy = true;
+        rq.sp.repetition_penalty = 1.0f;
+        if (turn_prepare(&pt[j], g, &rq, e)) goto out;
+    }
+    engine_kv_forget(g);
+    for (int j = 0; j < BENCH_PROBES_IDLE; j++) {
+        sched_add(s, pt[j], NULL, conc_done, &po[j]);
+        while (sched_step(s)) {}
+        if (!po[j].done || po[j].rc) { err_set(e, "idle probe %d failed", j); goto out; }
+        idle[j] = po[j].r.t_first;
+    }
+    for (int i = 0; i < L; i++) sched_add(s, streams[i], NULL, conc_done, &so[i]);
+    while (sched_prefilling(s) > 0) sched_step(s); /* every stream has its first token: steady decode */
+    for (;;) {
+        int live = 0;
+        for (int i = 0; i < L; i++) live += !so[i].done;
+        if (cur < 0 && k < BENCH_PROBES && live == L) {
+            cur = BENCH_PROBES_IDLE + k;
+            sched_add(s, pt[cur], NULL, conc_done, &po[cur]);
+        }
+        const int active = sched_step(s);
+        if (cur >= 0 && po[cur].done) {
+            if (po[cur].rc) { err_set(e, "probe %d failed", k); goto out; }
+            load[k++] = po[cur].r.t_first;
+            cur = -1;
+        }
+        if (!active) break;
+    }
+    for (int i = 0; i < L; i++)
+        if (!so[i].done || so[i].rc) { err_set(e, "stream %d failed in the probe's repetition", i); goto out; }
+    const double idle_ms = 1e3 * median(idle, BENCH_PROBES_IDLE);
+    x_add(p, "probe_load", L);
+    x_add(p, "probes", k);
+    x_add(p, "probe_idle_ms", idle_ms);
+    if (k > 0) {
+        qsort(load, (size_t)k, sizeof *load, cmp_double);
+        x_add(p, "probe_ms_p50", 1e3 * load[k / 2]);
+        x_add(p, "probe_ms_p99", 1e3 * load[(k * 99) / 100 < k ? (k * 99) / 100 : k - 1]);
+        x_add(p, "probe_x_idle", 1e3 * load[k / 2] / idle_ms);
+    }
+    rc = 0;
+out:
+    if (rc) /* what still runs ends before the turns it uses are freed */
+        while (sched_active(s) && sched_step(s)) {}
+    for (int j = 0; j < NP; j++) {
+        turn_free(pt[j]);
+        free(content[j]);
+        turn_result_free(&po[j].r);
+    }
+    for (int i = 0; i < L; i++) turn_result_free(&so[i].r);
+    free(so);
+    return rc;
+}
+
 static int run_conc(struct bench *b, struct phase *p, struct err *e)
 {
     struct engine *g = b->g;
@@ -491,7 +705,7 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
     for (int i = 0; i < N; i++) {
         if (!(content[i] = filler_content(BENCH_CONC_WORDS, 1000 + (uint64_t)i, 0))) { err_set(e, "out of memory"); goto out; }
         m[i] = (struct chat_msg){"user", content[i]};
-        struct turn_request rq = {.msgs = &m[i], .n_msgs = 1, .max_new = BENCH_CONC_NEW, .ignore_eos = 1};
+        struct turn_request rq = {.msgs = &m[i], .n_msgs = 1, .max_new = b->conc_new, .ignore_eos = 1};
         sampler_defaults(&rq.sp);
         rq.sp.greedy = true;
         rq.sp.repetition_penalty = 1.0f;
@@ -500,6 +714,8 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
     }
     for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
         engine_kv_forget(g); /* each rep prefills its prompts cold (no prefix reuse of the previous rep's) */
+        int64_t pre0, rec0;
+        sched_preempt_counts(s, &pre0, &rec0);
         engine_sync(g);
         double t0 = time_now();
         for (int i = 0; i < N; i++) {
@@ -524,7 +740,7 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
                 qsort(per, (size_t)N, sizeof *per, cmp_double);
                 x_add(p, "streams", N);
                 x_add(p, "prompt_tokens_mean", (double)n_prompt / N);
-                x_add(p, "new_tokens", BENCH_CONC_NEW);
+                x_add(p, "new_tokens", b->conc_new);
                 x_add(p, "tokens", (double)gen);
                 x_add(p, "stream_tok_s_p50", per[N / 2]);
                 x_add(p, "stream_tok_s_min", per[0]);
@@ -539,10 +755,20 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
                 x_add(p, "step_us_take", st.take * per_step);
                 x_add(p, "step_us_launch", st.launch * per_step);
                 x_add(p, "step_us_emit", st.emit * per_step);
+                /* a KV pool smaller than the streams' tokens (--kv-tokens): the turns preempted in this
+                 * repetition and the tokens they prefilled again */
+                int64_t pre1, rec1;
+                sched_preempt_counts(s, &pre1, &rec1);
+                struct engine_kv_use kv;
+                engine_kv_use(g, &kv);
+                x_add(p, "kv_pool_tokens", (double)kv.blocks * kv.block_tokens);
+                x_add(p, "preempted", (double)(pre1 - pre0));
+                x_add(p, "recomputed", (double)(rec1 - rec0));
             }
         }
         p->value = (double)gen; /* tokens per repetition, divided below */
     }
+    if (conc_probe(b, p, s, t, N, e)) goto out;
     p->med = median(p->t, p->reps);
     p->value = p->value / p->med;
     p->unit = "tok/s";
@@ -584,9 +810,10 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
         else if (!strcmp(t, "vision1") || !strcmp(t, "vision10")) { p->kind = PK_VISION; v = atoi(t + 6); }
         else if (!strcmp(t, "ttft")) p->kind = PK_TTFT;
         else if (!strcmp(t, "seedcase")) p->kind = PK_SEED;
+        else if (!strcmp(t, "turn2")) p->kind = PK_TURN2;
         else if (!strncmp(t, "conc", 4) && !cmdu_int("--only concN", t + 4, 1, 4096, &v, &ie)) p->kind = PK_CONC;
         else
-            return err_set(e, "--only: unknown phase '%s' (prefillN, decodeN, vision1, vision10, ttft, seedcase, concN, all)",
+            return err_set(e, "--only: unknown phase '%s' (prefillN, decodeN, vision1, vision10, ttft, seedcase, concN, turn2, all)",
                            t);
         p->n = v;
         snprintf(p->name, sizeof p->name, "%s", t);
@@ -600,9 +827,10 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
 static const char BENCH_HELP[] =
     "usage: minicpmv bench --model DIR [--only LIST] [--reps N] [--json FILE] [flags]\n"
     "  --only LIST          comma list of prefillN, decodeN (N = tokens / context), vision1, vision10, ttft,\n"
-    "                       seedcase, concN (N streams through the scheduler; needs --parallel N), or all\n"
-    "                       (default: %s)\n"
+    "                       seedcase, concN (N streams through the scheduler; needs --parallel N), turn2 (a\n"
+    "                       follow-up turn about the same 1344x1344 image), or all (default: %s)\n"
     "  --concurrency LIST   e.g. 1,4,16,64: the phases conc1,conc4,... (after --only's, if given)\n"
+    "  --conc-new N         concN: tokens each stream generates (default 256)\n"
     "  --reps N             timed repetitions per phase after one warm-up; the median is reported (default 5)\n"
     "  --decode-steps N     decode steps timed per repetition (default 128)\n"
     "  --seed-prompt N      seed case: prompt tokens, image included (default 3000)\n"
@@ -630,6 +858,7 @@ int cmd_bench(int argc, char **argv)
     b.seed_new = 1000;
     b.seed_reps = 1;
     b.seed = 1;
+    b.conc_new = BENCH_CONC_NEW;
     pthread_mutex_init(&b.mu, NULL);
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
@@ -652,7 +881,7 @@ int cmd_bench(int argc, char **argv)
             if (!(json = cmdu_value(argc, argv, &i, &e))) goto out;
         } else if (!strcmp(f, "--reps") || !strcmp(f, "--decode-steps") || !strcmp(f, "--seed-prompt") ||
                    !strcmp(f, "--seed-new") || !strcmp(f, "--seed-reps") || !strcmp(f, "--rng-seed") ||
-                   !strcmp(f, "--mem-poll")) {
+                   !strcmp(f, "--mem-poll") || !strcmp(f, "--conc-new")) {
             const long long hi = !strcmp(f, "--reps") || !strcmp(f, "--seed-reps") ? BENCH_MAX_REPS : 1 << 20;
             const long long lo = !strcmp(f, "--rng-seed") || !strcmp(f, "--mem-poll") ? 0 : 1;
             if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, lo, hi, &n, &e)) goto out;
@@ -662,6 +891,7 @@ int cmd_bench(int argc, char **argv)
             else if (!strcmp(f, "--seed-new")) b.seed_new = (int)n;
             else if (!strcmp(f, "--seed-reps")) b.seed_reps = (int)n;
             else if (!strcmp(f, "--rng-seed")) b.seed = (uint64_t)n;
+            else if (!strcmp(f, "--conc-new")) b.conc_new = (int)n;
             else b.poll_ms = (int)n;
         } else if (!strcmp(f, "--peak-gbs")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
@@ -700,7 +930,8 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; i < n_ph; i++) {
         int64_t k = ph[i].kind == PK_PREFILL ? ph[i].n : ph[i].kind == PK_DECODE ? ph[i].n + b.decode_steps
                     : ph[i].kind == PK_SEED ? (int64_t)b.seed_prompt + b.seed_new
-                    : ph[i].kind == PK_CONC ? BENCH_CONC_PROMPT + BENCH_CONC_NEW + 64 : 0;
+                    : ph[i].kind == PK_CONC ? BENCH_CONC_PROMPT + b.conc_new + 64
+                    : ph[i].kind == PK_TURN2 ? 1536 : 0;
         if (k > need) { need = k; need_by = ph[i].name; }
     }
     if (eo.dm.params.ctx > 0 && eo.dm.params.ctx < need) {
@@ -745,7 +976,8 @@ int cmd_bench(int argc, char **argv)
         double t0 = time_now();
         int prc = p->kind == PK_PREFILL ? run_prefill(&b, p, &pe) : p->kind == PK_DECODE ? run_decode(&b, p, &pe)
                   : p->kind == PK_VISION ? run_vision(&b, p, &pe) : p->kind == PK_TTFT ? run_ttft(&b, p, &pe)
-                  : p->kind == PK_SEED ? run_seed(&b, p, &pe) : run_conc(&b, p, &pe);
+                  : p->kind == PK_SEED ? run_seed(&b, p, &pe) : p->kind == PK_TURN2 ? run_turn2(&b, p, &pe)
+                  : run_conc(&b, p, &pe);
         bench_phase_mem_end(&b, p);
         engine_truncate(b.g, 0);
         if (prc) snprintf(p->err, sizeof p->err, "failed: %s", pe.msg);

@@ -13,13 +13,16 @@
 
 #define BENCH_MAX_REPS 100
 #define BENCH_MAX_PHASES 16
-#define BENCH_MAX_X 16
+#define BENCH_MAX_X 24
 #define BENCH_CONC_WORDS 440 /* filler words of a concN prompt: ~512 tokens with the template */
 #define BENCH_CONC_PROMPT 600
-#define BENCH_CONC_NEW 256
+#define BENCH_CONC_NEW 256      /* default of --conc-new */
+#define BENCH_PROBES 8          /* concN: probe requests under load, one at a time */
+#define BENCH_PROBES_IDLE 3     /* concN: the same probe alone first (the idle TTFT: their median) */
+#define BENCH_TURN2_FIRST_NEW 16 /* turn2: tokens of the first turn's answer */
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
-enum phase_kind { PK_PREFILL, PK_DECODE, PK_VISION, PK_TTFT, PK_SEED, PK_CONC };
+enum phase_kind { PK_PREFILL, PK_DECODE, PK_VISION, PK_TTFT, PK_SEED, PK_CONC, PK_TURN2 };
 
 struct phase {
     char name[24];
@@ -43,6 +46,7 @@ struct phase {
 struct bench {
     struct engine *g;
     int reps, decode_steps, seed_prompt, seed_new, seed_reps;
+    int conc_new;                 /* concN: tokens each stream generates (--conc-new) */
     uint64_t seed;
     double peak_gbs;              /* the read bandwidth decode is compared with (0: none) */
     int peak_auto;                /* --peak-gbs auto: peak_gbs is the least of bw[] */

@@ -130,6 +130,9 @@ const char *devmap_opts_help(void)
            "                          (default min(4096, max_position_embeddings))\n"
            "  --parallel N            sequences served together, each with its own KV cache of --ctx\n"
            "                          tokens (default 1); --kv-seqs N is the same flag\n"
+           "  --kv-tokens N|auto      a KV pool of N tokens the sequences share (at least --ctx; default\n"
+           "                          --parallel x --ctx): a turn that finds no free block is preempted and\n"
+           "                          resumed later; auto: the most the budget holds, up to the default\n"
            "  --max-batch N           prefill chunk: prompt tokens per forward step (default 2048)\n"
            "  --max-pieces N          image pieces per vision batch (default 10: one image, 9 slices);\n"
            "                          a request with more pieces runs in several batches\n"
@@ -142,7 +145,8 @@ const char *devmap_opts_help(void)
 int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, struct err *e)
 {
     static const char *flags[] = {"--gpus", "--max-memory", "--logical-devices", "--ctx", "--kv-seqs", "--parallel",
-                                  "--max-batch", "--max-pieces", "--max-patches", "--device-map", "--quant"};
+                                  "--max-batch", "--max-pieces", "--max-patches", "--device-map", "--quant",
+                                  "--kv-tokens"};
     const char *arg = argv[*i], *val = NULL;
     int k, nf = (int)(sizeof flags / sizeof flags[0]);
     for (k = 0; k < nf; k++) {
@@ -164,6 +168,13 @@ int devmap_opts_parse(struct devmap_opts *o, int argc, char **argv, int *i, stru
         if (!strcmp(val, "q8")) o->params.quant = DTYPE_Q8;
         else if (!strcmp(val, "q4")) o->params.quant = DTYPE_Q4;
         else return err_set(e, "--quant: '%s' is not q8 or q4 (an nf4 folder is read as it is, without --quant)", val);
+        return 1;
+    }
+    if (!strcmp(f, "--kv-tokens")) {
+        if (!strcmp(val, "auto")) o->params.kv_tokens = DEVMAP_KV_AUTO;
+        else if (devmap_parse_long(val, 1, 1L << 30, &v))
+            return err_set(e, "--kv-tokens: '%s' is neither auto nor an integer in 1..%ld", val, 1L << 30);
+        else o->params.kv_tokens = v;
         return 1;
     }
     if (!strcmp(f, "--device-map")) {
