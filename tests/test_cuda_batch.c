@@ -1,7 +1,8 @@
 /* test_cuda_batch.c: the batched decode step of several slots on the GPU (issue 14).
- *  - op_attention_rows (cuda_attention.cu: the split-K decode kernel in rows mode, or the simple
- *    kernel) against its CPU twin on a paged pool with shuffled block tables: B = 1, 16, 64 (and 5, 7),
- *    rows of 1 .. 4096 keys mixed, f16, bf16 and f32, GQA 4:1 and 1:1, hd 128 and 64;
+ *  - op_attention_rows (cuda_attention_decode.cu: a decode kernel in rows mode, the cluster kernel on
+ *    sm_90 and the split-K one before, both also forced one by one; or the simple kernel) against its
+ *    CPU twin on a paged pool with shuffled block tables: B = 1, 16, 64 (and 5, 7), rows of 1 .. 4096
+ *    keys mixed, f16, bf16 and f32, GQA 4:1 and 1:1, hd 128 and 64;
  *  - engine_decode_batch on the tiny model on the GPU (fp16 and fp32): 6 slots with different
  *    prompts, 12 steps, every row against the same slot stepped alone (engine_slot_prefill with one
  *    token) in a one-slot engine, within the logits tolerance, and the greedy tokens equal wherever
@@ -32,14 +33,25 @@
 
 #include "tcuda.h"
 
+/* hooks into cuda_attention_decode.cu (test_cuda_ops.c says more): one decode kernel with the choice
+ * forced (0 split-K, C > 0 the cluster kernel with C splits; returns 0 nothing ran, 1 split-K, 2 cluster)
+ * and the cluster sizes the device holds (maxcl[0] -1: no cluster kernel on this device) */
+int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                                  const struct tensor *pos, const struct tensor *tab, const struct tensor *seq,
+                                  const struct tensor *n_keys, int64_t q_pos0, float scale, int flags, int variant);
+void cuda_attention_cluster_caps(int ordinal, int maxcl[5]);
+
 /* op_attention_rows on a paged pool: B rows of mixed lengths (1 .. 4096), each row's sequence a table
  * row (rows and table rows in different orders, S > B tables), the blocks of all tables one shuffled
  * permutation of the pool plus unused blocks, so a kernel that ignores or misreads the table reads
  * the wrong keys. The CPU twin is first checked against its definition (the row's keys gathered in
- * order, then the one-row attention), bit for bit. B = 1 (~50 splits), 16 and 64 (few or no splits),
- * f16 and bf16 through the split-K decode kernel; f32 and hd 64 GQA 1:1 through the simple kernel. */
+ * order, then the one-row attention), bit for bit. B = 1, 16 and 64, f16 and bf16 through the automatic
+ * choice (the cluster kernel on sm_90, else split-K), then through each decode kernel forced (split-K,
+ * the cluster kernel with 1, 2, 4, 16 splits); f32 and hd 64 GQA 1:1 through the simple kernel. */
 static void test_attention_rows(void)
 {
+    int maxcl[5];
+    cuda_attention_cluster_caps(0, maxcl);
     static const struct { int64_t H, Hkv, hd; enum dtype dt; int B, maxlen, off; } cs[] = {
         {32, 8, 128, DTYPE_F16, 1, 4096, 1},  {32, 8, 128, DTYPE_F16, 1, 4096, 0},
         {32, 8, 128, DTYPE_F16, 16, 4096, 0}, {32, 8, 128, DTYPE_F16, 64, 4096, 3},
@@ -95,6 +107,21 @@ static void test_attention_rows(void)
         struct tensor dout2 = d_new(cs[c].dt, 3, B, H, hd);
         op_attention_rows(&dout2, &dq, &dk, &dv, &dt, &ds, &dc, scale);
         check_close("attn_rows", "the same launch again", &dout2, &ref, tol_for(cs[c].dt));
+        /* the decode kernels one by one: split-K (sm_75 .. sm_89; twice, for its counters) and the
+         * cluster kernel (sm_90) with 1, 2, 4 and 16 splits; f32 caches take neither */
+        static const int variants[] = {0, 0, 1, 2, 4, 16};
+        for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++) {
+            const int var = variants[w], e = var == 16 ? 4 : var == 4 ? 2 : var == 2 ? 1 : 0;
+            struct tensor d3 = d_new(cs[c].dt, 3, B, H, hd);
+            const int ran = cuda_attention_decode_variant(&d3, &dq, &dk, &dv, NULL, &dt, &ds, &dc, 0, scale, 0, var);
+            char lab[64];
+            snprintf(lab, sizeof lab, "%s %d", var ? "cluster kernel, splits" : "split-K kernel", var ? var : (int)w + 1);
+            if (cs[c].dt == DTYPE_F32) T_EQ_INT(ran, 0);
+            else if (var == 0) T_EQ_INT(ran, 1);
+            else T_EQ_INT(ran, maxcl[0] > 0 && maxcl[e] > 0 ? 2 : 0);
+            if (ran) check_close("attn_rows", lab, &d3, &ref, tol_for(cs[c].dt));
+            t_free(&d3);
+        }
         free(nk);
         t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&tab), t_free(&seq), t_free(&cnt), t_free(&perm);
         t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dt), t_free(&ds), t_free(&dc), t_free(&dout), t_free(&dout2);

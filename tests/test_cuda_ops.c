@@ -410,6 +410,87 @@ static void test_attention_pos(void)
     }
 }
 
+/* hooks into cuda_attention_decode.cu: one decode kernel with the choice forced (variant 0 split-K, C in
+ * 1..16 the cluster kernel with C splits, -1 automatic; returns 0 nothing ran, 1 split-K ran, 2 the
+ * cluster kernel ran), and the cluster sizes the device holds (-1 everywhere: no cluster kernel here) */
+int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
+                                  const struct tensor *pos, const struct tensor *tab, const struct tensor *seq,
+                                  const struct tensor *n_keys, int64_t q_pos0, float scale, int flags, int variant);
+void cuda_attention_cluster_caps(int ordinal, int maxcl[5]);
+
+/* The decode kernels one by one against the CPU twin: the split-K kernel (sm_75 .. sm_89, and what sm_90
+ * ran before) and the cluster kernel (sm_90) at every cluster size, 1 .. 16, then the automatic choice
+ * (on a card that runs the cluster kernel it must be the one chosen). Call forms: q_pos0 (op_attention),
+ * device positions over a cache of capacity T (the first p0 + n rows valid), the same through a shuffled
+ * block table (paged); rows mode is in test_cuda_batch. Key counts at the edges of the split arithmetic:
+ * one key, one tile, 16 tiles + 1 and 32 tiles + 1 (a split of one key after full ones), a count that
+ * is not a tile multiple, hd 64 (64-key tiles); GQA 4:1 and 1:1, 8 slots (2 rows x 4 heads), 3 row
+ * blocks with a causal limit per row, bf16. Split-K runs twice (its arrival counters must be back at
+ * zero for the next launch). */
+static void test_attention_decode(void)
+{
+    static const struct { int64_t n, T, H, Hkv, hd; int32_t p0; enum dtype dt; int flags, mode; const char *what; } cs[] = {
+        {1, 1, 32, 8, 128, 0, DTYPE_F16, ATTN_CAUSAL, 0, "one key"},
+        {1, 32, 32, 8, 128, 31, DTYPE_F16, ATTN_CAUSAL, 0, "one tile"},
+        {1, 513, 32, 8, 128, 512, DTYPE_F16, ATTN_CAUSAL, 0, "16 tiles + 1 key"},
+        {1, 1025, 32, 8, 128, 1024, DTYPE_BF16, ATTN_CAUSAL, 0, "32 tiles + 1 key, bf16"},
+        {1, 1000, 8, 8, 128, 999, DTYPE_F16, ATTN_CAUSAL, 0, "GQA 1:1, not a tile multiple"},
+        {1, 4099, 32, 8, 64, 4098, DTYPE_F16, ATTN_CAUSAL, 0, "hd 64 (64-key tiles)"},
+        {2, 4097, 32, 8, 128, 0, DTYPE_F16, 0, 0, "2 rows non-causal (8 slots)"},
+        {5, 777, 32, 8, 128, 772, DTYPE_BF16, ATTN_CAUSAL, 0, "3 row blocks, causal per row, bf16"},
+        {8, 300, 8, 8, 64, 292, DTYPE_BF16, ATTN_CAUSAL, 0, "GQA 1:1 hd 64, 8 rows, bf16"},
+        {1, 20000, 32, 8, 128, 19999, DTYPE_F16, ATTN_CAUSAL, 0, "20000 keys"},
+        {1, 8192, 32, 8, 128, 544, DTYPE_F16, ATTN_CAUSAL, 1, "pos: cache 8192, 545 keys"},
+        {1, 4096, 32, 8, 128, 0, DTYPE_BF16, ATTN_CAUSAL, 1, "pos: first token, bf16"},
+        {3, 2048, 32, 8, 128, 1500, DTYPE_F16, ATTN_CAUSAL, 2, "paged pos, 3 rows"},
+        {1, 8192, 8, 8, 128, 4096, DTYPE_F16, ATTN_CAUSAL, 2, "paged pos GQA 1:1, 4097 keys"},
+    };
+    static const int variants[] = {0, 1, 2, 4, 8, 16, -1};
+    int maxcl[5];
+    cuda_attention_cluster_caps(0, maxcl);
+    const int able = maxcl[0] > 0;
+    printf("  cluster kernel on this device: %s", able ? "yes" : "no (split-K only)");
+    if (able) printf(" (clusters held at once, of 2 / 4 / 8 / 16 blocks: %d / %d / %d / %d)", maxcl[1], maxcl[2], maxcl[3], maxcl[4]);
+    printf("\n");
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t n = cs[c].n, T = cs[c].T, H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd;
+        const int mode = cs[c].mode;
+        struct tensor q = h_rand(cs[c].dt, 3, n, H, hd, 2.0f), k = h_rand(cs[c].dt, 3, T, Hkv, hd, 2.0f);
+        struct tensor v = h_rand(cs[c].dt, 3, T, Hkv, hd, 1.0f), ref = h_new(cs[c].dt, 3, n, H, hd);
+        struct tensor pos = h_new(DTYPE_I32, 1, n, 0, 0);
+        for (int64_t i = 0; i < n; i++) ((int32_t *)pos.data)[i] = cs[c].p0 + (int32_t)i;
+        const int64_t mb = (cs[c].p0 + n + KV_BLOCK - 1) / KV_BLOCK;
+        struct tensor tab = h_table(0, mode == 2 ? mb : 1, mode == 2 ? T / KV_BLOCK : 1);
+        const float scale = 1.0f / sqrtf((float)hd);
+        if (mode == 0) op_attention(&ref, &q, &k, &v, cs[c].p0, scale, cs[c].flags);
+        else op_attention_pos(&ref, &q, &k, &v, &pos, mode == 2 ? &tab : NULL, scale, cs[c].flags);
+        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dt = d_from(&tab);
+        for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++) {
+            const int var = variants[w];
+            int e = 0;
+            while (var > 0 && (1 << e) < var) e++;
+            for (int rep = 0; rep < (var == 0 ? 2 : 1); rep++) {
+                struct tensor dout = d_new(cs[c].dt, 3, n, H, hd);
+                const int ran = cuda_attention_decode_variant(&dout, &dq, &dk, &dv, mode ? &dp : NULL, mode == 2 ? &dt : NULL,
+                                                              NULL, NULL, cs[c].p0, scale, cs[c].flags, var);
+                char lab[16], cas[128];
+                if (var > 0) snprintf(lab, sizeof lab, "cluster %d", var);
+                else snprintf(lab, sizeof lab, "%s", var == 0 ? "split-K" : "auto");
+                snprintf(cas, sizeof cas, "n%lld T%lld H%lld/%lld hd%lld %s %s (%s)", (long long)n, (long long)T,
+                         (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt), lab, cs[c].what);
+                if (var == 0) T_EQ_INT(ran, 1);
+                else if (var < 0) T_EQ_INT(ran, able ? 2 : 1);
+                else T_EQ_INT(ran, able && maxcl[e] > 0 ? 2 : 0);
+                if (ran) check_close("attn_dec", cas, &dout, &ref, tol_for(cs[c].dt));
+                else printf("  %-10s %-52s not run on this device\n", "attn_dec", cas);
+                t_free(&dout);
+            }
+        }
+        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&pos), t_free(&tab);
+        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dt);
+    }
+}
+
 static void test_argmax_dev(void)
 {
     const int64_t n = 3, V = 128256;
@@ -872,17 +953,30 @@ static void gemv_step(int rep, void *p)
 
 struct attn_bench {
     struct tensor q, out, *k, *v, pos;
-    int nbuf, which; /* 0 general kernel (before), 1 op_attention (after), 2 op_attention_pos */
+    int nbuf, which; /* ATTN_B_* below; >= ATTN_B_FORCED: the cluster kernel with which - ATTN_B_FORCED splits */
 };
+enum { ATTN_B_GENERAL, ATTN_B_SPLITK, ATTN_B_AUTO, ATTN_B_SPLITK_POS, ATTN_B_AUTO_POS, ATTN_B_FORCED };
 
 static void attn_step(int rep, void *p)
 {
     struct attn_bench *b = p;
     int i = rep % b->nbuf;
     const float sc = 0.08838834764831845f;
-    if (b->which == 0) cuda_attention_general(&b->out, &b->q, &b->k[i], &b->v[i], b->k[i].shape[0] - 1, sc, ATTN_CAUSAL);
-    else if (b->which == 1) op_attention(&b->out, &b->q, &b->k[i], &b->v[i], b->k[i].shape[0] - 1, sc, ATTN_CAUSAL);
-    else op_attention_pos(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, NULL, sc, ATTN_CAUSAL);
+    const int64_t p0 = b->k[i].shape[0] - 1;
+    switch (b->which) {
+    case ATTN_B_GENERAL: cuda_attention_general(&b->out, &b->q, &b->k[i], &b->v[i], p0, sc, ATTN_CAUSAL); break;
+    case ATTN_B_SPLITK:
+        cuda_attention_decode_variant(&b->out, &b->q, &b->k[i], &b->v[i], NULL, NULL, NULL, NULL, p0, sc, ATTN_CAUSAL, 0);
+        break;
+    case ATTN_B_AUTO: op_attention(&b->out, &b->q, &b->k[i], &b->v[i], p0, sc, ATTN_CAUSAL); break;
+    case ATTN_B_SPLITK_POS:
+        cuda_attention_decode_variant(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, NULL, NULL, NULL, 0, sc, ATTN_CAUSAL, 0);
+        break;
+    case ATTN_B_AUTO_POS: op_attention_pos(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, NULL, sc, ATTN_CAUSAL); break;
+    default:
+        cuda_attention_decode_variant(&b->out, &b->q, &b->k[i], &b->v[i], NULL, NULL, NULL, NULL, p0, sc, ATTN_CAUSAL,
+                                      b->which - ATTN_B_FORCED);
+    }
 }
 
 /* buffers are rotated so the working set is >= 256 MB, beyond the H200's 60 MB L2 */
@@ -1000,11 +1094,24 @@ static void bench_rows(void)
     }
 }
 
+/* Decode attention at n = 1 (Llama-3-8B shapes): before (the general kernel; the split-K decode kernel, which
+ * sm_90 ran until the cluster kernel and sm_75..sm_89 still run) and after (op_attention: the cluster
+ * kernel on sm_90), in both call forms (q_pos0, and device positions over a cache of capacity 2T: the
+ * decode graph's form, whose split-K grid is sized by the capacity); then the cluster kernel with its
+ * splits per cluster forced to 4, 8, 16 (the automatic choice is 16 on a 132-SM H200 where the device
+ * holds eight 16-block clusters at once). */
 static void bench_attention(void)
 {
-    printf("attention decode fp16 (n=1, H=32, Hkv=8, hd=128, causal), KV rotated beyond L2:\n");
-    printf("  %-8s %-22s %-22s %s\n", "T", "before (general)", "after (op_attention)", "op_attention_pos (cache 2T)");
+    int maxcl[5];
+    cuda_attention_cluster_caps(0, maxcl);
+    printf("attention decode fp16 (n=1, H=32, Hkv=8, hd=128, causal), KV rotated beyond L2, us and GB/s of K+V;\n"
+           "cluster kernel: %s, clusters of 2 / 4 / 8 / 16 blocks held at once: %d / %d / %d / %d\n",
+           maxcl[0] > 0 ? "yes" : "no", maxcl[1], maxcl[2], maxcl[3], maxcl[4]);
+    printf("  %-8s %-20s %-20s %-20s %-20s %-20s\n", "T", "before: general", "before: split-K", "after: op_attention",
+           "before: split-K pos", "after: attention_pos");
     static const int64_t Ts[] = {512, 1024, 4096, 8192, 32768};
+    static const int forced[] = {4, 8, 16};
+    double fms[sizeof Ts / sizeof Ts[0]][3];
     for (size_t s = 0; s < sizeof Ts / sizeof Ts[0]; s++) {
         const int64_t T = Ts[s];
         struct attn_bench b;
@@ -1024,20 +1131,93 @@ static void bench_attention(void)
         b.q = d_from(&hq);
         b.pos = d_from(&hp);
         b.out = d_new(DTYPE_F16, 3, 1, 32, 128);
-        double ms[3];
-        for (int w = 0; w < 3; w++) {
-            b.which = w;
-            for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = w == 2 ? 2 * T : T;
-            ms[w] = bench_ms(200, attn_step, &b);
+        double ms[5];
+        for (int w = 0; w < 5 + 3; w++) {
+            b.which = w < 5 ? w : ATTN_B_FORCED + forced[w - 5];
+            const int pos_form = w == ATTN_B_SPLITK_POS || w == ATTN_B_AUTO_POS;
+            for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = pos_form ? 2 * T : T;
+            const double t = w >= 5 && maxcl[0] <= 0 ? 0 : bench_ms(200, attn_step, &b);
+            if (w < 5) ms[w] = t;
+            else fms[s][w - 5] = t;
         }
         printf("  T=%-6lld", (long long)T);
-        for (int w = 0; w < 3; w++) printf(" %7.1f us %6.0f GB/s", ms[w] * 1e3, (double)(2 * kvbytes) / (ms[w] * 1e-3) / 1e9);
+        for (int w = 0; w < 5; w++) printf(" %7.1f us %6.0f GB/s", ms[w] * 1e3, (double)(2 * kvbytes) / (ms[w] * 1e-3) / 1e9);
         printf("\n");
         for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = 2 * T, t_free(&b.k[i]), t_free(&b.v[i]);
         free(b.k);
         free(b.v);
         t_free(&hq), t_free(&hp), t_free(&b.q), t_free(&b.pos), t_free(&b.out);
     }
+    if (maxcl[0] <= 0) return;
+    printf("  cluster kernel, splits per cluster forced (op_attention form):\n");
+    for (size_t s = 0; s < sizeof Ts / sizeof Ts[0]; s++) {
+        const double kvb = (double)(Ts[s] * 8 * 128) * 2 * 2;
+        printf("  T=%-6lld", (long long)Ts[s]);
+        for (int f = 0; f < 3; f++)
+            if (maxcl[f + 2] > 0) printf("  C=%-2d %7.1f us %6.0f GB/s", forced[f], fms[s][f] * 1e3, kvb / (fms[s][f] * 1e-3) / 1e9);
+        printf("\n");
+    }
+}
+
+/* op_attention_rows as the batched step calls it: B rows of one length each, every row its own paged
+ * sequence, split-K kernel (before) and the automatic choice (after: the cluster kernel on sm_90); table
+ * sets rotated so that the K/V read is >= 256 MB, beyond L2 */
+struct rows_bench {
+    struct tensor q, out, k, v, tab, nk, *seq;
+    int nrot, variant;
+};
+
+static void rows_step(int rep, void *p)
+{
+    struct rows_bench *b = p;
+    cuda_attention_decode_variant(&b->out, &b->q, &b->k, &b->v, NULL, &b->tab, &b->seq[rep % b->nrot], &b->nk, 0,
+                                  0.08838834764831845f, ATTN_CAUSAL, b->variant);
+}
+
+static void bench_attention_rows(void)
+{
+    static const int Bs[] = {1, 4, 16, 64}, lens[] = {512, 4096};
+    printf("op_attention_rows fp16 (H=32, Hkv=8, hd=128, paged), B rows of one length, us and GB/s of K+V:\n");
+    printf("  %-16s %-22s %s\n", "rows", "before: split-K", "after: automatic");
+    for (size_t bi = 0; bi < sizeof Bs / sizeof Bs[0]; bi++)
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            const int64_t B = Bs[bi], len = lens[li], mb = len / KV_BLOCK;
+            const size_t set_bytes = (size_t)(B * len * 8 * 128) * 2 * 2;
+            struct rows_bench b;
+            b.nrot = rotation(set_bytes);
+            const int64_t S = B * b.nrot, rows = S * len;
+            b.k = d_alloc(DTYPE_F16, 3, rows, 8, 128);
+            b.v = d_alloc(DTYPE_F16, 3, rows, 8, 128);
+            d_fill_rand(&b.k, 2.0f);
+            d_fill_rand(&b.v, 1.0f);
+            struct tensor ht = h_new(DTYPE_I32, 2, S, mb, 0), hn = h_new(DTYPE_I32, 1, B, 0, 0);
+            for (int64_t i = 0; i < S * mb; i++) ((int32_t *)ht.data)[i] = (int32_t)i; /* sequence s: blocks s*mb .. */
+            for (int64_t i = 0; i < B; i++) ((int32_t *)hn.data)[i] = (int32_t)len;
+            b.tab = d_from(&ht);
+            b.nk = d_from(&hn);
+            b.seq = calloc((size_t)b.nrot, sizeof *b.seq);
+            CHECK(b.seq);
+            for (int r = 0; r < b.nrot; r++) {
+                struct tensor hs = h_new(DTYPE_I32, 1, B, 0, 0);
+                for (int64_t i = 0; i < B; i++) ((int32_t *)hs.data)[i] = (int32_t)(r * B + i);
+                b.seq[r] = d_from(&hs);
+                t_free(&hs);
+            }
+            struct tensor hq = h_rand(DTYPE_F16, 3, B, 32, 128, 2.0f);
+            b.q = d_from(&hq);
+            b.out = d_new(DTYPE_F16, 3, B, 32, 128);
+            b.variant = 0;
+            const double before = bench_ms(100, rows_step, &b);
+            b.variant = -1;
+            const double after = bench_ms(100, rows_step, &b);
+            printf("  B=%-3lld keys %-5lld %7.1f us %6.0f GB/s %7.1f us %6.0f GB/s\n", (long long)B, (long long)len,
+                   before * 1e3, (double)set_bytes / (before * 1e-3) / 1e9, after * 1e3,
+                   (double)set_bytes / (after * 1e-3) / 1e9);
+            for (int r = 0; r < b.nrot; r++) t_free(&b.seq[r]);
+            free(b.seq);
+            t_free(&b.k), t_free(&b.v), t_free(&ht), t_free(&hn), t_free(&b.tab), t_free(&b.nk), t_free(&hq);
+            t_free(&b.q), t_free(&b.out);
+        }
 }
 
 /* ---- a whole decode step: 32 Llama-3-8B layers + lm_head, fp16, n = 1 ---- */
@@ -1402,7 +1582,7 @@ static void bench(int argc, char **argv)
     }
     if (!*only || !strcmp(only, "gemv")) bench_gemv();
     if (!*only || !strcmp(only, "rows")) bench_rows();
-    if (!*only || !strcmp(only, "attention")) bench_attention();
+    if (!*only || !strcmp(only, "attention")) bench_attention(), bench_attention_rows();
     if (!*only || !strcmp(only, "small")) bench_small();
     if (!*only || !strcmp(only, "step")) bench_step();
 }
@@ -1428,6 +1608,7 @@ int main(int argc, char **argv)
         T_SKIP(test_kv_store, why);
         T_SKIP(test_kv_pages, why);
         T_SKIP(test_attention_pos, why);
+        T_SKIP(test_attention_decode, why);
         T_SKIP(test_argmax_dev, why);
         T_SKIP(test_graph, why);
         T_SKIP(test_overlap, why);
@@ -1456,6 +1637,7 @@ int main(int argc, char **argv)
     T_RUN(test_kv_store);
     T_RUN(test_kv_pages);
     T_RUN(test_attention_pos);
+    T_RUN(test_attention_decode);
     T_RUN(test_argmax_dev);
     T_RUN(test_graph);
     T_RUN(test_overlap);

@@ -3,9 +3,10 @@
  * same with positions read on the device (graph replay), over a direct or a paged cache (a block
  * table: backend.h).
  *
- * Order of dispatch: the tensor-core flash kernel (cuda_flash.cu, many rows), then the decode kernel
+ * Order of dispatch: the tensor-core flash kernel (cuda_flash.cu, many rows), then a decode kernel
  * (cuda_attention_decode.cu: n <= 8, f16/bf16 K/V, hd 64 or 128: one launch, K/V read once per GQA
- * group, last-block combine), then the general kernel:
+ * group; on sm_90 the splits merge inside a thread-block cluster, before sm_90 through a last-block
+ * combine), then the general kernel:
  *
  * The general kernel serves everything else (CUDA cores, fp32 throughout):
  *  - a block owns up to 8 "slots" = (query row, query head) pairs that share one kv head: GB heads

@@ -1,6 +1,7 @@
 /* cuda_attention.cuh: what the two attention files share. cuda_attention.cu owns the general kernel
- * and the dispatch of op_attention / op_attention_pos; cuda_attention_decode.cu owns the decode kernel
- * (few query rows, K/V streamed once, split-K) and op_attention_rows (that kernel in its rows mode).
+ * and the dispatch of op_attention / op_attention_pos; cuda_attention_decode.cu owns the decode kernels
+ * (few query rows, K/V streamed once, the keys in splits merged in a cluster on sm_90 or by the last
+ * block before it) and op_attention_rows (those kernels in their rows mode).
  * Paged caches (backend.h): key j of a sequence is in cache row attn_row(tab, j). */
 #ifndef MINICPMV_CUDA_ATTENTION_CUH
 #define MINICPMV_CUDA_ATTENTION_CUH
@@ -32,9 +33,10 @@ static inline void attn_check(const struct tensor *q, const struct tensor *k)
            (long long)n, (long long)H, (long long)T);
 }
 
-/* Runs the decode kernel when the call fits it (f16/bf16 K and V of one dtype, hd 64 or 128, 16-byte
- * aligned, not eager; at most 8 query rows, or any number in rows mode: pg->nkeys); 0 otherwise (nothing
- * done). pos: device positions or NULL; pg: a paged cache or NULL. */
+/* Runs a decode kernel (the cluster kernel where the device and the code are sm_90+, else split-K)
+ * when the call fits it (f16/bf16 K and V of one dtype, hd 64 or 128, 16-byte aligned, not eager; at
+ * most 8 query rows, or any number in rows mode: pg->nkeys); 0 otherwise (nothing done). pos: device
+ * positions or NULL; pg: a paged cache or NULL. */
 int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
                 const struct tensor *v, const int32_t *pos, const attn_pages *pg, int64_t q_pos0, float scale,
                 int flags);

@@ -1,11 +1,17 @@
-/* cuda_attention_decode.cu: the decode attention kernel (few query rows, K/V streamed once, split-K
- * with a last-block combine, direct or paged caches) and op_attention_rows, the batched decode step's
- * attention, which is that kernel in its rows mode (one query row per sequence, each over its own paged
- * sequence), with a simple fallback kernel for other dtypes and head dims. cuda_attention.cu dispatches
- * op_attention and op_attention_pos here first (cuda_attention.cuh). */
+/* cuda_attention_decode.cu: the decode attention kernels (few query rows, K/V streamed once per GQA
+ * group, the keys cut into splits, direct or paged caches) and op_attention_rows, the batched decode
+ * step's attention, which is a decode kernel in its rows mode (one query row per sequence, each over its
+ * own paged sequence), with a simple fallback kernel for other dtypes and head dims. Two decode kernels:
+ * the cluster kernel (sm_90: the splits of a head group merge in distributed shared memory) and the
+ * split-K kernel (sm_75 .. sm_89, and code built for them: the splits merge through global partials and
+ * the last block to arrive). attn_decode picks one; cuda_attention.cu dispatches op_attention and
+ * op_attention_pos here first (cuda_attention.cuh). Not here: prefill (cuda_flash.cu), eager vision
+ * attention and other shapes (the general kernel of cuda_attention.cu). */
+#include <mutex>
+
 #include "cuda/cuda_attention.cuh"
 
-/* ---- decode: few query rows, K/V streamed once ----
+/* ---- decode, split-K (before sm_90): few query rows, K/V streamed once ----
  * A 128-thread block owns one kv head, one key split and NS slots (the GB heads of the GQA group
  * times QB query rows), so each K/V row is read once for all of them. A key row of HD 16-bit values
  * is LPK = HD/8 lanes x 16 bytes; a "segment" of LPK lanes handles one key at a time, SEGS = 128/LPK
@@ -303,10 +309,454 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
     }
 }
 
-/* (cuda_attention.cuh) */
-int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
-                const struct tensor *v, const int32_t *pos, const attn_pages *pg, int64_t q_pos0, float scale,
-                int flags)
+/* ---- decode on sm_90: the splits of one (head block, row block) are the blocks of one cluster ----
+ * The split-K kernel above pays a chain of latencies at every context: partials written to global
+ * memory, a fence, an atomic, then the last block reading every partial back from L2 (14.8 us at
+ * context 512 for 2 MB of K/V on the H200). Here the C splits of a (head block, row block) are the C
+ * blocks of one thread-block cluster (C = 1, 2, 4, 8 or 16, chosen on the host from the grid shape
+ * only, so a replayed graph stays right at any key count): every block streams its share of the keys
+ * (ceil(keys / C) rounded up to whole tiles, from the key count read on the device), merges its
+ * segments (shuffles) and warps (shared memory), pushes its (m, l, acc) into the shared memory of the
+ * block that owns each slice of the output (distributed shared memory), and after one cluster barrier
+ * each block merges and writes its slice. No global partials, no atomics, no pass over L2.
+ * Loads: 256 threads; a key row is LPK = hd/8 lanes x 16 bytes as above, SEGS = 256/LPK segments take
+ * CL_KPT = 2 keys each per tile (a tile: 32 keys at hd 128, 64 at hd 64; 16 KiB of K and V). Tiles go
+ * through a ring of CL_STAGES tiles in shared memory filled by cp.async (16 bytes, L2 only, zero-filled
+ * past the split's last key): CL_STAGES - 1 tiles (80 KiB) are in flight per block while one is used,
+ * without holding registers. A thread reads back only the pieces it copied itself, so the ring needs
+ * no barrier, only cp.async.wait_group, and a tile's slot is refilled by the thread that just used it.
+ * Scores, softmax and accumulation are the split-K kernel's: fp32, one online softmax per segment. */
+#define CL_THREADS 256
+#define CL_KPT 2
+#define CL_STAGES 6
+#define CL_MAX 16                                            /* blocks per cluster (16: non-portable) */
+#define CL_TILE_U4 (CL_KPT * 2 * CL_THREADS)                 /* 16-byte pieces per ring slot (K and V) */
+#define CL_RING_BYTES ((size_t)CL_STAGES * CL_TILE_U4 * 16)  /* 96 KiB: two blocks fit an sm_90 SM */
+
+/* sm_90 instructions, behind the architecture test so that the fat build's older targets compile */
+__device__ __forceinline__ void cl_copy16(void *dst, const void *src, bool ok) /* zero-fills when !ok */
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cl_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N> __device__ __forceinline__ void cl_wait_copies() /* all but the N newest groups have landed */
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+__device__ __forceinline__ unsigned cl_rank()
+{
+    unsigned r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+
+__device__ __forceinline__ unsigned cl_size()
+{
+    unsigned r = 1;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+
+/* the cluster barrier in two halves: arrive (relaxed: orders nothing; release: this thread's earlier
+ * writes, remote ones included, are visible to whoever waits), then wait (acquire). Not the .aligned
+ * forms: those need the warp converged, which a divergent branch before them does not promise. */
+__device__ __forceinline__ void cl_arrive_relaxed()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cl_arrive()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+
+/* stores v into the variable `local` names, in the shared memory of block `rank` of the cluster */
+__device__ __forceinline__ void cl_store(float *local, unsigned rank, float v)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned a = (unsigned)__cvta_generic_to_shared(local);
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(r), "f"(v) : "memory");
+#endif
+}
+
+template <typename KV, int HD, int NS>
+__global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kernel(const attn_dec_args a)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int LPK = HD / 8, SEGS = CL_THREADS / LPK, TK = SEGS * CL_KPT, WARPS = CL_THREADS / 32;
+    constexpr int PAIRS = NS * HD, R = (PAIRS + CL_THREADS - 1) / CL_THREADS; /* (slot, column) pairs */
+    extern __shared__ __align__(16) uint4 ring[]; /* [CL_STAGES][CL_KPT][K, V][CL_THREADS]; then red_acc */
+    __shared__ __align__(16) float sq[PAIRS];
+    __shared__ float red_m[WARPS * NS], red_l[WARPS * NS];
+    __shared__ float xm[CL_MAX * NS], xl[CL_MAX * NS]; /* [rank][slot]: pushed by every block of the cluster */
+    __shared__ float xacc[PAIRS];                      /* [rank][PAIRS / C]: every block's acc for this block's slice */
+    __shared__ int s_lim[NS];
+    const int tid = threadIdx.x, seg = tid / LPK, ln = tid % LPK, warp = tid / 32, lane = tid % 32;
+    const int C = (int)cl_size(), split = (int)cl_rank(); /* the grid's x is one cluster: split = rank */
+    const int h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
+    if (C > 1) cl_arrive_relaxed(); /* waited for before the first remote store: every block has started */
+
+    /* key count and query positions (as in attn_decode_kernel) */
+    int64_t qp0 = a.q_pos0, nk;
+    const int32_t *tab = a.tab;
+    if (a.nkeys) {
+        nk = a.nkeys[i0];
+        if (a.seq[i0] < 0 || a.seq[i0] >= a.S || nk < 1 || nk > a.T) {
+            if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0)
+                printf("attention: row %d reads %lld keys of sequence %d (%lld tables of %lld blocks)\n", i0,
+                       (long long)nk, a.seq[i0], (long long)a.S, (long long)a.mb);
+            __trap();
+        }
+        qp0 = nk - 1 - i0;
+        tab = a.tab + (int64_t)a.seq[i0] * a.mb;
+    } else if (a.pos) {
+        qp0 = a.pos[0];
+        nk = (int64_t)a.pos[a.n - 1] + 1;
+    } else {
+        nk = a.causal ? a.q_pos0 + a.n : a.T;
+    }
+    if (nk > a.T) nk = a.T;
+    if (nk < 0) nk = 0;
+    const int nrows = (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
+    int64_t blim = nk;
+    if (a.causal) {
+        const int64_t lim = qp0 + i0 + nrows;
+        blim = lim < nk ? lim : nk;
+    }
+    if (blim < 0) blim = 0;
+    int64_t chunk = (blim + C - 1) / C;
+    chunk = (chunk + TK - 1) / TK * TK;
+    const int64_t k0 = (int64_t)split * chunk < blim ? (int64_t)split * chunk : blim;
+    const int64_t k1 = k0 + chunk < blim ? k0 + chunk : blim;
+    const int ntiles = (int)((k1 - k0 + TK - 1) / TK);
+
+    const uint4 *kp = reinterpret_cast<const uint4 *>(a.k), *vp = reinterpret_cast<const uint4 *>(a.v);
+    const int64_t rstride = (int64_t)a.Hkv * LPK, hoff = (int64_t)kh * LPK + ln;
+    auto issue = [&](int t) { /* tile t of the split into ring slot t % CL_STAGES */
+        uint4 *st = ring + (t % CL_STAGES) * CL_TILE_U4 + tid;
+        const int64_t j0 = k0 + (int64_t)t * TK + seg;
+#pragma unroll
+        for (int kk = 0; kk < CL_KPT; kk++) {
+            const int64_t j = j0 + kk * SEGS;
+            const bool ok = j < k1;
+            const int64_t r = ok ? attn_row(tab, j) * rstride + hoff : 0;
+            cl_copy16(st + (2 * kk) * CL_THREADS, kp + r, ok);
+            cl_copy16(st + (2 * kk + 1) * CL_THREADS, vp + r, ok);
+        }
+    };
+#pragma unroll
+    for (int t = 0; t < CL_STAGES; t++) { /* one commit group per tile, empty ones included */
+        if (t < ntiles) issue(t);
+        cl_commit();
+    }
+    pdl_trigger();
+
+    for (int idx = tid; idx < PAIRS; idx += CL_THREADS) {
+        const int sl = idx / HD, c = idx - sl * HD, qi = sl / a.GB, g = sl - qi * a.GB;
+        sq[idx] = qi < nrows ? ldf(a.q, a.qdt, ((int64_t)(i0 + qi) * a.H + h0 + g) * HD + c) : 0.0f;
+    }
+    if (tid < NS) {
+        const int qi = tid / a.GB;
+        int64_t lim = 0;
+        if (qi < nrows) lim = a.causal ? qp0 + i0 + qi + 1 : nk;
+        s_lim[tid] = (int)(lim < nk ? lim : nk);
+    }
+    __syncthreads();
+
+    float m[NS], l[NS], acc[NS][8];
+#pragma unroll
+    for (int sl = 0; sl < NS; sl++) {
+        m[sl] = -INFINITY;
+        l[sl] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[sl][e] = 0.0f;
+    }
+    for (int t = 0; t < ntiles; t++) {
+        cl_wait_copies<CL_STAGES - 1>(); /* this thread's pieces of tile t are in the ring */
+        const uint4 *st = ring + (t % CL_STAGES) * CL_TILE_U4 + tid;
+        const int64_t j0 = k0 + (int64_t)t * TK + seg;
+        float s[NS][CL_KPT], vf[CL_KPT][8];
+#pragma unroll
+        for (int kk = 0; kk < CL_KPT; kk++) {
+            const uint4 kb = st[(2 * kk) * CL_THREADS], vb = st[(2 * kk + 1) * CL_THREADS];
+            float kf[8];
+            words<KV>::to_f(kb.x, kf);
+            words<KV>::to_f(kb.y, kf + 2);
+            words<KV>::to_f(kb.z, kf + 4);
+            words<KV>::to_f(kb.w, kf + 6);
+            words<KV>::to_f(vb.x, vf[kk]);
+            words<KV>::to_f(vb.y, vf[kk] + 2);
+            words<KV>::to_f(vb.z, vf[kk] + 4);
+            words<KV>::to_f(vb.w, vf[kk] + 6);
+            const int64_t j = j0 + kk * SEGS;
+#pragma unroll
+            for (int sl = 0; sl < NS; sl++) {
+                const float4 qa = *reinterpret_cast<const float4 *>(sq + sl * HD + ln * 8);
+                const float4 qb = *reinterpret_cast<const float4 *>(sq + sl * HD + ln * 8 + 4);
+                float d = qa.x * kf[0];
+                d = fmaf(qa.y, kf[1], d);
+                d = fmaf(qa.z, kf[2], d);
+                d = fmaf(qa.w, kf[3], d);
+                d = fmaf(qb.x, kf[4], d);
+                d = fmaf(qb.y, kf[5], d);
+                d = fmaf(qb.z, kf[6], d);
+                d = fmaf(qb.w, kf[7], d);
+#pragma unroll
+                for (int off = LPK / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+                s[sl][kk] = j < k1 && j < s_lim[sl] ? d * a.scale : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int sl = 0; sl < NS; sl++) {
+            float mt = s[sl][0];
+#pragma unroll
+            for (int kk = 1; kk < CL_KPT; kk++) mt = fmaxf(mt, s[sl][kk]);
+            const float mnew = fmaxf(m[sl], mt);
+            if (mnew == -INFINITY) continue; /* no visible key yet for this slot */
+            const float alpha = m[sl] == -INFINITY ? 0.0f : expf(m[sl] - mnew);
+            float ps = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[sl][e] *= alpha;
+#pragma unroll
+            for (int kk = 0; kk < CL_KPT; kk++) {
+                const float p = s[sl][kk] == -INFINITY ? 0.0f : expf(s[sl][kk] - mnew);
+                ps += p;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[sl][e] = fmaf(p, vf[kk][e], acc[sl][e]);
+            }
+            l[sl] = l[sl] * alpha + ps;
+            m[sl] = mnew;
+        }
+        /* the slot just read (its values are in registers and used above) takes tile t + CL_STAGES */
+        if (t + CL_STAGES < ntiles) issue(t + CL_STAGES);
+        cl_commit();
+    }
+    cl_wait_copies<0>();
+
+    /* the segments of a warp: shuffles (lanes ln, ln + LPK, ... hold the same columns) */
+#pragma unroll
+    for (int off = LPK; off < 32; off <<= 1) {
+#pragma unroll
+        for (int sl = 0; sl < NS; sl++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[sl], off), lo = __shfl_xor_sync(0xffffffffu, l[sl], off);
+            const float M = fmaxf(m[sl], mo);
+            const float wa = m[sl] == -INFINITY ? 0.0f : expf(m[sl] - M), wb = mo == -INFINITY ? 0.0f : expf(mo - M);
+            l[sl] = l[sl] * wa + lo * wb;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const float ao = __shfl_xor_sync(0xffffffffu, acc[sl][e], off);
+                acc[sl][e] = acc[sl][e] * wa + ao * wb;
+            }
+            m[sl] = M;
+        }
+    }
+    /* the warps: through shared memory, over the ring (every thread's copies have landed and been read) */
+    __syncthreads();
+    float *red_acc = reinterpret_cast<float *>(ring); /* [WARPS][NS][HD] */
+    if (lane < LPK) {
+#pragma unroll
+        for (int sl = 0; sl < NS; sl++) {
+            if (lane == 0) {
+                red_m[warp * NS + sl] = m[sl];
+                red_l[warp * NS + sl] = l[sl];
+            }
+            float *ra = red_acc + (warp * NS + sl) * HD + lane * 8;
+            *reinterpret_cast<float4 *>(ra) = make_float4(acc[sl][0], acc[sl][1], acc[sl][2], acc[sl][3]);
+            *reinterpret_cast<float4 *>(ra + 4) = make_float4(acc[sl][4], acc[sl][5], acc[sl][6], acc[sl][7]);
+        }
+    }
+    __syncthreads();
+    float res[R], resl[R], resm[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int pi = tid + r * CL_THREADS, sl = pi / HD, c = pi - sl * HD;
+        res[r] = resl[r] = 0.0f;
+        resm[r] = -INFINITY;
+        if (pi >= PAIRS) continue;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) M = fmaxf(M, red_m[w * NS + sl]);
+        float L = 0.0f, A = 0.0f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < WARPS; w++) {
+                const float ms = red_m[w * NS + sl];
+                const float wt = ms == -INFINITY ? 0.0f : expf(ms - M);
+                L = fmaf(red_l[w * NS + sl], wt, L);
+                A = fmaf(red_acc[(w * NS + sl) * HD + c], wt, A);
+            }
+        }
+        res[r] = A;
+        resl[r] = L;
+        resm[r] = M;
+    }
+    if (C == 1) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int pi = tid + r * CL_THREADS, sl = pi / HD, c = pi - sl * HD, qi = sl / a.GB, g = sl - qi * a.GB;
+            if (pi < PAIRS && qi < nrows)
+                stf(a.out, a.odt, ((int64_t)(i0 + qi) * a.H + h0 + g) * HD + c, resl[r] > 0.0f ? res[r] / resl[r] : 0.0f);
+        }
+        return;
+    }
+
+    /* the blocks of the cluster: block o owns pairs [o * per, (o + 1) * per); every block pushes its
+     * partial of them there, and (m, l) of every slot to every block */
+    const int per = PAIRS / C; /* PAIRS >= 64 is a multiple of 16 >= C */
+    cl_wait();
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int pi = tid + r * CL_THREADS, sl = pi / HD, c = pi - sl * HD;
+        if (pi >= PAIRS) continue;
+        const int o = pi / per;
+        cl_store(xacc + split * per + (pi - o * per), (unsigned)o, res[r]);
+        if (c == 0)
+            for (int b = 0; b < C; b++) {
+                cl_store(xm + split * NS + sl, (unsigned)b, resm[r]);
+                cl_store(xl + split * NS + sl, (unsigned)b, resl[r]);
+            }
+    }
+    cl_arrive();
+    cl_wait(); /* every push has landed; no block touches another's shared memory after this */
+    for (int p = tid; p < per; p += CL_THREADS) {
+        const int pi = split * per + p, sl = pi / HD, c = pi - sl * HD, qi = sl / a.GB, g = sl - qi * a.GB;
+        if (qi >= nrows) continue;
+        float M = -INFINITY;
+        for (int b = 0; b < C; b++) M = fmaxf(M, xm[b * NS + sl]);
+        float L = 0.0f, A = 0.0f;
+        if (M != -INFINITY)
+            for (int b = 0; b < C; b++) {
+                const float ms = xm[b * NS + sl];
+                const float wt = ms == -INFINITY ? 0.0f : expf(ms - M);
+                L = fmaf(xl[b * NS + sl], wt, L);
+                A = fmaf(xacc[b * per + p], wt, A);
+            }
+        stf(a.out, a.odt, ((int64_t)(i0 + qi) * a.H + h0 + g) * HD + c, L > 0.0f ? A / L : 0.0f);
+    }
+#else
+    __trap(); /* the host launches it only for code built for sm_90 or newer (cl_able) */
+#endif
+}
+
+/* ---- host: which kernel, how many splits ---- */
+
+typedef void (*cl_kernel_fn)(const attn_dec_args);
+
+static cl_kernel_fn cl_kernel(enum dtype kv, int hd, int ns)
+{
+#define CL_NS(KV, HD_)                                                                                 \
+    return ns == 1 ? attn_cluster_kernel<KV, HD_, 1> : ns == 2 ? attn_cluster_kernel<KV, HD_, 2>      \
+           : ns == 4 ? attn_cluster_kernel<KV, HD_, 4> : attn_cluster_kernel<KV, HD_, 8>
+    if (kv == DTYPE_F16) {
+        if (hd == 128) CL_NS(__half, 128);
+        CL_NS(__half, 64);
+    }
+    if (hd == 128) CL_NS(__nv_bfloat16, 128);
+    CL_NS(__nv_bfloat16, 64);
+#undef CL_NS
+}
+
+/* The cluster kernel needs sm_90 code on an sm_90 (or newer) card; older cards and older targets of
+ * the fat build (a compute_75 PTX build JIT-compiled on an H200) keep the split-K kernel. */
+static int cl_able(const struct cuda_ctx *c) { return c->cc >= 90 && c->code_arch >= 90; }
+
+/* What one cluster kernel can do on one device, asked once per kernel and device (driver calls per
+ * launch would cost microseconds of host time, 32 launches per decode step; as fa_opt_in in
+ * cuda_flash.cu): its shared memory opt-in, and maxcl[e] = how many clusters of 2^e blocks fit on the
+ * device at once (0: none; 16 is a non-portable size, which not every card or partition allows). */
+static void cl_caps(struct cuda_ctx *c, cl_kernel_fn fn, int maxcl[5])
+{
+    static std::mutex mu;
+    static struct { cl_kernel_fn fn; int ordinal; int maxcl[5]; } done[64];
+    static int n_done;
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i = 0; i < n_done; i++)
+        if (done[i].fn == fn && done[i].ordinal == c->ordinal) {
+            memcpy(maxcl, done[i].maxcl, sizeof done[i].maxcl);
+            return;
+        }
+    CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)CL_RING_BYTES));
+    const int big = cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+    (void)cudaGetLastError();
+    maxcl[0] = 1 << 20; /* one block per cluster: any number, in waves */
+    for (int e = 1; e < 5; e++) {
+        int nc = 0;
+        if ((1 << e) <= 8 || big) {
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = dim3(1u << e, 1, 1);
+            cfg.blockDim = dim3(CL_THREADS, 1, 1);
+            cfg.dynamicSmemBytes = CL_RING_BYTES;
+            cudaLaunchAttribute at[1] = {};
+            at[0].id = cudaLaunchAttributeClusterDimension;
+            at[0].val.clusterDim.x = 1u << e;
+            at[0].val.clusterDim.y = 1;
+            at[0].val.clusterDim.z = 1;
+            cfg.attrs = at;
+            cfg.numAttrs = 1;
+            if (cudaOccupancyMaxActiveClusters(&nc, fn, &cfg) != cudaSuccess) {
+                nc = 0;
+                (void)cudaGetLastError();
+            }
+        }
+        maxcl[e] = nc;
+    }
+    if (n_done < 64) {
+        done[n_done].fn = fn;
+        done[n_done].ordinal = c->ordinal;
+        memcpy(done[n_done].maxcl, maxcl, sizeof done[n_done].maxcl);
+        n_done++;
+    }
+}
+
+/* Splits per cluster: doubled while the grid stays within the blocks the SMs hold at once (two per SM
+ * at <= 4 slots, where the launch bounds let two fit; one at 8 slots) and the clusters fit on the
+ * device in one wave; at most 16. n = 1 with 8 kv heads: 8 clusters of 16 (128 blocks on 132 SMs);
+ * rows mode at B = 16: 128 clusters of 2; B >= 17: one block per (head group, row), no cluster. */
+static int cl_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t clusters, int ns)
+{
+    const int64_t room = (int64_t)c->n_sm * (ns <= 4 ? 2 : 1);
+    int e = 0;
+    while (e < 4 && clusters * (2 << e) <= room && clusters <= maxcl[e + 1]) e++;
+    return 1 << e;
+}
+
+/* attn_decode, with the choice forced for tests and the bench: variant -1 automatic (the cluster
+ * kernel where cl_able, else split-K), 0 the split-K kernel, C in 1, 2, 4, 8, 16 the cluster kernel with
+ * C splits. Returns 0 when the call (or, for a cluster variant, the device) does not fit (nothing
+ * launched), 1 when the split-K kernel ran, 2 the cluster kernel. */
+static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
+                           const struct tensor *v, const int32_t *pos, const attn_pages *pg, int64_t q_pos0,
+                           float scale, int flags, int variant)
 {
     const int rows = pg && pg->nkeys;
     const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], Hkv = k->shape[1];
@@ -314,6 +764,8 @@ int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, 
     if ((n > 8 && !rows) || (flags & ATTN_EAGER_F16) || k->dtype != v->dtype || (hd != 64 && hd != 128)) return 0;
     if (k->dtype != DTYPE_F16 && k->dtype != DTYPE_BF16) return 0;
     if (((uintptr_t)k->data & 15) || ((uintptr_t)v->data & 15) || T > INT32_MAX || H > 65535) return 0;
+    const int cluster = variant < 0 ? cl_able(c) : variant > 0;
+    if (cluster && (!cl_able(c) || (variant > 0 && (variant > CL_MAX || (variant & (variant - 1)))))) return 0;
     attn_dec_args a;
     memset(&a, 0, sizeof a);
     a.out = out->data;
@@ -351,7 +803,33 @@ int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, 
     const int ns = a.GB * a.QB;
     const int NS = ns <= 1 ? 1 : ns <= 2 ? 2 : ns <= 4 ? 4 : 8;
     const int64_t hblocks = H / a.GB, rblocks = (n + a.QB - 1) / a.QB;
-    /* splits: about 3 blocks per SM in total (3 fit by registers), but no split shorter than a tile;
+
+    if (cluster) {
+        cl_kernel_fn fn = cl_kernel(k->dtype, (int)hd, NS);
+        int maxcl[5];
+        cl_caps(c, fn, maxcl);
+        int C = variant > 0 ? variant : cl_splits(c, maxcl, hblocks * rblocks, NS);
+        int e = 0;
+        while ((1 << e) < C) e++;
+        if (maxcl[e] < 1) return 0; /* a forced size the device cannot hold */
+        a.nsplit = C;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)C, (unsigned)hblocks, (unsigned)rblocks);
+        cfg.blockDim = dim3(CL_THREADS, 1, 1);
+        cfg.dynamicSmemBytes = CL_RING_BYTES;
+        cfg.stream = c->stream;
+        cudaLaunchAttribute at[1] = {};
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = (unsigned)C;
+        at[0].val.clusterDim.y = 1;
+        at[0].val.clusterDim.z = 1;
+        cfg.attrs = at;
+        cfg.numAttrs = C > 1;
+        CUDA_CHECK(cudaLaunchKernelEx(&cfg, fn, a));
+        return 2;
+    }
+
+    /* split-K: about 3 blocks per SM in total (3 fit by registers), but no split shorter than a tile;
      * with device positions the key count is unknown here, so the capacity T sizes the grid and
      * splits beyond the actual keys exit at once */
     const int64_t tk = (int64_t)(DEC_THREADS / (hd / 8)) * DEC_KPT;
@@ -388,14 +866,61 @@ int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, 
     return 1;
 }
 
+/* (cuda_attention.cuh) */
+int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
+                const struct tensor *v, const int32_t *pos, const attn_pages *pg, int64_t q_pos0, float scale,
+                int flags)
+{
+    return attn_decode_run(c, out, q, k, v, pos, pg, q_pos0, scale, flags, -1) != 0;
+}
+
+/* Tests and `test_cuda_ops bench`: the decode kernels with the choice forced (variant as in
+ * attn_decode_run), on any of the three call forms: pos (device positions, optional table tab [mb]),
+ * rows (seq and n_keys given: tab [S, mb], one query row per sequence, causal), or neither (q_pos0).
+ * Returns attn_decode_run's answer: 0 nothing launched, 1 split-K ran, 2 the cluster kernel ran. */
+extern "C" int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, const struct tensor *k,
+                                             const struct tensor *v, const struct tensor *pos, const struct tensor *tab,
+                                             const struct tensor *seq, const struct tensor *n_keys, int64_t q_pos0,
+                                             float scale, int flags, int variant)
+{
+    struct cuda_ctx *c = cuda_ctx_get(out->dev.ordinal);
+    if (q->shape[0] == 0 || q->shape[1] == 0 || q->shape[2] == 0) return 0;
+    attn_check(q, k);
+    attn_pages pg = {NULL, 0, NULL, NULL, 0};
+    if (seq) {
+        CHECKF(tab && n_keys && tab->ndim == 2, "cuda_attention_decode_variant: rows mode needs tab [S, mb] and n_keys");
+        pg = {(const int32_t *)tab->data, tab->shape[1], (const int32_t *)seq->data, (const int32_t *)n_keys->data,
+              tab->shape[0]};
+        flags |= ATTN_CAUSAL;
+    } else if (tab) {
+        pg = {(const int32_t *)tab->data, tab->shape[0], NULL, NULL, 0};
+    }
+    return attn_decode_run(c, out, q, k, v, pos ? (const int32_t *)pos->data : NULL, seq || tab ? &pg : NULL, q_pos0,
+                           scale, flags, variant);
+}
+
+/* `test_cuda_ops bench`: maxcl[e] of the f16, hd 128, 4-slot cluster kernel (n = 1 decode of Llama-3) on
+ * a device (cl_caps), or -1 everywhere when the device does not run it. */
+extern "C" void cuda_attention_cluster_caps(int ordinal, int maxcl[5])
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    if (!cl_able(c)) {
+        for (int e = 0; e < 5; e++) maxcl[e] = -1;
+        return;
+    }
+    cl_caps(c, cl_kernel(DTYPE_F16, 128, 4), maxcl);
+}
+
 /* ---- op_attention_rows: one query row per sequence, each over its own paged sequence ----
- * The decode kernel above in rows mode does the work (f16/bf16, hd 64 or 128): block (split, head
+ * A decode kernel above in rows mode does the work (f16/bf16, hd 64 or 128): block (split, head
  * group, row) reads its row's key count and block table on the device, the GB query heads of a GQA
  * group share every K/V load, and the keys are cut into splits (flash-decoding) when B rows x head
- * groups leave SMs idle (B = 1: ~50 splits on an H200, B = 64: 1), the splits merged by the last
- * block to arrive; fp32 accumulation throughout. The grid is sized from the table capacity (the key
- * counts are device values), splits past a row's keys exit at once, so one launch serves any mix of
- * lengths and a graph of the step can hold it.
+ * groups leave SMs idle; fp32 accumulation throughout. The cluster kernel (sm_90): C splits per
+ * (group, row), B = 1: 16, B = 16: 2, B >= 17: 1, each split's share computed on the device from the
+ * row's key count. The split-K kernel: B = 1 up to ~50 splits on an H200, B = 64: 1, the grid sized
+ * from the table capacity (the key counts are device values), splits past a row's keys exit at once,
+ * the splits merged by the last block to arrive. Either way one launch serves any mix of lengths and a
+ * graph of the step can hold it.
  * Other dtypes and head dims (f32 caches in tests) take the simple kernel below: block (h, i) = query
  * head h of row i, keys in tiles of 128 (one per thread), an online softmax, thread t < hd owning
  * output column t; K/V read once per query head, no split. */
