@@ -46,9 +46,15 @@ static inline __m128 hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d)
 static inline float mm_elem_f32(const float *w, int64_t j) { return w[j]; }
 static inline float mm_elem_f16(const uint16_t *w, int64_t j) { return _cvtsh_ss(w[j]); }
 
+/* ASan does not instrument the micro-kernels (as it did not instrument OpenBLAS's sgemm before them):
+ * instrumented, each vector load costs a shadow check, and the sanitizer build's load test ran 6x slower
+ * at 16 rows. Their reads stay inside the rows mm_tile hands them (k values of each; op_matmul checked the
+ * shapes); the prefetches are hints, not reads. */
+#define MM_NO_ASAN __attribute__((no_sanitize_address))
+
 /* out[r * CB + c] = x_r . w_c by the rule (no bias) for RB rows xs[] and CB weight rows ws[] */
 #define MM_KERNEL(NAME, WT, LOAD, ELEM, RB, CB, PF)                                                            \
-    static void NAME(float *out, const float *const *xs, const WT *const *ws, int64_t k, const char *pf)  \
+    MM_NO_ASAN static void NAME(float *out, const float *const *xs, const WT *const *ws, int64_t k, const char *pf)  \
     {                                                                                                      \
         const int64_t k8 = k & ~(int64_t)7;                                                                \
         const float *x[RB];                                                                                \
