@@ -168,7 +168,9 @@ static inline float dot_f32(const float *a, const float *b, int64_t n)
 }
 
 /* The attention itself over keys and values already in f32: kf, vf [T, Hkv, hd] (T, Hkv: k's rows
- * and heads as the callers gathered them). */
+ * and heads as the callers gathered them). Each (query row, head) is computed alone, from its q, its
+ * limit and the keys: the one routine of op_attention (a prefill chunk), op_attention_pos (decode) and
+ * op_attention_rows (the batched step), so a row's result does not depend on the path or the chunk. */
 static void attention_f32(struct tensor *out, const struct tensor *q, const float *kf, const float *vf, int64_t T,
                           int64_t Hkv, int64_t q_pos0, float scale, int flags)
 {

@@ -12,7 +12,9 @@
  *    in), both answers equal their cold runs;
  *  - eviction: --ctx 128 (8 blocks, one slot): a second, unrelated prompt takes cached blocks back (the
  *    pool counts them); the first prompt then reuses only the blocks that survived (the start of its
- *    chain: the LRU gives back a sequence's last blocks first) and still answers as cold. */
+ *    chain: the LRU gives back a sequence's last blocks first) and still answers as cold;
+ *  - bit for bit, fp32 and fp16 (engine_slot_match / publish directly): 2 or 3 cached blocks and a tail
+ *    of 1, 2, 16 or 17 tokens give the logits, and the next greedy steps, of the cold one-call prefill. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
