@@ -19,8 +19,8 @@
  *    valid w: records are self-contained); bias, x, y and res keep their float dtypes.
  *  - Semantics: the op is exactly the same op with w replaced by its F16 dequantization
  *    W16 = quant_dequant_rows_f16(w) (every format defines each weight as one F16 value). The CPU
- *    computes it bit for bit like that (the same fp32 dot/sgemm code as an F16 weight, on the
- *    dequantized row); a CUDA kernel must produce the F16 values W16 (Q8/Q4: code times scale as a half
+ *    computes it bit for bit like that (the same fp32 matmul code as an F16 weight, on the
+ *    dequantized rows); a CUDA kernel must produce the F16 values W16 (Q8/Q4: code times scale as a half
  *    multiply is exact to that; NF4: the f32 product QUANT_NF4[c] * absmax, then rounded to half) and
  *    accumulate in fp32: its results then match the CPU's within the tolerance of an F16 weight.
  *  - op_matmul_stacked with a quantized w splits w into S row views, as for F16.

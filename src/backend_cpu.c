@@ -1,17 +1,15 @@
 /* backend_cpu.c: the CPU twins of the ops, the executable specification of backend.h.
  * Every op computes in fp32 and rounds to the output dtype; where PyTorch's fp16 path rounds an
  * intermediate, rnd() rounds to the activation dtype at the same point (identity for F32).
- * Speed: matmul uses an AVX2/F16C GEMV for few tokens (decode reads each weight once for all
- * tokens) and OpenBLAS sgemm over fp32-converted weight blocks for prefill; OpenMP over rows. */
+ * Every op computes each row (token) by the same sequence of operations whatever the other rows of
+ * the call, so batching, chunking or a cached prefix never changes a row's bits (matmul: the rule in
+ * backend_cpu_matmul.c; attention: one attention_f32 per query row). OpenMP over rows. */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
-#include <cblas.h>
-
 #include "backend_impl.h"
-#include "quant.h"
 
 void backend_set_threads(int n)
 {
@@ -38,11 +36,6 @@ static inline float load1(const void *p, enum dtype t, int64_t i)
     }
     CHECKF(0, "element load from a %s tensor", dtype_name(t));
     return 0;
-}
-
-static inline void *row_ptr(const struct tensor *t, int64_t r)
-{
-    return (char *)t->data + (size_t)r * dtype_row_bytes(t->dtype, tensor_row_numel(t)); /* records for quantized t */
 }
 
 void cpu_convert(struct tensor *dst, const struct tensor *src)
@@ -75,113 +68,7 @@ void cpu_embed(struct tensor *y, const struct tensor *table, const struct tensor
     }
 }
 
-/* ---- matmul ---- */
-
-/* dot of an f32 vector with a row of w (dtype wt), length k */
-static inline float dot_row(const float *x, const void *w, enum dtype wt, int64_t k)
-{
-    int64_t j = 0;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    if (wt == DTYPE_F16) {
-        const uint16_t *h = w;
-        for (; j + 32 <= k; j += 32) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j))), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j + 8))), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 16), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j + 16))), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 24), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j + 24))), a3);
-        }
-    } else if (wt == DTYPE_F32) {
-        const float *f = w;
-        for (; j + 32 <= k; j += 32) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(f + j), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 8), _mm256_loadu_ps(f + j + 8), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 16), _mm256_loadu_ps(f + j + 16), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + j + 24), _mm256_loadu_ps(f + j + 24), a3);
-        }
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    s4 = _mm_hadd_ps(s4, s4);
-    s4 = _mm_hadd_ps(s4, s4);
-    float acc = _mm_cvtss_f32(s4);
-    for (; j < k; j++) acc += x[j] * load1(w, wt, j);
-    return acc;
-}
-
-#define GEMV_MAX_TOKENS 8
-#define GEMM_BLOCK 128
-
-void cpu_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias)
-{
-    const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
-    float *xf = malloc((size_t)n * (size_t)k * sizeof(float));
-    CHECK(xf);
-    convert_to_f32(xf, x->data, x->dtype, n * k);
-    const bool quant = dtype_is_quant(w->dtype);
-    if (n <= GEMV_MAX_TOKENS) {
-#pragma omp parallel
-        {
-        /* a quantized row is dequantized to the F16 values it stands for (as f32), then dotted like an
-         * F16 row (the same fmadd sequence as dot_row's F16 branch): bit for bit the F16 weight's result */
-        float *wq = quant ? malloc((size_t)k * sizeof(float)) : NULL;
-        CHECK(!quant || wq);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < o; r++) {
-            const void *wr = row_ptr(w, r);
-            if (quant) {
-                quant_dequant_rows(wq, wr, w->dtype, 1, k);
-                wr = wq;
-            }
-            const enum dtype wt = quant ? DTYPE_F32 : w->dtype;
-            float b = bias ? load1(bias->data, bias->dtype, r) : 0.0f;
-            for (int64_t t = 0; t < n; t++) {
-                float acc = wt == DTYPE_BF16 ? 0.0f : dot_row(xf + t * k, wr, wt, k);
-                if (w->dtype == DTYPE_BF16)
-                    for (int64_t j = 0; j < k; j++) acc += xf[t * k + j] * load1(wr, DTYPE_BF16, j);
-                float v = acc + b;
-                if (y->dtype == DTYPE_F32) ((float *)y->data)[t * o + r] = v;
-                else convert_from_f32((char *)y->data + (size_t)(t * o + r) * dtype_size(y->dtype), y->dtype, &v, 1);
-            }
-        }
-        free(wq);
-        }
-        free(xf);
-        return;
-    }
-    /* prefill: sgemm per block of output rows, weights converted to f32 block by block */
-    const int64_t nblk = (o + GEMM_BLOCK - 1) / GEMM_BLOCK;
-#pragma omp parallel
-    {
-        float *wb = w->dtype == DTYPE_F32 ? NULL : malloc((size_t)GEMM_BLOCK * (size_t)k * sizeof(float));
-        float *yb = malloc((size_t)n * GEMM_BLOCK * sizeof(float));
-        CHECK(yb && (w->dtype == DTYPE_F32 || wb));
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t bi = 0; bi < nblk; bi++) {
-            int64_t r0 = bi * GEMM_BLOCK, m = o - r0 < GEMM_BLOCK ? o - r0 : GEMM_BLOCK;
-            const float *wf;
-            if (w->dtype == DTYPE_F32) wf = (const float *)row_ptr(w, r0);
-            else if (quant) {
-                quant_dequant_rows(wb, row_ptr(w, r0), w->dtype, m, k);
-                wf = wb;
-            } else {
-                convert_to_f32(wb, row_ptr(w, r0), w->dtype, m * k);
-                wf = wb;
-            }
-            /* yb[n, m] = xf[n, k] · wf[m, k]^T */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)k, 1.0f, xf, (int)k, wf, (int)k,
-                        0.0f, yb, (int)m);
-            for (int64_t t = 0; t < n; t++) {
-                float *yr = yb + t * m;
-                if (bias)
-                    for (int64_t j = 0; j < m; j++) yr[j] += load1(bias->data, bias->dtype, r0 + j);
-                convert_from_f32((char *)y->data + (size_t)(t * o + r0) * dtype_size(y->dtype), y->dtype, yr, m);
-            }
-        }
-        free(wb);
-        free(yb);
-    }
-    free(xf);
-}
+/* ---- matmul: backend_cpu_matmul.c ---- */
 
 /* ---- norms ---- */
 
@@ -281,7 +168,9 @@ static inline float dot_f32(const float *a, const float *b, int64_t n)
 }
 
 /* The attention itself over keys and values already in f32: kf, vf [T, Hkv, hd] (T, Hkv: k's rows
- * and heads as the callers gathered them). */
+ * and heads as the callers gathered them). Each (query row, head) is computed alone, from its q, its
+ * limit and the keys: the one routine of op_attention (a prefill chunk), op_attention_pos (decode) and
+ * op_attention_rows (the batched step), so a row's result does not depend on the path or the chunk. */
 static void attention_f32(struct tensor *out, const struct tensor *q, const float *kf, const float *vf, int64_t T,
                           int64_t Hkv, int64_t q_pos0, float scale, int flags)
 {

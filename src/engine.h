@@ -26,9 +26,9 @@ struct engine_options {
                                          device `device` picks. engine_open always plans the placement. */
     int quiet;                   /* do not print the plan */
     int no_prefix_reuse;         /* 1: every prompt is prefilled whole (engine_slot_match maps nothing, publish
-                                    keeps nothing): for a caller that compares logits with a cold run bit for
-                                    bit (reuse changes which GEMM computes a prompt's last rows: the same tokens,
-                                    logits equal to rounding) */
+                                    keeps nothing): for a caller that compares a GPU's logits with a cold run
+                                    bit for bit (there reuse changes which GEMM computes a prompt's last rows:
+                                    the same tokens, logits equal to rounding; the CPU's are bit-identical) */
     struct progress progress;    /* weights placed so far (zeroed: no reports) */
 };
 struct devmap_opts;
@@ -180,8 +180,8 @@ void engine_kv_use(const struct engine *g, struct engine_kv_use *u);
 void engine_kv_forget(struct engine *g);
 /* One decode step for B distinct slots together: toks[i] goes into slots[i] at its next position;
  * logits [B, V] (host, f32). Every row equals what that slot alone would compute
- * (engine_slot_prefill with n = 1): bit for bit on the CPU for B <= 8 (larger B: the CPU's sgemm
- * path, fp32 rounding apart), within the op tolerances on CUDA. Errors (nothing run, no slot
+ * (engine_slot_prefill with n = 1): bit for bit on the CPU for any B (the CPU computes every row the
+ * same way whatever the batch), within the op tolerances on CUDA. Errors (nothing run, no slot
  * changed): B outside 1..min(slots, max_batch), a slot out of range or twice, an id outside the
  * vocabulary, a full slot (llm_check_fit's wording). */
 int engine_decode_batch(struct engine *g, const int *slots, const int32_t *toks, int B, float *logits,

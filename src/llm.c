@@ -371,8 +371,8 @@ static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
  * One token: one GEMV over w, whose output row is the parts' outputs side by side; ys[i] are then
  * re-pointed to consecutive slices starting at ys[0] (the device's q, k, v and gate, up buffers are
  * carved back to back, so they hold that row whatever max_batch is). More tokens: one matmul per part,
- * so each output stays its own [n, rows_i] matrix. The CPU's GEMV computes each output element on its
- * own, so one token gets the bits of the per-part calls (test_llm test_joined_weights). */
+ * so each output stays its own [n, rows_i] matrix. The CPU computes each output element on its own
+ * (backend_cpu_matmul.c), so one token gets the bits of the per-part calls (test_llm test_joined_weights). */
 static void matmul_joined(struct tensor *const *ys, const struct tensor *x, const struct tensor *w,
                           const struct tensor *const *parts, int np)
 {

@@ -198,8 +198,8 @@ int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct t
 /* One decode step of B distinct slots together: toks[i] goes into slots[i] at its next position;
  * logits_out [B, V] (host, f32). The GEMMs take M = B rows, each row's attention reads only its slot
  * (op_attention_rows). Each row equals llm_slot_forward(slots[i], &toks[i], 1): bit for bit on the
- * CPU while B <= 8 (the CPU's GEMV path; larger B runs the CPU's sgemm, whose rounding differs from
- * the one-row GEMV's), within the op tolerances on CUDA. Errors (nothing run): B outside
+ * CPU for any B (the CPU computes every row the same way whatever the batch), within the op
+ * tolerances on CUDA. Errors (nothing run): B outside
  * 1..min(n_slots, max_batch), a slot outside 0..n_slots-1, a slot twice, a full slot (llm_check_fit). */
 int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
                      struct err *e);

@@ -12,7 +12,9 @@
  *    in), both answers equal their cold runs;
  *  - eviction: --ctx 128 (8 blocks, one slot): a second, unrelated prompt takes cached blocks back (the
  *    pool counts them); the first prompt then reuses only the blocks that survived (the start of its
- *    chain: the LRU gives back a sequence's last blocks first) and still answers as cold. */
+ *    chain: the LRU gives back a sequence's last blocks first) and still answers as cold;
+ *  - bit for bit, fp32 and fp16 (engine_slot_match / publish directly): 2 or 3 cached blocks and a tail
+ *    of 1, 2, 16 or 17 tokens give the logits, and the next greedy steps, of the cold one-call prefill. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +28,7 @@
 
 #define IMG_PATH "tests/fixtures/image/gen200x150_q90_444.jpg"
 
-static struct engine *open_tiny(const char *parallel, int64_t ctx)
+static struct engine *open_tiny_dt(const char *parallel, int64_t ctx, enum dtype dt)
 {
     struct cmdu_engine_opts eo;
     cmdu_engine_opts_init(&eo);
@@ -36,13 +38,15 @@ static struct engine *open_tiny(const char *parallel, int64_t ctx)
     if (cmdu_engine_flag(&eo.o, &eo.dm, 3, argv, &i, &e) != 1) return NULL;
     eo.o.model_dir = t_tiny_model(1);
     eo.o.device = "cpu";
-    eo.o.dtype = DTYPE_F32;
+    eo.o.dtype = dt;
     eo.o.ctx = ctx;
     eo.o.quiet = 1;
     struct engine *x = NULL;
     if (!eo.o.model_dir || engine_open(&x, &eo.o, &e)) fprintf(stderr, "engine_open: %s\n", e.msg);
     return x;
 }
+
+static struct engine *open_tiny(const char *parallel, int64_t ctx) { return open_tiny_dt(parallel, ctx, DTYPE_F32); }
 
 static void greedy_request(struct turn_request *rq, const char *system, const struct chat_msg *m, int n,
                            const struct image *im, int n_im, int max_new)
@@ -263,10 +267,78 @@ out:
     engine_close(cold);
 }
 
+/* Prefix reuse at the slot level, bit for bit: a prompt of c full blocks + t more tokens (t = 1, 2 and 17:
+ * not block-aligned; 16: block-aligned) whose c blocks come from the cache gives the logits of the
+ * same prompt prefilled cold in one call, bit for bit, and so do the next greedy steps, in fp32 and fp16.
+ * The cached blocks come either from that cold run itself (published after it) or from an earlier
+ * request that prefilled only the prefix (published, then let go). On the CPU every row is computed the
+ * same way whatever rows share its call, so the tail alone rounds like the whole prompt. */
+#define REUSE_STEPS 3
+static void test_reuse_bitwise(void)
+{
+    static const int tails[4] = {1, 2, 16, 17};
+    for (int dti = 0; dti < 2; dti++) {
+        const enum dtype dt = dti ? DTYPE_F16 : DTYPE_F32;
+        struct engine *g = open_tiny_dt("2", 256, dt);
+        T_ASSERT(g != NULL);
+        if (!g) return;
+        const int V = engine_config(g)->vocab_size;
+        float *cold = malloc((size_t)(REUSE_STEPS + 1) * V * sizeof(float)), *reu = malloc((size_t)V * sizeof(float));
+        CHECK(cold && reu);
+        struct err e = {{0}};
+        int cases = 0;
+        for (int ci = 0; ci < 8; ci++) {
+            const int c = 2 + ci % 2, t = tails[ci / 2], L = c * KV_BLOCK + t, from_prefix = ci % 2;
+            int32_t ids[4 * KV_BLOCK + 17 + REUSE_STEPS];
+            uint64_t keys[4], r = 0x9e3779b97f4a7c15ULL * (uint64_t)(ci + 1 + 100 * dti);
+            for (int i = 0; i < L; i++) {
+                r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+                ids[i] = (int32_t)((r >> 33) % (uint64_t)V);
+            }
+            for (int b = 0; b < c; b++) keys[b] = r ^ (0x100000001b3ULL * (uint64_t)(b + 1)); /* this prompt's */
+            engine_slot_truncate(g, 0, 0);
+            if (from_prefix) { /* an earlier request of just the prefix publishes it and lets it go */
+                T_ASSERTF(engine_slot_prefill(g, 0, ids, NULL, (int64_t)c * KV_BLOCK, NULL, &e) == 0, "%s", e.msg);
+                engine_slot_publish(g, 0, keys, c);
+                engine_slot_truncate(g, 0, 0);
+            }
+            /* cold: the whole prompt in one call, then greedy steps */
+            T_ASSERTF(engine_slot_prefill(g, 0, ids, NULL, L, cold, &e) == 0, "%s", e.msg);
+            for (int s = 0; s < REUSE_STEPS; s++) {
+                const float *lg = cold + (size_t)s * V;
+                int32_t best = 0;
+                for (int j = 1; j < V; j++)
+                    if (lg[j] > lg[best]) best = j;
+                ids[L + s] = best;
+                T_ASSERTF(engine_slot_prefill(g, 0, &best, NULL, 1, cold + (size_t)(s + 1) * V, &e) == 0, "%s", e.msg);
+            }
+            if (!from_prefix) engine_slot_publish(g, 0, keys, c);
+            /* reused: slot 1 maps the c blocks and prefills only the t last tokens */
+            T_EQ_INT(engine_slot_match(g, 1, keys, c), (int64_t)c * KV_BLOCK);
+            T_ASSERTF(engine_slot_prefill(g, 1, ids + c * KV_BLOCK, NULL, t, reu, &e) == 0, "%s", e.msg);
+            int same = !memcmp(reu, cold, (size_t)V * sizeof(float));
+            for (int s = 0; s < REUSE_STEPS && same; s++) {
+                T_ASSERTF(engine_slot_prefill(g, 1, &ids[L + s], NULL, 1, reu, &e) == 0, "%s", e.msg);
+                same = !memcmp(reu, cold + (size_t)(s + 1) * V, (size_t)V * sizeof(float));
+            }
+            T_ASSERTF(same, "%s: %d cached blocks + %d tokens (%s): logits differ from the cold prefill", dtype_name(dt),
+                      c, t, from_prefix ? "prefix published by an earlier request" : "published by the cold run");
+            cases += same;
+            engine_slot_truncate(g, 1, 0);
+        }
+        printf("  %s: %d of 8 reused prefills equal their cold run bit for bit (%d steps each)\n", dtype_name(dt), cases,
+               REUSE_STEPS);
+        free(cold);
+        free(reu);
+        engine_close(g);
+    }
+}
+
 int main(void)
 {
     T_RUN(test_follow_up_and_images);
     T_RUN(test_shared_system_prompt);
     T_RUN(test_eviction);
+    T_RUN(test_reuse_bitwise);
     return t_main_end("test_prefix");
 }

@@ -403,7 +403,7 @@ static void test_ops_equal_f16(void)
     const enum dtype dts[] = {DTYPE_Q8, DTYPE_Q4, DTYPE_NF4};
     for (int a = 0; a < 3; a++) {
         const enum dtype dt = dts[a];
-        const int64_t o = 48, k = 208, nmax = 20;
+        const int64_t o = 48, k = 208, nmax = 40;
         float *wf = malloc((size_t)(o * k) * 4);
         for (int64_t i = 0; i < o * k; i++) wf[i] = h(rndf() * 0.1f);
         struct tensor wq = tensor_make(dt, device_cpu(), NULL, 2, o, k);
@@ -429,8 +429,8 @@ static void test_ops_equal_f16(void)
         struct tensor bias = tensor_make(DTYPE_F16, device_cpu(), malloc((size_t)o * 2), 1, o);
         for (int64_t i = 0; i < o; i++) ((uint16_t *)bias.data)[i] = f32_to_f16(rndf() * 0.1f);
         float *y1 = malloc((size_t)(nmax * o) * 4), *y2 = malloc((size_t)(nmax * o) * 4);
-        int64_t ns[2] = {3, nmax}; /* the GEMV path and the sgemm path */
-        for (int t = 0; t < 2; t++) {
+        int64_t ns[3] = {1, 3, nmax}; /* the one-row kernel, a padded 4x3 block, two tiles of x */
+        for (int t = 0; t < 3; t++) {
             const int64_t n = ns[t];
             struct tensor xs = tensor_rows_view(&x, 0, n);
             struct tensor ya = tensor_make(DTYPE_F32, device_cpu(), y1, 2, n, o), yb = tensor_make(DTYPE_F32, device_cpu(), y2, 2, n, o);

@@ -245,6 +245,15 @@ static int reference(struct engine *g, const char *q, int n, float pen, double *
     return k;
 }
 
+/* minicpmv_kv_prefix_hit_blocks_total of v's server */
+static double prefix_hits(struct srv *v)
+{
+    struct resp r = http(v->port, "GET", "/metrics", NULL);
+    const double x = r.status == 200 && r.body ? metric(r.body, "minicpmv_kv_prefix_hit_blocks_total") : -1;
+    free(r.body);
+    return x;
+}
+
 static void logprobs(struct srv *v, struct engine *ref)
 {
     struct lpe a[64], b[64];
@@ -258,8 +267,14 @@ static void logprobs(struct srv *v, struct engine *ref)
     if (u) sscanf(u, "\"completion_tokens\":%d", &ct);
     T_EQ_INT(na, ct); /* one entry per generated token */
     free(body), free(r.body);
+    /* the same prompt again, streamed: its first block(s) come from the cache (prefix reuse is on), and it
+     * must still give the same logprobs bit for bit (the CPU computes the reused prompt's tail like the
+     * whole prompt) */
+    const double hits0 = prefix_hits(v);
     body = req(",\"logprobs\":true,\"top_logprobs\":5,\"repetition_penalty\":3", 1, 7, 12, 0);
     r = chat(v, body);
+    T_ASSERTF(prefix_hits(v) > hits0, "the repeated prompt reused no cached block (hits %g, before %g)", prefix_hits(v),
+              hits0);
     T_EQ_INT(r.status, 200);
     int nb = r.body ? entries(r.body, 1, b, 64) : 0;
     T_EQ_INT(nb, na); /* the streamed chunks carry the same entries */
@@ -405,7 +420,7 @@ static void metrics(struct srv *v)
                metric(r.body, "minicpmv_kv_blocks{state=\"free\"}"),
            (double)engine_slots(v->g) * ((double)engine_slot_ctx(v->g) / 16), 0);
     T_NEAR(metric(r.body, "minicpmv_kv_block_tokens"), 16, 0);
-    T_NEAR(metric(r.body, "minicpmv_kv_prefix_hit_blocks_total"), 0, 0); /* no_prefix_reuse (open_tiny) */
+    T_ASSERT(metric(r.body, "minicpmv_kv_prefix_hit_blocks_total") >= 0); /* > 0 after test_logprobs */
     T_NEAR(metric(r.body, "minicpmv_kv_preemptions_total"), 0, 0);       /* the default pool: slots x ctx */
     fprintf(stderr, "  %d lines; %ld requests sent, %ld ok; tokens %g / %g\n", lines, v->sent, v->ok,
             metric(r.body, "minicpmv_prompt_tokens_total"), metric(r.body, "minicpmv_generation_tokens_total"));
@@ -452,11 +467,6 @@ static struct engine *open_tiny(int parallel)
     o.quiet = 1;
     o.ctx = 512;
     o.parallel = parallel;
-    /* test_logprobs compares the server's logprobs with a cold reference to 1e-6 (the repetition penalty's
-     * effect it must see is ~2e-4): prefix reuse would compute the repeated prompt's last rows in a smaller
-     * GEMM (the same tokens, logprobs within ~1.6e-4), so these servers prefill every prompt whole
-     * (test_prefix covers reuse) */
-    o.no_prefix_reuse = 1;
     struct engine *g = NULL;
     struct err e = {{0}};
     if (!o.model_dir || engine_open(&g, &o, &e)) fprintf(stderr, "cannot open the tiny model: %s\n", e.msg);

@@ -3,7 +3,9 @@
 //   1. the solo answers: each distinct request (P prompts: chat and completions, greedy, a few tokens)
 //      alone, one after another;
 //   2. the load: N requests at concurrency C (request k is distinct request k % P, streamed or not):
-//      zero failures (maxRetries 0), each answer equal to its solo answer (text, finish_reason, tokens);
+//      zero failures (maxRetries 0), each answer equal to its solo answer (text, finish_reason, tokens),
+//      with the server's prefix reuse on (its /metrics prefix hits grow: repeated prompts map cached
+//      blocks) and many requests running at once (the largest /health "running" seen is printed);
 //   3. the server's RSS (/proc/PID/status VmRSS) when idle after the first N - 400 requests and after the
 //      last 400 (of 512; fewer when N is smaller): it may not grow by more than RSS_BOUND_KIB;
 //   4. SIGTERM with requests in flight (half streamed): new connections are refused while they are still
@@ -26,12 +28,15 @@ const check = (ok, what) => { if (ok) pass++; else { fail++; console.error("FAIL
 const words = ["Hello there", "Tell me a story", "One two three", "Why is the sky blue", "Describe a cat",
                "What is 2+2", "Name a color", "Once upon a time"];
 
-// distinct request i: even i chat, odd i completions; 1..4 tokens (the tiny model's cost is its 128k-row
-// lm_head: each generated token reads it once); greedy
+// distinct request i: even i chat (behind one system prompt: its first KV blocks are shared by every chat
+// request, and a repeated request reuses its whole prompt but the last block), odd i completions; 1..4
+// tokens (the tiny model's cost is its 128k-row lm_head: each generated token reads it once); greedy
+const system = "You are a helpful assistant. Answer briefly and plainly, in one short sentence.";
 function distinct(i) {
   const text = words[i % words.length] + " " + "abcdefghijklmnopqrstuvwxyz"[i % 26] + i;
   const common = { model: "m", temperature: 0, max_tokens: 1 + (i % 4) };
-  return i % 2 === 0 ? { chat: true, p: { ...common, messages: [{ role: "user", content: text }] } }
+  return i % 2 === 0 ? { chat: true, p: { ...common, messages: [{ role: "system", content: system },
+                                                                   { role: "user", content: text }] } }
                      : { chat: false, p: { ...common, prompt: text } };
 }
 
@@ -76,7 +81,7 @@ const tSolo = (Date.now() - t0) / 1000;
 // grow by more than RSS_BOUND_KIB: a leak of 5 KB per request would add 2 MB over 400. The RSS while
 // loaded is sampled too (printed: it swings with the ~1.6 MB of buffers each turn in flight holds).
 const cpu0 = cpuSecs();
-let next = 0, done = 0, failures = 0, wrong = 0, loadedMax = 0;
+let next = 0, done = 0, failures = 0, wrong = 0, loadedMax = 0, runningMax = 0;
 const rssTrace = []; // RSS (MiB) / server threads every 64 requests, printed
 async function round(count) {
   const end = next + count;
@@ -94,6 +99,7 @@ async function round(count) {
       done++;
       loadedMax = Math.max(loadedMax, rssKiB());
       if (done % 64 === 0) rssTrace.push(`${(rssKiB() / 1024).toFixed(1)}/${threads()}`);
+      if (done % 8 === 0) runningMax = Math.max(runningMax, (await (await fetch(base + "/health")).json()).running);
     }
   }
   await Promise.all(Array.from({ length: C }, worker));
@@ -110,6 +116,9 @@ async function idleRss() { // once /health says nothing runs, and the trim after
 }
 const idleThreads = [];
 const last = Math.min(400, N - Math.min(112, Math.floor(N / 4))); // 400 of 512
+const prefixHits = async () =>
+  +/^minicpmv_kv_prefix_hit_blocks_total (\S+)$/m.exec(await (await fetch(base + "/metrics")).text())[1];
+const hits0 = await prefixHits();
 const t1 = Date.now();
 await round(N - last);
 const rssA = await idleRss();
@@ -117,12 +126,15 @@ loadedMax = 0;
 await round(last);
 const tLoad = (Date.now() - t1) / 1000, cpuLoad = cpuSecs() - cpu0;
 const rssB = await idleRss();
+const hits = (await prefixHits()) - hits0;
 check(failures === 0, `${failures} of ${N} requests failed`);
+check(hits > 0, `the load reused no cached prompt block (minicpmv_kv_prefix_hit_blocks_total grew by ${hits})`);
 check(wrong === 0, `${wrong} of ${N} answers differ from their solo answers`);
 if (process.env.LOAD_RSS_CHECK === "0") console.error(`load.mjs: RSS bound not checked (sanitizer build): grew by ${rssB - rssA} KiB over the last ${last} requests`);
 else check(rssB - rssA <= RSS_BOUND_KIB, `RSS grew by ${rssB - rssA} KiB over the last ${last} requests (bound ${RSS_BOUND_KIB} KiB)`);
 console.error(`load.mjs: ${P} solo answers in ${tSolo.toFixed(1)} s; ${N} requests at concurrency ${C} in ${tLoad.toFixed(1)} s ` +
               `(${(N / tLoad).toFixed(1)} req/s; the server used ${cpuLoad.toFixed(1)} CPU s), ${failures} failed, ${wrong} wrong; ` +
+              `${hits} prompt blocks reused, up to ${runningMax} requests running at once; ` +
               `idle RSS ${rssA} KiB after request ${N - last}, ${rssB} KiB after request ${N} (growth ${rssB - rssA} KiB, ` +
               `bound ${RSS_BOUND_KIB}; server threads ${idleThreads.join(", ")}); loaded RSS up to ${loadedMax} KiB in the last ${last}; every 64 requests (MiB/threads): ` +
               `${rssTrace.join(" ")}`);

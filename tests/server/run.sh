@@ -170,21 +170,16 @@ if [ -f .cache/server-js/node_modules/openai/package.json ]; then
   [ "$src" = 0 ] && [ "$n200" = 8 ] && ok || bad "--parallel SIGTERM: exit $src, $n200 of 8 answered 200"
   kill -TERM $APID; wait $APID
 
-  # issue 14's load test (load.mjs): 512 requests at concurrency 64 against --parallel 8 (the other 56 wait
-  # in the queue), each equal to its solo answer, RSS flat over the last 400, then SIGTERM with requests in
-  # flight: they complete, new connections are refused, and the server exits 0. --parallel 8: on the CPU a
-  # batched step of more than 8 rows takes the sgemm path, whose rounding differs from the one-row GEMV
-  # (docs/ARCHITECTURE.md), so "equal to its solo answer" holds bit for bit only up to 8 rows; with 64
-  # slots the sanitizer build (slower, so larger batches) flipped one token of the random tiny model.
-  # Under ASan the RSS bound is not checked (its allocator quarantines freed memory by design: +22 MiB
-  # seen); the plain build checks it. One CPU thread: the tiny model's steps are small, and OpenMP
-  # threads spinning at barriers cost more than they compute on a shared machine.
+  # issue 14's load test (load.mjs): 512 requests at concurrency 64 against --parallel 64, each equal to
+  # its solo answer bit for bit (the CPU computes every row the same way whatever the batch, and a prompt
+  # whose start is cached the same way as a cold one: docs/ARCHITECTURE.md; prefix reuse is on and must
+  # hit), RSS flat over the last 400, then SIGTERM with requests in flight: they complete, new connections
+  # are refused, and the server exits 0. Under ASan the RSS bound is not checked (its allocator
+  # quarantines freed memory by design: +22 MiB seen); the plain build checks it. One CPU thread: the tiny
+  # model's steps are small, and OpenMP threads spinning at barriers cost more than they compute on a
+  # shared machine.
   case "$BIN" in *asan*) export LOAD_RSS_CHECK=0 ;; *) export LOAD_RSS_CHECK=1 ;; esac
-  # --no-prefix-reuse: a request whose prompt is cached prefills only its last token(s), through the
-  # one-row GEMV instead of the prompt's sgemm, and on the random tiny model's flat logits that rounding
-  # difference flipped tokens (2 of 512 in the sanitizer run): a known gap of prefix reuse on the CPU
-  # (test_prefix checks reuse on prompts where it does not flip; docs/ARCHITECTURE.md)
-  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 256 --threads 1 --parallel 8 --queue 64 --drain-timeout 60 --no-prefix-reuse \
+  "$BIN" serve --model "$MODEL" --port 0 --quiet --ctx 256 --threads 1 --parallel 64 --queue 64 --drain-timeout 60 \
     >"$tmp/outL" 2>"$tmp/errL" & LPID=$!
   for i in $(seq 600); do grep -q listening "$tmp/outL" && break; sleep 0.1; done
   UL=http://127.0.0.1:$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/outL")
