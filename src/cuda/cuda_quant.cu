@@ -11,7 +11,7 @@
  * (fused cuBLASLt epilogues included when the whole matrix fits one tile); a matrix larger than a
  * tile (only the q8 lm_head at n > 8) is done tile by tile, each tile's output columns going through
  * SCRATCH_QY (also bounded by the tile size) into y. */
-#include "cuda/cuda_common.cuh"
+#include "cuda/cuda_quant.cuh"
 
 #include "quant.h"
 
@@ -596,6 +596,7 @@ extern "C" void cuda_quant_matmul(struct tensor *y, const struct tensor *x, cons
     if (n == 0 || o == 0) return;
     /* the GEMV takes F16 (the model's activations) or F32 x; BF16 x (no model path) and unaligned x
      * take the dequantize-then-F16 path below, whose scratch keeps them out of captured graphs */
+    if (cuda_qgemv_a(c, y, x, w, bias)) return; /* Q4 / Q8 decode: cuda_qgemv.cu */
     if (qmma_ok(c, x, w)) {
         switch (qfmt_of(w->dtype)) {
         case QF_Q8: qmma_launch<QF_Q8>(c, y, x, w, bias); break;
