@@ -161,43 +161,47 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
     const int nsteps = (int)(k / KS);
     const int ns = warp < nsteps ? (nsteps - warp + W - 1) / W : 0; /* this warp's steps: warp + j W */
 
+    /* The warp's step j is at these pointers + j * (its stride); they advance once per round of U steps, so
+     * every load of a round has a compile-time offset (the load's immediate) and no address arithmetic. */
+    const uint4 *pa = code_a + 4 * warp, *pb = code_b + 4 * warp;     /* + 4 W per step */
+    const unsigned short *qa = sc_a + 2 * warp, *qb = sc_b + 2 * warp; /* + 2 W per step (Q4) */
     uint4 ca[U], cb[U];
-    uint32_t sv[U]; /* Q4: the step's scales of rows g (low half) and g + 8 (high half) */
+    unsigned short sa_[U], sb_[U]; /* Q4: the step's scales of rows g and g + 8 */
 #pragma unroll
     for (int u = 0; u < U; u++) {
         ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
-        sv[u] = 0;
+        sa_[u] = sb_[u] = 0;
         if (u < ns) {
-            const int64_t s = warp + (int64_t)u * W;
-            ca[u] = __ldcs(code_a + s * 4);
-            cb[u] = __ldcs(code_b + s * 4);
-            if (F == QA_Q4) sv[u] = (uint32_t)__ldg(sc_a + 2 * s) | (uint32_t)__ldg(sc_b + 2 * s) << 16;
+            ca[u] = __ldcs(pa + 4 * W * u);
+            cb[u] = __ldcs(pb + 4 * W * u);
+            if (F == QA_Q4) {
+                sa_[u] = __ldg(qa + 2 * W * u);
+                sb_[u] = __ldg(qb + 2 * W * u);
+            }
         }
     }
-    uint32_t s8 = 0;
-    if (F == QA_Q8) s8 = (uint32_t)__ldg(sc_a) | (uint32_t)__ldg(sc_b) << 16;
+    /* Q8: one scale per row */
+    const unsigned short s8a = F == QA_Q8 ? __ldg(sc_a) : 0, s8b = F == QA_Q8 ? __ldg(sc_b) : 0;
     if (PDL) pdl_wait(); /* x is the previous kernel's output; the weights are not */
 
-    /* x of tokens g (N tile 0) and g + 8 (tile 1); tokens past n stand in with the last one */
-    const __half *xp[NT];
+    /* x of tokens g (N tile 0) and g + 8 (tile 1); tokens past n stand in with the last one. Step j of the
+     * warp: xq[nt] + j * W * KS halves. */
+    const uint4 *xq[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         const int tok = 8 * nt + gi < n ? 8 * nt + gi : n - 1;
-        xp[nt] = x + (int64_t)tok * k + tig * (KS / 4);
+        xq[nt] = reinterpret_cast<const uint4 *>(x + (int64_t)tok * k + tig * (KS / 4) + (int64_t)warp * KS);
     }
+    constexpr int XS = W * KS / 8; /* uint4 per step */
     /* x of a step: loaded one step ahead (XP) or at the step, after the weight refill */
-    auto load_x = [&](int64_t j, uint4 (&dst)[NT][XV]) {
-        const int64_t off = (warp + j * W) * KS;
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int v = 0; v < XV; v++) {
-                const uint4 *p = reinterpret_cast<const uint4 *>(xp[nt] + off) + v;
-                dst[nt][v] = PDL ? __ldcg(p) : __ldg(p);
-            }
-    };
     uint4 xn[NT][XV];
-    if (XP && ns > 0) load_x(0, xn);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int v = 0; v < XV; v++) {
+            xn[nt][v] = make_uint4(0, 0, 0, 0);
+            if (XP && ns > 0) xn[nt][v] = PDL ? __ldcg(xq[nt] + v) : __ldg(xq[nt] + v);
+        }
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -209,28 +213,44 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
         for (int u = 0; u < U; u++) {
             const int j = j0 + u;
             if (j >= ns) break;
-            const uint4 a = ca[u], b = cb[u];
-            const uint32_t sc = F == QA_Q4 ? sv[u] : s8;
-            if (j + U < ns) { /* refill the slot with the step U ahead */
-                const int64_t s = warp + (int64_t)(j + U) * W;
-                ca[u] = __ldcs(code_a + s * 4);
-                cb[u] = __ldcs(code_b + s * 4);
-                if (F == QA_Q4) sv[u] = (uint32_t)__ldg(sc_a + 2 * s) | (uint32_t)__ldg(sc_b + 2 * s) << 16;
-            }
             uint4 xc[NT][XV];
-            if (XP) {
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++)
+            for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                    for (int v = 0; v < XV; v++) xc[nt][v] = xn[nt][v];
-                if (j + 1 < ns) load_x(j + 1, xn);
-            } else {
-                load_x(j, xc);
+                for (int v = 0; v < XV; v++) {
+                    if (XP) {
+                        xc[nt][v] = xn[nt][v];
+                        if (j + 1 < ns) {
+                            const uint4 *p = xq[nt] + XS * (u + 1) + v;
+                            xn[nt][v] = PDL ? __ldcg(p) : __ldg(p);
+                        }
+                    } else {
+                        const uint4 *p = xq[nt] + XS * u + v;
+                        xc[nt][v] = PDL ? __ldcg(p) : __ldg(p);
+                    }
+                }
+            const unsigned short s16a = F == QA_Q4 ? sa_[u] : s8a, s16b = F == QA_Q4 ? sb_[u] : s8b;
+            qa_step<F, NT>(acc, ca[u], cb[u], __half2half2(__ushort_as_half(s16a)), __half2half2(__ushort_as_half(s16b)),
+                           xc);
+            /* refill the slot with the step U ahead, into the registers just used (no copies): U - 1 steps are
+             * in flight while a step is computed, U in between */
+            if (j + U < ns) {
+                ca[u] = __ldcs(pa + 4 * W * (u + U));
+                cb[u] = __ldcs(pb + 4 * W * (u + U));
+                if (F == QA_Q4) {
+                    sa_[u] = __ldg(qa + 2 * W * (u + U));
+                    sb_[u] = __ldg(qb + 2 * W * (u + U));
+                }
             }
-            const __half2 sa = __half2half2(__ushort_as_half((unsigned short)(sc & 0xffffu)));
-            const __half2 sb = __half2half2(__ushort_as_half((unsigned short)(sc >> 16)));
-            qa_step<F, NT>(acc, a, b, sa, sb, xc);
         }
+        pa += 4 * W * U;
+        pb += 4 * W * U;
+        if (F == QA_Q4) {
+            qa += 2 * W * U;
+            qb += 2 * W * U;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) xq[nt] += XS * U;
     }
 
     /* acc[nt]: rows g and g + 8 of the tile, tokens 8 nt + 2t and 8 nt + 2t + 1 */
