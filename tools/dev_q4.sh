@@ -39,13 +39,13 @@ grep -c "gemv exact.* ok$" "$OUT/test_cuda_quant.log" | sed 's/^/gemv exact case
 
 [ -n "$mk" ] && wait $mk
 stamp "test_cuda_quant bench"
-timeout 80 $B/tests/test_cuda_quant bench > "$OUT/bench_gemv.log" 2>&1
+timeout 75 $B/tests/test_cuda_quant bench > "$OUT/bench_gemv.log" 2>&1
 echo "bench rc=$?" >> "$OUT/summary.txt"
 grep -E "^  step|decoder GEMVs" "$OUT/bench_gemv.log" >> "$OUT/summary.txt"
 
 for q in q4 q8; do
   stamp "minicpmv bench --quant $q"
-  timeout 60 $B/minicpmv bench --model $M --device cuda --quant $q --peak-gbs auto --only decode512 --reps 3 \
+  timeout 50 $B/minicpmv bench --model $M --device cuda --quant $q --peak-gbs auto --only decode512 --reps 3 \
     > "$OUT/bench_$q.log" 2>&1
   echo "bench $q rc=$?" >> "$OUT/summary.txt"
   grep -iE "decode512|peak|GB/s|tok/s" "$OUT/bench_$q.log" | tail -6 >> "$OUT/summary.txt"
