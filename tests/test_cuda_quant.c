@@ -117,9 +117,9 @@ static const int VARIANTS[] = {1, 0, 2, 8, 9, 10, 11};
 #define N_VARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
 static const int V_DEFAULT[] = {1};
 
-/* whether variant v is a distinct kernel for dt (the A-operand shapes run Q4 and Q8 only; NF4 would run
- * the default again) */
-static int variant_for(int v, enum dtype dt) { return v < 8 || dt != DTYPE_NF4; }
+/* whether variant v is a kernel of its own for dt (every variant is, for the three formats; kept as the
+ * place to say otherwise) */
+static int variant_for(int v, enum dtype dt) { return v >= 0 && dtype_is_quant(dt); }
 
 /* op_matmul with a quantized weight, GPU vs CPU, for the token counts ns, each of the kernels vs */
 static void matmul_case(enum dtype dt, int64_t o, int64_t k, const int *ns, int nn, const char *what, const int *vs,

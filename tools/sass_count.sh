@@ -14,10 +14,10 @@ python3 - "$T" <<'EOF'
 import sys
 t = sys.argv[1]
 s = open('src/cuda/cuda_qgemv.cu').read()
-for f in ('QA_Q4', 'QA_Q8'):
+for f in ('QA_Q4', 'QA_Q8', 'QA_NF4'):
     for u in (2, 3, 4, 6):
         s += ('template __global__ void qa_kernel<%s, 1, false, 8, %d, false>(void *, int, const __half *, '
-              'const uint8_t *, int64_t, const void *, int, int, int64_t, int64_t);\n' % (f, u))
+              'const uint8_t *, int64_t, const void *, int, int, int64_t, int64_t, struct qa_nf4);\n' % (f, u))
 open(t + '/a.cu', 'w').write(s)
 s = open('src/cuda/cuda_quant.cu').read()
 for f in (0, 1, 2):
@@ -48,6 +48,7 @@ def per_step(cubin, key, weights, label):
           (label, weights, d, d / weights, tot[3] - tot[2], tot[4] - tot[3], (tot[6] - tot[4]) / 2, top))
 per_step(t + '/a.cubin', 'qa_kernelILi0ELi1ELb0ELi8ELi%dELb0E', 64, 'A kernel Q4 (8 warps)')
 per_step(t + '/a.cubin', 'qa_kernelILi1ELi1ELb0ELi8ELi%dELb0E', 32, 'A kernel Q8 (8 warps)')
+per_step(t + '/a.cubin', 'qa_kernelILi2ELi1ELb0ELi8ELi%dELb0E', 64, 'A kernel NF4 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi1ELb0ELb0ELi8ELi%dELi1E', 32, 'session-5 kernel Q4 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi0ELb0ELb0ELi8ELi%dELi1E', 16, 'session-5 kernel Q8 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi2ELb0ELb0ELi8ELi%dELi1E', 32, 'session-5 kernel NF4 (8 warps)')

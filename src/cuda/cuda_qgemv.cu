@@ -1,15 +1,15 @@
-/* cuda_qgemv.cu: the decode GEMV (n = 1..16 tokens, F16 x) for Q4 and Q8 weights on tensor cores, with the
+/* cuda_qgemv.cu: the decode GEMV (n = 1..16 tokens, F16 x) for Q4, Q8 and NF4 weights on tensor cores, with the
  * weights as the A operand of mma.sync m16n8k16 and x as B (docs/CUDA.md "The quantized decode GEMV").
  * Owns: that kernel and its launch. Does not own: the record layouts (quant.h), the other quantized paths
- * (cuda_quant.cu: the CUDA-core GEMV, the older kernel with the weights as B, NF4, prefill).
+ * (cuda_quant.cu: the CUDA-core GEMV, the older kernel with the weights as B, prefill).
  *
- * Shape of the work. A warp owns a tile of 16 output rows; a step of the warp covers KS = 128 (Q4) or 64
- * (Q8) values of k of those rows. Lane (g = lane / 4, t = lane % 4) loads 16 bytes of row g and 16 bytes of
+ * Shape of the work. A warp owns a tile of 16 output rows; a step of the warp covers KS = 128 (Q4, NF4) or
+ * 64 (Q8) values of k of those rows. Lane (g = lane / 4, t = lane % 4) loads 16 bytes of row g and 16 bytes of
  * row g + 8, the t-th 16-byte chunk of the step in both (so the 4 lanes of a row read 64 contiguous bytes),
  * and turns them into the A fragments of 8 (Q4) or 4 (Q8) mmas: the mma's logical k is mapped onto the
  * lane's own chunk (a dot product does not care in which order k is summed, only that A and B agree), so
  * the B fragment of the same mma is x[token g] at the same positions: 4 consecutive halves per mma, which
- * are exactly the words of the lane's 16-byte loads of x. No shuffles, no shared memory in the loop.
+ * are exactly the words of the lane's 16-byte loads of x. No shuffles (and for Q4 / Q8 no shared memory).
  * The warps of a block split the steps of the tile (warp w takes w, w + W, ...) and meet in shared memory.
  *
  * Dequantization (the CPU twin's F16 values, bit for bit; test_cuda_quant test_gemv_exact):
@@ -17,23 +17,35 @@
  *   (1024 + c0, 1024 + c1), minus 1032 = c - 8 exactly; lop3 (u & 0x00f000f0) | 0x64006400 = (1024 + 16 c2,
  *   1024 + 16 c3), times 1/16 minus 72 (one hfma2, exact) = c - 8; then u >> 8 and the same for elements
  *   4..7. One hmul2 by the group's scale rounds the exact product (c - 8) * s once: f16((c - 8) * s).
- *   Per 8 weights: 4 lop3 + 1 shift + 4 hsub2/hfma2 + 4 hmul2, and 1/8 of an mma per weight pair...
+ *   Per 8 weights: 4 lop3 + 1 shift + 4 hsub2/hfma2 + 4 hmul2; an mma takes 8 weights of each lane.
  *   Q8 word (4 int8 codes): xor 0x80 makes the biased byte b = q + 128; prmt places it under 0x64 (the half
  *   1024 + b), minus 1152 = q exactly; hmul2 by the row's scale.
- * Loads: codes with ld.global.cs (streamed once), U steps in flight per lane in a register ring (the next
- * step of a slot is loaded before the slot's current step is used); the scales of the step ride along; x
- * one step ahead, through L1 (ld.global.nc), or through L2 (ld.global.cg) under PDL, where the previous
- * kernel writes x while this one already runs. Under PDL the first U steps of weights are loaded before
+ *   NF4 byte (bitsandbytes' order: two consecutive elements): one 8-byte shared-memory load of the pair
+ *   (NF4[hi], NF4[lo]) from a 256-entry table, two f32 multiplies by the absmax and one conversion to half2
+ *   (f16(f32(NF4[c] * a)), bitsandbytes' value). The chunk holds 32 consecutive elements as in Q4, so the
+ *   mma and x mapping is Q4's.
+ * Loads: codes with ld.global.cs (streamed once), U steps in flight per lane in a register ring (a slot
+ * is refilled with the step U ahead as soon as its step is used); the scales of the step ride along; x
+ * through L1 (ld.global.nc), or through L2 (ld.global.cg) under PDL, where the previous kernel writes x
+ * while this one already runs; base pointers advance once per round of U steps, the loads of a round
+ * taking compile-time offsets. Under PDL the first U steps of weights are loaded before
  * griddepcontrol.wait (weights are constant). fp32 accumulation in the mma; the bias is added in fp32
  * before the one rounding to y's dtype. No scratch, no host sync: graph-capturable. */
 #include "cuda/cuda_quant.cuh"
 
 #include "quant.h"
 
-enum { QA_Q4 = 0, QA_Q8 = 1 };
+enum { QA_Q4 = 0, QA_Q8 = 1, QA_NF4 = 2 };
 
 /* k per warp step: 4 lanes x 16 bytes of codes per row */
-__host__ __device__ constexpr int qa_ks(int f) { return f == QA_Q4 ? 128 : 64; }
+__host__ __device__ constexpr int qa_ks(int f) { return f == QA_Q8 ? 64 : 128; }
+/* bytes of one group's scale (Q4: f16, NF4: the f32 absmax); Q8 has one f16 scale per row */
+__host__ __device__ constexpr int qa_sb(int f) { return f == QA_NF4 ? 4 : 2; }
+
+/* the NF4 code table, by value (bitsandbytes' quant_map, QUANT_NF4) */
+struct qa_nf4 {
+    float v[16];
+};
 
 /* The shapes the bench compares (cuda_set_qmma QMMA_A0 + index): warps per block x steps in flight per
  * lane; qa_launch_s and cuda_qmma_name list them. QMMA_AUTO takes QA_AUTO. */
@@ -100,20 +112,32 @@ template <int F> struct qa_x {
     static constexpr int V = qa_ks(F) / 32;
 };
 
-/* One step of one lane: codes ca (row g) and cb (row g + 8), their scales sa, sb, x of the N tiles. */
+/* NF4: the pair of elements in byte b (element 2b in the high nibble, 2b + 1 in the low one, bitsandbytes'
+ * order) times the absmax a, each rounded once from the f32 product: f16(f32(NF4[c] * a)). tab: the 256 pairs
+ * (NF4[b >> 4], NF4[b & 15]) in shared memory. */
+__device__ __forceinline__ uint32_t nf4_pair(const float2 *tab, uint32_t b, float a)
+{
+    const float2 v = tab[b];
+    return qa_u(__floats2half2_rn(__fmul_rn(v.x, a), __fmul_rn(v.y, a)));
+}
+
+/* One step of one lane: codes ca (row g) and cb (row g + 8), their scale words sa, sb (Q4 / Q8: f16 bits,
+ * NF4: f32 bits), x of the N tiles; tab: NF4's pair table. */
 template <int F, int NT>
-__device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb, __half2 sa, __half2 sb,
-                                        const uint4 (&xv)[NT][qa_x<F>::V])
+__device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb, uint32_t sa, uint32_t sb,
+                                        const uint4 (&xv)[NT][qa_x<F>::V], const float2 *tab)
 {
     const uint32_t wa[4] = {ca.x, ca.y, ca.z, ca.w}, wb[4] = {cb.x, cb.y, cb.z, cb.w};
     if constexpr (F == QA_Q4) {
+        const __half2 s2a = __half2half2(__ushort_as_half((unsigned short)sa));
+        const __half2 s2b = __half2half2(__ushort_as_half((unsigned short)sb));
 #pragma unroll
         for (int q = 0; q < 4; q++) { /* word q: elements 8q .. 8q + 7 of the chunk */
             uint32_t ua = wa[q], ub = wb[q];
 #pragma unroll
             for (int h = 0; h < 2; h++) { /* elements 8q + 4h .. 8q + 4h + 3: one mma */
-                const uint32_t a0 = q4_pair_lo(ua, sa), a1 = q4_pair_lo(ub, sb);
-                const uint32_t a2 = q4_pair_hi(ua, sa), a3 = q4_pair_hi(ub, sb);
+                const uint32_t a0 = q4_pair_lo(ua, s2a), a1 = q4_pair_lo(ub, s2b);
+                const uint32_t a2 = q4_pair_hi(ua, s2a), a3 = q4_pair_hi(ub, s2b);
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     const uint4 xq = xv[nt][q];
@@ -123,12 +147,31 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
                 ub >>= 8;
             }
         }
+    } else if constexpr (F == QA_NF4) {
+        const float fa = __uint_as_float(sa), fb = __uint_as_float(sb);
+#pragma unroll
+        for (int q = 0; q < 4; q++) { /* word q: bytes 4q .. 4q + 3 = elements 8q .. 8q + 7 of the chunk */
+#pragma unroll
+            for (int h = 0; h < 2; h++) { /* bytes 4q + 2h, 4q + 2h + 1: elements 8q + 4h .. + 3, one mma */
+                const uint32_t a0 = nf4_pair(tab, (wa[q] >> (16 * h)) & 0xffu, fa);
+                const uint32_t a1 = nf4_pair(tab, (wb[q] >> (16 * h)) & 0xffu, fb);
+                const uint32_t a2 = nf4_pair(tab, (wa[q] >> (16 * h + 8)) & 0xffu, fa);
+                const uint32_t a3 = nf4_pair(tab, (wb[q] >> (16 * h + 8)) & 0xffu, fb);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const uint4 xq = xv[nt][q];
+                    qa_mma(acc[nt], a0, a1, a2, a3, h ? xq.z : xq.x, h ? xq.w : xq.y);
+                }
+            }
+        }
     } else {
+        const __half2 s2a = __half2half2(__ushort_as_half((unsigned short)sa));
+        const __half2 s2b = __half2half2(__ushort_as_half((unsigned short)sb));
 #pragma unroll
         for (int q = 0; q < 4; q++) { /* word q: elements 4q .. 4q + 3 of the chunk: one mma */
             const uint32_t ba = wa[q] ^ 0x80808080u, bb = wb[q] ^ 0x80808080u;
-            const uint32_t a0 = q8_pair(ba, 0x4140u, sa), a1 = q8_pair(bb, 0x4140u, sb);
-            const uint32_t a2 = q8_pair(ba, 0x4342u, sa), a3 = q8_pair(bb, 0x4342u, sb);
+            const uint32_t a0 = q8_pair(ba, 0x4140u, s2a), a1 = q8_pair(bb, 0x4140u, s2b);
+            const uint32_t a2 = q8_pair(ba, 0x4342u, s2a), a3 = q8_pair(bb, 0x4342u, s2b);
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
                 const uint4 xq = xv[nt][q >> 1];
@@ -138,35 +181,46 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
     }
 }
 
+/* a scale word: Q4 / Q8 the f16 bits, NF4 the f32 bits */
+template <int F> __device__ __forceinline__ uint32_t qa_ld_scale(const uint8_t *p)
+{
+    if constexpr (F == QA_NF4) return __ldg(reinterpret_cast<const unsigned int *>(p));
+    else return __ldg(reinterpret_cast<const unsigned short *>(p));
+}
+
 /* y[n, o] = x[n, k] w^T (+ bias), n <= 8 * NT. Block: W warps on the 16-row tile blockIdx.x. rb: record
  * bytes. */
 template <int F, int NT, bool PDL, int W, int U, bool XP>
 __global__ void __launch_bounds__(W * 32, (W * 32 >= 512) ? 1 : 512 / (W * 32))
 qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const void *bias, int bdt, int n,
-          int64_t k, int64_t o)
+          int64_t k, int64_t o, struct qa_nf4 nf4)
 {
-    constexpr int KS = qa_ks(F), XV = qa_x<F>::V;
+    constexpr int KS = qa_ks(F), XV = qa_x<F>::V, SB = qa_sb(F);
+    constexpr bool GROUPS = F != QA_Q8; /* a scale per group of 64 (the lane's chunk lies in one) */
     __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
+    __shared__ float2 tab[F == QA_NF4 ? 256 : 1];
     pdl_trigger(); /* a PDL-launched successor may start loading its weights once all blocks run */
+    if (F == QA_NF4)
+        for (int i = threadIdx.x; i < 256; i += W * 32) tab[i] = make_float2(nf4.v[i >> 4], nf4.v[i & 15]);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, tig = lane & 3;
     const int64_t row0 = (int64_t)blockIdx.x * 16;
     /* rows past o stand in with the last row (their sums are not stored) */
     const int64_t ra = row0 + gi < o ? row0 + gi : o - 1, rbw = row0 + gi + 8 < o ? row0 + gi + 8 : o - 1;
     const uint8_t *reca = w + ra * rb, *recb = w + rbw * rb;
-    const int64_t cbytes = F == QA_Q4 ? k / 2 : k;
-    const uint4 *code_a = reinterpret_cast<const uint4 *>(reca) + tig, *code_b = reinterpret_cast<const uint4 *>(recb) + tig;
-    /* Q4: the lane's chunk of step s lies in scale group 2s + t / 2; Q8: one scale per row */
-    const unsigned short *sc_a = reinterpret_cast<const unsigned short *>(reca + cbytes) + (F == QA_Q4 ? tig >> 1 : 0);
-    const unsigned short *sc_b = reinterpret_cast<const unsigned short *>(recb + cbytes) + (F == QA_Q4 ? tig >> 1 : 0);
+    const int64_t cbytes = F == QA_Q8 ? k : k / 2;
     const int nsteps = (int)(k / KS);
     const int ns = warp < nsteps ? (nsteps - warp + W - 1) / W : 0; /* this warp's steps: warp + j W */
 
     /* The warp's step j is at these pointers + j * (its stride); they advance once per round of U steps, so
-     * every load of a round has a compile-time offset (the load's immediate) and no address arithmetic. */
-    const uint4 *pa = code_a + 4 * warp, *pb = code_b + 4 * warp;     /* + 4 W per step */
-    const unsigned short *qa = sc_a + 2 * warp, *qb = sc_b + 2 * warp; /* + 2 W per step (Q4) */
+     * every load of a round has a compile-time offset (the load's immediate) and no address arithmetic.
+     * Codes: the lane's t-th 16 bytes of the step's 64 (+ 4 W uint4 per step). Scales (Q4, NF4): the lane's
+     * chunk of step s lies in group 2s + t / 2 (+ 2 W SB bytes per step); Q8: one scale per row. */
+    const uint4 *pa = reinterpret_cast<const uint4 *>(reca) + tig + 4 * warp;
+    const uint4 *pb = reinterpret_cast<const uint4 *>(recb) + tig + 4 * warp;
+    const uint8_t *qa = reca + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * warp) : 0);
+    const uint8_t *qb = recb + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * warp) : 0);
     uint4 ca[U], cb[U];
-    unsigned short sa_[U], sb_[U]; /* Q4: the step's scales of rows g and g + 8 */
+    uint32_t sa_[U], sb_[U]; /* the step's scale words of rows g and g + 8 */
 #pragma unroll
     for (int u = 0; u < U; u++) {
         ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
@@ -174,14 +228,14 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
         if (u < ns) {
             ca[u] = __ldcs(pa + 4 * W * u);
             cb[u] = __ldcs(pb + 4 * W * u);
-            if (F == QA_Q4) {
-                sa_[u] = __ldg(qa + 2 * W * u);
-                sb_[u] = __ldg(qb + 2 * W * u);
+            if (GROUPS) {
+                sa_[u] = qa_ld_scale<F>(qa + 2 * W * SB * u);
+                sb_[u] = qa_ld_scale<F>(qb + 2 * W * SB * u);
             }
         }
     }
-    /* Q8: one scale per row */
-    const unsigned short s8a = F == QA_Q8 ? __ldg(sc_a) : 0, s8b = F == QA_Q8 ? __ldg(sc_b) : 0;
+    const uint32_t s8a = GROUPS ? 0 : qa_ld_scale<F>(qa), s8b = GROUPS ? 0 : qa_ld_scale<F>(qb);
+    if (F == QA_NF4) __syncthreads(); /* tab */
     if (PDL) pdl_wait(); /* x is the previous kernel's output; the weights are not */
 
     /* x of tokens g (N tile 0) and g + 8 (tile 1); tokens past n stand in with the last one. Step j of the
@@ -193,7 +247,7 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
         xq[nt] = reinterpret_cast<const uint4 *>(x + (int64_t)tok * k + tig * (KS / 4) + (int64_t)warp * KS);
     }
     constexpr int XS = W * KS / 8; /* uint4 per step */
-    /* x of a step: loaded one step ahead (XP) or at the step, after the weight refill */
+    /* x of a step: loaded one step ahead (XP) or at the step */
     uint4 xn[NT][XV];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -229,25 +283,23 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
                         xc[nt][v] = PDL ? __ldcg(p) : __ldg(p);
                     }
                 }
-            const unsigned short s16a = F == QA_Q4 ? sa_[u] : s8a, s16b = F == QA_Q4 ? sb_[u] : s8b;
-            qa_step<F, NT>(acc, ca[u], cb[u], __half2half2(__ushort_as_half(s16a)), __half2half2(__ushort_as_half(s16b)),
-                           xc);
+            qa_step<F, NT>(acc, ca[u], cb[u], GROUPS ? sa_[u] : s8a, GROUPS ? sb_[u] : s8b, xc, tab);
             /* refill the slot with the step U ahead, into the registers just used (no copies): U - 1 steps are
              * in flight while a step is computed, U in between */
             if (j + U < ns) {
                 ca[u] = __ldcs(pa + 4 * W * (u + U));
                 cb[u] = __ldcs(pb + 4 * W * (u + U));
-                if (F == QA_Q4) {
-                    sa_[u] = __ldg(qa + 2 * W * (u + U));
-                    sb_[u] = __ldg(qb + 2 * W * (u + U));
+                if (GROUPS) {
+                    sa_[u] = qa_ld_scale<F>(qa + 2 * W * SB * (u + U));
+                    sb_[u] = qa_ld_scale<F>(qb + 2 * W * SB * (u + U));
                 }
             }
         }
         pa += 4 * W * U;
         pb += 4 * W * U;
-        if (F == QA_Q4) {
-            qa += 2 * W * U;
-            qb += 2 * W * U;
+        if (GROUPS) {
+            qa += 2 * W * SB * U;
+            qb += 2 * W * SB * U;
         }
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) xq[nt] += XS * U;
@@ -291,8 +343,10 @@ static void qa_launch_t(struct cuda_ctx *c, struct tensor *y, const struct tenso
     const int bdt = bias ? (int)bias->dtype : 0;
     const __half *xp = (const __half *)x->data;
     const uint8_t *wp = (const uint8_t *)w->data;
-    if (PDL) cuda_launch_pdl(c, qa_kernel<F, NT, PDL, W, U, XP>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o);
-    else qa_kernel<F, NT, PDL, W, U, XP><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o);
+    struct qa_nf4 nt;
+    memcpy(nt.v, QUANT_NF4, sizeof nt.v);
+    if (PDL) cuda_launch_pdl(c, qa_kernel<F, NT, PDL, W, U, XP>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
+    else qa_kernel<F, NT, PDL, W, U, XP><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
     KERNEL_CHECK();
 }
 
@@ -337,6 +391,10 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
     }
     if (w->dtype == DTYPE_Q8 && k % qa_ks(QA_Q8) == 0) {
         qa_launch<QA_Q8>(c, y, x, w, bias, shape);
+        return true;
+    }
+    if (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) { /* then the absmax group is 64 */
+        qa_launch<QA_NF4>(c, y, x, w, bias, shape);
         return true;
     }
     return false;
