@@ -2,15 +2,17 @@
  * GPU against their CPU twins, which compute the op on the F16 dequantization bit for bit (backend.h):
  *  - the GPU dequantization (the prefill path's kernel, whose per-weight code the GEMV shares) equals
  *    quant_dequant_rows_f16 bit for bit; the first mismatches are printed with their codes;
- *  - the decode GEMVs (tensor-core n = 1..16, CUDA-core n = 1..8) and the prefill GEMM for n = 17 and 300 at the model's shapes
+ *  - every decode GEMV kernel's in-register weights bit for bit (one-hot x: each output is one weight);
+ *  - the decode GEMVs (every kernel: the A-operand and B-operand tensor-core ones n = 1..16, CUDA-core
+ *    n = 1..8) and the prefill GEMM for n = 17 and 300 at the model's shapes
  *    (4096x4096, 14336x4096, 4096x14336, the 128256x4096 lm_head, whose prefill GEMM goes tile by tile,
  *    and the vision fc2 with K = 4304, scale groups of 16, code rows not a multiple of 16 bytes),
  *    within the fp32-accumulation tolerance (y in f32) and the fp16 one (y in f16, with a bias);
  *  - op_linear (bias + GELU, residual in place) and op_matmul_stacked (vision q|k|v) with NF4;
  *  - the tiny model loaded on the GPU in q8, q4 (at load) and nf4 (mkmodel --quant nf4) gives the
  *    CPU's greedy tokens, with a prompt long enough (20 tokens) to take the GEMM path at prefill.
- * `test_cuda_quant bench` prints the decode GEMV's bandwidth per format (and fp16's) at 4096x14336 and
- * 14336x4096. Without a GPU every case is reported as skipped. */
+ * `test_cuda_quant bench` prints every decode GEMV kernel's bandwidth per format (and fp16's) at the four
+ * matrices of a decoder layer, and their 32-layer sum per token. Without a GPU every case is skipped. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,13 +410,13 @@ static double now_s(void)
 /* The bench's shapes: one decoder layer's matrices (q|k|v, o, gate|up, down); a token reads each 32 times. */
 static const struct { int64_t o, k; } BSH[] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
 #define N_BSH ((int)(sizeof BSH / sizeof BSH[0]))
-static const int BNS[] = {1, 4, 8, 16};
+static const int BNS[] = {1, 8, 16};
 #define N_BNS ((int)(sizeof BNS / sizeof BNS[0]))
 
 /* The weight is replicated until the copies exceed 512 MB and the GEMVs cycle through them, so that
  * no copy is still in the L2 (50 MB on an H200) when it is read again: the figure is DRAM bandwidth.
  * Every kernel of VARIANTS (fp16: the GEMV kernel and cuBLAS) at n = 1 (without and with PDL) and at
- * n = 4, 8, 16 (without). t_us[v][ni][pdl] gets the time per GEMV (0 where it did not run). */
+ * n = 8, 16 (without). t_us[v][ni][pdl] gets the time per GEMV (0 where it did not run). */
 static void bench_one(enum dtype dt, int64_t o, int64_t k, double t_us[N_VARIANTS][N_BNS][2])
 {
     struct tensor hw = dt == DTYPE_F16 ? h_rand(DTYPE_F16, 2, o, k, 0, 0.02f) : q_rand(dt, o, k);
