@@ -76,7 +76,7 @@ void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const 
 /* programmatic dependent launch of decode GEMVs on/off (cuda/cuda_mem.cu; default off) */
 void cuda_set_pdl(int ordinal, int on);
 /* the quantized decode GEMV's kernel (cuda/cuda_mem.cu; values in cuda/cuda_quant.cuh: 0 the CUDA-core kernel,
- * 1 the default, 2..4 the older tensor-core kernel's tilings, 8..11 the A-operand kernel's shapes) */
+ * 1 the default, 2..4 the older tensor-core kernel's tilings, 8..12 the A-operand kernel's shapes) */
 void cuda_set_qmma(int ordinal, int on);
 /* a short name for a cuda_set_qmma value (cuda/cuda_qgemv.cu), "?" for others */
 const char *cuda_qmma_name(int v);

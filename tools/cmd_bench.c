@@ -616,7 +616,7 @@ static const char BENCH_HELP[] =
     "                       passes); every decode figure is also printed as a fraction of it\n"
     "  --json FILE          write the results for tools/bench_compare.py\n"
     "  --qgemv V            (developers) the quantized decode GEMV's kernel: 1 the default, 0 the CUDA-core\n"
-    "                       one, 2..4 session 5's tensor-core one, 8..11 the A-operand kernel's shapes\n"
+    "                       one, 2..4 session 5's tensor-core one, 8..12 the A-operand kernel's shapes\n"
     "                       (docs/CUDA.md, \"The quantized decode GEMV\")\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
 

@@ -190,8 +190,8 @@ template <int F> __device__ __forceinline__ uint32_t qa_ld_scale(const uint8_t *
 
 /* y[n, o] = x[n, k] w^T (+ bias), n <= 8 * NT. Block: W warps on the 16-row tile blockIdx.x. rb: record
  * bytes. */
-template <int F, int NT, bool PDL, int W, int U, bool XP>
-__global__ void __launch_bounds__(W * 32, (W * 32 >= 512) ? 1 : 512 / (W * 32))
+template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB>
+__global__ void __launch_bounds__(W * 32, MINB)
 qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const void *bias, int bdt, int n,
           int64_t k, int64_t o, struct qa_nf4 nf4)
 {
@@ -331,7 +331,7 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
         }
 }
 
-template <int F, int NT, bool PDL, int W, int U, bool XP>
+template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB>
 static void qa_launch_t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                         const struct tensor *bias)
 {
@@ -345,8 +345,8 @@ static void qa_launch_t(struct cuda_ctx *c, struct tensor *y, const struct tenso
     const uint8_t *wp = (const uint8_t *)w->data;
     struct qa_nf4 nt;
     memcpy(nt.v, QUANT_NF4, sizeof nt.v);
-    if (PDL) cuda_launch_pdl(c, qa_kernel<F, NT, PDL, W, U, XP>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
-    else qa_kernel<F, NT, PDL, W, U, XP><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
+    if (PDL) cuda_launch_pdl(c, qa_kernel<F, NT, PDL, W, U, XP, MINB>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
+    else qa_kernel<F, NT, PDL, W, U, XP, MINB><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
     KERNEL_CHECK();
 }
 
@@ -354,12 +354,16 @@ template <int F, int NT, bool PDL>
 static void qa_launch_s(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                         const struct tensor *bias, int shape)
 {
-    static_assert(QMMA_A_SHAPES == 4, "this switch and cuda_qmma_name list the same shapes");
+    static_assert(QMMA_A_SHAPES == 5, "this switch and cuda_qmma_name list the same shapes");
+    /* warps per block, steps in flight, x one step ahead, blocks per SM the registers must allow (2 of 8
+     * warps: up to 128 registers; 3: 80; 4: 64; ptxas -v shows no spills but for NF4 with two N tiles in
+     * shape 4, 32 bytes) */
     switch (shape) {
-    case 0: qa_launch_t<F, NT, PDL, 8, 2, true>(c, y, x, w, bias); break;
-    case 2: qa_launch_t<F, NT, PDL, 16, 2, true>(c, y, x, w, bias); break;
-    case 3: qa_launch_t<F, NT, PDL, 4, 4, false>(c, y, x, w, bias); break;
-    default: qa_launch_t<F, NT, PDL, 8, 4, false>(c, y, x, w, bias); break;
+    case 0: qa_launch_t<F, NT, PDL, 8, 2, true, 2>(c, y, x, w, bias); break;
+    case 2: qa_launch_t<F, NT, PDL, 8, 3, false, 3>(c, y, x, w, bias); break;
+    case 3: qa_launch_t<F, NT, PDL, 4, 4, false, 4>(c, y, x, w, bias); break;
+    case 4: qa_launch_t<F, NT, PDL, 8, 2, false, 4>(c, y, x, w, bias); break;
+    default: qa_launch_t<F, NT, PDL, 8, 4, false, 2>(c, y, x, w, bias); break;
     }
 }
 
@@ -403,7 +407,7 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
 /* A name for a cuda_set_qmma value, for the bench's lines. */
 extern "C" const char *cuda_qmma_name(int v)
 {
-    static const char *const a[QMMA_A_SHAPES] = {"a8x2p", "a8x4", "a16x2p", "a4x4"};
+    static const char *const a[QMMA_A_SHAPES] = {"a8x2p", "a8x4", "a8x3o3", "a4x4", "a8x2o4"};
     static const char *const b[5] = {"simt", "auto", "b8x2x2", "b8x1x4", "b4x2x2"};
     if (v >= QMMA_A0 && v < QMMA_A0 + QMMA_A_SHAPES) return a[v - QMMA_A0];
     return v >= 0 && v < 5 ? b[v] : "?";
