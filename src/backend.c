@@ -474,6 +474,18 @@ void dev_set_overlap(struct device d, int on)
 #endif
 }
 
+int dev_set_qgemv(struct device d, int v)
+{
+#ifdef MINICPMV_CUDA
+    if (!strcmp(cuda_qmma_name(v), "?")) return -1;
+    if (d.kind == DEVICE_CUDA) cuda_set_qmma(d.ordinal, v);
+#else
+    (void)d;
+    if (v < 0) return -1;
+#endif
+    return 0;
+}
+
 /* ---- graphs ---- */
 
 struct dev_graph {

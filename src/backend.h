@@ -191,6 +191,12 @@ void op_add_i32(struct tensor *x, int32_t d);
  * default; results are bit-identical either way. No effect on CPU devices or before sm_90. */
 void dev_set_overlap(struct device d, int on);
 
+/* Picks the kernel of GPU d's quantized decode GEMV (a developer's knob for benchmarks: 1 = the default;
+ * the values are listed in src/cuda/cuda_quant.cuh and docs/CUDA.md, "The quantized decode GEMV"). Every
+ * kernel computes the same op (backend.h's contract), so results differ only by fp32 summation order.
+ * -1 when v is not a kernel (nothing changed), 0 otherwise; no effect on CPU devices. */
+int dev_set_qgemv(struct device d, int v);
+
 /* ---- graphs: record the ops issued on one device, replay them ---- */
 /* Between dev_graph_begin and dev_graph_end the ops issued on GPU d are recorded, not run. The
  * captured ops must not copy to or from the host, sync, or grow scratch buffers (run the same step

@@ -79,8 +79,11 @@ void cuda_sync(int ordinal);
 void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes);
 /* programmatic dependent launch of decode GEMVs on/off (cuda/cuda_mem.cu; default off) */
 void cuda_set_pdl(int ordinal, int on);
-/* the quantized GEMVs' tensor-core kernel on/off (cuda/cuda_mem.cu; default on where the code is sm_80+) */
+/* the quantized decode GEMV's kernel (cuda/cuda_mem.cu; values in cuda/cuda_quant.cuh: 0 the CUDA-core kernel,
+ * 1 the default, 2..4 the older tensor-core kernel's tilings, 8..12 the A-operand kernel's shapes) */
 void cuda_set_qmma(int ordinal, int on);
+/* a short name for a cuda_set_qmma value (cuda/cuda_qgemv.cu), "?" for others */
+const char *cuda_qmma_name(int v);
 /* 16-bit weights: the GEMV kernel for n <= max tokens (1..8), cuBLAS above (cuda/cuda_mem.cu; default 1) */
 void cuda_set_gemv16_max(int ordinal, int max);
 /* 16-bit decode GEMVs on the persistent kernel (cuda/cuda_pgemv.cu: plain, and the fused ops' one-kernel

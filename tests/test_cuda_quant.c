@@ -2,15 +2,17 @@
  * GPU against their CPU twins, which compute the op on the F16 dequantization bit for bit (backend.h):
  *  - the GPU dequantization (the prefill path's kernel, whose per-weight code the GEMV shares) equals
  *    quant_dequant_rows_f16 bit for bit; the first mismatches are printed with their codes;
- *  - the decode GEMVs (tensor-core n = 1..16, CUDA-core n = 1..8) and the prefill GEMM for n = 17 and 300 at the model's shapes
+ *  - every decode GEMV kernel's in-register weights bit for bit (one-hot x: each output is one weight);
+ *  - the decode GEMVs (every kernel: the A-operand and B-operand tensor-core ones n = 1..16, CUDA-core
+ *    n = 1..8) and the prefill GEMM for n = 17 and 300 at the model's shapes
  *    (4096x4096, 14336x4096, 4096x14336, the 128256x4096 lm_head, whose prefill GEMM goes tile by tile,
  *    and the vision fc2 with K = 4304, scale groups of 16, code rows not a multiple of 16 bytes),
  *    within the fp32-accumulation tolerance (y in f32) and the fp16 one (y in f16, with a bias);
  *  - op_linear (bias + GELU, residual in place) and op_matmul_stacked (vision q|k|v) with NF4;
  *  - the tiny model loaded on the GPU in q8, q4 (at load) and nf4 (mkmodel --quant nf4) gives the
  *    CPU's greedy tokens, with a prompt long enough (20 tokens) to take the GEMM path at prefill.
- * `test_cuda_quant bench` prints the decode GEMV's bandwidth per format (and fp16's) at 4096x14336 and
- * 14336x4096. Without a GPU every case is reported as skipped. */
+ * `test_cuda_quant bench` prints every decode GEMV kernel's bandwidth per format (and fp16's) at the four
+ * matrices of a decoder layer, and their 32-layer sum per token. Without a GPU every case is skipped. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,32 +113,47 @@ static void test_dequant(void)
         }
 }
 
-/* op_matmul with a quantized weight, GPU vs CPU, for the token counts ns */
-static void matmul_case(enum dtype dt, int64_t o, int64_t k, const int *ns, int nn, const char *what)
+/* The decode kernels the GEMV cases compare (cuda_set_qmma values, src/cuda/cuda_quant.cuh): the default,
+ * the CUDA-core kernel, the older tensor-core kernel (weights as B), the A-operand kernel's 5 shapes. */
+static const int VARIANTS[] = {1, 0, 2, 8, 9, 10, 11, 12};
+#define N_VARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
+static const int V_DEFAULT[] = {1};
+
+/* whether variant v is a kernel of its own for dt (every variant is, for the three formats; kept as the
+ * place to say otherwise) */
+static int variant_for(int v, enum dtype dt) { return v >= 0 && dtype_is_quant(dt); }
+
+/* op_matmul with a quantized weight, GPU vs CPU, for the token counts ns, each of the kernels vs */
+static void matmul_case(enum dtype dt, int64_t o, int64_t k, const int *ns, int nn, const char *what, const int *vs,
+                        int nv)
 {
     struct tensor w = q_rand(dt, o, k), dw = d_of(&w);
     struct tensor b = h_rand(DTYPE_F16, 1, o, 0, 0, 0.5f), db = d_of(&b);
     for (int i = 0; i < nn; i++) {
         const int64_t n = ns[i];
         struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), dx = d_of(&x);
-        /* y in f32, no bias: only the accumulation order differs */
+        /* y in f32, no bias: only the accumulation order differs; y in f16 with a bias: the model's case */
         struct tensor ref = h_new(DTYPE_F32, 2, n, o, 0), dy = d_new(DTYPE_F32, 2, n, o, 0);
+        struct tensor ref16 = h_new(DTYPE_F16, 2, n, o, 0), dy16 = d_new(DTYPE_F16, 2, n, o, 0);
         op_matmul(&ref, &x, &w, NULL);
-        op_matmul(&dy, &dx, &dw, NULL);
-        char cas[96];
-        snprintf(cas, sizeof cas, "%s %s n%lld [%lld,%lld] f32", dtype_name(dt), what, (long long)n, (long long)o,
-                 (long long)k);
-        /* the GEMM path rounds x to fp16 (it is fp16 already) and runs on tensor cores: TOL_TC */
-        check_close("matmul", cas, &dy, &ref, TOL_TC);
+        op_matmul(&ref16, &x, &w, &b);
+        for (int vi = 0; vi < nv; vi++) {
+            if (!variant_for(vs[vi], dt)) continue;
+            cuda_set_qmma(0, vs[vi]);
+            op_matmul(&dy, &dx, &dw, NULL);
+            op_matmul(&dy16, &dx, &dw, &db);
+            char cas[128];
+            snprintf(cas, sizeof cas, "%s %s %s n%lld [%lld,%lld] f32", dtype_name(dt), what, cuda_qmma_name(vs[vi]),
+                     (long long)n, (long long)o, (long long)k);
+            /* the GEMM path rounds x to fp16 (it is fp16 already) and runs on tensor cores: TOL_TC */
+            check_close("matmul", cas, &dy, &ref, TOL_TC);
+            snprintf(cas, sizeof cas, "%s %s %s n%lld [%lld,%lld] f16+bias", dtype_name(dt), what,
+                     cuda_qmma_name(vs[vi]), (long long)n, (long long)o, (long long)k);
+            check_close("matmul", cas, &dy16, &ref16, TOL_F16);
+        }
+        cuda_set_qmma(0, 1);
         t_free(&dy);
         free(ref.data);
-        /* y in f16 with a bias: the model's case */
-        struct tensor ref16 = h_new(DTYPE_F16, 2, n, o, 0), dy16 = d_new(DTYPE_F16, 2, n, o, 0);
-        op_matmul(&ref16, &x, &w, &b);
-        op_matmul(&dy16, &dx, &dw, &db);
-        snprintf(cas, sizeof cas, "%s %s n%lld [%lld,%lld] f16+bias", dtype_name(dt), what, (long long)n, (long long)o,
-                 (long long)k);
-        check_close("matmul", cas, &dy16, &ref16, TOL_F16);
         t_free(&dy16);
         free(ref16.data);
         free(x.data);
@@ -151,43 +168,98 @@ static void matmul_case(enum dtype dt, int64_t o, int64_t k, const int *ns, int 
 static const int NS_GEMV[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16};
 #define N_NS_GEMV ((int)(sizeof NS_GEMV / sizeof NS_GEMV[0]))
 
-/* Every decode shape through both GEMVs: the tensor-core kernel (n <= 16, where it applies: sm_80+ code,
- * k a multiple of 64 (Q8) or 128, scale groups of 32+) and the CUDA-core one it falls back to (n <= 8;
- * n 9..16 then take the dequantize + GEMM path). */
+/* Every decode shape through every kernel: the tensor-core kernels where they apply (sm_80+ code; the
+ * A-operand kernel: Q4 with k % 128 == 0, Q8 with k % 64 == 0; the older one: k a multiple of 64 (Q8) or 128,
+ * scale groups of 32+), each falling back to the next where not, and the CUDA-core one (n <= 8; n 9..16
+ * then take the dequantize + GEMM path). */
 static void test_gemv(void)
 {
-    for (int mma = 1; mma >= 0; mma--) {
-        cuda_set_qmma(0, mma);
-        char what[64];
-        for (int f = 0; f < 3; f++) {
-            static const struct { int64_t o, k; const char *name; } sh[] = {
-                {4096, 4096, "o_proj"}, {14336, 4096, "gate"},       {4096, 14336, "down"},
-                {1152, 4304, "fc2 (g16)"}, {1003, 4096, "odd rows"}, {200, 48, "small"}};
-            for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
-                snprintf(what, sizeof what, "%s %s", sh[i].name, mma ? "mma" : "simt");
-                matmul_case(FMTS[f], sh[i].o, sh[i].k, NS_GEMV, N_NS_GEMV, what);
+    static const struct { int64_t o, k; const char *name; } sh[] = {
+        {4096, 4096, "o_proj"}, {14336, 4096, "gate"}, {4096, 14336, "down"}, {1152, 4304, "fc2 (g16)"},
+        {1003, 4096, "odd rows"}, {200, 48, "small"}, {40, 192, "k 192"}};
+    for (int f = 0; f < 3; f++)
+        for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++)
+            matmul_case(FMTS[f], sh[i].o, sh[i].k, NS_GEMV, N_NS_GEMV, sh[i].name, VARIANTS, N_VARIANTS);
+    static const int ns[] = {1, 8, 16};
+    for (int f = 0; f < 3; f++) matmul_case(FMTS[f], 128256, 4096, ns, 3, "lm_head", VARIANTS, N_VARIANTS);
+}
+
+/* The GEMV's in-register dequantization, bit for bit: with x one-hot (token t is 1 at column j0 + t, else 0)
+ * every output is 1 * w[row][j0 + t] summed with zeros, exact in fp32, so y (f32) must equal the CPU twin's
+ * F16 value of that weight (quant_dequant_rows) exactly. Sweeping j0 over k checks every weight and the
+ * mapping of the mma's k onto the record. n = 16 (two N tiles) and 5 (one, tokens past n standing in). */
+static void test_gemv_exact(void)
+{
+    static const struct { int64_t o, k; } sh[] = {{40, 1024}, {24, 256}, {16, 4352}};
+    static const int nsx[] = {16, 5};
+    for (int f = 0; f < 3; f++)
+        for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
+            const enum dtype dt = FMTS[f];
+            const int64_t o = sh[si].o, k = sh[si].k;
+            struct tensor w = q_rand(dt, o, k), dw = d_of(&w);
+            float *wf = malloc((size_t)(o * k) * sizeof *wf);
+            CHECK(wf);
+            quant_dequant_rows(wf, w.data, dt, o, k);
+            for (int vi = 0; vi < N_VARIANTS; vi++) {
+                const int v = VARIANTS[vi];
+                if (!variant_for(v, dt)) continue;
+                cuda_set_qmma(0, v);
+                int64_t bad = 0, checked = 0;
+                for (size_t ni = 0; ni < sizeof nsx / sizeof nsx[0]; ni++) {
+                    const int64_t n = nsx[ni];
+                    struct tensor x = h_new(DTYPE_F16, 2, n, k, 0), y = h_new(DTYPE_F32, 2, n, o, 0);
+                    struct tensor dy = d_new(DTYPE_F32, 2, n, o, 0), dx = d_new(DTYPE_F16, 2, n, k, 0);
+                    uint16_t *xh = x.data;
+                    for (int64_t j0 = 0; j0 < k; j0 += n) {
+                        memset(xh, 0, (size_t)(n * k) * 2);
+                        for (int64_t t = 0; t < n && j0 + t < k; t++) xh[t * k + j0 + t] = 0x3c00; /* 1.0 */
+                        op_copy(&dx, &x);
+                        op_matmul(&dy, &dx, &dw, NULL);
+                        op_copy(&y, &dy);
+                        const float *yf = y.data;
+                        for (int64_t t = 0; t < n && j0 + t < k; t++)
+                            for (int64_t r = 0; r < o; r++) {
+                                const float want = wf[r * k + j0 + t], got = yf[t * o + r];
+                                checked++;
+                                if (got != want) {
+                                    if (bad < 4)
+                                        printf("    %s %s [%lld,%lld] n%lld row %lld col %lld: gpu %.9g cpu %.9g\n",
+                                               dtype_name(dt), cuda_qmma_name(v), (long long)o, (long long)k,
+                                               (long long)n, (long long)r, (long long)(j0 + t), got, want);
+                                    bad++;
+                                }
+                            }
+                    }
+                    free(x.data);
+                    free(y.data);
+                    t_free(&dy);
+                    t_free(&dx);
+                }
+                printf("  gemv exact %-4s %-7s [%4lld, %4lld]: %lld of %lld weights differ %s\n", dtype_name(dt),
+                       cuda_qmma_name(v), (long long)o, (long long)k, (long long)bad, (long long)checked,
+                       bad ? "FAIL" : "ok");
+                T_ASSERTF(bad == 0 && checked == 2 * o * k, "gemv exact %s %s [%lld, %lld]: %lld of %lld differ",
+                          dtype_name(dt), cuda_qmma_name(v), (long long)o, (long long)k, (long long)bad,
+                          (long long)checked);
             }
+            cuda_set_qmma(0, 1);
+            free(wf);
+            free(w.data);
+            t_free(&dw);
         }
-        static const int ns[] = {1, 8, 16};
-        for (int f = 0; f < 3; f++) {
-            snprintf(what, sizeof what, "lm_head %s", mma ? "mma" : "simt");
-            matmul_case(FMTS[f], 128256, 4096, ns, 3, what);
-        }
-    }
-    cuda_set_qmma(0, 1);
 }
 
 static void test_gemm(void)
 {
     static const int ns[] = {17, 300};
     for (int f = 0; f < 3; f++) {
-        matmul_case(FMTS[f], 4096, 4096, ns, 2, "o_proj");
-        matmul_case(FMTS[f], 14336, 4096, ns, 2, "gate");
-        matmul_case(FMTS[f], 4096, 14336, ns, 2, "down");
-        matmul_case(FMTS[f], 1152, 4304, ns, 2, "fc2 (g16)");
+        matmul_case(FMTS[f], 4096, 4096, ns, 2, "o_proj", V_DEFAULT, 1);
+        matmul_case(FMTS[f], 14336, 4096, ns, 2, "gate", V_DEFAULT, 1);
+        matmul_case(FMTS[f], 4096, 14336, ns, 2, "down", V_DEFAULT, 1);
+        matmul_case(FMTS[f], 1152, 4304, ns, 2, "fc2 (g16)", V_DEFAULT, 1);
     }
     static const int n17[] = {17};
-    for (int f = 0; f < 3; f++) matmul_case(FMTS[f], 128256, 4096, n17, 1, "lm_head (tiles)");
+    for (int f = 0; f < 3; f++) matmul_case(FMTS[f], 128256, 4096, n17, 1, "lm_head (tiles)", V_DEFAULT, 1);
 }
 
 /* op_linear with bias + GELU (fused path), and residual in place; op_matmul_stacked (q|k|v) */
@@ -335,9 +407,17 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The bench's shapes: one decoder layer's matrices (q|k|v, o, gate|up, down); a token reads each 32 times. */
+static const struct { int64_t o, k; } BSH[] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336}};
+#define N_BSH ((int)(sizeof BSH / sizeof BSH[0]))
+static const int BNS[] = {1, 8, 16};
+#define N_BNS ((int)(sizeof BNS / sizeof BNS[0]))
+
 /* The weight is replicated until the copies exceed 512 MB and the GEMVs cycle through them, so that
- * no copy is still in the L2 (50 MB on an H200) when it is read again: the figure is DRAM bandwidth. */
-static void bench_one(enum dtype dt, int64_t o, int64_t k)
+ * no copy is still in the L2 (50 MB on an H200) when it is read again: the figure is DRAM bandwidth.
+ * Every kernel of VARIANTS (fp16: the GEMV kernel and cuBLAS) at n = 1 (without and with PDL) and at
+ * n = 8, 16 (without). t_us[v][ni][pdl] gets the time per GEMV (0 where it did not run). */
+static void bench_one(enum dtype dt, int64_t o, int64_t k, double t_us[N_VARIANTS][N_BNS][2])
 {
     struct tensor hw = dt == DTYPE_F16 ? h_rand(DTYPE_F16, 2, o, k, 0, 0.02f) : q_rand(dt, o, k);
     const size_t wbytes = tensor_nbytes(&hw);
@@ -346,18 +426,19 @@ static void bench_one(enum dtype dt, int64_t o, int64_t k)
     struct tensor dw[64];
     for (int i = 0; i < nc; i++) dw[i] = d_of(&hw);
     free(hw.data);
-    static const int ns[] = {1, 4, 8, 16};
-    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
-        const int64_t n = ns[ni];
+    for (int ni = 0; ni < N_BNS; ni++) {
+        const int64_t n = BNS[ni];
         struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), dx = d_of(&x);
         struct tensor dy = d_new(DTYPE_F16, 2, n, o, 0);
-        /* variant 0: the CUDA-core GEMV (quantized: n <= 8 only); 1: the tensor-core one (quantized) or
-         * cuBLAS from n = 2 (fp16, the default) */
-        for (int mma = 0; mma < (dt == DTYPE_F16 ? 2 : 5); mma++)
+        for (int vi = 0; vi < N_VARIANTS; vi++)
             for (int overlap = 0; overlap < 2; overlap++) {
-                if ((n > 1 && (overlap || mma > 1)) || (dt == DTYPE_F16 && n == 1 && mma)) continue;
-                cuda_set_qmma(0, mma);
-                cuda_set_gemv16_max(0, mma ? 1 : 8);
+                const int v = VARIANTS[vi];
+                t_us[vi][ni][overlap] = 0;
+                /* fp16: variant 1 is cuBLAS from n = 2, variant 0 the GEMV kernel */
+                if (dt == DTYPE_F16 ? v > 1 || (n == 1 && v == 1) : !variant_for(v, dt)) continue;
+                if (n > 1 && overlap) continue;
+                cuda_set_qmma(0, v);
+                cuda_set_gemv16_max(0, v ? 1 : 8);
                 dev_set_overlap(device_cuda(0), overlap);
                 for (int i = 0; i < 2 * nc; i++) op_matmul(&dy, &dx, &dw[i % nc], NULL);
                 dev_sync(device_cuda(0));
@@ -366,10 +447,10 @@ static void bench_one(enum dtype dt, int64_t o, int64_t k)
                 for (int i = 0; i < reps; i++) op_matmul(&dy, &dx, &dw[i % nc], NULL);
                 dev_sync(device_cuda(0));
                 const double dt_s = (now_s() - t0) / reps;
-                static const char *const vq[5] = {"simt", "mma ", "mma2", "mma3", "mma4"};
-                printf("  gemv %-4s [%6lld, %5lld] n%-2lld %s pdl %d: %8.2f us, %7.1f GB/s (weight %.1f MB x %d copies)\n",
+                t_us[vi][ni][overlap] = dt_s * 1e6;
+                printf("  gemv %-4s [%6lld, %5lld] n%-2lld %-6s pdl %d: %8.2f us, %7.1f GB/s (weight %.1f MB x %d copies)\n",
                        dtype_name(dt), (long long)o, (long long)k, (long long)n,
-                       dt == DTYPE_F16 ? (mma ? "blas" : "gemv") : vq[mma], overlap, dt_s * 1e6,
+                       dt == DTYPE_F16 ? (v ? "blas" : "gemv") : cuda_qmma_name(v), overlap, dt_s * 1e6,
                        (double)wbytes / dt_s * 1e-9, (double)wbytes * 1e-6, nc);
             }
         free(x.data);
@@ -382,13 +463,35 @@ static void bench_one(enum dtype dt, int64_t o, int64_t k)
     for (int i = 0; i < nc; i++) t_free(&dw[i]);
 }
 
+/* Per format and kernel: the four matrices of a decoder layer, times 32 layers = the GEMV time of one token
+ * (lm_head, attention and the small kernels not included), and the weight bytes over that time. */
 static void bench(void)
 {
     static const enum dtype all[4] = {DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_NF4};
+    static double t[4][N_BSH][N_VARIANTS][N_BNS][2];
+    for (int f = 0; f < 4; f++)
+        for (int si = 0; si < N_BSH; si++) bench_one(all[f], BSH[si].o, BSH[si].k, t[f][si]);
+    printf("  decoder GEMVs per token (32 layers x q|k|v, o, gate|up, down; no lm_head):\n");
     for (int f = 0; f < 4; f++) {
-        bench_one(all[f], 4096, 14336);
-        bench_one(all[f], 14336, 4096);
-        bench_one(all[f], 6144, 4096);
+        double bytes = 0;
+        for (int si = 0; si < N_BSH; si++) {
+            const struct tensor m = tensor_make(all[f], device_cpu(), NULL, 2, BSH[si].o, BSH[si].k);
+            bytes += 32.0 * (double)tensor_nbytes(&m);
+        }
+        for (int vi = 0; vi < N_VARIANTS; vi++)
+            for (int ni = 0; ni < N_BNS; ni++)
+                for (int pdl = 0; pdl < 2; pdl++) {
+                    double us = 0;
+                    int ok = 1;
+                    for (int si = 0; si < N_BSH; si++) {
+                        ok &= t[f][si][vi][ni][pdl] > 0;
+                        us += 32.0 * t[f][si][vi][ni][pdl];
+                    }
+                    if (!ok) continue;
+                    printf("  step %-4s %-6s n%-2d pdl %d: %8.1f us  %7.1f GB/s  (%.0f tok/s if GEMVs were all)\n",
+                           dtype_name(all[f]), all[f] == DTYPE_F16 ? (VARIANTS[vi] ? "blas" : "gemv") : cuda_qmma_name(VARIANTS[vi]),
+                           BNS[ni], pdl, us, bytes / us * 1e-3, 1e6 / us);
+                }
     }
 }
 
@@ -404,6 +507,7 @@ int main(int argc, char **argv)
     if (bi.n_gpus == 0) {
         (void)t_cur_fail;
         T_SKIP(test_dequant, "no CUDA device");
+        T_SKIP(test_gemv_exact, "no CUDA device");
         T_SKIP(test_gemv, "no CUDA device");
         T_SKIP(test_gemm, "no CUDA device");
         T_SKIP(test_linear_stacked, "no CUDA device");
@@ -412,6 +516,7 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     T_RUN(test_dequant);
+    T_RUN(test_gemv_exact);
     T_RUN(test_gemv);
     T_RUN(test_gemm);
     T_RUN(test_linear_stacked);

@@ -843,6 +843,9 @@ static const char BENCH_HELP[] =
     "                       model loads (read-and-reduce of 8 GiB on a GPU, 1 GiB on the CPU, best of a few\n"
     "                       passes); every decode figure is also printed as a fraction of it\n"
     "  --json FILE          write the results for tools/bench_compare.py\n"
+    "  --qgemv V            (developers) the quantized decode GEMV's kernel: 1 the default, 0 the CUDA-core\n"
+    "                       one, 2..4 session 5's tensor-core one, 8..12 the A-operand kernel's shapes\n"
+    "                       (docs/CUDA.md, \"The quantized decode GEMV\")\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
 
 int cmd_bench(int argc, char **argv)
@@ -863,7 +866,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0;
+    int only_given = 0, qgemv = -1;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -893,6 +896,13 @@ int cmd_bench(int argc, char **argv)
             else if (!strcmp(f, "--rng-seed")) b.seed = (uint64_t)n;
             else if (!strcmp(f, "--conc-new")) b.conc_new = (int)n;
             else b.poll_ms = (int)n;
+        } else if (!strcmp(f, "--qgemv")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 255, &n, &e)) goto out;
+            if (dev_set_qgemv(device_cpu(), (int)n)) {
+                err_set(&e, "--qgemv: %lld is not a kernel (docs/CUDA.md, \"The quantized decode GEMV\")", n);
+                goto out;
+            }
+            qgemv = (int)n;
         } else if (!strcmp(f, "--peak-gbs")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             char *end;
@@ -944,6 +954,7 @@ int cmd_bench(int argc, char **argv)
     /* GPU memory baseline before anything is loaded (after the CUDA context exists) */
     struct backend_info bi;
     backend_query(&bi);
+    for (int i = 0; qgemv >= 0 && i < bi.n_gpus; i++) dev_set_qgemv(device_cuda(i), qgemv);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
         for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {

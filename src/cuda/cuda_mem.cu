@@ -126,9 +126,9 @@ extern "C" void cuda_set_pdl(int ordinal, int on)
     c->pdl = on != 0 && c->cc >= 90 && c->code_arch >= 90;
 }
 
-/* The quantized GEMVs' tensor-core kernel (cuda_quant.cu): 0 off, 1 on (the default), 2.. the bench's
- * alternative shapes of it; the tests and the bench compare it with the CUDA-core kernel it replaces.
- * It needs code built for sm_80 or newer (mma.sync m16n8k16). */
+/* The quantized decode GEMV's kernel (cuda_quant.cuh lists the values): 0 the CUDA-core kernel, 1 the
+ * default, others the bench's alternatives; the tests and the bench compare them. The tensor-core kernels
+ * need code built for sm_80 or newer (mma.sync m16n8k16). */
 extern "C" void cuda_set_qmma(int ordinal, int on)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);

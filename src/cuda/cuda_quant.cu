@@ -1,17 +1,20 @@
 /* cuda_quant.cu: matmuls whose weight is quantized (DTYPE_Q8, DTYPE_Q4, DTYPE_NF4 row records;
  * layouts in docs/QUANT.md and quant.h, semantics in backend.h: the op on the F16 dequantization).
- * n <= 8 (decode, x in F16 or F32): a GEMV that reads each record once with 16-byte streaming loads, dequantizes
- * 8 weights at a time in registers to the exact F16 values the CPU twin uses (Q8 and Q4 as half2
- * multiplies of code and scale, exact to f16(code * scale); NF4 as the f32 product table * absmax
- * rounded to half), and accumulates x * w in fp32 for every token; warp-shuffle reduction, the bias
- * added in fp32 before the one rounding to y's dtype. Launched with PDL when the context asks for it
- * (weights are loaded before griddepcontrol.wait). No scratch, no host sync: graph-capturable.
- * n > 8 (prefill, vision): the weight is dequantized to F16 into a workspace (SCRATCH_QW) in row
+ * Decode (n <= 16, F16 x): Q4 and Q8 go to cuda_qgemv.cu (weights as the mma's A operand) where it applies;
+ * otherwise (NF4, k not a multiple of its step, or another cuda_set_qmma variant) the tensor-core kernel
+ * below (weights as the mma's B operand, n <= 16) or, n <= 8, a CUDA-core GEMV that reads each record once
+ * with 16-byte streaming loads, dequantizes 8 weights at a time in registers to the exact F16 values the
+ * CPU twin uses (Q8 and Q4 as half2 multiplies of code and scale, exact to f16(code * scale); NF4 as the f32
+ * product table * absmax rounded to half), and accumulates x * w in fp32 for every token; warp-shuffle
+ * reduction, the bias added in fp32 before the one rounding to y's dtype. Launched with PDL when the
+ * context asks for it (weights are loaded before griddepcontrol.wait). No scratch, no host sync:
+ * graph-capturable.
+ * n > 16 (prefill, vision): the weight is dequantized to F16 into a workspace (SCRATCH_QW) in row
  * tiles of at most QUANT_DEQ_TILE_BYTES (backend.h) and the fp16 GEMM path of cuda_gemv.cu runs on it
  * (fused cuBLASLt epilogues included when the whole matrix fits one tile); a matrix larger than a
- * tile (only the q8 lm_head at n > 8) is done tile by tile, each tile's output columns going through
+ * tile (only the q8 lm_head at n > 16) is done tile by tile, each tile's output columns going through
  * SCRATCH_QY (also bounded by the tile size) into y. */
-#include "cuda/cuda_common.cuh"
+#include "cuda/cuda_quant.cuh"
 
 #include "quant.h"
 
@@ -596,6 +599,7 @@ extern "C" void cuda_quant_matmul(struct tensor *y, const struct tensor *x, cons
     if (n == 0 || o == 0) return;
     /* the GEMV takes F16 (the model's activations) or F32 x; BF16 x (no model path) and unaligned x
      * take the dequantize-then-F16 path below, whose scratch keeps them out of captured graphs */
+    if (cuda_qgemv_a(c, y, x, w, bias)) return; /* Q4 / Q8 decode: cuda_qgemv.cu */
     if (qmma_ok(c, x, w)) {
         switch (qfmt_of(w->dtype)) {
         case QF_Q8: qmma_launch<QF_Q8>(c, y, x, w, bias); break;

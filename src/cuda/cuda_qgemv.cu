@@ -1,0 +1,414 @@
+/* cuda_qgemv.cu: the decode GEMV (n = 1..16 tokens, F16 x) for Q4, Q8 and NF4 weights on tensor cores, with the
+ * weights as the A operand of mma.sync m16n8k16 and x as B (docs/CUDA.md "The quantized decode GEMV").
+ * Owns: that kernel and its launch. Does not own: the record layouts (quant.h), the other quantized paths
+ * (cuda_quant.cu: the CUDA-core GEMV, the older kernel with the weights as B, prefill).
+ *
+ * Shape of the work. A warp owns a tile of 16 output rows; a step of the warp covers KS = 128 (Q4, NF4) or
+ * 64 (Q8) values of k of those rows. Lane (g = lane / 4, t = lane % 4) loads 16 bytes of row g and 16 bytes of
+ * row g + 8, the t-th 16-byte chunk of the step in both (so the 4 lanes of a row read 64 contiguous bytes),
+ * and turns them into the A fragments of 8 (Q4) or 4 (Q8) mmas: the mma's logical k is mapped onto the
+ * lane's own chunk (a dot product does not care in which order k is summed, only that A and B agree), so
+ * the B fragment of the same mma is x[token g] at the same positions: 4 consecutive halves per mma, which
+ * are exactly the words of the lane's 16-byte loads of x. No shuffles (and for Q4 / Q8 no shared memory).
+ * The warps of a block split the steps of the tile (warp w takes w, w + W, ...) and meet in shared memory.
+ *
+ * Dequantization (the CPU twin's F16 values, bit for bit; test_cuda_quant test_gemv_exact):
+ *   Q4 word u (elements 8i..8i+7, quant.h's nibble order): lop3 (u & 0x000f000f) | 0x64006400 = the half2
+ *   (1024 + c0, 1024 + c1), minus 1032 = c - 8 exactly; lop3 (u & 0x00f000f0) | 0x64006400 = (1024 + 16 c2,
+ *   1024 + 16 c3), times 1/16 minus 72 (one hfma2, exact) = c - 8; then u >> 8 and the same for elements
+ *   4..7. One hmul2 by the group's scale rounds the exact product (c - 8) * s once: f16((c - 8) * s).
+ *   Per 8 weights: 4 lop3 + 1 shift + 4 hsub2/hfma2 + 4 hmul2; an mma takes 8 weights of each lane.
+ *   Q8 word (4 int8 codes): xor 0x80 makes the biased byte b = q + 128; prmt places it under 0x64 (the half
+ *   1024 + b), minus 1152 = q exactly; hmul2 by the row's scale.
+ *   NF4 byte (bitsandbytes' order: two consecutive elements): one 8-byte shared-memory load of the pair
+ *   (NF4[hi], NF4[lo]) from a 256-entry table, two f32 multiplies by the absmax and one conversion to half2
+ *   (f16(f32(NF4[c] * a)), bitsandbytes' value). The chunk holds 32 consecutive elements as in Q4, so the
+ *   mma and x mapping is Q4's.
+ * Loads: codes with ld.global.cs (streamed once), U steps in flight per lane in a register ring (a slot
+ * is refilled with the step U ahead as soon as its step is used); the scales of the step ride along; x
+ * through L1 (ld.global.nc), or through L2 (ld.global.cg) under PDL, where the previous kernel writes x
+ * while this one already runs; base pointers advance once per round of U steps, the loads of a round
+ * taking compile-time offsets. Under PDL the first U steps of weights are loaded before
+ * griddepcontrol.wait (weights are constant). fp32 accumulation in the mma; the bias is added in fp32
+ * before the one rounding to y's dtype. No scratch, no host sync: graph-capturable. */
+#include "cuda/cuda_quant.cuh"
+
+#include "quant.h"
+
+enum { QA_Q4 = 0, QA_Q8 = 1, QA_NF4 = 2 };
+
+/* k per warp step: 4 lanes x 16 bytes of codes per row */
+__host__ __device__ constexpr int qa_ks(int f) { return f == QA_Q8 ? 64 : 128; }
+/* bytes of one group's scale (Q4: f16, NF4: the f32 absmax); Q8 has one f16 scale per row */
+__host__ __device__ constexpr int qa_sb(int f) { return f == QA_NF4 ? 4 : 2; }
+
+/* the NF4 code table, by value (bitsandbytes' quant_map, QUANT_NF4) */
+struct qa_nf4 {
+    float v[16];
+};
+
+/* The shapes the bench compares (cuda_set_qmma QMMA_A0 + index): warps per block x steps in flight per
+ * lane; qa_launch_s and cuda_qmma_name list them. QMMA_AUTO takes QA_AUTO. */
+#define QA_AUTO 1
+
+__device__ __forceinline__ __half2 qa_h2(uint32_t u)
+{
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return h;
+}
+
+__device__ __forceinline__ uint32_t qa_u(__half2 h)
+{
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+/* (a & b) | c in one instruction */
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c)
+{
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+/* Q4: the pair at bits (0..3, 16..19) of u, times s: f16((c - 8) * s) for both */
+__device__ __forceinline__ uint32_t q4_pair_lo(uint32_t u, __half2 s)
+{
+    const __half2 v = qa_h2(lop3_and_or(u, 0x000f000fu, 0x64006400u)); /* 1024 + c */
+    return qa_u(__hmul2_rn(__hsub2_rn(v, qa_h2(0x64086408u)), s));    /* (1024 + c - 1032) * s */
+}
+
+/* Q4: the pair at bits (4..7, 20..23) of u, times s */
+__device__ __forceinline__ uint32_t q4_pair_hi(uint32_t u, __half2 s)
+{
+    const __half2 v = qa_h2(lop3_and_or(u, 0x00f000f0u, 0x64006400u));                   /* 1024 + 16 c */
+    return qa_u(__hmul2_rn(__hfma2(v, qa_h2(0x2c002c00u), qa_h2(0xd480d480u)), s)); /* (v / 16 - 72) * s */
+}
+
+/* Q8: the pair of biased bytes selected by sel (0x4140: bytes 0, 1; 0x4342: bytes 2, 3) of b, times s */
+__device__ __forceinline__ uint32_t q8_pair(uint32_t b, uint32_t sel, __half2 s)
+{
+    const __half2 v = qa_h2(__byte_perm(b, 0x64646464u, sel)); /* 1024 + q + 128 */
+    return qa_u(__hmul2_rn(__hsub2_rn(v, qa_h2(0x64806480u)), s));
+}
+
+__device__ __forceinline__ void qa_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap(); /* the host never picks this kernel below sm_80 (cuda_qgemv_a) */
+#endif
+}
+
+/* 16-byte x vectors per lane per step: the lane's KS / 4 halves */
+template <int F> struct qa_x {
+    static constexpr int V = qa_ks(F) / 32;
+};
+
+/* NF4: the pair of elements in byte b (element 2b in the high nibble, 2b + 1 in the low one, bitsandbytes'
+ * order) times the absmax a, each rounded once from the f32 product: f16(f32(NF4[c] * a)). tab: the 256 pairs
+ * (NF4[b >> 4], NF4[b & 15]) in shared memory. */
+__device__ __forceinline__ uint32_t nf4_pair(const float2 *tab, uint32_t b, float a)
+{
+    const float2 v = tab[b];
+    return qa_u(__floats2half2_rn(__fmul_rn(v.x, a), __fmul_rn(v.y, a)));
+}
+
+/* One step of one lane: codes ca (row g) and cb (row g + 8), their scale words sa, sb (Q4 / Q8: f16 bits,
+ * NF4: f32 bits), x of the N tiles; tab: NF4's pair table. */
+template <int F, int NT>
+__device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb, uint32_t sa, uint32_t sb,
+                                        const uint4 (&xv)[NT][qa_x<F>::V], const float2 *tab)
+{
+    const uint32_t wa[4] = {ca.x, ca.y, ca.z, ca.w}, wb[4] = {cb.x, cb.y, cb.z, cb.w};
+    if constexpr (F == QA_Q4) {
+        const __half2 s2a = __half2half2(__ushort_as_half((unsigned short)sa));
+        const __half2 s2b = __half2half2(__ushort_as_half((unsigned short)sb));
+#pragma unroll
+        for (int q = 0; q < 4; q++) { /* word q: elements 8q .. 8q + 7 of the chunk */
+            uint32_t ua = wa[q], ub = wb[q];
+#pragma unroll
+            for (int h = 0; h < 2; h++) { /* elements 8q + 4h .. 8q + 4h + 3: one mma */
+                const uint32_t a0 = q4_pair_lo(ua, s2a), a1 = q4_pair_lo(ub, s2b);
+                const uint32_t a2 = q4_pair_hi(ua, s2a), a3 = q4_pair_hi(ub, s2b);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const uint4 xq = xv[nt][q];
+                    qa_mma(acc[nt], a0, a1, a2, a3, h ? xq.z : xq.x, h ? xq.w : xq.y);
+                }
+                ua >>= 8;
+                ub >>= 8;
+            }
+        }
+    } else if constexpr (F == QA_NF4) {
+        const float fa = __uint_as_float(sa), fb = __uint_as_float(sb);
+#pragma unroll
+        for (int q = 0; q < 4; q++) { /* word q: bytes 4q .. 4q + 3 = elements 8q .. 8q + 7 of the chunk */
+#pragma unroll
+            for (int h = 0; h < 2; h++) { /* bytes 4q + 2h, 4q + 2h + 1: elements 8q + 4h .. + 3, one mma */
+                const uint32_t a0 = nf4_pair(tab, (wa[q] >> (16 * h)) & 0xffu, fa);
+                const uint32_t a1 = nf4_pair(tab, (wb[q] >> (16 * h)) & 0xffu, fb);
+                const uint32_t a2 = nf4_pair(tab, (wa[q] >> (16 * h + 8)) & 0xffu, fa);
+                const uint32_t a3 = nf4_pair(tab, (wb[q] >> (16 * h + 8)) & 0xffu, fb);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const uint4 xq = xv[nt][q];
+                    qa_mma(acc[nt], a0, a1, a2, a3, h ? xq.z : xq.x, h ? xq.w : xq.y);
+                }
+            }
+        }
+    } else {
+        const __half2 s2a = __half2half2(__ushort_as_half((unsigned short)sa));
+        const __half2 s2b = __half2half2(__ushort_as_half((unsigned short)sb));
+#pragma unroll
+        for (int q = 0; q < 4; q++) { /* word q: elements 4q .. 4q + 3 of the chunk: one mma */
+            const uint32_t ba = wa[q] ^ 0x80808080u, bb = wb[q] ^ 0x80808080u;
+            const uint32_t a0 = q8_pair(ba, 0x4140u, s2a), a1 = q8_pair(bb, 0x4140u, s2b);
+            const uint32_t a2 = q8_pair(ba, 0x4342u, s2a), a3 = q8_pair(bb, 0x4342u, s2b);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const uint4 xq = xv[nt][q >> 1];
+                qa_mma(acc[nt], a0, a1, a2, a3, q & 1 ? xq.z : xq.x, q & 1 ? xq.w : xq.y);
+            }
+        }
+    }
+}
+
+/* a scale word: Q4 / Q8 the f16 bits, NF4 the f32 bits */
+template <int F> __device__ __forceinline__ uint32_t qa_ld_scale(const uint8_t *p)
+{
+    if constexpr (F == QA_NF4) return __ldg(reinterpret_cast<const unsigned int *>(p));
+    else return __ldg(reinterpret_cast<const unsigned short *>(p));
+}
+
+/* y[n, o] = x[n, k] w^T (+ bias), n <= 8 * NT. Block: W warps on the 16-row tile blockIdx.x. rb: record
+ * bytes. */
+template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB>
+__global__ void __launch_bounds__(W * 32, MINB)
+qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const void *bias, int bdt, int n,
+          int64_t k, int64_t o, struct qa_nf4 nf4)
+{
+    constexpr int KS = qa_ks(F), XV = qa_x<F>::V, SB = qa_sb(F);
+    constexpr bool GROUPS = F != QA_Q8; /* a scale per group of 64 (the lane's chunk lies in one) */
+    __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
+    __shared__ float2 tab[F == QA_NF4 ? 256 : 1];
+    pdl_trigger(); /* a PDL-launched successor may start loading its weights once all blocks run */
+    if (F == QA_NF4)
+        for (int i = threadIdx.x; i < 256; i += W * 32) tab[i] = make_float2(nf4.v[i >> 4], nf4.v[i & 15]);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, tig = lane & 3;
+    const int64_t row0 = (int64_t)blockIdx.x * 16;
+    /* rows past o stand in with the last row (their sums are not stored) */
+    const int64_t ra = row0 + gi < o ? row0 + gi : o - 1, rbw = row0 + gi + 8 < o ? row0 + gi + 8 : o - 1;
+    const uint8_t *reca = w + ra * rb, *recb = w + rbw * rb;
+    const int64_t cbytes = F == QA_Q8 ? k : k / 2;
+    const int nsteps = (int)(k / KS);
+    const int ns = warp < nsteps ? (nsteps - warp + W - 1) / W : 0; /* this warp's steps: warp + j W */
+
+    /* The warp's step j is at these pointers + j * (its stride); they advance once per round of U steps, so
+     * every load of a round has a compile-time offset (the load's immediate) and no address arithmetic.
+     * Codes: the lane's t-th 16 bytes of the step's 64 (+ 4 W uint4 per step). Scales (Q4, NF4): the lane's
+     * chunk of step s lies in group 2s + t / 2 (+ 2 W SB bytes per step); Q8: one scale per row. */
+    const uint4 *pa = reinterpret_cast<const uint4 *>(reca) + tig + 4 * warp;
+    const uint4 *pb = reinterpret_cast<const uint4 *>(recb) + tig + 4 * warp;
+    const uint8_t *qa = reca + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * warp) : 0);
+    const uint8_t *qb = recb + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * warp) : 0);
+    uint4 ca[U], cb[U];
+    uint32_t sa_[U], sb_[U]; /* the step's scale words of rows g and g + 8 */
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
+        sa_[u] = sb_[u] = 0;
+        if (u < ns) {
+            ca[u] = __ldcs(pa + 4 * W * u);
+            cb[u] = __ldcs(pb + 4 * W * u);
+            if (GROUPS) {
+                sa_[u] = qa_ld_scale<F>(qa + 2 * W * SB * u);
+                sb_[u] = qa_ld_scale<F>(qb + 2 * W * SB * u);
+            }
+        }
+    }
+    const uint32_t s8a = GROUPS ? 0 : qa_ld_scale<F>(qa), s8b = GROUPS ? 0 : qa_ld_scale<F>(qb);
+    if (F == QA_NF4) __syncthreads(); /* tab */
+    if (PDL) pdl_wait(); /* x is the previous kernel's output; the weights are not */
+
+    /* x of tokens g (N tile 0) and g + 8 (tile 1); tokens past n stand in with the last one. Step j of the
+     * warp: xq[nt] + j * W * KS halves. */
+    const uint4 *xq[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int tok = 8 * nt + gi < n ? 8 * nt + gi : n - 1;
+        xq[nt] = reinterpret_cast<const uint4 *>(x + (int64_t)tok * k + tig * (KS / 4) + (int64_t)warp * KS);
+    }
+    constexpr int XS = W * KS / 8; /* uint4 per step */
+    /* x of a step: loaded one step ahead (XP) or at the step */
+    uint4 xn[NT][XV];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int v = 0; v < XV; v++) {
+            xn[nt][v] = make_uint4(0, 0, 0, 0);
+            if (XP && ns > 0) xn[nt][v] = PDL ? __ldcg(xq[nt] + v) : __ldg(xq[nt] + v);
+        }
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+
+    for (int j0 = 0; j0 < ns; j0 += U) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + u;
+            if (j >= ns) break;
+            uint4 xc[NT][XV];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int v = 0; v < XV; v++) {
+                    if (XP) {
+                        xc[nt][v] = xn[nt][v];
+                        if (j + 1 < ns) {
+                            const uint4 *p = xq[nt] + XS * (u + 1) + v;
+                            xn[nt][v] = PDL ? __ldcg(p) : __ldg(p);
+                        }
+                    } else {
+                        const uint4 *p = xq[nt] + XS * u + v;
+                        xc[nt][v] = PDL ? __ldcg(p) : __ldg(p);
+                    }
+                }
+            qa_step<F, NT>(acc, ca[u], cb[u], GROUPS ? sa_[u] : s8a, GROUPS ? sb_[u] : s8b, xc, tab);
+            /* refill the slot with the step U ahead, into the registers just used (no copies): U - 1 steps are
+             * in flight while a step is computed, U in between */
+            if (j + U < ns) {
+                ca[u] = __ldcs(pa + 4 * W * (u + U));
+                cb[u] = __ldcs(pb + 4 * W * (u + U));
+                if (GROUPS) {
+                    sa_[u] = qa_ld_scale<F>(qa + 2 * W * SB * (u + U));
+                    sb_[u] = qa_ld_scale<F>(qb + 2 * W * SB * (u + U));
+                }
+            }
+        }
+        pa += 4 * W * U;
+        pb += 4 * W * U;
+        if (GROUPS) {
+            qa += 2 * W * SB * U;
+            qb += 2 * W * SB * U;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) xq[nt] += XS * U;
+    }
+
+    /* acc[nt]: rows g and g + 8 of the tile, tokens 8 nt + 2t and 8 nt + 2t + 1 */
+    if (W > 1) {
+        if (warp > 0)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) red[warp - 1][nt * 4 + i][lane] = acc[nt][i];
+        __syncthreads();
+        if (warp != 0) return;
+#pragma unroll 1
+        for (int q = 0; q < W - 1; q++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[nt][i] += red[q][nt * 4 + i][lane];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int t = 8 * nt + 2 * tig + (i & 1);
+            const int64_t row = row0 + gi + (i >= 2 ? 8 : 0);
+            if (t < n && row < o) stf(y, ydt, (int64_t)t * o + row, acc[nt][i] + (bias ? ldf(bias, bdt, row) : 0.0f));
+        }
+}
+
+template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB>
+static void qa_launch_t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                        const struct tensor *bias)
+{
+    const int n = (int)x->shape[0];
+    const int64_t k = x->shape[1], o = w->shape[0];
+    const int64_t rb = (int64_t)dtype_row_bytes(w->dtype, k);
+    const dim3 grid((unsigned)((o + 15) / 16)), blk(W * 32);
+    const void *bp = bias ? bias->data : NULL;
+    const int bdt = bias ? (int)bias->dtype : 0;
+    const __half *xp = (const __half *)x->data;
+    const uint8_t *wp = (const uint8_t *)w->data;
+    struct qa_nf4 nt;
+    memcpy(nt.v, QUANT_NF4, sizeof nt.v);
+    if (PDL) cuda_launch_pdl(c, qa_kernel<F, NT, PDL, W, U, XP, MINB>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
+    else qa_kernel<F, NT, PDL, W, U, XP, MINB><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
+    KERNEL_CHECK();
+}
+
+template <int F, int NT, bool PDL>
+static void qa_launch_s(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                        const struct tensor *bias, int shape)
+{
+    static_assert(QMMA_A_SHAPES == 5, "this switch and cuda_qmma_name list the same shapes");
+    /* warps per block, steps in flight, x one step ahead, blocks per SM the registers must allow (2 of 8
+     * warps: up to 128 registers; 3: 80; 4: 64; ptxas -v shows no spills but for NF4 with two N tiles in
+     * shape 4, 32 bytes) */
+    switch (shape) {
+    case 0: qa_launch_t<F, NT, PDL, 8, 2, true, 2>(c, y, x, w, bias); break;
+    case 2: qa_launch_t<F, NT, PDL, 8, 3, false, 3>(c, y, x, w, bias); break;
+    case 3: qa_launch_t<F, NT, PDL, 4, 4, false, 4>(c, y, x, w, bias); break;
+    case 4: qa_launch_t<F, NT, PDL, 8, 2, false, 4>(c, y, x, w, bias); break;
+    default: qa_launch_t<F, NT, PDL, 8, 4, false, 2>(c, y, x, w, bias); break;
+    }
+}
+
+template <int F>
+static void qa_launch(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                      const struct tensor *bias, int shape)
+{
+    const bool two = x->shape[0] > 8;
+    if (c->pdl) {
+        if (two) qa_launch_s<F, 2, true>(c, y, x, w, bias, shape);
+        else qa_launch_s<F, 1, true>(c, y, x, w, bias, shape);
+    } else {
+        if (two) qa_launch_s<F, 2, false>(c, y, x, w, bias, shape);
+        else qa_launch_s<F, 1, false>(c, y, x, w, bias, shape);
+    }
+}
+
+bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                               const struct tensor *bias)
+{
+    const int v = c->qmma;
+    if (v != QMMA_AUTO && (v < QMMA_A0 || v >= QMMA_A0 + QMMA_A_SHAPES)) return false;
+    const int64_t n = x->shape[0], k = x->shape[1];
+    if (c->code_arch < 80 || x->dtype != DTYPE_F16 || ((uintptr_t)x->data & 15) || n < 1 || n > 16) return false;
+    const int shape = v == QMMA_AUTO ? QA_AUTO : v - QMMA_A0;
+    if (w->dtype == DTYPE_Q4 && k % qa_ks(QA_Q4) == 0) {
+        qa_launch<QA_Q4>(c, y, x, w, bias, shape);
+        return true;
+    }
+    if (w->dtype == DTYPE_Q8 && k % qa_ks(QA_Q8) == 0) {
+        qa_launch<QA_Q8>(c, y, x, w, bias, shape);
+        return true;
+    }
+    if (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) { /* then the absmax group is 64 */
+        qa_launch<QA_NF4>(c, y, x, w, bias, shape);
+        return true;
+    }
+    return false;
+}
+
+/* A name for a cuda_set_qmma value, for the bench's lines. */
+extern "C" const char *cuda_qmma_name(int v)
+{
+    static const char *const a[QMMA_A_SHAPES] = {"a8x2p", "a8x4", "a8x3o3", "a4x4", "a8x2o4"};
+    static const char *const b[5] = {"simt", "auto", "b8x2x2", "b8x1x4", "b4x2x2"};
+    if (v >= QMMA_A0 && v < QMMA_A0 + QMMA_A_SHAPES) return a[v - QMMA_A0];
+    return v >= 0 && v < 5 ? b[v] : "?";
+}

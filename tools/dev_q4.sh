@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# tools/dev_q4.sh: the quantized decode GEMV on the GPU machine (branch q4, docs/CUDA.md "The quantized
+# decode GEMV"). Builds nothing: run it from the repo root with build-dev/ unpacked (tools/devpack.sh);
+# every log goes to $OUT. About 3 minutes:
+#   1. test_cuda_quant, all cases: the GPU dequantization and every GEMV kernel's in-register weights
+#      bit for bit against the CPU twin (one-hot x), every kernel against the CPU within tolerance, the
+#      GEMM path, op_linear, the tiny model's greedy tokens (mkmodel of the full-size model runs meanwhile);
+#   2. test_cuda_quant bench: every kernel (simt, auto, the older b kernel, the A kernel's shapes) at the
+#      four matrices of a decoder layer, GB/s, and the 32-layer sum per token ("step" lines);
+#   3. minicpmv bench decode512 on the full-size random model: --quant q4 with the default kernel and with
+#      session 5's (--qgemv 2), then q8; the read bandwidth measured in each (--peak-gbs auto).
+# The summary ($OUT/summary.txt) keeps the lines worth reading first.
+set -uo pipefail
+OUT=${OUT:-/tmp/dev_q4}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
+B=build-dev
+M=/tmp/full
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
+git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
+cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
+
+# the full-size random model, written while the correctness tests run (the CPU twin uses the cores too)
+if [ ! -f $M/config.json ]; then
+  ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
+  mk=$!
+else
+  mk=
+fi
+
+stamp "test_cuda_quant"
+timeout 110 $B/tests/test_cuda_quant > "$OUT/test_cuda_quant.log" 2>&1
+echo "test_cuda_quant rc=$?" >> "$OUT/summary.txt"
+grep -E "gemv exact|FAIL|passed|failed|skipped|tiny " "$OUT/test_cuda_quant.log" | grep -v " ok$" | tail -40 >> "$OUT/summary.txt"
+grep -c "gemv exact.* ok$" "$OUT/test_cuda_quant.log" | sed 's/^/gemv exact cases ok: /' >> "$OUT/summary.txt"
+
+[ -n "$mk" ] && wait $mk
+stamp "test_cuda_quant bench"
+timeout 75 $B/tests/test_cuda_quant bench > "$OUT/bench_gemv.log" 2>&1
+echo "bench rc=$?" >> "$OUT/summary.txt"
+grep -E "^  step|decoder GEMVs" "$OUT/bench_gemv.log" >> "$OUT/summary.txt"
+
+# q4 with the default kernel, q4 with session 5's (--qgemv 2: the before of a before/after in one run), q8
+for run in "q4 1" "q4 2" "q8 1"; do
+  set -- $run
+  stamp "minicpmv bench --quant $1 --qgemv $2"
+  timeout 50 $B/minicpmv bench --model $M --device cuda --quant $1 --qgemv $2 --peak-gbs auto --only decode512 \
+    --reps 3 > "$OUT/bench_$1_k$2.log" 2>&1
+  echo "bench $1 qgemv $2 rc=$?" >> "$OUT/summary.txt"
+  grep -iE "decode512|peak|GB/s|tok/s" "$OUT/bench_$1_k$2.log" | tail -6 >> "$OUT/summary.txt"
+done
+stamp "done"
