@@ -481,13 +481,10 @@ out:
  * stop ids, greedy and seeded sampling (penalty 1.05) alternating. The pool holds 8 such prompts: the first
  * turns' growth takes the younger turns' blocks (preempted: published, emptied, resumed later by prefilling
  * their tokens again), so preemptions happen, the scheduler and the engine count the same number, every
- * turn finishes, and each answer equals the same request alone on an engine with the default pool. At most
- * 8 turns hold blocks at once, so a batched step has at most 8 rows (the CPU's rows equal a one-row step
- * there); a resumed turn's tokens are fed again in a prefill chunk, whose rows on the CPU round as a chunk of
- * that many rows (sgemm above 8 rows) rather than as the one-row steps that first computed them, so the
- * recomputed KV is not bit for bit the first one. The picks of these 16 turns stay the same in fp32 (1e-7
- * relative) and, for these inputs, in fp16 too (the run is deterministic; the `exact` branch, which makes
- * every row of any batch equal on the CPU, removes the difference altogether). */
+ * turn finishes, and each answer equals the same request alone on an engine with the default pool. A
+ * resumed turn's tokens are fed again in a prefill chunk; on the CPU its rows equal the one-row steps that
+ * first computed them bit for bit (every row of any batch is computed alike: ARCHITECTURE.md, Numerics), so
+ * the recomputed KV is the first one and the answers are equal by construction, not by luck of rounding. */
 static void check_preemption(enum dtype dt)
 {
     char *small[] = {"--ctx", "256", "--kv-tokens", "256", NULL};

@@ -292,15 +292,18 @@ let p2n = 0, a2ok = 0;
 {
   const list = rest.slice(0, 120);
   // P2 runs until A served again (or 120 requests): the rest of the list is P3's
-  let stop = false, aReady = false;
+  let stop = false;
   const tasks = [];
   let next = 0;
   async function worker() {
     while (!stop && next < list.length) {
-      // while A still loads, pace the requests (each worker ~3 a second) so that the list outlasts the
-      // load delay however fast the replicas answer: on an idle machine 120 requests took < 2 s and the
-      // restarted A never got one
-      if (!aReady) await sleep(300);
+      // until the restarted A has served one, pace the requests (each worker at most ~1.5 a second, 8
+      // workers ~12 a second) so that the list outlasts the load delay and then nginx's fail_timeout
+      // (2 s, counted in whole seconds: A's last 503 keeps it out of the ring that long after it is
+      // ready) however fast the replicas answer: on an idle machine 120 requests took < 2 s and the
+      // restarted A never got one; pacing only while A loaded (300 ms) still spent the list before the
+      // fail_timeout ended once the CPU decode got faster (2026-12-02, session 6)
+      if (a2ok < 1) await sleep(650);
       const q = list[next++];
       q.phase = "P2"; p2n++;
       await ask(q);
@@ -308,7 +311,6 @@ let p2n = 0, a2ok = 0;
   }
   tasks.push((async () => {
     while (!stop && p2n < list.length) {
-      aReady = aReady || (await health(PA).catch(() => ({}))).code === 200;
       a2ok = (await metrics(PA).catch(() => ({}))).ok ?? 0;
       if (a2ok >= 3 && p2n >= 40) stop = true;
       await sleep(50);
