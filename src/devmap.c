@@ -31,6 +31,7 @@ _Static_assert(DEVMAP_MAX_DEVICES == MODEL_MAX_DEVICES, "devmap and model device
 
 void devmap_params_default(struct devmap_params *p)
 {
+    memset(p, 0, sizeof *p); /* every field a caller does not set (kv_tokens, ...) starts at 0 */
     p->ctx = 0; /* min(4096, max_position_embeddings), as the engine defaults */
     p->kv_seqs = 1;
     p->max_batch_tokens = 2048; /* H200: 29.3k tok/s at 512, 32.9k at 1024, 34.3k at 3000 (docs/PERF.md) */
