@@ -94,19 +94,6 @@ __device__ __forceinline__ uint32_t q8_pair(uint32_t b, uint32_t sel, __half2 s)
     return qa_u(__hmul2_rn(__hsub2_rn(v, qa_h2(0x64806480u)), s));
 }
 
-__device__ __forceinline__ void qa_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                       uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    __trap(); /* the host never picks this kernel below sm_80 (cuda_qgemv_a) */
-#endif
-}
-
 /* 16-byte x vectors per lane per step: the lane's KS / 4 halves */
 template <int F> struct qa_x {
     static constexpr int V = qa_ks(F) / 32;
@@ -141,7 +128,7 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     const uint4 xq = xv[nt][q];
-                    qa_mma(acc[nt], a0, a1, a2, a3, h ? xq.z : xq.x, h ? xq.w : xq.y);
+                    mma_m16n8k16(acc[nt], a0, a1, a2, a3, h ? xq.z : xq.x, h ? xq.w : xq.y);
                 }
                 ua >>= 8;
                 ub >>= 8;
@@ -160,7 +147,7 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     const uint4 xq = xv[nt][q];
-                    qa_mma(acc[nt], a0, a1, a2, a3, h ? xq.z : xq.x, h ? xq.w : xq.y);
+                    mma_m16n8k16(acc[nt], a0, a1, a2, a3, h ? xq.z : xq.x, h ? xq.w : xq.y);
                 }
             }
         }
@@ -175,7 +162,7 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
                 const uint4 xq = xv[nt][q >> 1];
-                qa_mma(acc[nt], a0, a1, a2, a3, q & 1 ? xq.z : xq.x, q & 1 ? xq.w : xq.y);
+                mma_m16n8k16(acc[nt], a0, a1, a2, a3, q & 1 ? xq.z : xq.x, q & 1 ? xq.w : xq.y);
             }
         }
     }

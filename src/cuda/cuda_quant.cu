@@ -246,19 +246,6 @@ qgemv_kernel(void *y, int ydt, const X *x, const uint8_t *w, int64_t rb, int64_t
 
 __host__ __device__ constexpr int qmma_kc(int f) { return f == QF_Q8 ? 16 : 32; } /* k per 16-byte chunk */
 
-__device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    __trap(); /* the host never picks this kernel below sm_80 (qmma_ok) */
-#endif
-}
-
 __device__ __forceinline__ uint32_t h2u(__half2 h)
 {
     uint32_t u;
@@ -358,8 +345,8 @@ qmma_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, int
                     if constexpr (F == QF_Q8) dq_q8(wd[2 * oc], wd[2 * oc + 1], sc, h);
                     else if constexpr (F == QF_Q4) dq_q4(wd[oc], sc, h);
                     else dq_nf4(wd[oc], __uint_as_float(sv[u][r]), tab, h);
-                    mma16816(ac, xa[oc].x, xb[oc].x, xa[oc].y, xb[oc].y, h2u(h[0]), h2u(h[1]));
-                    mma16816(ac, xa[oc].z, xb[oc].z, xa[oc].w, xb[oc].w, h2u(h[2]), h2u(h[3]));
+                    mma_m16n8k16(ac, xa[oc].x, xb[oc].x, xa[oc].y, xb[oc].y, h2u(h[0]), h2u(h[1]));
+                    mma_m16n8k16(ac, xa[oc].z, xb[oc].z, xa[oc].w, xb[oc].w, h2u(h[2]), h2u(h[3]));
                 }
             }
         }
