@@ -109,6 +109,7 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
 {
     memset(s, 0, sizeof *s);
     const struct model_config *c = &m->cfg;
+    s->unfused = 1; /* the plain ops by default: the fused sequence was the slower one on the H200 (LLM_FUSE_ROWS) */
     s->m = m;
     s->pl = pl;
     s->act = act;
@@ -392,8 +393,10 @@ static void matmul_joined(struct tensor *const *ys, const struct tensor *x, cons
     }
 }
 
-/* Steps of at most LLM_FUSE_ROWS tokens (one-token decode, and the batched step of one slot) use the
- * fused decode ops: each RMSNorm inside the GEMV that reads it (op_rmsnorm_matmul), each residual add
+/* Steps of at most LLM_FUSE_ROWS tokens (one-token decode, and the batched step of one slot) can use the
+ * fused decode ops (llm_set_unfused(s, 0); off by default: on the H200 in session 7 the engine's decode
+ * at context 512 ran 199.4 tok/s fused against 212.4 with the plain ops on the one-pass GEMV, same
+ * tokens; test_cuda_ops bench engine): each RMSNorm inside the GEMV that reads it (op_rmsnorm_matmul), each residual add
  * inside the GEMV that produces it (op_linear with res = h), SwiGLU inside gate|up (op_rmsnorm_swiglu):
  * per layer q|k|v, RoPE + KV append, attention, o, gate|up, down. Their definitions are the plain ops,
  * so the results are those of the plain sequence (bit for bit on the CPU and on the GPU: docs/CUDA.md).

@@ -72,9 +72,9 @@ struct llm {
     struct llm_graph *bgraph;
     int bgraph_max;
     int batch_eager;             /* 1: the batched step runs eagerly, never as a graph (tests compare) */
-    int unfused;                 /* 1: one-token steps use the plain ops (op_rmsnorm, op_matmul,
-                                    op_add_rmsnorm, op_silu_mul) instead of the fused decode ops, as
-                                    longer steps do (llm_set_unfused; tests and benches compare) */
+    int unfused;                 /* 1 (the default): one-token steps use the plain ops (op_rmsnorm,
+                                    op_matmul, op_add_rmsnorm, op_silu_mul) as longer steps do; 0: the
+                                    fused decode ops (llm_set_unfused; tests and benches compare) */
     int inflight_B, inflight_pick; /* the batched step launched and not yet collected (0: none) */
     /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device, one row
      * per slot: I32 [n_slots, sample_state_words(V)]; sample_state is slot 0's row (1-D) */

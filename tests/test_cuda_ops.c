@@ -1430,7 +1430,7 @@ static void bench_step(void)
         }
         free(ref);
     }
-    cuda_set_pgemv(0, 1);
+    cuda_set_pgemv(0, 0);
     dev_set_overlap(b->h.dev, 0);
     cuda_pgemv_set_trigger(0, 0);
     for (int l = 0; l < STEP_L; l++) {
@@ -1488,14 +1488,14 @@ static void bench_small(void)
 
 /* ---- the engine's decode step on a real checkpoint: plain ops vs fused, one GEMV vs the other ---- */
 
-/* The configurations of `bench engine`: the session-5 step (plain ops, one-pass GEMV: main), the plain
- * ops on the persistent GEMV, the fused ops (the default), and the fused ops under PDL. */
+/* The configurations of `bench engine`: the session-5 step (plain ops, one-pass GEMV: the default again
+ * since session 7), the plain ops on the persistent GEMV, the fused ops, and the fused ops under PDL. */
 static const struct {
     const char *name;
     int unfused, pgemv, pdl, early;
 } engine_variants[] = {
-    {"plain ops, one-pass GEMV (session 5)", 1, 0, 0, 0}, {"plain ops, persistent GEMV", 1, 1, 0, 0},
-    {"fused (the default)", 0, 1, 0, 0},                  {"fused + PDL (trigger after the loads)", 0, 1, 1, 0},
+    {"plain ops, one-pass GEMV (the default)", 1, 0, 0, 0}, {"plain ops, persistent GEMV", 1, 1, 0, 0},
+    {"fused", 0, 1, 0, 0},                                {"fused + PDL (trigger after the loads)", 0, 1, 1, 0},
     {"fused + PDL (trigger at once)", 0, 1, 1, 1},
 };
 
@@ -1565,7 +1565,7 @@ static void bench_engine(const char *model)
                    dt / N * 1e3, agree);
         }
     }
-    cuda_set_pgemv(0, 1);
+    cuda_set_pgemv(0, 0);
     dev_set_overlap(device_cuda(0), 0);
     cuda_pgemv_set_trigger(0, 0);
     free(lg), free(prompt), free(toks), free(ref);
@@ -1641,11 +1641,14 @@ int main(int argc, char **argv)
     T_RUN(test_argmax_dev);
     T_RUN(test_graph);
     T_RUN(test_overlap);
+    /* the persistent GEMV and the fused ops' one-kernel path: not the default (cuda_mem.cu), tested on */
+    cuda_set_pgemv(0, 1);
     T_RUN(test_pgemv);
     T_RUN(test_rmsnorm_matmul);
     T_RUN(test_rmsnorm_swiglu);
     T_RUN(test_linear_residual);
     T_RUN(test_fused_chain_pdl);
+    cuda_set_pgemv(0, 0);
     return t_main_end("test_cuda_ops");
 }
 

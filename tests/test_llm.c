@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "backend_impl.h"
 #include "cmd_util.h"
 #include "devmap.h"
 #include "engine_impl.h"
@@ -539,7 +540,15 @@ static void test_fixture_cuda(void)
     test_fixture_f16();
     /* the split path on one GPU: three logical devices, identical results */
     test_split_equals_single();
+    /* the fused ops on their one-kernel path (the persistent GEMV, off by default: cuda_mem.cu), so
+     * that fused == plain compares two kernel sequences */
+#ifdef MINICPMV_CUDA
+    cuda_set_pgemv(0, 1);
+#endif
     test_fused_equals_plain();
+#ifdef MINICPMV_CUDA
+    cuda_set_pgemv(0, 0);
+#endif
     g_device = "cpu";
 }
 

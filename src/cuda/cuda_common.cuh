@@ -129,7 +129,7 @@ struct cuda_ctx {
     int gemv16_max;             /* 16-bit weights: the GEMV kernel takes n <= this many tokens, cuBLAS the rest
                                    (cuda_set_gemv16_max; default 1) */
     int pgemv;                  /* F16 decode GEMVs on the persistent kernel, fused ops in one kernel
-                                   (cuda_pgemv.cu, cuda_set_pgemv; default 1) */
+                                   (cuda_pgemv.cu, cuda_set_pgemv; default 0) */
     int pgemv_bps, pgemv_u;     /* its grid (blocks per SM) and 16-byte loads per lane per chunk (4 or 8) */
     int pgemv_trig_early;       /* 1: it lets a PDL-launched successor start at once, 0: after its last loads */
 };
