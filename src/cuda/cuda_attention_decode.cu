@@ -750,8 +750,18 @@ static int cl_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t clust
     return 1 << e;
 }
 
+/* Whether the cluster kernel beats split-K for T keys in `groups` (head group, row block) pairs. On the
+ * H200 in session 7 (test_cuda_ops bench attention, the 8B's 32/8 heads): one row, T <= 4096: cluster
+ * 11.9-28.6 us vs split-K 14.9-30.2; T = 8192: 44.2 vs 39.6; T = 32768: 136 vs 86.5 (a cluster of at
+ * most 16 splits holds fewer blocks than split-K spreads); rows mode, B = 4 at 4096 keys: 75.8 vs 70.5;
+ * B = 16: 142 vs 207, B = 64: 519 vs 709. */
+static int cl_pays(int64_t T, int64_t groups)
+{
+    return groups >= 128 || (groups < 32 && T <= 4096);
+}
+
 /* attn_decode, with the choice forced for tests and the bench: variant -1 automatic (the cluster
- * kernel where cl_able, else split-K), 0 the split-K kernel, C in 1, 2, 4, 8, 16 the cluster kernel with
+ * kernel where cl_able and cl_pays, else split-K), 0 the split-K kernel, C in 1, 2, 4, 8, 16 the cluster kernel with
  * C splits. Returns 0 when the call (or, for a cluster variant, the device) does not fit (nothing
  * launched), 1 when the split-K kernel ran, 2 the cluster kernel. */
 static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
@@ -764,8 +774,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     if ((n > 8 && !rows) || (flags & ATTN_EAGER_F16) || k->dtype != v->dtype || (hd != 64 && hd != 128)) return 0;
     if (k->dtype != DTYPE_F16 && k->dtype != DTYPE_BF16) return 0;
     if (((uintptr_t)k->data & 15) || ((uintptr_t)v->data & 15) || T > INT32_MAX || H > 65535) return 0;
-    const int cluster = variant < 0 ? cl_able(c) : variant > 0;
-    if (cluster && (!cl_able(c) || (variant > 0 && (variant > CL_MAX || (variant & (variant - 1)))))) return 0;
+    if (variant > 0 && (!cl_able(c) || variant > CL_MAX || (variant & (variant - 1)))) return 0;
     attn_dec_args a;
     memset(&a, 0, sizeof a);
     a.out = out->data;
@@ -803,6 +812,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     const int ns = a.GB * a.QB;
     const int NS = ns <= 1 ? 1 : ns <= 2 ? 2 : ns <= 4 ? 4 : 8;
     const int64_t hblocks = H / a.GB, rblocks = (n + a.QB - 1) / a.QB;
+    const int cluster = variant < 0 ? cl_able(c) && cl_pays(T, hblocks * rblocks) : variant > 0;
 
     if (cluster) {
         cl_kernel_fn fn = cl_kernel(k->dtype, (int)hd, NS);
