@@ -48,8 +48,11 @@ struct qa_nf4 {
 };
 
 /* The shapes the bench compares (cuda_set_qmma QMMA_A0 + index): warps per block x steps in flight per
- * lane; qa_launch_s and cuda_qmma_name list them. QMMA_AUTO takes QA_AUTO. */
-#define QA_AUTO 1
+ * lane; qa_launch_s and cuda_qmma_name list them. QMMA_AUTO takes QA_AUTO: a8x2o4, the fastest for Q4
+ * and Q8 at 1, 8 and 16 tokens on the H200 (session 7, test_cuda_quant bench: decoder GEMVs per token
+ * Q4 1787 us vs a8x4 1954, Q8 2281 vs 2383). For NF4 QMMA_AUTO does not take this kernel: the older
+ * one in its 8x2x2 tiling ran the same step in 3709 us against this one's best 4348. */
+#define QA_AUTO 4
 
 __device__ __forceinline__ __half2 qa_h2(uint32_t u)
 {
@@ -384,7 +387,7 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
         qa_launch<QA_Q8>(c, y, x, w, bias, shape);
         return true;
     }
-    if (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) { /* then the absmax group is 64 */
+    if (w->dtype == DTYPE_NF4 && v != QMMA_AUTO && k % qa_ks(QA_NF4) == 0) { /* then the absmax group is 64 */
         qa_launch<QA_NF4>(c, y, x, w, bias, shape);
         return true;
     }

@@ -515,9 +515,10 @@ template <int F, bool HI, bool PDL>
 static void qmma_launch_v(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                           const struct tensor *bias)
 {
-    /* warps per block x steps in flight per warp x 8-row tiles per block; 1 is the default, 2.. the
+    /* warps per block x steps in flight per warp x 8-row tiles per block; 1 is the default (for NF4,
+     * which QMMA_AUTO sends here, 8x2x2: the fastest NF4 decode step on the H200 in session 7), 2.. the
      * bench's alternatives (cuda_set_qmma) */
-    switch (c->qmma) {
+    switch (c->qmma == QMMA_AUTO && F == QF_NF4 ? 2 : c->qmma) {
     case 2: qmma_launch_t<F, HI, PDL, 8, 2, 2>(c, y, x, w, bias); break;
     case 3: qmma_launch_t<F, HI, PDL, 8, 1, 4>(c, y, x, w, bias); break;
     case 4: qmma_launch_t<F, HI, PDL, 4, 2, 2>(c, y, x, w, bias); break;
