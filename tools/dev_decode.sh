@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# tools/dev_decode.sh: the decode step in every weight format on the GPU machine. Builds nothing: run it
+# from the repo root with build-dev/ unpacked (tools/devpack.sh); logs go to $OUT, the lines worth
+# reading first to $OUT/summary.txt. About 6 minutes:
+#   1. the parity tests of the decode kernels: test_cuda_ops, test_cuda_batch, test_llm, test_cuda_quant;
+#   2. minicpmv bench decode512,decode4096 --peak-gbs auto in fp16, q4 and q8 (at load) and nf4 (a folder
+#      written by mkmodel --quant nf4 in the official layout), each as a fraction of the read bandwidth
+#      measured in the same run;
+#   3. (PROF=1) tools/prof_decode.sh all: one fp16 and one q4 decode step under ncu, per kernel.
+set -uo pipefail
+OUT=${OUT:-/tmp/dev_decode}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
+export MINICPMV_TOKENIZER=${MINICPMV_TOKENIZER:-$PWD/.cache/tokenizer-llama3/tokenizer.json}
+B=build-dev
+M=/tmp/full
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
+git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
+cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
+
+# the full-size random checkpoints, written while the tests run
+( [ -f $M/config.json ] || timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1
+  timeout 240 $B/minicpmv mkmodel --out $M-nf4 --size full --seed 1 --quant nf4 > "$OUT/mkmodel_nf4.log" 2>&1
+  echo "rc=$?" >> "$OUT/mkmodel_nf4.log" ) &
+mk=$!
+
+for t in test_cuda_ops test_cuda_batch test_llm test_cuda_quant; do
+  stamp "$t"
+  timeout 150 $B/tests/$t > "$OUT/$t.log" 2>&1
+  echo "$t rc=$?" >> "$OUT/summary.txt"
+  grep -E "FAIL|passed|failed|assert|greedy tokens" "$OUT/$t.log" | tail -8 >> "$OUT/summary.txt"
+done
+
+wait $mk
+for f in f16 q4 q8 nf4; do
+  m=$M; qa=""
+  case $f in q4|q8) qa="--quant $f" ;; nf4) m=$M-nf4 ;; esac
+  [ -f $m/config.json ] || { stamp "no $m"; continue; }
+  stamp "minicpmv bench $f"
+  timeout 90 $B/minicpmv bench --model $m --device cuda $qa --peak-gbs auto --only decode512,decode4096 --reps 3 \
+    > "$OUT/bench_$f.log" 2>&1
+  echo "bench $f rc=$?" >> "$OUT/summary.txt"
+  grep -E "^decode|^  cuda|^  decode" "$OUT/bench_$f.log" | cut -c1-160 >> "$OUT/summary.txt"
+done
+
+if [ "${PROF:-0}" = 1 ]; then
+  stamp "prof_decode all"
+  OUT=$OUT timeout 300 bash tools/prof_decode.sh all > "$OUT/prof.txt" 2>&1
+  grep -vE "^\s*$" "$OUT/prof.txt" | head -70 >> "$OUT/summary.txt"
+fi
+stamp "done"
