@@ -114,8 +114,8 @@ static void test_dequant(void)
 }
 
 /* The decode kernels the GEMV cases compare (cuda_set_qmma values, src/cuda/cuda_quant.cuh): the default,
- * the CUDA-core kernel, the older tensor-core kernel (weights as B), the A-operand kernel's 5 shapes. */
-static const int VARIANTS[] = {1, 0, 2, 8, 9, 10, 11, 12};
+ * the CUDA-core kernel, the older tensor-core kernel (weights as B), the A-operand kernel's 6 shapes. */
+static const int VARIANTS[] = {1, 0, 2, 8, 9, 10, 11, 12, 13};
 #define N_VARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
 static const int V_DEFAULT[] = {1};
 

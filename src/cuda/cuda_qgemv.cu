@@ -344,15 +344,17 @@ template <int F, int NT, bool PDL>
 static void qa_launch_s(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                         const struct tensor *bias, int shape)
 {
-    static_assert(QMMA_A_SHAPES == 5, "this switch and cuda_qmma_name list the same shapes");
+    static_assert(QMMA_A_SHAPES == 6, "this switch and cuda_qmma_name list the same shapes");
     /* warps per block, steps in flight, x one step ahead, blocks per SM the registers must allow (2 of 8
      * warps: up to 128 registers; 3: 80; 4: 64; ptxas -v shows no spills but for NF4 with two N tiles in
-     * shape 4, 32 bytes) */
+     * shape 4, 32 bytes). Shape 5 doubles the warps on a tile (16 x 2 steps, 64 registers, 2 blocks per SM):
+     * the 4096-row matrices have 256 tiles, so 8-warp blocks leave half of an SM's warp slots empty. */
     switch (shape) {
     case 0: qa_launch_t<F, NT, PDL, 8, 2, true, 2>(c, y, x, w, bias); break;
     case 2: qa_launch_t<F, NT, PDL, 8, 3, false, 3>(c, y, x, w, bias); break;
     case 3: qa_launch_t<F, NT, PDL, 4, 4, false, 4>(c, y, x, w, bias); break;
     case 4: qa_launch_t<F, NT, PDL, 8, 2, false, 4>(c, y, x, w, bias); break;
+    case 5: qa_launch_t<F, NT, PDL, 16, 2, false, 2>(c, y, x, w, bias); break;
     default: qa_launch_t<F, NT, PDL, 8, 4, false, 2>(c, y, x, w, bias); break;
     }
 }
@@ -397,7 +399,7 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
 /* A name for a cuda_set_qmma value, for the bench's lines. */
 extern "C" const char *cuda_qmma_name(int v)
 {
-    static const char *const a[QMMA_A_SHAPES] = {"a8x2p", "a8x4", "a8x3o3", "a4x4", "a8x2o4"};
+    static const char *const a[QMMA_A_SHAPES] = {"a8x2p", "a8x4", "a8x3o3", "a4x4", "a8x2o4", "a16x2"};
     static const char *const b[5] = {"simt", "auto", "b8x2x2", "b8x1x4", "b4x2x2"};
     if (v >= QMMA_A0 && v < QMMA_A0 + QMMA_A_SHAPES) return a[v - QMMA_A0];
     return v >= 0 && v < 5 ? b[v] : "?";

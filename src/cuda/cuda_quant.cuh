@@ -12,7 +12,7 @@
 
 #include "cuda/cuda_common.cuh"
 
-enum { QMMA_OFF = 0, QMMA_AUTO = 1, QMMA_A0 = 8, QMMA_A_SHAPES = 5 };
+enum { QMMA_OFF = 0, QMMA_AUTO = 1, QMMA_A0 = 8, QMMA_A_SHAPES = 6 };
 
 /* The decode GEMV with the weights as the mma's A operand (cuda_qgemv.cu): runs y = x w^T (+ bias) and
  * returns true when it applies (sm_80+ code, F16 x 16-byte aligned, 1 <= n <= 16, Q4 or NF4 with
