@@ -104,10 +104,14 @@ template <int F> struct qa_x {
 
 /* NF4: the pair of elements in byte b (element 2b in the high nibble, 2b + 1 in the low one, bitsandbytes'
  * order) times the absmax a, each rounded once from the f32 product: f16(f32(NF4[c] * a)). tab: the 256 pairs
- * (NF4[b >> 4], NF4[b & 15]) in shared memory. */
+ * (NF4[b >> 4], NF4[b & 15]) in shared memory, QA_TABN copies side by side (entry b of copy r at b * QA_TABN
+ * + r), and this lane's copy: lane l reads copy l % 16, so the 16 lanes of each half-warp read 16 different
+ * bank pairs whatever their bytes (one copy gave random 8-byte reads over 2 KiB: ~3-4-way bank conflicts,
+ * which held the kernel at ~0.8 TB/s on the H200). */
+#define QA_TABN 16
 __device__ __forceinline__ uint32_t nf4_pair(const float2 *tab, uint32_t b, float a)
 {
-    const float2 v = tab[b];
+    const float2 v = tab[b * QA_TABN];
     return qa_u(__floats2half2_rn(__fmul_rn(v.x, a), __fmul_rn(v.y, a)));
 }
 
@@ -188,11 +192,15 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
     constexpr int KS = qa_ks(F), XV = qa_x<F>::V, SB = qa_sb(F);
     constexpr bool GROUPS = F != QA_Q8; /* a scale per group of 64 (the lane's chunk lies in one) */
     __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
-    __shared__ float2 tab[F == QA_NF4 ? 256 : 1];
+    __shared__ float2 tab[F == QA_NF4 ? 256 * QA_TABN : 1]; /* 32 KiB for NF4 */
     pdl_trigger(); /* a PDL-launched successor may start loading its weights once all blocks run */
     if (F == QA_NF4)
-        for (int i = threadIdx.x; i < 256; i += W * 32) tab[i] = make_float2(nf4.v[i >> 4], nf4.v[i & 15]);
+        for (int i = threadIdx.x; i < 256 * QA_TABN; i += W * 32) {
+            const int b = i / QA_TABN;
+            tab[i] = make_float2(nf4.v[b >> 4], nf4.v[b & 15]);
+        }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, tig = lane & 3;
+    const float2 *ltab = tab + (F == QA_NF4 ? lane % QA_TABN : 0);
     const int64_t row0 = (int64_t)blockIdx.x * 16;
     /* rows past o stand in with the last row (their sums are not stored) */
     const int64_t ra = row0 + gi < o ? row0 + gi : o - 1, rbw = row0 + gi + 8 < o ? row0 + gi + 8 : o - 1;
@@ -273,7 +281,7 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
                         xc[nt][v] = PDL ? __ldcg(p) : __ldg(p);
                     }
                 }
-            qa_step<F, NT>(acc, ca[u], cb[u], GROUPS ? sa_[u] : s8a, GROUPS ? sb_[u] : s8b, xc, tab);
+            qa_step<F, NT>(acc, ca[u], cb[u], GROUPS ? sa_[u] : s8a, GROUPS ? sb_[u] : s8b, xc, ltab);
             /* refill the slot with the step U ahead, into the registers just used (no copies): U - 1 steps are
              * in flight while a step is computed, U in between */
             if (j + U < ns) {
