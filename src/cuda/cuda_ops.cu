@@ -1,7 +1,8 @@
 /* cuda_ops.cu: the CUDA twins of the row-wise and elementwise ops: embed, rmsnorm, layernorm,
  * rope, silu_mul, gelu_tanh, add, scale, convert, argmax, and the fused decode-step ops
- * add_rmsnorm, rope_qk (RoPE of q and k + KV append), kv_store, argmax_dev, add_i32. matmul is in cuda_gemv.cu, attention in
- * cuda_attention.cu.
+ * add_rmsnorm, rope_qk (RoPE of q and k + KV append), kv_store, argmax_dev, add_i32; and op_prefetch (a
+ * kernel on the context's side stream that asks the L2 for a weight ahead of its GEMV). matmul is in
+ * cuda_gemv.cu, attention in cuda_attention.cu.
  * Numerics follow backend_cpu.c operation by operation: products and sums that the CPU rounds to
  * fp32 one at a time are written with __fmul_rn/__fadd_rn so nvcc cannot contract them into an FMA
  * (the CPU is built with -std=c11, where gcc does not contract either), and rndf() rounds to the
