@@ -15,15 +15,7 @@
 # Optional (STEP=1): 5. test_cuda_ops bench step, the synthetic 32-layer decode step (about 1 more minute).
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_attn}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
-B=build-dev
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
-
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
-git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
-cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
+. tools/dev_common.sh
 
 stamp "test_cuda_ops"
 timeout 180 $B/tests/test_cuda_ops > "$OUT/test_cuda_ops.log" 2>&1

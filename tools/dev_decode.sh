@@ -9,16 +9,7 @@
 #   3. (PROF=1) tools/prof_decode.sh all: one fp16 and one q4 decode step under ncu, per kernel.
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_decode}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
-export MINICPMV_TOKENIZER=${MINICPMV_TOKENIZER:-$PWD/.cache/tokenizer-llama3/tokenizer.json}
-B=build-dev
-M=/tmp/full
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
-git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
-cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
+. tools/dev_common.sh
 
 # the full-size random checkpoints, written while the tests run
 ( [ -f $M/config.json ] || timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1
@@ -27,10 +18,7 @@ cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
 mk=$!
 
 for t in test_cuda_ops test_cuda_batch test_llm test_cuda_quant; do
-  stamp "$t"
-  timeout 150 $B/tests/$t > "$OUT/$t.log" 2>&1
-  echo "$t rc=$?" >> "$OUT/summary.txt"
-  grep -E "FAIL|passed|failed|assert|greedy tokens" "$OUT/$t.log" | tail -8 >> "$OUT/summary.txt"
+  run_test $t "FAIL|passed|failed|assert|greedy tokens"
 done
 
 wait $mk

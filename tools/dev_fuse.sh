@@ -15,16 +15,7 @@
 #   5. minicpmv bench --only decode512,decode4096 --reps 3 --peak-gbs auto (the default: fused, no PDL).
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_fuse}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
-B=build-dev
-M=/tmp/full
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
-
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
-git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
-cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
+. tools/dev_common.sh
 
 # the full-size random model, written while the correctness tests run
 if [ ! -f $M/config.json ]; then

@@ -12,25 +12,11 @@
 #   5. bench --parallel 64 --concurrency 16,64 (128 new tokens a stream), --l2-prefetch 0 vs 24 (MiB).
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_l2}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
-export MINICPMV_TOKENIZER=${MINICPMV_TOKENIZER:-$PWD/.cache/tokenizer-llama3/tokenizer.json}
-B=build-dev
-M=/tmp/full
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
-cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
+. tools/dev_common.sh
 
 ( [ -f $M/config.json ] || timeout 150 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1 ) &
 mk=$!
-for t in test_cuda_ops test_llm test_cuda_batch test_cuda_quant; do
-  stamp "$t"
-  timeout 150 $B/tests/$t > "$OUT/$t.log" 2>&1
-  echo "$t rc=$?" >> "$OUT/summary.txt"
-  grep -E "FAIL|passed|failed|assert" "$OUT/$t.log" | tail -6 >> "$OUT/summary.txt"
-done
+for t in test_cuda_ops test_llm test_cuda_batch test_cuda_quant; do run_test $t; done
 grep -c "prefetch.*ok" "$OUT/test_cuda_ops.log" | sed 's/^/prefetch cases ok: /' >> "$OUT/summary.txt"
 
 wait $mk

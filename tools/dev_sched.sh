@@ -14,16 +14,7 @@
 #      what the smaller pool costs in tok/s against step 2's conc64.
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_sched}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/build-dev/lib:${LD_LIBRARY_PATH:-}
-B=build-dev
-M=/tmp/full
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/summary.txt"; }
-
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
-cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
+. tools/dev_common.sh
 
 if [ ! -f $M/config.json ]; then
   ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
