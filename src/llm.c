@@ -417,12 +417,19 @@ static void prefetch(int64_t n, const struct tensor *w)
     if (n <= LLM_PREFETCH_ROWS && w->data) op_prefetch(w);
 }
 
+/* The weight matmul_joined(.., joined, parts, ..) reads first for n tokens: the joined one for one token
+ * when the model has it, else the first part. */
+static const struct tensor *joined_first(int64_t n, const struct tensor *joined, const struct tensor *part0)
+{
+    return n > 1 || !joined->data ? part0 : joined;
+}
+
 /* the next layer's first GEMV weight, when that layer runs on the same device */
 static void prefetch_next(const struct llm *s, int layer, int64_t n)
 {
     const struct llm_layer *w = &s->m->llm.layers[layer], *nx = w + 1;
     if (layer + 1 >= s->m->cfg.num_hidden_layers || nx->device != w->device) return;
-    prefetch(n, n > 1 || !nx->qkv.data ? &nx->q_proj : &nx->qkv);
+    prefetch(n, joined_first(n, &nx->qkv, &nx->q_proj));
 }
 
 /* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. Unfused steps: when
@@ -484,7 +491,7 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
             op_attention(&att3, &q3, &kall, &vall, pos0, scale, ATTN_CAUSAL);
         }
     }
-    const struct tensor *gu_first = w->gate_up.data ? &w->gate_up : &w->gate_proj;
+    const struct tensor *gu_first = joined_first(n, &w->gate_up, &w->gate_proj);
     if (fuse) { /* h += o_proj(att); h += down(swiglu(norm(h))) */
         op_linear(h, &att, &w->o_proj, NULL, LINEAR_NONE, h);
         prefetch(n, gu_first);
@@ -495,7 +502,7 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
         return;
     }
     op_matmul(&o, &att, &w->o_proj, NULL);
-    prefetch(n, n > 1 ? &w->gate_proj : gu_first);
+    prefetch(n, gu_first);
     op_add_rmsnorm(h, &xn, &o, &w->post_attention_layernorm, c->rms_norm_eps);
     struct tensor *gu_out[2] = {&g, &u};
     const struct tensor *gu_w[2] = {&w->gate_proj, &w->up_proj};

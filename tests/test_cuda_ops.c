@@ -1549,15 +1549,15 @@ static void bench_small(void)
  * persistent GEMV, the fused ops. (Session 7 measured PDL slower on every variant: not repeated.) */
 static const struct {
     const char *name;
-    int unfused, pgemv, pdl, early, pf;
+    int unfused, pgemv, pf;
 } engine_variants[] = {
-    {"plain ops, one-pass GEMV, no L2 prefetch", 1, 0, 0, 0, 0},
-    {"plain, one-pass, prefetch 16 MiB", 1, 0, 0, 0, 16},
-    {"plain, one-pass, prefetch 24 MiB", 1, 0, 0, 0, 24},
-    {"plain, one-pass, prefetch 32 MiB", 1, 0, 0, 0, 32},
-    {"plain, one-pass, prefetch 40 MiB", 1, 0, 0, 0, 40},
-    {"plain ops, persistent GEMV", 1, 1, 0, 0, 0},
-    {"fused", 0, 1, 0, 0, 0},
+    {"plain ops, one-pass GEMV, no L2 prefetch", 1, 0, 0},
+    {"plain, one-pass, prefetch 16 MiB", 1, 0, 16},
+    {"plain, one-pass, prefetch 24 MiB", 1, 0, 24},
+    {"plain, one-pass, prefetch 32 MiB", 1, 0, 32},
+    {"plain, one-pass, prefetch 40 MiB", 1, 0, 40},
+    {"plain ops, persistent GEMV", 1, 1, 0},
+    {"fused", 0, 1, 0},
 };
 
 /* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
@@ -1593,10 +1593,8 @@ static void bench_engine(const char *model)
         refs[0] = refs[1] = NULL;
         for (size_t v = 0; v < sizeof engine_variants / sizeof engine_variants[0]; v++) {
             int32_t **ref = &refs[engine_variants[v].pgemv != 0];
-            dev_set_prefetch(device_cuda(0), engine_variants[v].pf < 0 ? -1 : (int64_t)engine_variants[v].pf << 20);
+            dev_set_prefetch(device_cuda(0), (int64_t)engine_variants[v].pf << 20);
             cuda_set_pgemv(0, engine_variants[v].pgemv);
-            dev_set_overlap(device_cuda(0), engine_variants[v].pdl);
-            cuda_pgemv_set_trigger(0, engine_variants[v].early);
             llm_set_unfused(s, engine_variants[v].unfused);
             llm_drop_graphs(s);
             llm_truncate(s, 0);
@@ -1628,9 +1626,7 @@ static void bench_engine(const char *model)
         }
     }
     cuda_set_pgemv(0, 0);
-    dev_set_overlap(device_cuda(0), 0);
     dev_set_prefetch(device_cuda(0), -1);
-    cuda_pgemv_set_trigger(0, 0);
     free(lg), free(prompt), free(toks), free(refs[0]), free(refs[1]);
     engine_close(g);
 }

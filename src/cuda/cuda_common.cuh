@@ -138,15 +138,12 @@ struct cuda_ctx {
     cudaStream_t side;
     cudaEvent_t pf_fork, pf_join;
     int pf_pending;
-    int64_t l2_bytes;           /* cudaDevAttrL2CacheSize */
-    int64_t pf_bytes;           /* op_prefetch fetches at most this much of a tensor (0: off) */
+    int64_t pf_bytes;           /* op_prefetch fetches at most this much of a tensor (0, the default: off) */
 };
 
 /* Joins op_prefetch's side stream back into the context's stream (nothing when no fork is pending):
  * before a capture begins and ends (a capture must not end with a forked stream). */
 void cuda_prefetch_join(struct cuda_ctx *c);
-/* op_prefetch's default budget for a context (0: off) */
-int64_t cuda_prefetch_default(const struct cuda_ctx *c);
 
 /* Returns the context of a device (created on first use) and makes it the current device. */
 struct cuda_ctx *cuda_ctx_get(int ordinal);

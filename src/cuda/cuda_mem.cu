@@ -64,10 +64,6 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->pf_fork, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->pf_join, cudaEventDisableTiming));
-    int l2 = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, ordinal));
-    c->l2_bytes = l2;
-    c->pf_bytes = cuda_prefetch_default(c);
     g_ctx[ordinal].store(c, std::memory_order_release);
     return c;
 }

@@ -650,18 +650,12 @@ __global__ void l2_prefetch_kernel(const char *p, int64_t n)
 #endif
 }
 
-/* Off: the first form cost 10-17 us per fetch on the H200 (docs/PERF.md, session 8); the second is
- * measured with --l2-prefetch before it becomes a default (half the L2 is the size to try first) */
-int64_t cuda_prefetch_default(const struct cuda_ctx *c)
-{
-    (void)c;
-    return 0;
-}
-
+/* The default (< 0) is off: the first form cost 10-17 us per fetch on the H200 (docs/PERF.md, session
+ * 8); the second is measured with --l2-prefetch before it becomes a default (half the L2 is the size to
+ * try first) */
 extern "C" void cuda_set_prefetch(int ordinal, int64_t bytes)
 {
-    struct cuda_ctx *c = cuda_ctx_get(ordinal);
-    c->pf_bytes = bytes < 0 ? cuda_prefetch_default(c) : bytes;
+    cuda_ctx_get(ordinal)->pf_bytes = bytes < 0 ? 0 : bytes;
 }
 
 void cuda_prefetch_join(struct cuda_ctx *c)
