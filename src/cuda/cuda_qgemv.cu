@@ -388,7 +388,9 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
     if (v != QMMA_AUTO && (v < QMMA_A0 || v >= QMMA_A0 + QMMA_A_SHAPES)) return false;
     const int64_t n = x->shape[0], k = x->shape[1];
     if (c->code_arch < 80 || x->dtype != DTYPE_F16 || ((uintptr_t)x->data & 15) || n < 1 || n > 16) return false;
-    const int shape = v == QMMA_AUTO ? QA_AUTO : v - QMMA_A0;
+    /* auto: a16x2 for one token and k >= 8192 (down_proj: on the H200 in session 8 Q4 13.2 us vs a8x2o4's
+     * 15.8, Q8 18.1 vs 19.4; it lost at every k = 4096 matrix), else QA_AUTO */
+    const int shape = v != QMMA_AUTO ? v - QMMA_A0 : n == 1 && k >= 8192 ? 5 : QA_AUTO;
     if (w->dtype == DTYPE_Q4 && k % qa_ks(QA_Q4) == 0) {
         qa_launch<QA_Q4>(c, y, x, w, bias, shape);
         return true;
