@@ -53,6 +53,9 @@ struct qa_nf4 {
  * Q4 1787 us vs a8x4 1954, Q8 2281 vs 2383). For NF4 QMMA_AUTO does not take this kernel: the older
  * one in its 8x2x2 tiling ran the same step in 3709 us against this one's best 4348. */
 #define QA_AUTO 4
+/* ... except one token at k >= 8192 (down_proj): a16x2 (session 9, same bench: Q4 13.05 us vs a8x2o4's 16.00,
+ * Q8 18.28 vs 19.59; it loses at every k = 4096 matrix) */
+#define QA_AUTO_LONG_K 5
 
 __device__ __forceinline__ __half2 qa_h2(uint32_t u)
 {
@@ -388,9 +391,7 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
     if (v != QMMA_AUTO && (v < QMMA_A0 || v >= QMMA_A0 + QMMA_A_SHAPES)) return false;
     const int64_t n = x->shape[0], k = x->shape[1];
     if (c->code_arch < 80 || x->dtype != DTYPE_F16 || ((uintptr_t)x->data & 15) || n < 1 || n > 16) return false;
-    /* auto: a16x2 for one token and k >= 8192 (down_proj: on the H200 in session 8 Q4 13.2 us vs a8x2o4's
-     * 15.8, Q8 18.1 vs 19.4; it lost at every k = 4096 matrix), else QA_AUTO */
-    const int shape = v != QMMA_AUTO ? v - QMMA_A0 : n == 1 && k >= 8192 ? 5 : QA_AUTO;
+    const int shape = v != QMMA_AUTO ? v - QMMA_A0 : n == 1 && k >= 8192 ? QA_AUTO_LONG_K : QA_AUTO;
     if (w->dtype == DTYPE_Q4 && k % qa_ks(QA_Q4) == 0) {
         qa_launch<QA_Q4>(c, y, x, w, bias, shape);
         return true;
