@@ -465,21 +465,6 @@ void op_add_i32(struct tensor *x, int32_t d)
     DISPATCH(x->dev, add_i32, x, d);
 }
 
-void op_prefetch(const struct tensor *t)
-{
-    CHECK(t->data);
-    DISPATCH(t->dev, prefetch, t);
-}
-
-void dev_set_prefetch(struct device d, int64_t bytes)
-{
-#ifdef MINICPMV_CUDA
-    if (d.kind == DEVICE_CUDA) cuda_set_prefetch(d.ordinal, bytes);
-#else
-    (void)d, (void)bytes;
-#endif
-}
-
 void dev_set_overlap(struct device d, int on)
 {
 #ifdef MINICPMV_CUDA

@@ -186,15 +186,6 @@ void op_argmax_dev(const struct tensor *x, struct tensor *ids);
 /* x[i] += d for an I32 tensor (advances positions inside a replayed decode step). */
 void op_add_i32(struct tensor *x, int32_t d);
 
-/* A hint, no values change: the first bytes of t (its raw storage, any dtype) will be read soon by ops on its
- * device, after the ops issued between now and then. A GPU starts fetching them into its L2 cache now, from
- * a second stream, so that the fetch overlaps those ops (attention, norms: kernels that leave the memory
- * bus idle) instead of the GEMV that reads them; the CPU does nothing. At most the device's budget
- * (dev_set_prefetch) is fetched. Safe inside a graph capture. */
-void op_prefetch(const struct tensor *t);
-/* op_prefetch's budget on GPU d in bytes: 0 turns it off, < 0 the default (off: docs/PERF.md, session 8). A
- * captured graph keeps the prefetches it was captured with. No effect on CPU devices. */
-void dev_set_prefetch(struct device d, int64_t bytes);
 
 /* Lets decode GEMVs (n <= 8) on GPU d start while the previous kernel finishes (Hopper programmatic
  * dependent launch: they load their first weights early, then wait for their input). Off by

@@ -468,8 +468,6 @@ void cpu_add_i32(struct tensor *x, int32_t d)
     for (int64_t i = 0; i < tensor_numel(x); i++) p[i] += d;
 }
 
-/* Nothing to do: the CPU's caches and prefetchers follow the matmul's own streaming reads. */
-void cpu_prefetch(const struct tensor *t) { (void)t; }
 
 /* A loop over the sequences: each is exactly one cpu_attention call (parallel inside). */
 void cpu_attention_batch(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,

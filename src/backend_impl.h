@@ -35,7 +35,6 @@
                             const struct tensor *n_keys, float scale);                                     \
     void P##_argmax_dev(const struct tensor *x, struct tensor *ids);                                       \
     void P##_add_i32(struct tensor *x, int32_t d);                                                          \
-    void P##_prefetch(const struct tensor *t);                                                             \
     void P##_rmsnorm_matmul(struct tensor *const *ys, int np, const struct tensor *x, const struct tensor *nw, \
                             float eps, const struct tensor *w);                                            \
     void P##_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct tensor *nw, float eps,   \
@@ -91,9 +90,6 @@ void cuda_set_gemv16_max(int ordinal, int max);
  * path) or on the older one-pass kernel with the fused ops run as their plain ops (cuda/cuda_mem.cu;
  * default on; tests and the bench compare the two) */
 void cuda_set_pgemv(int ordinal, int on);
-/* op_prefetch's budget: at most `bytes` of a tensor are fetched ahead (0: op_prefetch does nothing; < 0: the
- * default, off until a measurement says otherwise; cuda/cuda_ops.cu) */
-void cuda_set_prefetch(int ordinal, int64_t bytes);
 /* graphs (cuda/cuda_mem.cu): capture the ops issued on one device's stream, replay them */
 int cuda_graph_begin(int ordinal, struct err *e);
 void *cuda_graph_end(int ordinal, struct err *e); /* NULL with e set on failure */

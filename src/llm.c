@@ -406,32 +406,6 @@ static void matmul_joined(struct tensor *const *ys, const struct tensor *x, cons
 #define LLM_FUSE_ROWS 1
 static int fused(const struct llm *s, int64_t n) { return n <= LLM_FUSE_ROWS && !s->unfused; }
 
-/* Steps of at most this many tokens (decode, the batched step) ask the device to fetch each GEMV's
- * weights ahead (op_prefetch), one matrix ahead: while RoPE and attention run, o_proj; while the norm
- * after it runs, gate|up; then down_proj; then the next layer's q|k|v when it is on the same device.
- * Those small kernels leave the memory bus idle; a GEMV that finds its first rows in the L2 starts at
- * full speed. Larger steps are compute-bound: nothing to gain. */
-#define LLM_PREFETCH_ROWS 64
-static void prefetch(int64_t n, const struct tensor *w)
-{
-    if (n <= LLM_PREFETCH_ROWS && w->data) op_prefetch(w);
-}
-
-/* The weight matmul_joined(.., joined, parts, ..) reads first for n tokens: the joined one for one token
- * when the model has it, else the first part. */
-static const struct tensor *joined_first(int64_t n, const struct tensor *joined, const struct tensor *part0)
-{
-    return n > 1 || !joined->data ? part0 : joined;
-}
-
-/* the next layer's first GEMV weight, when that layer runs on the same device */
-static void prefetch_next(const struct llm *s, int layer, int64_t n)
-{
-    const struct llm_layer *w = &s->m->llm.layers[layer], *nx = w + 1;
-    if (layer + 1 >= s->m->cfg.num_hidden_layers || nx->device != w->device) return;
-    prefetch(n, joined_first(n, &nx->qkv, &nx->q_proj));
-}
-
 /* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. Unfused steps: when
  * xn_ready, the device's xn already holds this layer's input RMSNorm of h (fused into the previous
  * layer's last add), and when next_norm is not NULL the layer ends with xn = next_norm(h) fused into
@@ -458,7 +432,6 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
         const struct tensor *qkv_w[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
         matmul_joined(qkv_out, &xn, &w->qkv, qkv_w, 3);
     }
-    prefetch(n, &w->o_proj);
     struct tensor q3 = tensor_reshape(&q, 3, n, nh, hd), k3 = tensor_reshape(&k, 3, n, nkv, hd);
     struct tensor v3 = tensor_reshape(&v, 3, n, nkv, hd), att3 = tensor_reshape(&att, 3, n, nh, hd);
     struct llm_layer_cache *lc = &s->cache[layer];
@@ -491,26 +464,19 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
             op_attention(&att3, &q3, &kall, &vall, pos0, scale, ATTN_CAUSAL);
         }
     }
-    const struct tensor *gu_first = joined_first(n, &w->gate_up, &w->gate_proj);
     if (fuse) { /* h += o_proj(att); h += down(swiglu(norm(h))) */
         op_linear(h, &att, &w->o_proj, NULL, LINEAR_NONE, h);
-        prefetch(n, gu_first);
         op_rmsnorm_swiglu(&g, h, &w->post_attention_layernorm, c->rms_norm_eps, &w->gate_up);
-        prefetch(n, &w->down_proj);
         op_linear(h, &g, &w->down_proj, NULL, LINEAR_NONE, h);
-        prefetch_next(s, layer, n);
         return;
     }
     op_matmul(&o, &att, &w->o_proj, NULL);
-    prefetch(n, gu_first);
     op_add_rmsnorm(h, &xn, &o, &w->post_attention_layernorm, c->rms_norm_eps);
     struct tensor *gu_out[2] = {&g, &u};
     const struct tensor *gu_w[2] = {&w->gate_proj, &w->up_proj};
     matmul_joined(gu_out, &xn, &w->gate_up, gu_w, 2);
-    prefetch(n, &w->down_proj);
     op_silu_mul(&g, &g, &u);
     op_matmul(&o, &g, &w->down_proj, NULL);
-    prefetch_next(s, layer, n);
     if (next_norm) op_add_rmsnorm(h, &xn, &o, next_norm, c->rms_norm_eps);
     else op_add(h, h, &o);
 }

@@ -643,62 +643,6 @@ static struct tensor h_copy(const struct tensor *d)
     return h;
 }
 
-/* op_prefetch (a hint: values unchanged) between GEMVs, eager and captured: with a fork pending when the
- * capture begins, several forks inside it (each joined before the next, the last before the capture
- * ends: an unjoined fork would fail cudaStreamEndCapture), replayed, at budgets of 0, 1 MiB, 64 MiB and
- * the default, on a weight of 48 MiB (larger than half the L2 of every card we run) and a small one. */
-static void test_prefetch(void)
-{
-    const int64_t k = 4096, o1 = 6144, o2 = 1000;
-    struct tensor x = h_rand(DTYPE_F16, 2, 1, k, 0, 1.0f), w1 = h_rand(DTYPE_F16, 2, o1, k, 0, 0.05f);
-    struct tensor w2 = h_rand(DTYPE_F16, 2, o2, o1, 0, 0.05f), ref = h_new(DTYPE_F16, 2, 1, o2, 0);
-    struct tensor r1 = h_new(DTYPE_F16, 2, 1, o1, 0);
-    op_matmul(&r1, &x, &w1, NULL);
-    op_matmul(&ref, &r1, &w2, NULL);
-    struct tensor dx = d_from(&x), dw1 = d_from(&w1), dw2 = d_from(&w2);
-    struct tensor dy1 = d_new(DTYPE_F16, 2, 1, o1, 0), dy = d_new(DTYPE_F16, 2, 1, o2, 0);
-    static const int64_t budgets[] = {0, 1 << 20, 64 << 20, -1};
-    struct err e = {{0}};
-    struct tensor first = {0};
-    for (size_t bi = 0; bi < sizeof budgets / sizeof budgets[0]; bi++) {
-        dev_set_prefetch(dx.dev, budgets[bi]);
-        char cas[96];
-        /* eager */
-        op_prefetch(&dw1);
-        op_matmul(&dy1, &dx, &dw1, NULL);
-        op_prefetch(&dw2);
-        op_matmul(&dy, &dy1, &dw2, NULL);
-        snprintf(cas, sizeof cas, "budget %lld, eager, vs cpu", (long long)budgets[bi]);
-        check_close("prefetch", cas, &dy, &ref, TOL_F16);
-        if (bi == 0) first = h_copy(&dy);
-        snprintf(cas, sizeof cas, "budget %lld, eager, same bits as budget 0", (long long)budgets[bi]);
-        check_close("prefetch", cas, &dy, &first, TOL_EXACT);
-        /* a fork pending (the eager prefetch above has none left: make one), then a capture */
-        op_prefetch(&dw1);
-        T_ASSERTF(dev_graph_begin(dx.dev, &e) == 0, "%s", e.msg);
-        op_prefetch(&dw1);
-        op_matmul(&dy1, &dx, &dw1, NULL);
-        op_prefetch(&dw2);
-        op_prefetch(&dw1); /* two forks with no op between them */
-        op_matmul(&dy, &dy1, &dw2, NULL);
-        op_prefetch(&dw2); /* the capture ends with this fork open */
-        struct dev_graph *g = dev_graph_end(dx.dev, &e);
-        T_ASSERTF(g != NULL, "budget %lld: %s", (long long)budgets[bi], e.msg);
-        if (!g) continue;
-        for (int r = 0; r < 3; r++) {
-            op_copy(&dy, &ref); /* overwritten by the replay */
-            T_ASSERTF(dev_graph_launch(g, &e) == 0, "%s", e.msg);
-            snprintf(cas, sizeof cas, "budget %lld, graph replay %d, same bits", (long long)budgets[bi], r);
-            check_close("prefetch", cas, &dy, &first, TOL_EXACT);
-        }
-        dev_graph_free(g);
-    }
-    dev_set_prefetch(dx.dev, -1);
-    t_free(&first);
-    t_free(&x), t_free(&w1), t_free(&w2), t_free(&ref), t_free(&r1);
-    t_free(&dx), t_free(&dw1), t_free(&dw2), t_free(&dy1), t_free(&dy);
-}
-
 /* op_matmul on the persistent GEMV: against the CPU twin, and bit for bit against the one-pass GEMV
  * with one warp per row (rows per block 8: the same per-row summation order) and across launch shapes
  * (1..4 blocks per SM, 4 or 8 loads per lane): partial chunks (k = 1000, 64, 8), n = 1..8, a bias. */
@@ -1544,26 +1488,21 @@ static void bench_small(void)
 
 /* ---- the engine's decode step on a real checkpoint: plain ops vs fused, one GEMV vs the other ---- */
 
-/* The configurations of `bench engine`: the plain ops on the one-pass GEMV (the default since session 7)
- * without and with op_prefetch at several budgets (pf, MiB; off by default), the plain ops on the
- * persistent GEMV, the fused ops. (Session 7 measured PDL slower on every variant: not repeated.) */
+/* The configurations of `bench engine`: the plain ops on the one-pass GEMV (the default since session 7),
+ * the plain ops on the persistent GEMV, the fused ops. (Session 7 measured PDL slower on every variant,
+ * session 9 the L2 prefetch of each GEMV's weights slower at every budget: neither is repeated.) */
 static const struct {
     const char *name;
-    int unfused, pgemv, pf;
+    int unfused, pgemv;
 } engine_variants[] = {
-    {"plain ops, one-pass GEMV, no L2 prefetch", 1, 0, 0},
-    {"plain, one-pass, prefetch 16 MiB", 1, 0, 16},
-    {"plain, one-pass, prefetch 24 MiB", 1, 0, 24},
-    {"plain, one-pass, prefetch 32 MiB", 1, 0, 32},
-    {"plain, one-pass, prefetch 40 MiB", 1, 0, 40},
-    {"plain ops, persistent GEMV", 1, 1, 0},
-    {"fused", 0, 1, 0},
+    {"plain ops, one-pass GEMV", 1, 0},
+    {"plain ops, persistent GEMV", 1, 1},
+    {"fused", 0, 1},
 };
 
 /* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
  * (then 3500) random ids, 8 warm-up greedy steps (the graph captured) and 128 timed ones, per variant;
- * the greedy tokens of every persistent-GEMV variant must be the same (fused == plain bit for bit), and so
- * must those of every one-pass variant (the prefetch changes no value). */
+ * the greedy tokens of every persistent-GEMV variant must be the same (fused == plain bit for bit). */
 static void bench_engine(const char *model)
 {
     struct engine_options o;
@@ -1593,7 +1532,6 @@ static void bench_engine(const char *model)
         refs[0] = refs[1] = NULL;
         for (size_t v = 0; v < sizeof engine_variants / sizeof engine_variants[0]; v++) {
             int32_t **ref = &refs[engine_variants[v].pgemv != 0];
-            dev_set_prefetch(device_cuda(0), (int64_t)engine_variants[v].pf << 20);
             cuda_set_pgemv(0, engine_variants[v].pgemv);
             llm_set_unfused(s, engine_variants[v].unfused);
             llm_drop_graphs(s);
@@ -1626,7 +1564,6 @@ static void bench_engine(const char *model)
         }
     }
     cuda_set_pgemv(0, 0);
-    dev_set_prefetch(device_cuda(0), -1);
     free(lg), free(prompt), free(toks), free(refs[0]), free(refs[1]);
     engine_close(g);
 }
@@ -1700,7 +1637,6 @@ int main(int argc, char **argv)
     T_RUN(test_argmax_dev);
     T_RUN(test_graph);
     T_RUN(test_overlap);
-    T_RUN(test_prefetch);
     /* the persistent GEMV and the fused ops' one-kernel path: not the default (cuda_mem.cu), tested on */
     cuda_set_pgemv(0, 1);
     T_RUN(test_pgemv);

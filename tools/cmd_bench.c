@@ -846,8 +846,6 @@ static const char BENCH_HELP[] =
     "  --qgemv V            (developers) the quantized decode GEMV's kernel: 1 the default, 0 the CUDA-core\n"
     "                       one, 2..4 session 5's tensor-core one, 8..13 the A-operand kernel's shapes\n"
     "                       (docs/CUDA.md, \"The quantized decode GEMV\")\n"
-    "  --l2-prefetch MB     (developers) how much of each decode GEMV's weights the GPU fetches into its L2\n"
-    "                       ahead (op_prefetch; default 0, off)\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
 
 int cmd_bench(int argc, char **argv)
@@ -869,7 +867,6 @@ int cmd_bench(int argc, char **argv)
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
     int only_given = 0, qgemv = -1;
-    long long pf_mb = -1;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -906,8 +903,6 @@ int cmd_bench(int argc, char **argv)
                 goto out;
             }
             qgemv = (int)n;
-        } else if (!strcmp(f, "--l2-prefetch")) {
-            if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 1 << 20, &pf_mb, &e)) goto out;
         } else if (!strcmp(f, "--peak-gbs")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             char *end;
@@ -960,7 +955,6 @@ int cmd_bench(int argc, char **argv)
     struct backend_info bi;
     backend_query(&bi);
     for (int i = 0; qgemv >= 0 && i < bi.n_gpus; i++) dev_set_qgemv(device_cuda(i), qgemv);
-    for (int i = 0; pf_mb >= 0 && i < bi.n_gpus; i++) dev_set_prefetch(device_cuda(i), (int64_t)pf_mb << 20);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
         for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {

@@ -6,7 +6,12 @@
 #   2. minicpmv bench decode512,decode4096 --peak-gbs auto in fp16, q4 and q8 (at load) and nf4 (a folder
 #      written by mkmodel --quant nf4 in the official layout), each as a fraction of the read bandwidth
 #      measured in the same run;
-#   3. (PROF=1) tools/prof_decode.sh all: one fp16 and one q4 decode step under ncu, per kernel.
+#   3. optional, each a few minutes, in this order:
+#      OPS_BENCH="attention small ..." test_cuda_ops bench for each word (decode attention, the small ops);
+#      ENGINE=1 test_cuda_ops bench engine (the engine's fp16 decode with each op variant, same tokens);
+#      QUANT_BENCH=1 test_cuda_quant bench (every quantized GEMV shape at the decoder's matrices);
+#      CONC=1 bench --parallel 64 --concurrency 16,64 (128 new tokens a stream);
+#      PROF=1 tools/prof_decode.sh all: one fp16 and one q4 decode step under ncu, per kernel.
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_decode}
 . tools/dev_common.sh
@@ -33,6 +38,30 @@ for f in f16 q4 q8 nf4; do
   grep -E "^decode|^  cuda|^  decode" "$OUT/bench_$f.log" | cut -c1-160 >> "$OUT/summary.txt"
 done
 
+for w in ${OPS_BENCH:-}; do
+  stamp "test_cuda_ops bench $w"
+  timeout 120 $B/tests/test_cuda_ops bench $w > "$OUT/ops_bench_$w.log" 2>&1
+  echo "ops bench $w rc=$?" >> "$OUT/summary.txt"
+done
+if [ "${ENGINE:-0}" = 1 ]; then
+  stamp "bench engine"
+  timeout 150 $B/tests/test_cuda_ops bench engine $M > "$OUT/bench_engine.log" 2>&1
+  echo "bench engine rc=$?" >> "$OUT/summary.txt"
+  grep -E "context|FAIL" "$OUT/bench_engine.log" >> "$OUT/summary.txt"
+fi
+if [ "${QUANT_BENCH:-0}" = 1 ]; then
+  stamp "test_cuda_quant bench"
+  timeout 200 $B/tests/test_cuda_quant bench > "$OUT/quant_bench.log" 2>&1
+  echo "quant bench rc=$?" >> "$OUT/summary.txt"
+  grep -E "^  step" "$OUT/quant_bench.log" | grep -E "pdl 0" >> "$OUT/summary.txt"
+fi
+if [ "${CONC:-0}" = 1 ]; then
+  stamp "bench conc16,64"
+  timeout 150 $B/minicpmv bench --model $M --device cuda --quiet --parallel 64 --ctx 1024 --concurrency 16,64 \
+    --conc-new 128 --reps 1 > "$OUT/bench_conc.log" 2>&1
+  echo "bench conc rc=$?" >> "$OUT/summary.txt"
+  grep -E "^conc" "$OUT/bench_conc.log" >> "$OUT/summary.txt"
+fi
 if [ "${PROF:-0}" = 1 ]; then
   stamp "prof_decode all"
   OUT=$OUT timeout 300 bash tools/prof_decode.sh all > "$OUT/prof.txt" 2>&1

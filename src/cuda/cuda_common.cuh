@@ -132,18 +132,7 @@ struct cuda_ctx {
                                    (cuda_pgemv.cu, cuda_set_pgemv; default 0) */
     int pgemv_bps, pgemv_u;     /* its grid (blocks per SM) and 16-byte loads per lane per chunk (4 or 8) */
     int pgemv_trig_early;       /* 1: it lets a PDL-launched successor start at once, 0: after its last loads */
-    /* op_prefetch (cuda_ops.cu): its kernels run on `side`, forked from `stream` at pf_fork; `stream` waits
-     * for pf_join (recorded after the last one) only where a capture begins or ends; pf_pending: forks
-     * not yet joined */
-    cudaStream_t side;
-    cudaEvent_t pf_fork, pf_join;
-    int pf_pending;
-    int64_t pf_bytes;           /* op_prefetch fetches at most this much of a tensor (0, the default: off) */
 };
-
-/* Joins op_prefetch's side stream back into the context's stream (nothing when no fork is pending):
- * before a capture begins and ends (a capture must not end with a forked stream). */
-void cuda_prefetch_join(struct cuda_ctx *c);
 
 /* Returns the context of a device (created on first use) and makes it the current device. */
 struct cuda_ctx *cuda_ctx_get(int ordinal);

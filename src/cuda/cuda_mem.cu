@@ -61,9 +61,6 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
     for (int i = 0; i < 32; i++) CUDA_CHECK(cudaEventCreateWithFlags(&c->up[i].ev, cudaEventDisableTiming));
-    CUDA_CHECK(cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking));
-    CUDA_CHECK(cudaEventCreateWithFlags(&c->pf_fork, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventCreateWithFlags(&c->pf_join, cudaEventDisableTiming));
     g_ctx[ordinal].store(c, std::memory_order_release);
     return c;
 }
@@ -169,7 +166,6 @@ extern "C" int cuda_graph_begin(int ordinal, struct err *e)
     cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(c->stream, &st));
     if (st != cudaStreamCaptureStatusNone) return err_set(e, "GPU %d: a graph capture is already open", ordinal);
-    cuda_prefetch_join(c); /* the capture must not wait on a fork recorded before it */
     /* thread-local: an unsafe call (cudaMalloc, a sync) from this thread fails instead of racing */
     cudaError_t r = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
     if (r != cudaSuccess) {
@@ -183,7 +179,6 @@ extern "C" void *cuda_graph_end(int ordinal, struct err *e)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     cudaGraph_t g = NULL;
-    cuda_prefetch_join(c); /* every stream forked inside the capture joins it before it ends */
     cudaError_t r = cudaStreamEndCapture(c->stream, &g);
     if (r != cudaSuccess || !g) {
         (void)cudaGetLastError();

@@ -1,7 +1,6 @@
 /* cuda_ops.cu: the CUDA twins of the row-wise and elementwise ops: embed, rmsnorm, layernorm,
  * rope, silu_mul, gelu_tanh, add, scale, convert, argmax, and the fused decode-step ops
- * add_rmsnorm, rope_qk (RoPE of q and k + KV append), kv_store, argmax_dev, add_i32; and op_prefetch (a
- * kernel on the context's side stream that asks the L2 for a weight ahead of its GEMV). matmul is in
+ * add_rmsnorm, rope_qk (RoPE of q and k + KV append), kv_store, argmax_dev, add_i32. matmul is in
  * cuda_gemv.cu, attention in cuda_attention.cu.
  * Numerics follow backend_cpu.c operation by operation: products and sums that the CPU rounds to
  * fp32 one at a time are written with __fmul_rn/__fadd_rn so nvcc cannot contract them into an FMA
@@ -626,63 +625,4 @@ extern "C" void cuda_add_i32(struct tensor *x, int32_t d)
     if (n == 0) return;
     add_i32_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>((int32_t *)x->data, d, n);
     KERNEL_CHECK();
-}
-
-/* ---- op_prefetch: weights into the L2 while small kernels leave the memory bus idle ---- */
-
-/* bytes per prefetch instruction on sm_90 (cp.async.bulk.prefetch.L2: one TMA request per chunk); a cache
- * line per instruction before (prefetch.global.L2) */
-#define PF_CHUNK (16 << 10)
-
-/* Fetches p[0, n) into the L2 and returns: the instructions are hints that complete in the memory system
- * after the threads exit. n % 16 == 0 and p 16-byte aligned (cp.async.bulk's rule). */
-__global__ void l2_prefetch_kernel(const char *p, int64_t n)
-{
-    /* chunk i goes to block i % gridDim.x: consecutive chunks on different SMs */
-    const int64_t t = (int64_t)threadIdx.x * gridDim.x + blockIdx.x, nt = (int64_t)gridDim.x * blockDim.x;
-#if __CUDA_ARCH__ >= 900
-    for (int64_t off = t * PF_CHUNK; off < n; off += nt * PF_CHUNK) {
-        const uint32_t sz = (uint32_t)(n - off < PF_CHUNK ? n - off : PF_CHUNK);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(sz) : "memory");
-    }
-#else
-    for (int64_t off = t * 128; off < n; off += nt * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
-#endif
-}
-
-/* The default (< 0) is off: the first form cost 10-17 us per fetch on the H200 (docs/PERF.md, session
- * 8); the second is measured with --l2-prefetch before it becomes a default (half the L2 is the size to
- * try first) */
-extern "C" void cuda_set_prefetch(int ordinal, int64_t bytes)
-{
-    cuda_ctx_get(ordinal)->pf_bytes = bytes < 0 ? 0 : bytes;
-}
-
-void cuda_prefetch_join(struct cuda_ctx *c)
-{
-    if (!c->pf_pending) return;
-    CUDA_CHECK(cudaStreamWaitEvent(c->stream, c->pf_join, 0));
-    c->pf_pending = 0;
-}
-
-/* The fetch runs on the side stream, forked from the main stream here, so it starts when the ops issued
- * so far are done and overlaps the ones issued next. The main stream never waits for it (a first try
- * that joined each fork back before the next one stalled the decode step by 10-17 us per fetch on the
- * H200: a fetch takes longer than the GEMV after it); the side stream joins back only where a capture
- * begins or ends. The requests are spread over every SM (each SM's copy engine takes its share). */
-extern "C" void cuda_prefetch(const struct tensor *t)
-{
-    struct cuda_ctx *c = cuda_ctx_get(t->dev.ordinal);
-    int64_t n = (int64_t)tensor_nbytes(t);
-    if (n > c->pf_bytes) n = c->pf_bytes;
-    n &= ~(int64_t)15;
-    if (n <= 0 || ((uintptr_t)t->data & 15)) return;
-    CUDA_CHECK(cudaEventRecord(c->pf_fork, c->stream));
-    CUDA_CHECK(cudaStreamWaitEvent(c->side, c->pf_fork, 0));
-    const int64_t per = c->code_arch >= 90 ? PF_CHUNK : 128, need = (n + per - 1) / per;
-    const int64_t bl = need < c->n_sm ? need : c->n_sm;
-    l2_prefetch_kernel<<<(unsigned)bl, 32, 0, c->side>>>((const char *)t->data, n);
-    KERNEL_CHECK();
-    CUDA_CHECK(cudaEventRecord(c->pf_join, c->side));
-    c->pf_pending = 1;
 }
