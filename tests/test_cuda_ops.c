@@ -54,7 +54,9 @@ static void test_convert(void)
 static void test_embed(void)
 {
     static const struct { int64_t vocab, d, n; enum dtype tt, yt; } cs[] = {
-        {1000, 33, 7, DTYPE_F16, DTYPE_F16}, {517, 4096, 1, DTYPE_F16, DTYPE_F32}, {300, 72, 9, DTYPE_F32, DTYPE_BF16}};
+        {1000, 33, 7, DTYPE_F16, DTYPE_F16}, {517, 4096, 1, DTYPE_F16, DTYPE_F32}, {300, 72, 9, DTYPE_F32, DTYPE_BF16},
+        /* one dtype, 16-byte rows: the vector copy (one round, a partial round, two rounds of 4 words) */
+        {517, 4096, 3, DTYPE_F16, DTYPE_F16}, {300, 2056, 2, DTYPE_F16, DTYPE_F16}, {50, 8200, 2, DTYPE_F32, DTYPE_F32}};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         struct tensor table = h_rand(cs[c].tt, 2, cs[c].vocab, cs[c].d, 0, 2.0f);
         struct tensor ids = h_new(DTYPE_I32, 1, cs[c].n, 0, 0), ref = h_new(cs[c].yt, 2, cs[c].n, cs[c].d, 0);

@@ -35,7 +35,7 @@ extern "C" void cuda_convert(struct tensor *dst, const struct tensor *src)
 
 /* one block per token; an id outside the table is a programmer error (the CPU CHECKs it): trap */
 __global__ void embed_kernel(void *y, int ydt, const void *table, int tdt, const int32_t *ids, int64_t vocab,
-                             int64_t d)
+                             int64_t d, int64_t nw)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     const int64_t i = blockIdx.x;
@@ -43,6 +43,23 @@ __global__ void embed_kernel(void *y, int ydt, const void *table, int tdt, const
     if (id < 0 || id >= vocab) {
         if (threadIdx.x == 0) printf("cuda_embed: token id %d outside the vocabulary of %lld\n", id, (long long)vocab);
         __trap();
+    }
+    if (nw > 0) {
+        /* the same dtype: a copy of the row in nw 16-byte words, four loads of a thread issued before its
+         * stores (a scalar loop serialised each element's load behind the previous store: 9 us a token on
+         * the H200 for d = 4096 in fp16) */
+        const uint4 *src = reinterpret_cast<const uint4 *>((const char *)table + (int64_t)id * nw * 16);
+        uint4 *dst = reinterpret_cast<uint4 *>((char *)y + i * nw * 16);
+        for (int64_t c = threadIdx.x; c < nw; c += 4 * (int64_t)blockDim.x) {
+            uint4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (c + u * blockDim.x < nw) v[u] = src[c + u * blockDim.x];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (c + u * blockDim.x < nw) dst[c + u * blockDim.x] = v[u];
+        }
+        return;
     }
     for (int64_t c = threadIdx.x; c < d; c += blockDim.x) stf(y, ydt, i * d + c, ldf(table, tdt, (int64_t)id * d + c));
 }
@@ -52,8 +69,13 @@ extern "C" void cuda_embed(struct tensor *y, const struct tensor *table, const s
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t n = y->shape[0], d = y->shape[1];
     if (n == 0) return;
+    const int64_t rb = d * (int64_t)dtype_size(y->dtype);
+    const int64_t nw = y->dtype == table->dtype && rb % 16 == 0 && ((uintptr_t)y->data & 15) == 0 &&
+                               ((uintptr_t)table->data & 15) == 0
+                           ? rb / 16
+                           : 0;
     embed_kernel<<<(unsigned)n, 256, 0, c->stream>>>(y->data, y->dtype, table->data, table->dtype,
-                                                     (const int32_t *)ids->data, table->shape[0], d);
+                                                     (const int32_t *)ids->data, table->shape[0], d, nw);
     KERNEL_CHECK();
 }
 
