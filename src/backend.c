@@ -465,12 +465,12 @@ void op_add_i32(struct tensor *x, int32_t d)
     DISPATCH(x->dev, add_i32, x, d);
 }
 
-void dev_set_overlap(struct device d, int on)
+void dev_set_overlap(struct device d, int mode)
 {
 #ifdef MINICPMV_CUDA
-    if (d.kind == DEVICE_CUDA) cuda_set_pdl(d.ordinal, on);
+    if (d.kind == DEVICE_CUDA) cuda_set_pdl(d.ordinal, mode == DEV_OVERLAP_ALL, mode == DEV_OVERLAP_ALL || mode == DEV_OVERLAP_QUANT);
 #else
-    (void)d, (void)on;
+    (void)d, (void)mode;
 #endif
 }
 

@@ -188,9 +188,11 @@ void op_add_i32(struct tensor *x, int32_t d);
 
 
 /* Lets decode GEMVs (n <= 8) on GPU d start while the previous kernel finishes (Hopper programmatic
- * dependent launch: they load their first weights early, then wait for their input). Off by
- * default; results are bit-identical either way. No effect on CPU devices or before sm_90. */
-void dev_set_overlap(struct device d, int on);
+ * dependent launch: they load their first weights early, then wait for their input): DEV_OVERLAP_ALL
+ * every decode GEMV, DEV_OVERLAP_QUANT those of quantized weights only, 0 none (the default). Results
+ * are bit-identical either way. No effect on CPU devices or before sm_90. */
+enum { DEV_OVERLAP_ALL = 1, DEV_OVERLAP_QUANT = 2 };
+void dev_set_overlap(struct device d, int mode);
 
 /* Picks the kernel of GPU d's quantized decode GEMV (a developer's knob for benchmarks: 1 = the default;
  * the values are listed in src/cuda/cuda_quant.cuh and docs/CUDA.md, "The quantized decode GEMV"). Every

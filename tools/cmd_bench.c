@@ -846,6 +846,9 @@ static const char BENCH_HELP[] =
     "  --qgemv V            (developers) the quantized decode GEMV's kernel: 1 the default, 0 the CUDA-core\n"
     "                       one, 2..4 session 5's tensor-core one, 8..13 the A-operand kernel's shapes\n"
     "                       (docs/CUDA.md, \"The quantized decode GEMV\")\n"
+    "  --overlap all|quant|off  (developers) decode GEMVs launched to overlap the previous kernel's tail\n"
+    "                       (programmatic dependent launch, sm_90): every one, the quantized ones, none\n"
+    "                       (the default)\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
 
 int cmd_bench(int argc, char **argv)
@@ -866,7 +869,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0, qgemv = -1;
+    int only_given = 0, qgemv = -1, overlap = -1;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -896,6 +899,15 @@ int cmd_bench(int argc, char **argv)
             else if (!strcmp(f, "--rng-seed")) b.seed = (uint64_t)n;
             else if (!strcmp(f, "--conc-new")) b.conc_new = (int)n;
             else b.poll_ms = (int)n;
+        } else if (!strcmp(f, "--overlap")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
+            if (!strcmp(v, "all")) overlap = DEV_OVERLAP_ALL;
+            else if (!strcmp(v, "quant")) overlap = DEV_OVERLAP_QUANT;
+            else if (!strcmp(v, "off")) overlap = 0;
+            else {
+                err_set(&e, "--overlap: expected all, quant or off, got \"%s\"", v);
+                goto out;
+            }
         } else if (!strcmp(f, "--qgemv")) {
             if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 255, &n, &e)) goto out;
             if (dev_set_qgemv(device_cpu(), (int)n)) {
@@ -955,6 +967,7 @@ int cmd_bench(int argc, char **argv)
     struct backend_info bi;
     backend_query(&bi);
     for (int i = 0; qgemv >= 0 && i < bi.n_gpus; i++) dev_set_qgemv(device_cuda(i), qgemv);
+    for (int i = 0; overlap >= 0 && i < bi.n_gpus; i++) dev_set_overlap(device_cuda(i), overlap);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
         for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {

@@ -124,7 +124,8 @@ struct cuda_ctx {
     struct { void *p; size_t bytes; int live; } rc[CUDA_RC_SLOTS];
     int rc_n;
     signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
-    int pdl;                    /* launch decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
+    int pdl;                    /* launch 16-bit decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
+    int pdl_q;                  /* the same for the quantized decode GEMVs */
     int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */
     int gemv16_max;             /* 16-bit weights: the GEMV kernel takes n <= this many tokens, cuBLAS the rest
                                    (cuda_set_gemv16_max; default 1) */

@@ -120,10 +120,12 @@ void cuda_check_not_capturing(struct cuda_ctx *c, const char *what)
  * for sm_90 only (cuda_common.cuh): on older cards, and for code built for an older target (a
  * compute_75 / compute_80 PTX build JIT-compiled on an H200 has no waits), the request is ignored and
  * launches stay in stream order. */
-extern "C" void cuda_set_pdl(int ordinal, int on)
+extern "C" void cuda_set_pdl(int ordinal, int f16, int quant)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
-    c->pdl = on != 0 && c->cc >= 90 && c->code_arch >= 90;
+    const bool able = c->cc >= 90 && c->code_arch >= 90;
+    c->pdl = f16 && able;
+    c->pdl_q = quant && able;
 }
 
 /* The quantized decode GEMV's kernel (cuda_quant.cuh lists the values): 0 the CUDA-core kernel, 1 the

@@ -375,7 +375,7 @@ static void qa_launch(struct cuda_ctx *c, struct tensor *y, const struct tensor 
                       const struct tensor *bias, int shape)
 {
     const bool two = x->shape[0] > 8;
-    if (c->pdl) {
+    if (c->pdl_q) {
         if (two) qa_launch_s<F, 2, true>(c, y, x, w, bias, shape);
         else qa_launch_s<F, 1, true>(c, y, x, w, bias, shape);
     } else {

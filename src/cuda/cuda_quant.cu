@@ -477,7 +477,7 @@ static void qgemv_launch(struct cuda_ctx *c, struct tensor *y, const struct tens
     switch (x->dtype) {
     case DTYPE_F16:
         /* PDL only for F16 activations (the model's case): fewer kernel instances */
-        if (c->pdl) qgemv_launch_x<F, __half, true>(c, y, x, w, bias, rpb);
+        if (c->pdl_q) qgemv_launch_x<F, __half, true>(c, y, x, w, bias, rpb);
         else qgemv_launch_x<F, __half, false>(c, y, x, w, bias, rpb);
         break;
     default: qgemv_launch_x<F, float, false>(c, y, x, w, bias, rpb); break;
@@ -531,7 +531,7 @@ static void qmma_launch(struct cuda_ctx *c, struct tensor *y, const struct tenso
                         const struct tensor *bias)
 {
     const bool hi = x->shape[0] > 8;
-    if (c->pdl) {
+    if (c->pdl_q) {
         if (hi) qmma_launch_v<F, true, true>(c, y, x, w, bias);
         else qmma_launch_v<F, false, true>(c, y, x, w, bias);
     } else {
