@@ -114,14 +114,16 @@ static void test_dequant(void)
 }
 
 /* The decode kernels the GEMV cases compare (cuda_set_qmma values, src/cuda/cuda_quant.cuh): the default,
- * the CUDA-core kernel, the older tensor-core kernel (weights as B), the A-operand kernel's 6 shapes. */
-static const int VARIANTS[] = {1, 0, 2, 8, 9, 10, 11, 12, 13};
+ * the CUDA-core kernel, the older tensor-core kernel (weights as B), the A-operand kernel's 6 shapes (NF4:
+ * dequantized in registers), and for NF4 the A-operand kernel with the older shared-table dequantization
+ * (QMMA_A_NF4T = 14). */
+static const int VARIANTS[] = {1, 0, 2, 8, 9, 10, 11, 12, 13, 14};
 #define N_VARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
 static const int V_DEFAULT[] = {1};
 
-/* whether variant v is a kernel of its own for dt (every variant is, for the three formats; kept as the
- * place to say otherwise) */
-static int variant_for(int v, enum dtype dt) { return v >= 0 && dtype_is_quant(dt); }
+/* whether variant v is a kernel of its own for dt (every variant is, for the three formats, but 14: NF4's
+ * alone; Q4 / Q8 would run the older kernel's default again) */
+static int variant_for(int v, enum dtype dt) { return v >= 0 && dtype_is_quant(dt) && (v != 14 || dt == DTYPE_NF4); }
 
 /* op_matmul with a quantized weight, GPU vs CPU, for the token counts ns, each of the kernels vs */
 static void matmul_case(enum dtype dt, int64_t o, int64_t k, const int *ns, int nn, const char *what, const int *vs,

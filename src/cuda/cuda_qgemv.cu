@@ -9,7 +9,7 @@
  * and turns them into the A fragments of 8 (Q4) or 4 (Q8) mmas: the mma's logical k is mapped onto the
  * lane's own chunk (a dot product does not care in which order k is summed, only that A and B agree), so
  * the B fragment of the same mma is x[token g] at the same positions: 4 consecutive halves per mma, which
- * are exactly the words of the lane's 16-byte loads of x. No shuffles (and for Q4 / Q8 no shared memory).
+ * are exactly the words of the lane's 16-byte loads of x. No shuffles and no shared memory in the loop.
  * The warps of a block split the steps of the tile (warp w takes w, w + W, ...) and meet in shared memory.
  *
  * Dequantization (the CPU twin's F16 values, bit for bit; test_cuda_quant test_gemv_exact):
@@ -20,10 +20,17 @@
  *   Per 8 weights: 4 lop3 + 1 shift + 4 hsub2/hfma2 + 4 hmul2; an mma takes 8 weights of each lane.
  *   Q8 word (4 int8 codes): xor 0x80 makes the biased byte b = q + 128; prmt places it under 0x64 (the half
  *   1024 + b), minus 1152 = q exactly; hmul2 by the row's scale.
- *   NF4 byte (bitsandbytes' order: two consecutive elements): one 8-byte shared-memory load of the pair
- *   (NF4[hi], NF4[lo]) from a 256-entry table, two f32 multiplies by the absmax and one conversion to half2
- *   (f16(f32(NF4[c] * a)), bitsandbytes' value). The chunk holds 32 consecutive elements as in Q4, so the
- *   mma and x mapping is Q4's.
+ *   NF4 (bitsandbytes' order: byte b holds element 2b in its high nibble, 2b + 1 in its low one): per step
+ *   and row the lane's chunk lies in one group of 64, so it builds that group's 16 values T[c] =
+ *   f16(f32(NF4[c] * a)) (bitsandbytes' value; 16 fmul + 8 cvt) and splits them into byte planes (8 prmt):
+ *   4 registers of low bytes, 4 of high bytes. A word (8 codes) then takes 21 integer instructions: the
+ *   selectors c & 7 and i + 4 (c >> 3) (5), and per 4 codes and plane one prmt into T[0..7], one into
+ *   T[8..15] and one that keeps either by bit 3 of c, then 2 prmts that interleave the planes into half2
+ *   (16 prmt). The table's 32 instructions per row spread over the chunk's 32 codes: ~25 per 8 weights
+ *   against Q4's 13 (static SASS per step, 8 warps, sm_90: Q4 140, NF4 266, the older NF4 path 255, but
+ *   that one issued 32 shared-memory loads and 32 cvt of its 255). The chunk holds 32 consecutive elements
+ *   as in Q4, so the mma and x mapping is Q4's. The older path (QA_NF4T: a shared-memory table of the
+ *   256 pairs (NF4[hi], NF4[lo]), 2 fmul and 1 cvt per byte) stays selectable for the bench.
  * Loads: codes with ld.global.cs (streamed once), U steps in flight per lane in a register ring (a slot
  * is refilled with the step U ahead as soon as its step is used); the scales of the step ride along; x
  * through L1 (ld.global.nc), or through L2 (ld.global.cg) under PDL, where the previous kernel writes x
@@ -35,12 +42,15 @@
 
 #include "quant.h"
 
-enum { QA_Q4 = 0, QA_Q8 = 1, QA_NF4 = 2 };
+/* QA_NF4: NF4 dequantized in registers; QA_NF4T: the older NF4 path through a shared-memory table */
+enum { QA_Q4 = 0, QA_Q8 = 1, QA_NF4 = 2, QA_NF4T = 3 };
+
+__host__ __device__ constexpr bool qa_is_nf4(int f) { return f == QA_NF4 || f == QA_NF4T; }
 
 /* k per warp step: 4 lanes x 16 bytes of codes per row */
 __host__ __device__ constexpr int qa_ks(int f) { return f == QA_Q8 ? 64 : 128; }
 /* bytes of one group's scale (Q4: f16, NF4: the f32 absmax); Q8 has one f16 scale per row */
-__host__ __device__ constexpr int qa_sb(int f) { return f == QA_NF4 ? 4 : 2; }
+__host__ __device__ constexpr int qa_sb(int f) { return qa_is_nf4(f) ? 4 : 2; }
 
 /* the NF4 code table, by value (bitsandbytes' quant_map, QUANT_NF4) */
 struct qa_nf4 {
@@ -51,7 +61,8 @@ struct qa_nf4 {
  * lane; qa_launch_s and cuda_qmma_name list them. QMMA_AUTO takes QA_AUTO: a8x2o4, the fastest for Q4
  * and Q8 at 1, 8 and 16 tokens on the H200 (session 7, test_cuda_quant bench: decoder GEMVs per token
  * Q4 1787 us vs a8x4 1954, Q8 2281 vs 2383). For NF4 QMMA_AUTO does not take this kernel: the older
- * one in its 8x2x2 tiling ran the same step in 3709 us against this one's best 4348. */
+ * one in its 8x2x2 tiling ran the same step in 3709 us against this one's best 4348 (then with the
+ * shared-memory table, QA_NF4T; the register path has not run on a card yet). */
 #define QA_AUTO 4
 /* ... except one token at k >= 8192 (down_proj): a16x2 (session 9, same bench: Q4 13.05 us vs a8x2o4's 16.00,
  * Q8 18.28 vs 19.59; it loses at every k = 4096 matrix) */
@@ -105,24 +116,69 @@ template <int F> struct qa_x {
     static constexpr int V = qa_ks(F) / 32;
 };
 
-/* NF4: the pair of elements in byte b (element 2b in the high nibble, 2b + 1 in the low one, bitsandbytes'
- * order) times the absmax a, each rounded once from the f32 product: f16(f32(NF4[c] * a)). tab: the 256 pairs
- * (NF4[b >> 4], NF4[b & 15]) in shared memory, QA_TABN copies side by side (entry b of copy r at b * QA_TABN
- * + r), and this lane's copy: lane l reads copy l % 16, so the 16 lanes of each half-warp read 16 different
- * bank pairs whatever their bytes (one copy gave random 8-byte reads over 2 KiB: ~3-4-way bank conflicts,
- * which held the kernel at ~0.8 TB/s on the H200). */
-#define QA_TABN 16
+/* prmt.b32 in its default mode: byte i of the result is byte (s >> 4i) & 7 of the 8 bytes {b:a} (a the low
+ * four) for i = 0..3; bits 16..31 of s are not read. Bit 3 of a selector nibble would replicate the selected
+ * byte's sign bit instead (PTX ISA, prmt), so every selector below has it clear. */
+__device__ __forceinline__ uint32_t qa_prmt(uint32_t a, uint32_t b, uint32_t s)
+{
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s));
+    return d;
+}
+
+/* NF4 in registers. The 16 values of one group (absmax a), T[c] = f16(f32(NF4[c] * a)) (bitsandbytes' value),
+ * as byte planes: t[0..3] the low bytes of T[0..3], T[4..7], T[8..11], T[12..15], t[4..7] their high bytes.
+ * 16 fmul, 8 cvt (each rounds two products once to half2), 8 prmt. */
+__device__ __forceinline__ void nf4_table(uint32_t (&t)[8], float a, const struct qa_nf4 &nf4)
+{
+    uint32_t h[8]; /* h[j] = (T[2j], T[2j + 1]) */
+#pragma unroll
+    for (int j = 0; j < 8; j++) h[j] = qa_u(__floats2half2_rn(__fmul_rn(nf4.v[2 * j], a), __fmul_rn(nf4.v[2 * j + 1], a)));
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        t[j] = qa_prmt(h[2 * j], h[2 * j + 1], 0x6420u);
+        t[4 + j] = qa_prmt(h[2 * j], h[2 * j + 1], 0x7531u);
+    }
+}
+
+/* NF4: the 4 elements of the 2 bytes at bits 0..15 of the word, looked up in t. m: the word's nibbles c & 7
+ * (bits 0..15 used), s: per nibble i, i + 4 (c >> 3) (bits 0..15 used). Each plane: one prmt looks the 4
+ * nibbles up in T[0..7] and one in T[8..15], a third keeps, per nibble, the first or the second by bit 3 of
+ * c; the last two prmts interleave the planes into the half2 pairs of bitsandbytes' order (byte b: element
+ * 2b in its high nibble, 2b + 1 in its low one): e01 = (T[elem 0], T[elem 1]), e23 = the second byte's. */
+__device__ __forceinline__ void nf4_quad(const uint32_t (&t)[8], uint32_t m, uint32_t s, uint32_t &e01, uint32_t &e23)
+{
+    const uint32_t lo = qa_prmt(qa_prmt(t[0], t[1], m), qa_prmt(t[2], t[3], m), s);
+    const uint32_t hi = qa_prmt(qa_prmt(t[4], t[5], m), qa_prmt(t[6], t[7], m), s);
+    e01 = qa_prmt(lo, hi, 0x4051u); /* nibble 1 (element 0) then nibble 0 (element 1), low byte then high */
+    e23 = qa_prmt(lo, hi, 0x6273u);
+}
+
+/* NF4: the 8 elements of word u (bytes 0..3: elements 0..7) as the half2 pairs e[b] = (T[elem 2b], T[elem 2b+1]).
+ * 5 integer instructions make the selectors of both halves, then 2 x 8 prmt: 21 per 8 weights. */
+__device__ __forceinline__ void nf4_word(const uint32_t (&t)[8], uint32_t u, uint32_t (&e)[4])
+{
+    const uint32_t m = u & 0x77777777u;
+    const uint32_t s = lop3_and_or(u >> 1, 0x44444444u, 0x32103210u);
+    nf4_quad(t, m, s, e[0], e[1]);
+    nf4_quad(t, m >> 16, s >> 16, e[2], e[3]);
+}
+
+/* The older NF4 path (QA_NF4T, cuda_set_qmma QMMA_A_NF4T; kept for the bench's comparison): the pair of
+ * elements in byte b times the absmax a, each rounded once from the f32 product: f16(f32(NF4[c] * a)). tab:
+ * the 256 pairs (NF4[b >> 4], NF4[b & 15]) in shared memory. */
 __device__ __forceinline__ uint32_t nf4_pair(const float2 *tab, uint32_t b, float a)
 {
-    const float2 v = tab[b * QA_TABN];
+    const float2 v = tab[b];
     return qa_u(__floats2half2_rn(__fmul_rn(v.x, a), __fmul_rn(v.y, a)));
 }
 
 /* One step of one lane: codes ca (row g) and cb (row g + 8), their scale words sa, sb (Q4 / Q8: f16 bits,
- * NF4: f32 bits), x of the N tiles; tab: NF4's pair table. */
+ * NF4: f32 bits), x of the N tiles; nf4: the code values (QA_NF4), tab: their pair table (QA_NF4T). */
 template <int F, int NT>
 __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb, uint32_t sa, uint32_t sb,
-                                        const uint4 (&xv)[NT][qa_x<F>::V], const float2 *tab)
+                                        const uint4 (&xv)[NT][qa_x<F>::V], const struct qa_nf4 &nf4,
+                                        const float2 *tab)
 {
     const uint32_t wa[4] = {ca.x, ca.y, ca.z, ca.w}, wb[4] = {cb.x, cb.y, cb.z, cb.w};
     if constexpr (F == QA_Q4) {
@@ -145,6 +201,24 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
             }
         }
     } else if constexpr (F == QA_NF4) {
+        uint32_t ta[8], tb[8]; /* the byte planes of the two rows' groups */
+        nf4_table(ta, __uint_as_float(sa), nf4);
+        nf4_table(tb, __uint_as_float(sb), nf4);
+#pragma unroll
+        for (int q = 0; q < 4; q++) { /* word q: bytes 4q .. 4q + 3 = elements 8q .. 8q + 7 of the chunk */
+            uint32_t ea[4], eb[4];
+            nf4_word(ta, wa[q], ea);
+            nf4_word(tb, wb[q], eb);
+#pragma unroll
+            for (int h = 0; h < 2; h++) /* bytes 2h, 2h + 1 of the word: elements 8q + 4h .. + 3, one mma */
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const uint4 xq = xv[nt][q];
+                    mma_m16n8k16(acc[nt], ea[2 * h], eb[2 * h], ea[2 * h + 1], eb[2 * h + 1], h ? xq.z : xq.x,
+                                 h ? xq.w : xq.y);
+                }
+        }
+    } else if constexpr (F == QA_NF4T) {
         const float fa = __uint_as_float(sa), fb = __uint_as_float(sb);
 #pragma unroll
         for (int q = 0; q < 4; q++) { /* word q: bytes 4q .. 4q + 3 = elements 8q .. 8q + 7 of the chunk */
@@ -181,7 +255,7 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
 /* a scale word: Q4 / Q8 the f16 bits, NF4 the f32 bits */
 template <int F> __device__ __forceinline__ uint32_t qa_ld_scale(const uint8_t *p)
 {
-    if constexpr (F == QA_NF4) return __ldg(reinterpret_cast<const unsigned int *>(p));
+    if constexpr (qa_is_nf4(F)) return __ldg(reinterpret_cast<const unsigned int *>(p));
     else return __ldg(reinterpret_cast<const unsigned short *>(p));
 }
 
@@ -195,15 +269,11 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
     constexpr int KS = qa_ks(F), XV = qa_x<F>::V, SB = qa_sb(F);
     constexpr bool GROUPS = F != QA_Q8; /* a scale per group of 64 (the lane's chunk lies in one) */
     __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
-    __shared__ float2 tab[F == QA_NF4 ? 256 * QA_TABN : 1]; /* 32 KiB for NF4 */
+    __shared__ float2 tab[F == QA_NF4T ? 256 : 1]; /* QA_NF4T's pairs (NF4[b >> 4], NF4[b & 15]) */
     pdl_trigger(); /* a PDL-launched successor may start loading its weights once all blocks run */
-    if (F == QA_NF4)
-        for (int i = threadIdx.x; i < 256 * QA_TABN; i += W * 32) {
-            const int b = i / QA_TABN;
-            tab[i] = make_float2(nf4.v[b >> 4], nf4.v[b & 15]);
-        }
+    if (F == QA_NF4T)
+        for (int i = threadIdx.x; i < 256; i += W * 32) tab[i] = make_float2(nf4.v[i >> 4], nf4.v[i & 15]);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, tig = lane & 3;
-    const float2 *ltab = tab + (F == QA_NF4 ? lane % QA_TABN : 0);
     const int64_t row0 = (int64_t)blockIdx.x * 16;
     /* rows past o stand in with the last row (their sums are not stored) */
     const int64_t ra = row0 + gi < o ? row0 + gi : o - 1, rbw = row0 + gi + 8 < o ? row0 + gi + 8 : o - 1;
@@ -236,7 +306,7 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
         }
     }
     const uint32_t s8a = GROUPS ? 0 : qa_ld_scale<F>(qa), s8b = GROUPS ? 0 : qa_ld_scale<F>(qb);
-    if (F == QA_NF4) __syncthreads(); /* tab */
+    if (F == QA_NF4T) __syncthreads(); /* tab */
     if (PDL) pdl_wait(); /* x is the previous kernel's output; the weights are not */
 
     /* x of tokens g (N tile 0) and g + 8 (tile 1); tokens past n stand in with the last one. Step j of the
@@ -284,7 +354,7 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
                         xc[nt][v] = PDL ? __ldcg(p) : __ldg(p);
                     }
                 }
-            qa_step<F, NT>(acc, ca[u], cb[u], GROUPS ? sa_[u] : s8a, GROUPS ? sb_[u] : s8b, xc, ltab);
+            qa_step<F, NT>(acc, ca[u], cb[u], GROUPS ? sa_[u] : s8a, GROUPS ? sb_[u] : s8b, xc, nf4, tab);
             /* refill the slot with the step U ahead, into the registers just used (no copies): U - 1 steps are
              * in flight while a step is computed, U in between */
             if (j + U < ns) {
@@ -357,8 +427,9 @@ static void qa_launch_s(struct cuda_ctx *c, struct tensor *y, const struct tenso
 {
     static_assert(QMMA_A_SHAPES == 6, "this switch and cuda_qmma_name list the same shapes");
     /* warps per block, steps in flight, x one step ahead, blocks per SM the registers must allow (2 of 8
-     * warps: up to 128 registers; 3: 80; 4: 64; ptxas -v shows no spills but for NF4 with two N tiles in
-     * shape 4, 32 bytes). Shape 5 doubles the warps on a tile (16 x 2 steps, 64 registers, 2 blocks per SM):
+     * warps: up to 128 registers; 3: 80; 4: 64). ptxas -v (CUDA 13, sm_90): no spills for Q4 / Q8; NF4 in
+     * registers (16 registers of tables) spills in the capped shapes: 148-292 bytes in a8x3o3, 160 (n <= 8)
+     * and 268 (n > 8) in a8x2o4 and a16x2, 20 in a8x2p at n > 8, none in a8x4 and a4x4. Shape 5 doubles the warps on a tile (16 x 2 steps, 64 registers, 2 blocks per SM):
      * the 4096-row matrices have 256 tiles, so 8-warp blocks leave half of an SM's warp slots empty. */
     switch (shape) {
     case 0: qa_launch_t<F, NT, PDL, 8, 2, true, 2>(c, y, x, w, bias); break;
@@ -384,10 +455,30 @@ static void qa_launch(struct cuda_ctx *c, struct tensor *y, const struct tensor 
     }
 }
 
+/* QMMA_A_NF4T: NF4 through the older shared-table path, shape a8x2o4; not for Q4 / Q8 */
+static bool qa_nf4t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                    const struct tensor *bias)
+{
+    const int64_t n = x->shape[0], k = x->shape[1];
+    if (c->code_arch < 80 || x->dtype != DTYPE_F16 || ((uintptr_t)x->data & 15) || n < 1 || n > 16 ||
+        w->dtype != DTYPE_NF4 || k % qa_ks(QA_NF4T) != 0)
+        return false;
+    const bool two = n > 8; /* shape 4 of qa_launch_s */
+    if (c->pdl) {
+        if (two) qa_launch_t<QA_NF4T, 2, true, 8, 2, false, 4>(c, y, x, w, bias);
+        else qa_launch_t<QA_NF4T, 1, true, 8, 2, false, 4>(c, y, x, w, bias);
+    } else {
+        if (two) qa_launch_t<QA_NF4T, 2, false, 8, 2, false, 4>(c, y, x, w, bias);
+        else qa_launch_t<QA_NF4T, 1, false, 8, 2, false, 4>(c, y, x, w, bias);
+    }
+    return true;
+}
+
 bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                                const struct tensor *bias)
 {
     const int v = c->qmma;
+    if (v == QMMA_A_NF4T) return qa_nf4t(c, y, x, w, bias);
     if (v != QMMA_AUTO && (v < QMMA_A0 || v >= QMMA_A0 + QMMA_A_SHAPES)) return false;
     const int64_t n = x->shape[0], k = x->shape[1];
     if (c->code_arch < 80 || x->dtype != DTYPE_F16 || ((uintptr_t)x->data & 15) || n < 1 || n > 16) return false;
@@ -413,5 +504,6 @@ extern "C" const char *cuda_qmma_name(int v)
     static const char *const a[QMMA_A_SHAPES] = {"a8x2p", "a8x4", "a8x3o3", "a4x4", "a8x2o4", "a16x2"};
     static const char *const b[5] = {"simt", "auto", "b8x2x2", "b8x1x4", "b4x2x2"};
     if (v >= QMMA_A0 && v < QMMA_A0 + QMMA_A_SHAPES) return a[v - QMMA_A0];
+    if (v == QMMA_A_NF4T) return "a8x2o4t";
     return v >= 0 && v < 5 ? b[v] : "?";
 }

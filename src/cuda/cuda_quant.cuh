@@ -6,13 +6,16 @@
  *                 k % 64 == 0); the older tensor-core kernel otherwise and for NF4 (faster there: the
  *                 H200 figures beside QA_AUTO in cuda_qgemv.cu)
  *   2 .. 4        the older tensor-core kernel (qmma_kernel, weights as B) in the tilings of session 5
- *   QMMA_A0 + v   the A-operand kernel in shape v (0 .. QMMA_A_SHAPES - 1, table in cuda_qgemv.cu) */
+ *   QMMA_A0 + v   the A-operand kernel in shape v (0 .. QMMA_A_SHAPES - 1, table in cuda_qgemv.cu)
+ *   QMMA_A_NF4T   NF4 only: the A-operand kernel in shape a8x2o4 with the older NF4 dequantization (a
+ *                 shared-memory table, f32 products), for the bench's comparison; Q4 / Q8 take the default
+ *                 of the older kernel there */
 #ifndef MINICPMV_CUDA_QUANT_CUH
 #define MINICPMV_CUDA_QUANT_CUH
 
 #include "cuda/cuda_common.cuh"
 
-enum { QMMA_OFF = 0, QMMA_AUTO = 1, QMMA_A0 = 8, QMMA_A_SHAPES = 6 };
+enum { QMMA_OFF = 0, QMMA_AUTO = 1, QMMA_A0 = 8, QMMA_A_SHAPES = 6, QMMA_A_NF4T = QMMA_A0 + QMMA_A_SHAPES };
 
 /* The decode GEMV with the weights as the mma's A operand (cuda_qgemv.cu): runs y = x w^T (+ bias) and
  * returns true when it applies (sm_80+ code, F16 x 16-byte aligned, 1 <= n <= 16, Q4 or NF4 with
