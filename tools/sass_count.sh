@@ -16,7 +16,7 @@ t = sys.argv[1]
 s = open('src/cuda/cuda_qgemv.cu').read()
 for f in ('QA_Q4', 'QA_Q8', 'QA_NF4'):
     for u in (2, 3, 4, 6):
-        s += ('template __global__ void qa_kernel<%s, 1, false, 8, %d, false>(void *, int, const __half *, '
+        s += ('template __global__ void qa_kernel<%s, 1, false, 8, %d, false, 2>(void *, int, const __half *, '
               'const uint8_t *, int64_t, const void *, int, int, int64_t, int64_t, struct qa_nf4);\n' % (f, u))
 open(t + '/a.cu', 'w').write(s)
 s = open('src/cuda/cuda_quant.cu').read()
@@ -46,9 +46,9 @@ def per_step(cubin, key, weights, label):
     top = ' '.join('%s %.1f' % kv for kv in sorted(ops.items(), key=lambda kv: -kv[1]) if abs(kv[1]) >= 1)
     print('%-28s %3d weights/lane-step: %6.1f SASS per step = %.2f per weight (U 2->3 %d, 3->4 %d, 4->6 %.1f)\n    %s' %
           (label, weights, d, d / weights, tot[3] - tot[2], tot[4] - tot[3], (tot[6] - tot[4]) / 2, top))
-per_step(t + '/a.cubin', 'qa_kernelILi0ELi1ELb0ELi8ELi%dELb0E', 64, 'A kernel Q4 (8 warps)')
-per_step(t + '/a.cubin', 'qa_kernelILi1ELi1ELb0ELi8ELi%dELb0E', 32, 'A kernel Q8 (8 warps)')
-per_step(t + '/a.cubin', 'qa_kernelILi2ELi1ELb0ELi8ELi%dELb0E', 64, 'A kernel NF4 (8 warps)')
+per_step(t + '/a.cubin', 'qa_kernelILi0ELi1ELb0ELi8ELi%dELb0ELi2E', 64, 'A kernel Q4 (8 warps)')
+per_step(t + '/a.cubin', 'qa_kernelILi1ELi1ELb0ELi8ELi%dELb0ELi2E', 32, 'A kernel Q8 (8 warps)')
+per_step(t + '/a.cubin', 'qa_kernelILi2ELi1ELb0ELi8ELi%dELb0ELi2E', 64, 'A kernel NF4 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi1ELb0ELb0ELi8ELi%dELi1E', 32, 'session-5 kernel Q4 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi0ELb0ELb0ELi8ELi%dELi1E', 16, 'session-5 kernel Q8 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi2ELb0ELb0ELi8ELi%dELi1E', 32, 'session-5 kernel NF4 (8 warps)')
