@@ -419,6 +419,11 @@ int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, co
                                   const struct tensor *pos, const struct tensor *tab, const struct tensor *seq,
                                   const struct tensor *n_keys, int64_t q_pos0, float scale, int flags, int variant);
 void cuda_attention_cluster_caps(int ordinal, int maxcl[5]);
+int cuda_attention_tc_able(int ordinal);
+/* variant codes (cuda_attention_decode.cu): the cluster kernel with its automatic split count, and the
+ * tensor-core kernel with W warps per block (0: automatic) and S splits (0: automatic) */
+#define DEC_VAR_CLUSTER 32
+#define DEC_VAR_TC(w, s) (1000 + 100 * (w) + (s))
 
 /* The decode kernels one by one against the CPU twin: the split-K kernel (sm_75 .. sm_89, and what sm_90
  * ran before) and the cluster kernel (sm_90) at every cluster size, 1 .. 16, then the automatic choice
@@ -428,7 +433,10 @@ void cuda_attention_cluster_caps(int ordinal, int maxcl[5]);
  * one key, one tile, 16 tiles + 1 and 32 tiles + 1 (a split of one key after full ones), a count that
  * is not a tile multiple, hd 64 (64-key tiles); GQA 4:1 and 1:1, 8 slots (2 rows x 4 heads), 3 row
  * blocks with a causal limit per row, bf16. Split-K runs twice (its arrival counters must be back at
- * zero for the next launch). */
+ * zero for the next launch). The tensor-core kernel (sm_80+) with its automatic shape, 1, 2 and 4 warps
+ * per block, forced split counts (1: no partials; 3 and 7: splits of uneven step counts; 99: more
+ * splits than steps), twice where it merges partials (the same counters); its 16-key steps meet the
+ * key counts 1, 17, 31, 545 (pos), 4097 (paged); then rows mode through it (test_attention_rows_tc). */
 static void test_attention_decode(void)
 {
     static const struct { int64_t n, T, H, Hkv, hd; int32_t p0; enum dtype dt; int flags, mode; const char *what; } cs[] = {
@@ -446,8 +454,14 @@ static void test_attention_decode(void)
         {1, 4096, 32, 8, 128, 0, DTYPE_BF16, ATTN_CAUSAL, 1, "pos: first token, bf16"},
         {3, 2048, 32, 8, 128, 1500, DTYPE_F16, ATTN_CAUSAL, 2, "paged pos, 3 rows"},
         {1, 8192, 8, 8, 128, 4096, DTYPE_F16, ATTN_CAUSAL, 2, "paged pos GQA 1:1, 4097 keys"},
+        {1, 17, 32, 8, 128, 16, DTYPE_F16, ATTN_CAUSAL, 0, "17 keys (a step + 1)"},
+        {1, 4096, 32, 8, 128, 16, DTYPE_BF16, ATTN_CAUSAL, 2, "paged pos, 17 keys of 4096, bf16"},
+        {4, 96, 32, 8, 64, 27, DTYPE_F16, ATTN_CAUSAL, 1, "pos, 4 rows over 28..31 keys, hd 64"},
     };
-    static const int variants[] = {0, 1, 2, 4, 8, 16, -1};
+    static const int variants[] = {0, 1, 2, 4, 8, 16, DEC_VAR_CLUSTER, -1, DEC_VAR_TC(0, 0), DEC_VAR_TC(1, 0),
+                                   DEC_VAR_TC(2, 0), DEC_VAR_TC(4, 1), DEC_VAR_TC(2, 3), DEC_VAR_TC(1, 7),
+                                   DEC_VAR_TC(4, 99)};
+    const int tc = cuda_attention_tc_able(0);
     int maxcl[5];
     cuda_attention_cluster_caps(0, maxcl);
     const int able = maxcl[0] > 0;
@@ -469,19 +483,23 @@ static void test_attention_decode(void)
         struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dt = d_from(&tab);
         for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++) {
             const int var = variants[w];
+            const int is_tc = var >= DEC_VAR_TC(0, 0), is_cl = var > 0 && !is_tc;
             int e = 0;
-            while (var > 0 && (1 << e) < var) e++;
-            for (int rep = 0; rep < (var == 0 ? 2 : 1); rep++) {
+            while (is_cl && var != DEC_VAR_CLUSTER && (1 << e) < var) e++;
+            for (int rep = 0; rep < (var == 0 || (is_tc && var % 100 != 1) ? 2 : 1); rep++) {
                 struct tensor dout = d_new(cs[c].dt, 3, n, H, hd);
                 const int ran = cuda_attention_decode_variant(&dout, &dq, &dk, &dv, mode ? &dp : NULL, mode == 2 ? &dt : NULL,
                                                               NULL, NULL, cs[c].p0, scale, cs[c].flags, var);
-                char lab[16], cas[128];
-                if (var > 0) snprintf(lab, sizeof lab, "cluster %d", var);
+                char lab[24], cas[128];
+                if (is_tc) snprintf(lab, sizeof lab, "tc W%d S%d", (var - 1000) / 100, var % 100);
+                else if (var == DEC_VAR_CLUSTER) snprintf(lab, sizeof lab, "cluster auto");
+                else if (var > 0) snprintf(lab, sizeof lab, "cluster %d", var);
                 else snprintf(lab, sizeof lab, "%s", var == 0 ? "split-K" : "auto");
                 snprintf(cas, sizeof cas, "n%lld T%lld H%lld/%lld hd%lld %s %s (%s)", (long long)n, (long long)T,
                          (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt), lab, cs[c].what);
                 if (var == 0) T_EQ_INT(ran, 1);
-                else if (var < 0) T_ASSERTF(ran == 1 || (able && ran == 2), "auto ran %d", ran); /* cl_pays picks */
+                else if (var < 0) T_ASSERTF(ran == 1 || (able && ran == 2) || (tc && ran == 3), "auto ran %d", ran);
+                else if (is_tc) T_EQ_INT(ran, tc ? 3 : 0);
                 else T_EQ_INT(ran, able && maxcl[e] > 0 ? 2 : 0);
                 if (ran) check_close("attn_dec", cas, &dout, &ref, tol_for(cs[c].dt));
                 else printf("  %-10s %-52s not run on this device\n", "attn_dec", cas);
@@ -490,6 +508,58 @@ static void test_attention_decode(void)
         }
         t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&pos), t_free(&tab);
         t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dt);
+    }
+}
+
+/* Rows mode (op_attention_rows: one query row per sequence, its key count and block table read on the
+ * device) through the tensor-core kernel forced: rows of 1, 17, 700, 33, 2049 and 16 keys, each its
+ * own table row (rows and tables in different orders, entries past a row's keys -1), the blocks one
+ * shuffled permutation of the pool plus unused blocks, against the CPU twin; split-K alongside as the
+ * known-good kernel. test_cuda_batch covers the automatic choice and the other kernels. */
+static void test_attention_rows_tc(void)
+{
+    static const struct { int64_t H, Hkv, hd; enum dtype dt; } cs[] = {
+        {32, 8, 128, DTYPE_F16}, {32, 8, 128, DTYPE_BF16}, {16, 4, 64, DTYPE_F16}, {8, 8, 128, DTYPE_F16},
+    };
+    static const int32_t lens[] = {1, 17, 700, 33, 2049, 16};
+    static const int variants[] = {0, DEC_VAR_TC(0, 0), DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 5), DEC_VAR_TC(4, 1)};
+    const int64_t B = sizeof lens / sizeof lens[0], S = B + 2, mb = (2049 + KV_BLOCK - 1) / KV_BLOCK;
+    const int tc = cuda_attention_tc_able(0);
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int64_t H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd;
+        int64_t used = 0;
+        for (int64_t i = 0; i < B; i++) used += (lens[i] + KV_BLOCK - 1) / KV_BLOCK;
+        const int64_t nblocks = used + 5, T = nblocks * KV_BLOCK;
+        struct tensor perm = h_table(0, nblocks, nblocks), tab = h_new(DTYPE_I32, 2, S, mb, 0);
+        struct tensor seq = h_new(DTYPE_I32, 1, B, 0, 0), cnt = h_new(DTYPE_I32, 1, B, 0, 0);
+        int32_t *tb = tab.data, *sq = seq.data;
+        for (int64_t i = 0; i < S * mb; i++) tb[i] = -1;
+        for (int64_t i = 0, next = 0; i < B; i++) {
+            sq[i] = (int32_t)((i * 5 + 2) % S);
+            ((int32_t *)cnt.data)[i] = lens[i];
+            for (int64_t j = 0; j < (lens[i] + KV_BLOCK - 1) / KV_BLOCK; j++) tb[sq[i] * mb + j] = ((int32_t *)perm.data)[next++];
+        }
+        struct tensor q = h_rand(cs[c].dt, 3, B, H, hd, 2.0f), k = h_rand(cs[c].dt, 3, T, Hkv, hd, 2.0f);
+        struct tensor v = h_rand(cs[c].dt, 3, T, Hkv, hd, 1.0f), ref = h_new(cs[c].dt, 3, B, H, hd);
+        const float scale = 1.0f / sqrtf((float)hd);
+        op_attention_rows(&ref, &q, &k, &v, &tab, &seq, &cnt, scale);
+        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dt = d_from(&tab), ds = d_from(&seq);
+        struct tensor dc = d_from(&cnt);
+        for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++)
+            for (int rep = 0; rep < 2; rep++) { /* twice: the partial counters must be back at zero */
+                const int var = variants[w];
+                struct tensor d3 = d_new(cs[c].dt, 3, B, H, hd);
+                const int ran = cuda_attention_decode_variant(&d3, &dq, &dk, &dv, NULL, &dt, &ds, &dc, 0, scale, 0, var);
+                char cas[128];
+                snprintf(cas, sizeof cas, "rows B%lld keys 1..2049 H%lld/%lld hd%lld %s %s W%d S%d", (long long)B,
+                         (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt), var ? "tc" : "split-K",
+                         var ? (var - 1000) / 100 : 0, var ? var % 100 : 0);
+                T_EQ_INT(ran, var == 0 ? 1 : tc ? 3 : 0);
+                if (ran) check_close("attn_rows", cas, &d3, &ref, tol_for(cs[c].dt));
+                t_free(&d3);
+            }
+        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&tab), t_free(&seq), t_free(&cnt), t_free(&perm);
+        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dt), t_free(&ds), t_free(&dc);
     }
 }
 
@@ -955,9 +1025,9 @@ static void gemv_step(int rep, void *p)
 
 struct attn_bench {
     struct tensor q, out, *k, *v, pos;
-    int nbuf, which; /* ATTN_B_* below; >= ATTN_B_FORCED: the cluster kernel with which - ATTN_B_FORCED splits */
+    int nbuf, variant, pos_form; /* variant: a decode variant code, ATTN_B_AUTO (op_attention / _pos) */
 };
-enum { ATTN_B_GENERAL, ATTN_B_SPLITK, ATTN_B_AUTO, ATTN_B_SPLITK_POS, ATTN_B_AUTO_POS, ATTN_B_FORCED };
+#define ATTN_B_AUTO -1
 
 static void attn_step(int rep, void *p)
 {
@@ -965,20 +1035,13 @@ static void attn_step(int rep, void *p)
     int i = rep % b->nbuf;
     const float sc = 0.08838834764831845f;
     const int64_t p0 = b->k[i].shape[0] - 1;
-    switch (b->which) {
-    case ATTN_B_GENERAL: cuda_attention_general(&b->out, &b->q, &b->k[i], &b->v[i], p0, sc, ATTN_CAUSAL); break;
-    case ATTN_B_SPLITK:
-        cuda_attention_decode_variant(&b->out, &b->q, &b->k[i], &b->v[i], NULL, NULL, NULL, NULL, p0, sc, ATTN_CAUSAL, 0);
-        break;
-    case ATTN_B_AUTO: op_attention(&b->out, &b->q, &b->k[i], &b->v[i], p0, sc, ATTN_CAUSAL); break;
-    case ATTN_B_SPLITK_POS:
-        cuda_attention_decode_variant(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, NULL, NULL, NULL, 0, sc, ATTN_CAUSAL, 0);
-        break;
-    case ATTN_B_AUTO_POS: op_attention_pos(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, NULL, sc, ATTN_CAUSAL); break;
-    default:
-        cuda_attention_decode_variant(&b->out, &b->q, &b->k[i], &b->v[i], NULL, NULL, NULL, NULL, p0, sc, ATTN_CAUSAL,
-                                      b->which - ATTN_B_FORCED);
-    }
+    if (b->variant == ATTN_B_AUTO && b->pos_form)
+        op_attention_pos(&b->out, &b->q, &b->k[i], &b->v[i], &b->pos, NULL, sc, ATTN_CAUSAL);
+    else if (b->variant == ATTN_B_AUTO)
+        op_attention(&b->out, &b->q, &b->k[i], &b->v[i], p0, sc, ATTN_CAUSAL);
+    else
+        cuda_attention_decode_variant(&b->out, &b->q, &b->k[i], &b->v[i], b->pos_form ? &b->pos : NULL, NULL, NULL,
+                                      NULL, b->pos_form ? 0 : p0, sc, ATTN_CAUSAL, b->variant);
 }
 
 /* buffers are rotated so the working set is >= 256 MB, beyond the H200's 60 MB L2 */
@@ -1096,74 +1159,94 @@ static void bench_rows(void)
     }
 }
 
-/* Decode attention at n = 1 (Llama-3-8B shapes): before (the general kernel; the split-K decode kernel, which
- * sm_90 ran until the cluster kernel and sm_75..sm_89 still run) and after (op_attention: the cluster
- * kernel on sm_90), in both call forms (q_pos0, and device positions over a cache of capacity 2T: the
- * decode graph's form, whose split-K grid is sized by the capacity); then the cluster kernel with its
- * splits per cluster forced to 4, 8, 16 (the automatic choice is 16 on a 132-SM H200 where the device
- * holds eight 16-block clusters at once). */
+/* Decode attention at n = 1 (Llama-3-8B shapes), KV rotated beyond L2, old kernels against the
+ * tensor-core kernel (new) at keys 512 .. 32768, in both call forms: q_pos0 (op_attention) and device
+ * positions over a cache of capacity 2T (the decode graph's form: grids sized by the capacity).
+ * Columns: split-K, the cluster kernel with its automatic splits, the tensor-core kernel with 1, 2, 4
+ * warps per block and its automatic splits, the automatic choice; then, per row, the best old kernel,
+ * the best tensor-core one and old/new. Then the tensor-core kernel's (W, S) sweep (q_pos0 form): the
+ * data for dec_rules and tc_splits in cuda_attention_decode.cu. */
 static void bench_attention(void)
 {
     int maxcl[5];
     cuda_attention_cluster_caps(0, maxcl);
-    printf("attention decode fp16 (n=1, H=32, Hkv=8, hd=128, causal), KV rotated beyond L2, us and GB/s of K+V;\n"
-           "cluster kernel: %s, clusters of 2 / 4 / 8 / 16 blocks held at once: %d / %d / %d / %d\n",
-           maxcl[0] > 0 ? "yes" : "no", maxcl[1], maxcl[2], maxcl[3], maxcl[4]);
-    printf("  %-8s %-20s %-20s %-20s %-20s %-20s\n", "T", "before: general", "before: split-K", "after: op_attention",
-           "before: split-K pos", "after: attention_pos");
-    static const int64_t Ts[] = {512, 1024, 4096, 8192, 32768};
-    static const int forced[] = {4, 8, 16};
-    double fms[sizeof Ts / sizeof Ts[0]][3];
-    for (size_t s = 0; s < sizeof Ts / sizeof Ts[0]; s++) {
-        const int64_t T = Ts[s];
-        struct attn_bench b;
-        size_t kvbytes = (size_t)(T * 8 * 128) * 2;
-        b.nbuf = rotation(2 * kvbytes);
-        b.k = calloc((size_t)b.nbuf, sizeof *b.k);
-        b.v = calloc((size_t)b.nbuf, sizeof *b.v);
-        CHECK(b.k && b.v);
-        for (int i = 0; i < b.nbuf; i++) {
-            b.k[i] = d_alloc(DTYPE_F16, 3, 2 * T, 8, 128); /* capacity 2T: the pos variant sizes its grid by it */
-            b.v[i] = d_alloc(DTYPE_F16, 3, 2 * T, 8, 128);
-            d_fill_rand(&b.k[i], 2.0f);
-            d_fill_rand(&b.v[i], 1.0f);
+    const int tc = cuda_attention_tc_able(0), cl = maxcl[0] > 0;
+    printf("attention decode fp16 (n=1, H=32, Hkv=8, hd=128, causal), KV rotated beyond L2, us per call;\n"
+           "cluster kernel: %s (clusters of 2 / 4 / 8 / 16 blocks held at once: %d / %d / %d / %d), tensor-core kernel: %s\n",
+           cl ? "yes" : "no", maxcl[1], maxcl[2], maxcl[3], maxcl[4], tc ? "yes" : "no");
+    static const int64_t Ts[] = {512, 1024, 2048, 4096, 8192, 32768};
+    static const int cols[] = {0, DEC_VAR_CLUSTER, DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 0), DEC_VAR_TC(4, 0), ATTN_B_AUTO};
+    static const char *const names[] = {"split-K", "cluster", "tc W1", "tc W2", "tc W4", "auto"};
+    static const int sw_w[] = {1, 2, 4}, sw_s[] = {4, 8, 16, 33, 66, 99};
+    enum { NC = sizeof cols / sizeof cols[0], NW = 3, NSS = 6 };
+    double sweep[sizeof Ts / sizeof Ts[0]][NW][NSS];
+    for (int form = 0; form < 2; form++) {
+        printf("  %s form\n  %-8s", form ? "device-position (capacity 2T)" : "q_pos0", "T");
+        for (int c = 0; c < NC; c++) printf(" %9s", names[c]);
+        printf("  %9s %9s %7s  GB/s of K+V (best)\n", "best old", "best tc", "old/new");
+        for (size_t s = 0; s < sizeof Ts / sizeof Ts[0]; s++) {
+            const int64_t T = Ts[s];
+            struct attn_bench b;
+            size_t kvbytes = (size_t)(T * 8 * 128) * 2;
+            b.nbuf = rotation(2 * kvbytes);
+            b.k = calloc((size_t)b.nbuf, sizeof *b.k);
+            b.v = calloc((size_t)b.nbuf, sizeof *b.v);
+            CHECK(b.k && b.v);
+            for (int i = 0; i < b.nbuf; i++) {
+                b.k[i] = d_alloc(DTYPE_F16, 3, 2 * T, 8, 128); /* capacity 2T: the pos form sizes its grid by it */
+                b.v[i] = d_alloc(DTYPE_F16, 3, 2 * T, 8, 128);
+                d_fill_rand(&b.k[i], 2.0f);
+                d_fill_rand(&b.v[i], 1.0f);
+                b.k[i].shape[0] = b.v[i].shape[0] = form ? 2 * T : T;
+            }
+            struct tensor hq = h_rand(DTYPE_F16, 3, 1, 32, 128, 2.0f), hp = h_new(DTYPE_I32, 1, 1, 0, 0);
+            *(int32_t *)hp.data = (int32_t)(T - 1);
+            b.q = d_from(&hq);
+            b.pos = d_from(&hp);
+            b.out = d_new(DTYPE_F16, 3, 1, 32, 128);
+            b.pos_form = form;
+            double ms[NC], old = 1e30, neu = 1e30;
+            printf("  T=%-6lld", (long long)T);
+            for (int c = 0; c < NC; c++) {
+                const int is_tc = cols[c] >= DEC_VAR_TC(0, 0);
+                b.variant = cols[c];
+                ms[c] = (is_tc && !tc) || (cols[c] == DEC_VAR_CLUSTER && !cl) ? 0 : bench_ms(200, attn_step, &b);
+                if (ms[c] > 0 && cols[c] >= 0 && !is_tc && ms[c] < old) old = ms[c];
+                if (ms[c] > 0 && is_tc && ms[c] < neu) neu = ms[c];
+                printf(" %9.1f", ms[c] * 1e3);
+            }
+            const double best = old < neu ? old : neu;
+            printf("  %9.1f %9.1f %7.2f  %6.0f\n", old * 1e3, neu < 1e30 ? neu * 1e3 : 0.0, neu < 1e30 ? old / neu : 0.0,
+                   (double)(2 * kvbytes) / (best * 1e-3) / 1e9);
+            if (!form && tc)
+                for (int w = 0; w < NW; w++)
+                    for (int ss = 0; ss < NSS; ss++) {
+                        b.variant = DEC_VAR_TC(sw_w[w], sw_s[ss]);
+                        sweep[s][w][ss] = bench_ms(200, attn_step, &b);
+                    }
+            for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = 2 * T, t_free(&b.k[i]), t_free(&b.v[i]);
+            free(b.k);
+            free(b.v);
+            t_free(&hq), t_free(&hp), t_free(&b.q), t_free(&b.pos), t_free(&b.out);
         }
-        struct tensor hq = h_rand(DTYPE_F16, 3, 1, 32, 128, 2.0f), hp = h_new(DTYPE_I32, 1, 1, 0, 0);
-        *(int32_t *)hp.data = (int32_t)(T - 1);
-        b.q = d_from(&hq);
-        b.pos = d_from(&hp);
-        b.out = d_new(DTYPE_F16, 3, 1, 32, 128);
-        double ms[5];
-        for (int w = 0; w < 5 + 3; w++) {
-            b.which = w < 5 ? w : ATTN_B_FORCED + forced[w - 5];
-            const int pos_form = w == ATTN_B_SPLITK_POS || w == ATTN_B_AUTO_POS;
-            for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = pos_form ? 2 * T : T;
-            const double t = w >= 5 && maxcl[0] <= 0 ? 0 : bench_ms(200, attn_step, &b);
-            if (w < 5) ms[w] = t;
-            else fms[s][w - 5] = t;
-        }
-        printf("  T=%-6lld", (long long)T);
-        for (int w = 0; w < 5; w++) printf(" %7.1f us %6.0f GB/s", ms[w] * 1e3, (double)(2 * kvbytes) / (ms[w] * 1e-3) / 1e9);
-        printf("\n");
-        for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = 2 * T, t_free(&b.k[i]), t_free(&b.v[i]);
-        free(b.k);
-        free(b.v);
-        t_free(&hq), t_free(&hp), t_free(&b.q), t_free(&b.pos), t_free(&b.out);
     }
-    if (maxcl[0] <= 0) return;
-    printf("  cluster kernel, splits per cluster forced (op_attention form):\n");
+    if (!tc) return;
+    printf("  tensor-core kernel, W warps per block x S splits forced (q_pos0 form), us:\n  %-8s", "T");
+    for (int w = 0; w < NW; w++)
+        for (int ss = 0; ss < NSS; ss++) printf(" W%dS%-3d", sw_w[w], sw_s[ss]);
+    printf("\n");
     for (size_t s = 0; s < sizeof Ts / sizeof Ts[0]; s++) {
-        const double kvb = (double)(Ts[s] * 8 * 128) * 2 * 2;
         printf("  T=%-6lld", (long long)Ts[s]);
-        for (int f = 0; f < 3; f++)
-            if (maxcl[f + 2] > 0) printf("  C=%-2d %7.1f us %6.0f GB/s", forced[f], fms[s][f] * 1e3, kvb / (fms[s][f] * 1e-3) / 1e9);
+        for (int w = 0; w < NW; w++)
+            for (int ss = 0; ss < NSS; ss++) printf(" %6.1f", sweep[s][w][ss] * 1e3);
         printf("\n");
     }
 }
 
 /* op_attention_rows as the batched step calls it: B rows of one length each, every row its own paged
- * sequence, split-K kernel (before) and the automatic choice (after: the cluster kernel on sm_90); table
- * sets rotated so that the K/V read is >= 256 MB, beyond L2 */
+ * sequence; old kernels (split-K, the cluster kernel with its automatic splits) against the tensor-core
+ * kernel (1, 2, 4 warps per block, automatic splits) and the automatic choice; table sets rotated so
+ * that the K/V read is >= 256 MB, beyond L2 */
 struct rows_bench {
     struct tensor q, out, k, v, tab, nk, *seq;
     int nrot, variant;
@@ -1178,9 +1261,16 @@ static void rows_step(int rep, void *p)
 
 static void bench_attention_rows(void)
 {
-    static const int Bs[] = {1, 4, 16, 64}, lens[] = {512, 4096};
-    printf("op_attention_rows fp16 (H=32, Hkv=8, hd=128, paged), B rows of one length, us and GB/s of K+V:\n");
-    printf("  %-16s %-22s %s\n", "rows", "before: split-K", "after: automatic");
+    static const int Bs[] = {1, 4, 16, 64}, lens[] = {512, 1024, 4096};
+    static const int cols[] = {0, DEC_VAR_CLUSTER, DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 0), DEC_VAR_TC(4, 0), -1};
+    static const char *const names[] = {"split-K", "cluster", "tc W1", "tc W2", "tc W4", "auto"};
+    enum { NC = sizeof cols / sizeof cols[0] };
+    int maxcl[5];
+    cuda_attention_cluster_caps(0, maxcl);
+    const int tc = cuda_attention_tc_able(0), cl = maxcl[0] > 0;
+    printf("op_attention_rows fp16 (H=32, Hkv=8, hd=128, paged), B rows of one length, us per call:\n  %-16s", "rows");
+    for (int c = 0; c < NC; c++) printf(" %9s", names[c]);
+    printf("  %9s %9s %7s  GB/s of K+V (best)\n", "best old", "best tc", "old/new");
     for (size_t bi = 0; bi < sizeof Bs / sizeof Bs[0]; bi++)
         for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
             const int64_t B = Bs[bi], len = lens[li], mb = len / KV_BLOCK;
@@ -1208,13 +1298,19 @@ static void bench_attention_rows(void)
             struct tensor hq = h_rand(DTYPE_F16, 3, B, 32, 128, 2.0f);
             b.q = d_from(&hq);
             b.out = d_new(DTYPE_F16, 3, B, 32, 128);
-            b.variant = 0;
-            const double before = bench_ms(100, rows_step, &b);
-            b.variant = -1;
-            const double after = bench_ms(100, rows_step, &b);
-            printf("  B=%-3lld keys %-5lld %7.1f us %6.0f GB/s %7.1f us %6.0f GB/s\n", (long long)B, (long long)len,
-                   before * 1e3, (double)set_bytes / (before * 1e-3) / 1e9, after * 1e3,
-                   (double)set_bytes / (after * 1e-3) / 1e9);
+            double old = 1e30, neu = 1e30;
+            printf("  B=%-3lld keys %-5lld", (long long)B, (long long)len);
+            for (int c = 0; c < NC; c++) {
+                const int is_tc = cols[c] >= DEC_VAR_TC(0, 0);
+                b.variant = cols[c];
+                const double ms = (is_tc && !tc) || (cols[c] == DEC_VAR_CLUSTER && !cl) ? 0 : bench_ms(100, rows_step, &b);
+                if (ms > 0 && cols[c] >= 0 && !is_tc && ms < old) old = ms;
+                if (ms > 0 && is_tc && ms < neu) neu = ms;
+                printf(" %9.1f", ms * 1e3);
+            }
+            const double best = old < neu ? old : neu;
+            printf("  %9.1f %9.1f %7.2f  %6.0f\n", old * 1e3, neu < 1e30 ? neu * 1e3 : 0.0, neu < 1e30 ? old / neu : 0.0,
+                   (double)set_bytes / (best * 1e-3) / 1e9);
             for (int r = 0; r < b.nrot; r++) t_free(&b.seq[r]);
             free(b.seq);
             t_free(&b.k), t_free(&b.v), t_free(&ht), t_free(&hn), t_free(&b.tab), t_free(&b.nk), t_free(&hq);
@@ -1607,6 +1703,7 @@ int main(int argc, char **argv)
         T_SKIP(test_kv_pages, why);
         T_SKIP(test_attention_pos, why);
         T_SKIP(test_attention_decode, why);
+        T_SKIP(test_attention_rows_tc, why);
         T_SKIP(test_argmax_dev, why);
         T_SKIP(test_graph, why);
         T_SKIP(test_overlap, why);
@@ -1636,6 +1733,7 @@ int main(int argc, char **argv)
     T_RUN(test_kv_pages);
     T_RUN(test_attention_pos);
     T_RUN(test_attention_decode);
+    T_RUN(test_attention_rows_tc);
     T_RUN(test_argmax_dev);
     T_RUN(test_graph);
     T_RUN(test_overlap);

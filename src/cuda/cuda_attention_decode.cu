@@ -1,13 +1,16 @@
 /* cuda_attention_decode.cu: the decode attention kernels (few query rows, K/V streamed once per GQA
  * group, the keys cut into splits, direct or paged caches) and op_attention_rows, the batched decode
  * step's attention, which is a decode kernel in its rows mode (one query row per sequence, each over its
- * own paged sequence), with a simple fallback kernel for other dtypes and head dims. Two decode kernels:
- * the cluster kernel (sm_90: the splits of a head group merge in distributed shared memory) and the
- * split-K kernel (sm_75 .. sm_89, and code built for them: the splits merge through global partials and
- * the last block to arrive). attn_decode picks one; cuda_attention.cu dispatches op_attention and
- * op_attention_pos here first (cuda_attention.cuh). Not here: prefill (cuda_flash.cu), eager vision
- * attention and other shapes (the general kernel of cuda_attention.cu). */
+ * own paged sequence), with a simple fallback kernel for other dtypes and head dims. Three decode
+ * kernels: the cluster kernel (sm_90: the splits of a head group merge in distributed shared memory),
+ * the split-K kernel (sm_75 .. sm_89, and code built for them: the splits merge through global
+ * partials and the last block to arrive) and the tensor-core kernel (sm_80+: mma.sync per 16-key step,
+ * its splits merged as split-K's). attn_decode picks one from a table of measurements (dec_rules);
+ * cuda_attention.cu dispatches op_attention and op_attention_pos here first (cuda_attention.cuh). Not
+ * here: prefill (cuda_flash.cu), eager vision attention and other shapes (the general kernel of
+ * cuda_attention.cu). */
 #include <mutex>
+#include <type_traits>
 
 #include "cuda/cuda_attention.cuh"
 
@@ -668,6 +671,326 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
 #endif
 }
 
+/* ---- decode on tensor cores (sm_80+): the per-key work of the two kernels above on mma.sync ----
+ * Both CUDA-core kernels spend ~100 warp instructions per key and kv head (16 lanes per key, shuffle
+ * reductions of every score, an exp per lane and slot): at 512 keys a block's one tile is a long
+ * dependent chain, at 32k keys the SM's issue rate, not HBM, bounds them. Here a warp takes 16 keys
+ * at a time ("a step") and does S = Q K^T and O += P V with mma.sync m16n8k16 (f16 or bf16 in, fp32
+ * accumulators): ~8 warp instructions per key. Rows of the mma are the NS <= 8 slots (heads of the GQA
+ * group x query rows, as above; rows NS..15 are zero), so K and V are read once per group.
+ * Fragments come straight from global memory, no shared memory: a dot product does not depend on the
+ * order of the head dims, nor P V on the order of the keys of a step, so the dims are permuted so that
+ * every thread's pieces are whole 16-byte loads and every load instruction reads whole 32-byte sectors:
+ *  - S: thread (g = lane/4, t4 = lane%4) loads keys g and g+8 of the step, its HD/32 16-byte pieces
+ *    t4, t4+4, t4+8, .. of each row; k step s uses halves 4(s&1)..+3 of piece s/2 (b0 = 2 halves,
+ *    b1 = the next 2). Q's A fragment (row g = slot g) is loaded with the same permutation, once.
+ *  - P V: thread (g, t4) loads keys 2t4, 2t4+1, 2t4+8, 2t4+9 of the step, the 16-byte pieces g, g+8, ..
+ *    of each row; output column n of n-tile nb is head dim tc_vdim(nb, n), the B fragment's halves
+ *    are paired from two key rows with one byte permute. P (the S accumulator, rounded to the KV type)
+ *    is the A fragment as in FlashAttention-2.
+ * Online softmax in fp32 in the log2 domain per warp; l sums the rounded p (so the output is a
+ * weighted mean of V with exactly the weights the mma used). The loads of a warp's next step are in
+ * flight while it computes the current one. A block (TC_WARPS_MAX warps at most, its warp count a
+ * launch parameter) owns one split of one (head group, row block); the nsteps = ceil(keys / 16) steps
+ * are dealt to the splits in turn (split b takes steps b, b + used, ..; used = the splits that get any,
+ * computed on the device from the key count, so one grid serves every key count of a graph replay),
+ * and within a block to the warps in turn. Warps merge through shared memory; splits through global
+ * partials merged by the last block to arrive (one online pass per output element, all partial loads
+ * independent), as in the split-K kernel, whose partial buffers and counters it shares.
+ * Numerics: scores exact products with fp32 sums (tensor-core adds are not round-to-nearest at every
+ * step), P rounded to f16/bf16 as in the prefill flash kernel: ~1e-4 relative for f16 outputs. Taken
+ * only for f16/bf16 outputs and q of the KV dtype (an f32 q or output stays on the fp32 kernels). */
+#define TC_WARPS_MAX 4
+#define TC_MAX_SPLIT 99 /* the variant code keeps two decimal digits for it */
+static_assert(KV_BLOCK % 16 == 0, "a 16-key step lies in one block of a paged cache");
+
+/* head dim of output column n (0..7) of n-tile nb of P V: the thread with g = n loaded pieces g, g+8 */
+__device__ __forceinline__ int tc_vdim(int nb, int n) { return 64 * (nb >> 3) + 8 * n + (nb & 7); }
+
+template <typename KV> __device__ __forceinline__ void tc_mma(float c[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    /* A rows 8..15 (a1, a3) are zero: slots live in rows 0..7 */
+    if constexpr (sizeof(KV) == 2 && std::is_same<KV, __half>::value)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+#endif
+}
+
+/* two floats rounded to KV, packed (lo in the low 16 bits), and the rounded values back */
+template <typename KV> __device__ __forceinline__ uint32_t tc_pack(float &lo, float &hi)
+{
+    uint32_t w;
+    if constexpr (std::is_same<KV, __half>::value) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        w = *reinterpret_cast<uint32_t *>(&h);
+        const float2 f = __half22float2(h);
+        lo = f.x, hi = f.y;
+    } else {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        w = *reinterpret_cast<uint32_t *>(&h);
+        lo = __uint_as_float(w << 16);
+        hi = __uint_as_float(w & 0xffff0000u);
+    }
+    return w;
+}
+
+__device__ __forceinline__ uint32_t tc_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+
+template <typename KV, int HD>
+__global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_dec_args a)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    constexpr int NU = HD / 32; /* 16-byte pieces per thread per K row */
+    constexpr int NV = HD / 64; /* 16-byte pieces per thread per V row */
+    constexpr int NB = HD / 8;  /* n-tiles of P V */
+    constexpr int KS = HD / 16; /* k steps of Q K^T */
+    constexpr float LOG2E = 1.4426950408889634f;
+    __shared__ float red_m[TC_WARPS_MAX][8], red_l[TC_WARPS_MAX][8];
+    __shared__ __align__(16) float red_o[TC_WARPS_MAX][8][HD];
+    __shared__ int s_last;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int W = blockDim.x >> 5, NS = a.GB * a.QB;
+    const int split = blockIdx.x, h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
+
+    /* key count and query positions (as in attn_decode_kernel) */
+    int64_t qp0 = a.q_pos0, nk;
+    const int32_t *tab = a.tab;
+    if (a.nkeys) {
+        nk = a.nkeys[i0];
+        if (a.seq[i0] < 0 || a.seq[i0] >= a.S || nk < 1 || nk > a.T) {
+            if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0)
+                printf("attention: row %d reads %lld keys of sequence %d (%lld tables of %lld blocks)\n", i0,
+                       (long long)nk, a.seq[i0], (long long)a.S, (long long)a.mb);
+            __trap();
+        }
+        qp0 = nk - 1 - i0;
+        tab = a.tab + (int64_t)a.seq[i0] * a.mb;
+    } else if (a.pos) {
+        qp0 = a.pos[0];
+        nk = (int64_t)a.pos[a.n - 1] + 1;
+    } else {
+        nk = a.causal ? a.q_pos0 + a.n : a.T;
+    }
+    if (nk > a.T) nk = a.T;
+    if (nk < 0) nk = 0;
+    const int nrows = (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
+    int64_t blim = nk;
+    if (a.causal) {
+        const int64_t l = qp0 + i0 + nrows;
+        blim = l < nk ? l : nk;
+    }
+    if (blim < 0) blim = 0;
+    /* the steps: split b takes steps b, b + used, b + 2 used, ..; within it warp w every W-th of those */
+    const int64_t nsteps = (blim + 15) / 16;
+    int64_t sps = (nsteps + a.nsplit - 1) / a.nsplit; /* steps per split, at most */
+    if (sps < W) sps = W; /* every warp of a block gets a step before another split is used */
+    const int used = nsteps > sps ? (int)((nsteps + sps - 1) / sps) : 1;
+    if (split >= used) return;
+    pdl_trigger();
+
+    /* this thread's slot row g: its key limit and its Q fragment (dims permuted as K's) */
+    const int qi = g / a.GB, gg = g - qi * a.GB;
+    const bool row_ok = g < NS && qi < nrows;
+    int64_t lim = 0;
+    if (row_ok) lim = a.causal ? qp0 + i0 + qi + 1 : nk;
+    if (lim > nk) lim = nk;
+    uint32_t qa[KS], qb[KS]; /* A fragment registers 0 and 2 of k step s */
+    {
+        const uint4 *qp = reinterpret_cast<const uint4 *>(a.q) + ((int64_t)(i0 + qi) * a.H + h0 + gg) * (HD / 8);
+#pragma unroll
+        for (int u = 0; u < NU; u++) {
+            const uint4 x = row_ok ? __ldg(qp + 4 * u + t4) : make_uint4(0, 0, 0, 0);
+            qa[2 * u] = x.x, qb[2 * u] = x.y, qa[2 * u + 1] = x.z, qb[2 * u + 1] = x.w;
+        }
+    }
+
+    const uint4 *kp = reinterpret_cast<const uint4 *>(a.k), *vp = reinterpret_cast<const uint4 *>(a.v);
+    const int64_t rstride = (int64_t)a.Hkv * (HD / 8); /* uint4 per key row of the cache */
+    const uint4 *kh_k = kp + (int64_t)kh * (HD / 8), *kh_v = vp + (int64_t)kh * (HD / 8);
+    /* warp-local step i is global step split + used * (warp + W * i) */
+    const int64_t wstep0 = split + (int64_t)used * warp, wstride = (int64_t)used * W;
+    const int nmine = wstep0 < nsteps ? (int)((nsteps - 1 - wstep0) / wstride + 1) : 0;
+    /* the cache row of key 0 of warp-local step i (a step's 16 rows are consecutive: KV_BLOCK % 16 == 0);
+     * paged, the table entry of step i + 2 is read while step i is computed */
+    auto base_of = [&](int i) -> int64_t { return i < nmine ? attn_row(tab, (wstep0 + wstride * i) * 16) : 0; };
+    auto load_k = [&](int i, int64_t base, uint4 (&kd)[2][NU]) {
+        const int64_t j0 = (wstep0 + wstride * i) * 16;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const bool ok = j0 + g + 8 * r < blim;
+            const uint4 *p = kh_k + (base + g + 8 * r) * rstride + t4;
+#pragma unroll
+            for (int u = 0; u < NU; u++) kd[r][u] = ok ? __ldg(p + 4 * u) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    auto load_v = [&](int i, int64_t base, uint4 (&vd)[4][NV]) {
+        const int64_t j0 = (wstep0 + wstride * i) * 16;
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int jr = 2 * t4 + (r & 1) + 8 * (r >> 1);
+            const bool ok = j0 + jr < blim;
+            const uint4 *p = kh_v + (base + jr) * rstride + g;
+#pragma unroll
+            for (int u = 0; u < NV; u++) vd[r][u] = ok ? __ldg(p + 8 * u) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    /* K and V of step i + 1 are loaded while step i is computed: K(i+1) once K(i) has been used,
+     * V(i+1) once S(i) is done (three of the four buffers live at a time, not four) */
+    uint4 kr[2][NU], vr[4][NV];
+    int64_t bcur = base_of(0);
+    if (nmine > 0) load_k(0, bcur, kr), load_v(0, bcur, vr);
+    int64_t bnext = base_of(1);
+
+    float m = -INFINITY, l = 0.0f, o[NB][4];
+#pragma unroll
+    for (int nb = 0; nb < NB; nb++) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
+    const float sl2 = a.scale * LOG2E;
+    for (int i = 0; i < nmine; i++) {
+        const int64_t j0 = (wstep0 + wstride * i) * 16;
+        float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                const uint4 &x = kr[r][ks >> 1];
+                tc_mma<KV>(s[r], qa[ks], qb[ks], (ks & 1) ? x.z : x.x, (ks & 1) ? x.w : x.y);
+            }
+        const bool more = i + 1 < nmine;
+        if (more) load_k(i + 1, bnext, kr); /* K(i) is used */
+        uint4 vn[4][NV];
+        if (more) load_v(i + 1, bnext, vn);
+        bnext = base_of(i + 2);
+        /* s[r][e], e = 0, 1: row g, key j0 + 8r + 2 t4 + e */
+        float x[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int64_t j = j0 + 8 * (e >> 1) + 2 * t4 + (e & 1);
+            x[e] = j < lim ? s[e >> 1][e & 1] * sl2 : -INFINITY;
+        }
+        float mt = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+        mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+        const float mn = fmaxf(m, mt);
+        const float alpha = m == -INFINITY ? 0.0f : exp2f(m - mn); /* mn finite whenever m is */
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) p[e] = x[e] == -INFINITY ? 0.0f : exp2f(x[e] - mn);
+        const uint32_t pa0 = tc_pack<KV>(p[0], p[1]), pa2 = tc_pack<KV>(p[2], p[3]);
+        l = l * alpha + ((p[0] + p[1]) + (p[2] + p[3]));
+        m = mn;
+#pragma unroll
+        for (int nb = 0; nb < NB; nb++) {
+            o[nb][0] *= alpha;
+            o[nb][1] *= alpha;
+            const int u = nb >> 3, w = (nb & 7) >> 1;
+            const unsigned sel = (nb & 1) ? 0x7632u : 0x5410u;
+            const uint32_t b0 = __byte_perm(tc_word(vr[0][u], w), tc_word(vr[1][u], w), sel);
+            const uint32_t b1 = __byte_perm(tc_word(vr[2][u], w), tc_word(vr[3][u], w), sel);
+            tc_mma<KV>(o[nb], pa0, pa2, b0, b1);
+        }
+        if (more) {
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int u = 0; u < NV; u++) vr[r][u] = vn[r][u];
+        }
+    }
+    /* l over the 4 threads of row g (m is already the same in all four) */
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+
+    /* the warps of the block, in the natural log domain from here on (as the partials of split-K) */
+    if (t4 == 0) {
+        red_m[warp][g] = m == -INFINITY ? -INFINITY : m / LOG2E;
+        red_l[warp][g] = l;
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; nb++) {
+        red_o[warp][g][tc_vdim(nb, 2 * t4)] = o[nb][0];
+        red_o[warp][g][tc_vdim(nb, 2 * t4 + 1)] = o[nb][1];
+    }
+    __syncthreads();
+    const int PAIRS = NS * HD;
+    for (int pi = tid; pi < PAIRS; pi += blockDim.x) {
+        const int sl = pi / HD, c = pi - sl * HD, qr = sl / a.GB, hg = sl - qr * a.GB;
+        if (qr >= nrows) continue;
+        float M = -INFINITY;
+        for (int w = 0; w < W; w++) M = fmaxf(M, red_m[w][sl]);
+        float L = 0.0f, A = 0.0f;
+        if (M != -INFINITY)
+            for (int w = 0; w < W; w++) {
+                const float ms = red_m[w][sl];
+                const float wt = ms == -INFINITY ? 0.0f : expf(ms - M);
+                L = fmaf(red_l[w][sl], wt, L);
+                A = fmaf(red_o[w][sl][c], wt, A);
+            }
+        const int64_t ih = (int64_t)(i0 + qr) * a.H + h0 + hg;
+        if (used == 1) {
+            stf(a.out, a.odt, ih * HD + c, L > 0.0f ? A / L : 0.0f);
+        } else {
+            a.part_acc[(ih * a.nsplit + split) * HD + c] = A;
+            if (c == 0) {
+                a.part_ml[(ih * a.nsplit + split) * 2 + 0] = M;
+                a.part_ml[(ih * a.nsplit + split) * 2 + 1] = L;
+            }
+        }
+    }
+    if (used == 1) return;
+    /* the last block of this (head block, row block) to arrive merges the splits */
+    __threadfence();
+    __syncthreads();
+    int *cnt = a.cnt + blockIdx.z * gridDim.y + blockIdx.y;
+    if (tid == 0) {
+        const int prev = atomicAdd(cnt, 1);
+        s_last = prev == used - 1;
+        if (s_last) *cnt = 0; /* every block of this launch has arrived: ready for the next launch */
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    /* one online pass per 4 columns of a slot: every split's (m, l) and 16 bytes of acc, the loads of
+     * eight splits in flight at once (the merge is a chain of L2 round trips, keep it short) */
+    for (int qd = tid; qd < PAIRS / 4; qd += blockDim.x) {
+        const int sl = qd / (HD / 4), c = 4 * (qd - sl * (HD / 4)), qr = sl / a.GB, hg = sl - qr * a.GB;
+        if (qr >= nrows) continue;
+        const int64_t ih = (int64_t)(i0 + qr) * a.H + h0 + hg;
+        const float2 *ml = reinterpret_cast<const float2 *>(a.part_ml) + ih * a.nsplit;
+        const float4 *pa = reinterpret_cast<const float4 *>(a.part_acc + ih * a.nsplit * HD + c);
+        float M = -INFINITY, L = 0.0f;
+        float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int sp = 0; sp < used; sp++) {
+            const float2 e = __ldcg(ml + sp);
+            const float4 x = __ldcg(pa + (int64_t)sp * (HD / 4));
+            if (e.x == -INFINITY) continue; /* a split that saw no key of this slot */
+            const float Mn = fmaxf(M, e.x);
+            const float wa = M == -INFINITY ? 0.0f : expf(M - Mn), wb = expf(e.x - Mn);
+            L = L * wa + e.y * wb;
+            A.x = A.x * wa + x.x * wb;
+            A.y = A.y * wa + x.y * wb;
+            A.z = A.z * wa + x.z * wb;
+            A.w = A.w * wa + x.w * wb;
+            M = Mn;
+        }
+        const float il = L > 0.0f ? 1.0f / L : 0.0f;
+        stf(a.out, a.odt, ih * HD + c + 0, A.x * il);
+        stf(a.out, a.odt, ih * HD + c + 1, A.y * il);
+        stf(a.out, a.odt, ih * HD + c + 2, A.z * il);
+        stf(a.out, a.odt, ih * HD + c + 3, A.w * il);
+    }
+#else
+    __trap(); /* the host launches it only for code built for sm_80 or newer (tc_able) */
+#endif
+}
+
 /* ---- host: which kernel, how many splits ---- */
 
 typedef void (*cl_kernel_fn)(const attn_dec_args);
@@ -750,20 +1073,55 @@ static int cl_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t clust
     return 1 << e;
 }
 
-/* Whether the cluster kernel beats split-K for T keys in `groups` (head group, row block) pairs. On the
- * H200 in session 7 (test_cuda_ops bench attention, the 8B's 32/8 heads): one row, T <= 4096: cluster
- * 11.9-28.6 us vs split-K 14.9-30.2; T = 8192: 44.2 vs 39.6; T = 32768: 136 vs 86.5 (a cluster of at
- * most 16 splits holds fewer blocks than split-K spreads); rows mode, B = 4 at 4096 keys: 75.8 vs 70.5;
- * B = 16: 142 vs 207, B = 64: 519 vs 709. */
-static int cl_pays(int64_t T, int64_t groups)
+/* ---- the automatic choice: a table read top to bottom, from the bench ----
+ * groups = (head group, row block) pairs of the launch (one row of Llama-3-8B: 8; rows mode: 8 B);
+ * keys = what the host knows of the key count (the cache capacity with device positions or in rows
+ * mode, else the causal count). The first row whose bounds hold and whose kernel can run the call
+ * (DEC_TC: sm_80 code and card, q of the KV dtype, f16/bf16 output; DEC_CLUSTER: sm_90) wins; the
+ * last row always can.
+ * The cluster / split-K rows: H200 session 7 (test_cuda_ops bench attention, 32/8 heads): one row,
+ * keys <= 4096: cluster 11.9-28.6 us vs split-K 14.9-30.2; 8192: 44.2 vs 39.6; 32768: 136 vs 86.5 (a
+ * cluster of at most 16 splits holds fewer blocks than split-K spreads); rows mode, B = 4 at 4096
+ * keys: 75.8 vs 70.5; B = 16: 142 vs 207, B = 64: 519 vs 709.
+ * The tensor-core kernel (DEC_TC) is in no row yet: not measured on a card. Its row(s) go first once
+ * `test_cuda_ops bench attention` shows where it wins (its "tc" columns against the best old one). */
+enum { DEC_SPLITK, DEC_CLUSTER, DEC_TC };
+static const struct dec_rule {
+    int64_t max_groups, max_keys;
+    int kernel;
+} dec_rules[] = {
+    {31, 4096, DEC_CLUSTER},
+    {127, INT64_MAX, DEC_SPLITK},
+    {INT64_MAX, INT64_MAX, DEC_CLUSTER},
+    {INT64_MAX, INT64_MAX, DEC_SPLITK},
+};
+
+/* The tensor-core kernel needs mma.sync m16n8k16 with bf16 (sm_80) in the running code. */
+static int tc_able(const struct cuda_ctx *c) { return c->cc >= 80 && c->code_arch >= 80; }
+
+/* Splits of the tensor-core kernel (grid shape only: graph-safe): about 8 warps per SM over the
+ * grid, at most one split per W steps of the keys the host knows of, at most TC_MAX_SPLIT. The
+ * kernel uses fewer when the actual keys are fewer (at least W steps per split). */
+static int tc_splits(const struct cuda_ctx *c, int64_t groups, int W, int64_t keys)
 {
-    return groups >= 128 || (groups < 32 && T <= 4096);
+    int64_t s = (8 * (int64_t)c->n_sm + groups * W - 1) / (groups * W);
+    const int64_t cap = ((keys + 15) / 16 + W - 1) / W;
+    if (s > cap) s = cap;
+    if (s > TC_MAX_SPLIT) s = TC_MAX_SPLIT;
+    return s < 1 ? 1 : (int)s;
 }
 
-/* attn_decode, with the choice forced for tests and the bench: variant -1 automatic (the cluster
- * kernel where cl_able and cl_pays, else split-K), 0 the split-K kernel, C in 1, 2, 4, 8, 16 the cluster kernel with
- * C splits. Returns 0 when the call (or, for a cluster variant, the device) does not fit (nothing
- * launched), 1 when the split-K kernel ran, 2 the cluster kernel. */
+/* Variant codes of attn_decode_run (tests, bench): */
+#define DEC_VAR_AUTO -1
+#define DEC_VAR_SPLITK 0       /* 1, 2, 4, 8, 16: the cluster kernel with that many splits */
+#define DEC_VAR_CLUSTER 32     /* the cluster kernel, splits chosen as in the automatic path */
+#define DEC_VAR_TC 1000        /* + 100 W + S: the tensor-core kernel, W warps per block (1, 2, 4;
+                                  0: 4), S splits (1 .. 99; 0: tc_splits) */
+#define TC_WARPS_AUTO 4
+
+/* attn_decode, with the choice forced for tests and the bench (variant: the codes above). Returns 0
+ * when the call (or, for a forced variant, the device) does not fit (nothing launched), 1 when the
+ * split-K kernel ran, 2 the cluster kernel, 3 the tensor-core kernel. */
 static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
                            const struct tensor *v, const int32_t *pos, const attn_pages *pg, int64_t q_pos0,
                            float scale, int flags, int variant)
@@ -774,7 +1132,20 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     if ((n > 8 && !rows) || (flags & ATTN_EAGER_F16) || k->dtype != v->dtype || (hd != 64 && hd != 128)) return 0;
     if (k->dtype != DTYPE_F16 && k->dtype != DTYPE_BF16) return 0;
     if (((uintptr_t)k->data & 15) || ((uintptr_t)v->data & 15) || T > INT32_MAX || H > 65535) return 0;
-    if (variant > 0 && (!cl_able(c) || variant > CL_MAX || (variant & (variant - 1)))) return 0;
+    const int tc_fits = tc_able(c) && q->dtype == k->dtype && (out->dtype == DTYPE_F16 || out->dtype == DTYPE_BF16) &&
+                        !((uintptr_t)q->data & 15);
+    int kernel = DEC_SPLITK, W = TC_WARPS_AUTO, S = 0;
+    if (variant >= DEC_VAR_TC) {
+        W = (variant - DEC_VAR_TC) / 100, S = variant % 100;
+        if (W == 0) W = TC_WARPS_AUTO;
+        if (!tc_fits || (W != 1 && W != 2 && W != 4) || variant >= DEC_VAR_TC + 500) return 0;
+        kernel = DEC_TC;
+    } else if (variant > 0) {
+        if (!cl_able(c) || (variant != DEC_VAR_CLUSTER && (variant > CL_MAX || (variant & (variant - 1))))) return 0;
+        kernel = DEC_CLUSTER;
+    } else if (variant < 0) {
+        kernel = -1; /* from dec_rules below, once the groups are known */
+    }
     attn_dec_args a;
     memset(&a, 0, sizeof a);
     a.out = out->data;
@@ -811,14 +1182,43 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     if (a.QB > n) a.QB = (int)n;
     const int ns = a.GB * a.QB;
     const int NS = ns <= 1 ? 1 : ns <= 2 ? 2 : ns <= 4 ? 4 : 8;
-    const int64_t hblocks = H / a.GB, rblocks = (n + a.QB - 1) / a.QB;
-    const int cluster = variant < 0 ? cl_able(c) && cl_pays(T, hblocks * rblocks) : variant > 0;
+    const int64_t hblocks = H / a.GB, rblocks = (n + a.QB - 1) / a.QB, groups = hblocks * rblocks;
+    /* keys: what the host knows (device positions and rows mode: the capacity) */
+    const int64_t keys = pos || rows ? T : ((flags & ATTN_CAUSAL) ? (q_pos0 + n < T ? q_pos0 + n : T) : T);
+    for (size_t r = 0; kernel < 0 && r < sizeof dec_rules / sizeof dec_rules[0]; r++) {
+        const struct dec_rule *d = &dec_rules[r];
+        if (groups > d->max_groups || T > d->max_keys) continue;
+        if ((d->kernel == DEC_TC && !tc_fits) || (d->kernel == DEC_CLUSTER && !cl_able(c))) continue;
+        kernel = d->kernel;
+    }
 
-    if (cluster) {
+    if (kernel == DEC_TC) {
+        if (S == 0) S = tc_splits(c, groups, W, keys);
+        a.nsplit = S;
+        if (S > 1) {
+            float *part = (float *)cuda_scratch(c, SCRATCH_ATTN, (size_t)(n * H * S * (hd + 2)) * sizeof(float));
+            a.part_acc = part;
+            a.part_ml = part + n * H * S * hd;
+            a.cnt = (int *)cuda_scratch_zeroed(c, SCRATCH_ATTN_CNT, (size_t)groups * sizeof(int));
+        }
+        const dim3 grid((unsigned)S, (unsigned)hblocks, (unsigned)rblocks);
+        const unsigned threads = 32u * (unsigned)W;
+        if (k->dtype == DTYPE_F16) {
+            if (hd == 128) attn_tc_kernel<__half, 128><<<grid, threads, 0, c->stream>>>(a);
+            else attn_tc_kernel<__half, 64><<<grid, threads, 0, c->stream>>>(a);
+        } else {
+            if (hd == 128) attn_tc_kernel<__nv_bfloat16, 128><<<grid, threads, 0, c->stream>>>(a);
+            else attn_tc_kernel<__nv_bfloat16, 64><<<grid, threads, 0, c->stream>>>(a);
+        }
+        KERNEL_CHECK();
+        return 3;
+    }
+
+    if (kernel == DEC_CLUSTER) {
         cl_kernel_fn fn = cl_kernel(k->dtype, (int)hd, NS);
         int maxcl[5];
         cl_caps(c, fn, maxcl);
-        int C = variant > 0 ? variant : cl_splits(c, maxcl, hblocks * rblocks, NS);
+        int C = variant > 0 && variant != DEC_VAR_CLUSTER ? variant : cl_splits(c, maxcl, groups, NS);
         int e = 0;
         while ((1 << e) < C) e++;
         if (maxcl[e] < 1) return 0; /* a forced size the device cannot hold */
@@ -843,7 +1243,6 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
      * with device positions the key count is unknown here, so the capacity T sizes the grid and
      * splits beyond the actual keys exit at once */
     const int64_t tk = (int64_t)(DEC_THREADS / (hd / 8)) * DEC_KPT;
-    const int64_t keys = pos || rows ? T : ((flags & ATTN_CAUSAL) ? (q_pos0 + n < T ? q_pos0 + n : T) : T);
     int64_t nsplit = (3 * (int64_t)c->n_sm + hblocks * rblocks - 1) / (hblocks * rblocks);
     const int64_t cap = (keys + DEC_MIN_TILES * tk - 1) / (DEC_MIN_TILES * tk);
     if (nsplit > cap) nsplit = cap;
@@ -887,7 +1286,8 @@ int attn_decode(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, 
 /* Tests and `test_cuda_ops bench`: the decode kernels with the choice forced (variant as in
  * attn_decode_run), on any of the three call forms: pos (device positions, optional table tab [mb]),
  * rows (seq and n_keys given: tab [S, mb], one query row per sequence, causal), or neither (q_pos0).
- * Returns attn_decode_run's answer: 0 nothing launched, 1 split-K ran, 2 the cluster kernel ran. */
+ * Returns attn_decode_run's answer: 0 nothing launched, 1 split-K ran, 2 the cluster kernel ran, 3 the
+ * tensor-core kernel ran. */
 extern "C" int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, const struct tensor *k,
                                              const struct tensor *v, const struct tensor *pos, const struct tensor *tab,
                                              const struct tensor *seq, const struct tensor *n_keys, int64_t q_pos0,
@@ -920,6 +1320,9 @@ extern "C" void cuda_attention_cluster_caps(int ordinal, int maxcl[5])
     }
     cl_caps(c, cl_kernel(DTYPE_F16, 128, 4), maxcl);
 }
+
+/* tests and `test_cuda_ops bench`: whether the device and the code run the tensor-core kernel */
+extern "C" int cuda_attention_tc_able(int ordinal) { return tc_able(cuda_ctx_get(ordinal)); }
 
 /* ---- op_attention_rows: one query row per sequence, each over its own paged sequence ----
  * A decode kernel above in rows mode does the work (f16/bf16, hd 64 or 128): block (split, head
