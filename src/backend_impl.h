@@ -90,6 +90,10 @@ void cuda_set_gemv16_max(int ordinal, int max);
  * path) or on the older one-pass kernel with the fused ops run as their plain ops (cuda/cuda_mem.cu;
  * default on; tests and the bench compare the two) */
 void cuda_set_pgemv(int ordinal, int on);
+/* the small decode ops (rmsnorm, add_rmsnorm, rope_qk, silu_mul, kv_store) on their vector kernels where the
+ * tensors allow: 1 (the default) the same bits as the generic kernels, 2 the norms' double sums in another
+ * tree (the fp32 statistic may differ in its last bit); or on the generic kernels (0) (cuda/cuda_mem.cu) */
+void cuda_set_small_vec(int ordinal, int mode);
 /* graphs (cuda/cuda_mem.cu): capture the ops issued on one device's stream, replay them */
 int cuda_graph_begin(int ordinal, struct err *e);
 void *cuda_graph_end(int ordinal, struct err *e); /* NULL with e set on failure */

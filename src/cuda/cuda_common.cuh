@@ -133,6 +133,10 @@ struct cuda_ctx {
                                    (cuda_pgemv.cu, cuda_set_pgemv; default 0) */
     int pgemv_bps, pgemv_u;     /* its grid (blocks per SM) and 16-byte loads per lane per chunk (4 or 8) */
     int pgemv_trig_early;       /* 1: it lets a PDL-launched successor start at once, 0: after its last loads */
+    int small_vec;              /* the decode step's small ops (norms, rope_qk, silu_mul, kv_store) on their
+                                   vector kernels where the tensors allow: 1 (the default) with the norms'
+                                   generic summation tree, 2 with their own, 0 off (cuda_ops.cu,
+                                   cuda_set_small_vec) */
 };
 
 /* Returns the context of a device (created on first use) and makes it the current device. */

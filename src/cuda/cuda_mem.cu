@@ -57,6 +57,7 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     c->pgemv = 0; /* the one-pass GEMV: faster at every decode shape but 4096x14336 on the H200 (session 7) */
     c->pgemv_bps = PGEMV_DEFAULT_BPS;
     c->pgemv_u = PGEMV_DEFAULT_U;
+    c->small_vec = 1;
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
@@ -143,6 +144,16 @@ extern "C" void cuda_set_pgemv(int ordinal, int on)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     c->pgemv = on != 0;
+}
+
+/* The vector kernels of the small decode ops (cuda_ops.cu) where the tensors allow: 1 (the default) the
+ * same bits as the generic kernels they replace, 2 the norms' double sums in their own tree (the fp32
+ * statistic can differ in its last bit), 0 the generic kernels (the tests and `test_cuda_ops bench small`
+ * compare them). */
+extern "C" void cuda_set_small_vec(int ordinal, int mode)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->small_vec = mode < 0 ? 0 : mode > 2 ? 2 : mode;
 }
 
 /* The largest token count the GEMV kernel takes for 16-bit weights (cuda_gemv.cu): 1..8. */

@@ -92,6 +92,178 @@ extern "C" void cuda_embed(struct tensor *y, const struct tensor *table, const s
  * identical. */
 #define NORM_PT_MAX 16
 
+/* The vector form of both norms, for rows whose tensors all have one dtype T (the decode step's fp16
+ * rows), whose width is a multiple of a 16-byte vector (8 halves, 4 floats) and whose pointers are
+ * 16-byte aligned: one block per row, thread t holding the vectors t, t + blockDim.x, ... (VPT of
+ * them) of x, o and w. At d = 4096 fp16 that is 512 threads with one 16-byte load per array each,
+ * all issued before any arithmetic; the dtype is a template parameter, not a per-element switch.
+ * Every rounding point is the generic form's. ADD: add_rmsnorm (hout = round(x + o), then the norm of
+ * hout); else rmsnorm (o, hout unused; y may alias x: each thread reads its vectors before it writes
+ * them). The double sum of squares, two ways (cuda_set_small_vec):
+ *  - TREE (1, the default): the generic form's summation tree exactly, so the results are the same
+ *    bits as rmsnorm_kernel / add_rmsnorm_kernel and the fused GEMV's norm prologue (cuda_pgemv.cu):
+ *    the row's values go through shared memory (d floats, exact) and the first NORM_THREADS threads
+ *    sum j = t, t + NORM_THREADS, ... in order, then block_sum_d's butterfly and warp order. One
+ *    more barrier and a shared-memory round trip than the other way; d <= NORMV_TREE_MAX.
+ *  - otherwise (2): each thread sums its own vectors, a warp butterfly, one shared-memory exchange and a
+ *    butterfly over the warps' partials. The double sums may then differ from the generic form's in
+ *    their last bits; the fp32 statistic rounded from them (all that is used) differs only when they
+ *    straddle an fp32 rounding boundary (~2^-23 per row). */
+#define NORMV_THREADS 512
+#define NORMV_VPT_MAX 4
+#define NORMV_TREE_MAX 8192 /* TREE: d floats of dynamic shared memory, at most 32 KiB */
+
+template <typename T> __device__ __forceinline__ T f2t(float v);
+template <> __device__ __forceinline__ __half f2t<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 f2t<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ float f2t<float>(float v) { return v; }
+
+/* the 16 bytes of E = 16 / sizeof(T) elements as floats, and back (round to nearest even) */
+template <typename T> __device__ __forceinline__ void vec_to_f(const uint4 &u, float *f)
+{
+    constexpr int PW = words<T>::per_word;
+    words<T>::to_f(u.x, f), words<T>::to_f(u.y, f + PW), words<T>::to_f(u.z, f + 2 * PW), words<T>::to_f(u.w, f + 3 * PW);
+}
+template <typename T> __device__ __forceinline__ uint4 f_to_vec(const float *f)
+{
+    uint4 u;
+    T *t = reinterpret_cast<T *>(&u);
+#pragma unroll
+    for (int e = 0; e < 16 / (int)sizeof(T); e++) t[e] = f2t<T>(f[e]);
+    return u;
+}
+
+template <typename T, int VPT, bool ADD, bool TREE>
+__global__ void __launch_bounds__(NORMV_THREADS)
+rmsnorm_vec_kernel(const T *x, const T *o, T *hout, T *y, const T *w, int64_t d, float eps)
+{
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    constexpr int E = 16 / (int)sizeof(T), dt = dtype_of<T>::value;
+    __shared__ double red[NORMV_THREADS / 32];
+    extern __shared__ float4 row_sh[]; /* TREE: the row's d values */
+    const int64_t base = blockIdx.x * d, nv = d / E;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint4 xv[VPT], ov[VPT], wv[VPT];
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+        if (c < nv) {
+            xv[i] = *reinterpret_cast<const uint4 *>(x + base + c * E);
+            if (ADD) ov[i] = __ldg(reinterpret_cast<const uint4 *>(o + base + c * E));
+            wv[i] = __ldg(reinterpret_cast<const uint4 *>(w + c * E));
+        }
+    }
+    float v[VPT][E];
+    double ss = 0;
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+        if (c >= nv) continue;
+        vec_to_f<T>(xv[i], v[i]);
+        if (ADD) {
+            float of[E];
+            vec_to_f<T>(ov[i], of);
+#pragma unroll
+            for (int e = 0; e < E; e++) v[i][e] = rndf(__fadd_rn(v[i][e], of[e]), dt); /* cpu_add */
+            *reinterpret_cast<uint4 *>(hout + base + c * E) = f_to_vec<T>(v[i]);
+        }
+        if (TREE) {
+#pragma unroll
+            for (int q = 0; q < E / 4; q++)
+                row_sh[c * (E / 4) + q] = make_float4(v[i][4 * q], v[i][4 * q + 1], v[i][4 * q + 2], v[i][4 * q + 3]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; e++) ss += (double)v[i][e] * v[i][e];
+        }
+    }
+    if (TREE) {
+        /* block_sum_d over NORM_THREADS threads holding j = t, t + NORM_THREADS, ...: rmsnorm_kernel's sums */
+        const float *sv = reinterpret_cast<const float *>(row_sh);
+        __syncthreads();
+        if (threadIdx.x < NORM_THREADS)
+            for (int64_t j = threadIdx.x; j < d; j += NORM_THREADS) ss += (double)sv[j] * sv[j];
+        ss = warp_sum_d(ss);
+        if (lane == 0 && warp < NORM_THREADS / 32) red[warp] = ss;
+        __syncthreads();
+        ss = 0;
+        for (int q = 0; q < NORM_THREADS / 32; q++) ss += red[q];
+    } else {
+        ss = warp_sum_d(ss);
+        if (lane == 0) red[warp] = ss;
+        __syncthreads();
+        ss = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.0;
+        ss = warp_sum_d(ss); /* every warp sums the partials in the same order: one value for the block */
+    }
+    const float inv = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int64_t c = threadIdx.x + (int64_t)i * blockDim.x;
+        if (c >= nv) continue;
+        float wf[E], r[E];
+        vec_to_f<T>(wv[i], wf);
+#pragma unroll
+        for (int e = 0; e < E; e++) r[e] = __fmul_rn(wf[e], rndf(__fmul_rn(v[i][e], inv), dt)); /* torch rounds before the weight */
+        *reinterpret_cast<uint4 *>(y + base + c * E) = f_to_vec<T>(r);
+    }
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Launches the vector form when the row allows it (d a multiple of the vector, at most NORMV_VPT_MAX
+ * vectors per thread; TREE: d <= NORMV_TREE_MAX); false otherwise. Pointers: checked by norm_vec. */
+template <typename T, bool ADD, bool TREE>
+static bool norm_vec_launch(struct cuda_ctx *c, int64_t rows, int64_t d, const void *x, const void *o, void *hout,
+                            void *y, const void *w, float eps)
+{
+    constexpr int E = 16 / (int)sizeof(T);
+    if (d % E || (TREE && d > NORMV_TREE_MAX)) return false;
+    const int64_t nv = d / E;
+    int threads = nv >= NORMV_THREADS ? NORMV_THREADS : (int)((nv + 31) / 32 * 32);
+    if (TREE && threads < NORM_THREADS) threads = NORM_THREADS; /* the tree's NORM_THREADS partial sums */
+    const int64_t vpt = (nv + threads - 1) / threads;
+    const size_t sh = TREE ? (size_t)d * sizeof(float) : 0;
+    const T *xp = (const T *)x, *op = (const T *)o, *wp = (const T *)w;
+    T *hp = (T *)hout, *yp = (T *)y;
+    switch (vpt) {
+    case 1: rmsnorm_vec_kernel<T, 1, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
+    case 2: rmsnorm_vec_kernel<T, 2, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
+    case 3: rmsnorm_vec_kernel<T, 3, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
+    case 4: rmsnorm_vec_kernel<T, 4, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
+    default: return false;
+    }
+    KERNEL_CHECK();
+    return true;
+}
+
+template <typename T>
+static bool norm_vec_t(struct cuda_ctx *c, int64_t rows, int64_t d, const void *x, const void *o, void *hout, void *y,
+                       const void *w, float eps)
+{
+    const bool tree = c->small_vec == 1;
+    if (o) return tree ? norm_vec_launch<T, true, true>(c, rows, d, x, o, hout, y, w, eps)
+                       : norm_vec_launch<T, true, false>(c, rows, d, x, o, hout, y, w, eps);
+    return tree ? norm_vec_launch<T, false, true>(c, rows, d, x, o, hout, y, w, eps)
+                : norm_vec_launch<T, false, false>(c, rows, d, x, o, hout, y, w, eps);
+}
+
+/* The vector form of rmsnorm (o, hout NULL) or add_rmsnorm when the context has it on and every
+ * tensor has one dtype and a 16-byte aligned start; false: the caller runs the generic form. */
+static bool norm_vec(struct cuda_ctx *c, int64_t rows, int64_t d, const struct tensor *x, const struct tensor *o,
+                     struct tensor *hout, struct tensor *y, const struct tensor *w, float eps)
+{
+    const enum dtype dt = x->dtype;
+    if (!c->small_vec || y->dtype != dt || w->dtype != dt || (o && o->dtype != dt)) return false;
+    if (!aligned16(x->data) || !aligned16(y->data) || !aligned16(w->data) || (o && !aligned16(o->data))) return false;
+    const void *op = o ? o->data : NULL;
+    void *hp = hout ? hout->data : NULL;
+    switch (dt) {
+    case DTYPE_F16: return norm_vec_t<__half>(c, rows, d, x->data, op, hp, y->data, w->data, eps);
+    case DTYPE_BF16: return norm_vec_t<__nv_bfloat16>(c, rows, d, x->data, op, hp, y->data, w->data, eps);
+    case DTYPE_F32: return norm_vec_t<float>(c, rows, d, x->data, op, hp, y->data, w->data, eps);
+    default: return false;
+    }
+}
+
 template <int PT>
 __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wdt, int64_t d, float eps)
@@ -137,6 +309,7 @@ extern "C" void cuda_rmsnorm(struct tensor *y, const struct tensor *x, const str
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t d = x->shape[x->ndim - 1], rows = tensor_numel(x) / d;
     if (rows == 0) return;
+    if (norm_vec(c, rows, d, x, NULL, NULL, y, w, eps)) return;
     if (d <= NORM_PT_MAX * NORM_THREADS)
         rmsnorm_kernel<NORM_PT_MAX><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype,
                                                                                    w->data, w->dtype, d, eps);
@@ -201,6 +374,7 @@ extern "C" void cuda_add_rmsnorm(struct tensor *h, struct tensor *xn, const stru
     struct cuda_ctx *c = cuda_ctx_get(h->dev.ordinal);
     const int64_t d = h->shape[h->ndim - 1], rows = tensor_numel(h) / d;
     if (rows == 0) return;
+    if (norm_vec(c, rows, d, h, o, h, xn, w, eps)) return;
     if (d <= NORM_PT_MAX * NORM_THREADS)
         add_rmsnorm_kernel<NORM_PT_MAX><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(
             h->data, h->dtype, o->data, o->dtype, xn->data, xn->dtype, w->data, w->dtype, d, eps);
@@ -295,8 +469,6 @@ layernorm_h8_kernel(__half *y, const __half *x, const __half *w, const __half *b
 
 #define LN8_MAX_D 2048 /* VPL <= 8 */
 
-static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 extern "C" void cuda_layernorm(struct tensor *y, const struct tensor *x, const struct tensor *w,
                                const struct tensor *b, float eps)
 {
@@ -330,7 +502,7 @@ extern "C" void cuda_layernorm(struct tensor *y, const struct tensor *x, const s
 /* inv_freq travels by value as a kernel parameter (2 KiB < the 4 KiB limit): computed on the host
  * with the same powf as cpu_rope (a device powf may differ by an ulp, and at position 8000 one ulp
  * of inv_freq moves the angle by ~1e-3 rad), and nothing to upload, so it is graph-capturable. */
-struct rope_freqs {
+struct __align__(16) rope_freqs { /* aligned: the vector kernel reads two frequencies as one float2 */
     float f[ROPE_MAX_HALF];
 };
 
@@ -401,6 +573,130 @@ static void rope_freqs_init(rope_freqs *inv, double theta, int64_t hd)
     for (int64_t i = 0; i < hd / 2; i++) inv->f[i] = 1.0f / powf((float)theta, (float)(2 * i) / (float)hd);
 }
 
+/* The fast form of rope_qk for one dtype S (q, k, v and the caches) and heads of hd <= 128 with an even
+ * half: one warp per (token, head) row of q or k, lane l rotating the pairs (j, j + half) of
+ * j = 2l, 2l + 1 with two-element loads and stores (hd = 128: the 64 pairs of a head, one warp). Its
+ * loads of x and v are issued before the position's cache row is looked up and before the first
+ * store (the generic kernel loaded v only after its k stores, another memory latency); the dtype is a
+ * template parameter. The arithmetic is rope_pair's, expression for expression (cosf/sinf of the same
+ * fp32 angle, the same roundings), so the results are the same bits. */
+#define ROPEV_WARPS 4
+#define ROPEV_MAX_HALF 64
+
+__device__ __forceinline__ float s2f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float s2f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float s2f(float v) { return v; }
+
+/* two consecutive elements of S as one load or store (4 bytes for 16-bit types, 8 for f32) */
+template <typename S> struct pair_bits { using type = uint32_t; };
+template <> struct pair_bits<float> { using type = uint2; };
+
+template <typename S> __device__ __forceinline__ typename pair_bits<S>::type ld_pair(const S *p)
+{
+    return *reinterpret_cast<const typename pair_bits<S>::type *>(p);
+}
+template <typename S> __device__ __forceinline__ void pair_to_f(typename pair_bits<S>::type u, float &a, float &b)
+{
+    const S *s = reinterpret_cast<const S *>(&u);
+    a = s2f(s[0]), b = s2f(s[1]);
+}
+template <typename S> __device__ __forceinline__ void st_pair(S *p, float a, float b)
+{
+    typename pair_bits<S>::type u;
+    S *s = reinterpret_cast<S *>(&u);
+    s[0] = f2t<S>(a), s[1] = f2t<S>(b);
+    *reinterpret_cast<typename pair_bits<S>::type *>(p) = u;
+}
+
+/* rope_pair's arithmetic on x1 = x[j], x2 = x[j + half] at angle a: o1, o2 */
+template <int dt> __device__ __forceinline__ void rope_rot(float x1, float x2, float a, float &o1, float &o2)
+{
+    const float c = rndf(cosf(a), dt), s = rndf(sinf(a), dt);
+    o1 = rndf(__fadd_rn(rndf(__fmul_rn(x1, c), dt), rndf(__fmul_rn(-x2, s), dt)), dt);
+    o2 = rndf(__fadd_rn(rndf(__fmul_rn(x2, c), dt), rndf(__fmul_rn(x1, s), dt)), dt);
+}
+
+template <typename S>
+__global__ void __launch_bounds__(ROPEV_WARPS * 32)
+rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, int hd,
+                   const __grid_constant__ rope_freqs inv, const S *v, S *kc, S *vc, int64_t T, const int32_t *tab,
+                   int64_t mb)
+{
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    constexpr int dt = dtype_of<S>::value;
+    using P = typename pair_bits<S>::type;
+    const int nh = H + Hkv, half = hd / 2, j = 2 * (threadIdx.x & 31);
+    const int64_t row = (int64_t)blockIdx.x * ROPEV_WARPS + (threadIdx.x >> 5);
+    if (row >= n * nh || j >= half) return;
+    const int64_t i = row / nh;
+    const int h = (int)(row - i * nh), hk = h - H;
+    const bool store = hk >= 0 && kc;
+    S *x = hk < 0 ? q + (i * H + h) * hd : k + (i * Hkv + hk) * hd;
+    /* every load first: the position, this lane's two pairs of x and (k rows with a cache) of v */
+    const int32_t p = pos[i];
+    const P xa = ld_pair(x + j), xb = ld_pair(x + j + half);
+    P va = {}, vb = {};
+    if (store) {
+        const S *vx = v + (i * Hkv + hk) * hd;
+        va = ld_pair(vx + j), vb = ld_pair(vx + j + half);
+    }
+    /* the cache row (a block-table load after the position's) before any store: the compiler may not
+     * move a load of tab above a store to x that it cannot prove apart */
+    const int64_t r = store ? kv_page_row(tab, mb, p, T) : 0;
+    const float2 f = reinterpret_cast<const float2 *>(inv.f)[j / 2]; /* inv_freq[j], inv_freq[j + 1] */
+    float x1a, x1b, x2a, x2b, o1a, o1b, o2a, o2b;
+    pair_to_f<S>(xa, x1a, x1b);
+    pair_to_f<S>(xb, x2a, x2b);
+    rope_rot<dt>(x1a, x2a, __fmul_rn((float)p, f.x), o1a, o2a);
+    rope_rot<dt>(x1b, x2b, __fmul_rn((float)p, f.y), o1b, o2b);
+    st_pair(x + j, o1a, o1b); /* in place: this lane owns its pairs */
+    st_pair(x + j + half, o2a, o2b);
+    if (!store) return;
+    if (r < 0) {
+        printf("rope_qk: position %d outside the cache of %lld rows (table of %lld blocks)\n", p, (long long)T,
+               (long long)mb);
+        __trap();
+    }
+    const int64_t cb = (r * Hkv + hk) * hd;
+    st_pair(kc + cb + j, o1a, o1b);
+    st_pair(kc + cb + j + half, o2a, o2b);
+    *reinterpret_cast<P *>(vc + cb + j) = va; /* a copy: exact in any dtype */
+    *reinterpret_cast<P *>(vc + cb + j + half) = vb;
+}
+
+template <typename S>
+static void rope_qk_vec_launch(struct cuda_ctx *c, struct tensor *q, struct tensor *k, const struct tensor *pos,
+                               const rope_freqs &inv, const struct tensor *v, struct tensor *kc, struct tensor *vc,
+                               const struct tensor *tab)
+{
+    const int64_t n = q->shape[0], H = q->shape[1], Hkv = k->shape[1], rows = n * (H + Hkv);
+    rope_qk_vec_kernel<S><<<(unsigned)((rows + ROPEV_WARPS - 1) / ROPEV_WARPS), ROPEV_WARPS * 32, 0, c->stream>>>(
+        (S *)q->data, (S *)k->data, (const int32_t *)pos->data, n, (int)H, (int)Hkv, (int)q->shape[2], inv,
+        kc ? (const S *)v->data : NULL, kc ? (S *)kc->data : NULL, kc ? (S *)vc->data : NULL, kc ? kc->shape[0] : 0,
+        tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0);
+    KERNEL_CHECK();
+}
+
+/* the vector form when the context has it on and the shapes, dtypes and alignment allow: true when launched */
+static bool rope_qk_vec(struct cuda_ctx *c, struct tensor *q, struct tensor *k, const struct tensor *pos,
+                        const rope_freqs &inv, const struct tensor *v, struct tensor *kc, struct tensor *vc,
+                        const struct tensor *tab)
+{
+    const int64_t hd = q->shape[2], half = hd / 2;
+    const enum dtype dt = q->dtype;
+    const size_t al = 2 * dtype_size(dt) - 1; /* two-element accesses */
+    if (!c->small_vec || half % 2 || half > ROPEV_MAX_HALF || ((uintptr_t)q->data & al) || ((uintptr_t)k->data & al))
+        return false;
+    if (kc && (((uintptr_t)v->data & al) || ((uintptr_t)kc->data & al) || ((uintptr_t)vc->data & al))) return false;
+    if (q->shape[0] * (q->shape[1] + k->shape[1]) > (int64_t)UINT32_MAX * ROPEV_WARPS / 2) return false;
+    switch (dt) {
+    case DTYPE_F16: rope_qk_vec_launch<__half>(c, q, k, pos, inv, v, kc, vc, tab); return true;
+    case DTYPE_BF16: rope_qk_vec_launch<__nv_bfloat16>(c, q, k, pos, inv, v, kc, vc, tab); return true;
+    case DTYPE_F32: rope_qk_vec_launch<float>(c, q, k, pos, inv, v, kc, vc, tab); return true;
+    default: return false;
+    }
+}
+
 extern "C" void cuda_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta,
                              const struct tensor *v, struct tensor *kc, struct tensor *vc, const struct tensor *tab)
 {
@@ -411,6 +707,7 @@ extern "C" void cuda_rope_qk(struct tensor *q, struct tensor *k, const struct te
     if (n == 0 || half == 0 || H + Hkv == 0) return;
     rope_freqs inv;
     rope_freqs_init(&inv, theta, hd);
+    if (rope_qk_vec(c, q, k, pos, inv, v, kc, vc, tab)) return;
     rope_qk_kernel<<<cuda_grid_1d(c, n * (H + Hkv) * half), 256, 0, c->stream>>>(
         q->data, k->data, q->dtype, (const int32_t *)pos->data, n, H, Hkv, hd, inv, v ? v->data : NULL,
         kc ? kc->data : NULL, vc ? vc->data : NULL, kc ? kc->shape[0] : 0,
@@ -433,11 +730,35 @@ __global__ void kv_store_kernel(char *cache, const char *x, const int32_t *rows,
     }
 }
 
+/* kv_store_kernel in 16-byte words (rows of rb16 words): the batched decode step's K and V rows (2 KiB each
+ * for Llama-3-8B fp16) in 128 threads per row instead of a thread per byte */
+__global__ void kv_store_vec_kernel(uint4 *cache, const uint4 *x, const int32_t *rows, int64_t n, int64_t rb16, int64_t T)
+{
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    const int64_t total = n * rb16;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t i = e / rb16, b = e - i * rb16;
+        const uint4 val = x[e];
+        const int32_t r = rows[i];
+        if (r < 0 || r >= T) {
+            printf("kv_store: row %d outside the cache of %lld\n", r, (long long)T);
+            __trap();
+        }
+        cache[(int64_t)r * rb16 + b] = val;
+    }
+}
+
 extern "C" void cuda_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
 {
     struct cuda_ctx *c = cuda_ctx_get(cache->dev.ordinal);
     const int64_t n = x->shape[0], rb = tensor_row_numel(x) * (int64_t)dtype_size(x->dtype);
     if (n == 0 || rb == 0) return;
+    if (c->small_vec && rb % 16 == 0 && aligned16(cache->data) && aligned16(x->data)) {
+        kv_store_vec_kernel<<<cuda_grid_1d(c, n * (rb / 16)), 256, 0, c->stream>>>(
+            (uint4 *)cache->data, (const uint4 *)x->data, (const int32_t *)rows->data, n, rb / 16, cache->shape[0]);
+        KERNEL_CHECK();
+        return;
+    }
     kv_store_kernel<<<cuda_grid_1d(c, n * rb), 256, 0, c->stream>>>((char *)cache->data, (const char *)x->data,
                                                                      (const int32_t *)rows->data, n, rb,
                                                                      cache->shape[0]);
@@ -500,11 +821,46 @@ __global__ void silu_mul_kernel(void *y, int ydt, const void *g, int gdt, const 
     }
 }
 
+/* silu_mul_kernel for one dtype S with 16-byte vectors (8 halves per thread: the decode step's 14336 gate
+ * values in 14 blocks of 128 threads, one load per operand each); the same expression per element.
+ * y may alias g or u: each thread reads its vectors before it writes them (plain loads, not __ldg). */
+#define SILUV_THREADS 128
+template <typename S> __global__ void __launch_bounds__(SILUV_THREADS) silu_mul_vec_kernel(uint4 *y, const uint4 *g, const uint4 *u, int64_t nv)
+{
+    pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    constexpr int E = 16 / (int)sizeof(S), dt = dtype_of<S>::value;
+    GRID_STRIDE(i, nv)
+    {
+        const uint4 gr = g[i], ur = u[i];
+        float gv[E], uv[E], r[E];
+        vec_to_f<S>(gr, gv);
+        vec_to_f<S>(ur, uv);
+#pragma unroll
+        for (int e = 0; e < E; e++)
+            r[e] = __fmul_rn(rndf(__fdiv_rn(gv[e], __fadd_rn(1.0f, expf(-gv[e]))), dt), uv[e]); /* torch rounds silu first */
+        y[i] = f_to_vec<S>(r);
+    }
+}
+
 extern "C" void cuda_silu_mul(struct tensor *y, const struct tensor *gate, const struct tensor *up)
 {
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t n = tensor_numel(y);
     if (n == 0) return;
+    const enum dtype dt = y->dtype;
+    const int64_t E = dt == DTYPE_F32 ? 4 : 8; /* elements per 16-byte vector (float dtypes) */
+    if (c->small_vec && (dt == DTYPE_F16 || dt == DTYPE_BF16 || dt == DTYPE_F32) && gate->dtype == dt &&
+        up->dtype == dt && n % E == 0 && aligned16(y->data) && aligned16(gate->data) && aligned16(up->data)) {
+        const int64_t nv = n / E, blocks = (nv + SILUV_THREADS - 1) / SILUV_THREADS, cap = (int64_t)c->n_sm * 16;
+        const unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
+        uint4 *yp = (uint4 *)y->data;
+        const uint4 *gp = (const uint4 *)gate->data, *upp = (const uint4 *)up->data;
+        if (dt == DTYPE_F16) silu_mul_vec_kernel<__half><<<grid, SILUV_THREADS, 0, c->stream>>>(yp, gp, upp, nv);
+        else if (dt == DTYPE_BF16) silu_mul_vec_kernel<__nv_bfloat16><<<grid, SILUV_THREADS, 0, c->stream>>>(yp, gp, upp, nv);
+        else silu_mul_vec_kernel<float><<<grid, SILUV_THREADS, 0, c->stream>>>(yp, gp, upp, nv);
+        KERNEL_CHECK();
+        return;
+    }
     silu_mul_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>(y->data, y->dtype, gate->data, gate->dtype, up->data,
                                                                up->dtype, n);
     KERNEL_CHECK();
