@@ -537,6 +537,16 @@ int dev_graph_launch(struct dev_graph *g, struct err *e)
 #endif
 }
 
+int dev_graph_stale(const struct dev_graph *g)
+{
+#ifdef MINICPMV_CUDA
+    return cuda_graph_stale(g->impl);
+#else
+    (void)g;
+    return 0;
+#endif
+}
+
 void dev_graph_free(struct dev_graph *g)
 {
     if (!g) return;

@@ -213,6 +213,9 @@ struct dev_graph *dev_graph_end(struct device d, struct err *e);
  * when a scratch buffer the graph uses was reallocated since the capture (an eager op at larger
  * shapes ran in between): free it and capture again (no warm-up needed then). */
 int dev_graph_launch(struct dev_graph *g, struct err *e);
+/* 1 when dev_graph_launch would fail for that reason (a scratch buffer moved since the capture): capture
+ * it again; 0 otherwise. */
+int dev_graph_stale(const struct dev_graph *g);
 void dev_graph_free(struct dev_graph *g);
 
 /* ---- sampling on the device (sampler.h's selection inside the decode graph) ----

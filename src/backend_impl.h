@@ -98,6 +98,7 @@ void cuda_set_small_vec(int ordinal, int mode);
 int cuda_graph_begin(int ordinal, struct err *e);
 void *cuda_graph_end(int ordinal, struct err *e); /* NULL with e set on failure */
 int cuda_graph_launch(void *graph, struct err *e);
+int cuda_graph_stale(const void *graph);
 void cuda_graph_free(void *graph);
 #ifdef __cplusplus
 }

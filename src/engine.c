@@ -500,6 +500,30 @@ int engine_decode_batch_collect(struct engine *g, const uint8_t *need, int32_t *
     return llm_decode_batch_collect(&g->llm, need, picks, logits, e);
 }
 
+int engine_warm_batch_graphs(struct engine *g, struct err *e)
+{
+    struct llm *s = &g->llm;
+    if (!llm_batch_graphs(s)) return 0;
+    if (s->inflight_B) return err_set(e, "warming the batched graphs: a batched step is in flight (collect it first)");
+    /* one prefill chunk of the largest size first, through an empty slot emptied again: the scratch
+     * buffers it grows (a capture records their addresses) then stay put when the first requests prefill */
+    const int64_t n = s->max_batch < s->ctx ? s->max_batch : s->ctx;
+    for (int sl = 0; sl < s->n_slots; sl++) {
+        if (llm_slot_len(s, sl) != 0) continue;
+        struct err pe = {{0}};
+        if (llm_slot_reserve(s, sl, n, &pe) != 0) break; /* no blocks to spare: the captures alone */
+        int32_t *ids = calloc((size_t)n, sizeof *ids);
+        const int rc = ids ? llm_slot_forward(s, sl, ids, NULL, n, NULL, e) : err_set(e, "out of memory");
+        free(ids);
+        llm_slot_truncate(s, sl, 0);
+        if (rc) return -1;
+        break;
+    }
+    return llm_warm_batch_graphs(s, 1, e);
+}
+
+const struct llm_batch_stats *engine_batch_stats(const struct engine *g) { return &g->llm.bstats; }
+
 void engine_slot_sample_begin(struct engine *g, int slot, const struct sampler_params *p, uint64_t draws)
 {
     if (slot >= 0 && slot < g->llm.n_slots) llm_slot_sample_begin(&g->llm, slot, p, draws);

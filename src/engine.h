@@ -205,5 +205,17 @@ int engine_decode_batch_collect(struct engine *g, const uint8_t *need, int32_t *
 /* Starts slot's device sampler for a request: parameters p, next draw index `draws` (the host
  * sampler's draws after the tokens it picked itself), no token generated yet. */
 void engine_slot_sample_begin(struct engine *g, int slot, const struct sampler_params *p, uint64_t draws);
+/* Captures now the batched step's CUDA graph of every batch size 1..min(slots, max_batch) that has none
+ * (llm_warm_batch_graphs, in the mode engine_decode_batch_launch uses), so that no step pays a capture
+ * (milliseconds each) while streams wait; every slot's KV, length and sampler state are kept. Call it
+ * with no batched step in flight. First one prefill chunk of --max-batch tokens runs through an empty
+ * slot (emptied again; it may take back cached prefix blocks) so that the scratch buffers the captures
+ * record have their prefill size; an image encode or other shapes larger than seen may still move one,
+ * and the graphs are then captured again one by one at their next step (llm_batch_stats.stale). 0 and
+ * nothing done where the step does not run as graphs (CPU, several GPUs). */
+int engine_warm_batch_graphs(struct engine *g, struct err *e);
+/* The batched step's host time and graph counts since load (llm.h). */
+struct llm_batch_stats;
+const struct llm_batch_stats *engine_batch_stats(const struct engine *g);
 
 #endif

@@ -32,10 +32,8 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
     b->pos.ndim = 1;
     b->ids = tensor_carve(cv, DTYPE_I32, B, 1);
     b->ids.ndim = 1;
-    b->kv_rows = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->kv_seq = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->kv_len = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->kv_rows.ndim = b->kv_seq.ndim = b->kv_len.ndim = 1;
+    b->bstep = tensor_carve(cv, DTYPE_I32, LLM_BSTEP_FIELDS * B, 1);
+    b->bstep.ndim = 1;
     if (kv_slots > 0) { /* a device holding layers */
         const int64_t hkv = c->num_key_value_heads;
         b->kv_tab = tensor_carve(cv, DTYPE_I32, kv_slots, llm_kv_blocks(ctx, 1));
@@ -44,9 +42,6 @@ static void devbuf_carve(struct llm_devbuf *b, struct tensor_carver *cv, const s
         b->kg = tensor_reshape(&b->kg, 3, ctx, hkv, (int64_t)c->head_dim);
         b->vg = tensor_reshape(&b->vg, 3, ctx, hkv, (int64_t)c->head_dim);
     }
-    b->slot = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->picks = tensor_carve(cv, DTYPE_I32, B, 1);
-    b->slot.ndim = b->picks.ndim = 1;
     if (logit_rows > 0) {
         b->logits_all = tensor_carve(cv, DTYPE_F32, logit_rows, c->vocab_size);
         b->logits_act_all = tensor_carve(cv, act, logit_rows, c->vocab_size);
@@ -155,7 +150,8 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
         for (int i = 0; i < n_slots; i++) llm_slot_sample_begin(s, i, &dp, 0);
         s->bgraph_max = (int)(n_slots < max_batch ? n_slots : max_batch);
         s->bgraph = calloc((size_t)(2 * (s->bgraph_max + 1)), sizeof *s->bgraph);
-        if (!s->bgraph) { err_set(e, "out of memory"); goto fail; }
+        s->bstage = malloc((size_t)LLM_BSTEP_FIELDS * (size_t)s->bgraph_max * sizeof *s->bstage);
+        if (!s->bgraph || !s->bstage) { err_set(e, "out of memory"); goto fail; }
     }
     const int L = c->num_hidden_layers;
     s->cache = calloc((size_t)L, sizeof *s->cache);
@@ -199,6 +195,7 @@ void llm_free(struct llm *s)
     if (!s->m) return;
     llm_drop_graphs(s);
     free(s->bgraph);
+    free(s->bstage);
     if (s->sample_mem) dev_free(s->pl->devs[s->pl->lm_head], s->sample_mem);
     for (int i = 0; i < MODEL_MAX_DEVICES; i++)
         if (s->dev[i].mem) dev_free(s->dev[i].dev, s->dev[i].mem);
@@ -354,6 +351,12 @@ void llm_slot_publish(struct llm *s, int slot, const uint64_t *keys, int n)
 
 static struct tensor rows(const struct tensor *t, int64_t n) { return tensor_rows_view(t, 0, n); }
 
+/* Field f of the batched step of n rows in b's bstep region (llm.h: the field at f * n). */
+static struct tensor bstep_view(const struct llm_devbuf *b, int f, int64_t n)
+{
+    return tensor_rows_view(&b->bstep, f * n, n);
+}
+
 /* Sets the position buffer of device di to pos0..pos0+n-1. */
 static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
 {
@@ -420,7 +423,8 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     CHECK(device_eq(h->dev, b->dev) && n <= s->max_batch && (slot < 0 || pos0 + n <= s->ctx));
     struct tensor xn = rows(&b->xn, n), q = rows(&b->q, n), k = rows(&b->k, n), v = rows(&b->v, n);
     struct tensor att = rows(&b->att, n), o = rows(&b->o, n), g = rows(&b->gate, n), u = rows(&b->up, n);
-    struct tensor pos = tensor_rows_view(&b->pos, 0, n);
+    /* (the batched step's positions are a field of its bstep region) */
+    struct tensor pos = slot < 0 ? bstep_view(b, BSTEP_POS, n) : tensor_rows_view(&b->pos, 0, n);
 
     const int fuse = fused(s, n);
     CHECK(!fuse || (!xn_ready && !next_norm));
@@ -440,7 +444,8 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
         /* the batched step (llm_decode_batch): row i is a token of slot kv_seq[i], at position pos[i]; its
          * k, v go to cache row kv_rows[i], its attention reads the kv_len[i] first tokens of its slot */
         op_rope_qk(&q3, &k3, &pos, c->rope_theta, NULL, NULL, NULL, NULL);
-        struct tensor kr = rows(&b->kv_rows, n), ks = rows(&b->kv_seq, n), kl = rows(&b->kv_len, n);
+        struct tensor kr = bstep_view(b, BSTEP_KV_ROWS, n), ks = bstep_view(b, BSTEP_KV_SEQ, n);
+        struct tensor kl = bstep_view(b, BSTEP_KV_LEN, n);
         op_kv_store(&lc->k, &k3, &kr);
         op_kv_store(&lc->v, &v3, &kr);
         op_attention_rows(&att3, &q3, &lc->k, &lc->v, &b->kv_tab, &ks, &kl, scale);
@@ -689,30 +694,41 @@ static void decode_step_dev(struct llm *s, int n, int mode_)
         }
 }
 
+/* Captures step(s, n, mode) into gr (which holds none): recorded, not run. */
+static int graph_capture(struct llm *s, struct llm_graph *gr, void (*step)(struct llm *, int, int), int n, int mode,
+                         struct err *e)
+{
+    const struct device d = s->pl->devs[s->pl->embed];
+    if (dev_graph_begin(d, e)) return -1;
+    step(s, n, mode);
+    return (gr->g = dev_graph_end(d, e)) ? 0 : -1;
+}
+
 /* Runs step(s, n, mode) (device ops only, nothing host-dependent) through the graph gr: eagerly the
  * first time (so every scratch buffer it needs is sized), captured the second time, replayed after.
  * A graph whose scratch moved since its capture (an eager op at larger shapes ran in between) is
- * captured again (the scratch is already large enough) and replayed. Enqueues; does not wait. */
+ * captured again (the scratch is already large enough) and replayed. Enqueues; does not wait.
+ * st (may be NULL): the eager steps and captures counted and timed (clock reads only). */
 static int graph_run(struct llm *s, struct llm_graph *gr, void (*step)(struct llm *, int, int), int n, int mode,
-                     struct err *e)
+                     struct llm_batch_stats *st, struct err *e)
 {
-    const struct device d = s->pl->devs[s->pl->embed];
+    double t0 = time_now();
     if (gr->warm && !gr->g) { /* capture once, after one eager step */
-        if (dev_graph_begin(d, e)) return -1;
-        step(s, n, mode);
-        if (!(gr->g = dev_graph_end(d, e))) return -1;
+        if (graph_capture(s, gr, step, n, mode, e)) return -1;
+        if (st) st->captures++, st->t_capture += time_now() - t0;
     }
     if (!gr->g) {
         step(s, n, mode);
         gr->warm = 1;
+        if (st) st->eager++, st->t_eager += time_now() - t0;
         return 0;
     }
     if (!dev_graph_launch(gr->g, e)) return 0;
     dev_graph_free(gr->g); /* stale */
     gr->g = NULL;
-    if (dev_graph_begin(d, e)) return -1;
-    step(s, n, mode);
-    if (!(gr->g = dev_graph_end(d, e))) return -1;
+    t0 = time_now();
+    if (graph_capture(s, gr, step, n, mode, e)) return -1;
+    if (st) st->captures++, st->stale++, st->t_capture += time_now() - t0;
     return dev_graph_launch(gr->g, e);
 }
 
@@ -742,7 +758,7 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
         struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
         op_copy(&idt, &src);
     }
-    if (graph_run(s, &s->graph[mode], decode_step_dev, 1, mode, e)) return -1;
+    if (graph_run(s, &s->graph[mode], decode_step_dev, 1, mode, NULL, e)) return -1;
     s->n_past += 1;
     for (int i = 0; i < s->pl->n_devices; i++)
         if (devs >> i & 1) s->dev_pos[i] = s->n_past;
@@ -802,22 +818,9 @@ void llm_slot_sample_begin(struct llm *s, int slot, const struct sampler_params 
 
 /* ---- several slots in one decode step ---- */
 
-/* Uploads the batched step's row tables to logical device di: tab holds B positions, then B cache
- * rows (where each row's k, v go), B slots (their block tables' rows) and B key counts. */
-static void set_batch_rows(struct llm *s, int di, const int32_t *tab, int B)
-{
-    struct llm_devbuf *b = &s->dev[di];
-    struct tensor *dst[4] = {&b->pos, &b->kv_rows, &b->kv_seq, &b->kv_len};
-    for (int k = 0; k < 4; k++) {
-        struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)(tab + (size_t)k * B), 1, (int64_t)B);
-        struct tensor d = rows(dst[k], B);
-        op_copy(&d, &src);
-    }
-    s->dev_pos[di] = -1; /* pos[0] is no longer the session's position */
-}
-
-/* The batch's row tables (set_batch_rows' layout), after checking every row: 0 or -1 with e set. */
-static int batch_rows(struct llm *s, const int *slots, int B, int32_t *tab, struct err *e)
+/* The batch's per-step values into s->bstage (llm.h's bstep layout: field f of row i at f * B + i), after
+ * checking every row, and the blocks of the new tokens: 0 or -1 with e set. */
+static int batch_rows(struct llm *s, const int *slots, const int32_t *toks, int B, struct err *e)
 {
     const int64_t bmax = s->n_slots < s->max_batch ? s->n_slots : s->max_batch;
     if (B < 1 || B > bmax)
@@ -832,29 +835,54 @@ static int batch_rows(struct llm *s, const int *slots, int B, int32_t *tab, stru
             if (slots[j] == sl) return err_set(e, "sequence %d is twice in one decode step (rows %d and %d)", sl, j, i);
         if (llm_check_fit(s->ctx, *slot_past(s, sl), 1, e)) return err_prefix(e, "sequence %d", sl);
     }
+    int32_t *t = s->bstage;
     for (int i = 0; i < B; i++) { /* checked: now the blocks of the new tokens */
         const int sl = slots[i];
         const int64_t past = *slot_past(s, sl);
         if (kv_reserve(s, sl, past + 1, e)) return -1;
-        tab[i] = (int32_t)past;
-        tab[B + i] = (int32_t)kvpool_row(s->pool, sl, past);
-        tab[2 * B + i] = sl;
-        tab[3 * B + i] = (int32_t)(past + 1);
+        t[BSTEP_IDS * B + i] = toks[i];
+        t[BSTEP_POS * B + i] = (int32_t)past;
+        t[BSTEP_KV_ROWS * B + i] = (int32_t)kvpool_row(s->pool, sl, past);
+        t[BSTEP_KV_SEQ * B + i] = sl;
+        t[BSTEP_KV_LEN * B + i] = (int32_t)(past + 1);
+        t[BSTEP_SLOT * B + i] = sl;
+        t[BSTEP_PICKS * B + i] = toks[i]; /* the sampler overwrites them in place */
     }
     return 0;
 }
 
+/* Logical devices the batched step reads its bstep region on (the embedding's, the layers', lm_head's),
+ * as a bit set. */
+static unsigned bstep_devices(const struct llm *s)
+{
+    return layer_devices(s) | 1u << s->pl->embed | 1u << s->pl->lm_head;
+}
+
+/* s->bstage's B-row step into the bstep region of every device that reads it: one host -> device copy a
+ * device (backend.h op_copy: through pinned memory, queued on the device's stream behind what is queued
+ * already, so ahead of the step launched next; it does not wait). */
+static void upload_bstep(struct llm *s, int B)
+{
+    const unsigned devs = bstep_devices(s);
+    struct tensor src = tensor_make(DTYPE_I32, device_cpu(), s->bstage, 1, (int64_t)LLM_BSTEP_FIELDS * B);
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if (devs >> i & 1) {
+            struct tensor d = rows(&s->dev[i].bstep, (int64_t)LLM_BSTEP_FIELDS * B);
+            op_copy(&d, &src);
+        }
+}
+
 /* The batched step of B rows on the device (no host copy, no host-dependent argument: one graph per
- * B holds it): the embedding of the embed device's ids[0..B), the layers with the row tables
- * set_batch_rows put on each device, the final norm and lm_head into the lm_head device's logits
- * rows; with pick, the sampler over those rows (row i with the state row slot[i] of the lm_head
- * device) into the lm_head device's picks (which held the fed ids). */
+ * B holds it): the embedding of the embed device's bstep ids, the layers with the row tables of each
+ * device's bstep, the final norm and lm_head into the lm_head device's logits rows; with pick, the
+ * sampler over those rows (row i with the state row bstep slot[i] of the lm_head device) into the
+ * lm_head device's bstep picks (which held the fed ids). */
 static void batch_step_dev(struct llm *s, int B, int pick)
 {
     const struct model_config *c = &s->m->cfg;
     const struct model_placement *pl = s->pl;
     struct llm_devbuf *be = &s->dev[pl->embed], *bl = &s->dev[pl->lm_head];
-    struct tensor idt = rows(&be->ids, B), h = rows(&be->h, B);
+    struct tensor idt = bstep_view(be, BSTEP_IDS, B), h = rows(&be->h, B);
     op_embed(&h, &s->m->llm.embed_tokens, &idt);
     int xn_ready = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -867,17 +895,9 @@ static void batch_step_dev(struct llm *s, int B, int pick)
     }
     struct tensor lg = head_dev(s, &h, xn_ready);
     if (pick) {
-        struct tensor ids = rows(&bl->picks, B), sel = rows(&bl->slot, B);
+        struct tensor ids = bstep_view(bl, BSTEP_PICKS, B), sel = bstep_view(bl, BSTEP_SLOT, B);
         op_sample_dev(&lg, &ids, &s->sample_rows, &sel);
     }
-}
-
-/* Host -> device copy of n I32 values into the first n of dst. */
-static void upload_i32(struct tensor *dst, const int32_t *v, int n)
-{
-    struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)v, 1, (int64_t)n);
-    struct tensor d = rows(dst, n);
-    op_copy(&d, &src);
 }
 
 int llm_decode_batch(struct llm *s, const int *slots, const int32_t *toks, int B, float *logits_out,
@@ -894,42 +914,35 @@ int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, 
     return llm_decode_batch_collect(s, need, picks, logits_out, e);
 }
 
+/* The graph of the batched step of B rows (pick: ending with the sampler). */
+static struct llm_graph *bgraph_of(struct llm *s, int B, int pick)
+{
+    return &s->bgraph[(pick != 0) * (s->bgraph_max + 1) + B];
+}
+
 int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks, int B, int pick, struct err *e)
 {
-    const struct model_config *c = &s->m->cfg;
-    const struct model_placement *pl = s->pl;
+    const double t0 = time_now();
     s->inflight_B = 0;
-    int32_t *tab = malloc((size_t)(B > 0 ? B : 1) * 5 * sizeof *tab);
-    if (!tab) return err_set(e, "out of memory");
-    if (batch_rows(s, slots, B, tab, e)) {
-        free(tab);
-        return -1;
-    }
-    /* every per-step value into its device buffer (stable addresses: the graph reads them there):
-     * the ids, each layer device's row tables, and for the sampler the fed ids (into picks, which
-     * the sampler overwrites in place) and the slots on the lm_head device */
-    struct llm_devbuf *be = &s->dev[pl->embed], *bl = &s->dev[pl->lm_head];
-    upload_i32(&be->ids, toks, B);
-    s->dev_tok = -1; /* ids[0] is no longer slot 0's decode token */
-    int done[MODEL_MAX_DEVICES] = {0};
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        if (!done[pl->layer[l]]++) set_batch_rows(s, pl->layer[l], tab, B);
+    /* every per-step value into the bstep regions (stable addresses: the graph reads them there). The
+     * session's buffers (ids, pos) are not touched: dev_pos and dev_tok stay true. */
+    if (batch_rows(s, slots, toks, B, e)) return -1;
+    upload_bstep(s, B);
     pick = pick != 0;
-    if (pick) {
-        int32_t *sl = tab + 4 * B;
-        for (int i = 0; i < B; i++) sl[i] = slots[i];
-        upload_i32(&bl->slot, sl, B);
-        upload_i32(&bl->picks, toks, B);
-    }
-    free(tab);
+    const double t1 = time_now();
+    s->bstats.t_upload += t1 - t0;
     if (graph_able(s) && !s->batch_eager) {
-        if (graph_run(s, &s->bgraph[pick * (s->bgraph_max + 1) + B], batch_step_dev, B, pick, e)) return -1;
+        if (graph_run(s, bgraph_of(s, B, pick), batch_step_dev, B, pick, &s->bstats, e)) return -1;
     } else {
         batch_step_dev(s, B, pick);
+        s->bstats.eager++;
+        s->bstats.t_eager += time_now() - t1;
     }
     for (int i = 0; i < B; i++) *slot_past(s, slots[i]) += 1;
     s->inflight_B = B;
     s->inflight_pick = pick;
+    s->bstats.launches++;
+    s->bstats.t_launch += time_now() - t0;
     return 0;
 }
 
@@ -949,7 +962,7 @@ int llm_decode_batch_collect(struct llm *s, const uint8_t *need, int32_t *picks,
         }
         return 0;
     }
-    struct tensor pk = tensor_make(DTYPE_I32, device_cpu(), picks, 1, (int64_t)B), dp = rows(&bl->picks, B);
+    struct tensor pk = tensor_make(DTYPE_I32, device_cpu(), picks, 1, (int64_t)B), dp = bstep_view(bl, BSTEP_PICKS, B);
     op_copy(&pk, &dp); /* 4 bytes a row, and the step's one wait */
     /* the rows the host picks: runs of consecutive rows in one copy each */
     for (int i = 0; i < B;) {
@@ -965,4 +978,122 @@ int llm_decode_batch_collect(struct llm *s, const uint8_t *need, int32_t *picks,
         i = j;
     }
     return 0;
+}
+
+/* ---- warming the batched step's graphs ---- */
+
+int llm_batch_graphs(const struct llm *s) { return graph_able(s) && !s->batch_eager && s->bgraph; }
+
+/* What the warm-up's eager steps overwrite of the caller's state, copied to the host first and written
+ * back after: cache row 0 of every layer (block 0's first row: every warm-up row writes its k, v there
+ * and attends to it alone), slot 0's block table on every layer device (its entry 0 points at block 0
+ * during the warm-up), and the device sampler's state rows (rows 0..B-1 draw). The logits rows and the
+ * bstep regions are per-step buffers (no step is in flight), the scratch is scratch. */
+struct warm_saved {
+    struct tensor *k, *v;                                  /* [L] of [1, Hkv, hd] */
+    struct tensor tab[MODEL_MAX_DEVICES];                  /* [1, max_blocks] on each layer device */
+    struct tensor sample;                                  /* [n_slots, words] */
+};
+
+/* The host copies' views in cv (a counting carver only sizes them): one function sizes and lays out. */
+static void warm_carve(struct llm *s, struct warm_saved *w, struct tensor_carver *cv)
+{
+    const struct model_config *c = &s->m->cfg;
+    const int64_t hkv = c->num_key_value_heads, hd = c->head_dim;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        w->k[l] = tensor_carve(cv, s->act, 1, hkv * hd);
+        w->v[l] = tensor_carve(cv, s->act, 1, hkv * hd);
+        w->k[l] = tensor_reshape(&w->k[l], 3, (int64_t)1, hkv, hd);
+        w->v[l] = tensor_reshape(&w->v[l], 3, (int64_t)1, hkv, hd);
+    }
+    const unsigned devs = layer_devices(s);
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if (devs >> i & 1) w->tab[i] = tensor_carve(cv, DTYPE_I32, 1, s->max_blocks);
+    w->sample = tensor_carve(cv, DTYPE_I32, s->sample_rows.shape[0], s->sample_rows.shape[1]);
+}
+
+/* back 0: the device's values into the host copies (waits for the device); 1: written back (queued). */
+static void warm_copy(struct llm *s, struct warm_saved *w, int back)
+{
+    for (int l = 0; l < s->m->cfg.num_hidden_layers; l++) {
+        struct tensor k = tensor_rows_view(&s->cache[l].k, 0, 1), v = tensor_rows_view(&s->cache[l].v, 0, 1);
+        op_copy(back ? &k : &w->k[l], back ? &w->k[l] : &k);
+        op_copy(back ? &v : &w->v[l], back ? &w->v[l] : &v);
+    }
+    const unsigned devs = layer_devices(s);
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if (devs >> i & 1) {
+            struct tensor t = tensor_rows_view(&s->dev[i].kv_tab, 0, 1);
+            op_copy(back ? &t : &w->tab[i], back ? &w->tab[i] : &t);
+        }
+    op_copy(back ? &s->sample_rows : &w->sample, back ? &w->sample : &s->sample_rows);
+}
+
+int llm_warm_batch_graphs(struct llm *s, int pick, struct err *e)
+{
+    const int graphs = llm_batch_graphs(s);
+    if (!graphs && !s->warm_test) return 0;
+    if (s->inflight_B) return err_set(e, "warming the batched graphs: a batched step is in flight (collect it first)");
+    const double t0 = time_now();
+    const int bmax = s->bgraph_max;
+    pick = pick != 0;
+    const size_t L = (size_t)s->m->cfg.num_hidden_layers;
+    struct warm_saved w = {.k = calloc(2 * L, sizeof *w.k)};
+    struct tensor_carver count = {.base = NULL, .dev = device_cpu()};
+    void *mem = NULL;
+    if (w.k) {
+        w.v = w.k + L;
+        warm_carve(s, &w, &count);
+        mem = malloc(count.off);
+    }
+    if (!mem) {
+        free(w.k);
+        return err_set(e, "out of memory (%zu bytes to warm the batched graphs)", count.off);
+    }
+    struct tensor_carver cv = {.base = mem, .dev = device_cpu()};
+    warm_carve(s, &w, &cv);
+    warm_copy(s, &w, 0);
+    const unsigned devs = layer_devices(s);
+    const int32_t zero = 0;
+    for (int i = 0; i < s->pl->n_devices; i++)
+        if (devs >> i & 1) { /* slot 0's first block is block 0 while warming */
+            struct tensor src = tensor_make(DTYPE_I32, device_cpu(), (void *)&zero, 1, (int64_t)1);
+            struct tensor d = slot_tab(s, i, 0);
+            d = tensor_rows_view(&d, 0, 1);
+            op_copy(&d, &src);
+        }
+    /* 1. one eager step of every B whose graph is missing or stale, largest first: the scratch buffers
+     * reach the size every B needs before the first capture (a capture cannot grow them) */
+    int32_t *t = s->bstage;
+    for (int B = bmax; B >= 1; B--) {
+        struct llm_graph *gr = bgraph_of(s, B, pick);
+        if (graphs && gr->g && !dev_graph_stale(gr->g)) continue;
+        for (int i = 0; i < B; i++) {
+            t[BSTEP_IDS * B + i] = t[BSTEP_POS * B + i] = t[BSTEP_KV_ROWS * B + i] = t[BSTEP_KV_SEQ * B + i] = 0;
+            t[BSTEP_PICKS * B + i] = 0;
+            t[BSTEP_KV_LEN * B + i] = 1;
+            t[BSTEP_SLOT * B + i] = i; /* distinct state rows (op_sample_dev), saved above */
+        }
+        upload_bstep(s, B);
+        batch_step_dev(s, B, pick);
+        gr->warm = 1;
+        s->bstats.warm_eager++;
+    }
+    /* 2. the captures (recorded, not run), after every eager step: none of them is stale */
+    int rc = 0;
+    for (int B = 1; B <= bmax && graphs && !rc; B++) {
+        struct llm_graph *gr = bgraph_of(s, B, pick);
+        if (gr->g && dev_graph_stale(gr->g)) {
+            dev_graph_free(gr->g);
+            gr->g = NULL;
+        }
+        if (gr->g) continue;
+        rc = graph_capture(s, gr, batch_step_dev, B, pick, e);
+        s->bstats.warm_captures += !rc;
+    }
+    warm_copy(s, &w, 1); /* queued behind the eager steps */
+    free(mem);
+    free(w.k);
+    s->bstats.t_warm += time_now() - t0;
+    return rc;
 }

@@ -16,20 +16,45 @@ struct llm_devbuf {              /* activation views on one logical device, max_
     struct tensor h, xn, q, k, v, att, o, gate, up; /* [max_batch, ...] */
     struct tensor pos;           /* I32 [max_batch] */
     struct tensor ids;           /* I32 [max_batch] */
-    /* the batched step of several slots (llm_decode_batch): per row the cache row its k, v go to, its
-     * slot (the row of kv_tab its attention reads) and its key count; I32 [max_batch] */
-    struct tensor kv_rows, kv_seq, kv_len;
+    /* the batched step of several slots (llm_decode_batch): its per-step values, I32
+     * [LLM_BSTEP_FIELDS * max_batch], written by one host -> device copy a step (llm.c bstep_view) */
+    struct tensor bstep;
     /* devices holding layers: every slot's block table, I32 [n_slots, max_blocks] (at a stable address:
      * the decode graphs read it; rewritten outside graphs when the host's table changes), and the
      * prefill's contiguous copy of a slot's K and V, [ctx, Hkv, hd] each (the flash kernel reads it) */
     struct tensor kv_tab, kg, vg;
-    struct tensor slot;          /* I32 [max_batch]: the batched step's slot of each row (its sampler state row) */
-    struct tensor picks;         /* I32 [max_batch]: the batched step's fed ids, then its picks (only that step
-                                    writes them, so a prefill or an image merge queued behind the step
-                                    cannot overwrite the picks before they are collected) */
     struct tensor logits;        /* F32 [1, V] (only on the lm_head device): the first row of logits_all */
     struct tensor logits_act;    /* [1, V] in the act dtype: HF computes lm_head in fp16, then .float() */
     struct tensor logits_all, logits_act_all; /* [n_slots, V]: the batched step's rows */
+};
+
+/* The fields of a device's bstep region. The step of B rows reads field f at f * B .. f * B + B - 1, so
+ * the B rows of every field are one contiguous run of LLM_BSTEP_FIELDS * B values the host fills and
+ * uploads at once (each B has its own graph, whose pointers are fixed: the layout may depend on B).
+ *   IDS      the fed token of each row (the embedding's input)
+ *   POS      its position
+ *   KV_ROWS  the cache row its k, v go to
+ *   KV_SEQ   its slot (the row of kv_tab its attention reads)
+ *   KV_LEN   its key count (position + 1)
+ *   SLOT     its slot again, as the sampler's state row
+ *   PICKS    the fed ids, then the device's picks (only the batched step writes this region, so a prefill
+ *            or an image merge queued behind the step cannot overwrite the picks before the collect) */
+enum { BSTEP_IDS, BSTEP_POS, BSTEP_KV_ROWS, BSTEP_KV_SEQ, BSTEP_KV_LEN, BSTEP_SLOT, BSTEP_PICKS, LLM_BSTEP_FIELDS };
+
+/* Where the batched step's host time goes (llm_decode_batch_launch; since load): the bench prints it
+ * per step, so a GPU run tells the graph captures from the rest. Clock reads only. */
+struct llm_batch_stats {
+    int64_t launches;            /* batched steps launched */
+    int64_t eager;               /* of them run eagerly: the first step of a B (it sizes the scratch buffers
+                                    its graph needs) or every step without graphs */
+    int64_t captures;            /* graphs captured and instantiated in launches (stale ones again included) */
+    int64_t stale;               /* of the captures, graphs captured again after a scratch buffer moved */
+    double t_launch;             /* host seconds in llm_decode_batch_launch */
+    double t_upload;             /* of it, the row checks, block reservations and the per-step upload */
+    double t_eager, t_capture;   /* of it, the eager first steps of graphed B values (enqueueing, not the
+                                    device's time), and the captures with their instantiation */
+    int64_t warm_eager, warm_captures; /* llm_warm_batch_graphs' steps and captures (not in the above) */
+    double t_warm;               /* host seconds in llm_warm_batch_graphs (its waits for the device included) */
 };
 
 struct llm_layer_cache {
@@ -71,7 +96,11 @@ struct llm {
      * bmax = min(n_slots, max_batch) */
     struct llm_graph *bgraph;
     int bgraph_max;
+    int32_t *bstage;             /* [LLM_BSTEP_FIELDS * bgraph_max] host: a step's bstep values before the upload */
+    struct llm_batch_stats bstats;
     int batch_eager;             /* 1: the batched step runs eagerly, never as a graph (tests compare) */
+    int warm_test;               /* 1: llm_warm_batch_graphs runs its eager steps (and the save and restore
+                                    around them) where there are no graphs, e.g. on the CPU (tests) */
     int unfused;                 /* 1 (the default): one-token steps use the plain ops (op_rmsnorm,
                                     op_matmul, op_add_rmsnorm, op_silu_mul) as longer steps do; 0: the
                                     fused decode ops (llm_set_unfused; tests and benches compare) */
@@ -223,5 +252,18 @@ int llm_decode_batch_pick(struct llm *s, const int *slots, const int32_t *toks, 
  * the collect. */
 int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks, int B, int pick, struct err *e);
 int llm_decode_batch_collect(struct llm *s, const uint8_t *need, int32_t *picks, float *logits_out, struct err *e);
+/* Captures now the batched step's graph of every B = 1..min(n_slots, max_batch) that has none (or a
+ * stale one), pick as in llm_decode_batch_launch, so that no later launch pays a capture (several ms
+ * each) while sequences wait: first one eager step of each such B, largest first (it sizes the scratch
+ * buffers; the captures cannot), then the captures, recorded and not run. The eager steps feed token 0
+ * at position 0 and write cache row 0, slot 0's first table entry and the sampler state rows; those are
+ * saved first and written back after (in stream order), so every sequence's KV, table, length and
+ * sampler state are what they were. Needs no batched step in flight (error otherwise). Counted in
+ * bstats.warm_*. Nothing to do (0) where the step does not run as graphs (CPU, several devices,
+ * batch_eager; warm_test runs the eager steps there). A prefill or image encode at shapes larger than any seen before may still move a scratch
+ * buffer later: the graphs are then captured again at their next launch (bstats.stale). */
+int llm_warm_batch_graphs(struct llm *s, int pick, struct err *e);
+/* 1 when the batched step runs as CUDA graphs (the whole LLM on one GPU, not batch_eager). */
+int llm_batch_graphs(const struct llm *s);
 
 #endif

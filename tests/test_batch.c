@@ -18,6 +18,9 @@
  *  - device picks (engine_decode_batch_pick, the CPU twin of the device sampler): slots with their
  *    own sampler parameters joining and leaving, every pick equal to a host sampler's on the same
  *    logits, declined rows picked on the host with the same draw (tpick.h);
+ *  - the graph warm-up's eager steps (llm_warm_batch_graphs) mid-run leave every pick and logit as an
+ *    engine that did not warm computes them (the KV row, table entry and sampler rows it borrows are
+ *    given back); the batched step's host-time counters;
  * `test_batch bench` prints tok/s of batched steps of B = 1, 4, 8 on the tiny model. */
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +29,8 @@
 #include "common.h"
 #include "devmap.h"
 #include "engine.h"
+#include "engine_impl.h"
+#include "llm.h"
 #include "t.h"
 #include "tpick.h"
 #include "tutil.h"
@@ -357,13 +362,63 @@ static void test_pick_rows(void)
         if (!g) return;
         static const int sizes[] = {1, 3, 5, 2, 5, 4, 1, 3, 5, 5, 2, 4};
         struct tpick_res r;
-        T_ASSERTF(tpick_run(g, NULL, sizes, (int)(sizeof sizes / sizeof sizes[0]), &r, &e) == 0, "%s", e.msg);
+        T_ASSERTF(tpick_run(g, NULL, sizes, (int)(sizeof sizes / sizeof sizes[0]), &r, NULL, &e) == 0, "%s", e.msg);
         printf("  split %d: %d steps, %d rows: %d device picks (%d checked against the host sampler, %d differ), "
                "%d declined\n", split, r.steps, r.rows, r.dev_picks, r.checked, r.pick_diff, r.declined);
         T_EQ_INT(r.pick_diff, 0);
         T_ASSERT(r.checked > 10 && r.declined > 0 && r.dev_picks > r.checked);
         engine_close(g);
     }
+}
+
+/* The warm-up of the batched graphs (llm_warm_batch_graphs; on the CPU its eager steps and the save and
+ * restore around them, llm.warm_test) in the middle of a run: every later pick and logit equal, bit for bit,
+ * to an engine that never warmed. Slot 1 holds block 0 (the warm-up writes its row 0) and slot 0's first
+ * block is not block 0 (the warm-up points slot 0's table there); slots 2 and 3 sample (the warm-up draws
+ * on every sampler row). Also the batched step's host-time counters (llm_batch_stats). */
+static int warm_before(struct engine *g, int k, struct err *e)
+{
+    return k == 3 || k == 8 ? llm_warm_batch_graphs(&g->llm, 1, e) : 0;
+}
+
+static void test_warm_keeps_state(void)
+{
+    struct err e = {{0}};
+    struct engine *g = open_eng(DTYPE_F32, 5, 1, CTX, &e), *r = open_eng(DTYPE_F32, 5, 1, CTX, &e);
+    T_ASSERTF(g && r, "%s", e.msg);
+    if (!g || !r) {
+        engine_close(g);
+        engine_close(r);
+        return;
+    }
+    g->llm.warm_test = 1;
+    for (int k = 0; k < 2; k++) /* slot 1 takes block 0 first; tpick_run gives it back to slot 1 */
+        T_EQ_INT(engine_slot_reserve(k ? r : g, 1, 1, &e), 0);
+    static const int sizes[] = {5, 3, 5, 5, 2, 5, 4, 1, 5, 5, 3, 5};
+    const int n = (int)(sizeof sizes / sizeof sizes[0]);
+    struct tpick_res res;
+    T_ASSERTF(tpick_run(g, r, sizes, n, &res, warm_before, &e) == 0, "%s", e.msg);
+    T_EQ_INT(kvpool_row(g->llm.pool, 1, 0), 0);
+    T_ASSERT(kvpool_row(g->llm.pool, 0, 0) != 0);
+    printf("  %d steps, %d rows: %d picks differ from the engine that did not warm, worst |logit diff| %g; "
+           "%d device picks, %d declined\n", res.steps, res.rows, res.ref_pick_diff, res.ref_worst, res.dev_picks,
+           res.declined);
+    T_EQ_INT(res.ref_rows, res.rows);
+    T_EQ_INT(res.ref_pick_diff, 0);
+    T_ASSERTF(res.ref_worst == 0, "logits after the warm-up differ by %g", res.ref_worst);
+    T_EQ_INT(res.pick_diff, 0);
+    const struct llm_batch_stats *bs = engine_batch_stats(g);
+    T_EQ_INT(bs->warm_eager, 2 * 5);  /* B = 5..1, twice */
+    T_EQ_INT(bs->warm_captures, 0);   /* no graphs on the CPU */
+    T_EQ_INT(bs->launches, n);
+    T_EQ_INT(bs->eager, n);           /* every CPU step runs eagerly */
+    T_EQ_INT(bs->captures, 0);
+    T_ASSERT(bs->t_launch > 0 && bs->t_eager > 0 && bs->t_upload > 0 && bs->t_warm > 0);
+    T_ASSERT(bs->t_eager + bs->t_upload <= bs->t_launch);
+    T_EQ_INT(engine_warm_batch_graphs(g, &e), 0); /* the engine's call: nothing to capture on the CPU */
+    T_EQ_INT(bs->warm_eager, 2 * 5);
+    engine_close(g);
+    engine_close(r);
 }
 
 static void test_errors(void)
@@ -524,6 +579,7 @@ int main(int argc, char **argv)
     T_RUN(test_batch_split);
     T_RUN(test_truncate_refeed);
     T_RUN(test_pick_rows);
+    T_RUN(test_warm_keeps_state);
     T_RUN(test_errors);
     T_RUN(test_parallel_plan);
     for (int k = 0; k < 2; k++)

@@ -15,7 +15,9 @@
  *    leaving between steps; every step against an engine that runs the same steps eagerly
  *    (llm.batch_eager): the same logits (bit for bit: the same kernels) and picks; every pick
  *    against the host sampler (the CPU twin's selection) on the step's logits; the graphs of those
- *    B were captured and replayed.
+ *    B were captured and replayed;
+ *  - engine_warm_batch_graphs in the middle of such a run: every B's graph captured then, none later,
+ *    the later steps still equal to the eager engine's.
  * Without a GPU every case is reported as skipped. */
 #include <stdlib.h>
 #include <string.h>
@@ -282,7 +284,7 @@ static void check_graph_steps(enum dtype dt)
     static const int sizes[] = {1, 1, 1, 3, 3, 3, 16, 16, 16, 64, 64, 64, 3, 16, 3, 16, 1, 64, 5, 5, 5, 64, 1, 3};
     const int n = (int)(sizeof sizes / sizeof sizes[0]);
     struct tpick_res res;
-    T_ASSERTF(tpick_run(g, r, sizes, n, &res, &e) == 0, "%s", e.msg);
+    T_ASSERTF(tpick_run(g, r, sizes, n, &res, NULL, &e) == 0, "%s", e.msg);
     printf("  %s: %d steps, %d rows: graph vs eager %d rows, %d picks differ, worst |logit diff| %g; %d device picks "
            "(%d checked against the host sampler, %d differ), %d declined\n",
            dtype_name(dt), res.steps, res.rows, res.ref_rows, res.ref_pick_diff, res.ref_worst, res.dev_picks,
@@ -298,6 +300,47 @@ static void check_graph_steps(enum dtype dt)
         T_ASSERTF(g->llm.bgraph[bm + 1 + want[k]].g != NULL, "no graph captured for B = %d", want[k]);
         T_ASSERTF(r->llm.bgraph[bm + 1 + want[k]].g == NULL, "the eager engine captured B = %d", want[k]);
     }
+    engine_close(g);
+    engine_close(r);
+}
+
+/* engine_warm_batch_graphs mid-run (every slot busy, so no prefill chunk before the captures): every B's
+ * graph captured at once, none at the later steps, and every later pick and logit equal to the eager
+ * engine's (bit for bit: the same kernels) - the warm-up's eager steps borrow cache row 0 (slot 1's, here),
+ * slot 0's first table entry and the sampler rows, and give them back. */
+static int warm_at_4(struct engine *g, int k, struct err *e) { return k == 4 ? engine_warm_batch_graphs(g, e) : 0; }
+
+static void test_graph_warm_f16(void)
+{
+    struct err e = {{0}};
+    struct engine *g = open_gpu(DTYPE_F16, 64, &e), *r = open_gpu(DTYPE_F16, 64, &e);
+    T_ASSERTF(g && r, "%s", e.msg);
+    if (!g || !r) {
+        engine_close(g);
+        engine_close(r);
+        return;
+    }
+    r->llm.batch_eager = 1;
+    for (int k = 0; k < 2; k++) /* slot 1 takes block 0 first; tpick_run gives it back to slot 1 */
+        T_EQ_INT(engine_slot_reserve(k ? r : g, 1, 1, &e), 0);
+    static const int sizes[] = {64, 64, 3, 3, 64, 7, 3, 64, 33, 1, 2, 64, 17, 5, 64, 9};
+    const int n = (int)(sizeof sizes / sizeof sizes[0]);
+    struct tpick_res res;
+    T_ASSERTF(tpick_run(g, r, sizes, n, &res, warm_at_4, &e) == 0, "%s", e.msg);
+    const struct llm_batch_stats *bs = engine_batch_stats(g);
+    printf("  %d steps, %d rows: warm-up %lld eager steps, %lld captures in %.0f ms; captures at launches %lld (%lld "
+           "stale); graph vs eager %d picks differ, worst |logit diff| %g\n", res.steps, res.rows,
+           (long long)bs->warm_eager, (long long)bs->warm_captures, 1e3 * bs->t_warm, (long long)bs->captures,
+           (long long)bs->stale, res.ref_pick_diff, res.ref_worst);
+    T_EQ_INT(kvpool_row(g->llm.pool, 1, 0), 0);
+    T_EQ_INT(res.ref_pick_diff, 0);
+    T_ASSERTF(res.ref_worst == 0, "graph vs eager logits differ by %g", res.ref_worst);
+    T_EQ_INT(res.pick_diff, 0);
+    /* B = 64 and 3 were captured by the steps before (again if the warm-up's eager steps moved a scratch) */
+    T_ASSERT(bs->warm_captures >= 64 - 2 && bs->warm_captures <= 64);
+    T_EQ_INT(bs->captures, 2);            /* those two, at their second step; none after the warm-up */
+    T_EQ_INT(bs->stale, 0);
+    for (int B = 1; B <= 64; B++) T_ASSERTF(g->llm.bgraph[65 + B].g != NULL, "no graph for B = %d", B);
     engine_close(g);
     engine_close(r);
 }
@@ -322,6 +365,7 @@ int main(void)
         T_SKIP(test_engine64_f16, "no CUDA device");
         T_SKIP(test_graph_steps_f16, "no CUDA device");
         T_SKIP(test_graph_steps_f32, "no CUDA device");
+        T_SKIP(test_graph_warm_f16, "no CUDA device");
         return t_main_end("test_cuda_batch");
     }
     T_RUN(test_attention_rows);
@@ -330,6 +374,7 @@ int main(void)
     T_RUN(test_engine64_f16);
     T_RUN(test_graph_steps_f16);
     T_RUN(test_graph_steps_f32);
+    T_RUN(test_graph_warm_f16);
     return t_main_end("test_cuda_batch");
 }
 

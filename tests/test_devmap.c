@@ -31,9 +31,9 @@ static const int64_t SLACK = 4096; /* 16 views x 256-byte alignment, per workspa
 /* a device holding layers: the block tables (ctx / 16 entries per sequence, I32) and one sequence's K and V
  * gathered for the prefill's attention */
 static int64_t IND_kvdev(int64_t ctx, int seqs) { return seqs * ((ctx + 15) / 16) * 4 + IND_kv(ctx) + SLACK; }
-/* the LLM views: h, xn, o; q, att; k, v; gate, up; and seven I32 rows (ids, positions, the batched step's
- * cache rows, slots, key counts, the sampler's slots and picks) */
-static int64_t IND_llm(int64_t n) { return n * 2 * (3 * 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) + 28 * n + SLACK; }
+/* the LLM views: h, xn, o; q, att; k, v; gate, up; and nine I32 rows (ids, positions, and the batched
+ * step's seven: ids, positions, cache rows, slots, key counts, the sampler's slots and picks) */
+static int64_t IND_llm(int64_t n) { return n * 2 * (3 * 4096 + 2 * 4096 + 2 * 1024 + 2 * 14336) + 36 * n + SLACK; }
 /* per patch of the batch: the tower's output, normed input, q, k, v, attention output (6 x 1152), fc1 (4304) and
  * the patch pixels (3 x 14 x 14); per patch of one piece: the gathered position-embedding row (1152) and its id
  * (4 bytes), shared by the batch's pieces */

@@ -45,9 +45,10 @@ static inline void tpick_params(int s, struct sampler_params *p)
 /* Prefills every slot of g (and of r, when not NULL: an engine with as many slots) with its own prompt,
  * picks the first token on the host, starts the slots' device samplers, then runs n_sizes steps of
  * sizes[k] rows (slots (off + i) % N with off moving each step, rows in reversed order on odd steps).
- * 0, or -1 with e set when an engine call fails. */
+ * before (may be NULL) is called with g and k before step k (test_batch warms the graphs there).
+ * 0, or -1 with e set when an engine call (or before) fails. */
 static inline int tpick_run(struct engine *g, struct engine *r, const int *sizes, int n_sizes, struct tpick_res *res,
-                            struct err *e)
+                            int (*before)(struct engine *g, int k, struct err *e), struct err *e)
 {
     const int N = engine_slots(g), V = engine_config(g)->vocab_size;
     memset(res, 0, sizeof *res);
@@ -87,6 +88,7 @@ static inline int tpick_run(struct engine *g, struct engine *r, const int *sizes
     for (int k = 0; k < n_sizes; k++) {
         const int B = sizes[k], off = (k * 5) % N;
         const uint8_t *need = k % 2 == 0 ? all : NULL;
+        if (before && before(g, k, e)) goto out;
         for (int i = 0; i < B; i++) {
             slots[i] = (off + (k % 2 ? B - 1 - i : i)) % N;
             toks[i] = last[slots[i]];

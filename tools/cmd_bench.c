@@ -34,6 +34,7 @@
 #include "cmd_util.h"
 #include "devmap.h"
 #include "image.h"
+#include "llm.h"
 #include "mm.h"
 #include "tokenizer.h"
 #include "scheduler.h"
@@ -712,7 +713,25 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
         if (turn_prepare(&t[i], g, &rq, e)) goto out;
         n_prompt += turn_prompt_tokens(t[i]);
     }
+    /* the host time figures below count the timed repetitions only (from these snapshots, taken after the
+     * warm-up repetition and the graph warm-up) */
+    struct sched_times st0 = {0};
+    struct llm_batch_stats bs0 = *engine_batch_stats(g);
+    double warm_s = 0;
+    int64_t warmed = 0;
     for (int r = -1; r < b->reps; r++) { /* r = -1: warm-up */
+        if (r == 0) {
+            /* every batch size's graph captured now (the warm-up repetition sized the scratch buffers with
+             * its prefill chunks), as serve does at start: the timed repetitions pay no capture */
+            const struct llm_batch_stats *bw = engine_batch_stats(g);
+            const int64_t c0 = bw->warm_captures;
+            const double w0 = bw->t_warm;
+            if (!b->no_graph_warm && engine_warm_batch_graphs(g, e)) goto out;
+            warmed = bw->warm_captures - c0;
+            warm_s = bw->t_warm - w0;
+            sched_get_times(s, &st0);
+            bs0 = *engine_batch_stats(g);
+        }
         engine_kv_forget(g); /* each rep prefills its prompts cold (no prefix reuse of the previous rep's) */
         int64_t pre0, rec0;
         sched_preempt_counts(s, &pre0, &rec0);
@@ -746,15 +765,35 @@ static int run_conc(struct bench *b, struct phase *p, struct err *e)
                 x_add(p, "stream_tok_s_min", per[0]);
                 x_add(p, "ttft_ms_p50", 1e3 * ttft[N / 2]);
                 x_add(p, "ttft_ms_p99", 1e3 * ttft[(N * 99) / 100 < N ? (N * 99) / 100 : N - 1]);
-                /* the scheduler's host time per decode step (all repetitions): the emit part runs
-                 * while the device computes the next step */
+                /* the scheduler's host time per decode step (the timed repetitions): the emit part runs
+                 * while the device computes the next step; collect is mostly the wait for the device */
                 struct sched_times st;
                 sched_get_times(s, &st);
-                const double per_step = st.launches > 0 ? 1e6 / (double)st.launches : 0;
-                x_add(p, "step_us_collect", st.collect * per_step);
-                x_add(p, "step_us_take", st.take * per_step);
-                x_add(p, "step_us_launch", st.launch * per_step);
-                x_add(p, "step_us_emit", st.emit * per_step);
+                const int64_t launches = st.launches - st0.launches;
+                const double per_step = launches > 0 ? 1e6 / (double)launches : 0;
+                x_add(p, "step_us_collect", (st.collect - st0.collect) * per_step);
+                x_add(p, "step_us_take", (st.take - st0.take) * per_step);
+                /* (the KV blocks of the rows and the prefill chunks: like take and launch, between the
+                 * collect and the launch, where the device waits) */
+                x_add(p, "step_us_prefill", (st.prefill - st0.prefill) * per_step);
+                x_add(p, "step_us_launch", (st.launch - st0.launch) * per_step);
+                x_add(p, "step_us_emit", (st.emit - st0.emit) * per_step);
+                /* where the launch goes (llm.h llm_batch_stats): the row checks and the one upload, the eager
+                 * first steps of a batch size and the graph captures (each per step of the timed
+                 * repetitions, with their counts), and the rest (the graph launch); graphs_warmed: the sizes
+                 * engine_warm_batch_graphs captured before them, in warm_ms */
+                const struct llm_batch_stats *bs = engine_batch_stats(g);
+                const double cap = bs->t_capture - bs0.t_capture, eag = bs->t_eager - bs0.t_eager;
+                const double upl = bs->t_upload - bs0.t_upload, lau = bs->t_launch - bs0.t_launch;
+                x_add(p, "graphs_warmed", (double)warmed);
+                x_add(p, "warm_ms", 1e3 * warm_s);
+                x_add(p, "graph_captures", (double)(bs->captures - bs0.captures));
+                x_add(p, "graph_stale", (double)(bs->stale - bs0.stale));
+                x_add(p, "eager_steps", (double)(bs->eager - bs0.eager));
+                x_add(p, "step_us_upload", upl * per_step);
+                x_add(p, "step_us_eager", eag * per_step);
+                x_add(p, "step_us_capture", cap * per_step);
+                x_add(p, "step_us_graph", (lau - upl - eag - cap) * per_step);
                 /* a KV pool smaller than the streams' tokens (--kv-tokens): the turns preempted in this
                  * repetition and the tokens they prefilled again */
                 int64_t pre1, rec1;
@@ -831,6 +870,9 @@ static const char BENCH_HELP[] =
     "                       follow-up turn about the same 1344x1344 image), or all (default: %s)\n"
     "  --concurrency LIST   e.g. 1,4,16,64: the phases conc1,conc4,... (after --only's, if given)\n"
     "  --conc-new N         concN: tokens each stream generates (default 256)\n"
+    "  --no-graph-warm      concN: do not capture the batched step's graphs of every batch size after the\n"
+    "                       warm-up repetition (engine_warm_batch_graphs; serve does it at start): the timed\n"
+    "                       repetitions then capture the sizes the warm-up did not see, as a cold server does\n"
     "  --reps N             timed repetitions per phase after one warm-up; the median is reported (default 5)\n"
     "  --decode-steps N     decode steps timed per repetition (default 128)\n"
     "  --seed-prompt N      seed case: prompt tokens, image included (default 3000)\n"
@@ -883,6 +925,8 @@ int cmd_bench(int argc, char **argv)
             const char *v = cmdu_value(argc, argv, &i, &e);
             if (!v) goto out;
             conc_list = v;
+        } else if (!strcmp(f, "--no-graph-warm")) {
+            b.no_graph_warm = 1;
         } else if (!strcmp(f, "--json")) {
             if (!(json = cmdu_value(argc, argv, &i, &e))) goto out;
         } else if (!strcmp(f, "--reps") || !strcmp(f, "--decode-steps") || !strcmp(f, "--seed-prompt") ||

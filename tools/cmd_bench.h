@@ -13,7 +13,7 @@
 
 #define BENCH_MAX_REPS 100
 #define BENCH_MAX_PHASES 16
-#define BENCH_MAX_X 24
+#define BENCH_MAX_X 40
 #define BENCH_CONC_WORDS 440 /* filler words of a concN prompt: ~512 tokens with the template */
 #define BENCH_CONC_PROMPT 600
 #define BENCH_CONC_NEW 256      /* default of --conc-new */
@@ -47,6 +47,7 @@ struct bench {
     struct engine *g;
     int reps, decode_steps, seed_prompt, seed_new, seed_reps;
     int conc_new;                 /* concN: tokens each stream generates (--conc-new) */
+    int no_graph_warm;            /* concN: --no-graph-warm (the batched graphs are captured as steps need them) */
     uint64_t seed;
     double peak_gbs;              /* the read bandwidth decode is compared with (0: none) */
     int peak_auto;                /* --peak-gbs auto: peak_gbs is the least of bw[] */

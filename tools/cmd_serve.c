@@ -18,6 +18,7 @@
 #include "beam.h"
 #include "cmd_util.h"
 #include "devmap.h"
+#include "llm.h"
 #include "server.h"
 
 /* gen/ui_page.c (tools/embed_ui.sh): the page and its Content-Security-Policy */
@@ -53,6 +54,7 @@ int cmd_serve(int argc, char **argv)
     double drain_timeout = 60;
     const char *api_key_arg = NULL, *api_key_file = NULL;
     char *api_key_buf = NULL;
+    int graph_warm = 1;
     so.ui_page = (const char *)minicpmv_ui_page;
     so.ui_page_len = minicpmv_ui_page_len;
     so.ui_csp = minicpmv_ui_csp;
@@ -126,6 +128,8 @@ int cmd_serve(int argc, char **argv)
                 err_set(&e, "--cors-origin '%s': expected one origin such as https://app.example.com, or *", so.cors_origin);
                 goto out;
             }
+        } else if (!strcmp(f, "--no-graph-warm")) {
+            graph_warm = 0;
         } else if (!strcmp(f, "--no-ui")) {
             so.ui_page = NULL;
         } else if (!strcmp(f, "--log-requests")) {
@@ -155,6 +159,9 @@ int cmd_serve(int argc, char **argv)
                    "  --api-key-file FILE  the same, the key read from FILE (first line); or env MINICPMV_API_KEY\n"
                    "  --cors-origin ORIGIN allow browser requests from ORIGIN (or *); default: no CORS\n"
                    "  --no-ui              no chat page at / (404 there; the API only)\n"
+                   "  --no-graph-warm      with --parallel N > 1 on one GPU: do not capture the batched decode\n"
+                   "                       step's CUDA graphs of every batch size before listening (each size\n"
+                   "                       is then captured at its first steps, a few ms each, while streams wait)\n"
                    "  --log-requests       one line per request on stderr\n",
                    cmdu_engine_help);
             printf("%s", devmap_opts_help());
@@ -194,6 +201,13 @@ int cmd_serve(int argc, char **argv)
     const char *delay = getenv("MINICPMV_TEST_LOAD_DELAY");
     if (delay && atof(delay) > 0) usleep((useconds_t)(atof(delay) * 1e6));
     if (engine_open(&g, &eo.o, &e)) goto out;
+    if (graph_warm && engine_slots(g) > 1) { /* the scheduler's batch sizes, captured once before serving */
+        const double t0 = time_now();
+        if (engine_warm_batch_graphs(g, &e)) goto out;
+        const int64_t n = engine_batch_stats(g)->warm_captures;
+        if (n) fprintf(stderr, "minicpmv serve: %lld batched decode graphs captured in %.0f ms (--no-graph-warm: at first use)\n",
+                       (long long)n, 1e3 * (time_now() - t0));
+    }
     server_set_engine(srv, g);
     printf("listening on http://%s\n", server_address(srv));
     fflush(stdout);

@@ -235,6 +235,12 @@ extern "C" int cuda_graph_launch(void *graph, struct err *e)
     return 0;
 }
 
+extern "C" int cuda_graph_stale(const void *graph)
+{
+    const struct cuda_graph *cg = (const struct cuda_graph *)graph;
+    return cuda_ctx_get(cg->ordinal)->scratch_gen != cg->scratch_gen;
+}
+
 extern "C" void cuda_graph_free(void *graph)
 {
     struct cuda_graph *cg = (struct cuda_graph *)graph;
