@@ -10,7 +10,7 @@
 #      OPS_BENCH="attention small ..." test_cuda_ops bench for each word (decode attention, the small ops);
 #      ENGINE=1 test_cuda_ops bench engine (the engine's fp16 decode with each op variant, same tokens);
 #      QUANT_BENCH=1 test_cuda_quant bench (every quantized GEMV shape at the decoder's matrices);
-#      CONC=1 bench --parallel 64 --concurrency 16,64 (128 new tokens a stream);
+#      CONC=1 bench --parallel 64 --concurrency 16,64 (256 new tokens a stream, the default);
 #      PROF=1 tools/prof_decode.sh all: one fp16 and one q4 decode step under ncu, per kernel.
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_decode}
@@ -58,7 +58,7 @@ fi
 if [ "${CONC:-0}" = 1 ]; then
   stamp "bench conc16,64"
   timeout 150 $B/minicpmv bench --model $M --device cuda --quiet --parallel 64 --ctx 1024 --concurrency 16,64 \
-    --conc-new 128 --reps 1 > "$OUT/bench_conc.log" 2>&1
+    --reps 1 > "$OUT/bench_conc.log" 2>&1
   echo "bench conc rc=$?" >> "$OUT/summary.txt"
   grep -E "^conc" "$OUT/bench_conc.log" >> "$OUT/summary.txt"
 fi
