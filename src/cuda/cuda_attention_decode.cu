@@ -9,6 +9,7 @@
  * cuda_attention.cu dispatches op_attention and op_attention_pos here first (cuda_attention.cuh). Not
  * here: prefill (cuda_flash.cu), eager vision attention and other shapes (the general kernel of
  * cuda_attention.cu). */
+#include <math.h>
 #include <mutex>
 #include <type_traits>
 
@@ -1083,13 +1084,19 @@ static int cl_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t clust
  * keys <= 4096: cluster 11.9-28.6 us vs split-K 14.9-30.2; 8192: 44.2 vs 39.6; 32768: 136 vs 86.5 (a
  * cluster of at most 16 splits holds fewer blocks than split-K spreads); rows mode, B = 4 at 4096
  * keys: 75.8 vs 70.5; B = 16: 142 vs 207, B = 64: 519 vs 709.
- * The tensor-core kernel (DEC_TC) is in no row yet: not measured on a card. Its row(s) go first once
- * `test_cuda_ops bench attention` shows where it wins (its "tc" columns against the best old one). */
+ * The tensor-core kernel (DEC_TC), H200 session 9 (same bench, its split count from tc_splits): one row,
+ * 1,024 keys 13.8 us (8 splits forced) vs cluster 14.4, 2,048 16.5 vs 19.6, 4,096 21.1 vs 28.1, 8,192 25.8
+ * vs 39.6 (split-K), 32,768 53.4 vs 86.6; 512 keys 11.9-12.3 vs cluster 11.5 (so the cluster kernel keeps
+ * one row of a cache of <= 768); rows mode: every B >= 4 measured (512..4,096 keys), e.g. B = 16 at 512
+ * keys 27.3 vs 29.5, B = 64 at 512 46.3 vs 85.5, at 4,096 251 vs 519. The old rows stay for what the
+ * tensor-core kernel cannot run (before sm_80, f32). */
 enum { DEC_SPLITK, DEC_CLUSTER, DEC_TC };
 static const struct dec_rule {
     int64_t max_groups, max_keys;
     int kernel;
 } dec_rules[] = {
+    {31, 768, DEC_CLUSTER},
+    {INT64_MAX, INT64_MAX, DEC_TC},
     {31, 4096, DEC_CLUSTER},
     {127, INT64_MAX, DEC_SPLITK},
     {INT64_MAX, INT64_MAX, DEC_CLUSTER},
@@ -1100,11 +1107,16 @@ static const struct dec_rule {
 static int tc_able(const struct cuda_ctx *c) { return c->cc >= 80 && c->code_arch >= 80; }
 
 /* Splits of the tensor-core kernel (grid shape only: graph-safe): about 8 warps per SM over the
- * grid, at most one split per W steps of the keys the host knows of, at most TC_MAX_SPLIT. The
- * kernel uses fewer when the actual keys are fewer (at least W steps per split). */
+ * grid, and at most sqrt(keys / 32) (the W = 4 sweep of session 9 on the H200, one row: the best S was
+ * 4 at 512 keys, 8 at 1,024-2,048, 16 at 4,096-8,192, 33 at 32,768; 8 warps per SM alone took 33 at
+ * every length, 26.1 us at 4,096 keys against 21.1 with 16), at most one split per W steps of the keys
+ * the host knows of, at most TC_MAX_SPLIT. The kernel uses fewer when the actual keys are fewer (at
+ * least W steps per split). */
 static int tc_splits(const struct cuda_ctx *c, int64_t groups, int W, int64_t keys)
 {
     int64_t s = (8 * (int64_t)c->n_sm + groups * W - 1) / (groups * W);
+    const int64_t by_len = (int64_t)(sqrt((double)keys / 32.0) + 0.5);
+    if (s > by_len) s = by_len;
     const int64_t cap = ((keys + 15) / 16 + W - 1) / W;
     if (s > cap) s = cap;
     if (s > TC_MAX_SPLIT) s = TC_MAX_SPLIT;

@@ -60,10 +60,12 @@ struct qa_nf4 {
 /* The shapes the bench compares (cuda_set_qmma QMMA_A0 + index): warps per block x steps in flight per
  * lane; qa_launch_s and cuda_qmma_name list them. QMMA_AUTO takes QA_AUTO: a8x2o4, the fastest for Q4
  * and Q8 at 1, 8 and 16 tokens on the H200 (session 7, test_cuda_quant bench: decoder GEMVs per token
- * Q4 1787 us vs a8x4 1954, Q8 2281 vs 2383). For NF4 QMMA_AUTO does not take this kernel: the older
- * one in its 8x2x2 tiling ran the same step in 3709 us against this one's best 4348 (then with the
- * shared-memory table, QA_NF4T; the register path has not run on a card yet). */
+ * Q4 1787 us vs a8x4 1954, Q8 2281 vs 2383). */
 #define QA_AUTO 4
+/* NF4 (the register dequantization) takes a4x4: H200 session 9, the same bench, NF4 step at 1 / 8 / 16
+ * tokens 2,577 / 2,638 / 3,327 us against the older kernel's 3,704 / 4,144 / 4,958 (b8x2x2, the NF4 default
+ * before) and a8x2p's 2,607 / 2,693 / 3,767; the shapes with 3-4 steps in flight spill for NF4. */
+#define QA_AUTO_NF4 3
 /* ... except one token at k >= 8192 (down_proj): a16x2 (session 9, same bench: Q4 13.05 us vs a8x2o4's 16.00,
  * Q8 18.28 vs 19.59; it loses at every k = 4096 matrix) */
 #define QA_AUTO_LONG_K 5
@@ -491,8 +493,8 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
         qa_launch<QA_Q8>(c, y, x, w, bias, shape);
         return true;
     }
-    if (w->dtype == DTYPE_NF4 && v != QMMA_AUTO && k % qa_ks(QA_NF4) == 0) { /* then the absmax group is 64 */
-        qa_launch<QA_NF4>(c, y, x, w, bias, shape);
+    if (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) { /* then the absmax group is 64 */
+        qa_launch<QA_NF4>(c, y, x, w, bias, v == QMMA_AUTO ? QA_AUTO_NF4 : shape);
         return true;
     }
     return false;

@@ -1,7 +1,7 @@
 /* cuda_quant.cu: matmuls whose weight is quantized (DTYPE_Q8, DTYPE_Q4, DTYPE_NF4 row records;
  * layouts in docs/QUANT.md and quant.h, semantics in backend.h: the op on the F16 dequantization).
- * Decode (n <= 16, F16 x): Q4 and Q8 go to cuda_qgemv.cu (weights as the mma's A operand) where it applies;
- * otherwise (NF4, k not a multiple of its step, or another cuda_set_qmma variant) the tensor-core kernel
+ * Decode (n <= 16, F16 x): Q4, Q8 and NF4 go to cuda_qgemv.cu (weights as the mma's A operand) where it
+ * applies; otherwise (k not a multiple of its step, or another cuda_set_qmma variant) the tensor-core kernel
  * below (weights as the mma's B operand, n <= 16) or, n <= 8, a CUDA-core GEMV that reads each record once
  * with 16-byte streaming loads, dequantizes 8 weights at a time in registers to the exact F16 values the
  * CPU twin uses (Q8 and Q4 as half2 multiplies of code and scale, exact to f16(code * scale); NF4 as the f32

@@ -2,9 +2,9 @@
  * the older GEMV kernels) and cuda_qgemv.cu (the decode GEMV with the weights as the mma's A operand) share.
  * Owns no state. The variants of the decode GEMV that the bench and the tests pick (cuda_set_qmma):
  *   QMMA_OFF      the CUDA-core GEMV (qgemv_kernel, n <= 8)
- *   QMMA_AUTO     the default: the A-operand kernel where it applies (Q4 with k % 128 == 0, Q8 with
- *                 k % 64 == 0); the older tensor-core kernel otherwise and for NF4 (faster there: the
- *                 H200 figures beside QA_AUTO in cuda_qgemv.cu)
+ *   QMMA_AUTO     the default: the A-operand kernel where it applies (Q4 and NF4 with k % 128 == 0, Q8
+ *                 with k % 64 == 0; the H200 figures beside QA_AUTO in cuda_qgemv.cu); the older
+ *                 tensor-core kernel otherwise
  *   2 .. 4        the older tensor-core kernel (qmma_kernel, weights as B) in the tilings of session 5
  *   QMMA_A0 + v   the A-operand kernel in shape v (0 .. QMMA_A_SHAPES - 1, table in cuda_qgemv.cu)
  *   QMMA_A_NF4T   NF4 only: the A-operand kernel in shape a8x2o4 with the older NF4 dequantization (a
