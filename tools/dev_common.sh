@@ -18,5 +18,5 @@ run_test() {
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
-git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
+cat build-dev/COMMIT > "$OUT/commit.txt" 2>/dev/null || echo "(no build-dev/COMMIT: packed before tools/devpack.sh wrote it)" > "$OUT/commit.txt"
 cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
