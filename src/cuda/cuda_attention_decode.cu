@@ -54,6 +54,51 @@ struct attn_dec_args {
     float scale;
 };
 
+/* What a block row (query rows i0 .. i0 + nrows - 1) reads: its block table, the position of its query row i0
+ * + qi (qp0 + i0 + qi), the key count nk (clamped to 0 .. T) and blim, the keys any of its rows sees (nk, or
+ * the causal limit of its last row; >= 0). Rows mode (a.nkeys): the block's one query row is the last token
+ * of its own sequence; a key count or sequence outside the cache traps (programmer error). */
+struct dec_keys {
+    const int32_t *tab;
+    int64_t qp0, nk, blim;
+    int nrows;
+};
+
+__device__ __forceinline__ dec_keys dec_block_keys(const attn_dec_args &a, int i0)
+{
+    dec_keys r;
+    r.qp0 = a.q_pos0;
+    r.tab = a.tab;
+    int64_t nk;
+    if (a.nkeys) {
+        nk = a.nkeys[i0];
+        if (a.seq[i0] < 0 || a.seq[i0] >= a.S || nk < 1 || nk > a.T) {
+            if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0)
+                printf("attention: row %d reads %lld keys of sequence %d (%lld tables of %lld blocks)\n", i0,
+                       (long long)nk, a.seq[i0], (long long)a.S, (long long)a.mb);
+            __trap();
+        }
+        r.qp0 = nk - 1 - i0;
+        r.tab = a.tab + (int64_t)a.seq[i0] * a.mb;
+    } else if (a.pos) {
+        r.qp0 = a.pos[0];
+        nk = (int64_t)a.pos[a.n - 1] + 1;
+    } else {
+        nk = a.causal ? a.q_pos0 + a.n : a.T;
+    }
+    if (nk > a.T) nk = a.T;
+    if (nk < 0) nk = 0;
+    r.nk = nk;
+    r.nrows = (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
+    r.blim = nk;
+    if (a.causal) {
+        const int64_t lim = r.qp0 + i0 + r.nrows;
+        r.blim = lim < nk ? lim : nk;
+    }
+    if (r.blim < 0) r.blim = 0;
+    return r;
+}
+
 template <typename KV, int HD, int NS>
 __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec_args a)
 {
@@ -66,32 +111,10 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
     const int split = blockIdx.x, h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
 
     /* key count and query positions */
-    int64_t qp0 = a.q_pos0, nk;
-    const int32_t *tab = a.tab;
-    if (a.nkeys) { /* rows mode: this block's one query row is the last token of its own sequence */
-        nk = a.nkeys[i0];
-        if (a.seq[i0] < 0 || a.seq[i0] >= a.S || nk < 1 || nk > a.T) {
-            if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0)
-                printf("attention: row %d reads %lld keys of sequence %d (%lld tables of %lld blocks)\n", i0,
-                       (long long)nk, a.seq[i0], (long long)a.S, (long long)a.mb);
-            __trap();
-        }
-        qp0 = nk - 1 - i0; /* query row i0 + qi sits at qp0 + i0 + qi below */
-        tab = a.tab + (int64_t)a.seq[i0] * a.mb;
-    } else if (a.pos) {
-        qp0 = a.pos[0];
-        nk = (int64_t)a.pos[a.n - 1] + 1;
-    } else {
-        nk = a.causal ? a.q_pos0 + a.n : a.T;
-    }
-    if (nk > a.T) nk = a.T;
-    if (nk < 0) nk = 0;
-    const int nrows = (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
-    int64_t blim = nk;
-    if (a.causal) {
-        const int64_t l = qp0 + i0 + nrows;
-        blim = l < nk ? l : nk;
-    }
+    const dec_keys bk = dec_block_keys(a, i0);
+    const int32_t *tab = bk.tab;
+    const int64_t qp0 = bk.qp0, nk = bk.nk, blim = bk.blim;
+    const int nrows = bk.nrows;
     int64_t chunk = (nk + a.nsplit - 1) / a.nsplit;
     chunk = (chunk + TK - 1) / TK * TK;
     if (chunk < DEC_MIN_TILES * TK) chunk = DEC_MIN_TILES * TK;
@@ -430,34 +453,11 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
     const int h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
     if (C > 1) cl_arrive_relaxed(); /* waited for before the first remote store: every block has started */
 
-    /* key count and query positions (as in attn_decode_kernel) */
-    int64_t qp0 = a.q_pos0, nk;
-    const int32_t *tab = a.tab;
-    if (a.nkeys) {
-        nk = a.nkeys[i0];
-        if (a.seq[i0] < 0 || a.seq[i0] >= a.S || nk < 1 || nk > a.T) {
-            if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0)
-                printf("attention: row %d reads %lld keys of sequence %d (%lld tables of %lld blocks)\n", i0,
-                       (long long)nk, a.seq[i0], (long long)a.S, (long long)a.mb);
-            __trap();
-        }
-        qp0 = nk - 1 - i0;
-        tab = a.tab + (int64_t)a.seq[i0] * a.mb;
-    } else if (a.pos) {
-        qp0 = a.pos[0];
-        nk = (int64_t)a.pos[a.n - 1] + 1;
-    } else {
-        nk = a.causal ? a.q_pos0 + a.n : a.T;
-    }
-    if (nk > a.T) nk = a.T;
-    if (nk < 0) nk = 0;
-    const int nrows = (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
-    int64_t blim = nk;
-    if (a.causal) {
-        const int64_t lim = qp0 + i0 + nrows;
-        blim = lim < nk ? lim : nk;
-    }
-    if (blim < 0) blim = 0;
+    /* key count and query positions */
+    const dec_keys bk = dec_block_keys(a, i0);
+    const int32_t *tab = bk.tab;
+    const int64_t qp0 = bk.qp0, nk = bk.nk, blim = bk.blim;
+    const int nrows = bk.nrows;
     int64_t chunk = (blim + C - 1) / C;
     chunk = (chunk + TK - 1) / TK * TK;
     const int64_t k0 = (int64_t)split * chunk < blim ? (int64_t)split * chunk : blim;
@@ -761,34 +761,11 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     const int W = blockDim.x >> 5, NS = a.GB * a.QB;
     const int split = blockIdx.x, h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
 
-    /* key count and query positions (as in attn_decode_kernel) */
-    int64_t qp0 = a.q_pos0, nk;
-    const int32_t *tab = a.tab;
-    if (a.nkeys) {
-        nk = a.nkeys[i0];
-        if (a.seq[i0] < 0 || a.seq[i0] >= a.S || nk < 1 || nk > a.T) {
-            if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0)
-                printf("attention: row %d reads %lld keys of sequence %d (%lld tables of %lld blocks)\n", i0,
-                       (long long)nk, a.seq[i0], (long long)a.S, (long long)a.mb);
-            __trap();
-        }
-        qp0 = nk - 1 - i0;
-        tab = a.tab + (int64_t)a.seq[i0] * a.mb;
-    } else if (a.pos) {
-        qp0 = a.pos[0];
-        nk = (int64_t)a.pos[a.n - 1] + 1;
-    } else {
-        nk = a.causal ? a.q_pos0 + a.n : a.T;
-    }
-    if (nk > a.T) nk = a.T;
-    if (nk < 0) nk = 0;
-    const int nrows = (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
-    int64_t blim = nk;
-    if (a.causal) {
-        const int64_t l = qp0 + i0 + nrows;
-        blim = l < nk ? l : nk;
-    }
-    if (blim < 0) blim = 0;
+    /* key count and query positions */
+    const dec_keys bk = dec_block_keys(a, i0);
+    const int32_t *tab = bk.tab;
+    const int64_t qp0 = bk.qp0, nk = bk.nk, blim = bk.blim;
+    const int nrows = bk.nrows;
     /* the steps: split b takes steps b, b + used, b + 2 used, ..; within it warp w every W-th of those */
     const int64_t nsteps = (blim + 15) / 16;
     int64_t sps = (nsteps + a.nsplit - 1) / a.nsplit; /* steps per split, at most */
