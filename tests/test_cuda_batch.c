@@ -36,29 +36,37 @@
 #include "tcuda.h"
 
 /* hooks into cuda_attention_decode.cu (test_cuda_ops.c says more): one decode kernel with the choice
- * forced (0 split-K, C > 0 the cluster kernel with C splits; returns 0 nothing ran, 1 split-K, 2 cluster)
- * and the cluster sizes the device holds (maxcl[0] -1: no cluster kernel on this device) */
+ * forced (0 split-K, C > 0 the cluster kernel with C splits, DEC_VAR_TC(W, S) the tensor-core kernel with
+ * W warps and S splits, 0: automatic; returns 0 nothing ran, 1 split-K, 2 cluster, 3 tensor-core), the
+ * cluster sizes the device holds (maxcl[0] -1: no cluster kernel on this device) and whether the
+ * tensor-core kernel can run */
 int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, const struct tensor *k, const struct tensor *v,
                                   const struct tensor *pos, const struct tensor *tab, const struct tensor *seq,
                                   const struct tensor *n_keys, int64_t q_pos0, float scale, int flags, int variant);
 void cuda_attention_cluster_caps(int ordinal, int maxcl[5]);
+int cuda_attention_tc_able(int ordinal);
+#define DEC_VAR_TC(w, s) (1000 + 100 * (w) + (s))
 
 /* op_attention_rows on a paged pool: B rows of mixed lengths (1 .. 4096), each row's sequence a table
  * row (rows and table rows in different orders, S > B tables), the blocks of all tables one shuffled
  * permutation of the pool plus unused blocks, so a kernel that ignores or misreads the table reads
  * the wrong keys. The CPU twin is first checked against its definition (the row's keys gathered in
  * order, then the one-row attention), bit for bit. B = 1, 16 and 64, f16 and bf16 through the automatic
- * choice (the cluster kernel on sm_90, else split-K), then through each decode kernel forced (split-K,
- * the cluster kernel with 1, 2, 4, 16 splits); f32 and hd 64 GQA 1:1 through the simple kernel. */
+ * choice, then through each decode kernel forced (split-K, the cluster kernel with 1, 2, 4, 16 splits,
+ * the tensor-core kernel at W = 0 (auto), 1, 2, 4 with automatic and forced splits, each twice: the
+ * partial counters must be back at zero); f32 and hd 64 GQA 1:1 through the simple kernel, the
+ * tensor-core kernel at GQA 1:1 in f16 too. */
 static void test_attention_rows(void)
 {
     int maxcl[5];
     cuda_attention_cluster_caps(0, maxcl);
+    const int tc = cuda_attention_tc_able(0);
     static const struct { int64_t H, Hkv, hd; enum dtype dt; int B, maxlen, off; } cs[] = {
         {32, 8, 128, DTYPE_F16, 1, 4096, 1},  {32, 8, 128, DTYPE_F16, 1, 4096, 0},
         {32, 8, 128, DTYPE_F16, 16, 4096, 0}, {32, 8, 128, DTYPE_F16, 64, 4096, 3},
         {32, 8, 128, DTYPE_BF16, 16, 1000, 5}, {8, 2, 128, DTYPE_F16, 5, 700, 0},
         {8, 8, 64, DTYPE_F32, 5, 700, 2},     {32, 8, 64, DTYPE_F16, 7, 300, 4},
+        {16, 4, 64, DTYPE_F16, 6, 2049, 0},   {8, 8, 128, DTYPE_F16, 6, 2049, 0},
     };
     static const int lens[12] = {1, 4096, 17, 129, 700, 16, 2049, 4095, 33, 128, 1000, 3000};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
@@ -109,16 +117,22 @@ static void test_attention_rows(void)
         struct tensor dout2 = d_new(cs[c].dt, 3, B, H, hd);
         op_attention_rows(&dout2, &dq, &dk, &dv, &dt, &ds, &dc, scale);
         check_close("attn_rows", "the same launch again", &dout2, &ref, tol_for(cs[c].dt));
-        /* the decode kernels one by one: split-K (sm_75 .. sm_89; twice, for its counters) and the
-         * cluster kernel (sm_90) with 1, 2, 4 and 16 splits; f32 caches take neither */
-        static const int variants[] = {0, 0, 1, 2, 4, 16};
+        /* the decode kernels one by one: split-K (sm_75 .. sm_89; twice, for its counters), the cluster
+         * kernel (sm_90) with 1, 2, 4 and 16 splits and the tensor-core kernel (sm_80; twice each); f32
+         * caches take none */
+        static const int variants[] = {0, 0, 1, 2, 4, 16, DEC_VAR_TC(0, 0), DEC_VAR_TC(0, 0), DEC_VAR_TC(1, 0),
+                                       DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 5), DEC_VAR_TC(2, 5), DEC_VAR_TC(4, 1),
+                                       DEC_VAR_TC(4, 1)};
         for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++) {
             const int var = variants[w], e = var == 16 ? 4 : var == 4 ? 2 : var == 2 ? 1 : 0;
+            const int is_tc = var >= DEC_VAR_TC(0, 0);
             struct tensor d3 = d_new(cs[c].dt, 3, B, H, hd);
             const int ran = cuda_attention_decode_variant(&d3, &dq, &dk, &dv, NULL, &dt, &ds, &dc, 0, scale, 0, var);
             char lab[64];
-            snprintf(lab, sizeof lab, "%s %d", var ? "cluster kernel, splits" : "split-K kernel", var ? var : (int)w + 1);
+            if (is_tc) snprintf(lab, sizeof lab, "tensor-core kernel W%d S%d", (var - 1000) / 100, var % 100);
+            else snprintf(lab, sizeof lab, "%s %d", var ? "cluster kernel, splits" : "split-K kernel", var ? var : (int)w + 1);
             if (cs[c].dt == DTYPE_F32) T_EQ_INT(ran, 0);
+            else if (is_tc) T_EQ_INT(ran, tc ? 3 : 0);
             else if (var == 0) T_EQ_INT(ran, 1);
             else T_EQ_INT(ran, maxcl[0] > 0 && maxcl[e] > 0 ? 2 : 0);
             if (ran) check_close("attn_rows", lab, &d3, &ref, tol_for(cs[c].dt));

@@ -603,7 +603,7 @@ int cuda_attention_tc_able(int ordinal);
  * zero for the next launch). The tensor-core kernel (sm_80+) with its automatic shape, 1, 2 and 4 warps
  * per block, forced split counts (1: no partials; 3 and 7: splits of uneven step counts; 99: more
  * splits than steps), twice where it merges partials (the same counters); its 16-key steps meet the
- * key counts 1, 17, 31, 545 (pos), 4097 (paged); then rows mode through it (test_attention_rows_tc). */
+ * key counts 1, 17, 31, 545 (pos), 4097 (paged); then rows mode through it (test_cuda_batch test_attention_rows). */
 static void test_attention_decode(void)
 {
     static const struct { int64_t n, T, H, Hkv, hd; int32_t p0; enum dtype dt; int flags, mode; const char *what; } cs[] = {
@@ -675,58 +675,6 @@ static void test_attention_decode(void)
         }
         t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&pos), t_free(&tab);
         t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dt);
-    }
-}
-
-/* Rows mode (op_attention_rows: one query row per sequence, its key count and block table read on the
- * device) through the tensor-core kernel forced: rows of 1, 17, 700, 33, 2049 and 16 keys, each its
- * own table row (rows and tables in different orders, entries past a row's keys -1), the blocks one
- * shuffled permutation of the pool plus unused blocks, against the CPU twin; split-K alongside as the
- * known-good kernel. test_cuda_batch covers the automatic choice and the other kernels. */
-static void test_attention_rows_tc(void)
-{
-    static const struct { int64_t H, Hkv, hd; enum dtype dt; } cs[] = {
-        {32, 8, 128, DTYPE_F16}, {32, 8, 128, DTYPE_BF16}, {16, 4, 64, DTYPE_F16}, {8, 8, 128, DTYPE_F16},
-    };
-    static const int32_t lens[] = {1, 17, 700, 33, 2049, 16};
-    static const int variants[] = {0, DEC_VAR_TC(0, 0), DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 5), DEC_VAR_TC(4, 1)};
-    const int64_t B = sizeof lens / sizeof lens[0], S = B + 2, mb = (2049 + KV_BLOCK - 1) / KV_BLOCK;
-    const int tc = cuda_attention_tc_able(0);
-    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
-        const int64_t H = cs[c].H, Hkv = cs[c].Hkv, hd = cs[c].hd;
-        int64_t used = 0;
-        for (int64_t i = 0; i < B; i++) used += (lens[i] + KV_BLOCK - 1) / KV_BLOCK;
-        const int64_t nblocks = used + 5, T = nblocks * KV_BLOCK;
-        struct tensor perm = h_table(0, nblocks, nblocks), tab = h_new(DTYPE_I32, 2, S, mb, 0);
-        struct tensor seq = h_new(DTYPE_I32, 1, B, 0, 0), cnt = h_new(DTYPE_I32, 1, B, 0, 0);
-        int32_t *tb = tab.data, *sq = seq.data;
-        for (int64_t i = 0; i < S * mb; i++) tb[i] = -1;
-        for (int64_t i = 0, next = 0; i < B; i++) {
-            sq[i] = (int32_t)((i * 5 + 2) % S);
-            ((int32_t *)cnt.data)[i] = lens[i];
-            for (int64_t j = 0; j < (lens[i] + KV_BLOCK - 1) / KV_BLOCK; j++) tb[sq[i] * mb + j] = ((int32_t *)perm.data)[next++];
-        }
-        struct tensor q = h_rand(cs[c].dt, 3, B, H, hd, 2.0f), k = h_rand(cs[c].dt, 3, T, Hkv, hd, 2.0f);
-        struct tensor v = h_rand(cs[c].dt, 3, T, Hkv, hd, 1.0f), ref = h_new(cs[c].dt, 3, B, H, hd);
-        const float scale = 1.0f / sqrtf((float)hd);
-        op_attention_rows(&ref, &q, &k, &v, &tab, &seq, &cnt, scale);
-        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dt = d_from(&tab), ds = d_from(&seq);
-        struct tensor dc = d_from(&cnt);
-        for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++)
-            for (int rep = 0; rep < 2; rep++) { /* twice: the partial counters must be back at zero */
-                const int var = variants[w];
-                struct tensor d3 = d_new(cs[c].dt, 3, B, H, hd);
-                const int ran = cuda_attention_decode_variant(&d3, &dq, &dk, &dv, NULL, &dt, &ds, &dc, 0, scale, 0, var);
-                char cas[128];
-                snprintf(cas, sizeof cas, "rows B%lld keys 1..2049 H%lld/%lld hd%lld %s %s W%d S%d", (long long)B,
-                         (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt), var ? "tc" : "split-K",
-                         var ? (var - 1000) / 100 : 0, var ? var % 100 : 0);
-                T_EQ_INT(ran, var == 0 ? 1 : tc ? 3 : 0);
-                if (ran) check_close("attn_rows", cas, &d3, &ref, tol_for(cs[c].dt));
-                t_free(&d3);
-            }
-        t_free(&q), t_free(&k), t_free(&v), t_free(&ref), t_free(&tab), t_free(&seq), t_free(&cnt), t_free(&perm);
-        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dt), t_free(&ds), t_free(&dc);
     }
 }
 
@@ -1959,7 +1907,6 @@ int main(int argc, char **argv)
         T_SKIP(test_kv_pages, why);
         T_SKIP(test_attention_pos, why);
         T_SKIP(test_attention_decode, why);
-        T_SKIP(test_attention_rows_tc, why);
         T_SKIP(test_argmax_dev, why);
         T_SKIP(test_graph, why);
         T_SKIP(test_overlap, why);
@@ -1990,7 +1937,6 @@ int main(int argc, char **argv)
     T_RUN(test_kv_pages);
     T_RUN(test_attention_pos);
     T_RUN(test_attention_decode);
-    T_RUN(test_attention_rows_tc);
     T_RUN(test_argmax_dev);
     T_RUN(test_graph);
     T_RUN(test_overlap);
