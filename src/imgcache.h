@@ -31,9 +31,11 @@ struct imgcache_key {
     size_t len;
     uint64_t hash;
 };
-/* The key of an image list; enc/enc_len (may be NULL) give each image's encoded bytes. -1: out of memory. */
+/* The key of an image list; enc/enc_len (may be NULL) give each image's encoded bytes. keep 0: the hash and
+ * length only (no copy of the bytes: such a key finds nothing and is not stored, e.g. without a cache).
+ * -1: out of memory. */
 int imgcache_key_init(struct imgcache_key *k, const struct image *images, int n_images, const uint8_t *const *enc,
-                      const size_t *enc_len);
+                      const size_t *enc_len, int keep);
 void imgcache_key_free(struct imgcache_key *k);
 /* A hit (1): *tokens is the cache's own tensor (valid until the next imgcache_put or imgcache_free),
  * grids[0..n_images) and *n_pieces are filled. 0: not held. c may be NULL (always 0). */

@@ -247,7 +247,7 @@ static int turn_images(struct turn *t, struct engine *g, struct imgcache *cache,
     int rc = -1;
     if (!grids) return err_set(e, "out of memory");
     /* the key also names the images' rows in the KV blocks' keys (run_keys), so it is made with or without a cache */
-    if (imgcache_key_init(&key, rq->images, rq->n_images, rq->img_keys, rq->img_key_len)) {
+    if (imgcache_key_init(&key, rq->images, rq->n_images, rq->img_keys, rq->img_key_len, cache != NULL)) {
         err_set(e, "out of memory");
         goto out;
     }

@@ -21,6 +21,7 @@
 
 #include "backend.h"
 #include "cmd_util.h"
+#include "imgcache.h"
 #include "scheduler.h"
 #include "t.h"
 #include "tengine.h"
@@ -334,8 +335,67 @@ static void test_reuse_bitwise(void)
     }
 }
 
+/* The image list's key (imgcache_key_init), whose hash names image rows in the KV blocks' keys: the same
+ * content gives the same hash with or without a kept copy; one byte changed anywhere (the lanes' word and
+ * block edges, the tail, the headers' pixel size) gives another; the order of the list and the cut
+ * between images count; the kept copy is the headers and pixels in order. */
+static void test_image_key_hash(void)
+{
+    enum { W = 37, H = 29, N = W * H * 3 };
+    uint8_t *pa = malloc(N), *pb = malloc(N);
+    T_ASSERT(pa && pb);
+    for (int i = 0; i < N; i++) pa[i] = (uint8_t)(i * 7 + 3), pb[i] = (uint8_t)(i * 13 + 1);
+    struct image im[2] = {{.w = W, .h = H, .rgb = pa}, {.w = W, .h = H, .rgb = pb}};
+    struct imgcache_key k0, k1;
+    T_EQ_INT(imgcache_key_init(&k0, im, 2, NULL, NULL, 1), 0);
+    T_EQ_INT(imgcache_key_init(&k1, im, 2, NULL, NULL, 0), 0);
+    T_ASSERT(k0.hash == k1.hash && k0.len == k1.len && k1.bytes == NULL && k0.len == 2 * (24 + (size_t)N));
+    T_ASSERT(!memcmp(k0.bytes + 24, pa, N) && !memcmp(k0.bytes + 48 + N, pb, N));
+    imgcache_key_free(&k1);
+    /* one byte of either image: 0, the first lane's word edge, the 32-byte block edges, the middle, the end */
+    const int at[] = {0, 7, 8, 31, 32, 33, N / 2, N - 33, N - 2, N - 1};
+    uint64_t seen[2 * sizeof at / sizeof at[0] + 3];
+    int ns = 0;
+    for (int img = 0; img < 2; img++)
+        for (size_t j = 0; j < sizeof at / sizeof at[0]; j++) {
+            uint8_t *p = img ? pb : pa;
+            p[at[j]] ^= 0x10;
+            T_EQ_INT(imgcache_key_init(&k1, im, 2, NULL, NULL, 0), 0);
+            p[at[j]] ^= 0x10;
+            T_ASSERTF(k1.hash != k0.hash, "image %d byte %d changed, same hash", img, at[j]);
+            seen[ns++] = k1.hash;
+        }
+    struct image sw[2] = {im[1], im[0]}; /* the order of the list */
+    T_EQ_INT(imgcache_key_init(&k1, sw, 2, NULL, NULL, 0), 0);
+    seen[ns++] = k1.hash;
+    struct image tall = {.w = W, .h = 2 * H, .rgb = pa}; /* another pixel size over the same bytes */
+    T_EQ_INT(imgcache_key_init(&k1, &tall, 1, NULL, NULL, 0), 0);
+    struct image one = {.w = W, .h = H, .rgb = pa};
+    struct imgcache_key k2;
+    T_EQ_INT(imgcache_key_init(&k2, &one, 1, NULL, NULL, 0), 0);
+    seen[ns++] = k2.hash;
+    im[0].h = H - 1; /* the cut between the images: the first one shorter */
+    T_EQ_INT(imgcache_key_init(&k2, im, 2, NULL, NULL, 0), 0);
+    im[0].h = H;
+    seen[ns++] = k2.hash;
+    for (int i = 0; i < ns; i++) {
+        T_ASSERTF(seen[i] != k0.hash, "key %d equals the original's", i);
+        for (int j = 0; j < i; j++) T_ASSERTF(seen[i] != seen[j], "keys %d and %d share a hash", i, j);
+    }
+    /* encoded bytes instead of pixels: the key holds those (after the headers), not the pixels */
+    const uint8_t *enc[2] = {pa, pb};
+    const size_t len[2] = {100, 1000};
+    T_EQ_INT(imgcache_key_init(&k1, im, 2, enc, len, 1), 0);
+    T_ASSERT(k1.len == 2 * 24 + 1100 && k1.hash != k0.hash && !memcmp(k1.bytes + 24, pa, 100));
+    imgcache_key_free(&k1);
+    imgcache_key_free(&k0);
+    free(pa);
+    free(pb);
+}
+
 int main(void)
 {
+    T_RUN(test_image_key_hash);
     T_RUN(test_follow_up_and_images);
     T_RUN(test_shared_system_prompt);
     T_RUN(test_eviction);
