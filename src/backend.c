@@ -474,6 +474,15 @@ void dev_set_overlap(struct device d, int mode)
 #endif
 }
 
+void dev_profile(struct device d, int on)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_profile(d.ordinal, on);
+#else
+    (void)d, (void)on;
+#endif
+}
+
 int dev_set_qgemv(struct device d, int v)
 {
 #ifdef MINICPMV_CUDA

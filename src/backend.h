@@ -200,6 +200,11 @@ void dev_set_overlap(struct device d, int mode);
  * -1 when v is not a kernel (nothing changed), 0 otherwise; no effect on CPU devices. */
 int dev_set_qgemv(struct device d, int v);
 
+/* Starts (on = 1) or stops (0) the profiler's collection on GPU d (cudaProfilerStart / Stop: `ncu
+ * --profile-from-start off` then profiles only the kernels launched in between, graph nodes included). A
+ * developer's tool (bench --prof-step); no effect on CPU devices. */
+void dev_profile(struct device d, int on);
+
 /* ---- graphs: record the ops issued on one device, replay them ---- */
 /* Between dev_graph_begin and dev_graph_end the ops issued on GPU d are recorded, not run. The
  * captured ops must not copy to or from the host, sync, or grow scratch buffers (run the same step

@@ -79,6 +79,8 @@ void cuda_sync(int ordinal);
 void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes);
 /* programmatic dependent launch of decode GEMVs on/off (cuda/cuda_mem.cu; default off) */
 void cuda_set_pdl(int ordinal, int f16, int quant);
+/* the profiler's collection on GPU ordinal on / off (cuda/cuda_mem.cu: cudaProfilerStart / Stop) */
+void cuda_profile(int ordinal, int on);
 /* the quantized decode GEMV's kernel (cuda/cuda_mem.cu; values in cuda/cuda_quant.cuh: 0 the CUDA-core kernel,
  * 1 the default, 2..4 the older tensor-core kernel's tilings, 8..12 the A-operand kernel's shapes) */
 void cuda_set_qmma(int ordinal, int on);

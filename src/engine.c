@@ -524,6 +524,8 @@ int engine_warm_batch_graphs(struct engine *g, struct err *e)
 
 const struct llm_batch_stats *engine_batch_stats(const struct engine *g) { return &g->llm.bstats; }
 
+void engine_set_profile_step(struct engine *g, int rows, int nth) { llm_set_profile_step(&g->llm, rows, nth); }
+
 void engine_slot_sample_begin(struct engine *g, int slot, const struct sampler_params *p, uint64_t draws)
 {
     if (slot >= 0 && slot < g->llm.n_slots) llm_slot_sample_begin(&g->llm, slot, p, draws);

@@ -214,6 +214,8 @@ void engine_slot_sample_begin(struct engine *g, int slot, const struct sampler_p
  * and the graphs are then captured again one by one at their next step (llm_batch_stats.stale). 0 and
  * nothing done where the step does not run as graphs (CPU, several GPUs). */
 int engine_warm_batch_graphs(struct engine *g, struct err *e);
+/* Profiles the nth batched step of `rows` rows from now on (llm_set_profile_step; bench --prof-step). */
+void engine_set_profile_step(struct engine *g, int rows, int nth);
 /* The batched step's host time and graph counts since load (llm.h). */
 struct llm_batch_stats;
 const struct llm_batch_stats *engine_batch_stats(const struct engine *g);

@@ -209,6 +209,18 @@ void llm_free(struct llm *s)
     memset(s, 0, sizeof *s);
 }
 
+void llm_set_profile_step(struct llm *s, int rows, int nth)
+{
+    s->prof_rows = rows > 0 ? rows : 0;
+    s->prof_nth = nth;
+    s->prof_seen = 0;
+}
+
+static void profile_all(struct llm *s, int on)
+{
+    for (int i = 0; i < s->pl->n_devices; i++) dev_profile(s->pl->devs[i], on);
+}
+
 void llm_set_unfused(struct llm *s, int on)
 {
     if (s->unfused == (on != 0)) return;
@@ -931,6 +943,8 @@ int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks
     pick = pick != 0;
     const double t1 = time_now();
     s->bstats.t_upload += t1 - t0;
+    const int prof = s->prof_rows == B && ++s->prof_seen == s->prof_nth;
+    if (prof) profile_all(s, 1);
     if (graph_able(s) && !s->batch_eager) {
         if (graph_run(s, bgraph_of(s, B, pick), batch_step_dev, B, pick, &s->bstats, e)) return -1;
     } else {
@@ -938,6 +952,7 @@ int llm_decode_batch_launch(struct llm *s, const int *slots, const int32_t *toks
         s->bstats.eager++;
         s->bstats.t_eager += time_now() - t1;
     }
+    if (prof) profile_all(s, 0);
     for (int i = 0; i < B; i++) *slot_past(s, slots[i]) += 1;
     s->inflight_B = B;
     s->inflight_pick = pick;

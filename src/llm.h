@@ -105,6 +105,8 @@ struct llm {
                                     op_matmul, op_add_rmsnorm, op_silu_mul) as longer steps do; 0: the
                                     fused decode ops (llm_set_unfused; tests and benches compare) */
     int inflight_B, inflight_pick; /* the batched step launched and not yet collected (0: none) */
+    int prof_rows, prof_nth;     /* llm_set_profile_step: the batched step of prof_rows rows to profile, its nth */
+    int64_t prof_seen;           /* batched steps of prof_rows rows launched so far */
     /* the device sampler's state (op_sample_begin / op_sample_dev) on the lm_head device, one row
      * per slot: I32 [n_slots, sample_state_words(V)]; sample_state is slot 0's row (1-D) */
     struct tensor sample_rows, sample_state;
@@ -124,6 +126,10 @@ int llm_init(struct llm *s, const struct model *m, const struct model_placement 
 int llm_init_slots(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act,
                    int64_t ctx, int64_t max_batch, int n_slots, int64_t kv_tokens, struct err *e);
 void llm_free(struct llm *s);
+/* The nth batched step of `rows` rows launched from now on (1 = the next) runs between dev_profile(1) and
+ * dev_profile(0) on every device of the placement, so that `ncu --profile-from-start off` sees that one
+ * step's kernels only (bench --prof-step). rows 0: off. */
+void llm_set_profile_step(struct llm *s, int rows, int nth);
 /* Sets llm.unfused and drops the captured decode graphs (they hold the other op sequence). */
 void llm_set_unfused(struct llm *s, int on);
 /* Frees the captured decode graphs; the next step of each kind runs eagerly and captures again (after a

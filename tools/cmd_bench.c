@@ -313,7 +313,7 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
     char content[sizeof BENCH_QUESTION + 64];
     snprintf(content, sizeof content, "%s\n%s", CHAT_IMAGE_MARKER, BENCH_QUESTION);
     struct chat_msg m = {"user", content};
-    double tdec[BENCH_MAX_REPS], tvis[BENCH_MAX_REPS], tpre[BENCH_MAX_REPS];
+    double tdec[BENCH_MAX_REPS], tvis[BENCH_MAX_REPS], tpre[BENCH_MAX_REPS], tq[4][BENCH_MAX_REPS];
     int rc = -1, n_prompt = 0, pieces = 0, first = -1;
     for (int r = -1; r < b->reps; r++) {
         struct image im = {0};
@@ -335,6 +335,9 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
         image_free(&im);
         if (crc) { turn_result_free(&res); goto out; }
         if (r >= 0) {
+            const struct mm_times *et = engine_encode_times(g);
+            tq[0][p->reps] = et->pre, tq[1][p->reps] = et->vision_queued, tq[2][p->reps] = et->rs_queued;
+            tq[3][p->reps] = et->wait;
             tdec[p->reps] = t1 - t0;
             tvis[p->reps] = res.t_vision;
             tpre[p->reps] = res.t_prefill;
@@ -357,6 +360,12 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
     x_add(p, "jpeg_kib", n_jpg / 1024.0);
     x_add(p, "jpeg_decode_ms", 1e3 * median(tdec, p->reps));
     x_add(p, "vision_ms", 1e3 * median(tvis, p->reps));
+    /* of vision_ms, as in vision10: preprocessing, queueing the tower and the resampler, the device wait
+     * (the rest is the turn's own: the image list's key, the cache lookup) */
+    x_add(p, "in_pre_ms", 1e3 * median(tq[0], p->reps));
+    x_add(p, "queue_vision_ms", 1e3 * median(tq[1], p->reps));
+    x_add(p, "queue_resampler_ms", 1e3 * median(tq[2], p->reps));
+    x_add(p, "wait_ms", 1e3 * median(tq[3], p->reps));
     x_add(p, "prefill_ms", 1e3 * median(tpre, p->reps));
     x_add(p, "first_token", first);
     rc = 0;
@@ -888,6 +897,8 @@ static const char BENCH_HELP[] =
     "  --qgemv V            (developers) the quantized decode GEMV's kernel: 1 the default, 0 the CUDA-core\n"
     "                       one, 2..4 session 5's tensor-core one, 8..13 the A-operand kernel's shapes\n"
     "                       (docs/CUDA.md, \"The quantized decode GEMV\")\n"
+    "  --prof-step ROWS:N   (developers) the Nth batched decode step of ROWS rows runs between\n"
+    "                       cudaProfilerStart and Stop: `ncu --profile-from-start off` sees that step only\n"
     "  --overlap all|quant|off  (developers) decode GEMVs launched to overlap the previous kernel's tail\n"
     "                       (programmatic dependent launch, sm_90): every one, the quantized ones, none\n"
     "                       (the default)\n"
@@ -927,6 +938,16 @@ int cmd_bench(int argc, char **argv)
             conc_list = v;
         } else if (!strcmp(f, "--no-graph-warm")) {
             b.no_graph_warm = 1;
+        } else if (!strcmp(f, "--prof-step")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
+            char *end;
+            const long r = strtol(v, &end, 10), nth = *end == ':' ? strtol(end + 1, &end, 10) : -1;
+            if (*end || r < 1 || r > 4096 || nth < 1 || nth > 1 << 20) {
+                err_set(&e, "--prof-step: expected ROWS:N (1..4096 : 1..1048576), got \"%s\"", v);
+                goto out;
+            }
+            b.prof_rows = (int)r;
+            b.prof_nth = (int)nth;
         } else if (!strcmp(f, "--json")) {
             if (!(json = cmdu_value(argc, argv, &i, &e))) goto out;
         } else if (!strcmp(f, "--reps") || !strcmp(f, "--decode-steps") || !strcmp(f, "--seed-prompt") ||
@@ -1033,6 +1054,7 @@ int cmd_bench(int argc, char **argv)
     }
     if (engine_open(&b.g, &eo.o, &e)) goto out;
     fprintf(stderr, "bench: model loaded in %.1f s\n", engine_load_seconds(b.g));
+    if (b.prof_rows) engine_set_profile_step(b.g, b.prof_rows, b.prof_nth);
     if (engine_decode_weight_bytes(b.g, &b.decode_weight_bytes, &e)) goto out;
     if (!(b.logits = malloc((size_t)engine_config(b.g)->vocab_size * sizeof *b.logits))) { err_set(&e, "out of memory"); goto out; }
     bench_mem_sample(&b);

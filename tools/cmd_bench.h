@@ -48,6 +48,7 @@ struct bench {
     int reps, decode_steps, seed_prompt, seed_new, seed_reps;
     int conc_new;                 /* concN: tokens each stream generates (--conc-new) */
     int no_graph_warm;            /* concN: --no-graph-warm (the batched graphs are captured as steps need them) */
+    int prof_rows, prof_nth;      /* --prof-step ROWS:N (engine_set_profile_step) */
     uint64_t seed;
     double peak_gbs;              /* the read bandwidth decode is compared with (0: none) */
     int peak_auto;                /* --peak-gbs auto: peak_gbs is the least of bw[] */

@@ -10,8 +10,9 @@ for r in rows:
     e[r[ix['Metric Name']]]=float(r[ix['Metric Value']].replace(',',''))
 L=list(d.values())
 emb=[i for i,e in enumerate(L) if e['name'].startswith('embed_kernel')]
-# the last complete step: between the last two embeds
-a,b=emb[-2],emb[-1]
+# the last complete step: between the last two embeds; a CSV of one step (bench --prof-step under ncu
+# --profile-from-start off) is all of it
+a,b=(emb[-2],emb[-1]) if len(emb)>=2 else (0,len(L))
 step=L[a:b]
 tot=sum(e['gpu__time_duration.sum'] for e in step); byt=sum(e['dram__bytes_read.sum'] for e in step)
 print(f"{sys.argv[1]}: one decode step = kernels {a}..{b}: {len(step)} kernels, sum {tot/1e3:.1f} us, DRAM read {byt/1e9:.3f} GB -> {byt/tot:.0f} GB/s over the kernel time")

@@ -11,6 +11,8 @@
 #include <atomic>
 #include <mutex>
 
+#include <cuda_profiler_api.h>
+
 #include "cuda/cuda_common.cuh"
 
 static std::atomic<struct cuda_ctx *> g_ctx[CUDA_MAX_DEVICES];
@@ -127,6 +129,13 @@ extern "C" void cuda_set_pdl(int ordinal, int f16, int quant)
     const bool able = c->cc >= 90 && c->code_arch >= 90;
     c->pdl = f16 && able;
     c->pdl_q = quant && able;
+}
+
+extern "C" void cuda_profile(int ordinal, int on)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    CUDA_CHECK(cudaSetDevice(c->ordinal));
+    CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop());
 }
 
 /* The quantized decode GEMV's kernel (cuda_quant.cuh lists the values): 0 the CUDA-core kernel, 1 the

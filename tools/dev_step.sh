@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# tools/dev_step.sh: where a batched decode step's time goes, and the time to first token's parts, on the
+# GPU machine (device tool; carry .devpack and .cache/tokenizer-llama3; binaries from tools/devpack.sh).
+# Logs to $OUT, the lines worth reading first to $OUT/summary.txt. Stages (default: all three):
+#   tests   test_cuda_ops and test_cuda_batch (the decode kernels' and the batched step's parity)
+#   prof    one steady-state batched step of ROWS rows (default "16 64") under ncu: the bench's concN phase
+#           with --prof-step ROWS:40 and ncu --profile-from-start off (that step's kernels only, graph nodes
+#           included); tools/prof_step.py sums them per kernel
+#   ttft    bench vision10,ttft --reps 5 (ttft: JPEG, the vision share with its parts, prefill)
+set -uo pipefail
+OUT=${OUT:-/tmp/dev_step}
+. tools/dev_common.sh
+[ -f $M/config.json ] || timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1
+for st in ${STAGES:-tests prof ttft}; do
+  case $st in
+  tests)
+    run_test test_cuda_ops
+    run_test test_cuda_batch ;;
+  prof)
+    for r in ${ROWS:-16 64}; do
+      stamp "ncu batched step of $r rows"
+      timeout 240 ncu --profile-from-start off --graph-profiling node \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size --csv --cache-control none \
+        --clock-control none $B/minicpmv bench --model $M --device cuda --quiet --parallel $r --ctx 1024 \
+        --concurrency $r --conc-new 64 --reps 1 --prof-step $r:40 > "$OUT/ncu_b$r.csv" 2> "$OUT/ncu_b$r.err"
+      echo "ncu rc=$?" >> "$OUT/summary.txt"
+      python3 tools/prof_step.py "$OUT/ncu_b$r.csv" > "$OUT/prof_b$r.txt" 2>&1
+      head -30 "$OUT/prof_b$r.txt" >> "$OUT/summary.txt"
+      xz -9f "$OUT/ncu_b$r.csv"
+    done ;;
+  ttft)
+    stamp "bench vision10,ttft"
+    timeout 120 $B/minicpmv bench --model $M --device cuda --only vision10,ttft --reps 5 > "$OUT/bench_ttft.log" 2>&1
+    echo "bench rc=$?" >> "$OUT/summary.txt"
+    grep -E "^vision|^ttft" "$OUT/bench_ttft.log" | cut -c1-400 >> "$OUT/summary.txt" ;;
+  esac
+done
+stamp done
