@@ -1419,6 +1419,23 @@ static void bench_attention_rows(void)
             const double best = old < neu ? old : neu;
             printf("  %9.1f %9.1f %7.2f  %6.0f\n", old * 1e3, neu < 1e30 ? neu * 1e3 : 0.0, neu < 1e30 ? old / neu : 0.0,
                    (double)set_bytes / (best * 1e-3) / 1e9);
+            /* the tensor-core kernel's W x S grid at the batched step's lengths (its auto S comes from
+             * tc_splits, which was tuned on one row) */
+            static const int Ws[] = {1, 2, 4}, Ss[] = {1, 2, 3, 4, 6, 8, 12, 16};
+            if (tc && B >= 4 && len <= 1024) {
+                double bw = 1e30;
+                int bwW = 0, bwS = 0;
+                printf("    tc sweep B=%lld keys %lld (us):", (long long)B, (long long)len);
+                for (size_t wi = 0; wi < sizeof Ws / sizeof Ws[0]; wi++)
+                    for (size_t si = 0; si < sizeof Ss / sizeof Ss[0]; si++) {
+                        b.variant = DEC_VAR_TC(Ws[wi], Ss[si]);
+                        const double ms = bench_ms(100, rows_step, &b);
+                        printf(" W%dS%d %.1f", Ws[wi], Ss[si], ms * 1e3);
+                        if (ms < bw) bw = ms, bwW = Ws[wi], bwS = Ss[si];
+                    }
+                printf("\n    tc sweep best B=%lld keys %lld: W%d S%d %.1f us (tc with its auto S: %.1f)\n", (long long)B, (long long)len,
+                       bwW, bwS, bw * 1e3, neu * 1e3);
+            }
             for (int r = 0; r < b.nrot; r++) t_free(&b.seq[r]);
             free(b.seq);
             t_free(&b.k), t_free(&b.v), t_free(&ht), t_free(&hn), t_free(&b.tab), t_free(&b.nk), t_free(&hq);
