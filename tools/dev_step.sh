@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # tools/dev_step.sh: where a batched decode step's time goes, and the time to first token's parts, on the
 # GPU machine (device tool; carry .devpack and .cache/tokenizer-llama3; binaries from tools/devpack.sh).
-# Logs to $OUT, the lines worth reading first to $OUT/summary.txt. Stages (default: all three):
+# Logs to $OUT, the lines worth reading first to $OUT/summary.txt. Stages (default: all four):
 #   tests   test_cuda_ops and test_cuda_batch (the decode kernels' and the batched step's parity)
 #   prof    one steady-state batched step of ROWS rows (default "16 64") under ncu: the bench's concN phase
 #           with --prof-step ROWS:40 and ncu --profile-from-start off (that step's kernels only, graph nodes
 #           included); tools/prof_step.py sums them per kernel
 #   ttft    bench vision10,ttft --reps 5 (ttft: JPEG, the vision share with its parts, prefill)
+#   attn    test_cuda_ops bench attention (one row and rows mode, with the rows-mode W x S grid)
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_step}
 . tools/dev_common.sh
 [ -f $M/config.json ] || timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1
-for st in ${STAGES:-tests prof ttft}; do
+for st in ${STAGES:-tests prof ttft attn}; do
   case $st in
   tests)
     run_test test_cuda_ops
@@ -33,6 +34,11 @@ for st in ${STAGES:-tests prof ttft}; do
     timeout 120 $B/minicpmv bench --model $M --device cuda --only vision10,ttft --reps 5 > "$OUT/bench_ttft.log" 2>&1
     echo "bench rc=$?" >> "$OUT/summary.txt"
     grep -E "^vision|^ttft" "$OUT/bench_ttft.log" | cut -c1-400 >> "$OUT/summary.txt" ;;
+  attn)
+    stamp "test_cuda_ops bench attention"
+    timeout 200 $B/tests/test_cuda_ops bench attention > "$OUT/ops_bench_attention.log" 2>&1
+    echo "ops bench attention rc=$?" >> "$OUT/summary.txt"
+    grep -E "B=|sweep best" "$OUT/ops_bench_attention.log" | grep -v "tc sweep B=" >> "$OUT/summary.txt" ;;
   esac
 done
 stamp done
