@@ -18,8 +18,8 @@
  *    CPU's greedy tokens, with a prompt long enough (20 tokens) to take the GEMM path at prefill.
  * `test_cuda_quant bench` prints every decode GEMV kernel's bandwidth per format at the four matrices of a
  * decoder layer, and their 32-layer sum per token; for F16 at n = 1, 2, 4, 8, 16 the GEMV kernel, cuBLAS and
- * each shape of the A kernel (`test_cuda_quant bench f16`: that part alone). Without a GPU every case is
- * skipped. */
+ * each shape of the A kernel (`test_cuda_quant bench f16`: that part alone; `bench quant`: the quantized
+ * formats alone). Without a GPU every case is skipped. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -778,8 +778,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "test_cuda_quant bench: no CUDA device\n");
             return 1;
         }
-        bench_f16();
-        if (!(argc > 2 && !strcmp(argv[2], "f16"))) bench_quant();
+        setvbuf(stdout, NULL, _IOLBF, 0); /* every line kept if a timeout stops the run */
+        const char *only = argc > 2 ? argv[2] : "";
+        if (strcmp(only, "quant")) bench_f16();
+        if (strcmp(only, "f16")) bench_quant();
         return 0;
     }
     if (bi.n_gpus == 0) {
