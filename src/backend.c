@@ -495,6 +495,18 @@ int dev_set_qgemv(struct device d, int v)
     return 0;
 }
 
+int dev_set_f16mma(struct device d, int v)
+{
+#ifdef MINICPMV_CUDA
+    if (!strcmp(cuda_f16mma_name(v), "?")) return -1;
+    if (d.kind == DEVICE_CUDA) cuda_set_f16mma(d.ordinal, v);
+#else
+    (void)d;
+    if (v < 0) return -1;
+#endif
+    return 0;
+}
+
 /* ---- graphs ---- */
 
 struct dev_graph {

@@ -205,6 +205,13 @@ int dev_set_qgemv(struct device d, int v);
  * developer's tool (bench --prof-step); no effect on CPU devices. */
 void dev_profile(struct device d, int on);
 
+/* Picks the kernel of GPU d's F16 matmuls of 2..16 tokens (the batched decode step; a developer's knob for
+ * benchmarks): 0 cuBLAS (the default), 1 the tensor-core kernel of the quantized decode GEMV on F16 weights
+ * (docs/CUDA.md, "The quantized decode GEMV"; where it applies: sm_80+ code, F16 x and w, k % 32 == 0; cuBLAS
+ * elsewhere), 2.. that kernel in a forced launch shape, from one token on. Same op, so results differ only by
+ * fp32 summation order. -1 when v is not a kernel (nothing changed), 0 otherwise; no effect on CPU devices. */
+int dev_set_f16mma(struct device d, int v);
+
 /* ---- graphs: record the ops issued on one device, replay them ---- */
 /* Between dev_graph_begin and dev_graph_end the ops issued on GPU d are recorded, not run. The
  * captured ops must not copy to or from the host, sync, or grow scratch buffers (run the same step

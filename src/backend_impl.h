@@ -88,6 +88,15 @@ void cuda_set_qmma(int ordinal, int on);
 const char *cuda_qmma_name(int v);
 /* 16-bit weights: the GEMV kernel for n <= max tokens (1..8), cuBLAS above (cuda/cuda_mem.cu; default 1) */
 void cuda_set_gemv16_max(int ordinal, int max);
+/* F16 matmuls of 2..16 tokens on the A-operand tensor-core kernel (cuda/cuda_mem.cu; values in
+ * cuda/cuda_quant.cuh: 0 cuBLAS, the default; 1 the kernel's default shape; 2..5 a forced shape, from one token) */
+void cuda_set_f16mma(int ordinal, int v);
+/* a short name for a cuda_set_f16mma value (cuda/cuda_qgemv.cu), "?" for others; cuda_f16mma_default: the
+ * value of the shape that 1 runs */
+const char *cuda_f16mma_name(int v);
+int cuda_f16mma_default(void);
+/* how many times that kernel was launched on the device (tests: a case that fell back to cuBLAS) */
+uint64_t cuda_f16mma_launches(int ordinal);
 /* 16-bit decode GEMVs on the persistent kernel (cuda/cuda_pgemv.cu: plain, and the fused ops' one-kernel
  * path) or on the older one-pass kernel with the fused ops run as their plain ops (cuda/cuda_mem.cu;
  * default on; tests and the bench compare the two) */

@@ -17,12 +17,15 @@
  *    against the host sampler (the CPU twin's selection) on the step's logits; the graphs of those
  *    B were captured and replayed;
  *  - engine_warm_batch_graphs in the middle of such a run: every B's graph captured then, none later,
- *    the later steps still equal to the eager engine's.
+ *    the later steps still equal to the eager engine's;
+ *  - the engine and graph checks (fp16) again with the F16 matmuls of 2..16 rows on the quantized GEMV's
+ *    tensor-core kernel (dev_set_f16mma 1) instead of cuBLAS; the kernel must have run.
  * Without a GPU every case is reported as skipped. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
+#include "backend_impl.h"
 #include "devmap.h"
 #include "engine.h"
 #include "engine_impl.h"
@@ -367,6 +370,24 @@ static void test_engine_f32(void) { check_engine(DTYPE_F32, 6, 12); }
 /* issue 14's GPU check: 64 streams in one batched step, against their solo runs */
 static void test_engine64_f16(void) { check_engine(DTYPE_F16, 64, 8); }
 
+/* The batched step with its F16 matmuls of 2..16 rows on the A-operand kernel (cuda_qgemv.cu) instead of
+ * cuBLAS: the rows against the solo runs (one token: the GEMV, as before) within the logits tolerance, and
+ * the graphs against the eager steps (the same kernels: bit for bit). */
+static void test_engine_f16mma(void)
+{
+    T_EQ_INT(dev_set_f16mma(device_cuda(0), 1), 0);
+    const uint64_t l0 = cuda_f16mma_launches(0);
+    check_engine(DTYPE_F16, 6, 12);
+    const uint64_t l1 = cuda_f16mma_launches(0);
+    check_graph_steps(DTYPE_F16);
+    const uint64_t l2 = cuda_f16mma_launches(0);
+    printf("  f16mma 1: the A kernel ran %llu times in the engine check, %llu in the graph check\n",
+           (unsigned long long)(l1 - l0), (unsigned long long)(l2 - l1));
+    T_ASSERTF(l1 > l0 && l2 > l1, "the A kernel did not run (%llu, %llu launches)", (unsigned long long)(l1 - l0),
+              (unsigned long long)(l2 - l1));
+    dev_set_f16mma(device_cuda(0), 0);
+}
+
 int main(void)
 {
     struct backend_info bi;
@@ -380,6 +401,7 @@ int main(void)
         T_SKIP(test_graph_steps_f16, "no CUDA device");
         T_SKIP(test_graph_steps_f32, "no CUDA device");
         T_SKIP(test_graph_warm_f16, "no CUDA device");
+        T_SKIP(test_engine_f16mma, "no CUDA device");
         return t_main_end("test_cuda_batch");
     }
     T_RUN(test_attention_rows);
@@ -389,6 +411,7 @@ int main(void)
     T_RUN(test_graph_steps_f16);
     T_RUN(test_graph_steps_f32);
     T_RUN(test_graph_warm_f16);
+    T_RUN(test_engine_f16mma);
     return t_main_end("test_cuda_batch");
 }
 

@@ -9,10 +9,17 @@
  *    and the vision fc2 with K = 4304, scale groups of 16, code rows not a multiple of 16 bytes),
  *    within the fp32-accumulation tolerance (y in f32) and the fp16 one (y in f16, with a bias);
  *  - op_linear (bias + GELU, residual in place) and op_matmul_stacked (vision q|k|v) with NF4;
+ *  - F16 weights on the same A-operand kernel (dev_set_f16mma: the batched decode step's 2..16 tokens): every
+ *    launch shape bit for bit on one-hot x, and against the CPU twin at n = 1, 2, 3, 8, 9, 16 on the model's
+ *    shapes and odd ones (o not a multiple of 16, k = 32), with and without a bias; the cases where it does
+ *    not apply (k % 32, n = 17, F32 x, the knob off, one token with the default) take cuBLAS / the GEMV and
+ *    must not launch it;
  *  - the tiny model loaded on the GPU in q8, q4 (at load) and nf4 (mkmodel --quant nf4) gives the
  *    CPU's greedy tokens, with a prompt long enough (20 tokens) to take the GEMM path at prefill.
- * `test_cuda_quant bench` prints every decode GEMV kernel's bandwidth per format (and fp16's) at the four
- * matrices of a decoder layer, and their 32-layer sum per token. Without a GPU every case is skipped. */
+ * `test_cuda_quant bench` prints every decode GEMV kernel's bandwidth per format at the four matrices of a
+ * decoder layer, and their 32-layer sum per token; for F16 at n = 1, 2, 4, 8, 16 the GEMV kernel, cuBLAS and
+ * each shape of the A kernel (`test_cuda_quant bench f16`: that part alone; `bench quant`: the quantized
+ * formats alone). Without a GPU every case is skipped. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +308,141 @@ static void test_linear_stacked(void)
         }
 }
 
+/* ---- F16 weights on the A-operand kernel (dev_set_f16mma) ---- */
+
+/* the cuda_set_f16mma values of the kernel's launch shapes (2, 3, ...: the forced shapes, from one token on) */
+static int f16_shapes(int *vs, int max)
+{
+    int n = 0;
+    for (int v = 2; n < max && strcmp(cuda_f16mma_name(v), "?"); v++) vs[n++] = v;
+    return n;
+}
+
+/* One-hot x (token t is 1 at column j0 + t): every output is one weight, exact in fp32, so y (f32) must equal
+ * w bit for bit; sweeping j0 over k checks every weight through the mma's k mapping (a lane's 8 halves as the
+ * A registers of two mmas, x's words as B). n = 16 (two N tiles), 5 (one, tokens past n standing in) and 2;
+ * o not a multiple of 16 (the last tile's rows stand in too). Each shape must launch the kernel every time. */
+static void test_f16mma_exact(void)
+{
+    static const struct { int64_t o, k; } sh[] = {{40, 1024}, {24, 256}, {16, 4352}, {8, 32}};
+    static const int nsx[] = {16, 5, 2};
+    int vs[8];
+    const int nv = f16_shapes(vs, 8);
+    T_ASSERTF(nv >= 2, "%d launch shapes", nv);
+    for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
+        const int64_t o = sh[si].o, k = sh[si].k;
+        struct tensor w = h_rand(DTYPE_F16, 2, o, k, 0, 1.0f), dw = d_of(&w);
+        float *wf = malloc((size_t)(o * k) * sizeof *wf);
+        CHECK(wf);
+        convert_to_f32(wf, w.data, DTYPE_F16, o * k);
+        for (int vi = 0; vi < nv; vi++) {
+            T_EQ_INT(dev_set_f16mma(device_cuda(0), vs[vi]), 0);
+            int64_t bad = 0, checked = 0, calls = 0;
+            const uint64_t l0 = cuda_f16mma_launches(0);
+            for (size_t ni = 0; ni < sizeof nsx / sizeof nsx[0]; ni++) {
+                const int64_t n = nsx[ni];
+                struct tensor x = h_new(DTYPE_F16, 2, n, k, 0), y = h_new(DTYPE_F32, 2, n, o, 0);
+                struct tensor dy = d_new(DTYPE_F32, 2, n, o, 0), dx = d_new(DTYPE_F16, 2, n, k, 0);
+                uint16_t *xh = x.data;
+                for (int64_t j0 = 0; j0 < k; j0 += n) {
+                    memset(xh, 0, (size_t)(n * k) * 2);
+                    for (int64_t t = 0; t < n && j0 + t < k; t++) xh[t * k + j0 + t] = 0x3c00; /* 1.0 */
+                    op_copy(&dx, &x);
+                    op_matmul(&dy, &dx, &dw, NULL);
+                    calls++;
+                    op_copy(&y, &dy);
+                    const float *yf = y.data;
+                    for (int64_t t = 0; t < n; t++)
+                        for (int64_t r = 0; r < o; r++) {
+                            const float want = j0 + t < k ? wf[r * k + j0 + t] : 0.0f, got = yf[t * o + r];
+                            checked += j0 + t < k;
+                            if (got != want) {
+                                if (bad < 4)
+                                    printf("    f16 %s [%lld,%lld] n%lld row %lld col %lld: gpu %.9g cpu %.9g\n",
+                                           cuda_f16mma_name(vs[vi]), (long long)o, (long long)k, (long long)n,
+                                           (long long)r, (long long)(j0 + t), got, want);
+                                bad++;
+                            }
+                        }
+                }
+                t_free(&x), t_free(&y), t_free(&dy), t_free(&dx);
+            }
+            const int64_t ran = (int64_t)(cuda_f16mma_launches(0) - l0);
+            printf("  f16mma exact %-7s [%4lld, %4lld]: %lld of %lld weights differ, %lld of %lld matmuls on the kernel %s\n",
+                   cuda_f16mma_name(vs[vi]), (long long)o, (long long)k, (long long)bad, (long long)checked,
+                   (long long)ran, (long long)calls, bad || ran != calls ? "FAIL" : "ok");
+            T_ASSERTF(bad == 0 && checked == 3 * o * k, "f16mma exact %s [%lld, %lld]: %lld of %lld differ",
+                      cuda_f16mma_name(vs[vi]), (long long)o, (long long)k, (long long)bad, (long long)checked);
+            T_ASSERTF(ran == calls, "f16mma exact %s: the kernel ran %lld of %lld times", cuda_f16mma_name(vs[vi]),
+                      (long long)ran, (long long)calls);
+        }
+        dev_set_f16mma(device_cuda(0), 0);
+        free(wf);
+        t_free(&w), t_free(&dw);
+    }
+}
+
+/* op_matmul with F16 weights (x of dtype xt), GPU vs CPU twin, at the knob values vs and the token counts ns:
+ * y in f32 without a bias (only the summation order differs: TOL_TC, as for cuBLAS's fp16 GEMM) and y in f16
+ * with an f16 bias (the rounding of the sum: TOL_F16). The A kernel's launches are counted: it must run
+ * exactly where it applies, so a case that fell back to cuBLAS cannot pass for one of the kernel. */
+static void f16_case(int64_t o, int64_t k, const int *ns, int nn, const char *what, const int *vs, int nv,
+                     enum dtype xt)
+{
+    struct tensor w = h_rand(DTYPE_F16, 2, o, k, 0, 1.7f / sqrtf((float)k)), dw = d_of(&w);
+    struct tensor b = h_rand(DTYPE_F16, 1, o, 0, 0, 0.5f), db = d_of(&b);
+    for (int i = 0; i < nn; i++) {
+        const int64_t n = ns[i];
+        struct tensor x = h_rand(xt, 2, n, k, 0, 1.0f), dx = d_of(&x);
+        struct tensor ref = h_new(DTYPE_F32, 2, n, o, 0), dy = d_new(DTYPE_F32, 2, n, o, 0);
+        struct tensor ref16 = h_new(DTYPE_F16, 2, n, o, 0), dy16 = d_new(DTYPE_F16, 2, n, o, 0);
+        op_matmul(&ref, &x, &w, NULL);
+        op_matmul(&ref16, &x, &w, &b);
+        for (int vi = 0; vi < nv; vi++) {
+            const int v = vs[vi];
+            /* where the kernel applies: F16 x, k % 32 == 0, n <= 16, and n >= 2 for the default (1) */
+            const int on = v >= 1 && xt == DTYPE_F16 && k % 32 == 0 && n <= 16 && (v >= 2 || n >= 2);
+            T_EQ_INT(dev_set_f16mma(device_cuda(0), v), 0);
+            const uint64_t l0 = cuda_f16mma_launches(0);
+            op_matmul(&dy, &dx, &dw, NULL);
+            op_matmul(&dy16, &dx, &dw, &db);
+            const int64_t ran = (int64_t)(cuda_f16mma_launches(0) - l0);
+            char cas[128];
+            snprintf(cas, sizeof cas, "f16 %s %s n%lld [%lld,%lld]%s f32", what, cuda_f16mma_name(v), (long long)n,
+                     (long long)o, (long long)k, xt == DTYPE_F16 ? "" : " x f32");
+            /* an f32 x is rounded to f16 on the cuBLAS path: then the CPU's f32 x differs by that rounding */
+            check_close("matmul", cas, &dy, &ref, xt == DTYPE_F16 ? TOL_TC : TOL_F16);
+            snprintf(cas, sizeof cas, "f16 %s %s n%lld [%lld,%lld]%s f16+bias", what, cuda_f16mma_name(v),
+                     (long long)n, (long long)o, (long long)k, xt == DTYPE_F16 ? "" : " x f32");
+            check_close("matmul", cas, &dy16, &ref16, TOL_F16);
+            T_ASSERTF(ran == (on ? 2 : 0), "%s: the A kernel ran %lld times, expected %d", cas, (long long)ran,
+                      on ? 2 : 0);
+        }
+        dev_set_f16mma(device_cuda(0), 0);
+        t_free(&dy), t_free(&ref), t_free(&dy16), t_free(&ref16), t_free(&x), t_free(&dx);
+    }
+    t_free(&w), t_free(&dw), t_free(&b), t_free(&db);
+}
+
+/* The model's shapes (o_proj and q, k / v, gate, down) and odd ones (o = 1003 and 40: not multiples of 16;
+ * k = 32, one step; k = 192) through every shape, the default (1) and the knob off (0: cuBLAS / the GEMV);
+ * then the cases it must leave to cuBLAS: k % 32 != 0, 17 tokens, an F32 x. */
+static void test_f16mma(void)
+{
+    static const int ns[] = {1, 2, 3, 8, 9, 16};
+    int vs[10] = {1, 0};
+    const int nv = 2 + f16_shapes(vs + 2, 8);
+    static const struct { int64_t o, k; const char *name; } sh[] = {
+        {4096, 4096, "o_proj"}, {1024, 4096, "k_proj"}, {14336, 4096, "gate"}, {4096, 14336, "down"},
+        {1003, 4096, "odd rows"}, {40, 32, "k 32"}, {200, 192, "k 192"}};
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++)
+        f16_case(sh[i].o, sh[i].k, ns, 6, sh[i].name, vs, nv, DTYPE_F16);
+    static const int n17[] = {4, 17};
+    f16_case(300, 48, n17, 2, "k % 32 != 0", vs, nv, DTYPE_F16);
+    f16_case(1024, 4096, n17 + 1, 1, "17 tokens", vs, nv, DTYPE_F16);
+    f16_case(512, 1024, n17, 2, "x f32", vs, nv, DTYPE_F32);
+}
+
 /* ---- the tiny model end to end ---- */
 
 #define ROOT "build/test-models/cuda-quant"
@@ -415,19 +557,37 @@ static const struct { int64_t o, k; } BSH[] = {{6144, 4096}, {4096, 4096}, {2867
 static const int BNS[] = {1, 8, 16};
 #define N_BNS ((int)(sizeof BNS / sizeof BNS[0]))
 
-/* The weight is replicated until the copies exceed 512 MB and the GEMVs cycle through them, so that
- * no copy is still in the L2 (50 MB on an H200) when it is read again: the figure is DRAM bandwidth.
- * Every kernel of VARIANTS (fp16: the GEMV kernel and cuBLAS) at n = 1 (without and with PDL) and at
- * n = 8, 16 (without). t_us[v][ni][pdl] gets the time per GEMV (0 where it did not run). */
+/* The weight hw is replicated into dw until the copies exceed 512 MB (at most 64), and the timed matmuls cycle
+ * through them, so that no copy is still in the L2 (50 MB on an H200) when it is read again: the figure is
+ * DRAM bandwidth. Returns the number of copies; frees hw. */
+static int bench_copies(struct tensor *hw, struct tensor dw[64])
+{
+    int nc = (int)((512u << 20) / tensor_nbytes(hw)) + 1;
+    if (nc > 64) nc = 64;
+    for (int i = 0; i < nc; i++) dw[i] = d_of(hw);
+    free(hw->data);
+    return nc;
+}
+
+/* microseconds per op_matmul(dy, dx, copy) after a warm-up, over at least 400 calls */
+static double bench_time(struct tensor *dy, const struct tensor *dx, const struct tensor *dw, int nc)
+{
+    for (int i = 0; i < 2 * nc; i++) op_matmul(dy, dx, &dw[i % nc], NULL);
+    dev_sync(device_cuda(0));
+    const int reps = 50 * nc > 400 ? 50 * nc : 400;
+    const double t0 = now_s();
+    for (int i = 0; i < reps; i++) op_matmul(dy, dx, &dw[i % nc], NULL);
+    dev_sync(device_cuda(0));
+    return (now_s() - t0) / reps * 1e6;
+}
+
+/* Every kernel of VARIANTS for the quantized format dt at n = 1 (without and with PDL) and at n = 8, 16
+ * (without). t_us[v][ni][pdl] gets the time per GEMV (0 where it did not run). */
 static void bench_one(enum dtype dt, int64_t o, int64_t k, double t_us[N_VARIANTS][N_BNS][2])
 {
-    struct tensor hw = dt == DTYPE_F16 ? h_rand(DTYPE_F16, 2, o, k, 0, 0.02f) : q_rand(dt, o, k);
+    struct tensor hw = q_rand(dt, o, k), dw[64];
     const size_t wbytes = tensor_nbytes(&hw);
-    int nc = (int)((512u << 20) / wbytes) + 1;
-    if (nc > 64) nc = 64;
-    struct tensor dw[64];
-    for (int i = 0; i < nc; i++) dw[i] = d_of(&hw);
-    free(hw.data);
+    const int nc = bench_copies(&hw, dw);
     for (int ni = 0; ni < N_BNS; ni++) {
         const int64_t n = BNS[ni];
         struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), dx = d_of(&x);
@@ -436,24 +596,14 @@ static void bench_one(enum dtype dt, int64_t o, int64_t k, double t_us[N_VARIANT
             for (int overlap = 0; overlap < 2; overlap++) {
                 const int v = VARIANTS[vi];
                 t_us[vi][ni][overlap] = 0;
-                /* fp16: variant 1 is cuBLAS from n = 2, variant 0 the GEMV kernel */
-                if (dt == DTYPE_F16 ? v > 1 || (n == 1 && v == 1) : !variant_for(v, dt)) continue;
-                if (n > 1 && overlap) continue;
+                if (!variant_for(v, dt) || (n > 1 && overlap)) continue;
                 cuda_set_qmma(0, v);
-                cuda_set_gemv16_max(0, v ? 1 : 8);
                 dev_set_overlap(device_cuda(0), overlap);
-                for (int i = 0; i < 2 * nc; i++) op_matmul(&dy, &dx, &dw[i % nc], NULL);
-                dev_sync(device_cuda(0));
-                const int reps = 50 * nc > 400 ? 50 * nc : 400;
-                const double t0 = now_s();
-                for (int i = 0; i < reps; i++) op_matmul(&dy, &dx, &dw[i % nc], NULL);
-                dev_sync(device_cuda(0));
-                const double dt_s = (now_s() - t0) / reps;
-                t_us[vi][ni][overlap] = dt_s * 1e6;
+                const double us = bench_time(&dy, &dx, dw, nc);
+                t_us[vi][ni][overlap] = us;
                 printf("  gemv %-4s [%6lld, %5lld] n%-2lld %-6s pdl %d: %8.2f us, %7.1f GB/s (weight %.1f MB x %d copies)\n",
-                       dtype_name(dt), (long long)o, (long long)k, (long long)n,
-                       dt == DTYPE_F16 ? (v ? "blas" : "gemv") : cuda_qmma_name(v), overlap, dt_s * 1e6,
-                       (double)wbytes / dt_s * 1e-9, (double)wbytes * 1e-6, nc);
+                       dtype_name(dt), (long long)o, (long long)k, (long long)n, cuda_qmma_name(v), overlap, us,
+                       (double)wbytes / us * 1e-3, (double)wbytes * 1e-6, nc);
             }
         free(x.data);
         t_free(&dx);
@@ -461,20 +611,19 @@ static void bench_one(enum dtype dt, int64_t o, int64_t k, double t_us[N_VARIANT
     }
     dev_set_overlap(device_cuda(0), 0);
     cuda_set_qmma(0, 1);
-    cuda_set_gemv16_max(0, 1);
     for (int i = 0; i < nc; i++) t_free(&dw[i]);
 }
 
 /* Per format and kernel: the four matrices of a decoder layer, times 32 layers = the GEMV time of one token
  * (lm_head, attention and the small kernels not included), and the weight bytes over that time. */
-static void bench(void)
+static void bench_quant(void)
 {
-    static const enum dtype all[4] = {DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_NF4};
-    static double t[4][N_BSH][N_VARIANTS][N_BNS][2];
-    for (int f = 0; f < 4; f++)
+    static const enum dtype all[3] = {DTYPE_Q8, DTYPE_Q4, DTYPE_NF4};
+    static double t[3][N_BSH][N_VARIANTS][N_BNS][2];
+    for (int f = 0; f < 3; f++)
         for (int si = 0; si < N_BSH; si++) bench_one(all[f], BSH[si].o, BSH[si].k, t[f][si]);
     printf("  decoder GEMVs per token (32 layers x q|k|v, o, gate|up, down; no lm_head):\n");
-    for (int f = 0; f < 4; f++) {
+    for (int f = 0; f < 3; f++) {
         double bytes = 0;
         for (int si = 0; si < N_BSH; si++) {
             const struct tensor m = tensor_make(all[f], device_cpu(), NULL, 2, BSH[si].o, BSH[si].k);
@@ -491,9 +640,132 @@ static void bench(void)
                     }
                     if (!ok) continue;
                     printf("  step %-4s %-6s n%-2d pdl %d: %8.1f us  %7.1f GB/s  (%.0f tok/s if GEMVs were all)\n",
-                           dtype_name(all[f]), all[f] == DTYPE_F16 ? (VARIANTS[vi] ? "blas" : "gemv") : cuda_qmma_name(VARIANTS[vi]),
-                           BNS[ni], pdl, us, bytes / us * 1e-3, 1e6 / us);
+                           dtype_name(all[f]), cuda_qmma_name(VARIANTS[vi]), BNS[ni], pdl, us, bytes / us * 1e-3,
+                           1e6 / us);
                 }
+    }
+}
+
+/* ---- bench: F16 weights at 1..16 tokens (the decode step and the batched one) ----
+ * The layer's matrices as one token reads them (joined: q|k|v, o, gate|up, down) and as the batched step does
+ * from 2 tokens on (parts: llm.c's matmul_joined runs one matmul per part: q and o 4096x4096, k and v
+ * 1024x4096, gate and up 14336x4096, down): how many of each a layer reads in either sum. */
+static const struct { int64_t o, k; int joined, parts; } FSH[] = {
+    {6144, 4096, 1, 0}, {4096, 4096, 1, 2}, {28672, 4096, 1, 0}, {4096, 14336, 1, 1}, {1024, 4096, 0, 2},
+    {14336, 4096, 0, 2}};
+#define N_FSH ((int)(sizeof FSH / sizeof FSH[0]))
+static const int FNS[] = {1, 2, 4, 8, 16};
+#define N_FNS ((int)(sizeof FNS / sizeof FNS[0]))
+#define F16_MAXK 10 /* the GEMV kernel, cuBLAS, the A kernel's shapes */
+
+/* F16 kernel i of the bench: 0 the GEMV kernel, 1 cuBLAS, 2.. the A kernel in shape cuda_set_f16mma(i) */
+static const char *f16_kernel_name(int i) { return i == 0 ? "gemv" : i == 1 ? "blas" : cuda_f16mma_name(i); }
+
+/* Steers op_matmul of n tokens to kernel i; 0 when that kernel does not take n tokens (the GEMV n <= 8;
+ * cuBLAS n >= 2, op_matmul's choice from 2 tokens on) */
+static int f16_kernel_set(int i, int n)
+{
+    if ((i == 0 && n > 8) || (i == 1 && n < 2)) return 0;
+    cuda_set_gemv16_max(0, i == 0 ? 8 : 1);
+    dev_set_f16mma(device_cuda(0), i >= 2 ? i : 0);
+    return 1;
+}
+
+/* Every F16 kernel at every n of FNS (n = 1 also with PDL) on matrix si; t_us[i][ni][pdl] gets the time per
+ * matmul (0 where it did not run). The A kernel's launches are counted: a shape that fell back to cuBLAS
+ * (code older than sm_80) is reported, not timed under the shape's name. */
+static void bench_f16_one(int si, int nk, double t_us[F16_MAXK][N_FNS][2])
+{
+    const int64_t o = FSH[si].o, k = FSH[si].k;
+    struct tensor hw = h_rand(DTYPE_F16, 2, o, k, 0, 0.02f), dw[64];
+    const size_t wbytes = tensor_nbytes(&hw);
+    const int nc = bench_copies(&hw, dw);
+    for (int ni = 0; ni < N_FNS; ni++) {
+        const int n = FNS[ni];
+        struct tensor x = h_rand(DTYPE_F16, 2, n, k, 0, 1.0f), dx = d_of(&x);
+        struct tensor dy = d_new(DTYPE_F16, 2, n, o, 0);
+        for (int i = 0; i < nk; i++)
+            for (int pdl = 0; pdl < 2; pdl++) {
+                t_us[i][ni][pdl] = 0;
+                if ((n > 1 && pdl) || !f16_kernel_set(i, n)) continue;
+                dev_set_overlap(device_cuda(0), pdl);
+                const uint64_t l0 = cuda_f16mma_launches(0);
+                const double us = bench_time(&dy, &dx, dw, nc);
+                if (i >= 2 && cuda_f16mma_launches(0) == l0) {
+                    printf("  gemv f16  [%6lld, %5lld] n%-2d %-6s: the A kernel did not run (sm_80+ code needed)\n",
+                           (long long)o, (long long)k, n, f16_kernel_name(i));
+                    continue;
+                }
+                t_us[i][ni][pdl] = us;
+                printf("  gemv f16  [%6lld, %5lld] n%-2d %-6s pdl %d: %8.2f us, %7.1f GB/s (weight %.1f MB x %d copies)%s\n",
+                       (long long)o, (long long)k, n, f16_kernel_name(i), pdl, us, (double)wbytes / us * 1e-3,
+                       (double)wbytes * 1e-6, nc, i == cuda_f16mma_default() ? " (default shape)" : "");
+            }
+        free(x.data);
+        t_free(&dx);
+        t_free(&dy);
+    }
+    dev_set_overlap(device_cuda(0), 0);
+    dev_set_f16mma(device_cuda(0), 0);
+    cuda_set_gemv16_max(0, 1);
+    for (int i = 0; i < nc; i++) t_free(&dw[i]);
+}
+
+/* the 32-layer sum of kernel i at n (FNS[ni]) over the joined (parts 0) or the parts' matrices; 0 when a
+ * matrix did not run. With i < 0, each matrix's fastest kernel at that n. */
+static double f16_step_us(double t[N_FSH][F16_MAXK][N_FNS][2], int nk, int i, int ni, int pdl, int parts)
+{
+    double us = 0;
+    for (int si = 0; si < N_FSH; si++) {
+        const int m = parts ? FSH[si].parts : FSH[si].joined;
+        if (!m) continue;
+        double best = 0;
+        for (int j = i < 0 ? 0 : i; j < (i < 0 ? nk : i + 1); j++)
+            if (t[si][j][ni][pdl] > 0 && (best == 0 || t[si][j][ni][pdl] < best)) best = t[si][j][ni][pdl];
+        if (best == 0) return 0;
+        us += 32.0 * m * best;
+    }
+    return us;
+}
+
+/* The F16 kernels at the layer's matrices, then per step (32 layers) of n tokens: each kernel's sum as one
+ * token reads the layer (joined) and as the batched step does (parts), and per n the default shape and the
+ * best against cuBLAS. */
+static void bench_f16(void)
+{
+    static double t[N_FSH][F16_MAXK][N_FNS][2];
+    int nk = 2;
+    while (nk < F16_MAXK && strcmp(cuda_f16mma_name(nk), "?")) nk++;
+    for (int si = 0; si < N_FSH; si++) bench_f16_one(si, nk, t[si]);
+    for (int parts = 0; parts < 2; parts++) {
+        double bytes = 0;
+        for (int si = 0; si < N_FSH; si++) bytes += 32.0 * (parts ? FSH[si].parts : FSH[si].joined) * 2.0 * FSH[si].o * FSH[si].k;
+        printf("  F16 decoder GEMVs per step of n tokens, %s (32 layers; no lm_head):\n",
+               parts ? "parts as the batched step runs them (q, k, v, o, gate, up, down)"
+                     : "joined as one token reads them (q|k|v, o, gate|up, down)");
+        for (int i = 0; i < nk; i++)
+            for (int ni = 0; ni < N_FNS; ni++)
+                for (int pdl = 0; pdl < 2; pdl++) {
+                    const double us = f16_step_us(t, nk, i, ni, pdl, parts);
+                    if (us > 0)
+                        printf("  step f16 %-6s %-6s n%-2d pdl %d: %8.1f us  %7.1f GB/s  %7.1f us per token%s\n",
+                               parts ? "parts" : "joined", f16_kernel_name(i), FNS[ni], pdl, us, bytes / us * 1e-3,
+                               us / FNS[ni], i == cuda_f16mma_default() ? " (default shape)" : "");
+                }
+        for (int ni = 0; ni < N_FNS; ni++) {
+            const double blas = f16_step_us(t, nk, 1, ni, 0, parts), def = f16_step_us(t, nk, cuda_f16mma_default(), ni, 0, parts);
+            double best = 0;
+            int ib = -1;
+            for (int i = 2; i < nk; i++) {
+                const double us = f16_step_us(t, nk, i, ni, 0, parts);
+                if (us > 0 && (ib < 0 || us < best)) best = us, ib = i;
+            }
+            if (blas <= 0 || def <= 0 || ib < 0) continue;
+            printf("  f16 %-6s n%-2d: blas %8.1f us, %s (default) %8.1f us = %.2fx blas, best shape %s %8.1f us = %.2fx, "
+                   "best kernel per matrix %8.1f us\n", parts ? "parts" : "joined", FNS[ni], blas,
+                   f16_kernel_name(cuda_f16mma_default()), def, blas / def, f16_kernel_name(ib), best, blas / best,
+                   f16_step_us(t, nk, -1, ni, 0, parts));
+        }
     }
 }
 
@@ -502,9 +774,15 @@ int main(int argc, char **argv)
     struct backend_info bi;
     backend_query(&bi);
     if (argc > 1 && !strcmp(argv[1], "bench")) {
-        if (bi.n_gpus) bench();
-        else fprintf(stderr, "test_cuda_quant bench: no CUDA device\n");
-        return bi.n_gpus ? 0 : 1;
+        if (!bi.n_gpus) {
+            fprintf(stderr, "test_cuda_quant bench: no CUDA device\n");
+            return 1;
+        }
+        setvbuf(stdout, NULL, _IOLBF, 0); /* every line kept if a timeout stops the run */
+        const char *only = argc > 2 ? argv[2] : "";
+        if (strcmp(only, "quant")) bench_f16();
+        if (strcmp(only, "f16")) bench_quant();
+        return 0;
     }
     if (bi.n_gpus == 0) {
         (void)t_cur_fail;
@@ -513,6 +791,8 @@ int main(int argc, char **argv)
         T_SKIP(test_gemv, "no CUDA device");
         T_SKIP(test_gemm, "no CUDA device");
         T_SKIP(test_linear_stacked, "no CUDA device");
+        T_SKIP(test_f16mma_exact, "no CUDA device");
+        T_SKIP(test_f16mma, "no CUDA device");
         T_SKIP(test_tiny_model, "no CUDA device");
         return t_main_end("test_cuda_quant");
     }
@@ -522,6 +802,8 @@ int main(int argc, char **argv)
     T_RUN(test_gemv);
     T_RUN(test_gemm);
     T_RUN(test_linear_stacked);
+    T_RUN(test_f16mma_exact);
+    T_RUN(test_f16mma);
     T_RUN(test_tiny_model);
     return t_main_end("test_cuda_quant");
 }

@@ -899,6 +899,9 @@ static const char BENCH_HELP[] =
     "                       (docs/CUDA.md, \"The quantized decode GEMV\")\n"
     "  --prof-step ROWS:N   (developers) the Nth batched decode step of ROWS rows runs between\n"
     "                       cudaProfilerStart and Stop: `ncu --profile-from-start off` sees that step only\n"
+    "  --f16mma V           (developers) F16 matmuls of 2..16 tokens (the batched step): 0 cuBLAS (the\n"
+    "                       default), 1 the quantized GEMV's tensor-core kernel on F16 weights, 2..5 its\n"
+    "                       launch shapes (docs/CUDA.md, \"The quantized decode GEMV\")\n"
     "  --overlap all|quant|off  (developers) decode GEMVs launched to overlap the previous kernel's tail\n"
     "                       (programmatic dependent launch, sm_90): every one, the quantized ones, none\n"
     "                       (the default)\n"
@@ -922,7 +925,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0, qgemv = -1, overlap = -1;
+    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -980,6 +983,13 @@ int cmd_bench(int argc, char **argv)
                 goto out;
             }
             qgemv = (int)n;
+        } else if (!strcmp(f, "--f16mma")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 255, &n, &e)) goto out;
+            if (dev_set_f16mma(device_cpu(), (int)n)) {
+                err_set(&e, "--f16mma: %lld is not a kernel (docs/CUDA.md, \"The quantized decode GEMV\")", n);
+                goto out;
+            }
+            f16mma = (int)n;
         } else if (!strcmp(f, "--peak-gbs")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             char *end;
@@ -1032,6 +1042,7 @@ int cmd_bench(int argc, char **argv)
     struct backend_info bi;
     backend_query(&bi);
     for (int i = 0; qgemv >= 0 && i < bi.n_gpus; i++) dev_set_qgemv(device_cuda(i), qgemv);
+    for (int i = 0; f16mma >= 0 && i < bi.n_gpus; i++) dev_set_f16mma(device_cuda(i), f16mma);
     for (int i = 0; overlap >= 0 && i < bi.n_gpus; i++) dev_set_overlap(device_cuda(i), overlap);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;

@@ -6,7 +6,8 @@
 #      bit for bit against the CPU twin (one-hot x), every kernel against the CPU within tolerance, the
 #      GEMM path, op_linear, the tiny model's greedy tokens (mkmodel of the full-size model runs meanwhile);
 #   2. test_cuda_quant bench: every kernel (simt, auto, the older b kernel, the A kernel's shapes) at the
-#      four matrices of a decoder layer, GB/s, and the 32-layer sum per token ("step" lines);
+#      four matrices of a decoder layer, GB/s, and the 32-layer sum per token ("step" lines); F16's kernels
+#      first (the GEMV, cuBLAS and the A kernel's F16 shapes at 1..16 tokens);
 #   3. minicpmv bench decode512 on the full-size random model: --quant q4 with the default kernel and with
 #      session 5's (--qgemv 2), then q8; the read bandwidth measured in each (--peak-gbs auto).
 # The summary ($OUT/summary.txt) keeps the lines worth reading first.
@@ -30,7 +31,7 @@ grep -c "gemv exact.* ok$" "$OUT/test_cuda_quant.log" | sed 's/^/gemv exact case
 
 [ -n "$mk" ] && wait $mk
 stamp "test_cuda_quant bench"
-timeout 75 $B/tests/test_cuda_quant bench > "$OUT/bench_gemv.log" 2>&1
+timeout 110 $B/tests/test_cuda_quant bench > "$OUT/bench_gemv.log" 2>&1
 echo "bench rc=$?" >> "$OUT/summary.txt"
 grep -E "^  step|decoder GEMVs" "$OUT/bench_gemv.log" >> "$OUT/summary.txt"
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# tools/sass_count.sh: SASS instructions per weight of the quantized decode GEMV kernels, without a GPU and
-# without nvdisasm (docs/CUDA.md "The quantized decode GEMV"). Compiles copies of src/cuda/cuda_qgemv.cu
-# (the A-operand kernel) and src/cuda/cuda_quant.cu (the older B-operand kernel) for sm_90 with extra
-# template instances that unroll 2, 3, 4 and 6 steps (U), takes each kernel's static opcode histogram
-# (tools/sass_hist.py), and prints the difference per added step: the instructions one step of a lane
-# costs, and per weight. Two minutes on the 2-core build machine.
+# tools/sass_count.sh: SASS instructions per weight of the quantized decode GEMV kernels (and of the A kernel's
+# F16 path), without a GPU and without nvdisasm (docs/CUDA.md "The quantized decode GEMV"). Compiles copies of
+# src/cuda/cuda_qgemv.cu (the A-operand kernel) and src/cuda/cuda_quant.cu (the older B-operand kernel) for
+# sm_90 with extra template instances that unroll 2, 3, 4 and 6 steps (U), takes each kernel's static opcode
+# histogram (tools/sass_hist.py), and prints the difference per added step: the instructions one step of a
+# lane costs, and per weight. Two minutes on the 2-core build machine.
 set -euo pipefail
 NVCC=${NVCC:-/usr/local/cuda/bin/nvcc}
 T=$(mktemp -d)
@@ -13,8 +13,13 @@ flags=(-cubin -O3 -std=c++17 -I"$PWD/src" -DMINICPMV_CUDA -arch=sm_90 --expt-rel
 python3 - "$T" <<'EOF'
 import sys
 t = sys.argv[1]
-s = open('src/cuda/cuda_qgemv.cu').read()
-for f in ('QA_Q4', 'QA_Q8', 'QA_NF4'):
+# the round loop kept rolled, so that each U's instance runs rounds of exactly U steps: the F16 body is small
+# enough that nvcc otherwise unrolls that loop by itself, by a factor that depends on U (the quantized
+# kernels' counts are the same either way)
+s = open('src/cuda/cuda_qgemv.cu').read().replace('    for (int j0 = 0; j0 < ns; j0 += U) {',
+                                                  '#pragma unroll 1\n    for (int j0 = 0; j0 < ns; j0 += U) {')
+assert '#pragma unroll 1\n    for (int j0' in s
+for f in ('QA_Q4', 'QA_Q8', 'QA_NF4', 'QA_F16'):
     for u in (2, 3, 4, 6):
         s += ('template __global__ void qa_kernel<%s, 1, false, 8, %d, false, 2>(void *, int, const __half *, '
               'const uint8_t *, int64_t, const void *, int, int, int64_t, int64_t, struct qa_nf4);\n' % (f, u))
@@ -49,6 +54,7 @@ def per_step(cubin, key, weights, label):
 per_step(t + '/a.cubin', 'qa_kernelILi0ELi1ELb0ELi8ELi%dELb0ELi2E', 64, 'A kernel Q4 (8 warps)')
 per_step(t + '/a.cubin', 'qa_kernelILi1ELi1ELb0ELi8ELi%dELb0ELi2E', 32, 'A kernel Q8 (8 warps)')
 per_step(t + '/a.cubin', 'qa_kernelILi2ELi1ELb0ELi8ELi%dELb0ELi2E', 64, 'A kernel NF4 (8 warps)')
+per_step(t + '/a.cubin', 'qa_kernelILi4ELi1ELb0ELi8ELi%dELb0ELi2E', 16, 'A kernel F16 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi1ELb0ELb0ELi8ELi%dELi1E', 32, 'session-5 kernel Q4 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi0ELb0ELb0ELi8ELi%dELi1E', 16, 'session-5 kernel Q8 (8 warps)')
 per_step(t + '/b.cubin', 'qmma_kernelILi2ELb0ELb0ELi8ELi%dELi1E', 32, 'session-5 kernel NF4 (8 warps)')

@@ -9,6 +9,8 @@
  * read through L2 (ld.global.cg) after the wait. Rows whose width or pointers do not allow 16-byte
  * loads take a scalar kernel with the same structure.
  * n > 8 (prefill): cublasGemmEx with fp32 compute (CUBLAS_COMPUTE_32F, default math: no TF32).
+ * F16 weights with F16 x at 2..16 tokens can instead take the quantized decode GEMV's tensor-core kernel
+ * (cuda_qgemv.cu, cuda_set_f16mma; off by default): a bandwidth-bound kernel where cuBLAS is not.
  * Both operands must have one dtype: x is converted to w's dtype first when they differ (exact when
  * w is f32; rounds x to fp16/bf16 otherwise: documented in docs/CUDA.md). With a bias, a 16-bit
  * GEMM with 16-byte rows is one cuBLASLt call whose epilogue adds it before the single rounding
@@ -19,6 +21,7 @@
 
 #include "cuda/cuda_common.cuh"
 #include "cuda/cuda_pgemv.cuh"
+#include "cuda/cuda_quant.cuh"
 
 #define GEMV_MAX_TOKENS 8
 #define GEMV_WARPS 8
@@ -501,6 +504,9 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
     struct cuda_ctx *c = cuda_ctx_get(y->dev.ordinal);
     const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0];
     if (n == 0 || o == 0) return;
+    /* F16 weights and x at 2..16 tokens (the batched decode step): the quantized GEMV's tensor-core kernel on
+     * the F16 rows when c->f16mma asks for it and the shapes allow (cuda_qgemv.cu); cuBLAS below otherwise */
+    if (cuda_qgemv_f16(c, y, x, w, bias)) return;
     /* the GEMV streams each weight row once for all n tokens, but its fp32 FMAs per weight grow with n:
      * for 16-bit weights and x of the same type cuBLAS is faster from 2 tokens on (test_cuda_quant bench:
      * 4096 x 14336 fp16 at n = 4 / 8, the GEMV 2.3 / 1.1 TB/s on an H200, cuBLAS 3.6 TB/s at n = 16); an

@@ -56,6 +56,7 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     c->code_arch = fa.ptxVersion;
     c->qmma = 1;
     c->gemv16_max = 1;
+    c->f16mma = 0; /* cuBLAS at 2..16 tokens until the A kernel's F16 path is measured on a GPU */
     c->pgemv = 0; /* the one-pass GEMV: faster at every decode shape but 4096x14336 on the H200 (session 7) */
     c->pgemv_bps = PGEMV_DEFAULT_BPS;
     c->pgemv_u = PGEMV_DEFAULT_U;
@@ -146,6 +147,17 @@ extern "C" void cuda_set_qmma(int ordinal, int on)
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     c->qmma = on < 0 ? 0 : on;
 }
+
+/* F16 matmuls of 2..16 tokens (the batched decode step) on the A-operand tensor-core kernel of cuda_qgemv.cu
+ * (values in cuda_quant.cuh): 0 (the default) cuBLAS, 1 that kernel in its default shape, 2.. a forced shape
+ * (from one token on; the tests and the bench). Needs code built for sm_80 or newer; cuBLAS otherwise. */
+extern "C" void cuda_set_f16mma(int ordinal, int v)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->f16mma = v < 0 ? 0 : v;
+}
+
+extern "C" uint64_t cuda_f16mma_launches(int ordinal) { return cuda_ctx_get(ordinal)->f16mma_launches; }
 
 /* The persistent GEMV for F16 decode matmuls and the fused ops' one-kernel path (cuda_pgemv.cu): 1 on,
  * 0 (the default) the one-pass GEMV of cuda_gemv.cu with the fused ops run as their plain ops. */

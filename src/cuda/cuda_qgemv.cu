@@ -1,15 +1,18 @@
 /* cuda_qgemv.cu: the decode GEMV (n = 1..16 tokens, F16 x) for Q4, Q8 and NF4 weights on tensor cores, with the
- * weights as the A operand of mma.sync m16n8k16 and x as B (docs/CUDA.md "The quantized decode GEMV").
+ * weights as the A operand of mma.sync m16n8k16 and x as B (docs/CUDA.md "The quantized decode GEMV"); the
+ * same kernel on F16 weights for the batched decode step's 2..16 tokens (cuda_qgemv_f16, when cuda_set_f16mma
+ * asks for it).
  * Owns: that kernel and its launch. Does not own: the record layouts (quant.h), the other quantized paths
  * (cuda_quant.cu: the CUDA-core GEMV, the older kernel with the weights as B, prefill).
  *
- * Shape of the work. A warp owns a tile of 16 output rows; a step of the warp covers KS = 128 (Q4, NF4) or
- * 64 (Q8) values of k of those rows. Lane (g = lane / 4, t = lane % 4) loads 16 bytes of row g and 16 bytes of
- * row g + 8, the t-th 16-byte chunk of the step in both (so the 4 lanes of a row read 64 contiguous bytes),
- * and turns them into the A fragments of 8 (Q4) or 4 (Q8) mmas: the mma's logical k is mapped onto the
- * lane's own chunk (a dot product does not care in which order k is summed, only that A and B agree), so
- * the B fragment of the same mma is x[token g] at the same positions: 4 consecutive halves per mma, which
- * are exactly the words of the lane's 16-byte loads of x. No shuffles and no shared memory in the loop.
+ * Shape of the work. A warp owns a tile of 16 output rows; a step of the warp covers KS = 128 (Q4, NF4), 64
+ * (Q8) or 32 (F16) values of k of those rows. Lane (g = lane / 4, t = lane % 4) loads 16 bytes of row g and 16
+ * bytes of row g + 8, the t-th 16-byte chunk of the step in both (so the 4 lanes of a row read 64 contiguous
+ * bytes), and turns them into the A fragments of 8 (Q4), 4 (Q8) or 2 (F16: the halves as they are) mmas:
+ * the mma's logical k is mapped onto the lane's own chunk (a dot product does not care in which order k is
+ * summed, only that A and B agree), so the B fragment of the same mma is x[token g] at the same positions: 4
+ * consecutive halves per mma, which are exactly the words of the lane's 16-byte loads of x. No shuffles and
+ * no shared memory in the loop.
  * The warps of a block split the steps of the tile (warp w takes w, w + W, ...) and meet in shared memory.
  *
  * Dequantization (the CPU twin's F16 values, bit for bit; test_cuda_quant test_gemv_exact):
@@ -42,13 +45,16 @@
 
 #include "quant.h"
 
-/* QA_NF4: NF4 dequantized in registers; QA_NF4T: the older NF4 path through a shared-memory table */
-enum { QA_Q4 = 0, QA_Q8 = 1, QA_NF4 = 2, QA_NF4T = 3 };
+/* QA_NF4: NF4 dequantized in registers; QA_NF4T: the older NF4 path through a shared-memory table; QA_F16:
+ * F16 weights (no scales, no dequantization; cuda_qgemv_f16) */
+enum { QA_Q4 = 0, QA_Q8 = 1, QA_NF4 = 2, QA_NF4T = 3, QA_F16 = 4 };
 
 __host__ __device__ constexpr bool qa_is_nf4(int f) { return f == QA_NF4 || f == QA_NF4T; }
 
 /* k per warp step: 4 lanes x 16 bytes of codes per row */
-__host__ __device__ constexpr int qa_ks(int f) { return f == QA_Q8 ? 64 : 128; }
+__host__ __device__ constexpr int qa_ks(int f) { return f == QA_F16 ? 32 : f == QA_Q8 ? 64 : 128; }
+/* bytes of a row's codes (the scales, if any, follow them in the record) */
+__host__ __device__ constexpr int64_t qa_code_bytes(int f, int64_t k) { return f == QA_F16 ? 2 * k : f == QA_Q8 ? k : k / 2; }
 /* bytes of one group's scale (Q4: f16, NF4: the f32 absmax); Q8 has one f16 scale per row */
 __host__ __device__ constexpr int qa_sb(int f) { return qa_is_nf4(f) ? 4 : 2; }
 
@@ -183,7 +189,22 @@ __device__ __forceinline__ void qa_step(float (&acc)[NT][4], uint4 ca, uint4 cb,
                                         const float2 *tab)
 {
     const uint32_t wa[4] = {ca.x, ca.y, ca.z, ca.w}, wb[4] = {cb.x, cb.y, cb.z, cb.w};
-    if constexpr (F == QA_Q4) {
+    if constexpr (F == QA_F16) {
+        /* the chunk is 8 consecutive halves of each row: halves 4m .. 4m + 3 (words 2m, 2m + 1) are mma m's
+         * k. In the m16n8k16 A fragment a0 is (row g, k 2t, 2t + 1), a1 (row g + 8, same k), a2 (row g, k
+         * 2t + 8, 2t + 9), a3 (row g + 8, same k); B's b0 is (k 2t, 2t + 1, column g), b1 (k 2t + 8, 2t + 9).
+         * So the mma's k 2t, 2t + 1 are halves 4m, 4m + 1 of lane t's chunk, k 2t + 8, 2t + 9 its halves 4m + 2,
+         * 4m + 3: the words as they are, and x[token g]'s words 2m, 2m + 1 at the same positions as B (the
+         * mapping depends only on the k index, as the Q8 branch's does: a word of 4 elements there too). */
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const uint4 xq = xv[nt][0];
+                mma_m16n8k16(acc[nt], wa[2 * m], wb[2 * m], wa[2 * m + 1], wb[2 * m + 1], m ? xq.z : xq.x,
+                             m ? xq.w : xq.y);
+            }
+    } else if constexpr (F == QA_Q4) {
         const __half2 s2a = __half2half2(__ushort_as_half((unsigned short)sa));
         const __half2 s2b = __half2half2(__ushort_as_half((unsigned short)sb));
 #pragma unroll
@@ -269,7 +290,8 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
           int64_t k, int64_t o, struct qa_nf4 nf4)
 {
     constexpr int KS = qa_ks(F), XV = qa_x<F>::V, SB = qa_sb(F);
-    constexpr bool GROUPS = F != QA_Q8; /* a scale per group of 64 (the lane's chunk lies in one) */
+    /* a scale per group of 64 (the lane's chunk lies in one), one per row (Q8), or none (F16) */
+    constexpr bool GROUPS = F == QA_Q4 || qa_is_nf4(F), ROWSCALE = F == QA_Q8;
     __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
     __shared__ float2 tab[F == QA_NF4T ? 256 : 1]; /* QA_NF4T's pairs (NF4[b >> 4], NF4[b & 15]) */
     pdl_trigger(); /* a PDL-launched successor may start loading its weights once all blocks run */
@@ -280,14 +302,14 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
     /* rows past o stand in with the last row (their sums are not stored) */
     const int64_t ra = row0 + gi < o ? row0 + gi : o - 1, rbw = row0 + gi + 8 < o ? row0 + gi + 8 : o - 1;
     const uint8_t *reca = w + ra * rb, *recb = w + rbw * rb;
-    const int64_t cbytes = F == QA_Q8 ? k : k / 2;
+    const int64_t cbytes = qa_code_bytes(F, k);
     const int nsteps = (int)(k / KS);
     const int ns = warp < nsteps ? (nsteps - warp + W - 1) / W : 0; /* this warp's steps: warp + j W */
 
     /* The warp's step j is at these pointers + j * (its stride); they advance once per round of U steps, so
      * every load of a round has a compile-time offset (the load's immediate) and no address arithmetic.
      * Codes: the lane's t-th 16 bytes of the step's 64 (+ 4 W uint4 per step). Scales (Q4, NF4): the lane's
-     * chunk of step s lies in group 2s + t / 2 (+ 2 W SB bytes per step); Q8: one scale per row. */
+     * chunk of step s lies in group 2s + t / 2 (+ 2 W SB bytes per step); Q8: one scale per row; F16: none. */
     const uint4 *pa = reinterpret_cast<const uint4 *>(reca) + tig + 4 * warp;
     const uint4 *pb = reinterpret_cast<const uint4 *>(recb) + tig + 4 * warp;
     const uint8_t *qa = reca + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * warp) : 0);
@@ -307,7 +329,7 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
             }
         }
     }
-    const uint32_t s8a = GROUPS ? 0 : qa_ld_scale<F>(qa), s8b = GROUPS ? 0 : qa_ld_scale<F>(qb);
+    const uint32_t s8a = ROWSCALE ? qa_ld_scale<F>(qa) : 0, s8b = ROWSCALE ? qa_ld_scale<F>(qb) : 0;
     if (F == QA_NF4T) __syncthreads(); /* tab */
     if (PDL) pdl_wait(); /* x is the previous kernel's output; the weights are not */
 
@@ -476,6 +498,65 @@ static bool qa_nf4t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x
     return true;
 }
 
+/* ---- F16 weights (cuda_qgemv_f16) ----
+ * A lane's step is 16 bytes of row g and of row g + 8 (8 halves each), so F16 moves 16 weights per lane-step
+ * where Q4 moves 64: four times the bytes per k, and a step has no dequantization to hide latency behind (2
+ * mmas per N tile). So the F16 shapes keep more steps in flight, and every one loads x one step ahead (x of
+ * 16 tokens at k = 14336 is 458 KB: it comes from L2, and a load at the step would put an L2 latency into
+ * every step). The shapes (warps per block, steps in flight per lane, blocks per SM the registers allow) and
+ * the bytes of weights in flight per SM when the SM holds that many blocks (32 B per lane-step):
+ *   f8x4p   8 warps, 4 steps, 2 blocks (128 registers):  64 KB
+ *   f8x8p   8 warps, 8 steps, 2 blocks (128 registers): 128 KB
+ *   f16x3p 16 warps, 3 steps, 2 blocks (64 registers):   96 KB; a 4096-row matrix (256 tiles) still fills
+ *           32 warps of each SM, where 8-warp blocks fill 16 (4 steps spill at n > 8: ptxas, CUDA 13, sm_90)
+ *   f4x8p   4 warps, 8 steps, 4 blocks (128 registers): 128 KB, and 4 blocks per SM even out the last wave
+ *           of the 6144- and 28672-row matrices (384 and 1792 tiles), but 256 tiles leave it 64 KB
+ * (The single-token GEMV, which reaches 2.7-4.2 TB/s, keeps about 128 KB per SM in flight.) A step costs 31
+ * static SASS instructions (tools/sass_count.sh: 1.9 per weight, far below the issue budget of a 4.8 TB/s F16
+ * stream), about 8 of them IMADs that are most likely register moves: the mma's A quad pairs row g with row
+ * g + 8, words that no single 16-byte load puts in consecutive registers. */
+static const char *const QA_F16_NAMES[F16MMA_SHAPES] = {"f8x4p", "f8x8p", "f16x3p", "f4x8p"};
+/* The default shape (F16MMA_AUTO). Not yet measured on a GPU: f8x8p has the most bytes in flight per SM
+ * (128 KB at 16 warps) with no register cap below 128; the bench prints every shape beside cuBLAS. */
+#define QA_F16_AUTO 1
+
+template <int NT, bool PDL>
+static void qa_launch_f16_s(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                            const struct tensor *bias, int shape)
+{
+    static_assert(F16MMA_SHAPES == 4, "this switch and QA_F16_NAMES list the same shapes");
+    /* warps per block, steps in flight, x one step ahead, blocks per SM the registers must allow */
+    switch (shape) {
+    case 0: qa_launch_t<QA_F16, NT, PDL, 8, 4, true, 2>(c, y, x, w, bias); break;  /* 64 KB in flight per SM */
+    case 2: qa_launch_t<QA_F16, NT, PDL, 16, 3, true, 2>(c, y, x, w, bias); break; /* 64 registers: 32 warps, 96 KB */
+    case 3: qa_launch_t<QA_F16, NT, PDL, 4, 8, true, 4>(c, y, x, w, bias); break;  /* 4 small blocks per SM, 128 KB */
+    default: qa_launch_t<QA_F16, NT, PDL, 8, 8, true, 2>(c, y, x, w, bias); break; /* 128 KB */
+    }
+}
+
+bool cuda_qgemv_f16(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                    const struct tensor *bias)
+{
+    const int v = c->f16mma;
+    if (v != F16MMA_AUTO && (v < F16MMA_S0 || v >= F16MMA_S0 + F16MMA_SHAPES)) return false;
+    const int64_t n = x->shape[0], k = x->shape[1];
+    /* one token stays on the GEMV (cuda_gemv.cu, 2.7-4.2 TB/s on the H200) unless a shape is forced */
+    if (c->code_arch < 80 || w->dtype != DTYPE_F16 || x->dtype != DTYPE_F16 || w->ndim != 2 || k % qa_ks(QA_F16) ||
+        ((uintptr_t)x->data & 15) || ((uintptr_t)w->data & 15) || n < (v == F16MMA_AUTO ? 2 : 1) || n > 16)
+        return false;
+    const int shape = v == F16MMA_AUTO ? QA_F16_AUTO : v - F16MMA_S0;
+    const bool two = n > 8;
+    if (c->pdl) {
+        if (two) qa_launch_f16_s<2, true>(c, y, x, w, bias, shape);
+        else qa_launch_f16_s<1, true>(c, y, x, w, bias, shape);
+    } else {
+        if (two) qa_launch_f16_s<2, false>(c, y, x, w, bias, shape);
+        else qa_launch_f16_s<1, false>(c, y, x, w, bias, shape);
+    }
+    c->f16mma_launches++;
+    return true;
+}
+
 bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                                const struct tensor *bias)
 {
@@ -509,3 +590,14 @@ extern "C" const char *cuda_qmma_name(int v)
     if (v == QMMA_A_NF4T) return "a8x2o4t";
     return v >= 0 && v < 5 ? b[v] : "?";
 }
+
+/* A name for a cuda_set_f16mma value: "blas", "auto" or the shape's; "?" for others. */
+extern "C" const char *cuda_f16mma_name(int v)
+{
+    if (v == F16MMA_OFF) return "blas";
+    if (v == F16MMA_AUTO) return "auto";
+    return v >= F16MMA_S0 && v < F16MMA_S0 + F16MMA_SHAPES ? QA_F16_NAMES[v - F16MMA_S0] : "?";
+}
+
+/* The shape F16MMA_AUTO runs, as a cuda_set_f16mma value (the bench marks it). */
+extern "C" int cuda_f16mma_default(void) { return F16MMA_S0 + QA_F16_AUTO; }

@@ -1,5 +1,6 @@
 /* cuda_quant.cuh: what cuda_quant.cu (the quantized matmul's dispatch, the dequantization for the GEMM path,
- * the older GEMV kernels) and cuda_qgemv.cu (the decode GEMV with the weights as the mma's A operand) share.
+ * the older GEMV kernels) and cuda_qgemv.cu (the decode GEMV with the weights as the mma's A operand) share,
+ * and the F16 entry of that kernel, which cuda_gemv.cu's cuda_matmul calls.
  * Owns no state. The variants of the decode GEMV that the bench and the tests pick (cuda_set_qmma):
  *   QMMA_OFF      the CUDA-core GEMV (qgemv_kernel, n <= 8)
  *   QMMA_AUTO     the default: the A-operand kernel where it applies (Q4 and NF4 with k % 128 == 0, Q8
@@ -9,19 +10,32 @@
  *   QMMA_A0 + v   the A-operand kernel in shape v (0 .. QMMA_A_SHAPES - 1, table in cuda_qgemv.cu)
  *   QMMA_A_NF4T   NF4 only: the A-operand kernel in shape a8x2o4 with the older NF4 dequantization (a
  *                 shared-memory table, f32 products), for the bench's comparison; Q4 / Q8 take the default
- *                 of the older kernel there */
+ *                 of the older kernel there
+ * The same A-operand kernel also takes F16 weights (no dequantization: a record is the row of k halves), for
+ * the batched decode step's 2..16 tokens, where cuBLAS streams the weights at well under the card's
+ * bandwidth. Its knob is separate (cuda_set_f16mma; cuda_matmul in cuda_gemv.cu asks cuda_qgemv_f16):
+ *   F16MMA_OFF      cuBLAS from 2 tokens on, as before (the default until a GPU run says otherwise)
+ *   F16MMA_AUTO     the A kernel for n = 2..16 in its default shape (QA_F16_AUTO in cuda_qgemv.cu)
+ *   F16MMA_S0 + s   the A kernel in shape s (0 .. F16MMA_SHAPES - 1) for n = 1..16: the tests and the bench */
 #ifndef MINICPMV_CUDA_QUANT_CUH
 #define MINICPMV_CUDA_QUANT_CUH
 
 #include "cuda/cuda_common.cuh"
 
 enum { QMMA_OFF = 0, QMMA_AUTO = 1, QMMA_A0 = 8, QMMA_A_SHAPES = 6, QMMA_A_NF4T = QMMA_A0 + QMMA_A_SHAPES };
+enum { F16MMA_OFF = 0, F16MMA_AUTO = 1, F16MMA_S0 = 2, F16MMA_SHAPES = 4 };
 
 /* The decode GEMV with the weights as the mma's A operand (cuda_qgemv.cu): runs y = x w^T (+ bias) and
  * returns true when it applies (sm_80+ code, F16 x 16-byte aligned, 1 <= n <= 16, Q4 or NF4 with
  * k % 128 == 0, Q8 with k % 64 == 0, c->qmma QMMA_AUTO or an A shape); false (nothing done) otherwise. */
 bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                   const struct tensor *bias);
+
+/* The same kernel for F16 weights (cuda_qgemv.cu): runs y = x w^T (+ bias) and returns true when c->f16mma
+ * picks it and it applies (sm_80+ code, F16 x and w 16-byte aligned, k % 32 == 0, 2 <= n <= 16, or 1 <= n
+ * when c->f16mma forces a shape); false (nothing done) otherwise. */
+bool cuda_qgemv_f16(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                    const struct tensor *bias);
 
 /* D += A B on the tensor cores (m16n8k16, f16 in, f32 accumulate): the quantized GEMVs of cuda_quant.cu
  * and cuda_qgemv.cu share it. */
