@@ -386,14 +386,35 @@ static void set_positions(struct llm *s, int di, int64_t pos0, int64_t n)
 /* ys[i] = x · parts[i]^T for the row blocks parts[0..np) of the joined weight w (q|k|v, gate|up).
  * One token: one GEMV over w, whose output row is the parts' outputs side by side; ys[i] are then
  * re-pointed to consecutive slices starting at ys[0] (the device's q, k, v and gate, up buffers are
- * carved back to back, so they hold that row whatever max_batch is). More tokens: one matmul per part,
- * so each output stays its own [n, rows_i] matrix. The CPU computes each output element on its own
- * (backend_cpu_matmul.c), so one token gets the bits of the per-part calls (test_llm test_joined_weights). */
+ * carved back to back, so they hold that row whatever max_batch is). More tokens: each output stays its
+ * own [n, rows_i] matrix; a run of parts of equal rows (gate|up, k|v) is one op_matmul_stacked into
+ * [parts, n, rows] from the run's first buffer on (re-pointed the same way; on the GPU one strided-batched
+ * GEMM instead of one per part: H200 session 10, ncu of the 16-row step: k and v at 6.7 us each plus a
+ * split-K reduction each), the others one op_matmul. The CPU computes each output element on its own
+ * (backend_cpu_matmul.c), so one token and the stacked runs get the bits of the per-part calls (test_llm
+ * test_joined_weights, test_batch). */
 static void matmul_joined(struct tensor *const *ys, const struct tensor *x, const struct tensor *w,
                           const struct tensor *const *parts, int np)
 {
-    if (x->shape[0] > 1) {
-        for (int i = 0; i < np; i++) op_matmul(ys[i], x, parts[i], NULL);
+    const int64_t n = x->shape[0];
+    if (n > 1) {
+        int64_t r0 = 0; /* the run's first row in w */
+        for (int i = 0, j; i < np; i = j) {
+            const int64_t o = parts[i]->shape[0];
+            for (j = i + 1; j < np && parts[j]->shape[0] == o; j++) {}
+            if (j - i == 1) {
+                op_matmul(ys[i], x, parts[i], NULL);
+            } else {
+                const struct tensor *last = ys[j - 1];
+                const char *end = (const char *)last->data + tensor_nbytes(last);
+                struct tensor wv = tensor_rows_view(w, r0, (j - i) * o);
+                struct tensor y3 = tensor_make(ys[i]->dtype, ys[i]->dev, ys[i]->data, 3, (int64_t)(j - i), n, o);
+                CHECK(wv.data == parts[i]->data && (const char *)y3.data + tensor_nbytes(&y3) <= end);
+                op_matmul_stacked(&y3, x, &wv, NULL);
+                for (int q = i + 1; q < j; q++) ys[q]->data = (char *)ys[q - 1]->data + tensor_nbytes(ys[q - 1]);
+            }
+            r0 += (j - i) * o;
+        }
         return;
     }
     const struct tensor *last = ys[np - 1];

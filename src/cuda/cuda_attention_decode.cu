@@ -1083,15 +1083,17 @@ static const struct dec_rule {
 /* The tensor-core kernel needs mma.sync m16n8k16 with bf16 (sm_80) in the running code. */
 static int tc_able(const struct cuda_ctx *c) { return c->cc >= 80 && c->code_arch >= 80; }
 
-/* Splits of the tensor-core kernel (grid shape only: graph-safe): about 8 warps per SM over the
- * grid, and at most sqrt(keys / 32) (the W = 4 sweep of session 9 on the H200, one row: the best S was
+/* Splits of the tensor-core kernel (grid shape only: graph-safe): at most 8 warps per SM over the
+ * grid (rounded down: H200 session 10, rows mode B = 16 (128 groups, W = 4) at 512 / 1,024 keys, 2 splits
+ * 19.6 / 28.2 us against the 3 that rounding up gave, 27.4 / 37.9; one row and B = 4 are unchanged), and at
+ * most sqrt(keys / 32) (the W = 4 sweep of session 9 on the H200, one row: the best S was
  * 4 at 512 keys, 8 at 1,024-2,048, 16 at 4,096-8,192, 33 at 32,768; 8 warps per SM alone took 33 at
  * every length, 26.1 us at 4,096 keys against 21.1 with 16), at most one split per W steps of the keys
  * the host knows of, at most TC_MAX_SPLIT. The kernel uses fewer when the actual keys are fewer (at
  * least W steps per split). */
 static int tc_splits(const struct cuda_ctx *c, int64_t groups, int W, int64_t keys)
 {
-    int64_t s = (8 * (int64_t)c->n_sm + groups * W - 1) / (groups * W);
+    int64_t s = 8 * (int64_t)c->n_sm / (groups * W);
     const int64_t by_len = (int64_t)(sqrt((double)keys / 32.0) + 0.5);
     if (s > by_len) s = by_len;
     const int64_t cap = ((keys + 15) / 16 + W - 1) / W;
@@ -1182,6 +1184,10 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     }
 
     if (kernel == DEC_TC) {
+        /* rows mode with many groups (B >= 64 rows of 8 KV heads) over short caches: 2 warps a block (H200
+         * session 10, B = 64, one split: 512 keys 42.4 us vs 46.8 with 4 warps, 1,024 keys 72.9 vs 76.7; at
+         * 4,096 keys 4 warps stay ahead, 256 vs 268) */
+        if (variant < 0 && rows && groups >= 512 && keys <= 2048) W = 2;
         if (S == 0) S = tc_splits(c, groups, W, keys);
         a.nsplit = S;
         if (S > 1) {

@@ -592,7 +592,21 @@ extern "C" int cuda_matmul_stacked(struct tensor *y, const struct tensor *x, con
     struct tensor y0 = tensor_reshape(y, 2, S * n, o);
     y0 = tensor_rows_view(&y0, 0, n);
     struct tensor w0 = tensor_rows_view(w, 0, o);
-    if (n <= GEMV_MAX_TOKENS || S > INT32_MAX || n > INT32_MAX || k > INT32_MAX || o > INT32_MAX ||
+    /* no bias, 16-bit x, w and y of one type, more tokens than the GEMV takes (the batched decode step's
+     * gate|up and k|v): one strided-batched cublasGemmEx, so the S products share a launch (and their
+     * split-K reduction). With the F16 tensor-core kernel asked for at 2..16 tokens, its per-block calls. */
+    const bool b16 = w->dtype == DTYPE_F16 || w->dtype == DTYPE_BF16;
+    if (!bias && b16 && x->dtype == w->dtype && y->dtype == w->dtype && n > c->gemv16_max &&
+        !(c->f16mma && n <= 16) && S <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && o <= INT32_MAX) {
+        const float alpha = 1.0f, beta = 0.0f;
+        const cudaDataType_t t = cuda_dtype(w->dtype);
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(cuda_ctx_blas(c), CUBLAS_OP_T, CUBLAS_OP_N, (int)o, (int)n, (int)k, &alpha,
+                                                w->data, t, (int)k, (long long)(o * k), x->data, t, (int)k, 0LL, &beta,
+                                                y->data, t, (int)o, (long long)(n * o), (int)S, CUBLAS_COMPUTE_32F,
+                                                CUBLAS_GEMM_DEFAULT));
+        return 1;
+    }
+    if (n <= GEMV_MAX_TOKENS || !bias || S > INT32_MAX || n > INT32_MAX || k > INT32_MAX || o > INT32_MAX ||
         !lt_eligible(&y0, &w0, bias, NULL) || (o * dtype_size(w->dtype)) % 16 != 0)
         return 0;
     const void *xp = gemm_input(c, x, w->dtype);
