@@ -390,6 +390,25 @@ void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, do
     DISPATCH(q->dev, rope_qk, q, k, pos, theta, v, kc, vc, tab);
 }
 
+void op_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
+                     struct tensor *kc, struct tensor *vc, const struct tensor *rows)
+{
+    CHECK(q->ndim == 3 && k->ndim == 3 && pos->ndim == 1 && pos->dtype == DTYPE_I32);
+    CHECK(pos->shape[0] == q->shape[0] && k->shape[0] == q->shape[0] && q->shape[2] == k->shape[2]);
+    CHECK(q->shape[2] % 2 == 0);
+    CHECK(v && kc && vc && kc->ndim == 3 && tensor_same_shape(kc, vc) && tensor_same_shape(k, v));
+    CHECK(kc->shape[1] == k->shape[1] && kc->shape[2] == k->shape[2]);
+    CHECK(kc->dtype == k->dtype && vc->dtype == k->dtype && v->dtype == k->dtype);
+    CHECK(rows->dtype == DTYPE_I32 && rows->ndim == 1 && rows->shape[0] == q->shape[0]);
+    check_same_dev(q, k);
+    check_same_dev(q, pos);
+    check_same_dev(q, v);
+    check_same_dev(q, kc);
+    check_same_dev(q, vc);
+    check_same_dev(q, rows);
+    DISPATCH(q->dev, rope_qk_rows, q, k, pos, theta, v, kc, vc, rows);
+}
+
 void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
 {
     CHECK(cache->ndim == x->ndim && cache->dtype == x->dtype && rows->dtype == DTYPE_I32 && rows->ndim == 1);

@@ -154,6 +154,12 @@ void op_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct te
  * for k, v, kc, vc. */
 void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
                 struct tensor *kc, struct tensor *vc, const struct tensor *tab);
+/* op_rope_qk for the batched decode step's rows: RoPE of q and k at positions pos, then the rotated k and
+ * v [n, Hkv, hd] stored at cache rows rows[i] (I32 [n] on the device, each in [0, T)) of kc, vc: exactly
+ * op_rope_qk(q, k, pos, theta, NULL, ..) followed by op_kv_store(kc, k, rows) and op_kv_store(vc, v, rows),
+ * in one launch on the GPU. */
+void op_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
+                     struct tensor *kc, struct tensor *vc, const struct tensor *rows);
 /* cache[rows[i]] = x[i] for x [n, ...], cache [T, ...] (same inner shape and dtype), rows I32 [n]
  * on the device; every rows[i] must be in [0, T). */
 void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);

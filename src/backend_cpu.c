@@ -409,6 +409,15 @@ void cpu_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, d
     }
 }
 
+void cpu_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
+                      struct tensor *kc, struct tensor *vc, const struct tensor *rows)
+{
+    cpu_rope(q, pos, theta);
+    cpu_rope(k, pos, theta);
+    store_rows(kc, k, rows->data, NULL);
+    store_rows(vc, v, rows->data, NULL);
+}
+
 void cpu_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
 {
     store_rows(cache, x, rows->data, NULL);

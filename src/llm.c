@@ -476,11 +476,9 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     if (slot < 0) {
         /* the batched step (llm_decode_batch): row i is a token of slot kv_seq[i], at position pos[i]; its
          * k, v go to cache row kv_rows[i], its attention reads the kv_len[i] first tokens of its slot */
-        op_rope_qk(&q3, &k3, &pos, c->rope_theta, NULL, NULL, NULL, NULL);
         struct tensor kr = bstep_view(b, BSTEP_KV_ROWS, n), ks = bstep_view(b, BSTEP_KV_SEQ, n);
         struct tensor kl = bstep_view(b, BSTEP_KV_LEN, n);
-        op_kv_store(&lc->k, &k3, &kr);
-        op_kv_store(&lc->v, &v3, &kr);
+        op_rope_qk_rows(&q3, &k3, &pos, c->rope_theta, &v3, &lc->k, &lc->v, &kr);
         op_attention_rows(&att3, &q3, &lc->k, &lc->v, &b->kv_tab, &ks, &kl, scale);
     } else {
         /* one slot's tokens at positions pos0..: RoPE of q and k and the KV append (through the slot's

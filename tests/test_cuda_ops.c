@@ -326,6 +326,37 @@ static void test_rope_qk(void)
         t_free(&q), t_free(&k), t_free(&v), t_free(&pos), t_free(&kc), t_free(&vc), t_free(&tab), t_free(&dt);
         t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dkc), t_free(&dvc);
     }
+    /* op_rope_qk_rows (the batched step: each row its own position and cache row, rows shuffled over the
+     * pool), against the CPU twin; the vector kernel (f16/bf16/f32, hd <= 128) and the generic fallback (hd
+     * 72 with an odd half pair count: 36 pairs is even, so hd 18: 9 pairs) */
+    static const struct { int64_t n, H, Hkv, hd, T; enum dtype dt; } rs[] = {
+        {16, 32, 8, 128, 1024, DTYPE_F16}, {64, 32, 8, 128, 4096, DTYPE_F16}, {5, 12, 2, 72, 96, DTYPE_F32},
+        {3, 8, 2, 64, 48, DTYPE_BF16}, {4, 4, 2, 18, 32, DTYPE_F16},
+    };
+    for (size_t c = 0; c < sizeof rs / sizeof rs[0]; c++) {
+        const int64_t n = rs[c].n, T = rs[c].T;
+        struct tensor q = h_rand(rs[c].dt, 3, n, rs[c].H, rs[c].hd, 2.0f), k = h_rand(rs[c].dt, 3, n, rs[c].Hkv, rs[c].hd, 2.0f);
+        struct tensor v = h_rand(rs[c].dt, 3, n, rs[c].Hkv, rs[c].hd, 2.0f), pos = h_new(DTYPE_I32, 1, n, 0, 0);
+        struct tensor kc = h_rand(rs[c].dt, 3, T, rs[c].Hkv, rs[c].hd, 1.0f), vc = h_rand(rs[c].dt, 3, T, rs[c].Hkv, rs[c].hd, 1.0f);
+        struct tensor rw = h_new(DTYPE_I32, 1, n, 0, 0);
+        for (int64_t i = 0; i < n; i++) {
+            ((int32_t *)pos.data)[i] = (int32_t)((i * 37 + 5) % 3000);
+            ((int32_t *)rw.data)[i] = (int32_t)((i * 7919 + 3) % T); /* distinct: T and 7919 coprime, n <= T */
+        }
+        struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dkc = d_from(&kc), dvc = d_from(&vc);
+        struct tensor drw = d_from(&rw);
+        op_rope_qk_rows(&q, &k, &pos, 500000.0, &v, &kc, &vc, &rw);
+        op_rope_qk_rows(&dq, &dk, &dp, 500000.0, &dv, &dkc, &dvc, &drw);
+        char cas[96];
+        snprintf(cas, sizeof cas, "rows q[%lld,%lld,%lld] k %lld heads %s pool %lld", (long long)n, (long long)rs[c].H,
+                 (long long)rs[c].hd, (long long)rs[c].Hkv, dtype_name(rs[c].dt), (long long)T);
+        check_close("rope_qk_rows q", cas, &dq, &q, tol_for(rs[c].dt));
+        check_close("rope_qk_rows k", cas, &dk, &k, tol_for(rs[c].dt));
+        check_close("rope_qk_rows kc", cas, &dkc, &kc, tol_for(rs[c].dt));
+        check_close("rope_qk_rows vc", cas, &dvc, &vc, TOL_EXACT);
+        t_free(&q), t_free(&k), t_free(&v), t_free(&pos), t_free(&kc), t_free(&vc), t_free(&rw);
+        t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dkc), t_free(&dvc), t_free(&drw);
+    }
 }
 
 /* a host copy of a device tensor (the reference of a GPU-vs-GPU comparison) */

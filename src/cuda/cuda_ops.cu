@@ -620,7 +620,7 @@ template <typename S>
 __global__ void __launch_bounds__(ROPEV_WARPS * 32)
 rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, int hd,
                    const __grid_constant__ rope_freqs inv, const S *v, S *kc, S *vc, int64_t T, const int32_t *tab,
-                   int64_t mb)
+                   int64_t mb, const int32_t *rows)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     constexpr int dt = dtype_of<S>::value;
@@ -642,7 +642,7 @@ rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, in
     }
     /* the cache row (a block-table load after the position's) before any store: the compiler may not
      * move a load of tab above a store to x that it cannot prove apart */
-    const int64_t r = store ? kv_page_row(tab, mb, p, T) : 0;
+    const int64_t r = !store ? 0 : rows ? (rows[i] >= 0 && rows[i] < T ? rows[i] : -1) : kv_page_row(tab, mb, p, T);
     const float2 f = reinterpret_cast<const float2 *>(inv.f)[j / 2]; /* inv_freq[j], inv_freq[j + 1] */
     float x1a, x1b, x2a, x2b, o1a, o1b, o2a, o2b;
     pair_to_f<S>(xa, x1a, x1b);
@@ -653,8 +653,9 @@ rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, in
     st_pair(x + j + half, o2a, o2b);
     if (!store) return;
     if (r < 0) {
-        printf("rope_qk: position %d outside the cache of %lld rows (table of %lld blocks)\n", p, (long long)T,
-               (long long)mb);
+        if (rows) printf("rope_qk: cache row %d outside the cache of %lld rows\n", rows[i], (long long)T);
+        else printf("rope_qk: position %d outside the cache of %lld rows (table of %lld blocks)\n", p, (long long)T,
+                    (long long)mb);
         __trap();
     }
     const int64_t cb = (r * Hkv + hk) * hd;
@@ -667,20 +668,20 @@ rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, in
 template <typename S>
 static void rope_qk_vec_launch(struct cuda_ctx *c, struct tensor *q, struct tensor *k, const struct tensor *pos,
                                const rope_freqs &inv, const struct tensor *v, struct tensor *kc, struct tensor *vc,
-                               const struct tensor *tab)
+                               const struct tensor *tab, const struct tensor *crow)
 {
     const int64_t n = q->shape[0], H = q->shape[1], Hkv = k->shape[1], rows = n * (H + Hkv);
     rope_qk_vec_kernel<S><<<(unsigned)((rows + ROPEV_WARPS - 1) / ROPEV_WARPS), ROPEV_WARPS * 32, 0, c->stream>>>(
         (S *)q->data, (S *)k->data, (const int32_t *)pos->data, n, (int)H, (int)Hkv, (int)q->shape[2], inv,
         kc ? (const S *)v->data : NULL, kc ? (S *)kc->data : NULL, kc ? (S *)vc->data : NULL, kc ? kc->shape[0] : 0,
-        tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0);
+        tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0, crow ? (const int32_t *)crow->data : NULL);
     KERNEL_CHECK();
 }
 
 /* the vector form when the context has it on and the shapes, dtypes and alignment allow: true when launched */
 static bool rope_qk_vec(struct cuda_ctx *c, struct tensor *q, struct tensor *k, const struct tensor *pos,
                         const rope_freqs &inv, const struct tensor *v, struct tensor *kc, struct tensor *vc,
-                        const struct tensor *tab)
+                        const struct tensor *tab, const struct tensor *crow = NULL)
 {
     const int64_t hd = q->shape[2], half = hd / 2;
     const enum dtype dt = q->dtype;
@@ -690,9 +691,9 @@ static bool rope_qk_vec(struct cuda_ctx *c, struct tensor *q, struct tensor *k, 
     if (kc && (((uintptr_t)v->data & al) || ((uintptr_t)kc->data & al) || ((uintptr_t)vc->data & al))) return false;
     if (q->shape[0] * (q->shape[1] + k->shape[1]) > (int64_t)UINT32_MAX * ROPEV_WARPS / 2) return false;
     switch (dt) {
-    case DTYPE_F16: rope_qk_vec_launch<__half>(c, q, k, pos, inv, v, kc, vc, tab); return true;
-    case DTYPE_BF16: rope_qk_vec_launch<__nv_bfloat16>(c, q, k, pos, inv, v, kc, vc, tab); return true;
-    case DTYPE_F32: rope_qk_vec_launch<float>(c, q, k, pos, inv, v, kc, vc, tab); return true;
+    case DTYPE_F16: rope_qk_vec_launch<__half>(c, q, k, pos, inv, v, kc, vc, tab, crow); return true;
+    case DTYPE_BF16: rope_qk_vec_launch<__nv_bfloat16>(c, q, k, pos, inv, v, kc, vc, tab, crow); return true;
+    case DTYPE_F32: rope_qk_vec_launch<float>(c, q, k, pos, inv, v, kc, vc, tab, crow); return true;
     default: return false;
     }
 }
@@ -713,6 +714,23 @@ extern "C" void cuda_rope_qk(struct tensor *q, struct tensor *k, const struct te
         kc ? kc->data : NULL, vc ? vc->data : NULL, kc ? kc->shape[0] : 0,
         tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0);
     KERNEL_CHECK();
+}
+
+/* RoPE and the KV store of the batched step's rows in one launch (the vector kernel with the cache row read
+ * from rows); elsewhere the generic RoPE and two stores, the same values */
+extern "C" void cuda_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta,
+                                  const struct tensor *v, struct tensor *kc, struct tensor *vc, const struct tensor *rows)
+{
+    struct cuda_ctx *c = cuda_ctx_get(q->dev.ordinal);
+    const int64_t n = q->shape[0], H = q->shape[1], Hkv = k->shape[1], hd = q->shape[2], half = hd / 2;
+    CHECKF(half <= ROPE_MAX_HALF, "rope head dim %lld too large", (long long)hd);
+    if (n == 0 || half == 0 || H + Hkv == 0) return;
+    rope_freqs inv;
+    rope_freqs_init(&inv, theta, hd);
+    if (rope_qk_vec(c, q, k, pos, inv, v, kc, vc, NULL, rows)) return;
+    cuda_rope_qk(q, k, pos, theta, NULL, NULL, NULL, NULL);
+    cuda_kv_store(kc, k, rows);
+    cuda_kv_store(vc, v, rows);
 }
 
 /* cache[rows[i]] = x[i], 16-bit words or bytes as the row size allows */
