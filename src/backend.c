@@ -409,6 +409,25 @@ void op_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *po
     DISPATCH(q->dev, rope_qk_rows, q, k, pos, theta, v, kc, vc, rows);
 }
 
+void op_rope_qkv_rows(struct tensor *q, const struct tensor *qkv, const struct tensor *pos, double theta,
+                      struct tensor *kc, struct tensor *vc, const struct tensor *rows)
+{
+    CHECK(q->ndim == 3 && qkv->ndim == 2 && kc->ndim == 3 && tensor_same_shape(kc, vc));
+    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], Hkv = kc->shape[1];
+    CHECKF(qkv->shape[0] == n && qkv->shape[1] == (H + 2 * Hkv) * hd && kc->shape[2] == hd && hd % 2 == 0,
+           "rope_qkv_rows: qkv [%lld,%lld] for q [%lld,%lld,%lld] and %lld KV heads", (long long)qkv->shape[0],
+           (long long)qkv->shape[1], (long long)n, (long long)H, (long long)hd, (long long)Hkv);
+    CHECK(qkv->dtype == q->dtype && kc->dtype == q->dtype && vc->dtype == q->dtype && qkv->data != q->data);
+    CHECK(pos->ndim == 1 && pos->dtype == DTYPE_I32 && pos->shape[0] == n);
+    CHECK(rows->dtype == DTYPE_I32 && rows->ndim == 1 && rows->shape[0] == n);
+    check_same_dev(q, qkv);
+    check_same_dev(q, pos);
+    check_same_dev(q, kc);
+    check_same_dev(q, vc);
+    check_same_dev(q, rows);
+    DISPATCH(q->dev, rope_qkv_rows, q, qkv, pos, theta, kc, vc, rows);
+}
+
 void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)
 {
     CHECK(cache->ndim == x->ndim && cache->dtype == x->dtype && rows->dtype == DTYPE_I32 && rows->ndim == 1);

@@ -160,6 +160,12 @@ void op_rope_qk(struct tensor *q, struct tensor *k, const struct tensor *pos, do
  * in one launch on the GPU. */
 void op_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta, const struct tensor *v,
                      struct tensor *kc, struct tensor *vc, const struct tensor *rows);
+/* op_rope_qk_rows on the joined output of q|k|v: qkv [n, (H + 2 Hkv) * hd] holds each row's q, k and v
+ * side by side (one matmul over the joined weight); q [n, H, hd] = RoPE of the q part, the RoPE of the k part
+ * and the v part go to cache rows rows[i] of kc, vc [T, Hkv, hd]. qkv is not written. Exactly the split
+ * followed by op_rope_qk_rows. */
+void op_rope_qkv_rows(struct tensor *q, const struct tensor *qkv, const struct tensor *pos, double theta,
+                      struct tensor *kc, struct tensor *vc, const struct tensor *rows);
 /* cache[rows[i]] = x[i] for x [n, ...], cache [T, ...] (same inner shape and dtype), rows I32 [n]
  * on the device; every rows[i] must be in [0, T). */
 void op_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);

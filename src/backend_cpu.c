@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend_impl.h"
@@ -416,6 +417,25 @@ void cpu_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *p
     cpu_rope(k, pos, theta);
     store_rows(kc, k, rows->data, NULL);
     store_rows(vc, v, rows->data, NULL);
+}
+
+void cpu_rope_qkv_rows(struct tensor *q, const struct tensor *qkv, const struct tensor *pos, double theta,
+                       struct tensor *kc, struct tensor *vc, const struct tensor *rows)
+{
+    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], Hkv = kc->shape[1];
+    const size_t es = dtype_size(q->dtype), qb = (size_t)(H * hd) * es, kb = (size_t)(Hkv * hd) * es;
+    char *kv = malloc(2 * (size_t)n * kb + 1);
+    CHECKF(kv, "rope_qkv_rows: out of memory");
+    struct tensor k = tensor_make(q->dtype, q->dev, kv, 3, n, Hkv, hd);
+    struct tensor v = tensor_make(q->dtype, q->dev, kv + (size_t)n * kb, 3, n, Hkv, hd);
+    for (int64_t i = 0; i < n; i++) { /* the split */
+        const char *r = (const char *)qkv->data + (size_t)i * (qb + 2 * kb);
+        memcpy((char *)q->data + (size_t)i * qb, r, qb);
+        memcpy(kv + (size_t)i * kb, r + qb, kb);
+        memcpy(kv + (size_t)(n + i) * kb, r + qb + kb, kb);
+    }
+    cpu_rope_qk_rows(q, &k, pos, theta, &v, kc, vc, rows);
+    free(kv);
 }
 
 void cpu_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows)

@@ -27,6 +27,8 @@
                      const struct tensor *v, struct tensor *kc, struct tensor *vc, const struct tensor *tab); \
     void P##_rope_qk_rows(struct tensor *q, struct tensor *k, const struct tensor *pos, double theta,       \
                           const struct tensor *v, struct tensor *kc, struct tensor *vc, const struct tensor *rows); \
+    void P##_rope_qkv_rows(struct tensor *q, const struct tensor *qkv, const struct tensor *pos, double theta, \
+                           struct tensor *kc, struct tensor *vc, const struct tensor *rows);                \
     void P##_kv_store(struct tensor *cache, const struct tensor *x, const struct tensor *rows);             \
     void P##_kv_pages(struct tensor *cache, struct tensor *x, const struct tensor *tab, int64_t p0, int to_cache); \
     void P##_attention_pos(struct tensor *out, const struct tensor *q, const struct tensor *k,             \

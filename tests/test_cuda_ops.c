@@ -345,6 +345,19 @@ static void test_rope_qk(void)
         }
         struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dkc = d_from(&kc), dvc = d_from(&vc);
         struct tensor drw = d_from(&rw);
+        /* the same rows joined q | k | v (op_rope_qkv_rows), into their own copies of the caches */
+        const int64_t qd = rs[c].H * rs[c].hd, kd = rs[c].Hkv * rs[c].hd;
+        const size_t es = dtype_size(rs[c].dt);
+        struct tensor qkv = h_new(rs[c].dt, 2, n, qd + 2 * kd, 0);
+        for (int64_t i = 0; i < n; i++) {
+            char *r = (char *)qkv.data + (size_t)(i * (qd + 2 * kd)) * es;
+            memcpy(r, (char *)q.data + (size_t)(i * qd) * es, (size_t)qd * es);
+            memcpy(r + (size_t)qd * es, (char *)k.data + (size_t)(i * kd) * es, (size_t)kd * es);
+            memcpy(r + (size_t)(qd + kd) * es, (char *)v.data + (size_t)(i * kd) * es, (size_t)kd * es);
+        }
+        struct tensor dqkv = d_from(&qkv), dkc2 = d_from(&kc), dvc2 = d_from(&vc);
+        struct tensor dq2 = d_new(rs[c].dt, 3, n, rs[c].H, rs[c].hd);
+        op_rope_qkv_rows(&dq2, &dqkv, &dp, 500000.0, &dkc2, &dvc2, &drw);
         op_rope_qk_rows(&q, &k, &pos, 500000.0, &v, &kc, &vc, &rw);
         op_rope_qk_rows(&dq, &dk, &dp, 500000.0, &dv, &dkc, &dvc, &drw);
         char cas[96];
@@ -354,6 +367,10 @@ static void test_rope_qk(void)
         check_close("rope_qk_rows k", cas, &dk, &k, tol_for(rs[c].dt));
         check_close("rope_qk_rows kc", cas, &dkc, &kc, tol_for(rs[c].dt));
         check_close("rope_qk_rows vc", cas, &dvc, &vc, TOL_EXACT);
+        check_close("rope_qkv_rows q", cas, &dq2, &q, tol_for(rs[c].dt));
+        check_close("rope_qkv_rows kc", cas, &dkc2, &kc, tol_for(rs[c].dt));
+        check_close("rope_qkv_rows vc", cas, &dvc2, &vc, TOL_EXACT);
+        t_free(&qkv), t_free(&dqkv), t_free(&dkc2), t_free(&dvc2), t_free(&dq2);
         t_free(&q), t_free(&k), t_free(&v), t_free(&pos), t_free(&kc), t_free(&vc), t_free(&rw);
         t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dp), t_free(&dkc), t_free(&dvc), t_free(&drw);
     }

@@ -620,7 +620,7 @@ template <typename S>
 __global__ void __launch_bounds__(ROPEV_WARPS * 32)
 rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, int hd,
                    const __grid_constant__ rope_freqs inv, const S *v, S *kc, S *vc, int64_t T, const int32_t *tab,
-                   int64_t mb, const int32_t *rows)
+                   int64_t mb, const int32_t *rows, const S *src, int64_t srs)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
     constexpr int dt = dtype_of<S>::value;
@@ -631,13 +631,16 @@ rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, in
     const int64_t i = row / nh;
     const int h = (int)(row - i * nh), hk = h - H;
     const bool store = hk >= 0 && kc;
-    S *x = hk < 0 ? q + (i * H + h) * hd : k + (i * Hkv + hk) * hd;
+    /* in place, or (src: op_rope_qkv_rows) read from the joined row q | k | v of src and q written to q
+     * (k only to the cache) */
+    S *x = hk < 0 ? q + (i * H + h) * hd : src ? NULL : k + (i * Hkv + hk) * hd;
+    const S *xin = src ? src + i * srs + (int64_t)(hk < 0 ? h : H + hk) * hd : x;
     /* every load first: the position, this lane's two pairs of x and (k rows with a cache) of v */
     const int32_t p = pos[i];
-    const P xa = ld_pair(x + j), xb = ld_pair(x + j + half);
+    const P xa = ld_pair(xin + j), xb = ld_pair(xin + j + half);
     P va = {}, vb = {};
     if (store) {
-        const S *vx = v + (i * Hkv + hk) * hd;
+        const S *vx = src ? src + i * srs + (int64_t)(H + Hkv + hk) * hd : v + (i * Hkv + hk) * hd;
         va = ld_pair(vx + j), vb = ld_pair(vx + j + half);
     }
     /* the cache row (a block-table load after the position's) before any store: the compiler may not
@@ -649,8 +652,10 @@ rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, in
     pair_to_f<S>(xb, x2a, x2b);
     rope_rot<dt>(x1a, x2a, __fmul_rn((float)p, f.x), o1a, o2a);
     rope_rot<dt>(x1b, x2b, __fmul_rn((float)p, f.y), o1b, o2b);
-    st_pair(x + j, o1a, o1b); /* in place: this lane owns its pairs */
-    st_pair(x + j + half, o2a, o2b);
+    if (x) {
+        st_pair(x + j, o1a, o1b); /* in place: this lane owns its pairs */
+        st_pair(x + j + half, o2a, o2b);
+    }
     if (!store) return;
     if (r < 0) {
         if (rows) printf("rope_qk: cache row %d outside the cache of %lld rows\n", rows[i], (long long)T);
@@ -668,32 +673,34 @@ rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, in
 template <typename S>
 static void rope_qk_vec_launch(struct cuda_ctx *c, struct tensor *q, struct tensor *k, const struct tensor *pos,
                                const rope_freqs &inv, const struct tensor *v, struct tensor *kc, struct tensor *vc,
-                               const struct tensor *tab, const struct tensor *crow)
+                               const struct tensor *tab, const struct tensor *crow, const struct tensor *src)
 {
-    const int64_t n = q->shape[0], H = q->shape[1], Hkv = k->shape[1], rows = n * (H + Hkv);
+    const int64_t n = q->shape[0], H = q->shape[1], Hkv = kc ? kc->shape[1] : k->shape[1], rows = n * (H + Hkv);
     rope_qk_vec_kernel<S><<<(unsigned)((rows + ROPEV_WARPS - 1) / ROPEV_WARPS), ROPEV_WARPS * 32, 0, c->stream>>>(
-        (S *)q->data, (S *)k->data, (const int32_t *)pos->data, n, (int)H, (int)Hkv, (int)q->shape[2], inv,
-        kc ? (const S *)v->data : NULL, kc ? (S *)kc->data : NULL, kc ? (S *)vc->data : NULL, kc ? kc->shape[0] : 0,
-        tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0, crow ? (const int32_t *)crow->data : NULL);
+        (S *)q->data, k ? (S *)k->data : NULL, (const int32_t *)pos->data, n, (int)H, (int)Hkv, (int)q->shape[2], inv,
+        kc && v ? (const S *)v->data : NULL, kc ? (S *)kc->data : NULL, kc ? (S *)vc->data : NULL, kc ? kc->shape[0] : 0,
+        tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0, crow ? (const int32_t *)crow->data : NULL,
+        src ? (const S *)src->data : NULL, src ? src->shape[1] : 0);
     KERNEL_CHECK();
 }
 
 /* the vector form when the context has it on and the shapes, dtypes and alignment allow: true when launched */
 static bool rope_qk_vec(struct cuda_ctx *c, struct tensor *q, struct tensor *k, const struct tensor *pos,
                         const rope_freqs &inv, const struct tensor *v, struct tensor *kc, struct tensor *vc,
-                        const struct tensor *tab, const struct tensor *crow = NULL)
+                        const struct tensor *tab, const struct tensor *crow = NULL, const struct tensor *src = NULL)
 {
     const int64_t hd = q->shape[2], half = hd / 2;
     const enum dtype dt = q->dtype;
-    const size_t al = 2 * dtype_size(dt) - 1; /* two-element accesses */
-    if (!c->small_vec || half % 2 || half > ROPEV_MAX_HALF || ((uintptr_t)q->data & al) || ((uintptr_t)k->data & al))
+    const size_t al = 2 * dtype_size(dt) - 1; /* two-element accesses (src: its rows and heads are even) */
+    if (!c->small_vec || half % 2 || half > ROPEV_MAX_HALF || ((uintptr_t)q->data & al) || (k && ((uintptr_t)k->data & al)))
         return false;
-    if (kc && (((uintptr_t)v->data & al) || ((uintptr_t)kc->data & al) || ((uintptr_t)vc->data & al))) return false;
-    if (q->shape[0] * (q->shape[1] + k->shape[1]) > (int64_t)UINT32_MAX * ROPEV_WARPS / 2) return false;
+    if (src && ((uintptr_t)src->data & al)) return false;
+    if (kc && ((v && ((uintptr_t)v->data & al)) || ((uintptr_t)kc->data & al) || ((uintptr_t)vc->data & al))) return false;
+    if (q->shape[0] * (q->shape[1] + (kc ? kc->shape[1] : k->shape[1])) > (int64_t)UINT32_MAX * ROPEV_WARPS / 2) return false;
     switch (dt) {
-    case DTYPE_F16: rope_qk_vec_launch<__half>(c, q, k, pos, inv, v, kc, vc, tab, crow); return true;
-    case DTYPE_BF16: rope_qk_vec_launch<__nv_bfloat16>(c, q, k, pos, inv, v, kc, vc, tab, crow); return true;
-    case DTYPE_F32: rope_qk_vec_launch<float>(c, q, k, pos, inv, v, kc, vc, tab, crow); return true;
+    case DTYPE_F16: rope_qk_vec_launch<__half>(c, q, k, pos, inv, v, kc, vc, tab, crow, src); return true;
+    case DTYPE_BF16: rope_qk_vec_launch<__nv_bfloat16>(c, q, k, pos, inv, v, kc, vc, tab, crow, src); return true;
+    case DTYPE_F32: rope_qk_vec_launch<float>(c, q, k, pos, inv, v, kc, vc, tab, crow, src); return true;
     default: return false;
     }
 }
@@ -731,6 +738,32 @@ extern "C" void cuda_rope_qk_rows(struct tensor *q, struct tensor *k, const stru
     cuda_rope_qk(q, k, pos, theta, NULL, NULL, NULL, NULL);
     cuda_kv_store(kc, k, rows);
     cuda_kv_store(vc, v, rows);
+}
+
+/* op_rope_qkv_rows: the vector kernel reading the joined rows; elsewhere (odd pair counts, alignment) the
+ * joined rows split into q and k, v scratch by strided copies, then cuda_rope_qk_rows: the same values */
+extern "C" void cuda_rope_qkv_rows(struct tensor *q, const struct tensor *qkv, const struct tensor *pos, double theta,
+                                   struct tensor *kc, struct tensor *vc, const struct tensor *rows)
+{
+    struct cuda_ctx *c = cuda_ctx_get(q->dev.ordinal);
+    const int64_t n = q->shape[0], H = q->shape[1], hd = q->shape[2], Hkv = kc->shape[1], half = hd / 2;
+    CHECKF(half <= ROPE_MAX_HALF, "rope head dim %lld too large", (long long)hd);
+    if (n == 0 || half == 0) return;
+    rope_freqs inv;
+    rope_freqs_init(&inv, theta, hd);
+    if (rope_qk_vec(c, q, NULL, pos, inv, NULL, kc, vc, NULL, rows, qkv)) return;
+    const size_t es = dtype_size(q->dtype), rb = (size_t)qkv->shape[1] * es;
+    char *kv = (char *)cuda_scratch(c, SCRATCH_MM_X, (size_t)(2 * n * Hkv * hd) * es);
+    struct tensor k = tensor_make(q->dtype, q->dev, kv, 3, n, Hkv, hd);
+    struct tensor v = tensor_make(q->dtype, q->dev, kv + (size_t)(n * Hkv * hd) * es, 3, n, Hkv, hd);
+    const char *s = (const char *)qkv->data;
+    CUDA_CHECK(cudaMemcpy2DAsync(q->data, (size_t)(H * hd) * es, s, rb, (size_t)(H * hd) * es, (size_t)n,
+                                 cudaMemcpyDeviceToDevice, c->stream));
+    CUDA_CHECK(cudaMemcpy2DAsync(k.data, (size_t)(Hkv * hd) * es, s + (size_t)(H * hd) * es, rb, (size_t)(Hkv * hd) * es,
+                                 (size_t)n, cudaMemcpyDeviceToDevice, c->stream));
+    CUDA_CHECK(cudaMemcpy2DAsync(v.data, (size_t)(Hkv * hd) * es, s + (size_t)((H + Hkv) * hd) * es, rb,
+                                 (size_t)(Hkv * hd) * es, (size_t)n, cudaMemcpyDeviceToDevice, c->stream));
+    cuda_rope_qk_rows(q, &k, pos, theta, &v, kc, vc, rows);
 }
 
 /* cache[rows[i]] = x[i], 16-bit words or bytes as the row size allows */
