@@ -193,6 +193,41 @@ static void test_gemv(void)
     for (int f = 0; f < 3; f++) matmul_case(FMTS[f], 128256, 4096, ns, 3, "lm_head", VARIANTS, N_VARIANTS);
 }
 
+/* The one-hot sweep of the exact tests: x (F16, n tokens) has token t = 1 at column j0 + t, else 0, for j0 =
+ * 0, n, 2n, .. < k, so every output of op_matmul(y f32, x, dw) is one weight, exact in fp32: it must equal
+ * wf[row * k + j0 + t] (the weights as the CPU twin gives them) bit for bit. Outputs of tokens past k (the
+ * last j0) are checked to be 0 when pad_zero, else left alone. Adds the mismatches and the checked weights to
+ * *bad and *checked (the first 4 mismatches of the test printed under label), the matmuls to *calls (may be
+ * NULL). */
+static void onehot_sweep(const struct tensor *dw, const float *wf, int64_t o, int64_t k, int64_t n, int pad_zero,
+                         const char *label, int64_t *bad, int64_t *checked, int64_t *calls)
+{
+    struct tensor x = h_new(DTYPE_F16, 2, n, k, 0), y = h_new(DTYPE_F32, 2, n, o, 0);
+    struct tensor dy = d_new(DTYPE_F32, 2, n, o, 0), dx = d_new(DTYPE_F16, 2, n, k, 0);
+    uint16_t *xh = x.data;
+    for (int64_t j0 = 0; j0 < k; j0 += n) {
+        memset(xh, 0, (size_t)(n * k) * 2);
+        for (int64_t t = 0; t < n && j0 + t < k; t++) xh[t * k + j0 + t] = 0x3c00; /* 1.0 */
+        op_copy(&dx, &x);
+        op_matmul(&dy, &dx, dw, NULL);
+        if (calls) (*calls)++;
+        op_copy(&y, &dy);
+        const float *yf = y.data;
+        for (int64_t t = 0; t < n && (pad_zero || j0 + t < k); t++)
+            for (int64_t r = 0; r < o; r++) {
+                const float want = j0 + t < k ? wf[r * k + j0 + t] : 0.0f, got = yf[t * o + r];
+                *checked += j0 + t < k;
+                if (got != want) {
+                    if (*bad < 4)
+                        printf("    %s [%lld,%lld] n%lld row %lld col %lld: gpu %.9g cpu %.9g\n", label, (long long)o,
+                               (long long)k, (long long)n, (long long)r, (long long)(j0 + t), got, want);
+                    (*bad)++;
+                }
+            }
+    }
+    t_free(&x), t_free(&y), t_free(&dy), t_free(&dx);
+}
+
 /* The GEMV's in-register dequantization, bit for bit: with x one-hot (token t is 1 at column j0 + t, else 0)
  * every output is 1 * w[row][j0 + t] summed with zeros, exact in fp32, so y (f32) must equal the CPU twin's
  * F16 value of that weight (quant_dequant_rows) exactly. Sweeping j0 over k checks every weight and the
@@ -214,36 +249,10 @@ static void test_gemv_exact(void)
                 if (!variant_for(v, dt)) continue;
                 cuda_set_qmma(0, v);
                 int64_t bad = 0, checked = 0;
-                for (size_t ni = 0; ni < sizeof nsx / sizeof nsx[0]; ni++) {
-                    const int64_t n = nsx[ni];
-                    struct tensor x = h_new(DTYPE_F16, 2, n, k, 0), y = h_new(DTYPE_F32, 2, n, o, 0);
-                    struct tensor dy = d_new(DTYPE_F32, 2, n, o, 0), dx = d_new(DTYPE_F16, 2, n, k, 0);
-                    uint16_t *xh = x.data;
-                    for (int64_t j0 = 0; j0 < k; j0 += n) {
-                        memset(xh, 0, (size_t)(n * k) * 2);
-                        for (int64_t t = 0; t < n && j0 + t < k; t++) xh[t * k + j0 + t] = 0x3c00; /* 1.0 */
-                        op_copy(&dx, &x);
-                        op_matmul(&dy, &dx, &dw, NULL);
-                        op_copy(&y, &dy);
-                        const float *yf = y.data;
-                        for (int64_t t = 0; t < n && j0 + t < k; t++)
-                            for (int64_t r = 0; r < o; r++) {
-                                const float want = wf[r * k + j0 + t], got = yf[t * o + r];
-                                checked++;
-                                if (got != want) {
-                                    if (bad < 4)
-                                        printf("    %s %s [%lld,%lld] n%lld row %lld col %lld: gpu %.9g cpu %.9g\n",
-                                               dtype_name(dt), cuda_qmma_name(v), (long long)o, (long long)k,
-                                               (long long)n, (long long)r, (long long)(j0 + t), got, want);
-                                    bad++;
-                                }
-                            }
-                    }
-                    free(x.data);
-                    free(y.data);
-                    t_free(&dy);
-                    t_free(&dx);
-                }
+                char label[64];
+                snprintf(label, sizeof label, "%s %s", dtype_name(dt), cuda_qmma_name(v));
+                for (size_t ni = 0; ni < sizeof nsx / sizeof nsx[0]; ni++)
+                    onehot_sweep(&dw, wf, o, k, nsx[ni], 0, label, &bad, &checked, NULL);
                 printf("  gemv exact %-4s %-7s [%4lld, %4lld]: %lld of %lld weights differ %s\n", dtype_name(dt),
                        cuda_qmma_name(v), (long long)o, (long long)k, (long long)bad, (long long)checked,
                        bad ? "FAIL" : "ok");
@@ -339,34 +348,10 @@ static void test_f16mma_exact(void)
             T_EQ_INT(dev_set_f16mma(device_cuda(0), vs[vi]), 0);
             int64_t bad = 0, checked = 0, calls = 0;
             const uint64_t l0 = cuda_f16mma_launches(0);
-            for (size_t ni = 0; ni < sizeof nsx / sizeof nsx[0]; ni++) {
-                const int64_t n = nsx[ni];
-                struct tensor x = h_new(DTYPE_F16, 2, n, k, 0), y = h_new(DTYPE_F32, 2, n, o, 0);
-                struct tensor dy = d_new(DTYPE_F32, 2, n, o, 0), dx = d_new(DTYPE_F16, 2, n, k, 0);
-                uint16_t *xh = x.data;
-                for (int64_t j0 = 0; j0 < k; j0 += n) {
-                    memset(xh, 0, (size_t)(n * k) * 2);
-                    for (int64_t t = 0; t < n && j0 + t < k; t++) xh[t * k + j0 + t] = 0x3c00; /* 1.0 */
-                    op_copy(&dx, &x);
-                    op_matmul(&dy, &dx, &dw, NULL);
-                    calls++;
-                    op_copy(&y, &dy);
-                    const float *yf = y.data;
-                    for (int64_t t = 0; t < n; t++)
-                        for (int64_t r = 0; r < o; r++) {
-                            const float want = j0 + t < k ? wf[r * k + j0 + t] : 0.0f, got = yf[t * o + r];
-                            checked += j0 + t < k;
-                            if (got != want) {
-                                if (bad < 4)
-                                    printf("    f16 %s [%lld,%lld] n%lld row %lld col %lld: gpu %.9g cpu %.9g\n",
-                                           cuda_f16mma_name(vs[vi]), (long long)o, (long long)k, (long long)n,
-                                           (long long)r, (long long)(j0 + t), got, want);
-                                bad++;
-                            }
-                        }
-                }
-                t_free(&x), t_free(&y), t_free(&dy), t_free(&dx);
-            }
+            char label[64];
+            snprintf(label, sizeof label, "f16 %s", cuda_f16mma_name(vs[vi]));
+            for (size_t ni = 0; ni < sizeof nsx / sizeof nsx[0]; ni++)
+                onehot_sweep(&dw, wf, o, k, nsx[ni], 1, label, &bad, &checked, &calls);
             const int64_t ran = (int64_t)(cuda_f16mma_launches(0) - l0);
             printf("  f16mma exact %-7s [%4lld, %4lld]: %lld of %lld weights differ, %lld of %lld matmuls on the kernel %s\n",
                    cuda_f16mma_name(vs[vi]), (long long)o, (long long)k, (long long)bad, (long long)checked,
