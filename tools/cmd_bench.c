@@ -249,13 +249,34 @@ out:
     return rc;
 }
 
+/* Where the host spent an image encode (engine_encode_times), one row per timed repetition: preprocessing
+ * inside it, queueing the vision tower (host conversion + uploads + launches), queueing the resampler, then
+ * waiting for the device. vision10 and ttft report it alike. */
+struct enc_parts {
+    double t[4][BENCH_MAX_REPS];
+};
+
+static void enc_parts_note(struct enc_parts *q, int rep, const struct mm_times *et)
+{
+    q->t[0][rep] = et->pre, q->t[1][rep] = et->vision_queued, q->t[2][rep] = et->rs_queued, q->t[3][rep] = et->wait;
+}
+
+static void enc_parts_add(struct phase *p, const struct enc_parts *q)
+{
+    x_add(p, "in_pre_ms", 1e3 * median(q->t[0], p->reps));
+    x_add(p, "queue_vision_ms", 1e3 * median(q->t[1], p->reps));
+    x_add(p, "queue_resampler_ms", 1e3 * median(q->t[2], p->reps));
+    x_add(p, "wait_ms", 1e3 * median(q->t[3], p->reps));
+}
+
 static int run_vision(struct bench *b, struct phase *p, struct err *e)
 {
     struct engine *g = b->g;
     const int side = p->n == 1 ? 448 : 1344;
     struct image im = {0};
     if (image_pattern(&im, side, side, 7, e)) return -1;
-    double tpre[BENCH_MAX_REPS], tq[4][BENCH_MAX_REPS];
+    double tpre[BENCH_MAX_REPS];
+    struct enc_parts tq;
     int rc = -1, n_pre = 0, pieces = 0;
     for (int r = -1; r < b->reps; r++) {
         struct image_pieces ip = {0};
@@ -276,9 +297,7 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
         double t1 = time_now();
         dev_free(out.dev, out.data);
         if (r >= 0) {
-            const struct mm_times *et = engine_encode_times(g);
-            tq[0][p->reps] = et->pre, tq[1][p->reps] = et->vision_queued, tq[2][p->reps] = et->rs_queued;
-            tq[3][p->reps] = et->wait;
+            enc_parts_note(&tq, p->reps, engine_encode_times(g));
             p->t[p->reps++] = t1 - t0;
         }
     }
@@ -291,12 +310,7 @@ static int run_vision(struct bench *b, struct phase *p, struct err *e)
     x_add(p, "image_side", side);
     x_add(p, "preprocess_ms", 1e3 * pre);
     x_add(p, "device_ms", 1e3 * (p->med - pre > 0 ? p->med - pre : 0));
-    /* where the host spent the encode: preprocessing inside it, queueing the vision tower (host
-     * conversion + uploads + launches), queueing the resampler, then waiting for the device */
-    x_add(p, "in_pre_ms", 1e3 * median(tq[0], p->reps));
-    x_add(p, "queue_vision_ms", 1e3 * median(tq[1], p->reps));
-    x_add(p, "queue_resampler_ms", 1e3 * median(tq[2], p->reps));
-    x_add(p, "wait_ms", 1e3 * median(tq[3], p->reps));
+    enc_parts_add(p, &tq);
     rc = 0;
 out:
     image_free(&im);
@@ -313,7 +327,8 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
     char content[sizeof BENCH_QUESTION + 64];
     snprintf(content, sizeof content, "%s\n%s", CHAT_IMAGE_MARKER, BENCH_QUESTION);
     struct chat_msg m = {"user", content};
-    double tdec[BENCH_MAX_REPS], tvis[BENCH_MAX_REPS], tpre[BENCH_MAX_REPS], tq[4][BENCH_MAX_REPS];
+    double tdec[BENCH_MAX_REPS], tvis[BENCH_MAX_REPS], tpre[BENCH_MAX_REPS];
+    struct enc_parts tq;
     int rc = -1, n_prompt = 0, pieces = 0, first = -1;
     for (int r = -1; r < b->reps; r++) {
         struct image im = {0};
@@ -335,9 +350,7 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
         image_free(&im);
         if (crc) { turn_result_free(&res); goto out; }
         if (r >= 0) {
-            const struct mm_times *et = engine_encode_times(g);
-            tq[0][p->reps] = et->pre, tq[1][p->reps] = et->vision_queued, tq[2][p->reps] = et->rs_queued;
-            tq[3][p->reps] = et->wait;
+            enc_parts_note(&tq, p->reps, engine_encode_times(g));
             tdec[p->reps] = t1 - t0;
             tvis[p->reps] = res.t_vision;
             tpre[p->reps] = res.t_prefill;
@@ -360,12 +373,7 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
     x_add(p, "jpeg_kib", n_jpg / 1024.0);
     x_add(p, "jpeg_decode_ms", 1e3 * median(tdec, p->reps));
     x_add(p, "vision_ms", 1e3 * median(tvis, p->reps));
-    /* of vision_ms, as in vision10: preprocessing, queueing the tower and the resampler, the device wait
-     * (the rest is the turn's own: the image list's key, the cache lookup) */
-    x_add(p, "in_pre_ms", 1e3 * median(tq[0], p->reps));
-    x_add(p, "queue_vision_ms", 1e3 * median(tq[1], p->reps));
-    x_add(p, "queue_resampler_ms", 1e3 * median(tq[2], p->reps));
-    x_add(p, "wait_ms", 1e3 * median(tq[3], p->reps));
+    enc_parts_add(p, &tq); /* of vision_ms; the rest is the turn's own: the image list's key, the cache lookup */
     x_add(p, "prefill_ms", 1e3 * median(tpre, p->reps));
     x_add(p, "first_token", first);
     rc = 0;
