@@ -149,6 +149,21 @@ static void test_stacked(void)
 
 int cuda_lt_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int batch, int gelu, int res); /* cuda_gemv.cu */
 
+int cuda_gemm_rot_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int batch); /* cuda_gemv.cu */
+
+/* `test_cuda_linear bench rot`: the batched decode step's products (o, q|k|v, gate|up stacked, down,
+ * lm_head) at 16..64 rows with the weights rotated beyond the L2: cuBLAS's default against every
+ * cuBLASLt candidate */
+static void bench_rot(void)
+{
+    static const struct { int64_t k, o; int batch; } ms[] = {
+        {4096, 4096, 1}, {4096, 6144, 1}, {4096, 14336, 2}, {14336, 4096, 1}, {4096, 128256, 1}};
+    static const int64_t ns[] = {16, 32, 48, 64};
+    for (size_t m = 0; m < sizeof ms / sizeof ms[0]; m++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            if (ms[m].o < 100000 || ns[i] == 64) cuda_gemm_rot_sweep(0, ns[i], ms[m].k, ms[m].o, ms[m].batch);
+}
+
 /* `test_cuda_linear bench`: every cuBLASLt algorithm at the vision tower's GEMMs (10 pieces of 1024
  * patches) and the LLM prefill's, heuristic choice against the fastest. */
 static void bench(void)
@@ -167,7 +182,10 @@ int main(int argc, char **argv)
     struct backend_info bi;
     backend_query(&bi);
     if (argc > 1 && !strcmp(argv[1], "bench")) {
-        if (bi.n_gpus) bench();
+        if (bi.n_gpus) {
+            if (argc > 2 && !strcmp(argv[2], "rot")) bench_rot();
+            else bench();
+        }
         return 0;
     }
     if (bi.n_gpus == 0) {

@@ -471,6 +471,171 @@ extern "C" int cuda_lt_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int b
     return nres;
 }
 
+/* ---- `test_cuda_linear bench rot`: the small-n GEMMs of the batched decode step, weights rotated ----
+ * A decode-sized product (n = 16..64 rows) reads its weight once and is bandwidth-bound, so a sweep that
+ * reuses one weight measures the L2, not HBM. This one keeps R copies of the weight (R x size >= 768 MiB)
+ * and cycles through them, times cublasGemmEx / cublasGemmStridedBatchedEx with CUBLAS_GEMM_DEFAULT (what
+ * the engine calls) and then every cuBLASLt algorithm the heuristic offers plus split-K variants of the
+ * first ones, and prints the default, the heuristic's first and the fastest six with their configs. */
+__global__ void sweep_fill_kernel(__half *p, size_t count, uint32_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+        p[i] = __float2half(((float)(h & 0xffff) / 65535.0f - 0.5f) * 0.06f);
+    }
+}
+
+struct sweep_cand {
+    cublasLtMatmulAlgo_t algo;
+    int cfg[8]; /* id, tile, split-K, reduction, swizzle, stages, cluster, custom */
+    float us;
+};
+
+static void sweep_cfg(const cublasLtMatmulAlgo_t *a, int *cfg)
+{
+    const cublasLtMatmulAlgoConfigAttributes_t at[8] = {
+        CUBLASLT_ALGO_CONFIG_ID,           CUBLASLT_ALGO_CONFIG_TILE_ID,      CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+        CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, CUBLASLT_ALGO_CONFIG_STAGES_ID,
+        CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION};
+    for (int i = 0; i < 8; i++) {
+        uint32_t v = 0;
+        size_t wr = 0;
+        cfg[i] = cublasLtMatmulAlgoConfigGetAttribute(a, at[i], &v, sizeof v, &wr) == CUBLAS_STATUS_SUCCESS ? (int)v : -1;
+    }
+}
+
+extern "C" int cuda_gemm_rot_sweep(int ordinal, int64_t n, int64_t k, int64_t o, int batch)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    cublasHandle_t h = cuda_ctx_blas(c);
+    if (!c->lt) CUBLAS_CHECK(cublasLtCreate(&c->lt));
+    const size_t per = (size_t)batch * (size_t)(o * k) * 2;
+    const int R = (int)(((size_t)768 << 20) / per) + 2;
+    __half *W, *X, *Y;
+    CUDA_CHECK(cudaMalloc(&W, per * R));
+    CUDA_CHECK(cudaMalloc(&X, (size_t)(n * k) * 2));
+    CUDA_CHECK(cudaMalloc(&Y, (size_t)batch * (size_t)(n * o) * 2));
+    sweep_fill_kernel<<<1024, 256, 0, c->stream>>>(W, per * R / 2, 1u);
+    sweep_fill_kernel<<<64, 256, 0, c->stream>>>(X, (size_t)(n * k), 7u);
+    KERNEL_CHECK();
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    const int passes = R >= 40 ? 3 : (120 + R - 1) / R;
+    const float alpha = 1.0f, beta = 0.0f;
+    auto wcopy = [&](int r) { return (const void *)((const char *)W + per * (size_t)r); };
+    /* mean us per product over `passes` rotations after one untimed rotation; false when a launch fails */
+    auto timed = [&](auto &&launch, float *us) {
+        for (int r = 0; r < R; r++)
+            if (!launch(r)) return false;
+        CUDA_CHECK(cudaEventRecord(e0, c->stream));
+        for (int p = 0; p < passes; p++)
+            for (int r = 0; r < R; r++) launch(r);
+        CUDA_CHECK(cudaEventRecord(e1, c->stream));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        *us = ms * 1000.0f / (float)(passes * R);
+        return true;
+    };
+    float us_def = 0;
+    timed([&](int r) {
+        if (batch > 1)
+            return cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)o, (int)n, (int)k, &alpha, wcopy(r),
+                                              CUDA_R_16F, (int)k, (long long)(o * k), X, CUDA_R_16F, (int)k, 0LL, &beta,
+                                              Y, CUDA_R_16F, (int)o, (long long)(n * o), batch, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+        return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)o, (int)n, (int)k, &alpha, wcopy(r), CUDA_R_16F, (int)k,
+                            X, CUDA_R_16F, (int)k, &beta, Y, CUDA_R_16F, (int)o, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+    }, &us_def);
+    /* cuBLASLt: no epilogue, the same layouts as lt_plan_make */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    lt_layout(&la, CUDA_R_16F, k, o, batch, o * k);
+    lt_layout(&lb, CUDA_R_16F, k, n, batch, 0);
+    lt_layout(&lc, CUDA_R_16F, o, n, batch, n * o);
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = LT_WS_BYTES;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    enum { MAXH = 48, MAXC = 256 };
+    cublasLtMatmulHeuristicResult_t hr[MAXH];
+    int nres = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, lc, lc, pref, MAXH, hr, &nres) != CUBLAS_STATUS_SUCCESS) nres = 0;
+    cublasLtMatmulPreferenceDestroy(pref);
+    static struct sweep_cand cand[MAXC];
+    int nc = 0;
+    auto add = [&](const cublasLtMatmulAlgo_t *a) {
+        if (nc == MAXC) return;
+        struct sweep_cand s;
+        s.algo = *a;
+        sweep_cfg(a, s.cfg);
+        for (int i = 0; i < nc; i++)
+            if (!memcmp(cand[i].cfg, s.cfg, sizeof s.cfg)) return;
+        cublasLtMatmulHeuristicResult_t chk;
+        if (cublasLtMatmulAlgoCheck(c->lt, op, la, lb, lc, lc, a, &chk) != CUBLAS_STATUS_SUCCESS ||
+            chk.workspaceSize > ws)
+            return;
+        s.us = -1;
+        cand[nc++] = s;
+    };
+    for (int i = 0; i < nres; i++) add(&hr[i].algo);
+    const int nh = nc;
+    static const int splits[] = {1, 2, 3, 4, 5, 6, 8, 12, 16};
+    for (int i = 0; i < nh && i < 12; i++)
+        for (size_t sk = 0; sk < sizeof splits / sizeof splits[0]; sk++)
+            for (int red = 1; red <= 4; red *= 2) { /* CUBLASLT_REDUCTION_SCHEME_INPLACE, COMPUTE_TYPE, OUTPUT_TYPE */
+                cublasLtMatmulAlgo_t a = cand[i].algo;
+                const int32_t s = splits[sk];
+                const uint32_t r = s > 1 ? (uint32_t)red : 0u;
+                if (s == 1 && red > 1) continue;
+                if (cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &s, sizeof s) !=
+                        CUBLAS_STATUS_SUCCESS ||
+                    cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &r, sizeof r) !=
+                        CUBLAS_STATUS_SUCCESS)
+                    continue;
+                add(&a);
+            }
+    for (int i = 0; i < nc; i++) {
+        float us = 0;
+        if (timed([&](int r) {
+                return cublasLtMatmul(c->lt, op, &alpha, wcopy(r), la, X, lb, &beta, Y, lc, Y, lc, &cand[i].algo,
+                                      c->blas_ws, ws, c->stream) == CUBLAS_STATUS_SUCCESS;
+            }, &us))
+            cand[i].us = us;
+    }
+    const float gb = (float)per * 1e-3f; /* bytes / us = MB/s; per * 1e-3 / us = GB/s */
+    printf("rot n%-3lld k%-5lld o%-6lld batch %d (R %d): cublasGemmEx default %.2f us (%.0f GB/s); %d heuristic, %d "
+           "candidates; heuristic #0 %.2f us\n",
+           (long long)n, (long long)k, (long long)o, batch, R, us_def, gb / us_def, nh, nc, nc ? cand[0].us : 0.0f);
+    for (int shown = 0; shown < 6; shown++) {
+        int b = -1;
+        for (int i = 0; i < nc; i++)
+            if (cand[i].us > 0 && (b < 0 || cand[i].us < cand[b].us)) b = i;
+        if (b < 0) break;
+        printf("  %.2f us (%.0f GB/s) id %d tile %d splitk %d red %d swz %d stages %d cluster %d custom %d%s\n",
+               cand[b].us, gb / cand[b].us, cand[b].cfg[0], cand[b].cfg[1], cand[b].cfg[2], cand[b].cfg[3],
+               cand[b].cfg[4], cand[b].cfg[5], cand[b].cfg[6], cand[b].cfg[7], b < nh ? " (heuristic)" : "");
+        cand[b].us = -cand[b].us - 1e6f; /* shown */
+    }
+    cublasLtMatmulDescDestroy(op);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(lc);
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    CUDA_CHECK(cudaFree(W));
+    CUDA_CHECK(cudaFree(X));
+    CUDA_CHECK(cudaFree(Y));
+    return nc;
+}
+
 /* x in the GEMM's input dtype gt (converted into scratch when it differs) */
 static const void *gemm_input(struct cuda_ctx *c, const struct tensor *x, enum dtype gt)
 {
