@@ -543,20 +543,26 @@ static void test_small_vec(void)
     cuda_set_small_vec(0, 1);
 }
 
-/* op_kv_pages both ways: tokens p0.. of a shuffled table, gathered out and scattered back in */
+/* op_kv_pages both ways: tokens p0.. of a shuffled table, gathered out and scattered back in; each case
+ * with the vector kernels on (16-byte words where the rows allow: every case but the 60-byte rows) and off
+ * (the byte kernel) */
 static void test_kv_pages(void)
 {
-    static const struct { int64_t n, p0, blocks; enum dtype dt; } cs[] = {
-        {1000, 0, 80, DTYPE_F16}, {37, 21, 10, DTYPE_F32}, {1, 4095, 300, DTYPE_BF16},
+    static const struct { int64_t n, p0, blocks, H, hd; enum dtype dt; int vec; } cs[] = {
+        {1000, 0, 80, 8, 128, DTYPE_F16, 1}, {37, 21, 10, 8, 128, DTYPE_F32, 1}, {1, 4095, 300, 8, 128, DTYPE_BF16, 1},
+        {300, 40, 30, 3, 10, DTYPE_F16, 1},  {1000, 0, 80, 8, 128, DTYPE_F16, 0}, {37, 21, 10, 8, 128, DTYPE_F32, 0},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         const int64_t n = cs[c].n, T = cs[c].blocks * KV_BLOCK, mb = (cs[c].p0 + n + KV_BLOCK - 1) / KV_BLOCK;
-        struct tensor cache = h_rand(cs[c].dt, 3, T, 8, 128, 1.0f), x = h_new(cs[c].dt, 3, n, 8, 128);
-        struct tensor y = h_rand(cs[c].dt, 3, n, 8, 128, 2.0f), tab = h_table(0, mb, cs[c].blocks);
-        struct tensor dc = d_from(&cache), dx = d_new(cs[c].dt, 3, n, 8, 128), dy = d_from(&y), dt = d_from(&tab);
+        const int64_t H = cs[c].H, hd = cs[c].hd;
+        struct tensor cache = h_rand(cs[c].dt, 3, T, H, hd, 1.0f), x = h_new(cs[c].dt, 3, n, H, hd);
+        struct tensor y = h_rand(cs[c].dt, 3, n, H, hd, 2.0f), tab = h_table(0, mb, cs[c].blocks);
+        struct tensor dc = d_from(&cache), dx = d_new(cs[c].dt, 3, n, H, hd), dy = d_from(&y), dt = d_from(&tab);
+        cuda_set_small_vec(0, cs[c].vec);
         char cas[96];
-        snprintf(cas, sizeof cas, "tokens %lld..%lld of %lld blocks %s", (long long)cs[c].p0,
-                 (long long)(cs[c].p0 + n - 1), (long long)cs[c].blocks, dtype_name(cs[c].dt));
+        snprintf(cas, sizeof cas, "tokens %lld..%lld of %lld blocks [%lld,%lld] %s %s", (long long)cs[c].p0,
+                 (long long)(cs[c].p0 + n - 1), (long long)cs[c].blocks, (long long)H, (long long)hd,
+                 dtype_name(cs[c].dt), cs[c].vec ? "vec" : "bytes");
         op_kv_pages(&cache, &x, &tab, cs[c].p0, 0);
         op_kv_pages(&dc, &dx, &dt, cs[c].p0, 0);
         check_close("kv gather", cas, &dx, &x, TOL_EXACT);
@@ -565,6 +571,7 @@ static void test_kv_pages(void)
         check_close("kv scatter", cas, &dc, &cache, TOL_EXACT);
         t_free(&cache), t_free(&x), t_free(&y), t_free(&tab), t_free(&dc), t_free(&dx), t_free(&dy), t_free(&dt);
     }
+    cuda_set_small_vec(0, 1);
 }
 
 static void test_kv_store(void)
