@@ -816,37 +816,23 @@ extern "C" void cuda_kv_store(struct tensor *cache, const struct tensor *x, cons
     KERNEL_CHECK();
 }
 
-/* x[i] <-> the cache row of token p0 + i through tab, byte by byte (rows of rb bytes) */
-__global__ void kv_pages_kernel(char *cache, char *x, const int32_t *tab, int64_t mb, int64_t p0, int64_t n,
-                                int64_t rb, int64_t T, int to_cache)
+/* x[i] <-> the cache row of token p0 + i through tab, in units of E (rows of `per` units): bytes (char)
+ * for any row, 16-byte words (uint4) where the rows and pointers allow, which make one table lookup and
+ * one division per word instead of per byte. The prefill's gather of a slot's keys and values (llm.c)
+ * took 6.8 us per 1 MiB tensor byte by byte (H200 ncu, session 11): 2 a layer. */
+template <typename E>
+__global__ void kv_pages_kernel(E *cache, E *x, const int32_t *tab, int64_t mb, int64_t p0, int64_t n, int64_t per,
+                                int64_t T, int to_cache)
 {
-    const int64_t total = n * rb;
+    const int64_t total = n * per;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t i = e / rb, b = e - i * rb, r = kv_page_row(tab, mb, p0 + i, T);
+        const int64_t i = e / per, b = e - i * per, r = kv_page_row(tab, mb, p0 + i, T);
         if (r < 0) {
             printf("kv_pages: token %lld outside the cache of %lld rows\n", (long long)(p0 + i), (long long)T);
             __trap();
         }
-        if (to_cache) cache[r * rb + b] = x[e];
-        else x[e] = cache[r * rb + b];
-    }
-}
-
-/* the same in 16-byte words (rows of wpr words): one table lookup and one division per word instead of
- * per byte. The prefill's gather of a slot's keys and values (llm.c) took 6.8 us per 1 MiB tensor byte by
- * byte (H200 ncu, session 11): 2 a layer. */
-__global__ void kv_pages_vec_kernel(uint4 *cache, uint4 *x, const int32_t *tab, int64_t mb, int64_t p0, int64_t n,
-                                    int64_t wpr, int64_t T, int to_cache)
-{
-    const int64_t total = n * wpr;
-    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t i = e / wpr, b = e - i * wpr, r = kv_page_row(tab, mb, p0 + i, T);
-        if (r < 0) {
-            printf("kv_pages: token %lld outside the cache of %lld rows\n", (long long)(p0 + i), (long long)T);
-            __trap();
-        }
-        if (to_cache) cache[r * wpr + b] = x[e];
-        else x[e] = cache[r * wpr + b];
+        if (to_cache) cache[r * per + b] = x[e];
+        else x[e] = cache[r * per + b];
     }
 }
 
@@ -855,16 +841,14 @@ extern "C" void cuda_kv_pages(struct tensor *cache, struct tensor *x, const stru
     struct cuda_ctx *c = cuda_ctx_get(cache->dev.ordinal);
     const int64_t n = x->shape[0], rb = tensor_row_numel(x) * (int64_t)dtype_size(x->dtype);
     if (n == 0 || rb == 0) return;
-    if (c->small_vec && rb % 16 == 0 && aligned16(cache->data) && aligned16(x->data)) {
-        kv_pages_vec_kernel<<<cuda_grid_1d(c, n * (rb / 16)), 256, 0, c->stream>>>(
-            (uint4 *)cache->data, (uint4 *)x->data, (const int32_t *)tab->data, tab->shape[0], p0, n, rb / 16,
-            cache->shape[0], to_cache);
-        KERNEL_CHECK();
-        return;
-    }
-    kv_pages_kernel<<<cuda_grid_1d(c, n * rb), 256, 0, c->stream>>>((char *)cache->data, (char *)x->data,
-                                                                     (const int32_t *)tab->data, tab->shape[0], p0, n,
-                                                                     rb, cache->shape[0], to_cache);
+    const int32_t *tp = (const int32_t *)tab->data;
+    const int64_t mb = tab->shape[0], T = cache->shape[0];
+    if (c->small_vec && rb % 16 == 0 && aligned16(cache->data) && aligned16(x->data))
+        kv_pages_kernel<uint4><<<cuda_grid_1d(c, n * (rb / 16)), 256, 0, c->stream>>>(
+            (uint4 *)cache->data, (uint4 *)x->data, tp, mb, p0, n, rb / 16, T, to_cache);
+    else
+        kv_pages_kernel<char><<<cuda_grid_1d(c, n * rb), 256, 0, c->stream>>>((char *)cache->data, (char *)x->data, tp,
+                                                                             mb, p0, n, rb, T, to_cache);
     KERNEL_CHECK();
 }
 
