@@ -521,6 +521,23 @@ void dev_profile(struct device d, int on)
 #endif
 }
 
+void dev_set_fuse(struct device d, int mode)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_set_fuse(d.ordinal, mode);
+#else
+    (void)d, (void)mode;
+#endif
+}
+
+int op_fused_preferred(const struct tensor *w)
+{
+#ifdef MINICPMV_CUDA
+    if (w->dev.kind == DEVICE_CUDA) return cuda_fused_preferred(w);
+#endif
+    return -1;
+}
+
 int dev_set_qgemv(struct device d, int v)
 {
 #ifdef MINICPMV_CUDA

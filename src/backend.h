@@ -206,6 +206,16 @@ void op_add_i32(struct tensor *x, int32_t d);
 enum { DEV_OVERLAP_ALL = 1, DEV_OVERLAP_QUANT = 2 };
 void dev_set_overlap(struct device d, int mode);
 
+/* Whether one-token decode steps should run the fused decode ops (op_rmsnorm_matmul, op_rmsnorm_swiglu,
+ * op_linear adding into the residual) rather than the plain sequence, for a weight like w on its device:
+ * 1 yes, 0 no, -1 either (the CPU, whose fused ops are the plain ops). Results are the plain ops' either way
+ * (up to the fp32 summation order of a different GEMV launch shape). A GPU answers by its mode: DEV_FUSE_AUTO
+ * (the default) and DEV_FUSE_OFF say 0 (on the H200 the fused kernels, F16 and quantized, lost to the plain
+ * sequence: docs/PERF.md), DEV_FUSE_ON says 1 (benches compare: `bench --fuse on`). */
+enum { DEV_FUSE_AUTO = 0, DEV_FUSE_ON = 1, DEV_FUSE_OFF = 2 };
+void dev_set_fuse(struct device d, int mode);
+int op_fused_preferred(const struct tensor *w);
+
 /* Picks the kernel of GPU d's quantized decode GEMV (a developer's knob for benchmarks: 1 = the default;
  * the values are listed in src/cuda/cuda_quant.cuh and docs/CUDA.md, "The quantized decode GEMV"). Every
  * kernel computes the same op (backend.h's contract), so results differ only by fp32 summation order.

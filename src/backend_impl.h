@@ -88,6 +88,9 @@ void cuda_profile(int ordinal, int on);
 /* the quantized decode GEMV's kernel (cuda/cuda_mem.cu; values in cuda/cuda_quant.cuh: 0 the CUDA-core kernel,
  * 1 the default, 2..4 the older tensor-core kernel's tilings, 8..12 the A-operand kernel's shapes) */
 void cuda_set_qmma(int ordinal, int on);
+/* dev_set_fuse and op_fused_preferred for a GPU (cuda/cuda_mem.cu) */
+void cuda_set_fuse(int ordinal, int mode);
+int cuda_fused_preferred(const struct tensor *w);
 /* a short name for a cuda_set_qmma value (cuda/cuda_qgemv.cu), "?" for others */
 const char *cuda_qmma_name(int v);
 /* 16-bit weights: the GEMV kernel for n <= max tokens (1..8), cuBLAS above (cuda/cuda_mem.cu; default 1) */
@@ -101,6 +104,8 @@ const char *cuda_f16mma_name(int v);
 int cuda_f16mma_default(void);
 /* how many times that kernel was launched on the device (tests: a case that fell back to cuBLAS) */
 uint64_t cuda_f16mma_launches(int ordinal);
+/* launches of the quantized decode GEMV's fused forms on GPU ordinal so far (tests: that they ran) */
+uint64_t cuda_qfused_launches(int ordinal);
 /* 16-bit decode GEMVs on the persistent kernel (cuda/cuda_pgemv.cu: plain, and the fused ops' one-kernel
  * path) or on the older one-pass kernel with the fused ops run as their plain ops (cuda/cuda_mem.cu;
  * default on; tests and the bench compare the two) */

@@ -93,6 +93,19 @@ static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struc
     return 0;
 }
 
+/* One-token steps run the fused decode ops when some layer's device prefers them for its weights and none
+ * prefers the plain ops (op_fused_preferred: on a GPU, quantized weights; the CPU takes either). */
+static int llm_prefers_fused(const struct model *m)
+{
+    int yes = 0;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        const int p = op_fused_preferred(&m->llm.layers[l].qkv);
+        if (p == 0) return 0;
+        yes |= p > 0;
+    }
+    return yes;
+}
+
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
              int64_t max_batch, struct err *e)
 {
@@ -104,7 +117,7 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
 {
     memset(s, 0, sizeof *s);
     const struct model_config *c = &m->cfg;
-    s->unfused = 1; /* the plain ops by default: the fused sequence was the slower one on the H200 (LLM_FUSE_ROWS) */
+    s->unfused = !llm_prefers_fused(m); /* LLM_FUSE_ROWS */
     s->m = m;
     s->pl = pl;
     s->act = act;
@@ -430,9 +443,10 @@ static void matmul_joined(struct tensor *const *ys, const struct tensor *x, cons
 }
 
 /* Steps of at most LLM_FUSE_ROWS tokens (one-token decode, and the batched step of one slot) can use the
- * fused decode ops (llm_set_unfused(s, 0); off by default: on the H200 in session 7 the engine's decode
- * at context 512 ran 199.4 tok/s fused against 212.4 with the plain ops on the one-pass GEMV, same
- * tokens; test_cuda_ops bench engine): each RMSNorm inside the GEMV that reads it (op_rmsnorm_matmul), each residual add
+ * fused decode ops (where the devices prefer them, op_fused_preferred: none does by default;
+ * llm_set_unfused(s, 0 / 1) forces either. On the H200 the engine's decode at context 512 ran 199.4 tok/s
+ * fused against 212.4 with the plain ops for F16 weights (session 7, test_cuda_ops bench engine) and q4 360
+ * against 415 (session 12, bench --fuse on / off), same tokens): each RMSNorm inside the GEMV that reads it (op_rmsnorm_matmul), each residual add
  * inside the GEMV that produces it (op_linear with res = h), SwiGLU inside gate|up (op_rmsnorm_swiglu):
  * per layer q|k|v, RoPE + KV append, attention, o, gate|up, down. Their definitions are the plain ops,
  * so the results are those of the plain sequence (bit for bit on the CPU and on the GPU: docs/CUDA.md).

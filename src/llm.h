@@ -101,9 +101,11 @@ struct llm {
     int batch_eager;             /* 1: the batched step runs eagerly, never as a graph (tests compare) */
     int warm_test;               /* 1: llm_warm_batch_graphs runs its eager steps (and the save and restore
                                     around them) where there are no graphs, e.g. on the CPU (tests) */
-    int unfused;                 /* 1 (the default): one-token steps use the plain ops (op_rmsnorm,
-                                    op_matmul, op_add_rmsnorm, op_silu_mul) as longer steps do; 0: the
-                                    fused decode ops (llm_set_unfused; tests and benches compare) */
+    int unfused;                 /* 1: one-token steps use the plain ops (op_rmsnorm, op_matmul,
+                                    op_add_rmsnorm, op_silu_mul) as longer steps do; 0: the fused decode
+                                    ops. Default: 0 where the devices prefer the fused ops for the
+                                    weights (op_fused_preferred: none does unless told, dev_set_fuse),
+                                    else 1; llm_set_unfused (tests and benches compare) */
     int inflight_B, inflight_pick; /* the batched step launched and not yet collected (0: none) */
     int prof_rows, prof_nth;     /* llm_set_profile_step: the batched step of prof_rows rows to profile, its nth */
     int64_t prof_seen;           /* batched steps of prof_rows rows launched so far */

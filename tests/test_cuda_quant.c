@@ -14,8 +14,11 @@
  *    shapes and odd ones (o not a multiple of 16, k = 32), with and without a bias; the cases where it does
  *    not apply (k % 32, n = 17, F32 x, the knob off, one token with the default) take cuBLAS / the GEMV and
  *    must not launch it;
+ *  - the fused decode ops (op_rmsnorm_matmul, op_rmsnorm_swiglu, op_linear with a residual) on the quantized
+ *    GEMV's fused forms, one token, every format, against the CPU twin and the plain ops on the GPU;
  *  - the tiny model loaded on the GPU in q8, q4 (at load) and nf4 (mkmodel --quant nf4) gives the
- *    CPU's greedy tokens, with a prompt long enough (20 tokens) to take the GEMM path at prefill.
+ *    CPU's greedy tokens with the fused decode ops (llm_set_unfused 0) and the plain ones (the default),
+ *    with a prompt long enough (20 tokens) to take the GEMM path at prefill.
  * `test_cuda_quant bench` prints every decode GEMV kernel's bandwidth per format at the four matrices of a
  * decoder layer, and their 32-layer sum per token; for F16 at n = 1, 2, 4, 8, 16 the GEMV kernel, cuBLAS and
  * each shape of the A kernel (`test_cuda_quant bench f16`: that part alone; `bench quant`: the quantized
@@ -436,8 +439,134 @@ static const int32_t prompt[] = {128000, 791, 4062, 374, 220, 17, 13, 578, 1202,
 #define NP ((int64_t)(sizeof prompt / sizeof prompt[0]))
 #define NGEN 16
 
-/* step-0 logits and NGEN greedy tokens of the tiny model at dir, on dev */
-static int tiny_run(const char *dir, int quant, struct device dev, float *logits0, int32_t *toks, struct err *e)
+/* The fused decode ops on quantized weights (cuda_qgemv.cu's fused forms of the A-operand kernel: the RMSNorm
+ * staged per block, the output split into parts, the residual add in the epilogue, SwiGLU from a block's paired
+ * gate and up tiles), one token, every format: against the CPU twin (the plain ops on the dequantized
+ * weights), and against the plain ops on the GPU, bit for bit where the fused form runs the plain path's launch
+ * shape (norm + parts for Q4 / Q8, the residual add for all three; SwiGLU and NF4's parts split k over other
+ * warps: tolerance). Each case must have launched the fused kernel once. */
+static struct tensor h_back(const struct tensor *d)
+{
+    struct tensor h = h_new(d->dtype, d->ndim, d->shape[0], d->ndim > 1 ? d->shape[1] : 0, 0);
+    op_copy(&h, d);
+    return h;
+}
+
+static void fused_check(const char *op, const char *cas, const struct tensor *got, const struct tensor *cpu,
+                        const struct tensor *plain_dev, int exact)
+{
+    check_close(op, cas, got, cpu, TOL_F16);
+    struct tensor plain = h_back(plain_dev);
+    char c2[160];
+    snprintf(c2, sizeof c2, "%s = the plain ops on the GPU%s", cas, exact ? "" : " (tolerance)");
+    check_close(op, c2, got, &plain, exact ? TOL_EXACT : TOL_F16);
+    free(plain.data);
+}
+
+static void fused_launched(uint64_t l0, const char *cas)
+{
+    const uint64_t ran = cuda_qfused_launches(0) - l0;
+    T_ASSERTF(ran == 1, "%s: the fused kernel ran %llu times, expected once", cas, (unsigned long long)ran);
+}
+
+static void test_fused(void)
+{
+    static const struct { int64_t k; int np; int64_t parts[3]; int norm; } pc[] = {
+        {4096, 3, {4096, 1024, 1024}, 1}, {256, 3, {64, 40, 24}, 1}, {512, 1, {48}, 0}};
+    static const struct { int64_t k, f; int norm; } sc[] = {{4096, 512, 1}, {256, 40, 1}, {256, 32, 0}};
+    static const struct { int64_t k, o; int bias, inplace; } rc[] = {{14336, 64, 0, 1}, {4096, 100, 0, 0}, {256, 40, 1, 1}};
+    for (int f = 0; f < 3; f++) {
+        const enum dtype dt = FMTS[f];
+        const int nf4 = dt == DTYPE_NF4;
+        for (size_t c = 0; c < sizeof pc / sizeof pc[0]; c++) {
+            const int64_t k = pc[c].k;
+            const int np = pc[c].np;
+            int64_t o = 0;
+            for (int i = 0; i < np; i++) o += pc[c].parts[i];
+            struct tensor w = q_rand(dt, o, k), x = h_rand(DTYPE_F16, 2, 1, k, 0, 3.0f), nw = h_new(DTYPE_F16, 1, k, 0, 0);
+            h_fill(&nw, 0.5f, 1.0f);
+            struct tensor dw = d_of(&w), dx = d_of(&x), dnw = d_of(&nw), dxn = d_new(DTYPE_F16, 2, 1, k, 0);
+            struct tensor ref[3], dy[3], py[3], *rp[3], *dp[3];
+            for (int i = 0; i < np; i++) {
+                ref[i] = h_new(DTYPE_F16, 2, 1, pc[c].parts[i], 0), rp[i] = &ref[i];
+                dy[i] = d_new(DTYPE_F16, 2, 1, pc[c].parts[i], 0), dp[i] = &dy[i];
+                py[i] = d_new(DTYPE_F16, 2, 1, pc[c].parts[i], 0);
+            }
+            op_rmsnorm_matmul(rp, np, &x, pc[c].norm ? &nw : NULL, 1e-5f, &w);
+            const uint64_t l0 = cuda_qfused_launches(0);
+            op_rmsnorm_matmul(dp, np, &dx, pc[c].norm ? &dnw : NULL, 1e-5f, &dw);
+            char cas[128];
+            snprintf(cas, sizeof cas, "%s parts k%lld o%lld np%d%s", dtype_name(dt), (long long)k, (long long)o, np,
+                     pc[c].norm ? " norm" : "");
+            fused_launched(l0, cas);
+            if (pc[c].norm) op_rmsnorm(&dxn, &dx, &dnw, 1e-5f);
+            else op_copy(&dxn, &dx);
+            for (int i = 0, off = 0; i < np; off += (int)pc[c].parts[i], i++) {
+                struct tensor wi = tensor_rows_view(&dw, off, pc[c].parts[i]);
+                op_matmul(&py[i], &dxn, &wi, NULL);
+            }
+            for (int i = 0; i < np; i++) {
+                char pcas[160];
+                snprintf(pcas, sizeof pcas, "%s part %d", cas, i);
+                fused_check("fused", pcas, &dy[i], &ref[i], &py[i], !nf4);
+                free(ref[i].data), t_free(&dy[i]), t_free(&py[i]);
+            }
+            free(w.data), free(x.data), free(nw.data), t_free(&dw), t_free(&dx), t_free(&dnw), t_free(&dxn);
+        }
+        for (size_t c = 0; c < sizeof sc / sizeof sc[0]; c++) {
+            const int64_t k = sc[c].k, fo = sc[c].f;
+            struct tensor w = q_rand(dt, 2 * fo, k), x = h_rand(DTYPE_F16, 2, 1, k, 0, 3.0f), nw = h_new(DTYPE_F16, 1, k, 0, 0);
+            h_fill(&nw, 0.5f, 1.0f);
+            struct tensor ref = h_new(DTYPE_F16, 2, 1, fo, 0);
+            op_rmsnorm_swiglu(&ref, &x, sc[c].norm ? &nw : NULL, 1e-5f, &w);
+            struct tensor dw = d_of(&w), dx = d_of(&x), dnw = d_of(&nw), dy = d_new(DTYPE_F16, 2, 1, fo, 0);
+            const uint64_t l0 = cuda_qfused_launches(0);
+            op_rmsnorm_swiglu(&dy, &dx, sc[c].norm ? &dnw : NULL, 1e-5f, &dw);
+            char cas[128];
+            snprintf(cas, sizeof cas, "%s swiglu k%lld f%lld%s", dtype_name(dt), (long long)k, (long long)fo,
+                     sc[c].norm ? " norm" : "");
+            fused_launched(l0, cas);
+            struct tensor dxn = d_new(DTYPE_F16, 2, 1, k, 0), dg = d_new(DTYPE_F16, 2, 1, fo, 0), du = d_new(DTYPE_F16, 2, 1, fo, 0);
+            if (sc[c].norm) op_rmsnorm(&dxn, &dx, &dnw, 1e-5f);
+            else op_copy(&dxn, &dx);
+            struct tensor wg = tensor_rows_view(&dw, 0, fo), wu = tensor_rows_view(&dw, fo, fo);
+            op_matmul(&dg, &dxn, &wg, NULL);
+            op_matmul(&du, &dxn, &wu, NULL);
+            op_silu_mul(&dg, &dg, &du);
+            fused_check("fused", cas, &dy, &ref, &dg, 0);
+            free(w.data), free(x.data), free(nw.data), free(ref.data);
+            t_free(&dw), t_free(&dx), t_free(&dnw), t_free(&dy), t_free(&dxn), t_free(&dg), t_free(&du);
+        }
+        for (size_t c = 0; c < sizeof rc / sizeof rc[0]; c++) {
+            const int64_t k = rc[c].k, o = rc[c].o;
+            struct tensor w = q_rand(dt, o, k), x = h_rand(DTYPE_F16, 2, 1, k, 0, 1.0f), res = h_rand(DTYPE_F16, 2, 1, o, 0, 2.0f);
+            struct tensor b = h_rand(DTYPE_F16, 1, o, 0, 0, 0.5f);
+            const struct tensor *bp = rc[c].bias ? &b : NULL;
+            struct tensor ref = h_new(DTYPE_F16, 2, 1, o, 0);
+            op_linear(&ref, &x, &w, bp, LINEAR_NONE, &res);
+            struct tensor dw = d_of(&w), dx = d_of(&x), dres = d_of(&res), db = d_of(&b);
+            struct tensor dy = rc[c].inplace ? dres : d_new(DTYPE_F16, 2, 1, o, 0);
+            struct tensor dres2 = d_of(&res), dt2 = d_new(DTYPE_F16, 2, 1, o, 0);
+            const uint64_t l0 = cuda_qfused_launches(0);
+            op_linear(&dy, &dx, &dw, rc[c].bias ? &db : NULL, LINEAR_NONE, &dres);
+            char cas[128];
+            snprintf(cas, sizeof cas, "%s residual k%lld o%lld%s%s", dtype_name(dt), (long long)k, (long long)o,
+                     rc[c].bias ? " bias" : "", rc[c].inplace ? " in place" : "");
+            fused_launched(l0, cas);
+            op_matmul(&dt2, &dx, &dw, rc[c].bias ? &db : NULL);
+            op_add(&dres2, &dres2, &dt2);
+            fused_check("fused", cas, &dy, &ref, &dres2, 1);
+            if (!rc[c].inplace) t_free(&dy);
+            free(w.data), free(x.data), free(res.data), free(b.data), free(ref.data);
+            t_free(&dw), t_free(&dx), t_free(&dres), t_free(&db), t_free(&dres2), t_free(&dt2);
+        }
+    }
+}
+
+/* step-0 logits and NGEN greedy tokens of the tiny model at dir, on dev (unfused: llm_set_unfused, -1 the
+ * default) */
+static int tiny_run(const char *dir, int quant, struct device dev, int unfused, float *logits0, int32_t *toks,
+                    struct err *e)
 {
     struct model_config cfg;
     struct safetensors *st = NULL;
@@ -454,6 +583,7 @@ static int tiny_run(const char *dir, int quant, struct device dev, float *logits
     pl.quant = quant;
     if (model_load(&m, &cfg, st, &pl, DTYPE_F16, NULL, e)) { safetensors_close(st); return -1; }
     if (llm_init(&s, &m, &pl, DTYPE_F16, 64, 32, e)) { model_free(&m); safetensors_close(st); return -1; }
+    if (unfused >= 0) llm_set_unfused(&s, unfused); /* else the engine's default */
     const int V = cfg.vocab_size;
     float *lg = malloc((size_t)V * sizeof *lg);
     CHECK(lg);
@@ -500,28 +630,34 @@ static void test_tiny_model(void)
         const char *dir = cs[i].nf4 ? nf4 : fp16;
         int32_t tc[NGEN] = {0}, tg[NGEN] = {0};
         struct err e = {{0}};
-        int rc = tiny_run(dir, cs[i].quant, device_cpu(), lc, tc, &e);
+        int rc = tiny_run(dir, cs[i].quant, device_cpu(), -1, lc, tc, &e);
         T_ASSERTF(rc == 0, "%s on the CPU: %s", cs[i].name, e.msg);
-        rc = tiny_run(dir, cs[i].quant, device_cuda(0), lg, tg, &e);
-        T_ASSERTF(rc == 0, "%s on the GPU: %s", cs[i].name, e.msg);
-        if (rc) continue;
-        double mx = 0, mref = 0;
-        for (int j = 0; j < V; j++) {
-            const double d = fabs((double)lg[j] - (double)lc[j]);
-            if (d > mx) mx = d;
-            if (fabs((double)lc[j]) > mref) mref = fabs((double)lc[j]);
+        for (int unf = 0; unf <= 1; unf++) { /* the fused decode ops, the plain ones (the default) */
+            const char *how = unf ? "plain" : "fused";
+            const uint64_t l0 = cuda_qfused_launches(0);
+            rc = tiny_run(dir, cs[i].quant, device_cuda(0), unf, lg, tg, &e);
+            T_ASSERTF(rc == 0, "%s on the GPU (%s): %s", cs[i].name, how, e.msg);
+            if (rc) continue;
+            const uint64_t fl = cuda_qfused_launches(0) - l0;
+            T_ASSERTF(unf ? fl == 0 : fl > 0, "%s (%s): %llu fused launches", cs[i].name, how, (unsigned long long)fl);
+            double mx = 0, mref = 0;
+            for (int j = 0; j < V; j++) {
+                const double d = fabs((double)lg[j] - (double)lc[j]);
+                if (d > mx) mx = d;
+                if (fabs((double)lc[j]) > mref) mref = fabs((double)lc[j]);
+            }
+            int same = 0;
+            while (same < NGEN && tc[same] == tg[same]) same++;
+            printf("  tiny %-26s %s: step-0 logits max_abs %.3g (max |logit| %.3g); greedy tokens equal: %d/%d"
+                   " (%llu fused launches)\n", cs[i].name, how, mx, mref, same, NGEN, (unsigned long long)fl);
+            printf("    cpu:");
+            for (int j = 0; j < NGEN; j++) printf(" %d", tc[j]);
+            printf("\n    gpu:");
+            for (int j = 0; j < NGEN; j++) printf(" %d", tg[j]);
+            printf("\n");
+            T_ASSERTF(same == NGEN, "%s (%s): GPU greedy tokens differ from the CPU's at step %d", cs[i].name, how, same);
+            T_ASSERTF(mx <= 0.02 * (mref > 1 ? mref : 1), "%s (%s): step-0 logits differ by %g", cs[i].name, how, mx);
         }
-        int same = 0;
-        while (same < NGEN && tc[same] == tg[same]) same++;
-        printf("  tiny %-26s step-0 logits max_abs %.3g (max |logit| %.3g); greedy tokens equal: %d/%d\n", cs[i].name,
-               mx, mref, same, NGEN);
-        printf("    cpu:");
-        for (int j = 0; j < NGEN; j++) printf(" %d", tc[j]);
-        printf("\n    gpu:");
-        for (int j = 0; j < NGEN; j++) printf(" %d", tg[j]);
-        printf("\n");
-        T_ASSERTF(same == NGEN, "%s: GPU greedy tokens differ from the CPU's at step %d", cs[i].name, same);
-        T_ASSERTF(mx <= 0.02 * (mref > 1 ? mref : 1), "%s: step-0 logits differ by %g", cs[i].name, mx);
     }
     free(lc);
     free(lg);
@@ -789,6 +925,7 @@ int main(int argc, char **argv)
     T_RUN(test_linear_stacked);
     T_RUN(test_f16mma_exact);
     T_RUN(test_f16mma);
+    T_RUN(test_fused);
     T_RUN(test_tiny_model);
     return t_main_end("test_cuda_quant");
 }

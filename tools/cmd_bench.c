@@ -910,6 +910,9 @@ static const char BENCH_HELP[] =
     "  --f16mma V           (developers) F16 matmuls of 2..16 tokens (the batched step): 0 cuBLAS (the\n"
     "                       default), 1 the quantized GEMV's tensor-core kernel on F16 weights, 2..5 its\n"
     "                       launch shapes (docs/CUDA.md, \"The quantized decode GEMV\")\n"
+    "  --fuse auto|on|off   (developers) one-token decode steps on the fused ops (the RMSNorm inside the GEMV\n"
+    "                       that reads it, the residual add and SwiGLU inside the GEMVs that produce them):\n"
+    "                       auto (the default: where the GPU prefers them, which no GPU does today), on, off\n"
     "  --overlap all|quant|off  (developers) decode GEMVs launched to overlap the previous kernel's tail\n"
     "                       (programmatic dependent launch, sm_90): every one, the quantized ones, none\n"
     "                       (the default)\n"
@@ -933,7 +936,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1;
+    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -975,6 +978,15 @@ int cmd_bench(int argc, char **argv)
             else if (!strcmp(f, "--rng-seed")) b.seed = (uint64_t)n;
             else if (!strcmp(f, "--conc-new")) b.conc_new = (int)n;
             else b.poll_ms = (int)n;
+        } else if (!strcmp(f, "--fuse")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
+            if (!strcmp(v, "auto")) fuse = DEV_FUSE_AUTO;
+            else if (!strcmp(v, "on")) fuse = DEV_FUSE_ON;
+            else if (!strcmp(v, "off")) fuse = DEV_FUSE_OFF;
+            else {
+                err_set(&e, "--fuse: expected auto, on or off, got \"%s\"", v);
+                goto out;
+            }
         } else if (!strcmp(f, "--overlap")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             if (!strcmp(v, "all")) overlap = DEV_OVERLAP_ALL;
@@ -1052,6 +1064,7 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; qgemv >= 0 && i < bi.n_gpus; i++) dev_set_qgemv(device_cuda(i), qgemv);
     for (int i = 0; f16mma >= 0 && i < bi.n_gpus; i++) dev_set_f16mma(device_cuda(i), f16mma);
     for (int i = 0; overlap >= 0 && i < bi.n_gpus; i++) dev_set_overlap(device_cuda(i), overlap);
+    for (int i = 0; fuse >= 0 && i < bi.n_gpus; i++) dev_set_fuse(device_cuda(i), fuse);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
         for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {

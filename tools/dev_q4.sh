@@ -8,8 +8,10 @@
 #   2. test_cuda_quant bench: every kernel (simt, auto, the older b kernel, the A kernel's shapes) at the
 #      four matrices of a decoder layer, GB/s, and the 32-layer sum per token ("step" lines); F16's kernels
 #      first (the GEMV, cuBLAS and the A kernel's F16 shapes at 1..16 tokens);
-#   3. minicpmv bench decode512 on the full-size random model: --quant q4 with the default kernel and with
-#      session 5's (--qgemv 2), then q8; the read bandwidth measured in each (--peak-gbs auto).
+#   3. minicpmv bench decode512 on the full-size random model, the runs of $QRUNS (quant:qgemv:fuse; default
+#      q4 with the default kernel and with session 5's, then q8); the read bandwidth measured in each
+#      (--peak-gbs auto).
+# QBENCH=quant limits step 2 to the quantized formats (F16's kernels are skipped), QBENCH=none skips it.
 # The summary ($OUT/summary.txt) keeps the lines worth reading first.
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_q4}
@@ -24,24 +26,27 @@ else
 fi
 
 stamp "test_cuda_quant"
-timeout 110 $B/tests/test_cuda_quant > "$OUT/test_cuda_quant.log" 2>&1
+timeout ${QTEST_S:-110} $B/tests/test_cuda_quant > "$OUT/test_cuda_quant.log" 2>&1
 echo "test_cuda_quant rc=$?" >> "$OUT/summary.txt"
 grep -E "gemv exact|FAIL|passed|failed|skipped|tiny " "$OUT/test_cuda_quant.log" | grep -v " ok$" | tail -40 >> "$OUT/summary.txt"
 grep -c "gemv exact.* ok$" "$OUT/test_cuda_quant.log" | sed 's/^/gemv exact cases ok: /' >> "$OUT/summary.txt"
 
 [ -n "$mk" ] && wait $mk
-stamp "test_cuda_quant bench"
-timeout 110 $B/tests/test_cuda_quant bench > "$OUT/bench_gemv.log" 2>&1
-echo "bench rc=$?" >> "$OUT/summary.txt"
-grep -E "^  step|decoder GEMVs" "$OUT/bench_gemv.log" >> "$OUT/summary.txt"
+if [ "${QBENCH:-}" != none ]; then
+  stamp "test_cuda_quant bench"
+  timeout 150 $B/tests/test_cuda_quant bench ${QBENCH:-} > "$OUT/bench_gemv.log" 2>&1
+  echo "bench rc=$?" >> "$OUT/summary.txt"
+  grep -E "^  step|decoder GEMVs" "$OUT/bench_gemv.log" >> "$OUT/summary.txt"
+fi
 
-# q4 with the default kernel, q4 with session 5's (--qgemv 2: the before of a before/after in one run), q8
-for run in "q4 1" "q4 2" "q8 1"; do
-  set -- $run
-  stamp "minicpmv bench --quant $1 --qgemv $2"
-  timeout 50 $B/minicpmv bench --model $M --device cuda --quant $1 --qgemv $2 --peak-gbs auto --only decode512 \
-    --reps 3 > "$OUT/bench_$1_k$2.log" 2>&1
-  echo "bench $1 qgemv $2 rc=$?" >> "$OUT/summary.txt"
-  grep -iE "decode512|peak|GB/s|tok/s" "$OUT/bench_$1_k$2.log" | tail -6 >> "$OUT/summary.txt"
+# the end-to-end runs: $QRUNS lists them as quant:qgemv:fuse (default: q4 with the default kernel and with
+# session 5's, then q8: a before/after in one run); fuse is auto, on or off (bench --fuse)
+for run in ${QRUNS:-q4:1:auto q4:2:auto q8:1:auto}; do
+  IFS=: read -r q k f <<< "$run"
+  stamp "minicpmv bench --quant $q --qgemv $k --fuse $f"
+  timeout 50 $B/minicpmv bench --model $M --device cuda --quant $q --qgemv $k --fuse $f --peak-gbs auto \
+    --only decode512 --reps 3 > "$OUT/bench_${q}_k${k}_$f.log" 2>&1
+  echo "bench $q qgemv $k fuse $f rc=$?" >> "$OUT/summary.txt"
+  grep -iE "decode512|peak|GB/s|tok/s" "$OUT/bench_${q}_k${k}_$f.log" | tail -6 >> "$OUT/summary.txt"
 done
 stamp "done"

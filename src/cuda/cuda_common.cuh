@@ -127,11 +127,13 @@ struct cuda_ctx {
     int pdl;                    /* launch 16-bit decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
     int pdl_q;                  /* the same for the quantized decode GEMVs */
     int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */
+    int fuse;                   /* DEV_FUSE_*: whether one-token steps prefer the fused decode ops (cuda_set_fuse) */
     int gemv16_max;             /* 16-bit weights: the GEMV kernel takes n <= this many tokens, cuBLAS the rest
                                    (cuda_set_gemv16_max; default 1) */
     int f16mma;                 /* F16 weights at 2..16 tokens on the A-operand tensor-core kernel instead of
                                    cuBLAS (cuda_qgemv.cu, cuda_set_f16mma; values in cuda_quant.cuh; default 0) */
     uint64_t f16mma_launches;   /* launches of that kernel so far: the tests check that it ran */
+    uint64_t qfused_launches;   /* launches of the quantized GEMV's fused forms (cuda_qgemv_rmsnorm_matmul ..) */
     int pgemv;                  /* F16 decode GEMVs on the persistent kernel, fused ops in one kernel
                                    (cuda_pgemv.cu, cuda_set_pgemv; default 0) */
     int pgemv_bps, pgemv_u;     /* its grid (blocks per SM) and 16-byte loads per lane per chunk (4 or 8) */

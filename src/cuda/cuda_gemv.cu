@@ -731,6 +731,8 @@ extern "C" void cuda_linear(struct tensor *y, const struct tensor *x, const stru
     }
     /* a decode GEMV adding into the residual: the add in the persistent GEMV's epilogue (cuda_pgemv.cu) */
     if (res && act == LINEAR_NONE && cuda_pgemv_linear_res(c, y, x, w, bias, res)) return;
+    /* ... or in the quantized decode GEMV's (one token of Q4 / Q8 / NF4 weights) */
+    if (res && act == LINEAR_NONE && cuda_qgemv_linear_res(c, y, x, w, bias, res)) return;
     struct tensor t = *y;
     if (res && res->data == y->data) t.data = cuda_scratch(c, SCRATCH_MM_T, tensor_nbytes(y));
     cuda_matmul(&t, x, w, bias);

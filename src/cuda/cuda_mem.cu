@@ -148,6 +148,19 @@ extern "C" void cuda_set_qmma(int ordinal, int on)
     c->qmma = on < 0 ? 0 : on;
 }
 
+extern "C" void cuda_set_fuse(int ordinal, int mode)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->fuse = mode;
+}
+
+/* DEV_FUSE_AUTO: the plain ops for every format. On the H200 the fused kernels lost to the plain sequence for
+ * 16-bit weights (cuda_pgemv.cu, session 7) and for quantized ones (cuda_qgemv.cu's fused forms, session 12:
+ * q4 decode 360 tok/s against 415, q8 289 against 337; docs/PERF.md) */
+extern "C" int cuda_fused_preferred(const struct tensor *w)
+{
+    return cuda_ctx_get(w->dev.ordinal)->fuse == DEV_FUSE_ON;
+}
 /* F16 matmuls of 2..16 tokens (the batched decode step) on the A-operand tensor-core kernel of cuda_qgemv.cu
  * (values in cuda_quant.cuh): 0 (the default) cuBLAS, 1 that kernel in its default shape, 2.. a forced shape
  * (from one token on; the tests and the bench). Needs code built for sm_80 or newer; cuBLAS otherwise. */
@@ -158,6 +171,7 @@ extern "C" void cuda_set_f16mma(int ordinal, int v)
 }
 
 extern "C" uint64_t cuda_f16mma_launches(int ordinal) { return cuda_ctx_get(ordinal)->f16mma_launches; }
+extern "C" uint64_t cuda_qfused_launches(int ordinal) { return cuda_ctx_get(ordinal)->qfused_launches; }
 
 /* The persistent GEMV for F16 decode matmuls and the fused ops' one-kernel path (cuda_pgemv.cu): 1 on,
  * 0 (the default) the one-pass GEMV of cuda_gemv.cu with the fused ops run as their plain ops. */

@@ -29,9 +29,11 @@
  *    silu_mul_kernel's round(silu(g)) * u on the rounded g and u.
  * Against the CPU twins the results differ by the fp32 summation order (test_cuda_ops: TOL_F16). */
 #include "cuda/cuda_pgemv.cuh"
+#include "cuda/cuda_quant.cuh"
 
 #define PG_WARPS 8
 #define PG_THREADS (PG_WARPS * 32) /* = NORM_THREADS of cuda_ops.cu: the norm's summation order */
+static_assert(PG_THREADS == 256, "norm_row_256 (cuda_pgemv.cuh) sums with 256 threads");
 /* the staged input (n rows of k halves) of a block at most; larger inputs run the other paths */
 #define PG_SMEM_MAX ((size_t)96 << 10)
 #define PG_MAX_TOKENS 8 /* the accumulators are templated on n rounded up to 1, 2, 4, 8 */
@@ -196,55 +198,6 @@ __device__ __forceinline__ void pg_cp_wait_all()
 #endif
 }
 
-__device__ __forceinline__ float pg_h2f(unsigned short u) { return __half2float(__ushort_as_half(u)); }
-
-/* Norm rows of up to PG_NORM_VPT x 256 values (the 8B model's 4096) are read once, into registers,
- * with every load in flight at once (the norm weight, read after the sum, is in L2: every block reads
- * it); longer rows loop over memory twice. Either way thread tid sums
- * the squares of j = tid, tid + 256, ... in that order. */
-#define PG_NORM_VPT 16
-
-/* xs[j] = round(nw[j] * round(h[j] * inv)), inv = 1 / sqrt(mean(h^2) + eps): rmsnorm_kernel's and
- * add_rmsnorm_kernel's arithmetic, summation order and rounding points, by the whole block */
-__device__ __forceinline__ void pg_norm_row(const pg_args &a, __half *xs, const unsigned short *h, int k, double *red)
-{
-    const int tid = threadIdx.x;
-    if (k <= PG_NORM_VPT * PG_THREADS) {
-        uint32_t hp[PG_NORM_VPT / 2]; /* the row's values of this thread as F16 pairs (fewer registers) */
-#pragma unroll
-        for (int i = 0; i < PG_NORM_VPT; i += 2) {
-            const int j = tid + i * PG_THREADS;
-            const uint32_t lo = j < k ? __ldcg(h + j) : 0, hi = j + PG_THREADS < k ? __ldcg(h + j + PG_THREADS) : 0;
-            hp[i / 2] = lo | hi << 16;
-        }
-        double ss = 0;
-#pragma unroll
-        for (int i = 0; i < PG_NORM_VPT; i++)
-            if (tid + i * PG_THREADS < k) {
-                const double v = pg_h2f((unsigned short)(hp[i / 2] >> (16 * (i & 1))));
-                ss += v * v;
-            }
-        ss = block_sum_d(ss, red);
-        const float inv = 1.0f / sqrtf((float)(ss / (double)k) + a.eps);
-#pragma unroll
-        for (int i = 0; i < PG_NORM_VPT; i++) {
-            const int j = tid + i * PG_THREADS;
-            const float v = pg_h2f((unsigned short)(hp[i / 2] >> (16 * (i & 1))));
-            if (j < k) xs[j] = __float2half_rn(__fmul_rn(ldf(a.nw, a.nwdt, j), rndf(__fmul_rn(v, inv), DTYPE_F16)));
-        }
-        return;
-    }
-    double ss = 0;
-    for (int j = tid; j < k; j += PG_THREADS) {
-        const double v = pg_h2f(__ldcg(h + j));
-        ss += v * v;
-    }
-    ss = block_sum_d(ss, red);
-    const float inv = 1.0f / sqrtf((float)(ss / (double)k) + a.eps);
-    for (int j = tid; j < k; j += PG_THREADS) /* torch rounds before the weight */
-        xs[j] = __float2half_rn(__fmul_rn(ldf(a.nw, a.nwdt, j), rndf(__fmul_rn(pg_h2f(__ldcg(h + j)), inv), DTYPE_F16)));
-}
-
 /* 64 registers (4 blocks of 256 per SM) where the accumulators allow it without spilling */
 #define PG_MIN_BLOCKS(NT, U, NORM) ((U) <= 4 && (NT) == 1 ? ((NORM) ? 3 : 4) : 2)
 
@@ -270,7 +223,8 @@ __global__ void __launch_bounds__(PG_THREADS, PG_MIN_BLOCKS(NT, U, NORM)) pgemv_
 
     /* the input, staged */
     if (NORM) {
-        for (int t = 0; t < n; t++) pg_norm_row(a, xs + t * k, reinterpret_cast<const unsigned short *>(a.x) + (int64_t)t * k, k, red);
+        for (int t = 0; t < n; t++)
+            norm_row_256(xs + t * k, reinterpret_cast<const unsigned short *>(a.x) + (int64_t)t * k, k, a.nw, a.nwdt, a.eps, red);
     } else {
         for (int i = threadIdx.x; i < n * nv; i += PG_THREADS) pg_cp16(xs + i * 8, a.x + (int64_t)i * 8);
         pg_cp_wait_all();
@@ -453,6 +407,7 @@ extern "C" void cuda_rmsnorm_matmul(struct tensor *const *ys, int np, const stru
         else pg_launch<PG_PARTS, false>(c, a, c->pgemv_bps, c->pgemv_u);
         return;
     }
+    if (cuda_qgemv_rmsnorm_matmul(c, ys, np, x, nw, eps, w)) return; /* quantized weights, one token */
     /* the plain ops: the norm, then one matmul per part */
     struct tensor xn = pg_norm_input(c, x, nw, eps);
     int64_t off = 0;
@@ -477,6 +432,7 @@ extern "C" void cuda_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, co
         else pg_launch<PG_SWIGLU, false>(c, a, c->pgemv_bps, c->pgemv_u);
         return;
     }
+    if (cuda_qgemv_rmsnorm_swiglu(c, y, x, nw, eps, w)) return; /* quantized weights, one token */
     /* the plain ops: the norm, gate and up into scratch (y's dtype), silu_mul */
     struct tensor xn = pg_norm_input(c, x, nw, eps);
     struct tensor g = *y, u = *y;

@@ -41,6 +41,7 @@
  * taking compile-time offsets. Under PDL the first U steps of weights are loaded before
  * griddepcontrol.wait (weights are constant). fp32 accumulation in the mma; the bias is added in fp32
  * before the one rounding to y's dtype. No scratch, no host sync: graph-capturable. */
+#include "cuda/cuda_pgemv.cuh"
 #include "cuda/cuda_quant.cuh"
 
 #include "quant.h"
@@ -282,66 +283,113 @@ template <int F> __device__ __forceinline__ uint32_t qa_ld_scale(const uint8_t *
     else return __ldg(reinterpret_cast<const unsigned short *>(p));
 }
 
-/* y[n, o] = x[n, k] w^T (+ bias), n <= 8 * NT. Block: W warps on the 16-row tile blockIdx.x. rb: record
- * bytes. */
-template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB>
+/* The fused decode ops on this kernel (one token; cuda_qgemv_rmsnorm_matmul, _rmsnorm_swiglu, _linear_res, which
+ * llm.c reaches only when told to: bench --fuse on, llm_set_unfused 0): QF_PARTS op_rmsnorm_matmul (the output
+ * rows split into parts), QF_RES op_linear adding into the residual (y = res + round(x w^T)), QF_SWIGLU
+ * op_rmsnorm_swiglu (a block owns gate tile b and up tile b: its first W / 2 warps the gate rows, the others
+ * the up rows, and warp 0 writes round(round(silu(g)) * u)). NORM: x is h, and every block computes the
+ * RMSNorm of h into shared memory first (norm_row_256: rmsnorm_kernel's sum and rounding, so the same bits
+ * as the plain op), after its first weights are in flight. Measured on the H200 (session 12) the fused
+ * sequence is the slower one: q4 decode 360 tok/s against 415 (docs/PERF.md). */
+enum { QF_NONE = 0, QF_PARTS = 1, QF_RES = 2, QF_SWIGLU = 3 };
+#define QA_NORM_KMAX 8192 /* the width a block stages (halves); wider inputs take the plain ops */
+
+struct qa_fuse {
+    __half *y[RMSNORM_MATMUL_MAX_PARTS];       /* QF_PARTS: part i [1, off[i + 1] - off[i]]; else y[0] */
+    int64_t off[RMSNORM_MATMUL_MAX_PARTS + 1]; /* QF_PARTS: the first row of each part, off[np] = o */
+    const __half *res;                         /* QF_RES: [1, o] (may be y[0]) */
+    const void *nw;                            /* NORM: the norm's weight [k] */
+    int64_t f;                                 /* QF_SWIGLU: gate rows 0 .. f - 1, up rows f .. 2f - 1 */
+    int np, nwdt;
+    float eps;
+};
+
+/* y[n, o] = x[n, k] w^T (+ bias), n <= 8 * NT (MODE QF_NONE; the fused forms write their own outputs, fz).
+ * Block: W warps on the 16-row tile blockIdx.x (QF_SWIGLU: W / 2 on gate tile blockIdx.x, W / 2 on the up
+ * tile). rb: record bytes. */
+template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB, int MODE, bool NORM>
 __global__ void __launch_bounds__(W * 32, MINB)
 qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const void *bias, int bdt, int n,
-          int64_t k, int64_t o, struct qa_nf4 nf4)
+          int64_t k, int64_t o, struct qa_nf4 nf4, const struct qa_fuse fz)
 {
     constexpr int KS = qa_ks(F), XV = qa_x<F>::V, SB = qa_sb(F);
+    /* QF_SWIGLU: W / 2 warps per tile (WE), the block's second half on the up rows */
+    constexpr bool SW = MODE == QF_SWIGLU;
+    constexpr int WE = SW ? W / 2 : W;
+    static_assert(!SW || W % 2 == 0, "SwiGLU splits the warps in two");
+    static_assert(!NORM || W * 32 == 256, "norm_row_256 sums with 256 threads");
+    static_assert(!NORM || NT == 1, "the fused ops take one token");
     /* a scale per group of 64 (the lane's chunk lies in one), one per row (Q8), or none (F16) */
     constexpr bool GROUPS = F == QA_Q4 || qa_is_nf4(F), ROWSCALE = F == QA_Q8;
     __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
     __shared__ float2 tab[F == QA_NF4T ? 256 : 1]; /* QA_NF4T's pairs (NF4[b >> 4], NF4[b & 15]) */
+    __shared__ __align__(16) __half xs[NORM ? QA_NORM_KMAX : 8]; /* NORM: the staged RMSNorm of h */
+    __shared__ double nred[NORM ? W : 1];
     pdl_trigger(); /* a PDL-launched successor may start loading its weights once all blocks run */
     if (F == QA_NF4T)
         for (int i = threadIdx.x; i < 256; i += W * 32) tab[i] = make_float2(nf4.v[i >> 4], nf4.v[i & 15]);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gi = lane >> 2, tig = lane & 3;
-    const int64_t row0 = (int64_t)blockIdx.x * 16;
-    /* rows past o stand in with the last row (their sums are not stored) */
-    const int64_t ra = row0 + gi < o ? row0 + gi : o - 1, rbw = row0 + gi + 8 < o ? row0 + gi + 8 : o - 1;
+    /* hf: which tile of a SwiGLU block (0 gate, 1 up), wl: the warp's index on its tile */
+    const int hf = SW ? warp / WE : 0, wl = SW ? warp - hf * WE : warp;
+    const int64_t row0 = (int64_t)blockIdx.x * 16, orows = SW ? fz.f : o, rbase = hf ? fz.f : 0;
+    /* rows past orows stand in with the last row (their sums are not stored) */
+    const int64_t ra = rbase + (row0 + gi < orows ? row0 + gi : orows - 1);
+    const int64_t rbw = rbase + (row0 + gi + 8 < orows ? row0 + gi + 8 : orows - 1);
     const uint8_t *reca = w + ra * rb, *recb = w + rbw * rb;
     const int64_t cbytes = qa_code_bytes(F, k);
     const int nsteps = (int)(k / KS);
-    const int ns = warp < nsteps ? (nsteps - warp + W - 1) / W : 0; /* this warp's steps: warp + j W */
+    const int ns = wl < nsteps ? (nsteps - wl + WE - 1) / WE : 0; /* this warp's steps: wl + j WE */
 
     /* The warp's step j is at these pointers + j * (its stride); they advance once per round of U steps, so
      * every load of a round has a compile-time offset (the load's immediate) and no address arithmetic.
      * Codes: the lane's t-th 16 bytes of the step's 64 (+ 4 W uint4 per step). Scales (Q4, NF4): the lane's
-     * chunk of step s lies in group 2s + t / 2 (+ 2 W SB bytes per step); Q8: one scale per row; F16: none. */
-    const uint4 *pa = reinterpret_cast<const uint4 *>(reca) + tig + 4 * warp;
-    const uint4 *pb = reinterpret_cast<const uint4 *>(recb) + tig + 4 * warp;
-    const uint8_t *qa = reca + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * warp) : 0);
-    const uint8_t *qb = recb + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * warp) : 0);
+     * chunk of step s lies in group 2s + t / 2 (+ 2 W SB bytes per step); Q8: one scale per row; F16: none.
+     * (QF_SWIGLU: WE warps per tile, wl the warp's index on it, in place of W and warp.) */
+    const uint4 *pa = reinterpret_cast<const uint4 *>(reca) + tig + 4 * wl;
+    const uint4 *pb = reinterpret_cast<const uint4 *>(recb) + tig + 4 * wl;
+    const uint8_t *qa = reca + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * wl) : 0);
+    const uint8_t *qb = recb + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * wl) : 0);
     uint4 ca[U], cb[U];
     uint32_t sa_[U], sb_[U]; /* the step's scale words of rows g and g + 8 */
+    /* step `off` steps of the warp ahead of the round's first into slot u */
+    auto load = [&](int u, int off) {
+        ca[u] = __ldcs(pa + 4 * WE * off);
+        cb[u] = __ldcs(pb + 4 * WE * off);
+        if (GROUPS) {
+            sa_[u] = qa_ld_scale<F>(qa + 2 * WE * SB * off);
+            sb_[u] = qa_ld_scale<F>(qb + 2 * WE * SB * off);
+        }
+    };
 #pragma unroll
     for (int u = 0; u < U; u++) {
         ca[u] = cb[u] = make_uint4(0, 0, 0, 0);
         sa_[u] = sb_[u] = 0;
-        if (u < ns) {
-            ca[u] = __ldcs(pa + 4 * W * u);
-            cb[u] = __ldcs(pb + 4 * W * u);
-            if (GROUPS) {
-                sa_[u] = qa_ld_scale<F>(qa + 2 * W * SB * u);
-                sb_[u] = qa_ld_scale<F>(qb + 2 * W * SB * u);
-            }
-        }
+        if (u < ns) load(u, u);
     }
     const uint32_t s8a = ROWSCALE ? qa_ld_scale<F>(qa) : 0, s8b = ROWSCALE ? qa_ld_scale<F>(qb) : 0;
     if (F == QA_NF4T) __syncthreads(); /* tab */
     if (PDL) pdl_wait(); /* x is the previous kernel's output; the weights are not */
+    if constexpr (NORM) { /* x = h: its RMSNorm, once per block, into xs */
+        norm_row_256(xs, reinterpret_cast<const unsigned short *>(x), (int)k, fz.nw, fz.nwdt, fz.eps, nred);
+        __syncthreads();
+    }
 
     /* x of tokens g (N tile 0) and g + 8 (tile 1); tokens past n stand in with the last one. Step j of the
-     * warp: xq[nt] + j * W * KS halves. */
+     * warp: xq[nt] + j * WE * KS halves. */
     const uint4 *xq[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         const int tok = 8 * nt + gi < n ? 8 * nt + gi : n - 1;
-        xq[nt] = reinterpret_cast<const uint4 *>(x + (int64_t)tok * k + tig * (KS / 4) + (int64_t)warp * KS);
+        xq[nt] = NORM ? reinterpret_cast<const uint4 *>(xs + tig * (KS / 4) + wl * KS)
+                      : reinterpret_cast<const uint4 *>(x + (int64_t)tok * k + tig * (KS / 4) + (int64_t)wl * KS);
     }
-    constexpr int XS = W * KS / 8; /* uint4 per step */
+    /* x from shared memory (NORM), else through L2 under PDL (ld.global.cg: an earlier kernel wrote it) or
+     * through L1 */
+    auto ldx = [&](const uint4 *p) -> uint4 {
+        if constexpr (NORM) return *p;
+        else return PDL ? __ldcg(p) : __ldg(p);
+    };
+    constexpr int XS = WE * KS / 8; /* uint4 per step */
     /* x of a step: loaded one step ahead (XP) or at the step */
     uint4 xn[NT][XV];
 #pragma unroll
@@ -349,13 +397,13 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
 #pragma unroll
         for (int v = 0; v < XV; v++) {
             xn[nt][v] = make_uint4(0, 0, 0, 0);
-            if (XP && ns > 0) xn[nt][v] = PDL ? __ldcg(xq[nt] + v) : __ldg(xq[nt] + v);
+            if (XP && ns > 0) xn[nt][v] = ldx(xq[nt] + v);
         }
-    float acc[NT][4];
+    float acc[NT][4], accu[NT][4]; /* accu: QF_SWIGLU's up sums (warp 0, below) */
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+        for (int i = 0; i < 4; i++) acc[nt][i] = accu[nt][i] = 0.0f;
 
     for (int j0 = 0; j0 < ns; j0 += U) {
 #pragma unroll
@@ -369,38 +417,27 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
                 for (int v = 0; v < XV; v++) {
                     if (XP) {
                         xc[nt][v] = xn[nt][v];
-                        if (j + 1 < ns) {
-                            const uint4 *p = xq[nt] + XS * (u + 1) + v;
-                            xn[nt][v] = PDL ? __ldcg(p) : __ldg(p);
-                        }
+                        if (j + 1 < ns) xn[nt][v] = ldx(xq[nt] + XS * (u + 1) + v);
                     } else {
-                        const uint4 *p = xq[nt] + XS * u + v;
-                        xc[nt][v] = PDL ? __ldcg(p) : __ldg(p);
+                        xc[nt][v] = ldx(xq[nt] + XS * u + v);
                     }
                 }
             qa_step<F, NT>(acc, ca[u], cb[u], GROUPS ? sa_[u] : s8a, GROUPS ? sb_[u] : s8b, xc, nf4, tab);
-            /* refill the slot with the step U ahead, into the registers just used (no copies): U - 1 steps are
-             * in flight while a step is computed, U in between */
-            if (j + U < ns) {
-                ca[u] = __ldcs(pa + 4 * W * (u + U));
-                cb[u] = __ldcs(pb + 4 * W * (u + U));
-                if (GROUPS) {
-                    sa_[u] = qa_ld_scale<F>(qa + 2 * W * SB * (u + U));
-                    sb_[u] = qa_ld_scale<F>(qb + 2 * W * SB * (u + U));
-                }
-            }
+            /* refill the slot with the step U ahead, into the registers just used (no copies): U - 1 steps
+             * are in flight while a step is computed, U in between */
+            if (j + U < ns) load(u, u + U);
         }
-        pa += 4 * W * U;
-        pb += 4 * W * U;
+        pa += 4 * WE * U;
+        pb += 4 * WE * U;
         if (GROUPS) {
-            qa += 2 * W * SB * U;
-            qb += 2 * W * SB * U;
+            qa += 2 * WE * SB * U;
+            qb += 2 * WE * SB * U;
         }
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) xq[nt] += XS * U;
     }
-
-    /* acc[nt]: rows g and g + 8 of the tile, tokens 8 nt + 2t and 8 nt + 2t + 1 */
+    /* acc[nt]: rows g and g + 8 of the tile, tokens 8 nt + 2t and 8 nt + 2t + 1. SwiGLU: warp 0 sums the gate
+     * tile's warps 0 .. WE - 1 into acc and the up tile's WE .. W - 1 into accu */
     if (W > 1) {
         if (warp > 0)
 #pragma unroll
@@ -414,7 +451,10 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) acc[nt][i] += red[q][nt * 4 + i][lane];
+                for (int i = 0; i < 4; i++) {
+                    if (SW && q + 1 >= WE) accu[nt][i] += red[q][nt * 4 + i][lane];
+                    else acc[nt][i] += red[q][nt * 4 + i][lane];
+                }
     }
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -422,26 +462,53 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
         for (int i = 0; i < 4; i++) {
             const int t = 8 * nt + 2 * tig + (i & 1);
             const int64_t row = row0 + gi + (i >= 2 ? 8 : 0);
-            if (t < n && row < o) stf(y, ydt, (int64_t)t * o + row, acc[nt][i] + (bias ? ldf(bias, bdt, row) : 0.0f));
+            if (t >= n || row >= orows) continue;
+            const float v = acc[nt][i] + (bias ? ldf(bias, bdt, row) : 0.0f);
+            if constexpr (MODE == QF_NONE) {
+                stf(y, ydt, (int64_t)t * o + row, v);
+            } else if constexpr (MODE == QF_RES) { /* cuda_add(y, res, round(v)) */
+                const int64_t e = (int64_t)t * o + row;
+                const float r = __half2float(__ushort_as_half(__ldcg(reinterpret_cast<const unsigned short *>(fz.res) + e)));
+                fz.y[0][e] = __float2half_rn(__fadd_rn(r, rndf(v, DTYPE_F16)));
+            } else if constexpr (MODE == QF_SWIGLU) {
+                /* op_matmul's g and u (round(acc + 0)), then silu_mul_kernel's expression */
+                const float g = rndf(acc[nt][i] + 0.0f, DTYPE_F16), up = rndf(accu[nt][i] + 0.0f, DTYPE_F16);
+                const float sg = rndf(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), DTYPE_F16);
+                fz.y[0][(int64_t)t * fz.f + row] = __float2half_rn(__fmul_rn(sg, up));
+            } else { /* QF_PARTS */
+                int p = 0;
+#pragma unroll
+                for (int q = 1; q < RMSNORM_MATMUL_MAX_PARTS; q++)
+                    if (q < fz.np && row >= fz.off[q]) p = q;
+                const int64_t w0 = fz.off[p], pw = fz.off[p + 1] - w0;
+                fz.y[p][(int64_t)t * pw + row - w0] = __float2half_rn(v);
+            }
         }
 }
 
-template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB>
+template <int F, int NT, bool PDL, int W, int U, bool XP, int MINB, int MODE = QF_NONE, bool NORM = false>
 static void qa_launch_t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
-                        const struct tensor *bias)
+                        const struct tensor *bias, const struct qa_fuse *fzp = NULL)
 {
     const int n = (int)x->shape[0];
     const int64_t k = x->shape[1], o = w->shape[0];
     const int64_t rb = (int64_t)dtype_row_bytes(w->dtype, k);
-    const dim3 grid((unsigned)((o + 15) / 16)), blk(W * 32);
+    struct qa_fuse fz;
+    if (fzp) fz = *fzp;
+    else memset(&fz, 0, sizeof fz);
+    const int64_t tiles = ((MODE == QF_SWIGLU ? fz.f : o) + 15) / 16;
+    const dim3 grid((unsigned)tiles), blk(W * 32);
     const void *bp = bias ? bias->data : NULL;
     const int bdt = bias ? (int)bias->dtype : 0;
     const __half *xp = (const __half *)x->data;
     const uint8_t *wp = (const uint8_t *)w->data;
     struct qa_nf4 nt;
     memcpy(nt.v, QUANT_NF4, sizeof nt.v);
-    if (PDL) cuda_launch_pdl(c, qa_kernel<F, NT, PDL, W, U, XP, MINB>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
-    else qa_kernel<F, NT, PDL, W, U, XP, MINB><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, bp, bdt, n, k, o, nt);
+    void *yp = y ? y->data : NULL;
+    const int ydt = y ? (int)y->dtype : 0;
+    constexpr auto kern = qa_kernel<F, NT, PDL, W, U, XP, MINB, MODE, NORM>;
+    if (PDL) cuda_launch_pdl(c, kern, grid, blk, yp, ydt, xp, wp, rb, bp, bdt, n, k, o, nt, fz);
+    else kern<<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, bp, bdt, n, k, o, nt, fz);
     KERNEL_CHECK();
 }
 
@@ -495,6 +562,109 @@ static bool qa_nf4t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x
         if (two) qa_launch_t<QA_NF4T, 2, false, 8, 2, false, 4>(c, y, x, w, bias);
         else qa_launch_t<QA_NF4T, 1, false, 8, 2, false, 4>(c, y, x, w, bias);
     }
+    return true;
+}
+
+/* ---- the fused decode ops (one token) ----
+ * Shapes: with the norm prologue 8 warps (norm_row_256's 256 threads): a8x2o4 for Q4 and Q8, a8x2p for NF4
+ * (its a4x4 has 4 warps; H200 session 9: a8x2p 2,607 us a token against a4x4's 2,577); without it the
+ * plain path's automatic shapes (a16x2 for Q4 / Q8 at k >= 8192, a8x2o4, NF4 a4x4). */
+template <int F, int MODE, bool NORM, bool PDL>
+static void qa_fused_f(struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
+                       const struct qa_fuse *fz)
+{
+    if constexpr (NORM) {
+        if constexpr (qa_is_nf4(F)) qa_launch_t<F, 1, PDL, 8, 2, true, 2, MODE, true>(c, NULL, x, w, bias, fz);
+        else qa_launch_t<F, 1, PDL, 8, 2, false, 4, MODE, true>(c, NULL, x, w, bias, fz);
+    } else if constexpr (qa_is_nf4(F)) {
+        qa_launch_t<F, 1, PDL, 4, 4, false, 4, MODE, false>(c, NULL, x, w, bias, fz);
+    } else {
+        if (x->shape[1] >= 8192) qa_launch_t<F, 1, PDL, 16, 2, false, 2, MODE, false>(c, NULL, x, w, bias, fz);
+        else qa_launch_t<F, 1, PDL, 8, 2, false, 4, MODE, false>(c, NULL, x, w, bias, fz);
+    }
+}
+
+template <int MODE, bool NORM>
+static void qa_fused_m(struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
+                       const struct qa_fuse *fz)
+{
+    const bool pdl = c->pdl_q;
+    switch (w->dtype) {
+    case DTYPE_Q4: pdl ? qa_fused_f<QA_Q4, MODE, NORM, true>(c, x, w, bias, fz) : qa_fused_f<QA_Q4, MODE, NORM, false>(c, x, w, bias, fz); break;
+    case DTYPE_Q8: pdl ? qa_fused_f<QA_Q8, MODE, NORM, true>(c, x, w, bias, fz) : qa_fused_f<QA_Q8, MODE, NORM, false>(c, x, w, bias, fz); break;
+    default: pdl ? qa_fused_f<QA_NF4, MODE, NORM, true>(c, x, w, bias, fz) : qa_fused_f<QA_NF4, MODE, NORM, false>(c, x, w, bias, fz); break;
+    }
+}
+
+/* whether the fused forms take x (one F16 token, 16-byte aligned) and w (Q4 / NF4 with k % 128 == 0, Q8 with
+ * k % 64 == 0), with the automatic kernel choice (a forced variant keeps the plain ops: the tests and the
+ * bench compare kernels through them), and, with a norm, a float norm weight and k <= QA_NORM_KMAX */
+static bool qa_fused_ok(const struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *nw)
+{
+    const int64_t k = x->shape[1];
+    const bool fmt = (w->dtype == DTYPE_Q4 && k % qa_ks(QA_Q4) == 0) || (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) ||
+                     (w->dtype == DTYPE_Q8 && k % qa_ks(QA_Q8) == 0);
+    const bool nwok = !nw || ((nw->dtype == DTYPE_F16 || nw->dtype == DTYPE_BF16 || nw->dtype == DTYPE_F32) && k <= QA_NORM_KMAX);
+    return c->qmma == QMMA_AUTO && c->code_arch >= 80 && fmt && nwok && x->dtype == DTYPE_F16 && x->shape[0] == 1 &&
+           !((uintptr_t)x->data & 15) && w->ndim == 2;
+}
+
+/* With the norm, every block computes it before its first step: more than QA_NORM_WAVES waves of resident
+ * blocks (4 an SM) pay it wave after wave, and the plain ops (one norm kernel, then the GEMV) are faster:
+ * the lm_head's 8,016 tiles (H200 session 12: 218 us fused, where the plain q8 GEMV took 126 in session 10) */
+#define QA_NORM_WAVES 2
+
+bool cuda_qgemv_rmsnorm_matmul(struct cuda_ctx *c, struct tensor *const *ys, int np, const struct tensor *x,
+                               const struct tensor *nw, float eps, const struct tensor *w)
+{
+    if (!qa_fused_ok(c, x, w, nw) || np > RMSNORM_MATMUL_MAX_PARTS) return false;
+    if (nw && (w->shape[0] + 15) / 16 > (int64_t)QA_NORM_WAVES * 4 * c->n_sm) return false;
+    struct qa_fuse fz;
+    memset(&fz, 0, sizeof fz);
+    for (int i = 0; i < np; i++) {
+        if (ys[i]->dtype != DTYPE_F16) return false;
+        fz.y[i] = (__half *)ys[i]->data;
+        fz.off[i + 1] = fz.off[i] + ys[i]->shape[1];
+    }
+    fz.np = np;
+    fz.nw = nw ? nw->data : NULL;
+    fz.nwdt = nw ? (int)nw->dtype : 0;
+    fz.eps = eps;
+    if (nw) qa_fused_m<QF_PARTS, true>(c, x, w, NULL, &fz);
+    else qa_fused_m<QF_PARTS, false>(c, x, w, NULL, &fz);
+    c->qfused_launches++;
+    return true;
+}
+
+bool cuda_qgemv_rmsnorm_swiglu(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *nw,
+                               float eps, const struct tensor *w)
+{
+    if (!qa_fused_ok(c, x, w, nw) || y->dtype != DTYPE_F16) return false;
+    struct qa_fuse fz;
+    memset(&fz, 0, sizeof fz);
+    fz.y[0] = (__half *)y->data;
+    fz.f = y->shape[1];
+    fz.nw = nw ? nw->data : NULL;
+    fz.nwdt = nw ? (int)nw->dtype : 0;
+    fz.eps = eps;
+    if (nw) qa_fused_m<QF_SWIGLU, true>(c, x, w, NULL, &fz);
+    else qa_fused_m<QF_SWIGLU, false>(c, x, w, NULL, &fz);
+    c->qfused_launches++;
+    return true;
+}
+
+bool cuda_qgemv_linear_res(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                           const struct tensor *bias, const struct tensor *res)
+{
+    if (!qa_fused_ok(c, x, w, NULL) || y->dtype != DTYPE_F16 || res->dtype != DTYPE_F16 ||
+        (bias && bias->dtype != DTYPE_F16 && bias->dtype != DTYPE_BF16 && bias->dtype != DTYPE_F32))
+        return false;
+    struct qa_fuse fz;
+    memset(&fz, 0, sizeof fz);
+    fz.y[0] = (__half *)y->data;
+    fz.res = (const __half *)res->data;
+    qa_fused_m<QF_RES, false>(c, x, w, bias, &fz);
+    c->qfused_launches++;
     return true;
 }
 

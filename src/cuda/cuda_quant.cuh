@@ -52,4 +52,14 @@ __device__ __forceinline__ void mma_m16n8k16(float c[4], uint32_t a0, uint32_t a
 #endif
 }
 
+/* The fused decode ops (backend.h: op_rmsnorm_matmul, op_rmsnorm_swiglu, op_linear with a residual) on the
+ * A-operand kernel for one token of Q4 / Q8 / NF4 weights (cuda_qgemv.cu): true when done; false, having done
+ * nothing, when they do not apply (then the caller runs the plain ops). F16 outputs and residual. */
+bool cuda_qgemv_rmsnorm_matmul(struct cuda_ctx *c, struct tensor *const *ys, int np, const struct tensor *x,
+                               const struct tensor *nw, float eps, const struct tensor *w);
+bool cuda_qgemv_rmsnorm_swiglu(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *nw,
+                               float eps, const struct tensor *w);
+bool cuda_qgemv_linear_res(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                           const struct tensor *bias, const struct tensor *res);
+
 #endif
