@@ -4,8 +4,9 @@
     python3 tools/ref_llm.py --model DIR --out tests/fixtures/llm_tiny.safetensors [--ids 128000,791,...]
                              [--steps 32] [--device auto|cuda|cpu] [--f32-device cuda|cpu]
 
-Builds transformers' LlamaForCausalLM from config.json's LLM fields, loads the llm.* tensors ("llm." stripped)
-and runs the prompt twice:
+Builds transformers' LlamaForCausalLM from config.json's LLM fields, loads the llm.* tensors ("llm." stripped;
+a quantized folder's q8 / q4 / nf4 weights dequantized to fp16 by tools/ref_dequant.py, written from
+docs/QUANT.md) and runs the prompt twice:
   f32: the fp16-stored weights upcast to fp32, eager attention (plain matmul + fp32 softmax, the most
        transparent math), TF32 off (checked), on --f32-device (default: the GPU);
   f16: the weights as stored, sdpa attention, on the GPU: the README load path (from_pretrained with
@@ -22,11 +23,13 @@ metadata: versions, device, attention implementations, embed_abs_sum (sum |embed
 stored fp16 values) and lm_head_abs_sum, so a C test can assert it reads the same checkpoint.
 """
 import argparse
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_common as rc  # noqa: E402
+import ref_dequant  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -124,11 +127,18 @@ def main():
 
     sd, stored = rc.load_prefixed(a.model, "llm.")
     rc.log("llm tensors: %d, stored dtypes %s" % (len(sd), sorted(stored)))
+    dequant = ""
+    if cfg.get("quantization_config"):  # q8 / q4 / nf4 folders: the weights as their fp16 dequantization
+        sd, dequant = ref_dequant.dequantize(sd, cfg)
+        rc.log("%s (%s)" % (dequant, json.dumps(cfg["quantization_config"], sort_keys=True)))
     fx = rc.Fixture()
     fx.meta.update(rc.env_metadata(dev16))
     fx.meta["script"] = "tools/ref_llm.py"
     fx.meta["model_dir"] = os.path.abspath(a.model)
     fx.meta["stored_dtypes"] = ",".join(sorted(stored))
+    if dequant:
+        fx.meta["dequant"] = "%s by tools/ref_dequant.py; quantization_config %s" % (
+            dequant, json.dumps(cfg["quantization_config"], sort_keys=True))
     fx.meta["embed_abs_sum"] = rc.fmt_f64(rc.abs_sum_f64(sd["model.embed_tokens.weight"]))
     fx.meta["lm_head_abs_sum"] = rc.fmt_f64(rc.abs_sum_f64(sd["lm_head.weight"]))
     fx.meta["steps"] = a.steps
