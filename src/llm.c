@@ -94,7 +94,7 @@ static int devbuf_init(struct llm_devbuf *b, const struct model_config *c, struc
 }
 
 /* One-token steps run the fused decode ops when some layer's device prefers them for its weights and none
- * prefers the plain ops (op_fused_preferred: on a GPU, quantized weights; the CPU takes either). */
+ * prefers the plain ops (op_fused_preferred: a GPU only when told, dev_set_fuse; the CPU takes either). */
 static int llm_prefers_fused(const struct model *m)
 {
     int yes = 0;

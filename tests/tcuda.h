@@ -78,6 +78,14 @@ static inline struct tensor d_new(enum dtype dt, int ndim, int64_t d0, int64_t d
     return d;
 }
 
+/* a host copy of a device tensor (the reference of a GPU-vs-GPU comparison) */
+static inline struct tensor h_copy(const struct tensor *d)
+{
+    struct tensor h = h_new(d->dtype, d->ndim, d->shape[0], d->ndim > 1 ? d->shape[1] : 0, d->ndim > 2 ? d->shape[2] : 0);
+    op_copy(&h, d);
+    return h;
+}
+
 static inline void t_free(struct tensor *t)
 {
     dev_free(t->dev, t->data);

@@ -376,14 +376,6 @@ static void test_rope_qk(void)
     }
 }
 
-/* a host copy of a device tensor (the reference of a GPU-vs-GPU comparison) */
-static struct tensor h_copy(const struct tensor *d)
-{
-    struct tensor h = h_new(d->dtype, d->ndim, d->shape[0], d->ndim > 1 ? d->shape[1] : 0, d->ndim > 2 ? d->shape[2] : 0);
-    op_copy(&h, d);
-    return h;
-}
-
 /* The vector kernels of the small decode ops (cuda_set_small_vec 1, the default) against the generic
  * kernels they replace (0): bit for bit on the same inputs, and both against the CPU twin; the norms
  * also in mode 2 (their own summation tree: against the CPU twin only, its fp32 statistic may differ in

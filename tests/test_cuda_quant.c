@@ -445,22 +445,15 @@ static const int32_t prompt[] = {128000, 791, 4062, 374, 220, 17, 13, 578, 1202,
  * weights), and against the plain ops on the GPU, bit for bit where the fused form runs the plain path's launch
  * shape (norm + parts for Q4 / Q8, the residual add for all three; SwiGLU and NF4's parts split k over other
  * warps: tolerance). Each case must have launched the fused kernel once. */
-static struct tensor h_back(const struct tensor *d)
-{
-    struct tensor h = h_new(d->dtype, d->ndim, d->shape[0], d->ndim > 1 ? d->shape[1] : 0, 0);
-    op_copy(&h, d);
-    return h;
-}
-
 static void fused_check(const char *op, const char *cas, const struct tensor *got, const struct tensor *cpu,
                         const struct tensor *plain_dev, int exact)
 {
     check_close(op, cas, got, cpu, TOL_F16);
-    struct tensor plain = h_back(plain_dev);
+    struct tensor plain = h_copy(plain_dev);
     char c2[160];
     snprintf(c2, sizeof c2, "%s = the plain ops on the GPU%s", cas, exact ? "" : " (tolerance)");
     check_close(op, c2, got, &plain, exact ? TOL_EXACT : TOL_F16);
-    free(plain.data);
+    t_free(&plain);
 }
 
 static void fused_launched(uint64_t l0, const char *cas)

@@ -161,6 +161,7 @@ extern "C" int cuda_fused_preferred(const struct tensor *w)
 {
     return cuda_ctx_get(w->dev.ordinal)->fuse == DEV_FUSE_ON;
 }
+
 /* F16 matmuls of 2..16 tokens (the batched decode step) on the A-operand tensor-core kernel of cuda_qgemv.cu
  * (values in cuda_quant.cuh): 0 (the default) cuBLAS, 1 that kernel in its default shape, 2.. a forced shape
  * (from one token on; the tests and the bench). Needs code built for sm_80 or newer; cuBLAS otherwise. */

@@ -584,29 +584,54 @@ static void qa_fused_f(struct cuda_ctx *c, const struct tensor *x, const struct 
     }
 }
 
+template <int MODE, bool NORM, bool PDL>
+static void qa_fused_fmt(struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
+                         const struct qa_fuse *fz)
+{
+    switch (w->dtype) {
+    case DTYPE_Q4: qa_fused_f<QA_Q4, MODE, NORM, PDL>(c, x, w, bias, fz); break;
+    case DTYPE_Q8: qa_fused_f<QA_Q8, MODE, NORM, PDL>(c, x, w, bias, fz); break;
+    default: qa_fused_f<QA_NF4, MODE, NORM, PDL>(c, x, w, bias, fz); break;
+    }
+}
+
 template <int MODE, bool NORM>
-static void qa_fused_m(struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
+static void qa_fused_p(struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
                        const struct qa_fuse *fz)
 {
-    const bool pdl = c->pdl_q;
-    switch (w->dtype) {
-    case DTYPE_Q4: pdl ? qa_fused_f<QA_Q4, MODE, NORM, true>(c, x, w, bias, fz) : qa_fused_f<QA_Q4, MODE, NORM, false>(c, x, w, bias, fz); break;
-    case DTYPE_Q8: pdl ? qa_fused_f<QA_Q8, MODE, NORM, true>(c, x, w, bias, fz) : qa_fused_f<QA_Q8, MODE, NORM, false>(c, x, w, bias, fz); break;
-    default: pdl ? qa_fused_f<QA_NF4, MODE, NORM, true>(c, x, w, bias, fz) : qa_fused_f<QA_NF4, MODE, NORM, false>(c, x, w, bias, fz); break;
+    if (c->pdl_q) qa_fused_fmt<MODE, NORM, true>(c, x, w, bias, fz);
+    else qa_fused_fmt<MODE, NORM, false>(c, x, w, bias, fz);
+}
+
+/* launches fused form MODE, with the norm when nw (the residual form has none), and counts it */
+template <int MODE>
+static void qa_fused_launch(struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
+                            const struct tensor *nw, float eps, struct qa_fuse *fz)
+{
+    c->qfused_launches++;
+    if constexpr (MODE != QF_RES) {
+        if (nw) {
+            fz->nw = nw->data;
+            fz->nwdt = (int)nw->dtype;
+            fz->eps = eps;
+            qa_fused_p<MODE, true>(c, x, w, bias, fz);
+            return;
+        }
     }
+    qa_fused_p<MODE, false>(c, x, w, bias, fz);
 }
 
 /* whether the fused forms take x (one F16 token, 16-byte aligned) and w (Q4 / NF4 with k % 128 == 0, Q8 with
  * k % 64 == 0), with the automatic kernel choice (a forced variant keeps the plain ops: the tests and the
- * bench compare kernels through them), and, with a norm, a float norm weight and k <= QA_NORM_KMAX */
+ * bench compare kernels through them), and, with a norm, k <= QA_NORM_KMAX (backend.c has checked the
+ * shapes and that the norm weight is a float tensor) */
 static bool qa_fused_ok(const struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *nw)
 {
     const int64_t k = x->shape[1];
     const bool fmt = (w->dtype == DTYPE_Q4 && k % qa_ks(QA_Q4) == 0) || (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) ||
                      (w->dtype == DTYPE_Q8 && k % qa_ks(QA_Q8) == 0);
-    const bool nwok = !nw || ((nw->dtype == DTYPE_F16 || nw->dtype == DTYPE_BF16 || nw->dtype == DTYPE_F32) && k <= QA_NORM_KMAX);
-    return c->qmma == QMMA_AUTO && c->code_arch >= 80 && fmt && nwok && x->dtype == DTYPE_F16 && x->shape[0] == 1 &&
-           !((uintptr_t)x->data & 15) && w->ndim == 2;
+    return c->qmma == QMMA_AUTO && c->code_arch >= 80 && fmt && (!nw || k <= QA_NORM_KMAX) && x->dtype == DTYPE_F16 &&
+           x->shape[0] == 1 && !((uintptr_t)x->data & 15);
 }
 
 /* With the norm, every block computes it before its first step: more than QA_NORM_WAVES waves of resident
@@ -627,12 +652,7 @@ bool cuda_qgemv_rmsnorm_matmul(struct cuda_ctx *c, struct tensor *const *ys, int
         fz.off[i + 1] = fz.off[i] + ys[i]->shape[1];
     }
     fz.np = np;
-    fz.nw = nw ? nw->data : NULL;
-    fz.nwdt = nw ? (int)nw->dtype : 0;
-    fz.eps = eps;
-    if (nw) qa_fused_m<QF_PARTS, true>(c, x, w, NULL, &fz);
-    else qa_fused_m<QF_PARTS, false>(c, x, w, NULL, &fz);
-    c->qfused_launches++;
+    qa_fused_launch<QF_PARTS>(c, x, w, NULL, nw, eps, &fz);
     return true;
 }
 
@@ -644,12 +664,7 @@ bool cuda_qgemv_rmsnorm_swiglu(struct cuda_ctx *c, struct tensor *y, const struc
     memset(&fz, 0, sizeof fz);
     fz.y[0] = (__half *)y->data;
     fz.f = y->shape[1];
-    fz.nw = nw ? nw->data : NULL;
-    fz.nwdt = nw ? (int)nw->dtype : 0;
-    fz.eps = eps;
-    if (nw) qa_fused_m<QF_SWIGLU, true>(c, x, w, NULL, &fz);
-    else qa_fused_m<QF_SWIGLU, false>(c, x, w, NULL, &fz);
-    c->qfused_launches++;
+    qa_fused_launch<QF_SWIGLU>(c, x, w, NULL, nw, eps, &fz);
     return true;
 }
 
@@ -663,8 +678,7 @@ bool cuda_qgemv_linear_res(struct cuda_ctx *c, struct tensor *y, const struct te
     memset(&fz, 0, sizeof fz);
     fz.y[0] = (__half *)y->data;
     fz.res = (const __half *)res->data;
-    qa_fused_m<QF_RES, false>(c, x, w, bias, &fz);
-    c->qfused_launches++;
+    qa_fused_launch<QF_RES>(c, x, w, bias, NULL, 0.0f, &fz);
     return true;
 }
 
