@@ -59,6 +59,16 @@ int image_pattern(struct image *out, int w, int h, uint32_t seed, struct err *e)
 /* Pillow Image.resize((w, h), Image.Resampling.BICUBIC) on an RGB image, bit for bit. When the size
  * is unchanged it returns a copy, as Pillow does. */
 int image_resize_bicubic(struct image *out, const struct image *in, int w, int h, int n_threads, struct err *e);
+/* The same resize in steps, as the source's rows arrive (a decode still running: image_rows below):
+ * output rows [0, rows) read source rows [0, image_resizer_src_rows(r, rows)) only, and
+ * image_resizer_run computes the output rows not yet computed up to `rows` (clamped to the output
+ * height) into out (out_w x out_h, the caller's, the same image at every step). The result is
+ * image_resize_bicubic's, bit for bit, however the rows are split into steps. */
+struct image_resizer;
+struct image_resizer *image_resizer_new(int in_w, int in_h, int out_w, int out_h, struct err *e);
+void image_resizer_free(struct image_resizer *r); /* accepts NULL */
+int image_resizer_src_rows(const struct image_resizer *r, int rows);
+void image_resizer_run(struct image_resizer *r, struct image *out, const struct image *in, int rows, int n_threads);
 /* Pillow Image.crop((x0, y0, x1, y1)) for a box inside the image. */
 int image_crop(struct image *out, const struct image *in, int x0, int y0, int x1, int y1, struct err *e);
 
@@ -107,5 +117,21 @@ int image_preprocess(struct image_pieces *out, const struct image *img, const st
 int image_slice_pixels(struct image *pieces, int *n_pieces, struct image_slice_plan *plan, const struct image *img,
                        const struct preprocessor_config *cfg, int n_threads, struct err *e);
 void image_pieces_free(struct image_pieces *p);
+/* image_preprocess one piece at a time, each as soon as the source rows it reads are final (a decode
+ * still running): init from the image's size, then image_prep_piece for k in any order (0 = the
+ * overview, then the slices row-major), each after source rows [0, image_prep_rows(p, k)) are final.
+ * Piece k equals image_preprocess's p[k], bit for bit, whatever the order. */
+struct image_prep {
+    struct image_slice_plan plan;
+    int w, h, P, n;                /* the source's size, the patch size, the number of pieces */
+    float mean[3], std[3];
+    struct image_resizer *ov, *rf; /* NULL: the size is unchanged and the source's rows are packed */
+    struct image ov_img, rf_img;   /* the overview and the refine image, filled as far as needed */
+};
+int image_prep_init(struct image_prep *p, int w, int h, const struct preprocessor_config *cfg, struct err *e);
+int image_prep_rows(const struct image_prep *p, int k);
+int image_prep_piece(struct image_prep *p, struct image_piece *out, const struct image *src, int k, int n_threads,
+                     struct err *e);
+void image_prep_free(struct image_prep *p); /* accepts a zeroed one */
 
 #endif

@@ -9,7 +9,8 @@
  *   with round-half-away-from-zero; out = clip8((2^21 + sum k*p) >> 22) with int32 sums.
  * The horizontal pass runs first, over only the source rows the vertical pass reads, into a uint8
  * intermediate (the rounding to uint8 between the passes is part of the result). A pass whose size
- * does not change is skipped; with both unchanged Pillow returns a copy. */
+ * does not change is skipped; with both unchanged Pillow returns a copy. The resize runs in steps of
+ * output rows (image_resizer) as the source rows they read arrive; a whole resize is one step. */
 #include "image.h"
 
 #include <math.h>
@@ -128,17 +129,17 @@ static void pass_horizontal(uint8_t *out, int out_w, const uint8_t *in, int in_w
     }
 }
 
-/* out row yy = sum over taps of in rows bounds[yy].xmin - row0 + y. Each row is a flat array of
- * w*3 bytes, so the inner loop is a plain multiply-add over contiguous memory. */
-static void pass_vertical(uint8_t *out, int out_h, const uint8_t *in, int w, int row0, const struct coeffs *c,
+/* out rows [y0, y1): out row yy = sum over taps of in rows bounds[yy].xmin - row0 + y. Each row is a flat
+ * array of w*3 bytes, so the inner loop is a plain multiply-add over contiguous memory. */
+static void pass_vertical(uint8_t *out, int y0, int y1, const uint8_t *in, int w, int row0, const struct coeffs *c,
                           int n_threads)
 {
     size_t rowlen = (size_t)w * 3;
-#pragma omp parallel num_threads(n_threads) if (out_h * w > 16384)
+#pragma omp parallel num_threads(n_threads) if ((y1 - y0) * w > 16384)
     {
         int32_t *acc = malloc(sizeof(int32_t) * rowlen);
 #pragma omp for schedule(static)
-        for (int yy = 0; yy < out_h; yy++) {
+        for (int yy = y0; yy < y1; yy++) {
             const int32_t *k = c->k + (size_t)yy * c->ksize;
             int ymin = c->bounds[2 * yy] - row0, cnt = c->bounds[2 * yy + 1];
             uint8_t *dst = out + (size_t)yy * rowlen;
@@ -162,52 +163,114 @@ static void pass_vertical(uint8_t *out, int out_h, const uint8_t *in, int w, int
     }
 }
 
-int image_resize_bicubic(struct image *out, const struct image *in, int w, int h, int n_threads, struct err *e)
+/* ---- the resize in steps (image.h: image_resizer) ----
+ * Output row yy reads source rows [bounds[yy].xmin, xmin + count) through the horizontal pass, and
+ * that window only moves down as yy grows, so output rows [0, rows) need source rows [0, end(rows)).
+ * Each step resamples horizontally the source rows it newly needs (into tmp, which covers the rows
+ * [first, last) of the whole resize, as Pillow's intermediate does) and then the new output rows.
+ * Every value is computed by the same arithmetic as in one step, so the result is the same. */
+struct image_resizer {
+    int in_w, in_h, out_w, out_h;
+    int need_h, need_v;
+    struct coeffs ch, cv;
+    int first, last;  /* source rows of the intermediate (need_h and need_v) */
+    struct image tmp; /* horizontal pass of source rows [first, first + h_done) */
+    int h_done, v_done;
+};
+
+void image_resizer_free(struct image_resizer *r)
 {
-    if (!in->rgb || in->w < 1 || in->h < 1) return err_set(e, "image resize: empty input image");
-    if (w < 1 || h < 1) return err_set(e, "image resize: invalid target size %dx%d", w, h);
-    int need_h = w != in->w, need_v = h != in->h;
-    if (!need_h && !need_v) {
-        if (image_alloc(out, w, h, e)) return -1;
-        memcpy(out->rgb, in->rgb, (size_t)w * h * 3);
-        return 0;
+    if (!r) return;
+    coeffs_free(&r->ch);
+    coeffs_free(&r->cv);
+    image_free(&r->tmp);
+    free(r);
+}
+
+struct image_resizer *image_resizer_new(int in_w, int in_h, int out_w, int out_h, struct err *e)
+{
+    if (in_w < 1 || in_h < 1) {
+        err_set(e, "image resize: empty input image");
+        return NULL;
     }
+    if (out_w < 1 || out_h < 1) {
+        err_set(e, "image resize: invalid target size %dx%d", out_w, out_h);
+        return NULL;
+    }
+    struct image_resizer *r = calloc(1, sizeof *r);
+    if (!r) {
+        err_set(e, "image resize: out of memory");
+        return NULL;
+    }
+    r->in_w = in_w, r->in_h = in_h, r->out_w = out_w, r->out_h = out_h;
+    r->need_h = out_w != in_w;
+    r->need_v = out_h != in_h;
+    if ((r->need_v && coeffs_init(&r->cv, in_h, out_h, e)) || (r->need_h && coeffs_init(&r->ch, in_w, out_w, e))) {
+        image_resizer_free(r);
+        return NULL;
+    }
+    if (r->need_h && r->need_v) {
+        /* only the rows the vertical pass will read */
+        r->first = r->cv.bounds[0];
+        r->last = r->cv.bounds[2 * (out_h - 1)] + r->cv.bounds[2 * (out_h - 1) + 1];
+        if (image_alloc(&r->tmp, out_w, r->last - r->first, e)) {
+            image_resizer_free(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+int image_resizer_src_rows(const struct image_resizer *r, int rows)
+{
+    if (rows <= 0) return 0;
+    if (rows > r->out_h) rows = r->out_h;
+    if (!r->need_v) return rows;
+    return r->cv.bounds[2 * (rows - 1)] + r->cv.bounds[2 * (rows - 1) + 1];
+}
+
+void image_resizer_run(struct image_resizer *r, struct image *out, const struct image *in, int rows, int n_threads)
+{
+    if (rows > r->out_h) rows = r->out_h;
+    if (rows <= r->v_done) return;
 #ifdef _OPENMP
     if (n_threads <= 0) n_threads = omp_get_max_threads();
 #else
     n_threads = 1;
 #endif
-    struct coeffs cv = {0}, ch = {0};
-    struct image tmp = {0};
-    int rc = -1;
-    if (coeffs_init(&cv, in->h, h, e)) goto done;
-    int ybox_first = cv.bounds[0];
-    int ybox_last = cv.bounds[2 * (h - 1)] + cv.bounds[2 * (h - 1) + 1];
-    const struct image *src = in;
-    int row0 = 0;
-    if (need_h) {
-        if (coeffs_init(&ch, in->w, w, e)) goto done;
-        /* Only the rows the vertical pass will read; with no vertical pass that is every row. */
-        int first = need_v ? ybox_first : 0, last = need_v ? ybox_last : in->h;
-        if (image_alloc(&tmp, w, last - first, e)) goto done;
-        pass_horizontal(tmp.rgb, w, in->rgb, in->w, first, last - first, &ch, n_threads);
-        src = &tmp;
-        row0 = first;
-    }
-    if (need_v) {
-        if (image_alloc(out, w, h, e)) goto done;
-        pass_vertical(out->rgb, h, src->rgb, w, row0, &cv, n_threads);
-        image_free(&tmp);
+    const size_t orow = (size_t)r->out_w * 3;
+    const int y0 = r->v_done;
+    if (!r->need_h && !r->need_v) { /* Pillow returns a copy */
+        memcpy(out->rgb + (size_t)y0 * orow, in->rgb + (size_t)y0 * orow, (size_t)(rows - y0) * orow);
+    } else if (!r->need_v) { /* horizontal only: the intermediate is the result */
+        pass_horizontal(out->rgb + (size_t)y0 * orow, r->out_w, in->rgb, r->in_w, y0, rows - y0, &r->ch, n_threads);
+    } else if (!r->need_h) {
+        pass_vertical(out->rgb, y0, rows, in->rgb, r->out_w, 0, &r->cv, n_threads);
     } else {
-        *out = tmp; /* horizontal only: the intermediate is the result */
-        tmp.rgb = NULL;
+        const int end = image_resizer_src_rows(r, rows), h0 = r->first + r->h_done;
+        if (end > h0) {
+            pass_horizontal(r->tmp.rgb + (size_t)r->h_done * orow, r->out_w, in->rgb, r->in_w, h0, end - h0, &r->ch,
+                            n_threads);
+            r->h_done = end - r->first;
+        }
+        pass_vertical(out->rgb, y0, rows, r->tmp.rgb, r->out_w, r->first, &r->cv, n_threads);
     }
-    rc = 0;
-done:
-    coeffs_free(&cv);
-    coeffs_free(&ch);
-    image_free(&tmp);
-    return rc;
+    r->v_done = rows;
+    if (rows == r->out_h) image_free(&r->tmp); /* done: the intermediate is not needed any more */
+}
+
+int image_resize_bicubic(struct image *out, const struct image *in, int w, int h, int n_threads, struct err *e)
+{
+    if (!in->rgb) return err_set(e, "image resize: empty input image");
+    struct image_resizer *r = image_resizer_new(in->w, in->h, w, h, e);
+    if (!r) return -1;
+    if (image_alloc(out, w, h, e)) {
+        image_resizer_free(r);
+        return -1;
+    }
+    image_resizer_run(r, out, in, h, n_threads);
+    image_resizer_free(r);
+    return 0;
 }
 
 int image_crop(struct image *out, const struct image *in, int x0, int y0, int x1, int y1, struct err *e)

@@ -183,51 +183,98 @@ void image_pieces_free(struct image_pieces *p)
     memset(p, 0, sizeof *p);
 }
 
+/* ---- one image's pieces, one at a time (image.h: image_prep) ----
+ * Overview and refine image are both resized from the ORIGINAL image; a resize to the same size is a
+ * copy in Pillow, so the original's rows are packed directly then. */
+void image_prep_free(struct image_prep *p)
+{
+    image_resizer_free(p->ov);
+    image_resizer_free(p->rf);
+    image_free(&p->ov_img);
+    image_free(&p->rf_img);
+    memset(p, 0, sizeof *p);
+}
+
+int image_prep_init(struct image_prep *p, int w, int h, const struct preprocessor_config *cfg, struct err *e)
+{
+    memset(p, 0, sizeof *p);
+    if (check_cfg(cfg, e)) return -1;
+    struct image_slice_plan *pl = &p->plan;
+    if (image_slice_plan(pl, w, h, cfg->scale_resolution, cfg->patch_size, cfg->max_slice_nums, e)) return -1;
+    p->w = w, p->h = h, p->P = cfg->patch_size;
+    memcpy(p->mean, cfg->norm_mean, sizeof p->mean);
+    memcpy(p->std, cfg->norm_std, sizeof p->std);
+    p->n = 1 + pl->cols * pl->rows;
+    const int rw = pl->slice_w * pl->cols, rh = pl->slice_h * pl->rows;
+    if ((pl->overview_w != w || pl->overview_h != h) &&
+        (!(p->ov = image_resizer_new(w, h, pl->overview_w, pl->overview_h, e)) ||
+         image_alloc(&p->ov_img, pl->overview_w, pl->overview_h, e)))
+        goto fail;
+    if (pl->cols && (rw != w || rh != h) &&
+        (!(p->rf = image_resizer_new(w, h, rw, rh, e)) || image_alloc(&p->rf_img, rw, rh, e)))
+        goto fail;
+    return 0;
+fail:
+    image_prep_free(p);
+    return -1;
+}
+
+/* piece k >= 1: its slice's grid row and column */
+static int prep_slice_rows(const struct image_prep *p, int k) { return ((k - 1) / p->plan.cols + 1) * p->plan.slice_h; }
+
+int image_prep_rows(const struct image_prep *p, int k)
+{
+    if (k == 0) return p->ov ? image_resizer_src_rows(p->ov, p->plan.overview_h) : p->h;
+    const int rows = prep_slice_rows(p, k);
+    return p->rf ? image_resizer_src_rows(p->rf, rows) : rows;
+}
+
+int image_prep_piece(struct image_prep *p, struct image_piece *out, const struct image *src, int k, int n_threads,
+                     struct err *e)
+{
+    memset(out, 0, sizeof *out);
+    if (k < 0 || k >= p->n) return err_set(e, "image preprocessing: piece %d of %d", k, p->n);
+    if (src->w != p->w || src->h != p->h)
+        return err_set(e, "image preprocessing: a %dx%d image for a plan of %dx%d", src->w, src->h, p->w, p->h);
+    const struct image_slice_plan *pl = &p->plan;
+    if (k == 0) {
+        const struct image *im = src;
+        if (p->ov) {
+            image_resizer_run(p->ov, &p->ov_img, src, pl->overview_h, n_threads);
+            im = &p->ov_img;
+        }
+        return pack_region(out, im, 0, 0, im->w, im->h, p->P, p->mean, p->std, n_threads, e);
+    }
+    const struct image *im = src;
+    if (p->rf) {
+        image_resizer_run(p->rf, &p->rf_img, src, prep_slice_rows(p, k), n_threads);
+        im = &p->rf_img;
+    }
+    const int i = (k - 1) / pl->cols, j = (k - 1) % pl->cols; /* row-major: top row left to right */
+    return pack_region(out, im, j * pl->slice_w, i * pl->slice_h, pl->slice_w, pl->slice_h, p->P, p->mean, p->std,
+                       n_threads, e);
+}
+
 int image_preprocess(struct image_pieces *out, const struct image *img, const struct preprocessor_config *cfg,
                      int n_threads, struct err *e)
 {
     memset(out, 0, sizeof *out);
-    if (check_cfg(cfg, e)) return -1;
-    struct image_slice_plan plan;
-    struct image tmp = {0};
-    const int P = cfg->patch_size;
-    if (image_slice_plan(&plan, img->w, img->h, cfg->scale_resolution, P, cfg->max_slice_nums, e)) return -1;
-    int n = 1 + plan.cols * plan.rows;
-    out->p = calloc((size_t)n, sizeof *out->p);
-    if (!out->p) return err_set(e, "image preprocessing: out of memory");
-    out->cols = plan.cols;
-    out->rows = plan.rows;
-    out->patch_dim = 3 * P * P;
-    /* Overview and refine image are both resized from the ORIGINAL image. A resize to the same
-     * size is a copy in Pillow, so the original is used directly then. */
-    const struct image *src = img;
-    if (plan.overview_w != img->w || plan.overview_h != img->h) {
-        if (image_resize_bicubic(&tmp, img, plan.overview_w, plan.overview_h, n_threads, e)) goto fail;
-        src = &tmp;
+    struct image_prep pp;
+    if (image_prep_init(&pp, img->w, img->h, cfg, e)) return -1;
+    out->p = calloc((size_t)pp.n, sizeof *out->p);
+    if (!out->p) {
+        image_prep_free(&pp);
+        return err_set(e, "image preprocessing: out of memory");
     }
-    if (pack_region(&out->p[0], src, 0, 0, src->w, src->h, P, cfg->norm_mean, cfg->norm_std, n_threads, e))
-        goto fail;
-    out->n = 1;
-    image_free(&tmp);
-    if (plan.cols) {
-        int rw = plan.slice_w * plan.cols, rh = plan.slice_h * plan.rows;
-        src = img;
-        if (rw != img->w || rh != img->h) {
-            if (image_resize_bicubic(&tmp, img, rw, rh, n_threads, e)) goto fail;
-            src = &tmp;
+    out->cols = pp.plan.cols;
+    out->rows = pp.plan.rows;
+    out->patch_dim = 3 * pp.P * pp.P;
+    for (; out->n < pp.n; out->n++)
+        if (image_prep_piece(&pp, &out->p[out->n], img, out->n, n_threads, e)) {
+            image_prep_free(&pp);
+            image_pieces_free(out);
+            return -1;
         }
-        for (int i = 0; i < plan.rows; i++)
-            for (int j = 0; j < plan.cols; j++) { /* row-major: top row left to right, then the next */
-                if (pack_region(&out->p[out->n], src, j * plan.slice_w, i * plan.slice_h, plan.slice_w,
-                                plan.slice_h, P, cfg->norm_mean, cfg->norm_std, n_threads, e))
-                    goto fail;
-                out->n++;
-            }
-        image_free(&tmp);
-    }
+    image_prep_free(&pp);
     return 0;
-fail:
-    image_free(&tmp);
-    image_pieces_free(out);
-    return -1;
 }

@@ -347,6 +347,106 @@ static void test_resize_vs_reference(void)
     image_free(&a); image_free(&b1); image_free(&b2);
 }
 
+/* A source whose rows arrive: rows [0, *avail) are a's, the rest garbage that changes at every call, so a
+ * step that read a row it was not promised would differ from the whole resize. */
+static void arrive(struct image *part, const struct image *a, int *avail, int rows, uint32_t *rng)
+{
+    const size_t rl = (size_t)a->w * 3;
+    if (rows > *avail) {
+        memcpy(part->rgb + (size_t)*avail * rl, a->rgb + (size_t)*avail * rl, (size_t)(rows - *avail) * rl);
+        *avail = rows;
+    }
+    for (size_t i = (size_t)*avail * rl; i < (size_t)a->h * rl; i++) {
+        *rng = *rng * 1664525u + 1013904223u;
+        part->rgb[i] = (uint8_t)(*rng >> 24);
+    }
+}
+
+/* image_resizer: output rows in uneven steps, each with only the source rows it promised to read, equal the
+ * independent reference (ref_resize) bit for bit: both passes, either alone, neither, up and down. */
+static void test_resize_steps(void)
+{
+    int cases[][4] = {{64, 48, 32, 24}, {50, 30, 97, 61}, {100, 200, 13, 77}, {33, 17, 33, 40},
+                      {33, 17, 20, 17}, {41, 41, 41, 41}, {7, 5, 1, 1},     {300, 420, 112, 150}};
+    uint32_t rng = 7;
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        struct image a = {0}, part = {0}, out = {0};
+        struct err e;
+        const int W = cases[t][2], H = cases[t][3];
+        T_EQ_INT(gen_image(&a, cases[t][0], cases[t][1], 21 + (uint32_t)t), 0);
+        T_EQ_INT(image_alloc(&part, a.w, a.h, &e), 0);
+        T_EQ_INT(image_alloc(&out, W, H, &e), 0);
+        struct image_resizer *r = image_resizer_new(a.w, a.h, W, H, &e);
+        T_ASSERT(r != NULL);
+        int avail = 0, done = 0, steps = 0;
+        while (done < H) {
+            const int rows = done + 1 + (int)((unsigned)(t + steps) * 7u % 5u); /* 1 .. 5 rows a step */
+            const int need = image_resizer_src_rows(r, rows);
+            T_ASSERTF(need >= avail && need <= a.h, "case %zu: step to %d rows needs %d source rows", t, rows, need);
+            arrive(&part, &a, &avail, need, &rng);
+            image_resizer_run(r, &out, &part, rows, t % 2 ? 1 : 2);
+            done = rows < H ? rows : H;
+            steps++;
+        }
+        T_EQ_INT(image_resizer_src_rows(r, H) <= a.h, 1);
+        uint8_t *ref = malloc((size_t)W * H * 3);
+        ref_resize(&a, W, H, ref);
+        int bad = 0;
+        for (int i = 0; i < W * H * 3; i++) bad += ref[i] != out.rgb[i];
+        T_ASSERTF(bad == 0, "%dx%d -> %dx%d in %d steps: %d samples differ", a.w, a.h, W, H, steps, bad);
+        free(ref);
+        image_resizer_free(r);
+        image_free(&a);
+        image_free(&part);
+        image_free(&out);
+    }
+}
+
+/* image_prep: each piece made as soon as the rows it names have arrived (slices by grid row, the overview
+ * last, as a decode delivers them) equals image_preprocess's piece: sliced with a resized refine image,
+ * sliced with the refine image the source itself (1344x1344), and not sliced. */
+static void test_prep_pieces(void)
+{
+    const int sizes[][2] = {{1000, 700}, {1344, 1344}, {300, 200}, {640, 1500}};
+    struct preprocessor_config cfg = default_cfg();
+    uint32_t rng = 3;
+    for (int t = 0; t < 4; t++) {
+        struct image a = {0}, part = {0};
+        struct image_pieces ps;
+        struct image_prep pp;
+        struct err e;
+        T_EQ_INT(gen_image(&a, sizes[t][0], sizes[t][1], 40 + (uint32_t)t), 0);
+        T_EQ_INT(image_alloc(&part, a.w, a.h, &e), 0);
+        T_EQ_INT(image_preprocess(&ps, &a, &cfg, 0, &e), 0);
+        T_EQ_INT(image_prep_init(&pp, a.w, a.h, &cfg, &e), 0);
+        T_EQ_INT(pp.n, ps.n);
+        /* the order of arrival: by the rows each piece needs, the overview (which needs them all) last */
+        int order[65], n = 0, avail = 0;
+        for (int k = 1; k < pp.n; k++) order[n++] = k;
+        order[n++] = 0;
+        for (int i = 0; i < n; i++) {
+            const int k = order[i], need = image_prep_rows(&pp, k);
+            T_ASSERTF(need >= 1 && need <= a.h, "%dx%d piece %d needs %d rows", a.w, a.h, k, need);
+            if (k > 0 && pp.plan.rows > 1 && (k - 1) / pp.plan.cols == 0) /* the top row needs less than all */
+                T_ASSERTF(need < a.h, "%dx%d: the top slices need %d of %d rows", a.w, a.h, need, a.h);
+            arrive(&part, &a, &avail, need > avail ? need : avail, &rng);
+            struct image_piece pc;
+            T_EQ_INT(image_prep_piece(&pp, &pc, &part, k, 2, &e), 0);
+            T_EQ_INT(pc.n_patches, ps.p[k].n_patches);
+            T_EQ_INT(pc.tgt_w, ps.p[k].tgt_w);
+            T_ASSERTF(memcmp(pc.patches, ps.p[k].patches, (size_t)pc.n_patches * 588 * sizeof(float)) == 0,
+                      "%dx%d piece %d differs from image_preprocess's", a.w, a.h, k);
+            free(pc.patches);
+        }
+        struct image_piece pc;
+        T_EQ_INT(image_prep_piece(&pp, &pc, &part, pp.n, 1, &e), -1); /* no such piece */
+        image_prep_free(&pp);
+        image_pieces_free(&ps);
+        image_free(&a);
+        image_free(&part);
+    }
+}
+
 static void test_crop(void)
 {
     struct image a = {0}, c = {0};
@@ -1002,9 +1102,11 @@ int main(int argc, char **argv)
     T_RUN(test_resize_hand);
     T_RUN(test_resize_identity_constant);
     T_RUN(test_resize_vs_reference);
+    T_RUN(test_resize_steps);
     T_RUN(test_crop);
     T_RUN(test_pack);
     T_RUN(test_preprocess_640x480);
+    T_RUN(test_prep_pieces);
     T_RUN(test_png_modes);
     T_RUN(test_jpeg_webp_roundtrip);
     T_RUN(test_bad_inputs);
