@@ -9,7 +9,7 @@
 # target only: the driver JIT-compiles it, so the sm_75 code paths run on any newer card.
 CC      ?= gcc
 NVCC    ?= /usr/local/cuda/bin/nvcc
-PKGS    := libcjson libpcre2-8 libturbojpeg libpng libwebp libmicrohttpd
+PKGS    := libcjson libpcre2-8 libturbojpeg libjpeg libpng libwebp libmicrohttpd
 OPENBLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-openmp /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas))
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp -mavx2 -mfma -mf16c -Wa,-mbranches-within-32B-boundaries \

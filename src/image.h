@@ -15,9 +15,12 @@
 #include "common.h"
 #include "config.h"
 
+struct image_rows; /* a decode still running (image_decode_async) */
 struct image {
     int w, h;
-    uint8_t *rgb; /* [h][w][3], row-major, no padding */
+    uint8_t *rgb;            /* [h][w][3], row-major, no padding */
+    struct image_rows *rows; /* NULL: every row is final. Else rows arrive from a decode running on its
+                                own thread: read a row only after image_wait_rows promised it */
 };
 
 enum image_format {
@@ -43,6 +46,15 @@ enum image_format image_detect(const uint8_t *data, size_t n);
 const char *image_format_name(enum image_format f);
 /* Decodes data[0..n) into out (out->rgb heap-allocated; free with image_free). o may be NULL. */
 int image_decode(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e);
+/* image_decode that returns once the header is read and checked (out->w, out->h; out->rgb allocated), the
+ * rows arriving in order from a thread of its own while the caller goes on (a JPEG; other formats are
+ * decoded whole before it returns, out->rows NULL). data must stay valid until the decode is over
+ * (image_wait_rows(out, out->h) returned) or image_free(out), which stops and joins the thread. An
+ * error in the data shows at image_wait_rows. Pixels are image_decode's, bit for bit. */
+int image_decode_async(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e);
+/* 0 once rows [0, rows) of im are final (at once when im->rows is NULL); -1 with the decode's error when
+ * it failed before them. Any thread may wait. */
+int image_wait_rows(const struct image *im, int rows, struct err *e);
 /* Reads a file (bounded by o->max_file_bytes) and decodes it; errors are prefixed with the path. */
 int image_load(struct image *out, const char *path, const struct image_opts *o, struct err *e);
 void image_free(struct image *im); /* accepts a zeroed or half-built image */

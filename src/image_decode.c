@@ -1,4 +1,4 @@
-/* image_decode.c: JPEG (TurboJPEG 2.x API), PNG (libpng, low-level API) and WebP (libwebp) decoding
+/* image_decode.c: JPEG (libjpeg-turbo's scanline API), PNG (libpng, low-level API) and WebP (libwebp) decoding
  * from memory into interleaved RGB, matching Pillow's Image.open(...).convert("RGB").
  * Owns: format detection by magic bytes, the size/pixel limits, the colour conversions Pillow applies.
  * Does not own: resizing, slicing (image_resize.c, image_slice.c).
@@ -10,7 +10,10 @@
 #include <png.h>
 #include <setjmp.h>
 #include <string.h>
-#include <turbojpeg.h>
+#include <stdio.h> /* before jpeglib.h, which uses FILE */
+#include <jpeglib.h>
+#include <jerror.h>
+#include <pthread.h>
 #include <webp/decode.h>
 
 void image_opts_default(struct image_opts *o)
@@ -20,9 +23,13 @@ void image_opts_default(struct image_opts *o)
     o->n_threads = 0;
 }
 
+static void rows_stop(struct image_rows *r);
+
 void image_free(struct image *im)
 {
     if (!im) return;
+    if (im->rows) rows_stop(im->rows); /* the decode thread writes rgb until it is joined */
+    im->rows = NULL;
     free(im->rgb);
     im->rgb = NULL;
     im->w = im->h = 0;
@@ -73,67 +80,139 @@ static int check_dims(const char *fmt, int64_t w, int64_t h, const struct image_
  * output RGB for 3 components, L for 1 (replicated by convert("RGB")), and CMYK for 4 components,
  * which it always treats as Adobe-inverted ("CMYK;I", no marker test) and converts with
  * cmyk2rgb: nk = 255 - k; out = clip(nk - muldiv255(c, nk)). TurboJPEG's defaults are the same
- * libjpeg defaults; TJFLAG_ACCURATEDCT states islow explicitly. */
+ * libjpeg defaults; islow is stated explicitly below. */
 static inline int muldiv255(int a, int b)
 {
     int t = a * b + 128;
     return ((t >> 8) + t) >> 8;
 }
 
+/* libjpeg's scanline API (the library TurboJPEG wraps, with the same defaults: islow IDCT, fancy
+ * upsampling, block smoothing), so rows come out as they are decoded: image_decode_async publishes
+ * them while the rest of the file decodes. TurboJPEG's guards are kept: at most 500 scans of a
+ * progressive file (TJFLAG_LIMITSCANS); warnings other than the end of the data are ignored, as
+ * Pillow does, and a truncated file is an error ("image file is truncated" in Pillow). */
+struct jpeg_dec {
+    struct jpeg_decompress_struct ci;
+    struct jpeg_error_mgr jerr;
+    struct jpeg_progress_mgr prog;
+    jmp_buf jb;
+    char msg[JMSG_LENGTH_MAX];
+    int truncated, cmyk, created;
+};
+
+static void jpeg_on_error(j_common_ptr c)
+{
+    struct jpeg_dec *d = (struct jpeg_dec *)c->client_data;
+    c->err->format_message(c, d->msg);
+    longjmp(d->jb, 1);
+}
+
+static void jpeg_on_message(j_common_ptr c, int level)
+{
+    struct jpeg_dec *d = (struct jpeg_dec *)c->client_data;
+    if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) d->truncated = 1;
+}
+
+static void jpeg_on_progress(j_common_ptr c)
+{
+    struct jpeg_dec *d = (struct jpeg_dec *)c->client_data;
+    if (d->ci.progressive_mode && d->ci.input_scan_number > 500) {
+        snprintf(d->msg, sizeof d->msg, "progressive JPEG image has more than 500 scans");
+        longjmp(d->jb, 1);
+    }
+}
+
+/* Reads and checks the header: d->ci.image_width x image_height, ready for jpeg_decode_rows. */
+static int jpeg_open(struct jpeg_dec *d, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
+{
+    memset(d, 0, sizeof *d);
+    if (n > ULONG_MAX) return err_set(e, "JPEG: file too large");
+    d->ci.err = jpeg_std_error(&d->jerr);
+    d->jerr.error_exit = jpeg_on_error;
+    d->jerr.emit_message = jpeg_on_message;
+    d->ci.client_data = d;
+    if (setjmp(d->jb)) return err_set(e, "JPEG: bad header: %s", d->msg);
+    jpeg_create_decompress(&d->ci);
+    d->created = 1;
+    d->prog.progress_monitor = jpeg_on_progress;
+    d->ci.progress = &d->prog;
+    jpeg_mem_src(&d->ci, data, (unsigned long)n);
+    jpeg_read_header(&d->ci, TRUE);
+    if (check_dims("JPEG", d->ci.image_width, d->ci.image_height, o, e)) return -1;
+    d->cmyk = d->ci.jpeg_color_space == JCS_CMYK || d->ci.jpeg_color_space == JCS_YCCK;
+    d->ci.out_color_space = d->cmyk ? JCS_CMYK : JCS_EXT_RGB;
+    d->ci.dct_method = JDCT_ISLOW;
+    return 0;
+}
+
+static void jpeg_close(struct jpeg_dec *d)
+{
+    if (d->created) jpeg_destroy_decompress(&d->ci);
+    d->created = 0;
+}
+
+/* Decodes every row into rgb (w*h*3, the caller's), calling rows_done(ctx, r) after each batch of rows
+ * [0, r) is final; a non-zero return stops the decode (-1, "stopped"). */
+static int jpeg_decode_rows(struct jpeg_dec *d, uint8_t *rgb, int (*rows_done)(void *ctx, int rows), void *ctx,
+                            struct err *e)
+{
+    const size_t w = d->ci.image_width;
+    uint8_t *volatile cmyk = NULL;
+    if (setjmp(d->jb)) {
+        free(cmyk);
+        return err_set(e, "JPEG: corrupt data: %s", d->msg);
+    }
+    jpeg_start_decompress(&d->ci);
+    enum { BATCH = 16 };
+    if (d->cmyk && !(cmyk = malloc(w * 4 * BATCH))) return err_set(e, "JPEG: out of memory for CMYK rows");
+    while (d->ci.output_scanline < d->ci.output_height) {
+        const JDIMENSION y0 = d->ci.output_scanline;
+        JSAMPROW rows[BATCH];
+        for (int i = 0; i < BATCH; i++) rows[i] = cmyk ? cmyk + (size_t)i * w * 4 : rgb + (size_t)(y0 + i) * w * 3;
+        JDIMENSION left = d->ci.output_height - y0, got = 0;
+        while (got < (left < BATCH ? left : BATCH)) got += jpeg_read_scanlines(&d->ci, rows + got, (left < BATCH ? left : BATCH) - got);
+        if (cmyk) /* Pillow's Adobe-inverted CMYK ("CMYK;I") through cmyk2rgb */
+            for (size_t i = 0; i < (size_t)got * w; i++) {
+                const uint8_t *px = cmyk + 4 * i;
+                uint8_t *out = rgb + ((size_t)y0 * w + i) * 3;
+                int nk = px[3]; /* inverted K: 255 - (255 - k) */
+                for (int c = 0; c < 3; c++) {
+                    int v = nk - muldiv255(255 - px[c], nk);
+                    out[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+                }
+            }
+        if (d->truncated) break;
+        if (rows_done && rows_done(ctx, (int)d->ci.output_scanline)) {
+            free(cmyk);
+            return err_set(e, "JPEG: decode stopped");
+        }
+    }
+    if (!d->truncated) jpeg_finish_decompress(&d->ci);
+    free(cmyk);
+    if (d->truncated) return err_set(e, "JPEG: file is truncated (Premature end of JPEG file)");
+    return 0;
+}
+
 static int decode_jpeg(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
 {
-    int rc = -1, w = 0, h = 0, subsamp = 0, cs = 0;
-    uint8_t *tmp = NULL;
-    tjhandle tj = tjInitDecompress();
-    if (!tj) return err_set(e, "JPEG: cannot create a TurboJPEG decompressor");
-    if (n > ULONG_MAX) { err_set(e, "JPEG: file too large"); goto done; }
-    if (tjDecompressHeader3(tj, data, (unsigned long)n, &w, &h, &subsamp, &cs) != 0) {
-        err_set(e, "JPEG: bad header: %s", tjGetErrorStr2(tj));
+    struct jpeg_dec *d = malloc(sizeof *d);
+    if (!d) return err_set(e, "JPEG: out of memory");
+    int rc = -1;
+    if (jpeg_open(d, data, n, o, e)) goto done;
+    const int w = (int)d->ci.image_width, h = (int)d->ci.image_height;
+    if (!(out->rgb = malloc((size_t)w * (size_t)h * 3))) {
+        err_set(e, "JPEG: out of memory for %dx%d", w, h);
         goto done;
     }
-    if (check_dims("JPEG", w, h, o, e)) goto done;
-    int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
-    int pf = cmyk ? TJPF_CMYK : TJPF_RGB;
-    int flags = TJFLAG_ACCURATEDCT | TJFLAG_LIMITSCANS;
-    size_t npix = (size_t)w * (size_t)h;
-    out->rgb = malloc(npix * 3);
-    if (!out->rgb) { err_set(e, "JPEG: out of memory for %dx%d", w, h); goto done; }
-    uint8_t *dst = out->rgb;
-    if (cmyk) {
-        tmp = malloc(npix * 4);
-        if (!tmp) { err_set(e, "JPEG: out of memory for %dx%d CMYK", w, h); goto done; }
-        dst = tmp;
-    }
-    if (tjDecompress2(tj, data, (unsigned long)n, dst, w, 0, h, pf, flags) != 0) {
-        /* Pillow ignores libjpeg warnings (corrupt-data notes) but fails on a truncated file
-         * ("image file is truncated"); TurboJPEG reports the end-of-file case as a warning. */
-        const char *msg = tjGetErrorStr2(tj);
-        if (tjGetErrorCode(tj) == TJERR_FATAL) {
-            err_set(e, "JPEG: corrupt data: %s", msg);
-            goto done;
-        }
-        if (strstr(msg, "Premature end")) {
-            err_set(e, "JPEG: file is truncated (%s)", msg);
-            goto done;
-        }
-    }
-    if (cmyk) {
-        for (size_t i = 0; i < npix; i++) {
-            const uint8_t *s = tmp + 4 * i;
-            int nk = s[3]; /* inverted K: 255 - (255 - k) */
-            for (int c = 0; c < 3; c++) {
-                int v = nk - muldiv255(255 - s[c], nk);
-                out->rgb[3 * i + c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-        }
-    }
+    if (jpeg_decode_rows(d, out->rgb, NULL, NULL, e)) goto done;
     out->w = w;
     out->h = h;
     rc = 0;
 done:
-    free(tmp);
+    jpeg_close(d);
+    free(d);
     if (rc) { free(out->rgb); out->rgb = NULL; }
-    tjDestroy(tj);
     return rc;
 }
 
@@ -336,6 +415,107 @@ int image_decode(struct image *out, const uint8_t *data, size_t n, const struct 
                        n > 1 ? data[1] : 0, n > 2 ? data[2] : 0, n > 3 ? data[3] : 0);
     default: return err_set(e, "image: %s is not supported (use JPEG, PNG or WebP)", image_format_name(f));
     }
+}
+
+/* ---------------------------------------------------------------- decoding on a thread */
+
+/* The state of a decode running on its own thread (image.h: image_decode_async). ready only grows; the
+ * thread is joined by image_free (rows_stop), which also asks it to stop early. */
+struct image_rows {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int ready, done, failed, stop;
+    struct err err;
+    struct jpeg_dec dec;
+    uint8_t *rgb;
+};
+
+static int rows_publish(void *ctx, int rows)
+{
+    struct image_rows *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    r->ready = rows;
+    const int stop = r->stop;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return stop;
+}
+
+static void *rows_thread(void *arg)
+{
+    struct image_rows *r = arg;
+    struct err e = {0};
+    const int rc = jpeg_decode_rows(&r->dec, r->rgb, rows_publish, r, &e);
+    jpeg_close(&r->dec);
+    pthread_mutex_lock(&r->mu);
+    r->done = 1;
+    r->failed = rc != 0;
+    if (rc) r->err = e;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+static void rows_stop(struct image_rows *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->th, NULL);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}
+
+int image_decode_async(struct image *out, const uint8_t *data, size_t n, const struct image_opts *o, struct err *e)
+{
+    struct image_opts def;
+    if (!o) { image_opts_default(&def); o = &def; }
+    memset(out, 0, sizeof *out);
+    if (!data || n == 0 || n > o->max_file_bytes || image_detect(data, n) != IMAGE_FORMAT_JPEG)
+        return image_decode(out, data, n, o, e); /* its checks and messages; whole before it returns */
+    struct image_rows *r = calloc(1, sizeof *r);
+    if (!r) return err_set(e, "JPEG: out of memory");
+    if (jpeg_open(&r->dec, data, n, o, e)) {
+        jpeg_close(&r->dec);
+        free(r);
+        return -1;
+    }
+    const int w = (int)r->dec.ci.image_width, h = (int)r->dec.ci.image_height;
+    if (!(r->rgb = malloc((size_t)w * (size_t)h * 3))) {
+        jpeg_close(&r->dec);
+        free(r);
+        return err_set(e, "JPEG: out of memory for %dx%d", w, h);
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    if (pthread_create(&r->th, NULL, rows_thread, r)) {
+        /* no thread: decode here */
+        pthread_mutex_destroy(&r->mu);
+        pthread_cond_destroy(&r->cv);
+        const int rc = jpeg_decode_rows(&r->dec, r->rgb, NULL, NULL, e);
+        jpeg_close(&r->dec);
+        if (rc) free(r->rgb);
+        else *out = (struct image){.w = w, .h = h, .rgb = r->rgb};
+        free(r);
+        return rc;
+    }
+    *out = (struct image){.w = w, .h = h, .rgb = r->rgb, .rows = r};
+    return 0;
+}
+
+int image_wait_rows(const struct image *im, int rows, struct err *e)
+{
+    struct image_rows *r = im->rows;
+    if (!r) return 0;
+    if (rows > im->h) rows = im->h;
+    pthread_mutex_lock(&r->mu);
+    while (r->ready < rows && !r->done) pthread_cond_wait(&r->cv, &r->mu);
+    const int bad = r->ready < rows; /* done short of them: the decode failed */
+    if (bad) *e = r->err;
+    pthread_mutex_unlock(&r->mu);
+    return bad ? -1 : 0;
 }
 
 int image_load(struct image *out, const char *path, const struct image_opts *o, struct err *e)

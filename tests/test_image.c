@@ -670,6 +670,72 @@ static void test_png_modes(void)
     image_free(&im);
 }
 
+/* The JPEG decoder (libjpeg's scanline API) against TurboJPEG's tjDecompress2, the call it replaced (the same
+ * library's defaults behind another API): 4:2:0, 4:2:2, 4:4:4, grayscale, progressive and a restart
+ * interval, odd sizes; bit for bit, synchronously and through image_decode_async with the rows waited
+ * for in uneven steps. A truncated file fails in image_wait_rows with the decode's message, and an
+ * image freed while its decode runs stops it (ASan sees no leak). */
+static void test_jpeg_rows(void)
+{
+    struct { int w, h, samp, flags, gray; } cs[] = {
+        {333, 251, TJSAMP_420, 0, 0}, {640, 480, TJSAMP_422, 0, 0}, {97, 1203, TJSAMP_444, 0, 0},
+        {301, 177, TJSAMP_GRAY, 0, 1}, {517, 389, TJSAMP_420, TJFLAG_PROGRESSIVE, 0}, {1344, 1344, TJSAMP_420, 0, 0}};
+    tjhandle td = tjInitDecompress();
+    for (size_t t = 0; t < sizeof cs / sizeof cs[0]; t++) {
+        tjhandle tc = tjInitCompress(); /* a fresh one: TurboJPEG 2.1.5 carries a progressive setting over */
+        struct image src = {0}, a = {0}, b = {0};
+        struct err e;
+        T_EQ_INT(gen_image(&src, cs[t].w, cs[t].h, 60 + (uint32_t)t), 0);
+        unsigned char *jpg = NULL;
+        unsigned long jn = 0;
+        T_EQ_INT(tjCompress2(tc, src.rgb, cs[t].w, 0, cs[t].h, TJPF_RGB, &jpg, &jn, cs[t].samp, 87, cs[t].flags), 0);
+        const size_t bytes = (size_t)cs[t].w * cs[t].h * 3;
+        uint8_t *ref = malloc(bytes);
+        T_ASSERTF(tjDecompress2(td, jpg, jn, ref, cs[t].w, 0, cs[t].h, TJPF_RGB, TJFLAG_ACCURATEDCT) == 0, "case %zu: %s", t,
+                  tjGetErrorStr2(td));
+        T_EQ_INT(image_decode(&a, jpg, jn, NULL, &e), 0);
+        T_ASSERTF(a.w == cs[t].w && a.h == cs[t].h && memcmp(a.rgb, ref, bytes) == 0,
+                  "case %zu (%dx%d): image_decode differs from tjDecompress2", t, cs[t].w, cs[t].h);
+        T_EQ_INT(image_decode_async(&b, jpg, jn, NULL, &e), 0);
+        T_ASSERT(b.w == cs[t].w && b.h == cs[t].h && b.rows != NULL);
+        int bad = 0;
+        for (int rows = 1; rows < b.h + 40; rows += 1 + (rows * 7) % 53) {
+            const int r = rows < b.h ? rows : b.h;
+            T_EQ_INT(image_wait_rows(&b, r, &e), 0);
+            bad += memcmp(b.rgb, ref, (size_t)r * cs[t].w * 3) != 0; /* the promised rows are final */
+        }
+        T_EQ_INT(image_wait_rows(&b, b.h, &e), 0);
+        T_ASSERTF(bad == 0 && memcmp(b.rgb, ref, bytes) == 0, "case %zu: image_decode_async differs", t);
+        image_free(&b);
+        T_ASSERT(b.rows == NULL && b.rgb == NULL);
+        if (t == 5) { /* freed at once, while its decode runs */
+            T_EQ_INT(image_decode_async(&b, jpg, jn, NULL, &e), 0);
+            image_free(&b);
+            /* truncated: the header passes, the rows fail */
+            T_EQ_INT(image_decode_async(&b, jpg, jn / 2, NULL, &e), 0);
+            T_EQ_INT(image_wait_rows(&b, 1, &e), 0);
+            e.msg[0] = 0;
+            T_EQ_INT(image_wait_rows(&b, b.h, &e), -1);
+            T_CONTAINS(e.msg, "truncated");
+            image_free(&b);
+        }
+        free(ref);
+        tjFree(jpg);
+        tjDestroy(tc);
+        image_free(&a);
+        image_free(&src);
+    }
+    /* not a JPEG: decoded whole before image_decode_async returns */
+    struct image src = {0}, b = {0};
+    struct err e;
+    T_EQ_INT(gen_image(&src, 31, 17, 9), 0);
+    T_EQ_INT(image_decode_async(&b, (const uint8_t *)"GIF89a....", 10, NULL, &e), -1);
+    T_CONTAINS(e.msg, "GIF");
+    T_ASSERT(b.rgb == NULL && b.rows == NULL);
+    image_free(&src);
+    tjDestroy(td);
+}
+
 static void test_jpeg_webp_roundtrip(void)
 {
     struct image src = {0}, im = {0};
@@ -1109,6 +1175,7 @@ int main(int argc, char **argv)
     T_RUN(test_prep_pieces);
     T_RUN(test_png_modes);
     T_RUN(test_jpeg_webp_roundtrip);
+    T_RUN(test_jpeg_rows);
     T_RUN(test_bad_inputs);
     T_RUN(test_png_chunk_bombs);
     T_RUN(test_pillow_fixture);
