@@ -55,6 +55,8 @@ int image_decode_async(struct image *out, const uint8_t *data, size_t n, const s
 /* 0 once rows [0, rows) of im are final (at once when im->rows is NULL); -1 with the decode's error when
  * it failed before them. Any thread may wait. */
 int image_wait_rows(const struct image *im, int rows, struct err *e);
+/* The rows final now, without waiting (im->h when im->rows is NULL). */
+int image_rows_ready(const struct image *im);
 /* Reads a file (bounded by o->max_file_bytes) and decodes it; errors are prefixed with the path. */
 int image_load(struct image *out, const char *path, const struct image_opts *o, struct err *e);
 void image_free(struct image *im); /* accepts a zeroed or half-built image */

@@ -518,6 +518,16 @@ int image_wait_rows(const struct image *im, int rows, struct err *e)
     return bad ? -1 : 0;
 }
 
+int image_rows_ready(const struct image *im)
+{
+    struct image_rows *r = im->rows;
+    if (!r) return im->h;
+    pthread_mutex_lock(&r->mu);
+    const int n = r->ready;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
 int image_load(struct image *out, const char *path, const struct image_opts *o, struct err *e)
 {
     struct image_opts def;

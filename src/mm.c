@@ -100,45 +100,97 @@ int mm_reserve(struct mm *m, int n_pieces, int64_t max_patches, struct err *e)
     return mm_arenas(m, &L, e);
 }
 
+/* ---- mm_encode: pieces in batches as their source rows arrive ----
+ * An image may still be decoding (image_decode_async): its pieces are prepared (image_prep) and encoded
+ * batch by batch as the rows each one reads arrive, so the tower works on the top slices while the
+ * bottom of the file decodes. A batch is every piece ready when the next one to wait for is (at most
+ * max_pieces), so a decoded image is one batch as before. The tower's result for a piece depends only on
+ * its patches and the request's padded length (vision.h), the resampler's only on the piece, so any
+ * grouping gives the same numbers; each batch's resampler runs over its runs of consecutive pieces,
+ * which write their rows of out in place. */
+struct mm_piece {
+    int img, k;    /* image, piece within it (0 = overview) */
+    int rows;      /* source rows it reads */
+    int done;
+};
+
+/* The next batch: the first image with pieces left, its piece needing the fewest rows waited for; then
+ * every piece left whose rows are final now, in order, up to cap. Returns the count (0: error). */
+static int mm_next_batch(struct mm_piece *pc, int B, const struct image *images, int cap, int *batch, double *t_wait,
+                         struct err *e)
+{
+    int first = -1;
+    for (int i = 0; i < B; i++)
+        if (!pc[i].done && (first < 0 || (pc[i].img == pc[first].img && pc[i].rows < pc[first].rows))) first = i;
+    const double t0 = time_now();
+    if (image_wait_rows(&images[pc[first].img], pc[first].rows, e)) {
+        err_prefix(e, "image %d", pc[first].img + 1);
+        return 0;
+    }
+    *t_wait += time_now() - t0;
+    int n = 0;
+    batch[n++] = first;
+    for (int i = 0; i < B && n < cap; i++)
+        if (!pc[i].done && i != first && pc[i].rows <= image_rows_ready(&images[pc[i].img])) batch[n++] = i;
+    /* in piece order: runs of consecutive pieces share a resampler call */
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && batch[b - 1] > batch[b]; b--) {
+            const int t = batch[b];
+            batch[b] = batch[b - 1];
+            batch[b - 1] = t;
+        }
+    return n;
+}
+
 int mm_encode(struct mm *m, const struct image *images, int n_images, struct chat_grid *grids, struct tensor *out,
               int *n_pieces, struct err *e)
 {
     const struct model_config *c = m->cfg;
     const enum dtype act = m->act;
-    struct image_pieces *ip = calloc((size_t)(n_images ? n_images : 1), sizeof *ip);
+    struct image_prep *prep = calloc((size_t)(n_images ? n_images : 1), sizeof *prep);
+    struct image_piece *packed = NULL;
     struct vision_piece *vp = NULL;
-    int32_t *tgt = NULL;
+    struct mm_piece *pc = NULL;
+    int32_t *tgt = NULL, *bt = NULL;
+    int *batch = NULL;
     int rc = -1, B = 0;
     memset(out, 0, sizeof *out);
-    if (!ip) return err_set(e, "out of memory");
-    double tc[5] = {0};
-    tc[0] = time_now();
+    memset(&m->times, 0, sizeof m->times);
+    if (!prep) return err_set(e, "out of memory");
     for (int i = 0; i < n_images; i++) {
-        if (image_preprocess(&ip[i], &images[i], m->pp, 0, e)) {
+        if (image_prep_init(&prep[i], images[i].w, images[i].h, m->pp, e)) {
             err_prefix(e, "image %d", i + 1);
             goto done;
         }
-        grids[i].cols = ip[i].cols;
-        grids[i].rows = ip[i].rows;
-        B += ip[i].n;
+        grids[i].cols = prep[i].plan.cols;
+        grids[i].rows = prep[i].plan.rows;
+        B += prep[i].n;
     }
+    packed = calloc((size_t)B, sizeof *packed);
     vp = calloc((size_t)B, sizeof *vp);
+    pc = calloc((size_t)B, sizeof *pc);
     tgt = calloc((size_t)B * 2, sizeof *tgt);
-    if (!vp || !tgt) { err_set(e, "out of memory"); goto done; }
-    for (int i = 0, k = 0; i < n_images; i++)
-        for (int j = 0; j < ip[i].n; j++, k++) {
-            vp[k].patches = ip[i].p[j].patches;
-            vp[k].h = ip[i].p[j].tgt_h;
-            vp[k].w = ip[i].p[j].tgt_w;
-            tgt[2 * k] = vp[k].h;
-            tgt[2 * k + 1] = vp[k].w;
+    bt = calloc((size_t)B * 2, sizeof *bt);
+    batch = calloc((size_t)B, sizeof *batch);
+    if (!packed || !vp || !pc || !tgt || !bt || !batch) { err_set(e, "out of memory"); goto done; }
+    /* every piece's size from the plans (the padded length is the request's longest piece) */
+    for (int i = 0, g = 0; i < n_images; i++)
+        for (int k = 0; k < prep[i].n; k++, g++) {
+            const struct image_slice_plan *pl = &prep[i].plan;
+            const int P = prep[i].P;
+            pc[g] = (struct mm_piece){.img = i, .k = k, .rows = image_prep_rows(&prep[i], k)};
+            vp[g].h = (k ? pl->slice_h : pl->overview_h) / P;
+            vp[g].w = (k ? pl->slice_w : pl->overview_w) / P;
+            tgt[2 * g] = vp[g].h;
+            tgt[2 * g + 1] = vp[g].w;
         }
-    if (vision_check_pieces(c, vp, B, e)) goto done;
+    if (B > VISION_MAX_PIECES) { /* the pieces' own checks run with each batch (vision_forward_padded) */
+        err_set(e, "vision: %d pieces (allowed 1..%d)", B, VISION_MAX_PIECES);
+        goto done;
+    }
     const int64_t n_max = vision_n_max(vp, B), vd = c->vision_config.hidden_size, d = c->hidden_size;
-    /* The device plan reserved workspace for one batch of max_pieces x max_patches. A piece longer
-     * than max_patches is refused; more pieces run in batches of at most max_pieces, each padded to
-     * the request's longest piece: a piece's result depends only on its own patches and on that
-     * padded length (vision.h), so this gives the numbers of one batch of all B pieces. */
+    /* The device plan reserved workspace for one batch of max_pieces x max_patches: a longer piece is
+     * refused, more pieces run in several batches. */
     if (n_max > m->max_patches) {
         err_set(e, "the images make a piece of %lld patches, more than the %lld the device plan reserved (--max-patches)",
                 (long long)n_max, (long long)m->max_patches);
@@ -146,57 +198,72 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     }
     const int per = m->max_pieces < B ? m->max_pieces : B;
     const struct device vdev = m->vdev, rdev = m->rdev, edev = m->edev;
-    /* one layout for every batch: the largest parts any batch needs */
-    struct mm_layout L;
-    memset(&L, 0, sizeof L);
-    for (int b0 = 0; b0 < B; b0 += per) {
-        struct mm_layout Lb;
-        mm_layout(&Lb, m, B - b0 < per ? B - b0 : per, n_max, tgt + 2 * b0);
-        if (Lb.feats > L.feats) L.feats = Lb.feats;
-        if (Lb.vis > L.vis) L.vis = Lb.vis;
-        if (Lb.rs > L.rs) L.rs = Lb.rs;
-        if (Lb.rs_out > L.rs_out) L.rs_out = Lb.rs_out;
-        L.shared = Lb.shared;
-    }
-    mm_layout_need(&L);
-    if (mm_arenas(m, &L, e)) goto done;
     *out = tensor_make(act, edev, NULL, 2, (int64_t)B * c->query_num, d); /* the caller's */
     if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) goto done;
 
-    char *w0 = m->ws[0].p;
-    char *rbase = L.shared ? w0 + L.feats : (char *)m->ws[1].p + L.feats; /* resampler scratch, output */
-    double t_vis = 0, t_rs = 0;
-    tc[1] = time_now();
-    for (int b0 = 0; b0 < B; b0 += per) {
-        const int nb = B - b0 < per ? B - b0 : per;
+    double t_pre = 0, t_vis = 0, t_rs = 0, t_wait = 0;
+    for (int left = B; left > 0;) {
+        const int nb = mm_next_batch(pc, B, images, per, batch, &t_wait, e);
+        if (!nb) goto done;
         double ta = time_now();
-        struct tensor feats = tensor_make(act, vdev, w0, 3, (int64_t)nb, n_max, vd);
-        if (vision_forward_padded(&feats, m->vpm, c, vp + b0, nb, n_max, w0 + L.feats, L.vis, e)) goto done;
+        struct vision_piece bvp[VISION_MAX_PIECES];
+        for (int j = 0; j < nb; j++) {
+            const int g = batch[j];
+            if (image_prep_piece(&prep[pc[g].img], &packed[g], &images[pc[g].img], pc[g].k, 0, e)) {
+                err_prefix(e, "image %d", pc[g].img + 1);
+                goto done;
+            }
+            bvp[j] = (struct vision_piece){.patches = packed[g].patches, .h = vp[g].h, .w = vp[g].w};
+            bt[2 * j] = tgt[2 * batch[j]];
+            bt[2 * j + 1] = tgt[2 * batch[j] + 1];
+        }
+        struct mm_layout L;
+        mm_layout(&L, m, nb, n_max, bt);
+        if (mm_arenas(m, &L, e)) goto done;
+        char *w0 = m->ws[0].p;
+        char *rbase = L.shared ? w0 + L.feats : (char *)m->ws[1].p + L.feats; /* resampler scratch, output */
         double tb = time_now();
+        t_pre += tb - ta;
+        struct tensor feats = tensor_make(act, vdev, w0, 3, (int64_t)nb, n_max, vd);
+        if (vision_forward_padded(&feats, m->vpm, c, bvp, nb, n_max, w0 + L.feats, L.vis, e)) goto done;
+        for (int j = 0; j < nb; j++) { /* uploaded: op_copy returns once the host buffer may be reused */
+            free(packed[batch[j]].patches);
+            packed[batch[j]].patches = NULL;
+        }
+        double tc = time_now();
         struct tensor rs_in = feats;
         if (!L.shared) {
             rs_in.dev = rdev;
             rs_in.data = m->ws[1].p;
             op_copy(&rs_in, &feats);
         }
-        struct tensor mine = tensor_rows_view(out, (int64_t)b0 * c->query_num, (int64_t)nb * c->query_num);
-        struct tensor rs_out = tensor_make(act, rdev, rbase + L.rs, 3, (int64_t)nb, (int64_t)c->query_num, d);
-        if (!L.rs_out) rs_out = tensor_reshape(&mine, 3, (int64_t)nb, (int64_t)c->query_num, d); /* rdev == edev */
-        if (resampler_forward(&rs_out, m->rs, c, &rs_in, tgt + 2 * b0, nb, rbase, L.rs, e)) goto done;
-        if (L.rs_out) {
-            struct tensor flat = tensor_reshape(&rs_out, 2, (int64_t)nb * c->query_num, d);
-            op_copy(&mine, &flat);
+        for (int j0 = 0, j1; j0 < nb; j0 = j1) { /* runs of consecutive pieces */
+            for (j1 = j0 + 1; j1 < nb && batch[j1] == batch[j1 - 1] + 1; j1++) {}
+            const int64_t len = j1 - j0;
+            struct tensor x = tensor_make(act, rdev, (char *)rs_in.data + (size_t)(j0 * n_max * vd) * dtype_size(act), 3,
+                                          len, n_max, vd);
+            struct tensor mine = tensor_rows_view(out, (int64_t)batch[j0] * c->query_num, len * c->query_num);
+            struct tensor rs_out = tensor_make(act, rdev, rbase + L.rs, 3, len, (int64_t)c->query_num, d);
+            if (!L.rs_out) rs_out = tensor_reshape(&mine, 3, len, (int64_t)c->query_num, d); /* rdev == edev */
+            if (resampler_forward(&rs_out, m->rs, c, &x, bt + 2 * j0, (int)len, rbase, L.rs, e)) goto done;
+            if (L.rs_out) {
+                struct tensor flat = tensor_reshape(&rs_out, 2, len * c->query_num, d);
+                op_copy(&mine, &flat);
+            }
         }
-        t_vis += tb - ta;
-        t_rs += time_now() - tb;
+        for (int j = 0; j < nb; j++) pc[batch[j]].done = 1;
+        left -= nb;
+        m->times.batches++;
+        t_vis += tc - tb;
+        t_rs += time_now() - tc;
     }
-    tc[3] = time_now();
+    const double t3 = time_now();
     dev_sync(edev); /* the tokens are complete when this returns (callers time it) */
-    tc[4] = time_now();
-    m->times.pre = tc[1] - tc[0];
+    m->times.pre = t_pre;
+    m->times.rows_wait = t_wait;
     m->times.vision_queued = t_vis;
     m->times.rs_queued = t_rs;
-    m->times.wait = tc[4] - tc[3];
+    m->times.wait = time_now() - t3;
     *n_pieces = B;
     rc = 0;
 done:
@@ -204,10 +271,15 @@ done:
         dev_free(out->dev, out->data); /* waits for the device: no queued op still writes it */
         out->data = NULL;
     }
-    for (int i = 0; i < n_images; i++) image_pieces_free(&ip[i]);
-    free(ip);
+    for (int i = 0; i < n_images; i++) image_prep_free(&prep[i]);
+    for (int g = 0; packed && g < B; g++) free(packed[g].patches);
+    free(prep);
+    free(packed);
     free(vp);
+    free(pc);
     free(tgt);
+    free(bt);
+    free(batch);
     return rc;
 }
 

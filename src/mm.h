@@ -26,6 +26,8 @@ struct mm_arena {
 /* Host clock of the last mm_encode, seconds (bench). */
 struct mm_times {
     double pre;                  /* image preprocessing */
+    double rows_wait;            /* waiting for rows of an image still decoding (image_decode_async) */
+    int batches;                 /* vision batches the pieces ran in */
     double vision_queued;        /* vision_forward: host conversion, uploads, queueing */
     double rs_queued;            /* resampler_forward: its host tables, queueing */
     double wait;                 /* the final sync: device work still running after the host is done */
@@ -53,7 +55,8 @@ void mm_free(struct mm *m);
 int mm_reserve(struct mm *m, int n_pieces, int64_t max_patches, struct err *e);
 /* Vision + resampler for all pieces of the given images: out [n_pieces*query_num, d] on the embed device
  * (allocated; the caller frees with dev_free(out->dev, out->data)); grids receives each image's
- * (cols, rows). Returns when the rows are complete on the device. */
+ * (cols, rows). Returns when the rows are complete on the device. An image still decoding
+ * (image_decode_async) is encoded as its rows arrive: batches of the pieces ready, the same numbers. */
 int mm_encode(struct mm *m, const struct image *images, int n_images, struct chat_grid *grids, struct tensor *out,
               int *n_pieces, struct err *e);
 

@@ -246,6 +246,13 @@ static int turn_images(struct turn *t, struct engine *g, struct imgcache *cache,
     struct imgcache_key key = {0};
     int rc = -1;
     if (!grids) return err_set(e, "out of memory");
+    /* without their encoded bytes the images are keyed by their pixels: an image still decoding
+     * (image_decode_async) is waited for then; with the bytes the tower starts on its first rows */
+    for (int i = 0; !rq->img_keys && i < rq->n_images; i++)
+        if (image_wait_rows(&rq->images[i], rq->images[i].h, e)) {
+            err_prefix(e, "image %d", i + 1);
+            goto out;
+        }
     /* the key also names the images' rows in the KV blocks' keys (run_keys), so it is made with or without a cache */
     if (imgcache_key_init(&key, rq->images, rq->n_images, rq->img_keys, rq->img_key_len, cache != NULL)) {
         err_set(e, "out of memory");

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <turbojpeg.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -24,6 +25,7 @@
 #include "devmap.h"
 #include "engine_impl.h"
 #include "image.h"
+#include "mm.h"
 #include "model.h"
 #include "resampler.h"
 #include "t.h"
@@ -705,7 +707,7 @@ static void test_attention_batch(void)
 /* A photo-like test image: smooth gradients plus hashed noise (slicing depends only on the size). */
 static struct image photo(int w, int h, uint32_t seed)
 {
-    struct image im = {w, h, malloc((size_t)w * h * 3)};
+    struct image im = {.w = w, .h = h, .rgb = malloc((size_t)w * h * 3)};
     CHECK(im.rgb != NULL);
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
@@ -830,6 +832,69 @@ out:
     free(im[1].rgb);
 }
 
+/* Images still decoding (image_decode_async) are encoded as their rows arrive, in batches of the pieces
+ * ready: the tokens equal those of the same JPEGs decoded first, bit for bit, for one image and two, on
+ * the default engine and on one of 3 pieces a batch; a truncated JPEG fails the encode with the decode's
+ * message. The batch count depends on timing (printed, not checked). */
+static void test_encode_while_decoding(void)
+{
+    struct image src[2] = {photo(1344, 1008, 5), photo(900, 1500, 6)};
+    unsigned char *jpg[2] = {NULL, NULL};
+    unsigned long jn[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        tjhandle tc = tjInitCompress();
+        T_EQ_INT(tjCompress2(tc, src[i].rgb, src[i].w, 0, src[i].h, TJPF_RGB, &jpg[i], &jn[i], TJSAMP_420, 90, 0), 0);
+        tjDestroy(tc);
+    }
+    const char *small = tiny_small_scale();
+    struct engine *engines[2] = {open_tiny_cpu(t_tiny_model(1), -1), small ? open_tiny_cpu(small, 3) : NULL};
+    T_ASSERT(engines[0] && engines[1]);
+    struct err e = {{0}};
+    for (int gi = 0; gi < 2 && engines[0] && engines[1]; gi++)
+        for (int n = 1; n <= 2; n++) {
+            struct engine *g = engines[gi];
+            struct image dec[2] = {{0}}, asy[2] = {{0}};
+            for (int i = 0; i < n; i++) T_EQ_INT(image_decode(&dec[i], jpg[i], jn[i], NULL, &e), 0);
+            struct chat_grid ga[2], gb[2];
+            struct tensor a = {0}, b = {0};
+            int na = 0, nb = 0;
+            T_ASSERTF(engine_encode_images(g, dec, n, ga, &a, &na, &e) == 0, "%s", e.msg);
+            for (int i = 0; i < n; i++) T_EQ_INT(image_decode_async(&asy[i], jpg[i], jn[i], NULL, &e), 0);
+            T_ASSERTF(engine_encode_images(g, asy, n, gb, &b, &nb, &e) == 0, "%s", e.msg);
+            const int batches = engine_encode_times(g)->batches;
+            T_EQ_INT(nb, na);
+            T_ASSERT(ga[n - 1].cols == gb[n - 1].cols && ga[n - 1].rows == gb[n - 1].rows);
+            const int same = a.data && b.data && na == nb && !memcmp(a.data, b.data, tensor_nbytes(&a));
+            printf("  %s, %d image(s): %d pieces while decoding in %d batch(es): %s\n", gi ? "3 a batch" : "default", n,
+                   nb, batches, same ? "bit-identical" : "DIFFERENT");
+            T_ASSERT(same);
+            dev_free(a.dev, a.data);
+            dev_free(b.dev, b.data);
+            for (int i = 0; i < n; i++) {
+                image_free(&dec[i]);
+                image_free(&asy[i]);
+            }
+        }
+    if (engines[0]) { /* a truncated file: the header passes, the encode fails naming the image */
+        struct image t = {0};
+        struct chat_grid gt;
+        struct tensor x = {0};
+        int nx = 0;
+        T_EQ_INT(image_decode_async(&t, jpg[0], jn[0] * 2 / 3, NULL, &e), 0);
+        e.msg[0] = 0;
+        T_EQ_INT(engine_encode_images(engines[0], &t, 1, &gt, &x, &nx, &e), -1);
+        T_CONTAINS(e.msg, "image 1");
+        T_CONTAINS(e.msg, "truncated");
+        T_ASSERT(x.data == NULL);
+        image_free(&t);
+    }
+    for (int i = 0; i < 2; i++) {
+        engine_close(engines[i]);
+        tjFree(jpg[i]);
+        free(src[i].rgb);
+    }
+}
+
 int main(void)
 {
     backend_set_threads(2);
@@ -842,5 +907,6 @@ int main(void)
     T_RUN(test_errors);
     T_RUN(test_attention_batch);
     T_RUN(test_batched_pieces);
+    T_RUN(test_encode_while_decoding);
     return t_main_end("test_vision");
 }
