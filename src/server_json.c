@@ -148,7 +148,8 @@ static int image_reserve(struct server_request *rq, const struct server_limits *
     return 0;
 }
 
-/* Loads the image of one image_url part into rq's slot idx-1 (keeping its encoded bytes, the cache key).
+/* Loads the image of one image_url part into rq's slot idx-1 (keeping its encoded bytes, the cache key, which
+ * also outlive the image's decode: server_request_drop_images frees the image first).
  * The worst case (max_pixels x 3 bytes) is reserved from the decoded-image budget before decoding and
  * trimmed to the real size after, so concurrent decodes cannot exceed the budget. Returns 0 or a status. */
 static int load_image(struct server_request *rq, const char *url, const struct server_limits *lim, int idx, char **err_json)
@@ -181,7 +182,10 @@ static int load_image(struct server_request *rq, const char *url, const struct s
     const int64_t worst = io.max_pixels * 3;
     int st = image_reserve(rq, lim, worst, err_json);
     if (st) return st;
-    int r = image_decode(im, bytes, nb, &io, &e);
+    /* the header is read and checked here (a bad one is this request's 400); the rows decode on a thread of
+     * their own while the request waits in the queue, and the tower starts on the top slices as soon as
+     * they are in (mm.c). Bad data past the header fails the turn: 400 (a stream: its error event). */
+    int r = image_decode_async(im, bytes, nb, &io, &e);
     const int64_t used = r ? 0 : (int64_t)im->w * im->h * 3;
     if (rq->image_acct) {
         atomic_fetch_sub(rq->image_acct, worst - used);

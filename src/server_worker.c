@@ -222,13 +222,24 @@ static void start_choice(struct server *s, struct choice *c)
     sched_add(s->sched, j->rq.turns[c->index], &io, sched_done, c); /* a failure is answered through sched_done */
 }
 
+/* Whether an image of the job is still decoding (image_decode_async, from the request's parse). */
+static int job_decoding(const struct job *j)
+{
+    for (int i = 0; i < j->rq.req.n_images; i++)
+        if (image_rows_ready(&j->rq.images[i]) < j->rq.images[i].h) return 1;
+    return 0;
+}
+
 /* The next job when it may start now: FIFO; a beam-search job runs alone, so it waits (and the jobs
- * behind it wait) until nothing runs. s->mu held. */
+ * behind it wait) until nothing runs. A job whose images are still decoding waits while other turns are
+ * in the scheduler: its encode would block the worker on the rows (image_wait_rows) and stall their
+ * steps; with nothing else running it starts at once, and its tower overlaps the decode. s->mu held. */
 static struct job *queue_take(struct server *s)
 {
     if (!s->qn || (s->sched ? s->slots_used >= s->n_slots : s->n_running >= 1)) return NULL;
     struct job *j = s->q[s->qhead];
     if (j->rq.req.num_beams > 1 && s->n_running) return NULL;
+    if (s->slots_used > 0 && job_decoding(j)) return NULL;
     s->qhead = (s->qhead + 1) % s->o.queue;
     s->qn--;
     j->t0 = time_now();

@@ -433,6 +433,42 @@ static void test_http_errors(void)
     free(r.body);
 }
 
+/* A JPEG whose header is sound and whose data ends early: the header passes the request's checks and the
+ * rows decode while the request runs (image_decode_async), so the turn fails: 400 naming the image and the
+ * truncation, or in a stream its error event; the server goes on. */
+static void test_http_truncated_jpeg(void)
+{
+    FILE *f = fopen(IMG_PATH, "rb");
+    T_ASSERT(f != NULL);
+    if (!f) return;
+    unsigned char buf[1 << 16];
+    const size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    char path[] = "/tmp/minicpmv_trunc_XXXXXX";
+    const int fd = mkstemp(path);
+    T_ASSERT(fd >= 0 && n > 600);
+    if (fd < 0) return;
+    T_EQ_INT((long)write(fd, buf, n * 2 / 3), (long)(n * 2 / 3));
+    close(fd);
+    char *url = data_url(path);
+    unlink(path);
+    char *b = chat_body("What", url, 4, 0, NULL);
+    expect_error(b, 400, "truncated");
+    free(b);
+    b = chat_body("What", url, 4, 1, NULL);
+    struct resp r = http(PORT, "POST", "/v1/chat/completions", b);
+    T_EQ_INT(r.status, 200);
+    T_ASSERTF(r.body && strstr(r.body, "\"error\"") && strstr(r.body, "image 1") && strstr(r.body, "truncated") &&
+                  strstr(r.body, "[DONE]"),
+              "stream: %s", r.body ? r.body : "");
+    free(r.body);
+    free(b);
+    free(url);
+    r = http(PORT, "GET", "/health", NULL);
+    T_EQ_INT(r.status, 200);
+    free(r.body);
+}
+
 static void test_http_pixel_limit(void)
 {
     struct server *s2 = NULL;
@@ -720,7 +756,8 @@ int main(void)
         T_RUN(test_http_basic);
         T_RUN(test_http_stream_sampled);
         T_RUN(test_http_errors);
-        T_RUN(test_http_pixel_limit);
+        T_RUN(test_http_truncated_jpeg);
+    T_RUN(test_http_pixel_limit);
         T_RUN(test_http_loading);
         T_RUN(test_http_host);
         T_RUN(test_http_disconnect);

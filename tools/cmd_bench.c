@@ -3,7 +3,9 @@
  *   prefillN   prefill of N random token ids (one llm_forward call, chunked by --max-batch), tok/s
  *   decodeC    greedy decode steps (llm_forward with one token) at context C, tok/s and effective GB/s
  *   vision1    engine_encode_images on a 448x448 image (1 piece), ms; vision10: 1344x1344 (10 pieces)
- *   ttft       JPEG bytes in memory -> decode -> a chat turn (max_new 1): time to first token, ms
+ *   ttft       JPEG bytes in memory -> a chat turn (max_new 1) while the JPEG decodes on its own thread
+ *              (image_decode_async, keyed by its bytes: the chat and serve path): time to first token, ms;
+ *              ttftsync: the JPEG decoded whole first (image_decode), then the turn
  *   seedcase   1344x1344 JPEG + text, ~3000 prompt tokens, 1000 generated (stop ids ignored), end to end, s
  *   concN      N streams at once through the scheduler (~512-token prompts, 256 greedy tokens each):
  *              aggregate tok/s, per-stream tok/s, TTFT p50/p99 (--concurrency 1,4,16 = conc1,conc4,conc16),
@@ -253,12 +255,13 @@ out:
  * inside it, queueing the vision tower (host conversion + uploads + launches), queueing the resampler, then
  * waiting for the device. vision10 and ttft report it alike. */
 struct enc_parts {
-    double t[4][BENCH_MAX_REPS];
+    double t[6][BENCH_MAX_REPS];
 };
 
 static void enc_parts_note(struct enc_parts *q, int rep, const struct mm_times *et)
 {
     q->t[0][rep] = et->pre, q->t[1][rep] = et->vision_queued, q->t[2][rep] = et->rs_queued, q->t[3][rep] = et->wait;
+    q->t[4][rep] = et->rows_wait, q->t[5][rep] = et->batches;
 }
 
 static void enc_parts_add(struct phase *p, const struct enc_parts *q)
@@ -267,6 +270,8 @@ static void enc_parts_add(struct phase *p, const struct enc_parts *q)
     x_add(p, "queue_vision_ms", 1e3 * median(q->t[1], p->reps));
     x_add(p, "queue_resampler_ms", 1e3 * median(q->t[2], p->reps));
     x_add(p, "wait_ms", 1e3 * median(q->t[3], p->reps));
+    x_add(p, "rows_wait_ms", 1e3 * median(q->t[4], p->reps));
+    x_add(p, "batches", median(q->t[5], p->reps));
 }
 
 static int run_vision(struct bench *b, struct phase *p, struct err *e)
@@ -338,10 +343,15 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
         sampler_defaults(&rq.sp);
         rq.sp.greedy = true;
         rq.sp.repetition_penalty = 1.0f;
+        /* ttft: the JPEG decodes on its own thread and the turn starts at once, keyed by the JPEG's bytes (what
+         * chat and serve do); ttftsync: decoded whole first, the turn keyed by the pixels (before 2026-12-03) */
+        const uint8_t *key = jpg;
+        const size_t key_len = n_jpg;
+        if (!p->n) rq.img_keys = &key, rq.img_key_len = &key_len;
+        engine_kv_forget(g); /* a cold prefill every time (no prefix reuse of the previous rep's prompt) */
         engine_sync(g);
         double t0 = time_now();
-        if (image_decode(&im, jpg, n_jpg, NULL, e)) goto out;
-        engine_kv_forget(g); /* a cold prefill every time (no prefix reuse of the previous rep's prompt) */
+        if ((p->n ? image_decode : image_decode_async)(&im, jpg, n_jpg, NULL, e)) goto out;
         double t1 = time_now();
         int crc = turn_prepare(&t, g, &rq, e) || turn_run(t, g, NULL, &res, e);
         engine_sync(g);
@@ -371,7 +381,7 @@ static int run_ttft(struct bench *b, struct phase *p, struct err *e)
     x_add(p, "question_tokens", n_q);
     x_add(p, "pieces", pieces);
     x_add(p, "jpeg_kib", n_jpg / 1024.0);
-    x_add(p, "jpeg_decode_ms", 1e3 * median(tdec, p->reps));
+    x_add(p, p->n ? "jpeg_decode_ms" : "jpeg_header_ms", 1e3 * median(tdec, p->reps));
     x_add(p, "vision_ms", 1e3 * median(tvis, p->reps));
     enc_parts_add(p, &tq); /* of vision_ms; the rest is the turn's own: the image list's key, the cache lookup */
     x_add(p, "prefill_ms", 1e3 * median(tpre, p->reps));
@@ -382,8 +392,8 @@ out:
     return rc;
 }
 
-/* One turn of run_turn2 on slot 0 through the image cache: the JPEG decoded (timed apart), the turn prepared
- * and run. *ms_total: from the JPEG bytes to the turn's end (its first token when max_new is 1). */
+/* One turn of run_turn2 on slot 0 through the image cache: the JPEG's decode started on its own thread (its
+ * header timed apart), the turn prepared and run. *ms_total: from the JPEG bytes to the turn's end (its first token when max_new is 1). */
 static int turn2_once(struct bench *b, struct imgcache *cache, const unsigned char *jpg, unsigned long n_jpg,
                       const struct chat_msg *m, int n_msgs, int max_new, struct turn_result *res, double *ms_decode,
                       double *ms_total, struct err *e)
@@ -402,7 +412,7 @@ static int turn2_once(struct bench *b, struct imgcache *cache, const unsigned ch
     memset(res, 0, sizeof *res);
     engine_sync(g);
     const double t0 = time_now();
-    int rc = image_decode(&im, jpg, n_jpg, NULL, e);
+    int rc = image_decode_async(&im, jpg, n_jpg, NULL, e); /* a hit in the image cache does not wait for the rows */
     const double t1 = time_now();
     if (!rc) rc = turn_prepare(&t, g, &rq, e) || turn_run(t, g, &io, res, e);
     engine_sync(g);
@@ -491,7 +501,7 @@ static int run_turn2(struct bench *b, struct phase *p, struct err *e)
     x_add(p, "reused", reused);
     x_add(p, "prefilled", n2 - reused);
     x_add(p, "image_cached", cached_img);
-    x_add(p, "jpeg_decode_ms", median(tdec, p->reps));
+    x_add(p, "jpeg_header_ms", median(tdec, p->reps));
     x_add(p, "turn_ttft_ms", median(tturn, p->reps));
     x_add(p, "prefill_ms", median(tpre, p->reps));
     x_add(p, "new_alone_ms", new_ms);
@@ -864,12 +874,12 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
         if (!strncmp(t, "prefill", 7) && !cmdu_int("--only prefillN", t + 7, 1, 1 << 20, &v, &ie)) p->kind = PK_PREFILL;
         else if (!strncmp(t, "decode", 6) && !cmdu_int("--only decodeN", t + 6, 1, 1 << 20, &v, &ie)) p->kind = PK_DECODE;
         else if (!strcmp(t, "vision1") || !strcmp(t, "vision10")) { p->kind = PK_VISION; v = atoi(t + 6); }
-        else if (!strcmp(t, "ttft")) p->kind = PK_TTFT;
+        else if (!strcmp(t, "ttft") || !strcmp(t, "ttftsync")) { p->kind = PK_TTFT; v = t[4] != 0; }
         else if (!strcmp(t, "seedcase")) p->kind = PK_SEED;
         else if (!strcmp(t, "turn2")) p->kind = PK_TURN2;
         else if (!strncmp(t, "conc", 4) && !cmdu_int("--only concN", t + 4, 1, 4096, &v, &ie)) p->kind = PK_CONC;
         else
-            return err_set(e, "--only: unknown phase '%s' (prefillN, decodeN, vision1, vision10, ttft, seedcase, concN, turn2, all)",
+            return err_set(e, "--only: unknown phase '%s' (prefillN, decodeN, vision1, vision10, ttft, ttftsync, seedcase, concN, turn2, all)",
                            t);
         p->n = v;
         snprintf(p->name, sizeof p->name, "%s", t);
@@ -883,8 +893,9 @@ static int parse_phases(const char *list, struct phase *ph, int *n, struct err *
 static const char BENCH_HELP[] =
     "usage: minicpmv bench --model DIR [--only LIST] [--reps N] [--json FILE] [flags]\n"
     "  --only LIST          comma list of prefillN, decodeN (N = tokens / context), vision1, vision10, ttft,\n"
-    "                       seedcase, concN (N streams through the scheduler; needs --parallel N), turn2 (a\n"
-    "                       follow-up turn about the same 1344x1344 image), or all (default: %s)\n"
+    "                       ttftsync (ttft with the JPEG decoded whole before the turn starts), seedcase, concN\n"
+    "                       (N streams through the scheduler; needs --parallel N), turn2 (a follow-up turn\n"
+    "                       about the same 1344x1344 image), or all (default: %s)\n"
     "  --concurrency LIST   e.g. 1,4,16,64: the phases conc1,conc4,... (after --only's, if given)\n"
     "  --conc-new N         concN: tokens each stream generates (default 256)\n"
     "  --no-graph-warm      concN: do not capture the batched step's graphs of every batch size after the\n"

@@ -16,7 +16,7 @@ CC=${FUZZ_CC:-clang}
 flags="-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -fno-omit-frame-pointer -Wno-unknown-pragmas -Isrc $(pkg-config --cflags libcjson libpng libmicrohttpd)"
 img_src="src/image_decode.c src/image_resize.c src/image_slice.c"
-img_libs="$(pkg-config --libs libturbojpeg libpng libwebp)"
+img_libs="$(pkg-config --libs libturbojpeg libjpeg libpng libwebp) -lpthread"
 mkdir -p "$out"
 build() {
   local t=$1
