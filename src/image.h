@@ -82,6 +82,8 @@ struct image_resizer;
 struct image_resizer *image_resizer_new(int in_w, int in_h, int out_w, int out_h, struct err *e);
 void image_resizer_free(struct image_resizer *r); /* accepts NULL */
 int image_resizer_src_rows(const struct image_resizer *r, int rows);
+/* The output rows that source rows [0, src_rows) make: the largest r with src_rows(r) <= src_rows. */
+int image_resizer_rows_from(const struct image_resizer *r, int src_rows);
 void image_resizer_run(struct image_resizer *r, struct image *out, const struct image *in, int rows, int n_threads);
 /* Pillow Image.crop((x0, y0, x1, y1)) for a box inside the image. */
 int image_crop(struct image *out, const struct image *in, int x0, int y0, int x1, int y1, struct err *e);
@@ -147,5 +149,8 @@ int image_prep_rows(const struct image_prep *p, int k);
 int image_prep_piece(struct image_prep *p, struct image_piece *out, const struct image *src, int k, int n_threads,
                      struct err *e);
 void image_prep_free(struct image_prep *p); /* accepts a zeroed one */
+/* Resizes ahead what source rows [0, src_rows) allow (the overview's and the refine image's rows), so
+ * that the resizing is done by the time the rows are: image_prep_piece then packs. The same bits. */
+void image_prep_advance(struct image_prep *p, const struct image *src, int src_rows, int n_threads);
 
 #endif

@@ -229,6 +229,18 @@ int image_resizer_src_rows(const struct image_resizer *r, int rows)
     return r->cv.bounds[2 * (rows - 1)] + r->cv.bounds[2 * (rows - 1) + 1];
 }
 
+int image_resizer_rows_from(const struct image_resizer *r, int src_rows)
+{
+    if (!r->need_v) return src_rows < r->out_h ? (src_rows > 0 ? src_rows : 0) : r->out_h;
+    int lo = 0, hi = r->out_h; /* the largest rows with src_rows(rows) <= src_rows: src_rows() grows with rows */
+    while (lo < hi) {
+        const int mid = lo + (hi - lo + 1) / 2;
+        if (image_resizer_src_rows(r, mid) <= src_rows) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 void image_resizer_run(struct image_resizer *r, struct image *out, const struct image *in, int rows, int n_threads)
 {
     if (rows > r->out_h) rows = r->out_h;

@@ -255,6 +255,12 @@ int image_prep_piece(struct image_prep *p, struct image_piece *out, const struct
                        n_threads, e);
 }
 
+void image_prep_advance(struct image_prep *p, const struct image *src, int src_rows, int n_threads)
+{
+    if (p->ov) image_resizer_run(p->ov, &p->ov_img, src, image_resizer_rows_from(p->ov, src_rows), n_threads);
+    if (p->rf) image_resizer_run(p->rf, &p->rf_img, src, image_resizer_rows_from(p->rf, src_rows), n_threads);
+}
+
 int image_preprocess(struct image_pieces *out, const struct image *img, const struct preprocessor_config *cfg,
                      int n_threads, struct err *e)
 {

@@ -114,20 +114,29 @@ struct mm_piece {
     int done;
 };
 
+/* Rows waited for at a time: between them the resizes run ahead on the rows already in (image_prep_advance),
+ * so a piece's resizing is mostly done when its last row arrives. */
+#define MM_ROWS_STEP 64
+
 /* The next batch: the first image with pieces left, its piece needing the fewest rows waited for; then
  * every piece left whose rows are final now, in order, up to cap. Returns the count (0: error). */
-static int mm_next_batch(struct mm_piece *pc, int B, const struct image *images, int cap, int *batch, double *t_wait,
-                         struct err *e)
+static int mm_next_batch(struct mm_piece *pc, int B, const struct image *images, struct image_prep *prep, int cap,
+                         int *batch, double *t_wait, struct err *e)
 {
     int first = -1;
     for (int i = 0; i < B; i++)
         if (!pc[i].done && (first < 0 || (pc[i].img == pc[first].img && pc[i].rows < pc[first].rows))) first = i;
-    const double t0 = time_now();
-    if (image_wait_rows(&images[pc[first].img], pc[first].rows, e)) {
-        err_prefix(e, "image %d", pc[first].img + 1);
-        return 0;
+    const struct image *im = &images[pc[first].img];
+    const int need = pc[first].rows;
+    for (int have = image_rows_ready(im); have < need; have = image_rows_ready(im)) {
+        image_prep_advance(&prep[pc[first].img], im, have, 0);
+        const double t0 = time_now();
+        if (image_wait_rows(im, have + MM_ROWS_STEP < need ? have + MM_ROWS_STEP : need, e)) {
+            err_prefix(e, "image %d", pc[first].img + 1);
+            return 0;
+        }
+        *t_wait += time_now() - t0;
     }
-    *t_wait += time_now() - t0;
     int n = 0;
     batch[n++] = first;
     for (int i = 0; i < B && n < cap; i++)
@@ -203,7 +212,7 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
 
     double t_pre = 0, t_vis = 0, t_rs = 0, t_wait = 0;
     for (int left = B; left > 0;) {
-        const int nb = mm_next_batch(pc, B, images, per, batch, &t_wait, e);
+        const int nb = mm_next_batch(pc, B, images, prep, per, batch, &t_wait, e);
         if (!nb) goto done;
         double ta = time_now();
         struct vision_piece bvp[VISION_MAX_PIECES];

@@ -383,6 +383,11 @@ static void test_resize_steps(void)
             const int rows = done + 1 + (int)((unsigned)(t + steps) * 7u % 5u); /* 1 .. 5 rows a step */
             const int need = image_resizer_src_rows(r, rows);
             T_ASSERTF(need >= avail && need <= a.h, "case %zu: step to %d rows needs %d source rows", t, rows, need);
+            /* the inverse: the most output rows those source rows make, and not one more */
+            const int most = image_resizer_rows_from(r, need);
+            T_ASSERTF(most >= (rows < H ? rows : H) && image_resizer_src_rows(r, most) <= need &&
+                          (most == H || image_resizer_src_rows(r, most + 1) > need),
+                      "case %zu: rows_from(%d) = %d", t, need, most);
             arrive(&part, &a, &avail, need, &rng);
             image_resizer_run(r, &out, &part, rows, t % 2 ? 1 : 2);
             done = rows < H ? rows : H;
@@ -403,7 +408,7 @@ static void test_resize_steps(void)
 }
 
 /* image_prep: each piece made as soon as the rows it names have arrived (slices by grid row, the overview
- * last, as a decode delivers them) equals image_preprocess's piece: sliced with a resized refine image,
+ * last, as a decode delivers them; image_prep_advance run on the rows in halfway) equals image_preprocess's piece: sliced with a resized refine image,
  * sliced with the refine image the source itself (1344x1344), and not sliced. */
 static void test_prep_pieces(void)
 {
@@ -429,6 +434,9 @@ static void test_prep_pieces(void)
             T_ASSERTF(need >= 1 && need <= a.h, "%dx%d piece %d needs %d rows", a.w, a.h, k, need);
             if (k > 0 && pp.plan.rows > 1 && (k - 1) / pp.plan.cols == 0) /* the top row needs less than all */
                 T_ASSERTF(need < a.h, "%dx%d: the top slices need %d of %d rows", a.w, a.h, need, a.h);
+            /* half of the rows still missing arrive first, and the resizes run ahead on them */
+            arrive(&part, &a, &avail, need > avail ? (avail + need) / 2 : avail, &rng);
+            image_prep_advance(&pp, &part, avail, 2);
             arrive(&part, &a, &avail, need > avail ? need : avail, &rng);
             struct image_piece pc;
             T_EQ_INT(image_prep_piece(&pp, &pc, &part, k, 2, &e), 0);
