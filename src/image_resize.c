@@ -15,6 +15,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -64,7 +67,7 @@ static int coeffs_init(struct coeffs *c, int in_size, int out_size, struct err *
     double scale = (double)in_size / out_size;
     double filterscale = scale < 1.0 ? 1.0 : scale;
     double support = 2.0 * filterscale;
-    c->ksize = (int)ceil(support) * 2 + 1;
+    c->ksize = ((int)ceil(support) * 2 + 1 + 7) / 8 * 8; /* zero taps up to a multiple of 8 (the AVX2 pass) */
     c->bounds = malloc(sizeof(int) * 2 * (size_t)out_size);
     c->k = calloc((size_t)out_size * c->ksize, sizeof(int32_t));
     double *w = malloc(sizeof(double) * c->ksize);
@@ -104,6 +107,71 @@ static inline uint8_t clip8(int32_t ss)
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
+#if defined(__AVX2__)
+static inline int32_t hsum8(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* One output pixel from 8 taps at a time: 8 RGB pixels (24 bytes) split into their channels with byte
+ * shuffles, widened to int32 and multiplied by the 8 coefficients. The taps past cnt have zero
+ * coefficients (coeffs_init pads ksize to a multiple of 8), so only pixels whose ksize taps lie inside
+ * the row come here. Integer sums: the same values as the scalar loop in any order. */
+static inline void hpix_avx2(uint8_t *dst, const uint8_t *p, const int32_t *k, int ksize)
+{
+    const __m128i rl = _mm_setr_epi8(0, 3, 6, 9, 12, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i rh = _mm_setr_epi8(-1, -1, -1, -1, -1, -1, 2, 5, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i gl = _mm_setr_epi8(1, 4, 7, 10, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i gh = _mm_setr_epi8(-1, -1, -1, -1, -1, 0, 3, 6, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i bl = _mm_setr_epi8(2, 5, 8, 11, 14, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m128i bh = _mm_setr_epi8(-1, -1, -1, -1, -1, 1, 4, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0;
+    for (int x = 0; x < ksize; x += 8) {
+        const __m128i lo = _mm_loadu_si128((const __m128i *)(p + 3 * x));
+        const __m128i hi = _mm_loadl_epi64((const __m128i *)(p + 3 * x + 16));
+        const __m256i kv = _mm256_loadu_si256((const __m256i *)(k + x));
+        const __m128i r = _mm_or_si128(_mm_shuffle_epi8(lo, rl), _mm_shuffle_epi8(hi, rh));
+        const __m128i g = _mm_or_si128(_mm_shuffle_epi8(lo, gl), _mm_shuffle_epi8(hi, gh));
+        const __m128i b = _mm_or_si128(_mm_shuffle_epi8(lo, bl), _mm_shuffle_epi8(hi, bh));
+        a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(r), kv));
+        a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(g), kv));
+        a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(b), kv));
+    }
+    const int32_t half = 1 << (PRECISION_BITS - 1);
+    dst[0] = clip8(half + hsum8(a0));
+    dst[1] = clip8(half + hsum8(a1));
+    dst[2] = clip8(half + hsum8(a2));
+}
+#endif
+
+#if defined(__AVX2__)
+/* One output row of the vertical pass, 16 bytes at a time with the sums in registers over the taps:
+ * returns how many leading bytes it wrote (a multiple of 16; the caller does the rest). clip8 as
+ * an arithmetic shift and two saturating packs (to int16, then to uint8). */
+static size_t vrow_avx2(uint8_t *dst, const uint8_t *src0, size_t rowlen, const int32_t *k, int cnt)
+{
+    const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+    size_t i = 0;
+    for (; i + 16 <= rowlen; i += 16) {
+        __m256i a0 = half, a1 = half;
+        for (int y = 0; y < cnt; y++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(src0 + (size_t)y * rowlen + i));
+            const __m256i ky = _mm256_set1_epi32(k[y]);
+            a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v), ky));
+            a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)), ky));
+        }
+        __m256i w = _mm256_packs_epi32(_mm256_srai_epi32(a0, PRECISION_BITS), _mm256_srai_epi32(a1, PRECISION_BITS));
+        w = _mm256_permute4x64_epi64(w, 0xD8); /* a0's 8 values, then a1's */
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+    }
+    return i;
+}
+#endif
+
 /* out rows [0, nrows) = horizontal resample of in rows [row0, row0 + nrows). */
 static void pass_horizontal(uint8_t *out, int out_w, const uint8_t *in, int in_w, int row0, int nrows,
                             const struct coeffs *c, int n_threads)
@@ -116,6 +184,12 @@ static void pass_horizontal(uint8_t *out, int out_w, const uint8_t *in, int in_w
             const int32_t *k = c->k + (size_t)xx * c->ksize;
             int xmin = c->bounds[2 * xx], cnt = c->bounds[2 * xx + 1];
             const uint8_t *p = src + (size_t)xmin * 3;
+#if defined(__AVX2__)
+            if (xmin + c->ksize <= in_w) { /* every padded tap inside the row */
+                hpix_avx2(dst + 3 * xx, p, k, c->ksize);
+                continue;
+            }
+#endif
             int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
             for (int x = 0; x < cnt; x++) {
                 s0 += p[3 * x + 0] * k[x];
@@ -151,13 +225,17 @@ static void pass_vertical(uint8_t *out, int y0, int y1, const uint8_t *in, int w
                 }
                 continue;
             }
-            for (size_t i = 0; i < rowlen; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+            size_t i0 = 0;
+#if defined(__AVX2__)
+            i0 = vrow_avx2(dst, in + (size_t)ymin * rowlen, rowlen, k, cnt);
+#endif
+            for (size_t i = i0; i < rowlen; i++) acc[i] = 1 << (PRECISION_BITS - 1);
             for (int y = 0; y < cnt; y++) {
                 const uint8_t *src = in + (size_t)(ymin + y) * rowlen;
                 int32_t ky = k[y];
-                for (size_t i = 0; i < rowlen; i++) acc[i] += src[i] * ky;
+                for (size_t i = i0; i < rowlen; i++) acc[i] += src[i] * ky;
             }
-            for (size_t i = 0; i < rowlen; i++) dst[i] = clip8(acc[i]);
+            for (size_t i = i0; i < rowlen; i++) dst[i] = clip8(acc[i]);
         }
         free(acc);
     }
