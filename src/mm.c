@@ -102,53 +102,61 @@ int mm_reserve(struct mm *m, int n_pieces, int64_t max_patches, struct err *e)
 
 /* ---- mm_encode: pieces in batches as their source rows arrive ----
  * An image may still be decoding (image_decode_async): its pieces are prepared (image_prep) and encoded
- * batch by batch as the rows each one reads arrive, so the tower works on the top slices while the
- * bottom of the file decodes. A batch is every piece ready when the next one to wait for is (at most
- * max_pieces), so a decoded image is one batch as before. The tower's result for a piece depends only on
- * its patches and the request's padded length (vision.h), the resampler's only on the piece, so any
- * grouping gives the same numbers; each batch's resampler runs over its runs of consecutive pieces,
- * which write their rows of out in place. */
+ * batch by batch as the rows each batch reads arrive, so the tower works on the top slices while the
+ * bottom of the file decodes. The batches follow from the slicing plans alone, never from timing, so a
+ * request gives the same numbers whether its images are decoded or still decoding, on every run (on
+ * the GPU a GEMM of another row count may round differently, docs/VISION.md): per image, one batch per
+ * row of the slice grid, the last row joined by the overview (which reads every row), each cut to at
+ * most max_pieces; an image that is not sliced is one batch. The tower's result for a piece depends
+ * on its patches and the request's padded length (vision.h), the resampler's only on the piece; each
+ * batch's resampler runs over its runs of consecutive pieces, which write their rows of out in place. */
 struct mm_piece {
     int img, k;    /* image, piece within it (0 = overview) */
     int rows;      /* source rows it reads */
-    int done;
 };
+
+/* The batches: order[] lists the pieces batch after batch, size[] the batch sizes, each batch in piece
+ * order. Returns the number of batches. */
+static int mm_batches(const struct image_prep *prep, int n_images, int cap, int *order, int *size)
+{
+    int nb = 0, n = 0;
+    for (int i = 0, g0 = 0; i < n_images; g0 += prep[i].n, i++) {
+        const int cols = prep[i].plan.cols, rows = prep[i].plan.rows;
+        for (int r = 0; r < (rows ? rows : 1); r++) {
+            int grp[65], m = 0; /* at most 1 + 64 pieces (max_slice_nums <= 64) */
+            if (r == (rows ? rows - 1 : 0)) grp[m++] = g0; /* the overview joins the last row */
+            for (int j = 0; j < (rows ? cols : 0); j++) grp[m++] = g0 + 1 + r * cols + j;
+            for (int a = 0; a < m; a += cap) {
+                size[nb] = m - a < cap ? m - a : cap;
+                for (int b = 0; b < size[nb]; b++) order[n++] = grp[a + b];
+                nb++;
+            }
+        }
+    }
+    return nb;
+}
 
 /* Rows waited for at a time: between them the resizes run ahead on the rows already in (image_prep_advance),
  * so a piece's resizing is mostly done when its last row arrives. */
 #define MM_ROWS_STEP 64
 
-/* The next batch: the first image with pieces left, its piece needing the fewest rows waited for; then
- * every piece left whose rows are final now, in order, up to cap. Returns the count (0: error). */
-static int mm_next_batch(struct mm_piece *pc, int B, const struct image *images, struct image_prep *prep, int cap,
-                         int *batch, double *t_wait, struct err *e)
+/* Waits until the rows the batch's pieces read are final (one image per batch). 0, or -1 with e set. */
+static int mm_wait_batch(const struct mm_piece *pc, const int *batch, int nb, const struct image *images,
+                         struct image_prep *prep, double *t_wait, struct err *e)
 {
-    int first = -1;
-    for (int i = 0; i < B; i++)
-        if (!pc[i].done && (first < 0 || (pc[i].img == pc[first].img && pc[i].rows < pc[first].rows))) first = i;
-    const struct image *im = &images[pc[first].img];
-    const int need = pc[first].rows;
+    int need = 0;
+    for (int j = 0; j < nb; j++)
+        if (pc[batch[j]].rows > need) need = pc[batch[j]].rows;
+    const int img = pc[batch[0]].img;
+    const struct image *im = &images[img];
     for (int have = image_rows_ready(im); have < need; have = image_rows_ready(im)) {
-        image_prep_advance(&prep[pc[first].img], im, have, 0);
+        image_prep_advance(&prep[img], im, have, 0);
         const double t0 = time_now();
-        if (image_wait_rows(im, have + MM_ROWS_STEP < need ? have + MM_ROWS_STEP : need, e)) {
-            err_prefix(e, "image %d", pc[first].img + 1);
-            return 0;
-        }
+        if (image_wait_rows(im, have + MM_ROWS_STEP < need ? have + MM_ROWS_STEP : need, e))
+            return err_prefix(e, "image %d", img + 1);
         *t_wait += time_now() - t0;
     }
-    int n = 0;
-    batch[n++] = first;
-    for (int i = 0; i < B && n < cap; i++)
-        if (!pc[i].done && i != first && pc[i].rows <= image_rows_ready(&images[pc[i].img])) batch[n++] = i;
-    /* in piece order: runs of consecutive pieces share a resampler call */
-    for (int a = 1; a < n; a++)
-        for (int b = a; b > 0 && batch[b - 1] > batch[b]; b--) {
-            const int t = batch[b];
-            batch[b] = batch[b - 1];
-            batch[b - 1] = t;
-        }
-    return n;
+    return 0;
 }
 
 int mm_encode(struct mm *m, const struct image *images, int n_images, struct chat_grid *grids, struct tensor *out,
@@ -161,7 +169,7 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     struct vision_piece *vp = NULL;
     struct mm_piece *pc = NULL;
     int32_t *tgt = NULL, *bt = NULL;
-    int *batch = NULL;
+    int *order = NULL, *bsize = NULL;
     int rc = -1, B = 0;
     memset(out, 0, sizeof *out);
     memset(&m->times, 0, sizeof m->times);
@@ -180,8 +188,9 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     pc = calloc((size_t)B, sizeof *pc);
     tgt = calloc((size_t)B * 2, sizeof *tgt);
     bt = calloc((size_t)B * 2, sizeof *bt);
-    batch = calloc((size_t)B, sizeof *batch);
-    if (!packed || !vp || !pc || !tgt || !bt || !batch) { err_set(e, "out of memory"); goto done; }
+    order = calloc((size_t)B, sizeof *order);
+    bsize = calloc((size_t)B, sizeof *bsize);
+    if (!packed || !vp || !pc || !tgt || !bt || !order || !bsize) { err_set(e, "out of memory"); goto done; }
     /* every piece's size from the plans (the padded length is the request's longest piece) */
     for (int i = 0, g = 0; i < n_images; i++)
         for (int k = 0; k < prep[i].n; k++, g++) {
@@ -211,9 +220,10 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) goto done;
 
     double t_pre = 0, t_vis = 0, t_rs = 0, t_wait = 0;
-    for (int left = B; left > 0;) {
-        const int nb = mm_next_batch(pc, B, images, prep, per, batch, &t_wait, e);
-        if (!nb) goto done;
+    const int n_batches = mm_batches(prep, n_images, per, order, bsize);
+    for (int bi = 0, o = 0; bi < n_batches; o += bsize[bi], bi++) {
+        const int *batch = order + o, nb = bsize[bi];
+        if (mm_wait_batch(pc, batch, nb, images, prep, &t_wait, e)) goto done;
         double ta = time_now();
         struct vision_piece bvp[VISION_MAX_PIECES];
         for (int j = 0; j < nb; j++) {
@@ -260,8 +270,6 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
                 op_copy(&mine, &flat);
             }
         }
-        for (int j = 0; j < nb; j++) pc[batch[j]].done = 1;
-        left -= nb;
         m->times.batches++;
         t_vis += tc - tb;
         t_rs += time_now() - tc;
@@ -288,7 +296,8 @@ done:
     free(pc);
     free(tgt);
     free(bt);
-    free(batch);
+    free(order);
+    free(bsize);
     return rc;
 }
 

@@ -832,10 +832,10 @@ out:
     free(im[1].rgb);
 }
 
-/* Images still decoding (image_decode_async) are encoded as their rows arrive, in batches of the pieces
- * ready: the tokens equal those of the same JPEGs decoded first, bit for bit, for one image and two, on
- * the default engine and on one of 3 pieces a batch; a truncated JPEG fails the encode with the decode's
- * message. The batch count depends on timing (printed, not checked). */
+/* Images still decoding (image_decode_async) are encoded as their rows arrive, batch by batch (one batch per
+ * slice row, the overview with the last): the tokens equal those of the same JPEGs decoded first, bit for
+ * bit, in as many batches, for one image and two, on the default engine and on one of 3 pieces a batch; a
+ * truncated JPEG fails the encode with the decode's message. */
 static void test_encode_while_decoding(void)
 {
     struct image src[2] = {photo(1344, 1008, 5), photo(900, 1500, 6)};
@@ -847,25 +847,46 @@ static void test_encode_while_decoding(void)
         tjDestroy(tc);
     }
     const char *small = tiny_small_scale();
-    struct engine *engines[2] = {open_tiny_cpu(t_tiny_model(1), -1), small ? open_tiny_cpu(small, 3) : NULL};
+    struct engine *engines[3] = {open_tiny_cpu(t_tiny_model(1), -1), small ? open_tiny_cpu(small, 3) : NULL, NULL};
     T_ASSERT(engines[0] && engines[1]);
+    struct backend_info bi;
+    backend_query(&bi);
+    if (bi.n_gpus > 0) { /* the same on the card, fp16: the same batches, so the same GEMMs */
+        struct engine_options o;
+        engine_options_default(&o);
+        o.model_dir = t_tiny_model(1);
+        o.device = "cuda";
+        o.dtype = DTYPE_F16;
+        o.quiet = 1;
+        struct err oe = {{0}};
+        T_ASSERTF(engine_open(&engines[2], &o, &oe) == 0, "engine_open cuda: %s", oe.msg);
+    } else {
+        printf("  (no CUDA device: the CPU engines only)\n");
+    }
     struct err e = {{0}};
-    for (int gi = 0; gi < 2 && engines[0] && engines[1]; gi++)
+    for (int gi = 0; gi < 3 && engines[0] && engines[1]; gi++)
         for (int n = 1; n <= 2; n++) {
             struct engine *g = engines[gi];
+            if (!g) continue;
             struct image dec[2] = {{0}}, asy[2] = {{0}};
             for (int i = 0; i < n; i++) T_EQ_INT(image_decode(&dec[i], jpg[i], jn[i], NULL, &e), 0);
             struct chat_grid ga[2], gb[2];
             struct tensor a = {0}, b = {0};
             int na = 0, nb = 0;
             T_ASSERTF(engine_encode_images(g, dec, n, ga, &a, &na, &e) == 0, "%s", e.msg);
+            const int batches_dec = engine_encode_times(g)->batches;
             for (int i = 0; i < n; i++) T_EQ_INT(image_decode_async(&asy[i], jpg[i], jn[i], NULL, &e), 0);
             T_ASSERTF(engine_encode_images(g, asy, n, gb, &b, &nb, &e) == 0, "%s", e.msg);
             const int batches = engine_encode_times(g)->batches;
+            /* the batches follow from the plans: one per slice row (the overview with the last), cut to the
+             * engine's pieces per batch; decoded or not */
+            T_EQ_INT(batches, batches_dec);
+            if (gi == 0 && n == 1) T_EQ_INT(batches, ga[0].rows); /* 1344x1008: a 3x2 grid, 2 batches */
             T_EQ_INT(nb, na);
             T_ASSERT(ga[n - 1].cols == gb[n - 1].cols && ga[n - 1].rows == gb[n - 1].rows);
             const int same = a.data && b.data && na == nb && !memcmp(a.data, b.data, tensor_nbytes(&a));
-            printf("  %s, %d image(s): %d pieces while decoding in %d batch(es): %s\n", gi ? "3 a batch" : "default", n,
+            printf("  %s, %d image(s): %d pieces while decoding in %d batch(es): %s\n",
+                   gi == 2 ? "cuda f16" : gi ? "3 a batch" : "default", n,
                    nb, batches, same ? "bit-identical" : "DIFFERENT");
             T_ASSERT(same);
             dev_free(a.dev, a.data);
@@ -888,6 +909,7 @@ static void test_encode_while_decoding(void)
         T_ASSERT(x.data == NULL);
         image_free(&t);
     }
+    engine_close(engines[2]);
     for (int i = 0; i < 2; i++) {
         engine_close(engines[i]);
         tjFree(jpg[i]);
