@@ -348,6 +348,7 @@ double engine_load_seconds(const struct engine *g) { return g->load_seconds; }
 struct device engine_embed_device(const struct engine *g) { return g->pl.devs[g->pl.embed]; }
 const struct devmap_plan *engine_plan(const struct engine *g) { return g->plan; }
 const struct mm_times *engine_encode_times(const struct engine *g) { return &g->mm.times; }
+void engine_set_image_batches(struct engine *g, int whole) { g->mm.whole_batches = whole != 0; }
 
 void engine_sync(struct engine *g)
 {

@@ -108,6 +108,9 @@ const struct devmap_plan *engine_plan(const struct engine *g); /* the placement 
 /* Host timings of the last engine_encode_images (bench; mm.h). */
 struct mm_times;
 const struct mm_times *engine_encode_times(const struct engine *g);
+/* (developers, bench --image-batches) 1: each image's vision pieces in one batch, after all its rows; 0 (the
+ * default): one batch per slice row as the rows arrive (docs/VISION.md, "Batches"). */
+void engine_set_image_batches(struct engine *g, int whole);
 /* Waits until every device of the engine is idle. */
 void engine_sync(struct engine *g);
 

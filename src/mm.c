@@ -117,15 +117,15 @@ struct mm_piece {
 
 /* The batches: order[] lists the pieces batch after batch, size[] the batch sizes, each batch in piece
  * order. Returns the number of batches. */
-static int mm_batches(const struct image_prep *prep, int n_images, int cap, int *order, int *size)
+static int mm_batches(const struct image_prep *prep, int n_images, int cap, int whole, int *order, int *size)
 {
     int nb = 0, n = 0;
     for (int i = 0, g0 = 0; i < n_images; g0 += prep[i].n, i++) {
-        const int cols = prep[i].plan.cols, rows = prep[i].plan.rows;
+        const int cols = prep[i].plan.cols, rows = whole ? 0 : prep[i].plan.rows;
         for (int r = 0; r < (rows ? rows : 1); r++) {
             int grp[65], m = 0; /* at most 1 + 64 pieces (max_slice_nums <= 64) */
             if (r == (rows ? rows - 1 : 0)) grp[m++] = g0; /* the overview joins the last row */
-            for (int j = 0; j < (rows ? cols : 0); j++) grp[m++] = g0 + 1 + r * cols + j;
+            for (int j = 0; j < (rows ? cols : whole ? prep[i].n - 1 : 0); j++) grp[m++] = g0 + 1 + r * cols + j;
             for (int a = 0; a < m; a += cap) {
                 size[nb] = m - a < cap ? m - a : cap;
                 for (int b = 0; b < size[nb]; b++) order[n++] = grp[a + b];
@@ -220,7 +220,7 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     if (!(out->data = dev_alloc(edev, tensor_nbytes(out), e))) goto done;
 
     double t_pre = 0, t_vis = 0, t_rs = 0, t_wait = 0;
-    const int n_batches = mm_batches(prep, n_images, per, order, bsize);
+    const int n_batches = mm_batches(prep, n_images, per, m->whole_batches, order, bsize);
     for (int bi = 0, o = 0; bi < n_batches; o += bsize[bi], bi++) {
         const int *batch = order + o, nb = bsize[bi];
         if (mm_wait_batch(pc, batch, nb, images, prep, &t_wait, e)) goto done;

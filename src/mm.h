@@ -44,6 +44,8 @@ struct mm {
     int64_t max_patches;             /* patches per piece (the plan's; longer pieces are refused) */
     struct mm_arena ws[2];           /* [0] on vdev; [1] on rdev when it differs */
     struct mm_times times;
+    int whole_batches;               /* (developers) 1: each image's pieces in one batch (up to max_pieces), its
+                                        rows all waited for first, as before 2026-12-03; 0: one per slice row */
 };
 
 /* Binds the image path to loaded weights and reserves its scratch for max_pieces pieces of

@@ -921,6 +921,8 @@ static const char BENCH_HELP[] =
     "  --f16mma V           (developers) F16 matmuls of 2..16 tokens (the batched step): 0 cuBLAS (the\n"
     "                       default), 1 the quantized GEMV's tensor-core kernel on F16 weights, 2..5 its\n"
     "                       launch shapes (docs/CUDA.md, \"The quantized decode GEMV\")\n"
+    "  --image-batches rows|whole  (developers) an image's vision batches: one per slice row as its rows\n"
+    "                       arrive (the default), or all its pieces in one after its last row (as before)\n"
     "  --fuse auto|on|off   (developers) one-token decode steps on the fused ops (the RMSNorm inside the GEMV\n"
     "                       that reads it, the residual add and SwiGLU inside the GEMVs that produce them):\n"
     "                       auto (the default: where the GPU prefers them, which no GPU does today), on, off\n"
@@ -947,7 +949,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1;
+    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1, whole_batches = 0;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -989,6 +991,13 @@ int cmd_bench(int argc, char **argv)
             else if (!strcmp(f, "--rng-seed")) b.seed = (uint64_t)n;
             else if (!strcmp(f, "--conc-new")) b.conc_new = (int)n;
             else b.poll_ms = (int)n;
+        } else if (!strcmp(f, "--image-batches")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
+            if (!strcmp(v, "rows") || !strcmp(v, "whole")) whole_batches = v[0] == 'w';
+            else {
+                err_set(&e, "--image-batches: expected rows or whole, got \"%s\"", v);
+                goto out;
+            }
         } else if (!strcmp(f, "--fuse")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             if (!strcmp(v, "auto")) fuse = DEV_FUSE_AUTO;
@@ -1096,6 +1105,7 @@ int cmd_bench(int argc, char **argv)
         b.th_running = 1;
     }
     if (engine_open(&b.g, &eo.o, &e)) goto out;
+    engine_set_image_batches(b.g, whole_batches);
     fprintf(stderr, "bench: model loaded in %.1f s\n", engine_load_seconds(b.g));
     if (b.prof_rows) engine_set_profile_step(b.g, b.prof_rows, b.prof_nth);
     if (engine_decode_weight_bytes(b.g, &b.decode_weight_bytes, &e)) goto out;

@@ -6,8 +6,9 @@
 #      those of the decoded files, bit for bit) and test_llm (the fixtures' greedy tokens);
 #   2. minicpmv bench on the full-size random model, $TREPS repetitions (default 5), the phases
 #      vision10, ttft (the JPEG decodes on its own thread and the tower starts on the top slices),
-#      ttftsync (decoded whole first: the order before) and turn2, twice in alternation (A/B in one run:
-#      machines of one kind differ by more than some changes do).
+#      ttftsync (decoded whole first) and turn2, with --image-batches rows (one vision batch per slice
+#      row, the default) and whole (one batch per image: the order before), twice in alternation (A/B in
+#      one run: machines of one kind differ by more than some changes do).
 # The summary ($OUT/summary.txt) keeps the lines worth reading first.
 set -uo pipefail
 OUT=${OUT:-/tmp/dev_ttft}
@@ -23,12 +24,12 @@ run_test test_vision "FAIL|passed|failed|while decoding|bit-identical|DIFFERENT"
 run_test test_llm
 [ -n "$mk" ] && wait $mk
 for i in 1 2; do
-  for ph in ttft,ttftsync ttftsync,ttft; do
-    stamp "minicpmv bench --only vision10,$ph,turn2 (round $i)"
-    timeout 120 $B/minicpmv bench --model $M --device cuda --only vision10,$ph,turn2 --reps ${TREPS:-5} \
-      > "$OUT/bench_${i}_${ph/,/_}.log" 2>&1
+  for ib in rows whole; do
+    stamp "minicpmv bench --image-batches $ib --only vision10,ttft,ttftsync,turn2 (round $i)"
+    timeout 120 $B/minicpmv bench --model $M --device cuda --image-batches $ib --only vision10,ttft,ttftsync,turn2 \
+      --reps ${TREPS:-5} > "$OUT/bench_${i}_$ib.log" 2>&1
     echo "bench rc=$?" >> "$OUT/summary.txt"
-    grep -E "^(vision10|ttft|ttftsync|turn2) " "$OUT/bench_${i}_${ph/,/_}.log" | cut -c1-400 >> "$OUT/summary.txt"
+    grep -E "^(vision10|ttft|ttftsync|turn2) " "$OUT/bench_${i}_$ib.log" | cut -c1-400 >> "$OUT/summary.txt"
   done
 done
 stamp "done"
