@@ -170,8 +170,16 @@ static int jpeg_decode_rows(struct jpeg_dec *d, uint8_t *rgb, int (*rows_done)(v
         const JDIMENSION y0 = d->ci.output_scanline;
         JSAMPROW rows[BATCH];
         for (int i = 0; i < BATCH; i++) rows[i] = cmyk ? cmyk + (size_t)i * w * 4 : rgb + (size_t)(y0 + i) * w * 3;
-        JDIMENSION left = d->ci.output_height - y0, got = 0;
-        while (got < (left < BATCH ? left : BATCH)) got += jpeg_read_scanlines(&d->ci, rows + got, (left < BATCH ? left : BATCH) - got);
+        const JDIMENSION left = d->ci.output_height - y0, want = left < BATCH ? left : BATCH;
+        JDIMENSION got = 0;
+        while (got < want) {
+            const JDIMENSION r = jpeg_read_scanlines(&d->ci, rows + got, want - got);
+            if (!r) { /* a memory source never suspends: no rows is a broken stream, not a wait */
+                free(cmyk);
+                return err_set(e, "JPEG: corrupt data: no rows after row %u", (unsigned)(y0 + got));
+            }
+            got += r;
+        }
         if (cmyk) /* Pillow's Adobe-inverted CMYK ("CMYK;I") through cmyk2rgb */
             for (size_t i = 0; i < (size_t)got * w; i++) {
                 const uint8_t *px = cmyk + 4 * i;

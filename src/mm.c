@@ -120,6 +120,7 @@ struct mm_piece {
 static int mm_batches(const struct image_prep *prep, int n_images, int cap, int whole, int *order, int *size)
 {
     int nb = 0, n = 0;
+    if (cap < 1) cap = 1;
     for (int i = 0, g0 = 0; i < n_images; g0 += prep[i].n, i++) {
         const int cols = prep[i].plan.cols, rows = whole ? 0 : prep[i].plan.rows;
         for (int r = 0; r < (rows ? rows : 1); r++) {
