@@ -433,7 +433,7 @@ struct image_rows {
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int ready, done, failed, stop;
+    int ready, done, stop; /* done with ready < h: the decode failed (err says why) */
     struct err err;
     struct jpeg_dec dec;
     uint8_t *rgb;
@@ -458,7 +458,6 @@ static void *rows_thread(void *arg)
     jpeg_close(&r->dec);
     pthread_mutex_lock(&r->mu);
     r->done = 1;
-    r->failed = rc != 0;
     if (rc) r->err = e;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -498,16 +497,13 @@ int image_decode_async(struct image *out, const uint8_t *data, size_t n, const s
     }
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
-    if (pthread_create(&r->th, NULL, rows_thread, r)) {
-        /* no thread: decode here */
+    if (pthread_create(&r->th, NULL, rows_thread, r)) { /* no thread: the whole decode here */
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
-        const int rc = jpeg_decode_rows(&r->dec, r->rgb, NULL, NULL, e);
         jpeg_close(&r->dec);
-        if (rc) free(r->rgb);
-        else *out = (struct image){.w = w, .h = h, .rgb = r->rgb};
+        free(r->rgb);
         free(r);
-        return rc;
+        return image_decode(out, data, n, o, e);
     }
     *out = (struct image){.w = w, .h = h, .rgb = r->rgb, .rows = r};
     return 0;

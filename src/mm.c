@@ -122,11 +122,13 @@ static int mm_batches(const struct image_prep *prep, int n_images, int cap, int 
     int nb = 0, n = 0;
     if (cap < 1) cap = 1;
     for (int i = 0, g0 = 0; i < n_images; g0 += prep[i].n, i++) {
-        const int cols = prep[i].plan.cols, rows = whole ? 0 : prep[i].plan.rows;
-        for (int r = 0; r < (rows ? rows : 1); r++) {
+        /* groups of the image: [first, last] slice rows each (whole: one group of every piece) */
+        const int cols = prep[i].plan.cols, groups = whole || !prep[i].plan.rows ? 1 : prep[i].plan.rows;
+        for (int r = 0; r < groups; r++) {
             int grp[65], m = 0; /* at most 1 + 64 pieces (max_slice_nums <= 64) */
-            if (r == (rows ? rows - 1 : 0)) grp[m++] = g0; /* the overview joins the last row */
-            for (int j = 0; j < (rows ? cols : whole ? prep[i].n - 1 : 0); j++) grp[m++] = g0 + 1 + r * cols + j;
+            if (r == groups - 1) grp[m++] = g0; /* the overview joins the last group */
+            const int k0 = groups == 1 ? 1 : 1 + r * cols, k1 = groups == 1 ? prep[i].n : k0 + cols;
+            for (int k = k0; k < k1; k++) grp[m++] = g0 + k;
             for (int a = 0; a < m; a += cap) {
                 size[nb] = m - a < cap ? m - a : cap;
                 for (int b = 0; b < size[nb]; b++) order[n++] = grp[a + b];
@@ -167,7 +169,6 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     const enum dtype act = m->act;
     struct image_prep *prep = calloc((size_t)(n_images ? n_images : 1), sizeof *prep);
     struct image_piece *packed = NULL;
-    struct vision_piece *vp = NULL;
     struct mm_piece *pc = NULL;
     int32_t *tgt = NULL, *bt = NULL;
     int *order = NULL, *bsize = NULL;
@@ -185,29 +186,28 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
         B += prep[i].n;
     }
     packed = calloc((size_t)B, sizeof *packed);
-    vp = calloc((size_t)B, sizeof *vp);
     pc = calloc((size_t)B, sizeof *pc);
     tgt = calloc((size_t)B * 2, sizeof *tgt);
     bt = calloc((size_t)B * 2, sizeof *bt);
     order = calloc((size_t)B, sizeof *order);
     bsize = calloc((size_t)B, sizeof *bsize);
-    if (!packed || !vp || !pc || !tgt || !bt || !order || !bsize) { err_set(e, "out of memory"); goto done; }
-    /* every piece's size from the plans (the padded length is the request's longest piece) */
+    if (!packed || !pc || !tgt || !bt || !order || !bsize) { err_set(e, "out of memory"); goto done; }
+    /* every piece's size (tgt: h, w in patches) from the plans; the padded length is the longest piece's */
+    int64_t n_max = 0;
     for (int i = 0, g = 0; i < n_images; i++)
         for (int k = 0; k < prep[i].n; k++, g++) {
             const struct image_slice_plan *pl = &prep[i].plan;
             const int P = prep[i].P;
             pc[g] = (struct mm_piece){.img = i, .k = k, .rows = image_prep_rows(&prep[i], k)};
-            vp[g].h = (k ? pl->slice_h : pl->overview_h) / P;
-            vp[g].w = (k ? pl->slice_w : pl->overview_w) / P;
-            tgt[2 * g] = vp[g].h;
-            tgt[2 * g + 1] = vp[g].w;
+            tgt[2 * g] = (k ? pl->slice_h : pl->overview_h) / P;
+            tgt[2 * g + 1] = (k ? pl->slice_w : pl->overview_w) / P;
+            if ((int64_t)tgt[2 * g] * tgt[2 * g + 1] > n_max) n_max = (int64_t)tgt[2 * g] * tgt[2 * g + 1];
         }
     if (B > VISION_MAX_PIECES) { /* the pieces' own checks run with each batch (vision_forward_padded) */
         err_set(e, "vision: %d pieces (allowed 1..%d)", B, VISION_MAX_PIECES);
         goto done;
     }
-    const int64_t n_max = vision_n_max(vp, B), vd = c->vision_config.hidden_size, d = c->hidden_size;
+    const int64_t vd = c->vision_config.hidden_size, d = c->hidden_size;
     /* The device plan reserved workspace for one batch of max_pieces x max_patches: a longer piece is
      * refused, more pieces run in several batches. */
     if (n_max > m->max_patches) {
@@ -233,9 +233,9 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
                 err_prefix(e, "image %d", pc[g].img + 1);
                 goto done;
             }
-            bvp[j] = (struct vision_piece){.patches = packed[g].patches, .h = vp[g].h, .w = vp[g].w};
-            bt[2 * j] = tgt[2 * batch[j]];
-            bt[2 * j + 1] = tgt[2 * batch[j] + 1];
+            bt[2 * j] = tgt[2 * g];
+            bt[2 * j + 1] = tgt[2 * g + 1];
+            bvp[j] = (struct vision_piece){.patches = packed[g].patches, .h = bt[2 * j], .w = bt[2 * j + 1]};
         }
         struct mm_layout L;
         mm_layout(&L, m, nb, n_max, bt);
@@ -293,7 +293,6 @@ done:
     for (int g = 0; packed && g < B; g++) free(packed[g].patches);
     free(prep);
     free(packed);
-    free(vp);
     free(pc);
     free(tgt);
     free(bt);

@@ -58,7 +58,8 @@ int mm_reserve(struct mm *m, int n_pieces, int64_t max_patches, struct err *e);
 /* Vision + resampler for all pieces of the given images: out [n_pieces*query_num, d] on the embed device
  * (allocated; the caller frees with dev_free(out->dev, out->data)); grids receives each image's
  * (cols, rows). Returns when the rows are complete on the device. An image still decoding
- * (image_decode_async) is encoded as its rows arrive: batches of the pieces ready, the same numbers. */
+ * (image_decode_async) is encoded as its rows arrive, one batch per slice row (mm.c: the batches follow
+ * from the slicing plans, so decoded or decoding, the same numbers). */
 int mm_encode(struct mm *m, const struct image *images, int n_images, struct chat_grid *grids, struct tensor *out,
               int *n_pieces, struct err *e);
 

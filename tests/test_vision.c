@@ -748,19 +748,20 @@ static const char *tiny_small_scale(void)
     return dir;
 }
 
-/* A checkpoint folder in fp32 on the CPU; max_pieces > 0: planned with --max-pieces; < 0: planned
- * with the default limits; 0: --max-pieces 64 (one batch of every piece of the tests' requests). */
-static struct engine *open_tiny_cpu(const char *dir, int max_pieces)
+/* A checkpoint folder on a device ("cpu": no GPU in the plan) in dtype dt; max_pieces > 0: planned with
+ * --max-pieces; < 0: planned with the default limits; 0: --max-pieces 64 (one batch of every piece of
+ * the tests' requests). */
+static struct engine *open_tiny(const char *dir, const char *device, enum dtype dt, int max_pieces)
 {
     struct engine_options o;
     engine_options_default(&o);
     o.model_dir = dir;
-    o.device = "cpu";
-    o.dtype = DTYPE_F32;
+    o.device = device;
+    o.dtype = dt;
     o.quiet = 1;
     struct devmap_opts dm;
     devmap_opts_init(&dm);
-    dm.n_gpus = 0;
+    if (!strcmp(device, "cpu")) dm.n_gpus = 0;
     if (max_pieces > 0) dm.params.max_pieces = max_pieces;
     else if (max_pieces == 0) {
         dm.params.max_pieces = 64;
@@ -775,6 +776,9 @@ static struct engine *open_tiny_cpu(const char *dir, int max_pieces)
     }
     return g;
 }
+
+/* The same in fp32 on the CPU. */
+static struct engine *open_tiny_cpu(const char *dir, int max_pieces) { return open_tiny(dir, "cpu", DTYPE_F32, max_pieces); }
 
 static void test_batched_pieces(void)
 {
@@ -852,14 +856,8 @@ static void test_encode_while_decoding(void)
     struct backend_info bi;
     backend_query(&bi);
     if (bi.n_gpus > 0) { /* the same on the card, fp16: the same batches, so the same GEMMs */
-        struct engine_options o;
-        engine_options_default(&o);
-        o.model_dir = t_tiny_model(1);
-        o.device = "cuda";
-        o.dtype = DTYPE_F16;
-        o.quiet = 1;
-        struct err oe = {{0}};
-        T_ASSERTF(engine_open(&engines[2], &o, &oe) == 0, "engine_open cuda: %s", oe.msg);
+        engines[2] = open_tiny(t_tiny_model(1), "cuda", DTYPE_F16, -1);
+        T_ASSERT(engines[2] != NULL);
     } else {
         printf("  (no CUDA device: the CPU engines only)\n");
     }

@@ -17,6 +17,16 @@ run_test() {
   grep -E "${2:-FAIL|passed|failed|assert}" "$OUT/$1.log" | tail -8 >> "$OUT/summary.txt"
 }
 
+# the full-size random model at $M: full_model_start writes it in the background unless it is there (the
+# tests meanwhile use the cores too), full_model_wait before its first use
+mk=
+full_model_start() {
+  [ -f $M/config.json ] && return 0
+  ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
+  mk=$!
+}
+full_model_wait() { [ -n "$mk" ] && wait $mk; mk=; }
+
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
 cat build-dev/COMMIT > "$OUT/commit.txt" 2>/dev/null || echo "(no build-dev/COMMIT: packed before tools/devpack.sh wrote it)" > "$OUT/commit.txt"
 cat "$OUT/gpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"

@@ -24,17 +24,14 @@ lscpu | grep -E 'Model name|^CPU\(s\)' > "$OUT/cpu.txt" 2>&1
 git log -1 --oneline > "$OUT/commit.txt" 2>/dev/null
 cat "$OUT/cpu.txt" "$OUT/commit.txt" >> "$OUT/summary.txt"
 
-if [ ! -f $M/config.json ]; then
-  ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
-  mk=$!
-fi
+full_model_start
 
 timeout 120 $B/tests/test_matmul > "$OUT/test_matmul.log" 2>&1
 stamp "test_matmul rc=$? $(tail -1 "$OUT/test_matmul.log")"
 T_ONLY=test_reuse_bitwise timeout 120 $B/tests/test_prefix > "$OUT/test_prefix.log" 2>&1
 stamp "test_prefix test_reuse_bitwise rc=$? $(tail -1 "$OUT/test_prefix.log")"
 
-[ -n "${mk:-}" ] && wait $mk
+full_model_wait
 stamp "model: $(tail -1 "$OUT/mkmodel.log" 2>/dev/null || echo present)"
 timeout 240 $B/minicpmv bench --model $M --device cpu --only prefill512,decode64 --decode-steps 4 --reps 1 \
   > "$OUT/bench_cpu.log" 2>&1

@@ -18,12 +18,7 @@ OUT=${OUT:-/tmp/dev_fuse}
 . tools/dev_common.sh
 
 # the full-size random model, written while the correctness tests run
-if [ ! -f $M/config.json ]; then
-  ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
-  mk=$!
-else
-  mk=
-fi
+full_model_start
 
 stamp "test_cuda_ops"
 timeout 120 $B/tests/test_cuda_ops > "$OUT/test_cuda_ops.log" 2>&1
@@ -50,7 +45,7 @@ for what in gemv small step; do
   cat "$OUT/bench_$what.log" >> "$OUT/summary.txt"
 done
 
-[ -n "$mk" ] && wait $mk
+full_model_wait
 stamp "test_cuda_ops bench engine $M"
 timeout 150 $B/tests/test_cuda_ops bench engine $M > "$OUT/bench_engine.log" 2>&1
 echo "bench engine rc=$?" >> "$OUT/summary.txt"

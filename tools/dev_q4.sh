@@ -18,12 +18,7 @@ OUT=${OUT:-/tmp/dev_q4}
 . tools/dev_common.sh
 
 # the full-size random model, written while the correctness tests run (the CPU twin uses the cores too)
-if [ ! -f $M/config.json ]; then
-  ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
-  mk=$!
-else
-  mk=
-fi
+full_model_start
 
 stamp "test_cuda_quant"
 timeout ${QTEST_S:-110} $B/tests/test_cuda_quant > "$OUT/test_cuda_quant.log" 2>&1
@@ -31,7 +26,7 @@ echo "test_cuda_quant rc=$?" >> "$OUT/summary.txt"
 grep -E "gemv exact|FAIL|passed|failed|skipped|tiny " "$OUT/test_cuda_quant.log" | grep -v " ok$" | tail -40 >> "$OUT/summary.txt"
 grep -c "gemv exact.* ok$" "$OUT/test_cuda_quant.log" | sed 's/^/gemv exact cases ok: /' >> "$OUT/summary.txt"
 
-[ -n "$mk" ] && wait $mk
+full_model_wait
 if [ "${QBENCH:-}" != none ]; then
   stamp "test_cuda_quant bench"
   timeout 150 $B/tests/test_cuda_quant bench ${QBENCH:-} > "$OUT/bench_gemv.log" 2>&1

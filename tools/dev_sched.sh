@@ -16,19 +16,14 @@ set -uo pipefail
 OUT=${OUT:-/tmp/dev_sched}
 . tools/dev_common.sh
 
-if [ ! -f $M/config.json ]; then
-  ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
-  mk=$!
-else
-  mk=
-fi
+full_model_start
 
 stamp "test_cuda_batch"
 timeout 120 $B/tests/test_cuda_batch > "$OUT/test_cuda_batch.log" 2>&1
 echo "test_cuda_batch rc=$?" >> "$OUT/summary.txt"
 grep -E "FAIL|passed|failed" "$OUT/test_cuda_batch.log" | tail -10 >> "$OUT/summary.txt"
 
-[ -n "$mk" ] && wait $mk
+full_model_wait
 [ -f $M/config.json ] || { stamp "mkmodel failed"; tail -5 "$OUT/mkmodel.log" >> "$OUT/summary.txt"; exit 1; }
 
 stamp "bench concurrency 1,16,64 with the probe"

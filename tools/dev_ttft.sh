@@ -14,15 +14,10 @@ set -uo pipefail
 OUT=${OUT:-/tmp/dev_ttft}
 . tools/dev_common.sh
 
-if [ ! -f $M/config.json ]; then
-  ( timeout 120 $B/minicpmv mkmodel --out $M --size full --seed 1 > "$OUT/mkmodel.log" 2>&1; echo "rc=$?" >> "$OUT/mkmodel.log" ) &
-  mk=$!
-else
-  mk=
-fi
+full_model_start
 run_test test_vision "FAIL|passed|failed|while decoding|bit-identical|DIFFERENT"
 run_test test_llm
-[ -n "$mk" ] && wait $mk
+full_model_wait
 for i in 1 2; do
   for ib in rows whole; do
     stamp "minicpmv bench --image-batches $ib --only vision10,ttft,ttftsync,turn2 (round $i)"
