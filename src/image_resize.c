@@ -299,6 +299,18 @@ struct image_resizer *image_resizer_new(int in_w, int in_h, int out_w, int out_h
     return r;
 }
 
+int image_threads_beside(const struct image *images, int n)
+{
+#ifdef _OPENMP
+    int t = omp_get_max_threads();
+#else
+    int t = 1;
+#endif
+    for (int i = 0; i < n; i++)
+        if (images[i].rows && image_rows_ready(&images[i]) < images[i].h) t--;
+    return t < 1 ? 1 : t;
+}
+
 int image_resizer_src_rows(const struct image_resizer *r, int rows)
 {
     if (rows <= 0) return 0;

@@ -145,7 +145,7 @@ static int mm_batches(const struct image_prep *prep, int n_images, int cap, int 
 
 /* Waits until the rows the batch's pieces read are final (one image per batch). 0, or -1 with e set. */
 static int mm_wait_batch(const struct mm_piece *pc, const int *batch, int nb, const struct image *images,
-                         struct image_prep *prep, double *t_wait, struct err *e)
+                         int n_images, struct image_prep *prep, double *t_wait, struct err *e)
 {
     int need = 0;
     for (int j = 0; j < nb; j++)
@@ -153,7 +153,7 @@ static int mm_wait_batch(const struct mm_piece *pc, const int *batch, int nb, co
     const int img = pc[batch[0]].img;
     const struct image *im = &images[img];
     for (int have = image_rows_ready(im); have < need; have = image_rows_ready(im)) {
-        image_prep_advance(&prep[img], im, have, 0);
+        image_prep_advance(&prep[img], im, have, image_threads_beside(images, n_images));
         const double t0 = time_now();
         if (image_wait_rows(im, have + MM_ROWS_STEP < need ? have + MM_ROWS_STEP : need, e))
             return err_prefix(e, "image %d", img + 1);
@@ -224,12 +224,13 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     const int n_batches = mm_batches(prep, n_images, per, m->whole_batches, order, bsize);
     for (int bi = 0, o = 0; bi < n_batches; o += bsize[bi], bi++) {
         const int *batch = order + o, nb = bsize[bi];
-        if (mm_wait_batch(pc, batch, nb, images, prep, &t_wait, e)) goto done;
+        if (mm_wait_batch(pc, batch, nb, images, n_images, prep, &t_wait, e)) goto done;
         double ta = time_now();
+        const int nt = image_threads_beside(images, n_images);
         struct vision_piece bvp[VISION_MAX_PIECES];
         for (int j = 0; j < nb; j++) {
             const int g = batch[j];
-            if (image_prep_piece(&prep[pc[g].img], &packed[g], &images[pc[g].img], pc[g].k, 0, e)) {
+            if (image_prep_piece(&prep[pc[g].img], &packed[g], &images[pc[g].img], pc[g].k, nt, e)) {
                 err_prefix(e, "image %d", pc[g].img + 1);
                 goto done;
             }
