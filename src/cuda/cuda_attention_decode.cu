@@ -756,10 +756,26 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     constexpr float LOG2E = 1.4426950408889634f;
     __shared__ float red_m[TC_WARPS_MAX][8], red_l[TC_WARPS_MAX][8];
     __shared__ __align__(16) float red_o[TC_WARPS_MAX][8][HD];
+    __shared__ float red_w[TC_WARPS_MAX][8], red_M[8], red_L[8];
     __shared__ int s_last;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const int W = blockDim.x >> 5, NS = a.GB * a.QB;
     const int split = blockIdx.x, h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
+
+    /* this thread's slot row g and its Q fragment (dims permuted as K's), loaded first: they do not depend
+     * on the key count, which in a graph replay is a load of its own (the chain pos -> block table -> K/V
+     * is the kernel's latency at short contexts) */
+    const int qi = g / a.GB, gg = g - qi * a.GB;
+    const bool row_ok = g < NS && qi < (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
+    uint32_t qa[KS], qb[KS]; /* A fragment registers 0 and 2 of k step s */
+    {
+        const uint4 *qp = reinterpret_cast<const uint4 *>(a.q) + ((int64_t)(i0 + qi) * a.H + h0 + gg) * (HD / 8);
+#pragma unroll
+        for (int u = 0; u < NU; u++) {
+            const uint4 x = row_ok ? __ldg(qp + 4 * u + t4) : make_uint4(0, 0, 0, 0);
+            qa[2 * u] = x.x, qb[2 * u] = x.y, qa[2 * u + 1] = x.z, qb[2 * u + 1] = x.w;
+        }
+    }
 
     /* key count and query positions */
     const dec_keys bk = dec_block_keys(a, i0);
@@ -774,21 +790,10 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     if (split >= used) return;
     pdl_trigger();
 
-    /* this thread's slot row g: its key limit and its Q fragment (dims permuted as K's) */
-    const int qi = g / a.GB, gg = g - qi * a.GB;
-    const bool row_ok = g < NS && qi < nrows;
+    /* this thread's slot row g: its key limit */
     int64_t lim = 0;
     if (row_ok) lim = a.causal ? qp0 + i0 + qi + 1 : nk;
     if (lim > nk) lim = nk;
-    uint32_t qa[KS], qb[KS]; /* A fragment registers 0 and 2 of k step s */
-    {
-        const uint4 *qp = reinterpret_cast<const uint4 *>(a.q) + ((int64_t)(i0 + qi) * a.H + h0 + gg) * (HD / 8);
-#pragma unroll
-        for (int u = 0; u < NU; u++) {
-            const uint4 x = row_ok ? __ldg(qp + 4 * u + t4) : make_uint4(0, 0, 0, 0);
-            qa[2 * u] = x.x, qb[2 * u] = x.y, qa[2 * u + 1] = x.z, qb[2 * u + 1] = x.w;
-        }
-    }
 
     const uint4 *kp = reinterpret_cast<const uint4 *>(a.k), *vp = reinterpret_cast<const uint4 *>(a.v);
     const int64_t rstride = (int64_t)a.Hkv * (HD / 8); /* uint4 per key row of the cache */
@@ -896,25 +901,50 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
         red_o[warp][g][tc_vdim(nb, 2 * t4 + 1)] = o[nb][1];
     }
     __syncthreads();
-    const int PAIRS = NS * HD;
-    for (int pi = tid; pi < PAIRS; pi += blockDim.x) {
-        const int sl = pi / HD, c = pi - sl * HD, qr = sl / a.GB, hg = sl - qr * a.GB;
-        if (qr >= nrows) continue;
+    /* the warps' weights per slot, once: e^(m_w - M) and L (one thread per slot), then every output
+     * column's weighted sum of the W partial rows, 4 columns per thread (the same operations in the same
+     * order as one thread per column and slot, which spent most of the kernel's warp time here: the
+     * weights recomputed for every column, runtime divisions, a loop not unrolled) */
+    if (tid < NS) {
+        const int sl = tid;
         float M = -INFINITY;
         for (int w = 0; w < W; w++) M = fmaxf(M, red_m[w][sl]);
-        float L = 0.0f, A = 0.0f;
+        float L = 0.0f;
+        for (int w = 0; w < W; w++) {
+            const float ms = red_m[w][sl];
+            const float wt = M == -INFINITY || ms == -INFINITY ? 0.0f : expf(ms - M);
+            red_w[w][sl] = wt;
+            L = fmaf(red_l[w][sl], wt, L);
+        }
+        red_M[sl] = M;
+        red_L[sl] = L;
+    }
+    __syncthreads();
+    const int PAIRS = NS * HD;
+    for (int qd = tid; qd < PAIRS / 4; qd += blockDim.x) {
+        const int sl = qd / (HD / 4), c = 4 * (qd - sl * (HD / 4)), qr = sl / a.GB, hg = sl - qr * a.GB;
+        if (qr >= nrows) continue;
+        const float M = red_M[sl], L = red_L[sl];
+        float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (M != -INFINITY)
-            for (int w = 0; w < W; w++) {
-                const float ms = red_m[w][sl];
-                const float wt = ms == -INFINITY ? 0.0f : expf(ms - M);
-                L = fmaf(red_l[w][sl], wt, L);
-                A = fmaf(red_o[w][sl][c], wt, A);
+#pragma unroll
+            for (int w = 0; w < TC_WARPS_MAX; w++) {
+                if (w >= W) break;
+                const float wt = red_w[w][sl];
+                const float4 x = *reinterpret_cast<const float4 *>(&red_o[w][sl][c]);
+                A.x = fmaf(x.x, wt, A.x);
+                A.y = fmaf(x.y, wt, A.y);
+                A.z = fmaf(x.z, wt, A.z);
+                A.w = fmaf(x.w, wt, A.w);
             }
         const int64_t ih = (int64_t)(i0 + qr) * a.H + h0 + hg;
         if (used == 1) {
-            stf(a.out, a.odt, ih * HD + c, L > 0.0f ? A / L : 0.0f);
+            stf(a.out, a.odt, ih * HD + c + 0, L > 0.0f ? A.x / L : 0.0f);
+            stf(a.out, a.odt, ih * HD + c + 1, L > 0.0f ? A.y / L : 0.0f);
+            stf(a.out, a.odt, ih * HD + c + 2, L > 0.0f ? A.z / L : 0.0f);
+            stf(a.out, a.odt, ih * HD + c + 3, L > 0.0f ? A.w / L : 0.0f);
         } else {
-            a.part_acc[(ih * a.nsplit + split) * HD + c] = A;
+            *reinterpret_cast<float4 *>(&a.part_acc[(ih * a.nsplit + split) * HD + c]) = A;
             if (c == 0) {
                 a.part_ml[(ih * a.nsplit + split) * 2 + 0] = M;
                 a.part_ml[(ih * a.nsplit + split) * 2 + 1] = L;
