@@ -43,6 +43,8 @@ struct backend_info {
 void backend_query(struct backend_info *bi);
 /* Sets the number of CPU threads the CPU backend uses (0 = all cores). */
 void backend_set_threads(int n);
+/* The CPU threads a parallel region of the calling thread gets now (backend_set_threads). */
+int backend_threads(void);
 
 void *dev_alloc(struct device d, size_t bytes, struct err *e);
 void dev_free(struct device d, void *p);

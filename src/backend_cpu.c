@@ -17,6 +17,8 @@ void backend_set_threads(int n)
     if (n > 0) omp_set_num_threads(n);
 }
 
+int backend_threads(void) { return omp_get_max_threads(); }
+
 /* Rounds v to dtype t and back (what storing an intermediate in that dtype does). */
 static inline float rnd(float v, enum dtype t)
 {

@@ -57,10 +57,11 @@ int image_decode_async(struct image *out, const uint8_t *data, size_t n, const s
 int image_wait_rows(const struct image *im, int rows, struct err *e);
 /* The rows final now, without waiting (im->h when im->rows is NULL). */
 int image_rows_ready(const struct image *im);
-/* OpenMP threads for work beside the decodes of images[0..n): the default count less one per image whose
- * rows still arrive (its decode thread keeps a core), at least 1. A parallel region of as many threads as
- * cores with a decode beside it waits for whichever thread the scheduler preempts (static schedules). */
-int image_threads_beside(const struct image *images, int n);
+/* Threads for work beside the decodes of images[0..n), of all (>= 1) the caller has: all once every image's
+ * rows are in; while some still arrive, a quarter, at most all less one per decode (its thread keeps a
+ * core), at least 1. Idle OpenMP workers spin between regions, and a parallel region waits for whichever
+ * thread the scheduler preempts: a full team beside a decode thread slowed both. */
+int image_threads_beside(const struct image *images, int n, int all);
 /* Reads a file (bounded by o->max_file_bytes) and decodes it; errors are prefixed with the path. */
 int image_load(struct image *out, const char *path, const struct image_opts *o, struct err *e);
 void image_free(struct image *im); /* accepts a zeroed or half-built image */

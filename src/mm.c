@@ -145,7 +145,7 @@ static int mm_batches(const struct image_prep *prep, int n_images, int cap, int 
 
 /* Waits until the rows the batch's pieces read are final (one image per batch). 0, or -1 with e set. */
 static int mm_wait_batch(const struct mm_piece *pc, const int *batch, int nb, const struct image *images,
-                         int n_images, struct image_prep *prep, double *t_wait, struct err *e)
+                         int n_images, int threads, struct image_prep *prep, double *t_wait, struct err *e)
 {
     int need = 0;
     for (int j = 0; j < nb; j++)
@@ -153,7 +153,8 @@ static int mm_wait_batch(const struct mm_piece *pc, const int *batch, int nb, co
     const int img = pc[batch[0]].img;
     const struct image *im = &images[img];
     for (int have = image_rows_ready(im); have < need; have = image_rows_ready(im)) {
-        image_prep_advance(&prep[img], im, have, image_threads_beside(images, n_images));
+        backend_set_threads(image_threads_beside(images, n_images, threads));
+        image_prep_advance(&prep[img], im, have, 0);
         const double t0 = time_now();
         if (image_wait_rows(im, have + MM_ROWS_STEP < need ? have + MM_ROWS_STEP : need, e))
             return err_prefix(e, "image %d", img + 1);
@@ -173,6 +174,7 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     int32_t *tgt = NULL, *bt = NULL;
     int *order = NULL, *bsize = NULL;
     int rc = -1, B = 0;
+    const int threads = backend_threads(); /* the caller's count, restored at the end (mm_wait_batch lowers it) */
     memset(out, 0, sizeof *out);
     memset(&m->times, 0, sizeof m->times);
     if (!prep) return err_set(e, "out of memory");
@@ -224,13 +226,15 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     const int n_batches = mm_batches(prep, n_images, per, m->whole_batches, order, bsize);
     for (int bi = 0, o = 0; bi < n_batches; o += bsize[bi], bi++) {
         const int *batch = order + o, nb = bsize[bi];
-        if (mm_wait_batch(pc, batch, nb, images, n_images, prep, &t_wait, e)) goto done;
+        if (mm_wait_batch(pc, batch, nb, images, n_images, threads, prep, &t_wait, e)) goto done;
         double ta = time_now();
-        const int nt = image_threads_beside(images, n_images);
+        /* this batch's host work (packing; with the tower on a GPU also its patch conversion and the
+         * resampler's tables) on fewer threads while an image still decodes (image_threads_beside) */
+        backend_set_threads(image_threads_beside(images, n_images, threads));
         struct vision_piece bvp[VISION_MAX_PIECES];
         for (int j = 0; j < nb; j++) {
             const int g = batch[j];
-            if (image_prep_piece(&prep[pc[g].img], &packed[g], &images[pc[g].img], pc[g].k, nt, e)) {
+            if (image_prep_piece(&prep[pc[g].img], &packed[g], &images[pc[g].img], pc[g].k, 0, e)) {
                 err_prefix(e, "image %d", pc[g].img + 1);
                 goto done;
             }
@@ -238,6 +242,8 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
             bt[2 * j + 1] = tgt[2 * g + 1];
             bvp[j] = (struct vision_piece){.patches = packed[g].patches, .h = bt[2 * j], .w = bt[2 * j + 1]};
         }
+        /* a tower or resampler on the CPU computes with every thread: its work is the bulk of the time there */
+        if (vdev.kind == DEVICE_CPU || rdev.kind == DEVICE_CPU) backend_set_threads(threads);
         struct mm_layout L;
         mm_layout(&L, m, nb, n_max, bt);
         if (mm_arenas(m, &L, e)) goto done;
@@ -286,6 +292,7 @@ int mm_encode(struct mm *m, const struct image *images, int n_images, struct cha
     *n_pieces = B;
     rc = 0;
 done:
+    backend_set_threads(threads);
     if (rc && out->data) {
         dev_free(out->dev, out->data); /* waits for the device: no queued op still writes it */
         out->data = NULL;

@@ -5,7 +5,6 @@
  * itself (written by tools/ref_image.py on a machine with Pillow). A present fixture that does not
  * match fails the test.
  * `test_image --bench [file.jpg]` times decode + preprocess (median of repeats). */
-#include <omp.h>
 #include <png.h>
 #include <turbojpeg.h>
 #include <webp/encode.h>
@@ -715,7 +714,7 @@ static void test_jpeg_rows(void)
         }
         T_EQ_INT(image_wait_rows(&b, b.h, &e), 0);
         T_ASSERTF(bad == 0 && memcmp(b.rgb, ref, bytes) == 0, "case %zu: image_decode_async differs", t);
-        T_EQ_INT(image_threads_beside(&b, 1), omp_get_max_threads()); /* its decode is over */
+        T_EQ_INT(image_threads_beside(&b, 1, 7), 7); /* its decode is over */
         image_free(&b);
         T_ASSERT(b.rows == NULL && b.rgb == NULL);
         if (t == 5) { /* freed at once, while its decode runs */
@@ -728,15 +727,14 @@ static void test_jpeg_rows(void)
             T_EQ_INT(image_wait_rows(&b, b.h, &e), -1);
             T_CONTAINS(e.msg, "truncated");
             /* work beside it: one thread fewer per image whose rows are still to come, at least 1 */
-            const int was = omp_get_max_threads();
-            omp_set_num_threads(4);
-            struct image two[2] = {a, b};
-            T_EQ_INT(image_threads_beside(&a, 1), 4);
-            T_EQ_INT(image_threads_beside(&b, 1), 3);
-            T_EQ_INT(image_threads_beside(two, 2), 3);
-            omp_set_num_threads(1);
-            T_EQ_INT(image_threads_beside(&b, 1), 1);
-            omp_set_num_threads(was);
+            struct image two[2] = {a, b}, bb[2] = {b, b};
+            T_EQ_INT(image_threads_beside(&a, 1, 16), 16); /* decoded whole */
+            T_EQ_INT(image_threads_beside(&b, 1, 16), 4);  /* a quarter beside a decode */
+            T_EQ_INT(image_threads_beside(two, 2, 16), 4);
+            T_EQ_INT(image_threads_beside(&b, 1, 4), 1);
+            T_EQ_INT(image_threads_beside(bb, 2, 6), 1);
+            T_EQ_INT(image_threads_beside(&b, 1, 1), 1);
+            T_EQ_INT(image_threads_beside(&b, 1, 0), 1);
             image_free(&b);
         }
         free(ref);
