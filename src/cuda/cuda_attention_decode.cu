@@ -783,10 +783,12 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     const int64_t qp0 = bk.qp0, nk = bk.nk, blim = bk.blim;
     const int nrows = bk.nrows;
     /* the steps: split b takes steps b, b + used, b + 2 used, ..; within it warp w every W-th of those */
-    const int64_t nsteps = (blim + 15) / 16;
-    int64_t sps = (nsteps + a.nsplit - 1) / a.nsplit; /* steps per split, at most */
+    /* in 32 bits (the host keeps the cache's keys <= INT32_MAX): a 64-bit division is a ~70-instruction
+     * call, and three of them sat between the key count's load and the first K/V load */
+    const int nsteps = (int)((blim + 15) / 16);
+    int sps = (nsteps + a.nsplit - 1) / a.nsplit; /* steps per split, at most */
     if (sps < W) sps = W; /* every warp of a block gets a step before another split is used */
-    const int used = nsteps > sps ? (int)((nsteps + sps - 1) / sps) : 1;
+    const int used = nsteps > sps ? (nsteps + sps - 1) / sps : 1;
     if (split >= used) return;
     pdl_trigger();
 
@@ -799,13 +801,13 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     const int64_t rstride = (int64_t)a.Hkv * (HD / 8); /* uint4 per key row of the cache */
     const uint4 *kh_k = kp + (int64_t)kh * (HD / 8), *kh_v = vp + (int64_t)kh * (HD / 8);
     /* warp-local step i is global step split + used * (warp + W * i) */
-    const int64_t wstep0 = split + (int64_t)used * warp, wstride = (int64_t)used * W;
-    const int nmine = wstep0 < nsteps ? (int)((nsteps - 1 - wstep0) / wstride + 1) : 0;
+    const int wstep0 = split + used * warp, wstride = used * W;
+    const int nmine = wstep0 < nsteps ? (nsteps - 1 - wstep0) / wstride + 1 : 0;
     /* the cache row of key 0 of warp-local step i (a step's 16 rows are consecutive: KV_BLOCK % 16 == 0);
      * paged, the table entry of step i + 2 is read while step i is computed */
-    auto base_of = [&](int i) -> int64_t { return i < nmine ? attn_row(tab, (wstep0 + wstride * i) * 16) : 0; };
+    auto base_of = [&](int i) -> int64_t { return i < nmine ? attn_row(tab, (int64_t)(wstep0 + wstride * i) * 16) : 0; };
     auto load_k = [&](int i, int64_t base, uint4 (&kd)[2][NU]) {
-        const int64_t j0 = (wstep0 + wstride * i) * 16;
+        const int64_t j0 = (int64_t)(wstep0 + wstride * i) * 16;
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const bool ok = j0 + g + 8 * r < blim;
@@ -815,7 +817,7 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
         }
     };
     auto load_v = [&](int i, int64_t base, uint4 (&vd)[4][NV]) {
-        const int64_t j0 = (wstep0 + wstride * i) * 16;
+        const int64_t j0 = (int64_t)(wstep0 + wstride * i) * 16;
 #pragma unroll
         for (int r = 0; r < 4; r++) {
             const int jr = 2 * t4 + (r & 1) + 8 * (r >> 1);
@@ -837,7 +839,7 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     for (int nb = 0; nb < NB; nb++) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
     const float sl2 = a.scale * LOG2E;
     for (int i = 0; i < nmine; i++) {
-        const int64_t j0 = (wstep0 + wstride * i) * 16;
+        const int64_t j0 = (int64_t)(wstep0 + wstride * i) * 16;
         float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
         for (int r = 0; r < 2; r++)
