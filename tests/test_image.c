@@ -726,7 +726,7 @@ static void test_jpeg_rows(void)
             e.msg[0] = 0;
             T_EQ_INT(image_wait_rows(&b, b.h, &e), -1);
             T_CONTAINS(e.msg, "truncated");
-            /* work beside it: one thread fewer per image whose rows are still to come, at least 1 */
+            /* work beside it: a quarter while rows are still to come, at most one fewer per such image, at least 1 */
             struct image two[2] = {a, b}, bb[2] = {b, b};
             T_EQ_INT(image_threads_beside(&a, 1, 16), 16); /* decoded whole */
             T_EQ_INT(image_threads_beside(&b, 1, 16), 4);  /* a quarter beside a decode */
