@@ -64,6 +64,9 @@ struct dec_keys {
     int nrows;
 };
 
+/* the query rows of the block row starting at row i0 (QB, or fewer in the last block row) */
+__device__ __forceinline__ int dec_block_rows(const attn_dec_args &a, int i0) { return (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0; }
+
 __device__ __forceinline__ dec_keys dec_block_keys(const attn_dec_args &a, int i0)
 {
     dec_keys r;
@@ -89,7 +92,7 @@ __device__ __forceinline__ dec_keys dec_block_keys(const attn_dec_args &a, int i
     if (nk > a.T) nk = a.T;
     if (nk < 0) nk = 0;
     r.nk = nk;
-    r.nrows = (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
+    r.nrows = dec_block_rows(a, i0);
     r.blim = nk;
     if (a.causal) {
         const int64_t lim = r.qp0 + i0 + r.nrows;
@@ -766,7 +769,7 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
      * on the key count, which in a graph replay is a load of its own (the chain pos -> block table -> K/V
      * is the kernel's latency at short contexts) */
     const int qi = g / a.GB, gg = g - qi * a.GB;
-    const bool row_ok = g < NS && qi < (i0 + a.QB < a.n ? i0 + a.QB : a.n) - i0;
+    const bool row_ok = g < NS && qi < dec_block_rows(a, i0);
     uint32_t qa[KS], qb[KS]; /* A fragment registers 0 and 2 of k step s */
     {
         const uint4 *qp = reinterpret_cast<const uint4 *>(a.q) + ((int64_t)(i0 + qi) * a.H + h0 + gg) * (HD / 8);
