@@ -444,3 +444,348 @@ extern "C" void cuda_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, co
     cuda_matmul(&u, &xn, &wu, NULL);
     cuda_silu_mul(y, &g, &u);
 }
+
+/* ---- the fused chain (op_fused_chain): the stages in one persistent kernel ----
+ * One block of NW warps per SM, all resident (a cooperative launch). In each stage block b owns the units
+ * [b u / B, (b + 1) u / B) (u units, B blocks: the counts differ by at most one), and the block's units, as
+ * one sequence of chunks (32 lanes x U 16-byte loads of a row; a unit is a row, or for SwiGLU a gate row then
+ * its up row), are cut into NW equal ranges, one per warp: every warp of every SM streams the same number of
+ * bytes (within a chunk), where the persistent GEMV's unit-per-warp deal leaves some warps one unit more than
+ * others. A unit that straddles two warps' ranges is summed in parts: the warp holding its first chunk adds
+ * the later warps' partial sums (shared memory) to its own in warp order, then stores it. Between two stages
+ * the blocks meet at a grid barrier (an arrival count and a generation word on separate 128-byte lines of the
+ * context's chain_bar); before a warp waits there it has already requested its first two chunks of the next
+ * stage's weights (constant data), so the memory pipe is not drained across the barrier, the norm prologue and
+ * the staging of the next input. Inputs written by an earlier stage are read through L2 (ld.global.cg,
+ * cp.async.cg) after the barrier.
+ * Numerics: the stages' ops, each unit's sum in fp32 with one fmaf per element; a unit's elements are summed
+ * lane by lane as in the persistent GEMV, but a straddling unit's two (or more) parts are warp-summed apart and
+ * then added, so results may differ from the stage-by-stage kernels in the last bits (test_cuda_ops compares
+ * it with the CPU twin, and checks it is deterministic). The norm prologue is rmsnorm_kernel's sum (the first
+ * 256 threads over j = tid, tid + 256, ..., block_sum_d with the other warps adding +0.0): the same xn bits. */
+
+#define CH_BAR_GEN 32 /* chain_bar[0] arrivals, chain_bar[CH_BAR_GEN] the generation: another 128-byte line */
+
+struct ch_args {
+    pg_args st[FUSED_CHAIN_MAX];
+    int mode[FUSED_CHAIN_MAX]; /* PG_* */
+    int norm[FUSED_CHAIN_MAX]; /* the stage computes its input's RMSNorm (nw) */
+    int n_st;
+    unsigned *bar; /* cuda_ctx.chain_bar */
+};
+
+__device__ __forceinline__ unsigned ch_ld_acquire(const unsigned *p)
+{
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* Every block of the grid waits here until all have arrived. The generation is read before arriving: it
+ * changes only once every block has arrived, and the last one resets the count before it moves it on. The
+ * fences order each block's earlier writes before the others' later reads (cooperative groups' grid sync). */
+__device__ __forceinline__ void ch_grid_barrier(unsigned *bar)
+{
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned gen = ch_ld_acquire(bar + CH_BAR_GEN);
+        __threadfence();
+        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+            atomicExch(bar, 0u);
+            __threadfence();
+            atomicAdd(bar + CH_BAR_GEN, 1u);
+        } else {
+            while (ch_ld_acquire(bar + CH_BAR_GEN) == gen) __nanosleep(64);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+/* xs[j] = rmsnorm(h)[j] * nw[j] for k <= NORM_ROW_VPT * 256 (the host checks): norm_row_256's loads, sum and
+ * rounding on threads 0..255; the block's other warps add +0.0 to block_sum_d, which leaves the sum's bits. */
+__device__ __forceinline__ void ch_norm(__half *xs, const unsigned short *h, int k, const void *nw, int nwdt, float eps,
+                                        double *red)
+{
+    const int tid = threadIdx.x;
+    uint32_t hp[NORM_ROW_VPT / 2];
+    double ss = 0;
+    if (tid < 256) {
+#pragma unroll
+        for (int i = 0; i < NORM_ROW_VPT; i += 2) {
+            const int j = tid + i * 256;
+            const uint32_t lo = j < k ? __ldcg(h + j) : 0, hi = j + 256 < k ? __ldcg(h + j + 256) : 0;
+            hp[i / 2] = lo | hi << 16;
+        }
+#pragma unroll
+        for (int i = 0; i < NORM_ROW_VPT; i++)
+            if (tid + i * 256 < k) {
+                const double v = nr_h2f((unsigned short)(hp[i / 2] >> (16 * (i & 1))));
+                ss += v * v;
+            }
+    }
+    ss = block_sum_d(ss, red);
+    const float inv = 1.0f / sqrtf((float)(ss / (double)k) + eps);
+    if (tid < 256) {
+#pragma unroll
+        for (int i = 0; i < NORM_ROW_VPT; i++) {
+            const int j = tid + i * 256;
+            const float v = nr_h2f((unsigned short)(hp[i / 2] >> (16 * (i & 1))));
+            if (j < k) xs[j] = __float2half_rn(__fmul_rn(ldf(nw, nwdt, j), rndf(__fmul_rn(v, inv), DTYPE_F16)));
+        }
+    }
+}
+
+/* a warp's share of a stage: nv vectors a row, cpr chunks a row, cpu chunks a unit, ub the block's first unit,
+ * c0 .. c1 the warp's chunks among the block's C */
+struct ch_geo {
+    int nv, cpr, cpu, ub, C, c0, c1;
+};
+
+template <int NW, int U, int MODE>
+__device__ __forceinline__ ch_geo ch_geometry(const pg_args &a, int warp)
+{
+    constexpr int RPU = MODE == PG_SWIGLU ? 2 : 1;
+    ch_geo g;
+    const int units = (int)a.units;
+    g.nv = (int)a.k / 8;
+    g.cpr = (g.nv + 32 * U - 1) / (32 * U);
+    g.cpu = RPU * g.cpr;
+    g.ub = (int)((int64_t)blockIdx.x * units / gridDim.x);
+    const int ue = (int)((int64_t)(blockIdx.x + 1) * units / gridDim.x);
+    g.C = (ue - g.ub) * g.cpu;
+    g.c0 = (int)((int64_t)warp * g.C / NW);
+    g.c1 = (int)((int64_t)(warp + 1) * g.C / NW);
+    return g;
+}
+
+/* the chunk at cursor q (unit q.u of the block, row q.r of the unit, chunk q.p of the row) into b; q moves on */
+template <int U, int MODE>
+__device__ __forceinline__ void ch_load(const pg_args &a, uint4 (&b)[U], const ch_geo &g, pg_cur &q, int lane)
+{
+    constexpr int RPU = MODE == PG_SWIGLU ? 2 : 1;
+    pg_load<U>(b, reinterpret_cast<const uint4 *>(a.w), g.ub + q.u + q.r * (int)a.units, q.p, g.nv, lane);
+    if (++q.p == g.cpr) {
+        q.p = 0;
+        if (++q.r == RPU) q.r = 0, q.u++;
+    }
+}
+
+/* unit u's complete sums (s1: SwiGLU's up row) stored as the stage's op does (pg_store's expressions, one token) */
+template <int MODE>
+__device__ __forceinline__ void ch_store(const pg_args &a, int u, float s0, float s1)
+{
+    if (MODE == PG_SWIGLU) {
+        const float g = rndf(s0 + 0.0f, DTYPE_F16), up = rndf(s1 + 0.0f, DTYPE_F16);
+        const float sg = rndf(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), DTYPE_F16);
+        a.y[0][u] = __float2half_rn(__fmul_rn(sg, up));
+    } else if (MODE == PG_RES) {
+        const float r = __half2float(__ushort_as_half(__ldcg(reinterpret_cast<const unsigned short *>(a.res) + u)));
+        a.y[0][u] = __float2half_rn(__fadd_rn(r, rndf(s0 + 0.0f, DTYPE_F16)));
+    } else {
+        const float v = s0 + (a.bias ? ldf(a.bias, a.bdt, u) : 0.0f);
+        int p = 0;
+#pragma unroll
+        for (int q = 1; q < RMSNORM_MATMUL_MAX_PARTS; q++)
+            if (q < a.np && u >= a.off[q]) p = q;
+        a.y[p][u - a.off[p]] = __float2half_rn(v);
+    }
+}
+
+/* requests the warp's first two chunks of stage a into b0, b1 (lq is left at the third) */
+template <int NW, int U, int MODE>
+__device__ __forceinline__ void ch_prefetch(const pg_args &a, uint4 (&b0)[U], uint4 (&b1)[U], pg_cur &lq, int warp, int lane)
+{
+    const ch_geo g = ch_geometry<NW, U, MODE>(a, warp);
+    const int rem = g.c0 % g.cpu;
+    lq.u = g.c0 / g.cpu, lq.r = rem / g.cpr, lq.p = rem % g.cpr;
+    if (g.c1 > g.c0) ch_load<U, MODE>(a, b0, g, lq, lane);
+    if (g.c1 > g.c0 + 1) ch_load<U, MODE>(a, b1, g, lq, lane);
+}
+
+/* the chunk in b (chunk c of the block, at cursor uq) into the unit's sums; a unit whose last chunk this is (or
+ * whose chunks go on in the next warp's range) is finished: stored when the warp holds all of it, its part put
+ * in shared memory when the warp does not hold its first chunk, kept (pend) when it holds the first chunk only */
+template <int U, int MODE>
+__device__ __forceinline__ void ch_use(const pg_args &a, const uint4 (&b)[U], float (&acc)[2][1], const __half *xs,
+                                       const ch_geo &g, pg_cur &uq, int c, float (*part)[2], float (&pend)[2],
+                                       int &pend_u, int warp, int lane)
+{
+    constexpr int RPU = MODE == PG_SWIGLU ? 2 : 1;
+    if (RPU == 1 || uq.r == 0) pg_fma<1, U>(acc[0], b, xs, (int)a.k, 1, uq.p, g.nv, lane); /* registers, not an index */
+    else pg_fma<1, U>(acc[1], b, xs, (int)a.k, 1, uq.p, g.nv, lane);
+    const bool unit_end = uq.r == RPU - 1 && uq.p == g.cpr - 1;
+    if (unit_end || c == g.c1 - 1) {
+        const int u = uq.u;
+        const float s0 = warp_sum(acc[0][0]), s1 = RPU == 2 ? warp_sum(acc[1][0]) : 0.0f;
+        const bool first = u * g.cpu >= g.c0, last = unit_end;
+        if (first && last) {
+            if (lane == 0) ch_store<MODE>(a, g.ub + u, s0, s1);
+        } else if (!first) {
+            if (lane == 0) part[warp][0] = s0, part[warp][1] = s1;
+        } else {
+            pend[0] = s0, pend[1] = s1, pend_u = u;
+        }
+        acc[0][0] = acc[1][0] = 0.0f;
+    }
+    if (++uq.p == g.cpr) {
+        uq.p = 0;
+        if (++uq.r == RPU) uq.r = 0, uq.u++;
+    }
+}
+
+/* stage a, its first two chunks in b0, b1 (ch_prefetch): the input staged (x, or its RMSNorm), the warp's
+ * chunks with two in flight, then the units that straddle warps */
+template <int NW, int U, int MODE, bool NORM>
+__device__ __forceinline__ void ch_run(const pg_args &a, uint4 (&b0)[U], uint4 (&b1)[U], pg_cur lq, __half *xs,
+                                       double *red, float (*part)[2], int warp, int lane)
+{
+    const ch_geo g = ch_geometry<NW, U, MODE>(a, warp);
+    if (NORM) {
+        ch_norm(xs, reinterpret_cast<const unsigned short *>(a.x), (int)a.k, a.nw, a.nwdt, a.eps, red);
+    } else {
+        for (int i = threadIdx.x; i < g.nv; i += NW * 32) pg_cp16(xs + i * 8, a.x + (int64_t)i * 8);
+        pg_cp_wait_all();
+    }
+    __syncthreads();
+    float acc[2][1] = {{0.0f}, {0.0f}}, pend[2] = {0.0f, 0.0f};
+    int pend_u = -1;
+    const int rem = g.c0 % g.cpu;
+    pg_cur uq = {g.c0 / g.cpu, rem / g.cpr, rem % g.cpr};
+    for (int c = g.c0; c < g.c1; c += 2) {
+        ch_use<U, MODE>(a, b0, acc, xs, g, uq, c, part, pend, pend_u, warp, lane);
+        if (c + 2 < g.c1) ch_load<U, MODE>(a, b0, g, lq, lane);
+        if (c + 1 < g.c1) {
+            ch_use<U, MODE>(a, b1, acc, xs, g, uq, c + 1, part, pend, pend_u, warp, lane);
+            if (c + 3 < g.c1) ch_load<U, MODE>(a, b1, g, lq, lane);
+        }
+    }
+    __syncthreads(); /* every part is in shared memory */
+    if (pend_u >= 0 && lane == 0) { /* the later warps whose ranges begin inside the unit, in order */
+        const int uend = (pend_u + 1) * g.cpu;
+        for (int w = warp + 1; w < NW; w++) {
+            const int w0 = (int)((int64_t)w * g.C / NW), w1 = (int)((int64_t)(w + 1) * g.C / NW);
+            if (w0 >= uend) break;
+            if (w1 > w0) pend[0] += part[w][0], pend[1] += part[w][1];
+        }
+        ch_store<MODE>(a, g.ub + pend_u, pend[0], pend[1]);
+    }
+}
+
+template <int NW, int U>
+__device__ __forceinline__ void ch_prefetch_any(const pg_args &a, int mode, uint4 (&b0)[U], uint4 (&b1)[U], pg_cur &lq,
+                                                int warp, int lane)
+{
+    if (mode == PG_SWIGLU) ch_prefetch<NW, U, PG_SWIGLU>(a, b0, b1, lq, warp, lane);
+    else ch_prefetch<NW, U, PG_PARTS>(a, b0, b1, lq, warp, lane); /* PG_RES streams as PG_PARTS does */
+}
+
+template <int NW, int U>
+__device__ __forceinline__ void ch_run_any(const pg_args &a, int mode, int norm, uint4 (&b0)[U], uint4 (&b1)[U],
+                                           pg_cur lq, __half *xs, double *red, float (*part)[2], int warp, int lane)
+{
+    if (mode == PG_SWIGLU) {
+        if (norm) ch_run<NW, U, PG_SWIGLU, true>(a, b0, b1, lq, xs, red, part, warp, lane);
+        else ch_run<NW, U, PG_SWIGLU, false>(a, b0, b1, lq, xs, red, part, warp, lane);
+    } else if (mode == PG_RES) {
+        ch_run<NW, U, PG_RES, false>(a, b0, b1, lq, xs, red, part, warp, lane);
+    } else {
+        if (norm) ch_run<NW, U, PG_PARTS, true>(a, b0, b1, lq, xs, red, part, warp, lane);
+        else ch_run<NW, U, PG_PARTS, false>(a, b0, b1, lq, xs, red, part, warp, lane);
+    }
+}
+
+template <int NW, int U>
+__global__ void __launch_bounds__(NW * 32, 1) chain_kernel(const ch_args a)
+{
+    extern __shared__ __align__(16) unsigned char pg_smem[];
+    __half *xs = reinterpret_cast<__half *>(pg_smem); /* the staged input of the stage */
+    __shared__ double red[NW];
+    __shared__ float part[NW][2];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint4 b0[U], b1[U];
+    pg_cur lq;
+    ch_prefetch_any<NW, U>(a.st[0], a.mode[0], b0, b1, lq, warp, lane);
+#pragma unroll
+    for (int s = 0; s < FUSED_CHAIN_MAX; s++) { /* unrolled: each stage's arguments at a constant offset */
+        if (s >= a.n_st) break;
+        if (s > 0) ch_grid_barrier(a.bar); /* the previous stage's outputs are all written */
+        ch_run_any<NW, U>(a.st[s], a.mode[s], a.norm[s], b0, b1, lq, xs, red, part, warp, lane);
+        if (s + 1 < FUSED_CHAIN_MAX && s + 1 < a.n_st)
+            ch_prefetch_any<NW, U>(a.st[s + 1], a.mode[s + 1], b0, b1, lq, warp, lane);
+    }
+}
+
+template <int NW, int U>
+static void ch_launch(struct cuda_ctx *c, const ch_args &a, size_t smem)
+{
+    void (*kern)(const ch_args) = chain_kernel<NW, U>;
+    if (smem > ((size_t)48 << 10))
+        CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    int fit = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kern, NW * 32, smem));
+    CHECKF(fit >= 1, "GPU %d: the fused chain kernel does not fit an SM (%zu bytes of shared memory)", c->ordinal, smem);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)c->n_sm); /* one block per SM, every block resident: they wait for each other */
+    cfg.blockDim = dim3(NW * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1] = {};
+    at[0].id = cudaLaunchAttributeCooperative;
+    at[0].val.cooperative = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, a));
+}
+
+static bool ch_f16(const struct tensor *t) { return t->dtype == DTYPE_F16; }
+
+extern "C" int cuda_fused_chain(const struct fused_stage *st, int n)
+{
+    struct cuda_ctx *c = cuda_ctx_get(st[0].x->dev.ordinal);
+    if (!c->chain || !c->chain_bar || c->cc < 70 || c->code_arch < 70 || n < 1 || n > FUSED_CHAIN_MAX) return 0;
+    ch_args a;
+    memset(&a, 0, sizeof a);
+    size_t smem = 0;
+    for (int i = 0; i < n; i++) {
+        const struct fused_stage *s = &st[i];
+        const bool norm = s->kind != FUSED_RES && s->nw;
+        if (s->x->shape[0] != 1 || !pg_fits(c, s->x, s->w, true) || (norm && !pg_float(s->nw)) ||
+            (norm && s->x->shape[1] > NORM_ROW_VPT * 256))
+            return 0;
+        pg_args &p = a.st[i];
+        p = pg_base(s->x, s->w, norm ? s->nw : NULL, s->eps);
+        if (s->kind == FUSED_MATMUL) {
+            p.np = s->np;
+            for (int j = 0; j < s->np; j++) {
+                if (!ch_f16(s->ys[j])) return 0;
+                p.y[j] = (__half *)s->ys[j]->data;
+                p.off[j + 1] = p.off[j] + s->ys[j]->shape[1];
+            }
+            p.units = s->w->shape[0];
+            a.mode[i] = PG_PARTS;
+        } else if (s->kind == FUSED_SWIGLU) {
+            if (!ch_f16(s->ys[0])) return 0;
+            p.y[0] = (__half *)s->ys[0]->data;
+            p.units = s->ys[0]->shape[1];
+            a.mode[i] = PG_SWIGLU;
+        } else {
+            if (!ch_f16(s->ys[0]) || !ch_f16(s->res)) return 0;
+            p.y[0] = (__half *)s->ys[0]->data;
+            p.res = (const __half *)s->res->data;
+            p.units = s->w->shape[0];
+            a.mode[i] = PG_RES;
+        }
+        a.norm[i] = norm;
+        const size_t b = (size_t)p.k * sizeof(__half);
+        if (b > smem) smem = b;
+    }
+    a.n_st = n;
+    a.bar = c->chain_bar;
+    if (c->chain_u >= 8) ch_launch<CHAIN_DEFAULT_W, 8>(c, a, smem);
+    else ch_launch<CHAIN_DEFAULT_W, 4>(c, a, smem);
+    c->chain_launches++;
+    return 1;
+}
+
+extern "C" uint64_t cuda_chain_launches(int ordinal) { return cuda_ctx_get(ordinal)->chain_launches; }
