@@ -134,8 +134,8 @@ void op_matmul(struct tensor *y, const struct tensor *x, const struct tensor *w,
     DISPATCH(y->dev, matmul, y, x, w, bias);
 }
 
-static void check_linear(const struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias,
-                         int act, const struct tensor *res)
+void op_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
+               const struct tensor *res)
 {
     CHECK(x->ndim == 2 && w->ndim == 2 && y->ndim == 2);
     CHECKF(x->shape[1] == w->shape[1] && y->shape[0] == x->shape[0] && y->shape[1] == w->shape[0],
@@ -157,12 +157,6 @@ static void check_linear(const struct tensor *y, const struct tensor *x, const s
         CHECK(res->data != y->data || res->dtype == y->dtype);
         check_same_dev(y, res);
     }
-}
-
-void op_linear(struct tensor *y, const struct tensor *x, const struct tensor *w, const struct tensor *bias, int act,
-               const struct tensor *res)
-{
-    check_linear(y, x, w, bias, act, res);
     DISPATCH(y->dev, linear, y, x, w, bias, act, res);
 }
 
@@ -366,45 +360,6 @@ void op_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct te
     CHECK(y->ndim == 2);
     check_fused_linear(&y, 1, x, nw, w, 2 * y->shape[1]);
     DISPATCH(x->dev, rmsnorm_swiglu, y, x, nw, eps, w);
-}
-
-void op_fused_chain(const struct fused_stage *st, int n)
-{
-    CHECKF(n >= 1 && n <= FUSED_CHAIN_MAX, "op_fused_chain: %d stages", n);
-    for (int i = 0; i < n; i++) {
-        const struct fused_stage *s = &st[i];
-        if (s->kind == FUSED_MATMUL) {
-            CHECKF(s->np >= 1 && s->np <= RMSNORM_MATMUL_MAX_PARTS, "op_fused_chain: stage %d has %d parts", i, s->np);
-            int64_t o = 0;
-            for (int j = 0; j < s->np; j++) o += s->ys[j]->ndim == 2 ? s->ys[j]->shape[1] : -1;
-            check_fused_linear(s->ys, s->np, s->x, s->nw, s->w, o);
-        } else if (s->kind == FUSED_SWIGLU) {
-            CHECK(s->ys[0]->ndim == 2);
-            check_fused_linear(s->ys, 1, s->x, s->nw, s->w, 2 * s->ys[0]->shape[1]);
-        } else {
-            CHECKF(s->kind == FUSED_RES && s->res, "op_fused_chain: stage %d: kind %d", i, s->kind);
-            check_linear(s->ys[0], s->x, s->w, NULL, LINEAR_NONE, s->res);
-        }
-        check_same_dev(st[0].x, s->x);
-    }
-#ifdef MINICPMV_CUDA
-    if (st[0].x->dev.kind == DEVICE_CUDA && cuda_fused_chain(st, n)) return;
-#endif
-    for (int i = 0; i < n; i++) {
-        const struct fused_stage *s = &st[i];
-        if (s->kind == FUSED_MATMUL) op_rmsnorm_matmul(s->ys, s->np, s->x, s->nw, s->eps, s->w);
-        else if (s->kind == FUSED_SWIGLU) op_rmsnorm_swiglu(s->ys[0], s->x, s->nw, s->eps, s->w);
-        else op_linear(s->ys[0], s->x, s->w, NULL, LINEAR_NONE, s->res);
-    }
-}
-
-void dev_set_chain(struct device d, int on)
-{
-#ifdef MINICPMV_CUDA
-    if (d.kind == DEVICE_CUDA) cuda_set_chain(d.ordinal, on);
-#else
-    (void)d, (void)on;
-#endif
 }
 
 /* A block table: I32, 1-D (one sequence) or 2-D (one per sequence), on dev. */

@@ -139,25 +139,6 @@ void op_rmsnorm_matmul(struct tensor *const *ys, int np, const struct tensor *x,
  * row i of the up projection and writing their product; other shapes run the plain ops. */
 void op_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, const struct tensor *nw, float eps,
                        const struct tensor *w);
-/* A run of the fused decode ops above, in order (llm.c: o_proj + residual, norm + gate|up + SwiGLU, down +
- * residual, then the next layer's norm + q|k|v): exactly op_rmsnorm_matmul / op_rmsnorm_swiglu / op_linear
- * (no bias, no activation, res) stage after stage, each stage seeing the earlier stages' outputs. The CPU runs
- * the ops. CUDA (cuda_pgemv.cu, docs/CUDA.md "The fused chain"): a one-token chain of F16 stages runs as one
- * persistent kernel whose blocks meet at a grid barrier between stages, each warp's first weights of the next
- * stage already requested before it waits; the same bits as the stages' one-kernel paths (the persistent
- * GEMV). Other chains, or with the chain switched off (dev_set_chain), run stage by stage. */
-enum { FUSED_MATMUL = 0 /* op_rmsnorm_matmul */, FUSED_SWIGLU = 1 /* op_rmsnorm_swiglu */, FUSED_RES = 2 /* op_linear, y = res + x w^T */ };
-#define FUSED_CHAIN_MAX 4
-struct fused_stage {
-    int kind;                                       /* FUSED_* */
-    struct tensor *ys[RMSNORM_MATMUL_MAX_PARTS];    /* the outputs: np parts (FUSED_MATMUL), else ys[0] */
-    int np;
-    const struct tensor *x, *nw, *w, *res;          /* nw: FUSED_MATMUL / SWIGLU (may be NULL); res: FUSED_RES */
-    float eps;
-};
-void op_fused_chain(const struct fused_stage *st, int n);
-/* The chain's one-kernel path on GPU d on (1, the default) or off (0: stage by stage). No effect elsewhere. */
-void dev_set_chain(struct device d, int on);
 /* ---- the paged KV cache (kvpool.h) ----
  * A paged cache is [n_blocks * KV_BLOCK, Hkv, hd]: block b holds the rows b*KV_BLOCK .. +KV_BLOCK-1. A
  * sequence's block table tab (I32 on the cache's device) lists its blocks in order: its token p is in

@@ -91,12 +91,6 @@ void cuda_set_qmma(int ordinal, int on);
 /* dev_set_fuse and op_fused_preferred for a GPU (cuda/cuda_mem.cu) */
 void cuda_set_fuse(int ordinal, int mode);
 int cuda_fused_preferred(const struct tensor *w);
-/* op_fused_chain's one-kernel path (cuda/cuda_pgemv.cu): 1 when it ran the whole chain, 0 (nothing done)
- * when a stage does not fit it or it is switched off (cuda_set_chain, cuda/cuda_mem.cu; default on) */
-int cuda_fused_chain(const struct fused_stage *st, int n);
-void cuda_set_chain(int ordinal, int on);
-/* how many times that kernel was launched on the device (tests: that it ran) */
-uint64_t cuda_chain_launches(int ordinal);
 /* a short name for a cuda_set_qmma value (cuda/cuda_qgemv.cu), "?" for others */
 const char *cuda_qmma_name(int v);
 /* 16-bit weights: the GEMV kernel for n <= max tokens (1..8), cuBLAS above (cuda/cuda_mem.cu; default 1) */

@@ -459,10 +459,7 @@ static int fused(const struct llm *s, int64_t n) { return n <= LLM_FUSE_ROWS && 
 /* One decoder layer; the device's position buffer already holds pos0..pos0+n-1. Unfused steps: when
  * xn_ready, the device's xn already holds this layer's input RMSNorm of h (fused into the previous
  * layer's last add), and when next_norm is not NULL the layer ends with xn = next_norm(h) fused into
- * the residual add. Fused steps (fused(s, n)) compute each norm where it is read: when xn_ready, the
- * device's q, k, v already hold this layer's projections (the previous layer's chain computed them), and
- * when next_norm is not NULL (the next layer's input norm, same device) the layer's chain of fused ops
- * ends with the next layer's norm + q|k|v (op_fused_chain: o, the MLP and that in one kernel on a GPU). */
+ * the residual add. Fused steps (fused(s, n)) compute each norm where it is read: neither applies. */
 static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0, int xn_ready,
                           const struct tensor *next_norm, int slot)
 {
@@ -477,7 +474,7 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     struct tensor pos = slot < 0 ? bstep_view(b, BSTEP_POS, n) : tensor_rows_view(&b->pos, 0, n);
 
     const int fuse = fused(s, n);
-    CHECK(!fuse || !next_norm || (layer + 1 < c->num_hidden_layers && next_norm == &s->m->llm.layers[layer + 1].input_layernorm));
+    CHECK(!fuse || (!xn_ready && !next_norm));
     /* the batched step (unfused): q|k|v as one matmul over the joined weight into the gate buffer (free
      * until the MLP), its rows split by op_rope_qkv_rows below (H200 session 10, ncu of the 64-row step: q
      * 13.3 us and k|v 11.2 us a layer as two GEMMs) */
@@ -485,7 +482,7 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     struct tensor qkv_j = {0};
     struct tensor *qkv_out[3] = {&q, &k, &v};
     if (fuse) {
-        if (!xn_ready) op_rmsnorm_matmul(qkv_out, 3, h, &w->input_layernorm, c->rms_norm_eps, &w->qkv);
+        op_rmsnorm_matmul(qkv_out, 3, h, &w->input_layernorm, c->rms_norm_eps, &w->qkv);
     } else {
         if (!xn_ready) op_rmsnorm(&xn, h, &w->input_layernorm, c->rms_norm_eps);
         if (joined) {
@@ -533,18 +530,10 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
             op_attention(&att3, &q3, &kall, &vall, pos0, scale, ATTN_CAUSAL);
         }
     }
-    if (fuse) { /* h += o_proj(att); h += down(swiglu(norm(h))); then the next layer's q, k, v = norm(h) · qkv */
-        struct fused_stage st[FUSED_CHAIN_MAX];
-        memset(st, 0, sizeof st);
-        st[0] = (struct fused_stage){.kind = FUSED_RES, .ys = {h}, .x = &att, .w = &w->o_proj, .res = h};
-        st[1] = (struct fused_stage){.kind = FUSED_SWIGLU, .ys = {&g}, .x = h, .nw = &w->post_attention_layernorm,
-                                     .w = &w->gate_up, .eps = c->rms_norm_eps};
-        st[2] = (struct fused_stage){.kind = FUSED_RES, .ys = {h}, .x = &g, .w = &w->down_proj, .res = h};
-        int ns = 3;
-        if (next_norm)
-            st[ns++] = (struct fused_stage){.kind = FUSED_MATMUL, .ys = {&q, &k, &v}, .np = 3, .x = h, .nw = next_norm,
-                                            .w = &s->m->llm.layers[layer + 1].qkv, .eps = c->rms_norm_eps};
-        op_fused_chain(st, ns);
+    if (fuse) { /* h += o_proj(att); h += down(swiglu(norm(h))) */
+        op_linear(h, &att, &w->o_proj, NULL, LINEAR_NONE, h);
+        op_rmsnorm_swiglu(&g, h, &w->post_attention_layernorm, c->rms_norm_eps, &w->gate_up);
+        op_linear(h, &g, &w->down_proj, NULL, LINEAR_NONE, h);
         return;
     }
     op_matmul(&o, &att, &w->o_proj, NULL);
@@ -568,15 +557,15 @@ void llm_layer_forward(struct llm *s, int layer, struct tensor *h, int64_t pos0)
 }
 
 /* The norm that layer l's last add can produce for the next consumer of h on the same device: the
- * next layer's input norm, or (one token, last layer) the final norm. NULL when h hops devices. Fused
- * steps: the next layer's input norm (its norm + q|k|v end layer l's chain), never the final norm (the
- * lm_head GEMV computes it: head_dev). */
+ * next layer's input norm, or (one token, last layer) the final norm. NULL when h hops devices, and
+ * for fused steps (each norm is computed by the GEMV that reads it). */
 static const struct tensor *next_norm_of(const struct llm *s, int l, int64_t n)
 {
     const struct model_placement *pl = s->pl;
     const int L = s->m->cfg.num_hidden_layers;
+    if (fused(s, n)) return NULL;
     if (l + 1 < L) return pl->layer[l + 1] == pl->layer[l] ? &s->m->llm.layers[l + 1].input_layernorm : NULL;
-    return n == 1 && !fused(s, n) && pl->norm == pl->layer[l] ? &s->m->llm.norm : NULL;
+    return n == 1 && pl->norm == pl->layer[l] ? &s->m->llm.norm : NULL;
 }
 
 struct tensor llm_embed(struct llm *s, const int32_t *ids, int64_t n)

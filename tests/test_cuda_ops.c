@@ -1845,114 +1845,6 @@ static void bench_small_vec(void)
     t_free(&hp), t_free(&hr), t_free(&ht);
 }
 
-/* op_fused_chain's one kernel (cuda_pgemv.cu): layers of o + residual, norm + gate|up + SwiGLU, down +
- * residual, the next layer's norm + q|k|v, chained 3 times (grid barriers between the stages, the barrier's
- * state carried from launch to launch), eager and captured as a graph replayed twice: against the CPU twin and
- * the stages run one kernel each (the chain switched off) within fp16 tolerance, and bit for bit the same from
- * run to run (eager, each replay). Shapes: the 8B's d = 4096 with a small MLP (units per block both above and
- * below the block's 16 warps: units straddling two warps and several), odd ones (partial chunks, a stage
- * without a norm), 4 and 8 loads a lane; a chain with an F32 stage falls back to the stages. */
-
-static void chain_layers(struct tensor *h, struct tensor *q, struct tensor *k, struct tensor *v, struct tensor *g,
-                         const struct tensor *wo, const struct tensor *wgu, const struct tensor *wd,
-                         const struct tensor *wqkv, const struct tensor *n1, const struct tensor *n2, int layers, int norm2)
-{
-    for (int l = 0; l < layers; l++) {
-        struct fused_stage st[FUSED_CHAIN_MAX];
-        memset(st, 0, sizeof st);
-        st[0] = (struct fused_stage){.kind = FUSED_RES, .ys = {h}, .x = q, .w = wo, .res = h};
-        st[1] = (struct fused_stage){.kind = FUSED_SWIGLU, .ys = {g}, .x = h, .nw = n1, .w = wgu, .eps = 1e-5f};
-        st[2] = (struct fused_stage){.kind = FUSED_RES, .ys = {h}, .x = g, .w = wd, .res = h};
-        st[3] = (struct fused_stage){.kind = FUSED_MATMUL, .ys = {q, k, v}, .np = 3, .x = h, .nw = norm2 ? n2 : NULL,
-                                     .w = wqkv, .eps = 1e-5f};
-        op_fused_chain(st, 4);
-    }
-}
-
-static void test_chain(void)
-{
-    static const struct { int64_t d, f, qd, kvd; int norm2; enum dtype gdt; const char *what; } cs[] = {
-        {4096, 1536, 2048, 512, 1, DTYPE_F16, "d 4096"},
-        {1000, 328, 200, 24, 1, DTYPE_F16, "partial chunks, few units"},
-        {256, 4000, 128, 64, 0, DTYPE_F16, "last stage without a norm"},
-        {512, 256, 256, 64, 1, DTYPE_F32, "an F32 stage: stage by stage"},
-    };
-    static const int shapes[] = {1, 4, 8};
-    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
-        const int64_t d = cs[c].d, f = cs[c].f, qd = cs[c].qd, kvd = cs[c].kvd;
-        struct tensor h0 = h_rand(DTYPE_F16, 2, 1, d, 0, 2.0f), q0 = h_rand(DTYPE_F16, 2, 1, qd, 0, 1.0f);
-        struct tensor n1 = h_new(DTYPE_F16, 1, d, 0, 0), n2 = h_new(DTYPE_F16, 1, d, 0, 0);
-        h_fill(&n1, 0.5f, 1.0f);
-        h_fill(&n2, 0.7f, 1.2f);
-        struct tensor wo = h_rand(DTYPE_F16, 2, d, qd, 0, 0.05f), wgu = h_rand(DTYPE_F16, 2, 2 * f, d, 0, 0.05f);
-        struct tensor wd = h_rand(DTYPE_F16, 2, d, f, 0, 0.05f), wqkv = h_rand(DTYPE_F16, 2, qd + 2 * kvd, d, 0, 0.05f);
-        /* the CPU twin */
-        struct tensor hc = h_copy(&h0), qc = h_copy(&q0), kc = h_new(DTYPE_F16, 2, 1, kvd, 0), vc = h_new(DTYPE_F16, 2, 1, kvd, 0);
-        struct tensor gc = h_new(cs[c].gdt, 2, 1, f, 0);
-        chain_layers(&hc, &qc, &kc, &vc, &gc, &wo, &wgu, &wd, &wqkv, &n1, &n2, 3, cs[c].norm2);
-        struct tensor dwo = d_from(&wo), dwgu = d_from(&wgu), dwd = d_from(&wd), dwqkv = d_from(&wqkv);
-        struct tensor dn1 = d_from(&n1), dn2 = d_from(&n2);
-        struct tensor dh = d_new(DTYPE_F16, 2, 1, d, 0), dq = d_new(DTYPE_F16, 2, 1, qd, 0);
-        struct tensor dk = d_new(DTYPE_F16, 2, 1, kvd, 0), dv = d_new(DTYPE_F16, 2, 1, kvd, 0), dg = d_new(cs[c].gdt, 2, 1, f, 0);
-        struct tensor sh = {0}, sq = {0}, eh = {0}, eq = {0}, ek = {0};
-        for (int v = -1; v < (int)(sizeof shapes / sizeof shapes[0]); v++) { /* -1: stage by stage */
-            for (int graph = 0; graph < (v < 0 ? 1 : 2); graph++) {
-                cuda_set_chain(0, v < 0 ? 0 : shapes[v]);
-                op_copy(&dh, &h0), op_copy(&dq, &q0);
-                struct err e;
-                struct dev_graph *gr = NULL;
-                if (graph) T_ASSERTF(dev_graph_begin(dh.dev, &e) == 0, "%s", e.msg);
-                const uint64_t l0 = cuda_chain_launches(0);
-                chain_layers(&dh, &dq, &dk, &dv, &dg, &dwo, &dwgu, &dwd, &dwqkv, &dn1, &dn2, 3, cs[c].norm2);
-                const uint64_t want = v >= 0 && cs[c].gdt == DTYPE_F16 ? 3 : 0; /* one kernel a layer, or none */
-                T_ASSERTF(cuda_chain_launches(0) - l0 == want, "%s, chain %d: %llu chain kernels, expected %llu", cs[c].what,
-                          v < 0 ? 0 : shapes[v], (unsigned long long)(cuda_chain_launches(0) - l0), (unsigned long long)want);
-                if (graph) {
-                    gr = dev_graph_end(dh.dev, &e);
-                    T_ASSERTF(gr != NULL, "%s", e.msg);
-                    for (int rep = 0; rep < 2; rep++) { /* replayed from the same inputs: the eager run's bits */
-                        op_copy(&dh, &h0), op_copy(&dq, &q0);
-                        T_ASSERTF(dev_graph_launch(gr, &e) == 0, "%s", e.msg);
-                        char cas[128];
-                        snprintf(cas, sizeof cas, "%s: chain %d, graph replay %d = eager, h", cs[c].what, shapes[v], rep);
-                        check_close("chain", cas, &dh, &eh, TOL_EXACT);
-                        snprintf(cas, sizeof cas, "%s: chain %d, graph replay %d = eager, q", cs[c].what, shapes[v], rep);
-                        check_close("chain", cas, &dq, &eq, TOL_EXACT);
-                        snprintf(cas, sizeof cas, "%s: chain %d, graph replay %d = eager, k", cs[c].what, shapes[v], rep);
-                        check_close("chain", cas, &dk, &ek, TOL_EXACT);
-                    }
-                    dev_graph_free(gr);
-                    continue;
-                }
-                char cas[128];
-                const char *who = v < 0 ? "stage by stage" : "chain";
-                snprintf(cas, sizeof cas, "%s: 3 layers, %s %d vs cpu, h", cs[c].what, who, v < 0 ? 0 : shapes[v]);
-                check_close("chain", cas, &dh, &hc, TOL_F16);
-                snprintf(cas, sizeof cas, "%s: 3 layers, %s %d vs cpu, q", cs[c].what, who, v < 0 ? 0 : shapes[v]);
-                check_close("chain", cas, &dq, &qc, TOL_F16);
-                snprintf(cas, sizeof cas, "%s: 3 layers, %s %d vs cpu, k", cs[c].what, who, v < 0 ? 0 : shapes[v]);
-                check_close("chain", cas, &dk, &kc, TOL_F16);
-                if (v < 0) {
-                    sh = h_copy(&dh), sq = h_copy(&dq);
-                    continue;
-                }
-                snprintf(cas, sizeof cas, "%s: chain %d vs stage by stage, h", cs[c].what, shapes[v]);
-                check_close("chain", cas, &dh, &sh, TOL_F16);
-                snprintf(cas, sizeof cas, "%s: chain %d vs stage by stage, q", cs[c].what, shapes[v]);
-                check_close("chain", cas, &dq, &sq, TOL_F16);
-                t_free(&eh), t_free(&eq), t_free(&ek);
-                eh = h_copy(&dh), eq = h_copy(&dq), ek = h_copy(&dk); /* this shape's eager bits */
-            }
-        }
-        cuda_set_chain(0, 1);
-        t_free(&sh), t_free(&sq), t_free(&eh), t_free(&eq), t_free(&ek);
-        t_free(&h0), t_free(&q0), t_free(&n1), t_free(&n2), t_free(&wo), t_free(&wgu), t_free(&wd), t_free(&wqkv);
-        t_free(&hc), t_free(&qc), t_free(&kc), t_free(&vc), t_free(&gc);
-        t_free(&dwo), t_free(&dwgu), t_free(&dwd), t_free(&dwqkv), t_free(&dn1), t_free(&dn2);
-        t_free(&dh), t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dg);
-    }
-}
-
 /* ---- the engine's decode step on a real checkpoint: plain ops vs fused, one GEMV vs the other ---- */
 
 /* The configurations of `bench engine`: the plain ops on the one-pass GEMV (the default since session 7),
@@ -1960,16 +1852,13 @@ static void test_chain(void)
  * session 9 the L2 prefetch of each GEMV's weights slower at every budget: neither is repeated.) */
 static const struct {
     const char *name;
-    int unfused, pgemv, sv, chain; /* sv: cuda_set_small_vec (2: tokens not required to match); chain: cuda_set_chain
-                                    * (the chain kernel sums straddling rows in parts: tokens not required to match) */
+    int unfused, pgemv, sv; /* sv: cuda_set_small_vec (2: tokens not required to match) */
 } engine_variants[] = {
-    {"plain ops, one-pass GEMV", 1, 0, 1, 1},
-    {"plain, one-pass, generic small kernels", 1, 0, 0, 1},
-    {"plain, one-pass, small kernels' own tree", 1, 0, 2, 1},
-    {"plain ops, persistent GEMV", 1, 1, 1, 1},
-    {"fused, stage by stage", 0, 1, 1, 0},
-    {"fused chain (one kernel a layer)", 0, 1, 1, 1},
-    {"fused chain, 4 loads a lane", 0, 1, 1, 4},
+    {"plain ops, one-pass GEMV", 1, 0, 1},
+    {"plain, one-pass, generic small kernels", 1, 0, 0},
+    {"plain, one-pass, small kernels' own tree", 1, 0, 2},
+    {"plain ops, persistent GEMV", 1, 1, 1},
+    {"fused", 0, 1, 1},
 };
 
 /* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
@@ -2008,7 +1897,6 @@ static void bench_engine(const char *model)
             int32_t **ref = &refs[engine_variants[v].pgemv != 0];
             cuda_set_pgemv(0, engine_variants[v].pgemv);
             cuda_set_small_vec(0, engine_variants[v].sv);
-            cuda_set_chain(0, engine_variants[v].chain);
             llm_set_unfused(s, engine_variants[v].unfused);
             llm_drop_graphs(s);
             llm_truncate(s, 0);
@@ -2031,8 +1919,7 @@ static void bench_engine(const char *model)
                 agree = " (reference tokens)";
             } else {
                 const int same = !memcmp(*ref, toks, (size_t)N * sizeof **ref);
-                const int chained = !engine_variants[v].unfused && engine_variants[v].chain;
-                T_ASSERTF(same || engine_variants[v].sv == 2 || chained, "context %d, %s: greedy tokens differ from the first variant's on the same GEMV",
+                T_ASSERTF(same || engine_variants[v].sv == 2, "context %d, %s: greedy tokens differ from the first variant's on the same GEMV",
                           P[pi], engine_variants[v].name);
                 agree = same ? " (same tokens)" : " (TOKENS DIFFER)";
             }
@@ -2042,121 +1929,8 @@ static void bench_engine(const char *model)
     }
     cuda_set_pgemv(0, 0);
     cuda_set_small_vec(0, 1);
-    cuda_set_chain(0, 1);
     free(lg), free(prompt), free(toks), free(refs[0]), free(refs[1]);
     engine_close(g);
-}
-
-/* `bench chain`: where op_fused_chain's kernel spends its time. Each case is a CUDA graph of 8 calls on
- * weights rotated beyond the L2, us per call: (1) one GEMV stage at the 8B's shapes on the chain kernel
- * against the one-pass GEMV (op_matmul, the default) and the persistent one; (2) the grid barrier: chains of
- * 1..4 stages on tiny weights (64 x 256), whose differences are what each extra stage with its barrier costs. */
-struct chain_bench {
-    struct fused_stage st[FUSED_CHAIN_MAX];
-    int ns, nbuf, how; /* how: 0 the chain, 1 op_matmul one-pass, 2 op_matmul persistent */
-    const struct tensor *w;
-};
-
-static void chain_bench_call(struct chain_bench *b, int rep)
-{
-    struct fused_stage st[FUSED_CHAIN_MAX];
-    memcpy(st, b->st, sizeof st);
-    for (int i = 0; i < b->ns; i++) st[i].w = &b->w[(rep + i) % b->nbuf];
-    if (b->how == 0) {
-        op_fused_chain(st, b->ns);
-    } else {
-        cuda_set_pgemv(0, b->how == 2);
-        op_matmul(st[0].ys[0], st[0].x, st[0].w, NULL);
-    }
-}
-
-static double chain_bench_us(struct chain_bench *b)
-{
-    struct err e;
-    cuda_set_chain(0, b->how == 0);
-    for (int r = 0; r < 2; r++) chain_bench_call(b, r); /* warm-up outside the capture */
-    T_ASSERTF(dev_graph_begin(device_cuda(0), &e) == 0, "%s", e.msg);
-    for (int r = 0; r < 8; r++) chain_bench_call(b, r);
-    struct dev_graph *g = dev_graph_end(device_cuda(0), &e);
-    T_ASSERTF(g != NULL, "%s", e.msg);
-    cudaStream_t s = (cudaStream_t)cuda_stream_handle(0);
-    cudaEvent_t e0, e1;
-    CHECK(cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess);
-    T_ASSERTF(dev_graph_launch(g, &e) == 0, "%s", e.msg);
-    CHECK(cudaEventRecord(e0, s) == cudaSuccess);
-    for (int r = 0; r < 10; r++) T_ASSERTF(dev_graph_launch(g, &e) == 0, "%s", e.msg);
-    CHECK(cudaEventRecord(e1, s) == cudaSuccess);
-    CHECK(cudaEventSynchronize(e1) == cudaSuccess);
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    dev_graph_free(g);
-    cuda_set_pgemv(0, 0);
-    cuda_set_chain(0, 1);
-    return ms * 1e3 / 80.0;
-}
-
-static void bench_chain(void)
-{
-    static const struct { int64_t o, k; int kind; const char *what; } gs[] = {
-        {4096, 4096, FUSED_RES, "o 4096x4096 (+ residual)"},
-        {6144, 4096, FUSED_MATMUL, "q|k|v 6144x4096 (norm)"},
-        {28672, 4096, FUSED_SWIGLU, "gate|up 28672x4096 (norm, SwiGLU)"},
-        {4096, 14336, FUSED_RES, "down 4096x14336 (+ residual)"},
-    };
-    printf("op_fused_chain's kernel, one stage against op_matmul (us per call, GB/s of weights; graphs of 8 calls):\n");
-    for (size_t c = 0; c < sizeof gs / sizeof gs[0]; c++) {
-        const int64_t o = gs[c].o, k = gs[c].k, bytes = o * k * 2;
-        struct chain_bench b;
-        memset(&b, 0, sizeof b);
-        b.nbuf = rotation((size_t)bytes);
-        struct tensor *w = malloc((size_t)b.nbuf * sizeof *w);
-        CHECK(w);
-        for (int i = 0; i < b.nbuf; i++) w[i] = d_alloc(DTYPE_F16, 2, o, k, 0), d_fill_rand(&w[i], 0.02f);
-        b.w = w;
-        const int64_t yo = gs[c].kind == FUSED_SWIGLU ? o / 2 : o;
-        struct tensor x = d_new(DTYPE_F16, 2, 1, k, 0), y = d_new(DTYPE_F16, 2, 1, yo, 0), yf = d_new(DTYPE_F16, 2, 1, o, 0);
-        struct tensor nw = d_new(DTYPE_F16, 1, k, 0, 0);
-        b.ns = 1;
-        b.st[0] = (struct fused_stage){.kind = gs[c].kind, .ys = {&y}, .np = 1, .x = &x, .w = &w[0],
-                                       .nw = gs[c].kind == FUSED_RES ? NULL : &nw, .res = gs[c].kind == FUSED_RES ? &y : NULL,
-                                       .eps = 1e-5f};
-        b.how = 0;
-        const double tc = chain_bench_us(&b);
-        b.st[0] = (struct fused_stage){.kind = FUSED_MATMUL, .ys = {&yf}, .np = 1, .x = &x, .w = &w[0], .eps = 1e-5f};
-        const double tm = chain_bench_us(&b);
-        b.how = 1;
-        const double t1 = chain_bench_us(&b);
-        b.how = 2;
-        const double t2 = chain_bench_us(&b);
-        printf("  %-36s chain %7.2f us (%4.0f GB/s)  chain, plain matmul %7.2f (%4.0f)  one-pass %7.2f (%4.0f)  persistent %7.2f (%4.0f)\n",
-               gs[c].what, tc, bytes / tc * 1e-3, tm, bytes / tm * 1e-3, t1, bytes / t1 * 1e-3, t2, bytes / t2 * 1e-3);
-        for (int i = 0; i < b.nbuf; i++) t_free(&w[i]);
-        free(w);
-        t_free(&x), t_free(&y), t_free(&yf), t_free(&nw);
-    }
-    /* the barrier: 1..4 stages on tiny weights */
-    struct tensor w[4], x = d_new(DTYPE_F16, 2, 1, 256, 0), nw = d_new(DTYPE_F16, 1, 256, 0, 0), y = d_new(DTYPE_F16, 2, 1, 256, 0);
-    for (int i = 0; i < 4; i++) w[i] = d_new(DTYPE_F16, 2, 256, 256, 0);
-    printf("the grid barrier: chains of tiny stages (256 x 256, x -> y -> y ..., the first with a norm):");
-    double prev = 0;
-    for (int ns = 1; ns <= 4; ns++) {
-        struct chain_bench b;
-        memset(&b, 0, sizeof b);
-        b.nbuf = 4, b.w = w, b.ns = ns;
-        struct tensor y2 = d_new(DTYPE_F16, 2, 1, 256, 0);
-        for (int i = 0; i < ns; i++)
-            b.st[i] = (struct fused_stage){.kind = FUSED_MATMUL, .ys = {i % 2 ? &y2 : &y}, .np = 1, .x = i == 0 ? &x : i % 2 ? &y : &y2,
-                                           .w = &w[i], .nw = i == 0 ? &nw : NULL, .eps = 1e-5f};
-        const double t = chain_bench_us(&b);
-        printf("  %d: %.2f us%s", ns, t, ns > 1 ? "" : "");
-        if (ns > 1) printf(" (+%.2f)", t - prev);
-        prev = t;
-        t_free(&y2);
-    }
-    printf("\n");
-    for (int i = 0; i < 4; i++) t_free(&w[i]);
-    t_free(&x), t_free(&nw), t_free(&y);
 }
 
 static void bench(int argc, char **argv)
@@ -2172,7 +1946,6 @@ static void bench(int argc, char **argv)
     if (!*only || !strcmp(only, "attention")) bench_attention(), bench_attention_rows();
     if (!*only || !strcmp(only, "small")) bench_small(), bench_small_vec();
     if (!*only || !strcmp(only, "step")) bench_step();
-    if (!*only || !strcmp(only, "chain")) bench_chain();
 }
 
 int main(int argc, char **argv)
@@ -2206,7 +1979,6 @@ int main(int argc, char **argv)
         T_SKIP(test_rmsnorm_swiglu, why);
         T_SKIP(test_linear_residual, why);
         T_SKIP(test_fused_chain_pdl, why);
-        T_SKIP(test_chain, why);
         return t_main_end("test_cuda_ops");
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0) {
@@ -2239,7 +2011,6 @@ int main(int argc, char **argv)
     T_RUN(test_rmsnorm_swiglu);
     T_RUN(test_linear_residual);
     T_RUN(test_fused_chain_pdl);
-    T_RUN(test_chain);
     cuda_set_pgemv(0, 0);
     return t_main_end("test_cuda_ops");
 }

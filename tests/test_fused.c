@@ -6,7 +6,6 @@
  *  - against float64 formulas written here (not the backend's code), within a few fp16 / fp32
  *    roundings, so that a mistake shared by the twin and the plain ops (a part taken from the wrong
  *    rows, gate and up swapped, the norm of the wrong tensor) fails too.
- *  - op_fused_chain equals its stages' ops called one by one.
  * The CUDA kernels are checked against these twins in test_cuda_ops (on the GPU). */
 #include <math.h>
 #include <stdlib.h>
@@ -207,52 +206,11 @@ static void test_quantized_weight(void)
     free(x.data), free(wf.data), free(nw.data), free(w.data), free(xn.data);
 }
 
-/* op_fused_chain: a layer's chain (o + residual, norm + gate|up + SwiGLU, down + residual, the next layer's
- * norm + q|k|v) equals the four ops called one by one, bit for bit, each stage reading the one before's
- * output (h in place); one stage alone too. (Its CUDA one-kernel path: test_cuda_ops.) */
-static void test_chain(void)
-{
-    const int64_t d = 64, f = 96, qd = 64, kvd = 32;
-    struct tensor att = rnd(DTYPE_F16, 1, qd, 1.0f, 0.0f), h0 = rnd(DTYPE_F16, 1, d, 2.0f, 0.1f);
-    struct tensor wo = rnd(DTYPE_F16, d, qd, 0.2f, 0.0f), wgu = rnd(DTYPE_F16, 2 * f, d, 0.2f, 0.0f);
-    struct tensor wd = rnd(DTYPE_F16, d, f, 0.2f, 0.0f), wqkv = rnd(DTYPE_F16, qd + 2 * kvd, d, 0.2f, 0.0f);
-    struct tensor n1 = rnd(DTYPE_F16, d, 0, 0.5f, 1.0f), n2 = rnd(DTYPE_F16, d, 0, 0.5f, 1.0f);
-    for (int ns = 1; ns <= 4; ns += 3) {
-        struct tensor h = mk(DTYPE_F16, 1, d), hr = mk(DTYPE_F16, 1, d), g = mk(DTYPE_F16, 1, f), gr = mk(DTYPE_F16, 1, f);
-        struct tensor q = mk(DTYPE_F16, 1, qd), k = mk(DTYPE_F16, 1, kvd), v = mk(DTYPE_F16, 1, kvd);
-        struct tensor qr = mk(DTYPE_F16, 1, qd), kr = mk(DTYPE_F16, 1, kvd), vr = mk(DTYPE_F16, 1, kvd);
-        memcpy(h.data, h0.data, tensor_nbytes(&h0));
-        memcpy(hr.data, h0.data, tensor_nbytes(&h0));
-        struct fused_stage st[FUSED_CHAIN_MAX];
-        memset(st, 0, sizeof st);
-        st[0] = (struct fused_stage){.kind = FUSED_RES, .ys = {&h}, .x = &att, .w = &wo, .res = &h};
-        st[1] = (struct fused_stage){.kind = FUSED_SWIGLU, .ys = {&g}, .x = &h, .nw = &n1, .w = &wgu, .eps = 1e-5f};
-        st[2] = (struct fused_stage){.kind = FUSED_RES, .ys = {&h}, .x = &g, .w = &wd, .res = &h};
-        st[3] = (struct fused_stage){.kind = FUSED_MATMUL, .ys = {&q, &k, &v}, .np = 3, .x = &h, .nw = &n2, .w = &wqkv, .eps = 1e-5f};
-        op_fused_chain(st, ns);
-        op_linear(&hr, &att, &wo, NULL, LINEAR_NONE, &hr);
-        if (ns == 4) {
-            struct tensor *qkv[3] = {&qr, &kr, &vr};
-            op_rmsnorm_swiglu(&gr, &hr, &n1, 1e-5f, &wgu);
-            op_linear(&hr, &gr, &wd, NULL, LINEAR_NONE, &hr);
-            op_rmsnorm_matmul(qkv, 3, &hr, &n2, 1e-5f, &wqkv);
-            T_ASSERTF(same(&g, &gr) && same(&q, &qr) && same(&k, &kr) && same(&v, &vr), "4 stages: not the ops' bits");
-        }
-        T_ASSERTF(same(&h, &hr), "%d stage(s): h is not the ops' bits", ns);
-        T_ASSERTF(!same(&h, &h0), "%d stage(s): h unchanged", ns);
-        free(h.data), free(hr.data), free(g.data), free(gr.data), free(q.data), free(k.data), free(v.data);
-        free(qr.data), free(kr.data), free(vr.data);
-    }
-    free(att.data), free(h0.data), free(wo.data), free(wgu.data), free(wd.data), free(wqkv.data), free(n1.data);
-    free(n2.data);
-}
-
 int main(void)
 {
     T_RUN(test_rmsnorm_matmul);
     T_RUN(test_rmsnorm_swiglu);
     T_RUN(test_linear_residual);
     T_RUN(test_quantized_weight);
-    T_RUN(test_chain);
     return t_main_end("test_fused");
 }

@@ -926,9 +926,6 @@ static const char BENCH_HELP[] =
     "  --fuse auto|on|off   (developers) one-token decode steps on the fused ops (the RMSNorm inside the GEMV\n"
     "                       that reads it, the residual add and SwiGLU inside the GEMVs that produce them):\n"
     "                       auto (the default: where the GPU prefers them, which no GPU does today), on, off\n"
-    "  --chain V            (developers) with the fused ops, each layer's o, MLP and next q|k|v as one kernel\n"
-    "                       (op_fused_chain): 1 on (the default), 0 stage by stage, 4 or 8 on with that many\n"
-    "                       16-byte loads per lane per chunk\n"
     "  --overlap all|quant|off  (developers) decode GEMVs launched to overlap the previous kernel's tail\n"
     "                       (programmatic dependent launch, sm_90): every one, the quantized ones, none\n"
     "                       (the default)\n"
@@ -952,7 +949,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1, chain = -1, whole_batches = 0;
+    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1, whole_batches = 0;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -1019,13 +1016,6 @@ int cmd_bench(int argc, char **argv)
                 err_set(&e, "--overlap: expected all, quant or off, got \"%s\"", v);
                 goto out;
             }
-        } else if (!strcmp(f, "--chain")) {
-            if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 8, &n, &e)) goto out;
-            if (n != 0 && n != 1 && n != 4 && n != 8) {
-                err_set(&e, "--chain: expected 0, 1, 4 or 8, got %lld", n);
-                goto out;
-            }
-            chain = (int)n;
         } else if (!strcmp(f, "--qgemv")) {
             if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 255, &n, &e)) goto out;
             if (dev_set_qgemv(device_cpu(), (int)n)) {
@@ -1095,7 +1085,6 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; f16mma >= 0 && i < bi.n_gpus; i++) dev_set_f16mma(device_cuda(i), f16mma);
     for (int i = 0; overlap >= 0 && i < bi.n_gpus; i++) dev_set_overlap(device_cuda(i), overlap);
     for (int i = 0; fuse >= 0 && i < bi.n_gpus; i++) dev_set_fuse(device_cuda(i), fuse);
-    for (int i = 0; chain >= 0 && i < bi.n_gpus; i++) dev_set_chain(device_cuda(i), chain);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
         for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {

@@ -93,8 +93,6 @@ struct lt_plan; /* cuda_gemv.cu */
  * blocks per SM, and 16-byte weight loads per lane in each of its two in-flight chunks */
 #define PGEMV_DEFAULT_BPS 4
 #define PGEMV_DEFAULT_U 4
-#define CHAIN_DEFAULT_W 16 /* the chain kernel: one block of 16 warps per SM, 8 loads per lane per chunk */
-#define CHAIN_DEFAULT_U 8
 
 struct cuda_ctx {
     int ordinal;
@@ -140,11 +138,6 @@ struct cuda_ctx {
                                    (cuda_pgemv.cu, cuda_set_pgemv; default 0) */
     int pgemv_bps, pgemv_u;     /* its grid (blocks per SM) and 16-byte loads per lane per chunk (4 or 8) */
     int pgemv_trig_early;       /* 1: it lets a PDL-launched successor start at once, 0: after its last loads */
-    int chain;                  /* op_fused_chain as one kernel (cuda_pgemv.cu, cuda_set_chain; default on) */
-    int chain_u;                /* its 16-byte loads per lane per chunk (4, 8) */
-    unsigned *chain_bar;        /* its grid barrier: [0] arrivals, [32] generation (zeroed at creation; the kernel
-                                   leaves the arrivals at 0) */
-    uint64_t chain_launches;    /* its launches so far (tests: that it ran) */
     int small_vec;              /* the decode step's small ops (norms, rope_qk, silu_mul, kv_store) on their
                                    vector kernels where the tensors allow: 1 (the default) with the norms'
                                    generic summation tree, 2 with their own, 0 off (cuda_ops.cu,

@@ -61,10 +61,6 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     c->pgemv_bps = PGEMV_DEFAULT_BPS;
     c->pgemv_u = PGEMV_DEFAULT_U;
     c->small_vec = 1;
-    c->chain = 1;
-    c->chain_u = CHAIN_DEFAULT_U;
-    CUDA_CHECK(cudaMalloc(&c->chain_bar, 64 * sizeof(unsigned)));
-    CUDA_CHECK(cudaMemset(c->chain_bar, 0, 64 * sizeof(unsigned)));
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&c->ev, cudaEventDisableTiming));
@@ -164,15 +160,6 @@ extern "C" void cuda_set_fuse(int ordinal, int mode)
 extern "C" int cuda_fused_preferred(const struct tensor *w)
 {
     return cuda_ctx_get(w->dev.ordinal)->fuse == DEV_FUSE_ON;
-}
-
-/* op_fused_chain as one kernel (cuda_pgemv.cu): 0 off (stage by stage), 1 on in the default shape, 4 or 8 on
- * with that many 16-byte loads per lane per chunk (the bench compares them). */
-extern "C" void cuda_set_chain(int ordinal, int on)
-{
-    struct cuda_ctx *c = cuda_ctx_get(ordinal);
-    c->chain = on != 0;
-    c->chain_u = on == 4 || on == 8 ? on : CHAIN_DEFAULT_U;
 }
 
 /* F16 matmuls of 2..16 tokens (the batched decode step) on the A-operand tensor-core kernel of cuda_qgemv.cu
