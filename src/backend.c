@@ -506,7 +506,9 @@ void op_add_i32(struct tensor *x, int32_t d)
 void dev_set_overlap(struct device d, int mode)
 {
 #ifdef MINICPMV_CUDA
-    if (d.kind == DEVICE_CUDA) cuda_set_pdl(d.ordinal, mode == DEV_OVERLAP_ALL, mode == DEV_OVERLAP_ALL || mode == DEV_OVERLAP_QUANT);
+    if (d.kind == DEVICE_CUDA)
+        cuda_set_pdl(d.ordinal, (mode & DEV_OVERLAP_ALL) != 0, (mode & (DEV_OVERLAP_ALL | DEV_OVERLAP_QUANT)) != 0,
+                     (mode & DEV_OVERLAP_SMALL) != 0);
 #else
     (void)d, (void)mode;
 #endif

@@ -201,11 +201,13 @@ void op_argmax_dev(const struct tensor *x, struct tensor *ids);
 void op_add_i32(struct tensor *x, int32_t d);
 
 
-/* Lets decode GEMVs (n <= 8) on GPU d start while the previous kernel finishes (Hopper programmatic
- * dependent launch: they load their first weights early, then wait for their input): DEV_OVERLAP_ALL
- * every decode GEMV, DEV_OVERLAP_QUANT those of quantized weights only, 0 none (the default). Results
- * are bit-identical either way. No effect on CPU devices or before sm_90. */
-enum { DEV_OVERLAP_ALL = 1, DEV_OVERLAP_QUANT = 2 };
+/* Lets kernels of the decode step on GPU d start while the previous kernel finishes (Hopper programmatic
+ * dependent launch), a set of flags: DEV_OVERLAP_ALL every decode GEMV (they load their first weights early,
+ * then wait for their input), DEV_OVERLAP_QUANT those of quantized weights only, DEV_OVERLAP_SMALL the small
+ * kernels (norms, RoPE + KV append, SwiGLU, the decode attention, argmax, embedding, position add: their blocks
+ * wait, resident, for the previous kernel's end); 0 none (the default). Results are bit-identical either way.
+ * No effect on CPU devices or before sm_90. */
+enum { DEV_OVERLAP_ALL = 1, DEV_OVERLAP_QUANT = 2, DEV_OVERLAP_SMALL = 4 };
 void dev_set_overlap(struct device d, int mode);
 
 /* Whether one-token decode steps should run the fused decode ops (op_rmsnorm_matmul, op_rmsnorm_swiglu,

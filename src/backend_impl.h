@@ -81,8 +81,9 @@ int cuda_mem_info(int ordinal, size_t *free_b, size_t *total_b, struct err *e);
 void cuda_sync(int ordinal);
 /* copies between host and device or device and device (peer, or staged through the host) */
 void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes);
-/* programmatic dependent launch of decode GEMVs on/off (cuda/cuda_mem.cu; default off) */
-void cuda_set_pdl(int ordinal, int f16, int quant);
+/* programmatic dependent launch of decode GEMVs (f16, quant) and of the small decode kernels on/off
+ * (cuda/cuda_mem.cu; default off) */
+void cuda_set_pdl(int ordinal, int f16, int quant, int small);
 /* the profiler's collection on GPU ordinal on / off (cuda/cuda_mem.cu: cudaProfilerStart / Stop) */
 void cuda_profile(int ordinal, int on);
 /* the quantized decode GEMV's kernel (cuda/cuda_mem.cu; values in cuda/cuda_quant.cuh: 0 the CUDA-core kernel,

@@ -1852,13 +1852,15 @@ static void bench_small_vec(void)
  * session 9 the L2 prefetch of each GEMV's weights slower at every budget: neither is repeated.) */
 static const struct {
     const char *name;
-    int unfused, pgemv, sv; /* sv: cuda_set_small_vec (2: tokens not required to match) */
+    int unfused, pgemv, sv, overlap; /* sv: cuda_set_small_vec (2: tokens not required to match); overlap: dev_set_overlap */
 } engine_variants[] = {
-    {"plain ops, one-pass GEMV", 1, 0, 1},
-    {"plain, one-pass, generic small kernels", 1, 0, 0},
-    {"plain, one-pass, small kernels' own tree", 1, 0, 2},
-    {"plain ops, persistent GEMV", 1, 1, 1},
-    {"fused", 0, 1, 1},
+    {"plain ops, one-pass GEMV", 1, 0, 1, 0},
+    {"plain, small kernels as PDL dependents", 1, 0, 1, DEV_OVERLAP_SMALL},
+    {"plain, small kernels and GEMVs PDL", 1, 0, 1, DEV_OVERLAP_SMALL | DEV_OVERLAP_ALL},
+    {"plain, one-pass, generic small kernels", 1, 0, 0, 0},
+    {"plain, one-pass, small kernels' own tree", 1, 0, 2, 0},
+    {"plain ops, persistent GEMV", 1, 1, 1, 0},
+    {"fused", 0, 1, 1, 0},
 };
 
 /* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
@@ -1897,6 +1899,7 @@ static void bench_engine(const char *model)
             int32_t **ref = &refs[engine_variants[v].pgemv != 0];
             cuda_set_pgemv(0, engine_variants[v].pgemv);
             cuda_set_small_vec(0, engine_variants[v].sv);
+            dev_set_overlap(device_cuda(0), engine_variants[v].overlap);
             llm_set_unfused(s, engine_variants[v].unfused);
             llm_drop_graphs(s);
             llm_truncate(s, 0);
@@ -1929,6 +1932,7 @@ static void bench_engine(const char *model)
     }
     cuda_set_pgemv(0, 0);
     cuda_set_small_vec(0, 1);
+    dev_set_overlap(device_cuda(0), 0);
     free(lg), free(prompt), free(toks), free(refs[0]), free(refs[1]);
     engine_close(g);
 }

@@ -597,6 +597,56 @@ static void test_chunked_prefill(void)
     }
 }
 
+/* The decode step with its kernels launched as programmatic dependents (dev_set_overlap: the small kernels, and
+ * the small kernels with the GEMVs) gives the logits and greedy tokens of the plain launches bit for bit: a
+ * 5-token prompt, then 24 greedy steps as replayed graphs and 4 steps through llm_decode_logits, fp16 and fp32
+ * (a kernel reading its input before the previous kernel has written it would differ). */
+static void test_overlap_same(void)
+{
+    const int32_t ids[] = {128000, 128006, 882, 128007, 271};
+    enum { GREEDY = 24, LOGITS = 4 };
+    static const int modes[] = {0, DEV_OVERLAP_SMALL, DEV_OVERLAP_ALL | DEV_OVERLAP_SMALL};
+    for (int k = 0; k < 2; k++) {
+        const enum dtype dt = k ? DTYPE_F16 : DTYPE_F32;
+        struct engine *g = open_tiny(dt, 1, 0);
+        T_ASSERT(g != NULL);
+        if (!g) return;
+        const int64_t V = g->cfg.vocab_size;
+        float *lg[3];
+        int32_t toks[3][GREEDY];
+        for (int m = 0; m < 3; m++) lg[m] = malloc((size_t)(LOGITS * V) * sizeof(float));
+        T_ASSERT(lg[0] && lg[1] && lg[2]);
+        for (int m = 0; m < 3; m++) {
+            struct err e = {{0}};
+            dev_set_overlap(device_cuda(0), modes[m]);
+            llm_drop_graphs(&g->llm);
+            llm_truncate(&g->llm, 0);
+            T_ASSERTF(llm_forward(&g->llm, ids, NULL, 5, lg[m], &e) == 0, "%s", e.msg);
+            struct tensor lt = tensor_make(DTYPE_F32, device_cpu(), lg[m], 2, (int64_t)1, V);
+            int32_t tok = 0;
+            op_argmax(&lt, &tok);
+            for (int i = 0; i < GREEDY; i++) {
+                T_ASSERTF(llm_decode_greedy(&g->llm, tok, &tok, &e) == 0, "%s", e.msg);
+                toks[m][i] = tok;
+            }
+            for (int i = 0; i < LOGITS; i++) {
+                float *row = lg[m] + (size_t)i * V;
+                T_ASSERTF(llm_decode_logits(&g->llm, tok, row, &e) == 0, "%s", e.msg);
+                struct tensor rt = tensor_make(DTYPE_F32, device_cpu(), row, 2, (int64_t)1, V);
+                op_argmax(&rt, &tok);
+            }
+        }
+        dev_set_overlap(device_cuda(0), 0);
+        for (int m = 1; m < 3; m++) {
+            T_ASSERTF(!memcmp(toks[m], toks[0], sizeof toks[0]), "%s, overlap %d: greedy tokens differ", dtype_name(dt), modes[m]);
+            T_ASSERTF(!memcmp(lg[m], lg[0], (size_t)(LOGITS * V) * sizeof(float)), "%s, overlap %d: logits differ",
+                      dtype_name(dt), modes[m]);
+        }
+        for (int m = 0; m < 3; m++) free(lg[m]);
+        engine_close(g);
+    }
+}
+
 /* the same fixtures on the GPU: fp32 within 1e-4 on the logits (cuBLAS fp32 without TF32), fp16
  * within the tolerance of the CPU fp16 path */
 static void test_fixture_cuda(void)
@@ -885,6 +935,13 @@ int main(void)
     backend_query(&bi);
     if (bi.n_gpus > 0) T_RUN(test_fixture_cuda);
     else T_SKIP(test_fixture_cuda, "no CUDA device");
+    if (bi.n_gpus > 0) {
+        g_device = "cuda";
+        T_RUN(test_overlap_same);
+        g_device = "cpu";
+    } else {
+        T_SKIP(test_overlap_same, "no CUDA device");
+    }
     T_RUN(test_split_equals_single);
     T_RUN(test_devmap_split);
     T_RUN(test_joined_weights);

@@ -926,9 +926,10 @@ static const char BENCH_HELP[] =
     "  --fuse auto|on|off   (developers) one-token decode steps on the fused ops (the RMSNorm inside the GEMV\n"
     "                       that reads it, the residual add and SwiGLU inside the GEMVs that produce them):\n"
     "                       auto (the default: where the GPU prefers them, which no GPU does today), on, off\n"
-    "  --overlap all|quant|off  (developers) decode GEMVs launched to overlap the previous kernel's tail\n"
-    "                       (programmatic dependent launch, sm_90): every one, the quantized ones, none\n"
-    "                       (the default)\n"
+    "  --overlap all|quant|small|all+small|quant+small|off  (developers) decode kernels launched to overlap\n"
+    "                       the previous kernel's tail (programmatic dependent launch, sm_90): every decode\n"
+    "                       GEMV, the quantized ones, the small kernels between the GEMVs (norms, RoPE, SwiGLU,\n"
+    "                       attention, argmax), combinations, none (the default)\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
 
 int cmd_bench(int argc, char **argv)
@@ -1011,9 +1012,12 @@ int cmd_bench(int argc, char **argv)
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             if (!strcmp(v, "all")) overlap = DEV_OVERLAP_ALL;
             else if (!strcmp(v, "quant")) overlap = DEV_OVERLAP_QUANT;
+            else if (!strcmp(v, "small")) overlap = DEV_OVERLAP_SMALL;
+            else if (!strcmp(v, "all+small")) overlap = DEV_OVERLAP_ALL | DEV_OVERLAP_SMALL;
+            else if (!strcmp(v, "quant+small")) overlap = DEV_OVERLAP_QUANT | DEV_OVERLAP_SMALL;
             else if (!strcmp(v, "off")) overlap = 0;
             else {
-                err_set(&e, "--overlap: expected all, quant or off, got \"%s\"", v);
+                err_set(&e, "--overlap: expected all, quant, small, all+small, quant+small or off, got \"%s\"", v);
                 goto out;
             }
         } else if (!strcmp(f, "--qgemv")) {

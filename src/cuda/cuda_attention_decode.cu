@@ -105,6 +105,7 @@ __device__ __forceinline__ dec_keys dec_block_keys(const attn_dec_args &a, int i
 template <typename KV, int HD, int NS>
 __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec_args a)
 {
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     constexpr int LPK = HD / 8, SEGS = DEC_THREADS / LPK, TK = SEGS * DEC_KPT;
     __shared__ __align__(16) float sq[NS * HD];
     __shared__ float red_m[SEGS * NS], red_l[SEGS * NS];
@@ -751,6 +752,7 @@ __device__ __forceinline__ uint32_t tc_word(const uint4 &u, int i) { return i ==
 template <typename KV, int HD>
 __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_dec_args a)
 {
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr int NU = HD / 32; /* 16-byte pieces per thread per K row */
     constexpr int NV = HD / 64; /* 16-byte pieces per thread per V row */
@@ -1234,11 +1236,11 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         const dim3 grid((unsigned)S, (unsigned)hblocks, (unsigned)rblocks);
         const unsigned threads = 32u * (unsigned)W;
         if (k->dtype == DTYPE_F16) {
-            if (hd == 128) attn_tc_kernel<__half, 128><<<grid, threads, 0, c->stream>>>(a);
-            else attn_tc_kernel<__half, 64><<<grid, threads, 0, c->stream>>>(a);
+            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__half, 128>, grid, dim3(threads), 0, a);
+            else cuda_launch_dep(c, attn_tc_kernel<__half, 64>, grid, dim3(threads), 0, a);
         } else {
-            if (hd == 128) attn_tc_kernel<__nv_bfloat16, 128><<<grid, threads, 0, c->stream>>>(a);
-            else attn_tc_kernel<__nv_bfloat16, 64><<<grid, threads, 0, c->stream>>>(a);
+            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 128>, grid, dim3(threads), 0, a);
+            else cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 64>, grid, dim3(threads), 0, a);
         }
         KERNEL_CHECK();
         return 3;
@@ -1286,7 +1288,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         a.cnt = (int *)cuda_scratch_zeroed(c, SCRATCH_ATTN_CNT, (size_t)(hblocks * rblocks) * sizeof(int));
     }
     const dim3 grid((unsigned)nsplit, (unsigned)hblocks, (unsigned)rblocks);
-#define DEC_LAUNCH(KV, HD_, NS_) attn_decode_kernel<KV, HD_, NS_><<<grid, DEC_THREADS, 0, c->stream>>>(a)
+#define DEC_LAUNCH(KV, HD_, NS_) cuda_launch_dep(c, attn_decode_kernel<KV, HD_, NS_>, grid, dim3(DEC_THREADS), 0, a)
 #define DEC_NS(KV, HD_)                         \
     switch (NS) {                               \
     case 1: DEC_LAUNCH(KV, HD_, 1); break;      \

@@ -126,6 +126,9 @@ struct cuda_ctx {
     signed char peer[CUDA_MAX_DEVICES]; /* 0 not yet asked, 1 peer access on, -1 not possible */
     int pdl;                    /* launch 16-bit decode GEMVs with programmatic dependent launch (cuda_set_pdl) */
     int pdl_q;                  /* the same for the quantized decode GEMVs */
+    int pdl_small;              /* the decode step's small kernels (norms, RoPE + KV append, SwiGLU, the decode
+                                   attention, argmax, embedding, position add) launched as programmatic dependents
+                                   of the kernel before them (cuda_launch_dep; cuda_set_pdl) */
     int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */
     int fuse;                   /* DEV_FUSE_*: whether one-token steps prefer the fused decode ops (cuda_set_fuse) */
     int gemv16_max;             /* 16-bit weights: the GEMV kernel takes n <= this many tokens, cuBLAS the rest
@@ -198,6 +201,32 @@ static inline void cuda_launch_pdl(const struct cuda_ctx *c, void (*kern)(KArgs.
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1] = {};
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, args...));
+}
+
+/* Launches a small decode-step kernel on the context's stream; with c->pdl_small as a programmatic dependent of
+ * the kernel before it: its blocks are scheduled once that kernel's blocks have all started (or triggered) and
+ * wait in pdl_wait(), which such a kernel calls before it touches memory, so the launch's latency is spent
+ * while the previous kernel finishes. */
+template <typename... KArgs, typename... Args>
+static inline void cuda_launch_dep(const struct cuda_ctx *c, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                   Args... args)
+{
+    if (!c->pdl_small) {
+        kern<<<grid, block, smem, c->stream>>>(args...);
+        CUDA_CHECK(cudaGetLastError());
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = c->stream;
     cudaLaunchAttribute at[1] = {};
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -124,12 +124,13 @@ void cuda_check_not_capturing(struct cuda_ctx *c, const char *what)
  * for sm_90 only (cuda_common.cuh): on older cards, and for code built for an older target (a
  * compute_75 / compute_80 PTX build JIT-compiled on an H200 has no waits), the request is ignored and
  * launches stay in stream order. */
-extern "C" void cuda_set_pdl(int ordinal, int f16, int quant)
+extern "C" void cuda_set_pdl(int ordinal, int f16, int quant, int small)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     const bool able = c->cc >= 90 && c->code_arch >= 90;
     c->pdl = f16 && able;
     c->pdl_q = quant && able;
+    c->pdl_small = small && able;
 }
 
 extern "C" void cuda_profile(int ordinal, int on)

@@ -38,6 +38,7 @@ __global__ void embed_kernel(void *y, int ydt, const void *table, int tdt, const
                              int64_t d, int64_t nw)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     const int64_t i = blockIdx.x;
     const int32_t id = ids[i];
     if (id < 0 || id >= vocab) {
@@ -74,7 +75,7 @@ extern "C" void cuda_embed(struct tensor *y, const struct tensor *table, const s
                                ((uintptr_t)table->data & 15) == 0
                            ? rb / 16
                            : 0;
-    embed_kernel<<<(unsigned)n, 256, 0, c->stream>>>(y->data, y->dtype, table->data, table->dtype,
+    cuda_launch_dep(c, embed_kernel, dim3((unsigned)n), dim3(256), 0, y->data, y->dtype, table->data, table->dtype,
                                                      (const int32_t *)ids->data, table->shape[0], d, nw);
     KERNEL_CHECK();
 }
@@ -138,6 +139,7 @@ __global__ void __launch_bounds__(NORMV_THREADS)
 rmsnorm_vec_kernel(const T *x, const T *o, T *hout, T *y, const T *w, int64_t d, float eps)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     constexpr int E = 16 / (int)sizeof(T), dt = dtype_of<T>::value;
     __shared__ double red[NORMV_THREADS / 32];
     extern __shared__ float4 row_sh[]; /* TREE: the row's d values */
@@ -225,10 +227,10 @@ static bool norm_vec_launch(struct cuda_ctx *c, int64_t rows, int64_t d, const v
     const T *xp = (const T *)x, *op = (const T *)o, *wp = (const T *)w;
     T *hp = (T *)hout, *yp = (T *)y;
     switch (vpt) {
-    case 1: rmsnorm_vec_kernel<T, 1, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
-    case 2: rmsnorm_vec_kernel<T, 2, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
-    case 3: rmsnorm_vec_kernel<T, 3, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
-    case 4: rmsnorm_vec_kernel<T, 4, ADD, TREE><<<(unsigned)rows, threads, sh, c->stream>>>(xp, op, hp, yp, wp, d, eps); break;
+    case 1: cuda_launch_dep(c, rmsnorm_vec_kernel<T, 1, ADD, TREE>, dim3((unsigned)rows), dim3(threads), sh, xp, op, hp, yp, wp, d, eps); break;
+    case 2: cuda_launch_dep(c, rmsnorm_vec_kernel<T, 2, ADD, TREE>, dim3((unsigned)rows), dim3(threads), sh, xp, op, hp, yp, wp, d, eps); break;
+    case 3: cuda_launch_dep(c, rmsnorm_vec_kernel<T, 3, ADD, TREE>, dim3((unsigned)rows), dim3(threads), sh, xp, op, hp, yp, wp, d, eps); break;
+    case 4: cuda_launch_dep(c, rmsnorm_vec_kernel<T, 4, ADD, TREE>, dim3((unsigned)rows), dim3(threads), sh, xp, op, hp, yp, wp, d, eps); break;
     default: return false;
     }
     KERNEL_CHECK();
@@ -269,6 +271,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(void *y, int ydt, const void *x, int xdt, const void *w, int wdt, int64_t d, float eps)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     __shared__ double red[NORM_THREADS / 32];
     const int64_t base = blockIdx.x * d;
     double ss = 0;
@@ -311,10 +314,10 @@ extern "C" void cuda_rmsnorm(struct tensor *y, const struct tensor *x, const str
     if (rows == 0) return;
     if (norm_vec(c, rows, d, x, NULL, NULL, y, w, eps)) return;
     if (d <= NORM_PT_MAX * NORM_THREADS)
-        rmsnorm_kernel<NORM_PT_MAX><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype,
+        cuda_launch_dep(c, rmsnorm_kernel<NORM_PT_MAX>, dim3((unsigned)rows), dim3(NORM_THREADS), 0, y->data, y->dtype, x->data, x->dtype,
                                                                                    w->data, w->dtype, d, eps);
     else
-        rmsnorm_kernel<0><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, w->data,
+        cuda_launch_dep(c, rmsnorm_kernel<0>, dim3((unsigned)rows), dim3(NORM_THREADS), 0, y->data, y->dtype, x->data, x->dtype, w->data,
                                                                           w->dtype, d, eps);
     KERNEL_CHECK();
 }
@@ -327,6 +330,7 @@ add_rmsnorm_kernel(void *h, int hdt, const void *o, int odt, void *xn, int xdt, 
                    float eps)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     __shared__ double red[NORM_THREADS / 32];
     const int64_t base = blockIdx.x * d;
     double ss = 0;
@@ -376,10 +380,10 @@ extern "C" void cuda_add_rmsnorm(struct tensor *h, struct tensor *xn, const stru
     if (rows == 0) return;
     if (norm_vec(c, rows, d, h, o, h, xn, w, eps)) return;
     if (d <= NORM_PT_MAX * NORM_THREADS)
-        add_rmsnorm_kernel<NORM_PT_MAX><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(
+        cuda_launch_dep(c, add_rmsnorm_kernel<NORM_PT_MAX>, dim3((unsigned)rows), dim3(NORM_THREADS), 0, 
             h->data, h->dtype, o->data, o->dtype, xn->data, xn->dtype, w->data, w->dtype, d, eps);
     else
-        add_rmsnorm_kernel<0><<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(h->data, h->dtype, o->data, o->dtype,
+        cuda_launch_dep(c, add_rmsnorm_kernel<0>, dim3((unsigned)rows), dim3(NORM_THREADS), 0, h->data, h->dtype, o->data, o->dtype,
                                                                               xn->data, xn->dtype, w->data, w->dtype, d, eps);
     KERNEL_CHECK();
 }
@@ -538,6 +542,7 @@ __global__ void rope_qk_kernel(void *q, void *k, int dt, const int32_t *pos, int
                                int64_t T, const int32_t *tab, int64_t mb)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     const int64_t half = hd / 2, nh = H + Hkv, total = n * nh * half;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
         const int64_t j = e % half, ih = e / half, i = ih / nh, h = ih - i * nh;
@@ -623,6 +628,7 @@ rope_qk_vec_kernel(S *q, S *k, const int32_t *pos, int64_t n, int H, int Hkv, in
                    int64_t mb, const int32_t *rows, const S *src, int64_t srs)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     constexpr int dt = dtype_of<S>::value;
     using P = typename pair_bits<S>::type;
     const int nh = H + Hkv, half = hd / 2, j = 2 * (threadIdx.x & 31);
@@ -676,7 +682,7 @@ static void rope_qk_vec_launch(struct cuda_ctx *c, struct tensor *q, struct tens
                                const struct tensor *tab, const struct tensor *crow, const struct tensor *src)
 {
     const int64_t n = q->shape[0], H = q->shape[1], Hkv = kc ? kc->shape[1] : k->shape[1], rows = n * (H + Hkv);
-    rope_qk_vec_kernel<S><<<(unsigned)((rows + ROPEV_WARPS - 1) / ROPEV_WARPS), ROPEV_WARPS * 32, 0, c->stream>>>(
+    cuda_launch_dep(c, rope_qk_vec_kernel<S>, dim3((unsigned)((rows + ROPEV_WARPS - 1) / ROPEV_WARPS)), dim3(ROPEV_WARPS * 32), 0, 
         (S *)q->data, k ? (S *)k->data : NULL, (const int32_t *)pos->data, n, (int)H, (int)Hkv, (int)q->shape[2], inv,
         kc && v ? (const S *)v->data : NULL, kc ? (S *)kc->data : NULL, kc ? (S *)vc->data : NULL, kc ? kc->shape[0] : 0,
         tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0, crow ? (const int32_t *)crow->data : NULL,
@@ -716,7 +722,7 @@ extern "C" void cuda_rope_qk(struct tensor *q, struct tensor *k, const struct te
     rope_freqs inv;
     rope_freqs_init(&inv, theta, hd);
     if (rope_qk_vec(c, q, k, pos, inv, v, kc, vc, tab)) return;
-    rope_qk_kernel<<<cuda_grid_1d(c, n * (H + Hkv) * half), 256, 0, c->stream>>>(
+    cuda_launch_dep(c, rope_qk_kernel, dim3(cuda_grid_1d(c, n * (H + Hkv) * half)), dim3(256), 0, 
         q->data, k->data, q->dtype, (const int32_t *)pos->data, n, H, Hkv, hd, inv, v ? v->data : NULL,
         kc ? kc->data : NULL, vc ? vc->data : NULL, kc ? kc->shape[0] : 0,
         tab ? (const int32_t *)tab->data : NULL, tab ? tab->shape[0] : 0);
@@ -873,6 +879,7 @@ extern "C" void cuda_rope(struct tensor *x, const struct tensor *pos, double the
 __global__ void silu_mul_kernel(void *y, int ydt, const void *g, int gdt, const void *u, int udt, int64_t n)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     GRID_STRIDE(i, n)
     {
         const float gv = ldf(g, gdt, i), uv = ldf(u, udt, i);
@@ -888,6 +895,7 @@ __global__ void silu_mul_kernel(void *y, int ydt, const void *g, int gdt, const 
 template <typename S> __global__ void __launch_bounds__(SILUV_THREADS) silu_mul_vec_kernel(uint4 *y, const uint4 *g, const uint4 *u, int64_t nv)
 {
     pdl_trigger(); /* a PDL-launched successor (GEMV) may start loading its weights */
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     constexpr int E = 16 / (int)sizeof(S), dt = dtype_of<S>::value;
     GRID_STRIDE(i, nv)
     {
@@ -915,13 +923,13 @@ extern "C" void cuda_silu_mul(struct tensor *y, const struct tensor *gate, const
         const unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
         uint4 *yp = (uint4 *)y->data;
         const uint4 *gp = (const uint4 *)gate->data, *upp = (const uint4 *)up->data;
-        if (dt == DTYPE_F16) silu_mul_vec_kernel<__half><<<grid, SILUV_THREADS, 0, c->stream>>>(yp, gp, upp, nv);
-        else if (dt == DTYPE_BF16) silu_mul_vec_kernel<__nv_bfloat16><<<grid, SILUV_THREADS, 0, c->stream>>>(yp, gp, upp, nv);
-        else silu_mul_vec_kernel<float><<<grid, SILUV_THREADS, 0, c->stream>>>(yp, gp, upp, nv);
+        if (dt == DTYPE_F16) cuda_launch_dep(c, silu_mul_vec_kernel<__half>, dim3(grid), dim3(SILUV_THREADS), 0, yp, gp, upp, nv);
+        else if (dt == DTYPE_BF16) cuda_launch_dep(c, silu_mul_vec_kernel<__nv_bfloat16>, dim3(grid), dim3(SILUV_THREADS), 0, yp, gp, upp, nv);
+        else cuda_launch_dep(c, silu_mul_vec_kernel<float>, dim3(grid), dim3(SILUV_THREADS), 0, yp, gp, upp, nv);
         KERNEL_CHECK();
         return;
     }
-    silu_mul_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>(y->data, y->dtype, gate->data, gate->dtype, up->data,
+    cuda_launch_dep(c, silu_mul_kernel, dim3(cuda_grid_1d(c, n)), dim3(256), 0, y->data, y->dtype, gate->data, gate->dtype, up->data,
                                                                up->dtype, n);
     KERNEL_CHECK();
 }
@@ -992,6 +1000,7 @@ __device__ __forceinline__ void argmax_merge(float &bv, int64_t &bi, float v, in
 
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(const float *x, int64_t V, int32_t *out)
 {
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     __shared__ float sv[ARGMAX_THREADS / 32];
     __shared__ int64_t si[ARGMAX_THREADS / 32];
     const float *r = x + blockIdx.x * V;
@@ -1035,7 +1044,7 @@ extern "C" void cuda_argmax(const struct tensor *x, int32_t *out)
     if (n == 0) return;
     CHECK(V > 0);
     int32_t *d = (int32_t *)cuda_scratch(c, SCRATCH_ARGMAX, (size_t)n * sizeof(int32_t));
-    argmax_kernel<<<(unsigned)n, ARGMAX_THREADS, 0, c->stream>>>((const float *)x->data, V, d);
+    cuda_launch_dep(c, argmax_kernel, dim3((unsigned)n), dim3(ARGMAX_THREADS), 0, (const float *)x->data, V, d);
     KERNEL_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(out, d, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
@@ -1047,12 +1056,13 @@ extern "C" void cuda_argmax_dev(const struct tensor *x, struct tensor *ids)
     const int64_t n = x->shape[0], V = x->shape[1];
     if (n == 0) return;
     CHECK(V > 0);
-    argmax_kernel<<<(unsigned)n, ARGMAX_THREADS, 0, c->stream>>>((const float *)x->data, V, (int32_t *)ids->data);
+    cuda_launch_dep(c, argmax_kernel, dim3((unsigned)n), dim3(ARGMAX_THREADS), 0, (const float *)x->data, V, (int32_t *)ids->data);
     KERNEL_CHECK();
 }
 
 __global__ void add_i32_kernel(int32_t *x, int32_t d, int64_t n)
 {
+    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     GRID_STRIDE(i, n) x[i] += d;
 }
 
@@ -1061,6 +1071,6 @@ extern "C" void cuda_add_i32(struct tensor *x, int32_t d)
     struct cuda_ctx *c = cuda_ctx_get(x->dev.ordinal);
     const int64_t n = tensor_numel(x);
     if (n == 0) return;
-    add_i32_kernel<<<cuda_grid_1d(c, n), 256, 0, c->stream>>>((int32_t *)x->data, d, n);
+    cuda_launch_dep(c, add_i32_kernel, dim3(cuda_grid_1d(c, n)), dim3(256), 0, (int32_t *)x->data, d, n);
     KERNEL_CHECK();
 }
