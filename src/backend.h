@@ -205,9 +205,10 @@ void op_add_i32(struct tensor *x, int32_t d);
  * dependent launch), a set of flags: DEV_OVERLAP_ALL every decode GEMV (they load their first weights early,
  * then wait for their input), DEV_OVERLAP_QUANT those of quantized weights only, DEV_OVERLAP_SMALL the small
  * kernels (norms, RoPE + KV append, SwiGLU, the decode attention, argmax, embedding, position add: their blocks
- * wait, resident, for the previous kernel's end); 0 none (the default). Results are bit-identical either way.
- * No effect on CPU devices or before sm_90. */
-enum { DEV_OVERLAP_ALL = 1, DEV_OVERLAP_QUANT = 2, DEV_OVERLAP_SMALL = 4 };
+ * wait, resident, for the previous kernel's end); 0 none. The default is DEV_OVERLAP_SMALL (the GEMVs as
+ * dependents lost on the H200: docs/PERF.md). Results are bit-identical either way. No effect on CPU devices or
+ * before sm_90. */
+enum { DEV_OVERLAP_ALL = 1, DEV_OVERLAP_QUANT = 2, DEV_OVERLAP_SMALL = 4, DEV_OVERLAP_DEFAULT = DEV_OVERLAP_SMALL };
 void dev_set_overlap(struct device d, int mode);
 
 /* Whether one-token decode steps should run the fused decode ops (op_rmsnorm_matmul, op_rmsnorm_swiglu,

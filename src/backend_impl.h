@@ -81,8 +81,8 @@ int cuda_mem_info(int ordinal, size_t *free_b, size_t *total_b, struct err *e);
 void cuda_sync(int ordinal);
 /* copies between host and device or device and device (peer, or staged through the host) */
 void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes);
-/* programmatic dependent launch of decode GEMVs (f16, quant) and of the small decode kernels on/off
- * (cuda/cuda_mem.cu; default off) */
+/* programmatic dependent launch of decode GEMVs (f16, quant; default off) and of the small decode kernels
+ * (default on for sm_90 code on sm_90) on/off (cuda/cuda_mem.cu) */
 void cuda_set_pdl(int ordinal, int f16, int quant, int small);
 /* the profiler's collection on GPU ordinal on / off (cuda/cuda_mem.cu: cudaProfilerStart / Stop) */
 void cuda_profile(int ordinal, int on);
@@ -111,6 +111,8 @@ uint64_t cuda_qfused_launches(int ordinal);
  * path) or on the older one-pass kernel with the fused ops run as their plain ops (cuda/cuda_mem.cu;
  * default on; tests and the bench compare the two) */
 void cuda_set_pgemv(int ordinal, int on);
+/* with it off, one-token F16 GEMVs of k >= min_k still on the persistent kernel (default 8192: down_proj; 0 never) */
+void cuda_set_pgemv_min_k(int ordinal, int64_t min_k);
 /* the small decode ops (rmsnorm, add_rmsnorm, rope_qk, silu_mul, kv_store) on their vector kernels where the
  * tensors allow: 1 (the default) the same bits as the generic kernels, 2 the norms' double sums in another
  * tree (the fp32 statistic may differ in its last bit); or on the generic kernels (0) (cuda/cuda_mem.cu) */

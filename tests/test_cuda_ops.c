@@ -858,7 +858,7 @@ static void test_overlap(void)
                                        "rmsnorm -> gemv 6144x4096 -> gemv 1000x6144, eager", &dy2, &y2, 2 * TOL_F16);
         dev_graph_free(g);
     }
-    dev_set_overlap(dx.dev, 0);
+    dev_set_overlap(dx.dev, DEV_OVERLAP_DEFAULT);
     t_free(&x), t_free(&lw), t_free(&w1), t_free(&w2), t_free(&xn), t_free(&y1), t_free(&y2);
     t_free(&dx), t_free(&dlw), t_free(&dw1), t_free(&dw2), t_free(&dxn), t_free(&dy1), t_free(&dy2);
 }
@@ -1104,7 +1104,7 @@ static void test_fused_chain_pdl(void)
         }
         dev_graph_free(g);
     }
-    dev_set_overlap(dh.dev, 0);
+    dev_set_overlap(dh.dev, DEV_OVERLAP_DEFAULT);
     cuda_pgemv_set_trigger(0, 0);
     t_free(&ref), t_free(&href);
     t_free(&h0), t_free(&nw), t_free(&wqkv), t_free(&wo), t_free(&wgu), t_free(&wd), t_free(&wh);
@@ -1247,7 +1247,7 @@ static void bench_gemv(void)
         const double pers = bench_ms(200, gemv_step, &b);
         dev_set_overlap(device_cuda(0), 1);
         const double pdl = bench_ms(200, gemv_step, &b);
-        dev_set_overlap(device_cuda(0), 0);
+        dev_set_overlap(device_cuda(0), DEV_OVERLAP_DEFAULT);
         cuda_set_gemv16_max(0, 1);
         double best = 1e30;
         int bb = 0, bu = 0;
@@ -1701,7 +1701,7 @@ static void bench_step(void)
         free(ref);
     }
     cuda_set_pgemv(0, 0);
-    dev_set_overlap(b->h.dev, 0);
+    dev_set_overlap(b->h.dev, DEV_OVERLAP_DEFAULT);
     cuda_pgemv_set_trigger(0, 0);
     for (int l = 0; l < STEP_L; l++) {
         t_free(&b->qkv[l]), t_free(&b->wo[l]), t_free(&b->gu[l]), t_free(&b->down[l]);
@@ -1852,15 +1852,17 @@ static void bench_small_vec(void)
  * session 9 the L2 prefetch of each GEMV's weights slower at every budget: neither is repeated.) */
 static const struct {
     const char *name;
-    int unfused, pgemv, sv, overlap; /* sv: cuda_set_small_vec (2: tokens not required to match); overlap: dev_set_overlap */
+    int unfused, pgemv, sv, overlap; /* sv: cuda_set_small_vec (2: tokens not required to match); overlap: dev_set_overlap;
+                                      * pgemv: 1 every GEMV on the persistent kernel, 0 the default (the one-pass kernel,
+                                      * rows of 8192 or more on the persistent one), -1 the one-pass kernel everywhere */
 } engine_variants[] = {
-    {"plain ops, one-pass GEMV", 1, 0, 1, 0},
-    {"plain, small kernels as PDL dependents", 1, 0, 1, DEV_OVERLAP_SMALL},
-    {"plain, small kernels and GEMVs PDL", 1, 0, 1, DEV_OVERLAP_SMALL | DEV_OVERLAP_ALL},
-    {"plain, one-pass, generic small kernels", 1, 0, 0, 0},
-    {"plain, one-pass, small kernels' own tree", 1, 0, 2, 0},
-    {"plain ops, persistent GEMV", 1, 1, 1, 0},
-    {"fused", 0, 1, 1, 0},
+    {"plain ops (the default)", 1, 0, 1, DEV_OVERLAP_DEFAULT},
+    {"plain, no PDL", 1, 0, 1, 0},
+    {"plain, one-pass GEMV everywhere", 1, -1, 1, DEV_OVERLAP_DEFAULT},
+    {"plain, one-pass, generic small kernels", 1, 0, 0, DEV_OVERLAP_DEFAULT},
+    {"plain, one-pass, small kernels' own tree", 1, 0, 2, DEV_OVERLAP_DEFAULT},
+    {"plain ops, persistent GEMV", 1, 1, 1, DEV_OVERLAP_DEFAULT},
+    {"fused", 0, 1, 1, DEV_OVERLAP_DEFAULT},
 };
 
 /* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
@@ -1887,17 +1889,18 @@ static void bench_engine(const char *model)
     struct llm *s = &g->llm;
     const int V = g->cfg.vocab_size, N = 128, W = 8;
     float *lg = malloc((size_t)V * sizeof *lg);
-    int32_t *prompt = malloc(3500 * sizeof *prompt), *toks = malloc((size_t)N * sizeof *toks), *refs[2] = {NULL, NULL};
+    int32_t *prompt = malloc(3500 * sizeof *prompt), *toks = malloc((size_t)N * sizeof *toks), *refs[3] = {NULL, NULL, NULL};
     CHECK(lg && prompt && toks);
     for (int i = 0; i < 3500; i++) prompt[i] = (int32_t)((i * 7919u + 13u) % 128000u);
     printf("engine decode on %s (fp16, greedy, %d timed steps after %d warm-up, one graph per step):\n", model, N, W);
     static const int P[] = {512, 3500};
     for (size_t pi = 0; pi < sizeof P / sizeof P[0]; pi++) {
-        free(refs[0]), free(refs[1]);
-        refs[0] = refs[1] = NULL;
+        free(refs[0]), free(refs[1]), free(refs[2]);
+        refs[0] = refs[1] = refs[2] = NULL;
         for (size_t v = 0; v < sizeof engine_variants / sizeof engine_variants[0]; v++) {
-            int32_t **ref = &refs[engine_variants[v].pgemv != 0];
-            cuda_set_pgemv(0, engine_variants[v].pgemv);
+            int32_t **ref = &refs[engine_variants[v].pgemv + 1];
+            cuda_set_pgemv(0, engine_variants[v].pgemv > 0);
+            cuda_set_pgemv_min_k(0, engine_variants[v].pgemv < 0 ? 0 : 8192); /* 8192: the default (cuda_common.cuh) */
             cuda_set_small_vec(0, engine_variants[v].sv);
             dev_set_overlap(device_cuda(0), engine_variants[v].overlap);
             llm_set_unfused(s, engine_variants[v].unfused);
@@ -1931,9 +1934,10 @@ static void bench_engine(const char *model)
         }
     }
     cuda_set_pgemv(0, 0);
+    cuda_set_pgemv_min_k(0, 8192);
     cuda_set_small_vec(0, 1);
-    dev_set_overlap(device_cuda(0), 0);
-    free(lg), free(prompt), free(toks), free(refs[0]), free(refs[1]);
+    dev_set_overlap(device_cuda(0), DEV_OVERLAP_DEFAULT);
+    free(lg), free(prompt), free(toks), free(refs[0]), free(refs[1]), free(refs[2]);
     engine_close(g);
 }
 

@@ -723,7 +723,7 @@ static void bench_one(enum dtype dt, int64_t o, int64_t k, double t_us[N_VARIANT
         t_free(&dx);
         t_free(&dy);
     }
-    dev_set_overlap(device_cuda(0), 0);
+    dev_set_overlap(device_cuda(0), DEV_OVERLAP_DEFAULT);
     cuda_set_qmma(0, 1);
     for (int i = 0; i < nc; i++) t_free(&dw[i]);
 }
@@ -819,7 +819,7 @@ static void bench_f16_one(int si, int nk, double t_us[F16_MAXK][N_FNS][2])
         t_free(&dx);
         t_free(&dy);
     }
-    dev_set_overlap(device_cuda(0), 0);
+    dev_set_overlap(device_cuda(0), DEV_OVERLAP_DEFAULT);
     dev_set_f16mma(device_cuda(0), 0);
     cuda_set_gemv16_max(0, 1);
     for (int i = 0; i < nc; i++) t_free(&dw[i]);

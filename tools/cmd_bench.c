@@ -929,7 +929,7 @@ static const char BENCH_HELP[] =
     "  --overlap all|quant|small|all+small|quant+small|off  (developers) decode kernels launched to overlap\n"
     "                       the previous kernel's tail (programmatic dependent launch, sm_90): every decode\n"
     "                       GEMV, the quantized ones, the small kernels between the GEMVs (norms, RoPE, SwiGLU,\n"
-    "                       attention, argmax), combinations, none (the default)\n"
+    "                       attention, argmax; the default on sm_90), combinations, none\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
 
 int cmd_bench(int argc, char **argv)

@@ -93,6 +93,7 @@ struct lt_plan; /* cuda_gemv.cu */
  * blocks per SM, and 16-byte weight loads per lane in each of its two in-flight chunks */
 #define PGEMV_DEFAULT_BPS 4
 #define PGEMV_DEFAULT_U 4
+#define PGEMV_DEFAULT_MIN_K 8192
 
 struct cuda_ctx {
     int ordinal;
@@ -140,6 +141,9 @@ struct cuda_ctx {
     int pgemv;                  /* F16 decode GEMVs on the persistent kernel, fused ops in one kernel
                                    (cuda_pgemv.cu, cuda_set_pgemv; default 0) */
     int pgemv_bps, pgemv_u;     /* its grid (blocks per SM) and 16-byte loads per lane per chunk (4 or 8) */
+    int64_t pgemv_min_k;        /* with pgemv off, one-token F16 GEMVs of rows this long or longer still take the
+                                   persistent kernel (down_proj, k = 14336: 30.0 us against the one-pass kernel's
+                                   32.4 on the H200); 0: never (cuda_set_pgemv_min_k) */
     int pgemv_trig_early;       /* 1: it lets a PDL-launched successor start at once, 0: after its last loads */
     int small_vec;              /* the decode step's small ops (norms, rope_qk, silu_mul, kv_store) on their
                                    vector kernels where the tensors allow: 1 (the default) with the norms'

@@ -60,6 +60,10 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     c->pgemv = 0; /* the one-pass GEMV: faster at every decode shape but 4096x14336 on the H200 (session 7) */
     c->pgemv_bps = PGEMV_DEFAULT_BPS;
     c->pgemv_u = PGEMV_DEFAULT_U;
+    c->pgemv_min_k = PGEMV_DEFAULT_MIN_K;
+    /* the small decode kernels as programmatic dependents where PDL exists (sm_90 code on sm_90): +0.4-1 % decode
+     * on the H200 (docs/PERF.md session 15), the same bits; dev_set_overlap(d, 0) turns it off */
+    c->pdl_small = c->cc >= 90 && c->code_arch >= 90;
     c->small_vec = 1;
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
@@ -176,11 +180,19 @@ extern "C" uint64_t cuda_f16mma_launches(int ordinal) { return cuda_ctx_get(ordi
 extern "C" uint64_t cuda_qfused_launches(int ordinal) { return cuda_ctx_get(ordinal)->qfused_launches; }
 
 /* The persistent GEMV for F16 decode matmuls and the fused ops' one-kernel path (cuda_pgemv.cu): 1 on,
- * 0 (the default) the one-pass GEMV of cuda_gemv.cu with the fused ops run as their plain ops. */
+ * 0 (the default) the one-pass GEMV of cuda_gemv.cu with the fused ops run as their plain ops, except one-token
+ * rows of pgemv_min_k or more (cuda_set_pgemv_min_k). */
 extern "C" void cuda_set_pgemv(int ordinal, int on)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     c->pgemv = on != 0;
+}
+
+/* One-token F16 GEMVs with k >= min_k on the persistent kernel even with cuda_set_pgemv off (0: never). */
+extern "C" void cuda_set_pgemv_min_k(int ordinal, int64_t min_k)
+{
+    struct cuda_ctx *c = cuda_ctx_get(ordinal);
+    c->pgemv_min_k = min_k > 0 ? min_k : 0;
 }
 
 /* The vector kernels of the small decode ops (cuda_ops.cu) where the tensors allow: 1 (the default) the

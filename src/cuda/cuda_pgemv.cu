@@ -255,7 +255,8 @@ static bool pg_fits(const struct cuda_ctx *c, const struct tensor *x, const stru
 {
     const int64_t n = x->shape[0], k = x->shape[1];
     const size_t smem = (size_t)(n * k) * sizeof(__half);
-    return (force || (c->pgemv && n <= c->gemv16_max)) && n >= 1 && n <= PG_MAX_TOKENS && w->ndim == 2 &&
+    const bool on = c->pgemv || (c->pgemv_min_k > 0 && k >= c->pgemv_min_k && n == 1); /* long rows: always */
+    return (force || (on && n <= c->gemv16_max)) && n >= 1 && n <= PG_MAX_TOKENS && w->ndim == 2 &&
            x->dtype == DTYPE_F16 && w->dtype == DTYPE_F16 && k >= 8 && k % 8 == 0 && aligned16(x->data) && aligned16(w->data) &&
            smem <= PG_SMEM_MAX && smem <= (size_t)c->smem_optin && w->shape[0] < ((int64_t)1 << 30);
     /* (k fits the staged input, so it is small; the row indices of the kernel are 32-bit) */
