@@ -192,37 +192,14 @@ __device__ __forceinline__ void pdl_trigger()
 #endif
 }
 
-/* Launches kern on the context's stream, with programmatic stream serialisation when c->pdl. */
+/* Launches kern on the context's stream with smem bytes of dynamic shared memory; when dep, as a programmatic
+ * dependent of the kernel before it (programmatic stream serialisation: its blocks may be scheduled once that
+ * kernel's blocks have all started or triggered, and it must pdl_wait() before touching memory). */
 template <typename... KArgs, typename... Args>
-static inline void cuda_launch_pdl(const struct cuda_ctx *c, void (*kern)(KArgs...), dim3 grid, dim3 block,
-                                   Args... args)
+static inline void cuda_launch_ps(const struct cuda_ctx *c, bool dep, void (*kern)(KArgs...), dim3 grid, dim3 block,
+                                  size_t smem, Args... args)
 {
-    if (!c->pdl) {
-        kern<<<grid, block, 0, c->stream>>>(args...);
-        CUDA_CHECK(cudaGetLastError());
-        return;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.stream = c->stream;
-    cudaLaunchAttribute at[1] = {};
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, args...));
-}
-
-/* Launches a small decode-step kernel on the context's stream; with c->pdl_small as a programmatic dependent of
- * the kernel before it: its blocks are scheduled once that kernel's blocks have all started (or triggered) and
- * wait in pdl_wait(), which such a kernel calls before it touches memory, so the launch's latency is spent
- * while the previous kernel finishes. */
-template <typename... KArgs, typename... Args>
-static inline void cuda_launch_dep(const struct cuda_ctx *c, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                                   Args... args)
-{
-    if (!c->pdl_small) {
+    if (!dep) {
         kern<<<grid, block, smem, c->stream>>>(args...);
         CUDA_CHECK(cudaGetLastError());
         return;
@@ -238,6 +215,23 @@ static inline void cuda_launch_dep(const struct cuda_ctx *c, void (*kern)(KArgs.
     cfg.attrs = at;
     cfg.numAttrs = 1;
     CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, args...));
+}
+
+/* A decode GEMV: a programmatic dependent when c->pdl (cuda_set_pdl). */
+template <typename... KArgs, typename... Args>
+static inline void cuda_launch_pdl(const struct cuda_ctx *c, void (*kern)(KArgs...), dim3 grid, dim3 block,
+                                   Args... args)
+{
+    cuda_launch_ps(c, c->pdl != 0, kern, grid, block, 0, args...);
+}
+
+/* A small decode-step kernel: a programmatic dependent when c->pdl_small, so its launch's latency is spent while
+ * the previous kernel finishes (it calls pdl_wait() before it touches memory). */
+template <typename... KArgs, typename... Args>
+static inline void cuda_launch_dep(const struct cuda_ctx *c, void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                   Args... args)
+{
+    cuda_launch_ps(c, c->pdl_small != 0, kern, grid, block, smem, args...);
 }
 
 /* ---- device-side dtype helpers (dt is an enum dtype value) ---- */

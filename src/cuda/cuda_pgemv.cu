@@ -280,17 +280,7 @@ static void pg_launch_one(struct cuda_ctx *c, const pg_args &a, int bps)
     if (bps < 1) bps = 1;
     if (fit >= 1 && bps > fit) bps = fit;
     const int64_t want = (a.units + PG_WARPS - 1) / PG_WARPS, cap = (int64_t)c->n_sm * bps;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)(want < cap ? want : cap));
-    cfg.blockDim = dim3(PG_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = c->stream;
-    cudaLaunchAttribute at[1] = {};
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = c->pdl ? 1 : 0;
-    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, a));
+    cuda_launch_ps(c, c->pdl != 0, kern, dim3((unsigned)(want < cap ? want : cap)), dim3(PG_THREADS), smem, a);
 }
 
 template <int MODE, bool NORM>
