@@ -49,7 +49,6 @@ int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, co
 void cuda_attention_cluster_caps(int ordinal, int maxcl[5]);
 int cuda_attention_tc_able(int ordinal);
 #define DEC_VAR_TC(w, s) (1000 + 100 * (w) + (s))
-#define DEC_VAR_TCD(d, w, s) (1000 + 1000 * (d) + 100 * (w) + (s)) /* and a ring of d steps a warp */
 
 /* op_attention_rows on a paged pool: B rows of mixed lengths (1 .. 4096), each row's sequence a table
  * row (rows and table rows in different orders, S > B tables), the blocks of all tables one shuffled
@@ -122,19 +121,18 @@ static void test_attention_rows(void)
         op_attention_rows(&dout2, &dq, &dk, &dv, &dt, &ds, &dc, scale);
         check_close("attn_rows", "the same launch again", &dout2, &ref, tol_for(cs[c].dt));
         /* the decode kernels one by one: split-K (sm_75 .. sm_89; twice, for its counters), the cluster
-         * kernel (sm_90) with 1, 2, 4 and 16 splits and the tensor-core kernel (sm_80; twice each; then
-         * with ring depths forced, 1 and 5); f32 caches take none */
+         * kernel (sm_90) with 1, 2, 4 and 16 splits and the tensor-core kernel (sm_80; twice each); f32
+         * caches take none */
         static const int variants[] = {0, 0, 1, 2, 4, 16, DEC_VAR_TC(0, 0), DEC_VAR_TC(0, 0), DEC_VAR_TC(1, 0),
                                        DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 5), DEC_VAR_TC(2, 5), DEC_VAR_TC(4, 1),
-                                       DEC_VAR_TC(4, 1), DEC_VAR_TCD(1, 2, 3), DEC_VAR_TCD(5, 4, 2)};
+                                       DEC_VAR_TC(4, 1)};
         for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++) {
             const int var = variants[w], e = var == 16 ? 4 : var == 4 ? 2 : var == 2 ? 1 : 0;
             const int is_tc = var >= DEC_VAR_TC(0, 0);
             struct tensor d3 = d_new(cs[c].dt, 3, B, H, hd);
             const int ran = cuda_attention_decode_variant(&d3, &dq, &dk, &dv, NULL, &dt, &ds, &dc, 0, scale, 0, var);
             char lab[64];
-            if (is_tc)
-                snprintf(lab, sizeof lab, "tensor-core kernel D%d W%d S%d", (var - 1000) / 1000, (var - 1000) % 1000 / 100, var % 100);
+            if (is_tc) snprintf(lab, sizeof lab, "tensor-core kernel W%d S%d", (var - 1000) / 100, var % 100);
             else snprintf(lab, sizeof lab, "%s %d", var ? "cluster kernel, splits" : "split-K kernel", var ? var : (int)w + 1);
             if (cs[c].dt == DTYPE_F32) T_EQ_INT(ran, 0);
             else if (is_tc) T_EQ_INT(ran, tc ? 3 : 0);

@@ -635,11 +635,9 @@ int cuda_attention_decode_variant(struct tensor *out, const struct tensor *q, co
 void cuda_attention_cluster_caps(int ordinal, int maxcl[5]);
 int cuda_attention_tc_able(int ordinal);
 /* variant codes (cuda_attention_decode.cu): the cluster kernel with its automatic split count, and the
- * tensor-core kernel with W warps per block (0: automatic) and S splits (0: automatic), and with a ring of
- * D steps a warp (DEC_VAR_TCD; DEC_VAR_TC: automatic) */
+ * tensor-core kernel with W warps per block (0: automatic) and S splits (0: automatic) */
 #define DEC_VAR_CLUSTER 32
 #define DEC_VAR_TC(w, s) (1000 + 100 * (w) + (s))
-#define DEC_VAR_TCD(d, w, s) (1000 + 1000 * (d) + 100 * (w) + (s))
 
 /* The decode kernels one by one against the CPU twin: the split-K kernel (sm_75 .. sm_89, and what sm_90
  * ran before) and the cluster kernel (sm_90) at every cluster size, 1 .. 16, then the automatic choice
@@ -651,9 +649,7 @@ int cuda_attention_tc_able(int ordinal);
  * blocks with a causal limit per row, bf16. Split-K runs twice (its arrival counters must be back at
  * zero for the next launch). The tensor-core kernel (sm_80+) with its automatic shape, 1, 2 and 4 warps
  * per block, forced split counts (1: no partials; 3 and 7: splits of uneven step counts; 99: more
- * splits than steps), twice where it merges partials (the same counters), and with forced ring depths
- * (1: no step in flight while one is computed; 3 and 8: deeper than some splits' steps, slots refilled
- * past the last step); its 16-key steps meet the
+ * splits than steps), twice where it merges partials (the same counters); its 16-key steps meet the
  * key counts 1, 17, 31, 545 (pos), 4097 (paged); then rows mode through it (test_cuda_batch test_attention_rows). */
 static void test_attention_decode(void)
 {
@@ -678,8 +674,7 @@ static void test_attention_decode(void)
     };
     static const int variants[] = {0, 1, 2, 4, 8, 16, DEC_VAR_CLUSTER, -1, DEC_VAR_TC(0, 0), DEC_VAR_TC(1, 0),
                                    DEC_VAR_TC(2, 0), DEC_VAR_TC(4, 1), DEC_VAR_TC(2, 3), DEC_VAR_TC(1, 7),
-                                   DEC_VAR_TC(4, 99), DEC_VAR_TCD(1, 4, 1), DEC_VAR_TCD(3, 2, 3), DEC_VAR_TCD(8, 1, 2),
-                                   DEC_VAR_TCD(2, 4, 0), DEC_VAR_TC(8, 0), DEC_VAR_TCD(2, 8, 5)};
+                                   DEC_VAR_TC(4, 99)};
     const int tc = cuda_attention_tc_able(0);
     int maxcl[5];
     cuda_attention_cluster_caps(0, maxcl);
@@ -709,9 +704,8 @@ static void test_attention_decode(void)
                 struct tensor dout = d_new(cs[c].dt, 3, n, H, hd);
                 const int ran = cuda_attention_decode_variant(&dout, &dq, &dk, &dv, mode ? &dp : NULL, mode == 2 ? &dt : NULL,
                                                               NULL, NULL, cs[c].p0, scale, cs[c].flags, var);
-                char lab[32], cas[128];
-                if (is_tc)
-                    snprintf(lab, sizeof lab, "tc D%d W%d S%d", (var - 1000) / 1000, (var - 1000) % 1000 / 100, var % 100);
+                char lab[24], cas[128];
+                if (is_tc) snprintf(lab, sizeof lab, "tc W%d S%d", (var - 1000) / 100, var % 100);
                 else if (var == DEC_VAR_CLUSTER) snprintf(lab, sizeof lab, "cluster auto");
                 else if (var > 0) snprintf(lab, sizeof lab, "cluster %d", var);
                 else snprintf(lab, sizeof lab, "%s", var == 0 ? "split-K" : "auto");
@@ -1323,10 +1317,10 @@ static void bench_rows(void)
 /* Decode attention at n = 1 (Llama-3-8B shapes), KV rotated beyond L2, old kernels against the
  * tensor-core kernel (new) at keys 512 .. 32768, in both call forms: q_pos0 (op_attention) and device
  * positions over a cache of capacity 2T (the decode graph's form: grids sized by the capacity).
- * Columns: split-K, the cluster kernel with its automatic splits, the tensor-core kernel with 1, 2, 4, 8
+ * Columns: split-K, the cluster kernel with its automatic splits, the tensor-core kernel with 1, 2, 4
  * warps per block and its automatic splits, the automatic choice; then, per row, the best old kernel,
- * the best tensor-core one and old/new. Then the tensor-core kernel's (W, S) and, at 4 and 8 warps, (D, S)
- * sweeps (q_pos0 form): the data for dec_rules, tc_splits and tc_depth in cuda_attention_decode.cu. */
+ * the best tensor-core one and old/new. Then the tensor-core kernel's (W, S) sweep (q_pos0 form): the
+ * data for dec_rules and tc_splits in cuda_attention_decode.cu. */
 static void bench_attention(void)
 {
     int maxcl[5];
@@ -1336,12 +1330,11 @@ static void bench_attention(void)
            "cluster kernel: %s (clusters of 2 / 4 / 8 / 16 blocks held at once: %d / %d / %d / %d), tensor-core kernel: %s\n",
            cl ? "yes" : "no", maxcl[1], maxcl[2], maxcl[3], maxcl[4], tc ? "yes" : "no");
     static const int64_t Ts[] = {512, 1024, 2048, 4096, 8192, 32768};
-    static const int cols[] = {0, DEC_VAR_CLUSTER, DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 0), DEC_VAR_TC(4, 0), DEC_VAR_TC(8, 0), ATTN_B_AUTO};
-    static const char *const names[] = {"split-K", "cluster", "tc W1", "tc W2", "tc W4", "tc W8", "auto"};
-    static const int sw_w[] = {1, 2, 4, 8}, sw_s[] = {4, 8, 16, 33, 66, 99};
-    static const int sd_w[] = {4, 8}, sd_d[] = {1, 2, 3, 4}, sd_s[] = {4, 8, 11, 16, 22, 33};
-    enum { NC = sizeof cols / sizeof cols[0], NW = 4, NSS = 6, ND = 4, NDS = 6 };
-    double sweep[sizeof Ts / sizeof Ts[0]][NW][NSS], dsweep[2][sizeof Ts / sizeof Ts[0]][ND][NDS];
+    static const int cols[] = {0, DEC_VAR_CLUSTER, DEC_VAR_TC(1, 0), DEC_VAR_TC(2, 0), DEC_VAR_TC(4, 0), ATTN_B_AUTO};
+    static const char *const names[] = {"split-K", "cluster", "tc W1", "tc W2", "tc W4", "auto"};
+    static const int sw_w[] = {1, 2, 4}, sw_s[] = {4, 8, 16, 33, 66, 99};
+    enum { NC = sizeof cols / sizeof cols[0], NW = 3, NSS = 6 };
+    double sweep[sizeof Ts / sizeof Ts[0]][NW][NSS];
     for (int form = 0; form < 2; form++) {
         printf("  %s form\n  %-8s", form ? "device-position (capacity 2T)" : "q_pos0", "T");
         for (int c = 0; c < NC; c++) printf(" %9s", names[c]);
@@ -1386,15 +1379,6 @@ static void bench_attention(void)
                         b.variant = DEC_VAR_TC(sw_w[w], sw_s[ss]);
                         sweep[s][w][ss] = bench_ms(200, attn_step, &b);
                     }
-            for (int wi = 0; wi < 2 && !form && tc; wi++)
-                for (int d = 0; d < ND; d++)
-                    for (int ss = 0; ss < NDS; ss++) {
-                        b.variant = DEC_VAR_TCD(sd_d[d], sd_w[wi], sd_s[ss]);
-                        /* 0 where the device cannot hold the ring (nothing ran) */
-                        const int ran = cuda_attention_decode_variant(&b.out, &b.q, &b.k[0], &b.v[0], NULL, NULL, NULL, NULL,
-                                                                      T - 1, 0.08838834764831845f, ATTN_CAUSAL, b.variant);
-                        dsweep[wi][s][d][ss] = ran ? bench_ms(200, attn_step, &b) : 0.0;
-                    }
             for (int i = 0; i < b.nbuf; i++) b.k[i].shape[0] = b.v[i].shape[0] = 2 * T, t_free(&b.k[i]), t_free(&b.v[i]);
             free(b.k);
             free(b.v);
@@ -1411,19 +1395,6 @@ static void bench_attention(void)
         for (int w = 0; w < NW; w++)
             for (int ss = 0; ss < NSS; ss++) printf(" %6.1f", sweep[s][w][ss] * 1e3);
         printf("\n");
-    }
-    for (int ct = 0; ct < 2; ct++) {
-        printf("  tensor-core kernel, %d warps, ring depth D x S splits forced (q_pos0 form), us (0: the ring does not "
-               "fit):\n  %-8s", sd_w[ct], "T");
-        for (int d = 0; d < ND; d++)
-            for (int ss = 0; ss < NDS; ss++) printf(" D%dS%-3d", sd_d[d], sd_s[ss]);
-        printf("\n");
-        for (size_t s = 0; s < sizeof Ts / sizeof Ts[0]; s++) {
-            printf("  T=%-6lld", (long long)Ts[s]);
-            for (int d = 0; d < ND; d++)
-                for (int ss = 0; ss < NDS; ss++) printf(" %6.1f", dsweep[ct][s][d][ss] * 1e3);
-            printf("\n");
-        }
     }
 }
 

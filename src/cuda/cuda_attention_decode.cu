@@ -51,7 +51,6 @@ struct attn_dec_args {
     int T;             /* keys available (pos == NULL) or cache capacity (pos != NULL; paged: mb * KV_BLOCK) */
     int odt, qdt;
     int n, H, Hkv, G, GB, QB, nsplit, causal;
-    int depth;         /* tensor-core kernel: ring slots a warp (1 .. TC_DEPTH_MAX) */
     float scale;
 };
 
@@ -365,43 +364,27 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
 #define CL_TILE_U4 (CL_KPT * 2 * CL_THREADS)                 /* 16-byte pieces per ring slot (K and V) */
 #define CL_RING_BYTES ((size_t)CL_STAGES * CL_TILE_U4 * 16)  /* 96 KiB: two blocks fit an sm_90 SM */
 
-/* cp.async (sm_80; the cluster kernel's ring and the tensor-core kernel's), behind the architecture
- * test so that the fat build's older targets compile */
-__device__ __forceinline__ void cpa_copy16(void *dst, const void *src, bool ok) /* zero-fills when !ok */
+/* sm_90 instructions, behind the architecture test so that the fat build's older targets compile */
+__device__ __forceinline__ void cl_copy16(void *dst, const void *src, bool ok) /* zero-fills when !ok */
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
 #endif
 }
 
-__device__ __forceinline__ void cpa_commit()
+__device__ __forceinline__ void cl_commit()
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
-template <int N> __device__ __forceinline__ void cpa_wait() /* all but the N newest groups have landed */
+template <int N> __device__ __forceinline__ void cl_wait_copies() /* all but the N newest groups have landed */
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
-}
-
-/* cpa_wait with N known only at run time (0 .. 7) */
-__device__ __forceinline__ void cpa_wait_n(int n)
-{
-    switch (n) {
-    case 0: cpa_wait<0>(); break;
-    case 1: cpa_wait<1>(); break;
-    case 2: cpa_wait<2>(); break;
-    case 3: cpa_wait<3>(); break;
-    case 4: cpa_wait<4>(); break;
-    case 5: cpa_wait<5>(); break;
-    case 6: cpa_wait<6>(); break;
-    default: cpa_wait<7>(); break;
-    }
 }
 
 __device__ __forceinline__ unsigned cl_rank()
@@ -495,14 +478,14 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
             const int64_t j = j0 + kk * SEGS;
             const bool ok = j < k1;
             const int64_t r = ok ? attn_row(tab, j) * rstride + hoff : 0;
-            cpa_copy16(st + (2 * kk) * CL_THREADS, kp + r, ok);
-            cpa_copy16(st + (2 * kk + 1) * CL_THREADS, vp + r, ok);
+            cl_copy16(st + (2 * kk) * CL_THREADS, kp + r, ok);
+            cl_copy16(st + (2 * kk + 1) * CL_THREADS, vp + r, ok);
         }
     };
 #pragma unroll
     for (int t = 0; t < CL_STAGES; t++) { /* one commit group per tile, empty ones included */
         if (t < ntiles) issue(t);
-        cpa_commit();
+        cl_commit();
     }
     pdl_trigger();
 
@@ -527,7 +510,7 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
         for (int e = 0; e < 8; e++) acc[sl][e] = 0.0f;
     }
     for (int t = 0; t < ntiles; t++) {
-        cpa_wait<CL_STAGES - 1>(); /* this thread's pieces of tile t are in the ring */
+        cl_wait_copies<CL_STAGES - 1>(); /* this thread's pieces of tile t are in the ring */
         const uint4 *st = ring + (t % CL_STAGES) * CL_TILE_U4 + tid;
         const int64_t j0 = k0 + (int64_t)t * TK + seg;
         float s[NS][CL_KPT], vf[CL_KPT][8];
@@ -584,9 +567,9 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
         }
         /* the slot just read (its values are in registers and used above) takes tile t + CL_STAGES */
         if (t + CL_STAGES < ntiles) issue(t + CL_STAGES);
-        cpa_commit();
+        cl_commit();
     }
-    cpa_wait<0>();
+    cl_wait_copies<0>();
 
     /* the segments of a warp: shuffles (lanes ln, ln + LPK, ... hold the same columns) */
 #pragma unroll
@@ -700,10 +683,9 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
  * at a time ("a step") and does S = Q K^T and O += P V with mma.sync m16n8k16 (f16 or bf16 in, fp32
  * accumulators): ~8 warp instructions per key. Rows of the mma are the NS <= 8 slots (heads of the GQA
  * group x query rows, as above; rows NS..15 are zero), so K and V are read once per group.
- * Each thread copies its own fragments from global memory into a ring in shared memory (cp.async) and
- * reads back only those: a dot product does not depend on the order of the head dims, nor P V on the
- * order of the keys of a step, so the dims are permuted so that every thread's pieces are whole 16-byte
- * copies and every copy instruction reads whole 32-byte sectors:
+ * Fragments come straight from global memory, no shared memory: a dot product does not depend on the
+ * order of the head dims, nor P V on the order of the keys of a step, so the dims are permuted so that
+ * every thread's pieces are whole 16-byte loads and every load instruction reads whole 32-byte sectors:
  *  - S: thread (g = lane/4, t4 = lane%4) loads keys g and g+8 of the step, its HD/32 16-byte pieces
  *    t4, t4+4, t4+8, .. of each row; k step s uses halves 4(s&1)..+3 of piece s/2 (b0 = 2 halves,
  *    b1 = the next 2). Q's A fragment (row g = slot g) is loaded with the same permutation, once.
@@ -712,10 +694,8 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
  *    are paired from two key rows with one byte permute. P (the S accumulator, rounded to the KV type)
  *    is the A fragment as in FlashAttention-2.
  * Online softmax in fp32 in the log2 domain per warp; l sums the rounded p (so the output is a
- * weighted mean of V with exactly the weights the mma used). A warp's ring holds D steps (a.depth,
- * tc_depth: up to TC_DEPTH_MAX): the copies of the next D - 1 steps are in flight while it computes one,
- * and the slot it has used is refilled at once (with one step in flight, as before session 16, a warp of
- * a long split waited out a memory latency at every step: 19-20 us at 4,096 keys on the H200). A block (TC_WARPS_MAX warps at most, its warp count a
+ * weighted mean of V with exactly the weights the mma used). The loads of a warp's next step are in
+ * flight while it computes the current one. A block (TC_WARPS_MAX warps at most, its warp count a
  * launch parameter) owns one split of one (head group, row block); the nsteps = ceil(keys / 16) steps
  * are dealt to the splits in turn (split b takes steps b, b + used, ..; used = the splits that get any,
  * computed on the device from the key count, so one grid serves every key count of a graph replay),
@@ -725,8 +705,7 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
  * Numerics: scores exact products with fp32 sums (tensor-core adds are not round-to-nearest at every
  * step), P rounded to f16/bf16 as in the prefill flash kernel: ~1e-4 relative for f16 outputs. Taken
  * only for f16/bf16 outputs and q of the KV dtype (an f32 q or output stays on the fp32 kernels). */
-#define TC_WARPS_MAX 8
-#define TC_DEPTH_MAX 8 /* ring slots a warp (steps in flight) */
+#define TC_WARPS_MAX 4
 #define TC_MAX_SPLIT 99 /* the variant code keeps two decimal digits for it */
 static_assert(KV_BLOCK % 16 == 0, "a 16-key step lies in one block of a paged cache");
 
@@ -826,81 +805,46 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     const uint4 *kp = reinterpret_cast<const uint4 *>(a.k), *vp = reinterpret_cast<const uint4 *>(a.v);
     const int64_t rstride = (int64_t)a.Hkv * (HD / 8); /* uint4 per key row of the cache */
     const uint4 *kh_k = kp + (int64_t)kh * (HD / 8), *kh_v = vp + (int64_t)kh * (HD / 8);
-    /* warp-local step i is global step split + used * (warp + W * i) (H200 session 16: contiguous splits,
-     * each block reading its keys in order, measured the same) */
+    /* warp-local step i is global step split + used * (warp + W * i) */
     const int wstep0 = split + used * warp, wstride = used * W;
     const int nmine = wstep0 < nsteps ? (nsteps - 1 - wstep0) / wstride + 1 : 0;
-    /* the cache row of key 0 of warp-local step i (a step's 16 rows are consecutive: KV_BLOCK % 16 == 0) */
+    /* the cache row of key 0 of warp-local step i (a step's 16 rows are consecutive: KV_BLOCK % 16 == 0);
+     * paged, the table entry of step i + 2 is read while step i is computed */
     auto base_of = [&](int i) -> int64_t { return i < nmine ? attn_row(tab, (int64_t)(wstep0 + wstride * i) * 16) : 0; };
-    /* The ring: D slots a warp, each holding one step's K and V pieces of every lane (NP 16-byte pieces a
-     * lane, stored piece-major so that the 32 lanes' pieces are consecutive: conflict-free). A lane copies
-     * (cp.async, zero-filled past the keys) exactly the pieces it later reads, so the ring needs no
-     * barrier, only cp.async.wait_group; D steps are in flight while one is computed. */
-    constexpr int NP = 2 * NU + 4 * NV;
-    extern __shared__ __align__(16) uint4 tc_ring[];
-    const int D = a.depth;
-    uint4 *ring = tc_ring + (size_t)warp * D * NP * 32 + lane;
-    auto issue = [&](int i, int slot, int64_t base) { /* one commit group per step, empty past nmine */
-        if (i < nmine) {
-            uint4 *dst = ring + (size_t)slot * NP * 32;
-            const int64_t j0 = (int64_t)(wstep0 + wstride * i) * 16;
+    auto load_k = [&](int i, int64_t base, uint4 (&kd)[2][NU]) {
+        const int64_t j0 = (int64_t)(wstep0 + wstride * i) * 16;
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const bool ok = j0 + g + 8 * r < blim;
-                const uint4 *p = ok ? kh_k + (base + g + 8 * r) * rstride + t4 : kh_k;
+        for (int r = 0; r < 2; r++) {
+            const bool ok = j0 + g + 8 * r < blim;
+            const uint4 *p = kh_k + (base + g + 8 * r) * rstride + t4;
 #pragma unroll
-                for (int u = 0; u < NU; u++) cpa_copy16(dst + (r * NU + u) * 32, p + (ok ? 4 * u : 0), ok);
-            }
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int jr = 2 * t4 + (r & 1) + 8 * (r >> 1);
-                const bool ok = j0 + jr < blim;
-                const uint4 *p = ok ? kh_v + (base + jr) * rstride + g : kh_v;
-#pragma unroll
-                for (int u = 0; u < NV; u++) cpa_copy16(dst + (2 * NU + r * NV + u) * 32, p + (ok ? 8 * u : 0), ok);
-            }
+            for (int u = 0; u < NU; u++) kd[r][u] = ok ? __ldg(p + 4 * u) : make_uint4(0, 0, 0, 0);
         }
-        cpa_commit();
     };
-    if (nmine > 0) {
-        /* the first D steps: their table entries first, as loads with no branch between them (each behind a
-         * `d < nmine` test, the compiler had put every load behind the previous one's use: a memory round trip
-         * per ring slot before the first copy, 42 % of the warps' time at 4,096 keys under ncu), then the
-         * copies; a step past the warp's last reads the last one's entry, unused */
-        int32_t e[TC_DEPTH_MAX];
+    auto load_v = [&](int i, int64_t base, uint4 (&vd)[4][NV]) {
+        const int64_t j0 = (int64_t)(wstep0 + wstride * i) * 16;
 #pragma unroll
-        for (int d = 0; d < TC_DEPTH_MAX; d++) {
-            const int64_t j = (int64_t)(wstep0 + wstride * (d < nmine - 1 ? d : nmine - 1)) * 16;
-            e[d] = tab ? tab[j / KV_BLOCK] : 0;
-        }
+        for (int r = 0; r < 4; r++) {
+            const int jr = 2 * t4 + (r & 1) + 8 * (r >> 1);
+            const bool ok = j0 + jr < blim;
+            const uint4 *p = kh_v + (base + jr) * rstride + g;
 #pragma unroll
-        for (int d = 0; d < TC_DEPTH_MAX; d++) {
-            const int64_t j = (int64_t)(wstep0 + wstride * (d < nmine - 1 ? d : nmine - 1)) * 16;
-            if (d < D) issue(d, d, tab ? (int64_t)e[d] * KV_BLOCK + j % KV_BLOCK : j);
+            for (int u = 0; u < NV; u++) vd[r][u] = ok ? __ldg(p + 8 * u) : make_uint4(0, 0, 0, 0);
         }
-    }
-    int64_t bnext = base_of(D); /* the table entry of the next step to issue, loaded a step ahead */
+    };
+    /* K and V of step i + 1 are loaded while step i is computed: K(i+1) once K(i) has been used,
+     * V(i+1) once S(i) is done (three of the four buffers live at a time, not four) */
     uint4 kr[2][NU], vr[4][NV];
+    int64_t bcur = base_of(0);
+    if (nmine > 0) load_k(0, bcur, kr), load_v(0, bcur, vr);
+    int64_t bnext = base_of(1);
 
     float m = -INFINITY, l = 0.0f, o[NB][4];
 #pragma unroll
     for (int nb = 0; nb < NB; nb++) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
     const float sl2 = a.scale * LOG2E;
-    int slot = 0;
     for (int i = 0; i < nmine; i++) {
         const int64_t j0 = (int64_t)(wstep0 + wstride * i) * 16;
-        cpa_wait_n(D - 1); /* step i has landed (the D - 1 newer groups may still fly) */
-        {
-            const uint4 *src = ring + (size_t)slot * NP * 32;
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-#pragma unroll
-                for (int u = 0; u < NU; u++) kr[r][u] = src[(r * NU + u) * 32];
-#pragma unroll
-            for (int r = 0; r < 4; r++)
-#pragma unroll
-                for (int u = 0; u < NV; u++) vr[r][u] = src[(2 * NU + r * NV + u) * 32];
-        }
         float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
         for (int r = 0; r < 2; r++)
@@ -909,6 +853,11 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
                 const uint4 &x = kr[r][ks >> 1];
                 tc_mma<KV>(s[r], qa[ks], qb[ks], (ks & 1) ? x.z : x.x, (ks & 1) ? x.w : x.y);
             }
+        const bool more = i + 1 < nmine;
+        if (more) load_k(i + 1, bnext, kr); /* K(i) is used */
+        uint4 vn[4][NV];
+        if (more) load_v(i + 1, bnext, vn);
+        bnext = base_of(i + 2);
         /* s[r][e], e = 0, 1: row g, key j0 + 8r + 2 t4 + e */
         float x[4];
 #pragma unroll
@@ -937,12 +886,13 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
             const uint32_t b1 = __byte_perm(tc_word(vr[2][u], w), tc_word(vr[3][u], w), sel);
             tc_mma<KV>(o[nb], pa0, pa2, b0, b1);
         }
-        /* the slot's pieces have been used (the mma read them): refill it with step i + D */
-        issue(i + D, slot, bnext);
-        bnext = base_of(i + D + 1);
-        slot = slot + 1 == D ? 0 : slot + 1;
+        if (more) {
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int u = 0; u < NV; u++) vr[r][u] = vn[r][u];
+        }
     }
-    cpa_wait<0>(); /* no copy outlives the block (the groups past nmine are empty) */
     /* l over the 4 threads of row g (m is already the same in all four) */
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -1189,50 +1139,12 @@ static int tc_splits(const struct cuda_ctx *c, int64_t groups, int W, int64_t ke
     return s < 1 ? 1 : (int)s;
 }
 
-/* The ring depth of the tensor-core kernel (steps a warp has in flight): as many as a warp has steps at
- * the key count the host knows of (the capacity with device positions), at least 2 (one step computed
- * while the next lands) and at most TC_DEPTH_MAX, within the shared memory a block gets when the
- * launch's blocks share the SMs (at most 8 warps a SM: the kernel's registers). */
-static int tc_depth(const struct cuda_ctx *c, int64_t blocks, int W, int hd, int64_t keys, int S)
-{
-    const int64_t per_warp = ((keys + 15) / 16 + (int64_t)S * W - 1) / ((int64_t)S * W);
-    int64_t bps = (blocks + c->n_sm - 1) / c->n_sm; /* blocks a SM holds at once */
-    if (bps > 8 / W) bps = 8 / W;
-    if (bps < 1) bps = 1;
-    const int64_t fixed = (int64_t)TC_WARPS_MAX * 8 * hd * 4 + 1024; /* the kernel's static shared memory, about */
-    const int64_t room = (int64_t)c->smem_optin / bps - fixed, slot = (int64_t)W * 64 * hd;
-    int64_t d = per_warp < 2 ? 2 : per_warp > TC_DEPTH_MAX ? TC_DEPTH_MAX : per_warp;
-    while (d > 2 && d * slot > room) d--;
-    return (int)d;
-}
-
-typedef void (*tc_kernel_fn)(const attn_dec_args);
-
-/* The tensor-core kernel's dynamic shared memory opt-in (all the device allows beside its static shared
- * memory), once per kernel and device (as cl_caps); returns that many bytes */
-static size_t tc_opt_in(struct cuda_ctx *c, tc_kernel_fn fn)
-{
-    static std::mutex mu;
-    static struct { tc_kernel_fn fn; int ordinal; size_t dyn; } done[16];
-    static int n_done;
-    std::lock_guard<std::mutex> lock(mu);
-    for (int i = 0; i < n_done; i++)
-        if (done[i].fn == fn && done[i].ordinal == c->ordinal) return done[i].dyn;
-    cudaFuncAttributes fa;
-    CUDA_CHECK(cudaFuncGetAttributes(&fa, fn));
-    const size_t dyn = (size_t)c->smem_optin > fa.sharedSizeBytes ? (size_t)c->smem_optin - fa.sharedSizeBytes : 0;
-    CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
-    if (n_done < 16) done[n_done++] = {fn, c->ordinal, dyn};
-    return dyn;
-}
-
 /* Variant codes of attn_decode_run (tests, bench): */
 #define DEC_VAR_AUTO -1
 #define DEC_VAR_SPLITK 0       /* 1, 2, 4, 8, 16: the cluster kernel with that many splits */
 #define DEC_VAR_CLUSTER 32     /* the cluster kernel, splits chosen as in the automatic path */
-#define DEC_VAR_TC 1000        /* + 1000 D + 100 W + S: the tensor-core kernel, a ring of D steps a warp
-                                  (1 .. TC_DEPTH_MAX; 0: tc_depth), W warps per block (1, 2, 4, 8; 0: 4),
-                                  S splits (1 .. 99; 0: tc_splits) */
+#define DEC_VAR_TC 1000        /* + 100 W + S: the tensor-core kernel, W warps per block (1, 2, 4;
+                                  0: 4), S splits (1 .. 99; 0: tc_splits) */
 #define TC_WARPS_AUTO 4
 
 /* attn_decode, with the choice forced for tests and the bench (variant: the codes above). Returns 0
@@ -1250,12 +1162,11 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     if (((uintptr_t)k->data & 15) || ((uintptr_t)v->data & 15) || T > INT32_MAX || H > 65535) return 0;
     const int tc_fits = tc_able(c) && q->dtype == k->dtype && (out->dtype == DTYPE_F16 || out->dtype == DTYPE_BF16) &&
                         !((uintptr_t)q->data & 15);
-    int kernel = DEC_SPLITK, W = TC_WARPS_AUTO, S = 0, D = 0;
+    int kernel = DEC_SPLITK, W = TC_WARPS_AUTO, S = 0;
     if (variant >= DEC_VAR_TC) {
-        const int v = variant - DEC_VAR_TC;
-        D = v / 1000, W = v % 1000 / 100, S = v % 100;
+        W = (variant - DEC_VAR_TC) / 100, S = variant % 100;
         if (W == 0) W = TC_WARPS_AUTO;
-        if (!tc_fits || (W != 1 && W != 2 && W != 4 && W != 8) || D > TC_DEPTH_MAX) return 0;
+        if (!tc_fits || (W != 1 && W != 2 && W != 4) || variant >= DEC_VAR_TC + 500) return 0;
         kernel = DEC_TC;
     } else if (variant > 0) {
         if (!cl_able(c) || (variant != DEC_VAR_CLUSTER && (variant > CL_MAX || (variant & (variant - 1))))) return 0;
@@ -1316,16 +1227,6 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         if (variant < 0 && rows && groups >= 512 && keys <= 2048) W = 2;
         if (S == 0) S = tc_splits(c, groups, W, keys);
         a.nsplit = S;
-        const size_t slot = (size_t)W * 64 * (size_t)hd; /* one ring slot of every warp: 16 keys of K and V */
-        tc_kernel_fn fn = k->dtype == DTYPE_F16 ? (hd == 128 ? attn_tc_kernel<__half, 128> : attn_tc_kernel<__half, 64>)
-                                                : (hd == 128 ? attn_tc_kernel<__nv_bfloat16, 128> : attn_tc_kernel<__nv_bfloat16, 64>);
-        const size_t dyn = tc_opt_in(c, fn);
-        if (D == 0) {
-            D = tc_depth(c, groups * S, W, (int)hd, keys, S);
-            while (D > 1 && (size_t)D * slot > dyn) D--;
-        }
-        if ((size_t)D * slot > dyn) return 0; /* a forced depth the device cannot hold */
-        a.depth = D;
         if (S > 1) {
             float *part = (float *)cuda_scratch(c, SCRATCH_ATTN, (size_t)(n * H * S * (hd + 2)) * sizeof(float));
             a.part_acc = part;
@@ -1334,7 +1235,13 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         }
         const dim3 grid((unsigned)S, (unsigned)hblocks, (unsigned)rblocks);
         const unsigned threads = 32u * (unsigned)W;
-        cuda_launch_dep(c, fn, grid, dim3(threads), (size_t)D * slot, a);
+        if (k->dtype == DTYPE_F16) {
+            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__half, 128>, grid, dim3(threads), 0, a);
+            else cuda_launch_dep(c, attn_tc_kernel<__half, 64>, grid, dim3(threads), 0, a);
+        } else {
+            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 128>, grid, dim3(threads), 0, a);
+            else cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 64>, grid, dim3(threads), 0, a);
+        }
         KERNEL_CHECK();
         return 3;
     }
