@@ -540,6 +540,15 @@ int op_fused_preferred(const struct tensor *w)
     return -1;
 }
 
+int op_swiglu_preferred(const struct tensor *w)
+{
+#ifdef MINICPMV_CUDA
+    if (w->dev.kind == DEVICE_CUDA) return cuda_swiglu_preferred(w);
+#endif
+    (void)w;
+    return 0;
+}
+
 int dev_set_qgemv(struct device d, int v)
 {
 #ifdef MINICPMV_CUDA

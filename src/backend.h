@@ -217,9 +217,15 @@ void dev_set_overlap(struct device d, int mode);
  * (up to the fp32 summation order of a different GEMV launch shape). A GPU answers by its mode: DEV_FUSE_AUTO
  * (the default) and DEV_FUSE_OFF say 0 (on the H200 the fused kernels, F16 and quantized, lost to the plain
  * sequence: docs/PERF.md), DEV_FUSE_ON says 1 (benches compare: `bench --fuse on`). */
-enum { DEV_FUSE_AUTO = 0, DEV_FUSE_ON = 1, DEV_FUSE_OFF = 2 };
+enum { DEV_FUSE_AUTO = 0, DEV_FUSE_ON = 1, DEV_FUSE_OFF = 2, DEV_FUSE_SWIGLU = 3 };
 void dev_set_fuse(struct device d, int mode);
 int op_fused_preferred(const struct tensor *w);
+/* Whether one-token steps of the plain sequence should run gate|up and SwiGLU as one op (op_rmsnorm_swiglu
+ * with no norm: SwiGLU in the GEMV's epilogue, the same bits as op_matmul then op_silu_mul) for the joined
+ * weight w on its device: 1 yes, 0 no. A GPU says 1 in modes DEV_FUSE_SWIGLU and DEV_FUSE_AUTO (H200 session
+ * 16: docs/PERF.md), 0 in DEV_FUSE_OFF (and DEV_FUSE_ON, whose fused ops hold SwiGLU anyway); the CPU 0 (its
+ * fused op is the two plain ops). */
+int op_swiglu_preferred(const struct tensor *w);
 
 /* Picks the kernel of GPU d's quantized decode GEMV (a developer's knob for benchmarks: 1 = the default;
  * the values are listed in src/cuda/cuda_quant.cuh and docs/CUDA.md, "The quantized decode GEMV"). Every

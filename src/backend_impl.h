@@ -92,6 +92,7 @@ void cuda_set_qmma(int ordinal, int on);
 /* dev_set_fuse and op_fused_preferred for a GPU (cuda/cuda_mem.cu) */
 void cuda_set_fuse(int ordinal, int mode);
 int cuda_fused_preferred(const struct tensor *w);
+int cuda_swiglu_preferred(const struct tensor *w);
 /* a short name for a cuda_set_qmma value (cuda/cuda_qgemv.cu), "?" for others */
 const char *cuda_qmma_name(int v);
 /* 16-bit weights: the GEMV kernel for n <= max tokens (1..8), cuBLAS above (cuda/cuda_mem.cu; default 1) */

@@ -106,6 +106,15 @@ static int llm_prefers_fused(const struct model *m)
     return yes;
 }
 
+/* One-token steps of the plain sequence run gate|up and SwiGLU as one op when every layer's device prefers it
+ * for its weights (op_swiglu_preferred) */
+static int llm_prefers_swiglu(const struct model *m)
+{
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        if (!op_swiglu_preferred(&m->llm.layers[l].gate_up)) return 0;
+    return m->cfg.num_hidden_layers > 0;
+}
+
 int llm_init(struct llm *s, const struct model *m, const struct model_placement *pl, enum dtype act, int64_t ctx,
              int64_t max_batch, struct err *e)
 {
@@ -118,6 +127,7 @@ int llm_init_slots(struct llm *s, const struct model *m, const struct model_plac
     memset(s, 0, sizeof *s);
     const struct model_config *c = &m->cfg;
     s->unfused = !llm_prefers_fused(m); /* LLM_FUSE_ROWS */
+    s->swiglu = llm_prefers_swiglu(m);
     s->m = m;
     s->pl = pl;
     s->act = act;
@@ -238,6 +248,13 @@ void llm_set_unfused(struct llm *s, int on)
 {
     if (s->unfused == (on != 0)) return;
     s->unfused = on != 0;
+    llm_drop_graphs(s);
+}
+
+void llm_set_swiglu(struct llm *s, int on)
+{
+    if (s->swiglu == (on != 0)) return;
+    s->swiglu = on != 0;
     llm_drop_graphs(s);
 }
 
@@ -452,7 +469,10 @@ static void matmul_joined(struct tensor *const *ys, const struct tensor *x, cons
  * so the results are those of the plain sequence (bit for bit on the CPU and on the GPU: docs/CUDA.md).
  * The ops take up to 8 rows, but on a GPU 2..8 rows run cuBLAS and then the ops' plain-op path, where
  * the plain sequence is one launch shorter per norm (op_add_rmsnorm): steps of more tokens keep it
- * until a fused kernel beats cuBLAS there. llm.unfused forces the plain sequence everywhere. */
+ * until a fused kernel beats cuBLAS there. llm.unfused forces the plain sequence everywhere. Within the plain
+ * sequence a one-token step takes gate|up and SwiGLU as one op (op_rmsnorm_swiglu with no norm: SwiGLU in the
+ * GEMV's epilogue, the bits of op_matmul then op_silu_mul for F16 weights) where the devices prefer it
+ * (llm.swiglu, op_swiglu_preferred: GPUs by default; H200 session 16 +0.5 % fp16, +0.9 % q4). */
 #define LLM_FUSE_ROWS 1
 static int fused(const struct llm *s, int64_t n) { return n <= LLM_FUSE_ROWS && !s->unfused; }
 
@@ -538,10 +558,14 @@ static void layer_forward(struct llm *s, int layer, struct tensor *h, int64_t po
     }
     op_matmul(&o, &att, &w->o_proj, NULL);
     op_add_rmsnorm(h, &xn, &o, &w->post_attention_layernorm, c->rms_norm_eps);
-    struct tensor *gu_out[2] = {&g, &u};
-    const struct tensor *gu_w[2] = {&w->gate_proj, &w->up_proj};
-    matmul_joined(gu_out, &xn, &w->gate_up, gu_w, 2);
-    op_silu_mul(&g, &g, &u);
+    if (n == 1 && s->swiglu) { /* SwiGLU in the gate|up GEMV's epilogue: the bits of the two ops below */
+        op_rmsnorm_swiglu(&g, &xn, NULL, c->rms_norm_eps, &w->gate_up);
+    } else {
+        struct tensor *gu_out[2] = {&g, &u};
+        const struct tensor *gu_w[2] = {&w->gate_proj, &w->up_proj};
+        matmul_joined(gu_out, &xn, &w->gate_up, gu_w, 2);
+        op_silu_mul(&g, &g, &u);
+    }
     op_matmul(&o, &g, &w->down_proj, NULL);
     if (next_norm) op_add_rmsnorm(h, &xn, &o, next_norm, c->rms_norm_eps);
     else op_add(h, h, &o);

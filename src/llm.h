@@ -106,6 +106,10 @@ struct llm {
                                     ops. Default: 0 where the devices prefer the fused ops for the
                                     weights (op_fused_preferred: none does unless told, dev_set_fuse),
                                     else 1; llm_set_unfused (tests and benches compare) */
+    int swiglu;                  /* 1: one-token steps of the plain sequence run gate|up and SwiGLU as one op
+                                    (op_rmsnorm_swiglu without a norm: the same bits); default 1 where the
+                                    devices prefer it for the weights (op_swiglu_preferred), else 0;
+                                    llm_set_swiglu (tests and benches compare) */
     int inflight_B, inflight_pick; /* the batched step launched and not yet collected (0: none) */
     int prof_rows, prof_nth;     /* llm_set_profile_step: the batched step of prof_rows rows to profile, its nth */
     int64_t prof_seen;           /* batched steps of prof_rows rows launched so far */
@@ -134,6 +138,8 @@ void llm_free(struct llm *s);
 void llm_set_profile_step(struct llm *s, int rows, int nth);
 /* Sets llm.unfused and drops the captured decode graphs (they hold the other op sequence). */
 void llm_set_unfused(struct llm *s, int on);
+/* Sets llm.swiglu and drops the captured decode graphs. */
+void llm_set_swiglu(struct llm *s, int on);
 /* Frees the captured decode graphs; the next step of each kind runs eagerly and captures again (after a
  * device setting that changes the kernels a step launches: benches and tests switch those). */
 void llm_drop_graphs(struct llm *s);

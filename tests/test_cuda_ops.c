@@ -974,12 +974,20 @@ static void test_rmsnorm_matmul(void)
 }
 
 /* op_rmsnorm_swiglu: against the CPU twin and bit for bit against the plain ops on the GPU (op_rmsnorm,
- * op_matmul of the gate and up halves, op_silu_mul), on the one-kernel path and the plain-op path */
+ * op_matmul of the gate and up halves, op_silu_mul), on the one-kernel path and the plain-op path. Without a
+ * norm, one token (the plain sequence's SwiGLU epilogue, llm.swiglu: the one-pass GEMV over the joined weight,
+ * rows per block 2 or 8, SwiGLU in its epilogue), the plain ops are those of llm.c: one op_matmul over the
+ * joined weight, then op_silu_mul of its two halves. */
 static void test_rmsnorm_swiglu(void)
 {
     static const struct { int64_t n, k, f; enum dtype dt; int norm, gmax; const char *what; } cs[] = {
         {1, 4096, 2048, DTYPE_F16, 1, 1, "one kernel"},  {4, 1000, 333, DTYPE_F16, 1, 8, "4 rows, partial chunks"},
-        {1, 4096, 700, DTYPE_F16, 0, 1, "no norm"},      {2, 256, 100, DTYPE_F32, 1, 8, "f32: plain ops"},
+        {1, 4096, 700, DTYPE_F16, 0, 1, "no norm: epilogue, 8 rows a block"},
+        {1, 4096, 4500, DTYPE_F16, 0, 1, "no norm: epilogue, 2 rows a block"},
+        {1, 264, 37, DTYPE_BF16, 0, 1, "no norm, bf16: epilogue, odd gate rows"},
+        {1, 512, 96, DTYPE_F32, 0, 1, "no norm, f32: epilogue"},
+        {1, 16384, 64, DTYPE_F16, 0, 1, "no norm, k > 8192: the persistent kernel"},
+        {2, 256, 100, DTYPE_F32, 1, 8, "f32: plain ops"},
         {3, 4096, 512, DTYPE_F16, 1, 1, "3 rows, gemv16_max 1: plain ops (cuBLAS)"},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
@@ -994,10 +1002,19 @@ static void test_rmsnorm_swiglu(void)
         struct tensor dxn = d_new(cs[c].dt, 2, n, k, 0), dg = d_new(cs[c].dt, 2, n, f, 0), du = d_new(cs[c].dt, 2, n, f, 0);
         if (cs[c].norm) op_rmsnorm(&dxn, &dx, &dnw, 1e-5f);
         else op_copy(&dxn, &dx);
-        struct tensor wg = tensor_rows_view(&dw, 0, f), wu = tensor_rows_view(&dw, f, f);
-        op_matmul(&dg, &dxn, &wg, NULL);
-        op_matmul(&du, &dxn, &wu, NULL);
-        op_silu_mul(&dg, &dg, &du);
+        if (n == 1 && !cs[c].norm) { /* llm.c's plain ops: one GEMV over the joined weight */
+            struct tensor dgu = d_new(cs[c].dt, 2, 1, 2 * f, 0), g1 = dgu, u1 = dgu;
+            g1.shape[1] = u1.shape[1] = f;
+            u1.data = (char *)dgu.data + f * dtype_size(cs[c].dt);
+            op_matmul(&dgu, &dxn, &dw, NULL);
+            op_silu_mul(&dg, &g1, &u1);
+            t_free(&dgu);
+        } else {
+            struct tensor wg = tensor_rows_view(&dw, 0, f), wu = tensor_rows_view(&dw, f, f);
+            op_matmul(&dg, &dxn, &wg, NULL);
+            op_matmul(&du, &dxn, &wu, NULL);
+            op_silu_mul(&dg, &dg, &du);
+        }
         char cas[112];
         snprintf(cas, sizeof cas, "n%lld k%lld f%lld %s (%s)", (long long)n, (long long)k, (long long)f,
                  dtype_name(cs[c].dt), cs[c].what);
@@ -1852,17 +1869,19 @@ static void bench_small_vec(void)
  * session 9 the L2 prefetch of each GEMV's weights slower at every budget: neither is repeated.) */
 static const struct {
     const char *name;
-    int unfused, pgemv, sv, overlap; /* sv: cuda_set_small_vec (2: tokens not required to match); overlap: dev_set_overlap;
+    int unfused, pgemv, sv, overlap, swiglu; /* sv: cuda_set_small_vec (2: tokens not required to match); overlap: dev_set_overlap;
+                                      * swiglu: llm_set_swiglu (SwiGLU in the gate|up GEMV's epilogue);
                                       * pgemv: 1 every GEMV on the persistent kernel, 0 the default (the one-pass kernel,
                                       * rows of 8192 or more on the persistent one), -1 the one-pass kernel everywhere */
 } engine_variants[] = {
-    {"plain ops (the default)", 1, 0, 1, DEV_OVERLAP_DEFAULT},
-    {"plain, no PDL", 1, 0, 1, 0},
-    {"plain, one-pass GEMV everywhere", 1, -1, 1, DEV_OVERLAP_DEFAULT},
-    {"plain, one-pass, generic small kernels", 1, 0, 0, DEV_OVERLAP_DEFAULT},
-    {"plain, one-pass, small kernels' own tree", 1, 0, 2, DEV_OVERLAP_DEFAULT},
-    {"plain ops, persistent GEMV", 1, 1, 1, DEV_OVERLAP_DEFAULT},
-    {"fused", 0, 1, 1, DEV_OVERLAP_DEFAULT},
+    {"plain ops (the default)", 1, 0, 1, DEV_OVERLAP_DEFAULT, -1},
+    {"plain, SwiGLU a kernel of its own", 1, 0, 1, DEV_OVERLAP_DEFAULT, 0},
+    {"plain, no PDL", 1, 0, 1, 0, -1},
+    {"plain, one-pass GEMV everywhere", 1, -1, 1, DEV_OVERLAP_DEFAULT, -1},
+    {"plain, one-pass, generic small kernels", 1, 0, 0, DEV_OVERLAP_DEFAULT, -1},
+    {"plain, one-pass, small kernels' own tree", 1, 0, 2, DEV_OVERLAP_DEFAULT, -1},
+    {"plain ops, persistent GEMV", 1, 1, 1, DEV_OVERLAP_DEFAULT, -1},
+    {"fused", 0, 1, 1, DEV_OVERLAP_DEFAULT, -1},
 };
 
 /* `test_cuda_ops bench engine DIR`: the engine on DIR (fp16, one GPU, ctx 4096): after a prompt of 512
@@ -1887,6 +1906,7 @@ static void bench_engine(const char *model)
         return;
     }
     struct llm *s = &g->llm;
+    const int swiglu0 = s->swiglu; /* the default (-1 in the table) */
     const int V = g->cfg.vocab_size, N = 128, W = 8;
     float *lg = malloc((size_t)V * sizeof *lg);
     int32_t *prompt = malloc(3500 * sizeof *prompt), *toks = malloc((size_t)N * sizeof *toks), *refs[3] = {NULL, NULL, NULL};
@@ -1904,6 +1924,7 @@ static void bench_engine(const char *model)
             cuda_set_small_vec(0, engine_variants[v].sv);
             dev_set_overlap(device_cuda(0), engine_variants[v].overlap);
             llm_set_unfused(s, engine_variants[v].unfused);
+            llm_set_swiglu(s, engine_variants[v].swiglu < 0 ? swiglu0 : engine_variants[v].swiglu);
             llm_drop_graphs(s);
             llm_truncate(s, 0);
             T_ASSERTF(llm_forward(s, prompt, NULL, P[pi], lg, &e) == 0, "%s", e.msg);
@@ -1937,6 +1958,7 @@ static void bench_engine(const char *model)
     cuda_set_pgemv_min_k(0, 8192);
     cuda_set_small_vec(0, 1);
     dev_set_overlap(device_cuda(0), DEV_OVERLAP_DEFAULT);
+    llm_set_swiglu(s, swiglu0);
     free(lg), free(prompt), free(toks), free(refs[0]), free(refs[1]), free(refs[2]);
     engine_close(g);
 }

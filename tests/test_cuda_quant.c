@@ -18,7 +18,8 @@
  *    GEMV's fused forms, one token, every format, against the CPU twin and the plain ops on the GPU;
  *  - the tiny model loaded on the GPU in q8, q4 (at load) and nf4 (mkmodel --quant nf4) gives the
  *    CPU's greedy tokens with the fused decode ops (llm_set_unfused 0) and the plain ones (the default),
- *    with a prompt long enough (20 tokens) to take the GEMM path at prefill.
+ *    with a prompt long enough (20 tokens) to take the GEMM path at prefill; the plain ones launch exactly one
+ *    of a layer's four fused forms (gate|up with SwiGLU in its epilogue, llm.swiglu).
  * `test_cuda_quant bench` prints every decode GEMV kernel's bandwidth per format at the four matrices of a
  * decoder layer, and their 32-layer sum per token; for F16 at n = 1, 2, 4, 8, 16 the GEMV kernel, cuBLAS and
  * each shape of the A kernel (`test_cuda_quant bench f16`: that part alone; `bench quant`: the quantized
@@ -625,6 +626,7 @@ static void test_tiny_model(void)
         struct err e = {{0}};
         int rc = tiny_run(dir, cs[i].quant, device_cpu(), -1, lc, tc, &e);
         T_ASSERTF(rc == 0, "%s on the CPU: %s", cs[i].name, e.msg);
+        uint64_t fl_fused = 0;
         for (int unf = 0; unf <= 1; unf++) { /* the fused decode ops, the plain ones (the default) */
             const char *how = unf ? "plain" : "fused";
             const uint64_t l0 = cuda_qfused_launches(0);
@@ -632,7 +634,12 @@ static void test_tiny_model(void)
             T_ASSERTF(rc == 0, "%s on the GPU (%s): %s", cs[i].name, how, e.msg);
             if (rc) continue;
             const uint64_t fl = cuda_qfused_launches(0) - l0;
-            T_ASSERTF(unf ? fl == 0 : fl > 0, "%s (%s): %llu fused launches", cs[i].name, how, (unsigned long long)fl);
+            /* fused: a layer's four fused forms (q|k|v + norm, o + residual, gate|up + norm + SwiGLU, down +
+             * residual) each one-token step; plain: only gate|up with SwiGLU in its epilogue (llm.swiglu, the GPU
+             * default), one of those four */
+            if (!unf) fl_fused = fl;
+            T_ASSERTF(unf ? 4 * fl == fl_fused && fl > 0 : fl > 0, "%s (%s): %llu fused launches (fused ops: %llu)",
+                      cs[i].name, how, (unsigned long long)fl, (unsigned long long)fl_fused);
             double mx = 0, mref = 0;
             for (int j = 0; j < V; j++) {
                 const double d = fabs((double)lg[j] - (double)lc[j]);

@@ -598,28 +598,35 @@ static void test_chunked_prefill(void)
 }
 
 /* The decode step with its kernels launched as programmatic dependents (dev_set_overlap: the small kernels, the
- * default on sm_90, and the small kernels with the GEMVs) gives the logits and greedy tokens of plain launches
- * (dev_set_overlap 0) bit for bit: a
- * 5-token prompt, then 24 greedy steps as replayed graphs and 4 steps through llm_decode_logits, fp16 and fp32
- * (a kernel reading its input before the previous kernel has written it would differ). */
+ * default on sm_90, and the small kernels with the GEMVs), and with SwiGLU in the gate|up GEMV's epilogue
+ * (llm_set_swiglu), gives the logits and greedy tokens of plain launches of the plain ops (dev_set_overlap 0,
+ * swiglu 0) bit for bit: a 5-token prompt, then 24 greedy steps as replayed graphs and 4 steps through
+ * llm_decode_logits, fp16 and fp32 (a kernel reading its input before the previous kernel has written it, or
+ * an epilogue rounding elsewhere than the plain ops, would differ). */
 static void test_overlap_same(void)
 {
     const int32_t ids[] = {128000, 128006, 882, 128007, 271};
-    enum { GREEDY = 24, LOGITS = 4 };
-    static const int modes[] = {0, DEV_OVERLAP_SMALL, DEV_OVERLAP_ALL | DEV_OVERLAP_SMALL};
+    enum { GREEDY = 24, LOGITS = 4, NM = 5 };
+    static const struct { int overlap, swiglu; } modes[NM] = {
+        {0, 0}, {DEV_OVERLAP_SMALL, 0}, {DEV_OVERLAP_ALL | DEV_OVERLAP_SMALL, 0}, {0, 1}, {DEV_OVERLAP_SMALL, 1}};
     for (int k = 0; k < 2; k++) {
         const enum dtype dt = k ? DTYPE_F16 : DTYPE_F32;
         struct engine *g = open_tiny(dt, 1, 0);
         T_ASSERT(g != NULL);
         if (!g) return;
         const int64_t V = g->cfg.vocab_size;
-        float *lg[3];
-        int32_t toks[3][GREEDY];
-        for (int m = 0; m < 3; m++) lg[m] = malloc((size_t)(LOGITS * V) * sizeof(float));
-        T_ASSERT(lg[0] && lg[1] && lg[2]);
-        for (int m = 0; m < 3; m++) {
+        const int swiglu0 = g->llm.swiglu;
+        float *lg[NM];
+        int32_t toks[NM][GREEDY];
+        for (int m = 0; m < NM; m++) {
+            lg[m] = malloc((size_t)(LOGITS * V) * sizeof(float));
+            T_ASSERT(lg[m] != NULL);
+            if (!lg[m]) return;
+        }
+        for (int m = 0; m < NM; m++) {
             struct err e = {{0}};
-            dev_set_overlap(device_cuda(0), modes[m]);
+            dev_set_overlap(device_cuda(0), modes[m].overlap);
+            llm_set_swiglu(&g->llm, modes[m].swiglu);
             llm_drop_graphs(&g->llm);
             llm_truncate(&g->llm, 0);
             T_ASSERTF(llm_forward(&g->llm, ids, NULL, 5, lg[m], &e) == 0, "%s", e.msg);
@@ -638,12 +645,14 @@ static void test_overlap_same(void)
             }
         }
         dev_set_overlap(device_cuda(0), DEV_OVERLAP_DEFAULT);
-        for (int m = 1; m < 3; m++) {
-            T_ASSERTF(!memcmp(toks[m], toks[0], sizeof toks[0]), "%s, overlap %d: greedy tokens differ", dtype_name(dt), modes[m]);
-            T_ASSERTF(!memcmp(lg[m], lg[0], (size_t)(LOGITS * V) * sizeof(float)), "%s, overlap %d: logits differ",
-                      dtype_name(dt), modes[m]);
+        llm_set_swiglu(&g->llm, swiglu0);
+        for (int m = 1; m < NM; m++) {
+            T_ASSERTF(!memcmp(toks[m], toks[0], sizeof toks[0]), "%s, overlap %d, swiglu %d: greedy tokens differ",
+                      dtype_name(dt), modes[m].overlap, modes[m].swiglu);
+            T_ASSERTF(!memcmp(lg[m], lg[0], (size_t)(LOGITS * V) * sizeof(float)), "%s, overlap %d, swiglu %d: logits differ",
+                      dtype_name(dt), modes[m].overlap, modes[m].swiglu);
         }
-        for (int m = 0; m < 3; m++) free(lg[m]);
+        for (int m = 0; m < NM; m++) free(lg[m]);
         engine_close(g);
     }
 }

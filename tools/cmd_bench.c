@@ -923,9 +923,10 @@ static const char BENCH_HELP[] =
     "                       launch shapes (docs/CUDA.md, \"The quantized decode GEMV\")\n"
     "  --image-batches rows|whole  (developers) an image's vision batches: one per slice row as its rows\n"
     "                       arrive (the default), or all its pieces in one after its last row (as before)\n"
-    "  --fuse auto|on|off   (developers) one-token decode steps on the fused ops (the RMSNorm inside the GEMV\n"
-    "                       that reads it, the residual add and SwiGLU inside the GEMVs that produce them):\n"
-    "                       auto (the default: where the GPU prefers them, which no GPU does today), on, off\n"
+    "  --fuse auto|on|off|swiglu  (developers) one-token decode steps on the fused ops (the RMSNorm inside the\n"
+    "                       GEMV that reads it, the residual add and SwiGLU inside the GEMVs that produce them):\n"
+    "                       auto (the default: on a GPU the plain ops with SwiGLU in the gate|up GEMV's\n"
+    "                       epilogue), on, off (the plain ops, SwiGLU a kernel of its own), swiglu (as auto)\n"
     "  --overlap all|quant|small|all+small|quant+small|off  (developers) decode kernels launched to overlap\n"
     "                       the previous kernel's tail (programmatic dependent launch, sm_90): every decode\n"
     "                       GEMV, the quantized ones, the small kernels between the GEMVs (norms, RoPE, SwiGLU,\n"
@@ -1004,8 +1005,9 @@ int cmd_bench(int argc, char **argv)
             if (!strcmp(v, "auto")) fuse = DEV_FUSE_AUTO;
             else if (!strcmp(v, "on")) fuse = DEV_FUSE_ON;
             else if (!strcmp(v, "off")) fuse = DEV_FUSE_OFF;
+            else if (!strcmp(v, "swiglu")) fuse = DEV_FUSE_SWIGLU;
             else {
-                err_set(&e, "--fuse: expected auto, on or off, got \"%s\"", v);
+                err_set(&e, "--fuse: expected auto, on, off or swiglu, got \"%s\"", v);
                 goto out;
             }
         } else if (!strcmp(f, "--overlap")) {

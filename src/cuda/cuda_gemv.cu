@@ -62,17 +62,25 @@ __device__ __forceinline__ void gemv_reduce(float *acc, float (*red)[NT], int wa
 }
 
 /* W, X: storage types of the weight and of x; NT: tokens the registers are sized for (n <= NT).
- * Requires k % VEC == 0 and 16-byte aligned w and x. */
+ * Requires k % VEC == 0 and 16-byte aligned w and x.
+ * sf > 0: SwiGLU (op_rmsnorm_swiglu without a norm, cuda_gemv_swiglu): w is the joined gate|up [2 sf, k], y
+ * [n, sf]; the block's first rpb / 2 rows are gate rows b rpb / 2 + i, the others the up rows sf + b rpb / 2 + i,
+ * each summed exactly as the plain GEMV over w sums it (the same rpb, so the same warps per row); the up row's
+ * sums meet the gate row's in shared memory, and the gate row writes silu_mul_kernel's round(silu(g)) * u of
+ * the rounded g = round(acc_g) and u = round(acc_u): the plain ops' bits, one kernel fewer. */
 template <typename W, typename X, int NT, int GEMV_UNROLL, bool PDL>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int bdt, int n, int64_t k, int64_t o,
-                int rpb)
+                int rpb, int64_t sf)
 {
     constexpr int VEC = 16 / (int)sizeof(W);
     __shared__ float red[GEMV_WARPS][NT];
+    __shared__ float sw_u[GEMV_WARPS][NT]; /* sf > 0: the up rows' sums */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int wpr = GEMV_WARPS / rpb, rloc = warp / wpr, wr = warp % wpr;
-    const int64_t row = (int64_t)blockIdx.x * rpb + rloc;
+    const int half = rpb >> 1, up = sf > 0 && rloc >= half;
+    const int64_t srow = sf > 0 ? (int64_t)blockIdx.x * half + (up ? rloc - half : rloc) : 0; /* the gate row */
+    const int64_t row = sf > 0 ? (srow < sf ? srow + (up ? sf : 0) : o) : (int64_t)blockIdx.x * rpb + rloc;
     float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
@@ -131,6 +139,21 @@ gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int 
         }
     }
     gemv_reduce<NT>(acc, red, warp, lane, wpr, wr);
+    if (sf > 0) { /* rpb and so sf > 0 are the same for the whole block: the barrier is uniform */
+        if (up && wr == 0 && lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) sw_u[rloc - half][t] = acc[t];
+        __syncthreads();
+        if (!up && srow < sf && wr == 0 && lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t >= n) continue;
+                const float g = rndf(acc[t] + 0.0f, ydt), u = rndf(sw_u[rloc][t] + 0.0f, ydt); /* gemv_store's values */
+                const float s = rndf(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), ydt);            /* silu_mul_kernel's */
+                stf(y, ydt, (int64_t)t * sf + srow, __fmul_rn(s, u));
+            }
+        return;
+    }
     if (row < o && wr == 0 && lane == 0) gemv_store<NT>(y, ydt, bias, bdt, acc, n, row, o);
 }
 
@@ -172,7 +195,7 @@ static int gemv_rows_per_block(const struct cuda_ctx *c, int64_t o, int64_t k)
 
 template <typename W, typename X, int U>
 static void gemv_vec_launch(struct cuda_ctx *c, unsigned grid, int rpb, struct tensor *y, const struct tensor *x,
-                            const struct tensor *w, const struct tensor *bias, int n, int64_t k, int64_t o)
+                            const struct tensor *w, const struct tensor *bias, int n, int64_t k, int64_t o, int64_t sf)
 {
     const void *bp = bias ? bias->data : NULL;
     const int bdt = bias ? (int)bias->dtype : 0;
@@ -184,37 +207,37 @@ static void gemv_vec_launch(struct cuda_ctx *c, unsigned grid, int rpb, struct t
     /* PDL only where x and w share a dtype (the model's case): fewer kernel instances to build */
     if constexpr (std::is_same<W, X>::value) {
         if (c->pdl) {
-            if (n == 1) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 1, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
-            else if (n == 2) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 2, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
-            else if (n <= 4) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 4, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
-            else cuda_launch_pdl(c, gemv_vec_kernel<W, X, 8, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+            if (n == 1) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 1, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
+            else if (n == 2) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 2, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
+            else if (n <= 4) cuda_launch_pdl(c, gemv_vec_kernel<W, X, 4, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
+            else cuda_launch_pdl(c, gemv_vec_kernel<W, X, 8, U, true>, dim3(grid), blk, yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
             return;
         }
     }
-    if (n == 1) gemv_vec_kernel<W, X, 1, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
-    else if (n == 2) gemv_vec_kernel<W, X, 2, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
-    else if (n <= 4) gemv_vec_kernel<W, X, 4, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
-    else gemv_vec_kernel<W, X, 8, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb);
+    if (n == 1) gemv_vec_kernel<W, X, 1, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
+    else if (n == 2) gemv_vec_kernel<W, X, 2, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
+    else if (n <= 4) gemv_vec_kernel<W, X, 4, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
+    else gemv_vec_kernel<W, X, 8, U, false><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, bp, bdt, n, k, o, rpb, sf);
     KERNEL_CHECK();
 }
 
 template <typename W>
 static void gemv_vec_dispatch_x(struct cuda_ctx *c, unsigned grid, int rpb, int unroll, struct tensor *y,
                                 const struct tensor *x, const struct tensor *w, const struct tensor *bias, int n,
-                                int64_t k, int64_t o)
+                                int64_t k, int64_t o, int64_t sf = 0)
 {
     if (unroll >= 8) {
         switch (x->dtype) {
-        case DTYPE_F16: gemv_vec_launch<W, __half, 8>(c, grid, rpb, y, x, w, bias, n, k, o); break;
-        case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16, 8>(c, grid, rpb, y, x, w, bias, n, k, o); break;
-        default: gemv_vec_launch<W, float, 8>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+        case DTYPE_F16: gemv_vec_launch<W, __half, 8>(c, grid, rpb, y, x, w, bias, n, k, o, sf); break;
+        case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16, 8>(c, grid, rpb, y, x, w, bias, n, k, o, sf); break;
+        default: gemv_vec_launch<W, float, 8>(c, grid, rpb, y, x, w, bias, n, k, o, sf); break;
         }
         return;
     }
     switch (x->dtype) {
-    case DTYPE_F16: gemv_vec_launch<W, __half, 4>(c, grid, rpb, y, x, w, bias, n, k, o); break;
-    case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16, 4>(c, grid, rpb, y, x, w, bias, n, k, o); break;
-    default: gemv_vec_launch<W, float, 4>(c, grid, rpb, y, x, w, bias, n, k, o); break;
+    case DTYPE_F16: gemv_vec_launch<W, __half, 4>(c, grid, rpb, y, x, w, bias, n, k, o, sf); break;
+    case DTYPE_BF16: gemv_vec_launch<W, __nv_bfloat16, 4>(c, grid, rpb, y, x, w, bias, n, k, o, sf); break;
+    default: gemv_vec_launch<W, float, 4>(c, grid, rpb, y, x, w, bias, n, k, o, sf); break;
     }
 }
 
@@ -241,6 +264,27 @@ static void cuda_gemv(struct cuda_ctx *c, struct tensor *y, const struct tensor 
                                                                  w->dtype, bias ? bias->data : NULL,
                                                                  bias ? (int)bias->dtype : 0, n, k, o, rpb);
     KERNEL_CHECK();
+}
+
+/* (cuda_pgemv.cuh) The plain path's choice for y2 [1, o] = x · w^T: not the persistent kernel (the caller has
+ * tried it), the GEMV (one token), the vector kernel, rows per block from (o, k); SwiGLU needs them even. */
+bool cuda_gemv_swiglu(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w)
+{
+    const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0], sf = y->shape[1];
+    if (n != 1 || o != 2 * sf || sf == 0 || dtype_is_quant(w->dtype)) return false;
+    if (w->dtype != DTYPE_F16 && w->dtype != DTYPE_BF16 && w->dtype != DTYPE_F32) return false;
+    if (w->dtype != DTYPE_F32 && x->dtype == w->dtype && c->gemv16_max < 1) return false; /* cuBLAS, as cuda_matmul */
+    const int rpb = gemv_rows_per_block(c, o, k);
+    const int64_t vec = 16 / (int64_t)dtype_size(w->dtype);
+    if (rpb < 2 || k % vec != 0 || ((uintptr_t)w->data & 15) || ((uintptr_t)x->data & 15)) return false;
+    const int64_t per = rpb / 2;
+    const unsigned grid = (unsigned)((sf + per - 1) / per);
+    switch (w->dtype) {
+    case DTYPE_F16: gemv_vec_dispatch_x<__half>(c, grid, rpb, 4, y, x, w, NULL, 1, k, o, sf); break;
+    case DTYPE_BF16: gemv_vec_dispatch_x<__nv_bfloat16>(c, grid, rpb, 4, y, x, w, NULL, 1, k, o, sf); break;
+    default: gemv_vec_dispatch_x<float>(c, grid, rpb, 4, y, x, w, NULL, 1, k, o, sf); break;
+    }
+    return true;
 }
 
 /* ---- prefill: cuBLAS ---- */

@@ -167,6 +167,17 @@ extern "C" int cuda_fused_preferred(const struct tensor *w)
     return cuda_ctx_get(w->dev.ordinal)->fuse == DEV_FUSE_ON;
 }
 
+/* SwiGLU in the one-token gate|up GEMV's epilogue (op_swiglu_preferred): DEV_FUSE_SWIGLU, and DEV_FUSE_AUTO when
+ * SWIGLU_AUTO says so. H200 session 16 (docs/PERF.md): engine decode at context 512 227.4 tok/s against 226.3 with
+ * silu_mul a kernel of its own, 213.9 / 213.3 at 3,500, the same tokens; bench fp16 decode512 227 / 228 against
+ * 226 / 227, q4 435 against 431 */
+#define SWIGLU_AUTO 1
+extern "C" int cuda_swiglu_preferred(const struct tensor *w)
+{
+    const int m = cuda_ctx_get(w->dev.ordinal)->fuse;
+    return m == DEV_FUSE_SWIGLU || (m == DEV_FUSE_AUTO && SWIGLU_AUTO);
+}
+
 /* F16 matmuls of 2..16 tokens (the batched decode step) on the A-operand tensor-core kernel of cuda_qgemv.cu
  * (values in cuda_quant.cuh): 0 (the default) cuBLAS, 1 that kernel in its default shape, 2.. a forced shape
  * (from one token on; the tests and the bench). Needs code built for sm_80 or newer; cuBLAS otherwise. */

@@ -423,6 +423,7 @@ extern "C" void cuda_rmsnorm_swiglu(struct tensor *y, const struct tensor *x, co
         else pg_launch<PG_SWIGLU, false>(c, a, c->pgemv_bps, c->pgemv_u);
         return;
     }
+    if (!nw && cuda_gemv_swiglu(c, y, x, w)) return;            /* the one-pass GEMV with SwiGLU, one token */
     if (cuda_qgemv_rmsnorm_swiglu(c, y, x, nw, eps, w)) return; /* quantized weights, one token */
     /* the plain ops: the norm, gate and up into scratch (y's dtype), silu_mul */
     struct tensor xn = pg_norm_input(c, x, nw, eps);
