@@ -261,6 +261,14 @@ __device__ __forceinline__ float rndf(float v, int dt)
     return v;
 }
 
+/* op_silu_mul's element: silu(g) rounded to dt first (as torch does), times u; the caller rounds the product to
+ * dt when it stores it. silu_mul's kernels and every GEMV with SwiGLU in its epilogue take it, so they agree
+ * bit for bit. */
+__device__ __forceinline__ float silu_mul_f(float g, float u, int dt)
+{
+    return __fmul_rn(rndf(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), dt), u);
+}
+
 /* the enum dtype of a storage type */
 template <typename T> struct dtype_of;
 template <> struct dtype_of<float> { static constexpr int value = DTYPE_F32; };

@@ -149,8 +149,7 @@ gemv_vec_kernel(void *y, int ydt, const X *x, const W *w, const void *bias, int 
             for (int t = 0; t < NT; t++) {
                 if (t >= n) continue;
                 const float g = rndf(acc[t] + 0.0f, ydt), u = rndf(sw_u[rloc][t] + 0.0f, ydt); /* gemv_store's values */
-                const float s = rndf(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), ydt);            /* silu_mul_kernel's */
-                stf(y, ydt, (int64_t)t * sf + srow, __fmul_rn(s, u));
+                stf(y, ydt, (int64_t)t * sf + srow, silu_mul_f(g, u, ydt));
             }
         return;
     }
@@ -224,7 +223,7 @@ static void gemv_vec_launch(struct cuda_ctx *c, unsigned grid, int rpb, struct t
 template <typename W>
 static void gemv_vec_dispatch_x(struct cuda_ctx *c, unsigned grid, int rpb, int unroll, struct tensor *y,
                                 const struct tensor *x, const struct tensor *w, const struct tensor *bias, int n,
-                                int64_t k, int64_t o, int64_t sf = 0)
+                                int64_t k, int64_t o, int64_t sf)
 {
     if (unroll >= 8) {
         switch (x->dtype) {
@@ -241,6 +240,26 @@ static void gemv_vec_dispatch_x(struct cuda_ctx *c, unsigned grid, int rpb, int 
     }
 }
 
+/* The vector kernel when w's dtype, k and the pointers allow its 16-byte loads (false: nothing launched); sf as
+ * in gemv_vec_kernel (0: y = x · w^T, else SwiGLU over the joined gate|up w, grid over the gate rows). */
+static bool gemv_vec(struct cuda_ctx *c, int rpb, int unroll, struct tensor *y, const struct tensor *x,
+                     const struct tensor *w, const struct tensor *bias, int64_t sf)
+{
+    const int n = (int)x->shape[0];
+    const int64_t k = x->shape[1], o = w->shape[0];
+    if (w->dtype != DTYPE_F16 && w->dtype != DTYPE_BF16 && w->dtype != DTYPE_F32) return false;
+    const int64_t vec = 16 / (int64_t)dtype_size(w->dtype);
+    if (k % vec != 0 || ((uintptr_t)w->data & 15) || ((uintptr_t)x->data & 15)) return false;
+    const int64_t per = sf > 0 ? rpb / 2 : rpb; /* output rows (gate rows for SwiGLU) a block writes */
+    const unsigned grid = (unsigned)(((sf > 0 ? sf : o) + per - 1) / per);
+    switch (w->dtype) {
+    case DTYPE_F16: gemv_vec_dispatch_x<__half>(c, grid, rpb, unroll, y, x, w, bias, n, k, o, sf); break;
+    case DTYPE_BF16: gemv_vec_dispatch_x<__nv_bfloat16>(c, grid, rpb, unroll, y, x, w, bias, n, k, o, sf); break;
+    default: gemv_vec_dispatch_x<float>(c, grid, rpb, unroll, y, x, w, bias, n, k, o, sf); break;
+    }
+    return true;
+}
+
 /* rpb (rows per block: 1, 2, 4, 8) and unroll (4 or 8) of 0 are chosen from the shape */
 static void cuda_gemv(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                       const struct tensor *bias, int rpb, int unroll)
@@ -248,43 +267,34 @@ static void cuda_gemv(struct cuda_ctx *c, struct tensor *y, const struct tensor 
     const int n = (int)x->shape[0];
     const int64_t k = x->shape[1], o = w->shape[0];
     if (rpb <= 0) rpb = gemv_rows_per_block(c, o, k);
-    const unsigned grid = (unsigned)((o + rpb - 1) / rpb);
-    const int64_t vec = 16 / (int64_t)dtype_size(w->dtype);
     if (unroll <= 0) unroll = 4;
-    const bool vec_ok = k % vec == 0 && ((uintptr_t)w->data & 15) == 0 && ((uintptr_t)x->data & 15) == 0;
-    if (vec_ok) {
-        switch (w->dtype) {
-        case DTYPE_F16: gemv_vec_dispatch_x<__half>(c, grid, rpb, unroll, y, x, w, bias, n, k, o); return;
-        case DTYPE_BF16: gemv_vec_dispatch_x<__nv_bfloat16>(c, grid, rpb, unroll, y, x, w, bias, n, k, o); return;
-        case DTYPE_F32: gemv_vec_dispatch_x<float>(c, grid, rpb, unroll, y, x, w, bias, n, k, o); return;
-        default: break;
-        }
-    }
+    if (gemv_vec(c, rpb, unroll, y, x, w, bias, 0)) return;
+    const unsigned grid = (unsigned)((o + rpb - 1) / rpb);
     gemv_scalar_kernel<<<grid, GEMV_WARPS * 32, 0, c->stream>>>(y->data, y->dtype, x->data, x->dtype, w->data,
                                                                  w->dtype, bias ? bias->data : NULL,
                                                                  bias ? (int)bias->dtype : 0, n, k, o, rpb);
     KERNEL_CHECK();
 }
 
-/* (cuda_pgemv.cuh) The plain path's choice for y2 [1, o] = x · w^T: not the persistent kernel (the caller has
- * tried it), the GEMV (one token), the vector kernel, rows per block from (o, k); SwiGLU needs them even. */
+/* The most tokens the GEMV takes for w and x (cuda_matmul: cuBLAS above). For 16-bit weights and x of the same
+ * type cuBLAS is faster from 2 tokens on (test_cuda_quant bench: 4096 x 14336 fp16 at n = 4 / 8, the GEMV 2.3 /
+ * 1.1 TB/s on an H200, cuBLAS 3.6 TB/s at n = 16); an f32 x stays on the GEMV, which does not round it to the
+ * weight's type. */
+static int64_t gemv_max_tokens(const struct cuda_ctx *c, const struct tensor *x, const struct tensor *w)
+{
+    return w->dtype == DTYPE_F32 || x->dtype != w->dtype ? GEMV_MAX_TOKENS : c->gemv16_max;
+}
+
+/* (cuda_pgemv.cuh) Where cuda_matmul over the joined w would run the one-pass GEMV for one token: not the
+ * persistent kernel (the caller has tried it), not a forced shape of the tensor-core kernel, the GEMV's token
+ * rule, the vector kernel with its rows per block from (o, k), which SwiGLU needs even. */
 bool cuda_gemv_swiglu(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w)
 {
     const int64_t n = x->shape[0], k = x->shape[1], o = w->shape[0], sf = y->shape[1];
-    if (n != 1 || o != 2 * sf || sf == 0 || dtype_is_quant(w->dtype)) return false;
-    if (w->dtype != DTYPE_F16 && w->dtype != DTYPE_BF16 && w->dtype != DTYPE_F32) return false;
-    if (w->dtype != DTYPE_F32 && x->dtype == w->dtype && c->gemv16_max < 1) return false; /* cuBLAS, as cuda_matmul */
+    if (n != 1 || o != 2 * sf || sf == 0 || dtype_is_quant(w->dtype) || n > gemv_max_tokens(c, x, w)) return false;
+    if (c->f16mma >= F16MMA_S0) return false; /* cuda_qgemv_f16 takes one token in a forced shape */
     const int rpb = gemv_rows_per_block(c, o, k);
-    const int64_t vec = 16 / (int64_t)dtype_size(w->dtype);
-    if (rpb < 2 || k % vec != 0 || ((uintptr_t)w->data & 15) || ((uintptr_t)x->data & 15)) return false;
-    const int64_t per = rpb / 2;
-    const unsigned grid = (unsigned)((sf + per - 1) / per);
-    switch (w->dtype) {
-    case DTYPE_F16: gemv_vec_dispatch_x<__half>(c, grid, rpb, 4, y, x, w, NULL, 1, k, o, sf); break;
-    case DTYPE_BF16: gemv_vec_dispatch_x<__nv_bfloat16>(c, grid, rpb, 4, y, x, w, NULL, 1, k, o, sf); break;
-    default: gemv_vec_dispatch_x<float>(c, grid, rpb, 4, y, x, w, NULL, 1, k, o, sf); break;
-    }
-    return true;
+    return rpb >= 2 && gemv_vec(c, rpb, 4, y, x, w, NULL, sf);
 }
 
 /* ---- prefill: cuBLAS ---- */
@@ -716,12 +726,8 @@ extern "C" void cuda_matmul(struct tensor *y, const struct tensor *x, const stru
     /* F16 weights and x at 2..16 tokens (the batched decode step): the quantized GEMV's tensor-core kernel on
      * the F16 rows when c->f16mma asks for it and the shapes allow (cuda_qgemv.cu); cuBLAS below otherwise */
     if (cuda_qgemv_f16(c, y, x, w, bias)) return;
-    /* the GEMV streams each weight row once for all n tokens, but its fp32 FMAs per weight grow with n:
-     * for 16-bit weights and x of the same type cuBLAS is faster from 2 tokens on (test_cuda_quant bench:
-     * 4096 x 14336 fp16 at n = 4 / 8, the GEMV 2.3 / 1.1 TB/s on an H200, cuBLAS 3.6 TB/s at n = 16); an
-     * f32 x stays on the GEMV, which does not round it to the weight's type */
-    const int gmax = w->dtype == DTYPE_F32 || x->dtype != w->dtype ? GEMV_MAX_TOKENS : c->gemv16_max;
-    if (n <= gmax) {
+    /* the GEMV streams each weight row once for all n tokens, but its fp32 FMAs per weight grow with n */
+    if (n <= gemv_max_tokens(c, x, w)) {
         if (!cuda_pgemv_matmul(c, y, x, w, bias)) cuda_gemv(c, y, x, w, bias, 0, 0); /* F16: cuda_pgemv.cu */
         return;
     }

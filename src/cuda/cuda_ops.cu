@@ -882,9 +882,7 @@ __global__ void silu_mul_kernel(void *y, int ydt, const void *g, int gdt, const 
     pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     GRID_STRIDE(i, n)
     {
-        const float gv = ldf(g, gdt, i), uv = ldf(u, udt, i);
-        const float s = rndf(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), ydt); /* torch rounds silu first */
-        stf(y, ydt, i, __fmul_rn(s, uv));
+        stf(y, ydt, i, silu_mul_f(ldf(g, gdt, i), ldf(u, udt, i), ydt));
     }
 }
 
@@ -904,8 +902,7 @@ template <typename S> __global__ void __launch_bounds__(SILUV_THREADS) silu_mul_
         vec_to_f<S>(gr, gv);
         vec_to_f<S>(ur, uv);
 #pragma unroll
-        for (int e = 0; e < E; e++)
-            r[e] = __fmul_rn(rndf(__fdiv_rn(gv[e], __fadd_rn(1.0f, expf(-gv[e]))), dt), uv[e]); /* torch rounds silu first */
+        for (int e = 0; e < E; e++) r[e] = silu_mul_f(gv[e], uv[e], dt);
         y[i] = f_to_vec<S>(r);
     }
 }

@@ -112,8 +112,7 @@ __device__ __forceinline__ void pg_store(const pg_args &a, int u, float (&acc)[2
         if (MODE == PG_SWIGLU) {
             /* op_matmul's g and u (round(acc + 0)), then silu_mul_kernel's expression */
             const float g = rndf(acc[0][t] + 0.0f, DTYPE_F16), up = rndf(acc[1][t] + 0.0f, DTYPE_F16);
-            const float s = rndf(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), DTYPE_F16);
-            a.y[0][(int64_t)t * a.units + u] = __float2half_rn(__fmul_rn(s, up));
+            a.y[0][(int64_t)t * a.units + u] = __float2half_rn(silu_mul_f(g, up, DTYPE_F16));
         } else {
             const float v = acc[0][t] + (a.bias ? ldf(a.bias, a.bdt, u) : 0.0f); /* the one-pass GEMV's sum */
             if (MODE == PG_RES) { /* cuda_add(y, res, round(v)) */

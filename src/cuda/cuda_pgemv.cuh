@@ -13,12 +13,12 @@ bool cuda_pgemv_matmul(struct cuda_ctx *c, struct tensor *y, const struct tensor
                        const struct tensor *bias);
 /* y = res + round(x · w^T (+ bias)), each sum rounded to y's dtype: op_linear with a residual and no
  * activation (y may alias res) */
+bool cuda_pgemv_linear_res(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
+                           const struct tensor *bias, const struct tensor *res);
 /* cuda_gemv.cu: op_rmsnorm_swiglu without a norm for one token on the one-pass GEMV (SwiGLU in its epilogue),
  * where op_matmul over the joined gate|up w would take that kernel: the plain ops' bits. false (nothing done)
  * elsewhere. */
 bool cuda_gemv_swiglu(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w);
-bool cuda_pgemv_linear_res(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
-                           const struct tensor *bias, const struct tensor *res);
 
 __device__ __forceinline__ float nr_h2f(unsigned short u) { return __half2float(__ushort_as_half(u)); }
 

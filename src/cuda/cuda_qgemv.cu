@@ -473,8 +473,7 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
             } else if constexpr (MODE == QF_SWIGLU) {
                 /* op_matmul's g and u (round(acc + 0)), then silu_mul_kernel's expression */
                 const float g = rndf(acc[nt][i] + 0.0f, DTYPE_F16), up = rndf(accu[nt][i] + 0.0f, DTYPE_F16);
-                const float sg = rndf(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), DTYPE_F16);
-                fz.y[0][(int64_t)t * fz.f + row] = __float2half_rn(__fmul_rn(sg, up));
+                fz.y[0][(int64_t)t * fz.f + row] = __float2half_rn(silu_mul_f(g, up, DTYPE_F16));
             } else { /* QF_PARTS */
                 int p = 0;
 #pragma unroll
