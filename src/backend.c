@@ -508,7 +508,7 @@ void dev_set_overlap(struct device d, int mode)
 #ifdef MINICPMV_CUDA
     if (d.kind == DEVICE_CUDA)
         cuda_set_pdl(d.ordinal, (mode & DEV_OVERLAP_ALL) != 0, (mode & (DEV_OVERLAP_ALL | DEV_OVERLAP_QUANT)) != 0,
-                     (mode & DEV_OVERLAP_SMALL) != 0);
+                     (mode & DEV_OVERLAP_SMALL) != 0, (mode & DEV_OVERLAP_EARLY) != 0);
 #else
     (void)d, (void)mode;
 #endif

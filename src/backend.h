@@ -205,10 +205,18 @@ void op_add_i32(struct tensor *x, int32_t d);
  * dependent launch), a set of flags: DEV_OVERLAP_ALL every decode GEMV (they load their first weights early,
  * then wait for their input), DEV_OVERLAP_QUANT those of quantized weights only, DEV_OVERLAP_SMALL the small
  * kernels (norms, RoPE + KV append, SwiGLU, the decode attention, argmax, embedding, position add: their blocks
- * wait, resident, for the previous kernel's end); 0 none. The default is DEV_OVERLAP_SMALL (the GEMVs as
- * dependents lost on the H200: docs/PERF.md). Results are bit-identical either way. No effect on CPU devices or
- * before sm_90. */
-enum { DEV_OVERLAP_ALL = 1, DEV_OVERLAP_QUANT = 2, DEV_OVERLAP_SMALL = 4, DEV_OVERLAP_DEFAULT = DEV_OVERLAP_SMALL };
+ * wait, resident, for the previous kernel's end), DEV_OVERLAP_EARLY with SMALL and without the GEMV flags: the
+ * decode attention reads its positions and block table and loads its first keys of earlier steps before it
+ * waits (the GEMV before it is then a full launch, so all of those were written before it started); 0 none.
+ * The default is DEV_OVERLAP_SMALL | DEV_OVERLAP_EARLY (the GEMVs as dependents lost on the H200:
+ * docs/PERF.md). Results are bit-identical either way. No effect on CPU devices or before sm_90. */
+enum {
+    DEV_OVERLAP_ALL = 1,
+    DEV_OVERLAP_QUANT = 2,
+    DEV_OVERLAP_SMALL = 4,
+    DEV_OVERLAP_EARLY = 8,
+    DEV_OVERLAP_DEFAULT = DEV_OVERLAP_SMALL | DEV_OVERLAP_EARLY
+};
 void dev_set_overlap(struct device d, int mode);
 
 /* Whether one-token decode steps should run the fused decode ops (op_rmsnorm_matmul, op_rmsnorm_swiglu,

@@ -83,7 +83,7 @@ void cuda_sync(int ordinal);
 void cuda_memcpy(struct device dst_dev, void *dst, struct device src_dev, const void *src, size_t bytes);
 /* programmatic dependent launch of decode GEMVs (f16, quant; default off) and of the small decode kernels
  * (default on for sm_90 code on sm_90) on/off (cuda/cuda_mem.cu) */
-void cuda_set_pdl(int ordinal, int f16, int quant, int small);
+void cuda_set_pdl(int ordinal, int f16, int quant, int small, int early);
 /* the profiler's collection on GPU ordinal on / off (cuda/cuda_mem.cu: cudaProfilerStart / Stop) */
 void cuda_profile(int ordinal, int on);
 /* the quantized decode GEMV's kernel (cuda/cuda_mem.cu; values in cuda/cuda_quant.cuh: 0 the CUDA-core kernel,

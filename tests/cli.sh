@@ -107,6 +107,13 @@ check "bench --peak-gbs 10: the fraction is effective GB/s / 10" 'awk "/^decode1
 check "bench --peak-gbs auto: measured on the CPU" '[ $rc = 0 ] && grep -qE "^  cpu +[0-9.]+ GB/s +\(1\.00 GiB per pass, 3 passes" $tmp/ba && grep -q "\"peak_gbs_source\":.*\"measured\"" $tmp/b.json'
 "$BIN" bench --model $MODEL --device cpu --only decode16 --peak-gbs fast >$tmp/bx 2>&1; rc=$?
 check "bench --peak-gbs fast is refused" '[ $rc = 1 ] && grep -q "neither auto nor a positive number" $tmp/bx'
+# bench --overlap: a '+'-joined list of known names (no effect on the CPU), anything else refused with the list
+"$BIN" bench --model $MODEL --device cpu --only decode16 --reps 1 --decode-steps 2 --overlap small+early >$tmp/bo 2>&1; rc=$?
+check "bench --overlap small+early is taken" '[ $rc = 0 ] && grep -q "^decode16 " $tmp/bo'
+for bad in small+small early+ fast ""; do
+    "$BIN" bench --model $MODEL --device cpu --only decode16 --overlap "$bad" >$tmp/bo 2>&1; rc=$?
+    check "bench --overlap '$bad' is refused" '[ $rc = 1 ] && grep -q "a .+.-joined list of all, quant, small, early" $tmp/bo'
+done
 
 echo "cli: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -1877,6 +1877,7 @@ static const struct {
     {"plain ops (the default)", 1, 0, 1, DEV_OVERLAP_DEFAULT, -1},
     {"plain, SwiGLU a kernel of its own", 1, 0, 1, DEV_OVERLAP_DEFAULT, 0},
     {"plain, no PDL", 1, 0, 1, 0, -1},
+    {"plain, attention waits before its first loads", 1, 0, 1, DEV_OVERLAP_SMALL, -1},
     {"plain, one-pass GEMV everywhere", 1, -1, 1, DEV_OVERLAP_DEFAULT, -1},
     {"plain, one-pass, generic small kernels", 1, 0, 0, DEV_OVERLAP_DEFAULT, -1},
     {"plain, one-pass, small kernels' own tree", 1, 0, 2, DEV_OVERLAP_DEFAULT, -1},

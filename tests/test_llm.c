@@ -597,8 +597,8 @@ static void test_chunked_prefill(void)
     }
 }
 
-/* The decode step with its kernels launched as programmatic dependents (dev_set_overlap: the small kernels, the
- * default on sm_90, and the small kernels with the GEMVs), and with SwiGLU in the gate|up GEMV's epilogue
+/* The decode step with its kernels launched as programmatic dependents (dev_set_overlap: the small kernels, with
+ * and without the decode attention's early loads (the default on sm_90), and the small kernels with the GEMVs), and with SwiGLU in the gate|up GEMV's epilogue
  * (llm_set_swiglu), gives the logits and greedy tokens of plain launches of the plain ops (dev_set_overlap 0,
  * swiglu 0) bit for bit: a 5-token prompt, then 24 greedy steps as replayed graphs and 4 steps through
  * llm_decode_logits, fp16 and fp32 (a kernel reading its input before the previous kernel has written it, or
@@ -606,9 +606,10 @@ static void test_chunked_prefill(void)
 static void test_overlap_same(void)
 {
     const int32_t ids[] = {128000, 128006, 882, 128007, 271};
-    enum { GREEDY = 24, LOGITS = 4, NM = 5 };
+    enum { GREEDY = 24, LOGITS = 4, NM = 7 };
     static const struct { int overlap, swiglu; } modes[NM] = {
-        {0, 0}, {DEV_OVERLAP_SMALL, 0}, {DEV_OVERLAP_ALL | DEV_OVERLAP_SMALL, 0}, {0, 1}, {DEV_OVERLAP_SMALL, 1}};
+        {0, 0}, {DEV_OVERLAP_SMALL, 0}, {DEV_OVERLAP_ALL | DEV_OVERLAP_SMALL, 0}, {0, 1}, {DEV_OVERLAP_SMALL, 1},
+        {DEV_OVERLAP_SMALL | DEV_OVERLAP_EARLY, 0}, {DEV_OVERLAP_SMALL | DEV_OVERLAP_EARLY, 1}};
     for (int k = 0; k < 2; k++) {
         const enum dtype dt = k ? DTYPE_F16 : DTYPE_F32;
         struct engine *g = open_tiny(dt, 1, 0);

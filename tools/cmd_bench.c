@@ -927,11 +927,32 @@ static const char BENCH_HELP[] =
     "                       GEMV that reads it, the residual add and SwiGLU inside the GEMVs that produce them):\n"
     "                       auto (the default: on a GPU the plain ops with SwiGLU in the gate|up GEMV's\n"
     "                       epilogue), on, off (the plain ops, SwiGLU a kernel of its own), swiglu (as auto)\n"
-    "  --overlap all|quant|small|all+small|quant+small|off  (developers) decode kernels launched to overlap\n"
-    "                       the previous kernel's tail (programmatic dependent launch, sm_90): every decode\n"
-    "                       GEMV, the quantized ones, the small kernels between the GEMVs (norms, RoPE, SwiGLU,\n"
-    "                       attention, argmax; the default on sm_90), combinations, none\n"
+    "  --overlap LIST|off   (developers) decode kernels launched to overlap the previous kernel's tail\n"
+    "                       (programmatic dependent launch, sm_90), LIST '+'-joined: all (every decode GEMV),\n"
+    "                       quant (the quantized ones), small (the small kernels between the GEMVs: norms,\n"
+    "                       RoPE, SwiGLU, attention, argmax), early (with small alone: the decode attention\n"
+    "                       loads its first keys of earlier steps before it waits); the default small+early\n"
     "Without --ctx the KV cache is sized for the longest phase (decode4096 needs 4096 + decode steps).\n";
+
+/* --overlap's value: "off" or a '+'-joined list of all, quant, small, early (DEV_OVERLAP_*); -1 when not */
+static int overlap_parse(const char *v)
+{
+    static const struct { const char *name; int flag; } names[] = {
+        {"all", DEV_OVERLAP_ALL}, {"quant", DEV_OVERLAP_QUANT}, {"small", DEV_OVERLAP_SMALL}, {"early", DEV_OVERLAP_EARLY}};
+    if (!strcmp(v, "off")) return 0;
+    int mode = 0;
+    for (const char *p = v;;) {
+        const char *end = strchr(p, '+');
+        const size_t len = end ? (size_t)(end - p) : strlen(p);
+        int f = 0;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (strlen(names[i].name) == len && !strncmp(p, names[i].name, len)) f = names[i].flag;
+        if (!f || (mode & f)) return -1;
+        mode |= f;
+        if (!end) return mode;
+        p = end + 1;
+    }
+}
 
 int cmd_bench(int argc, char **argv)
 {
@@ -1012,14 +1033,8 @@ int cmd_bench(int argc, char **argv)
             }
         } else if (!strcmp(f, "--overlap")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
-            if (!strcmp(v, "all")) overlap = DEV_OVERLAP_ALL;
-            else if (!strcmp(v, "quant")) overlap = DEV_OVERLAP_QUANT;
-            else if (!strcmp(v, "small")) overlap = DEV_OVERLAP_SMALL;
-            else if (!strcmp(v, "all+small")) overlap = DEV_OVERLAP_ALL | DEV_OVERLAP_SMALL;
-            else if (!strcmp(v, "quant+small")) overlap = DEV_OVERLAP_QUANT | DEV_OVERLAP_SMALL;
-            else if (!strcmp(v, "off")) overlap = 0;
-            else {
-                err_set(&e, "--overlap: expected all, quant, small, all+small, quant+small or off, got \"%s\"", v);
+            if ((overlap = overlap_parse(v)) < 0) {
+                err_set(&e, "--overlap: expected off or a '+'-joined list of all, quant, small, early, got \"%s\"", v);
                 goto out;
             }
         } else if (!strcmp(f, "--qgemv")) {

@@ -51,6 +51,10 @@ struct attn_dec_args {
     int T;             /* keys available (pos == NULL) or cache capacity (pos != NULL; paged: mb * KV_BLOCK) */
     int odt, qdt;
     int n, H, Hkv, G, GB, QB, nsplit, causal;
+    /* the launch's predecessors since the last full (non-PDL) launch of the stream wrote no position, no
+     * block table and no cache row before the step's first position: the block may read those and load its
+     * first keys before pdl_wait() (attn_early) */
+    int early;
     float scale;
 };
 
@@ -61,6 +65,7 @@ struct attn_dec_args {
 struct dec_keys {
     const int32_t *tab;
     int64_t qp0, nk, blim;
+    int64_t old; /* the keys below this were in the cache before the step (device positions, rows mode; else 0) */
     int nrows;
 };
 
@@ -83,12 +88,16 @@ __device__ __forceinline__ dec_keys dec_block_keys(const attn_dec_args &a, int i
         }
         r.qp0 = nk - 1 - i0;
         r.tab = a.tab + (int64_t)a.seq[i0] * a.mb;
+        r.old = nk - 1; /* the row's own token is this step's */
     } else if (a.pos) {
         r.qp0 = a.pos[0];
         nk = (int64_t)a.pos[a.n - 1] + 1;
+        r.old = r.qp0; /* the step's tokens are at pos[0] .. */
     } else {
         nk = a.causal ? a.q_pos0 + a.n : a.T;
+        r.old = 0; /* keys passed as they are (a prefill's own k): all of them may be the previous kernel's */
     }
+    if (r.old < 0) r.old = 0;
     if (nk > a.T) nk = a.T;
     if (nk < 0) nk = 0;
     r.nk = nk;
@@ -105,7 +114,7 @@ __device__ __forceinline__ dec_keys dec_block_keys(const attn_dec_args &a, int i
 template <typename KV, int HD, int NS>
 __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec_args a)
 {
-    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
+    if (!a.early) pdl_wait(); /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
     constexpr int LPK = HD / 8, SEGS = DEC_THREADS / LPK, TK = SEGS * DEC_KPT;
     __shared__ __align__(16) float sq[NS * HD];
     __shared__ float red_m[SEGS * NS], red_l[SEGS * NS];
@@ -155,7 +164,12 @@ __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(const attn_dec
             }
         }
     };
-    if (k0 < k1) load(k0, kb, vb); /* the first tile is in flight while q is staged */
+    /* the first tile is in flight while q is staged; under attn_early also while the previous kernels run,
+     * when its keys were all in the cache before this step (as in attn_tc_kernel) */
+    const bool pre = a.early && k0 < k1 && (k0 + TK < k1 ? k0 + TK : k1) <= bk.old;
+    if (pre) load(k0, kb, vb);
+    if (a.early) pdl_wait();
+    if (!pre && k0 < k1) load(k0, kb, vb);
     pdl_trigger();
 
     for (int idx = tid; idx < NS * HD; idx += DEC_THREADS) {
@@ -752,7 +766,7 @@ __device__ __forceinline__ uint32_t tc_word(const uint4 &u, int i) { return i ==
 template <typename KV, int HD>
 __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_dec_args a)
 {
-    pdl_wait();    /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
+    if (!a.early) pdl_wait(); /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr int NU = HD / 32; /* 16-byte pieces per thread per K row */
     constexpr int NV = HD / 64; /* 16-byte pieces per thread per V row */
@@ -767,20 +781,8 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     const int W = blockDim.x >> 5, NS = a.GB * a.QB;
     const int split = blockIdx.x, h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
 
-    /* this thread's slot row g and its Q fragment (dims permuted as K's), loaded first: they do not depend
-     * on the key count, which in a graph replay is a load of its own (the chain pos -> block table -> K/V
-     * is the kernel's latency at short contexts) */
     const int qi = g / a.GB, gg = g - qi * a.GB;
     const bool row_ok = g < NS && qi < dec_block_rows(a, i0);
-    uint32_t qa[KS], qb[KS]; /* A fragment registers 0 and 2 of k step s */
-    {
-        const uint4 *qp = reinterpret_cast<const uint4 *>(a.q) + ((int64_t)(i0 + qi) * a.H + h0 + gg) * (HD / 8);
-#pragma unroll
-        for (int u = 0; u < NU; u++) {
-            const uint4 x = row_ok ? __ldg(qp + 4 * u + t4) : make_uint4(0, 0, 0, 0);
-            qa[2 * u] = x.x, qb[2 * u] = x.y, qa[2 * u + 1] = x.z, qb[2 * u + 1] = x.w;
-        }
-    }
 
     /* key count and query positions */
     const dec_keys bk = dec_block_keys(a, i0);
@@ -836,8 +838,26 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
      * V(i+1) once S(i) is done (three of the four buffers live at a time, not four) */
     uint4 kr[2][NU], vr[4][NV];
     int64_t bcur = base_of(0);
-    if (nmine > 0) load_k(0, bcur, kr), load_v(0, bcur, vr);
+    /* the chain position -> block table -> first K/V is the kernel's latency at short contexts (H200 ncu,
+     * session 16: ~40 % of the warp samples at 4,096 keys before the first data); under attn_early it runs
+     * while the previous kernels (RoPE and the KV append, the q|k|v GEMV's tail) still do, for a first step
+     * whose keys were all in the cache before this step */
+    const bool pre = a.early && nmine > 0 && (int64_t)wstep0 * 16 + 16 <= bk.old;
+    if (pre) load_k(0, bcur, kr), load_v(0, bcur, vr);
     int64_t bnext = base_of(1);
+    if (a.early) pdl_wait(); /* q and this step's K/V rows are the previous kernel's output */
+
+    /* this thread's slot row g: its Q fragment (dims permuted as K's) */
+    uint32_t qa[KS], qb[KS]; /* A fragment registers 0 and 2 of k step s */
+    {
+        const uint4 *qp = reinterpret_cast<const uint4 *>(a.q) + ((int64_t)(i0 + qi) * a.H + h0 + gg) * (HD / 8);
+#pragma unroll
+        for (int u = 0; u < NU; u++) {
+            const uint4 x = row_ok ? __ldg(qp + 4 * u + t4) : make_uint4(0, 0, 0, 0);
+            qa[2 * u] = x.x, qb[2 * u] = x.y, qa[2 * u + 1] = x.z, qb[2 * u + 1] = x.w;
+        }
+    }
+    if (!pre && nmine > 0) load_k(0, bcur, kr), load_v(0, bcur, vr);
 
     float m = -INFINITY, l = 0.0f, o[NB][4];
 #pragma unroll
@@ -1197,6 +1217,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     a.Hkv = (int)Hkv;
     a.G = (int)(H / Hkv);
     a.causal = (flags & ATTN_CAUSAL) != 0 || rows;
+    a.early = c->attn_early;
     a.scale = scale;
     /* slots: heads of the group first (each K/V row serves them all), then query rows (rows mode: one,
      * each row has its own sequence) */

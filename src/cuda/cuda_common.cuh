@@ -130,6 +130,8 @@ struct cuda_ctx {
     int pdl_small;              /* the decode step's small kernels (norms, RoPE + KV append, SwiGLU, the decode
                                    attention, argmax, embedding, position add) launched as programmatic dependents
                                    of the kernel before them (cuda_launch_dep; cuda_set_pdl) */
+    int attn_early;             /* with pdl_small and no GEMV launched as a dependent: the decode attention reads
+                                   what earlier steps wrote before its pdl_wait (attn_dec_args.early) */
     int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */
     int fuse;                   /* DEV_FUSE_*: whether one-token steps prefer the fused decode ops (cuda_set_fuse) */
     int gemv16_max;             /* 16-bit weights: the GEMV kernel takes n <= this many tokens, cuBLAS the rest
@@ -175,7 +177,9 @@ static inline unsigned cuda_grid_1d(const struct cuda_ctx *c, int64_t n)
 /* ---- programmatic dependent launch (Hopper) ----
  * A kernel launched with cuda_launch_pdl may start while the previous kernel of the stream is still
  * running; it must call pdl_wait() before it reads anything an earlier kernel wrote or writes
- * anything an earlier kernel reads (only constant data, the weights, may be touched before). Every
+ * anything an earlier kernel reads (only constant data, the weights, may be touched before; and, under
+ * c->attn_early, what was written before the last full launch: the decode attention's positions, block
+ * tables and cache rows of earlier steps). Every
  * kernel calls pdl_trigger() early so that such a successor can be scheduled as soon as all of its
  * own blocks have started. Both are no-ops without a PDL launch and before sm_90. */
 __device__ __forceinline__ void pdl_wait()

@@ -64,6 +64,7 @@ struct cuda_ctx *cuda_ctx_get(int ordinal)
     /* the small decode kernels as programmatic dependents where PDL exists (sm_90 code on sm_90): +0.4-1 % decode
      * on the H200 (docs/PERF.md session 15), the same bits; dev_set_overlap(d, 0) turns it off */
     c->pdl_small = c->cc >= 90 && c->code_arch >= 90;
+    c->attn_early = c->pdl_small;
     c->small_vec = 1;
     /* non-blocking: never serialised against the legacy default stream, capturable into a graph */
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
@@ -128,13 +129,14 @@ void cuda_check_not_capturing(struct cuda_ctx *c, const char *what)
  * for sm_90 only (cuda_common.cuh): on older cards, and for code built for an older target (a
  * compute_75 / compute_80 PTX build JIT-compiled on an H200 has no waits), the request is ignored and
  * launches stay in stream order. */
-extern "C" void cuda_set_pdl(int ordinal, int f16, int quant, int small)
+extern "C" void cuda_set_pdl(int ordinal, int f16, int quant, int small, int early)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
     const bool able = c->cc >= 90 && c->code_arch >= 90;
     c->pdl = f16 && able;
     c->pdl_q = quant && able;
     c->pdl_small = small && able;
+    c->attn_early = early && c->pdl_small && !c->pdl && !c->pdl_q;
 }
 
 extern "C" void cuda_profile(int ordinal, int on)
