@@ -573,6 +573,15 @@ int dev_set_f16mma(struct device d, int v)
     return 0;
 }
 
+void dev_set_attn_splits(struct device d, int s)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_set_attn_splits(d.ordinal, s);
+#else
+    (void)d, (void)s;
+#endif
+}
+
 /* ---- graphs ---- */
 
 struct dev_graph {

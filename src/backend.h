@@ -253,6 +253,11 @@ void dev_profile(struct device d, int on);
  * fp32 summation order. -1 when v is not a kernel (nothing changed), 0 otherwise; no effect on CPU devices. */
 int dev_set_f16mma(struct device d, int v);
 
+/* The key splits of GPU d's tensor-core decode attention (a developer's knob for benchmarks): s > 0 that many
+ * (capped at the kernel's 99) wherever the automatic choice takes that kernel, 0 its rule (cuda_attention_decode.cu,
+ * tc_splits). Same op: results differ only by fp32 summation order. No effect on CPU devices. */
+void dev_set_attn_splits(struct device d, int s);
+
 /* ---- graphs: record the ops issued on one device, replay them ---- */
 /* Between dev_graph_begin and dev_graph_end the ops issued on GPU d are recorded, not run. The
  * captured ops must not copy to or from the host, sync, or grow scratch buffers (run the same step

@@ -100,6 +100,8 @@ void cuda_set_gemv16_max(int ordinal, int max);
 /* F16 matmuls of 2..16 tokens on the A-operand tensor-core kernel (cuda/cuda_mem.cu; values in
  * cuda/cuda_quant.cuh: 0 cuBLAS, the default; 1 the kernel's default shape; 2..5 a forced shape, from one token) */
 void cuda_set_f16mma(int ordinal, int v);
+/* dev_set_attn_splits on a GPU (cuda/cuda_mem.cu) */
+void cuda_set_attn_splits(int ordinal, int s);
 /* a short name for a cuda_set_f16mma value (cuda/cuda_qgemv.cu), "?" for others; cuda_f16mma_default: the
  * value of the shape that 1 runs */
 const char *cuda_f16mma_name(int v);

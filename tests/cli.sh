@@ -114,6 +114,11 @@ for bad in small+small early+ fast ""; do
     "$BIN" bench --model $MODEL --device cpu --only decode16 --overlap "$bad" >$tmp/bo 2>&1; rc=$?
     check "bench --overlap '$bad' is refused" '[ $rc = 1 ] && grep -q "a .+.-joined list of all, quant, small, early" $tmp/bo'
 done
+# bench --attn-splits: 0..99 (no effect on the CPU); outside that refused with the range
+"$BIN" bench --model $MODEL --device cpu --only decode16 --reps 1 --decode-steps 2 --attn-splits 16 >$tmp/bs 2>&1; rc=$?
+check "bench --attn-splits 16 is taken" '[ $rc = 0 ] && grep -q "^decode16 " $tmp/bs'
+"$BIN" bench --model $MODEL --device cpu --only decode16 --attn-splits 100 >$tmp/bs 2>&1; rc=$?
+check "bench --attn-splits 100 is refused" '[ $rc = 1 ] && grep -q "attn-splits" $tmp/bs'
 
 echo "cli: $pass passed, $fail failed"
 [ $fail = 0 ]

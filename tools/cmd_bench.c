@@ -918,6 +918,8 @@ static const char BENCH_HELP[] =
     "                       (docs/CUDA.md, \"The quantized decode GEMV\")\n"
     "  --prof-step ROWS:N   (developers) the Nth batched decode step of ROWS rows runs between\n"
     "                       cudaProfilerStart and Stop: `ncu --profile-from-start off` sees that step only\n"
+    "  --attn-splits S      (developers) the tensor-core decode attention's key splits: S (1..99) where the\n"
+    "                       automatic choice takes that kernel, 0 its rule (the default)\n"
     "  --f16mma V           (developers) F16 matmuls of 2..16 tokens (the batched step): 0 cuBLAS (the\n"
     "                       default), 1 the quantized GEMV's tensor-core kernel on F16 weights, 2..5 its\n"
     "                       launch shapes (docs/CUDA.md, \"The quantized decode GEMV\")\n"
@@ -972,7 +974,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1, whole_batches = 0;
+    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1, whole_batches = 0, attn_splits = -1;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -1051,6 +1053,9 @@ int cmd_bench(int argc, char **argv)
                 goto out;
             }
             f16mma = (int)n;
+        } else if (!strcmp(f, "--attn-splits")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 99, &n, &e)) goto out;
+            attn_splits = (int)n;
         } else if (!strcmp(f, "--peak-gbs")) {
             if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
             char *end;
@@ -1106,6 +1111,7 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; f16mma >= 0 && i < bi.n_gpus; i++) dev_set_f16mma(device_cuda(i), f16mma);
     for (int i = 0; overlap >= 0 && i < bi.n_gpus; i++) dev_set_overlap(device_cuda(i), overlap);
     for (int i = 0; fuse >= 0 && i < bi.n_gpus; i++) dev_set_fuse(device_cuda(i), fuse);
+    for (int i = 0; attn_splits >= 0 && i < bi.n_gpus; i++) dev_set_attn_splits(device_cuda(i), attn_splits);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
         for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {

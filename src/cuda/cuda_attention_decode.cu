@@ -1246,6 +1246,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
          * session 10, B = 64, one split: 512 keys 42.4 us vs 46.8 with 4 warps, 1,024 keys 72.9 vs 76.7; at
          * 4,096 keys 4 warps stay ahead, 256 vs 268) */
         if (variant < 0 && rows && groups >= 512 && keys <= 2048) W = 2;
+        if (S == 0 && variant < 0 && c->attn_splits > 0) S = c->attn_splits < TC_MAX_SPLIT ? c->attn_splits : TC_MAX_SPLIT;
         if (S == 0) S = tc_splits(c, groups, W, keys);
         a.nsplit = S;
         if (S > 1) {

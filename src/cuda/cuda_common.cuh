@@ -130,6 +130,7 @@ struct cuda_ctx {
     int pdl_small;              /* the decode step's small kernels (norms, RoPE + KV append, SwiGLU, the decode
                                    attention, argmax, embedding, position add) launched as programmatic dependents
                                    of the kernel before them (cuda_launch_dep; cuda_set_pdl) */
+    int attn_splits;            /* > 0: the tensor-core decode attention's split count (dev_set_attn_splits) */
     int attn_early;             /* with pdl_small and no GEMV launched as a dependent: the decode attention reads
                                    what earlier steps wrote before its pdl_wait (attn_dec_args.early) */
     int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */

@@ -139,6 +139,8 @@ extern "C" void cuda_set_pdl(int ordinal, int f16, int quant, int small, int ear
     c->attn_early = early && c->pdl_small && !c->pdl && !c->pdl_q;
 }
 
+extern "C" void cuda_set_attn_splits(int ordinal, int s) { cuda_ctx_get(ordinal)->attn_splits = s > 0 ? s : 0; }
+
 extern "C" void cuda_profile(int ordinal, int on)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
