@@ -226,8 +226,26 @@ __global__ void __launch_bounds__(256, 4) ring(const unsigned char *__restrict__
     if (t == 0) y[row0 + g] = __float2half_rn(acc[0]), y[row0 + g + 8] = __float2half_rn(acc[2]);
 }
 
+/* one mode: 9 warm-up launches, then 180 timed ones cycling through the NB copies of the matrix */
+constexpr int NB = 9;
+template <typename O>
+static int time_mode(int mode, void (*kern)(const unsigned char *, const uint4 *, O *), const unsigned char *w,
+                     const uint4 *x, O *out, cudaEvent_t e0, cudaEvent_t e1)
+{
+    for (int i = 0; i < 9; i++) kern<<<R / 16, 256>>>(w + (size_t)(i % NB) * R * RB, x, out);
+    CK(cudaEventRecord(e0));
+    const int reps = 180;
+    for (int i = 0; i < reps; i++) kern<<<R / 16, 256>>>(w + (size_t)(i % NB) * R * RB, x, out);
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    printf("qprobe mode %d: %.2f us per %.1f MB, %.0f GB/s\n", mode, ms * 1e3 / reps, R * RB * 1e-6,
+           (double)R * RB / (ms / reps * 1e-3) / 1e9);
+    return 0;
+}
+
 int main() {
-    const int NB = 9;
     unsigned char *w; uint4 *x; unsigned *sink;
     CK(cudaMalloc(&w, (size_t)NB * R * RB));
     CK(cudaMalloc(&x, 8192));
@@ -238,31 +256,13 @@ int main() {
     void (*ks[11])(const unsigned char *, const uint4 *, unsigned *) = {probe<0>, probe<1>, probe<2>, probe<3>, probe<4>,
                                                                         probe<5>, probe<6>, probe<7>, probe<8>, probe<9>,
                                                                         probe<10>};
-    for (int mode = 0; mode < 11; mode++) {
-        for (int i = 0; i < 9; i++) ks[mode]<<<R / 16, 256>>>(w + (size_t)(i % NB) * R * RB, x, sink);
-        CK(cudaEventRecord(e0));
-        const int reps = 180;
-        for (int i = 0; i < reps; i++) ks[mode]<<<R / 16, 256>>>(w + (size_t)(i % NB) * R * RB, x, sink);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms; cudaEventElapsedTime(&ms, e0, e1);
-        printf("qprobe mode %d: %.2f us per %.1f MB, %.0f GB/s\n", mode, ms * 1e3 / reps, R * RB * 1e-6,
-               (double)R * RB / (ms / reps * 1e-3) / 1e9);
-    }
+    for (int mode = 0; mode < 11; mode++)
+        if (time_mode(mode, ks[mode], w, x, sink, e0, e1)) return 1;
     __half *y;
     CK(cudaMalloc(&y, R * 8 * sizeof(__half)));
     void (*rs[8])(const unsigned char *, const uint4 *, __half *) = {ring<11>, ring<12>, ring<13>, ring<14>, ring<15>,
                                                                      ring<16>, ring<17>, ring<18>};
-    for (int m = 0; m < 8; m++) {
-        for (int i = 0; i < 9; i++) rs[m]<<<R / 16, 256>>>(w + (size_t)(i % NB) * R * RB, x, y);
-        CK(cudaEventRecord(e0));
-        const int reps = 180;
-        for (int i = 0; i < reps; i++) rs[m]<<<R / 16, 256>>>(w + (size_t)(i % NB) * R * RB, x, y);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms; cudaEventElapsedTime(&ms, e0, e1);
-        printf("qprobe mode %d: %.2f us per %.1f MB, %.0f GB/s\n", 11 + m, ms * 1e3 / reps, R * RB * 1e-6,
-               (double)R * RB / (ms / reps * 1e-3) / 1e9);
-    }
+    for (int m = 0; m < 8; m++)
+        if (time_mode(11 + m, rs[m], w, x, y, e0, e1)) return 1;
     return 0;
 }
