@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backend_impl.h"
+#include "quant.h"
 
 static bool is_float(enum dtype t) { return t == DTYPE_F32 || t == DTYPE_F16 || t == DTYPE_BF16; }
 
@@ -17,6 +18,8 @@ static void check_weight(const struct tensor *w)
         CHECKF(w->ndim == 2 && dtype_row_bytes(w->dtype, w->shape[1]) > 0, "weight %s: %s [%lld, %lld]: not row records",
                w->name ? w->name : "?", dtype_name(w->dtype), (long long)w->shape[0],
                (long long)(w->ndim > 1 ? w->shape[1] : 0));
+    CHECKF(!w->tiled || (w->dev.kind == DEVICE_CUDA && quant_tiles_ok(w->dtype, w->shape[0], w->shape[1])),
+           "weight %s: tiles only for quantized GPU weights of whole tiles", w->name ? w->name : "?");
 }
 
 static void check_same_dev(const struct tensor *a, const struct tensor *b)
@@ -281,6 +284,64 @@ void op_scale(struct tensor *y, const struct tensor *x, float s)
     DISPATCH(y->dev, scale, y, x, s);
 }
 
+bool op_weight_tiled(struct device dev, enum dtype dt, int64_t rows, int64_t k)
+{
+    return dev.kind == DEVICE_CUDA && quant_tiles_ok(dt, rows, k);
+}
+
+/* bytes between any two devices (host to host: memcpy) */
+static void copy_bytes(struct device dd, void *d, struct device sd, const void *s, size_t n)
+{
+    if (dd.kind == DEVICE_CPU && sd.kind == DEVICE_CPU) {
+        memcpy(d, s, n);
+        return;
+    }
+#ifdef MINICPMV_CUDA
+    cuda_memcpy(dd, d, sd, s, n);
+#else
+    CHECKF(0, "cross-device copy needs CUDA");
+#endif
+}
+
+/* op_copy between row records and tiles (quant.h), through host buffers of whole tiles */
+static void copy_tiles(struct tensor *dst, const struct tensor *src)
+{
+    CHECKF(dst->ndim == 2 && src->ndim == 2 && tensor_same_shape(dst, src), "copy %s <-> tiles: 2-D weights of one shape",
+           src->name ? src->name : "?");
+    CHECKF((!dst->tiled || dst->dev.kind == DEVICE_CUDA) && (!src->tiled || src->dev.kind == DEVICE_CUDA),
+           "tiled weights live on GPUs only");
+    const enum dtype dt = src->dtype;
+    const int64_t rows = src->shape[0], k = src->shape[1], rb = (int64_t)dtype_row_bytes(dt, k);
+    CHECK(quant_tiles_ok(dt, rows, k));
+    int64_t chunk = ((int64_t)8 << 20) / (16 * rb) * 16; /* rows per round, whole tiles */
+    if (chunk < 16) chunk = 16;
+    if (chunk > rows) chunk = rows;
+    struct err e;
+    uint8_t *a = dev_alloc(device_cpu(), (size_t)(chunk * rb), &e), *b = dev_alloc(device_cpu(), (size_t)(chunk * rb), &e);
+    CHECKF(a && b, "%s", e.msg);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t m = rows - r0 < chunk ? rows - r0 : chunk;
+        const size_t off = (size_t)(r0 * rb), nb = (size_t)(m * rb);
+        const uint8_t *rec = a; /* the chunk as records */
+        if (src->tiled) {
+            copy_bytes(device_cpu(), b, src->dev, (const uint8_t *)src->data + off, nb);
+            quant_tiles_convert(a, b, dt, m, k, false);
+        } else if (src->dev.kind == DEVICE_CPU) {
+            rec = (const uint8_t *)src->data + off;
+        } else {
+            copy_bytes(device_cpu(), a, src->dev, (const uint8_t *)src->data + off, nb);
+        }
+        if (dst->tiled) {
+            quant_tiles_convert(b, rec, dt, m, k, true);
+            copy_bytes(dst->dev, (uint8_t *)dst->data + off, device_cpu(), b, nb);
+        } else {
+            copy_bytes(dst->dev, (uint8_t *)dst->data + off, device_cpu(), rec, nb);
+        }
+    }
+    dev_free(device_cpu(), a);
+    dev_free(device_cpu(), b);
+}
+
 void op_copy(struct tensor *dst, const struct tensor *src)
 {
     CHECKF(tensor_numel(dst) == tensor_numel(src), "copy of %lld elements into %lld", (long long)tensor_numel(src),
@@ -288,6 +349,10 @@ void op_copy(struct tensor *dst, const struct tensor *src)
     CHECKF(dst->dtype == src->dtype || (!dtype_is_quant(dst->dtype) && !dtype_is_quant(src->dtype)),
            "copy %s -> %s: quantized tensors are copied as bytes, never converted", dtype_name(src->dtype),
            dtype_name(dst->dtype));
+    if (dst->tiled != src->tiled) {
+        copy_tiles(dst, src);
+        return;
+    }
     if (device_eq(dst->dev, src->dev)) {
         if (dst->data == src->data && dst->dtype == src->dtype) return;
         DISPATCH(dst->dev, convert, dst, src);

@@ -108,6 +108,10 @@ void op_scale(struct tensor *y, const struct tensor *x, float s);
  * device (the bytes are staged in pinned memory first, so src may be reused at once; the copy runs
  * in stream order, after the ops queued before it); GPU -> host returns when dst holds the data. */
 void op_copy(struct tensor *dst, const struct tensor *src);
+/* Whether a quantized weight [rows, k] of dtype dt takes 16-row tiles on dev (quant.h "Tiles"): on a CUDA
+ * device when quant_tiles_ok; never on the CPU. The code that places weights sets `tiled` from it; op_copy
+ * converts between records and tiles when dst->tiled != src->tiled (whole 2-D weights, any devices). */
+bool op_weight_tiled(struct device dev, enum dtype dt, int64_t rows, int64_t k);
 /* Index of the largest value in each row of x[n, V] (F32), written to host array out[n]. */
 void op_argmax(const struct tensor *x, int32_t *out);
 

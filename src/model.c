@@ -521,6 +521,7 @@ static int place(struct model *m, const struct safetensors *st, const struct mod
         struct tensor dt_ = host;
         dt_.data = d;
         dt_.dev = dev;
+        dt_.tiled = host.ndim == 2 && op_weight_tiled(dev, host.dtype, host.shape[0], host.shape[1]);
         op_copy(&dt_, &host);
         free(tmp);
         *out = dt_;
@@ -568,6 +569,10 @@ static int place_joined(struct model *m, const struct safetensors *st, const str
     if (!rc) {
         *joined = host[0].ndim == 2 ? tensor_make(host[0].dtype, dev, NULL, 2, rows, host[0].shape[1])
                                     : tensor_make(host[0].dtype, dev, NULL, 1, rows);
+        /* tiles when every part is whole tiles (each part is then converted on its own) */
+        joined->tiled = host[0].ndim == 2;
+        for (int i = 0; i < n; i++)
+            joined->tiled &= op_weight_tiled(dev, host[0].dtype, host[i].shape[0], host[0].shape[1]);
         if (in_place) {
             joined->data = host[0].data; /* a zero-copy view of the read-only map, like place() */
         } else if (!(joined->data = dev_alloc(dev, tensor_nbytes(joined), e))) {

@@ -637,3 +637,38 @@ void quant_bnb_quantize(const void *w, enum dtype sdt, int64_t numel, const floa
     struct nested_job nj = {absmax_f32, nblocks, nested_map, absmax_u8, nested_absmax};
     par_for((nblocks + QUANT_BNB_NESTED_BLOCK - 1) / QUANT_BNB_NESTED_BLOCK, n_threads, nested_range, &nj);
 }
+
+/* ---- tiles (quant.h) ---- */
+
+bool quant_tiles_ok(enum dtype dt, int64_t rows, int64_t k)
+{
+    const int64_t step = dt == DTYPE_Q8 ? 64 : 128; /* values of 64 code bytes */
+    return dtype_is_quant(dt) && rows > 0 && rows % 16 == 0 && k > 0 && k % step == 0;
+}
+
+void quant_tiles_convert(void *dst, const void *src, enum dtype dt, int64_t rows, int64_t k, bool to_tiles)
+{
+    CHECKF(quant_tiles_ok(dt, rows, k), "%s [%lld, %lld] cannot take 16-row tiles", dtype_name(dt), (long long)rows,
+           (long long)k);
+    const int64_t rb = (int64_t)dtype_row_bytes(dt, k), cb = dt == DTYPE_Q8 ? k : k / 2;
+    const int sb = dt == DTYPE_NF4 ? 4 : 2;
+    const int64_t ng = dt == DTYPE_Q8 ? 1 : k / 64;
+    const bool q8 = dt == DTYPE_Q8;
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    if (to_tiles) /* the padding of each tile */
+        for (int64_t t = 0; t < rows / 16; t++) memset(d + t * 16 * rb + 16 * (cb + ng * sb), 0, (size_t)(16 * (rb - cb - ng * sb)));
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t p = 0; p < cb; p += 64) {
+            const int64_t rec = r * rb + p, til = quant_tile_code(r, p, rb);
+            if (to_tiles) memcpy(d + til, s + rec, 64);
+            else memcpy(d + rec, s + til, 64);
+        }
+        for (int64_t gi = 0; gi < ng; gi++) {
+            const int64_t rec = r * rb + cb + gi * sb, til = quant_tile_scale(r, gi, rb, cb, sb, q8);
+            if (to_tiles) memcpy(d + til, s + rec, (size_t)sb);
+            else memcpy(d + rec, s + til, (size_t)sb);
+        }
+        if (!to_tiles) memset(d + r * rb + cb + ng * sb, 0, (size_t)(rb - cb - ng * sb));
+    }
+}

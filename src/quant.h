@@ -23,6 +23,7 @@
 #ifndef MINICPMV_QUANT_H
 #define MINICPMV_QUANT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common.h"
@@ -49,6 +50,41 @@ int quant_quantize_tensor(void *dst, enum dtype dt, const void *src, enum dtype 
 /* The same for f32 rows, on quant_threads() threads. */
 int quant_quantize_rows(void *dst, enum dtype dt, const float *src, int64_t n, int64_t k, const char *what,
                         struct err *e);
+
+/* ---- Tiles: the GPU layout of a quantized weight (docs/QUANT.md "Tiles") ----
+ * A weight [rows, k] with rows % 16 == 0 and 64-byte steps of codes per row (Q4 and NF4: k % 128 == 0, Q8:
+ * k % 64 == 0) is stored on a GPU in tiles of 16 rows (struct tensor's `tiled`; op_copy converts). A tile
+ * takes the 16 rb bytes its 16 records would (rb = dtype_row_bytes, cb the code bytes of a row, sb the bytes
+ * of a scale: 2, NF4 4), in this order:
+ *   codes:  step s = 0 .. cb / 64 - 1 at 1024 s: row r (0..15) of the tile's 64 code bytes p = 64 s .. 64 s + 63
+ *           at 1024 s + 64 r (the bytes as in the record)
+ *   scales: at 16 cb; Q4 / NF4 group gi of row r at 16 cb + (32 (gi / 2) + 2 r + gi % 2) sb (a step's two
+ *           groups of the 16 rows together), Q8 row r's scale at 16 cb + 2 r
+ *   zeros to 16 rb.
+ * A warp of the decode GEMV reads a step of its tile as one 1 KiB run and the step's scales as 32 sb bytes
+ * (docs/CUDA.md). The offsets below, in bytes from the weight's start, serve the conversion and every GPU
+ * reader that addresses single bytes. */
+#ifdef __CUDACC__
+#define QUANT_HD __host__ __device__
+#else
+#define QUANT_HD
+#endif
+/* Whether a quantized [rows, k] weight of dtype dt can take tiles. */
+bool quant_tiles_ok(enum dtype dt, int64_t rows, int64_t k);
+/* Code byte p (0 .. cb - 1) of row r; rb: record bytes. */
+QUANT_HD static inline int64_t quant_tile_code(int64_t r, int64_t p, int64_t rb)
+{
+    return (r >> 4) * 16 * rb + (p >> 6) * 1024 + (r & 15) * 64 + (p & 63);
+}
+/* Scale gi of row r (Q8: gi = 0, its one scale); cb: code bytes of a row, sb: bytes of a scale. */
+QUANT_HD static inline int64_t quant_tile_scale(int64_t r, int64_t gi, int64_t rb, int64_t cb, int sb, bool q8)
+{
+    const int64_t base = (r >> 4) * 16 * rb + 16 * cb;
+    return q8 ? base + 2 * (r & 15) : base + (32 * (gi >> 1) + 2 * (r & 15) + (gi & 1)) * sb;
+}
+/* rows (a multiple of 16) row records at src to tiles at dst, or (to_tiles false) back; dst and src do not
+ * overlap. */
+void quant_tiles_convert(void *dst, const void *src, enum dtype dt, int64_t rows, int64_t k, bool to_tiles);
 
 /* ---- bitsandbytes NF4 (Params4bit with compress_statistics, blocksize 64, nested blocksize 256) ---- */
 #define QUANT_BNB_BLOCK 64

@@ -104,6 +104,8 @@ struct tensor tensor_rows_view(const struct tensor *t, int64_t start, int64_t co
     CHECK(t->ndim >= 1);
     CHECKF(start >= 0 && count >= 0 && start + count <= t->shape[0], "rows [%lld,+%lld) of %lld",
            (long long)start, (long long)count, (long long)t->shape[0]);
+    CHECKF(!t->tiled || (start % 16 == 0 && count % 16 == 0), "rows [%lld,+%lld) of tiled %s: not whole 16-row tiles",
+           (long long)start, (long long)count, t->name ? t->name : "weight");
     struct tensor v = *t;
     v.shape[0] = count;
     struct tensor row = *t;

@@ -34,6 +34,10 @@ struct tensor {
     void *data;
     struct device dev;
     const char *name; /* for messages; may be NULL */
+    /* A quantized weight on a GPU in 16-row tiles (quant.h "Tiles"; op_weight_tiled decides, op_copy converts
+     * to and from row records): the same bytes per 16 rows as 16 records, so byte counts and views whose rows
+     * start and end on tile boundaries (checked) work as for records. false everywhere else. */
+    bool tiled;
 };
 
 static inline struct device device_cpu(void) { struct device d = {DEVICE_CPU, 0}; return d; }
@@ -60,7 +64,8 @@ int64_t tensor_row_numel(const struct tensor *t);
 /* A tensor over existing memory. ndim values follow. */
 struct tensor tensor_make(enum dtype dt, struct device dev, void *data, int ndim, ...);
 /* Rows [start, start+count) along dim 0; same dtype, device, inner shape (for a quantized tensor the
- * view starts at a record boundary: row records are self-contained). */
+ * view starts at a record boundary: row records are self-contained; a tiled one needs start and count
+ * multiples of 16). */
 struct tensor tensor_rows_view(const struct tensor *t, int64_t start, int64_t count);
 /* Same memory viewed with another shape of equal numel (a quantized tensor keeps its last dim). */
 struct tensor tensor_reshape(const struct tensor *t, int ndim, ...);

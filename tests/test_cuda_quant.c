@@ -80,18 +80,79 @@ static struct tensor q_rand(enum dtype dt, int64_t o, int64_t k)
     return w;
 }
 
+/* 0: quantized weights go to the GPU in 16-row tiles where op_weight_tiled says so (as the model places them);
+ * 1: as row records (the layout the kernels of cuda_quant.cu also read, and the only one for other shapes) */
+static int g_records;
+
 static struct tensor d_of(const struct tensor *h) /* device copy of a host tensor of any dtype */
 {
-    return d_from(h);
+    if (!dtype_is_quant(h->dtype) || h->ndim != 2) return d_from(h);
+    struct tensor d = *h;
+    struct err e;
+    d.dev = device_cuda(0);
+    d.tiled = !g_records && op_weight_tiled(d.dev, h->dtype, h->shape[0], h->shape[1]);
+    d.data = dev_alloc(d.dev, tensor_nbytes(h), &e);
+    CHECKF(d.data, "%s", e.msg);
+    op_copy(&d, h);
+    return d;
+}
+
+/* Records -> tiles on the GPU -> records: the same bytes; the device bytes are the tiles of quant.h at the
+ * offsets written out here (not through quant_tile_code): row r's code byte p at (r / 16) 16 rb + (p / 64) 1024
+ * + (r % 16) 64 + p % 64, Q4 group gi of row r at (r / 16) 16 rb + 16 cb + (32 (gi / 2) + 2 (r % 16) + gi % 2) 2 */
+static void test_tiles_copy(void)
+{
+    static const struct { int64_t o, k; } sh[] = {{48, 256}, {32, 4096}, {16, 14336}};
+    for (int f = 0; f < 3; f++)
+        for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
+            const enum dtype dt = FMTS[f];
+            const int64_t o = sh[s].o, k = sh[s].k, rb = (int64_t)dtype_row_bytes(dt, k);
+            const int64_t cb = dt == DTYPE_Q8 ? k : k / 2, sb = dt == DTYPE_NF4 ? 4 : 2;
+            struct tensor w = q_rand(dt, o, k), dw = d_of(&w);
+            T_ASSERTF(dw.tiled, "%s [%lld, %lld] takes tiles", dtype_name(dt), (long long)o, (long long)k);
+            const size_t nb = tensor_nbytes(&w);
+            uint8_t *raw = malloc(nb), *back = malloc(nb);
+            CHECK(raw && back);
+            struct tensor braw = tensor_make(DTYPE_U8, dw.dev, dw.data, 1, (int64_t)nb);
+            struct tensor hraw = tensor_make(DTYPE_U8, device_cpu(), raw, 1, (int64_t)nb);
+            op_copy(&hraw, &braw); /* the device bytes as they lie */
+            struct tensor hb = w;
+            hb.data = back;
+            op_copy(&hb, &dw); /* tiles -> records */
+            int64_t bad = 0;
+            const uint8_t *rec = w.data;
+            for (int64_t r = 0; r < o; r++) {
+                const int64_t tb = (r / 16) * 16 * rb;
+                for (int64_t p = 0; p < cb; p++)
+                    bad += raw[tb + (p / 64) * 1024 + (r % 16) * 64 + p % 64] != rec[r * rb + p];
+                const int64_t ng = dt == DTYPE_Q8 ? 1 : k / 64;
+                for (int64_t gi = 0; gi < ng; gi++)
+                    for (int64_t b = 0; b < sb; b++) {
+                        const int64_t at = dt == DTYPE_Q8 ? tb + 16 * cb + 2 * (r % 16) + b
+                                                          : tb + 16 * cb + (32 * (gi / 2) + 2 * (r % 16) + gi % 2) * sb + b;
+                        bad += raw[at] != rec[r * rb + cb + gi * sb + b];
+                    }
+            }
+            const int same = !memcmp(back, w.data, nb);
+            printf("  tiles %-4s [%5lld, %5lld]: %lld bytes misplaced, round trip %s\n", dtype_name(dt), (long long)o,
+                   (long long)k, (long long)bad, same ? "equal" : "DIFFERS");
+            T_ASSERTF(bad == 0 && same, "tiles %s [%lld, %lld]", dtype_name(dt), (long long)o, (long long)k);
+            free(raw);
+            free(back);
+            free(w.data);
+            t_free(&dw);
+        }
 }
 
 /* GPU dequantization == quant_dequant_rows_f16, bit for bit */
 static void test_dequant(void)
 {
-    static const struct { int64_t o, k; } sh[] = {{64, 4096}, {48, 4304}, {40, 14336}, {8, 16}, {8, 48}};
+    static const struct { int64_t o, k; } sh[] = {{64, 4096}, {48, 4304}, {40, 14336}, {48, 14336}, {8, 16}, {8, 48}};
     for (int f = 0; f < 3; f++)
-        for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++) {
-            const int64_t o = sh[s].o, k = sh[s].k;
+        for (size_t s = 0; s < 2 * (sizeof sh / sizeof sh[0]); s++) {
+            g_records = s & 1; /* each shape in tiles (where it takes them) and as records */
+            const int64_t o = sh[s / 2].o, k = sh[s / 2].k;
+            if (g_records && !op_weight_tiled(device_cuda(0), FMTS[f], o, k)) continue; /* the same run again */
             struct tensor w = q_rand(FMTS[f], o, k), dw = d_of(&w);
             struct tensor d16 = d_new(DTYPE_F16, 2, o, k, 0);
             cuda_quant_dequant(&d16, &dw);
@@ -112,8 +173,8 @@ static void test_dequant(void)
                     }
                     bad++;
                 }
-            printf("  dequant %-4s [%6lld, %5lld]: %lld of %lld differ %s\n", dtype_name(w.dtype), (long long)o,
-                   (long long)k, (long long)bad, (long long)(o * k), bad ? "FAIL" : "ok");
+            printf("  dequant %-4s [%6lld, %5lld] %-7s: %lld of %lld differ %s\n", dtype_name(w.dtype), (long long)o,
+                   (long long)k, dw.tiled ? "tiles" : "records", (long long)bad, (long long)(o * k), bad ? "FAIL" : "ok");
             T_ASSERTF(bad == 0, "dequant %s [%lld, %lld]: %lld values differ", dtype_name(w.dtype), (long long)o,
                       (long long)k, (long long)bad);
             free(ref);
@@ -122,6 +183,7 @@ static void test_dequant(void)
             t_free(&dw);
             t_free(&d16);
         }
+    g_records = 0;
 }
 
 /* The decode kernels the GEMV cases compare (cuda_set_qmma values, src/cuda/cuda_quant.cuh): the default,
@@ -238,12 +300,14 @@ static void onehot_sweep(const struct tensor *dw, const float *wf, int64_t o, in
  * mapping of the mma's k onto the record. n = 16 (two N tiles) and 5 (one, tokens past n standing in). */
 static void test_gemv_exact(void)
 {
-    static const struct { int64_t o, k; } sh[] = {{40, 1024}, {24, 256}, {16, 4352}};
+    static const struct { int64_t o, k; } sh[] = {{40, 1024}, {48, 1024}, {24, 256}, {32, 256}, {16, 4352}};
     static const int nsx[] = {16, 5};
     for (int f = 0; f < 3; f++)
-        for (size_t si = 0; si < sizeof sh / sizeof sh[0]; si++) {
+        for (size_t si = 0; si < 2 * (sizeof sh / sizeof sh[0]); si++) {
             const enum dtype dt = FMTS[f];
-            const int64_t o = sh[si].o, k = sh[si].k;
+            const int64_t o = sh[si / 2].o, k = sh[si / 2].k;
+            g_records = si & 1; /* tiles (where the shape takes them), then records */
+            if (g_records && !op_weight_tiled(device_cuda(0), dt, o, k)) continue; /* the same run again */
             struct tensor w = q_rand(dt, o, k), dw = d_of(&w);
             float *wf = malloc((size_t)(o * k) * sizeof *wf);
             CHECK(wf);
@@ -257,9 +321,9 @@ static void test_gemv_exact(void)
                 snprintf(label, sizeof label, "%s %s", dtype_name(dt), cuda_qmma_name(v));
                 for (size_t ni = 0; ni < sizeof nsx / sizeof nsx[0]; ni++)
                     onehot_sweep(&dw, wf, o, k, nsx[ni], 0, label, &bad, &checked, NULL);
-                printf("  gemv exact %-4s %-7s [%4lld, %4lld]: %lld of %lld weights differ %s\n", dtype_name(dt),
-                       cuda_qmma_name(v), (long long)o, (long long)k, (long long)bad, (long long)checked,
-                       bad ? "FAIL" : "ok");
+                printf("  gemv exact %-4s %-7s [%4lld, %4lld] %-7s: %lld of %lld weights differ %s\n", dtype_name(dt),
+                       cuda_qmma_name(v), (long long)o, (long long)k, dw.tiled ? "tiles" : "records", (long long)bad,
+                       (long long)checked, bad ? "FAIL" : "ok");
                 T_ASSERTF(bad == 0 && checked == 2 * o * k, "gemv exact %s %s [%lld, %lld]: %lld of %lld differ",
                           dtype_name(dt), cuda_qmma_name(v), (long long)o, (long long)k, (long long)bad,
                           (long long)checked);
@@ -269,6 +333,7 @@ static void test_gemv_exact(void)
             free(w.data);
             t_free(&dw);
         }
+    g_records = 0;
 }
 
 static void test_gemm(void)
@@ -466,9 +531,9 @@ static void fused_launched(uint64_t l0, const char *cas)
 static void test_fused(void)
 {
     static const struct { int64_t k; int np; int64_t parts[3]; int norm; } pc[] = {
-        {4096, 3, {4096, 1024, 1024}, 1}, {256, 3, {64, 40, 24}, 1}, {512, 1, {48}, 0}};
-    static const struct { int64_t k, f; int norm; } sc[] = {{4096, 512, 1}, {256, 40, 1}, {256, 32, 0}};
-    static const struct { int64_t k, o; int bias, inplace; } rc[] = {{14336, 64, 0, 1}, {4096, 100, 0, 0}, {256, 40, 1, 1}};
+        {4096, 3, {4096, 1024, 1024}, 1}, {256, 3, {64, 48, 16}, 1}, {512, 1, {48}, 0}};
+    static const struct { int64_t k, f; int norm; } sc[] = {{4096, 512, 1}, {256, 48, 1}, {256, 32, 0}};
+    static const struct { int64_t k, o; int bias, inplace; } rc[] = {{14336, 64, 0, 1}, {4096, 112, 0, 0}, {256, 48, 1, 1}};
     for (int f = 0; f < 3; f++) {
         const enum dtype dt = FMTS[f];
         const int nf4 = dt == DTYPE_NF4;
@@ -918,6 +983,7 @@ int main(int argc, char **argv)
         return t_main_end("test_cuda_quant");
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    T_RUN(test_tiles_copy);
     T_RUN(test_dequant);
     T_RUN(test_gemv_exact);
     T_RUN(test_gemv);

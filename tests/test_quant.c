@@ -604,6 +604,38 @@ static void bench(void)
     free(a8);
 }
 
+/* The GPU tile layout (quant.h "Tiles"): which shapes take it, the bytes at the offsets quant.h writes out
+ * (spelled out here as numbers for one tile position per format, not through quant_tile_code), and records ->
+ * tiles -> records giving the records back (padding zero). */
+static void test_tiles(void)
+{
+    T_ASSERT(quant_tiles_ok(DTYPE_Q4, 32, 256) && quant_tiles_ok(DTYPE_NF4, 16, 4096) && quant_tiles_ok(DTYPE_Q8, 48, 64));
+    T_ASSERT(!quant_tiles_ok(DTYPE_Q4, 40, 256) && !quant_tiles_ok(DTYPE_Q4, 32, 192) && !quant_tiles_ok(DTYPE_Q8, 16, 48));
+    T_ASSERT(!quant_tiles_ok(DTYPE_F16, 16, 256) && !quant_tiles_ok(DTYPE_NF4, 0, 256));
+    static const enum dtype fm[3] = {DTYPE_Q8, DTYPE_Q4, DTYPE_NF4};
+    for (int f = 0; f < 3; f++) {
+        const enum dtype dt = fm[f];
+        const int64_t o = 32, k = 256, rb = (int64_t)dtype_row_bytes(dt, k);
+        uint8_t *rec = malloc((size_t)(o * rb)), *til = malloc((size_t)(o * rb)), *back = malloc((size_t)(o * rb));
+        CHECK(rec && til && back);
+        for (int64_t i = 0; i < o * rb; i++) rec[i] = (uint8_t)(i * 2654435761u >> 13);
+        const int64_t cb = dt == DTYPE_Q8 ? k : k / 2, sb = dt == DTYPE_NF4 ? 4 : 2, pad = rb - cb - (dt == DTYPE_Q8 ? 1 : k / 64) * sb;
+        for (int64_t r = 0; r < o; r++) memset(rec + r * rb + rb - pad, 0, (size_t)pad);
+        quant_tiles_convert(til, rec, dt, o, k, true);
+        /* row 19 (tile 1, row 3), code byte 69 (step 1, byte 5) */
+        T_EQ_INT(til[16 * rb + 1024 + 3 * 64 + 5], rec[19 * rb + 69]);
+        if (dt == DTYPE_Q8) { /* row 19's scale at the tile's 16 cb + 2 * 3 */
+            T_EQ_INT(til[16 * rb + 16 * cb + 6], rec[19 * rb + cb]);
+            T_EQ_INT(til[16 * rb + 16 * cb + 7], rec[19 * rb + cb + 1]);
+        } else { /* row 19's group 3 (step 1, the second group): (32 + 6 + 1) scales into the tile's scales */
+            for (int64_t b = 0; b < sb; b++) T_EQ_INT(til[16 * rb + 16 * cb + 39 * sb + b], rec[19 * rb + cb + 3 * sb + b]);
+        }
+        quant_tiles_convert(back, til, dt, o, k, false);
+        T_ASSERTF(!memcmp(back, rec, (size_t)(o * rb)), "%s: records -> tiles -> records", dtype_name(dt));
+        free(rec), free(til), free(back);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "bench")) {
@@ -611,6 +643,7 @@ int main(int argc, char **argv)
         return 0;
     }
     T_RUN(test_row_bytes);
+    T_RUN(test_tiles);
     T_RUN(test_dequant_reference);
     T_RUN(test_quantize_bounds);
     T_RUN(test_quantize_threads);

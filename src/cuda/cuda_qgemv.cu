@@ -2,13 +2,15 @@
  * weights as the A operand of mma.sync m16n8k16 and x as B (docs/CUDA.md "The quantized decode GEMV"); the
  * same kernel on F16 weights for the batched decode step's 2..16 tokens (cuda_qgemv_f16, when cuda_set_f16mma
  * asks for it).
- * Owns: that kernel and its launch. Does not own: the record layouts (quant.h), the other quantized paths
+ * Owns: that kernel and its launch. Does not own: the record and tile layouts (quant.h), the other quantized paths
  * (cuda_quant.cu: the CUDA-core GEMV, the older kernel with the weights as B, prefill).
  *
  * Shape of the work. A warp owns a tile of 16 output rows; a step of the warp covers KS = 128 (Q4, NF4), 64
  * (Q8) or 32 (F16) values of k of those rows. Lane (g = lane / 4, t = lane % 4) loads 16 bytes of row g and 16
  * bytes of row g + 8, the t-th 16-byte chunk of the step in both (so the 4 lanes of a row read 64 contiguous
- * bytes), and turns them into the A fragments of 8 (Q4), 4 (Q8) or 2 (F16: the halves as they are) mmas:
+ * bytes; quantized weights lie in 16-row tiles, quant.h, where a warp step is one contiguous KiB and its
+ * scales one run of 32 SB bytes; F16 rows are records), and turns them into the A fragments of 8 (Q4), 4
+ * (Q8) or 2 (F16: the halves as they are) mmas:
  * the mma's logical k is mapped onto the lane's own chunk (a dot product does not care in which order k is
  * summed, only that A and B agree), so the B fragment of the same mma is x[token g] at the same positions: 4
  * consecutive halves per mma, which are exactly the words of the lane's 16-byte loads of x. No shuffles and
@@ -321,6 +323,8 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
     static_assert(!NORM || NT == 1, "the fused ops take one token");
     /* a scale per group of 64 (the lane's chunk lies in one), one per row (Q8), or none (F16) */
     constexpr bool GROUPS = F == QA_Q4 || qa_is_nf4(F), ROWSCALE = F == QA_Q8;
+    /* quantized weights come in 16-row tiles (quant.h; cuda_qgemv_a checks w->tiled), F16 as rows */
+    constexpr bool TL = F != QA_F16;
     __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
     __shared__ float2 tab[F == QA_NF4T ? 256 : 1]; /* QA_NF4T's pairs (NF4[b >> 4], NF4[b & 15]) */
     __shared__ __align__(16) __half xs[NORM ? QA_NORM_KMAX : 8]; /* NORM: the staged RMSNorm of h */
@@ -332,32 +336,50 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
     /* hf: which tile of a SwiGLU block (0 gate, 1 up), wl: the warp's index on its tile */
     const int hf = SW ? warp / WE : 0, wl = SW ? warp - hf * WE : warp;
     const int64_t row0 = (int64_t)blockIdx.x * 16, orows = SW ? fz.f : o, rbase = hf ? fz.f : 0;
-    /* rows past orows stand in with the last row (their sums are not stored) */
-    const int64_t ra = rbase + (row0 + gi < orows ? row0 + gi : orows - 1);
-    const int64_t rbw = rbase + (row0 + gi + 8 < orows ? row0 + gi + 8 : orows - 1);
-    const uint8_t *reca = w + ra * rb, *recb = w + rbw * rb;
     const int64_t cbytes = qa_code_bytes(F, k);
     const int nsteps = (int)(k / KS);
     const int ns = wl < nsteps ? (nsteps - wl + WE - 1) / WE : 0; /* this warp's steps: wl + j WE */
 
     /* The warp's step j is at these pointers + j * (its stride); they advance once per round of U steps, so
      * every load of a round has a compile-time offset (the load's immediate) and no address arithmetic.
-     * Codes: the lane's t-th 16 bytes of the step's 64 (+ 4 W uint4 per step). Scales (Q4, NF4): the lane's
-     * chunk of step s lies in group 2s + t / 2 (+ 2 W SB bytes per step); Q8: one scale per row; F16: none.
-     * (QF_SWIGLU: WE warps per tile, wl the warp's index on it, in place of W and warp.) */
-    const uint4 *pa = reinterpret_cast<const uint4 *>(reca) + tig + 4 * wl;
-    const uint4 *pb = reinterpret_cast<const uint4 *>(recb) + tig + 4 * wl;
-    const uint8_t *qa = reca + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * wl) : 0);
-    const uint8_t *qb = recb + cbytes + (GROUPS ? SB * ((tig >> 1) + 2 * wl) : 0);
+     * (QF_SWIGLU: WE warps per tile, wl the warp's index on it, in place of W and warp.)
+     * Tiles (TL): step s of the tile is 1 KiB at 1024 s, rows 0..15 64 bytes each, so lane l reads 16 bytes at
+     * 16 l (row g, chunk t) and 512 + 16 l (row g + 8): + 64 W uint4 per step. Scales (Q4, NF4): the step's
+     * 16 rows x 2 groups at 16 cb + 32 SB s, row r's at 2 r SB; the lane's chunk lies in group 2s + t / 2
+     * (+ 32 W SB bytes per step); Q8: row r's one scale at 16 cb + 2 r. (Every row of a tile exists: tiled
+     * weights have rows % 16 == 0.)
+     * Rows (F16): codes the lane's t-th 16 bytes of the step's 64 in the row's record (+ 4 W uint4 per step);
+     * rows past orows stand in with the last row (their sums are not stored). */
+    constexpr int CST = TL ? 64 * WE : 4 * WE;      /* uint4 of codes per warp step */
+    constexpr int SST = TL ? 32 * WE * SB : 2 * WE * SB; /* bytes of group scales per warp step */
+    const uint4 *pa, *pb;
+    const uint8_t *qa = NULL, *qb = NULL;
+    if constexpr (TL) {
+        const uint8_t *tile = w + (rbase + row0) * rb;
+        pa = reinterpret_cast<const uint4 *>(tile) + lane + 64 * wl;
+        pb = pa + 32;
+        if (GROUPS) {
+            qa = tile + 16 * cbytes + SB * (2 * gi + (tig >> 1) + 32 * wl);
+            qb = qa + 16 * SB;
+        } else {
+            qa = tile + 16 * cbytes + 2 * gi;
+            qb = qa + 16;
+        }
+    } else {
+        const int64_t ra = rbase + (row0 + gi < orows ? row0 + gi : orows - 1);
+        const int64_t rbw = rbase + (row0 + gi + 8 < orows ? row0 + gi + 8 : orows - 1);
+        pa = reinterpret_cast<const uint4 *>(w + ra * rb) + tig + 4 * wl;
+        pb = reinterpret_cast<const uint4 *>(w + rbw * rb) + tig + 4 * wl;
+    }
     uint4 ca[U], cb[U];
     uint32_t sa_[U], sb_[U]; /* the step's scale words of rows g and g + 8 */
     /* step `off` steps of the warp ahead of the round's first into slot u */
     auto load = [&](int u, int off) {
-        ca[u] = __ldcs(pa + 4 * WE * off);
-        cb[u] = __ldcs(pb + 4 * WE * off);
+        ca[u] = __ldcs(pa + CST * off);
+        cb[u] = __ldcs(pb + CST * off);
         if (GROUPS) {
-            sa_[u] = qa_ld_scale<F>(qa + 2 * WE * SB * off);
-            sb_[u] = qa_ld_scale<F>(qb + 2 * WE * SB * off);
+            sa_[u] = qa_ld_scale<F>(qa + SST * off);
+            sb_[u] = qa_ld_scale<F>(qb + SST * off);
         }
     };
 #pragma unroll
@@ -427,11 +449,11 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
              * are in flight while a step is computed, U in between */
             if (j + U < ns) load(u, u + U);
         }
-        pa += 4 * WE * U;
-        pb += 4 * WE * U;
+        pa += CST * U;
+        pb += CST * U;
         if (GROUPS) {
-            qa += 2 * WE * SB * U;
-            qb += 2 * WE * SB * U;
+            qa += SST * U;
+            qb += SST * U;
         }
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) xq[nt] += XS * U;
@@ -551,7 +573,7 @@ static bool qa_nf4t(struct cuda_ctx *c, struct tensor *y, const struct tensor *x
 {
     const int64_t n = x->shape[0], k = x->shape[1];
     if (c->code_arch < 80 || x->dtype != DTYPE_F16 || ((uintptr_t)x->data & 15) || n < 1 || n > 16 ||
-        w->dtype != DTYPE_NF4 || k % qa_ks(QA_NF4T) != 0)
+        w->dtype != DTYPE_NF4 || !w->tiled)
         return false;
     const bool two = n > 8; /* shape 4 of qa_launch_s */
     if (c->pdl) {
@@ -627,9 +649,8 @@ static void qa_fused_launch(struct cuda_ctx *c, const struct tensor *x, const st
 static bool qa_fused_ok(const struct cuda_ctx *c, const struct tensor *x, const struct tensor *w, const struct tensor *nw)
 {
     const int64_t k = x->shape[1];
-    const bool fmt = (w->dtype == DTYPE_Q4 && k % qa_ks(QA_Q4) == 0) || (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) ||
-                     (w->dtype == DTYPE_Q8 && k % qa_ks(QA_Q8) == 0);
-    return c->qmma == QMMA_AUTO && c->code_arch >= 80 && fmt && (!nw || k <= QA_NORM_KMAX) && x->dtype == DTYPE_F16 &&
+    /* tiles: Q4 / NF4 with k % 128 == 0, Q8 with k % 64 == 0, rows % 16 == 0 (quant_tiles_ok) */
+    return c->qmma == QMMA_AUTO && c->code_arch >= 80 && w->tiled && (!nw || k <= QA_NORM_KMAX) && x->dtype == DTYPE_F16 &&
            x->shape[0] == 1 && !((uintptr_t)x->data & 15);
 }
 
@@ -658,7 +679,8 @@ bool cuda_qgemv_rmsnorm_matmul(struct cuda_ctx *c, struct tensor *const *ys, int
 bool cuda_qgemv_rmsnorm_swiglu(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *nw,
                                float eps, const struct tensor *w)
 {
-    if (!qa_fused_ok(c, x, w, nw) || y->dtype != DTYPE_F16) return false;
+    /* the up rows start at tile f / 16 */
+    if (!qa_fused_ok(c, x, w, nw) || y->dtype != DTYPE_F16 || y->shape[1] % 16) return false;
     struct qa_fuse fz;
     memset(&fz, 0, sizeof fz);
     fz.y[0] = (__half *)y->data;
@@ -749,15 +771,18 @@ bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, 
     const int64_t n = x->shape[0], k = x->shape[1];
     if (c->code_arch < 80 || x->dtype != DTYPE_F16 || ((uintptr_t)x->data & 15) || n < 1 || n > 16) return false;
     const int shape = v != QMMA_AUTO ? v - QMMA_A0 : n == 1 && k >= 8192 ? QA_AUTO_LONG_K : QA_AUTO;
-    if (w->dtype == DTYPE_Q4 && k % qa_ks(QA_Q4) == 0) {
+    /* the kernel reads 16-row tiles (quant.h): Q4 / NF4 with k % 128 == 0 (so the group is 64), Q8 with k % 64
+     * == 0, rows % 16 == 0; row records take the kernels of cuda_quant.cu */
+    if (!w->tiled) return false;
+    if (w->dtype == DTYPE_Q4) {
         qa_launch<QA_Q4>(c, y, x, w, bias, shape);
         return true;
     }
-    if (w->dtype == DTYPE_Q8 && k % qa_ks(QA_Q8) == 0) {
+    if (w->dtype == DTYPE_Q8) {
         qa_launch<QA_Q8>(c, y, x, w, bias, shape);
         return true;
     }
-    if (w->dtype == DTYPE_NF4 && k % qa_ks(QA_NF4) == 0) { /* then the absmax group is 64 */
+    if (w->dtype == DTYPE_NF4) {
         qa_launch<QA_NF4>(c, y, x, w, bias, v == QMMA_AUTO ? QA_AUTO_NF4 : shape);
         return true;
     }

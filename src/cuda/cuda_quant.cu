@@ -1,5 +1,6 @@
-/* cuda_quant.cu: matmuls whose weight is quantized (DTYPE_Q8, DTYPE_Q4, DTYPE_NF4 row records;
- * layouts in docs/QUANT.md and quant.h, semantics in backend.h: the op on the F16 dequantization).
+/* cuda_quant.cu: matmuls whose weight is quantized (DTYPE_Q8, DTYPE_Q4, DTYPE_NF4 row records, or 16-row
+ * tiles where w->tiled: every kernel here reads both; layouts in docs/QUANT.md and quant.h, semantics in
+ * backend.h: the op on the F16 dequantization).
  * Decode (n <= 16, F16 x): Q4, Q8 and NF4 go to cuda_qgemv.cu (weights as the mma's A operand) where it
  * applies; otherwise (k not a multiple of its step, or another cuda_set_qmma variant) the tensor-core kernel
  * below (weights as the mma's B operand, n <= 16) or, n <= 8, a CUDA-core GEMV that reads each record once
@@ -96,16 +97,37 @@ __device__ __forceinline__ float q_absmax(const uint8_t *scales, int64_t gi)
     return __ldg(reinterpret_cast<const float *>(scales) + gi);
 }
 
+/* Where a row's bytes lie (quant.h): in its record (rb apart), or in its 16-row tile. For row r:
+ *   q_row_codes  its first 16 code bytes (records: the record; tiles: the tile + 64 (r % 16)), and
+ *   q_cvec       the v-th 16-byte vector of its codes from there (tiles: 64-byte runs 1 KiB apart);
+ *   q_row_scales the base its scales are indexed from by q_sidx (tiles: the tile's scales + 2 (r % 16) sb for
+ *                groups of 64, whose steps' pairs lie 32 sb apart; Q8's one scale at + 2 (r % 16)). */
+__device__ __forceinline__ const uint8_t *q_row_codes(const uint8_t *w, int64_t r, int64_t rb, bool tl)
+{
+    return tl ? w + (r >> 4) * 16 * rb + (r & 15) * 64 : w + r * rb;
+}
+__device__ __forceinline__ const uint4 *q_cvec(const uint8_t *codes, int64_t v, bool tl)
+{
+    return reinterpret_cast<const uint4 *>(codes) + (tl ? (v >> 2) * 64 + (v & 3) : v);
+}
+template <int F>
+__device__ __forceinline__ const uint8_t *q_row_scales(const uint8_t *w, int64_t r, int64_t rb, int64_t cb, bool tl)
+{
+    if (!tl) return w + r * rb + cb;
+    return w + (r >> 4) * 16 * rb + 16 * cb + (r & 15) * (F == QF_NF4 ? 8 : F == QF_Q4 ? 4 : 2);
+}
+__device__ __forceinline__ int64_t q_sidx(int64_t gi, bool tl) { return tl ? 32 * (gi >> 1) + (gi & 1) : gi; }
+
 /* Dequantizes the octet (8 weights starting at element j, j % 8 == 0) whose code bytes are words
- * w0 (and w1 for Q8) into wf[8] floats. g: the record's scale group. */
+ * w0 (and w1 for Q8) into wf[8] floats. g: the record's scale group; scales from q_row_scales. */
 template <int F>
 __device__ __forceinline__ void dq_octet(uint32_t w0, uint32_t w1, const uint8_t *scales, int64_t j, int64_t g,
-                                         const float *tab, float wf[8])
+                                         bool tl, const float *tab, float wf[8])
 {
     __half2 h[4];
     if constexpr (F == QF_Q8) dq_q8(w0, w1, q_scale_h2(scales, 0), h);
-    else if constexpr (F == QF_Q4) dq_q4(w0, q_scale_h2(scales, j / g), h);
-    else dq_nf4(w0, q_absmax(scales, j / g), tab, h);
+    else if constexpr (F == QF_Q4) dq_q4(w0, q_scale_h2(scales, q_sidx(j / g, tl)), h);
+    else dq_nf4(w0, q_absmax(scales, q_sidx(j / g, tl)), tab, h);
 #pragma unroll
     for (int p = 0; p < 4; p++) {
         const float2 f = __half22float2(h[p]);
@@ -131,25 +153,25 @@ __device__ __forceinline__ void q_fma8(float *acc, const float wf[8], const X *x
 
 /* one 16-byte vector of codes (index v of the record): 2 octets of Q8, 4 of Q4 / NF4 */
 template <int F, typename X, int NT, bool PDL>
-__device__ __forceinline__ void q_vec(float *acc, uint4 c, int64_t v, const uint8_t *scales, int64_t g,
+__device__ __forceinline__ void q_vec(float *acc, uint4 c, int64_t v, const uint8_t *scales, int64_t g, bool tl,
                                       const float *tab, const X *x, int n, int64_t k)
 {
     float wf[8];
     if constexpr (F == QF_Q8) {
         const int64_t j = v * 16;
-        dq_octet<F>(c.x, c.y, scales, j, g, tab, wf);
+        dq_octet<F>(c.x, c.y, scales, j, g, tl, tab, wf);
         q_fma8<X, NT, PDL>(acc, wf, x, n, k, j);
-        dq_octet<F>(c.z, c.w, scales, j + 8, g, tab, wf);
+        dq_octet<F>(c.z, c.w, scales, j + 8, g, tl, tab, wf);
         q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 8);
     } else {
         const int64_t j = v * 32;
-        dq_octet<F>(c.x, 0, scales, j, g, tab, wf);
+        dq_octet<F>(c.x, 0, scales, j, g, tl, tab, wf);
         q_fma8<X, NT, PDL>(acc, wf, x, n, k, j);
-        dq_octet<F>(c.y, 0, scales, j + 8, g, tab, wf);
+        dq_octet<F>(c.y, 0, scales, j + 8, g, tl, tab, wf);
         q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 8);
-        dq_octet<F>(c.z, 0, scales, j + 16, g, tab, wf);
+        dq_octet<F>(c.z, 0, scales, j + 16, g, tl, tab, wf);
         q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 16);
-        dq_octet<F>(c.w, 0, scales, j + 24, g, tab, wf);
+        dq_octet<F>(c.w, 0, scales, j + 24, g, tl, tab, wf);
         q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 24);
     }
 }
@@ -159,8 +181,8 @@ __device__ __forceinline__ void q_vec(float *acc, uint4 c, int64_t v, const uint
  * aligned (k % 16 == 0 always holds for quantized rows). */
 template <int F, typename X, int NT, bool PDL>
 __global__ void __launch_bounds__(QGEMV_WARPS * 32)
-qgemv_kernel(void *y, int ydt, const X *x, const uint8_t *w, int64_t rb, int64_t g, const void *bias, int bdt, int n,
-             int64_t k, int64_t o, int rpb, struct nf4_tab nt)
+qgemv_kernel(void *y, int ydt, const X *x, const uint8_t *w, int64_t rb, int64_t g, bool tl, const void *bias, int bdt,
+             int n, int64_t k, int64_t o, int rpb, struct nf4_tab nt)
 {
     __shared__ float red[QGEMV_WARPS][NT];
     __shared__ float tab[16];
@@ -173,9 +195,9 @@ qgemv_kernel(void *y, int ydt, const X *x, const uint8_t *w, int64_t rb, int64_t
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     pdl_trigger();
     const int64_t cb = q_code_bytes(F, k);
-    const uint8_t *rec = w + (row < o ? row : 0) * rb;
-    const uint8_t *scales = rec + cb;
-    const uint4 *codes = reinterpret_cast<const uint4 *>(rec);
+    const int64_t rr = row < o ? row : 0;
+    const uint8_t *rec = q_row_codes(w, rr, rb, tl);
+    const uint8_t *scales = q_row_scales<F>(w, rr, rb, cb, tl);
     const int64_t nv = cb / 16, stride = 32 * (int64_t)wpr;
     int64_t v = (int64_t)wr * 32 + lane;
     uint4 wv[QGEMV_UNROLL];
@@ -184,27 +206,27 @@ qgemv_kernel(void *y, int ydt, const X *x, const uint8_t *w, int64_t rb, int64_t
     if (row < o)
 #pragma unroll
         for (int u = 0; u < QGEMV_UNROLL; u++)
-            if (v + u * stride < nv) wv[u] = __ldcs(codes + v + u * stride);
+            if (v + u * stride < nv) wv[u] = __ldcs(q_cvec(rec, v + u * stride, tl));
     if (F == QF_NF4) __syncthreads(); /* tab */
     pdl_wait();
     if (row < o) {
         while (v < nv) {
 #pragma unroll
             for (int u = 0; u < QGEMV_UNROLL; u++)
-                if (v + u * stride < nv) q_vec<F, X, NT, PDL>(acc, wv[u], v + u * stride, scales, g, tab, x, n, k);
+                if (v + u * stride < nv) q_vec<F, X, NT, PDL>(acc, wv[u], v + u * stride, scales, g, tl, tab, x, n, k);
             v += QGEMV_UNROLL * stride;
 #pragma unroll
             for (int u = 0; u < QGEMV_UNROLL; u++)
-                if (v + u * stride < nv) wv[u] = __ldcs(codes + v + u * stride);
+                if (v + u * stride < nv) wv[u] = __ldcs(q_cvec(rec, v + u * stride, tl));
         }
-        /* Q4 / NF4 rows whose code bytes are not a multiple of 16 (k % 32 == 16): the last 8 bytes */
+        /* Q4 / NF4 rows whose code bytes are not a multiple of 16 (k % 32 == 16; never tiled): the last 8 bytes */
         if (F != QF_Q8 && (cb & 15) && wr == 0 && lane == 0) {
-            const uint2 tl = __ldcs(reinterpret_cast<const uint2 *>(rec + nv * 16));
+            const uint2 tail = __ldcs(reinterpret_cast<const uint2 *>(rec + nv * 16));
             float wf[8];
             const int64_t j = nv * 32;
-            dq_octet<F>(tl.x, 0, scales, j, g, tab, wf);
+            dq_octet<F>(tail.x, 0, scales, j, g, false, tab, wf);
             q_fma8<X, NT, PDL>(acc, wf, x, n, k, j);
-            dq_octet<F>(tl.y, 0, scales, j + 8, g, tab, wf);
+            dq_octet<F>(tail.y, 0, scales, j + 8, g, false, tab, wf);
             q_fma8<X, NT, PDL>(acc, wf, x, n, k, j + 8);
         }
     }
@@ -255,8 +277,8 @@ __device__ __forceinline__ uint32_t h2u(__half2 h)
 
 template <int F, bool HI, bool PDL, int W, int U, int R>
 __global__ void __launch_bounds__(W * 32)
-qmma_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, int64_t g, const void *bias, int bdt,
-            int n, int64_t k, int64_t o, struct nf4_tab nt)
+qmma_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, int64_t g, bool tl, const void *bias,
+            int bdt, int n, int64_t k, int64_t o, struct nf4_tab nt)
 {
     constexpr int KC = qmma_kc(F);             /* k per lane chunk */
     constexpr int NCU = R >= 4 ? 1 : 4 / R;    /* accumulator chains per tile: NCU * R independent mma chains */
@@ -271,10 +293,10 @@ qmma_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, int
 #pragma unroll
     for (int r = 0; r < R; r++) { /* tile r: rows row0 + 8r + gi (the last row stands in past o) */
         const int64_t row = row0 + 8 * r + gi < o ? row0 + 8 * r + gi : o - 1;
-        const uint8_t *rec = w + row * rb;
-        codes[r] = reinterpret_cast<const uint4 *>(rec) + tig;
-        scales[r] = rec + cb;
+        codes[r] = reinterpret_cast<const uint4 *>(q_row_codes(w, row, rb, tl)) + tig;
+        scales[r] = q_row_scales<F>(w, row, rb, cb, tl);
     }
+    const int cst = tl ? 64 : 4; /* uint4 between steps: 1 KiB runs of a tile, or the record's next 64 bytes */
     if (F == QF_NF4) __syncthreads(); /* tab */
     const __half *__restrict__ x0 = x + (int64_t)gi * k + tig * KC;
     const __half *__restrict__ x1 = x0 + 8 * k;
@@ -303,10 +325,10 @@ qmma_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, int
         for (int u = 0; u < U; u++) {
             const int64_t s = s0 + (int64_t)u * W;
             if (s < steps) {
-                const int64_t gidx = (s * 4 * KC + tig * KC) / g;
+                const int64_t gidx = q_sidx((s * 4 * KC + tig * KC) / g, tl);
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    c[u][r] = __ldcs(codes[r] + s * 4);
+                    c[u][r] = __ldcs(codes[r] + s * cst);
                     if (F == QF_Q4) sc[u][r] = __ldg(reinterpret_cast<const unsigned short *>(scales[r]) + gidx);
                     else if (F == QF_NF4) sc[u][r] = __float_as_uint(q_absmax(scales[r], gidx));
                 }
@@ -391,7 +413,8 @@ qmma_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, int
 
 /* dst[r, :] = W16 of rows r of w (F16 bits), one thread per octet */
 template <int F>
-__global__ void qdequant_kernel(__half *dst, const uint8_t *w, int64_t rb, int64_t g, int64_t k, int64_t rows, struct nf4_tab nt)
+__global__ void qdequant_kernel(__half *dst, const uint8_t *w, int64_t rb, int64_t g, bool tl, int64_t k, int64_t rows,
+                                struct nf4_tab nt)
 {
     __shared__ float tab[16];
     if (F == QF_NF4) {
@@ -401,19 +424,22 @@ __global__ void qdequant_kernel(__half *dst, const uint8_t *w, int64_t rb, int64
     const int64_t per_row = k / 8, total = rows * per_row, cb = q_code_bytes(F, k);
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / per_row, q = i % per_row, j = q * 8;
-        const uint8_t *rec = w + r * rb;
+        /* the octet's code bytes (8 or 4: never across a 64-byte run of a tile) */
+        const int64_t p = F == QF_Q8 ? j : j / 2;
+        const uint8_t *cp = w + (tl ? quant_tile_code(r, p, rb) : r * rb + p);
+        const uint8_t *scales = q_row_scales<F>(w, r, rb, cb, tl);
         uint32_t w0, w1 = 0;
         if constexpr (F == QF_Q8) {
-            const uint2 c = __ldg(reinterpret_cast<const uint2 *>(rec + j));
+            const uint2 c = __ldg(reinterpret_cast<const uint2 *>(cp));
             w0 = c.x;
             w1 = c.y;
         } else {
-            w0 = __ldg(reinterpret_cast<const uint32_t *>(rec + j / 2));
+            w0 = __ldg(reinterpret_cast<const uint32_t *>(cp));
         }
         __half2 h[4];
-        if constexpr (F == QF_Q8) dq_q8(w0, w1, q_scale_h2(rec + cb, 0), h);
-        else if constexpr (F == QF_Q4) dq_q4(w0, q_scale_h2(rec + cb, j / g), h);
-        else dq_nf4(w0, q_absmax(rec + cb, j / g), tab, h);
+        if constexpr (F == QF_Q8) dq_q8(w0, w1, q_scale_h2(scales, 0), h);
+        else if constexpr (F == QF_Q4) dq_q4(w0, q_scale_h2(scales, q_sidx(j / g, tl)), h);
+        else dq_nf4(w0, q_absmax(scales, q_sidx(j / g, tl)), tab, h);
         uint4 out;
         memcpy(&out.x, &h[0], 4);
         memcpy(&out.y, &h[1], 4);
@@ -453,20 +479,21 @@ static void qgemv_launch_x(struct cuda_ctx *c, struct tensor *y, const struct te
     const int ydt = y->dtype;
     const X *xp = (const X *)x->data;
     const uint8_t *wp = (const uint8_t *)w->data;
+    const bool tl = w->tiled;
     const void *bp = bias ? bias->data : NULL;
     const int bdt = bias ? (int)bias->dtype : 0;
     const struct nf4_tab nt = q_tab();
     if (PDL) {
-        if (n == 1) cuda_launch_pdl(c, qgemv_kernel<F, X, 1, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
-        else if (n == 2) cuda_launch_pdl(c, qgemv_kernel<F, X, 2, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
-        else if (n <= 4) cuda_launch_pdl(c, qgemv_kernel<F, X, 4, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
-        else cuda_launch_pdl(c, qgemv_kernel<F, X, 8, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+        if (n == 1) cuda_launch_pdl(c, qgemv_kernel<F, X, 1, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
+        else if (n == 2) cuda_launch_pdl(c, qgemv_kernel<F, X, 2, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
+        else if (n <= 4) cuda_launch_pdl(c, qgemv_kernel<F, X, 4, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
+        else cuda_launch_pdl(c, qgemv_kernel<F, X, 8, PDL>, dim3(grid), blk, yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
         return;
     }
-    if (n == 1) qgemv_kernel<F, X, 1, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
-    else if (n == 2) qgemv_kernel<F, X, 2, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
-    else if (n <= 4) qgemv_kernel<F, X, 4, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
-    else qgemv_kernel<F, X, 8, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, bp, bdt, n, k, o, rpb, nt);
+    if (n == 1) qgemv_kernel<F, X, 1, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
+    else if (n == 2) qgemv_kernel<F, X, 2, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
+    else if (n <= 4) qgemv_kernel<F, X, 4, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
+    else qgemv_kernel<F, X, 8, PDL><<<grid, blk, 0, c->stream>>>(yp, ydt, xp, wp, rb, g, tl, bp, bdt, n, k, o, rpb, nt);
     KERNEL_CHECK();
 }
 
@@ -506,8 +533,8 @@ static void qmma_launch_t(struct cuda_ctx *c, struct tensor *y, const struct ten
     const int bdt = bias ? (int)bias->dtype : 0;
     const __half *xp = (const __half *)x->data;
     const uint8_t *wp = (const uint8_t *)w->data;
-    if (PDL) cuda_launch_pdl(c, qmma_kernel<F, HI, PDL, W, U, R>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, g, bp, bdt, n, k, o, q_tab());
-    else qmma_kernel<F, HI, PDL, W, U, R><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, g, bp, bdt, n, k, o, q_tab());
+    if (PDL) cuda_launch_pdl(c, qmma_kernel<F, HI, PDL, W, U, R>, grid, blk, y->data, (int)y->dtype, xp, wp, rb, g, w->tiled, bp, bdt, n, k, o, q_tab());
+    else qmma_kernel<F, HI, PDL, W, U, R><<<grid, blk, 0, c->stream>>>(y->data, (int)y->dtype, xp, wp, rb, g, w->tiled, bp, bdt, n, k, o, q_tab());
     KERNEL_CHECK();
 }
 
@@ -545,12 +572,14 @@ static void qdequant(struct cuda_ctx *c, void *dst, const struct tensor *w, int6
 {
     const int64_t k = w->shape[1];
     const int64_t rb = (int64_t)dtype_row_bytes(w->dtype, k), g = quant_group(w->dtype, k);
+    CHECK(!w->tiled || r0 % 16 == 0); /* a tile's rows together */
     const uint8_t *src = (const uint8_t *)w->data + r0 * rb;
+    const bool tl = w->tiled;
     const unsigned grid = cuda_grid_1d(c, rows * (k / 8));
     switch (qfmt_of(w->dtype)) {
-    case QF_Q8: qdequant_kernel<QF_Q8><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, k, rows, q_tab()); break;
-    case QF_Q4: qdequant_kernel<QF_Q4><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, k, rows, q_tab()); break;
-    default: qdequant_kernel<QF_NF4><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, k, rows, q_tab()); break;
+    case QF_Q8: qdequant_kernel<QF_Q8><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, tl, k, rows, q_tab()); break;
+    case QF_Q4: qdequant_kernel<QF_Q4><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, tl, k, rows, q_tab()); break;
+    default: qdequant_kernel<QF_NF4><<<grid, 256, 0, c->stream>>>((__half *)dst, src, rb, g, tl, k, rows, q_tab()); break;
     }
     KERNEL_CHECK();
 }
@@ -616,8 +645,8 @@ extern "C" void cuda_quant_matmul(struct tensor *y, const struct tensor *x, cons
     int64_t oc = (int64_t)(QUANT_DEQ_TILE_BYTES / ((size_t)k * 2));
     const int64_t oc_y = (int64_t)(QUANT_DEQ_TILE_BYTES / ((size_t)n * ys));
     if (oc_y < oc) oc = oc_y;
-    oc &= ~(int64_t)7;
-    CHECKF(oc >= 8, "matmul %s: %lld tokens x %lld columns exceed the dequantization tile", w->name ? w->name : "?",
+    oc &= ~(int64_t)15; /* whole 16-row tiles of a tiled w */
+    CHECKF(oc >= 16, "matmul %s: %lld tokens x %lld columns exceed the dequantization tile", w->name ? w->name : "?",
            (long long)n, (long long)o);
     void *wt = cuda_scratch(c, SCRATCH_QW, (size_t)(oc * k) * 2);
     void *yt = cuda_scratch(c, SCRATCH_QY, (size_t)(n * oc) * ys);

@@ -3,9 +3,8 @@
  * and the F16 entry of that kernel, which cuda_gemv.cu's cuda_matmul calls.
  * Owns no state. The variants of the decode GEMV that the bench and the tests pick (cuda_set_qmma):
  *   QMMA_OFF      the CUDA-core GEMV (qgemv_kernel, n <= 8)
- *   QMMA_AUTO     the default: the A-operand kernel where it applies (Q4 and NF4 with k % 128 == 0, Q8
- *                 with k % 64 == 0; the H200 figures beside QA_AUTO in cuda_qgemv.cu); the older
- *                 tensor-core kernel otherwise
+ *   QMMA_AUTO     the default: the A-operand kernel where it applies (weights in 16-row tiles, quant.h;
+ *                 the H200 figures beside QA_AUTO in cuda_qgemv.cu); the older tensor-core kernel otherwise
  *   2 .. 4        the older tensor-core kernel (qmma_kernel, weights as B) in the tilings of session 5
  *   QMMA_A0 + v   the A-operand kernel in shape v (0 .. QMMA_A_SHAPES - 1, table in cuda_qgemv.cu)
  *   QMMA_A_NF4T   NF4 only: the A-operand kernel in shape a8x2o4 with the older NF4 dequantization (a
@@ -26,8 +25,9 @@ enum { QMMA_OFF = 0, QMMA_AUTO = 1, QMMA_A0 = 8, QMMA_A_SHAPES = 6, QMMA_A_NF4T 
 enum { F16MMA_OFF = 0, F16MMA_AUTO = 1, F16MMA_S0 = 2, F16MMA_SHAPES = 4 };
 
 /* The decode GEMV with the weights as the mma's A operand (cuda_qgemv.cu): runs y = x w^T (+ bias) and
- * returns true when it applies (sm_80+ code, F16 x 16-byte aligned, 1 <= n <= 16, Q4 or NF4 with
- * k % 128 == 0, Q8 with k % 64 == 0, c->qmma QMMA_AUTO or an A shape); false (nothing done) otherwise. */
+ * returns true when it applies (sm_80+ code, F16 x 16-byte aligned, 1 <= n <= 16, w in 16-row tiles (w->tiled:
+ * Q4 or NF4 with k % 128 == 0, Q8 with k % 64 == 0, rows % 16 == 0), c->qmma QMMA_AUTO or an A shape); false
+ * (nothing done) otherwise. */
 bool cuda_qgemv_a(struct cuda_ctx *c, struct tensor *y, const struct tensor *x, const struct tensor *w,
                   const struct tensor *bias);
 
