@@ -38,8 +38,9 @@
  *   256 pairs (NF4[hi], NF4[lo]), 2 fmul and 1 cvt per byte) stays selectable for the bench.
  * Loads: codes with ld.global.cs (streamed once), U steps in flight per lane in a register ring (a slot
  * is refilled with the step U ahead as soon as its step is used); the scales of the step ride along; x
- * through L1 (ld.global.nc), or through L2 (ld.global.cg) under PDL, where the previous kernel writes x
- * while this one already runs; base pointers advance once per round of U steps, the loads of a round
+ * through L1 (ld.global.nc), or under PDL, where the previous kernel writes x while this one already runs,
+ * copied once per block into shared memory through L2 (one token, k <= QA_XS_KMAX; otherwise ld.global.cg
+ * at every step); base pointers advance once per round of U steps, the loads of a round
  * taking compile-time offsets. Under PDL the first U steps of weights are loaded before
  * griddepcontrol.wait (weights are constant). fp32 accumulation in the mma; the bias is added in fp32
  * before the one rounding to y's dtype. No scratch, no host sync: graph-capturable. */
@@ -295,6 +296,11 @@ template <int F> __device__ __forceinline__ uint32_t qa_ld_scale(const uint8_t *
  * sequence is the slower one: q4 decode 360 tok/s against 415 (docs/PERF.md). */
 enum { QF_NONE = 0, QF_PARTS = 1, QF_RES = 2, QF_SWIGLU = 3 };
 #define QA_NORM_KMAX 8192 /* the width a block stages (halves); wider inputs take the plain ops */
+/* Launched as a programmatic dependent (PDL) for one token, a block copies x (up to QA_XS_KMAX halves) into
+ * shared memory once after griddepcontrol.wait, through L2, and its warps read it there: x is the previous
+ * kernel's output, so it may not come through the non-coherent L1 path, and an L2 load at every step (shapes
+ * without x one step ahead) put an L2 latency into every step. */
+#define QA_XS_KMAX 16384
 
 struct qa_fuse {
     __half *y[RMSNORM_MATMUL_MAX_PARTS];       /* QF_PARTS: part i [1, off[i + 1] - off[i]]; else y[0] */
@@ -321,13 +327,16 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
     static_assert(!SW || W % 2 == 0, "SwiGLU splits the warps in two");
     static_assert(!NORM || W * 32 == 256, "norm_row_256 sums with 256 threads");
     static_assert(!NORM || NT == 1, "the fused ops take one token");
+    /* x staged in shared memory under PDL (QA_XS_KMAX): XSM where the kernel may, xsm where k allows */
+    constexpr bool XSM = PDL && NT == 1 && !NORM;
+    const bool xsm = XSM && n == 1 && k <= QA_XS_KMAX;
     /* a scale per group of 64 (the lane's chunk lies in one), one per row (Q8), or none (F16) */
     constexpr bool GROUPS = F == QA_Q4 || qa_is_nf4(F), ROWSCALE = F == QA_Q8;
     /* quantized weights come in 16-row tiles (quant.h; cuda_qgemv_a checks w->tiled), F16 as rows */
     constexpr bool TL = F != QA_F16;
     __shared__ float red[W > 1 ? W - 1 : 1][NT * 4][32];
     __shared__ float2 tab[F == QA_NF4T ? 256 : 1]; /* QA_NF4T's pairs (NF4[b >> 4], NF4[b & 15]) */
-    __shared__ __align__(16) __half xs[NORM ? QA_NORM_KMAX : 8]; /* NORM: the staged RMSNorm of h */
+    __shared__ __align__(16) __half xs[NORM ? QA_NORM_KMAX : XSM ? QA_XS_KMAX : 8]; /* NORM: the staged RMSNorm of h; XSM: x */
     __shared__ double nred[NORM ? W : 1];
     pdl_trigger(); /* a PDL-launched successor may start loading its weights once all blocks run */
     if (F == QA_NF4T)
@@ -395,6 +404,11 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
         norm_row_256(xs, reinterpret_cast<const unsigned short *>(x), (int)k, fz.nw, fz.nwdt, fz.eps, nred);
         __syncthreads();
     }
+    if (xsm) { /* x once per block, through L2 */
+        for (int64_t i = threadIdx.x; i < k / 8; i += W * 32)
+            reinterpret_cast<uint4 *>(xs)[i] = __ldcg(reinterpret_cast<const uint4 *>(x) + i);
+        __syncthreads();
+    }
 
     /* x of tokens g (N tile 0) and g + 8 (tile 1); tokens past n stand in with the last one. Step j of the
      * warp: xq[nt] + j * WE * KS halves. */
@@ -402,13 +416,14 @@ qa_kernel(void *y, int ydt, const __half *x, const uint8_t *w, int64_t rb, const
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         const int tok = 8 * nt + gi < n ? 8 * nt + gi : n - 1;
-        xq[nt] = NORM ? reinterpret_cast<const uint4 *>(xs + tig * (KS / 4) + wl * KS)
-                      : reinterpret_cast<const uint4 *>(x + (int64_t)tok * k + tig * (KS / 4) + (int64_t)wl * KS);
+        xq[nt] = NORM || xsm ? reinterpret_cast<const uint4 *>(xs + tig * (KS / 4) + wl * KS)
+                             : reinterpret_cast<const uint4 *>(x + (int64_t)tok * k + tig * (KS / 4) + (int64_t)wl * KS);
     }
-    /* x from shared memory (NORM), else through L2 under PDL (ld.global.cg: an earlier kernel wrote it) or
+    /* x from shared memory (NORM, xsm), else through L2 under PDL (ld.global.cg: an earlier kernel wrote it) or
      * through L1 */
     auto ldx = [&](const uint4 *p) -> uint4 {
         if constexpr (NORM) return *p;
+        else if (xsm) return *p;
         else return PDL ? __ldcg(p) : __ldg(p);
     };
     constexpr int XS = WE * KS / 8; /* uint4 per step */
