@@ -359,15 +359,7 @@ void op_copy(struct tensor *dst, const struct tensor *src)
         return;
     }
     CHECKF(dst->dtype == src->dtype, "cross-device copy must keep the dtype");
-    if (dst->dev.kind == DEVICE_CPU && src->dev.kind == DEVICE_CPU) {
-        memcpy(dst->data, src->data, tensor_nbytes(src));
-        return;
-    }
-#ifdef MINICPMV_CUDA
-    cuda_memcpy(dst->dev, dst->data, src->dev, src->data, tensor_nbytes(src));
-#else
-    CHECKF(0, "cross-device copy needs CUDA");
-#endif
+    copy_bytes(dst->dev, dst->data, src->dev, src->data, tensor_nbytes(src));
 }
 
 void op_argmax(const struct tensor *x, int32_t *out)
