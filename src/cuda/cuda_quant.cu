@@ -104,7 +104,7 @@ __device__ __forceinline__ float q_absmax(const uint8_t *scales, int64_t gi)
  *                groups of 64, whose steps' pairs lie 32 sb apart; Q8's one scale at + 2 (r % 16)). */
 __device__ __forceinline__ const uint8_t *q_row_codes(const uint8_t *w, int64_t r, int64_t rb, bool tl)
 {
-    return tl ? w + (r >> 4) * 16 * rb + (r & 15) * 64 : w + r * rb;
+    return w + (tl ? quant_tile_code(r, 0, rb) : r * rb);
 }
 __device__ __forceinline__ const uint4 *q_cvec(const uint8_t *codes, int64_t v, bool tl)
 {
@@ -113,8 +113,7 @@ __device__ __forceinline__ const uint4 *q_cvec(const uint8_t *codes, int64_t v, 
 template <int F>
 __device__ __forceinline__ const uint8_t *q_row_scales(const uint8_t *w, int64_t r, int64_t rb, int64_t cb, bool tl)
 {
-    if (!tl) return w + r * rb + cb;
-    return w + (r >> 4) * 16 * rb + 16 * cb + (r & 15) * (F == QF_NF4 ? 8 : F == QF_Q4 ? 4 : 2);
+    return w + (tl ? quant_tile_scale(r, 0, rb, cb, F == QF_NF4 ? 4 : 2, F == QF_Q8) : r * rb + cb);
 }
 __device__ __forceinline__ int64_t q_sidx(int64_t gi, bool tl) { return tl ? 32 * (gi >> 1) + (gi & 1) : gi; }
 
