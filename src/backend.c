@@ -630,6 +630,33 @@ int dev_set_f16mma(struct device d, int v)
     return 0;
 }
 
+void dev_set_attn_kernel(struct device d, enum dev_attn k)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_set_attn_kernel(d.ordinal, (int)k);
+#else
+    (void)d, (void)k;
+#endif
+}
+
+void dev_set_attn_keys(struct device d, int64_t keys)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_set_attn_keys(d.ordinal, keys);
+#else
+    (void)d, (void)keys;
+#endif
+}
+
+void dev_set_attn_warps(struct device d, int w)
+{
+#ifdef MINICPMV_CUDA
+    if (d.kind == DEVICE_CUDA) cuda_set_attn_warps(d.ordinal, w);
+#else
+    (void)d, (void)w;
+#endif
+}
+
 void dev_set_attn_splits(struct device d, int s)
 {
 #ifdef MINICPMV_CUDA

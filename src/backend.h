@@ -262,6 +262,20 @@ int dev_set_f16mma(struct device d, int v);
  * tc_splits). Same op: results differ only by fp32 summation order. No effect on CPU devices. */
 void dev_set_attn_splits(struct device d, int s);
 
+/* Which decode attention kernel GPU d runs (a developer's knob for benchmarks and tests): DEV_ATTN_AUTO the rule
+ * (cuda_attention_decode.cu, dec_rules), the others that kernel wherever it can run the call (elsewhere the rule).
+ * Same op: results differ only by fp32 summation order. No effect on CPU devices. */
+enum dev_attn { DEV_ATTN_AUTO = 0, DEV_ATTN_SPLITK, DEV_ATTN_CLUSTER, DEV_ATTN_TC, DEV_ATTN_TCC };
+void dev_set_attn_kernel(struct device d, enum dev_attn k);
+/* A bound on the keys of the decode attention calls with device positions issued on GPU d from now on (0: none,
+ * the cache capacity): what the kernel's shape is chosen for (a graph captured under it keeps that shape), not a
+ * limit on what it reads (the kernels take the key count from the device). llm.c sets it around the decode
+ * step's graph, one graph per bucket of context lengths. No effect on CPU devices. */
+void dev_set_attn_keys(struct device d, int64_t keys);
+/* The warps per block of GPU d's tensor-core decode attention (either merge): 1, 2, 4 or 8, 0 its rule (4 for the global merge, 8 for
+ * the cluster merge). */
+void dev_set_attn_warps(struct device d, int w);
+
 /* ---- graphs: record the ops issued on one device, replay them ---- */
 /* Between dev_graph_begin and dev_graph_end the ops issued on GPU d are recorded, not run. The
  * captured ops must not copy to or from the host, sync, or grow scratch buffers (run the same step

@@ -102,6 +102,12 @@ void cuda_set_gemv16_max(int ordinal, int max);
 void cuda_set_f16mma(int ordinal, int v);
 /* dev_set_attn_splits on a GPU (cuda/cuda_mem.cu) */
 void cuda_set_attn_splits(int ordinal, int s);
+/* dev_set_attn_kernel on a GPU (cuda/cuda_mem.cu; k an enum dev_attn) */
+void cuda_set_attn_kernel(int ordinal, int k);
+/* dev_set_attn_keys on a GPU (cuda/cuda_mem.cu) */
+void cuda_set_attn_keys(int ordinal, int64_t keys);
+/* dev_set_attn_warps on a GPU (cuda/cuda_mem.cu) */
+void cuda_set_attn_warps(int ordinal, int w);
 /* a short name for a cuda_set_f16mma value (cuda/cuda_qgemv.cu), "?" for others; cuda_f16mma_default: the
  * value of the shape that 1 runs */
 const char *cuda_f16mma_name(int v);

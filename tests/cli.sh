@@ -119,6 +119,13 @@ done
 check "bench --attn-splits 16 is taken" '[ $rc = 0 ] && grep -q "^decode16 " $tmp/bs'
 "$BIN" bench --model $MODEL --device cpu --only decode16 --attn-splits 100 >$tmp/bs 2>&1; rc=$?
 check "bench --attn-splits 100 is refused" '[ $rc = 1 ] && grep -q "attn-splits" $tmp/bs'
+# bench --attn-kernel and --attn-warps: the names and 0, 1, 2, 4 taken (no effect on the CPU), others refused
+"$BIN" bench --model $MODEL --device cpu --only decode16 --reps 1 --decode-steps 2 --attn-kernel tcc --attn-warps 2 >$tmp/bs 2>&1; rc=$?
+check "bench --attn-kernel tcc --attn-warps 2 is taken" '[ $rc = 0 ] && grep -q "^decode16 " $tmp/bs'
+"$BIN" bench --model $MODEL --device cpu --only decode16 --attn-kernel flash >$tmp/bs 2>&1; rc=$?
+check "bench --attn-kernel flash is refused with the names" '[ $rc = 1 ] && grep -q "auto, splitk, cluster, tc or tcc" $tmp/bs'
+"$BIN" bench --model $MODEL --device cpu --only decode16 --attn-warps 3 >$tmp/bs 2>&1; rc=$?
+check "bench --attn-warps 3 is refused" '[ $rc = 1 ] && grep -q "attn-warps" $tmp/bs'
 
 echo "cli: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -638,6 +638,21 @@ int cuda_attention_tc_able(int ordinal);
  * tensor-core kernel with W warps per block (0: automatic) and S splits (0: automatic) */
 #define DEC_VAR_CLUSTER 32
 #define DEC_VAR_TC(w, s) (1000 + 100 * (w) + (s))
+#define DEC_VAR_TCC(w, c) (2000 + 100 * (w) + (c))
+
+/* the (head group, row block) pairs of a decode attention launch of n rows, as cuda_attention_decode.cu counts them:
+ * groups of GB heads (the largest divisor <= 8 of H / Hkv) x blocks of 8 / GB rows */
+static int64_t dec_groups(int64_t n, int64_t H, int64_t Hkv)
+{
+    int64_t gb = 1;
+    for (int64_t d = 8; d >= 1; d--)
+        if ((H / Hkv) % d == 0) {
+            gb = d;
+            break;
+        }
+    const int64_t qb = 8 / gb < n ? 8 / gb : n;
+    return H / gb * ((n + qb - 1) / qb);
+}
 
 /* The decode kernels one by one against the CPU twin: the split-K kernel (sm_75 .. sm_89, and what sm_90
  * ran before) and the cluster kernel (sm_90) at every cluster size, 1 .. 16, then the automatic choice
@@ -650,7 +665,10 @@ int cuda_attention_tc_able(int ordinal);
  * zero for the next launch). The tensor-core kernel (sm_80+) with its automatic shape, 1, 2 and 4 warps
  * per block, forced split counts (1: no partials; 3 and 7: splits of uneven step counts; 99: more
  * splits than steps), twice where it merges partials (the same counters); its 16-key steps meet the
- * key counts 1, 17, 31, 545 (pos), 4097 (paged); then rows mode through it (test_cuda_batch test_attention_rows). */
+ * key counts 1, 17, 31, 545 (pos), 4097 (paged); then rows mode through it (test_cuda_batch test_attention_rows).
+ * The tensor-core kernel with its splits one cluster merged in distributed shared memory (sm_90): its automatic
+ * split count, and 2, 8, 16 and 16 splits with 4, 2, 1 and 8 warps (blocks without steps still take part in the
+ * merge); the plain tensor-core kernel with 8 warps too. */
 static void test_attention_decode(void)
 {
     static const struct { int64_t n, T, H, Hkv, hd; int32_t p0; enum dtype dt; int flags, mode; const char *what; } cs[] = {
@@ -674,7 +692,8 @@ static void test_attention_decode(void)
     };
     static const int variants[] = {0, 1, 2, 4, 8, 16, DEC_VAR_CLUSTER, -1, DEC_VAR_TC(0, 0), DEC_VAR_TC(1, 0),
                                    DEC_VAR_TC(2, 0), DEC_VAR_TC(4, 1), DEC_VAR_TC(2, 3), DEC_VAR_TC(1, 7),
-                                   DEC_VAR_TC(4, 99)};
+                                   DEC_VAR_TC(4, 99), DEC_VAR_TC(8, 0), DEC_VAR_TCC(0, 0), DEC_VAR_TCC(4, 2),
+                                   DEC_VAR_TCC(2, 8), DEC_VAR_TCC(1, 16), DEC_VAR_TCC(8, 16)};
     const int tc = cuda_attention_tc_able(0);
     int maxcl[5];
     cuda_attention_cluster_caps(0, maxcl);
@@ -697,23 +716,29 @@ static void test_attention_decode(void)
         struct tensor dq = d_from(&q), dk = d_from(&k), dv = d_from(&v), dp = d_from(&pos), dt = d_from(&tab);
         for (size_t w = 0; w < sizeof variants / sizeof variants[0]; w++) {
             const int var = variants[w];
-            const int is_tc = var >= DEC_VAR_TC(0, 0), is_cl = var > 0 && !is_tc;
+            const int is_tcc = var >= DEC_VAR_TCC(0, 0), is_tc = var >= DEC_VAR_TC(0, 0) && !is_tcc;
+            const int is_cl = var > 0 && !is_tc && !is_tcc;
             int e = 0;
             while (is_cl && var != DEC_VAR_CLUSTER && (1 << e) < var) e++;
-            for (int rep = 0; rep < (var == 0 || (is_tc && var % 100 != 1) ? 2 : 1); rep++) {
+            while (is_tcc && (1 << e) < var % 100) e++;
+            for (int rep = 0; rep < (var == 0 || is_tcc || (is_tc && var % 100 != 1) ? 2 : 1); rep++) {
                 struct tensor dout = d_new(cs[c].dt, 3, n, H, hd);
                 const int ran = cuda_attention_decode_variant(&dout, &dq, &dk, &dv, mode ? &dp : NULL, mode == 2 ? &dt : NULL,
                                                               NULL, NULL, cs[c].p0, scale, cs[c].flags, var);
                 char lab[24], cas[128];
-                if (is_tc) snprintf(lab, sizeof lab, "tc W%d S%d", (var - 1000) / 100, var % 100);
+                if (is_tcc) snprintf(lab, sizeof lab, "tcc W%d C%d", (var - 2000) / 100, var % 100);
+                else if (is_tc) snprintf(lab, sizeof lab, "tc W%d S%d", (var - 1000) / 100, var % 100);
                 else if (var == DEC_VAR_CLUSTER) snprintf(lab, sizeof lab, "cluster auto");
                 else if (var > 0) snprintf(lab, sizeof lab, "cluster %d", var);
                 else snprintf(lab, sizeof lab, "%s", var == 0 ? "split-K" : "auto");
                 snprintf(cas, sizeof cas, "n%lld T%lld H%lld/%lld hd%lld %s %s (%s)", (long long)n, (long long)T,
                          (long long)H, (long long)Hkv, (long long)hd, dtype_name(cs[c].dt), lab, cs[c].what);
                 if (var == 0) T_EQ_INT(ran, 1);
-                else if (var < 0) T_ASSERTF(ran == 1 || (able && ran == 2) || (tc && ran == 3), "auto ran %d", ran);
+                else if (var < 0) /* the rule: on sm_90 with tensor cores the cluster-merged kernel for <= 31 groups */
+                    T_ASSERTF(tc && able && dec_groups(n, H, Hkv) <= 31 ? ran == 4 : ran == 1 || (able && ran == 2) || (tc && ran == 3),
+                              "auto ran %d", ran);
                 else if (is_tc) T_EQ_INT(ran, tc ? 3 : 0);
+                else if (is_tcc) T_EQ_INT(ran, tc && able && (var % 100 == 0 || maxcl[e] > 0) ? 4 : 0);
                 else T_EQ_INT(ran, able && maxcl[e] > 0 ? 2 : 0);
                 if (ran) check_close("attn_dec", cas, &dout, &ref, tol_for(cs[c].dt));
                 else printf("  %-10s %-52s not run on this device\n", "attn_dec", cas);
@@ -828,8 +853,10 @@ static void test_graph(void)
  * q, k, v from F16 GEMVs (full launches) of an input copied in outside the graph, RoPE + the KV append, the
  * attention over a paged cache of 2,048 rows (the tensor-core kernel), the position advance, captured once and
  * replayed; 40 steps from position 985 (steps of the kernel's 16 keys and cache blocks begin and end among them).
- * The outputs of both modes are kept per step and compared, and each against the CPU twin every 8 steps. */
-static void test_attention_early(void)
+ * The outputs of both modes are kept per step and compared, and each against the CPU twin every 8 steps. Per
+ * decode kernel (dev_set_attn_kernel): the rule's, the cluster-merged tensor-core kernel and the cluster kernel
+ * (sm_90; elsewhere the rule's again), each of which loads keys of earlier steps before its wait. */
+static void attention_early_case(enum dev_attn kern, const char *kname)
 {
     const int64_t H = 32, Hkv = 8, hd = 128, T = 2048, d = 256;
     enum { steps = 40 };
@@ -852,6 +879,7 @@ static void test_attention_early(void)
         *(int32_t *)pos.data = p0;
         struct tensor dkc = d_from(&kc), dvc = d_from(&vc), dp = d_from(&pos);
         dev_set_overlap(dx.dev, mode ? DEV_OVERLAP_SMALL : DEV_OVERLAP_DEFAULT);
+        dev_set_attn_kernel(dx.dev, kern);
         g_rng = 77; /* the same inputs in both passes */
         struct dev_graph *g = NULL;
         struct err e;
@@ -882,7 +910,7 @@ static void test_attention_early(void)
                 op_rope_qk(&q, &k, &pos, 500000.0, &v, NULL, NULL, NULL);
                 op_attention_pos(&out, &q, &hk, &hv, &pos, &tab, scale, ATTN_CAUSAL); /* the device's cache rows */
                 char cas[64];
-                snprintf(cas, sizeof cas, "step %d at position %d (early loads)", st, p0 + st);
+                snprintf(cas, sizeof cas, "%s step %d at position %d (early loads)", kname, st, p0 + st);
                 check_close("attn_early", cas, &got[0][st], &out, 2 * TOL_F16);
                 t_free(&q), t_free(&k), t_free(&v), t_free(&out), t_free(&hk), t_free(&hv);
             }
@@ -891,15 +919,25 @@ static void test_attention_early(void)
         t_free(&kc), t_free(&vc), t_free(&pos), t_free(&dkc), t_free(&dvc), t_free(&dp);
     }
     dev_set_overlap(dx.dev, DEV_OVERLAP_DEFAULT);
+    dev_set_attn_kernel(dx.dev, DEV_ATTN_AUTO);
     int same = 1;
     for (int st = 0; st < steps; st++) {
         if (got[0][st].data && got[1][st].data && memcmp(got[0][st].data, got[1][st].data, tensor_nbytes(&got[0][st])))
-            same = 0, fprintf(stderr, "  attention_early: step %d differs with and without the early loads\n", st);
+            same = 0, fprintf(stderr, "  attention_early %s: step %d differs with and without the early loads\n", kname, st);
         t_free(&got[0][st]), t_free(&got[1][st]);
     }
+    printf("  attention_early %-8s: %d replayed steps %s with and without the early loads\n", kname, steps,
+           same ? "identical" : "DIFFER");
     T_ASSERT(same);
     t_free(&tab), t_free(&dtab), t_free(&kc0), t_free(&vc0), t_free(&wq), t_free(&wk), t_free(&wv), t_free(&x);
     t_free(&dwq), t_free(&dwk), t_free(&dwv), t_free(&dx), t_free(&dq), t_free(&dk), t_free(&dv), t_free(&dout);
+}
+
+static void test_attention_early(void)
+{
+    attention_early_case(DEV_ATTN_AUTO, "auto");
+    attention_early_case(DEV_ATTN_TCC, "tcc");
+    attention_early_case(DEV_ATTN_CLUSTER, "cluster");
 }
 
 /* Decode GEMVs under programmatic dependent launch, each fed by the kernel just before it with no

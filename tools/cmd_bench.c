@@ -920,6 +920,11 @@ static const char BENCH_HELP[] =
     "                       cudaProfilerStart and Stop: `ncu --profile-from-start off` sees that step only\n"
     "  --attn-splits S      (developers) the tensor-core decode attention's key splits: S (1..99) where the\n"
     "                       automatic choice takes that kernel, 0 its rule (the default)\n"
+    "  --attn-warps W       (developers) the tensor-core decode attention's warps per block: 1, 2, 4 or 8; 0 its\n"
+    "                       rule (the default: 4, or 8 where its splits merge in a cluster)\n"
+    "  --attn-kernel K      (developers) the decode attention's kernel: auto (the rule, the default), splitk,\n"
+    "                       cluster, tc (tensor cores, splits merged through global memory) or tcc (tensor\n"
+    "                       cores, the splits one cluster merged in its shared memory), where it can run\n"
     "  --f16mma V           (developers) F16 matmuls of 2..16 tokens (the batched step): 0 cuBLAS (the\n"
     "                       default), 1 the quantized GEMV's tensor-core kernel on F16 weights, 2..5 its\n"
     "                       launch shapes (docs/CUDA.md, \"The quantized decode GEMV\")\n"
@@ -974,7 +979,7 @@ int cmd_bench(int argc, char **argv)
     struct phase ph[BENCH_MAX_PHASES];
     int n_ph = 0, rc = 1;
     const char *only = DEFAULT_PHASES, *json = NULL, *conc_list = NULL;
-    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1, whole_batches = 0, attn_splits = -1;
+    int only_given = 0, qgemv = -1, f16mma = -1, overlap = -1, fuse = -1, whole_batches = 0, attn_splits = -1, attn_kernel = -1, attn_warps = -1;
     for (int i = 1; i < argc; i++) {
         int r = cmdu_engine_flag(&eo.o, &eo.dm, argc, argv, &i, &e);
         if (r < 0) goto out;
@@ -1053,6 +1058,23 @@ int cmd_bench(int argc, char **argv)
                 goto out;
             }
             f16mma = (int)n;
+        } else if (!strcmp(f, "--attn-kernel")) {
+            static const char *const names[] = {"auto", "splitk", "cluster", "tc", "tcc"};
+            if (!(v = cmdu_value(argc, argv, &i, &e))) goto out;
+            attn_kernel = -1;
+            for (int j = 0; j < 5; j++)
+                if (!strcmp(v, names[j])) attn_kernel = j;
+            if (attn_kernel < 0) {
+                err_set(&e, "--attn-kernel: expected auto, splitk, cluster, tc or tcc, got \"%s\"", v);
+                goto out;
+            }
+        } else if (!strcmp(f, "--attn-warps")) {
+            if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 8, &n, &e)) goto out;
+            if (n != 0 && n != 1 && n != 2 && n != 4 && n != 8) {
+                err_set(&e, "--attn-warps: expected 0, 1, 2, 4 or 8, got %lld", n);
+                goto out;
+            }
+            attn_warps = (int)n;
         } else if (!strcmp(f, "--attn-splits")) {
             if (!(v = cmdu_value(argc, argv, &i, &e)) || cmdu_int(f, v, 0, 99, &n, &e)) goto out;
             attn_splits = (int)n;
@@ -1112,6 +1134,8 @@ int cmd_bench(int argc, char **argv)
     for (int i = 0; overlap >= 0 && i < bi.n_gpus; i++) dev_set_overlap(device_cuda(i), overlap);
     for (int i = 0; fuse >= 0 && i < bi.n_gpus; i++) dev_set_fuse(device_cuda(i), fuse);
     for (int i = 0; attn_splits >= 0 && i < bi.n_gpus; i++) dev_set_attn_splits(device_cuda(i), attn_splits);
+    for (int i = 0; attn_warps >= 0 && i < bi.n_gpus; i++) dev_set_attn_warps(device_cuda(i), attn_warps);
+    for (int i = 0; attn_kernel >= 0 && i < bi.n_gpus; i++) dev_set_attn_kernel(device_cuda(i), (enum dev_attn)attn_kernel);
     if (!(eo.o.device && !strcmp(eo.o.device, "cpu")) && eo.dm.n_gpus != 0) {
         int n = eo.dm.n_gpus > 0 ? eo.dm.n_gpus : bi.n_gpus;
         for (int i = 0; i < n && b.n_gpu < DEVMAP_MAX_DEVICES; i++) {

@@ -5,7 +5,9 @@
  * kernels: the cluster kernel (sm_90: the splits of a head group merge in distributed shared memory),
  * the split-K kernel (sm_75 .. sm_89, and code built for them: the splits merge through global
  * partials and the last block to arrive) and the tensor-core kernel (sm_80+: mma.sync per 16-key step,
- * its splits merged as split-K's). attn_decode picks one from a table of measurements (dec_rules);
+ * its splits merged as split-K's, or on sm_90 as the cluster kernel's: the "tcc" form, attn_tc_kernel<.., true>).
+ * attn_decode takes the tcc form for a few rows of one sequence where it can run (session 19), else one from a
+ * table of measurements (dec_rules);
  * cuda_attention.cu dispatches op_attention and op_attention_pos here first (cuda_attention.cuh). Not
  * here: prefill (cuda_flash.cu), eager vision attention and other shapes (the general kernel of
  * cuda_attention.cu). */
@@ -470,6 +472,7 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
     const int C = (int)cl_size(), split = (int)cl_rank(); /* the grid's x is one cluster: split = rank */
     const int h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
     if (C > 1) cl_arrive_relaxed(); /* waited for before the first remote store: every block has started */
+    if (!a.early) pdl_wait(); /* launched as a dependent (cl_launch): the previous kernel's output is ready */
 
     /* key count and query positions */
     const dec_keys bk = dec_block_keys(a, i0);
@@ -484,22 +487,42 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
 
     const uint4 *kp = reinterpret_cast<const uint4 *>(a.k), *vp = reinterpret_cast<const uint4 *>(a.v);
     const int64_t rstride = (int64_t)a.Hkv * LPK, hoff = (int64_t)kh * LPK + ln;
-    auto issue = [&](int t) { /* tile t of the split into ring slot t % CL_STAGES */
+    /* tile t of the split into ring slot t % CL_STAGES; part: 0 every key (zero-filled past k1), 1 (attn_early,
+     * before pdl_wait) only the keys below bk.old and the zero fill, 2 (after it) only the keys from bk.old on */
+    auto issue = [&](int t, int part) {
         uint4 *st = ring + (t % CL_STAGES) * CL_TILE_U4 + tid;
         const int64_t j0 = k0 + (int64_t)t * TK + seg;
 #pragma unroll
         for (int kk = 0; kk < CL_KPT; kk++) {
             const int64_t j = j0 + kk * SEGS;
             const bool ok = j < k1;
+            if (part == 1 && ok && j >= bk.old) continue;
+            if (part == 2 && (!ok || j < bk.old)) continue;
             const int64_t r = ok ? attn_row(tab, j) * rstride + hoff : 0;
             cl_copy16(st + (2 * kk) * CL_THREADS, kp + r, ok);
             cl_copy16(st + (2 * kk + 1) * CL_THREADS, vp + r, ok);
         }
     };
+    if (a.early) {
+        /* the ring's first tiles while the previous kernels run, as far as they hold keys of earlier steps (their
+         * rows, the positions and the table were written before the last full launch: attn_early); the step's own
+         * keys after the wait. All of it is commit group 0 (the loop below waits for group t before tile t, so
+         * tile 0 waits for the whole first ring, which under attn_early is mostly in before the wait ends) */
 #pragma unroll
-    for (int t = 0; t < CL_STAGES; t++) { /* one commit group per tile, empty ones included */
-        if (t < ntiles) issue(t);
-        cl_commit();
+        for (int t = 0; t < CL_STAGES; t++)
+            if (t < ntiles) issue(t, 1);
+        pdl_wait();
+#pragma unroll
+        for (int t = 0; t < CL_STAGES; t++) {
+            if (t < ntiles) issue(t, 2);
+            cl_commit();
+        }
+    } else {
+#pragma unroll
+        for (int t = 0; t < CL_STAGES; t++) { /* one commit group per tile, empty ones included */
+            if (t < ntiles) issue(t, 0);
+            cl_commit();
+        }
     }
     pdl_trigger();
 
@@ -580,7 +603,7 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
             m[sl] = mnew;
         }
         /* the slot just read (its values are in registers and used above) takes tile t + CL_STAGES */
-        if (t + CL_STAGES < ntiles) issue(t + CL_STAGES);
+        if (t + CL_STAGES < ntiles) issue(t + CL_STAGES, 0);
         cl_commit();
     }
     cl_wait_copies<0>();
@@ -715,11 +738,13 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
  * computed on the device from the key count, so one grid serves every key count of a graph replay),
  * and within a block to the warps in turn. Warps merge through shared memory; splits through global
  * partials merged by the last block to arrive (one online pass per output element, all partial loads
- * independent), as in the split-K kernel, whose partial buffers and counters it shares.
+ * independent), as in the split-K kernel, whose partial buffers and counters it shares. CL (sm_90, the "tcc"
+ * form): the splits are the blocks of one cluster, every one of them takes part (used = nsplit, with steps or
+ * without) and they merge as the cluster kernel's do, in distributed shared memory after one cluster barrier.
  * Numerics: scores exact products with fp32 sums (tensor-core adds are not round-to-nearest at every
  * step), P rounded to f16/bf16 as in the prefill flash kernel: ~1e-4 relative for f16 outputs. Taken
  * only for f16/bf16 outputs and q of the KV dtype (an f32 q or output stays on the fp32 kernels). */
-#define TC_WARPS_MAX 4
+#define TC_WARPS_MAX 8
 #define TC_MAX_SPLIT 99 /* the variant code keeps two decimal digits for it */
 static_assert(KV_BLOCK % 16 == 0, "a 16-key step lies in one block of a paged cache");
 
@@ -763,9 +788,13 @@ template <typename KV> __device__ __forceinline__ uint32_t tc_pack(float &lo, fl
 
 __device__ __forceinline__ uint32_t tc_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
-template <typename KV, int HD>
+template <typename KV, int HD, bool CL>
 __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_dec_args a)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if (CL) __trap(); /* the cluster merge needs sm_90 (the host launches it only there: cl_able) */
+#endif
+    if (CL) cl_arrive_relaxed(); /* waited for before the first remote store: every block of the cluster has started */
     if (!a.early) pdl_wait(); /* launched as a dependent (cuda_launch_dep): the previous kernel's output is ready */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     constexpr int NU = HD / 32; /* 16-byte pieces per thread per K row */
@@ -777,6 +806,9 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     __shared__ __align__(16) float red_o[TC_WARPS_MAX][8][HD];
     __shared__ float red_w[TC_WARPS_MAX][8], red_M[8], red_L[8];
     __shared__ int s_last;
+    /* CL: every block's (m, l) per slot and its acc of this block's slice of the (slot, column) pairs */
+    __shared__ float xm[CL ? CL_MAX * 8 : 1], xl[CL ? CL_MAX * 8 : 1];
+    __shared__ __align__(16) float xacc[CL ? 8 * HD : 4];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const int W = blockDim.x >> 5, NS = a.GB * a.QB;
     const int split = blockIdx.x, h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
@@ -793,10 +825,13 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     /* in 32 bits (the host keeps the cache's keys <= INT32_MAX): a 64-bit division is a ~70-instruction
      * call, and three of them sat between the key count's load and the first K/V load */
     const int nsteps = (int)((blim + 15) / 16);
-    int sps = (nsteps + a.nsplit - 1) / a.nsplit; /* steps per split, at most */
-    if (sps < W) sps = W; /* every warp of a block gets a step before another split is used */
-    const int used = nsteps > sps ? (nsteps + sps - 1) / sps : 1;
-    if (split >= used) return;
+    int used = a.nsplit; /* CL: every block of the cluster takes part in the merge, with steps or without */
+    if (!CL) {
+        int sps = (nsteps + a.nsplit - 1) / a.nsplit; /* steps per split, at most */
+        if (sps < W) sps = W; /* every warp of a block gets a step before another split is used */
+        used = nsteps > sps ? (nsteps + sps - 1) / sps : 1;
+        if (split >= used) return;
+    }
     pdl_trigger();
 
     /* this thread's slot row g: its key limit */
@@ -948,6 +983,10 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
     }
     __syncthreads();
     const int PAIRS = NS * HD;
+    /* CL: block o of the cluster owns pairs [o per, (o + 1) per) (PAIRS >= 64 and C a power of two <= 16: per is
+     * a multiple of 4); every block pushes its partial of them there, and (m, l) of every slot to every block */
+    const int per = CL ? PAIRS / a.nsplit : 0;
+    if (CL) cl_wait();
     for (int qd = tid; qd < PAIRS / 4; qd += blockDim.x) {
         const int sl = qd / (HD / 4), c = 4 * (qd - sl * (HD / 4)), qr = sl / a.GB, hg = sl - qr * a.GB;
         if (qr >= nrows) continue;
@@ -965,7 +1004,18 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
                 A.w = fmaf(x.w, wt, A.w);
             }
         const int64_t ih = (int64_t)(i0 + qr) * a.H + h0 + hg;
-        if (used == 1) {
+        if constexpr (CL) {
+            const int pi = 4 * qd, o = pi / per, off = split * per + pi - o * per;
+            cl_store(xacc + off + 0, (unsigned)o, A.x);
+            cl_store(xacc + off + 1, (unsigned)o, A.y);
+            cl_store(xacc + off + 2, (unsigned)o, A.z);
+            cl_store(xacc + off + 3, (unsigned)o, A.w);
+            if (c == 0)
+                for (int b = 0; b < a.nsplit; b++) {
+                    cl_store(xm + split * 8 + sl, (unsigned)b, M);
+                    cl_store(xl + split * 8 + sl, (unsigned)b, L);
+                }
+        } else if (used == 1) {
             stf(a.out, a.odt, ih * HD + c + 0, L > 0.0f ? A.x / L : 0.0f);
             stf(a.out, a.odt, ih * HD + c + 1, L > 0.0f ? A.y / L : 0.0f);
             stf(a.out, a.odt, ih * HD + c + 2, L > 0.0f ? A.z / L : 0.0f);
@@ -977,6 +1027,26 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
                 a.part_ml[(ih * a.nsplit + split) * 2 + 1] = L;
             }
         }
+    }
+    if (CL) { /* after one cluster barrier, each block merges its slice (as attn_cluster_kernel) */
+        cl_arrive();
+        cl_wait(); /* every push has landed; no block touches another's shared memory after this */
+        for (int p = tid; p < per; p += blockDim.x) {
+            const int pi = split * per + p, sl = pi / HD, col = pi - sl * HD, qr = sl / a.GB, hg = sl - qr * a.GB;
+            if (qr >= nrows) continue;
+            float M = -INFINITY;
+            for (int b = 0; b < a.nsplit; b++) M = fmaxf(M, xm[b * 8 + sl]);
+            float L = 0.0f, A = 0.0f;
+            if (M != -INFINITY)
+                for (int b = 0; b < a.nsplit; b++) {
+                    const float ms = xm[b * 8 + sl];
+                    const float wt = ms == -INFINITY ? 0.0f : expf(ms - M);
+                    L = fmaf(xl[b * 8 + sl], wt, L);
+                    A = fmaf(xacc[b * per + p], wt, A);
+                }
+            stf(a.out, a.odt, ((int64_t)(i0 + qr) * a.H + h0 + hg) * HD + col, L > 0.0f ? A / L : 0.0f);
+        }
+        return;
     }
     if (used == 1) return;
     /* the last block of this (head block, row block) to arrive merges the splits */
@@ -1052,18 +1122,18 @@ static int cl_able(const struct cuda_ctx *c) { return c->cc >= 90 && c->code_arc
  * launch would cost microseconds of host time, 32 launches per decode step; as fa_opt_in in
  * cuda_flash.cu): its shared memory opt-in, and maxcl[e] = how many clusters of 2^e blocks fit on the
  * device at once (0: none; 16 is a non-portable size, which not every card or partition allows). */
-static void cl_caps(struct cuda_ctx *c, cl_kernel_fn fn, int maxcl[5])
+static void cl_caps(struct cuda_ctx *c, cl_kernel_fn fn, int threads, size_t dsmem, int maxcl[5])
 {
     static std::mutex mu;
-    static struct { cl_kernel_fn fn; int ordinal; int maxcl[5]; } done[64];
+    static struct { cl_kernel_fn fn; int ordinal, threads; int maxcl[5]; } done[64];
     static int n_done;
     std::lock_guard<std::mutex> lock(mu);
     for (int i = 0; i < n_done; i++)
-        if (done[i].fn == fn && done[i].ordinal == c->ordinal) {
+        if (done[i].fn == fn && done[i].ordinal == c->ordinal && done[i].threads == threads) {
             memcpy(maxcl, done[i].maxcl, sizeof done[i].maxcl);
             return;
         }
-    CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)CL_RING_BYTES));
+    if (dsmem) CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dsmem));
     const int big = cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
     (void)cudaGetLastError();
     maxcl[0] = 1 << 20; /* one block per cluster: any number, in waves */
@@ -1072,8 +1142,8 @@ static void cl_caps(struct cuda_ctx *c, cl_kernel_fn fn, int maxcl[5])
         if ((1 << e) <= 8 || big) {
             cudaLaunchConfig_t cfg = {};
             cfg.gridDim = dim3(1u << e, 1, 1);
-            cfg.blockDim = dim3(CL_THREADS, 1, 1);
-            cfg.dynamicSmemBytes = CL_RING_BYTES;
+            cfg.blockDim = dim3((unsigned)threads, 1, 1);
+            cfg.dynamicSmemBytes = dsmem;
             cudaLaunchAttribute at[1] = {};
             at[0].id = cudaLaunchAttributeClusterDimension;
             at[0].val.clusterDim.x = 1u << e;
@@ -1091,6 +1161,7 @@ static void cl_caps(struct cuda_ctx *c, cl_kernel_fn fn, int maxcl[5])
     if (n_done < 64) {
         done[n_done].fn = fn;
         done[n_done].ordinal = c->ordinal;
+        done[n_done].threads = threads;
         memcpy(done[n_done].maxcl, maxcl, sizeof done[n_done].maxcl);
         n_done++;
     }
@@ -1106,6 +1177,29 @@ static int cl_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t clust
     int e = 0;
     while (e < 4 && clusters * (2 << e) <= room && clusters <= maxcl[e + 1]) e++;
     return 1 << e;
+}
+
+/* Launches a decode kernel whose grid's x is one cluster of C blocks (C = 1: no cluster), as a programmatic
+ * dependent of the kernel before it when the small kernels are (c->pdl_small, as cuda_launch_dep). */
+static void cl_launch(const struct cuda_ctx *c, cudaLaunchConfig_t *cfg, int C, cl_kernel_fn fn, const attn_dec_args &a)
+{
+    cudaLaunchAttribute at[2] = {};
+    int na = 0;
+    if (C > 1) {
+        at[na].id = cudaLaunchAttributeClusterDimension;
+        at[na].val.clusterDim.x = (unsigned)C;
+        at[na].val.clusterDim.y = 1;
+        at[na].val.clusterDim.z = 1;
+        na++;
+    }
+    if (c->pdl_small) {
+        at[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[na].val.programmaticStreamSerializationAllowed = 1;
+        na++;
+    }
+    cfg->attrs = at;
+    cfg->numAttrs = (unsigned)na;
+    CUDA_CHECK(cudaLaunchKernelEx(cfg, fn, a));
 }
 
 /* ---- the automatic choice: a table read top to bottom, from the bench ----
@@ -1124,7 +1218,7 @@ static int cl_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t clust
  * one row of a cache of <= 768); rows mode: every B >= 4 measured (512..4,096 keys), e.g. B = 16 at 512
  * keys 27.3 vs 29.5, B = 64 at 512 46.3 vs 85.5, at 4,096 251 vs 519. The old rows stay for what the
  * tensor-core kernel cannot run (before sm_80, f32). */
-enum { DEC_SPLITK, DEC_CLUSTER, DEC_TC };
+enum { DEC_SPLITK, DEC_CLUSTER, DEC_TC, DEC_TCC };
 static const struct dec_rule {
     int64_t max_groups, max_keys;
     int kernel;
@@ -1163,13 +1257,39 @@ static int tc_splits(const struct cuda_ctx *c, int64_t groups, int W, int64_t ke
 #define DEC_VAR_AUTO -1
 #define DEC_VAR_SPLITK 0       /* 1, 2, 4, 8, 16: the cluster kernel with that many splits */
 #define DEC_VAR_CLUSTER 32     /* the cluster kernel, splits chosen as in the automatic path */
-#define DEC_VAR_TC 1000        /* + 100 W + S: the tensor-core kernel, W warps per block (1, 2, 4;
+#define DEC_VAR_TC 1000        /* + 100 W + S: the tensor-core kernel, W warps per block (1, 2, 4, 8;
                                   0: 4), S splits (1 .. 99; 0: tc_splits) */
+#define DEC_VAR_TCC 2000       /* + 100 W + C: the tensor-core kernel with its C splits (2, 4, 8, 16; 0: tcc_splits)
+                                  the blocks of one cluster, merged in distributed shared memory (sm_90) */
 #define TC_WARPS_AUTO 4
+
+static cl_kernel_fn tcc_kernel(enum dtype kv, int hd)
+{
+    if (kv == DTYPE_F16) return hd == 128 ? attn_tc_kernel<__half, 128, true> : attn_tc_kernel<__half, 64, true>;
+    return hd == 128 ? attn_tc_kernel<__nv_bfloat16, 128, true> : attn_tc_kernel<__nv_bfloat16, 64, true>;
+}
+
+/* Splits of the cluster-merged tensor-core kernel: 8 up to TCC_SHORT_KEYS keys, else 16 (H200 session 19, bench q4
+ * decode512 / decode4096 in one graph shape, 4 warps a block: 8 splits 523 / 442 tok/s, 16 514 / 464, 4 509 / 387;
+ * 2 warps a block lost at both lengths); dev_set_attn_splits's count rounded down to a power of two
+ * when set; halved while the device cannot hold all the clusters at once. */
+#define TCC_SHORT_KEYS 1024
+/* ... and 8 warps a block at both lengths (same bench, alternating in one call: q4 519-523 / 462 tok/s against
+ * 515-516 / 449-453 with 4, fp16 236 / 221-223 against 234 / 221) */
+#define TCC_WARPS_AUTO 8
+static int tcc_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t groups, int64_t keys)
+{
+    const int s = c->attn_splits > 0 ? c->attn_splits : keys <= TCC_SHORT_KEYS ? 8 : 16;
+    int e = 1;
+    while (e < 4 && (2 << e) <= s) e++;
+    while (e > 1 && maxcl[e] < groups) e--;
+    return 1 << e;
+}
 
 /* attn_decode, with the choice forced for tests and the bench (variant: the codes above). Returns 0
  * when the call (or, for a forced variant, the device) does not fit (nothing launched), 1 when the
- * split-K kernel ran, 2 the cluster kernel, 3 the tensor-core kernel. */
+ * split-K kernel ran, 2 the cluster kernel, 3 the tensor-core kernel, 4 the cluster-merged tensor-core
+ * kernel. */
 static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct tensor *q, const struct tensor *k,
                            const struct tensor *v, const int32_t *pos, const attn_pages *pg, int64_t q_pos0,
                            float scale, int flags, int variant)
@@ -1183,10 +1303,23 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     const int tc_fits = tc_able(c) && q->dtype == k->dtype && (out->dtype == DTYPE_F16 || out->dtype == DTYPE_BF16) &&
                         !((uintptr_t)q->data & 15);
     int kernel = DEC_SPLITK, W = TC_WARPS_AUTO, S = 0;
-    if (variant >= DEC_VAR_TC) {
+    if (variant < 0 && c->attn_kernel > 0) { /* dev_set_attn_kernel: forced where it can run, else the rule */
+        const int f = c->attn_kernel - 1;
+        if ((f == DEC_TC && tc_fits) || (f == DEC_CLUSTER && cl_able(c)) || (f == DEC_TCC && tc_fits && cl_able(c)) ||
+            f == DEC_SPLITK)
+            variant = f == DEC_TC ? DEC_VAR_TC : f == DEC_TCC ? DEC_VAR_TCC : f == DEC_CLUSTER ? DEC_VAR_CLUSTER : 0;
+    }
+    if (variant >= DEC_VAR_TCC) {
+        W = (variant - DEC_VAR_TCC) / 100, S = variant % 100;
+        if (W == 0) W = TCC_WARPS_AUTO;
+        if (!tc_fits || !cl_able(c) || (W != 1 && W != 2 && W != 4 && W != 8) || variant >= DEC_VAR_TCC + 900 || S > CL_MAX ||
+            (S & (S - 1)) || S == 1)
+            return 0;
+        kernel = DEC_TCC;
+    } else if (variant >= DEC_VAR_TC) {
         W = (variant - DEC_VAR_TC) / 100, S = variant % 100;
         if (W == 0) W = TC_WARPS_AUTO;
-        if (!tc_fits || (W != 1 && W != 2 && W != 4) || variant >= DEC_VAR_TC + 500) return 0;
+        if (!tc_fits || (W != 1 && W != 2 && W != 4 && W != 8) || variant >= DEC_VAR_TC + 900) return 0;
         kernel = DEC_TC;
     } else if (variant > 0) {
         if (!cl_able(c) || (variant != DEC_VAR_CLUSTER && (variant > CL_MAX || (variant & (variant - 1))))) return 0;
@@ -1234,6 +1367,12 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     const int64_t hblocks = H / a.GB, rblocks = (n + a.QB - 1) / a.QB, groups = hblocks * rblocks;
     /* keys: what the host knows (device positions and rows mode: the capacity) */
     const int64_t keys = pos || rows ? T : ((flags & ATTN_CAUSAL) ? (q_pos0 + n < T ? q_pos0 + n : T) : T);
+    /* with dev_set_attn_keys's bound (the cluster-merged kernel's split count; the older rules keep the capacity) */
+    const int64_t hkeys = pos && !rows && c->attn_keys > 0 && c->attn_keys < keys ? c->attn_keys : keys;
+    /* a few rows of one sequence on sm_90: the tensor-core kernel with its splits merged in the cluster's shared
+     * memory (H200 session 19, end to end: q4 decode512 / 4096 499 / 434 tok/s with DEC_TC, 523 / 464 with it;
+     * the rows mode of the batched step keeps the rules below) */
+    if (kernel < 0 && !rows && groups <= 31 && tc_fits && cl_able(c)) kernel = DEC_TCC, W = TCC_WARPS_AUTO;
     for (size_t r = 0; kernel < 0 && r < sizeof dec_rules / sizeof dec_rules[0]; r++) {
         const struct dec_rule *d = &dec_rules[r];
         if (groups > d->max_groups || T > d->max_keys) continue;
@@ -1241,12 +1380,32 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         kernel = d->kernel;
     }
 
+    if (variant < 0 && c->attn_warps > 0) W = c->attn_warps;
+    if (kernel == DEC_TCC) {
+        if (c->attn_warps > 0 && variant == DEC_VAR_TCC) W = c->attn_warps; /* forced kernel, its shape from the knobs */
+        cl_kernel_fn fn = tcc_kernel(k->dtype, (int)hd);
+        int maxcl[5];
+        cl_caps(c, fn, 32 * W, 0, maxcl);
+        if (S == 0) S = tcc_splits(c, maxcl, groups, hkeys);
+        int e = 0;
+        while ((1 << e) < S) e++;
+        if (maxcl[e] < 1) return 0; /* a forced size the device cannot hold */
+        a.nsplit = S;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)S, (unsigned)hblocks, (unsigned)rblocks);
+        cfg.blockDim = dim3(32u * (unsigned)W, 1, 1);
+        cfg.stream = c->stream;
+        cl_launch(c, &cfg, S, fn, a);
+        return 4;
+    }
+
     if (kernel == DEC_TC) {
         /* rows mode with many groups (B >= 64 rows of 8 KV heads) over short caches: 2 warps a block (H200
          * session 10, B = 64, one split: 512 keys 42.4 us vs 46.8 with 4 warps, 1,024 keys 72.9 vs 76.7; at
          * 4,096 keys 4 warps stay ahead, 256 vs 268) */
         if (variant < 0 && rows && groups >= 512 && keys <= 2048) W = 2;
-        if (S == 0 && variant < 0 && c->attn_splits > 0) S = c->attn_splits < TC_MAX_SPLIT ? c->attn_splits : TC_MAX_SPLIT;
+        if (c->attn_warps > 0 && variant == DEC_VAR_TC) W = c->attn_warps;
+        if (S == 0 && (variant < 0 || variant == DEC_VAR_TC) && c->attn_splits > 0) S = c->attn_splits < TC_MAX_SPLIT ? c->attn_splits : TC_MAX_SPLIT;
         if (S == 0) S = tc_splits(c, groups, W, keys);
         a.nsplit = S;
         if (S > 1) {
@@ -1258,11 +1417,11 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         const dim3 grid((unsigned)S, (unsigned)hblocks, (unsigned)rblocks);
         const unsigned threads = 32u * (unsigned)W;
         if (k->dtype == DTYPE_F16) {
-            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__half, 128>, grid, dim3(threads), 0, a);
-            else cuda_launch_dep(c, attn_tc_kernel<__half, 64>, grid, dim3(threads), 0, a);
+            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__half, 128, false>, grid, dim3(threads), 0, a);
+            else cuda_launch_dep(c, attn_tc_kernel<__half, 64, false>, grid, dim3(threads), 0, a);
         } else {
-            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 128>, grid, dim3(threads), 0, a);
-            else cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 64>, grid, dim3(threads), 0, a);
+            if (hd == 128) cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 128, false>, grid, dim3(threads), 0, a);
+            else cuda_launch_dep(c, attn_tc_kernel<__nv_bfloat16, 64, false>, grid, dim3(threads), 0, a);
         }
         KERNEL_CHECK();
         return 3;
@@ -1271,7 +1430,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     if (kernel == DEC_CLUSTER) {
         cl_kernel_fn fn = cl_kernel(k->dtype, (int)hd, NS);
         int maxcl[5];
-        cl_caps(c, fn, maxcl);
+        cl_caps(c, fn, CL_THREADS, CL_RING_BYTES, maxcl);
         int C = variant > 0 && variant != DEC_VAR_CLUSTER ? variant : cl_splits(c, maxcl, groups, NS);
         int e = 0;
         while ((1 << e) < C) e++;
@@ -1282,14 +1441,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         cfg.blockDim = dim3(CL_THREADS, 1, 1);
         cfg.dynamicSmemBytes = CL_RING_BYTES;
         cfg.stream = c->stream;
-        cudaLaunchAttribute at[1] = {};
-        at[0].id = cudaLaunchAttributeClusterDimension;
-        at[0].val.clusterDim.x = (unsigned)C;
-        at[0].val.clusterDim.y = 1;
-        at[0].val.clusterDim.z = 1;
-        cfg.attrs = at;
-        cfg.numAttrs = C > 1;
-        CUDA_CHECK(cudaLaunchKernelEx(&cfg, fn, a));
+        cl_launch(c, &cfg, C, fn, a);
         return 2;
     }
 
@@ -1372,7 +1524,7 @@ extern "C" void cuda_attention_cluster_caps(int ordinal, int maxcl[5])
         for (int e = 0; e < 5; e++) maxcl[e] = -1;
         return;
     }
-    cl_caps(c, cl_kernel(DTYPE_F16, 128, 4), maxcl);
+    cl_caps(c, cl_kernel(DTYPE_F16, 128, 4), CL_THREADS, CL_RING_BYTES, maxcl);
 }
 
 /* tests and `test_cuda_ops bench`: whether the device and the code run the tensor-core kernel */

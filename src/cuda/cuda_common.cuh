@@ -131,6 +131,9 @@ struct cuda_ctx {
                                    attention, argmax, embedding, position add) launched as programmatic dependents
                                    of the kernel before them (cuda_launch_dep; cuda_set_pdl) */
     int attn_splits;            /* > 0: the tensor-core decode attention's split count (dev_set_attn_splits) */
+    int64_t attn_keys;          /* > 0: a bound on the keys of decode attention calls with device positions (dev_set_attn_keys) */
+    int attn_warps;             /* 1, 2, 4: the tensor-core decode attention's warps per block; 0 its rule */
+    int attn_kernel;            /* an enum dev_attn: 0 the rule, else that decode attention kernel where it can run */
     int attn_early;             /* with pdl_small and no GEMV launched as a dependent: the decode attention reads
                                    what earlier steps wrote before its pdl_wait (attn_dec_args.early) */
     int qmma;                   /* quantized GEMVs on tensor cores where they apply (cuda_set_qmma; default on) */

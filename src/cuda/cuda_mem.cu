@@ -141,6 +141,12 @@ extern "C" void cuda_set_pdl(int ordinal, int f16, int quant, int small, int ear
 
 extern "C" void cuda_set_attn_splits(int ordinal, int s) { cuda_ctx_get(ordinal)->attn_splits = s > 0 ? s : 0; }
 
+extern "C" void cuda_set_attn_kernel(int ordinal, int k) { cuda_ctx_get(ordinal)->attn_kernel = k > 0 && k <= 4 ? k : 0; }
+
+extern "C" void cuda_set_attn_keys(int ordinal, int64_t keys) { cuda_ctx_get(ordinal)->attn_keys = keys > 0 ? keys : 0; }
+
+extern "C" void cuda_set_attn_warps(int ordinal, int w) { cuda_ctx_get(ordinal)->attn_warps = w == 1 || w == 2 || w == 4 || w == 8 ? w : 0; }
+
 extern "C" void cuda_profile(int ordinal, int on)
 {
     struct cuda_ctx *c = cuda_ctx_get(ordinal);
