@@ -786,6 +786,8 @@ template <typename KV> __device__ __forceinline__ uint32_t tc_pack(float &lo, fl
     return w;
 }
 
+__device__ __forceinline__ void tc_prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 __device__ __forceinline__ uint32_t tc_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
 template <typename KV, int HD, bool CL>
@@ -879,6 +881,19 @@ __global__ void __launch_bounds__(32 * TC_WARPS_MAX) attn_tc_kernel(const attn_d
      * whose keys were all in the cache before this step */
     const bool pre = a.early && nmine > 0 && (int64_t)wstep0 * 16 + 16 <= bk.old;
     if (pre) load_k(0, bcur, kr), load_v(0, bcur, vr);
+    if (pre && nmine > 1) {
+        /* and the warp's later steps of earlier keys into the L2 meanwhile, so that after the wait their loads wait
+         * for the L2, not for HBM: lane (r, h) takes the 128-byte line h of key row r of the step, K and V */
+        const int r = lane & 15, h = lane >> 4;
+        for (int i = 1; i < nmine; i++) {
+            if ((int64_t)(wstep0 + wstride * i) * 16 + 16 > bk.old) break;
+            const int64_t row = base_of(i) + r;
+            if (h * 8 < HD / 8) {
+                tc_prefetch_l2(kh_k + row * rstride + h * 8);
+                tc_prefetch_l2(kh_v + row * rstride + h * 8);
+            }
+        }
+    }
     int64_t bnext = base_of(1);
     if (a.early) pdl_wait(); /* q and this step's K/V rows are the previous kernel's output */
 
