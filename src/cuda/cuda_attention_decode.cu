@@ -472,7 +472,7 @@ __global__ void __launch_bounds__(CL_THREADS, NS <= 4 ? 2 : 1) attn_cluster_kern
     const int C = (int)cl_size(), split = (int)cl_rank(); /* the grid's x is one cluster: split = rank */
     const int h0 = blockIdx.y * a.GB, kh = h0 / a.G, i0 = blockIdx.z * a.QB;
     if (C > 1) cl_arrive_relaxed(); /* waited for before the first remote store: every block has started */
-    if (!a.early) pdl_wait(); /* launched as a dependent (cl_launch): the previous kernel's output is ready */
+    if (!a.early) pdl_wait(); /* launched as a dependent (cl_run): the previous kernel's output is ready */
 
     /* key count and query positions */
     const dec_keys bk = dec_block_keys(a, i0);
@@ -1194,10 +1194,22 @@ static int cl_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t clust
     return 1 << e;
 }
 
-/* Launches a decode kernel whose grid's x is one cluster of C blocks (C = 1: no cluster), as a programmatic
- * dependent of the kernel before it when the small kernels are (c->pdl_small, as cuda_launch_dep). */
-static void cl_launch(const struct cuda_ctx *c, cudaLaunchConfig_t *cfg, int C, cl_kernel_fn fn, const attn_dec_args &a)
+/* Launches fn, a decode kernel whose grid's x is one cluster of C blocks (C = 1: no cluster), over hblocks x rblocks
+ * clusters of `threads`-thread blocks with dsmem bytes of dynamic shared memory, with a.nsplit = C, as a programmatic
+ * dependent of the kernel before it when the small kernels are (c->pdl_small, as cuda_launch_dep). False, and
+ * nothing launched, when the device cannot hold a cluster of C (maxcl from cl_caps). */
+static bool cl_run(const struct cuda_ctx *c, cl_kernel_fn fn, const int maxcl[5], int C, int threads, size_t dsmem,
+                   int64_t hblocks, int64_t rblocks, attn_dec_args &a)
 {
+    int e = 0;
+    while ((1 << e) < C) e++;
+    if (maxcl[e] < 1) return false;
+    a.nsplit = C;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)C, (unsigned)hblocks, (unsigned)rblocks);
+    cfg.blockDim = dim3((unsigned)threads, 1, 1);
+    cfg.dynamicSmemBytes = dsmem;
+    cfg.stream = c->stream;
     cudaLaunchAttribute at[2] = {};
     int na = 0;
     if (C > 1) {
@@ -1212,9 +1224,10 @@ static void cl_launch(const struct cuda_ctx *c, cudaLaunchConfig_t *cfg, int C, 
         at[na].val.programmaticStreamSerializationAllowed = 1;
         na++;
     }
-    cfg->attrs = at;
-    cfg->numAttrs = (unsigned)na;
-    CUDA_CHECK(cudaLaunchKernelEx(cfg, fn, a));
+    cfg.attrs = at;
+    cfg.numAttrs = (unsigned)na;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, fn, a));
+    return true;
 }
 
 /* ---- the automatic choice: a table read top to bottom, from the bench ----
@@ -1402,16 +1415,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         int maxcl[5];
         cl_caps(c, fn, 32 * W, 0, maxcl);
         if (S == 0) S = tcc_splits(c, maxcl, groups, hkeys);
-        int e = 0;
-        while ((1 << e) < S) e++;
-        if (maxcl[e] < 1) return 0; /* a forced size the device cannot hold */
-        a.nsplit = S;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)S, (unsigned)hblocks, (unsigned)rblocks);
-        cfg.blockDim = dim3(32u * (unsigned)W, 1, 1);
-        cfg.stream = c->stream;
-        cl_launch(c, &cfg, S, fn, a);
-        return 4;
+        return cl_run(c, fn, maxcl, S, 32 * W, 0, hblocks, rblocks, a) ? 4 : 0; /* 0: a forced size the device cannot hold */
     }
 
     if (kernel == DEC_TC) {
@@ -1446,18 +1450,8 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         cl_kernel_fn fn = cl_kernel(k->dtype, (int)hd, NS);
         int maxcl[5];
         cl_caps(c, fn, CL_THREADS, CL_RING_BYTES, maxcl);
-        int C = variant > 0 && variant != DEC_VAR_CLUSTER ? variant : cl_splits(c, maxcl, groups, NS);
-        int e = 0;
-        while ((1 << e) < C) e++;
-        if (maxcl[e] < 1) return 0; /* a forced size the device cannot hold */
-        a.nsplit = C;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3((unsigned)C, (unsigned)hblocks, (unsigned)rblocks);
-        cfg.blockDim = dim3(CL_THREADS, 1, 1);
-        cfg.dynamicSmemBytes = CL_RING_BYTES;
-        cfg.stream = c->stream;
-        cl_launch(c, &cfg, C, fn, a);
-        return 2;
+        const int C = variant > 0 && variant != DEC_VAR_CLUSTER ? variant : cl_splits(c, maxcl, groups, NS);
+        return cl_run(c, fn, maxcl, C, CL_THREADS, CL_RING_BYTES, hblocks, rblocks, a) ? 2 : 0; /* 0: as above */
     }
 
     /* split-K: about 3 blocks per SM in total (3 fit by registers), but no split shorter than a tile;
