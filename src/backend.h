@@ -272,6 +272,9 @@ void dev_set_attn_kernel(struct device d, enum dev_attn k);
  * limit on what it reads (the kernels take the key count from the device). llm.c sets it around the decode
  * step's graph, one graph per bucket of context lengths. No effect on CPU devices. */
 void dev_set_attn_keys(struct device d, int64_t keys);
+/* The bound llm.c uses for its short-context decode graph, and the key count up to which the cluster-merged
+ * tensor-core attention takes its short-context split count (cuda_attention_decode.cu, tcc_splits) */
+#define DEV_ATTN_SHORT_KEYS 1024
 /* The warps per block of GPU d's tensor-core decode attention (either merge): 1, 2, 4 or 8, 0 its rule (4 for the global merge, 8 for
  * the cluster merge). */
 void dev_set_attn_warps(struct device d, int w);

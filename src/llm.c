@@ -716,10 +716,6 @@ int llm_slot_forward(struct llm *s, int slot, const int32_t *ids, const struct t
 
 /* ---- greedy decode on the device, replayed as a CUDA graph ---- */
 
-/* Decode steps over at most this many keys replay a graph of their own (cuda_attention_decode.cu: the
- * attention's split count for short contexts, TCC_SHORT_KEYS) */
-#define LLM_SHORT_KEYS 1024
-
 /* The embedding table is in host memory (devmap: when the GPU budget asks for it): a decode step's row
  * is gathered on the host and uploaded before the graph runs. */
 static int host_embed(const struct llm *s) { return s->pl->devs[s->pl->embed].kind == DEVICE_CPU; }
@@ -847,11 +843,11 @@ static int decode_graph_step(struct llm *s, int32_t tok, enum decode_mode mode, 
         struct tensor src = tensor_make(DTYPE_I32, device_cpu(), &tok, 1, (int64_t)1);
         op_copy(&idt, &src);
     }
-    /* the attention's shape suits the keys a graph meets: one graph for steps of up to LLM_SHORT_KEYS keys and one
-     * for longer ones (dev_set_attn_keys: only the shape; the keys are read on the device at every replay) */
-    const int longer = s->n_past + 1 > LLM_SHORT_KEYS;
+    /* the attention's shape suits the keys a graph meets: one graph for steps of up to DEV_ATTN_SHORT_KEYS keys and
+     * one for longer ones (dev_set_attn_keys: only the shape; the keys are read on the device at every replay) */
+    const int longer = s->n_past + 1 > DEV_ATTN_SHORT_KEYS;
     const struct device gd = s->pl->devs[s->pl->lm_head]; /* every layer's GPU (graph_able) */
-    dev_set_attn_keys(gd, longer ? 0 : LLM_SHORT_KEYS);
+    dev_set_attn_keys(gd, longer ? 0 : DEV_ATTN_SHORT_KEYS);
     const int rc = graph_run(s, &s->graph[mode + 3 * longer], decode_step_dev, 1, mode, NULL, e);
     dev_set_attn_keys(gd, 0);
     if (rc) return -1;

@@ -89,7 +89,7 @@ struct llm {
     void *on_layer_ctx;
     /* decode-step graphs, captured after one eager step and replayed per token: [0] ends with the
      * argmax on the device, [1] with the logits, [2] with the sampler on the device (llm_decode's
-     * modes); [3 + mode] the same for steps past LLM_SHORT_KEYS keys (the attention's shape differs) */
+     * modes); [3 + mode] the same for steps past DEV_ATTN_SHORT_KEYS keys (the attention's shape differs) */
     struct llm_graph graph[6];
     /* the batched step of B slots (llm_decode_batch_pick), one graph per B and ending:
      * bgraph[B] with the logits, bgraph[bmax + 1 + B] with the sampler; [2 * (bmax + 1)],

@@ -1286,10 +1286,15 @@ static int tc_splits(const struct cuda_ctx *c, int64_t groups, int W, int64_t ke
 #define DEC_VAR_SPLITK 0       /* 1, 2, 4, 8, 16: the cluster kernel with that many splits */
 #define DEC_VAR_CLUSTER 32     /* the cluster kernel, splits chosen as in the automatic path */
 #define DEC_VAR_TC 1000        /* + 100 W + S: the tensor-core kernel, W warps per block (1, 2, 4, 8;
-                                  0: 4), S splits (1 .. 99; 0: tc_splits) */
+                                  0: dev_set_attn_warps's, else 4), S splits (1 .. 99; 0: dev_set_attn_splits's, else
+                                  tc_splits) */
 #define DEC_VAR_TCC 2000       /* + 100 W + C: the tensor-core kernel with its C splits (2, 4, 8, 16; 0: tcc_splits)
-                                  the blocks of one cluster, merged in distributed shared memory (sm_90) */
+                                  the blocks of one cluster, merged in distributed shared memory (sm_90); W as above
+                                  (0: dev_set_attn_warps's, else TCC_WARPS_AUTO) */
 #define TC_WARPS_AUTO 4
+
+/* a warp count of a variant code: 1, 2, 4, 8, or 0 (not given) */
+static bool tc_warps_ok(int w) { return w == 0 || w == 1 || w == 2 || w == 4 || w == 8; }
 
 static cl_kernel_fn tcc_kernel(enum dtype kv, int hd)
 {
@@ -1297,17 +1302,16 @@ static cl_kernel_fn tcc_kernel(enum dtype kv, int hd)
     return hd == 128 ? attn_tc_kernel<__nv_bfloat16, 128, true> : attn_tc_kernel<__nv_bfloat16, 64, true>;
 }
 
-/* Splits of the cluster-merged tensor-core kernel: 8 up to TCC_SHORT_KEYS keys, else 16 (H200 session 19, bench q4
+/* Splits of the cluster-merged tensor-core kernel: 8 up to DEV_ATTN_SHORT_KEYS keys, else 16 (H200 session 19, bench q4
  * decode512 / decode4096 in one graph shape, 4 warps a block: 8 splits 523 / 442 tok/s, 16 514 / 464, 4 509 / 387;
  * 2 warps a block lost at both lengths); dev_set_attn_splits's count rounded down to a power of two
  * when set; halved while the device cannot hold all the clusters at once. */
-#define TCC_SHORT_KEYS 1024
 /* ... and 8 warps a block at both lengths (same bench, alternating in one call: q4 519-523 / 462 tok/s against
  * 515-516 / 449-453 with 4, fp16 236 / 221-223 against 234 / 221) */
 #define TCC_WARPS_AUTO 8
 static int tcc_splits(const struct cuda_ctx *c, const int maxcl[5], int64_t groups, int64_t keys)
 {
-    const int s = c->attn_splits > 0 ? c->attn_splits : keys <= TCC_SHORT_KEYS ? 8 : 16;
+    const int s = c->attn_splits > 0 ? c->attn_splits : keys <= DEV_ATTN_SHORT_KEYS ? 8 : 16;
     int e = 1;
     while (e < 4 && (2 << e) <= s) e++;
     while (e > 1 && maxcl[e] < groups) e--;
@@ -1330,7 +1334,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     if (((uintptr_t)k->data & 15) || ((uintptr_t)v->data & 15) || T > INT32_MAX || H > 65535) return 0;
     const int tc_fits = tc_able(c) && q->dtype == k->dtype && (out->dtype == DTYPE_F16 || out->dtype == DTYPE_BF16) &&
                         !((uintptr_t)q->data & 15);
-    int kernel = DEC_SPLITK, W = TC_WARPS_AUTO, S = 0;
+    int kernel = DEC_SPLITK, W = 0, S = 0; /* W, S 0: not given by the variant code (the knobs, else the rule) */
     if (variant < 0 && c->attn_kernel > 0) { /* dev_set_attn_kernel: forced where it can run, else the rule */
         const int f = c->attn_kernel - 1;
         if ((f == DEC_TC && tc_fits) || (f == DEC_CLUSTER && cl_able(c)) || (f == DEC_TCC && tc_fits && cl_able(c)) ||
@@ -1339,15 +1343,12 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     }
     if (variant >= DEC_VAR_TCC) {
         W = (variant - DEC_VAR_TCC) / 100, S = variant % 100;
-        if (W == 0) W = TCC_WARPS_AUTO;
-        if (!tc_fits || !cl_able(c) || (W != 1 && W != 2 && W != 4 && W != 8) || variant >= DEC_VAR_TCC + 900 || S > CL_MAX ||
-            (S & (S - 1)) || S == 1)
+        if (!tc_fits || !cl_able(c) || !tc_warps_ok(W) || variant >= DEC_VAR_TCC + 900 || S > CL_MAX || (S & (S - 1)) || S == 1)
             return 0;
         kernel = DEC_TCC;
     } else if (variant >= DEC_VAR_TC) {
         W = (variant - DEC_VAR_TC) / 100, S = variant % 100;
-        if (W == 0) W = TC_WARPS_AUTO;
-        if (!tc_fits || (W != 1 && W != 2 && W != 4 && W != 8) || variant >= DEC_VAR_TC + 900) return 0;
+        if (!tc_fits || !tc_warps_ok(W) || variant >= DEC_VAR_TC + 900) return 0;
         kernel = DEC_TC;
     } else if (variant > 0) {
         if (!cl_able(c) || (variant != DEC_VAR_CLUSTER && (variant > CL_MAX || (variant & (variant - 1))))) return 0;
@@ -1400,7 +1401,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
     /* a few rows of one sequence on sm_90: the tensor-core kernel with its splits merged in the cluster's shared
      * memory (H200 session 19, end to end: q4 decode512 / 4096 499 / 434 tok/s with DEC_TC, 523 / 464 with it;
      * the rows mode of the batched step keeps the rules below) */
-    if (kernel < 0 && !rows && groups <= 31 && tc_fits && cl_able(c)) kernel = DEC_TCC, W = TCC_WARPS_AUTO;
+    if (kernel < 0 && !rows && groups <= 31 && tc_fits && cl_able(c)) kernel = DEC_TCC;
     for (size_t r = 0; kernel < 0 && r < sizeof dec_rules / sizeof dec_rules[0]; r++) {
         const struct dec_rule *d = &dec_rules[r];
         if (groups > d->max_groups || T > d->max_keys) continue;
@@ -1408,9 +1409,10 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
         kernel = d->kernel;
     }
 
-    if (variant < 0 && c->attn_warps > 0) W = c->attn_warps;
+    /* the tensor-core kernels' warps and splits that the variant code left open: dev_set_attn_warps / _splits, else
+     * the rule */
+    if (W == 0) W = c->attn_warps > 0 ? c->attn_warps : kernel == DEC_TCC ? TCC_WARPS_AUTO : TC_WARPS_AUTO;
     if (kernel == DEC_TCC) {
-        if (c->attn_warps > 0 && variant == DEC_VAR_TCC) W = c->attn_warps; /* forced kernel, its shape from the knobs */
         cl_kernel_fn fn = tcc_kernel(k->dtype, (int)hd);
         int maxcl[5];
         cl_caps(c, fn, 32 * W, 0, maxcl);
@@ -1423,8 +1425,7 @@ static int attn_decode_run(struct cuda_ctx *c, struct tensor *out, const struct 
          * session 10, B = 64, one split: 512 keys 42.4 us vs 46.8 with 4 warps, 1,024 keys 72.9 vs 76.7; at
          * 4,096 keys 4 warps stay ahead, 256 vs 268) */
         if (variant < 0 && rows && groups >= 512 && keys <= 2048) W = 2;
-        if (c->attn_warps > 0 && variant == DEC_VAR_TC) W = c->attn_warps;
-        if (S == 0 && (variant < 0 || variant == DEC_VAR_TC) && c->attn_splits > 0) S = c->attn_splits < TC_MAX_SPLIT ? c->attn_splits : TC_MAX_SPLIT;
+        if (S == 0 && c->attn_splits > 0) S = c->attn_splits < TC_MAX_SPLIT ? c->attn_splits : TC_MAX_SPLIT;
         if (S == 0) S = tc_splits(c, groups, W, keys);
         a.nsplit = S;
         if (S > 1) {

@@ -141,7 +141,7 @@ extern "C" void cuda_set_pdl(int ordinal, int f16, int quant, int small, int ear
 
 extern "C" void cuda_set_attn_splits(int ordinal, int s) { cuda_ctx_get(ordinal)->attn_splits = s > 0 ? s : 0; }
 
-extern "C" void cuda_set_attn_kernel(int ordinal, int k) { cuda_ctx_get(ordinal)->attn_kernel = k > 0 && k <= 4 ? k : 0; }
+extern "C" void cuda_set_attn_kernel(int ordinal, int k) { cuda_ctx_get(ordinal)->attn_kernel = k > DEV_ATTN_AUTO && k <= DEV_ATTN_TCC ? k : DEV_ATTN_AUTO; }
 
 extern "C" void cuda_set_attn_keys(int ordinal, int64_t keys) { cuda_ctx_get(ordinal)->attn_keys = keys > 0 ? keys : 0; }
 

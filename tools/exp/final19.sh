@@ -1,5 +1,5 @@
 # tools/exp/final19.sh: session 19, run 3. The cluster-merged tensor-core attention as the rule (one graph per
-# bucket of context lengths, llm.c LLM_SHORT_KEYS): the four GPU suites, then decode512 / decode4096 for fp16, q4,
+# bucket of context lengths, llm.c's bound, now DEV_ATTN_SHORT_KEYS): the four GPU suites, then decode512 / decode4096 for fp16, q4,
 # q8 and nf4 with the rule against --attn-kernel tc (the rule before), alternating; the q4 and fp16 seed cases and
 # q4 concurrency. Lines to $OUT/final.txt, suites to $OUT/tests.txt.
 . tools/exp/common.sh
